@@ -1,0 +1,44 @@
+// Conversion between Tensor and the wire's TensorProto, with the validation
+// every received tensor goes through: known dtype, valid shape, content
+// length equal to shape x element size, well-formed string encoding.
+#ifndef PSD_COMMON_WIRE_H_
+#define PSD_COMMON_WIRE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "psd/tensor.h"
+#include "psd/types.pb.h"
+
+namespace psd {
+
+// Errors name `what` (for example "value for variable 'v'").
+absl::StatusOr<TensorShape> ShapeFromProto(const TensorShapeProto& proto, absl::string_view what);
+void ShapeToProto(const TensorShape& shape, TensorShapeProto* proto);
+
+// Checks a received tensor without copying its content and returns its
+// shape. For DT_STRING it also checks the length prefix encoding.
+absl::StatusOr<TensorShape> ValidateTensorProto(const TensorProto& proto, absl::string_view what);
+
+// Decodes (copying the bytes) after the checks of ValidateTensorProto.
+absl::StatusOr<Tensor> TensorFromProto(const TensorProto& proto, absl::string_view what);
+// Moves the element bytes into the proto when `tensor` is an rvalue.
+void TensorToProto(const Tensor& tensor, TensorProto* proto);
+void TensorToProto(Tensor&& tensor, TensorProto* proto);
+
+// DT_STRING content: N varint64 lengths, then the concatenated bytes.
+std::string EncodeStrings(const std::vector<std::string>& values);
+absl::StatusOr<std::vector<std::string>> DecodeStrings(absl::string_view content,
+                                                       int64_t num_elements,
+                                                       absl::string_view what);
+
+// Index tensors (DT_INT32 or DT_INT64) widened to int64.
+absl::StatusOr<std::vector<int64_t>> IndicesFromProto(const TensorProto& proto,
+                                                      absl::string_view what,
+                                                      TensorShape* shape);
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_WIRE_H_

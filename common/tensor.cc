@@ -1,0 +1,124 @@
+#include "psd/tensor.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace psd {
+
+namespace {
+// Keeps every byte size representable with room to spare, whatever the dtype.
+constexpr int64_t kMaxElements = int64_t{1} << 62;
+}  // namespace
+
+absl::StatusOr<TensorShape> TensorShape::Make(absl::Span<const int64_t> dims,
+                                              absl::string_view what) {
+  int64_t elements = 1;
+  bool overflow = false;
+  bool has_zero = false;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": dimension ", i, " is ", dims[i],
+                                                     ", must be >= 0"));
+    }
+    if (dims[i] == 0) has_zero = true;
+    if (dims[i] != 0 && elements > kMaxElements / dims[i]) overflow = true;
+    if (!overflow) elements *= dims[i];
+  }
+  TensorShape shape(std::vector<int64_t>(dims.begin(), dims.end()));
+  if (overflow && !has_zero) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": shape ", shape.ToString(), " has too many elements"));
+  }
+  return shape;
+}
+
+int64_t TensorShape::num_elements() const {
+  int64_t n = 1;
+  for (int64_t d : dims_) n *= d;
+  return n;
+}
+
+int64_t TensorShape::row_elements() const {
+  int64_t n = 1;
+  for (size_t i = 1; i < dims_.size(); ++i) n *= dims_[i];
+  return n;
+}
+
+std::string TensorShape::ToString() const { return absl::StrCat("[", absl::StrJoin(dims_, ","), "]"); }
+
+Tensor::Tensor(DataType dtype, TensorShape shape) : dtype_(dtype), shape_(std::move(shape)) {
+  if (dtype_ == DT_STRING) {
+    strings_.resize(shape_.num_elements());
+  } else {
+    bytes_.assign(shape_.num_elements() * DataTypeSize(dtype_), '\0');
+  }
+}
+
+absl::StatusOr<Tensor> Tensor::FromStrings(TensorShape shape, std::vector<std::string> values) {
+  if (static_cast<int64_t>(values.size()) != shape.num_elements()) {
+    return absl::InvalidArgumentError(absl::StrCat("string tensor of shape ", shape.ToString(),
+                                                   " needs ", shape.num_elements(),
+                                                   " values, got ", values.size()));
+  }
+  Tensor t;
+  t.dtype_ = DT_STRING;
+  t.shape_ = std::move(shape);
+  t.strings_ = std::move(values);
+  return t;
+}
+
+Tensor Tensor::StringScalar(std::string value) {
+  Tensor t(DT_STRING, TensorShape{});
+  t.strings_[0] = std::move(value);
+  return t;
+}
+
+absl::Status Tensor::Reshape(TensorShape shape) {
+  if (shape.num_elements() != shape_.num_elements()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot reshape ", shape_.ToString(), " to ",
+                                                   shape.ToString()));
+  }
+  shape_ = std::move(shape);
+  return absl::OkStatus();
+}
+
+namespace {
+template <typename T>
+std::string ElementString(const T& v) {
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
+    return absl::StrCat(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, int8_t> || std::is_same_v<T, uint8_t>) {
+    return absl::StrCat(static_cast<int>(v));
+  } else {
+    return absl::StrCat(v);
+  }
+}
+}  // namespace
+
+std::string Tensor::DebugString(int max_elements) const {
+  std::string out = absl::StrCat(DataTypeName(dtype_), shape_.ToString(), " {");
+  const int64_t n = num_elements();
+  const int64_t shown = std::min<int64_t>(n, max_elements);
+  for (int64_t i = 0; i < shown; ++i) {
+    if (i > 0) out += ", ";
+    if (dtype_ == DT_STRING) {
+      absl::StrAppend(&out, "\"", strings_[i], "\"");
+    } else {
+      DispatchFixedSize(
+          dtype_, [&](auto t) { out += ElementString(data<decltype(t)>()[i]); }, [] {});
+    }
+  }
+  if (shown < n) out += ", ...";
+  return out + "}";
+}
+
+bool Tensor::operator==(const Tensor& other) const {
+  return dtype_ == other.dtype_ && shape_ == other.shape_ && bytes_ == other.bytes_ &&
+         strings_ == other.strings_;
+}
+
+}  // namespace psd

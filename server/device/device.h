@@ -1,0 +1,106 @@
+// Device: where a shard keeps variable bytes and runs the kernels on them.
+//
+// Storage and kernels sit behind this one interface so a GPU backend can
+// implement it beside the CPU one. Kernels are written once per op and
+// instantiated per dtype. Callers (the VariableStore) validate every request
+// before calling in: dtypes are supported by the op, shapes agree, indices
+// are in range. Kernels therefore only compute; they return a Status only for
+// device failures.
+//
+// DT_STRING variables never reach a Device: strings live in host memory in
+// the VariableStore.
+//
+// Thread-safety: a Device is thread-safe; kernels on disjoint buffers may run
+// concurrently. Callers serialize access to one buffer.
+#ifndef PSD_SERVER_DEVICE_DEVICE_H_
+#define PSD_SERVER_DEVICE_DEVICE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "psd/dtype.h"
+#include "psd/tensor.h"
+#include "psd/types.pb.h"
+
+namespace psd {
+
+// The element-wise update of assign/assign_add/assign_sub and
+// scatter_update/scatter_add/scatter_sub. Mirrors the wire's UpdateOp.
+enum class UpdateKind { kAssign, kAdd, kSub };
+
+// Device memory holding one variable's elements. Freed on destruction.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() = 0;
+  virtual const void* data() const = 0;
+  virtual size_t size() const = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+
+  // "cpu:0", "gpu:1".
+  virtual std::string name() const = 0;
+
+  // Uninitialized storage of `bytes` bytes (0 is valid). Memory limits are
+  // enforced by the caller; this fails only when the device itself cannot
+  // allocate (RESOURCE_EXHAUSTED).
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) = 0;
+
+  // Host <-> device copies of `bytes` bytes at `offset` into the buffer.
+  virtual absl::Status CopyFromHost(const void* src, size_t bytes, DeviceBuffer* dst,
+                                    size_t offset) = 0;
+  virtual absl::Status CopyToHost(const DeviceBuffer& src, size_t offset, size_t bytes,
+                                  void* dst) = 0;
+
+  // dst[i] = op(dst[i], src[i]) for i in [0, n); with `src_is_scalar`,
+  // src[0] is used for every i. `src` is host memory of `dtype` elements.
+  // kAdd/kSub need a numeric dtype; kAssign works for every fixed-size dtype.
+  virtual absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst,
+                                  const void* src, int64_t n, bool src_is_scalar) = 0;
+
+  // For each k in [0, indices.size()): row indices[k] of `dst` (rows of
+  // `row_elements` elements) = op(row, updates row k). With
+  // `updates_is_scalar` every element of every addressed row uses updates[0].
+  // Rows are applied in order, so duplicate indices accumulate for kAdd/kSub
+  // and the last one wins for kAssign. Indices are already range-checked.
+  virtual absl::Status ApplyScatter(DataType dtype, UpdateKind op, DeviceBuffer* dst,
+                                    int64_t row_elements, absl::Span<const int64_t> indices,
+                                    const void* updates, bool updates_is_scalar) = 0;
+
+  // out row k = src row indices[k]. `out` is host memory with room for
+  // indices.size() * row_elements elements. Indices are already range-checked.
+  virtual absl::Status Gather(DataType dtype, const DeviceBuffer& src, int64_t row_elements,
+                              absl::Span<const int64_t> indices, void* out) = 0;
+
+  // Fills `dst` (a variable of `slice_shape` placed at `slice_offset` inside
+  // a variable of `full_shape`; offset all zeros and equal shapes for an
+  // unpartitioned variable) with the initializer's values. Element i of the
+  // slice gets the value that the element at the same coordinates of the full
+  // variable gets. The spec has been checked by ValidateInitializer.
+  virtual absl::Status Initialize(const InitializerSpec& spec, DataType dtype,
+                                  const TensorShape& full_shape, const TensorShape& slice_shape,
+                                  absl::Span<const int64_t> slice_offset, DeviceBuffer* dst) = 0;
+};
+
+// The CPU device: buffers in host memory, kernels as plain loops.
+std::unique_ptr<Device> NewCpuDevice();
+
+// INVALID_ARGUMENT unless `spec` can initialize a fixed-size variable of
+// `dtype` and `full_shape` (random initializers need a floating dtype, or an
+// integer one for random_uniform; a constant's value must be a scalar or
+// have full_shape and the variable's dtype; stddev >= 0; minval < maxval).
+// `variable` names the variable in messages.
+absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
+                                 const TensorShape& full_shape, const std::string& variable);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_DEVICE_DEVICE_H_

@@ -1,0 +1,107 @@
+#include "psd/tensor.h"
+
+#include <cmath>
+#include <limits>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "psd/float16.h"
+#include "psd/wire.h"
+
+namespace psd {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(TensorShapeTest, RejectsNegativeDimensionNamingIt) {
+  auto shape = TensorShape::Make({3, -2}, "shape of variable 'v'");
+  ASSERT_FALSE(shape.ok());
+  EXPECT_EQ(shape.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(shape.status().message(), HasSubstr("variable 'v': dimension 1 is -2"));
+}
+
+TEST(TensorShapeTest, RejectsAbsurdElementCount) {
+  auto shape = TensorShape::Make({int64_t{1} << 40, int64_t{1} << 40}, "v");
+  ASSERT_FALSE(shape.ok());
+  EXPECT_THAT(shape.status().message(), HasSubstr("too many elements"));
+  // A zero dimension makes any other dimension harmless.
+  EXPECT_TRUE(TensorShape::Make({0, int64_t{1} << 62, 1 << 30}, "v").ok());
+}
+
+TEST(TensorTest, WireRoundTripKeepsEveryDtype) {
+  for (DataType dt : {DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16, DT_INT8, DT_INT16, DT_INT32,
+                      DT_INT64, DT_UINT8, DT_BOOL}) {
+    Tensor t(dt, TensorShape{2, 3});
+    for (size_t i = 0; i < t.bytes().size(); ++i) (*t.mutable_bytes())[i] = static_cast<char>(i % 2);
+    TensorProto proto;
+    TensorToProto(t, &proto);
+    auto back = TensorFromProto(proto, "t");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, t) << DataTypeName(dt);
+  }
+}
+
+TEST(TensorTest, StringsEncodeAsVarintLengthsThenBytes) {
+  auto t = Tensor::FromStrings(TensorShape{3}, {"a", std::string(200, 'x'), ""});
+  ASSERT_TRUE(t.ok());
+  TensorProto proto;
+  TensorToProto(*t, &proto);
+  // 1 byte for length 1, 2 bytes for 200 (varint), 1 byte for 0.
+  ASSERT_EQ(proto.content().size(), 4u + 201u);
+  EXPECT_EQ(proto.content()[0], 1);
+  EXPECT_EQ(static_cast<uint8_t>(proto.content()[1]), 0xc8);
+  EXPECT_EQ(static_cast<uint8_t>(proto.content()[2]), 0x01);
+  auto back = TensorFromProto(proto, "t");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, *t);
+}
+
+TEST(TensorTest, MalformedStringContentIsInvalidArgument) {
+  TensorProto proto;
+  proto.set_dtype(DT_STRING);
+  proto.mutable_shape()->add_dims(2);
+  proto.set_content(std::string("\x05" "ab", 3));  // claims 5 bytes, has 2
+  auto t = TensorFromProto(proto, "value for variable 's'");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(t.status().message(), HasSubstr("variable 's': malformed string tensor"));
+}
+
+TEST(TensorTest, ContentLengthMustMatchShape) {
+  TensorProto proto;
+  proto.set_dtype(DT_FLOAT);
+  proto.mutable_shape()->add_dims(3);
+  proto.set_content(std::string(11, '\0'));
+  auto t = TensorFromProto(proto, "value for variable 'v'");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr("content has 11 bytes, but float32[3] needs 3 x 4"));
+}
+
+TEST(TensorTest, UnknownDtypeIsNamed) {
+  TensorProto proto;
+  proto.set_dtype(static_cast<DataType>(8));  // complex64: not stored by psd
+  auto t = TensorFromProto(proto, "value");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr("unsupported dtype dtype(8)"));
+}
+
+TEST(Float16Test, HalfRoundTripsRepresentableValuesAndRoundsToNearestEven) {
+  for (float f : {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f}) {
+    EXPECT_EQ(static_cast<float>(half(f)), f);
+  }
+  EXPECT_EQ(half(1.0f).bits, 0x3c00);
+  EXPECT_EQ(half(65520.0f).bits, 0x7c00);  // rounds up to infinity
+  // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties go to even (1).
+  EXPECT_EQ(half(1.0f + 0.00048828125f).bits, 0x3c00);
+  EXPECT_TRUE(std::isnan(static_cast<float>(half(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST(Float16Test, BFloat16KeepsTopBitsRounded) {
+  EXPECT_EQ(bfloat16(1.0f).bits, 0x3f80);
+  EXPECT_EQ(static_cast<float>(bfloat16(3.0f)), 3.0f);
+  EXPECT_EQ(static_cast<float>(bfloat16(1.00390625f)), 1.0f);  // tie to even
+  EXPECT_TRUE(std::isnan(static_cast<float>(bfloat16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+}  // namespace
+}  // namespace psd
