@@ -93,6 +93,10 @@ class Device {
 // The CPU device: buffers in host memory, kernels as plain loops.
 std::unique_ptr<Device> NewCpuDevice();
 
+// The device named by a shard's `device` setting: "cpu" (or "cpu:0"); GPU
+// devices are UNIMPLEMENTED in a build without CUDA.
+absl::StatusOr<std::unique_ptr<Device>> NewDevice(const std::string& spec);
+
 // INVALID_ARGUMENT unless `spec` can initialize a fixed-size variable of
 // `dtype` and `full_shape` (random initializers need a floating dtype, or an
 // integer one for random_uniform; a constant's value must be a scalar or

@@ -1,0 +1,50 @@
+// The initializers' fill logic behind Device::Initialize: from an
+// InitializerSpec, the values of one slice of a (possibly partitioned)
+// variable. ValidateInitializer, the check of a spec, is declared in
+// device.h.
+//
+// Random initializers give the element with global (full-variable,
+// row-major) index g a value computed from
+//   Philox4x32({g lo32, g hi32, attempt, 0}, {seed lo32, seed hi32})
+// alone, so a slice holds exactly the same slice of the whole variable,
+// whatever the partitioning, and a GPU implementation can reproduce the
+// values. attempt is 0 except for truncated_normal's redraws. From the four
+// output words r[0..3]:
+//   uniform float (float32, float16, bfloat16): UniformFloat(r[0]);
+//   uniform float64:                           UniformDouble(r[0], r[1]);
+//   normal: Box-Muller, sqrt(-2 ln(1 - u1)) * cos(2 pi u2), with u1, u2 the
+//     uniforms from r[0], r[1] (float) or r[0..1], r[2..3] (float64);
+//   integer uniform in [lo, hi): lo + (r[0]:r[1] as 64 bits) mod (hi - lo).
+// float16 and bfloat16 compute in float and round to nearest even.
+//
+// Thread-safety: pure functions of their arguments; thread-safe.
+#ifndef PSD_SERVER_DEVICE_INITIALIZERS_H_
+#define PSD_SERVER_DEVICE_INITIALIZERS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "psd/tensor.h"
+#include "psd/types.pb.h"
+
+namespace psd {
+
+// Writes the values of the `slice_shape` slice at `slice_offset` of a
+// `full_shape` variable of `dtype` into `dst`: host memory of `dst_bytes`
+// bytes (at least slice elements x element size), aligned for `dtype`.
+// Validates the spec (ValidateInitializer) and the slice geometry first, so
+// bad arguments give INVALID_ARGUMENT, never undefined behaviour.
+absl::Status FillInitializer(const InitializerSpec& spec, DataType dtype,
+                             const TensorShape& full_shape, const TensorShape& slice_shape,
+                             absl::Span<const int64_t> slice_offset, void* dst, size_t dst_bytes);
+
+// The bound of uniform_unit_scaling, TensorFlow's rule:
+// sqrt(3 / input_size) * factor, where input_size is the product of all but
+// the last dimension of `scale_shape` (at least 1).
+double UnitScalingLimit(double factor, absl::Span<const int64_t> scale_shape);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_DEVICE_INITIALIZERS_H_
