@@ -1,0 +1,83 @@
+// `psd`: the psd server binary. Subcommands:
+//   psd shard [--config FILE --id K] [flags]   serve one shard's variables
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "runtime/cluster_config.h"
+#include "runtime/shard_server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  spdlog::error("{}", message);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"psd: a sharded parameter server for TensorFlow-style variables"};
+  app.require_subcommand(1);
+  // Lets options of the top-level app (--log-level) follow the subcommand.
+  app.fallthrough();
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+
+  CLI::App* shard = app.add_subcommand("shard", "Serve one shard's variables");
+  std::string config_path;
+  int shard_id = 0;
+  psd::ShardServerOptions options;
+  std::string memory_limit;
+  shard->add_option("--config", config_path, "Cluster file (YAML); flags override its values");
+  shard->add_option("--id", shard_id, "This shard's id in the cluster file")->check(CLI::NonNegativeNumber);
+  shard->add_option("--listen", options.shard.listen, "HOST:PORT to serve on (port 0: any free port)");
+  shard->add_option("--advertise", options.shard.advertise, "HOST:PORT others dial (default: --listen)");
+  shard->add_option("--device", options.shard.device, "Where variables live: cpu");
+  shard->add_option("--memory-limit", memory_limit, "Byte budget for variables, e.g. 4GiB (0: none)");
+  shard->add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message")
+      ->check(CLI::Range(4096, 2147483647));
+  shard->add_option("--port-file", options.port_file, "After binding, write the real port here");
+  shard->add_option("--drain-timeout", options.drain_timeout_seconds,
+                    "Seconds in-flight calls may take after SIGTERM/SIGINT")
+      ->check(CLI::NonNegativeNumber);
+
+  CLI11_PARSE(app, argc, argv);
+
+  spdlog::set_default_logger(spdlog::stderr_color_mt("psd"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  if (shard->parsed()) {
+    // Start from the cluster file's entry for this shard; explicit flags win.
+    psd::ShardConfig from_file;
+    from_file.id = shard_id;
+    if (!config_path.empty()) {
+      auto config = psd::LoadClusterConfig(config_path);
+      if (!config.ok()) return Fail(std::string(config.status().message()));
+      const psd::ShardConfig* entry = config->FindShard(shard_id);
+      if (entry == nullptr) {
+        return Fail(config_path + ": no shard with id " + std::to_string(shard_id));
+      }
+      from_file = *entry;
+    }
+    psd::ShardConfig& cfg = options.shard;
+    if (shard->count("--listen") == 0) cfg.listen = from_file.listen;
+    if (shard->count("--advertise") == 0) cfg.advertise = from_file.advertise;
+    if (shard->count("--device") == 0) cfg.device = from_file.device;
+    cfg.id = from_file.id;
+    cfg.memory_limit = from_file.memory_limit;
+    if (!memory_limit.empty()) {
+      auto bytes = psd::ParseByteSize(memory_limit);
+      if (!bytes.ok()) return Fail("--memory-limit: " + std::string(bytes.status().message()));
+      cfg.memory_limit = *bytes;
+    }
+    if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
+    absl::Status status = psd::RunShardServer(options);
+    if (!status.ok()) return Fail(status.ToString());
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,195 @@
+#include "runtime/cluster_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "psd/status.h"
+#include "yaml-cpp/yaml.h"
+
+namespace psd {
+
+const ShardConfig* ClusterConfig::FindShard(int id) const {
+  for (const auto& s : shards) {
+    if (s.id == id) return &s;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
+  std::string s(absl::StripAsciiWhitespace(text));
+  size_t split = 0;
+  while (split < s.size() && (absl::ascii_isdigit(s[split]) || s[split] == '.')) ++split;
+  const std::string number = s.substr(0, split);
+  const std::string unit = absl::AsciiStrToLower(absl::StripAsciiWhitespace(s.substr(split)));
+  double value;
+  if (number.empty() || !absl::SimpleAtod(number, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid byte size '", text, "'"));
+  }
+  double scale;
+  if (unit.empty() || unit == "b") scale = 1;
+  else if (unit == "k" || unit == "kb") scale = 1e3;
+  else if (unit == "m" || unit == "mb") scale = 1e6;
+  else if (unit == "g" || unit == "gb") scale = 1e9;
+  else if (unit == "t" || unit == "tb") scale = 1e12;
+  else if (unit == "kib") scale = 1024.0;
+  else if (unit == "mib") scale = 1024.0 * 1024;
+  else if (unit == "gib") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "tib") scale = 1024.0 * 1024 * 1024 * 1024;
+  else return absl::InvalidArgumentError(absl::StrCat("invalid byte size '", text, "': unknown unit '", unit, "'"));
+  const double bytes = value * scale;
+  if (!(bytes < 9.2e18)) {
+    return absl::InvalidArgumentError(absl::StrCat("byte size '", text, "' is too large"));
+  }
+  return static_cast<int64_t>(std::llround(bytes));
+}
+
+absl::StatusOr<double> ParseDuration(const std::string& text) {
+  std::string s(absl::StripAsciiWhitespace(text));
+  double scale = 1;
+  if (!s.empty() && !absl::ascii_isdigit(s.back())) {
+    switch (s.back()) {
+      case 's': scale = 1; break;
+      case 'm': scale = 60; break;
+      case 'h': scale = 3600; break;
+      default: return absl::InvalidArgumentError(absl::StrCat("invalid duration '", text, "'"));
+    }
+    s.pop_back();
+  }
+  double value;
+  if (!absl::SimpleAtod(s, &value) || value < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid duration '", text, "'"));
+  }
+  return value * scale;
+}
+
+namespace {
+
+absl::Status CheckKeys(const YAML::Node& node, const std::string& where,
+                       const std::set<std::string>& known) {
+  if (!node.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected a mapping"));
+  }
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    if (known.count(key) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key '", key,
+                                                     "' (known: ", absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Reads `node[key]` into `out` if present, with a type error naming the key.
+template <typename T>
+absl::Status Get(const YAML::Node& node, const std::string& key, const std::string& where, T* out) {
+  const YAML::Node value = node[key];
+  if (!value) return absl::OkStatus();
+  try {
+    *out = value.as<T>();
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, ": cannot read '",
+                                                   value.Scalar(), "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GetBytes(const YAML::Node& node, const std::string& key, const std::string& where,
+                      int64_t* out) {
+  std::string text;
+  PSD_RETURN_IF_ERROR(Get(node, key, where, &text));
+  if (text.empty()) return absl::OkStatus();
+  auto bytes = ParseByteSize(text);
+  if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".", key, ": ", bytes.status().message()));
+  *out = *bytes;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::string& source) {
+  ClusterConfig config;
+  if (!root || root.IsNull()) return config;
+  PSD_RETURN_IF_ERROR(CheckKeys(root, source, {"coordinator", "shards", "checkpoint", "security"}));
+
+  if (const YAML::Node c = root["coordinator"]) {
+    const std::string where = source + ": coordinator";
+    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"listen", "advertise", "state_dir"}));
+    PSD_RETURN_IF_ERROR(Get(c, "listen", where, &config.coordinator.listen));
+    PSD_RETURN_IF_ERROR(Get(c, "advertise", where, &config.coordinator.advertise));
+    PSD_RETURN_IF_ERROR(Get(c, "state_dir", where, &config.coordinator.state_dir));
+  }
+  if (const YAML::Node shards = root["shards"]) {
+    if (!shards.IsSequence()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": shards: expected a list"));
+    }
+    std::set<int> ids;
+    for (size_t i = 0; i < shards.size(); ++i) {
+      const std::string where = absl::StrCat(source, ": shards[", i, "]");
+      const YAML::Node s = shards[i];
+      PSD_RETURN_IF_ERROR(CheckKeys(s, where, {"id", "listen", "advertise", "device", "memory_limit"}));
+      ShardConfig shard;
+      shard.id = static_cast<int>(i);
+      PSD_RETURN_IF_ERROR(Get(s, "id", where, &shard.id));
+      PSD_RETURN_IF_ERROR(Get(s, "listen", where, &shard.listen));
+      PSD_RETURN_IF_ERROR(Get(s, "advertise", where, &shard.advertise));
+      PSD_RETURN_IF_ERROR(Get(s, "device", where, &shard.device));
+      PSD_RETURN_IF_ERROR(GetBytes(s, "memory_limit", where, &shard.memory_limit));
+      if (shard.id < 0 || !ids.insert(shard.id).second) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": id ", shard.id,
+                                                       " is negative or repeated"));
+      }
+      config.shards.push_back(shard);
+    }
+  }
+  if (const YAML::Node c = root["checkpoint"]) {
+    const std::string where = source + ": checkpoint";
+    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"dir", "max_to_keep", "keep_checkpoint_every_n_hours",
+                                             "interval", "every_n_steps", "global_step"}));
+    PSD_RETURN_IF_ERROR(Get(c, "dir", where, &config.checkpoint.dir));
+    PSD_RETURN_IF_ERROR(Get(c, "max_to_keep", where, &config.checkpoint.max_to_keep));
+    PSD_RETURN_IF_ERROR(Get(c, "keep_checkpoint_every_n_hours", where,
+                            &config.checkpoint.keep_checkpoint_every_n_hours));
+    std::string interval;
+    PSD_RETURN_IF_ERROR(Get(c, "interval", where, &interval));
+    if (!interval.empty()) {
+      auto seconds = ParseDuration(interval);
+      if (!seconds.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".interval: ", seconds.status().message()));
+      config.checkpoint.interval_seconds = *seconds;
+    }
+    PSD_RETURN_IF_ERROR(Get(c, "every_n_steps", where, &config.checkpoint.every_n_steps));
+    PSD_RETURN_IF_ERROR(Get(c, "global_step", where, &config.checkpoint.global_step));
+  }
+  if (const YAML::Node c = root["security"]) {
+    const std::string where = source + ": security";
+    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"tls_ca", "tls_cert", "tls_key", "token_file"}));
+    PSD_RETURN_IF_ERROR(Get(c, "tls_ca", where, &config.security.tls_ca));
+    PSD_RETURN_IF_ERROR(Get(c, "tls_cert", where, &config.security.tls_cert));
+    PSD_RETURN_IF_ERROR(Get(c, "tls_key", where, &config.security.tls_key));
+    PSD_RETURN_IF_ERROR(Get(c, "token_file", where, &config.security.token_file));
+  }
+  return config;
+}
+
+}  // namespace
+
+absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::string& source) {
+  try {
+    return ParseNode(YAML::Load(yaml), source);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
+}
+
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open cluster file ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseClusterConfig(text.str(), path);
+}
+
+}  // namespace psd

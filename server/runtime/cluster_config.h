@@ -1,0 +1,71 @@
+// The cluster file: one YAML document that describes a psd cluster
+// (`coordinator:`, `shards:`, `checkpoint:`, `security:`). Every process reads
+// the same file and picks its own section; every key is also a command-line
+// flag of the same name (with '-' for '_'), and flags win. Unknown keys are
+// errors, so a typo fails at start instead of being silently ignored.
+#ifndef PSD_SERVER_RUNTIME_CLUSTER_CONFIG_H_
+#define PSD_SERVER_RUNTIME_CLUSTER_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace psd {
+
+struct ShardConfig {
+  int id = 0;
+  std::string listen = "127.0.0.1:7071";  // loopback unless configured
+  std::string advertise;                  // what others dial; defaults to listen
+  std::string device = "cpu";
+  int64_t memory_limit = 0;  // bytes; 0 = unlimited
+};
+
+struct CoordinatorConfig {
+  std::string listen = "127.0.0.1:7070";
+  std::string advertise;
+  std::string state_dir;
+};
+
+struct CheckpointConfig {
+  std::string dir;
+  int max_to_keep = 5;
+  double keep_checkpoint_every_n_hours = 10000.0;
+  double interval_seconds = 0;  // 0 = no periodic checkpoints
+  int64_t every_n_steps = 0;
+  std::string global_step;
+};
+
+struct SecurityConfig {
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string token_file;
+};
+
+struct ClusterConfig {
+  CoordinatorConfig coordinator;
+  std::vector<ShardConfig> shards;
+  CheckpointConfig checkpoint;
+  SecurityConfig security;
+
+  // The entry of shard `id`, or nullptr.
+  const ShardConfig* FindShard(int id) const;
+};
+
+// Parses and validates a cluster file's text; `source` names it in errors.
+absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::string& source);
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+
+// "4GiB", "512MiB", "1.5GB", "4096" -> bytes. Binary (KiB, MiB, GiB, TiB)
+// and decimal (K/KB, M/MB, G/GB, T/TB) suffixes, case-insensitive.
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
+
+// "30s", "5m", "2h", "1.5" (seconds) -> seconds.
+absl::StatusOr<double> ParseDuration(const std::string& text);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_RUNTIME_CLUSTER_CONFIG_H_

@@ -1,0 +1,36 @@
+// Runs one `psd shard` process: builds the device and variable store, serves
+// the Shard service (plus gRPC health checking and reflection) until SIGINT
+// or SIGTERM, then drains: stops accepting calls, lets in-flight calls
+// finish (bounded by the drain timeout), and returns.
+#ifndef PSD_SERVER_RUNTIME_SHARD_SERVER_H_
+#define PSD_SERVER_RUNTIME_SHARD_SERVER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "runtime/cluster_config.h"
+
+namespace psd {
+
+struct ShardServerOptions {
+  ShardConfig shard;
+  // Largest gRPC message accepted or sent.
+  int max_message_bytes = 512 << 20;
+  // After binding, the real port is written here (for `listen` port 0).
+  std::string port_file;
+  // How long in-flight calls may take to finish after a stop signal.
+  double drain_timeout_seconds = 10;
+};
+
+// Blocks until the server has drained after a signal. Returns an error if it
+// could not start (bad device, port in use, ...).
+absl::Status RunShardServer(const ShardServerOptions& options);
+
+// Writes `port` to `path` atomically (temp file + rename), so a reader never
+// sees a partial number.
+absl::Status WritePortFile(const std::string& path, int port);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_RUNTIME_SHARD_SERVER_H_

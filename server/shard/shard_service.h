@@ -1,0 +1,82 @@
+// ShardService: the gRPC edge of a shard. Each RPC hands its request to the
+// VariableStore, which validates and applies it, and converts the resulting
+// absl::Status to a grpc::Status. No logic beyond that lives here.
+//
+// Draining: after StartDrain() every new call is answered UNAVAILABLE
+// ("shutting down") before it touches the store, and WaitForIdle() returns
+// once the calls already running have finished. The server's Shutdown() then
+// only has to close connections.
+//
+// Thread-safety: thread-safe; the store does all synchronization. Handlers
+// run to completion without blocking on other RPCs and hold no lock across a
+// reactor callback.
+#ifndef PSD_SERVER_SHARD_SHARD_SERVICE_H_
+#define PSD_SERVER_SHARD_SHARD_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/time.h"
+
+#include "psd/shard.grpc.pb.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+
+class ShardService final : public Shard::CallbackService {
+ public:
+  ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
+      : shard_id_(shard_id), incarnation_(incarnation), store_(store) {}
+
+  grpc::ServerUnaryReactor* GetShardInfo(grpc::CallbackServerContext* ctx,
+                                         const GetShardInfoRequest* request,
+                                         GetShardInfoResponse* response) override;
+  grpc::ServerUnaryReactor* CreateVariable(grpc::CallbackServerContext* ctx,
+                                           const CreateVariableRequest* request,
+                                           CreateVariableResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteVariable(grpc::CallbackServerContext* ctx,
+                                           const DeleteVariableRequest* request,
+                                           DeleteVariableResponse* response) override;
+  grpc::ServerUnaryReactor* ListVariables(grpc::CallbackServerContext* ctx,
+                                          const ListVariablesRequest* request,
+                                          ListVariablesResponse* response) override;
+  grpc::ServerUnaryReactor* InitializeVariables(grpc::CallbackServerContext* ctx,
+                                                const InitializeVariablesRequest* request,
+                                                InitializeVariablesResponse* response) override;
+  grpc::ServerUnaryReactor* ReportUninitialized(grpc::CallbackServerContext* ctx,
+                                                const ReportUninitializedRequest* request,
+                                                ReportUninitializedResponse* response) override;
+  grpc::ServerUnaryReactor* Read(grpc::CallbackServerContext* ctx, const ReadRequest* request,
+                                 ReadResponse* response) override;
+  grpc::ServerUnaryReactor* Gather(grpc::CallbackServerContext* ctx, const GatherRequest* request,
+                                   GatherResponse* response) override;
+  grpc::ServerUnaryReactor* Assign(grpc::CallbackServerContext* ctx, const AssignRequest* request,
+                                   AssignResponse* response) override;
+  grpc::ServerUnaryReactor* Scatter(grpc::CallbackServerContext* ctx,
+                                    const ScatterRequest* request,
+                                    ScatterResponse* response) override;
+  grpc::ServerUnaryReactor* CountUpTo(grpc::CallbackServerContext* ctx,
+                                      const CountUpToRequest* request,
+                                      CountUpToResponse* response) override;
+
+  void StartDrain() { draining_.store(true); }
+  // True if no call was running by `deadline`.
+  bool WaitForIdle(absl::Time deadline) const;
+
+ private:
+  // Runs `op` unless draining, and finishes the call with its status.
+  template <typename Op>
+  grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
+
+  const int32_t shard_id_;
+  const uint64_t incarnation_;
+  VariableStore* const store_;
+  std::atomic<bool> draining_{false};
+  // Calls between admission and finish. Incremented before draining_ is
+  // checked, so WaitForIdle never misses a call that was admitted.
+  std::atomic<int> in_flight_{0};
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_SHARD_SHARD_SERVICE_H_

@@ -1,0 +1,740 @@
+#include "shard/variable_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+
+namespace psd {
+
+namespace {
+
+constexpr size_t kMaxNameBytes = 1024;
+
+std::string Quoted(const std::string& name) { return absl::StrCat("variable '", name, "'"); }
+
+// TensorFlow's names for the ops, used in messages.
+const char* AssignOpName(UpdateOp op) {
+  switch (op) {
+    case UPDATE_ADD: return "assign_add";
+    case UPDATE_SUB: return "assign_sub";
+    default: return "assign";
+  }
+}
+const char* ScatterOpName(UpdateOp op) {
+  switch (op) {
+    case UPDATE_ADD: return "scatter_add";
+    case UPDATE_SUB: return "scatter_sub";
+    default: return "scatter_update";
+  }
+}
+
+absl::StatusOr<UpdateKind> ToUpdateKind(int op, const std::string& variable) {
+  switch (op) {
+    case UPDATE_ASSIGN: return UpdateKind::kAssign;
+    case UPDATE_ADD: return UpdateKind::kAdd;
+    case UPDATE_SUB: return UpdateKind::kSub;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(variable), ": unknown update op ", op));
+  }
+}
+
+// Bytes a string vector is accounted for: its characters plus the per-element
+// std::string object.
+int64_t StringBytes(const std::vector<std::string>& values) {
+  int64_t bytes = static_cast<int64_t>(values.size() * sizeof(std::string));
+  for (const auto& v : values) bytes += static_cast<int64_t>(v.size());
+  return bytes;
+}
+
+// Calls fn(local, global) for every element of a slice at `offset` with
+// `slice_shape` inside `full_shape`: local and global row-major indices.
+template <typename Fn>
+void ForEachSliceElement(const TensorShape& full_shape, const TensorShape& slice_shape,
+                         const std::vector<int64_t>& offset, Fn fn) {
+  const int rank = slice_shape.rank();
+  const int64_t n = slice_shape.num_elements();
+  std::vector<int64_t> coord(rank, 0);
+  for (int64_t local = 0; local < n; ++local) {
+    int64_t global = 0;
+    for (int d = 0; d < rank; ++d) global = global * full_shape.dim(d) + offset[d] + coord[d];
+    fn(local, global);
+    for (int d = rank - 1; d >= 0; --d) {
+      if (++coord[d] < slice_shape.dim(d)) break;
+      coord[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status ValidateVariableName(const std::string& name) {
+  auto invalid = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid variable name '", name, "': ", why));
+  };
+  if (name.empty()) return invalid("empty");
+  if (name.size() > kMaxNameBytes) return invalid(absl::StrCat("longer than ", kMaxNameBytes, " bytes"));
+  auto alnum = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+  };
+  if (!alnum(name[0]) && name[0] != '.') return invalid("must start with [A-Za-z0-9.]");
+  for (char c : name) {
+    if (!alnum(c) && c != '_' && c != '.' && c != '-' && c != '/') {
+      return invalid(absl::StrCat("character '", std::string(1, c), "' is not in [A-Za-z0-9_./-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One variable's declaration (immutable) and state (guarded by `mu`).
+class Variable {
+ public:
+  // The bytes and shape of a variable's value, prepared outside the lock and
+  // swapped in under it.
+  struct Contents {
+    TensorShape shape;
+    std::unique_ptr<DeviceBuffer> buffer;  // fixed-size dtypes
+    std::vector<std::string> strings;      // DT_STRING
+    MemoryReservation reservation;
+  };
+
+  Variable(std::string name, DataType dtype, TensorShape declared_shape, TensorShape full_shape,
+           std::vector<int64_t> slice_offset, InitializerSpec initializer,
+           std::unique_ptr<TensorProto> initial_value)
+      : name(std::move(name)),
+        dtype(dtype),
+        full_shape(std::move(full_shape)),
+        slice_offset(std::move(slice_offset)),
+        initializer(std::move(initializer)),
+        shape(std::move(declared_shape)),
+        initial_value(std::move(initial_value)) {}
+
+  const std::string name;
+  const DataType dtype;
+  // Placement inside a partitioned variable (full_shape == shape and zero
+  // offset when unpartitioned); random initializers index by full position.
+  const TensorShape full_shape;
+  const std::vector<int64_t> slice_offset;
+  // Used when created without an initial value.
+  const InitializerSpec initializer;
+
+  mutable absl::Mutex mu;
+  TensorShape shape ABSL_GUARDED_BY(mu);
+  Contents contents ABSL_GUARDED_BY(mu);
+  bool initialized ABSL_GUARDED_BY(mu) = false;
+  uint64_t version ABSL_GUARDED_BY(mu) = 0;
+  // The value given at creation, held until the variable is first
+  // initialized; dropped then so a big initial value is not kept twice.
+  std::unique_ptr<TensorProto> initial_value ABSL_GUARDED_BY(mu);
+
+  void Swap(Contents&& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    shape = next.shape;
+    std::swap(contents, next);
+    // `next` now holds the old buffer and reservation; both are released
+    // when it goes out of scope in the caller.
+  }
+
+  void FillInfo(const Device& device, VariableInfo* info) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    info->set_name(name);
+    info->set_dtype(dtype);
+    ShapeToProto(shape, info->mutable_shape());
+    info->set_initialized(initialized);
+    info->set_version(version);
+    info->set_device(device.name());
+    info->set_bytes(contents.reservation.bytes());
+  }
+};
+
+namespace {
+
+// Bytes of `elements` elements of `element_size` each, or RESOURCE_EXHAUSTED
+// when that does not even fit an int64.
+absl::StatusOr<int64_t> ByteSize(int64_t elements, size_t element_size, const std::string& name) {
+  if (element_size != 0 && elements > INT64_MAX / static_cast<int64_t>(element_size)) {
+    return absl::ResourceExhaustedError(absl::StrCat(Quoted(name), ": ", elements,
+                                                     " elements of ", element_size,
+                                                     " bytes exceed any memory limit"));
+  }
+  return elements * static_cast<int64_t>(element_size);
+}
+
+absl::StatusOr<Variable::Contents> Allocate(Device* device, MemoryAccountant* memory,
+                                            DataType dtype, const TensorShape& shape,
+                                            const std::string& name) {
+  Variable::Contents c;
+  c.shape = shape;
+  const size_t element_size = dtype == DT_STRING ? sizeof(std::string) : DataTypeSize(dtype);
+  PSD_ASSIGN_OR_RETURN(const int64_t bytes, ByteSize(shape.num_elements(), element_size, name));
+  PSD_RETURN_IF_ERROR(memory->Reserve(bytes, name));
+  c.reservation = MemoryReservation(memory, bytes);
+  if (dtype == DT_STRING) {
+    try {
+      c.strings.resize(shape.num_elements());
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          Quoted(name), ": cannot allocate ", bytes, " bytes of host memory for its strings"));
+    }
+    return c;
+  }
+  auto buffer = device->Allocate(static_cast<size_t>(bytes));
+  if (!buffer.ok()) {
+    return absl::Status(buffer.status().code(),
+                        absl::StrCat(Quoted(name), ": ", buffer.status().message()));
+  }
+  c.buffer = std::move(buffer).value();
+  return c;
+}
+
+// Contents holding `value` (already validated to have the variable's dtype).
+absl::StatusOr<Variable::Contents> ContentsFromProto(Device* device, MemoryAccountant* memory,
+                                                     const TensorProto& value,
+                                                     const TensorShape& shape,
+                                                     const std::string& name) {
+  if (value.dtype() == DT_STRING) {
+    PSD_ASSIGN_OR_RETURN(auto strings, DecodeStrings(value.content(), shape.num_elements(),
+                                                     absl::StrCat("value for ", Quoted(name))));
+    Variable::Contents c;
+    c.shape = shape;
+    const int64_t bytes = StringBytes(strings);
+    PSD_RETURN_IF_ERROR(memory->Reserve(bytes, name));
+    c.reservation = MemoryReservation(memory, bytes);
+    c.strings = std::move(strings);
+    return c;
+  }
+  PSD_ASSIGN_OR_RETURN(auto c, Allocate(device, memory, value.dtype(), shape, name));
+  PSD_RETURN_IF_ERROR(
+      device->CopyFromHost(value.content().data(), value.content().size(), c.buffer.get(), 0));
+  return c;
+}
+
+// A string variable's initial contents: zeros/default give "", a constant
+// gives its value (a scalar broadcast, or the full variable's tensor).
+absl::StatusOr<Variable::Contents> InitialStrings(Device* device, MemoryAccountant* memory,
+                                                  const Variable& var, const TensorShape& shape) {
+  // Reserve the empty strings first so an absurd shape fails the budget
+  // check instead of the allocation.
+  PSD_ASSIGN_OR_RETURN(auto c, Allocate(device, memory, DT_STRING, shape, var.name));
+  const InitializerSpec& spec = var.initializer;
+  if (!spec.has_constant()) return c;
+  const TensorProto& value = spec.constant().value();
+  PSD_ASSIGN_OR_RETURN(TensorShape value_shape, ValidateTensorProto(value, "constant initializer"));
+  PSD_ASSIGN_OR_RETURN(auto all, DecodeStrings(value.content(), value_shape.num_elements(),
+                                               "constant initializer"));
+  std::vector<std::string>& values = c.strings;
+  if (all.size() == 1) {
+    std::fill(values.begin(), values.end(), all[0]);
+  } else {
+    ForEachSliceElement(var.full_shape, shape, var.slice_offset,
+                        [&](int64_t local, int64_t global) { values[local] = all[global]; });
+  }
+  // The characters on top of the string objects already reserved.
+  int64_t chars = 0;
+  for (const auto& v : values) chars += static_cast<int64_t>(v.size());
+  PSD_RETURN_IF_ERROR(memory->Reserve(chars, var.name));
+  c.reservation.Merge(MemoryReservation(memory, chars));
+  return c;
+}
+
+absl::Status ValidateStringInitializer(const InitializerSpec& spec, const TensorShape& full_shape,
+                                       const std::string& name) {
+  if (spec.has_zeros() || spec.has_default_initializer()) return absl::OkStatus();
+  if (spec.has_constant()) {
+    const std::string what = absl::StrCat("constant initializer of ", Quoted(name));
+    if (spec.constant().value().dtype() != DT_STRING) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": value is ", DataTypeName(spec.constant().value().dtype()),
+          ", variable is string"));
+    }
+    PSD_ASSIGN_OR_RETURN(TensorShape shape, ValidateTensorProto(spec.constant().value(), what));
+    if (shape.num_elements() != 1 && shape != full_shape) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": value shape ", shape.ToString(),
+                                                     " is neither a scalar nor the variable's ",
+                                                     full_shape.ToString()));
+    }
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(Quoted(name), ": string variables take only zeros, constant or the default "
+                                 "initializer"));
+}
+
+}  // namespace
+
+VariableStore::VariableStore(Device* device, int64_t memory_limit_bytes)
+    : device_(device), memory_(memory_limit_bytes) {}
+
+VariableStore::~VariableStore() = default;
+
+size_t VariableStore::num_variables() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return variables_.size();
+}
+
+absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = variables_.find(name);
+  if (it == variables_.end()) {
+    return absl::NotFoundError(absl::StrCat(Quoted(name), " not found"));
+  }
+  return it->second;
+}
+
+namespace {
+
+// The initial contents of `var` (shape `shape`): from its held initial value
+// or by running its initializer.
+absl::StatusOr<Variable::Contents> InitialContents(Device* device, MemoryAccountant* memory,
+                                                   const Variable& var, const TensorShape& shape,
+                                                   const TensorProto* initial_value) {
+  if (initial_value != nullptr) {
+    return ContentsFromProto(device, memory, *initial_value, shape, var.name);
+  }
+  if (var.dtype == DT_STRING) return InitialStrings(device, memory, var, shape);
+  PSD_ASSIGN_OR_RETURN(auto c, Allocate(device, memory, var.dtype, shape, var.name));
+  PSD_RETURN_IF_ERROR(device->Initialize(var.initializer, var.dtype, var.full_shape, shape,
+                                         var.slice_offset, c.buffer.get()));
+  return c;
+}
+
+}  // namespace
+
+absl::Status VariableStore::Create(const CreateVariableRequest& request, VariableInfo* info) {
+  const std::string& name = request.name();
+  PSD_RETURN_IF_ERROR(ValidateVariableName(name));
+  PSD_RETURN_IF_ERROR(ValidateDataType(request.dtype(), Quoted(name)));
+  const DataType dtype = request.dtype();
+  PSD_ASSIGN_OR_RETURN(TensorShape shape,
+                       ShapeFromProto(request.shape(), absl::StrCat("shape of ", Quoted(name))));
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (variables_.count(name) > 0) {
+      return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
+    }
+  }
+
+  // Placement inside a partitioned variable.
+  TensorShape full_shape = shape;
+  std::vector<int64_t> offset(shape.rank(), 0);
+  if (request.slice().full_shape_size() > 0 || request.slice().offset_size() > 0) {
+    PSD_ASSIGN_OR_RETURN(full_shape, TensorShape::Make(request.slice().full_shape(),
+                                                       absl::StrCat("full shape of ", Quoted(name))));
+    if (full_shape.rank() != shape.rank() || request.slice().offset_size() != shape.rank()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Quoted(name), ": slice of shape ", shape.ToString(), " at offset of rank ",
+          request.slice().offset_size(), " does not fit full shape ", full_shape.ToString()));
+    }
+    for (int d = 0; d < shape.rank(); ++d) {
+      const int64_t o = request.slice().offset(d);
+      if (o < 0 || o > full_shape.dim(d) || shape.dim(d) > full_shape.dim(d) - o) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Quoted(name), ": slice of shape ", shape.ToString(), " at offset ", o,
+            " in dimension ", d, " does not fit full shape ", full_shape.ToString()));
+      }
+      offset[d] = o;
+    }
+  }
+
+  InitializerSpec initializer;
+  std::unique_ptr<TensorProto> initial_value;
+  if (request.has_initial_value()) {
+    const TensorProto& value = request.initial_value();
+    const std::string what = absl::StrCat("initial value of ", Quoted(name));
+    if (value.dtype() != dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " is ", DataTypeName(value.dtype()),
+                                                     ", variable is ", DataTypeName(dtype)));
+    }
+    PSD_ASSIGN_OR_RETURN(TensorShape value_shape, ValidateTensorProto(value, what));
+    if (value_shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " has shape ", value_shape.ToString(),
+                                                     ", variable has shape ", shape.ToString()));
+    }
+    initial_value = std::make_unique<TensorProto>(value);
+  } else {
+    if (request.has_initializer()) {
+      initializer = request.initializer();
+    } else {
+      initializer.mutable_default_initializer();
+    }
+    if (dtype == DT_STRING) {
+      PSD_RETURN_IF_ERROR(ValidateStringInitializer(initializer, full_shape, name));
+    } else {
+      PSD_RETURN_IF_ERROR(ValidateInitializer(initializer, dtype, full_shape, name));
+    }
+  }
+
+  auto var = std::make_shared<Variable>(name, dtype, shape, std::move(full_shape),
+                                        std::move(offset), std::move(initializer),
+                                        std::move(initial_value));
+  if (request.initialize()) {
+    absl::MutexLock var_lock(&var->mu);
+    PSD_ASSIGN_OR_RETURN(auto contents, InitialContents(device_, &memory_, *var, shape,
+                                                        var->initial_value.get()));
+    var->Swap(std::move(contents));
+    var->initial_value.reset();
+    var->initialized = true;
+  }
+
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = variables_.emplace(name, var);
+  if (!inserted) {
+    // Lost a race with another create of the same name.
+    return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
+  }
+  absl::ReaderMutexLock var_lock(&var->mu);
+  var->FillInfo(*device_, info);
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::Delete(const std::string& name) {
+  std::shared_ptr<Variable> victim;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = variables_.find(name);
+    if (it == variables_.end()) return absl::NotFoundError(absl::StrCat(Quoted(name), " not found"));
+    victim = std::move(it->second);
+    variables_.erase(it);
+  }
+  // Memory is released when the last in-flight op on the variable drops it.
+  return absl::OkStatus();
+}
+
+std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
+  std::vector<std::shared_ptr<Variable>> vars;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (auto it = variables_.lower_bound(prefix);
+         it != variables_.end() && absl::StartsWith(it->first, prefix); ++it) {
+      vars.push_back(it->second);
+    }
+  }
+  std::vector<VariableInfo> out(vars.size());
+  for (size_t i = 0; i < vars.size(); ++i) {
+    absl::ReaderMutexLock lock(&vars[i]->mu);
+    vars[i]->FillInfo(*device_, &out[i]);
+  }
+  return out;
+}
+
+absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request) {
+  // Resolve every name first so an unknown one fails the whole request.
+  std::map<std::string, std::shared_ptr<Variable>> vars;
+  for (const auto& name : request.names()) {
+    PSD_ASSIGN_OR_RETURN(vars[name], Find(name));
+  }
+  // Lock in name order (the map's order) so concurrent calls cannot deadlock,
+  // then prepare every variable's contents before committing any of them.
+  std::vector<std::unique_ptr<absl::MutexLock>> locks;
+  for (auto& [name, var] : vars) locks.push_back(std::make_unique<absl::MutexLock>(&var->mu));
+  std::vector<std::pair<Variable*, Variable::Contents>> prepared;
+  for (auto& [name, var] : vars) {
+    var->mu.AssertHeld();
+    if (var->initialized && !request.force()) continue;
+    // Created from a value (no initializer) whose value was consumed by an
+    // earlier initialization.
+    if (var->initial_value == nullptr &&
+        var->initializer.kind_case() == InitializerSpec::KIND_NOT_SET) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          Quoted(name), " was created from a value that is no longer held; assign it instead"));
+    }
+    PSD_ASSIGN_OR_RETURN(auto contents, InitialContents(device_, &memory_, *var, var->shape,
+                                                        var->initial_value.get()));
+    prepared.emplace_back(var.get(), std::move(contents));
+  }
+  for (auto& [var, contents] : prepared) {
+    var->mu.AssertHeld();
+    var->Swap(std::move(contents));
+    var->initial_value.reset();
+    var->initialized = true;
+    ++var->version;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::ReportUninitialized(const ReportUninitializedRequest& request,
+                                                ReportUninitializedResponse* response) const {
+  std::vector<std::shared_ptr<Variable>> vars;
+  if (request.names_size() == 0) {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [name, var] : variables_) vars.push_back(var);
+  } else {
+    for (const auto& name : request.names()) {
+      PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+      vars.push_back(std::move(var));
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& var : vars) {
+    absl::ReaderMutexLock lock(&var->mu);
+    if (!var->initialized) names.push_back(var->name);
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  for (auto& n : names) response->add_names(std::move(n));
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status CheckInitialized(const Variable& var) ABSL_SHARED_LOCKS_REQUIRED(var.mu) {
+  if (!var.initialized) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Attempting to use uninitialized value ", var.name));
+  }
+  return absl::OkStatus();
+}
+
+// Copies the variable's current value into `out`.
+absl::Status CopyOut(Device* device, const Variable& var, TensorProto* out)
+    ABSL_SHARED_LOCKS_REQUIRED(var.mu) {
+  out->set_dtype(var.dtype);
+  ShapeToProto(var.shape, out->mutable_shape());
+  if (var.dtype == DT_STRING) {
+    out->set_content(EncodeStrings(var.contents.strings));
+    return absl::OkStatus();
+  }
+  const size_t bytes = var.contents.buffer->size();
+  std::string* content = out->mutable_content();
+  content->resize(bytes);
+  return device->CopyToHost(*var.contents.buffer, 0, bytes, content->data());
+}
+
+// Checks every index against [0, dim0) with TensorFlow's wording.
+absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
+                          const std::string& variable) {
+  for (size_t i = 0; i < indices.size(); ++i) {
+    if (indices[i] < 0 || indices[i] >= limit) {
+      return absl::InvalidArgumentError(absl::StrCat(Quoted(variable), ": indices[", i, "] = ",
+                                                     indices[i], " is not in [0, ", limit, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status VariableStore::Read(const ReadRequest& request, ReadResponse* response) const {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  absl::ReaderMutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  PSD_RETURN_IF_ERROR(CopyOut(device_, *var, response->mutable_value()));
+  response->set_version(var->version);
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse* response) const {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  TensorShape indices_shape;
+  PSD_ASSIGN_OR_RETURN(auto indices,
+                       IndicesFromProto(request.indices(),
+                                        absl::StrCat("indices for ", Quoted(request.name())),
+                                        &indices_shape));
+  absl::ReaderMutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  if (var->shape.rank() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(var->name), ": gather needs rank >= 1, variable is a scalar"));
+  }
+  PSD_RETURN_IF_ERROR(CheckIndices(indices, var->shape.dim(0), var->name));
+  std::vector<int64_t> out_dims = indices_shape.dims();
+  out_dims.insert(out_dims.end(), var->shape.dims().begin() + 1, var->shape.dims().end());
+  TensorProto* out = response->mutable_value();
+  out->set_dtype(var->dtype);
+  out->mutable_shape()->mutable_dims()->Assign(out_dims.begin(), out_dims.end());
+  const int64_t row = var->shape.row_elements();
+  if (var->dtype == DT_STRING) {
+    std::vector<std::string> rows;
+    rows.reserve(indices.size() * row);
+    for (int64_t idx : indices) {
+      for (int64_t j = 0; j < row; ++j) rows.push_back(var->contents.strings[idx * row + j]);
+    }
+    out->set_content(EncodeStrings(rows));
+    return absl::OkStatus();
+  }
+  std::string* content = out->mutable_content();
+  content->resize(indices.size() * row * DataTypeSize(var->dtype));
+  return device_->Gather(var->dtype, *var->contents.buffer, row, indices, content->data());
+}
+
+absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response) {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  const std::string& name = var->name;
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
+  const char* op_name = AssignOpName(request.op());
+  const TensorProto& value = request.value();
+  if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(op_name, " is not supported for ", Quoted(name),
+                                                   " of dtype ", DataTypeName(var->dtype)));
+  }
+  if (value.dtype() != var->dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(op_name, ": ", Quoted(name), " is ",
+                                                   DataTypeName(var->dtype), ", value is ",
+                                                   DataTypeName(value.dtype())));
+  }
+  PSD_ASSIGN_OR_RETURN(TensorShape value_shape,
+                       ValidateTensorProto(value, absl::StrCat("value for ", Quoted(name))));
+
+  absl::MutexLock lock(&var->mu);
+  if (kind != UpdateKind::kAssign) PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  const bool reshape = kind == UpdateKind::kAssign && !request.validate_shape();
+  if (!reshape && value_shape != var->shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op_name, ": ", Quoted(name), " has shape ", var->shape.ToString(), ", value has shape ",
+        value_shape.ToString()));
+  }
+  const bool same_layout = var->initialized && value_shape.num_elements() ==
+                                                   var->shape.num_elements();
+  if (kind == UpdateKind::kAssign && (var->dtype == DT_STRING || !same_layout)) {
+    // New storage: strings always (their sizes change), numbers when the
+    // variable has none yet or changes its element count.
+    PSD_ASSIGN_OR_RETURN(auto contents,
+                         ContentsFromProto(device_, &memory_, value, value_shape, name));
+    var->Swap(std::move(contents));
+    var->initial_value.reset();
+  } else {
+    PSD_RETURN_IF_ERROR(device_->ApplyDense(var->dtype, kind, var->contents.buffer.get(),
+                                            value.content().data(), value_shape.num_elements(),
+                                            /*src_is_scalar=*/false));
+    var->shape = value_shape;
+  }
+  var->initialized = true;
+  ++var->version;
+  response->set_version(var->version);
+  if (request.return_value()) return CopyOut(device_, *var, response->mutable_value());
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response) {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  const std::string& name = var->name;
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
+  const char* op_name = ScatterOpName(request.op());
+  if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(op_name, " is not supported for ", Quoted(name),
+                                                   " of dtype ", DataTypeName(var->dtype)));
+  }
+  TensorShape indices_shape;
+  PSD_ASSIGN_OR_RETURN(auto indices,
+                       IndicesFromProto(request.indices(),
+                                        absl::StrCat(op_name, ": indices for ", Quoted(name)),
+                                        &indices_shape));
+  const TensorProto& updates = request.updates();
+  if (updates.dtype() != var->dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(op_name, ": ", Quoted(name), " is ",
+                                                   DataTypeName(var->dtype), ", updates are ",
+                                                   DataTypeName(updates.dtype())));
+  }
+  PSD_ASSIGN_OR_RETURN(TensorShape updates_shape,
+                       ValidateTensorProto(updates, absl::StrCat(op_name, ": updates for ",
+                                                                 Quoted(name))));
+  std::vector<std::string> string_updates;
+  if (var->dtype == DT_STRING) {
+    PSD_ASSIGN_OR_RETURN(string_updates,
+                         DecodeStrings(updates.content(), updates_shape.num_elements(), name));
+  }
+
+  absl::MutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  if (var->shape.rank() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op_name, ": ", Quoted(name), " is a scalar; scatter needs rank >= 1"));
+  }
+  const bool scalar = updates_shape.rank() == 0;
+  if (!scalar) {
+    std::vector<int64_t> want = indices_shape.dims();
+    want.insert(want.end(), var->shape.dims().begin() + 1, var->shape.dims().end());
+    if (updates_shape.dims() != want) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op_name, ": updates for ", Quoted(name), " have shape ", updates_shape.ToString(),
+          ", need indices.shape + var.shape[1:] = ", TensorShape(want).ToString(),
+          " or a scalar"));
+    }
+  }
+  PSD_RETURN_IF_ERROR(CheckIndices(indices, var->shape.dim(0), name));
+
+  const int64_t row = var->shape.row_elements();
+  if (var->dtype == DT_STRING) {
+    // Strings change size. Reserve the most the writes can add (every
+    // update's characters) before touching anything, write in place, then
+    // give back what the replaced strings freed.
+    int64_t most = 0;
+    for (size_t k = 0; k < indices.size(); ++k) {
+      for (int64_t j = 0; j < row; ++j) {
+        most += static_cast<int64_t>(string_updates[scalar ? 0 : k * row + j].size());
+      }
+    }
+    PSD_RETURN_IF_ERROR(memory_.Reserve(most, name));
+    MemoryReservation growth(&memory_, most);
+    int64_t delta = 0;
+    for (size_t k = 0; k < indices.size(); ++k) {
+      for (int64_t j = 0; j < row; ++j) {
+        std::string& slot = var->contents.strings[indices[k] * row + j];
+        const std::string& update = string_updates[scalar ? 0 : k * row + j];
+        delta += static_cast<int64_t>(update.size()) - static_cast<int64_t>(slot.size());
+        slot = update;
+      }
+    }
+    var->contents.reservation.Merge(std::move(growth));
+    var->contents.reservation.Shrink(most - delta);
+  } else {
+    PSD_RETURN_IF_ERROR(device_->ApplyScatter(var->dtype, kind, var->contents.buffer.get(), row,
+                                              indices, updates.content().data(), scalar));
+  }
+  ++var->version;
+  response->set_version(var->version);
+  if (request.return_value()) return CopyOut(device_, *var, response->mutable_value());
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
+                                      CountUpToResponse* response) {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  const std::string& name = var->name;
+  if (var->dtype != DT_INT32 && var->dtype != DT_INT64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "count_up_to needs an int32 or int64 variable; ", Quoted(name), " is ",
+        DataTypeName(var->dtype)));
+  }
+  if (var->dtype == DT_INT32 &&
+      (request.limit() > INT32_MAX || request.limit() < INT32_MIN)) {
+    return absl::InvalidArgumentError(absl::StrCat("count_up_to: limit ", request.limit(),
+                                                   " does not fit int32 ", Quoted(name)));
+  }
+  absl::MutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  if (var->shape.rank() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("count_up_to: ", Quoted(name),
+                                                   " must be a scalar, has shape ",
+                                                   var->shape.ToString()));
+  }
+  const size_t size = DataTypeSize(var->dtype);
+  int64_t value = 0;
+  if (var->dtype == DT_INT64) {
+    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents.buffer, 0, size, &value));
+  } else {
+    int32_t v32 = 0;
+    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents.buffer, 0, size, &v32));
+    value = v32;
+  }
+  if (value >= request.limit()) {
+    return absl::OutOfRangeError(
+        absl::StrCat(Quoted(name), ": Reached limit of ", request.limit()));
+  }
+  const int64_t next = value + 1;
+  if (var->dtype == DT_INT64) {
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&next, size, var->contents.buffer.get(), 0));
+  } else {
+    const int32_t n32 = static_cast<int32_t>(next);
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&n32, size, var->contents.buffer.get(), 0));
+  }
+  ++var->version;
+  response->set_old_value(value);
+  return absl::OkStatus();
+}
+
+}  // namespace psd

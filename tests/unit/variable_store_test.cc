@@ -1,0 +1,340 @@
+// VariableStore in-process: every op's semantics and every validation path,
+// checking that a failed request leaves the variable exactly as it was.
+#include "shard/variable_store.h"
+
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "psd/wire.h"
+
+namespace psd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TensorProto ToProto(const Tensor& t) {
+  TensorProto p;
+  TensorToProto(t, &p);
+  return p;
+}
+
+template <typename T>
+TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
+  return ToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values));
+}
+
+class VariableStoreTest : public ::testing::Test {
+ protected:
+  VariableStoreTest() : device_(NewCpuDevice()), store_(device_.get(), 1 << 20) {}
+
+  void CreateFrom(const std::string& name, const TensorProto& value) {
+    CreateVariableRequest req;
+    req.set_name(name);
+    req.set_dtype(value.dtype());
+    *req.mutable_shape() = value.shape();
+    *req.mutable_initial_value() = value;
+    req.set_initialize(true);
+    VariableInfo info;
+    ASSERT_TRUE(store_.Create(req, &info).ok());
+  }
+
+  Tensor ReadValue(const std::string& name) {
+    ReadRequest req;
+    req.set_name(name);
+    ReadResponse resp;
+    absl::Status s = store_.Read(req, &resp);
+    EXPECT_TRUE(s.ok()) << s;
+    return *TensorFromProto(resp.value(), name);
+  }
+
+  absl::Status Assign(const std::string& name, UpdateOp op, const TensorProto& value,
+                      bool validate_shape = true) {
+    AssignRequest req;
+    req.set_name(name);
+    req.set_op(op);
+    *req.mutable_value() = value;
+    req.set_validate_shape(validate_shape);
+    AssignResponse resp;
+    return store_.Assign(req, &resp);
+  }
+
+  absl::Status Scatter(const std::string& name, UpdateOp op, const TensorProto& indices,
+                       const TensorProto& updates) {
+    ScatterRequest req;
+    req.set_name(name);
+    req.set_op(op);
+    *req.mutable_indices() = indices;
+    *req.mutable_updates() = updates;
+    ScatterResponse resp;
+    return store_.Scatter(req, &resp);
+  }
+
+  absl::StatusOr<int64_t> CountUpTo(const std::string& name, int64_t limit) {
+    CountUpToRequest req;
+    req.set_name(name);
+    req.set_limit(limit);
+    CountUpToResponse resp;
+    absl::Status s = store_.CountUpTo(req, &resp);
+    if (!s.ok()) return s;
+    return resp.old_value();
+  }
+
+  std::unique_ptr<Device> device_;
+  VariableStore store_;
+};
+
+TEST_F(VariableStoreTest, AssignOpsReturnNewValueOnlyWhenAsked) {
+  CreateFrom("v", Vec<float>({}, {0.0f}));
+  AssignRequest req;
+  req.set_name("v");
+  req.set_op(UPDATE_ADD);
+  *req.mutable_value() = Vec<float>({}, {1.0f});
+  req.set_validate_shape(true);
+  AssignResponse resp;
+  ASSERT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_FALSE(resp.has_value());
+  req.set_op(UPDATE_SUB);
+  *req.mutable_value() = Vec<float>({}, {2.0f});
+  req.set_return_value(true);
+  ASSERT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_EQ(TensorFromProto(resp.value(), "v")->ToVector<float>(), std::vector<float>{-1.0f});
+  req.set_op(UPDATE_ASSIGN);
+  *req.mutable_value() = Vec<float>({}, {4.0f});
+  ASSERT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_EQ(TensorFromProto(resp.value(), "v")->ToVector<float>(), std::vector<float>{4.0f});
+}
+
+TEST_F(VariableStoreTest, AssignWithoutValidateShapeReplacesShape) {
+  CreateFrom("p", Vec<float>({1}, {1.0f}));
+  ASSERT_TRUE(Assign("p", UPDATE_ASSIGN, ToProto(Tensor(DT_FLOAT, TensorShape{32, 32})), false).ok());
+  EXPECT_EQ(ReadValue("p").shape(), (TensorShape{32, 32}));
+  absl::Status s = Assign("p", UPDATE_ASSIGN, Vec<float>({2}, {1, 2}), /*validate_shape=*/true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("[32,32]"));
+  EXPECT_THAT(s.message(), HasSubstr("[2]"));
+}
+
+TEST_F(VariableStoreTest, ReadOfUninitializedVariableIsFailedPrecondition) {
+  CreateVariableRequest req;
+  req.set_name("lazy");
+  req.set_dtype(DT_FLOAT);
+  req.mutable_shape()->add_dims(2);
+  VariableInfo info;
+  ASSERT_TRUE(store_.Create(req, &info).ok());
+  EXPECT_FALSE(info.initialized());
+  ReadRequest read;
+  read.set_name("lazy");
+  ReadResponse resp;
+  absl::Status s = store_.Read(read, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("Attempting to use uninitialized value lazy"));
+  EXPECT_EQ(Assign("lazy", UPDATE_ADD, Vec<float>({2}, {1, 2})).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  ReportUninitializedResponse report;
+  ASSERT_TRUE(store_.ReportUninitialized({}, &report).ok());
+  EXPECT_THAT(report.names(), ElementsAre("lazy"));
+  InitializeVariablesRequest init;
+  init.add_names("lazy");
+  ASSERT_TRUE(store_.Initialize(init).ok());
+  report.Clear();
+  ASSERT_TRUE(store_.ReportUninitialized({}, &report).ok());
+  EXPECT_TRUE(report.names().empty());
+}
+
+TEST_F(VariableStoreTest, InitializeWithUnknownNameInitializesNothing) {
+  CreateVariableRequest req;
+  req.set_name("a");
+  req.set_dtype(DT_INT32);
+  VariableInfo info;
+  ASSERT_TRUE(store_.Create(req, &info).ok());
+  InitializeVariablesRequest init;
+  init.add_names("a");
+  init.add_names("missing");
+  EXPECT_EQ(store_.Initialize(init).code(), absl::StatusCode::kNotFound);
+  ReportUninitializedResponse report;
+  ASSERT_TRUE(store_.ReportUninitialized({}, &report).ok());
+  EXPECT_THAT(report.names(), ElementsAre("a"));
+}
+
+TEST_F(VariableStoreTest, ScatterAddAccumulatesDuplicatesAndUpdateLastWins) {
+  CreateFrom("r", Vec<float>({3}, {0, 0, 0}));
+  ASSERT_TRUE(Scatter("r", UPDATE_ADD, Vec<int32_t>({2}, {1, 1}), Vec<float>({2}, {2, 3})).ok());
+  EXPECT_EQ(ReadValue("r").ToVector<float>(), (std::vector<float>{0, 5, 0}));
+  ASSERT_TRUE(Scatter("r", UPDATE_ASSIGN, Vec<int64_t>({2}, {0, 0}), Vec<float>({2}, {7, 9})).ok());
+  EXPECT_EQ(ReadValue("r").ToVector<float>(), (std::vector<float>{9, 5, 0}));
+  ASSERT_TRUE(Scatter("r", UPDATE_SUB, Vec<int32_t>({1}, {2}), Vec<float>({}, {1})).ok());
+  EXPECT_EQ(ReadValue("r").ToVector<float>(), (std::vector<float>{9, 5, -1}));
+}
+
+TEST_F(VariableStoreTest, ScatterWithRank2IndicesAndRows) {
+  CreateFrom("t", Vec<int64_t>({3, 2}, {0, 0, 0, 0, 0, 0}));
+  ASSERT_TRUE(Scatter("t", UPDATE_ADD, Vec<int32_t>({2, 2}, {0, 2, 2, 0}),
+                      Vec<int64_t>({2, 2, 2}, {1, 2, 3, 4, 5, 6, 7, 8}))
+                  .ok());
+  EXPECT_EQ(ReadValue("t").ToVector<int64_t>(), (std::vector<int64_t>{8, 10, 0, 0, 8, 10}));
+}
+
+TEST_F(VariableStoreTest, BadIndexFailsWholeScatterWithTensorFlowWording) {
+  CreateFrom("p", Vec<float>({6}, {1, 2, 3, 4, 5, 6}));
+  absl::Status s =
+      Scatter("p", UPDATE_ADD, Vec<int32_t>({3}, {2, 0, 6}), Vec<float>({3}, {-3, -4, -5}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("indices[2] = 6 is not in [0, 6)"));
+  s = Scatter("p", UPDATE_ASSIGN, Vec<int32_t>({3}, {-1, 0, 5}), Vec<float>({3}, {-3, -4, -5}));
+  EXPECT_THAT(s.message(), HasSubstr("indices[0] = -1 is not in [0, 6)"));
+  EXPECT_EQ(ReadValue("p").ToVector<float>(), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+}
+
+TEST_F(VariableStoreTest, CountUpToReturnsOldValueThenOutOfRange) {
+  CreateFrom("c", Vec<int32_t>({}, {0}));
+  EXPECT_EQ(*CountUpTo("c", 3), 0);
+  EXPECT_EQ(*CountUpTo("c", 3), 1);
+  EXPECT_EQ(*CountUpTo("c", 3), 2);
+  for (int i = 0; i < 2; ++i) {
+    auto r = CountUpTo("c", 3);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kOutOfRange);
+    EXPECT_THAT(r.status().message(), HasSubstr("Reached limit of 3"));
+  }
+  EXPECT_EQ(ReadValue("c").ToVector<int32_t>(), std::vector<int32_t>{3});
+  CreateFrom("f", Vec<float>({}, {0}));
+  EXPECT_EQ(CountUpTo("f", 3).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(VariableStoreTest, ArithmeticOnBoolAndStringNamesOpAndDtype) {
+  CreateFrom("b", ToProto(*Tensor::FromVector<bool>(TensorShape{2}, {true, false})));
+  absl::Status s = Assign("b", UPDATE_ADD, ToProto(*Tensor::FromVector<bool>(TensorShape{2}, {true, true})));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("assign_add is not supported for variable 'b' of dtype bool"));
+  // scatter_update works on bool (TensorFlow's variables_test).
+  ASSERT_TRUE(Scatter("b", UPDATE_ASSIGN, Vec<int32_t>({}, {1}), ToProto(Tensor::Scalar(true))).ok());
+  ASSERT_TRUE(Scatter("b", UPDATE_ASSIGN, Vec<int64_t>({}, {0}), ToProto(Tensor::Scalar(false))).ok());
+  EXPECT_EQ(ReadValue("b").ToVector<bool>(), (std::vector<bool>{false, true}));
+
+  CreateFrom("s", ToProto(*Tensor::FromStrings(TensorShape{2}, {"a", "b"})));
+  s = Scatter("s", UPDATE_SUB, Vec<int32_t>({1}, {0}), ToProto(*Tensor::FromStrings(TensorShape{1}, {"x"})));
+  EXPECT_THAT(s.message(), HasSubstr("scatter_sub is not supported for variable 's' of dtype string"));
+  ASSERT_TRUE(Scatter("s", UPDATE_ASSIGN, Vec<int32_t>({1}, {1}),
+                      ToProto(*Tensor::FromStrings(TensorShape{1}, {"longer value"})))
+                  .ok());
+  EXPECT_EQ(ReadValue("s").strings(), (std::vector<std::string>{"a", "longer value"}));
+}
+
+TEST_F(VariableStoreTest, DtypeAndShapeMismatchNameBoth) {
+  CreateFrom("v", Vec<float>({2, 3}, {1, 2, 3, 4, 5, 6}));
+  absl::Status s = Assign("v", UPDATE_ADD, Vec<int32_t>({2, 3}, {1, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("'v' is float32, value is int32"));
+  s = Assign("v", UPDATE_ADD, Vec<float>({3}, {1, 1, 1}));
+  EXPECT_THAT(s.message(), HasSubstr("'v' has shape [2,3], value has shape [3]"));
+  EXPECT_EQ(ReadValue("v").ToVector<float>(), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+}
+
+TEST_F(VariableStoreTest, MemoryLimitIsResourceExhaustedAndChangesNothing) {
+  CreateVariableRequest req;
+  req.set_name("big");
+  req.set_dtype(DT_FLOAT);
+  req.mutable_shape()->add_dims(1 << 20);  // 4 MiB > 1 MiB limit
+  req.mutable_initializer()->mutable_zeros();
+  req.set_initialize(true);
+  VariableInfo info;
+  absl::Status s = store_.Create(req, &info);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("'big'"));
+  EXPECT_THAT(s.message(), HasSubstr("memory limit"));
+  EXPECT_EQ(store_.num_variables(), 0u);
+  EXPECT_EQ(store_.memory().used(), 0);
+
+  // A reshaping assign past the limit leaves the old value in place.
+  CreateFrom("small", Vec<float>({2}, {1, 2}));
+  s = Assign("small", UPDATE_ASSIGN, ToProto(Tensor(DT_FLOAT, TensorShape{1 << 19})), false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ReadValue("small").ToVector<float>(), (std::vector<float>{1, 2}));
+  EXPECT_EQ(store_.memory().used(), 8);
+}
+
+TEST_F(VariableStoreTest, DeleteReleasesMemory) {
+  CreateFrom("v", Vec<double>({4}, {1, 2, 3, 4}));
+  EXPECT_EQ(store_.memory().used(), 32);
+  ASSERT_TRUE(store_.Delete("v").ok());
+  EXPECT_EQ(store_.memory().used(), 0);
+  EXPECT_EQ(store_.Delete("v").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(VariableStoreTest, CreateValidatesNameShapeAndExistence) {
+  CreateVariableRequest req;
+  req.set_name("_bad");
+  req.set_dtype(DT_FLOAT);
+  VariableInfo info;
+  EXPECT_THAT(store_.Create(req, &info).message(), HasSubstr("invalid variable name '_bad'"));
+  req.set_name("ok/name");
+  req.mutable_shape()->add_dims(-3);
+  EXPECT_THAT(store_.Create(req, &info).message(), HasSubstr("dimension 0 is -3"));
+  req.mutable_shape()->set_dims(0, 2);
+  req.set_dtype(static_cast<DataType>(8));
+  EXPECT_EQ(store_.Create(req, &info).code(), absl::StatusCode::kInvalidArgument);
+  req.set_dtype(DT_FLOAT);
+  ASSERT_TRUE(store_.Create(req, &info).ok());
+  EXPECT_EQ(store_.Create(req, &info).code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(VariableStoreTest, PartitionedSliceGetsSameValuesAsWholeVariable) {
+  auto make = [&](const std::string& name, std::vector<int64_t> shape,
+                  std::vector<int64_t> offset) {
+    CreateVariableRequest req;
+    req.set_name(name);
+    req.set_dtype(DT_FLOAT);
+    for (auto d : shape) req.mutable_shape()->add_dims(d);
+    req.mutable_slice()->add_full_shape(10);
+    req.mutable_slice()->add_full_shape(4);
+    for (auto o : offset) req.mutable_slice()->add_offset(o);
+    auto* init = req.mutable_initializer();
+    init->mutable_random_normal()->set_stddev(1.0);
+    init->set_seed(42);
+    req.set_initialize(true);
+    VariableInfo info;
+    ASSERT_TRUE(store_.Create(req, &info).ok());
+  };
+  make("whole", {10, 4}, {0, 0});
+  make("whole/part_1", {4, 4}, {6, 0});
+  const auto whole = ReadValue("whole").ToVector<float>();
+  const auto part = ReadValue("whole/part_1").ToVector<float>();
+  EXPECT_EQ(part, std::vector<float>(whole.begin() + 24, whole.end()));
+}
+
+TEST_F(VariableStoreTest, ConcurrentAssignAddIsAtomic) {
+  CreateFrom("sum", Vec<int64_t>({}, {0}));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 500; ++i) ASSERT_TRUE(Assign("sum", UPDATE_ADD, Vec<int64_t>({}, {1})).ok());
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ReadValue("sum").ToVector<int64_t>(), std::vector<int64_t>{2000});
+}
+
+TEST_F(VariableStoreTest, StringVariablesDefaultToEmptyAndGather) {
+  CreateVariableRequest req;
+  req.set_name("words");
+  req.set_dtype(DT_STRING);
+  req.mutable_shape()->add_dims(3);
+  req.set_initialize(true);
+  VariableInfo info;
+  ASSERT_TRUE(store_.Create(req, &info).ok());
+  EXPECT_EQ(ReadValue("words").strings(), (std::vector<std::string>{"", "", ""}));
+  ASSERT_TRUE(Assign("words", UPDATE_ASSIGN,
+                     ToProto(*Tensor::FromStrings(TensorShape{3}, {"x", "yy", "zzz"})))
+                  .ok());
+  GatherRequest g;
+  g.set_name("words");
+  *g.mutable_indices() = Vec<int32_t>({2}, {2, 0});
+  GatherResponse resp;
+  ASSERT_TRUE(store_.Gather(g, &resp).ok());
+  EXPECT_EQ(TensorFromProto(resp.value(), "g")->strings(), (std::vector<std::string>{"zzz", "x"}));
+}
+
+}  // namespace
+}  // namespace psd
