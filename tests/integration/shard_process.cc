@@ -1,0 +1,197 @@
+#include "shard_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+#ifndef PSD_BINARY
+#error "PSD_BINARY must name the psd executable"
+#endif
+
+namespace psd {
+namespace integration {
+
+namespace {
+
+absl::Status ErrnoError(const std::string& what, int err) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
+}
+
+// The port in `path`, once the file holds a whole number. psd publishes the
+// file by rename, but a number counts only if two reads agree, so a launcher
+// that writes in place cannot hand us half a port.
+bool ReadPort(const std::string& path, std::string* last, int* port) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string content = buffer.str();
+  const bool stable = !content.empty() && content == *last;
+  *last = content;
+  int value;
+  if (!stable || !absl::SimpleAtoi(absl::StripAsciiWhitespace(content), &value)) return false;
+  if (value <= 0 || value > 65535) return false;
+  *port = value;
+  return true;
+}
+
+}  // namespace
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
+  return absl::StrCat("wait status ", status);
+}
+
+absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
+    const ShardProcessOptions& options) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir =
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/psd_shard_XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) return ErrnoError("mkdtemp " + dir, errno);
+  const std::string port_file = dir + "/port";
+
+  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn",        "shard",
+                                   "--listen", "127.0.0.1:0", "--port-file", port_file};
+  if (options.memory_limit_bytes > 0) {
+    args.push_back("--memory-limit");
+    args.push_back(std::to_string(options.memory_limit_bytes));
+  }
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  // Everything the child needs is built before fork: after it, only
+  // async-signal-safe calls are allowed (gRPC threads may exist).
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  // The child reports a failed exec through this pipe; a successful exec
+  // closes it (O_CLOEXEC) and the parent reads EOF.
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return ErrnoError("fork", err);
+  }
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the parent died before prctl
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    execv(argv[0], argv.data());
+    const int err = errno;
+    ssize_t ignored = write(pipe_fds[1], &err, sizeof err);
+    (void)ignored;
+    _exit(127);
+  }
+  // Also set here so the group exists before we might signal it.
+  setpgid(pid, pid);
+  close(pipe_fds[1]);
+  int exec_errno = 0;
+  ssize_t n;
+  do {
+    n = read(pipe_fds[0], &exec_errno, sizeof exec_errno);
+  } while (n < 0 && errno == EINTR);
+  close(pipe_fds[0]);
+
+  std::unique_ptr<ShardProcess> process(new ShardProcess(pid, dir, options));
+  if (n == sizeof exec_errno) return ErrnoError(absl::StrCat("exec ", PSD_BINARY), exec_errno);
+
+  const absl::Time deadline = absl::Now() + options.start_timeout;
+  std::string last;
+  int port = 0;
+  while (!ReadPort(port_file, &last, &port)) {
+    if (process->Reap()) {
+      return absl::InternalError(absl::StrCat("psd shard exited (",
+                                              DescribeWaitStatus(process->wait_status_),
+                                              ") before writing its port file"));
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("psd shard wrote no port to ", port_file,
+                                                      " within ",
+                                                      absl::FormatDuration(options.start_timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  process->address_ = absl::StrCat("127.0.0.1:", port);
+  return process;
+}
+
+ShardProcess::~ShardProcess() {
+  if (!exited_) {
+    // The group: anything the shard might have started goes too. The
+    // unreaped leader keeps the group id ours until waitpid.
+    kill(-pid_, SIGTERM);
+    if (!Wait(options_.stop_timeout).ok()) {
+      std::fprintf(stderr, "psd shard %d ignored SIGTERM for %s; sending SIGKILL\n", pid_,
+                   absl::FormatDuration(options_.stop_timeout).c_str());
+      kill(-pid_, SIGKILL);
+      while (waitpid(pid_, &wait_status_, 0) < 0 && errno == EINTR) {
+      }
+      exited_ = true;
+    }
+  }
+  std::remove((dir_ + "/port").c_str());
+  rmdir(dir_.c_str());
+}
+
+absl::StatusOr<std::unique_ptr<client::ShardClient>> ShardProcess::Connect(
+    const client::ClientOptions& options) const {
+  return client::ShardClient::Connect(address_, options);
+}
+
+absl::Status ShardProcess::Signal(int signal) {
+  if (exited_) return absl::FailedPreconditionError("psd shard has already exited");
+  if (kill(pid_, signal) != 0) return ErrnoError("kill", errno);
+  return absl::OkStatus();
+}
+
+bool ShardProcess::Reap() {
+  if (exited_) return true;
+  int status;
+  pid_t r;
+  do {
+    r = waitpid(pid_, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == pid_) {
+    exited_ = true;
+    wait_status_ = status;
+  }
+  return exited_;
+}
+
+absl::StatusOr<int> ShardProcess::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!Reap()) {
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("psd shard still running after ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return wait_status_;
+}
+
+}  // namespace integration
+}  // namespace psd
