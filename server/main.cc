@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
   shard->add_option("--memory-limit", memory_limit, "Byte budget for variables, e.g. 4GiB (0: none)");
   shard->add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message")
       ->check(CLI::Range(4096, 2147483647));
+  shard->add_option("--stream-chunk-bytes", options.stream_chunk_bytes,
+                    "Chunk size of streamed reads when the client asks for none")
+      ->check(CLI::Range(4096, 64 << 20));
   shard->add_option("--port-file", options.port_file, "After binding, write the real port here");
   shard->add_option("--drain-timeout", options.drain_timeout_seconds,
                     "Seconds in-flight calls may take after SIGTERM/SIGINT")

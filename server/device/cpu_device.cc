@@ -215,6 +215,15 @@ class CpuDevice final : public Device {
     return absl::OkStatus();
   }
 
+  absl::Status Copy(const DeviceBuffer& src, DeviceBuffer* dst) override {
+    if (src.size() != dst->size()) {
+      return absl::InternalError(
+          absl::StrCat("copy of ", src.size(), " bytes into a buffer of ", dst->size()));
+    }
+    if (src.size() > 0) std::memcpy(dst->data(), src.data(), src.size());
+    return absl::OkStatus();
+  }
+
   absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst, const void* src,
                           int64_t n, bool src_is_scalar) override {
     return DispatchFixedSize(

@@ -59,6 +59,8 @@ class Device {
                                     size_t offset) = 0;
   virtual absl::Status CopyToHost(const DeviceBuffer& src, size_t offset, size_t bytes,
                                   void* dst) = 0;
+  // Copies all of `src` into `dst` (same size), both on this device.
+  virtual absl::Status Copy(const DeviceBuffer& src, DeviceBuffer* dst) = 0;
 
   // dst[i] = op(dst[i], src[i]) for i in [0, n); with `src_is_scalar`,
   // src[0] is used for every i. `src` is host memory of `dtype` elements.

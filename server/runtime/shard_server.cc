@@ -48,8 +48,14 @@ uint64_t NewIncarnation() {
 absl::Status RunShardServer(const ShardServerOptions& options) {
   const ShardConfig& config = options.shard;
   PSD_ASSIGN_OR_RETURN(auto device, NewDevice(config.device));
-  VariableStore store(device.get(), config.memory_limit);
   const uint64_t incarnation = NewIncarnation();
+  VariableStoreOptions store_options;
+  store_options.memory_limit_bytes = config.memory_limit;
+  store_options.incarnation = incarnation;
+  // Leave room for the response's other fields under the message limit.
+  store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
+  store_options.default_chunk_bytes = options.stream_chunk_bytes;
+  VariableStore store(device.get(), store_options);
   ShardService service(config.id, incarnation, &store);
 
   // Signals are caught from here on, so a stop request that arrives while

@@ -17,6 +17,8 @@ struct ShardServerOptions {
   ShardConfig shard;
   // Largest gRPC message accepted or sent.
   int max_message_bytes = 512 << 20;
+  // Chunk size of streamed reads when the client asks for none.
+  int stream_chunk_bytes = 1 << 20;
   // After binding, the real port is written here (for `listen` port 0).
   std::string port_file;
   // How long in-flight calls may take to finish after a stop signal.

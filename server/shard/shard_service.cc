@@ -7,13 +7,18 @@
 
 namespace psd {
 
+absl::Status ShardService::Admit() {
+  in_flight_.fetch_add(1);
+  if (draining_.load()) {
+    return absl::UnavailableError(absl::StrCat("shard ", shard_id_, " is shutting down"));
+  }
+  return absl::OkStatus();
+}
+
 template <typename Op>
 grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, Op&& op) {
-  in_flight_.fetch_add(1);
-  absl::Status status;
-  if (draining_.load()) {
-    status = absl::UnavailableError(absl::StrCat("shard ", shard_id_, " is shutting down"));
-  } else {
+  absl::Status status = Admit();
+  if (status.ok()) {
     // The store reports errors as statuses; the one exception that can still
     // escape it is a failed host allocation (a std::vector or response
     // buffer), which must not cross the RPC boundary.
@@ -26,7 +31,7 @@ grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, 
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
-  in_flight_.fetch_sub(1);
+  Release();
   return reactor;
 }
 
@@ -67,7 +72,7 @@ grpc::ServerUnaryReactor* ShardService::CreateVariable(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ShardService::DeleteVariable(grpc::CallbackServerContext* ctx,
                                                        const DeleteVariableRequest* request,
                                                        DeleteVariableResponse* response) {
-  return Serve(ctx, [&] { return store_->Delete(request->name()); });
+  return Serve(ctx, [&] { return store_->Delete(*request); });
 }
 
 grpc::ServerUnaryReactor* ShardService::ListVariables(grpc::CallbackServerContext* ctx,
@@ -118,6 +123,185 @@ grpc::ServerUnaryReactor* ShardService::CountUpTo(grpc::CallbackServerContext* c
                                                   const CountUpToRequest* request,
                                                   CountUpToResponse* response) {
   return Serve(ctx, [&] { return store_->CountUpTo(*request, response); });
+}
+
+// Streams a variable's value in chunks; one chunk in flight at a time, its
+// buffer reused for the next.
+class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {
+ public:
+  ReadStreamReactor(ShardService* service, const ReadStreamRequest& request)
+      : service_(service) {
+    absl::Status status = service_->Admit();
+    if (status.ok()) {
+      auto source = service_->store_->BeginReadStream(request);
+      status = source.status();
+      if (source.ok()) source_ = std::move(source).value();
+    }
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    source_->FillHeader(&chunk_);
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    chunk_.Clear();  // keeps the content buffer's capacity for the next chunk
+    WriteNext();
+  }
+
+  void OnDone() override {
+    service_->Release();
+    delete this;
+  }
+
+ private:
+  void WriteNext() {
+    absl::StatusOr<bool> more = source_->Next(&chunk_);
+    if (!more.ok()) {
+      Finish(ToGrpcStatus(more.status()));
+    } else if (!*more) {
+      Finish(grpc::Status::OK);
+    } else {
+      StartWrite(&chunk_);
+    }
+  }
+
+  ShardService* const service_;
+  std::unique_ptr<ReadStreamSource> source_;
+  TensorChunk chunk_;
+};
+
+// Receives a streamed assign: header, then content bytes staged by the
+// store's sink; commits when the client half-closes with every byte sent.
+class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamRequest> {
+ public:
+  AssignStreamReactor(ShardService* service, grpc::CallbackServerContext* ctx,
+                      AssignResponse* response)
+      : service_(service), ctx_(ctx), response_(response) {
+    absl::Status status = service_->Admit();
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    StartRead(&message_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // End of the client's stream: a half-close, or a broken call.
+      absl::Status status;
+      if (cancelled_.load() || ctx_->IsCancelled()) {
+        status = absl::CancelledError("streamed assign cancelled; nothing was changed");
+      } else if (sink_ == nullptr) {
+        status = absl::InvalidArgumentError("streamed assign without a header");
+      } else {
+        status = sink_->Commit(response_);
+      }
+      sink_.reset();
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    absl::Status status;
+    if (sink_ == nullptr) {
+      if (!message_.has_header()) {
+        status = absl::InvalidArgumentError("the first message of a streamed assign must carry "
+                                            "its header");
+      } else {
+        auto sink = service_->store_->BeginAssignStream(message_.header());
+        status = sink.status();
+        if (sink.ok()) sink_ = std::move(sink).value();
+      }
+    } else if (message_.has_header()) {
+      status = absl::InvalidArgumentError("a streamed assign carries one header, in its first "
+                                          "message");
+    }
+    if (status.ok() && !message_.content().empty()) status = sink_->Append(message_.content());
+    if (!status.ok()) {
+      sink_.reset();  // abandons the staged bytes
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    message_.Clear();
+    StartRead(&message_);
+  }
+
+  void OnCancel() override { cancelled_.store(true); }
+
+  void OnDone() override {
+    service_->Release();
+    delete this;
+  }
+
+ private:
+  ShardService* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  AssignResponse* const response_;
+  std::unique_ptr<AssignStreamSink> sink_;
+  AssignStreamRequest message_;
+  std::atomic<bool> cancelled_{false};
+};
+
+// Runs batches of small ops: read a message, run its ops in order, write
+// their results, read the next. Each message is admitted separately, so a
+// long-lived stream does not hold up a drain.
+class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchResponse> {
+ public:
+  explicit BatchReactor(ShardService* service) : service_(service) { StartRead(&request_); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    absl::Status status = service_->Admit();
+    if (!status.ok()) {
+      service_->Release();
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    response_.Clear();
+    for (const BatchOp& op : request_.ops()) {
+      service_->store_->RunBatchOp(op, response_.add_results());
+    }
+    service_->Release();
+    StartWrite(&response_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    request_.Clear();
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  ShardService* const service_;
+  BatchRequest request_;
+  BatchResponse response_;
+};
+
+grpc::ServerWriteReactor<TensorChunk>* ShardService::ReadStream(
+    grpc::CallbackServerContext* ctx, const ReadStreamRequest* request) {
+  return new ReadStreamReactor(this, *request);
+}
+
+grpc::ServerReadReactor<AssignStreamRequest>* ShardService::AssignStream(
+    grpc::CallbackServerContext* ctx, AssignResponse* response) {
+  return new AssignStreamReactor(this, ctx, response);
+}
+
+grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
+    grpc::CallbackServerContext* ctx) {
+  return new BatchReactor(this);
 }
 
 }  // namespace psd

@@ -23,6 +23,10 @@
 
 namespace psd {
 
+class ReadStreamReactor;
+class AssignStreamReactor;
+class BatchReactor;
+
 class ShardService final : public Shard::CallbackService {
  public:
   ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
@@ -58,12 +62,28 @@ class ShardService final : public Shard::CallbackService {
   grpc::ServerUnaryReactor* CountUpTo(grpc::CallbackServerContext* ctx,
                                       const CountUpToRequest* request,
                                       CountUpToResponse* response) override;
+  grpc::ServerWriteReactor<TensorChunk>* ReadStream(grpc::CallbackServerContext* ctx,
+                                                    const ReadStreamRequest* request) override;
+  grpc::ServerReadReactor<AssignStreamRequest>* AssignStream(grpc::CallbackServerContext* ctx,
+                                                             AssignResponse* response) override;
+  grpc::ServerBidiReactor<BatchRequest, BatchResponse>* Batch(
+      grpc::CallbackServerContext* ctx) override;
 
   void StartDrain() { draining_.store(true); }
   // True if no call was running by `deadline`.
   bool WaitForIdle(absl::Time deadline) const;
 
  private:
+  friend class ReadStreamReactor;
+  friend class AssignStreamReactor;
+  friend class BatchReactor;
+
+  // Admits a call (or one message of a batch stream): counts it in flight
+  // and returns UNAVAILABLE when draining. Every admitted call is released
+  // with Release() exactly once.
+  absl::Status Admit();
+  void Release() { in_flight_.fetch_sub(1); }
+
   // Runs `op` unless draining, and finishes the call with its status.
   template <typename Op>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 
@@ -126,18 +128,21 @@ class Variable {
 
   mutable absl::Mutex mu;
   TensorShape shape ABSL_GUARDED_BY(mu);
-  Contents contents ABSL_GUARDED_BY(mu);
+  // Never null. Shared with streamed reads in progress, which keep reading
+  // the value as it was when they started; a writer that finds it shared
+  // copies it first (MakeWritable).
+  std::shared_ptr<Contents> contents ABSL_GUARDED_BY(mu) = std::make_shared<Contents>();
   bool initialized ABSL_GUARDED_BY(mu) = false;
   uint64_t version ABSL_GUARDED_BY(mu) = 0;
   // The value given at creation, held until the variable is first
   // initialized; dropped then so a big initial value is not kept twice.
   std::unique_ptr<TensorProto> initial_value ABSL_GUARDED_BY(mu);
 
+  // Replaces the value. The old buffer and its reservation are released
+  // when the last streamed read of it finishes.
   void Swap(Contents&& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     shape = next.shape;
-    std::swap(contents, next);
-    // `next` now holds the old buffer and reservation; both are released
-    // when it goes out of scope in the caller.
+    contents = std::make_shared<Contents>(std::move(next));
   }
 
   void FillInfo(const Device& device, VariableInfo* info) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
@@ -147,7 +152,7 @@ class Variable {
     info->set_initialized(initialized);
     info->set_version(version);
     info->set_device(device.name());
-    info->set_bytes(contents.reservation.bytes());
+    info->set_bytes(contents->reservation.bytes());
   }
 };
 
@@ -266,8 +271,60 @@ absl::Status ValidateStringInitializer(const InitializerSpec& spec, const Tensor
 
 }  // namespace
 
-VariableStore::VariableStore(Device* device, int64_t memory_limit_bytes)
-    : device_(device), memory_(memory_limit_bytes) {}
+VariableStore::VariableStore(Device* device, const VariableStoreOptions& options)
+    : device_(device),
+      options_(options),
+      memory_(options.memory_limit_bytes),
+      requests_(options.request_window) {}
+
+absl::Status VariableStore::CheckIncarnation(uint64_t requested) const {
+  if (requested != 0 && requested != options_.incarnation) {
+    return absl::AbortedError(absl::StrFormat(
+        "stale handle: the request was made for shard incarnation %016x, this shard is "
+        "incarnation %016x (it restarted and lost its memory)",
+        requested, options_.incarnation));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The small result a retried request gets back, per response type.
+struct NoResult {};
+void SaveResult(const NoResult&, RequestWindow::Result*) {}
+void RestoreResult(const RequestWindow::Result&, NoResult*) {}
+void SaveResult(const VariableInfo&, RequestWindow::Result*) {}
+void RestoreResult(const RequestWindow::Result&, VariableInfo*) {}
+void SaveResult(const AssignResponse& r, RequestWindow::Result* out) { out->version = r.version(); }
+void RestoreResult(const RequestWindow::Result& in, AssignResponse* r) { r->set_version(in.version); }
+void SaveResult(const ScatterResponse& r, RequestWindow::Result* out) { out->version = r.version(); }
+void RestoreResult(const RequestWindow::Result& in, ScatterResponse* r) {
+  r->set_version(in.version);
+}
+void SaveResult(const CountUpToResponse& r, RequestWindow::Result* out) {
+  out->old_value = r.old_value();
+}
+void RestoreResult(const RequestWindow::Result& in, CountUpToResponse* r) {
+  r->set_old_value(in.old_value);
+}
+
+}  // namespace
+
+template <typename Response, typename Op>
+absl::Status VariableStore::RunOnce(const RequestId& id, Response* response, Op&& op) {
+  if (id.client_id() == 0) return op();
+  PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached, requests_.Begin(id));
+  if (cached.has_value()) {
+    RestoreResult(*cached, response);
+    return cached->status;
+  }
+  RequestWindow::Result result;
+  result.status = op();
+  SaveResult(*response, &result);
+  absl::Status status = result.status;
+  requests_.Finish(id, std::move(result));
+  return status;
+}
 
 VariableStore::~VariableStore() = default;
 
@@ -305,6 +362,18 @@ absl::StatusOr<Variable::Contents> InitialContents(Device* device, MemoryAccount
 }  // namespace
 
 absl::Status VariableStore::Create(const CreateVariableRequest& request, VariableInfo* info) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  absl::Status status = RunOnce(request.request_id(), info, [&] { return CreateOnce(request, info); });
+  if (status.ok() && info->name().empty()) {
+    // A retried create: describe the variable as it is now.
+    PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+    absl::ReaderMutexLock lock(&var->mu);
+    var->FillInfo(*device_, info);
+  }
+  return status;
+}
+
+absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, VariableInfo* info) {
   const std::string& name = request.name();
   PSD_RETURN_IF_ERROR(ValidateVariableName(name));
   PSD_RETURN_IF_ERROR(ValidateDataType(request.dtype(), Quoted(name)));
@@ -391,7 +460,11 @@ absl::Status VariableStore::Create(const CreateVariableRequest& request, Variabl
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::Delete(const std::string& name) {
+absl::Status VariableStore::Delete(const DeleteVariableRequest& request) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  NoResult none;
+  return RunOnce(request.request_id(), &none, [&]() -> absl::Status {
+  const std::string& name = request.name();
   std::shared_ptr<Variable> victim;
   {
     absl::MutexLock lock(&mu_);
@@ -402,6 +475,7 @@ absl::Status VariableStore::Delete(const std::string& name) {
   }
   // Memory is released when the last in-flight op on the variable drops it.
   return absl::OkStatus();
+  });
 }
 
 std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
@@ -422,6 +496,9 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
 }
 
 absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  NoResult none;
+  return RunOnce(request.request_id(), &none, [&]() -> absl::Status {
   // Resolve every name first so an unknown one fails the whole request.
   std::map<std::string, std::shared_ptr<Variable>> vars;
   for (const auto& name : request.names()) {
@@ -454,6 +531,7 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     ++var->version;
   }
   return absl::OkStatus();
+  });
 }
 
 absl::Status VariableStore::ReportUninitialized(const ReportUninitializedRequest& request,
@@ -495,13 +573,45 @@ absl::Status CopyOut(Device* device, const Variable& var, TensorProto* out)
   out->set_dtype(var.dtype);
   ShapeToProto(var.shape, out->mutable_shape());
   if (var.dtype == DT_STRING) {
-    out->set_content(EncodeStrings(var.contents.strings));
+    out->set_content(EncodeStrings(var.contents->strings));
     return absl::OkStatus();
   }
-  const size_t bytes = var.contents.buffer->size();
+  const size_t bytes = var.contents->buffer->size();
   std::string* content = out->mutable_content();
   content->resize(bytes);
-  return device->CopyToHost(*var.contents.buffer, 0, bytes, content->data());
+  return device->CopyToHost(*var.contents->buffer, 0, bytes, content->data());
+}
+
+// The value a retried assign/scatter asked for with return_value: the first
+// run's value is not kept, so a duplicate returns the value as it is now.
+absl::Status CurrentValue(Device* device, const Variable& var, TensorProto* out) {
+  absl::ReaderMutexLock lock(&var.mu);
+  return CopyOut(device, var, out);
+}
+
+// Gives `var` a value no streamed read shares, copying it if one does, so it
+// can be written in place.
+absl::Status MakeWritable(Device* device, MemoryAccountant* memory, Variable& var)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(var.mu) {
+  if (var.contents.use_count() == 1) return absl::OkStatus();
+  const Variable::Contents& shared = *var.contents;
+  Variable::Contents copy;
+  copy.shape = shared.shape;
+  PSD_RETURN_IF_ERROR(memory->Reserve(shared.reservation.bytes(), var.name));
+  copy.reservation = MemoryReservation(memory, shared.reservation.bytes());
+  if (var.dtype == DT_STRING) {
+    copy.strings = shared.strings;
+  } else {
+    auto buffer = device->Allocate(shared.buffer->size());
+    if (!buffer.ok()) {
+      return absl::Status(buffer.status().code(),
+                          absl::StrCat(Quoted(var.name), ": ", buffer.status().message()));
+    }
+    copy.buffer = std::move(buffer).value();
+    PSD_RETURN_IF_ERROR(device->Copy(*shared.buffer, copy.buffer.get()));
+  }
+  var.contents = std::make_shared<Variable::Contents>(std::move(copy));
+  return absl::OkStatus();
 }
 
 // Checks every index against [0, dim0) with TensorFlow's wording.
@@ -519,12 +629,22 @@ absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
 }  // namespace
 
 absl::Status VariableStore::Read(const ReadRequest& request, ReadResponse* response) const {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   absl::ReaderMutexLock lock(&var->mu);
   PSD_RETURN_IF_ERROR(CheckInitialized(*var));
-  PSD_RETURN_IF_ERROR(CopyOut(device_, *var, response->mutable_value()));
   response->set_version(var->version);
-  return absl::OkStatus();
+  // For strings the accounted size (characters + string objects) bounds
+  // the size of their encoding.
+  const int64_t bytes = var->contents->reservation.bytes();
+  int64_t limit = options_.max_unary_value_bytes;
+  if (request.max_value_bytes() > 0) limit = std::min(limit, request.max_value_bytes());
+  if (bytes > limit) {
+    response->set_use_stream(true);
+    response->set_value_bytes(bytes);
+    return absl::OkStatus();
+  }
+  return CopyOut(device_, *var, response->mutable_value());
 }
 
 absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse* response) const {
@@ -551,17 +671,17 @@ absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse*
     std::vector<std::string> rows;
     rows.reserve(indices.size() * row);
     for (int64_t idx : indices) {
-      for (int64_t j = 0; j < row; ++j) rows.push_back(var->contents.strings[idx * row + j]);
+      for (int64_t j = 0; j < row; ++j) rows.push_back(var->contents->strings[idx * row + j]);
     }
     out->set_content(EncodeStrings(rows));
     return absl::OkStatus();
   }
   std::string* content = out->mutable_content();
   content->resize(indices.size() * row * DataTypeSize(var->dtype));
-  return device_->Gather(var->dtype, *var->contents.buffer, row, indices, content->data());
+  return device_->Gather(var->dtype, *var->contents->buffer, row, indices, content->data());
 }
 
-absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response) {
+absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignResponse* response) {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
   PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
@@ -597,7 +717,8 @@ absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse*
     var->Swap(std::move(contents));
     var->initial_value.reset();
   } else {
-    PSD_RETURN_IF_ERROR(device_->ApplyDense(var->dtype, kind, var->contents.buffer.get(),
+    PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
+    PSD_RETURN_IF_ERROR(device_->ApplyDense(var->dtype, kind, var->contents->buffer.get(),
                                             value.content().data(), value_shape.num_elements(),
                                             /*src_is_scalar=*/false));
     var->shape = value_shape;
@@ -609,7 +730,7 @@ absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse*
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response) {
+absl::Status VariableStore::ScatterOnce(const ScatterRequest& request, ScatterResponse* response) {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
   PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
@@ -658,6 +779,7 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
   PSD_RETURN_IF_ERROR(CheckIndices(indices, var->shape.dim(0), name));
 
   const int64_t row = var->shape.row_elements();
+  PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
   if (var->dtype == DT_STRING) {
     // Strings change size. Reserve the most the writes can add (every
     // update's characters) before touching anything, write in place, then
@@ -673,16 +795,16 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
     int64_t delta = 0;
     for (size_t k = 0; k < indices.size(); ++k) {
       for (int64_t j = 0; j < row; ++j) {
-        std::string& slot = var->contents.strings[indices[k] * row + j];
+        std::string& slot = var->contents->strings[indices[k] * row + j];
         const std::string& update = string_updates[scalar ? 0 : k * row + j];
         delta += static_cast<int64_t>(update.size()) - static_cast<int64_t>(slot.size());
         slot = update;
       }
     }
-    var->contents.reservation.Merge(std::move(growth));
-    var->contents.reservation.Shrink(most - delta);
+    var->contents->reservation.Merge(std::move(growth));
+    var->contents->reservation.Shrink(most - delta);
   } else {
-    PSD_RETURN_IF_ERROR(device_->ApplyScatter(var->dtype, kind, var->contents.buffer.get(), row,
+    PSD_RETURN_IF_ERROR(device_->ApplyScatter(var->dtype, kind, var->contents->buffer.get(), row,
                                               indices, updates.content().data(), scalar));
   }
   ++var->version;
@@ -691,7 +813,7 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
+absl::Status VariableStore::CountUpToOnce(const CountUpToRequest& request,
                                       CountUpToResponse* response) {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
@@ -715,10 +837,10 @@ absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
   const size_t size = DataTypeSize(var->dtype);
   int64_t value = 0;
   if (var->dtype == DT_INT64) {
-    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents.buffer, 0, size, &value));
+    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents->buffer, 0, size, &value));
   } else {
     int32_t v32 = 0;
-    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents.buffer, 0, size, &v32));
+    PSD_RETURN_IF_ERROR(device_->CopyToHost(*var->contents->buffer, 0, size, &v32));
     value = v32;
   }
   if (value >= request.limit()) {
@@ -726,15 +848,358 @@ absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
         absl::StrCat(Quoted(name), ": Reached limit of ", request.limit()));
   }
   const int64_t next = value + 1;
+  PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
   if (var->dtype == DT_INT64) {
-    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&next, size, var->contents.buffer.get(), 0));
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&next, size, var->contents->buffer.get(), 0));
   } else {
     const int32_t n32 = static_cast<int32_t>(next);
-    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&n32, size, var->contents.buffer.get(), 0));
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(&n32, size, var->contents->buffer.get(), 0));
   }
   ++var->version;
   response->set_old_value(value);
   return absl::OkStatus();
+}
+
+
+absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  bool ran = false;
+  absl::Status status = RunOnce(request.request_id(), response, [&] {
+    ran = true;
+    return AssignOnce(request, response);
+  });
+  if (status.ok() && !ran && request.return_value()) {
+    PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+    return CurrentValue(device_, *var, response->mutable_value());
+  }
+  return status;
+}
+
+absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  bool ran = false;
+  absl::Status status = RunOnce(request.request_id(), response, [&] {
+    ran = true;
+    return ScatterOnce(request, response);
+  });
+  if (status.ok() && !ran && request.return_value()) {
+    PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+    return CurrentValue(device_, *var, response->mutable_value());
+  }
+  return status;
+}
+
+absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
+                                      CountUpToResponse* response) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  return RunOnce(request.request_id(), response,
+                 [&] { return CountUpToOnce(request, response); });
+}
+
+// ---- Streams ----
+
+namespace {
+
+// Streams a value as it was when the stream began: the source holds a
+// reference to that value's contents, so later writers copy on write instead
+// of changing what is being sent.
+class SnapshotReadSource final : public ReadStreamSource {
+ public:
+  SnapshotReadSource(Device* device, DataType dtype, TensorShape shape, uint64_t version,
+                     std::shared_ptr<const Variable::Contents> contents, std::string encoded,
+                     int64_t chunk_bytes)
+      : device_(device),
+        dtype_(dtype),
+        shape_(std::move(shape)),
+        version_(version),
+        contents_(std::move(contents)),
+        encoded_(std::move(encoded)),
+        chunk_bytes_(chunk_bytes),
+        total_(dtype == DT_STRING ? static_cast<int64_t>(encoded_.size())
+                                  : static_cast<int64_t>(contents_->buffer->size())) {}
+
+  void FillHeader(TensorChunk* chunk) const override {
+    chunk->set_dtype(dtype_);
+    ShapeToProto(shape_, chunk->mutable_shape());
+    chunk->set_version(version_);
+    chunk->set_total_bytes(total_);
+  }
+
+  absl::StatusOr<bool> Next(TensorChunk* chunk) override {
+    // An empty value still sends one (header) chunk.
+    if (offset_ >= total_ && sent_any_) return false;
+    const int64_t n = std::min(chunk_bytes_, total_ - offset_);
+    chunk->set_offset(offset_);
+    std::string* content = chunk->mutable_content();
+    content->resize(n);
+    if (dtype_ == DT_STRING) {
+      std::memcpy(content->data(), encoded_.data() + offset_, n);
+    } else {
+      PSD_RETURN_IF_ERROR(device_->CopyToHost(*contents_->buffer, offset_, n, content->data()));
+    }
+    offset_ += n;
+    sent_any_ = true;
+    return true;
+  }
+
+ private:
+  Device* const device_;
+  const DataType dtype_;
+  const TensorShape shape_;
+  const uint64_t version_;
+  const std::shared_ptr<const Variable::Contents> contents_;
+  const std::string encoded_;  // DT_STRING only
+  const int64_t chunk_bytes_;
+  const int64_t total_;
+  int64_t offset_ = 0;
+  bool sent_any_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream(
+    const ReadStreamRequest& request) const {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  int64_t chunk = request.chunk_bytes() > 0 ? request.chunk_bytes() : options_.default_chunk_bytes;
+  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, options_.max_unary_value_bytes));
+  absl::ReaderMutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  std::string encoded;
+  if (var->dtype == DT_STRING) encoded = EncodeStrings(var->contents->strings);
+  return std::unique_ptr<ReadStreamSource>(new SnapshotReadSource(
+      device_, var->dtype, var->shape, var->version, var->contents, std::move(encoded), chunk));
+}
+
+// Stages a streamed value in its own buffer (accounted against the memory
+// limit) and applies it under the variable's lock at Commit.
+class StagedAssignSink final : public AssignStreamSink {
+ public:
+  StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
+                   UpdateKind kind)
+      : store_(store), header_(std::move(header)), shape_(std::move(shape)), kind_(kind) {}
+
+  ~StagedAssignSink() override {
+    if (registered_ && !finished_) store_->requests_.Abandon(header_.request_id());
+  }
+
+  // Registers the request id; a duplicate makes the sink answer from the
+  // cache and ignore the bytes.
+  absl::Status Register() {
+    if (header_.request_id().client_id() == 0) return absl::OkStatus();
+    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id()));
+    registered_ = !cached_.has_value();
+    return absl::OkStatus();
+  }
+
+  absl::Status Stage() {
+    if (cached_.has_value()) return absl::OkStatus();
+    const std::string& name = header_.name();
+    if (header_.dtype() == DT_STRING) {
+      PSD_RETURN_IF_ERROR(store_->memory_.Reserve(header_.total_bytes(), name));
+      encoded_reservation_ = MemoryReservation(&store_->memory_, header_.total_bytes());
+      encoded_.reserve(header_.total_bytes());
+      return absl::OkStatus();
+    }
+    PSD_ASSIGN_OR_RETURN(staged_, Allocate(store_->device_, &store_->memory_, header_.dtype(),
+                                           shape_, name));
+    return absl::OkStatus();
+  }
+
+  absl::Status Append(absl::string_view bytes) override {
+    if (cached_.has_value()) return absl::OkStatus();
+    if (static_cast<int64_t>(bytes.size()) > header_.total_bytes() - received_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "streamed value for ", Quoted(header_.name()), ": more than the announced ",
+          header_.total_bytes(), " bytes"));
+    }
+    if (header_.dtype() == DT_STRING) {
+      encoded_.append(bytes.data(), bytes.size());
+    } else {
+      PSD_RETURN_IF_ERROR(store_->device_->CopyFromHost(bytes.data(), bytes.size(),
+                                                        staged_.buffer.get(), received_));
+    }
+    received_ += static_cast<int64_t>(bytes.size());
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit(AssignResponse* response) override {
+    if (cached_.has_value()) {
+      RestoreResult(*cached_, response);
+      return cached_->status;
+    }
+    if (received_ != header_.total_bytes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "streamed value for ", Quoted(header_.name()), " ended after ", received_, " of ",
+          header_.total_bytes(), " bytes; nothing was changed"));
+    }
+    RequestWindow::Result result;
+    result.status = Apply(response);
+    if (registered_) {
+      SaveResult(*response, &result);
+      store_->requests_.Finish(header_.request_id(), result);
+      finished_ = true;
+    }
+    return result.status;
+  }
+
+ private:
+  absl::Status Apply(AssignResponse* response) {
+    const std::string& name = header_.name();
+    if (header_.dtype() == DT_STRING) {
+      PSD_ASSIGN_OR_RETURN(auto strings,
+                           DecodeStrings(encoded_, shape_.num_elements(),
+                                         absl::StrCat("streamed value for ", Quoted(name))));
+      staged_.shape = shape_;
+      const int64_t bytes = StringBytes(strings);
+      PSD_RETURN_IF_ERROR(store_->memory_.Reserve(bytes, name));
+      staged_.reservation = MemoryReservation(&store_->memory_, bytes);
+      staged_.strings = std::move(strings);
+      std::string().swap(encoded_);
+      encoded_reservation_.Reset();
+    }
+    if (header_.has_create()) return Create(response);
+
+    PSD_ASSIGN_OR_RETURN(auto var, store_->Find(name));
+    absl::MutexLock lock(&var->mu);
+    if (kind_ == UpdateKind::kAssign) {
+      if (header_.validate_shape() && shape_ != var->shape) {
+        return absl::InvalidArgumentError(absl::StrCat("assign: ", Quoted(name), " has shape ",
+                                                       var->shape.ToString(), ", value has shape ",
+                                                       shape_.ToString()));
+      }
+      var->Swap(std::move(staged_));
+      var->initial_value.reset();
+    } else {
+      PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+      if (shape_ != var->shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            AssignOpName(header_.op()), ": ", Quoted(name), " has shape ", var->shape.ToString(),
+            ", value has shape ", shape_.ToString()));
+      }
+      PSD_RETURN_IF_ERROR(MakeWritable(store_->device_, &store_->memory_, *var));
+      // The staging buffer is host memory on the CPU device.
+      PSD_RETURN_IF_ERROR(store_->device_->ApplyDense(var->dtype, kind_,
+                                                      var->contents->buffer.get(),
+                                                      staged_.buffer->data(),
+                                                      shape_.num_elements(), false));
+    }
+    var->initialized = true;
+    ++var->version;
+    response->set_version(var->version);
+    return absl::OkStatus();
+  }
+
+  // A streamed create: the declaration, validated at Begin, with the staged
+  // value; inserted only now so a broken stream leaves no variable behind.
+  absl::Status Create(AssignResponse* response) {
+    const CreateVariableRequest& decl = header_.create();
+    auto var = std::make_shared<Variable>(decl.name(), decl.dtype(), shape_, shape_,
+                                          std::vector<int64_t>(shape_.rank(), 0),
+                                          InitializerSpec(), nullptr);
+    {
+      absl::MutexLock lock(&var->mu);
+      var->Swap(std::move(staged_));
+      var->initialized = true;
+    }
+    absl::MutexLock lock(&store_->mu_);
+    if (!store_->variables_.emplace(decl.name(), var).second) {
+      return absl::AlreadyExistsError(absl::StrCat(Quoted(decl.name()), " already exists"));
+    }
+    response->set_version(0);
+    return absl::OkStatus();
+  }
+
+  VariableStore* const store_;
+  const AssignStreamHeader header_;
+  const TensorShape shape_;
+  const UpdateKind kind_;
+  std::optional<RequestWindow::Result> cached_;  // set for a duplicate
+  bool registered_ = false;
+  bool finished_ = false;
+  int64_t received_ = 0;
+  Variable::Contents staged_;
+  std::string encoded_;  // DT_STRING: the encoding as it arrives
+  MemoryReservation encoded_reservation_;
+};
+
+absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStream(
+    const AssignStreamHeader& header) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(header.shard_incarnation()));
+  const std::string& name = header.name();
+  const std::string what = absl::StrCat("streamed value for ", Quoted(name));
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(header.op(), name));
+  PSD_RETURN_IF_ERROR(ValidateDataType(header.dtype(), what));
+  PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromProto(header.shape(), what));
+  const int64_t n = shape.num_elements();
+  if (header.dtype() == DT_STRING) {
+    if (header.total_bytes() < n) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", header.total_bytes(),
+                                                     " bytes cannot encode ", n, " strings"));
+    }
+  } else {
+    PSD_ASSIGN_OR_RETURN(int64_t bytes, ByteSize(n, DataTypeSize(header.dtype()), name));
+    if (header.total_bytes() != bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": total_bytes is ", header.total_bytes(), ", but ",
+          DataTypeName(header.dtype()), shape.ToString(), " needs ", bytes));
+    }
+  }
+  if (header.has_create()) {
+    const CreateVariableRequest& decl = header.create();
+    PSD_RETURN_IF_ERROR(ValidateVariableName(decl.name()));
+    if (decl.name() != name || decl.dtype() != header.dtype() || kind != UpdateKind::kAssign ||
+        decl.has_initial_value() || decl.has_initializer()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a streamed create must assign the declared variable's dtype with no other "
+                "initial value or initializer"));
+    }
+    PSD_ASSIGN_OR_RETURN(TensorShape declared, ShapeFromProto(decl.shape(), what));
+    if (declared != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " has shape ", shape.ToString(),
+                                                     ", declaration has ", declared.ToString()));
+    }
+    absl::ReaderMutexLock lock(&mu_);
+    if (variables_.count(name) > 0 && header.request_id().client_id() == 0) {
+      return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
+    }
+  } else {
+    PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+    if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()),
+                                                     " is not supported for ", Quoted(name),
+                                                     " of dtype ", DataTypeName(var->dtype)));
+    }
+    if (header.dtype() != var->dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()), ": ",
+                                                     Quoted(name), " is ",
+                                                     DataTypeName(var->dtype), ", value is ",
+                                                     DataTypeName(header.dtype())));
+    }
+  }
+  auto sink = std::make_unique<StagedAssignSink>(this, header, std::move(shape), kind);
+  PSD_RETURN_IF_ERROR(sink->Register());
+  PSD_RETURN_IF_ERROR(sink->Stage());
+  return std::unique_ptr<AssignStreamSink>(std::move(sink));
+}
+
+void VariableStore::RunBatchOp(const BatchOp& op, BatchOpResult* result) {
+  absl::Status status;
+  switch (op.op_case()) {
+    case BatchOp::kAssign: status = Assign(op.assign(), result->mutable_assign()); break;
+    case BatchOp::kScatter: status = Scatter(op.scatter(), result->mutable_scatter()); break;
+    case BatchOp::kCountUpTo:
+      status = CountUpTo(op.count_up_to(), result->mutable_count_up_to());
+      break;
+    case BatchOp::kRead: status = Read(op.read(), result->mutable_read()); break;
+    case BatchOp::kGather: status = Gather(op.gather(), result->mutable_gather()); break;
+    default: status = absl::InvalidArgumentError("batch op has no operation set");
+  }
+  result->set_code(static_cast<int>(status.code()));
+  if (!status.ok()) {
+    result->set_message(std::string(status.message()));
+    result->clear_result();
+  }
 }
 
 }  // namespace psd

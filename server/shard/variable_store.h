@@ -7,10 +7,17 @@
 // before the variable is touched). An acknowledged update is in memory and
 // visible to every later read.
 //
+// Retries: mutating requests that carry a RequestId run at most once (see
+// RequestWindow); requests made against another shard incarnation are
+// refused with ABORTED "stale handle" before anything else.
+//
 // Thread-safety: thread-safe. The name map is guarded by `mu_`; each
 // variable's state by its own reader/writer lock (reads and gathers share it,
 // mutations exclude). No lock is held while another variable's lock is taken,
 // except in InitializeVariables, which takes variable locks in name order.
+// Streams hold no lock between messages: a streamed read keeps a reference
+// to the value it started from (writers copy on write meanwhile), a streamed
+// assign stages into its own buffer and takes the lock only to commit.
 #ifndef PSD_SERVER_SHARD_VARIABLE_STORE_H_
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
@@ -27,21 +34,40 @@
 #include "device/device.h"
 #include "psd/shard.pb.h"
 #include "shard/memory_accountant.h"
+#include "shard/request_window.h"
 
 namespace psd {
 
 class Variable;
+class ReadStreamSource;
+class AssignStreamSink;
+class StagedAssignSink;
+
+struct VariableStoreOptions {
+  // Byte budget for variable data (staging and copy-on-write included);
+  // <= 0 means unlimited.
+  int64_t memory_limit_bytes = 0;
+  // This process's incarnation; requests naming another one are stale.
+  uint64_t incarnation = 0;
+  // The largest value a unary Read answers with; bigger ones are read with
+  // ReadStream. Keep it under the server's message limit.
+  int64_t max_unary_value_bytes = (512 << 20) - (64 << 10);
+  // Chunk size of a streamed read when the client asks for none.
+  int default_chunk_bytes = 1 << 20;
+  // Request ids remembered per client for exactly-once retries.
+  int request_window = 1024;
+};
 
 class VariableStore {
  public:
-  // `device` must outlive the store. `memory_limit_bytes` <= 0: unlimited.
-  VariableStore(Device* device, int64_t memory_limit_bytes);
+  // `device` must outlive the store.
+  VariableStore(Device* device, const VariableStoreOptions& options);
   ~VariableStore();
   VariableStore(const VariableStore&) = delete;
   VariableStore& operator=(const VariableStore&) = delete;
 
   absl::Status Create(const CreateVariableRequest& request, VariableInfo* info);
-  absl::Status Delete(const std::string& name);
+  absl::Status Delete(const DeleteVariableRequest& request);
   std::vector<VariableInfo> List(const std::string& prefix) const;
   absl::Status Initialize(const InitializeVariablesRequest& request);
   absl::Status ReportUninitialized(const ReportUninitializedRequest& request,
@@ -53,17 +79,61 @@ class VariableStore {
   absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response);
   absl::Status CountUpTo(const CountUpToRequest& request, CountUpToResponse* response);
 
+  // Streams. Begin* validate the request; the returned object carries the
+  // stream's state between messages and holds no lock.
+  absl::StatusOr<std::unique_ptr<ReadStreamSource>> BeginReadStream(
+      const ReadStreamRequest& request) const;
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginAssignStream(
+      const AssignStreamHeader& header);
+
+  // Runs one op of a batch and stores its status and result in `result`.
+  void RunBatchOp(const BatchOp& op, BatchOpResult* result);
+
   const MemoryAccountant& memory() const { return memory_; }
   size_t num_variables() const;
   const Device& device() const { return *device_; }
+  uint64_t incarnation() const { return options_.incarnation; }
 
  private:
+  friend class StagedAssignSink;
+
   absl::StatusOr<std::shared_ptr<Variable>> Find(const std::string& name) const;
+  absl::Status CheckIncarnation(uint64_t requested) const;
+  // Runs `op` once per request id: a duplicate gets the first run's status
+  // and small result (see RequestWindow).
+  template <typename Response, typename Op>
+  absl::Status RunOnce(const RequestId& id, Response* response, Op&& op);
+  absl::Status CreateOnce(const CreateVariableRequest& request, VariableInfo* info);
+  absl::Status AssignOnce(const AssignRequest& request, AssignResponse* response);
+  absl::Status ScatterOnce(const ScatterRequest& request, ScatterResponse* response);
+  absl::Status CountUpToOnce(const CountUpToRequest& request, CountUpToResponse* response);
 
   Device* const device_;
+  const VariableStoreOptions options_;
   MemoryAccountant memory_;
+  RequestWindow requests_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Variable>> variables_ ABSL_GUARDED_BY(mu_);
+};
+
+// A streamed read's source: the value as it was when the stream began.
+class ReadStreamSource {
+ public:
+  virtual ~ReadStreamSource() = default;
+  // The first chunk's header fields.
+  virtual void FillHeader(TensorChunk* chunk) const = 0;
+  // Fills `chunk` with the next content bytes; false when all were sent.
+  virtual absl::StatusOr<bool> Next(TensorChunk* chunk) = 0;
+};
+
+// A streamed assign's sink: staged bytes, applied at Commit.
+class AssignStreamSink {
+ public:
+  virtual ~AssignStreamSink() = default;  // abandons an uncommitted stream
+  virtual absl::Status Append(absl::string_view bytes) = 0;
+  // Applies the staged value atomically; fails unless exactly total_bytes
+  // arrived.
+  virtual absl::Status Commit(AssignResponse* response) = 0;
 };
 
 // INVALID_ARGUMENT unless `name` is a valid full variable name: TensorFlow's

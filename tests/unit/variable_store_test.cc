@@ -2,6 +2,7 @@
 // checking that a failed request leaves the variable exactly as it was.
 #include "shard/variable_store.h"
 
+#include <cstring>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -27,7 +28,16 @@ TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
 
 class VariableStoreTest : public ::testing::Test {
  protected:
-  VariableStoreTest() : device_(NewCpuDevice()), store_(device_.get(), 1 << 20) {}
+  static VariableStoreOptions Options() {
+    VariableStoreOptions options;
+    options.memory_limit_bytes = 1 << 20;
+    options.incarnation = 77;
+    options.max_unary_value_bytes = 4096;
+    options.default_chunk_bytes = 100;
+    options.request_window = 8;
+    return options;
+  }
+  VariableStoreTest() : device_(NewCpuDevice()), store_(device_.get(), Options()) {}
 
   void CreateFrom(const std::string& name, const TensorProto& value) {
     CreateVariableRequest req;
@@ -258,9 +268,11 @@ TEST_F(VariableStoreTest, MemoryLimitIsResourceExhaustedAndChangesNothing) {
 TEST_F(VariableStoreTest, DeleteReleasesMemory) {
   CreateFrom("v", Vec<double>({4}, {1, 2, 3, 4}));
   EXPECT_EQ(store_.memory().used(), 32);
-  ASSERT_TRUE(store_.Delete("v").ok());
+  DeleteVariableRequest del;
+  del.set_name("v");
+  ASSERT_TRUE(store_.Delete(del).ok());
   EXPECT_EQ(store_.memory().used(), 0);
-  EXPECT_EQ(store_.Delete("v").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_.Delete(del).code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(VariableStoreTest, CreateValidatesNameShapeAndExistence) {
@@ -334,6 +346,221 @@ TEST_F(VariableStoreTest, StringVariablesDefaultToEmptyAndGather) {
   GatherResponse resp;
   ASSERT_TRUE(store_.Gather(g, &resp).ok());
   EXPECT_EQ(TensorFromProto(resp.value(), "g")->strings(), (std::vector<std::string>{"zzz", "x"}));
+}
+
+RequestId Id(uint64_t client, uint64_t seq) {
+  RequestId id;
+  id.set_client_id(client);
+  id.set_seq(seq);
+  return id;
+}
+
+TEST_F(VariableStoreTest, RetriedRequestIdIsAppliedOnce) {
+  CreateFrom("sum", Vec<int64_t>({}, {0}));
+  AssignRequest add;
+  add.set_name("sum");
+  add.set_op(UPDATE_ADD);
+  *add.mutable_value() = Vec<int64_t>({}, {5});
+  *add.mutable_request_id() = Id(1, 1);
+  AssignResponse first, second;
+  ASSERT_TRUE(store_.Assign(add, &first).ok());
+  ASSERT_TRUE(store_.Assign(add, &second).ok());
+  EXPECT_EQ(second.version(), first.version());
+  EXPECT_EQ(ReadValue("sum").ToVector<int64_t>(), std::vector<int64_t>{5});
+
+  CreateFrom("c", Vec<int32_t>({}, {0}));
+  CountUpToRequest count;
+  count.set_name("c");
+  count.set_limit(10);
+  *count.mutable_request_id() = Id(1, 2);
+  CountUpToResponse a, b;
+  ASSERT_TRUE(store_.CountUpTo(count, &a).ok());
+  ASSERT_TRUE(store_.CountUpTo(count, &b).ok());
+  EXPECT_EQ(a.old_value(), 0);
+  EXPECT_EQ(b.old_value(), 0);
+  EXPECT_EQ(ReadValue("c").ToVector<int32_t>(), std::vector<int32_t>{1});
+}
+
+TEST_F(VariableStoreTest, FailedRequestRetriedGetsSameError) {
+  CreateFrom("c", Vec<int32_t>({}, {3}));
+  CountUpToRequest count;
+  count.set_name("c");
+  count.set_limit(3);
+  *count.mutable_request_id() = Id(9, 1);
+  CountUpToResponse resp;
+  EXPECT_EQ(store_.CountUpTo(count, &resp).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(store_.CountUpTo(count, &resp).code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(VariableStoreTest, RequestIdOlderThanWindowIsAborted) {
+  CreateFrom("sum", Vec<int64_t>({}, {0}));
+  AssignRequest add;
+  add.set_name("sum");
+  add.set_op(UPDATE_ADD);
+  *add.mutable_value() = Vec<int64_t>({}, {1});
+  AssignResponse resp;
+  for (uint64_t seq = 1; seq <= 20; ++seq) {
+    *add.mutable_request_id() = Id(2, seq);
+    ASSERT_TRUE(store_.Assign(add, &resp).ok());
+  }
+  *add.mutable_request_id() = Id(2, 12);  // the window is 8: 13..20 are remembered
+  absl::Status s = store_.Assign(add, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(s.message(), HasSubstr("request id too old"));
+  *add.mutable_request_id() = Id(2, 13);
+  EXPECT_TRUE(store_.Assign(add, &resp).ok());  // a remembered duplicate
+  EXPECT_EQ(ReadValue("sum").ToVector<int64_t>(), std::vector<int64_t>{20});
+}
+
+TEST_F(VariableStoreTest, StaleIncarnationIsAbortedBeforeAnything) {
+  CreateFrom("v", Vec<float>({}, {1}));
+  AssignRequest req;
+  req.set_name("v");
+  req.set_op(UPDATE_ADD);
+  *req.mutable_value() = Vec<float>({}, {1});
+  req.set_shard_incarnation(76);
+  AssignResponse resp;
+  absl::Status s = store_.Assign(req, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(s.message(), HasSubstr("stale handle"));
+  req.set_shard_incarnation(77);
+  EXPECT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_EQ(ReadValue("v").ToVector<float>(), std::vector<float>{2});
+}
+
+TEST_F(VariableStoreTest, BigUnaryReadAsksForStream) {
+  CreateFrom("big", ToProto(Tensor(DT_FLOAT, TensorShape{2000})));  // 8000 > 4096 bytes
+  ReadRequest req;
+  req.set_name("big");
+  ReadResponse resp;
+  ASSERT_TRUE(store_.Read(req, &resp).ok());
+  EXPECT_TRUE(resp.use_stream());
+  EXPECT_EQ(resp.value_bytes(), 8000);
+  EXPECT_FALSE(resp.has_value());
+}
+
+// Reassembles a streamed read.
+std::string Drain(ReadStreamSource* source, TensorChunk* header) {
+  source->FillHeader(header);
+  std::string bytes;
+  TensorChunk chunk;
+  while (*source->Next(&chunk)) {
+    EXPECT_EQ(chunk.offset(), static_cast<int64_t>(bytes.size()));
+    bytes += chunk.content();
+    chunk.Clear();
+  }
+  return bytes;
+}
+
+TEST_F(VariableStoreTest, StreamedReadSeesValueAtStartWhileWritersCopyOnWrite) {
+  std::vector<float> values(1000);
+  for (int i = 0; i < 1000; ++i) values[i] = static_cast<float>(i);
+  CreateFrom("t", Vec<float>({1000}, values));
+  const int64_t used = store_.memory().used();
+  ReadStreamRequest req;
+  req.set_name("t");
+  auto source = store_.BeginReadStream(req);
+  ASSERT_TRUE(source.ok()) << source.status();
+  // A write while the stream is open copies the value (accounted) ...
+  ASSERT_TRUE(Assign("t", UPDATE_ADD, ToProto(*Tensor::FromVector<float>(TensorShape{1000}, std::vector<float>(1000, 1)))).ok());
+  EXPECT_EQ(store_.memory().used(), 2 * used);
+  // ... and the stream still sends the value as it was.
+  TensorChunk header;
+  std::string bytes = Drain(source->get(), &header);
+  EXPECT_EQ(header.total_bytes(), 4000);
+  ASSERT_EQ(bytes.size(), 4000u);
+  std::vector<float> streamed(1000);
+  std::memcpy(streamed.data(), bytes.data(), bytes.size());
+  EXPECT_EQ(streamed, values);
+  source->reset();
+  EXPECT_EQ(store_.memory().used(), used);
+  EXPECT_EQ(ReadValue("t").ToVector<float>()[10], 11.0f);
+}
+
+AssignStreamHeader StreamHeader(const std::string& name, DataType dtype, std::vector<int64_t> dims,
+                                int64_t total) {
+  AssignStreamHeader h;
+  h.set_name(name);
+  h.set_op(UPDATE_ASSIGN);
+  h.set_dtype(dtype);
+  for (auto d : dims) h.mutable_shape()->add_dims(d);
+  h.set_total_bytes(total);
+  h.set_validate_shape(true);
+  return h;
+}
+
+TEST_F(VariableStoreTest, StreamedAssignAppliesOnlyWhenComplete) {
+  CreateFrom("v", Vec<int32_t>({4}, {1, 2, 3, 4}));
+  const int64_t used = store_.memory().used();
+  const std::vector<int32_t> next = {5, 6, 7, 8};
+  {
+    auto sink = store_.BeginAssignStream(StreamHeader("v", DT_INT32, {4}, 16));
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    ASSERT_TRUE((*sink)->Append(absl::string_view(reinterpret_cast<const char*>(next.data()), 8)).ok());
+    EXPECT_EQ(store_.memory().used(), 2 * used);  // staging is accounted
+    AssignResponse resp;
+    EXPECT_THAT((*sink)->Commit(&resp).message(), HasSubstr("ended after 8 of 16 bytes"));
+    // Broken stream: dropped without commit.
+  }
+  EXPECT_EQ(store_.memory().used(), used);
+  EXPECT_EQ(ReadValue("v").ToVector<int32_t>(), (std::vector<int32_t>{1, 2, 3, 4}));
+
+  auto sink = store_.BeginAssignStream(StreamHeader("v", DT_INT32, {4}, 16));
+  ASSERT_TRUE(sink.ok());
+  const char* bytes = reinterpret_cast<const char*>(next.data());
+  ASSERT_TRUE((*sink)->Append(absl::string_view(bytes, 5)).ok());
+  ASSERT_TRUE((*sink)->Append(absl::string_view(bytes + 5, 11)).ok());
+  AssignResponse resp;
+  ASSERT_TRUE((*sink)->Commit(&resp).ok());
+  EXPECT_EQ(ReadValue("v").ToVector<int32_t>(), next);
+  sink->reset();
+  EXPECT_EQ(store_.memory().used(), used);
+}
+
+TEST_F(VariableStoreTest, StreamedCreateOfStringsAndBadHeaders) {
+  const std::string encoded = EncodeStrings({"ab", "", "xyz"});
+  AssignStreamHeader h = StreamHeader("words", DT_STRING, {3}, encoded.size());
+  CreateVariableRequest* decl = h.mutable_create();
+  decl->set_name("words");
+  decl->set_dtype(DT_STRING);
+  decl->mutable_shape()->add_dims(3);
+  auto sink = store_.BeginAssignStream(h);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  EXPECT_EQ(store_.num_variables(), 0u);
+  ASSERT_TRUE((*sink)->Append(encoded).ok());
+  AssignResponse resp;
+  ASSERT_TRUE((*sink)->Commit(&resp).ok());
+  EXPECT_EQ(ReadValue("words").strings(), (std::vector<std::string>{"ab", "", "xyz"}));
+
+  EXPECT_THAT(store_.BeginAssignStream(StreamHeader("words", DT_STRING, {3}, 2)).status().message(),
+              HasSubstr("cannot encode 3 strings"));
+  EXPECT_EQ(store_.BeginAssignStream(StreamHeader("nope", DT_FLOAT, {2}, 8)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(store_.BeginAssignStream(StreamHeader("words", DT_FLOAT, {2}, 7)).status().message(),
+              HasSubstr("needs 8"));
+}
+
+TEST_F(VariableStoreTest, BatchOpsFailIndividually) {
+  CreateFrom("r", Vec<float>({3}, {0, 0, 0}));
+  BatchRequest batch;
+  auto* good = batch.add_ops()->mutable_scatter();
+  good->set_name("r");
+  good->set_op(UPDATE_ADD);
+  *good->mutable_indices() = Vec<int32_t>({1}, {1});
+  *good->mutable_updates() = Vec<float>({1}, {2});
+  auto* bad = batch.add_ops()->mutable_scatter();
+  *bad = *good;
+  *bad->mutable_indices() = Vec<int32_t>({1}, {3});
+  batch.add_ops()->mutable_read()->set_name("r");
+  BatchResponse out;
+  for (const auto& op : batch.ops()) store_.RunBatchOp(op, out.add_results());
+  ASSERT_EQ(out.results_size(), 3);
+  EXPECT_EQ(out.results(0).code(), 0);
+  EXPECT_EQ(out.results(1).code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(out.results(1).message(), HasSubstr("indices[0] = 3 is not in [0, 3)"));
+  EXPECT_EQ(out.results(2).code(), 0);
+  EXPECT_EQ(TensorFromProto(out.results(2).read().value(), "r")->ToVector<float>(),
+            (std::vector<float>{0, 2, 0}));
 }
 
 }  // namespace
