@@ -1,0 +1,458 @@
+// psd_bench: runs every landed data-path workload against a real shard and,
+// in the same run, the baseline that bounds it, then prints a table of
+// median/min/max and each workload's ratio to its baseline (and writes JSON).
+//
+//   psd_bench                 # full run (1 GiB transfers, 1M x 64 table)
+//   psd_bench --quick         # seconds-long smoke run, same workloads, small
+//   psd_bench --shard HOST:PORT   # against a running shard instead
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "baselines.h"
+#include "bench.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/client.h"
+#include "shard_process.h"
+
+namespace psd {
+namespace bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using client::ShardClient;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct Stats {
+  double median = 0, min = 0, max = 0;
+};
+Stats Summarize(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.median = v[v.size() / 2];
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+struct Row {
+  std::string workload;
+  std::string unit;
+  Stats value;
+  std::string baseline;
+  double baseline_value = 0;
+  std::string extra;  // latency percentiles, second ratio
+};
+
+class Report {
+ public:
+  void Add(Row row) {
+    const double ratio = row.baseline_value > 0 ? row.value.median / row.baseline_value : 0;
+    std::printf("%-44s %10.3g %10.3g %10.3g %-8s | %-26s %10.3g  x%.2f  %s\n",
+                row.workload.c_str(), row.value.median, row.value.min, row.value.max,
+                row.unit.c_str(), row.baseline.c_str(), row.baseline_value, ratio,
+                row.extra.c_str());
+    std::fflush(stdout);
+    rows_.push_back(std::move(row));
+  }
+  void Header() {
+    std::printf("%-44s %10s %10s %10s %-8s | %-26s %10s  %s\n", "workload", "median", "min",
+                "max", "unit", "baseline", "value", "ratio");
+  }
+  bool WriteJson(const std::string& path) const {
+    std::ofstream out(path);
+    out << "[\n";
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      const Row& r = rows_[i];
+      out << absl::StrFormat(
+          "  {\"workload\": \"%s\", \"unit\": \"%s\", \"median\": %g, \"min\": %g, \"max\": %g, "
+          "\"baseline\": \"%s\", \"baseline_value\": %g, \"ratio\": %g, \"extra\": \"%s\"}%s\n",
+          r.workload, r.unit, r.value.median, r.value.min, r.value.max, r.baseline,
+          r.baseline_value, r.baseline_value > 0 ? r.value.median / r.baseline_value : 0, r.extra,
+          i + 1 < rows_.size() ? "," : "");
+    }
+    out << "]\n";
+    return static_cast<bool>(out);
+  }
+
+ private:
+  std::vector<Row> rows_;
+};
+
+struct Config {
+  bool quick = false;
+  int reps = 5;
+  double op_seconds = 2.0;  // per concurrency level of the small-op workloads
+  std::vector<int64_t> dense_sizes;
+  int64_t table_rows = 1 << 20;
+  int64_t table_cols = 64;
+  int64_t scatter_batch = 4096;
+  int64_t memory_bytes = int64_t{4} << 30;
+  std::string fsync_dir = "/tmp";
+};
+
+std::string HumanBytes(int64_t b) {
+  if (b >= (int64_t{1} << 30)) return absl::StrCat(b >> 30, " GiB");
+  if (b >= (1 << 20)) return absl::StrCat(b >> 20, " MiB");
+  if (b >= (1 << 10)) return absl::StrCat(b >> 10, " KiB");
+  return absl::StrCat(b, " B");
+}
+
+// Runs `op` from `threads` threads for `seconds`; returns ops/s and the
+// per-op latencies (seconds).
+template <typename Op>
+std::pair<double, std::vector<double>> RunConcurrent(int threads, double seconds, Op op) {
+  std::atomic<bool> stop{false};
+  std::vector<std::vector<double>> latencies(threads);
+  std::vector<std::thread> pool;
+  std::atomic<int> failures{0};
+  const auto start = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        const auto s = Clock::now();
+        if (!op(t)) failures.fetch_add(1);
+        latencies[t].push_back(Since(s));
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& th : pool) th.join();
+  const double elapsed = Since(start);
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  if (failures.load() > 0) std::fprintf(stderr, "warning: %d ops failed\n", failures.load());
+  return {all.size() / elapsed, all};
+}
+
+class Bench {
+ public:
+  Bench(Config config, std::string shard_address, int bare_port, pid_t shard_pid)
+      : config_(std::move(config)), shard_address_(std::move(shard_address)), shard_pid_(shard_pid) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    bare_ = Bare::NewStub(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", bare_port),
+                                                    grpc::InsecureChannelCredentials(), args));
+  }
+
+  int Run() {
+    auto shard = ShardClient::Connect(shard_address_);
+    if (!shard.ok()) {
+      std::fprintf(stderr, "cannot connect to %s: %s\n", shard_address_.c_str(),
+                   shard.status().ToString().c_str());
+      return 1;
+    }
+    shard_ = std::move(shard).value();
+    report_.Header();
+    Baselines();
+    Dense();
+    SmallOps();
+    Sparse();
+    Memory();
+    return failed_ ? 1 : 0;
+  }
+
+  const Report& report() const { return report_; }
+
+ private:
+  void Check(const absl::Status& s, const std::string& what) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s failed: %s\n", what.c_str(), s.ToString().c_str());
+      failed_ = true;
+    }
+  }
+
+  void Baselines() {
+    const size_t bytes = config_.quick ? (64 << 20) : (size_t{256} << 20);
+    memcpy_ = MemcpyGBps(bytes, 3);
+    axpy_ = AxpyGBps(bytes, 3);
+    tcp_ = RawTcpGBps(config_.quick ? (size_t{256} << 20) : (size_t{2} << 30));
+    fsync_ = FsyncWriteGBps(config_.fsync_dir, config_.quick ? (64 << 20) : (size_t{1} << 30));
+    report_.Add({"baseline: memcpy", "GB/s", {memcpy_, memcpy_, memcpy_}, "-", 0, ""});
+    report_.Add({"baseline: y += x (float32)", "GB/s", {axpy_, axpy_, axpy_}, "-", 0, ""});
+    report_.Add({"baseline: raw TCP loopback", "GB/s", {tcp_, tcp_, tcp_}, "-", 0, ""});
+    report_.Add({"baseline: sequential write + fsync", "GB/s", {fsync_, fsync_, fsync_}, "-", 0,
+                 ""});
+  }
+
+  // Bare gRPC upload of `bytes`: unary up to the client's stream threshold,
+  // 1 MiB-chunk stream above it (the shapes psd uses for the same size).
+  double BareUploadGBps(int64_t bytes, bool streamed) {
+    std::vector<double> rates;
+    std::string payload(std::min<int64_t>(bytes, streamed ? (1 << 20) : bytes), 'x');
+    for (int r = -1; r < config_.reps; ++r) {  // round -1 warms up
+      grpc::ClientContext ctx;
+      UploadResponse resp;
+      const auto start = Clock::now();
+      if (streamed) {
+        auto writer = bare_->UploadStream(&ctx, &resp);
+        UploadRequest chunk;
+        for (int64_t sent = 0; sent < bytes; sent += payload.size()) {
+          chunk.set_content(payload.data(), std::min<int64_t>(payload.size(), bytes - sent));
+          writer->Write(chunk);
+        }
+        writer->WritesDone();
+        writer->Finish();
+      } else {
+        UploadRequest req;
+        req.set_content(payload);
+        bare_->Upload(&ctx, req, &resp);
+      }
+      if (r >= 0) rates.push_back(bytes / Since(start) / 1e9);
+    }
+    return Summarize(rates).median;
+  }
+
+  double BareDownloadGBps(int64_t bytes) {
+    std::vector<double> rates;
+    for (int r = 0; r < config_.reps; ++r) {
+      grpc::ClientContext ctx;
+      UploadResponse req;
+      req.set_bytes(bytes);
+      const auto start = Clock::now();
+      auto reader = bare_->Download(&ctx, req);
+      UploadRequest chunk;
+      while (reader->Read(&chunk)) {
+      }
+      reader->Finish();
+      rates.push_back(bytes / Since(start) / 1e9);
+    }
+    return Summarize(rates).median;
+  }
+
+  void Dense() {
+    for (int64_t bytes : config_.dense_sizes) {
+      const std::string name = absl::StrCat("bench/dense_", bytes);
+      Tensor value(DT_FLOAT, TensorShape{bytes / 4});
+      shard_->Delete(name).IgnoreError();
+      Check(shard_->Create(name, value).status(), "create " + name);
+      const bool streamed = bytes > (4 << 20);  // the client's default threshold
+      std::vector<double> assign_rates, read_rates;
+      // One unmeasured round warms connections, allocators and page caches.
+      Check(shard_->Assign(name, value), "assign " + name);
+      Check(shard_->Read(name).status(), "read " + name);
+      for (int r = 0; r < config_.reps; ++r) {
+        auto start = Clock::now();
+        Check(shard_->Assign(name, value), "assign " + name);
+        assign_rates.push_back(bytes / Since(start) / 1e9);
+        start = Clock::now();
+        auto read = shard_->Read(name);
+        Check(read.status(), "read " + name);
+        read_rates.push_back(bytes / Since(start) / 1e9);
+      }
+      Check(shard_->Delete(name), "delete " + name);
+      const double up = BareUploadGBps(bytes, streamed);
+      const double down = streamed ? BareDownloadGBps(bytes) : up;
+      const Stats a = Summarize(assign_rates), rd = Summarize(read_rates);
+      report_.Add({absl::StrCat("assign ", HumanBytes(bytes)), "GB/s", a,
+                   streamed ? "bare gRPC stream 1 MiB" : "bare gRPC unary upload", up,
+                   absl::StrFormat("raw TCP x%.2f", a.median / tcp_)});
+      report_.Add({absl::StrCat("read ", HumanBytes(bytes)), "GB/s", rd,
+                   streamed ? "bare gRPC stream 1 MiB" : "bare gRPC unary upload", down,
+                   absl::StrFormat("raw TCP x%.2f", rd.median / tcp_)});
+    }
+  }
+
+  void SmallOps() {
+    shard_->Delete("bench/counter").IgnoreError();
+    shard_->Delete("bench/step").IgnoreError();
+    Check(shard_->Create("bench/counter", Tensor::Scalar<int64_t>(0)).status(), "create counter");
+    Check(shard_->Create("bench/step", Tensor::Scalar<int64_t>(0)).status(), "create step");
+    const Tensor one = Tensor::Scalar<int64_t>(1);
+    for (int inflight : {1, 8, 64}) {
+      std::vector<double> bare, adds, counts;
+      std::vector<double> add_lat, count_lat;
+      for (int r = 0; r < std::max(1, config_.reps / 2); ++r) {
+        bare.push_back(RunConcurrent(inflight, config_.op_seconds, [&](int) {
+                         grpc::ClientContext ctx;
+                         AddRequest req;
+                         req.set_name("bench/counter");
+                         req.set_delta(1);
+                         AddResponse resp;
+                         return bare_->Add(&ctx, req, &resp).ok();
+                       }).first);
+        auto [add_rate, al] = RunConcurrent(inflight, config_.op_seconds, [&](int) {
+          return shard_->AssignAdd("bench/counter", one).ok();
+        });
+        adds.push_back(add_rate);
+        add_lat.insert(add_lat.end(), al.begin(), al.end());
+        auto [count_rate, cl] = RunConcurrent(inflight, config_.op_seconds, [&](int) {
+          return shard_->CountUpTo("bench/step", int64_t{1} << 62).ok();
+        });
+        counts.push_back(count_rate);
+        count_lat.insert(count_lat.end(), cl.begin(), cl.end());
+      }
+      const double bare_rate = Summarize(bare).median;
+      report_.Add({absl::StrCat("assign_add scalar, ", inflight, " in flight"), "ops/s",
+                   Summarize(adds), "bare gRPC unary", bare_rate,
+                   absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(add_lat, 0.5) * 1e6,
+                                   Percentile(add_lat, 0.99) * 1e6)});
+      report_.Add({absl::StrCat("count_up_to, ", inflight, " in flight"), "ops/s",
+                   Summarize(counts), "bare gRPC unary", bare_rate,
+                   absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(count_lat, 0.5) * 1e6,
+                                   Percentile(count_lat, 0.99) * 1e6)});
+    }
+    shard_->Delete("bench/counter").IgnoreError();
+    shard_->Delete("bench/step").IgnoreError();
+  }
+
+  void Sparse() {
+    const int64_t rows = config_.table_rows, cols = config_.table_cols;
+    const std::string name = "bench/table";
+    shard_->Delete(name).IgnoreError();
+    Check(shard_->Create(name, DT_FLOAT, TensorShape{rows, cols}, client::init::Zeros()).status(),
+          "create table");
+    const int batches = config_.quick ? 4 : 16;
+    std::vector<std::vector<int64_t>> index_sets;
+    for (int b = 0; b < batches; ++b) {
+      index_sets.push_back(ZipfIndices(rows, 1.1, config_.scatter_batch, 1000 + b));
+    }
+    std::vector<Tensor> indices;
+    for (auto& set : index_sets) {
+      indices.push_back(*Tensor::FromVector<int64_t>(TensorShape{config_.scatter_batch}, set));
+    }
+    Tensor updates(DT_FLOAT, TensorShape{config_.scatter_batch, cols});
+    std::vector<double> scatter_rates, gather_rates;
+    for (int r = 0; r < config_.reps; ++r) {
+      auto start = Clock::now();
+      for (auto& idx : indices) Check(shard_->ScatterAdd(name, idx, updates), "scatter_add");
+      scatter_rates.push_back(batches * config_.scatter_batch / Since(start));
+      start = Clock::now();
+      for (auto& idx : indices) Check(shard_->Gather(name, idx).status(), "gather");
+      gather_rates.push_back(batches * config_.scatter_batch / Since(start));
+    }
+    Check(shard_->Delete(name), "delete table");
+    const double loop = ScatterAddRowsPerSecond(rows, cols, index_sets[0], 3);
+    const double row_bytes = cols * 4.0 + 8.0;
+    const double network = tcp_ * 1e9 / row_bytes;
+    const Stats s = Summarize(scatter_rates), g = Summarize(gather_rates);
+    const std::string shape = absl::StrCat(rows, "x", cols, ", batch ", config_.scatter_batch);
+    report_.Add({absl::StrCat("scatter_add ", shape), "rows/s", s, "min(loop, raw TCP)",
+                 std::min(loop, network),
+                 absl::StrFormat("%.2f GB/s; loop %.3g rows/s", s.median * row_bytes / 1e9, loop)});
+    report_.Add({absl::StrCat("gather ", shape), "rows/s", g, "raw TCP rows/s", network,
+                 absl::StrFormat("%.2f GB/s", g.median * row_bytes / 1e9)});
+  }
+
+  static int64_t ResidentBytes(pid_t pid) {
+    std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+    }
+    return 0;
+  }
+
+  void Memory() {
+    if (shard_pid_ <= 0) return;  // an external shard: its RSS is not ours to read
+    const int64_t total = config_.memory_bytes;
+    const int64_t per_var = std::min<int64_t>(total, int64_t{256} << 20);
+    const int64_t before = ResidentBytes(shard_pid_);
+    std::vector<std::string> names;
+    for (int64_t loaded = 0; loaded < total; loaded += per_var) {
+      names.push_back(absl::StrCat("bench/mem_", names.size()));
+      Check(shard_->Create(names.back(), DT_FLOAT, TensorShape{per_var / 4}, client::init::Ones())
+                .status(),
+            "create " + names.back());
+    }
+    const int64_t after = ResidentBytes(shard_pid_);
+    for (auto& n : names) shard_->Delete(n).IgnoreError();
+    const double ratio = static_cast<double>(after - before) / total;
+    report_.Add({absl::StrCat("shard RSS growth per variable byte, ", HumanBytes(total)), "ratio",
+                 {ratio, ratio, ratio}, "target 1.1 + 64 MB",
+                 1.1 + (64.0 * (1 << 20)) / total,
+                 absl::StrFormat("RSS %s -> %s", HumanBytes(before), HumanBytes(after))});
+  }
+
+  const Config config_;
+  const std::string shard_address_;
+  const pid_t shard_pid_;
+  std::unique_ptr<Bare::Stub> bare_;
+  std::unique_ptr<ShardClient> shard_;
+  Report report_;
+  bool failed_ = false;
+  double memcpy_ = 0, axpy_ = 0, tcp_ = 0, fsync_ = 0;
+};
+
+}  // namespace
+}  // namespace bench
+}  // namespace psd
+
+int main(int argc, char** argv) {
+  using namespace psd::bench;
+  CLI::App app{"psd_bench: psd's data path beside its baselines, in one run"};
+  Config config;
+  std::string shard_address, json_path;
+  app.add_flag("--quick", config.quick, "Seconds-long smoke run with small sizes");
+  app.add_option("--shard", shard_address, "Use a running shard instead of starting one");
+  app.add_option("--json", json_path, "Also write the table as JSON here");
+  app.add_option("--reps", config.reps, "Repetitions per workload")->check(CLI::PositiveNumber);
+  app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
+  CLI11_PARSE(app, argc, argv);
+  if (config.quick) {
+    config.reps = std::min(config.reps, 2);
+    config.op_seconds = 0.3;
+    config.dense_sizes = {4 << 10, 256 << 10, 8 << 20};
+    config.table_rows = 1 << 16;
+    config.memory_bytes = 64 << 20;
+  } else {
+    config.dense_sizes = {4 << 10, 256 << 10, 4 << 20, 64 << 20, int64_t{1} << 30};
+  }
+
+  // The bare server forks before this process starts any thread.
+  int bare_port = 0;
+  const pid_t bare_pid = ForkBareServer(512 << 20, &bare_port);
+  if (bare_pid <= 0 || bare_port == 0) {
+    std::fprintf(stderr, "cannot start the bare gRPC baseline server\n");
+    return 1;
+  }
+
+  std::unique_ptr<psd::integration::ShardProcess> shard;
+  pid_t shard_pid = 0;
+  if (shard_address.empty()) {
+    psd::integration::ShardProcessOptions options;
+    auto started = psd::integration::ShardProcess::Start(options);
+    if (!started.ok()) {
+      std::fprintf(stderr, "cannot start a shard: %s\n", started.status().ToString().c_str());
+      kill(bare_pid, SIGTERM);
+      waitpid(bare_pid, nullptr, 0);
+      return 1;
+    }
+    shard = std::move(started).value();
+    shard_address = shard->address();
+    shard_pid = shard->pid();
+  }
+  std::printf("psd_bench: shard %s, %s run, %d reps\n", shard_address.c_str(),
+              config.quick ? "quick" : "full", config.reps);
+  int rc;
+  {
+    Bench bench(config, shard_address, bare_port, shard_pid);
+    rc = bench.Run();
+    if (!json_path.empty() && !bench.report().WriteJson(json_path)) rc = 1;
+  }
+  shard.reset();
+  kill(bare_pid, SIGTERM);
+  waitpid(bare_pid, nullptr, 0);
+  return rc;
+}
