@@ -8,6 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libboost-dev libspdlog-dev libcli11-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev
+  libsnappy-dev libleveldb-dev
 )
 
 missing=()

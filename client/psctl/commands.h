@@ -1,0 +1,31 @@
+// How psctl's commands plug in: each command group (ckpt, later status,
+// vars, ...) lives in its own file and adds its CLI11 subcommands to the
+// root app. A subcommand's callback does the work and stores the process
+// exit status in the Context.
+#ifndef PSD_CLIENT_PSCTL_COMMANDS_H_
+#define PSD_CLIENT_PSCTL_COMMANDS_H_
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+
+namespace psctl {
+
+struct Context {
+  // What main() returns once parsing (and so the command) is done.
+  int exit_code = 0;
+  // Machine-readable output (global --json).
+  bool json = false;
+};
+
+// Prints "psctl: <message>" on one line to stderr and sets a non-zero exit
+// code.
+void Fail(Context* ctx, const absl::Status& status);
+
+// `psctl ckpt ...`: checkpoint commands.
+void AddCkptCommands(CLI::App* app, Context* ctx);
+
+}  // namespace psctl
+
+#endif  // PSD_CLIENT_PSCTL_COMMANDS_H_

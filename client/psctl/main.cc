@@ -1,0 +1,28 @@
+// psctl: administer a psd cluster and its checkpoints.
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_replace.h"
+#include "commands.h"
+
+namespace psctl {
+
+void Fail(Context* ctx, const absl::Status& status) {
+  // One line, so scripts can show it as is.
+  std::string message = absl::StrReplaceAll(status.message(), {{"\n", " "}});
+  std::fprintf(stderr, "psctl: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               message.c_str());
+  ctx->exit_code = 1;
+}
+
+}  // namespace psctl
+
+int main(int argc, char** argv) {
+  CLI::App app{"psctl: administer a psd parameter-server cluster and its checkpoints"};
+  app.require_subcommand(1);
+  psctl::Context ctx;
+  app.add_flag("--json", ctx.json, "Print machine-readable JSON");
+  psctl::AddCkptCommands(&app, &ctx);
+  CLI11_PARSE(app, argc, argv);
+  return ctx.exit_code;
+}

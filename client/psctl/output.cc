@@ -1,0 +1,146 @@
+#include "output.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace psctl {
+namespace {
+
+// The shortest %g form that reads back as the same value.
+template <typename T>
+std::string ShortestDecimal(T v, int max_digits) {
+  for (int digits = 6; digits < max_digits; ++digits) {
+    std::string s = absl::StrFormat("%.*g", digits, static_cast<double>(v));
+    if (static_cast<T>(std::strtod(s.c_str(), nullptr)) == v) return s;
+  }
+  return absl::StrFormat("%.*g", max_digits, static_cast<double>(v));
+}
+
+template <typename T>
+std::string Floating(T v, int max_digits, bool json) {
+  const double d = static_cast<double>(v);
+  if (std::isnan(d)) return json ? "\"NaN\"" : "nan";
+  if (std::isinf(d)) {
+    if (json) return d > 0 ? "\"Infinity\"" : "\"-Infinity\"";
+    return d > 0 ? "inf" : "-inf";
+  }
+  return ShortestDecimal(v, max_digits);
+}
+
+}  // namespace
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        if (c < 0x20 || c >= 0x7f) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string JsonNumber(double v) { return Floating(v, 17, /*json=*/true); }
+
+std::vector<std::string> FormatElements(const psd::Tensor& t, int64_t max_elements, bool json,
+                                        int64_t max_string_bytes) {
+  const int64_t n = max_elements < 0 ? t.num_elements() : std::min(t.num_elements(), max_elements);
+  std::vector<std::string> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    switch (t.dtype()) {
+      case psd::DT_FLOAT:
+        out.push_back(Floating(t.data<float>()[i], 9, json));
+        break;
+      case psd::DT_DOUBLE:
+        out.push_back(Floating(t.data<double>()[i], 17, json));
+        break;
+      case psd::DT_HALF:
+        out.push_back(Floating(static_cast<float>(t.data<psd::half>()[i]), 9, json));
+        break;
+      case psd::DT_BFLOAT16:
+        out.push_back(Floating(static_cast<float>(t.data<psd::bfloat16>()[i]), 9, json));
+        break;
+      case psd::DT_BOOL:
+        out.push_back(t.data<bool>()[i] ? "true" : "false");
+        break;
+      case psd::DT_INT8:
+        out.push_back(absl::StrCat(t.data<int8_t>()[i]));
+        break;
+      case psd::DT_INT16:
+        out.push_back(absl::StrCat(t.data<int16_t>()[i]));
+        break;
+      case psd::DT_INT32:
+        out.push_back(absl::StrCat(t.data<int32_t>()[i]));
+        break;
+      case psd::DT_INT64:
+        out.push_back(absl::StrCat(t.data<int64_t>()[i]));
+        break;
+      case psd::DT_UINT8:
+        out.push_back(absl::StrCat(t.data<uint8_t>()[i]));
+        break;
+      case psd::DT_STRING: {
+        const std::string& s = t.strings()[i];
+        if (json) {
+          out.push_back(JsonString(s));
+        } else if (max_string_bytes >= 0 && static_cast<int64_t>(s.size()) > max_string_bytes) {
+          out.push_back(absl::StrCat("\"", absl::CHexEscape(s.substr(0, max_string_bytes)),
+                                     "\"... (", s.size(), " bytes)"));
+        } else {
+          out.push_back(absl::StrCat("\"", absl::CHexEscape(s), "\""));
+        }
+        break;
+      }
+      default:
+        out.push_back("?");
+        break;
+    }
+  }
+  return out;
+}
+
+std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], row[c].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) {
+      line += row[c];
+      if (c + 1 < row.size()) line += std::string(widths[c] - row[c].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+}  // namespace psctl

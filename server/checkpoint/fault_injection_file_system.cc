@@ -1,0 +1,222 @@
+#include "checkpoint/fault_injection_file_system.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace psd::checkpoint {
+namespace {
+
+const char* OpName(FsOp op) {
+  switch (op) {
+    case FsOp::kNewWritableFile:
+      return "create";
+    case FsOp::kAppend:
+      return "append";
+    case FsOp::kSync:
+      return "fsync";
+    case FsOp::kClose:
+      return "close";
+    case FsOp::kNewRandomAccessFile:
+      return "open";
+    case FsOp::kRead:
+      return "read";
+    case FsOp::kRename:
+      return "rename";
+    case FsOp::kDelete:
+      return "delete";
+    case FsOp::kSyncDir:
+      return "fsync directory";
+    case FsOp::kListDir:
+      return "list directory";
+    case FsOp::kFileExists:
+      return "exists";
+    case FsOp::kGetFileSize:
+      return "stat";
+  }
+  return "?";
+}
+
+absl::Status Injected(FsOp op, const std::string& path) {
+  return absl::InternalError(absl::StrCat("injected fault: ", OpName(op), " ", path));
+}
+
+class FaultWritableFile final : public WritableFile {
+ public:
+  FaultWritableFile(FaultInjectionFileSystem* fs, std::string path,
+                    std::unique_ptr<WritableFile> base)
+      : fs_(fs), path_(std::move(path)), base_(std::move(base)) {}
+
+  absl::Status Append(absl::string_view data) override {
+    switch (fs_->Check(FsOp::kAppend, path_)) {
+      case FaultInjectionFileSystem::Outcome::kPass:
+        return base_->Append(data);
+      case FaultInjectionFileSystem::Outcome::kFail:
+        return Injected(FsOp::kAppend, path_);
+      case FaultInjectionFileSystem::Outcome::kShortWrite:
+        base_->Append(data.substr(0, data.size() / 2)).IgnoreError();
+        return absl::ResourceExhaustedError("injected short write: " + path_);
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Sync() override {
+    if (fs_->Check(FsOp::kSync, path_) != FaultInjectionFileSystem::Outcome::kPass) {
+      return Injected(FsOp::kSync, path_);
+    }
+    return base_->Sync();
+  }
+  absl::Status Close() override {
+    if (fs_->Check(FsOp::kClose, path_) != FaultInjectionFileSystem::Outcome::kPass) {
+      base_->Close().IgnoreError();  // the descriptor is gone either way, as with close(2)
+      return Injected(FsOp::kClose, path_);
+    }
+    return base_->Close();
+  }
+
+ private:
+  FaultInjectionFileSystem* const fs_;
+  const std::string path_;
+  const std::unique_ptr<WritableFile> base_;
+};
+
+class FaultRandomAccessFile final : public RandomAccessFile {
+ public:
+  FaultRandomAccessFile(FaultInjectionFileSystem* fs, std::unique_ptr<RandomAccessFile> base)
+      : fs_(fs), base_(std::move(base)) {}
+  absl::Status Read(uint64_t offset, size_t n, char* scratch,
+                    absl::string_view* result) const override {
+    if (fs_->Check(FsOp::kRead, path()) != FaultInjectionFileSystem::Outcome::kPass) {
+      return Injected(FsOp::kRead, path());
+    }
+    return base_->Read(offset, n, scratch, result);
+  }
+  const std::string& path() const override { return base_->path(); }
+
+ private:
+  FaultInjectionFileSystem* const fs_;
+  const std::unique_ptr<RandomAccessFile> base_;
+};
+
+}  // namespace
+
+FaultInjectionFileSystem::FaultInjectionFileSystem(FileSystem* base) : base_(base) {}
+
+void FaultInjectionFileSystem::FailOperation(FsOp op, int nth) {
+  absl::MutexLock lock(&mu_);
+  fail_countdown_[op] = nth;
+}
+
+void FaultInjectionFileSystem::FailNthMutation(int nth) {
+  absl::MutexLock lock(&mu_);
+  mutation_countdown_ = nth;
+}
+
+void FaultInjectionFileSystem::ShortWriteOnAppend(int nth) {
+  absl::MutexLock lock(&mu_);
+  short_write_countdown_ = nth;
+}
+
+void FaultInjectionFileSystem::Reset() {
+  absl::MutexLock lock(&mu_);
+  fail_countdown_.clear();
+  mutation_countdown_ = 0;
+  short_write_countdown_ = 0;
+  mutations_ = 0;
+  fired_ = 0;
+}
+
+int FaultInjectionFileSystem::mutation_count() const {
+  absl::MutexLock lock(&mu_);
+  return mutations_;
+}
+
+int FaultInjectionFileSystem::faults_fired() const {
+  absl::MutexLock lock(&mu_);
+  return fired_;
+}
+
+bool FaultInjectionFileSystem::IsMutation(FsOp op) {
+  switch (op) {
+    case FsOp::kNewWritableFile:
+    case FsOp::kAppend:
+    case FsOp::kSync:
+    case FsOp::kClose:
+    case FsOp::kRename:
+    case FsOp::kDelete:
+    case FsOp::kSyncDir:
+      return true;
+    default:
+      return false;
+  }
+}
+
+FaultInjectionFileSystem::Outcome FaultInjectionFileSystem::Check(FsOp op,
+                                                                  const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  // A countdown at 0 is disarmed; reaching 0 from 1 fires it.
+  auto fires = [](int* countdown) { return *countdown > 0 && --*countdown == 0; };
+  Outcome outcome = Outcome::kPass;
+  if (IsMutation(op)) {
+    ++mutations_;
+    if (fires(&mutation_countdown_)) outcome = Outcome::kFail;
+  }
+  auto it = fail_countdown_.find(op);
+  if (it != fail_countdown_.end() && fires(&it->second)) outcome = Outcome::kFail;
+  if (op == FsOp::kAppend && fires(&short_write_countdown_) && outcome == Outcome::kPass) {
+    outcome = Outcome::kShortWrite;
+  }
+  if (outcome != Outcome::kPass) ++fired_;
+  return outcome;
+}
+
+absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewWritableFile(
+    const std::string& path) {
+  if (Check(FsOp::kNewWritableFile, path) != Outcome::kPass) {
+    return Injected(FsOp::kNewWritableFile, path);
+  }
+  auto base = base_->NewWritableFile(path);
+  if (!base.ok()) return base.status();
+  return std::unique_ptr<WritableFile>(new FaultWritableFile(this, path, *std::move(base)));
+}
+
+absl::StatusOr<std::unique_ptr<RandomAccessFile>> FaultInjectionFileSystem::NewRandomAccessFile(
+    const std::string& path) {
+  if (Check(FsOp::kNewRandomAccessFile, path) != Outcome::kPass) {
+    return Injected(FsOp::kNewRandomAccessFile, path);
+  }
+  auto base = base_->NewRandomAccessFile(path);
+  if (!base.ok()) return base.status();
+  return std::unique_ptr<RandomAccessFile>(new FaultRandomAccessFile(this, *std::move(base)));
+}
+
+absl::Status FaultInjectionFileSystem::RenameFile(const std::string& from, const std::string& to) {
+  if (Check(FsOp::kRename, from) != Outcome::kPass) return Injected(FsOp::kRename, from);
+  return base_->RenameFile(from, to);
+}
+
+absl::Status FaultInjectionFileSystem::DeleteFile(const std::string& path) {
+  if (Check(FsOp::kDelete, path) != Outcome::kPass) return Injected(FsOp::kDelete, path);
+  return base_->DeleteFile(path);
+}
+
+absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {
+  if (Check(FsOp::kSyncDir, dir) != Outcome::kPass) return Injected(FsOp::kSyncDir, dir);
+  return base_->SyncDir(dir);
+}
+
+absl::StatusOr<std::vector<std::string>> FaultInjectionFileSystem::ListDir(const std::string& dir) {
+  if (Check(FsOp::kListDir, dir) != Outcome::kPass) return Injected(FsOp::kListDir, dir);
+  return base_->ListDir(dir);
+}
+
+absl::Status FaultInjectionFileSystem::FileExists(const std::string& path) {
+  if (Check(FsOp::kFileExists, path) != Outcome::kPass) return Injected(FsOp::kFileExists, path);
+  return base_->FileExists(path);
+}
+
+absl::StatusOr<uint64_t> FaultInjectionFileSystem::GetFileSize(const std::string& path) {
+  if (Check(FsOp::kGetFileSize, path) != Outcome::kPass) {
+    return Injected(FsOp::kGetFileSize, path);
+  }
+  return base_->GetFileSize(path);
+}
+
+}  // namespace psd::checkpoint

@@ -1,0 +1,378 @@
+#include "coordinator/coordinator_service.h"
+
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/grpc_status.h"
+#include "psd/status.h"
+
+namespace psd {
+
+template <typename Op>
+grpc::ServerUnaryReactor* CoordinatorService::Serve(grpc::CallbackServerContext* ctx, Op&& op) {
+  in_flight_.fetch_add(1);
+  absl::Status status;
+  if (draining_.load()) {
+    status = absl::UnavailableError("coordinator is shutting down");
+  } else {
+    try {
+      status = op();
+    } catch (const std::bad_alloc&) {
+      status = absl::ResourceExhaustedError("coordinator: out of memory serving the request");
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  in_flight_.fetch_sub(1);
+  return reactor;
+}
+
+bool CoordinatorService::WaitForIdle(absl::Time deadline) const {
+  while (in_flight_.load() > 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+std::vector<int32_t> CoordinatorService::LiveShards() const {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  std::vector<int32_t> live;
+  for (const auto& [id, s] : shards_) {
+    if (now - s.last_seen <= options_.liveness_timeout) live.push_back(id);
+  }
+  return live;
+}
+
+void CoordinatorService::FillHandle(const VariableDef& def, VariableHandle* h) const {
+  h->set_name(def.name());
+  h->set_dtype(def.dtype());
+  *h->mutable_shape() = def.shape();
+  h->set_partitioned(def.partitioned());
+  h->set_partition_axis(def.partition_axis());
+  *h->mutable_partitions() = def.partitions();
+  h->set_trainable(def.trainable());
+  *h->mutable_collections() = def.collections();
+  *h->mutable_initializer() = def.initializer();
+  h->set_declared_by_session(def.declared_by_session());
+  h->set_declared_at(def.declared_at());
+  absl::MutexLock lock(&mu_);
+  for (const VariablePart& part : def.parts()) {
+    PartHandle* p = h->add_parts();
+    p->set_name(part.name());
+    *p->mutable_shape() = part.shape();
+    *p->mutable_offset() = part.offset();
+    p->set_shard_id(part.shard_id());
+    auto it = shards_.find(part.shard_id());
+    if (it != shards_.end()) {
+      p->set_shard_address(it->second.address);
+      p->set_shard_incarnation(it->second.incarnation);
+      p->set_lost(it->second.lost_parts.count(part.name()) > 0);
+    }
+  }
+}
+
+std::shared_ptr<Shard::Stub> CoordinatorService::StubFor(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto& stub = stubs_[address];
+  if (stub == nullptr) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+    args.SetMaxSendMessageSize(options_.max_message_bytes);
+    stub = Shard::NewStub(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  }
+  return stub;
+}
+
+absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initialize, bool all) {
+  struct Target {
+    const VariablePart* part;
+    std::string address;
+  };
+  std::vector<Target> targets;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const VariablePart& part : def.parts()) {
+      if (!all && uncreated_parts_.count(part.name()) == 0) continue;
+      auto it = shards_.find(part.shard_id());
+      targets.push_back({&part, it == shards_.end() ? std::string() : it->second.address});
+    }
+  }
+  absl::Status first_error;
+  for (const Target& t : targets) {
+    absl::Status s;
+    if (t.address.empty()) {
+      s = absl::UnavailableError(absl::StrCat("shard ", t.part->shard_id(), " is not registered"));
+    } else {
+      CreateVariableRequest req;
+      req.set_name(t.part->name());
+      req.set_dtype(def.dtype());
+      *req.mutable_shape() = t.part->shape();
+      *req.mutable_initializer() = def.initializer();
+      req.set_initialize(initialize);
+      if (def.partitioned()) {
+        *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
+        *req.mutable_slice()->mutable_offset() = t.part->offset();
+      }
+      CreateVariableResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+      s = FromGrpcStatus(StubFor(t.address)->CreateVariable(&ctx, req, &resp));
+      // A retry after a lost reply finds the part already there.
+      if (s.code() == absl::StatusCode::kAlreadyExists) s = absl::OkStatus();
+    }
+    absl::MutexLock lock(&mu_);
+    if (s.ok()) {
+      uncreated_parts_.erase(t.part->name());
+    } else {
+      uncreated_parts_.insert(t.part->name());
+      if (first_error.ok()) {
+        first_error = absl::UnavailableError(
+            absl::StrCat("variable ", def.name(), " is declared, but its part ", t.part->name(),
+                         " could not be created on shard ", t.part->shard_id(), " (", t.address,
+                         "): ", s.message(), "; it is created again on the next get_variable"));
+      }
+    }
+  }
+  return first_error;
+}
+
+absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
+    uint64_t session, absl::Span<const VariableDeclaration> decls) {
+  PSD_ASSIGN_OR_RETURN(auto results, registry_->Declare(session, decls, LiveShards()));
+  for (size_t i = 0; i < results.size(); ++i) {
+    bool pending;
+    {
+      absl::MutexLock lock(&mu_);
+      pending = !uncreated_parts_.empty();
+    }
+    if (!results[i].created && !pending) continue;
+    PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
+  }
+  return results;
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::OpenSession(grpc::CallbackServerContext* ctx,
+                                                          const OpenSessionRequest* request,
+                                                          OpenSessionResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    if (request->protocol_version() != COORDINATOR_PROTOCOL_VERSION) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "coordinator protocol version mismatch: client speaks ", request->protocol_version(),
+          ", coordinator speaks ", static_cast<int>(COORDINATOR_PROTOCOL_VERSION)));
+    }
+    PSD_ASSIGN_OR_RETURN(uint64_t id, registry_->OpenSession(request->client()));
+    response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    response->set_session_id(id);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::CloseSession(grpc::CallbackServerContext* ctx,
+                                                           const CloseSessionRequest* request,
+                                                           CloseSessionResponse* response) {
+  return Serve(ctx, [&] { return registry_->CloseSession(request->session_id()); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServerContext* ctx,
+                                                            const RegisterShardRequest* request,
+                                                            RegisterShardResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    if (request->protocol_version() != COORDINATOR_PROTOCOL_VERSION) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "coordinator protocol version mismatch: shard speaks ", request->protocol_version(),
+          ", coordinator speaks ", static_cast<int>(COORDINATOR_PROTOCOL_VERSION)));
+    }
+    if (request->address().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", request->shard_id(), " registered without an address"));
+    }
+    const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
+    const std::set<std::string> held(request->variables().begin(), request->variables().end());
+    absl::MutexLock lock(&mu_);
+    ShardEntry& e = shards_[request->shard_id()];
+    const bool same_process = e.incarnation == request->incarnation();
+    e.id = request->shard_id();
+    e.address = request->address();
+    e.incarnation = request->incarnation();
+    e.device = request->device();
+    e.memory_limit = request->memory_limit_bytes();
+    e.memory_used = request->memory_used_bytes();
+    e.num_variables = static_cast<int64_t>(held.size());
+    e.last_seen = absl::Now();
+    if (!same_process) e.lost_parts.clear();
+    for (const std::string& part : placed) {
+      // A part never created (its creation failed) is not lost: it has no
+      // data yet and is created on the next get_variable.
+      if (held.count(part) == 0 && uncreated_parts_.count(part) == 0) e.lost_parts.insert(part);
+      if (held.count(part) > 0) e.lost_parts.erase(part);
+    }
+    for (const std::string& part : e.lost_parts) response->add_lost_parts(part);
+    response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    response->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                        const HeartbeatRequest* request,
+                                                        HeartbeatResponse* response) {
+  return Serve(ctx, [&] {
+    absl::MutexLock lock(&mu_);
+    auto it = shards_.find(request->shard_id());
+    if (it == shards_.end() || it->second.incarnation != request->incarnation()) {
+      response->set_reregister(true);
+      return absl::OkStatus();
+    }
+    it->second.last_seen = absl::Now();
+    it->second.memory_used = request->memory_used_bytes();
+    it->second.num_variables = request->num_variables();
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerContext* ctx,
+                                                          const GetVariableRequest* request,
+                                                          GetVariableResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(
+        auto results,
+        DeclareAndCreate(request->session_id(), absl::MakeConstSpan(&request->declaration(), 1)));
+    FillHandle(results[0].def, response->mutable_handle());
+    response->set_created(results[0].created);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::DeclareVariables(
+    grpc::CallbackServerContext* ctx, const DeclareVariablesRequest* request,
+    DeclareVariablesResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    std::vector<VariableDeclaration> decls(request->declarations().begin(),
+                                           request->declarations().end());
+    PSD_ASSIGN_OR_RETURN(auto results, DeclareAndCreate(request->session_id(), decls));
+    for (const DeclareResult& r : results) {
+      FillHandle(r.def, response->add_handles());
+      response->add_created(r.created);
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::ListVariables(
+    grpc::CallbackServerContext* ctx, const CoordinatorListVariablesRequest* request,
+    CoordinatorListVariablesResponse* response) {
+  return Serve(ctx, [&] {
+    for (const VariableDef& def : registry_->List(request->collection())) {
+      FillHandle(def, response->add_variables());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::LookupVariable(grpc::CallbackServerContext* ctx,
+                                                             const LookupVariableRequest* request,
+                                                             LookupVariableResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(request->name()));
+    FillHandle(def, response->mutable_handle());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
+    grpc::CallbackServerContext* ctx, const CoordinatorDeleteVariableRequest* request,
+    CoordinatorDeleteVariableResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Delete(request->name()));
+    // The name is gone from the registry; parts left on unreachable shards
+    // are orphans the shard drops on its next restart.
+    for (const VariablePart& part : def.parts()) {
+      std::string address;
+      {
+        absl::MutexLock lock(&mu_);
+        uncreated_parts_.erase(part.name());
+        auto it = shards_.find(part.shard_id());
+        if (it == shards_.end()) continue;
+        it->second.lost_parts.erase(part.name());
+        address = it->second.address;
+      }
+      DeleteVariableRequest req;
+      req.set_name(part.name());
+      DeleteVariableResponse resp;
+      grpc::ClientContext cctx;
+      cctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+      (void)StubFor(address)->DeleteVariable(&cctx, req, &resp);
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::OpenScope(grpc::CallbackServerContext* ctx,
+                                                        const OpenScopeRequest* request,
+                                                        OpenScopeResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(
+        ScopeEntry e,
+        registry_->OpenScope(request->session_id(), request->parent_path(), request->name(),
+                             request->default_name(), request->reuse(), request->captured()));
+    response->set_path(e.path);
+    response->set_token(e.token);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::CloseScope(grpc::CallbackServerContext* ctx,
+                                                         const CloseScopeRequest* request,
+                                                         CloseScopeResponse* response) {
+  return Serve(ctx, [&] {
+    return registry_->CloseScope(request->session_id(), request->path(), request->token());
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::UniqueVariableName(
+    grpc::CallbackServerContext* ctx, const UniqueVariableNameRequest* request,
+    UniqueVariableNameResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(
+        std::string name,
+        registry_->UniqueName(request->session_id(), request->name(), request->mark_as_used()));
+    response->set_name(name);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::ListShards(grpc::CallbackServerContext* ctx,
+                                                         const ListShardsRequest* request,
+                                                         ListShardsResponse* response) {
+  return Serve(ctx, [&] {
+    const auto placement = registry_->Placement();
+    response->set_num_variables(static_cast<int64_t>(registry_->num_variables()));
+    response->set_num_sessions(static_cast<int64_t>(registry_->num_sessions()));
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (const auto& [id, e] : shards_) {
+      ShardStatus* s = response->add_shards();
+      s->set_shard_id(id);
+      s->set_address(e.address);
+      s->set_incarnation(e.incarnation);
+      s->set_device(e.device);
+      s->set_live(now - e.last_seen <= options_.liveness_timeout);
+      s->set_memory_limit_bytes(e.memory_limit);
+      s->set_memory_used_bytes(e.memory_used);
+      s->set_num_variables(e.num_variables);
+      if (auto p = placement.find(id); p != placement.end()) {
+        s->set_placed_parts(p->second.parts);
+        s->set_placed_bytes(p->second.bytes);
+      }
+      s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
+      s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace psd

@@ -1,0 +1,137 @@
+// CoordinatorService: the gRPC edge of the coordinator. Names, scopes and
+// placement are the Registry's; this class adds shard membership
+// (registration, heartbeats, liveness, lost parts), turns registry entries
+// into handles (each part with its shard's address and incarnation), and
+// creates a new variable's parts on their shards (Shard.CreateVariable with
+// the part's SliceInfo). It is never on the data path.
+//
+// Liveness is computed when asked: a shard whose last registration or
+// heartbeat is older than `liveness_timeout` is not live and gets no new
+// parts. A shard that registers with a new incarnation without some of the
+// parts placed on it has those parts marked lost (handles show `lost`).
+//
+// Draining works as in ShardService: after StartDrain() new calls get
+// UNAVAILABLE and WaitForIdle() waits for running ones.
+//
+// Thread-safety: thread-safe. The registry has its own lock; membership is
+// guarded by mu_, never held across an RPC to a shard. Part creation calls
+// the shards synchronously from the handler thread (bounded by
+// `shard_rpc_timeout`).
+#ifndef PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
+#define PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/registry.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/shard.grpc.pb.h"
+
+namespace psd {
+
+struct CoordinatorServiceOptions {
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  absl::Duration liveness_timeout = absl::Seconds(5);
+  absl::Duration shard_rpc_timeout = absl::Seconds(30);
+  int max_message_bytes = 64 << 20;
+};
+
+class CoordinatorService final : public Coordinator::CallbackService {
+ public:
+  CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options)
+      : registry_(registry), options_(options) {}
+
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
+                                        const OpenSessionRequest* request,
+                                        OpenSessionResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
+                                         const CloseSessionRequest* request,
+                                         CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* RegisterShard(grpc::CallbackServerContext* ctx,
+                                          const RegisterShardRequest* request,
+                                          RegisterShardResponse* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
+                                      const HeartbeatRequest* request,
+                                      HeartbeatResponse* response) override;
+  grpc::ServerUnaryReactor* GetVariable(grpc::CallbackServerContext* ctx,
+                                        const GetVariableRequest* request,
+                                        GetVariableResponse* response) override;
+  grpc::ServerUnaryReactor* DeclareVariables(grpc::CallbackServerContext* ctx,
+                                             const DeclareVariablesRequest* request,
+                                             DeclareVariablesResponse* response) override;
+  grpc::ServerUnaryReactor* ListVariables(grpc::CallbackServerContext* ctx,
+                                          const CoordinatorListVariablesRequest* request,
+                                          CoordinatorListVariablesResponse* response) override;
+  grpc::ServerUnaryReactor* LookupVariable(grpc::CallbackServerContext* ctx,
+                                           const LookupVariableRequest* request,
+                                           LookupVariableResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteVariable(grpc::CallbackServerContext* ctx,
+                                           const CoordinatorDeleteVariableRequest* request,
+                                           CoordinatorDeleteVariableResponse* response) override;
+  grpc::ServerUnaryReactor* OpenScope(grpc::CallbackServerContext* ctx,
+                                      const OpenScopeRequest* request,
+                                      OpenScopeResponse* response) override;
+  grpc::ServerUnaryReactor* CloseScope(grpc::CallbackServerContext* ctx,
+                                       const CloseScopeRequest* request,
+                                       CloseScopeResponse* response) override;
+  grpc::ServerUnaryReactor* UniqueVariableName(grpc::CallbackServerContext* ctx,
+                                               const UniqueVariableNameRequest* request,
+                                               UniqueVariableNameResponse* response) override;
+  grpc::ServerUnaryReactor* ListShards(grpc::CallbackServerContext* ctx,
+                                       const ListShardsRequest* request,
+                                       ListShardsResponse* response) override;
+
+  void StartDrain() { draining_.store(true); }
+  // True if no call was running by `deadline`.
+  bool WaitForIdle(absl::Time deadline) const;
+
+ private:
+  struct ShardEntry {
+    int32_t id = 0;
+    std::string address;
+    uint64_t incarnation = 0;
+    std::string device;
+    int64_t memory_limit = 0;
+    int64_t memory_used = 0;
+    int64_t num_variables = 0;
+    absl::Time last_seen;
+    std::set<std::string> lost_parts;
+  };
+
+  template <typename Op>
+  grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
+
+  std::vector<int32_t> LiveShards() const ABSL_LOCKS_EXCLUDED(mu_);
+  void FillHandle(const VariableDef& def, VariableHandle* handle) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Creates the parts of `def` on their shards (all of them when `all`,
+  // otherwise only those whose creation failed before).
+  absl::Status CreateParts(const VariableDef& def, bool initialize, bool all)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
+      uint64_t session, absl::Span<const VariableDeclaration> decls);
+  std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
+
+  Registry* const registry_;
+  const CoordinatorServiceOptions options_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> in_flight_{0};
+
+  mutable absl::Mutex mu_;
+  std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+  // Parts the registry placed whose creation on their shard failed; retried
+  // whenever a handle that contains them is handed out.
+  std::set<std::string> uncreated_parts_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_

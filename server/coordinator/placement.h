@@ -1,0 +1,36 @@
+// Placement: which shard holds each part of a new variable. Greedy byte
+// balancing: every part goes to the live shard with the fewest bytes placed
+// so far (ties to the lowest shard id), counting the parts placed before it,
+// so the parts of one big embedding spread over all shards instead of
+// landing on one.
+//
+// Pure functions; thread-safe.
+#ifndef PSD_SERVER_COORDINATOR_PLACEMENT_H_
+#define PSD_SERVER_COORDINATOR_PLACEMENT_H_
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "psd/types.pb.h"
+
+namespace psd {
+
+// Bytes placed per live shard id. Only the shards in the map are candidates.
+using ShardLoad = std::map<int32_t, int64_t>;
+
+// Returns the shard of each part (same order as `part_bytes`) and adds the
+// parts' bytes to `load`. UNAVAILABLE if `load` is empty (no live shard).
+absl::StatusOr<std::vector<int32_t>> PlaceParts(absl::Span<const int64_t> part_bytes,
+                                                ShardLoad* load);
+
+// The bytes a part of `num_elements` elements is expected to take; strings
+// are estimated at `bytes_per_string_element` (TensorFlow's partitioners'
+// default, 16).
+int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element = 16);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_PLACEMENT_H_

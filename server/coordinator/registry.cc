@@ -1,0 +1,695 @@
+#include "coordinator/registry.h"
+
+#include <algorithm>
+#include <cctype>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "coordinator/partitioners.h"
+#include "psd/dtype.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+
+namespace psd {
+namespace {
+
+bool IsScopeChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '\\' ||
+         c == '/' || c == '>' || c == '-';
+}
+bool IsOpNameFirstChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.'; }
+
+std::string ShapeString(const TensorShapeProto& shape) {
+  return PyList(std::vector<int64_t>(shape.dims().begin(), shape.dims().end()));
+}
+
+std::vector<int64_t> Partitions(const VariableDef& def) {
+  return std::vector<int64_t>(def.partitions().begin(), def.partitions().end());
+}
+
+std::string Describe(const VariableDef& def) {
+  std::string s = absl::StrCat(DataTypeName(def.dtype()), " shape ", ShapeString(def.shape()));
+  if (def.partitioned()) absl::StrAppend(&s, " partitions ", PyList(Partitions(def)));
+  return s;
+}
+
+std::string OrUnknown(const std::string& where) {
+  return where.empty() ? std::string("<unknown>") : where;
+}
+
+}  // namespace
+
+absl::Status ValidateScopeName(const std::string& name, bool at_root) {
+  bool ok = !name.empty() || !at_root;
+  if (ok && !name.empty() && at_root && !IsOpNameFirstChar(name[0])) ok = false;
+  for (char c : name) ok = ok && IsScopeChar(c);
+  if (!ok)
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a valid scope name"));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFullVariableName(const std::string& name) {
+  bool ok = !name.empty() && IsOpNameFirstChar(name[0]);
+  for (char c : name) ok = ok && IsScopeChar(c);
+  for (absl::string_view part : absl::StrSplit(name, '/')) ok = ok && !part.empty();
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a valid variable name"));
+  }
+  return absl::OkStatus();
+}
+
+// The effect of a declaration batch before it is committed: later
+// declarations of the batch see earlier ones through it.
+struct Registry::Txn {
+  std::vector<VariableDef> created;
+  std::map<std::string, size_t> created_index;  // name -> index in `created`
+  std::set<std::string> new_part_names;
+  std::map<std::string, std::string> attached;  // name -> declared_at
+  std::vector<std::string> attached_order;
+  ShardLoad load;
+  uint64_t next_creation_seq = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
+  std::unique_ptr<Registry> registry(new Registry(options));
+  if (options.state_dir.empty()) return registry;
+  RegistryLog::Recovered recovered;
+  PSD_ASSIGN_OR_RETURN(auto log, RegistryLog::Open(options.state_dir, &recovered));
+  absl::MutexLock lock(&registry->mu_);
+  const RegistrySnapshot& snap = recovered.snapshot;
+  registry->next_seq_ = snap.last_seq() + 1;
+  registry->next_session_id_ = std::max<uint64_t>(1, snap.next_session_id());
+  registry->next_creation_seq_ = std::max<uint64_t>(1, snap.next_creation_seq());
+  for (const VariableDef& def : snap.variables()) registry->AddVariable(def);
+  for (const SessionState& s : snap.sessions()) registry->sessions_[s.id()] = s;
+  for (const RegistryRecord& record : recovered.records) {
+    registry->Apply(record);
+    registry->next_seq_ = record.seq() + 1;
+  }
+  registry->log_ = std::move(log);
+  return registry;
+}
+
+absl::StatusOr<SessionState*> Registry::FindSession(uint64_t session) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " is not open"));
+  }
+  return &it->second;
+}
+
+absl::Status Registry::Commit(RegistryRecord* record, bool sync) {
+  record->set_seq(next_seq_);
+  if (log_ != nullptr) {
+    PSD_RETURN_IF_ERROR(log_->Append(*record, sync));
+  }
+  ++next_seq_;
+  Apply(*record);
+  if (log_ != nullptr && log_->log_bytes() > options_.compact_log_bytes) {
+    // The record is durable already; a failed compaction is retried after
+    // the next append.
+    (void)log_->Compact(MakeSnapshot());
+  }
+  return absl::OkStatus();
+}
+
+void Registry::AddVariable(const VariableDef& def) {
+  variables_[def.name()] = def;
+  for (const VariablePart& part : def.parts()) {
+    part_owner_[part.name()] = def.name();
+    ShardPlacement& p = placement_[part.shard_id()];
+    p.parts += 1;
+    int64_t elements = 1;
+    for (int64_t d : part.shape().dims()) elements *= d;
+    p.bytes += EstimatedBytes(def.dtype(), elements);
+  }
+  next_creation_seq_ = std::max(next_creation_seq_, def.creation_seq() + 1);
+}
+
+void Registry::Apply(const RegistryRecord& record) {
+  switch (record.op_case()) {
+    case RegistryRecord::kSessionOpened: {
+      const auto& op = record.session_opened();
+      SessionState& s = sessions_[op.session_id()];
+      s.set_id(op.session_id());
+      s.set_client(op.client());
+      s.set_opened_unix_micros(op.opened_unix_micros());
+      s.set_next_token(1);
+      next_session_id_ = std::max(next_session_id_, op.session_id() + 1);
+      break;
+    }
+    case RegistryRecord::kSessionClosed:
+      sessions_.erase(record.session_closed());
+      break;
+    case RegistryRecord::kDeclared: {
+      const auto& op = record.declared();
+      for (const VariableDef& def : op.created()) AddVariable(def);
+      auto it = sessions_.find(op.session_id());
+      if (it == sessions_.end()) break;
+      for (const auto& a : op.attached())
+        (*it->second.mutable_declared())[a.name()] = a.declared_at();
+      break;
+    }
+    case RegistryRecord::kDeleted: {
+      auto it = variables_.find(record.deleted());
+      if (it == variables_.end()) break;
+      for (const VariablePart& part : it->second.parts()) {
+        part_owner_.erase(part.name());
+        ShardPlacement& p = placement_[part.shard_id()];
+        p.parts -= 1;
+        int64_t elements = 1;
+        for (int64_t d : part.shape().dims()) elements *= d;
+        p.bytes -= EstimatedBytes(it->second.dtype(), elements);
+        if (p.parts == 0) placement_.erase(part.shard_id());
+      }
+      for (auto& [id, s] : sessions_) s.mutable_declared()->erase(record.deleted());
+      variables_.erase(it);
+      break;
+    }
+    case RegistryRecord::kScopeOpened: {
+      const auto& op = record.scope_opened();
+      auto it = sessions_.find(op.session_id());
+      if (it == sessions_.end()) break;
+      SessionState& s = it->second;
+      (*s.mutable_scope_counts())[op.path()] += 1;
+      if (op.captured()) {
+        ScopeCountsSnapshot* snap = s.add_captured();
+        snap->set_token(s.next_token());
+        *snap->mutable_scope_counts() = s.scope_counts();
+        s.set_next_token(s.next_token() + 1);
+      }
+      break;
+    }
+    case RegistryRecord::kScopeClosed: {
+      const auto& op = record.scope_closed();
+      auto it = sessions_.find(op.session_id());
+      if (it == sessions_.end()) break;
+      SessionState& s = it->second;
+      if (op.token() != 0) {
+        // Restore the counters saved at entry; scopes captured after it
+        // (and not closed) are dropped with it, as a stack unwinds.
+        for (int i = 0; i < s.captured_size(); ++i) {
+          if (s.captured(i).token() != op.token()) continue;
+          *s.mutable_scope_counts() = s.captured(i).scope_counts();
+          s.mutable_captured()->DeleteSubrange(i, s.captured_size() - i);
+          break;
+        }
+      } else {
+        auto* counts = s.mutable_scope_counts();
+        const std::string prefix = op.path() + "/";
+        for (auto c = counts->begin(); c != counts->end();) {
+          if (op.path().empty() || absl::StartsWith(c->first, prefix)) {
+            c = counts->erase(c);
+          } else {
+            ++c;
+          }
+        }
+      }
+      break;
+    }
+    case RegistryRecord::kNameUsed: {
+      const auto& op = record.name_used();
+      auto it = sessions_.find(op.session_id());
+      if (it == sessions_.end()) break;
+      // Graph.unique_name(name, mark_as_used=True).
+      auto* in_use = it->second.mutable_names_in_use();
+      const std::string base = absl::AsciiStrToLower(op.name());
+      std::string key = base;
+      int64_t i = 0;
+      if (auto f = in_use->find(key); f != in_use->end()) i = f->second;
+      (*in_use)[key] = i + 1;
+      if (i > 0) {
+        while (in_use->count(key) > 0) key = absl::StrCat(base, "_", i++);
+        (*in_use)[key] = 1;
+      }
+      break;
+    }
+    case RegistryRecord::OP_NOT_SET:
+      break;
+  }
+}
+
+absl::StatusOr<uint64_t> Registry::OpenSession(const std::string& client) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_session_id_;
+  RegistryRecord record;
+  auto* op = record.mutable_session_opened();
+  op->set_session_id(id);
+  op->set_client(client);
+  op->set_opened_unix_micros(absl::ToUnixMicros(absl::Now()));
+  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
+  return id;
+}
+
+absl::Status Registry::CloseSession(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  PSD_RETURN_IF_ERROR(FindSession(session).status());
+  RegistryRecord record;
+  record.set_session_closed(session);
+  return Commit(&record, /*sync=*/true);
+}
+
+bool Registry::HasSession(uint64_t session) const {
+  absl::MutexLock lock(&mu_);
+  return sessions_.count(session) > 0;
+}
+
+absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
+                                                    const VariableDeclaration& decl,
+                                                    absl::Span<const int32_t> live_shards) {
+  PSD_ASSIGN_OR_RETURN(auto results, Declare(session, absl::MakeConstSpan(&decl, 1), live_shards));
+  return std::move(results[0]);
+}
+
+absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
+    uint64_t session, absl::Span<const VariableDeclaration> decls,
+    absl::Span<const int32_t> live_shards) {
+  absl::MutexLock lock(&mu_);
+  PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(session));
+  Txn txn;
+  txn.next_creation_seq = next_creation_seq_;
+  for (int32_t id : live_shards) {
+    auto it = placement_.find(id);
+    txn.load[id] = it == placement_.end() ? 0 : it->second.bytes;
+  }
+  std::vector<DeclareResult> results;
+  results.reserve(decls.size());
+  for (const VariableDeclaration& decl : decls) {
+    PSD_ASSIGN_OR_RETURN(DeclareResult r, DeclareOne(*state, decl, &txn));
+    results.push_back(std::move(r));
+  }
+  if (!txn.attached.empty()) {
+    RegistryRecord record;
+    auto* op = record.mutable_declared();
+    op->set_session_id(session);
+    for (VariableDef& def : txn.created) *op->add_created() = std::move(def);
+    for (const std::string& name : txn.attached_order) {
+      auto* a = op->add_attached();
+      a->set_name(name);
+      a->set_declared_at(txn.attached[name]);
+    }
+    PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
+  }
+  return results;
+}
+
+absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
+                                                   const VariableDeclaration& decl, Txn* txn) {
+  const std::string& name = decl.name();
+  PSD_RETURN_IF_ERROR(ValidateFullVariableName(name));
+  if (decl.dtype() != DT_INVALID) {
+    PSD_RETURN_IF_ERROR(ValidateDataType(decl.dtype(), absl::StrCat("variable ", name)));
+  }
+
+  const VariableDef* existing = nullptr;
+  if (auto it = txn->created_index.find(name); it != txn->created_index.end()) {
+    existing = &txn->created[it->second];
+  } else if (auto v = variables_.find(name); v != variables_.end()) {
+    existing = &v->second;
+  }
+  const bool in_session = txn->attached.count(name) > 0 || session.declared().count(name) > 0;
+  const bool wants_partitions = decl.has_partitioner();
+
+  if (existing == nullptr) {
+    if (decl.reuse() == REUSE_TRUE) {
+      return absl::NotFoundError(absl::StrCat(
+          wants_partitions ? "PartitionedVariable " : "Variable ", name,
+          " does not exist, or was not created with tf.get_variable(). Did you mean to set "
+          "reuse=None in VarScope?"));
+    }
+    if (auto owner = part_owner_.find(name); owner != part_owner_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Variable name ", name, " is taken by a part of partitioned variable ", owner->second));
+    }
+    PSD_ASSIGN_OR_RETURN(VariableDef def, ResolveNew(session.id(), decl, txn));
+    txn->created_index[name] = txn->created.size();
+    txn->created.push_back(def);
+    txn->attached[name] = decl.declared_at();
+    txn->attached_order.push_back(name);
+    return DeclareResult{std::move(def), true};
+  }
+
+  // The declared shape and dtype, where given (an initial value gives both).
+  bool has_shape = decl.has_shape();
+  TensorShapeProto shape = decl.shape();
+  DataType dtype = decl.dtype();
+  if (decl.has_initial_value()) {
+    has_shape = true;
+    shape = decl.initial_value().shape();
+    if (dtype == DT_INVALID) dtype = decl.initial_value().dtype();
+  }
+  const bool shape_differs =
+      has_shape && !std::equal(shape.dims().begin(), shape.dims().end(),
+                               existing->shape().dims().begin(), existing->shape().dims().end());
+  const bool dtype_differs = dtype != DT_INVALID && dtype != existing->dtype();
+  // A scalar ignores the partitioner (TensorFlow's is_scalar case).
+  const bool declares_partitioned = wants_partitions && existing->shape().dims_size() > 0;
+  std::vector<int64_t> partitions;
+  if (declares_partitioned) {
+    TensorShape full(
+        std::vector<int64_t>(existing->shape().dims().begin(), existing->shape().dims().end()));
+    if (has_shape)
+      full = TensorShape(std::vector<int64_t>(shape.dims().begin(), shape.dims().end()));
+    PSD_ASSIGN_OR_RETURN(partitions,
+                         ComputePartitions(decl.partitioner(), full,
+                                           dtype != DT_INVALID ? dtype : existing->dtype()));
+    PSD_RETURN_IF_ERROR(ValidatePartitions(full, partitions).status());
+  }
+
+  if (in_session) {
+    if (decl.reuse() == REUSE_FALSE) {
+      auto pending = txn->attached.find(name);
+      const std::string where =
+          OrUnknown(pending != txn->attached.end() ? pending->second : session.declared().at(name));
+      if (existing->partitioned()) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "Partitioned variable with name ", name,
+            " already exists. Did you mean to set reuse=True in VarScope? Originally defined "
+            "at:\n\n",
+            where));
+      }
+      return absl::AlreadyExistsError(absl::StrCat(
+          "Variable ", name,
+          " already exists, disallowed. Did you mean to set reuse=True in VarScope? Originally "
+          "defined at:\n\n",
+          where));
+    }
+    const char* what = existing->partitioned() ? "reuse partitioned variable" : "share variable";
+    if (shape_differs) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Trying to ", what, " ", name, ", but specified shape ", ShapeString(shape),
+                       " and found shape ", ShapeString(existing->shape()), "."));
+    }
+    if (dtype_differs) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Trying to ", what, " ", name, ", but specified dtype ", DataTypeName(dtype),
+                       " and found dtype ", DataTypeName(existing->dtype()), "."));
+    }
+    if (declares_partitioned && !existing->partitioned()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "A partitioner was provided, but an unpartitioned version of the variable was found: ",
+          name,
+          ".  Perhaps a variable of the same name was already created without "
+          "partitioning?"));
+    }
+    if (declares_partitioned && partitions != Partitions(*existing)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Trying to reuse partitioned variable ", name, ", but specified partitions ",
+          PyList(partitions), " and found partitions ", PyList(Partitions(*existing)), "."));
+    }
+    // Reuse without a partitioner returns the partitioned variable as is.
+    return DeclareResult{*existing, false};
+  }
+
+  // Another session's variable: attach if the declarations agree. TensorFlow's
+  // per-graph rule makes reuse=True of a name this session never declared a
+  // miss, even when another session created it.
+  if (decl.reuse() == REUSE_TRUE) {
+    return absl::NotFoundError(absl::StrCat(
+        existing->partitioned() ? "PartitionedVariable " : "Variable ", name,
+        " does not exist, or was not created with tf.get_variable(). Did you mean to set "
+        "reuse=None in VarScope? (Another session, ",
+        existing->declared_by_session(), ", declared it; declare it in this session first.)"));
+  }
+  const bool partitioning_differs = declares_partitioned != existing->partitioned() ||
+                                    (declares_partitioned && partitions != Partitions(*existing));
+  if (shape_differs || dtype_differs || partitioning_differs) {
+    std::string mine = absl::StrCat(dtype != DT_INVALID ? DataTypeName(dtype) : "<any dtype>",
+                                    " shape ", has_shape ? ShapeString(shape) : "<any>");
+    if (declares_partitioned) absl::StrAppend(&mine, " partitions ", PyList(partitions));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Conflicting declarations of variable ", name, ": session ", session.id(),
+                     " declares ", mine, " at ", OrUnknown(decl.declared_at()), ", but session ",
+                     existing->declared_by_session(), " declared it as ", Describe(*existing),
+                     " at ", OrUnknown(existing->declared_at())));
+  }
+  txn->attached[name] = decl.declared_at();
+  txn->attached_order.push_back(name);
+  return DeclareResult{*existing, false};
+}
+
+absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const VariableDeclaration& decl,
+                                                 Txn* txn) {
+  const std::string& name = decl.name();
+  VariableDef def;
+  def.set_name(name);
+  DataType dtype = decl.dtype() == DT_INVALID ? DT_FLOAT : decl.dtype();
+  TensorShape shape;
+  if (decl.has_initial_value()) {
+    if (decl.has_initializer()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable ", name, ": give an initializer or an initial value, not both"));
+    }
+    if (decl.has_shape()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable ", name, ": If initializer is a constant, do not specify shape."));
+    }
+    PSD_ASSIGN_OR_RETURN(
+        shape, ValidateTensorProto(decl.initial_value(), absl::StrCat("initial value of ", name)));
+    const DataType init_dtype = decl.initial_value().dtype();
+    if (decl.dtype() != DT_INVALID && decl.dtype() != init_dtype) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable ", name, ": Initializer type '", DataTypeName(init_dtype),
+                       "' and explicit dtype '", DataTypeName(decl.dtype()), "' don't match."));
+    }
+    dtype = init_dtype;
+    *def.mutable_initializer()->mutable_constant()->mutable_value() = decl.initial_value();
+  } else {
+    if (!decl.has_shape()) {
+      return absl::InvalidArgumentError(absl::StrCat("Shape of a new variable (", name,
+                                                     ") must be fully defined, but instead was "
+                                                     "<unknown>."));
+    }
+    PSD_ASSIGN_OR_RETURN(shape, ShapeFromProto(decl.shape(), absl::StrCat("variable ", name)));
+    if (decl.has_initializer()) {
+      *def.mutable_initializer() = decl.initializer();
+    } else {
+      def.mutable_initializer()->mutable_default_initializer();
+    }
+  }
+  def.set_dtype(dtype);
+  ShapeToProto(shape, def.mutable_shape());
+
+  Slicing slicing;
+  if (decl.has_partitioner() && shape.rank() > 0) {
+    PSD_ASSIGN_OR_RETURN(auto partitions, ComputePartitions(decl.partitioner(), shape, dtype));
+    PSD_ASSIGN_OR_RETURN(slicing, ValidatePartitions(shape, partitions));
+    def.set_partitioned(true);
+    def.set_partition_axis(slicing.axis);
+    for (int64_t p : partitions) def.add_partitions(p);
+  }
+  std::vector<PartSlice> slices = SplitParts(shape, slicing);
+  std::vector<int64_t> part_bytes;
+  for (size_t k = 0; k < slices.size(); ++k) {
+    VariablePart* part = def.add_parts();
+    part->set_name(def.partitioned() ? PartName(name, static_cast<int64_t>(k)) : name);
+    ShapeToProto(slices[k].shape, part->mutable_shape());
+    for (int64_t o : slices[k].offset) part->add_offset(o);
+    if (part_owner_.count(part->name()) > 0 || variables_.count(part->name()) > 0 ||
+        txn->new_part_names.count(part->name()) > 0 || txn->created_index.count(part->name()) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot create ", name, ": its part name ",
+                                                     part->name(), " is already in use"));
+    }
+    part_bytes.push_back(EstimatedBytes(dtype, slices[k].shape.num_elements()));
+  }
+  PSD_ASSIGN_OR_RETURN(auto shards, PlaceParts(part_bytes, &txn->load));
+  for (size_t k = 0; k < shards.size(); ++k) {
+    def.mutable_parts(static_cast<int>(k))->set_shard_id(shards[k]);
+    txn->new_part_names.insert(def.parts(static_cast<int>(k)).name());
+  }
+
+  def.set_trainable(!decl.has_trainable() || decl.trainable());
+  std::vector<std::string> collections(decl.collections().begin(), decl.collections().end());
+  if (collections.empty()) collections.push_back(kGlobalVariables);
+  if (def.trainable()) collections.push_back(kTrainableVariables);
+  std::set<std::string> seen;
+  for (const std::string& c : collections) {
+    if (c.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("variable ", name, ": empty collection name"));
+    }
+    if (seen.insert(c).second) def.add_collections(c);
+  }
+  def.set_declared_by_session(session);
+  def.set_declared_at(decl.declared_at());
+  def.set_created_unix_micros(absl::ToUnixMicros(absl::Now()));
+  def.set_creation_seq(txn->next_creation_seq++);
+  return def;
+}
+
+absl::StatusOr<VariableDef> Registry::Lookup(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = variables_.find(name);
+  if (it == variables_.end()) {
+    return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
+  }
+  return it->second;
+}
+
+std::vector<VariableDef> Registry::List(const std::string& collection) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<VariableDef> out;
+  for (const auto& [name, def] : variables_) {
+    if (collection.empty() || std::find(def.collections().begin(), def.collections().end(),
+                                        collection) != def.collections().end()) {
+      out.push_back(def);
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const VariableDef& a, const VariableDef& b) {
+    return a.creation_seq() < b.creation_seq();
+  });
+  return out;
+}
+
+absl::StatusOr<VariableDef> Registry::Delete(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = variables_.find(name);
+  if (it == variables_.end()) {
+    return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
+  }
+  VariableDef def = it->second;
+  RegistryRecord record;
+  record.set_deleted(name);
+  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
+  return def;
+}
+
+absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::string& parent_path,
+                                               const std::string& name,
+                                               const std::string& default_name, bool reuse,
+                                               bool captured) {
+  absl::MutexLock lock(&mu_);
+  PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  if (name.empty() == default_name.empty() && !captured) {
+    return absl::InvalidArgumentError(
+        "variable_scope needs exactly one of name_or_scope and default_name");
+  }
+  ScopeEntry entry;
+  if (captured) {
+    // The captured scope's own full path; "" is the root scope.
+    if (!name.empty()) PSD_RETURN_IF_ERROR(ValidateFullVariableName(name));
+    entry.path = name;
+    entry.token = s->next_token();
+  } else if (!name.empty()) {
+    PSD_RETURN_IF_ERROR(ValidateScopeName(name, parent_path.empty()));
+    entry.path = parent_path.empty() ? name : absl::StrCat(parent_path, "/", name);
+  } else {
+    if (reuse) {
+      return absl::InvalidArgumentError("reuse=True cannot be used without a name_or_scope");
+    }
+    PSD_RETURN_IF_ERROR(ValidateScopeName(default_name, parent_path.empty()));
+    // TensorFlow's _get_unique_variable_scope.
+    const std::string base =
+        parent_path.empty() ? default_name : absl::StrCat(parent_path, "/", default_name);
+    auto count = [&](const std::string& key) {
+      auto it = s->scope_counts().find(key);
+      return it == s->scope_counts().end() ? int64_t{0} : it->second;
+    };
+    std::string unique = default_name;
+    if (count(base) > 0) {
+      int64_t idx = 1;
+      while (count(absl::StrCat(base, "_", idx)) > 0) ++idx;
+      unique = absl::StrCat(default_name, "_", idx);
+    }
+    entry.path = parent_path.empty() ? unique : absl::StrCat(parent_path, "/", unique);
+  }
+  RegistryRecord record;
+  auto* op = record.mutable_scope_opened();
+  op->set_session_id(session);
+  op->set_path(entry.path);
+  op->set_captured(captured);
+  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
+  return entry;
+}
+
+absl::Status Registry::CloseScope(uint64_t session, const std::string& path, uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  if (token != 0) {
+    bool found = false;
+    for (const auto& c : s->captured()) found = found || c.token() == token;
+    if (!found) {
+      return absl::InvalidArgumentError(absl::StrCat("session ", session, ": scope ", path,
+                                                     " with token ", token, " is not open"));
+    }
+  }
+  RegistryRecord record;
+  auto* op = record.mutable_scope_closed();
+  op->set_session_id(session);
+  op->set_path(path);
+  op->set_token(token);
+  return Commit(&record, /*sync=*/false);
+}
+
+absl::StatusOr<std::string> Registry::UniqueName(uint64_t session, const std::string& name,
+                                                 bool mark_as_used) {
+  absl::MutexLock lock(&mu_);
+  PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  if (name.empty()) return absl::InvalidArgumentError("unique name: empty name");
+  // Graph.unique_name; the result keeps the caller's capitalization.
+  const auto& in_use = s->names_in_use();
+  const std::string base = absl::AsciiStrToLower(name);
+  std::string result = name;
+  auto it = in_use.find(base);
+  int64_t i = it == in_use.end() ? 0 : it->second;
+  if (i > 0) {
+    std::string key = base;
+    while (in_use.count(key) > 0) key = absl::StrCat(base, "_", i++);
+    result = absl::StrCat(name, "_", i - 1);
+  }
+  if (mark_as_used) {
+    RegistryRecord record;
+    record.mutable_name_used()->set_session_id(session);
+    record.mutable_name_used()->set_name(name);
+    PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
+  }
+  return result;
+}
+
+std::map<int32_t, ShardPlacement> Registry::Placement() const {
+  absl::MutexLock lock(&mu_);
+  return placement_;
+}
+
+std::vector<std::string> Registry::PartsOnShard(int32_t shard_id) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, def] : variables_) {
+    for (const VariablePart& part : def.parts()) {
+      if (part.shard_id() == shard_id) out.push_back(part.name());
+    }
+  }
+  return out;
+}
+
+size_t Registry::num_variables() const {
+  absl::MutexLock lock(&mu_);
+  return variables_.size();
+}
+
+size_t Registry::num_sessions() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_.size();
+}
+
+RegistrySnapshot Registry::MakeSnapshot() const {
+  RegistrySnapshot snap;
+  snap.set_last_seq(next_seq_ - 1);
+  snap.set_next_session_id(next_session_id_);
+  snap.set_next_creation_seq(next_creation_seq_);
+  for (const auto& [name, def] : variables_) *snap.add_variables() = def;
+  for (const auto& [id, s] : sessions_) *snap.add_sessions() = s;
+  return snap;
+}
+
+absl::Status Registry::Compact() {
+  absl::MutexLock lock(&mu_);
+  if (log_ == nullptr) return absl::OkStatus();
+  return log_->Compact(MakeSnapshot());
+}
+
+}  // namespace psd

@@ -1,0 +1,188 @@
+// Registry: the coordinator's authority over variable names. It holds every
+// variable's declaration (dtype, shape, partitioning, initializer,
+// trainable, collections, placement of each part, where and by which
+// session it was first declared) and the client sessions, and implements
+// TensorFlow's naming rules with a session playing the graph:
+//
+//  * Within a session, get_variable's reuse checks: creating a name the
+//    session already declared without reuse is ALREADY_EXISTS ("Variable
+//    foo/v already exists, disallowed. ... Originally defined at: ..."),
+//    reuse of a name the session never declared is NOT_FOUND, reuse with
+//    another shape, dtype or partitioning is INVALID_ARGUMENT, AUTO_REUSE
+//    creates once and returns it afterwards.
+//  * Across sessions, declaring a name another session created attaches to
+//    it when dtype, shape and partitioning agree, and is INVALID_ARGUMENT
+//    naming both declarations otherwise. The attaching session then holds
+//    the name like one it created.
+//  * Per-session counters for default-named scopes (`layer`, `layer_1`:
+//    TensorFlow's _VariableScopeStore counts, keyed by full scope path) and
+//    for default variable names (`Variable`, `Variable_1`: Graph.unique_name).
+//    The scope stack itself lives in the client, which reports scope entry
+//    and exit (OpenScope / CloseScope).
+//
+// With a state directory every mutation is logged (RegistryLog) before it is
+// applied and acknowledged: declarations, deletions and session open/close
+// are fsynced (a batch declaration is one record and one fsync); scope and
+// unique-name counter updates are written without fsync, which survives a
+// coordinator crash but not a machine crash (they only matter while their
+// session lives).
+//
+// Usage:
+//   PSD_ASSIGN_OR_RETURN(auto registry, Registry::Open({.state_dir = dir}));
+//   PSD_ASSIGN_OR_RETURN(uint64_t session, registry->OpenSession("trainer 0"));
+//   PSD_ASSIGN_OR_RETURN(auto scope, registry->OpenScope(session, "", "foo", "", false, false));
+//   VariableDeclaration d;  // name scope->path + "/v", shape, reuse, ...
+//   PSD_ASSIGN_OR_RETURN(DeclareResult r, registry->GetVariable(session, d, live_shards));
+//
+// Thread-safety: thread-safe. One mutex serializes every operation
+// (including the log append and its fsync), so concurrent declarations of one
+// name from many sessions yield exactly one variable.
+#ifndef PSD_SERVER_COORDINATOR_REGISTRY_H_
+#define PSD_SERVER_COORDINATOR_REGISTRY_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "coordinator/placement.h"
+#include "coordinator/registry_log.h"
+#include "psd/coordinator.pb.h"
+
+namespace psd {
+
+// TensorFlow's GraphKeys.
+inline constexpr char kGlobalVariables[] = "variables";
+inline constexpr char kTrainableVariables[] = "trainable_variables";
+inline constexpr char kLocalVariables[] = "local_variables";
+inline constexpr char kMovingAverageVariables[] = "moving_average_variables";
+
+struct RegistryOptions {
+  // Empty: nothing is persisted (tests, tools).
+  std::string state_dir;
+  // Compact the log into a snapshot once it is larger than this.
+  int64_t compact_log_bytes = 64 << 20;
+};
+
+struct DeclareResult {
+  VariableDef def;
+  // This declaration created the variable (its parts must now be created on
+  // their shards); otherwise it was reused or attached.
+  bool created = false;
+};
+
+struct ScopeEntry {
+  std::string path;    // the scope's full name
+  uint64_t token = 0;  // non-zero for a captured scope: give it to CloseScope
+};
+
+// Bytes and parts placed on one shard.
+struct ShardPlacement {
+  int64_t parts = 0;
+  int64_t bytes = 0;
+};
+
+class Registry {
+ public:
+  // Recovers the state from `options.state_dir` (if set).
+  static absl::StatusOr<std::unique_ptr<Registry>> Open(const RegistryOptions& options);
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Sessions. Ids are never reused.
+  absl::StatusOr<uint64_t> OpenSession(const std::string& client);
+  // Drops the session's names and counters; variables stay.
+  absl::Status CloseSession(uint64_t session);
+  bool HasSession(uint64_t session) const;
+
+  // get_variable. New variables are placed on `live_shards` (UNAVAILABLE if
+  // there is none).
+  absl::StatusOr<DeclareResult> GetVariable(uint64_t session, const VariableDeclaration& decl,
+                                            absl::Span<const int32_t> live_shards);
+  // Many get_variable calls applied atomically, in order: all or none. A
+  // later declaration sees the effect of earlier ones.
+  absl::StatusOr<std::vector<DeclareResult>> Declare(uint64_t session,
+                                                     absl::Span<const VariableDeclaration> decls,
+                                                     absl::Span<const int32_t> live_shards);
+
+  absl::StatusOr<VariableDef> Lookup(const std::string& name) const;
+  // Variables in `collection` ("" = all) in creation order.
+  std::vector<VariableDef> List(const std::string& collection) const;
+  // Removes the variable (and the name from every session); returns it so
+  // the caller can delete its parts on the shards.
+  absl::StatusOr<VariableDef> Delete(const std::string& name);
+
+  // variable_scope entry. Exactly one of `name` and `default_name` is set.
+  //  * name: the scope `parent_path/name`; a captured VariableScope object
+  //    is re-entered with `captured` and its full path as `name`.
+  //  * default_name: a unique name under `parent_path` (`layer`,
+  //    `layer_1`, ...); `reuse` must be false.
+  // Invalid scope names are INVALID_ARGUMENT ("'_' is not a valid scope
+  // name").
+  absl::StatusOr<ScopeEntry> OpenScope(uint64_t session, const std::string& parent_path,
+                                       const std::string& name, const std::string& default_name,
+                                       bool reuse, bool captured);
+  // Scope exit: a named scope resets the counters of its sub-scopes; a
+  // captured one (token != 0) restores the counters saved when it opened.
+  absl::Status CloseScope(uint64_t session, const std::string& path, uint64_t token);
+  // Graph.unique_name for default variable names: "Variable", then
+  // "Variable_1", ...; `name` carries the client's name-scope prefix.
+  absl::StatusOr<std::string> UniqueName(uint64_t session, const std::string& name,
+                                         bool mark_as_used);
+
+  // Placed parts and bytes per shard id.
+  std::map<int32_t, ShardPlacement> Placement() const;
+  // Names of the parts placed on `shard_id`.
+  std::vector<std::string> PartsOnShard(int32_t shard_id) const;
+  size_t num_variables() const;
+  size_t num_sessions() const;
+
+  // Writes a snapshot and starts an empty log now (normally automatic).
+  absl::Status Compact();
+
+ private:
+  struct Txn;
+
+  explicit Registry(const RegistryOptions& options) : options_(options) {}
+
+  absl::StatusOr<SessionState*> FindSession(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<DeclareResult> DeclareOne(const SessionState& session,
+                                           const VariableDeclaration& decl, Txn* txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<VariableDef> ResolveNew(uint64_t session, const VariableDeclaration& decl,
+                                         Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs `record` (assigning its seq) and applies it.
+  absl::Status Commit(RegistryRecord* record, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Apply(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddVariable(const VariableDef& def) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  RegistrySnapshot MakeSnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const RegistryOptions options_;
+  mutable absl::Mutex mu_;
+  std::unique_ptr<RegistryLog> log_ ABSL_GUARDED_BY(mu_);  // null without state_dir
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_creation_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<std::string, VariableDef> variables_ ABSL_GUARDED_BY(mu_);
+  // Every name a shard knows (part names; an unpartitioned variable's own
+  // name) -> the variable it belongs to. Keeps "v/part_0" from naming two
+  // things.
+  std::map<std::string, std::string> part_owner_ ABSL_GUARDED_BY(mu_);
+  std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
+};
+
+// TensorFlow's scope-name rules: at the root the first character must be
+// one of [A-Za-z0-9.]; nested, any of [A-Za-z0-9_.\\/>-] may start it.
+absl::Status ValidateScopeName(const std::string& name, bool at_root);
+// A full variable name: non-empty components, valid characters.
+absl::Status ValidateFullVariableName(const std::string& name);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_REGISTRY_H_

@@ -1,0 +1,90 @@
+#include "runtime/coordinator_server.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/signal_set.hpp"
+#include "coordinator/coordinator_service.h"
+#include "coordinator/registry.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "psd/status.h"
+#include "runtime/shard_server.h"
+#include "spdlog/spdlog.h"
+
+namespace psd {
+
+absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
+  const CoordinatorConfig& config = options.coordinator;
+  RegistryOptions registry_options;
+  registry_options.state_dir = config.state_dir;
+  registry_options.compact_log_bytes = options.compact_log_bytes;
+  if (config.state_dir.empty()) {
+    spdlog::warn("coordinator: no state_dir; the registry is not persisted");
+  }
+  PSD_ASSIGN_OR_RETURN(auto registry, Registry::Open(registry_options));
+  spdlog::info("coordinator: registry recovered ({} variables, {} sessions) from {}",
+               registry->num_variables(), registry->num_sessions(),
+               config.state_dir.empty() ? "<memory>" : config.state_dir);
+
+  CoordinatorServiceOptions service_options;
+  service_options.heartbeat_interval = absl::Seconds(options.heartbeat_interval_seconds);
+  service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
+  service_options.shard_rpc_timeout = absl::Seconds(options.shard_rpc_timeout_seconds);
+  service_options.max_message_bytes = options.max_message_bytes;
+  CoordinatorService service(registry.get(), service_options);
+
+  // Signals are caught from here on, so a stop request during start-up
+  // still drains instead of killing the process.
+  boost::asio::io_context io;
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  // A second coordinator on the same port must fail, not share traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("coordinator: cannot listen on ", config.listen,
+                                               " (address in use or invalid?)"));
+  }
+  if (!options.port_file.empty()) {
+    absl::Status s = WritePortFile(options.port_file, port);
+    if (!s.ok()) {
+      server->Shutdown();
+      return s;
+    }
+  }
+  spdlog::info("coordinator listening on {} (port {}), state dir {}", config.listen, port,
+               config.state_dir.empty() ? "<none>" : config.state_dir);
+
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    spdlog::info("coordinator: signal {} received, draining (up to {} s)", signo,
+                 options.drain_timeout_seconds);
+    server->GetHealthCheckService()->SetServingStatus(false);
+    service.StartDrain();
+    if (!service.WaitForIdle(absl::Now() + absl::Seconds(options.drain_timeout_seconds))) {
+      spdlog::warn("coordinator: calls still running after {} s; cancelling them",
+                   options.drain_timeout_seconds);
+    }
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  });
+  std::thread io_thread([&io] { io.run(); });
+  server->Wait();
+  io.stop();
+  io_thread.join();
+  spdlog::info("coordinator: drained, exiting");
+  return absl::OkStatus();
+}
+
+}  // namespace psd

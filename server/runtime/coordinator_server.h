@@ -1,0 +1,45 @@
+// Runs one `psd coordinator` process: recovers the registry from the state
+// directory, serves the Coordinator service (plus gRPC health checking and
+// reflection) until SIGINT or SIGTERM, then drains: new calls are refused
+// with UNAVAILABLE, running ones get the drain timeout, and the server shuts
+// down. Every acknowledged registry change is already on disk, so a SIGKILL
+// loses nothing acknowledged either.
+#ifndef PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_
+#define PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "runtime/cluster_config.h"
+
+namespace psd {
+
+struct CoordinatorServerOptions {
+  // listen, advertise, state_dir. An empty state_dir keeps the registry in
+  // memory only (a warning is logged): tests and throwaway clusters.
+  CoordinatorConfig coordinator;
+  // Largest gRPC message accepted or sent (also for calls to shards).
+  int max_message_bytes = 64 << 20;
+  // After binding, the real port is written here (for `listen` port 0).
+  std::string port_file;
+  // How long in-flight calls may take to finish after a stop signal.
+  double drain_timeout_seconds = 10;
+  // Interval shards are told to heartbeat at.
+  double heartbeat_interval_seconds = 1;
+  // A shard not heard from for this long is not live: it gets no new parts
+  // and shows as down in ListShards.
+  double shard_liveness_timeout_seconds = 5;
+  // Deadline of the coordinator's calls to shards (creating parts).
+  double shard_rpc_timeout_seconds = 30;
+  // The registry log is compacted into a snapshot past this size.
+  int64_t compact_log_bytes = 64 << 20;
+};
+
+// Blocks until the server has drained after a signal. Returns an error if it
+// could not start (corrupt state directory, port in use, ...).
+absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_

@@ -1,0 +1,225 @@
+// CoordinatorService over in-process gRPC: a coordinator and two real shard
+// services on 127.0.0.1:0. Declarations create their parts on the shards,
+// handles carry shard addresses and incarnations, and a shard that comes
+// back empty has its parts marked lost.
+#include "coordinator/coordinator_service.h"
+
+#include "device/device.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "shard/shard_service.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::UnorderedElementsAre;
+
+struct InProcessShard {
+  InProcessShard(int id, uint64_t incarnation)
+      : device(NewCpuDevice()),
+        store(device.get(), VariableStoreOptions{}),
+        service(id, incarnation, &store) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(&service);
+    server = b.BuildAndStart();
+    address = "127.0.0.1:" + std::to_string(port);
+    stub = Shard::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+  ~InProcessShard() { server->Shutdown(); }
+  std::vector<std::string> Names() {
+    grpc::ClientContext ctx;
+    ListVariablesRequest req;
+    ListVariablesResponse resp;
+    EXPECT_TRUE(stub->ListVariables(&ctx, req, &resp).ok());
+    std::vector<std::string> out;
+    for (const auto& v : resp.variables()) out.push_back(v.name());
+    return out;
+  }
+  std::unique_ptr<Device> device;
+  VariableStore store;
+  ShardService service;
+  int port = 0;
+  std::string address;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<Shard::Stub> stub;
+};
+
+class CoordinatorServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    registry_ = std::move(Registry::Open({})).value();
+    service_ = std::make_unique<CoordinatorService>(registry_.get(), CoordinatorServiceOptions{});
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(service_.get());
+    server_ = b.BuildAndStart();
+    stub_ = Coordinator::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                     grpc::InsecureChannelCredentials()));
+    shards_.push_back(std::make_unique<InProcessShard>(0, 100));
+    shards_.push_back(std::make_unique<InProcessShard>(1, 200));
+    for (int i = 0; i < 2; ++i) ASSERT_TRUE(Register(i, 100 * (i + 1), {}).ok());
+  }
+  void TearDown() override { server_->Shutdown(); }
+
+  grpc::Status Register(int id, uint64_t incarnation, std::vector<std::string> names,
+                        RegisterShardResponse* resp_out = nullptr) {
+    grpc::ClientContext ctx;
+    RegisterShardRequest req;
+    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    req.set_shard_id(id);
+    req.set_address(shards_[id]->address);
+    req.set_incarnation(incarnation);
+    req.set_device("cpu");
+    for (auto& n : names) req.add_variables(n);
+    RegisterShardResponse resp;
+    grpc::Status s = stub_->RegisterShard(&ctx, req, &resp);
+    if (resp_out) *resp_out = resp;
+    return s;
+  }
+  uint64_t Open() {
+    grpc::ClientContext ctx;
+    OpenSessionRequest req;
+    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    OpenSessionResponse resp;
+    EXPECT_TRUE(stub_->OpenSession(&ctx, req, &resp).ok());
+    return resp.session_id();
+  }
+  grpc::Status Get(uint64_t session, const VariableDeclaration& d, GetVariableResponse* resp) {
+    grpc::ClientContext ctx;
+    GetVariableRequest req;
+    req.set_session_id(session);
+    *req.mutable_declaration() = d;
+    return stub_->GetVariable(&ctx, req, resp);
+  }
+
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<CoordinatorService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Coordinator::Stub> stub_;
+  std::vector<std::unique_ptr<InProcessShard>> shards_;
+};
+
+VariableDeclaration Emb() {
+  VariableDeclaration d;
+  d.set_name("model/emb");
+  d.set_dtype(DT_FLOAT);
+  d.mutable_shape()->add_dims(10);
+  d.mutable_shape()->add_dims(4);
+  d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(4);
+  d.set_declared_at("test");
+  return d;
+}
+
+TEST_F(CoordinatorServiceTest, ProtocolMismatchFailsClearly) {
+  grpc::ClientContext ctx;
+  OpenSessionRequest req;
+  req.set_protocol_version(99);
+  OpenSessionResponse resp;
+  grpc::Status s = stub_->OpenSession(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(CoordinatorServiceTest, GetVariableCreatesPartsOnTheirShards) {
+  const uint64_t session = Open();
+  GetVariableResponse resp;
+  ASSERT_TRUE(Get(session, Emb(), &resp).ok());
+  EXPECT_TRUE(resp.created());
+  const VariableHandle& h = resp.handle();
+  ASSERT_EQ(h.parts_size(), 4);
+  EXPECT_THAT(h.partitions(), ElementsAre(4, 1));
+  for (const auto& p : h.parts()) {
+    EXPECT_EQ(p.shard_address(), shards_[p.shard_id()]->address);
+    EXPECT_EQ(p.shard_incarnation(), 100u * (p.shard_id() + 1));
+    EXPECT_FALSE(p.lost());
+  }
+  EXPECT_THAT(shards_[0]->Names(), UnorderedElementsAre("model/emb/part_0", "model/emb/part_2"));
+  EXPECT_THAT(shards_[1]->Names(), UnorderedElementsAre("model/emb/part_1", "model/emb/part_3"));
+
+  // A second session attaches; nothing new is created.
+  GetVariableResponse again;
+  ASSERT_TRUE(Get(Open(), Emb(), &again).ok());
+  EXPECT_FALSE(again.created());
+  // Reuse errors map to TensorFlow's classes.
+  EXPECT_EQ(Get(session, Emb(), &again).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+}
+
+TEST_F(CoordinatorServiceTest, ShardBackEmptyHasItsPartsMarkedLost) {
+  GetVariableResponse resp;
+  ASSERT_TRUE(Get(Open(), Emb(), &resp).ok());
+  RegisterShardResponse reg;
+  ASSERT_TRUE(Register(1, 201, {}, &reg).ok());
+  EXPECT_THAT(reg.lost_parts(), UnorderedElementsAre("model/emb/part_1", "model/emb/part_3"));
+  grpc::ClientContext ctx;
+  LookupVariableRequest req;
+  req.set_name("model/emb");
+  LookupVariableResponse look;
+  ASSERT_TRUE(stub_->LookupVariable(&ctx, req, &look).ok());
+  for (const auto& p : look.handle().parts()) {
+    EXPECT_EQ(p.lost(), p.shard_id() == 1) << p.name();
+    if (p.shard_id() == 1) EXPECT_EQ(p.shard_incarnation(), 201u);
+  }
+  // A heartbeat from the old incarnation is told to register again.
+  grpc::ClientContext hctx;
+  HeartbeatRequest hb;
+  hb.set_shard_id(1);
+  hb.set_incarnation(200);
+  HeartbeatResponse hresp;
+  ASSERT_TRUE(stub_->Heartbeat(&hctx, hb, &hresp).ok());
+  EXPECT_TRUE(hresp.reregister());
+}
+
+TEST_F(CoordinatorServiceTest, BatchScopesListAndShards) {
+  const uint64_t session = Open();
+  grpc::ClientContext sctx;
+  OpenScopeRequest sreq;
+  sreq.set_session_id(session);
+  sreq.set_default_name("layer");
+  OpenScopeResponse sresp;
+  ASSERT_TRUE(stub_->OpenScope(&sctx, sreq, &sresp).ok());
+  EXPECT_EQ(sresp.path(), "layer");
+
+  DeclareVariablesRequest batch;
+  batch.set_session_id(session);
+  for (const char* name : {"layer/w", "layer/b"}) {
+    VariableDeclaration* d = batch.add_declarations();
+    d->set_name(name);
+    d->mutable_shape()->add_dims(3);
+    d->set_initialize(true);
+  }
+  grpc::ClientContext bctx;
+  DeclareVariablesResponse bresp;
+  ASSERT_TRUE(stub_->DeclareVariables(&bctx, batch, &bresp).ok());
+  ASSERT_EQ(bresp.handles_size(), 2);
+  EXPECT_EQ(bresp.handles(0).dtype(), DT_FLOAT);
+
+  grpc::ClientContext lctx;
+  CoordinatorListVariablesRequest lreq;
+  lreq.set_collection("trainable_variables");
+  CoordinatorListVariablesResponse lresp;
+  ASSERT_TRUE(stub_->ListVariables(&lctx, lreq, &lresp).ok());
+  ASSERT_EQ(lresp.variables_size(), 2);
+  EXPECT_EQ(lresp.variables(0).name(), "layer/w");
+
+  grpc::ClientContext shctx;
+  ListShardsResponse shards;
+  ASSERT_TRUE(stub_->ListShards(&shctx, ListShardsRequest(), &shards).ok());
+  ASSERT_EQ(shards.shards_size(), 2);
+  EXPECT_TRUE(shards.shards(0).live());
+  EXPECT_EQ(shards.num_variables(), 2);
+  EXPECT_EQ(shards.shards(0).placed_parts() + shards.shards(1).placed_parts(), 2);
+
+  grpc::ClientContext dctx;
+  CoordinatorDeleteVariableRequest dreq;
+  dreq.set_name("layer/w");
+  CoordinatorDeleteVariableResponse dresp;
+  ASSERT_TRUE(stub_->DeleteVariable(&dctx, dreq, &dresp).ok());
+  EXPECT_EQ(shards_[0]->Names().size() + shards_[1]->Names().size(), 1u);
+}
+
+}  // namespace
+}  // namespace psd

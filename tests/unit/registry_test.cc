@@ -1,0 +1,450 @@
+// Registry: TensorFlow's naming, reuse and scope rules per session (spec §4
+// items 1, 12-30, 39-42 as our own cases), attach across sessions and its
+// conflict error, collections, batch atomicity, concurrency and placement.
+#include "coordinator/registry.h"
+
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "psd/wire.h"
+
+namespace psd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+VariableDeclaration Decl(const std::string& name, std::vector<int64_t> dims,
+                         Reuse reuse = REUSE_FALSE, DataType dtype = DT_FLOAT) {
+  VariableDeclaration d;
+  d.set_name(name);
+  d.set_dtype(dtype);
+  d.mutable_shape();  // set, even for a scalar
+  for (int64_t x : dims) d.mutable_shape()->add_dims(x);
+  d.set_reuse(reuse);
+  d.set_declared_at("model.py:" + std::to_string(dims.size() + 10));
+  return d;
+}
+
+VariableDeclaration NoShape(const std::string& name, Reuse reuse) {
+  VariableDeclaration d;
+  d.set_name(name);
+  d.set_reuse(reuse);
+  return d;
+}
+
+VariableDeclaration Partitioned(VariableDeclaration d, int64_t parts) {
+  d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(parts);
+  return d;
+}
+
+std::vector<std::string> PartNames(const VariableDef& def) {
+  std::vector<std::string> out;
+  for (const auto& p : def.parts()) out.push_back(p.name());
+  return out;
+}
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    registry_ = std::move(Registry::Open({})).value();
+    session_ = *registry_->OpenSession("test");
+  }
+
+  absl::StatusOr<DeclareResult> Get(const VariableDeclaration& d, uint64_t session = 0) {
+    return registry_->GetVariable(session ? session : session_, d, shards_);
+  }
+  std::string Scope(const std::string& parent, const std::string& name,
+                    const std::string& default_name = "", uint64_t session = 0) {
+    auto e = registry_->OpenScope(session ? session : session_, parent, name, default_name, false,
+                                  false);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? e->path : "";
+  }
+  void Close(const std::string& path, uint64_t token = 0) {
+    ASSERT_TRUE(registry_->CloseScope(session_, path, token).ok());
+  }
+
+  std::unique_ptr<Registry> registry_;
+  uint64_t session_ = 0;
+  std::vector<int32_t> shards_ = {0, 1, 2};
+};
+
+TEST_F(RegistryTest, DefaultVariableNamesAreUniquePerSession) {
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true), "Variable");
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true), "Variable_1");
+  EXPECT_EQ(*registry_->UniqueName(session_, "variable", true), "variable_2");  // case-blind
+  EXPECT_EQ(*registry_->UniqueName(session_, "weights", true), "weights");
+  // Peeking does not consume a name.
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", false), "Variable_3");
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true), "Variable_3");
+  // Another session (graph) counts on its own.
+  uint64_t other = *registry_->OpenSession("other");
+  EXPECT_EQ(*registry_->UniqueName(other, "Variable", true), "Variable");
+  EXPECT_EQ(*registry_->UniqueName(other, "tower/Variable", true), "tower/Variable");
+}
+
+TEST_F(RegistryTest, ExplicitNameAndShape) {
+  auto r = Get(Decl("rnd", {3, 2}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->created);
+  EXPECT_EQ(r->def.name(), "rnd");
+  EXPECT_THAT(r->def.shape().dims(), ElementsAre(3, 2));
+  EXPECT_FALSE(r->def.partitioned());
+  EXPECT_THAT(PartNames(r->def), ElementsAre("rnd"));
+  EXPECT_TRUE(r->def.initializer().has_default_initializer());
+}
+
+TEST_F(RegistryTest, AutoReuseCreatesOnceThenReturnsIt) {
+  auto a = Get(Decl("counter", {2}, REUSE_AUTO));
+  auto b = Get(Decl("counter", {2}, REUSE_AUTO));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(a->created);
+  EXPECT_FALSE(b->created);
+  EXPECT_EQ(a->def.creation_seq(), b->def.creation_seq());
+  EXPECT_EQ(registry_->num_variables(), 1u);
+}
+
+TEST_F(RegistryTest, ReuseFalseAndTrueFollowTensorFlow) {
+  ASSERT_TRUE(Get(Decl("x", {4})).ok());
+  ASSERT_TRUE(Get(Decl("y", {4}, REUSE_FALSE)).ok());
+
+  auto again = Get(Decl("x", {4}, REUSE_FALSE));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(again.status().message(),
+              HasSubstr("Variable x already exists, disallowed. Did you mean to set reuse=True in "
+                        "VarScope? Originally defined at:\n\nmodel.py:11"));
+
+  auto reused = Get(Decl("x", {4}, REUSE_TRUE));
+  ASSERT_TRUE(reused.ok());
+  EXPECT_FALSE(reused->created);
+
+  auto missing = Get(Decl("z", {4}, REUSE_TRUE));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(),
+              HasSubstr("Variable z does not exist, or was not created with tf.get_variable(). "
+                        "Did you mean to set reuse=None in VarScope?"));
+}
+
+TEST_F(RegistryTest, ScopedNamesAndReentry) {
+  const std::string tower = Scope(Scope("", "net"), "tower0");
+  EXPECT_EQ(tower, "net/tower0");
+  ASSERT_TRUE(Get(Decl(tower + "/w", {2})).ok());
+  // Re-entering with reuse finds it; without reuse it is a second create.
+  EXPECT_TRUE(Get(NoShape("net/tower0/w", REUSE_TRUE)).ok());
+  EXPECT_EQ(Get(Decl("net/tower0/w", {2})).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Scope(Scope(Scope("", "net"), "a"), "b"), "net/a/b");
+  // Reuse inherited into a sub-scope where nothing exists.
+  EXPECT_EQ(Get(NoShape("net/tower0/sub/w", REUSE_TRUE)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, ReuseWithOtherShapeOrDtypeNamesBoth) {
+  ASSERT_TRUE(Get(Decl("s/v", {3})).ok());
+  auto shape = Get(Decl("s/v", {5}, REUSE_TRUE));
+  EXPECT_EQ(shape.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(shape.status().message(), HasSubstr("shape [5] and found shape [3]"));
+  auto dtype = Get(Decl("s/v", {3}, REUSE_TRUE, DT_INT64));
+  EXPECT_EQ(dtype.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(dtype.status().message(), HasSubstr("dtype int64 and found dtype float32"));
+  // Unspecified shape and dtype match anything on reuse.
+  EXPECT_TRUE(Get(NoShape("s/v", REUSE_TRUE)).ok());
+}
+
+TEST_F(RegistryTest, DefaultNamedScopesCountLikeTensorFlow) {
+  EXPECT_EQ(Scope("", "", "block"), "block");
+  Close("block");
+  EXPECT_EQ(Scope("", "", "block"), "block_1");
+  Close("block_1");
+  // Interleaved with a prefix-substring name, which has its own counter.
+  EXPECT_EQ(Scope("", "", "blk"), "blk");
+  Close("blk");
+  EXPECT_EQ(Scope("", "", "block"), "block_2");
+  const std::string outer = Scope("", "", "enc");
+  EXPECT_EQ(outer, "enc");
+  EXPECT_EQ(Scope(outer, "", "dense"), "enc/dense");
+  Close("enc/dense");
+  Close("enc");
+  // A new default-named outer scope: its sub-scope counters start fresh.
+  const std::string outer2 = Scope("", "", "enc");
+  EXPECT_EQ(outer2, "enc_1");
+  EXPECT_EQ(Scope(outer2, "", "dense"), "enc_1/dense");
+}
+
+TEST_F(RegistryTest, CountersInsideAScopeSurviveReenteringItsCapturedSelf) {
+  const std::string top = Scope("", "top");
+  EXPECT_EQ(Scope(top, "", "conv"), "top/conv");
+  Close("top/conv");
+  EXPECT_EQ(Scope(top, "", "conv"), "top/conv_1");
+  Close("top/conv_1");
+  auto captured = registry_->OpenScope(session_, "", "top", "", false, /*captured=*/true);
+  ASSERT_TRUE(captured.ok());
+  EXPECT_EQ(captured->path, "top");
+  EXPECT_NE(captured->token, 0u);
+  Close("top", captured->token);
+  EXPECT_EQ(Scope(top, "", "conv"), "top/conv_2");
+}
+
+TEST_F(RegistryTest, CapturedScopeRestoresCountersOnExit) {
+  auto c = registry_->OpenScope(session_, "elsewhere", "outer", "", false, true);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->path, "outer");  // its own path wherever it is re-entered
+  EXPECT_EQ(Scope("outer", "", "l"), "outer/l");
+  Close("outer/l");
+  Close("outer", c->token);
+  EXPECT_EQ(Scope("outer", "", "l"), "outer/l");
+  // The root scope re-entered: variables are named at the top level.
+  auto root = registry_->OpenScope(session_, "x", "", "", false, true);
+  ASSERT_TRUE(root.ok());
+  EXPECT_EQ(root->path, "");
+}
+
+TEST_F(RegistryTest, NamedScopeEnteredTwiceKeepsItsVariableNames) {
+  EXPECT_EQ(Scope("", "tower"), "tower");
+  ASSERT_TRUE(Get(Decl("tower/w", {1})).ok());
+  Close("tower");
+  EXPECT_EQ(Scope("", "tower"), "tower");
+  EXPECT_EQ(Get(Decl("tower/w", {1})).status().code(), absl::StatusCode::kAlreadyExists);
+  // A default-named "tower" now avoids the used name.
+  EXPECT_EQ(Scope("", "", "tower"), "tower_1");
+}
+
+TEST_F(RegistryTest, DefaultNamedScopeCannotReuse) {
+  auto r = registry_->OpenScope(session_, "", "", "layer", /*reuse=*/true, false);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RegistryTest, ScopeNamesAreValidated) {
+  auto bad = registry_->OpenScope(session_, "", "_", "", false, false);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "'_' is not a valid scope name");
+  EXPECT_FALSE(registry_->OpenScope(session_, "", "_hidden", "", false, false).ok());
+  EXPECT_FALSE(registry_->OpenScope(session_, "", "a b", "", false, false).ok());
+  // Nested, a leading underscore is fine.
+  EXPECT_TRUE(registry_->OpenScope(session_, "model", "_hidden", "", false, false).ok());
+  EXPECT_TRUE(registry_->OpenScope(session_, "", "v1.2-x", "", false, false).ok());
+  EXPECT_EQ(Get(Decl("_w", {1})).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Get(Decl("a//w", {1})).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RegistryTest, InitialValueGivesShapeAndDtype) {
+  VariableDeclaration d;
+  d.set_name("c");
+  TensorToProto(Tensor::Scalar<int32_t>(7), d.mutable_initial_value());
+  auto r = Get(d);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->def.dtype(), DT_INT32);
+  EXPECT_EQ(r->def.shape().dims_size(), 0);
+  EXPECT_TRUE(r->def.initializer().has_constant());
+
+  d.set_name("c2");
+  d.mutable_shape()->add_dims(1);
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("shape"));
+  d.clear_shape();
+  d.set_dtype(DT_FLOAT);
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("don't match"));
+  // No shape at all cannot create.
+  EXPECT_THAT(Get(NoShape("c3", REUSE_FALSE)).status().message(), HasSubstr("fully defined"));
+}
+
+TEST_F(RegistryTest, SecondCreateInTheSameSessionFails) {
+  ASSERT_TRUE(Get(Decl("scope/v", {1})).ok());
+  std::thread t([&] {
+    EXPECT_EQ(Get(Decl("scope/v", {1})).status().code(), absl::StatusCode::kAlreadyExists);
+  });
+  t.join();
+}
+
+TEST_F(RegistryTest, PartitionedVariablesNameTheirParts) {
+  auto r = Get(Partitioned(Decl("emb/table", {5, 1, 1}), 2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->def.partitioned());
+  EXPECT_THAT(r->def.partitions(), ElementsAre(2, 1, 1));
+  EXPECT_THAT(PartNames(r->def), ElementsAre("emb/table/part_0", "emb/table/part_1"));
+  EXPECT_THAT(r->def.parts(0).shape().dims(), ElementsAre(3, 1, 1));
+  EXPECT_THAT(r->def.parts(1).shape().dims(), ElementsAre(2, 1, 1));
+  EXPECT_THAT(r->def.parts(1).offset(), ElementsAre(3, 0, 0));
+  // The parts land on different shards.
+  EXPECT_NE(r->def.parts(0).shard_id(), r->def.parts(1).shard_id());
+  // A part's name cannot be declared as a variable of its own.
+  EXPECT_EQ(Get(Decl("emb/table/part_1", {1})).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RegistryTest, PartitionsAlongTheRequestedAxis) {
+  VariableDeclaration d = Decl("cube", {2, 4, 2});
+  d.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  d.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(2);
+  d.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  auto r = Get(d);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->def.partition_axis(), 1);
+  EXPECT_THAT(r->def.parts(0).shape().dims(), ElementsAre(2, 2, 2));
+}
+
+TEST_F(RegistryTest, ReusePartitionedWithOtherPartitionsFails) {
+  ASSERT_TRUE(Get(Partitioned(Decl("p/w", {9, 2}), 3)).ok());
+  for (int64_t n : {2, 1}) {
+    auto r = Get(Partitioned(Decl("p/w", {9, 2}, REUSE_TRUE), n));
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(),
+                HasSubstr("Trying to reuse partitioned variable p/w, but specified partitions [" +
+                          std::to_string(n) + ", 1] and found partitions [3, 1]"));
+  }
+  // Same partitioner, or none at all, returns the partitioned variable.
+  auto same = Get(Partitioned(Decl("p/w", {9, 2}, REUSE_TRUE), 3));
+  ASSERT_TRUE(same.ok());
+  auto none = Get(Decl("p/w", {9, 2}, REUSE_TRUE));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->def.parts_size(), 3);
+  EXPECT_EQ(Get(Partitioned(Decl("p/w", {9, 2}), 3)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(RegistryTest, ScalarIgnoresThePartitioner) {
+  auto r = Get(Partitioned(Decl("p/scalar", {}), 4));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->def.partitioned());
+  EXPECT_THAT(PartNames(r->def), ElementsAre("p/scalar"));
+}
+
+TEST_F(RegistryTest, BadPartitionsAreRejected) {
+  VariableDeclaration d = Decl("bad", {10, 43});
+  d.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(11);
+  d.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("Cannot create 11 slices for size 10"));
+  EXPECT_EQ(registry_->num_variables(), 0u);
+}
+
+TEST_F(RegistryTest, OtherSessionAttachesToTheSameVariable) {
+  uint64_t other = *registry_->OpenSession("trainer 1");
+  auto a = Get(Partitioned(Decl("shared/emb", {100, 8}), 4));
+  auto b = Get(Partitioned(Decl("shared/emb", {100, 8}), 4), other);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+  EXPECT_TRUE(a->created);
+  EXPECT_FALSE(b->created);
+  EXPECT_EQ(a->def.SerializeAsString(), b->def.SerializeAsString());
+  // The attaching session now holds the name: its rules apply to it.
+  EXPECT_TRUE(Get(NoShape("shared/emb", REUSE_TRUE), other).ok());
+  EXPECT_EQ(Get(Partitioned(Decl("shared/emb", {100, 8}), 4), other).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(RegistryTest, ConflictingDeclarationFromAnotherSessionNamesBoth) {
+  uint64_t other = *registry_->OpenSession("trainer 1");
+  ASSERT_TRUE(Get(Decl("shared/b", {16})).ok());
+  VariableDeclaration conflict = Decl("shared/b", {32});
+  conflict.set_declared_at("other.py:7");
+  auto r = Get(conflict, other);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("shape [32] at other.py:7"));
+  EXPECT_THAT(r.status().message(), HasSubstr("float32 shape [16] at model.py:11"));
+  EXPECT_EQ(Get(Decl("shared/b", {16}, REUSE_FALSE, DT_DOUBLE), other).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Get(Partitioned(Decl("shared/b", {16}), 2), other).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Reuse of a name this session never declared is a miss, as in a graph.
+  EXPECT_EQ(Get(Decl("shared/b", {16}, REUSE_TRUE), other).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, CollectionsDefaultAndListInCreationOrder) {
+  ASSERT_TRUE(Get(Decl("z_first", {1})).ok());
+  VariableDeclaration local = Decl("a_local", {1});
+  local.set_trainable(false);
+  local.add_collections(kLocalVariables);
+  ASSERT_TRUE(Get(local).ok());
+  VariableDeclaration avg = Decl("m_avg", {1});
+  avg.set_trainable(false);
+  avg.add_collections(kGlobalVariables);
+  avg.add_collections(kMovingAverageVariables);
+  avg.add_collections("my_stuff");
+  ASSERT_TRUE(Get(avg).ok());
+  auto names = [&](const std::string& c) {
+    std::vector<std::string> out;
+    for (const auto& d : registry_->List(c)) out.push_back(d.name());
+    return out;
+  };
+  EXPECT_THAT(names(kGlobalVariables), ElementsAre("z_first", "m_avg"));
+  EXPECT_THAT(names(kTrainableVariables), ElementsAre("z_first"));
+  EXPECT_THAT(names(kLocalVariables), ElementsAre("a_local"));
+  EXPECT_THAT(names(kMovingAverageVariables), ElementsAre("m_avg"));
+  EXPECT_THAT(names("my_stuff"), ElementsAre("m_avg"));
+  EXPECT_THAT(names(""), ElementsAre("z_first", "a_local", "m_avg"));
+}
+
+TEST_F(RegistryTest, BatchIsAllOrNothing) {
+  std::vector<VariableDeclaration> batch = {Decl("b/1", {1}), Decl("b/2", {2}),
+                                            Decl("b/1", {1})};  // duplicate: fails
+  auto r = registry_->Declare(session_, batch, shards_);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_EQ(Get(Decl("b/2", {2}, REUSE_TRUE)).status().code(), absl::StatusCode::kNotFound);
+  batch.back() = Decl("b/1", {1}, REUSE_TRUE);  // later entries see earlier ones
+  auto ok = registry_->Declare(session_, batch, shards_);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE((*ok)[0].created);
+  EXPECT_FALSE((*ok)[2].created);
+  EXPECT_EQ(registry_->num_variables(), 2u);
+}
+
+TEST_F(RegistryTest, DeleteForgetsTheNameEverywhere) {
+  ASSERT_TRUE(Get(Decl("gone", {4})).ok());
+  auto def = registry_->Delete("gone");
+  ASSERT_TRUE(def.ok());
+  EXPECT_THAT(PartNames(*def), ElementsAre("gone"));
+  EXPECT_EQ(registry_->Lookup("gone").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->Delete("gone").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Get(Decl("gone", {4})).ok());  // may be created again
+  EXPECT_TRUE(registry_->Placement().size() == 1u);
+}
+
+TEST_F(RegistryTest, ClosedSessionIsNotFound) {
+  ASSERT_TRUE(registry_->CloseSession(session_).ok());
+  EXPECT_EQ(Get(Decl("v", {1})).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->CloseSession(session_).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, NoLiveShardIsUnavailable) {
+  shards_.clear();
+  EXPECT_EQ(Get(Decl("v", {1})).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(RegistryTest, BigEmbeddingSpreadsOverShards) {
+  ASSERT_TRUE(Get(Decl("small", {10})).ok());  // 40 bytes on shard 0
+  auto r = Get(Partitioned(Decl("emb", {6000, 16}), 6));
+  ASSERT_TRUE(r.ok());
+  auto placement = registry_->Placement();
+  ASSERT_EQ(placement.size(), 3u);
+  EXPECT_EQ(placement[0].parts, 3);  // "small" + 2 parts
+  EXPECT_EQ(placement[1].parts, 2);
+  EXPECT_EQ(placement[2].parts, 2);
+  EXPECT_EQ(placement[1].bytes, 2 * 1000 * 16 * 4);
+  EXPECT_EQ(registry_->PartsOnShard(1).size(), 2u);
+}
+
+TEST_F(RegistryTest, ConcurrentDeclarationsYieldOneVariableEach) {
+  constexpr int kThreads = 8, kNames = 40;
+  std::vector<uint64_t> sessions;
+  for (int t = 0; t < kThreads; ++t) sessions.push_back(*registry_->OpenSession("t"));
+  std::vector<std::vector<std::string>> seen(kThreads);
+  std::atomic<int> created{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kNames; ++i) {
+        auto r = Get(Partitioned(Decl("c/v" + std::to_string(i), {12, 3}), 3), sessions[t]);
+        ASSERT_TRUE(r.ok()) << r.status();
+        if (r->created) ++created;
+        seen[t].push_back(r->def.SerializeAsString());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(created.load(), kNames);
+  EXPECT_EQ(registry_->num_variables(), static_cast<size_t>(kNames));
+  for (int t = 1; t < kThreads; ++t) EXPECT_EQ(seen[t], seen[0]);
+}
+
+}  // namespace
+}  // namespace psd
