@@ -1,10 +1,12 @@
 // `psd`: the psd server binary. Subcommands:
 //   psd shard [--config FILE --id K] [flags]   serve one shard's variables
+//   psd coordinator [--config FILE] [flags]     serve names and placement
 #include <cstdio>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "runtime/cluster_config.h"
+#include "runtime/coordinator_server.h"
 #include "runtime/shard_server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -48,6 +50,30 @@ int main(int argc, char** argv) {
                     "Seconds in-flight calls may take after SIGTERM/SIGINT")
       ->check(CLI::NonNegativeNumber);
 
+  shard->add_option("--coordinator", options.coordinator,
+                    "Coordinator HOST:PORT to register with (default: the cluster file's)");
+
+  CLI::App* coordinator = app.add_subcommand("coordinator", "Serve names and placement");
+  psd::CoordinatorServerOptions coord;
+  std::string coord_config_path;
+  coordinator->add_option("--config", coord_config_path, "Cluster file (YAML); flags override it");
+  coordinator->add_option("--listen", coord.coordinator.listen, "HOST:PORT to serve on");
+  coordinator->add_option("--advertise", coord.coordinator.advertise, "HOST:PORT others dial");
+  coordinator->add_option("--state-dir", coord.coordinator.state_dir,
+                          "Where the registry is persisted (empty: memory only)");
+  coordinator->add_option("--port-file", coord.port_file, "After binding, write the real port here");
+  coordinator->add_option("--drain-timeout", coord.drain_timeout_seconds,
+                          "Seconds in-flight calls may take after SIGTERM/SIGINT")
+      ->check(CLI::NonNegativeNumber);
+  coordinator->add_option("--heartbeat-interval", coord.heartbeat_interval_seconds,
+                          "Seconds between shard heartbeats")
+      ->check(CLI::PositiveNumber);
+  coordinator->add_option("--liveness-timeout", coord.shard_liveness_timeout_seconds,
+                          "Seconds without a heartbeat before a shard counts as down")
+      ->check(CLI::PositiveNumber);
+  coordinator->add_option("--max-message-bytes", coord.max_message_bytes, "Largest gRPC message")
+      ->check(CLI::Range(4096, 2147483647));
+
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_default_logger(spdlog::stderr_color_mt("psd"));
@@ -66,6 +92,14 @@ int main(int argc, char** argv) {
       }
       from_file = *entry;
     }
+    if (shard->count("--coordinator") == 0 && !config_path.empty()) {
+      auto config = psd::LoadClusterConfig(config_path);
+      if (config.ok()) {
+        options.coordinator = config->coordinator.advertise.empty()
+                                  ? config->coordinator.listen
+                                  : config->coordinator.advertise;
+      }
+    }
     psd::ShardConfig& cfg = options.shard;
     if (shard->count("--listen") == 0) cfg.listen = from_file.listen;
     if (shard->count("--advertise") == 0) cfg.advertise = from_file.advertise;
@@ -79,6 +113,19 @@ int main(int argc, char** argv) {
     }
     if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
     absl::Status status = psd::RunShardServer(options);
+    if (!status.ok()) return Fail(status.ToString());
+    return 0;
+  }
+  if (coordinator->parsed()) {
+    if (!coord_config_path.empty()) {
+      auto config = psd::LoadClusterConfig(coord_config_path);
+      if (!config.ok()) return Fail(std::string(config.status().message()));
+      const psd::CoordinatorConfig& file = config->coordinator;
+      if (coordinator->count("--listen") == 0) coord.coordinator.listen = file.listen;
+      if (coordinator->count("--advertise") == 0) coord.coordinator.advertise = file.advertise;
+      if (coordinator->count("--state-dir") == 0) coord.coordinator.state_dir = file.state_dir;
+    }
+    absl::Status status = psd::RunCoordinatorServer(coord);
     if (!status.ok()) return Fail(status.ToString());
     return 0;
   }

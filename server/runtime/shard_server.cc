@@ -17,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "psd/status.h"
+#include "runtime/coordinator_link.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
@@ -91,8 +92,22 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                config.memory_limit > 0 ? std::to_string(config.memory_limit) + " bytes" : "none",
                incarnation);
 
+  // The address others dial: the advertised one, with the real port when
+  // the shard bound port 0.
+  ShardConfig advertised = config;
+  if (advertised.advertise.empty() || advertised.advertise == config.listen) {
+    advertised.advertise = config.listen.substr(0, config.listen.rfind(':')) + ":" +
+                           std::to_string(port);
+  }
+  std::unique_ptr<CoordinatorLink> link;
+  if (!options.coordinator.empty()) {
+    link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store);
+    link->Start();
+  }
+
   signals.async_wait([&](const boost::system::error_code& ec, int signo) {
     if (ec) return;
+    if (link != nullptr) link->Stop();
     spdlog::info("shard {}: signal {} received, draining (up to {} s)", config.id, signo,
                  options.drain_timeout_seconds);
     server->GetHealthCheckService()->SetServingStatus(false);

@@ -19,6 +19,9 @@ struct ShardServerOptions {
   int max_message_bytes = 512 << 20;
   // Chunk size of streamed reads when the client asks for none.
   int stream_chunk_bytes = 1 << 20;
+  // The coordinator to register with and heartbeat to (HOST:PORT); empty
+  // runs the shard on its own.
+  std::string coordinator;
   // After binding, the real port is written here (for `listen` port 0).
   std::string port_file;
   // How long in-flight calls may take to finish after a stop signal.
