@@ -1,6 +1,8 @@
 // `psd`: the psd server binary. Subcommands:
 //   psd shard [--config FILE --id K] [flags]   serve one shard's variables
 //   psd coordinator [--config FILE] [flags]     serve names and placement
+#include <malloc.h>
+
 #include <cstdio>
 #include <string>
 
@@ -80,6 +82,12 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
 
   if (shard->parsed()) {
+    // glibc raises its mmap threshold after large blocks are freed, after
+    // which the 1 MiB buffers of streamed tensors come from per-thread arenas
+    // that keep the memory. A fixed threshold keeps such buffers mmapped and
+    // returned at once, so a streamed assign peaks at two copies of the
+    // variable, not two copies plus arena garbage.
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
     // Start from the cluster file's entry for this shard; explicit flags win.
     psd::ShardConfig from_file;
     from_file.id = shard_id;

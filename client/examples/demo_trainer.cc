@@ -5,8 +5,10 @@
 // it created so it can run again against the same shard.
 //
 //   psd_demo_trainer --shard 127.0.0.1:7000
+//   psd_demo_trainer --shard 127.0.0.1:7000 --rate-ops 20000   # small-op rates
 #include <cstdint>
 #include <cstdio>
+#include <future>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "psd/client.h"
 #include "psd/float16.h"
 #include "psd/initializers.h"
@@ -254,6 +257,91 @@ void Run(ShardClient* shard, Demo* demo) {
               shard->Create(weights, Tensor::Scalar<float>(1)).status(),
               absl::StatusCode::kAlreadyExists, weights);
   demo->ExpectValue(flags, Vec<bool>({3}, {false, true, true}));
+
+  demo->Section("async burst: 64 assign_add in flight, then 8 gathers");
+  {
+    std::vector<std::future<absl::Status>> adds;
+    for (int i = 0; i < 64; ++i)
+      adds.push_back(shard->AssignAddAsync(step, Tensor::Scalar<int64_t>(1)));
+    int failed = 0;
+    for (auto& f : adds) failed += f.get().ok() ? 0 : 1;
+    demo->Ok("64 x assign_add_async " + step + " += 1",
+             failed == 0 ? absl::OkStatus() : absl::InternalError(absl::StrCat(failed, " failed")));
+    auto now = shard->Read(step);
+    demo->Ok("read " + step, now, now.ok() ? Show(*now) : "");
+    std::vector<std::future<absl::StatusOr<Tensor>>> rows;
+    for (int64_t r = 0; r < 8; ++r)
+      rows.push_back(shard->GatherAsync(emb, Vec<int64_t>({1}, {r % 6})));
+    for (int64_t r = 0; r < 8; ++r) {
+      auto row = rows[r].get();
+      demo->Ok(absl::StrCat("gather_async ", emb, " row ", r % 6), row, row.ok() ? Show(*row) : "");
+    }
+  }
+
+  demo->Section("batched stream: many small ops per message, one status each");
+  {
+    auto batch = shard->OpenBatch();
+    if (demo->Ok("open batch", batch.status())) {
+      std::vector<std::future<absl::Status>> adds;
+      for (int i = 0; i < 1000; ++i)
+        adds.push_back((*batch)->AssignAdd(step, Tensor::Scalar<int64_t>(1)));
+      auto bad = (*batch)->ScatterAdd(emb, Vec<int64_t>({1}, {6}), Tensor::Scalar<float>(1.0f));
+      auto read = (*batch)->Read(step);
+      int failed = 0;
+      for (auto& f : adds) failed += f.get().ok() ? 0 : 1;
+      demo->Ok(
+          "1000 x batched assign_add " + step + " += 1",
+          failed == 0 ? absl::OkStatus() : absl::InternalError(absl::StrCat(failed, " failed")));
+      demo->Error("batched scatter_add " + emb + " row 6 (alone fails)", bad.get(),
+                  absl::StatusCode::kInvalidArgument, "6");
+      auto value = read.get();
+      demo->Ok("batched read " + step, value, value.ok() ? Show(*value) : "");
+      demo->Ok("close batch", (*batch)->Close());
+    }
+  }
+  demo->ExpectValue(step, Tensor::Scalar<int64_t>(3 + 64 + 1000));
+}
+
+// Small-op rates: `n` int64 scalar assign_adds each way (sync one at a time,
+// async with 64 in flight, batched), printed as ops per second.
+void MeasureRates(ShardClient* shard, Demo* demo, int n) {
+  const std::string v = Name("rate");
+  if (!demo->Ok("create " + v, shard->Create(v, Tensor::Scalar<int64_t>(0)).status())) return;
+  const Tensor one = Tensor::Scalar<int64_t>(1);
+  auto report = [&](const char* how, absl::Time start, int failed) {
+    const double s = absl::ToDoubleSeconds(absl::Now() - start);
+    std::printf("  %-52s -> %.0f ops/s (%d ops in %.2f s, %d failed)\n", how, n / s, n, s, failed);
+    if (failed > 0) demo->Fail(how, absl::StrCat(failed, " ops failed"));
+  };
+  absl::Time start = absl::Now();
+  int failed = 0;
+  for (int i = 0; i < n; ++i) failed += shard->AssignAdd(v, one).ok() ? 0 : 1;
+  report("sync assign_add, one at a time", start, failed);
+
+  start = absl::Now();
+  failed = 0;
+  std::vector<std::future<absl::Status>> window;
+  for (int i = 0; i < n; ++i) {
+    if (window.size() == 64) {
+      for (auto& f : window) failed += f.get().ok() ? 0 : 1;
+      window.clear();
+    }
+    window.push_back(shard->AssignAddAsync(v, one));
+  }
+  for (auto& f : window) failed += f.get().ok() ? 0 : 1;
+  report("async assign_add, 64 in flight", start, failed);
+
+  start = absl::Now();
+  failed = 0;
+  auto batch = shard->OpenBatch();
+  if (!demo->Ok("open batch", batch.status())) return;
+  std::vector<std::future<absl::Status>> done;
+  done.reserve(n);
+  for (int i = 0; i < n; ++i) done.push_back((*batch)->AssignAdd(v, one));
+  for (auto& f : done) failed += f.get().ok() ? 0 : 1;
+  report("batched assign_add, 64 per message", start, failed);
+  demo->Ok("close batch", (*batch)->Close());
+  demo->ExpectValue(v, Tensor::Scalar<int64_t>(3 * int64_t{n}));
 }
 
 // Deletes every variable under kPrefix (this run's, or a crashed run's).
@@ -274,6 +362,9 @@ int Main(int argc, char** argv) {
   double timeout_s = 30;
   app.add_option("--shard", address, "shard address HOST:PORT")->required();
   app.add_option("--timeout", timeout_s, "deadline of each RPC in seconds")->capture_default_str();
+  int rate_ops = 0;
+  app.add_option("--rate-ops", rate_ops,
+                 "also measure small-op rates (sync, async, batched) with this many ops each");
   CLI11_PARSE(app, argc, argv);
 
   ClientOptions options;
@@ -297,6 +388,10 @@ int Main(int argc, char** argv) {
   Demo demo(shard->get());
   Cleanup(shard->get(), &demo, /*quiet_if_none=*/true);
   Run(shard->get(), &demo);
+  if (rate_ops > 0) {
+    demo.Section("small-op rates");
+    MeasureRates(shard->get(), &demo, rate_ops);
+  }
   Cleanup(shard->get(), &demo, /*quiet_if_none=*/false);
   auto left = (*shard)->List(kPrefix);
   if (!left.ok() || !left->empty()) demo.Fail("list after delete", "variables remain");

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -64,8 +65,10 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
   if (mkdtemp(dir.data()) == nullptr) return ErrnoError("mkdtemp " + dir, errno);
   const std::string port_file = dir + "/port";
 
-  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn",        "shard",
-                                   "--listen", "127.0.0.1:0", "--port-file", port_file};
+  std::vector<std::string> args = {PSD_BINARY,    "--log-level",
+                                   "warn",        "shard",
+                                   "--listen",    absl::StrCat("127.0.0.1:", options.port),
+                                   "--port-file", port_file};
   if (options.memory_limit_bytes > 0) {
     args.push_back("--memory-limit");
     args.push_back(std::to_string(options.memory_limit_bytes));
@@ -135,6 +138,7 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
     absl::SleepFor(absl::Milliseconds(20));
   }
   process->address_ = absl::StrCat("127.0.0.1:", port);
+  process->port_ = port;
   return process;
 }
 
@@ -165,6 +169,73 @@ absl::Status ShardProcess::Signal(int signal) {
   if (exited_) return absl::FailedPreconditionError("psd shard has already exited");
   if (kill(pid_, signal) != 0) return ErrnoError("kill", errno);
   return absl::OkStatus();
+}
+
+absl::Status ShardProcess::Kill() {
+  if (exited_) return absl::FailedPreconditionError("psd shard has already exited");
+  if (kill(-pid_, SIGKILL) != 0) return ErrnoError("kill", errno);
+  while (waitpid(pid_, &wait_status_, 0) < 0) {
+    if (errno != EINTR) return ErrnoError("waitpid", errno);
+  }
+  exited_ = true;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// A "Key:   123 kB" line of /proc/PID/status, in bytes.
+absl::StatusOr<int64_t> ProcStatusBytes(pid_t pid, absl::string_view key) {
+  const std::string path = absl::StrCat("/proc/", pid, "/status");
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::string line;
+  while (std::getline(in, line)) {
+    absl::string_view rest = line;
+    if (!absl::ConsumePrefix(&rest, key) || !absl::ConsumePrefix(&rest, ":")) continue;
+    rest = absl::StripAsciiWhitespace(rest);
+    absl::ConsumeSuffix(&rest, "kB");
+    int64_t kb;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(rest), &kb)) break;
+    return kb * 1024;
+  }
+  return absl::NotFoundError(absl::StrCat("no ", key, " in ", path));
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ShardProcess::RssBytes() const { return ProcStatusBytes(pid_, "VmRSS"); }
+
+absl::StatusOr<int64_t> ShardProcess::PeakRssBytes() const {
+  return ProcStatusBytes(pid_, "VmHWM");
+}
+
+absl::Status ShardProcess::ResetPeakRss() {
+  std::ofstream out(absl::StrCat("/proc/", pid_, "/clear_refs"));
+  out << "5";
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot reset VmHWM of ", pid_));
+  return absl::OkStatus();
+}
+
+absl::Status RestartShard(std::unique_ptr<ShardProcess>* process) {
+  ShardProcessOptions options = (*process)->options();
+  options.port = (*process)->port();
+  absl::Status killed = (*process)->Kill();
+  if (!killed.ok()) return killed;
+  process->reset();
+  // The kernel frees the port at once (the listener had SO_REUSEADDR), but
+  // retry briefly in case the new bind races the old socket's teardown.
+  absl::Status last;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    auto started = ShardProcess::Start(options);
+    if (started.ok()) {
+      *process = *std::move(started);
+      return absl::OkStatus();
+    }
+    last = started.status();
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return last;
 }
 
 bool ShardProcess::Reap() {

@@ -31,6 +31,9 @@ namespace integration {
 struct ShardProcessOptions {
   // --memory-limit; 0 leaves the shard's default.
   int64_t memory_limit_bytes = 0;
+  // The loopback port to listen on; 0 picks a free one. A restarted shard
+  // takes its predecessor's port (see RestartShard).
+  int port = 0;
   std::vector<std::string> extra_args;
   // How long the shard may take to write its port file.
   absl::Duration start_timeout = absl::Seconds(20);
@@ -48,6 +51,8 @@ class ShardProcess {
   ~ShardProcess();
 
   const std::string& address() const { return address_; }  // "127.0.0.1:PORT"
+  int port() const { return port_; }
+  const ShardProcessOptions& options() const { return options_; }
   pid_t pid() const { return pid_; }
 
   absl::StatusOr<std::unique_ptr<client::ShardClient>> Connect(
@@ -55,6 +60,17 @@ class ShardProcess {
 
   // Sends `signal` to the shard process (not its group).
   absl::Status Signal(int signal);
+
+  // SIGKILL to the shard's group, then reaps it: a crash.
+  absl::Status Kill();
+
+  // The shard's memory as /proc/PID/status reports it: resident now (VmRSS)
+  // and the peak since start or the last ResetPeakRss (VmHWM).
+  absl::StatusOr<int64_t> RssBytes() const;
+  absl::StatusOr<int64_t> PeakRssBytes() const;
+  // Resets VmHWM to the current VmRSS (writes 5 to /proc/PID/clear_refs), so
+  // the next PeakRssBytes measures one phase only.
+  absl::Status ResetPeakRss();
 
   // Waits up to `timeout` for the shard to exit and returns its wait status
   // (as waitpid reports it: test with WIFEXITED / WEXITSTATUS).
@@ -71,10 +87,15 @@ class ShardProcess {
   const pid_t pid_;
   const std::string dir_;  // temporary directory holding the port file
   const ShardProcessOptions options_;
+  int port_ = 0;
   std::string address_;
   bool exited_ = false;
   int wait_status_ = 0;
 };
+
+// Kills `*process` (SIGKILL) and starts a new shard on the same port with
+// the same options: a shard crash and restart. The old address stays valid.
+absl::Status RestartShard(std::unique_ptr<ShardProcess>* process);
 
 // "exit status 0", "signal 9": a waitpid status for messages.
 std::string DescribeWaitStatus(int wait_status);

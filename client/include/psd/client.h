@@ -1,17 +1,46 @@
-// ShardClient: the synchronous C++ client of one psd shard (service
-// psd::Shard). It turns each variable op into one unary RPC with a deadline
-// and returns the shard's status unchanged, so errors carry DESIGN.md's codes
-// and messages (NOT_FOUND for an unknown variable, INVALID_ARGUMENT for a bad
-// shape, dtype or index, ...).
+// ShardClient: the C++ client of one psd shard (service psd::Shard). Each
+// variable op is one RPC (or, for values bigger than
+// ClientOptions::stream_threshold_bytes, one chunked stream) and returns the
+// shard's status, so errors carry DESIGN.md's codes and messages (NOT_FOUND
+// for an unknown variable, INVALID_ARGUMENT for a bad shape, dtype or index,
+// ...).
 //
-// One exception: a call the shard's gRPC cancels (it does so to calls that
-// arrive while the shard drains for shutdown, before they run) is reported as
-// UNAVAILABLE, the code of "shard down"; this client never cancels calls
-// itself.
+// Retries. Every mutating request (Create, Delete, Initialize, Assign*,
+// Scatter*, CountUpTo, streamed assigns) carries a fresh RequestId: a random
+// 64-bit id of this client process and a process-wide sequence number. Calls
+// that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
+// exponential backoff and jitter (ClientOptions::max_attempts,
+// retry_budget) with the SAME id, so the shard applies each mutation at most
+// once and a retried count_up_to returns the same old value. Reads and
+// gathers are retried too (they are idempotent). A retry that falls out of
+// the shard's window of recent ids fails with ABORTED "request id too old":
+// the op's outcome is then unknown. (A first attempt refused that way was
+// never applied and is resent under a fresh id: that happens when other
+// threads sent over a window's worth of requests meanwhile.)
+//
+// Stale handles. Connect records the shard's incarnation (random per shard
+// process start) and every data request carries it. A shard that restarted
+// (and so lost its memory) answers ABORTED "stale handle" without applying
+// anything; this client returns that to the caller and never re-handshakes
+// on its own. The coordinator-level client refreshes its handle and makes a
+// new ShardClient; a caller talking to shards directly does the same
+// (Connect again).
+//
+// A call the shard's gRPC cancels (it does so to calls that arrive while the
+// shard drains for shutdown, before they run) is reported as UNAVAILABLE,
+// the code of "shard down", and retried like one.
+//
+// Async ops (ReadAsync, AssignAddAsync, ...) return std::future and run on
+// gRPC's callback API, retries included (a per-client timer thread starts
+// the retries, so no gRPC thread sleeps). Async ops on values above the
+// stream threshold run the streaming path on a thread of their own.
+// OpenBatch opens a BatchStream (below) for many small ops per message.
 //
 // Thread-safety: a ShardClient is thread-safe. It owns one gRPC channel and
 // any number of threads may call any method concurrently; every op is atomic
-// on its variable on the shard.
+// on its variable on the shard. The destructor waits for outstanding async
+// ops to finish and for the client's BatchStreams to be destroyed: destroy
+// those first.
 //
 // Usage:
 //
@@ -22,12 +51,17 @@
 //   PSD_RETURN_IF_ERROR(shard->AssignAdd("w", delta));
 //   PSD_ASSIGN_OR_RETURN(psd::Tensor w, shard->Read("w"));
 //
+//   std::vector<std::future<absl::Status>> pending;
+//   for (auto& g : grads) pending.push_back(shard->AssignSubAsync("w", std::move(g)));
+//   for (auto& f : pending) PSD_RETURN_IF_ERROR(f.get());
+//
 // gRPC stays out of this header (the implementation holds the channel), so
 // including it is cheap.
 #ifndef PSD_CLIENT_CLIENT_H_
 #define PSD_CLIENT_CLIENT_H_
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,11 +77,39 @@ namespace psd {
 namespace client {
 
 struct ClientOptions {
-  // Deadline of every RPC, the handshake in Connect included.
+  // Deadline of every unary RPC attempt, the handshake in Connect included.
   absl::Duration timeout = absl::Seconds(30);
-  // Largest message sent or received; a tensor bigger than this fails with
-  // RESOURCE_EXHAUSTED until chunked streams exist.
+  // Deadline of one attempt of a streamed read or assign (big values).
+  absl::Duration stream_timeout = absl::Minutes(10);
+  // Largest message sent or received. Values above stream_threshold_bytes
+  // travel as streams of chunk_bytes chunks, so only a batch message or a
+  // gather result can come near it.
   int max_message_bytes = 512 << 20;
+
+  // Retries of UNAVAILABLE and DEADLINE_EXCEEDED: at most `max_attempts`
+  // attempts in all (1 = no retry); the n-th retry waits a random time in
+  // [b/2, b] with b = min(initial_backoff * 2^(n-1), max_backoff); no retry
+  // starts later than `retry_budget` after the first attempt began.
+  int max_attempts = 5;
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+  absl::Duration retry_budget = absl::Seconds(20);
+
+  // Values (element bytes, or the wire encoding for strings) bigger than
+  // this are read and written as chunked streams; 0 never streams.
+  int64_t stream_threshold_bytes = int64_t{4} << 20;
+  // Content bytes per streamed message (both directions).
+  int chunk_bytes = 1 << 20;
+};
+
+// How a BatchStream packs ops into messages.
+struct BatchOptions {
+  // Most ops per BatchRequest message.
+  int ops_per_message = 64;
+  // Messages sent whose responses have not yet arrived. While fewer are
+  // outstanding, a partly filled message goes out at once; when the window
+  // is full, ops accumulate until a message fills or a response returns.
+  int max_messages_in_flight = 8;
 };
 
 // What the shard said about itself in the handshake (or in GetInfo).
@@ -92,6 +154,11 @@ struct AssignOptions {
   // Accepted for TensorFlow compatibility; every op is atomic regardless.
   bool use_locking = false;
 };
+
+class BatchStream;
+namespace internal {
+class BatchReactor;
+}  // namespace internal
 
 class ShardClient {
  public:
@@ -166,9 +233,101 @@ class ShardClient {
   // leaves the value alone.
   absl::StatusOr<int64_t> CountUpTo(const std::string& name, int64_t limit);
 
+  // Async variants of the data ops: the same semantics and errors as the
+  // synchronous ops (retries included), the result arriving in a future.
+  // Tensors are taken by value: std::move them in to hand the bytes to the
+  // request without a copy. Values above stream_threshold_bytes (and reads
+  // that turn out to be that big) run the streaming path on a thread of
+  // their own. Completion order between different ops is not defined; ops
+  // on one variable are applied in the order the shard receives them.
+  std::future<absl::StatusOr<Tensor>> ReadAsync(const std::string& name);
+  std::future<absl::StatusOr<Tensor>> GatherAsync(const std::string& name, Tensor indices);
+  std::future<absl::Status> AssignAsync(const std::string& name, Tensor value,
+                                        const AssignOptions& options = {});
+  std::future<absl::Status> AssignAddAsync(const std::string& name, Tensor value,
+                                           const AssignOptions& options = {});
+  std::future<absl::Status> AssignSubAsync(const std::string& name, Tensor value,
+                                           const AssignOptions& options = {});
+  std::future<absl::Status> ScatterUpdateAsync(const std::string& name, Tensor indices,
+                                               Tensor updates);
+  std::future<absl::Status> ScatterAddAsync(const std::string& name, Tensor indices,
+                                            Tensor updates);
+  std::future<absl::Status> ScatterSubAsync(const std::string& name, Tensor indices,
+                                            Tensor updates);
+  std::future<absl::StatusOr<int64_t>> CountUpToAsync(const std::string& name, int64_t limit);
+
+  // Opens a batched stream on this shard (see BatchStream). Fails only for
+  // bad options; a shard that is down shows in the ops' results.
+  absl::StatusOr<std::unique_ptr<BatchStream>> OpenBatch(const BatchOptions& options = {});
+
  private:
+  friend class BatchStream;
+  friend class internal::BatchReactor;
   class Impl;
   explicit ShardClient(std::unique_ptr<Impl> impl);
+
+  const std::unique_ptr<Impl> impl_;
+};
+
+// BatchStream: many small ops to one shard over one bidirectional stream
+// (the Batch RPC), packed up to BatchOptions::ops_per_message per message
+// with several messages in flight, for trainers that issue thousands of
+// small updates per step. Each op gets its own result: a bad op (unknown
+// variable, bad index) fails alone and its neighbours still apply. Ops run
+// on the shard in the order they were added, so ops on one variable apply
+// in order. Mutating ops carry request ids; a stream has a random client id
+// of its own and numbers its ops in stream order, so no op of a busy
+// process is ever refused as "request id too old".
+//
+// A partly filled message is sent as soon as fewer than
+// max_messages_in_flight messages await responses, so a future never waits
+// for more ops to arrive; Flush() is not needed for progress.
+//
+// A stream that breaks (shard down, deadline) fails every unanswered op with
+// the stream's status (UNAVAILABLE for a shard that went away) and every
+// later op at once; ops are not retried here (unlike ShardClient's): open a
+// new stream. Values are sent inline, so keep ops small (a read whose value
+// is bigger than stream_threshold_bytes is fetched with a streamed read on
+// a thread of its own).
+//
+// Thread-safety: thread-safe; ops added from several threads are ordered as
+// their calls are. Close() (or the destructor) half-closes the stream and
+// waits for every result.
+//
+//   PSD_ASSIGN_OR_RETURN(auto batch, shard->OpenBatch());
+//   std::vector<std::future<absl::Status>> done;
+//   for (int i = 0; i < 1000; ++i) done.push_back(batch->AssignAdd("n",
+//   Tensor::Scalar<int64_t>(1))); auto old = batch->CountUpTo("step", 1 << 30);
+//   PSD_RETURN_IF_ERROR(batch->Close());
+class BatchStream {
+ public:
+  BatchStream(const BatchStream&) = delete;
+  BatchStream& operator=(const BatchStream&) = delete;
+  ~BatchStream();  // Close()
+
+  std::future<absl::Status> Assign(const std::string& name, Tensor value,
+                                   const AssignOptions& options = {});
+  std::future<absl::Status> AssignAdd(const std::string& name, Tensor value);
+  std::future<absl::Status> AssignSub(const std::string& name, Tensor value);
+  std::future<absl::Status> ScatterUpdate(const std::string& name, Tensor indices, Tensor updates);
+  std::future<absl::Status> ScatterAdd(const std::string& name, Tensor indices, Tensor updates);
+  std::future<absl::Status> ScatterSub(const std::string& name, Tensor indices, Tensor updates);
+  std::future<absl::StatusOr<int64_t>> CountUpTo(const std::string& name, int64_t limit);
+  std::future<absl::StatusOr<Tensor>> Read(const std::string& name);
+  std::future<absl::StatusOr<Tensor>> Gather(const std::string& name, Tensor indices);
+
+  // Sends the partly filled message now.
+  void Flush();
+  // Sends what is pending, half-closes the stream and waits for every
+  // result. Returns the stream's own status (OK when it ended normally; the
+  // ops' statuses are in their futures). Later ops fail with
+  // FAILED_PRECONDITION. Idempotent.
+  absl::Status Close();
+
+ private:
+  friend class ShardClient;
+  class Impl;
+  explicit BatchStream(std::unique_ptr<Impl> impl);
 
   const std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,656 @@
+// The data path at scale against real shards: streamed reads and assigns
+// (with a low stream threshold, so small values take the streaming path), a
+// stream cut mid-assign, exactly-once request ids, stale handles across a
+// shard restart, async ops with many in flight, and the batched stream. No
+// timing is asserted; loops are bounded by op counts.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <future>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "psd/client.h"
+#include "psd/grpc_status.h"
+#include "psd/shard.grpc.pb.h"
+#include "psd/wire.h"
+#include "test_util.h"
+
+namespace psd {
+namespace integration {
+namespace {
+
+using ::psd::client::ClientOptions;
+using ::psd::client::ShardClient;
+
+// A stub without the client library, to send requests exactly as a test
+// wants them (duplicate ids, old incarnations, broken streams).
+std::unique_ptr<Shard::Stub> RawStub(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  return Shard::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+void SetDeadline(grpc::ClientContext* context) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+}
+
+uint64_t RandomClientId() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ 1;
+}
+
+RequestId Id(uint64_t client_id, uint64_t seq) {
+  RequestId id;
+  id.set_client_id(client_id);
+  id.set_seq(seq);
+  return id;
+}
+
+absl::Status RawAssign(Shard::Stub* stub, const AssignRequest& request,
+                       AssignResponse* response = nullptr) {
+  AssignResponse ignored;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  return FromGrpcStatus(stub->Assign(&context, request, response != nullptr ? response : &ignored));
+}
+
+AssignRequest AddRequest(const std::string& name, const Tensor& value, const RequestId& id) {
+  AssignRequest request;
+  request.set_name(name);
+  request.set_op(UPDATE_ADD);
+  TensorToProto(value, request.mutable_value());
+  *request.mutable_request_id() = id;
+  return request;
+}
+
+Tensor Filled(int64_t n, float value) {
+  Tensor t(DT_FLOAT, TensorShape{n});
+  std::fill(t.data<float>(), t.data<float>() + n, value);
+  return t;
+}
+
+Tensor Iota(int64_t n, float start) {
+  Tensor t(DT_FLOAT, TensorShape{n});
+  for (int64_t i = 0; i < n; ++i) t.data<float>()[i] = start + static_cast<float>(i);
+  return t;
+}
+
+// ---- Streams.
+
+// Values above 64 KiB stream in 16 KiB chunks, so modest tensors exercise
+// every streamed path.
+class StreamTest : public ShardTest {
+ protected:
+  void SetUp() override {
+    ShardTest::SetUp();
+    if (HasFatalFailure()) return;
+    ClientOptions options;
+    options.stream_threshold_bytes = 64 << 10;
+    options.chunk_bytes = 16 << 10;
+    auto c = process_->Connect(options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    streaming_ = *std::move(c);
+  }
+
+  std::unique_ptr<ShardClient> streaming_;
+};
+
+TEST_F(StreamTest, StreamedCreateAssignAndReadRoundTrip) {
+  constexpr int64_t kN = 100003;  // 400 KB: 25 chunks, the last one short
+  const Tensor first = Iota(kN, 1.0f);
+  PSD_ASSERT_OK_AND_ASSIGN(auto info, streaming_->Create("v", first));
+  EXPECT_EQ(info.dtype, DT_FLOAT);
+  EXPECT_EQ(info.shape, TensorShape{kN});
+  EXPECT_TRUE(info.initialized);
+
+  // The shard says a plain read of it is too big and names its size.
+  auto stub = RawStub(process_->address());
+  ReadRequest request;
+  request.set_name("v");
+  request.set_max_value_bytes(64 << 10);
+  ReadResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  ASSERT_TRUE(IsOk(FromGrpcStatus(stub->Read(&context, request, &response))));
+  EXPECT_TRUE(response.use_stream());
+  EXPECT_EQ(response.value_bytes(), kN * 4);
+  EXPECT_EQ(response.value().content().size(), 0u);
+
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor got, streaming_->Read("v"));
+  EXPECT_EQ(got, first);
+  // The plain client (4 MiB threshold) reads it in one message: same value.
+  EXPECT_EQ(Read("v"), first);
+
+  ASSERT_TRUE(IsOk(streaming_->AssignAdd("v", Filled(kN, 2.0f))));
+  PSD_ASSERT_OK_AND_ASSIGN(got, streaming_->Read("v"));
+  EXPECT_EQ(got, Iota(kN, 3.0f));
+
+  Tensor after_sub;
+  ASSERT_TRUE(IsOk(streaming_->AssignSub("v", Filled(kN, 3.0f), {}, &after_sub)));
+  EXPECT_EQ(after_sub, Iota(kN, 0.0f));
+
+  // validate_shape=false lets a streamed assign change the shape.
+  client::AssignOptions reshape;
+  reshape.validate_shape = false;
+  Tensor wide(DT_FLOAT, TensorShape{2, kN});
+  std::fill(wide.data<float>(), wide.data<float>() + 2 * kN, 7.0f);
+  ASSERT_TRUE(IsOk(streaming_->Assign("v", wide, reshape)));
+  EXPECT_EQ(Read("v"), wide);
+  // With validation, a streamed assign of another shape is refused and
+  // changes nothing.
+  EXPECT_TRUE(IsError(streaming_->Assign("v", first), absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(Read("v"), wide);
+}
+
+TEST_F(StreamTest, StreamedStringsRoundTrip) {
+  std::vector<std::string> values;
+  for (int i = 0; i < 5000; ++i) values.push_back(std::string(i % 97, 'a' + i % 26));
+  values[17] = std::string(200000, 'z');  // one element spans many chunks
+  const Tensor strings = Strings({50, 100}, values);
+  ASSERT_TRUE(IsOk(streaming_->Create("s", strings)));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor got, streaming_->Read("s"));
+  EXPECT_EQ(got, strings);
+  std::reverse(values.begin(), values.end());
+  const Tensor reversed = Strings({50, 100}, values);
+  ASSERT_TRUE(IsOk(streaming_->Assign("s", reversed)));
+  EXPECT_EQ(Read("s"), reversed);
+}
+
+TEST_F(StreamTest, StreamedCreateOfATakenNameFails) {
+  ASSERT_TRUE(IsOk(shard_->Create("v", Tensor::Scalar<float>(1))));
+  EXPECT_TRUE(IsError(streaming_->Create("v", Iota(50000, 0)), absl::StatusCode::kAlreadyExists));
+  EXPECT_EQ(Read("v"), Tensor::Scalar<float>(1));
+}
+
+// A stream that breaks before the client half-closes changes nothing: the
+// old value stays and the staging memory is given back.
+TEST_F(ShardTest, AssignStreamCutMidwayLeavesOldValueAndMemory) {
+  constexpr int64_t kN = 1 << 20;  // 4 MiB
+  const Tensor old_value = Filled(kN, 1.0f);
+  ASSERT_TRUE(IsOk(shard_->Create("v", old_value)));
+  PSD_ASSERT_OK_AND_ASSIGN(auto before, shard_->GetInfo());
+  PSD_ASSERT_OK_AND_ASSIGN(auto created, shard_->Lookup("v"));
+  auto stub = RawStub(process_->address());
+  const std::string content(kN * 4, '\x40');  // 3.0078125f in every element
+
+  for (const bool send_everything : {false, true}) {
+    SCOPED_TRACE(send_everything ? "all bytes, no half-close" : "part of the bytes");
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    AssignResponse response;
+    auto writer = stub->AssignStream(&context, &response);
+    AssignStreamRequest message;
+    AssignStreamHeader* header = message.mutable_header();
+    header->set_name("v");
+    header->set_op(UPDATE_ASSIGN);
+    header->set_dtype(DT_FLOAT);
+    header->mutable_shape()->add_dims(kN);
+    header->set_total_bytes(kN * 4);
+    header->set_validate_shape(true);
+    *header->mutable_request_id() = Id(RandomClientId(), 1);
+    ASSERT_TRUE(writer->Write(message));
+    message.clear_header();
+    const size_t sent = send_everything ? content.size() : content.size() / 3;
+    for (size_t off = 0; off < sent; off += 256 << 10) {
+      message.set_content(content.substr(off, std::min<size_t>(256 << 10, sent - off)));
+      ASSERT_TRUE(writer->Write(message));
+    }
+    context.TryCancel();
+    EXPECT_FALSE(writer->Finish().ok());
+
+    EXPECT_EQ(Read("v"), old_value);
+    // The shard notices the cancel on its own schedule: wait (bounded) for
+    // the staging buffer to be released.
+    int64_t used = -1;
+    for (int i = 0; i < 200; ++i) {
+      PSD_ASSERT_OK_AND_ASSIGN(auto now, shard_->GetInfo());
+      used = now.memory_used_bytes;
+      if (used == before.memory_used_bytes) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_EQ(used, before.memory_used_bytes);
+    PSD_ASSERT_OK_AND_ASSIGN(auto var, shard_->Lookup("v"));
+    EXPECT_EQ(var.version, created.version) << "nothing applied";
+  }
+}
+
+// ---- Request ids.
+
+TEST_F(ShardTest, DuplicateAssignRequestIdIsAppliedOnce) {
+  ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(0))));
+  auto stub = RawStub(process_->address());
+  const AssignRequest request =
+      AddRequest("n", Tensor::Scalar<int64_t>(1), Id(RandomClientId(), 7));
+  AssignResponse first, second;
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), request, &first)));
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), request, &second)));
+  EXPECT_EQ(first.version(), second.version()) << "the cached result";
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(1));
+
+  // A request without an id is never deduplicated.
+  AssignRequest plain = request;
+  plain.clear_request_id();
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), plain)));
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), plain)));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(3));
+}
+
+TEST_F(ShardTest, DuplicateCountUpToReturnsTheSameOldValue) {
+  ASSERT_TRUE(IsOk(shard_->Create("counter", Tensor::Scalar<int32_t>(5))));
+  auto stub = RawStub(process_->address());
+  const uint64_t client_id = RandomClientId();
+  CountUpToRequest request;
+  request.set_name("counter");
+  request.set_limit(100);
+  *request.mutable_request_id() = Id(client_id, 1);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    CountUpToResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    ASSERT_TRUE(IsOk(FromGrpcStatus(stub->CountUpTo(&context, request, &response))));
+    EXPECT_EQ(response.old_value(), 5) << "attempt " << attempt;
+  }
+  EXPECT_EQ(Read("counter"), Tensor::Scalar<int32_t>(6));
+  *request.mutable_request_id() = Id(client_id, 2);  // a new request
+  CountUpToResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  ASSERT_TRUE(IsOk(FromGrpcStatus(stub->CountUpTo(&context, request, &response))));
+  EXPECT_EQ(response.old_value(), 6);
+  EXPECT_EQ(Read("counter"), Tensor::Scalar<int32_t>(7));
+}
+
+TEST_F(ShardTest, DuplicateFailedRequestReturnsTheSameError) {
+  ASSERT_TRUE(IsOk(shard_->Create("counter", Tensor::Scalar<int64_t>(3))));
+  auto stub = RawStub(process_->address());
+  CountUpToRequest request;
+  request.set_name("counter");
+  request.set_limit(3);
+  *request.mutable_request_id() = Id(RandomClientId(), 1);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    CountUpToResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    EXPECT_TRUE(IsError(FromGrpcStatus(stub->CountUpTo(&context, request, &response)),
+                        absl::StatusCode::kOutOfRange, {"Reached limit of 3"}));
+  }
+}
+
+TEST_F(ShardTest, RequestIdOlderThanTheWindowIsAborted) {
+  ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(0))));
+  auto stub = RawStub(process_->address());
+  const uint64_t client_id = RandomClientId();
+  const Tensor one = Tensor::Scalar<int64_t>(1);
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000)))));
+  EXPECT_TRUE(IsError(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000 - 1024))),
+                      absl::StatusCode::kAborted, {"request id too old"}));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(1));
+  // Inside the window, an id not seen before is a new request.
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000 - 1023)))));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(2));
+  // Another client's window is its own.
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id + 2, 1)))));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(3));
+}
+
+TEST_F(ShardTest, DuplicateStreamedAssignIsAppliedOnce) {
+  ASSERT_TRUE(IsOk(shard_->Create("v", Filled(4096, 0.0f))));
+  auto stub = RawStub(process_->address());
+  const RequestId id = Id(RandomClientId(), 3);
+  const Tensor ones = Filled(4096, 1.0f);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    AssignResponse response;
+    auto writer = stub->AssignStream(&context, &response);
+    AssignStreamRequest message;
+    AssignStreamHeader* header = message.mutable_header();
+    header->set_name("v");
+    header->set_op(UPDATE_ADD);
+    header->set_dtype(DT_FLOAT);
+    header->mutable_shape()->add_dims(4096);
+    header->set_total_bytes(4096 * 4);
+    *header->mutable_request_id() = id;
+    ASSERT_TRUE(writer->Write(message));
+    message.clear_header();
+    message.set_content(ones.bytes());
+    ASSERT_TRUE(writer->Write(message));
+    ASSERT_TRUE(writer->WritesDone());
+    ASSERT_TRUE(IsOk(FromGrpcStatus(writer->Finish()))) << "attempt " << attempt;
+  }
+  EXPECT_EQ(Read("v"), ones);
+}
+
+// ---- Shard restarts.
+
+TEST_F(ShardTest, OldIncarnationIsAbortedAsStaleHandleAfterRestart) {
+  ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
+  const uint64_t old_incarnation = shard_->info().incarnation;
+  ASSERT_NE(old_incarnation, 0u);
+  ASSERT_TRUE(IsOk(RestartShard(&process_)));
+  PSD_ASSERT_OK_AND_ASSIGN(auto fresh, process_->Connect());
+  ASSERT_NE(fresh->info().incarnation, old_incarnation);
+  ASSERT_TRUE(IsOk(fresh->Create("x", Tensor::Scalar<int64_t>(0))));
+
+  auto stub = RawStub(process_->address());
+  AssignRequest request = AddRequest("x", Tensor::Scalar<int64_t>(1), Id(RandomClientId(), 1));
+  request.set_shard_incarnation(old_incarnation);
+  EXPECT_TRUE(
+      IsError(RawAssign(stub.get(), request), absl::StatusCode::kAborted, {"stale handle"}));
+  // Reads carry the incarnation too.
+  ReadRequest read;
+  read.set_name("x");
+  read.set_shard_incarnation(old_incarnation);
+  ReadResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  EXPECT_TRUE(IsError(FromGrpcStatus(stub->Read(&context, read, &response)),
+                      absl::StatusCode::kAborted, {"stale handle"}));
+
+  // The client connected before the restart gets the same answer for
+  // every data op, sync and async, and applies nothing.
+  EXPECT_TRUE(IsError(shard_->AssignAdd("x", Tensor::Scalar<int64_t>(1)),
+                      absl::StatusCode::kAborted, {"stale handle"}));
+  EXPECT_TRUE(IsError(shard_->CountUpTo("x", 10), absl::StatusCode::kAborted, {"stale handle"}));
+  EXPECT_TRUE(IsError(shard_->Read("x"), absl::StatusCode::kAborted, {"stale handle"}));
+  EXPECT_TRUE(IsError(shard_->AssignAddAsync("x", Tensor::Scalar<int64_t>(1)).get(),
+                      absl::StatusCode::kAborted, {"stale handle"}));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor x, fresh->Read("x"));
+  EXPECT_EQ(x, Tensor::Scalar<int64_t>(0));
+}
+
+// An op whose retries span a crash and restart ends in ABORTED "stale
+// handle" (it reached the new shard) or UNAVAILABLE (it gave up first), and
+// is never applied to the new shard.
+TEST_F(ShardTest, RetriesAcrossARestartNeverApplyTwice) {
+  ClientOptions patient;
+  patient.max_attempts = 1000;
+  patient.initial_backoff = absl::Milliseconds(10);
+  patient.max_backoff = absl::Milliseconds(200);
+  patient.retry_budget = absl::Seconds(60);
+  PSD_ASSERT_OK_AND_ASSIGN(auto trainer, process_->Connect(patient));
+  ASSERT_TRUE(IsOk(trainer->Create("x", Tensor::Scalar<int64_t>(0))));
+  ASSERT_TRUE(IsOk(trainer->AssignAdd("x", Tensor::Scalar<int64_t>(1))));
+
+  ShardProcessOptions options = process_->options();
+  options.port = process_->port();
+  ASSERT_TRUE(IsOk(process_->Kill()));
+  // Started while the shard is down: it retries on UNAVAILABLE.
+  auto sync_add = std::async(std::launch::async,
+                             [&] { return trainer->AssignAdd("x", Tensor::Scalar<int64_t>(1)); });
+  auto async_add = trainer->AssignAddAsync("x", Tensor::Scalar<int64_t>(1));
+  auto async_count = trainer->CountUpToAsync("x", 100);
+  absl::SleepFor(absl::Milliseconds(300));  // let some attempts fail; not asserted
+  process_.reset();
+  auto restarted = ShardProcess::Start(options);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  process_ = *std::move(restarted);
+  PSD_ASSERT_OK_AND_ASSIGN(auto fresh, process_->Connect());
+  ASSERT_TRUE(IsOk(fresh->Create("x", Tensor::Scalar<int64_t>(0))));
+
+  auto stale_or_down = [](const absl::Status& s) {
+    return s.code() == absl::StatusCode::kUnavailable ||
+           (s.code() == absl::StatusCode::kAborted &&
+            s.message().find("stale handle") != absl::string_view::npos);
+  };
+  const absl::Status sync_status = sync_add.get();
+  EXPECT_TRUE(stale_or_down(sync_status)) << sync_status;
+  const absl::Status async_status = async_add.get();
+  EXPECT_TRUE(stale_or_down(async_status)) << async_status;
+  const absl::Status count_status = async_count.get().status();
+  EXPECT_TRUE(stale_or_down(count_status)) << count_status;
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor x, fresh->Read("x"));
+  EXPECT_EQ(x, Tensor::Scalar<int64_t>(0)) << "nothing from the old handle applied";
+}
+
+// ---- Async ops.
+
+constexpr int kInFlight = 64;
+
+TEST_F(ShardTest, AsyncAssignAddWith64InFlightSumsExactly) {
+  constexpr int kRounds = 100;
+  ASSERT_TRUE(IsOk(shard_->Create("sum", Tensor::Scalar<int64_t>(0))));
+  int failures = 0;
+  absl::Status first_error;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::future<absl::Status>> pending;
+    for (int i = 0; i < kInFlight; ++i) {
+      pending.push_back(shard_->AssignAddAsync("sum", Tensor::Scalar<int64_t>(1)));
+    }
+    for (auto& f : pending) {
+      absl::Status s = f.get();
+      if (!s.ok() && failures++ == 0) first_error = s;
+    }
+  }
+  EXPECT_EQ(failures, 0) << first_error;
+  EXPECT_EQ(Read("sum"), Tensor::Scalar<int64_t>(kRounds * kInFlight));
+}
+
+TEST_F(ShardTest, AsyncGathersReadsAndScattersReturnTheRightValues) {
+  constexpr int kRows = 100, kCols = 4;
+  Tensor table(DT_FLOAT, TensorShape{kRows, kCols});
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) table.data<float>()[r * kCols + c] = r * 10.0f + c;
+  }
+  ASSERT_TRUE(IsOk(shard_->Create("table", table)));
+  std::vector<std::future<absl::StatusOr<Tensor>>> gathers;
+  for (int i = 0; i < kInFlight; ++i) {
+    gathers.push_back(shard_->GatherAsync("table", Vec<int64_t>({2}, {i, kRows - 1 - i})));
+  }
+  auto read = shard_->ReadAsync("table");
+  for (int i = 0; i < kInFlight; ++i) {
+    auto rows = gathers[i].get();
+    ASSERT_TRUE(IsOk(rows));
+    std::vector<float> want;
+    for (int r : {i, kRows - 1 - i}) {
+      for (int c = 0; c < kCols; ++c) want.push_back(r * 10.0f + c);
+    }
+    EXPECT_EQ(*rows, Vec<float>({2, kCols}, want)) << "gather " << i;
+  }
+  auto whole = read.get();
+  ASSERT_TRUE(IsOk(whole));
+  EXPECT_EQ(*whole, table);
+
+  // 64 scatter_adds in flight on overlapping rows.
+  std::vector<std::future<absl::Status>> scatters;
+  for (int i = 0; i < kInFlight; ++i) {
+    scatters.push_back(shard_->ScatterAddAsync("table", Vec<int32_t>({2}, {0, i % 2}),
+                                               Tensor::Scalar<float>(1.0f)));
+  }
+  for (auto& f : scatters) ASSERT_TRUE(IsOk(f.get()));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor row0, shard_->Gather("table", Vec<int64_t>({1}, {0})));
+  EXPECT_EQ(row0, Vec<float>({1, kCols}, {96, 97, 98, 99}));  // 64 + 32 adds to row 0
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor row1, shard_->Gather("table", Vec<int64_t>({1}, {1})));
+  EXPECT_EQ(row1, Vec<float>({1, kCols}, {42, 43, 44, 45}));  // 32 adds to row 1
+
+  EXPECT_TRUE(IsError(shard_->GatherAsync("table", Vec<int64_t>({1}, {kRows})).get(),
+                      absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsError(shard_->ReadAsync("nope").get(), absl::StatusCode::kNotFound));
+}
+
+TEST_F(ShardTest, AsyncCountUpToHandsOutEachValueOnce) {
+  ASSERT_TRUE(IsOk(shard_->Create("step", Tensor::Scalar<int64_t>(0))));
+  std::vector<std::future<absl::StatusOr<int64_t>>> pending;
+  for (int i = 0; i < kInFlight + 10; ++i)
+    pending.push_back(shard_->CountUpToAsync("step", kInFlight));
+  std::vector<int64_t> got;
+  int out_of_range = 0;
+  for (auto& f : pending) {
+    auto old = f.get();
+    if (old.ok()) {
+      got.push_back(*old);
+    } else {
+      EXPECT_TRUE(IsError(old, absl::StatusCode::kOutOfRange));
+      ++out_of_range;
+    }
+  }
+  std::sort(got.begin(), got.end());
+  ASSERT_EQ(got.size(), static_cast<size_t>(kInFlight));
+  for (int i = 0; i < kInFlight; ++i) EXPECT_EQ(got[i], i);
+  EXPECT_EQ(out_of_range, 10);
+}
+
+TEST_F(StreamTest, AsyncOpsOnBigValuesTakeTheStreamingPath) {
+  constexpr int64_t kN = 60000;  // 240 KB, over the 64 KiB threshold
+  ASSERT_TRUE(IsOk(streaming_->Create("big", Filled(kN, 0.0f))));
+  std::vector<std::future<absl::Status>> adds;
+  for (int i = 0; i < 8; ++i) adds.push_back(streaming_->AssignAddAsync("big", Filled(kN, 1.0f)));
+  for (auto& f : adds) ASSERT_TRUE(IsOk(f.get()));
+  auto value = streaming_->ReadAsync("big").get();
+  ASSERT_TRUE(IsOk(value));
+  EXPECT_EQ(*value, Filled(kN, 8.0f));
+  ASSERT_TRUE(IsOk(streaming_->AssignAsync("big", Iota(kN, 5.0f)).get()));
+  EXPECT_EQ(Read("big"), Iota(kN, 5.0f));
+}
+
+TEST_F(ShardTest, DestroyingAClientWaitsForItsAsyncOps) {
+  ASSERT_TRUE(IsOk(shard_->Create("sum", Tensor::Scalar<int64_t>(0))));
+  std::vector<std::future<absl::Status>> pending;
+  {
+    PSD_ASSERT_OK_AND_ASSIGN(auto c, process_->Connect());
+    for (int i = 0; i < kInFlight; ++i) {
+      pending.push_back(c->AssignAddAsync("sum", Tensor::Scalar<int64_t>(1)));
+    }
+  }
+  for (auto& f : pending) EXPECT_TRUE(IsOk(f.get()));
+  EXPECT_EQ(Read("sum"), Tensor::Scalar<int64_t>(kInFlight));
+}
+
+// ---- Batched stream.
+
+TEST_F(ShardTest, BatchedAssignAddsSumExactly) {
+  constexpr int kThreads = 4, kOpsPerThread = 2500;
+  ASSERT_TRUE(IsOk(shard_->Create("sum", Tensor::Scalar<int64_t>(0))));
+  ASSERT_TRUE(IsOk(shard_->Create("table", Tensor(DT_INT32, TensorShape{8, 2}))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch());
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::future<absl::Status>> pending;
+      for (int i = 0; i < kOpsPerThread; ++i) {
+        pending.push_back(batch->AssignAdd("sum", Tensor::Scalar<int64_t>(1)));
+        if (i % 10 == 0) {
+          pending.push_back(
+              batch->ScatterAdd("table", Vec<int32_t>({2}, {t, t}), Tensor::Scalar<int32_t>(1)));
+        }
+      }
+      for (auto& f : pending) {
+        if (!f.get().ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  auto sum = batch->Read("sum");
+  auto old = batch->CountUpTo("sum", int64_t{1} << 40);
+  ASSERT_TRUE(IsOk(batch->Close()));
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_TRUE(IsOk(sum.get()));
+  auto got = old.get();
+  ASSERT_TRUE(IsOk(got));
+  EXPECT_EQ(*got, kThreads * kOpsPerThread);
+  EXPECT_EQ(Read("sum"), Tensor::Scalar<int64_t>(kThreads * kOpsPerThread + 1));
+  const int32_t per_row = 2 * (kOpsPerThread / 10);
+  EXPECT_EQ(Read("table"),
+            Vec<int32_t>({8, 2}, {per_row, per_row, per_row, per_row, per_row, per_row, per_row,
+                                  per_row, 0, 0, 0, 0, 0, 0, 0, 0}));
+}
+
+TEST_F(ShardTest, BatchedBadOpFailsAloneAndOpsApplyInOrder) {
+  ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
+  ASSERT_TRUE(IsOk(shard_->Create("emb", Vec<float>({3, 2}, {0, 1, 2, 3, 4, 5}))));
+  ASSERT_TRUE(IsOk(shard_->Create("step", Tensor::Scalar<int32_t>(9))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch());
+  auto add1 = batch->AssignAdd("x", Tensor::Scalar<int64_t>(1));
+  auto bad_index = batch->ScatterAdd("emb", Vec<int64_t>({2}, {0, 7}), Tensor::Scalar<float>(1));
+  auto unknown = batch->AssignAdd("nope", Tensor::Scalar<int64_t>(1));
+  auto bad_dtype = batch->AssignAdd("x", Tensor::Scalar<float>(1));
+  auto read1 = batch->Read("x");
+  auto gather_bad = batch->Gather("emb", Vec<int32_t>({1}, {-1}));
+  auto gather = batch->Gather("emb", Vec<int32_t>({2}, {2, 0}));
+  auto count = batch->CountUpTo("step", 10);
+  auto count_limit = batch->CountUpTo("step", 10);
+  auto assign = batch->Assign("x", Tensor::Scalar<int64_t>(40));
+  auto add2 = batch->AssignAdd("x", Tensor::Scalar<int64_t>(2));
+  auto read2 = batch->Read("x");
+  auto scatter = batch->ScatterUpdate("emb", Vec<int64_t>({1}, {1}), Vec<float>({1, 2}, {8, 9}));
+  auto read_emb = batch->Read("emb");
+  batch->Flush();
+
+  EXPECT_TRUE(IsOk(add1.get()));
+  EXPECT_TRUE(IsError(bad_index.get(), absl::StatusCode::kInvalidArgument, {"7"}));
+  EXPECT_TRUE(IsError(unknown.get(), absl::StatusCode::kNotFound, {"nope"}));
+  EXPECT_TRUE(IsError(bad_dtype.get(), absl::StatusCode::kInvalidArgument));
+  auto x1 = read1.get();
+  ASSERT_TRUE(IsOk(x1));
+  EXPECT_EQ(*x1, Tensor::Scalar<int64_t>(1));
+  EXPECT_TRUE(IsError(gather_bad.get(), absl::StatusCode::kInvalidArgument));
+  auto rows = gather.get();
+  ASSERT_TRUE(IsOk(rows));
+  EXPECT_EQ(*rows, Vec<float>({2, 2}, {4, 5, 0, 1}));
+  auto c = count.get();
+  ASSERT_TRUE(IsOk(c));
+  EXPECT_EQ(*c, 9);
+  EXPECT_TRUE(IsError(count_limit.get(), absl::StatusCode::kOutOfRange, {"Reached limit of 10"}));
+  EXPECT_TRUE(IsOk(assign.get()));
+  EXPECT_TRUE(IsOk(add2.get()));
+  auto x2 = read2.get();
+  ASSERT_TRUE(IsOk(x2));
+  EXPECT_EQ(*x2, Tensor::Scalar<int64_t>(42));
+  EXPECT_TRUE(IsOk(scatter.get()));
+  auto emb = read_emb.get();
+  ASSERT_TRUE(IsOk(emb));
+  EXPECT_EQ(*emb, Vec<float>({3, 2}, {0, 1, 8, 9, 4, 5})) << "the failed scatter changed nothing";
+  ASSERT_TRUE(IsOk(batch->Close()));
+  EXPECT_TRUE(IsError(batch->AssignAdd("x", Tensor::Scalar<int64_t>(1)).get(),
+                      absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(ShardTest, BatchedReadsSeeEarlierWritesOfTheSameStream) {
+  ASSERT_TRUE(IsOk(shard_->Create("v", Tensor::Scalar<int64_t>(-1))));
+  client::BatchOptions options;
+  options.ops_per_message = 7;  // messages break between a write and its read
+  options.max_messages_in_flight = 3;
+  PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch(options));
+  std::vector<std::future<absl::StatusOr<Tensor>>> reads;
+  std::vector<std::future<absl::Status>> writes;
+  for (int64_t k = 0; k < 500; ++k) {
+    writes.push_back(batch->Assign("v", Tensor::Scalar<int64_t>(k)));
+    reads.push_back(batch->Read("v"));
+  }
+  for (int64_t k = 0; k < 500; ++k) {
+    ASSERT_TRUE(IsOk(writes[k].get()));
+    auto value = reads[k].get();
+    ASSERT_TRUE(IsOk(value));
+    ASSERT_EQ(*value, Tensor::Scalar<int64_t>(k));
+  }
+  EXPECT_TRUE(IsOk(batch->Close()));
+}
+
+TEST_F(ShardTest, BatchedOpsOnADeadShardFailUnavailable) {
+  ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch());
+  ASSERT_TRUE(IsOk(batch->AssignAdd("x", Tensor::Scalar<int64_t>(1)).get()));
+  ASSERT_TRUE(IsOk(process_->Kill()));
+  skip_alive_check_ = true;
+  // However far the stream got, every op completes, with an error.
+  auto add = batch->AssignAdd("x", Tensor::Scalar<int64_t>(1));
+  EXPECT_TRUE(IsError(add.get(), absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(IsError(batch->Read("x").get(), absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(IsError(batch->Close(), absl::StatusCode::kUnavailable));
+  // A stream opened while the shard is down fails its ops the same way.
+  PSD_ASSERT_OK_AND_ASSIGN(auto later, shard_->OpenBatch());
+  EXPECT_TRUE(IsError(later->Read("x").get(), absl::StatusCode::kUnavailable));
+}
+
+}  // namespace
+}  // namespace integration
+}  // namespace psd
