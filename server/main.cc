@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
                     "Chunk size of streamed reads when the client asks for none")
       ->check(CLI::Range(4096, 64 << 20));
   shard->add_option("--port-file", options.port_file, "After binding, write the real port here");
+  shard->add_option("--http-listen", options.http_listen,
+                    "Loopback HOST:PORT for /metrics, /healthz, /readyz (empty: off)");
+  shard->add_option("--http-port-file", options.http_port_file,
+                    "After binding, write the HTTP port here");
   shard->add_option("--drain-timeout", options.drain_timeout_seconds,
                     "Seconds in-flight calls may take after SIGTERM/SIGINT")
       ->check(CLI::NonNegativeNumber);
@@ -64,6 +68,10 @@ int main(int argc, char** argv) {
   coordinator->add_option("--state-dir", coord.coordinator.state_dir,
                           "Where the registry is persisted (empty: memory only)");
   coordinator->add_option("--port-file", coord.port_file, "After binding, write the real port here");
+  coordinator->add_option("--http-listen", coord.http_listen,
+                          "Loopback HOST:PORT for /metrics, /healthz, /readyz (empty: off)");
+  coordinator->add_option("--http-port-file", coord.http_port_file,
+                          "After binding, write the HTTP port here");
   coordinator->add_option("--drain-timeout", coord.drain_timeout_seconds,
                           "Seconds in-flight calls may take after SIGTERM/SIGINT")
       ->check(CLI::NonNegativeNumber);

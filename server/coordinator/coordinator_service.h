@@ -90,6 +90,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
                                        ListShardsResponse* response) override;
 
   void StartDrain() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
   // True if no call was running by `deadline`.
   bool WaitForIdle(absl::Time deadline) const;
 

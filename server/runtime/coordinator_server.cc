@@ -8,11 +8,9 @@
 #include "boost/asio/signal_set.hpp"
 #include "coordinator/coordinator_service.h"
 #include "coordinator/registry.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "psd/status.h"
-#include "runtime/shard_server.h"
+#include "runtime/serving.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -42,28 +40,19 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
-  // A second coordinator on the same port must fail, not share traffic.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return absl::UnavailableError(absl::StrCat("coordinator: cannot listen on ", config.listen,
-                                               " (address in use or invalid?)"));
-  }
-  if (!options.port_file.empty()) {
-    absl::Status s = WritePortFile(options.port_file, port);
-    if (!s.ok()) {
-      server->Shutdown();
-      return s;
-    }
-  }
+  MetricsRegistry metrics;
+  ServingOptions serving;
+  serving.listen = config.listen;
+  serving.max_message_bytes = options.max_message_bytes;
+  serving.port_file = options.port_file;
+  serving.http_listen = options.http_listen;
+  serving.http_port_file = options.http_port_file;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ServingEndpoint> endpoint,
+                       ServingEndpoint::Start(serving, {&service}, &metrics,
+                                              [&service] { return !service.draining(); },
+                                              "coordinator"));
+  grpc::Server* server = endpoint->server();
+  const int port = endpoint->port();
   spdlog::info("coordinator listening on {} (port {}), state dir {}", config.listen, port,
                config.state_dir.empty() ? "<none>" : config.state_dir);
 

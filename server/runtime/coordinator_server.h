@@ -23,6 +23,10 @@ struct CoordinatorServerOptions {
   int max_message_bytes = 64 << 20;
   // After binding, the real port is written here (for `listen` port 0).
   std::string port_file;
+  // Loopback HOST:PORT of /metrics, /healthz and /readyz (port 0: any);
+  // empty turns the HTTP endpoint off.
+  std::string http_listen = "127.0.0.1:0";
+  std::string http_port_file;
   // How long in-flight calls may take to finish after a stop signal.
   double drain_timeout_seconds = 10;
   // Interval shards are told to heartbeat at.

@@ -1,10 +1,5 @@
 #include "runtime/shard_server.h"
 
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <random>
 #include <thread>
 
@@ -13,29 +8,14 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/signal_set.hpp"
 #include "device/device.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "psd/status.h"
 #include "runtime/coordinator_link.h"
+#include "runtime/serving.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
-
-absl::Status WritePortFile(const std::string& path, int port) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot write port file ", tmp, ": ", std::strerror(errno)));
-  }
-  std::fprintf(f, "%d\n", port);
-  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot write port file ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
 
 namespace {
 
@@ -64,31 +44,30 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
-  // gRPC enables SO_REUSEPORT by default: a stale server on the same port
-  // would then silently take part of the traffic. Fail the bind instead.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return absl::UnavailableError(absl::StrCat("shard ", config.id, ": cannot listen on ",
-                                               config.listen, " (address in use or invalid?)"));
-  }
-  if (!options.port_file.empty()) {
-    absl::Status s = WritePortFile(options.port_file, port);
-    if (!s.ok()) {
-      server->Shutdown();
-      return s;
-    }
-  }
-  spdlog::info("shard {} listening on {} (port {}), device {}, memory limit {}, incarnation {:016x}",
-               config.id, config.listen, port, device->name(),
+  MetricsRegistry metrics;
+  metrics.CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
+                        [&store] { return static_cast<double>(store.num_variables()); });
+  metrics.CallbackGauge("psd_shard_memory_used_bytes", "Bytes accounted against the limit",
+                        [&store] { return static_cast<double>(store.memory().used()); });
+  metrics.CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
+                        [&store] { return static_cast<double>(store.memory().limit()); });
+
+  ServingOptions serving;
+  serving.listen = config.listen;
+  serving.max_message_bytes = options.max_message_bytes;
+  serving.port_file = options.port_file;
+  serving.http_listen = options.http_listen;
+  serving.http_port_file = options.http_port_file;
+  PSD_ASSIGN_OR_RETURN(
+      std::unique_ptr<ServingEndpoint> endpoint,
+      ServingEndpoint::Start(serving, {&service}, &metrics,
+                             [&service] { return !service.draining(); },
+                             absl::StrCat("shard ", config.id)));
+  grpc::Server* server = endpoint->server();
+  const int port = endpoint->port();
+  spdlog::info("shard {} listening on {} (port {}; /metrics on 127.0.0.1:{}), device {}, "
+               "memory limit {}, incarnation {:016x}",
+               config.id, config.listen, port, endpoint->http_port(), device->name(),
                config.memory_limit > 0 ? std::to_string(config.memory_limit) + " bytes" : "none",
                incarnation);
 

@@ -24,6 +24,11 @@ struct ShardServerOptions {
   std::string coordinator;
   // After binding, the real port is written here (for `listen` port 0).
   std::string port_file;
+  // Loopback HOST:PORT of /metrics, /healthz and /readyz (port 0: any);
+  // empty turns the HTTP endpoint off.
+  std::string http_listen = "127.0.0.1:0";
+  // After binding, the HTTP port is written here.
+  std::string http_port_file;
   // How long in-flight calls may take to finish after a stop signal.
   double drain_timeout_seconds = 10;
 };
@@ -31,10 +36,6 @@ struct ShardServerOptions {
 // Blocks until the server has drained after a signal. Returns an error if it
 // could not start (bad device, port in use, ...).
 absl::Status RunShardServer(const ShardServerOptions& options);
-
-// Writes `port` to `path` atomically (temp file + rename), so a reader never
-// sees a partial number.
-absl::Status WritePortFile(const std::string& path, int port);
 
 }  // namespace psd
 

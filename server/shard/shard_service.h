@@ -70,6 +70,7 @@ class ShardService final : public Shard::CallbackService {
       grpc::CallbackServerContext* ctx) override;
 
   void StartDrain() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
   // True if no call was running by `deadline`.
   bool WaitForIdle(absl::Time deadline) const;
 

@@ -1,0 +1,75 @@
+#include "runtime/serving.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace psd {
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot write port file ", tmp, ": ", std::strerror(errno)));
+  }
+  std::fprintf(f, "%d\n", port);
+  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot write port file ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
+    const ServingOptions& options, const std::vector<grpc::Service*>& services,
+    MetricsRegistry* metrics, std::function<bool()> ready, const std::string& who) {
+  std::unique_ptr<ServingEndpoint> endpoint(new ServingEndpoint());
+  endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &endpoint->port_);
+  // gRPC enables SO_REUSEPORT by default: a stale server on the same port
+  // would then silently take part of the traffic. Fail the bind instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(endpoint->rpc_metrics_->NewInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  endpoint->server_ = builder.BuildAndStart();
+  if (endpoint->server_ == nullptr || endpoint->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(who, ": cannot listen on ", options.listen,
+                                               " (address in use or invalid?)"));
+  }
+  auto fail = [&](absl::Status status) {
+    endpoint->server_->Shutdown();
+    return status;
+  };
+  if (!options.port_file.empty()) {
+    absl::Status s = WritePortFile(options.port_file, endpoint->port_);
+    if (!s.ok()) return fail(s);
+  }
+  if (!options.http_listen.empty()) {
+    auto http = HttpServer::Start(options.http_listen, metrics, std::move(ready));
+    if (!http.ok()) return fail(http.status());
+    endpoint->http_ = std::move(http).value();
+    if (!options.http_port_file.empty()) {
+      absl::Status s = WritePortFile(options.http_port_file, endpoint->http_->port());
+      if (!s.ok()) return fail(s);
+    }
+  }
+  return endpoint;
+}
+
+ServingEndpoint::~ServingEndpoint() {
+  http_.reset();
+  if (server_ != nullptr) server_->Shutdown();
+}
+
+}  // namespace psd

@@ -1,0 +1,59 @@
+// Serving: what every psd server process sets up around its gRPC services,
+// in one place: the gRPC server with psd's settings (SO_REUSEPORT off so a
+// second server on a port fails loudly, configured message limits, gRPC
+// health checking and reflection, per-RPC metrics), the port file for
+// launchers and tests, and the loopback HTTP endpoint for /metrics,
+// /healthz and /readyz.
+#ifndef PSD_SERVER_RUNTIME_SERVING_H_
+#define PSD_SERVER_RUNTIME_SERVING_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "observability/http_server.h"
+#include "observability/metrics.h"
+#include "observability/rpc_metrics.h"
+
+namespace psd {
+
+struct ServingOptions {
+  std::string listen;  // HOST:PORT; port 0 picks a free one
+  int max_message_bytes = 512 << 20;
+  std::string port_file;       // the gRPC port is written here after binding
+  std::string http_listen;     // loopback HOST:PORT; empty: no HTTP endpoint
+  std::string http_port_file;  // the HTTP port is written here after binding
+};
+
+class ServingEndpoint {
+ public:
+  // Starts serving `services` (which must outlive the endpoint). `ready`
+  // answers /readyz; `who` names the process in messages ("shard 3").
+  static absl::StatusOr<std::unique_ptr<ServingEndpoint>> Start(
+      const ServingOptions& options, const std::vector<grpc::Service*>& services,
+      MetricsRegistry* metrics, std::function<bool()> ready, const std::string& who);
+  ~ServingEndpoint();
+
+  grpc::Server* server() { return server_.get(); }
+  int port() const { return port_; }
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }
+
+ private:
+  ServingEndpoint() = default;
+
+  std::unique_ptr<RpcMetrics> rpc_metrics_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpServer> http_;
+  int port_ = 0;
+};
+
+// Writes `port` to `path` atomically (temp file + rename), so a reader never
+// sees a partial number.
+absl::Status WritePortFile(const std::string& path, int port);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_RUNTIME_SERVING_H_
