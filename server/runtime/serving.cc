@@ -36,6 +36,11 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
   // gRPC enables SO_REUSEPORT by default: a stale server on the same port
   // would then silently take part of the traffic. Fail the bind instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Bound what a client may have in flight towards us on one stream: with
+  // BDP probing the window grows to tens of MiB, all of it buffered in the
+  // server while a streamed assign is being staged.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4 << 20);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
