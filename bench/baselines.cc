@@ -161,6 +161,31 @@ double AxpyGBps(size_t bytes, int reps) {
   return best;
 }
 
+double DenseAdamLoopGBps(size_t bytes, int reps) {
+  const size_t n = bytes / sizeof(float);
+  std::vector<float> var(n, 1.0f), m(n, 0.0f), v(n, 0.0f), grad(n);
+  for (size_t i = 0; i < n; ++i) grad[i] = static_cast<float>(i % 7) * 0.1f - 0.3f;
+  const float one_minus_beta1 = 0.1f, one_minus_beta2 = 0.001f, epsilon = 1e-8f;
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const float alpha = 0.001f * std::sqrt(1 - std::pow(0.999f, r + 1.0f)) /
+                        (1 - std::pow(0.9f, r + 1.0f));
+    auto start = std::chrono::steady_clock::now();
+    float* __restrict w = var.data();
+    float* __restrict mp = m.data();
+    float* __restrict vp = v.data();
+    const float* __restrict g = grad.data();
+    for (size_t i = 0; i < n; ++i) {
+      mp[i] += (g[i] - mp[i]) * one_minus_beta1;
+      vp[i] += (g[i] * g[i] - vp[i]) * one_minus_beta2;
+      w[i] -= mp[i] * alpha / (std::sqrt(vp[i]) + epsilon);
+    }
+    best = std::max(best, bytes / Seconds(start) / 1e9);
+  }
+  if (var[n / 2] > 2) std::abort();  // keeps the loop
+  return best;
+}
+
 double ScatterAddRowsPerSecond(int64_t rows, int64_t cols, const std::vector<int64_t>& indices,
                                int reps) {
   std::vector<float> table(static_cast<size_t>(rows * cols), 0.0f);

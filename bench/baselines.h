@@ -30,6 +30,11 @@ double AxpyGBps(size_t bytes, int reps);
 double ScatterAddRowsPerSecond(int64_t rows, int64_t cols, const std::vector<int64_t>& indices,
                                int reps);
 
+// GB/s (variable bytes per second) of a plain single-threaded Adam step
+// over a float32 variable of `bytes` bytes: m, v and the gradient beside it,
+// TensorFlow's update formulas. Best of `reps`.
+double DenseAdamLoopGBps(size_t bytes, int reps);
+
 // GB/s of sending `bytes` through a TCP socket on loopback (1 MiB writes).
 double RawTcpGBps(size_t bytes);
 

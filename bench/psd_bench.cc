@@ -23,6 +23,9 @@
 #include "bench.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/client.h"
+#include "psd/optimizer_ops.h"
+#include "psd/wire.h"
+#include "shard/variable_store.h"
 #include "shard_process.h"
 
 namespace psd {
@@ -106,8 +109,12 @@ struct Config {
   int64_t table_rows = 1 << 20;
   int64_t table_cols = 64;
   int64_t scatter_batch = 4096;
+  int64_t adam_bytes = 64 << 20;
   int64_t memory_bytes = int64_t{4} << 30;
   std::string fsync_dir = "/tmp";
+  // Workload groups to run (dense, small, sparse, optimizers, memory); empty
+  // runs all. The baselines always run.
+  std::vector<std::string> only;
 };
 
 std::string HumanBytes(int64_t b) {
@@ -166,16 +173,22 @@ class Bench {
     shard_ = std::move(shard).value();
     report_.Header();
     Baselines();
-    Dense();
-    SmallOps();
-    Sparse();
-    Memory();
+    if (Selected("dense")) Dense();
+    if (Selected("small")) SmallOps();
+    if (Selected("sparse")) Sparse();
+    if (Selected("optimizers")) Optimizers();
+    if (Selected("memory")) Memory();
     return failed_ ? 1 : 0;
   }
 
   const Report& report() const { return report_; }
 
  private:
+  bool Selected(const std::string& group) const {
+    return config_.only.empty() ||
+           std::find(config_.only.begin(), config_.only.end(), group) != config_.only.end();
+  }
+
   void Check(const absl::Status& s, const std::string& what) {
     if (!s.ok()) {
       std::fprintf(stderr, "%s failed: %s\n", what.c_str(), s.ToString().c_str());
@@ -355,6 +368,133 @@ class Bench {
                  absl::StrFormat("%.2f GB/s", g.median * row_bytes / 1e9)});
   }
 
+  // Server-side optimizers: dense Adam on adam_bytes and sparse Adagrad on
+  // Zipf batches of the table, each through the RPC (gradient on the wire)
+  // and through the store in this process (validation, locks, kernel), next
+  // to a plain loop doing the same arithmetic.
+  void Optimizers() {
+    auto applier = client::ShardApplier::Connect(shard_address_);
+    Check(applier.status(), "connect applier");
+    if (!applier.ok()) return;
+    auto device = NewCpuDevice();
+    VariableStore store(device.get(), VariableStoreOptions());
+    auto create_local = [&](const std::string& name, TensorShape shape, double value) {
+      CreateVariableRequest req;
+      req.set_name(name);
+      req.set_dtype(DT_FLOAT);
+      ShapeToProto(shape, req.mutable_shape());
+      TensorToProto(Tensor::Scalar<float>(static_cast<float>(value)),
+                    req.mutable_initializer()->mutable_constant()->mutable_value());
+      req.set_initialize(true);
+      VariableInfo info;
+      Check(store.Create(req, &info), "create local " + name);
+    };
+    auto create_remote = [&](const std::string& name, TensorShape shape, double value) {
+      Check(shard_->Create(name, DT_FLOAT, shape,
+                           client::init::Constant(Tensor::Scalar<float>(static_cast<float>(value))))
+                .status(),
+            "create " + name);
+    };
+
+    // Dense Adam, beta powers by value.
+    const int64_t bytes = config_.quick ? (8 << 20) : config_.adam_bytes;
+    const int64_t n = bytes / 4;
+    client::opt::Adam adam;
+    adam.beta1_power = 0.9;
+    adam.beta2_power = 0.999;
+    const std::string var = "bench/adam";
+    Tensor grad(DT_FLOAT, TensorShape{n});
+    for (int64_t i = 0; i < n; ++i) grad.data<float>()[i] = static_cast<float>(i % 7) * 0.1f - 0.3f;
+    for (const std::string& v : {var, var + "/Adam", var + "/Adam_1"}) {
+      shard_->Delete(v).IgnoreError();
+      create_remote(v, TensorShape{n}, v == var ? 1 : 0);
+      create_local(v, TensorShape{n}, v == var ? 1 : 0);
+    }
+    std::vector<double> rpc_rates, local_rates;
+    ApplyDenseRequest local;
+    local.set_name(var);
+    local.add_slots(var + "/Adam");
+    local.add_slots(var + "/Adam_1");
+    auto* spec = local.mutable_optimizer()->mutable_adam();
+    spec->set_learning_rate(adam.learning_rate);
+    spec->set_beta1(adam.beta1);
+    spec->set_beta2(adam.beta2);
+    spec->set_epsilon(adam.epsilon);
+    spec->set_beta1_power_value(0.9);
+    spec->set_beta2_power_value(0.999);
+    TensorToProto(grad, local.mutable_gradient());
+    for (int r = -1; r < config_.reps; ++r) {  // round -1 warms up
+      auto start = Clock::now();
+      Check((*applier)->ApplyDense(var, adam, grad).status(), "apply_dense Adam");
+      if (r >= 0) rpc_rates.push_back(bytes / Since(start) / 1e9);
+      ApplyDenseResponse resp;
+      start = Clock::now();
+      Check(store.ApplyDense(local, &resp), "local apply_dense Adam");
+      if (r >= 0) local_rates.push_back(bytes / Since(start) / 1e9);
+    }
+    for (const std::string& v : {var, var + "/Adam", var + "/Adam_1"}) {
+      shard_->Delete(v).IgnoreError();
+    }
+    const double adam_loop = DenseAdamLoopGBps(bytes, 3);
+    const Stats rpc = Summarize(rpc_rates), in_process = Summarize(local_rates);
+    report_.Add({absl::StrCat("apply_dense Adam ", HumanBytes(bytes), " (RPC)"), "GB/s", rpc,
+                 "plain Adam loop", adam_loop,
+                 absl::StrFormat("%.1f ms/step; raw TCP x%.2f", bytes / rpc.median / 1e6,
+                                 rpc.median / tcp_)});
+    report_.Add({absl::StrCat("apply_dense Adam ", HumanBytes(bytes), " (store, in-process)"),
+                 "GB/s", in_process, "plain Adam loop", adam_loop,
+                 absl::StrFormat("%.1f ms/step", bytes / in_process.median / 1e6)});
+
+    // Sparse Adagrad on Zipf batches of the table.
+    const int64_t rows = config_.table_rows, cols = config_.table_cols;
+    const std::string table = "bench/adagrad_table";
+    for (const std::string& v : {table, table + "/Adagrad"}) {
+      shard_->Delete(v).IgnoreError();
+      create_remote(v, TensorShape{rows, cols}, v == table ? 0 : 0.1);
+      create_local(v, TensorShape{rows, cols}, v == table ? 0 : 0.1);
+    }
+    const int batches = config_.quick ? 4 : 16;
+    std::vector<std::vector<int64_t>> index_sets;
+    std::vector<client::SparseGradient> grads;
+    std::vector<ApplySparseRequest> local_requests;
+    Tensor values(DT_FLOAT, TensorShape{config_.scatter_batch, cols});
+    for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 0.01f;
+    for (int b = 0; b < batches; ++b) {
+      index_sets.push_back(ZipfIndices(rows, 1.1, config_.scatter_batch, 1000 + b));
+      grads.push_back({*Tensor::FromVector<int64_t>(TensorShape{config_.scatter_batch},
+                                                    index_sets.back()),
+                       values});
+      ApplySparseRequest req;
+      req.set_name(table);
+      req.add_slots(table + "/Adagrad");
+      req.mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.01);
+      TensorToProto(grads.back().indices, req.mutable_indices());
+      TensorToProto(values, req.mutable_values());
+      local_requests.push_back(std::move(req));
+    }
+    client::opt::Adagrad adagrad;
+    std::vector<double> sparse_rpc, sparse_local;
+    for (int r = 0; r < config_.reps; ++r) {
+      auto start = Clock::now();
+      for (auto& g : grads) Check((*applier)->ApplySparse(table, adagrad, g).status(), "adagrad");
+      sparse_rpc.push_back(batches * config_.scatter_batch / Since(start));
+      start = Clock::now();
+      for (auto& req : local_requests) {
+        ApplySparseResponse resp;
+        Check(store.ApplySparse(req, &resp), "local adagrad");
+      }
+      sparse_local.push_back(batches * config_.scatter_batch / Since(start));
+    }
+    for (const std::string& v : {table, table + "/Adagrad"}) shard_->Delete(v).IgnoreError();
+    const double loop = ScatterAddRowsPerSecond(rows, cols, index_sets[0], 3);
+    const std::string shape = absl::StrCat(rows, "x", cols, ", batch ", config_.scatter_batch);
+    const Stats sr = Summarize(sparse_rpc), sl = Summarize(sparse_local);
+    report_.Add({absl::StrCat("apply_sparse Adagrad ", shape, " (RPC)"), "rows/s", sr,
+                 "plain scatter-add loop", loop, ""});
+    report_.Add({absl::StrCat("apply_sparse Adagrad ", shape, " (store, in-process)"), "rows/s", sl,
+                 "plain scatter-add loop", loop, ""});
+  }
+
   static int64_t ResidentBytes(pid_t pid) {
     std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
     std::string line;
@@ -409,6 +549,10 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "Also write the table as JSON here");
   app.add_option("--reps", config.reps, "Repetitions per workload")->check(CLI::PositiveNumber);
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
+  app.add_option("--only", config.only,
+                 "Run only these workload groups: dense, small, sparse, optimizers, memory")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"dense", "small", "sparse", "optimizers", "memory"}));
   CLI11_PARSE(app, argc, argv);
   if (config.quick) {
     config.reps = std::min(config.reps, 2);

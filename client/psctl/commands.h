@@ -17,6 +17,8 @@ struct Context {
   int exit_code = 0;
   // Machine-readable output (global --json).
   bool json = false;
+  // The coordinator the cluster commands talk to (global --coordinator).
+  std::string coordinator = "127.0.0.1:7070";
 };
 
 // Prints "psctl: <message>" on one line to stderr and sets a non-zero exit
@@ -25,6 +27,9 @@ void Fail(Context* ctx, const absl::Status& status);
 
 // `psctl ckpt ...`: checkpoint commands.
 void AddCkptCommands(CLI::App* app, Context* ctx);
+
+// `psctl status` and `psctl vars list|show|get`.
+void AddClusterCommands(CLI::App* app, Context* ctx);
 
 }  // namespace psctl
 

@@ -22,7 +22,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   psctl::Context ctx;
   app.add_flag("--json", ctx.json, "Print machine-readable JSON");
+  app.add_option("--coordinator", ctx.coordinator, "Coordinator HOST:PORT")
+      ->capture_default_str();
   psctl::AddCkptCommands(&app, &ctx);
+  psctl::AddClusterCommands(&app, &ctx);
   CLI11_PARSE(app, argc, argv);
   return ctx.exit_code;
 }

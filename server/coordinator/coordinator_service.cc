@@ -142,6 +142,7 @@ absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initia
 
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     uint64_t session, absl::Span<const VariableDeclaration> decls) {
+  absl::MutexLock declaring(&declare_mu_);
   PSD_ASSIGN_OR_RETURN(auto results, registry_->Declare(session, decls, LiveShards()));
   for (size_t i = 0; i < results.size(); ++i) {
     bool pending;

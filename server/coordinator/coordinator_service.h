@@ -125,6 +125,11 @@ class CoordinatorService final : public Coordinator::CallbackService {
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
 
+  // Serializes declarations with the creation of their parts on the shards,
+  // so a session that attaches to a variable another session is creating
+  // gets its handle only once the parts exist. Never held by handlers
+  // other than GetVariable / DeclareVariables; taken before mu_.
+  absl::Mutex declare_mu_;
   mutable absl::Mutex mu_;
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);

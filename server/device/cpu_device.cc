@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "device/cpu_optimizer_kernels.h"
 #include "device/device.h"
 #include "device/initializers.h"
 #include "psd/dtype.h"
@@ -279,6 +280,20 @@ class CpuDevice final : public Device {
           });
         },
         [&] { return UnsupportedDtype(dtype); });
+  }
+
+  absl::Status ApplyOptimizerDense(const OptimizerParams& params, DataType dtype,
+                                   DeviceBuffer* var, absl::Span<DeviceBuffer* const> slots,
+                                   const void* grad, int64_t n) override {
+    return internal::CpuApplyOptimizerDense(params, dtype, var, slots, grad, n);
+  }
+
+  absl::Status ApplyOptimizerSparse(const OptimizerParams& params, DataType dtype,
+                                    DeviceBuffer* var, absl::Span<DeviceBuffer* const> slots,
+                                    int64_t row_elements, absl::Span<const int64_t> indices,
+                                    const void* values) override {
+    return internal::CpuApplyOptimizerSparse(params, dtype, var, slots, row_elements, indices,
+                                             values);
   }
 
   absl::Status Gather(DataType dtype, const DeviceBuffer& src, int64_t row_elements,

@@ -42,6 +42,37 @@ class DeviceBuffer {
   virtual size_t size() const = 0;
 };
 
+// The optimizers a device applies (TensorFlow's training ops). Each kind
+// updates the variable and a fixed number of slot buffers of the same size
+// and dtype, in the order of the training op's arguments.
+enum class OptimizerKind {
+  kGradientDescent,  // no slots
+  kMomentum,         // accum
+  kAdagrad,          // accum
+  kAdam,             // m, v
+  kRMSProp,          // ms, mom
+  kCenteredRMSProp,  // mg, ms, mom
+  kFtrl,             // accum, linear
+};
+
+// Slot buffers `kind` updates.
+int NumOptimizerSlots(OptimizerKind kind);
+// "GradientDescent", "Momentum", ...: TensorFlow's optimizer names.
+const char* OptimizerName(OptimizerKind kind);
+
+// One update's hyper-parameters, already validated (finite, in range).
+// Kernels compute in the variable's dtype, float32 for float16/bfloat16.
+struct OptimizerParams {
+  OptimizerKind kind = OptimizerKind::kGradientDescent;
+  double learning_rate = 0;
+  double momentum = 0;       // Momentum, RMSProp
+  bool use_nesterov = false;  // Momentum
+  double beta1 = 0, beta2 = 0, epsilon = 0;  // Adam (epsilon also RMSProp)
+  double beta1_power = 0, beta2_power = 0;   // Adam: beta1^t, beta2^t
+  double decay = 0;                          // RMSProp (rho)
+  double lr_power = 0, l1 = 0, l2 = 0, l2_shrinkage = 0;  // Ftrl
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -81,6 +112,25 @@ class Device {
   // indices.size() * row_elements elements. Indices are already range-checked.
   virtual absl::Status Gather(DataType dtype, const DeviceBuffer& src, int64_t row_elements,
                               absl::Span<const int64_t> indices, void* out) = 0;
+
+  // Applies one optimizer step (see OptimizerParams) to the `n` elements of
+  // `var` and of each of its NumOptimizerSlots(params.kind) `slots`, all of
+  // floating `dtype`; `grad` is host memory of n `dtype` elements. The
+  // buffers are distinct.
+  virtual absl::Status ApplyOptimizerDense(const OptimizerParams& params, DataType dtype,
+                                           DeviceBuffer* var, absl::Span<DeviceBuffer* const> slots,
+                                           const void* grad, int64_t n) = 0;
+
+  // The sparse form (TensorFlow's SparseApply*): `values` holds
+  // indices.size() rows of `row_elements` elements (host memory). Rows of
+  // duplicate indices are summed first, then every distinct row of `var`
+  // and of its slots is updated once. Indices are already range-checked.
+  virtual absl::Status ApplyOptimizerSparse(const OptimizerParams& params, DataType dtype,
+                                            DeviceBuffer* var,
+                                            absl::Span<DeviceBuffer* const> slots,
+                                            int64_t row_elements,
+                                            absl::Span<const int64_t> indices,
+                                            const void* values) = 0;
 
   // Fills `dst` (a variable of `slice_shape` placed at `slice_offset` inside
   // a variable of `full_shape`; offset all zeros and equal shapes for an

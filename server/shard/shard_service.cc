@@ -125,6 +125,18 @@ grpc::ServerUnaryReactor* ShardService::CountUpTo(grpc::CallbackServerContext* c
   return Serve(ctx, [&] { return store_->CountUpTo(*request, response); });
 }
 
+grpc::ServerUnaryReactor* ShardService::ApplyDense(grpc::CallbackServerContext* ctx,
+                                                   const ApplyDenseRequest* request,
+                                                   ApplyDenseResponse* response) {
+  return Serve(ctx, [&] { return store_->ApplyDense(*request, response); });
+}
+
+grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext* ctx,
+                                                    const ApplySparseRequest* request,
+                                                    ApplySparseResponse* response) {
+  return Serve(ctx, [&] { return store_->ApplySparse(*request, response); });
+}
+
 // Streams a variable's value in chunks; one chunk in flight at a time, its
 // buffer reused for the next.
 class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {

@@ -62,6 +62,12 @@ class ShardService final : public Shard::CallbackService {
   grpc::ServerUnaryReactor* CountUpTo(grpc::CallbackServerContext* ctx,
                                       const CountUpToRequest* request,
                                       CountUpToResponse* response) override;
+  grpc::ServerUnaryReactor* ApplyDense(grpc::CallbackServerContext* ctx,
+                                       const ApplyDenseRequest* request,
+                                       ApplyDenseResponse* response) override;
+  grpc::ServerUnaryReactor* ApplySparse(grpc::CallbackServerContext* ctx,
+                                        const ApplySparseRequest* request,
+                                        ApplySparseResponse* response) override;
   grpc::ServerWriteReactor<TensorChunk>* ReadStream(grpc::CallbackServerContext* ctx,
                                                     const ReadStreamRequest* request) override;
   grpc::ServerReadReactor<AssignStreamRequest>* AssignStream(grpc::CallbackServerContext* ctx,

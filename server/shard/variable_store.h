@@ -14,7 +14,8 @@
 // Thread-safety: thread-safe. The name map is guarded by `mu_`; each
 // variable's state by its own reader/writer lock (reads and gathers share it,
 // mutations exclude). No lock is held while another variable's lock is taken,
-// except in InitializeVariables, which takes variable locks in name order.
+// except in InitializeVariables and the optimizer applies, which take
+// variable locks in name order.
 // Streams hold no lock between messages: a streamed read keeps a reference
 // to the value it started from (writers copy on write meanwhile), a streamed
 // assign stages into its own buffer and takes the lock only to commit.
@@ -79,6 +80,13 @@ class VariableStore {
   absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response);
   absl::Status CountUpTo(const CountUpToRequest& request, CountUpToResponse* response);
 
+  // Optimizer updates (TensorFlow's Apply* and SparseApply* training ops):
+  // the variable and its slot variables (and Adam's beta powers, when named)
+  // are all checked, then locked together in name order and updated as one
+  // atomic step; see ApplyDenseRequest / ApplySparseRequest in shard.proto.
+  absl::Status ApplyDense(const ApplyDenseRequest& request, ApplyDenseResponse* response);
+  absl::Status ApplySparse(const ApplySparseRequest& request, ApplySparseResponse* response);
+
   // Streams. Begin* validate the request; the returned object carries the
   // stream's state between messages and holds no lock.
   absl::StatusOr<std::unique_ptr<ReadStreamSource>> BeginReadStream(
@@ -107,6 +115,12 @@ class VariableStore {
   absl::Status AssignOnce(const AssignRequest& request, AssignResponse* response);
   absl::Status ScatterOnce(const ScatterRequest& request, ScatterResponse* response);
   absl::Status CountUpToOnce(const CountUpToRequest& request, CountUpToResponse* response);
+  // The body of ApplyDense (sparse == nullptr) and ApplySparse.
+  struct SparseGradient;
+  absl::Status ApplyOnce(const std::string& name,
+                         const google::protobuf::RepeatedPtrField<std::string>& slots,
+                         const OptimizerSpec& spec, const TensorProto* dense,
+                         const SparseGradient* sparse, uint64_t* version);
 
   Device* const device_;
   const VariableStoreOptions options_;

@@ -1,0 +1,310 @@
+// Session: a trainer's connection to the psd coordinator, playing the role of
+// a TensorFlow graph (DESIGN.md, "Naming model"). Within one session
+// get_variable follows TensorFlow's per-graph rules (scope paths, reuse
+// checks, default names `Variable`, `Variable_1` and `layer`, `layer_1`);
+// across sessions a matching declaration attaches to the existing variable,
+// which is how several trainer processes share parameters. The coordinator
+// applies the rules, so every client behaves identically; this class keeps
+// the scope stack, a pool of ShardClients (one per shard address) for the
+// data ops of its Variables, and closes the session on destruction.
+//
+// Scopes are RAII objects (VariableScope below), TensorFlow's
+// `with tf.variable_scope(...)`:
+//
+//   PSD_ASSIGN_OR_RETURN(auto session, Session::Open("127.0.0.1:7070"));
+//   {
+//     PSD_ASSIGN_OR_RETURN(VariableScope scope,
+//                          VariableScope::Enter(session.get(), "model",
+//                                               {.initializer = init::Zeros()}));
+//     PSD_ASSIGN_OR_RETURN(Variable w, session->GetVariable("w", {.shape = TensorShape{10, 4}}));
+//     captured = scope.captured();  // re-enter it anywhere later
+//   }
+//   PSD_RETURN_IF_ERROR(session->InitializeAllVariables());
+//
+// Thread-safety: the scope stack and default-name counters are per session
+// and thread-compatible (one thread builds the model, as one Python thread
+// builds a graph). GetVariable, the collection queries, initialization and
+// every Variable op are thread-safe.
+#ifndef PSD_CLIENT_SESSION_H_
+#define PSD_CLIENT_SESSION_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "psd/client.h"
+#include "psd/coordinator.pb.h"
+#include "psd/initializers.h"
+#include "psd/tensor.h"
+#include "psd/variable.h"
+
+namespace psd {
+namespace client {
+
+// TensorFlow's GraphKeys.
+inline constexpr char kGlobalVariables[] = "variables";
+inline constexpr char kTrainableVariables[] = "trainable_variables";
+inline constexpr char kLocalVariables[] = "local_variables";
+inline constexpr char kMovingAverageVariables[] = "moving_average_variables";
+
+// Builders of PartitionerSpec: TensorFlow's partitioners, evaluated by the
+// coordinator with TensorFlow's part counts.
+namespace partitioners {
+PartitionerSpec FixedSize(int64_t num_shards, int axis = 0);
+// max_shards <= 0: no limit.
+PartitionerSpec VariableAxisSize(int64_t max_shard_bytes, int axis = 0, int64_t max_shards = 0,
+                                 int64_t bytes_per_string_element = 16);
+PartitionerSpec MinMax(int64_t max_partitions = 1, int axis = 0,
+                       int64_t min_slice_size = 256 << 10,
+                       int64_t bytes_per_string_element = 16);
+}  // namespace partitioners
+
+struct SessionOptions {
+  // Shown in coordinator logs and psctl; default "HOST pid N".
+  std::string client;
+  // Deadline of one coordinator call attempt.
+  absl::Duration coordinator_timeout = absl::Seconds(30);
+  // Coordinator calls that fail with UNAVAILABLE (it is restarting) are
+  // retried for this long, as are handles whose parts' shards have not
+  // registered yet.
+  absl::Duration coordinator_retry_budget = absl::Seconds(30);
+  // Options of the ShardClients the session opens.
+  ClientOptions shard;
+};
+
+// get_variable's arguments. Unset fields come from the current scope.
+struct GetVariableOptions {
+  std::optional<TensorShape> shape;
+  DataType dtype = DT_INVALID;  // unset: the scope's, else float32 on create
+  std::optional<InitializerSpec> initializer;
+  // A constant initial value (shape and dtype come from it; do not also set
+  // `shape`).
+  std::optional<Tensor> initial_value;
+  std::optional<PartitionerSpec> partitioner;
+  // Unset: the scope's reuse. REUSE_FALSE here is an explicit reuse=False.
+  std::optional<Reuse> reuse;
+  std::optional<bool> trainable;  // default true
+  // Empty: ["variables"] (plus "trainable_variables" when trainable).
+  std::vector<std::string> collections;
+  // Run the initializer on the shards right away (TensorFlow creates
+  // variables uninitialized; see Session::InitializeVariables).
+  bool initialize = false;
+  // Where it was declared, for "Originally defined at"; default FILE:LINE
+  // of the call.
+  std::string declared_at;
+};
+
+// tf.Variable(initial_value, name=...): a variable with a default-unique
+// name (`Variable`, `Variable_1`, ... per session) and no reuse.
+struct VariableOptions {
+  std::string name = "Variable";
+  std::optional<bool> trainable;
+  std::vector<std::string> collections;
+  bool initialize = false;
+};
+
+// A variable scope's state: TensorFlow's VariableScope object. Obtained from
+// VariableScope::captured() or Session::current_scope(); re-entering it
+// anywhere (VariableScope::Reenter) names variables under its own path.
+struct CapturedScope {
+  std::string name;  // full path; "" is the root scope
+  Reuse reuse = REUSE_FALSE;
+  std::optional<InitializerSpec> initializer;
+  std::optional<PartitionerSpec> partitioner;
+  DataType dtype = DT_INVALID;
+};
+
+struct ScopeOptions {
+  // REUSE_TRUE / REUSE_AUTO turn reuse on; reuse is inherited from the
+  // enclosing scope and never undone (REUSE_FALSE or unset keep the
+  // parent's).
+  std::optional<Reuse> reuse;
+  // Defaults for get_variable inside; unset: inherited.
+  std::optional<InitializerSpec> initializer;
+  std::optional<PartitionerSpec> partitioner;
+  DataType dtype = DT_INVALID;
+};
+
+class VariableScope;
+
+class Session {
+ public:
+  // Connects to the coordinator at `address` and opens a session
+  // (FAILED_PRECONDITION on a protocol version mismatch).
+  static absl::StatusOr<std::unique_ptr<Session>> Open(const std::string& address,
+                                                       const SessionOptions& options = {});
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  // Closes the session with the coordinator (variables stay).
+  ~Session();
+
+  uint64_t id() const;
+  const std::string& coordinator_address() const;
+
+  // tf.get_variable: `name` is prefixed with the current scope's path.
+  absl::StatusOr<Variable> GetVariable(const std::string& name,
+                                       const GetVariableOptions& options = {},
+                                       const char* file = __builtin_FILE(),
+                                       int line = __builtin_LINE());
+  // Many get_variable calls in one coordinator round trip (one fsync), all
+  // or none: for models with thousands of variables.
+  absl::StatusOr<std::vector<Variable>> GetVariables(
+      const std::vector<std::pair<std::string, GetVariableOptions>>& declarations,
+      const char* file = __builtin_FILE(), int line = __builtin_LINE());
+  // tf.Variable(initial_value, name=...).
+  absl::StatusOr<Variable> CreateVariable(const Tensor& initial_value,
+                                          const VariableOptions& options = {},
+                                          const char* file = __builtin_FILE(),
+                                          int line = __builtin_LINE());
+  // A variable by full name, without this session's naming rules (admin
+  // tools, tests).
+  absl::StatusOr<Variable> LookupVariable(const std::string& full_name);
+
+  // Variables in `collection` ("" = all) in creation order.
+  absl::StatusOr<std::vector<Variable>> ListVariables(const std::string& collection = "");
+  absl::StatusOr<std::vector<Variable>> GlobalVariables() { return ListVariables(kGlobalVariables); }
+  absl::StatusOr<std::vector<Variable>> TrainableVariables() {
+    return ListVariables(kTrainableVariables);
+  }
+  absl::StatusOr<std::vector<Variable>> LocalVariables() { return ListVariables(kLocalVariables); }
+
+  // tf.variables_initializer(list): runs the initializers on the shards in
+  // parallel (one InitializeVariables call per shard). Initialized parts are
+  // left alone unless `force`.
+  absl::Status InitializeVariables(const std::vector<Variable>& variables, bool force = false);
+  // Global and local variables.
+  absl::Status InitializeAllVariables();
+  // tf.report_uninitialized_variables: the names among `variables` (all
+  // when empty) with an uninitialized part, in list order.
+  absl::StatusOr<std::vector<std::string>> ReportUninitializedVariables(
+      const std::vector<Variable>& variables = {});
+  // Waits until every one of `variables` is initialized (a non-chief
+  // trainer waiting for the chief); DEADLINE_EXCEEDED naming the missing
+  // ones after `timeout`.
+  absl::Status WaitForInitialized(const std::vector<Variable>& variables, absl::Duration timeout);
+
+  // The current variable scope (the root scope outside any VariableScope).
+  CapturedScope current_scope() const;
+  // scope.reuse_variables() on the current scope (the root scope included).
+  void ReuseVariables();
+
+  // Admin: the coordinator's view of the shards.
+  absl::StatusOr<ListShardsResponse> ListShards();
+  // Admin: deletes a variable (and its parts on the shards).
+  absl::Status DeleteVariable(const std::string& full_name);
+
+  // The implementation (client/src/session_impl.h); opaque to users.
+  class Impl;
+
+ private:
+  friend class VariableScope;
+  explicit Session(std::unique_ptr<Impl> impl);
+
+  const std::unique_ptr<Impl> impl_;
+};
+
+// tf.variable_scope as an RAII object: entering pushes a scope on the
+// session's stack, destruction (or Exit) pops it. Scopes must be exited in
+// reverse order of entry. Invalid names ("_" at the root, ...) are refused
+// by the coordinator with INVALID_ARGUMENT, as TensorFlow raises ValueError.
+class VariableScope {
+ public:
+  // variable_scope("name"): the scope `parent/name`.
+  static absl::StatusOr<VariableScope> Enter(Session* session, const std::string& name,
+                                             const ScopeOptions& options = {});
+  // variable_scope(None, default_name="layer"): `layer`, `layer_1`, ... per
+  // session (REUSE_TRUE is refused, as in TensorFlow).
+  static absl::StatusOr<VariableScope> EnterDefault(Session* session,
+                                                    const std::string& default_name,
+                                                    const ScopeOptions& options = {});
+  // variable_scope(captured_scope): names under the captured scope's own
+  // path wherever it is re-entered; its reuse and defaults apply unless
+  // `options` overrides them.
+  static absl::StatusOr<VariableScope> Reenter(Session* session, const CapturedScope& scope,
+                                               const ScopeOptions& options = {});
+
+  VariableScope(VariableScope&& other) noexcept;
+  VariableScope& operator=(VariableScope&&) = delete;
+  VariableScope(const VariableScope&) = delete;
+  ~VariableScope();
+
+  // Leaves the scope now (the destructor does nothing afterwards).
+  absl::Status Exit();
+
+  const std::string& name() const { return scope_.name; }
+  // The scope's state as of now (reuse_variables included).
+  CapturedScope captured() const;
+  // scope.reuse_variables().
+  void reuse_variables();
+
+ private:
+  VariableScope(Session* session, CapturedScope scope, size_t depth)
+      : session_(session), scope_(std::move(scope)), depth_(depth) {}
+
+  Session* session_ = nullptr;  // null once exited or moved from
+  CapturedScope scope_;
+  size_t depth_ = 0;  // position on the session's stack
+};
+
+// tf.make_template: a callable whose first call runs `fn` inside a new
+// default-named scope (`name`, `name_1`, ...) and captures it; every later
+// call re-enters that scope with reuse, so the variables are created once
+// and shared after. `fn` returns absl::Status or absl::StatusOr<T>; so does
+// the template.
+//
+//   auto dense = MakeTemplate(session, "dense", [&](const Tensor& x) -> absl::StatusOr<Tensor> {
+//     PSD_ASSIGN_OR_RETURN(Variable w, session->GetVariable("w", {.shape = TensorShape{4, 4}}));
+//     return w.Read();
+//   });
+//   dense(x);  // creates dense/w
+//   dense(y);  // reuses dense/w
+//
+// Thread-compatible, like the session's scope stack.
+template <typename Fn>
+class Template {
+ public:
+  Template(Session* session, std::string name, Fn fn)
+      : session_(session), name_(std::move(name)), fn_(std::move(fn)) {}
+
+  template <typename... Args>
+  auto operator()(Args&&... args) -> std::invoke_result_t<Fn&, Args...> {
+    ScopeOptions reuse;
+    reuse.reuse = REUSE_TRUE;
+    absl::StatusOr<VariableScope> scope = scope_.has_value()
+                                              ? VariableScope::Reenter(session_, *scope_, reuse)
+                                              : VariableScope::EnterDefault(session_, name_);
+    if (!scope.ok()) return scope.status();
+    if (!scope_.has_value()) scope_ = scope->captured();
+    auto result = fn_(std::forward<Args>(args)...);
+    absl::Status exited = scope->Exit();
+    if (!exited.ok()) return exited;
+    return result;
+  }
+
+  // The captured scope; unset before the first call.
+  const std::optional<CapturedScope>& variable_scope() const { return scope_; }
+
+ private:
+  Session* const session_;
+  const std::string name_;
+  Fn fn_;
+  std::optional<CapturedScope> scope_;
+};
+
+template <typename Fn>
+Template<Fn> MakeTemplate(Session* session, std::string name, Fn fn) {
+  return Template<Fn>(session, std::move(name), std::move(fn));
+}
+
+}  // namespace client
+}  // namespace psd
+
+#endif  // PSD_CLIENT_SESSION_H_

@@ -1,0 +1,294 @@
+// `psctl status` and `psctl vars list|show|get`: the coordinator's view of
+// the cluster and its variables. status, list and show ask the coordinator
+// (and, for show, each part's shard) without opening a session; get reads
+// the value through a short-lived client session, which concatenates a
+// partitioned variable's parts.
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "commands.h"
+#include "grpcpp/grpcpp.h"
+#include "output.h"
+#include "psd/client.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/dtype.h"
+#include "psd/grpc_status.h"
+#include "psd/session.h"
+
+namespace psctl {
+namespace {
+
+std::unique_ptr<psd::Coordinator::Stub> Stub(const Context& ctx) {
+  return psd::Coordinator::NewStub(
+      grpc::CreateChannel(ctx.coordinator, grpc::InsecureChannelCredentials()));
+}
+
+template <typename Req, typename Resp>
+absl::Status Call(const Context& ctx,
+                  grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                                 Resp*),
+                  const Req& req, Resp* resp) {
+  auto stub = Stub(ctx);
+  grpc::ClientContext cctx;
+  cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  absl::Status s = psd::FromGrpcStatus(((*stub).*method)(&cctx, req, resp));
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
+  }
+  return s;
+}
+
+std::string Bytes(int64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(n, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+std::string ShapeText(const psd::TensorShapeProto& s) {
+  return absl::StrCat("[", absl::StrJoin(s.dims(), ","), "]");
+}
+std::string ShapeJson(const psd::TensorShapeProto& s) { return ShapeText(s); }
+
+void RunStatus(Context* ctx) {
+  psd::ListShardsResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::ListShards, psd::ListShardsRequest(), &resp);
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::string out = absl::StrCat("{\"coordinator\":", JsonString(ctx->coordinator),
+                                   ",\"variables\":", resp.num_variables(),
+                                   ",\"sessions\":", resp.num_sessions(), ",\"shards\":[");
+    for (int i = 0; i < resp.shards_size(); ++i) {
+      const psd::ShardStatus& sh = resp.shards(i);
+      absl::StrAppend(&out, i > 0 ? "," : "", "{\"id\":", sh.shard_id(),
+                      ",\"address\":", JsonString(sh.address()), ",\"live\":",
+                      sh.live() ? "true" : "false", ",\"incarnation\":",
+                      JsonString(absl::StrFormat("%016x", sh.incarnation())),
+                      ",\"device\":", JsonString(sh.device()),
+                      ",\"variables\":", sh.num_variables(), ",\"placed_parts\":", sh.placed_parts(),
+                      ",\"placed_bytes\":", sh.placed_bytes(),
+                      ",\"memory_used_bytes\":", sh.memory_used_bytes(),
+                      ",\"memory_limit_bytes\":", sh.memory_limit_bytes(),
+                      ",\"lost_parts\":", sh.lost_parts(),
+                      ",\"millis_since_heartbeat\":", sh.millis_since_heartbeat(), "}");
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return;
+  }
+  std::string out = absl::StrCat("coordinator ", ctx->coordinator, ": ", resp.num_variables(),
+                                 " variables, ", resp.num_sessions(), " open sessions, ",
+                                 resp.shards_size(), " shards\n");
+  std::vector<std::vector<std::string>> rows = {{"SHARD", "ADDRESS", "LIVE", "INCARNATION",
+                                                 "DEVICE", "VARIABLES", "PARTS", "BYTES", "MEMORY",
+                                                 "LOST", "HEARTBEAT"}};
+  for (const psd::ShardStatus& sh : resp.shards()) {
+    rows.push_back({std::to_string(sh.shard_id()), sh.address(), sh.live() ? "yes" : "NO",
+                    absl::StrFormat("%016x", sh.incarnation()), sh.device(),
+                    std::to_string(sh.num_variables()), std::to_string(sh.placed_parts()),
+                    Bytes(sh.placed_bytes()),
+                    sh.memory_limit_bytes() > 0
+                        ? absl::StrCat(Bytes(sh.memory_used_bytes()), " / ",
+                                       Bytes(sh.memory_limit_bytes()))
+                        : Bytes(sh.memory_used_bytes()),
+                    std::to_string(sh.lost_parts()),
+                    absl::StrCat(sh.millis_since_heartbeat(), " ms ago")});
+  }
+  out += FormatTable(rows);
+  std::fputs(out.c_str(), stdout);
+}
+
+std::string Partitioning(const psd::VariableHandle& h) {
+  if (!h.partitioned()) return "-";
+  return absl::StrCat(h.parts_size(), " parts on axis ", h.partition_axis());
+}
+
+void RunList(const std::string& collection, Context* ctx) {
+  psd::CoordinatorListVariablesRequest req;
+  req.set_collection(collection);
+  psd::CoordinatorListVariablesResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::ListVariables, req, &resp);
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::string out = "{\"variables\":[";
+    for (int i = 0; i < resp.variables_size(); ++i) {
+      const auto& h = resp.variables(i);
+      std::vector<std::string> colls;
+      for (const auto& c : h.collections()) colls.push_back(JsonString(c));
+      int lost = 0;
+      for (const auto& p : h.parts()) lost += p.lost() ? 1 : 0;
+      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.name()),
+                      ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
+                      ",\"shape\":", ShapeJson(h.shape()), ",\"parts\":", h.parts_size(),
+                      ",\"lost_parts\":", lost, ",\"trainable\":", h.trainable() ? "true" : "false",
+                      ",\"collections\":[", absl::StrJoin(colls, ","), "]}");
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "DTYPE", "SHAPE", "PARTITIONING", "TRAINABLE", "COLLECTIONS"}};
+  for (const auto& h : resp.variables()) {
+    rows.push_back({h.name(), psd::DataTypeName(h.dtype()), ShapeText(h.shape()), Partitioning(h),
+                    h.trainable() ? "yes" : "no", absl::StrJoin(h.collections(), ",")});
+  }
+  std::string out = absl::StrCat(resp.variables_size(), " variables",
+                                 collection.empty() ? "" : absl::StrCat(" in ", collection), "\n");
+  out += FormatTable(rows);
+  std::fputs(out.c_str(), stdout);
+}
+
+std::string PartitioningText(const psd::VariableHandle& h) {
+  return absl::StrCat(h.parts_size(), " parts along axis ", h.partition_axis(), " (partitions [",
+                      absl::StrJoin(h.partitions(), ", "), "])");
+}
+
+void RunShow(const std::string& name, Context* ctx) {
+  psd::LookupVariableRequest req;
+  req.set_name(name);
+  psd::LookupVariableResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::LookupVariable, req, &resp);
+  if (!s.ok()) return Fail(ctx, s);
+  const psd::VariableHandle& h = resp.handle();
+  // Each part's state as its shard reports it.
+  std::vector<std::string> state(h.parts_size());
+  std::map<std::string, std::unique_ptr<psd::client::ShardClient>> shards;
+  for (int i = 0; i < h.parts_size(); ++i) {
+    const auto& p = h.parts(i);
+    if (p.lost()) {
+      state[i] = "lost";
+      continue;
+    }
+    if (p.shard_address().empty()) {
+      state[i] = "shard not registered";
+      continue;
+    }
+    auto& client = shards[p.shard_address()];
+    if (client == nullptr) {
+      psd::client::ClientOptions o;
+      o.timeout = absl::Seconds(5);
+      o.max_attempts = 1;
+      auto c = psd::client::ShardClient::Connect(p.shard_address(), o);
+      if (!c.ok()) {
+        state[i] = absl::StrCat("unreachable (", absl::StatusCodeToString(c.status().code()), ")");
+        continue;
+      }
+      client = *std::move(c);
+    }
+    auto info = client->Lookup(p.name());
+    state[i] = !info.ok() ? absl::StatusCodeToString(info.status().code())
+                          : (info->initialized ? "initialized" : "uninitialized");
+  }
+  if (ctx->json) {
+    std::vector<std::string> colls;
+    for (const auto& c : h.collections()) colls.push_back(JsonString(c));
+    std::string out = absl::StrCat(
+        "{\"name\":", JsonString(h.name()), ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
+        ",\"shape\":", ShapeJson(h.shape()), ",\"partitioned\":", h.partitioned() ? "true" : "false",
+        ",\"partition_axis\":", h.partition_axis(), ",\"trainable\":",
+        h.trainable() ? "true" : "false", ",\"collections\":[", absl::StrJoin(colls, ","),
+        "],\"declared_at\":", JsonString(h.declared_at()), ",\"parts\":[");
+    for (int i = 0; i < h.parts_size(); ++i) {
+      const auto& p = h.parts(i);
+      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
+                      ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[",
+                      absl::StrJoin(p.offset(), ","), "],\"shard\":", p.shard_id(),
+                      ",\"address\":", JsonString(p.shard_address()),
+                      ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
+                      "}");
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return;
+  }
+  std::string out = absl::StrCat(
+      h.name(), "\n  dtype:        ", psd::DataTypeName(h.dtype()), "\n  shape:        ",
+      ShapeText(h.shape()), "\n  partitioning: ",
+      h.partitioned() ? PartitioningText(h) : std::string("none"),
+      "\n  trainable:    ", h.trainable() ? "yes" : "no",
+      "\n  collections:  ", absl::StrJoin(h.collections(), ", "),
+      "\n  declared at:  ", h.declared_at().empty() ? "-" : h.declared_at(), "\n");
+  std::vector<std::vector<std::string>> rows = {{"PART", "SHAPE", "OFFSET", "SHARD", "ADDRESS", "STATE"}};
+  for (int i = 0; i < h.parts_size(); ++i) {
+    const auto& p = h.parts(i);
+    rows.push_back({p.name(), ShapeText(p.shape()), absl::StrCat("[", absl::StrJoin(p.offset(), ","), "]"),
+                    std::to_string(p.shard_id()), p.shard_address(), state[i]});
+  }
+  out += FormatTable(rows);
+  std::fputs(out.c_str(), stdout);
+}
+
+void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
+  psd::client::SessionOptions o;
+  o.client = "psctl vars get";
+  o.coordinator_retry_budget = absl::Seconds(5);
+  o.shard.max_attempts = 2;
+  auto session = psd::client::Session::Open(ctx->coordinator, o);
+  if (!session.ok()) return Fail(ctx, session.status());
+  auto v = (*session)->LookupVariable(name);
+  if (!v.ok()) return Fail(ctx, v.status());
+  auto value = v->Read();
+  if (!value.ok()) return Fail(ctx, value.status());
+  const int64_t n = value->num_elements();
+  const auto elems = FormatElements(*value, max_values, ctx->json, ctx->json ? -1 : 64);
+  if (ctx->json) {
+    std::printf("{\"name\":%s,\"dtype\":%s,\"shape\":[%s],\"values\":[%s],\"values_truncated\":%s}\n",
+                JsonString(name).c_str(), JsonString(psd::DataTypeName(value->dtype())).c_str(),
+                absl::StrJoin(value->shape().dims(), ",").c_str(),
+                absl::StrJoin(elems, ",").c_str(),
+                static_cast<int64_t>(elems.size()) < n ? "true" : "false");
+    return;
+  }
+  std::string shown = absl::StrJoin(elems, ", ");
+  if (static_cast<int64_t>(elems.size()) < n) {
+    absl::StrAppend(&shown, ", ... (", n - static_cast<int64_t>(elems.size()), " more)");
+  }
+  std::printf("%s %s%s = {%s}\n", name.c_str(), psd::DataTypeName(value->dtype()).c_str(),
+              value->shape().ToString().c_str(), shown.c_str());
+}
+
+}  // namespace
+
+void AddClusterCommands(CLI::App* app, Context* ctx) {
+  CLI::App* status = app->add_subcommand("status", "The coordinator and its shards");
+  status->fallthrough();
+  status->callback([ctx] { RunStatus(ctx); });
+
+  CLI::App* vars = app->add_subcommand("vars", "Variables in the registry");
+  vars->require_subcommand(1);
+  vars->fallthrough();
+  auto collection = std::make_shared<std::string>();
+  CLI::App* list = vars->add_subcommand("list", "List variables (in creation order)");
+  list->fallthrough();
+  list->add_option("--collection", *collection,
+                   "Only this collection (variables, trainable_variables, local_variables, ...)");
+  list->callback([ctx, collection] { RunList(*collection, ctx); });
+
+  auto name = std::make_shared<std::string>();
+  CLI::App* show = vars->add_subcommand(
+      "show", "A variable's dtype, shape, partitioning, and parts with their shards and state");
+  show->fallthrough();
+  show->add_option("name", *name, "Full variable name (scope/v)")->required();
+  show->callback([ctx, name] { RunShow(*name, ctx); });
+
+  auto get_name = std::make_shared<std::string>();
+  auto max_values = std::make_shared<int64_t>(20);
+  CLI::App* get = vars->add_subcommand("get", "A variable's values (abbreviated)");
+  get->fallthrough();
+  get->add_option("name", *get_name, "Full variable name")->required();
+  get->add_option("--max-values", *max_values, "Values shown; -1 for all")->capture_default_str();
+  get->callback([ctx, get_name, max_values] { RunGet(*get_name, *max_values, ctx); });
+}
+
+}  // namespace psctl

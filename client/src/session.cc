@@ -1,0 +1,588 @@
+#include "psd/session.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <future>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/grpc_status.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+#include "session_impl.h"
+
+namespace psd {
+namespace client {
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+bool IsStaleHandle(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kAborted &&
+         absl::StrContains(status.message(), "stale handle");
+}
+
+std::vector<absl::Status> RunParallel(size_t n, const std::function<absl::Status(size_t)>& fn) {
+  std::vector<absl::Status> out(n);
+  if (n == 0) return out;
+  std::vector<std::future<absl::Status>> pending;
+  for (size_t i = 1; i < n; ++i) pending.push_back(std::async(std::launch::async, fn, i));
+  out[0] = fn(0);
+  for (size_t i = 1; i < n; ++i) out[i] = pending[i - 1].get();
+  return out;
+}
+
+namespace partitioners {
+
+PartitionerSpec FixedSize(int64_t num_shards, int axis) {
+  PartitionerSpec spec;
+  spec.mutable_fixed_size()->set_num_shards(num_shards);
+  spec.mutable_fixed_size()->set_axis(axis);
+  return spec;
+}
+
+PartitionerSpec VariableAxisSize(int64_t max_shard_bytes, int axis, int64_t max_shards,
+                                 int64_t bytes_per_string_element) {
+  PartitionerSpec spec;
+  auto* p = spec.mutable_variable_axis_size();
+  p->set_max_shard_bytes(max_shard_bytes);
+  p->set_axis(axis);
+  p->set_bytes_per_string_element(bytes_per_string_element);
+  if (max_shards > 0) p->set_max_shards(max_shards);
+  return spec;
+}
+
+PartitionerSpec MinMax(int64_t max_partitions, int axis, int64_t min_slice_size,
+                       int64_t bytes_per_string_element) {
+  PartitionerSpec spec;
+  auto* p = spec.mutable_min_max();
+  p->set_max_partitions(max_partitions);
+  p->set_axis(axis);
+  p->set_min_slice_size(min_slice_size);
+  p->set_bytes_per_string_element(bytes_per_string_element);
+  return spec;
+}
+
+}  // namespace partitioners
+
+// ---------------------------------------------------------------------------
+// Session::Impl
+
+template <typename Req, typename Resp>
+absl::Status Session::Impl::Call(grpc::Status (Coordinator::Stub::*method)(grpc::ClientContext*,
+                                                                          const Req&, Resp*),
+                                 const Req& request, Resp* response) {
+  const absl::Time give_up = absl::Now() + options_.coordinator_retry_budget;
+  absl::Duration backoff = absl::Milliseconds(50);
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.coordinator_timeout));
+    // A coordinator being restarted refuses connections for a while: wait
+    // for it instead of failing at once.
+    ctx.set_wait_for_ready(true);
+    absl::Status s = FromGrpcStatus(((*stub_).*method)(&ctx, request, response));
+    const bool retry = s.code() == absl::StatusCode::kUnavailable ||
+                       (s.code() == absl::StatusCode::kDeadlineExceeded && absl::Now() < give_up);
+    if (!retry || absl::Now() + backoff > give_up) {
+      if (!s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrCat("coordinator ", address_, ": ", s.message()));
+      }
+      return s;
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+}
+
+absl::StatusOr<VariableHandle> Session::Impl::EnsureAddressed(VariableHandle handle) {
+  const absl::Time give_up = absl::Now() + options_.coordinator_retry_budget;
+  while (true) {
+    bool ready = true;
+    for (const PartHandle& p : handle.parts()) ready = ready && !p.shard_address().empty();
+    if (ready) return handle;
+    if (absl::Now() > give_up) {
+      for (const PartHandle& p : handle.parts()) {
+        if (p.shard_address().empty()) {
+          return absl::UnavailableError(
+              absl::StrCat("variable ", handle.name(), ": part ", p.name(), " is on shard ",
+                           p.shard_id(), ", which is not registered with the coordinator"));
+        }
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+    LookupVariableRequest req;
+    req.set_name(handle.name());
+    LookupVariableResponse resp;
+    PSD_RETURN_IF_ERROR(Call(&Coordinator::Stub::LookupVariable, req, &resp));
+    handle = resp.handle();
+  }
+}
+
+absl::StatusOr<VariableHandle> Session::Impl::Lookup(const std::string& name) {
+  LookupVariableRequest req;
+  req.set_name(name);
+  LookupVariableResponse resp;
+  PSD_RETURN_IF_ERROR(Call(&Coordinator::Stub::LookupVariable, req, &resp));
+  return EnsureAddressed(resp.handle());
+}
+
+Variable Session::Impl::MakeVariable(VariableHandle handle) {
+  auto state = std::make_shared<internal::VariableState>();
+  state->session = this;
+  state->name = handle.name();
+  state->handle = std::move(handle);
+  return internal::VariableState::Wrap(std::move(state));
+}
+
+absl::StatusOr<std::shared_ptr<ShardClient>> Session::Impl::ShardFor(const PartHandle& part) {
+  const std::string& address = part.shard_address();
+  {
+    absl::MutexLock lock(&pool_mu_);
+    auto it = pool_.find(address);
+    if (it != pool_.end() && it->second->info().incarnation == part.shard_incarnation()) {
+      return it->second;
+    }
+  }
+  // Connect outside the lock (it may wait for the shard to come up).
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> fresh,
+                       ShardClient::Connect(address, options_.shard));
+  std::shared_ptr<ShardClient> client(std::move(fresh));
+  absl::MutexLock lock(&pool_mu_);
+  auto& slot = pool_[address];
+  if (slot == nullptr || slot->info().incarnation != client->info().incarnation) slot = client;
+  if (slot->info().incarnation != part.shard_incarnation()) {
+    return absl::AbortedError(absl::StrCat(
+        "stale handle: part ", part.name(), " was placed on shard ", part.shard_id(), " (",
+        address, ") incarnation ", part.shard_incarnation(), ", but that shard is incarnation ",
+        slot->info().incarnation, " now"));
+  }
+  return slot;
+}
+
+// ---------------------------------------------------------------------------
+// Session
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Session::~Session() {
+  CloseSessionRequest req;
+  req.set_session_id(impl_->id_);
+  CloseSessionResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  (void)impl_->stub_->CloseSession(&ctx, req, &resp);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Open(const std::string& address,
+                                                       const SessionOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.shard.max_message_bytes);
+  args.SetMaxSendMessageSize(options.shard.max_message_bytes);
+  // Reconnect quickly after a coordinator restart.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  SessionOptions opts = options;
+  if (opts.client.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    opts.client = absl::StrCat(host, " pid ", getpid());
+  }
+  auto impl = std::make_unique<Impl>(address, opts, Coordinator::NewStub(channel));
+  OpenSessionRequest req;
+  req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+  req.set_client(opts.client);
+  OpenSessionResponse resp;
+  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::OpenSession, req, &resp));
+  impl->id_ = resp.session_id();
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+uint64_t Session::id() const { return impl_->id_; }
+const std::string& Session::coordinator_address() const { return impl_->address_; }
+
+namespace {
+
+std::string JoinPath(const std::string& scope, const std::string& name) {
+  return scope.empty() ? name : absl::StrCat(scope, "/", name);
+}
+
+VariableDeclaration MakeDeclaration(const CapturedScope& scope, const std::string& name,
+                                    const GetVariableOptions& o, const char* file, int line) {
+  VariableDeclaration d;
+  d.set_name(JoinPath(scope.name, name));
+  d.set_dtype(o.dtype != DT_INVALID ? o.dtype : scope.dtype);
+  if (o.shape.has_value()) ShapeToProto(*o.shape, d.mutable_shape());
+  if (o.initial_value.has_value()) {
+    TensorToProto(*o.initial_value, d.mutable_initial_value());
+  } else if (o.initializer.has_value()) {
+    *d.mutable_initializer() = *o.initializer;
+  } else if (scope.initializer.has_value()) {
+    *d.mutable_initializer() = *scope.initializer;
+  }
+  if (o.partitioner.has_value()) {
+    *d.mutable_partitioner() = *o.partitioner;
+  } else if (scope.partitioner.has_value()) {
+    *d.mutable_partitioner() = *scope.partitioner;
+  }
+  d.set_reuse(o.reuse.has_value() ? *o.reuse : scope.reuse);
+  if (o.trainable.has_value()) d.set_trainable(*o.trainable);
+  for (const std::string& c : o.collections) d.add_collections(c);
+  d.set_initialize(o.initialize);
+  d.set_declared_at(!o.declared_at.empty() ? o.declared_at : absl::StrCat(file, ":", line));
+  return d;
+}
+
+}  // namespace
+
+absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
+                                              const GetVariableOptions& options, const char* file,
+                                              int line) {
+  GetVariableRequest req;
+  req.set_session_id(impl_->id_);
+  *req.mutable_declaration() =
+      MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
+  GetVariableResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::GetVariable, req, &resp));
+  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handle()));
+  return impl_->MakeVariable(std::move(handle));
+}
+
+absl::StatusOr<std::vector<Variable>> Session::GetVariables(
+    const std::vector<std::pair<std::string, GetVariableOptions>>& declarations, const char* file,
+    int line) {
+  DeclareVariablesRequest req;
+  req.set_session_id(impl_->id_);
+  for (const auto& [name, options] : declarations) {
+    *req.add_declarations() =
+        MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
+  }
+  DeclareVariablesResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::DeclareVariables, req, &resp));
+  std::vector<Variable> out;
+  for (const VariableHandle& h : resp.handles()) {
+    PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(h));
+    out.push_back(impl_->MakeVariable(std::move(handle)));
+  }
+  return out;
+}
+
+absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
+                                                 const VariableOptions& options, const char* file,
+                                                 int line) {
+  UniqueVariableNameRequest ureq;
+  ureq.set_session_id(impl_->id_);
+  ureq.set_name(JoinPath(impl_->stack_.back().scope.name,
+                         options.name.empty() ? std::string("Variable") : options.name));
+  ureq.set_mark_as_used(true);
+  UniqueVariableNameResponse uresp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::UniqueVariableName, ureq, &uresp));
+
+  GetVariableOptions o;
+  o.initial_value = initial_value;
+  o.reuse = REUSE_FALSE;
+  o.trainable = options.trainable;
+  o.collections = options.collections;
+  o.initialize = options.initialize;
+  GetVariableRequest req;
+  req.set_session_id(impl_->id_);
+  // The unique name is already a full name: declare it from the root, and
+  // without the scope's defaults (tf.Variable ignores them).
+  *req.mutable_declaration() = MakeDeclaration(CapturedScope{}, uresp.name(), o, file, line);
+  GetVariableResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::GetVariable, req, &resp));
+  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handle()));
+  return impl_->MakeVariable(std::move(handle));
+}
+
+absl::StatusOr<Variable> Session::LookupVariable(const std::string& full_name) {
+  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->Lookup(full_name));
+  return impl_->MakeVariable(std::move(handle));
+}
+
+absl::StatusOr<std::vector<Variable>> Session::ListVariables(const std::string& collection) {
+  CoordinatorListVariablesRequest req;
+  req.set_collection(collection);
+  CoordinatorListVariablesResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::ListVariables, req, &resp));
+  std::vector<Variable> out;
+  for (const VariableHandle& h : resp.variables()) out.push_back(impl_->MakeVariable(h));
+  return out;
+}
+
+namespace {
+
+// Part names of `variables`, grouped by the shard (address) holding them.
+struct ShardGroup {
+  PartHandle first;  // any part on the shard (for ShardFor)
+  std::vector<std::string> names;
+};
+
+absl::StatusOr<std::map<std::string, ShardGroup>> GroupPartsByShard(
+    Session::Impl* impl, const std::vector<Variable>& variables) {
+  std::map<std::string, ShardGroup> groups;
+  for (const Variable& v : variables) {
+    PSD_ASSIGN_OR_RETURN(VariableHandle h, impl->EnsureAddressed(v.handle()));
+    for (const PartHandle& p : h.parts()) {
+      if (p.lost()) {
+        return absl::UnavailableError(absl::StrCat("part ", p.name(), " of variable ", h.name(),
+                                                   " is lost: shard ", p.shard_id(), " (",
+                                                   p.shard_address(),
+                                                   ") restarted without it; restore it"));
+      }
+      ShardGroup& g = groups[p.shard_address()];
+      if (g.names.empty()) g.first = p;
+      g.names.push_back(p.name());
+    }
+  }
+  return groups;
+}
+
+// Runs fn once per shard of `variables`' parts in parallel; after a stale
+// handle, refreshes every variable and runs once more.
+absl::Status ForShards(Session::Impl* impl, const std::vector<Variable>& variables,
+                       const std::function<absl::Status(ShardClient&, const ShardGroup&)>& fn) {
+  for (int attempt = 0;; ++attempt) {
+    PSD_ASSIGN_OR_RETURN(auto groups, GroupPartsByShard(impl, variables));
+    std::vector<const ShardGroup*> list;
+    for (const auto& [address, g] : groups) list.push_back(&g);
+    std::vector<absl::Status> statuses = RunParallel(list.size(), [&](size_t i) -> absl::Status {
+      PSD_ASSIGN_OR_RETURN(auto shard, impl->ShardFor(list[i]->first));
+      return fn(*shard, *list[i]);
+    });
+    absl::Status first;
+    bool stale = false;
+    for (const absl::Status& s : statuses) {
+      stale = stale || IsStaleHandle(s);
+      if (first.ok()) first = s;
+    }
+    if (!stale || attempt > 0) return first;
+    for (Variable v : variables) PSD_RETURN_IF_ERROR(v.Refresh());
+  }
+}
+
+}  // namespace
+
+absl::Status Session::InitializeVariables(const std::vector<Variable>& variables, bool force) {
+  return ForShards(impl_.get(), variables, [&](ShardClient& shard, const ShardGroup& g) {
+    return shard.Initialize(g.names, force);
+  });
+}
+
+absl::Status Session::InitializeAllVariables() {
+  PSD_ASSIGN_OR_RETURN(std::vector<Variable> all, ListVariables(""));
+  std::vector<Variable> wanted;
+  for (const Variable& v : all) {
+    const auto c = v.collections();
+    if (std::find(c.begin(), c.end(), kGlobalVariables) != c.end() ||
+        std::find(c.begin(), c.end(), kLocalVariables) != c.end()) {
+      wanted.push_back(v);
+    }
+  }
+  return InitializeVariables(wanted);
+}
+
+absl::StatusOr<std::vector<std::string>> Session::ReportUninitializedVariables(
+    const std::vector<Variable>& variables) {
+  std::vector<Variable> list = variables;
+  if (list.empty()) {
+    PSD_ASSIGN_OR_RETURN(list, GlobalVariables());
+  }
+  absl::Mutex mu;
+  std::set<std::string> uninitialized;  // part names
+  PSD_RETURN_IF_ERROR(
+      ForShards(impl_.get(), list, [&](ShardClient& shard, const ShardGroup& g) -> absl::Status {
+        PSD_ASSIGN_OR_RETURN(std::vector<std::string> names, shard.ReportUninitialized(g.names));
+        absl::MutexLock lock(&mu);
+        uninitialized.insert(names.begin(), names.end());
+        return absl::OkStatus();
+      }));
+  std::vector<std::string> out;
+  for (const Variable& v : list) {
+    for (const PartInfo& p : v.parts()) {
+      if (uninitialized.count(p.name) > 0) {
+        out.push_back(v.name());
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+absl::Status Session::WaitForInitialized(const std::vector<Variable>& variables,
+                                         absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Duration pause = absl::Milliseconds(20);
+  std::vector<Variable> pending = variables;
+  while (true) {
+    PSD_ASSIGN_OR_RETURN(std::vector<std::string> missing, ReportUninitializedVariables(pending));
+    if (missing.empty()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("variables not initialized after ", absl::FormatDuration(timeout), ": ",
+                       absl::StrJoin(missing, ", ")));
+    }
+    std::vector<Variable> still;
+    for (const Variable& v : pending) {
+      if (std::find(missing.begin(), missing.end(), v.name()) != missing.end()) still.push_back(v);
+    }
+    pending = std::move(still);
+    absl::SleepFor(std::min(pause, deadline - absl::Now()));
+    pause = std::min(pause * 2, absl::Milliseconds(500));
+  }
+}
+
+CapturedScope Session::current_scope() const { return impl_->stack_.back().scope; }
+
+void Session::ReuseVariables() { impl_->stack_.back().scope.reuse = REUSE_TRUE; }
+
+absl::StatusOr<ListShardsResponse> Session::ListShards() {
+  ListShardsResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::ListShards, ListShardsRequest(), &resp));
+  return resp;
+}
+
+absl::Status Session::DeleteVariable(const std::string& full_name) {
+  CoordinatorDeleteVariableRequest req;
+  req.set_name(full_name);
+  CoordinatorDeleteVariableResponse resp;
+  return impl_->Call(&Coordinator::Stub::DeleteVariable, req, &resp);
+}
+
+// ---------------------------------------------------------------------------
+// VariableScope
+
+namespace {
+
+// reuse is inherited and never undone: only TRUE / AUTO change it.
+Reuse MergeReuse(Reuse inherited, const std::optional<Reuse>& requested) {
+  if (requested.has_value() && *requested != REUSE_FALSE) return *requested;
+  return inherited;
+}
+
+absl::StatusOr<VariableScope> OpenFrame(Session::Impl* impl, OpenScopeRequest req,
+                                        CapturedScope scope,
+                                        const std::function<VariableScope(CapturedScope, size_t)>&
+                                            make) {
+  req.set_session_id(impl->id_);
+  OpenScopeResponse resp;
+  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::OpenScope, req, &resp));
+  scope.name = resp.path();
+  impl->stack_.push_back(Session::Impl::Frame{scope, resp.token()});
+  return make(std::move(scope), impl->stack_.size() - 1);
+}
+
+void ApplyDefaults(const ScopeOptions& o, CapturedScope* s) {
+  if (o.initializer.has_value()) s->initializer = o.initializer;
+  if (o.partitioner.has_value()) s->partitioner = o.partitioner;
+  if (o.dtype != DT_INVALID) s->dtype = o.dtype;
+}
+
+}  // namespace
+
+absl::StatusOr<VariableScope> VariableScope::Enter(Session* session, const std::string& name,
+                                                   const ScopeOptions& options) {
+  Session::Impl* impl = session->impl_.get();
+  const CapturedScope& parent = impl->stack_.back().scope;
+  CapturedScope scope = parent;
+  scope.reuse = MergeReuse(parent.reuse, options.reuse);
+  ApplyDefaults(options, &scope);
+  OpenScopeRequest req;
+  req.set_parent_path(parent.name);
+  req.set_name(name);
+  req.set_reuse(scope.reuse == REUSE_TRUE);
+  return OpenFrame(impl, req, scope, [session](CapturedScope s, size_t depth) {
+    return VariableScope(session, std::move(s), depth);
+  });
+}
+
+absl::StatusOr<VariableScope> VariableScope::EnterDefault(Session* session,
+                                                          const std::string& default_name,
+                                                          const ScopeOptions& options) {
+  Session::Impl* impl = session->impl_.get();
+  const CapturedScope& parent = impl->stack_.back().scope;
+  CapturedScope scope = parent;
+  scope.reuse = MergeReuse(parent.reuse, options.reuse);
+  ApplyDefaults(options, &scope);
+  OpenScopeRequest req;
+  req.set_parent_path(parent.name);
+  req.set_default_name(default_name);
+  // Only an explicit reuse=True is refused for a default-named scope.
+  req.set_reuse(options.reuse.has_value() && *options.reuse == REUSE_TRUE);
+  return OpenFrame(impl, req, scope, [session](CapturedScope s, size_t depth) {
+    return VariableScope(session, std::move(s), depth);
+  });
+}
+
+absl::StatusOr<VariableScope> VariableScope::Reenter(Session* session,
+                                                     const CapturedScope& captured,
+                                                     const ScopeOptions& options) {
+  Session::Impl* impl = session->impl_.get();
+  CapturedScope scope = captured;
+  scope.reuse = MergeReuse(captured.reuse, options.reuse);
+  ApplyDefaults(options, &scope);
+  OpenScopeRequest req;
+  req.set_name(captured.name);
+  req.set_captured(true);
+  req.set_reuse(scope.reuse == REUSE_TRUE);
+  return OpenFrame(impl, req, scope, [session](CapturedScope s, size_t depth) {
+    return VariableScope(session, std::move(s), depth);
+  });
+}
+
+VariableScope::VariableScope(VariableScope&& other) noexcept
+    : session_(other.session_), scope_(std::move(other.scope_)), depth_(other.depth_) {
+  other.session_ = nullptr;
+}
+
+VariableScope::~VariableScope() { (void)Exit(); }
+
+absl::Status VariableScope::Exit() {
+  if (session_ == nullptr) return absl::OkStatus();
+  Session::Impl* impl = session_->impl_.get();
+  session_ = nullptr;
+  absl::Status order;
+  if (impl->stack_.size() != depth_ + 1) {
+    order = absl::FailedPreconditionError(absl::StrCat(
+        "variable scope ", scope_.name, " exited while ", impl->stack_.size() - depth_ - 1,
+        " scope(s) entered after it are still open; exit scopes in reverse order"));
+  }
+  absl::Status closed;
+  // Close everything above this scope too, innermost first, so the
+  // coordinator's counters unwind as a stack.
+  while (impl->stack_.size() > depth_ && impl->stack_.size() > 1) {
+    Session::Impl::Frame frame = impl->stack_.back();
+    impl->stack_.pop_back();
+    CloseScopeRequest req;
+    req.set_session_id(impl->id_);
+    req.set_path(frame.scope.name);
+    req.set_token(frame.token);
+    CloseScopeResponse resp;
+    absl::Status s = impl->Call(&Coordinator::Stub::CloseScope, req, &resp);
+    if (closed.ok()) closed = s;
+  }
+  return order.ok() ? closed : order;
+}
+
+CapturedScope VariableScope::captured() const {
+  if (session_ != nullptr && session_->impl_->stack_.size() > depth_) {
+    return session_->impl_->stack_[depth_].scope;
+  }
+  return scope_;
+}
+
+void VariableScope::reuse_variables() {
+  scope_.reuse = REUSE_TRUE;
+  if (session_ != nullptr && session_->impl_->stack_.size() > depth_) {
+    session_->impl_->stack_[depth_].scope.reuse = REUSE_TRUE;
+  }
+}
+
+}  // namespace client
+}  // namespace psd

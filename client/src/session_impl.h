@@ -1,0 +1,107 @@
+// Internals shared by session.cc and variable.cc: the session's state
+// (coordinator stub, scope stack, shard-client pool) and a Variable's
+// shared handle. Not part of the public API.
+#ifndef PSD_CLIENT_SRC_SESSION_IMPL_H_
+#define PSD_CLIENT_SRC_SESSION_IMPL_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "psd/client.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/session.h"
+#include "psd/variable.h"
+
+namespace psd {
+namespace client {
+
+// True for the shard's ABORTED "stale handle" answer (or our own, when a
+// part's shard incarnation is not the one the pool can reach).
+bool IsStaleHandle(const absl::Status& status);
+
+// Runs fn(0..n-1), parts 1.. on threads of their own, and returns the
+// statuses in order.
+std::vector<absl::Status> RunParallel(size_t n, const std::function<absl::Status(size_t)>& fn);
+
+class Session::Impl {
+ public:
+  struct Frame {
+    CapturedScope scope;
+    uint64_t token = 0;  // CloseScope's token (captured scopes)
+  };
+
+  Impl(std::string address, SessionOptions options, std::unique_ptr<Coordinator::Stub> stub)
+      : address_(std::move(address)), options_(std::move(options)), stub_(std::move(stub)) {
+    stack_.push_back(Frame{});
+  }
+
+  // One coordinator RPC with the options' deadline; UNAVAILABLE (the
+  // coordinator is down or restarting) is retried within the retry budget.
+  template <typename Req, typename Resp>
+  absl::Status Call(grpc::Status (Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                              Resp*),
+                    const Req& request, Resp* response);
+
+  // LookupVariable, waiting for the parts' shards to be registered.
+  absl::StatusOr<VariableHandle> Lookup(const std::string& name);
+  // Waits (re-looking up) while some part's shard has no address (the
+  // coordinator restarted and the shard has not registered again yet).
+  absl::StatusOr<VariableHandle> EnsureAddressed(VariableHandle handle);
+  Variable MakeVariable(VariableHandle handle);
+
+  // The pooled client for the part's shard, connected to the part's
+  // incarnation; ABORTED "stale handle" when the shard at that address is
+  // another incarnation now.
+  absl::StatusOr<std::shared_ptr<ShardClient>> ShardFor(const PartHandle& part);
+
+  const std::string address_;
+  const SessionOptions options_;
+  const std::unique_ptr<Coordinator::Stub> stub_;
+  uint64_t id_ = 0;
+  // The scope stack; [0] is the root scope. Thread-compatible.
+  std::vector<Frame> stack_;
+
+ private:
+  absl::Mutex pool_mu_;
+  std::map<std::string, std::shared_ptr<ShardClient>> pool_ ABSL_GUARDED_BY(pool_mu_);
+};
+
+namespace internal {
+
+// What every copy of one Variable shares.
+struct VariableState {
+  Session::Impl* session = nullptr;
+  std::string name;
+  mutable absl::Mutex mu;
+  VariableHandle handle ABSL_GUARDED_BY(mu);
+
+  VariableHandle Snapshot() const {
+    absl::MutexLock lock(&mu);
+    return handle;
+  }
+  absl::Status Refresh();
+
+  static Variable Wrap(std::shared_ptr<VariableState> state) { return Variable(std::move(state)); }
+
+  // Runs fn on the parts `which` (all when empty) in parallel. A part lost
+  // on its shard fails UNAVAILABLE naming it; parts answered with a stale
+  // handle are retried once after a refresh (the refreshed handle must
+  // keep the part's range). The first failure (in part order) is returned.
+  absl::Status ForParts(
+      const std::vector<int>& which,
+      const std::function<absl::Status(int k, const PartHandle& part, ShardClient& shard)>& fn);
+};
+
+}  // namespace internal
+}  // namespace client
+}  // namespace psd
+
+#endif  // PSD_CLIENT_SRC_SESSION_IMPL_H_

@@ -1,0 +1,439 @@
+#include "psd/variable.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "psd/dtype.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+#include "session_impl.h"
+
+namespace psd {
+namespace client {
+namespace internal {
+
+absl::Status VariableState::Refresh() {
+  PSD_ASSIGN_OR_RETURN(VariableHandle fresh, session->Lookup(name));
+  absl::MutexLock lock(&mu);
+  handle = std::move(fresh);
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status LostPart(const VariableHandle& h, const PartHandle& p) {
+  return absl::UnavailableError(absl::StrCat("part ", p.name(), " of variable ", h.name(),
+                                             " is lost: shard ", p.shard_id(), " (",
+                                             p.shard_address(),
+                                             ") restarted without it; restore it from a "
+                                             "checkpoint"));
+}
+
+bool SameRange(const PartHandle& a, const PartHandle& b) {
+  return a.name() == b.name() &&
+         std::equal(a.offset().begin(), a.offset().end(), b.offset().begin(), b.offset().end()) &&
+         std::equal(a.shape().dims().begin(), a.shape().dims().end(), b.shape().dims().begin(),
+                    b.shape().dims().end());
+}
+
+}  // namespace
+
+absl::Status VariableState::ForParts(
+    const std::vector<int>& which,
+    const std::function<absl::Status(int k, const PartHandle& part, ShardClient& shard)>& fn) {
+  VariableHandle h = Snapshot();
+  std::vector<int> todo = which;
+  if (todo.empty()) {
+    for (int k = 0; k < h.parts_size(); ++k) todo.push_back(k);
+  }
+  for (int attempt = 0;; ++attempt) {
+    std::vector<absl::Status> statuses = RunParallel(todo.size(), [&](size_t i) -> absl::Status {
+      const PartHandle& part = h.parts(todo[i]);
+      if (part.lost()) return LostPart(h, part);
+      PSD_ASSIGN_OR_RETURN(auto shard, session->ShardFor(part));
+      absl::Status s = fn(todo[i], part, *shard);
+      if (!s.ok() && !IsStaleHandle(s)) {
+        return absl::Status(s.code(), absl::StrCat(s.message(), h.parts_size() > 1
+                                                                    ? absl::StrCat(" (part ", part.name(), " on shard ",
+                                                                                   part.shard_id(), ")")
+                                                                    : std::string()));
+      }
+      return s;
+    });
+    std::vector<int> stale;
+    absl::Status first;
+    for (size_t i = 0; i < todo.size(); ++i) {
+      if (IsStaleHandle(statuses[i])) stale.push_back(todo[i]);
+      if (first.ok() && !statuses[i].ok()) first = statuses[i];
+    }
+    if (stale.empty() || attempt > 0) return first;
+    // Non-stale failures are final; the stale parts go once more.
+    for (size_t i = 0; i < todo.size(); ++i) {
+      if (!statuses[i].ok() && !IsStaleHandle(statuses[i])) return statuses[i];
+    }
+    PSD_RETURN_IF_ERROR(Refresh());
+    VariableHandle fresh = Snapshot();
+    for (int k : stale) {
+      if (k >= fresh.parts_size() || !SameRange(h.parts(k), fresh.parts(k))) {
+        return absl::AbortedError(absl::StrCat("stale handle: variable ", name,
+                                               " was re-declared with other parts; get it again"));
+      }
+    }
+    h = std::move(fresh);
+    todo = std::move(stale);
+  }
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::VariableState;
+
+std::vector<int64_t> Dims(const TensorShapeProto& p) {
+  return std::vector<int64_t>(p.dims().begin(), p.dims().end());
+}
+
+// Copies n elements src[src_at..] -> dst[dst_at..] (same dtype).
+void CopyElements(const Tensor& src, int64_t src_at, Tensor* dst, int64_t dst_at, int64_t n) {
+  if (n <= 0) return;
+  if (src.dtype() == DT_STRING) {
+    std::copy_n(src.strings().begin() + src_at, n, dst->mutable_strings()->begin() + dst_at);
+    return;
+  }
+  const size_t es = DataTypeSize(src.dtype());
+  std::copy_n(src.bytes().data() + src_at * es, n * es, dst->mutable_bytes()->data() + dst_at * es);
+}
+
+int64_t Product(const std::vector<int64_t>& dims, size_t from, size_t to) {
+  int64_t p = 1;
+  for (size_t i = from; i < to && i < dims.size(); ++i) p *= dims[i];
+  return p;
+}
+
+// Cuts `full` (the variable's full shape) into its parts along `axis`.
+std::vector<Tensor> SplitByParts(const Tensor& full, const VariableHandle& h) {
+  const std::vector<int64_t> dims = full.shape().dims();
+  const int axis = h.partition_axis();
+  const int64_t outer = Product(dims, 0, axis);
+  const int64_t inner = Product(dims, axis + 1, dims.size());
+  std::vector<Tensor> out;
+  for (const PartHandle& p : h.parts()) {
+    const int64_t len = p.shape().dims(axis);
+    const int64_t off = p.offset(axis);
+    Tensor t(full.dtype(), TensorShape(Dims(p.shape())));
+    for (int64_t o = 0; o < outer; ++o) {
+      CopyElements(full, (o * dims[axis] + off) * inner, &t, o * len * inner, len * inner);
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+// The inverse of SplitByParts.
+Tensor ConcatParts(const std::vector<Tensor>& parts, const VariableHandle& h) {
+  const std::vector<int64_t> dims = Dims(h.shape());
+  const int axis = h.partition_axis();
+  const int64_t outer = Product(dims, 0, axis);
+  const int64_t inner = Product(dims, axis + 1, dims.size());
+  Tensor full(h.dtype(), TensorShape(dims));
+  for (int k = 0; k < h.parts_size(); ++k) {
+    const int64_t len = h.parts(k).shape().dims(axis);
+    const int64_t off = h.parts(k).offset(axis);
+    for (int64_t o = 0; o < outer; ++o) {
+      CopyElements(parts[k], o * len * inner, &full, (o * dims[axis] + off) * inner, len * inner);
+    }
+  }
+  return full;
+}
+
+absl::StatusOr<std::vector<int64_t>> IndexValues(const Tensor& indices, const std::string& name) {
+  if (indices.dtype() == DT_INT32) {
+    std::vector<int32_t> v = indices.ToVector<int32_t>();
+    return std::vector<int64_t>(v.begin(), v.end());
+  }
+  if (indices.dtype() == DT_INT64) return indices.ToVector<int64_t>();
+  return absl::InvalidArgumentError(absl::StrCat("'", name, "': indices must be int32 or int64, got ",
+                                                 DataTypeName(indices.dtype())));
+}
+
+// An index op on a partitioned variable, split by part range ("div").
+struct Split {
+  std::vector<int> parts;                       // parts that get indices
+  std::vector<std::vector<int64_t>> positions;  // per entry of `parts`: flat index positions
+  std::vector<Tensor> local_indices;            // per entry of `parts`: int64 [m]
+};
+
+absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indices) {
+  if (h.partition_axis() != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", h.name(), "' is partitioned along axis ", h.partition_axis(),
+                     "; gather and scatter split indices along axis 0 only"));
+  }
+  if (h.shape().dims_size() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "' is a scalar"));
+  }
+  PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, IndexValues(indices, h.name()));
+  const int64_t limit = h.shape().dims(0);
+  // Everything is checked before anything is sent: a bad index fails the
+  // whole op in the full variable's terms.
+  for (size_t i = 0; i < idx.size(); ++i) {
+    if (idx[i] < 0 || idx[i] >= limit) {
+      return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "': indices[", i, "] = ",
+                                                     idx[i], " is not in [0, ", limit, ")"));
+    }
+  }
+  Split split;
+  for (int k = 0; k < h.parts_size(); ++k) {
+    const int64_t lo = h.parts(k).offset(0);
+    const int64_t hi = lo + h.parts(k).shape().dims(0);
+    std::vector<int64_t> pos, local;
+    for (size_t i = 0; i < idx.size(); ++i) {
+      if (idx[i] >= lo && idx[i] < hi) {
+        pos.push_back(static_cast<int64_t>(i));
+        local.push_back(idx[i] - lo);
+      }
+    }
+    if (pos.empty()) continue;
+    const int64_t m = static_cast<int64_t>(local.size());
+    split.parts.push_back(k);
+    split.positions.push_back(std::move(pos));
+    split.local_indices.push_back(*Tensor::FromVector<int64_t>(TensorShape{m}, local));
+  }
+  return split;
+}
+
+enum class Op { kAssign, kAdd, kSub };
+
+}  // namespace
+
+const std::string& Variable::name() const { return state_->name; }
+DataType Variable::dtype() const { return state_->Snapshot().dtype(); }
+TensorShape Variable::shape() const { return TensorShape(Dims(state_->Snapshot().shape())); }
+bool Variable::partitioned() const { return state_->Snapshot().partitioned(); }
+int Variable::partition_axis() const { return state_->Snapshot().partition_axis(); }
+std::vector<int64_t> Variable::partitions() const {
+  VariableHandle h = state_->Snapshot();
+  return std::vector<int64_t>(h.partitions().begin(), h.partitions().end());
+}
+std::vector<PartInfo> Variable::parts() const {
+  std::vector<PartInfo> out;
+  const VariableHandle h = state_->Snapshot();
+  for (const PartHandle& p : h.parts()) {
+    PartInfo info;
+    info.name = p.name();
+    info.shape = TensorShape(Dims(p.shape()));
+    info.offset.assign(p.offset().begin(), p.offset().end());
+    info.shard_id = p.shard_id();
+    info.shard_address = p.shard_address();
+    info.shard_incarnation = p.shard_incarnation();
+    info.lost = p.lost();
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+bool Variable::trainable() const { return state_->Snapshot().trainable(); }
+std::vector<std::string> Variable::collections() const {
+  VariableHandle h = state_->Snapshot();
+  return std::vector<std::string>(h.collections().begin(), h.collections().end());
+}
+VariableHandle Variable::handle() const { return state_->Snapshot(); }
+absl::Status Variable::Refresh() { return state_->Refresh(); }
+
+absl::StatusOr<Tensor> Variable::Read() const {
+  VariableHandle h = state_->Snapshot();
+  std::vector<Tensor> parts(h.parts_size());
+  PSD_RETURN_IF_ERROR(
+      state_->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
+        PSD_ASSIGN_OR_RETURN(parts[k], shard.Read(p.name()));
+        return absl::OkStatus();
+      }));
+  if (!h.partitioned()) return std::move(parts[0]);
+  return ConcatParts(parts, h);
+}
+
+absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
+  VariableHandle h = state_->Snapshot();
+  if (!h.partitioned()) {
+    Tensor out;
+    PSD_RETURN_IF_ERROR(
+        state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) -> absl::Status {
+          PSD_ASSIGN_OR_RETURN(out, shard.Gather(p.name(), indices));
+          return absl::OkStatus();
+        }));
+    return out;
+  }
+  PSD_ASSIGN_OR_RETURN(Split split, SplitIndices(h, indices));
+  std::vector<int64_t> out_dims = indices.shape().dims();
+  for (int d = 1; d < h.shape().dims_size(); ++d) out_dims.push_back(h.shape().dims(d));
+  Tensor out(h.dtype(), TensorShape(out_dims));
+  const int64_t row = Product(Dims(h.shape()), 1, h.shape().dims_size());
+  std::vector<Tensor> results(split.parts.size());
+  std::map<int, size_t> slot;
+  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
+  PSD_RETURN_IF_ERROR(state_->ForParts(
+      split.parts, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
+        const size_t i = slot.at(k);
+        PSD_ASSIGN_OR_RETURN(results[i], shard.Gather(p.name(), split.local_indices[i]));
+        return absl::OkStatus();
+      }));
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& pos = split.positions[i];
+    for (size_t j = 0; j < pos.size(); ++j) {
+      CopyElements(results[i], static_cast<int64_t>(j) * row, &out, pos[j] * row, row);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* new_value) {
+  auto run = [op](ShardClient& shard, const std::string& name, const Tensor& v, Tensor* nv) {
+    switch (op) {
+      case Op::kAssign: return shard.Assign(name, v, {}, nv);
+      case Op::kAdd: return shard.AssignAdd(name, v, {}, nv);
+      case Op::kSub: return shard.AssignSub(name, v, {}, nv);
+    }
+    return absl::InternalError("unknown op");
+  };
+  VariableHandle h = state->Snapshot();
+  if (!h.partitioned()) {
+    return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
+      return run(shard, p.name(), value, new_value);
+    });
+  }
+  const TensorShape full(Dims(h.shape()));
+  if (value.dtype() != h.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "': value has dtype ",
+                                                   DataTypeName(value.dtype()),
+                                                   ", the variable has dtype ",
+                                                   DataTypeName(h.dtype())));
+  }
+  const bool scalar = value.shape().rank() == 0 && op != Op::kAssign;
+  if (!scalar && value.shape() != full) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", h.name(), "': value shape ", value.shape().ToString(),
+                     " does not match the partitioned variable's shape ", full.ToString()));
+  }
+  std::vector<Tensor> pieces;
+  if (!scalar) pieces = SplitByParts(value, h);
+  std::vector<Tensor> results(h.parts_size());
+  PSD_RETURN_IF_ERROR(state->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) {
+    return run(shard, p.name(), scalar ? value : pieces[k],
+               new_value != nullptr ? &results[k] : nullptr);
+  }));
+  if (new_value != nullptr) *new_value = ConcatParts(results, h);
+  return absl::OkStatus();
+}
+
+absl::Status ScatterOp(VariableState* state, Op op, const Tensor& indices, const Tensor& updates) {
+  auto run = [op](ShardClient& shard, const std::string& name, const Tensor& i, const Tensor& u) {
+    switch (op) {
+      case Op::kAssign: return shard.ScatterUpdate(name, i, u);
+      case Op::kAdd: return shard.ScatterAdd(name, i, u);
+      case Op::kSub: return shard.ScatterSub(name, i, u);
+    }
+    return absl::InternalError("unknown op");
+  };
+  VariableHandle h = state->Snapshot();
+  if (!h.partitioned()) {
+    return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
+      return run(shard, p.name(), indices, updates);
+    });
+  }
+  PSD_ASSIGN_OR_RETURN(Split split, SplitIndices(h, indices));
+  if (updates.dtype() != h.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "': updates have dtype ",
+                                                   DataTypeName(updates.dtype()),
+                                                   ", the variable has dtype ",
+                                                   DataTypeName(h.dtype())));
+  }
+  std::vector<int64_t> row_dims(h.shape().dims().begin() + 1, h.shape().dims().end());
+  const int64_t row = Product(row_dims, 0, row_dims.size());
+  const bool scalar = updates.shape().rank() == 0;
+  std::vector<int64_t> want = indices.shape().dims();
+  want.insert(want.end(), row_dims.begin(), row_dims.end());
+  if (!scalar && updates.shape().dims() != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", h.name(), "': updates must have shape indices.shape + variable.shape[1:] = ",
+        TensorShape(want).ToString(), " (or be a scalar), got ", updates.shape().ToString()));
+  }
+  std::vector<Tensor> local_updates;
+  for (size_t i = 0; i < split.parts.size(); ++i) {
+    if (scalar) {
+      local_updates.push_back(updates);
+      continue;
+    }
+    const auto& pos = split.positions[i];
+    std::vector<int64_t> dims = {static_cast<int64_t>(pos.size())};
+    dims.insert(dims.end(), row_dims.begin(), row_dims.end());
+    Tensor u(h.dtype(), TensorShape(dims));
+    for (size_t j = 0; j < pos.size(); ++j) {
+      CopyElements(updates, pos[j] * row, &u, static_cast<int64_t>(j) * row, row);
+    }
+    local_updates.push_back(std::move(u));
+  }
+  std::map<int, size_t> slot;
+  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
+  return state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
+    const size_t i = slot.at(k);
+    return run(shard, p.name(), split.local_indices[i], local_updates[i]);
+  });
+}
+
+}  // namespace
+
+absl::Status Variable::Assign(const Tensor& value, Tensor* new_value) const {
+  return AssignOp(state_.get(), Op::kAssign, value, new_value);
+}
+absl::Status Variable::AssignAdd(const Tensor& value, Tensor* new_value) const {
+  return AssignOp(state_.get(), Op::kAdd, value, new_value);
+}
+absl::Status Variable::AssignSub(const Tensor& value, Tensor* new_value) const {
+  return AssignOp(state_.get(), Op::kSub, value, new_value);
+}
+absl::Status Variable::ScatterUpdate(const Tensor& indices, const Tensor& updates) const {
+  return ScatterOp(state_.get(), Op::kAssign, indices, updates);
+}
+absl::Status Variable::ScatterAdd(const Tensor& indices, const Tensor& updates) const {
+  return ScatterOp(state_.get(), Op::kAdd, indices, updates);
+}
+absl::Status Variable::ScatterSub(const Tensor& indices, const Tensor& updates) const {
+  return ScatterOp(state_.get(), Op::kSub, indices, updates);
+}
+
+absl::StatusOr<int64_t> Variable::CountUpTo(int64_t limit) const {
+  if (partitioned()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", name(), "': count_up_to needs an unpartitioned scalar variable"));
+  }
+  int64_t old = 0;
+  PSD_RETURN_IF_ERROR(
+      state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) -> absl::Status {
+        PSD_ASSIGN_OR_RETURN(old, shard.CountUpTo(p.name(), limit));
+        return absl::OkStatus();
+      }));
+  return old;
+}
+
+absl::Status Variable::Initialize(bool force) const {
+  return state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
+    return shard.Initialize({p.name()}, force);
+  });
+}
+
+absl::StatusOr<bool> Variable::IsInitialized() const {
+  std::vector<int> flags(state_->Snapshot().parts_size(), 0);
+  PSD_RETURN_IF_ERROR(
+      state_->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
+        PSD_ASSIGN_OR_RETURN(bool init, shard.IsInitialized(p.name()));
+        flags[k] = init ? 1 : 0;
+        return absl::OkStatus();
+      }));
+  return std::all_of(flags.begin(), flags.end(), [](int f) { return f == 1; });
+}
+
+}  // namespace client
+}  // namespace psd

@@ -1,0 +1,304 @@
+#include "cluster_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/grpc_status.h"
+
+#ifndef PSD_BINARY
+#error "PSD_BINARY must name the psd executable"
+#endif
+
+namespace psd {
+namespace integration {
+namespace {
+
+absl::Status ErrnoError(const std::string& what, int err) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
+}
+
+// A port counts once two reads of the file agree on a whole number.
+bool ReadPort(const std::string& path, std::string* last, int* port) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string content = buffer.str();
+  const bool stable = !content.empty() && content == *last;
+  *last = content;
+  int value;
+  if (!stable || !absl::SimpleAtoi(absl::StripAsciiWhitespace(content), &value)) return false;
+  if (value <= 0 || value > 65535) return false;
+  *port = value;
+  return true;
+}
+
+std::string Describe(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
+  return absl::StrCat("wait status ", status);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(std::vector<std::string> args,
+                                                                  const std::string& port_file,
+                                                                  absl::Duration start_timeout) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return ErrnoError("fork", err);
+  }
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    execv(argv[0], argv.data());
+    const int err = errno;
+    ssize_t ignored = write(pipe_fds[1], &err, sizeof err);
+    (void)ignored;
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  close(pipe_fds[1]);
+  int exec_errno = 0;
+  ssize_t n;
+  do {
+    n = read(pipe_fds[0], &exec_errno, sizeof exec_errno);
+  } while (n < 0 && errno == EINTR);
+  close(pipe_fds[0]);
+  std::unique_ptr<ChildProcess> process(new ChildProcess(pid));
+  if (n == sizeof exec_errno) return ErrnoError(absl::StrCat("exec ", args[0]), exec_errno);
+  if (port_file.empty()) return process;
+
+  const absl::Time deadline = absl::Now() + start_timeout;
+  std::string last;
+  int port = 0;
+  while (!ReadPort(port_file, &last, &port)) {
+    if (process->Reap()) {
+      return absl::InternalError(absl::StrCat(args[0], " ", args.size() > 3 ? args[3] : "",
+                                              " exited (", Describe(process->wait_status_),
+                                              ") before writing its port file"));
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("no port in ", port_file, " within ",
+                                                      absl::FormatDuration(start_timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  process->port_ = port;
+  return process;
+}
+
+ChildProcess::~ChildProcess() {
+  if (exited_) return;
+  kill(-pid_, SIGTERM);
+  if (!Wait(absl::Seconds(15)).ok()) {
+    kill(-pid_, SIGKILL);
+    while (waitpid(pid_, &wait_status_, 0) < 0 && errno == EINTR) {
+    }
+    exited_ = true;
+  }
+}
+
+absl::Status ChildProcess::Kill() {
+  if (exited_) return absl::OkStatus();
+  kill(-pid_, SIGKILL);
+  while (waitpid(pid_, &wait_status_, 0) < 0) {
+    if (errno != EINTR) return ErrnoError("waitpid", errno);
+  }
+  exited_ = true;
+  return absl::OkStatus();
+}
+
+bool ChildProcess::Reap() {
+  if (exited_) return true;
+  int status;
+  pid_t r;
+  do {
+    r = waitpid(pid_, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == pid_) {
+    exited_ = true;
+    wait_status_ = status;
+  }
+  return exited_;
+}
+
+absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!Reap()) {
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("still running");
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return wait_status_;
+}
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(const TestClusterOptions& options) {
+  std::unique_ptr<TestCluster> cluster(new TestCluster());
+  cluster->options_ = options;
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/psd_cluster_XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) return ErrnoError("mkdtemp", errno);
+  cluster->dir_ = dir;
+  if (auto s = cluster->StartCoordinator(0); !s.ok()) return s;
+  cluster->shards_.resize(options.num_shards);
+  for (int k = 0; k < options.num_shards; ++k) {
+    if (auto s = cluster->StartShard(k, 0); !s.ok()) return s;
+  }
+  if (auto s = cluster->WaitForShards(absl::Seconds(60)); !s.ok()) return s;
+  return cluster;
+}
+
+TestCluster::~TestCluster() {
+  shards_.clear();
+  coordinator_.reset();
+  std::error_code ignored;
+  if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
+}
+
+std::string TestCluster::coordinator_address() const {
+  return absl::StrCat("127.0.0.1:", coordinator_->port());
+}
+
+std::string TestCluster::shard_address(int k) const {
+  return absl::StrCat("127.0.0.1:", shards_[k]->port());
+}
+
+absl::Status TestCluster::StartCoordinator(int port) {
+  const std::string port_file = dir_ + "/coordinator.port";
+  std::remove(port_file.c_str());
+  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn", "coordinator",
+                                   "--listen", absl::StrCat("127.0.0.1:", port),
+                                   "--state-dir", dir_ + "/state", "--port-file", port_file};
+  args.insert(args.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
+  absl::Status last;
+  // A restart on a fixed port may race the old socket's teardown: retry.
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    auto started = ChildProcess::Start(args, port_file);
+    if (started.ok()) {
+      coordinator_ = *std::move(started);
+      return absl::OkStatus();
+    }
+    last = started.status();
+    if (port == 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return last;
+}
+
+absl::Status TestCluster::StartShard(int k, int port) {
+  const std::string port_file = absl::StrCat(dir_, "/shard-", k, ".port");
+  std::remove(port_file.c_str());
+  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn", "shard",
+                                   "--id", std::to_string(k),
+                                   "--listen", absl::StrCat("127.0.0.1:", port),
+                                   "--port-file", port_file,
+                                   "--coordinator", coordinator_address()};
+  absl::Status last;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    auto started = ChildProcess::Start(args, port_file);
+    if (started.ok()) {
+      shards_[k] = *std::move(started);
+      return absl::OkStatus();
+    }
+    last = started.status();
+    if (port == 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return last;
+}
+
+absl::Status TestCluster::RestartCoordinator() {
+  const int port = coordinator_->port();
+  if (auto s = coordinator_->Kill(); !s.ok()) return s;
+  coordinator_.reset();
+  return StartCoordinator(port);
+}
+
+absl::Status TestCluster::RestartShard(int k) {
+  const int port = shards_[k]->port();
+  if (auto s = shards_[k]->Kill(); !s.ok()) return s;
+  shards_[k].reset();
+  return StartShard(k, port);
+}
+
+namespace {
+
+absl::StatusOr<ListShardsResponse> ListShards(const std::string& address) {
+  auto stub = Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  ListShardsResponse resp;
+  absl::Status s = FromGrpcStatus(stub->ListShards(&ctx, ListShardsRequest(), &resp));
+  if (!s.ok()) return s;
+  return resp;
+}
+
+}  // namespace
+
+absl::Status TestCluster::WaitForShards(absl::Duration timeout,
+                                        const std::vector<uint64_t>& not_incarnations) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last = "no answer";
+  while (absl::Now() < deadline) {
+    auto resp = ListShards(coordinator_address());
+    if (resp.ok()) {
+      int ready = 0;
+      for (const ShardStatus& s : resp->shards()) {
+        const bool old = s.shard_id() < static_cast<int>(not_incarnations.size()) &&
+                         not_incarnations[s.shard_id()] == s.incarnation();
+        if (s.live() && !old && s.shard_id() < options_.num_shards) ++ready;
+      }
+      if (ready == options_.num_shards) return absl::OkStatus();
+      last = resp->DebugString();
+    } else {
+      last = resp.status().ToString();
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("shards not all live: ", last));
+}
+
+absl::StatusOr<uint64_t> TestCluster::ShardIncarnation(int k) {
+  auto resp = ListShards(coordinator_address());
+  if (!resp.ok()) return resp.status();
+  for (const ShardStatus& s : resp->shards()) {
+    if (s.shard_id() == k) return s.incarnation();
+  }
+  return uint64_t{0};
+}
+
+}  // namespace integration
+}  // namespace psd

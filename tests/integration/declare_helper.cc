@@ -1,0 +1,47 @@
+// A trainer process for the concurrency test: opens its own session,
+// declares one partitioned variable (creating it or attaching to it), adds
+// 1 to its first and last rows, and prints the session that declared it.
+// Exit status 0 on success; the error on stderr otherwise.
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "psd/session.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"declare a shared variable and bump it"};
+  std::string coordinator, name;
+  int64_t rows = 8;
+  int parts = 2;
+  app.add_option("--coordinator", coordinator)->required();
+  app.add_option("--name", name)->required();
+  app.add_option("--rows", rows);
+  app.add_option("--parts", parts);
+  CLI11_PARSE(app, argc, argv);
+
+  using namespace psd::client;
+  auto session = Session::Open(coordinator);
+  if (!session.ok()) {
+    std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  GetVariableOptions o;
+  o.shape = psd::TensorShape{rows, 4};
+  o.initializer = init::Zeros();
+  o.partitioner = partitioners::FixedSize(parts);
+  o.initialize = true;
+  auto v = (*session)->GetVariable(name, o);
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s\n", v.status().ToString().c_str());
+    return 1;
+  }
+  auto indices = *psd::Tensor::FromVector<int64_t>(psd::TensorShape{2}, {0, rows - 1});
+  absl::Status s = v->ScatterAdd(indices, psd::Tensor::Scalar<float>(1.0f));
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("declared_by_session=%llu parts=%zu\n",
+              static_cast<unsigned long long>(v->handle().declared_by_session()), v->parts().size());
+  return 0;
+}

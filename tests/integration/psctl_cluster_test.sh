@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# psctl status and vars list|show|get against a local cluster brought up by
+# deploy/local/psd-local (free ports, fresh state), with a variable declared
+# and updated by a real trainer process. Also checks the launcher stops
+# every process when its command ends.
+# Usage: psctl_cluster_test.sh PSD PSCTL DECLARE_HELPER LAUNCHER CONFIG
+set -euo pipefail
+psd="$1"; psctl="$2"; helper="$3"; launcher="$4"; config="$5"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+cat >"$work/steps.sh" <<STEPS
+set -euo pipefail
+c="\$PSD_COORDINATOR"
+fail() { echo "psctl_cluster_test: \$*" >&2; exit 1; }
+"$helper" --coordinator "\$c" --name test/emb --rows 6 --parts 2 >/dev/null
+"$psctl" --coordinator "\$c" status >"$work/status.txt"
+grep -q "1 variables" "$work/status.txt" || fail "status: \$(cat $work/status.txt)"
+[ "\$(grep -c ' yes ' "$work/status.txt")" = 2 ] || fail "status: both shards live: \$(cat $work/status.txt)"
+"$psctl" --coordinator "\$c" --json status | grep -q '"live":true' || fail "status --json"
+"$psctl" --coordinator "\$c" vars list | grep -q "test/emb  *float32  *\[6,4\]  *2 parts" || fail "vars list"
+"$psctl" --coordinator "\$c" vars list --collection local_variables | grep -q "^0 variables" || fail "vars list --collection"
+"$psctl" --coordinator "\$c" vars show test/emb >"$work/show.txt"
+grep -q "test/emb/part_0  *\[3,4\]  *\[0,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
+grep -q "test/emb/part_1  *\[3,4\]  *\[3,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
+[ "\$(grep -c ' initialized' "$work/show.txt")" = 2 ] || fail "vars show: initialized"
+"$psctl" --coordinator "\$c" vars get test/emb --max-values 5 >"$work/get.txt"
+grep -q "test/emb float32\[6,4\] = {1, 1, 1, 1, 0, ... (19 more)}" "$work/get.txt" || fail "vars get: \$(cat $work/get.txt)"
+"$psctl" --coordinator "\$c" --json vars get test/emb --max-values -1 | grep -q '"values_truncated":false' || fail "vars get --json"
+if "$psctl" --coordinator "\$c" vars show nope 2>"$work/err.txt"; then fail "vars show of a missing name succeeded"; fi
+[ "\$(wc -l <"$work/err.txt")" = 1 ] || fail "error is not one line"
+grep -q "^psctl: NOT_FOUND: .*nope" "$work/err.txt" || fail "error: \$(cat $work/err.txt)"
+STEPS
+
+"$launcher" --config "$config" --psd "$psd" --psctl "$psctl" --state-dir "$work/state" \
+  --run-dir "$work/run" --any-ports -- bash "$work/steps.sh"
+# Every cluster process is gone.
+if pgrep -f "$work/run" >/dev/null; then
+  echo "psctl_cluster_test: cluster processes survived the launcher" >&2
+  exit 1
+fi
+echo "psctl_cluster_test: OK"
