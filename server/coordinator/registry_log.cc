@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -161,8 +162,12 @@ std::string RegistryLog::SnapshotPath(const std::string& dir) { return dir + "/r
 absl::StatusOr<std::unique_ptr<RegistryLog>> RegistryLog::Open(const std::string& dir,
                                                                Recovered* recovered) {
   if (dir.empty()) return absl::InvalidArgumentError("registry state directory is empty");
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Errno("cannot create state directory", dir);
+  // Parents too, like `mkdir -p`: a fresh host has no /var/lib/psd yet.
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot create state directory ", dir, ": ", ec.message()));
   }
   *recovered = Recovered();
   PSD_RETURN_IF_ERROR(ReadSnapshot(SnapshotPath(dir), &recovered->snapshot));
