@@ -83,6 +83,15 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   coordinator->add_option("--max-message-bytes", coord.max_message_bytes, "Largest gRPC message")
       ->check(CLI::Range(4096, 2147483647));
+  coordinator->add_option("--checkpoint-dir", coord.checkpoint.dir,
+                          "Default checkpoint directory (saves, latest, restore)");
+  coordinator->add_option("--max-to-keep", coord.checkpoint.max_to_keep,
+                          "Checkpoints kept (TF1 Saver max_to_keep; 0 keeps all)")
+      ->check(CLI::NonNegativeNumber);
+  coordinator->add_option("--keep-checkpoint-every-n-hours",
+                          coord.checkpoint.keep_checkpoint_every_n_hours,
+                          "Keep one checkpoint forever per this many hours")
+      ->check(CLI::PositiveNumber);
 
   CLI11_PARSE(app, argc, argv);
 
@@ -140,6 +149,12 @@ int main(int argc, char** argv) {
       if (coordinator->count("--listen") == 0) coord.coordinator.listen = file.listen;
       if (coordinator->count("--advertise") == 0) coord.coordinator.advertise = file.advertise;
       if (coordinator->count("--state-dir") == 0) coord.coordinator.state_dir = file.state_dir;
+      const psd::CheckpointConfig& ckpt = config->checkpoint;
+      if (coordinator->count("--checkpoint-dir") == 0) coord.checkpoint.dir = ckpt.dir;
+      if (coordinator->count("--max-to-keep") == 0) coord.checkpoint.max_to_keep = ckpt.max_to_keep;
+      if (coordinator->count("--keep-checkpoint-every-n-hours") == 0) {
+        coord.checkpoint.keep_checkpoint_every_n_hours = ckpt.keep_checkpoint_every_n_hours;
+      }
     }
     absl::Status status = psd::RunCoordinatorServer(coord);
     if (!status.ok()) return Fail(status.ToString());

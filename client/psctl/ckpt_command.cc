@@ -169,6 +169,7 @@ void AddCkptCommands(CLI::App* app, Context* ctx) {
                    "Values shown per tensor with --values; -1 for all")
       ->capture_default_str();
   inspect->callback([opts, ctx] { RunInspect(*opts, ctx); });
+  AddCkptClusterCommands(ckpt, ctx);
 }
 
 }  // namespace psctl

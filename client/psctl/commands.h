@@ -27,6 +27,8 @@ void Fail(Context* ctx, const absl::Status& status);
 
 // `psctl ckpt ...`: checkpoint commands.
 void AddCkptCommands(CLI::App* app, Context* ctx);
+// `psctl ckpt save|list|latest|restore|policy` under the `ckpt` command.
+void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx);
 
 // `psctl status` and `psctl vars list|show|get`.
 void AddClusterCommands(CLI::App* app, Context* ctx);

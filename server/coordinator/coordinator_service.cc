@@ -9,6 +9,37 @@
 
 namespace psd {
 
+CoordinatorService::CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options)
+    : registry_(registry), options_(options) {
+  CheckpointManager::ShardAccess access;
+  access.stub = [this](int32_t shard_id) -> absl::StatusOr<std::shared_ptr<Shard::Stub>> {
+    std::string address;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = shards_.find(shard_id);
+      if (it == shards_.end()) {
+        return absl::UnavailableError(absl::StrCat("shard ", shard_id, " is not registered"));
+      }
+      if (absl::Now() - it->second.last_seen > options_.liveness_timeout) {
+        return absl::UnavailableError(absl::StrCat("shard ", shard_id, " is down (no heartbeat for ",
+                                                   absl::FormatDuration(absl::Now() - it->second.last_seen),
+                                                   ")"));
+      }
+      address = it->second.address;
+    }
+    return StubFor(address);
+  };
+  access.restored = [this](const std::vector<std::pair<int32_t, std::string>>& parts) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [shard_id, part] : parts) {
+      auto it = shards_.find(shard_id);
+      if (it != shards_.end()) it->second.lost_parts.erase(part);
+      uncreated_parts_.erase(part);
+    }
+  };
+  checkpoints_ = std::make_unique<CheckpointManager>(registry, std::move(access), options.checkpoint);
+}
+
 template <typename Op>
 grpc::ServerUnaryReactor* CoordinatorService::Serve(grpc::CallbackServerContext* ctx, Op&& op) {
   in_flight_.fetch_add(1);
@@ -372,6 +403,64 @@ grpc::ServerUnaryReactor* CoordinatorService::ListShards(grpc::CallbackServerCon
       s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
       s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
     }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Save(grpc::CallbackServerContext* ctx,
+                                                   const SaveCheckpointRequest* request,
+                                                   SaveCheckpointResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Save(*request));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Restore(grpc::CallbackServerContext* ctx,
+                                                      const RestoreCheckpointRequest* request,
+                                                      RestoreCheckpointResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Restore(*request));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::LatestCheckpoint(
+    grpc::CallbackServerContext* ctx, const LatestCheckpointRequest* request,
+    LatestCheckpointResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    auto latest = checkpoints_->Latest(request->dir(), request->latest_filename());
+    if (absl::IsNotFound(latest.status())) return absl::OkStatus();  // None
+    if (!latest.ok()) return latest.status();
+    response->set_prefix(*latest);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::GetCheckpointState(
+    grpc::CallbackServerContext* ctx, const GetCheckpointStateRequest* request,
+    GetCheckpointStateResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response,
+                         checkpoints_->GetState(request->dir(), request->latest_filename()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::ListCheckpoints(
+    grpc::CallbackServerContext* ctx, const ListCheckpointsRequest* request,
+    ListCheckpointsResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, checkpoints_->List(request->dir(), request->latest_filename()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Policy(grpc::CallbackServerContext* ctx,
+                                                     const CheckpointPolicyRequest* request,
+                                                     CheckpointPolicyResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    *response->mutable_policy() = checkpoints_->Policy(request->has_set() ? &request->set() : nullptr);
     return absl::OkStatus();
   });
 }

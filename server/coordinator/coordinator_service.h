@@ -31,6 +31,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/checkpoint_manager.h"
 #include "coordinator/registry.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/shard.grpc.pb.h"
@@ -42,12 +43,13 @@ struct CoordinatorServiceOptions {
   absl::Duration liveness_timeout = absl::Seconds(5);
   absl::Duration shard_rpc_timeout = absl::Seconds(30);
   int max_message_bytes = 64 << 20;
+  // Checkpoint directory, retention policy, fence lease.
+  CheckpointManagerOptions checkpoint;
 };
 
 class CoordinatorService final : public Coordinator::CallbackService {
  public:
-  CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options)
-      : registry_(registry), options_(options) {}
+  CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options);
 
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
                                         const OpenSessionRequest* request,
@@ -88,6 +90,27 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* ListShards(grpc::CallbackServerContext* ctx,
                                        const ListShardsRequest* request,
                                        ListShardsResponse* response) override;
+  // Checkpoints: see checkpoint_manager.h.
+  grpc::ServerUnaryReactor* Save(grpc::CallbackServerContext* ctx,
+                                 const SaveCheckpointRequest* request,
+                                 SaveCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* ctx,
+                                    const RestoreCheckpointRequest* request,
+                                    RestoreCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* LatestCheckpoint(grpc::CallbackServerContext* ctx,
+                                             const LatestCheckpointRequest* request,
+                                             LatestCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* GetCheckpointState(grpc::CallbackServerContext* ctx,
+                                               const GetCheckpointStateRequest* request,
+                                               GetCheckpointStateResponse* response) override;
+  grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* ctx,
+                                            const ListCheckpointsRequest* request,
+                                            ListCheckpointsResponse* response) override;
+  grpc::ServerUnaryReactor* Policy(grpc::CallbackServerContext* ctx,
+                                   const CheckpointPolicyRequest* request,
+                                   CheckpointPolicyResponse* response) override;
+
+  CheckpointManager* checkpoints() { return checkpoints_.get(); }
 
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
@@ -136,6 +159,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // Parts the registry placed whose creation on their shard failed; retried
   // whenever a handle that contains them is handed out.
   std::set<std::string> uncreated_parts_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<CheckpointManager> checkpoints_;
 };
 
 }  // namespace psd

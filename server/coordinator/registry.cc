@@ -497,7 +497,13 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
     }
     part_bytes.push_back(EstimatedBytes(dtype, slices[k].shape.num_elements()));
   }
-  PSD_ASSIGN_OR_RETURN(auto shards, PlaceParts(part_bytes, &txn->load));
+  std::vector<int32_t> shards;
+  if (!decl.colocate_with().empty()) {
+    PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, decl.colocate_with(), part_bytes, txn));
+    def.set_colocate_with(decl.colocate_with());
+  } else {
+    PSD_ASSIGN_OR_RETURN(shards, PlaceParts(part_bytes, &txn->load));
+  }
   for (size_t k = 0; k < shards.size(); ++k) {
     def.mutable_parts(static_cast<int>(k))->set_shard_id(shards[k]);
     txn->new_part_names.insert(def.parts(static_cast<int>(k)).name());
@@ -519,6 +525,36 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   def.set_created_unix_micros(absl::ToUnixMicros(absl::Now()));
   def.set_creation_seq(txn->next_creation_seq++);
   return def;
+}
+
+absl::StatusOr<std::vector<int32_t>> Registry::ColocatedShards(
+    const std::string& name, const std::string& primary_name,
+    const std::vector<int64_t>& part_bytes, Txn* txn) {
+  const VariableDef* primary = nullptr;
+  if (auto it = txn->created_index.find(primary_name); it != txn->created_index.end()) {
+    primary = &txn->created[it->second];
+  } else if (auto v = variables_.find(primary_name); v != variables_.end()) {
+    primary = &v->second;
+  }
+  if (primary == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot colocate ", name, " with ",
+                                                   primary_name, ": no such variable"));
+  }
+  const size_t n = part_bytes.size();
+  if (n != 1 && n != static_cast<size_t>(primary->parts_size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot colocate ", name, " (", n, " parts) with ", primary_name, " (",
+                     primary->parts_size(), " parts): the part counts must match, or be 1"));
+  }
+  std::vector<int32_t> shards;
+  for (size_t k = 0; k < n; ++k) {
+    const int32_t shard = primary->parts(n == 1 ? 0 : static_cast<int>(k)).shard_id();
+    // A shard that is not live keeps the part anyway: creating it fails
+    // UNAVAILABLE and is retried on the next declaration, as for any part.
+    if (auto it = txn->load.find(shard); it != txn->load.end()) it->second += part_bytes[k];
+    shards.push_back(shard);
+  }
+  return shards;
 }
 
 absl::StatusOr<VariableDef> Registry::Lookup(const std::string& name) const {

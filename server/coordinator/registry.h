@@ -19,6 +19,9 @@
 //    for default variable names (`Variable`, `Variable_1`: Graph.unique_name).
 //    The scope stack itself lives in the client, which reports scope entry
 //    and exit (OpenScope / CloseScope).
+//  * Colocation: a declaration may name a primary variable to sit beside
+//    (an optimizer's slots, `v/Adam/part_K` on the shard of `v/part_K`);
+//    placement then follows the primary's parts instead of byte balancing.
 //
 // With a state directory every mutation is logged (RegistryLog) before it is
 // applied and acknowledged: declarations, deletions and session open/close
@@ -156,6 +159,13 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<VariableDef> ResolveNew(uint64_t session, const VariableDeclaration& decl,
                                          Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The shard of each part of `name` declared with colocate_with
+  // `primary_name` (see VariableDeclaration.colocate_with); adds the parts'
+  // bytes to the transaction's load.
+  absl::StatusOr<std::vector<int32_t>> ColocatedShards(const std::string& name,
+                                                       const std::string& primary_name,
+                                                       const std::vector<int64_t>& part_bytes,
+                                                       Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs `record` (assigning its seq) and applies it.
   absl::Status Commit(RegistryRecord* record, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

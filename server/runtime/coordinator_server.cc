@@ -33,7 +33,19 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
   service_options.shard_rpc_timeout = absl::Seconds(options.shard_rpc_timeout_seconds);
   service_options.max_message_bytes = options.max_message_bytes;
+  service_options.checkpoint.dir = options.checkpoint.dir;
+  service_options.checkpoint.policy.max_to_keep = options.checkpoint.max_to_keep;
+  service_options.checkpoint.policy.keep_checkpoint_every_n_hours =
+      options.checkpoint.keep_checkpoint_every_n_hours;
+  service_options.checkpoint.rpc_timeout = service_options.shard_rpc_timeout;
   CoordinatorService service(registry.get(), service_options);
+  if (!options.checkpoint.dir.empty()) {
+    const int removed = service.checkpoints()->CleanUpTempFiles();
+    spdlog::info("coordinator: checkpoints in {} (max_to_keep {}, keep every {} h); {} leftover "
+                 "temp files removed",
+                 options.checkpoint.dir, options.checkpoint.max_to_keep,
+                 options.checkpoint.keep_checkpoint_every_n_hours, removed);
+  }
 
   // Signals are caught from here on, so a stop request during start-up
   // still drains instead of killing the process.

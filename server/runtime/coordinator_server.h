@@ -36,6 +36,9 @@ struct CoordinatorServerOptions {
   double shard_liveness_timeout_seconds = 5;
   // Deadline of the coordinator's calls to shards (creating parts).
   double shard_rpc_timeout_seconds = 30;
+  // Checkpoint directory and retention policy (periodic saves are not yet
+  // driven from here).
+  CheckpointConfig checkpoint;
   // The registry log is compacted into a snapshot past this size.
   int64_t compact_log_bytes = 64 << 20;
 };

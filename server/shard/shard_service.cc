@@ -316,4 +316,34 @@ grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
   return new BatchReactor(this);
 }
 
+grpc::ServerUnaryReactor* ShardService::Fence(grpc::CallbackServerContext* ctx,
+                                              const FenceRequest* request,
+                                              FenceResponse* response) {
+  return Serve(ctx, [&] { return checkpointer_.Fence(*request, response); });
+}
+
+grpc::ServerUnaryReactor* ShardService::Unfence(grpc::CallbackServerContext* ctx,
+                                                const UnfenceRequest* request,
+                                                UnfenceResponse* response) {
+  return Serve(ctx, [&] { return checkpointer_.Unfence(*request, response); });
+}
+
+grpc::ServerUnaryReactor* ShardService::SaveShard(grpc::CallbackServerContext* ctx,
+                                                  const SaveShardRequest* request,
+                                                  SaveShardResponse* response) {
+  return Serve(ctx, [&] { return checkpointer_.SaveShard(*request, response); });
+}
+
+grpc::ServerUnaryReactor* ShardService::PrepareRestore(grpc::CallbackServerContext* ctx,
+                                                       const PrepareRestoreRequest* request,
+                                                       PrepareRestoreResponse* response) {
+  return Serve(ctx, [&] { return checkpointer_.PrepareRestore(*request, response); });
+}
+
+grpc::ServerUnaryReactor* ShardService::FinishRestore(grpc::CallbackServerContext* ctx,
+                                                      const FinishRestoreRequest* request,
+                                                      FinishRestoreResponse* response) {
+  return Serve(ctx, [&] { return checkpointer_.FinishRestore(*request, response); });
+}
+
 }  // namespace psd

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 
 #include "psd/shard.grpc.pb.h"
+#include "shard/shard_checkpoint.h"
 #include "shard/variable_store.h"
 
 namespace psd {
@@ -30,7 +31,7 @@ class BatchReactor;
 class ShardService final : public Shard::CallbackService {
  public:
   ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
-      : shard_id_(shard_id), incarnation_(incarnation), store_(store) {}
+      : shard_id_(shard_id), incarnation_(incarnation), store_(store), checkpointer_(store) {}
 
   grpc::ServerUnaryReactor* GetShardInfo(grpc::CallbackServerContext* ctx,
                                          const GetShardInfoRequest* request,
@@ -68,6 +69,21 @@ class ShardService final : public Shard::CallbackService {
   grpc::ServerUnaryReactor* ApplySparse(grpc::CallbackServerContext* ctx,
                                         const ApplySparseRequest* request,
                                         ApplySparseResponse* response) override;
+  // Checkpoints (the coordinator's calls; see shard_checkpoint.h).
+  grpc::ServerUnaryReactor* Fence(grpc::CallbackServerContext* ctx, const FenceRequest* request,
+                                  FenceResponse* response) override;
+  grpc::ServerUnaryReactor* Unfence(grpc::CallbackServerContext* ctx,
+                                    const UnfenceRequest* request,
+                                    UnfenceResponse* response) override;
+  grpc::ServerUnaryReactor* SaveShard(grpc::CallbackServerContext* ctx,
+                                      const SaveShardRequest* request,
+                                      SaveShardResponse* response) override;
+  grpc::ServerUnaryReactor* PrepareRestore(grpc::CallbackServerContext* ctx,
+                                           const PrepareRestoreRequest* request,
+                                           PrepareRestoreResponse* response) override;
+  grpc::ServerUnaryReactor* FinishRestore(grpc::CallbackServerContext* ctx,
+                                          const FinishRestoreRequest* request,
+                                          FinishRestoreResponse* response) override;
   grpc::ServerWriteReactor<TensorChunk>* ReadStream(grpc::CallbackServerContext* ctx,
                                                     const ReadStreamRequest* request) override;
   grpc::ServerReadReactor<AssignStreamRequest>* AssignStream(grpc::CallbackServerContext* ctx,
@@ -98,6 +114,7 @@ class ShardService final : public Shard::CallbackService {
   const int32_t shard_id_;
   const uint64_t incarnation_;
   VariableStore* const store_;
+  ShardCheckpointer checkpointer_;
   std::atomic<bool> draining_{false};
   // Calls between admission and finish. Incremented before draining_ is
   // checked, so WaitForIdle never misses a call that was admitted.

@@ -158,6 +158,17 @@ class Variable {
   }
 };
 
+// The parts of one restore, checked and copied, waiting for FinishRestore.
+struct VariableStore::StagedRestore {
+  struct Part {
+    RestorePart spec;
+    TensorShape shape;
+    Variable::Contents contents;
+  };
+  absl::Time staged_at;
+  std::vector<Part> parts;
+};
+
 namespace {
 
 // Bytes of `elements` elements of `element_size` each, or RESOURCE_EXHAUSTED
@@ -511,6 +522,7 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
 
 absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   NoResult none;
   return RunOnce(request.request_id(), &none, [&]() -> absl::Status {
   // Resolve every name first so an unknown one fails the whole request.
@@ -877,6 +889,7 @@ absl::Status VariableStore::CountUpToOnce(const CountUpToRequest& request,
 
 absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   bool ran = false;
   absl::Status status = RunOnce(request.request_id(), response, [&] {
     ran = true;
@@ -891,6 +904,7 @@ absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse*
 
 absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   bool ran = false;
   absl::Status status = RunOnce(request.request_id(), response, [&] {
     ran = true;
@@ -906,6 +920,7 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
 absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
                                       CountUpToResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   return RunOnce(request.request_id(), response,
                  [&] { return CountUpToOnce(request, response); });
 }
@@ -1241,6 +1256,7 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
 absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
                                        ApplyDenseResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   return RunOnce(request.request_id(), response, [&]() -> absl::Status {
     uint64_t version = 0;
     PSD_RETURN_IF_ERROR(ApplyOnce(request.name(), request.slots(), request.optimizer(),
@@ -1253,6 +1269,7 @@ absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
 absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
                                         ApplySparseResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  WriteGate::Pass pass(&gate_);
   return RunOnce(request.request_id(), response, [&]() -> absl::Status {
     const std::string what = absl::StrCat("sparse apply: indices for ", Quoted(request.name()));
     SparseGradient sparse;
@@ -1404,6 +1421,8 @@ class StagedAssignSink final : public AssignStreamSink {
   }
 
   absl::Status Commit(AssignResponse* response) override {
+    // A fence holds the commit, not the staging before it.
+    WriteGate::Pass pass(&store_->gate_);
     if (cached_.has_value()) {
       RestoreResult(*cached_, response);
       return cached_->status;
@@ -1585,6 +1604,170 @@ void VariableStore::RunBatchOp(const BatchOp& op, BatchOpResult* result) {
   if (!status.ok()) {
     result->set_message(std::string(status.message()));
     result->clear_result();
+  }
+}
+
+// --- Checkpoints ---
+
+absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
+                                  std::vector<PinnedValue>* snapshot) {
+  PSD_RETURN_IF_ERROR(gate_.Fence(fence_id, lease));
+  std::vector<std::shared_ptr<Variable>> vars;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    vars.reserve(variables_.size());
+    for (const auto& [name, var] : variables_) vars.push_back(var);
+  }
+  snapshot->clear();
+  snapshot->reserve(vars.size());
+  for (const auto& var : vars) {
+    absl::ReaderMutexLock lock(&var->mu);
+    PinnedValue v;
+    v.name = var->name;
+    v.dtype = var->dtype;
+    v.shape = var->shape;
+    v.initialized = var->initialized;
+    v.buffer = var->contents->buffer.get();
+    v.strings = &var->contents->strings;
+    v.pin = var->contents;
+    snapshot->push_back(std::move(v));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::Unfence(uint64_t fence_id, WriteGate::FenceStats* stats) {
+  return gate_.Unfence(fence_id, stats);
+}
+
+int64_t VariableStore::DivergedBytes(const std::vector<PinnedValue>& snapshot) const {
+  int64_t bytes = 0;
+  for (const PinnedValue& v : snapshot) {
+    auto var = Find(v.name);
+    if (!var.ok()) continue;
+    absl::ReaderMutexLock lock(&(*var)->mu);
+    if ((*var)->contents.get() != v.pin.get()) {
+      bytes += static_cast<const Variable::Contents*>(v.pin.get())->reservation.bytes();
+    }
+  }
+  return bytes;
+}
+
+absl::Status VariableStore::StageRestore(uint64_t restore_id, const RestorePart& part,
+                                         const Tensor& value) {
+  const std::string& name = part.name();
+  PSD_RETURN_IF_ERROR(ValidateVariableName(name));
+  PSD_ASSIGN_OR_RETURN(TensorShape shape,
+                       TensorShape::Make(part.shape(), absl::StrCat("shape of ", Quoted(name))));
+  if (value.dtype() != part.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat("restore of ", Quoted(name), ": checkpoint has ",
+                                                   DataTypeName(value.dtype()), ", variable is ",
+                                                   DataTypeName(part.dtype())));
+  }
+  if (value.shape() != shape) {
+    return absl::InvalidArgumentError(absl::StrCat("restore of ", Quoted(name), ": value has shape ",
+                                                   value.shape().ToString(), ", part has ",
+                                                   shape.ToString()));
+  }
+  StagedRestore::Part staged;
+  staged.spec = part;
+  staged.shape = shape;
+  if (value.dtype() == DT_STRING) {
+    const int64_t bytes = StringBytes(value.strings());
+    PSD_RETURN_IF_ERROR(memory_.Reserve(bytes, name));
+    staged.contents.shape = shape;
+    staged.contents.reservation = MemoryReservation(&memory_, bytes);
+    staged.contents.strings = value.strings();
+  } else {
+    PSD_ASSIGN_OR_RETURN(staged.contents,
+                         Allocate(device_, &memory_, value.dtype(), shape, name));
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(value.bytes().data(), value.bytes().size(),
+                                              staged.contents.buffer.get(), 0));
+  }
+  absl::MutexLock lock(&restore_mu_);
+  auto& r = restores_[restore_id];
+  if (r == nullptr) {
+    r = std::make_unique<StagedRestore>();
+    r->staged_at = absl::Now();
+  }
+  r->parts.push_back(std::move(staged));
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int64_t* applied) {
+  std::unique_ptr<StagedRestore> r;
+  {
+    absl::MutexLock lock(&restore_mu_);
+    auto it = restores_.find(restore_id);
+    if (it != restores_.end()) {
+      r = std::move(it->second);
+      restores_.erase(it);
+    }
+  }
+  *applied = 0;
+  if (!commit) return absl::OkStatus();
+  if (r == nullptr) {
+    return absl::NotFoundError(absl::StrCat("restore ", restore_id,
+                                            " has nothing staged on this shard (expired?)"));
+  }
+  WriteGate::Pass pass(&gate_);
+  // Resolve (or create) every variable first, check each is compatible,
+  // then lock them in name order and apply all: a restore is all or nothing
+  // on this shard.
+  std::map<std::string, std::pair<std::shared_ptr<Variable>, StagedRestore::Part*>> targets;
+  for (auto& part : r->parts) {
+    const RestorePart& spec = part.spec;
+    std::shared_ptr<Variable> var;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = variables_.find(spec.name());
+      if (it != variables_.end()) {
+        var = it->second;
+      } else {
+        std::vector<int64_t> offset(part.shape.rank(), 0);
+        TensorShape full_shape = part.shape;
+        if (spec.sliced()) {
+          offset.assign(spec.offset().begin(), spec.offset().end());
+          full_shape = TensorShape(std::vector<int64_t>(spec.full_shape().begin(),
+                                                        spec.full_shape().end()));
+        }
+        InitializerSpec init = spec.initializer();
+        if (init.kind_case() == InitializerSpec::KIND_NOT_SET) init.mutable_default_initializer();
+        var = std::make_shared<Variable>(spec.name(), spec.dtype(), part.shape,
+                                         std::move(full_shape), std::move(offset),
+                                         std::move(init), nullptr);
+        variables_.emplace(spec.name(), var);
+      }
+    }
+    if (var->dtype != spec.dtype()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore of ", Quoted(spec.name()), ": the shard's variable is ",
+          DataTypeName(var->dtype), ", the restored value ", DataTypeName(spec.dtype())));
+    }
+    targets[spec.name()] = {var, &part};
+  }
+  std::vector<std::unique_ptr<absl::MutexLock>> locks;
+  for (auto& [name, t] : targets) locks.push_back(std::make_unique<absl::MutexLock>(&t.first->mu));
+  for (auto& [name, t] : targets) {
+    Variable& var = *t.first;
+    var.mu.AssertHeld();
+    var.Swap(std::move(t.second->contents));
+    var.initial_value.reset();
+    var.initialized = true;
+    ++var.version;
+    ++*applied;
+  }
+  return absl::OkStatus();
+}
+
+void VariableStore::DropStaleRestores(absl::Duration age) {
+  absl::MutexLock lock(&restore_mu_);
+  const absl::Time cutoff = absl::Now() - age;
+  for (auto it = restores_.begin(); it != restores_.end();) {
+    if (it->second->staged_at < cutoff) {
+      it = restores_.erase(it);
+    } else {
+      ++it;
+    }
   }
 }
 

@@ -36,6 +36,8 @@
 #include "psd/shard.pb.h"
 #include "shard/memory_accountant.h"
 #include "shard/request_window.h"
+#include "shard/write_gate.h"
+#include "psd/tensor.h"
 
 namespace psd {
 
@@ -97,6 +99,38 @@ class VariableStore {
   // Runs one op of a batch and stores its status and result in `result`.
   void RunBatchOp(const BatchOp& op, BatchOpResult* result);
 
+  // --- Checkpoints (see shard/shard_checkpoint.h) ---
+
+  // A variable's value pinned for a checkpoint. While the pin is held,
+  // writers copy the value before changing it (copy-on-write, accounted),
+  // so the pinned bytes stay as they were at the fence.
+  struct PinnedValue {
+    std::string name;
+    DataType dtype = DT_INVALID;
+    TensorShape shape;
+    bool initialized = false;
+    std::shared_ptr<const void> pin;
+    const DeviceBuffer* buffer = nullptr;               // fixed-size dtypes
+    const std::vector<std::string>* strings = nullptr;  // DT_STRING
+  };
+  // Holds new writes (WriteGate::Fence), then pins every variable's value.
+  absl::Status Fence(uint64_t fence_id, absl::Duration lease, std::vector<PinnedValue>* snapshot);
+  absl::Status Unfence(uint64_t fence_id, WriteGate::FenceStats* stats);
+  // Bytes of pinned values whose variables have moved on (were copied on
+  // write or replaced) since the pin.
+  int64_t DivergedBytes(const std::vector<PinnedValue>& snapshot) const;
+  Device* mutable_device() { return device_; }
+  const WriteGate& gate() const { return gate_; }
+
+  // Restore, in two phases across shards: StageRestore checks and copies a
+  // value into accounted staging (nothing changes), FinishRestore applies
+  // every staged part of `restore_id` under its variable's lock (creating
+  // parts the shard does not hold, e.g. lost ones), or drops them.
+  absl::Status StageRestore(uint64_t restore_id, const RestorePart& part, const Tensor& value);
+  absl::Status FinishRestore(uint64_t restore_id, bool commit, int64_t* applied);
+  // Drops staged restores older than `age` (a coordinator that never came back).
+  void DropStaleRestores(absl::Duration age);
+
   const MemoryAccountant& memory() const { return memory_; }
   size_t num_variables() const;
   const Device& device() const { return *device_; }
@@ -128,6 +162,11 @@ class VariableStore {
   RequestWindow requests_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Variable>> variables_ ABSL_GUARDED_BY(mu_);
+  // Every mutation passes it; a checkpoint fence closes it.
+  WriteGate gate_;
+  struct StagedRestore;
+  mutable absl::Mutex restore_mu_;
+  std::map<uint64_t, std::unique_ptr<StagedRestore>> restores_ ABSL_GUARDED_BY(restore_mu_);
 };
 
 // A streamed read's source: the value as it was when the stream began.

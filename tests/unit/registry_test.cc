@@ -446,5 +446,47 @@ TEST_F(RegistryTest, ConcurrentDeclarationsYieldOneVariableEach) {
   for (int t = 1; t < kThreads; ++t) EXPECT_EQ(seen[t], seen[0]);
 }
 
+TEST_F(RegistryTest, ColocatedVariablesFollowTheirPrimaryPartByPart) {
+  // Three parts over three shards by byte balancing.
+  auto emb = Get(Partitioned(Decl("co/emb", {9, 4}), 3));
+  ASSERT_TRUE(emb.ok()) << emb.status();
+  std::vector<int32_t> primary;
+  for (const auto& p : emb->def.parts()) primary.push_back(p.shard_id());
+  // Unbalance the shards: byte balancing alone would now place differently.
+  ASSERT_TRUE(Get(Decl("co/big", {1000})).ok());
+
+  VariableDeclaration slot = Decl("co/emb/Adam", {9, 4}, REUSE_AUTO);
+  slot.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(3);
+  slot.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  slot.set_colocate_with("co/emb");
+  VariableDeclaration power = Decl("co/beta1_power", {}, REUSE_AUTO);
+  power.set_colocate_with("co/emb");
+  auto both = registry_->Declare(session_, {slot, power}, shards_);
+  ASSERT_TRUE(both.ok()) << both.status();
+  const VariableDef& s = (*both)[0].def;
+  EXPECT_THAT(PartNames(s), ElementsAre("co/emb/Adam/part_0", "co/emb/Adam/part_1",
+                                        "co/emb/Adam/part_2"));
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(s.parts(k).shard_id(), primary[k]) << k;
+  EXPECT_EQ(s.colocate_with(), "co/emb");
+  EXPECT_EQ((*both)[1].def.parts(0).shard_id(), primary[0]);
+
+  // A primary declared earlier in the same batch works too.
+  VariableDeclaration w = Decl("co/w", {2});
+  VariableDeclaration w_slot = Decl("co/w/Momentum", {2});
+  w_slot.set_colocate_with("co/w");
+  auto batch = registry_->Declare(session_, {w, w_slot}, shards_);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_EQ((*batch)[1].def.parts(0).shard_id(), (*batch)[0].def.parts(0).shard_id());
+
+  VariableDeclaration missing = Decl("co/x/Adam", {2});
+  missing.set_colocate_with("co/x");
+  EXPECT_THAT(Get(missing).status().message(), HasSubstr("cannot colocate co/x/Adam with co/x"));
+  VariableDeclaration two = Partitioned(Decl("co/two", {9, 4}), 2);
+  two.set_colocate_with("co/emb");
+  auto r = Get(two);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("part counts must match"));
+}
+
 }  // namespace
 }  // namespace psd

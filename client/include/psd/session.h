@@ -134,6 +134,7 @@ struct ScopeOptions {
 };
 
 class VariableScope;
+class Optimizer;
 
 class Session {
  public:
@@ -206,6 +207,7 @@ class Session {
 
  private:
   friend class VariableScope;
+  friend class Optimizer;  // declares slot variables with colocation
   explicit Session(std::unique_ptr<Impl> impl);
 
   const std::unique_ptr<Impl> impl_;

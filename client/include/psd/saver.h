@@ -1,0 +1,100 @@
+// Saver: the C++ client's tf.compat.v1.train.Saver. Checkpoints are taken
+// and restored by the coordinator (paths are on the server side): a save
+// fences every shard so the checkpoint is one consistent cut, writes
+// TensorFlow's V2 bundle (PREFIX.index + PREFIX.data-K-of-N) plus
+// PREFIX.psd-meta, updates the `checkpoint` state file and applies the
+// Saver's retention rules (max_to_keep, keep_checkpoint_every_n_hours,
+// configured on the coordinator).
+//
+//   PSD_ASSIGN_OR_RETURN(auto saver, psd::client::Saver::Create(session->coordinator_address()));
+//   PSD_ASSIGN_OR_RETURN(std::string path, saver->Save("/ckpt/model.ckpt", step));
+//   ...
+//   PSD_RETURN_IF_ERROR(saver->Restore(*saver->LatestCheckpoint("/ckpt")));
+//
+// Thread-safety: thread-safe; calls may run concurrently (the coordinator
+// runs one save or restore at a time).
+#ifndef PSD_CLIENT_INCLUDE_PSD_SAVER_H_
+#define PSD_CLIENT_INCLUDE_PSD_SAVER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace psd {
+namespace client {
+
+struct SaverOptions {
+  // The state file's name ("checkpoint" when empty).
+  std::string latest_filename;
+  // Deadline of a save or restore call.
+  absl::Duration timeout = absl::Hours(1);
+};
+
+// What a save did besides returning its prefix.
+struct SaveDetails {
+  std::string prefix;
+  int64_t bytes = 0;
+  absl::Duration fence_pause;  // how long writes were held
+  int64_t copied_bytes = 0;    // copy-on-write during the save
+  double seconds = 0;
+  std::vector<std::string> deleted;  // checkpoints retention removed
+};
+
+struct RestoreOptions {
+  // Variables to restore (full names); empty and no name_map: all.
+  std::vector<std::string> variables;
+  // Saver's dict form: checkpoint name -> variable name.
+  std::map<std::string, std::string> name_map;
+};
+
+struct CheckpointStateInfo {
+  std::string model_checkpoint_path;
+  std::vector<std::string> all_model_checkpoint_paths;
+};
+
+class Saver {
+ public:
+  static absl::StatusOr<std::unique_ptr<Saver>> Create(const std::string& coordinator_address,
+                                                       const SaverOptions& options = {});
+  ~Saver();
+  Saver(const Saver&) = delete;
+  Saver& operator=(const Saver&) = delete;
+
+  // Saver.save: returns exactly the checkpoint's prefix (PREFIX-STEP with a
+  // step). An empty prefix saves under the coordinator's checkpoint
+  // directory as "model.ckpt".
+  absl::StatusOr<std::string> Save(const std::string& prefix,
+                                   std::optional<int64_t> global_step = std::nullopt,
+                                   SaveDetails* details = nullptr);
+  // Saver.restore: PREFIX, a directory (its latest), or "" / "latest". A
+  // variable missing from the checkpoint is NOT_FOUND "... not found in
+  // checkpoint"; a damaged file is DATA_LOSS and nothing is restored.
+  absl::Status Restore(const std::string& prefix, const RestoreOptions& options = {});
+
+  // Saver.last_checkpoints: the checkpoints retention still manages in the
+  // directory of this saver's last save ("" : the coordinator's), oldest
+  // first.
+  absl::StatusOr<std::vector<std::string>> LastCheckpoints();
+  // tf.train.latest_checkpoint: nullopt when there is none.
+  absl::StatusOr<std::optional<std::string>> LatestCheckpoint(const std::string& dir = "");
+  // tf.train.get_checkpoint_state: nullopt without a state file.
+  absl::StatusOr<std::optional<CheckpointStateInfo>> GetCheckpointState(
+      const std::string& dir = "");
+
+ private:
+  class Impl;
+  explicit Saver(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace client
+}  // namespace psd
+
+#endif  // PSD_CLIENT_INCLUDE_PSD_SAVER_H_

@@ -1,0 +1,274 @@
+// `psctl ckpt save|list|latest|restore|policy`: checkpoints of a running
+// cluster, through the coordinator (paths are on the server side). On a
+// terminal, save and restore show a progress line while the coordinator
+// works; the final line gives bytes, rate and the fence pause.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "commands.h"
+#include "grpcpp/grpcpp.h"
+#include "output.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/grpc_status.h"
+
+namespace psctl {
+namespace {
+
+template <typename Req, typename Resp>
+absl::Status CallCoordinator(const Context& ctx,
+                             grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*,
+                                                                            const Req&, Resp*),
+                             const Req& req, Resp* resp, absl::Duration timeout,
+                             const char* progress_verb = nullptr) {
+  auto stub = psd::Coordinator::NewStub(
+      grpc::CreateChannel(ctx.coordinator, grpc::InsecureChannelCredentials()));
+  std::atomic<bool> done{false};
+  std::thread progress;
+  const bool tty = progress_verb != nullptr && !ctx.json && isatty(STDOUT_FILENO);
+  if (tty) {
+    progress = std::thread([&] {
+      const absl::Time start = absl::Now();
+      while (!done.load()) {
+        std::fprintf(stdout, "\r%s... %.1f s", progress_verb,
+                     absl::ToDoubleSeconds(absl::Now() - start));
+        std::fflush(stdout);
+        absl::SleepFor(absl::Milliseconds(200));
+      }
+      std::fprintf(stdout, "\r\033[K");
+      std::fflush(stdout);
+    });
+  }
+  grpc::ClientContext cctx;
+  cctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  absl::Status s = psd::FromGrpcStatus(((*stub).*method)(&cctx, req, resp));
+  done.store(true);
+  if (progress.joinable()) progress.join();
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
+  }
+  return s;
+}
+
+std::string Bytes(int64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(n, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+std::string TimeText(int64_t unix_micros) {
+  if (unix_micros <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(unix_micros / 1000000);
+  std::tm tm;
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+struct CkptOptions {
+  std::string prefix;
+  int64_t step = -1;
+  std::string dir;
+  std::string latest_filename;
+  std::vector<std::string> vars;
+  std::vector<std::string> map;  // OLD=NEW
+  int max_to_keep = -1;
+  double keep_hours = -1;
+};
+
+void RunSave(const CkptOptions& o, Context* ctx) {
+  psd::SaveCheckpointRequest req;
+  req.set_prefix(o.prefix);
+  if (o.step >= 0) req.set_global_step(o.step);
+  req.set_latest_filename(o.latest_filename);
+  psd::SaveCheckpointResponse resp;
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Save, req, &resp,
+                                   absl::Hours(2), "saving");
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::string deleted;
+    for (int i = 0; i < resp.deleted_size(); ++i) {
+      absl::StrAppend(&deleted, i ? "," : "", JsonString(resp.deleted(i)));
+    }
+    std::printf("{\"prefix\":%s,\"bytes\":%lld,\"seconds\":%s,\"fence_micros\":%lld,"
+                "\"copied_bytes\":%lld,\"deleted\":[%s]}\n",
+                JsonString(resp.prefix()).c_str(), static_cast<long long>(resp.bytes()),
+                JsonNumber(resp.seconds()).c_str(), static_cast<long long>(resp.fence_micros()),
+                static_cast<long long>(resp.copied_bytes()), deleted.c_str());
+    return;
+  }
+  const double rate = resp.seconds() > 0 ? resp.bytes() / resp.seconds() : 0;
+  std::printf("saved %s (%s in %.2f s, %s/s; writes held %.3f ms)\n", resp.prefix().c_str(),
+              Bytes(resp.bytes()).c_str(), resp.seconds(),
+              Bytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0);
+  for (const auto& d : resp.deleted()) std::printf("deleted %s\n", d.c_str());
+}
+
+void RunList(const CkptOptions& o, Context* ctx) {
+  psd::ListCheckpointsRequest req;
+  req.set_dir(o.dir);
+  req.set_latest_filename(o.latest_filename);
+  psd::ListCheckpointsResponse resp;
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::ListCheckpoints, req, &resp,
+                                   absl::Seconds(30));
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::string out = absl::StrCat("{\"dir\":", JsonString(resp.dir()), ",\"checkpoints\":[");
+    for (int i = 0; i < resp.checkpoints_size(); ++i) {
+      const auto& c = resp.checkpoints(i);
+      absl::StrAppend(&out, i ? "," : "", "{\"prefix\":", JsonString(c.prefix()),
+                      ",\"step\":", c.has_global_step() ? absl::StrCat(c.global_step()) : "null",
+                      ",\"saved_unix_micros\":", c.saved_unix_micros(), ",\"bytes\":", c.bytes(),
+                      ",\"kept_forever\":", c.kept_forever() ? "true" : "false",
+                      ",\"managed\":", c.managed() ? "true" : "false",
+                      ",\"latest\":", c.latest() ? "true" : "false", "}");
+    }
+    absl::StrAppend(&out, "]}");
+    std::printf("%s\n", out.c_str());
+    return;
+  }
+  std::vector<std::vector<std::string>> rows = {{"PREFIX", "STEP", "SAVED", "SIZE", "KEPT"}};
+  for (const auto& c : resp.checkpoints()) {
+    std::string mark = c.kept_forever() ? "forever" : (c.managed() ? "" : "unmanaged");
+    if (c.latest()) mark = mark.empty() ? "latest" : absl::StrCat(mark, ",latest");
+    rows.push_back({c.prefix(), c.has_global_step() ? absl::StrCat(c.global_step()) : "-",
+                    TimeText(c.saved_unix_micros()), Bytes(c.bytes()), mark});
+  }
+  std::printf("%s", FormatTable(rows).c_str());
+}
+
+void RunLatest(const CkptOptions& o, Context* ctx) {
+  psd::LatestCheckpointRequest req;
+  req.set_dir(o.dir);
+  req.set_latest_filename(o.latest_filename);
+  psd::LatestCheckpointResponse resp;
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::LatestCheckpoint, req, &resp,
+                                   absl::Seconds(30));
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::printf("{\"latest\":%s}\n",
+                resp.prefix().empty() ? "null" : JsonString(resp.prefix()).c_str());
+    return;
+  }
+  if (resp.prefix().empty()) {
+    return Fail(ctx, absl::NotFoundError("no checkpoint"));
+  }
+  std::printf("%s\n", resp.prefix().c_str());
+}
+
+void RunRestore(const CkptOptions& o, Context* ctx) {
+  psd::RestoreCheckpointRequest req;
+  req.set_prefix(o.prefix);
+  req.set_latest_filename(o.latest_filename);
+  for (const auto& v : o.vars) {
+    for (absl::string_view name : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+      req.add_variables(std::string(name));
+    }
+  }
+  for (const auto& m : o.map) {
+    std::vector<std::string> kv = absl::StrSplit(m, absl::MaxSplits('=', 1));
+    if (kv.size() != 2 || kv[0].empty() || kv[1].empty()) {
+      return Fail(ctx, absl::InvalidArgumentError(
+                           absl::StrCat("--map wants CHECKPOINT_NAME=VARIABLE, got '", m, "'")));
+    }
+    (*req.mutable_name_map())[kv[0]] = kv[1];
+  }
+  psd::RestoreCheckpointResponse resp;
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Restore, req, &resp,
+                                   absl::Hours(2), "restoring");
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::string names;
+    for (int i = 0; i < resp.restored_size(); ++i) {
+      absl::StrAppend(&names, i ? "," : "", JsonString(resp.restored(i)));
+    }
+    std::printf("{\"prefix\":%s,\"restored\":[%s],\"bytes\":%lld,\"seconds\":%s}\n",
+                JsonString(resp.prefix()).c_str(), names.c_str(),
+                static_cast<long long>(resp.bytes()), JsonNumber(resp.seconds()).c_str());
+    return;
+  }
+  std::printf("restored %d variables (%s in %.2f s) from %s\n", resp.restored_size(),
+              Bytes(resp.bytes()).c_str(), resp.seconds(), resp.prefix().c_str());
+}
+
+void RunPolicy(const CkptOptions& o, Context* ctx) {
+  psd::CheckpointPolicyRequest req;
+  if (o.max_to_keep >= 0) req.mutable_set()->set_max_to_keep(o.max_to_keep);
+  if (o.keep_hours > 0) req.mutable_set()->set_keep_checkpoint_every_n_hours(o.keep_hours);
+  psd::CheckpointPolicyResponse resp;
+  absl::Status s =
+      CallCoordinator(*ctx, &psd::Coordinator::Stub::Policy, req, &resp, absl::Seconds(30));
+  if (!s.ok()) return Fail(ctx, s);
+  const auto& p = resp.policy();
+  if (ctx->json) {
+    std::printf("{\"dir\":%s,\"max_to_keep\":%d,\"keep_checkpoint_every_n_hours\":%s}\n",
+                JsonString(p.dir()).c_str(), p.max_to_keep(),
+                JsonNumber(p.keep_checkpoint_every_n_hours()).c_str());
+    return;
+  }
+  std::printf("dir: %s\nmax_to_keep: %d%s\nkeep_checkpoint_every_n_hours: %g\n",
+              p.dir().empty() ? "(none)" : p.dir().c_str(), p.max_to_keep(),
+              p.max_to_keep() == 0 ? " (keep all)" : "", p.keep_checkpoint_every_n_hours());
+}
+
+}  // namespace
+
+void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
+  auto o = std::make_shared<CkptOptions>();
+  auto latest_file = [o](CLI::App* c) {
+    c->add_option("--latest-filename", o->latest_filename, "State file name (default checkpoint)");
+  };
+
+  CLI::App* save = ckpt->add_subcommand("save", "Save a consistent checkpoint of every variable");
+  save->fallthrough();
+  save->add_option("prefix", o->prefix,
+                   "Checkpoint prefix on the servers (default: <checkpoint dir>/model.ckpt)");
+  save->add_option("--step", o->step, "Global step: the checkpoint is PREFIX-STEP");
+  latest_file(save);
+  save->callback([o, ctx] { RunSave(*o, ctx); });
+
+  CLI::App* list = ckpt->add_subcommand("list", "List checkpoints: step, time, size, kept mark");
+  list->fallthrough();
+  list->add_option("dir", o->dir, "Directory (default: the coordinator's checkpoint dir)");
+  latest_file(list);
+  list->callback([o, ctx] { RunList(*o, ctx); });
+
+  CLI::App* latest = ckpt->add_subcommand("latest", "Print the latest checkpoint's prefix");
+  latest->fallthrough();
+  latest->add_option("dir", o->dir, "Directory (default: the coordinator's checkpoint dir)");
+  latest_file(latest);
+  latest->callback([o, ctx] { RunLatest(*o, ctx); });
+
+  CLI::App* restore = ckpt->add_subcommand(
+      "restore", "Restore a checkpoint into the running cluster (lost parts included)");
+  restore->fallthrough();
+  restore->add_option("prefix", o->prefix, "PREFIX, a directory, or latest (default)");
+  restore->add_option("--vars", o->vars, "Variables to restore (default all); comma-separated");
+  restore->add_option("--map", o->map, "CHECKPOINT_NAME=VARIABLE, restore under another name");
+  latest_file(restore);
+  restore->callback([o, ctx] { RunRestore(*o, ctx); });
+
+  CLI::App* policy = ckpt->add_subcommand("policy", "Show (or set) the retention policy");
+  policy->fallthrough();
+  policy->add_option("--max-to-keep", o->max_to_keep, "Set max_to_keep (0 keeps all)");
+  policy->add_option("--keep-every-n-hours", o->keep_hours, "Set keep_checkpoint_every_n_hours");
+  policy->callback([o, ctx] { RunPolicy(*o, ctx); });
+}
+
+}  // namespace psctl

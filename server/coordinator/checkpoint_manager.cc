@@ -1,0 +1,558 @@
+#include "coordinator/checkpoint_manager.h"
+
+#include <algorithm>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "checkpoint/bundle_reader.h"
+#include "checkpoint/tensor_bundle.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/grpc_status.h"
+#include "psd/status.h"
+
+namespace psd {
+
+using checkpoint::BundleReader;
+using checkpoint::BundleShardIndex;
+using checkpoint::JoinPath;
+using checkpoint::SaverRetention;
+
+namespace {
+
+uint64_t RandomId() {
+  static std::mt19937_64 gen{std::random_device{}()};
+  static absl::Mutex mu(absl::kConstInit);
+  absl::MutexLock lock(&mu);
+  uint64_t id = 0;
+  while (id == 0) id = gen();
+  return id;
+}
+
+// Runs fn(i) for every i in [0, n) on its own thread; returns the statuses.
+template <typename Fn>
+std::vector<absl::Status> Parallel(size_t n, Fn fn) {
+  std::vector<absl::Status> out(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (size_t i = 0; i < n; ++i) threads.emplace_back([&, i] { out[i] = fn(i); });
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+template <typename Req, typename Resp>
+absl::Status Call(Shard::Stub* stub,
+                  grpc::Status (Shard::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                  const Req& req, Resp* resp, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  // A shard that just restarted on its address is live (the stub lookup
+  // checks); ride out the channel's reconnect backoff instead of failing.
+  ctx.set_wait_for_ready(true);
+  return FromGrpcStatus((stub->*method)(&ctx, req, resp));
+}
+
+absl::Status FirstError(const std::vector<absl::Status>& statuses,
+                        const std::vector<int32_t>& shards, absl::string_view what) {
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    if (!statuses[i].ok()) {
+      return absl::Status(statuses[i].code(), absl::StrCat(what, ": shard ", shards[i], ": ",
+                                                           statuses[i].message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// "model.ckpt-123" -> 123.
+std::optional<int64_t> StepOf(const std::string& prefix) {
+  const size_t dash = prefix.rfind('-');
+  if (dash == std::string::npos || prefix.find('/', dash) != std::string::npos) return std::nullopt;
+  int64_t step;
+  if (!absl::SimpleAtoi(prefix.substr(dash + 1), &step)) return std::nullopt;
+  return step;
+}
+
+}  // namespace
+
+CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
+                                     CheckpointManagerOptions options)
+    : registry_(registry),
+      access_(std::move(access)),
+      options_(std::move(options)),
+      fs_(options_.fs != nullptr ? options_.fs : checkpoint::FileSystem::Default()),
+      policy_(options_.policy) {}
+
+double CheckpointManager::Now() const {
+  if (options_.now) return options_.now();
+  return static_cast<double>(absl::ToUnixMicros(absl::Now())) / 1e6;
+}
+
+std::string CheckpointManager::DirOrDefault(const std::string& dir) const {
+  return dir.empty() ? options_.dir : dir;
+}
+
+int CheckpointManager::CleanUpTempFiles() {
+  if (options_.dir.empty()) return 0;
+  auto n = checkpoint::DeleteTempFiles(fs_, options_.dir);
+  return n.ok() ? *n : 0;
+}
+
+SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const std::string& name) {
+  auto key = std::make_pair(dir, name);
+  SaverRetention::Policy policy;
+  {
+    absl::MutexLock lock(&policy_mu_);
+    policy = policy_;
+  }
+  auto it = retention_.find(key);
+  if (it == retention_.end()) {
+    SaverRetention r(policy, Now());
+    const std::string path = checkpoint::RetentionStateFilename(dir, name);
+    auto size = fs_->GetFileSize(path);
+    auto file = fs_->NewRandomAccessFile(path);
+    if (size.ok() && file.ok()) {
+      std::string data(*size, '\0');
+      absl::string_view got;
+      SaverRetentionState state;
+      if ((*file)->Read(0, *size, data.data(), &got).ok() &&
+          state.ParseFromArray(got.data(), static_cast<int>(got.size()))) {
+        r = SaverRetention::FromState(policy, state);
+      }
+    }
+    it = retention_.emplace(key, std::move(r)).first;
+  }
+  it->second.set_policy(policy);
+  return &it->second;
+}
+
+absl::Status CheckpointManager::PersistRetention(const std::string& dir, const std::string& name,
+                                                 const SaverRetention& r) {
+  return checkpoint::WriteFileAtomically(fs_, checkpoint::RetentionStateFilename(dir, name),
+                                         r.ToState().SerializeAsString());
+}
+
+absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
+    const SaveCheckpointRequest& request) {
+  const absl::Time start = absl::Now();
+  std::string base = request.prefix();
+  if (base.empty()) {
+    if (options_.dir.empty()) {
+      return absl::InvalidArgumentError(
+          "save: no prefix given and no checkpoint directory configured");
+    }
+    base = JoinPath(options_.dir, "model.ckpt");
+  }
+  const std::string latest_filename =
+      request.latest_filename().empty() ? checkpoint::kDefaultStateFilename
+                                        : request.latest_filename();
+  if (!request.has_global_step() && checkpoint::BaseName(base) == latest_filename) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'latest_filename' collides with 'save_path': '", latest_filename,
+                     "' and '", base, "'"));
+  }
+  const std::string prefix =
+      request.has_global_step() ? absl::StrCat(base, "-", request.global_step()) : base;
+  const std::string dir = checkpoint::DirName(prefix);
+  if (!fs_->ListDir(dir).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Parent directory of ", prefix, " doesn't exist, can't save."));
+  }
+
+  absl::MutexLock op(&op_mu_);
+  const std::vector<VariableDef> defs = registry_->List("");
+  if (defs.empty()) return absl::InvalidArgumentError("save: no variables to save");
+  std::map<int32_t, std::vector<SavePart>> by_shard;
+  for (const VariableDef& def : defs) {
+    for (const VariablePart& part : def.parts()) {
+      SavePart p;
+      p.set_name(part.name());
+      p.set_full_name(def.name());
+      if (def.partitioned()) {
+        p.set_sliced(true);
+        *p.mutable_full_shape() = def.shape().dims();
+        *p.mutable_offset() = part.offset();
+      }
+      by_shard[part.shard_id()].push_back(std::move(p));
+    }
+  }
+  std::vector<int32_t> shards;
+  std::vector<std::shared_ptr<Shard::Stub>> stubs;
+  for (const auto& [id, parts] : by_shard) {
+    auto stub = access_.stub(id);
+    if (!stub.ok()) {
+      return absl::Status(stub.status().code(),
+                          absl::StrCat("save of ", prefix, ": shard ", id, ": ",
+                                       stub.status().message()));
+    }
+    shards.push_back(id);
+    stubs.push_back(*std::move(stub));
+  }
+  const size_t n = shards.size();
+
+  // 1-2: fence all, snapshot all (inside Fence), then unfence all.
+  const uint64_t fence_id = RandomId();
+  const absl::Time fence_start = absl::Now();
+  auto unfence_all = [&](bool discard, std::vector<UnfenceResponse>* out) {
+    std::vector<UnfenceResponse> resps(n);
+    auto st = Parallel(n, [&](size_t i) {
+      UnfenceRequest req;
+      req.set_fence_id(fence_id);
+      req.set_discard(discard);
+      return Call(stubs[i].get(), &Shard::Stub::Unfence, req, &resps[i],
+                  absl::Now() + options_.rpc_timeout);
+    });
+    if (out != nullptr) *out = std::move(resps);
+    return st;
+  };
+  {
+    auto st = Parallel(n, [&](size_t i) {
+      FenceRequest req;
+      req.set_fence_id(fence_id);
+      req.set_lease_ms(absl::ToInt64Milliseconds(options_.fence_lease));
+      FenceResponse resp;
+      return Call(stubs[i].get(), &Shard::Stub::Fence, req, &resp,
+                  fence_start + options_.fence_lease);
+    });
+    absl::Status s = FirstError(st, shards, absl::StrCat("save of ", prefix, ": fence"));
+    if (s.ok() && absl::Now() - fence_start >= options_.fence_lease) {
+      s = absl::AbortedError(absl::StrCat("save of ", prefix,
+                                          ": fence timeout: the shards were not all fenced "
+                                          "within the lease of ",
+                                          absl::FormatDuration(options_.fence_lease)));
+    }
+    if (!s.ok()) {
+      unfence_all(/*discard=*/true, nullptr);
+      return s;
+    }
+  }
+  std::vector<UnfenceResponse> unfenced;
+  unfence_all(/*discard=*/false, &unfenced);
+  const absl::Duration fence_pause = absl::Now() - fence_start;
+
+  // 3: every shard writes its data file, in parallel.
+  std::vector<SaveShardResponse> saved(n);
+  {
+    auto st = Parallel(n, [&](size_t i) {
+      SaveShardRequest req;
+      req.set_fence_id(fence_id);
+      req.set_prefix(prefix);
+      req.set_shard_index(static_cast<int32_t>(i));
+      req.set_num_shards(static_cast<int32_t>(n));
+      for (const auto& p : by_shard.at(shards[i])) *req.add_parts() = p;
+      return Call(stubs[i].get(), &Shard::Stub::SaveShard, req, &saved[i],
+                  absl::Now() + options_.io_timeout);
+    });
+    absl::Status s = FirstError(st, shards, absl::StrCat("save of ", prefix));
+    if (!s.ok()) {
+      for (size_t i = 0; i < n; ++i) {
+        if (st[i].ok() && !saved[i].data_file().empty()) (void)fs_->DeleteFile(saved[i].data_file());
+      }
+      return s;
+    }
+  }
+
+  // 4: meta, then the index (the commit point).
+  int64_t data_bytes = 0;
+  int64_t copied = 0;
+  std::vector<BundleShardIndex> parts(n);
+  for (size_t i = 0; i < n; ++i) {
+    parts[i].shard_id = static_cast<int>(i);
+    for (const auto& e : saved[i].entries()) parts[i].entries[e.key()] = e.entry();
+    data_bytes += saved[i].data_bytes();
+    copied += saved[i].copied_bytes();
+  }
+  CheckpointMeta meta;
+  for (const VariableDef& def : defs) *meta.add_variables() = def;
+  if (request.has_global_step()) meta.set_global_step(request.global_step());
+  meta.set_saved_unix_micros(absl::ToUnixMicros(absl::Now()));
+  meta.set_num_shards(static_cast<int32_t>(n));
+  meta.set_data_bytes(data_bytes);
+  auto fail = [&](absl::Status s) {
+    for (const auto& r : saved) (void)fs_->DeleteFile(r.data_file());
+    (void)fs_->DeleteFile(checkpoint::MetaFilename(prefix));
+    return s;
+  };
+  absl::Status s = checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(prefix),
+                                                   meta.SerializeAsString());
+  if (!s.ok()) return fail(s);
+  s = checkpoint::WriteMergedIndex(fs_, prefix, static_cast<int>(n), parts);
+  if (!s.ok()) return fail(s);
+
+  // 5: retention, state file, then deletion (TF1 Saver order).
+  SaverRetention* retention = RetentionFor(dir, latest_filename);
+  retention->RecordCheckpoint(prefix, Now());
+  std::optional<std::string> drop = retention->NextDeletion();
+  PSD_RETURN_IF_ERROR(PersistRetention(dir, latest_filename, *retention));
+  PSD_RETURN_IF_ERROR(checkpoint::WriteCheckpointState(fs_, dir, prefix,
+                                                       retention->last_checkpoints(),
+                                                       latest_filename));
+  SaveCheckpointResponse response;
+  if (drop.has_value()) {
+    checkpoint::DeleteCheckpointFiles(fs_, *drop);
+    response.add_deleted(*drop);
+  }
+  auto index_size = fs_->GetFileSize(checkpoint::IndexFilename(prefix));
+  response.set_prefix(prefix);
+  response.set_bytes(data_bytes + (index_size.ok() ? static_cast<int64_t>(*index_size) : 0));
+  int64_t fenced_micros = absl::ToInt64Microseconds(fence_pause);
+  response.set_fence_micros(fenced_micros);
+  response.set_copied_bytes(copied);
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  return response;
+}
+
+absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
+    const RestoreCheckpointRequest& request) {
+  const std::string& p = request.prefix();
+  if (p.empty() || p == "latest") {
+    if (options_.dir.empty()) {
+      return absl::InvalidArgumentError(
+          "restore: no checkpoint named and no checkpoint directory configured");
+    }
+    auto latest = checkpoint::LatestCheckpoint(fs_, options_.dir, request.latest_filename());
+    if (!latest.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("restore: no checkpoint in ", options_.dir, ": ", latest.status().message()));
+    }
+    return *latest;
+  }
+  if (fs_->FileExists(checkpoint::IndexFilename(p)).ok()) return p;
+  if (fs_->ListDir(p).ok()) {
+    auto latest = checkpoint::LatestCheckpoint(fs_, p, request.latest_filename());
+    if (!latest.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("restore: no checkpoint in ", p, ": ", latest.status().message()));
+    }
+    return *latest;
+  }
+  if (fs_->FileExists(p).ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(p, ": V1 checkpoint format is not supported"));
+  }
+  return absl::NotFoundError(absl::StrCat("restore: checkpoint ", p, " not found (no ",
+                                          checkpoint::IndexFilename(p), ")"));
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
+    const RestoreCheckpointRequest& request) {
+  const absl::Time start = absl::Now();
+  absl::MutexLock op(&op_mu_);
+  PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
+  // The index only: names, dtypes and shapes are checked here, before any
+  // shard reads data.
+  PSD_ASSIGN_OR_RETURN(auto reader, BundleReader::Open(prefix, fs_));
+
+  // (variable, checkpoint name)
+  std::vector<std::pair<std::string, std::string>> targets;
+  if (request.variables().empty() && request.name_map().empty()) {
+    for (const VariableDef& def : registry_->List("")) targets.emplace_back(def.name(), def.name());
+  } else {
+    for (const auto& v : request.variables()) targets.emplace_back(v, v);
+    std::map<std::string, std::string> sorted(request.name_map().begin(),
+                                              request.name_map().end());
+    for (const auto& [old_name, new_name] : sorted) targets.emplace_back(new_name, old_name);
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("restore: no variables to restore");
+
+  std::map<int32_t, std::vector<RestorePart>> by_shard;
+  std::vector<std::pair<int32_t, std::string>> restored_parts;
+  RestoreCheckpointResponse response;
+  for (const auto& [var_name, ckpt_name] : targets) {
+    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(var_name));
+    auto info = reader->GetTensorInfo(ckpt_name);
+    if (!info.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("Key ", ckpt_name, " not found in checkpoint ", prefix));
+    }
+    if (info->dtype != def.dtype()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore: tensor ", ckpt_name, " in checkpoint ", prefix, " is ",
+          checkpoint::BundleDataTypeName(info->dtype), ", variable ", var_name, " is ",
+          checkpoint::BundleDataTypeName(def.dtype())));
+    }
+    const TensorShape full(std::vector<int64_t>(def.shape().dims().begin(),
+                                                def.shape().dims().end()));
+    if (def.partitioned() ? info->shape != full
+                          : info->shape.num_elements() != full.num_elements()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore: tensor ", ckpt_name, " in checkpoint ", prefix, " has shape ",
+          info->shape.ToString(), ", variable ", var_name, " has shape ", full.ToString()));
+    }
+    for (const VariablePart& part : def.parts()) {
+      RestorePart p;
+      p.set_name(part.name());
+      p.set_checkpoint_name(ckpt_name);
+      p.set_dtype(def.dtype());
+      p.set_sliced(def.partitioned());
+      *p.mutable_full_shape() = def.shape().dims();
+      *p.mutable_offset() = part.offset();
+      *p.mutable_shape() = part.shape().dims();
+      *p.mutable_initializer() = def.initializer();
+      by_shard[part.shard_id()].push_back(std::move(p));
+      restored_parts.emplace_back(part.shard_id(), part.name());
+    }
+    response.add_restored(var_name);
+  }
+
+  std::vector<int32_t> shards;
+  std::vector<std::shared_ptr<Shard::Stub>> stubs;
+  for (const auto& [id, parts] : by_shard) {
+    auto stub = access_.stub(id);
+    if (!stub.ok()) {
+      return absl::Status(stub.status().code(), absl::StrCat("restore of ", prefix, ": shard ", id,
+                                                             ": ", stub.status().message()));
+    }
+    shards.push_back(id);
+    stubs.push_back(*std::move(stub));
+  }
+  const size_t n = shards.size();
+  const uint64_t restore_id = RandomId();
+  auto finish_all = [&](bool commit) {
+    return Parallel(n, [&](size_t i) {
+      FinishRestoreRequest req;
+      req.set_restore_id(restore_id);
+      req.set_commit(commit);
+      FinishRestoreResponse resp;
+      return Call(stubs[i].get(), &Shard::Stub::FinishRestore, req, &resp,
+                  absl::Now() + options_.rpc_timeout);
+    });
+  };
+  std::vector<PrepareRestoreResponse> prepared(n);
+  auto st = Parallel(n, [&](size_t i) {
+    PrepareRestoreRequest req;
+    req.set_restore_id(restore_id);
+    req.set_prefix(prefix);
+    for (const auto& p : by_shard.at(shards[i])) *req.add_parts() = p;
+    return Call(stubs[i].get(), &Shard::Stub::PrepareRestore, req, &prepared[i],
+                absl::Now() + options_.io_timeout);
+  });
+  // A DATA_LOSS or NOT_FOUND names the file and tensor; report it before
+  // errors it may have caused elsewhere.
+  absl::Status s;
+  for (size_t i = 0; i < n && s.ok(); ++i) {
+    if (st[i].code() == absl::StatusCode::kDataLoss) {
+      s = absl::DataLossError(absl::StrCat("restore of ", prefix, ": shard ", shards[i], ": ",
+                                           st[i].message()));
+    }
+  }
+  if (s.ok()) s = FirstError(st, shards, absl::StrCat("restore of ", prefix));
+  if (!s.ok()) {
+    finish_all(/*commit=*/false);
+    return s;
+  }
+  PSD_RETURN_IF_ERROR(FirstError(finish_all(/*commit=*/true), shards,
+                                 absl::StrCat("restore of ", prefix, ": applying")));
+  if (access_.restored) access_.restored(restored_parts);
+  int64_t bytes = 0;
+  for (const auto& p : prepared) bytes += p.staged_bytes();
+  response.set_prefix(prefix);
+  response.set_bytes(bytes);
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  return response;
+}
+
+absl::StatusOr<std::string> CheckpointManager::Latest(const std::string& dir,
+                                                      const std::string& latest_filename) {
+  const std::string d = DirOrDefault(dir);
+  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  return checkpoint::LatestCheckpoint(fs_, d, latest_filename);
+}
+
+absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(
+    const std::string& dir, const std::string& latest_filename) {
+  const std::string d = DirOrDefault(dir);
+  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  GetCheckpointStateResponse response;
+  auto state = checkpoint::GetCheckpointState(fs_, d, latest_filename);
+  if (absl::IsNotFound(state.status())) return response;
+  if (!state.ok()) return state.status();
+  response.set_found(true);
+  response.set_model_checkpoint_path(state->model_checkpoint_path());
+  for (const auto& p : state->all_model_checkpoint_paths()) {
+    response.add_all_model_checkpoint_paths(p);
+  }
+  return response;
+}
+
+absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
+    const std::string& dir, const std::string& latest_filename) {
+  const std::string d = DirOrDefault(dir);
+  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  const std::string name =
+      latest_filename.empty() ? checkpoint::kDefaultStateFilename : latest_filename;
+  PSD_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_->ListDir(d));
+  std::set<std::string> managed;
+  std::set<std::string> kept;
+  {
+    absl::MutexLock op(&op_mu_);
+    SaverRetention* r = RetentionFor(d, name);
+    for (const auto& p : r->last_checkpoints()) managed.insert(p);
+    for (const auto& p : r->kept_forever()) kept.insert(p);
+  }
+  auto latest = checkpoint::LatestCheckpoint(fs_, d, name);
+  ListCheckpointsResponse response;
+  response.set_dir(d);
+  std::vector<CheckpointInfo> infos;
+  for (const std::string& n : names) {
+    if (!absl::EndsWith(n, ".index") || checkpoint::IsTempFileName(n)) continue;
+    const std::string prefix = JoinPath(d, n.substr(0, n.size() - 6));
+    CheckpointInfo info;
+    info.set_prefix(prefix);
+    int64_t bytes = 0;
+    if (auto s = fs_->GetFileSize(checkpoint::IndexFilename(prefix)); s.ok()) bytes += *s;
+    for (const auto& f : checkpoint::ListDataFiles(fs_, prefix)) {
+      if (auto s = fs_->GetFileSize(f); s.ok()) bytes += *s;
+    }
+    info.set_bytes(bytes);
+    const std::string meta_path = checkpoint::MetaFilename(prefix);
+    CheckpointMeta meta;
+    if (auto size = fs_->GetFileSize(meta_path); size.ok()) {
+      if (auto file = fs_->NewRandomAccessFile(meta_path); file.ok()) {
+        std::string data(*size, '\0');
+        absl::string_view got;
+        if ((*file)->Read(0, *size, data.data(), &got).ok()) {
+          meta.ParseFromArray(got.data(), static_cast<int>(got.size()));
+        }
+      }
+    }
+    if (meta.has_global_step()) {
+      info.set_global_step(meta.global_step());
+    } else if (auto step = StepOf(prefix)) {
+      info.set_global_step(*step);
+    }
+    info.set_saved_unix_micros(meta.saved_unix_micros());
+    info.set_managed(managed.count(prefix) > 0);
+    info.set_kept_forever(kept.count(prefix) > 0);
+    info.set_latest(latest.ok() && *latest == prefix);
+    infos.push_back(std::move(info));
+  }
+  std::sort(infos.begin(), infos.end(), [](const CheckpointInfo& a, const CheckpointInfo& b) {
+    if (a.saved_unix_micros() != b.saved_unix_micros()) {
+      return a.saved_unix_micros() < b.saved_unix_micros();
+    }
+    return a.prefix() < b.prefix();
+  });
+  for (auto& i : infos) *response.add_checkpoints() = std::move(i);
+  return response;
+}
+
+CheckpointPolicy CheckpointManager::Policy(const CheckpointPolicy* set) {
+  absl::MutexLock lock(&policy_mu_);
+  if (set != nullptr) {
+    if (set->has_max_to_keep()) policy_.max_to_keep = set->max_to_keep();
+    if (set->has_keep_checkpoint_every_n_hours()) {
+      policy_.keep_checkpoint_every_n_hours = set->keep_checkpoint_every_n_hours();
+    }
+  }
+  CheckpointPolicy out;
+  out.set_dir(options_.dir);
+  out.set_max_to_keep(policy_.max_to_keep);
+  out.set_keep_checkpoint_every_n_hours(policy_.keep_checkpoint_every_n_hours);
+  return out;
+}
+
+}  // namespace psd

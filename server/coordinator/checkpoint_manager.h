@@ -1,0 +1,124 @@
+// CheckpointManager: the coordinator's side of checkpoints (DESIGN.md,
+// "Checkpoints"). It orders the shards through a consistent save and an
+// all-or-nothing restore, and owns what lives beside the data: the merged
+// .index, PREFIX.psd-meta (the registry at save time), the `checkpoint`
+// state file and the TF1 Saver's retention state per (directory, state-file
+// name), persisted beside the state file and resumed after a restart.
+//
+// A save:
+//   1. Fence every shard holding parts (each holds new writes, waits for
+//      running ones, pins a copy-on-write snapshot); if any fence fails, or
+//      the fence lease ran out before the last shard answered, unfence with
+//      discard and fail ABORTED.
+//   2. Unfence every shard: training goes on.
+//   3. SaveShard on every shard in parallel: PREFIX.data-K-of-N.
+//   4. Write PREFIX.psd-meta, then merge and publish PREFIX.index (temp +
+//      fsync + rename + directory fsync). The index is the commit point: a
+//      process killed earlier leaves no index, so nothing lists the
+//      checkpoint.
+//   5. Retention (TF1 Saver, exact), the state file, then deletion of at
+//      most one dropped checkpoint.
+// Because every shard's snapshot is taken while every shard holds writes,
+// a trainer that acknowledges `a += 1` before sending `b += 1` always finds
+// b <= a <= b + 1 in a checkpoint.
+//
+// A restore reads the index once here to check names, then every shard
+// reads its parts' slices from the bundle itself (PrepareRestore, staged),
+// and only when every shard staged its parts do they apply them
+// (FinishRestore). A corrupt file fails the prepare with DATA_LOSS naming the
+// file and tensor, and nothing is applied.
+//
+// Thread-safety: thread-safe. Saves and restores are serialized (one at a
+// time); shard RPCs run in parallel on short-lived threads, with no lock
+// but that one held.
+#ifndef PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
+#define PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "checkpoint/checkpoint_state.h"
+#include "checkpoint/file_system.h"
+#include "coordinator/registry.h"
+#include "psd/coordinator.pb.h"
+#include "psd/shard.grpc.pb.h"
+
+namespace psd {
+
+struct CheckpointManagerOptions {
+  // Where saves go by default and where "latest" is looked up; may be empty
+  // (then every request names its path).
+  std::string dir;
+  checkpoint::SaverRetention::Policy policy;
+  absl::Duration fence_lease = absl::Seconds(2);
+  // Deadline of one shard's SaveShard / PrepareRestore.
+  absl::Duration io_timeout = absl::Hours(1);
+  absl::Duration rpc_timeout = absl::Seconds(30);
+  // Null: FileSystem::Default().
+  checkpoint::FileSystem* fs = nullptr;
+  // Seconds since the epoch; replaceable for tests.
+  std::function<double()> now;
+};
+
+class CheckpointManager {
+ public:
+  // How the manager reaches shards; implemented by CoordinatorService.
+  struct ShardAccess {
+    // The stub of a registered shard, or UNAVAILABLE.
+    std::function<absl::StatusOr<std::shared_ptr<Shard::Stub>>(int32_t shard_id)> stub;
+    // Parts restored: no longer lost.
+    std::function<void(const std::vector<std::pair<int32_t, std::string>>& parts)> restored;
+  };
+
+  CheckpointManager(Registry* registry, ShardAccess access, CheckpointManagerOptions options);
+  CheckpointManager(const CheckpointManager&) = delete;
+  CheckpointManager& operator=(const CheckpointManager&) = delete;
+
+  // Removes temp files an interrupted save left in the configured
+  // directory. Returns how many.
+  int CleanUpTempFiles();
+
+  absl::StatusOr<SaveCheckpointResponse> Save(const SaveCheckpointRequest& request);
+  absl::StatusOr<RestoreCheckpointResponse> Restore(const RestoreCheckpointRequest& request);
+  // NOT_FOUND when there is none.
+  absl::StatusOr<std::string> Latest(const std::string& dir, const std::string& latest_filename);
+  absl::StatusOr<GetCheckpointStateResponse> GetState(const std::string& dir,
+                                                      const std::string& latest_filename);
+  absl::StatusOr<ListCheckpointsResponse> List(const std::string& dir,
+                                               const std::string& latest_filename);
+  CheckpointPolicy Policy(const CheckpointPolicy* set);
+
+ private:
+  std::string DirOrDefault(const std::string& dir) const;
+  double Now() const;
+  // The Saver state for (dir, name), loaded from disk on first use.
+  checkpoint::SaverRetention* RetentionFor(const std::string& dir, const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(op_mu_);
+  absl::Status PersistRetention(const std::string& dir, const std::string& name,
+                                const checkpoint::SaverRetention& r);
+  absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
+
+  Registry* const registry_;
+  const ShardAccess access_;
+  CheckpointManagerOptions options_;
+  checkpoint::FileSystem* const fs_;
+
+  // One save or restore at a time.
+  absl::Mutex op_mu_;
+  std::map<std::pair<std::string, std::string>, checkpoint::SaverRetention> retention_
+      ABSL_GUARDED_BY(op_mu_);
+  mutable absl::Mutex policy_mu_;
+  checkpoint::SaverRetention::Policy policy_ ABSL_GUARDED_BY(policy_mu_);
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_

@@ -1,0 +1,221 @@
+#include "shard/shard_checkpoint.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "checkpoint/bundle_reader.h"
+#include "checkpoint/bundle_writer.h"
+#include "checkpoint/tensor_slice.h"
+#include "psd/dtype.h"
+#include "psd/status.h"
+
+namespace psd {
+
+using checkpoint::BundleReader;
+using checkpoint::BundleShardIndex;
+using checkpoint::BundleWriter;
+using checkpoint::TensorSlice;
+
+namespace {
+
+absl::StatusOr<TensorSlice> PartSlice(const TensorShape& full_shape,
+                                      const google::protobuf::RepeatedField<int64_t>& offset,
+                                      const TensorShape& part_shape, const std::string& name) {
+  if (offset.size() != full_shape.rank() || part_shape.rank() != full_shape.rank()) {
+    return absl::InvalidArgumentError(absl::StrCat("part ", name, ": offset of rank ",
+                                                   offset.size(), " and shape ",
+                                                   part_shape.ToString(), " do not fit ",
+                                                   full_shape.ToString()));
+  }
+  PSD_ASSIGN_OR_RETURN(TensorSlice slice,
+                       TensorSlice::Make(std::vector<int64_t>(offset.begin(), offset.end()),
+                                         part_shape.dims()));
+  PSD_RETURN_IF_ERROR(slice.CheckFits(full_shape));
+  return slice;
+}
+
+}  // namespace
+
+ShardCheckpointer::ShardCheckpointer(VariableStore* store, const Options& options)
+    : store_(store),
+      options_(options),
+      fs_(options.fs != nullptr ? options.fs : checkpoint::FileSystem::Default()) {}
+
+absl::Status ShardCheckpointer::Fence(const FenceRequest& request, FenceResponse* response) {
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time cutoff = absl::Now() - options_.snapshot_ttl;
+    for (auto it = snapshots_.begin(); it != snapshots_.end();) {
+      it = it->second.taken_at < cutoff ? snapshots_.erase(it) : std::next(it);
+    }
+  }
+  store_->DropStaleRestores(options_.snapshot_ttl);
+  const absl::Duration lease =
+      request.lease_ms() > 0 ? absl::Milliseconds(request.lease_ms()) : options_.default_lease;
+  Snapshot snap;
+  snap.taken_at = absl::Now();
+  PSD_RETURN_IF_ERROR(store_->Fence(request.fence_id(), lease, &snap.values));
+  int64_t bytes = 0;
+  for (const auto& v : snap.values) {
+    if (v.buffer != nullptr) bytes += static_cast<int64_t>(v.buffer->size());
+  }
+  response->set_snapshot_variables(static_cast<int64_t>(snap.values.size()));
+  response->set_snapshot_bytes(bytes);
+  absl::MutexLock lock(&mu_);
+  snapshots_[request.fence_id()] = std::move(snap);
+  return absl::OkStatus();
+}
+
+absl::Status ShardCheckpointer::Unfence(const UnfenceRequest& request, UnfenceResponse* response) {
+  WriteGate::FenceStats stats;
+  absl::Status s = store_->Unfence(request.fence_id(), &stats);
+  response->set_held_writes(stats.held_writes);
+  response->set_fenced_micros(absl::ToInt64Microseconds(stats.fenced_for));
+  if (request.discard()) {
+    absl::MutexLock lock(&mu_);
+    snapshots_.erase(request.fence_id());
+  }
+  // A fence its lease already lifted is not an error for the coordinator's
+  // unfence: writes flow either way. The snapshot is still the one taken
+  // while every shard held writes only if the lease did not run out before
+  // the last shard was fenced, which the coordinator checks with its own
+  // clock (lease vs. elapsed).
+  if (absl::IsNotFound(s)) return absl::OkStatus();
+  return s;
+}
+
+absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
+                                          SaveShardResponse* response) {
+  Snapshot snap;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = snapshots_.find(request.fence_id());
+    if (it == snapshots_.end()) {
+      return absl::AbortedError(absl::StrCat("save of ", request.prefix(), ": no snapshot for fence ",
+                                             request.fence_id(), " on this shard (expired?)"));
+    }
+    snap = std::move(it->second);
+    snapshots_.erase(it);
+  }
+  std::map<std::string, const VariableStore::PinnedValue*> by_name;
+  for (const auto& v : snap.values) by_name[v.name] = &v;
+
+  BundleWriter::Options wopts;
+  wopts.fs = fs_;
+  wopts.shard_id = request.shard_index();
+  wopts.num_shards = request.num_shards();
+  PSD_ASSIGN_OR_RETURN(auto writer, BundleWriter::Create(request.prefix(), wopts));
+  const int64_t chunk = request.chunk_bytes() > 0 ? request.chunk_bytes()
+                                                  : options_.default_chunk_bytes;
+  std::string buf;
+  Device* device = store_->mutable_device();
+  for (const SavePart& part : request.parts()) {
+    auto it = by_name.find(part.name());
+    if (it == by_name.end()) {
+      return absl::NotFoundError(absl::StrCat("save of ", request.prefix(), ": part ", part.name(),
+                                              " of ", part.full_name(),
+                                              " is not on this shard (lost?)"));
+    }
+    const VariableStore::PinnedValue& v = *it->second;
+    if (!v.initialized) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "save of ", request.prefix(), ": attempting to use uninitialized value ", v.name));
+    }
+    TensorShape full_shape = v.shape;
+    std::optional<TensorSlice> slice;
+    if (part.sliced()) {
+      full_shape = TensorShape(std::vector<int64_t>(part.full_shape().begin(),
+                                                    part.full_shape().end()));
+      PSD_ASSIGN_OR_RETURN(slice, PartSlice(full_shape, part.offset(), v.shape, v.name));
+    }
+    if (v.dtype == DT_STRING) {
+      PSD_ASSIGN_OR_RETURN(Tensor t, Tensor::FromStrings(v.shape, *v.strings));
+      PSD_RETURN_IF_ERROR(slice.has_value()
+                              ? writer->AddSlice(part.full_name(), full_shape, *slice, t)
+                              : writer->Add(part.full_name(), t));
+      continue;
+    }
+    PSD_RETURN_IF_ERROR(slice.has_value()
+                            ? writer->BeginSlice(part.full_name(), v.dtype, full_shape, *slice)
+                            : writer->BeginTensor(part.full_name(), v.dtype, v.shape));
+    const int64_t total = static_cast<int64_t>(v.buffer->size());
+    for (int64_t off = 0; off < total; off += chunk) {
+      const int64_t n = std::min(chunk, total - off);
+      buf.resize(n);
+      PSD_RETURN_IF_ERROR(device->CopyToHost(*v.buffer, off, n, buf.data()));
+      PSD_RETURN_IF_ERROR(writer->AppendData(buf));
+    }
+    PSD_RETURN_IF_ERROR(writer->EndTensor());
+  }
+  PSD_ASSIGN_OR_RETURN(BundleShardIndex index, writer->FinishData());
+  for (auto& [key, entry] : index.entries) {
+    BundleIndexEntry* e = response->add_entries();
+    e->set_key(key);
+    *e->mutable_entry() = std::move(entry);
+  }
+  response->set_data_file(writer->data_path());
+  response->set_data_bytes(writer->data_bytes());
+  response->set_copied_bytes(store_->DivergedBytes(snap.values));
+  return absl::OkStatus();
+}
+
+absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& request,
+                                               PrepareRestoreResponse* response) {
+  absl::Status status = [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(auto reader, BundleReader::Open(request.prefix(), fs_));
+    int64_t staged = 0;
+    for (const RestorePart& part : request.parts()) {
+      const std::string& key = part.checkpoint_name();
+      PSD_ASSIGN_OR_RETURN(BundleReader::TensorInfo info, reader->GetTensorInfo(key));
+      if (info.dtype != part.dtype()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "restore of ", part.name(), ": tensor ", key, " in checkpoint ", request.prefix(),
+            " is ", checkpoint::BundleDataTypeName(info.dtype), ", the variable is ",
+            checkpoint::BundleDataTypeName(part.dtype())));
+      }
+      PSD_ASSIGN_OR_RETURN(TensorShape shape,
+                           TensorShape::Make(part.shape(), absl::StrCat("shape of ", part.name())));
+      Tensor value;
+      if (!part.sliced()) {
+        if (info.shape.num_elements() != shape.num_elements()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "restore of ", part.name(), ": tensor ", key, " in checkpoint ", request.prefix(),
+              " has shape ", info.shape.ToString(), ", the variable has ", shape.ToString()));
+        }
+        PSD_ASSIGN_OR_RETURN(value, reader->ReadTensor(key));
+        if (value.shape() != shape) PSD_RETURN_IF_ERROR(value.Reshape(shape));
+      } else {
+        const TensorShape full(
+            std::vector<int64_t>(part.full_shape().begin(), part.full_shape().end()));
+        if (info.shape != full) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "restore of ", part.name(), ": tensor ", key, " in checkpoint ", request.prefix(),
+              " has shape ", info.shape.ToString(), ", the partitioned variable has ",
+              full.ToString()));
+        }
+        PSD_ASSIGN_OR_RETURN(TensorSlice slice, PartSlice(full, part.offset(), shape, part.name()));
+        PSD_ASSIGN_OR_RETURN(value, reader->ReadSlice(key, slice));
+      }
+      staged += static_cast<int64_t>(value.bytes().size());
+      PSD_RETURN_IF_ERROR(store_->StageRestore(request.restore_id(), part, value));
+    }
+    response->set_staged_bytes(staged);
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    int64_t ignored;
+    (void)store_->FinishRestore(request.restore_id(), /*commit=*/false, &ignored);
+  }
+  return status;
+}
+
+absl::Status ShardCheckpointer::FinishRestore(const FinishRestoreRequest& request,
+                                              FinishRestoreResponse* response) {
+  int64_t applied = 0;
+  absl::Status s = store_->FinishRestore(request.restore_id(), request.commit(), &applied);
+  response->set_restored_parts(applied);
+  return s;
+}
+
+}  // namespace psd
