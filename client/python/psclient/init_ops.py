@@ -1,0 +1,201 @@
+"""Initializers by their TensorFlow names. The shard computes the values
+(Philox keyed by seed and element index, so a partitioned variable's parts
+hold exactly the unpartitioned values); Python only describes them.
+
+An initializer is resolved to the extension's InitializerSpec when a variable
+is declared, once its shape and dtype are known (``spec(shape, dtype)``).
+"""
+
+import math
+
+import numpy as np
+
+from . import _psclient
+from . import dtypes as _dtypes
+
+
+class Initializer:
+    """Base class; subclasses implement spec(shape, dtype)."""
+
+    def spec(self, shape, dtype):
+        raise NotImplementedError
+
+    def get_config(self):
+        return dict(vars(self))
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__,
+                           ", ".join("%s=%r" % kv for kv in self.get_config().items()))
+
+
+def _seed(seed):
+    return 0 if seed is None else int(seed)
+
+
+class Zeros(Initializer):
+    def __init__(self, dtype=None):
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        return _psclient.init_zeros()
+
+
+class Ones(Initializer):
+    def __init__(self, dtype=None):
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        return _psclient.init_ones()
+
+
+class Constant(Initializer):
+    """A scalar (broadcast) or an array of the variable's full shape."""
+
+    def __init__(self, value=0, dtype=None, verify_shape=False):
+        self.value = value
+        self.dtype = dtype
+        self.verify_shape = verify_shape
+
+    def spec(self, shape, dtype):
+        dtype = _dtypes.as_dtype(dtype)
+        value = np.asarray(self.value)
+        if value.ndim > 0 and shape is not None and list(value.shape) != list(shape):
+            if self.verify_shape or value.size != int(np.prod(shape, dtype=np.int64)):
+                raise TypeError("constant_initializer: value of shape %s for a variable of shape %s"
+                                % (list(value.shape), list(shape)))
+            value = value.reshape(shape)
+        return _psclient.init_constant(_dtypes.to_array(value, dtype), dtype.as_datatype_enum)
+
+
+class RandomUniform(Initializer):
+    def __init__(self, minval=0.0, maxval=None, seed=None, dtype=None):
+        self.minval = minval
+        self.maxval = maxval
+        self.seed = seed
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        maxval = self.maxval
+        if maxval is None:  # TensorFlow: 1 for floats; integers need maxval
+            maxval = 1.0
+        return _psclient.init_random_uniform(float(self.minval), float(maxval), _seed(self.seed))
+
+
+class RandomNormal(Initializer):
+    def __init__(self, mean=0.0, stddev=1.0, seed=None, dtype=None):
+        self.mean = mean
+        self.stddev = stddev
+        self.seed = seed
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        return _psclient.init_random_normal(float(self.mean), float(self.stddev), _seed(self.seed))
+
+
+class TruncatedNormal(RandomNormal):
+    def spec(self, shape, dtype):
+        return _psclient.init_truncated_normal(float(self.mean), float(self.stddev),
+                                               _seed(self.seed))
+
+
+class UniformUnitScaling(Initializer):
+    def __init__(self, factor=1.0, seed=None, dtype=None):
+        self.factor = factor
+        self.seed = seed
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        return _psclient.init_uniform_unit_scaling(float(self.factor), _seed(self.seed),
+                                                   list(shape or []))
+
+
+def _fans(shape):
+    shape = list(shape or [])
+    if not shape:
+        return 1.0, 1.0
+    if len(shape) == 1:
+        return float(shape[0]), float(shape[0])
+    receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+class VarianceScaling(Initializer):
+    """tf.variance_scaling_initializer; needs the shape, so the limits are
+    computed here and the shard draws uniform / truncated normal values."""
+
+    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
+                 dtype=None):
+        if mode not in ("fan_in", "fan_out", "fan_avg"):
+            raise ValueError("mode must be fan_in, fan_out or fan_avg, got %r" % (mode,))
+        if distribution == "normal":
+            distribution = "truncated_normal"
+        if distribution not in ("truncated_normal", "untruncated_normal", "uniform"):
+            raise ValueError("invalid distribution %r" % (distribution,))
+        self.scale = scale
+        self.mode = mode
+        self.distribution = distribution
+        self.seed = seed
+        self.dtype = dtype
+
+    def spec(self, shape, dtype):
+        fan_in, fan_out = _fans(shape)
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
+        scale = self.scale / max(1.0, n)
+        if self.distribution == "uniform":
+            limit = math.sqrt(3.0 * scale)
+            return _psclient.init_random_uniform(-limit, limit, _seed(self.seed))
+        if self.distribution == "untruncated_normal":
+            return _psclient.init_random_normal(0.0, math.sqrt(scale), _seed(self.seed))
+        # TensorFlow's correction for the truncation at two standard deviations.
+        return _psclient.init_truncated_normal(0.0, math.sqrt(scale) / 0.87962566103423978,
+                                               _seed(self.seed))
+
+
+def glorot_uniform_initializer(seed=None, dtype=None):
+    return VarianceScaling(1.0, "fan_avg", "uniform", seed, dtype)
+
+
+def glorot_normal_initializer(seed=None, dtype=None):
+    return VarianceScaling(1.0, "fan_avg", "truncated_normal", seed, dtype)
+
+
+def he_normal(seed=None):
+    return VarianceScaling(2.0, "fan_in", "truncated_normal", seed)
+
+
+def he_uniform(seed=None):
+    return VarianceScaling(2.0, "fan_in", "uniform", seed)
+
+
+def lecun_normal(seed=None):
+    return VarianceScaling(1.0, "fan_in", "truncated_normal", seed)
+
+
+def lecun_uniform(seed=None):
+    return VarianceScaling(1.0, "fan_in", "uniform", seed)
+
+
+# TensorFlow 1.x names.
+zeros_initializer = Zeros
+ones_initializer = Ones
+constant_initializer = Constant
+random_uniform_initializer = RandomUniform
+random_normal_initializer = RandomNormal
+truncated_normal_initializer = TruncatedNormal
+uniform_unit_scaling_initializer = UniformUnitScaling
+variance_scaling_initializer = VarianceScaling
+
+
+def as_spec(initializer, shape, dtype):
+    """An Initializer, an InitializerSpec, or None (the default) -> spec or None."""
+    if initializer is None:
+        return None
+    if isinstance(initializer, _psclient.InitializerSpec):
+        return initializer
+    if isinstance(initializer, type) and issubclass(initializer, Initializer):
+        initializer = initializer()  # tf accepted the class (zeros_initializer)
+    if isinstance(initializer, Initializer):
+        return initializer.spec(shape, dtype)
+    raise TypeError("initializer must be a psclient initializer, got %r "
+                    "(constant values go in initializer=psclient.constant_initializer(x) "
+                    "or as a numpy array)" % (initializer,))

@@ -1,0 +1,570 @@
+"""Variables, get_variable, variable scopes, templates and collections: the
+tf.compat.v1 variable API over a psd session. All naming rules (scope paths,
+reuse checks, default names) are the coordinator's; this module only maps
+Python arguments to the C++ client and back.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+from . import _psclient
+from . import dtypes as _dtypes
+from . import errors
+from . import init_ops
+from . import partitioned_variables
+from .session import _session_of
+
+
+class _AutoReuse:
+    def __repr__(self):
+        return "psclient.AUTO_REUSE"
+
+    def __reduce__(self):
+        return "AUTO_REUSE"
+
+
+AUTO_REUSE = _AutoReuse()
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller():
+    """FILE:LINE of the first frame outside psclient ("Originally defined at")."""
+    f = sys._getframe(1)
+    while f is not None and os.path.dirname(os.path.abspath(f.f_code.co_filename)) == _PACKAGE_DIR:
+        f = f.f_back
+    return "%s:%d" % (f.f_code.co_filename, f.f_lineno) if f is not None else ""
+
+
+def _reuse_arg(reuse):
+    if reuse is None:
+        return None
+    if reuse is AUTO_REUSE:
+        return _psclient.REUSE_AUTO
+    if reuse is True or reuse is False or isinstance(reuse, (bool, np.bool_)):
+        return _psclient.REUSE_TRUE if reuse else _psclient.REUSE_FALSE
+    raise ValueError("reuse must be True, False, None or psclient.AUTO_REUSE, got %r" % (reuse,))
+
+
+def _reuse_value(code):
+    return {_psclient.REUSE_FALSE: False, _psclient.REUSE_TRUE: True,
+            _psclient.REUSE_AUTO: AUTO_REUSE}[code]
+
+
+def _indices_array(indices):
+    arr = np.asarray(indices)
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError("indices must be integers, got %s" % arr.dtype)
+    dtype = _dtypes.int32 if arr.dtype == np.int32 else _dtypes.int64
+    return _dtypes.to_array(arr, dtype), dtype.as_datatype_enum
+
+
+class IndexedSlices:
+    """Rows of a dense tensor (tf.IndexedSlices): values[i] is row indices[i]."""
+
+    def __init__(self, values, indices, dense_shape=None):
+        self.values = values
+        self.indices = indices
+        self.dense_shape = dense_shape
+
+    def __repr__(self):
+        return "IndexedSlices(indices=%r, values=%r, dense_shape=%r)" % (
+            self.indices, self.values, self.dense_shape)
+
+
+def sparse_mask(a, mask_indices):
+    """tf.sparse_mask: the slices of IndexedSlices `a` whose indices are not in
+    `mask_indices`."""
+    indices = np.asarray(a.indices)
+    keep = ~np.isin(indices, np.asarray(mask_indices))
+    return IndexedSlices(np.asarray(a.values)[keep], indices[keep], a.dense_shape)
+
+
+class Variable:
+    """A psd variable (tf.Variable); partitioned variables look like one.
+
+    ``Variable(initial_value, name=...)`` creates a new variable with a
+    default-unique name, as tf.Variable does; ``get_variable`` returns these
+    too. Reads return numpy arrays that own the fetched buffer (no copy).
+    """
+
+    def __init__(self, initial_value=None, trainable=None, collections=None, validate_shape=True,
+                 caching_device=None, name=None, variable_def=None, dtype=None,
+                 expected_shape=None, import_scope=None, constraint=None, use_resource=None,
+                 synchronization=None, aggregation=None, shape=None, session=None):
+        if initial_value is None:
+            raise ValueError("initial_value must be specified.")
+        if callable(initial_value):
+            initial_value = initial_value()
+        sess = _session_of(session)
+        dtype = _dtypes.as_dtype(dtype) if dtype is not None else _dtypes.infer_dtype(initial_value)
+        value = _dtypes.to_array(initial_value, dtype)
+        self._session = sess
+        self._v = sess._s.create_variable(value, dtype.as_datatype_enum, name or "Variable",
+                                          trainable, list(collections or []), False, _caller())
+
+    @classmethod
+    def _wrap(cls, session, v):
+        obj = cls.__new__(cls)
+        obj._session = session
+        obj._v = v
+        return obj
+
+    # -- description -------------------------------------------------------
+
+    @property
+    def name(self):
+        """TensorFlow's tensor name, "foo/v:0"."""
+        return self._v.name + ":0"
+
+    @property
+    def full_name(self):
+        """The variable's name without ":0" ("foo/v")."""
+        return self._v.name
+
+    @property
+    def op_name(self):
+        return self._v.name
+
+    @property
+    def shape(self):
+        return tuple(self._v.shape)
+
+    def get_shape(self):
+        return self.shape
+
+    @property
+    def ndim(self):
+        return len(self._v.shape)
+
+    @property
+    def dtype(self):
+        return _dtypes.as_dtype(self._v.dtype)
+
+    @property
+    def trainable(self):
+        return self._v.trainable
+
+    @property
+    def collections(self):
+        return list(self._v.collections)
+
+    @property
+    def partitioned(self):
+        return self._v.partitioned
+
+    @property
+    def partitions(self):
+        """One part count per dimension (TensorFlow's partitions); [] if unpartitioned."""
+        return list(self._v.partitions)
+
+    @property
+    def parts(self):
+        """Each part: dict(name, shape, offset, shard_id, shard_address, ...)."""
+        return self._v.parts()
+
+    @property
+    def session(self):
+        return self._session
+
+    def __repr__(self):
+        return "<psclient.Variable '%s' shape=%s dtype=%s%s>" % (
+            self.name, self.shape, self.dtype.name,
+            " partitions=%s" % self.partitions if self.partitioned else "")
+
+    def __eq__(self, other):
+        return isinstance(other, Variable) and self._v.same_as(other._v)
+
+    def __hash__(self):
+        return hash(self._v.name)
+
+    # -- data ops -----------------------------------------------------------
+
+    def read_value(self):
+        """The current value as a numpy array (partitioned: concatenated)."""
+        return self._v.read()
+
+    read = read_value
+    numpy = read_value
+    value = read_value
+    eval = read_value
+
+    def __array__(self, dtype=None):
+        value = self._v.read()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def gather(self, indices):
+        """Rows along axis 0: shape indices.shape + shape[1:] (tf.gather)."""
+        idx, idt = _indices_array(indices)
+        return self._v.gather(idx, idt)
+
+    sparse_read = gather
+
+    def _value(self, value):
+        return _dtypes.to_array(value, self._v.dtype)
+
+    def assign(self, value, use_locking=None, name=None, read_value=False, validate_shape=True):
+        """Sets the value; returns the value after it when read_value=True."""
+        if not validate_shape:
+            # Variable::Assign of the C++ client takes no AssignOptions.
+            raise errors.UnimplementedError(
+                None, None, "assign(validate_shape=False) is not supported by the psd client yet")
+        return self._v.assign(self._value(value), bool(read_value))
+
+    def assign_add(self, delta, use_locking=None, name=None, read_value=False):
+        return self._v.assign_add(self._value(delta), bool(read_value))
+
+    def assign_sub(self, delta, use_locking=None, name=None, read_value=False):
+        return self._v.assign_sub(self._value(delta), bool(read_value))
+
+    def _scatter(self, op, indices, updates, read_value):
+        if isinstance(indices, IndexedSlices) and updates is None:
+            indices, updates = indices.indices, indices.values
+        idx, idt = _indices_array(indices)
+        op(idx, idt, self._value(updates))
+        return self._v.read() if read_value else None
+
+    def scatter_update(self, indices, updates=None, use_locking=None, name=None, read_value=False):
+        """var[indices] = updates (last duplicate wins). Also takes an IndexedSlices.
+        read_value=True reads the variable after the update (a separate read)."""
+        return self._scatter(self._v.scatter_update, indices, updates, read_value)
+
+    def scatter_add(self, indices, updates=None, use_locking=None, name=None, read_value=False):
+        return self._scatter(self._v.scatter_add, indices, updates, read_value)
+
+    def scatter_sub(self, indices, updates=None, use_locking=None, name=None, read_value=False):
+        return self._scatter(self._v.scatter_sub, indices, updates, read_value)
+
+    def count_up_to(self, limit):
+        """Increments an int32/int64 scalar; returns the old value;
+        OutOfRangeError at `limit`."""
+        return self._v.count_up_to(int(limit))
+
+    # -- initialization -------------------------------------------------------
+
+    def initialize(self, force=False):
+        """Runs the stored initializer (TensorFlow's `sess.run(v.initializer)`)."""
+        self._v.initialize(bool(force))
+
+    def is_initialized(self):
+        return self._v.is_initialized()
+
+    def refresh(self):
+        """Asks the coordinator for the current handle (automatic on stale handles)."""
+        self._v.refresh()
+
+
+# ---------------------------------------------------------------------------
+# get_variable and scopes
+
+class VariableScope:
+    """A variable scope (TensorFlow's VariableScope object). Returned by
+    ``with variable_scope(...) as scope`` and get_variable_scope(); pass it to
+    variable_scope() to re-enter it anywhere."""
+
+    def __init__(self, session, handle, captured, initializer):
+        self._session = session
+        self._handle = handle        # the extension's Scope; None for the root
+        self._captured = captured    # CapturedScope as of entry
+        self._initializer = initializer
+
+    def _now(self):
+        if self._handle is not None:
+            return self._handle.captured
+        if self._captured is not None:
+            return self._captured
+        return self._session._s.current_scope()
+
+    @property
+    def name(self):
+        return self._now().name
+
+    @property
+    def original_name_scope(self):
+        name = self.name
+        return name + "/" if name else ""
+
+    @property
+    def reuse(self):
+        return _reuse_value(self._now().reuse)
+
+    @property
+    def initializer(self):
+        return self._initializer
+
+    @property
+    def partitioner(self):
+        return self._now().partitioner
+
+    @property
+    def dtype(self):
+        d = self._now().dtype
+        return _dtypes.as_dtype(d) if d else _dtypes.float32
+
+    def reuse_variables(self):
+        if self._handle is not None:
+            self._handle.reuse_variables()
+        else:
+            self._session._s.reuse_variables()
+
+    def __repr__(self):
+        return "<psclient.VariableScope '%s' reuse=%r>" % (self.name, self.reuse)
+
+
+class variable_scope:
+    """``with psclient.variable_scope("foo", reuse=..., initializer=...) as scope:``
+
+    name_or_scope: a name (the scope parent/name), a VariableScope to re-enter,
+    or None with default_name (``layer``, ``layer_1``, ... per session).
+    reuse: None/False (inherit), True, or psclient.AUTO_REUSE; reuse is never
+    undone inside a reusing scope. initializer, partitioner and dtype are
+    defaults for get_variable inside.
+    """
+
+    def __init__(self, name_or_scope, default_name=None, values=None, initializer=None,
+                 regularizer=None, caching_device=None, partitioner=None, custom_getter=None,
+                 reuse=None, dtype=None, use_resource=None, constraint=None,
+                 auxiliary_name_scope=True, session=None):
+        if name_or_scope is None and default_name is None:
+            raise TypeError("If default_name is None then name_or_scope is required")
+        if not (name_or_scope is None or isinstance(name_or_scope, (str, VariableScope))):
+            raise TypeError("VariableScope: name_or_scope must be a string or VariableScope.")
+        self._name_or_scope = name_or_scope
+        self._default_name = default_name
+        self._initializer = initializer
+        self._partitioner = partitioned_variables.as_spec(partitioner)
+        self._reuse = _reuse_arg(reuse)
+        self._dtype = _dtypes.as_dtype(dtype).as_datatype_enum if dtype is not None else 0
+        self._session = session
+        self._scope = None
+
+    def __enter__(self):
+        sess = _session_of(self._session)
+        if isinstance(self._name_or_scope, VariableScope):
+            captured = self._name_or_scope._now()
+            handle = sess._s.reenter_scope(captured, self._reuse, self._partitioner, self._dtype)
+            inherited = self._name_or_scope.initializer
+        elif self._name_or_scope is None:
+            handle = sess._s.enter_default_scope(self._default_name, self._reuse,
+                                                 self._partitioner, self._dtype)
+            inherited = sess._scopes[-1].initializer if sess._scopes else None
+        else:
+            handle = sess._s.enter_scope(self._name_or_scope, self._reuse, self._partitioner,
+                                         self._dtype)
+            inherited = sess._scopes[-1].initializer if sess._scopes else None
+        initializer = self._initializer if self._initializer is not None else inherited
+        self._scope = VariableScope(sess, handle, handle.captured, initializer)
+        sess._scopes.append(self._scope)
+        return self._scope
+
+    def __exit__(self, exc_type, exc, tb):
+        scope, self._scope = self._scope, None
+        sess = scope._session
+        if sess._scopes and sess._scopes[-1] is scope:
+            sess._scopes.pop()
+        elif scope in sess._scopes:
+            # Exiting out of order pops the scopes entered after it too (C++).
+            del sess._scopes[sess._scopes.index(scope):]
+        try:
+            scope._handle.exit()
+        except errors.OpError:
+            if exc_type is None:
+                raise
+        return False
+
+
+def get_variable_scope(session=None):
+    """The current VariableScope (the root scope outside any scope)."""
+    sess = _session_of(session)
+    if sess._scopes:
+        return sess._scopes[-1]
+    return VariableScope(sess, None, None, None)
+
+
+def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=None, trainable=None,
+                 collections=None, caching_device=None, partitioner=None, validate_shape=True,
+                 use_resource=None, custom_getter=None, constraint=None, synchronization=None,
+                 aggregation=None, reuse=None, initialize=False, session=None):
+    """tf.get_variable: the variable `name` under the current scope, created
+    (uninitialized, as in TensorFlow: see global_variables_initializer) or
+    reused by the scope's reuse rule. Naming and reuse errors are ValueErrors
+    (errors.VariableExistsError, VariableNotFoundError, InvalidVariableError).
+
+    `initializer` is a psclient initializer or a constant value (numpy array,
+    list, scalar: then `shape` comes from it). Unset arguments come from the
+    enclosing variable_scope.
+    """
+    sess = _session_of(session)
+    scope = sess._scopes[-1] if sess._scopes else None
+    if dtype is not None:
+        dtype = _dtypes.as_dtype(dtype)
+    initial_value = None
+    initial_dtype = 0
+    spec = None
+    if initializer is not None and not isinstance(
+            initializer, (init_ops.Initializer, _psclient.InitializerSpec, type)):
+        if shape is not None and list(np.shape(initializer)) != list(shape):
+            raise errors.InvalidVariableError(
+                None, None, "If initializer is a constant, do not specify shape.")
+        if callable(initializer):
+            raise TypeError("initializer must be a psclient initializer or a value, got %r"
+                            % (initializer,))
+        vdtype = dtype or _dtypes.infer_dtype(initializer)
+        initial_value = _dtypes.to_array(initializer, vdtype)
+        initial_dtype = vdtype.as_datatype_enum
+        shape = None
+    else:
+        if initializer is None and scope is not None:
+            initializer = scope.initializer
+        if initializer is not None:
+            resolved = dtype
+            if resolved is None:
+                scope_dtype = sess._s.current_scope().dtype
+                resolved = _dtypes.as_dtype(scope_dtype) if scope_dtype else _dtypes.float32
+            spec = init_ops.as_spec(initializer, None if shape is None else list(shape), resolved)
+    return Variable._wrap(sess, sess._s.get_variable(
+        name, None if shape is None else [int(d) for d in shape],
+        dtype.as_datatype_enum if dtype is not None else 0, spec, initial_value, initial_dtype,
+        partitioned_variables.as_spec(partitioner), _reuse_arg(reuse), trainable,
+        list(collections or []), bool(initialize), _caller()))
+
+
+class Template:
+    """tf.make_template: the first call runs func_ in a new default-named
+    scope and captures it; later calls re-enter it with reuse=True, so the
+    variables are created once and shared."""
+
+    def __init__(self, name, func, create_scope_now=False, session=None, **kwargs):
+        self._name = name
+        self._func = func
+        self._kwargs = kwargs
+        self._session = session
+        self._scope = None
+        if create_scope_now:
+            with variable_scope(None, default_name=name, session=session) as vs:
+                self._scope = vs
+
+    @property
+    def variable_scope(self):
+        return self._scope
+
+    @property
+    def variable_scope_name(self):
+        return self._scope.name if self._scope is not None else None
+
+    @property
+    def name(self):
+        return self._name
+
+    def __call__(self, *args, **kwargs):
+        kw = dict(self._kwargs)
+        kw.update(kwargs)
+        if self._scope is None:
+            with variable_scope(None, default_name=self._name, session=self._session) as vs:
+                self._scope = vs
+                return self._func(*args, **kw)
+        with variable_scope(self._scope, reuse=True, session=self._session):
+            return self._func(*args, **kw)
+
+
+def make_template(name_, func_, create_scope_now_=False, unique_name_=None, custom_getter_=None,
+                  **kwargs):
+    if unique_name_ is not None or custom_getter_ is not None:
+        raise errors.UnimplementedError(None, None,
+                                        "make_template: unique_name_ and custom_getter_ are not supported")
+    return Template(name_, func_, create_scope_now=create_scope_now_, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Collections and initialization
+
+class GraphKeys:
+    GLOBAL_VARIABLES = "variables"
+    VARIABLES = "variables"
+    TRAINABLE_VARIABLES = "trainable_variables"
+    LOCAL_VARIABLES = "local_variables"
+    MOVING_AVERAGE_VARIABLES = "moving_average_variables"
+
+
+def get_collection(key, session=None):
+    """Variables in collection `key`, in creation order (all sessions' variables:
+    the coordinator keeps collections cluster-wide)."""
+    sess = _session_of(session)
+    return [Variable._wrap(sess, v) for v in sess._s.list_variables(key)]
+
+
+def global_variables(session=None):
+    return get_collection(GraphKeys.GLOBAL_VARIABLES, session)
+
+
+all_variables = global_variables
+
+
+def trainable_variables(session=None):
+    return get_collection(GraphKeys.TRAINABLE_VARIABLES, session)
+
+
+def local_variables(session=None):
+    return get_collection(GraphKeys.LOCAL_VARIABLES, session)
+
+
+def moving_average_variables(session=None):
+    return get_collection(GraphKeys.MOVING_AVERAGE_VARIABLES, session)
+
+
+def _handles(var_list):
+    return [v._v for v in var_list]
+
+
+def variables_initializer(var_list, force=False, session=None):
+    """Runs the initializers of `var_list` now, in parallel on the shards
+    (TensorFlow returned an op to run; psd runs it at once). Initialized
+    variables are left alone unless force=True."""
+    var_list = list(var_list)
+    if not var_list:
+        return None
+    sess = _session_of(session) if session is not None else var_list[0]._session
+    sess._s.initialize_variables(_handles(var_list), bool(force))
+    return None
+
+
+initialize_variables = variables_initializer
+
+
+def global_variables_initializer(session=None):
+    return variables_initializer(global_variables(session), session=session)
+
+
+def local_variables_initializer(session=None):
+    return variables_initializer(local_variables(session), session=session)
+
+
+def initialize_all_variables(session=None):
+    """Global and local variables."""
+    _session_of(session)._s.initialize_all_variables()
+
+
+def is_variable_initialized(variable):
+    return variable.is_initialized()
+
+
+def report_uninitialized_variables(var_list=None, session=None):
+    """Names (without ":0") of the variables among var_list (all when None)
+    with an uninitialized part, in list order."""
+    sess = _session_of(session)
+    return list(sess._s.report_uninitialized_variables(_handles(var_list or [])))
+
+
+def wait_for_initialized(var_list=None, timeout=60.0, session=None):
+    """Blocks until every variable of var_list (all global variables when None)
+    is initialized, as TensorFlow's SessionManager.wait_for_session; a
+    DeadlineExceededError names the missing ones after `timeout` seconds."""
+    sess = _session_of(session)
+    if var_list is None:
+        var_list = global_variables(sess)
+    sess._s.wait_for_initialized(_handles(var_list), float(timeout))

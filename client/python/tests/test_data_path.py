@@ -1,0 +1,133 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import psclient
+from psclient import _psclient
+
+DTYPE_VALUES = [
+    (psclient.float32, np.array([[1.5, -2.25], [3e38, -0.0]], np.float32)),
+    (psclient.float64, np.array([1e300, -1e-300, np.pi])),
+    (psclient.float16, np.array([0.5, -65504, 1e-4], np.float16)),
+    (psclient.int8, np.array([-128, 127, 0], np.int8)),
+    (psclient.int16, np.array([-32768, 32767], np.int16)),
+    (psclient.int32, np.array([[-2**31, 2**31 - 1]], np.int32)),
+    (psclient.int64, np.array([-2**63, 2**63 - 1, 5], np.int64)),
+    (psclient.uint8, np.array([0, 255, 7], np.uint8)),
+    (psclient.bool_, np.array([True, False, True])),
+    (psclient.string, np.array([b"", b"abc", b"\x00\xff", "h\u00e9".encode()], dtype=object)),
+]
+
+
+@pytest.mark.parametrize("dtype,value", DTYPE_VALUES, ids=[d.name for d, _ in DTYPE_VALUES])
+def test_dtype_round_trip(session, prefix, dtype, value):
+    v = psclient.get_variable(prefix, initializer=value, dtype=dtype, initialize=True)
+    assert v.dtype == dtype and v.shape == value.shape
+    got = v.read()
+    assert got.dtype == dtype.np and got.shape == value.shape
+    np.testing.assert_array_equal(got, value)
+    v.assign(value[::-1].copy() if value.ndim == 1 else value)
+    np.testing.assert_array_equal(v.read(), value[::-1] if value.ndim == 1 else value)
+
+
+def test_scalar_and_python_values(session, prefix):
+    v = psclient.Variable(3.5, name=prefix)  # python float -> float32
+    v.initialize()
+    assert v.dtype == psclient.float32 and v.shape == ()
+    assert v.read() == np.float32(3.5)
+    s = psclient.Variable(["a", "bc"], name=prefix + "_s", dtype=psclient.string)
+    s.initialize()
+    assert list(s.read()) == [b"a", b"bc"]
+
+
+def test_bfloat16_as_uint16_bits(session, prefix):
+    bits = psclient.float32_to_bfloat16(np.array([1.0, -2.5, 0.375], np.float32))
+    v = psclient.get_variable(prefix, initializer=bits, dtype=psclient.bfloat16, initialize=True)
+    got = v.read()
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(psclient.bfloat16_to_float32(got), [1.0, -2.5, 0.375])
+    v.assign_add(np.array([1.0, 1.0, 1.0], np.float32))  # floats are rounded to bfloat16
+    np.testing.assert_array_equal(psclient.bfloat16_to_float32(v.read()), [2.0, -1.5, 1.375])
+
+
+def test_results_own_their_buffer_without_copy():
+    a = np.arange(1 << 20, dtype=np.float32)
+    b = _psclient._round_trip(a, psclient.float32.as_datatype_enum)
+    assert not np.shares_memory(a, b)
+    assert not b.flags.owndata and type(b.base).__name__ == "PyCapsule"
+    assert b.flags.writeable and b.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_input(session, prefix):
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    v = psclient.get_variable(prefix, initializer=base[:, ::2], initialize=True)
+    np.testing.assert_array_equal(v.read(), base[:, ::2])
+
+
+def test_big_round_trip_256mib(session, prefix):
+    n = (256 << 20) // 4
+    value = np.random.default_rng(0).random(n, dtype=np.float32)
+    v = psclient.get_variable(prefix, shape=[n], initializer=psclient.zeros_initializer(),
+                              initialize=True)
+    t0 = time.perf_counter()
+    v.assign(value)
+    t1 = time.perf_counter()
+    got = v.read()
+    t2 = time.perf_counter()
+    assert not np.shares_memory(value, got)
+    assert type(got.base).__name__ == "PyCapsule"  # the fetched Tensor's bytes, not a copy
+    assert np.array_equal(value, got)
+    print("256 MiB assign %.2fs (%.0f MiB/s), read %.2fs (%.0f MiB/s)"
+          % (t1 - t0, 256 / (t1 - t0), t2 - t1, 256 / (t2 - t1)))
+    del got
+    session.delete_variable(v.full_name)
+
+
+def test_gil_released_during_rpc(session, prefix):
+    n = (256 << 20) // 4
+    v = psclient.get_variable(prefix, shape=[n], initializer=psclient.ones_initializer(),
+                              initialize=True)
+    ticks = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.05)
+        # The counter only advances while this thread is inside C++ if the
+        # GIL is released there.
+        before = ticks[0]
+        t0 = time.perf_counter()
+        got = v.read()
+        during = ticks[0] - before
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop.set()
+        t.join()
+    assert got.shape == (n,) and got[0] == 1 and got[-1] == 1
+    assert elapsed > 0.05, "read too fast to judge (%.3fs)" % elapsed
+    assert during > 10000, "other thread made %d steps in %.2fs" % (during, elapsed)
+    session.delete_variable(v.full_name)
+
+
+def test_concurrent_ops_from_threads(session, prefix):
+    v = psclient.get_variable(prefix, shape=[], dtype=psclient.int64,
+                              initializer=psclient.zeros_initializer(), initialize=True)
+
+    def work():
+        for _ in range(50):
+            v.assign_add(np.int64(1))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert v.read() == 200
