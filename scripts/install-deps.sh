@@ -9,7 +9,7 @@ PACKAGES=(
   libboost-dev libspdlog-dev libcli11-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev
   libsnappy-dev libleveldb-dev
-  pybind11-dev python3-dev python3-numpy python3-pytest
+  pybind11-dev python3-dev python3-numpy python3-pytest python3-sklearn
 )
 
 missing=()

@@ -27,6 +27,7 @@ class LocalCluster:
         self._coordinator_args = list(coordinator_args)
         self._own_dir = state_dir is None
         self.dir = state_dir or tempfile.mkdtemp(prefix="psclient_cluster_")
+        os.makedirs(self.dir, exist_ok=True)
         self.coordinator = None
         self.shards = [None] * num_shards
         self.coordinator_port = None

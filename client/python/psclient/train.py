@@ -3,16 +3,23 @@ shards (the C++ client's Optimizer: slots created on first use, one batched
 message per shard per step). There is no autodiff: pass gradients computed
 in numpy to apply_gradients, dense arrays or IndexedSlices.
 
+Checkpoints: Saver, latest_checkpoint, get_checkpoint_state (the C++
+client's Saver; taken and restored by the coordinator, paths on its side).
+
     opt = psclient.train.AdamOptimizer(0.01)
     opt.apply_gradients([(grad_w, w), (psclient.IndexedSlices(rows, ids), emb)],
                         global_step=step)
 """
 
+import os
+import warnings
+
 import numpy as np
 
 from . import _psclient
+from . import errors
 from .session import _session_of
-from .variables import IndexedSlices, Variable, _indices_array
+from .variables import IndexedSlices, Variable, _dense_shape_arg, _indices_array
 
 
 class Optimizer:
@@ -43,7 +50,8 @@ class Optimizer:
                 raise TypeError("apply_gradients: %r is not a psclient.Variable" % (var,))
             if isinstance(grad, IndexedSlices):
                 idx, idt = _indices_array(grad.indices)
-                items.append((var._v, idx, idt, var._value(grad.values)))
+                items.append((var._v, idx, idt, var._value(grad.values),
+                              _dense_shape_arg(grad.dense_shape)))
             else:
                 items.append((var._v, var._value(grad)))
         if not items:
@@ -63,7 +71,6 @@ class Optimizer:
 
     def get_slot(self, var, name):
         """The slot variable `name` of `var` (None before the slot exists, as TF)."""
-        from . import errors
         try:
             return Variable._wrap(self._session, self._opt.get_slot(var._v, name))
         except errors.NotFoundError:
@@ -132,3 +139,166 @@ class FtrlOptimizer(Optimizer):
                          l1_regularization_strength=l1_regularization_strength,
                          l2_regularization_strength=l2_regularization_strength,
                          l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: tf.compat.v1.train.Saver over the C++ client's Saver. The
+# coordinator takes and restores them, so every path is on the server side
+# (the coordinator's file system), and a save is one consistent cut of all
+# shards.
+
+_TF_MAX_TO_KEEP = 5
+_TF_KEEP_EVERY_N_HOURS = 10000.0
+
+
+def _coordinator_of(session):
+    return _session_of(session).address
+
+
+class CheckpointState:
+    """tf.train.get_checkpoint_state's CheckpointState proto, as an object."""
+
+    def __init__(self, model_checkpoint_path, all_model_checkpoint_paths):
+        self.model_checkpoint_path = model_checkpoint_path
+        self.all_model_checkpoint_paths = list(all_model_checkpoint_paths)
+
+    def __repr__(self):
+        return "CheckpointState(model_checkpoint_path=%r, all_model_checkpoint_paths=%r)" % (
+            self.model_checkpoint_path, self.all_model_checkpoint_paths)
+
+
+def _step_of(global_step):
+    if global_step is None:
+        return None
+    if isinstance(global_step, Variable):
+        global_step = global_step.read()
+    return int(np.asarray(global_step))
+
+
+def _path_args(sess_or_path, save_path):
+    # TF1 spells it save(sess, save_path); psclient has no graph session to
+    # pass, so save(save_path) works too.
+    if isinstance(sess_or_path, (str, bytes, os.PathLike)):
+        if save_path is not None:
+            raise TypeError("save_path given twice")
+        return os.fsdecode(sess_or_path)
+    return "" if save_path is None else os.fsdecode(save_path)
+
+
+class Saver:
+    """tf.compat.v1.train.Saver: coordinated checkpoints in TensorFlow's V2
+    format (PREFIX.index + PREFIX.data-K-of-N), readable by
+    tf.train.load_checkpoint.
+
+        saver = psclient.train.Saver()
+        path = saver.save("/ckpt/model.ckpt", global_step=step)  # "/ckpt/model.ckpt-100"
+        saver.restore(psclient.train.latest_checkpoint("/ckpt"))
+
+    Differences from TensorFlow:
+      * paths are on the coordinator's machine, and the directory must exist
+        there; an empty save_path saves under the coordinator's
+        --checkpoint-dir as "model.ckpt";
+      * a save always writes every variable of the cluster; var_list limits
+        what restore() brings back (a dict maps checkpoint names to
+        variables, as in TensorFlow);
+      * retention (max_to_keep, keep_checkpoint_every_n_hours) is the
+        coordinator's policy, one per cluster (`psd coordinator --max-to-keep`,
+        `psctl ckpt policy`): the C++ Saver cannot set it, so values other
+        than TensorFlow's defaults only warn;
+      * last_checkpoints lists what retention manages in the directory of
+        this saver's last save (the coordinator's directory before any),
+        including checkpoints other savers wrote there.
+    """
+
+    def __init__(self, var_list=None, reshape=False, sharded=False, max_to_keep=_TF_MAX_TO_KEEP,
+                 keep_checkpoint_every_n_hours=_TF_KEEP_EVERY_N_HOURS, name=None,
+                 restore_sequentially=False, saver_def=None, builder=None, defer_build=False,
+                 allow_empty=False, write_version=None, pad_step_number=False,
+                 save_relative_paths=False, filename=None, session=None, timeout=None):
+        if (max_to_keep != _TF_MAX_TO_KEEP
+                or keep_checkpoint_every_n_hours != _TF_KEEP_EVERY_N_HOURS):
+            warnings.warn("psclient.train.Saver: max_to_keep and keep_checkpoint_every_n_hours "
+                          "are the coordinator's retention policy (psd coordinator "
+                          "--max-to-keep / --keep-checkpoint-every-n-hours); the values given "
+                          "here are not sent", stacklevel=2)
+        if pad_step_number:
+            raise errors.UnimplementedError(None, None, "Saver(pad_step_number=True) is not "
+                                            "supported: the coordinator names PREFIX-STEP")
+        self._address = _coordinator_of(session)
+        self._timeout = float(timeout or 0)
+        self.max_to_keep = max_to_keep
+        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self._variables = []
+        self._name_map = {}
+        if isinstance(var_list, dict):
+            self._name_map = {k: v.full_name for k, v in var_list.items()}
+        elif var_list is not None:
+            self._variables = [v.full_name for v in var_list]
+            if not self._variables and not allow_empty:
+                raise ValueError("No variables to save")
+        self._savers = {}  # latest_filename -> _psclient.Saver
+        self._last = self._saver("")
+
+    def _saver(self, latest_filename):
+        latest_filename = latest_filename or ""
+        s = self._savers.get(latest_filename)
+        if s is None:
+            s = _psclient.Saver(self._address, latest_filename, self._timeout)
+            self._savers[latest_filename] = s
+        return s
+
+    def save(self, sess=None, save_path=None, global_step=None, latest_filename=None,
+             meta_graph_suffix="meta", write_meta_graph=True, write_state=True,
+             strip_default_attrs=False, save_debug_info=False):
+        """Saves every variable; returns the checkpoint's prefix (PREFIX-STEP
+        with a global_step, an int or a Variable). Takes save(save_path) or
+        TensorFlow's save(sess, save_path)."""
+        path = _path_args(sess, save_path)
+        self._last = self._saver(latest_filename)
+        self.last_save = self._last.save(path, _step_of(global_step))
+        return self.last_save["prefix"]
+
+    def restore(self, sess=None, save_path=None):
+        """Restores the checkpoint at PREFIX (also a directory: its latest).
+        A variable missing from the checkpoint is NotFoundError; a damaged
+        checkpoint is DataLossError and restores nothing."""
+        path = _path_args(sess, save_path)
+        if not path:
+            raise ValueError("The specified path: %r is a file. Please specify only the path "
+                             "prefix to the checkpoint files." % (save_path,)
+                             if save_path else "Can't load save_path when it is None.")
+        self._last.restore(path, self._variables, self._name_map)
+
+    @property
+    def last_checkpoints(self):
+        """Prefixes retention still manages in the last save's directory, oldest first."""
+        return list(self._last.last_checkpoints())
+
+    def recover_last_checkpoints(self, checkpoint_paths):
+        # Retention is kept by the coordinator across restarts already.
+        pass
+
+    def set_last_checkpoints_with_time(self, last_checkpoints_with_time):
+        raise errors.UnimplementedError(None, None, "retention is the coordinator's")
+
+
+def latest_checkpoint(checkpoint_dir=None, latest_filename=None, session=None):
+    """tf.train.latest_checkpoint: the newest prefix in checkpoint_dir (on
+    the coordinator; None: its --checkpoint-dir), or None."""
+    s = _psclient.Saver(_coordinator_of(session), latest_filename or "", 0.0)
+    return s.latest_checkpoint(os.fsdecode(checkpoint_dir or ""))
+
+
+def get_checkpoint_state(checkpoint_dir=None, latest_filename=None, session=None):
+    """tf.train.get_checkpoint_state: a CheckpointState, or None without a
+    state file."""
+    s = _psclient.Saver(_coordinator_of(session), latest_filename or "", 0.0)
+    got = s.get_checkpoint_state(os.fsdecode(checkpoint_dir or ""))
+    return None if got is None else CheckpointState(*got)
+
+
+def checkpoint_exists(checkpoint_prefix, session=None):
+    """tf.train.checkpoint_exists, for prefixes in the state file's
+    directory: True when get_checkpoint_state lists it."""
+    state = get_checkpoint_state(os.path.dirname(os.fsdecode(checkpoint_prefix)), session=session)
+    return state is not None and os.fsdecode(checkpoint_prefix) in state.all_model_checkpoint_paths

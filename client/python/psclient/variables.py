@@ -65,7 +65,9 @@ def _indices_array(indices):
 
 
 class IndexedSlices:
-    """Rows of a dense tensor (tf.IndexedSlices): values[i] is row indices[i]."""
+    """Rows of a dense tensor (tf.IndexedSlices): values[i] is row indices[i]
+    of a tensor of shape dense_shape (optional; checked against the variable
+    by apply_gradients when given). The C++ client's IndexedSlices."""
 
     def __init__(self, values, indices, dense_shape=None):
         self.values = values
@@ -77,12 +79,22 @@ class IndexedSlices:
             self.indices, self.values, self.dense_shape)
 
 
-def sparse_mask(a, mask_indices):
-    """tf.sparse_mask: the slices of IndexedSlices `a` whose indices are not in
-    `mask_indices`."""
-    indices = np.asarray(a.indices)
-    keep = ~np.isin(indices, np.asarray(mask_indices))
-    return IndexedSlices(np.asarray(a.values)[keep], indices[keep], a.dense_shape)
+def _dense_shape_arg(dense_shape):
+    if dense_shape is None:
+        return None
+    return [int(d) for d in np.asarray(dense_shape).reshape(-1)]
+
+
+def sparse_mask(a, mask_indices, name=None):
+    """tf.sparse_mask: the slices of IndexedSlices `a` whose index is not in
+    `mask_indices`, in a's order (the C++ client's SparseMask)."""
+    values = np.asarray(a.values)
+    dtype = _dtypes.infer_dtype(values)
+    idx, idt = _indices_array(a.indices)
+    mask, mdt = _indices_array(np.asarray(mask_indices).reshape(-1))
+    out_values, out_indices = _psclient.sparse_mask(_dtypes.to_array(values, dtype),
+                                                    dtype.as_datatype_enum, idx, idt, mask, mdt)
+    return IndexedSlices(out_values, out_indices, a.dense_shape)
 
 
 class Variable:

@@ -1,5 +1,6 @@
 // psclient._psclient: the pybind11 binding of the C++ client (session.h,
-// variable.h, client.h, initializers.h, optimizer_ops.h). It adds no client
+// variable.h, client.h, initializers.h, optimizer.h, optimizer_ops.h,
+// saver.h). It adds no client
 // logic: it converts numpy arrays to psd::Tensor and back, releases the GIL
 // around every RPC, and turns a non-OK absl::Status into the exception class
 // psclient.errors picks for its code. The Python idiom (context managers,
@@ -37,6 +38,7 @@
 #include "psd/initializers.h"
 #include "psd/optimizer.h"
 #include "psd/optimizer_ops.h"
+#include "psd/saver.h"
 #include "psd/session.h"
 #include "psd/tensor.h"
 #include "psd/variable.h"
@@ -782,7 +784,8 @@ PYBIND11_MODULE(_psclient, m) {
     return out;
   });
 
-  // grads: a list of (variable, dense_array) or (variable, indices, indices_dtype, values).
+  // grads: a list of (variable, dense_array) or
+  // (variable, indices, indices_dtype, values[, dense_shape or None]).
   py::class_<PyOptimizer>(m, "Optimizer")
       .def(py::init([](const HolderPtr& h, const PyOptimizerConfig& c) {
         std::shared_lock<std::shared_mutex> lock(h->mu);
@@ -800,6 +803,10 @@ PYBIND11_MODULE(_psclient, m) {
             client::IndexedSlices slices;
             slices.indices = ToTensor(t[1], t[2].cast<int>());
             slices.values = ToTensor(t[3], v.var.dtype());
+            if (t.size() > 4 && !t[4].is_none()) {
+              slices.dense_shape =
+                  Unwrap(TensorShape::Make(t[4].cast<std::vector<int64_t>>(), "dense_shape"));
+            }
             pairs.emplace_back(std::move(slices), v.var);
           }
         }
@@ -814,6 +821,70 @@ PYBIND11_MODULE(_psclient, m) {
       })
       .def("get_slot_names", [](PyOptimizer& o) { return o.opt->GetSlotNames(); })
       .def("non_slot_variables", [](PyOptimizer& o) { return Pack(o.holder, o.opt->NonSlotVariables()); });
+
+  // tf.sparse_mask over client::SparseMask: returns (values, indices).
+  m.def("sparse_mask", [](const py::handle& values, int values_dtype, const py::handle& indices,
+                          int indices_dtype, const py::handle& mask, int mask_dtype) {
+    client::IndexedSlices a;
+    a.values = ToTensor(values, values_dtype);
+    a.indices = ToTensor(indices, indices_dtype);
+    const Tensor mask_indices = ToTensor(mask, mask_dtype);
+    client::IndexedSlices out = Unwrap(client::SparseMask(a, mask_indices));
+    return py::make_tuple(ToNumpy(std::move(out.values)), ToNumpy(std::move(out.indices)));
+  });
+
+  // The coordinator-side Saver (saver.h). Every call is an RPC: GIL released.
+  py::class_<client::Saver>(m, "Saver")
+      .def(py::init([](const std::string& coordinator, const std::string& latest_filename,
+                       double timeout_s) {
+        client::SaverOptions o;
+        o.latest_filename = latest_filename;
+        if (timeout_s > 0) o.timeout = absl::Seconds(timeout_s);
+        return Unwrap(client::Saver::Create(coordinator, o));
+      }))
+      .def("save", [](client::Saver& s, const std::string& prefix,
+                      std::optional<int64_t> global_step) {
+        client::SaveDetails d;
+        {
+          py::gil_scoped_release release;
+          Unwrap(s.Save(prefix, global_step, &d));
+        }
+        py::dict out;
+        out["prefix"] = d.prefix;
+        out["bytes"] = d.bytes;
+        out["fence_pause_s"] = absl::ToDoubleSeconds(d.fence_pause);
+        out["copied_bytes"] = d.copied_bytes;
+        out["seconds"] = d.seconds;
+        out["deleted"] = d.deleted;
+        return out;
+      })
+      .def("restore", [](client::Saver& s, const std::string& prefix,
+                         std::vector<std::string> variables,
+                         std::map<std::string, std::string> name_map) {
+        client::RestoreOptions o;
+        o.variables = std::move(variables);
+        o.name_map = std::move(name_map);
+        py::gil_scoped_release release;
+        Check(s.Restore(prefix, o));
+      })
+      .def("last_checkpoints", [](client::Saver& s) {
+        py::gil_scoped_release release;
+        return Unwrap(s.LastCheckpoints());
+      })
+      .def("latest_checkpoint", [](client::Saver& s, const std::string& dir) {
+        py::gil_scoped_release release;
+        return Unwrap(s.LatestCheckpoint(dir));
+      })
+      .def("get_checkpoint_state", [](client::Saver& s, const std::string& dir) {
+        std::optional<client::CheckpointStateInfo> info;
+        {
+          py::gil_scoped_release release;
+          info = Unwrap(s.GetCheckpointState(dir));
+        }
+        if (!info.has_value()) return py::object(py::none());
+        return py::object(py::make_tuple(info->model_checkpoint_path,
+                                         info->all_model_checkpoint_paths));
+      });
 
   py::class_<client::ShardApplier>(m, "ShardApplier")
       .def_static("connect", [](const std::string& address, double timeout_s) {

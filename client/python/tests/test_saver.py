@@ -1,0 +1,188 @@
+"""psclient.train.Saver, latest_checkpoint and get_checkpoint_state against a
+real cluster (paths are the coordinator's: here the same machine), and
+IndexedSlices / sparse_mask."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import psclient
+from psclient.local_cluster import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def ckpt_cluster(psd_binary):
+    """A cluster of its own: a save writes every variable of the cluster and
+    fails on uninitialized ones, which other modules leave on purpose."""
+    with LocalCluster(psd_binary, num_shards=2) as c:
+        yield c
+
+
+@pytest.fixture
+def session(ckpt_cluster):
+    s = psclient.connect(ckpt_cluster.address)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_save_fails_on_uninitialized_variable(session, prefix, tmp_path):
+    v = psclient.get_variable(prefix, shape=[2], initializer=psclient.zeros_initializer())
+    with pytest.raises(psclient.errors.FailedPreconditionError, match="uninitialized"):
+        psclient.train.Saver().save(str(tmp_path / "m"))
+    psclient.variables_initializer([v])  # leave the cluster saveable for the next tests
+
+
+def _vars(prefix):
+    with psclient.variable_scope(prefix):
+        w = psclient.get_variable("w", shape=[6, 3], initializer=psclient.ones_initializer(),
+                                  partitioner=psclient.fixed_size_partitioner(2), initialize=True)
+        b = psclient.get_variable("b", shape=[3], initializer=psclient.zeros_initializer(),
+                                  initialize=True)
+    return w, b
+
+
+def test_save_with_global_step_returns_prefix_and_is_latest(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    step = psclient.Variable(np.int64(7), name=prefix + "_step", trainable=False)
+    psclient.variables_initializer([step])
+    saver = psclient.train.Saver([w, b])
+    path = saver.save(str(tmp_path / "model.ckpt"), global_step=step)
+    assert path == str(tmp_path / "model.ckpt-7")
+    assert os.path.exists(path + ".index")
+    assert psclient.train.latest_checkpoint(str(tmp_path)) == path
+    # TensorFlow's save(sess, save_path, global_step) spelling works too.
+    assert saver.save(None, str(tmp_path / "model.ckpt"), global_step=9) == \
+        str(tmp_path / "model.ckpt-9")
+    state = psclient.train.get_checkpoint_state(str(tmp_path))
+    assert state.model_checkpoint_path == str(tmp_path / "model.ckpt-9")
+    assert state.all_model_checkpoint_paths == [path, str(tmp_path / "model.ckpt-9")]
+    assert saver.last_checkpoints == [path, str(tmp_path / "model.ckpt-9")]
+    assert psclient.train.checkpoint_exists(path)
+
+
+def test_no_checkpoint_is_none(session, tmp_path):
+    assert psclient.train.latest_checkpoint(str(tmp_path)) is None
+    assert psclient.train.get_checkpoint_state(str(tmp_path)) is None
+
+
+def test_restore_brings_values_back(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    saver = psclient.train.Saver([w, b])
+    w.assign(np.arange(18, dtype=np.float32).reshape(6, 3))
+    b.assign([1.0, 2.0, 3.0])
+    path = saver.save(str(tmp_path / "m"))
+    assert path == str(tmp_path / "m")
+    w.assign(np.zeros([6, 3], np.float32))
+    b.assign_add([10.0, 10.0, 10.0])
+    saver.restore(path)
+    np.testing.assert_array_equal(w.read(), np.arange(18, dtype=np.float32).reshape(6, 3))
+    np.testing.assert_array_equal(b.read(), [1.0, 2.0, 3.0])
+
+
+def test_restore_var_list_only_and_dict_form(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    b.assign([5.0, 5.0, 5.0])
+    path = psclient.train.Saver([w, b]).save(str(tmp_path / "m"), global_step=1)
+    w.assign(np.full([6, 3], 2.0, np.float32))
+    b.assign([0.0, 0.0, 0.0])
+    psclient.train.Saver([b]).restore(path)  # w is left alone
+    np.testing.assert_array_equal(w.read(), np.full([6, 3], 2.0))
+    np.testing.assert_array_equal(b.read(), [5.0, 5.0, 5.0])
+    # Dict form: checkpoint name -> variable; b's saved value into c.
+    c = psclient.get_variable(prefix + "/c", shape=[3], initializer=psclient.zeros_initializer(),
+                              initialize=True)
+    psclient.train.Saver({b.op_name: c}).restore(path)
+    np.testing.assert_array_equal(c.read(), [5.0, 5.0, 5.0])
+
+
+def test_restore_missing_checkpoint_key_is_not_found(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    path = psclient.train.Saver([w, b]).save(str(tmp_path / "m"))
+    late = psclient.get_variable(prefix + "/late", shape=[2], initialize=True,
+                                 initializer=psclient.zeros_initializer())
+    with pytest.raises(psclient.errors.NotFoundError, match="not found in checkpoint"):
+        psclient.train.Saver([late]).restore(path)
+
+
+def test_restore_of_nonexistent_prefix_fails(session, prefix, tmp_path):
+    w, _ = _vars(prefix)
+    with pytest.raises(psclient.errors.OpError):
+        psclient.train.Saver([w]).restore(str(tmp_path / "nothing-here"))
+
+
+def test_max_to_keep_retention_and_last_checkpoints(psd_binary, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with LocalCluster(psd_binary, num_shards=2, state_dir=str(tmp_path / "run"),
+                      coordinator_args=["--checkpoint-dir", str(ckpt), "--max-to-keep", "2"]) as c:
+        with psclient.connect(c.address):
+            w, _ = _vars("retention")
+            with pytest.warns(UserWarning, match="coordinator's retention policy"):
+                saver = psclient.train.Saver(max_to_keep=2)
+            # Before any save: the coordinator's directory (empty).
+            assert saver.last_checkpoints == []
+            paths = []
+            for step in range(1, 5):
+                w.assign_add(np.ones([6, 3], np.float32))
+                paths.append(saver.save(str(ckpt / "model.ckpt"), global_step=step))
+            assert saver.last_checkpoints == paths[-2:]
+            assert not os.path.exists(paths[0] + ".index")
+            assert os.path.exists(paths[-1] + ".index")
+            # An empty save_path / checkpoint_dir is the coordinator's --checkpoint-dir.
+            assert psclient.train.latest_checkpoint() == paths[-1]
+            w.assign_add(np.ones([6, 3], np.float32))
+            assert saver.save(global_step=5) == str(ckpt / "model.ckpt-5")
+            assert not os.path.exists(paths[2] + ".index")  # retention: kept 4 and 5
+            saver.restore(paths[-1])  # the 4th save: ones + 4
+            np.testing.assert_array_equal(w.read(), np.full([6, 3], 5.0))
+
+
+def test_sparse_mask_drops_masked_indices_in_order():
+    a = psclient.IndexedSlices(np.arange(12, dtype=np.float32).reshape(4, 3), [5, 2, 7, 2],
+                               dense_shape=[10, 3])
+    m = psclient.sparse_mask(a, [2])
+    np.testing.assert_array_equal(m.indices, [5, 7])
+    np.testing.assert_array_equal(m.values, [[0, 1, 2], [6, 7, 8]])
+    assert m.dense_shape == [10, 3]
+    assert m.values.dtype == np.float32
+
+
+def test_sparse_mask_rejects_non_integer_mask():
+    a = psclient.IndexedSlices(np.ones([2, 2], np.float32), [0, 1])
+    with pytest.raises(TypeError):
+        psclient.sparse_mask(a, [0.5])
+
+
+def test_apply_gradients_indexed_slices_with_dense_shape(session, prefix):
+    v = psclient.get_variable(prefix, shape=[5, 2], initializer=psclient.zeros_initializer(),
+                              partitioner=psclient.fixed_size_partitioner(2), initialize=True)
+    opt = psclient.train.GradientDescentOptimizer(1.0)
+    grad = psclient.IndexedSlices(np.ones([2, 2], np.float32), np.array([0, 4], np.int32),
+                                  dense_shape=[5, 2])
+    opt.apply_gradients([(psclient.sparse_mask(grad, [4]), v)])
+    expected = np.zeros([5, 2], np.float32)
+    expected[0] = -1.0
+    np.testing.assert_array_equal(v.read(), expected)
+    with pytest.raises(psclient.errors.InvalidArgumentError):
+        opt.apply_gradients([(psclient.IndexedSlices(np.ones([1, 2], np.float32), [0],
+                                                     dense_shape=[6, 2]), v)])
+
+
+def test_digits_example_trains_restores_and_reaches_accuracy(psd_binary):
+    examples = os.environ.get("PSCLIENT_EXAMPLES") or os.path.join(
+        os.path.dirname(__file__), "..", "examples")
+    out = subprocess.run([sys.executable, os.path.join(examples, "train_digits.py"),
+                          "--psd-binary", psd_binary, "--steps", "300",
+                          "--checkpoint-every", "50"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    m = re.search(r"test accuracy ([0-9.]+) after (\d+) steps", out.stdout)
+    assert m, out.stdout
+    assert float(m.group(1)) >= 0.90 and int(m.group(2)) == 300, out.stdout
+    assert re.search(r"restored .*model\.ckpt-150 .*global step 150", out.stdout), out.stdout
