@@ -5,6 +5,7 @@
 //   psd_bench                 # full run (1 GiB transfers, 1M x 64 table)
 //   psd_bench --quick         # seconds-long smoke run, same workloads, small
 //   psd_bench --shard HOST:PORT   # against a running shard instead
+//   psd_bench --only checkpoints  # save/restore GB/s and fence pauses (own cluster)
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,8 +25,11 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/client.h"
 #include "psd/optimizer_ops.h"
+#include "psd/saver.h"
+#include "psd/session.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
+#include "cluster_process.h"
 #include "shard_process.h"
 
 namespace psd {
@@ -112,7 +116,8 @@ struct Config {
   int64_t adam_bytes = 64 << 20;
   int64_t memory_bytes = int64_t{4} << 30;
   std::string fsync_dir = "/tmp";
-  // Workload groups to run (dense, small, sparse, optimizers, memory); empty
+  // Workload groups to run (dense, small, sparse, optimizers, memory,
+  // checkpoints); empty
   // runs all. The baselines always run.
   std::vector<std::string> only;
 };
@@ -178,6 +183,7 @@ class Bench {
     if (Selected("sparse")) Sparse();
     if (Selected("optimizers")) Optimizers();
     if (Selected("memory")) Memory();
+    if (Selected("checkpoints")) Checkpoints();
     return failed_ ? 1 : 0;
   }
 
@@ -525,6 +531,115 @@ class Bench {
                  absl::StrFormat("RSS %s -> %s", HumanBytes(before), HumanBytes(after))});
   }
 
+  // Coordinated save and restore across a coordinator and two shards of its
+  // own: throughput against the fsync'd sequential write, then the fence
+  // pause of saves taken while trainers scatter_add into a table.
+  void Checkpoints() {
+    char tmpl[] = "/tmp/psd_bench_ckpt_XXXXXX";
+    const std::string dir = mkdtemp(tmpl) == nullptr ? std::string() : std::string(tmpl);
+    if (dir.empty()) return Check(absl::InternalError("mkdtemp failed"), "checkpoints");
+    integration::TestClusterOptions options;
+    options.num_shards = 2;
+    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir,
+                                "--max-to-keep", "2"};
+    auto cluster = integration::TestCluster::Start(options);
+    if (!cluster.ok()) return Check(cluster.status(), "checkpoints: start a cluster");
+    auto session = client::Session::Open((*cluster)->coordinator_address());
+    auto saver = client::Saver::Create((*cluster)->coordinator_address());
+    if (!session.ok() || !saver.ok()) {
+      Check(session.ok() ? saver.status() : session.status(), "checkpoints: connect");
+      std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
+      return;
+    }
+    // Variables of 64 MiB, each cut in two parts (one per shard).
+    const int64_t total = config_.quick ? (int64_t{64} << 20) : (int64_t{1} << 30);
+    const int64_t per_var = int64_t{64} << 20;
+    for (int64_t made = 0; made < total; made += per_var) {
+      client::GetVariableOptions o;
+      o.dtype = DT_FLOAT;
+      o.shape = TensorShape{per_var / 4 / 256, 256};
+      o.partitioner = client::partitioners::FixedSize(2);
+      o.initializer = client::init::Ones();
+      o.initialize = true;
+      Check((*session)->GetVariable(absl::StrCat("bench/ckpt_", made / per_var), o).status(),
+            "checkpoints: create");
+    }
+    std::vector<double> save_rates, restore_rates;
+    const int reps = config_.quick ? 2 : std::max(3, config_.reps);
+    std::string prefix;
+    for (int r = 0; r < reps; ++r) {
+      client::SaveDetails details;
+      auto saved = (*saver)->Save(dir + "/model.ckpt", r, &details);
+      if (!saved.ok()) return Check(saved.status(), "checkpoints: save");
+      prefix = *saved;
+      save_rates.push_back(details.bytes / details.seconds / 1e9);
+      const auto start = Clock::now();
+      absl::Status restored = (*saver)->Restore(prefix);
+      if (!restored.ok()) return Check(restored, "checkpoints: restore");
+      restore_rates.push_back(details.bytes / Since(start) / 1e9);
+    }
+    const Stats sv = Summarize(save_rates), rs = Summarize(restore_rates);
+    report_.Add({absl::StrCat("checkpoint save ", HumanBytes(total), ", 2 shards"), "GB/s", sv,
+                 "sequential write + fsync", fsync_,
+                 absl::StrFormat("fsync x%.2f", sv.median / fsync_)});
+    report_.Add({absl::StrCat("checkpoint restore ", HumanBytes(total), ", 2 shards"), "GB/s", rs,
+                 "sequential write + fsync", fsync_,
+                 absl::StrFormat("fsync x%.2f (reads hit the page cache)", rs.median / fsync_)});
+
+    // Fence pause under load: trainers scatter_add into a table on both
+    // shards while saves run.
+    client::GetVariableOptions t;
+    t.dtype = DT_FLOAT;
+    t.shape = TensorShape{1 << 16, 64};
+    t.partitioner = client::partitioners::FixedSize(2);
+    t.initializer = client::init::Zeros();
+    t.initialize = true;
+    auto table = (*session)->GetVariable("bench/ckpt_table", t);
+    if (!table.ok()) return Check(table.status(), "checkpoints: table");
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> updates{0};
+    std::vector<std::thread> trainers;
+    for (int k = 0; k < 4; ++k) {
+      trainers.emplace_back([&, k] {
+        const std::vector<int64_t> idx = ZipfIndices(1 << 16, 1.1, 1024, 77 + k);
+        const Tensor indices = *Tensor::FromVector<int64_t>(TensorShape{1024}, idx);
+        Tensor values(DT_FLOAT, TensorShape{1024, 64});
+        for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
+        while (!stop.load()) {
+          if (table->ScatterAdd(indices, values).ok()) updates.fetch_add(1);
+        }
+      });
+    }
+    std::vector<double> pauses_ms;
+    const int saves = config_.quick ? 3 : 10;
+    const auto load_start = Clock::now();
+    for (int r = 0; r < saves; ++r) {
+      client::SaveDetails details;
+      auto saved = (*saver)->Save(dir + "/loaded.ckpt", r, &details);
+      if (!saved.ok()) {
+        Check(saved.status(), "checkpoints: save under load");
+        break;
+      }
+      pauses_ms.push_back(absl::ToDoubleMilliseconds(details.fence_pause));
+    }
+    const double load_seconds = Since(load_start);
+    stop.store(true);
+    for (auto& th : trainers) th.join();
+    if (!pauses_ms.empty()) {
+      const Stats ps = Summarize(pauses_ms);
+      report_.Add({absl::StrCat("checkpoint fence pause under scatter_add load (", saves,
+                                " saves)"),
+                   "ms", ps, "-", 0,
+                   absl::StrFormat("p50 %.2f ms, p99 %.2f ms; %.0f scatter_adds/s of 1024 rows",
+                                   Percentile(pauses_ms, 0.5), Percentile(pauses_ms, 0.99),
+                                   updates.load() / load_seconds)});
+    }
+    session->reset();
+    saver->reset();
+    cluster->reset();
+    std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
+  }
+
   const Config config_;
   const std::string shard_address_;
   const pid_t shard_pid_;
@@ -550,9 +665,10 @@ int main(int argc, char** argv) {
   app.add_option("--reps", config.reps, "Repetitions per workload")->check(CLI::PositiveNumber);
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
   app.add_option("--only", config.only,
-                 "Run only these workload groups: dense, small, sparse, optimizers, memory")
+                 "Run only these workload groups: dense, small, sparse, optimizers, memory, "
+                 "checkpoints")
       ->delimiter(',')
-      ->check(CLI::IsMember({"dense", "small", "sparse", "optimizers", "memory"}));
+      ->check(CLI::IsMember({"dense", "small", "sparse", "optimizers", "memory", "checkpoints"}));
   CLI11_PARSE(app, argc, argv);
   if (config.quick) {
     config.reps = std::min(config.reps, 2);

@@ -20,6 +20,38 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+// --tls-ca, --tls-cert, --tls-key, --tls-client-auth, --token-file and
+// --insecure on a server subcommand.
+void AddSecurityFlags(CLI::App* app, psd::ServerSecurity* security) {
+  app->add_option("--tls-ca", security->tls_ca,
+                  "PEM CA that signs psd certificates (verifies peers; mutual TLS)");
+  app->add_option("--tls-cert", security->tls_cert, "PEM server certificate: TLS on");
+  app->add_option("--tls-key", security->tls_key, "PEM private key of --tls-cert");
+  app->add_flag("--tls-client-auth", security->tls_client_auth,
+                "Require client certificates signed by --tls-ca (mutual TLS)");
+  app->add_option("--token-file", security->token_file,
+                  "File of accepted bearer tokens, \"<role> <token>\" per line (needs TLS)");
+  app->add_flag("--insecure", security->insecure,
+                "Allow a non-loopback --listen without TLS (trusted networks only)");
+}
+
+// The cluster file's `security:` section under the flags (flags win).
+void MergeSecurity(CLI::App* app, const psd::SecurityConfig& file,
+                   psd::ServerSecurity* security) {
+  if (app->count("--tls-ca") == 0) security->tls_ca = file.tls_ca;
+  if (app->count("--tls-cert") == 0) security->tls_cert = file.tls_cert;
+  if (app->count("--tls-key") == 0) security->tls_key = file.tls_key;
+  if (app->count("--token-file") == 0) security->token_file = file.token_file;
+}
+
+// TLS servers also dial other psd servers and must verify them.
+std::string CheckSecurity(const psd::ServerSecurity& security) {
+  if (security.tls() && security.tls_ca.empty()) {
+    return "--tls-cert needs --tls-ca (to verify the other psd processes)";
+  }
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -59,6 +91,8 @@ int main(int argc, char** argv) {
   shard->add_option("--coordinator", options.coordinator,
                     "Coordinator HOST:PORT to register with (default: the cluster file's)");
 
+  AddSecurityFlags(shard, &options.security);
+
   CLI::App* coordinator = app.add_subcommand("coordinator", "Serve names and placement");
   psd::CoordinatorServerOptions coord;
   std::string coord_config_path;
@@ -92,6 +126,22 @@ int main(int argc, char** argv) {
                           coord.checkpoint.keep_checkpoint_every_n_hours,
                           "Keep one checkpoint forever per this many hours")
       ->check(CLI::PositiveNumber);
+  std::string checkpoint_interval;
+  coordinator->add_option("--checkpoint-interval", checkpoint_interval,
+                          "Save every this long, e.g. 10m (checkpoint.interval; 0: off)");
+  coordinator->add_option("--every-n-steps", coord.checkpoint.every_n_steps,
+                          "Save whenever --global-step crosses a multiple of this (0: off)")
+      ->check(CLI::NonNegativeNumber);
+  coordinator->add_option("--global-step", coord.checkpoint.global_step,
+                          "Integer scalar variable whose value names saves (model.ckpt-STEP)");
+  coordinator->add_flag("--save-on-shutdown", coord.checkpoint.save_on_shutdown,
+                        "A final save on SIGTERM / SIGINT");
+  coordinator->add_flag("--restore-lost", coord.checkpoint.restore_lost,
+                        "Restore a shard's lost parts from the latest checkpoint");
+  coordinator->add_option("--restore-from", coord.restore_from,
+                          "Checkpoint DIR or PREFIX: declare and restore its variables at start");
+
+  AddSecurityFlags(coordinator, &coord.security);
 
   CLI11_PARSE(app, argc, argv);
 
@@ -116,6 +166,7 @@ int main(int argc, char** argv) {
         return Fail(config_path + ": no shard with id " + std::to_string(shard_id));
       }
       from_file = *entry;
+      MergeSecurity(shard, config->security, &options.security);
     }
     if (shard->count("--coordinator") == 0 && !config_path.empty()) {
       auto config = psd::LoadClusterConfig(config_path);
@@ -137,6 +188,7 @@ int main(int argc, char** argv) {
       cfg.memory_limit = *bytes;
     }
     if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
+    if (std::string error = CheckSecurity(options.security); !error.empty()) return Fail(error);
     absl::Status status = psd::RunShardServer(options);
     if (!status.ok()) return Fail(status.ToString());
     return 0;
@@ -146,6 +198,7 @@ int main(int argc, char** argv) {
       auto config = psd::LoadClusterConfig(coord_config_path);
       if (!config.ok()) return Fail(std::string(config.status().message()));
       const psd::CoordinatorConfig& file = config->coordinator;
+      MergeSecurity(coordinator, config->security, &coord.security);
       if (coordinator->count("--listen") == 0) coord.coordinator.listen = file.listen;
       if (coordinator->count("--advertise") == 0) coord.coordinator.advertise = file.advertise;
       if (coordinator->count("--state-dir") == 0) coord.coordinator.state_dir = file.state_dir;
@@ -155,6 +208,26 @@ int main(int argc, char** argv) {
       if (coordinator->count("--keep-checkpoint-every-n-hours") == 0) {
         coord.checkpoint.keep_checkpoint_every_n_hours = ckpt.keep_checkpoint_every_n_hours;
       }
+      if (coordinator->count("--checkpoint-interval") == 0) {
+        coord.checkpoint.interval_seconds = ckpt.interval_seconds;
+      }
+      if (coordinator->count("--every-n-steps") == 0) {
+        coord.checkpoint.every_n_steps = ckpt.every_n_steps;
+      }
+      if (coordinator->count("--global-step") == 0) coord.checkpoint.global_step = ckpt.global_step;
+      if (coordinator->count("--save-on-shutdown") == 0) {
+        coord.checkpoint.save_on_shutdown = ckpt.save_on_shutdown;
+      }
+      if (coordinator->count("--restore-lost") == 0) {
+        coord.checkpoint.restore_lost = ckpt.restore_lost;
+      }
+      coord.expected_shards = static_cast<int>(config->shards.size());
+    }
+    if (std::string error = CheckSecurity(coord.security); !error.empty()) return Fail(error);
+    if (!checkpoint_interval.empty()) {
+      auto seconds = psd::ParseDuration(checkpoint_interval);
+      if (!seconds.ok()) return Fail("--checkpoint-interval: " + std::string(seconds.status().message()));
+      coord.checkpoint.interval_seconds = *seconds;
     }
     absl::Status status = psd::RunCoordinatorServer(coord);
     if (!status.ok()) return Fail(status.ToString());

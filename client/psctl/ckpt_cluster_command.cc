@@ -21,6 +21,7 @@
 #include "output.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 
 namespace psctl {
 namespace {
@@ -31,8 +32,9 @@ absl::Status CallCoordinator(const Context& ctx,
                                                                             const Req&, Resp*),
                              const Req& req, Resp* resp, absl::Duration timeout,
                              const char* progress_verb = nullptr) {
-  auto stub = psd::Coordinator::NewStub(
-      grpc::CreateChannel(ctx.coordinator, grpc::InsecureChannelCredentials()));
+  auto credentials = psd::internal::MakeChannelCredentials(ctx.security);
+  if (!credentials.ok()) return credentials.status();
+  auto stub = psd::Coordinator::NewStub(grpc::CreateChannel(ctx.coordinator, *credentials));
   std::atomic<bool> done{false};
   std::thread progress;
   const bool tty = progress_verb != nullptr && !ctx.json && isatty(STDOUT_FILENO);

@@ -19,14 +19,16 @@
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/session.h"
 
 namespace psctl {
 namespace {
 
-std::unique_ptr<psd::Coordinator::Stub> Stub(const Context& ctx) {
-  return psd::Coordinator::NewStub(
-      grpc::CreateChannel(ctx.coordinator, grpc::InsecureChannelCredentials()));
+absl::StatusOr<std::unique_ptr<psd::Coordinator::Stub>> Stub(const Context& ctx) {
+  auto credentials = psd::internal::MakeChannelCredentials(ctx.security);
+  if (!credentials.ok()) return credentials.status();
+  return psd::Coordinator::NewStub(grpc::CreateChannel(ctx.coordinator, *credentials));
 }
 
 template <typename Req, typename Resp>
@@ -35,9 +37,10 @@ absl::Status Call(const Context& ctx,
                                                                  Resp*),
                   const Req& req, Resp* resp) {
   auto stub = Stub(ctx);
+  if (!stub.ok()) return stub.status();
   grpc::ClientContext cctx;
   cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  absl::Status s = psd::FromGrpcStatus(((*stub).*method)(&cctx, req, resp));
+  absl::Status s = psd::FromGrpcStatus(((**stub).*method)(&cctx, req, resp));
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
   }
@@ -177,6 +180,7 @@ void RunShow(const std::string& name, Context* ctx) {
     auto& client = shards[p.shard_address()];
     if (client == nullptr) {
       psd::client::ClientOptions o;
+      o.security = ctx->security;
       o.timeout = absl::Seconds(5);
       o.max_attempts = 1;
       auto c = psd::client::ShardClient::Connect(p.shard_address(), o);
@@ -234,6 +238,7 @@ void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
   o.client = "psctl vars get";
   o.coordinator_retry_budget = absl::Seconds(5);
   o.shard.max_attempts = 2;
+  o.shard.security = ctx->security;
   auto session = psd::client::Session::Open(ctx->coordinator, o);
   if (!session.ok()) return Fail(ctx, session.status());
   auto v = (*session)->LookupVariable(name);

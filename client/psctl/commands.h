@@ -9,6 +9,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "psd/channel_security.h"
 
 namespace psctl {
 
@@ -19,6 +20,9 @@ struct Context {
   bool json = false;
   // The coordinator the cluster commands talk to (global --coordinator).
   std::string coordinator = "127.0.0.1:7070";
+  // TLS and bearer token of every channel psctl opens (global --tls-ca,
+  // --tls-cert, --tls-key, --token-file).
+  psd::ChannelSecurity security;
 };
 
 // Prints "psctl: <message>" on one line to stderr and sets a non-zero exit

@@ -24,6 +24,11 @@ int main(int argc, char** argv) {
   app.add_flag("--json", ctx.json, "Print machine-readable JSON");
   app.add_option("--coordinator", ctx.coordinator, "Coordinator HOST:PORT")
       ->capture_default_str();
+  app.add_option("--tls-ca", ctx.security.tls_ca, "PEM CA that signs the servers' certificates");
+  app.add_option("--tls-cert", ctx.security.tls_cert, "PEM client certificate (mutual TLS)");
+  app.add_option("--tls-key", ctx.security.tls_key, "PEM private key of --tls-cert");
+  app.add_option("--token-file", ctx.security.token_file,
+                 "File with the bearer token (the token alone, or \"<role> <token>\" lines)");
   psctl::AddCkptCommands(&app, &ctx);
   psctl::AddClusterCommands(&app, &ctx);
   CLI11_PARSE(app, argc, argv);

@@ -18,6 +18,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -1209,9 +1210,9 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
   // A connection of its own: clients in one process do not share (and so
   // do not inherit one another's broken) connections.
   args.SetInt("grpc.use_local_subchannel_pool", 1);
-  // TLS arrives with the security issue; until then loopback or a trusted
-  // network only.
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto credentials = psd::internal::MakeChannelCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
+  auto channel = grpc::CreateCustomChannel(address, *credentials, args);
   auto impl = std::make_unique<Impl>(address, options, std::move(channel));
 
   GetShardInfoRequest request;

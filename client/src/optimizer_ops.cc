@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -227,9 +228,10 @@ absl::StatusOr<std::unique_ptr<ShardApplier>> ShardApplier::Connect(const std::s
   args.SetInt("grpc.initial_reconnect_backoff_ms", 100);
   args.SetInt("grpc.min_reconnect_backoff_ms", 100);
   args.SetInt("grpc.use_local_subchannel_pool", 1);
-  auto impl = std::make_unique<Impl>(
-      address, options,
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  auto credentials = psd::internal::MakeChannelCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
+  auto impl = std::make_unique<Impl>(address, options,
+                                     grpc::CreateCustomChannel(address, *credentials, args));
   GetShardInfoRequest request;
   request.set_protocol_version(SHARD_PROTOCOL_VERSION);
   GetShardInfoResponse response;

@@ -8,18 +8,19 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 
 namespace psd {
 namespace client {
 
 class Saver::Impl {
  public:
-  Impl(std::string address, SaverOptions options)
+  Impl(std::string address, SaverOptions options,
+       std::shared_ptr<grpc::ChannelCredentials> credentials)
       : address_(std::move(address)), options_(std::move(options)) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
-    stub_ = Coordinator::NewStub(
-        grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+    stub_ = Coordinator::NewStub(grpc::CreateCustomChannel(address_, credentials, args));
   }
 
   template <typename Req, typename Resp>
@@ -46,7 +47,10 @@ absl::StatusOr<std::unique_ptr<Saver>> Saver::Create(const std::string& coordina
   if (coordinator_address.empty()) {
     return absl::InvalidArgumentError("Saver: no coordinator address");
   }
-  return std::unique_ptr<Saver>(new Saver(std::make_unique<Impl>(coordinator_address, options)));
+  auto credentials = psd::internal::MakeChannelCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
+  return std::unique_ptr<Saver>(
+      new Saver(std::make_unique<Impl>(coordinator_address, options, *credentials)));
 }
 
 absl::StatusOr<std::string> Saver::Save(const std::string& prefix,

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "session_impl.h"
@@ -187,7 +188,9 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const std::string& addres
   // Reconnect quickly after a coordinator restart.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto credentials = psd::internal::MakeChannelCredentials(options.shard.security);
+  if (!credentials.ok()) return credentials.status();
+  auto channel = grpc::CreateCustomChannel(address, *credentials, args);
   SessionOptions opts = options;
   if (opts.client.empty()) {
     char host[256] = {0};

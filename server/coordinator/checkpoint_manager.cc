@@ -1,6 +1,7 @@
 #include "coordinator/checkpoint_manager.h"
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 #include <set>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
+#include "spdlog/spdlog.h"
 
 namespace psd {
 
@@ -76,6 +78,21 @@ std::optional<int64_t> StepOf(const std::string& prefix) {
   return step;
 }
 
+// Releases op_mu_ taken with Lock() or TryLock().
+struct OpUnlock {
+  absl::Mutex* mu;
+  ~OpUnlock() { mu->Unlock(); }
+};
+
+absl::StatusOr<std::string> ReadWholeFile(checkpoint::FileSystem* fs, const std::string& path) {
+  PSD_ASSIGN_OR_RETURN(uint64_t size, fs->GetFileSize(path));
+  PSD_ASSIGN_OR_RETURN(auto file, fs->NewRandomAccessFile(path));
+  std::string data(size, '\0');
+  absl::string_view got;
+  PSD_RETURN_IF_ERROR(file->Read(0, size, data.data(), &got));
+  return std::string(got);
+}
+
 }  // namespace
 
 CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
@@ -84,7 +101,20 @@ CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
       access_(std::move(access)),
       options_(std::move(options)),
       fs_(options_.fs != nullptr ? options_.fs : checkpoint::FileSystem::Default()),
-      policy_(options_.policy) {}
+      policy_(options_.policy) {
+  if (options_.policy_file.empty()) return;
+  auto data = ReadWholeFile(fs_, options_.policy_file);
+  CheckpointPolicy saved;
+  if (data.ok() && saved.ParseFromString(*data)) {
+    if (saved.has_max_to_keep()) policy_.max_to_keep = saved.max_to_keep();
+    if (saved.has_keep_checkpoint_every_n_hours()) {
+      policy_.keep_checkpoint_every_n_hours = saved.keep_checkpoint_every_n_hours();
+    }
+    spdlog::info("checkpoints: policy set at run time recovered from {}: max_to_keep {}, keep "
+                 "every {} h",
+                 options_.policy_file, policy_.max_to_keep, policy_.keep_checkpoint_every_n_hours);
+  }
+}
 
 double CheckpointManager::Now() const {
   if (options_.now) return options_.now();
@@ -137,6 +167,16 @@ absl::Status CheckpointManager::PersistRetention(const std::string& dir, const s
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
     const SaveCheckpointRequest& request) {
+  return SaveLocked(request, /*try_only=*/false);
+}
+
+absl::StatusOr<SaveCheckpointResponse> CheckpointManager::TrySave(
+    const SaveCheckpointRequest& request) {
+  return SaveLocked(request, /*try_only=*/true);
+}
+
+absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
+    const SaveCheckpointRequest& request, bool try_only) {
   const absl::Time start = absl::Now();
   std::string base = request.prefix();
   if (base.empty()) {
@@ -162,7 +202,15 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
         absl::StrCat("Parent directory of ", prefix, " doesn't exist, can't save."));
   }
 
-  absl::MutexLock op(&op_mu_);
+  if (try_only) {
+    if (!op_mu_.TryLock()) {
+      return absl::AbortedError(
+          absl::StrCat("save of ", prefix, ": another save or restore is running"));
+    }
+  } else {
+    op_mu_.Lock();
+  }
+  OpUnlock unlock{&op_mu_};
   const std::vector<VariableDef> defs = registry_->List("");
   if (defs.empty()) return absl::InvalidArgumentError("save: no variables to save");
   std::map<int32_t, std::vector<SavePart>> by_shard;
@@ -339,6 +387,79 @@ absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
 
 absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
     const RestoreCheckpointRequest& request) {
+  return RestoreLocked(request, nullptr, -1);
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreParts(
+    int32_t shard_id, const std::vector<std::string>& parts) {
+  const std::set<std::string> only(parts.begin(), parts.end());
+  RestoreCheckpointRequest request;
+  request.set_prefix("latest");
+  for (const VariableDef& def : registry_->List("")) {
+    for (const VariablePart& part : def.parts()) {
+      if (part.shard_id() == shard_id && only.count(part.name()) > 0) {
+        request.add_variables(def.name());
+        break;
+      }
+    }
+  }
+  if (request.variables().empty()) {
+    return absl::NotFoundError(absl::StrCat("restore of lost parts of shard ", shard_id,
+                                            ": no registered variable has them"));
+  }
+  return RestoreLocked(request, &only, shard_id);
+}
+
+absl::StatusOr<std::string> CheckpointManager::ResolvePrefix(const std::string& dir_or_prefix) {
+  RestoreCheckpointRequest request;
+  request.set_prefix(dir_or_prefix);
+  return ResolveRestorePrefix(request);
+}
+
+absl::StatusOr<CheckpointMeta> CheckpointManager::ReadMeta(const std::string& prefix) {
+  const std::string path = checkpoint::MetaFilename(prefix);
+  auto data = ReadWholeFile(fs_, path);
+  if (!data.ok()) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", data.status().message()));
+  }
+  CheckpointMeta meta;
+  if (!meta.ParseFromString(*data)) return absl::DataLossError(absl::StrCat(path, ": corrupt"));
+  return meta;
+}
+
+absl::StatusOr<int64_t> CheckpointManager::ReadIntScalar(const std::string& name) {
+  PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(name));
+  if (def.parts_size() != 1 || def.shape().dims_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("variable ", name, " is not a scalar"));
+  }
+  if (def.dtype() != DT_INT64 && def.dtype() != DT_INT32) {
+    return absl::InvalidArgumentError(absl::StrCat("variable ", name, " is not int64 or int32"));
+  }
+  PSD_ASSIGN_OR_RETURN(auto stub, access_.stub(def.parts(0).shard_id()));
+  ReadRequest req;
+  req.set_name(def.parts(0).name());
+  ReadResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  PSD_RETURN_IF_ERROR(FromGrpcStatus(stub->Read(&ctx, req, &resp)));
+  const std::string& content = resp.value().content();
+  if (def.dtype() == DT_INT64 && content.size() == sizeof(int64_t)) {
+    int64_t v;
+    std::memcpy(&v, content.data(), sizeof(v));
+    return v;
+  }
+  if (def.dtype() == DT_INT32 && content.size() == sizeof(int32_t)) {
+    int32_t v;
+    std::memcpy(&v, content.data(), sizeof(v));
+    return v;
+  }
+  return absl::InternalError(absl::StrCat("variable ", name, ": unexpected value of ",
+                                          content.size(), " bytes"));
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
+    const RestoreCheckpointRequest& request, const std::set<std::string>* only_parts,
+    int32_t only_shard) {
   const absl::Time start = absl::Now();
   absl::MutexLock op(&op_mu_);
   PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
@@ -383,6 +504,10 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
           info->shape.ToString(), ", variable ", var_name, " has shape ", full.ToString()));
     }
     for (const VariablePart& part : def.parts()) {
+      if (only_parts != nullptr &&
+          (part.shard_id() != only_shard || only_parts->count(part.name()) == 0)) {
+        continue;
+      }
       RestorePart p;
       p.set_name(part.name());
       p.set_checkpoint_name(ckpt_name);
@@ -547,6 +672,14 @@ CheckpointPolicy CheckpointManager::Policy(const CheckpointPolicy* set) {
     if (set->has_keep_checkpoint_every_n_hours()) {
       policy_.keep_checkpoint_every_n_hours = set->keep_checkpoint_every_n_hours();
     }
+  }
+  if (set != nullptr && !options_.policy_file.empty()) {
+    CheckpointPolicy persisted;
+    persisted.set_max_to_keep(policy_.max_to_keep);
+    persisted.set_keep_checkpoint_every_n_hours(policy_.keep_checkpoint_every_n_hours);
+    absl::Status s = checkpoint::WriteFileAtomically(fs_, options_.policy_file,
+                                                     persisted.SerializeAsString());
+    if (!s.ok()) spdlog::warn("checkpoints: policy not persisted: {}", s.ToString());
   }
   CheckpointPolicy out;
   out.set_dir(options_.dir);

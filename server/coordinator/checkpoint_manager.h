@@ -37,6 +37,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,6 +67,9 @@ struct CheckpointManagerOptions {
   checkpoint::FileSystem* fs = nullptr;
   // Seconds since the epoch; replaceable for tests.
   std::function<double()> now;
+  // Where a policy set at run time (Policy RPC) is persisted, so it
+  // survives a restart (it then wins over `policy`); empty: not persisted.
+  std::string policy_file;
 };
 
 class CheckpointManager {
@@ -96,6 +100,25 @@ class CheckpointManager {
                                                const std::string& latest_filename);
   CheckpointPolicy Policy(const CheckpointPolicy* set);
 
+  // Like Save, but ABORTED at once when a save or restore is running
+  // (periodic saves skip a tick instead of queueing behind one).
+  absl::StatusOr<SaveCheckpointResponse> TrySave(const SaveCheckpointRequest& request);
+  // Restores only `parts` of shard `shard_id` (parts lost by a shard that
+  // came back empty) from the latest checkpoint of the configured
+  // directory; the other parts of their variables are left alone.
+  // NOT_FOUND when there is no checkpoint.
+  absl::StatusOr<RestoreCheckpointResponse> RestoreParts(int32_t shard_id,
+                                                         const std::vector<std::string>& parts);
+  // A checkpoint directory (its latest checkpoint) or a prefix -> the
+  // prefix; errors as Restore's.
+  absl::StatusOr<std::string> ResolvePrefix(const std::string& dir_or_prefix);
+  // PREFIX.psd-meta.
+  absl::StatusOr<CheckpointMeta> ReadMeta(const std::string& prefix);
+  // The value of an integer scalar variable (the global step), read from
+  // its shard.
+  absl::StatusOr<int64_t> ReadIntScalar(const std::string& name);
+  const std::string& dir() const { return options_.dir; }
+
  private:
   std::string DirOrDefault(const std::string& dir) const;
   double Now() const;
@@ -105,6 +128,13 @@ class CheckpointManager {
   absl::Status PersistRetention(const std::string& dir, const std::string& name,
                                 const checkpoint::SaverRetention& r);
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
+  absl::StatusOr<SaveCheckpointResponse> SaveLocked(const SaveCheckpointRequest& request,
+                                                    bool try_only);
+  // `only_parts` null: every part of the targets; else just those on
+  // `only_shard` named in it.
+  absl::StatusOr<RestoreCheckpointResponse> RestoreLocked(const RestoreCheckpointRequest& request,
+                                                          const std::set<std::string>* only_parts,
+                                                          int32_t only_shard);
 
   Registry* const registry_;
   const ShardAccess access_;

@@ -1,5 +1,6 @@
 #include "coordinator/coordinator_service.h"
 
+#include <algorithm>
 #include <new>
 
 #include "absl/strings/str_cat.h"
@@ -113,7 +114,11 @@ std::shared_ptr<Shard::Stub> CoordinatorService::StubFor(const std::string& addr
     args.SetMaxReceiveMessageSize(options_.max_message_bytes);
     args.SetMaxSendMessageSize(options_.max_message_bytes);
     stub = Shard::NewStub(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+        grpc::CreateCustomChannel(address,
+                                  options_.shard_credentials != nullptr
+                                      ? options_.shard_credentials
+                                      : grpc::InsecureChannelCredentials(),
+                                  args));
   }
   return stub;
 }
@@ -187,6 +192,45 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
   return results;
 }
 
+void CoordinatorService::SetLostPartsHandler(
+    std::function<void(int32_t, std::vector<std::string>)> handler) {
+  absl::MutexLock lock(&mu_);
+  on_lost_parts_ = std::move(handler);
+}
+
+absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
+  std::vector<VariableDef> defs(meta.variables().begin(), meta.variables().end());
+  std::stable_sort(defs.begin(), defs.end(), [](const VariableDef& a, const VariableDef& b) {
+    return a.creation_seq() < b.creation_seq();
+  });
+  std::vector<VariableDeclaration> decls;
+  decls.reserve(defs.size());
+  for (const VariableDef& def : defs) {
+    VariableDeclaration d;
+    d.set_name(def.name());
+    d.set_dtype(def.dtype());
+    *d.mutable_shape() = def.shape();
+    *d.mutable_initializer() = def.initializer();
+    if (def.partitioned()) {
+      auto* parts = d.mutable_partitioner()->mutable_explicit_partitions();
+      *parts->mutable_partitions() = def.partitions();
+    }
+    d.set_reuse(REUSE_AUTO);
+    d.set_trainable(def.trainable());
+    for (const std::string& c : def.collections()) {
+      if (c != "trainable_variables") d.add_collections(c);
+    }
+    d.set_declared_at(def.declared_at().empty() ? "restored from a checkpoint"
+                                                : def.declared_at());
+    d.set_colocate_with(def.colocate_with());
+    decls.push_back(std::move(d));
+  }
+  PSD_ASSIGN_OR_RETURN(uint64_t session, registry_->OpenSession("psd coordinator --restore-from"));
+  auto results = DeclareAndCreate(session, decls);
+  (void)registry_->CloseSession(session);
+  return results.status();
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::OpenSession(grpc::CallbackServerContext* ctx,
                                                           const OpenSessionRequest* request,
                                                           OpenSessionResponse* response) {
@@ -224,7 +268,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     }
     const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
     const std::set<std::string> held(request->variables().begin(), request->variables().end());
-    absl::MutexLock lock(&mu_);
+    absl::ReleasableMutexLock lock(&mu_);
     ShardEntry& e = shards_[request->shard_id()];
     const bool same_process = e.incarnation == request->incarnation();
     e.id = request->shard_id();
@@ -245,6 +289,13 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     for (const std::string& part : e.lost_parts) response->add_lost_parts(part);
     response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     response->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
+    if (!same_process && !e.lost_parts.empty() && on_lost_parts_) {
+      auto handler = on_lost_parts_;
+      std::vector<std::string> lost(e.lost_parts.begin(), e.lost_parts.end());
+      const int32_t id = e.id;
+      lock.Release();
+      handler(id, std::move(lost));
+    }
     return absl::OkStatus();
   });
 }

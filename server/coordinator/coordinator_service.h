@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -33,6 +34,7 @@
 #include "absl/time/time.h"
 #include "coordinator/checkpoint_manager.h"
 #include "coordinator/registry.h"
+#include "grpcpp/security/credentials.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/shard.grpc.pb.h"
 
@@ -45,6 +47,8 @@ struct CoordinatorServiceOptions {
   int max_message_bytes = 64 << 20;
   // Checkpoint directory, retention policy, fence lease.
   CheckpointManagerOptions checkpoint;
+  // Secure the channels to shards (TLS and the node token); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> shard_credentials;
 };
 
 class CoordinatorService final : public Coordinator::CallbackService {
@@ -112,6 +116,20 @@ class CoordinatorService final : public Coordinator::CallbackService {
 
   CheckpointManager* checkpoints() { return checkpoints_.get(); }
 
+  // Shards live now.
+  int NumLiveShards() const { return static_cast<int>(LiveShards().size()); }
+  // Declares (REUSE_AUTO) every variable of a checkpoint's meta with its
+  // dtype, shape, partitioning, collections and initializer, in creation
+  // order, and creates the parts on the live shards (`psd coordinator
+  // --restore-from`). Placement follows the live shards, not the saved ids.
+  absl::Status DeclareFromMeta(const CheckpointMeta& meta);
+  // Called (outside any lock, on the RegisterShard handler thread) when a
+  // shard registers as a new process without parts placed on it; must not
+  // block. Unset: lost parts stay lost until restored by hand.
+  void SetLostPartsHandler(
+      std::function<void(int32_t shard_id, std::vector<std::string> parts)> handler)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
   // True if no call was running by `deadline`.
@@ -160,6 +178,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // whenever a handle that contains them is handed out.
   std::set<std::string> uncreated_parts_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<CheckpointManager> checkpoints_;
+  std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace psd

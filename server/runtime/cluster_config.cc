@@ -148,7 +148,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
   if (const YAML::Node c = root["checkpoint"]) {
     const std::string where = source + ": checkpoint";
     PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"dir", "max_to_keep", "keep_checkpoint_every_n_hours",
-                                             "interval", "every_n_steps", "global_step"}));
+                                             "interval", "every_n_steps", "global_step",
+                                             "save_on_shutdown", "restore_lost"}));
     PSD_RETURN_IF_ERROR(Get(c, "dir", where, &config.checkpoint.dir));
     PSD_RETURN_IF_ERROR(Get(c, "max_to_keep", where, &config.checkpoint.max_to_keep));
     PSD_RETURN_IF_ERROR(Get(c, "keep_checkpoint_every_n_hours", where,
@@ -162,6 +163,15 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     }
     PSD_RETURN_IF_ERROR(Get(c, "every_n_steps", where, &config.checkpoint.every_n_steps));
     PSD_RETURN_IF_ERROR(Get(c, "global_step", where, &config.checkpoint.global_step));
+    PSD_RETURN_IF_ERROR(Get(c, "save_on_shutdown", where, &config.checkpoint.save_on_shutdown));
+    PSD_RETURN_IF_ERROR(Get(c, "restore_lost", where, &config.checkpoint.restore_lost));
+    if (config.checkpoint.every_n_steps < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".every_n_steps: must be >= 0"));
+    }
+    if (config.checkpoint.every_n_steps > 0 && config.checkpoint.global_step.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".every_n_steps: needs checkpoint.global_step (a variable name)"));
+    }
   }
   if (const YAML::Node c = root["security"]) {
     const std::string where = source + ": security";

@@ -34,8 +34,12 @@ struct CheckpointConfig {
   int max_to_keep = 5;
   double keep_checkpoint_every_n_hours = 10000.0;
   double interval_seconds = 0;  // 0 = no periodic checkpoints
-  int64_t every_n_steps = 0;
-  std::string global_step;
+  int64_t every_n_steps = 0;  // 0 = none; needs global_step
+  std::string global_step;    // an int64 (or int32) scalar variable's name
+  bool save_on_shutdown = false;  // a final save on SIGTERM / SIGINT
+  // Parts of a shard that came back empty are restored from the latest
+  // checkpoint.
+  bool restore_lost = false;
 };
 
 struct SecurityConfig {

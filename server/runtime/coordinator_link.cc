@@ -15,13 +15,16 @@ constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 
 CoordinatorLink::CoordinatorLink(boost::asio::io_context* io,
                                  const std::string& coordinator_address, const ShardConfig& shard,
-                                 const VariableStore* store)
+                                 const VariableStore* store,
+                                 std::shared_ptr<grpc::ChannelCredentials> credentials)
     : io_(io),
       coordinator_address_(coordinator_address),
       shard_(shard),
       store_(store),
       stub_(Coordinator::NewStub(
-          grpc::CreateChannel(coordinator_address, grpc::InsecureChannelCredentials()))),
+          grpc::CreateChannel(coordinator_address, credentials != nullptr
+                                                         ? credentials
+                                                         : grpc::InsecureChannelCredentials()))),
       timer_(*io) {}
 
 void CoordinatorLink::Start() {

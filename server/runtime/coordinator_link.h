@@ -20,6 +20,7 @@
 
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
+#include "grpcpp/security/credentials.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "runtime/cluster_config.h"
 #include "shard/variable_store.h"
@@ -28,8 +29,10 @@ namespace psd {
 
 class CoordinatorLink {
  public:
+  // `credentials` secure the channel to the coordinator (null: plaintext).
   CoordinatorLink(boost::asio::io_context* io, const std::string& coordinator_address,
-                  const ShardConfig& shard, const VariableStore* store);
+                  const ShardConfig& shard, const VariableStore* store,
+                  std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   CoordinatorLink(const CoordinatorLink&) = delete;
   CoordinatorLink& operator=(const CoordinatorLink&) = delete;
 

@@ -9,7 +9,9 @@
 #include "coordinator/coordinator_service.h"
 #include "coordinator/registry.h"
 #include "grpcpp/grpcpp.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
+#include "runtime/checkpoint_scheduler.h"
 #include "runtime/serving.h"
 #include "spdlog/spdlog.h"
 
@@ -38,6 +40,21 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   service_options.checkpoint.policy.keep_checkpoint_every_n_hours =
       options.checkpoint.keep_checkpoint_every_n_hours;
   service_options.checkpoint.rpc_timeout = service_options.shard_rpc_timeout;
+  if (!config.state_dir.empty() && !options.checkpoint.dir.empty()) {
+    service_options.checkpoint.policy_file = config.state_dir + "/checkpoint_policy.pb";
+  }
+  const CheckpointConfig& ckpt = options.checkpoint;
+  if (ckpt.dir.empty() &&
+      (ckpt.interval_seconds > 0 || ckpt.every_n_steps > 0 || ckpt.save_on_shutdown)) {
+    return absl::InvalidArgumentError(
+        "periodic saves and save_on_shutdown need a checkpoint directory (--checkpoint-dir)");
+  }
+  if (ckpt.every_n_steps > 0 && ckpt.global_step.empty()) {
+    return absl::InvalidArgumentError("--every-n-steps needs --global-step (a variable name)");
+  }
+  auto shard_credentials = internal::MakeChannelCredentials(NodeChannelSecurity(options.security));
+  if (!shard_credentials.ok()) return shard_credentials.status();
+  service_options.shard_credentials = *shard_credentials;
   CoordinatorService service(registry.get(), service_options);
   if (!options.checkpoint.dir.empty()) {
     const int removed = service.checkpoints()->CleanUpTempFiles();
@@ -46,6 +63,20 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                  options.checkpoint.dir, options.checkpoint.max_to_keep,
                  options.checkpoint.keep_checkpoint_every_n_hours, removed);
   }
+
+  // Before serving, so no shard registers unseen by the lost-parts handler.
+  CheckpointSchedulerOptions schedule;
+  schedule.interval_seconds = ckpt.interval_seconds;
+  schedule.every_n_steps = ckpt.every_n_steps;
+  schedule.global_step = ckpt.global_step;
+  schedule.restore_lost = ckpt.restore_lost;
+  schedule.restore_from = options.restore_from;
+  schedule.expected_shards = options.expected_shards;
+  CheckpointScheduler scheduler(&service, schedule);
+  service.SetLostPartsHandler([&scheduler](int32_t shard, std::vector<std::string> parts) {
+    scheduler.OnLostParts(shard, std::move(parts));
+  });
+  scheduler.Start();
 
   // Signals are caught from here on, so a stop request during start-up
   // still drains instead of killing the process.
@@ -59,6 +90,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   serving.port_file = options.port_file;
   serving.http_listen = options.http_listen;
   serving.http_port_file = options.http_port_file;
+  serving.security = options.security;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ServingEndpoint> endpoint,
                        ServingEndpoint::Start(serving, {&service}, &metrics,
                                               [&service] { return !service.draining(); },
@@ -72,6 +104,12 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
     if (ec) return;
     spdlog::info("coordinator: signal {} received, draining (up to {} s)", signo,
                  options.drain_timeout_seconds);
+    scheduler.Stop();
+    if (ckpt.save_on_shutdown) {
+      // Before the drain, so the shards' heartbeats still keep them live.
+      absl::Status saved = scheduler.FinalSave();
+      if (!saved.ok()) spdlog::error("coordinator: final save failed: {}", saved.ToString());
+    }
     server->GetHealthCheckService()->SetServingStatus(false);
     service.StartDrain();
     if (!service.WaitForIdle(absl::Now() + absl::Seconds(options.drain_timeout_seconds))) {
@@ -82,6 +120,8 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   });
   std::thread io_thread([&io] { io.run(); });
   server->Wait();
+  scheduler.Stop();
+  service.SetLostPartsHandler(nullptr);
   io.stop();
   io_thread.join();
   spdlog::info("coordinator: drained, exiting");

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "runtime/auth.h"
 #include "runtime/cluster_config.h"
 
 namespace psd {
@@ -36,11 +37,18 @@ struct CoordinatorServerOptions {
   double shard_liveness_timeout_seconds = 5;
   // Deadline of the coordinator's calls to shards (creating parts).
   double shard_rpc_timeout_seconds = 30;
-  // Checkpoint directory and retention policy (periodic saves are not yet
-  // driven from here).
+  // Checkpoint directory, retention policy, periodic and final saves,
+  // restore of lost parts (runtime/checkpoint_scheduler.h).
   CheckpointConfig checkpoint;
   // The registry log is compacted into a snapshot past this size.
   int64_t compact_log_bytes = 64 << 20;
+  // `psd coordinator --restore-from DIR|PREFIX`: once `expected_shards`
+  // (at least one) are live, declare and restore every variable of that
+  // checkpoint. Empty: none.
+  std::string restore_from;
+  int expected_shards = 0;
+  // TLS, tokens and bind policy; the node token is also sent to shards.
+  ServerSecurity security;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

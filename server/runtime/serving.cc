@@ -28,11 +28,13 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     MetricsRegistry* metrics, std::function<bool()> ready, const std::string& who) {
   std::unique_ptr<ServingEndpoint> endpoint(new ServingEndpoint());
   endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics);
+  auto credentials = MakeServerCredentials(options.security, options.listen, who);
+  if (!credentials.ok()) return credentials.status();
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &endpoint->port_);
+  builder.AddListeningPort(options.listen, *credentials, &endpoint->port_);
   // gRPC enables SO_REUSEPORT by default: a stale server on the same port
   // would then silently take part of the traffic. Fail the bind instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

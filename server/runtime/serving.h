@@ -17,6 +17,7 @@
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/rpc_metrics.h"
+#include "runtime/auth.h"
 
 namespace psd {
 
@@ -26,6 +27,7 @@ struct ServingOptions {
   std::string port_file;       // the gRPC port is written here after binding
   std::string http_listen;     // loopback HOST:PORT; empty: no HTTP endpoint
   std::string http_port_file;  // the HTTP port is written here after binding
+  ServerSecurity security;     // TLS and tokens (runtime/auth.h); default: plaintext, no tokens
 };
 
 class ServingEndpoint {

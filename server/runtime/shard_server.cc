@@ -8,6 +8,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/signal_set.hpp"
 #include "device/device.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "runtime/coordinator_link.h"
 #include "runtime/serving.h"
@@ -58,6 +59,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   serving.port_file = options.port_file;
   serving.http_listen = options.http_listen;
   serving.http_port_file = options.http_port_file;
+  serving.security = options.security;
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<ServingEndpoint> endpoint,
       ServingEndpoint::Start(serving, {&service}, &metrics,
@@ -80,7 +82,10 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   }
   std::unique_ptr<CoordinatorLink> link;
   if (!options.coordinator.empty()) {
-    link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store);
+    auto credentials = internal::MakeChannelCredentials(NodeChannelSecurity(options.security));
+    if (!credentials.ok()) return credentials.status();
+    link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store,
+                                             *credentials);
     link->Start();
   }
 

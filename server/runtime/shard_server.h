@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "runtime/auth.h"
 #include "runtime/cluster_config.h"
 
 namespace psd {
@@ -31,6 +32,8 @@ struct ShardServerOptions {
   std::string http_port_file;
   // How long in-flight calls may take to finish after a stop signal.
   double drain_timeout_seconds = 10;
+  // TLS, tokens and bind policy; the node token is also sent to the coordinator.
+  ServerSecurity security;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

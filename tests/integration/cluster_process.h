@@ -65,6 +65,8 @@ class TestCluster {
   std::string coordinator_address() const;
   std::string shard_address(int k) const;
   const std::string& state_dir() const { return dir_; }
+  // The coordinator process (to signal it or wait for it).
+  ChildProcess* coordinator() { return coordinator_.get(); }
 
   // SIGKILL the coordinator and start it again on its port with the same
   // state directory.

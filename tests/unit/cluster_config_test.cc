@@ -44,6 +44,37 @@ TEST(ClusterConfigTest, RepeatedShardIdAndBadValuesAreErrors) {
               HasSubstr("shards[0].id"));
 }
 
+TEST(ClusterConfigTest, PeriodicShutdownAndRestoreLostCheckpointKeys) {
+  auto config = ParseClusterConfig(R"(
+checkpoint:
+  dir: /ckpt
+  interval: 30s
+  every_n_steps: 100
+  global_step: global_step
+  save_on_shutdown: true
+  restore_lost: true
+)",
+                                   "c.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->checkpoint.interval_seconds, 30);
+  EXPECT_EQ(config->checkpoint.every_n_steps, 100);
+  EXPECT_EQ(config->checkpoint.global_step, "global_step");
+  EXPECT_TRUE(config->checkpoint.save_on_shutdown);
+  EXPECT_TRUE(config->checkpoint.restore_lost);
+
+  auto defaults = ParseClusterConfig("checkpoint: {dir: /ckpt}\n", "c.yaml");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_FALSE(defaults->checkpoint.save_on_shutdown);
+  EXPECT_FALSE(defaults->checkpoint.restore_lost);
+
+  EXPECT_THAT(ParseClusterConfig("checkpoint: {every_n_steps: 10}\n", "c").status().message(),
+              HasSubstr("global_step"));
+  EXPECT_THAT(ParseClusterConfig("checkpoint: {save_on_shutdown: maybe}\n", "c").status().message(),
+              HasSubstr("checkpoint.save_on_shutdown"));
+  EXPECT_THAT(ParseClusterConfig("checkpoint: {restore_lots: true}\n", "c").status().message(),
+              HasSubstr("unknown key 'restore_lots'"));
+}
+
 TEST(ClusterConfigTest, ByteSizesAndDurations) {
   EXPECT_EQ(*ParseByteSize("4096"), 4096);
   EXPECT_EQ(*ParseByteSize("512MiB"), int64_t{512} << 20);

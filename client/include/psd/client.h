@@ -69,6 +69,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "psd/channel_security.h"
 #include "psd/initializers.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
@@ -100,6 +101,10 @@ struct ClientOptions {
   int64_t stream_threshold_bytes = int64_t{4} << 20;
   // Content bytes per streamed message (both directions).
   int chunk_bytes = 1 << 20;
+
+  // TLS and bearer token (psd/channel_security.h); default: plaintext, no
+  // token. A Session uses it for its coordinator channel too.
+  ChannelSecurity security;
 };
 
 // How a BatchStream packs ops into messages.

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "psd/channel_security.h"
 
 namespace psd {
 namespace client {
@@ -35,6 +36,8 @@ struct SaverOptions {
   std::string latest_filename;
   // Deadline of a save or restore call.
   absl::Duration timeout = absl::Hours(1);
+  // TLS and bearer token of the coordinator channel; default: plaintext.
+  ChannelSecurity security;
 };
 
 // What a save did besides returning its prefix.
