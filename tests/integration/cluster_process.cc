@@ -1,8 +1,7 @@
 #include "cluster_process.h"
+#include "shard_process.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,45 +58,11 @@ std::string Describe(int status) {
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(std::vector<std::string> args,
                                                                   const std::string& port_file,
                                                                   absl::Duration start_timeout) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  int pipe_fds[2];
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    close(pipe_fds[0]);
-    close(pipe_fds[1]);
-    return ErrnoError("fork", err);
-  }
-  if (pid == 0) {
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    execv(argv[0], argv.data());
-    const int err = errno;
-    ssize_t ignored = write(pipe_fds[1], &err, sizeof err);
-    (void)ignored;
-    _exit(127);
-  }
-  setpgid(pid, pid);
-  close(pipe_fds[1]);
-  int exec_errno = 0;
-  ssize_t n;
-  do {
-    n = read(pipe_fds[0], &exec_errno, sizeof exec_errno);
-  } while (n < 0 && errno == EINTR);
-  close(pipe_fds[0]);
-  std::unique_ptr<ChildProcess> process(new ChildProcess(pid));
-  if (n == sizeof exec_errno) return ErrnoError(absl::StrCat("exec ", args[0]), exec_errno);
+  // Named in messages: the binary and its subcommand ("psd shard").
+  const std::string what = absl::StrCat(args[0], " ", args.size() > 3 ? args[3] : "");
+  absl::StatusOr<pid_t> pid = SpawnChild(std::move(args));
+  if (!pid.ok()) return pid.status();
+  std::unique_ptr<ChildProcess> process(new ChildProcess(*pid));
   if (port_file.empty()) return process;
 
   const absl::Time deadline = absl::Now() + start_timeout;
@@ -105,8 +70,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(std::vector<st
   int port = 0;
   while (!ReadPort(port_file, &last, &port)) {
     if (process->Reap()) {
-      return absl::InternalError(absl::StrCat(args[0], " ", args.size() > 3 ? args[3] : "",
-                                              " exited (", Describe(process->wait_status_),
+      return absl::InternalError(absl::StrCat(what, " exited (", Describe(process->wait_status_),
                                               ") before writing its port file"));
     }
     if (absl::Now() > deadline) {

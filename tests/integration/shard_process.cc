@@ -57,23 +57,7 @@ std::string DescribeWaitStatus(int status) {
   return absl::StrCat("wait status ", status);
 }
 
-absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
-    const ShardProcessOptions& options) {
-  const char* tmp = std::getenv("TMPDIR");
-  std::string dir =
-      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/psd_shard_XXXXXX");
-  if (mkdtemp(dir.data()) == nullptr) return ErrnoError("mkdtemp " + dir, errno);
-  const std::string port_file = dir + "/port";
-
-  std::vector<std::string> args = {PSD_BINARY,    "--log-level",
-                                   "warn",        "shard",
-                                   "--listen",    absl::StrCat("127.0.0.1:", options.port),
-                                   "--port-file", port_file};
-  if (options.memory_limit_bytes > 0) {
-    args.push_back("--memory-limit");
-    args.push_back(std::to_string(options.memory_limit_bytes));
-  }
-  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args) {
   // Everything the child needs is built before fork: after it, only
   // async-signal-safe calls are allowed (gRPC threads may exist).
   std::vector<char*> argv;
@@ -117,9 +101,33 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
     n = read(pipe_fds[0], &exec_errno, sizeof exec_errno);
   } while (n < 0 && errno == EINTR);
   close(pipe_fds[0]);
+  if (n == sizeof exec_errno) {
+    waitpid(pid, nullptr, 0);  // it exited with 127 right after the failed exec
+    return ErrnoError(absl::StrCat("exec ", args[0]), exec_errno);
+  }
+  return pid;
+}
 
-  std::unique_ptr<ShardProcess> process(new ShardProcess(pid, dir, options));
-  if (n == sizeof exec_errno) return ErrnoError(absl::StrCat("exec ", PSD_BINARY), exec_errno);
+absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
+    const ShardProcessOptions& options) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir =
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/psd_shard_XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) return ErrnoError("mkdtemp " + dir, errno);
+  const std::string port_file = dir + "/port";
+
+  std::vector<std::string> args = {PSD_BINARY,    "--log-level",
+                                   "warn",        "shard",
+                                   "--listen",    absl::StrCat("127.0.0.1:", options.port),
+                                   "--port-file", port_file};
+  if (options.memory_limit_bytes > 0) {
+    args.push_back("--memory-limit");
+    args.push_back(std::to_string(options.memory_limit_bytes));
+  }
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  absl::StatusOr<pid_t> pid = SpawnChild(std::move(args));
+  if (!pid.ok()) return pid.status();
+  std::unique_ptr<ShardProcess> process(new ShardProcess(*pid, dir, options));
 
   const absl::Time deadline = absl::Now() + options.start_timeout;
   std::string last;

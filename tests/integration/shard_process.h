@@ -97,6 +97,11 @@ class ShardProcess {
 // the same options: a shard crash and restart. The old address stays valid.
 absl::Status RestartShard(std::unique_ptr<ShardProcess>* process);
 
+// Starts `args` (args[0] is the binary) as a child in its own process group
+// that gets SIGKILL if this thread's process dies, and returns its pid once
+// the exec has succeeded. Call it from a thread that outlives the child.
+absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args);
+
 // "exit status 0", "signal 9": a waitpid status for messages.
 std::string DescribeWaitStatus(int wait_status);
 
