@@ -31,28 +31,6 @@ absl::Status ErrnoError(const std::string& what, int err) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
 }
 
-// A port counts once two reads of the file agree on a whole number.
-bool ReadPort(const std::string& path, std::string* last, int* port) {
-  std::ifstream in(path);
-  if (!in) return false;
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string content = buffer.str();
-  const bool stable = !content.empty() && content == *last;
-  *last = content;
-  int value;
-  if (!stable || !absl::SimpleAtoi(absl::StripAsciiWhitespace(content), &value)) return false;
-  if (value <= 0 || value > 65535) return false;
-  *port = value;
-  return true;
-}
-
-std::string Describe(int status) {
-  if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
-  return absl::StrCat("wait status ", status);
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(std::vector<std::string> args,
@@ -68,9 +46,9 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(std::vector<st
   const absl::Time deadline = absl::Now() + start_timeout;
   std::string last;
   int port = 0;
-  while (!ReadPort(port_file, &last, &port)) {
+  while (!ReadPortFile(port_file, &last, &port)) {
     if (process->Reap()) {
-      return absl::InternalError(absl::StrCat(what, " exited (", Describe(process->wait_status_),
+      return absl::InternalError(absl::StrCat(what, " exited (", DescribeWaitStatus(process->wait_status_),
                                               ") before writing its port file"));
     }
     if (absl::Now() > deadline) {

@@ -31,10 +31,12 @@ absl::Status ErrnoError(const std::string& what, int err) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
 }
 
+}  // namespace
+
 // The port in `path`, once the file holds a whole number. psd publishes the
 // file by rename, but a number counts only if two reads agree, so a launcher
 // that writes in place cannot hand us half a port.
-bool ReadPort(const std::string& path, std::string* last, int* port) {
+bool ReadPortFile(const std::string& path, std::string* last, int* port) {
   std::ifstream in(path);
   if (!in) return false;
   std::stringstream buffer;
@@ -48,8 +50,6 @@ bool ReadPort(const std::string& path, std::string* last, int* port) {
   *port = value;
   return true;
 }
-
-}  // namespace
 
 std::string DescribeWaitStatus(int status) {
   if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
@@ -132,7 +132,7 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
   const absl::Time deadline = absl::Now() + options.start_timeout;
   std::string last;
   int port = 0;
-  while (!ReadPort(port_file, &last, &port)) {
+  while (!ReadPortFile(port_file, &last, &port)) {
     if (process->Reap()) {
       return absl::InternalError(absl::StrCat("psd shard exited (",
                                               DescribeWaitStatus(process->wait_status_),

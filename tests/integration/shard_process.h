@@ -102,6 +102,10 @@ absl::Status RestartShard(std::unique_ptr<ShardProcess>* process);
 // the exec has succeeded. Call it from a thread that outlives the child.
 absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args);
 
+// The port a psd process wrote to `path` (--port-file), once two reads agree
+// on a whole number; `last` carries the previous read between polls.
+bool ReadPortFile(const std::string& path, std::string* last, int* port);
+
 // "exit status 0", "signal 9": a waitpid status for messages.
 std::string DescribeWaitStatus(int wait_status);
 
