@@ -167,12 +167,16 @@ absl::Status CheckpointManager::PersistRetention(const std::string& dir, const s
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
     const SaveCheckpointRequest& request) {
-  return SaveLocked(request, /*try_only=*/false);
+  auto result = SaveLocked(request, /*try_only=*/false);
+  if (options_.on_save) options_.on_save(result);
+  return result;
 }
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::TrySave(
     const SaveCheckpointRequest& request) {
-  return SaveLocked(request, /*try_only=*/true);
+  auto result = SaveLocked(request, /*try_only=*/true);
+  if (options_.on_save) options_.on_save(result);
+  return result;
 }
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
@@ -387,7 +391,9 @@ absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
 
 absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
     const RestoreCheckpointRequest& request) {
-  return RestoreLocked(request, nullptr, -1);
+  auto result = RestoreLocked(request, nullptr, -1);
+  if (options_.on_restore) options_.on_restore(result);
+  return result;
 }
 
 absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreParts(
@@ -407,7 +413,9 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreParts(
     return absl::NotFoundError(absl::StrCat("restore of lost parts of shard ", shard_id,
                                             ": no registered variable has them"));
   }
-  return RestoreLocked(request, &only, shard_id);
+  auto result = RestoreLocked(request, &only, shard_id);
+  if (options_.on_restore) options_.on_restore(result);
+  return result;
 }
 
 absl::StatusOr<std::string> CheckpointManager::ResolvePrefix(const std::string& dir_or_prefix) {

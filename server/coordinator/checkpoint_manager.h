@@ -70,6 +70,10 @@ struct CheckpointManagerOptions {
   // Where a policy set at run time (Policy RPC) is persisted, so it
   // survives a restart (it then wins over `policy`); empty: not persisted.
   std::string policy_file;
+  // Told of every save and restore once it ended, ok or not (metrics);
+  // called on the caller's thread, must not block. Empty: nobody.
+  std::function<void(const absl::StatusOr<SaveCheckpointResponse>&)> on_save;
+  std::function<void(const absl::StatusOr<RestoreCheckpointResponse>&)> on_restore;
 };
 
 class CheckpointManager {
