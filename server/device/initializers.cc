@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "device/device.h"
+#include "device/initializer_math.h"
 #include "device/philox.h"
 #include "psd/dtype.h"
 #include "psd/status.h"
@@ -19,21 +20,26 @@
 namespace psd {
 namespace {
 
-// Truncated normal redraws with probability ~4.6% each; this many misses in a
-// row never happens with a working generator, but keeps the loop bounded.
-constexpr uint32_t kMaxTruncatedAttempts = 1000;
-
 const char* KindName(InitializerSpec::KindCase kind) {
   switch (kind) {
-    case InitializerSpec::kZeros: return "zeros";
-    case InitializerSpec::kOnes: return "ones";
-    case InitializerSpec::kConstant: return "constant";
-    case InitializerSpec::kRandomUniform: return "random_uniform";
-    case InitializerSpec::kRandomNormal: return "random_normal";
-    case InitializerSpec::kTruncatedNormal: return "truncated_normal";
-    case InitializerSpec::kUniformUnitScaling: return "uniform_unit_scaling";
-    case InitializerSpec::kDefaultInitializer: return "default_initializer";
-    case InitializerSpec::KIND_NOT_SET: break;
+    case InitializerSpec::kZeros:
+      return "zeros";
+    case InitializerSpec::kOnes:
+      return "ones";
+    case InitializerSpec::kConstant:
+      return "constant";
+    case InitializerSpec::kRandomUniform:
+      return "random_uniform";
+    case InitializerSpec::kRandomNormal:
+      return "random_normal";
+    case InitializerSpec::kTruncatedNormal:
+      return "truncated_normal";
+    case InitializerSpec::kUniformUnitScaling:
+      return "uniform_unit_scaling";
+    case InitializerSpec::kDefaultInitializer:
+      return "default_initializer";
+    case InitializerSpec::KIND_NOT_SET:
+      break;
   }
   return "unset";
 }
@@ -42,10 +48,14 @@ const char* KindName(InitializerSpec::KindCase kind) {
 // turn into infinities when the values are computed in that dtype.
 double MaxFinite(DataType dtype) {
   switch (dtype) {
-    case DT_HALF: return 65504.0;
-    case DT_BFLOAT16: return 3.38953138925153547590470800371487866880e38;
-    case DT_FLOAT: return FLT_MAX;
-    default: return DBL_MAX;
+    case DT_HALF:
+      return 65504.0;
+    case DT_BFLOAT16:
+      return 3.38953138925153547590470800371487866880e38;
+    case DT_FLOAT:
+      return FLT_MAX;
+    default:
+      return DBL_MAX;
   }
 }
 
@@ -234,44 +244,10 @@ void FillRandom(const Region& region, T* dst, const Sample& sample) {
   });
 }
 
-inline PhiloxBlock Draw(const PhiloxKey& key, uint64_t g, uint32_t attempt) {
-  return Philox4x32(
-      PhiloxBlock{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), attempt, 0}, key);
-}
-
-template <typename C>
-C Unit(const PhiloxBlock& r) {
-  if constexpr (std::is_same_v<C, double>) {
-    return UniformDouble(r[0], r[1]);
-  } else {
-    return UniformFloat(r[0]);
-  }
-}
-
-// Box-Muller. Taking 1 - u keeps the logarithm's argument in (0, 1].
-template <typename C>
-C Normal(const PhiloxBlock& r) {
-  constexpr C kTwoPi = static_cast<C>(6.283185307179586476925286766559);
-  C u1, u2;
-  if constexpr (std::is_same_v<C, double>) {
-    u1 = 1.0 - UniformDouble(r[0], r[1]);
-    u2 = UniformDouble(r[2], r[3]);
-  } else {
-    u1 = 1.0f - UniformFloat(r[0]);
-    u2 = UniformFloat(r[1]);
-  }
-  return std::sqrt(C{-2} * std::log(u1)) * std::cos(kTwoPi * u2);
-}
-
-// lo + (hi - lo) * u for u in [0, 1). The product can still round up to hi;
-// step back below it so the interval stays half-open. A reversed interval
-// (negative uniform_unit_scaling factor) is used as given.
-template <typename C>
-C ScaleUniform(C lo, C hi, C u) {
-  C v = lo + (hi - lo) * u;
-  if (lo < hi && v >= hi) v = std::nextafter(hi, lo);
-  return v;
-}
+using init_math::Draw;
+using init_math::Normal;
+using init_math::ScaleUniform;
+using init_math::Unit;
 
 template <typename T>
 void FillUniformReal(const Region& region, const PhiloxKey& key, double minval, double maxval,
@@ -283,16 +259,10 @@ void FillUniformReal(const Region& region, const PhiloxKey& key, double minval, 
 }
 
 template <typename T>
-void FillUniformInteger(const Region& region, const PhiloxKey& key, const IntegerRange& range,
+void FillUniformInteger(const Region& region, const PhiloxKey& key, int64_t lo, uint64_t span,
                         T* dst) {
-  const uint64_t lo = static_cast<uint64_t>(range.lo);
-  const uint64_t span = range.span;
   FillRandom(region, dst, [&](uint64_t g) {
-    const PhiloxBlock r = Draw(key, g, 0);
-    const uint64_t bits = (static_cast<uint64_t>(r[0]) << 32) | r[1];
-    // Modulo bias is at most span / 2^64: under 2^-32 for int32 bounds.
-    const uint64_t offset = span == 0 ? bits : bits % span;
-    return static_cast<T>(static_cast<int64_t>(lo + offset));
+    return static_cast<T>(init_math::UniformInteger(Draw(key, g, 0), lo, span));
   });
 }
 
@@ -305,98 +275,138 @@ void FillNormal(const Region& region, const PhiloxKey& key, double mean, double 
     FillRandom(region, dst, [&](uint64_t g) { return T(m + s * Normal<C>(Draw(key, g, 0))); });
     return;
   }
-  FillRandom(region, dst, [&](uint64_t g) {
-    for (uint32_t attempt = 0; attempt < kMaxTruncatedAttempts; ++attempt) {
-      const C z = Normal<C>(Draw(key, g, attempt));
-      if (std::fabs(z) <= C{2}) return T(m + s * z);
-    }
-    return T(m);
-  });
+  FillRandom(region, dst,
+             [&](uint64_t g) { return T(init_math::TruncatedNormal<C>(key, g, m, s)); });
 }
 
 template <typename T>
 void FillConstant(const Region& region, const TensorProto& value, T* dst) {
   const char* src = value.content().data();
   auto* out = reinterpret_cast<unsigned char*>(dst);
-  const int64_t n = region.slice.num_elements();
-  if (value.shape().dims_size() == 0) {
-    T v;
-    if constexpr (std::is_same_v<T, bool>) {
-      v = src[0] != 0;  // any nonzero byte is true; never load a non-0/1 bool
-    } else {
-      std::memcpy(&v, src, sizeof(T));
-    }
-    std::fill(dst, dst + n, v);
-    return;
-  }
   ForEachRun(region, [&](int64_t local, int64_t global, int64_t len) {
     std::memcpy(out + local * sizeof(T), src + global * sizeof(T), len * sizeof(T));
   });
   if constexpr (std::is_same_v<T, bool>) {
+    const int64_t n = region.slice.num_elements();
     for (int64_t i = 0; i < n; ++i) out[i] = out[i] != 0;
   }
 }
 
+// One element of T as its bytes, zero-extended to 64 bits.
 template <typename T>
-absl::Status FillTyped(const InitializerSpec& spec, DataType dtype, const Region& region, T* dst) {
-  const uint64_t seed = static_cast<uint64_t>(spec.seed());
-  const PhiloxKey key{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
-  const int64_t n = region.slice.num_elements();
+uint64_t PatternOf(T v) {
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  return bits;
+}
+
+template <typename T>
+absl::StatusOr<InitializerPlan> PlanTyped(const InitializerSpec& spec, DataType dtype,
+                                          const Region& region) {
+  InitializerPlan plan;
+  plan.seed = static_cast<uint64_t>(spec.seed());
+  auto uniform = [&](double lo, double hi) {
+    plan.kind = InitializerPlan::Kind::kUniformReal;
+    plan.a = lo;
+    plan.b = hi;
+    return plan;
+  };
   switch (spec.kind_case()) {
     case InitializerSpec::kZeros:
-      std::memset(static_cast<void*>(dst), 0, n * sizeof(T));
-      return absl::OkStatus();
+      return plan;  // a pattern of zero bytes
     case InitializerSpec::kOnes:
-      std::fill(dst, dst + n, FromDouble<T>(1.0));
-      return absl::OkStatus();
-    case InitializerSpec::kConstant:
-      FillConstant(region, spec.constant().value(), dst);
-      return absl::OkStatus();
+      plan.pattern = PatternOf(FromDouble<T>(1.0));
+      return plan;
+    case InitializerSpec::kConstant: {
+      const TensorProto& value = spec.constant().value();
+      if (value.shape().dims_size() != 0) {
+        plan.kind = InitializerPlan::Kind::kConstantTensor;
+        return plan;
+      }
+      T v;
+      if constexpr (std::is_same_v<T, bool>) {
+        v = value.content()[0] != 0;  // any nonzero byte is true
+      } else {
+        std::memcpy(&v, value.content().data(), sizeof(T));
+      }
+      plan.pattern = PatternOf(v);
+      return plan;
+    }
     case InitializerSpec::kRandomUniform: {
       const auto& p = spec.random_uniform();
-      if constexpr (kIsFloating<T>) {
-        FillUniformReal(region, key, p.minval(), p.maxval(), dst);
-      } else if constexpr (std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t>) {
-        PSD_ASSIGN_OR_RETURN(IntegerRange range,
-                             IntegerUniformRange("random_uniform", p.minval(), p.maxval(), dtype));
-        FillUniformInteger(region, key, range, dst);
-      }
-      return absl::OkStatus();
+      if (IsFloating(dtype)) return uniform(p.minval(), p.maxval());
+      PSD_ASSIGN_OR_RETURN(IntegerRange range,
+                           IntegerUniformRange("random_uniform", p.minval(), p.maxval(), dtype));
+      plan.kind = InitializerPlan::Kind::kUniformInt;
+      plan.int_lo = range.lo;
+      plan.int_span = range.span;
+      return plan;
     }
     case InitializerSpec::kRandomNormal:
-      if constexpr (kIsFloating<T>) {
-        FillNormal(region, key, spec.random_normal().mean(), spec.random_normal().stddev(),
-                   /*truncated=*/false, dst);
-      }
-      return absl::OkStatus();
+      plan.kind = InitializerPlan::Kind::kNormal;
+      plan.a = spec.random_normal().mean();
+      plan.b = spec.random_normal().stddev();
+      return plan;
     case InitializerSpec::kTruncatedNormal:
-      if constexpr (kIsFloating<T>) {
-        FillNormal(region, key, spec.truncated_normal().mean(), spec.truncated_normal().stddev(),
-                   /*truncated=*/true, dst);
-      }
-      return absl::OkStatus();
-    case InitializerSpec::kUniformUnitScaling:
-      if constexpr (kIsFloating<T>) {
-        const auto& p = spec.uniform_unit_scaling();
-        const double limit =
-            p.full_shape().empty()
-                ? UnitScalingLimit(p.factor(), region.full.dims())
-                : UnitScalingLimit(p.factor(),
-                                   absl::MakeConstSpan(p.full_shape().data(), p.full_shape_size()));
-        FillUniformReal(region, key, -limit, limit, dst);
-      }
-      return absl::OkStatus();
+      plan.kind = InitializerPlan::Kind::kTruncatedNormal;
+      plan.a = spec.truncated_normal().mean();
+      plan.b = spec.truncated_normal().stddev();
+      return plan;
+    case InitializerSpec::kUniformUnitScaling: {
+      const auto& p = spec.uniform_unit_scaling();
+      const double limit =
+          p.full_shape().empty()
+              ? UnitScalingLimit(p.factor(), region.full.dims())
+              : UnitScalingLimit(p.factor(),
+                                 absl::MakeConstSpan(p.full_shape().data(), p.full_shape_size()));
+      return uniform(-limit, limit);
+    }
     case InitializerSpec::kDefaultInitializer:
-      if constexpr (kIsFloating<T>) {
+      if (IsFloating(dtype)) {
         const double limit = UnitScalingLimit(1.0, region.full.dims());
-        FillUniformReal(region, key, -limit, limit, dst);
-      } else {
-        std::memset(static_cast<void*>(dst), 0, n * sizeof(T));
+        return uniform(-limit, limit);
       }
-      return absl::OkStatus();
-    case InitializerSpec::KIND_NOT_SET: break;
+      return plan;  // zeros
+    case InitializerSpec::KIND_NOT_SET:
+      break;
   }
   return absl::InvalidArgumentError("initializer has no kind set");
+}
+
+template <typename T>
+void FillTyped(const InitializerSpec& spec, const InitializerPlan& plan, const Region& region,
+               T* dst) {
+  const PhiloxKey key = init_math::KeyOf(plan.seed);
+  const int64_t n = region.slice.num_elements();
+  using Kind = InitializerPlan::Kind;
+  switch (plan.kind) {
+    case Kind::kPattern: {
+      T v;
+      std::memcpy(static_cast<void*>(&v), &plan.pattern, sizeof(T));
+      std::fill(dst, dst + n, v);
+      return;
+    }
+    case Kind::kConstantTensor:
+      FillConstant(region, spec.constant().value(), dst);
+      return;
+    case Kind::kUniformInt:
+      if constexpr (std::is_integral_v<T>) {
+        FillUniformInteger(region, key, plan.int_lo, plan.int_span, dst);
+      }
+      return;
+    case Kind::kUniformReal:
+    case Kind::kNormal:
+    case Kind::kTruncatedNormal:
+      // Planned for floating dtypes only (ValidateInitializer).
+      if constexpr (kIsFloating<T>) {
+        if (plan.kind == Kind::kUniformReal) {
+          FillUniformReal(region, key, plan.a, plan.b, dst);
+        } else {
+          FillNormal(region, key, plan.a, plan.b, plan.kind == Kind::kTruncatedNormal, dst);
+        }
+      }
+      return;
+  }
 }
 
 }  // namespace
@@ -420,7 +430,8 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
   switch (spec.kind_case()) {
     case InitializerSpec::kZeros:
     case InitializerSpec::kOnes:
-    case InitializerSpec::kDefaultInitializer: return absl::OkStatus();
+    case InitializerSpec::kDefaultInitializer:
+      return absl::OkStatus();
     case InitializerSpec::kConstant:
       return ValidateConstant(where, spec.constant().value(), dtype, full_shape);
     case InitializerSpec::kRandomUniform: {
@@ -466,25 +477,43 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
     }
     case InitializerSpec::kUniformUnitScaling:
       return ValidateUnitScaling(where, spec.uniform_unit_scaling(), dtype, full_shape);
-    case InitializerSpec::KIND_NOT_SET: break;
+    case InitializerSpec::KIND_NOT_SET:
+      break;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("variable '", variable, "': initializer has no kind set"));
 }
 
-absl::Status FillInitializer(const InitializerSpec& spec, DataType dtype,
-                             const TensorShape& full_shape, const TensorShape& slice_shape,
-                             absl::Span<const int64_t> slice_offset, void* dst, size_t dst_bytes) {
+absl::StatusOr<InitializerPlan> PlanInitializer(const InitializerSpec& spec, DataType dtype,
+                                                const TensorShape& full_shape,
+                                                const TensorShape& slice_shape,
+                                                absl::Span<const int64_t> slice_offset,
+                                                size_t dst_bytes) {
   // Both checks are O(rank); repeating them here keeps a caller's mistake
   // from becoming an out-of-bounds write.
   PSD_RETURN_IF_ERROR(ValidateInitializer(spec, dtype, full_shape, "(initialize)"));
   const Region region{full_shape, slice_shape, slice_offset};
   PSD_RETURN_IF_ERROR(CheckGeometry(region, DataTypeSize(dtype), dst_bytes));
   return DispatchFixedSize(
+      dtype, [&](auto t) { return PlanTyped<decltype(t)>(spec, dtype, region); },
+      [&]() -> absl::StatusOr<InitializerPlan> {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot initialize dtype ", DataTypeName(dtype)));
+      });
+}
+
+absl::Status FillInitializer(const InitializerSpec& spec, DataType dtype,
+                             const TensorShape& full_shape, const TensorShape& slice_shape,
+                             absl::Span<const int64_t> slice_offset, void* dst, size_t dst_bytes) {
+  PSD_ASSIGN_OR_RETURN(InitializerPlan plan, PlanInitializer(spec, dtype, full_shape, slice_shape,
+                                                             slice_offset, dst_bytes));
+  const Region region{full_shape, slice_shape, slice_offset};
+  return DispatchFixedSize(
       dtype,
       [&](auto t) {
         using T = decltype(t);
-        return FillTyped<T>(spec, dtype, region, static_cast<T*>(dst));
+        FillTyped<T>(spec, plan, region, static_cast<T*>(dst));
+        return absl::OkStatus();
       },
       [&] {
         return absl::InvalidArgumentError(

@@ -25,11 +25,38 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
 
 namespace psd {
+
+// How to fill a slice, decided once from a validated spec so the CPU fill and
+// a GPU kernel fill the same values.
+struct InitializerPlan {
+  enum class Kind {
+    kPattern,          // every element is the `pattern` bytes (zeros, ones, scalar constant)
+    kConstantTensor,   // copied from the spec's constant tensor
+    kUniformReal,      // uniform in [a, b), computed in float (double for float64)
+    kUniformInt,       // init_math::UniformInteger(int_lo, int_span)
+    kNormal,           // mean a, stddev b
+    kTruncatedNormal,  // mean a, stddev b, within two stddevs
+  };
+  Kind kind = Kind::kPattern;
+  uint64_t pattern = 0;  // one element's bytes, zero-extended
+  uint64_t seed = 0;
+  double a = 0, b = 0;
+  int64_t int_lo = 0;
+  uint64_t int_span = 0;  // 0 stands for 2^64
+};
+
+// Validates like FillInitializer and returns the plan for the slice.
+absl::StatusOr<InitializerPlan> PlanInitializer(const InitializerSpec& spec, DataType dtype,
+                                                const TensorShape& full_shape,
+                                                const TensorShape& slice_shape,
+                                                absl::Span<const int64_t> slice_offset,
+                                                size_t dst_bytes);
 
 // Writes the values of the `slice_shape` slice at `slice_offset` of a
 // `full_shape` variable of `dtype` into `dst`: host memory of `dst_bytes`

@@ -9,7 +9,9 @@
 // depends only on the seed and the element's global index, so every part of a
 // partitioned variable, and a GPU implementation, computes the same values.
 //
-// Everything here is a pure function: thread-safe.
+// Everything here is a pure function: thread-safe. The same code compiles
+// for the host and, under nvcc (with --expt-relaxed-constexpr, for
+// std::array), for CUDA devices, so both draw identical words.
 //
 //   PhiloxBlock r = Philox4x32(PhiloxBlock{index_lo, index_hi, 0, 0},
 //                              PhiloxKey{seed_lo, seed_hi});
@@ -19,6 +21,13 @@
 
 #include <array>
 #include <cstdint>
+
+// Host and device under nvcc; plain host functions otherwise.
+#if defined(__CUDACC__)
+#define PSD_HOST_DEVICE __host__ __device__
+#else
+#define PSD_HOST_DEVICE
+#endif
 
 namespace psd {
 
@@ -33,7 +42,7 @@ constexpr uint32_t kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u;  // Weyl key increments (golden ratio, sqrt(3) - 1)
 constexpr uint32_t kW1 = 0xBB67AE85u;
 
-inline PhiloxBlock Round(const PhiloxBlock& c, const PhiloxKey& k) {
+PSD_HOST_DEVICE inline PhiloxBlock Round(const PhiloxBlock& c, const PhiloxKey& k) {
   const uint64_t p0 = static_cast<uint64_t>(kM0) * c[0];
   const uint64_t p1 = static_cast<uint64_t>(kM1) * c[2];
   const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
@@ -45,7 +54,7 @@ inline PhiloxBlock Round(const PhiloxBlock& c, const PhiloxKey& k) {
 
 // Ten rounds, the key bumped by the Weyl increments between rounds. Matches
 // Random123's philox4x32_10 known-answer vectors.
-inline PhiloxBlock Philox4x32(PhiloxBlock counter, PhiloxKey key) {
+PSD_HOST_DEVICE inline PhiloxBlock Philox4x32(PhiloxBlock counter, PhiloxKey key) {
   counter = philox_internal::Round(counter, key);
   for (int round = 1; round < 10; ++round) {
     key[0] += philox_internal::kW0;
@@ -57,10 +66,12 @@ inline PhiloxBlock Philox4x32(PhiloxBlock counter, PhiloxKey key) {
 
 // A float in [0, 1) on a grid of 2^-24 from the top 24 bits of `x`: every
 // value is exact in float, so no rounding can reach 1.
-inline float UniformFloat(uint32_t x) { return static_cast<float>(x >> 8) * 0x1p-24f; }
+PSD_HOST_DEVICE inline float UniformFloat(uint32_t x) {
+  return static_cast<float>(x >> 8) * 0x1p-24f;
+}
 
 // A double in [0, 1) on a grid of 2^-53 from 53 bits of `hi`:`lo`.
-inline double UniformDouble(uint32_t hi, uint32_t lo) {
+PSD_HOST_DEVICE inline double UniformDouble(uint32_t hi, uint32_t lo) {
   const uint64_t bits = (static_cast<uint64_t>(hi) << 32) | lo;
   return static_cast<double>(bits >> 11) * 0x1p-53;
 }
