@@ -16,12 +16,17 @@
 #include "absl/strings/str_cat.h"
 #include "device/cpu_optimizer_kernels.h"
 #include "device/device.h"
+#include "device/device_checks.h"
 #include "device/initializers.h"
 #include "psd/dtype.h"
 #include "psd/float16.h"
 
 namespace psd {
 namespace {
+
+using internal::CheckCopyRange;
+using internal::CheckRows;
+using internal::UnsupportedDtype;
 
 // A cache line, and enough for any vector width the kernels may use.
 constexpr size_t kAlignment = 64;
@@ -122,15 +127,6 @@ void ApplyScalar(T* dst, T value, int64_t n) {
   }
 }
 
-const char* UpdateName(UpdateKind op) {
-  switch (op) {
-    case UpdateKind::kAssign: return "assign";
-    case UpdateKind::kAdd: return "add";
-    case UpdateKind::kSub: return "sub";
-  }
-  return "unknown update";
-}
-
 // Calls fn(Op{}) with the op type of `op`, or fails if T has no arithmetic.
 template <typename T, typename Fn>
 absl::Status WithUpdateOp(UpdateKind op, Fn&& fn) {
@@ -141,8 +137,7 @@ absl::Status WithUpdateOp(UpdateKind op, Fn&& fn) {
     case UpdateKind::kAdd:
     case UpdateKind::kSub:
       if constexpr (std::is_same_v<T, bool>) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(UpdateName(op), " needs a numeric dtype, got bool"));
+        return internal::CheckArithmetic(DT_BOOL, op);
       } else {
         if (op == UpdateKind::kAdd) {
           fn(AddOp{});
@@ -153,38 +148,6 @@ absl::Status WithUpdateOp(UpdateKind op, Fn&& fn) {
       }
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown update kind ", static_cast<int>(op)));
-}
-
-absl::Status UnsupportedDtype(DataType dtype) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype ", DataTypeName(dtype), " is not stored on a device"));
-}
-
-absl::Status CheckCopyRange(const char* what, size_t offset, size_t bytes, size_t size) {
-  if (offset > size || bytes > size - offset) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " of ", bytes, " bytes at offset ", offset,
-                                                   " exceeds a buffer of ", size, " bytes"));
-  }
-  return absl::OkStatus();
-}
-
-// INTERNAL unless every index addresses a whole row inside a buffer of
-// `buffer_bytes`. Checked before any row is touched, so a bad request
-// changes nothing.
-absl::Status CheckRows(absl::Span<const int64_t> indices, int64_t row_elements, size_t elem_size,
-                       size_t buffer_bytes) {
-  if (row_elements < 0) {
-    return absl::InternalError(absl::StrCat("negative row size ", row_elements));
-  }
-  if (row_elements == 0) return absl::OkStatus();  // rows of nothing touch nothing
-  const uint64_t rows = buffer_bytes / elem_size / static_cast<uint64_t>(row_elements);
-  for (int64_t index : indices) {
-    if (index < 0 || static_cast<uint64_t>(index) >= rows) {
-      return absl::InternalError(
-          absl::StrCat("row index ", index, " outside a buffer of ", rows, " rows"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 class CpuDevice final : public Device {
@@ -231,10 +194,8 @@ class CpuDevice final : public Device {
         dtype,
         [&](auto t) -> absl::Status {
           using T = decltype(t);
-          if (n < 0 || static_cast<uint64_t>(n) > dst->size() / sizeof(T)) {
-            return absl::InternalError(absl::StrCat(
-                "dense update of ", n, " elements on a buffer of ", dst->size() / sizeof(T)));
-          }
+          absl::Status s = internal::CheckDenseCount(n, sizeof(T), dst->size());
+          if (!s.ok()) return s;
           T* out = static_cast<T*>(dst->data());
           const auto* in = static_cast<const unsigned char*>(src);
           return WithUpdateOp<T>(op, [&](auto tag) {
@@ -282,9 +243,9 @@ class CpuDevice final : public Device {
         [&] { return UnsupportedDtype(dtype); });
   }
 
-  absl::Status ApplyOptimizerDense(const OptimizerParams& params, DataType dtype,
-                                   DeviceBuffer* var, absl::Span<DeviceBuffer* const> slots,
-                                   const void* grad, int64_t n) override {
+  absl::Status ApplyOptimizerDense(const OptimizerParams& params, DataType dtype, DeviceBuffer* var,
+                                   absl::Span<DeviceBuffer* const> slots, const void* grad,
+                                   int64_t n) override {
     return internal::CpuApplyOptimizerDense(params, dtype, var, slots, grad, n);
   }
 

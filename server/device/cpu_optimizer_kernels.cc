@@ -17,11 +17,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "device/device_checks.h"
 #include "psd/dtype.h"
 #include "psd/float16.h"
 
@@ -29,26 +30,40 @@ namespace psd {
 
 int NumOptimizerSlots(OptimizerKind kind) {
   switch (kind) {
-    case OptimizerKind::kGradientDescent: return 0;
-    case OptimizerKind::kMomentum: return 1;
-    case OptimizerKind::kAdagrad: return 1;
-    case OptimizerKind::kAdam: return 2;
-    case OptimizerKind::kRMSProp: return 2;
-    case OptimizerKind::kCenteredRMSProp: return 3;
-    case OptimizerKind::kFtrl: return 2;
+    case OptimizerKind::kGradientDescent:
+      return 0;
+    case OptimizerKind::kMomentum:
+      return 1;
+    case OptimizerKind::kAdagrad:
+      return 1;
+    case OptimizerKind::kAdam:
+      return 2;
+    case OptimizerKind::kRMSProp:
+      return 2;
+    case OptimizerKind::kCenteredRMSProp:
+      return 3;
+    case OptimizerKind::kFtrl:
+      return 2;
   }
   return 0;
 }
 
 const char* OptimizerName(OptimizerKind kind) {
   switch (kind) {
-    case OptimizerKind::kGradientDescent: return "GradientDescent";
-    case OptimizerKind::kMomentum: return "Momentum";
-    case OptimizerKind::kAdagrad: return "Adagrad";
-    case OptimizerKind::kAdam: return "Adam";
-    case OptimizerKind::kRMSProp: return "RMSProp";
-    case OptimizerKind::kCenteredRMSProp: return "CenteredRMSProp";
-    case OptimizerKind::kFtrl: return "Ftrl";
+    case OptimizerKind::kGradientDescent:
+      return "GradientDescent";
+    case OptimizerKind::kMomentum:
+      return "Momentum";
+    case OptimizerKind::kAdagrad:
+      return "Adagrad";
+    case OptimizerKind::kAdam:
+      return "Adam";
+    case OptimizerKind::kRMSProp:
+      return "RMSProp";
+    case OptimizerKind::kCenteredRMSProp:
+      return "CenteredRMSProp";
+    case OptimizerKind::kFtrl:
+      return "Ftrl";
   }
   return "unknown optimizer";
 }
@@ -59,36 +74,8 @@ namespace {
 constexpr int kMaxSlots = 3;
 constexpr int64_t kBlock = 1024;
 
-// The hyper-parameters in the compute type, with the derived constants the
-// steps use (TensorFlow casts its scalars to the variable's type too).
 template <typename C>
-struct Coefficients {
-  explicit Coefficients(const OptimizerParams& p)
-      : lr(static_cast<C>(p.learning_rate)),
-        momentum(static_cast<C>(p.momentum)),
-        use_nesterov(p.use_nesterov),
-        one_minus_beta1(C(1) - static_cast<C>(p.beta1)),
-        one_minus_beta2(C(1) - static_cast<C>(p.beta2)),
-        epsilon(static_cast<C>(p.epsilon)),
-        // ApplyAdam: alpha = lr * sqrt(1 - beta2_power) / (1 - beta1_power).
-        adam_alpha(static_cast<C>(p.learning_rate) *
-                   std::sqrt(C(1) - static_cast<C>(p.beta2_power)) /
-                   (C(1) - static_cast<C>(p.beta1_power))),
-        one_minus_decay(C(1) - static_cast<C>(p.decay)),
-        neg_lr_power(-static_cast<C>(p.lr_power)),
-        lr_power_is_half(static_cast<C>(p.lr_power) == C(-0.5)),
-        l1(static_cast<C>(p.l1)),
-        two_l2(C(2) * static_cast<C>(p.l2)),
-        two_l2_shrinkage(C(2) * static_cast<C>(p.l2_shrinkage)) {}
-
-  C lr, momentum;
-  bool use_nesterov;
-  C one_minus_beta1, one_minus_beta2, epsilon, adam_alpha;
-  C one_minus_decay;
-  C neg_lr_power;
-  bool lr_power_is_half;
-  C l1, two_l2, two_l2_shrinkage;
-};
+using Coefficients = gpu::OptimizerCoefficients<C>;
 
 // The steps: s[] are the slot arrays in the op's argument order.
 template <typename C>
@@ -99,8 +86,8 @@ void GradientDescentStep(const Coefficients<C>& h, C* __restrict var, C* const*,
 }
 
 template <typename C>
-void MomentumStep(const Coefficients<C>& h, C* __restrict var, C* const* s,
-                  const C* __restrict g, int64_t m) {
+void MomentumStep(const Coefficients<C>& h, C* __restrict var, C* const* s, const C* __restrict g,
+                  int64_t m) {
   C* __restrict accum = s[0];
   const C lr = h.lr, mu = h.momentum;
   if (h.use_nesterov) {
@@ -208,13 +195,20 @@ using StepFn = void (*)(const Coefficients<C>&, C* __restrict, C* const*, const 
 template <typename C>
 StepFn<C> StepFor(OptimizerKind kind) {
   switch (kind) {
-    case OptimizerKind::kGradientDescent: return &GradientDescentStep<C>;
-    case OptimizerKind::kMomentum: return &MomentumStep<C>;
-    case OptimizerKind::kAdagrad: return &AdagradStep<C>;
-    case OptimizerKind::kAdam: return &AdamStep<C>;
-    case OptimizerKind::kRMSProp: return &RMSPropStep<C>;
-    case OptimizerKind::kCenteredRMSProp: return &CenteredRMSPropStep<C>;
-    case OptimizerKind::kFtrl: return &FtrlStep<C>;
+    case OptimizerKind::kGradientDescent:
+      return &GradientDescentStep<C>;
+    case OptimizerKind::kMomentum:
+      return &MomentumStep<C>;
+    case OptimizerKind::kAdagrad:
+      return &AdagradStep<C>;
+    case OptimizerKind::kAdam:
+      return &AdamStep<C>;
+    case OptimizerKind::kRMSProp:
+      return &RMSPropStep<C>;
+    case OptimizerKind::kCenteredRMSProp:
+      return &CenteredRMSPropStep<C>;
+    case OptimizerKind::kFtrl:
+      return &FtrlStep<C>;
   }
   return nullptr;
 }
@@ -326,40 +320,12 @@ inline void PrefetchRow(T* row, int64_t row_elements) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, /*rw=*/1);
 }
 
-absl::Status CheckBuffers(const OptimizerParams& params, DataType dtype, size_t elem_size,
-                          const DeviceBuffer* var, absl::Span<DeviceBuffer* const> slots,
-                          uint64_t elements) {
-  if (!IsFloating(dtype)) {
-    return absl::InternalError(absl::StrCat(OptimizerName(params.kind), " on non-floating dtype ",
-                                            DataTypeName(dtype)));
-  }
-  const int want = NumOptimizerSlots(params.kind);
-  if (static_cast<int>(slots.size()) != want) {
-    return absl::InternalError(absl::StrCat(OptimizerName(params.kind), " needs ", want,
-                                            " slot buffers, got ", slots.size()));
-  }
-  if (elements > var->size() / elem_size) {
-    return absl::InternalError(absl::StrCat("optimizer update of ", elements,
-                                            " elements on a buffer of ",
-                                            var->size() / elem_size));
-  }
-  for (const DeviceBuffer* slot : slots) {
-    if (slot == nullptr || slot == var || slot->size() != var->size()) {
-      return absl::InternalError("optimizer slot buffer missing, aliased or of another size");
-    }
-  }
-  return absl::OkStatus();
-}
-
 template <typename T>
 void Slots(absl::Span<DeviceBuffer* const> slots, T* out[kMaxSlots]) {
   for (size_t k = 0; k < slots.size(); ++k) out[k] = static_cast<T*>(slots[k]->data());
 }
 
-absl::Status Unsupported(DataType dtype) {
-  return absl::InternalError(
-      absl::StrCat("optimizer kernels need a floating dtype, got ", DataTypeName(dtype)));
-}
+absl::Status Unsupported(DataType dtype) { return OptimizerDtypeUnsupported(dtype); }
 
 }  // namespace
 
@@ -368,7 +334,8 @@ absl::Status CpuApplyOptimizerDense(const OptimizerParams& params, DataType dtyp
                                     const void* grad, int64_t n) {
   const size_t elem_size = DataTypeSize(dtype);
   if (n < 0 || elem_size == 0) return Unsupported(dtype);
-  absl::Status s = CheckBuffers(params, dtype, elem_size, var, slots, static_cast<uint64_t>(n));
+  absl::Status s =
+      CheckOptimizerBuffers(params, dtype, elem_size, var, slots, static_cast<uint64_t>(n));
   if (!s.ok()) return s;
   if (n == 0) return absl::OkStatus();  // `grad` may be empty
   return DispatchFixedSize(
@@ -379,7 +346,7 @@ absl::Status CpuApplyOptimizerDense(const OptimizerParams& params, DataType dtyp
           using C = ComputeType<T>;
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
-          RunStep<T>(StepFor<C>(params.kind), Coefficients<C>(params),
+          RunStep<T>(StepFor<C>(params.kind), CoefficientsFor<C>(params),
                      static_cast<T*>(var->data()), slot_data, static_cast<int>(slots.size()),
                      WireGradient<T>{static_cast<const unsigned char*>(grad)}, n);
           return absl::OkStatus();
@@ -396,16 +363,11 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
                                      const void* values) {
   const size_t elem_size = DataTypeSize(dtype);
   if (row_elements < 0 || elem_size == 0) return Unsupported(dtype);
-  absl::Status s = CheckBuffers(params, dtype, elem_size, var, slots, 0);
+  absl::Status s = CheckOptimizerBuffers(params, dtype, elem_size, var, slots, 0);
   if (!s.ok()) return s;
   if (indices.empty() || row_elements == 0) return absl::OkStatus();
-  const uint64_t rows = var->size() / elem_size / static_cast<uint64_t>(row_elements);
-  for (int64_t index : indices) {
-    if (index < 0 || static_cast<uint64_t>(index) >= rows) {
-      return absl::InternalError(
-          absl::StrCat("row index ", index, " outside a buffer of ", rows, " rows"));
-    }
-  }
+  s = CheckRows(indices, row_elements, elem_size, var->size());
+  if (!s.ok()) return s;
   return DispatchFixedSize(
       dtype,
       [&](auto t) -> absl::Status {
@@ -454,7 +416,7 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
             }
           }
           const StepFn<C> step = StepFor<C>(params.kind);
-          const Coefficients<C> h(params);
+          const Coefficients<C> h = CoefficientsFor<C>(params);
           T* const var_data = static_cast<T*>(var->data());
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
