@@ -211,6 +211,16 @@ class CpuDevice final : public Device {
         [&] { return UnsupportedDtype(dtype); });
   }
 
+  absl::Status ApplyDenseFromBuffer(DataType dtype, UpdateKind op, DeviceBuffer* dst,
+                                    const DeviceBuffer& src, int64_t n) override {
+    const size_t elem_size = DataTypeSize(dtype);
+    if (elem_size == 0) return UnsupportedDtype(dtype);
+    absl::Status s = internal::CheckDenseCount(n, elem_size, src.size());
+    if (!s.ok()) return s;
+    // Host memory is device memory here.
+    return ApplyDense(dtype, op, dst, src.data(), n, /*src_is_scalar=*/false);
+  }
+
   absl::Status ApplyScatter(DataType dtype, UpdateKind op, DeviceBuffer* dst, int64_t row_elements,
                             absl::Span<const int64_t> indices, const void* updates,
                             bool updates_is_scalar) override {

@@ -34,6 +34,8 @@ namespace psd {
 enum class UpdateKind { kAssign, kAdd, kSub };
 
 // Device memory holding one variable's elements. Freed on destruction.
+// data() is the device's address: host memory only on the CPU device, so
+// callers move bytes with Device::CopyFromHost/CopyToHost, never through it.
 class DeviceBuffer {
  public:
   virtual ~DeviceBuffer() = default;
@@ -93,11 +95,23 @@ class Device {
   // Copies all of `src` into `dst` (same size), both on this device.
   virtual absl::Status Copy(const DeviceBuffer& src, DeviceBuffer* dst) = 0;
 
+  // Whether the device can still be trusted. A device failure (a CUDA error)
+  // fails its request and makes the device unhealthy for good: later ops fail
+  // with UNAVAILABLE and the shard's /healthz reports it. health_detail()
+  // says why (empty while healthy). The CPU device is always healthy.
+  virtual bool healthy() const { return true; }
+  virtual std::string health_detail() const { return std::string(); }
+
   // dst[i] = op(dst[i], src[i]) for i in [0, n); with `src_is_scalar`,
   // src[0] is used for every i. `src` is host memory of `dtype` elements.
   // kAdd/kSub need a numeric dtype; kAssign works for every fixed-size dtype.
   virtual absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst,
                                   const void* src, int64_t n, bool src_is_scalar) = 0;
+
+  // ApplyDense with a source buffer of this device (n elements of `dtype`),
+  // e.g. a streamed update's staging buffer.
+  virtual absl::Status ApplyDenseFromBuffer(DataType dtype, UpdateKind op, DeviceBuffer* dst,
+                                            const DeviceBuffer& src, int64_t n) = 0;
 
   // For each k in [0, indices.size()): row indices[k] of `dst` (rows of
   // `row_elements` elements) = op(row, updates row k). With
@@ -145,8 +159,9 @@ class Device {
 // The CPU device: buffers in host memory, kernels as plain loops.
 std::unique_ptr<Device> NewCpuDevice();
 
-// The device named by a shard's `device` setting: "cpu" (or "cpu:0"); GPU
-// devices are UNIMPLEMENTED in a build without CUDA.
+// The device named by a shard's `device` setting: "cpu" (or "cpu:0"), or
+// "gpu:N" for CUDA device N (UNIMPLEMENTED in a build without CUDA;
+// UNAVAILABLE, saying why, where no such device can be opened).
 absl::StatusOr<std::unique_ptr<Device>> NewDevice(const std::string& spec);
 
 // INVALID_ARGUMENT unless `spec` can initialize a fixed-size variable of

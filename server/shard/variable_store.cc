@@ -1477,11 +1477,10 @@ class StagedAssignSink final : public AssignStreamSink {
             ", value has shape ", shape_.ToString()));
       }
       PSD_RETURN_IF_ERROR(MakeWritable(store_->device_, &store_->memory_, *var));
-      // The staging buffer is host memory on the CPU device.
-      PSD_RETURN_IF_ERROR(store_->device_->ApplyDense(var->dtype, kind_,
-                                                      var->contents->buffer.get(),
-                                                      staged_.buffer->data(),
-                                                      shape_.num_elements(), false));
+      // The staging buffer lives on the device (GPU memory on a GPU shard).
+      PSD_RETURN_IF_ERROR(store_->device_->ApplyDenseFromBuffer(
+          var->dtype, kind_, var->contents->buffer.get(), *staged_.buffer,
+          shape_.num_elements()));
     }
     var->initialized = true;
     ++var->version;
