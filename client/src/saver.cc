@@ -1,5 +1,6 @@
 #include "psd/saver.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,7 +18,7 @@ class Saver::Impl {
  public:
   Impl(std::string address, SaverOptions options,
        std::shared_ptr<grpc::ChannelCredentials> credentials)
-      : address_(std::move(address)), options_(std::move(options)) {
+      : address_(std::move(address)), options_(std::move(options)), created_(absl::Now()) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
     stub_ = Coordinator::NewStub(grpc::CreateCustomChannel(address_, credentials, args));
@@ -34,6 +35,8 @@ class Saver::Impl {
 
   const std::string address_;
   const SaverOptions options_;
+  // When the Saver was built: keep_checkpoint_every_n_hours counts from here.
+  const absl::Time created_;
   std::unique_ptr<Coordinator::Stub> stub_;
   absl::Mutex mu_;
   std::string last_dir_ ABSL_GUARDED_BY(mu_);
@@ -59,7 +62,16 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
   SaveCheckpointRequest req;
   req.set_prefix(prefix);
   if (global_step.has_value()) req.set_global_step(*global_step);
-  req.set_latest_filename(impl_->options_.latest_filename);
+  const SaverOptions& o = impl_->options_;
+  req.set_latest_filename(o.latest_filename);
+  if (o.max_to_keep.has_value()) req.set_max_to_keep(*o.max_to_keep);
+  if (o.keep_checkpoint_every_n_hours.has_value()) {
+    req.set_keep_checkpoint_every_n_hours(*o.keep_checkpoint_every_n_hours);
+  }
+  req.set_saver_age_seconds(
+      std::max(0.0, absl::ToDoubleSeconds(absl::Now() - impl_->created_)));
+  for (const auto& v : o.variables) req.add_variables(v);
+  for (const auto& [ckpt_name, var_name] : o.name_map) (*req.mutable_name_map())[ckpt_name] = var_name;
   SaveCheckpointResponse resp;
   absl::Status s = impl_->Call(&Coordinator::Stub::Save, req, &resp, impl_->options_.timeout);
   if (!s.ok()) return s;
@@ -82,8 +94,11 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
 absl::Status Saver::Restore(const std::string& prefix, const RestoreOptions& options) {
   RestoreCheckpointRequest req;
   req.set_prefix(prefix);
-  for (const auto& v : options.variables) req.add_variables(v);
-  for (const auto& [from, to] : options.name_map) (*req.mutable_name_map())[from] = to;
+  const bool own = !options.variables.empty() || !options.name_map.empty();
+  const auto& variables = own ? options.variables : impl_->options_.variables;
+  const auto& name_map = own ? options.name_map : impl_->options_.name_map;
+  for (const auto& v : variables) req.add_variables(v);
+  for (const auto& [from, to] : name_map) (*req.mutable_name_map())[from] = to;
   req.set_latest_filename(impl_->options_.latest_filename);
   RestoreCheckpointResponse resp;
   return impl_->Call(&Coordinator::Stub::Restore, req, &resp, impl_->options_.timeout);

@@ -1,6 +1,7 @@
 #include "coordinator/checkpoint_manager.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <set>
@@ -78,6 +79,43 @@ std::optional<int64_t> StepOf(const std::string& prefix) {
   return step;
 }
 
+// The variables a save writes, each under its checkpoint name (in
+// VariableDef::name): the request's var_list, or every registered variable.
+absl::StatusOr<std::vector<VariableDef>> SavedVariables(const Registry& registry,
+                                                        const SaveCheckpointRequest& request,
+                                                        const std::string& prefix) {
+  if (request.variables().empty() && request.name_map().empty()) {
+    std::vector<VariableDef> all = registry.List("");
+    if (all.empty()) return absl::InvalidArgumentError("save: no variables to save");
+    return all;
+  }
+  std::vector<std::pair<std::string, std::string>> targets;  // (checkpoint name, variable)
+  for (const std::string& v : request.variables()) targets.emplace_back(v, v);
+  const std::map<std::string, std::string> sorted(request.name_map().begin(),
+                                                  request.name_map().end());
+  for (const auto& [ckpt_name, var_name] : sorted) targets.emplace_back(ckpt_name, var_name);
+  std::set<std::string> seen;
+  std::vector<VariableDef> out;
+  for (const auto& [ckpt_name, var_name] : targets) {
+    if (ckpt_name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "save of ", prefix, ": var_list gives variable '", var_name, "' an empty name"));
+    }
+    if (!seen.insert(ckpt_name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "save of ", prefix, ": var_list names '", ckpt_name, "' twice"));
+    }
+    absl::StatusOr<VariableDef> def = registry.Lookup(var_name);
+    if (!def.ok()) {
+      return absl::Status(def.status().code(), absl::StrCat("save of ", prefix, ": var_list: ",
+                                                            def.status().message()));
+    }
+    def->set_name(ckpt_name);
+    out.push_back(*std::move(def));
+  }
+  return out;
+}
+
 // Releases op_mu_ taken with Lock() or TryLock().
 struct OpUnlock {
   absl::Mutex* mu;
@@ -131,16 +169,20 @@ int CheckpointManager::CleanUpTempFiles() {
   return n.ok() ? *n : 0;
 }
 
-SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const std::string& name) {
+SaverRetention::Policy CheckpointManager::CurrentPolicy() const {
+  absl::MutexLock lock(&policy_mu_);
+  return policy_;
+}
+
+SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const std::string& name,
+                                                const SaverRetention::Policy* save_policy,
+                                                bool saver_policy, double built_at) {
   auto key = std::make_pair(dir, name);
-  SaverRetention::Policy policy;
-  {
-    absl::MutexLock lock(&policy_mu_);
-    policy = policy_;
-  }
   auto it = retention_.find(key);
   if (it == retention_.end()) {
-    SaverRetention r(policy, Now());
+    const SaverRetention::Policy policy =
+        save_policy != nullptr ? *save_policy : CurrentPolicy();
+    SaverRetention r(policy, built_at);
     const std::string path = checkpoint::RetentionStateFilename(dir, name);
     auto size = fs_->GetFileSize(path);
     auto file = fs_->NewRandomAccessFile(path);
@@ -153,9 +195,16 @@ SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const st
         r = SaverRetention::FromState(policy, state);
       }
     }
-    it = retention_.emplace(key, std::move(r)).first;
+    return &retention_.emplace(key, std::move(r)).first->second;
   }
-  it->second.set_policy(policy);
+  if (save_policy == nullptr) return &it->second;
+  if (saver_policy && save_policy->keep_checkpoint_every_n_hours !=
+                          it->second.policy().keep_checkpoint_every_n_hours) {
+    SaverRetentionState state = it->second.ToState();
+    state.set_next_checkpoint_time(built_at + save_policy->keep_checkpoint_every_n_hours * 3600);
+    it->second = SaverRetention::FromState(*save_policy, state);
+  }
+  it->second.set_policy(*save_policy);
   return &it->second;
 }
 
@@ -201,6 +250,32 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   const std::string prefix =
       request.has_global_step() ? absl::StrCat(base, "-", request.global_step()) : base;
   const std::string dir = checkpoint::DirName(prefix);
+  // The Saver's own retention over the coordinator's policy.
+  SaverRetention::Policy policy = CurrentPolicy();
+  if (request.has_max_to_keep()) {
+    if (request.max_to_keep() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("save of ", prefix, ": max_to_keep must be >= 0 (0 keeps every "
+                       "checkpoint), got ", request.max_to_keep()));
+    }
+    policy.max_to_keep = request.max_to_keep();
+  }
+  if (request.has_keep_checkpoint_every_n_hours()) {
+    const double hours = request.keep_checkpoint_every_n_hours();
+    if (!(hours > 0) || !std::isfinite(hours)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("save of ", prefix, ": keep_checkpoint_every_n_hours must be a positive "
+                       "number of hours, got ", hours));
+    }
+    policy.keep_checkpoint_every_n_hours = hours;
+  }
+  const double age = request.saver_age_seconds();
+  if (!(age >= 0) || !std::isfinite(age)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("save of ", prefix, ": saver_age_seconds must be >= 0, got ", age));
+  }
+  const bool saver_policy =
+      request.has_max_to_keep() || request.has_keep_checkpoint_every_n_hours();
   if (!fs_->ListDir(dir).ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("Parent directory of ", prefix, " doesn't exist, can't save."));
@@ -215,8 +290,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     op_mu_.Lock();
   }
   OpUnlock unlock{&op_mu_};
-  const std::vector<VariableDef> defs = registry_->List("");
-  if (defs.empty()) return absl::InvalidArgumentError("save: no variables to save");
+  PSD_ASSIGN_OR_RETURN(const std::vector<VariableDef> defs,
+                       SavedVariables(*registry_, request, prefix));
   std::map<int32_t, std::vector<SavePart>> by_shard;
   for (const VariableDef& def : defs) {
     for (const VariablePart& part : def.parts()) {
@@ -335,7 +410,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   if (!s.ok()) return fail(s);
 
   // 5: retention, state file, then deletion (TF1 Saver order).
-  SaverRetention* retention = RetentionFor(dir, latest_filename);
+  SaverRetention* retention =
+      RetentionFor(dir, latest_filename, &policy, saver_policy, Now() - age);
   retention->RecordCheckpoint(prefix, Now());
   std::optional<std::string> drop = retention->NextDeletion();
   PSD_RETURN_IF_ERROR(PersistRetention(dir, latest_filename, *retention));
@@ -622,7 +698,7 @@ absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
   std::set<std::string> kept;
   {
     absl::MutexLock op(&op_mu_);
-    SaverRetention* r = RetentionFor(d, name);
+    SaverRetention* r = RetentionFor(d, name, nullptr, false, Now());
     for (const auto& p : r->last_checkpoints()) managed.insert(p);
     for (const auto& p : r->kept_forever()) kept.insert(p);
   }

@@ -17,7 +17,12 @@
 //      process killed earlier leaves no index, so nothing lists the
 //      checkpoint.
 //   5. Retention (TF1 Saver, exact), the state file, then deletion of at
-//      most one dropped checkpoint.
+//      most one dropped checkpoint. The policy is the coordinator's unless
+//      the request carries the Saver's own max_to_keep /
+//      keep_checkpoint_every_n_hours.
+// A request's var_list (variables, name_map) limits the save to those
+// variables, under their checkpoint names; only the shards holding them are
+// fenced, and PREFIX.psd-meta lists just them (under the checkpoint names).
 // Because every shard's snapshot is taken while every shard holds writes,
 // a trainer that acknowledges `a += 1` before sending `b += 1` always finds
 // b <= a <= b + 1 in a checkpoint.
@@ -126,9 +131,16 @@ class CheckpointManager {
  private:
   std::string DirOrDefault(const std::string& dir) const;
   double Now() const;
-  // The Saver state for (dir, name), loaded from disk on first use.
-  checkpoint::SaverRetention* RetentionFor(const std::string& dir, const std::string& name)
+  // The Saver state for (dir, name), loaded from disk on first use (a new
+  // one counts keep_checkpoint_every_n_hours from `built_at`). A save passes
+  // its effective policy: a Saver's own keep_checkpoint_every_n_hours that
+  // differs from the state's restarts the keep clock at `built_at`, as a new
+  // TensorFlow Saver would. Null `save_policy` (listing): left as it is.
+  checkpoint::SaverRetention* RetentionFor(const std::string& dir, const std::string& name,
+                                           const checkpoint::SaverRetention::Policy* save_policy,
+                                           bool saver_policy, double built_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(op_mu_);
+  checkpoint::SaverRetention::Policy CurrentPolicy() const;
   absl::Status PersistRetention(const std::string& dir, const std::string& name,
                                 const checkpoint::SaverRetention& r);
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);

@@ -3,10 +3,17 @@
 // fences every shard so the checkpoint is one consistent cut, writes
 // TensorFlow's V2 bundle (PREFIX.index + PREFIX.data-K-of-N) plus
 // PREFIX.psd-meta, updates the `checkpoint` state file and applies the
-// Saver's retention rules (max_to_keep, keep_checkpoint_every_n_hours,
-// configured on the coordinator).
+// Saver's retention rules (max_to_keep, keep_checkpoint_every_n_hours): the
+// Saver's own when SaverOptions sets them, else the coordinator's policy.
+// The coordinator keeps the retention state per (directory, state-file
+// name), so Savers saving into one directory share it, and it survives a
+// restart of the trainer or the coordinator.
 //
-//   PSD_ASSIGN_OR_RETURN(auto saver, psd::client::Saver::Create(session->coordinator_address()));
+//   psd::client::SaverOptions options;
+//   options.max_to_keep = 3;
+//   options.variables = {"model/w", "model/b"};   // var_list; empty: every variable
+//   PSD_ASSIGN_OR_RETURN(auto saver,
+//                        psd::client::Saver::Create(session->coordinator_address(), options));
 //   PSD_ASSIGN_OR_RETURN(std::string path, saver->Save("/ckpt/model.ckpt", step));
 //   ...
 //   PSD_RETURN_IF_ERROR(saver->Restore(*saver->LatestCheckpoint("/ckpt")));
@@ -38,6 +45,18 @@ struct SaverOptions {
   absl::Duration timeout = absl::Hours(1);
   // TLS and bearer token of the coordinator channel; default: plaintext.
   ChannelSecurity security;
+  // tf.train.Saver's retention; unset: the coordinator's policy (psd
+  // coordinator --max-to-keep / --keep-checkpoint-every-n-hours, psctl ckpt
+  // policy). max_to_keep 0 keeps every checkpoint. keep_checkpoint_every_n_hours
+  // counts from when the Saver was created.
+  std::optional<int> max_to_keep;
+  std::optional<double> keep_checkpoint_every_n_hours;
+  // var_list, by full name: what Save writes and what Restore brings back
+  // (unless RestoreOptions names variables). Empty, and no name_map: every
+  // variable of the cluster.
+  std::vector<std::string> variables;
+  // var_list's dict form: checkpoint name -> variable name.
+  std::map<std::string, std::string> name_map;
 };
 
 // What a save did besides returning its prefix.
@@ -51,7 +70,8 @@ struct SaveDetails {
 };
 
 struct RestoreOptions {
-  // Variables to restore (full names); empty and no name_map: all.
+  // Variables to restore (full names); empty and no name_map: the Saver's
+  // var_list (SaverOptions), else all.
   std::vector<std::string> variables;
   // Saver's dict form: checkpoint name -> variable name.
   std::map<std::string, std::string> name_map;
@@ -72,7 +92,8 @@ class Saver {
 
   // Saver.save: returns exactly the checkpoint's prefix (PREFIX-STEP with a
   // step). An empty prefix saves under the coordinator's checkpoint
-  // directory as "model.ckpt".
+  // directory as "model.ckpt". Writes the var_list only, when one is set;
+  // a name in it that is not a variable is NOT_FOUND and nothing is saved.
   absl::StatusOr<std::string> Save(const std::string& prefix,
                                    std::optional<int64_t> global_step = std::nullopt,
                                    SaveDetails* details = nullptr);

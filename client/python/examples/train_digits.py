@@ -97,6 +97,13 @@ def optimizer(lr):
     return psclient.train.AdagradOptimizer(lr)
 
 
+def saver():
+    """Every variable (weights, global step, Adagrad's accumulators), the 3
+    newest checkpoints kept: the retention state is the coordinator's, per
+    checkpoint directory, so it carries over into phase 2."""
+    return psclient.train.Saver(max_to_keep=3)
+
+
 def trainer(address, task, limit, args, out):
     """One trainer process: task 0 is the chief (initializes in phase 1,
     saves every args.checkpoint_every steps)."""
@@ -109,7 +116,7 @@ def trainer(address, task, limit, args, out):
             psclient.variables_initializer(params + [step])
         psclient.wait_for_initialized(params + [step], timeout=60)
         opt = optimizer(args.lr)
-        saver = psclient.train.Saver() if task == 0 else None
+        chief_saver = saver() if task == 0 else None
         done, saves, t0 = 0, 0, time.time()
         every = args.checkpoint_every
         next_save = None
@@ -122,12 +129,12 @@ def trainer(address, task, limit, args, out):
             grads = gradients([v.read() for v in params], x[idx], y[idx])
             opt.apply_gradients(list(zip(grads, params)))
             done += 1
-            if saver is None:
+            if chief_saver is None:
                 continue
             if next_save is None:
                 next_save = (now // every + 1) * every
             if now >= next_save:  # the other trainer may have made step next_save itself
-                saver.save(os.path.join(args.ckpt_dir, "model.ckpt"), global_step=now)
+                chief_saver.save(os.path.join(args.ckpt_dir, "model.ckpt"), global_step=now)
                 saves += 1
                 next_save = (now // every + 1) * every
     out.put((task, done, saves, time.time() - t0))
@@ -185,8 +192,7 @@ def main(argv=None):
             results = run_trainers(cluster.address, half, args)
             with psclient.connect(cluster.address):
                 step1, acc1 = evaluate("phase 1")
-                path = psclient.train.Saver().save(os.path.join(args.ckpt_dir, "model.ckpt"),
-                                                   global_step=step1)
+                path = saver().save(os.path.join(args.ckpt_dir, "model.ckpt"), global_step=step1)
                 print("phase 1: trainers (task, steps, saves, seconds) %s; saved %s" %
                       (results, path), flush=True)
         t1 = time.time() - t0
@@ -200,7 +206,7 @@ def main(argv=None):
                 optimizer(args.lr).create_slots(params)  # Adagrad's accumulators
                 latest = psclient.train.latest_checkpoint(args.ckpt_dir)
                 t_r = time.time()
-                psclient.train.Saver().restore(latest)
+                saver().restore(latest)
                 restored = int(step.read())
                 print("phase 2: restored %s in %.2fs, global step %d" %
                       (latest, time.time() - t_r, restored), flush=True)
@@ -210,7 +216,7 @@ def main(argv=None):
             results = run_trainers(cluster.address, args.steps, args)
             with psclient.connect(cluster.address):
                 step2, acc2 = evaluate("phase 2")
-                last = psclient.train.Saver().last_checkpoints
+                last = saver().last_checkpoints
             print("phase 2: trainers (task, steps, saves, seconds) %s" % (results,), flush=True)
         t2 = time.time() - t0
         print("checkpoints kept: %s" % [os.path.basename(p) for p in last])

@@ -5,6 +5,10 @@ from their --port-file; everything is killed on close(), also after errors.
     with LocalCluster("/path/to/psd", num_shards=2) as cluster:
         with psclient.connect(cluster.address):
             ...
+
+A TLS cluster passes the servers' flags in coordinator_args/shard_args and
+the connect() keywords its own admin session needs (it lists the shards) in
+client_options, e.g. dict(tls_ca="ca.pem", token_file="admin.token").
 """
 
 import os
@@ -17,7 +21,7 @@ import time
 
 class LocalCluster:
     def __init__(self, psd_binary, num_shards=2, state_dir=None, log_level="warn",
-                 start_timeout=60.0, shard_args=(), coordinator_args=()):
+                 start_timeout=60.0, shard_args=(), coordinator_args=(), client_options=None):
         if not psd_binary or not os.access(psd_binary, os.X_OK):
             raise FileNotFoundError("psd binary not found or not executable: %r" % (psd_binary,))
         self._binary = psd_binary
@@ -25,6 +29,7 @@ class LocalCluster:
         self._timeout = start_timeout
         self._shard_args = list(shard_args)
         self._coordinator_args = list(coordinator_args)
+        self.client_options = dict(client_options or {})
         self._own_dir = state_dir is None
         self.dir = state_dir or tempfile.mkdtemp(prefix="psclient_cluster_")
         os.makedirs(self.dir, exist_ok=True)
@@ -94,7 +99,7 @@ class LocalCluster:
 
     def wait_for_shards(self):
         from .session import Session  # a private session: not made the default
-        session = Session(self.address, client="LocalCluster")
+        session = Session(self.address, client="LocalCluster", **self.client_options)
         try:
             deadline = time.monotonic() + self._timeout
             while True:

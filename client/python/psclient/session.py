@@ -7,6 +7,9 @@ default that module-level functions (get_variable, variable_scope, ...) use.
         w = psclient.get_variable("w", shape=[10, 4])
         psclient.global_variables_initializer()
 
+    # A TLS cluster with bearer tokens (scripts/make-test-certs.sh):
+    psclient.connect("psd-0:7070", tls_ca="ca.pem", token_file="trainer.token")
+
 A session is safe to use from several threads; like a TensorFlow graph, build
 the model (scopes, get_variable) from one thread.
 """
@@ -27,14 +30,17 @@ class Session:
 
     def __init__(self, address, client=None, timeout=None, retry_budget=None, tls_ca=None,
                  tls_cert=None, tls_key=None, token_file=None):
-        if tls_ca or tls_cert or tls_key or token_file:
-            # The C++ client's SessionOptions carry no TLS or token settings yet.
-            raise errors.UnimplementedError(
-                None, None, "TLS and token options are not supported by the psd C++ client yet")
         if client is None:
             client = "%s pid %d (python)" % (socket.gethostname(), os.getpid())
+        # Checked by the C++ client when the channel is built: a token or a
+        # client certificate without tls_ca is InvalidArgumentError (tokens
+        # never travel in clear text), an unreadable file names itself.
+        self._security = _psclient.ChannelSecurity(
+            _path(tls_ca, "tls_ca"), _path(tls_cert, "tls_cert"), _path(tls_key, "tls_key"),
+            _path(token_file, "token_file"))
         self._s = _psclient.Session.open(address, client, float(timeout or 0),
-                                         -1.0 if retry_budget is None else float(retry_budget))
+                                         -1.0 if retry_budget is None else float(retry_budget),
+                                         self._security)
         self._address = address
         # Python-side state of entered scopes (their initializers), innermost
         # last; the C++ session keeps the scope stack itself.
@@ -44,6 +50,12 @@ class Session:
     @property
     def address(self):
         return self._address
+
+    @property
+    def security(self):
+        """The TLS and token files this session's channels use (a
+        _psclient.ChannelSecurity); savers and optimizers reuse them."""
+        return self._security
 
     @property
     def id(self):
@@ -93,6 +105,16 @@ class Session:
         return "<psclient.Session %s%s>" % (self._address, " closed" if self.closed else "")
 
 
+def _path(value, what):
+    if value is None:
+        return ""
+    try:
+        return os.fsdecode(value)
+    except TypeError:
+        raise TypeError("%s must be a path (str, bytes or os.PathLike), got %r"
+                        % (what, value)) from None
+
+
 class _AsDefault:
     def __init__(self, session):
         self._session = session
@@ -118,7 +140,15 @@ def _push_default(session):
 def connect(address, client=None, timeout=None, retry_budget=None, tls_ca=None, tls_cert=None,
             tls_key=None, token_file=None):
     """Opens a session with the coordinator at "host:port" and makes it the
-    default. Returns the Session, also a context manager that closes it."""
+    default. Returns the Session, also a context manager that closes it.
+
+    TLS and bearer tokens, as psctl's --tls-ca/--tls-cert/--tls-key/--token-file:
+    ``tls_ca`` (PEM roots that sign the servers' certificates) turns TLS on
+    for the coordinator and every shard; ``tls_cert`` and ``tls_key`` add a
+    client certificate (mutual TLS); ``token_file`` holds the bearer token
+    (the token alone, or "<role> <token>" lines: the first is sent). A
+    server that wants a token answers UnauthenticatedError without one and
+    PermissionDeniedError when its role may not call the rpc."""
     session = Session(address, client=client, timeout=timeout, retry_budget=retry_budget,
                       tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token_file=token_file)
     _push_default(session)

@@ -12,7 +12,6 @@ client's Saver; taken and restored by the coordinator, paths on its side).
 """
 
 import os
-import warnings
 
 import numpy as np
 
@@ -147,12 +146,15 @@ class FtrlOptimizer(Optimizer):
 # (the coordinator's file system), and a save is one consistent cut of all
 # shards.
 
-_TF_MAX_TO_KEEP = 5
-_TF_KEEP_EVERY_N_HOURS = 10000.0
+# Saver(max_to_keep=..., keep_checkpoint_every_n_hours=...) left out: the
+# coordinator's policy, which is TensorFlow's defaults (5 and 10000 hours)
+# unless the cluster configured another.
+_COORDINATOR_POLICY = object()
 
 
 def _coordinator_of(session):
-    return _session_of(session).address
+    s = _session_of(session)
+    return s.address, s.security
 
 
 class CheckpointState:
@@ -185,89 +187,130 @@ def _path_args(sess_or_path, save_path):
     return "" if save_path is None else os.fsdecode(save_path)
 
 
+def _var_name(v, where):
+    if isinstance(v, Variable):
+        return v.full_name
+    raise TypeError("Saver: %s must be a psclient.Variable, got %r" % (where, v))
+
+
 class Saver:
     """tf.compat.v1.train.Saver: coordinated checkpoints in TensorFlow's V2
     format (PREFIX.index + PREFIX.data-K-of-N), readable by
     tf.train.load_checkpoint.
 
-        saver = psclient.train.Saver()
+        saver = psclient.train.Saver([w, b], max_to_keep=3)
         path = saver.save("/ckpt/model.ckpt", global_step=step)  # "/ckpt/model.ckpt-100"
         saver.restore(psclient.train.latest_checkpoint("/ckpt"))
+
+    As in TensorFlow, var_list (a list of variables, or a dict from
+    checkpoint names to variables) is what save() writes and restore()
+    brings back; None is every variable of the cluster. max_to_keep
+    (None or 0: keep all) and keep_checkpoint_every_n_hours are this
+    Saver's retention; left out, the coordinator's policy applies
+    (`psd coordinator --max-to-keep`, `psctl ckpt policy`; TensorFlow's
+    defaults unless configured).
 
     Differences from TensorFlow:
       * paths are on the coordinator's machine, and the directory must exist
         there; an empty save_path saves under the coordinator's
         --checkpoint-dir as "model.ckpt";
-      * a save always writes every variable of the cluster; var_list limits
-        what restore() brings back (a dict maps checkpoint names to
-        variables, as in TensorFlow);
-      * retention (max_to_keep, keep_checkpoint_every_n_hours) is the
-        coordinator's policy, one per cluster (`psd coordinator --max-to-keep`,
-        `psctl ckpt policy`): the C++ Saver cannot set it, so values other
-        than TensorFlow's defaults only warn;
-      * last_checkpoints lists what retention manages in the directory of
-        this saver's last save (the coordinator's directory before any),
-        including checkpoints other savers wrote there.
+      * a save is one consistent cut of the shards holding the variables;
+      * retention state lives on the coordinator, per (directory, state-file
+        name): Savers saving into one directory share it, it survives
+        restarts of trainers and coordinator, and last_checkpoints lists
+        what it manages in the directory of this saver's last save (the
+        coordinator's directory before any).
     """
 
-    def __init__(self, var_list=None, reshape=False, sharded=False, max_to_keep=_TF_MAX_TO_KEEP,
-                 keep_checkpoint_every_n_hours=_TF_KEEP_EVERY_N_HOURS, name=None,
+    def __init__(self, var_list=None, reshape=False, sharded=False,
+                 max_to_keep=_COORDINATOR_POLICY,
+                 keep_checkpoint_every_n_hours=_COORDINATOR_POLICY, name=None,
                  restore_sequentially=False, saver_def=None, builder=None, defer_build=False,
                  allow_empty=False, write_version=None, pad_step_number=False,
                  save_relative_paths=False, filename=None, session=None, timeout=None):
-        if (max_to_keep != _TF_MAX_TO_KEEP
-                or keep_checkpoint_every_n_hours != _TF_KEEP_EVERY_N_HOURS):
-            warnings.warn("psclient.train.Saver: max_to_keep and keep_checkpoint_every_n_hours "
-                          "are the coordinator's retention policy (psd coordinator "
-                          "--max-to-keep / --keep-checkpoint-every-n-hours); the values given "
-                          "here are not sent", stacklevel=2)
         if pad_step_number:
             raise errors.UnimplementedError(None, None, "Saver(pad_step_number=True) is not "
                                             "supported: the coordinator names PREFIX-STEP")
-        self._address = _coordinator_of(session)
+        self._address, self._security = _coordinator_of(session)
         self._timeout = float(timeout or 0)
-        self.max_to_keep = max_to_keep
-        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self._max_to_keep = None
+        if max_to_keep is not _COORDINATOR_POLICY:
+            # TensorFlow turns None into 0: keep every checkpoint.
+            self._max_to_keep = int(max_to_keep or 0)
+            if self._max_to_keep < 0:
+                raise ValueError("max_to_keep must be >= 0 (0 or None keeps every checkpoint), "
+                                 "got %r" % (max_to_keep,))
+        self._keep_hours = None
+        if keep_checkpoint_every_n_hours is not _COORDINATOR_POLICY:
+            self._keep_hours = float(keep_checkpoint_every_n_hours)
+            if not self._keep_hours > 0 or self._keep_hours == float("inf"):
+                raise ValueError("keep_checkpoint_every_n_hours must be a positive number of "
+                                 "hours, got %r" % (keep_checkpoint_every_n_hours,))
         self._variables = []
         self._name_map = {}
         if isinstance(var_list, dict):
-            self._name_map = {k: v.full_name for k, v in var_list.items()}
+            self._name_map = {str(k): _var_name(v, "var_list[%r]" % (k,))
+                              for k, v in var_list.items()}
+            empty = not self._name_map
         elif var_list is not None:
-            self._variables = [v.full_name for v in var_list]
-            if not self._variables and not allow_empty:
-                raise ValueError("No variables to save")
+            self._variables = [_var_name(v, "var_list item") for v in var_list]
+            if len(set(self._variables)) != len(self._variables):
+                dup = sorted({n for n in self._variables if self._variables.count(n) > 1})
+                raise ValueError("At least two variables have the same name: %s" % dup[0])
+            empty = not self._variables
+        else:
+            empty = False
+        if empty and not allow_empty:
+            raise ValueError("No variables to save")
         self._savers = {}  # latest_filename -> _psclient.Saver
         self._last = self._saver("")
+
+    @property
+    def max_to_keep(self):
+        """This Saver's max_to_keep; None: the coordinator's policy."""
+        return self._max_to_keep
+
+    @property
+    def keep_checkpoint_every_n_hours(self):
+        """This Saver's interval; None: the coordinator's policy."""
+        return self._keep_hours
 
     def _saver(self, latest_filename):
         latest_filename = latest_filename or ""
         s = self._savers.get(latest_filename)
         if s is None:
-            s = _psclient.Saver(self._address, latest_filename, self._timeout)
+            # keep_checkpoint_every_n_hours counts from when the C++ Saver
+            # is built: here for the default state file, so with this object.
+            s = _psclient.Saver(self._address, latest_filename, self._timeout, self._security,
+                                self._max_to_keep, self._keep_hours, self._variables,
+                                self._name_map)
             self._savers[latest_filename] = s
         return s
 
     def save(self, sess=None, save_path=None, global_step=None, latest_filename=None,
              meta_graph_suffix="meta", write_meta_graph=True, write_state=True,
              strip_default_attrs=False, save_debug_info=False):
-        """Saves every variable; returns the checkpoint's prefix (PREFIX-STEP
-        with a global_step, an int or a Variable). Takes save(save_path) or
-        TensorFlow's save(sess, save_path)."""
+        """Saves var_list (every variable without one); returns the
+        checkpoint's prefix (PREFIX-STEP with a global_step, an int or a
+        Variable). Takes save(save_path) or TensorFlow's save(sess,
+        save_path). Details of the save (bytes, fence pause, checkpoints
+        retention deleted) are in ``last_save``."""
         path = _path_args(sess, save_path)
         self._last = self._saver(latest_filename)
         self.last_save = self._last.save(path, _step_of(global_step))
         return self.last_save["prefix"]
 
     def restore(self, sess=None, save_path=None):
-        """Restores the checkpoint at PREFIX (also a directory: its latest).
-        A variable missing from the checkpoint is NotFoundError; a damaged
-        checkpoint is DataLossError and restores nothing."""
+        """Restores var_list (every variable without one) from the checkpoint
+        at PREFIX (also a directory: its latest). A variable missing from the
+        checkpoint is NotFoundError; a damaged checkpoint is DataLossError
+        and restores nothing."""
         path = _path_args(sess, save_path)
         if not path:
             raise ValueError("The specified path: %r is a file. Please specify only the path "
                              "prefix to the checkpoint files." % (save_path,)
                              if save_path else "Can't load save_path when it is None.")
-        self._last.restore(path, self._variables, self._name_map)
+        self._last.restore(path, [], {})
 
     @property
     def last_checkpoints(self):
@@ -279,21 +322,26 @@ class Saver:
         pass
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time):
-        raise errors.UnimplementedError(None, None, "retention is the coordinator's")
+        raise errors.UnimplementedError(None, None, "retention state is the coordinator's")
+
+
+def _query_saver(latest_filename, session):
+    address, security = _coordinator_of(session)
+    return _psclient.Saver(address, latest_filename or "", 0.0, security)
 
 
 def latest_checkpoint(checkpoint_dir=None, latest_filename=None, session=None):
     """tf.train.latest_checkpoint: the newest prefix in checkpoint_dir (on
     the coordinator; None: its --checkpoint-dir), or None."""
-    s = _psclient.Saver(_coordinator_of(session), latest_filename or "", 0.0)
-    return s.latest_checkpoint(os.fsdecode(checkpoint_dir or ""))
+    return _query_saver(latest_filename, session).latest_checkpoint(
+        os.fsdecode(checkpoint_dir or ""))
 
 
 def get_checkpoint_state(checkpoint_dir=None, latest_filename=None, session=None):
     """tf.train.get_checkpoint_state: a CheckpointState, or None without a
     state file."""
-    s = _psclient.Saver(_coordinator_of(session), latest_filename or "", 0.0)
-    got = s.get_checkpoint_state(os.fsdecode(checkpoint_dir or ""))
+    got = _query_saver(latest_filename, session).get_checkpoint_state(
+        os.fsdecode(checkpoint_dir or ""))
     return None if got is None else CheckpointState(*got)
 
 

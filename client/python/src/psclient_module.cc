@@ -415,9 +415,10 @@ struct PyOptimizer {
   std::unique_ptr<client::Optimizer> opt;
 };
 
-client::ClientOptions MakeClientOptions(double timeout_s) {
+client::ClientOptions MakeClientOptions(double timeout_s, const ChannelSecurity& security) {
   client::ClientOptions o;
   if (timeout_s > 0) o.timeout = absl::Seconds(timeout_s);
+  o.security = security;
   return o;
 }
 
@@ -435,6 +436,25 @@ PYBIND11_MODULE(_psclient, m) {
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
     }
   });
+
+  // TLS files and the bearer-token file of every channel a session, saver or
+  // shard client opens (psd/channel_security.h); all empty: plaintext.
+  py::class_<ChannelSecurity>(m, "ChannelSecurity")
+      .def(py::init([](std::string tls_ca, std::string tls_cert, std::string tls_key,
+                       std::string token_file) {
+             ChannelSecurity s;
+             s.tls_ca = std::move(tls_ca);
+             s.tls_cert = std::move(tls_cert);
+             s.tls_key = std::move(tls_key);
+             s.token_file = std::move(token_file);
+             return s;
+           }),
+           py::arg("tls_ca") = "", py::arg("tls_cert") = "", py::arg("tls_key") = "",
+           py::arg("token_file") = "")
+      .def_readonly("tls_ca", &ChannelSecurity::tls_ca)
+      .def_readonly("tls_cert", &ChannelSecurity::tls_cert)
+      .def_readonly("tls_key", &ChannelSecurity::tls_key)
+      .def_readonly("token_file", &ChannelSecurity::token_file);
 
   // dtypes: the wire enum (TensorFlow's numbering) and its facts.
   py::dict dtypes;
@@ -575,9 +595,12 @@ PYBIND11_MODULE(_psclient, m) {
 
   py::class_<SessionHolder, HolderPtr>(m, "Session")
       .def_static("open", [](const std::string& address, const std::string& client_name,
-                             double timeout_s, double retry_budget_s) {
+                             double timeout_s, double retry_budget_s,
+                             const ChannelSecurity& security) {
         client::SessionOptions o;
         o.client = client_name;
+        // The coordinator channel and every shard channel.
+        o.shard.security = security;
         if (timeout_s > 0) o.coordinator_timeout = absl::Seconds(timeout_s);
         if (retry_budget_s >= 0) o.coordinator_retry_budget = absl::Seconds(retry_budget_s);
         std::unique_ptr<Session> s;
@@ -731,14 +754,15 @@ PYBIND11_MODULE(_psclient, m) {
 
   // Low level: one shard, by address.
   py::class_<PyShard>(m, "ShardClient")
-      .def_static("connect", [](const std::string& address, double timeout_s) {
+      .def_static("connect", [](const std::string& address, double timeout_s,
+                                const ChannelSecurity& security) {
         std::unique_ptr<client::ShardClient> c;
         {
           py::gil_scoped_release release;
-          c = Unwrap(client::ShardClient::Connect(address, MakeClientOptions(timeout_s)));
+          c = Unwrap(client::ShardClient::Connect(address, MakeClientOptions(timeout_s, security)));
         }
         return PyShard{std::move(c)};
-      })
+      }, py::arg("address"), py::arg("timeout_s") = 0.0, py::arg("security") = ChannelSecurity())
       .def_property_readonly("address", [](const PyShard& s) { return s.client->address(); })
       .def("list", [](const PyShard& s, const std::string& prefix) {
         std::vector<client::VariableInfo> infos;
@@ -836,12 +860,26 @@ PYBIND11_MODULE(_psclient, m) {
   // The coordinator-side Saver (saver.h). Every call is an RPC: GIL released.
   py::class_<client::Saver>(m, "Saver")
       .def(py::init([](const std::string& coordinator, const std::string& latest_filename,
-                       double timeout_s) {
-        client::SaverOptions o;
-        o.latest_filename = latest_filename;
-        if (timeout_s > 0) o.timeout = absl::Seconds(timeout_s);
-        return Unwrap(client::Saver::Create(coordinator, o));
-      }))
+                       double timeout_s, const ChannelSecurity& security,
+                       std::optional<int> max_to_keep,
+                       std::optional<double> keep_checkpoint_every_n_hours,
+                       std::vector<std::string> variables,
+                       std::map<std::string, std::string> name_map) {
+             client::SaverOptions o;
+             o.latest_filename = latest_filename;
+             if (timeout_s > 0) o.timeout = absl::Seconds(timeout_s);
+             o.security = security;
+             o.max_to_keep = max_to_keep;
+             o.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours;
+             o.variables = std::move(variables);
+             o.name_map = std::move(name_map);
+             return Unwrap(client::Saver::Create(coordinator, o));
+           }),
+           py::arg("coordinator"), py::arg("latest_filename") = "", py::arg("timeout_s") = 0.0,
+           py::arg("security") = ChannelSecurity(), py::arg("max_to_keep") = py::none(),
+           py::arg("keep_checkpoint_every_n_hours") = py::none(),
+           py::arg("variables") = std::vector<std::string>(),
+           py::arg("name_map") = std::map<std::string, std::string>())
       .def("save", [](client::Saver& s, const std::string& prefix,
                       std::optional<int64_t> global_step) {
         client::SaveDetails d;
@@ -887,10 +925,12 @@ PYBIND11_MODULE(_psclient, m) {
       });
 
   py::class_<client::ShardApplier>(m, "ShardApplier")
-      .def_static("connect", [](const std::string& address, double timeout_s) {
+      .def_static("connect", [](const std::string& address, double timeout_s,
+                                const ChannelSecurity& security) {
         py::gil_scoped_release release;
-        return Unwrap(client::ShardApplier::Connect(address, MakeClientOptions(timeout_s)));
-      })
+        return Unwrap(
+            client::ShardApplier::Connect(address, MakeClientOptions(timeout_s, security)));
+      }, py::arg("address"), py::arg("timeout_s") = 0.0, py::arg("security") = ChannelSecurity())
       .def_property_readonly("address", &client::ShardApplier::address)
       .def("apply_dense", [](client::ShardApplier& a, const std::string& var,
                              const PyOptimizerConfig& c, const py::handle& grad, int dtype) {

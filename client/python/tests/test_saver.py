@@ -110,6 +110,27 @@ def test_restore_missing_checkpoint_key_is_not_found(session, prefix, tmp_path):
         psclient.train.Saver([late]).restore(path)
 
 
+def test_corrupt_checkpoint_is_data_loss_and_restores_nothing(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    w.assign(np.full([6, 3], 3.0, np.float32))
+    b.assign([1.0, 2.0, 3.0])
+    path = psclient.train.Saver([w, b]).save(str(tmp_path / "m"))
+    data = [f for f in os.listdir(tmp_path) if f.startswith("m.data-")]
+    assert data
+    for name in data:  # flip every byte: every tensor fails its checksum
+        with open(tmp_path / name, "r+b") as f:
+            content = f.read()
+            f.seek(0)
+            f.write(bytes(x ^ 0xFF for x in content))
+    w.assign(np.zeros([6, 3], np.float32))
+    b.assign(np.zeros([3], np.float32))
+    with pytest.raises(psclient.errors.DataLossError) as e:
+        psclient.train.Saver([w, b]).restore(path)
+    assert e.value.code == psclient.errors.DATA_LOSS and "m.data-" in e.value.message
+    np.testing.assert_array_equal(w.read(), np.zeros([6, 3]))
+    np.testing.assert_array_equal(b.read(), np.zeros([3]))
+
+
 def test_restore_of_nonexistent_prefix_fails(session, prefix, tmp_path):
     w, _ = _vars(prefix)
     with pytest.raises(psclient.errors.OpError):
@@ -123,8 +144,8 @@ def test_max_to_keep_retention_and_last_checkpoints(psd_binary, tmp_path):
                       coordinator_args=["--checkpoint-dir", str(ckpt), "--max-to-keep", "2"]) as c:
         with psclient.connect(c.address):
             w, _ = _vars("retention")
-            with pytest.warns(UserWarning, match="coordinator's retention policy"):
-                saver = psclient.train.Saver(max_to_keep=2)
+            saver = psclient.train.Saver()  # the coordinator's --max-to-keep 2
+            assert saver.max_to_keep is None
             # Before any save: the coordinator's directory (empty).
             assert saver.last_checkpoints == []
             paths = []
@@ -141,6 +162,158 @@ def test_max_to_keep_retention_and_last_checkpoints(psd_binary, tmp_path):
             assert not os.path.exists(paths[2] + ".index")  # retention: kept 4 and 5
             saver.restore(paths[-1])  # the 4th save: ones + 4
             np.testing.assert_array_equal(w.read(), np.full([6, 3], 5.0))
+
+
+def _exists(prefix):
+    return os.path.exists(str(prefix) + ".index")
+
+
+def test_var_list_saves_only_its_variables(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    # Not in var_list, so its being uninitialized does not stop the save.
+    u = psclient.get_variable(prefix + "/uninitialized", shape=[2])
+    try:
+        b.assign([4.0, 5.0, 6.0])
+        path = psclient.train.Saver([b]).save(str(tmp_path / "only_b"))
+        b.assign([0.0, 0.0, 0.0])
+        psclient.train.Saver([b]).restore(path)
+        np.testing.assert_array_equal(b.read(), [4.0, 5.0, 6.0])
+        with pytest.raises(psclient.errors.NotFoundError, match="not found in checkpoint"):
+            psclient.train.Saver([w]).restore(path)
+        # A Saver without var_list restores every variable: w is missing too.
+        with pytest.raises(psclient.errors.NotFoundError, match="not found in checkpoint"):
+            psclient.train.Saver().restore(path)
+    finally:
+        session.delete_variable(u.full_name)
+
+
+def test_var_list_dict_saves_under_checkpoint_names(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    w.assign(np.arange(18, dtype=np.float32).reshape(6, 3))
+    path = psclient.train.Saver({"renamed/weights": w}).save(str(tmp_path / "m"), global_step=3)
+    assert path == str(tmp_path / "m-3")
+    # The variable's own name is not in the checkpoint, the given one is,
+    # and it restores into a variable of another name and partitioning.
+    with pytest.raises(psclient.errors.NotFoundError, match="not found in checkpoint"):
+        psclient.train.Saver([w]).restore(path)
+    other = psclient.get_variable(prefix + "/other", shape=[6, 3], initialize=True,
+                                  initializer=psclient.zeros_initializer(),
+                                  partitioner=psclient.fixed_size_partitioner(3))
+    psclient.train.Saver({"renamed/weights": other}).restore(path)
+    np.testing.assert_array_equal(other.read(), np.arange(18, dtype=np.float32).reshape(6, 3))
+
+
+def test_var_list_errors(session, prefix, tmp_path):
+    w, b = _vars(prefix)
+    with pytest.raises(TypeError, match="psclient.Variable"):
+        psclient.train.Saver([w, "b"])
+    with pytest.raises(ValueError, match="same name"):
+        psclient.train.Saver([w, b, w])
+    with pytest.raises(ValueError, match="No variables to save"):
+        psclient.train.Saver([])
+    assert psclient.train.Saver([], allow_empty=True).max_to_keep is None
+    gone = psclient.get_variable(prefix + "/gone", shape=[1], initialize=True,
+                                 initializer=psclient.zeros_initializer())
+    saver = psclient.train.Saver([b, gone])
+    session.delete_variable(gone.full_name)
+    with pytest.raises(psclient.errors.NotFoundError, match="gone"):
+        saver.save(str(tmp_path / "m"))
+    assert not _exists(tmp_path / "m")
+    # The coordinator checks var_list itself: a checkpoint name given twice.
+    address, security = session.address, session.security
+    raw = psclient._psclient.Saver(address, "", 0.0, security,
+                                   variables=[b.full_name], name_map={b.full_name: w.full_name})
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="twice"):
+        raw.save(str(tmp_path / "m"), None)
+
+
+def test_saver_max_to_keep_follows_tensorflow_sequence(session, prefix, tmp_path):
+    """saver_test.py's max_to_keep=2 sequence, with the cluster's own policy
+    (5) left alone: a re-saved path moves to the end and deletes nothing."""
+    w, b = _vars(prefix)
+    saver = psclient.train.Saver([w, b], max_to_keep=2)
+    assert saver.max_to_keep == 2
+    s1, s2, s3 = (str(tmp_path / n) for n in ("s1", "s2", "s3"))
+    saver.save(s1)
+    assert saver.last_checkpoints == [s1]
+    saver.save(s2)
+    assert saver.last_checkpoints == [s1, s2]
+    saver.save(s3)
+    assert saver.last_checkpoints == [s2, s3]
+    assert not _exists(s1) and not os.path.exists(s1 + ".psd-meta")
+    saver.save(s2)
+    assert saver.last_checkpoints == [s3, s2]
+    assert _exists(s2) and _exists(s3)
+    saver.save(s1)
+    assert saver.last_checkpoints == [s2, s1]
+    assert not _exists(s3)
+    state = psclient.train.get_checkpoint_state(str(tmp_path))
+    assert state.model_checkpoint_path == s1
+    assert state.all_model_checkpoint_paths == [s2, s1]
+
+
+@pytest.mark.parametrize("keep", [0, None])
+def test_saver_max_to_keep_none_or_zero_keeps_all(session, prefix, tmp_path, keep):
+    w, _ = _vars(prefix)
+    saver = psclient.train.Saver([w], max_to_keep=keep)
+    paths = [saver.save(str(tmp_path / "m"), global_step=i) for i in range(3)]
+    assert saver.last_checkpoints == []
+    assert all(_exists(p) for p in paths)
+    state = psclient.train.get_checkpoint_state(str(tmp_path))
+    assert state.model_checkpoint_path == paths[-1]
+    assert state.all_model_checkpoint_paths == [paths[-1]]
+
+
+def test_keep_checkpoint_every_n_hours_keeps_dropped_checkpoints(session, prefix, tmp_path):
+    """With an interval far shorter than the time between saves, every
+    checkpoint max_to_keep drops is past the next keep time, so its files
+    stay (TensorFlow keeps it and forgets it); the default interval (10000
+    hours) deletes them."""
+    w, _ = _vars(prefix)
+    keeping = psclient.train.Saver([w], max_to_keep=2, keep_checkpoint_every_n_hours=1e-9)
+    assert keeping.keep_checkpoint_every_n_hours == 1e-9
+    kept = [keeping.save(str(tmp_path / "keep"), global_step=i) for i in range(4)]
+    assert keeping.last_checkpoints == kept[2:]
+    assert all(_exists(p) for p in kept)
+    other = tmp_path / "other"
+    other.mkdir()
+    deleting = psclient.train.Saver([w], max_to_keep=2, keep_checkpoint_every_n_hours=10000)
+    dropped = [deleting.save(str(other / "m"), global_step=i) for i in range(4)]
+    assert deleting.last_checkpoints == dropped[2:]
+    assert [_exists(p) for p in dropped] == [False, False, True, True]
+
+
+def test_savers_keep_their_own_retention_per_directory(session, prefix, tmp_path):
+    w, _ = _vars(prefix)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = psclient.train.Saver([w], max_to_keep=1)
+    three = psclient.train.Saver([w], max_to_keep=3)
+    for step in range(4):
+        one.save(str(tmp_path / "a" / "m"), global_step=step)
+        three.save(str(tmp_path / "b" / "m"), global_step=step)
+    assert one.last_checkpoints == [str(tmp_path / "a" / "m-3")]
+    assert three.last_checkpoints == [str(tmp_path / "b" / ("m-%d" % i)) for i in (1, 2, 3)]
+    # One deletion per save, as TensorFlow: m-0, m-1 and m-2 are gone from a.
+    assert [_exists(tmp_path / "a" / ("m-%d" % i)) for i in range(4)] == [False] * 3 + [True]
+    assert [_exists(tmp_path / "b" / ("m-%d" % i)) for i in range(4)] == [False] + [True] * 3
+
+
+def test_saver_retention_arguments_are_checked(session, prefix, tmp_path):
+    w, _ = _vars(prefix)
+    with pytest.raises(ValueError, match="max_to_keep"):
+        psclient.train.Saver([w], max_to_keep=-1)
+    with pytest.raises(ValueError, match="keep_checkpoint_every_n_hours"):
+        psclient.train.Saver([w], keep_checkpoint_every_n_hours=0)
+    # The coordinator checks them too, naming the value, and saves nothing.
+    raw = psclient._psclient.Saver(session.address, "", 0.0, session.security, max_to_keep=-3)
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="max_to_keep.*-3"):
+        raw.save(str(tmp_path / "m"), None)
+    raw = psclient._psclient.Saver(session.address, "", 0.0, session.security,
+                                   keep_checkpoint_every_n_hours=-1.0)
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="keep_checkpoint"):
+        raw.save(str(tmp_path / "m"), None)
+    assert not _exists(tmp_path / "m")
 
 
 def test_sparse_mask_drops_masked_indices_in_order():
