@@ -67,11 +67,11 @@ const char* OptimizerName(OptimizerKind kind);
 struct OptimizerParams {
   OptimizerKind kind = OptimizerKind::kGradientDescent;
   double learning_rate = 0;
-  double momentum = 0;       // Momentum, RMSProp
-  bool use_nesterov = false;  // Momentum
-  double beta1 = 0, beta2 = 0, epsilon = 0;  // Adam (epsilon also RMSProp)
-  double beta1_power = 0, beta2_power = 0;   // Adam: beta1^t, beta2^t
-  double decay = 0;                          // RMSProp (rho)
+  double momentum = 0;                                    // Momentum, RMSProp
+  bool use_nesterov = false;                              // Momentum
+  double beta1 = 0, beta2 = 0, epsilon = 0;               // Adam (epsilon also RMSProp)
+  double beta1_power = 0, beta2_power = 0;                // Adam: beta1^t, beta2^t
+  double decay = 0;                                       // RMSProp (rho)
   double lr_power = 0, l1 = 0, l2 = 0, l2_shrinkage = 0;  // Ftrl
 };
 
@@ -105,8 +105,8 @@ class Device {
   // dst[i] = op(dst[i], src[i]) for i in [0, n); with `src_is_scalar`,
   // src[0] is used for every i. `src` is host memory of `dtype` elements.
   // kAdd/kSub need a numeric dtype; kAssign works for every fixed-size dtype.
-  virtual absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst,
-                                  const void* src, int64_t n, bool src_is_scalar) = 0;
+  virtual absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst, const void* src,
+                                  int64_t n, bool src_is_scalar) = 0;
 
   // ApplyDense with a source buffer of this device (n elements of `dtype`),
   // e.g. a streamed update's staging buffer.
@@ -142,8 +142,7 @@ class Device {
   virtual absl::Status ApplyOptimizerSparse(const OptimizerParams& params, DataType dtype,
                                             DeviceBuffer* var,
                                             absl::Span<DeviceBuffer* const> slots,
-                                            int64_t row_elements,
-                                            absl::Span<const int64_t> indices,
+                                            int64_t row_elements, absl::Span<const int64_t> indices,
                                             const void* values) = 0;
 
   // Fills `dst` (a variable of `slice_shape` placed at `slice_offset` inside
@@ -158,6 +157,10 @@ class Device {
 
 // The CPU device: buffers in host memory, kernels as plain loops.
 std::unique_ptr<Device> NewCpuDevice();
+
+// CUDA device `ordinal`: UNIMPLEMENTED in a build without CUDA, UNAVAILABLE
+// (with CUDA's reason) where the device cannot be opened.
+absl::StatusOr<std::unique_ptr<Device>> NewGpuDevice(int ordinal);
 
 // The device named by a shard's `device` setting: "cpu" (or "cpu:0"), or
 // "gpu:N" for CUDA device N (UNIMPLEMENTED in a build without CUDA;

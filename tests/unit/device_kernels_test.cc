@@ -1,12 +1,22 @@
-// The CPU device's buffers and kernels, for every fixed-size dtype.
+// Every Device's buffers and kernels, for every fixed-size dtype: each case
+// runs on the CPU device and on the GPU device (gpu:0). GPU cases skip, saying
+// why, where this build has no GPU support or no CUDA device is present; with
+// PSD_REQUIRE_GPU=1 in the environment they fail instead. Values are small
+// integers, exact in every dtype, so GPU results must equal the CPU's bit for
+// bit; the cross-device checks at the end compare the two devices directly.
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "device/device.h"
+#include "device/device_checks.h"
+#include "device/initializers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/dtype.h"
@@ -71,9 +81,42 @@ std::vector<double> AsType(const std::vector<double>& values) {
   return out;
 }
 
-// Fixture shared by the typed and the dtype-specific tests.
+// The devices every case runs on.
+struct OnCpu {
+  static constexpr const char* kName = "cpu:0";
+  static constexpr const char* kLabel = "cpu";
+};
+struct OnGpu {
+  static constexpr const char* kName = "gpu:0";
+  static constexpr const char* kLabel = "gpu";
+};
+
+// Opens `name`. A GPU that this build or machine lacks is a skip (with the
+// reason) unless PSD_REQUIRE_GPU=1; anything else is a failure.
+std::unique_ptr<Device> OpenDevice(const std::string& name, std::string* skip) {
+  absl::StatusOr<std::unique_ptr<Device>> device = NewDevice(name);
+  if (device.ok()) return std::move(device).value();
+  const char* require = std::getenv("PSD_REQUIRE_GPU");
+  const bool required = require != nullptr && std::string(require) == "1";
+  if (name.rfind("gpu", 0) == 0 && !required &&
+      (device.status().code() == absl::StatusCode::kUnimplemented ||
+       device.status().code() == absl::StatusCode::kUnavailable)) {
+    *skip = std::string(device.status().message());
+    return nullptr;
+  }
+  ADD_FAILURE() << name << ": " << device.status();
+  return nullptr;
+}
+
+// Fixture shared by the typed and the dtype-specific tests. Tests call
+// Open() from SetUp and skip when it returns false.
 class DeviceTestBase {
  protected:
+  bool Open(const std::string& name) {
+    device_ = OpenDevice(name, &skip_reason_);
+    return device_ != nullptr;
+  }
+
   template <typename T>
   std::unique_ptr<DeviceBuffer> BufferWith(const std::vector<double>& values) {
     auto buffer = device_->Allocate(values.size() * sizeof(T));
@@ -90,13 +133,33 @@ class DeviceTestBase {
     return FromHostBytes<T>(bytes);
   }
 
-  std::unique_ptr<Device> device_ = NewCpuDevice();
+  std::unique_ptr<Device> device_;
+  std::string skip_reason_;
 };
 
-template <typename T>
+#define PSD_OPEN_OR_SKIP(name)                                 \
+  do {                                                         \
+    if (!Open(name)) {                                         \
+      if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_; \
+      return;                                                  \
+    }                                                          \
+  } while (0)
+
+// A typed case: element type and device.
+template <typename T, typename D>
+struct Case {
+  using Elem = T;
+  using Dev = D;
+};
+
+template <typename P>
 class DeviceKernelsTest : public DeviceTestBase, public ::testing::Test {
  protected:
+  using T = typename P::Elem;
+  using Elem = T;
   static constexpr DataType kDtype = DataTypeOf<T>::value;
+
+  void SetUp() override { PSD_OPEN_OR_SKIP(P::Dev::kName); }
 
   // ApplyDense on a buffer holding `initial`; returns the contents after.
   std::vector<double> Dense(UpdateKind op, const std::vector<double>& initial,
@@ -122,85 +185,101 @@ class DeviceKernelsTest : public DeviceTestBase, public ::testing::Test {
   }
 };
 
-class DtypeNames {
+class CaseNames {
  public:
-  template <typename T>
+  template <typename P>
   static std::string GetName(int) {
-    return DataTypeName(DataTypeOf<T>::value);
+    return std::string(DataTypeName(DataTypeOf<typename P::Elem>::value)) + "_" + P::Dev::kLabel;
   }
 };
 
-using FixedSizeTypes = ::testing::Types<float, double, half, bfloat16, int8_t, int16_t, int32_t,
-                                        int64_t, uint8_t, bool>;
-TYPED_TEST_SUITE(DeviceKernelsTest, FixedSizeTypes, DtypeNames);
+template <typename D>
+using FixedSizeCases =
+    ::testing::Types<Case<float, D>, Case<double, D>, Case<half, D>, Case<bfloat16, D>,
+                     Case<int8_t, D>, Case<int16_t, D>, Case<int32_t, D>, Case<int64_t, D>,
+                     Case<uint8_t, D>, Case<bool, D>>;
+template <typename... A, typename... B>
+::testing::Types<A..., B...> Concat(::testing::Types<A...>, ::testing::Types<B...>);
+using AllFixedSizeCases = decltype(Concat(FixedSizeCases<OnCpu>(), FixedSizeCases<OnGpu>()));
+TYPED_TEST_SUITE(DeviceKernelsTest, AllFixedSizeCases, CaseNames);
 
-// add/sub: every dtype but bool (see CpuDeviceTest.BoolArithmeticIsRejected).
-template <typename T>
-class ArithmeticKernelsTest : public DeviceKernelsTest<T> {};
-using NumericTypes =
-    ::testing::Types<float, double, half, bfloat16, int8_t, int16_t, int32_t, int64_t, uint8_t>;
-TYPED_TEST_SUITE(ArithmeticKernelsTest, NumericTypes, DtypeNames);
+// add/sub: every dtype but bool (see DeviceTest.BoolArithmeticIsRejected).
+template <typename P>
+class ArithmeticKernelsTest : public DeviceKernelsTest<P> {};
+template <typename D>
+using NumericCases = ::testing::Types<Case<float, D>, Case<double, D>, Case<half, D>,
+                                      Case<bfloat16, D>, Case<int8_t, D>, Case<int16_t, D>,
+                                      Case<int32_t, D>, Case<int64_t, D>, Case<uint8_t, D>>;
+using AllNumericCases = decltype(Concat(NumericCases<OnCpu>(), NumericCases<OnGpu>()));
+TYPED_TEST_SUITE(ArithmeticKernelsTest, AllNumericCases, CaseNames);
 
 // A [4, 3] variable holding 0..11 (0/1 for bool).
 const std::vector<double> kMatrix = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
 
 TYPED_TEST(DeviceKernelsTest, CopyRoundTripsAllBytes) {
-  auto buffer = this->template BufferWith<TypeParam>(kMatrix);
-  EXPECT_EQ(buffer->size(), kMatrix.size() * sizeof(TypeParam));
-  EXPECT_EQ(this->template Contents<TypeParam>(*buffer), AsType<TypeParam>(kMatrix));
+  using E = typename TestFixture::Elem;
+  auto buffer = this->template BufferWith<E>(kMatrix);
+  EXPECT_EQ(buffer->size(), kMatrix.size() * sizeof(E));
+  EXPECT_EQ(this->template Contents<E>(*buffer), AsType<E>(kMatrix));
 }
 
 TYPED_TEST(DeviceKernelsTest, DenseAssignCopiesEveryElement) {
+  using E = typename TestFixture::Elem;
   EXPECT_EQ(this->Dense(UpdateKind::kAssign, {1, 2, 3, 4}, {7, 0, 5, 9}, false),
-            AsType<TypeParam>({7, 0, 5, 9}));
+            AsType<E>({7, 0, 5, 9}));
 }
 
 TYPED_TEST(DeviceKernelsTest, DenseAssignBroadcastsScalar) {
-  EXPECT_EQ(this->Dense(UpdateKind::kAssign, {1, 0, 3, 4}, {5}, true),
-            AsType<TypeParam>({5, 5, 5, 5}));
+  using E = typename TestFixture::Elem;
+  EXPECT_EQ(this->Dense(UpdateKind::kAssign, {1, 0, 3, 4}, {5}, true), AsType<E>({5, 5, 5, 5}));
 }
 
 TYPED_TEST(DeviceKernelsTest, DenseAssignOfLongUnalignedSource) {
+  using E = typename TestFixture::Elem;
   constexpr int kN = 1003;  // the vectorized loop body and its remainder
   std::vector<double> src(kN);
   for (int i = 0; i < kN; ++i) src[i] = (i * 7) % 50;
-  auto buffer = this->template BufferWith<TypeParam>(std::vector<double>(kN, 1));
-  const std::string bytes = " " + HostBytes<TypeParam>(src);  // misaligned by one byte
+  auto buffer = this->template BufferWith<E>(std::vector<double>(kN, 1));
+  const std::string bytes = " " + HostBytes<E>(src);  // misaligned by one byte
   ASSERT_TRUE(this->device_
                   ->ApplyDense(TestFixture::kDtype, UpdateKind::kAssign, buffer.get(),
                                bytes.data() + 1, kN, false)
                   .ok());
-  EXPECT_EQ(this->template Contents<TypeParam>(*buffer), AsType<TypeParam>(src));
+  EXPECT_EQ(this->template Contents<E>(*buffer), AsType<E>(src));
 }
 
 TYPED_TEST(DeviceKernelsTest, ScatterUpdateLastDuplicateWins) {
+  using E = typename TestFixture::Elem;
   // Rows 2, 0, 2 of a [4, 3] variable.
   EXPECT_EQ(
       this->Scatter(UpdateKind::kAssign, kMatrix, 3, {2, 0, 2}, {1, 1, 1, 0, 0, 0, 9, 0, 7}, false),
-      AsType<TypeParam>({0, 0, 0, 3, 4, 5, 9, 0, 7, 9, 10, 11}));
+      AsType<E>({0, 0, 0, 3, 4, 5, 9, 0, 7, 9, 10, 11}));
 }
 
 TYPED_TEST(DeviceKernelsTest, ScatterScalarUpdateSetsEveryAddressedElement) {
+  using E = typename TestFixture::Elem;
   EXPECT_EQ(this->Scatter(UpdateKind::kAssign, kMatrix, 3, {1, 3}, {7}, true),
-            AsType<TypeParam>({0, 1, 2, 7, 7, 7, 6, 7, 8, 7, 7, 7}));
+            AsType<E>({0, 1, 2, 7, 7, 7, 6, 7, 8, 7, 7, 7}));
 }
 
 TYPED_TEST(DeviceKernelsTest, ScatterUpdateOnRankOneVariable) {
+  using E = typename TestFixture::Elem;
   EXPECT_EQ(this->Scatter(UpdateKind::kAssign, {1, 1, 1, 1}, 1, {3, 0}, {0, 5}, false),
-            AsType<TypeParam>({5, 1, 1, 0}));
+            AsType<E>({5, 1, 1, 0}));
 }
 
 TYPED_TEST(DeviceKernelsTest, ScatterWithNoIndicesChangesNothing) {
-  EXPECT_EQ(this->Scatter(UpdateKind::kAssign, kMatrix, 3, {}, {}, false),
-            AsType<TypeParam>(kMatrix));
+  using E = typename TestFixture::Elem;
+  EXPECT_EQ(this->Scatter(UpdateKind::kAssign, kMatrix, 3, {}, {}, false), AsType<E>(kMatrix));
 }
 
 TYPED_TEST(DeviceKernelsTest, GatherCopiesRowsInIndexOrder) {
-  auto buffer = this->template BufferWith<TypeParam>(kMatrix);
+  using E = typename TestFixture::Elem;
+  auto buffer = this->template BufferWith<E>(kMatrix);
   const std::vector<int64_t> indices = {3, 0, 3};
-  std::string out(indices.size() * 3 * sizeof(TypeParam), '\0');
+  std::string out(indices.size() * 3 * sizeof(E), '\0');
   ASSERT_TRUE(this->device_->Gather(TestFixture::kDtype, *buffer, 3, indices, out.data()).ok());
-  EXPECT_EQ(FromHostBytes<TypeParam>(out), AsType<TypeParam>({9, 10, 11, 0, 1, 2, 9, 10, 11}));
+  EXPECT_EQ(FromHostBytes<E>(out), AsType<E>({9, 10, 11, 0, 1, 2, 9, 10, 11}));
 }
 
 TYPED_TEST(DeviceKernelsTest, ZeroElementUpdatesAreNoOps) {
@@ -229,6 +308,7 @@ TYPED_TEST(ArithmeticKernelsTest, DenseAddAndSubBroadcastScalar) {
 }
 
 TYPED_TEST(ArithmeticKernelsTest, DenseAddOfLongUnalignedSource) {
+  using E = typename TestFixture::Elem;
   constexpr int kN = 1003;
   std::vector<double> initial(kN), src(kN);
   std::vector<double> expected(kN);
@@ -237,13 +317,13 @@ TYPED_TEST(ArithmeticKernelsTest, DenseAddOfLongUnalignedSource) {
     src[i] = (i * 7) % 50;
     expected[i] = initial[i] + src[i];  // at most 98: exact in every dtype
   }
-  auto buffer = this->template BufferWith<TypeParam>(initial);
-  const std::string bytes = " " + HostBytes<TypeParam>(src);
+  auto buffer = this->template BufferWith<E>(initial);
+  const std::string bytes = " " + HostBytes<E>(src);
   ASSERT_TRUE(this->device_
                   ->ApplyDense(TestFixture::kDtype, UpdateKind::kAdd, buffer.get(),
                                bytes.data() + 1, kN, false)
                   .ok());
-  EXPECT_EQ(this->template Contents<TypeParam>(*buffer), expected);
+  EXPECT_EQ(this->template Contents<E>(*buffer), expected);
 }
 
 TYPED_TEST(ArithmeticKernelsTest, ScatterAddAndSubAccumulateDuplicates) {
@@ -271,11 +351,26 @@ TYPED_TEST(ArithmeticKernelsTest, ScatterAddOnRankOneVariable) {
 // ---------------------------------------------------------------------------
 // Dtype-specific behaviour.
 
-class CpuDeviceTest : public DeviceTestBase, public ::testing::Test {};
+// Runs on every device.
+class DeviceTest : public DeviceTestBase, public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { PSD_OPEN_OR_SKIP(GetParam()); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Devices, DeviceTest, ::testing::Values(OnCpu::kName, OnGpu::kName),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param).substr(0, 3);
+                         });
+
+// What only the CPU device promises.
+class CpuDeviceTest : public DeviceTestBase, public ::testing::Test {
+ protected:
+  void SetUp() override { PSD_OPEN_OR_SKIP(OnCpu::kName); }
+};
 
 TEST_F(CpuDeviceTest, IsNamedCpu0) { EXPECT_EQ(device_->name(), "cpu:0"); }
 
-TEST_F(CpuDeviceTest, BoolArithmeticIsRejected) {
+TEST_P(DeviceTest, BoolArithmeticIsRejected) {
   auto buffer = BufferWith<bool>({1, 0, 1});
   const std::string src = HostBytes<bool>({1, 1, 1});
   for (UpdateKind op : {UpdateKind::kAdd, UpdateKind::kSub}) {
@@ -302,12 +397,12 @@ TEST_F(CpuDeviceTest, BuffersAreCacheLineAligned) {
   }
 }
 
-TEST_F(CpuDeviceTest, ImpossibleAllocationIsResourceExhausted) {
+TEST_P(DeviceTest, ImpossibleAllocationIsResourceExhausted) {
   auto buffer = device_->Allocate(std::numeric_limits<size_t>::max() / 2);
   EXPECT_EQ(buffer.status().code(), absl::StatusCode::kResourceExhausted);
 }
 
-TEST_F(CpuDeviceTest, CopiesOutsideTheBufferAreRejected) {
+TEST_P(DeviceTest, CopiesOutsideTheBufferAreRejected) {
   auto buffer = BufferWith<int32_t>({1, 2, 3, 4});  // 16 bytes
   char host[32] = {};
   constexpr size_t kHuge = std::numeric_limits<size_t>::max();
@@ -323,7 +418,7 @@ TEST_F(CpuDeviceTest, CopiesOutsideTheBufferAreRejected) {
   EXPECT_THAT(Contents<int32_t>(*buffer), ElementsAre(1, 2, 3, 4));
 }
 
-TEST_F(CpuDeviceTest, CopiesUpToTheEndAreAccepted) {
+TEST_P(DeviceTest, CopiesUpToTheEndAreAccepted) {
   auto buffer = BufferWith<int32_t>({1, 2, 3, 4});
   const int32_t v[2] = {8, 9};
   EXPECT_TRUE(device_->CopyFromHost(v, sizeof v, buffer.get(), 8).ok());
@@ -334,7 +429,7 @@ TEST_F(CpuDeviceTest, CopiesUpToTheEndAreAccepted) {
   EXPECT_THAT(Contents<int32_t>(*buffer), ElementsAre(1, 2, 8, 9));
 }
 
-TEST_F(CpuDeviceTest, KernelsPastTheBufferAreInternalErrorsAndChangeNothing) {
+TEST_P(DeviceTest, KernelsPastTheBufferAreInternalErrorsAndChangeNothing) {
   auto buffer = BufferWith<float>({1, 2, 3, 4, 5, 6});  // [3, 2]
   const std::vector<float> src(8, 1.0f);
   EXPECT_EQ(
@@ -359,7 +454,7 @@ TEST_F(CpuDeviceTest, KernelsPastTheBufferAreInternalErrorsAndChangeNothing) {
   EXPECT_THAT(Contents<float>(*buffer), ElementsAre(1, 2, 3, 4, 5, 6));
 }
 
-TEST_F(CpuDeviceTest, StringDtypeIsNotADeviceDtype) {
+TEST_P(DeviceTest, StringDtypeIsNotADeviceDtype) {
   auto buffer = device_->Allocate(16);
   ASSERT_TRUE(buffer.ok());
   const char src[16] = {};
@@ -376,7 +471,7 @@ TEST_F(CpuDeviceTest, StringDtypeIsNotADeviceDtype) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(CpuDeviceTest, IntegerAddAndSubWrapAround) {
+TEST_P(DeviceTest, IntegerAddAndSubWrapAround) {
   {
     auto b = BufferWith<int32_t>({2147483647, -2147483648.0});
     const int32_t one[1] = {1};
@@ -433,7 +528,7 @@ TEST_F(CpuDeviceTest, IntegerAddAndSubWrapAround) {
 // float16 has 11 significant bits: at 2048 the spacing is 2, so 2049 and
 // 2051 are ties that round to the even significand (2048, 2052); 2047.5 lies
 // between 2047 and 2048 and rounds to 2048.
-TEST_F(CpuDeviceTest, HalfArithmeticRoundsToNearestEven) {
+TEST_P(DeviceTest, HalfArithmeticRoundsToNearestEven) {
   auto b = BufferWith<half>({2048, 2048, 2048, 65504});
   const std::string src = HostBytes<half>({1, 3, -0.5, 65504});
   ASSERT_TRUE(device_->ApplyDense(DT_HALF, UpdateKind::kAdd, b.get(), src.data(), 4, false).ok());
@@ -448,7 +543,7 @@ TEST_F(CpuDeviceTest, HalfArithmeticRoundsToNearestEven) {
 }
 
 // bfloat16 has 8 significant bits: at 256 the spacing is 2.
-TEST_F(CpuDeviceTest, BFloat16ArithmeticRoundsToNearestEven) {
+TEST_P(DeviceTest, BFloat16ArithmeticRoundsToNearestEven) {
   auto b = BufferWith<bfloat16>({256, 256, 1});
   const std::string src = HostBytes<bfloat16>({1, 3, 1.0 / 256});
   ASSERT_TRUE(
@@ -462,7 +557,7 @@ TEST_F(CpuDeviceTest, BFloat16ArithmeticRoundsToNearestEven) {
   EXPECT_THAT(Contents<bfloat16>(*b), ElementsAre(256, 256, 1));
 }
 
-TEST_F(CpuDeviceTest, BoolAssignStoresOnlyZeroOrOne) {
+TEST_P(DeviceTest, BoolAssignStoresOnlyZeroOrOne) {
   auto b = BufferWith<bool>({0, 0, 0});
   const unsigned char src[3] = {0, 2, 255};
   ASSERT_TRUE(device_->ApplyDense(DT_BOOL, UpdateKind::kAssign, b.get(), src, 3, false).ok());
@@ -471,7 +566,7 @@ TEST_F(CpuDeviceTest, BoolAssignStoresOnlyZeroOrOne) {
   EXPECT_EQ(bytes, std::string("\0\1\1", 3));
 }
 
-TEST_F(CpuDeviceTest, InitializeFillsTheSliceOfTheWholeVariable) {
+TEST_P(DeviceTest, InitializeFillsTheSliceOfTheWholeVariable) {
   InitializerSpec spec;
   spec.set_seed(7);
   spec.mutable_random_normal()->set_stddev(1.0);
@@ -490,7 +585,7 @@ TEST_F(CpuDeviceTest, InitializeFillsTheSliceOfTheWholeVariable) {
   EXPECT_THAT(Contents<float>(**part), ElementsAreArray(all.begin() + 6, all.end()));
 }
 
-TEST_F(CpuDeviceTest, InitializeRejectsASliceLargerThanTheBuffer) {
+TEST_P(DeviceTest, InitializeRejectsASliceLargerThanTheBuffer) {
   InitializerSpec spec;
   spec.mutable_ones();
   auto small = device_->Allocate(2 * sizeof(float));
@@ -505,6 +600,366 @@ TEST_F(CpuDeviceTest, InitializeRejectsASliceLargerThanTheBuffer) {
                              std::vector<int64_t>{3}, small->get())
                 .code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(DeviceTest, DenseUpdateFromADeviceBuffer) {
+  auto dst = BufferWith<int32_t>({1, 2, 3, 4});
+  auto src = BufferWith<int32_t>({10, 20, 30, 40});
+  ASSERT_TRUE(device_->ApplyDenseFromBuffer(DT_INT32, UpdateKind::kAdd, dst.get(), *src, 4).ok());
+  EXPECT_THAT(Contents<int32_t>(*dst), ElementsAre(11, 22, 33, 44));
+  ASSERT_TRUE(device_->ApplyDenseFromBuffer(DT_INT32, UpdateKind::kSub, dst.get(), *src, 2).ok());
+  EXPECT_THAT(Contents<int32_t>(*dst), ElementsAre(1, 2, 33, 44));
+  EXPECT_EQ(device_->ApplyDenseFromBuffer(DT_INT32, UpdateKind::kAdd, dst.get(), *src, 5).code(),
+            absl::StatusCode::kInternal);
+  EXPECT_TRUE(device_->healthy());
+}
+
+// ---------------------------------------------------------------------------
+// Cross-device agreement: the same op on this device and on the CPU device,
+// on data big enough to cross the GPU's 4 MiB staging chunks, compared byte
+// for byte (or within a stated tolerance where the order of float additions
+// or a transcendental function's last bit may differ).
+
+// Deterministic pseudo-random values in [-1, 1).
+std::vector<double> Noise(size_t n, uint64_t seed) {
+  std::vector<double> out(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (double& v : out) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<double>(x >> 11) * 0x1p-52 - 1.0;
+  }
+  return out;
+}
+
+template <typename T>
+std::string Bytes(const std::vector<double>& values) {
+  std::string bytes(values.size() * sizeof(T), '\0');
+  for (size_t i = 0; i < values.size(); ++i) {
+    T v;
+    if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
+      v = T(static_cast<float>(values[i]));
+    } else {
+      v = static_cast<T>(values[i]);
+    }
+    std::memcpy(&bytes[i * sizeof(T)], &v, sizeof(T));
+  }
+  return bytes;
+}
+
+class CrossDeviceTest : public DeviceTestBase, public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { PSD_OPEN_OR_SKIP(GetParam()); }
+
+  // A buffer on `device` holding `bytes`.
+  static std::unique_ptr<DeviceBuffer> Upload(Device* device, const std::string& bytes) {
+    auto buffer = device->Allocate(bytes.size());
+    EXPECT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_TRUE(device->CopyFromHost(bytes.data(), bytes.size(), buffer->get(), 0).ok());
+    return std::move(buffer).value();
+  }
+  static std::string Download(Device* device, const DeviceBuffer& buffer) {
+    std::string bytes(buffer.size(), '\0');
+    EXPECT_TRUE(device->CopyToHost(buffer, 0, bytes.size(), bytes.data()).ok());
+    return bytes;
+  }
+
+  // Runs fn(device) on this device and on the CPU; returns both results.
+  template <typename Fn>
+  std::pair<std::string, std::string> Both(Fn&& fn) {
+    return {fn(device_.get()), fn(cpu_.get())};
+  }
+
+  std::unique_ptr<Device> cpu_ = NewCpuDevice();
+};
+
+INSTANTIATE_TEST_SUITE_P(Devices, CrossDeviceTest, ::testing::Values(OnCpu::kName, OnGpu::kName),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param).substr(0, 3);
+                         });
+
+// Elements of `a` and `b` (as T) that differ by more than `tolerance`
+// relative to max(1, |b|); the count of bitwise differences in `*differ`.
+template <typename T>
+int64_t FarApart(const std::string& a, const std::string& b, double tolerance, int64_t* differ) {
+  const std::vector<double> x = FromHostBytes<T>(a), y = FromHostBytes<T>(b);
+  int64_t far = 0;
+  *differ = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::memcmp(&a[i * sizeof(T)], &b[i * sizeof(T)], sizeof(T)) != 0) ++*differ;
+    if (!(std::fabs(x[i] - y[i]) <= tolerance * std::max(1.0, std::fabs(y[i])))) ++far;
+  }
+  return far;
+}
+
+TEST_P(CrossDeviceTest, LargeDenseUpdatesAgree) {
+  constexpr int64_t kN = 3'000'001;  // 12 MB of float: three staging chunks and a remainder
+  const std::string initial = Bytes<float>(Noise(kN, 1));
+  const std::string delta = " " + Bytes<float>(Noise(kN, 2));  // unaligned source
+  for (UpdateKind op : {UpdateKind::kAssign, UpdateKind::kAdd, UpdateKind::kSub}) {
+    auto [got, want] = Both([&](Device* d) {
+      auto buffer = Upload(d, initial);
+      EXPECT_TRUE(d->ApplyDense(DT_FLOAT, op, buffer.get(), delta.data() + 1, kN, false).ok());
+      return Download(d, *buffer);
+    });
+    EXPECT_TRUE(got == want) << internal::UpdateName(op);
+  }
+  const float scalar = 0.25f;
+  auto [got, want] = Both([&](Device* d) {
+    auto buffer = Upload(d, initial);
+    EXPECT_TRUE(d->ApplyDense(DT_FLOAT, UpdateKind::kAdd, buffer.get(), &scalar, kN, true).ok());
+    return Download(d, *buffer);
+  });
+  EXPECT_TRUE(got == want);
+}
+
+TEST_P(CrossDeviceTest, LargeGatherAndScatterAgree) {
+  constexpr int64_t kRows = 50'000, kCols = 33;  // odd row size: no wide words
+  const std::string table = Bytes<int32_t>([&] {
+    std::vector<double> v(kRows * kCols);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i % 100003);
+    return v;
+  }());
+  std::vector<int64_t> indices(120'000);  // duplicates on purpose
+  const std::vector<double> noise = Noise(indices.size(), 3);
+  for (size_t k = 0; k < indices.size(); ++k) {
+    indices[k] = static_cast<int64_t>((noise[k] + 1) / 2 * kRows) % kRows;
+  }
+  const std::string updates = Bytes<int32_t>([&] {
+    std::vector<double> v(indices.size() * kCols);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i % 1000) - 500;
+    return v;
+  }());
+  {
+    auto [got, want] = Both([&](Device* d) {
+      auto buffer = Upload(d, table);
+      std::string out(indices.size() * kCols * sizeof(int32_t), '\0');
+      EXPECT_TRUE(d->Gather(DT_INT32, *buffer, kCols, indices, out.data()).ok());
+      return out;
+    });
+    EXPECT_TRUE(got == want);
+  }
+  // Integer sums are exact in any order; the assign keeps the last duplicate.
+  for (UpdateKind op : {UpdateKind::kAssign, UpdateKind::kAdd, UpdateKind::kSub}) {
+    auto [got, want] = Both([&](Device* d) {
+      auto buffer = Upload(d, table);
+      EXPECT_TRUE(
+          d->ApplyScatter(DT_INT32, op, buffer.get(), kCols, indices, updates.data(), false).ok());
+      return Download(d, *buffer);
+    });
+    EXPECT_TRUE(got == want) << internal::UpdateName(op);
+  }
+}
+
+// Float scatter_add with duplicate indices: the GPU adds with atomics in an
+// unspecified order, so sums may round differently. Stated tolerance: a
+// relative 1e-5 for float32 sums of up to ~30 terms of magnitude <= 1.
+TEST_P(CrossDeviceTest, FloatScatterAddWithDuplicatesAgreesWithinTolerance) {
+  constexpr int64_t kRows = 1000, kCols = 16;
+  const std::string table = Bytes<float>(Noise(kRows * kCols, 4));
+  std::vector<int64_t> indices(20'000);
+  for (size_t k = 0; k < indices.size(); ++k) indices[k] = static_cast<int64_t>(k * k % kRows);
+  const std::string updates = Bytes<float>(Noise(indices.size() * kCols, 5));
+  auto [got, want] = Both([&](Device* d) {
+    auto buffer = Upload(d, table);
+    EXPECT_TRUE(d->ApplyScatter(DT_FLOAT, UpdateKind::kAdd, buffer.get(), kCols, indices,
+                                updates.data(), false)
+                    .ok());
+    return Download(d, *buffer);
+  });
+  int64_t differ = 0;
+  EXPECT_EQ(FarApart<float>(got, want, 1e-5, &differ), 0);
+}
+
+// Initializers: bit for bit, except normal draws, which go through log, cos
+// and sqrt (within 1e-5 relative for float32/float64; one rounding step of
+// the 16-bit types: 1e-2).
+TEST_P(CrossDeviceTest, InitializersAgree) {
+  const TensorShape full{7, 33, 5};
+  const TensorShape slice{3, 20, 5};
+  const std::vector<int64_t> offset{2, 4, 0};
+  std::vector<std::pair<std::string, InitializerSpec>> specs;
+  auto add = [&](const std::string& name, auto set) {
+    InitializerSpec spec;
+    spec.set_seed(0x1234567890abcdefll);
+    set(&spec);
+    specs.push_back({name, spec});
+  };
+  add("zeros", [](InitializerSpec* s) { s->mutable_zeros(); });
+  add("ones", [](InitializerSpec* s) { s->mutable_ones(); });
+  add("uniform", [](InitializerSpec* s) {
+    s->mutable_random_uniform()->set_minval(-3);
+    s->mutable_random_uniform()->set_maxval(5);
+  });
+  add("normal", [](InitializerSpec* s) {
+    s->mutable_random_normal()->set_mean(1);
+    s->mutable_random_normal()->set_stddev(2);
+  });
+  add("truncated_normal", [](InitializerSpec* s) {
+    s->mutable_truncated_normal()->set_mean(-1);
+    s->mutable_truncated_normal()->set_stddev(0.5);
+  });
+  add("unit_scaling",
+      [](InitializerSpec* s) { s->mutable_uniform_unit_scaling()->set_factor(1.5); });
+  add("default", [](InitializerSpec* s) { s->mutable_default_initializer(); });
+  for (DataType dtype : {DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16, DT_INT32, DT_INT64}) {
+    for (const auto& [name, spec] : specs) {
+      const bool floating = IsFloating(dtype);
+      if (!floating && name != "uniform" && name != "zeros" && name != "ones" &&
+          name != "default") {
+        continue;
+      }
+      SCOPED_TRACE(name + " " + DataTypeName(dtype));
+      const size_t bytes = slice.num_elements() * DataTypeSize(dtype);
+      auto [got, want] = Both([&](Device* d) {
+        auto buffer = d->Allocate(bytes);
+        EXPECT_TRUE(buffer.ok());
+        absl::Status s = d->Initialize(spec, dtype, full, slice, offset, buffer->get());
+        EXPECT_TRUE(s.ok()) << s;
+        return Download(d, **buffer);
+      });
+      if (name != "normal" && name != "truncated_normal") {
+        EXPECT_TRUE(got == want);
+        continue;
+      }
+      const double tolerance = dtype == DT_FLOAT || dtype == DT_DOUBLE ? 1e-5 : 1e-2;
+      int64_t differ = 0, far = 0;
+      switch (dtype) {
+        case DT_FLOAT:
+          far = FarApart<float>(got, want, tolerance, &differ);
+          break;
+        case DT_DOUBLE:
+          far = FarApart<double>(got, want, tolerance, &differ);
+          break;
+        case DT_HALF:
+          far = FarApart<half>(got, want, tolerance, &differ);
+          break;
+        default:
+          far = FarApart<bfloat16>(got, want, tolerance, &differ);
+          break;
+      }
+      EXPECT_EQ(far, 0) << differ << " elements differ in some bit";
+    }
+  }
+  // A constant tensor (filled on the host, then copied).
+  InitializerSpec constant;
+  TensorProto* value = constant.mutable_constant()->mutable_value();
+  value->set_dtype(DT_INT32);
+  for (int64_t d : full.dims()) value->mutable_shape()->add_dims(d);
+  std::vector<double> v(full.num_elements());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i);
+  value->set_content(Bytes<int32_t>(v));
+  auto [got, want] = Both([&](Device* d) {
+    auto buffer = d->Allocate(slice.num_elements() * 4);
+    EXPECT_TRUE(buffer.ok());
+    EXPECT_TRUE(d->Initialize(constant, DT_INT32, full, slice, offset, buffer->get()).ok());
+    return Download(d, **buffer);
+  });
+  EXPECT_TRUE(got == want);
+}
+
+// Optimizers, dense and sparse (duplicate indices summed first), every
+// floating dtype: bit for bit, except FTRL with a learning-rate power other
+// than -0.5, which calls pow (1e-5 relative; 1e-2 for the 16-bit types).
+TEST_P(CrossDeviceTest, OptimizersAgree) {
+  constexpr int64_t kRows = 64, kCols = 33;
+  constexpr int64_t kN = kRows * kCols;
+  std::vector<OptimizerParams> all;
+  for (OptimizerKind kind : {OptimizerKind::kGradientDescent, OptimizerKind::kMomentum,
+                             OptimizerKind::kAdagrad, OptimizerKind::kAdam, OptimizerKind::kRMSProp,
+                             OptimizerKind::kCenteredRMSProp, OptimizerKind::kFtrl}) {
+    OptimizerParams p;
+    p.kind = kind;
+    p.learning_rate = 0.1;
+    p.momentum = 0.9;
+    p.beta1 = 0.9;
+    p.beta2 = 0.999;
+    p.epsilon = 1e-7;
+    p.beta1_power = 0.9;
+    p.beta2_power = 0.999;
+    p.decay = 0.9;
+    p.lr_power = -0.5;
+    p.l1 = 0.01;
+    p.l2 = 0.02;
+    p.l2_shrinkage = 0.01;
+    all.push_back(p);
+  }
+  all.push_back(all[1]);
+  all.back().use_nesterov = true;
+  all.push_back(all[6]);
+  all.back().lr_power = -0.3;  // FTRL through pow
+  std::vector<int64_t> indices(40);
+  for (size_t k = 0; k < indices.size(); ++k) indices[k] = static_cast<int64_t>(k * 7 % kRows);
+  for (DataType dtype : {DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16}) {
+    for (const OptimizerParams& p : all) {
+      for (bool sparse : {false, true}) {
+        SCOPED_TRACE(absl::StrCat(OptimizerName(p.kind), p.use_nesterov ? " nesterov" : "",
+                                  " lr_power ", p.lr_power, " ", DataTypeName(dtype),
+                                  sparse ? " sparse" : " dense"));
+        auto bytes_of = [&](const std::vector<double>& v) {
+          switch (dtype) {
+            case DT_FLOAT:
+              return Bytes<float>(v);
+            case DT_DOUBLE:
+              return Bytes<double>(v);
+            case DT_HALF:
+              return Bytes<half>(v);
+            default:
+              return Bytes<bfloat16>(v);
+          }
+        };
+        const std::string var0 = bytes_of(Noise(kN, 6));
+        std::vector<double> accum(kN);
+        for (double& a : accum) a = 0.1;  // Adagrad/FTRL accumulators start positive
+        const int slots = NumOptimizerSlots(p.kind);
+        const std::string grad = bytes_of(Noise(sparse ? indices.size() * kCols : kN, 7));
+        auto [got, want] = Both([&](Device* d) {
+          auto var = Upload(d, var0);
+          std::vector<std::unique_ptr<DeviceBuffer>> owned;
+          std::vector<DeviceBuffer*> slot_ptrs;
+          for (int k = 0; k < slots; ++k) {
+            owned.push_back(Upload(d, bytes_of(k == 0 ? accum : Noise(kN, 8 + k))));
+            slot_ptrs.push_back(owned.back().get());
+          }
+          // CenteredRMSProp's ms (slot 1) must stay above mg^2: start it high.
+          if (p.kind == OptimizerKind::kCenteredRMSProp) {
+            owned[1] = Upload(d, bytes_of(std::vector<double>(kN, 4.0)));
+            slot_ptrs[1] = owned[1].get();
+          }
+          for (int step = 0; step < 3; ++step) {
+            absl::Status s =
+                sparse ? d->ApplyOptimizerSparse(p, dtype, var.get(), slot_ptrs, kCols, indices,
+                                                 grad.data())
+                       : d->ApplyOptimizerDense(p, dtype, var.get(), slot_ptrs, grad.data(), kN);
+            EXPECT_TRUE(s.ok()) << s;
+          }
+          std::string out = Download(d, *var);
+          for (DeviceBuffer* slot : slot_ptrs) out += Download(d, *slot);
+          return out;
+        });
+        if (!(p.kind == OptimizerKind::kFtrl && p.lr_power != -0.5)) {
+          EXPECT_TRUE(got == want);
+          continue;
+        }
+        const double tolerance = dtype == DT_FLOAT || dtype == DT_DOUBLE ? 1e-5 : 1e-2;
+        int64_t differ = 0, far = 0;
+        switch (dtype) {
+          case DT_FLOAT:
+            far = FarApart<float>(got, want, tolerance, &differ);
+            break;
+          case DT_DOUBLE:
+            far = FarApart<double>(got, want, tolerance, &differ);
+            break;
+          case DT_HALF:
+            far = FarApart<half>(got, want, tolerance, &differ);
+            break;
+          default:
+            far = FarApart<bfloat16>(got, want, tolerance, &differ);
+            break;
+        }
+        EXPECT_EQ(far, 0) << differ << " elements differ in some bit";
+      }
+    }
+  }
 }
 
 }  // namespace

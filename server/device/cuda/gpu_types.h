@@ -39,8 +39,8 @@ class GpuStatus {
   std::string message_;
 };
 
-#define PSD_GPU_RETURN_IF_ERROR(expr)         \
-  do {                                        \
+#define PSD_GPU_RETURN_IF_ERROR(expr)          \
+  do {                                         \
     ::psd::gpu::GpuStatus _psd_gpu_s = (expr); \
     if (!_psd_gpu_s.ok()) return _psd_gpu_s;   \
   } while (0)
@@ -124,8 +124,8 @@ struct RandomFill {
   enum class Kind { kUniformReal, kUniformInt, kNormal, kTruncatedNormal };
   Kind kind = Kind::kUniformReal;
   uint64_t seed = 0;
-  double a = 0, b = 0;    // uniform: [a, b); normal: mean a, stddev b
-  int64_t int_lo = 0;     // kUniformInt: lo + bits % span (span 0 is 2^64)
+  double a = 0, b = 0;  // uniform: [a, b); normal: mean a, stddev b
+  int64_t int_lo = 0;   // kUniformInt: lo + bits % span (span 0 is 2^64)
   uint64_t int_span = 0;
 };
 
