@@ -63,7 +63,11 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<ServingEndpoint> endpoint,
       ServingEndpoint::Start(serving, {&service}, &metrics,
-                             [&service] { return !service.draining(); },
+                             // Not ready while draining, or once the device failed (a CUDA
+                             // error): its variables can no longer be trusted.
+                             [&service, &device] {
+                               return !service.draining() && device->healthy();
+                             },
                              absl::StrCat("shard ", config.id)));
   grpc::Server* server = endpoint->server();
   const int port = endpoint->port();
