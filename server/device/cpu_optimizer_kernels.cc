@@ -28,25 +28,7 @@
 
 namespace psd {
 
-int NumOptimizerSlots(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kGradientDescent:
-      return 0;
-    case OptimizerKind::kMomentum:
-      return 1;
-    case OptimizerKind::kAdagrad:
-      return 1;
-    case OptimizerKind::kAdam:
-      return 2;
-    case OptimizerKind::kRMSProp:
-      return 2;
-    case OptimizerKind::kCenteredRMSProp:
-      return 3;
-    case OptimizerKind::kFtrl:
-      return 2;
-  }
-  return 0;
-}
+int NumOptimizerSlots(OptimizerKind kind) { return gpu::OptimizerSlots(kind); }
 
 const char* OptimizerName(OptimizerKind kind) {
   switch (kind) {

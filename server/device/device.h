@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "device/cuda/gpu_types.h"
 #include "psd/dtype.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
@@ -44,18 +45,9 @@ class DeviceBuffer {
   virtual size_t size() const = 0;
 };
 
-// The optimizers a device applies (TensorFlow's training ops). Each kind
-// updates the variable and a fixed number of slot buffers of the same size
-// and dtype, in the order of the training op's arguments.
-enum class OptimizerKind {
-  kGradientDescent,  // no slots
-  kMomentum,         // accum
-  kAdagrad,          // accum
-  kAdam,             // m, v
-  kRMSProp,          // ms, mom
-  kCenteredRMSProp,  // mg, ms, mom
-  kFtrl,             // accum, linear
-};
+// The optimizers a device applies (TensorFlow's training ops): one enum with
+// the CUDA library, which cannot include this header.
+using OptimizerKind = gpu::Optimizer;
 
 // Slot buffers `kind` updates.
 int NumOptimizerSlots(OptimizerKind kind);

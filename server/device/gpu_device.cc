@@ -115,7 +115,7 @@ uint64_t ScalarBits(DataType dtype, const void* src) {
 
 gpu::OptimizerStep StepFor(const OptimizerParams& params) {
   gpu::OptimizerStep step;
-  step.kind = static_cast<gpu::Optimizer>(static_cast<int>(params.kind));
+  step.kind = params.kind;
   step.f = internal::CoefficientsFor<float>(params);
   step.d = internal::CoefficientsFor<double>(params);
   return step;

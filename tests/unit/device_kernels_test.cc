@@ -691,6 +691,28 @@ int64_t FarApart(const std::string& a, const std::string& b, double tolerance, i
   return far;
 }
 
+// Floating `got` within 1e-5 relative of `want` (float32/float64), or one
+// rounding step of the 16-bit types (1e-2).
+void ExpectClose(DataType dtype, const std::string& got, const std::string& want) {
+  const double tolerance = dtype == DT_FLOAT || dtype == DT_DOUBLE ? 1e-5 : 1e-2;
+  int64_t differ = 0, far = 0;
+  switch (dtype) {
+    case DT_FLOAT:
+      far = FarApart<float>(got, want, tolerance, &differ);
+      break;
+    case DT_DOUBLE:
+      far = FarApart<double>(got, want, tolerance, &differ);
+      break;
+    case DT_HALF:
+      far = FarApart<half>(got, want, tolerance, &differ);
+      break;
+    default:
+      far = FarApart<bfloat16>(got, want, tolerance, &differ);
+      break;
+  }
+  EXPECT_EQ(far, 0) << differ << " elements differ in some bit";
+}
+
 TEST_P(CrossDeviceTest, LargeDenseUpdatesAgree) {
   constexpr int64_t kN = 3'000'001;  // 12 MB of float: three staging chunks and a remainder
   const std::string initial = Bytes<float>(Noise(kN, 1));
@@ -821,23 +843,7 @@ TEST_P(CrossDeviceTest, InitializersAgree) {
         EXPECT_TRUE(got == want);
         continue;
       }
-      const double tolerance = dtype == DT_FLOAT || dtype == DT_DOUBLE ? 1e-5 : 1e-2;
-      int64_t differ = 0, far = 0;
-      switch (dtype) {
-        case DT_FLOAT:
-          far = FarApart<float>(got, want, tolerance, &differ);
-          break;
-        case DT_DOUBLE:
-          far = FarApart<double>(got, want, tolerance, &differ);
-          break;
-        case DT_HALF:
-          far = FarApart<half>(got, want, tolerance, &differ);
-          break;
-        default:
-          far = FarApart<bfloat16>(got, want, tolerance, &differ);
-          break;
-      }
-      EXPECT_EQ(far, 0) << differ << " elements differ in some bit";
+      ExpectClose(dtype, got, want);
     }
   }
   // A constant tensor (filled on the host, then copied).
@@ -940,23 +946,7 @@ TEST_P(CrossDeviceTest, OptimizersAgree) {
           EXPECT_TRUE(got == want);
           continue;
         }
-        const double tolerance = dtype == DT_FLOAT || dtype == DT_DOUBLE ? 1e-5 : 1e-2;
-        int64_t differ = 0, far = 0;
-        switch (dtype) {
-          case DT_FLOAT:
-            far = FarApart<float>(got, want, tolerance, &differ);
-            break;
-          case DT_DOUBLE:
-            far = FarApart<double>(got, want, tolerance, &differ);
-            break;
-          case DT_HALF:
-            far = FarApart<half>(got, want, tolerance, &differ);
-            break;
-          default:
-            far = FarApart<bfloat16>(got, want, tolerance, &differ);
-            break;
-        }
-        EXPECT_EQ(far, 0) << differ << " elements differ in some bit";
+        ExpectClose(dtype, got, want);
       }
     }
   }

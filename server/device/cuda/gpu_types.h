@@ -60,16 +60,60 @@ enum class ElemType : int {
 };
 
 // Bytes per element.
-size_t ElemSize(ElemType type);
+inline size_t ElemSize(ElemType type) {
+  switch (type) {
+    case ElemType::kDouble:
+    case ElemType::kInt64:
+      return 8;
+    case ElemType::kFloat:
+    case ElemType::kInt32:
+      return 4;
+    case ElemType::kHalf:
+    case ElemType::kBFloat16:
+    case ElemType::kInt16:
+      return 2;
+    case ElemType::kInt8:
+    case ElemType::kUint8:
+    case ElemType::kBool:
+      return 1;
+  }
+  return 0;
+}
+
 // "float32", "bfloat16", ...
-const char* ElemName(ElemType type);
-bool IsFloatingElem(ElemType type);
+inline const char* ElemName(ElemType type) {
+  switch (type) {
+    case ElemType::kFloat:
+      return "float32";
+    case ElemType::kDouble:
+      return "float64";
+    case ElemType::kHalf:
+      return "float16";
+    case ElemType::kBFloat16:
+      return "bfloat16";
+    case ElemType::kInt8:
+      return "int8";
+    case ElemType::kInt16:
+      return "int16";
+    case ElemType::kInt32:
+      return "int32";
+    case ElemType::kInt64:
+      return "int64";
+    case ElemType::kUint8:
+      return "uint8";
+    case ElemType::kBool:
+      return "bool";
+  }
+  return "unknown";
+}
 
 // dst = src, dst + src, dst - src. Integers wrap (two's complement);
 // float16/bfloat16 compute in float and round to nearest even.
 enum class UpdateOp : int { kAssign, kAdd, kSub };
 
-// TensorFlow's training ops, in the order of psd::OptimizerKind.
+// TensorFlow's training ops (psd::OptimizerKind is this type). Each kind
+// updates the variable and a fixed number of slot buffers of the same size
+// and dtype, in the order of the training op's arguments.
 enum class Optimizer : int {
   kGradientDescent,  // no slots
   kMomentum,         // accum
@@ -80,7 +124,23 @@ enum class Optimizer : int {
   kFtrl,             // accum, linear
 };
 constexpr int kMaxOptimizerSlots = 3;
-int OptimizerSlots(Optimizer kind);
+// Slot buffers `kind` updates.
+inline int OptimizerSlots(Optimizer kind) {
+  switch (kind) {
+    case Optimizer::kGradientDescent:
+      return 0;
+    case Optimizer::kMomentum:
+    case Optimizer::kAdagrad:
+      return 1;
+    case Optimizer::kAdam:
+    case Optimizer::kRMSProp:
+    case Optimizer::kFtrl:
+      return 2;
+    case Optimizer::kCenteredRMSProp:
+      return 3;
+  }
+  return 0;
+}
 
 // One step's hyper-parameters in the compute type C (double for float64,
 // float otherwise), including the derived constants, computed by the caller

@@ -105,39 +105,51 @@ __global__ void FillKernel(W* dst, W value, int64_t n) {
 
 }  // namespace
 
+namespace {
+
+// Calls fn(T{}, std::integral_constant<int, op>{}) for the element type and
+// op; bool has no arithmetic.
+template <typename Fn>
+cudaError_t DispatchUpdate(ElemType type, UpdateOp op, Fn&& fn) {
+  return DispatchElem(type, [&](auto t) {
+    return DispatchOp(op, [&](auto k) -> cudaError_t {
+      if constexpr (std::is_same_v<decltype(t), Bool> && decltype(k)::value != 0) {
+        return cudaErrorInvalidValue;
+      } else {
+        return fn(t, k);
+      }
+    });
+  });
+}
+
+template <typename T>
+T FromBitsOf(uint64_t bits) {
+  T value;
+  memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+}  // namespace
+
 cudaError_t LaunchDense(ElemType type, UpdateOp op, void* dst, const void* src, int64_t n,
                         cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  return DispatchElem(type, [&](auto t) {
+  return DispatchUpdate(type, op, [&](auto t, auto k) {
     using T = decltype(t);
-    return DispatchOp(op, [&](auto k) {
-      if constexpr (std::is_same_v<T, Bool> && decltype(k)::value != 0) {
-        return cudaErrorInvalidValue;  // bool has no arithmetic
-      } else {
-        DenseKernel<decltype(k)::value><<<BlocksFor(n), kThreads, 0, stream>>>(
-            static_cast<T*>(dst), static_cast<const T*>(src), n);
-        return cudaGetLastError();
-      }
-    });
+    DenseKernel<decltype(k)::value><<<BlocksFor(n), kThreads, 0, stream>>>(
+        static_cast<T*>(dst), static_cast<const T*>(src), n);
+    return cudaGetLastError();
   });
 }
 
 cudaError_t LaunchDenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t value_bits, int64_t n,
                               cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  return DispatchElem(type, [&](auto t) {
+  return DispatchUpdate(type, op, [&](auto t, auto k) {
     using T = decltype(t);
-    T value;
-    memcpy(&value, &value_bits, sizeof(T));
-    return DispatchOp(op, [&](auto k) {
-      if constexpr (std::is_same_v<T, Bool> && decltype(k)::value != 0) {
-        return cudaErrorInvalidValue;
-      } else {
-        DenseScalarKernel<decltype(k)::value>
-            <<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(dst), value, n);
-        return cudaGetLastError();
-      }
-    });
+    DenseScalarKernel<decltype(k)::value>
+        <<<BlocksFor(n), kThreads, 0, stream>>>(static_cast<T*>(dst), FromBitsOf<T>(value_bits), n);
+    return cudaGetLastError();
   });
 }
 
@@ -145,20 +157,12 @@ cudaError_t LaunchScatter(ElemType type, UpdateOp op, void* dst, int64_t row_ele
                           const int64_t* indices, int64_t count, const void* updates,
                           uint64_t value_bits, cudaStream_t stream) {
   if (count <= 0 || row_elements <= 0) return cudaSuccess;
-  return DispatchElem(type, [&](auto t) {
+  return DispatchUpdate(type, op, [&](auto t, auto k) {
     using T = decltype(t);
-    T value;
-    memcpy(&value, &value_bits, sizeof(T));
-    return DispatchOp(op, [&](auto k) {
-      if constexpr (std::is_same_v<T, Bool> && decltype(k)::value != 0) {
-        return cudaErrorInvalidValue;
-      } else {
-        ScatterKernel<decltype(k)::value><<<BlocksFor(count * row_elements), kThreads, 0, stream>>>(
-            static_cast<T*>(dst), row_elements, indices, count, static_cast<const T*>(updates),
-            value);
-        return cudaGetLastError();
-      }
-    });
+    ScatterKernel<decltype(k)::value><<<BlocksFor(count * row_elements), kThreads, 0, stream>>>(
+        static_cast<T*>(dst), row_elements, indices, count, static_cast<const T*>(updates),
+        FromBitsOf<T>(value_bits));
+    return cudaGetLastError();
   });
 }
 
