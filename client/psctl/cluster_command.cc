@@ -1,8 +1,9 @@
-// `psctl status` and `psctl vars list|show|get`: the coordinator's view of
-// the cluster and its variables. status, list and show ask the coordinator
-// (and, for show, each part's shard) without opening a session; get reads
-// the value through a short-lived client session, which concatenates a
-// partitioned variable's parts.
+// `psctl status`, `psctl vars list|show|get` and `psctl shutdown`: the
+// coordinator's view of the cluster and its variables, and stopping it.
+// status, list and show ask the coordinator (and, for show, each part's
+// shard) without opening a session; get reads the value through a
+// short-lived client session, which concatenates a partitioned variable's
+// parts; shutdown asks the coordinator to stop the cluster.
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -12,6 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "commands.h"
 #include "grpcpp/grpcpp.h"
 #include "output.h"
@@ -35,11 +38,11 @@ template <typename Req, typename Resp>
 absl::Status Call(const Context& ctx,
                   grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
                                                                  Resp*),
-                  const Req& req, Resp* resp) {
+                  const Req& req, Resp* resp, absl::Duration timeout = absl::Seconds(10)) {
   auto stub = Stub(ctx);
   if (!stub.ok()) return stub.status();
   grpc::ClientContext cctx;
-  cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  cctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   absl::Status s = psd::FromGrpcStatus(((**stub).*method)(&cctx, req, resp));
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
@@ -263,6 +266,32 @@ void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
               value->shape().ToString().c_str(), shown.c_str());
 }
 
+void RunShutdown(bool final_checkpoint, double timeout_seconds, Context* ctx) {
+  psd::ShutdownRequest req;
+  req.set_final_checkpoint(final_checkpoint);
+  psd::ShutdownResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::Shutdown, req, &resp,
+                        absl::Seconds(timeout_seconds));
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::vector<std::string> unreached;
+    for (const auto& u : resp.unreached_shards()) unreached.push_back(JsonString(u));
+    std::printf("{\"checkpoint\":%s,\"stopped_shards\":[%s],\"unreached_shards\":[%s]}\n",
+                JsonString(resp.checkpoint()).c_str(),
+                absl::StrJoin(resp.stopped_shards(), ",").c_str(),
+                absl::StrJoin(unreached, ",").c_str());
+    return;
+  }
+  std::string out;
+  if (!resp.checkpoint().empty()) absl::StrAppend(&out, "final checkpoint ", resp.checkpoint(), "\n");
+  absl::StrAppend(&out, "shards stopping: ",
+                  resp.stopped_shards().empty() ? "none" : absl::StrJoin(resp.stopped_shards(), ", "),
+                  "\n");
+  for (const auto& u : resp.unreached_shards()) absl::StrAppend(&out, "not reached: ", u, "\n");
+  absl::StrAppend(&out, "coordinator ", ctx->coordinator, " is draining and will exit\n");
+  std::fputs(out.c_str(), stdout);
+}
+
 }  // namespace
 
 void AddClusterCommands(CLI::App* app, Context* ctx) {
@@ -294,6 +323,22 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
   get->add_option("name", *get_name, "Full variable name")->required();
   get->add_option("--max-values", *max_values, "Values shown; -1 for all")->capture_default_str();
   get->callback([ctx, get_name, max_values] { RunGet(*get_name, *max_values, ctx); });
+
+  auto final_checkpoint = std::make_shared<bool>(false);
+  auto shutdown_timeout = std::make_shared<double>(600);
+  CLI::App* shutdown = app->add_subcommand(
+      "shutdown", "Drain and stop the cluster: every shard, then the coordinator (admin)");
+  shutdown->fallthrough();
+  shutdown->add_flag("--final-checkpoint", *final_checkpoint,
+                     "Save a checkpoint first (the coordinator's checkpoint directory); if it "
+                     "fails, nothing is stopped");
+  shutdown->add_option("--timeout", *shutdown_timeout,
+                       "Seconds to wait for the coordinator's answer (the final save included)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  shutdown->callback([ctx, final_checkpoint, shutdown_timeout] {
+    RunShutdown(*final_checkpoint, *shutdown_timeout, ctx);
+  });
 }
 
 }  // namespace psctl

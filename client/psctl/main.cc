@@ -31,6 +31,15 @@ int main(int argc, char** argv) {
                  "File with the bearer token (the token alone, or \"<role> <token>\" lines)");
   psctl::AddCkptCommands(&app, &ctx);
   psctl::AddClusterCommands(&app, &ctx);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors too end in one line naming what is wrong.
+    std::fprintf(stderr, "psctl: usage: %s (see psctl --help)\n",
+                 absl::StrReplaceAll(e.what(), {{"\n", " "}}).c_str());
+    return 2;
+  }
   return ctx.exit_code;
 }

@@ -432,29 +432,54 @@ grpc::ServerUnaryReactor* CoordinatorService::ListShards(grpc::CallbackServerCon
                                                          const ListShardsRequest* request,
                                                          ListShardsResponse* response) {
   return Serve(ctx, [&] {
-    const auto placement = registry_->Placement();
-    response->set_num_variables(static_cast<int64_t>(registry_->num_variables()));
-    response->set_num_sessions(static_cast<int64_t>(registry_->num_sessions()));
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
-    for (const auto& [id, e] : shards_) {
-      ShardStatus* s = response->add_shards();
-      s->set_shard_id(id);
-      s->set_address(e.address);
-      s->set_incarnation(e.incarnation);
-      s->set_device(e.device);
-      s->set_live(now - e.last_seen <= options_.liveness_timeout);
-      s->set_memory_limit_bytes(e.memory_limit);
-      s->set_memory_used_bytes(e.memory_used);
-      s->set_num_variables(e.num_variables);
-      if (auto p = placement.find(id); p != placement.end()) {
-        s->set_placed_parts(p->second.parts);
-        s->set_placed_bytes(p->second.bytes);
-      }
-      s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
-      s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
-    }
+    *response = ShardStatuses();
     return absl::OkStatus();
+  });
+}
+
+ListShardsResponse CoordinatorService::ShardStatuses() const {
+  ListShardsResponse response;
+  const auto placement = registry_->Placement();
+  response.set_num_variables(static_cast<int64_t>(registry_->num_variables()));
+  response.set_num_sessions(static_cast<int64_t>(registry_->num_sessions()));
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  for (const auto& [id, e] : shards_) {
+    ShardStatus* s = response.add_shards();
+    s->set_shard_id(id);
+    s->set_address(e.address);
+    s->set_incarnation(e.incarnation);
+    s->set_device(e.device);
+    s->set_live(now - e.last_seen <= options_.liveness_timeout);
+    s->set_memory_limit_bytes(e.memory_limit);
+    s->set_memory_used_bytes(e.memory_used);
+    s->set_num_variables(e.num_variables);
+    if (auto p = placement.find(id); p != placement.end()) {
+      s->set_placed_parts(p->second.parts);
+      s->set_placed_bytes(p->second.bytes);
+    }
+    s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
+    s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
+  }
+  return response;
+}
+
+void CoordinatorService::SetShutdownHandler(ShutdownHandler handler) {
+  absl::MutexLock lock(&mu_);
+  on_shutdown_ = std::move(handler);
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Shutdown(grpc::CallbackServerContext* ctx,
+                                                       const ShutdownRequest* request,
+                                                       ShutdownResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    ShutdownHandler handler;
+    {
+      absl::MutexLock lock(&mu_);
+      handler = on_shutdown_;
+    }
+    if (!handler) return absl::UnimplementedError("shutdown: this coordinator cannot stop itself");
+    return handler(*request, response);
   });
 }
 

@@ -114,6 +114,21 @@ class CoordinatorService final : public Coordinator::CallbackService {
                                    const CheckpointPolicyRequest* request,
                                    CheckpointPolicyResponse* response) override;
 
+  // psctl shutdown: handled by the process (runtime/coordinator_server.cc),
+  // which owns the final save and the stop; UNIMPLEMENTED until it sets
+  // a handler.
+  grpc::ServerUnaryReactor* Shutdown(grpc::CallbackServerContext* ctx,
+                                     const ShutdownRequest* request,
+                                     ShutdownResponse* response) override;
+  using ShutdownHandler =
+      std::function<absl::Status(const ShutdownRequest& request, ShutdownResponse* response)>;
+  // Set before serving; called on the RPC's thread and may block.
+  void SetShutdownHandler(ShutdownHandler handler) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // What ListShards answers: every registered shard as the coordinator sees
+  // it now (liveness, placement, lost parts), for the RPC and for metrics.
+  ListShardsResponse ShardStatuses() const ABSL_LOCKS_EXCLUDED(mu_);
+
   CheckpointManager* checkpoints() { return checkpoints_.get(); }
 
   // Shards live now.
@@ -179,6 +194,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
   std::set<std::string> uncreated_parts_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
+  ShutdownHandler on_shutdown_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace psd

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 
 namespace psd {
@@ -68,7 +70,24 @@ Family<Histogram>* MetricsRegistry::HistogramFamily(const std::string& name,
 void MetricsRegistry::CallbackGauge(const std::string& name, const std::string& help,
                                     std::function<double()> value) {
   absl::MutexLock lock(&mu_);
-  callbacks_.push_back({name, help, std::move(value)});
+  callbacks_.push_back({name, help, "gauge", {}, [value = std::move(value)] {
+                          return Samples{{{}, value()}};
+                        }});
+}
+
+void MetricsRegistry::CallbackCounter(const std::string& name, const std::string& help,
+                                      std::function<double()> value) {
+  absl::MutexLock lock(&mu_);
+  callbacks_.push_back({name, help, "counter", {}, [value = std::move(value)] {
+                          return Samples{{{}, value()}};
+                        }});
+}
+
+void MetricsRegistry::CallbackGaugeFamily(const std::string& name, const std::string& help,
+                                          std::vector<std::string> labels,
+                                          std::function<Samples()> collect) {
+  absl::MutexLock lock(&mu_);
+  callbacks_.push_back({name, help, "gauge", std::move(labels), std::move(collect)});
 }
 
 namespace {
@@ -76,7 +95,14 @@ namespace {
 std::string Number(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   if (std::isnan(v)) return "NaN";
-  return absl::StrCat(v);
+  // Byte counts and timestamps need every digit (StrCat keeps six).
+  if (v == std::trunc(v) && std::fabs(v) < 9007199254740992.0) {
+    return absl::StrCat(static_cast<int64_t>(v));
+  }
+  // The shortest of 15 or 17 digits that reads back as the same double.
+  std::string text = absl::StrFormat("%.15g", v);
+  if (std::strtod(text.c_str(), nullptr) != v) text = absl::StrFormat("%.17g", v);
+  return text;
 }
 
 std::string Escape(const std::string& v) {
@@ -117,8 +143,10 @@ std::string MetricsRegistry::Render() const {
     });
   }
   for (const auto& c : callbacks_) {
-    Head(&out, c.name, c.help, "gauge");
-    absl::StrAppend(&out, c.name, " ", Number(c.value()), "\n");
+    Head(&out, c.name, c.help, c.type);
+    for (const auto& [values, value] : c.collect()) {
+      absl::StrAppend(&out, c.name, Labels(c.labels, values), " ", Number(value), "\n");
+    }
   }
   for (const auto& f : histograms_) {
     Head(&out, f->name(), f->help(), "histogram");

@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -119,6 +120,14 @@ class MetricsRegistry {
   // A gauge without labels whose value is computed at each scrape.
   void CallbackGauge(const std::string& name, const std::string& help,
                      std::function<double()> value);
+  // The same for a value that only grows (rendered as a counter).
+  void CallbackCounter(const std::string& name, const std::string& help,
+                       std::function<double()> value);
+  // A gauge family whose series are computed at each scrape: `collect`
+  // returns one (label values, value) pair per series, e.g. one per shard.
+  using Samples = std::vector<std::pair<std::vector<std::string>, double>>;
+  void CallbackGaugeFamily(const std::string& name, const std::string& help,
+                           std::vector<std::string> labels, std::function<Samples()> collect);
 
   // The Prometheus text format (version 0.0.4) of every metric.
   std::string Render() const;
@@ -126,7 +135,9 @@ class MetricsRegistry {
  private:
   struct CallbackMetric {
     std::string name, help;
-    std::function<double()> value;
+    const char* type;  // "gauge" or "counter"
+    std::vector<std::string> labels;
+    std::function<Samples()> collect;
   };
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Family<Counter>>> counters_ ABSL_GUARDED_BY(mu_);

@@ -1,21 +1,49 @@
 // RpcMetrics: per-method RPC counts (by status code), latency histograms and
 // bytes in and out for every gRPC service of a server, gathered by a server
-// interceptor so services need no instrumentation of their own.
+// interceptor so services need no instrumentation of their own. The same
+// interceptor writes the access log: at debug level, one line per RPC with
+// its method, peer, status code, duration and bytes each way, as key=value
+// pairs. Response watchers let a process derive metrics from what one
+// method answers (a shard's Unfence reports how long writes were held)
+// without touching the service.
 //
-// Thread-safety: thread-safe; the families live in the registry.
+// Thread-safety: thread-safe; the families live in the registry, the
+// watchers are fixed at construction.
 #ifndef PSD_SERVER_OBSERVABILITY_RPC_METRICS_H_
 #define PSD_SERVER_OBSERVABILITY_RPC_METRICS_H_
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <string>
 
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "observability/metrics.h"
 
 namespace psd {
 
+// Called with each response message of one method, serialized; runs on the
+// RPC's thread, so it must be cheap.
+using ResponseWatcher = std::function<void(const grpc::ByteBuffer& response)>;
+
+// A watcher that parses the response as `Response` first.
+template <typename Response>
+ResponseWatcher WatchResponse(std::function<void(const Response&)> fn) {
+  return [fn = std::move(fn)](const grpc::ByteBuffer& buffer) {
+    grpc::ByteBuffer copy(buffer);  // parsing consumes the buffer; the copy shares its slices
+    grpc::ProtoBufferReader reader(&copy);
+    Response response;
+    if (response.ParseFromZeroCopyStream(&reader)) fn(response);
+  };
+}
+
 class RpcMetrics {
  public:
-  explicit RpcMetrics(MetricsRegistry* registry);
+  // `watchers` by method ("psd.Shard/Unfence", without the leading '/').
+  explicit RpcMetrics(MetricsRegistry* registry,
+                      std::map<std::string, ResponseWatcher> watchers = {});
 
   // Pass to ServerBuilder::experimental().SetInterceptorCreators().
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewInterceptorFactory();
@@ -26,6 +54,7 @@ class RpcMetrics {
   Family<Histogram>* const latency_;
   Counter* const bytes_in_;
   Counter* const bytes_out_;
+  const std::map<std::string, ResponseWatcher> watchers_;
 };
 
 }  // namespace psd

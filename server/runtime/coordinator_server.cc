@@ -1,10 +1,14 @@
 #include "runtime/coordinator_server.h"
 
+#include <algorithm>
+#include <future>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "boost/asio/io_context.hpp"
+#include "boost/asio/post.hpp"
 #include "boost/asio/signal_set.hpp"
 #include "coordinator/coordinator_service.h"
 #include "coordinator/registry.h"
@@ -12,10 +16,35 @@
 #include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "runtime/checkpoint_scheduler.h"
+#include "runtime/coordinator_metrics.h"
 #include "runtime/serving.h"
+#include "runtime/shard_stopper.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
+
+namespace {
+
+// The final save of psctl shutdown --final-checkpoint: into the configured
+// directory, named by the global step when one is configured (as the final
+// save on SIGTERM). Returns the checkpoint's prefix.
+absl::StatusOr<std::string> FinalCheckpoint(CheckpointManager* manager,
+                                            const CheckpointConfig& ckpt) {
+  if (ckpt.dir.empty()) {
+    return absl::FailedPreconditionError(
+        "no checkpoint directory is configured (checkpoint.dir / --checkpoint-dir)");
+  }
+  SaveCheckpointRequest request;
+  if (!ckpt.global_step.empty()) {
+    // Not created yet: the save is still worth having, unnumbered.
+    auto step = manager->ReadIntScalar(ckpt.global_step);
+    if (step.ok()) request.set_global_step(*step);
+  }
+  PSD_ASSIGN_OR_RETURN(SaveCheckpointResponse saved, manager->Save(request));
+  return saved.prefix();
+}
+
+}  // namespace
 
 absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   const CoordinatorConfig& config = options.coordinator;
@@ -30,6 +59,8 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                registry->num_variables(), registry->num_sessions(),
                config.state_dir.empty() ? "<memory>" : config.state_dir);
 
+  MetricsRegistry metrics;
+  CheckpointMetrics checkpoint_metrics(&metrics);
   CoordinatorServiceOptions service_options;
   service_options.heartbeat_interval = absl::Seconds(options.heartbeat_interval_seconds);
   service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
@@ -40,6 +71,12 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   service_options.checkpoint.policy.keep_checkpoint_every_n_hours =
       options.checkpoint.keep_checkpoint_every_n_hours;
   service_options.checkpoint.rpc_timeout = service_options.shard_rpc_timeout;
+  service_options.checkpoint.on_save = [&checkpoint_metrics](const auto& result) {
+    checkpoint_metrics.OnSave(result);
+  };
+  service_options.checkpoint.on_restore = [&checkpoint_metrics](const auto& result) {
+    checkpoint_metrics.OnRestore(result);
+  };
   if (!config.state_dir.empty() && !options.checkpoint.dir.empty()) {
     service_options.checkpoint.policy_file = config.state_dir + "/checkpoint_policy.pb";
   }
@@ -56,6 +93,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   if (!shard_credentials.ok()) return shard_credentials.status();
   service_options.shard_credentials = *shard_credentials;
   CoordinatorService service(registry.get(), service_options);
+  AddClusterMetrics(&metrics, &service);
   if (!options.checkpoint.dir.empty()) {
     const int removed = service.checkpoints()->CleanUpTempFiles();
     spdlog::info("coordinator: checkpoints in {} (max_to_keep {}, keep every {} h); {} leftover "
@@ -83,7 +121,6 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   boost::asio::io_context io;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
 
-  MetricsRegistry metrics;
   ServingOptions serving;
   serving.listen = config.listen;
   serving.max_message_bytes = options.max_message_bytes;
@@ -97,15 +134,20 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                                               "coordinator"));
   grpc::Server* server = endpoint->server();
   const int port = endpoint->port();
-  spdlog::info("coordinator listening on {} (port {}), state dir {}", config.listen, port,
+  spdlog::info("coordinator listening on {} (port {}; /metrics at {}), state dir {}",
+               config.listen, port,
+               endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
                config.state_dir.empty() ? "<none>" : config.state_dir);
 
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (ec) return;
-    spdlog::info("coordinator: signal {} received, draining (up to {} s)", signo,
-                 options.drain_timeout_seconds);
+  // The stop, on the io thread: after a signal, or after psctl shutdown
+  // (which has told the shards already). At most once.
+  bool stopping = false;
+  auto stop = [&](const std::string& why, bool final_save) {
+    if (stopping) return;
+    stopping = true;
+    spdlog::info("coordinator: {}, draining (up to {} s)", why, options.drain_timeout_seconds);
     scheduler.Stop();
-    if (ckpt.save_on_shutdown) {
+    if (final_save) {
       // Before the drain, so the shards' heartbeats still keep them live.
       absl::Status saved = scheduler.FinalSave();
       if (!saved.ok()) spdlog::error("coordinator: final save failed: {}", saved.ToString());
@@ -117,11 +159,53 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                    options.drain_timeout_seconds);
     }
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  };
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (!ec) stop(absl::StrCat("signal ", signo, " received"), ckpt.save_on_shutdown);
   });
+
+  // psctl shutdown. The handler blocks its RPC thread while the io thread
+  // saves and stops the shards, so a shutdown never races a signal's stop.
+  ShardStopper stopper(*shard_credentials,
+                       absl::Seconds(std::min(10.0, options.shard_rpc_timeout_seconds)));
+  service.SetShutdownHandler([&](const ShutdownRequest& request, ShutdownResponse* response) {
+    std::promise<absl::Status> done;
+    std::future<absl::Status> result = done.get_future();
+    boost::asio::post(io, [&] {
+      if (stopping) {
+        done.set_value(absl::FailedPreconditionError("the coordinator is already stopping"));
+        return;
+      }
+      // An empty registry has nothing to save: stopping needs no checkpoint.
+      if (request.final_checkpoint() && service.ShardStatuses().num_variables() > 0) {
+        auto saved = FinalCheckpoint(service.checkpoints(), ckpt);
+        if (!saved.ok()) {
+          done.set_value(absl::Status(
+              saved.status().code(),
+              absl::StrCat("shutdown cancelled, nothing stopped: final checkpoint failed: ",
+                           saved.status().message())));
+          return;
+        }
+        response->set_checkpoint(*saved);
+      }
+      stopper.StopAll(service.ShardStatuses(), response);
+      spdlog::info("coordinator: shutdown requested; final checkpoint {}; shards stopped: {}; "
+                   "not reached: {}",
+                   response->checkpoint().empty() ? "none" : response->checkpoint(),
+                   absl::StrJoin(response->stopped_shards(), ", "),
+                   absl::StrJoin(response->unreached_shards(), "; "));
+      done.set_value(absl::OkStatus());
+      // Queued behind this job; its drain waits for this RPC to finish.
+      boost::asio::post(io, [&] { stop("shutdown requested", /*final_save=*/false); });
+    });
+    return result.get();
+  });
+
   std::thread io_thread([&io] { io.run(); });
   server->Wait();
   scheduler.Stop();
   service.SetLostPartsHandler(nullptr);
+  service.SetShutdownHandler(nullptr);
   io.stop();
   io_thread.join();
   spdlog::info("coordinator: drained, exiting");

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "observability/process_metrics.h"
 
 namespace psd {
 
@@ -27,7 +28,8 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     const ServingOptions& options, const std::vector<grpc::Service*>& services,
     MetricsRegistry* metrics, std::function<bool()> ready, const std::string& who) {
   std::unique_ptr<ServingEndpoint> endpoint(new ServingEndpoint());
-  endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics);
+  endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics, options.response_watchers);
+  AddProcessMetrics(metrics);
   auto credentials = MakeServerCredentials(options.security, options.listen, who);
   if (!credentials.ok()) return credentials.status();
 
@@ -63,9 +65,19 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     if (!s.ok()) return fail(s);
   }
   if (!options.http_listen.empty()) {
-    auto http = HttpServer::Start(options.http_listen, metrics, std::move(ready));
-    if (!http.ok()) return fail(http.status());
+    HttpServerOptions http_options;
+    http_options.listen = options.http_listen;
+    http_options.tls_cert = options.security.tls_cert;
+    http_options.tls_key = options.security.tls_key;
+    auto http = HttpServer::Start(http_options, metrics, std::move(ready));
+    if (!http.ok()) {
+      return fail(absl::Status(http.status().code(), absl::StrCat(who, ": ", http.status().message())));
+    }
     endpoint->http_ = std::move(http).value();
+    endpoint->http_url_ =
+        absl::StrCat(http_options.tls() ? "https://" : "http://",
+                     options.http_listen.substr(0, options.http_listen.rfind(':')), ":",
+                     endpoint->http_->port());
     if (!options.http_port_file.empty()) {
       absl::Status s = WritePortFile(options.http_port_file, endpoint->http_->port());
       if (!s.ok()) return fail(s);

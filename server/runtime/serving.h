@@ -1,13 +1,15 @@
 // Serving: what every psd server process sets up around its gRPC services,
 // in one place: the gRPC server with psd's settings (SO_REUSEPORT off so a
 // second server on a port fails loudly, configured message limits, gRPC
-// health checking and reflection, per-RPC metrics), the port file for
-// launchers and tests, and the loopback HTTP endpoint for /metrics,
-// /healthz and /readyz.
+// health checking and reflection, per-RPC metrics and the access log), the
+// port file for launchers and tests, and the HTTP endpoint for /metrics,
+// /healthz and /readyz: HTTPS with the server's own certificate when TLS is
+// configured, otherwise plain HTTP on loopback only.
 #ifndef PSD_SERVER_RUNTIME_SERVING_H_
 #define PSD_SERVER_RUNTIME_SERVING_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,9 +27,13 @@ struct ServingOptions {
   std::string listen;  // HOST:PORT; port 0 picks a free one
   int max_message_bytes = 512 << 20;
   std::string port_file;       // the gRPC port is written here after binding
-  std::string http_listen;     // loopback HOST:PORT; empty: no HTTP endpoint
+  // HOST:PORT of /metrics, /healthz, /readyz; empty: none. Loopback only
+  // unless `security` has a certificate (then HTTPS, any address).
+  std::string http_listen;
   std::string http_port_file;  // the HTTP port is written here after binding
   ServerSecurity security;     // TLS and tokens (runtime/auth.h); default: plaintext, no tokens
+  // Metrics derived from one method's responses (rpc_metrics.h), by method.
+  std::map<std::string, ResponseWatcher> response_watchers;
 };
 
 class ServingEndpoint {
@@ -42,6 +48,8 @@ class ServingEndpoint {
   grpc::Server* server() { return server_.get(); }
   int port() const { return port_; }
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }
+  // "http://127.0.0.1:PORT" or "https://HOST:PORT"; "" without the endpoint.
+  std::string http_url() const { return http_url_; }
 
  private:
   ServingEndpoint() = default;
@@ -49,6 +57,7 @@ class ServingEndpoint {
   std::unique_ptr<RpcMetrics> rpc_metrics_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;
+  std::string http_url_;
   int port_ = 0;
 };
 

@@ -6,12 +6,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "boost/asio/io_context.hpp"
+#include "boost/asio/post.hpp"
 #include "boost/asio/signal_set.hpp"
 #include "device/device.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "runtime/coordinator_link.h"
 #include "runtime/serving.h"
+#include "runtime/shard_control.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
@@ -23,6 +25,42 @@ namespace {
 uint64_t NewIncarnation() {
   std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+// What the shard's own state shows at each scrape: variables, bytes and the
+// byte budget, and whether writes are fenced now.
+void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
+  metrics->CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
+                         [&store] { return static_cast<double>(store.num_variables()); });
+  metrics->CallbackGauge("psd_shard_memory_used_bytes",
+                         "Bytes of variables (and staged writes) accounted against the limit",
+                         [&store] { return static_cast<double>(store.memory().used()); });
+  metrics->CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
+                         [&store] { return static_cast<double>(store.memory().limit()); });
+  metrics->CallbackGauge("psd_shard_fenced", "1 while a checkpoint fence holds writes",
+                         [&store] { return store.gate().fenced() ? 1.0 : 0.0; });
+  metrics->CallbackCounter("psd_shard_fence_lease_expiries_total",
+                           "Fences lifted by their lease because the coordinator went quiet",
+                           [&store] { return static_cast<double>(store.gate().lease_expiries()); });
+}
+
+// Fence pauses as the shard reports them to the coordinator: each Unfence
+// answer says how long writes were held and how many waited.
+std::map<std::string, ResponseWatcher> FenceWatchers(MetricsRegistry* metrics) {
+  Histogram* paused = metrics
+                          ->HistogramFamily("psd_shard_fence_pause_seconds",
+                                            "How long a checkpoint fence held writes", {},
+                                            LatencyBuckets())
+                          ->Get({});
+  Counter* held = metrics
+                      ->CounterFamily("psd_shard_fence_held_writes_total",
+                                      "Writes that waited for a checkpoint fence to lift")
+                      ->Get({});
+  return {{"psd.Shard/Unfence",
+           WatchResponse<UnfenceResponse>([paused, held](const UnfenceResponse& r) {
+             paused->Observe(static_cast<double>(r.fenced_micros()) * 1e-6);
+             held->Increment(static_cast<double>(r.held_writes()));
+           })}};
 }
 
 }  // namespace
@@ -46,12 +84,14 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
 
   MetricsRegistry metrics;
-  metrics.CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
-                        [&store] { return static_cast<double>(store.num_variables()); });
-  metrics.CallbackGauge("psd_shard_memory_used_bytes", "Bytes accounted against the limit",
-                        [&store] { return static_cast<double>(store.memory().used()); });
-  metrics.CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
-                        [&store] { return static_cast<double>(store.memory().limit()); });
+  AddShardMetrics(&metrics, store);
+
+  // Set once the stop begins (signal or ShardControl.Stop); then runs on
+  // the io thread. Declared before the control service that calls it.
+  std::function<void(const std::string&)> stop;
+  ShardControlService control([&io, &stop](const std::string& reason) {
+    boost::asio::post(io, [&stop, reason] { stop(reason); });
+  });
 
   ServingOptions serving;
   serving.listen = config.listen;
@@ -60,9 +100,10 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   serving.http_listen = options.http_listen;
   serving.http_port_file = options.http_port_file;
   serving.security = options.security;
+  serving.response_watchers = FenceWatchers(&metrics);
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<ServingEndpoint> endpoint,
-      ServingEndpoint::Start(serving, {&service}, &metrics,
+      ServingEndpoint::Start(serving, {&service, &control}, &metrics,
                              // Not ready while draining, or once the device failed (a CUDA
                              // error): its variables can no longer be trusted.
                              [&service, &device] {
@@ -71,9 +112,11 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                              absl::StrCat("shard ", config.id)));
   grpc::Server* server = endpoint->server();
   const int port = endpoint->port();
-  spdlog::info("shard {} listening on {} (port {}; /metrics on 127.0.0.1:{}), device {}, "
+  spdlog::info("shard {} listening on {} (port {}; /metrics at {}), device {}, "
                "memory limit {}, incarnation {:016x}",
-               config.id, config.listen, port, endpoint->http_port(), device->name(),
+               config.id, config.listen, port,
+               endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
+               device->name(),
                config.memory_limit > 0 ? std::to_string(config.memory_limit) + " bytes" : "none",
                incarnation);
 
@@ -93,10 +136,12 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
     link->Start();
   }
 
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (ec) return;
+  bool stopping = false;  // touched on the io thread only
+  stop = [&](const std::string& why) {
+    if (stopping) return;
+    stopping = true;
     if (link != nullptr) link->Stop();
-    spdlog::info("shard {}: signal {} received, draining (up to {} s)", config.id, signo,
+    spdlog::info("shard {}: {}, draining (up to {} s)", config.id, why,
                  options.drain_timeout_seconds);
     server->GetHealthCheckService()->SetServingStatus(false);
     // New calls are refused with UNAVAILABLE from here on; the ones already
@@ -110,6 +155,9 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                    options.drain_timeout_seconds);
     }
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  };
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (!ec) stop(absl::StrCat("signal ", signo, " received"));
   });
   std::thread io_thread([&io] { io.run(); });
   server->Wait();

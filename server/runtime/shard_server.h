@@ -1,6 +1,7 @@
 // Runs one `psd shard` process: builds the device and variable store, serves
-// the Shard service (plus gRPC health checking and reflection) until SIGINT
-// or SIGTERM, then drains: stops accepting calls, lets in-flight calls
+// the Shard and ShardControl services (plus gRPC health checking and
+// reflection) until SIGINT, SIGTERM or ShardControl.Stop (the coordinator's
+// `psctl shutdown`), then drains: stops accepting calls, lets in-flight calls
 // finish (bounded by the drain timeout), and returns.
 #ifndef PSD_SERVER_RUNTIME_SHARD_SERVER_H_
 #define PSD_SERVER_RUNTIME_SHARD_SERVER_H_
