@@ -1,6 +1,8 @@
 #include "shard/shard_service.h"
 
 #include <new>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "psd/grpc_status.h"
@@ -16,23 +18,51 @@ absl::Status ShardService::Admit() {
 }
 
 template <typename Op>
+absl::Status ShardService::RunGuarded(Op& op) {
+  // The store reports errors as statuses; the one exception that can still
+  // escape it is a failed host allocation (a std::vector or response
+  // buffer), which must not cross the RPC boundary.
+  try {
+    return op();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shard ", shard_id_, ": out of host memory serving the request"));
+  }
+}
+
+template <typename Op>
 grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, Op&& op) {
   absl::Status status = Admit();
-  if (status.ok()) {
-    // The store reports errors as statuses; the one exception that can still
-    // escape it is a failed host allocation (a std::vector or response
-    // buffer), which must not cross the RPC boundary.
-    try {
-      status = op();
-    } catch (const std::bad_alloc&) {
-      status = absl::ResourceExhaustedError(
-          absl::StrCat("shard ", shard_id_, ": out of host memory serving the request"));
-    }
-  }
+  if (status.ok()) status = RunGuarded(op);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   Release();
   return reactor;
+}
+
+grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx,
+                                                   std::function<absl::Status()> op) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::Status status = Admit();
+  if (!status.ok()) {
+    reactor->Finish(ToGrpcStatus(status));
+    Release();
+    return reactor;
+  }
+  RunWrite(reactor, std::move(op));
+  return reactor;
+}
+
+void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> op) {
+  absl::Status status;
+  {
+    WriteGate::Admission admission =
+        store_->mutable_gate()->TryAdmit([this, reactor, op] { RunWrite(reactor, op); });
+    if (!admission) return;  // held by a fence; the gate runs it again once it lifts
+    status = RunGuarded(op);
+  }
+  reactor->Finish(ToGrpcStatus(status));
+  Release();
 }
 
 bool ShardService::WaitForIdle(absl::Time deadline) const {
@@ -87,7 +117,7 @@ grpc::ServerUnaryReactor* ShardService::ListVariables(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ShardService::InitializeVariables(
     grpc::CallbackServerContext* ctx, const InitializeVariablesRequest* request,
     InitializeVariablesResponse* response) {
-  return Serve(ctx, [&] { return store_->Initialize(*request); });
+  return ServeWrite(ctx, [this, request] { return store_->Initialize(*request); });
 }
 
 grpc::ServerUnaryReactor* ShardService::ReportUninitialized(
@@ -110,31 +140,31 @@ grpc::ServerUnaryReactor* ShardService::Gather(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* ShardService::Assign(grpc::CallbackServerContext* ctx,
                                                const AssignRequest* request,
                                                AssignResponse* response) {
-  return Serve(ctx, [&] { return store_->Assign(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return store_->Assign(*request, response); });
 }
 
 grpc::ServerUnaryReactor* ShardService::Scatter(grpc::CallbackServerContext* ctx,
                                                 const ScatterRequest* request,
                                                 ScatterResponse* response) {
-  return Serve(ctx, [&] { return store_->Scatter(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return store_->Scatter(*request, response); });
 }
 
 grpc::ServerUnaryReactor* ShardService::CountUpTo(grpc::CallbackServerContext* ctx,
                                                   const CountUpToRequest* request,
                                                   CountUpToResponse* response) {
-  return Serve(ctx, [&] { return store_->CountUpTo(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return store_->CountUpTo(*request, response); });
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplyDense(grpc::CallbackServerContext* ctx,
                                                    const ApplyDenseRequest* request,
                                                    ApplyDenseResponse* response) {
-  return Serve(ctx, [&] { return store_->ApplyDense(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return store_->ApplyDense(*request, response); });
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext* ctx,
                                                     const ApplySparseRequest* request,
                                                     ApplySparseResponse* response) {
-  return Serve(ctx, [&] { return store_->ApplySparse(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return store_->ApplySparse(*request, response); });
 }
 
 // Streams a variable's value in chunks; one chunk in flight at a time, its
@@ -212,7 +242,8 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamReq
       } else if (sink_ == nullptr) {
         status = absl::InvalidArgumentError("streamed assign without a header");
       } else {
-        status = sink_->Commit(response_);
+        Commit();
+        return;
       }
       sink_.reset();
       Finish(ToGrpcStatus(status));
@@ -250,6 +281,20 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamReq
   }
 
  private:
+  // The commit is a write: a fence holds it (without holding this thread),
+  // not the staging before it.
+  void Commit() {
+    absl::Status status;
+    {
+      WriteGate::Admission admission =
+          service_->store_->mutable_gate()->TryAdmit([this] { Commit(); });
+      if (!admission) return;
+      status = sink_->Commit(response_);
+      sink_.reset();
+    }
+    Finish(ToGrpcStatus(status));
+  }
+
   ShardService* const service_;
   grpc::CallbackServerContext* const ctx_;
   AssignResponse* const response_;
@@ -276,12 +321,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
       Finish(ToGrpcStatus(status));
       return;
     }
-    response_.Clear();
-    for (const BatchOp& op : request_.ops()) {
-      service_->store_->RunBatchOp(op, response_.add_results());
-    }
-    service_->Release();
-    StartWrite(&response_);
+    RunMessage();
   }
 
   void OnWriteDone(bool ok) override {
@@ -296,6 +336,31 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
   void OnDone() override { delete this; }
 
  private:
+  // Runs the message's ops in order. A message with a write is admitted by
+  // the write gate as a whole, so a fence holds it without holding this
+  // thread and its ops keep their order.
+  void RunMessage() {
+    std::optional<WriteGate::Admission> admission;
+    if (HasWrite(request_)) {
+      admission.emplace(service_->store_->mutable_gate()->TryAdmit([this] { RunMessage(); }));
+      if (!*admission) return;
+    }
+    response_.Clear();
+    for (const BatchOp& op : request_.ops()) {
+      service_->store_->RunBatchOp(op, response_.add_results());
+    }
+    admission.reset();
+    service_->Release();
+    StartWrite(&response_);
+  }
+
+  static bool HasWrite(const BatchRequest& request) {
+    for (const BatchOp& op : request.ops()) {
+      if (op.op_case() != BatchOp::kRead && op.op_case() != BatchOp::kGather) return true;
+    }
+    return false;
+  }
+
   ShardService* const service_;
   BatchRequest request_;
   BatchResponse response_;
@@ -343,7 +408,7 @@ grpc::ServerUnaryReactor* ShardService::PrepareRestore(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ShardService::FinishRestore(grpc::CallbackServerContext* ctx,
                                                       const FinishRestoreRequest* request,
                                                       FinishRestoreResponse* response) {
-  return Serve(ctx, [&] { return checkpointer_.FinishRestore(*request, response); });
+  return ServeWrite(ctx, [this, request, response] { return checkpointer_.FinishRestore(*request, response); });
 }
 
 }  // namespace psd

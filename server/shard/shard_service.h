@@ -7,6 +7,11 @@
 // once the calls already running have finished. The server's Shutdown() then
 // only has to close connections.
 //
+// Checkpoint fences: a write that arrives while a fence is up is parked in
+// the store's WriteGate and finished later from the gate's thread, so the
+// handler threads stay free for the coordinator's Unfence. A fence pause is
+// then as long as the coordinator needs, not as long as its lease.
+//
 // Thread-safety: thread-safe; the store does all synchronization. Handlers
 // run to completion without blocking on other RPCs and hold no lock across a
 // reactor callback.
@@ -15,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "absl/time/time.h"
 
@@ -110,6 +116,16 @@ class ShardService final : public Shard::CallbackService {
   // Runs `op` unless draining, and finishes the call with its status.
   template <typename Op>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
+  // Serve for a write: a checkpoint fence parks it (WriteGate::TryAdmit)
+  // rather than block this handler thread, and it runs when the fence lifts.
+  // `op` outlives the handler, so it captures the request and response
+  // pointers by value.
+  grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx,
+                                       std::function<absl::Status()> op);
+  void RunWrite(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> op);
+  // `op`'s status, or RESOURCE_EXHAUSTED if it ran out of host memory.
+  template <typename Op>
+  absl::Status RunGuarded(Op& op);
 
   const int32_t shard_id_;
   const uint64_t incarnation_;

@@ -121,6 +121,8 @@ class VariableStore {
   int64_t DivergedBytes(const std::vector<PinnedValue>& snapshot) const;
   Device* mutable_device() { return device_; }
   const WriteGate& gate() const { return gate_; }
+  // RPC handlers admit writes here without blocking (WriteGate::TryAdmit).
+  WriteGate* mutable_gate() { return &gate_; }
 
   // Restore, in two phases across shards: StageRestore checks and copies a
   // value into accounted staging (nothing changes), FinishRestore applies

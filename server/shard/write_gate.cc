@@ -1,17 +1,68 @@
 #include "shard/write_gate.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace psd {
 
+namespace {
+// The gate whose Admission the current thread holds, if any.
+thread_local WriteGate* t_admitted = nullptr;
+}  // namespace
+
+WriteGate::Pass::Pass(WriteGate* gate) : gate_(gate) {
+  if (t_admitted != gate_) {
+    gate_->Enter();
+    entered_ = true;
+  }
+}
+
+WriteGate::Pass::~Pass() {
+  if (entered_) gate_->Leave();
+}
+
+WriteGate::Admission::Admission(WriteGate* gate) : gate_(gate) {
+  if (gate_ != nullptr) {
+    previous_ = t_admitted;
+    t_admitted = gate_;
+  }
+}
+
+WriteGate::Admission::Admission(Admission&& other) noexcept
+    : gate_(other.gate_), previous_(other.previous_) {
+  other.gate_ = nullptr;
+}
+
+WriteGate::Admission::~Admission() {
+  if (gate_ != nullptr) {
+    t_admitted = previous_;
+    gate_->Leave();
+  }
+}
+
+WriteGate::~WriteGate() {
+  std::thread runner;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    runner = std::move(runner_);
+  }
+  if (runner.joinable()) runner.join();
+}
+
+void WriteGate::Lift() {
+  fenced_ = false;
+  last_ = {held_, absl::Now() - fenced_at_};
+}
+
 bool WriteGate::OpenOrExpired() {
   if (!fenced_) return true;
   if (absl::Now() < lease_end_) return false;
   // No word from the coordinator within the lease: lift the fence.
-  fenced_ = false;
+  Lift();
   ++lease_expiries_;
-  last_ = {held_, absl::Now() - fenced_at_};
   return true;
 }
 
@@ -34,6 +85,44 @@ void WriteGate::Leave() {
   --active_;
 }
 
+WriteGate::Admission WriteGate::TryAdmit(std::function<void()> resume) {
+  absl::MutexLock lock(&mu_);
+  if (OpenOrExpired()) {
+    ++active_;
+    return Admission(this);
+  }
+  ++held_;
+  parked_.push_back(std::move(resume));
+  if (!runner_.joinable()) runner_ = std::thread([this] { RunParked(); });
+  return Admission(nullptr);
+}
+
+void WriteGate::RunParked() {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    if (!parked_.empty() && OpenOrExpired()) {
+      std::deque<std::function<void()>> ready;
+      ready.swap(parked_);
+      mu_.Unlock();
+      for (auto& resume : ready) resume();
+      mu_.Lock();
+      continue;
+    }
+    if (parked_.empty()) {
+      if (stopping_) return;
+      mu_.Await(absl::Condition(
+          +[](WriteGate* gate) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return gate->stopping_ || !gate->parked_.empty();
+          },
+          this));
+    } else {
+      // Parked writes behind a fence: wake when it is lifted or its lease ends.
+      mu_.AwaitWithDeadline(absl::Condition(+[](bool* fenced) { return !*fenced; }, &fenced_),
+                            lease_end_);
+    }
+  }
+}
+
 absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
   absl::MutexLock lock(&mu_);
   if (!OpenOrExpired() && fence_id_ != id) {
@@ -50,8 +139,7 @@ absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
   }
   if (!mu_.AwaitWithDeadline(
           absl::Condition(+[](int* active) { return *active == 0; }, &active_), lease_end_)) {
-    fenced_ = false;
-    last_ = {held_, absl::Now() - fenced_at_};
+    Lift();
     return absl::AbortedError(absl::StrCat(
         "fence timeout: writes still running after the fence lease of ",
         absl::FormatDuration(lease)));
@@ -62,10 +150,7 @@ absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
 absl::Status WriteGate::Unfence(uint64_t id, FenceStats* stats) {
   absl::MutexLock lock(&mu_);
   const bool up = !OpenOrExpired() && fence_id_ == id;
-  if (up) {
-    fenced_ = false;
-    last_ = {held_, absl::Now() - fenced_at_};
-  }
+  if (up) Lift();
   if (stats != nullptr) *stats = last_;
   if (!up) {
     return absl::NotFoundError(
@@ -82,6 +167,11 @@ bool WriteGate::fenced() const {
 int64_t WriteGate::lease_expiries() const {
   absl::MutexLock lock(&mu_);
   return lease_expiries_;
+}
+
+int64_t WriteGate::parked() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(parked_.size());
 }
 
 }  // namespace psd

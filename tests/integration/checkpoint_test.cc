@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "checkpoint/bundle_reader.h"
 #include "checkpoint/checkpoint_state.h"
 #include "checkpoint/file_system.h"
@@ -335,6 +337,52 @@ TEST_F(CheckpointTest, AbandonedFenceHoldsWritesThenLiftsByLease) {
   grpc::ClientContext ctx2;
   ASSERT_TRUE(stub->Unfence(&ctx2, unfence, &unfenced).ok());
   EXPECT_TRUE(saver_->Save(absl::StrCat(dir_, "/after")).ok());
+}
+
+// Writes held by a fence wait without occupying the shard's RPC threads:
+// with far more writes held than the server has threads, the coordinator's
+// Unfence is still served at once (not when the lease runs out), and every
+// held write is then applied exactly once.
+TEST_F(CheckpointTest, HeldWritesLeaveTheShardFreeToServeUnfence) {
+  Variable c = Make("held", Tensor::Scalar<int64_t>(0));
+  const int shard = c.parts()[0].shard_id;
+  auto stub = Shard::NewStub(
+      grpc::CreateChannel(cluster_->shard_address(shard), grpc::InsecureChannelCredentials()));
+  FenceRequest fence;
+  fence.set_fence_id(777);
+  fence.set_lease_ms(20000);  // beyond the Unfence deadline below: only Unfence can lift it
+  FenceResponse fenced;
+  grpc::ClientContext fence_ctx;
+  ASSERT_TRUE(stub->Fence(&fence_ctx, fence, &fenced).ok());
+
+  constexpr int kWriters = 96;
+  std::vector<std::thread> writers;
+  std::atomic<int> failed{0};
+  for (int i = 0; i < kWriters; ++i) {
+    writers.emplace_back([&] {
+      if (!c.AssignAdd(Tensor::Scalar<int64_t>(1)).ok()) failed.fetch_add(1);
+    });
+  }
+  // Give the writes time to arrive and be held (the assertions below hold
+  // whether or not they all did).
+  absl::SleepFor(absl::Seconds(1));
+  // Reads are not held by a fence.
+  EXPECT_EQ(Read(c), Tensor::Scalar<int64_t>(0));
+
+  UnfenceRequest unfence;
+  unfence.set_fence_id(777);
+  unfence.set_discard(true);
+  UnfenceResponse unfenced;
+  grpc::ClientContext unfence_ctx;
+  unfence_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status st = stub->Unfence(&unfence_ctx, unfence, &unfenced);
+  for (auto& t : writers) t.join();  // by the lease at the latest
+  ASSERT_TRUE(st.ok()) << "Unfence was not served while writes were held: "
+                       << st.error_message();
+  EXPECT_LT(unfenced.fenced_micros(), 15 * 1000 * 1000) << "the fence was lifted by its lease";
+  EXPECT_LE(unfenced.held_writes(), kWriters);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(Read(c), Tensor::Scalar<int64_t>(kWriters));
 }
 
 }  // namespace
