@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "CLI/CLI.hpp"
 #include "runtime/cluster_config.h"
@@ -42,6 +43,21 @@ void MergeSecurity(CLI::App* app, const psd::SecurityConfig& file,
   if (app->count("--tls-cert") == 0) security->tls_cert = file.tls_cert;
   if (app->count("--tls-key") == 0) security->tls_key = file.tls_key;
   if (app->count("--token-file") == 0) security->token_file = file.token_file;
+  if (app->count("--tls-client-auth") == 0) security->tls_client_auth = file.tls_client_auth;
+}
+
+// The checks the cluster file's values get, for the same settings given as
+// flags: "" when fine, else the message naming the flag.
+std::string CheckFlagValues(const std::string& listen, const std::string& advertise,
+                            const std::string& http_listen) {
+  const std::pair<const char*, const std::string*> addresses[] = {
+      {"--listen", &listen}, {"--advertise", &advertise}, {"--http-listen", &http_listen}};
+  for (const auto& [flag, value] : addresses) {
+    if (value->empty() && std::string(flag) != "--listen") continue;
+    absl::Status s = psd::CheckAddress(*value);
+    if (!s.ok()) return std::string(flag) + ": " + std::string(s.message());
+  }
+  return "";
 }
 
 // TLS servers also dial other psd servers and must verify them.
@@ -72,7 +88,7 @@ int main(int argc, char** argv) {
   shard->add_option("--id", shard_id, "This shard's id in the cluster file")->check(CLI::NonNegativeNumber);
   shard->add_option("--listen", options.shard.listen, "HOST:PORT to serve on (port 0: any free port)");
   shard->add_option("--advertise", options.shard.advertise, "HOST:PORT others dial (default: --listen)");
-  shard->add_option("--device", options.shard.device, "Where variables live: cpu");
+  shard->add_option("--device", options.shard.device, "Where variables live: cpu or gpu:N");
   shard->add_option("--memory-limit", memory_limit, "Byte budget for variables, e.g. 4GiB (0: none)");
   shard->add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message")
       ->check(CLI::Range(4096, 2147483647));
@@ -81,7 +97,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(4096, 64 << 20));
   shard->add_option("--port-file", options.port_file, "After binding, write the real port here");
   shard->add_option("--http-listen", options.http_listen,
-                    "Loopback HOST:PORT for /metrics, /healthz, /readyz (empty: off)");
+                    "HOST:PORT for /metrics, /healthz, /readyz: HTTPS with --tls-cert, else "
+                    "loopback only (default 127.0.0.1:0; empty: off)");
   shard->add_option("--http-port-file", options.http_port_file,
                     "After binding, write the HTTP port here");
   shard->add_option("--drain-timeout", options.drain_timeout_seconds,
@@ -103,7 +120,8 @@ int main(int argc, char** argv) {
                           "Where the registry is persisted (empty: memory only)");
   coordinator->add_option("--port-file", coord.port_file, "After binding, write the real port here");
   coordinator->add_option("--http-listen", coord.http_listen,
-                          "Loopback HOST:PORT for /metrics, /healthz, /readyz (empty: off)");
+                          "HOST:PORT for /metrics, /healthz, /readyz: HTTPS with --tls-cert, else "
+                          "loopback only (default 127.0.0.1:0; empty: off)");
   coordinator->add_option("--http-port-file", coord.http_port_file,
                           "After binding, write the HTTP port here");
   coordinator->add_option("--drain-timeout", coord.drain_timeout_seconds,
@@ -180,6 +198,7 @@ int main(int argc, char** argv) {
     if (shard->count("--listen") == 0) cfg.listen = from_file.listen;
     if (shard->count("--advertise") == 0) cfg.advertise = from_file.advertise;
     if (shard->count("--device") == 0) cfg.device = from_file.device;
+    if (shard->count("--http-listen") == 0) options.http_listen = from_file.http_listen;
     cfg.id = from_file.id;
     cfg.memory_limit = from_file.memory_limit;
     if (!memory_limit.empty()) {
@@ -188,6 +207,13 @@ int main(int argc, char** argv) {
       cfg.memory_limit = *bytes;
     }
     if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
+    if (std::string error = CheckFlagValues(cfg.listen, cfg.advertise, options.http_listen);
+        !error.empty()) {
+      return Fail(error);
+    }
+    if (absl::Status s = psd::CheckDevice(cfg.device); !s.ok()) {
+      return Fail("--device: " + std::string(s.message()));
+    }
     if (std::string error = CheckSecurity(options.security); !error.empty()) return Fail(error);
     absl::Status status = psd::RunShardServer(options);
     if (!status.ok()) return Fail(status.ToString());
@@ -202,6 +228,7 @@ int main(int argc, char** argv) {
       if (coordinator->count("--listen") == 0) coord.coordinator.listen = file.listen;
       if (coordinator->count("--advertise") == 0) coord.coordinator.advertise = file.advertise;
       if (coordinator->count("--state-dir") == 0) coord.coordinator.state_dir = file.state_dir;
+      if (coordinator->count("--http-listen") == 0) coord.http_listen = file.http_listen;
       const psd::CheckpointConfig& ckpt = config->checkpoint;
       if (coordinator->count("--checkpoint-dir") == 0) coord.checkpoint.dir = ckpt.dir;
       if (coordinator->count("--max-to-keep") == 0) coord.checkpoint.max_to_keep = ckpt.max_to_keep;
@@ -222,6 +249,11 @@ int main(int argc, char** argv) {
         coord.checkpoint.restore_lost = ckpt.restore_lost;
       }
       coord.expected_shards = static_cast<int>(config->shards.size());
+    }
+    if (std::string error = CheckFlagValues(coord.coordinator.listen, coord.coordinator.advertise,
+                                            coord.http_listen);
+        !error.empty()) {
+      return Fail(error);
     }
     if (std::string error = CheckSecurity(coord.security); !error.empty()) return Fail(error);
     if (!checkpoint_interval.empty()) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -68,7 +69,45 @@ absl::StatusOr<double> ParseDuration(const std::string& text) {
   return value * scale;
 }
 
+absl::Status CheckAddress(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
+  }
+  int port;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", address, "': the port must be a number in [0, 65535]"));
+  }
+  const std::string host = address.substr(0, colon);
+  if (host.find(':') != std::string::npos && (host.front() != '[' || host.back() != ']')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", address, "': an IPv6 host goes in brackets, [::1]:PORT"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDevice(const std::string& device) {
+  if (device == "cpu" || device == "cpu:0" || device == "gpu") return absl::OkStatus();
+  int ordinal;
+  if (absl::StartsWith(device, "gpu:") && absl::SimpleAtoi(device.substr(4), &ordinal) &&
+      ordinal >= 0) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown device '", device, "' (expected cpu or gpu:N)"));
+}
+
 namespace {
+
+// Applies `check` to `value` (set from key `key`), naming the key on error.
+absl::Status CheckValue(const std::string& where, const std::string& key,
+                        const std::string& value,
+                        absl::Status (*check)(const std::string&)) {
+  absl::Status s = check(value);
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError(absl::StrCat(where, ".", key, ": ", s.message()));
+}
 
 absl::Status CheckKeys(const YAML::Node& node, const std::string& where,
                        const std::set<std::string>& known) {
@@ -117,10 +156,19 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
 
   if (const YAML::Node c = root["coordinator"]) {
     const std::string where = source + ": coordinator";
-    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"listen", "advertise", "state_dir"}));
-    PSD_RETURN_IF_ERROR(Get(c, "listen", where, &config.coordinator.listen));
-    PSD_RETURN_IF_ERROR(Get(c, "advertise", where, &config.coordinator.advertise));
-    PSD_RETURN_IF_ERROR(Get(c, "state_dir", where, &config.coordinator.state_dir));
+    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"listen", "advertise", "state_dir", "http_listen"}));
+    CoordinatorConfig& coordinator = config.coordinator;
+    PSD_RETURN_IF_ERROR(Get(c, "listen", where, &coordinator.listen));
+    PSD_RETURN_IF_ERROR(Get(c, "advertise", where, &coordinator.advertise));
+    PSD_RETURN_IF_ERROR(Get(c, "state_dir", where, &coordinator.state_dir));
+    PSD_RETURN_IF_ERROR(Get(c, "http_listen", where, &coordinator.http_listen));
+    PSD_RETURN_IF_ERROR(CheckValue(where, "listen", coordinator.listen, CheckAddress));
+    if (!coordinator.advertise.empty()) {
+      PSD_RETURN_IF_ERROR(CheckValue(where, "advertise", coordinator.advertise, CheckAddress));
+    }
+    if (!coordinator.http_listen.empty()) {
+      PSD_RETURN_IF_ERROR(CheckValue(where, "http_listen", coordinator.http_listen, CheckAddress));
+    }
   }
   if (const YAML::Node shards = root["shards"]) {
     if (!shards.IsSequence()) {
@@ -130,7 +178,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     for (size_t i = 0; i < shards.size(); ++i) {
       const std::string where = absl::StrCat(source, ": shards[", i, "]");
       const YAML::Node s = shards[i];
-      PSD_RETURN_IF_ERROR(CheckKeys(s, where, {"id", "listen", "advertise", "device", "memory_limit"}));
+      PSD_RETURN_IF_ERROR(CheckKeys(
+          s, where, {"id", "listen", "advertise", "device", "memory_limit", "http_listen"}));
       ShardConfig shard;
       shard.id = static_cast<int>(i);
       PSD_RETURN_IF_ERROR(Get(s, "id", where, &shard.id));
@@ -138,6 +187,15 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       PSD_RETURN_IF_ERROR(Get(s, "advertise", where, &shard.advertise));
       PSD_RETURN_IF_ERROR(Get(s, "device", where, &shard.device));
       PSD_RETURN_IF_ERROR(GetBytes(s, "memory_limit", where, &shard.memory_limit));
+      PSD_RETURN_IF_ERROR(Get(s, "http_listen", where, &shard.http_listen));
+      PSD_RETURN_IF_ERROR(CheckValue(where, "listen", shard.listen, CheckAddress));
+      if (!shard.advertise.empty()) {
+        PSD_RETURN_IF_ERROR(CheckValue(where, "advertise", shard.advertise, CheckAddress));
+      }
+      if (!shard.http_listen.empty()) {
+        PSD_RETURN_IF_ERROR(CheckValue(where, "http_listen", shard.http_listen, CheckAddress));
+      }
+      PSD_RETURN_IF_ERROR(CheckValue(where, "device", shard.device, CheckDevice));
       if (shard.id < 0 || !ids.insert(shard.id).second) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": id ", shard.id,
                                                        " is negative or repeated"));
@@ -165,6 +223,16 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     PSD_RETURN_IF_ERROR(Get(c, "global_step", where, &config.checkpoint.global_step));
     PSD_RETURN_IF_ERROR(Get(c, "save_on_shutdown", where, &config.checkpoint.save_on_shutdown));
     PSD_RETURN_IF_ERROR(Get(c, "restore_lost", where, &config.checkpoint.restore_lost));
+    if (config.checkpoint.max_to_keep < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".max_to_keep: must be >= 0 (0 keeps every checkpoint), not ",
+                       config.checkpoint.max_to_keep));
+    }
+    if (!(config.checkpoint.keep_checkpoint_every_n_hours > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".keep_checkpoint_every_n_hours: must be > 0, not ",
+                       config.checkpoint.keep_checkpoint_every_n_hours));
+    }
     if (config.checkpoint.every_n_steps < 0) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".every_n_steps: must be >= 0"));
     }
@@ -175,11 +243,18 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
   }
   if (const YAML::Node c = root["security"]) {
     const std::string where = source + ": security";
-    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"tls_ca", "tls_cert", "tls_key", "token_file"}));
+    PSD_RETURN_IF_ERROR(CheckKeys(
+        c, where, {"tls_ca", "tls_cert", "tls_key", "token_file", "tls_client_auth"}));
     PSD_RETURN_IF_ERROR(Get(c, "tls_ca", where, &config.security.tls_ca));
     PSD_RETURN_IF_ERROR(Get(c, "tls_cert", where, &config.security.tls_cert));
     PSD_RETURN_IF_ERROR(Get(c, "tls_key", where, &config.security.tls_key));
     PSD_RETURN_IF_ERROR(Get(c, "token_file", where, &config.security.token_file));
+    PSD_RETURN_IF_ERROR(Get(c, "tls_client_auth", where, &config.security.tls_client_auth));
+    if (config.security.tls_cert.empty() != config.security.tls_key.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".", config.security.tls_cert.empty() ? "tls_cert" : "tls_key",
+                       ": missing; tls_cert and tls_key go together"));
+    }
   }
   return config;
 }

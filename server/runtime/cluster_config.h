@@ -1,8 +1,10 @@
 // The cluster file: one YAML document that describes a psd cluster
 // (`coordinator:`, `shards:`, `checkpoint:`, `security:`). Every process reads
 // the same file and picks its own section; every key is also a command-line
-// flag of the same name (with '-' for '_'), and flags win. Unknown keys are
-// errors, so a typo fails at start instead of being silently ignored.
+// flag of the same name (with '-' for '_'), and flags win. Unknown keys and
+// bad values (an address that is not HOST:PORT, an unknown device, a
+// negative count) are errors naming the key, so a typo fails at start
+// instead of being silently ignored. configs/README.md documents every key.
 #ifndef PSD_SERVER_RUNTIME_CLUSTER_CONFIG_H_
 #define PSD_SERVER_RUNTIME_CLUSTER_CONFIG_H_
 
@@ -19,14 +21,17 @@ struct ShardConfig {
   int id = 0;
   std::string listen = "127.0.0.1:7071";  // loopback unless configured
   std::string advertise;                  // what others dial; defaults to listen
-  std::string device = "cpu";
+  std::string device = "cpu";             // cpu, or gpu:N
   int64_t memory_limit = 0;  // bytes; 0 = unlimited
+  // /metrics, /healthz, /readyz; loopback unless TLS is on; "" = off.
+  std::string http_listen = "127.0.0.1:0";
 };
 
 struct CoordinatorConfig {
   std::string listen = "127.0.0.1:7070";
   std::string advertise;
   std::string state_dir;
+  std::string http_listen = "127.0.0.1:0";  // as ShardConfig::http_listen
 };
 
 struct CheckpointConfig {
@@ -47,6 +52,7 @@ struct SecurityConfig {
   std::string tls_cert;
   std::string tls_key;
   std::string token_file;
+  bool tls_client_auth = false;  // mutual TLS: clients need a certificate from tls_ca
 };
 
 struct ClusterConfig {
@@ -69,6 +75,14 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
 
 // "30s", "5m", "2h", "1.5" (seconds) -> seconds.
 absl::StatusOr<double> ParseDuration(const std::string& text);
+
+// OK if `address` is HOST:PORT with a port in [0, 65535] ("[::1]:7070" for
+// IPv6); the message says what is wrong with it.
+absl::Status CheckAddress(const std::string& address);
+
+// OK if `device` names a device psd knows: "cpu", "cpu:0", "gpu" or "gpu:N"
+// (whether this build and host have that GPU is checked at start).
+absl::Status CheckDevice(const std::string& device);
 
 }  // namespace psd
 

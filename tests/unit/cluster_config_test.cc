@@ -1,5 +1,8 @@
 #include "runtime/cluster_config.h"
 
+#include <filesystem>
+#include <set>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -87,6 +90,84 @@ TEST(ClusterConfigTest, ByteSizesAndDurations) {
   EXPECT_EQ(*ParseDuration("2h"), 7200);
   EXPECT_EQ(*ParseDuration("0.5"), 0.5);
   EXPECT_FALSE(ParseDuration("soon").ok());
+}
+
+// Each bad value fails with the file, the key and the value in the message.
+TEST(ClusterConfigTest, BadValuesNameTheirKey) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"coordinator: {listen: 7070}\n", "c: coordinator.listen: '7070' is not HOST:PORT"},
+      {"coordinator: {advertise: \"ps0:http\"}\n", "c: coordinator.advertise: 'ps0:http'"},
+      {"coordinator: {http_listen: \"127.0.0.1:70000\"}\n", "c: coordinator.http_listen"},
+      {"shards: [{listen: \"::1:7071\"}]\n", "c: shards[0].listen: '::1:7071': an IPv6 host"},
+      {"shards: [{device: tpu}]\n", "c: shards[0].device: unknown device 'tpu'"},
+      {"shards: [{device: \"gpu:x\"}]\n", "c: shards[0].device: unknown device 'gpu:x'"},
+      {"shards: [{http_listen: nowhere}]\n", "c: shards[0].http_listen: 'nowhere'"},
+      {"checkpoint: {max_to_keep: -1}\n", "c: checkpoint.max_to_keep: must be >= 0"},
+      {"checkpoint: {keep_checkpoint_every_n_hours: 0}\n",
+       "c: checkpoint.keep_checkpoint_every_n_hours: must be > 0"},
+      {"checkpoint: {interval: soon}\n", "c: checkpoint.interval: invalid duration 'soon'"},
+      {"security: {tls_cert: s.pem}\n", "c: security.tls_key: missing; tls_cert and tls_key go together"},
+      {"security: {tls_client_auth: sometimes}\n", "c: security.tls_client_auth: cannot read"},
+      {"security: {tls_key: [a, b]}\n", "c: security.tls_key: cannot read"},
+  };
+  for (const auto& [yaml, message] : cases) {
+    auto config = ParseClusterConfig(yaml, "c");
+    ASSERT_FALSE(config.ok()) << yaml;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << yaml;
+    EXPECT_THAT(config.status().message(), HasSubstr(message)) << yaml;
+  }
+}
+
+TEST(ClusterConfigTest, NewKeysAndAcceptedForms) {
+  auto config = ParseClusterConfig(R"(
+coordinator: {listen: "[::1]:7070", http_listen: "0.0.0.0:9090"}
+shards:
+  - {id: 0, device: "gpu:1", http_listen: ""}
+  - {id: 1, device: "cpu:0", listen: "localhost:0"}
+security: {tls_cert: s.pem, tls_key: s.key, tls_client_auth: true}
+)",
+                                   "c");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->coordinator.http_listen, "0.0.0.0:9090");
+  EXPECT_EQ(config->FindShard(0)->device, "gpu:1");
+  EXPECT_EQ(config->FindShard(0)->http_listen, "");  // off
+  EXPECT_EQ(config->FindShard(1)->http_listen, "127.0.0.1:0");  // the default
+  EXPECT_TRUE(config->security.tls_client_auth);
+}
+
+TEST(ClusterConfigTest, MissingFileIsNotFoundNamingIt) {
+  auto config = LoadClusterConfig("/nonexistent/psd-cluster.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(config.status().message(), HasSubstr("/nonexistent/psd-cluster.yaml"));
+}
+
+// Every example in configs/ loads with the real loader.
+TEST(ClusterConfigTest, EveryExampleInConfigsParses) {
+  std::set<std::string> seen;
+  for (const auto& entry : std::filesystem::directory_iterator(PSD_CONFIGS_DIR)) {
+    if (entry.path().extension() != ".yaml") continue;
+    auto config = LoadClusterConfig(entry.path().string());
+    EXPECT_TRUE(config.ok()) << config.status();
+    if (!config.ok()) continue;
+    EXPECT_FALSE(config->shards.empty()) << entry.path();
+    seen.insert(entry.path().filename().string());
+    const std::string name = entry.path().filename().string();
+    if (name == "local-tls.yaml") {
+      EXPECT_FALSE(config->security.tls_cert.empty());
+      EXPECT_FALSE(config->security.token_file.empty());
+    }
+    if (name == "multi-host.yaml") {
+      EXPECT_NE(config->coordinator.advertise, config->coordinator.listen);
+      for (const ShardConfig& s : config->shards) EXPECT_NE(s.advertise, s.listen);
+      EXPECT_FALSE(config->checkpoint.dir.empty());
+    }
+    if (name == "gpu-shard.yaml") EXPECT_EQ(config->FindShard(0)->device, "gpu:0");
+  }
+  for (const char* expected :
+       {"local.yaml", "local-tls.yaml", "multi-host.yaml", "gpu-shard.yaml"}) {
+    EXPECT_EQ(seen.count(expected), 1u) << expected;
+  }
 }
 
 }  // namespace
