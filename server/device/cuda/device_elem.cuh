@@ -131,13 +131,6 @@ __device__ inline T Combine(T a, T b) {
   }
 }
 
-template <typename T>
-__device__ inline T FromBits(uint64_t bits) {
-  T v;
-  memcpy(&v, &bits, sizeof(T));
-  return v;
-}
-
 // Calls fn(T{}) with the device type of `type`.
 template <typename Fn>
 inline cudaError_t DispatchElem(ElemType type, Fn&& fn) {

@@ -198,10 +198,14 @@ GPU_TEST(CopiesRoundTripThroughStagingChunks) {
 }
 
 template <typename T>
-void DenseCase(const std::vector<float>& a, const std::vector<float>& b) {
-  std::vector<T> x(a.size()), y(b.size());
-  for (size_t i = 0; i < a.size(); ++i) x[i] = FromF<T>(a[i]);
-  for (size_t i = 0; i < b.size(); ++i) y[i] = FromF<T>(b[i]);
+std::vector<T> As(const std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FromF<T>(v[i]);
+  return out;
+}
+
+template <typename T>
+void DenseCase(const std::vector<T>& x, const std::vector<T>& y) {
   for (UpdateOp op : kOps) {
     auto buf = Upload(x);
     EXPECT_OK(g_gpu->Dense(TypeOf<T>(), op, buf->get(), y.data(), static_cast<int64_t>(x.size())));
@@ -225,18 +229,19 @@ GPU_TEST(DenseUpdatesMatchHostArithmetic) {
     a[i] = static_cast<float>(Uniform(-100, 100));
     b[i] = static_cast<float>(Uniform(-100, 100));
   }
-  DenseCase<float>(a, b);
-  DenseCase<double>(a, b);
+  DenseCase(As<float>(a), As<float>(b));
+  DenseCase(As<double>(a), As<double>(b));
   // 16-bit floats: ties and overflow exercise round-to-nearest-even.
-  DenseCase<half>({2048, 2048, 2048, 65504, 1, 0.25f}, {1, 3, -0.5f, 65504, 1.0f / 4096, 3});
-  DenseCase<bfloat16>({256, 256, 1, 3e38f}, {1, 3, 1.0f / 256, 3e38f});
-  DenseCase<half>(a, b);
-  DenseCase<bfloat16>(a, b);
+  DenseCase(As<half>({2048, 2048, 2048, 65504, 1, 0.25f}),
+            As<half>({1, 3, -0.5f, 65504, 1.0f / 4096, 3}));
+  DenseCase(As<bfloat16>({256, 256, 1, 3e38f}), As<bfloat16>({1, 3, 1.0f / 256, 3e38f}));
+  DenseCase(As<half>(a), As<half>(b));
+  DenseCase(As<bfloat16>(a), As<bfloat16>(b));
   // Integers wrap.
   DenseCase<int8_t>({127, -128, 5}, {1, 1, -7});
   DenseCase<uint8_t>({0, 255, 7}, {1, 1, 9});
   DenseCase<int16_t>({32767, -32768}, {1, 1});
-  DenseCase<int32_t>({2147483647.0f, -2147483648.0f}, {1, 1});
+  DenseCase<int32_t>({INT32_MAX, INT32_MIN}, {1, 1});
   std::vector<int64_t> big = {INT64_MAX, INT64_MIN};
   auto buf = Upload(big);
   const int64_t one[2] = {1, 1};
