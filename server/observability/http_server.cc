@@ -27,6 +27,7 @@ struct HttpServer::State {
   std::unique_ptr<ssl::context> tls;  // null: plain HTTP
   const MetricsRegistry* metrics = nullptr;
   std::function<bool()> ready;
+  std::function<std::string()> unhealthy_reason;
   std::chrono::milliseconds timeout{10000};
 };
 
@@ -107,8 +108,9 @@ http::response<http::string_body> Respond(const HttpServer::State& state,
     response.set(http::field::content_type, "text/plain; version=0.0.4");
     response.body() = state.metrics->Render();
   } else if (target == "/healthz") {
-    response.result(http::status::ok);
-    response.body() = "ok\n";
+    const std::string reason = state.unhealthy_reason ? state.unhealthy_reason() : std::string();
+    response.result(reason.empty() ? http::status::ok : http::status::service_unavailable);
+    response.body() = reason.empty() ? "ok\n" : "unhealthy: " + reason + "\n";
   } else if (target == "/readyz") {
     const bool ready = state.ready ? state.ready() : true;
     response.result(ready ? http::status::ok : http::status::service_unavailable);
@@ -200,6 +202,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   auto state = std::make_unique<State>();
   state->metrics = metrics;
   state->ready = std::move(ready);
+  state->unhealthy_reason = options.unhealthy_reason;
   state->timeout = std::chrono::milliseconds(
       static_cast<int64_t>(options.connection_timeout_seconds * 1000));
   if (options.tls()) {

@@ -37,6 +37,9 @@ struct HttpServerOptions {
   std::string tls_key;
   // Longest a connection may take from accept to the end of the response.
   double connection_timeout_seconds = 10;
+  // Why the process is unhealthy, answered by /healthz as 503; empty (or no
+  // function): healthy. Called on the server's thread: must be thread-safe.
+  std::function<std::string()> unhealthy_reason;
 
   bool tls() const { return !tls_cert.empty(); }
 };

@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     http_options.listen = options.http_listen;
     http_options.tls_cert = options.security.tls_cert;
     http_options.tls_key = options.security.tls_key;
+    http_options.unhealthy_reason = options.unhealthy_reason;
     auto http = HttpServer::Start(http_options, metrics, std::move(ready));
     if (!http.ok()) {
       return fail(absl::Status(http.status().code(), absl::StrCat(who, ": ", http.status().message())));

@@ -34,6 +34,8 @@ struct ServingOptions {
   ServerSecurity security;     // TLS and tokens (runtime/auth.h); default: plaintext, no tokens
   // Metrics derived from one method's responses (rpc_metrics.h), by method.
   std::map<std::string, ResponseWatcher> response_watchers;
+  // Answers /healthz (HttpServerOptions::unhealthy_reason); null: healthy.
+  std::function<std::string()> unhealthy_reason;
 };
 
 class ServingEndpoint {

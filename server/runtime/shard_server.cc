@@ -101,6 +101,12 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   serving.http_port_file = options.http_port_file;
   serving.security = options.security;
   serving.response_watchers = FenceWatchers(&metrics);
+  // A device that failed (a CUDA error) makes the shard unhealthy: its
+  // variables can no longer be trusted, so it should be restarted and
+  // restored from the latest checkpoint.
+  serving.unhealthy_reason = [&device] {
+    return device->healthy() ? std::string() : device->name() + ": " + device->health_detail();
+  };
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<ServingEndpoint> endpoint,
       ServingEndpoint::Start(serving, {&service, &control}, &metrics,
