@@ -1,10 +1,6 @@
 // Metrics rendering in Prometheus' text format and the HTTP(S) endpoint
 // that serves it.
-#include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <sstream>
 #include <cstdlib>
 #include <filesystem>
 
@@ -17,13 +13,7 @@
 #include "gtest/gtest.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
-#include "observability/rpc_metrics.h"
 #include "../common/http_get.h"
-#include "grpcpp/generic/generic_stub.h"
-#include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
 namespace psd {
 namespace {
@@ -210,72 +200,6 @@ TEST(HttpServerTest, AStalledClientDoesNotHoldTheEndpoint) {
       testing_http::HttpGet("127.0.0.1", (*server)->port(), "/readyz", CertDir() + "/ca.pem");
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->status, 200);
-}
-
-// A real gRPC server with the interceptor: counts by method and code, bytes,
-// and at debug level one access-log line per call with method, peer, code,
-// duration and bytes (never the token).
-TEST(RpcMetricsTest, CountsCallsAndWritesTheAccessLogAtDebug) {
-  MetricsRegistry registry;
-  RpcMetrics rpc_metrics(&registry);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
-  factories.push_back(rpc_metrics.NewInterceptorFactory());
-  builder.experimental().SetInterceptorCreators(std::move(factories));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  ASSERT_NE(server, nullptr);
-
-  std::ostringstream log;
-  auto logger = std::make_shared<spdlog::logger>(
-      "access", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
-  auto previous = spdlog::default_logger();
-  spdlog::set_default_logger(logger);
-  // Calls the default health service with an empty request (any service).
-  auto call = [&] {
-    grpc::GenericStub stub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
-                                               grpc::InsecureChannelCredentials()));
-    grpc::ClientContext ctx;
-    ctx.AddMetadata("authorization", "Bearer secret-token-value");
-    grpc::ByteBuffer request, response;
-    grpc::Slice empty;
-    request = grpc::ByteBuffer(&empty, 1);
-    std::mutex mu;
-    std::condition_variable done_cv;
-    bool done = false;
-    grpc::Status status;
-    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                   [&](grpc::Status s) {
-                     std::lock_guard<std::mutex> lock(mu);
-                     status = s;
-                     done = true;
-                     done_cv.notify_all();
-                   });
-    std::unique_lock<std::mutex> lock(mu);
-    done_cv.wait(lock, [&] { return done; });
-    return status;
-  };
-  logger->set_level(spdlog::level::info);
-  ASSERT_TRUE(call().ok());
-  EXPECT_EQ(log.str(), "");  // no access log above debug
-  logger->set_level(spdlog::level::debug);
-  ASSERT_TRUE(call().ok());
-  spdlog::set_default_logger(previous);
-  server->Shutdown();
-
-  const std::string line = log.str();
-  EXPECT_THAT(line, HasSubstr("rpc method=grpc.health.v1.Health/Check peer=ipv4:127.0.0.1:"));
-  EXPECT_THAT(line, HasSubstr(" code=OK duration_ms="));
-  EXPECT_THAT(line, HasSubstr(" bytes_in=0 bytes_out="));
-  EXPECT_THAT(line, ::testing::Not(HasSubstr("secret-token-value")));
-  EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1);
-  auto parsed = testing_http::ParseMetrics(registry.Render());
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ((*parsed)["psd_rpc_total{method=\"grpc.health.v1.Health/Check\",code=\"OK\"}"], 2);
-  EXPECT_EQ((*parsed)["psd_rpc_duration_seconds_count{method=\"grpc.health.v1.Health/Check\"}"], 2);
-  EXPECT_GT((*parsed)["psd_rpc_sent_bytes_total"], 0);
 }
 
 }  // namespace
