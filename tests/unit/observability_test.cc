@@ -1,6 +1,8 @@
 // Metrics rendering in Prometheus' text format and the HTTP(S) endpoint
 // that serves it.
+#include <algorithm>
 #include <atomic>
+#include <sstream>
 #include <cstdlib>
 #include <filesystem>
 
@@ -13,7 +15,12 @@
 #include "gtest/gtest.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
+#include "observability/rpc_metrics.h"
 #include "../common/http_get.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/shard.grpc.pb.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 
 namespace psd {
 namespace {
@@ -200,6 +207,71 @@ TEST(HttpServerTest, AStalledClientDoesNotHoldTheEndpoint) {
       testing_http::HttpGet("127.0.0.1", (*server)->port(), "/readyz", CertDir() + "/ca.pem");
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->status, 200);
+}
+
+// A stand-in service: ShardControl.Stop answers OK and does nothing.
+class NoopControl final : public ShardControl::CallbackService {
+  grpc::ServerUnaryReactor* Stop(grpc::CallbackServerContext* ctx, const StopShardRequest*,
+                                 StopShardResponse*) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+// A real gRPC server with the interceptor: counts by method and code, bytes,
+// and at debug level one access-log line per call with method, peer, code,
+// duration and bytes (never the token).
+TEST(RpcMetricsTest, CountsCallsAndWritesTheAccessLogAtDebug) {
+  MetricsRegistry registry;
+  RpcMetrics rpc_metrics(&registry);
+  NoopControl service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+  factories.push_back(rpc_metrics.NewInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(factories));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  auto stub = ShardControl::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  const auto call = [&] {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer secret-token-value");
+    StopShardRequest request;
+    request.set_reason("seven bytes");
+    StopShardResponse response;
+    return stub->Stop(&ctx, request, &response);
+  };
+
+  std::ostringstream log;
+  auto logger = std::make_shared<spdlog::logger>(
+      "access", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(logger);
+  logger->set_level(spdlog::level::info);
+  const grpc::Status quiet = call();
+  logger->set_level(spdlog::level::debug);
+  const grpc::Status logged = call();
+  spdlog::set_default_logger(previous);
+  server->Shutdown();
+  ASSERT_TRUE(quiet.ok()) << quiet.error_message();
+  ASSERT_TRUE(logged.ok()) << logged.error_message();
+
+  // One line, for the call made at debug level only.
+  const std::string line = log.str();
+  EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
+  EXPECT_THAT(line, HasSubstr("rpc method=psd.ShardControl/Stop peer=ipv4:127.0.0.1:"));
+  EXPECT_THAT(line, HasSubstr(" code=OK duration_ms="));
+  EXPECT_THAT(line, HasSubstr(" bytes_in=13 bytes_out=0"));  // the reason field, framed
+  EXPECT_THAT(line, ::testing::Not(HasSubstr("secret-token-value")));
+  auto parsed = testing_http::ParseMetrics(registry.Render());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ((*parsed)["psd_rpc_total{method=\"psd.ShardControl/Stop\",code=\"OK\"}"], 2);
+  EXPECT_EQ((*parsed)["psd_rpc_duration_seconds_count{method=\"psd.ShardControl/Stop\"}"], 2);
+  EXPECT_EQ((*parsed)["psd_rpc_received_bytes_total"], 26);
 }
 
 }  // namespace
