@@ -249,6 +249,7 @@ absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
                                               int line) {
   GetVariableRequest req;
   req.set_session_id(impl_->id_);
+  req.set_request_seq(impl_->NextRequestSeq());
   *req.mutable_declaration() =
       MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
   GetVariableResponse resp;
@@ -262,6 +263,7 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
     int line) {
   DeclareVariablesRequest req;
   req.set_session_id(impl_->id_);
+  req.set_request_seq(impl_->NextRequestSeq());
   for (const auto& [name, options] : declarations) {
     *req.add_declarations() =
         MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
@@ -281,6 +283,7 @@ absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
                                                  int line) {
   UniqueVariableNameRequest ureq;
   ureq.set_session_id(impl_->id_);
+  ureq.set_request_seq(impl_->NextRequestSeq());
   ureq.set_name(JoinPath(impl_->stack_.back().scope.name,
                          options.name.empty() ? std::string("Variable") : options.name));
   ureq.set_mark_as_used(true);
@@ -295,6 +298,7 @@ absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
   o.initialize = options.initialize;
   GetVariableRequest req;
   req.set_session_id(impl_->id_);
+  req.set_request_seq(impl_->NextRequestSeq());
   // The unique name is already a full name: declare it from the root, and
   // without the scope's defaults (tf.Variable ignores them).
   *req.mutable_declaration() = MakeDeclaration(CapturedScope{}, uresp.name(), o, file, line);
@@ -474,6 +478,7 @@ absl::StatusOr<VariableScope> OpenFrame(Session::Impl* impl, OpenScopeRequest re
                                         const std::function<VariableScope(CapturedScope, size_t)>&
                                             make) {
   req.set_session_id(impl->id_);
+  req.set_request_seq(impl->NextRequestSeq());
   OpenScopeResponse resp;
   PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::OpenScope, req, &resp));
   scope.name = resp.path();
@@ -564,6 +569,7 @@ absl::Status VariableScope::Exit() {
     impl->stack_.pop_back();
     CloseScopeRequest req;
     req.set_session_id(impl->id_);
+    req.set_request_seq(impl->NextRequestSeq());
     req.set_path(frame.scope.name);
     req.set_token(frame.token);
     CloseScopeResponse resp;

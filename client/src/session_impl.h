@@ -4,6 +4,7 @@
 #ifndef PSD_CLIENT_SRC_SESSION_IMPL_H_
 #define PSD_CLIENT_SRC_SESSION_IMPL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -66,10 +67,14 @@ class Session::Impl {
   const SessionOptions options_;
   const std::unique_ptr<Coordinator::Stub> stub_;
   uint64_t id_ = 0;
+  // Tags a coordinator request that changes the session (GetVariable,
+  // scopes, unique names) so that Call's retries of it are applied once.
+  uint64_t NextRequestSeq() { return next_request_seq_.fetch_add(1); }
   // The scope stack; [0] is the root scope. Thread-compatible.
   std::vector<Frame> stack_;
 
  private:
+  std::atomic<uint64_t> next_request_seq_{1};
   absl::Mutex pool_mu_;
   std::map<std::string, std::shared_ptr<ShardClient>> pool_ ABSL_GUARDED_BY(pool_mu_);
 };

@@ -177,9 +177,10 @@ absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initia
 }
 
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
-    uint64_t session, absl::Span<const VariableDeclaration> decls) {
+    uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq) {
   absl::MutexLock declaring(&declare_mu_);
-  PSD_ASSIGN_OR_RETURN(auto results, registry_->Declare(session, decls, LiveShards()));
+  PSD_ASSIGN_OR_RETURN(auto results,
+                       registry_->Declare(session, decls, LiveShards(), request_seq));
   for (size_t i = 0; i < results.size(); ++i) {
     bool pending;
     {
@@ -323,7 +324,8 @@ grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerCo
   return Serve(ctx, [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(
         auto results,
-        DeclareAndCreate(request->session_id(), absl::MakeConstSpan(&request->declaration(), 1)));
+        DeclareAndCreate(request->session_id(), absl::MakeConstSpan(&request->declaration(), 1),
+                         request->request_seq()));
     FillHandle(results[0].def, response->mutable_handle());
     response->set_created(results[0].created);
     return absl::OkStatus();
@@ -336,7 +338,8 @@ grpc::ServerUnaryReactor* CoordinatorService::DeclareVariables(
   return Serve(ctx, [&]() -> absl::Status {
     std::vector<VariableDeclaration> decls(request->declarations().begin(),
                                            request->declarations().end());
-    PSD_ASSIGN_OR_RETURN(auto results, DeclareAndCreate(request->session_id(), decls));
+    PSD_ASSIGN_OR_RETURN(auto results,
+                         DeclareAndCreate(request->session_id(), decls, request->request_seq()));
     for (const DeclareResult& r : results) {
       FillHandle(r.def, response->add_handles());
       response->add_created(r.created);
@@ -401,7 +404,8 @@ grpc::ServerUnaryReactor* CoordinatorService::OpenScope(grpc::CallbackServerCont
     PSD_ASSIGN_OR_RETURN(
         ScopeEntry e,
         registry_->OpenScope(request->session_id(), request->parent_path(), request->name(),
-                             request->default_name(), request->reuse(), request->captured()));
+                             request->default_name(), request->reuse(), request->captured(),
+                             request->request_seq()));
     response->set_path(e.path);
     response->set_token(e.token);
     return absl::OkStatus();
@@ -412,7 +416,8 @@ grpc::ServerUnaryReactor* CoordinatorService::CloseScope(grpc::CallbackServerCon
                                                          const CloseScopeRequest* request,
                                                          CloseScopeResponse* response) {
   return Serve(ctx, [&] {
-    return registry_->CloseScope(request->session_id(), request->path(), request->token());
+    return registry_->CloseScope(request->session_id(), request->path(), request->token(),
+                                 request->request_seq());
   });
 }
 
@@ -422,7 +427,8 @@ grpc::ServerUnaryReactor* CoordinatorService::UniqueVariableName(
   return Serve(ctx, [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(
         std::string name,
-        registry_->UniqueName(request->session_id(), request->name(), request->mark_as_used()));
+        registry_->UniqueName(request->session_id(), request->name(), request->mark_as_used(),
+                              request->request_seq()));
     response->set_name(name);
     return absl::OkStatus();
   });

@@ -172,8 +172,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // otherwise only those whose creation failed before).
   absl::Status CreateParts(const VariableDef& def, bool initialize, bool all)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Declares, then creates the parts of new variables. A retried request
+  // (same request_seq) finishes parts whose creation failed the first time.
   absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
-      uint64_t session, absl::Span<const VariableDeclaration> decls);
+      uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0);
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
 
   Registry* const registry_;

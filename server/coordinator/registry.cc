@@ -118,6 +118,29 @@ absl::Status Registry::Commit(RegistryRecord* record, bool sync) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<const SessionReply*> Registry::FindReply(const SessionState& session,
+                                                       uint64_t request_seq) {
+  if (request_seq == 0) return nullptr;
+  for (const SessionReply& r : session.replies()) {
+    if (r.request_seq() == request_seq) return &r;
+  }
+  if (session.replies_size() >= kReplyWindow &&
+      request_seq <= session.replies(0).request_seq()) {
+    return absl::AbortedError(absl::StrCat(
+        "session ", session.id(), ": request id too old (seq ", request_seq,
+        "); the coordinator keeps the answers to the latest ", kReplyWindow, " requests"));
+  }
+  return nullptr;
+}
+
+void Registry::RememberReply(const SessionReply& reply, SessionState* session) {
+  if (reply.request_seq() == 0) return;
+  *session->add_replies() = reply;
+  if (session->replies_size() > kReplyWindow) {
+    session->mutable_replies()->DeleteSubrange(0, session->replies_size() - kReplyWindow);
+  }
+}
+
 void Registry::AddVariable(const VariableDef& def) {
   variables_[def.name()] = def;
   for (const VariablePart& part : def.parts()) {
@@ -153,6 +176,7 @@ void Registry::Apply(const RegistryRecord& record) {
       if (it == sessions_.end()) break;
       for (const auto& a : op.attached())
         (*it->second.mutable_declared())[a.name()] = a.declared_at();
+      RememberReply(op.reply(), &it->second);
       break;
     }
     case RegistryRecord::kDeleted: {
@@ -176,6 +200,7 @@ void Registry::Apply(const RegistryRecord& record) {
       auto it = sessions_.find(op.session_id());
       if (it == sessions_.end()) break;
       SessionState& s = it->second;
+      RememberReply(op.reply(), &s);
       (*s.mutable_scope_counts())[op.path()] += 1;
       if (op.captured()) {
         ScopeCountsSnapshot* snap = s.add_captured();
@@ -190,6 +215,7 @@ void Registry::Apply(const RegistryRecord& record) {
       auto it = sessions_.find(op.session_id());
       if (it == sessions_.end()) break;
       SessionState& s = it->second;
+      RememberReply(op.reply(), &s);
       if (op.token() != 0) {
         // Restore the counters saved at entry; scopes captured after it
         // (and not closed) are dropped with it, as a stack unwinds.
@@ -216,6 +242,7 @@ void Registry::Apply(const RegistryRecord& record) {
       const auto& op = record.name_used();
       auto it = sessions_.find(op.session_id());
       if (it == sessions_.end()) break;
+      RememberReply(op.reply(), &it->second);
       // Graph.unique_name(name, mark_as_used=True).
       auto* in_use = it->second.mutable_names_in_use();
       const std::string base = absl::AsciiStrToLower(op.name());
@@ -261,23 +288,40 @@ bool Registry::HasSession(uint64_t session) const {
 
 absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
                                                     const VariableDeclaration& decl,
-                                                    absl::Span<const int32_t> live_shards) {
-  PSD_ASSIGN_OR_RETURN(auto results, Declare(session, absl::MakeConstSpan(&decl, 1), live_shards));
+                                                    absl::Span<const int32_t> live_shards,
+                                                    uint64_t request_seq) {
+  PSD_ASSIGN_OR_RETURN(auto results, Declare(session, absl::MakeConstSpan(&decl, 1), live_shards,
+                                             request_seq));
   return std::move(results[0]);
 }
 
 absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
     uint64_t session, absl::Span<const VariableDeclaration> decls,
-    absl::Span<const int32_t> live_shards) {
+    absl::Span<const int32_t> live_shards, uint64_t request_seq) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(session));
+  PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*state, request_seq));
+  std::vector<DeclareResult> results;
+  if (reply != nullptr) {
+    // A retry (its answer was lost, or creating a part failed): the same
+    // variables, still marked created so the caller finishes their parts.
+    for (int i = 0; i < reply->names_size(); ++i) {
+      auto it = variables_.find(reply->names(i));
+      if (it == variables_.end()) {
+        return absl::NotFoundError(absl::StrCat("variable ", reply->names(i),
+                                                " was deleted since it was declared (retry of "
+                                                "request ", request_seq, ")"));
+      }
+      results.push_back({it->second, i < reply->created_size() && reply->created(i)});
+    }
+    return results;
+  }
   Txn txn;
   txn.next_creation_seq = next_creation_seq_;
   for (int32_t id : live_shards) {
     auto it = placement_.find(id);
     txn.load[id] = it == placement_.end() ? 0 : it->second.bytes;
   }
-  std::vector<DeclareResult> results;
   results.reserve(decls.size());
   for (const VariableDeclaration& decl : decls) {
     PSD_ASSIGN_OR_RETURN(DeclareResult r, DeclareOne(*state, decl, &txn));
@@ -292,6 +336,14 @@ absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
       auto* a = op->add_attached();
       a->set_name(name);
       a->set_declared_at(txn.attached[name]);
+    }
+    if (request_seq != 0) {
+      SessionReply* r = op->mutable_reply();
+      r->set_request_seq(request_seq);
+      for (const DeclareResult& result : results) {
+        r->add_names(result.def.name());
+        r->add_created(result.created);
+      }
     }
     PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
   }
@@ -597,9 +649,13 @@ absl::StatusOr<VariableDef> Registry::Delete(const std::string& name) {
 absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::string& parent_path,
                                                const std::string& name,
                                                const std::string& default_name, bool reuse,
-                                               bool captured) {
+                                               bool captured, uint64_t request_seq) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*s, request_seq));
+  if (reply != nullptr && reply->names_size() == 1) {
+    return ScopeEntry{reply->names(0), reply->token()};
+  }
   if (name.empty() == default_name.empty() && !captured) {
     return absl::InvalidArgumentError(
         "variable_scope needs exactly one of name_or_scope and default_name");
@@ -638,13 +694,21 @@ absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::stri
   op->set_session_id(session);
   op->set_path(entry.path);
   op->set_captured(captured);
+  if (request_seq != 0) {
+    op->mutable_reply()->set_request_seq(request_seq);
+    op->mutable_reply()->add_names(entry.path);
+    op->mutable_reply()->set_token(entry.token);
+  }
   PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
   return entry;
 }
 
-absl::Status Registry::CloseScope(uint64_t session, const std::string& path, uint64_t token) {
+absl::Status Registry::CloseScope(uint64_t session, const std::string& path, uint64_t token,
+                                  uint64_t request_seq) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*s, request_seq));
+  if (reply != nullptr) return absl::OkStatus();  // closed by the first attempt
   if (token != 0) {
     bool found = false;
     for (const auto& c : s->captured()) found = found || c.token() == token;
@@ -658,13 +722,18 @@ absl::Status Registry::CloseScope(uint64_t session, const std::string& path, uin
   op->set_session_id(session);
   op->set_path(path);
   op->set_token(token);
+  if (request_seq != 0) op->mutable_reply()->set_request_seq(request_seq);
   return Commit(&record, /*sync=*/false);
 }
 
 absl::StatusOr<std::string> Registry::UniqueName(uint64_t session, const std::string& name,
-                                                 bool mark_as_used) {
+                                                 bool mark_as_used, uint64_t request_seq) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(SessionState * s, FindSession(session));
+  if (mark_as_used) {
+    PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*s, request_seq));
+    if (reply != nullptr && reply->names_size() == 1) return reply->names(0);
+  }
   if (name.empty()) return absl::InvalidArgumentError("unique name: empty name");
   // Graph.unique_name; the result keeps the caller's capitalization.
   const auto& in_use = s->names_in_use();
@@ -681,6 +750,10 @@ absl::StatusOr<std::string> Registry::UniqueName(uint64_t session, const std::st
     RegistryRecord record;
     record.mutable_name_used()->set_session_id(session);
     record.mutable_name_used()->set_name(name);
+    if (request_seq != 0) {
+      record.mutable_name_used()->mutable_reply()->set_request_seq(request_seq);
+      record.mutable_name_used()->mutable_reply()->add_names(result);
+    }
     PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
   }
   return result;

@@ -103,15 +103,24 @@ class Registry {
   absl::Status CloseSession(uint64_t session);
   bool HasSession(uint64_t session) const;
 
+  // Exactly-once retries: the calls that change a session's state take the
+  // request's `request_seq` (0: untagged). A retry of a request that was
+  // applied gets the first answer again, rebuilt from what the registry
+  // recorded with it (so also after a coordinator restart); a seq older
+  // than the latest kReplyWindow recorded ones is ABORTED "too old".
+  static constexpr int kReplyWindow = 256;
+
   // get_variable. New variables are placed on `live_shards` (UNAVAILABLE if
   // there is none).
   absl::StatusOr<DeclareResult> GetVariable(uint64_t session, const VariableDeclaration& decl,
-                                            absl::Span<const int32_t> live_shards);
+                                            absl::Span<const int32_t> live_shards,
+                                            uint64_t request_seq = 0);
   // Many get_variable calls applied atomically, in order: all or none. A
   // later declaration sees the effect of earlier ones.
   absl::StatusOr<std::vector<DeclareResult>> Declare(uint64_t session,
                                                      absl::Span<const VariableDeclaration> decls,
-                                                     absl::Span<const int32_t> live_shards);
+                                                     absl::Span<const int32_t> live_shards,
+                                                     uint64_t request_seq = 0);
 
   absl::StatusOr<VariableDef> Lookup(const std::string& name) const;
   // Variables in `collection` ("" = all) in creation order.
@@ -129,14 +138,15 @@ class Registry {
   // name").
   absl::StatusOr<ScopeEntry> OpenScope(uint64_t session, const std::string& parent_path,
                                        const std::string& name, const std::string& default_name,
-                                       bool reuse, bool captured);
+                                       bool reuse, bool captured, uint64_t request_seq = 0);
   // Scope exit: a named scope resets the counters of its sub-scopes; a
   // captured one (token != 0) restores the counters saved when it opened.
-  absl::Status CloseScope(uint64_t session, const std::string& path, uint64_t token);
+  absl::Status CloseScope(uint64_t session, const std::string& path, uint64_t token,
+                          uint64_t request_seq = 0);
   // Graph.unique_name for default variable names: "Variable", then
   // "Variable_1", ...; `name` carries the client's name-scope prefix.
   absl::StatusOr<std::string> UniqueName(uint64_t session, const std::string& name,
-                                         bool mark_as_used);
+                                         bool mark_as_used, uint64_t request_seq = 0);
 
   // Placed parts and bytes per shard id.
   std::map<int32_t, ShardPlacement> Placement() const;
@@ -154,6 +164,12 @@ class Registry {
   explicit Registry(const RegistryOptions& options) : options_(options) {}
 
   absl::StatusOr<SessionState*> FindSession(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The recorded answer to `request_seq` of `session` if it is a retry of an
+  // applied request, nullptr for a new one, ABORTED if it is too old to tell.
+  static absl::StatusOr<const SessionReply*> FindReply(const SessionState& session,
+                                                       uint64_t request_seq);
+  // Keeps `reply` (if tagged) for the session's retries, within the window.
+  static void RememberReply(const SessionReply& reply, SessionState* session);
   absl::StatusOr<DeclareResult> DeclareOne(const SessionState& session,
                                            const VariableDeclaration& decl, Txn* txn)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -276,6 +276,25 @@ TEST_F(SessionTest, SessionsAttachToSharedVariablesAndConflictsNameBoth) {
                        absl::StrCat("session ", session_->id())}));
 }
 
+// A part its shard cannot create fails the get_variable with the shard's
+// reason. The client retries that (UNAVAILABLE) with the same request id, so
+// the retries report the same failure rather than "already exists" for the
+// declaration the first attempt recorded.
+TEST_F(SessionTest, RetriedGetVariableAfterAFailedPartReportsThePart) {
+  client::SessionOptions options;
+  options.coordinator_retry_budget = absl::Seconds(1);
+  auto s = Session::Open(cluster_->coordinator_address(), options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  GetVariableOptions o = Shape({int64_t{1} << 20, int64_t{1} << 20});  // 4 TiB
+  o.initializer = init::Zeros();
+  o.initialize = true;
+  EXPECT_TRUE(IsError((*s)->GetVariable("too_big", o), absl::StatusCode::kUnavailable,
+                      {"variable too_big is declared, but its part too_big could not be created",
+                       "memory"}));
+  // Its 4 TiB would skew byte-balanced placement for the other tests.
+  EXPECT_TRUE(IsOk((*s)->DeleteVariable("too_big")));
+}
+
 TEST_F(SessionTest, PartitionersGiveTensorFlowPartCountsAndShapes) {
   ASSERT_OK_AND_ASSIGN(VariableScope scope, VariableScope::Enter(session_.get(), "parts"));
   GetVariableOptions five = Shape({10, 10});

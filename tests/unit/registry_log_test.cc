@@ -94,6 +94,33 @@ TEST_F(RegistryLogTest, RestartServesTheSameRegistry) {
   EXPECT_EQ(registry->Placement()[0].parts + registry->Placement()[1].parts, 4);
 }
 
+// A coordinator killed after applying a request but before answering it:
+// the client's retry against the restarted coordinator gets the answer.
+TEST_F(RegistryLogTest, RetryAfterRestartGetsTheFirstAnswer) {
+  uint64_t session;
+  std::string w;
+  {
+    auto registry = Open();
+    session = *registry->OpenSession("trainer");
+    auto r = registry->GetVariable(session, Decl("w", 6, 2), shards_, /*request_seq=*/3);
+    ASSERT_TRUE(r.ok()) << r.status();
+    w = r->def.SerializeAsString();
+    ASSERT_EQ(registry->OpenScope(session, "", "", "blk", false, false, 4)->path, "blk");
+  }
+  auto registry = Open();
+  ASSERT_NE(registry, nullptr);
+  auto retry = registry->GetVariable(session, Decl("w", 6, 2), shards_, 3);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->def.SerializeAsString(), w);
+  EXPECT_EQ(registry->OpenScope(session, "", "", "blk", false, false, 4)->path, "blk");
+  // Compaction keeps the answers too.
+  ASSERT_TRUE(registry->Compact().ok());
+  registry.reset();
+  registry = Open();
+  EXPECT_EQ(registry->OpenScope(session, "", "", "blk", false, false, 4)->path, "blk");
+  EXPECT_EQ(registry->OpenScope(session, "", "", "blk", false, false, 5)->path, "blk_1");
+}
+
 TEST_F(RegistryLogTest, TornTailIsDroppedAndTruncated) {
   uint64_t session;
   {

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/wire.h"
@@ -70,6 +71,47 @@ class RegistryTest : public ::testing::Test {
   uint64_t session_ = 0;
   std::vector<int32_t> shards_ = {0, 1, 2};
 };
+
+// A retried request (same request_seq: its answer was lost) is answered as
+// the first time instead of being applied again.
+TEST_F(RegistryTest, RetriedRequestsAreAppliedOnce) {
+  const VariableDeclaration d = Decl("w", {4});
+  auto first = registry_->GetVariable(session_, d, shards_, /*request_seq=*/7);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto retry = registry_->GetVariable(session_, d, shards_, 7);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(retry->created);  // the caller still finishes the parts
+  EXPECT_EQ(retry->def.SerializeAsString(), first->def.SerializeAsString());
+  // A new request for the same name is TensorFlow's reuse error.
+  EXPECT_EQ(registry_->GetVariable(session_, d, shards_, 8).status().code(),
+            absl::StatusCode::kAlreadyExists);
+
+  auto scope = registry_->OpenScope(session_, "", "", "layer", false, false, 9);
+  auto scope_retry = registry_->OpenScope(session_, "", "", "layer", false, false, 9);
+  EXPECT_EQ(scope->path, "layer");
+  EXPECT_EQ(scope_retry->path, "layer");
+  EXPECT_EQ(registry_->OpenScope(session_, "", "", "layer", false, false, 10)->path, "layer_1");
+
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true, 11), "Variable");
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true, 11), "Variable");
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true, 12), "Variable_1");
+  // Untagged requests are applied every time.
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true), "Variable_2");
+}
+
+TEST_F(RegistryTest, RetryOlderThanTheWindowIsAborted) {
+  uint64_t seq = 1;
+  for (; seq <= Registry::kReplyWindow + 1; ++seq) {
+    ASSERT_TRUE(registry_->UniqueName(session_, "Variable", true, seq).ok());
+  }
+  auto old = registry_->UniqueName(session_, "Variable", true, 1);
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kAborted);
+  EXPECT_NE(old.status().message().find("request id too old"), std::string::npos)
+      << old.status();
+  // The newest are still answered from the window.
+  EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true, seq - 1),
+            absl::StrCat("Variable_", seq - 2));
+}
 
 TEST_F(RegistryTest, DefaultVariableNamesAreUniquePerSession) {
   EXPECT_EQ(*registry_->UniqueName(session_, "Variable", true), "Variable");
