@@ -1,6 +1,7 @@
 #include "runtime/coordinator_server.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -92,6 +93,16 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   auto shard_credentials = internal::MakeChannelCredentials(NodeChannelSecurity(options.security));
   if (!shard_credentials.ok()) return shard_credentials.status();
   service_options.shard_credentials = *shard_credentials;
+  if (!options.checkpoint.dir.empty()) {
+    // Periodic and final saves go there: a missing directory should fail
+    // now, not at the first save hours later.
+    std::error_code ec;
+    std::filesystem::create_directories(options.checkpoint.dir, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint.dir: cannot create ", options.checkpoint.dir, ": ", ec.message()));
+    }
+  }
   CoordinatorService service(registry.get(), service_options);
   AddClusterMetrics(&metrics, &service);
   if (!options.checkpoint.dir.empty()) {
