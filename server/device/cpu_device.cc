@@ -188,6 +188,18 @@ class CpuDevice final : public Device {
     return absl::OkStatus();
   }
 
+  absl::Status CopyRange(const DeviceBuffer& src, size_t src_offset, DeviceBuffer* dst,
+                         size_t dst_offset, size_t bytes) override {
+    absl::Status s = CheckCopyRange("copy from buffer", src_offset, bytes, src.size());
+    if (s.ok()) s = CheckCopyRange("copy into buffer", dst_offset, bytes, dst->size());
+    if (!s.ok()) return s;
+    if (bytes > 0) {
+      std::memcpy(static_cast<char*>(dst->data()) + dst_offset,
+                  static_cast<const char*>(src.data()) + src_offset, bytes);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst, const void* src,
                           int64_t n, bool src_is_scalar) override {
     return DispatchFixedSize(

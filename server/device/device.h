@@ -86,6 +86,11 @@ class Device {
                                   void* dst) = 0;
   // Copies all of `src` into `dst` (same size), both on this device.
   virtual absl::Status Copy(const DeviceBuffer& src, DeviceBuffer* dst) = 0;
+  // Copies `bytes` bytes of `src` at `src_offset` into `dst` at
+  // `dst_offset`, both buffers on this device and distinct; both ranges must
+  // lie inside their buffers. Copy-on-write copies single chunks with it.
+  virtual absl::Status CopyRange(const DeviceBuffer& src, size_t src_offset, DeviceBuffer* dst,
+                                 size_t dst_offset, size_t bytes) = 0;
 
   // Whether the device can still be trusted. A device failure (a CUDA error)
   // fails its request and makes the device unhealthy for good: later ops fail

@@ -165,6 +165,16 @@ class GpuDevice final : public Device {
     return Check(context_->CopyOnDevice(dst->data(), src.data(), src.size()));
   }
 
+  absl::Status CopyRange(const DeviceBuffer& src, size_t src_offset, DeviceBuffer* dst,
+                         size_t dst_offset, size_t bytes) override {
+    PSD_RETURN_IF_ERROR(
+        internal::CheckCopyRange("copy from buffer", src_offset, bytes, src.size()));
+    PSD_RETURN_IF_ERROR(
+        internal::CheckCopyRange("copy into buffer", dst_offset, bytes, dst->size()));
+    PSD_RETURN_IF_ERROR(Usable());
+    return Check(context_->CopyOnDevice(At(dst, dst_offset), At(src, src_offset), bytes));
+  }
+
   absl::Status ApplyDense(DataType dtype, UpdateKind op, DeviceBuffer* dst, const void* src,
                           int64_t n, bool src_is_scalar) override {
     ElemType type;

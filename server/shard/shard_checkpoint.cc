@@ -57,9 +57,7 @@ absl::Status ShardCheckpointer::Fence(const FenceRequest& request, FenceResponse
   snap.taken_at = absl::Now();
   PSD_RETURN_IF_ERROR(store_->Fence(request.fence_id(), lease, &snap.values));
   int64_t bytes = 0;
-  for (const auto& v : snap.values) {
-    if (v.buffer != nullptr) bytes += static_cast<int64_t>(v.buffer->size());
-  }
+  for (const auto& v : snap.values) bytes += v.pin->byte_size();
   response->set_snapshot_variables(static_cast<int64_t>(snap.values.size()));
   response->set_snapshot_bytes(bytes);
   absl::MutexLock lock(&mu_);
@@ -109,7 +107,6 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
   const int64_t chunk = request.chunk_bytes() > 0 ? request.chunk_bytes()
                                                   : options_.default_chunk_bytes;
   std::string buf;
-  Device* device = store_->mutable_device();
   for (const SavePart& part : request.parts()) {
     auto it = by_name.find(part.name());
     if (it == by_name.end()) {
@@ -130,7 +127,7 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
       PSD_ASSIGN_OR_RETURN(slice, PartSlice(full_shape, part.offset(), v.shape, v.name));
     }
     if (v.dtype == DT_STRING) {
-      PSD_ASSIGN_OR_RETURN(Tensor t, Tensor::FromStrings(v.shape, *v.strings));
+      PSD_ASSIGN_OR_RETURN(Tensor t, Tensor::FromStrings(v.shape, v.pin->Strings()));
       PSD_RETURN_IF_ERROR(slice.has_value()
                               ? writer->AddSlice(part.full_name(), full_shape, *slice, t)
                               : writer->Add(part.full_name(), t));
@@ -139,11 +136,11 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
     PSD_RETURN_IF_ERROR(slice.has_value()
                             ? writer->BeginSlice(part.full_name(), v.dtype, full_shape, *slice)
                             : writer->BeginTensor(part.full_name(), v.dtype, v.shape));
-    const int64_t total = static_cast<int64_t>(v.buffer->size());
+    const int64_t total = v.pin->byte_size();
     for (int64_t off = 0; off < total; off += chunk) {
       const int64_t n = std::min(chunk, total - off);
       buf.resize(n);
-      PSD_RETURN_IF_ERROR(device->CopyToHost(*v.buffer, off, n, buf.data()));
+      PSD_RETURN_IF_ERROR(v.pin->Read(off, n, buf.data()));
       PSD_RETURN_IF_ERROR(writer->AppendData(buf));
     }
     PSD_RETURN_IF_ERROR(writer->EndTensor());

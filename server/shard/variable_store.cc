@@ -49,14 +49,6 @@ absl::StatusOr<UpdateKind> ToUpdateKind(int op, const std::string& variable) {
   }
 }
 
-// Bytes a string vector is accounted for: its characters plus the per-element
-// std::string object.
-int64_t StringBytes(const std::vector<std::string>& values) {
-  int64_t bytes = static_cast<int64_t>(values.size() * sizeof(std::string));
-  for (const auto& v : values) bytes += static_cast<int64_t>(v.size());
-  return bytes;
-}
-
 // Calls fn(local, global) for every element of a slice at `offset` with
 // `slice_shape` inside `full_shape`: local and global row-major indices.
 template <typename Fn>
@@ -130,10 +122,17 @@ class Variable {
 
   mutable absl::Mutex mu;
   TensorShape shape ABSL_GUARDED_BY(mu);
-  // Never null. Shared with streamed reads in progress, which keep reading
-  // the value as it was when they started; a writer that finds it shared
-  // copies it first (MakeWritable).
+  // Never null. Pins (checkpoint snapshots, streamed reads) share it: they
+  // keep a replaced value alive, and writers copy into them the chunks they
+  // change in place (CopyOnWrite).
   std::shared_ptr<Contents> contents ABSL_GUARDED_BY(mu) = std::make_shared<Contents>();
+  // The pins of `contents`. Pinners hold `mu` only shared, hence their own
+  // mutex. Swap drops them: a replaced value is never written again.
+  mutable absl::Mutex pins_mu ABSL_ACQUIRED_AFTER(mu);
+  mutable std::vector<std::weak_ptr<ValuePin>> pins ABSL_GUARDED_BY(pins_mu);
+  // The newest pin while no write has happened since it was taken: later
+  // pinners share it instead of making writers copy for each of them.
+  mutable std::weak_ptr<ValuePin> fresh_pin ABSL_GUARDED_BY(pins_mu);
   bool initialized ABSL_GUARDED_BY(mu) = false;
   uint64_t version ABSL_GUARDED_BY(mu) = 0;
   // The value given at creation, held until the variable is first
@@ -145,6 +144,50 @@ class Variable {
   void Swap(Contents&& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     shape = next.shape;
     contents = std::make_shared<Contents>(std::move(next));
+    absl::MutexLock lock(&pins_mu);
+    pins.clear();
+    fresh_pin.reset();
+  }
+
+  // Pins the current value (see ValuePin).
+  std::shared_ptr<ValuePin> Pin(Device* device, int64_t chunk_bytes) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    absl::MutexLock lock(&pins_mu);
+    if (auto fresh = fresh_pin.lock()) return fresh;
+    const int64_t elements =
+        dtype == DT_STRING ? static_cast<int64_t>(contents->strings.size())
+        : contents->buffer == nullptr
+            ? 0
+            : static_cast<int64_t>(contents->buffer->size() / DataTypeSize(dtype));
+    auto pin = std::make_shared<ValuePin>(device, dtype, elements, chunk_bytes, contents,
+                                          contents->buffer.get(), &contents->strings);
+    PrunePins();
+    pins.push_back(pin);
+    fresh_pin = pin;
+    return pin;
+  }
+
+  // The one place a write protects the pins of the value it is about to
+  // change in place: copies the chunks `extent` touches into every pin that
+  // lacks them. Every in-place write calls it first; on failure nothing of
+  // the value has changed.
+  absl::Status CopyOnWrite(MemoryAccountant* memory, const WriteExtent& extent)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::vector<std::shared_ptr<ValuePin>> live;
+    {
+      absl::MutexLock lock(&pins_mu);
+      fresh_pin.reset();
+      PrunePins();
+      for (const auto& weak : pins) {
+        if (auto pin = weak.lock()) live.push_back(std::move(pin));
+      }
+    }
+    if (live.empty()) return absl::OkStatus();
+    // Every pin here is of `contents`: same elements and chunking.
+    const std::vector<int64_t> chunks =
+        TouchedChunks(extent, live[0]->elements(), live[0]->chunk_elements());
+    for (const auto& pin : live) PSD_RETURN_IF_ERROR(pin->CopyChunks(chunks, memory, name));
+    return absl::OkStatus();
   }
 
   void FillInfo(const Device& device, VariableInfo* info) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
@@ -155,6 +198,13 @@ class Variable {
     info->set_version(version);
     info->set_device(device.name());
     info->set_bytes(contents->reservation.bytes());
+  }
+
+ private:
+  void PrunePins() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(pins_mu) {
+    pins.erase(std::remove_if(pins.begin(), pins.end(),
+                              [](const std::weak_ptr<ValuePin>& p) { return p.expired(); }),
+               pins.end());
   }
 };
 
@@ -615,31 +665,6 @@ absl::Status CurrentValue(Device* device, const Variable& var, TensorProto* out)
   return CopyOut(device, var, out);
 }
 
-// Gives `var` a value no streamed read shares, copying it if one does, so it
-// can be written in place.
-absl::Status MakeWritable(Device* device, MemoryAccountant* memory, Variable& var)
-    ABSL_EXCLUSIVE_LOCKS_REQUIRED(var.mu) {
-  if (var.contents.use_count() == 1) return absl::OkStatus();
-  const Variable::Contents& shared = *var.contents;
-  Variable::Contents copy;
-  copy.shape = shared.shape;
-  PSD_RETURN_IF_ERROR(memory->Reserve(shared.reservation.bytes(), var.name));
-  copy.reservation = MemoryReservation(memory, shared.reservation.bytes());
-  if (var.dtype == DT_STRING) {
-    copy.strings = shared.strings;
-  } else {
-    auto buffer = device->Allocate(shared.buffer->size());
-    if (!buffer.ok()) {
-      return absl::Status(buffer.status().code(),
-                          absl::StrCat(Quoted(var.name), ": ", buffer.status().message()));
-    }
-    copy.buffer = std::move(buffer).value();
-    PSD_RETURN_IF_ERROR(device->Copy(*shared.buffer, copy.buffer.get()));
-  }
-  var.contents = std::make_shared<Variable::Contents>(std::move(copy));
-  return absl::OkStatus();
-}
-
 // Checks every index against [0, dim0) with TensorFlow's wording.
 absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
                           const std::string& variable) {
@@ -743,7 +768,7 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
     var->Swap(std::move(contents));
     var->initial_value.reset();
   } else {
-    PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
+    PSD_RETURN_IF_ERROR(var->CopyOnWrite(&memory_, WriteExtent::All()));
     PSD_RETURN_IF_ERROR(device_->ApplyDense(var->dtype, kind, var->contents->buffer.get(),
                                             value.content().data(), value_shape.num_elements(),
                                             /*src_is_scalar=*/false));
@@ -805,7 +830,7 @@ absl::Status VariableStore::ScatterOnce(const ScatterRequest& request, ScatterRe
   PSD_RETURN_IF_ERROR(CheckIndices(indices, var->shape.dim(0), name));
 
   const int64_t row = var->shape.row_elements();
-  PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
+  PSD_RETURN_IF_ERROR(var->CopyOnWrite(&memory_, WriteExtent::Rows(indices, row)));
   if (var->dtype == DT_STRING) {
     // Strings change size. Reserve the most the writes can add (every
     // update's characters) before touching anything, write in place, then
@@ -874,7 +899,7 @@ absl::Status VariableStore::CountUpToOnce(const CountUpToRequest& request,
         absl::StrCat(Quoted(name), ": Reached limit of ", request.limit()));
   }
   const int64_t next = value + 1;
-  PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
+  PSD_RETURN_IF_ERROR(var->CopyOnWrite(&memory_, WriteExtent::All()));
   if (var->dtype == DT_INT64) {
     PSD_RETURN_IF_ERROR(device_->CopyFromHost(&next, size, var->contents->buffer.get(), 0));
   } else {
@@ -1227,12 +1252,16 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
     PSD_RETURN_IF_ERROR(CheckIndices(sparse->indices, var->shape.dim(0), name));
   }
 
-  // Everything checked: copy any value a streamed read shares, then update.
-  PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *var));
+  // Everything checked: copy what pins need of the rows about to change
+  // (the same rows of the variable and of every slot), then update.
+  const WriteExtent extent = dense != nullptr
+                                 ? WriteExtent::All()
+                                 : WriteExtent::Rows(sparse->indices, var->shape.row_elements());
+  PSD_RETURN_IF_ERROR(var->CopyOnWrite(&memory_, extent));
   std::vector<DeviceBuffer*> slot_buffers;
   for (const auto& slot : slot_vars) {
     slot->mu.AssertHeld();
-    PSD_RETURN_IF_ERROR(MakeWritable(device_, &memory_, *slot));
+    PSD_RETURN_IF_ERROR(slot->CopyOnWrite(&memory_, extent));
     slot_buffers.push_back(slot->contents->buffer.get());
   }
   if (dense != nullptr) {
@@ -1297,23 +1326,21 @@ absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
 
 namespace {
 
-// Streams a value as it was when the stream began: the source holds a
-// reference to that value's contents, so later writers copy on write instead
-// of changing what is being sent.
+// Streams a value as it was when the stream began: a fixed-size value
+// through a pin (writers copy the chunks they change into it), a string
+// value encoded at the start.
 class SnapshotReadSource final : public ReadStreamSource {
  public:
-  SnapshotReadSource(Device* device, DataType dtype, TensorShape shape, uint64_t version,
-                     std::shared_ptr<const Variable::Contents> contents, std::string encoded,
+  SnapshotReadSource(DataType dtype, TensorShape shape, uint64_t version,
+                     std::shared_ptr<const ValuePin> pin, std::string encoded,
                      int64_t chunk_bytes)
-      : device_(device),
-        dtype_(dtype),
+      : dtype_(dtype),
         shape_(std::move(shape)),
         version_(version),
-        contents_(std::move(contents)),
+        pin_(std::move(pin)),
         encoded_(std::move(encoded)),
         chunk_bytes_(chunk_bytes),
-        total_(dtype == DT_STRING ? static_cast<int64_t>(encoded_.size())
-                                  : static_cast<int64_t>(contents_->buffer->size())) {}
+        total_(dtype == DT_STRING ? static_cast<int64_t>(encoded_.size()) : pin_->byte_size()) {}
 
   void FillHeader(TensorChunk* chunk) const override {
     chunk->set_dtype(dtype_);
@@ -1332,7 +1359,7 @@ class SnapshotReadSource final : public ReadStreamSource {
     if (dtype_ == DT_STRING) {
       std::memcpy(content->data(), encoded_.data() + offset_, n);
     } else {
-      PSD_RETURN_IF_ERROR(device_->CopyToHost(*contents_->buffer, offset_, n, content->data()));
+      PSD_RETURN_IF_ERROR(pin_->Read(offset_, n, content->data()));
     }
     offset_ += n;
     sent_any_ = true;
@@ -1340,12 +1367,11 @@ class SnapshotReadSource final : public ReadStreamSource {
   }
 
  private:
-  Device* const device_;
   const DataType dtype_;
   const TensorShape shape_;
   const uint64_t version_;
-  const std::shared_ptr<const Variable::Contents> contents_;
-  const std::string encoded_;  // DT_STRING only
+  const std::shared_ptr<const ValuePin> pin_;  // fixed-size dtypes only
+  const std::string encoded_;                 // DT_STRING only
   const int64_t chunk_bytes_;
   const int64_t total_;
   int64_t offset_ = 0;
@@ -1363,9 +1389,14 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
   absl::ReaderMutexLock lock(&var->mu);
   PSD_RETURN_IF_ERROR(CheckInitialized(*var));
   std::string encoded;
-  if (var->dtype == DT_STRING) encoded = EncodeStrings(var->contents->strings);
+  std::shared_ptr<const ValuePin> pin;
+  if (var->dtype == DT_STRING) {
+    encoded = EncodeStrings(var->contents->strings);
+  } else {
+    pin = var->Pin(device_, options_.cow_chunk_bytes);
+  }
   return std::unique_ptr<ReadStreamSource>(new SnapshotReadSource(
-      device_, var->dtype, var->shape, var->version, var->contents, std::move(encoded), chunk));
+      var->dtype, var->shape, var->version, std::move(pin), std::move(encoded), chunk));
 }
 
 // Stages a streamed value in its own buffer (accounted against the memory
@@ -1476,7 +1507,7 @@ class StagedAssignSink final : public AssignStreamSink {
             AssignOpName(header_.op()), ": ", Quoted(name), " has shape ", var->shape.ToString(),
             ", value has shape ", shape_.ToString()));
       }
-      PSD_RETURN_IF_ERROR(MakeWritable(store_->device_, &store_->memory_, *var));
+      PSD_RETURN_IF_ERROR(var->CopyOnWrite(&store_->memory_, WriteExtent::All()));
       // The staging buffer lives on the device (GPU memory on a GPU shard).
       PSD_RETURN_IF_ERROR(store_->device_->ApplyDenseFromBuffer(
           var->dtype, kind_, var->contents->buffer.get(), *staged_.buffer,
@@ -1626,9 +1657,7 @@ absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
     v.dtype = var->dtype;
     v.shape = var->shape;
     v.initialized = var->initialized;
-    v.buffer = var->contents->buffer.get();
-    v.strings = &var->contents->strings;
-    v.pin = var->contents;
+    v.pin = var->Pin(device_, options_.cow_chunk_bytes);
     snapshot->push_back(std::move(v));
   }
   return absl::OkStatus();
@@ -1641,11 +1670,15 @@ absl::Status VariableStore::Unfence(uint64_t fence_id, WriteGate::FenceStats* st
 int64_t VariableStore::DivergedBytes(const std::vector<PinnedValue>& snapshot) const {
   int64_t bytes = 0;
   for (const PinnedValue& v : snapshot) {
-    auto var = Find(v.name);
-    if (!var.ok()) continue;
-    absl::ReaderMutexLock lock(&(*var)->mu);
-    if ((*var)->contents.get() != v.pin.get()) {
-      bytes += static_cast<const Variable::Contents*>(v.pin.get())->reservation.bytes();
+    bytes += v.pin->copied_bytes();
+    bool replaced = true;
+    if (auto var = Find(v.name); var.ok()) {
+      absl::ReaderMutexLock lock(&(*var)->mu);
+      replaced = (*var)->contents.get() != v.pin->owner();
+    }
+    // A replaced value is no longer written, so its reservation is stable.
+    if (replaced) {
+      bytes += static_cast<const Variable::Contents*>(v.pin->owner())->reservation.bytes();
     }
   }
   return bytes;

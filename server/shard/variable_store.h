@@ -16,9 +16,10 @@
 // mutations exclude). No lock is held while another variable's lock is taken,
 // except in InitializeVariables and the optimizer applies, which take
 // variable locks in name order.
-// Streams hold no lock between messages: a streamed read keeps a reference
-// to the value it started from (writers copy on write meanwhile), a streamed
-// assign stages into its own buffer and takes the lock only to commit.
+// Streams hold no lock between messages: a streamed read pins the value it
+// started from (a ValuePin: writers copy the chunks they change into it
+// first), a streamed assign stages into its own buffer and takes the lock
+// only to commit. Checkpoint snapshots pin values the same way.
 #ifndef PSD_SERVER_SHARD_VARIABLE_STORE_H_
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
@@ -36,6 +37,7 @@
 #include "psd/shard.pb.h"
 #include "shard/memory_accountant.h"
 #include "shard/request_window.h"
+#include "shard/value_pin.h"
 #include "shard/write_gate.h"
 #include "psd/tensor.h"
 
@@ -59,6 +61,9 @@ struct VariableStoreOptions {
   int default_chunk_bytes = 1 << 20;
   // Request ids remembered per client for exactly-once retries.
   int request_window = 1024;
+  // Copy-on-write chunk size: a write to a pinned value copies the chunks
+  // of about this many bytes that it touches (see ValuePin).
+  int64_t cow_chunk_bytes = 1 << 20;
 };
 
 class VariableStore {
@@ -102,22 +107,21 @@ class VariableStore {
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
 
   // A variable's value pinned for a checkpoint. While the pin is held,
-  // writers copy the value before changing it (copy-on-write, accounted),
-  // so the pinned bytes stay as they were at the fence.
+  // writers copy the chunks they change into it first (copy-on-write in
+  // chunks, accounted), so it reads as the value was at the fence.
   struct PinnedValue {
     std::string name;
     DataType dtype = DT_INVALID;
     TensorShape shape;
     bool initialized = false;
-    std::shared_ptr<const void> pin;
-    const DeviceBuffer* buffer = nullptr;               // fixed-size dtypes
-    const std::vector<std::string>* strings = nullptr;  // DT_STRING
+    std::shared_ptr<const ValuePin> pin;  // never null
   };
   // Holds new writes (WriteGate::Fence), then pins every variable's value.
   absl::Status Fence(uint64_t fence_id, absl::Duration lease, std::vector<PinnedValue>* snapshot);
   absl::Status Unfence(uint64_t fence_id, WriteGate::FenceStats* stats);
-  // Bytes of pinned values whose variables have moved on (were copied on
-  // write or replaced) since the pin.
+  // Bytes held for the snapshot beyond the live values: chunks copied on
+  // write since the pin, plus whole pinned values whose variables were
+  // replaced or deleted since.
   int64_t DivergedBytes(const std::vector<PinnedValue>& snapshot) const;
   Device* mutable_device() { return device_; }
   const WriteGate& gate() const { return gate_; }

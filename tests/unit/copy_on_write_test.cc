@@ -1,0 +1,436 @@
+// Chunked copy-on-write of pinned values (shard/value_pin.h): every write
+// path of the VariableStore leaves a checkpoint snapshot exactly as it was at
+// the fence, copies only the chunks it touches, and accounts them.
+#include <cstring>
+#include <random>
+#include <type_traits>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "psd/wire.h"
+#include "shard/value_pin.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+template <typename T>
+TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
+  TensorProto p;
+  TensorToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values), &p);
+  return p;
+}
+
+TensorProto Strings(std::vector<int64_t> dims, const std::vector<std::string>& values) {
+  TensorProto p;
+  TensorToProto(*Tensor::FromStrings(TensorShape(std::move(dims)), values), &p);
+  return p;
+}
+
+std::vector<float> Iota(int64_t n, float start = 0) {
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = start + static_cast<float>(i);
+  return v;
+}
+
+TEST(TouchedChunksTest, AllTouchesEveryChunkAndRowsTheirSpans) {
+  EXPECT_THAT(TouchedChunks(WriteExtent::All(), 10, 4), ElementsAre(0, 1, 2));
+  EXPECT_TRUE(TouchedChunks(WriteExtent::All(), 0, 4).empty());
+  // Rows of 3 elements in chunks of 4: row 1 is elements 3-5 (chunks 0-1),
+  // row 5 is 15-17 (chunks 3-4); duplicates and order do not matter.
+  const std::vector<int64_t> rows = {5, 1, 5};
+  EXPECT_THAT(TouchedChunks(WriteExtent::Rows(rows, 3), 18, 4), ElementsAre(0, 1, 3, 4));
+  // Rows larger than a chunk touch every chunk they span.
+  const std::vector<int64_t> big = {1};
+  EXPECT_THAT(TouchedChunks(WriteExtent::Rows(big, 10), 30, 4), ElementsAre(2, 3, 4));
+}
+
+TEST(ChunkElementsTest, ChunkBytesOverElementSize) {
+  EXPECT_EQ(ChunkElements(DT_FLOAT, 1 << 20), 1 << 18);
+  EXPECT_EQ(ChunkElements(DT_DOUBLE, 4), 1);  // at least one element
+  EXPECT_EQ(ChunkElements(DT_STRING, 64), 64 / static_cast<int64_t>(sizeof(std::string)));
+}
+
+TEST(ValuePinTest, ReadsCopiedChunksFromCopiesAndTheRestLive) {
+  auto device = NewCpuDevice();
+  MemoryAccountant memory(0);
+  auto buffer = std::shared_ptr<DeviceBuffer>(device->Allocate(10 * sizeof(int32_t)).value());
+  std::vector<int32_t> values = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  ASSERT_TRUE(device->CopyFromHost(values.data(), 40, buffer.get(), 0).ok());
+  // Chunks of 4 elements (16 bytes): 0-3, 4-7, 8-9.
+  ValuePin pin(device.get(), DT_INT32, 10, 16, buffer, buffer.get(), nullptr);
+  const std::vector<int64_t> middle = {1};
+  ASSERT_TRUE(pin.CopyChunks(middle, &memory, "v").ok());
+  EXPECT_EQ(pin.copied_bytes(), 16);
+  EXPECT_EQ(memory.used(), 16);
+  const std::vector<int32_t> changed = {40, 50, 60, 70};
+  ASSERT_TRUE(device->CopyFromHost(changed.data(), 16, buffer.get(), 16).ok());
+  // A read across all three chunks at an unaligned offset.
+  std::vector<int32_t> out(8);
+  ASSERT_TRUE(pin.Read(4, 32, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(1, 2, 3, 4, 5, 6, 7, 8));
+  // Copying a chunk twice keeps the first copy.
+  ASSERT_TRUE(pin.CopyChunks(middle, &memory, "v").ok());
+  ASSERT_TRUE(pin.Read(16, 4, out.data()).ok());
+  EXPECT_EQ(out[0], 4);
+  EXPECT_EQ(pin.copied_chunks(), 1);
+  EXPECT_FALSE(pin.Read(36, 8, out.data()).ok());  // past the end
+}
+
+class CopyOnWriteTest : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kFence = 7;
+
+  static VariableStoreOptions Options(int64_t chunk_bytes, int64_t limit) {
+    VariableStoreOptions options;
+    options.memory_limit_bytes = limit;
+    options.cow_chunk_bytes = chunk_bytes;
+    options.default_chunk_bytes = 24;
+    return options;
+  }
+  // Chunks of 16 bytes: 4 floats, 2 doubles.
+  explicit CopyOnWriteTest(int64_t chunk_bytes = 16, int64_t limit = 1 << 20)
+      : device_(NewCpuDevice()), store_(device_.get(), Options(chunk_bytes, limit)) {}
+
+  void CreateFrom(const std::string& name, const TensorProto& value) {
+    CreateVariableRequest req;
+    req.set_name(name);
+    req.set_dtype(value.dtype());
+    *req.mutable_shape() = value.shape();
+    *req.mutable_initial_value() = value;
+    req.set_initialize(true);
+    VariableInfo info;
+    ASSERT_TRUE(store_.Create(req, &info).ok()) << name;
+  }
+
+  // Takes a checkpoint snapshot of every variable and lifts the fence, as
+  // the coordinator does before the shards stream their data files.
+  void Snapshot() {
+    ASSERT_TRUE(store_.Fence(kFence, absl::Seconds(30), &snapshot_).ok());
+    WriteGate::FenceStats stats;
+    ASSERT_TRUE(store_.Unfence(kFence, &stats).ok());
+  }
+
+  const VariableStore::PinnedValue& Pinned(const std::string& name) {
+    for (const auto& v : snapshot_) {
+      if (v.name == name) return v;
+    }
+    ADD_FAILURE() << name << " not in the snapshot";
+    return snapshot_.front();
+  }
+
+  template <typename T>
+  std::vector<T> PinnedValues(const std::string& name) {
+    const auto& v = Pinned(name);
+    std::vector<T> out(v.pin->byte_size() / sizeof(T));
+    absl::Status s = v.pin->Read(0, v.pin->byte_size(), out.data());
+    EXPECT_TRUE(s.ok()) << s;
+    return out;
+  }
+
+  template <typename T>
+  std::vector<T> LiveValues(const std::string& name) {
+    ReadRequest req;
+    req.set_name(name);
+    ReadResponse resp;
+    absl::Status s = store_.Read(req, &resp);
+    EXPECT_TRUE(s.ok()) << s;
+    auto t = TensorFromProto(resp.value(), name);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if constexpr (std::is_same_v<T, std::string>) {
+      return t->strings();
+    } else {
+      return t->ToVector<T>();
+    }
+  }
+
+  absl::Status Assign(const std::string& name, UpdateOp op, const TensorProto& value,
+                      bool validate_shape = true) {
+    AssignRequest req;
+    req.set_name(name);
+    req.set_op(op);
+    *req.mutable_value() = value;
+    req.set_validate_shape(validate_shape);
+    AssignResponse resp;
+    return store_.Assign(req, &resp);
+  }
+
+  absl::Status Scatter(const std::string& name, UpdateOp op, std::vector<int64_t> indices,
+                       const TensorProto& updates) {
+    ScatterRequest req;
+    req.set_name(name);
+    req.set_op(op);
+    const int64_t n = static_cast<int64_t>(indices.size());
+    *req.mutable_indices() = Vec<int64_t>({n}, std::move(indices));
+    *req.mutable_updates() = updates;
+    ScatterResponse resp;
+    return store_.Scatter(req, &resp);
+  }
+
+  std::unique_ptr<Device> device_;
+  VariableStore store_;
+  std::vector<VariableStore::PinnedValue> snapshot_;
+};
+
+TEST_F(CopyOnWriteTest, DenseAssignAddAndSubLeaveTheSnapshot) {
+  CreateFrom("v", Vec<float>({10}, Iota(10)));
+  Snapshot();
+  ASSERT_TRUE(Assign("v", UPDATE_ADD, Vec<float>({10}, std::vector<float>(10, 100))).ok());
+  ASSERT_TRUE(Assign("v", UPDATE_SUB, Vec<float>({10}, std::vector<float>(10, 1))).ok());
+  // An assign of the same shape writes in place too.
+  ASSERT_TRUE(Assign("v", UPDATE_ASSIGN, Vec<float>({10}, Iota(10, 50))).ok());
+  EXPECT_EQ(PinnedValues<float>("v"), Iota(10));
+  EXPECT_EQ(LiveValues<float>("v"), Iota(10, 50));
+  // Every chunk was copied once: 3 chunks, 40 bytes.
+  EXPECT_EQ(Pinned("v").pin->copied_chunks(), 3);
+  EXPECT_EQ(store_.DivergedBytes(snapshot_), 40);
+}
+
+TEST_F(CopyOnWriteTest, ScatterCopiesOnlyTheChunksOfItsRows) {
+  // 8 rows of 2 floats: 2 rows per 16-byte chunk.
+  CreateFrom("e", Vec<float>({8, 2}, Iota(16)));
+  Snapshot();
+  const int64_t used = store_.memory().used();
+  ASSERT_TRUE(Scatter("e", UPDATE_ADD, {5, 0, 5}, Vec<float>({3, 2}, {1, 1, 2, 2, 3, 3})).ok());
+  EXPECT_EQ(PinnedValues<float>("e"), Iota(16));
+  auto live = LiveValues<float>("e");
+  EXPECT_EQ(live[0], 2.0f);
+  EXPECT_EQ(live[10], 14.0f);  // row 5 got 1 + 3
+  EXPECT_EQ(Pinned("e").pin->copied_chunks(), 2);  // chunks 0 and 2
+  EXPECT_EQ(store_.memory().used() - used, 32);
+  EXPECT_EQ(store_.DivergedBytes(snapshot_), 32);
+  // Dropping the snapshot gives the copies back.
+  snapshot_.clear();
+  EXPECT_EQ(store_.memory().used(), used);
+}
+
+TEST_F(CopyOnWriteTest, StringScatterLeavesTheSnapshot) {
+  std::vector<std::string> words;
+  for (int i = 0; i < 9; ++i) words.push_back("word" + std::to_string(i));
+  CreateFrom("w", Strings({9}, words));
+  Snapshot();
+  ASSERT_TRUE(Scatter("w", UPDATE_ASSIGN, {8, 1}, Strings({2}, {"a much longer string", ""})).ok());
+  EXPECT_EQ(Pinned("w").pin->Strings(), words);
+  auto live = LiveValues<std::string>("w");
+  EXPECT_EQ(live[8], "a much longer string");
+  EXPECT_EQ(live[1], "");
+  EXPECT_EQ(live[2], "word2");
+  // Two chunks, each its string objects plus characters.
+  EXPECT_EQ(Pinned("w").pin->copied_chunks(), 2);
+  EXPECT_GT(store_.DivergedBytes(snapshot_), 0);
+}
+
+TEST_F(CopyOnWriteTest, OptimizerAppliesLeaveVariableAndSlotsInTheSnapshot) {
+  CreateFrom("e", Vec<float>({8, 2}, Iota(16, 1)));
+  CreateFrom("e/Adagrad", Vec<float>({8, 2}, std::vector<float>(16, 0.1f)));
+  CreateFrom("d", Vec<double>({3}, {1, 2, 3}));
+  Snapshot();
+  ApplySparseRequest sparse;
+  sparse.set_name("e");
+  sparse.add_slots("e/Adagrad");
+  sparse.mutable_optimizer()->mutable_adagrad()->set_learning_rate(1);
+  *sparse.mutable_indices() = Vec<int64_t>({1}, {7});
+  *sparse.mutable_values() = Vec<float>({1, 2}, {3, 4});
+  ApplySparseResponse sparse_resp;
+  ASSERT_TRUE(store_.ApplySparse(sparse, &sparse_resp).ok());
+  ApplyDenseRequest dense;
+  dense.set_name("d");
+  dense.mutable_optimizer()->mutable_gradient_descent()->set_learning_rate(1);
+  *dense.mutable_gradient() = Vec<double>({3}, {1, 1, 1});
+  ApplyDenseResponse dense_resp;
+  ASSERT_TRUE(store_.ApplyDense(dense, &dense_resp).ok());
+
+  EXPECT_EQ(PinnedValues<float>("e"), Iota(16, 1));
+  EXPECT_EQ(PinnedValues<float>("e/Adagrad"), std::vector<float>(16, 0.1f));
+  EXPECT_THAT(PinnedValues<double>("d"), ElementsAre(1, 2, 3));
+  EXPECT_NE(LiveValues<float>("e")[15], 16.0f);
+  EXPECT_NE(LiveValues<float>("e/Adagrad")[15], 0.1f);
+  EXPECT_THAT(LiveValues<double>("d"), ElementsAre(0, 1, 2));
+  // Row 7 is in the last chunk of the variable and of its slot.
+  EXPECT_EQ(Pinned("e").pin->copied_chunks(), 1);
+  EXPECT_EQ(Pinned("e/Adagrad").pin->copied_chunks(), 1);
+}
+
+TEST_F(CopyOnWriteTest, CountUpToLeavesTheSnapshot) {
+  CreateFrom("step", Vec<int64_t>({}, {41}));
+  Snapshot();
+  CountUpToRequest req;
+  req.set_name("step");
+  req.set_limit(100);
+  CountUpToResponse resp;
+  ASSERT_TRUE(store_.CountUpTo(req, &resp).ok());
+  EXPECT_THAT(PinnedValues<int64_t>("step"), ElementsAre(41));
+  EXPECT_THAT(LiveValues<int64_t>("step"), ElementsAre(42));
+}
+
+TEST_F(CopyOnWriteTest, StreamedAssignAddCommitLeavesTheSnapshot) {
+  CreateFrom("v", Vec<float>({6}, Iota(6)));
+  Snapshot();
+  AssignStreamHeader h;
+  h.set_name("v");
+  h.set_op(UPDATE_ADD);
+  h.set_dtype(DT_FLOAT);
+  h.mutable_shape()->add_dims(6);
+  h.set_total_bytes(24);
+  h.set_validate_shape(true);
+  auto sink = store_.BeginAssignStream(h);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  const std::vector<float> delta(6, 10);
+  ASSERT_TRUE((*sink)->Append(absl::string_view(reinterpret_cast<const char*>(delta.data()), 24))
+                  .ok());
+  AssignResponse resp;
+  ASSERT_TRUE((*sink)->Commit(&resp).ok());
+  EXPECT_EQ(PinnedValues<float>("v"), Iota(6));
+  EXPECT_EQ(LiveValues<float>("v"), Iota(6, 10));
+}
+
+TEST_F(CopyOnWriteTest, ReplacedRestoredAndDeletedValuesStayPinnedWhole) {
+  CreateFrom("a", Vec<float>({4}, Iota(4)));
+  CreateFrom("b", Vec<float>({4}, Iota(4, 10)));
+  CreateFrom("c", Vec<float>({4}, Iota(4, 20)));
+  Snapshot();
+  // A new element count means new storage: the old one stays with the pin.
+  ASSERT_TRUE(Assign("a", UPDATE_ASSIGN, Vec<float>({2}, {7, 8}), /*validate_shape=*/false).ok());
+  RestorePart part;
+  part.set_name("b");
+  part.set_checkpoint_name("b");
+  part.set_dtype(DT_FLOAT);
+  part.add_shape(4);
+  ASSERT_TRUE(store_.StageRestore(1, part, *Tensor::FromVector<float>(TensorShape({4}),
+                                                                      {5, 5, 5, 5}))
+                  .ok());
+  int64_t applied = 0;
+  ASSERT_TRUE(store_.FinishRestore(1, /*commit=*/true, &applied).ok());
+  DeleteVariableRequest del;
+  del.set_name("c");
+  ASSERT_TRUE(store_.Delete(del).ok());
+
+  EXPECT_EQ(PinnedValues<float>("a"), Iota(4));
+  EXPECT_EQ(PinnedValues<float>("b"), Iota(4, 10));
+  EXPECT_EQ(PinnedValues<float>("c"), Iota(4, 20));
+  EXPECT_THAT(LiveValues<float>("b"), ElementsAre(5, 5, 5, 5));
+  EXPECT_EQ(store_.DivergedBytes(snapshot_), 3 * 16);
+}
+
+TEST_F(CopyOnWriteTest, StreamedReadSeesTheValueItStartedFrom) {
+  CreateFrom("v", Vec<float>({12}, Iota(12)));
+  ReadStreamRequest req;
+  req.set_name("v");
+  auto source = store_.BeginReadStream(req);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {11}, Vec<float>({1}, {-1})).ok());
+  std::string bytes;
+  TensorChunk chunk;
+  while (true) {
+    auto more = (*source)->Next(&chunk);
+    ASSERT_TRUE(more.ok()) << more.status();
+    if (!*more) break;
+    bytes += chunk.content();
+  }
+  ASSERT_EQ(bytes.size(), 48u);
+  std::vector<float> got(12);
+  std::memcpy(got.data(), bytes.data(), 48);
+  EXPECT_EQ(got, Iota(12));
+  EXPECT_EQ(LiveValues<float>("v")[11], -1.0f);
+}
+
+TEST_F(CopyOnWriteTest, RandomWritesNeverReachTheSnapshot) {
+  CreateFrom("e", Vec<float>({64, 3}, Iota(192)));
+  CreateFrom("e/Adagrad", Vec<float>({64, 3}, std::vector<float>(192, 1)));
+  Snapshot();
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int64_t> row(0, 63);
+  for (int step = 0; step < 200; ++step) {
+    std::vector<int64_t> rows = {row(rng), row(rng)};
+    if (step % 2 == 0) {
+      ASSERT_TRUE(Scatter("e", UPDATE_ADD, rows, Vec<float>({2, 3}, {1, 1, 1, 1, 1, 1})).ok());
+    } else {
+      ApplySparseRequest sparse;
+      sparse.set_name("e");
+      sparse.add_slots("e/Adagrad");
+      sparse.mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
+      *sparse.mutable_indices() = Vec<int64_t>({2}, rows);
+      *sparse.mutable_values() = Vec<float>({2, 3}, {1, 2, 3, 4, 5, 6});
+      ApplySparseResponse resp;
+      ASSERT_TRUE(store_.ApplySparse(sparse, &resp).ok());
+    }
+    if (step == 100) {
+      // A second snapshot mid-way sees the values of that moment.
+      std::vector<VariableStore::PinnedValue> second;
+      ASSERT_TRUE(store_.Fence(kFence + 1, absl::Seconds(30), &second).ok());
+      WriteGate::FenceStats stats;
+      ASSERT_TRUE(store_.Unfence(kFence + 1, &stats).ok());
+      const std::vector<float> now = LiveValues<float>("e");
+      ASSERT_TRUE(Scatter("e", UPDATE_ASSIGN, {0, 63}, Vec<float>({2, 3}, {0, 0, 0, 0, 0, 0}))
+                      .ok());
+      std::vector<float> pinned(192);
+      for (const auto& v : second) {
+        if (v.name == "e") ASSERT_TRUE(v.pin->Read(0, 192 * 4, pinned.data()).ok());
+      }
+      EXPECT_EQ(pinned, now);
+    }
+  }
+  EXPECT_EQ(PinnedValues<float>("e"), Iota(192));
+  EXPECT_EQ(PinnedValues<float>("e/Adagrad"), std::vector<float>(192, 1));
+}
+
+class CopyOnWriteLimitTest : public CopyOnWriteTest {
+ protected:
+  // Room for the variable (64 bytes) and one 16-byte chunk copy.
+  CopyOnWriteLimitTest() : CopyOnWriteTest(16, 64 + 16) {}
+};
+
+TEST_F(CopyOnWriteLimitTest, CopiesOverTheMemoryLimitFailTheWriteAndChangeNothing) {
+  CreateFrom("v", Vec<float>({16}, Iota(16)));
+  Snapshot();
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {0}, Vec<float>({1}, {-1})).ok());
+  absl::Status s = Assign("v", UPDATE_ADD, Vec<float>({16}, std::vector<float>(16, 1)));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("'v'"));
+  std::vector<float> want = Iota(16);
+  want[0] = -1;
+  EXPECT_EQ(LiveValues<float>("v"), want);
+  EXPECT_EQ(PinnedValues<float>("v"), Iota(16));
+  // Without the snapshot the same write needs no copy.
+  snapshot_.clear();
+  EXPECT_TRUE(Assign("v", UPDATE_ADD, Vec<float>({16}, std::vector<float>(16, 1))).ok());
+}
+
+class CopyOnWriteBigTest : public CopyOnWriteTest {
+ protected:
+  // The shard's default chunk size.
+  CopyOnWriteBigTest() : CopyOnWriteTest(VariableStoreOptions().cow_chunk_bytes, 64 << 20) {}
+};
+
+TEST_F(CopyOnWriteBigTest, ThreeRowScatterIntoABigPinnedVariableCopiesAboutOneChunk) {
+  // 16 MiB: 16384 rows of 256 floats (1 KiB a row, 1024 rows a chunk).
+  CreateVariableRequest req;
+  req.set_name("emb");
+  req.set_dtype(DT_FLOAT);
+  req.mutable_shape()->add_dims(16384);
+  req.mutable_shape()->add_dims(256);
+  req.mutable_initializer()->mutable_zeros();
+  req.set_initialize(true);
+  VariableInfo info;
+  ASSERT_TRUE(store_.Create(req, &info).ok());
+  Snapshot();
+  const int64_t chunk = VariableStoreOptions().cow_chunk_bytes;
+  ASSERT_TRUE(Scatter("emb", UPDATE_ADD, {3, 4, 5},
+                      Vec<float>({3, 256}, std::vector<float>(3 * 256, 1)))
+                  .ok());
+  EXPECT_EQ(store_.DivergedBytes(snapshot_), chunk);
+  // Rows far apart: one chunk each.
+  ASSERT_TRUE(Scatter("emb", UPDATE_ADD, {2000, 9000, 16383},
+                      Vec<float>({3, 256}, std::vector<float>(3 * 256, 1)))
+                  .ok());
+  EXPECT_EQ(store_.DivergedBytes(snapshot_), 4 * chunk);
+  std::vector<float> row(256);
+  ASSERT_TRUE(Pinned("emb").pin->Read(16383 * 1024, 1024, row.data()).ok());
+  EXPECT_EQ(row, std::vector<float>(256, 0));
+}
+
+}  // namespace
+}  // namespace psd
