@@ -104,6 +104,9 @@ int main(int argc, char** argv) {
   shard->add_option("--drain-timeout", options.drain_timeout_seconds,
                     "Seconds in-flight calls may take after SIGTERM/SIGINT")
       ->check(CLI::NonNegativeNumber);
+  shard->add_flag("--nccl-plane", options.nccl_plane,
+                  "Serve the NCCL data plane to trainers on GPUs (gpu devices only; its NCCL "
+                  "traffic has no TLS or tokens: trusted networks only)");
 
   shard->add_option("--coordinator", options.coordinator,
                     "Coordinator HOST:PORT to register with (default: the cluster file's)");

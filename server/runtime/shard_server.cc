@@ -14,6 +14,7 @@
 #include "runtime/coordinator_link.h"
 #include "runtime/serving.h"
 #include "runtime/shard_control.h"
+#include "shard/nccl_plane.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
@@ -75,8 +76,18 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   // Leave room for the response's other fields under the message limit.
   store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
   store_options.default_chunk_bytes = options.stream_chunk_bytes;
+  if (options.nccl_plane && device->name().rfind("gpu:", 0) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("shard ", config.id,
+                                                   ": --nccl-plane needs a gpu:N device, not ",
+                                                   device->name()));
+  }
   VariableStore store(device.get(), store_options);
   ShardService service(config.id, incarnation, &store);
+  NcclPlaneOptions nccl_options;
+  nccl_options.enabled = options.nccl_plane;
+  nccl_options.shard_id = config.id;
+  NcclPlane nccl(&store, nccl_options);
+  service.set_nccl_plane(&nccl);
 
   // Signals are caught from here on, so a stop request that arrives while
   // the server starts still drains it instead of killing the process.
@@ -154,6 +165,9 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
     // running get the drain timeout to finish. Shutdown then closes the
     // listener and connections, cancelling whatever still runs.
     service.StartDrain();
+    // NCCL streams live as long as their groups: end those, so their
+    // trainers learn why at once.
+    nccl.Shutdown();
     const absl::Time deadline =
         absl::Now() + absl::Seconds(options.drain_timeout_seconds);
     if (!service.WaitForIdle(deadline)) {

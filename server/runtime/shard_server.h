@@ -35,6 +35,9 @@ struct ShardServerOptions {
   double drain_timeout_seconds = 10;
   // TLS, tokens and bind policy; the node token is also sent to the coordinator.
   ServerSecurity security;
+  // The NCCL data plane for trainers on GPUs (--nccl-plane; gpu devices
+  // only). Its NCCL traffic has no TLS or tokens: trusted networks only.
+  bool nccl_plane = false;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "psd/grpc_status.h"
+#include "shard/nccl_session.h"
 
 namespace psd {
 
@@ -379,6 +380,18 @@ grpc::ServerReadReactor<AssignStreamRequest>* ShardService::AssignStream(
 grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
     grpc::CallbackServerContext* ctx) {
   return new BatchReactor(this);
+}
+
+grpc::ServerBidiReactor<NcclRequest, NcclReply>* ShardService::Nccl(
+    grpc::CallbackServerContext* ctx) {
+  absl::Status refuse;
+  if (draining()) {
+    refuse = absl::UnavailableError(absl::StrCat("shard ", shard_id_, " is shutting down"));
+  } else if (nccl_plane_ == nullptr) {
+    refuse = absl::UnimplementedError(
+        absl::StrCat("shard ", shard_id_, " serves no NCCL data plane"));
+  }
+  return NewNcclSession(nccl_plane_, std::move(refuse));
 }
 
 grpc::ServerUnaryReactor* ShardService::Fence(grpc::CallbackServerContext* ctx,

@@ -33,6 +33,7 @@ namespace psd {
 class ReadStreamReactor;
 class AssignStreamReactor;
 class BatchReactor;
+class NcclPlane;
 
 class ShardService final : public Shard::CallbackService {
  public:
@@ -96,6 +97,12 @@ class ShardService final : public Shard::CallbackService {
                                                              AssignResponse* response) override;
   grpc::ServerBidiReactor<BatchRequest, BatchResponse>* Batch(
       grpc::CallbackServerContext* ctx) override;
+  // The NCCL data plane's stream (shard/nccl_plane.h). A long-lived stream
+  // is not counted in flight: the plane ends its groups when the shard stops.
+  grpc::ServerBidiReactor<NcclRequest, NcclReply>* Nccl(grpc::CallbackServerContext* ctx) override;
+  // The plane Nccl streams use (it must outlive the server); without one
+  // they are answered UNIMPLEMENTED. Set before serving.
+  void set_nccl_plane(NcclPlane* plane) { nccl_plane_ = plane; }
 
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
@@ -135,6 +142,7 @@ class ShardService final : public Shard::CallbackService {
   // Calls between admission and finish. Incremented before draining_ is
   // checked, so WaitForIdle never misses a call that was admitted.
   std::atomic<int> in_flight_{0};
+  NcclPlane* nccl_plane_ = nullptr;  // set before serving, then read-only
 };
 
 }  // namespace psd
