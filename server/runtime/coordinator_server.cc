@@ -187,17 +187,23 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
         done.set_value(absl::FailedPreconditionError("the coordinator is already stopping"));
         return;
       }
-      // An empty registry has nothing to save: stopping needs no checkpoint.
-      if (request.final_checkpoint() && service.ShardStatuses().num_variables() > 0) {
+      // Asked for: a failed save cancels the stop. Configured
+      // (save_on_shutdown): as on SIGTERM, a failure is logged and the stop
+      // goes on. An empty registry has nothing to save.
+      if ((request.final_checkpoint() || ckpt.save_on_shutdown) &&
+          service.ShardStatuses().num_variables() > 0) {
         auto saved = FinalCheckpoint(service.checkpoints(), ckpt);
-        if (!saved.ok()) {
+        if (saved.ok()) {
+          response->set_checkpoint(*saved);
+        } else if (request.final_checkpoint()) {
           done.set_value(absl::Status(
               saved.status().code(),
               absl::StrCat("shutdown cancelled, nothing stopped: final checkpoint failed: ",
                            saved.status().message())));
           return;
+        } else {
+          spdlog::error("coordinator: final save failed: {}", saved.status().ToString());
         }
-        response->set_checkpoint(*saved);
       }
       stopper.StopAll(service.ShardStatuses(), response);
       spdlog::info("coordinator: shutdown requested; final checkpoint {}; shards stopped: {}; "
