@@ -80,6 +80,22 @@ absl::StatusOr<std::unique_ptr<NcclComm>> NcclCommInit(int device, const std::st
                                                        int size, int rank, absl::Time deadline,
                                                        const std::atomic<bool>* abort);
 
+// Where communicators come from: NCCL (DefaultNcclCommFactory, the free
+// functions above), or a stand-in that plays the other ranks (tests of the
+// shard's plane on machines without GPUs).
+class NcclCommFactory {
+ public:
+  virtual ~NcclCommFactory() = default;
+  virtual absl::Status Support() const = 0;
+  virtual absl::StatusOr<std::string> NewUniqueId() = 0;
+  virtual absl::StatusOr<std::unique_ptr<NcclComm>> Init(int device, const std::string& unique_id,
+                                                         int size, int rank, absl::Time deadline,
+                                                         const std::atomic<bool>* abort) = 0;
+};
+
+// NCCL's: NcclSupport, NewNcclUniqueId, NcclCommInit. Never null.
+NcclCommFactory* DefaultNcclCommFactory();
+
 }  // namespace psd
 
 #endif  // PSD_SERVER_DEVICE_NCCL_COMM_H_

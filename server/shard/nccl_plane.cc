@@ -137,7 +137,9 @@ std::vector<std::shared_ptr<NcclPeer>> NcclPlane::Group::Peers() {
 }
 
 NcclPlane::NcclPlane(VariableStore* store, const NcclPlaneOptions& options)
-    : store_(store), options_(options) {}
+    : store_(store),
+      options_(options),
+      comms_(options.comms != nullptr ? options.comms : DefaultNcclCommFactory()) {}
 
 NcclPlane::~NcclPlane() { Shutdown(); }
 
@@ -153,7 +155,7 @@ absl::Status NcclPlane::Available() const {
         "the NCCL data plane is off on shard ", options_.shard_id, " (", device,
         "): start the shard with --nccl-plane to enable it (trusted networks only)"));
   }
-  PSD_RETURN_IF_ERROR(NcclSupport());
+  PSD_RETURN_IF_ERROR(comms_->Support());
   if (!store_->device().healthy()) {
     return absl::UnavailableError(absl::StrCat("shard ", options_.shard_id, ": ", device,
                                                " failed: ", store_->device().health_detail()));
@@ -211,12 +213,12 @@ absl::StatusOr<std::shared_ptr<NcclPlane::Member>> NcclPlane::Join(const NcclJoi
   }
   ReapLocked();
   auto it = groups_.find(name);
-  if (it == groups_.end()) {
-    PSD_ASSIGN_OR_RETURN(std::string unique_id, NewNcclUniqueId());
+  const bool created = it == groups_.end();
+  if (created) {
+    PSD_ASSIGN_OR_RETURN(std::string unique_id, comms_->NewUniqueId());
     auto group = std::make_shared<Group>(name, join.num_trainers(), variables,
                                          std::move(unique_id));
     it = groups_.emplace(name, group).first;
-    group->thread = std::thread([this, group] { RunGroup(group); });
     spdlog::info("shard {}: NCCL group '{}' created for {} trainer(s) and {} variable(s)",
                  options_.shard_id, name, join.num_trainers(), variables.size());
   }
@@ -240,6 +242,11 @@ absl::StatusOr<std::shared_ptr<NcclPlane::Member>> NcclPlane::Join(const NcclJoi
     const int rank = static_cast<int>(group.members.size()) + 1;
     member = std::make_shared<Member>(it->second, rank, std::move(peer));
     group.members.push_back(member);
+  }
+  // Started once its first member is in, so an early failure reaches it.
+  if (created) {
+    std::shared_ptr<Group> shared = it->second;
+    group.thread = std::thread([this, shared] { RunGroup(shared); });
   }
   joined->set_unique_id(group.unique_id);
   joined->set_rank(member->rank);
@@ -318,7 +325,7 @@ void NcclPlane::Shutdown() {
 
 void NcclPlane::RunGroup(const std::shared_ptr<Group>& group) {
   const int ordinal = GpuOrdinal(store_->device().name());
-  auto comm = NcclCommInit(ordinal, group->unique_id, group->num_trainers + 1, /*rank=*/0,
+  auto comm = comms_->Init(ordinal, group->unique_id, group->num_trainers + 1, /*rank=*/0,
                            absl::Now() + options_.join_timeout, &group->abort);
   if (!comm.ok()) {
     int joined = 0;

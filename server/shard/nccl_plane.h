@@ -52,6 +52,7 @@
 namespace psd {
 
 class NcclComm;
+class NcclCommFactory;
 
 struct NcclPlaneOptions {
   // --nccl-plane: off by default.
@@ -61,6 +62,8 @@ struct NcclPlaneOptions {
   absl::Duration join_timeout = absl::Seconds(120);
   // Once `ready` went out, every rank must have taken part within this.
   absl::Duration collective_timeout = absl::Seconds(300);
+  // Where communicators come from; null: NCCL (DefaultNcclCommFactory).
+  NcclCommFactory* comms = nullptr;
 };
 
 // Where the plane sends a trainer's replies: its stream.
@@ -125,6 +128,7 @@ class NcclPlane {
 
   VariableStore* const store_;
   const NcclPlaneOptions options_;
+  NcclCommFactory* const comms_;
   mutable absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, std::shared_ptr<Group>> groups_ ABSL_GUARDED_BY(mu_);
