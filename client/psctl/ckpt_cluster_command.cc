@@ -1,13 +1,16 @@
 // `psctl ckpt save|list|latest|restore|policy`: checkpoints of a running
 // cluster, through the coordinator (paths are on the server side). On a
-// terminal, save and restore show a progress line while the coordinator
-// works; the final line gives bytes, rate and the fence pause.
+// terminal, save and restore draw a progress bar (bytes, rate, ETA) from
+// the coordinator's CheckpointProgress while it works; elsewhere (a pipe, a
+// file, --json) they print only the final line: bytes, rate, fence pause.
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,30 +29,72 @@
 namespace psctl {
 namespace {
 
+// A number for progress_id: nonzero, unlikely to collide with another
+// psctl's.
+uint64_t NewProgressId() {
+  std::random_device rd;
+  uint64_t id = 0;
+  while (id == 0) id = (static_cast<uint64_t>(rd()) << 32) | rd();
+  return id;
+}
+
+int TerminalWidth() {
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
+// Whether save and restore draw a progress bar: on a terminal, not --json.
+bool ShowProgress(const Context& ctx) { return !ctx.json && isatty(STDOUT_FILENO); }
+
+// Draws the progress of operation `progress_id` (CheckpointProgress) on the
+// terminal until `done`; an older coordinator without that rpc gets the
+// elapsed time only. Clears its line when it ends.
+void DrawProgress(psd::Coordinator::Stub* stub, uint64_t progress_id, const char* verb,
+                  const std::atomic<bool>* done) {
+  const absl::Time start = absl::Now();
+  bool polling = true;
+  while (!done->load()) {
+    std::string line;
+    if (polling) {
+      grpc::ClientContext cctx;
+      cctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+      psd::CheckpointProgressRequest req;
+      req.set_progress_id(progress_id);
+      psd::CheckpointProgressResponse resp;
+      grpc::Status s = stub->CheckpointProgress(&cctx, req, &resp);
+      if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) polling = false;
+      if (s.ok() && resp.found()) {
+        line = FormatProgress(absl::StrCat(verb, " ", resp.phase()), resp.done_bytes(),
+                              resp.total_bytes(), resp.seconds(), TerminalWidth() - 1);
+      }
+    }
+    if (line.empty()) {
+      line = absl::StrFormat("%s... %.1f s", verb, absl::ToDoubleSeconds(absl::Now() - start));
+    }
+    std::fprintf(stdout, "\r\033[K%s", line.c_str());
+    std::fflush(stdout);
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  std::fprintf(stdout, "\r\033[K");
+  std::fflush(stdout);
+}
+
+// Calls the coordinator; with a nonzero `progress_id` (the id the request
+// carries) draws its progress meanwhile.
 template <typename Req, typename Resp>
 absl::Status CallCoordinator(const Context& ctx,
                              grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*,
                                                                             const Req&, Resp*),
                              const Req& req, Resp* resp, absl::Duration timeout,
-                             const char* progress_verb = nullptr) {
+                             const char* verb = nullptr, uint64_t progress_id = 0) {
   auto credentials = psd::internal::MakeChannelCredentials(ctx.security);
   if (!credentials.ok()) return credentials.status();
   auto stub = psd::Coordinator::NewStub(grpc::CreateChannel(ctx.coordinator, *credentials));
   std::atomic<bool> done{false};
   std::thread progress;
-  const bool tty = progress_verb != nullptr && !ctx.json && isatty(STDOUT_FILENO);
-  if (tty) {
-    progress = std::thread([&] {
-      const absl::Time start = absl::Now();
-      while (!done.load()) {
-        std::fprintf(stdout, "\r%s... %.1f s", progress_verb,
-                     absl::ToDoubleSeconds(absl::Now() - start));
-        std::fflush(stdout);
-        absl::SleepFor(absl::Milliseconds(200));
-      }
-      std::fprintf(stdout, "\r\033[K");
-      std::fflush(stdout);
-    });
+  if (progress_id != 0) {
+    progress = std::thread(DrawProgress, stub.get(), progress_id, verb, &done);
   }
   grpc::ClientContext cctx;
   cctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
@@ -60,17 +105,6 @@ absl::Status CallCoordinator(const Context& ctx,
     return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
   }
   return s;
-}
-
-std::string Bytes(int64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrCat(n, " B") : absl::StrFormat("%.1f %s", v, units[u]);
 }
 
 std::string TimeText(int64_t unix_micros) {
@@ -99,9 +133,10 @@ void RunSave(const CkptOptions& o, Context* ctx) {
   req.set_prefix(o.prefix);
   if (o.step >= 0) req.set_global_step(o.step);
   req.set_latest_filename(o.latest_filename);
+  if (ShowProgress(*ctx)) req.set_progress_id(NewProgressId());
   psd::SaveCheckpointResponse resp;
   absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Save, req, &resp,
-                                   absl::Hours(2), "saving");
+                                   absl::Hours(2), "saving", req.progress_id());
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::string deleted;
@@ -117,8 +152,8 @@ void RunSave(const CkptOptions& o, Context* ctx) {
   }
   const double rate = resp.seconds() > 0 ? resp.bytes() / resp.seconds() : 0;
   std::printf("saved %s (%s in %.2f s, %s/s; writes held %.3f ms)\n", resp.prefix().c_str(),
-              Bytes(resp.bytes()).c_str(), resp.seconds(),
-              Bytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0);
+              FormatBytes(resp.bytes()).c_str(), resp.seconds(),
+              FormatBytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0);
   for (const auto& d : resp.deleted()) std::printf("deleted %s\n", d.c_str());
 }
 
@@ -150,7 +185,7 @@ void RunList(const CkptOptions& o, Context* ctx) {
     std::string mark = c.kept_forever() ? "forever" : (c.managed() ? "" : "unmanaged");
     if (c.latest()) mark = mark.empty() ? "latest" : absl::StrCat(mark, ",latest");
     rows.push_back({c.prefix(), c.has_global_step() ? absl::StrCat(c.global_step()) : "-",
-                    TimeText(c.saved_unix_micros()), Bytes(c.bytes()), mark});
+                    TimeText(c.saved_unix_micros()), FormatBytes(c.bytes()), mark});
   }
   std::printf("%s", FormatTable(rows).c_str());
 }
@@ -191,9 +226,10 @@ void RunRestore(const CkptOptions& o, Context* ctx) {
     }
     (*req.mutable_name_map())[kv[0]] = kv[1];
   }
+  if (ShowProgress(*ctx)) req.set_progress_id(NewProgressId());
   psd::RestoreCheckpointResponse resp;
   absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Restore, req, &resp,
-                                   absl::Hours(2), "restoring");
+                                   absl::Hours(2), "restoring", req.progress_id());
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::string names;
@@ -206,7 +242,7 @@ void RunRestore(const CkptOptions& o, Context* ctx) {
     return;
   }
   std::printf("restored %d variables (%s in %.2f s) from %s\n", resp.restored_size(),
-              Bytes(resp.bytes()).c_str(), resp.seconds(), resp.prefix().c_str());
+              FormatBytes(resp.bytes()).c_str(), resp.seconds(), resp.prefix().c_str());
 }
 
 void RunPolicy(const CkptOptions& o, Context* ctx) {

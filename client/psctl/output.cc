@@ -144,3 +144,59 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
 }
 
 }  // namespace psctl
+
+namespace psctl {
+
+std::string FormatBytes(int64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(n, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+namespace {
+
+std::string Duration(double seconds) {
+  if (seconds < 60) return absl::StrFormat("%.0f s", std::ceil(seconds));
+  const int64_t s = static_cast<int64_t>(std::ceil(seconds));
+  if (s < 3600) return absl::StrFormat("%d:%02d", s / 60, s % 60);
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+}  // namespace
+
+std::string FormatProgress(absl::string_view verb, int64_t done, int64_t total, double seconds,
+                           int width) {
+  done = std::max<int64_t>(done, 0);
+  if (total > 0) done = std::min(done, total);
+  const double rate = seconds > 0 && done > 0 ? done / seconds : 0;
+  std::string tail;
+  if (total > 0) {
+    const int percent = static_cast<int>(100.0 * static_cast<double>(done) / total);
+    tail = absl::StrFormat(" %3d%%  %s / %s", percent, FormatBytes(done), FormatBytes(total));
+  } else {
+    tail = absl::StrCat("  ", FormatBytes(done));
+  }
+  if (rate > 0) absl::StrAppend(&tail, "  ", FormatBytes(static_cast<int64_t>(rate)), "/s");
+  if (total > 0 && rate > 0) {
+    absl::StrAppend(&tail, "  ETA ", Duration((total - done) / rate));
+  } else {
+    absl::StrAppend(&tail, "  ", Duration(seconds));
+  }
+  std::string head(verb);
+  // The bar takes what the text leaves, between 10 and 40 columns.
+  const int bar = std::min<int>(40, width - static_cast<int>(head.size() + tail.size()) - 3);
+  if (total > 0 && bar >= 10) {
+    const int filled = static_cast<int>(static_cast<double>(bar) * done / total);
+    absl::StrAppend(&head, " [", std::string(filled, '#'), std::string(bar - filled, '.'), "]");
+  }
+  std::string line = head + tail;
+  if (width > 0 && static_cast<int>(line.size()) > width) line.resize(width);
+  return line;
+}
+
+}  // namespace psctl

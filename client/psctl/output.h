@@ -29,6 +29,16 @@ std::vector<std::string> FormatElements(const psd::Tensor& t, int64_t max_elemen
 // Left-aligned columns separated by two spaces.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);
 
+// "512 B", "1.5 MiB", "2.0 GiB".
+std::string FormatBytes(int64_t n);
+
+// One progress-bar line for a terminal, at most `width` columns:
+//   saving [#########.........]  45%  1.2 GiB / 2.6 GiB  310.4 MiB/s  ETA 4 s
+// Rate and ETA are left out until some bytes are done; with `total` unknown
+// (0) only the bytes done, rate and elapsed time are shown.
+std::string FormatProgress(absl::string_view verb, int64_t done, int64_t total, double seconds,
+                           int width);
+
 }  // namespace psctl
 
 #endif  // PSD_CLIENT_PSCTL_OUTPUT_H_

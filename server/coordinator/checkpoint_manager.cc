@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "checkpoint/bundle_reader.h"
 #include "checkpoint/tensor_bundle.h"
+#include "psd/dtype.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -133,6 +134,67 @@ absl::StatusOr<std::string> ReadWholeFile(checkpoint::FileSystem* fs, const std:
 
 }  // namespace
 
+template <typename Fn>
+void CheckpointProgressBoard::Update(uint64_t id, Fn fn) {
+  if (id == 0) return;
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it != entries_.end()) fn(&it->second);
+}
+
+void CheckpointProgressBoard::Start(uint64_t id, const std::string& operation,
+                                    const std::string& phase) {
+  if (id == 0) return;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    it = now - it->second.ended > absl::Minutes(1) ? entries_.erase(it) : std::next(it);
+  }
+  Entry& e = entries_[id];
+  e = Entry();
+  e.started = now;
+  e.state.set_found(true);
+  e.state.set_operation(operation);
+  e.state.set_phase(phase);
+}
+
+void CheckpointProgressBoard::SetPhase(uint64_t id, const std::string& phase) {
+  Update(id, [&](Entry* e) { e->state.set_phase(phase); });
+}
+
+void CheckpointProgressBoard::SetPrefix(uint64_t id, const std::string& prefix) {
+  Update(id, [&](Entry* e) { e->state.set_prefix(prefix); });
+}
+
+void CheckpointProgressBoard::AddTotal(uint64_t id, int64_t bytes) {
+  Update(id, [&](Entry* e) { e->state.set_total_bytes(e->state.total_bytes() + bytes); });
+}
+
+void CheckpointProgressBoard::AddDone(uint64_t id, int64_t bytes) {
+  Update(id, [&](Entry* e) { e->state.set_done_bytes(e->state.done_bytes() + bytes); });
+}
+
+void CheckpointProgressBoard::Finish(uint64_t id, const absl::Status& status) {
+  Update(id, [&](Entry* e) {
+    e->ended = absl::Now();
+    e->state.set_finished(true);
+    e->state.set_seconds(absl::ToDoubleSeconds(e->ended - e->started));
+    e->state.set_phase(status.ok() ? "done" : "failed");
+    if (!status.ok()) e->state.set_error(std::string(status.message()));
+  });
+}
+
+CheckpointProgressResponse CheckpointProgressBoard::Get(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (id == 0 || it == entries_.end() || absl::Now() - it->second.ended > absl::Minutes(1)) {
+    return CheckpointProgressResponse();
+  }
+  CheckpointProgressResponse out = it->second.state;
+  if (!out.finished()) out.set_seconds(absl::ToDoubleSeconds(absl::Now() - it->second.started));
+  return out;
+}
+
 CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
                                      CheckpointManagerOptions options)
     : registry_(registry),
@@ -216,14 +278,18 @@ absl::Status CheckpointManager::PersistRetention(const std::string& dir, const s
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
     const SaveCheckpointRequest& request) {
+  progress_.Start(request.progress_id(), "save", "fencing");
   auto result = SaveLocked(request, /*try_only=*/false);
+  progress_.Finish(request.progress_id(), result.status());
   if (options_.on_save) options_.on_save(result);
   return result;
 }
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::TrySave(
     const SaveCheckpointRequest& request) {
+  progress_.Start(request.progress_id(), "save", "fencing");
   auto result = SaveLocked(request, /*try_only=*/true);
+  progress_.Finish(request.progress_id(), result.status());
   if (options_.on_save) options_.on_save(result);
   return result;
 }
@@ -250,6 +316,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   const std::string prefix =
       request.has_global_step() ? absl::StrCat(base, "-", request.global_step()) : base;
   const std::string dir = checkpoint::DirName(prefix);
+  const uint64_t progress_id = request.progress_id();
+  progress_.SetPrefix(progress_id, prefix);
   // The Saver's own retention over the coordinator's policy.
   SaverRetention::Policy policy = CurrentPolicy();
   if (request.has_max_to_keep()) {
@@ -360,18 +428,32 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   unfence_all(/*discard=*/false, &unfenced);
   const absl::Duration fence_pause = absl::Now() - fence_start;
 
-  // 3: every shard writes its data file, in parallel.
+  // 3: every shard writes its data file, in parallel, answering every
+  // progress_step_bytes so the progress moves.
+  progress_.SetPhase(progress_id, "writing");
   std::vector<SaveShardResponse> saved(n);
   {
-    auto st = Parallel(n, [&](size_t i) {
+    auto st = Parallel(n, [&](size_t i) -> absl::Status {
       SaveShardRequest req;
       req.set_fence_id(fence_id);
       req.set_prefix(prefix);
       req.set_shard_index(static_cast<int32_t>(i));
       req.set_num_shards(static_cast<int32_t>(n));
+      req.set_max_bytes(options_.progress_step_bytes);
       for (const auto& p : by_shard.at(shards[i])) *req.add_parts() = p;
-      return Call(stubs[i].get(), &Shard::Stub::SaveShard, req, &saved[i],
-                  absl::Now() + options_.io_timeout);
+      int64_t reported = 0;
+      for (bool first = true;; first = false) {
+        SaveShardResponse resp;
+        PSD_RETURN_IF_ERROR(Call(stubs[i].get(), &Shard::Stub::SaveShard, req, &resp,
+                                 absl::Now() + options_.io_timeout));
+        if (first) progress_.AddTotal(progress_id, resp.total_bytes());
+        progress_.AddDone(progress_id, resp.data_bytes() - reported);
+        reported = resp.data_bytes();
+        if (!resp.more()) {
+          saved[i] = std::move(resp);
+          return absl::OkStatus();
+        }
+      }
     });
     absl::Status s = FirstError(st, shards, absl::StrCat("save of ", prefix));
     if (!s.ok()) {
@@ -383,6 +465,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   }
 
   // 4: meta, then the index (the commit point).
+  progress_.SetPhase(progress_id, "publishing");
   int64_t data_bytes = 0;
   int64_t copied = 0;
   std::vector<BundleShardIndex> parts(n);
@@ -467,7 +550,9 @@ absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
 
 absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
     const RestoreCheckpointRequest& request) {
+  progress_.Start(request.progress_id(), "restore", "reading");
   auto result = RestoreLocked(request, nullptr, -1);
+  progress_.Finish(request.progress_id(), result.status());
   if (options_.on_restore) options_.on_restore(result);
   return result;
 }
@@ -547,6 +632,8 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   const absl::Time start = absl::Now();
   absl::MutexLock op(&op_mu_);
   PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
+  const uint64_t progress_id = request.progress_id();
+  progress_.SetPrefix(progress_id, prefix);
   // The index only: names, dtypes and shapes are checked here, before any
   // shard reads data.
   PSD_ASSIGN_OR_RETURN(auto reader, BundleReader::Open(prefix, fs_));
@@ -563,7 +650,8 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   }
   if (targets.empty()) return absl::InvalidArgumentError("restore: no variables to restore");
 
-  std::map<int32_t, std::vector<RestorePart>> by_shard;
+  // Each part with the bytes it stages (its elements; strings count 0 here).
+  std::map<int32_t, std::vector<std::pair<RestorePart, int64_t>>> by_shard;
   std::vector<std::pair<int32_t, std::string>> restored_parts;
   RestoreCheckpointResponse response;
   for (const auto& [var_name, ckpt_name] : targets) {
@@ -601,7 +689,11 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
       *p.mutable_offset() = part.offset();
       *p.mutable_shape() = part.shape().dims();
       *p.mutable_initializer() = def.initializer();
-      by_shard[part.shard_id()].push_back(std::move(p));
+      int64_t elements = 1;
+      for (int64_t d : part.shape().dims()) elements *= d;
+      const int64_t bytes = elements * static_cast<int64_t>(DataTypeSize(def.dtype()));
+      progress_.AddTotal(progress_id, bytes);
+      by_shard[part.shard_id()].emplace_back(std::move(p), bytes);
       restored_parts.emplace_back(part.shard_id(), part.name());
     }
     response.add_restored(var_name);
@@ -630,14 +722,30 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
                   absl::Now() + options_.rpc_timeout);
     });
   };
-  std::vector<PrepareRestoreResponse> prepared(n);
-  auto st = Parallel(n, [&](size_t i) {
-    PrepareRestoreRequest req;
-    req.set_restore_id(restore_id);
-    req.set_prefix(prefix);
-    for (const auto& p : by_shard.at(shards[i])) *req.add_parts() = p;
-    return Call(stubs[i].get(), &Shard::Stub::PrepareRestore, req, &prepared[i],
-                absl::Now() + options_.io_timeout);
+  // Every shard stages its parts in batches of about progress_step_bytes,
+  // so the progress moves; all batches share the restore id.
+  std::vector<int64_t> staged(n, 0);
+  auto st = Parallel(n, [&](size_t i) -> absl::Status {
+    const auto& parts = by_shard.at(shards[i]);
+    for (size_t next = 0; next < parts.size();) {
+      PrepareRestoreRequest req;
+      req.set_restore_id(restore_id);
+      req.set_prefix(prefix);
+      int64_t batch = 0;
+      while (next < parts.size() &&
+             (req.parts_size() == 0 || options_.progress_step_bytes <= 0 ||
+              batch + parts[next].second <= options_.progress_step_bytes)) {
+        *req.add_parts() = parts[next].first;
+        batch += parts[next].second;
+        ++next;
+      }
+      PrepareRestoreResponse resp;
+      PSD_RETURN_IF_ERROR(Call(stubs[i].get(), &Shard::Stub::PrepareRestore, req, &resp,
+                               absl::Now() + options_.io_timeout));
+      staged[i] += resp.staged_bytes();
+      progress_.AddDone(progress_id, batch);
+    }
+    return absl::OkStatus();
   });
   // A DATA_LOSS or NOT_FOUND names the file and tensor; report it before
   // errors it may have caused elsewhere.
@@ -653,11 +761,12 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     finish_all(/*commit=*/false);
     return s;
   }
+  progress_.SetPhase(progress_id, "applying");
   PSD_RETURN_IF_ERROR(FirstError(finish_all(/*commit=*/true), shards,
                                  absl::StrCat("restore of ", prefix, ": applying")));
   if (access_.restored) access_.restored(restored_parts);
   int64_t bytes = 0;
-  for (const auto& p : prepared) bytes += p.staged_bytes();
+  for (int64_t b : staged) bytes += b;
   response.set_prefix(prefix);
   response.set_bytes(bytes);
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));

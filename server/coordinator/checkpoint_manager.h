@@ -33,9 +33,15 @@
 // (FinishRestore). A corrupt file fails the prepare with DATA_LOSS naming the
 // file and tensor, and nothing is applied.
 //
+// Progress: a save or restore whose request carries a progress_id is
+// reported by Progress() while it runs (and a minute after). A save asks
+// each shard for about save_call_bytes at a time (SaveShard's max_bytes),
+// a restore stages each shard's parts in batches of about as many bytes,
+// so the bytes done move as the shards work.
+//
 // Thread-safety: thread-safe. Saves and restores are serialized (one at a
 // time); shard RPCs run in parallel on short-lived threads, with no lock
-// but that one held.
+// but that one held. Progress() takes only the progress board's lock.
 #ifndef PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
 #define PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
 
@@ -79,6 +85,37 @@ struct CheckpointManagerOptions {
   // called on the caller's thread, must not block. Empty: nobody.
   std::function<void(const absl::StatusOr<SaveCheckpointResponse>&)> on_save;
   std::function<void(const absl::StatusOr<RestoreCheckpointResponse>&)> on_restore;
+  // Bytes per SaveShard call and per PrepareRestore batch: each answer
+  // moves the progress; 0: one call per shard.
+  int64_t progress_step_bytes = 64 << 20;
+};
+
+// The progress of saves and restores by progress_id (0: not tracked).
+// Finished ones are forgotten a minute after they end.
+//
+// Thread-safety: thread-safe.
+class CheckpointProgressBoard {
+ public:
+  void Start(uint64_t id, const std::string& operation, const std::string& phase);
+  void SetPhase(uint64_t id, const std::string& phase);
+  void SetPrefix(uint64_t id, const std::string& prefix);
+  void AddTotal(uint64_t id, int64_t bytes);
+  void AddDone(uint64_t id, int64_t bytes);
+  void Finish(uint64_t id, const absl::Status& status);
+  CheckpointProgressResponse Get(uint64_t id) const;
+
+ private:
+  struct Entry {
+    CheckpointProgressResponse state;
+    absl::Time started;
+    absl::Time ended = absl::InfiniteFuture();
+  };
+  // Runs `fn` on the entry of a tracked id.
+  template <typename Fn>
+  void Update(uint64_t id, Fn fn);
+
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 class CheckpointManager {
@@ -108,6 +145,10 @@ class CheckpointManager {
   absl::StatusOr<ListCheckpointsResponse> List(const std::string& dir,
                                                const std::string& latest_filename);
   CheckpointPolicy Policy(const CheckpointPolicy* set);
+  // The CheckpointProgress RPC.
+  CheckpointProgressResponse Progress(uint64_t progress_id) const {
+    return progress_.Get(progress_id);
+  }
 
   // Like Save, but ABORTED at once when a save or restore is running
   // (periodic saves skip a tick instead of queueing behind one).
@@ -163,6 +204,7 @@ class CheckpointManager {
       ABSL_GUARDED_BY(op_mu_);
   mutable absl::Mutex policy_mu_;
   checkpoint::SaverRetention::Policy policy_ ABSL_GUARDED_BY(policy_mu_);
+  CheckpointProgressBoard progress_;
 };
 
 }  // namespace psd

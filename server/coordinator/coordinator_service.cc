@@ -547,4 +547,13 @@ grpc::ServerUnaryReactor* CoordinatorService::Policy(grpc::CallbackServerContext
   });
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::CheckpointProgress(
+    grpc::CallbackServerContext* ctx, const CheckpointProgressRequest* request,
+    CheckpointProgressResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    *response = checkpoints_->Progress(request->progress_id());
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace psd

@@ -113,6 +113,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Policy(grpc::CallbackServerContext* ctx,
                                    const CheckpointPolicyRequest* request,
                                    CheckpointPolicyResponse* response) override;
+  grpc::ServerUnaryReactor* CheckpointProgress(grpc::CallbackServerContext* ctx,
+                                               const CheckpointProgressRequest* request,
+                                               CheckpointProgressResponse* response) override;
 
   // psctl shutdown: handled by the process (runtime/coordinator_server.cc),
   // which owns the final save and the stop; UNIMPLEMENTED until it sets

@@ -47,14 +47,14 @@ absl::Status ShardCheckpointer::Fence(const FenceRequest& request, FenceResponse
     absl::MutexLock lock(&mu_);
     const absl::Time cutoff = absl::Now() - options_.snapshot_ttl;
     for (auto it = snapshots_.begin(); it != snapshots_.end();) {
-      it = it->second.taken_at < cutoff ? snapshots_.erase(it) : std::next(it);
+      it = it->second.touched_at < cutoff ? snapshots_.erase(it) : std::next(it);
     }
   }
   store_->DropStaleRestores(options_.snapshot_ttl);
   const absl::Duration lease =
       request.lease_ms() > 0 ? absl::Milliseconds(request.lease_ms()) : options_.default_lease;
   Snapshot snap;
-  snap.taken_at = absl::Now();
+  snap.touched_at = absl::Now();
   PSD_RETURN_IF_ERROR(store_->Fence(request.fence_id(), lease, &snap.values));
   int64_t bytes = 0;
   for (const auto& v : snap.values) bytes += v.pin->byte_size();
@@ -83,8 +83,55 @@ absl::Status ShardCheckpointer::Unfence(const UnfenceRequest& request, UnfenceRe
   return s;
 }
 
+namespace {
+
+std::map<std::string, const VariableStore::PinnedValue*> ByName(
+    const std::vector<VariableStore::PinnedValue>& values) {
+  std::map<std::string, const VariableStore::PinnedValue*> out;
+  for (const auto& v : values) out[v.name] = &v;
+  return out;
+}
+
+// Bytes a pinned value adds to the save: its elements, strings as their
+// characters.
+int64_t SaveBytes(const VariableStore::PinnedValue& v) {
+  return v.dtype == DT_STRING ? v.pin->string_chars() : v.pin->byte_size();
+}
+
+}  // namespace
+
+absl::Status ShardCheckpointer::BeginSave(const SaveShardRequest& request, Snapshot* snap) {
+  auto cursor = std::make_unique<SaveCursor>();
+  cursor->prefix = request.prefix();
+  cursor->parts = request.parts_size();
+  const auto by_name = ByName(snap->values);
+  for (const SavePart& part : request.parts()) {
+    auto it = by_name.find(part.name());
+    const VariableStore::PinnedValue* v = it == by_name.end() ? nullptr : it->second;
+    if (v == nullptr) {
+      return absl::NotFoundError(absl::StrCat("save of ", request.prefix(), ": part ", part.name(),
+                                              " of ", part.full_name(),
+                                              " is not on this shard (lost?)"));
+    }
+    if (!v->initialized) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "save of ", request.prefix(), ": attempting to use uninitialized value ", v->name));
+    }
+    cursor->total_bytes += SaveBytes(*v);
+  }
+  BundleWriter::Options wopts;
+  wopts.fs = fs_;
+  wopts.shard_id = request.shard_index();
+  wopts.num_shards = request.num_shards();
+  PSD_ASSIGN_OR_RETURN(cursor->writer, BundleWriter::Create(request.prefix(), wopts));
+  snap->save = std::move(cursor);
+  return absl::OkStatus();
+}
+
 absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
                                           SaveShardResponse* response) {
+  // Claimed for the length of this call: a failure drops the snapshot and
+  // its writer (which removes its temp file).
   Snapshot snap;
   {
     absl::MutexLock lock(&mu_);
@@ -96,29 +143,25 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
     snap = std::move(it->second);
     snapshots_.erase(it);
   }
-  std::map<std::string, const VariableStore::PinnedValue*> by_name;
-  for (const auto& v : snap.values) by_name[v.name] = &v;
-
-  BundleWriter::Options wopts;
-  wopts.fs = fs_;
-  wopts.shard_id = request.shard_index();
-  wopts.num_shards = request.num_shards();
-  PSD_ASSIGN_OR_RETURN(auto writer, BundleWriter::Create(request.prefix(), wopts));
+  if (snap.save == nullptr) {
+    PSD_RETURN_IF_ERROR(BeginSave(request, &snap));
+  } else if (snap.save->prefix != request.prefix() || snap.save->parts != request.parts_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "save of ", request.prefix(), ": fence ", request.fence_id(), " is saving ",
+        snap.save->prefix, " (", snap.save->parts, " parts); this call names ",
+        request.parts_size(), " parts"));
+  }
+  SaveCursor& cur = *snap.save;
+  BundleWriter& writer = *cur.writer;
   const int64_t chunk = request.chunk_bytes() > 0 ? request.chunk_bytes()
                                                   : options_.default_chunk_bytes;
+  const int64_t budget = request.max_bytes() > 0 ? request.max_bytes() : INT64_MAX;
+  const int64_t start_bytes = writer.data_bytes();
   std::string buf;
-  for (const SavePart& part : request.parts()) {
-    auto it = by_name.find(part.name());
-    if (it == by_name.end()) {
-      return absl::NotFoundError(absl::StrCat("save of ", request.prefix(), ": part ", part.name(),
-                                              " of ", part.full_name(),
-                                              " is not on this shard (lost?)"));
-    }
-    const VariableStore::PinnedValue& v = *it->second;
-    if (!v.initialized) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "save of ", request.prefix(), ": attempting to use uninitialized value ", v.name));
-    }
+  const auto by_name = ByName(snap.values);  // BeginSave found every part
+  while (cur.next_part < cur.parts && writer.data_bytes() - start_bytes < budget) {
+    const SavePart& part = request.parts(cur.next_part);
+    const VariableStore::PinnedValue& v = *by_name.at(part.name());
     TensorShape full_shape = v.shape;
     std::optional<TensorSlice> slice;
     if (part.sliced()) {
@@ -129,30 +172,46 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
     if (v.dtype == DT_STRING) {
       PSD_ASSIGN_OR_RETURN(Tensor t, Tensor::FromStrings(v.shape, v.pin->Strings()));
       PSD_RETURN_IF_ERROR(slice.has_value()
-                              ? writer->AddSlice(part.full_name(), full_shape, *slice, t)
-                              : writer->Add(part.full_name(), t));
+                              ? writer.AddSlice(part.full_name(), full_shape, *slice, t)
+                              : writer.Add(part.full_name(), t));
+      ++cur.next_part;
       continue;
     }
-    PSD_RETURN_IF_ERROR(slice.has_value()
-                            ? writer->BeginSlice(part.full_name(), v.dtype, full_shape, *slice)
-                            : writer->BeginTensor(part.full_name(), v.dtype, v.shape));
-    const int64_t total = v.pin->byte_size();
-    for (int64_t off = 0; off < total; off += chunk) {
-      const int64_t n = std::min(chunk, total - off);
-      buf.resize(n);
-      PSD_RETURN_IF_ERROR(v.pin->Read(off, n, buf.data()));
-      PSD_RETURN_IF_ERROR(writer->AppendData(buf));
+    if (cur.offset == 0) {
+      PSD_RETURN_IF_ERROR(slice.has_value()
+                              ? writer.BeginSlice(part.full_name(), v.dtype, full_shape, *slice)
+                              : writer.BeginTensor(part.full_name(), v.dtype, v.shape));
     }
-    PSD_RETURN_IF_ERROR(writer->EndTensor());
+    const int64_t total = v.pin->byte_size();
+    while (cur.offset < total && writer.data_bytes() - start_bytes < budget) {
+      const int64_t n = std::min(chunk, total - cur.offset);
+      buf.resize(n);
+      PSD_RETURN_IF_ERROR(v.pin->Read(cur.offset, n, buf.data()));
+      PSD_RETURN_IF_ERROR(writer.AppendData(buf));
+      cur.offset += n;
+    }
+    if (cur.offset < total) break;  // the budget ran out mid-tensor
+    PSD_RETURN_IF_ERROR(writer.EndTensor());
+    ++cur.next_part;
+    cur.offset = 0;
   }
-  PSD_ASSIGN_OR_RETURN(BundleShardIndex index, writer->FinishData());
+  response->set_total_bytes(cur.total_bytes);
+  if (cur.next_part < cur.parts) {
+    response->set_more(true);
+    response->set_data_bytes(writer.data_bytes());
+    snap.touched_at = absl::Now();
+    absl::MutexLock lock(&mu_);
+    snapshots_[request.fence_id()] = std::move(snap);
+    return absl::OkStatus();
+  }
+  PSD_ASSIGN_OR_RETURN(BundleShardIndex index, writer.FinishData());
   for (auto& [key, entry] : index.entries) {
     BundleIndexEntry* e = response->add_entries();
     e->set_key(key);
     *e->mutable_entry() = std::move(entry);
   }
-  response->set_data_file(writer->data_path());
-  response->set_data_bytes(writer->data_bytes());
+  response->set_data_file(writer.data_path());
+  response->set_data_bytes(writer.data_bytes());
   response->set_copied_bytes(store_->DivergedBytes(snap.values));
   return absl::OkStatus();
 }

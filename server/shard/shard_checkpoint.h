@@ -7,8 +7,12 @@
 // staging, FinishRestore applies or drops them. The coordinator orders the
 // steps across shards (coordinator/checkpoint_manager.h).
 //
+// A SaveShard with max_bytes answers after about that many bytes and keeps
+// its writer with the snapshot; the next call goes on from there, so the
+// coordinator sees each shard's progress.
+//
 // Snapshots no SaveShard claims (a coordinator that died mid-save) are
-// dropped at the next Fence once older than `snapshot_ttl`.
+// dropped at the next Fence once untouched for `snapshot_ttl`.
 //
 // Thread-safety: thread-safe. SaveShard and PrepareRestore do file I/O on
 // the calling thread and hold no store lock while doing it.
@@ -17,12 +21,15 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "checkpoint/bundle_writer.h"
 #include "checkpoint/file_system.h"
 #include "psd/shard.pb.h"
 #include "shard/variable_store.h"
@@ -52,10 +59,24 @@ class ShardCheckpointer {
   absl::Status FinishRestore(const FinishRestoreRequest& request, FinishRestoreResponse* response);
 
  private:
-  struct Snapshot {
-    absl::Time taken_at;
-    std::vector<VariableStore::PinnedValue> values;
+  // Where a save that answered with `more` goes on.
+  struct SaveCursor {
+    std::unique_ptr<checkpoint::BundleWriter> writer;
+    std::string prefix;
+    int parts = 0;         // the request's number of parts
+    int next_part = 0;     // the part being written
+    int64_t offset = 0;    // its bytes appended so far (fixed-size dtypes)
+    int64_t total_bytes = 0;
   };
+  struct Snapshot {
+    absl::Time touched_at;  // taken, or last resumed by SaveShard
+    std::vector<VariableStore::PinnedValue> values;
+    std::unique_ptr<SaveCursor> save;  // null until a SaveShard began
+  };
+
+  // Starts writing `snap` for `request`: checks every part, opens the
+  // writer.
+  absl::Status BeginSave(const SaveShardRequest& request, Snapshot* snap);
 
   VariableStore* const store_;
   const Options options_;

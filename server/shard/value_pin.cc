@@ -143,6 +143,21 @@ std::vector<std::string> ValuePin::Strings() const {
   return out;
 }
 
+int64_t ValuePin::string_chars() const {
+  int64_t chars = 0;
+  if (dtype_ != DT_STRING) return chars;
+  absl::MutexLock lock(&mu_);
+  for (int64_t begin = 0, c = 0; begin < elements_; begin += chunk_elements_, ++c) {
+    auto it = copies_.find(c);
+    const int64_t end = std::min(elements_, begin + chunk_elements_);
+    for (int64_t i = begin; i < end; ++i) {
+      chars += static_cast<int64_t>(it != copies_.end() ? it->second.strings[i - begin].size()
+                                                        : (*live_strings_)[i].size());
+    }
+  }
+  return chars;
+}
+
 int64_t ValuePin::copied_bytes() const {
   absl::MutexLock lock(&mu_);
   return copied_bytes_;

@@ -117,6 +117,8 @@ class ValuePin {
   absl::Status Read(int64_t offset, int64_t bytes, void* dst) const;
   // A string value's elements.
   std::vector<std::string> Strings() const;
+  // The characters of a string value's elements, without copying them.
+  int64_t string_chars() const;
 
   // Bytes of chunk copies held (their memory reservation).
   int64_t copied_bytes() const;

@@ -38,6 +38,24 @@ if p ckpt restore "$work/ckpt/model.ckpt-2" --map nope=test/emb 2>"$work/err.txt
   fail "restore of a missing name succeeded"
 fi
 grep -q "^psctl: NOT_FOUND: .*not found in checkpoint" "$work/err.txt" || fail "error: \$(cat $work/err.txt)"
+# Without a terminal (a pipe, a file): the final line only, no progress bar.
+p ckpt save --step 4 >"$work/save.txt"
+head -1 "$work/save.txt" | grep -q "^saved $work/ckpt/model.ckpt-4 " ||
+  fail "save without a terminal: \$(cat -v "$work/save.txt")"
+[ "\$(tr -d '\r\033' <"$work/save.txt")" = "\$(cat "$work/save.txt")" ] ||
+  fail "progress bar without a terminal: \$(cat -v "$work/save.txt")"
+p ckpt restore >"$work/restore.txt"
+[ "\$(cat "$work/restore.txt")" = "\$(grep "^restored 1 variables" "$work/restore.txt")" ] ||
+  fail "restore without a terminal: \$(cat -v "$work/restore.txt")"
+[ "\$(tr -d '\r\033' <"$work/restore.txt")" = "\$(cat "$work/restore.txt")" ] ||
+  fail "progress bar without a terminal: \$(cat -v "$work/restore.txt")"
+# On a terminal (script gives psctl one) the bar's line is cleared before
+# the final line.
+if command -v script >/dev/null; then
+  script -qec "$psctl --coordinator \$c ckpt save --step 5" /dev/null >"$work/tty.txt"
+  grep -q "saved $work/ckpt/model.ckpt-5 " "$work/tty.txt" || fail "tty save: \$(cat -v "$work/tty.txt")"
+  grep -q "\$(printf '\033')\\[K" "$work/tty.txt" || fail "no progress line on a terminal: \$(cat -v "$work/tty.txt")"
+fi
 STEPS
 
 "$launcher" --config "$work/cluster.yaml" --psd "$psd" --psctl "$psctl" --state-dir "$work/state" \
