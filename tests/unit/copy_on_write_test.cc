@@ -1,8 +1,11 @@
 // Chunked copy-on-write of pinned values (shard/value_pin.h): every write
 // path of the VariableStore leaves a checkpoint snapshot exactly as it was at
 // the fence, copies only the chunks it touches, and accounts them.
+#include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <random>
+#include <thread>
 #include <type_traits>
 
 #include "gmock/gmock.h"
@@ -377,6 +380,32 @@ TEST_F(CopyOnWriteTest, RandomWritesNeverReachTheSnapshot) {
   EXPECT_EQ(PinnedValues<float>("e/Adagrad"), std::vector<float>(192, 1));
 }
 
+TEST_F(CopyOnWriteTest, SnapshotReadsRacingWritesSeeOnlyPinnedBytes) {
+  CreateFrom("e", Vec<float>({256, 2}, Iota(512)));
+  Snapshot();
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int64_t> row(0, 255);
+    while (!stop.load()) {
+      ASSERT_TRUE(
+          Scatter("e", UPDATE_ADD, {row(rng), row(rng)}, Vec<float>({2, 2}, {1, 1, 1, 1})).ok());
+    }
+  });
+  // Unaligned reads across chunk boundaries while chunks are being copied.
+  const auto& pin = *Pinned("e").pin;
+  std::vector<float> got(512);
+  for (int round = 0; round < 300; ++round) {
+    const int64_t first = round % 7;
+    ASSERT_TRUE(pin.Read(first * 4, (512 - first) * 4, got.data()).ok());
+    for (int64_t i = 0; i < 512 - first; ++i) {
+      ASSERT_EQ(got[i], static_cast<float>(first + i)) << "round " << round << " element " << i;
+    }
+  }
+  stop.store(true);
+  writer.join();
+}
+
 class CopyOnWriteLimitTest : public CopyOnWriteTest {
  protected:
   // Room for the variable (64 bytes) and one 16-byte chunk copy.
@@ -431,6 +460,105 @@ TEST_F(CopyOnWriteBigTest, ThreeRowScatterIntoABigPinnedVariableCopiesAboutOneCh
   ASSERT_TRUE(Pinned("emb").pin->Read(16383 * 1024, 1024, row.data()).ok());
   EXPECT_EQ(row, std::vector<float>(256, 0));
 }
+
+// The same on every device: Device::CopyRange and a pinned snapshot under
+// scatters, sparse applies and dense updates (the GPU case skips without a
+// GPU unless PSD_REQUIRE_GPU=1).
+class CopyOnWriteDeviceTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<Device>> device = NewDevice(GetParam());
+    if (!device.ok()) {
+      const char* require = std::getenv("PSD_REQUIRE_GPU");
+      const bool required = require != nullptr && std::string(require) == "1";
+      if (std::string(GetParam()).rfind("gpu", 0) == 0 && !required &&
+          (device.status().code() == absl::StatusCode::kUnimplemented ||
+           device.status().code() == absl::StatusCode::kUnavailable)) {
+        GTEST_SKIP() << device.status().message();
+      }
+      FAIL() << device.status();
+    }
+    device_ = *std::move(device);
+  }
+  std::unique_ptr<Device> device_;
+};
+
+TEST_P(CopyOnWriteDeviceTest, CopyRangeCopiesBetweenOffsetsAndChecksBounds) {
+  auto src = device_->Allocate(16).value();
+  auto dst = device_->Allocate(8).value();
+  const std::vector<uint8_t> bytes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const std::vector<uint8_t> zeros(8, 0);
+  ASSERT_TRUE(device_->CopyFromHost(bytes.data(), 16, src.get(), 0).ok());
+  ASSERT_TRUE(device_->CopyFromHost(zeros.data(), 8, dst.get(), 0).ok());
+  ASSERT_TRUE(device_->CopyRange(*src, 5, dst.get(), 2, 4).ok());
+  std::vector<uint8_t> out(8);
+  ASSERT_TRUE(device_->CopyToHost(*dst, 0, 8, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(0, 0, 5, 6, 7, 8, 0, 0));
+  EXPECT_FALSE(device_->CopyRange(*src, 14, dst.get(), 0, 4).ok());
+  EXPECT_FALSE(device_->CopyRange(*src, 0, dst.get(), 6, 4).ok());
+}
+
+TEST_P(CopyOnWriteDeviceTest, WritesNeverReachThePinnedSnapshot) {
+  VariableStoreOptions options;
+  options.cow_chunk_bytes = 64;  // 16 floats: rows of 4 span a quarter chunk
+  VariableStore store(device_.get(), options);
+  std::vector<float> initial(512);
+  for (size_t i = 0; i < initial.size(); ++i) initial[i] = static_cast<float>(i);
+  for (const char* name : {"e", "e/Momentum"}) {
+    CreateVariableRequest req;
+    req.set_name(name);
+    req.set_dtype(DT_FLOAT);
+    *req.mutable_shape() = Vec<float>({128, 4}, initial).shape();
+    *req.mutable_initial_value() = Vec<float>({128, 4}, initial);
+    req.set_initialize(true);
+    VariableInfo info;
+    ASSERT_TRUE(store.Create(req, &info).ok());
+  }
+  std::vector<VariableStore::PinnedValue> snapshot;
+  ASSERT_TRUE(store.Fence(1, absl::Seconds(30), &snapshot).ok());
+  WriteGate::FenceStats stats;
+  ASSERT_TRUE(store.Unfence(1, &stats).ok());
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int64_t> row(0, 127);
+  for (int step = 0; step < 60; ++step) {
+    const std::vector<int64_t> rows = {row(rng), row(rng), row(rng)};
+    ScatterRequest scatter;
+    scatter.set_name("e");
+    scatter.set_op(UPDATE_ADD);
+    *scatter.mutable_indices() = Vec<int64_t>({3}, rows);
+    *scatter.mutable_updates() = Vec<float>({3, 4}, std::vector<float>(12, 1));
+    ScatterResponse scatter_resp;
+    ASSERT_TRUE(store.Scatter(scatter, &scatter_resp).ok());
+    ApplySparseRequest sparse;
+    sparse.set_name("e");
+    sparse.add_slots("e/Momentum");
+    sparse.mutable_optimizer()->mutable_momentum()->set_learning_rate(0.1);
+    sparse.mutable_optimizer()->mutable_momentum()->set_momentum(0.9);
+    *sparse.mutable_indices() = Vec<int64_t>({3}, rows);
+    *sparse.mutable_values() = Vec<float>({3, 4}, std::vector<float>(12, 2));
+    ApplySparseResponse sparse_resp;
+    ASSERT_TRUE(store.ApplySparse(sparse, &sparse_resp).ok());
+  }
+  // Most chunks are copied by now; a dense add copies the rest.
+  AssignRequest add;
+  add.set_name("e");
+  add.set_op(UPDATE_ADD);
+  *add.mutable_value() = Vec<float>({128, 4}, std::vector<float>(512, 3));
+  add.set_validate_shape(true);
+  AssignResponse add_resp;
+  ASSERT_TRUE(store.Assign(add, &add_resp).ok());
+  for (const auto& v : snapshot) {
+    std::vector<float> pinned(512);
+    ASSERT_TRUE(v.pin->Read(0, 2048, pinned.data()).ok());
+    EXPECT_EQ(pinned, initial) << v.name;
+  }
+  EXPECT_EQ(store.DivergedBytes(snapshot), 2 * 2048);
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, CopyOnWriteDeviceTest, ::testing::Values("cpu:0", "gpu:0"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param).substr(0, 3);
+                         });
 
 }  // namespace
 }  // namespace psd
