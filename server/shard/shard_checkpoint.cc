@@ -1,6 +1,7 @@
 #include "shard/shard_checkpoint.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -232,15 +233,19 @@ absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& requ
       }
       PSD_ASSIGN_OR_RETURN(TensorShape shape,
                            TensorShape::Make(part.shape(), absl::StrCat("shape of ", part.name())));
-      Tensor value;
+      // Where the part's bytes are stored as one entry (the same
+      // partitioning, or an unpartitioned tensor into an unpartitioned
+      // variable), they stream from the file into staging in chunks;
+      // otherwise the part is assembled from the overlapping slices first.
+      std::optional<std::string> stored_key;
+      std::optional<TensorSlice> slice;
       if (!part.sliced()) {
         if (info.shape.num_elements() != shape.num_elements()) {
           return absl::InvalidArgumentError(absl::StrCat(
               "restore of ", part.name(), ": tensor ", key, " in checkpoint ", request.prefix(),
               " has shape ", info.shape.ToString(), ", the variable has ", shape.ToString()));
         }
-        PSD_ASSIGN_OR_RETURN(value, reader->ReadTensor(key));
-        if (value.shape() != shape) PSD_RETURN_IF_ERROR(value.Reshape(shape));
+        if (info.slices.empty()) stored_key = key;
       } else {
         const TensorShape full(
             std::vector<int64_t>(part.full_shape().begin(), part.full_shape().end()));
@@ -250,11 +255,30 @@ absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& requ
               " has shape ", info.shape.ToString(), ", the partitioned variable has ",
               full.ToString()));
         }
-        PSD_ASSIGN_OR_RETURN(TensorSlice slice, PartSlice(full, part.offset(), shape, part.name()));
-        PSD_ASSIGN_OR_RETURN(value, reader->ReadSlice(key, slice));
+        PSD_ASSIGN_OR_RETURN(slice, PartSlice(full, part.offset(), shape, part.name()));
+        for (const TensorSlice& stored : info.slices) {
+          if (stored.Resolved(full) == slice->Resolved(full)) {
+            stored_key = checkpoint::EncodeTensorNameSlice(key, stored);
+          }
+        }
+      }
+      if (stored_key.has_value() && part.dtype() != DT_STRING) {
+        PSD_RETURN_IF_ERROR(store_->StageRestoreStreamed(
+            request.restore_id(), part, [&](const VariableStore::RestoreSink& sink) {
+              return reader->ReadEntryChunked(*stored_key, options_.default_chunk_bytes, sink);
+            }));
+        staged += shape.num_elements() * static_cast<int64_t>(DataTypeSize(part.dtype()));
+        continue;
+      }
+      Tensor value;
+      if (slice.has_value()) {
+        PSD_ASSIGN_OR_RETURN(value, reader->ReadSlice(key, *slice));
+      } else {
+        PSD_ASSIGN_OR_RETURN(value, reader->ReadTensor(key));
+        if (value.shape() != shape) PSD_RETURN_IF_ERROR(value.Reshape(shape));
       }
       staged += static_cast<int64_t>(value.bytes().size());
-      PSD_RETURN_IF_ERROR(store_->StageRestore(request.restore_id(), part, value));
+      PSD_RETURN_IF_ERROR(store_->StageRestore(request.restore_id(), part, std::move(value)));
     }
     response->set_staged_bytes(staged);
     return absl::OkStatus();

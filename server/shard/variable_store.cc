@@ -1684,12 +1684,29 @@ int64_t VariableStore::DivergedBytes(const std::vector<PinnedValue>& snapshot) c
   return bytes;
 }
 
+namespace {
+
+// The shape of a part to restore, its name checked.
+absl::StatusOr<TensorShape> RestoreShape(const RestorePart& part) {
+  PSD_RETURN_IF_ERROR(ValidateVariableName(part.name()));
+  return TensorShape::Make(part.shape(), absl::StrCat("shape of ", Quoted(part.name())));
+}
+
+}  // namespace
+
+VariableStore::StagedRestore* VariableStore::StagedFor(uint64_t restore_id) {
+  auto& r = restores_[restore_id];
+  if (r == nullptr) {
+    r = std::make_unique<StagedRestore>();
+    r->staged_at = absl::Now();
+  }
+  return r.get();
+}
+
 absl::Status VariableStore::StageRestore(uint64_t restore_id, const RestorePart& part,
-                                         const Tensor& value) {
+                                         Tensor value) {
   const std::string& name = part.name();
-  PSD_RETURN_IF_ERROR(ValidateVariableName(name));
-  PSD_ASSIGN_OR_RETURN(TensorShape shape,
-                       TensorShape::Make(part.shape(), absl::StrCat("shape of ", Quoted(name))));
+  PSD_ASSIGN_OR_RETURN(TensorShape shape, RestoreShape(part));
   if (value.dtype() != part.dtype()) {
     return absl::InvalidArgumentError(absl::StrCat("restore of ", Quoted(name), ": checkpoint has ",
                                                    DataTypeName(value.dtype()), ", variable is ",
@@ -1708,7 +1725,7 @@ absl::Status VariableStore::StageRestore(uint64_t restore_id, const RestorePart&
     PSD_RETURN_IF_ERROR(memory_.Reserve(bytes, name));
     staged.contents.shape = shape;
     staged.contents.reservation = MemoryReservation(&memory_, bytes);
-    staged.contents.strings = value.strings();
+    staged.contents.strings = std::move(*value.mutable_strings());
   } else {
     PSD_ASSIGN_OR_RETURN(staged.contents,
                          Allocate(device_, &memory_, value.dtype(), shape, name));
@@ -1716,12 +1733,43 @@ absl::Status VariableStore::StageRestore(uint64_t restore_id, const RestorePart&
                                               staged.contents.buffer.get(), 0));
   }
   absl::MutexLock lock(&restore_mu_);
-  auto& r = restores_[restore_id];
-  if (r == nullptr) {
-    r = std::make_unique<StagedRestore>();
-    r->staged_at = absl::Now();
+  StagedFor(restore_id)->parts.push_back(std::move(staged));
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::StageRestoreStreamed(
+    uint64_t restore_id, const RestorePart& part,
+    const std::function<absl::Status(const RestoreSink&)>& fill) {
+  const std::string& name = part.name();
+  PSD_ASSIGN_OR_RETURN(TensorShape shape, RestoreShape(part));
+  PSD_RETURN_IF_ERROR(ValidateDataType(part.dtype(), Quoted(name)));
+  if (part.dtype() == DT_STRING) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("restore of ", Quoted(name), ": strings cannot be staged in pieces"));
   }
-  r->parts.push_back(std::move(staged));
+  StagedRestore::Part staged;
+  staged.spec = part;
+  staged.shape = shape;
+  PSD_ASSIGN_OR_RETURN(staged.contents, Allocate(device_, &memory_, part.dtype(), shape, name));
+  DeviceBuffer* buffer = staged.contents.buffer.get();
+  const int64_t total = static_cast<int64_t>(buffer->size());
+  int64_t received = 0;
+  PSD_RETURN_IF_ERROR(fill([&](absl::string_view bytes) -> absl::Status {
+    const int64_t n = static_cast<int64_t>(bytes.size());
+    if (n > total - received) {
+      return absl::InvalidArgumentError(absl::StrCat("restore of ", Quoted(name), ": more than its ",
+                                                     total, " bytes"));
+    }
+    PSD_RETURN_IF_ERROR(device_->CopyFromHost(bytes.data(), bytes.size(), buffer, received));
+    received += n;
+    return absl::OkStatus();
+  }));
+  if (received != total) {
+    return absl::InvalidArgumentError(absl::StrCat("restore of ", Quoted(name), ": got ", received,
+                                                   " of its ", total, " bytes"));
+  }
+  absl::MutexLock lock(&restore_mu_);
+  StagedFor(restore_id)->parts.push_back(std::move(staged));
   return absl::OkStatus();
 }
 

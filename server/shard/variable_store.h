@@ -24,6 +24,7 @@
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -132,7 +133,14 @@ class VariableStore {
   // value into accounted staging (nothing changes), FinishRestore applies
   // every staged part of `restore_id` under its variable's lock (creating
   // parts the shard does not hold, e.g. lost ones), or drops them.
-  absl::Status StageRestore(uint64_t restore_id, const RestorePart& part, const Tensor& value);
+  absl::Status StageRestore(uint64_t restore_id, const RestorePart& part, Tensor value);
+  // StageRestore of a fixed-size value that arrives in pieces, without a
+  // whole copy on the host: `fill` gets a sink that appends bytes to the
+  // staged buffer. The part is staged only if `fill` succeeds and delivered
+  // exactly the part's bytes (a checksum failure at the end drops it).
+  using RestoreSink = std::function<absl::Status(absl::string_view bytes)>;
+  absl::Status StageRestoreStreamed(uint64_t restore_id, const RestorePart& part,
+                                    const std::function<absl::Status(const RestoreSink&)>& fill);
   absl::Status FinishRestore(uint64_t restore_id, bool commit, int64_t* applied);
   // Drops staged restores older than `age` (a coordinator that never came back).
   void DropStaleRestores(absl::Duration age);
@@ -173,6 +181,8 @@ class VariableStore {
   struct StagedRestore;
   mutable absl::Mutex restore_mu_;
   std::map<uint64_t, std::unique_ptr<StagedRestore>> restores_ ABSL_GUARDED_BY(restore_mu_);
+  // The staged parts of `restore_id`, created when it has none yet.
+  StagedRestore* StagedFor(uint64_t restore_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(restore_mu_);
 };
 
 // A streamed read's source: the value as it was when the stream began.
