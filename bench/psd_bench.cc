@@ -14,6 +14,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <deque>
+#include <future>
 #include <fstream>
 #include <thread>
 
@@ -120,6 +122,8 @@ struct Config {
   // checkpoints); empty
   // runs all. The baselines always run.
   std::vector<std::string> only;
+  // Dense sizes to run instead of the defaults (bytes), e.g. to profile one.
+  std::vector<int64_t> sizes;
 };
 
 std::string HumanBytes(int64_t b) {
@@ -299,6 +303,7 @@ class Bench {
     Check(shard_->Create("bench/counter", Tensor::Scalar<int64_t>(0)).status(), "create counter");
     Check(shard_->Create("bench/step", Tensor::Scalar<int64_t>(0)).status(), "create step");
     const Tensor one = Tensor::Scalar<int64_t>(1);
+    double bare_64 = 0;
     for (int inflight : {1, 8, 64}) {
       std::vector<double> bare, adds, counts;
       std::vector<double> add_lat, count_lat;
@@ -323,6 +328,7 @@ class Bench {
         count_lat.insert(count_lat.end(), cl.begin(), cl.end());
       }
       const double bare_rate = Summarize(bare).median;
+      if (inflight == 64) bare_64 = bare_rate;
       report_.Add({absl::StrCat("assign_add scalar, ", inflight, " in flight"), "ops/s",
                    Summarize(adds), "bare gRPC unary", bare_rate,
                    absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(add_lat, 0.5) * 1e6,
@@ -332,8 +338,48 @@ class Bench {
                    absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(count_lat, 0.5) * 1e6,
                                    Percentile(count_lat, 0.99) * 1e6)});
     }
+    BatchedOps(one, bare_64);
     shard_->Delete("bench/counter").IgnoreError();
     shard_->Delete("bench/step").IgnoreError();
+  }
+
+  // assign_add of a scalar through one BatchStream, 64 ops per message with
+  // its default window of messages in flight, against the bare unary rate
+  // at 64 in flight.
+  void BatchedOps(const Tensor& one, double bare_64) {
+    client::BatchOptions options;
+    options.ops_per_message = 64;
+    std::vector<double> rates;
+    for (int r = -1; r < std::max(1, config_.reps / 2); ++r) {  // round -1 warms up
+      auto batch = shard_->OpenBatch(options);
+      Check(batch.status(), "open batch");
+      if (!batch.ok()) return;
+      std::deque<std::future<absl::Status>> pending;
+      const size_t window = static_cast<size_t>(options.ops_per_message) *
+                            static_cast<size_t>(options.max_messages_in_flight) * 2;
+      int64_t done = 0;
+      bool failed = false;
+      const auto start = Clock::now();
+      const double seconds = r < 0 ? config_.op_seconds / 4 : config_.op_seconds;
+      while (Since(start) < seconds) {
+        pending.push_back((*batch)->AssignAdd("bench/counter", one));
+        if (pending.size() >= window) {
+          failed |= !pending.front().get().ok();
+          pending.pop_front();
+          ++done;
+        }
+      }
+      for (auto& f : pending) {
+        failed |= !f.get().ok();
+        ++done;
+      }
+      const double elapsed = Since(start);
+      Check((*batch)->Close(), "close batch");
+      if (failed) Check(absl::InternalError("a batched assign_add failed"), "batched assign_add");
+      if (r >= 0) rates.push_back(done / elapsed);
+    }
+    report_.Add({absl::StrCat("assign_add scalar, batched ", options.ops_per_message, "/msg"),
+                 "ops/s", Summarize(rates), "bare gRPC unary, 64 in flight", bare_64, ""});
   }
 
   void Sparse() {
@@ -669,6 +715,10 @@ int main(int argc, char** argv) {
                  "checkpoints")
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "small", "sparse", "optimizers", "memory", "checkpoints"}));
+  app.add_option("--sizes", config.sizes,
+                 "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{4}, int64_t{1} << 34));
   CLI11_PARSE(app, argc, argv);
   if (config.quick) {
     config.reps = std::min(config.reps, 2);
@@ -679,6 +729,7 @@ int main(int argc, char** argv) {
   } else {
     config.dense_sizes = {4 << 10, 256 << 10, 4 << 20, 64 << 20, int64_t{1} << 30};
   }
+  if (!config.sizes.empty()) config.dense_sizes = config.sizes;
 
   // The bare server forks before this process starts any thread.
   int bare_port = 0;

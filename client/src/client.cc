@@ -16,11 +16,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/io/coded_stream.h"
+#include "grpc/slice.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
+#include "psd/stream_codec.h"
 #include "psd/wire.h"
 
 namespace psd {
@@ -178,6 +181,109 @@ class RetryTimer {
   std::thread thread_;
 };
 
+// One call of a raw streaming method (psd/stream_codec.h) through a
+// generic stub, driven to completion op by op on a queue of its own: the
+// blocking shape of the generated ClientReader/ClientWriter, with
+// grpc::ByteBuffer messages.
+//
+// Thread-compatible. Every call started must be finished (Finish) before
+// the object and its context are destroyed.
+class RawStreamCall {
+ public:
+  RawStreamCall(grpc::GenericStub* stub, grpc::ClientContext* context, const char* method)
+      : call_(stub->PrepareCall(context, method, &cq_)) {
+    call_->StartCall(this);
+    started_ = Wait();
+  }
+  RawStreamCall(const RawStreamCall&) = delete;
+  RawStreamCall& operator=(const RawStreamCall&) = delete;
+  ~RawStreamCall() {
+    call_.reset();
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+  // False once the stream is broken; Finish then says why.
+  bool Write(const grpc::ByteBuffer& message) {
+    if (!started_) return false;
+    call_->Write(message, this);
+    return Wait();
+  }
+  bool WritesDone() {
+    if (!started_) return false;
+    call_->WritesDone(this);
+    return Wait();
+  }
+  // False at the end of the server's stream.
+  bool Read(grpc::ByteBuffer* message) {
+    if (!started_) return false;
+    call_->Read(message, this);
+    return Wait();
+  }
+  grpc::Status Finish() {
+    grpc::Status status;
+    call_->Finish(&status, this);
+    Wait();
+    return status;
+  }
+
+ private:
+  bool Wait() {
+    void* tag;
+    bool ok = false;
+    cq_.Next(&tag, &ok);
+    return ok;
+  }
+
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  bool started_ = false;
+};
+
+// Slices that reference memory their maker owns (a caller's tensor), so a
+// streamed assign sends it without copying. gRPC holds a slice until its
+// bytes are written, at most until the call is destroyed; WaitReleased()
+// returns once it has let go of every slice, after which the memory may
+// change or go.
+//
+// Thread-safety: thread-safe (gRPC releases slices on its own threads).
+class BorrowedSlices {
+ public:
+  BorrowedSlices() = default;
+  BorrowedSlices(const BorrowedSlices&) = delete;
+  BorrowedSlices& operator=(const BorrowedSlices&) = delete;
+  ~BorrowedSlices() { WaitReleased(); }
+
+  grpc::Slice Borrow(const char* data, size_t bytes) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++outstanding_;
+    }
+    grpc_slice slice = grpc_slice_new_with_user_data(const_cast<char*>(data), bytes,
+                                                     &BorrowedSlices::Release, this);
+    return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+  }
+
+  void WaitReleased() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &outstanding_));
+  }
+
+ private:
+  static void Release(void* self) {
+    auto* slices = static_cast<BorrowedSlices*>(self);
+    absl::MutexLock lock(&slices->mu_);
+    --slices->outstanding_;
+  }
+
+  absl::Mutex mu_;
+  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 }  // namespace
 
 class ShardClient::Impl {
@@ -234,7 +340,8 @@ class ShardClient::Impl {
       : address_(std::move(address)),
         options_(options),
         channel_(std::move(channel)),
-        stub_(Shard::NewStub(channel_)) {}
+        stub_(Shard::NewStub(channel_)),
+        raw_stub_(channel_) {}
 
   ~Impl() {
     absl::MutexLock lock(&ops_mu_);
@@ -413,24 +520,34 @@ class ShardClient::Impl {
 
   // ---- Streamed reads.
 
-  // One attempt of ReadStream: the chunks are written straight into the
-  // result's buffer (for strings, into the encoding, decoded at the end).
+  // One attempt of ReadStream: each chunk's content goes from gRPC's receive
+  // slices straight into the result's buffer (for strings, into the
+  // encoding, decoded at the end).
   absl::StatusOr<Tensor> ReadStreamOnce(const std::string& name) {
-    grpc::ClientContext context;
-    SetDeadline(&context, options_.stream_timeout);
     ReadStreamRequest request;
     request.set_name(name);
     request.set_chunk_bytes(options_.chunk_bytes);
     request.set_shard_incarnation(info_.incarnation);
-    std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub_->ReadStream(&context, request);
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.stream_timeout);
+    RawStreamCall call(&raw_stub_, &context, kReadStreamMethod);
+    if (call.Write(EncodeMessage(request))) call.WritesDone();
 
+    grpc::ByteBuffer buffer;
+    ContentMessage message;
     TensorChunk chunk;
     Tensor out;
     std::string encoding;  // DT_STRING only
     char* dst = nullptr;
     int64_t total = -1, received = 0;
     absl::Status fault;
-    while (reader->Read(&chunk)) {
+    while (call.Read(&buffer)) {
+      absl::Status parsed = message.Parse(buffer, kTensorChunkContentField, &chunk,
+                                          absl::StrCat("a chunk of variable '", name, "'"));
+      if (!parsed.ok()) {
+        fault = ShardFault(std::string(parsed.message()));
+        break;
+      }
       if (total < 0) {
         const std::string what = absl::StrCat("streamed value of variable '", name, "'");
         absl::Status valid = ValidateDataType(chunk.dtype(), what);
@@ -457,22 +574,24 @@ class ShardClient::Impl {
           dst = out.mutable_bytes()->data();
         }
       }
-      const int64_t n = static_cast<int64_t>(chunk.content().size());
+      const int64_t n = static_cast<int64_t>(message.content_size());
       if (chunk.offset() != received || n > total - received) {
         fault = ShardFault(absl::StrCat("a chunk of ", n, " bytes at offset ", chunk.offset(),
                                         " of variable '", name, "' after ", received, " of ", total,
                                         " bytes"));
         break;
       }
-      if (n > 0) std::memcpy(dst + received, chunk.content().data(), n);
+      message.CopyContentTo(dst + received);
       received += n;
+      message.Clear();
+      buffer.Clear();
     }
     if (!fault.ok()) {
       context.TryCancel();
-      reader->Finish();
+      call.Finish();
       return fault;
     }
-    PSD_RETURN_IF_ERROR(CallStatus(reader->Finish()));
+    PSD_RETURN_IF_ERROR(CallStatus(call.Finish()));
     if (total < 0) return ShardFault(absl::StrCat("an empty stream for variable '", name, "'"));
     if (received != total) {
       return ShardFault(absl::StrCat(received, " of ", total, " bytes of variable '", name, "'"));
@@ -515,29 +634,36 @@ class ShardClient::Impl {
   // ---- Streamed assigns.
 
   // One attempt of AssignStream: the header, then `content` in chunks, then
-  // the half-close that lets the shard apply it.
+  // the half-close that lets the shard apply it. The chunks reference
+  // `content` (no copy); it stays untouched until gRPC has let go of them.
   absl::Status AssignStreamOnce(const AssignStreamHeader& header, absl::string_view content,
                                 AssignResponse* response) {
-    grpc::ClientContext context;
-    SetDeadline(&context, options_.stream_timeout);
     response->Clear();
-    std::unique_ptr<grpc::ClientWriter<AssignStreamRequest>> writer =
-        stub_->AssignStream(&context, response);
-    AssignStreamRequest message;
-    *message.mutable_header() = header;
-    bool ok = writer->Write(message);
-    message.clear_header();
-    const size_t chunk = static_cast<size_t>(std::max(options_.chunk_bytes, 1));
-    for (size_t offset = 0; ok && offset < content.size(); offset += chunk) {
-      // One chunk-sized copy into the message; the value itself is never
-      // copied whole.
-      message.mutable_content()->assign(content.data() + offset,
-                                        std::min(chunk, content.size() - offset));
-      ok = writer->Write(message);
+    BorrowedSlices borrowed;
+    grpc::Status status;
+    grpc::ByteBuffer reply;
+    {
+      grpc::ClientContext context;
+      SetDeadline(&context, options_.stream_timeout);
+      RawStreamCall call(&raw_stub_, &context, kAssignStreamMethod);
+      AssignStreamRequest first;
+      *first.mutable_header() = header;
+      bool ok = call.Write(EncodeMessage(first));
+      const AssignStreamRequest no_fields;
+      const size_t chunk = static_cast<size_t>(std::max(options_.chunk_bytes, 1));
+      for (size_t offset = 0; ok && offset < content.size(); offset += chunk) {
+        const size_t n = std::min(chunk, content.size() - offset);
+        ok = call.Write(EncodeWithContent(no_fields, kAssignStreamContentField,
+                                          borrowed.Borrow(content.data() + offset, n)));
+      }
+      // A failed write means the stream is broken; Finish says why.
+      if (ok && call.WritesDone()) call.Read(&reply);
+      status = call.Finish();
     }
-    // A failed write means the stream is broken; Finish says why.
-    if (ok) writer->WritesDone();
-    return CallStatus(writer->Finish());
+    borrowed.WaitReleased();
+    PSD_RETURN_IF_ERROR(CallStatus(status));
+    if (!DecodeMessage(reply, response)) return ShardFault("a malformed AssignResponse");
+    return absl::OkStatus();
   }
 
   absl::Status AssignStream(AssignStreamHeader header, const Tensor& value,
@@ -772,6 +898,8 @@ class ShardClient::Impl {
   const ClientOptions options_;
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<Shard::Stub> stub_;  // thread-safe
+  // ReadStream and AssignStream, called raw (psd/stream_codec.h).
+  grpc::GenericStub raw_stub_;  // thread-safe
   ShardInfo info_;                           // set once in Connect
 
  private:

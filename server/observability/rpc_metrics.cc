@@ -6,6 +6,7 @@
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "psd/stream_codec.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -46,7 +47,8 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
       : metrics_(metrics),
         method_(std::move(method)),
         context_(context),
-        start_(std::chrono::steady_clock::now()) {
+        start_(std::chrono::steady_clock::now()),
+        raw_(IsRawStreamMethod(method_)) {
     auto it = metrics_->watchers_.find(method_);
     if (it != metrics_->watchers_.end()) watcher_ = &it->second;
   }
@@ -54,7 +56,10 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
       if (const void* message = methods->GetRecvMessage()) {
-        const size_t n = static_cast<const google::protobuf::MessageLite*>(message)->ByteSizeLong();
+        // Raw methods receive grpc::ByteBuffers, the others protobufs.
+        const size_t n =
+            raw_ ? static_cast<const grpc::ByteBuffer*>(message)->Length()
+                 : static_cast<const google::protobuf::MessageLite*>(message)->ByteSizeLong();
         metrics_->bytes_in_->Increment(static_cast<double>(n));
         bytes_in_ += n;
       }
@@ -88,6 +93,7 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
   const std::string method_;
   grpc::ServerContextBase* const context_;
   const std::chrono::steady_clock::time_point start_;
+  const bool raw_;
   const ResponseWatcher* watcher_ = nullptr;
   // Hooks of one call run one at a time.
   uint64_t bytes_in_ = 0;

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "psd/grpc_status.h"
+#include "psd/status.h"
+#include "psd/stream_codec.h"
 #include "shard/nccl_session.h"
 
 namespace psd {
@@ -168,13 +170,18 @@ grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext*
   return ServeWrite(ctx, [this, request, response] { return store_->ApplySparse(*request, response); });
 }
 
-// Streams a variable's value in chunks; one chunk in flight at a time, its
-// buffer reused for the next.
-class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {
+// Streams a variable's value in chunks, one in flight at a time. Each
+// chunk's content is copied once, from the store straight into the slice
+// gRPC sends (psd/stream_codec.h), never through a protobuf string.
+class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  ReadStreamReactor(ShardService* service, const ReadStreamRequest& request)
+  ReadStreamReactor(ShardService* service, const grpc::ByteBuffer& raw_request)
       : service_(service) {
     absl::Status status = service_->Admit();
+    ReadStreamRequest request;
+    if (status.ok() && !DecodeMessage(raw_request, &request)) {
+      status = absl::InvalidArgumentError("malformed ReadStreamRequest");
+    }
     if (status.ok()) {
       auto source = service_->store_->BeginReadStream(request);
       status = source.status();
@@ -184,7 +191,7 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {
       Finish(ToGrpcStatus(status));
       return;
     }
-    source_->FillHeader(&chunk_);
+    source_->FillHeader(&fields_);
     WriteNext();
   }
 
@@ -193,7 +200,7 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    chunk_.Clear();  // keeps the content buffer's capacity for the next chunk
+    fields_.Clear();
     WriteNext();
   }
 
@@ -204,34 +211,43 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<TensorChunk> {
 
  private:
   void WriteNext() {
-    absl::StatusOr<bool> more = source_->Next(&chunk_);
-    if (!more.ok()) {
-      Finish(ToGrpcStatus(more.status()));
-    } else if (!*more) {
+    const int64_t n = source_->NextSize();
+    if (n < 0) {
       Finish(grpc::Status::OK);
-    } else {
-      StartWrite(&chunk_);
+      return;
     }
+    char* data = nullptr;
+    grpc::Slice content = NewSlice(static_cast<size_t>(n), &data);
+    absl::StatusOr<int64_t> offset = source_->ReadNext(data);
+    if (!offset.ok()) {
+      Finish(ToGrpcStatus(offset.status()));
+      return;
+    }
+    fields_.set_offset(*offset);
+    buffer_ = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
+    StartWrite(&buffer_);
   }
 
   ShardService* const service_;
   std::unique_ptr<ReadStreamSource> source_;
-  TensorChunk chunk_;
+  TensorChunk fields_;  // the chunk's fields but its content
+  grpc::ByteBuffer buffer_;
 };
 
-// Receives a streamed assign: header, then content bytes staged by the
-// store's sink; commits when the client half-closes with every byte sent.
-class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamRequest> {
+// Receives a streamed assign: header, then content bytes, copied by the
+// store's sink straight from gRPC's receive slices into its staging buffer;
+// commits when the client half-closes with every byte sent.
+class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   AssignStreamReactor(ShardService* service, grpc::CallbackServerContext* ctx,
-                      AssignResponse* response)
+                      grpc::ByteBuffer* response)
       : service_(service), ctx_(ctx), response_(response) {
     absl::Status status = service_->Admit();
     if (!status.ok()) {
       Finish(ToGrpcStatus(status));
       return;
     }
-    StartRead(&message_);
+    StartRead(&buffer_);
   }
 
   void OnReadDone(bool ok) override {
@@ -250,28 +266,15 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamReq
       Finish(ToGrpcStatus(status));
       return;
     }
-    absl::Status status;
-    if (sink_ == nullptr) {
-      if (!message_.has_header()) {
-        status = absl::InvalidArgumentError("the first message of a streamed assign must carry "
-                                            "its header");
-      } else {
-        auto sink = service_->store_->BeginAssignStream(message_.header());
-        status = sink.status();
-        if (sink.ok()) sink_ = std::move(sink).value();
-      }
-    } else if (message_.has_header()) {
-      status = absl::InvalidArgumentError("a streamed assign carries one header, in its first "
-                                          "message");
-    }
-    if (status.ok() && !message_.content().empty()) status = sink_->Append(message_.content());
+    absl::Status status = Stage();
+    message_.Clear();  // gives gRPC its slices back before the next read
+    buffer_.Clear();
     if (!status.ok()) {
       sink_.reset();  // abandons the staged bytes
       Finish(ToGrpcStatus(status));
       return;
     }
-    message_.Clear();
-    StartRead(&message_);
+    StartRead(&buffer_);
   }
 
   void OnCancel() override { cancelled_.store(true); }
@@ -282,6 +285,25 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamReq
   }
 
  private:
+  // Parses the message in buffer_ and hands its content to the sink,
+  // starting it at the header.
+  absl::Status Stage() {
+    PSD_RETURN_IF_ERROR(
+        message_.Parse(buffer_, kAssignStreamContentField, &fields_, "streamed assign"));
+    if (sink_ == nullptr) {
+      if (!fields_.has_header()) {
+        return absl::InvalidArgumentError(
+            "the first message of a streamed assign must carry its header");
+      }
+      PSD_ASSIGN_OR_RETURN(sink_, service_->store_->BeginAssignStream(fields_.header()));
+    } else if (fields_.has_header()) {
+      return absl::InvalidArgumentError(
+          "a streamed assign carries one header, in its first message");
+    }
+    for (absl::string_view piece : message_.content()) PSD_RETURN_IF_ERROR(sink_->Append(piece));
+    return absl::OkStatus();
+  }
+
   // The commit is a write: a fence holds it (without holding this thread),
   // not the staging before it.
   void Commit() {
@@ -290,17 +312,21 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<AssignStreamReq
       WriteGate::Admission admission =
           service_->store_->mutable_gate()->TryAdmit([this] { Commit(); });
       if (!admission) return;
-      status = sink_->Commit(response_);
+      AssignResponse response;
+      status = sink_->Commit(&response);
       sink_.reset();
+      if (status.ok()) *response_ = EncodeMessage(response);
     }
     Finish(ToGrpcStatus(status));
   }
 
   ShardService* const service_;
   grpc::CallbackServerContext* const ctx_;
-  AssignResponse* const response_;
+  grpc::ByteBuffer* const response_;
   std::unique_ptr<AssignStreamSink> sink_;
-  AssignStreamRequest message_;
+  grpc::ByteBuffer buffer_;    // the message as received
+  AssignStreamRequest fields_;  // its fields but the content
+  ContentMessage message_;      // its content, in buffer_'s slices
   std::atomic<bool> cancelled_{false};
 };
 
@@ -367,13 +393,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
   BatchResponse response_;
 };
 
-grpc::ServerWriteReactor<TensorChunk>* ShardService::ReadStream(
-    grpc::CallbackServerContext* ctx, const ReadStreamRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ShardService::ReadStream(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
   return new ReadStreamReactor(this, *request);
 }
 
-grpc::ServerReadReactor<AssignStreamRequest>* ShardService::AssignStream(
-    grpc::CallbackServerContext* ctx, AssignResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* ShardService::AssignStream(
+    grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response) {
   return new AssignStreamReactor(this, ctx, response);
 }
 

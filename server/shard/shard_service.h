@@ -35,7 +35,13 @@ class AssignStreamReactor;
 class BatchReactor;
 class NcclPlane;
 
-class ShardService final : public Shard::CallbackService {
+// ReadStream and AssignStream are served raw (grpc::ByteBuffer messages,
+// psd/stream_codec.h) so chunk contents go between gRPC's buffers and the
+// store without protobuf's copies; the wire format is unchanged.
+using ShardServiceBase = Shard::WithRawCallbackMethod_ReadStream<
+    Shard::WithRawCallbackMethod_AssignStream<Shard::CallbackService>>;
+
+class ShardService final : public ShardServiceBase {
  public:
   ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
       : shard_id_(shard_id), incarnation_(incarnation), store_(store), checkpointer_(store) {}
@@ -91,10 +97,12 @@ class ShardService final : public Shard::CallbackService {
   grpc::ServerUnaryReactor* FinishRestore(grpc::CallbackServerContext* ctx,
                                           const FinishRestoreRequest* request,
                                           FinishRestoreResponse* response) override;
-  grpc::ServerWriteReactor<TensorChunk>* ReadStream(grpc::CallbackServerContext* ctx,
-                                                    const ReadStreamRequest* request) override;
-  grpc::ServerReadReactor<AssignStreamRequest>* AssignStream(grpc::CallbackServerContext* ctx,
-                                                             AssignResponse* response) override;
+  // Raw: the request is a ReadStreamRequest, each message a TensorChunk.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadStream(grpc::CallbackServerContext* ctx,
+                                                         const grpc::ByteBuffer* request) override;
+  // Raw: each message an AssignStreamRequest, the response an AssignResponse.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* AssignStream(grpc::CallbackServerContext* ctx,
+                                                          grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<BatchRequest, BatchResponse>* Batch(
       grpc::CallbackServerContext* ctx) override;
   // The NCCL data plane's stream (shard/nccl_plane.h). A long-lived stream

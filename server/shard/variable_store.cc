@@ -1349,21 +1349,24 @@ class SnapshotReadSource final : public ReadStreamSource {
     chunk->set_total_bytes(total_);
   }
 
-  absl::StatusOr<bool> Next(TensorChunk* chunk) override {
+  int64_t NextSize() const override {
     // An empty value still sends one (header) chunk.
-    if (offset_ >= total_ && sent_any_) return false;
-    const int64_t n = std::min(chunk_bytes_, total_ - offset_);
-    chunk->set_offset(offset_);
-    std::string* content = chunk->mutable_content();
-    content->resize(n);
+    if (offset_ >= total_ && sent_any_) return -1;
+    return std::min(chunk_bytes_, total_ - offset_);
+  }
+
+  absl::StatusOr<int64_t> ReadNext(char* dst) override {
+    const int64_t n = NextSize();
+    if (n < 0) return absl::OutOfRangeError("the streamed read has sent every chunk");
     if (dtype_ == DT_STRING) {
-      std::memcpy(content->data(), encoded_.data() + offset_, n);
+      if (n > 0) std::memcpy(dst, encoded_.data() + offset_, n);
     } else {
-      PSD_RETURN_IF_ERROR(pin_->Read(offset_, n, content->data()));
+      PSD_RETURN_IF_ERROR(pin_->Read(offset_, n, dst));
     }
+    const int64_t offset = offset_;
     offset_ += n;
     sent_any_ = true;
-    return true;
+    return offset;
   }
 
  private:
@@ -1379,6 +1382,16 @@ class SnapshotReadSource final : public ReadStreamSource {
 };
 
 }  // namespace
+
+absl::StatusOr<bool> ReadStreamSource::Next(TensorChunk* chunk) {
+  const int64_t n = NextSize();
+  if (n < 0) return false;
+  std::string* content = chunk->mutable_content();
+  content->resize(n);
+  PSD_ASSIGN_OR_RETURN(const int64_t offset, ReadNext(content->data()));
+  chunk->set_offset(offset);
+  return true;
+}
 
 absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream(
     const ReadStreamRequest& request) const {

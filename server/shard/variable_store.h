@@ -191,8 +191,15 @@ class ReadStreamSource {
   virtual ~ReadStreamSource() = default;
   // The first chunk's header fields.
   virtual void FillHeader(TensorChunk* chunk) const = 0;
-  // Fills `chunk` with the next content bytes; false when all were sent.
-  virtual absl::StatusOr<bool> Next(TensorChunk* chunk) = 0;
+  // Content bytes of the next chunk, or -1 when every chunk was sent (an
+  // empty value still sends one, empty, chunk).
+  virtual int64_t NextSize() const = 0;
+  // Copies the next chunk's NextSize() content bytes to `dst` (host memory,
+  // e.g. a gRPC send slice) and returns their offset in the value.
+  virtual absl::StatusOr<int64_t> ReadNext(char* dst) = 0;
+  // Fills `chunk`'s offset and content with the next chunk; false when all
+  // were sent.
+  absl::StatusOr<bool> Next(TensorChunk* chunk);
 };
 
 // A streamed assign's sink: staged bytes, applied at Commit.

@@ -1,0 +1,95 @@
+// The wire codec of the streamed data path (Shard.ReadStream and
+// Shard.AssignStream) without protobuf's copies of the content bytes.
+//
+// Both streams carry messages whose big field is a `bytes content` (a
+// TensorChunk's field 6, an AssignStreamRequest's field 2). Parsed as
+// protobuf, every chunk's content is copied out of gRPC's receive buffers
+// into a std::string and then again into its destination; serialized, it is
+// copied once more into gRPC's send buffers. Here a message is its small
+// fields (serialized by protobuf as usual) followed by the content field,
+// whose bytes stay in gRPC slices: a sender hands a slice it filled (or that
+// references its memory), a receiver copies the content straight from the
+// receive slices to where it belongs. The bytes on the wire are exactly
+// protobuf's encoding, so every other client keeps working.
+//
+// The shard serves these two methods raw (grpc::ByteBuffer messages) and the
+// C++ client calls them through a generic stub; the other methods use the
+// generated protobuf code.
+//
+// Thread-safety: the functions are thread-safe; a ContentMessage is
+// thread-compatible.
+#ifndef PSD_COMMON_STREAM_CODEC_H_
+#define PSD_COMMON_STREAM_CODEC_H_
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/message_lite.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
+
+namespace psd {
+
+// Full method names ("/package.Service/Method") of the raw streams.
+inline constexpr char kReadStreamMethod[] = "/psd.Shard/ReadStream";
+inline constexpr char kAssignStreamMethod[] = "/psd.Shard/AssignStream";
+// The content fields' numbers (see shard.proto).
+inline constexpr int kTensorChunkContentField = 6;
+inline constexpr int kAssignStreamContentField = 2;
+
+// Whether `method` ("/psd.Shard/ReadStream" or "psd.Shard/ReadStream") is
+// served with grpc::ByteBuffer messages, so an interceptor must not take its
+// messages for protobuf objects.
+bool IsRawStreamMethod(absl::string_view method);
+
+// A writable slice of `bytes` bytes (uninitialized) and its first byte.
+grpc::Slice NewSlice(size_t bytes, char** data);
+
+// `fields` (whose content field is unset) followed by field `content_field`
+// holding `content`, which is referenced, not copied. An empty content is
+// left out, as protobuf does.
+grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
+                                   grpc::Slice content);
+
+// A whole message serialized into a ByteBuffer, and parsed from one (false
+// for malformed bytes).
+grpc::ByteBuffer EncodeMessage(const google::protobuf::MessageLite& message);
+bool DecodeMessage(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message);
+
+// A received message split into its small fields (parsed by protobuf) and
+// its content bytes, left in the receive buffer's slices.
+class ContentMessage {
+ public:
+  ContentMessage() = default;
+  ContentMessage(const ContentMessage&) = delete;
+  ContentMessage& operator=(const ContentMessage&) = delete;
+
+  // Parses `buffer`: every field but `content_field` into `fields` (cleared
+  // first), the content field's bytes (its last occurrence, as protobuf
+  // reads a repeated scalar field) as views into `buffer`'s slices, which
+  // this object keeps referenced. INVALID_ARGUMENT for malformed bytes,
+  // naming `what`.
+  absl::Status Parse(const grpc::ByteBuffer& buffer, int content_field,
+                     google::protobuf::MessageLite* fields, absl::string_view what);
+
+  // The content in pieces, in order; valid until the next Parse or Clear.
+  const std::vector<absl::string_view>& content() const { return pieces_; }
+  size_t content_size() const { return content_size_; }
+  // Copies the content (content_size() bytes) to `dst`.
+  void CopyContentTo(char* dst) const;
+  // Drops the slices (keeps the vectors' capacity for the next message).
+  void Clear();
+
+ private:
+  std::vector<grpc::Slice> slices_;
+  std::vector<absl::string_view> pieces_;
+  size_t content_size_ = 0;
+  std::string fields_bytes_;  // scratch: the small fields, re-encoded
+};
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_STREAM_CODEC_H_

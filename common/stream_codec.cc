@@ -1,0 +1,212 @@
+#include "psd/stream_codec.h"
+
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "grpc/slice.h"
+
+namespace psd {
+
+using google::protobuf::io::CodedOutputStream;
+
+namespace {
+
+constexpr int kWireVarint = 0;
+constexpr int kWireFixed64 = 1;
+constexpr int kWireLengthDelimited = 2;
+constexpr int kWireFixed32 = 5;
+
+void AppendVarint(uint64_t value, std::string* out) {
+  uint8_t buf[10];
+  const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buf);
+  out->append(reinterpret_cast<const char*>(buf), end - buf);
+}
+
+// Reads a message's bytes across the slices of a ByteBuffer.
+class SliceReader {
+ public:
+  explicit SliceReader(const std::vector<grpc::Slice>& slices) : slices_(slices) { SkipEmpty(); }
+
+  bool done() const { return slice_ == slices_.size(); }
+  size_t remaining() const { return remaining_; }
+
+  bool ReadVarint(uint64_t* value) {
+    uint64_t result = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (done()) return false;
+      const uint8_t byte = Current()[offset_];
+      Advance(1);
+      result |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) {
+        *value = result;
+        return true;
+      }
+    }
+    return false;  // more than 10 bytes
+  }
+
+  // Calls fn(piece) for the next `n` bytes, one piece per slice they span.
+  template <typename Fn>
+  bool Take(uint64_t n, Fn&& fn) {
+    if (n > remaining_) return false;
+    while (n > 0) {
+      const size_t here = std::min<uint64_t>(n, slices_[slice_].size() - offset_);
+      fn(absl::string_view(reinterpret_cast<const char*>(Current()) + offset_, here));
+      Advance(here);
+      n -= here;
+    }
+    return true;
+  }
+
+  void set_remaining(size_t total) { remaining_ = total; }
+
+ private:
+  const uint8_t* Current() const { return slices_[slice_].begin(); }
+
+  void Advance(size_t n) {
+    offset_ += n;
+    remaining_ -= n;
+    if (offset_ == slices_[slice_].size()) {
+      ++slice_;
+      offset_ = 0;
+      SkipEmpty();
+    }
+  }
+
+  void SkipEmpty() {
+    while (slice_ < slices_.size() && slices_[slice_].size() == 0) ++slice_;
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  size_t slice_ = 0;
+  size_t offset_ = 0;
+  size_t remaining_ = 0;
+};
+
+}  // namespace
+
+bool IsRawStreamMethod(absl::string_view method) {
+  if (!absl::StartsWith(method, "/")) {
+    return method == kReadStreamMethod + 1 || method == kAssignStreamMethod + 1;
+  }
+  return method == kReadStreamMethod || method == kAssignStreamMethod;
+}
+
+grpc::Slice NewSlice(size_t bytes, char** data) {
+  grpc_slice slice = grpc_slice_malloc_large(bytes);
+  *data = reinterpret_cast<char*>(GRPC_SLICE_START_PTR(slice));
+  return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
+grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
+                                   grpc::Slice content) {
+  std::string head;
+  fields.AppendToString(&head);
+  if (content.size() == 0) {
+    grpc::Slice slice(head);
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  // Protobuf writes fields in number order; the content fields are the
+  // last ones of their messages, so this is its encoding byte for byte.
+  AppendVarint((static_cast<uint64_t>(content_field) << 3) | kWireLengthDelimited, &head);
+  AppendVarint(content.size(), &head);
+  grpc::Slice slices[2] = {grpc::Slice(head), std::move(content)};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+grpc::ByteBuffer EncodeMessage(const google::protobuf::MessageLite& message) {
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+bool DecodeMessage(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return false;
+  if (slices.size() == 1) {
+    return message->ParseFromArray(slices[0].begin(), static_cast<int>(slices[0].size()));
+  }
+  std::string bytes;
+  bytes.reserve(buffer.Length());
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return message->ParseFromString(bytes);
+}
+
+absl::Status ContentMessage::Parse(const grpc::ByteBuffer& buffer, int content_field,
+                                   google::protobuf::MessageLite* fields, absl::string_view what) {
+  Clear();
+  auto malformed = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed message: ", why));
+  };
+  if (!buffer.Dump(&slices_).ok()) return malformed("unreadable buffer");
+  SliceReader reader(slices_);
+  reader.set_remaining(buffer.Length());
+  auto append = [this](absl::string_view piece) {
+    fields_bytes_.append(piece.data(), piece.size());
+  };
+  while (!reader.done()) {
+    uint64_t tag;
+    if (!reader.ReadVarint(&tag) || (tag >> 3) == 0 || (tag >> 3) > INT32_MAX) {
+      return malformed("bad field tag");
+    }
+    const int field = static_cast<int>(tag >> 3);
+    const int wire_type = static_cast<int>(tag & 7);
+    if (field == content_field && wire_type == kWireLengthDelimited) {
+      uint64_t n;
+      if (!reader.ReadVarint(&n) || n > reader.remaining()) return malformed("bad content length");
+      pieces_.clear();
+      content_size_ = n;
+      reader.Take(n, [this](absl::string_view piece) { pieces_.push_back(piece); });
+      continue;
+    }
+    AppendVarint(tag, &fields_bytes_);
+    bool ok = false;
+    switch (wire_type) {
+      case kWireVarint: {
+        uint64_t v;
+        ok = reader.ReadVarint(&v);
+        if (ok) AppendVarint(v, &fields_bytes_);
+        break;
+      }
+      case kWireFixed64:
+        ok = reader.Take(8, append);
+        break;
+      case kWireFixed32:
+        ok = reader.Take(4, append);
+        break;
+      case kWireLengthDelimited: {
+        uint64_t n;
+        ok = reader.ReadVarint(&n) && n <= reader.remaining();
+        if (ok) {
+          AppendVarint(n, &fields_bytes_);
+          ok = reader.Take(n, append);
+        }
+        break;
+      }
+      default:
+        break;  // groups (not in proto3) and invalid wire types
+    }
+    if (!ok) return malformed(absl::StrCat("field ", field, " is truncated or of a bad type"));
+  }
+  if (!fields->ParseFromString(fields_bytes_)) return malformed("bad fields");
+  return absl::OkStatus();
+}
+
+void ContentMessage::CopyContentTo(char* dst) const {
+  for (absl::string_view piece : pieces_) {
+    std::memcpy(dst, piece.data(), piece.size());
+    dst += piece.size();
+  }
+}
+
+void ContentMessage::Clear() {
+  slices_.clear();
+  pieces_.clear();
+  content_size_ = 0;
+  fields_bytes_.clear();
+}
+
+}  // namespace psd

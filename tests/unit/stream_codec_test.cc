@@ -1,0 +1,166 @@
+#include "psd/stream_codec.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "psd/shard.pb.h"
+
+namespace psd {
+namespace {
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+// `bytes` cut into slices at `cuts` (offsets), as gRPC may deliver them.
+grpc::ByteBuffer Sliced(const std::string& bytes, std::vector<size_t> cuts) {
+  std::vector<grpc::Slice> slices;
+  size_t start = 0;
+  cuts.push_back(bytes.size());
+  for (size_t cut : cuts) {
+    slices.emplace_back(bytes.data() + start, cut - start);
+    start = cut;
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+std::string Content(const ContentMessage& m) {
+  std::string out(m.content_size(), '\0');
+  m.CopyContentTo(out.data());
+  return out;
+}
+
+TensorChunk FirstChunk() {
+  TensorChunk chunk;
+  chunk.set_dtype(DT_FLOAT);
+  chunk.mutable_shape()->add_dims(1 << 20);
+  chunk.set_version(7);
+  chunk.set_total_bytes(4 << 20);
+  chunk.set_offset(1 << 20);
+  return chunk;
+}
+
+TEST(StreamCodecTest, EncodingIsProtobufsByteForByte) {
+  TensorChunk fields = FirstChunk();
+  const std::string content(300000, 'x');
+  grpc::ByteBuffer encoded =
+      EncodeWithContent(fields, kTensorChunkContentField, grpc::Slice(content));
+  TensorChunk whole = fields;
+  whole.set_content(content);
+  EXPECT_EQ(Flatten(encoded), whole.SerializeAsString());
+
+  AssignStreamRequest none;
+  grpc::ByteBuffer data = EncodeWithContent(none, kAssignStreamContentField, grpc::Slice("abc", 3));
+  AssignStreamRequest with;
+  with.set_content("abc");
+  EXPECT_EQ(Flatten(data), with.SerializeAsString());
+}
+
+TEST(StreamCodecTest, EmptyContentIsLeftOutAsProtobufDoes) {
+  TensorChunk fields = FirstChunk();
+  grpc::ByteBuffer encoded = EncodeWithContent(fields, kTensorChunkContentField, grpc::Slice());
+  EXPECT_EQ(Flatten(encoded), fields.SerializeAsString());
+}
+
+TEST(StreamCodecTest, ParsesFieldsAndContentSplitAnywhereAcrossSlices) {
+  TensorChunk whole = FirstChunk();
+  std::string content(5000, '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>(i * 31);
+  whole.set_content(content);
+  const std::string bytes = whole.SerializeAsString();
+  // Every cut point, including inside tags, varints and the length prefix.
+  for (size_t cut = 1; cut < 40; ++cut) {
+    SCOPED_TRACE(cut);
+    ContentMessage message;
+    TensorChunk fields;
+    ASSERT_TRUE(message
+                    .Parse(Sliced(bytes, {cut, cut + 1, bytes.size() - 7}),
+                           kTensorChunkContentField, &fields, "chunk")
+                    .ok());
+    EXPECT_EQ(fields.dtype(), DT_FLOAT);
+    EXPECT_EQ(fields.shape().dims(0), 1 << 20);
+    EXPECT_EQ(fields.version(), 7u);
+    EXPECT_EQ(fields.total_bytes(), 4 << 20);
+    EXPECT_EQ(fields.offset(), 1 << 20);
+    EXPECT_TRUE(fields.content().empty());
+    EXPECT_EQ(Content(message), content);
+  }
+}
+
+TEST(StreamCodecTest, ParsesAHeaderOnlyAssignMessage) {
+  AssignStreamRequest first;
+  first.mutable_header()->set_name("emb");
+  first.mutable_header()->set_total_bytes(123);
+  first.mutable_header()->mutable_request_id()->set_client_id(99);
+  ContentMessage message;
+  AssignStreamRequest fields;
+  ASSERT_TRUE(
+      message.Parse(EncodeMessage(first), kAssignStreamContentField, &fields, "assign").ok());
+  EXPECT_EQ(fields.header().name(), "emb");
+  EXPECT_EQ(fields.header().total_bytes(), 123);
+  EXPECT_EQ(fields.header().request_id().client_id(), 99u);
+  EXPECT_EQ(message.content_size(), 0u);
+}
+
+TEST(StreamCodecTest, TheLastContentFieldWinsAsInProtobuf) {
+  AssignStreamRequest a, b;
+  a.set_content("first");
+  b.set_content("second");
+  const std::string bytes = a.SerializeAsString() + b.SerializeAsString();
+  AssignStreamRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  ContentMessage message;
+  AssignStreamRequest fields;
+  ASSERT_TRUE(message.Parse(Sliced(bytes, {3}), kAssignStreamContentField, &fields, "x").ok());
+  EXPECT_EQ(Content(message), parsed.content());
+}
+
+TEST(StreamCodecTest, MalformedBytesAreInvalidArgumentNamingTheStream) {
+  TensorChunk whole = FirstChunk();
+  whole.set_content(std::string(100, 'y'));
+  const std::string bytes = whole.SerializeAsString();
+  const std::vector<std::string> bad = {
+      bytes.substr(0, bytes.size() - 1),  // content cut short
+      std::string("\x08", 1),             // varint field without its value
+      std::string("\x00\x01", 2),         // field number 0
+      std::string("\x0b\x01", 2),         // a group (wire type 3)
+      std::string("\x32\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 11),  // 11-byte varint
+  };
+  for (const std::string& b : bad) {
+    ContentMessage message;
+    TensorChunk fields;
+    absl::Status s = message.Parse(Sliced(b, {}), kTensorChunkContentField, &fields,
+                                   "a chunk of variable 'v'");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("a chunk of variable 'v'"), std::string::npos) << s;
+  }
+}
+
+TEST(StreamCodecTest, DecodeMessageJoinsSlices) {
+  ReadStreamRequest request;
+  request.set_name("scope/emb/part_3");
+  request.set_chunk_bytes(1 << 20);
+  request.set_shard_incarnation(0x1234567890abcdefULL);
+  const std::string bytes = request.SerializeAsString();
+  ReadStreamRequest parsed;
+  ASSERT_TRUE(DecodeMessage(Sliced(bytes, {2, 9}), &parsed));
+  EXPECT_EQ(parsed.name(), request.name());
+  EXPECT_EQ(parsed.chunk_bytes(), 1 << 20);
+  EXPECT_EQ(parsed.shard_incarnation(), request.shard_incarnation());
+  EXPECT_FALSE(DecodeMessage(Sliced("\x0a\x05" "ab", {}), &parsed));
+}
+
+TEST(StreamCodecTest, RawMethodsAreKnownWithOrWithoutTheLeadingSlash) {
+  EXPECT_TRUE(IsRawStreamMethod("/psd.Shard/ReadStream"));
+  EXPECT_TRUE(IsRawStreamMethod("psd.Shard/AssignStream"));
+  EXPECT_FALSE(IsRawStreamMethod("/psd.Shard/Read"));
+  EXPECT_FALSE(IsRawStreamMethod("psd.Shard/Batch"));
+}
+
+}  // namespace
+}  // namespace psd
