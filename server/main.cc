@@ -136,6 +136,10 @@ int main(int argc, char** argv) {
   coordinator->add_option("--liveness-timeout", coord.shard_liveness_timeout_seconds,
                           "Seconds without a heartbeat before a shard counts as down")
       ->check(CLI::PositiveNumber);
+  coordinator->add_option("--session-ttl", coord.session_ttl_seconds,
+                          "Seconds without a call before a client session expires (0: never); "
+                          "clients ping in the background")
+      ->check(CLI::NonNegativeNumber);
   coordinator->add_option("--max-message-bytes", coord.max_message_bytes, "Largest gRPC message")
       ->check(CLI::Range(4096, 2147483647));
   coordinator->add_option("--checkpoint-dir", coord.checkpoint.dir,

@@ -101,6 +101,32 @@ absl::Status Session::Impl::Call(grpc::Status (Coordinator::Stub::*method)(grpc:
   }
 }
 
+void Session::Impl::StartKeepAlive(absl::Duration interval) {
+  keepalive_ = std::thread([this, interval] {
+    absl::MutexLock lock(&keepalive_mu_);
+    while (!keepalive_mu_.AwaitWithTimeout(absl::Condition(&keepalive_stop_), interval)) {
+      keepalive_mu_.Unlock();
+      KeepSessionAliveRequest req;
+      req.set_session_id(id_);
+      KeepSessionAliveResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + interval));
+      // A failed ping is retried at the next interval; the TTL allows
+      // several to be missed.
+      (void)stub_->KeepSessionAlive(&ctx, req, &resp);
+      keepalive_mu_.Lock();
+    }
+  });
+}
+
+void Session::Impl::StopKeepAlive() {
+  {
+    absl::MutexLock lock(&keepalive_mu_);
+    keepalive_stop_ = true;
+  }
+  if (keepalive_.joinable()) keepalive_.join();
+}
+
 absl::StatusOr<VariableHandle> Session::Impl::EnsureAddressed(VariableHandle handle) {
   const absl::Time give_up = absl::Now() + options_.coordinator_retry_budget;
   while (true) {
@@ -133,10 +159,11 @@ absl::StatusOr<VariableHandle> Session::Impl::Lookup(const std::string& name) {
   return EnsureAddressed(resp.handle());
 }
 
-Variable Session::Impl::MakeVariable(VariableHandle handle) {
+Variable Session::Impl::MakeVariable(VariableHandle handle, std::string caching_device) {
   auto state = std::make_shared<internal::VariableState>();
   state->session = this;
   state->name = handle.name();
+  state->caching_device = std::move(caching_device);
   state->handle = std::move(handle);
   return internal::VariableState::Wrap(std::move(state));
 }
@@ -172,6 +199,7 @@ absl::StatusOr<std::shared_ptr<ShardClient>> Session::Impl::ShardFor(const PartH
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Session::~Session() {
+  impl_->StopKeepAlive();
   CloseSessionRequest req;
   req.set_session_id(impl_->id_);
   CloseSessionResponse resp;
@@ -204,6 +232,11 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const std::string& addres
   OpenSessionResponse resp;
   PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::OpenSession, req, &resp));
   impl->id_ = resp.session_id();
+  if (opts.keep_alive && resp.session_ttl_ms() > 0) {
+    impl->StartKeepAlive(
+        std::clamp(absl::Milliseconds(resp.session_ttl_ms()) / 4, absl::Milliseconds(50),
+                   absl::Minutes(1)));
+  }
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
@@ -214,6 +247,11 @@ namespace {
 
 std::string JoinPath(const std::string& scope, const std::string& name) {
   return scope.empty() ? name : absl::StrCat(scope, "/", name);
+}
+
+// The caching device a get_variable asked for, else its scope's.
+std::string CachingDevice(const CapturedScope& scope, const GetVariableOptions& o) {
+  return o.caching_device.has_value() ? *o.caching_device : scope.caching_device;
 }
 
 VariableDeclaration MakeDeclaration(const CapturedScope& scope, const std::string& name,
@@ -255,7 +293,8 @@ absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
   GetVariableResponse resp;
   PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::GetVariable, req, &resp));
   PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handle()));
-  return impl_->MakeVariable(std::move(handle));
+  return impl_->MakeVariable(std::move(handle),
+                             CachingDevice(impl_->stack_.back().scope, options));
 }
 
 absl::StatusOr<std::vector<Variable>> Session::GetVariables(
@@ -271,9 +310,10 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
   DeclareVariablesResponse resp;
   PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::DeclareVariables, req, &resp));
   std::vector<Variable> out;
-  for (const VariableHandle& h : resp.handles()) {
-    PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(h));
-    out.push_back(impl_->MakeVariable(std::move(handle)));
+  for (int i = 0; i < resp.handles_size(); ++i) {
+    PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handles(i)));
+    out.push_back(impl_->MakeVariable(
+        std::move(handle), CachingDevice(impl_->stack_.back().scope, declarations[i].second)));
   }
   return out;
 }
@@ -490,6 +530,7 @@ void ApplyDefaults(const ScopeOptions& o, CapturedScope* s) {
   if (o.initializer.has_value()) s->initializer = o.initializer;
   if (o.partitioner.has_value()) s->partitioner = o.partitioner;
   if (o.dtype != DT_INVALID) s->dtype = o.dtype;
+  if (o.caching_device.has_value()) s->caching_device = *o.caching_device;
 }
 
 }  // namespace
@@ -526,6 +567,18 @@ absl::StatusOr<VariableScope> VariableScope::EnterDefault(Session* session,
   return OpenFrame(impl, req, scope, [session](CapturedScope s, size_t depth) {
     return VariableScope(session, std::move(s), depth);
   });
+}
+
+absl::StatusOr<VariableScope> VariableScope::EnterOp(Session* session,
+                                                     const std::string& name_or_scope,
+                                                     const std::string& default_name,
+                                                     const ScopeOptions& options) {
+  if (!name_or_scope.empty()) return Enter(session, name_or_scope, options);
+  if (default_name.empty()) {
+    return absl::InvalidArgumentError(
+        "variable_op_scope: name_or_scope and default_name cannot both be empty");
+  }
+  return EnterDefault(session, default_name, options);
 }
 
 absl::StatusOr<VariableScope> VariableScope::Reenter(Session* session,

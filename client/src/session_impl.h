@@ -9,7 +9,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -56,7 +58,8 @@ class Session::Impl {
   // Waits (re-looking up) while some part's shard has no address (the
   // coordinator restarted and the shard has not registered again yet).
   absl::StatusOr<VariableHandle> EnsureAddressed(VariableHandle handle);
-  Variable MakeVariable(VariableHandle handle);
+  // `caching_device` non-empty: reads are cached (Variable::cached()).
+  Variable MakeVariable(VariableHandle handle, std::string caching_device = "");
 
   // The pooled client for the part's shard, connected to the part's
   // incarnation; ABORTED "stale handle" when the shard at that address is
@@ -67,6 +70,11 @@ class Session::Impl {
   const SessionOptions options_;
   const std::unique_ptr<Coordinator::Stub> stub_;
   uint64_t id_ = 0;
+
+  // Pings the coordinator every `interval` until StopKeepAlive, so the
+  // session does not expire while the trainer only talks to shards.
+  void StartKeepAlive(absl::Duration interval);
+  void StopKeepAlive();
   // Tags a coordinator request that changes the session (GetVariable,
   // scopes, unique names) so that Call's retries of it are applied once.
   uint64_t NextRequestSeq() { return next_request_seq_.fetch_add(1); }
@@ -75,6 +83,9 @@ class Session::Impl {
 
  private:
   std::atomic<uint64_t> next_request_seq_{1};
+  absl::Mutex keepalive_mu_;
+  bool keepalive_stop_ ABSL_GUARDED_BY(keepalive_mu_) = false;
+  std::thread keepalive_;
   absl::Mutex pool_mu_;
   std::map<std::string, std::shared_ptr<ShardClient>> pool_ ABSL_GUARDED_BY(pool_mu_);
 };
@@ -87,6 +98,18 @@ struct VariableState {
   std::string name;
   mutable absl::Mutex mu;
   VariableHandle handle ABSL_GUARDED_BY(mu);
+  // Set at creation: non-empty when reads are served from `cache`.
+  std::string caching_device;
+  // Taken before mu; held while the cache is filled, so concurrent first
+  // reads fetch once.
+  mutable absl::Mutex cache_mu;
+  std::optional<Tensor> cache ABSL_GUARDED_BY(cache_mu);
+
+  void InvalidateCache() {
+    if (caching_device.empty()) return;
+    absl::MutexLock lock(&cache_mu);
+    cache.reset();
+  }
 
   VariableHandle Snapshot() const {
     absl::MutexLock lock(&mu);

@@ -165,25 +165,32 @@ struct Split {
   std::vector<Tensor> local_indices;            // per entry of `parts`: int64 [m]
 };
 
-absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indices) {
-  if (h.partition_axis() != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", h.name(), "' is partitioned along axis ", h.partition_axis(),
-                     "; gather and scatter split indices along axis 0 only"));
-  }
+// The indices as int64, each checked against the full variable's axis 0:
+// a bad index fails the whole op in the full variable's terms.
+absl::StatusOr<std::vector<int64_t>> CheckedIndices(const VariableHandle& h,
+                                                    const Tensor& indices) {
   if (h.shape().dims_size() == 0) {
     return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "' is a scalar"));
   }
   PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, IndexValues(indices, h.name()));
   const int64_t limit = h.shape().dims(0);
-  // Everything is checked before anything is sent: a bad index fails the
-  // whole op in the full variable's terms.
   for (size_t i = 0; i < idx.size(); ++i) {
     if (idx[i] < 0 || idx[i] >= limit) {
       return absl::InvalidArgumentError(absl::StrCat("'", h.name(), "': indices[", i, "] = ",
                                                      idx[i], " is not in [0, ", limit, ")"));
     }
   }
+  return idx;
+}
+
+absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indices) {
+  if (h.partition_axis() != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", h.name(), "' is partitioned along axis ", h.partition_axis(),
+                     "; gather and scatter split indices along axis 0 only"));
+  }
+  // Everything is checked before anything is sent.
+  PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(h, indices));
   Split split;
   for (int k = 0; k < h.parts_size(); ++k) {
     const int64_t lo = h.parts(k).offset(0);
@@ -241,11 +248,13 @@ std::vector<std::string> Variable::collections() const {
 VariableHandle Variable::handle() const { return state_->Snapshot(); }
 absl::Status Variable::Refresh() { return state_->Refresh(); }
 
-absl::StatusOr<Tensor> Variable::Read() const {
-  VariableHandle h = state_->Snapshot();
+namespace {
+
+absl::StatusOr<Tensor> ReadFromShards(VariableState* state) {
+  VariableHandle h = state->Snapshot();
   std::vector<Tensor> parts(h.parts_size());
   PSD_RETURN_IF_ERROR(
-      state_->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
+      state->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
         PSD_ASSIGN_OR_RETURN(parts[k], shard.Read(p.name()));
         return absl::OkStatus();
       }));
@@ -253,8 +262,54 @@ absl::StatusOr<Tensor> Variable::Read() const {
   return ConcatParts(parts, h);
 }
 
+// The cached value, fetched first if there is none. Valid while cache_mu
+// is held.
+absl::StatusOr<const Tensor*> CachedValue(VariableState* state)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(state->cache_mu) {
+  if (!state->cache.has_value()) {
+    PSD_ASSIGN_OR_RETURN(Tensor value, ReadFromShards(state));
+    state->cache = std::move(value);
+  }
+  return &*state->cache;
+}
+
+}  // namespace
+
+bool Variable::cached() const { return !state_->caching_device.empty(); }
+
+absl::Status Variable::RefreshCache() const {
+  if (!cached()) return absl::OkStatus();
+  absl::MutexLock lock(&state_->cache_mu);
+  state_->cache.reset();
+  return CachedValue(state_.get()).status();
+}
+
+absl::StatusOr<Tensor> Variable::Read() const {
+  if (cached()) {
+    absl::MutexLock lock(&state_->cache_mu);
+    PSD_ASSIGN_OR_RETURN(const Tensor* value, CachedValue(state_.get()));
+    return *value;
+  }
+  return ReadFromShards(state_.get());
+}
+
 absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
   VariableHandle h = state_->Snapshot();
+  if (cached()) {
+    // Rows of the cached value, checked as the shards would check them.
+    PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(h, indices));
+    absl::MutexLock lock(&state_->cache_mu);
+    PSD_ASSIGN_OR_RETURN(const Tensor* value, CachedValue(state_.get()));
+    const TensorShape& shape = value->shape();
+    std::vector<int64_t> out_dims = indices.shape().dims();
+    for (int d = 1; d < shape.rank(); ++d) out_dims.push_back(shape.dim(d));
+    Tensor out(value->dtype(), TensorShape(out_dims));
+    const int64_t row = Product(shape.dims(), 1, shape.rank());
+    for (size_t j = 0; j < idx.size(); ++j) {
+      CopyElements(*value, idx[j] * row, &out, static_cast<int64_t>(j) * row, row);
+    }
+    return out;
+  }
   if (!h.partitioned()) {
     Tensor out;
     PSD_RETURN_IF_ERROR(
@@ -385,22 +440,30 @@ absl::Status ScatterOp(VariableState* state, Op op, const Tensor& indices, const
 
 }  // namespace
 
+// Writes through a Variable drop its cached value (even a failed write may
+// have changed some parts of a partitioned variable).
 absl::Status Variable::Assign(const Tensor& value, Tensor* new_value) const {
+  state_->InvalidateCache();
   return AssignOp(state_.get(), Op::kAssign, value, new_value);
 }
 absl::Status Variable::AssignAdd(const Tensor& value, Tensor* new_value) const {
+  state_->InvalidateCache();
   return AssignOp(state_.get(), Op::kAdd, value, new_value);
 }
 absl::Status Variable::AssignSub(const Tensor& value, Tensor* new_value) const {
+  state_->InvalidateCache();
   return AssignOp(state_.get(), Op::kSub, value, new_value);
 }
 absl::Status Variable::ScatterUpdate(const Tensor& indices, const Tensor& updates) const {
+  state_->InvalidateCache();
   return ScatterOp(state_.get(), Op::kAssign, indices, updates);
 }
 absl::Status Variable::ScatterAdd(const Tensor& indices, const Tensor& updates) const {
+  state_->InvalidateCache();
   return ScatterOp(state_.get(), Op::kAdd, indices, updates);
 }
 absl::Status Variable::ScatterSub(const Tensor& indices, const Tensor& updates) const {
+  state_->InvalidateCache();
   return ScatterOp(state_.get(), Op::kSub, indices, updates);
 }
 
@@ -409,6 +472,7 @@ absl::StatusOr<int64_t> Variable::CountUpTo(int64_t limit) const {
     return absl::InvalidArgumentError(
         absl::StrCat("'", name(), "': count_up_to needs an unpartitioned scalar variable"));
   }
+  state_->InvalidateCache();
   int64_t old = 0;
   PSD_RETURN_IF_ERROR(
       state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) -> absl::Status {

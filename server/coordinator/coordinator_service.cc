@@ -4,6 +4,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -241,9 +242,15 @@ grpc::ServerUnaryReactor* CoordinatorService::OpenSession(grpc::CallbackServerCo
           "coordinator protocol version mismatch: client speaks ", request->protocol_version(),
           ", coordinator speaks ", static_cast<int>(COORDINATOR_PROTOCOL_VERSION)));
     }
+    ExpireIdleSessions();
     PSD_ASSIGN_OR_RETURN(uint64_t id, registry_->OpenSession(request->client()));
+    {
+      absl::MutexLock lock(&sessions_mu_);
+      session_seen_[id] = absl::Now();
+    }
     response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     response->set_session_id(id);
+    response->set_session_ttl_ms(absl::ToInt64Milliseconds(options_.session_ttl));
     return absl::OkStatus();
   });
 }
@@ -251,7 +258,63 @@ grpc::ServerUnaryReactor* CoordinatorService::OpenSession(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* CoordinatorService::CloseSession(grpc::CallbackServerContext* ctx,
                                                            const CloseSessionRequest* request,
                                                            CloseSessionResponse* response) {
-  return Serve(ctx, [&] { return registry_->CloseSession(request->session_id()); });
+  return Serve(ctx, [&] {
+    {
+      absl::MutexLock lock(&sessions_mu_);
+      session_seen_.erase(request->session_id());
+    }
+    return registry_->CloseSession(request->session_id());
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::KeepSessionAlive(
+    grpc::CallbackServerContext* ctx, const KeepSessionAliveRequest* request,
+    KeepSessionAliveResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
+    if (!registry_->HasSession(request->session_id())) {
+      return absl::NotFoundError(absl::StrCat("session ", request->session_id(), " is not open"));
+    }
+    response->set_session_ttl_ms(absl::ToInt64Milliseconds(options_.session_ttl));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status CoordinatorService::TouchSession(uint64_t session) {
+  ExpireIdleSessions();
+  absl::MutexLock lock(&sessions_mu_);
+  if (expired_sessions_.count(session) > 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "session ", session, " expired: the coordinator heard nothing from it for ",
+        absl::FormatDuration(options_.session_ttl), " (its names and scope counters are gone; ",
+        "variables stay); open a new session"));
+  }
+  session_seen_[session] = absl::Now();
+  return absl::OkStatus();
+}
+
+void CoordinatorService::ExpireIdleSessions() {
+  if (options_.session_ttl <= absl::ZeroDuration()) return;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&sessions_mu_);
+  if (now < next_expiry_sweep_) return;
+  next_expiry_sweep_ = now + std::max(options_.session_ttl / 8, absl::Milliseconds(100));
+  for (uint64_t id : registry_->SessionIds()) {
+    auto [it, recovered] = session_seen_.try_emplace(id, now);
+    if (recovered || now - it->second <= options_.session_ttl) continue;
+    session_seen_.erase(it);
+    absl::Status closed = registry_->CloseSession(id);
+    if (!closed.ok()) {
+      spdlog::warn("session {} is idle past its TTL but could not be closed: {}", id,
+                   closed.ToString());
+      continue;
+    }
+    spdlog::info("session {} expired: no call for {}", id,
+                 absl::FormatDuration(options_.session_ttl));
+    expired_sessions_.insert(id);
+    // Remember the newest expiries only; ids are never reused.
+    if (expired_sessions_.size() > 4096) expired_sessions_.erase(expired_sessions_.begin());
+  }
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServerContext* ctx,
@@ -305,6 +368,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         const HeartbeatRequest* request,
                                                         HeartbeatResponse* response) {
   return Serve(ctx, [&] {
+    ExpireIdleSessions();
     absl::MutexLock lock(&mu_);
     auto it = shards_.find(request->shard_id());
     if (it == shards_.end() || it->second.incarnation != request->incarnation()) {
@@ -322,6 +386,7 @@ grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerCo
                                                           const GetVariableRequest* request,
                                                           GetVariableResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     PSD_ASSIGN_OR_RETURN(
         auto results,
         DeclareAndCreate(request->session_id(), absl::MakeConstSpan(&request->declaration(), 1),
@@ -336,6 +401,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DeclareVariables(
     grpc::CallbackServerContext* ctx, const DeclareVariablesRequest* request,
     DeclareVariablesResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     std::vector<VariableDeclaration> decls(request->declarations().begin(),
                                            request->declarations().end());
     PSD_ASSIGN_OR_RETURN(auto results,
@@ -401,6 +467,7 @@ grpc::ServerUnaryReactor* CoordinatorService::OpenScope(grpc::CallbackServerCont
                                                         const OpenScopeRequest* request,
                                                         OpenScopeResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     PSD_ASSIGN_OR_RETURN(
         ScopeEntry e,
         registry_->OpenScope(request->session_id(), request->parent_path(), request->name(),
@@ -415,7 +482,8 @@ grpc::ServerUnaryReactor* CoordinatorService::OpenScope(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* CoordinatorService::CloseScope(grpc::CallbackServerContext* ctx,
                                                          const CloseScopeRequest* request,
                                                          CloseScopeResponse* response) {
-  return Serve(ctx, [&] {
+  return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     return registry_->CloseScope(request->session_id(), request->path(), request->token(),
                                  request->request_seq());
   });
@@ -425,6 +493,7 @@ grpc::ServerUnaryReactor* CoordinatorService::UniqueVariableName(
     grpc::CallbackServerContext* ctx, const UniqueVariableNameRequest* request,
     UniqueVariableNameResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
+    PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     PSD_ASSIGN_OR_RETURN(
         std::string name,
         registry_->UniqueName(request->session_id(), request->name(), request->mark_as_used(),

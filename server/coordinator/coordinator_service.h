@@ -45,6 +45,10 @@ struct CoordinatorServiceOptions {
   absl::Duration liveness_timeout = absl::Seconds(5);
   absl::Duration shard_rpc_timeout = absl::Seconds(30);
   int max_message_bytes = 64 << 20;
+  // A session with no call for this long is closed (a trainer that died
+  // without closing it). Clients keep theirs alive with KeepSessionAlive.
+  // Zero: sessions never expire.
+  absl::Duration session_ttl = absl::Minutes(15);
   // Checkpoint directory, retention policy, fence lease.
   CheckpointManagerOptions checkpoint;
   // Secure the channels to shards (TLS and the node token); null: plaintext.
@@ -61,6 +65,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
                                          const CloseSessionRequest* request,
                                          CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* KeepSessionAlive(grpc::CallbackServerContext* ctx,
+                                             const KeepSessionAliveRequest* request,
+                                             KeepSessionAliveResponse* response) override;
   grpc::ServerUnaryReactor* RegisterShard(grpc::CallbackServerContext* ctx,
                                           const RegisterShardRequest* request,
                                           RegisterShardResponse* response) override;
@@ -180,6 +187,12 @@ class CoordinatorService final : public Coordinator::CallbackService {
   absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
       uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0);
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
+  // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
+  absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);
+  // Closes sessions idle for longer than the TTL; runs at most every
+  // TTL/8, from session calls and from shard heartbeats (which keep coming
+  // when no trainer calls).
+  void ExpireIdleSessions() ABSL_LOCKS_EXCLUDED(sessions_mu_);
 
   Registry* const registry_;
   const CoordinatorServiceOptions options_;
@@ -200,6 +213,14 @@ class CoordinatorService final : public Coordinator::CallbackService {
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
   ShutdownHandler on_shutdown_ ABSL_GUARDED_BY(mu_);
+
+  // Session liveness, in memory only: after a restart every recovered
+  // session starts a fresh TTL. Taken before the registry's lock.
+  absl::Mutex sessions_mu_;
+  std::map<uint64_t, absl::Time> session_seen_ ABSL_GUARDED_BY(sessions_mu_);
+  // Recently expired sessions, so their next call says why (bounded).
+  std::set<uint64_t> expired_sessions_ ABSL_GUARDED_BY(sessions_mu_);
+  absl::Time next_expiry_sweep_ ABSL_GUARDED_BY(sessions_mu_);
 };
 
 }  // namespace psd

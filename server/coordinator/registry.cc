@@ -780,6 +780,14 @@ size_t Registry::num_variables() const {
   return variables_.size();
 }
 
+std::vector<uint64_t> Registry::SessionIds() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> ids;
+  ids.reserve(sessions_.size());
+  for (const auto& [id, s] : sessions_) ids.push_back(id);
+  return ids;
+}
+
 size_t Registry::num_sessions() const {
   absl::MutexLock lock(&mu_);
   return sessions_.size();

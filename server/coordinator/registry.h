@@ -154,6 +154,7 @@ class Registry {
   std::vector<std::string> PartsOnShard(int32_t shard_id) const;
   size_t num_variables() const;
   size_t num_sessions() const;
+  std::vector<uint64_t> SessionIds() const;
 
   // Writes a snapshot and starts an empty log now (normally automatic).
   absl::Status Compact();

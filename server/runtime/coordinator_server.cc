@@ -65,6 +65,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   CoordinatorServiceOptions service_options;
   service_options.heartbeat_interval = absl::Seconds(options.heartbeat_interval_seconds);
   service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
+  service_options.session_ttl = absl::Seconds(options.session_ttl_seconds);
   service_options.shard_rpc_timeout = absl::Seconds(options.shard_rpc_timeout_seconds);
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.checkpoint.dir = options.checkpoint.dir;

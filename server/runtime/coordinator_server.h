@@ -35,6 +35,9 @@ struct CoordinatorServerOptions {
   // A shard not heard from for this long is not live: it gets no new parts
   // and shows as down in ListShards.
   double shard_liveness_timeout_seconds = 5;
+  // A client session not heard from for this long is closed (its trainer
+  // died without closing it); clients ping well within it. 0: never.
+  double session_ttl_seconds = 900;
   // Deadline of the coordinator's calls to shards (creating parts).
   double shard_rpc_timeout_seconds = 30;
   // Checkpoint directory, retention policy, periodic and final saves,

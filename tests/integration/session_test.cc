@@ -295,6 +295,80 @@ TEST_F(SessionTest, RetriedGetVariableAfterAFailedPartReportsThePart) {
   EXPECT_TRUE(IsOk((*s)->DeleteVariable("too_big")));
 }
 
+// tf.variable_op_scope: a given name is used as is; otherwise the default
+// name is made unique per session.
+TEST_F(SessionTest, VariableOpScopeUsesTheNameOrAUniqueDefault) {
+  {
+    ASSERT_OK_AND_ASSIGN(VariableScope op, VariableScope::EnterOp(session_.get(), "", "MyOp"));
+    EXPECT_EQ(op.name(), "MyOp");
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(VariableScope op, VariableScope::EnterOp(session_.get(), "", "MyOp"));
+    EXPECT_EQ(op.name(), "MyOp_1");
+    ASSERT_OK_AND_ASSIGN(Variable c, session_->GetVariable("c", Shape({1})));
+    EXPECT_EQ(c.name(), "MyOp_1/c");
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(VariableScope op,
+                         VariableScope::EnterOp(session_.get(), "given", "MyOp"));
+    EXPECT_EQ(op.name(), "given");
+  }
+  EXPECT_TRUE(IsError(VariableScope::EnterOp(session_.get(), "", ""),
+                      absl::StatusCode::kInvalidArgument, {"cannot both be empty"}));
+}
+
+// caching_device: reads come from a copy kept in the client until it is
+// refreshed or written through.
+TEST_F(SessionTest, CachingDeviceServesReadsFromTheClientUntilRefreshed) {
+  ScopeOptions cache;
+  cache.caching_device = "/job:worker/cpu:0";
+  GetVariableOptions o = Shape({3, 2});
+  o.initializer = init::Ones();
+  o.initialize = true;
+  ASSERT_OK_AND_ASSIGN(VariableScope scope,
+                       VariableScope::Enter(session_.get(), "cached", cache));
+  ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("v", o));
+  ASSERT_TRUE(v.cached());
+  ASSERT_TRUE(IsOk(scope.Exit()));
+  const Tensor ones = Make<float>(TensorShape{3, 2}, {1, 1, 1, 1, 1, 1});
+  ASSERT_OK_AND_ASSIGN(Tensor first, v.Read());
+  EXPECT_EQ(first, ones);
+
+  // Another trainer changes it; the cached copy does not see that yet.
+  auto other = NewSession();
+  ASSERT_NE(other, nullptr);
+  ASSERT_OK_AND_ASSIGN(Variable theirs, other->GetVariable("cached/v", Shape({3, 2})));
+  EXPECT_FALSE(theirs.cached());
+  const Tensor changed = Make<float>(TensorShape{3, 2}, {1, 2, 3, 4, 5, 6});
+  ASSERT_TRUE(IsOk(theirs.Assign(changed)));
+  ASSERT_OK_AND_ASSIGN(Tensor stale, v.Read());
+  EXPECT_EQ(stale, ones);
+  ASSERT_OK_AND_ASSIGN(Tensor rows, v.Gather(Make<int64_t>(TensorShape{2}, {2, 0})));
+  EXPECT_EQ(rows, Make<float>(TensorShape{2, 2}, {1, 1, 1, 1}));
+  // Indices are still checked in full-variable terms.
+  EXPECT_TRUE(IsError(v.Gather(Make<int64_t>(TensorShape{1}, {3})),
+                      absl::StatusCode::kInvalidArgument, {"indices[0] = 3 is not in [0, 3)"}));
+
+  ASSERT_TRUE(IsOk(v.RefreshCache()));
+  ASSERT_OK_AND_ASSIGN(Tensor fresh, v.Read());
+  EXPECT_EQ(fresh, changed);
+  ASSERT_OK_AND_ASSIGN(rows, v.Gather(Make<int64_t>(TensorShape{2}, {2, 0})));
+  EXPECT_EQ(rows, Make<float>(TensorShape{2, 2}, {5, 6, 1, 2}));
+
+  // A write through the cached variable is seen by its next read.
+  ASSERT_TRUE(IsOk(v.AssignAdd(ones)));
+  ASSERT_OK_AND_ASSIGN(Tensor after, v.Read());
+  EXPECT_EQ(after, Make<float>(TensorShape{3, 2}, {2, 3, 4, 5, 6, 7}));
+
+  // An explicit empty caching device turns the scope's off.
+  ASSERT_OK_AND_ASSIGN(VariableScope again,
+                       VariableScope::Enter(session_.get(), "cached2", cache));
+  GetVariableOptions uncached = Shape({1});
+  uncached.caching_device = "";
+  ASSERT_OK_AND_ASSIGN(Variable u, session_->GetVariable("u", uncached));
+  EXPECT_FALSE(u.cached());
+}
+
 TEST_F(SessionTest, PartitionersGiveTensorFlowPartCountsAndShapes) {
   ASSERT_OK_AND_ASSIGN(VariableScope scope, VariableScope::Enter(session_.get(), "parts"));
   GetVariableOptions five = Shape({10, 10});
@@ -585,6 +659,37 @@ TEST(SessionRecoveryTest, CoordinatorRestartKeepsRegistryAndTrainersCarryOn) {
   ASSERT_OK_AND_ASSIGN(Variable theirs, late->GetVariable("model/emb", o));
   ASSERT_OK_AND_ASSIGN(Tensor value, theirs.Read());
   EXPECT_EQ(value, Make<float>(TensorShape{6, 2}, {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1}));
+}
+
+// A trainer that dies without closing its session does not leave it open
+// forever: after the coordinator's session TTL without a call it is closed.
+// A live session stays open however long it talks only to shards, because
+// the client pings in the background.
+TEST(SessionRecoveryTest, IdleSessionsExpireAndLiveOnesAreKeptAlive) {
+  TestClusterOptions options;
+  options.num_shards = 1;
+  options.coordinator_args = {"--heartbeat-interval", "0.1", "--session-ttl", "0.5"};
+  ASSERT_OK_AND_ASSIGN(auto cluster, TestCluster::Start(options));
+  ASSERT_OK_AND_ASSIGN(auto live, Session::Open(cluster->coordinator_address()));
+  client::SessionOptions no_pings;
+  no_pings.keep_alive = false;
+  ASSERT_OK_AND_ASSIGN(auto dead, Session::Open(cluster->coordinator_address(), no_pings));
+  ASSERT_OK_AND_ASSIGN(Variable v, live->GetVariable("kept", Shape({2})));
+  ASSERT_TRUE(IsOk(dead->GetVariable("in_dead_session", Shape({2})).status()));
+
+  absl::SleepFor(absl::Seconds(3));  // six TTLs
+
+  // The silent session is gone, and says why.
+  EXPECT_TRUE(IsError(dead->GetVariable("another", Shape({2})), absl::StatusCode::kNotFound,
+                      {absl::StrCat("session ", dead->id(), " expired")}));
+  // Its variables stay (variables outlive sessions).
+  ASSERT_OK_AND_ASSIGN(auto fresh, Session::Open(cluster->coordinator_address()));
+  GetVariableOptions attach = Shape({2});
+  EXPECT_TRUE(IsOk(fresh->GetVariable("in_dead_session", attach).status()));
+  // The pinged one still has its names: re-declaring "kept" without reuse is
+  // TensorFlow's "already exists" within the same session.
+  EXPECT_TRUE(IsError(live->GetVariable("kept", Shape({2})), absl::StatusCode::kAlreadyExists,
+                      {"Variable kept already exists"}));
 }
 
 TEST(SessionRecoveryTest, ShardRestartMarksItsPartsLost) {

@@ -76,6 +76,10 @@ struct SessionOptions {
   // retried for this long, as are handles whose parts' shards have not
   // registered yet.
   absl::Duration coordinator_retry_budget = absl::Seconds(30);
+  // Ping the coordinator in the background so the session does not expire
+  // (the coordinator closes sessions it has not heard from for its session
+  // TTL; a trainer may talk only to shards for a long time).
+  bool keep_alive = true;
   // Options of the ShardClients the session opens.
   ClientOptions shard;
 };
@@ -89,6 +93,10 @@ struct GetVariableOptions {
   // `shape`).
   std::optional<Tensor> initial_value;
   std::optional<PartitionerSpec> partitioner;
+  // TensorFlow's caching_device: any non-empty value caches the variable's
+  // value in this client for reads (Variable::cached()); "" turns off a
+  // scope's. Unset: the scope's.
+  std::optional<std::string> caching_device;
   // Unset: the scope's reuse. REUSE_FALSE here is an explicit reuse=False.
   std::optional<Reuse> reuse;
   std::optional<bool> trainable;  // default true
@@ -120,6 +128,7 @@ struct CapturedScope {
   std::optional<InitializerSpec> initializer;
   std::optional<PartitionerSpec> partitioner;
   DataType dtype = DT_INVALID;
+  std::string caching_device;  // "" : reads are not cached
 };
 
 struct ScopeOptions {
@@ -131,6 +140,7 @@ struct ScopeOptions {
   std::optional<InitializerSpec> initializer;
   std::optional<PartitionerSpec> partitioner;
   DataType dtype = DT_INVALID;
+  std::optional<std::string> caching_device;
 };
 
 class VariableScope;
@@ -227,6 +237,15 @@ class VariableScope {
   static absl::StatusOr<VariableScope> EnterDefault(Session* session,
                                                     const std::string& default_name,
                                                     const ScopeOptions& options = {});
+  // tf.variable_op_scope(values, name_or_scope, default_name): the scope
+  // `name_or_scope` as given (not made unique) when it is non-empty, else a
+  // default-named scope from `default_name`. Reuse is inherited (a generic
+  // op's variables are shared when its caller's scope reuses). The values
+  // TensorFlow checked for graph membership have no counterpart here.
+  static absl::StatusOr<VariableScope> EnterOp(Session* session,
+                                               const std::string& name_or_scope,
+                                               const std::string& default_name,
+                                               const ScopeOptions& options = {});
   // variable_scope(captured_scope): names under the captured scope's own
   // path wherever it is re-entered; its reuse and defaults apply unless
   // `options` overrides them.

@@ -94,6 +94,17 @@ class Variable {
   // indices.shape + shape[1:].
   absl::StatusOr<Tensor> Gather(const Tensor& indices) const;
 
+  // The read cache (TensorFlow's caching_device). A variable declared with a
+  // caching device (GetVariableOptions / ScopeOptions) serves Read and Gather
+  // from a copy of its value kept in this client: fetched on first use, kept
+  // until RefreshCache() or a write through this Variable (or a copy of it).
+  // Other trainers' writes and optimizer applies show after the next refresh,
+  // as TensorFlow's cached copy was refreshed once per step.
+  bool cached() const;
+  // Drops the cached value and fetches it again. Without a caching device,
+  // does nothing.
+  absl::Status RefreshCache() const;
+
   // When `new_value` is not null it receives the value after the update
   // (for a partitioned variable, the parts' values after their updates).
   absl::Status Assign(const Tensor& value, Tensor* new_value = nullptr) const;
