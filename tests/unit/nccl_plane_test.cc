@@ -547,12 +547,12 @@ class NcclPlaneRendezvousTest : public ::testing::Test {
       absl::MutexLock lock(&mu_);
       return replies_.size();
     }
-    std::vector<NcclReply> WaitFor(size_t n) {
+    std::vector<NcclReply> WaitFor(size_t n, absl::Duration timeout = absl::Seconds(60)) {
       absl::MutexLock lock(&mu_);
       auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return replies_.size() >= n || closed_;
       };
-      mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(60));
+      mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
       return replies_;
     }
     absl::Status WaitClosed() {
@@ -726,6 +726,31 @@ TEST_F(NcclPlaneRendezvousTest, ShutdownEndsGroupsAndRefusesJoins) {
   NcclJoined joined;
   auto member = plane_->Join(MakeJoin("h", {"w"}, 1), std::make_shared<Peer>(), &joined);
   EXPECT_EQ(member.status().code(), absl::StatusCode::kUnavailable) << member.status();
+}
+
+TEST_F(NcclPlaneRendezvousTest, ApplyWaitsForACheckpointFence) {
+  JoinAll(1);
+  trainers_.set_sum(Bytes(std::vector<float>{5, 5, 5}));
+  std::vector<VariableStore::PinnedValue> snapshot;
+  ASSERT_TRUE(store_.Fence(1, absl::Seconds(60), &snapshot).ok());
+  ASSERT_TRUE(plane_->Collective(members_[0].get(),
+                                 MakeCollective(NCCL_REDUCE_ADD, "w", DT_FLOAT, TensorShape{3}))
+                  .ok());
+  // The collective runs (staging passes no gate); its apply is a write and
+  // waits for the fence, however long this takes to look.
+  std::vector<NcclReply> replies = peers_[0]->WaitFor(1);
+  ASSERT_GE(replies.size(), 1u);
+  EXPECT_EQ(replies[0].ready().code(), 0) << replies[0].ready().message();
+  replies = peers_[0]->WaitFor(2, absl::Milliseconds(300));
+  EXPECT_EQ(replies.size(), 1u) << "the sum was applied during a checkpoint fence";
+  EXPECT_EQ(ReadW(), (std::vector<float>{1, 2, 3}));
+
+  WriteGate::FenceStats stats;
+  ASSERT_TRUE(store_.Unfence(1, &stats).ok());
+  replies = peers_[0]->WaitFor(2);
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(replies[1].done().code(), 0) << replies[1].done().message();
+  EXPECT_EQ(ReadW(), (std::vector<float>{6, 7, 8}));
 }
 
 // The same through the Shard.Nccl stream of an in-process server: two
