@@ -656,7 +656,7 @@ class Bench {
         }
       });
     }
-    std::vector<double> pauses_ms;
+    std::vector<double> pauses_ms, copied;
     const int saves = config_.quick ? 3 : 10;
     const auto load_start = Clock::now();
     for (int r = 0; r < saves; ++r) {
@@ -667,6 +667,7 @@ class Bench {
         break;
       }
       pauses_ms.push_back(absl::ToDoubleMilliseconds(details.fence_pause));
+      copied.push_back(static_cast<double>(details.copied_bytes));
     }
     const double load_seconds = Since(load_start);
     stop.store(true);
@@ -676,9 +677,12 @@ class Bench {
       report_.Add({absl::StrCat("checkpoint fence pause under scatter_add load (", saves,
                                 " saves)"),
                    "ms", ps, "-", 0,
-                   absl::StrFormat("p50 %.2f ms, p99 %.2f ms; %.0f scatter_adds/s of 1024 rows",
+                   absl::StrFormat("p50 %.2f ms, p99 %.2f ms; %.0f scatter_adds/s of 1024 rows; "
+                                   "copy-on-write p50 %s a save of %s",
                                    Percentile(pauses_ms, 0.5), Percentile(pauses_ms, 0.99),
-                                   updates.load() / load_seconds)});
+                                   updates.load() / load_seconds,
+                                   HumanBytes(static_cast<int64_t>(Percentile(copied, 0.5))),
+                                   HumanBytes(total + (int64_t{1} << 24)))});
     }
     session->reset();
     saver->reset();
