@@ -45,8 +45,8 @@ from .variables import (AUTO_REUSE, GraphKeys, IndexedSlices, Template, Variable
                         initialize_all_variables, initialize_variables,
                         is_variable_initialized, local_variables, local_variables_initializer,
                         make_template, moving_average_variables, report_uninitialized_variables,
-                        sparse_mask, trainable_variables, variable_scope, variables_initializer,
-                        wait_for_initialized)
+                        sparse_mask, trainable_variables, variable_op_scope, variable_scope,
+                        variables_initializer, wait_for_initialized)
 
 bool = bool_  # noqa: A001  (tf.bool)
 

@@ -270,6 +270,16 @@ class Variable:
         """Asks the coordinator for the current handle (automatic on stale handles)."""
         self._v.refresh()
 
+    @property
+    def cached(self):
+        """True when reads come from a copy kept in this process (declared with
+        a caching_device)."""
+        return self._v.cached
+
+    def refresh_cache(self):
+        """Fetches the cached copy again (others' writes show after this)."""
+        self._v.refresh_cache()
+
 
 # ---------------------------------------------------------------------------
 # get_variable and scopes
@@ -352,6 +362,8 @@ class variable_scope:
         self._partitioner = partitioned_variables.as_spec(partitioner)
         self._reuse = _reuse_arg(reuse)
         self._dtype = _dtypes.as_dtype(dtype).as_datatype_enum if dtype is not None else 0
+        self._caching_device = (None if caching_device is None
+                                else _device_string(caching_device))
         self._session = session
         self._scope = None
 
@@ -359,15 +371,17 @@ class variable_scope:
         sess = _session_of(self._session)
         if isinstance(self._name_or_scope, VariableScope):
             captured = self._name_or_scope._now()
-            handle = sess._s.reenter_scope(captured, self._reuse, self._partitioner, self._dtype)
+            handle = sess._s.reenter_scope(captured, self._reuse, self._partitioner, self._dtype,
+                                           self._caching_device)
             inherited = self._name_or_scope.initializer
         elif self._name_or_scope is None:
             handle = sess._s.enter_default_scope(self._default_name, self._reuse,
-                                                 self._partitioner, self._dtype)
+                                                 self._partitioner, self._dtype,
+                                                 self._caching_device)
             inherited = sess._scopes[-1].initializer if sess._scopes else None
         else:
             handle = sess._s.enter_scope(self._name_or_scope, self._reuse, self._partitioner,
-                                         self._dtype)
+                                         self._dtype, self._caching_device)
             inherited = sess._scopes[-1].initializer if sess._scopes else None
         initializer = self._initializer if self._initializer is not None else inherited
         self._scope = VariableScope(sess, handle, handle.captured, initializer)
@@ -388,6 +402,18 @@ class variable_scope:
             if exc_type is None:
                 raise
         return False
+
+
+def variable_op_scope(values, name_or_scope, default_name=None, initializer=None,
+                      regularizer=None, caching_device=None, partitioner=None, reuse=None,
+                      session=None):
+    """tf.variable_op_scope: variable_scope(name_or_scope) when a name is given
+    (used as is), else a unique default-named scope. `values` (TensorFlow
+    checked they came from one graph) are accepted and not used."""
+    return variable_scope(name_or_scope, default_name=default_name, values=values,
+                          initializer=initializer, regularizer=regularizer,
+                          caching_device=caching_device, partitioner=partitioner, reuse=reuse,
+                          session=session)
 
 
 def get_variable_scope(session=None):
@@ -443,7 +469,16 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
         name, None if shape is None else [int(d) for d in shape],
         dtype.as_datatype_enum if dtype is not None else 0, spec, initial_value, initial_dtype,
         partitioned_variables.as_spec(partitioner), _reuse_arg(reuse), trainable,
-        list(collections or []), bool(initialize), _caller()))
+        list(collections or []), bool(initialize), _caller(),
+        None if caching_device is None else _device_string(caching_device)))
+
+
+def _device_string(caching_device):
+    """tf's caching_device: a device string, or a callable of the op (which
+    has no meaning here: any callable caches)."""
+    if callable(caching_device):
+        return "callable"
+    return str(caching_device)
 
 
 class Template:

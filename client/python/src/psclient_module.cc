@@ -259,11 +259,12 @@ std::optional<Reuse> OptionalReuse(const std::optional<int>& reuse) {
 
 client::ScopeOptions MakeScopeOptions(const std::optional<int>& reuse,
                                       const std::optional<PartitionerSpec>& partitioner,
-                                      int dtype) {
+                                      int dtype, std::optional<std::string> caching_device) {
   client::ScopeOptions o;
   o.reuse = OptionalReuse(reuse);
   o.partitioner = partitioner;
   if (dtype != DT_INVALID) o.dtype = CheckedDtype(dtype);
+  o.caching_device = std::move(caching_device);
   return o;
 }
 
@@ -504,6 +505,7 @@ PYBIND11_MODULE(_psclient, m) {
       .def_property_readonly("reuse", [](const CapturedScope& s) { return static_cast<int>(s.reuse); })
       .def_property_readonly("dtype", [](const CapturedScope& s) { return static_cast<int>(s.dtype); })
       .def_property_readonly("partitioner", [](const CapturedScope& s) { return s.partitioner; })
+      .def_readonly("caching_device", &CapturedScope::caching_device)
       .def("with_reuse", [](CapturedScope s) {
         s.reuse = REUSE_TRUE;
         return s;
@@ -558,6 +560,9 @@ PYBIND11_MODULE(_psclient, m) {
         return a.holder == b.holder && a.var.name() == b.var.name();
       })
       .def("refresh", [](PyVariable& v) { Check(Run(v.holder, [&] { return v.var.Refresh(); })); })
+      .def_property_readonly("cached", [](const PyVariable& v) { return v.var.cached(); })
+      .def("refresh_cache",
+           [](const PyVariable& v) { Check(Run(v.holder, [&] { return v.var.RefreshCache(); })); })
       .def("read", [](const PyVariable& v) {
         return ToNumpy(Unwrap(Run(v.holder, [&] { return v.var.Read(); })));
       })
@@ -638,8 +643,10 @@ PYBIND11_MODULE(_psclient, m) {
               const py::object& initial_value, int initial_dtype,
               std::optional<PartitionerSpec> partitioner, std::optional<int> reuse,
               std::optional<bool> trainable, std::vector<std::string> collections,
-              bool initialize, std::string declared_at) {
+              bool initialize, std::string declared_at,
+              std::optional<std::string> caching_device) {
              client::GetVariableOptions o;
+             o.caching_device = std::move(caching_device);
              o.shape = OptionalShape(shape);
              if (dtype != DT_INVALID) o.dtype = CheckedDtype(dtype);
              o.initializer = std::move(initializer);
@@ -732,21 +739,27 @@ PYBIND11_MODULE(_psclient, m) {
         if (!h->scopes.empty()) h->scopes.rbegin()->second.reuse_variables();
       })
       .def("enter_scope", [](const HolderPtr& h, const std::string& name, std::optional<int> reuse,
-                             std::optional<PartitionerSpec> partitioner, int dtype) {
-        client::ScopeOptions o = MakeScopeOptions(reuse, partitioner, dtype);
+                             std::optional<PartitionerSpec> partitioner, int dtype,
+                             std::optional<std::string> caching_device) {
+        client::ScopeOptions o =
+            MakeScopeOptions(reuse, partitioner, dtype, std::move(caching_device));
         return RunGraph(h, [&](Session* s) { return Remember(h, VariableScope::Enter(s, name, o)); });
       })
       .def("enter_default_scope", [](const HolderPtr& h, const std::string& default_name,
                                      std::optional<int> reuse,
-                                     std::optional<PartitionerSpec> partitioner, int dtype) {
-        client::ScopeOptions o = MakeScopeOptions(reuse, partitioner, dtype);
+                                     std::optional<PartitionerSpec> partitioner, int dtype,
+                                     std::optional<std::string> caching_device) {
+        client::ScopeOptions o =
+            MakeScopeOptions(reuse, partitioner, dtype, std::move(caching_device));
         return RunGraph(h, [&](Session* s) {
           return Remember(h, VariableScope::EnterDefault(s, default_name, o));
         });
       })
       .def("reenter_scope", [](const HolderPtr& h, const CapturedScope& captured, std::optional<int> reuse,
-                               std::optional<PartitionerSpec> partitioner, int dtype) {
-        client::ScopeOptions o = MakeScopeOptions(reuse, partitioner, dtype);
+                               std::optional<PartitionerSpec> partitioner, int dtype,
+                               std::optional<std::string> caching_device) {
+        client::ScopeOptions o =
+            MakeScopeOptions(reuse, partitioner, dtype, std::move(caching_device));
         return RunGraph(h, [&](Session* s) {
           return Remember(h, VariableScope::Reenter(s, captured, o));
         });

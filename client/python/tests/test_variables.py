@@ -199,3 +199,40 @@ def test_sparse_mask():
     m = psclient.sparse_mask(s, [7])
     np.testing.assert_array_equal(m.indices, [4, 9])
     np.testing.assert_array_equal(m.values, [[0, 1], [4, 5]])
+
+
+def test_variable_op_scope_names(session, prefix):
+    with psclient.variable_scope(prefix):
+        with psclient.variable_op_scope([1, 2], None, default_name="MyOp") as op:
+            c = psclient.get_variable("c", shape=[1])
+        with psclient.variable_op_scope([], None, default_name="MyOp") as op2:
+            pass
+        with psclient.variable_op_scope([], "given", default_name="MyOp") as op3:
+            pass
+    assert op.name == prefix + "/MyOp"
+    assert c.name == prefix + "/MyOp/c:0"
+    assert op2.name == prefix + "/MyOp_1"
+    assert op3.name == prefix + "/given"
+
+
+def test_caching_device_reads_a_copy_until_refreshed(cluster, prefix):
+    mine = psclient.connect(cluster.address)
+    theirs = psclient.connect(cluster.address)
+    with psclient.variable_scope(prefix, caching_device="/job:worker/cpu:0", session=mine):
+        v = psclient.get_variable("v", shape=[3, 2], initializer=psclient.ones_initializer(),
+                                  initialize=True, session=mine)
+    assert v.cached
+    np.testing.assert_array_equal(v.read(), np.ones((3, 2), np.float32))
+    w = psclient.get_variable(prefix + "/v", shape=[3, 2], session=theirs)
+    assert not w.cached
+    new = np.arange(6, dtype=np.float32).reshape(3, 2)
+    w.assign(new)
+    np.testing.assert_array_equal(v.read(), np.ones((3, 2), np.float32))  # the cached copy
+    np.testing.assert_array_equal(v.gather([2]), np.ones((1, 2), np.float32))
+    v.refresh_cache()
+    np.testing.assert_array_equal(v.read(), new)
+    np.testing.assert_array_equal(v.gather([2, 0]), new[[2, 0]])
+    with pytest.raises(errors.InvalidArgumentError):
+        v.gather([3])
+    mine.close()
+    theirs.close()
