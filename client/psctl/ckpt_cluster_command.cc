@@ -151,9 +151,10 @@ void RunSave(const CkptOptions& o, Context* ctx) {
     return;
   }
   const double rate = resp.seconds() > 0 ? resp.bytes() / resp.seconds() : 0;
-  std::printf("saved %s (%s in %.2f s, %s/s; writes held %.3f ms)\n", resp.prefix().c_str(),
-              FormatBytes(resp.bytes()).c_str(), resp.seconds(),
-              FormatBytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0);
+  std::printf("saved %s (%s in %.2f s, %s/s; writes held %.3f ms; copied on write %s)\n",
+              resp.prefix().c_str(), FormatBytes(resp.bytes()).c_str(), resp.seconds(),
+              FormatBytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0,
+              FormatBytes(resp.copied_bytes()).c_str());
   for (const auto& d : resp.deleted()) std::printf("deleted %s\n", d.c_str());
 }
 
