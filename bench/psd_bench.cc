@@ -270,7 +270,7 @@ class Bench {
       Tensor value(DT_FLOAT, TensorShape{bytes / 4});
       shard_->Delete(name).IgnoreError();
       Check(shard_->Create(name, value).status(), "create " + name);
-      const bool streamed = bytes > (4 << 20);  // the client's default threshold
+      const bool streamed = bytes > (1 << 20);  // the client's default threshold
       std::vector<double> assign_rates, read_rates;
       // One unmeasured round warms connections, allocators and page caches.
       Check(shard_->Assign(name, value), "assign " + name);

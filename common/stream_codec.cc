@@ -1,5 +1,6 @@
 #include "psd/stream_codec.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -94,10 +95,49 @@ bool IsRawStreamMethod(absl::string_view method) {
   return method == kReadStreamMethod || method == kAssignStreamMethod;
 }
 
-grpc::Slice NewSlice(size_t bytes, char** data) {
-  grpc_slice slice = grpc_slice_malloc_large(bytes);
-  *data = reinterpret_cast<char*>(GRPC_SLICE_START_PTR(slice));
+// What a lent slice carries back to its pool.
+struct ChunkBufferPool::Lease {
+  std::shared_ptr<ChunkBufferPool> pool;
+  Buffer buffer;
+};
+
+std::shared_ptr<ChunkBufferPool> ChunkBufferPool::Create() {
+  std::shared_ptr<ChunkBufferPool> pool(new ChunkBufferPool());
+  pool->self_ = pool;
+  return pool;
+}
+
+grpc::Slice ChunkBufferPool::NewSlice(size_t bytes, char** data) {
+  auto lease = std::make_unique<Lease>();
+  lease->pool = self_.lock();
+  {
+    absl::MutexLock lock(&mu_);
+    // Most recently returned first: its pages are the likeliest resident.
+    while (!free_.empty() && lease->buffer.data == nullptr) {
+      Buffer candidate = std::move(free_.back());
+      free_.pop_back();
+      if (candidate.capacity >= bytes) lease->buffer = std::move(candidate);
+    }
+  }
+  if (lease->buffer.data == nullptr) {
+    // Not value-initialized: every byte is written before it is sent.
+    lease->buffer.data.reset(new char[std::max<size_t>(bytes, 1)]);
+    lease->buffer.capacity = bytes;
+  }
+  *data = lease->buffer.data.get();
+  grpc_slice slice =
+      grpc_slice_new_with_user_data(*data, bytes, &ChunkBufferPool::Return, lease.release());
   return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
+void ChunkBufferPool::Return(void* raw) {
+  std::unique_ptr<Lease> lease(static_cast<Lease*>(raw));
+  // Two spares cover one chunk in flight while the next is filled.
+  constexpr size_t kMaxFree = 2;
+  absl::MutexLock lock(&lease->pool->mu_);
+  if (lease->pool->free_.size() < kMaxFree) {
+    lease->pool->free_.push_back(std::move(lease->buffer));
+  }
 }
 
 grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "psd/huge_pages.h"
 
 namespace psd {
 
@@ -52,7 +53,11 @@ Tensor::Tensor(DataType dtype, TensorShape shape) : dtype_(dtype), shape_(std::m
   if (dtype_ == DT_STRING) {
     strings_.resize(shape_.num_elements());
   } else {
-    bytes_.assign(shape_.num_elements() * DataTypeSize(dtype_), '\0');
+    const size_t n = shape_.num_elements() * DataTypeSize(dtype_);
+    // Reserved (untouched) first, so a big tensor's pages can be huge ones.
+    bytes_.reserve(n);
+    AdviseHugePages(bytes_.data(), n);
+    bytes_.assign(n, '\0');
   }
 }
 

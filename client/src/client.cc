@@ -742,7 +742,13 @@ class ShardClient::Impl {
 
   absl::Status AssignOp(UpdateOp op, const std::string& name, const Tensor& value,
                         const AssignOptions& options, Tensor* new_value) {
-    if (Streams(WireBytes(value))) {
+    const int64_t bytes = WireBytes(value);
+    // A streamed assign returns no value, and reading it back afterwards is
+    // not atomic with the update: keep an add/sub whose result is wanted in
+    // one message while it fits.
+    const bool result_in_reply = new_value != nullptr && op != UPDATE_ASSIGN &&
+                                 bytes + (64 << 10) <= options_.max_message_bytes;
+    if (Streams(bytes) && !result_in_reply) {
       const AssignStreamHeader header =
           MakeStreamHeader(op, name, value, op == UPDATE_ASSIGN ? options.validate_shape : true);
       AssignResponse response;

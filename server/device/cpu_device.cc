@@ -20,6 +20,7 @@
 #include "device/initializers.h"
 #include "psd/dtype.h"
 #include "psd/float16.h"
+#include "psd/huge_pages.h"
 
 namespace psd {
 namespace {
@@ -39,6 +40,7 @@ class CpuBuffer final : public DeviceBuffer {
     // is always a valid (if empty) range.
     void* data = ::operator new (bytes, std::align_val_t{kAlignment}, std::nothrow);
     if (data == nullptr) return nullptr;
+    AdviseHugePages(data, bytes);  // before the first write faults its pages in
     return std::unique_ptr<CpuBuffer>(new CpuBuffer(data, bytes));
   }
 

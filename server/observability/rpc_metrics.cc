@@ -3,6 +3,7 @@
 #include <chrono>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -42,24 +43,22 @@ using grpc::experimental::InterceptionHookPoints;
 
 class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
  public:
-  RpcMetricsInterceptor(RpcMetrics* metrics, std::string method,
+  // `method` without its leading '/'.
+  RpcMetricsInterceptor(RpcMetrics* metrics, absl::string_view method,
                         grpc::ServerContextBase* context)
       : metrics_(metrics),
-        method_(std::move(method)),
+        series_(metrics->SeriesFor(method)),
         context_(context),
-        start_(std::chrono::steady_clock::now()),
-        raw_(IsRawStreamMethod(method_)) {
-    auto it = metrics_->watchers_.find(method_);
-    if (it != metrics_->watchers_.end()) watcher_ = &it->second;
-  }
+        start_(std::chrono::steady_clock::now()) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
       if (const void* message = methods->GetRecvMessage()) {
         // Raw methods receive grpc::ByteBuffers, the others protobufs.
         const size_t n =
-            raw_ ? static_cast<const grpc::ByteBuffer*>(message)->Length()
-                 : static_cast<const google::protobuf::MessageLite*>(message)->ByteSizeLong();
+            series_->raw
+                ? static_cast<const grpc::ByteBuffer*>(message)->Length()
+                : static_cast<const google::protobuf::MessageLite*>(message)->ByteSizeLong();
         metrics_->bytes_in_->Increment(static_cast<double>(n));
         bytes_in_ += n;
       }
@@ -68,21 +67,20 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
       if (const grpc::ByteBuffer* buffer = methods->GetSerializedSendMessage()) {
         metrics_->bytes_out_->Increment(static_cast<double>(buffer->Length()));
         bytes_out_ += buffer->Length();
-        if (watcher_ != nullptr) (*watcher_)(*buffer);
+        if (series_->watcher != nullptr) (*series_->watcher)(*buffer);
       }
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       const grpc::Status status = methods->GetSendStatus();
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-      const char* code = CodeName(status.error_code());
-      metrics_->calls_->Get({method_, code})->Increment();
-      metrics_->latency_->Get({method_})->Observe(seconds);
+      metrics_->CallsFor(series_, status.error_code())->Increment();
+      series_->latency->Observe(seconds);
       if (spdlog::should_log(spdlog::level::debug)) {
         // The access log. Never the request's metadata: it carries the token.
         spdlog::debug("rpc method={} peer={} code={} duration_ms={:.3f} bytes_in={} bytes_out={}",
-                      method_, context_ != nullptr ? context_->peer() : "unknown", code,
-                      seconds * 1e3, bytes_in_, bytes_out_);
+                      series_->method, context_ != nullptr ? context_->peer() : "unknown",
+                      CodeName(status.error_code()), seconds * 1e3, bytes_in_, bytes_out_);
       }
     }
     methods->Proceed();
@@ -90,11 +88,9 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
 
  private:
   RpcMetrics* const metrics_;
-  const std::string method_;
+  RpcMetrics::MethodSeries* const series_;
   grpc::ServerContextBase* const context_;
   const std::chrono::steady_clock::time_point start_;
-  const bool raw_;
-  const ResponseWatcher* watcher_ = nullptr;
   // Hooks of one call run one at a time.
   uint64_t bytes_in_ = 0;
   uint64_t bytes_out_ = 0;
@@ -107,9 +103,9 @@ class Factory final : public grpc::experimental::ServerInterceptorFactoryInterfa
   explicit Factory(RpcMetrics* metrics) : metrics_(metrics) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    std::string method = info->method() != nullptr ? info->method() : "unknown";
-    if (!method.empty() && method[0] == '/') method.erase(0, 1);
-    return new RpcMetricsInterceptor(metrics_, std::move(method), info->server_context());
+    absl::string_view method = info->method() != nullptr ? info->method() : "unknown";
+    if (absl::StartsWith(method, "/")) method.remove_prefix(1);
+    return new RpcMetricsInterceptor(metrics_, method, info->server_context());
   }
 
  private:
@@ -130,6 +126,39 @@ RpcMetrics::RpcMetrics(MetricsRegistry* registry, std::map<std::string, Response
       bytes_out_(registry->CounterFamily("psd_rpc_sent_bytes_total", "Response message bytes sent")
                      ->Get({})),
       watchers_(std::move(watchers)) {}
+
+RpcMetrics::MethodSeries* RpcMetrics::SeriesFor(absl::string_view method) {
+  {
+    absl::ReaderMutexLock lock(&methods_mu_);
+    auto it = methods_.find(method);
+    if (it != methods_.end()) return it->second.get();
+  }
+  absl::MutexLock lock(&methods_mu_);
+  auto& slot = methods_[std::string(method)];
+  if (slot == nullptr) {
+    slot = std::make_unique<MethodSeries>();
+    slot->method = std::string(method);
+    slot->raw = IsRawStreamMethod(method);
+    auto watcher = watchers_.find(slot->method);
+    if (watcher != watchers_.end()) slot->watcher = &watcher->second;
+    slot->latency = latency_->Get({slot->method});
+  }
+  return slot.get();
+}
+
+Counter* RpcMetrics::CallsFor(MethodSeries* series, int code) {
+  if (code < 0 || code >= static_cast<int>(series->calls.size())) {
+    return calls_->Get({series->method, CodeName(static_cast<grpc::StatusCode>(code))});
+  }
+  std::atomic<Counter*>& slot = series->calls[code];
+  Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // Racing first calls get the same series from the family.
+    counter = calls_->Get({series->method, CodeName(static_cast<grpc::StatusCode>(code))});
+    slot.store(counter, std::memory_order_release);
+  }
+  return counter;
+}
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 RpcMetrics::NewInterceptorFactory() {

@@ -12,10 +12,16 @@
 #ifndef PSD_SERVER_OBSERVABILITY_RPC_METRICS_H_
 #define PSD_SERVER_OBSERVABILITY_RPC_METRICS_H_
 
+#include <array>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/proto_buffer_reader.h"
@@ -50,11 +56,29 @@ class RpcMetrics {
 
  private:
   friend class RpcMetricsInterceptor;
+
+  // One method's series, looked up once per method instead of by label
+  // values on every call (a small op's RPC is a few microseconds).
+  struct MethodSeries {
+    std::string method;
+    bool raw = false;  // served with grpc::ByteBuffer messages
+    const ResponseWatcher* watcher = nullptr;
+    Histogram* latency = nullptr;
+    // By status code (0..16), created on first use.
+    std::array<std::atomic<Counter*>, 17> calls{};
+  };
+  // `method` without its leading '/'. Never null; lives as long as this.
+  MethodSeries* SeriesFor(absl::string_view method);
+  Counter* CallsFor(MethodSeries* series, int code);
+
   Family<Counter>* const calls_;
   Family<Histogram>* const latency_;
   Counter* const bytes_in_;
   Counter* const bytes_out_;
   const std::map<std::string, ResponseWatcher> watchers_;
+  absl::Mutex methods_mu_;
+  std::map<std::string, std::unique_ptr<MethodSeries>, std::less<>> methods_
+      ABSL_GUARDED_BY(methods_mu_);
 };
 
 }  // namespace psd

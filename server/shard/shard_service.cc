@@ -172,7 +172,8 @@ grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext*
 
 // Streams a variable's value in chunks, one in flight at a time. Each
 // chunk's content is copied once, from the store straight into the slice
-// gRPC sends (psd/stream_codec.h), never through a protobuf string.
+// gRPC sends (psd/stream_codec.h), never through a protobuf string; the
+// slices' buffers are reused from chunk to chunk.
 class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ReadStreamReactor(ShardService* service, const grpc::ByteBuffer& raw_request)
@@ -217,7 +218,7 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer
       return;
     }
     char* data = nullptr;
-    grpc::Slice content = NewSlice(static_cast<size_t>(n), &data);
+    grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
     absl::StatusOr<int64_t> offset = source_->ReadNext(data);
     if (!offset.ok()) {
       Finish(ToGrpcStatus(offset.status()));
@@ -232,6 +233,7 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer
   std::unique_ptr<ReadStreamSource> source_;
   TensorChunk fields_;  // the chunk's fields but its content
   grpc::ByteBuffer buffer_;
+  const std::shared_ptr<ChunkBufferPool> buffers_ = ChunkBufferPool::Create();
 };
 
 // Receives a streamed assign: header, then content bytes, copied by the

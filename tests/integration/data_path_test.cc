@@ -126,7 +126,7 @@ TEST_F(StreamTest, StreamedCreateAssignAndReadRoundTrip) {
 
   PSD_ASSERT_OK_AND_ASSIGN(Tensor got, streaming_->Read("v"));
   EXPECT_EQ(got, first);
-  // The plain client (4 MiB threshold) reads it in one message: same value.
+  // The plain client (1 MiB threshold) reads it in one message: same value.
   EXPECT_EQ(Read("v"), first);
 
   ASSERT_TRUE(IsOk(streaming_->AssignAdd("v", Filled(kN, 2.0f))));

@@ -1,5 +1,6 @@
 #include "psd/stream_codec.h"
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -153,6 +154,43 @@ TEST(StreamCodecTest, DecodeMessageJoinsSlices) {
   EXPECT_EQ(parsed.chunk_bytes(), 1 << 20);
   EXPECT_EQ(parsed.shard_incarnation(), request.shard_incarnation());
   EXPECT_FALSE(DecodeMessage(Sliced("\x0a\x05" "ab", {}), &parsed));
+}
+
+TEST(StreamCodecTest, PoolReusesABufferOnceGrpcLetsGoOfItsSlice) {
+  auto pool = ChunkBufferPool::Create();
+  char* first = nullptr;
+  {
+    grpc::Slice slice = pool->NewSlice(1000, &first);
+    std::memset(first, 'a', 1000);
+    ASSERT_EQ(slice.size(), 1000u);
+    EXPECT_EQ(slice.begin()[999], 'a');
+    // While the slice is held, the next one gets a buffer of its own.
+    char* second = nullptr;
+    grpc::Slice other = pool->NewSlice(1000, &second);
+    EXPECT_NE(first, second);
+  }
+  // Both came back; the last one returned (the first slice's) is reused.
+  char* again = nullptr;
+  grpc::Slice slice = pool->NewSlice(800, &again);
+  EXPECT_EQ(again, first);
+  EXPECT_EQ(slice.size(), 800u);
+  // A request bigger than every spare gets a new buffer.
+  char* big = nullptr;
+  grpc::Slice large = pool->NewSlice(5000, &big);
+  EXPECT_EQ(large.size(), 5000u);
+  EXPECT_NE(big, again);
+}
+
+TEST(StreamCodecTest, PoolOutlivesItsOwnerWhileSlicesAreLent) {
+  char* data = nullptr;
+  grpc::Slice slice;
+  {
+    auto pool = ChunkBufferPool::Create();
+    slice = pool->NewSlice(64, &data);
+    std::memset(data, 'z', 64);
+  }
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(slice.begin()), slice.size()),
+            std::string(64, 'z'));
 }
 
 TEST(StreamCodecTest, RawMethodsAreKnownWithOrWithoutTheLeadingSlash) {

@@ -97,8 +97,12 @@ struct ClientOptions {
   absl::Duration retry_budget = absl::Seconds(20);
 
   // Values (element bytes, or the wire encoding for strings) bigger than
-  // this are read and written as chunked streams; 0 never streams.
-  int64_t stream_threshold_bytes = int64_t{4} << 20;
+  // this are read and written as chunked streams; 0 never streams. Streams
+  // move content without protobuf's copies (one copy on the shard, none on
+  // the sending side), so from about a megabyte up they beat one big
+  // message. An assign_add/sub that asks for the new value stays one message
+  // while it fits max_message_bytes, so the value returned is the update's.
+  int64_t stream_threshold_bytes = int64_t{1} << 20;
   // Content bytes per streamed message (both directions).
   int chunk_bytes = 1 << 20;
 
