@@ -43,24 +43,28 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
   metrics->CallbackCounter("psd_shard_fence_lease_expiries_total",
                            "Fences lifted by their lease because the coordinator went quiet",
                            [&store] { return static_cast<double>(store.gate().lease_expiries()); });
+  // From the gate itself, so a fence its lease lifted counts once too.
+  metrics->CallbackCounter("psd_shard_fences_total", "Checkpoint fences raised and lifted",
+                           [&store] { return static_cast<double>(store.gate().totals().fences); });
+  metrics->CallbackCounter(
+      "psd_shard_fence_held_writes_total", "Writes that waited for a checkpoint fence to lift",
+      [&store] { return static_cast<double>(store.gate().totals().held_writes); });
+  metrics->CallbackCounter(
+      "psd_shard_fenced_seconds_total", "Time checkpoint fences held writes",
+      [&store] { return absl::ToDoubleSeconds(store.gate().totals().fenced); });
 }
 
 // Fence pauses as the shard reports them to the coordinator: each Unfence
-// answer says how long writes were held and how many waited.
+// answer says how long writes were held.
 std::map<std::string, ResponseWatcher> FenceWatchers(MetricsRegistry* metrics) {
   Histogram* paused = metrics
                           ->HistogramFamily("psd_shard_fence_pause_seconds",
                                             "How long a checkpoint fence held writes", {},
                                             LatencyBuckets())
                           ->Get({});
-  Counter* held = metrics
-                      ->CounterFamily("psd_shard_fence_held_writes_total",
-                                      "Writes that waited for a checkpoint fence to lift")
-                      ->Get({});
   return {{"psd.Shard/Unfence",
-           WatchResponse<UnfenceResponse>([paused, held](const UnfenceResponse& r) {
+           WatchResponse<UnfenceResponse>([paused](const UnfenceResponse& r) {
              paused->Observe(static_cast<double>(r.fenced_micros()) * 1e-6);
-             held->Increment(static_cast<double>(r.held_writes()));
            })}};
 }
 

@@ -55,6 +55,9 @@ WriteGate::~WriteGate() {
 void WriteGate::Lift() {
   fenced_ = false;
   last_ = {held_, absl::Now() - fenced_at_};
+  totals_.fences += 1;
+  totals_.held_writes += last_.held_writes;
+  totals_.fenced += last_.fenced_for;
 }
 
 bool WriteGate::OpenOrExpired() {
@@ -162,6 +165,11 @@ absl::Status WriteGate::Unfence(uint64_t id, FenceStats* stats) {
 bool WriteGate::fenced() const {
   absl::MutexLock lock(&mu_);
   return fenced_ && absl::Now() < lease_end_;
+}
+
+WriteGate::FenceTotals WriteGate::totals() const {
+  absl::MutexLock lock(&mu_);
+  return totals_;
 }
 
 int64_t WriteGate::lease_expiries() const {

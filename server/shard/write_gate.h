@@ -93,6 +93,15 @@ class WriteGate {
   // its lease, or never raised); the stats are those of the last fence.
   absl::Status Unfence(uint64_t id, FenceStats* stats);
 
+  // Every fence since the process started, counted once when it lifts
+  // (by Unfence, by its lease, or by a failed Fence).
+  struct FenceTotals {
+    int64_t fences = 0;
+    int64_t held_writes = 0;
+    absl::Duration fenced;
+  };
+  FenceTotals totals() const;
+
   bool fenced() const;
   // Fences lifted by their lease since the process started.
   int64_t lease_expiries() const;
@@ -118,6 +127,7 @@ class WriteGate {
   int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
   FenceStats last_ ABSL_GUARDED_BY(mu_);
   int64_t lease_expiries_ ABSL_GUARDED_BY(mu_) = 0;
+  FenceTotals totals_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> parked_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Started by the first park; joined by the destructor.

@@ -222,6 +222,7 @@ TEST_F(OpsTest, MetricsOverHttpsMoveWithTraffic) {
   EXPECT_GT(shard_after.at("psd_shard_memory_used_bytes"), 0);
   // The save fenced the shard once.
   EXPECT_EQ(shard_after.at("psd_shard_fence_pause_seconds_count"), 1);
+  EXPECT_EQ(shard_after.at("psd_shard_fences_total"), 1);
   EXPECT_EQ(shard_after.at("psd_shard_fenced"), 0);
   // The coordinator's view: the variable placed on both shards, one save.
   EXPECT_GE(Sum(coordinator_after, "psd_rpc_total", "method=\"psd.Coordinator/OpenSession\",code=\"OK\""), 1);
