@@ -344,10 +344,12 @@ absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
 
 namespace {
 
-absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* new_value) {
-  auto run = [op](ShardClient& shard, const std::string& name, const Tensor& v, Tensor* nv) {
+absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* new_value,
+                      const AssignOptions& options = {}) {
+  auto run = [op, &options](ShardClient& shard, const std::string& name, const Tensor& v,
+                            Tensor* nv) {
     switch (op) {
-      case Op::kAssign: return shard.Assign(name, v, {}, nv);
+      case Op::kAssign: return shard.Assign(name, v, options, nv);
       case Op::kAdd: return shard.AssignAdd(name, v, {}, nv);
       case Op::kSub: return shard.AssignSub(name, v, {}, nv);
     }
@@ -358,6 +360,11 @@ absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* 
     return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
       return run(shard, p.name(), value, new_value);
     });
+  }
+  if (!options.validate_shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", h.name(), "' is partitioned: assign with validate_shape=False needs an "
+                     "unpartitioned variable (the new shape would not fit the parts)"));
   }
   const TensorShape full(Dims(h.shape()));
   if (value.dtype() != h.dtype()) {
@@ -445,6 +452,11 @@ absl::Status ScatterOp(VariableState* state, Op op, const Tensor& indices, const
 absl::Status Variable::Assign(const Tensor& value, Tensor* new_value) const {
   state_->InvalidateCache();
   return AssignOp(state_.get(), Op::kAssign, value, new_value);
+}
+absl::Status Variable::Assign(const Tensor& value, const AssignOptions& options,
+                              Tensor* new_value) const {
+  state_->InvalidateCache();
+  return AssignOp(state_.get(), Op::kAssign, value, new_value, options);
 }
 absl::Status Variable::AssignAdd(const Tensor& value, Tensor* new_value) const {
   state_->InvalidateCache();

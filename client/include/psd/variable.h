@@ -108,6 +108,12 @@ class Variable {
   // When `new_value` is not null it receives the value after the update
   // (for a partitioned variable, the parts' values after their updates).
   absl::Status Assign(const Tensor& value, Tensor* new_value = nullptr) const;
+  // tf.assign(validate_shape=False) when `options.validate_shape` is false:
+  // the value may have another shape and replaces the variable's (an
+  // unpartitioned variable only). shape() stays the declared shape, as
+  // TensorFlow's static shape did; Read() returns the new one.
+  absl::Status Assign(const Tensor& value, const AssignOptions& options,
+                      Tensor* new_value = nullptr) const;
   absl::Status AssignAdd(const Tensor& value, Tensor* new_value = nullptr) const;
   absl::Status AssignSub(const Tensor& value, Tensor* new_value = nullptr) const;
 

@@ -222,11 +222,7 @@ class Variable:
 
     def assign(self, value, use_locking=None, name=None, read_value=False, validate_shape=True):
         """Sets the value; returns the value after it when read_value=True."""
-        if not validate_shape:
-            # Variable::Assign of the C++ client takes no AssignOptions.
-            raise errors.UnimplementedError(
-                None, None, "assign(validate_shape=False) is not supported by the psd client yet")
-        return self._v.assign(self._value(value), bool(read_value))
+        return self._v.assign(self._value(value), bool(read_value), bool(validate_shape))
 
     def assign_add(self, delta, use_locking=None, name=None, read_value=False):
         return self._v.assign_add(self._value(delta), bool(read_value))

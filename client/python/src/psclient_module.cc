@@ -570,8 +570,22 @@ PYBIND11_MODULE(_psclient, m) {
         Tensor i = ToTensor(indices, indices_dtype);
         return ToNumpy(Unwrap(Run(v.holder, [&] { return v.var.Gather(i); })));
       })
-      .def("assign", [](const PyVariable& v, const py::handle& x, bool read_value) {
-        return Update(v, &Variable::Assign, x, read_value);
+      .def("assign", [](const PyVariable& v, const py::handle& x, bool read_value,
+                        bool validate_shape) {
+        if (validate_shape) {
+          return Update(v, static_cast<UpdateFn>(&Variable::Assign), x, read_value);
+        }
+        // A new shape: the value is converted as given, not to the old shape.
+        Tensor t = ToTensor(x, v.var.dtype());
+        client::AssignOptions options;
+        options.validate_shape = false;
+        std::optional<Tensor> after;
+        if (read_value) after.emplace();
+        Check(Run(v.holder, [&] {
+          return v.var.Assign(t, options, after.has_value() ? &*after : nullptr);
+        }));
+        if (!after.has_value()) return py::object(py::none());
+        return py::object(ToNumpy(std::move(*after)));
       })
       .def("assign_add", [](const PyVariable& v, const py::handle& x, bool read_value) {
         return Update(v, &Variable::AssignAdd, x, read_value);

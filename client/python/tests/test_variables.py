@@ -236,3 +236,17 @@ def test_caching_device_reads_a_copy_until_refreshed(cluster, prefix):
         v.gather([3])
     mine.close()
     theirs.close()
+
+
+def test_assign_without_shape_validation_replaces_the_shape(session, prefix):
+    v = psclient.get_variable(prefix + "/reshaped", shape=[2], initializer=psclient.zeros_initializer(),
+                              initialize=True)
+    with pytest.raises(errors.InvalidArgumentError):
+        v.assign(np.ones((3, 2), np.float32))
+    after = v.assign(np.ones((3, 2), np.float32), validate_shape=False, read_value=True)
+    assert after.shape == (3, 2)
+    np.testing.assert_array_equal(v.read(), np.ones((3, 2), np.float32))
+    p = psclient.get_variable(prefix + "/parted", shape=[4, 2], partitioner=psclient.fixed_size_partitioner(2),
+                              initializer=psclient.zeros_initializer(), initialize=True)
+    with pytest.raises(errors.InvalidArgumentError, match="partitioned"):
+        p.assign(np.ones((2, 2), np.float32), validate_shape=False)
