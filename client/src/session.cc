@@ -282,19 +282,29 @@ VariableDeclaration MakeDeclaration(const CapturedScope& scope, const std::strin
 
 }  // namespace
 
+namespace {
+
+// One get_variable: `name` under `scope`, with the scope's defaults.
+absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScope& scope,
+                                         const std::string& name,
+                                         const GetVariableOptions& options, const char* file,
+                                         int line) {
+  GetVariableRequest req;
+  req.set_session_id(impl->id_);
+  req.set_request_seq(impl->NextRequestSeq());
+  *req.mutable_declaration() = MakeDeclaration(scope, name, options, file, line);
+  GetVariableResponse resp;
+  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
+  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
+  return impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
+}
+
+}  // namespace
+
 absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
                                               const GetVariableOptions& options, const char* file,
                                               int line) {
-  GetVariableRequest req;
-  req.set_session_id(impl_->id_);
-  req.set_request_seq(impl_->NextRequestSeq());
-  *req.mutable_declaration() =
-      MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
-  GetVariableResponse resp;
-  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::GetVariable, req, &resp));
-  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handle()));
-  return impl_->MakeVariable(std::move(handle),
-                             CachingDevice(impl_->stack_.back().scope, options));
+  return DeclareVariable(impl_.get(), impl_->stack_.back().scope, name, options, file, line);
 }
 
 absl::StatusOr<std::vector<Variable>> Session::GetVariables(
@@ -316,6 +326,60 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
         std::move(handle), CachingDevice(impl_->stack_.back().scope, declarations[i].second)));
   }
   return out;
+}
+
+absl::StatusOr<Variable> Session::CreatePartitionedVariables(
+    const TensorShape& shape, const std::vector<int64_t>& slicing,
+    const InitializerSpec& initializer, const PartitionedVariablesOptions& options,
+    const char* file, int line) {
+  const std::string what =
+      options.name.empty() ? std::string("create_partitioned_variables")
+                           : absl::StrCat("create_partitioned_variables '", options.name, "'");
+  if (static_cast<int>(slicing.size()) != shape.rank()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": slicing has ", slicing.size(),
+                                                   " entries, the shape ", shape.ToString(),
+                                                   " has rank ", shape.rank()));
+  }
+  int axis = 0;
+  int split_axes = 0;
+  for (size_t d = 0; d < slicing.size(); ++d) {
+    if (slicing[d] < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": slicing[", d, "] = ", slicing[d], " is not a positive count"));
+    }
+    if (slicing[d] > 1) {
+      axis = static_cast<int>(d);
+      ++split_axes;
+    }
+  }
+  if (split_axes > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": can partition along one axis only, slicing is [",
+        absl::StrJoin(slicing, ", "), "]"));
+  }
+  ScopeOptions scope_options;
+  scope_options.reuse = options.reuse;
+  PSD_ASSIGN_OR_RETURN(VariableScope scope,
+                       options.name.empty()
+                           ? VariableScope::EnterDefault(this, "PartitionedVariable", scope_options)
+                           : VariableScope::Enter(this, options.name, scope_options));
+  GetVariableOptions o;
+  o.shape = shape;
+  o.dtype = options.dtype;
+  o.initializer = initializer;
+  if (shape.rank() > 0) o.partitioner = partitioners::FixedSize(slicing[axis], axis);
+  o.trainable = options.trainable;
+  o.collections = options.collections;
+  o.initialize = options.initialize;
+  // The variable takes the scope's own name, as in TensorFlow: declared by
+  // its full name from the root, with the scope's reuse and defaults.
+  CapturedScope from_root = scope.captured();
+  from_root.name.clear();
+  absl::StatusOr<Variable> v = DeclareVariable(impl_.get(), from_root, scope.name(), o, file, line);
+  absl::Status exited = scope.Exit();
+  if (!v.ok()) return v.status();
+  if (!exited.ok()) return exited;
+  return v;
 }
 
 absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,

@@ -369,6 +369,49 @@ TEST_F(SessionTest, CachingDeviceServesReadsFromTheClientUntilRefreshed) {
   EXPECT_FALSE(u.cached());
 }
 
+// tf.create_partitioned_variables: default names per session, parts under
+// the variable's name, reuse by name, and slicing checked first.
+TEST_F(SessionTest, CreatePartitionedVariablesNamesLikeTensorFlow) {
+  auto s = NewSession();
+  ASSERT_NE(s, nullptr);
+  ASSERT_OK_AND_ASSIGN(Variable a,
+                       s->CreatePartitionedVariables(TensorShape{3, 1, 1}, {2, 1, 1}, init::Zeros()));
+  EXPECT_EQ(a.name(), "PartitionedVariable");
+  ASSERT_EQ(a.parts().size(), 2u);
+  EXPECT_EQ(a.parts()[0].name, "PartitionedVariable/part_0");
+  EXPECT_EQ(a.parts()[1].name, "PartitionedVariable/part_1");
+  EXPECT_EQ(a.parts()[0].shape, TensorShape({2, 1, 1}));
+  EXPECT_EQ(a.parts()[1].shape, TensorShape({1, 1, 1}));
+  ASSERT_OK_AND_ASSIGN(Variable b,
+                       s->CreatePartitionedVariables(TensorShape{4}, {2}, init::Zeros()));
+  EXPECT_EQ(b.name(), "PartitionedVariable_1");
+  {
+    ASSERT_OK_AND_ASSIGN(VariableScope hi, VariableScope::Enter(s.get(), "hi"));
+    ASSERT_OK_AND_ASSIGN(Variable c,
+                         s->CreatePartitionedVariables(TensorShape{4}, {2}, init::Zeros()));
+    EXPECT_EQ(c.name(), "hi/PartitionedVariable");
+  }
+  // A name is used as given; reuse returns the same variable.
+  client::PartitionedVariablesOptions named;
+  named.name = "emb";
+  ASSERT_OK_AND_ASSIGN(Variable e,
+                       s->CreatePartitionedVariables(TensorShape{6, 2}, {3, 1}, init::Zeros(), named));
+  EXPECT_EQ(e.parts().size(), 3u);
+  named.reuse = REUSE_TRUE;
+  ASSERT_OK_AND_ASSIGN(Variable again,
+                       s->CreatePartitionedVariables(TensorShape{6, 2}, {3, 1}, init::Zeros(), named));
+  EXPECT_EQ(again.name(), "emb");
+  EXPECT_EQ(again.handle().SerializeAsString(), e.handle().SerializeAsString());
+  // Bad slicing fails before anything is declared.
+  EXPECT_TRUE(IsError(s->CreatePartitionedVariables(TensorShape{4, 4}, {2, 2}, init::Zeros()),
+                      absl::StatusCode::kInvalidArgument, {"one axis only", "[2, 2]"}));
+  EXPECT_TRUE(IsError(s->CreatePartitionedVariables(TensorShape{4, 4}, {2}, init::Zeros()),
+                      absl::StatusCode::kInvalidArgument, {"slicing has 1 entries", "rank 2"}));
+  ASSERT_OK_AND_ASSIGN(Variable d,
+                       s->CreatePartitionedVariables(TensorShape{4}, {2}, init::Zeros()));
+  EXPECT_EQ(d.name(), "PartitionedVariable_2");
+}
+
 TEST_F(SessionTest, PartitionersGiveTensorFlowPartCountsAndShapes) {
   ASSERT_OK_AND_ASSIGN(VariableScope scope, VariableScope::Enter(session_.get(), "parts"));
   GetVariableOptions five = Shape({10, 10});

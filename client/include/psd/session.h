@@ -143,6 +143,19 @@ struct ScopeOptions {
   std::optional<std::string> caching_device;
 };
 
+// tf.create_partitioned_variables' arguments besides shape, slicing and
+// initializer.
+struct PartitionedVariablesOptions {
+  DataType dtype = DT_FLOAT;
+  std::optional<bool> trainable;
+  std::vector<std::string> collections;
+  // The variable's name under the current scope; empty: a default name,
+  // "PartitionedVariable", "PartitionedVariable_1", ... per session.
+  std::string name;
+  std::optional<Reuse> reuse;
+  bool initialize = false;
+};
+
 class VariableScope;
 class Optimizer;
 
@@ -175,6 +188,15 @@ class Session {
                                           const VariableOptions& options = {},
                                           const char* file = __builtin_FILE(),
                                           int line = __builtin_LINE());
+  // tf.create_partitioned_variables: a variable of `shape` split into
+  // `slicing[d]` parts along the one axis d where it is above 1, named as a
+  // variable_scope would be (options.name, or a unique default name). The
+  // result presents the parts as one variable (Variable::parts() lists
+  // them), where TensorFlow returned the list of parts.
+  absl::StatusOr<Variable> CreatePartitionedVariables(
+      const TensorShape& shape, const std::vector<int64_t>& slicing,
+      const InitializerSpec& initializer, const PartitionedVariablesOptions& options = {},
+      const char* file = __builtin_FILE(), int line = __builtin_LINE());
   // A variable by full name, without this session's naming rules (admin
   // tools, tests).
   absl::StatusOr<Variable> LookupVariable(const std::string& full_name);
