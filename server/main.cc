@@ -11,7 +11,7 @@
 #include "runtime/cluster_config.h"
 #include "runtime/coordinator_server.h"
 #include "runtime/shard_server.h"
-#include "shard/host_allocator.h"
+#include "shard/process_tuning.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -223,7 +223,7 @@ int main(int argc, char** argv) {
       return Fail("--device: " + std::string(s.message()));
     }
     if (std::string error = CheckSecurity(options.security); !error.empty()) return Fail(error);
-    psd::TuneHostAllocatorForDataPath();
+    psd::TuneShardProcess();
     absl::Status status = psd::RunShardServer(options);
     if (!status.ok()) return Fail(status.ToString());
     return 0;
