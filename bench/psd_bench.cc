@@ -6,6 +6,7 @@
 //   psd_bench --quick         # seconds-long smoke run, same workloads, small
 //   psd_bench --shard HOST:PORT   # against a running shard instead
 //   psd_bench --only checkpoints  # save/restore GB/s and fence pauses (own cluster)
+//   psd_bench --only dense --sizes 1073741824 --reps 3   # one size, e.g. under perf
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
