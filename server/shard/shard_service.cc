@@ -43,8 +43,8 @@ grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, 
   return reactor;
 }
 
-grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx,
-                                                   std::function<absl::Status()> op) {
+template <typename Op>
+grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx, Op op) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::Status status = Admit();
   if (!status.ok()) {
@@ -56,7 +56,8 @@ grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* 
   return reactor;
 }
 
-void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> op) {
+template <typename Op>
+void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op) {
   absl::Status status;
   {
     WriteGate::Admission admission =

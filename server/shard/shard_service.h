@@ -134,10 +134,11 @@ class ShardService final : public ShardServiceBase {
   // Serve for a write: a checkpoint fence parks it (WriteGate::TryAdmit)
   // rather than block this handler thread, and it runs when the fence lifts.
   // `op` outlives the handler, so it captures the request and response
-  // pointers by value.
-  grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx,
-                                       std::function<absl::Status()> op);
-  void RunWrite(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> op);
+  // pointers by value. Nothing is allocated unless the write is parked.
+  template <typename Op>
+  grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx, Op op);
+  template <typename Op>
+  void RunWrite(grpc::ServerUnaryReactor* reactor, Op op);
   // `op`'s status, or RESOURCE_EXHAUSTED if it ran out of host memory.
   template <typename Op>
   absl::Status RunGuarded(Op& op);

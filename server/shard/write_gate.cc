@@ -88,16 +88,10 @@ void WriteGate::Leave() {
   --active_;
 }
 
-WriteGate::Admission WriteGate::TryAdmit(std::function<void()> resume) {
-  absl::MutexLock lock(&mu_);
-  if (OpenOrExpired()) {
-    ++active_;
-    return Admission(this);
-  }
+void WriteGate::Park(std::function<void()> resume) {
   ++held_;
   parked_.push_back(std::move(resume));
   if (!runner_.joinable()) runner_ = std::thread([this] { RunParked(); });
-  return Admission(nullptr);
 }
 
 void WriteGate::RunParked() {

@@ -76,8 +76,18 @@ class WriteGate {
 
   // Admits the write now, or parks `resume` until the gate opens and returns
   // an empty Admission. `resume` should call TryAdmit again: a new fence may
-  // be up by the time it runs.
-  Admission TryAdmit(std::function<void()> resume);
+  // be up by the time it runs. It is turned into a std::function only when
+  // the write is parked, so an open gate costs no allocation.
+  template <typename Resume>
+  Admission TryAdmit(Resume&& resume) {
+    absl::MutexLock lock(&mu_);
+    if (OpenOrExpired()) {
+      ++active_;
+      return Admission(this);
+    }
+    Park(std::function<void()>(std::forward<Resume>(resume)));
+    return Admission(nullptr);
+  }
 
   struct FenceStats {
     int64_t held_writes = 0;
@@ -114,6 +124,8 @@ class WriteGate {
   // Lifts an expired fence. Returns true if the gate is open.
   bool OpenOrExpired() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Lift() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a held write for the gate's thread (starting it if needed).
+  void Park(std::function<void()> resume) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The gate's thread: runs parked writes once the gate opens, and lifts an
   // expired fence when its lease ends even if no write arrives.
   void RunParked();
