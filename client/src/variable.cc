@@ -262,6 +262,16 @@ absl::StatusOr<Tensor> ReadFromShards(VariableState* state) {
   return ConcatParts(parts, h);
 }
 
+// gather's result: indices.shape + the variable's shape[1:], and the
+// elements per gathered row.
+Tensor GatherResult(DataType dtype, const Tensor& indices, const std::vector<int64_t>& dims,
+                    int64_t* row) {
+  std::vector<int64_t> out_dims = indices.shape().dims();
+  out_dims.insert(out_dims.end(), dims.begin() + (dims.empty() ? 0 : 1), dims.end());
+  *row = Product(dims, 1, dims.size());
+  return Tensor(dtype, TensorShape(out_dims));
+}
+
 // The cached value, fetched first if there is none. Valid while cache_mu
 // is held.
 absl::StatusOr<const Tensor*> CachedValue(VariableState* state)
@@ -300,11 +310,8 @@ absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
     PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(h, indices));
     absl::MutexLock lock(&state_->cache_mu);
     PSD_ASSIGN_OR_RETURN(const Tensor* value, CachedValue(state_.get()));
-    const TensorShape& shape = value->shape();
-    std::vector<int64_t> out_dims = indices.shape().dims();
-    for (int d = 1; d < shape.rank(); ++d) out_dims.push_back(shape.dim(d));
-    Tensor out(value->dtype(), TensorShape(out_dims));
-    const int64_t row = Product(shape.dims(), 1, shape.rank());
+    int64_t row = 0;
+    Tensor out = GatherResult(value->dtype(), indices, value->shape().dims(), &row);
     for (size_t j = 0; j < idx.size(); ++j) {
       CopyElements(*value, idx[j] * row, &out, static_cast<int64_t>(j) * row, row);
     }
@@ -320,10 +327,8 @@ absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
     return out;
   }
   PSD_ASSIGN_OR_RETURN(Split split, SplitIndices(h, indices));
-  std::vector<int64_t> out_dims = indices.shape().dims();
-  for (int d = 1; d < h.shape().dims_size(); ++d) out_dims.push_back(h.shape().dims(d));
-  Tensor out(h.dtype(), TensorShape(out_dims));
-  const int64_t row = Product(Dims(h.shape()), 1, h.shape().dims_size());
+  int64_t row = 0;
+  Tensor out = GatherResult(h.dtype(), indices, Dims(h.shape()), &row);
   std::vector<Tensor> results(split.parts.size());
   std::map<int, size_t> slot;
   for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
