@@ -299,7 +299,14 @@ void CoordinatorService::ExpireIdleSessions() {
   absl::MutexLock lock(&sessions_mu_);
   if (now < next_expiry_sweep_) return;
   next_expiry_sweep_ = now + std::max(options_.session_ttl / 8, absl::Milliseconds(100));
-  for (uint64_t id : registry_->SessionIds()) {
+  const std::vector<uint64_t> open = registry_->SessionIds();
+  // Calls naming sessions that are not open (closed, or never were) leave
+  // entries behind: drop them, so the map stays as big as the registry's.
+  for (auto it = session_seen_.begin(); it != session_seen_.end();) {
+    it = std::binary_search(open.begin(), open.end(), it->first) ? std::next(it)
+                                                                 : session_seen_.erase(it);
+  }
+  for (uint64_t id : open) {
     auto [it, recovered] = session_seen_.try_emplace(id, now);
     if (recovered || now - it->second <= options_.session_ttl) continue;
     session_seen_.erase(it);

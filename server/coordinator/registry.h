@@ -154,7 +154,7 @@ class Registry {
   std::vector<std::string> PartsOnShard(int32_t shard_id) const;
   size_t num_variables() const;
   size_t num_sessions() const;
-  std::vector<uint64_t> SessionIds() const;
+  std::vector<uint64_t> SessionIds() const;  // in increasing order
 
   // Writes a snapshot and starts an empty log now (normally automatic).
   absl::Status Compact();
