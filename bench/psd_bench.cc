@@ -709,9 +709,11 @@ int main(int argc, char** argv) {
   using namespace psd::bench;
   CLI::App app{"psd_bench: psd's data path beside its baselines, in one run"};
   Config config;
-  std::string shard_address, json_path;
+  std::string shard_address, json_path, shard_device;
   app.add_flag("--quick", config.quick, "Seconds-long smoke run with small sizes");
   app.add_option("--shard", shard_address, "Use a running shard instead of starting one");
+  app.add_option("--shard-device", shard_device,
+                 "Device of the shard it starts (cpu, gpu:N); the checkpoint cluster stays on cpu");
   app.add_option("--json", json_path, "Also write the table as JSON here");
   app.add_option("--reps", config.reps, "Repetitions per workload")->check(CLI::PositiveNumber);
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
@@ -748,6 +750,7 @@ int main(int argc, char** argv) {
   pid_t shard_pid = 0;
   if (shard_address.empty()) {
     psd::integration::ShardProcessOptions options;
+    if (!shard_device.empty()) options.extra_args = {"--device", shard_device};
     auto started = psd::integration::ShardProcess::Start(options);
     if (!started.ok()) {
       std::fprintf(stderr, "cannot start a shard: %s\n", started.status().ToString().c_str());
@@ -759,8 +762,8 @@ int main(int argc, char** argv) {
     shard_address = shard->address();
     shard_pid = shard->pid();
   }
-  std::printf("psd_bench: shard %s, %s run, %d reps\n", shard_address.c_str(),
-              config.quick ? "quick" : "full", config.reps);
+  std::printf("psd_bench: shard %s%s%s, %s run, %d reps\n", shard_address.c_str(),
+              shard_device.empty() ? "" : " on ", shard_device.c_str(), config.quick ? "quick" : "full", config.reps);
   int rc;
   {
     Bench bench(config, shard_address, bare_port, shard_pid);
