@@ -29,6 +29,22 @@ double AxpyGBps(size_t bytes, int reps);
 // a `rows` x `cols` table (single thread), best of `reps`.
 double ScatterAddRowsPerSecond(int64_t rows, int64_t cols, const std::vector<int64_t>& indices,
                                int reps);
+// The same over several batches in turn (each rep runs all of them), so the
+// loop meets the rows a server meets across a run of batches, not one
+// batch's rows hot in cache.
+double ScatterAddRowsPerSecond(int64_t rows, int64_t cols,
+                               const std::vector<std::vector<int64_t>>& batches, int reps);
+
+// Rows/s of a plain sparse Adagrad loop (single thread) over a `rows` x
+// `cols` float32 variable and its accumulator (starting at 0 and 0.1, as the
+// bench's table), running `batches` in turn with a gradient of 0.01 in
+// every element: row by row, duplicates applied one after another in
+// arrival order as TensorFlow's SparseApplyAdagrad kernel does,
+// accum += g * g; var -= g * lr / sqrt(accum). Best of `reps` (each runs
+// all batches).
+double SparseAdagradRowsPerSecond(int64_t rows, int64_t cols,
+                                  const std::vector<std::vector<int64_t>>& batches, float lr,
+                                  int reps);
 
 // GB/s (variable bytes per second) of a plain single-threaded Adam step
 // over a float32 variable of `bytes` bytes: m, v and the gradient beside it,
