@@ -65,6 +65,16 @@ InitializerSpec Default(int64_t seed) {
   return spec;
 }
 
+InitializerSpec FromVariable(const std::string& source, double scale, double offset) {
+  InitializerSpec spec;
+  auto* from = spec.mutable_from_variable();
+  from->set_source(source);
+  // Unset means 1: say nothing for the common case.
+  if (scale != 1.0) from->set_scale(scale);
+  from->set_offset(offset);
+  return spec;
+}
+
 }  // namespace init
 }  // namespace client
 }  // namespace psd

@@ -382,34 +382,60 @@ absl::StatusOr<Variable> Session::CreatePartitionedVariables(
   return v;
 }
 
-absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
-                                                 const VariableOptions& options, const char* file,
-                                                 int line) {
+namespace {
+
+// tf.Variable's declaration: a default-unique name ("Variable", "Variable_1")
+// declared from the root with `o` and without the scope's defaults.
+absl::StatusOr<Variable> CreateUnique(Session::Impl* impl, GetVariableOptions o,
+                                      const VariableOptions& options, const char* file, int line) {
   UniqueVariableNameRequest ureq;
-  ureq.set_session_id(impl_->id_);
-  ureq.set_request_seq(impl_->NextRequestSeq());
-  ureq.set_name(JoinPath(impl_->stack_.back().scope.name,
+  ureq.set_session_id(impl->id_);
+  ureq.set_request_seq(impl->NextRequestSeq());
+  ureq.set_name(JoinPath(impl->stack_.back().scope.name,
                          options.name.empty() ? std::string("Variable") : options.name));
   ureq.set_mark_as_used(true);
   UniqueVariableNameResponse uresp;
-  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::UniqueVariableName, ureq, &uresp));
+  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::UniqueVariableName, ureq, &uresp));
 
-  GetVariableOptions o;
-  o.initial_value = initial_value;
   o.reuse = REUSE_FALSE;
   o.trainable = options.trainable;
   o.collections = options.collections;
   o.initialize = options.initialize;
   GetVariableRequest req;
-  req.set_session_id(impl_->id_);
-  req.set_request_seq(impl_->NextRequestSeq());
+  req.set_session_id(impl->id_);
+  req.set_request_seq(impl->NextRequestSeq());
   // The unique name is already a full name: declare it from the root, and
   // without the scope's defaults (tf.Variable ignores them).
   *req.mutable_declaration() = MakeDeclaration(CapturedScope{}, uresp.name(), o, file, line);
   GetVariableResponse resp;
-  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::GetVariable, req, &resp));
-  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handle()));
-  return impl_->MakeVariable(std::move(handle));
+  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
+  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
+  return impl->MakeVariable(std::move(handle));
+}
+
+}  // namespace
+
+absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
+                                                 const VariableOptions& options, const char* file,
+                                                 int line) {
+  GetVariableOptions o;
+  o.initial_value = initial_value;
+  return CreateUnique(impl_.get(), std::move(o), options, file, line);
+}
+
+absl::StatusOr<Variable> Session::CreateVariableFrom(const Variable& source, double scale,
+                                                     double offset, const VariableOptions& options,
+                                                     const char* file, int line) {
+  GetVariableOptions o;
+  o.shape = source.shape();
+  o.dtype = source.dtype();
+  o.initializer = source.InitializedValue(scale, offset);
+  if (source.partitioned()) {
+    PartitionerSpec same;
+    for (int64_t p : source.partitions()) same.mutable_explicit_partitions()->add_partitions(p);
+    o.partitioner = std::move(same);
+  }
+  return CreateUnique(impl_.get(), std::move(o), options, file, line);
 }
 
 absl::StatusOr<Variable> Session::LookupVariable(const std::string& full_name) {
@@ -480,7 +506,33 @@ absl::Status ForShards(Session::Impl* impl, const std::vector<Variable>& variabl
 
 }  // namespace
 
+absl::Status Session::Impl::InitializeOrdered(const std::vector<std::string>& names, bool force) {
+  CoordinatorInitializeRequest req;
+  req.set_session_id(id_);
+  for (const std::string& name : names) req.add_names(name);
+  req.set_force(force);
+  CoordinatorInitializeResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.coordinator_timeout));
+  ctx.set_wait_for_ready(true);
+  absl::Status s = FromGrpcStatus(stub_->InitializeVariables(&ctx, req, &resp));
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("coordinator ", address_, ": ", s.message()));
+  return absl::OkStatus();
+}
+
 absl::Status Session::InitializeVariables(const std::vector<Variable>& variables, bool force) {
+  // A variable initialized from another needs its source first, and its
+  // shard needs to know where the source lives: the coordinator orders the
+  // whole list. Without one, the shards are called directly.
+  const bool ordered = std::any_of(variables.begin(), variables.end(), [](const Variable& v) {
+    return v.handle().initializer().has_from_variable();
+  });
+  if (ordered) {
+    std::vector<std::string> names;
+    names.reserve(variables.size());
+    for (const Variable& v : variables) names.push_back(v.name());
+    return impl_->InitializeOrdered(names, force);
+  }
   return ForShards(impl_.get(), variables, [&](ShardClient& shard, const ShardGroup& g) {
     return shard.Initialize(g.names, force);
   });

@@ -61,6 +61,12 @@ class Session::Impl {
   // `caching_device` non-empty: reads are cached (Variable::cached()).
   Variable MakeVariable(VariableHandle handle, std::string caching_device = "");
 
+  // Initialization ordered by the coordinator (CoordinatorInitializeRequest),
+  // for lists with a variable initialized from another. One attempt (with
+  // wait-for-ready): its UNAVAILABLE names a lost part, which a retry
+  // cannot cure.
+  absl::Status InitializeOrdered(const std::vector<std::string>& names, bool force);
+
   // The pooled client for the part's shard, connected to the part's
   // incarnation; ABORTED "stale handle" when the shard at that address is
   // another incarnation now.

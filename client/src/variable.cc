@@ -500,9 +500,16 @@ absl::StatusOr<int64_t> Variable::CountUpTo(int64_t limit) const {
 }
 
 absl::Status Variable::Initialize(bool force) const {
+  if (state_->Snapshot().initializer().has_from_variable()) {
+    return state_->session->InitializeOrdered({name()}, force);
+  }
   return state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
     return shard.Initialize({p.name()}, force);
   });
+}
+
+InitializerSpec Variable::InitializedValue(double scale, double offset) const {
+  return init::FromVariable(name(), scale, offset);
 }
 
 absl::StatusOr<bool> Variable::IsInitialized() const {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <new>
+#include <thread>
+
+#include "absl/strings/str_join.h"
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -149,7 +152,9 @@ absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initia
       req.set_dtype(def.dtype());
       *req.mutable_shape() = t.part->shape();
       *req.mutable_initializer() = def.initializer();
-      req.set_initialize(initialize);
+      // A variable initialized from another waits for its source: the
+      // ordered initialization below runs it once every part exists.
+      req.set_initialize(initialize && !def.initializer().has_from_variable());
       if (def.partitioned()) {
         *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
         *req.mutable_slice()->mutable_offset() = t.part->offset();
@@ -190,8 +195,162 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     }
     if (!results[i].created && !pending) continue;
     PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
+    if (results[i].created && decls[i].initialize() &&
+        results[i].def.initializer().has_from_variable()) {
+      PSD_RETURN_IF_ERROR(InitializeOrdered({results[i].def.name()}, /*force=*/false).status());
+    }
   }
   return results;
+}
+
+absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
+    const std::vector<std::string>& names, bool force) {
+  // The variables involved: the listed ones, then the sources they need.
+  std::map<std::string, VariableDef> defs;
+  std::set<std::string> listed(names.begin(), names.end());
+  std::vector<std::pair<std::string, std::string>> pending;  // (name, the variable needing it)
+  for (const std::string& name : names) pending.emplace_back(name, "");
+  while (!pending.empty()) {
+    const auto [name, needed_by] = pending.back();
+    pending.pop_back();
+    if (defs.count(name) > 0) continue;
+    absl::StatusOr<VariableDef> def = registry_->Lookup(name);
+    if (!def.ok() && !needed_by.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "variable ", needed_by, " is initialized from ", name, ", which no longer exists: ",
+          def.status().message()));
+    }
+    if (!def.ok()) return def.status();
+    if (def->initializer().has_from_variable()) {
+      pending.emplace_back(def->initializer().from_variable().source(), name);
+    }
+    defs.emplace(name, *std::move(def));
+  }
+  // Depth in the chain of sources; each variable has at most one source and
+  // declarations admit no cycles, so a chain is at most as long as `defs`.
+  std::map<std::string, size_t> depth;
+  size_t max_depth = 0;
+  for (const auto& [name, def] : defs) {
+    size_t d = 0;
+    for (const VariableDef* v = &def; v->initializer().has_from_variable(); ++d) {
+      auto it = defs.find(v->initializer().from_variable().source());
+      if (it == defs.end() || d > defs.size()) {
+        return absl::InternalError(absl::StrCat("variable ", name,
+                                                ": its chain of initializer sources is broken"));
+      }
+      v = &it->second;
+    }
+    depth[name] = d;
+    max_depth = std::max(max_depth, d);
+  }
+
+  // Where every part lives, checked before any shard is called.
+  struct Location {
+    int32_t shard_id = 0;
+    std::string address;
+    uint64_t incarnation = 0;
+  };
+  std::map<std::string, Location> where;  // part name -> its shard
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, def] : defs) {
+      for (const VariablePart& part : def.parts()) {
+        auto it = shards_.find(part.shard_id());
+        std::string problem;
+        if (uncreated_parts_.count(part.name()) > 0) {
+          problem = "was never created there (it is created again on the next get_variable)";
+        } else if (it == shards_.end()) {
+          problem = "is not registered";
+        } else if (it->second.lost_parts.count(part.name()) > 0) {
+          problem = "restarted without it; restore it";
+        }
+        if (problem.empty()) {
+          where[part.name()] = {part.shard_id(), it->second.address, it->second.incarnation};
+          continue;
+        }
+        std::string status = absl::StrCat(
+            "part ", part.name(), " of variable ", name, " is ",
+            it == shards_.end() || uncreated_parts_.count(part.name()) > 0 ? "unavailable"
+                                                                            : "lost",
+            ": shard ", part.shard_id(),
+            it == shards_.end() ? std::string() : absl::StrCat(" (", it->second.address, ")"),
+            " ", problem);
+        // Say which initialization needs it when it is only a source.
+        for (const auto& [target, tdef] : defs) {
+          if (tdef.initializer().has_from_variable() &&
+              tdef.initializer().from_variable().source() == name && listed.count(name) == 0) {
+            status = absl::StrCat("cannot initialize ", target, " from ", name, ": ", status);
+            break;
+          }
+        }
+        return absl::UnavailableError(status);
+      }
+    }
+  }
+
+  std::vector<std::string> order;
+  for (size_t d = 0; d <= max_depth; ++d) {
+    // One request per (shard, force) in this step.
+    std::map<std::pair<int32_t, bool>, InitializeVariablesRequest> requests;
+    std::vector<std::string> step;
+    for (const auto& [name, def] : defs) {
+      if (depth[name] != d) continue;
+      step.push_back(name);
+      const bool forced = force && listed.count(name) > 0;
+      const VariableDef* source = nullptr;
+      if (def.initializer().has_from_variable()) {
+        source = &defs.at(def.initializer().from_variable().source());
+      }
+      for (int k = 0; k < def.parts_size(); ++k) {
+        const VariablePart& part = def.parts(k);
+        const Location& at = where.at(part.name());
+        InitializeVariablesRequest& req = requests[{at.shard_id, forced}];
+        req.add_names(part.name());
+        req.set_force(forced);
+        req.set_shard_incarnation(at.incarnation);
+        if (source == nullptr) continue;
+        // Declarations guarantee equal part counts; a source re-declared
+        // since (deleted and declared again) may not keep them.
+        if (k >= source->parts_size()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "cannot initialize ", name, " from ", source->name(), ": ", source->name(),
+              " has ", source->parts_size(), " part(s), ", name, " has ", def.parts_size()));
+        }
+        const VariablePart& from = source->parts(k);
+        const Location& src = where.at(from.name());
+        InitializeSource* s = req.add_sources();
+        s->set_target(part.name());
+        s->set_part(from.name());
+        s->set_shard_id(src.shard_id);
+        s->set_address(src.address);
+        s->set_incarnation(src.incarnation);
+      }
+    }
+    std::vector<std::pair<const std::pair<int32_t, bool>, InitializeVariablesRequest>*> calls;
+    for (auto& entry : requests) calls.push_back(&entry);
+    std::vector<absl::Status> statuses(calls.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      threads.emplace_back([&, i] {
+        const int32_t shard_id = calls[i]->first.first;
+        const InitializeVariablesRequest& req = calls[i]->second;
+        const std::string& address = where.at(req.names(0)).address;
+        InitializeVariablesResponse resp;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+        absl::Status s = FromGrpcStatus(StubFor(address)->InitializeVariables(&ctx, req, &resp));
+        if (!s.ok()) {
+          statuses[i] = absl::Status(
+              s.code(), absl::StrCat("initializing ", absl::StrJoin(req.names(), ", "),
+                                     " on shard ", shard_id, " (", address, "): ", s.message()));
+        }
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const absl::Status& s : statuses) PSD_RETURN_IF_ERROR(s);
+    order.insert(order.end(), step.begin(), step.end());
+  }
+  return order;
 }
 
 void CoordinatorService::SetLostPartsHandler(
@@ -466,6 +625,21 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
       cctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
       (void)StubFor(address)->DeleteVariable(&cctx, req, &resp);
     }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::InitializeVariables(
+    grpc::CallbackServerContext* ctx, const CoordinatorInitializeRequest* request,
+    CoordinatorInitializeResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    if (request->session_id() != 0) PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
+    PSD_ASSIGN_OR_RETURN(
+        std::vector<std::string> order,
+        InitializeOrdered(std::vector<std::string>(request->names().begin(),
+                                                   request->names().end()),
+                          request->force()));
+    for (std::string& name : order) response->add_initialized(std::move(name));
     return absl::OkStatus();
   });
 }

@@ -89,6 +89,11 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* DeleteVariable(grpc::CallbackServerContext* ctx,
                                            const CoordinatorDeleteVariableRequest* request,
                                            CoordinatorDeleteVariableResponse* response) override;
+  // Initialization in dependency order for variables initialized from
+  // others (see CoordinatorInitializeRequest).
+  grpc::ServerUnaryReactor* InitializeVariables(grpc::CallbackServerContext* ctx,
+                                                const CoordinatorInitializeRequest* request,
+                                                CoordinatorInitializeResponse* response) override;
   grpc::ServerUnaryReactor* OpenScope(grpc::CallbackServerContext* ctx,
                                       const OpenScopeRequest* request,
                                       OpenScopeResponse* response) override;
@@ -186,6 +191,15 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // (same request_seq) finishes parts whose creation failed the first time.
   absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
       uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0);
+  // Initializes `names` and (transitively) the sources they are initialized
+  // from, sources first; each step runs one Shard.InitializeVariables per
+  // shard in parallel, each target part told where its source part lives.
+  // Every part involved is checked (registered, not lost) before any shard
+  // is called. Returns the variables in the order they were initialized.
+  // `force` applies to `names` only. Blocks on the shards (bounded by
+  // shard_rpc_timeout per step).
+  absl::StatusOr<std::vector<std::string>> InitializeOrdered(const std::vector<std::string>& names,
+                                                             bool force) ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);

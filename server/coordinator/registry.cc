@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -549,6 +550,9 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
     }
     part_bytes.push_back(EstimatedBytes(dtype, slices[k].shape.num_elements()));
   }
+  if (def.initializer().has_from_variable()) {
+    PSD_RETURN_IF_ERROR(ValidateFromVariable(def, *txn));
+  }
   std::vector<int32_t> shards;
   if (!decl.colocate_with().empty()) {
     PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, decl.colocate_with(), part_bytes, txn));
@@ -579,15 +583,99 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   return def;
 }
 
+const VariableDef* Registry::FindDeclared(const std::string& name, const Txn& txn) const {
+  if (auto it = txn.created_index.find(name); it != txn.created_index.end()) {
+    return &txn.created[it->second];
+  }
+  if (auto v = variables_.find(name); v != variables_.end()) return &v->second;
+  return nullptr;
+}
+
+absl::Status Registry::ValidateFromVariable(const VariableDef& def, const Txn& txn) const {
+  const InitializerSpec::FromVariable& from = def.initializer().from_variable();
+  const std::string& name = def.name();
+  const std::string& source_name = from.source();
+  const double scale = from.has_scale() ? from.scale() : 1.0;
+  const double offset = from.offset();
+  if (source_name == name) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("variable ", name, " cannot be initialized from itself"));
+  }
+  const VariableDef* source = FindDeclared(source_name, txn);
+  if (source == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("variable ", name, " is initialized from ",
+                                                   source_name,
+                                                   ", which is not a declared variable"));
+  }
+  // The source exists and the target is new, so only a chain that comes
+  // back to this name (a variable initialized from an earlier, deleted
+  // `name`) can close a cycle.
+  std::vector<std::string> chain = {name, source_name};
+  std::set<std::string> seen = {source_name};
+  for (const VariableDef* v = source; v->initializer().has_from_variable();) {
+    const std::string& next = v->initializer().from_variable().source();
+    chain.push_back(next);
+    if (next == name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable ", name, " cannot be initialized from ", source_name,
+                       ": the initializations would form a cycle (",
+                       absl::StrJoin(chain, " <- "), ")"));
+    }
+    if (!seen.insert(next).second) break;
+    v = FindDeclared(next, txn);
+    if (v == nullptr) break;
+  }
+  const std::string both = absl::StrCat("variable ", name, " (", Describe(def),
+                                        ") cannot be initialized from ", source_name, " (",
+                                        Describe(*source), "): ");
+  if (source->dtype() != def.dtype()) return absl::InvalidArgumentError(both + "the dtypes differ");
+  if (!std::equal(def.shape().dims().begin(), def.shape().dims().end(),
+                  source->shape().dims().begin(), source->shape().dims().end())) {
+    return absl::InvalidArgumentError(both + "the shapes differ");
+  }
+  if (def.partitioned() != source->partitioned() || def.parts_size() != source->parts_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(both, "the partitionings differ (", def.parts_size(), " part(s) against ",
+                     source->parts_size(), ")"));
+  }
+  for (int k = 0; k < def.parts_size(); ++k) {
+    const TensorShapeProto& mine = def.parts(k).shape();
+    const TensorShapeProto& theirs = source->parts(k).shape();
+    if (!std::equal(mine.dims().begin(), mine.dims().end(), theirs.dims().begin(),
+                    theirs.dims().end())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          both, "part ", k, " has shape ", ShapeString(mine), " against ", ShapeString(theirs)));
+    }
+  }
+  const std::string transform = absl::StrCat("scale ", scale, " and offset ", offset);
+  if (!std::isfinite(scale) || !std::isfinite(offset)) {
+    return absl::InvalidArgumentError(absl::StrCat("variable ", name, ": initialized from ",
+                                                   source_name, " with ", transform,
+                                                   ": both must be finite"));
+  }
+  const DataType dtype = def.dtype();
+  if ((dtype == DT_STRING || dtype == DT_BOOL) && (scale != 1.0 || offset != 0.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("variable ", name, " (", DataTypeName(dtype), ") initialized from ",
+                     source_name, " with ", transform, ": a ", DataTypeName(dtype),
+                     " variable copies its source only (scale 1, offset 0)"));
+  }
+  const bool integer = dtype == DT_INT8 || dtype == DT_INT16 || dtype == DT_INT32 ||
+                       dtype == DT_INT64 || dtype == DT_UINT8;
+  if (integer && (scale != std::trunc(scale) || offset != std::trunc(offset) ||
+                  std::fabs(scale) > 9.2e18 || std::fabs(offset) > 9.2e18)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("variable ", name, " (", DataTypeName(dtype), ") initialized from ",
+                     source_name, " with ", transform,
+                     ": an integer variable needs a whole scale and offset"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<int32_t>> Registry::ColocatedShards(
     const std::string& name, const std::string& primary_name,
     const std::vector<int64_t>& part_bytes, Txn* txn) {
-  const VariableDef* primary = nullptr;
-  if (auto it = txn->created_index.find(primary_name); it != txn->created_index.end()) {
-    primary = &txn->created[it->second];
-  } else if (auto v = variables_.find(primary_name); v != variables_.end()) {
-    primary = &v->second;
-  }
+  const VariableDef* primary = FindDeclared(primary_name, *txn);
   if (primary == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot colocate ", name, " with ",
                                                    primary_name, ": no such variable"));

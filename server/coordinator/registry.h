@@ -176,6 +176,16 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<VariableDef> ResolveNew(uint64_t session, const VariableDeclaration& decl,
                                          Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The variable `name` as declared before `txn` or earlier in it; null if
+  // there is none.
+  const VariableDef* FindDeclared(const std::string& name, const Txn& txn) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT (naming both variables) unless `def`'s FromVariable
+  // initializer names a declared variable other than itself, of the same
+  // dtype, shape and part shapes, with no cycle, and a scale and offset
+  // its dtype supports.
+  absl::Status ValidateFromVariable(const VariableDef& def, const Txn& txn) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The shard of each part of `name` declared with colocate_with
   // `primary_name` (see VariableDeclaration.colocate_with); adds the parts'
   // bytes to the transaction's load.

@@ -15,6 +15,7 @@
 #include "runtime/serving.h"
 #include "runtime/shard_control.h"
 #include "shard/nccl_plane.h"
+#include "shard/peer_reader.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
@@ -86,7 +87,13 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                                                    device->name()));
   }
   VariableStore store(device.get(), store_options);
+  // Channels this shard opens to other psd servers (the coordinator, and
+  // shards it reads a source variable from) carry its node credentials.
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> node_credentials,
+                       internal::MakeChannelCredentials(NodeChannelSecurity(options.security)));
+  PeerReader peers(node_credentials, options.max_message_bytes);
   ShardService service(config.id, incarnation, &store);
+  service.set_peer_reader(&peers);
   NcclPlaneOptions nccl_options;
   nccl_options.enabled = options.nccl_plane;
   nccl_options.shard_id = config.id;
@@ -150,10 +157,8 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   }
   std::unique_ptr<CoordinatorLink> link;
   if (!options.coordinator.empty()) {
-    auto credentials = internal::MakeChannelCredentials(NodeChannelSecurity(options.security));
-    if (!credentials.ok()) return credentials.status();
     link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store,
-                                             *credentials);
+                                             node_credentials);
     link->Start();
   }
 

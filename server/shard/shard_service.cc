@@ -1,6 +1,9 @@
 #include "shard/shard_service.h"
 
+#include <algorithm>
+#include <memory>
 #include <new>
+#include <thread>
 #include <optional>
 #include <utility>
 
@@ -46,14 +49,16 @@ grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, 
 template <typename Op>
 grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx, Op op) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::Status status = Admit();
-  if (!status.ok()) {
-    reactor->Finish(ToGrpcStatus(status));
-    Release();
-    return reactor;
-  }
-  RunWrite(reactor, std::move(op));
+  if (AdmitOrFinish(reactor)) RunWrite(reactor, std::move(op));
   return reactor;
+}
+
+bool ShardService::AdmitOrFinish(grpc::ServerUnaryReactor* reactor) {
+  absl::Status status = Admit();
+  if (status.ok()) return true;
+  reactor->Finish(ToGrpcStatus(status));
+  Release();
+  return false;
 }
 
 template <typename Op>
@@ -121,7 +126,76 @@ grpc::ServerUnaryReactor* ShardService::ListVariables(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ShardService::InitializeVariables(
     grpc::CallbackServerContext* ctx, const InitializeVariablesRequest* request,
     InitializeVariablesResponse* response) {
-  return ServeWrite(ctx, [this, request] { return store_->Initialize(*request); });
+  if (request->sources_size() == 0) {
+    return ServeWrite(ctx, [this, request] { return store_->Initialize(*request); });
+  }
+  // Reading the sources may wait on other shards: do it on a thread of its
+  // own, not the handler's, then run the write as any other.
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (!AdmitOrFinish(reactor)) return reactor;
+  const std::chrono::system_clock::time_point deadline = ctx->deadline();
+  std::thread([this, reactor, request, deadline] {
+    auto values = std::make_shared<VariableStore::SourceValues>();
+    auto fetch = [&] { return FetchSources(*request, deadline, values.get()); };
+    absl::Status fetched = RunGuarded(fetch);
+    if (!fetched.ok()) {
+      reactor->Finish(ToGrpcStatus(fetched));
+      Release();
+      return;
+    }
+    RunWrite(reactor, [this, request, values] { return store_->Initialize(*request, values.get()); });
+  }).detach();
+  return reactor;
+}
+
+absl::Status ShardService::FetchSources(const InitializeVariablesRequest& request,
+                                        std::chrono::system_clock::time_point deadline,
+                                        VariableStore::SourceValues* values) {
+  PeerReader* peers = peers_;
+  if (peers == nullptr) {
+    absl::call_once(default_peers_once_, [this] {
+      default_peers_ = std::make_unique<PeerReader>(nullptr, 64 << 20);
+    });
+    peers = default_peers_.get();
+  }
+  for (const InitializeSource& source : request.sources()) {
+    const std::string& target = source.target();
+    if (std::find(request.names().begin(), request.names().end(), target) ==
+        request.names().end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "source given for '", target, "', which is not among the variables to initialize"));
+    }
+    PSD_ASSIGN_OR_RETURN(bool needed, store_->NeedsSourceValue(target, request.force()));
+    if (!needed) continue;
+    const bool here = source.incarnation() == incarnation_;
+    absl::StatusOr<TensorProto> value =
+        here ? store_->ReadSnapshot(source.part())
+             : peers->Read(source.address(), source.part(), source.incarnation(), deadline);
+    if (value.ok()) {
+      (*values)[target] = *std::move(value);
+      continue;
+    }
+    const std::string what =
+        absl::StrCat("cannot initialize '", target, "' from source part '", source.part(),
+                     "' on shard ", source.shard_id(), " (", here ? "this shard" : source.address(),
+                     ")");
+    const absl::Status& s = value.status();
+    switch (s.code()) {
+      case absl::StatusCode::kAborted:  // stale incarnation
+        return absl::UnavailableError(absl::StrCat(
+            what, ": that shard restarted and lost the part; restore it (", s.message(), ")"));
+      case absl::StatusCode::kNotFound:
+        return absl::UnavailableError(
+            absl::StrCat(what, ": the part is not there (", s.message(), ")"));
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+        return absl::UnavailableError(
+            absl::StrCat(what, ": the shard cannot be reached (", s.message(), ")"));
+      default:
+        return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* ShardService::ReportUninitialized(

@@ -20,11 +20,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <chrono>
 #include <functional>
+#include <memory>
 
 #include "absl/time/time.h"
 
 #include "psd/shard.grpc.pb.h"
+#include "absl/base/call_once.h"
+#include "shard/peer_reader.h"
 #include "shard/shard_checkpoint.h"
 #include "shard/variable_store.h"
 
@@ -111,6 +115,9 @@ class ShardService final : public ShardServiceBase {
   // The plane Nccl streams use (it must outlive the server); without one
   // they are answered UNIMPLEMENTED. Set before serving.
   void set_nccl_plane(NcclPlane* plane) { nccl_plane_ = plane; }
+  // How this shard reads other shards' parts (initializing a variable from
+  // another's value); without one, plaintext channels. Set before serving.
+  void set_peer_reader(PeerReader* peers) { peers_ = peers; }
 
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
@@ -127,6 +134,9 @@ class ShardService final : public ShardServiceBase {
   // with Release() exactly once.
   absl::Status Admit();
   void Release() { in_flight_.fetch_sub(1); }
+  // Admit for a unary call; when refused, finishes it with the status and
+  // returns false.
+  bool AdmitOrFinish(grpc::ServerUnaryReactor* reactor);
 
   // Runs `op` unless draining, and finishes the call with its status.
   template <typename Op>
@@ -143,6 +153,13 @@ class ShardService final : public ShardServiceBase {
   template <typename Op>
   absl::Status RunGuarded(Op& op);
 
+  // The source values InitializeVariables needs (InitializeSource): read
+  // from this shard's store when the source is here, otherwise from the
+  // source's shard. Errors name the target and the source part.
+  absl::Status FetchSources(const InitializeVariablesRequest& request,
+                            std::chrono::system_clock::time_point deadline,
+                            VariableStore::SourceValues* values);
+
   const int32_t shard_id_;
   const uint64_t incarnation_;
   VariableStore* const store_;
@@ -152,6 +169,9 @@ class ShardService final : public ShardServiceBase {
   // checked, so WaitForIdle never misses a call that was admitted.
   std::atomic<int> in_flight_{0};
   NcclPlane* nccl_plane_ = nullptr;  // set before serving, then read-only
+  PeerReader* peers_ = nullptr;      // set before serving, then read-only
+  std::unique_ptr<PeerReader> default_peers_;  // plaintext, made on first use
+  absl::once_flag default_peers_once_;
 };
 
 }  // namespace psd

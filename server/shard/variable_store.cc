@@ -505,7 +505,15 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     } else {
       initializer.mutable_default_initializer();
     }
-    if (dtype == DT_STRING) {
+    if (initializer.has_from_variable()) {
+      // The coordinator checked the source against this variable; its value
+      // arrives with InitializeVariables, never at creation.
+      if (initializer.from_variable().source().empty() || request.initialize()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Quoted(name), ": a variable initialized from another needs the source's name and is "
+                          "initialized by InitializeVariables, not at creation"));
+      }
+    } else if (dtype == DT_STRING) {
       PSD_RETURN_IF_ERROR(ValidateStringInitializer(initializer, full_shape, name));
     } else {
       PSD_RETURN_IF_ERROR(ValidateInitializer(initializer, dtype, full_shape, name));
@@ -570,7 +578,105 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
   return out;
 }
 
+namespace {
+
+// value * scale + offset, elementwise in `T`'s compute precision (float for
+// float16 and bfloat16, wrapping integer arithmetic for integers).
+template <typename T>
+void ScaleAndOffset(double scale, double offset, std::string* content) {
+  const size_t n = content->size() / sizeof(T);
+  char* data = content->data();
+  for (size_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, data + i * sizeof(T), sizeof(T));
+    if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
+      v = T(static_cast<float>(v) * static_cast<float>(scale) + static_cast<float>(offset));
+    } else if constexpr (std::is_floating_point_v<T>) {
+      v = v * static_cast<T>(scale) + static_cast<T>(offset);
+    } else {
+      const uint64_t wrapped = static_cast<uint64_t>(static_cast<int64_t>(v)) *
+                                   static_cast<uint64_t>(static_cast<int64_t>(scale)) +
+                               static_cast<uint64_t>(static_cast<int64_t>(offset));
+      v = static_cast<T>(wrapped);
+    }
+    std::memcpy(data + i * sizeof(T), &v, sizeof(T));
+  }
+}
+
+// The contents of `var`, initialized from another variable whose value
+// (fetched by the caller) is `value`.
+absl::StatusOr<Variable::Contents> ContentsFromSource(Device* device, MemoryAccountant* memory,
+                                                      const Variable& var,
+                                                      const TensorShape& shape,
+                                                      TensorProto value) {
+  const InitializerSpec::FromVariable& from = var.initializer.from_variable();
+  const std::string what =
+      absl::StrCat(Quoted(var.name), " initialized from ", Quoted(from.source()));
+  if (value.dtype() != var.dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": the source is ",
+                                                   DataTypeName(value.dtype()), ", the target ",
+                                                   DataTypeName(var.dtype)));
+  }
+  PSD_ASSIGN_OR_RETURN(TensorShape value_shape,
+                       ValidateTensorProto(value, absl::StrCat("source value for ", what)));
+  if (value_shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": the source part has shape ",
+                                                   value_shape.ToString(), ", the target part ",
+                                                   shape.ToString()));
+  }
+  const double scale = from.has_scale() ? from.scale() : 1.0;
+  const double offset = from.offset();
+  if (scale != 1.0 || offset != 0.0) {
+    if (var.dtype == DT_STRING || var.dtype == DT_BOOL) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": a ", DataTypeName(var.dtype),
+                                                     " variable copies its source only"));
+    }
+    DispatchFixedSize(
+        var.dtype, [&](auto t) { ScaleAndOffset<decltype(t)>(scale, offset, value.mutable_content()); },
+        [] {});
+  }
+  return ContentsFromProto(device, memory, value, shape, var.name);
+}
+
+}  // namespace
+
+absl::StatusOr<bool> VariableStore::NeedsSourceValue(const std::string& name, bool force) const {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+  if (!var->initializer.has_from_variable()) return false;
+  absl::ReaderMutexLock lock(&var->mu);
+  return force || !var->initialized;
+}
+
+absl::StatusOr<TensorProto> VariableStore::ReadSnapshot(const std::string& name) const {
+  ReadStreamRequest request;
+  request.set_name(name);
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ReadStreamSource> source, BeginReadStream(request));
+  TensorChunk header;
+  source->FillHeader(&header);
+  TensorProto value;
+  value.set_dtype(header.dtype());
+  *value.mutable_shape() = header.shape();
+  std::string* content = value.mutable_content();
+  content->resize(static_cast<size_t>(header.total_bytes()));
+  for (int64_t size = source->NextSize(); size >= 0; size = source->NextSize()) {
+    std::string chunk(static_cast<size_t>(size), '\0');
+    PSD_ASSIGN_OR_RETURN(int64_t offset, source->ReadNext(chunk.data()));
+    if (offset < 0 || offset + size > header.total_bytes()) {
+      return absl::InternalError(absl::StrCat(Quoted(name), ": snapshot chunk at ", offset,
+                                              " past its ", header.total_bytes(), " bytes"));
+    }
+    std::memcpy(content->data() + offset, chunk.data(), static_cast<size_t>(size));
+  }
+  return value;
+}
+
 absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request) {
+  SourceValues none;
+  return Initialize(request, &none);
+}
+
+absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request,
+                                       SourceValues* sources) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   WriteGate::Pass pass(&gate_);
   NoResult none;
@@ -588,6 +694,20 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   for (auto& [name, var] : vars) {
     var->mu.AssertHeld();
     if (var->initialized && !request.force()) continue;
+    if (var->initializer.has_from_variable()) {
+      auto value = sources->find(name);
+      if (value == sources->end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            Quoted(name), " is initialized from variable ",
+            Quoted(var->initializer.from_variable().source()),
+            ": initialize it through the coordinator, which orders it after its source and "
+            "says where the source lives"));
+      }
+      PSD_ASSIGN_OR_RETURN(auto contents, ContentsFromSource(device_, &memory_, *var, var->shape,
+                                                             std::move(value->second)));
+      prepared.emplace_back(var.get(), std::move(contents));
+      continue;
+    }
     // Created from a value (no initializer) whose value was consumed by an
     // earlier initialization.
     if (var->initial_value == nullptr &&

@@ -79,6 +79,22 @@ class VariableStore {
   absl::Status Delete(const DeleteVariableRequest& request);
   std::vector<VariableInfo> List(const std::string& prefix) const;
   absl::Status Initialize(const InitializeVariablesRequest& request);
+  // Initialization that may include variables initialized from another
+  // (InitializerSpec.FromVariable): `sources` holds, by target name, the
+  // source part's value as the caller (ShardService) fetched it. The value
+  // is checked against the target (dtype, shape), transformed (scale,
+  // offset) and installed with the initialized flag, all under the same
+  // all-or-nothing rule as every other initializer. A target that needs
+  // initializing and has no source value is FAILED_PRECONDITION.
+  using SourceValues = std::map<std::string, TensorProto>;
+  absl::Status Initialize(const InitializeVariablesRequest& request, SourceValues* sources);
+  // Whether `name` is initialized from another variable and would be
+  // initialized now (not initialized yet, or `force`): its source value is
+  // needed. NOT_FOUND for an unknown name.
+  absl::StatusOr<bool> NeedsSourceValue(const std::string& name, bool force) const;
+  // A consistent snapshot of `name`'s value (what ReadStream sends), in one
+  // host buffer. FAILED_PRECONDITION when uninitialized.
+  absl::StatusOr<TensorProto> ReadSnapshot(const std::string& name) const;
   absl::Status ReportUninitialized(const ReportUninitializedRequest& request,
                                    ReportUninitializedResponse* response) const;
 

@@ -14,6 +14,7 @@
 #define PSD_CLIENT_INITIALIZERS_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "psd/tensor.h"
@@ -41,6 +42,15 @@ InitializerSpec UniformUnitScaling(double factor = 1.0, int64_t seed = 0,
 // tf.get_variable's default: UniformUnitScaling(1.0) for floating dtypes,
 // zeros for integers and bool, "" for strings.
 InitializerSpec Default(int64_t seed = 0);
+// TensorFlow's `source.initialized_value() * scale + offset`, `source` being
+// a declared variable's full name with the same dtype, shape and
+// partitioning (checked when the variable is declared). Initialization
+// initializes the source first if it is not initialized yet; an
+// initialized source gives its current value. The value moves from the
+// source's shard to the target's, never through the client. Integer
+// variables need a whole scale and offset; bool and string ones copy only.
+// Variable::InitializedValue builds it from a Variable.
+InitializerSpec FromVariable(const std::string& source, double scale = 1.0, double offset = 0.0);
 
 }  // namespace init
 }  // namespace client

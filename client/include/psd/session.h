@@ -188,6 +188,14 @@ class Session {
                                           const VariableOptions& options = {},
                                           const char* file = __builtin_FILE(),
                                           int line = __builtin_LINE());
+  // tf.Variable(source.initialized_value() * scale + offset, name=...): a
+  // new variable with the source's dtype, shape and partitioning, whose
+  // initializer is init::FromVariable (see Variable::InitializedValue).
+  absl::StatusOr<Variable> CreateVariableFrom(const Variable& source, double scale = 1.0,
+                                              double offset = 0.0,
+                                              const VariableOptions& options = {},
+                                              const char* file = __builtin_FILE(),
+                                              int line = __builtin_LINE());
   // tf.create_partitioned_variables: a variable of `shape` split into
   // `slicing[d]` parts along the one axis d where it is above 1, named as a
   // variable_scope would be (options.name, or a unique default name). The
@@ -210,7 +218,12 @@ class Session {
   absl::StatusOr<std::vector<Variable>> LocalVariables() { return ListVariables(kLocalVariables); }
 
   // tf.variables_initializer(list): runs the initializers on the shards in
-  // parallel (one InitializeVariables call per shard). Initialized parts are
+  // parallel (one InitializeVariables call per shard). A list with a
+  // variable initialized from another (init::FromVariable) is initialized
+  // by the coordinator instead, in dependency order: each source first,
+  // also one not in the list when it is not initialized yet (an initialized
+  // source gives its current value), independent variables in parallel;
+  // the values move shard to shard. Initialized parts are
   // left alone unless `force`.
   absl::Status InitializeVariables(const std::vector<Variable>& variables, bool force = false);
   // Global and local variables.

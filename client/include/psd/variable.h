@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "psd/client.h"
 #include "psd/coordinator.pb.h"
+#include "psd/initializers.h"
 #include "psd/tensor.h"
 
 namespace psd {
@@ -129,7 +130,14 @@ class Variable {
 
   // Runs the stored initializer on every part (TensorFlow's
   // `v.initializer`); an initialized part is left alone unless `force`.
+  // A variable initialized from another is initialized through the
+  // coordinator, its source first (see Session::InitializeVariables).
   absl::Status Initialize(bool force = false) const;
+  // TensorFlow's `v.initialized_value() * scale + offset`, as the
+  // initializer of another variable of the same dtype, shape and
+  // partitioning (init::FromVariable):
+  //   Variable w = *session->GetVariable("w", {.initializer = v.InitializedValue(2.0, 1.0)});
+  InitializerSpec InitializedValue(double scale = 1.0, double offset = 0.0) const;
   // True when every part is initialized.
   absl::StatusOr<bool> IsInitialized() const;
 

@@ -28,7 +28,7 @@ from . import train
 from .dtypes import (DType, as_dtype, bfloat16, bfloat16_to_float32, bool_, double,
                      float16, float32, float32_to_bfloat16, float64, half, int8, int16, int32,
                      int64, string, uint8)
-from .init_ops import (Constant, Initializer, Ones, RandomNormal, RandomUniform,
+from .init_ops import (Constant, InitializedValue, Initializer, Ones, RandomNormal, RandomUniform,
                        TruncatedNormal, UniformUnitScaling, VarianceScaling, Zeros,
                        constant_initializer, glorot_normal_initializer,
                        glorot_uniform_initializer, he_normal, he_uniform, lecun_normal,

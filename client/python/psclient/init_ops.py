@@ -7,6 +7,7 @@ is declared, once its shape and dtype are known (``spec(shape, dtype)``).
 """
 
 import math
+import numbers
 
 import numpy as np
 
@@ -184,6 +185,88 @@ random_normal_initializer = RandomNormal
 truncated_normal_initializer = TruncatedNormal
 uniform_unit_scaling_initializer = UniformUnitScaling
 variance_scaling_initializer = VarianceScaling
+
+
+class InitializedValue(Initializer):
+    """``v.initialized_value()`` (TensorFlow's Variable.initialized_value), and
+    affine forms of it: ``v.initialized_value() * 2.0 + 1.0``. Usable as
+    ``get_variable(..., initializer=...)`` (shape and dtype default to the
+    source's) and as ``psclient.Variable(...)``'s initial value.
+
+    The value is computed on the shards when the new variable is initialized:
+    the coordinator initializes the source first if it is not initialized
+    yet (an initialized source gives its current value), and the new
+    variable's shard reads the source's shard directly. The source must have
+    the same dtype, shape and partitioning. Only ``x * a + b`` with Python or
+    numpy real scalars is supported; anything else raises TypeError.
+    """
+
+    # numpy scalars defer to the reflected operators below instead of
+    # broadcasting over this object.
+    __array_ufunc__ = None
+
+    def __init__(self, source, scale=1.0, offset=0.0):
+        self.source = source
+        self.scale = float(scale)
+        self.offset = float(offset)
+
+    def get_config(self):
+        return {"source": self.source.op_name, "scale": self.scale, "offset": self.offset}
+
+    def spec(self, shape, dtype):
+        return _psclient.init_from_variable(self.source.op_name, self.scale, self.offset)
+
+    @staticmethod
+    def _number(x):
+        # numpy's real scalars are numbers.Real too; bools are not numbers here.
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            return None
+        return float(x)
+
+    def _affine(self, scale, offset):
+        return InitializedValue(self.source, scale, offset)
+
+    def __mul__(self, other):
+        k = self._number(other)
+        if k is None:
+            return NotImplemented
+        return self._affine(self.scale * k, self.offset * k)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        k = self._number(other)
+        if k is None:
+            return NotImplemented
+        if k == 0:
+            raise ZeroDivisionError("initialized_value() / 0")
+        return self._affine(self.scale / k, self.offset / k)
+
+    def __add__(self, other):
+        k = self._number(other)
+        if k is None:
+            return NotImplemented
+        return self._affine(self.scale, self.offset + k)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        k = self._number(other)
+        if k is None:
+            return NotImplemented
+        return self._affine(self.scale, self.offset - k)
+
+    def __rsub__(self, other):
+        k = self._number(other)
+        if k is None:
+            return NotImplemented
+        return self._affine(-self.scale, k - self.offset)
+
+    def __neg__(self):
+        return self._affine(-self.scale, -self.offset)
+
+    def __pos__(self):
+        return self
 
 
 def as_spec(initializer, shape, dtype):

@@ -111,9 +111,24 @@ class Variable:
                  synchronization=None, aggregation=None, shape=None, session=None):
         if initial_value is None:
             raise ValueError("initial_value must be specified.")
-        if callable(initial_value):
+        if callable(initial_value) and not isinstance(initial_value, init_ops.Initializer):
             initial_value = initial_value()
         sess = _session_of(session)
+        if isinstance(initial_value, init_ops.InitializedValue):
+            # tf.Variable(v.initialized_value() * a + b): computed on the
+            # shards from v, with v's dtype, shape and partitioning.
+            source = initial_value.source
+            if dtype is not None and _dtypes.as_dtype(dtype) != source.dtype:
+                raise TypeError("initial value %s is %s, not the requested dtype %s"
+                                % (initial_value, source.dtype, _dtypes.as_dtype(dtype)))
+            self._session = sess
+            self._v = sess._s.create_variable_from(
+                source._v, initial_value.scale, initial_value.offset, name or "Variable",
+                trainable, list(collections or []), False, _caller())
+            return
+        if isinstance(initial_value, init_ops.Initializer):
+            raise TypeError("psclient.Variable takes a value or v.initialized_value(), not the "
+                            "initializer %r (use get_variable(initializer=...))" % (initial_value,))
         dtype = _dtypes.as_dtype(dtype) if dtype is not None else _dtypes.infer_dtype(initial_value)
         value = _dtypes.to_array(initial_value, dtype)
         self._session = sess
@@ -254,6 +269,14 @@ class Variable:
         return self._v.count_up_to(int(limit))
 
     # -- initialization -------------------------------------------------------
+
+    def initialized_value(self):
+        """TensorFlow's Variable.initialized_value(): this variable's value
+        once initialized, as the initial value of another variable
+        (``psclient.Variable(v.initialized_value() * 2.0)`` or
+        ``get_variable("w", initializer=v.initialized_value() + 1)``); see
+        init_ops.InitializedValue."""
+        return init_ops.InitializedValue(self)
 
     def initialize(self, force=False):
         """Runs the stored initializer (TensorFlow's `sess.run(v.initializer)`)."""
@@ -455,6 +478,12 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
     else:
         if initializer is None and scope is not None:
             initializer = scope.initializer
+        if isinstance(initializer, init_ops.InitializedValue):
+            # Like a tensor initial value: shape and dtype are the source's.
+            if shape is None:
+                shape = initializer.source.shape
+            if dtype is None:
+                dtype = initializer.source.dtype
         if initializer is not None:
             resolved = dtype
             if resolved is None:

@@ -216,6 +216,24 @@ struct SessionHolder {
 using HolderPtr = std::shared_ptr<SessionHolder>;
 
 // A Variable and the session it needs alive.
+// tf.Variable's options as the Python layer passes them.
+client::VariableOptions TfVariableOptions(const std::string& name, std::optional<bool> trainable,
+                                          std::vector<std::string> collections, bool initialize) {
+  client::VariableOptions o;
+  o.name = name;
+  o.trainable = trainable;
+  o.collections = std::move(collections);
+  o.initialize = initialize;
+  return o;
+}
+
+// The Python caller's "FILE:LINE" as (file, line); line 0 when absent.
+std::pair<std::string, int> SplitDeclaredAt(const std::string& declared_at) {
+  const auto colon = declared_at.rfind(':');
+  if (colon == std::string::npos) return {declared_at, 0};
+  return {declared_at.substr(0, colon), std::atoi(declared_at.c_str() + colon + 1)};
+}
+
 struct PyVariable {
   HolderPtr holder;
   Variable var;
@@ -487,6 +505,8 @@ PYBIND11_MODULE(_psclient, m) {
   m.def("init_uniform_unit_scaling", &client::init::UniformUnitScaling, py::arg("factor"),
         py::arg("seed"), py::arg("full_shape") = std::vector<int64_t>{});
   m.def("init_default", &client::init::Default);
+  m.def("init_from_variable", &client::init::FromVariable, py::arg("source"), py::arg("scale"),
+        py::arg("offset"));
 
   py::class_<PartitionerSpec>(m, "PartitionerSpec")
       .def("__repr__", [](const PartitionerSpec& s) {
@@ -680,20 +700,26 @@ PYBIND11_MODULE(_psclient, m) {
               std::optional<bool> trainable, std::vector<std::string> collections, bool initialize,
               const std::string& declared_at) {
              Tensor t = ToTensor(value, dtype);
-             client::VariableOptions o;
-             o.name = name;
-             o.trainable = trainable;
-             o.collections = std::move(collections);
-             o.initialize = initialize;
-             // declared_at is "FILE:LINE" of the Python caller.
-             std::string file = declared_at;
-             int line = 0;
-             if (auto colon = declared_at.rfind(':'); colon != std::string::npos) {
-               file = declared_at.substr(0, colon);
-               line = std::atoi(declared_at.c_str() + colon + 1);
-             }
+             client::VariableOptions o =
+                 TfVariableOptions(name, trainable, std::move(collections), initialize);
+             const auto [file, line] = SplitDeclaredAt(declared_at);
              Variable v = Unwrap(RunGraph(h, [&](Session* s) {
                                    return s->CreateVariable(t, o, file.c_str(), line);
+                                 }),
+                                 /*naming=*/true);
+             return PyVariable{h, std::move(v)};
+           })
+      .def("create_variable_from",
+           [](const HolderPtr& h, const PyVariable& source, double scale, double offset,
+              const std::string& name, std::optional<bool> trainable,
+              std::vector<std::string> collections, bool initialize,
+              const std::string& declared_at) {
+             client::VariableOptions o =
+                 TfVariableOptions(name, trainable, std::move(collections), initialize);
+             const auto [file, line] = SplitDeclaredAt(declared_at);
+             Variable v = Unwrap(RunGraph(h, [&](Session* s) {
+                                   return s->CreateVariableFrom(source.var, scale, offset, o,
+                                                                file.c_str(), line);
                                  }),
                                  /*naming=*/true);
              return PyVariable{h, std::move(v)};
