@@ -364,6 +364,8 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
   std::stable_sort(defs.begin(), defs.end(), [](const VariableDef& a, const VariableDef& b) {
     return a.creation_seq() < b.creation_seq();
   });
+  std::set<std::string> saved;
+  for (const VariableDef& def : defs) saved.insert(def.name());
   std::vector<VariableDeclaration> decls;
   decls.reserve(defs.size());
   for (const VariableDef& def : defs) {
@@ -372,6 +374,16 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
     d.set_dtype(def.dtype());
     *d.mutable_shape() = def.shape();
     *d.mutable_initializer() = def.initializer();
+    // A source deleted before the save cannot be declared against: the
+    // checkpoint holds the value, so fall back to TensorFlow's default for
+    // a later re-initialization rather than refuse the whole restore.
+    if (def.initializer().has_from_variable() &&
+        saved.count(def.initializer().from_variable().source()) == 0) {
+      spdlog::warn("variable {} was initialized from {}, which the checkpoint does not hold; "
+                   "it is declared with the default initializer",
+                   def.name(), def.initializer().from_variable().source());
+      d.mutable_initializer()->mutable_default_initializer();
+    }
     if (def.partitioned()) {
       auto* parts = d.mutable_partitioner()->mutable_explicit_partitions();
       *parts->mutable_partitions() = def.partitions();
