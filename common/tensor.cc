@@ -80,6 +80,33 @@ Tensor Tensor::StringScalar(std::string value) {
   return t;
 }
 
+absl::StatusOr<Tensor> Tensor::FromBytes(DataType dtype, TensorShape shape, std::string bytes) {
+  const size_t element_size = DataTypeSize(dtype);
+  if (dtype == DT_STRING || element_size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor bytes need a fixed-size dtype, got ", DataTypeName(dtype)));
+  }
+  const size_t want = static_cast<size_t>(shape.num_elements()) * element_size;
+  if (bytes.size() != want) {
+    return absl::InvalidArgumentError(absl::StrCat(DataTypeName(dtype), shape.ToString(), " needs ",
+                                                   want, " bytes, got ", bytes.size()));
+  }
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.bytes_ = std::move(bytes);
+  return t;
+}
+
+void Tensor::ResetForOverwrite(DataType dtype, TensorShape shape) {
+  if (dtype != DT_STRING && dtype_ == dtype &&
+      bytes_.size() == static_cast<size_t>(shape.num_elements()) * DataTypeSize(dtype)) {
+    shape_ = std::move(shape);
+    return;
+  }
+  *this = Tensor(dtype, std::move(shape));
+}
+
 absl::Status Tensor::Reshape(TensorShape shape) {
   if (shape.num_elements() != shape_.num_elements()) {
     return absl::InvalidArgumentError(absl::StrCat("cannot reshape ", shape_.ToString(), " to ",

@@ -521,9 +521,10 @@ class ShardClient::Impl {
   // ---- Streamed reads.
 
   // One attempt of ReadStream: each chunk's content goes from gRPC's receive
-  // slices straight into the result's buffer (for strings, into the
-  // encoding, decoded at the end).
-  absl::StatusOr<Tensor> ReadStreamOnce(const std::string& name) {
+  // slices straight into *out's buffer, which is reused when it already has
+  // the value's dtype and size (for strings, into the encoding, decoded at
+  // the end).
+  absl::Status ReadStreamOnce(const std::string& name, Tensor* out) {
     ReadStreamRequest request;
     request.set_name(name);
     request.set_chunk_bytes(options_.chunk_bytes);
@@ -536,7 +537,6 @@ class ShardClient::Impl {
     grpc::ByteBuffer buffer;
     ContentMessage message;
     TensorChunk chunk;
-    Tensor out;
     std::string encoding;  // DT_STRING only
     char* dst = nullptr;
     int64_t total = -1, received = 0;
@@ -566,12 +566,12 @@ class ShardClient::Impl {
           break;
         }
         if (chunk.dtype() == DT_STRING) {
-          out = Tensor(DT_STRING, *shape);
+          *out = Tensor(DT_STRING, *shape);
           encoding.resize(total);
           dst = encoding.data();
         } else {
-          out = Tensor(chunk.dtype(), *std::move(shape));
-          dst = out.mutable_bytes()->data();
+          out->ResetForOverwrite(chunk.dtype(), *std::move(shape));
+          dst = out->mutable_bytes()->data();
         }
       }
       const int64_t n = static_cast<int64_t>(message.content_size());
@@ -596,23 +596,23 @@ class ShardClient::Impl {
     if (received != total) {
       return ShardFault(absl::StrCat(received, " of ", total, " bytes of variable '", name, "'"));
     }
-    if (out.dtype() == DT_STRING) {
-      auto strings = DecodeStrings(encoding, out.num_elements(),
+    if (out->dtype() == DT_STRING) {
+      auto strings = DecodeStrings(encoding, out->num_elements(),
                                    absl::StrCat("streamed value of variable '", name, "'"));
       if (!strings.ok()) return ShardFault(std::string(strings.status().message()));
-      *out.mutable_strings() = *std::move(strings);
+      *out->mutable_strings() = *std::move(strings);
     }
-    return out;
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadStream(const std::string& name, Tensor* out) {
+    return WithRetries([&] { return ReadStreamOnce(name, out); });
   }
 
   absl::StatusOr<Tensor> ReadStream(const std::string& name) {
-    absl::StatusOr<Tensor> result;
-    absl::Status s = WithRetries([&] {
-      result = ReadStreamOnce(name);
-      return result.status();
-    });
-    if (!s.ok()) return s;
-    return result;
+    Tensor out;
+    PSD_RETURN_IF_ERROR(ReadStream(name, &out));
+    return out;
   }
 
   ReadRequest MakeReadRequest(const std::string& name) const {
@@ -623,12 +623,47 @@ class ShardClient::Impl {
     return request;
   }
 
-  absl::StatusOr<Tensor> Read(const std::string& name) {
+  // A value that came in one message, into *out: copied into out's buffer
+  // when it already has the value's dtype and size, else out takes over the
+  // message's bytes (no copy either way for a fresh tensor).
+  absl::Status DecodeResultInto(TensorProto* proto, const std::string& name, Tensor* out) const {
+    const std::string what = absl::StrCat("value of variable '", name, "'");
+    auto shape = ValidateTensorProto(*proto, what);
+    if (!shape.ok()) return ShardFault(std::string(shape.status().message()));
+    if (proto->dtype() == DT_STRING) {
+      PSD_ASSIGN_OR_RETURN(*out, DecodeResult(*proto, name));
+      return absl::OkStatus();
+    }
+    std::string* content = proto->mutable_content();
+    if (out->dtype() == proto->dtype() && out->bytes().size() == content->size()) {
+      out->ResetForOverwrite(proto->dtype(), *std::move(shape));
+      if (!content->empty()) std::memcpy(out->mutable_bytes()->data(), content->data(), content->size());
+      return absl::OkStatus();
+    }
+    auto adopted = Tensor::FromBytes(proto->dtype(), *std::move(shape), std::move(*content));
+    if (!adopted.ok()) return ShardFault(std::string(adopted.status().message()));
+    *out = *std::move(adopted);
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadInto(const std::string& name, Tensor* out) {
+    // A destination above the stream threshold means the value most likely
+    // still is: skip the one-message attempt, which would only answer
+    // use_stream (a round trip). The stream serves values of any size.
+    if (out->dtype() != DT_STRING && Streams(static_cast<int64_t>(out->bytes().size()))) {
+      return ReadStream(name, out);
+    }
     ReadRequest request = MakeReadRequest(name);
     ReadResponse response;
     PSD_RETURN_IF_ERROR(Call(&Shard::Stub::Read, request, &response));
-    if (response.use_stream()) return ReadStream(name);
-    return DecodeResult(response.value(), name);
+    if (response.use_stream()) return ReadStream(name, out);
+    return DecodeResultInto(response.mutable_value(), name, out);
+  }
+
+  absl::StatusOr<Tensor> Read(const std::string& name) {
+    Tensor out;
+    PSD_RETURN_IF_ERROR(ReadInto(name, &out));
+    return out;
   }
 
   // ---- Streamed assigns.
@@ -1472,6 +1507,9 @@ absl::StatusOr<bool> ShardClient::IsInitialized(const std::string& name) {
 }
 
 absl::StatusOr<Tensor> ShardClient::Read(const std::string& name) { return impl_->Read(name); }
+absl::Status ShardClient::ReadInto(const std::string& name, Tensor* out) {
+  return impl_->ReadInto(name, out);
+}
 
 absl::StatusOr<Tensor> ShardClient::Gather(const std::string& name, const Tensor& indices) {
   GatherRequest request = impl_->MakeGatherRequest(name, Tensor(indices));

@@ -62,6 +62,17 @@ class Tensor {
   static absl::StatusOr<Tensor> FromVector(TensorShape shape, const std::vector<T>& values);
   static absl::StatusOr<Tensor> FromStrings(TensorShape shape, std::vector<std::string> values);
   static Tensor StringScalar(std::string value);
+  // Adopts `bytes` (moved, not copied) as the elements of a fixed-size
+  // dtype; INVALID_ARGUMENT unless its size is the shape's element count
+  // times the dtype's size.
+  static absl::StatusOr<Tensor> FromBytes(DataType dtype, TensorShape shape, std::string bytes);
+
+  // Makes this a tensor of `dtype` and `shape` whose elements are about to be
+  // overwritten, as the destination of a read: a fixed-size tensor that
+  // already holds exactly that many bytes keeps its buffer (no allocation, no
+  // zero fill, no page faults) and its old bytes; otherwise the elements are
+  // zero ("" for strings) as a new tensor's.
+  void ResetForOverwrite(DataType dtype, TensorShape shape);
 
   DataType dtype() const { return dtype_; }
   const TensorShape& shape() const { return shape_; }

@@ -164,6 +164,63 @@ TEST_F(StreamTest, StreamedStringsRoundTrip) {
   EXPECT_EQ(Read("s"), reversed);
 }
 
+// ReadInto reuses the destination's buffer whenever the value still fits it
+// (the same dtype and byte size), streamed or not, and otherwise replaces it
+// with the value as a fresh read would.
+TEST_F(StreamTest, ReadIntoReusesTheDestinationWhileTheValueFitsIt) {
+  constexpr int64_t kBig = 50000;  // 200 KB: streamed
+  ASSERT_TRUE(IsOk(streaming_->Create("big", Iota(kBig, 1.0f))));
+  ASSERT_TRUE(IsOk(streaming_->Create("small", Iota(8, 1.0f))));
+
+  Tensor into;
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("big", &into)));
+  EXPECT_EQ(into, Iota(kBig, 1.0f));
+  const char* buffer = into.bytes().data();
+  ASSERT_TRUE(IsOk(streaming_->AssignAdd("big", Filled(kBig, 1.0f))));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("big", &into)));
+  EXPECT_EQ(into, Iota(kBig, 2.0f));
+  EXPECT_EQ(into.bytes().data(), buffer) << "a streamed read into a fitting tensor reallocated";
+
+  Tensor small;
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("small", &small)));
+  EXPECT_EQ(small, Iota(8, 1.0f));
+  const char* small_buffer = small.bytes().data();
+  ASSERT_TRUE(IsOk(streaming_->AssignAdd("small", Filled(8, 1.0f))));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("small", &small)));
+  EXPECT_EQ(small, Iota(8, 2.0f));
+  EXPECT_EQ(small.bytes().data(), small_buffer) << "a one-message read into a fitting tensor "
+                                                   "reallocated";
+
+  // The value changed shape (same element count): reused, reshaped.
+  client::AssignOptions reshape;
+  reshape.validate_shape = false;
+  Tensor square(DT_FLOAT, TensorShape{200, 250});
+  std::fill(square.data<float>(), square.data<float>() + kBig, 5.0f);
+  ASSERT_TRUE(IsOk(streaming_->Assign("big", square, reshape)));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("big", &into)));
+  EXPECT_EQ(into, square);
+  // It shrank below the stream threshold: a destination that is still big
+  // goes straight to the stream, which serves any size.
+  ASSERT_TRUE(IsOk(streaming_->Assign("big", Iota(3, 9.0f), reshape)));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("big", &into)));
+  EXPECT_EQ(into, Iota(3, 9.0f));
+  // A destination of another dtype with the right byte size is replaced,
+  // not reinterpreted.
+  Tensor ints(DT_INT32, TensorShape{8});
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("small", &ints)));
+  EXPECT_EQ(ints, Iota(8, 2.0f));
+  // Strings, streamed and not.
+  const Tensor strings = Strings({2}, {"a", std::string(100000, 'b')});
+  ASSERT_TRUE(IsOk(streaming_->Create("s", strings)));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("s", &into)));
+  EXPECT_EQ(into, strings);
+  ASSERT_TRUE(IsOk(streaming_->Assign("s", Strings({2}, {"c", "d"}))));
+  ASSERT_TRUE(IsOk(streaming_->ReadInto("s", &into)));
+  EXPECT_EQ(into, Strings({2}, {"c", "d"}));
+
+  EXPECT_TRUE(IsError(streaming_->ReadInto("nope", &into), absl::StatusCode::kNotFound));
+}
+
 TEST_F(StreamTest, StreamedCreateOfATakenNameFails) {
   ASSERT_TRUE(IsOk(shard_->Create("v", Tensor::Scalar<float>(1))));
   EXPECT_TRUE(IsError(streaming_->Create("v", Iota(50000, 0)), absl::StatusCode::kAlreadyExists));

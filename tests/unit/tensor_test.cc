@@ -1,6 +1,7 @@
 #include "psd/tensor.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "gmock/gmock.h"
@@ -83,6 +84,39 @@ TEST(TensorTest, UnknownDtypeIsNamed) {
   auto t = TensorFromProto(proto, "value");
   ASSERT_FALSE(t.ok());
   EXPECT_THAT(t.status().message(), HasSubstr("unsupported dtype dtype(8)"));
+}
+
+TEST(TensorTest, FromBytesAdoptsExactlyTheElementBytes) {
+  std::string bytes(12, '\0');
+  const float values[3] = {1.5f, -2.0f, 3.25f};
+  std::memcpy(bytes.data(), values, sizeof(values));
+  auto t = Tensor::FromBytes(DT_FLOAT, TensorShape{3}, bytes);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->ToVector<float>(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  auto wrong = Tensor::FromBytes(DT_FLOAT, TensorShape{4}, bytes);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong.status().message(), HasSubstr("float32[4] needs 16 bytes, got 12"));
+  EXPECT_FALSE(Tensor::FromBytes(DT_STRING, TensorShape{}, "").ok());
+}
+
+TEST(TensorTest, ResetForOverwriteKeepsAFittingBufferAndReplacesOthers) {
+  Tensor t(DT_FLOAT, TensorShape{6});
+  t.data<float>()[5] = 7.0f;
+  const char* buffer = t.bytes().data();
+  t.ResetForOverwrite(DT_FLOAT, TensorShape{2, 3});
+  EXPECT_EQ(t.bytes().data(), buffer);
+  EXPECT_EQ(t.shape(), (TensorShape{2, 3}));
+  EXPECT_EQ(t.data<float>()[5], 7.0f);  // old bytes stay until overwritten
+  // Another dtype of the same byte size is a new, zeroed tensor.
+  t.ResetForOverwrite(DT_INT32, TensorShape{6});
+  EXPECT_EQ(t.dtype(), DT_INT32);
+  EXPECT_EQ(t.data<int32_t>()[5], 0);
+  // Another size too.
+  t.ResetForOverwrite(DT_INT32, TensorShape{2});
+  EXPECT_EQ(t.bytes().size(), 8u);
+  t.ResetForOverwrite(DT_STRING, TensorShape{3});
+  EXPECT_EQ(t.strings(), std::vector<std::string>(3));
+  EXPECT_TRUE(t.bytes().empty());
 }
 
 TEST(Float16Test, HalfRoundTripsRepresentableValuesAndRoundsToNearestEven) {

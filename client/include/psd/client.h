@@ -212,6 +212,11 @@ class ShardClient {
   absl::StatusOr<bool> IsInitialized(const std::string& name);
 
   absl::StatusOr<Tensor> Read(const std::string& name);
+  // Read into *out, reusing its buffer when it already has the value's dtype
+  // and byte size: a trainer that reads the same variable every step
+  // allocates nothing and skips zero-filling and faulting in fresh pages.
+  // On error *out holds a valid tensor with unspecified contents.
+  absl::Status ReadInto(const std::string& name, Tensor* out);
   // Rows of `name` along axis 0; `indices` is int32 or int64 of any rank and
   // the result has shape indices.shape + var.shape[1:].
   absl::StatusOr<Tensor> Gather(const std::string& name, const Tensor& indices);
