@@ -11,6 +11,12 @@
 // arrays, updated and rounded back.
 // The loops are plain and branch-free where TensorFlow's are, so -O3
 // vectorizes them (FTRL's general learning_rate_power needs pow per element).
+//
+// A sparse apply finds the distinct rows with a hash pass (no sort), sums
+// the gradients of rows that arrived more than once in one sequential pass
+// over the gradient, then steps each distinct row once: rows that arrived
+// once straight from the wire, the others from their sums. Every element
+// sees the same operations in the same order as in the dense step.
 #include "device/cpu_optimizer_kernels.h"
 
 #include <algorithm>
@@ -174,27 +180,6 @@ template <typename C>
 using StepFn = void (*)(const Coefficients<C>&, C* __restrict, C* const*, const C* __restrict,
                         int64_t);
 
-template <typename C>
-StepFn<C> StepFor(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kGradientDescent:
-      return &GradientDescentStep<C>;
-    case OptimizerKind::kMomentum:
-      return &MomentumStep<C>;
-    case OptimizerKind::kAdagrad:
-      return &AdagradStep<C>;
-    case OptimizerKind::kAdam:
-      return &AdamStep<C>;
-    case OptimizerKind::kRMSProp:
-      return &RMSPropStep<C>;
-    case OptimizerKind::kCenteredRMSProp:
-      return &CenteredRMSPropStep<C>;
-    case OptimizerKind::kFtrl:
-      return &FtrlStep<C>;
-  }
-  return nullptr;
-}
-
 template <typename T>
 constexpr bool kIsFloat16 = std::is_same_v<T, half> || std::is_same_v<T, bfloat16>;
 
@@ -242,11 +227,11 @@ struct ComputedGradient {
   }
 };
 
-// Runs `step` over n elements of var and its `num_slots` slots, block by
-// block.
-template <typename T, typename Gradient>
-void RunStep(StepFn<ComputeType<T>> step, const Coefficients<ComputeType<T>>& h, T* var,
-             T* const* slots, int num_slots, const Gradient& grad, int64_t n) {
+// Runs `step` (a StepConstant) over n elements of var and its `num_slots`
+// slots, block by block.
+template <typename T, typename Gradient, typename Step>
+void RunStep(Step step, const Coefficients<ComputeType<T>>& h, T* var, T* const* slots,
+             int num_slots, const Gradient& grad, int64_t n) {
   using C = ComputeType<T>;
   alignas(64) C gbuf[kBlock];
   if constexpr (kIsFloat16<T>) {
@@ -279,13 +264,109 @@ void RunStep(StepFn<ComputeType<T>> step, const Coefficients<ComputeType<T>>& h,
   }
 }
 
+// The step of an optimizer as a type, so that a loop over many short rows
+// calls it directly (inlined) instead of through a pointer per row.
+template <typename C, StepFn<C> F>
+struct StepConstant {
+  void operator()(const Coefficients<C>& h, C* __restrict var, C* const* s,
+                  const C* __restrict g, int64_t m) const {
+    F(h, var, s, g, m);
+  }
+};
+
+// Calls f(StepConstant<C, step of `kind`>{}).
+template <typename C, typename F>
+absl::Status WithStep(OptimizerKind kind, F&& f) {
+  switch (kind) {
+    case OptimizerKind::kGradientDescent:
+      return f(StepConstant<C, &GradientDescentStep<C>>{});
+    case OptimizerKind::kMomentum:
+      return f(StepConstant<C, &MomentumStep<C>>{});
+    case OptimizerKind::kAdagrad:
+      return f(StepConstant<C, &AdagradStep<C>>{});
+    case OptimizerKind::kAdam:
+      return f(StepConstant<C, &AdamStep<C>>{});
+    case OptimizerKind::kRMSProp:
+      return f(StepConstant<C, &RMSPropStep<C>>{});
+    case OptimizerKind::kCenteredRMSProp:
+      return f(StepConstant<C, &CenteredRMSPropStep<C>>{});
+    case OptimizerKind::kFtrl:
+      return f(StepConstant<C, &FtrlStep<C>>{});
+  }
+  return absl::InternalError(absl::StrCat("unknown optimizer kind ", static_cast<int>(kind)));
+}
+
+// The distinct rows of a sparse gradient, in order of first arrival, with
+// how often each arrived and which distinct row each position updates.
+//
+// Built with one pass over the indices through an open-addressing hash
+// table, not a sort: the update needs duplicates summed in arrival order,
+// not the rows in index order, and most indices of a recommendation batch
+// occur once.
+class RowGroups {
+ public:
+  void Build(absl::Span<const int64_t> indices) {
+    const size_t n = indices.size();
+    size_t capacity = 16;
+    while (capacity < 2 * n) capacity *= 2;  // load factor <= 1/2
+    shift_ = 64 - __builtin_ctzll(capacity);
+    table_.assign(capacity, -1);
+    unique_.clear();
+    first_.clear();
+    count_.clear();
+    of_.resize(n);
+    const size_t mask = capacity - 1;
+    for (size_t k = 0; k < n; ++k) {
+      const int64_t index = indices[k];
+      size_t slot = Hash(index);
+      while (true) {
+        int64_t u = table_[slot];
+        if (u < 0) {  // first arrival
+          u = static_cast<int64_t>(unique_.size());
+          table_[slot] = u;
+          unique_.push_back(index);
+          first_.push_back(static_cast<int64_t>(k));
+          count_.push_back(1);
+          of_[k] = u;
+          break;
+        }
+        if (unique_[u] == index) {
+          ++count_[u];
+          of_[k] = u;
+          break;
+        }
+        slot = (slot + 1) & mask;
+      }
+    }
+  }
+
+  size_t size() const { return unique_.size(); }
+  int64_t index(size_t u) const { return unique_[u]; }
+  int64_t first(size_t u) const { return first_[u]; }  // position of its first arrival
+  int64_t count(size_t u) const { return count_[u]; }
+  int64_t of(size_t k) const { return of_[k]; }  // distinct row of position k
+
+ private:
+  size_t Hash(int64_t index) const {
+    return static_cast<size_t>((static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull) >> shift_);
+  }
+
+  int shift_ = 0;
+  std::vector<int64_t> table_;   // distinct-row number per slot, -1 empty
+  std::vector<int64_t> unique_;  // distinct indices, in order of first arrival
+  std::vector<int64_t> first_;   // per distinct row
+  std::vector<int64_t> count_;   // per distinct row
+  std::vector<int64_t> of_;      // per position
+};
+
 // A thread's scratch for sparse updates: grows to the largest request the
-// thread has served and is kept for the next.
+// thread has served and is kept for the next (a fresh allocation per call
+// costs more in page faults than the update itself).
 template <typename C>
 struct SparseScratch {
-  std::vector<std::pair<int64_t, int64_t>> order;  // (index, position)
-  std::vector<int64_t> unique;
-  std::vector<C> sums;
+  RowGroups groups;
+  std::vector<int64_t> sum_of;  // per distinct row: its row in `sums`, or -1
+  std::vector<C> sums;          // summed gradients of rows that arrived more than once
 };
 template <typename C>
 SparseScratch<C>& ThreadScratch() {
@@ -328,10 +409,12 @@ absl::Status CpuApplyOptimizerDense(const OptimizerParams& params, DataType dtyp
           using C = ComputeType<T>;
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
-          RunStep<T>(StepFor<C>(params.kind), CoefficientsFor<C>(params),
-                     static_cast<T*>(var->data()), slot_data, static_cast<int>(slots.size()),
-                     WireGradient<T>{static_cast<const unsigned char*>(grad)}, n);
-          return absl::OkStatus();
+          return WithStep<C>(params.kind, [&](auto step) {
+            RunStep<T>(step, CoefficientsFor<C>(params), static_cast<T*>(var->data()), slot_data,
+                       static_cast<int>(slots.size()),
+                       WireGradient<T>{static_cast<const unsigned char*>(grad)}, n);
+            return absl::OkStatus();
+          });
         } else {
           return Unsupported(dtype);
         }
@@ -356,69 +439,75 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
         using T = decltype(t);
         if constexpr (std::is_floating_point_v<T> || kIsFloat16<T>) {
           using C = ComputeType<T>;
-          // Group duplicate indices, in arrival order within a group (so each
-          // row's sum adds in the order the rows arrived), and sum their rows
-          // in the compute type. The scratch is this thread's, reused across
-          // calls: a fresh megabyte per call costs more in page faults than
-          // the update itself.
           SparseScratch<C>& scratch = ThreadScratch<C>();
-          auto& order = scratch.order;
-          order.resize(indices.size());
-          for (size_t k = 0; k < indices.size(); ++k) {
-            order[k] = {indices[k], static_cast<int64_t>(k)};
+          const RowGroups& groups = scratch.groups;
+          scratch.groups.Build(indices);
+          const size_t distinct = groups.size();
+          // Sum the gradients of rows that arrived more than once, in the
+          // compute type and in arrival order (the first converted, each
+          // later one added), as TensorFlow sums duplicate indices before a
+          // sparse apply. One pass in position order reads the gradient
+          // sequentially; rows that arrived once are read where they lie.
+          auto& sum_of = scratch.sum_of;
+          sum_of.assign(distinct, -1);
+          int64_t summed = 0;
+          for (size_t u = 0; u < distinct; ++u) {
+            if (groups.count(u) > 1) sum_of[u] = summed++;
           }
-          std::sort(order.begin(), order.end());
-          auto& unique = scratch.unique;
-          unique.clear();
-          for (const auto& [index, k] : order) {
-            if (unique.empty() || unique.back() != index) unique.push_back(index);
-          }
-          const size_t sum_elements = unique.size() * static_cast<size_t>(row_elements);
+          const size_t sum_elements = static_cast<size_t>(summed * row_elements);
           if (scratch.sums.size() < sum_elements) scratch.sums.resize(sum_elements);
           C* const sums = scratch.sums.data();
           const auto* in = static_cast<const unsigned char*>(values);
           const size_t row_bytes = static_cast<size_t>(row_elements) * sizeof(T);
-          WireGradient<T> wire{nullptr};
-          alignas(64) C buffer[kBlock];
-          size_t u = 0;
-          for (size_t j = 0; j < order.size(); ++j) {
-            const int64_t k = order[j].second;
-            const bool first = j == 0 || order[j - 1].first != order[j].first;
-            if (first && j > 0) ++u;
-            C* sum = sums + u * row_elements;
-            wire.bytes = in + static_cast<size_t>(k) * row_bytes;
-            for (int64_t off = 0; off < row_elements; off += kBlock) {
-              const int64_t m = std::min(kBlock, row_elements - off);
-              const C* g = wire.Block(off, m, buffer);
-              if (first) {
-                std::copy(g, g + m, sum + off);
-              } else {
-                for (int64_t i = 0; i < m; ++i) sum[off + i] += g[i];
+          if (summed > 0) {
+            alignas(64) C buffer[kBlock];
+            for (size_t k = 0; k < indices.size(); ++k) {
+              const int64_t u = groups.of(k);
+              if (sum_of[u] < 0) continue;
+              C* sum = sums + sum_of[u] * row_elements;
+              const WireGradient<T> row{in + k * row_bytes};
+              const C* direct = row.Direct();
+              for (int64_t off = 0; off < row_elements; off += kBlock) {
+                const int64_t m = std::min(kBlock, row_elements - off);
+                const C* g = direct != nullptr ? direct + off : row.Block(off, m, buffer);
+                if (groups.first(u) == static_cast<int64_t>(k)) {
+                  std::copy(g, g + m, sum + off);
+                } else {
+                  for (int64_t i = 0; i < m; ++i) sum[off + i] += g[i];
+                }
               }
             }
           }
-          const StepFn<C> step = StepFor<C>(params.kind);
           const Coefficients<C> h = CoefficientsFor<C>(params);
           T* const var_data = static_cast<T*>(var->data());
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
           const int num_slots = static_cast<int>(slots.size());
-          constexpr size_t kAhead = 16;  // rows prefetched ahead of the update
-          auto prefetch = [&](size_t r) {
-            const int64_t base = unique[r] * row_elements;
-            PrefetchRow(var_data + base, row_elements);
-            for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
-          };
-          for (size_t r = 0; r < std::min(kAhead, unique.size()); ++r) prefetch(r);
-          for (size_t r = 0; r < unique.size(); ++r) {
-            if (r + kAhead < unique.size()) prefetch(r + kAhead);
-            const int64_t base = unique[r] * row_elements;
-            T* row_slots[kMaxSlots] = {nullptr, nullptr, nullptr};
-            for (int k = 0; k < num_slots; ++k) row_slots[k] = slot_data[k] + base;
-            RunStep<T>(step, h, var_data + base, row_slots, num_slots,
-                       ComputedGradient<T>{sums + r * row_elements}, row_elements);
-          }
-          return absl::OkStatus();
+          return WithStep<C>(params.kind, [&](auto step) {
+            // Rows lie scattered over large buffers, so each is a cache
+            // miss: ask for rows kAhead distinct rows before updating them.
+            constexpr size_t kAhead = 16;
+            auto prefetch = [&](size_t u) {
+              const int64_t base = groups.index(u) * row_elements;
+              PrefetchRow(var_data + base, row_elements);
+              for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
+            };
+            for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
+            for (size_t u = 0; u < distinct; ++u) {
+              if (u + kAhead < distinct) prefetch(u + kAhead);
+              const int64_t base = groups.index(u) * row_elements;
+              T* row_slots[kMaxSlots] = {nullptr, nullptr, nullptr};
+              for (int k = 0; k < num_slots; ++k) row_slots[k] = slot_data[k] + base;
+              if (sum_of[u] < 0) {
+                RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+                           WireGradient<T>{in + groups.first(u) * row_bytes}, row_elements);
+              } else {
+                RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+                           ComputedGradient<T>{sums + sum_of[u] * row_elements}, row_elements);
+              }
+            }
+            return absl::OkStatus();
+          });
         } else {
           return Unsupported(dtype);
         }

@@ -373,6 +373,123 @@ TEST_P(OptimizerKernelsTest, SparseSumsDuplicatesThenUpdatesEachRowOnce) {
   }
 }
 
+// The sum of `values` (already representable in `dtype`) as the kernels
+// form it: in the compute type (double for float64, float otherwise), the
+// first value converted and each later one added, in order.
+double SumInComputeType(DataType dtype, const std::vector<double>& values) {
+  if (dtype == DT_DOUBLE) {
+    double sum = values[0];
+    for (size_t k = 1; k < values.size(); ++k) sum += values[k];
+    return sum;
+  }
+  float sum = static_cast<float>(values[0]);
+  for (size_t k = 1; k < values.size(); ++k) sum += static_cast<float>(values[k]);
+  return sum;
+}
+
+// A sparse apply equals, bit for bit, a dense apply of each distinct row
+// with that row's gradients summed in arrival order in the compute type:
+// for rows that arrive once (read from the wire) and rows that arrive many
+// times interleaved with others (summed first), for many more indices than
+// the kernel's smallest dedup table, for rows narrower than a vector tail
+// and wider than a kernel block, and with the gradient aligned or not.
+// Float16 and bfloat16 gradients are multiples of 1/8 small enough that
+// their sums are exact in the dtype, so the dense apply can be given them.
+TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
+  const auto& [c, dtype] = GetParam();
+  const int num_slots = NumOptimizerSlots(c.params.kind);
+  const size_t elem = DataTypeSize(dtype);
+  const bool exact_sums_only = dtype == DT_HALF || dtype == DT_BFLOAT16;
+  for (const int64_t cols : {int64_t{37}, int64_t{1100}}) {
+    SCOPED_TRACE("cols " + std::to_string(cols));
+    const int64_t rows = 300;
+    // Rows 0-4 arrive ten times each, every fourth position; 150 others
+    // once each.
+    std::vector<int64_t> indices;
+    for (int64_t k = 0; k < 200; ++k) {
+      indices.push_back(k % 4 == 0 ? (k / 4) % 5 : 5 + (k * 37) % 295);
+    }
+    std::vector<double> values(indices.size() * cols);
+    for (size_t k = 0; k < values.size(); ++k) {
+      values[k] = exact_sums_only ? static_cast<double>(static_cast<int64_t>(k * 7 % 17) - 8) / 8
+                                  : Round(dtype, Gradient(2, static_cast<int64_t>(k)));
+    }
+    std::vector<double> var_init(rows * cols);
+    for (int64_t i = 0; i < rows * cols; ++i) var_init[i] = VarInit(i);
+    std::vector<std::vector<double>> slot_init(num_slots);
+    for (int k = 0; k < num_slots; ++k) {
+      slot_init[k].assign(rows * cols, c.slot_init[k]);
+      // Vary the slots too, keeping each optimizer's accumulators positive.
+      for (int64_t i = 0; i < rows * cols; ++i) slot_init[k][i] *= 1 + 0.25 * std::sin(0.1 * i);
+    }
+
+    // Expected: the dense kernel on a copy of each distinct row.
+    std::string want_var = Encode(dtype, var_init);
+    std::vector<std::string> want_slots;
+    for (auto& s : slot_init) want_slots.push_back(Encode(dtype, s));
+    std::vector<std::vector<size_t>> arrivals(rows);
+    for (size_t k = 0; k < indices.size(); ++k) arrivals[indices[k]].push_back(k);
+    for (int64_t row = 0; row < rows; ++row) {
+      if (arrivals[row].empty()) continue;
+      std::vector<double> sum(cols);
+      for (int64_t j = 0; j < cols; ++j) {
+        std::vector<double> parts;
+        for (size_t k : arrivals[row]) parts.push_back(values[k * cols + j]);
+        sum[j] = SumInComputeType(dtype, parts);
+        ASSERT_EQ(Round(dtype, sum[j]), sum[j]) << "the test's sums must be exact in the dtype";
+      }
+      const size_t at = row * cols * elem, len = cols * elem;
+      auto var_row = device_->Allocate(len);
+      ASSERT_TRUE(var_row.ok());
+      ASSERT_TRUE(device_->CopyFromHost(&want_var[at], len, var_row->get(), 0).ok());
+      std::vector<std::unique_ptr<DeviceBuffer>> slot_rows;
+      std::vector<DeviceBuffer*> slot_row_ptrs;
+      for (int k = 0; k < num_slots; ++k) {
+        auto b = device_->Allocate(len);
+        ASSERT_TRUE(b.ok());
+        ASSERT_TRUE(device_->CopyFromHost(&want_slots[k][at], len, b->get(), 0).ok());
+        slot_rows.push_back(std::move(b).value());
+        slot_row_ptrs.push_back(slot_rows.back().get());
+      }
+      const std::string grad = Encode(dtype, sum);
+      ASSERT_TRUE(device_->ApplyOptimizerDense(c.params, dtype, var_row->get(), slot_row_ptrs,
+                                               grad.data(), cols)
+                      .ok());
+      std::memcpy(&want_var[at], (*var_row)->data(), len);
+      for (int k = 0; k < num_slots; ++k) std::memcpy(&want_slots[k][at], slot_rows[k]->data(), len);
+    }
+
+    for (const int offset : {0, 1}) {
+      SCOPED_TRACE("gradient offset " + std::to_string(offset));
+      auto var_buffer = Buffer(dtype, var_init);
+      std::vector<std::unique_ptr<DeviceBuffer>> slot_buffers;
+      std::vector<DeviceBuffer*> slot_ptrs;
+      for (auto& s : slot_init) {
+        slot_buffers.push_back(Buffer(dtype, s));
+        slot_ptrs.push_back(slot_buffers.back().get());
+      }
+      const std::string bytes = std::string(offset, ' ') + Encode(dtype, values);
+      ASSERT_TRUE(device_->ApplyOptimizerSparse(c.params, dtype, var_buffer.get(), slot_ptrs, cols,
+                                                indices, bytes.data() + offset)
+                      .ok());
+      auto first_difference = [&](const std::string& want, const DeviceBuffer& got) -> int64_t {
+        for (int64_t i = 0; i < rows * cols; ++i) {
+          if (std::memcmp(&want[i * elem], static_cast<const char*>(got.data()) + i * elem,
+                          elem) != 0) {
+            return i;
+          }
+        }
+        return -1;
+      };
+      EXPECT_EQ(first_difference(want_var, *var_buffer), -1) << "var element differs";
+      for (int k = 0; k < num_slots; ++k) {
+        EXPECT_EQ(first_difference(want_slots[k], *slot_buffers[k]), -1)
+            << "slot " << k << " element differs";
+      }
+    }
+  }
+}
+
 std::string CaseName(const ::testing::TestParamInfo<std::tuple<Case, DataType>>& info) {
   return std::get<0>(info.param).name + "_" + DataTypeName(std::get<1>(info.param));
 }
