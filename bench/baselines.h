@@ -29,16 +29,18 @@ double AxpyGBps(size_t bytes, int reps);
 // a `rows` x `cols` table (single thread), best of `reps`.
 double ScatterAddRowsPerSecond(int64_t rows, int64_t cols, const std::vector<int64_t>& indices,
                                int reps);
-// The same over several batches in turn (each rep runs all of them), so the
-// loop meets the rows a server meets across a run of batches, not one
-// batch's rows hot in cache.
+// The same over several batches in turn, each with its own update rows
+// (each rep runs all of them), so the loop meets the rows a server meets
+// across a run of requests, not one batch's rows hot in cache. The tables
+// here and below are laid out as a shard's variables (aligned, huge pages
+// advised).
 double ScatterAddRowsPerSecond(int64_t rows, int64_t cols,
                                const std::vector<std::vector<int64_t>>& batches, int reps);
 
 // Rows/s of a plain sparse Adagrad loop (single thread) over a `rows` x
 // `cols` float32 variable and its accumulator (starting at 0 and 0.1, as the
-// bench's table), running `batches` in turn with a gradient of 0.01 in
-// every element: row by row, duplicates applied one after another in
+// bench's table), running `batches` in turn, each with its own gradient of
+// 0.01 in every element: row by row, duplicates applied one after another in
 // arrival order as TensorFlow's SparseApplyAdagrad kernel does,
 // accum += g * g; var -= g * lr / sqrt(accum). Best of `reps` (each runs
 // all batches).
