@@ -38,6 +38,8 @@ const char* KindName(InitializerSpec::KindCase kind) {
       return "uniform_unit_scaling";
     case InitializerSpec::kDefaultInitializer:
       return "default_initializer";
+    case InitializerSpec::kFromVariable:
+      return "from_variable";
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
@@ -367,6 +369,7 @@ absl::StatusOr<InitializerPlan> PlanTyped(const InitializerSpec& spec, DataType 
         return uniform(-limit, limit);
       }
       return plan;  // zeros
+    case InitializerSpec::kFromVariable:  // refused by ValidateInitializer
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
@@ -477,6 +480,12 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
     }
     case InitializerSpec::kUniformUnitScaling:
       return ValidateUnitScaling(where, spec.uniform_unit_scaling(), dtype, full_shape);
+    case InitializerSpec::kFromVariable:
+      // Filled by the shard from the source variable's value (the store's
+      // initialization path), never by a device initializer.
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": is initialized from variable '", spec.from_variable().source(),
+          "' by its shard, not by a device initializer"));
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
