@@ -74,6 +74,17 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op) {
   Release();
 }
 
+ShardService::ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
+    : shard_id_(shard_id), incarnation_(incarnation), store_(store), checkpointer_(store) {
+  SetMessageAllocatorFor_Read(&read_messages_);
+  SetMessageAllocatorFor_Gather(&gather_messages_);
+  SetMessageAllocatorFor_Assign(&assign_messages_);
+  SetMessageAllocatorFor_Scatter(&scatter_messages_);
+  SetMessageAllocatorFor_CountUpTo(&count_up_to_messages_);
+  SetMessageAllocatorFor_ApplyDense(&apply_dense_messages_);
+  SetMessageAllocatorFor_ApplySparse(&apply_sparse_messages_);
+}
+
 bool ShardService::WaitForIdle(absl::Time deadline) const {
   while (in_flight_.load() > 0) {
     if (absl::Now() >= deadline) return false;

@@ -28,6 +28,7 @@
 
 #include "psd/shard.grpc.pb.h"
 #include "absl/base/call_once.h"
+#include "shard/message_pool.h"
 #include "shard/peer_reader.h"
 #include "shard/shard_checkpoint.h"
 #include "shard/variable_store.h"
@@ -47,8 +48,7 @@ using ShardServiceBase = Shard::WithRawCallbackMethod_ReadStream<
 
 class ShardService final : public ShardServiceBase {
  public:
-  ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
-      : shard_id_(shard_id), incarnation_(incarnation), store_(store), checkpointer_(store) {}
+  ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store);
 
   grpc::ServerUnaryReactor* GetShardInfo(grpc::CallbackServerContext* ctx,
                                          const GetShardInfoRequest* request,
@@ -159,6 +159,16 @@ class ShardService final : public ShardServiceBase {
   absl::Status FetchSources(const InitializeVariablesRequest& request,
                             std::chrono::system_clock::time_point deadline,
                             VariableStore::SourceValues* values);
+
+  // Recycled request/response pairs of the per-op unary methods (see
+  // message_pool.h), so a small op allocates no messages.
+  RecyclingMessageAllocator<ReadRequest, ReadResponse> read_messages_;
+  RecyclingMessageAllocator<GatherRequest, GatherResponse> gather_messages_;
+  RecyclingMessageAllocator<AssignRequest, AssignResponse> assign_messages_;
+  RecyclingMessageAllocator<ScatterRequest, ScatterResponse> scatter_messages_;
+  RecyclingMessageAllocator<CountUpToRequest, CountUpToResponse> count_up_to_messages_;
+  RecyclingMessageAllocator<ApplyDenseRequest, ApplyDenseResponse> apply_dense_messages_;
+  RecyclingMessageAllocator<ApplySparseRequest, ApplySparseResponse> apply_sparse_messages_;
 
   const int32_t shard_id_;
   const uint64_t incarnation_;
