@@ -473,6 +473,13 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
           if (summed > 0) {
             alignas(64) C buffer[kBlock];
             for (size_t k = 0; k < indices.size(); ++k) {
+              // The gradient spans many small pages, where the hardware's
+              // stream prefetch stops; this pass also warms the rows read
+              // straight from the wire below.
+              constexpr size_t kWireAhead = 8;
+              if (k + kWireAhead < indices.size()) {
+                PrefetchRow(in + (k + kWireAhead) * row_bytes, row_bytes);
+              }
               const int64_t u = groups.of(k);
               if (sum_of[u] < 0) continue;
               C* sum = sums + sum_of[u] * row_elements;
@@ -502,6 +509,7 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
               const int64_t base = groups.index(u) * row_elements;
               PrefetchRow(var_data + base, row_elements);
               for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
+              if (summed == 0) PrefetchRow(in + groups.first(u) * row_bytes, row_bytes);
             };
             for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
             for (size_t u = 0; u < distinct; ++u) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "device/device.h"
@@ -391,8 +392,9 @@ double SumInComputeType(DataType dtype, const std::vector<double>& values) {
 // with that row's gradients summed in arrival order in the compute type:
 // for rows that arrive once (read from the wire) and rows that arrive many
 // times interleaved with others (summed first), for many more indices than
-// the kernel's smallest dedup table, for rows narrower than a vector tail
-// and wider than a kernel block, and with the gradient aligned or not.
+// the kernel's smallest dedup table, for batches without duplicates, for
+// rows narrower than a vector tail and wider than a kernel block, and with
+// the gradient aligned or not.
 // Float16 and bfloat16 gradients are multiples of 1/8 small enough that
 // their sums are exact in the dtype, so the dense apply can be given them.
 TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
@@ -400,14 +402,17 @@ TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
   const int num_slots = NumOptimizerSlots(c.params.kind);
   const size_t elem = DataTypeSize(dtype);
   const bool exact_sums_only = dtype == DT_HALF || dtype == DT_BFLOAT16;
-  for (const int64_t cols : {int64_t{37}, int64_t{1100}}) {
-    SCOPED_TRACE("cols " + std::to_string(cols));
+  const std::vector<std::pair<int64_t, bool>> shapes = {
+      {37, false}, {37, true}, {1100, false}, {1100, true}};  // (cols, all distinct)
+  for (const auto& [cols, distinct] : shapes) {
+    SCOPED_TRACE("cols " + std::to_string(cols) + (distinct ? ", all distinct" : ", duplicates"));
     const int64_t rows = 300;
-    // Rows 0-4 arrive ten times each, every fourth position; 150 others
-    // once each.
+    // With duplicates: rows 0-4 arrive ten times each, every fourth
+    // position, and 150 others once each. Else 200 rows once each.
     std::vector<int64_t> indices;
     for (int64_t k = 0; k < 200; ++k) {
-      indices.push_back(k % 4 == 0 ? (k / 4) % 5 : 5 + (k * 37) % 295);
+      indices.push_back(distinct ? (k * 37) % rows
+                                 : (k % 4 == 0 ? (k / 4) % 5 : 5 + (k * 37) % 295));
     }
     std::vector<double> values(indices.size() * cols);
     for (size_t k = 0; k < values.size(); ++k) {
@@ -452,11 +457,13 @@ TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
         slot_row_ptrs.push_back(slot_rows.back().get());
       }
       const std::string grad = Encode(dtype, sum);
-      ASSERT_TRUE(device_->ApplyOptimizerDense(c.params, dtype, var_row->get(), slot_row_ptrs,
-                                               grad.data(), cols)
+      ASSERT_TRUE(device_
+                      ->ApplyOptimizerDense(c.params, dtype, var_row->get(), slot_row_ptrs,
+                                            grad.data(), cols)
                       .ok());
       std::memcpy(&want_var[at], (*var_row)->data(), len);
-      for (int k = 0; k < num_slots; ++k) std::memcpy(&want_slots[k][at], slot_rows[k]->data(), len);
+      for (int k = 0; k < num_slots; ++k)
+        std::memcpy(&want_slots[k][at], slot_rows[k]->data(), len);
     }
 
     for (const int offset : {0, 1}) {
@@ -469,13 +476,14 @@ TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
         slot_ptrs.push_back(slot_buffers.back().get());
       }
       const std::string bytes = std::string(offset, ' ') + Encode(dtype, values);
-      ASSERT_TRUE(device_->ApplyOptimizerSparse(c.params, dtype, var_buffer.get(), slot_ptrs, cols,
-                                                indices, bytes.data() + offset)
+      ASSERT_TRUE(device_
+                      ->ApplyOptimizerSparse(c.params, dtype, var_buffer.get(), slot_ptrs, cols,
+                                             indices, bytes.data() + offset)
                       .ok());
       auto first_difference = [&](const std::string& want, const DeviceBuffer& got) -> int64_t {
         for (int64_t i = 0; i < rows * cols; ++i) {
-          if (std::memcmp(&want[i * elem], static_cast<const char*>(got.data()) + i * elem,
-                          elem) != 0) {
+          if (std::memcmp(&want[i * elem], static_cast<const char*>(got.data()) + i * elem, elem) !=
+              0) {
             return i;
           }
         }
