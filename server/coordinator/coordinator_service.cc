@@ -256,29 +256,25 @@ absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
     for (const auto& [name, def] : defs) {
       for (const VariablePart& part : def.parts()) {
         auto it = shards_.find(part.shard_id());
-        std::string problem;
+        std::string problem;  // why the part cannot take part, or empty
         if (uncreated_parts_.count(part.name()) > 0) {
-          problem = "was never created there (it is created again on the next get_variable)";
+          problem = absl::StrCat("is unavailable: its creation on shard ", part.shard_id(),
+                                 " failed (it is created again on the next get_variable)");
         } else if (it == shards_.end()) {
-          problem = "is not registered";
+          problem = absl::StrCat("is unavailable: shard ", part.shard_id(), " is not registered");
         } else if (it->second.lost_parts.count(part.name()) > 0) {
-          problem = "restarted without it; restore it";
+          problem = absl::StrCat("is lost: shard ", part.shard_id(), " (", it->second.address,
+                                 ") restarted without it; restore it");
         }
         if (problem.empty()) {
           where[part.name()] = {part.shard_id(), it->second.address, it->second.incarnation};
           continue;
         }
-        std::string status = absl::StrCat(
-            "part ", part.name(), " of variable ", name, " is ",
-            it == shards_.end() || uncreated_parts_.count(part.name()) > 0 ? "unavailable"
-                                                                            : "lost",
-            ": shard ", part.shard_id(),
-            it == shards_.end() ? std::string() : absl::StrCat(" (", it->second.address, ")"),
-            " ", problem);
-        // Say which initialization needs it when it is only a source.
+        std::string status = absl::StrCat("part ", part.name(), " of variable ", name, " ", problem);
+        // Name the initialization that needs it when it is only a source.
         for (const auto& [target, tdef] : defs) {
-          if (tdef.initializer().has_from_variable() &&
-              tdef.initializer().from_variable().source() == name && listed.count(name) == 0) {
+          if (listed.count(name) == 0 && tdef.initializer().has_from_variable() &&
+              tdef.initializer().from_variable().source() == name) {
             status = absl::StrCat("cannot initialize ", target, " from ", name, ": ", status);
             break;
           }

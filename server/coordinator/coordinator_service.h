@@ -3,7 +3,10 @@
 // (registration, heartbeats, liveness, lost parts), turns registry entries
 // into handles (each part with its shard's address and incarnation), and
 // creates a new variable's parts on their shards (Shard.CreateVariable with
-// the part's SliceInfo). It is never on the data path.
+// the part's SliceInfo). It orders the initialization of variables
+// initialized from another (sources first, telling each target shard where
+// its source part lives); the values then move shard to shard. It is never
+// on the data path.
 //
 // Liveness is computed when asked: a shard whose last registration or
 // heartbeat is older than `liveness_timeout` is not live and gets no new
@@ -14,9 +17,9 @@
 // UNAVAILABLE and WaitForIdle() waits for running ones.
 //
 // Thread-safety: thread-safe. The registry has its own lock; membership is
-// guarded by mu_, never held across an RPC to a shard. Part creation calls
-// the shards synchronously from the handler thread (bounded by
-// `shard_rpc_timeout`).
+// guarded by mu_, never held across an RPC to a shard. Part creation and
+// ordered initialization call the shards synchronously from the handler
+// thread (bounded by `shard_rpc_timeout` per call).
 #ifndef PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
 #define PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
 

@@ -22,6 +22,10 @@
 //  * Colocation: a declaration may name a primary variable to sit beside
 //    (an optimizer's slots, `v/Adam/part_K` on the shard of `v/part_K`);
 //    placement then follows the primary's parts instead of byte balancing.
+//  * Initialization from another variable (InitializerSpec.FromVariable):
+//    the source must be declared already (or earlier in the batch), be
+//    another variable of the same dtype, shape and part shapes, and not
+//    lead back to the new name (no cycles).
 //
 // With a state directory every mutation is logged (RegistryLog) before it is
 // applied and acknowledged: declarations, deletions and session open/close
