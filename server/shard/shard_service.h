@@ -12,6 +12,11 @@
 // handler threads stay free for the coordinator's Unfence. A fence pause is
 // then as long as the coordinator needs, not as long as its lease.
 //
+// Initialization from another variable: an InitializeVariables request that
+// names source parts (the coordinator's) reads them on a thread of its own,
+// from this store or from the source's shard (PeerReader, node
+// credentials), then runs as any other write.
+//
 // Thread-safety: thread-safe; the store does all synchronization. Handlers
 // run to completion without blocking on other RPCs and hold no lock across a
 // reactor callback.
