@@ -78,6 +78,15 @@ absl::StatusOr<TensorShape> ValidateTensorProto(const TensorProto& proto, absl::
   return shape;
 }
 
+absl::StatusOr<TensorShape> ValidateTensorProto(const TensorProto& proto,
+                                                absl::FunctionRef<std::string()> what) {
+  // The checks are deterministic: run them without a description, and only
+  // a failure again with one.
+  absl::StatusOr<TensorShape> shape = ValidateTensorProto(proto, absl::string_view());
+  if (shape.ok()) return shape;
+  return ValidateTensorProto(proto, what());
+}
+
 absl::StatusOr<std::vector<std::string>> DecodeStrings(absl::string_view content,
                                                        int64_t num_elements,
                                                        absl::string_view what) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "psd/tensor.h"
@@ -21,6 +22,10 @@ void ShapeToProto(const TensorShape& shape, TensorShapeProto* proto);
 // Checks a received tensor without copying its content and returns its
 // shape. For DT_STRING it also checks the length prefix encoding.
 absl::StatusOr<TensorShape> ValidateTensorProto(const TensorProto& proto, absl::string_view what);
+// The same with `what` built only if the check fails, so the hot path of a
+// small op formats no message.
+absl::StatusOr<TensorShape> ValidateTensorProto(const TensorProto& proto,
+                                                absl::FunctionRef<std::string()> what);
 
 // Decodes (copying the bytes) after the checks of ValidateTensorProto.
 absl::StatusOr<Tensor> TensorFromProto(const TensorProto& proto, absl::string_view what);

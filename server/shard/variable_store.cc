@@ -867,8 +867,9 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
                                                    DataTypeName(var->dtype), ", value is ",
                                                    DataTypeName(value.dtype())));
   }
-  PSD_ASSIGN_OR_RETURN(TensorShape value_shape,
-                       ValidateTensorProto(value, absl::StrCat("value for ", Quoted(name))));
+  PSD_ASSIGN_OR_RETURN(
+      TensorShape value_shape,
+      ValidateTensorProto(value, [&] { return absl::StrCat("value for ", Quoted(name)); }));
 
   absl::MutexLock lock(&var->mu);
   if (kind != UpdateKind::kAssign) PSD_RETURN_IF_ERROR(CheckInitialized(*var));

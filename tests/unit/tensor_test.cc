@@ -86,6 +86,23 @@ TEST(TensorTest, UnknownDtypeIsNamed) {
   EXPECT_THAT(t.status().message(), HasSubstr("unsupported dtype dtype(8)"));
 }
 
+TEST(TensorTest, LazyDescriptionIsBuiltOnlyForAFailure) {
+  TensorProto proto;
+  TensorToProto(Tensor::Scalar<float>(2.0f), &proto);
+  int built = 0;
+  auto describe = [&] {
+    ++built;
+    return std::string("value for variable 'v'");
+  };
+  EXPECT_TRUE(ValidateTensorProto(proto, describe).ok());
+  EXPECT_EQ(built, 0);
+  proto.mutable_content()->push_back('x');
+  auto bad = ValidateTensorProto(proto, describe);
+  EXPECT_EQ(built, 1);
+  EXPECT_EQ(bad.status(), ValidateTensorProto(proto, "value for variable 'v'").status());
+  EXPECT_THAT(bad.status().message(), HasSubstr("value for variable 'v': content has 5 bytes"));
+}
+
 TEST(TensorTest, FromBytesAdoptsExactlyTheElementBytes) {
   std::string bytes(12, '\0');
   const float values[3] = {1.5f, -2.0f, 3.25f};
