@@ -180,6 +180,27 @@ template <typename C>
 using StepFn = void (*)(const Coefficients<C>&, C* __restrict, C* const*, const C* __restrict,
                         int64_t);
 
+template <typename C>
+StepFn<C> StepFor(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kGradientDescent:
+      return &GradientDescentStep<C>;
+    case OptimizerKind::kMomentum:
+      return &MomentumStep<C>;
+    case OptimizerKind::kAdagrad:
+      return &AdagradStep<C>;
+    case OptimizerKind::kAdam:
+      return &AdamStep<C>;
+    case OptimizerKind::kRMSProp:
+      return &RMSPropStep<C>;
+    case OptimizerKind::kCenteredRMSProp:
+      return &CenteredRMSPropStep<C>;
+    case OptimizerKind::kFtrl:
+      return &FtrlStep<C>;
+  }
+  return nullptr;
+}
+
 template <typename T>
 constexpr bool kIsFloat16 = std::is_same_v<T, half> || std::is_same_v<T, bfloat16>;
 
@@ -227,11 +248,11 @@ struct ComputedGradient {
   }
 };
 
-// Runs `step` (a StepConstant) over n elements of var and its `num_slots`
-// slots, block by block.
-template <typename T, typename Gradient, typename Step>
-void RunStep(Step step, const Coefficients<ComputeType<T>>& h, T* var, T* const* slots,
-             int num_slots, const Gradient& grad, int64_t n) {
+// Runs `step` over n elements of var and its `num_slots` slots, block by
+// block.
+template <typename T, typename Gradient>
+void RunStep(StepFn<ComputeType<T>> step, const Coefficients<ComputeType<T>>& h, T* var,
+             T* const* slots, int num_slots, const Gradient& grad, int64_t n) {
   using C = ComputeType<T>;
   alignas(64) C gbuf[kBlock];
   if constexpr (kIsFloat16<T>) {
@@ -262,38 +283,6 @@ void RunStep(Step step, const Coefficients<ComputeType<T>>& h, T* var, T* const*
       step(h, var + off, sp, grad.Block(off, m, gbuf), m);
     }
   }
-}
-
-// The step of an optimizer as a type, so that a loop over many short rows
-// calls it directly (inlined) instead of through a pointer per row.
-template <typename C, StepFn<C> F>
-struct StepConstant {
-  void operator()(const Coefficients<C>& h, C* __restrict var, C* const* s,
-                  const C* __restrict g, int64_t m) const {
-    F(h, var, s, g, m);
-  }
-};
-
-// Calls f(StepConstant<C, step of `kind`>{}).
-template <typename C, typename F>
-absl::Status WithStep(OptimizerKind kind, F&& f) {
-  switch (kind) {
-    case OptimizerKind::kGradientDescent:
-      return f(StepConstant<C, &GradientDescentStep<C>>{});
-    case OptimizerKind::kMomentum:
-      return f(StepConstant<C, &MomentumStep<C>>{});
-    case OptimizerKind::kAdagrad:
-      return f(StepConstant<C, &AdagradStep<C>>{});
-    case OptimizerKind::kAdam:
-      return f(StepConstant<C, &AdamStep<C>>{});
-    case OptimizerKind::kRMSProp:
-      return f(StepConstant<C, &RMSPropStep<C>>{});
-    case OptimizerKind::kCenteredRMSProp:
-      return f(StepConstant<C, &CenteredRMSPropStep<C>>{});
-    case OptimizerKind::kFtrl:
-      return f(StepConstant<C, &FtrlStep<C>>{});
-  }
-  return absl::InternalError(absl::StrCat("unknown optimizer kind ", static_cast<int>(kind)));
 }
 
 // The distinct rows of a sparse gradient, in order of first arrival, with
@@ -420,12 +409,10 @@ absl::Status CpuApplyOptimizerDense(const OptimizerParams& params, DataType dtyp
           using C = ComputeType<T>;
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
-          return WithStep<C>(params.kind, [&](auto step) {
-            RunStep<T>(step, CoefficientsFor<C>(params), static_cast<T*>(var->data()), slot_data,
-                       static_cast<int>(slots.size()),
-                       WireGradient<T>{static_cast<const unsigned char*>(grad)}, n);
-            return absl::OkStatus();
-          });
+          RunStep<T>(StepFor<C>(params.kind), CoefficientsFor<C>(params),
+                     static_cast<T*>(var->data()), slot_data, static_cast<int>(slots.size()),
+                     WireGradient<T>{static_cast<const unsigned char*>(grad)}, n);
+          return absl::OkStatus();
         } else {
           return Unsupported(dtype);
         }
@@ -501,32 +488,33 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
           T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
           Slots(slots, slot_data);
           const int num_slots = static_cast<int>(slots.size());
-          return WithStep<C>(params.kind, [&](auto step) {
-            // Rows lie scattered over large buffers, so each is a cache
-            // miss: ask for rows kAhead distinct rows before updating them.
-            constexpr size_t kAhead = 16;
-            auto prefetch = [&](size_t u) {
-              const int64_t base = groups.index(u) * row_elements;
-              PrefetchRow(var_data + base, row_elements);
-              for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
-              if (summed == 0) PrefetchRow(in + groups.first(u) * row_bytes, row_bytes);
-            };
-            for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
-            for (size_t u = 0; u < distinct; ++u) {
-              if (u + kAhead < distinct) prefetch(u + kAhead);
-              const int64_t base = groups.index(u) * row_elements;
-              T* row_slots[kMaxSlots] = {nullptr, nullptr, nullptr};
-              for (int k = 0; k < num_slots; ++k) row_slots[k] = slot_data[k] + base;
-              if (sum_of[u] < 0) {
-                RunStep<T>(step, h, var_data + base, row_slots, num_slots,
-                           WireGradient<T>{in + groups.first(u) * row_bytes}, row_elements);
-              } else {
-                RunStep<T>(step, h, var_data + base, row_slots, num_slots,
-                           ComputedGradient<T>{sums + sum_of[u] * row_elements}, row_elements);
-              }
+          // One call per row through a pointer: the rows are memory-bound, and
+          // inlining the step into this loop measured no faster.
+          const StepFn<C> step = StepFor<C>(params.kind);
+          // Rows lie scattered over large buffers, so each is a cache
+          // miss: ask for rows kAhead distinct rows before updating them.
+          constexpr size_t kAhead = 16;
+          auto prefetch = [&](size_t u) {
+            const int64_t base = groups.index(u) * row_elements;
+            PrefetchRow(var_data + base, row_elements);
+            for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
+            if (summed == 0) PrefetchRow(in + groups.first(u) * row_bytes, row_bytes);
+          };
+          for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
+          for (size_t u = 0; u < distinct; ++u) {
+            if (u + kAhead < distinct) prefetch(u + kAhead);
+            const int64_t base = groups.index(u) * row_elements;
+            T* row_slots[kMaxSlots] = {nullptr, nullptr, nullptr};
+            for (int k = 0; k < num_slots; ++k) row_slots[k] = slot_data[k] + base;
+            if (sum_of[u] < 0) {
+              RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+                         WireGradient<T>{in + groups.first(u) * row_bytes}, row_elements);
+            } else {
+              RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+                         ComputedGradient<T>{sums + sum_of[u] * row_elements}, row_elements);
             }
-            return absl::OkStatus();
-          });
+          }
+          return absl::OkStatus();
         } else {
           return Unsupported(dtype);
         }
