@@ -1,9 +1,13 @@
 #include "observability/rpc_metrics.h"
 
 #include <chrono>
+#include <new>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -37,6 +41,50 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
+// Memory for interceptors. gRPC news one interceptor per call and deletes
+// it when the call ends; recycling the blocks keeps a small op's call free of
+// heap allocations on psd's side. At most kMaxIdle blocks are kept.
+class InterceptorBlocks {
+ public:
+  static void* Take(size_t size) {
+    InterceptorBlocks& self = Get();
+    {
+      absl::MutexLock lock(&self.mu_);
+      if (!self.idle_.empty()) {
+        void* block = self.idle_.back();
+        self.idle_.pop_back();
+        return block;
+      }
+    }
+    return ::operator new(size);
+  }
+  static void Give(void* block) {
+    InterceptorBlocks& self = Get();
+    {
+      absl::MutexLock lock(&self.mu_);
+      if (self.idle_.size() < kMaxIdle) {
+        self.idle_.push_back(block);
+        return;
+      }
+    }
+    ::operator delete(block);
+  }
+
+ private:
+  static constexpr size_t kMaxIdle = 1024;
+  static InterceptorBlocks& Get() {
+    // Never destroyed: calls may still end while the process exits.
+    static InterceptorBlocks* blocks = new InterceptorBlocks();
+    return *blocks;
+  }
+  InterceptorBlocks() {
+    absl::MutexLock lock(&mu_);
+    idle_.reserve(kMaxIdle);
+  }
+  absl::Mutex mu_;
+  std::vector<void*> idle_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
 
 using grpc::experimental::InterceptionHookPoints;
@@ -50,6 +98,10 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
         series_(metrics->SeriesFor(method)),
         context_(context),
         start_(std::chrono::steady_clock::now()) {}
+
+  // Every block has this (final) class's size.
+  static void* operator new(size_t size) { return InterceptorBlocks::Take(size); }
+  static void operator delete(void* block) { InterceptorBlocks::Give(block); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
