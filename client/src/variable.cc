@@ -1,6 +1,7 @@
 #include "psd/variable.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -132,19 +133,26 @@ std::vector<Tensor> SplitByParts(const Tensor& full, const VariableHandle& h) {
 }
 
 // The inverse of SplitByParts.
-Tensor ConcatParts(const std::vector<Tensor>& parts, const VariableHandle& h) {
+// The parts cover the variable, so every element of *full is written: its
+// buffer is reused when it fits.
+void ConcatPartsInto(const std::vector<Tensor>& parts, const VariableHandle& h, Tensor* full) {
   const std::vector<int64_t> dims = Dims(h.shape());
   const int axis = h.partition_axis();
   const int64_t outer = Product(dims, 0, axis);
   const int64_t inner = Product(dims, axis + 1, dims.size());
-  Tensor full(h.dtype(), TensorShape(dims));
+  full->ResetForOverwrite(h.dtype(), TensorShape(dims));
   for (int k = 0; k < h.parts_size(); ++k) {
     const int64_t len = h.parts(k).shape().dims(axis);
     const int64_t off = h.parts(k).offset(axis);
     for (int64_t o = 0; o < outer; ++o) {
-      CopyElements(parts[k], o * len * inner, &full, (o * dims[axis] + off) * inner, len * inner);
+      CopyElements(parts[k], o * len * inner, full, (o * dims[axis] + off) * inner, len * inner);
     }
   }
+}
+
+Tensor ConcatParts(const std::vector<Tensor>& parts, const VariableHandle& h) {
+  Tensor full;
+  ConcatPartsInto(parts, h, &full);
   return full;
 }
 
@@ -250,16 +258,42 @@ absl::Status Variable::Refresh() { return state_->Refresh(); }
 
 namespace {
 
-absl::StatusOr<Tensor> ReadFromShards(VariableState* state) {
+// The value into *out, reusing out's buffer when it fits: an unpartitioned
+// variable's straight from its shard's stream (ShardClient::ReadInto), a
+// partitioned one's parts read into temporaries and concatenated into it.
+absl::Status ReadFromShardsInto(VariableState* state, Tensor* out) {
   VariableHandle h = state->Snapshot();
+  if (!h.partitioned()) {
+    return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
+      return shard.ReadInto(p.name(), out);
+    });
+  }
   std::vector<Tensor> parts(h.parts_size());
   PSD_RETURN_IF_ERROR(
       state->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
         PSD_ASSIGN_OR_RETURN(parts[k], shard.Read(p.name()));
         return absl::OkStatus();
       }));
-  if (!h.partitioned()) return std::move(parts[0]);
-  return ConcatParts(parts, h);
+  ConcatPartsInto(parts, h, out);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> ReadFromShards(VariableState* state) {
+  Tensor out;
+  PSD_RETURN_IF_ERROR(ReadFromShardsInto(state, &out));
+  return out;
+}
+
+// *out becomes a copy of `value`, in out's buffer when it fits.
+void CopyInto(const Tensor& value, Tensor* out) {
+  if (value.dtype() == DT_STRING) {
+    *out = value;
+    return;
+  }
+  out->ResetForOverwrite(value.dtype(), value.shape());
+  if (!value.bytes().empty()) {
+    std::memcpy(out->mutable_bytes()->data(), value.bytes().data(), value.bytes().size());
+  }
 }
 
 // gather's result: indices.shape + the variable's shape[1:], and the
@@ -290,8 +324,11 @@ bool Variable::cached() const { return !state_->caching_device.empty(); }
 absl::Status Variable::RefreshCache() const {
   if (!cached()) return absl::OkStatus();
   absl::MutexLock lock(&state_->cache_mu);
-  state_->cache.reset();
-  return CachedValue(state_.get()).status();
+  if (!state_->cache.has_value()) return CachedValue(state_.get()).status();
+  // Refreshed in place: the copy's buffer is reused while the value fits it.
+  absl::Status s = ReadFromShardsInto(state_.get(), &*state_->cache);
+  if (!s.ok()) state_->cache.reset();  // never serve a half-written copy
+  return s;
 }
 
 absl::StatusOr<Tensor> Variable::Read() const {
@@ -301,6 +338,16 @@ absl::StatusOr<Tensor> Variable::Read() const {
     return *value;
   }
   return ReadFromShards(state_.get());
+}
+
+absl::Status Variable::ReadInto(Tensor* out) const {
+  if (cached()) {
+    absl::MutexLock lock(&state_->cache_mu);
+    PSD_ASSIGN_OR_RETURN(const Tensor* value, CachedValue(state_.get()));
+    CopyInto(*value, out);
+    return absl::OkStatus();
+  }
+  return ReadFromShardsInto(state_.get(), out);
 }
 
 absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {

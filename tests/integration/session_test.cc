@@ -369,6 +369,59 @@ TEST_F(SessionTest, CachingDeviceServesReadsFromTheClientUntilRefreshed) {
   EXPECT_FALSE(u.cached());
 }
 
+// Variable::ReadInto reuses the destination while the value fits it, for
+// plain, partitioned and cached variables; a refreshed cache is rewritten in
+// place.
+TEST_F(SessionTest, ReadIntoReusesTheDestination) {
+  ASSERT_OK_AND_ASSIGN(VariableScope scope, VariableScope::Enter(session_.get(), "into"));
+  GetVariableOptions o = Shape({300, 4});
+  o.initializer = init::RandomUniform(-1.0, 1.0, /*seed=*/5);
+  o.initialize = true;
+  ASSERT_OK_AND_ASSIGN(Variable plain, session_->GetVariable("plain", o));
+  o.partitioner = partitioners::FixedSize(2);
+  ASSERT_OK_AND_ASSIGN(Variable parted, session_->GetVariable("parted", o));
+  o.partitioner.reset();
+  o.caching_device = "/job:worker/cpu:0";
+  ASSERT_OK_AND_ASSIGN(Variable cached, session_->GetVariable("cached", o));
+  ASSERT_TRUE(IsOk(scope.Exit()));
+
+  for (Variable* v : {&plain, &parted, &cached}) {
+    SCOPED_TRACE(v->name());
+    Tensor into;
+    ASSERT_TRUE(IsOk(v->ReadInto(&into)));
+    ASSERT_OK_AND_ASSIGN(Tensor want, v->Read());
+    EXPECT_EQ(into, want);
+    const char* buffer = into.bytes().data();
+    // A write through the variable, then a read into the same tensor.
+    Tensor ones(DT_FLOAT, TensorShape{300, 4});
+    std::fill(ones.data<float>(), ones.data<float>() + 1200, 1.0f);
+    ASSERT_TRUE(IsOk(v->Assign(ones)));
+    ASSERT_TRUE(IsOk(v->ReadInto(&into)));
+    EXPECT_EQ(into, ones);
+    EXPECT_EQ(into.bytes().data(), buffer) << "a fitting destination was reallocated";
+  }
+
+  // A cache refreshed in place sees another trainer's write.
+  auto other = NewSession();
+  ASSERT_NE(other, nullptr);
+  ASSERT_OK_AND_ASSIGN(Variable theirs, other->GetVariable("into/cached", Shape({300, 4})));
+  Tensor twos(DT_FLOAT, TensorShape{300, 4});
+  std::fill(twos.data<float>(), twos.data<float>() + 1200, 2.0f);
+  ASSERT_TRUE(IsOk(theirs.Assign(twos)));
+  Tensor stale;
+  ASSERT_TRUE(IsOk(cached.ReadInto(&stale)));
+  EXPECT_NE(stale, twos);
+  ASSERT_TRUE(IsOk(cached.RefreshCache()));
+  ASSERT_TRUE(IsOk(cached.ReadInto(&stale)));
+  EXPECT_EQ(stale, twos);
+
+  // The suite shares one cluster, whose placement balances bytes: leave it
+  // as it was.
+  for (const char* name : {"into/plain", "into/parted", "into/cached"}) {
+    EXPECT_TRUE(IsOk(session_->DeleteVariable(name))) << name;
+  }
+}
+
 // tf.create_partitioned_variables: default names per session, parts under
 // the variable's name, reuse by name, and slicing checked first.
 TEST_F(SessionTest, CreatePartitionedVariablesNamesLikeTensorFlow) {

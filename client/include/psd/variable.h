@@ -91,6 +91,12 @@ class Variable {
   absl::Status Refresh();
 
   absl::StatusOr<Tensor> Read() const;
+  // Read into *out, reusing its buffer when it already has the value's dtype
+  // and byte size: an unpartitioned variable's value goes straight from the
+  // shard into it, so a trainer reading it every step allocates nothing; a
+  // partitioned one's parts are read into temporaries and concatenated into
+  // it. On error *out holds a valid tensor with unspecified contents.
+  absl::Status ReadInto(Tensor* out) const;
   // Rows along axis 0; int32 or int64 indices of any rank; result shape
   // indices.shape + shape[1:].
   absl::StatusOr<Tensor> Gather(const Tensor& indices) const;
