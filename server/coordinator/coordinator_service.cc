@@ -193,10 +193,19 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
       absl::MutexLock lock(&mu_);
       pending = !uncreated_parts_.empty();
     }
-    if (!results[i].created && !pending) continue;
-    PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
-    if (results[i].created && decls[i].initialize() &&
-        results[i].def.initializer().has_from_variable()) {
+    // A variable initialized from another is created uninitialized and
+    // filled by the ordered initialization. That step runs on every
+    // declaration asking to initialize, not only the one that created it: a
+    // first attempt that failed (a lost source, a part not created) left it
+    // uninitialized, and the retry only attaches. It is idempotent (force
+    // off), so an initialized variable is left as it is.
+    const bool ordered =
+        decls[i].initialize() && results[i].def.initializer().has_from_variable();
+    if (!results[i].created && !pending && !ordered) continue;
+    if (results[i].created || pending) {
+      PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
+    }
+    if (ordered) {
       PSD_RETURN_IF_ERROR(InitializeOrdered({results[i].def.name()}, /*force=*/false).status());
     }
   }

@@ -374,6 +374,48 @@ TEST(InitFromVariableRecoveryTest, SpecSurvivesCoordinatorRestartAndLostSourceIs
   EXPECT_FALSE(ready);
 }
 
+// get_variable(..., initialize=true) of a derived variable whose source is
+// lost fails; the variable is declared by then, so the next get_variable
+// only attaches to it, and must still run the initialization once the
+// source is back.
+TEST(InitFromVariableRecoveryTest, FailedInitializeAtDeclarationRunsAgainOnTheNextOne) {
+  auto started = TestCluster::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<TestCluster> cluster = std::move(started).value();
+  client::SessionOptions options;
+  options.coordinator_retry_budget = absl::Seconds(1);  // the lost source fails fast
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Session> session,
+                       Session::Open(cluster->coordinator_address(), options));
+  SteerNextPartTo(session.get(), 0);
+  ASSERT_OK_AND_ASSIGN(
+      Variable v, session->GetVariable("again/v", With({2, 3}, init::Constant(Make<float>({2, 3}, kV)))));
+  ASSERT_EQ(v.parts()[0].shard_id, 0);
+  ASSERT_OK_AND_ASSIGN(uint64_t old_incarnation, cluster->ShardIncarnation(0));
+  ASSERT_TRUE(IsOk(cluster->RestartShard(0)));
+  ASSERT_TRUE(IsOk(cluster->WaitForShards(absl::Seconds(30), {old_incarnation, 0})));
+
+  GetVariableOptions o = With({2, 3}, init::FromVariable("again/v", 2, 1));
+  o.initialize = true;
+  EXPECT_TRUE(IsError(session->GetVariable("again/w", o).status(), absl::StatusCode::kUnavailable,
+                      {"again/w", "again/v", "lost"}));
+  // The source declared again (a restore would do the same); the next
+  // get_variable attaches to w and initializes it.
+  ASSERT_TRUE(IsOk(session->DeleteVariable("again/v")));
+  ASSERT_OK_AND_ASSIGN(
+      v, session->GetVariable("again/v", With({2, 3}, init::Constant(Make<float>({2, 3}, kV)))));
+  o.reuse = REUSE_TRUE;
+  ASSERT_OK_AND_ASSIGN(Variable w, session->GetVariable("again/w", o));
+  ASSERT_OK_AND_ASSIGN(bool ready, w.IsInitialized());
+  ASSERT_TRUE(ready);
+  ASSERT_OK_AND_ASSIGN(Tensor value, w.Read());
+  EXPECT_EQ(value.ToVector<float>(), (std::vector<float>{3, 5, 7, 9, 11, 13}));
+  // Declared again once initialized, it keeps its value (no force).
+  ASSERT_TRUE(IsOk(v.Assign(Make<float>({2, 3}, {0, 0, 0, 0, 0, 0}))));
+  ASSERT_OK_AND_ASSIGN(w, session->GetVariable("again/w", o));
+  ASSERT_OK_AND_ASSIGN(value, w.Read());
+  EXPECT_EQ(value.ToVector<float>(), (std::vector<float>{3, 5, 7, 9, 11, 13}));
+}
+
 // TLS with client certificates required, and bearer tokens: the target
 // shard reads the source shard with its own certificate and node token (a
 // trainer token could not be sent by a shard, and no trainer is involved).
