@@ -11,6 +11,7 @@
 #include "google/protobuf/descriptor.h"
 #include "psd/coordinator.pb.h"
 #include "psd/shard.pb.h"
+#include "runtime/caller_role.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -39,7 +40,7 @@ class TokenAuthProcessor final : public grpc::AuthMetadataProcessor {
   // The check is a few hashes: no need for gRPC's extra thread.
   bool IsBlocking() const override { return false; }
 
-  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext* /*context*/,
+  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
                        OutputMetadata* consumed_auth_metadata,
                        OutputMetadata* /*response_metadata*/) override {
     absl::string_view path;
@@ -48,11 +49,14 @@ class TokenAuthProcessor final : public grpc::AuthMetadataProcessor {
       if (key == ":path") path = absl::string_view(value.data(), value.size());
       if (key == "authorization") authorization = absl::string_view(value.data(), value.size());
     }
-    absl::Status status = authorizer_->Authorize(path, authorization);
+    Role held = ROLE_UNSPECIFIED;
+    absl::Status status = authorizer_->Authorize(path, authorization, &held);
     if (!status.ok()) {
       return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                           std::string(status.message()));
     }
+    // Handlers that limit what a role may ask of an rpc read it here.
+    SetCallerRole(context, held);
     // The token stays out of handlers (and anything that logs metadata).
     if (!authorization.empty()) {
       consumed_auth_metadata->insert(
@@ -119,7 +123,8 @@ TokenAuthorizer::TokenAuthorizer(const std::vector<TokenEntry>& entries) {
 }
 
 absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
-                                        absl::string_view authorization) const {
+                                        absl::string_view authorization, Role* held_role) const {
+  if (held_role != nullptr) *held_role = ROLE_UNSPECIFIED;
   if (IsPublicMethod(method_path)) return absl::OkStatus();
   if (authorization.empty()) {
     return absl::UnauthenticatedError("missing bearer token (authorization header)");
@@ -146,6 +151,7 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
     return absl::PermissionDeniedError(absl::StrCat(method_path, " needs the ", RoleName(required),
                                                     " role; the token has ", RoleName(held)));
   }
+  if (held_role != nullptr) *held_role = held;
   return absl::OkStatus();
 }
 

@@ -65,8 +65,11 @@ class TokenAuthorizer {
   // The one enforcement function. `authorization` is the request's
   // "authorization" header ("Bearer <token>"; empty when absent).
   // UNAUTHENTICATED: no or unknown token. PERMISSION_DENIED: the token's
-  // role may not call the method (named with the role it needs).
-  absl::Status Authorize(absl::string_view method_path, absl::string_view authorization) const;
+  // role may not call the method (named with the role it needs). On
+  // success `held_role` (when given) is the token's role (ROLE_UNSPECIFIED
+  // for a public method, which needs no token).
+  absl::Status Authorize(absl::string_view method_path, absl::string_view authorization,
+                         Role* held_role = nullptr) const;
 
  private:
   struct Entry {

@@ -1,5 +1,6 @@
 #include "shard/peer_reader.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,8 @@ std::shared_ptr<Shard::Stub> PeerReader::StubFor(const std::string& address) {
 
 absl::StatusOr<TensorProto> PeerReader::Read(const std::string& address, const std::string& name,
                                              uint64_t incarnation,
-                                             std::chrono::system_clock::time_point deadline) {
+                                             std::chrono::system_clock::time_point deadline,
+                                             int64_t max_bytes) {
   ReadStreamRequest request;
   request.set_name(name);
   request.set_shard_incarnation(incarnation);
@@ -50,6 +52,18 @@ absl::StatusOr<TensorProto> PeerReader::Read(const std::string& address, const s
       if (total < 0) {
         bad = absl::DataLossError(absl::StrCat("read of ", name, " from ", address,
                                                ": negative total_bytes ", total));
+        break;
+      }
+      // The size is the peer's word: check it before allocating for it (an
+      // absurd one would otherwise throw on a thread with no one to catch).
+      const uint64_t most =
+          std::min<uint64_t>(static_cast<uint64_t>(std::max<int64_t>(max_bytes, 0)),
+                             value.content().max_size());
+      if (static_cast<uint64_t>(total) > most) {
+        bad = absl::DataLossError(absl::StrCat("read of ", name, " from ", address,
+                                               ": the peer announced ", total,
+                                               " bytes, more than the ", most,
+                                               " the part can hold"));
         break;
       }
       value.mutable_content()->resize(static_cast<size_t>(total));

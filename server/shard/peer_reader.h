@@ -32,10 +32,14 @@ class PeerReader {
 
   // The value of part `name` on the shard at `address`, which must still be
   // incarnation `incarnation` (ABORTED "stale handle" otherwise). The
-  // status is the other shard's (or the transport's), unchanged.
+  // status is the other shard's (or the transport's), unchanged, except
+  // that a value announcing more than `max_bytes` of content (what the part
+  // can hold, as declared) is DATA_LOSS naming the peer before anything is
+  // allocated for it.
   absl::StatusOr<TensorProto> Read(const std::string& address, const std::string& name,
                                    uint64_t incarnation,
-                                   std::chrono::system_clock::time_point deadline);
+                                   std::chrono::system_clock::time_point deadline,
+                                   int64_t max_bytes);
 
  private:
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);

@@ -11,6 +11,8 @@
 #include "psd/grpc_status.h"
 #include "psd/status.h"
 #include "psd/stream_codec.h"
+#include "psd/tokens.h"
+#include "runtime/caller_role.h"
 #include "shard/nccl_session.h"
 
 namespace psd {
@@ -140,9 +142,21 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
   if (request->sources_size() == 0) {
     return ServeWrite(ctx, [this, request] { return store_->Initialize(*request); });
   }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // The sources name addresses this shard dials with its node credentials
+  // (certificate and node token): only the coordinator, a node, may give
+  // them, or any trainer could have the node token sent where it likes, or
+  // probe hosts the shard can reach. A server that checks no tokens treats
+  // every caller alike (CallerRole is empty there).
+  if (std::optional<Role> caller = CallerRole(*ctx); caller.has_value() && *caller != ROLE_NODE) {
+    reactor->Finish(ToGrpcStatus(absl::PermissionDeniedError(absl::StrCat(
+        "InitializeVariables with sources (where to read other variables' parts) is for the "
+        "coordinator only (node role); the caller's token has role ", RoleName(*caller),
+        ". Initialize variables initialized from another through the coordinator"))));
+    return reactor;
+  }
   // Reading the sources may wait on other shards: do it on a thread of its
   // own, not the handler's, then run the write as any other.
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (!AdmitOrFinish(reactor)) return reactor;
   const std::chrono::system_clock::time_point deadline = ctx->deadline();
   std::thread([this, reactor, request, deadline] {
@@ -178,10 +192,12 @@ absl::Status ShardService::FetchSources(const InitializeVariablesRequest& reques
     }
     PSD_ASSIGN_OR_RETURN(bool needed, store_->NeedsSourceValue(target, request.force()));
     if (!needed) continue;
+    PSD_ASSIGN_OR_RETURN(int64_t max_bytes, store_->SourceValueMaxBytes(target));
     const bool here = source.incarnation() == incarnation_;
     absl::StatusOr<TensorProto> value =
         here ? store_->ReadSnapshot(source.part())
-             : peers->Read(source.address(), source.part(), source.incarnation(), deadline);
+             : peers->Read(source.address(), source.part(), source.incarnation(), deadline,
+                           max_bytes);
     if (value.ok()) {
       (*values)[target] = *std::move(value);
       continue;

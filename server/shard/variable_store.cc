@@ -1,6 +1,7 @@
 #include "shard/variable_store.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -645,6 +646,14 @@ absl::StatusOr<bool> VariableStore::NeedsSourceValue(const std::string& name, bo
   if (!var->initializer.has_from_variable()) return false;
   absl::ReaderMutexLock lock(&var->mu);
   return force || !var->initialized;
+}
+
+absl::StatusOr<int64_t> VariableStore::SourceValueMaxBytes(const std::string& name) const {
+  PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+  const size_t element = DataTypeSize(var->dtype);
+  if (element > 0) return var->shape.num_elements() * static_cast<int64_t>(element);
+  if (memory_.limit() > 0) return std::max<int64_t>(memory_.limit() - memory_.used(), 0);
+  return std::numeric_limits<int64_t>::max();
 }
 
 absl::StatusOr<TensorProto> VariableStore::ReadSnapshot(const std::string& name) const {

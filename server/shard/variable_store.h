@@ -92,6 +92,12 @@ class VariableStore {
   // initialized now (not initialized yet, or `force`): its source value is
   // needed. NOT_FOUND for an unknown name.
   absl::StatusOr<bool> NeedsSourceValue(const std::string& name, bool force) const;
+  // The most content bytes a source value for `name` can hold: its source
+  // has its dtype and part shape (checked at declaration), so a fixed-size
+  // dtype's exact size; strings vary in length, so what the shard could
+  // still hold (no bound without a memory limit). NOT_FOUND for an unknown
+  // name.
+  absl::StatusOr<int64_t> SourceValueMaxBytes(const std::string& name) const;
   // A consistent snapshot of `name`'s value (what ReadStream sends), in one
   // host buffer. FAILED_PRECONDITION when uninitialized.
   absl::StatusOr<TensorProto> ReadSnapshot(const std::string& name) const;

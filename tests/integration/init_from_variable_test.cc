@@ -16,6 +16,7 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
 #include "test_util.h"
@@ -480,6 +481,52 @@ TEST(InitFromVariableSecurityTest, ShardToShardReadUsesNodeCredentials) {
   ASSERT_NE(v.parts()[0].shard_id, w.parts()[0].shard_id);
   ASSERT_TRUE(IsOk(session->InitializeVariables({w})));
   ASSERT_OK_AND_ASSIGN(Tensor value, w.Read());
+  EXPECT_EQ(value.ToVector<float>(), (std::vector<float>{3, 5, 7, 9, 11, 13}));
+
+  // Where the sources live is for the coordinator (node role) to say: a
+  // trainer or admin giving sources straight to a shard is refused before
+  // the shard dials anything (here an address nobody serves).
+  InitializeVariablesRequest request;
+  request.add_names("tls/w");
+  request.set_force(true);
+  InitializeSource* source = request.add_sources();
+  source->set_target("tls/w");
+  source->set_part("tls/v");
+  source->set_shard_id(v.parts()[0].shard_id);
+  source->set_address("127.0.0.1:1");
+  source->set_incarnation(v.parts()[0].shard_incarnation);
+  auto call_as = [&](const std::string& role, const InitializeVariablesRequest& req) {
+    ChannelSecurity security;
+    security.tls_ca = dir + "/ca.pem";
+    security.tls_cert = dir + "/client.pem";
+    security.tls_key = dir + "/client.key";
+    security.token_file = dir + "/" + role + ".token";
+    auto credentials = internal::MakeChannelCredentials(security);
+    EXPECT_TRUE(credentials.ok()) << credentials.status();
+    auto stub = Shard::NewStub(grpc::CreateChannel(w.parts()[0].shard_address, *credentials));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    InitializeVariablesResponse response;
+    return stub->InitializeVariables(&ctx, req, &response);
+  };
+  for (const std::string role : {"trainer", "admin"}) {
+    grpc::Status s = call_as(role, request);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << role << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find("coordinator only (node role)"), std::string::npos)
+        << s.error_message();
+    EXPECT_NE(s.error_message().find(role), std::string::npos) << s.error_message();
+  }
+  // Without sources a trainer still initializes its variables directly.
+  InitializeVariablesRequest plain;
+  plain.add_names("tls/w");
+  grpc::Status plain_status = call_as("trainer", plain);
+  EXPECT_TRUE(plain_status.ok()) << plain_status.error_message();
+  // The node role passes the check (w is initialized and force is off, so
+  // nothing is read).
+  request.set_force(false);
+  grpc::Status node_status = call_as("node", request);
+  EXPECT_TRUE(node_status.ok()) << node_status.error_message();
+  ASSERT_OK_AND_ASSIGN(value, w.Read());
   EXPECT_EQ(value.ToVector<float>(), (std::vector<float>{3, 5, 7, 9, 11, 13}));
 
   shards.clear();

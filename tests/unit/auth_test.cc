@@ -97,6 +97,14 @@ TEST(TokenAuthorizerTest, ChecksTokenThenRole) {
   EXPECT_TRUE(absl::IsPermissionDenied(denied));
   EXPECT_TRUE(absl::StrContains(denied.message(), "/psd.Shard/Gather")) << denied;
   EXPECT_TRUE(absl::StrContains(denied.message(), "trainer")) << denied;
+  // The role of the token is handed back for handlers to see.
+  Role held = ROLE_UNSPECIFIED;
+  EXPECT_TRUE(authorizer.Authorize("/psd.Shard/InitializeVariables", "Bearer n", &held).ok());
+  EXPECT_EQ(held, ROLE_NODE);
+  EXPECT_TRUE(authorizer.Authorize("/psd.Shard/InitializeVariables", "Bearer t", &held).ok());
+  EXPECT_EQ(held, ROLE_TRAINER);
+  EXPECT_FALSE(authorizer.Authorize("/psd.Shard/Gather", "Bearer n", &held).ok());
+  EXPECT_EQ(held, ROLE_UNSPECIFIED);
   // Unknown methods are denied even to admin (fail closed).
   EXPECT_TRUE(absl::IsPermissionDenied(authorizer.Authorize("/psd.Shard/New", "Bearer a")));
   // Health checking and reflection need no token.

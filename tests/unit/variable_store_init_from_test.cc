@@ -191,5 +191,17 @@ TEST_F(VariableStoreInitFromTest, SourceMustBeInitializedAndTargetCreatedUniniti
   EXPECT_FALSE(*store_.NeedsSourceValue("v", false));  // not derived
 }
 
+TEST_F(VariableStoreInitFromTest, SourceValueBoundIsThePartsSizeOrWhatTheShardCanStillHold) {
+  ASSERT_TRUE(Create("v", DT_FLOAT, {2, 3}, Zeros()).ok());
+  ASSERT_TRUE(Create("w", DT_FLOAT, {2, 3}, From("v", 1, 0)).ok());
+  ASSERT_TRUE(Create("s", DT_STRING, {2}, Zeros()).ok());
+  ASSERT_TRUE(Create("s2", DT_STRING, {2}, From("s", 1, 0)).ok());
+  EXPECT_EQ(*store_.SourceValueMaxBytes("w"), 24);
+  // Strings vary in length: bounded by the memory limit's room.
+  const int64_t room = store_.memory().limit() - store_.memory().used();
+  EXPECT_EQ(*store_.SourceValueMaxBytes("s2"), room);
+  EXPECT_TRUE(absl::IsNotFound(store_.SourceValueMaxBytes("nope").status()));
+}
+
 }  // namespace
 }  // namespace psd
