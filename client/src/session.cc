@@ -513,6 +513,12 @@ absl::Status Session::Impl::InitializeOrdered(const std::vector<std::string>& na
   req.set_force(force);
   CoordinatorInitializeResponse resp;
   grpc::ClientContext ctx;
+  // This deadline bounds the whole ordered initialization, every step of
+  // it: the coordinator gives it to each step's shard calls (together with
+  // its own per-step timeout) and starts no step past it, and a shard
+  // applies nothing once it passed. So a DEADLINE_EXCEEDED here is not
+  // followed by an initialization that completes after all; a chain too
+  // slow for coordinator_timeout needs a larger one.
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.coordinator_timeout));
   ctx.set_wait_for_ready(true);
   absl::Status s = FromGrpcStatus(stub_->InitializeVariables(&ctx, req, &resp));

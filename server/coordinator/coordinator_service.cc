@@ -183,7 +183,8 @@ absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initia
 }
 
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
-    uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq) {
+    uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq,
+    absl::Time deadline) {
   absl::MutexLock declaring(&declare_mu_);
   PSD_ASSIGN_OR_RETURN(auto results,
                        registry_->Declare(session, decls, LiveShards(), request_seq));
@@ -206,14 +207,15 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
       PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
     }
     if (ordered) {
-      PSD_RETURN_IF_ERROR(InitializeOrdered({results[i].def.name()}, /*force=*/false).status());
+      PSD_RETURN_IF_ERROR(
+          InitializeOrdered({results[i].def.name()}, /*force=*/false, deadline).status());
     }
   }
   return results;
 }
 
 absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
-    const std::vector<std::string>& names, bool force) {
+    const std::vector<std::string>& names, bool force, absl::Time deadline) {
   // The variables involved: the listed ones, then the sources they need.
   std::map<std::string, VariableDef> defs;
   std::set<std::string> listed(names.begin(), names.end());
@@ -295,6 +297,13 @@ absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
 
   std::vector<std::string> order;
   for (size_t d = 0; d <= max_depth; ++d) {
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "initializing ", absl::StrJoin(names, ", "), ": the caller's deadline passed before step ",
+          d + 1, " of ", max_depth + 1, "; initialized so far: [",
+          absl::StrJoin(order, ", "), "]"));
+    }
+    const absl::Time step_deadline = std::min(absl::Now() + options_.shard_rpc_timeout, deadline);
     // One request per (shard, force) in this step.
     std::map<std::pair<int32_t, bool>, InitializeVariablesRequest> requests;
     std::vector<std::string> step;
@@ -342,7 +351,7 @@ absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
         const std::string& address = where.at(req.names(0)).address;
         InitializeVariablesResponse resp;
         grpc::ClientContext ctx;
-        ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+        ctx.set_deadline(absl::ToChronoTime(step_deadline));
         absl::Status s = FromGrpcStatus(StubFor(address)->InitializeVariables(&ctx, req, &resp));
         if (!s.ok()) {
           statuses[i] = absl::Status(
@@ -573,7 +582,7 @@ grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerCo
     PSD_ASSIGN_OR_RETURN(
         auto results,
         DeclareAndCreate(request->session_id(), absl::MakeConstSpan(&request->declaration(), 1),
-                         request->request_seq()));
+                         request->request_seq(), absl::FromChrono(ctx->deadline())));
     FillHandle(results[0].def, response->mutable_handle());
     response->set_created(results[0].created);
     return absl::OkStatus();
@@ -588,7 +597,8 @@ grpc::ServerUnaryReactor* CoordinatorService::DeclareVariables(
     std::vector<VariableDeclaration> decls(request->declarations().begin(),
                                            request->declarations().end());
     PSD_ASSIGN_OR_RETURN(auto results,
-                         DeclareAndCreate(request->session_id(), decls, request->request_seq()));
+                         DeclareAndCreate(request->session_id(), decls, request->request_seq(),
+                                          absl::FromChrono(ctx->deadline())));
     for (const DeclareResult& r : results) {
       FillHandle(r.def, response->add_handles());
       response->add_created(r.created);
@@ -655,7 +665,7 @@ grpc::ServerUnaryReactor* CoordinatorService::InitializeVariables(
         std::vector<std::string> order,
         InitializeOrdered(std::vector<std::string>(request->names().begin(),
                                                    request->names().end()),
-                          request->force()));
+                          request->force(), absl::FromChrono(ctx->deadline())));
     for (std::string& name : order) response->add_initialized(std::move(name));
     return absl::OkStatus();
   });

@@ -192,17 +192,24 @@ class CoordinatorService final : public Coordinator::CallbackService {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Declares, then creates the parts of new variables. A retried request
   // (same request_seq) finishes parts whose creation failed the first time.
+  // `deadline` (the caller's) bounds the ordered initialization of derived
+  // variables declared with initialize (see InitializeOrdered).
   absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
-      uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0);
+      uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0,
+      absl::Time deadline = absl::InfiniteFuture());
   // Initializes `names` and (transitively) the sources they are initialized
   // from, sources first; each step runs one Shard.InitializeVariables per
   // shard in parallel, each target part told where its source part lives.
   // Every part involved is checked (registered, not lost) before any shard
   // is called. Returns the variables in the order they were initialized.
-  // `force` applies to `names` only. Blocks on the shards (bounded by
-  // shard_rpc_timeout per step).
-  absl::StatusOr<std::vector<std::string>> InitializeOrdered(const std::vector<std::string>& names,
-                                                             bool force) ABSL_LOCKS_EXCLUDED(mu_);
+  // `force` applies to `names` only. Blocks on the shards, each step
+  // bounded by shard_rpc_timeout and by `deadline`, the caller's: a shard
+  // applies nothing once its call's deadline passed, so a caller that gave
+  // up is not followed by a step that still completes; no step starts past
+  // it (DEADLINE_EXCEEDED naming what was initialized).
+  absl::StatusOr<std::vector<std::string>> InitializeOrdered(
+      const std::vector<std::string>& names, bool force,
+      absl::Time deadline = absl::InfiniteFuture()) ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);

@@ -158,8 +158,12 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
   // Reading the sources may wait on other shards: do it on a thread of its
   // own, not the handler's, then run the write as any other.
   if (!AdmitOrFinish(reactor)) return reactor;
-  const std::chrono::system_clock::time_point deadline = ctx->deadline();
-  std::thread([this, reactor, request, deadline] {
+  // The caller's deadline, capped: a call without one must not hold the
+  // thread (and so the shard's shutdown) for as long as a peer stalls.
+  const std::chrono::system_clock::time_point deadline =
+      std::min(ctx->deadline(), std::chrono::system_clock::now() +
+                                    absl::ToChronoSeconds(kMaxSourceReadTime));
+  std::thread([this, ctx, reactor, request, deadline] {
     auto values = std::make_shared<VariableStore::SourceValues>();
     auto fetch = [&] { return FetchSources(*request, deadline, values.get()); };
     absl::Status fetched = RunGuarded(fetch);
@@ -168,7 +172,21 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
       Release();
       return;
     }
-    RunWrite(reactor, [this, request, values] { return store_->Initialize(*request, values.get()); });
+    RunWrite(reactor, [this, ctx, request, values, deadline] {
+      // A caller that gave up (the coordinator's step timed out, or it was
+      // cancelled) reports a failure: applying now would initialize
+      // behind its back.
+      if (ctx->IsCancelled()) {
+        return absl::CancelledError(
+            "initialization from other variables cancelled by the caller; nothing was changed");
+      }
+      if (std::chrono::system_clock::now() >= deadline) {
+        return absl::DeadlineExceededError(
+            "initialization from other variables: the deadline passed while the sources were "
+            "read; nothing was changed");
+      }
+      return store_->Initialize(*request, values.get());
+    });
   }).detach();
   return reactor;
 }

@@ -158,6 +158,10 @@ class ShardService final : public ShardServiceBase {
   template <typename Op>
   absl::Status RunGuarded(Op& op);
 
+  // The longest a shard reads sources for one InitializeVariables call,
+  // whatever the caller's deadline (none at all included).
+  static constexpr absl::Duration kMaxSourceReadTime = absl::Minutes(10);
+
   // The source values InitializeVariables needs (InitializeSource): read
   // from this shard's store when the source is here, otherwise from the
   // source's shard. Errors name the target and the source part.
