@@ -72,8 +72,12 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op) {
     if (!admission) return;  // held by a fence; the gate runs it again once it lifts
     status = RunGuarded(op);
   }
-  reactor->Finish(ToGrpcStatus(status));
+  // Released before finishing: this may run on a thread that is not gRPC's
+  // (the gate's, or a source read's), and once the call is finished the
+  // server may shut down and this service be destroyed. The server's
+  // shutdown still waits for the unfinished call.
   Release();
+  reactor->Finish(ToGrpcStatus(status));
 }
 
 ShardService::ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
@@ -168,8 +172,8 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
     auto fetch = [&] { return FetchSources(*request, deadline, values.get()); };
     absl::Status fetched = RunGuarded(fetch);
     if (!fetched.ok()) {
+      Release();  // before finishing, as in RunWrite
       reactor->Finish(ToGrpcStatus(fetched));
-      Release();
       return;
     }
     RunWrite(reactor, [this, ctx, request, values, deadline] {
