@@ -378,8 +378,62 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
   std::stable_sort(defs.begin(), defs.end(), [](const VariableDef& a, const VariableDef& b) {
     return a.creation_seq() < b.creation_seq();
   });
-  std::set<std::string> saved;
-  for (const VariableDef& def : defs) saved.insert(def.name());
+  std::map<std::string, const VariableDef*> saved;
+  for (const VariableDef& def : defs) saved[def.name()] = &def;
+  // The variables that keep their FromVariable initializer: the checkpoint
+  // holds the source, and the variable fits the source as saved. A source
+  // deleted before the save, or deleted and declared again differently,
+  // cannot be declared against; the checkpoint holds the value, so fall
+  // back to TensorFlow's default for a later re-initialization rather than
+  // refuse the whole restore.
+  std::map<std::string, std::string> source_of;  // variable -> its source
+  for (const VariableDef& def : defs) {
+    if (!def.initializer().has_from_variable()) continue;
+    const std::string& source = def.initializer().from_variable().source();
+    auto it = saved.find(source);
+    const absl::Status fits =
+        it == saved.end() ? absl::NotFoundError("the checkpoint does not hold it")
+                          : Registry::CheckFromVariableFits(def, *it->second);
+    if (fits.ok()) {
+      source_of[def.name()] = source;
+    } else {
+      spdlog::warn("variable {} was initialized from {}, which it cannot be declared against "
+                   "({}); it is declared with the default initializer",
+                   def.name(), source, std::string(fits.message()));
+    }
+  }
+  // Sources before the variables initialized from them (a source declared
+  // again after its target has the later creation_seq), so each is checked
+  // against a declared source. Declarations admit no cycle; a chain longer
+  // than the checkpoint would be one, and also falls back.
+  std::map<std::string, size_t> depth;
+  for (const VariableDef& def : defs) {
+    size_t d = 0;
+    for (auto it = source_of.find(def.name()); it != source_of.end() && d <= defs.size();
+         it = source_of.find(it->second)) {
+      ++d;
+    }
+    if (d > defs.size()) {
+      spdlog::warn("variable {}: its chain of initializer sources in the checkpoint is a cycle; "
+                   "it is declared with the default initializer",
+                   def.name());
+      source_of.erase(def.name());
+      d = 0;
+    }
+    depth[def.name()] = d;
+  }
+  // Depths again: a cycle broken above shortens the chains through it.
+  for (const VariableDef& def : defs) {
+    size_t d = 0;
+    for (auto it = source_of.find(def.name()); it != source_of.end();
+         it = source_of.find(it->second)) {
+      ++d;
+    }
+    depth[def.name()] = d;
+  }
+  std::stable_sort(defs.begin(), defs.end(), [&](const VariableDef& a, const VariableDef& b) {
+    return depth.at(a.name()) < depth.at(b.name());
+  });
   std::vector<VariableDeclaration> decls;
   decls.reserve(defs.size());
   for (const VariableDef& def : defs) {
@@ -388,14 +442,7 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
     d.set_dtype(def.dtype());
     *d.mutable_shape() = def.shape();
     *d.mutable_initializer() = def.initializer();
-    // A source deleted before the save cannot be declared against: the
-    // checkpoint holds the value, so fall back to TensorFlow's default for
-    // a later re-initialization rather than refuse the whole restore.
-    if (def.initializer().has_from_variable() &&
-        saved.count(def.initializer().from_variable().source()) == 0) {
-      spdlog::warn("variable {} was initialized from {}, which the checkpoint does not hold; "
-                   "it is declared with the default initializer",
-                   def.name(), def.initializer().from_variable().source());
+    if (def.initializer().has_from_variable() && source_of.count(def.name()) == 0) {
       d.mutable_initializer()->mutable_default_initializer();
     }
     if (def.partitioned()) {

@@ -592,11 +592,8 @@ const VariableDef* Registry::FindDeclared(const std::string& name, const Txn& tx
 }
 
 absl::Status Registry::ValidateFromVariable(const VariableDef& def, const Txn& txn) const {
-  const InitializerSpec::FromVariable& from = def.initializer().from_variable();
   const std::string& name = def.name();
-  const std::string& source_name = from.source();
-  const double scale = from.has_scale() ? from.scale() : 1.0;
-  const double offset = from.offset();
+  const std::string& source_name = def.initializer().from_variable().source();
   if (source_name == name) {
     return absl::InvalidArgumentError(
         absl::StrCat("variable ", name, " cannot be initialized from itself"));
@@ -625,6 +622,16 @@ absl::Status Registry::ValidateFromVariable(const VariableDef& def, const Txn& t
     v = FindDeclared(next, txn);
     if (v == nullptr) break;
   }
+  return CheckFromVariableFits(def, *source);
+}
+
+absl::Status Registry::CheckFromVariableFits(const VariableDef& def, const VariableDef& source_def) {
+  const InitializerSpec::FromVariable& from = def.initializer().from_variable();
+  const std::string& name = def.name();
+  const std::string& source_name = from.source();
+  const double scale = from.has_scale() ? from.scale() : 1.0;
+  const double offset = from.offset();
+  const VariableDef* source = &source_def;
   const std::string both = absl::StrCat("variable ", name, " (", Describe(def),
                                         ") cannot be initialized from ", source_name, " (",
                                         Describe(*source), "): ");

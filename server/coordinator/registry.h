@@ -163,6 +163,13 @@ class Registry {
   // Writes a snapshot and starts an empty log now (normally automatic).
   absl::Status Compact();
 
+  // INVALID_ARGUMENT (naming both variables) unless `def`, initialized from
+  // `source` (its FromVariable initializer), can hold the source's value:
+  // the same dtype, shape and part shapes, and a scale and offset its dtype
+  // supports. The part of the declaration check that needs no registry
+  // (a restore also checks a checkpoint's variables with it).
+  static absl::Status CheckFromVariableFits(const VariableDef& def, const VariableDef& source);
+
  private:
   struct Txn;
 

@@ -8,6 +8,7 @@
 // source lost with its shard, and the shard-to-shard read with TLS, client
 // certificates and node tokens.
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/internal/grpc_credentials.h"
+#include "psd/saver.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
 #include "test_util.h"
@@ -26,6 +28,7 @@ namespace integration {
 namespace {
 
 using client::GetVariableOptions;
+using client::Saver;
 using client::Session;
 using client::Variable;
 namespace init = client::init;
@@ -415,6 +418,73 @@ TEST(InitFromVariableRecoveryTest, FailedInitializeAtDeclarationRunsAgainOnTheNe
   ASSERT_OK_AND_ASSIGN(w, session->GetVariable("again/w", o));
   ASSERT_OK_AND_ASSIGN(value, w.Read());
   EXPECT_EQ(value.ToVector<float>(), (std::vector<float>{3, 5, 7, 9, 11, 13}));
+}
+
+// A source deleted and declared again after its target has the later
+// creation order; --restore-from declares sources first all the same. One
+// declared again with another shape no longer fits its target: the target
+// falls back to the default initializer (its value comes from the
+// checkpoint) instead of failing the whole restore.
+TEST(InitFromVariableRecoveryTest, RestoreFromDeclaresSourcesFirstAndFallsBackWhenOneNoLongerFits) {
+  char dir_template[] = "/tmp/psd_init_from_restore.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  TestClusterOptions options;
+  options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir};
+  const std::vector<float> same = {6, 5, 4, 3, 2, 1};
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<TestCluster> cluster, TestCluster::Start(options));
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Session> session,
+                         Session::Open(cluster->coordinator_address()));
+    auto declare = [&](const std::string& name, GetVariableOptions o) -> absl::Status {
+      o.initialize = true;
+      return session->GetVariable(name, o).status();
+    };
+    ASSERT_TRUE(IsOk(declare("re/sa", With({2, 3}, init::Constant(Make<float>({2, 3}, kV))))));
+    ASSERT_TRUE(IsOk(declare("re/sb", With({2, 3}, init::Constant(Make<float>({2, 3}, kV))))));
+    ASSERT_TRUE(IsOk(declare("re/ta", With({2, 3}, init::FromVariable("re/sa", 2, 1)))));
+    ASSERT_TRUE(IsOk(declare("re/tb", With({2, 3}, init::FromVariable("re/sb", 2, 1)))));
+    ASSERT_TRUE(IsOk(session->DeleteVariable("re/sa")));
+    ASSERT_TRUE(IsOk(session->DeleteVariable("re/sb")));
+    ASSERT_TRUE(IsOk(declare("re/sa", With({2, 3}, init::Constant(Make<float>({2, 3}, same))))));
+    ASSERT_TRUE(IsOk(declare("re/sb", With({3, 2}, init::Constant(Make<float>({3, 2}, same))))));
+    ASSERT_OK_AND_ASSIGN(auto saver, Saver::Create(cluster->coordinator_address()));
+    ASSERT_TRUE(saver->Save(dir + "/model.ckpt", 1).ok());
+  }
+
+  const std::string config = dir + "/cluster.yaml";
+  std::ofstream(config) << "shards:\n  - {id: 0}\n  - {id: 1}\n";
+  options.coordinator_args.insert(options.coordinator_args.end(),
+                                  {"--config", config, "--restore-from", dir});
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<TestCluster> cluster, TestCluster::Start(options));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Session> session,
+                       Session::Open(cluster->coordinator_address()));
+  // The restore runs once the shards are up; wait for its last value.
+  const std::vector<float> derived = {3, 5, 7, 9, 11, 13};
+  std::string last;
+  bool restored = false;
+  for (int attempt = 0; attempt < 600 && !restored; ++attempt) {
+    auto tb = session->LookupVariable("re/tb");
+    absl::StatusOr<Tensor> value = tb.ok() ? tb->Read() : absl::StatusOr<Tensor>(tb.status());
+    restored = value.ok() && value->ToVector<float>() == derived;
+    if (!restored) {
+      last = value.ok() ? "re/tb has another value" : value.status().ToString();
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  ASSERT_TRUE(restored) << "the restore never completed: " << last;
+  ASSERT_OK_AND_ASSIGN(Variable ta, session->LookupVariable("re/ta"));
+  ASSERT_OK_AND_ASSIGN(Variable tb, session->LookupVariable("re/tb"));
+  ASSERT_OK_AND_ASSIGN(Variable sb, session->LookupVariable("re/sb"));
+  ASSERT_OK_AND_ASSIGN(Tensor value, ta.Read());
+  EXPECT_EQ(value.ToVector<float>(), derived);
+  ASSERT_OK_AND_ASSIGN(value, sb.Read());
+  EXPECT_EQ(value.ToVector<float>(), same);
+  // ta still comes from sa; tb, whose source no longer fits, does not.
+  EXPECT_EQ(ta.handle().initializer().from_variable().source(), "re/sa");
+  EXPECT_FALSE(tb.handle().initializer().has_from_variable());
+  EXPECT_TRUE(tb.handle().initializer().has_default_initializer());
+  std::system(absl::StrCat("rm -rf ", dir).c_str());
 }
 
 // TLS with client certificates required, and bearer tokens: the target
