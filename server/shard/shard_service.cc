@@ -7,6 +7,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -169,27 +170,38 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
                                     absl::ToChronoSeconds(kMaxSourceReadTime));
   std::thread([this, ctx, reactor, request, deadline] {
     auto values = std::make_shared<VariableStore::SourceValues>();
-    auto fetch = [&] { return FetchSources(*request, deadline, values.get()); };
+    // The fetched values' bytes stay reserved until the write is done.
+    auto held = std::make_shared<std::vector<MemoryReservation>>();
+    auto fetch = [&] { return FetchSources(*request, deadline, values.get(), held.get()); };
     absl::Status fetched = RunGuarded(fetch);
     if (!fetched.ok()) {
-      Release();  // before finishing, as in RunWrite
+      held->clear();  // the store's accountant is not touched past Release
+      Release();      // before finishing, as in RunWrite
       reactor->Finish(ToGrpcStatus(fetched));
       return;
     }
-    RunWrite(reactor, [this, ctx, request, values, deadline] {
+    RunWrite(reactor, [this, ctx, request, values, held, deadline] {
+      // Installed or dropped: the fetched copies are no longer held (also
+      // when the store throws, before the call is released).
+      absl::Cleanup drop = [&] {
+        values->clear();
+        held->clear();
+      };
+      absl::Status status;
       // A caller that gave up (the coordinator's step timed out, or it was
       // cancelled) reports a failure: applying now would initialize
       // behind its back.
       if (ctx->IsCancelled()) {
-        return absl::CancelledError(
+        status = absl::CancelledError(
             "initialization from other variables cancelled by the caller; nothing was changed");
-      }
-      if (std::chrono::system_clock::now() >= deadline) {
-        return absl::DeadlineExceededError(
+      } else if (std::chrono::system_clock::now() >= deadline) {
+        status = absl::DeadlineExceededError(
             "initialization from other variables: the deadline passed while the sources were "
             "read; nothing was changed");
+      } else {
+        status = store_->Initialize(*request, values.get());
       }
-      return store_->Initialize(*request, values.get());
+      return status;
     });
   }).detach();
   return reactor;
@@ -197,7 +209,8 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
 
 absl::Status ShardService::FetchSources(const InitializeVariablesRequest& request,
                                         std::chrono::system_clock::time_point deadline,
-                                        VariableStore::SourceValues* values) {
+                                        VariableStore::SourceValues* values,
+                                        std::vector<MemoryReservation>* held) {
   PeerReader* peers = peers_;
   if (peers == nullptr) {
     absl::call_once(default_peers_once_, [this] {
@@ -221,6 +234,10 @@ absl::Status ShardService::FetchSources(const InitializeVariablesRequest& reques
              : peers->Read(source.address(), source.part(), source.incarnation(), deadline,
                            max_bytes);
     if (value.ok()) {
+      PSD_ASSIGN_OR_RETURN(
+          MemoryReservation reservation,
+          store_->ReserveSourceValue(target, static_cast<int64_t>(value->content().size())));
+      held->push_back(std::move(reservation));
       (*values)[target] = *std::move(value);
       continue;
     }

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -165,9 +166,12 @@ class ShardService final : public ShardServiceBase {
   // The source values InitializeVariables needs (InitializeSource): read
   // from this shard's store when the source is here, otherwise from the
   // source's shard. Errors name the target and the source part.
+  // Each value's bytes are reserved in `held` (the memory limit) from the
+  // moment it is read until the caller drops `held`.
   absl::Status FetchSources(const InitializeVariablesRequest& request,
                             std::chrono::system_clock::time_point deadline,
-                            VariableStore::SourceValues* values);
+                            VariableStore::SourceValues* values,
+                            std::vector<MemoryReservation>* held);
 
   // Recycled request/response pairs of the per-op unary methods (see
   // message_pool.h), so a small op allocates no messages.

@@ -656,6 +656,17 @@ absl::StatusOr<int64_t> VariableStore::SourceValueMaxBytes(const std::string& na
   return std::numeric_limits<int64_t>::max();
 }
 
+absl::StatusOr<MemoryReservation> VariableStore::ReserveSourceValue(const std::string& name,
+                                                                    int64_t bytes) {
+  absl::Status reserved = memory_.Reserve(bytes, name);
+  if (!reserved.ok()) {
+    return absl::Status(reserved.code(), absl::StrCat("holding the source value (", bytes,
+                                                      " bytes) to initialize ", Quoted(name),
+                                                      ": ", reserved.message()));
+  }
+  return MemoryReservation(&memory_, bytes);
+}
+
 absl::StatusOr<TensorProto> VariableStore::ReadSnapshot(const std::string& name) const {
   ReadStreamRequest request;
   request.set_name(name);

@@ -98,6 +98,10 @@ class VariableStore {
   // still hold (no bound without a memory limit). NOT_FOUND for an unknown
   // name.
   absl::StatusOr<int64_t> SourceValueMaxBytes(const std::string& name) const;
+  // Accounts `bytes` of a source value held for `name` until it is
+  // installed (the host copy exists beside the installed value for a
+  // while). RESOURCE_EXHAUSTED naming `name` and the bytes past the limit.
+  absl::StatusOr<MemoryReservation> ReserveSourceValue(const std::string& name, int64_t bytes);
   // A consistent snapshot of `name`'s value (what ReadStream sends), in one
   // host buffer. FAILED_PRECONDITION when uninitialized.
   absl::StatusOr<TensorProto> ReadSnapshot(const std::string& name) const;

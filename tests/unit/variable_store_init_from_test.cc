@@ -4,6 +4,8 @@
 // exactly as it was when the source value does not fit.
 #include <cstring>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/float16.h"
@@ -201,6 +203,22 @@ TEST_F(VariableStoreInitFromTest, SourceValueBoundIsThePartsSizeOrWhatTheShardCa
   const int64_t room = store_.memory().limit() - store_.memory().used();
   EXPECT_EQ(*store_.SourceValueMaxBytes("s2"), room);
   EXPECT_TRUE(absl::IsNotFound(store_.SourceValueMaxBytes("nope").status()));
+}
+
+TEST_F(VariableStoreInitFromTest, HeldSourceValueCountsAgainstTheMemoryLimit) {
+  const int64_t before = store_.memory().used();
+  {
+    auto held = store_.ReserveSourceValue("w", 1000);
+    ASSERT_TRUE(held.ok()) << held.status();
+    EXPECT_EQ(store_.memory().used(), before + 1000);
+    auto too_much = store_.ReserveSourceValue("w", store_.memory().limit());
+    EXPECT_TRUE(absl::IsResourceExhausted(too_much.status())) << too_much.status();
+    EXPECT_TRUE(absl::StrContains(too_much.status().message(), "'w'")) << too_much.status();
+    EXPECT_TRUE(absl::StrContains(too_much.status().message(),
+                                  absl::StrCat(store_.memory().limit(), " bytes")))
+        << too_much.status();
+  }
+  EXPECT_EQ(store_.memory().used(), before);
 }
 
 }  // namespace
