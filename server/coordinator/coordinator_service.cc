@@ -185,33 +185,77 @@ absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initia
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq,
     absl::Time deadline) {
-  absl::MutexLock declaring(&declare_mu_);
-  PSD_ASSIGN_OR_RETURN(auto results,
-                       registry_->Declare(session, decls, LiveShards(), request_seq));
-  for (size_t i = 0; i < results.size(); ++i) {
-    bool pending;
-    {
+  // Declaring and creating parts is serialized, so a declaration that
+  // attaches finds the parts created. The ordered initialization after it
+  // is not: it may wait on several shards in turn, and every get_variable
+  // of the cluster would wait behind it. Running it outside is safe: it
+  // reads the registry as it is then (a variable deleted meanwhile is
+  // NOT_FOUND), and the shards initialize a variable once (force off), so
+  // two declarations initializing it at once leave one value. A
+  // declaration attaching without initializing waits for one in flight
+  // (initializing_), so it still gets the handle once the value is there.
+  std::vector<std::string> ordered;
+  std::vector<std::shared_ptr<InitializationInFlight>> started;
+  std::vector<std::pair<std::string, std::shared_ptr<InitializationInFlight>>> awaited;
+  absl::StatusOr<std::vector<DeclareResult>> declared;
+  {
+    absl::MutexLock declaring(&declare_mu_);
+    declared = registry_->Declare(session, decls, LiveShards(), request_seq);
+    if (!declared.ok()) return declared.status();
+    std::vector<DeclareResult>& results = *declared;
+    for (size_t i = 0; i < results.size(); ++i) {
+      bool pending;
+      {
+        absl::MutexLock lock(&mu_);
+        pending = !uncreated_parts_.empty();
+      }
+      if (results[i].created || pending) {
+        PSD_RETURN_IF_ERROR(
+            CreateParts(results[i].def, decls[i].initialize(), results[i].created));
+      }
+      if (!results[i].def.initializer().has_from_variable()) continue;
+      // A variable initialized from another is created uninitialized and
+      // filled by the ordered initialization. That step runs on every
+      // declaration asking to initialize, not only the one that created
+      // it: a first attempt that failed (a lost source, a part not
+      // created) left it uninitialized, and the retry only attaches. It is
+      // idempotent (force off), so an initialized variable keeps its value.
+      const std::string& name = results[i].def.name();
       absl::MutexLock lock(&mu_);
-      pending = !uncreated_parts_.empty();
-    }
-    // A variable initialized from another is created uninitialized and
-    // filled by the ordered initialization. That step runs on every
-    // declaration asking to initialize, not only the one that created it: a
-    // first attempt that failed (a lost source, a part not created) left it
-    // uninitialized, and the retry only attaches. It is idempotent (force
-    // off), so an initialized variable is left as it is.
-    const bool ordered =
-        decls[i].initialize() && results[i].def.initializer().has_from_variable();
-    if (!results[i].created && !pending && !ordered) continue;
-    if (results[i].created || pending) {
-      PSD_RETURN_IF_ERROR(CreateParts(results[i].def, decls[i].initialize(), results[i].created));
-    }
-    if (ordered) {
-      PSD_RETURN_IF_ERROR(
-          InitializeOrdered({results[i].def.name()}, /*force=*/false, deadline).status());
+      auto flight = initializing_.find(name);
+      if (decls[i].initialize()) {
+        ordered.push_back(name);
+        if (flight == initializing_.end()) {
+          started.push_back(std::make_shared<InitializationInFlight>());
+          initializing_[name] = started.back();
+        }
+      } else if (flight != initializing_.end()) {
+        awaited.emplace_back(name, flight->second);
+      }
     }
   }
-  return results;
+  absl::Status initialized;
+  if (!ordered.empty()) initialized = InitializeOrdered(ordered, /*force=*/false, deadline).status();
+  if (!started.empty()) {
+    absl::MutexLock lock(&mu_);
+    for (auto it = initializing_.begin(); it != initializing_.end();) {
+      if (std::find(started.begin(), started.end(), it->second) == started.end()) {
+        ++it;
+        continue;
+      }
+      it->second->done.Notify();
+      it = initializing_.erase(it);
+    }
+  }
+  PSD_RETURN_IF_ERROR(initialized);
+  for (const auto& [name, flight] : awaited) {
+    if (!flight->done.WaitForNotificationWithDeadline(deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "variable ", name, " is being initialized from another variable by another "
+          "declaration, which did not finish before the deadline"));
+    }
+  }
+  return declared;
 }
 
 absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(

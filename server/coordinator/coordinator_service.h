@@ -34,6 +34,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "coordinator/checkpoint_manager.h"
 #include "coordinator/registry.h"
@@ -228,6 +229,15 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // gets its handle only once the parts exist. Never held by handlers
   // other than GetVariable / DeclareVariables; taken before mu_.
   absl::Mutex declare_mu_;
+  // The ordered initializations that declarations started and that run
+  // after declare_mu_ is released, by variable: a declaration attaching to
+  // such a variable without initializing it waits for it outside
+  // declare_mu_, as it waits for the creation of the parts inside.
+  struct InitializationInFlight {
+    absl::Notification done;
+  };
+  std::map<std::string, std::shared_ptr<InitializationInFlight>> initializing_
+      ABSL_GUARDED_BY(mu_);
   mutable absl::Mutex mu_;
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
