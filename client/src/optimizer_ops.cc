@@ -13,7 +13,9 @@
 #include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
+#include "psd/stream_codec.h"
 #include "psd/wire.h"
+#include "raw_stream.h"
 
 namespace psd {
 namespace client {
@@ -131,7 +133,8 @@ class ShardApplier::Impl {
   Impl(std::string address, const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
       : address_(std::move(address)),
         options_(options),
-        stub_(Shard::NewStub(std::move(channel))) {}
+        stub_(Shard::NewStub(channel)),
+        raw_stub_(std::move(channel)) {}
 
   // Runs `call(context)` until it succeeds, fails for good, or the retry
   // budget is spent; the caller's request keeps its id across attempts.
@@ -186,6 +189,45 @@ class ShardApplier::Impl {
     req->set_shard_incarnation(incarnation_);
   }
 
+  // Whether a dense gradient travels as a stream (AssignStreamHeader.apply):
+  // in chunks, without copies, not bounded by the message limit.
+  bool Streams(const Tensor& gradient) const {
+    return gradient.dtype() != DT_STRING && options_.stream_threshold_bytes > 0 &&
+           static_cast<int64_t>(gradient.bytes().size()) > options_.stream_threshold_bytes;
+  }
+
+  // A dense apply whose gradient is streamed; the same request id on every
+  // attempt, as for the unary ApplyDense.
+  absl::StatusOr<uint64_t> ApplyDenseStreamed(const std::string& var, const OptimizerSpec& spec,
+                                              const OptimizerConfig& config,
+                                              const Tensor& gradient,
+                                              const std::vector<std::string>& slots) {
+    AssignStreamHeader header;
+    header.set_name(var);
+    header.set_op(UPDATE_ASSIGN);
+    header.set_dtype(gradient.dtype());
+    ShapeToProto(gradient.shape(), header.mutable_shape());
+    header.set_total_bytes(static_cast<int64_t>(gradient.bytes().size()));
+    FillSlots(var, config, slots, header.mutable_apply()->mutable_slots());
+    *header.mutable_apply()->mutable_optimizer() = spec;
+    SetRequestId(header.mutable_request_id());
+    header.set_shard_incarnation(incarnation_);
+    grpc::ByteBuffer reply;
+    // The stream makes its own context with the stream timeout; the one
+    // WithRetries offers (unary timeout) goes unused.
+    PSD_RETURN_IF_ERROR(WithRetries([&](grpc::ClientContext*) {
+      reply.Clear();
+      return internal::SendAssignStream(&raw_stub_, options_.stream_timeout, header,
+                                        gradient.bytes(), options_.chunk_bytes, &reply);
+    }));
+    AssignResponse response;
+    if (!DecodeMessage(reply, &response)) {
+      return absl::InternalError(
+          absl::StrCat("shard ", address_, " sent a malformed reply to a streamed apply"));
+    }
+    return response.version();
+  }
+
   static void FillSlots(const std::string& var, const OptimizerConfig& config,
                         const std::vector<std::string>& slots,
                         google::protobuf::RepeatedPtrField<std::string>* out) {
@@ -204,6 +246,7 @@ class ShardApplier::Impl {
   const std::string address_;
   const ClientOptions options_;
   const std::unique_ptr<Shard::Stub> stub_;
+  grpc::GenericStub raw_stub_;  // the raw AssignStream; thread-safe
   const uint64_t client_id_ = RandomClientId();
   std::atomic<uint64_t> next_seq_{1};
   uint64_t incarnation_ = 0;  // set by Connect, then constant
@@ -256,6 +299,9 @@ absl::StatusOr<uint64_t> ShardApplier::ApplyDense(const std::string& var,
                                                   const OptimizerConfig& optimizer,
                                                   const Tensor& gradient,
                                                   const std::vector<std::string>& slots) {
+  if (impl_->Streams(gradient)) {
+    return impl_->ApplyDenseStreamed(var, ToSpec(optimizer), optimizer, gradient, slots);
+  }
   ApplyDenseRequest req;
   PSD_RETURN_IF_ERROR(impl_->FillDense(var, ToSpec(optimizer), optimizer, gradient, slots, &req));
   ApplyDenseResponse resp;
@@ -280,45 +326,66 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
                                           const std::vector<GradientAndVariable>& grads_and_vars,
                                           std::vector<absl::Status>* statuses) {
   const OptimizerSpec spec = ToSpec(optimizer);
+  std::vector<absl::Status> results(grads_and_vars.size());
+  // Ops in one Batch message, by index; sent when a streamed gradient comes
+  // (so every op still runs in the caller's order) and at the end.
   BatchRequest batch;
-  for (const auto& gv : grads_and_vars) {
-    BatchOp* op = batch.add_ops();
+  std::vector<size_t> batched;
+  auto send_batch = [&]() -> absl::Status {
+    if (batched.empty()) return absl::OkStatus();
+    // One message out, one back. A broken stream is resent whole: the ops
+    // keep their request ids, so those that already ran are not run again.
+    BatchResponse response;
+    PSD_RETURN_IF_ERROR(impl_->WithRetries([&](grpc::ClientContext* ctx) {
+      response.Clear();
+      auto stream = impl_->stub_->Batch(ctx);
+      if (stream->Write(batch)) {
+        stream->WritesDone();
+        stream->Read(&response);
+      }
+      return stream->Finish();
+    }));
+    if (response.results_size() != batch.ops_size()) {
+      return absl::InternalError(absl::StrCat("shard ", impl_->address_, " answered ",
+                                              response.results_size(), " results for ",
+                                              batch.ops_size(), " apply ops"));
+    }
+    for (int k = 0; k < response.results_size(); ++k) {
+      const BatchOpResult& r = response.results(k);
+      results[batched[k]] = absl::Status(static_cast<absl::StatusCode>(r.code()), r.message());
+    }
+    batch.Clear();
+    batched.clear();
+    return absl::OkStatus();
+  };
+  if (statuses != nullptr) statuses->clear();
+  for (size_t i = 0; i < grads_and_vars.size(); ++i) {
+    const auto& gv = grads_and_vars[i];
     if (const auto* dense = std::get_if<Tensor>(&gv.gradient)) {
+      if (impl_->Streams(*dense)) {
+        PSD_RETURN_IF_ERROR(send_batch());
+        results[i] =
+            impl_->ApplyDenseStreamed(gv.variable, spec, optimizer, *dense, gv.slots).status();
+        continue;
+      }
       PSD_RETURN_IF_ERROR(impl_->FillDense(gv.variable, spec, optimizer, *dense, gv.slots,
-                                           op->mutable_apply_dense()));
+                                           batch.add_ops()->mutable_apply_dense()));
     } else {
       impl_->FillSparse(gv.variable, spec, optimizer, std::get<SparseGradient>(gv.gradient),
-                        gv.slots, op->mutable_apply_sparse());
+                        gv.slots, batch.add_ops()->mutable_apply_sparse());
     }
+    batched.push_back(i);
   }
-  // One message out, one back. A broken stream is resent whole: the ops
-  // keep their request ids, so those that already ran are not run again.
-  BatchResponse response;
-  PSD_RETURN_IF_ERROR(impl_->WithRetries([&](grpc::ClientContext* ctx) {
-    response.Clear();
-    auto stream = impl_->stub_->Batch(ctx);
-    if (stream->Write(batch)) {
-      stream->WritesDone();
-      stream->Read(&response);
-    }
-    return stream->Finish();
-  }));
-  if (response.results_size() != batch.ops_size()) {
-    return absl::InternalError(absl::StrCat("shard ", impl_->address_, " answered ",
-                                            response.results_size(), " results for ",
-                                            batch.ops_size(), " apply ops"));
-  }
+  PSD_RETURN_IF_ERROR(send_batch());
   absl::Status first;
-  if (statuses != nullptr) statuses->clear();
-  for (int i = 0; i < response.results_size(); ++i) {
-    const BatchOpResult& r = response.results(i);
-    absl::Status s(static_cast<absl::StatusCode>(r.code()), r.message());
+  for (size_t i = 0; i < results.size(); ++i) {
+    const absl::Status& s = results[i];
     if (first.ok() && !s.ok()) {
       first = absl::Status(s.code(), absl::StrCat("apply to '", grads_and_vars[i].variable,
                                                   "': ", s.message()));
     }
-    if (statuses != nullptr) statuses->push_back(std::move(s));
   }
+  if (statuses != nullptr) *statuses = std::move(results);
   return first;
 }
 

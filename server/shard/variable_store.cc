@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "psd/huge_pages.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 
@@ -1255,10 +1256,21 @@ struct VariableStore::SparseGradient {
   const TensorProto* values = nullptr;
 };
 
+// A dense gradient: a unary request's TensorProto (checked in ApplyOnce),
+// or a streamed one staged in host memory, whose dtype, shape and size the
+// stream's header gave and BeginAssignStream checked.
+struct VariableStore::DenseGradient {
+  const TensorProto* proto = nullptr;  // when unary
+  DataType dtype = DT_INVALID;         // when streamed
+  TensorShape shape;
+  const void* data = nullptr;  // null in a check-only run
+};
+
 absl::Status VariableStore::ApplyOnce(const std::string& name,
                                       const google::protobuf::RepeatedPtrField<std::string>& slots,
-                                      const OptimizerSpec& spec, const TensorProto* dense,
-                                      const SparseGradient* sparse, uint64_t* version) {
+                                      const OptimizerSpec& spec, const DenseGradient* dense,
+                                      const SparseGradient* sparse, uint64_t* version,
+                                      bool check_only) {
   OptimizerParams params;
   std::string power_names[2];
   PSD_RETURN_IF_ERROR(ParseOptimizer(spec, sparse != nullptr, name, &params, power_names));
@@ -1315,15 +1327,23 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
                                                       "; it must be a floating scalar"));
     }
   }
-  const TensorProto& grad = dense != nullptr ? *dense : *sparse->values;
-  if (grad.dtype() != dtype) {
+  const DataType grad_dtype = dense == nullptr          ? sparse->values->dtype()
+                              : dense->proto != nullptr ? dense->proto->dtype()
+                                                        : dense->dtype;
+  if (grad_dtype != dtype) {
     return absl::InvalidArgumentError(absl::StrCat(op, Quoted(name), " is ", DataTypeName(dtype),
-                                                   ", gradient is ", DataTypeName(grad.dtype())));
+                                                   ", gradient is ", DataTypeName(grad_dtype)));
   }
   TensorShape grad_shape;
-  if (dense != nullptr) {
-    PSD_ASSIGN_OR_RETURN(grad_shape, ValidateTensorProto(
-                                         *dense, absl::StrCat(op, "gradient for ", Quoted(name))));
+  const void* grad_data = nullptr;  // dense only
+  if (dense != nullptr && dense->proto != nullptr) {
+    PSD_ASSIGN_OR_RETURN(grad_shape,
+                         ValidateTensorProto(*dense->proto,
+                                             absl::StrCat(op, "gradient for ", Quoted(name))));
+    grad_data = dense->proto->content().data();
+  } else if (dense != nullptr) {
+    grad_shape = dense->shape;
+    grad_data = dense->data;
   } else {
     grad_shape = sparse->values_shape;
   }
@@ -1392,6 +1412,7 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
     }
     PSD_RETURN_IF_ERROR(CheckIndices(sparse->indices, var->shape.dim(0), name));
   }
+  if (check_only) return absl::OkStatus();
 
   // Everything checked: copy what pins need of the rows about to change
   // (the same rows of the variable and of every slot), then update.
@@ -1407,7 +1428,7 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
   }
   if (dense != nullptr) {
     PSD_RETURN_IF_ERROR(device_->ApplyOptimizerDense(params, dtype, var->contents->buffer.get(),
-                                                     slot_buffers, dense->content().data(),
+                                                     slot_buffers, grad_data,
                                                      grad_shape.num_elements()));
   } else {
     PSD_RETURN_IF_ERROR(device_->ApplyOptimizerSparse(
@@ -1428,9 +1449,11 @@ absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   WriteGate::Pass pass(&gate_);
   return RunOnce(request.request_id(), response, [&]() -> absl::Status {
+    DenseGradient gradient;
+    gradient.proto = &request.gradient();
     uint64_t version = 0;
-    PSD_RETURN_IF_ERROR(ApplyOnce(request.name(), request.slots(), request.optimizer(),
-                                  &request.gradient(), nullptr, &version));
+    PSD_RETURN_IF_ERROR(ApplyOnce(request.name(), request.slots(), request.optimizer(), &gradient,
+                                  nullptr, &version));
     response->set_version(version);
     return absl::OkStatus();
   });
@@ -1554,7 +1577,9 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 }
 
 // Stages a streamed value in its own buffer (accounted against the memory
-// limit) and applies it under the variable's lock at Commit.
+// limit) and applies it under the variable's lock at Commit. A streamed
+// apply's gradient is staged in host memory, where the optimizer kernels
+// read their gradient on every device (as they read a unary request's).
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
@@ -1577,10 +1602,11 @@ class StagedAssignSink final : public AssignStreamSink {
   absl::Status Stage() {
     if (cached_.has_value()) return absl::OkStatus();
     const std::string& name = header_.name();
-    if (header_.dtype() == DT_STRING) {
+    if (StagesOnHost()) {
       PSD_RETURN_IF_ERROR(store_->memory_.Reserve(header_.total_bytes(), name));
-      encoded_reservation_ = MemoryReservation(&store_->memory_, header_.total_bytes());
-      encoded_.reserve(header_.total_bytes());
+      host_reservation_ = MemoryReservation(&store_->memory_, header_.total_bytes());
+      host_.reserve(header_.total_bytes());
+      AdviseHugePages(host_.data(), header_.total_bytes());  // before the appends touch it
       return absl::OkStatus();
     }
     PSD_ASSIGN_OR_RETURN(staged_, Allocate(store_->device_, &store_->memory_, header_.dtype(),
@@ -1595,8 +1621,8 @@ class StagedAssignSink final : public AssignStreamSink {
           "streamed value for ", Quoted(header_.name()), ": more than the announced ",
           header_.total_bytes(), " bytes"));
     }
-    if (header_.dtype() == DT_STRING) {
-      encoded_.append(bytes.data(), bytes.size());
+    if (StagesOnHost()) {
+      host_.append(bytes.data(), bytes.size());
     } else {
       PSD_RETURN_IF_ERROR(store_->device_->CopyFromHost(bytes.data(), bytes.size(),
                                                         staged_.buffer.get(), received_));
@@ -1628,19 +1654,34 @@ class StagedAssignSink final : public AssignStreamSink {
   }
 
  private:
+  bool StagesOnHost() const { return header_.dtype() == DT_STRING || header_.has_apply(); }
+
   absl::Status Apply(AssignResponse* response) {
     const std::string& name = header_.name();
+    if (header_.has_apply()) {
+      // The unary ApplyDense's update, with the staged gradient.
+      VariableStore::DenseGradient gradient;
+      gradient.dtype = header_.dtype();
+      gradient.shape = shape_;
+      gradient.data = host_.data();
+      uint64_t version = 0;
+      PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, header_.apply().slots(),
+                                            header_.apply().optimizer(), &gradient, nullptr,
+                                            &version));
+      response->set_version(version);
+      return absl::OkStatus();
+    }
     if (header_.dtype() == DT_STRING) {
       PSD_ASSIGN_OR_RETURN(auto strings,
-                           DecodeStrings(encoded_, shape_.num_elements(),
+                           DecodeStrings(host_, shape_.num_elements(),
                                          absl::StrCat("streamed value for ", Quoted(name))));
       staged_.shape = shape_;
       const int64_t bytes = StringBytes(strings);
       PSD_RETURN_IF_ERROR(store_->memory_.Reserve(bytes, name));
       staged_.reservation = MemoryReservation(&store_->memory_, bytes);
       staged_.strings = std::move(strings);
-      std::string().swap(encoded_);
-      encoded_reservation_.Reset();
+      std::string().swap(host_);
+      host_reservation_.Reset();
     }
     if (header_.has_create()) return Create(response);
 
@@ -1702,8 +1743,9 @@ class StagedAssignSink final : public AssignStreamSink {
   bool finished_ = false;
   int64_t received_ = 0;
   Variable::Contents staged_;
-  std::string encoded_;  // DT_STRING: the encoding as it arrives
-  MemoryReservation encoded_reservation_;
+  // Staged on the host: DT_STRING's encoding, or an apply's gradient.
+  std::string host_;
+  MemoryReservation host_reservation_;
 };
 
 absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStream(
@@ -1728,7 +1770,24 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
           DataTypeName(header.dtype()), shape.ToString(), " needs ", bytes));
     }
   }
-  if (header.has_create()) {
+  if (header.has_apply()) {
+    const ApplyDenseRequest& apply = header.apply();
+    if (header.has_create() || kind != UpdateKind::kAssign ||
+        (!apply.name().empty() && apply.name() != name) || apply.has_gradient() ||
+        apply.has_request_id() || apply.shard_incarnation() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a streamed apply's gradient is the streamed value and its name, request id "
+                "and incarnation are the header's; `apply` gives only the slots and optimizer"));
+    }
+    // Every check of the apply, now, so a bad one fails before its bytes
+    // travel; Commit runs them again with the variables locked.
+    DenseGradient gradient;
+    gradient.dtype = header.dtype();
+    gradient.shape = shape;
+    uint64_t version = 0;
+    PSD_RETURN_IF_ERROR(ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient, nullptr,
+                                  &version, /*check_only=*/true));
+  } else if (header.has_create()) {
     const CreateVariableRequest& decl = header.create();
     PSD_RETURN_IF_ERROR(ValidateVariableName(decl.name()));
     if (decl.name() != name || decl.dtype() != header.dtype() || kind != UpdateKind::kAssign ||

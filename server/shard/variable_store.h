@@ -122,7 +122,10 @@ class VariableStore {
   absl::Status ApplySparse(const ApplySparseRequest& request, ApplySparseResponse* response);
 
   // Streams. Begin* validate the request; the returned object carries the
-  // stream's state between messages and holds no lock.
+  // stream's state between messages and holds no lock. A header with
+  // `apply` set begins a streamed dense optimizer apply: the gradient is
+  // staged in host memory (accounted) and Commit runs ApplyDense's update
+  // with it.
   absl::StatusOr<std::unique_ptr<ReadStreamSource>> BeginReadStream(
       const ReadStreamRequest& request) const;
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginAssignStream(
@@ -189,12 +192,18 @@ class VariableStore {
   absl::Status AssignOnce(const AssignRequest& request, AssignResponse* response);
   absl::Status ScatterOnce(const ScatterRequest& request, ScatterResponse* response);
   absl::Status CountUpToOnce(const CountUpToRequest& request, CountUpToResponse* response);
-  // The body of ApplyDense (sparse == nullptr) and ApplySparse.
+  // The body of ApplyDense (sparse == nullptr), of a streamed dense apply
+  // and of ApplySparse. With `check_only` it runs every check (taking the
+  // locks) and returns before anything changes: a streamed apply runs it
+  // before staging its gradient, so a bad request fails before its bytes
+  // travel, with the unary apply's message.
+  struct DenseGradient;
   struct SparseGradient;
   absl::Status ApplyOnce(const std::string& name,
                          const google::protobuf::RepeatedPtrField<std::string>& slots,
-                         const OptimizerSpec& spec, const TensorProto* dense,
-                         const SparseGradient* sparse, uint64_t* version);
+                         const OptimizerSpec& spec, const DenseGradient* dense,
+                         const SparseGradient* sparse, uint64_t* version,
+                         bool check_only = false);
 
   Device* const device_;
   const VariableStoreOptions options_;

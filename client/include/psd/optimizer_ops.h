@@ -13,8 +13,11 @@
 // Retries and errors are ShardClient's (client.h): every apply carries a
 // request id and is retried with the same id on UNAVAILABLE or
 // DEADLINE_EXCEEDED, so it is applied at most once; a shard that restarted
-// answers ABORTED "stale handle". Gradients travel inline in one message, so
-// one apply is limited to ClientOptions::max_message_bytes.
+// answers ABORTED "stale handle". A dense gradient bigger than
+// ClientOptions::stream_threshold_bytes travels as a stream of chunk_bytes
+// chunks (the shard stages it, then applies it like a unary ApplyDense), so
+// only sparse gradients and smaller dense ones are limited to
+// ClientOptions::max_message_bytes.
 //
 // Thread-safety: a ShardApplier is thread-safe; concurrent applies to one
 // variable are each atomic on the shard.
@@ -145,7 +148,9 @@ class ShardApplier {
                                        const std::vector<std::string>& slots = {});
 
   // TensorFlow's apply_gradients for the variables of one shard: every
-  // gradient in one Batch message, applied in order, each atomically. Each
+  // gradient in one Batch message (dense ones past stream_threshold_bytes
+  // streamed on their own between batches), applied in order, each
+  // atomically. Each
   // op's status goes to `statuses` (when not null); returns the first error,
   // naming its variable, or OK.
   absl::Status ApplyGradients(const OptimizerConfig& optimizer,
