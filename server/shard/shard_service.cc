@@ -398,9 +398,9 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       // End of the client's stream: a half-close, or a broken call.
       absl::Status status;
       if (cancelled_.load() || ctx_->IsCancelled()) {
-        status = absl::CancelledError("streamed assign cancelled; nothing was changed");
+        status = absl::CancelledError("streamed assign or apply cancelled; nothing was changed");
       } else if (sink_ == nullptr) {
-        status = absl::InvalidArgumentError("streamed assign without a header");
+        status = absl::InvalidArgumentError("streamed assign or apply without a header");
       } else {
         Commit();
         return;
