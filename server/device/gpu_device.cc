@@ -183,7 +183,10 @@ class GpuDevice final : public Device {
     PSD_RETURN_IF_ERROR(internal::CheckArithmetic(dtype, op));
     if (n == 0) return absl::OkStatus();  // `src` may be empty
     PSD_RETURN_IF_ERROR(Usable());
-    if (src_is_scalar) {
+    // One element (a scalar variable's assign_add, the commonest small op)
+    // travels as a kernel argument: no staging copy and no host-to-device
+    // transfer before the kernel.
+    if (src_is_scalar || n == 1) {
       return Check(
           context_->DenseScalar(type, ToUpdateOp(op), dst->data(), ScalarBits(dtype, src), n));
     }
