@@ -17,9 +17,12 @@
 #include "shard/shard_checkpoint.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
+
+using store_test::Vec;
 
 using ::testing::HasSubstr;
 
@@ -61,13 +64,6 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
-  TensorProto p;
-  TensorToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values), &p);
-  return p;
-}
-
 class ShardSaveStepsTest : public ::testing::Test {
  protected:
   ShardSaveStepsTest()
@@ -88,14 +84,7 @@ class ShardSaveStepsTest : public ::testing::Test {
   }
 
   void Create(const std::string& name, const TensorProto& value) {
-    CreateVariableRequest req;
-    req.set_name(name);
-    req.set_dtype(value.dtype());
-    *req.mutable_shape() = value.shape();
-    *req.mutable_initial_value() = value;
-    req.set_initialize(true);
-    VariableInfo info;
-    ASSERT_TRUE(store_.Create(req, &info).ok()) << name;
+    ASSERT_TRUE(store_test::CreateWithValue(&store_, name, value).ok()) << name;
   }
 
   void Fence(uint64_t id) {

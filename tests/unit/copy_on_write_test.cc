@@ -13,19 +13,15 @@
 #include "psd/wire.h"
 #include "shard/value_pin.h"
 #include "shard/variable_store.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
 
+using store_test::Vec;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
-  TensorProto p;
-  TensorToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values), &p);
-  return p;
-}
 
 TensorProto Strings(std::vector<int64_t> dims, const std::vector<std::string>& values) {
   TensorProto p;
@@ -99,14 +95,7 @@ class CopyOnWriteTest : public ::testing::Test {
       : device_(NewCpuDevice()), store_(device_.get(), Options(chunk_bytes, limit)) {}
 
   void CreateFrom(const std::string& name, const TensorProto& value) {
-    CreateVariableRequest req;
-    req.set_name(name);
-    req.set_dtype(value.dtype());
-    *req.mutable_shape() = value.shape();
-    *req.mutable_initial_value() = value;
-    req.set_initialize(true);
-    VariableInfo info;
-    ASSERT_TRUE(store_.Create(req, &info).ok()) << name;
+    ASSERT_TRUE(store_test::CreateWithValue(&store_, name, value).ok()) << name;
   }
 
   // Takes a checkpoint snapshot of every variable and lifts the fence, as
@@ -152,13 +141,7 @@ class CopyOnWriteTest : public ::testing::Test {
 
   absl::Status Assign(const std::string& name, UpdateOp op, const TensorProto& value,
                       bool validate_shape = true) {
-    AssignRequest req;
-    req.set_name(name);
-    req.set_op(op);
-    *req.mutable_value() = value;
-    req.set_validate_shape(validate_shape);
-    AssignResponse resp;
-    return store_.Assign(req, &resp);
+    return store_test::AssignValue(&store_, name, op, value, validate_shape);
   }
 
   absl::Status Scatter(const std::string& name, UpdateOp op, std::vector<int64_t> indices,

@@ -16,19 +16,17 @@
 #include "gtest/gtest.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
+
+using store_test::Vec;
 
 TensorProto ToProto(const Tensor& t) {
   TensorProto p;
   TensorToProto(t, &p);
   return p;
-}
-
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, const std::vector<T>& values) {
-  return ToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values));
 }
 
 // Runs the script on `device`; returns every value it read, concatenated,
@@ -95,12 +93,7 @@ std::string RunScript(Device* device) {
   std::vector<int32_t> delta(3000);
   for (size_t i = 0; i < delta.size(); ++i) delta[i] = static_cast<int32_t>(i % 7) - 3;
   for (UpdateOp op : {UPDATE_ADD, UPDATE_SUB, UPDATE_ADD}) {
-    AssignRequest req;
-    req.set_name("counts");
-    req.set_op(op);
-    *req.mutable_value() = Vec<int32_t>({1000, 3}, delta);
-    AssignResponse resp;
-    check(store.Assign(req, &resp), "assign");
+    check(store_test::AssignValue(&store, "counts", op, Vec<int32_t>({1000, 3}, delta)), "assign");
   }
   read("counts");
 

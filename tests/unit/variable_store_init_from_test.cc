@@ -11,18 +11,14 @@
 #include "psd/float16.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
 
-using ::testing::HasSubstr;
+using store_test::Vec;
 
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
-  TensorProto p;
-  TensorToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values), &p);
-  return p;
-}
+using ::testing::HasSubstr;
 
 InitializerSpec From(const std::string& source, double scale, double offset) {
   InitializerSpec spec;
@@ -60,14 +56,7 @@ class VariableStoreInitFromTest : public ::testing::Test {
     return store_.Create(req, &info);
   }
   void CreateValue(const std::string& name, const TensorProto& value) {
-    CreateVariableRequest req;
-    req.set_name(name);
-    req.set_dtype(value.dtype());
-    *req.mutable_shape() = value.shape();
-    *req.mutable_initial_value() = value;
-    req.set_initialize(true);
-    VariableInfo info;
-    ASSERT_TRUE(store_.Create(req, &info).ok());
+    ASSERT_TRUE(store_test::CreateWithValue(&store_, name, value).ok());
   }
   // Initializes `target` from `source`'s snapshot, as ShardService does.
   absl::Status InitializeFrom(const std::string& target, const std::string& source) {

@@ -9,19 +9,16 @@
 #include "gtest/gtest.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
 
+using store_test::Vec;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
-  TensorProto p;
-  TensorToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values), &p);
-  return p;
-}
 template <typename T>
 TensorProto Scalar(T value) {
   TensorProto p;
@@ -68,14 +65,7 @@ class VariableStoreOptimizerTest : public ::testing::Test {
   VariableStoreOptimizerTest() : device_(NewCpuDevice()), store_(device_.get(), Options()) {}
 
   void CreateFrom(const std::string& name, const TensorProto& value, bool initialize = true) {
-    CreateVariableRequest req;
-    req.set_name(name);
-    req.set_dtype(value.dtype());
-    *req.mutable_shape() = value.shape();
-    *req.mutable_initial_value() = value;
-    req.set_initialize(initialize);
-    VariableInfo info;
-    ASSERT_TRUE(store_.Create(req, &info).ok()) << name;
+    ASSERT_TRUE(store_test::CreateWithValue(&store_, name, value, initialize).ok()) << name;
   }
 
   Tensor ReadValue(const std::string& name) {

@@ -8,9 +8,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/wire.h"
+#include "store_test_util.h"
 
 namespace psd {
 namespace {
+
+using store_test::Vec;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -19,11 +22,6 @@ TensorProto ToProto(const Tensor& t) {
   TensorProto p;
   TensorToProto(t, &p);
   return p;
-}
-
-template <typename T>
-TensorProto Vec(std::vector<int64_t> dims, std::vector<T> values) {
-  return ToProto(*Tensor::FromVector<T>(TensorShape(std::move(dims)), values));
 }
 
 class VariableStoreTest : public ::testing::Test {
@@ -40,14 +38,7 @@ class VariableStoreTest : public ::testing::Test {
   VariableStoreTest() : device_(NewCpuDevice()), store_(device_.get(), Options()) {}
 
   void CreateFrom(const std::string& name, const TensorProto& value) {
-    CreateVariableRequest req;
-    req.set_name(name);
-    req.set_dtype(value.dtype());
-    *req.mutable_shape() = value.shape();
-    *req.mutable_initial_value() = value;
-    req.set_initialize(true);
-    VariableInfo info;
-    ASSERT_TRUE(store_.Create(req, &info).ok());
+    ASSERT_TRUE(store_test::CreateWithValue(&store_, name, value).ok());
   }
 
   Tensor ReadValue(const std::string& name) {
@@ -61,13 +52,7 @@ class VariableStoreTest : public ::testing::Test {
 
   absl::Status Assign(const std::string& name, UpdateOp op, const TensorProto& value,
                       bool validate_shape = true) {
-    AssignRequest req;
-    req.set_name(name);
-    req.set_op(op);
-    *req.mutable_value() = value;
-    req.set_validate_shape(validate_shape);
-    AssignResponse resp;
-    return store_.Assign(req, &resp);
+    return store_test::AssignValue(&store_, name, op, value, validate_shape);
   }
 
   absl::Status Scatter(const std::string& name, UpdateOp op, const TensorProto& indices,
