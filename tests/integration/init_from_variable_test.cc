@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cluster_process.h"
+#include "shared_cluster_test.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/internal/grpc_credentials.h"
@@ -81,30 +82,7 @@ void SteerNextPartTo(Session* session, int next_on) {
   if (next_on == 1) ASSERT_TRUE(IsOk(add(1)));  // a tie goes to shard 0
 }
 
-class InitFromVariableTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    auto cluster = TestCluster::Start();
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = cluster->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-
-  void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    auto session = Session::Open(cluster_->coordinator_address());
-    ASSERT_TRUE(session.ok()) << session.status();
-    session_ = std::move(session).value();
-  }
-
-  static TestCluster* cluster_;
-  std::unique_ptr<Session> session_;
-};
-
-TestCluster* InitFromVariableTest::cluster_ = nullptr;
+class InitFromVariableTest : public SharedClusterTest<InitFromVariableTest> {};
 
 const std::vector<float> kV = {1, 2, 3, 4, 5, 6};
 

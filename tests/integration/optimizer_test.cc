@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cluster_process.h"
+#include "shared_cluster_test.h"
 #include "gtest/gtest.h"
 #include "psd/session.h"
 
@@ -93,27 +94,8 @@ bool Contains(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-class OptimizerTest : public ::testing::Test {
+class OptimizerTest : public SharedClusterTest<OptimizerTest> {
  protected:
-  static void SetUpTestSuite() {
-    auto started = TestCluster::Start();
-    ASSERT_TRUE(started.ok()) << started.status();
-    cluster_ = started->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    session_ = NewSession();
-    ASSERT_NE(session_, nullptr);
-  }
-  std::unique_ptr<Session> NewSession() {
-    auto s = Session::Open(cluster_->coordinator_address());
-    EXPECT_TRUE(s.ok()) << s.status();
-    return s.ok() ? *std::move(s) : nullptr;
-  }
   std::vector<std::string> Names(const std::string& collection) {
     std::vector<std::string> out;
     auto list = session_->ListVariables(collection);
@@ -123,11 +105,7 @@ class OptimizerTest : public ::testing::Test {
     }
     return out;
   }
-
-  static TestCluster* cluster_;
-  std::unique_ptr<Session> session_;
 };
-TestCluster* OptimizerTest::cluster_ = nullptr;
 
 TEST_F(OptimizerTest, SlotsHaveTensorFlowNamesAreGlobalNotTrainableAndColocated) {
   ASSERT_OK_AND_ASSIGN(Variable emb, session_->GetVariable("slots/emb", Declared({10, 4}, 2)));

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cluster_process.h"
+#include "shared_cluster_test.h"
 #include "gtest/gtest.h"
 #include "psd/session.h"
 
@@ -91,33 +92,7 @@ ScopeOptions Reusing(Reuse r = REUSE_TRUE) {
   return o;
 }
 
-class SessionTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    auto started = TestCluster::Start();
-    ASSERT_TRUE(started.ok()) << started.status();
-    cluster_ = started->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    auto s = Session::Open(cluster_->coordinator_address());
-    ASSERT_TRUE(s.ok()) << s.status();
-    session_ = *std::move(s);
-  }
-  std::unique_ptr<Session> NewSession() {
-    auto s = Session::Open(cluster_->coordinator_address());
-    EXPECT_TRUE(s.ok()) << s.status();
-    return s.ok() ? *std::move(s) : nullptr;
-  }
-
-  static TestCluster* cluster_;
-  std::unique_ptr<Session> session_;
-};
-TestCluster* SessionTest::cluster_ = nullptr;
+class SessionTest : public SharedClusterTest<SessionTest> {};
 
 TEST_F(SessionTest, ScopesPrefixNamesAndReuseChecksFollowTensorFlow) {
   Session* s = session_.get();
