@@ -215,28 +215,46 @@ double ScatterAddRowsPerSecond(int64_t rows, int64_t cols, const std::vector<int
   return ScatterAddRowsPerSecond(rows, cols, std::vector<std::vector<int64_t>>{indices}, reps);
 }
 
-double ScatterAddRowsPerSecond(int64_t rows, int64_t cols,
-                               const std::vector<std::vector<int64_t>>& batches, int reps) {
-  Table table(static_cast<size_t>(rows * cols), 0.0f);
+namespace {
+
+// One buffer of `value`s per batch, a row of `cols` per index: each request
+// brings its own update rows.
+std::vector<std::vector<float>> RowsPerBatch(const std::vector<std::vector<int64_t>>& batches,
+                                             int64_t cols, float value) {
+  std::vector<std::vector<float>> rows;
+  for (const auto& b : batches) rows.emplace_back(b.size() * cols, value);
+  return rows;
+}
+
+// The best rate over `reps` passes of `apply(batch, k, index)` over every
+// index of every batch, in rows per second.
+template <typename Apply>
+double BestRowsPerSecond(const std::vector<std::vector<int64_t>>& batches, int reps,
+                         Apply&& apply) {
   size_t total = 0;
-  std::vector<std::vector<float>> updates;  // each batch its own, as each request brings its own
-  for (const auto& b : batches) {
-    total += b.size();
-    updates.emplace_back(b.size() * cols, 0.5f);
-  }
+  for (const auto& b : batches) total += b.size();
   double best = 0;
   for (int r = 0; r < reps; ++r) {
     auto start = std::chrono::steady_clock::now();
     for (size_t b = 0; b < batches.size(); ++b) {
-      const std::vector<int64_t>& indices = batches[b];
-      for (size_t k = 0; k < indices.size(); ++k) {
-        float* __restrict row = table.data() + indices[k] * cols;
-        const float* __restrict u = updates[b].data() + k * cols;
-        for (int64_t j = 0; j < cols; ++j) row[j] += u[j];
-      }
+      for (size_t k = 0; k < batches[b].size(); ++k) apply(b, k, batches[b][k]);
     }
     best = std::max(best, total / Seconds(start));
   }
+  return best;
+}
+
+}  // namespace
+
+double ScatterAddRowsPerSecond(int64_t rows, int64_t cols,
+                               const std::vector<std::vector<int64_t>>& batches, int reps) {
+  Table table(static_cast<size_t>(rows * cols), 0.0f);
+  const std::vector<std::vector<float>> updates = RowsPerBatch(batches, cols, 0.5f);
+  const double best = BestRowsPerSecond(batches, reps, [&](size_t b, size_t k, int64_t index) {
+    float* __restrict row = table.data() + index * cols;
+    const float* __restrict u = updates[b].data() + k * cols;
+    for (int64_t j = 0; j < cols; ++j) row[j] += u[j];
+  });
   if (table[batches[0][0] * cols] < 0) std::abort();  // keeps the loop
   return best;
 }
@@ -246,29 +264,16 @@ double SparseAdagradRowsPerSecond(int64_t rows, int64_t cols,
                                   int reps) {
   Table var(static_cast<size_t>(rows * cols), 0.0f);
   Table accum(static_cast<size_t>(rows * cols), 0.1f);
-  size_t total = 0;
-  std::vector<std::vector<float>> grads;  // each batch its own, as each request brings its own
-  for (const auto& b : batches) {
-    total += b.size();
-    grads.emplace_back(b.size() * cols, 0.01f);
-  }
-  double best = 0;
-  for (int r = 0; r < reps; ++r) {
-    auto start = std::chrono::steady_clock::now();
-    for (size_t b = 0; b < batches.size(); ++b) {
-      const std::vector<int64_t>& indices = batches[b];
-      for (size_t k = 0; k < indices.size(); ++k) {
-        float* __restrict w = var.data() + indices[k] * cols;
-        float* __restrict a = accum.data() + indices[k] * cols;
-        const float* __restrict g = grads[b].data() + k * cols;
-        for (int64_t j = 0; j < cols; ++j) {
-          a[j] += g[j] * g[j];
-          w[j] -= g[j] * lr / std::sqrt(a[j]);
-        }
-      }
+  const std::vector<std::vector<float>> grads = RowsPerBatch(batches, cols, 0.01f);
+  const double best = BestRowsPerSecond(batches, reps, [&](size_t b, size_t k, int64_t index) {
+    float* __restrict w = var.data() + index * cols;
+    float* __restrict a = accum.data() + index * cols;
+    const float* __restrict g = grads[b].data() + k * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      a[j] += g[j] * g[j];
+      w[j] -= g[j] * lr / std::sqrt(a[j]);
     }
-    best = std::max(best, total / Seconds(start));
-  }
+  });
   if (var[batches[0][0] * cols] > 1) std::abort();  // keeps the loop
   return best;
 }

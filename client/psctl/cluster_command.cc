@@ -50,17 +50,6 @@ absl::Status Call(const Context& ctx,
   return s;
 }
 
-std::string Bytes(int64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrCat(n, " B") : absl::StrFormat("%.1f %s", v, units[u]);
-}
-
 std::string ShapeText(const psd::TensorShapeProto& s) {
   return absl::StrCat("[", absl::StrJoin(s.dims(), ","), "]");
 }
@@ -102,11 +91,11 @@ void RunStatus(Context* ctx) {
     rows.push_back({std::to_string(sh.shard_id()), sh.address(), sh.live() ? "yes" : "NO",
                     absl::StrFormat("%016x", sh.incarnation()), sh.device(),
                     std::to_string(sh.num_variables()), std::to_string(sh.placed_parts()),
-                    Bytes(sh.placed_bytes()),
+                    FormatBytes(sh.placed_bytes()),
                     sh.memory_limit_bytes() > 0
-                        ? absl::StrCat(Bytes(sh.memory_used_bytes()), " / ",
-                                       Bytes(sh.memory_limit_bytes()))
-                        : Bytes(sh.memory_used_bytes()),
+                        ? absl::StrCat(FormatBytes(sh.memory_used_bytes()), " / ",
+                                       FormatBytes(sh.memory_limit_bytes()))
+                        : FormatBytes(sh.memory_used_bytes()),
                     std::to_string(sh.lost_parts()),
                     absl::StrCat(sh.millis_since_heartbeat(), " ms ago")});
   }

@@ -401,16 +401,9 @@ absl::StatusOr<Variable> CreateUnique(Session::Impl* impl, GetVariableOptions o,
   o.trainable = options.trainable;
   o.collections = options.collections;
   o.initialize = options.initialize;
-  GetVariableRequest req;
-  req.set_session_id(impl->id_);
-  req.set_request_seq(impl->NextRequestSeq());
   // The unique name is already a full name: declare it from the root, and
   // without the scope's defaults (tf.Variable ignores them).
-  *req.mutable_declaration() = MakeDeclaration(CapturedScope{}, uresp.name(), o, file, line);
-  GetVariableResponse resp;
-  PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
-  PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
-  return impl->MakeVariable(std::move(handle));
+  return DeclareVariable(impl, CapturedScope{}, uresp.name(), o, file, line);
 }
 
 }  // namespace
