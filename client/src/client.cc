@@ -401,15 +401,12 @@ class ShardClient::Impl {
     return options_.stream_threshold_bytes > 0 && bytes > options_.stream_threshold_bytes;
   }
 
-  // Decodes a tensor the shard sent. A malformed one is the shard's fault,
-  // so it is INTERNAL rather than the INVALID_ARGUMENT of TensorFromProto.
-  absl::StatusOr<Tensor> DecodeResult(const TensorProto& proto, const std::string& name) const {
-    auto tensor = TensorFromProto(proto, absl::StrCat("value of variable '", name, "'"));
-    if (!tensor.ok()) {
-      return absl::InternalError(
-          absl::StrCat("shard ", address_, " sent ", tensor.status().message()));
-    }
-    return tensor;
+  // Decodes a tensor the shard sent in a reply that is not used again: the
+  // tensor takes over the reply's bytes (see DecodeResultInto).
+  absl::StatusOr<Tensor> DecodeResult(TensorProto* proto, const std::string& name) const {
+    Tensor out;
+    PSD_RETURN_IF_ERROR(DecodeResultInto(proto, name, &out));
+    return out;
   }
 
   absl::Status ShardFault(const std::string& what) const {
@@ -523,13 +520,17 @@ class ShardClient::Impl {
 
   // A value that came in one message, into *out: copied into out's buffer
   // when it already has the value's dtype and size, else out takes over the
-  // message's bytes (no copy either way for a fresh tensor).
+  // message's bytes (no copy either way for a fresh tensor). A malformed
+  // value is the shard's fault, so it is INTERNAL rather than the
+  // INVALID_ARGUMENT of ValidateTensorProto.
   absl::Status DecodeResultInto(TensorProto* proto, const std::string& name, Tensor* out) const {
     const std::string what = absl::StrCat("value of variable '", name, "'");
     auto shape = ValidateTensorProto(*proto, what);
     if (!shape.ok()) return ShardFault(std::string(shape.status().message()));
     if (proto->dtype() == DT_STRING) {
-      PSD_ASSIGN_OR_RETURN(*out, DecodeResult(*proto, name));
+      auto strings = TensorFromProto(*proto, what);
+      if (!strings.ok()) return ShardFault(std::string(strings.status().message()));
+      *out = *std::move(strings);
       return absl::OkStatus();
     }
     std::string* content = proto->mutable_content();
@@ -681,7 +682,7 @@ class ShardClient::Impl {
     AssignResponse response;
     PSD_RETURN_IF_ERROR(Call(&Shard::Stub::Assign, request, &response));
     if (new_value != nullptr) {
-      PSD_ASSIGN_OR_RETURN(*new_value, DecodeResult(response.value(), name));
+      PSD_ASSIGN_OR_RETURN(*new_value, DecodeResult(response.mutable_value(), name));
     }
     return absl::OkStatus();
   }
@@ -693,7 +694,7 @@ class ShardClient::Impl {
     ScatterResponse response;
     PSD_RETURN_IF_ERROR(Call(&Shard::Stub::Scatter, request, &response));
     if (new_value != nullptr) {
-      PSD_ASSIGN_OR_RETURN(*new_value, DecodeResult(response.value(), name));
+      PSD_ASSIGN_OR_RETURN(*new_value, DecodeResult(response.mutable_value(), name));
     }
     return absl::OkStatus();
   }
@@ -789,7 +790,7 @@ class ShardClient::Impl {
             op->impl->RunDetached([op] { op->Complete(op->impl->ReadStream(op->request.name())); });
             return;
           }
-          op->Complete(op->impl->DecodeResult(op->response.value(), name));
+          op->Complete(op->impl->DecodeResult(op->response.mutable_value(), name));
         });
   }
 
@@ -799,7 +800,7 @@ class ShardClient::Impl {
     return StartAsync<GatherResponse, R>(
         &AsyncStub::Gather, MakeGatherRequest(name, std::move(indices)),
         [](const std::shared_ptr<Op>& op) {
-          op->Complete(op->impl->DecodeResult(op->response.value(), op->request.name()));
+          op->Complete(op->impl->DecodeResult(op->response.mutable_value(), op->request.name()));
         });
   }
 
@@ -1114,8 +1115,8 @@ class BatchReactor final : public grpc::ClientBidiReactor<BatchRequest, BatchRes
             impl->OpDone();
           });
         } else {
-          const TensorProto& value =
-              result->has_read() ? result->read().value() : result->gather().value();
+          TensorProto* value = result->has_read() ? result->mutable_read()->mutable_value()
+                                                  : result->mutable_gather()->mutable_value();
           tp.set_value(impl_->DecodeResult(value, op.name));
         }
       }
@@ -1391,7 +1392,7 @@ absl::StatusOr<Tensor> ShardClient::Gather(const std::string& name, const Tensor
   GatherRequest request = impl_->MakeGatherRequest(name, Tensor(indices));
   GatherResponse response;
   PSD_RETURN_IF_ERROR(impl_->Call(&Shard::Stub::Gather, request, &response));
-  return impl_->DecodeResult(response.value(), name);
+  return impl_->DecodeResult(response.mutable_value(), name);
 }
 
 absl::Status ShardClient::Assign(const std::string& name, const Tensor& value,
