@@ -1,5 +1,6 @@
 #include "observability/rpc_metrics.h"
 
+#include <algorithm>
 #include <chrono>
 #include <new>
 #include <string>
@@ -8,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -105,10 +107,10 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
-      if (const void* message = methods->GetRecvMessage()) {
-        // Raw methods receive grpc::ByteBuffers, the others protobufs.
+      const void* message = methods->GetRecvMessage();
+      if (message != nullptr && series_->received != RpcMetrics::MethodSeries::Received::kUnknown) {
         const size_t n =
-            series_->raw
+            series_->received == RpcMetrics::MethodSeries::Received::kByteBuffer
                 ? static_cast<const grpc::ByteBuffer*>(message)->Length()
                 : static_cast<const google::protobuf::MessageLite*>(message)->ByteSizeLong();
         metrics_->bytes_in_->Increment(static_cast<double>(n));
@@ -179,6 +181,22 @@ RpcMetrics::RpcMetrics(MetricsRegistry* registry, std::map<std::string, Response
                      ->Get({})),
       watchers_(std::move(watchers)) {}
 
+// How `method` ("package.Service/Method") receives its messages: psd's
+// raw stream methods as grpc::ByteBuffers, psd's other methods as the
+// protobuf messages of their generated services; any other method (gRPC's
+// health and reflection services, an unknown path) is not interpreted.
+RpcMetrics::MethodSeries::Received RpcMetrics::ReceivedKind(absl::string_view method) {
+  using Received = RpcMetrics::MethodSeries::Received;
+  if (!absl::StartsWith(method, "psd.")) return Received::kUnknown;
+  if (IsRawStreamMethod(method)) return Received::kByteBuffer;
+  std::string dotted(method);
+  std::replace(dotted.begin(), dotted.end(), '/', '.');
+  if (google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(dotted) == nullptr) {
+    return Received::kUnknown;
+  }
+  return Received::kProto;
+}
+
 RpcMetrics::MethodSeries* RpcMetrics::SeriesFor(absl::string_view method) {
   {
     absl::ReaderMutexLock lock(&methods_mu_);
@@ -186,11 +204,16 @@ RpcMetrics::MethodSeries* RpcMetrics::SeriesFor(absl::string_view method) {
     if (it != methods_.end()) return it->second.get();
   }
   absl::MutexLock lock(&methods_mu_);
+  // Method names come from callers, unknown ones included: past a bound
+  // they share one series, so made-up paths cannot grow the metrics.
+  if (methods_.size() >= kMaxMethodSeries && methods_.find(method) == methods_.end()) {
+    method = kOtherMethods;
+  }
   auto& slot = methods_[std::string(method)];
   if (slot == nullptr) {
     slot = std::make_unique<MethodSeries>();
     slot->method = std::string(method);
-    slot->raw = IsRawStreamMethod(method);
+    slot->received = ReceivedKind(method);
     auto watcher = watchers_.find(slot->method);
     if (watcher != watchers_.end()) slot->watcher = &watcher->second;
     slot->latency = latency_->Get({slot->method});

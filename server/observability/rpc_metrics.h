@@ -61,7 +61,12 @@ class RpcMetrics {
   // values on every call (a small op's RPC is a few microseconds).
   struct MethodSeries {
     std::string method;
-    bool raw = false;  // served with grpc::ByteBuffer messages
+    // What a received message is, which decides how its size is taken.
+    // Only psd's own methods are known: gRPC's services (health checking,
+    // reflection) and anything else pass messages of types psd cannot
+    // name, so their received bytes are not counted.
+    enum class Received { kUnknown, kProto, kByteBuffer };
+    Received received = Received::kUnknown;
     const ResponseWatcher* watcher = nullptr;
     Histogram* latency = nullptr;
     // By status code (0..16), created on first use.
@@ -69,7 +74,12 @@ class RpcMetrics {
   };
   // `method` without its leading '/'. Never null; lives as long as this.
   MethodSeries* SeriesFor(absl::string_view method);
+  static MethodSeries::Received ReceivedKind(absl::string_view method);
   Counter* CallsFor(MethodSeries* series, int code);
+
+  // Distinct method series kept; later methods are counted as kOtherMethods.
+  static constexpr size_t kMaxMethodSeries = 256;
+  static constexpr absl::string_view kOtherMethods = "other";
 
   Family<Counter>* const calls_;
   Family<Histogram>* const latency_;
