@@ -1,27 +1,37 @@
 #include "shard/request_window.h"
 
 #include "absl/strings/str_cat.h"
+#include "psd/status.h"
 
 namespace psd {
 
-RequestWindow::RequestWindow(int window, int max_clients)
-    : window_(window), max_clients_(max_clients) {}
+RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle)
+    : window_(window), max_clients_(max_clients), min_idle_(min_idle) {}
 
-RequestWindow::Client& RequestWindow::ClientFor(uint64_t client_id) {
+absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id) {
   auto it = clients_.find(client_id);
-  if (it != clients_.end()) return it->second;
+  if (it != clients_.end()) return &it->second;
   if (static_cast<int>(clients_.size()) >= max_clients_) {
-    // Forget the least recently seen client; its late retries will be
-    // treated as new requests, the documented cost of a bounded table.
     auto oldest = clients_.begin();
     for (auto c = clients_.begin(); c != clients_.end(); ++c) {
       if (c->second.last_used < oldest->second.last_used) oldest = c;
+    }
+    // Only a client that stopped long ago is forgotten: its late retries
+    // would be treated as new requests.
+    const absl::Duration idle =
+        absl::FromChrono(std::chrono::steady_clock::now() - oldest->second.last_seen);
+    if (idle < min_idle_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the shard remembers exactly-once windows for ", max_clients_,
+          " clients (max_clients) and all were active in the last ",
+          absl::FormatDuration(min_idle_), "; client ", absl::Hex(client_id),
+          " is refused until one goes idle"));
     }
     clients_.erase(oldest);
   }
   Client& client = clients_[client_id];
   client.ring.resize(window_);
-  return client;
+  return &client;
 }
 
 RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
@@ -33,8 +43,10 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
 
 absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id) {
   absl::MutexLock lock(&mu_);
-  Client& client = ClientFor(id.client_id());
+  PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id()));
+  Client& client = *found;
   client.last_used = ++tick_;
+  client.last_seen = std::chrono::steady_clock::now();
   if (client.max_seq >= static_cast<uint64_t>(window_) &&
       id.seq() <= client.max_seq - window_) {
     return absl::AbortedError(absl::StrCat("request id too old: seq ", id.seq(), " of client ",
@@ -49,7 +61,9 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   }
   // Looked up again: waiting released the lock, and the client may have
   // been forgotten and re-created meanwhile.
-  Client& owner = ClientFor(id.client_id());
+  PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id()));
+  Client& owner = *owner_found;
+  owner.last_seen = std::chrono::steady_clock::now();
   Entry& slot = owner.ring[id.seq() % window_];
   slot.seq = id.seq();
   slot.state = State::kRunning;

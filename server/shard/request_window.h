@@ -10,14 +10,19 @@
 //
 // Memory: one ring of `window` entries (about 40 bytes each) per client,
 // allocated when the client is first seen; at most `max_clients` clients are
-// remembered (the least recently seen is forgotten first), so the window
-// costs at most about 40 MiB with the defaults. Nothing is allocated per
-// request.
+// remembered, so the window costs at most about 40 MiB with the defaults.
+// Nothing is allocated per request. When the table is full, a new client
+// takes the place of the least recently seen one only if that one has been
+// idle for `min_idle` (longer than any client keeps retrying); otherwise the
+// new client is refused with RESOURCE_EXHAUSTED. So a caller inventing client
+// ids cannot silently evict a live client's window (which would turn that
+// client's retries into second applications); at worst new clients wait.
 //
 // Thread-safety: thread-safe (one mutex).
 #ifndef PSD_SERVER_SHARD_REQUEST_WINDOW_H_
 #define PSD_SERVER_SHARD_REQUEST_WINDOW_H_
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
@@ -27,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "psd/types.pb.h"
 
 namespace psd {
@@ -40,13 +46,15 @@ class RequestWindow {
     int64_t old_value = 0;  // count_up_to
   };
 
-  explicit RequestWindow(int window = 1024, int max_clients = 1024);
+  explicit RequestWindow(int window = 1024, int max_clients = 1024,
+                         absl::Duration min_idle = absl::Minutes(10));
   RequestWindow(const RequestWindow&) = delete;
   RequestWindow& operator=(const RequestWindow&) = delete;
 
   // Registers `id` as running. Returns nullopt for a new request (the caller
   // must then call Finish or Abandon exactly once), the cached result for a
-  // duplicate, or ABORTED for an id older than the window.
+  // duplicate, ABORTED for an id older than the window, or
+  // RESOURCE_EXHAUSTED for a new client while the table is full of live ones.
   absl::StatusOr<std::optional<Result>> Begin(const RequestId& id);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
@@ -64,14 +72,16 @@ class RequestWindow {
   struct Client {
     uint64_t max_seq = 0;
     uint64_t last_used = 0;  // tick of the latest Begin
+    std::chrono::steady_clock::time_point last_seen;  // for the idle rule
     std::vector<Entry> ring;
   };
 
-  Client& ClientFor(uint64_t client_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Client*> ClientFor(uint64_t client_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryFor(const RequestId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int window_;
   const int max_clients_;
+  const absl::Duration min_idle_;
   absl::Mutex mu_;
   absl::CondVar done_;  // signalled when any running request finishes
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
