@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "grpcpp/grpcpp.h"
+#include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
 
@@ -52,11 +53,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Serve(grpc::CallbackServerContext*
   if (draining_.load()) {
     status = absl::UnavailableError("coordinator is shutting down");
   } else {
-    try {
-      status = op();
-    } catch (const std::bad_alloc&) {
-      status = absl::ResourceExhaustedError("coordinator: out of memory serving the request");
-    }
+    status = RunAtEdge("coordinator", op);
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));

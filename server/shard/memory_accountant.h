@@ -18,7 +18,9 @@ namespace psd {
 class MemoryAccountant {
  public:
   // `limit_bytes` <= 0 means unlimited.
-  explicit MemoryAccountant(int64_t limit_bytes) : limit_(limit_bytes) {}
+  // Without a limit, one reservation is still refused past the machine's
+  // physical memory.
+  explicit MemoryAccountant(int64_t limit_bytes);
   MemoryAccountant(const MemoryAccountant&) = delete;
   MemoryAccountant& operator=(const MemoryAccountant&) = delete;
 
@@ -31,6 +33,7 @@ class MemoryAccountant {
 
  private:
   const int64_t limit_;
+  const int64_t physical_;  // the machine's RAM in bytes
   std::atomic<int64_t> used_{0};
 };
 

@@ -9,6 +9,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
 #include "psd/stream_codec.h"
@@ -27,16 +28,8 @@ absl::Status ShardService::Admit() {
 }
 
 template <typename Op>
-absl::Status ShardService::RunGuarded(Op& op) {
-  // The store reports errors as statuses; the one exception that can still
-  // escape it is a failed host allocation (a std::vector or response
-  // buffer), which must not cross the RPC boundary.
-  try {
-    return op();
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("shard ", shard_id_, ": out of host memory serving the request"));
-  }
+absl::Status ShardService::RunGuarded(Op&& op) {
+  return RunAtEdge(who_, op);
 }
 
 template <typename Op>
@@ -82,7 +75,11 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op) {
 }
 
 ShardService::ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store)
-    : shard_id_(shard_id), incarnation_(incarnation), store_(store), checkpointer_(store) {
+    : shard_id_(shard_id),
+      who_(absl::StrCat("shard ", shard_id)),
+      incarnation_(incarnation),
+      store_(store),
+      checkpointer_(store) {
   SetMessageAllocatorFor_Read(&read_messages_);
   SetMessageAllocatorFor_Gather(&gather_messages_);
   SetMessageAllocatorFor_Assign(&assign_messages_);
@@ -325,15 +322,16 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer
       status = absl::InvalidArgumentError("malformed ReadStreamRequest");
     }
     if (status.ok()) {
-      auto source = service_->store_->BeginReadStream(request);
-      status = source.status();
-      if (source.ok()) source_ = std::move(source).value();
+      status = service_->RunGuarded([&] {
+        PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginReadStream(request));
+        source_->FillHeader(&fields_);
+        return absl::OkStatus();
+      });
     }
     if (!status.ok()) {
       Finish(ToGrpcStatus(status));
       return;
     }
-    source_->FillHeader(&fields_);
     WriteNext();
   }
 
@@ -358,15 +356,18 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer
       Finish(grpc::Status::OK);
       return;
     }
-    char* data = nullptr;
-    grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
-    absl::StatusOr<int64_t> offset = source_->ReadNext(data);
-    if (!offset.ok()) {
-      Finish(ToGrpcStatus(offset.status()));
+    absl::Status status = service_->RunGuarded([&] {
+      char* data = nullptr;
+      grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
+      PSD_ASSIGN_OR_RETURN(int64_t offset, source_->ReadNext(data));
+      fields_.set_offset(offset);
+      buffer_ = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
+      return absl::OkStatus();
+    });
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
       return;
     }
-    fields_.set_offset(*offset);
-    buffer_ = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
     StartWrite(&buffer_);
   }
 
@@ -409,7 +410,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       Finish(ToGrpcStatus(status));
       return;
     }
-    absl::Status status = Stage();
+    absl::Status status = service_->RunGuarded([this] { return Stage(); });
     message_.Clear();  // gives gRPC its slices back before the next read
     buffer_.Clear();
     if (!status.ok()) {
@@ -455,10 +456,13 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       WriteGate::Admission admission =
           service_->store_->mutable_gate()->TryAdmit([this] { Commit(); });
       if (!admission) return;
-      AssignResponse response;
-      status = sink_->Commit(&response);
+      status = service_->RunGuarded([this] {
+        AssignResponse response;
+        absl::Status committed = sink_->Commit(&response);
+        if (committed.ok()) *response_ = EncodeMessage(response);
+        return committed;
+      });
       sink_.reset();
-      if (status.ok()) *response_ = EncodeMessage(response);
     }
     Finish(ToGrpcStatus(status));
   }
@@ -516,8 +520,24 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
       if (!*admission) return;
     }
     response_.Clear();
+    if (request_.ops_size() > service_->store_->options().max_batch_ops) {
+      absl::Status refused = absl::InvalidArgumentError(absl::StrCat(
+          "a batch message holds ", request_.ops_size(), " ops; the limit is ",
+          service_->store_->options().max_batch_ops, " (max_batch_ops); nothing was run"));
+      admission.reset();
+      service_->Release();
+      Finish(ToGrpcStatus(refused));
+      return;
+    }
+    // Results share one reply: reads and gathers get what is left of its
+    // budget, checked before they allocate.
+    int64_t budget = service_->store_->options().max_batch_result_bytes;
     for (const BatchOp& op : request_.ops()) {
-      service_->store_->RunBatchOp(op, response_.add_results());
+      BatchOpResult* result = response_.add_results();
+      absl::Status status =
+          service_->RunGuarded([&] { return service_->store_->RunBatchOp(op, budget, result); });
+      if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
+      budget -= static_cast<int64_t>(result->ByteSizeLong());
     }
     admission.reset();
     service_->Release();
@@ -566,7 +586,18 @@ grpc::ServerBidiReactor<NcclRequest, NcclReply>* ShardService::Nccl(
 grpc::ServerUnaryReactor* ShardService::Fence(grpc::CallbackServerContext* ctx,
                                               const FenceRequest* request,
                                               FenceResponse* response) {
-  return Serve(ctx, [&] { return checkpointer_.Fence(*request, response); });
+  return Serve(ctx, [&] {
+    // A fence holds every write until its lease ends: a lease past the cap
+    // would let one (mistaken or hostile) call stall training for as long.
+    if (request->lease_ms() > absl::ToInt64Milliseconds(kMaxFenceLease) ||
+        request->lease_ms() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fence ", request->fence_id(), ": lease of ", request->lease_ms(),
+                       " ms is not in [0, ", absl::ToInt64Milliseconds(kMaxFenceLease),
+                       "] (0: the shard's default)"));
+    }
+    return checkpointer_.Fence(*request, response);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::Unfence(grpc::CallbackServerContext* ctx,

@@ -155,13 +155,16 @@ class ShardService final : public ShardServiceBase {
   grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx, Op op);
   template <typename Op>
   void RunWrite(grpc::ServerUnaryReactor* reactor, Op op);
-  // `op`'s status, or RESOURCE_EXHAUSTED if it ran out of host memory.
+  // `op`'s status, or the status of what it threw (psd/edge.h): every
+  // handler and reactor callback runs the store through this.
   template <typename Op>
-  absl::Status RunGuarded(Op& op);
+  absl::Status RunGuarded(Op&& op);
 
   // The longest a shard reads sources for one InitializeVariables call,
   // whatever the caller's deadline (none at all included).
   static constexpr absl::Duration kMaxSourceReadTime = absl::Minutes(10);
+  // The longest lease a Fence may ask for (the coordinator asks for 2 s).
+  static constexpr absl::Duration kMaxFenceLease = absl::Seconds(60);
 
   // The source values InitializeVariables needs (InitializeSource): read
   // from this shard's store when the source is here, otherwise from the
@@ -184,6 +187,7 @@ class ShardService final : public ShardServiceBase {
   RecyclingMessageAllocator<ApplySparseRequest, ApplySparseResponse> apply_sparse_messages_;
 
   const int32_t shard_id_;
+  const std::string who_;  // "shard N", for messages
   const uint64_t incarnation_;
   VariableStore* const store_;
   ShardCheckpointer checkpointer_;

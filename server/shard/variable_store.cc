@@ -234,6 +234,29 @@ absl::StatusOr<int64_t> ByteSize(int64_t elements, size_t element_size, const st
   return elements * static_cast<int64_t>(element_size);
 }
 
+// Decodes a DT_STRING tensor's content with its memory charged first: n
+// decoded strings take n string objects (and n lengths while decoding)
+// beside their bytes, many times the wire size of short strings, so that
+// bound is reserved before anything is allocated, then trimmed to what the
+// strings hold. The reservation is handed to `charged`.
+absl::StatusOr<std::vector<std::string>> DecodeStringsCharged(
+    MemoryAccountant* memory, absl::string_view content, int64_t n, absl::string_view what,
+    const std::string& name, MemoryReservation* charged) {
+  if (n < 0 || n > static_cast<int64_t>(content.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", content.size(),
+                                                   " bytes cannot encode ", n, " strings"));
+  }
+  // n <= content.size() < 2^40 here: no overflow.
+  const int64_t bound = n * static_cast<int64_t>(sizeof(std::string) + sizeof(uint64_t)) +
+                        static_cast<int64_t>(content.size());
+  PSD_RETURN_IF_ERROR(memory->Reserve(bound, name));
+  MemoryReservation held(memory, bound);
+  PSD_ASSIGN_OR_RETURN(auto strings, DecodeStrings(content, n, what));
+  held.Shrink(bound - StringBytes(strings));
+  *charged = std::move(held);
+  return strings;
+}
+
 absl::StatusOr<Variable::Contents> Allocate(Device* device, MemoryAccountant* memory,
                                             DataType dtype, const TensorShape& shape,
                                             const std::string& name) {
@@ -267,14 +290,12 @@ absl::StatusOr<Variable::Contents> ContentsFromProto(Device* device, MemoryAccou
                                                      const TensorShape& shape,
                                                      const std::string& name) {
   if (value.dtype() == DT_STRING) {
-    PSD_ASSIGN_OR_RETURN(auto strings, DecodeStrings(value.content(), shape.num_elements(),
-                                                     absl::StrCat("value for ", Quoted(name))));
     Variable::Contents c;
     c.shape = shape;
-    const int64_t bytes = StringBytes(strings);
-    PSD_RETURN_IF_ERROR(memory->Reserve(bytes, name));
-    c.reservation = MemoryReservation(memory, bytes);
-    c.strings = std::move(strings);
+    PSD_ASSIGN_OR_RETURN(c.strings,
+                         DecodeStringsCharged(memory, value.content(), shape.num_elements(),
+                                              absl::StrCat("value for ", Quoted(name)), name,
+                                              &c.reservation));
     return c;
   }
   PSD_ASSIGN_OR_RETURN(auto c, Allocate(device, memory, value.dtype(), shape, name));
@@ -294,8 +315,10 @@ absl::StatusOr<Variable::Contents> InitialStrings(Device* device, MemoryAccounta
   if (!spec.has_constant()) return c;
   const TensorProto& value = spec.constant().value();
   PSD_ASSIGN_OR_RETURN(TensorShape value_shape, ValidateTensorProto(value, "constant initializer"));
-  PSD_ASSIGN_OR_RETURN(auto all, DecodeStrings(value.content(), value_shape.num_elements(),
-                                               "constant initializer"));
+  MemoryReservation decoded;  // the constant's decoded strings, while they exist
+  PSD_ASSIGN_OR_RETURN(auto all, DecodeStringsCharged(memory, value.content(),
+                                                      value_shape.num_elements(),
+                                                      "constant initializer", var.name, &decoded));
   std::vector<std::string>& values = c.strings;
   if (all.size() == 1) {
     std::fill(values.begin(), values.end(), all[0]);
@@ -821,6 +844,11 @@ absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
 }  // namespace
 
 absl::Status VariableStore::Read(const ReadRequest& request, ReadResponse* response) const {
+  return ReadUpTo(request, options_.max_unary_value_bytes, response);
+}
+
+absl::Status VariableStore::ReadUpTo(const ReadRequest& request, int64_t max_value_bytes,
+                                     ReadResponse* response) const {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   absl::ReaderMutexLock lock(&var->mu);
@@ -829,7 +857,7 @@ absl::Status VariableStore::Read(const ReadRequest& request, ReadResponse* respo
   // For strings the accounted size (characters + string objects) bounds
   // the size of their encoding.
   const int64_t bytes = var->contents->reservation.bytes();
-  int64_t limit = options_.max_unary_value_bytes;
+  int64_t limit = max_value_bytes;
   if (request.max_value_bytes() > 0) limit = std::min(limit, request.max_value_bytes());
   if (bytes > limit) {
     response->set_use_stream(true);
@@ -840,6 +868,13 @@ absl::Status VariableStore::Read(const ReadRequest& request, ReadResponse* respo
 }
 
 absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse* response) const {
+  return GatherUpTo(request, options_.max_unary_value_bytes,
+                    "the largest unary reply (max_unary_value_bytes)", response);
+}
+
+absl::Status VariableStore::GatherUpTo(const GatherRequest& request, int64_t max_result_bytes,
+                                       absl::string_view limit_name,
+                                       GatherResponse* response) const {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   TensorShape indices_shape;
   PSD_ASSIGN_OR_RETURN(auto indices,
@@ -859,7 +894,22 @@ absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse*
   out->set_dtype(var->dtype);
   out->mutable_shape()->mutable_dims()->Assign(out_dims.begin(), out_dims.end());
   const int64_t row = var->shape.row_elements();
+  // The result's size, checked against the limit before anything is
+  // allocated (indices may repeat, so it is not bounded by the variable).
+  auto too_big = [&](int64_t bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "gather from ", Quoted(var->name), " of ", indices.size(), " rows needs ",
+        bytes < 0 ? std::string("more than 2^63") : absl::StrCat(bytes), " bytes, over ",
+        limit_name, " of ", max_result_bytes, " bytes; gather fewer rows per call"));
+  };
   if (var->dtype == DT_STRING) {
+    int64_t bytes = 0;
+    for (int64_t idx : indices) {
+      for (int64_t j = 0; j < row; ++j) {
+        bytes += 10 + static_cast<int64_t>(var->contents->strings[idx * row + j].size());
+      }
+      if (bytes > max_result_bytes) return too_big(bytes);
+    }
     std::vector<std::string> rows;
     rows.reserve(indices.size() * row);
     for (int64_t idx : indices) {
@@ -868,8 +918,13 @@ absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse*
     out->set_content(EncodeStrings(rows));
     return absl::OkStatus();
   }
+  const int64_t row_bytes = row * DataTypeSize(var->dtype);
+  const int64_t rows = static_cast<int64_t>(indices.size());
+  if (row_bytes > 0 && rows > max_result_bytes / row_bytes) {
+    return too_big(rows > std::numeric_limits<int64_t>::max() / row_bytes ? -1 : rows * row_bytes);
+  }
   std::string* content = out->mutable_content();
-  content->resize(indices.size() * row * DataTypeSize(var->dtype));
+  content->resize(indices.size() * row_bytes);
   return device_->Gather(var->dtype, *var->contents->buffer, row, indices, content->data());
 }
 
@@ -947,9 +1002,12 @@ absl::Status VariableStore::ScatterOnce(const ScatterRequest& request, ScatterRe
                        ValidateTensorProto(updates, absl::StrCat(op_name, ": updates for ",
                                                                  Quoted(name))));
   std::vector<std::string> string_updates;
+  MemoryReservation string_updates_charge;  // while the decoded updates exist
   if (var->dtype == DT_STRING) {
     PSD_ASSIGN_OR_RETURN(string_updates,
-                         DecodeStrings(updates.content(), updates_shape.num_elements(), name));
+                         DecodeStringsCharged(&memory_, updates.content(),
+                                              updates_shape.num_elements(), name, name,
+                                              &string_updates_charge));
   }
 
   absl::MutexLock lock(&var->mu);
@@ -1291,20 +1349,29 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
   for (const std::string& slot : slots) {
     PSD_ASSIGN_OR_RETURN(auto slot_var, Find(slot));
     if (!by_name.emplace(slot, slot_var.get()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, Quoted(name), ": ", Quoted(slot), " is named twice"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, Quoted(name), ": slot ", Quoted(slot), " is named twice (as ",
+          slot == name ? "the variable trained and a slot" : "two slots",
+          "); each variable of an apply must be a different one"));
     }
     slot_vars.push_back(std::move(slot_var));
   }
+  // Every name once: the variable, each slot and each beta power are locked
+  // (writers or readers) exactly once, and an update never reads a power it
+  // is writing.
+  const char* const power_fields[2] = {"beta1_power", "beta2_power"};
   for (int k = 0; k < 2; ++k) {
     if (power_names[k].empty()) continue;
     PSD_ASSIGN_OR_RETURN(power_vars[k], Find(power_names[k]));
-    if (by_name.count(power_names[k]) > 0 && power_names[k] != power_names[1 - k]) {
-      return absl::InvalidArgumentError(absl::StrCat(op, Quoted(name), ": beta power ",
-                                                     Quoted(power_names[k]),
-                                                     " is also the variable or a slot"));
+    if (!by_name.emplace(power_names[k], power_vars[k].get()).second) {
+      const std::string& alias = power_names[k];
+      const char* other = alias == name                      ? "which is the variable trained"
+                          : k == 1 && alias == power_names[0] ? "which beta1_power names too"
+                                                              : "which is one of its slots";
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, Quoted(name), ": ", power_fields[k], " names ", Quoted(alias), ", ",
+                       other, "; each variable of an apply must be a different one"));
     }
-    by_name.emplace(power_names[k], power_vars[k].get());
   }
 
   // Dtypes are fixed at creation: check them before locking.
@@ -1374,7 +1441,6 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
     }
   }
   double* const powers[2] = {&params.beta1_power, &params.beta2_power};
-  const char* const power_fields[2] = {"beta1_power", "beta2_power"};
   for (int k = 0; k < 2; ++k) {
     const auto& power = power_vars[k];
     if (power == nullptr) continue;
@@ -1672,14 +1738,11 @@ class StagedAssignSink final : public AssignStreamSink {
       return absl::OkStatus();
     }
     if (header_.dtype() == DT_STRING) {
-      PSD_ASSIGN_OR_RETURN(auto strings,
-                           DecodeStrings(host_, shape_.num_elements(),
-                                         absl::StrCat("streamed value for ", Quoted(name))));
       staged_.shape = shape_;
-      const int64_t bytes = StringBytes(strings);
-      PSD_RETURN_IF_ERROR(store_->memory_.Reserve(bytes, name));
-      staged_.reservation = MemoryReservation(&store_->memory_, bytes);
-      staged_.strings = std::move(strings);
+      PSD_ASSIGN_OR_RETURN(staged_.strings,
+                           DecodeStringsCharged(&store_->memory_, host_, shape_.num_elements(),
+                                                absl::StrCat("streamed value for ", Quoted(name)),
+                                                name, &staged_.reservation));
       std::string().swap(host_);
       host_reservation_.Reset();
     }
@@ -1825,24 +1888,26 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
   return std::unique_ptr<AssignStreamSink>(std::move(sink));
 }
 
-void VariableStore::RunBatchOp(const BatchOp& op, BatchOpResult* result) {
-  absl::Status status;
+absl::Status VariableStore::RunBatchOp(const BatchOp& op, int64_t max_result_bytes,
+                                       BatchOpResult* result) {
   switch (op.op_case()) {
-    case BatchOp::kAssign: status = Assign(op.assign(), result->mutable_assign()); break;
-    case BatchOp::kScatter: status = Scatter(op.scatter(), result->mutable_scatter()); break;
-    case BatchOp::kCountUpTo:
-      status = CountUpTo(op.count_up_to(), result->mutable_count_up_to());
-      break;
-    case BatchOp::kRead: status = Read(op.read(), result->mutable_read()); break;
-    case BatchOp::kGather: status = Gather(op.gather(), result->mutable_gather()); break;
-    case BatchOp::kApplyDense:
-      status = ApplyDense(op.apply_dense(), result->mutable_apply_dense());
-      break;
+    case BatchOp::kAssign: return Assign(op.assign(), result->mutable_assign());
+    case BatchOp::kScatter: return Scatter(op.scatter(), result->mutable_scatter());
+    case BatchOp::kCountUpTo: return CountUpTo(op.count_up_to(), result->mutable_count_up_to());
+    case BatchOp::kRead:
+      return ReadUpTo(op.read(), std::max<int64_t>(max_result_bytes, 0), result->mutable_read());
+    case BatchOp::kGather:
+      return GatherUpTo(op.gather(), std::max<int64_t>(max_result_bytes, 0),
+                        "what is left of the batch reply (max_batch_result_bytes)",
+                        result->mutable_gather());
+    case BatchOp::kApplyDense: return ApplyDense(op.apply_dense(), result->mutable_apply_dense());
     case BatchOp::kApplySparse:
-      status = ApplySparse(op.apply_sparse(), result->mutable_apply_sparse());
-      break;
-    default: status = absl::InvalidArgumentError("batch op has no operation set");
+      return ApplySparse(op.apply_sparse(), result->mutable_apply_sparse());
+    default: return absl::InvalidArgumentError("batch op has no operation set");
   }
+}
+
+void VariableStore::SetBatchOpStatus(const absl::Status& status, BatchOpResult* result) {
   result->set_code(static_cast<int>(status.code()));
   if (!status.ok()) {
     result->set_message(std::string(status.message()));

@@ -62,6 +62,13 @@ struct VariableStoreOptions {
   int default_chunk_bytes = 1 << 20;
   // Request ids remembered per client for exactly-once retries.
   int request_window = 1024;
+  // Ops in one Batch message; a message with more is refused whole
+  // (INVALID_ARGUMENT) before any runs.
+  int max_batch_ops = 65536;
+  // Bytes of read and gather results one Batch reply may carry; an op whose
+  // result would pass it fails RESOURCE_EXHAUSTED before allocating (the
+  // others still run).
+  int64_t max_batch_result_bytes = (512 << 20) - (64 << 10);
   // Copy-on-write chunk size: a write to a pinned value copies the chunks
   // of about this many bytes that it touches (see ValuePin).
   int64_t cow_chunk_bytes = 1 << 20;
@@ -108,7 +115,11 @@ class VariableStore {
   absl::Status ReportUninitialized(const ReportUninitializedRequest& request,
                                    ReportUninitializedResponse* response) const;
 
+  // A value over max_unary_value_bytes (or the request's max_value_bytes)
+  // is answered with use_stream instead.
   absl::Status Read(const ReadRequest& request, ReadResponse* response) const;
+  // A result over max_unary_value_bytes is RESOURCE_EXHAUSTED, before
+  // anything is allocated.
   absl::Status Gather(const GatherRequest& request, GatherResponse* response) const;
   absl::Status Assign(const AssignRequest& request, AssignResponse* response);
   absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response);
@@ -131,8 +142,11 @@ class VariableStore {
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginAssignStream(
       const AssignStreamHeader& header);
 
-  // Runs one op of a batch and stores its status and result in `result`.
-  void RunBatchOp(const BatchOp& op, BatchOpResult* result);
+  // Runs one op of a batch, its result in `result`; a read or gather whose
+  // result would take more than `max_result_bytes` fails RESOURCE_EXHAUSTED
+  // before allocating. The caller records the status with SetBatchOpStatus.
+  absl::Status RunBatchOp(const BatchOp& op, int64_t max_result_bytes, BatchOpResult* result);
+  static void SetBatchOpStatus(const absl::Status& status, BatchOpResult* result);
 
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
 
@@ -175,11 +189,18 @@ class VariableStore {
   void DropStaleRestores(absl::Duration age);
 
   const MemoryAccountant& memory() const { return memory_; }
+  const VariableStoreOptions& options() const { return options_; }
   size_t num_variables() const;
   const Device& device() const { return *device_; }
   uint64_t incarnation() const { return options_.incarnation; }
 
  private:
+  // Read and Gather with their result limit given: the unary methods pass
+  // max_unary_value_bytes, a batch what is left of its reply's budget.
+  absl::Status ReadUpTo(const ReadRequest& request, int64_t max_value_bytes,
+                        ReadResponse* response) const;
+  absl::Status GatherUpTo(const GatherRequest& request, int64_t max_result_bytes,
+                          absl::string_view limit_name, GatherResponse* response) const;
   friend class StagedAssignSink;
 
   absl::StatusOr<std::shared_ptr<Variable>> Find(const std::string& name) const;

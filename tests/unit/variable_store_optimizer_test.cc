@@ -260,6 +260,15 @@ TEST_F(VariableStoreOptimizerTest, BadRequestsChangeNothing) {
   power_one.mutable_adam()->set_beta2_power_variable("beta_one");
   OptimizerSpec power_missing = AdamByName(0.1);
   power_missing.mutable_adam()->clear_beta2_power();
+  // Aliases among the variables of one apply: each once, or the apply would
+  // lock one variable twice (which aborted the shard).
+  OptimizerSpec powers_alias = AdamByName(0.1);
+  powers_alias.mutable_adam()->set_beta2_power_variable("beta1_power");
+  OptimizerSpec powers_are_var = AdamByName(0.1);
+  powers_are_var.mutable_adam()->set_beta1_power_variable("v");
+  powers_are_var.mutable_adam()->set_beta2_power_variable("v");
+  OptimizerSpec power_is_slot = AdamByName(0.1);
+  power_is_slot.mutable_adam()->set_beta2_power_variable("v/Adam_1");
   OptimizerSpec ftrl;
   ftrl.mutable_ftrl()->set_learning_rate(0);
   ftrl.mutable_ftrl()->set_learning_rate_power(-0.5);
@@ -289,6 +298,18 @@ TEST_F(VariableStoreOptimizerTest, BadRequestsChangeNothing) {
        absl::StatusCode::kInvalidArgument, "beta2_power is not set"},
       {"no optimizer", Dense("v", {}, OptimizerSpec(), g), absl::StatusCode::kInvalidArgument,
        "no optimizer set"},
+      {"beta powers alias", Dense("v", adam_slots, powers_alias, g),
+       absl::StatusCode::kInvalidArgument,
+       "beta2_power names variable 'beta1_power', which beta1_power names too"},
+      {"beta powers are the variable", Dense("v", adam_slots, powers_are_var, g),
+       absl::StatusCode::kInvalidArgument, "beta1_power names variable 'v', which is the variable trained"},
+      {"beta power is a slot", Dense("v", adam_slots, power_is_slot, g),
+       absl::StatusCode::kInvalidArgument,
+       "beta2_power names variable 'v/Adam_1', which is one of its slots"},
+      {"sparse beta powers are the variable",
+       Sparse("e", {"e/Adagrad", "e/Adagrad"}, powers_are_var, Vec<int64_t>({1}, {0}),
+              Vec<float>({1, 2}, {1, 1})),
+       absl::StatusCode::kInvalidArgument, "named twice"},
       {"ftrl lr", Dense("e", {"e/Adagrad", "e/Adagrad_f64"}, ftrl,
                         Vec<float>({6, 2}, std::vector<float>(12, 1))),
        absl::StatusCode::kInvalidArgument, "learning_rate = 0 is not finite and > 0"},
@@ -419,9 +440,9 @@ TEST_F(VariableStoreOptimizerTest, BatchCarriesDenseAndSparseApplies) {
   bad.mutable_apply_dense()->set_name("missing");
   *bad.mutable_apply_dense()->mutable_optimizer() = Sgd(1);
   BatchOpResult r1, r2, r3;
-  store_.RunBatchOp(dense, &r1);
-  store_.RunBatchOp(bad, &r3);
-  store_.RunBatchOp(sparse, &r2);
+  for (auto [op, result] : {std::pair{&dense, &r1}, {&bad, &r3}, {&sparse, &r2}}) {
+    VariableStore::SetBatchOpStatus(store_.RunBatchOp(*op, 1 << 20, result), result);
+  }
   EXPECT_EQ(r1.code(), 0) << r1.message();
   EXPECT_EQ(r1.apply_dense().version(), 1u);
   EXPECT_EQ(r2.code(), 0) << r2.message();

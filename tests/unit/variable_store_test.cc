@@ -538,7 +538,10 @@ TEST_F(VariableStoreTest, BatchOpsFailIndividually) {
   *bad->mutable_indices() = Vec<int32_t>({1}, {3});
   batch.add_ops()->mutable_read()->set_name("r");
   BatchResponse out;
-  for (const auto& op : batch.ops()) store_.RunBatchOp(op, out.add_results());
+  for (const auto& op : batch.ops()) {
+    BatchOpResult* result = out.add_results();
+    VariableStore::SetBatchOpStatus(store_.RunBatchOp(op, 1 << 20, result), result);
+  }
   ASSERT_EQ(out.results_size(), 3);
   EXPECT_EQ(out.results(0).code(), 0);
   EXPECT_EQ(out.results(1).code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
@@ -546,6 +549,83 @@ TEST_F(VariableStoreTest, BatchOpsFailIndividually) {
   EXPECT_EQ(out.results(2).code(), 0);
   EXPECT_EQ(TensorFromProto(out.results(2).read().value(), "r")->ToVector<float>(),
             (std::vector<float>{0, 2, 0}));
+}
+
+// A gather's result is bounded before it is allocated: repeated indices can
+// ask for far more than the variable holds (here 2^40 rows of 4 floats).
+TEST_F(VariableStoreTest, GatherLargerThanAReplyIsRefusedBeforeAllocating) {
+  CreateFrom("g", Vec<float>({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
+  GatherRequest req;
+  req.set_name("g");
+  // 300 rows x 16 bytes = 4800 bytes, over max_unary_value_bytes (4096).
+  *req.mutable_indices() = Vec<int64_t>({300}, std::vector<int64_t>(300, 1));
+  GatherResponse resp;
+  absl::Status s = store_.Gather(req, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("needs 4800 bytes, over the largest unary reply"));
+  EXPECT_TRUE(resp.value().content().empty());
+  *req.mutable_indices() = Vec<int64_t>({256}, std::vector<int64_t>(256, 1));
+  EXPECT_TRUE(store_.Gather(req, &resp).ok());
+
+  CreateFrom("words", ToProto(*Tensor::FromStrings(TensorShape({2}), {"", std::string(100, 'x')})));
+  req.set_name("words");
+  *req.mutable_indices() = Vec<int64_t>({50}, std::vector<int64_t>(50, 1));
+  GatherResponse words;
+  s = store_.Gather(req, &words);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(words.value().content().empty());
+}
+
+// In a batch, reads and gathers share what is left of the reply's budget;
+// an op past it fails alone, before allocating.
+TEST_F(VariableStoreTest, BatchResultsShareOneBudget) {
+  CreateFrom("b", Vec<float>({256}, std::vector<float>(256, 1)));  // 1 KiB
+  BatchOp read;
+  read.mutable_read()->set_name("b");
+  BatchOpResult result;
+  // A read over the budget asks for a stream, as a unary one does.
+  EXPECT_TRUE(store_.RunBatchOp(read, 512, &result).ok());
+  EXPECT_TRUE(result.read().use_stream());
+  BatchOp gather;
+  gather.mutable_gather()->set_name("b");
+  *gather.mutable_gather()->mutable_indices() = Vec<int64_t>({200}, std::vector<int64_t>(200, 0));
+  result.Clear();
+  absl::Status s = store_.RunBatchOp(gather, 512, &result);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("max_batch_result_bytes"));
+  result.Clear();
+  EXPECT_TRUE(store_.RunBatchOp(gather, 4096, &result).ok());
+}
+
+// Strings decode to objects many times their wire size: the memory is
+// charged before decoding, so a small request cannot allocate past the
+// limit (1 MiB here; 100k empty strings take ~4 MiB decoded).
+TEST_F(VariableStoreTest, StringDecodingIsChargedBeforeAllocating) {
+  const std::string empties(100000, '\0');  // 100k varint lengths of 0
+  TensorProto value;
+  value.set_dtype(DT_STRING);
+  value.mutable_shape()->add_dims(100000);
+  value.set_content(empties);
+  CreateVariableRequest create;
+  create.set_name("many");
+  create.set_dtype(DT_STRING);
+  create.mutable_shape()->add_dims(100000);
+  *create.mutable_initial_value() = value;
+  create.set_initialize(true);
+  VariableInfo info;
+  absl::Status s = store_.Create(create, &info);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(store_.memory().used(), 0);
+  EXPECT_EQ(store_.num_variables(), 0u);
+}
+
+TEST(MemoryAccountantTest, NoLimitStillRefusesMoreThanTheMachineHas) {
+  MemoryAccountant unlimited(0);
+  absl::Status s = unlimited.Reserve(int64_t{1} << 62, "huge");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("exceeds this machine's memory"));
+  EXPECT_EQ(unlimited.used(), 0);
+  EXPECT_TRUE(unlimited.Reserve(1 << 20, "small").ok());
 }
 
 }  // namespace
