@@ -313,8 +313,10 @@ TEST(HttpServerTest, ConnectionsPastTheCapAreClosedAtOnce) {
   std::vector<bool> closed(kConnections, false);
   int num_closed = 0;
   for (int round = 0; round < 60 && num_closed < kConnections - 4; ++round) {
-    std::vector<pollfd> fds;
-    for (const auto& c : idle) fds.push_back({c->fd(), POLLIN, 0});
+    std::vector<pollfd> fds;  // all, with the closed ones ignored (fd -1)
+    for (int i = 0; i < kConnections; ++i) {
+      fds.push_back({closed[i] ? -1 : idle[i]->fd(), POLLIN, 0});
+    }
     ::poll(fds.data(), fds.size(), 500);
     for (int i = 0; i < kConnections; ++i) {
       if (!closed[i] && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
