@@ -6,11 +6,11 @@
 // /healthz and /readyz: HTTPS with the server's own certificate when TLS is
 // configured, otherwise plain HTTP on loopback only.
 //
-// Threads. psd's own services use gRPC's callback API: their handlers run on
-// gRPC's internal threads (the callback completion queue's fixed set of
-// threads and iomgr's executor, both sized from the core count at start),
-// which never grow with the number of calls, and a handler that waits hands
-// its work to psd's own bounded pools. Only gRPC's reflection service is
+// Threads. psd's own services and gRPC's health service use gRPC's callback
+// API: their reactions run on gRPC's internal threads, fixed in number from
+// the core count and never one per call (gRPC 1.51 on Linux: the callback
+// queue's "nexting" threads, half the cores clamped to [2, 16], and iomgr's
+// executor, at most two per core; `cat /proc/PID/task/*/comm` shows them). Only gRPC's reflection service is
 // synchronous: each of its calls (a bidirectional stream a client keeps open
 // as long as it likes) holds a thread of the synchronous thread manager,
 // which creates a thread per waiting call unless a ResourceQuota caps it.
