@@ -29,11 +29,11 @@ namespace psd {
 void TuneShardProcess();
 
 // Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit (to
-// fs.nr_open when the hard limit is unlimited) and logs the figure. Every
+// fs.nr_open when the hard limit is unlimited). Every
 // connection, gRPC or HTTP, takes a descriptor, and the usual soft default
 // of 1024 is soon reached by a busy server or a hostile client; when a
 // process runs out, gRPC's listener fails its accept and stops listening
-// for good. The caller logs the result.
+// for good. The caller logs the figures.
 struct OpenFileLimit {
   unsigned long before = 0;  // the soft limit found
   unsigned long after = 0;   // the soft limit in force now

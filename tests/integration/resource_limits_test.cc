@@ -56,8 +56,10 @@ struct LimitedShard {
   }
 };
 
+// `soft_nofile` (0: the same as `nofile`) starts the shard with a lower soft
+// limit under the hard one.
 absl::StatusOr<std::unique_ptr<LimitedShard>> StartLimitedShard(
-    int nofile, const std::vector<std::string>& extra_args = {}) {
+    int nofile, const std::vector<std::string>& extra_args = {}, int soft_nofile = 0) {
   auto shard = std::make_unique<LimitedShard>();
   char tmpl[] = "/tmp/psd_resource_limits.XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
@@ -65,7 +67,8 @@ absl::StatusOr<std::unique_ptr<LimitedShard>> StartLimitedShard(
   const std::string port_file = shard->dir + "/grpc.port";
   const std::string http_port_file = shard->dir + "/http.port";
   std::vector<std::string> args = {"/usr/bin/prlimit",  // util-linux
-                                   absl::StrCat("--nofile=", nofile, ":", nofile),
+                                   absl::StrCat("--nofile=", soft_nofile > 0 ? soft_nofile : nofile,
+                                                ":", nofile),
                                    PSD_BINARY,
                                    "shard",
                                    "--listen",
@@ -229,6 +232,19 @@ double CpuSeconds(pid_t pid) {
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// The soft limit on open files of `pid` (/proc/PID/limits), -1 if unknown.
+int64_t SoftOpenFileLimit(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/limits"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::vector<std::string> words = absl::StrSplit(line.substr(14), ' ', absl::SkipEmpty());
+    int64_t soft = -1;
+    if (!words.empty() && absl::SimpleAtoi(words[0], &soft)) return soft;
+  }
+  return -1;
+}
+
 int CountThreads(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
@@ -312,6 +328,14 @@ TEST(ResourceLimitsTest, TheAcceptLoopDoesNotSpinOutOfDescriptors) {
   EXPECT_TRUE(EventuallyHealthy((*shard)->http_port));
   grpc::Status after = NewGrpcCall((*shard)->grpc_port);
   EXPECT_TRUE(after.ok()) << after.error_code() << " " << after.error_message();
+}
+
+// A shard started with a soft limit on open files below the hard one raises
+// it to the hard limit.
+TEST(ResourceLimitsTest, TheSoftOpenFileLimitIsRaisedToTheHardOne) {
+  auto shard = StartLimitedShard(4096, {}, 64);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  EXPECT_EQ(SoftOpenFileLimit((*shard)->process->pid()), 4096);
 }
 
 // gRPC reflection is a synchronous service: each open stream holds a
