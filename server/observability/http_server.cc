@@ -47,7 +47,7 @@ struct HttpServer::State {
   // with the io_context can still count themselves out.
   int open_connections = 0;
   int max_connections = kDefaultHttpMaxConnections;
-  int64_t refused_in_burst = 0;         // closed at the cap since the last one served
+  int64_t refused_in_burst = 0;          // closed at the cap since the last one served
   int64_t accept_failures_in_burst = 0;  // failed accepts since the last success
   std::unique_ptr<ssl::context> tls;     // null: plain HTTP
   const MetricsRegistry* metrics = nullptr;
@@ -92,10 +92,9 @@ Response Route(const HttpServer::State& state, const http::request<http::string_
   }
   if (target == "/healthz") {
     const std::string reason = state.unhealthy_reason ? state.unhealthy_reason() : std::string();
-    return reason.empty()
-               ? PlainResponse(http::status::ok, version, "ok\n")
-               : PlainResponse(http::status::service_unavailable, version,
-                               "unhealthy: " + reason + "\n");
+    return reason.empty() ? PlainResponse(http::status::ok, version, "ok\n")
+                          : PlainResponse(http::status::service_unavailable, version,
+                                          "unhealthy: " + reason + "\n");
   }
   if (target == "/readyz") {
     const bool ready = state.ready ? state.ready() : true;
@@ -130,8 +129,9 @@ bool ErrorResponse(const beast::error_code& ec, bool got_bytes, bool timed_out,
     return true;
   }
   if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
-    *response = PlainResponse(http::status::request_header_fields_too_large, 11,
-                              absl::StrCat("request headers over ", kHttpMaxHeaderBytes, " bytes\n"));
+    *response =
+        PlainResponse(http::status::request_header_fields_too_large, 11,
+                      absl::StrCat("request headers over ", kHttpMaxHeaderBytes, " bytes\n"));
     return true;
   }
   if (ec == http::error::body_limit) {
@@ -189,10 +189,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
  private:
   void Read() {
-    http::async_read(stream_, buffer_, parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
-                       self->OnRead(ec);
-                     });
+    http::async_read(
+        stream_, buffer_, parser_,
+        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
   void OnRead(beast::error_code ec) {
@@ -379,8 +378,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   state->ready = std::move(ready);
   state->unhealthy_reason = options.unhealthy_reason;
   if (options.max_connections < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("http max connections must be >= 1, not ",
-                                                   options.max_connections));
+    return absl::InvalidArgumentError(
+        absl::StrCat("http max connections must be >= 1, not ", options.max_connections));
   }
   state->max_connections = options.max_connections;
   state->read_timeout = Millis(options.read_timeout_seconds);

@@ -187,10 +187,9 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     for (size_t i = 0; i < shards.size(); ++i) {
       const std::string where = absl::StrCat(source, ": shards[", i, "]");
       const YAML::Node s = shards[i];
-      PSD_RETURN_IF_ERROR(CheckKeys(
-          s, where,
-          {"id", "listen", "advertise", "device", "memory_limit", "http_listen",
-           "http_max_connections"}));
+      PSD_RETURN_IF_ERROR(CheckKeys(s, where,
+                                    {"id", "listen", "advertise", "device", "memory_limit",
+                                     "http_listen", "http_max_connections"}));
       ShardConfig shard;
       shard.id = static_cast<int>(i);
       PSD_RETURN_IF_ERROR(Get(s, "id", where, &shard.id));

@@ -10,12 +10,13 @@
 // API: their reactions run on gRPC's internal threads, fixed in number from
 // the core count and never one per call (gRPC 1.51 on Linux: the callback
 // queue's "nexting" threads, half the cores clamped to [2, 16], and iomgr's
-// executor, at most two per core; `cat /proc/PID/task/*/comm` shows them). Only gRPC's reflection service is
-// synchronous: each of its calls (a bidirectional stream a client keeps open
-// as long as it likes) holds a thread of the synchronous thread manager,
-// which creates a thread per waiting call unless a ResourceQuota caps it.
-// `max_rpc_threads` is that cap; a synchronous call arriving when every
-// thread is taken fails at once with RESOURCE_EXHAUSTED.
+// executor, at most two per core; `cat /proc/PID/task/*/comm` shows them).
+// Only gRPC's reflection service is synchronous: each of its calls (a
+// bidirectional stream a client keeps open as long as it likes) holds a
+// thread of the synchronous thread manager, which creates a thread per
+// waiting call unless a ResourceQuota caps it. `max_rpc_threads` is that
+// cap; a synchronous call arriving when every thread is taken fails at once
+// with RESOURCE_EXHAUSTED.
 #ifndef PSD_SERVER_RUNTIME_SERVING_H_
 #define PSD_SERVER_RUNTIME_SERVING_H_
 
@@ -42,8 +43,8 @@ inline constexpr int kDefaultMaxRpcThreads = 16;
 inline constexpr int kDefaultMaxConcurrentStreams = 1024;
 
 struct ServingLimits {
-  int http_max_connections = kDefaultHttpMaxConnections;  // HttpServerOptions::max_connections
-  int max_rpc_threads = kDefaultMaxRpcThreads;            // >= 2
+  int http_max_connections = kDefaultHttpMaxConnections;      // HttpServerOptions::max_connections
+  int max_rpc_threads = kDefaultMaxRpcThreads;                // >= 2
   int max_concurrent_streams = kDefaultMaxConcurrentStreams;  // >= 1
 };
 

@@ -42,7 +42,8 @@ OpenFileLimit RaiseOpenFileLimit() {
   if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= target) return result;
   limit.rlim_cur = target;
   if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
-    result.error = std::string("setrlimit to ") + std::to_string(target) + ": " + std::strerror(errno);
+    result.error =
+        std::string("setrlimit to ") + std::to_string(target) + ": " + std::strerror(errno);
     return result;
   }
   result.after = static_cast<unsigned long>(target);

@@ -66,17 +66,17 @@ absl::StatusOr<std::unique_ptr<LimitedShard>> StartLimitedShard(
   shard->dir = tmpl;
   const std::string port_file = shard->dir + "/grpc.port";
   const std::string http_port_file = shard->dir + "/http.port";
-  std::vector<std::string> args = {"/usr/bin/prlimit",  // util-linux
-                                   absl::StrCat("--nofile=", soft_nofile > 0 ? soft_nofile : nofile,
-                                                ":", nofile),
-                                   PSD_BINARY,
-                                   "shard",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--port-file",
-                                   port_file,
-                                   "--http-port-file",
-                                   http_port_file};
+  std::vector<std::string> args = {
+      "/usr/bin/prlimit",  // util-linux
+      absl::StrCat("--nofile=", soft_nofile > 0 ? soft_nofile : nofile, ":", nofile),
+      PSD_BINARY,
+      "shard",
+      "--listen",
+      "127.0.0.1:0",
+      "--port-file",
+      port_file,
+      "--http-port-file",
+      http_port_file};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   auto process = ChildProcess::Start(args, port_file);
   if (!process.ok()) return process.status();
@@ -100,8 +100,8 @@ class IdleConnection {
     address.sin_family = AF_INET;
     address.sin_port = htons(static_cast<uint16_t>(port));
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = fd_ >= 0 &&
-                 ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    connected_ =
+        fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
   }
   ~IdleConnection() {
     if (fd_ >= 0) ::close(fd_);
@@ -280,8 +280,7 @@ TEST(ResourceLimitsTest, AnHttpFloodLeavesGrpcAndHealthzServing) {
   const pid_t pid = (*shard)->process->pid();
   ClosedConnections closed(&flood);
   int num_closed = 0;
-  for (int i = 0; i < 500 && num_closed < kFlood - kCap && CountOpenFiles(pid) < kFiles - 2;
-       ++i) {
+  for (int i = 0; i < 500 && num_closed < kFlood - kCap && CountOpenFiles(pid) < kFiles - 2; ++i) {
     num_closed = closed.Poll(20);
   }
   // A new gRPC connection is accepted and served during the flood.
@@ -359,9 +358,9 @@ TEST(ResourceLimitsTest, ReflectionStreamsCannotTakeUnboundedThreads) {
   std::vector<grpc::Status> statuses(kStreams);
   for (int i = 0; i < kStreams; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
-    calls.push_back(stub.PrepareCall(
-        contexts.back().get(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        &cq));
+    calls.push_back(
+        stub.PrepareCall(contexts.back().get(),
+                         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq));
     calls.back()->StartCall(reinterpret_cast<void*>(static_cast<intptr_t>(2 * i + 1)));
     calls.back()->Finish(&statuses[i], reinterpret_cast<void*>(static_cast<intptr_t>(2 * i + 2)));
   }

@@ -18,18 +18,18 @@
 #include <thread>
 #include <vector>
 
+#include "../common/http_get.h"
 #include "absl/strings/str_cat.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/rpc_metrics.h"
-#include "../common/http_get.h"
-#include "grpcpp/grpcpp.h"
 #include "psd/shard.grpc.pb.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
@@ -231,8 +231,8 @@ class RawConnection {
     address.sin_family = AF_INET;
     address.sin_port = htons(static_cast<uint16_t>(port));
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = fd_ >= 0 &&
-                 ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    connected_ =
+        fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
     timeval timeout{30, 0};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
@@ -393,8 +393,7 @@ TEST(HttpServerTest, AnswersAnyBytesWithAStatus) {
        "HTTP/1.1 413 "},
       {"bad content length", "GET /healthz HTTP/1.1\r\nContent-Length: -5\r\n\r\n", false,
        "HTTP/1.1 400 "},
-      {"POST", "POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", false,
-       "HTTP/1.1 405 "},
+      {"POST", "POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", false, "HTTP/1.1 405 "},
       {"pipelined", "GET /healthz HTTP/1.1\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n", false,
        "HTTP/1.1 200 "},
       {"HTTP/1.0", "GET /readyz HTTP/1.0\r\n\r\n", false, "HTTP/1.0 200 "},
