@@ -17,6 +17,22 @@
 
 namespace {
 
+// --http-max-connections, --max-rpc-threads and --max-concurrent-streams on a
+// server subcommand (runtime/serving.h; configs/README.md, "Limits").
+void AddLimitFlags(CLI::App* app, psd::ServingLimits* limits) {
+  app->add_option("--http-max-connections", limits->http_max_connections,
+                  "Connections the HTTP endpoint serves at once; more are closed on accept "
+                  "(key http_max_connections)")
+      ->check(CLI::Range(1, 1 << 20));
+  app->add_option("--max-rpc-threads", limits->max_rpc_threads,
+                  "Threads for synchronous gRPC handlers (reflection); calls past them get "
+                  "RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(2, 1 << 16));
+  app->add_option("--max-concurrent-streams", limits->max_concurrent_streams,
+                  "gRPC calls one connection may have open at once; more wait in the client")
+      ->check(CLI::Range(1, 1 << 30));
+}
+
 int Fail(const std::string& message) {
   spdlog::error("{}", message);
   return 1;
@@ -113,6 +129,7 @@ int main(int argc, char** argv) {
                     "Coordinator HOST:PORT to register with (default: the cluster file's)");
 
   AddSecurityFlags(shard, &options.security);
+  AddLimitFlags(shard, &options.limits);
 
   CLI::App* coordinator = app.add_subcommand("coordinator", "Serve names and placement");
   psd::CoordinatorServerOptions coord;
@@ -168,11 +185,23 @@ int main(int argc, char** argv) {
                           "Checkpoint DIR or PREFIX: declare and restore its variables at start");
 
   AddSecurityFlags(coordinator, &coord.security);
+  AddLimitFlags(coordinator, &coord.limits);
 
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_default_logger(spdlog::stderr_color_mt("psd"));
   spdlog::set_level(spdlog::level::from_str(log_level));
+
+  // Both servers: every connection costs a descriptor (process_tuning.h).
+  const psd::OpenFileLimit files = psd::RaiseOpenFileLimit();
+  if (!files.error.empty()) {
+    spdlog::warn("open files: limit {}; cannot raise it: {}", files.before, files.error);
+  } else if (files.after != files.before) {
+    spdlog::info("open files: limit raised from {} to {} (the hard limit)", files.before,
+                 files.after);
+  } else {
+    spdlog::info("open files: limit {} (the hard limit)", files.after);
+  }
 
   if (shard->parsed()) {
     // glibc raises its mmap threshold after large blocks are freed, after
@@ -207,6 +236,9 @@ int main(int argc, char** argv) {
     if (shard->count("--advertise") == 0) cfg.advertise = from_file.advertise;
     if (shard->count("--device") == 0) cfg.device = from_file.device;
     if (shard->count("--http-listen") == 0) options.http_listen = from_file.http_listen;
+    if (shard->count("--http-max-connections") == 0) {
+      options.limits.http_max_connections = from_file.http_max_connections;
+    }
     cfg.id = from_file.id;
     cfg.memory_limit = from_file.memory_limit;
     if (!memory_limit.empty()) {
@@ -238,6 +270,9 @@ int main(int argc, char** argv) {
       if (coordinator->count("--advertise") == 0) coord.coordinator.advertise = file.advertise;
       if (coordinator->count("--state-dir") == 0) coord.coordinator.state_dir = file.state_dir;
       if (coordinator->count("--http-listen") == 0) coord.http_listen = file.http_listen;
+      if (coordinator->count("--http-max-connections") == 0) {
+        coord.limits.http_max_connections = file.http_max_connections;
+      }
       const psd::CheckpointConfig& ckpt = config->checkpoint;
       if (coordinator->count("--checkpoint-dir") == 0) coord.checkpoint.dir = ckpt.dir;
       if (coordinator->count("--max-to-keep") == 0) coord.checkpoint.max_to_keep = ckpt.max_to_keep;

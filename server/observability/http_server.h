@@ -9,9 +9,25 @@
 // certificates are not asked for: kubelet probes cannot present one, and
 // nothing served here changes state.
 //
-// One thread runs an Asio io_context with Boost.Beast; every connection has
-// a deadline (handshake, request and response together), so a client that
-// connects and stalls cannot hold the endpoint.
+// One thread runs an Asio io_context with Boost.Beast. The endpoint is
+// bounded so that no client can take the process's file descriptors or CPU
+// with it:
+// - at most `max_connections` connections are open at once; one accepted
+//   past the cap is closed at once (the client sees the connection close
+//   without a response), so the slots held by others are not starved and
+//   no descriptor is kept for it;
+// - every connection serves one request and closes; reading it ([TLS
+//   handshake,] request line, headers and body) has one deadline from accept
+//   (`read_timeout_seconds`, which also bounds an idle connection and a
+//   client that sends a byte at a time), writing the answer another
+//   (`write_timeout_seconds`);
+// - the request's header and body sizes are bounded (431 and 413 past them),
+//   and any bytes that are not a request get a 400; a handler that throws
+//   answers 500;
+// - when accept fails for lack of descriptors or memory (EMFILE, ENFILE,
+//   ENOBUFS, ENOMEM) the acceptor waits `kAcceptRetryDelay` before trying
+//   again instead of spinning on the pending connection, and logs once per
+//   burst.
 //
 // Thread-safety: Start and the destructor from one thread; the handlers run
 // on the server's own thread and only read thread-safe state (the metrics
@@ -19,6 +35,7 @@
 #ifndef PSD_SERVER_OBSERVABILITY_HTTP_SERVER_H_
 #define PSD_SERVER_OBSERVABILITY_HTTP_SERVER_H_
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,14 +46,30 @@
 
 namespace psd {
 
+// The HTTP endpoint's named limits (configs/README.md, "Limits").
+// Connections served at once; more are closed on accept. Flag
+// --http-max-connections, key http_max_connections.
+inline constexpr int kDefaultHttpMaxConnections = 64;
+// From accept to the end of the request (TLS handshake included).
+inline constexpr double kDefaultHttpReadTimeoutSeconds = 5;
+// For writing the response (and the TLS close).
+inline constexpr double kDefaultHttpWriteTimeoutSeconds = 10;
+// The request line and headers together, and the body (GET has none).
+inline constexpr int kHttpMaxHeaderBytes = 8 << 10;
+inline constexpr int kHttpMaxBodyBytes = 4 << 10;
+// How long the acceptor waits after running out of descriptors.
+inline constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
+
 struct HttpServerOptions {
   // HOST:PORT (port 0 picks one). Without TLS, a loopback address only.
   std::string listen = "127.0.0.1:0";
   // PEM files; both set: HTTPS.
   std::string tls_cert;
   std::string tls_key;
-  // Longest a connection may take from accept to the end of the response.
-  double connection_timeout_seconds = 10;
+  // Connections open at once (>= 1).
+  int max_connections = kDefaultHttpMaxConnections;
+  double read_timeout_seconds = kDefaultHttpReadTimeoutSeconds;
+  double write_timeout_seconds = kDefaultHttpWriteTimeoutSeconds;
   // Why the process is unhealthy, answered by /healthz as 503; empty (or no
   // function): healthy. Called on the server's thread: must be thread-safe.
   std::function<std::string()> unhealthy_reason;

@@ -149,6 +149,12 @@ absl::Status GetBytes(const YAML::Node& node, const std::string& key, const std:
   return absl::OkStatus();
 }
 
+absl::Status CheckHttpMaxConnections(const std::string& where, int value) {
+  if (value >= 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ".http_max_connections: must be >= 1, not ", value));
+}
+
 absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::string& source) {
   ClusterConfig config;
   if (!root || root.IsNull()) return config;
@@ -156,12 +162,15 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
 
   if (const YAML::Node c = root["coordinator"]) {
     const std::string where = source + ": coordinator";
-    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"listen", "advertise", "state_dir", "http_listen"}));
+    PSD_RETURN_IF_ERROR(CheckKeys(
+        c, where, {"listen", "advertise", "state_dir", "http_listen", "http_max_connections"}));
     CoordinatorConfig& coordinator = config.coordinator;
     PSD_RETURN_IF_ERROR(Get(c, "listen", where, &coordinator.listen));
     PSD_RETURN_IF_ERROR(Get(c, "advertise", where, &coordinator.advertise));
     PSD_RETURN_IF_ERROR(Get(c, "state_dir", where, &coordinator.state_dir));
     PSD_RETURN_IF_ERROR(Get(c, "http_listen", where, &coordinator.http_listen));
+    PSD_RETURN_IF_ERROR(Get(c, "http_max_connections", where, &coordinator.http_max_connections));
+    PSD_RETURN_IF_ERROR(CheckHttpMaxConnections(where, coordinator.http_max_connections));
     PSD_RETURN_IF_ERROR(CheckValue(where, "listen", coordinator.listen, CheckAddress));
     if (!coordinator.advertise.empty()) {
       PSD_RETURN_IF_ERROR(CheckValue(where, "advertise", coordinator.advertise, CheckAddress));
@@ -178,8 +187,9 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     for (size_t i = 0; i < shards.size(); ++i) {
       const std::string where = absl::StrCat(source, ": shards[", i, "]");
       const YAML::Node s = shards[i];
-      PSD_RETURN_IF_ERROR(CheckKeys(
-          s, where, {"id", "listen", "advertise", "device", "memory_limit", "http_listen"}));
+      PSD_RETURN_IF_ERROR(CheckKeys(s, where,
+                                    {"id", "listen", "advertise", "device", "memory_limit",
+                                     "http_listen", "http_max_connections"}));
       ShardConfig shard;
       shard.id = static_cast<int>(i);
       PSD_RETURN_IF_ERROR(Get(s, "id", where, &shard.id));
@@ -188,6 +198,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       PSD_RETURN_IF_ERROR(Get(s, "device", where, &shard.device));
       PSD_RETURN_IF_ERROR(GetBytes(s, "memory_limit", where, &shard.memory_limit));
       PSD_RETURN_IF_ERROR(Get(s, "http_listen", where, &shard.http_listen));
+      PSD_RETURN_IF_ERROR(Get(s, "http_max_connections", where, &shard.http_max_connections));
+      PSD_RETURN_IF_ERROR(CheckHttpMaxConnections(where, shard.http_max_connections));
       PSD_RETURN_IF_ERROR(CheckValue(where, "listen", shard.listen, CheckAddress));
       if (!shard.advertise.empty()) {
         PSD_RETURN_IF_ERROR(CheckValue(where, "advertise", shard.advertise, CheckAddress));

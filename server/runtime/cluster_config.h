@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "observability/http_server.h"
 
 namespace psd {
 
@@ -25,6 +26,8 @@ struct ShardConfig {
   int64_t memory_limit = 0;  // bytes; 0 = unlimited
   // /metrics, /healthz, /readyz; loopback unless TLS is on; "" = off.
   std::string http_listen = "127.0.0.1:0";
+  // Connections the HTTP endpoint serves at once (>= 1).
+  int http_max_connections = kDefaultHttpMaxConnections;
 };
 
 struct CoordinatorConfig {
@@ -32,6 +35,7 @@ struct CoordinatorConfig {
   std::string advertise;
   std::string state_dir;
   std::string http_listen = "127.0.0.1:0";  // as ShardConfig::http_listen
+  int http_max_connections = kDefaultHttpMaxConnections;  // as ShardConfig's
 };
 
 struct CheckpointConfig {

@@ -140,6 +140,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   serving.http_listen = options.http_listen;
   serving.http_port_file = options.http_port_file;
   serving.security = options.security;
+  serving.limits = options.limits;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ServingEndpoint> endpoint,
                        ServingEndpoint::Start(serving, {&service}, &metrics,
                                               [&service] { return !service.draining(); },

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "runtime/auth.h"
 #include "runtime/cluster_config.h"
+#include "runtime/serving.h"
 
 namespace psd {
 
@@ -28,6 +29,8 @@ struct CoordinatorServerOptions {
   // empty turns the HTTP endpoint off.
   std::string http_listen = "127.0.0.1:0";
   std::string http_port_file;
+  // HTTP connections, gRPC threads and streams (runtime/serving.h).
+  ServingLimits limits;
   // How long in-flight calls may take to finish after a stop signal.
   double drain_timeout_seconds = 10;
   // Interval shards are told to heartbeat at.

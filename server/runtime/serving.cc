@@ -27,6 +27,15 @@ absl::Status WritePortFile(const std::string& path, int port) {
 absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     const ServingOptions& options, const std::vector<grpc::Service*>& services,
     MetricsRegistry* metrics, std::function<bool()> ready, const std::string& who) {
+  const ServingLimits& limits = options.limits;
+  if (limits.max_rpc_threads < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": --max-rpc-threads must be >= 2, not ", limits.max_rpc_threads));
+  }
+  if (limits.max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": --max-concurrent-streams must be >= 1, not ", limits.max_concurrent_streams));
+  }
   std::unique_ptr<ServingEndpoint> endpoint(new ServingEndpoint());
   endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics, options.response_watchers);
   AddProcessMetrics(metrics);
@@ -45,6 +54,20 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
   // server while a streamed assign is being staged.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4 << 20);
+  // Bound the streams one connection may open (gRPC's default is
+  // unlimited): each holds a reactor and its buffers in this process.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams);
+  // The synchronous handlers (reflection) get one completion queue with one
+  // or two polling threads, and all their threads together are capped by
+  // the quota; without it each open reflection stream holds a new thread.
+  // (One queue: by default there is one per core, each reserving a thread
+  // from the quota at start, and gRPC aborts if the quota cannot cover them.)
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
+  grpc::ResourceQuota quota(who + " rpc threads");
+  quota.SetMaxThreads(limits.max_rpc_threads);
+  builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
@@ -70,6 +93,7 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     http_options.tls_cert = options.security.tls_cert;
     http_options.tls_key = options.security.tls_key;
     http_options.unhealthy_reason = options.unhealthy_reason;
+    http_options.max_connections = limits.http_max_connections;
     auto http = HttpServer::Start(http_options, metrics, std::move(ready));
     if (!http.ok()) {
       return fail(absl::Status(http.status().code(), absl::StrCat(who, ": ", http.status().message())));

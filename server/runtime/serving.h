@@ -5,6 +5,18 @@
 // port file for launchers and tests, and the HTTP endpoint for /metrics,
 // /healthz and /readyz: HTTPS with the server's own certificate when TLS is
 // configured, otherwise plain HTTP on loopback only.
+//
+// Threads. psd's own services and gRPC's health service use gRPC's callback
+// API: their reactions run on gRPC's internal threads, fixed in number from
+// the core count and never one per call (gRPC 1.51 on Linux: the callback
+// queue's "nexting" threads, half the cores clamped to [2, 16], and iomgr's
+// executor, at most two per core; `cat /proc/PID/task/*/comm` shows them).
+// Only gRPC's reflection service is synchronous: each of its calls (a
+// bidirectional stream a client keeps open as long as it likes) holds a
+// thread of the synchronous thread manager, which creates a thread per
+// waiting call unless a ResourceQuota caps it. `max_rpc_threads` is that
+// cap; a synchronous call arriving when every thread is taken fails at once
+// with RESOURCE_EXHAUSTED.
 #ifndef PSD_SERVER_RUNTIME_SERVING_H_
 #define PSD_SERVER_RUNTIME_SERVING_H_
 
@@ -23,6 +35,19 @@
 
 namespace psd {
 
+// The serving endpoint's named limits (configs/README.md, "Limits").
+// Threads of the synchronous handlers (gRPC reflection; see above).
+inline constexpr int kDefaultMaxRpcThreads = 16;
+// Concurrent gRPC calls (HTTP/2 streams) one connection may have open; a
+// client's calls beyond it wait in its channel until one finishes.
+inline constexpr int kDefaultMaxConcurrentStreams = 1024;
+
+struct ServingLimits {
+  int http_max_connections = kDefaultHttpMaxConnections;      // HttpServerOptions::max_connections
+  int max_rpc_threads = kDefaultMaxRpcThreads;                // >= 2
+  int max_concurrent_streams = kDefaultMaxConcurrentStreams;  // >= 1
+};
+
 struct ServingOptions {
   std::string listen;  // HOST:PORT; port 0 picks a free one
   int max_message_bytes = 512 << 20;
@@ -36,6 +61,7 @@ struct ServingOptions {
   std::map<std::string, ResponseWatcher> response_watchers;
   // Answers /healthz (HttpServerOptions::unhealthy_reason); null: healthy.
   std::function<std::string()> unhealthy_reason;
+  ServingLimits limits;
 };
 
 class ServingEndpoint {

@@ -122,6 +122,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   serving.http_listen = options.http_listen;
   serving.http_port_file = options.http_port_file;
   serving.security = options.security;
+  serving.limits = options.limits;
   serving.response_watchers = FenceWatchers(&metrics);
   // A device that failed (a CUDA error) makes the shard unhealthy: its
   // variables can no longer be trusted, so it should be restarted and

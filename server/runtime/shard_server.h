@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "runtime/auth.h"
 #include "runtime/cluster_config.h"
+#include "runtime/serving.h"
 
 namespace psd {
 
@@ -38,6 +39,8 @@ struct ShardServerOptions {
   // The NCCL data plane for trainers on GPUs (--nccl-plane; gpu devices
   // only). Its NCCL traffic has no TLS or tokens: trusted networks only.
   bool nccl_plane = false;
+  // HTTP connections, gRPC threads and streams (runtime/serving.h).
+  ServingLimits limits;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

@@ -16,12 +16,30 @@
 //   lock-order graph, a few percent of a small op's CPU and a point of
 //   contention between the RPC threads. The unit tests, which run the same
 //   store code in-process, keep it on.
+//
+// RaiseOpenFileLimit is for every psd server process (coordinator and
+// shard), called once at start: see below.
 #ifndef PSD_SERVER_SHARD_PROCESS_TUNING_H_
 #define PSD_SERVER_SHARD_PROCESS_TUNING_H_
+
+#include <string>
 
 namespace psd {
 
 void TuneShardProcess();
+
+// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit (to
+// fs.nr_open when the hard limit is unlimited). Every
+// connection, gRPC or HTTP, takes a descriptor, and the usual soft default
+// of 1024 is soon reached by a busy server or a hostile client; when a
+// process runs out, gRPC's listener fails its accept and stops listening
+// for good. The caller logs the figures.
+struct OpenFileLimit {
+  unsigned long before = 0;  // the soft limit found
+  unsigned long after = 0;   // the soft limit in force now
+  std::string error;         // why it could not be read or raised; empty: fine
+};
+OpenFileLimit RaiseOpenFileLimit();
 
 }  // namespace psd
 

@@ -42,4 +42,8 @@ expect_error "--http-listen: '127.0.0.1:99999': the port must be" shard --listen
 expect_error "--device: unknown device 'abacus'" shard --listen 127.0.0.1:0 --device abacus
 expect_error "--memory-limit: invalid byte size" shard --listen 127.0.0.1:0 --memory-limit lots
 expect_error "http listen address '0.0.0.0:0'" shard --listen 127.0.0.1:0 --http-listen 0.0.0.0:0
+printf 'shards:\n  - id: 0\n    listen: 127.0.0.1:0\n    http_max_connections: 0\n' >"$work/cap.yaml"
+expect_error "cap.yaml: shards[0].http_max_connections: must be >= 1" shard --config "$work/cap.yaml" --id 0
+expect_error "--http-max-connections" shard --listen 127.0.0.1:0 --http-max-connections 0
+expect_error "--max-rpc-threads" coordinator --listen 127.0.0.1:0 --max-rpc-threads 1
 echo "config_errors_test: ok"

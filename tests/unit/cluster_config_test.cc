@@ -135,6 +135,23 @@ security: {tls_cert: s.pem, tls_key: s.key, tls_client_auth: true}
   EXPECT_TRUE(config->security.tls_client_auth);
 }
 
+TEST(ClusterConfigTest, HttpMaxConnectionsPerProcess) {
+  auto config = ParseClusterConfig(
+      "coordinator: {http_max_connections: 8}\nshards: [{id: 0, http_max_connections: 16}, {id: "
+      "1}]\n",
+      "c.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->coordinator.http_max_connections, 8);
+  EXPECT_EQ(config->FindShard(0)->http_max_connections, 16);
+  EXPECT_EQ(config->FindShard(1)->http_max_connections, kDefaultHttpMaxConnections);
+  EXPECT_THAT(
+      ParseClusterConfig("shards: [{http_max_connections: 0}]", "c.yaml").status().message(),
+      HasSubstr("c.yaml: shards[0].http_max_connections: must be >= 1"));
+  EXPECT_THAT(
+      ParseClusterConfig("coordinator: {http_max_connections: many}", "c.yaml").status().message(),
+      HasSubstr("coordinator.http_max_connections"));
+}
+
 TEST(ClusterConfigTest, MissingFileIsNotFoundNamingIt) {
   auto config = LoadClusterConfig("/nonexistent/psd-cluster.yaml");
   ASSERT_FALSE(config.ok());

@@ -1,23 +1,35 @@
 // Metrics rendering in Prometheus' text format and the HTTP(S) endpoint
 // that serves it.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
-#include <sstream>
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <vector>
 
+#include "../common/http_get.h"
 #include "absl/strings/str_cat.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/rpc_metrics.h"
-#include "../common/http_get.h"
-#include "grpcpp/grpcpp.h"
 #include "psd/shard.grpc.pb.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
@@ -207,6 +219,226 @@ TEST(HttpServerTest, AStalledClientDoesNotHoldTheEndpoint) {
       testing_http::HttpGet("127.0.0.1", (*server)->port(), "/readyz", CertDir() + "/ca.pem");
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->status, 200);
+}
+
+// A plain POSIX connection to 127.0.0.1:`port` whose reads give up after
+// 30 s without a byte, so no test can hang on a server that never answers.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ =
+        fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    timeval timeout{30, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  }
+  ~RawConnection() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+
+  bool connected() const { return connected_; }
+  int fd() const { return fd_; }
+
+  bool Send(const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      sent += static_cast<size_t>(n);
+    }
+    return true;
+  }
+  void ShutdownWrite() { ::shutdown(fd_, SHUT_WR); }
+  // True once the server has sent something or closed (within `ms`).
+  bool Readable(int ms) {
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, ms) > 0;
+  }
+  // Everything the server sends until it closes; false if it went 30 s
+  // without sending or closing.
+  bool ReadToEnd(std::string* out) {
+    char buffer[4096];
+    for (;;) {
+      const ssize_t n = ::recv(fd_, buffer, sizeof(buffer), 0);
+      if (n > 0) {
+        out->append(buffer, static_cast<size_t>(n));
+      } else if (n == 0) {
+        return true;
+      } else if (errno != EINTR) {
+        return errno != EAGAIN && errno != EWOULDBLOCK;  // a reset also ends it
+      }
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+// /healthz on a new connection until it answers 200 (bounded: 200 tries).
+bool EventuallyHealthy(int port) {
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    auto reply = testing_http::HttpGet("127.0.0.1", port, "/healthz");
+    if (reply.ok() && reply->status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// More idle connections than the cap: the ones past it are closed at once
+// (they neither hang nor take a descriptor), the ones within it keep their
+// slots, and once they close a new client is served again.
+TEST(HttpServerTest, ConnectionsPastTheCapAreClosedAtOnce) {
+  MetricsRegistry registry;
+  HttpServerOptions options;
+  options.max_connections = 4;
+  options.read_timeout_seconds = 120;  // the idle ones within the cap stay
+  auto server = HttpServer::Start(options, &registry, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  constexpr int kConnections = 10;
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < kConnections; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(port));
+    ASSERT_TRUE(idle.back()->connected());
+  }
+  // The server closes the excess: each becomes readable (end of stream).
+  std::vector<bool> closed(kConnections, false);
+  int num_closed = 0;
+  for (int round = 0; round < 60 && num_closed < kConnections - 4; ++round) {
+    std::vector<pollfd> fds;  // all, with the closed ones ignored (fd -1)
+    for (int i = 0; i < kConnections; ++i) {
+      fds.push_back({closed[i] ? -1 : idle[i]->fd(), POLLIN, 0});
+    }
+    ::poll(fds.data(), fds.size(), 500);
+    for (int i = 0; i < kConnections; ++i) {
+      if (!closed[i] && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        std::string answer;
+        EXPECT_TRUE(idle[i]->ReadToEnd(&answer));
+        EXPECT_EQ(answer, "");  // closed without a response
+        closed[i] = true;
+        ++num_closed;
+      }
+    }
+  }
+  EXPECT_EQ(num_closed, kConnections - 4);
+  // While the four hold every slot, a new client is turned away, not kept.
+  auto refused = testing_http::HttpGet("127.0.0.1", port, "/healthz");
+  EXPECT_FALSE(refused.ok());
+  idle.clear();
+  EXPECT_TRUE(EventuallyHealthy(port));
+}
+
+// A client that sends a header byte at a time is answered 408 and closed at
+// the read deadline; its slot is then free for others.
+TEST(HttpServerTest, ASlowlorisClientIsDroppedAtTheReadDeadline) {
+  MetricsRegistry registry;
+  HttpServerOptions options;
+  options.max_connections = 1;
+  options.read_timeout_seconds = 1;
+  auto server = HttpServer::Start(options, &registry, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  RawConnection slow(port);
+  ASSERT_TRUE(slow.connected());
+  const std::string request = "GET /healthz HTTP/1.1\r\nX-Slow: " + std::string(10000, 'a');
+  bool dropped = false;
+  // One byte per 50 ms for at most 30 s: a bound, not a timing assertion.
+  for (size_t i = 0; i < 600 && !dropped; ++i) {
+    if (!slow.Send(request.substr(i % request.size(), 1))) break;
+    dropped = slow.Readable(50);
+  }
+  ASSERT_TRUE(dropped) << "the server kept a slow client past 30 s";
+  std::string answer;
+  EXPECT_TRUE(slow.ReadToEnd(&answer));
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 408 "));
+  EXPECT_TRUE(EventuallyHealthy(port));
+}
+
+// Whatever bytes a client sends, it gets an HTTP status (or, if it only
+// connects and closes, nothing), and the server goes on serving.
+TEST(HttpServerTest, AnswersAnyBytesWithAStatus) {
+  MetricsRegistry registry;
+  HttpServerOptions options;
+  options.read_timeout_seconds = 2;
+  auto server = HttpServer::Start(options, &registry, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  struct Case {
+    std::string name;
+    std::string bytes;
+    bool half_close;  // the client shuts down its side after sending
+    std::string status_line;
+  };
+  const std::vector<Case> cases = {
+      {"garbage", "hello there\r\n\r\n", false, "HTTP/1.1 400 "},
+      {"binary", std::string(200, '\0'), true, "HTTP/1.1 400 "},
+      {"tls hello on plain http", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", true,
+       "HTTP/1.1 400 "},
+      {"HTTP/0.9, then close", "GET /healthz\r\n", true, "HTTP/1.1 400 "},
+      {"HTTP/0.9, no close", "GET /healthz\r\n", false, "HTTP/1.1 400 "},
+      {"incomplete, then wait", "GET /healthz HTTP/1.1\r\nHost: x\r\n", false, "HTTP/1.1 408 "},
+      {"huge header", "GET /healthz HTTP/1.1\r\nX-Big: " + std::string(100000, 'x') + "\r\n\r\n",
+       false, "HTTP/1.1 431 "},
+      {"huge target", "GET /" + std::string(100000, 'x') + " HTTP/1.1\r\n\r\n", false,
+       "HTTP/1.1 431 "},
+      {"huge body", "POST /healthz HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n", false,
+       "HTTP/1.1 413 "},
+      {"bad content length", "GET /healthz HTTP/1.1\r\nContent-Length: -5\r\n\r\n", false,
+       "HTTP/1.1 400 "},
+      {"POST", "POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", false, "HTTP/1.1 405 "},
+      {"pipelined", "GET /healthz HTTP/1.1\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n", false,
+       "HTTP/1.1 200 "},
+      {"HTTP/1.0", "GET /readyz HTTP/1.0\r\n\r\n", false, "HTTP/1.0 200 "},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    RawConnection connection(port);
+    ASSERT_TRUE(connection.connected());
+    ASSERT_TRUE(connection.Send(c.bytes));
+    if (c.half_close) connection.ShutdownWrite();
+    std::string answer;
+    EXPECT_TRUE(connection.ReadToEnd(&answer));
+    EXPECT_THAT(answer, ::testing::StartsWith(c.status_line));
+  }
+  // Abrupt ends: a connection closed mid-request, one reset.
+  {
+    RawConnection connection(port);
+    ASSERT_TRUE(connection.Send("GET /heal"));
+  }
+  {
+    RawConnection connection(port);
+    ASSERT_TRUE(connection.Send("GET /healthz HTTP/1.1\r\n"));
+    linger reset{1, 0};
+    ::setsockopt(connection.fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  }
+  EXPECT_TRUE(EventuallyHealthy(port));
+}
+
+// A /readyz callback that throws answers 500; the endpoint keeps serving.
+TEST(HttpServerTest, AThrowingHandlerAnswers500) {
+  MetricsRegistry registry;
+  auto server = HttpServer::Start("127.0.0.1:0", &registry,
+                                  []() -> bool { throw std::runtime_error("boom"); });
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto reply = testing_http::HttpGet("127.0.0.1", (*server)->port(), "/readyz");
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->status, 500);
+  EXPECT_TRUE(EventuallyHealthy((*server)->port()));
+}
+
+TEST(HttpServerTest, RefusesAZeroConnectionCap) {
+  MetricsRegistry registry;
+  HttpServerOptions options;
+  options.max_connections = 0;
+  EXPECT_FALSE(HttpServer::Start(options, &registry, nullptr).ok());
 }
 
 // A stand-in service: ShardControl.Stop answers OK and does nothing.
