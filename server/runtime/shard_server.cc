@@ -80,6 +80,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   store_options.incarnation = incarnation;
   // Leave room for the response's other fields under the message limit.
   store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
+  store_options.max_batch_result_bytes = store_options.max_unary_value_bytes;
   store_options.default_chunk_bytes = options.stream_chunk_bytes;
   if (options.nccl_plane && device->name().rfind("gpu:", 0) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("shard ", config.id,
