@@ -667,18 +667,16 @@ absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& re
       if (it == shards_.end() || it->second.incarnation == request.incarnation()) {
         return absl::OkStatus();
       }
-      // Its heartbeats lapsed: the old process is gone (or cut off long
-      // enough to count as gone), and the id is free to take.
-      if (absl::Now() - it->second.last_seen > options_.liveness_timeout) return absl::OkStatus();
       holder_address = it->second.address;
       holder_incarnation = it->second.incarnation;
     }
-    // Still heartbeating as far as the coordinator knows. A shard restarted
-    // within the liveness timeout is told apart from a second process
-    // claiming the id by asking the holder's address who serves there:
-    // the holder itself (its incarnation) is alive, and the newcomer is
-    // refused; nobody, or another process (a restart on the same address,
-    // since a port has one listener), means the holder is gone.
+    // A shard restarted (its heartbeats may not have lapsed yet) is told
+    // apart from a second process claiming the id by asking the holder's
+    // address who serves there: the holder itself (its incarnation) is
+    // alive, and the newcomer is refused; nobody, or another process (a
+    // restart on the same address, since a port has one listener), means
+    // the holder is gone. With no clear answer, the holder's heartbeats
+    // decide.
     GetShardInfoRequest probe;
     probe.set_protocol_version(SHARD_PROTOCOL_VERSION);
     GetShardInfoResponse info;
@@ -710,7 +708,13 @@ absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& re
                                  : std::string(answered.message()));
       return absl::OkStatus();
     }
-    // No clear answer (a timeout, a refusal): the holder may be alive.
+    // No clear answer (a timeout, a refusal): the holder may be alive. Its
+    // heartbeats lapsed: gone (or cut off long enough to count as gone).
+    if (absl::Now() - it->second.last_seen > options_.liveness_timeout) {
+      spdlog::info("shard {}: taken over by {}: the previous holder {} stopped heartbeating", id,
+                   newcomer, holder);
+      return absl::OkStatus();
+    }
     // Retryable: the newcomer gets the id once the holder's heartbeats lapse.
     return absl::UnavailableError(absl::StrCat(
         "shard id ", id, " is held by ", holder, ", which could not be confirmed gone (",
@@ -845,17 +849,15 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     grpc::CallbackServerContext* ctx, const CoordinatorDeleteVariableRequest* request,
     CoordinatorDeleteVariableResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
-    absl::StatusOr<VariableDef> deleted;
-    {
-      // Not between a declaration's check and its registration (which
-      // would then be refused ABORTED after creating its parts).
-      absl::MutexLock declaring(&declare_mu_);
-      deleted = registry_->Delete(request->name());
-    }
-    PSD_ASSIGN_OR_RETURN(VariableDef def, std::move(deleted));
+    // Held through the parts' deletion too: a declaration of the same name
+    // may neither be registered between its check and this deletion (it
+    // would be ABORTED after creating its parts) nor create its parts
+    // before the old ones are deleted (which would then delete the new).
+    absl::MutexLock declaring(&declare_mu_);
+    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Delete(request->name()));
     // The name is gone from the registry; parts left on unreachable shards
     // are orphans the shard drops on its next restart, and a later variable
-    // of the same name replaces rather than adopts.
+    // of the same name replaces rather than adopts them.
     for (const VariablePart& part : def.parts()) {
       std::string address;
       {

@@ -198,11 +198,12 @@ class CoordinatorService final : public Coordinator::CallbackService {
 
   std::vector<int32_t> LiveShards() const ABSL_LOCKS_EXCLUDED(mu_);
   // OK if `request` may hold its shard id: nobody holds it, or the same
-  // process does, or the holder is gone (its heartbeats lapsed, or its
-  // address no longer answers as it). ALREADY_EXISTS naming the holder's
-  // address and incarnation when a live process holds it; UNAVAILABLE
-  // (retry) when the holder cannot be confirmed gone. Calls the holder's
-  // address (holder_probe_timeout) without holding mu_.
+  // process does, or the holder is gone (its address answers as another
+  // incarnation or refuses connections; with no clear answer, its
+  // heartbeats lapsed). ALREADY_EXISTS naming the holder's address and
+  // incarnation when the holder answers as itself; UNAVAILABLE (retry)
+  // when it cannot be confirmed gone. Calls the holder's address
+  // (holder_probe_timeout) without holding mu_.
   absl::Status CheckShardIdFree(const RegisterShardRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
   void FillHandle(const VariableDef& def, VariableHandle* handle) const ABSL_LOCKS_EXCLUDED(mu_);
   struct NewVariable {
@@ -260,8 +261,8 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // Serializes declarations with the creation of their parts on the shards,
   // so a session that attaches to a variable another session is creating
   // gets its handle only once the parts exist. Held by GetVariable /
-  // DeclareVariables, and by DeleteVariable around the registry's deletion
-  // only (so a declaration's registration never races a deletion); taken
+  // DeclareVariables and DeleteVariable (so a declaration never races a
+  // deletion of its name: neither its registration nor its parts); taken
   // before mu_.
   absl::Mutex declare_mu_;
   // The ordered initializations that declarations started and that run

@@ -33,6 +33,7 @@ using client::GetVariableOptions;
 using client::Saver;
 using client::Session;
 using client::Variable;
+namespace init = client::init;
 
 std::string MakeTempDir() {
   char tmpl[] = "/tmp/psd_decl_test_XXXXXX";
