@@ -207,9 +207,9 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
     case InitializerSpec::kFromVariable:
       // Filled by the shard from the source variable's value (the store's
       // initialization path), never by a device initializer.
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": is initialized from variable '", spec.from_variable().source(),
-          "' by its shard, not by a device initializer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": is initialized from variable '", spec.from_variable().source(),
+                       "' by its shard, not by a device initializer"));
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
@@ -224,9 +224,9 @@ absl::Status ValidateStringInitializer(const InitializerSpec& spec, const Tensor
   if (spec.has_constant()) {
     const std::string what = absl::StrCat("constant initializer of ", quoted);
     if (spec.constant().value().dtype() != DT_STRING) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": value is ", DataTypeName(spec.constant().value().dtype()),
-          ", variable is string"));
+      return absl::InvalidArgumentError(absl::StrCat(what, ": value is ",
+                                                     DataTypeName(spec.constant().value().dtype()),
+                                                     ", variable is string"));
     }
     PSD_ASSIGN_OR_RETURN(TensorShape shape, ValidateTensorProto(spec.constant().value(), what));
     if (shape.num_elements() != 1 && shape != full_shape) {
@@ -237,8 +237,9 @@ absl::Status ValidateStringInitializer(const InitializerSpec& spec, const Tensor
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(
-      absl::StrCat(quoted, ": string variables take only zeros, constant or the default "
-                           "initializer"));
+      absl::StrCat(quoted,
+                   ": string variables take only zeros, constant or the default "
+                   "initializer"));
 }
 
 absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType dtype,
@@ -246,9 +247,10 @@ absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType 
                                           const std::string& variable) {
   if (spec.has_from_variable()) {
     if (spec.from_variable().source().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "variable '", variable, "': a variable initialized from another needs the source's "
-          "name"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable '", variable,
+                       "': a variable initialized from another needs the source's "
+                       "name"));
     }
     return absl::OkStatus();
   }

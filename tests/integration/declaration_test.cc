@@ -99,8 +99,7 @@ class DeclarationTest : public ::testing::Test {
 // behind: the next save holds every variable, and the name is free for a
 // valid declaration.
 TEST_F(DeclarationTest, RefusedDeclarationsLeaveCheckpointsWorking) {
-  PSD_ASSERT_OK_AND_ASSIGN(Variable good,
-                           session_->GetVariable("good", Floats({2}, init::Ones())));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable good, session_->GetVariable("good", Floats({2}, init::Ones())));
   EXPECT_TRUE(IsError(session_->GetVariable("bad", Floats({4}, init::RandomUniform(1, 0))),
                       absl::StatusCode::kInvalidArgument, {"bad", "minval < maxval"}));
   const std::string long_name(1100, 'n');
@@ -127,15 +126,16 @@ TEST_F(DeclarationTest, RefusedDeclarationsLeaveCheckpointsWorking) {
 // shard without any id does not start.
 TEST_F(DeclarationTest, SecondShardWithAHeldIdIsRefusedAndExits) {
   PSD_ASSERT_OK_AND_ASSIGN(
-      Variable v, session_->GetVariable("kept", Floats({3}, init::Constant(Tensor::Scalar<float>(2.5f)))));
+      Variable v,
+      session_->GetVariable("kept", Floats({3}, init::Constant(Tensor::Scalar<float>(2.5f)))));
   PSD_ASSERT_OK_AND_ASSIGN(uint64_t incarnation, cluster_->ShardIncarnation(0));
   ASSERT_NE(incarnation, 0u);
 
   for (int k = 0; k < 2; ++k) {
     const std::string log = absl::StrCat(dir_, "/impostor-", k, ".log");
-    const int status = RunShard({"--id", "0", "--listen", "127.0.0.1:0", "--coordinator",
-                                 cluster_->coordinator_address()},
-                                log);
+    const int status = RunShard(
+        {"--id", "0", "--listen", "127.0.0.1:0", "--coordinator", cluster_->coordinator_address()},
+        log);
     ASSERT_NE(status, -1) << "a second shard with id 0 is still running: " << ReadFile(log);
     ASSERT_TRUE(WIFEXITED(status)) << ReadFile(log);
     EXPECT_NE(WEXITSTATUS(status), 0) << ReadFile(log);
@@ -147,8 +147,8 @@ TEST_F(DeclarationTest, SecondShardWithAHeldIdIsRefusedAndExits) {
 
   // Without --id (and no cluster file to name it) a shard does not start.
   const std::string log = absl::StrCat(dir_, "/no-id.log");
-  const int status = RunShard(
-      {"--listen", "127.0.0.1:0", "--coordinator", cluster_->coordinator_address()}, log);
+  const int status =
+      RunShard({"--listen", "127.0.0.1:0", "--coordinator", cluster_->coordinator_address()}, log);
   ASSERT_TRUE(status != -1 && WIFEXITED(status)) << ReadFile(log);
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_NE(ReadFile(log).find("--id"), std::string::npos) << ReadFile(log);
