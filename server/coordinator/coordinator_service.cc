@@ -161,7 +161,8 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
         if (it != shards_.end()) address = it->second.address;
       }
       if (address.empty()) {
-        failed = absl::UnavailableError(absl::StrCat("shard ", part.shard_id(), " is not registered"));
+        failed =
+            absl::UnavailableError(absl::StrCat("shard ", part.shard_id(), " is not registered"));
       } else {
         CreateVariableRequest req;
         req.set_name(part.name());
@@ -188,9 +189,10 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
           // holds is a leftover: a deleted variable's part its shard missed
           // the deletion of, or one of a declaration that failed. A new
           // variable never adopts its value; it is replaced.
-          spdlog::warn("variable {}: shard {} ({}) still holds a part {} of an earlier "
-                       "variable of that name; replacing it",
-                       def.name(), part.shard_id(), address, part.name());
+          spdlog::warn(
+              "variable {}: shard {} ({}) still holds a part {} of an earlier "
+              "variable of that name; replacing it",
+              def.name(), part.shard_id(), address, part.name());
           failed = DeletePart(part.shard_id(), part.name());
           if (failed.ok()) failed = create();
         }
@@ -689,23 +691,22 @@ absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& re
     if (it == shards_.end() || it->second.incarnation != holder_incarnation) continue;
     const std::string newcomer =
         absl::StrCat(request.address(), ", incarnation ", absl::Hex(request.incarnation()));
-    const std::string holder =
-        absl::StrCat(holder_address, " (incarnation ", absl::Hex(holder_incarnation),
-                     ", last heartbeat ",
-                     absl::FormatDuration(absl::Trunc(absl::Now() - it->second.last_seen,
-                                                      absl::Milliseconds(1))),
-                     " ago)");
+    const std::string holder = absl::StrCat(
+        holder_address, " (incarnation ", absl::Hex(holder_incarnation), ", last heartbeat ",
+        absl::FormatDuration(
+            absl::Trunc(absl::Now() - it->second.last_seen, absl::Milliseconds(1))),
+        " ago)");
     if (answered.ok() && info.incarnation() == holder_incarnation) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "shard id ", id, " is held by a live shard at ", holder, "; this shard (", newcomer,
-          ") cannot take it: give every shard its own --id"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("shard id ", id, " is held by a live shard at ", holder, "; this shard (",
+                       newcomer, ") cannot take it: give every shard its own --id"));
     }
     if (answered.ok() || answered.code() == absl::StatusCode::kUnavailable) {
-      spdlog::info("shard {}: taken over by {}: the previous holder {} is gone ({})", id,
-                   newcomer, holder,
-                   answered.ok() ? absl::StrCat("its address is served by incarnation ",
-                                                absl::Hex(info.incarnation()))
-                                 : std::string(answered.message()));
+      spdlog::info(
+          "shard {}: taken over by {}: the previous holder {} is gone ({})", id, newcomer, holder,
+          answered.ok()
+              ? absl::StrCat("its address is served by incarnation ", absl::Hex(info.incarnation()))
+              : std::string(answered.message()));
       return absl::OkStatus();
     }
     // No clear answer (a timeout, a refusal): the holder may be alive. Its
@@ -716,10 +717,10 @@ absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& re
       return absl::OkStatus();
     }
     // Retryable: the newcomer gets the id once the holder's heartbeats lapse.
-    return absl::UnavailableError(absl::StrCat(
-        "shard id ", id, " is held by ", holder, ", which could not be confirmed gone (",
-        answered.message(), "); this shard (", newcomer,
-        ") gets the id once the holder's heartbeats lapse"));
+    return absl::UnavailableError(absl::StrCat("shard id ", id, " is held by ", holder,
+                                               ", which could not be confirmed gone (",
+                                               answered.message(), "); this shard (", newcomer,
+                                               ") gets the id once the holder's heartbeats lapse"));
   }
   return absl::UnavailableError(
       absl::StrCat("shard id ", id, ": its holder changed during the registration; retry"));

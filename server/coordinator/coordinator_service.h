@@ -215,8 +215,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // shard's error comes back naming the variable, the part and the shard.
   // A part the shard already holds is a leftover of an earlier variable of
   // the name (the registry has none): it is deleted and created fresh.
-  absl::Status CreateNewParts(const std::vector<NewVariable>& variables)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CreateNewParts(const std::vector<NewVariable>& variables) ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes `part` on `shard_id` (OK if it is not there).
   absl::Status DeletePart(int32_t shard_id, const std::string& part) ABSL_LOCKS_EXCLUDED(mu_);
   // Best-effort DeletePart of each (shard, part); failures are logged.

@@ -11,13 +11,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "spdlog/spdlog.h"
 #include "coordinator/partitioners.h"
 #include "device/initializer_spec.h"
 #include "psd/dtype.h"
 #include "psd/names.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "spdlog/spdlog.h"
 
 namespace psd {
 namespace {
@@ -58,8 +58,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   std::unique_ptr<Registry> registry(new Registry(options));
   if (options.state_dir.empty()) return registry;
   RegistryLog::Recovered recovered;
-  PSD_ASSIGN_OR_RETURN(auto log, RegistryLog::Open(options.state_dir, &recovered,
-                                                   options.max_state_bytes));
+  PSD_ASSIGN_OR_RETURN(auto log,
+                       RegistryLog::Open(options.state_dir, &recovered, options.max_state_bytes));
   absl::MutexLock lock(&registry->mu_);
   const RegistrySnapshot& snap = recovered.snapshot;
   registry->next_seq_ = snap.last_seq() + 1;
@@ -96,9 +96,8 @@ absl::Status Registry::Commit(RegistryRecord* record, bool sync) {
     // the log has grown by another compact_log_bytes (a state over the
     // size limit would otherwise be serialized on every append).
     compaction_status_ = log_->Compact(MakeSnapshot());
-    compact_at_ = compaction_status_.ok()
-                      ? options_.compact_log_bytes
-                      : log_->log_bytes() + options_.compact_log_bytes;
+    compact_at_ = compaction_status_.ok() ? options_.compact_log_bytes
+                                          : log_->log_bytes() + options_.compact_log_bytes;
     if (!compaction_status_.ok()) {
       spdlog::error("registry: compaction failed, the log keeps growing: {}",
                     compaction_status_.ToString());
@@ -373,9 +372,10 @@ absl::Status Registry::CommitDeclareLocked(const PreparedDeclaration& prepared) 
   PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(prepared.session));
   PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*state, prepared.request_seq));
   if (variables_version_ != prepared.variables_version || reply != nullptr) {
-    return absl::AbortedError(absl::StrCat(
-        "session ", prepared.session, ": variables were declared or deleted while this "
-        "declaration's parts were created; nothing was registered, retry it"));
+    return absl::AbortedError(
+        absl::StrCat("session ", prepared.session,
+                     ": variables were declared or deleted while this "
+                     "declaration's parts were created; nothing was registered, retry it"));
   }
   RegistryRecord record = *prepared.record;
   return Commit(&record, /*sync=*/true);

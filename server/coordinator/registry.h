@@ -60,8 +60,8 @@
 #include "absl/types/span.h"
 #include "coordinator/placement.h"
 #include "coordinator/registry_log.h"
-#include "psd/names.h"
 #include "psd/coordinator.pb.h"
+#include "psd/names.h"
 
 namespace psd {
 

@@ -234,10 +234,9 @@ RegistryLog::~RegistryLog() {
 absl::Status RegistryLog::Append(const RegistryRecord& record, bool sync) {
   if (!broken_.ok()) return broken_;
   const std::string path = LogPath(dir_);
-  PSD_ASSIGN_OR_RETURN(
-      const std::string payload,
-      SerializeChecked(record, absl::StrCat("registry log record ", record.seq()),
-                       max_state_bytes_));
+  PSD_ASSIGN_OR_RETURN(const std::string payload,
+                       SerializeChecked(record, absl::StrCat("registry log record ", record.seq()),
+                                        max_state_bytes_));
   const std::string frame = internal::Frame(payload);
   absl::Status s = WriteAll(fd_, frame, path);
   if (s.ok() && sync && ::fdatasync(fd_) != 0) {

@@ -215,8 +215,9 @@ absl::StatusOr<InitializerPlan> PlanTyped(const InitializerSpec& spec, DataType 
     case InitializerSpec::kRandomUniform: {
       const auto& p = spec.random_uniform();
       if (IsFloating(dtype)) return uniform(p.minval(), p.maxval());
-      PSD_ASSIGN_OR_RETURN(internal::IntegerRange range,
-                           internal::IntegerUniformRange("random_uniform", p.minval(), p.maxval(), dtype));
+      PSD_ASSIGN_OR_RETURN(
+          internal::IntegerRange range,
+          internal::IntegerUniformRange("random_uniform", p.minval(), p.maxval(), dtype));
       plan.kind = InitializerPlan::Kind::kUniformInt;
       plan.int_lo = range.lo;
       plan.int_span = range.span;

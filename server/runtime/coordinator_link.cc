@@ -66,9 +66,9 @@ void CoordinatorLink::Register() {
                   coordinator_address_, status.error_message());
     stopped_.store(true);
     if (on_fatal_) {
-      on_fatal_(absl::AlreadyExistsError(
-          absl::StrCat("coordinator ", coordinator_address_, " refused shard ", shard_.id, ": ",
-                       status.error_message())));
+      on_fatal_(absl::AlreadyExistsError(absl::StrCat("coordinator ", coordinator_address_,
+                                                      " refused shard ", shard_.id, ": ",
+                                                      status.error_message())));
     }
     return;
   }

@@ -467,9 +467,10 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     if (initializer.has_from_variable() && request.initialize()) {
       // The coordinator checked the source against this variable; its value
       // arrives with InitializeVariables, never at creation.
-      return absl::InvalidArgumentError(absl::StrCat(
-          Quoted(name), ": a variable initialized from another is initialized by "
-                        "InitializeVariables, not at creation"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(name),
+                       ": a variable initialized from another is initialized by "
+                       "InitializeVariables, not at creation"));
     }
     // The same check the coordinator ran before registering the variable.
     PSD_RETURN_IF_ERROR(ValidateInitializerForCreate(initializer, dtype, full_shape, name));

@@ -267,10 +267,10 @@ TEST_F(SecurityTest, NonLoopbackBindWithoutTlsIsRefused) {
   EXPECT_NE(ExitCode({PSD_BINARY, "coordinator", "--listen", "0.0.0.0:0"}), 0);
   // With --insecure it starts (and warns).
   const std::string port_file = *dir_ + "/insecure.port";
-  auto process = ChildProcess::Start({PSD_BINARY, "--log-level", "error", "shard", "--id", "0",
-                                      "--listen", "0.0.0.0:0", "--insecure", "--port-file",
-                                      port_file},
-                                     port_file);
+  auto process =
+      ChildProcess::Start({PSD_BINARY, "--log-level", "error", "shard", "--id", "0", "--listen",
+                           "0.0.0.0:0", "--insecure", "--port-file", port_file},
+                          port_file);
   EXPECT_TRUE(process.ok()) << process.status();
 }
 

@@ -5,12 +5,11 @@
 #include "coordinator/coordinator_service.h"
 
 #include "absl/strings/str_cat.h"
-#include "psd/names.h"
-
 #include "device/device.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "psd/names.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 
@@ -362,9 +361,9 @@ TEST_F(CoordinatorServiceTest, ALiveShardsIdCannotBeTaken) {
   InProcessShard impostor(0, 999);
   grpc::Status s = Register(0, 999, {}, nullptr, impostor.address);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
-  EXPECT_THAT(s.error_message(), ::testing::HasSubstr(absl::StrCat(
-                                     "is held by a live shard at ", shards_[0]->address,
-                                     " (incarnation 64")));  // 100 in hex
+  EXPECT_THAT(s.error_message(),
+              ::testing::HasSubstr(absl::StrCat("is held by a live shard at ", shards_[0]->address,
+                                                " (incarnation 64")));  // 100 in hex
   ListShardsResponse shards = Shards();
   ASSERT_EQ(shards.shards_size(), 2);
   EXPECT_EQ(shards.shards(0).address(), shards_[0]->address);

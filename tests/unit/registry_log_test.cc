@@ -247,8 +247,8 @@ TEST_F(RegistryLogTest, StateOverTheSizeLimitFailsLoudlyAndLosesNothing) {
     session = *registry->OpenSession("t");
     // Each record fits; together they outgrow the snapshot limit.
     for (; declared < 40; ++declared) {
-      ASSERT_TRUE(registry->GetVariable(session, Decl("v" + std::to_string(declared), 2), shards_)
-                      .ok());
+      ASSERT_TRUE(
+          registry->GetVariable(session, Decl("v" + std::to_string(declared), 2), shards_).ok());
     }
     EXPECT_EQ(registry->compaction_status().code(), absl::StatusCode::kResourceExhausted);
     EXPECT_EQ(registry->Compact().code(), absl::StatusCode::kResourceExhausted);

@@ -540,7 +540,8 @@ TEST_F(RegistryTest, InitializersTheShardsWouldRefuseAreRefused) {
   d.mutable_initializer()->mutable_random_uniform()->set_maxval(0);
   auto r = Get(d);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("variable 'u': random_uniform needs minval < maxval"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("variable 'u': random_uniform needs minval < maxval"));
   d.mutable_initializer()->mutable_random_normal()->set_stddev(-1);
   EXPECT_THAT(Get(d).status().message(), HasSubstr("stddev must be >= 0"));
   // A constant of another shape than the variable's.
@@ -575,8 +576,8 @@ TEST_F(RegistryTest, NamesTheShardsWouldRefuseAreRefused) {
   // Scopes: the same characters, and paths within the limit.
   EXPECT_EQ(registry_->OpenScope(session_, "", "a>b", "", false, false).status().code(),
             absl::StatusCode::kInvalidArgument);
-  auto deep = registry_->OpenScope(session_, std::string(kMaxNameBytes, 's'), "t", "", false,
-                                   false);
+  auto deep =
+      registry_->OpenScope(session_, std::string(kMaxNameBytes, 's'), "t", "", false, false);
   EXPECT_EQ(deep.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(deep.status().message(), HasSubstr("scope path"));
   EXPECT_EQ(registry_->num_variables(), 1u);
