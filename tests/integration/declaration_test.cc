@@ -112,9 +112,19 @@ TEST_F(DeclarationTest, RefusedDeclarationsLeaveCheckpointsWorking) {
   PSD_ASSERT_OK_AND_ASSIGN(std::string prefix, saver->Save(absl::StrCat(dir_, "/model.ckpt"), 1));
   EXPECT_FALSE(prefix.empty());
 
+  // Nothing of them reached the registry's log either: a restarted
+  // coordinator (same state directory) does not know them.
+  saver.reset();
+  ASSERT_TRUE(IsOk(cluster_->RestartCoordinator()));
+  ASSERT_TRUE(IsOk(cluster_->WaitForShards(absl::Seconds(60))));
+  PSD_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Session> fresh,
+                           Session::Open(cluster_->coordinator_address()));
+  EXPECT_TRUE(IsError(fresh->LookupVariable("bad"), absl::StatusCode::kNotFound, {"bad"}));
+  PSD_ASSERT_OK_AND_ASSIGN(saver, Saver::Create(cluster_->coordinator_address()));
+
   // The refused name can be declared properly, and saved with the rest.
   PSD_ASSERT_OK_AND_ASSIGN(Variable bad,
-                           session_->GetVariable("bad", Floats({4}, init::RandomUniform(0, 1))));
+                           fresh->GetVariable("bad", Floats({4}, init::RandomUniform(0, 1))));
   PSD_ASSERT_OK_AND_ASSIGN(prefix, saver->Save(absl::StrCat(dir_, "/model.ckpt"), 2));
   PSD_ASSERT_OK_AND_ASSIGN(Tensor g, good.Read());
   EXPECT_EQ(g.ToVector<float>(), (std::vector<float>{1, 1}));
