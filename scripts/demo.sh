@@ -57,7 +57,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "demo: part 1, one shard and the single-shard demo trainer"
-./build/server/psd shard --listen 127.0.0.1:0 --port-file "$workdir/port" \
+./build/server/psd shard --id 0 --listen 127.0.0.1:0 --port-file "$workdir/port" \
   --memory-limit 1GiB --log-level info &
 shard_pid=$!
 for _ in $(seq 1 200); do

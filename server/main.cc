@@ -102,7 +102,10 @@ int main(int argc, char** argv) {
   psd::ShardServerOptions options;
   std::string memory_limit;
   shard->add_option("--config", config_path, "Cluster file (YAML); flags override its values");
-  shard->add_option("--id", shard_id, "This shard's id in the cluster file")->check(CLI::NonNegativeNumber);
+  shard->add_option("--id", shard_id,
+                    "This shard's id (required unless --config lists exactly one shard); two "
+                    "processes cannot hold one id")
+      ->check(CLI::NonNegativeNumber);
   shard->add_option("--listen", options.shard.listen, "HOST:PORT to serve on (port 0: any free port)");
   shard->add_option("--advertise", options.shard.advertise, "HOST:PORT others dial (default: --listen)");
   shard->add_option("--device", options.shard.device, "Where variables live: cpu or gpu:N");
@@ -210,12 +213,25 @@ int main(int argc, char** argv) {
     // returned at once, so a streamed assign peaks at two copies of the
     // variable, not two copies plus arena garbage.
     mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    if (shard->count("--id") == 0 && config_path.empty()) {
+      return Fail("psd shard needs --id K (or --config FILE naming its id): every shard of a "
+                  "cluster has its own id");
+    }
     // Start from the cluster file's entry for this shard; explicit flags win.
     psd::ShardConfig from_file;
     from_file.id = shard_id;
     if (!config_path.empty()) {
       auto config = psd::LoadClusterConfig(config_path);
       if (!config.ok()) return Fail(std::string(config.status().message()));
+      // Without --id the file must name the shard: two shards defaulting to
+      // one id would fight over it.
+      if (shard->count("--id") == 0) {
+        if (config->shards.size() != 1) {
+          return Fail(config_path + " lists " + std::to_string(config->shards.size()) +
+                      " shards: give this one's --id");
+        }
+        shard_id = config->shards[0].id;
+      }
       const psd::ShardConfig* entry = config->FindShard(shard_id);
       if (entry == nullptr) {
         return Fail(config_path + ": no shard with id " + std::to_string(shard_id));

@@ -40,7 +40,6 @@ CoordinatorService::CoordinatorService(Registry* registry, const CoordinatorServ
     for (const auto& [shard_id, part] : parts) {
       auto it = shards_.find(shard_id);
       if (it != shards_.end()) it->second.lost_parts.erase(part);
-      uncreated_parts_.erase(part);
     }
   };
   checkpoints_ = std::make_unique<CheckpointManager>(registry, std::move(access), options.checkpoint);
@@ -124,59 +123,104 @@ std::shared_ptr<Shard::Stub> CoordinatorService::StubFor(const std::string& addr
   return stub;
 }
 
-absl::Status CoordinatorService::CreateParts(const VariableDef& def, bool initialize, bool all) {
-  struct Target {
-    const VariablePart* part;
-    std::string address;
-  };
-  std::vector<Target> targets;
+absl::Status CoordinatorService::DeletePart(int32_t shard_id, const std::string& part) {
+  std::string address;
   {
     absl::MutexLock lock(&mu_);
+    auto it = shards_.find(shard_id);
+    if (it == shards_.end()) {
+      return absl::UnavailableError(absl::StrCat("shard ", shard_id, " is not registered"));
+    }
+    address = it->second.address;
+  }
+  DeleteVariableRequest req;
+  req.set_name(part);
+  DeleteVariableResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+  absl::Status s = FromGrpcStatus(StubFor(address)->DeleteVariable(&ctx, req, &resp));
+  if (absl::IsNotFound(s)) return absl::OkStatus();
+  return s;
+}
+
+absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& variables) {
+  // Every part attempted, so a failure can delete them again: a part whose
+  // creation failed with a timeout may exist all the same.
+  std::vector<std::pair<int32_t, std::string>> attempted;
+  absl::Status failed;
+  for (const NewVariable& v : variables) {
+    const VariableDef& def = *v.def;
     for (const VariablePart& part : def.parts()) {
-      if (!all && uncreated_parts_.count(part.name()) == 0) continue;
-      auto it = shards_.find(part.shard_id());
-      targets.push_back({&part, it == shards_.end() ? std::string() : it->second.address});
+      std::string address;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = shards_.find(part.shard_id());
+        if (it != shards_.end()) address = it->second.address;
+      }
+      if (address.empty()) {
+        failed =
+            absl::UnavailableError(absl::StrCat("shard ", part.shard_id(), " is not registered"));
+      } else {
+        CreateVariableRequest req;
+        req.set_name(part.name());
+        req.set_dtype(def.dtype());
+        *req.mutable_shape() = part.shape();
+        *req.mutable_initializer() = def.initializer();
+        // A variable initialized from another waits for its source: the
+        // ordered initialization runs it once every part exists.
+        req.set_initialize(v.initialize && !def.initializer().has_from_variable());
+        if (def.partitioned()) {
+          *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
+          *req.mutable_slice()->mutable_offset() = part.offset();
+        }
+        auto create = [&] {
+          CreateVariableResponse resp;
+          grpc::ClientContext ctx;
+          ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+          return FromGrpcStatus(StubFor(address)->CreateVariable(&ctx, req, &resp));
+        };
+        attempted.emplace_back(part.shard_id(), part.name());
+        failed = create();
+        if (failed.code() == absl::StatusCode::kAlreadyExists) {
+          // The registry has no variable of this name, so what the shard
+          // holds is a leftover: a deleted variable's part its shard missed
+          // the deletion of, or one of a declaration that failed. A new
+          // variable never adopts its value; it is replaced.
+          spdlog::warn(
+              "variable {}: shard {} ({}) still holds a part {} of an earlier "
+              "variable of that name; replacing it",
+              def.name(), part.shard_id(), address, part.name());
+          failed = DeletePart(part.shard_id(), part.name());
+          if (failed.ok()) failed = create();
+        }
+      }
+      if (!failed.ok()) {
+        failed = absl::Status(
+            failed.code(),
+            absl::StrCat("variable ", def.name(), " was not declared: creating its part ",
+                         part.name(), " on shard ", part.shard_id(),
+                         address.empty() ? std::string() : absl::StrCat(" (", address, ")"),
+                         " failed: ", failed.message(),
+                         "; nothing was registered and no part of the declaration was kept"));
+        break;
+      }
+    }
+    if (!failed.ok()) break;
+  }
+  if (failed.ok()) return absl::OkStatus();
+  UndoParts(attempted);
+  return failed;
+}
+
+void CoordinatorService::UndoParts(const std::vector<std::pair<int32_t, std::string>>& parts) {
+  for (const auto& [shard_id, part] : parts) {
+    absl::Status s = DeletePart(shard_id, part);
+    if (!s.ok()) {
+      // Left behind; a later variable of this name replaces it.
+      spdlog::warn("could not delete part {} on shard {} of a failed declaration: {}", part,
+                   shard_id, s.ToString());
     }
   }
-  absl::Status first_error;
-  for (const Target& t : targets) {
-    absl::Status s;
-    if (t.address.empty()) {
-      s = absl::UnavailableError(absl::StrCat("shard ", t.part->shard_id(), " is not registered"));
-    } else {
-      CreateVariableRequest req;
-      req.set_name(t.part->name());
-      req.set_dtype(def.dtype());
-      *req.mutable_shape() = t.part->shape();
-      *req.mutable_initializer() = def.initializer();
-      // A variable initialized from another waits for its source: the
-      // ordered initialization below runs it once every part exists.
-      req.set_initialize(initialize && !def.initializer().has_from_variable());
-      if (def.partitioned()) {
-        *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
-        *req.mutable_slice()->mutable_offset() = t.part->offset();
-      }
-      CreateVariableResponse resp;
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
-      s = FromGrpcStatus(StubFor(t.address)->CreateVariable(&ctx, req, &resp));
-      // A retry after a lost reply finds the part already there.
-      if (s.code() == absl::StatusCode::kAlreadyExists) s = absl::OkStatus();
-    }
-    absl::MutexLock lock(&mu_);
-    if (s.ok()) {
-      uncreated_parts_.erase(t.part->name());
-    } else {
-      uncreated_parts_.insert(t.part->name());
-      if (first_error.ok()) {
-        first_error = absl::UnavailableError(
-            absl::StrCat("variable ", def.name(), " is declared, but its part ", t.part->name(),
-                         " could not be created on shard ", t.part->shard_id(), " (", t.address,
-                         "): ", s.message(), "; it is created again on the next get_variable"));
-      }
-    }
-  }
-  return first_error;
 }
 
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
@@ -194,29 +238,44 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
   std::vector<std::string> ordered;
   std::vector<std::shared_ptr<InitializationInFlight>> started;
   std::vector<std::pair<std::string, std::shared_ptr<InitializationInFlight>>> awaited;
-  absl::StatusOr<std::vector<DeclareResult>> declared;
+  std::vector<DeclareResult> results;
   {
     absl::MutexLock declaring(&declare_mu_);
-    declared = registry_->Declare(session, decls, LiveShards(), request_seq);
-    if (!declared.ok()) return declared.status();
-    std::vector<DeclareResult>& results = *declared;
-    for (size_t i = 0; i < results.size(); ++i) {
-      bool pending;
-      {
-        absl::MutexLock lock(&mu_);
-        pending = !uncreated_parts_.empty();
+    // Checked and placed, not registered: the registry records the batch
+    // only once every new part exists on its shard, so a declaration that
+    // fails (a spec a shard refuses, a shard out of memory or unreachable)
+    // leaves no variable, no part and nothing for a checkpoint to miss.
+    PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
+                         registry_->PrepareDeclare(session, decls, LiveShards(), request_seq));
+    if (!prepared.replayed) {
+      std::vector<NewVariable> created;
+      for (size_t i = 0; i < prepared.results.size(); ++i) {
+        if (prepared.results[i].created) {
+          created.push_back({&prepared.results[i].def, decls[i].initialize()});
+        }
       }
-      if (results[i].created || pending) {
-        PSD_RETURN_IF_ERROR(
-            CreateParts(results[i].def, decls[i].initialize(), results[i].created));
+      PSD_RETURN_IF_ERROR(CreateNewParts(created));
+      absl::Status committed = registry_->CommitDeclare(prepared);
+      if (!committed.ok()) {
+        std::vector<std::pair<int32_t, std::string>> parts;
+        for (const NewVariable& v : created) {
+          for (const VariablePart& part : v.def->parts()) {
+            parts.emplace_back(part.shard_id(), part.name());
+          }
+        }
+        UndoParts(parts);
+        return committed;
       }
+    }
+    results = std::move(prepared.results);
+    for (size_t i = 0; i < results.size() && i < static_cast<size_t>(decls.size()); ++i) {
       if (!results[i].def.initializer().has_from_variable()) continue;
       // A variable initialized from another is created uninitialized and
       // filled by the ordered initialization. That step runs on every
       // declaration asking to initialize, not only the one that created
-      // it: a first attempt that failed (a lost source, a part not
-      // created) left it uninitialized, and the retry only attaches. It is
-      // idempotent (force off), so an initialized variable keeps its value.
+      // it: a first attempt that failed (a lost source) left it
+      // uninitialized, and the retry only attaches. It is idempotent
+      // (force off), so an initialized variable keeps its value.
       const std::string& name = results[i].def.name();
       absl::MutexLock lock(&mu_);
       auto flight = initializing_.find(name);
@@ -252,7 +311,7 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
           "declaration, which did not finish before the deadline"));
     }
   }
-  return declared;
+  return results;
 }
 
 absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
@@ -309,10 +368,7 @@ absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
       for (const VariablePart& part : def.parts()) {
         auto it = shards_.find(part.shard_id());
         std::string problem;  // why the part cannot take part, or empty
-        if (uncreated_parts_.count(part.name()) > 0) {
-          problem = absl::StrCat("is unavailable: its creation on shard ", part.shard_id(),
-                                 " failed (it is created again on the next get_variable)");
-        } else if (it == shards_.end()) {
+        if (it == shards_.end()) {
           problem = absl::StrCat("is unavailable: shard ", part.shard_id(), " is not registered");
         } else if (it->second.lost_parts.count(part.name()) > 0) {
           problem = absl::StrCat("is lost: shard ", part.shard_id(), " (", it->second.address,
@@ -597,6 +653,76 @@ void CoordinatorService::ExpireIdleSessions() {
   }
 }
 
+absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& request) {
+  const int32_t id = request.shard_id();
+  // A few rounds: the holder may change while it is probed (another
+  // registration of the id); each round looks again.
+  for (int round = 0; round < 3; ++round) {
+    std::string holder_address;
+    uint64_t holder_incarnation = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = shards_.find(id);
+      if (it == shards_.end() || it->second.incarnation == request.incarnation()) {
+        return absl::OkStatus();
+      }
+      holder_address = it->second.address;
+      holder_incarnation = it->second.incarnation;
+    }
+    // A shard restarted (its heartbeats may not have lapsed yet) is told
+    // apart from a second process claiming the id by asking the holder's
+    // address who serves there: the holder itself (its incarnation) is
+    // alive, and the newcomer is refused; nobody, or another process (a
+    // restart on the same address, since a port has one listener), means
+    // the holder is gone. With no clear answer, the holder's heartbeats
+    // decide.
+    GetShardInfoRequest probe;
+    probe.set_protocol_version(SHARD_PROTOCOL_VERSION);
+    GetShardInfoResponse info;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.holder_probe_timeout));
+    const absl::Status answered =
+        FromGrpcStatus(StubFor(holder_address)->GetShardInfo(&ctx, probe, &info));
+    absl::MutexLock lock(&mu_);
+    auto it = shards_.find(id);
+    if (it == shards_.end() || it->second.incarnation != holder_incarnation) continue;
+    const std::string newcomer =
+        absl::StrCat(request.address(), ", incarnation ", absl::Hex(request.incarnation()));
+    const std::string holder = absl::StrCat(
+        holder_address, " (incarnation ", absl::Hex(holder_incarnation), ", last heartbeat ",
+        absl::FormatDuration(
+            absl::Trunc(absl::Now() - it->second.last_seen, absl::Milliseconds(1))),
+        " ago)");
+    if (answered.ok() && info.incarnation() == holder_incarnation) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("shard id ", id, " is held by a live shard at ", holder, "; this shard (",
+                       newcomer, ") cannot take it: give every shard its own --id"));
+    }
+    if (answered.ok() || answered.code() == absl::StatusCode::kUnavailable) {
+      spdlog::info(
+          "shard {}: taken over by {}: the previous holder {} is gone ({})", id, newcomer, holder,
+          answered.ok()
+              ? absl::StrCat("its address is served by incarnation ", absl::Hex(info.incarnation()))
+              : std::string(answered.message()));
+      return absl::OkStatus();
+    }
+    // No clear answer (a timeout, a refusal): the holder may be alive. Its
+    // heartbeats lapsed: gone (or cut off long enough to count as gone).
+    if (absl::Now() - it->second.last_seen > options_.liveness_timeout) {
+      spdlog::info("shard {}: taken over by {}: the previous holder {} stopped heartbeating", id,
+                   newcomer, holder);
+      return absl::OkStatus();
+    }
+    // Retryable: the newcomer gets the id once the holder's heartbeats lapse.
+    return absl::UnavailableError(absl::StrCat("shard id ", id, " is held by ", holder,
+                                               ", which could not be confirmed gone (",
+                                               answered.message(), "); this shard (", newcomer,
+                                               ") gets the id once the holder's heartbeats lapse"));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("shard id ", id, ": its holder changed during the registration; retry"));
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServerContext* ctx,
                                                             const RegisterShardRequest* request,
                                                             RegisterShardResponse* response) {
@@ -610,6 +736,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
       return absl::InvalidArgumentError(
           absl::StrCat("shard ", request->shard_id(), " registered without an address"));
     }
+    PSD_RETURN_IF_ERROR(CheckShardIdFree(*request));
     const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
     const std::set<std::string> held(request->variables().begin(), request->variables().end());
     absl::ReleasableMutexLock lock(&mu_);
@@ -625,9 +752,9 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     e.last_seen = absl::Now();
     if (!same_process) e.lost_parts.clear();
     for (const std::string& part : placed) {
-      // A part never created (its creation failed) is not lost: it has no
-      // data yet and is created on the next get_variable.
-      if (held.count(part) == 0 && uncreated_parts_.count(part) == 0) e.lost_parts.insert(part);
+      // Every registered part was created (a declaration is registered only
+      // once its parts exist), so one the shard does not hold is lost.
+      if (held.count(part) == 0) e.lost_parts.insert(part);
       if (held.count(part) > 0) e.lost_parts.erase(part);
     }
     for (const std::string& part : e.lost_parts) response->add_lost_parts(part);
@@ -720,14 +847,19 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     grpc::CallbackServerContext* ctx, const CoordinatorDeleteVariableRequest* request,
     CoordinatorDeleteVariableResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
+    // Held through the parts' deletion too: a declaration of the same name
+    // may neither be registered between its check and this deletion (it
+    // would be ABORTED after creating its parts) nor create its parts
+    // before the old ones are deleted (which would then delete the new).
+    absl::MutexLock declaring(&declare_mu_);
     PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Delete(request->name()));
     // The name is gone from the registry; parts left on unreachable shards
-    // are orphans the shard drops on its next restart.
+    // are orphans the shard drops on its next restart, and a later variable
+    // of the same name replaces rather than adopts them.
     for (const VariablePart& part : def.parts()) {
       std::string address;
       {
         absl::MutexLock lock(&mu_);
-        uncreated_parts_.erase(part.name());
         auto it = shards_.find(part.shard_id());
         if (it == shards_.end()) continue;
         it->second.lost_parts.erase(part.name());

@@ -12,6 +12,14 @@
 // heartbeat is older than `liveness_timeout` is not live and gets no new
 // parts. A shard that registers with a new incarnation without some of the
 // parts placed on it has those parts marked lost (handles show `lost`).
+// One process holds a shard id: a registration claiming the id of a live
+// shard with another incarnation is refused ALREADY_EXISTS unless the
+// holder is found gone (its address does not answer as it), so two shards
+// started with one id cannot take turns at it (see CheckShardIdFree).
+//
+// A declaration is registered only after every new part exists on its
+// shard; one that fails leaves no variable and no part (see
+// DeclareAndCreate).
 //
 // Draining works as in ShardService: after StartDrain() new calls get
 // UNAVAILABLE and WaitForIdle() waits for running ones.
@@ -48,6 +56,9 @@ struct CoordinatorServiceOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration liveness_timeout = absl::Seconds(5);
   absl::Duration shard_rpc_timeout = absl::Seconds(30);
+  // How long a registration that claims the id of a shard still live waits
+  // for that shard's address to answer (see RegisterShard).
+  absl::Duration holder_probe_timeout = absl::Seconds(1);
   int max_message_bytes = 64 << 20;
   // A session with no call for this long is closed (a trainer that died
   // without closing it). Clients keep theirs alive with KeepSessionAlive.
@@ -186,15 +197,37 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
 
   std::vector<int32_t> LiveShards() const ABSL_LOCKS_EXCLUDED(mu_);
+  // OK if `request` may hold its shard id: nobody holds it, or the same
+  // process does, or the holder is gone (its address answers as another
+  // incarnation or refuses connections; with no clear answer, its
+  // heartbeats lapsed). ALREADY_EXISTS naming the holder's address and
+  // incarnation when the holder answers as itself; UNAVAILABLE (retry)
+  // when it cannot be confirmed gone. Calls the holder's address
+  // (holder_probe_timeout) without holding mu_.
+  absl::Status CheckShardIdFree(const RegisterShardRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
   void FillHandle(const VariableDef& def, VariableHandle* handle) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Creates the parts of `def` on their shards (all of them when `all`,
-  // otherwise only those whose creation failed before).
-  absl::Status CreateParts(const VariableDef& def, bool initialize, bool all)
+  struct NewVariable {
+    const VariableDef* def;
+    bool initialize;
+  };
+  // Creates every part of the new `variables` on its shard, all or nothing:
+  // on the first failure every part attempted is deleted again and the
+  // shard's error comes back naming the variable, the part and the shard.
+  // A part the shard already holds is a leftover of an earlier variable of
+  // the name (the registry has none): it is deleted and created fresh.
+  absl::Status CreateNewParts(const std::vector<NewVariable>& variables) ABSL_LOCKS_EXCLUDED(mu_);
+  // Deletes `part` on `shard_id` (OK if it is not there).
+  absl::Status DeletePart(int32_t shard_id, const std::string& part) ABSL_LOCKS_EXCLUDED(mu_);
+  // Best-effort DeletePart of each (shard, part); failures are logged.
+  void UndoParts(const std::vector<std::pair<int32_t, std::string>>& parts)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Declares, then creates the parts of new variables. A retried request
-  // (same request_seq) finishes parts whose creation failed the first time.
-  // `deadline` (the caller's) bounds the ordered initialization of derived
-  // variables declared with initialize (see InitializeOrdered).
+  // Checks and places a declaration batch, creates the new variables' parts
+  // and only then registers it (Registry::PrepareDeclare/CommitDeclare):
+  // a failure anywhere registers nothing and deletes the parts created. A
+  // retried request (same request_seq) whose first attempt was registered
+  // gets its answer again. `deadline` (the caller's) bounds the ordered
+  // initialization of derived variables declared with initialize (see
+  // InitializeOrdered).
   absl::StatusOr<std::vector<DeclareResult>> DeclareAndCreate(
       uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq = 0,
       absl::Time deadline = absl::InfiniteFuture());
@@ -226,8 +259,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
 
   // Serializes declarations with the creation of their parts on the shards,
   // so a session that attaches to a variable another session is creating
-  // gets its handle only once the parts exist. Never held by handlers
-  // other than GetVariable / DeclareVariables; taken before mu_.
+  // gets its handle only once the parts exist. Held by GetVariable /
+  // DeclareVariables and DeleteVariable (so a declaration never races a
+  // deletion of its name: neither its registration nor its parts); taken
+  // before mu_.
   absl::Mutex declare_mu_;
   // The ordered initializations that declarations started and that run
   // after declare_mu_ is released, by variable: a declaration attaching to
@@ -241,9 +276,6 @@ class CoordinatorService final : public Coordinator::CallbackService {
   mutable absl::Mutex mu_;
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
-  // Parts the registry placed whose creation on their shard failed; retried
-  // whenever a handle that contains them is handed out.
-  std::set<std::string> uncreated_parts_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
   ShutdownHandler on_shutdown_ ABSL_GUARDED_BY(mu_);

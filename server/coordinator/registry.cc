@@ -12,18 +12,15 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "coordinator/partitioners.h"
+#include "device/initializer_spec.h"
 #include "psd/dtype.h"
+#include "psd/names.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "spdlog/spdlog.h"
 
 namespace psd {
 namespace {
-
-bool IsScopeChar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '\\' ||
-         c == '/' || c == '>' || c == '-';
-}
-bool IsOpNameFirstChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.'; }
 
 std::string ShapeString(const TensorShapeProto& shape) {
   return PyList(std::vector<int64_t>(shape.dims().begin(), shape.dims().end()));
@@ -45,25 +42,6 @@ std::string OrUnknown(const std::string& where) {
 
 }  // namespace
 
-absl::Status ValidateScopeName(const std::string& name, bool at_root) {
-  bool ok = !name.empty() || !at_root;
-  if (ok && !name.empty() && at_root && !IsOpNameFirstChar(name[0])) ok = false;
-  for (char c : name) ok = ok && IsScopeChar(c);
-  if (!ok)
-    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a valid scope name"));
-  return absl::OkStatus();
-}
-
-absl::Status ValidateFullVariableName(const std::string& name) {
-  bool ok = !name.empty() && IsOpNameFirstChar(name[0]);
-  for (char c : name) ok = ok && IsScopeChar(c);
-  for (absl::string_view part : absl::StrSplit(name, '/')) ok = ok && !part.empty();
-  if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a valid variable name"));
-  }
-  return absl::OkStatus();
-}
-
 // The effect of a declaration batch before it is committed: later
 // declarations of the batch see earlier ones through it.
 struct Registry::Txn {
@@ -80,7 +58,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   std::unique_ptr<Registry> registry(new Registry(options));
   if (options.state_dir.empty()) return registry;
   RegistryLog::Recovered recovered;
-  PSD_ASSIGN_OR_RETURN(auto log, RegistryLog::Open(options.state_dir, &recovered));
+  PSD_ASSIGN_OR_RETURN(auto log,
+                       RegistryLog::Open(options.state_dir, &recovered, options.max_state_bytes));
   absl::MutexLock lock(&registry->mu_);
   const RegistrySnapshot& snap = recovered.snapshot;
   registry->next_seq_ = snap.last_seq() + 1;
@@ -111,10 +90,18 @@ absl::Status Registry::Commit(RegistryRecord* record, bool sync) {
   }
   ++next_seq_;
   Apply(*record);
-  if (log_ != nullptr && log_->log_bytes() > options_.compact_log_bytes) {
-    // The record is durable already; a failed compaction is retried after
-    // the next append.
-    (void)log_->Compact(MakeSnapshot());
+  if (log_ != nullptr && log_->log_bytes() > compact_at_) {
+    // The record is durable already, so a failed compaction does not fail
+    // it: the log keeps every record, and compaction is tried again once
+    // the log has grown by another compact_log_bytes (a state over the
+    // size limit would otherwise be serialized on every append).
+    compaction_status_ = log_->Compact(MakeSnapshot());
+    compact_at_ = compaction_status_.ok() ? options_.compact_log_bytes
+                                          : log_->log_bytes() + options_.compact_log_bytes;
+    if (!compaction_status_.ok()) {
+      spdlog::error("registry: compaction failed, the log keeps growing: {}",
+                    compaction_status_.ToString());
+    }
   }
   return absl::OkStatus();
 }
@@ -171,6 +158,7 @@ void Registry::Apply(const RegistryRecord& record) {
       sessions_.erase(record.session_closed());
       break;
     case RegistryRecord::kDeclared: {
+      ++variables_version_;
       const auto& op = record.declared();
       for (const VariableDef& def : op.created()) AddVariable(def);
       auto it = sessions_.find(op.session_id());
@@ -181,6 +169,7 @@ void Registry::Apply(const RegistryRecord& record) {
       break;
     }
     case RegistryRecord::kDeleted: {
+      ++variables_version_;
       auto it = variables_.find(record.deleted());
       if (it == variables_.end()) break;
       for (const VariablePart& part : it->second.parts()) {
@@ -299,13 +288,36 @@ absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
 absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
     uint64_t session, absl::Span<const VariableDeclaration> decls,
     absl::Span<const int32_t> live_shards, uint64_t request_seq) {
+  // Both steps under one hold of the lock: concurrent declarations of one
+  // name yield one variable, none of them ABORTED.
   absl::MutexLock lock(&mu_);
+  PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
+                       PrepareDeclareLocked(session, decls, live_shards, request_seq));
+  PSD_RETURN_IF_ERROR(CommitDeclareLocked(prepared));
+  return std::move(prepared.results);
+}
+
+absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclare(
+    uint64_t session, absl::Span<const VariableDeclaration> decls,
+    absl::Span<const int32_t> live_shards, uint64_t request_seq) {
+  absl::MutexLock lock(&mu_);
+  return PrepareDeclareLocked(session, decls, live_shards, request_seq);
+}
+
+absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
+    uint64_t session, absl::Span<const VariableDeclaration> decls,
+    absl::Span<const int32_t> live_shards, uint64_t request_seq) {
   PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(session));
   PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*state, request_seq));
-  std::vector<DeclareResult> results;
+  PreparedDeclaration prepared;
+  prepared.session = session;
+  prepared.request_seq = request_seq;
+  prepared.variables_version = variables_version_;
+  std::vector<DeclareResult>& results = prepared.results;
   if (reply != nullptr) {
-    // A retry (its answer was lost, or creating a part failed): the same
-    // variables, still marked created so the caller finishes their parts.
+    // A retry whose first attempt was applied (its answer was lost): the
+    // same variables. Their parts were created before it was registered.
+    prepared.replayed = true;
     for (int i = 0; i < reply->names_size(); ++i) {
       auto it = variables_.find(reply->names(i));
       if (it == variables_.end()) {
@@ -315,7 +327,7 @@ absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
       }
       results.push_back({it->second, i < reply->created_size() && reply->created(i)});
     }
-    return results;
+    return prepared;
   }
   Txn txn;
   txn.next_creation_seq = next_creation_seq_;
@@ -329,7 +341,7 @@ absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
     results.push_back(std::move(r));
   }
   if (!txn.attached.empty()) {
-    RegistryRecord record;
+    RegistryRecord& record = prepared.record.emplace();
     auto* op = record.mutable_declared();
     op->set_session_id(session);
     for (VariableDef& def : txn.created) *op->add_created() = std::move(def);
@@ -346,9 +358,27 @@ absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
         r->add_created(result.created);
       }
     }
-    PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
   }
-  return results;
+  return prepared;
+}
+
+absl::Status Registry::CommitDeclare(const PreparedDeclaration& prepared) {
+  absl::MutexLock lock(&mu_);
+  return CommitDeclareLocked(prepared);
+}
+
+absl::Status Registry::CommitDeclareLocked(const PreparedDeclaration& prepared) {
+  if (prepared.replayed || !prepared.record.has_value()) return absl::OkStatus();
+  PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(prepared.session));
+  PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*state, prepared.request_seq));
+  if (variables_version_ != prepared.variables_version || reply != nullptr) {
+    return absl::AbortedError(
+        absl::StrCat("session ", prepared.session,
+                     ": variables were declared or deleted while this "
+                     "declaration's parts were created; nothing was registered, retry it"));
+  }
+  RegistryRecord record = *prepared.record;
+  return Commit(&record, /*sync=*/true);
 }
 
 absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
@@ -527,11 +557,16 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   }
   def.set_dtype(dtype);
   ShapeToProto(shape, def.mutable_shape());
+  // The check each part's shard runs at creation, run here first so a spec
+  // the shards would refuse is never registered.
+  PSD_RETURN_IF_ERROR(ValidateInitializerForCreate(def.initializer(), dtype, shape, name));
 
   Slicing slicing;
   if (decl.has_partitioner() && shape.rank() > 0) {
     PSD_ASSIGN_OR_RETURN(auto partitions, ComputePartitions(decl.partitioner(), shape, dtype));
     PSD_ASSIGN_OR_RETURN(slicing, ValidatePartitions(shape, partitions));
+    PSD_RETURN_IF_ERROR(
+        ValidatePartCount(name, slicing.num_parts, options_.max_parts_per_variable));
     def.set_partitioned(true);
     def.set_partition_axis(slicing.axis);
     for (int64_t p : partitions) def.add_partitions(p);
@@ -541,6 +576,16 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   for (size_t k = 0; k < slices.size(); ++k) {
     VariablePart* part = def.add_parts();
     part->set_name(def.partitioned() ? PartName(name, static_cast<int64_t>(k)) : name);
+    if (def.partitioned()) {
+      // The name its shard holds: within the shard's limits too.
+      if (absl::Status s = ValidateVariableName(part->name()); !s.ok()) {
+        const std::string& part_name = part->name();
+        return absl::InvalidArgumentError(absl::StrCat(
+            "cannot create ", NameForMessage(name), ": its part name '...",
+            part_name.substr(part_name.size() > 24 ? part_name.size() - 24 : 0), "' is ",
+            part_name.size(), " bytes, over the limit of ", kMaxNameBytes, " bytes"));
+      }
+    }
     ShapeToProto(slices[k].shape, part->mutable_shape());
     for (int64_t o : slices[k].offset) part->add_offset(o);
     if (part_owner_.count(part->name()) > 0 || variables_.count(part->name()) > 0 ||
@@ -784,6 +829,9 @@ absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::stri
     }
     entry.path = parent_path.empty() ? unique : absl::StrCat(parent_path, "/", unique);
   }
+  // The scope's variables' names start with its path; a path the shards
+  // could not hold is refused at the scope.
+  PSD_RETURN_IF_ERROR(ValidateScopePath(entry.path));
   RegistryRecord record;
   auto* op = record.mutable_scope_opened();
   op->set_session_id(session);
@@ -896,6 +944,11 @@ RegistrySnapshot Registry::MakeSnapshot() const {
   for (const auto& [name, def] : variables_) *snap.add_variables() = def;
   for (const auto& [id, s] : sessions_) *snap.add_sessions() = s;
   return snap;
+}
+
+absl::Status Registry::compaction_status() const {
+  absl::MutexLock lock(&mu_);
+  return compaction_status_;
 }
 
 absl::Status Registry::Compact() {

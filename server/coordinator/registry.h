@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,7 @@
 #include "coordinator/placement.h"
 #include "coordinator/registry_log.h"
 #include "psd/coordinator.pb.h"
+#include "psd/names.h"
 
 namespace psd {
 
@@ -74,6 +76,12 @@ struct RegistryOptions {
   std::string state_dir;
   // Compact the log into a snapshot once it is larger than this.
   int64_t compact_log_bytes = 64 << 20;
+  // The most parts a new variable may have (INVALID_ARGUMENT past it).
+  int64_t max_parts_per_variable = kMaxPartsPerVariable;
+  // The largest serialized snapshot or log record: a mutation whose record,
+  // or a compaction whose snapshot, would be larger fails with
+  // RESOURCE_EXHAUSTED and changes nothing (protobuf cannot serialize 2 GiB).
+  int64_t max_state_bytes = RegistryLog::kMaxStateBytes;
 };
 
 struct DeclareResult {
@@ -81,6 +89,22 @@ struct DeclareResult {
   // This declaration created the variable (its parts must now be created on
   // their shards); otherwise it was reused or attached.
   bool created = false;
+};
+
+// A declaration batch checked and placed but not registered yet
+// (Registry::PrepareDeclare); CommitDeclare registers it.
+struct PreparedDeclaration {
+  std::vector<DeclareResult> results;
+  // A retry of a request applied before: `results` is its answer and there
+  // is nothing to commit (nor parts to create).
+  bool replayed = false;
+  uint64_t session = 0;
+  uint64_t request_seq = 0;
+  // The record CommitDeclare logs; unset when the batch only reuses
+  // variables the session declared already.
+  std::optional<RegistryRecord> record;
+  // The registry's variables as prepared against (see CommitDeclare).
+  uint64_t variables_version = 0;
 };
 
 struct ScopeEntry {
@@ -126,6 +150,20 @@ class Registry {
                                                      absl::Span<const int32_t> live_shards,
                                                      uint64_t request_seq = 0);
 
+  // Declare in two steps, so the caller can create the new variables'
+  // parts on their shards in between and register nothing if that fails:
+  // PrepareDeclare checks and places the batch (every name, shape, dtype,
+  // partitioning and initializer, as the shards will check them) without
+  // changing anything; CommitDeclare logs and applies it. CommitDeclare is
+  // ABORTED if a declaration or deletion was committed in between (the
+  // placement or the names it checked may no longer hold) and NOT_FOUND if
+  // the session closed; the caller then undoes what it created.
+  absl::StatusOr<PreparedDeclaration> PrepareDeclare(uint64_t session,
+                                                     absl::Span<const VariableDeclaration> decls,
+                                                     absl::Span<const int32_t> live_shards,
+                                                     uint64_t request_seq = 0);
+  absl::Status CommitDeclare(const PreparedDeclaration& prepared);
+
   absl::StatusOr<VariableDef> Lookup(const std::string& name) const;
   // Variables in `collection` ("" = all) in creation order.
   std::vector<VariableDef> List(const std::string& collection) const;
@@ -162,6 +200,9 @@ class Registry {
 
   // Writes a snapshot and starts an empty log now (normally automatic).
   absl::Status Compact();
+  // The result of the last automatic compaction (OK before the first): a
+  // state over max_state_bytes cannot be compacted, and its log grows.
+  absl::Status compaction_status() const;
 
   // INVALID_ARGUMENT (naming both variables) unless `def`, initialized from
   // `source` (its FromVariable initializer), can hold the source's value:
@@ -173,9 +214,16 @@ class Registry {
  private:
   struct Txn;
 
-  explicit Registry(const RegistryOptions& options) : options_(options) {}
+  explicit Registry(const RegistryOptions& options)
+      : options_(options), compact_at_(options.compact_log_bytes) {}
 
   absl::StatusOr<SessionState*> FindSession(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<PreparedDeclaration> PrepareDeclareLocked(
+      uint64_t session, absl::Span<const VariableDeclaration> decls,
+      absl::Span<const int32_t> live_shards, uint64_t request_seq)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CommitDeclareLocked(const PreparedDeclaration& prepared)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The recorded answer to `request_seq` of `session` if it is a retry of an
   // applied request, nullptr for a new one, ABORTED if it is too old to tell.
   static absl::StatusOr<const SessionReply*> FindReply(const SessionState& session,
@@ -216,6 +264,12 @@ class Registry {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_creation_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // The log size that triggers the next automatic compaction, and how the
+  // last one went.
+  int64_t compact_at_ ABSL_GUARDED_BY(mu_);
+  absl::Status compaction_status_ ABSL_GUARDED_BY(mu_);
+  // Bumped by every committed declaration and deletion (in memory only).
+  uint64_t variables_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, VariableDef> variables_ ABSL_GUARDED_BY(mu_);
   // Every name a shard knows (part names; an unpartitioned variable's own
   // name) -> the variable it belongs to. Keeps "v/part_0" from naming two
@@ -224,12 +278,6 @@ class Registry {
   std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
 };
-
-// TensorFlow's scope-name rules: at the root the first character must be
-// one of [A-Za-z0-9.]; nested, any of [A-Za-z0-9_.\\/>-] may start it.
-absl::Status ValidateScopeName(const std::string& name, bool at_root);
-// A full variable name: non-empty components, valid characters.
-absl::Status ValidateFullVariableName(const std::string& name);
 
 }  // namespace psd
 

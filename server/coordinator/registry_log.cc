@@ -160,7 +160,8 @@ std::string RegistryLog::LogPath(const std::string& dir) { return dir + "/regist
 std::string RegistryLog::SnapshotPath(const std::string& dir) { return dir + "/registry.snapshot"; }
 
 absl::StatusOr<std::unique_ptr<RegistryLog>> RegistryLog::Open(const std::string& dir,
-                                                               Recovered* recovered) {
+                                                               Recovered* recovered,
+                                                               int64_t max_state_bytes) {
   if (dir.empty()) return absl::InvalidArgumentError("registry state directory is empty");
   // Parents too, like `mkdir -p`: a fresh host has no /var/lib/psd yet.
   std::error_code ec;
@@ -222,7 +223,8 @@ absl::StatusOr<std::unique_ptr<RegistryLog>> RegistryLog::Open(const std::string
     ::close(fd);
     return s;
   }
-  return std::unique_ptr<RegistryLog>(new RegistryLog(dir, fd, static_cast<int64_t>(offset)));
+  return std::unique_ptr<RegistryLog>(
+      new RegistryLog(dir, fd, static_cast<int64_t>(offset), max_state_bytes));
 }
 
 RegistryLog::~RegistryLog() {
@@ -232,7 +234,10 @@ RegistryLog::~RegistryLog() {
 absl::Status RegistryLog::Append(const RegistryRecord& record, bool sync) {
   if (!broken_.ok()) return broken_;
   const std::string path = LogPath(dir_);
-  const std::string frame = internal::Frame(record.SerializeAsString());
+  PSD_ASSIGN_OR_RETURN(const std::string payload,
+                       SerializeChecked(record, absl::StrCat("registry log record ", record.seq()),
+                                        max_state_bytes_));
+  const std::string frame = internal::Frame(payload);
   absl::Status s = WriteAll(fd_, frame, path);
   if (s.ok() && sync && ::fdatasync(fd_) != 0) {
     // After a failed fsync the kernel may have dropped the dirty pages; what
@@ -253,8 +258,12 @@ absl::Status RegistryLog::Append(const RegistryRecord& record, bool sync) {
 
 absl::Status RegistryLog::Compact(const RegistrySnapshot& snapshot) {
   if (!broken_.ok()) return broken_;
+  // Checked before anything is written: an unserializable snapshot must
+  // not replace the published one, nor its failure empty the log.
+  PSD_ASSIGN_OR_RETURN(const std::string payload,
+                       SerializeChecked(snapshot, "registry snapshot", max_state_bytes_));
   std::string data(kSnapshotMagic);
-  data += internal::Frame(snapshot.SerializeAsString());
+  data += internal::Frame(payload);
   PSD_RETURN_IF_ERROR(PublishFile(dir_, SnapshotPath(dir_), data));
   // The snapshot is published; the old log's records are all <= its
   // last_seq, so a crash from here on replays nothing twice.

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "device/cuda/gpu_types.h"
+#include "device/initializer_spec.h"
 #include "psd/dtype.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
@@ -164,13 +165,7 @@ absl::StatusOr<std::unique_ptr<Device>> NewGpuDevice(int ordinal);
 // UNAVAILABLE, saying why, where no such device can be opened).
 absl::StatusOr<std::unique_ptr<Device>> NewDevice(const std::string& spec);
 
-// INVALID_ARGUMENT unless `spec` can initialize a fixed-size variable of
-// `dtype` and `full_shape` (random initializers need a floating dtype, or an
-// integer one for random_uniform; a constant's value must be a scalar or
-// have full_shape and the variable's dtype; stddev >= 0; minval < maxval).
-// `variable` names the variable in messages.
-absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
-                                 const TensorShape& full_shape, const std::string& variable);
+// ValidateInitializer, the check of a spec, is in device/initializer_spec.h.
 
 }  // namespace psd
 

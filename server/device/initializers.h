@@ -1,7 +1,7 @@
 // The initializers' fill logic behind Device::Initialize: from an
 // InitializerSpec, the values of one slice of a (possibly partitioned)
 // variable. ValidateInitializer, the check of a spec, is declared in
-// device.h.
+// initializer_spec.h (shared with the coordinator).
 //
 // Random initializers give the element with global (full-variable,
 // row-major) index g a value computed from
@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "device/initializer_spec.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
 
@@ -66,11 +67,6 @@ absl::StatusOr<InitializerPlan> PlanInitializer(const InitializerSpec& spec, Dat
 absl::Status FillInitializer(const InitializerSpec& spec, DataType dtype,
                              const TensorShape& full_shape, const TensorShape& slice_shape,
                              absl::Span<const int64_t> slice_offset, void* dst, size_t dst_bytes);
-
-// The bound of uniform_unit_scaling, TensorFlow's rule:
-// sqrt(3 / input_size) * factor, where input_size is the product of all but
-// the last dimension of `scale_shape` (at least 1).
-double UnitScalingLimit(double factor, absl::Span<const int64_t> scale_shape);
 
 }  // namespace psd
 

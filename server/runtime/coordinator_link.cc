@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "boost/asio/post.hpp"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
@@ -58,6 +59,19 @@ void CoordinatorLink::Register() {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
   const grpc::Status status = stub_->RegisterShard(&ctx, request, &response);
+  if (status.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+    // Another live process holds this id: retrying would only take turns
+    // with it. Stop, and let the process end with the coordinator's reason.
+    spdlog::error("shard {}: the coordinator {} refused the registration: {}", shard_.id,
+                  coordinator_address_, status.error_message());
+    stopped_.store(true);
+    if (on_fatal_) {
+      on_fatal_(absl::AlreadyExistsError(absl::StrCat("coordinator ", coordinator_address_,
+                                                      " refused shard ", shard_.id, ": ",
+                                                      status.error_message())));
+    }
+    return;
+  }
   if (!status.ok()) {
     if (registered_ || backoff_ >= kMaxBackoff) {
       spdlog::warn("shard {}: cannot register with coordinator {}: {}", shard_.id,

@@ -4,7 +4,9 @@
 // the coordinator does not know this incarnation (it restarted, or declared
 // the shard dead) the shard registers again. Unreachable coordinators are
 // retried with backoff: the shard keeps serving its data meanwhile, since
-// the coordinator is never on the data path.
+// the coordinator is never on the data path. A registration refused with
+// ALREADY_EXISTS (another live process holds this shard id) is final: the
+// link stops and reports it to the fatal handler, which ends the process.
 //
 // Runs on the process's Boost.Asio context (timers only; each call has a
 // short deadline so a stop signal is never held up for long).
@@ -15,9 +17,11 @@
 #define PSD_SERVER_RUNTIME_COORDINATOR_LINK_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "grpcpp/security/credentials.h"
@@ -36,6 +40,12 @@ class CoordinatorLink {
   CoordinatorLink(const CoordinatorLink&) = delete;
   CoordinatorLink& operator=(const CoordinatorLink&) = delete;
 
+  // Called on the io thread when the coordinator refuses this shard for
+  // good (its id is held by another live shard). Set before Start().
+  void SetFatalHandler(std::function<void(const absl::Status&)> handler) {
+    on_fatal_ = std::move(handler);
+  }
+
   void Start();
   void Stop();
 
@@ -49,6 +59,7 @@ class CoordinatorLink {
   const ShardConfig shard_;
   const VariableStore* const store_;
   std::unique_ptr<Coordinator::Stub> stub_;
+  std::function<void(const absl::Status&)> on_fatal_;
   boost::asio::steady_timer timer_;
   std::atomic<bool> stopped_{false};
   // Owned by the io thread.

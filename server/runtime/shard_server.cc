@@ -158,9 +158,16 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                            std::to_string(port);
   }
   std::unique_ptr<CoordinatorLink> link;
+  // Why the shard must end with an error (set on the io thread, read after
+  // it joined): the coordinator refused its id.
+  absl::Status fatal;
   if (!options.coordinator.empty()) {
     link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store,
                                              node_credentials);
+    link->SetFatalHandler([&fatal, &stop](const absl::Status& why) {
+      fatal = why;
+      stop("its registration was refused");
+    });
     link->Start();
   }
 
@@ -194,6 +201,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   server->Wait();
   io.stop();
   io_thread.join();
+  if (!fatal.ok()) return fatal;
   spdlog::info("shard {}: drained, exiting", config.id);
   return absl::OkStatus();
 }

@@ -20,8 +20,6 @@ namespace psd {
 
 namespace {
 
-constexpr size_t kMaxNameBytes = 1024;
-
 std::string Quoted(const std::string& name) { return absl::StrCat("variable '", name, "'"); }
 
 // TensorFlow's names for the ops, used in messages.
@@ -71,24 +69,6 @@ void ForEachSliceElement(const TensorShape& full_shape, const TensorShape& slice
 }
 
 }  // namespace
-
-absl::Status ValidateVariableName(const std::string& name) {
-  auto invalid = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid variable name '", name, "': ", why));
-  };
-  if (name.empty()) return invalid("empty");
-  if (name.size() > kMaxNameBytes) return invalid(absl::StrCat("longer than ", kMaxNameBytes, " bytes"));
-  auto alnum = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-  };
-  if (!alnum(name[0]) && name[0] != '.') return invalid("must start with [A-Za-z0-9.]");
-  for (char c : name) {
-    if (!alnum(c) && c != '_' && c != '.' && c != '-' && c != '/') {
-      return invalid(absl::StrCat("character '", std::string(1, c), "' is not in [A-Za-z0-9_./-]"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // One variable's declaration (immutable) and state (guarded by `mu`).
 class Variable {
@@ -334,29 +314,6 @@ absl::StatusOr<Variable::Contents> InitialStrings(Device* device, MemoryAccounta
   return c;
 }
 
-absl::Status ValidateStringInitializer(const InitializerSpec& spec, const TensorShape& full_shape,
-                                       const std::string& name) {
-  if (spec.has_zeros() || spec.has_default_initializer()) return absl::OkStatus();
-  if (spec.has_constant()) {
-    const std::string what = absl::StrCat("constant initializer of ", Quoted(name));
-    if (spec.constant().value().dtype() != DT_STRING) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": value is ", DataTypeName(spec.constant().value().dtype()),
-          ", variable is string"));
-    }
-    PSD_ASSIGN_OR_RETURN(TensorShape shape, ValidateTensorProto(spec.constant().value(), what));
-    if (shape.num_elements() != 1 && shape != full_shape) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": value shape ", shape.ToString(),
-                                                     " is neither a scalar nor the variable's ",
-                                                     full_shape.ToString()));
-    }
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(Quoted(name), ": string variables take only zeros, constant or the default "
-                                 "initializer"));
-}
-
 }  // namespace
 
 VariableStore::VariableStore(Device* device, const VariableStoreOptions& options)
@@ -530,19 +487,16 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     } else {
       initializer.mutable_default_initializer();
     }
-    if (initializer.has_from_variable()) {
+    if (initializer.has_from_variable() && request.initialize()) {
       // The coordinator checked the source against this variable; its value
       // arrives with InitializeVariables, never at creation.
-      if (initializer.from_variable().source().empty() || request.initialize()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            Quoted(name), ": a variable initialized from another needs the source's name and is "
-                          "initialized by InitializeVariables, not at creation"));
-      }
-    } else if (dtype == DT_STRING) {
-      PSD_RETURN_IF_ERROR(ValidateStringInitializer(initializer, full_shape, name));
-    } else {
-      PSD_RETURN_IF_ERROR(ValidateInitializer(initializer, dtype, full_shape, name));
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(name),
+                       ": a variable initialized from another is initialized by "
+                       "InitializeVariables, not at creation"));
     }
+    // The same check the coordinator ran before registering the variable.
+    PSD_RETURN_IF_ERROR(ValidateInitializerForCreate(initializer, dtype, full_shape, name));
   }
 
   auto var = std::make_shared<Variable>(name, dtype, shape, std::move(full_shape),

@@ -40,6 +40,7 @@
 #include "shard/request_window.h"
 #include "shard/value_pin.h"
 #include "shard/write_gate.h"
+#include "psd/names.h"
 #include "psd/tensor.h"
 
 namespace psd {
@@ -268,9 +269,8 @@ class AssignStreamSink {
   virtual absl::Status Commit(AssignResponse* response) = 0;
 };
 
-// INVALID_ARGUMENT unless `name` is a valid full variable name: TensorFlow's
-// op-name rule "[A-Za-z0-9.][A-Za-z0-9_.\-/]*", at most 1024 bytes.
-absl::Status ValidateVariableName(const std::string& name);
+// ValidateVariableName, the check of a name (shared with the coordinator),
+// is in psd/names.h.
 
 }  // namespace psd
 

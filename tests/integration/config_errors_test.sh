@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Config errors stop `psd` at start with a message naming what is wrong: an
 # unknown key, a bad value (file and flag), a missing file, a missing shard
-# id. Each case must exit non-zero within seconds without serving.
+# id, a shard without an id. Each case must exit non-zero within seconds without serving.
 # Usage: config_errors_test.sh PSD
 set -euo pipefail
 psd="$1"
@@ -35,15 +35,19 @@ expect_error "shape.yaml: coordinator: expected a mapping" coordinator --config 
 expect_error "cannot open cluster file $work/missing.yaml" coordinator --config "$work/missing.yaml"
 printf 'shards:\n  - id: 0\n    listen: 127.0.0.1:0\n' >"$work/one.yaml"
 expect_error "one.yaml: no shard with id 3" shard --config "$work/one.yaml" --id 3
+# A shard needs an id: --id, or a cluster file that lists only it.
+expect_error "psd shard needs --id K" shard --listen 127.0.0.1:0
+printf 'shards:\n  - id: 0\n  - id: 1\n' >"$work/two.yaml"
+expect_error "two.yaml lists 2 shards: give this one's --id" shard --config "$work/two.yaml"
 
 # The same checks for flags.
 expect_error "--listen: 'nowhere' is not HOST:PORT" coordinator --listen nowhere
-expect_error "--http-listen: '127.0.0.1:99999': the port must be" shard --listen 127.0.0.1:0 --http-listen 127.0.0.1:99999
-expect_error "--device: unknown device 'abacus'" shard --listen 127.0.0.1:0 --device abacus
-expect_error "--memory-limit: invalid byte size" shard --listen 127.0.0.1:0 --memory-limit lots
-expect_error "http listen address '0.0.0.0:0'" shard --listen 127.0.0.1:0 --http-listen 0.0.0.0:0
+expect_error "--http-listen: '127.0.0.1:99999': the port must be" shard --id 0 --listen 127.0.0.1:0 --http-listen 127.0.0.1:99999
+expect_error "--device: unknown device 'abacus'" shard --id 0 --listen 127.0.0.1:0 --device abacus
+expect_error "--memory-limit: invalid byte size" shard --id 0 --listen 127.0.0.1:0 --memory-limit lots
+expect_error "http listen address '0.0.0.0:0'" shard --id 0 --listen 127.0.0.1:0 --http-listen 0.0.0.0:0
 printf 'shards:\n  - id: 0\n    listen: 127.0.0.1:0\n    http_max_connections: 0\n' >"$work/cap.yaml"
 expect_error "cap.yaml: shards[0].http_max_connections: must be >= 1" shard --config "$work/cap.yaml" --id 0
-expect_error "--http-max-connections" shard --listen 127.0.0.1:0 --http-max-connections 0
+expect_error "--http-max-connections" shard --id 0 --listen 127.0.0.1:0 --http-max-connections 0
 expect_error "--max-rpc-threads" coordinator --listen 127.0.0.1:0 --max-rpc-threads 1
 echo "config_errors_test: ok"

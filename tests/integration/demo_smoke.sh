@@ -21,7 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$psd" --log-level warn shard --listen 127.0.0.1:0 --port-file "$dir/port" &
+"$psd" --log-level warn shard --id 0 --listen 127.0.0.1:0 --port-file "$dir/port" &
 shard_pid=$!
 
 # The shard writes its port after binding; wait for it (bounded).

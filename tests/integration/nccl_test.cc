@@ -98,8 +98,8 @@ TEST(NcclShardTest, CpuShardRefusesJoin) {
 }
 
 TEST(NcclShardTest, FlagNeedsAGpuDevice) {
-  const std::string command =
-      absl::StrCat(PSD_BINARY, " shard --listen 127.0.0.1:0 --http-listen '' --nccl-plane 2>&1");
+  const std::string command = absl::StrCat(
+      PSD_BINARY, " shard --id 0 --listen 127.0.0.1:0 --http-listen '' --nccl-plane 2>&1");
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;

@@ -263,18 +263,19 @@ int ExitCode(std::vector<std::string> args) {
 }
 
 TEST_F(SecurityTest, NonLoopbackBindWithoutTlsIsRefused) {
-  EXPECT_NE(ExitCode({PSD_BINARY, "shard", "--listen", "0.0.0.0:0"}), 0);
+  EXPECT_NE(ExitCode({PSD_BINARY, "shard", "--id", "0", "--listen", "0.0.0.0:0"}), 0);
   EXPECT_NE(ExitCode({PSD_BINARY, "coordinator", "--listen", "0.0.0.0:0"}), 0);
   // With --insecure it starts (and warns).
   const std::string port_file = *dir_ + "/insecure.port";
-  auto process = ChildProcess::Start({PSD_BINARY, "--log-level", "error", "shard", "--listen",
-                                      "0.0.0.0:0", "--insecure", "--port-file", port_file},
-                                     port_file);
+  auto process =
+      ChildProcess::Start({PSD_BINARY, "--log-level", "error", "shard", "--id", "0", "--listen",
+                           "0.0.0.0:0", "--insecure", "--port-file", port_file},
+                          port_file);
   EXPECT_TRUE(process.ok()) << process.status();
 }
 
 TEST_F(SecurityTest, TokenFileWithoutTlsIsRefused) {
-  EXPECT_NE(ExitCode({PSD_BINARY, "shard", "--listen", "127.0.0.1:0",
+  EXPECT_NE(ExitCode({PSD_BINARY, "shard", "--id", "0", "--listen", "127.0.0.1:0",
                       "--token-file=" + *dir_ + "/tokens"}),
             0);
 }

@@ -252,10 +252,9 @@ TEST_F(SessionTest, SessionsAttachToSharedVariablesAndConflictsNameBoth) {
 }
 
 // A part its shard cannot create fails the get_variable with the shard's
-// reason. The client retries that (UNAVAILABLE) with the same request id, so
-// the retries report the same failure rather than "already exists" for the
-// declaration the first attempt recorded.
-TEST_F(SessionTest, RetriedGetVariableAfterAFailedPartReportsThePart) {
+// reason, and nothing is registered: the name stays free (a checkpoint
+// would otherwise miss a part that never existed).
+TEST_F(SessionTest, GetVariableWhosePartCannotBeCreatedRegistersNothing) {
   client::SessionOptions options;
   options.coordinator_retry_budget = absl::Seconds(1);
   auto s = Session::Open(cluster_->coordinator_address(), options);
@@ -263,11 +262,10 @@ TEST_F(SessionTest, RetriedGetVariableAfterAFailedPartReportsThePart) {
   GetVariableOptions o = Shape({int64_t{1} << 20, int64_t{1} << 20});  // 4 TiB
   o.initializer = init::Zeros();
   o.initialize = true;
-  EXPECT_TRUE(IsError((*s)->GetVariable("too_big", o), absl::StatusCode::kUnavailable,
-                      {"variable too_big is declared, but its part too_big could not be created",
-                       "memory"}));
-  // Its 4 TiB would skew byte-balanced placement for the other tests.
-  EXPECT_TRUE(IsOk((*s)->DeleteVariable("too_big")));
+  EXPECT_TRUE(IsError((*s)->GetVariable("too_big", o), absl::StatusCode::kResourceExhausted,
+                      {"variable too_big was not declared: creating its part too_big", "memory",
+                       "nothing was registered"}));
+  EXPECT_TRUE(IsError((*s)->LookupVariable("too_big"), absl::StatusCode::kNotFound, {"too_big"}));
 }
 
 // tf.variable_op_scope: a given name is used as is; otherwise the default

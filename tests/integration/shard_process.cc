@@ -118,6 +118,7 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
 
   std::vector<std::string> args = {PSD_BINARY,    "--log-level",
                                    "warn",        "shard",
+                                   "--id",        std::to_string(options.id),
                                    "--listen",    absl::StrCat("127.0.0.1:", options.port),
                                    "--port-file", port_file};
   if (options.memory_limit_bytes > 0) {

@@ -34,6 +34,8 @@ struct ShardProcessOptions {
   // The loopback port to listen on; 0 picks a free one. A restarted shard
   // takes its predecessor's port (see RestartShard).
   int port = 0;
+  // --id (every shard needs one).
+  int id = 0;
   std::vector<std::string> extra_args;
   // How long the shard may take to write its port file.
   absl::Duration start_timeout = absl::Seconds(20);

@@ -4,10 +4,12 @@
 // back empty has its parts marked lost.
 #include "coordinator/coordinator_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "device/device.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "psd/names.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 
@@ -17,10 +19,16 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::UnorderedElementsAre;
 
+VariableStoreOptions WithLimit(int64_t memory_limit_bytes) {
+  VariableStoreOptions o;
+  o.memory_limit_bytes = memory_limit_bytes;
+  return o;
+}
+
 struct InProcessShard {
-  InProcessShard(int id, uint64_t incarnation)
+  InProcessShard(int id, uint64_t incarnation, int64_t memory_limit_bytes = 0)
       : device(NewCpuDevice()),
-        store(device.get(), VariableStoreOptions{}),
+        store(device.get(), WithLimit(memory_limit_bytes)),
         service(id, incarnation, &store) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -30,13 +38,16 @@ struct InProcessShard {
     stub = Shard::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   }
   ~InProcessShard() { server->Shutdown(); }
-  std::vector<std::string> Names() {
+  std::vector<VariableInfo> Infos() {
     grpc::ClientContext ctx;
     ListVariablesRequest req;
     ListVariablesResponse resp;
     EXPECT_TRUE(stub->ListVariables(&ctx, req, &resp).ok());
+    return std::vector<VariableInfo>(resp.variables().begin(), resp.variables().end());
+  }
+  std::vector<std::string> Names() {
     std::vector<std::string> out;
-    for (const auto& v : resp.variables()) out.push_back(v.name());
+    for (const auto& v : Infos()) out.push_back(v.name());
     return out;
   }
   std::unique_ptr<Device> device;
@@ -61,18 +72,19 @@ class CoordinatorServiceTest : public ::testing::Test {
     stub_ = Coordinator::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                                      grpc::InsecureChannelCredentials()));
     shards_.push_back(std::make_unique<InProcessShard>(0, 100));
-    shards_.push_back(std::make_unique<InProcessShard>(1, 200));
+    // Shard 1 has room for small variables only (a shard refusing a part).
+    shards_.push_back(std::make_unique<InProcessShard>(1, 200, 64 << 10));
     for (int i = 0; i < 2; ++i) ASSERT_TRUE(Register(i, 100 * (i + 1), {}).ok());
   }
   void TearDown() override { server_->Shutdown(); }
 
   grpc::Status Register(int id, uint64_t incarnation, std::vector<std::string> names,
-                        RegisterShardResponse* resp_out = nullptr) {
+                        RegisterShardResponse* resp_out = nullptr, std::string address = "") {
     grpc::ClientContext ctx;
     RegisterShardRequest req;
     req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     req.set_shard_id(id);
-    req.set_address(shards_[id]->address);
+    req.set_address(address.empty() ? shards_[id]->address : address);
     req.set_incarnation(incarnation);
     req.set_device("cpu");
     for (auto& n : names) req.add_variables(n);
@@ -96,6 +108,14 @@ class CoordinatorServiceTest : public ::testing::Test {
     *req.mutable_declaration() = d;
     return stub_->GetVariable(&ctx, req, resp);
   }
+
+  ListShardsResponse Shards() {
+    grpc::ClientContext ctx;
+    ListShardsResponse resp;
+    EXPECT_TRUE(stub_->ListShards(&ctx, ListShardsRequest(), &resp).ok());
+    return resp;
+  }
+  size_t NumParts() { return shards_[0]->Names().size() + shards_[1]->Names().size(); }
 
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<CoordinatorService> service_;
@@ -151,6 +171,9 @@ TEST_F(CoordinatorServiceTest, GetVariableCreatesPartsOnTheirShards) {
 TEST_F(CoordinatorServiceTest, ShardBackEmptyHasItsPartsMarkedLost) {
   GetVariableResponse resp;
   ASSERT_TRUE(Get(Open(), Emb(), &resp).ok());
+  // Shard 1 restarts: a new process (incarnation 201), empty, on a new port.
+  shards_[1].reset();
+  shards_[1] = std::make_unique<InProcessShard>(1, 201);
   RegisterShardResponse reg;
   ASSERT_TRUE(Register(1, 201, {}, &reg).ok());
   EXPECT_THAT(reg.lost_parts(), UnorderedElementsAre("model/emb/part_1", "model/emb/part_3"));
@@ -219,6 +242,145 @@ TEST_F(CoordinatorServiceTest, BatchScopesListAndShards) {
   CoordinatorDeleteVariableResponse dresp;
   ASSERT_TRUE(stub_->DeleteVariable(&dctx, dreq, &dresp).ok());
   EXPECT_EQ(shards_[0]->Names().size() + shards_[1]->Names().size(), 1u);
+}
+
+// The bug: random_uniform(1, 0) was registered, every part refused by its
+// shard, and every later save failed NOT_FOUND. Now the coordinator runs
+// the shards' own check first: nothing is registered and no part created.
+TEST_F(CoordinatorServiceTest, InitializerTheShardsWouldRefuseIsNeverRegistered) {
+  const uint64_t session = Open();
+  VariableDeclaration d = Emb();
+  d.mutable_initializer()->mutable_random_uniform()->set_minval(1);
+  d.mutable_initializer()->mutable_random_uniform()->set_maxval(0);
+  d.set_initialize(true);
+  GetVariableResponse resp;
+  grpc::Status s = Get(session, d, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("minval < maxval"));
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("model/emb"));
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_EQ(NumParts(), 0u);
+  // The name is free: a valid declaration creates it.
+  d.mutable_initializer()->mutable_random_uniform()->set_maxval(2);
+  ASSERT_TRUE(Get(session, d, &resp).ok());
+  EXPECT_TRUE(resp.created());
+  EXPECT_EQ(NumParts(), 4u);
+}
+
+TEST_F(CoordinatorServiceTest, NamesAndPartCountsOverTheLimitsAreRefusedNamingThem) {
+  const uint64_t session = Open();
+  GetVariableResponse resp;
+  VariableDeclaration d;
+  d.mutable_shape()->add_dims(2);
+  d.set_name(std::string(kMaxNameBytes + 1, 'a'));
+  grpc::Status s = Get(session, d, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("limit of 1024 bytes"));
+  // The variable's name fits, its part names ("/part_K") do not.
+  d.set_name(std::string(kMaxNameBytes - 2, 'a'));
+  d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  s = Get(session, d, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("/part_0"));
+  // A character the shards refuse.
+  d.set_name("a>b");
+  d.clear_partitioner();
+  EXPECT_EQ(Get(session, d, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // More parts than a variable may have.
+  d.set_name("many");
+  d.mutable_shape()->set_dims(0, kMaxPartsPerVariable + 1);
+  d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(kMaxPartsPerVariable + 1);
+  s = Get(session, d, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("'many' would have 1025 parts, over the "
+                                                      "limit of 1024 parts per variable"));
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_EQ(NumParts(), 0u);
+}
+
+// A part its shard refuses (shard 1 is out of memory) fails the whole
+// declaration: the parts already created on shard 0 are deleted again and
+// nothing is registered.
+TEST_F(CoordinatorServiceTest, APartTheShardRefusesLeavesNoVariableAndNoParts) {
+  const uint64_t session = Open();
+  VariableDeclaration d;
+  d.set_name("big");
+  d.mutable_shape()->add_dims(4);
+  d.mutable_shape()->add_dims(32 << 10);  // 4 parts of 128 KiB
+  d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(4);
+  d.mutable_initializer()->mutable_zeros();
+  d.set_initialize(true);
+  GetVariableResponse resp;
+  grpc::Status s = Get(session, d, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("big/part_1"));
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("nothing was registered"));
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_EQ(NumParts(), 0u);
+  grpc::ClientContext ctx;
+  LookupVariableRequest look;
+  look.set_name("big");
+  LookupVariableResponse found;
+  EXPECT_EQ(stub_->LookupVariable(&ctx, look, &found).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// A shard still holding a part of a deleted variable (it missed the
+// deletion) does not hand it to a new variable of the same name.
+TEST_F(CoordinatorServiceTest, ANewVariableNeverAdoptsALeftoverPart) {
+  for (auto& shard : shards_) {
+    grpc::ClientContext ctx;
+    CreateVariableRequest req;
+    req.set_name("reborn");
+    req.set_dtype(DT_FLOAT);
+    req.mutable_shape()->add_dims(2);
+    req.mutable_initializer()->mutable_ones();
+    req.set_initialize(true);
+    CreateVariableResponse resp;
+    ASSERT_TRUE(shard->stub->CreateVariable(&ctx, req, &resp).ok());
+  }
+  VariableDeclaration d;
+  d.set_name("reborn");
+  d.mutable_shape()->add_dims(5);
+  d.mutable_initializer()->mutable_zeros();
+  d.set_initialize(true);
+  GetVariableResponse resp;
+  ASSERT_TRUE(Get(Open(), d, &resp).ok());
+  ASSERT_EQ(resp.handle().parts_size(), 1);
+  const int on = resp.handle().parts(0).shard_id();
+  std::vector<VariableInfo> infos = shards_[on]->Infos();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_THAT(infos[0].shape().dims(), ElementsAre(5));  // the new one, not the leftover [2]
+}
+
+// Two processes cannot hold one shard id: a registration claiming the id of
+// a live shard whose address still answers as it is refused, naming the
+// holder, and the holder keeps the id.
+TEST_F(CoordinatorServiceTest, ALiveShardsIdCannotBeTaken) {
+  GetVariableResponse resp;
+  ASSERT_TRUE(Get(Open(), Emb(), &resp).ok());
+  InProcessShard impostor(0, 999);
+  grpc::Status s = Register(0, 999, {}, nullptr, impostor.address);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(s.error_message(),
+              ::testing::HasSubstr(absl::StrCat("is held by a live shard at ", shards_[0]->address,
+                                                " (incarnation 64")));  // 100 in hex
+  ListShardsResponse shards = Shards();
+  ASSERT_EQ(shards.shards_size(), 2);
+  EXPECT_EQ(shards.shards(0).address(), shards_[0]->address);
+  EXPECT_EQ(shards.shards(0).incarnation(), 100u);
+  EXPECT_EQ(shards.shards(0).lost_parts(), 0);
+  // The holder's own re-registration (same incarnation) is still welcome.
+  EXPECT_TRUE(Register(0, 100, shards_[0]->Names()).ok());
+}
+
+// A shard that restarted (its old process gone, the heartbeats not lapsed
+// yet) gets its id back, on a new address or on its old one.
+TEST_F(CoordinatorServiceTest, ARestartedShardGetsItsIdBack) {
+  shards_[0].reset();
+  shards_[0] = std::make_unique<InProcessShard>(0, 101);
+  EXPECT_TRUE(Register(0, 101, {}).ok());
+  // Registered again at the address the new process serves: its own.
+  EXPECT_EQ(Shards().shards(0).incarnation(), 101u);
 }
 
 }  // namespace

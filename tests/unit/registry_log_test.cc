@@ -230,5 +230,69 @@ TEST_F(RegistryLogTest, CrashBetweenSnapshotAndLogResetReplaysNothingTwice) {
   EXPECT_EQ(registry->OpenScope(session, "", "", "blk", false, false)->path, "blk_2");
 }
 
+// The registry's state is serialized with its size checked: a record over
+// the limit fails its mutation (nothing applied, nothing written), and a
+// snapshot over it is not published (the old snapshot and the whole log
+// stay), where unchecked serialization would publish an empty state and
+// truncate the log. Here with a small limit in place of protobuf's 2 GiB.
+TEST_F(RegistryLogTest, StateOverTheSizeLimitFailsLoudlyAndLosesNothing) {
+  RegistryOptions options;
+  options.state_dir = dir_;
+  options.compact_log_bytes = 1;  // compact after every append
+  options.max_state_bytes = 2048;
+  uint64_t session;
+  int declared = 0;
+  {
+    auto registry = std::move(Registry::Open(options)).value();
+    session = *registry->OpenSession("t");
+    // Each record fits; together they outgrow the snapshot limit.
+    for (; declared < 40; ++declared) {
+      ASSERT_TRUE(
+          registry->GetVariable(session, Decl("v" + std::to_string(declared), 2), shards_).ok());
+    }
+    EXPECT_EQ(registry->compaction_status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(registry->Compact().code(), absl::StatusCode::kResourceExhausted);
+    // One record over the limit: refused, and not applied.
+    VariableDeclaration big = Decl("big", 2);
+    big.set_declared_at(std::string(4096, 'x'));
+    auto r = registry->GetVariable(session, big, shards_);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_THAT(r.status().message(), HasSubstr("over the limit of 2048 bytes"));
+    EXPECT_FALSE(registry->Lookup("big").ok());
+  }
+  // Everything acknowledged is still there after a restart.
+  options.max_state_bytes = RegistryLog::kMaxStateBytes;
+  auto registry = std::move(Registry::Open(options)).value();
+  EXPECT_EQ(registry->num_variables(), static_cast<size_t>(declared));
+  EXPECT_TRUE(registry->HasSession(session));
+  EXPECT_FALSE(registry->Lookup("big").ok());
+  // Under the default limit it compacts again, keeping everything.
+  ASSERT_TRUE(registry->Compact().ok());
+  registry.reset();
+  registry = std::move(Registry::Open(options)).value();
+  EXPECT_EQ(registry->num_variables(), static_cast<size_t>(declared));
+}
+
+TEST_F(RegistryLogTest, SnapshotOverTheLimitIsNotPublished) {
+  RegistryLog::Recovered recovered;
+  auto log = RegistryLog::Open(dir_, &recovered, /*max_state_bytes=*/64);
+  ASSERT_TRUE(log.ok()) << log.status();
+  RegistrySnapshot small;
+  small.set_last_seq(1);
+  ASSERT_TRUE((*log)->Compact(small).ok());
+  const std::string published = ReadAll(RegistryLog::SnapshotPath(dir_));
+  RegistrySnapshot big;
+  big.set_last_seq(2);
+  big.add_variables()->set_name(std::string(100, 'v'));
+  absl::Status s = (*log)->Compact(big);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("registry snapshot"));
+  EXPECT_EQ(ReadAll(RegistryLog::SnapshotPath(dir_)), published);
+  RegistryRecord record;
+  record.set_seq(3);
+  record.set_deleted(std::string(100, 'v'));
+  EXPECT_EQ((*log)->Append(record, /*sync=*/true).code(), absl::StatusCode::kResourceExhausted);
+}
+
 }  // namespace
 }  // namespace psd

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "psd/names.h"
 #include "psd/wire.h"
 
 namespace psd {
@@ -528,6 +529,95 @@ TEST_F(RegistryTest, ColocatedVariablesFollowTheirPrimaryPartByPart) {
   auto r = Get(two);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("part counts must match"));
+}
+
+// The shards' own initializer check runs before anything is registered:
+// what a shard would refuse at creation is refused here, naming the
+// variable and the parameter.
+TEST_F(RegistryTest, InitializersTheShardsWouldRefuseAreRefused) {
+  VariableDeclaration d = Decl("u", {4});
+  d.mutable_initializer()->mutable_random_uniform()->set_minval(1);
+  d.mutable_initializer()->mutable_random_uniform()->set_maxval(0);
+  auto r = Get(d);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("variable 'u': random_uniform needs minval < maxval"));
+  d.mutable_initializer()->mutable_random_normal()->set_stddev(-1);
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("stddev must be >= 0"));
+  // A constant of another shape than the variable's.
+  d.mutable_initializer()->mutable_constant()->mutable_value()->set_dtype(DT_FLOAT);
+  d.mutable_initializer()->mutable_constant()->mutable_value()->mutable_shape()->add_dims(3);
+  d.mutable_initializer()->mutable_constant()->mutable_value()->set_content(std::string(12, '\0'));
+  EXPECT_EQ(Get(d).status().code(), absl::StatusCode::kInvalidArgument);
+  // A string variable takes no random initializer.
+  VariableDeclaration str = Decl("s", {2}, REUSE_FALSE, DT_STRING);
+  str.mutable_initializer()->mutable_random_uniform()->set_maxval(1);
+  EXPECT_THAT(Get(str).status().message(), HasSubstr("string variables take only"));
+  // A batch holding one such declaration registers none of it.
+  std::vector<VariableDeclaration> batch = {Decl("fine", {2}), d};
+  EXPECT_FALSE(registry_->Declare(session_, batch, shards_).ok());
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_TRUE(Get(Decl("u", {4})).ok());
+}
+
+// One name rule for the coordinator and the shards (psd/names.h): what a
+// shard would refuse, the registry refuses first.
+TEST_F(RegistryTest, NamesTheShardsWouldRefuseAreRefused) {
+  EXPECT_THAT(Get(Decl("a>b", {1})).status().message(), HasSubstr("'>'"));
+  EXPECT_EQ(Get(Decl("a\\b", {1})).status().code(), absl::StatusCode::kInvalidArgument);
+  auto too_long = Get(Decl(std::string(kMaxNameBytes + 1, 'x'), {1}));
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_long.status().message(), HasSubstr("1025 bytes, over the limit of 1024 bytes"));
+  EXPECT_TRUE(Get(Decl(std::string(kMaxNameBytes, 'x'), {1})).ok());
+  // The parts' names are what the shards hold.
+  auto parts = Get(Partitioned(Decl(std::string(kMaxNameBytes - 3, 'p'), {4}), 2));
+  EXPECT_EQ(parts.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(parts.status().message(), HasSubstr("/part_0"));
+  // Scopes: the same characters, and paths within the limit.
+  EXPECT_EQ(registry_->OpenScope(session_, "", "a>b", "", false, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto deep =
+      registry_->OpenScope(session_, std::string(kMaxNameBytes, 's'), "t", "", false, false);
+  EXPECT_EQ(deep.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(deep.status().message(), HasSubstr("scope path"));
+  EXPECT_EQ(registry_->num_variables(), 1u);
+}
+
+TEST_F(RegistryTest, PartsPerVariableAreCapped) {
+  RegistryOptions options;
+  options.max_parts_per_variable = 4;
+  auto registry = std::move(Registry::Open(options)).value();
+  const uint64_t session = *registry->OpenSession("t");
+  EXPECT_TRUE(registry->GetVariable(session, Partitioned(Decl("four", {8}), 4), shards_).ok());
+  auto five = registry->GetVariable(session, Partitioned(Decl("five", {8}), 5), shards_);
+  EXPECT_EQ(five.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(five.status().message(),
+              HasSubstr("'five' would have 5 parts, over the limit of 4 parts per variable"));
+}
+
+// PrepareDeclare checks and places without registering; CommitDeclare
+// registers, unless the registry's variables changed in between.
+TEST_F(RegistryTest, PreparedDeclarationsRegisterOnlyWhenCommitted) {
+  const VariableDeclaration w = Decl("w", {4});
+  auto prepared = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&w, 1), shards_, 3);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_EQ(prepared->results.size(), 1u);
+  EXPECT_TRUE(prepared->results[0].created);
+  EXPECT_EQ(registry_->num_variables(), 0u);
+  EXPECT_EQ(registry_->Placement().size(), 0u);
+  ASSERT_TRUE(registry_->CommitDeclare(*prepared).ok());
+  EXPECT_EQ(registry_->num_variables(), 1u);
+  // A retry of the committed request is answered again, with nothing to do.
+  auto again = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&w, 1), shards_, 3);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->replayed);
+
+  const VariableDeclaration x = Decl("x", {4});
+  auto stale = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&x, 1), shards_);
+  ASSERT_TRUE(stale.ok());
+  ASSERT_TRUE(registry_->Delete("w").ok());
+  EXPECT_EQ(registry_->CommitDeclare(*stale).code(), absl::StatusCode::kAborted);
+  EXPECT_FALSE(registry_->Lookup("x").ok());
 }
 
 }  // namespace
