@@ -253,6 +253,11 @@ void Registry::Apply(const RegistryRecord& record) {
 
 absl::StatusOr<uint64_t> Registry::OpenSession(const std::string& client) {
   absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the coordinator has ", sessions_.size(), " sessions open, its limit (max_sessions); "
+        "close sessions that are done (idle ones expire after the session TTL)"));
+  }
   const uint64_t id = next_session_id_;
   RegistryRecord record;
   auto* op = record.mutable_session_opened();

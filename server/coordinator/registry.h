@@ -82,6 +82,10 @@ struct RegistryOptions {
   // or a compaction whose snapshot, would be larger fails with
   // RESOURCE_EXHAUSTED and changes nothing (protobuf cannot serialize 2 GiB).
   int64_t max_state_bytes = RegistryLog::kMaxStateBytes;
+  // Sessions open at once: each holds its scopes, counters and replies for
+  // retries. OpenSession past it is RESOURCE_EXHAUSTED (idle sessions expire
+  // after the coordinator's session TTL and make room).
+  int64_t max_sessions = 4096;
 };
 
 struct DeclareResult {

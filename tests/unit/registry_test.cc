@@ -620,5 +620,20 @@ TEST_F(RegistryTest, PreparedDeclarationsRegisterOnlyWhenCommitted) {
   EXPECT_FALSE(registry_->Lookup("x").ok());
 }
 
+// Sessions are bounded: past max_sessions OpenSession is refused, and a
+// closed session makes room.
+TEST(RegistrySessionsTest, OpenSessionsAreCapped) {
+  RegistryOptions options;
+  options.max_sessions = 3;
+  auto registry = std::move(Registry::Open(options)).value();
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(*registry->OpenSession("trainer"));
+  auto refused = registry->OpenSession("one too many");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("max_sessions"));
+  ASSERT_TRUE(registry->CloseSession(ids[0]).ok());
+  EXPECT_TRUE(registry->OpenSession("after a close").ok());
+}
+
 }  // namespace
 }  // namespace psd
