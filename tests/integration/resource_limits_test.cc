@@ -71,6 +71,8 @@ absl::StatusOr<std::unique_ptr<LimitedShard>> StartLimitedShard(
       absl::StrCat("--nofile=", soft_nofile > 0 ? soft_nofile : nofile, ":", nofile),
       PSD_BINARY,
       "shard",
+      "--id",
+      "0",
       "--listen",
       "127.0.0.1:0",
       "--port-file",
