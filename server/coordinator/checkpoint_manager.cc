@@ -821,8 +821,9 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     const std::string& p = request.prefix();
     if (p.empty() || p == "latest") {
       if (!options_.dir.empty()) RecoverDir(options_.dir);
-    } else if (CheckUnderRoots(checkpoint::DirName(p), /*write=*/true, "").ok()) {
-      RecoverDir(fs_->ListDir(p).ok() ? p : checkpoint::DirName(p));
+    } else {
+      const std::string where = fs_->ListDir(p).ok() ? p : checkpoint::DirName(p);
+      if (CheckUnderRoots(where, /*write=*/true, "").ok()) RecoverDir(where);
     }
   }
   PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
