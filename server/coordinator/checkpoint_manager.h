@@ -223,8 +223,6 @@ class CheckpointManager {
                                            bool saver_policy, double built_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_mu_);
   checkpoint::SaverRetention::Policy CurrentPolicy() const;
-  absl::Status PersistRetention(const std::string& dir, const std::string& name,
-                                bool saver_track, const checkpoint::SaverRetention& r);
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
   absl::StatusOr<SaveCheckpointResponse> SaveLocked(const SaveCheckpointRequest& request,
                                                     bool try_only);
