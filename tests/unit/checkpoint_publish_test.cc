@@ -578,7 +578,7 @@ TEST_F(ManagerTest, SaverRetentionNeverDeletesTheClusterCheckpoints) {
   EXPECT_TRUE(std::filesystem::exists(ckpt_ + "/trainer-3.index"));
 }
 
-TEST_F(ManagerTest, ListingLatestAndProgressDoNotWaitBehindARunningSave) {
+TEST_F(ManagerTest, ListingAndLatestDoNotWaitBehindARunningSave) {
   SetAll(1.0f);
   ASSERT_TRUE(Save(ckpt_ + "/first").ok());
   blocking_fs_.armed = true;
