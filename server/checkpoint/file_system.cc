@@ -6,12 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
-#include <cstdio>
-#include <cstring>
 #include <atomic>
+#include <cctype>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 
 #include "absl/strings/match.h"

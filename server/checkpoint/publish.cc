@@ -53,7 +53,9 @@ bool IsStagingFileName(absl::string_view name) {
   return false;
 }
 
-std::string JournalFilename(absl::string_view prefix) { return absl::StrCat(prefix, kJournalSuffix); }
+std::string JournalFilename(absl::string_view prefix) {
+  return absl::StrCat(prefix, kJournalSuffix);
+}
 
 bool IsJournalFileName(absl::string_view name) {
   return name.size() > kJournalSuffix.size() && absl::EndsWith(name, kJournalSuffix);
@@ -114,8 +116,7 @@ absl::StatusOr<PublishPlan> ParseJournal(absl::string_view text, const std::stri
 absl::StatusOr<PublishPlan> MakePublishPlan(FileSystem* fs, const std::string& prefix,
                                             const std::string& staging, int num_shards) {
   if (DirName(prefix) != DirName(staging)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("staging ", staging, " is not beside ", prefix));
+    return absl::InvalidArgumentError(absl::StrCat("staging ", staging, " is not beside ", prefix));
   }
   PublishPlan plan;
   plan.dir = DirName(prefix);
@@ -146,8 +147,8 @@ absl::Status ApplyPlan(FileSystem* fs, const PublishPlan& plan) {
       // Renamed before a crash, if its target is there.
       absl::Status target = fs->FileExists(to);
       if (target.ok()) continue;
-      return absl::DataLossError(absl::StrCat("publish of ", to, ": neither ", from,
-                                              " nor its target exists"));
+      return absl::DataLossError(
+          absl::StrCat("publish of ", to, ": neither ", from, " nor its target exists"));
     }
     PSD_RETURN_IF_ERROR(exists);
     CrashPoint("publish.rename");

@@ -17,8 +17,8 @@
 #include "checkpoint/bundle_reader.h"
 #include "checkpoint/publish.h"
 #include "checkpoint/tensor_bundle.h"
-#include "psd/dtype.h"
 #include "grpcpp/grpcpp.h"
+#include "psd/dtype.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
@@ -281,9 +281,10 @@ void CheckpointManager::RecoverDir(const std::string& dir) {
   const checkpoint::RecoveryStats stats = checkpoint::RecoverCheckpointDir(fs_, dir);
   for (const std::string& e : stats.errors) spdlog::error("checkpoints: recovery: {}", e);
   if (stats.journals_applied > 0 || stats.staging_deleted > 0) {
-    spdlog::info("checkpoints: recovered {}: {} interrupted publication(s) completed, {} "
-                 "orphan staging file(s) removed",
-                 dir, stats.journals_applied, stats.staging_deleted);
+    spdlog::info(
+        "checkpoints: recovered {}: {} interrupted publication(s) completed, {} "
+        "orphan staging file(s) removed",
+        dir, stats.journals_applied, stats.staging_deleted);
   }
 }
 
@@ -313,10 +314,10 @@ absl::Status CheckpointManager::CheckLatestFilename(const std::string& name,
                                                     const std::string& what) const {
   if (name.find('/') != std::string::npos || name == "." || name == ".." ||
       name.find('\0') != std::string::npos) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        what, ": latest_filename '", name,
-        "' must be a plain file name in the checkpoint directory (checkpoint roots: ",
-        RootsForMessage(), ")"));
+    return absl::PermissionDeniedError(
+        absl::StrCat(what, ": latest_filename '", name,
+                     "' must be a plain file name in the checkpoint directory (checkpoint roots: ",
+                     RootsForMessage(), ")"));
   }
   return absl::OkStatus();
 }
@@ -597,8 +598,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   };
   std::string meta_bytes;
   if (!meta.SerializeToString(&meta_bytes)) {
-    return fail(absl::InternalError(absl::StrCat("save of ", prefix, ": cannot serialize ",
-                                                 checkpoint::MetaFilename(prefix))));
+    return fail(absl::InternalError(
+        absl::StrCat("save of ", prefix, ": cannot serialize ", checkpoint::MetaFilename(prefix))));
   }
   absl::Status s =
       checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(staging), meta_bytes);
@@ -659,8 +660,10 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   }
   // From here on the checkpoint is published: a failure says so.
   auto published_but = [&](const absl::Status& s, absl::string_view what) {
-    return absl::Status(s.code(), absl::StrCat("save of ", prefix, ": the checkpoint was published, "
-                                               "but ", what, " failed: ", s.message()));
+    return absl::Status(s.code(), absl::StrCat("save of ", prefix,
+                                               ": the checkpoint was published, "
+                                               "but ",
+                                               what, " failed: ", s.message()));
   };
   // Saves are serialized (op_mu_): nobody changes the state meanwhile.
   if (absl::Status s = checkpoint::WriteFileAtomically(
@@ -672,8 +675,10 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   // state still lists, one outside this directory, one psd did not save.
   if (drop.has_value() && (held || *drop == prefix || checkpoint::DirName(*drop) != dir ||
                            !fs_->FileExists(checkpoint::MetaFilename(*drop)).ok())) {
-    spdlog::info("checkpoints: {} leaves the retention of {} but is kept (not this Saver's to "
-                 "delete)", *drop, dir);
+    spdlog::info(
+        "checkpoints: {} leaves the retention of {} but is kept (not this Saver's to "
+        "delete)",
+        *drop, dir);
     drop.reset();
   }
   checkpoint::CrashPoint("save.before_state_file");

@@ -232,9 +232,10 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
   }
   if (const YAML::Node c = root["checkpoint"]) {
     const std::string where = source + ": checkpoint";
-    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"dir", "max_to_keep", "keep_checkpoint_every_n_hours",
-                                             "interval", "every_n_steps", "global_step",
-                                             "save_on_shutdown", "restore_lost", "roots"}));
+    PSD_RETURN_IF_ERROR(
+        CheckKeys(c, where,
+                  {"dir", "max_to_keep", "keep_checkpoint_every_n_hours", "interval",
+                   "every_n_steps", "global_step", "save_on_shutdown", "restore_lost", "roots"}));
     PSD_RETURN_IF_ERROR(Get(c, "dir", where, &config.checkpoint.dir));
     PSD_RETURN_IF_ERROR(Get(c, "max_to_keep", where, &config.checkpoint.max_to_keep));
     PSD_RETURN_IF_ERROR(Get(c, "keep_checkpoint_every_n_hours", where,

@@ -81,7 +81,8 @@ void WriteGate::Enter() {
   if (!OpenOrExpired()) {
     ++held_;
     while (!OpenOrExpired()) {
-      mu_.AwaitWithTimeout(absl::Condition(+[](bool* fenced) { return !*fenced; }, &fenced_),
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](bool* fenced) { return !*fenced; }, &fenced_),
                            lease_end_ - SteadyNow());
     }
   }
@@ -119,7 +120,8 @@ void WriteGate::RunParked() {
           this));
     } else {
       // Parked writes behind a fence: wake when it is lifted or its lease ends.
-      mu_.AwaitWithTimeout(absl::Condition(+[](bool* fenced) { return !*fenced; }, &fenced_),
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](bool* fenced) { return !*fenced; }, &fenced_),
                            lease_end_ - SteadyNow());
     }
   }
@@ -145,7 +147,8 @@ absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
   for (;;) {
     const absl::Duration left = lease_end_ - SteadyNow();
     if (left <= absl::ZeroDuration()) break;
-    if (mu_.AwaitWithTimeout(absl::Condition(+[](int* active) { return *active == 0; }, &active_),
+    if (mu_.AwaitWithTimeout(absl::Condition(
+                                 +[](int* active) { return *active == 0; }, &active_),
                              left)) {
       drained = true;
       break;

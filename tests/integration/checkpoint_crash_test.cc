@@ -36,10 +36,10 @@ namespace psd {
 namespace integration {
 namespace {
 
+using client::GetVariableOptions;
 using client::Saver;
 using client::Session;
 using client::Variable;
-using client::GetVariableOptions;
 
 constexpr int kElements = 4096;
 
@@ -58,7 +58,7 @@ class CheckpointCrashTest : public ::testing::Test {
     unsetenv("PSD_CRASH_AT");
     TestClusterOptions options;
     options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", ckpt_,
-                                "--max-to-keep", "3"};
+                                "--max-to-keep",        "3"};
     auto started = TestCluster::Start(options);
     ASSERT_TRUE(started.ok()) << started.status();
     cluster_ = *std::move(started);
@@ -81,8 +81,8 @@ class CheckpointCrashTest : public ::testing::Test {
     PSD_ASSERT_OK_AND_ASSIGN(session_, Session::Open(cluster_->coordinator_address()));
     PSD_ASSERT_OK_AND_ASSIGN(saver_, Saver::Create(cluster_->coordinator_address()));
     GetVariableOptions w;
-    w.initial_value = *Tensor::FromVector<float>(TensorShape({kElements}),
-                                                 std::vector<float>(kElements, 0.0f));
+    w.initial_value =
+        *Tensor::FromVector<float>(TensorShape({kElements}), std::vector<float>(kElements, 0.0f));
     w.initialize = true;
     w.reuse = REUSE_AUTO;
     w.partitioner = client::partitioners::FixedSize(2);
@@ -155,9 +155,7 @@ class CheckpointCrashTest : public ::testing::Test {
   int Run(bool kill_coordinator, bool same_prefix) {
     const std::string base = ckpt_ + "/model.ckpt";
     auto prefix_of = [&](int64_t v) { return same_prefix ? base : absl::StrCat(base, "-", v); };
-    auto save = [&](int64_t v) {
-      return same_prefix ? saver_->Save(base) : saver_->Save(base, v);
-    };
+    auto save = [&](int64_t v) { return same_prefix ? saver_->Save(base) : saver_->Save(base, v); };
     // What each checkpoint may hold: the value last seen in it, and the
     // values of the saves to it attempted since.
     std::map<std::string, std::set<int64_t>> allowed;
@@ -185,9 +183,9 @@ class CheckpointCrashTest : public ::testing::Test {
       std::filesystem::remove(arm_);
       if (saved.ok()) break;  // past the save's last crash point: all covered
       ++points;
-      const std::string when = absl::StrCat(kill_coordinator ? "coordinator" : "shard 0",
-                                            " killed at crash point ", n, " of a save to ",
-                                            prefix_of(value), ": ", saved.status().ToString());
+      const std::string when =
+          absl::StrCat(kill_coordinator ? "coordinator" : "shard 0", " killed at crash point ", n,
+                       " of a save to ", prefix_of(value), ": ", saved.status().ToString());
       // Back up, not armed.
       Restart(kill_coordinator, 0);
       if (::testing::Test::HasFatalFailure()) return points;

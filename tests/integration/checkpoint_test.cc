@@ -24,9 +24,9 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "psd/shard.grpc.pb.h"
 #include "psd/saver.h"
 #include "psd/session.h"
+#include "psd/shard.grpc.pb.h"
 #include "test_util.h"
 
 namespace psd {
