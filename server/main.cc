@@ -184,6 +184,10 @@ int main(int argc, char** argv) {
                         "A final save on SIGTERM / SIGINT");
   coordinator->add_flag("--restore-lost", coord.checkpoint.restore_lost,
                         "Restore a shard's lost parts from the latest checkpoint");
+  std::string checkpoint_roots;
+  coordinator->add_option("--checkpoint-roots", checkpoint_roots,
+                          "More directories saves may go under, comma-separated "
+                          "(checkpoint.roots; --checkpoint-dir always is one)");
   coordinator->add_option("--restore-from", coord.restore_from,
                           "Checkpoint DIR or PREFIX: declare and restore its variables at start");
 
@@ -308,6 +312,7 @@ int main(int argc, char** argv) {
       if (coordinator->count("--restore-lost") == 0) {
         coord.checkpoint.restore_lost = ckpt.restore_lost;
       }
+      if (coordinator->count("--checkpoint-roots") == 0) coord.checkpoint.roots = ckpt.roots;
       coord.expected_shards = static_cast<int>(config->shards.size());
     }
     if (std::string error = CheckFlagValues(coord.coordinator.listen, coord.coordinator.advertise,
@@ -320,6 +325,9 @@ int main(int argc, char** argv) {
       auto seconds = psd::ParseDuration(checkpoint_interval);
       if (!seconds.ok()) return Fail("--checkpoint-interval: " + std::string(seconds.status().message()));
       coord.checkpoint.interval_seconds = *seconds;
+    }
+    if (coordinator->count("--checkpoint-roots") > 0) {
+      coord.checkpoint.roots = psd::SplitCheckpointRoots(checkpoint_roots);
     }
     absl::Status status = psd::RunCoordinatorServer(coord);
     if (!status.ok()) return Fail(status.ToString());

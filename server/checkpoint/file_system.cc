@@ -6,12 +6,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "psd/status.h"
@@ -45,6 +49,7 @@ class PosixWritableFile final : public WritableFile {
   }
 
   absl::Status Append(absl::string_view data) override {
+    CrashPoint("fs.append");
     if (fd_ < 0) return absl::FailedPreconditionError("append to closed file " + path_);
     // write(2) may write less than asked (signals, pipes, near-full disks).
     while (!data.empty()) {
@@ -59,12 +64,14 @@ class PosixWritableFile final : public WritableFile {
   }
 
   absl::Status Sync() override {
+    CrashPoint("fs.sync");
     if (fd_ < 0) return absl::FailedPreconditionError("sync of closed file " + path_);
     if (::fdatasync(fd_) != 0) return PosixError("fdatasync", path_, errno);
     return absl::OkStatus();
   }
 
   absl::Status Close() override {
+    CrashPoint("fs.close");
     if (fd_ < 0) return absl::OkStatus();
     const int rc = ::close(fd_);
     fd_ = -1;
@@ -108,6 +115,7 @@ class PosixRandomAccessFile final : public RandomAccessFile {
 class PosixFileSystem final : public FileSystem {
  public:
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
+    CrashPoint("fs.create");
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return PosixError("open", path, errno);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
@@ -121,6 +129,7 @@ class PosixFileSystem final : public FileSystem {
   }
 
   absl::Status RenameFile(const std::string& from, const std::string& to) override {
+    CrashPoint("fs.rename");
     if (::rename(from.c_str(), to.c_str()) != 0) {
       return PosixError("rename to " + to + ":", from, errno);
     }
@@ -128,11 +137,13 @@ class PosixFileSystem final : public FileSystem {
   }
 
   absl::Status DeleteFile(const std::string& path) override {
+    CrashPoint("fs.delete");
     if (::unlink(path.c_str()) != 0) return PosixError("unlink", path, errno);
     return absl::OkStatus();
   }
 
   absl::Status SyncDir(const std::string& dir) override {
+    CrashPoint("fs.syncdir");
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return PosixError("open directory", dir, errno);
     const int rc = ::fsync(fd);
@@ -169,6 +180,28 @@ class PosixFileSystem final : public FileSystem {
 constexpr absl::string_view kTempMarker = ".tempstate";
 
 }  // namespace
+
+void CrashPoint(absl::string_view name) {
+  // Read once: the hook costs one load when unset.
+  static const int64_t target = [] {
+    const char* v = std::getenv("PSD_CRASH_AT");
+    int64_t n = 0;
+    return v != nullptr && absl::SimpleAtoi(v, &n) ? n : int64_t{0};
+  }();
+  if (target <= 0) return;
+  static const char* const arm_file = std::getenv("PSD_CRASH_ARM_FILE");
+  static std::atomic<bool> armed{arm_file == nullptr};
+  static std::atomic<int64_t> hits{0};
+  if (!armed.load()) {
+    if (::access(arm_file, F_OK) != 0) return;
+    armed.store(true);
+  }
+  if (hits.fetch_add(1) + 1 != target) return;
+  std::fprintf(stderr, "PSD_CRASH_AT=%lld: killed at crash point %.*s\n",
+               static_cast<long long>(target), static_cast<int>(name.size()), name.data());
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+}
 
 FileSystem* FileSystem::Default() {
   static FileSystem* const fs = new PosixFileSystem();

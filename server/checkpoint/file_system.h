@@ -90,6 +90,16 @@ bool IsTempFileName(absl::string_view name);
 // number deleted.
 absl::StatusOr<int> DeleteTempFiles(FileSystem* fs, const std::string& dir);
 
+// Crash-point hook for the crash tests of saves (tests/integration/
+// checkpoint_crash_test.cc); a no-op unless the environment variable
+// PSD_CRASH_AT=N is set. Every mutating operation of the POSIX file system
+// (create, append, sync, close, rename, delete, directory sync) and every
+// named point of a save calls it; the Nth call raises SIGKILL, so a test can
+// kill a process at each step of a save in turn. With PSD_CRASH_ARM_FILE set,
+// calls are counted only once that file exists (the test's setup runs
+// uncounted). Not a configuration anyone should set in production.
+void CrashPoint(absl::string_view name);
+
 }  // namespace psd::checkpoint
 
 #endif  // PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_

@@ -1,8 +1,10 @@
 #include "coordinator/checkpoint_manager.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <set>
 #include <thread>
@@ -10,11 +12,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "checkpoint/bundle_reader.h"
+#include "checkpoint/publish.h"
 #include "checkpoint/tensor_bundle.h"
-#include "psd/dtype.h"
 #include "grpcpp/grpcpp.h"
+#include "psd/dtype.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
@@ -117,6 +121,24 @@ absl::StatusOr<std::vector<VariableDef>> SavedVariables(const Registry& registry
   return out;
 }
 
+// The absolute path `path` names: the realpath of its longest existing
+// part ("..", symlinks resolved), the rest normalized lexically.
+std::string ResolvePath(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  if (ec) return std::filesystem::path(path).lexically_normal().string();
+  std::filesystem::path resolved = std::filesystem::weakly_canonical(abs, ec);
+  if (ec) resolved = abs.lexically_normal();
+  std::string out = resolved.string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
+bool IsUnder(const std::string& path, const std::string& root) {
+  if (root == "/") return true;
+  return path == root || (absl::StartsWith(path, root) && path[root.size()] == '/');
+}
+
 // Releases op_mu_ taken with Lock() or TryLock().
 struct OpUnlock {
   absl::Mutex* mu;
@@ -202,6 +224,23 @@ CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
       options_(std::move(options)),
       fs_(options_.fs != nullptr ? options_.fs : checkpoint::FileSystem::Default()),
       policy_(options_.policy) {
+  std::vector<std::string> writable = options_.roots;
+  if (!options_.dir.empty()) writable.insert(writable.begin(), options_.dir);
+  for (const std::string& r : writable) {
+    if (r.empty()) continue;
+    const std::string resolved = ResolvePath(r);
+    if (std::find(write_roots_.begin(), write_roots_.end(), resolved) == write_roots_.end()) {
+      write_roots_.push_back(resolved);
+    }
+  }
+  read_roots_ = write_roots_;
+  for (const std::string& r : options_.read_roots) {
+    if (r.empty()) continue;
+    const std::string resolved = ResolvePath(r);
+    if (std::find(read_roots_.begin(), read_roots_.end(), resolved) == read_roots_.end()) {
+      read_roots_.push_back(resolved);
+    }
+  }
   if (options_.policy_file.empty()) return;
   auto data = ReadWholeFile(fs_, options_.policy_file);
   CheckpointPolicy saved;
@@ -227,8 +266,60 @@ std::string CheckpointManager::DirOrDefault(const std::string& dir) const {
 
 int CheckpointManager::CleanUpTempFiles() {
   if (options_.dir.empty()) return 0;
+  absl::MutexLock op(&op_mu_);
+  const checkpoint::RecoveryStats stats = checkpoint::RecoverCheckpointDir(fs_, options_.dir);
+  for (const std::string& e : stats.errors) spdlog::error("checkpoints: recovery: {}", e);
+  if (stats.journals_applied > 0) {
+    spdlog::info("checkpoints: {} interrupted publication(s) in {} completed",
+                 stats.journals_applied, options_.dir);
+  }
   auto n = checkpoint::DeleteTempFiles(fs_, options_.dir);
-  return n.ok() ? *n : 0;
+  return stats.staging_deleted + (n.ok() ? *n : 0);
+}
+
+void CheckpointManager::RecoverDir(const std::string& dir) {
+  const checkpoint::RecoveryStats stats = checkpoint::RecoverCheckpointDir(fs_, dir);
+  for (const std::string& e : stats.errors) spdlog::error("checkpoints: recovery: {}", e);
+  if (stats.journals_applied > 0 || stats.staging_deleted > 0) {
+    spdlog::info(
+        "checkpoints: recovered {}: {} interrupted publication(s) completed, {} "
+        "orphan staging file(s) removed",
+        dir, stats.journals_applied, stats.staging_deleted);
+  }
+}
+
+std::string CheckpointManager::RootsForMessage() const {
+  if (read_roots_.empty()) return "none configured (--checkpoint-dir, --checkpoint-roots)";
+  std::vector<std::string> parts;
+  for (const std::string& r : read_roots_) {
+    const bool writable =
+        std::find(write_roots_.begin(), write_roots_.end(), r) != write_roots_.end();
+    parts.push_back(writable ? r : absl::StrCat(r, " (read only)"));
+  }
+  return absl::StrJoin(parts, ", ");
+}
+
+absl::Status CheckpointManager::CheckUnderRoots(const std::string& path, bool write,
+                                                const std::string& what) const {
+  const std::string resolved = ResolvePath(path);
+  for (const std::string& root : write ? write_roots_ : read_roots_) {
+    if (IsUnder(resolved, root)) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      what, ": ", path, " (", resolved, ") is outside the checkpoint roots: ", RootsForMessage(),
+      "; more roots: checkpoint.roots / --checkpoint-roots"));
+}
+
+absl::Status CheckpointManager::CheckLatestFilename(const std::string& name,
+                                                    const std::string& what) const {
+  if (name.find('/') != std::string::npos || name == "." || name == ".." ||
+      name.find('\0') != std::string::npos) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(what, ": latest_filename '", name,
+                     "' must be a plain file name in the checkpoint directory (checkpoint roots: ",
+                     RootsForMessage(), ")"));
+  }
+  return absl::OkStatus();
 }
 
 SaverRetention::Policy CheckpointManager::CurrentPolicy() const {
@@ -236,16 +327,27 @@ SaverRetention::Policy CheckpointManager::CurrentPolicy() const {
   return policy_;
 }
 
+namespace {
+
+// Where a track's state is persisted: the cluster's keeps the name it
+// always had; the trainer Savers' has its own.
+std::string RetentionPath(const std::string& dir, const std::string& name, bool saver_track) {
+  return checkpoint::RetentionStateFilename(dir, saver_track ? absl::StrCat(name, ".saver") : name);
+}
+
+}  // namespace
+
 SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const std::string& name,
+                                                bool saver_track,
                                                 const SaverRetention::Policy* save_policy,
                                                 bool saver_policy, double built_at) {
-  auto key = std::make_pair(dir, name);
+  auto key = std::make_tuple(dir, name, saver_track);
   auto it = retention_.find(key);
   if (it == retention_.end()) {
     const SaverRetention::Policy policy =
         save_policy != nullptr ? *save_policy : CurrentPolicy();
     SaverRetention r(policy, built_at);
-    const std::string path = checkpoint::RetentionStateFilename(dir, name);
+    const std::string path = RetentionPath(dir, name, saver_track);
     auto size = fs_->GetFileSize(path);
     auto file = fs_->NewRandomAccessFile(path);
     if (size.ok() && file.ok()) {
@@ -268,12 +370,6 @@ SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const st
   }
   it->second.set_policy(*save_policy);
   return &it->second;
-}
-
-absl::Status CheckpointManager::PersistRetention(const std::string& dir, const std::string& name,
-                                                 const SaverRetention& r) {
-  return checkpoint::WriteFileAtomically(fs_, checkpoint::RetentionStateFilename(dir, name),
-                                         r.ToState().SerializeAsString());
 }
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
@@ -344,6 +440,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   }
   const bool saver_policy =
       request.has_max_to_keep() || request.has_keep_checkpoint_every_n_hours();
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, absl::StrCat("save of ", prefix)));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(dir, /*write=*/true, absl::StrCat("save of ", prefix)));
   if (!fs_->ListDir(dir).ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("Parent directory of ", prefix, " doesn't exist, can't save."));
@@ -358,6 +456,9 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     op_mu_.Lock();
   }
   OpUnlock unlock{&op_mu_};
+  // A publication a kill interrupted completes (or its orphans go) before
+  // this save looks at what PREFIX holds.
+  RecoverDir(dir);
   PSD_ASSIGN_OR_RETURN(const std::vector<VariableDef> defs,
                        SavedVariables(*registry_, request, prefix));
   std::map<int32_t, std::vector<SavePart>> by_shard;
@@ -390,7 +491,15 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
 
   // 1-2: fence all, snapshot all (inside Fence), then unfence all.
   const uint64_t fence_id = RandomId();
+  // Everything this save writes goes under its own staging prefix until the
+  // publish journal commits it (checkpoint/publish.h).
+  const std::string staging = checkpoint::StagingPrefix(prefix, fence_id);
   const absl::Time fence_start = absl::Now();
+  // The lease is judged on the steady clock, as the shards judge it.
+  const auto fence_start_steady = std::chrono::steady_clock::now();
+  auto fenced_for = [&] {
+    return absl::FromChrono(std::chrono::steady_clock::now() - fence_start_steady);
+  };
   auto unfence_all = [&](bool discard, std::vector<UnfenceResponse>* out) {
     std::vector<UnfenceResponse> resps(n);
     auto st = Parallel(n, [&](size_t i) {
@@ -413,7 +522,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
                   fence_start + options_.fence_lease);
     });
     absl::Status s = FirstError(st, shards, absl::StrCat("save of ", prefix, ": fence"));
-    if (s.ok() && absl::Now() - fence_start >= options_.fence_lease) {
+    if (s.ok() && fenced_for() >= options_.fence_lease) {
       s = absl::AbortedError(absl::StrCat("save of ", prefix,
                                           ": fence timeout: the shards were not all fenced "
                                           "within the lease of ",
@@ -424,9 +533,11 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
       return s;
     }
   }
+  checkpoint::CrashPoint("save.after_fence");
   std::vector<UnfenceResponse> unfenced;
   unfence_all(/*discard=*/false, &unfenced);
-  const absl::Duration fence_pause = absl::Now() - fence_start;
+  checkpoint::CrashPoint("save.after_unfence");
+  const absl::Duration fence_pause = fenced_for();
 
   // 3: every shard writes its data file, in parallel, answering every
   // progress_step_bytes so the progress moves.
@@ -436,7 +547,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     auto st = Parallel(n, [&](size_t i) -> absl::Status {
       SaveShardRequest req;
       req.set_fence_id(fence_id);
-      req.set_prefix(prefix);
+      req.set_prefix(staging);
       req.set_shard_index(static_cast<int32_t>(i));
       req.set_num_shards(static_cast<int32_t>(n));
       req.set_max_bytes(options_.progress_step_bytes);
@@ -451,15 +562,15 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
         reported = resp.data_bytes();
         if (!resp.more()) {
           saved[i] = std::move(resp);
+          checkpoint::CrashPoint("save.after_save_shard");
           return absl::OkStatus();
         }
       }
     });
     absl::Status s = FirstError(st, shards, absl::StrCat("save of ", prefix));
     if (!s.ok()) {
-      for (size_t i = 0; i < n; ++i) {
-        if (st[i].ok() && !saved[i].data_file().empty()) (void)fs_->DeleteFile(saved[i].data_file());
-      }
+      // Only staged files go: PREFIX's checkpoint, if any, is untouched.
+      checkpoint::DeleteStagedFiles(fs_, staging);
       return s;
     }
   }
@@ -482,26 +593,99 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   meta.set_num_shards(static_cast<int32_t>(n));
   meta.set_data_bytes(data_bytes);
   auto fail = [&](absl::Status s) {
-    for (const auto& r : saved) (void)fs_->DeleteFile(r.data_file());
-    (void)fs_->DeleteFile(checkpoint::MetaFilename(prefix));
+    checkpoint::DeleteStagedFiles(fs_, staging);
     return s;
   };
-  absl::Status s = checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(prefix),
-                                                   meta.SerializeAsString());
+  std::string meta_bytes;
+  if (!meta.SerializeToString(&meta_bytes)) {
+    return fail(absl::InternalError(
+        absl::StrCat("save of ", prefix, ": cannot serialize ", checkpoint::MetaFilename(prefix))));
+  }
+  absl::Status s =
+      checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(staging), meta_bytes);
   if (!s.ok()) return fail(s);
-  s = checkpoint::WriteMergedIndex(fs_, prefix, static_cast<int>(n), parts);
+  s = checkpoint::WriteMergedIndex(fs_, staging, static_cast<int>(n), parts);
   if (!s.ok()) return fail(s);
+  checkpoint::CrashPoint("save.staged");
+  bool committed = false;
+  s = checkpoint::PublishStaged(fs_, prefix, staging, static_cast<int>(n), &committed);
+  if (!s.ok()) {
+    if (!committed) return fail(s);
+    // The journal is written: the new checkpoint wins, and the next save,
+    // restore or start of this directory finishes what is left.
+    return absl::Status(s.code(), absl::StrCat("save of ", prefix,
+                                               ": publication interrupted after its commit "
+                                               "(it completes at the next use of ",
+                                               dir, "): ", s.message()));
+  }
+  checkpoint::CrashPoint("save.published");
 
-  // 5: retention, state file, then deletion (TF1 Saver order).
-  SaverRetention* retention =
-      RetentionFor(dir, latest_filename, &policy, saver_policy, Now() - age);
-  retention->RecordCheckpoint(prefix, Now());
-  std::optional<std::string> drop = retention->NextDeletion();
-  PSD_RETURN_IF_ERROR(PersistRetention(dir, latest_filename, *retention));
-  PSD_RETURN_IF_ERROR(checkpoint::WriteCheckpointState(fs_, dir, prefix,
-                                                       retention->last_checkpoints(),
-                                                       latest_filename));
+  // 5: retention, state file, then deletion (TF1 Saver order). A Saver's
+  // own policy has its own state; the cluster's periodic checkpoints keep
+  // the coordinator's.
+  std::optional<std::string> drop;
+  std::vector<std::string> listed;
+  SaverRetentionState persisted;
+  bool held = false;
   SaveCheckpointResponse response;
+  {
+    absl::MutexLock state(&state_mu_);
+    SaverRetention* retention =
+        RetentionFor(dir, latest_filename, saver_policy, saver_policy ? &policy : nullptr,
+                     saver_policy, Now() - age);
+    if (!saver_policy) retention->set_policy(CurrentPolicy());
+    SaverRetention* other =
+        RetentionFor(dir, latest_filename, !saver_policy, nullptr, false, Now());
+    retention->RecordCheckpoint(prefix, Now());
+    drop = retention->NextDeletion();
+    persisted = retention->ToState();
+    // Both states' checkpoints, oldest first.
+    std::vector<std::pair<double, std::string>> all;
+    for (const auto& [p, t] : retention->last_checkpoints_with_time()) all.emplace_back(t, p);
+    for (const auto& [p, t] : other->last_checkpoints_with_time()) {
+      if (p != prefix) all.emplace_back(t, p);
+    }
+    std::stable_sort(all.begin(), all.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::set<std::string> seen;
+    seen.insert(prefix);
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      if (seen.insert(it->second).second) listed.insert(listed.begin(), it->second);
+    }
+    listed.push_back(prefix);
+    if (drop.has_value()) {
+      const auto& o = other->last_checkpoints_with_time();
+      held = std::any_of(o.begin(), o.end(), [&](const auto& e) { return e.first == *drop; });
+    }
+  }
+  // From here on the checkpoint is published: a failure says so.
+  auto published_but = [&](const absl::Status& s, absl::string_view what) {
+    return absl::Status(s.code(), absl::StrCat("save of ", prefix,
+                                               ": the checkpoint was published, "
+                                               "but ",
+                                               what, " failed: ", s.message()));
+  };
+  // Saves are serialized (op_mu_): nobody changes the state meanwhile.
+  if (absl::Status s = checkpoint::WriteFileAtomically(
+          fs_, RetentionPath(dir, latest_filename, saver_policy), persisted.SerializeAsString());
+      !s.ok()) {
+    return published_but(s, "persisting the retention state");
+  }
+  // Never delete what this state did not write: a checkpoint the other
+  // state still lists, one outside this directory, one psd did not save.
+  if (drop.has_value() && (held || *drop == prefix || checkpoint::DirName(*drop) != dir ||
+                           !fs_->FileExists(checkpoint::MetaFilename(*drop)).ok())) {
+    spdlog::info(
+        "checkpoints: {} leaves the retention of {} but is kept (not this Saver's to "
+        "delete)",
+        *drop, dir);
+    drop.reset();
+  }
+  checkpoint::CrashPoint("save.before_state_file");
+  if (absl::Status s = checkpoint::WriteCheckpointState(fs_, dir, prefix, listed, latest_filename);
+      !s.ok()) {
+    return published_but(s, "writing the state file");
+  }
   if (drop.has_value()) {
     checkpoint::DeleteCheckpointFiles(fs_, *drop);
     response.add_deleted(*drop);
@@ -519,6 +703,12 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
 absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
     const RestoreCheckpointRequest& request) {
   const std::string& p = request.prefix();
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(request.latest_filename(), "restore"));
+  if (!p.empty() && p != "latest") {
+    // A directory names itself; a prefix, its directory.
+    const std::string where = fs_->ListDir(p).ok() ? p : checkpoint::DirName(p);
+    PSD_RETURN_IF_ERROR(CheckUnderRoots(where, /*write=*/false, absl::StrCat("restore of ", p)));
+  }
   if (p.empty() || p == "latest") {
     if (options_.dir.empty()) {
       return absl::InvalidArgumentError(
@@ -631,6 +821,16 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     int32_t only_shard) {
   const absl::Time start = absl::Now();
   absl::MutexLock op(&op_mu_);
+  {
+    // A publication a kill interrupted completes first.
+    const std::string& p = request.prefix();
+    if (p.empty() || p == "latest") {
+      if (!options_.dir.empty()) RecoverDir(options_.dir);
+    } else {
+      const std::string where = fs_->ListDir(p).ok() ? p : checkpoint::DirName(p);
+      if (CheckUnderRoots(where, /*write=*/true, "").ok()) RecoverDir(where);
+    }
+  }
   PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
   const uint64_t progress_id = request.progress_id();
   progress_.SetPrefix(progress_id, prefix);
@@ -777,6 +977,8 @@ absl::StatusOr<std::string> CheckpointManager::Latest(const std::string& dir,
                                                       const std::string& latest_filename) {
   const std::string d = DirOrDefault(dir);
   if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "latest checkpoint"));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "latest checkpoint"));
   return checkpoint::LatestCheckpoint(fs_, d, latest_filename);
 }
 
@@ -784,6 +986,8 @@ absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(
     const std::string& dir, const std::string& latest_filename) {
   const std::string d = DirOrDefault(dir);
   if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "checkpoint state"));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "checkpoint state"));
   GetCheckpointStateResponse response;
   auto state = checkpoint::GetCheckpointState(fs_, d, latest_filename);
   if (absl::IsNotFound(state.status())) return response;
@@ -800,23 +1004,31 @@ absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
     const std::string& dir, const std::string& latest_filename) {
   const std::string d = DirOrDefault(dir);
   if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "list of checkpoints"));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "list of checkpoints"));
   const std::string name =
       latest_filename.empty() ? checkpoint::kDefaultStateFilename : latest_filename;
   PSD_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_->ListDir(d));
   std::set<std::string> managed;
   std::set<std::string> kept;
   {
-    absl::MutexLock op(&op_mu_);
-    SaverRetention* r = RetentionFor(d, name, nullptr, false, Now());
-    for (const auto& p : r->last_checkpoints()) managed.insert(p);
-    for (const auto& p : r->kept_forever()) kept.insert(p);
+    // The retention states only (a running save holds op_mu_, not this).
+    absl::MutexLock state(&state_mu_);
+    for (bool saver_track : {false, true}) {
+      SaverRetention* r = RetentionFor(d, name, saver_track, nullptr, false, Now());
+      for (const auto& p : r->last_checkpoints()) managed.insert(p);
+      for (const auto& p : r->kept_forever()) kept.insert(p);
+    }
   }
   auto latest = checkpoint::LatestCheckpoint(fs_, d, name);
   ListCheckpointsResponse response;
   response.set_dir(d);
   std::vector<CheckpointInfo> infos;
   for (const std::string& n : names) {
-    if (!absl::EndsWith(n, ".index") || checkpoint::IsTempFileName(n)) continue;
+    if (!absl::EndsWith(n, ".index") || checkpoint::IsTempFileName(n) ||
+        checkpoint::IsStagingFileName(n)) {
+      continue;
+    }
     const std::string prefix = JoinPath(d, n.substr(0, n.size() - 6));
     CheckpointInfo info;
     info.set_prefix(prefix);

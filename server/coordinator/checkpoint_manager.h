@@ -5,27 +5,45 @@
 // state file and the TF1 Saver's retention state per (directory, state-file
 // name), persisted beside the state file and resumed after a restart.
 //
-// A save:
+// A save (docs/architecture.md, "Checkpoints"; checkpoint/publish.h):
+//   0. Recover the prefix's directory (roll a complete publish journal
+//      forward, delete orphan staging files of killed saves).
 //   1. Fence every shard holding parts (each holds new writes, waits for
 //      running ones, pins a copy-on-write snapshot); if any fence fails, or
 //      the fence lease ran out before the last shard answered, unfence with
 //      discard and fail ABORTED.
 //   2. Unfence every shard: training goes on.
-//   3. SaveShard on every shard in parallel: PREFIX.data-K-of-N.
-//   4. Write PREFIX.psd-meta, then merge and publish PREFIX.index (temp +
-//      fsync + rename + directory fsync). The index is the commit point: a
-//      process killed earlier leaves no index, so nothing lists the
-//      checkpoint.
+//   3. SaveShard on every shard in parallel, under a staging prefix unique
+//      to the save: STAGING.data-K-of-N (STAGING = PREFIX.psd-staging-<id>).
+//   4. STAGING.psd-meta and the merged STAGING.index (fsynced), then the
+//      publish journal PREFIX.psd-publish (the commit point), the renames
+//      STAGING.* -> PREFIX.* (index last) and the journal's deletion. No
+//      file of a checkpoint published at PREFIX is modified or deleted
+//      before the journal exists; a failure before it deletes the staging
+//      files and leaves PREFIX as it was, a kill leaves orphans that the
+//      next recovery deletes.
 //   5. Retention (TF1 Saver, exact), the state file, then deletion of at
-//      most one dropped checkpoint. The policy is the coordinator's unless
-//      the request carries the Saver's own max_to_keep /
-//      keep_checkpoint_every_n_hours.
+//      most one dropped checkpoint.
 // A request's var_list (variables, name_map) limits the save to those
 // variables, under their checkpoint names; only the shards holding them are
 // fenced, and PREFIX.psd-meta lists just them (under the checkpoint names).
 // Because every shard's snapshot is taken while every shard holds writes,
 // a trainer that acknowledges `a += 1` before sending `b += 1` always finds
 // b <= a <= b + 1 in a checkpoint.
+//
+// Where: every path a request names (prefix, directory) must resolve
+// (realpath of its existing part: "..", symlinks) under one of the
+// checkpoint roots (the configured directory and `roots`; `read_roots` for
+// restores and listings only), and a latest_filename is a plain file name;
+// otherwise PERMISSION_DENIED naming the roots.
+//
+// Retention: two independent Saver states per (directory, state file): the
+// cluster's (periodic saves, psctl, Savers without their own policy), under
+// the coordinator's policy, and the trainer Savers' (requests carrying
+// max_to_keep / keep_checkpoint_every_n_hours), under theirs. Each deletes
+// only checkpoints it recorded itself (and only files psd wrote: a
+// PREFIX.psd-meta beside them, in that directory, not held by the other
+// state); the state file lists both, oldest first.
 //
 // A restore reads the index once here to check names, then every shard
 // reads its parts' slices from the bundle itself (PrepareRestore, staged),
@@ -39,9 +57,12 @@
 // a restore stages each shard's parts in batches of about as many bytes,
 // so the bytes done move as the shards work.
 //
-// Thread-safety: thread-safe. Saves and restores are serialized (one at a
-// time); shard RPCs run in parallel on short-lived threads, with no lock
-// but that one held. Progress() takes only the progress board's lock.
+// Thread-safety: thread-safe. Saves and restores are serialized by op_mu_
+// (one at a time; held across their shard RPCs and file I/O, which only
+// another save or restore waits for; TrySave does not wait). Readers
+// (List, Latest, GetState, Progress, Policy) never take op_mu_: the
+// retention map has its own short lock (state_mu_, never held across an RPC),
+// the progress board and the policy theirs.
 #ifndef PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
 #define PSD_SERVER_COORDINATOR_CHECKPOINT_MANAGER_H_
 
@@ -50,6 +71,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -67,8 +89,14 @@ namespace psd {
 
 struct CheckpointManagerOptions {
   // Where saves go by default and where "latest" is looked up; may be empty
-  // (then every request names its path).
+  // (then every request names its path). A checkpoint root.
   std::string dir;
+  // More directories saves may write under (checkpoint.roots,
+  // --checkpoint-roots), and directories restores and listings may read
+  // under (e.g. --restore-from's). With no dir and no roots, every save,
+  // restore and listing is PERMISSION_DENIED.
+  std::vector<std::string> roots;
+  std::vector<std::string> read_roots;
   checkpoint::SaverRetention::Policy policy;
   absl::Duration fence_lease = absl::Seconds(2);
   // Deadline of one shard's SaveShard / PrepareRestore.
@@ -132,9 +160,12 @@ class CheckpointManager {
   CheckpointManager(const CheckpointManager&) = delete;
   CheckpointManager& operator=(const CheckpointManager&) = delete;
 
-  // Removes temp files an interrupted save left in the configured
-  // directory. Returns how many.
+  // Recovers the configured directory after a restart: rolls complete
+  // publish journals forward, removes staging files and temp files that
+  // interrupted saves left. Returns how many files were removed.
   int CleanUpTempFiles();
+  // The resolved roots (writable ones first), for messages.
+  std::string RootsForMessage() const;
 
   absl::StatusOr<SaveCheckpointResponse> Save(const SaveCheckpointRequest& request);
   absl::StatusOr<RestoreCheckpointResponse> Restore(const RestoreCheckpointRequest& request);
@@ -171,19 +202,27 @@ class CheckpointManager {
 
  private:
   std::string DirOrDefault(const std::string& dir) const;
+  // OK if `path` (a directory) resolves under a root (writable ones for
+  // `write`); else PERMISSION_DENIED "`what`: ... outside the roots".
+  absl::Status CheckUnderRoots(const std::string& path, bool write, const std::string& what) const;
+  // PERMISSION_DENIED unless `name` is a plain file name (or empty).
+  absl::Status CheckLatestFilename(const std::string& name, const std::string& what) const;
+  // Recovery of `dir` before a save or restore uses it.
+  void RecoverDir(const std::string& dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(op_mu_);
   double Now() const;
   // The Saver state for (dir, name), loaded from disk on first use (a new
   // one counts keep_checkpoint_every_n_hours from `built_at`). A save passes
   // its effective policy: a Saver's own keep_checkpoint_every_n_hours that
   // differs from the state's restarts the keep clock at `built_at`, as a new
   // TensorFlow Saver would. Null `save_policy` (listing): left as it is.
+  // `saver_track`: the trainer Savers' state (requests carrying a policy),
+  // else the cluster's.
   checkpoint::SaverRetention* RetentionFor(const std::string& dir, const std::string& name,
+                                           bool saver_track,
                                            const checkpoint::SaverRetention::Policy* save_policy,
                                            bool saver_policy, double built_at)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(op_mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_mu_);
   checkpoint::SaverRetention::Policy CurrentPolicy() const;
-  absl::Status PersistRetention(const std::string& dir, const std::string& name,
-                                const checkpoint::SaverRetention& r);
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
   absl::StatusOr<SaveCheckpointResponse> SaveLocked(const SaveCheckpointRequest& request,
                                                     bool try_only);
@@ -198,10 +237,18 @@ class CheckpointManager {
   CheckpointManagerOptions options_;
   checkpoint::FileSystem* const fs_;
 
-  // One save or restore at a time.
+  // Roots, resolved at construction (realpath of the existing part).
+  std::vector<std::string> write_roots_;
+  std::vector<std::string> read_roots_;
+
+  // One save or restore at a time; readers never take it.
   absl::Mutex op_mu_;
-  std::map<std::pair<std::string, std::string>, checkpoint::SaverRetention> retention_
-      ABSL_GUARDED_BY(op_mu_);
+  // The retention states; taken for short, in-memory work only (plus the
+  // first load of a state from disk).
+  mutable absl::Mutex state_mu_ ABSL_ACQUIRED_AFTER(op_mu_);
+  // (directory, state file, saver track) -> state.
+  std::map<std::tuple<std::string, std::string, bool>, checkpoint::SaverRetention> retention_
+      ABSL_GUARDED_BY(state_mu_);
   mutable absl::Mutex policy_mu_;
   checkpoint::SaverRetention::Policy policy_ ABSL_GUARDED_BY(policy_mu_);
   CheckpointProgressBoard progress_;

@@ -124,6 +124,21 @@ absl::Status CheckKeys(const YAML::Node& node, const std::string& where,
   return absl::OkStatus();
 }
 
+}  // namespace
+
+std::vector<std::string> SplitCheckpointRoots(const std::string& list) {
+  std::vector<std::string> out;
+  std::string one;
+  std::stringstream in(list);
+  while (std::getline(in, one, ',')) {
+    one = std::string(absl::StripAsciiWhitespace(one));
+    if (!one.empty()) out.push_back(one);
+  }
+  return out;
+}
+
+namespace {
+
 // Reads `node[key]` into `out` if present, with a type error naming the key.
 template <typename T>
 absl::Status Get(const YAML::Node& node, const std::string& key, const std::string& where, T* out) {
@@ -217,9 +232,10 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
   }
   if (const YAML::Node c = root["checkpoint"]) {
     const std::string where = source + ": checkpoint";
-    PSD_RETURN_IF_ERROR(CheckKeys(c, where, {"dir", "max_to_keep", "keep_checkpoint_every_n_hours",
-                                             "interval", "every_n_steps", "global_step",
-                                             "save_on_shutdown", "restore_lost"}));
+    PSD_RETURN_IF_ERROR(
+        CheckKeys(c, where,
+                  {"dir", "max_to_keep", "keep_checkpoint_every_n_hours", "interval",
+                   "every_n_steps", "global_step", "save_on_shutdown", "restore_lost", "roots"}));
     PSD_RETURN_IF_ERROR(Get(c, "dir", where, &config.checkpoint.dir));
     PSD_RETURN_IF_ERROR(Get(c, "max_to_keep", where, &config.checkpoint.max_to_keep));
     PSD_RETURN_IF_ERROR(Get(c, "keep_checkpoint_every_n_hours", where,
@@ -235,6 +251,18 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     PSD_RETURN_IF_ERROR(Get(c, "global_step", where, &config.checkpoint.global_step));
     PSD_RETURN_IF_ERROR(Get(c, "save_on_shutdown", where, &config.checkpoint.save_on_shutdown));
     PSD_RETURN_IF_ERROR(Get(c, "restore_lost", where, &config.checkpoint.restore_lost));
+    // A list, or one comma-separated string as the flag takes.
+    if (const YAML::Node roots = c["roots"]; roots && roots.IsSequence()) {
+      std::vector<std::string> list;
+      PSD_RETURN_IF_ERROR(Get(c, "roots", where, &list));
+      for (const std::string& r : list) {
+        for (std::string& one : SplitCheckpointRoots(r)) config.checkpoint.roots.push_back(one);
+      }
+    } else {
+      std::string list;
+      PSD_RETURN_IF_ERROR(Get(c, "roots", where, &list));
+      config.checkpoint.roots = SplitCheckpointRoots(list);
+    }
     if (config.checkpoint.max_to_keep < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ".max_to_keep: must be >= 0 (0 keeps every checkpoint), not ",

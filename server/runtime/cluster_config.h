@@ -49,7 +49,13 @@ struct CheckpointConfig {
   // Parts of a shard that came back empty are restored from the latest
   // checkpoint.
   bool restore_lost = false;
+  // Directories besides `dir` that saves (and restores, listings) may use;
+  // a path outside `dir` and these is PERMISSION_DENIED.
+  std::vector<std::string> roots;
 };
+
+// "a,b,,c" -> {"a", "b", "c"} (checkpoint.roots, --checkpoint-roots).
+std::vector<std::string> SplitCheckpointRoots(const std::string& list);
 
 struct SecurityConfig {
   std::string tls_ca;

@@ -69,6 +69,14 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   service_options.shard_rpc_timeout = absl::Seconds(options.shard_rpc_timeout_seconds);
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.checkpoint.dir = options.checkpoint.dir;
+  service_options.checkpoint.roots = options.checkpoint.roots;
+  if (!options.restore_from.empty()) {
+    // The operator's --restore-from is read wherever it is.
+    service_options.checkpoint.read_roots.push_back(
+        std::filesystem::is_directory(options.restore_from)
+            ? options.restore_from
+            : checkpoint::DirName(options.restore_from));
+  }
   service_options.checkpoint.policy.max_to_keep = options.checkpoint.max_to_keep;
   service_options.checkpoint.policy.keep_checkpoint_every_n_hours =
       options.checkpoint.keep_checkpoint_every_n_hours;

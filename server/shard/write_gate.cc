@@ -1,5 +1,6 @@
 #include "shard/write_gate.h"
 
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +11,12 @@ namespace psd {
 namespace {
 // The gate whose Admission the current thread holds, if any.
 thread_local WriteGate* t_admitted = nullptr;
+
+// The steady clock as a duration since its epoch: leases are measured with
+// it, never with wall time.
+absl::Duration SteadyNow() {
+  return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+}
 }  // namespace
 
 WriteGate::Pass::Pass(WriteGate* gate) : gate_(gate) {
@@ -54,7 +61,7 @@ WriteGate::~WriteGate() {
 
 void WriteGate::Lift() {
   fenced_ = false;
-  last_ = {held_, absl::Now() - fenced_at_};
+  last_ = {held_, SteadyNow() - fenced_at_};
   totals_.fences += 1;
   totals_.held_writes += last_.held_writes;
   totals_.fenced += last_.fenced_for;
@@ -62,7 +69,7 @@ void WriteGate::Lift() {
 
 bool WriteGate::OpenOrExpired() {
   if (!fenced_) return true;
-  if (absl::Now() < lease_end_) return false;
+  if (SteadyNow() < lease_end_) return false;
   // No word from the coordinator within the lease: lift the fence.
   Lift();
   ++lease_expiries_;
@@ -74,10 +81,9 @@ void WriteGate::Enter() {
   if (!OpenOrExpired()) {
     ++held_;
     while (!OpenOrExpired()) {
-      const absl::Time deadline = lease_end_;
-      mu_.AwaitWithDeadline(absl::Condition(
-                                +[](bool* fenced) { return !*fenced; }, &fenced_),
-                            deadline);
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](bool* fenced) { return !*fenced; }, &fenced_),
+                           lease_end_ - SteadyNow());
     }
   }
   ++active_;
@@ -114,8 +120,9 @@ void WriteGate::RunParked() {
           this));
     } else {
       // Parked writes behind a fence: wake when it is lifted or its lease ends.
-      mu_.AwaitWithDeadline(absl::Condition(+[](bool* fenced) { return !*fenced; }, &fenced_),
-                            lease_end_);
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](bool* fenced) { return !*fenced; }, &fenced_),
+                           lease_end_ - SteadyNow());
     }
   }
 }
@@ -129,13 +136,26 @@ absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
   const bool renew = fenced_;
   fenced_ = true;
   fence_id_ = id;
-  lease_end_ = absl::Now() + lease;
+  lease_end_ = SteadyNow() + lease;
   if (!renew) {
-    fenced_at_ = absl::Now();
+    fenced_at_ = SteadyNow();
     held_ = 0;
   }
-  if (!mu_.AwaitWithDeadline(
-          absl::Condition(+[](int* active) { return *active == 0; }, &active_), lease_end_)) {
+  // Re-measured on the steady clock after every wake: however the mutex
+  // measures its timeout, the lease ends by SteadyNow().
+  bool drained = false;
+  for (;;) {
+    const absl::Duration left = lease_end_ - SteadyNow();
+    if (left <= absl::ZeroDuration()) break;
+    if (mu_.AwaitWithTimeout(absl::Condition(
+                                 +[](int* active) { return *active == 0; }, &active_),
+                             left)) {
+      drained = true;
+      break;
+    }
+  }
+  if (!drained && active_ == 0) drained = true;
+  if (!drained) {
     Lift();
     return absl::AbortedError(absl::StrCat(
         "fence timeout: writes still running after the fence lease of ",
@@ -158,7 +178,7 @@ absl::Status WriteGate::Unfence(uint64_t id, FenceStats* stats) {
 
 bool WriteGate::fenced() const {
   absl::MutexLock lock(&mu_);
-  return fenced_ && absl::Now() < lease_end_;
+  return fenced_ && SteadyNow() < lease_end_;
 }
 
 WriteGate::FenceTotals WriteGate::totals() const {

@@ -133,8 +133,10 @@ class WriteGate {
   mutable absl::Mutex mu_;
   bool fenced_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t fence_id_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time lease_end_ ABSL_GUARDED_BY(mu_);
-  absl::Time fenced_at_ ABSL_GUARDED_BY(mu_);
+  // Monotonic (steady clock, SteadyNow() in write_gate.cc): a wall-clock
+  // step must neither lift a fence early nor keep it up past its lease.
+  absl::Duration lease_end_ ABSL_GUARDED_BY(mu_);
+  absl::Duration fenced_at_ ABSL_GUARDED_BY(mu_);
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
   FenceStats last_ ABSL_GUARDED_BY(mu_);

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -23,9 +24,9 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "psd/shard.grpc.pb.h"
 #include "psd/saver.h"
 #include "psd/session.h"
+#include "psd/shard.grpc.pb.h"
 #include "test_util.h"
 
 namespace psd {
@@ -321,6 +322,38 @@ TEST_F(CheckpointTest, ShardKilledMidSaveLeavesEarlierCheckpointsAndLostPartsRes
   ASSERT_TRUE(IsOk(u.Refresh()));
   EXPECT_EQ(Read(v), Vec<float>({1 << 20}, std::vector<float>(1 << 20, 1.0f)));
   EXPECT_EQ(Read(u), Vec<float>({1 << 20}, std::vector<float>(1 << 20, 2.0f)));
+}
+
+// Saving to the same prefix again is ordinary TensorFlow use; a re-save that
+// fails (here: a variable not initialized) leaves the checkpoint already at
+// that prefix whole, `latest` pointing at it, and no staged file behind.
+TEST_F(CheckpointTest, FailedResaveToTheSamePrefixKeepsThePreviousCheckpoint) {
+  GetVariableOptions o;
+  o.initial_value = Vec<float>({1024}, std::vector<float>(1024, 1.0f));
+  o.initialize = true;
+  o.partitioner = partitioners::FixedSize(2);  // a part on each shard
+  PSD_ASSERT_OK_AND_ASSIGN(Variable a, session_->GetVariable("a", o));
+  const std::string p = absl::StrCat(dir_, "/model.ckpt");
+  PSD_ASSERT_OK_AND_ASSIGN(std::string first, saver_->Save(p));
+  ASSERT_EQ(first, p);
+  ASSERT_TRUE(IsOk(a.Assign(Vec<float>({1024}, std::vector<float>(1024, 2.0f)))));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable late, session_->GetVariable("late", Declared(DT_FLOAT, {4})));
+  auto failed = saver_->Save(p);
+  EXPECT_TRUE(IsError(failed, absl::StatusCode::kFailedPrecondition, {"uninitialized"}))
+      << failed.status();
+  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find(".psd-staging-"), std::string::npos) << e.path();
+  }
+  PSD_ASSERT_OK_AND_ASSIGN(auto latest, saver_->LatestCheckpoint());
+  EXPECT_EQ(latest, std::optional<std::string>(p));
+  RestoreOptions ro;
+  ro.variables = {"a"};
+  ASSERT_TRUE(IsOk(saver_->Restore(p, ro)));
+  EXPECT_EQ(Read(a), Vec<float>({1024}, std::vector<float>(1024, 1.0f)));
+  // The index reads whole, without the uninitialized variable.
+  PSD_ASSERT_OK_AND_ASSIGN(auto reader, BundleReader::Open(p));
+  EXPECT_TRUE(reader->GetTensorInfo("a").ok());
+  EXPECT_FALSE(reader->GetTensorInfo("late").ok());
 }
 
 // A fence nobody lifts (its coordinator died) holds writes, never rejects

@@ -189,3 +189,19 @@ TEST(ClusterConfigTest, EveryExampleInConfigsParses) {
 
 }  // namespace
 }  // namespace psd
+
+namespace psd {
+namespace {
+
+TEST(ClusterConfigTest, CheckpointRootsAsAListOrACommaSeparatedString) {
+  auto list = ParseClusterConfig("checkpoint: {dir: /c, roots: [/a, '/b,/d']}\n", "c.yaml");
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->checkpoint.roots, (std::vector<std::string>{"/a", "/b", "/d"}));
+  auto one = ParseClusterConfig("checkpoint: {roots: ' /a , ,/b'}\n", "c.yaml");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->checkpoint.roots, (std::vector<std::string>{"/a", "/b"}));
+  EXPECT_EQ(SplitCheckpointRoots(""), std::vector<std::string>{});
+}
+
+}  // namespace
+}  // namespace psd

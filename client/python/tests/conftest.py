@@ -31,8 +31,12 @@ def psd_binary():
 
 
 @pytest.fixture(scope="session")
-def cluster(psd_binary):
-    with LocalCluster(psd_binary, num_shards=2) as c:
+def cluster(psd_binary, tmp_path_factory):
+    # Tests save under their tmp_path: pytest's base temp directory is a
+    # checkpoint root (saves anywhere else are refused).
+    roots = str(tmp_path_factory.getbasetemp())
+    with LocalCluster(psd_binary, num_shards=2,
+                      coordinator_args=["--checkpoint-roots", roots]) as c:
         yield c
 
 

@@ -15,10 +15,14 @@ from psclient.local_cluster import LocalCluster
 
 
 @pytest.fixture(scope="module")
-def ckpt_cluster(psd_binary):
+def ckpt_cluster(psd_binary, tmp_path_factory):
     """A cluster of its own: a save writes every variable of the cluster and
-    fails on uninitialized ones, which other modules leave on purpose."""
-    with LocalCluster(psd_binary, num_shards=2) as c:
+    fails on uninitialized ones, which other modules leave on purpose. The
+    tests save under their tmp_path: pytest's base temp directory is a
+    checkpoint root."""
+    roots = str(tmp_path_factory.getbasetemp())
+    with LocalCluster(psd_binary, num_shards=2,
+                      coordinator_args=["--checkpoint-roots", roots]) as c:
         yield c
 
 
