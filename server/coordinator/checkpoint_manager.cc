@@ -20,6 +20,7 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
+#include "psd/serialize.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
 
@@ -596,13 +597,11 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     checkpoint::DeleteStagedFiles(fs_, staging);
     return s;
   };
-  std::string meta_bytes;
-  if (!meta.SerializeToString(&meta_bytes)) {
-    return fail(absl::InternalError(
-        absl::StrCat("save of ", prefix, ": cannot serialize ", checkpoint::MetaFilename(prefix))));
-  }
+  absl::StatusOr<std::string> meta_bytes =
+      SerializeChecked(meta, absl::StrCat("save of ", prefix, ": ", checkpoint::MetaFilename(prefix)));
+  if (!meta_bytes.ok()) return fail(meta_bytes.status());
   absl::Status s =
-      checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(staging), meta_bytes);
+      checkpoint::WriteFileAtomically(fs_, checkpoint::MetaFilename(staging), *meta_bytes);
   if (!s.ok()) return fail(s);
   s = checkpoint::WriteMergedIndex(fs_, staging, static_cast<int>(n), parts);
   if (!s.ok()) return fail(s);
@@ -666,8 +665,11 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
                                                what, " failed: ", s.message()));
   };
   // Saves are serialized (op_mu_): nobody changes the state meanwhile.
+  absl::StatusOr<std::string> retention_bytes =
+      SerializeChecked(persisted, RetentionPath(dir, latest_filename, saver_policy));
+  if (!retention_bytes.ok()) return published_but(retention_bytes.status(), "the retention state");
   if (absl::Status s = checkpoint::WriteFileAtomically(
-          fs_, RetentionPath(dir, latest_filename, saver_policy), persisted.SerializeAsString());
+          fs_, RetentionPath(dir, latest_filename, saver_policy), *retention_bytes);
       !s.ok()) {
     return published_but(s, "persisting the retention state");
   }
