@@ -117,16 +117,23 @@ absl::Status Tensor::Reshape(TensorShape shape) {
 }
 
 namespace {
+// One element from its bytes. A bool is read as its byte: the bytes come
+// from outside (requests, checkpoint files) and a byte other than 0 or 1 is
+// not a valid bool object (loading it as one is undefined behavior).
 template <typename T>
-std::string ElementString(const T& v) {
-  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
-    return absl::StrCat(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<T, bool>) {
-    return v ? "true" : "false";
-  } else if constexpr (std::is_same_v<T, int8_t> || std::is_same_v<T, uint8_t>) {
-    return absl::StrCat(static_cast<int>(v));
+std::string ElementString(const char* p) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return *p != 0 ? "true" : "false";
   } else {
-    return absl::StrCat(v);
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
+      return absl::StrCat(static_cast<float>(v));
+    } else if constexpr (std::is_same_v<T, int8_t> || std::is_same_v<T, uint8_t>) {
+      return absl::StrCat(static_cast<int>(v));
+    } else {
+      return absl::StrCat(v);
+    }
   }
 }
 }  // namespace
@@ -141,7 +148,12 @@ std::string Tensor::DebugString(int max_elements) const {
       absl::StrAppend(&out, "\"", strings_[i], "\"");
     } else {
       DispatchFixedSize(
-          dtype_, [&](auto t) { out += ElementString(data<decltype(t)>()[i]); }, [] {});
+          dtype_,
+          [&](auto t) {
+            using T = decltype(t);
+            out += ElementString<T>(bytes_.data() + i * sizeof(T));
+          },
+          [] {});
     }
   }
   if (shown < n) out += ", ...";

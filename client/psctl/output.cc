@@ -87,7 +87,8 @@ std::vector<std::string> FormatElements(const psd::Tensor& t, int64_t max_elemen
         out.push_back(Floating(static_cast<float>(t.data<psd::bfloat16>()[i]), 9, json));
         break;
       case psd::DT_BOOL:
-        out.push_back(t.data<bool>()[i] ? "true" : "false");
+        // The byte, not a bool load: a checkpoint file may hold any byte.
+        out.push_back(t.bytes()[i] != 0 ? "true" : "false");
         break;
       case psd::DT_INT8:
         out.push_back(absl::StrCat(t.data<int8_t>()[i]));

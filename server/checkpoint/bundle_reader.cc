@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -101,8 +102,6 @@ absl::Status BundleReader::LoadIndex() {
       }
     }
   }
-  absl::MutexLock lock(&mu_);
-  data_files_.resize(header_.num_shards());
   return absl::OkStatus();
 }
 
@@ -125,6 +124,12 @@ bool BundleReader::Contains(absl::string_view name) const {
 }
 
 absl::StatusOr<BundleReader::TensorInfo> BundleReader::GetTensorInfo(absl::string_view name) const {
+  // Only tensor names were checked by LoadIndex; a slice key's entry may
+  // hold anything.
+  if (IsSliceKey(name)) {
+    return absl::NotFoundError(
+        absl::StrCat("Key ", absl::CEscape(name), " not found in checkpoint ", prefix_));
+  }
   PSD_ASSIGN_OR_RETURN(const tf::BundleEntryProto* entry, FindEntry(name));
   TensorInfo info;
   info.name = std::string(name);
@@ -186,6 +191,46 @@ absl::Status BundleReader::ChecksumError(const tf::BundleEntryProto& entry, uint
       DataFilename(prefix_, entry.shard_id(), header_.num_shards())));
 }
 
+absl::Status BundleReader::CheckEntry(const tf::BundleEntryProto& entry, const TensorShape& shape,
+                                      absl::string_view what) const {
+  if (entry.offset() < 0 || entry.size() < 0) {
+    return absl::DataLossError(absl::StrCat("Invalid offset or size in bundle entry: key ", what));
+  }
+  const int64_t n = shape.num_elements();
+  if (entry.dtype() == DT_STRING) {
+    // Every element needs at least a 1-byte length, plus the 4-byte length CRC.
+    if (entry.size() < n + (n > 0 ? 4 : 0)) {
+      return absl::DataLossError(absl::StrCat("Invalid size in bundle entry: key ", what,
+                                              "; stored size ", entry.size(),
+                                              " (too small for the element count) in checkpoint ",
+                                              prefix_));
+    }
+  } else {
+    // A shape may hold up to 2^62 elements: the byte count can overflow.
+    const int64_t elem = static_cast<int64_t>(DataTypeSize(entry.dtype()));
+    if (n > std::numeric_limits<int64_t>::max() / elem || entry.size() != n * elem) {
+      return absl::DataLossError(absl::StrCat(
+          "Invalid size in bundle entry: key ", what, "; stored size ", entry.size(),
+          "; expected size ", n, " x ", elem, " in checkpoint ", prefix_));
+    }
+  }
+  return CheckInDataFile(entry, what);
+}
+
+absl::Status BundleReader::CheckInDataFile(const tf::BundleEntryProto& entry,
+                                           absl::string_view what) const {
+  PSD_ASSIGN_OR_RETURN(const RandomAccessFile* file, DataFile(entry.shard_id()));
+  PSD_ASSIGN_OR_RETURN(const uint64_t file_size, fs_->GetFileSize(file->path()));
+  const uint64_t offset = static_cast<uint64_t>(entry.offset());
+  const uint64_t size = static_cast<uint64_t>(entry.size());
+  if (offset > file_size || size > file_size - offset) {
+    return absl::DataLossError(absl::StrCat("truncated checkpoint data file ", file->path(),
+                                            ": tensor ", what, " needs bytes [", offset, ", ",
+                                            offset + size, "), the file ends at ", file_size));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> BundleReader::ReadEntry(const tf::BundleEntryProto& entry,
                                                absl::string_view what) const {
   if (!IsSupportedDataType(entry.dtype())) {
@@ -194,17 +239,10 @@ absl::StatusOr<Tensor> BundleReader::ReadEntry(const tf::BundleEntryProto& entry
                                                  ", which psd does not support"));
   }
   PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromBundleProto(entry.shape(), what));
-  if (entry.offset() < 0 || entry.size() < 0) {
-    return absl::DataLossError(absl::StrCat("Invalid offset or size in bundle entry: key ", what));
-  }
+  PSD_RETURN_IF_ERROR(CheckEntry(entry, shape, what));
   if (entry.dtype() == DT_STRING) return ReadStrings(entry, shape, what);
 
-  const int64_t expected = shape.num_elements() * static_cast<int64_t>(DataTypeSize(entry.dtype()));
-  if (entry.size() != expected) {
-    return absl::DataLossError(absl::StrCat("Invalid size in bundle entry: key ", what,
-                                            "; stored size ", entry.size(), "; expected size ",
-                                            expected, " in checkpoint ", prefix_));
-  }
+  const int64_t expected = entry.size();  // the shape's bytes (CheckEntry)
   Tensor tensor(entry.dtype(), shape);
   char* dst = tensor.mutable_bytes()->data();
   uint32_t crc = 0;
@@ -227,8 +265,7 @@ absl::StatusOr<Tensor> BundleReader::ReadStrings(const tf::BundleEntryProto& ent
                                             "; stored size ", entry.size(), " (", why,
                                             ") in checkpoint ", prefix_));
   };
-  // Every element needs at least a 1-byte length, plus the 4-byte length CRC.
-  if (entry.size() < n + (n > 0 ? 4 : 0)) return bad_size("too small for the element count");
+  // CheckEntry made sure the entry's bytes are in its data file.
   std::string buf(static_cast<size_t>(entry.size()), '\0');
   PSD_RETURN_IF_ERROR(ReadBytes(entry, entry.offset(), buf.size(), buf.data(), what));
   Tensor tensor(DT_STRING, shape);
@@ -242,6 +279,8 @@ absl::StatusOr<Tensor> BundleReader::ReadStrings(const tf::BundleEntryProto& ent
   uint64_t total = 0;
   for (auto& len : lengths) {
     if (!table::GetVarint64(&in, &len)) return bad_size("bad string length");
+    // Bounded by the entry's bytes, so the sum cannot wrap around.
+    if (len > buf.size() - total) return bad_size("string lengths exceed the size");
     std::string fixed;
     if (len <= 0xffffffffu) {
       table::PutFixed32(&fixed, static_cast<uint32_t>(len));
@@ -298,14 +337,23 @@ absl::StatusOr<Tensor> BundleReader::ReadSlice(absl::string_view name,
                                                  BundleDataTypeName(entry->dtype()),
                                                  ", which psd does not support"));
   }
-  Tensor out(entry->dtype(), want_shape);
+  // Every part that overlaps is found and checked (entry, size, bytes in
+  // its data file) and the parts must cover the slice exactly before the
+  // result is allocated: its size comes from the index, which only the
+  // parts' data backs.
+  struct Part {
+    const tf::BundleEntryProto* entry;
+    TensorSlice have, overlap;
+    std::string what;
+  };
+  std::vector<Part> parts;
   int64_t covered = 0;
   for (const auto& sp : entry->slices()) {
     const TensorSlice stored = *TensorSlice::FromProto(sp);  // checked by LoadIndex
     const TensorSlice have = stored.Resolved(shape);
     TensorSlice overlap;
     if (!TensorSlice::Intersect(have, want, &overlap)) continue;
-    const std::string what = SliceWhat(name, stored);
+    std::string what = SliceWhat(name, stored);
     PSD_ASSIGN_OR_RETURN(const tf::BundleEntryProto* part_entry,
                          FindEntry(EncodeTensorNameSlice(name, stored)));
     auto part_shape = ShapeFromBundleProto(part_entry->shape(), what);
@@ -315,17 +363,22 @@ absl::StatusOr<Tensor> BundleReader::ReadSlice(absl::string_view name,
                                               ": the entry of ", what,
                                               " disagrees with the dtype or shape of ", name));
     }
-    PSD_ASSIGN_OR_RETURN(Tensor part, ReadEntry(*part_entry, what));
-    CopySliceRegion(part, have, overlap, want, &out);
+    PSD_RETURN_IF_ERROR(CheckEntry(*part_entry, *part_shape, what));
     covered += overlap.SliceShape(shape).num_elements();
+    parts.push_back({part_entry, have, overlap, std::move(what)});
   }
-  if (covered < out.num_elements()) {
+  if (covered < want_shape.num_elements()) {
     return absl::NotFoundError(absl::StrCat("checkpoint ", prefix_, " holds only part of slice ",
                                             want.ToString(), " of tensor ", name));
   }
-  if (covered > out.num_elements()) {
+  if (covered > want_shape.num_elements()) {
     return absl::DataLossError(
         absl::StrCat("checkpoint ", prefix_, " stores overlapping slices of ", name));
+  }
+  Tensor out(entry->dtype(), want_shape);
+  for (const Part& part : parts) {
+    PSD_ASSIGN_OR_RETURN(Tensor value, ReadEntry(*part.entry, part.what));
+    CopySliceRegion(value, part.have, part.overlap, want, &out);
   }
   return out;
 }
@@ -346,13 +399,9 @@ absl::Status BundleReader::ReadEntryChunked(
   }
   if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
   PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromBundleProto(entry->shape(), what));
-  const int64_t expected =
-      shape.num_elements() * static_cast<int64_t>(DataTypeSize(entry->dtype()));
-  if (entry->size() != expected || entry->offset() < 0) {
-    return absl::DataLossError(absl::StrCat("Invalid size in bundle entry: key ", what,
-                                            "; stored size ", entry->size(), "; expected size ",
-                                            expected, " in checkpoint ", prefix_));
-  }
+  // Before the sink sees anything: the size, and the bytes in the data file.
+  PSD_RETURN_IF_ERROR(CheckEntry(*entry, shape, what));
+  const int64_t expected = entry->size();
   std::string buf(static_cast<size_t>(std::min<int64_t>(chunk_bytes, expected)), '\0');
   uint32_t crc = 0;
   for (int64_t pos = 0; pos < expected;) {

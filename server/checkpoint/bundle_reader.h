@@ -18,6 +18,7 @@
 #define PSD_SERVER_CHECKPOINT_BUNDLE_READER_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,6 +87,14 @@ class BundleReader {
   absl::StatusOr<const tf::BundleEntryProto*> FindEntry(absl::string_view key) const;
   absl::StatusOr<const RandomAccessFile*> DataFile(int shard_id) const;
   // Reads one stored (unsliced) entry: `what` names the tensor in errors.
+  // Checks a stored entry read as a tensor of `shape` before anything of
+  // its size is allocated: offset and size not negative, the size the shape
+  // needs (at least one byte per string), and bytes inside its data file,
+  // so a damaged index cannot make a read allocate more than the files
+  // hold. DATA_LOSS naming `what` otherwise.
+  absl::Status CheckEntry(const tf::BundleEntryProto& entry, const TensorShape& shape,
+                          absl::string_view what) const;
+  absl::Status CheckInDataFile(const tf::BundleEntryProto& entry, absl::string_view what) const;
   absl::StatusOr<Tensor> ReadEntry(const tf::BundleEntryProto& entry, absl::string_view what) const;
   absl::StatusOr<Tensor> ReadStrings(const tf::BundleEntryProto& entry, const TensorShape& shape,
                                      absl::string_view what) const;
@@ -100,8 +109,9 @@ class BundleReader {
   BundleEntries entries_;
 
   mutable absl::Mutex mu_;
-  // Data files, opened on first use.
-  mutable std::vector<std::unique_ptr<RandomAccessFile>> data_files_ ABSL_GUARDED_BY(mu_);
+  // Data files by shard id, opened on first use. Not a vector sized by the
+  // header's num_shards: a damaged header may claim billions.
+  mutable std::map<int, std::unique_ptr<RandomAccessFile>> data_files_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace psd::checkpoint

@@ -69,6 +69,12 @@ absl::StatusOr<std::string> Table::ReadBlock(const BlockHandle& handle) const {
       if (!snappy::GetUncompressedLength(buf.data(), handle.size, &ulength)) {
         return Corruption("bad Snappy block length");
       }
+      // The length header alone may claim up to 4 GiB: walk the whole block
+      // first (no allocation), so only a block that really expands to
+      // `ulength` bytes (at most a few dozen times its own size) gets them.
+      if (!snappy::IsValidCompressedBuffer(buf.data(), handle.size)) {
+        return Corruption("bad Snappy block contents");
+      }
       std::string out(ulength, '\0');
       if (!snappy::RawUncompress(buf.data(), handle.size, out.data())) {
         return Corruption("bad Snappy block contents");

@@ -11,9 +11,11 @@
 #include "checkpoint/bundle_reader.h"
 #include "checkpoint/bundle_writer.h"
 #include "checkpoint/file_system.h"
+#include "checkpoint/table_format.h"
 #include "checkpoint/table_reader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "psd/crc32c.h"
 
 namespace psd::checkpoint {
 namespace {
@@ -448,6 +450,92 @@ TEST_F(CorruptionTest, MissingDataFileIsDataLoss) {
   ASSERT_TRUE(FileSystem::Default()->DeleteFile(data_path_).ok());
   auto reader = *BundleReader::Open(Prefix());
   EXPECT_EQ(reader->ReadTensor("a").status().code(), absl::StatusCode::kDataLoss);
+}
+
+// A damaged (or hostile) index cannot make the reader allocate more than
+// the files hold: sizes are checked against the data file, and sums and
+// products of sizes against overflow, before anything is allocated. Each
+// of these threw std::bad_alloc or read out of bounds before.
+TEST_F(CorruptionTest, HugeShardCountInHeaderIsNotAllocated) {
+  auto reader = *BundleReader::Open(Prefix());
+  ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), std::numeric_limits<int32_t>::max(),
+                               reader->entries())
+                  .ok());
+  auto opened = BundleReader::Open(Prefix());
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  // Its data file is named for 2147483647 shards, so it is missing.
+  EXPECT_EQ((*opened)->ReadTensor("a").status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(CorruptionTest, EntryBiggerThanItsDataFileIsDataLossBeforeAllocating) {
+  auto reader = *BundleReader::Open(Prefix());
+  BundleEntries entries = reader->entries();
+  ShapeToBundleProto({int64_t{1} << 40}, entries["a"].mutable_shape());
+  entries["a"].set_size(int64_t{4} << 40);
+  ShapeToBundleProto({int64_t{1} << 40}, entries["s"].mutable_shape());
+  entries["s"].set_size(int64_t{2} << 40);
+  // 2^61 int64 elements: the byte count wraps around to 0.
+  ShapeToBundleProto({int64_t{1} << 61}, entries["b"].mutable_shape());
+  entries["b"].set_size(0);
+  ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());
+  reader = *BundleReader::Open(Prefix());
+  for (const char* name : {"a", "s", "b"}) {
+    absl::Status s = reader->ReadTensor(name).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << name << " " << s;
+    s = reader->ReadEntryChunked(name, 1 << 20, [](absl::string_view) { return absl::OkStatus(); });
+    EXPECT_FALSE(s.ok()) << name;
+  }
+  EXPECT_THAT(std::string(reader->ReadTensor("a").status().message()), HasSubstr("truncated"));
+}
+
+TEST_F(CorruptionTest, HugeSlicedTensorWithOneSmallSliceIsNotFoundBeforeAllocating) {
+  auto reader = *BundleReader::Open(Prefix());
+  BundleEntries entries = reader->entries();
+  // "big" claims 2^40 floats and stores one: slice 0,1 backed by a's bytes.
+  tf::BundleEntryProto full;
+  full.set_dtype(DT_FLOAT);
+  ShapeToBundleProto({int64_t{1} << 40}, full.mutable_shape());
+  const TensorSlice slice = *TensorSlice::Parse("0,1");
+  slice.ToProto(full.add_slices());
+  entries["big"] = full;
+  tf::BundleEntryProto part = entries["a"];
+  ShapeToBundleProto({1}, part.mutable_shape());
+  part.set_size(4);
+  entries[EncodeTensorNameSlice("big", slice)] = part;
+  ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());
+  reader = *BundleReader::Open(Prefix());
+  EXPECT_EQ(reader->ReadTensor("big").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CorruptionTest, StringLengthsThatWrapAroundAreDataLoss) {
+  // Two strings of lengths 2^64 - 1 and 2 "add up" to the 1 byte stored,
+  // with every checksum right.
+  const uint64_t lengths[2] = {~uint64_t{0}, 2};
+  std::string data, fixed;
+  for (uint64_t len : lengths) {
+    table::PutVarint64(&data, len);
+    if (len <= 0xffffffffu) {
+      table::PutFixed32(&fixed, static_cast<uint32_t>(len));
+    } else {
+      table::PutFixed64(&fixed, len);
+    }
+  }
+  const uint32_t length_crc = crc32c::Value(fixed);
+  table::PutFixed32(&data, crc32c::Mask(length_crc));
+  data += "x";
+  const uint32_t crc = crc32c::Extend(length_crc, data.substr(data.size() - 5));
+  WriteFile(data_path_, data);
+  auto reader = *BundleReader::Open(Prefix());
+  BundleEntries entries = reader->entries();
+  tf::BundleEntryProto& s = entries["s"];
+  s.set_offset(0);
+  s.set_size(static_cast<int64_t>(data.size()));
+  s.set_crc32c(crc32c::Mask(crc));
+  ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());
+  reader = *BundleReader::Open(Prefix());
+  absl::Status status = reader->ReadTensor("s").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Invalid size in bundle entry"));
 }
 
 TEST_F(BundleTest, VersionAndHeaderChecks) {

@@ -136,6 +136,15 @@ TEST(TensorTest, ResetForOverwriteKeepsAFittingBufferAndReplacesOthers) {
   EXPECT_TRUE(t.bytes().empty());
 }
 
+// A bool tensor's bytes come from outside (a request, a checkpoint file):
+// any non-zero byte prints as true, without loading it as a bool (undefined
+// behavior that the sanitizer build reports).
+TEST(TensorTest, DebugStringOfBoolBytesOtherThanZeroOrOne) {
+  auto t = Tensor::FromBytes(DT_BOOL, TensorShape{3}, std::string("\x00\x01\x81", 3));
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->DebugString(), "bool[3] {false, true, true}");
+}
+
 TEST(Float16Test, HalfRoundTripsRepresentableValuesAndRoundsToNearestEven) {
   for (float f : {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f}) {
     EXPECT_EQ(static_cast<float>(half(f)), f);

@@ -1,0 +1,504 @@
+// Writes the seed corpora of the structured fuzz targets into
+// <corpus>/<target>/: serialized store sessions (one per request type, all
+// valid against the variables store_request_fuzz starts with), tensors,
+// stream messages, slice keys, and checkpoints (psd-written ones with every
+// kind of entry, and the TensorFlow fixtures given as prefixes).
+//
+//   make_fuzz_seeds tests/fuzz/corpus $(ls tests/data/tf/*/*.index | sed "s/\.index$//")
+//
+// The output is committed; rerun it after changing fuzz_inputs.proto.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "checkpoint/bundle_reader.h"
+#include "checkpoint/bundle_writer.h"
+#include "checkpoint/file_system.h"
+#include "checkpoint/table_builder.h"
+#include "checkpoint/tensor_slice.h"
+#include "fuzz_inputs.pb.h"
+#include "memory_file_system.h"
+#include "psd/wire.h"
+
+namespace {
+
+using psd::TensorProto;
+using psd::fuzz::StoreOp;
+using psd::fuzz::StoreSession;
+
+std::string g_corpus;
+
+void Write(const std::string& target, const std::string& name, const std::string& bytes) {
+  const std::string dir = g_corpus + "/" + target;
+  std::filesystem::create_directories(dir);
+  std::ofstream out(dir + "/" + name, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) {
+    std::cerr << "cannot write " << dir << "/" << name << "\n";
+    std::exit(1);
+  }
+}
+
+template <typename T>
+TensorProto Value(std::vector<int64_t> dims, const std::vector<T>& values) {
+  TensorProto p;
+  psd::TensorToProto(*psd::Tensor::FromVector<T>(psd::TensorShape(std::move(dims)), values), &p);
+  return p;
+}
+
+TensorProto Strings(std::vector<int64_t> dims, std::vector<std::string> values) {
+  TensorProto p;
+  psd::TensorToProto(*psd::Tensor::FromStrings(psd::TensorShape(std::move(dims)), values), &p);
+  return p;
+}
+
+void Session(const std::string& name, const std::vector<StoreOp>& ops) {
+  StoreSession session;
+  for (const auto& op : ops) *session.add_ops() = op;
+  Write("store_request_fuzz", name, session.SerializeAsString());
+}
+
+void StoreSeeds() {
+  std::vector<StoreOp> all;
+  StoreOp op;
+
+  auto* create = op.mutable_create();
+  create->set_name("w");
+  create->set_dtype(psd::DT_FLOAT);
+  create->mutable_shape()->add_dims(8);
+  create->mutable_shape()->add_dims(2);
+  create->mutable_initializer()->mutable_random_uniform()->set_minval(-1);
+  create->mutable_initializer()->mutable_random_uniform()->set_maxval(1);
+  create->set_initialize(true);
+  create->mutable_request_id()->set_client_id(5);
+  create->mutable_request_id()->set_seq(1);
+  Session("create_initializer", {op});
+  all.push_back(op);
+
+  op.Clear();
+  create = op.mutable_create();
+  create->set_name("w2/part_1");
+  create->set_dtype(psd::DT_INT64);
+  create->mutable_shape()->add_dims(3);
+  *create->mutable_initial_value() = Value<int64_t>({3}, {7, 8, 9});
+  create->set_initialize(true);
+  create->mutable_slice()->add_full_shape(6);
+  create->mutable_slice()->add_offset(3);
+  Session("create_value_sliced", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_delete_()->set_name("d");
+  Session("delete", {op});
+
+  op.Clear();
+  op.set_list_prefix("v");
+  Session("list", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_initialize()->add_names("u");
+  op.mutable_initialize()->set_force(true);
+  Session("initialize", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* init = op.mutable_initialize_from();
+    init->mutable_request()->add_names("t");
+    (*init->mutable_sources())["t"] = Value<float>({3}, {4, 5, 6});
+    StoreOp make;
+    make.mutable_create()->set_name("t");
+    make.mutable_create()->set_dtype(psd::DT_FLOAT);
+    make.mutable_create()->mutable_shape()->add_dims(3);
+    make.mutable_create()->mutable_initializer()->mutable_from_variable()->set_source("u");
+    make.mutable_create()->mutable_initializer()->mutable_from_variable()->set_scale(2);
+    Session("initialize_from", {make, op});
+  }
+
+  op.Clear();
+  op.mutable_report_uninitialized()->add_names("u");
+  op.mutable_report_uninitialized()->add_names("v");
+  Session("report_uninitialized", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_read()->set_name("v");
+  op.mutable_read()->set_shard_incarnation(77);
+  Session("read", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_gather()->set_name("v");
+  *op.mutable_gather()->mutable_indices() = Value<int32_t>({2}, {3, 0});
+  Session("gather", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_assign()->set_name("v");
+  op.mutable_assign()->set_op(psd::UPDATE_ADD);
+  *op.mutable_assign()->mutable_value() = Value<float>({4, 3}, std::vector<float>(12, 1.f));
+  op.mutable_assign()->set_return_value(true);
+  op.mutable_assign()->mutable_request_id()->set_client_id(5);
+  op.mutable_assign()->mutable_request_id()->set_seq(2);
+  Session("assign_add", {op, op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_assign()->set_name("s");
+  *op.mutable_assign()->mutable_value() = Strings({3}, {"x", "", "yz"});
+  op.mutable_assign()->set_validate_shape(false);
+  Session("assign_strings", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_scatter()->set_name("v");
+  op.mutable_scatter()->set_op(psd::UPDATE_SUB);
+  *op.mutable_scatter()->mutable_indices() = Value<int64_t>({2}, {1, 1});
+  *op.mutable_scatter()->mutable_updates() = Value<float>({2, 3}, {1, 2, 3, 4, 5, 6});
+  Session("scatter_sub", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_count_up_to()->set_name("step");
+  op.mutable_count_up_to()->set_limit(2);
+  Session("count_up_to", {op, op, op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* apply = op.mutable_apply_dense();
+    apply->set_name("v");
+    apply->add_slots("v/Adam");
+    apply->add_slots("v/Adam_1");
+    auto* adam = apply->mutable_optimizer()->mutable_adam();
+    adam->set_learning_rate(0.01);
+    adam->set_beta1(0.9);
+    adam->set_beta2(0.999);
+    adam->set_epsilon(1e-8);
+    adam->set_beta1_power_variable("beta1_power");
+    adam->set_beta2_power_variable("beta2_power");
+    *apply->mutable_gradient() = Value<float>({4, 3}, std::vector<float>(12, 0.25f));
+  }
+  Session("apply_dense_adam", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* apply = op.mutable_apply_sparse();
+    apply->set_name("v");
+    apply->add_slots("v/Adam");
+    apply->mutable_optimizer()->mutable_momentum()->set_learning_rate(0.1);
+    apply->mutable_optimizer()->mutable_momentum()->set_momentum(0.9);
+    *apply->mutable_indices() = Value<int32_t>({2}, {2, 2});
+    *apply->mutable_values() = Value<float>({2, 3}, {1, 1, 1, 2, 2, 2});
+  }
+  Session("apply_sparse_momentum", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* apply = op.mutable_apply_dense();
+    apply->set_name("d");
+    apply->add_slots("v/Adam");
+    apply->mutable_optimizer()->mutable_ftrl()->set_learning_rate(0.1);
+    apply->mutable_optimizer()->mutable_ftrl()->set_learning_rate_power(-0.5);
+    *apply->mutable_gradient() = Value<double>({2, 2}, {1, 2, 3, 4});
+  }
+  Session("apply_dense_ftrl_mismatch", {op});
+
+  op.Clear();
+  {
+    auto* batch = op.mutable_batch();
+    auto* b = batch->add_ops();
+    b->mutable_read()->set_name("i");
+    b = batch->add_ops();
+    b->mutable_gather()->set_name("i");
+    *b->mutable_gather()->mutable_indices() = Value<int64_t>({3}, {5, 0, 5});
+    b = batch->add_ops();
+    b->mutable_assign()->set_name("step");
+    b->mutable_assign()->set_op(psd::UPDATE_ADD);
+    *b->mutable_assign()->mutable_value() = Value<int64_t>({}, {3});
+    b = batch->add_ops();
+    b->mutable_scatter()->set_name("h");
+    *b->mutable_scatter()->mutable_indices() = Value<int32_t>({1}, {4});
+    TensorProto half;
+    half.set_dtype(psd::DT_HALF);
+    half.set_content(std::string("\x00\x3c", 2));  // 1.0, broadcast
+    *b->mutable_scatter()->mutable_updates() = half;
+    b = batch->add_ops();
+    b->mutable_count_up_to()->set_name("step");
+    b->mutable_count_up_to()->set_limit(100);
+    b = batch->add_ops();
+    b->mutable_apply_dense()->set_name("v");
+    b->mutable_apply_dense()->mutable_optimizer()->mutable_gradient_descent()->set_learning_rate(1);
+    *b->mutable_apply_dense()->mutable_gradient() = Value<float>({4, 3}, std::vector<float>(12, 2));
+  }
+  Session("batch", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.mutable_read_stream()->mutable_request()->set_name("v");
+  op.mutable_read_stream()->mutable_request()->set_chunk_bytes(16);
+  op.mutable_read_stream()->set_max_chunks(10);
+  Session("read_stream", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* s = op.mutable_assign_stream();
+    auto* h = s->mutable_header();
+    h->set_name("v");
+    h->set_dtype(psd::DT_FLOAT);
+    h->mutable_shape()->add_dims(4);
+    h->mutable_shape()->add_dims(3);
+    h->set_total_bytes(48);
+    h->set_validate_shape(true);
+    s->add_chunks(std::string(20, '\x01'));
+    s->add_chunks(std::string(28, '\x02'));
+    s->set_commit(true);
+  }
+  Session("assign_stream", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* s = op.mutable_assign_stream();
+    auto* h = s->mutable_header();
+    h->set_name("n");
+    h->set_dtype(psd::DT_INT32);
+    h->mutable_shape()->add_dims(2);
+    h->set_total_bytes(8);
+    h->mutable_create()->set_name("n");
+    h->mutable_create()->set_dtype(psd::DT_INT32);
+    h->mutable_create()->mutable_shape()->add_dims(2);
+    s->add_chunks(std::string(8, '\x05'));
+    s->set_commit(true);
+  }
+  Session("assign_stream_create", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* s = op.mutable_assign_stream();
+    auto* h = s->mutable_header();
+    h->set_name("v");
+    h->set_dtype(psd::DT_FLOAT);
+    h->mutable_shape()->add_dims(4);
+    h->mutable_shape()->add_dims(3);
+    h->set_total_bytes(48);
+    h->mutable_apply()->mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.1);
+    h->mutable_apply()->add_slots("v/Adam");
+    s->add_chunks(std::string(48, '\x03'));
+    s->set_commit(true);
+  }
+  Session("assign_stream_apply", {op});
+  all.push_back(op);
+
+  op.Clear();
+  {
+    auto* r = op.mutable_restore();
+    r->set_restore_id(9);
+    r->mutable_part()->set_name("v");
+    r->mutable_part()->set_checkpoint_name("v");
+    r->mutable_part()->set_dtype(psd::DT_FLOAT);
+    r->mutable_part()->add_shape(4);
+    r->mutable_part()->add_shape(3);
+    *r->mutable_value() = Value<float>({4, 3}, std::vector<float>(12, 9));
+    r->set_finish(true);
+    r->set_commit(true);
+  }
+  Session("restore", {op});
+  all.push_back(op);
+
+  op.Clear();
+  op.set_read_snapshot("s");
+  Session("read_snapshot", {op});
+  all.push_back(op);
+
+  Session("everything", all);
+}
+
+void TensorSeeds() {
+  Write("tensor_wire_fuzz", "float", Value<float>({2, 3}, {1, 2, 3, 4, 5, 6}).SerializeAsString());
+  Write("tensor_wire_fuzz", "int32", Value<int32_t>({4}, {0, -1, 7, 1 << 30}).SerializeAsString());
+  Write("tensor_wire_fuzz", "int64", Value<int64_t>({2, 1}, {3, -3}).SerializeAsString());
+  Write("tensor_wire_fuzz", "double_scalar", Value<double>({}, {2.5}).SerializeAsString());
+  Write("tensor_wire_fuzz", "bool", Value<bool>({3}, {true, false, true}).SerializeAsString());
+  Write("tensor_wire_fuzz", "uint8", Value<uint8_t>({0, 5}, {}).SerializeAsString());
+  Write("tensor_wire_fuzz", "strings",
+        Strings({2, 2}, {"a", "", std::string(130, 'x'), "\xff"}).SerializeAsString());
+  TensorProto half;
+  half.set_dtype(psd::DT_HALF);
+  half.mutable_shape()->add_dims(2);
+  half.set_content(std::string("\x00\x3c\x00\xbc", 4));
+  Write("tensor_wire_fuzz", "half", half.SerializeAsString());
+  half.set_dtype(psd::DT_BFLOAT16);
+  Write("tensor_wire_fuzz", "bfloat16", half.SerializeAsString());
+}
+
+void StreamSeeds() {
+  psd::TensorChunk chunk;
+  chunk.set_dtype(psd::DT_FLOAT);
+  chunk.mutable_shape()->add_dims(4);
+  chunk.set_version(3);
+  chunk.set_total_bytes(16);
+  chunk.set_offset(0);
+  chunk.set_content(std::string(16, '\x07'));
+  Write("stream_codec_fuzz", "first_chunk", std::string("\x03", 1) + chunk.SerializeAsString());
+  psd::TensorChunk next;
+  next.set_offset(16);
+  next.set_content("abcdefgh");
+  Write("stream_codec_fuzz", "next_chunk", std::string("\x05", 1) + next.SerializeAsString());
+  psd::AssignStreamRequest header;
+  header.mutable_header()->set_name("v");
+  header.mutable_header()->set_dtype(psd::DT_FLOAT);
+  header.mutable_header()->mutable_shape()->add_dims(2);
+  header.mutable_header()->set_total_bytes(8);
+  header.mutable_header()->mutable_request_id()->set_client_id(1);
+  header.mutable_header()->set_shard_incarnation(77);
+  header.set_content(std::string(8, '\x01'));
+  Write("stream_codec_fuzz", "assign_header", std::string("\x84", 1) + header.SerializeAsString());
+  psd::AssignStreamRequest data;
+  data.set_content(std::string(40, '\x02'));
+  // The content field twice: the last one counts.
+  Write("stream_codec_fuzz", "assign_data_twice",
+        std::string("\x87", 1) + data.SerializeAsString() + data.SerializeAsString());
+}
+
+void SliceKeySeeds() {
+  using psd::checkpoint::TensorSlice;
+  Write("checkpoint_slice_key_fuzz", "key_2d",
+        psd::checkpoint::EncodeTensorNameSlice("emb/part", *TensorSlice::Parse("0,5:-")));
+  Write("checkpoint_slice_key_fuzz", "key_big",
+        psd::checkpoint::EncodeTensorNameSlice(std::string("a\0\xff", 3),
+                                               *TensorSlice::Parse("1000000,3:7,1099511627776")));
+  Write("checkpoint_slice_key_fuzz", "spec", "0,5:-:3,2");
+  Write("checkpoint_slice_key_fuzz", "spec_full", "-");
+}
+
+// The checkpoint files under `prefix` in `fs` as checkpoint_index_fuzz reads
+// them: flags, index length, index, data.
+std::string IndexInput(psd::fuzz::MemoryFileSystem* fs, const std::string& prefix,
+                       const std::string& index, int num_shards) {
+  std::string out(1, '\x01');
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(index.size() >> (8 * i)));
+  out += index;
+  out += fs->files()[psd::checkpoint::DataFilename(prefix, 0, num_shards)];
+  return out;
+}
+
+// A BundleInput of the checkpoint at `prefix`, reading every tensor, a slice
+// and a chunked stream.
+std::string BundleInputOf(const psd::checkpoint::BundleReader& reader, psd::fuzz::MemoryFileSystem* fs) {
+  psd::fuzz::BundleInput input;
+  *input.mutable_header() = reader.header();
+  for (const auto& [key, entry] : reader.entries()) {
+    auto* e = input.add_entries();
+    e->set_key(key);
+    *e->mutable_entry() = entry;
+  }
+  for (int k = 0; k < reader.header().num_shards(); ++k) {
+    input.add_data_files(
+        fs->files()[psd::checkpoint::DataFilename(reader.prefix(), k, reader.header().num_shards())]);
+  }
+  for (const auto& info : reader.ListTensors()) {
+    input.add_reads()->set_name(info.name);
+    if (info.shape.rank() > 0) {
+      auto* r = input.add_reads();
+      r->set_name(info.name);
+      std::string spec = "0,1";
+      for (int d = 1; d < info.shape.rank(); ++d) spec += ":-";
+      r->set_slice(spec);
+    }
+    auto* chunked = input.add_reads();
+    chunked->set_name(info.name);
+    chunked->set_chunk_bytes(3);
+  }
+  return input.SerializeAsString();
+}
+
+void CheckpointSeeds(const std::vector<std::string>& fixtures) {
+  using psd::checkpoint::TensorSlice;
+  psd::fuzz::MemoryFileSystem fs;
+  psd::checkpoint::BundleWriter::Options options;
+  options.fs = &fs;
+  auto writer = psd::checkpoint::BundleWriter::Create("ckpt", options);
+  if (!writer.ok()) {
+    std::cerr << writer.status() << "\n";
+    std::exit(1);
+  }
+  auto add = [](absl::Status s) {
+    if (!s.ok()) {
+      std::cerr << s << "\n";
+      std::exit(1);
+    }
+  };
+  add((*writer)->Add("global_step", psd::Tensor::Scalar<int64_t>(100)));
+  add((*writer)->Add("w", *psd::Tensor::FromVector<float>({2, 3}, {1, 2, 3, 4, 5, 6})));
+  add((*writer)->Add("names", *psd::Tensor::FromStrings({3}, {"a", "", "ccc"})));
+  add((*writer)->Add("empty", psd::Tensor(psd::DT_DOUBLE, psd::TensorShape({0, 4}))));
+  add((*writer)->AddSlice("emb", {4, 2}, *TensorSlice::Parse("0,2:-"),
+                          *psd::Tensor::FromVector<float>({2, 2}, {1, 2, 3, 4})));
+  add((*writer)->AddSlice("emb", {4, 2}, *TensorSlice::Parse("2,2:-"),
+                          *psd::Tensor::FromVector<float>({2, 2}, {5, 6, 7, 8})));
+  add((*writer)->Finish());
+  auto reader = psd::checkpoint::BundleReader::Open("ckpt", &fs);
+  add(reader.status());
+  Write("checkpoint_index_fuzz", "psd_written",
+        IndexInput(&fs, "ckpt", fs.files()["ckpt.index"], 1));
+  Write("checkpoint_bundle_fuzz", "psd_written", BundleInputOf(**reader, &fs));
+
+  // The same entries in a Snappy-compressed table with small blocks.
+  {
+    auto file = fs.NewWritableFile("snappy.index");
+    psd::checkpoint::table::TableOptions table_options;
+    table_options.compression = psd::checkpoint::table::kSnappyCompression;
+    table_options.block_size = 64;
+    psd::checkpoint::table::TableBuilder builder(table_options, file->get());
+    add(builder.Add("", (*reader)->header().SerializeAsString()));
+    for (const auto& [key, entry] : (*reader)->entries()) add(builder.Add(key, entry.SerializeAsString()));
+    add(builder.Finish());
+    Write("checkpoint_index_fuzz", "psd_written_snappy",
+          IndexInput(&fs, "ckpt", fs.files()["snappy.index"], 1));
+  }
+
+  for (const std::string& prefix : fixtures) {
+    psd::fuzz::MemoryFileSystem copy;
+    for (const std::string& path : {psd::checkpoint::IndexFilename(prefix),
+                                    psd::checkpoint::DataFilename(prefix, 0, 1)}) {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) continue;
+      copy.files()[path].assign(std::istreambuf_iterator<char>(in), {});
+    }
+    auto fixture = psd::checkpoint::BundleReader::Open(prefix, &copy);
+    if (!fixture.ok()) {
+      std::cerr << "skipping " << prefix << ": " << fixture.status() << "\n";
+      continue;
+    }
+    std::string name = std::filesystem::path(prefix).parent_path().filename().string();
+    Write("checkpoint_index_fuzz", "tf_" + name,
+          IndexInput(&copy, prefix, copy.files()[psd::checkpoint::IndexFilename(prefix)],
+                     (*fixture)->header().num_shards()));
+    Write("checkpoint_bundle_fuzz", "tf_" + name, BundleInputOf(**fixture, &copy));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: make_fuzz_seeds CORPUS_DIR [TF_CHECKPOINT_PREFIX...]\n";
+    return 2;
+  }
+  g_corpus = argv[1];
+  StoreSeeds();
+  TensorSeeds();
+  StreamSeeds();
+  SliceKeySeeds();
+  CheckpointSeeds(std::vector<std::string>(argv + 2, argv + argc));
+  return 0;
+}

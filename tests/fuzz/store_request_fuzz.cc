@@ -1,0 +1,236 @@
+// Fuzzes the shard's request validation end to end: every request type of
+// shard.proto (creates, initializations, reads, gathers, assigns, scatters,
+// count_up_to, optimizer applies, batches, streamed reads and assigns,
+// restores) runs against a VariableStore on the CPU device with a 1 MiB
+// memory limit. The input is a StoreSession (fuzz_inputs.proto): requests
+// parsed from the fuzzer's bytes, run in order against a store that starts
+// with the variables below, so mutations of a seed hit real variables.
+//
+// What must hold: every request returns a status (no crash, abort, UB,
+// leak, hang, or allocation the limit does not cover), and the memory the
+// store accounts never exceeds its limit.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "device/device.h"
+#include "fuzz_inputs.pb.h"
+#include "psd/wire.h"
+#include "shard/variable_store.h"
+
+namespace {
+
+constexpr int64_t kMemoryLimit = 1 << 20;
+constexpr int kMaxOps = 64;
+constexpr int kMaxStreamChunks = 256;
+
+void Check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "store_request_fuzz: %s\n", what);
+    std::abort();
+  }
+}
+
+template <typename T>
+psd::TensorProto Value(std::vector<int64_t> dims, const std::vector<T>& values) {
+  psd::TensorProto p;
+  psd::TensorToProto(*psd::Tensor::FromVector<T>(psd::TensorShape(std::move(dims)), values), &p);
+  return p;
+}
+
+void Create(psd::VariableStore* store, const std::string& name, const psd::TensorProto& value,
+            bool initialize = true) {
+  psd::CreateVariableRequest req;
+  req.set_name(name);
+  req.set_dtype(value.dtype());
+  *req.mutable_shape() = value.shape();
+  *req.mutable_initial_value() = value;
+  req.set_initialize(initialize);
+  psd::VariableInfo info;
+  Check(store->Create(req, &info).ok(), "setup create failed");
+}
+
+// The variables every session starts with (names the seeds use).
+void Populate(psd::VariableStore* store) {
+  std::vector<float> twelve(12);
+  for (int i = 0; i < 12; ++i) twelve[i] = 0.5f * i;
+  Create(store, "v", Value<float>({4, 3}, twelve));
+  Create(store, "v/Adam", Value<float>({4, 3}, std::vector<float>(12, 0.f)));
+  Create(store, "v/Adam_1", Value<float>({4, 3}, std::vector<float>(12, 0.f)));
+  Create(store, "beta1_power", Value<float>({}, {0.9f}));
+  Create(store, "beta2_power", Value<float>({}, {0.999f}));
+  Create(store, "d", Value<double>({2, 2}, {1, 2, 3, 4}));
+  Create(store, "step", Value<int64_t>({}, {0}));
+  Create(store, "i", Value<int32_t>({6}, {1, 2, 3, 4, 5, 6}));
+  Create(store, "u", Value<float>({3}, {1, 2, 3}), /*initialize=*/false);
+  psd::TensorProto s;
+  psd::TensorToProto(*psd::Tensor::FromStrings(psd::TensorShape({2}), {"a", "bc"}), &s);
+  Create(store, "s", s);
+  psd::TensorProto h;
+  h.set_dtype(psd::DT_HALF);
+  h.mutable_shape()->add_dims(5);
+  h.set_content(std::string(10, '\0'));
+  Create(store, "h", h);
+}
+
+void RunOp(psd::VariableStore* store, const psd::fuzz::StoreOp& op) {
+  using psd::fuzz::StoreOp;
+  switch (op.op_case()) {
+    case StoreOp::kCreate: {
+      psd::VariableInfo info;
+      (void)store->Create(op.create(), &info);
+      break;
+    }
+    case StoreOp::kDelete:
+      (void)store->Delete(op.delete_());
+      break;
+    case StoreOp::kListPrefix:
+      (void)store->List(op.list_prefix());
+      break;
+    case StoreOp::kInitialize:
+      (void)store->Initialize(op.initialize());
+      break;
+    case StoreOp::kInitializeFrom: {
+      psd::VariableStore::SourceValues sources(op.initialize_from().sources().begin(),
+                                               op.initialize_from().sources().end());
+      for (const auto& name : op.initialize_from().request().names()) {
+        (void)store->NeedsSourceValue(name, op.initialize_from().request().force());
+        (void)store->SourceValueMaxBytes(name);
+      }
+      (void)store->Initialize(op.initialize_from().request(), &sources);
+      break;
+    }
+    case StoreOp::kReportUninitialized: {
+      psd::ReportUninitializedResponse resp;
+      (void)store->ReportUninitialized(op.report_uninitialized(), &resp);
+      break;
+    }
+    case StoreOp::kRead: {
+      psd::ReadResponse resp;
+      (void)store->Read(op.read(), &resp);
+      break;
+    }
+    case StoreOp::kGather: {
+      psd::GatherResponse resp;
+      (void)store->Gather(op.gather(), &resp);
+      break;
+    }
+    case StoreOp::kAssign: {
+      psd::AssignResponse resp;
+      (void)store->Assign(op.assign(), &resp);
+      break;
+    }
+    case StoreOp::kScatter: {
+      psd::ScatterResponse resp;
+      (void)store->Scatter(op.scatter(), &resp);
+      break;
+    }
+    case StoreOp::kCountUpTo: {
+      psd::CountUpToResponse resp;
+      (void)store->CountUpTo(op.count_up_to(), &resp);
+      break;
+    }
+    case StoreOp::kApplyDense: {
+      psd::ApplyDenseResponse resp;
+      (void)store->ApplyDense(op.apply_dense(), &resp);
+      break;
+    }
+    case StoreOp::kApplySparse: {
+      psd::ApplySparseResponse resp;
+      (void)store->ApplySparse(op.apply_sparse(), &resp);
+      break;
+    }
+    case StoreOp::kBatch: {
+      int n = 0;
+      for (const auto& batch_op : op.batch().ops()) {
+        if (++n > kMaxOps) break;
+        psd::BatchOpResult result;
+        store->RunBatchOp(batch_op, &result);
+      }
+      break;
+    }
+    case StoreOp::kReadStream: {
+      auto source = store->BeginReadStream(op.read_stream().request());
+      if (!source.ok()) break;
+      psd::TensorChunk chunk;
+      (*source)->FillHeader(&chunk);
+      const int max_chunks = std::clamp(op.read_stream().max_chunks(), 0, kMaxStreamChunks);
+      for (int i = 0; i < max_chunks; ++i) {
+        auto more = (*source)->Next(&chunk);
+        if (!more.ok() || !*more) break;
+      }
+      break;
+    }
+    case StoreOp::kAssignStream: {
+      auto sink = store->BeginAssignStream(op.assign_stream().header());
+      if (!sink.ok()) break;
+      bool ok = true;
+      int n = 0;
+      for (const auto& chunk : op.assign_stream().chunks()) {
+        if (++n > kMaxStreamChunks || !(ok = (*sink)->Append(chunk).ok())) break;
+      }
+      if (ok && op.assign_stream().commit()) {
+        psd::AssignResponse resp;
+        (void)(*sink)->Commit(&resp);
+      }
+      break;
+    }
+    case StoreOp::kRestore: {
+      const auto& r = op.restore();
+      if (r.has_value()) {
+        auto value = psd::TensorFromProto(r.value(), "fuzz restore value");
+        if (value.ok()) (void)store->StageRestore(r.restore_id(), r.part(), *std::move(value));
+      }
+      if (r.finish()) {
+        int64_t applied = 0;
+        (void)store->FinishRestore(r.restore_id(), r.commit(), &applied);
+      }
+      break;
+    }
+    case StoreOp::kReadSnapshot:
+      (void)store->ReadSnapshot(op.read_snapshot());
+      break;
+    case StoreOp::OP_NOT_SET:
+      break;
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  psd::fuzz::StoreSession session;
+  if (!session.ParseFromArray(data, static_cast<int>(size))) return 0;
+
+  static psd::Device* const device = psd::NewCpuDevice().release();
+  psd::VariableStoreOptions options;
+  options.memory_limit_bytes = kMemoryLimit;
+  options.incarnation = 77;
+  options.max_unary_value_bytes = 4096;
+  options.default_chunk_bytes = 100;
+  options.request_window = 8;
+  options.cow_chunk_bytes = 64;
+  {
+    psd::VariableStore store(device, options);
+    Populate(&store);
+    int n = 0;
+    for (const auto& op : session.ops()) {
+      if (++n > kMaxOps) break;
+      RunOp(&store, op);
+      Check(store.memory().used() <= kMemoryLimit, "accounted memory past the limit");
+    }
+    // Everything still lists and reads.
+    for (const auto& info : store.List("")) {
+      psd::ReadRequest req;
+      req.set_name(info.name());
+      psd::ReadResponse resp;
+      (void)store.Read(req, &resp);
+    }
+    store.DropStaleRestores(absl::ZeroDuration());
+  }
+  return 0;
+}
