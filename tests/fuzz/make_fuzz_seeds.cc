@@ -138,6 +138,16 @@ void StoreSeeds() {
   all.push_back(op);
 
   op.Clear();
+  op.mutable_gather()->set_name("wide");
+  *op.mutable_gather()->mutable_indices() = Value<int32_t>({100}, std::vector<int32_t>(100, 3));
+  Session("gather_wide", {op});
+  {
+    StoreOp batch;
+    for (int i = 0; i < 3; ++i) *batch.mutable_batch()->add_ops()->mutable_gather() = op.gather();
+    Session("batch_gather_wide", {batch});
+  }
+
+  op.Clear();
   op.mutable_assign()->set_name("v");
   op.mutable_assign()->set_op(psd::UPDATE_ADD);
   *op.mutable_assign()->mutable_value() = Value<float>({4, 3}, std::vector<float>(12, 1.f));

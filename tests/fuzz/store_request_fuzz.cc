@@ -7,7 +7,8 @@
 // with the variables below, so mutations of a seed hit real variables.
 //
 // What must hold: every request returns a status (no crash, abort, UB,
-// leak, hang, or allocation the limit does not cover), and the memory the
+// leak, hang, or allocation the limit does not cover: run with
+// -malloc_limit_mb=64, as the ctest smoke run does), and the memory the
 // store accounts never exceeds its limit.
 #include <algorithm>
 #include <cstddef>
@@ -71,6 +72,17 @@ void Populate(psd::VariableStore* store) {
   psd::TensorProto s;
   psd::TensorToProto(*psd::Tensor::FromStrings(psd::TensorShape({2}), {"a", "bc"}), &s);
   Create(store, "s", s);
+  // Wide rows: a gather or a batch of them can ask for far more than the
+  // store holds.
+  psd::CreateVariableRequest wide;
+  wide.set_name("wide");
+  wide.set_dtype(psd::DT_FLOAT);
+  wide.mutable_shape()->add_dims(4);
+  wide.mutable_shape()->add_dims(32768);
+  wide.mutable_initializer()->mutable_zeros();
+  wide.set_initialize(true);
+  psd::VariableInfo info;
+  Check(store->Create(wide, &info).ok(), "setup create of wide failed");
   psd::TensorProto h;
   h.set_dtype(psd::DT_HALF);
   h.mutable_shape()->add_dims(5);

@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <cmath>
 #include <fstream>
@@ -461,8 +462,13 @@ TEST_F(CorruptionTest, HugeShardCountInHeaderIsNotAllocated) {
   ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), std::numeric_limits<int32_t>::max(),
                                reader->entries())
                   .ok());
+  struct rusage before, after;
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
   auto opened = BundleReader::Open(Prefix());
   ASSERT_TRUE(opened.ok()) << opened.status();
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &after), 0);
+  // Peak memory did not grow by anything like 2^31 file slots (16 GiB).
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256 << 10) << "KiB";
   // Its data file is named for 2147483647 shards, so it is missing.
   EXPECT_EQ((*opened)->ReadTensor("a").status().code(), absl::StatusCode::kDataLoss);
 }
