@@ -9,26 +9,33 @@
 namespace psd {
 
 namespace {
-// Keeps every byte size representable with room to spare, whatever the dtype.
-constexpr int64_t kMaxElements = int64_t{1} << 62;
+// Keeps every byte size (at most 8 bytes an element: 2^62) representable in
+// int64 with room to spare, whatever the dtype. (It was 2^62 elements, whose
+// byte sizes overflowed.)
+constexpr int64_t kMaxElements = int64_t{1} << 59;
 }  // namespace
 
 absl::StatusOr<TensorShape> TensorShape::Make(absl::Span<const int64_t> dims,
                                               absl::string_view what) {
-  int64_t elements = 1;
+  // The product of the non-zero dimensions is bounded, not only the element
+  // count: a zero dimension makes the count 0, but row_elements() and every
+  // partial product (e.g. of [5, 2^40, 2^40, 0]) must still fit in int64.
+  int64_t product = 1;
   bool overflow = false;
-  bool has_zero = false;
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] < 0) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": dimension ", i, " is ", dims[i],
                                                      ", must be >= 0"));
     }
-    if (dims[i] == 0) has_zero = true;
-    if (dims[i] != 0 && elements > kMaxElements / dims[i]) overflow = true;
-    if (!overflow) elements *= dims[i];
+    if (dims[i] == 0 || overflow) continue;
+    if (product > kMaxElements / dims[i]) {
+      overflow = true;
+    } else {
+      product *= dims[i];
+    }
   }
   TensorShape shape(std::vector<int64_t>(dims.begin(), dims.end()));
-  if (overflow && !has_zero) {
+  if (overflow) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": shape ", shape.ToString(), " has too many elements"));
   }

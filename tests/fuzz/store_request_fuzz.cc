@@ -158,11 +158,15 @@ void RunOp(psd::VariableStore* store, const psd::fuzz::StoreOp& op) {
       break;
     }
     case StoreOp::kBatch: {
-      int n = 0;
+      // As ShardService runs a Batch message (without its exception guard:
+      // an exception out of the store is a bug the fuzzer should see).
+      if (op.batch().ops_size() > store->options().max_batch_ops) break;
+      int64_t budget = store->options().max_batch_result_bytes;
       for (const auto& batch_op : op.batch().ops()) {
-        if (++n > kMaxOps) break;
         psd::BatchOpResult result;
-        store->RunBatchOp(batch_op, &result);
+        absl::Status status = store->RunBatchOp(batch_op, budget, &result);
+        if (!status.ok()) psd::VariableStore::SetBatchOpStatus(status, &result);
+        budget -= static_cast<int64_t>(result.ByteSizeLong());
       }
       break;
     }
@@ -222,7 +226,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   psd::VariableStoreOptions options;
   options.memory_limit_bytes = kMemoryLimit;
   options.incarnation = 77;
-  options.max_unary_value_bytes = 4096;
+  options.max_unary_value_bytes = 64 << 10;
+  options.max_batch_ops = kMaxOps;
+  options.max_batch_result_bytes = 256 << 10;
   options.default_chunk_bytes = 100;
   options.request_window = 8;
   options.cow_chunk_bytes = 64;

@@ -480,7 +480,7 @@ TEST_F(CorruptionTest, EntryBiggerThanItsDataFileIsDataLossBeforeAllocating) {
   entries["a"].set_size(int64_t{4} << 40);
   ShapeToBundleProto({int64_t{1} << 40}, entries["s"].mutable_shape());
   entries["s"].set_size(int64_t{2} << 40);
-  // 2^61 int64 elements: the byte count wraps around to 0.
+  // 2^61 int64 elements (their byte count would wrap around to 0).
   ShapeToBundleProto({int64_t{1} << 61}, entries["b"].mutable_shape());
   entries["b"].set_size(0);
   ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());

@@ -25,8 +25,27 @@ TEST(TensorShapeTest, RejectsAbsurdElementCount) {
   auto shape = TensorShape::Make({int64_t{1} << 40, int64_t{1} << 40}, "v");
   ASSERT_FALSE(shape.ok());
   EXPECT_THAT(shape.status().message(), HasSubstr("too many elements"));
-  // A zero dimension makes any other dimension harmless.
-  EXPECT_TRUE(TensorShape::Make({0, int64_t{1} << 62, 1 << 30}, "v").ok());
+  EXPECT_TRUE(TensorShape::Make({0, int64_t{1} << 59}, "v").ok());
+  // Byte sizes (up to 8 bytes an element) must fit in int64 too.
+  EXPECT_FALSE(TensorShape::Make({int64_t{1} << 61}, "v").ok());
+}
+
+// A zero dimension makes the element count 0, but the other dimensions'
+// product is still computed (row_elements(), a gather's result rows, the
+// multiplication order of num_elements()): it must fit as well. Such shapes
+// overflowed int64 (undefined behavior) before.
+TEST(TensorShapeTest, RejectsAbsurdDimensionsBesideAZero) {
+  for (const std::vector<int64_t>& dims :
+       {std::vector<int64_t>{0, int64_t{1} << 62, 1 << 30},
+        std::vector<int64_t>{int64_t{1} << 40, int64_t{1} << 40, 0}}) {
+    auto shape = TensorShape::Make(dims, "v");
+    ASSERT_FALSE(shape.ok()) << TensorShape(dims).ToString();
+    EXPECT_THAT(shape.status().message(), HasSubstr("too many elements"));
+  }
+  auto ok = TensorShape::Make({0, int64_t{1} << 29, int64_t{1} << 30}, "v");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->num_elements(), 0);
+  EXPECT_EQ(ok->row_elements(), int64_t{1} << 59);
 }
 
 TEST(TensorTest, WireRoundTripKeepsEveryDtype) {
