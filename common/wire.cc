@@ -25,6 +25,10 @@ namespace {
 // string bytes begin and checks that they add up to the content size.
 absl::StatusOr<size_t> CheckStringEncoding(absl::string_view content, int64_t n,
                                            absl::string_view what, std::vector<uint64_t>* lengths) {
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": malformed string tensor: ", n, " elements"));
+  }
   // Each length takes at least one byte, so n > size means malformed without
   // having to allocate n of anything.
   if (n > static_cast<int64_t>(content.size())) {

@@ -155,6 +155,14 @@ TEST(TensorTest, ResetForOverwriteKeepsAFittingBufferAndReplacesOthers) {
   EXPECT_TRUE(t.bytes().empty());
 }
 
+// DecodeStrings is total: a negative element count is an error, not a
+// std::length_error thrown out of vector::reserve.
+TEST(TensorTest, DecodeStringsRefusesNegativeCount) {
+  auto decoded = DecodeStrings(std::string("\x01" "a", 2), -1, "value");
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // A bool tensor's bytes come from outside (a request, a checkpoint file):
 // any non-zero byte prints as true, without loading it as a bool (undefined
 // behavior that the sanitizer build reports).
