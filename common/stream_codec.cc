@@ -33,9 +33,10 @@ class SliceReader {
   bool done() const { return slice_ == slices_.size(); }
   size_t remaining() const { return remaining_; }
 
-  bool ReadVarint(uint64_t* value) {
+  // At most `max_bytes` bytes (10 for a 64-bit value, 5 for a tag).
+  bool ReadVarint(uint64_t* value, int max_bytes = 10) {
     uint64_t result = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
+    for (int shift = 0; shift < 7 * max_bytes; shift += 7) {
       if (done()) return false;
       const uint8_t byte = Current()[offset_];
       Advance(1);
@@ -45,7 +46,7 @@ class SliceReader {
         return true;
       }
     }
-    return false;  // more than 10 bytes
+    return false;  // longer than max_bytes
   }
 
   // Calls fn(piece) for the next `n` bytes, one piece per slice they span.
@@ -188,8 +189,10 @@ absl::Status ContentMessage::Parse(const grpc::ByteBuffer& buffer, int content_f
     fields_bytes_.append(piece.data(), piece.size());
   };
   while (!reader.done()) {
+    // A tag is a varint32 of at most 5 bytes, as protobuf reads it: a longer
+    // or wider one would be re-encoded below as a different, valid tag.
     uint64_t tag;
-    if (!reader.ReadVarint(&tag) || (tag >> 3) == 0 || (tag >> 3) > INT32_MAX) {
+    if (!reader.ReadVarint(&tag, 5) || tag > UINT32_MAX || (tag >> 3) == 0) {
       return malformed("bad field tag");
     }
     const int field = static_cast<int>(tag >> 3);

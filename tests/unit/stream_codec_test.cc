@@ -142,6 +142,25 @@ TEST(StreamCodecTest, MalformedBytesAreInvalidArgumentNamingTheStream) {
   }
 }
 
+// A tag is a varint32 of at most 5 bytes, as protobuf reads it. A wider one
+// was accepted and re-encoded as a different tag, so the small fields parsed
+// differently from what any protobuf reader sees (found by
+// stream_codec_fuzz's comparison with protobuf).
+TEST(StreamCodecTest, TagsWiderThan32BitsOrLongerThan5BytesAreMalformed) {
+  const std::vector<std::string> bad = {
+      std::string("\x90\xff\xff\xff\x98\x00\x98\x0a", 8),  // 33-bit tag, then a varint
+      std::string("\x88\x80\x80\x80\x80\x00\x01", 7),      // field 1 in a 6-byte tag
+  };
+  for (const std::string& b : bad) {
+    TensorChunk reference;
+    ASSERT_FALSE(reference.ParseFromString(b));
+    ContentMessage message;
+    TensorChunk fields;
+    absl::Status s = message.Parse(Sliced(b, {}), kTensorChunkContentField, &fields, "chunk");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  }
+}
+
 TEST(StreamCodecTest, DecodeMessageJoinsSlices) {
   ReadStreamRequest request;
   request.set_name("scope/emb/part_3");
