@@ -480,9 +480,9 @@ TEST_F(CorruptionTest, EntryBiggerThanItsDataFileIsDataLossBeforeAllocating) {
   entries["a"].set_size(int64_t{4} << 40);
   ShapeToBundleProto({int64_t{1} << 40}, entries["s"].mutable_shape());
   entries["s"].set_size(int64_t{2} << 40);
-  // 2^61 int64 elements (their byte count would wrap around to 0).
-  ShapeToBundleProto({int64_t{1} << 61}, entries["b"].mutable_shape());
-  entries["b"].set_size(0);
+  // 2^58 int64 elements: a size that fits int64 (2^61 bytes) but no file.
+  ShapeToBundleProto({int64_t{1} << 58}, entries["b"].mutable_shape());
+  entries["b"].set_size(int64_t{1} << 61);
   ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());
   reader = *BundleReader::Open(Prefix());
   for (const char* name : {"a", "s", "b"}) {
@@ -492,6 +492,19 @@ TEST_F(CorruptionTest, EntryBiggerThanItsDataFileIsDataLossBeforeAllocating) {
     EXPECT_FALSE(s.ok()) << name;
   }
   EXPECT_THAT(std::string(reader->ReadTensor("a").status().message()), HasSubstr("truncated"));
+}
+
+TEST_F(CorruptionTest, ShapeWhoseByteCountOverflowsIsRefusedAtOpen) {
+  auto reader = *BundleReader::Open(Prefix());
+  BundleEntries entries = reader->entries();
+  // 2^61 int64 elements: the byte count would wrap around to 0.
+  ShapeToBundleProto({int64_t{1} << 61}, entries["b"].mutable_shape());
+  entries["b"].set_size(0);
+  ASSERT_TRUE(WriteBundleIndex(nullptr, Prefix(), 1, entries).ok());
+  auto opened = BundleReader::Open(Prefix());
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(opened.status().message()), HasSubstr("too many elements"));
 }
 
 TEST_F(CorruptionTest, HugeSlicedTensorWithOneSmallSliceIsNotFoundBeforeAllocating) {
