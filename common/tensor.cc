@@ -9,10 +9,10 @@
 namespace psd {
 
 namespace {
-// Keeps every byte size (at most 8 bytes an element: 2^62) representable in
-// int64 with room to spare, whatever the dtype. (It was 2^62 elements, whose
-// byte sizes overflowed.)
-constexpr int64_t kMaxElements = int64_t{1} << 59;
+// Keeps every element count representable with room to spare; byte sizes
+// (up to 8 bytes an element) are checked for overflow where they are
+// computed (the store's ByteSize, the checkpoint reader).
+constexpr int64_t kMaxElements = int64_t{1} << 62;
 }  // namespace
 
 absl::StatusOr<TensorShape> TensorShape::Make(absl::Span<const int64_t> dims,

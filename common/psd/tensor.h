@@ -25,8 +25,8 @@ class TensorShape {
   TensorShape(std::initializer_list<int64_t> dims) : dims_(dims) {}
   explicit TensorShape(std::vector<int64_t> dims) : dims_(std::move(dims)) {}
 
-  // INVALID_ARGUMENT for negative dimensions or an element count past 2^59
-  // (so that any byte size fits in int64; counting the non-zero dimensions only, so that no partial product of
+  // INVALID_ARGUMENT for negative dimensions or an element count past 2^62
+  // (counting the non-zero dimensions only, so that no partial product of
   // the dimensions overflows); `what` names the tensor in the message.
   static absl::StatusOr<TensorShape> Make(absl::Span<const int64_t> dims,
                                           absl::string_view what);
