@@ -119,7 +119,7 @@ TEST_F(FaultTest, CrashLeftoversAreRemovedAtStart) {
   // Never destroyed: what a killed process leaves. Kept reachable from a
   // static, so that LeakSanitizer (scripts/test.sh --sanitize) does not
   // report this deliberate leak.
-  static BundleWriter* leaked = nullptr;
+  [[maybe_unused]] static BundleWriter* leaked = nullptr;
   leaked = writer->release();
   EXPECT_EQ(Files().size(), 3u);
   auto deleted = DeleteTempFiles(FileSystem::Default(), dir_);
