@@ -884,7 +884,9 @@ TEST_P(CrossDeviceTest, InitializersAgree) {
       }
       SCOPED_TRACE(name + " " + DataTypeName(dtype));
       const size_t bytes = slice.num_elements() * DataTypeSize(dtype);
-      auto [got, want] = Both([&](Device* d) {
+      // A structured binding is captured through an init-capture (C++17
+      // lambdas cannot name one; gcc allows it, clang does not).
+      auto [got, want] = Both([&, &spec = spec](Device* d) {
         auto buffer = d->Allocate(bytes);
         EXPECT_TRUE(buffer.ok());
         absl::Status s = d->Initialize(spec, dtype, full, slice, offset, buffer->get());

@@ -480,7 +480,10 @@ TEST_P(OptimizerKernelsTest, SparseEqualsDenseStepOfSummedRowsBitForBit) {
                       ->ApplyOptimizerSparse(c.params, dtype, var_buffer.get(), slot_ptrs, cols,
                                              indices, bytes.data() + offset)
                       .ok());
-      auto first_difference = [&](const std::string& want, const DeviceBuffer& got) -> int64_t {
+      // cols is a structured binding: captured through an init-capture (C++17
+      // lambdas cannot name one; gcc allows it, clang does not).
+      auto first_difference = [&, cols = cols](const std::string& want,
+                                               const DeviceBuffer& got) -> int64_t {
         for (int64_t i = 0; i < rows * cols; ++i) {
           if (std::memcmp(&want[i * elem], static_cast<const char*>(got.data()) + i * elem, elem) !=
               0) {
