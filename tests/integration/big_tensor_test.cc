@@ -100,9 +100,13 @@ TEST(BigTensorTest, OneGiBFloat32RoundTripsWithinMemoryBounds) {
   ::testing::Test::RecordProperty("assign_peak_mib", static_cast<int>(MiB(assign_peak)));
   ::testing::Test::RecordProperty("read_peak_mib", static_cast<int>(MiB(read_peak)));
 
+#ifndef PSD_SANITIZE
+  // Not under ASan: its shadow memory and quarantine of freed blocks add
+  // hundreds of MiB to the shard's peak (the round trip is still checked).
   EXPECT_LE(create_peak, baseline + static_cast<int64_t>(2.05 * kGiB));
   EXPECT_LE(assign_peak, baseline + static_cast<int64_t>(2.05 * kGiB));
   EXPECT_LE(read_peak, baseline + static_cast<int64_t>(1.1 * kGiB));
+#endif
 
   // The staging buffer is gone once the assign is done: the shard accounts
   // one copy.
