@@ -18,6 +18,7 @@
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "store_test_util.h"
+#include "in_process_shard.h"
 
 namespace psd {
 namespace {
@@ -169,25 +170,6 @@ TEST_F(ShardSaveStepsTest, ResumeWithOtherPartsFailsAndDropsTheSave) {
 }
 
 // A coordinator and two shards over in-process gRPC.
-struct InProcessShard {
-  InProcessShard(int id, uint64_t incarnation)
-      : device(NewCpuDevice()),
-        store(device.get(), VariableStoreOptions{}),
-        service(id, incarnation, &store) {
-    grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    b.RegisterService(&service);
-    server = b.BuildAndStart();
-    address = "127.0.0.1:" + std::to_string(port);
-  }
-  ~InProcessShard() { server->Shutdown(); }
-  std::unique_ptr<Device> device;
-  VariableStore store;
-  ShardService service;
-  int port = 0;
-  std::string address;
-  std::unique_ptr<grpc::Server> server;
-};
 
 class CheckpointProgressTest : public ::testing::Test {
  protected:
@@ -210,15 +192,7 @@ class CheckpointProgressTest : public ::testing::Test {
                                                      grpc::InsecureChannelCredentials()));
     for (int i = 0; i < 2; ++i) {
       shards_.push_back(std::make_unique<InProcessShard>(i, 100 * (i + 1)));
-      grpc::ClientContext ctx;
-      RegisterShardRequest req;
-      req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
-      req.set_shard_id(i);
-      req.set_address(shards_[i]->address);
-      req.set_incarnation(100 * (i + 1));
-      req.set_device("cpu");
-      RegisterShardResponse resp;
-      ASSERT_TRUE(stub_->RegisterShard(&ctx, req, &resp).ok());
+      ASSERT_TRUE(shards_[i]->Register(stub_.get()).ok());
     }
     grpc::ClientContext ctx;
     OpenSessionRequest open;

@@ -12,6 +12,7 @@
 #include "psd/names.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
+#include "in_process_shard.h"
 
 namespace psd {
 namespace {
@@ -19,45 +20,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::UnorderedElementsAre;
 
-VariableStoreOptions WithLimit(int64_t memory_limit_bytes) {
-  VariableStoreOptions o;
-  o.memory_limit_bytes = memory_limit_bytes;
-  return o;
-}
-
-struct InProcessShard {
-  InProcessShard(int id, uint64_t incarnation, int64_t memory_limit_bytes = 0)
-      : device(NewCpuDevice()),
-        store(device.get(), WithLimit(memory_limit_bytes)),
-        service(id, incarnation, &store) {
-    grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    b.RegisterService(&service);
-    server = b.BuildAndStart();
-    address = "127.0.0.1:" + std::to_string(port);
-    stub = Shard::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  }
-  ~InProcessShard() { server->Shutdown(); }
-  std::vector<VariableInfo> Infos() {
-    grpc::ClientContext ctx;
-    ListVariablesRequest req;
-    ListVariablesResponse resp;
-    EXPECT_TRUE(stub->ListVariables(&ctx, req, &resp).ok());
-    return std::vector<VariableInfo>(resp.variables().begin(), resp.variables().end());
-  }
-  std::vector<std::string> Names() {
-    std::vector<std::string> out;
-    for (const auto& v : Infos()) out.push_back(v.name());
-    return out;
-  }
-  std::unique_ptr<Device> device;
-  VariableStore store;
-  ShardService service;
-  int port = 0;
-  std::string address;
-  std::unique_ptr<grpc::Server> server;
-  std::unique_ptr<Shard::Stub> stub;
-};
 
 class CoordinatorServiceTest : public ::testing::Test {
  protected:
