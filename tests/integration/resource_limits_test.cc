@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "../common/raw_connection.h"
 #include "cluster_process.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -93,30 +94,8 @@ absl::StatusOr<std::unique_ptr<LimitedShard>> StartLimitedShard(
   return shard;
 }
 
-// A connection to 127.0.0.1:port that never sends anything.
-class IdleConnection {
- public:
-  explicit IdleConnection(int port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ =
-        fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  }
-  ~IdleConnection() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  IdleConnection(const IdleConnection&) = delete;
-  IdleConnection& operator=(const IdleConnection&) = delete;
-  bool connected() const { return connected_; }
-  int fd() const { return fd_; }
-
- private:
-  int fd_ = -1;
-  bool connected_ = false;
-};
+// Idle connections: opened, never sent a byte.
+using IdleConnection = testing_net::RawConnection;
 
 std::vector<std::unique_ptr<IdleConnection>> Flood(int port, int count) {
   std::vector<std::unique_ptr<IdleConnection>> connections;

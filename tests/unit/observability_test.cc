@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../common/http_get.h"
+#include "../common/raw_connection.h"
 #include "absl/strings/str_cat.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/ip/tcp.hpp"
@@ -39,6 +40,7 @@ namespace {
 
 using ::testing::HasSubstr;
 namespace http = boost::beast::http;
+using testing_net::RawConnection;
 
 TEST(MetricsTest, RendersCountersGaugesAndHistogramsWithLabels) {
   MetricsRegistry registry;
@@ -220,67 +222,6 @@ TEST(HttpServerTest, AStalledClientDoesNotHoldTheEndpoint) {
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->status, 200);
 }
-
-// A plain POSIX connection to 127.0.0.1:`port` whose reads give up after
-// 30 s without a byte, so no test can hang on a server that never answers.
-class RawConnection {
- public:
-  explicit RawConnection(int port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ =
-        fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-    timeval timeout{30, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  }
-  ~RawConnection() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  RawConnection(const RawConnection&) = delete;
-  RawConnection& operator=(const RawConnection&) = delete;
-
-  bool connected() const { return connected_; }
-  int fd() const { return fd_; }
-
-  bool Send(const std::string& bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  }
-  void ShutdownWrite() { ::shutdown(fd_, SHUT_WR); }
-  // True once the server has sent something or closed (within `ms`).
-  bool Readable(int ms) {
-    pollfd p{fd_, POLLIN, 0};
-    return ::poll(&p, 1, ms) > 0;
-  }
-  // Everything the server sends until it closes; false if it went 30 s
-  // without sending or closing.
-  bool ReadToEnd(std::string* out) {
-    char buffer[4096];
-    for (;;) {
-      const ssize_t n = ::recv(fd_, buffer, sizeof(buffer), 0);
-      if (n > 0) {
-        out->append(buffer, static_cast<size_t>(n));
-      } else if (n == 0) {
-        return true;
-      } else if (errno != EINTR) {
-        return errno != EAGAIN && errno != EWOULDBLOCK;  // a reset also ends it
-      }
-    }
-  }
-
- private:
-  int fd_ = -1;
-  bool connected_ = false;
-};
 
 // /healthz on a new connection until it answers 200 (bounded: 200 tries).
 bool EventuallyHealthy(int port) {
