@@ -297,13 +297,7 @@ class ManagerTest : public ::testing::Test {
     options.checkpoint.policy.max_to_keep = 2;
     options.checkpoint.fs = &blocking_fs_;
     service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
-    grpc::ServerBuilder b;
-    int port = 0;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    b.RegisterService(service_.get());
-    server_ = b.BuildAndStart();
-    stub_ = Coordinator::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                                     grpc::InsecureChannelCredentials()));
+    server_ = ServeInProcess(service_.get(), &stub_);
     for (int i = 0; i < 2; ++i) {
       shards_.push_back(std::make_unique<InProcessShard>(i, 100 * (i + 1)));
       ASSERT_TRUE(shards_[i]->Register(stub_.get()).ok());

@@ -26,13 +26,7 @@ class CoordinatorServiceTest : public ::testing::Test {
   void SetUp() override {
     registry_ = std::move(Registry::Open({})).value();
     service_ = std::make_unique<CoordinatorService>(registry_.get(), CoordinatorServiceOptions{});
-    grpc::ServerBuilder b;
-    int port = 0;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    b.RegisterService(service_.get());
-    server_ = b.BuildAndStart();
-    stub_ = Coordinator::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                                     grpc::InsecureChannelCredentials()));
+    server_ = ServeInProcess(service_.get(), &stub_);
     shards_.push_back(std::make_unique<InProcessShard>(0, 100));
     // Shard 1 has room for small variables only (a shard refusing a part).
     shards_.push_back(std::make_unique<InProcessShard>(1, 200, 64 << 10));

@@ -1,6 +1,7 @@
 // A real shard service (CPU store, ShardService) on an in-process gRPC
 // server at 127.0.0.1:0, for coordinator tests that need shards without
-// processes, and the RegisterShard call that introduces it to a coordinator.
+// processes, and the RegisterShard call that introduces it to a coordinator;
+// ServeInProcess serves the coordinator itself the same way.
 //
 // Thread-safety: thread-compatible; the server serves from gRPC's threads.
 #ifndef PSD_TESTS_UNIT_IN_PROCESS_SHARD_H_
@@ -18,6 +19,20 @@
 #include "shard/variable_store.h"
 
 namespace psd {
+
+// Serves `coordinator` on an in-process server at 127.0.0.1:0 and points
+// `*stub` at it.
+inline std::unique_ptr<grpc::Server> ServeInProcess(grpc::Service* coordinator,
+                                                    std::unique_ptr<Coordinator::Stub>* stub) {
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(coordinator);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  *stub = Coordinator::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  return server;
+}
 
 struct InProcessShard {
   InProcessShard(int id, uint64_t incarnation, int64_t memory_limit_bytes = 0)
