@@ -42,12 +42,6 @@ namespace partitioners = client::partitioners;
 
 constexpr absl::Duration kDeadline = absl::Seconds(60);
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/psd_ckpt_sched_XXXXXX";
-  char* d = mkdtemp(tmpl);
-  return d == nullptr ? std::string() : std::string(d);
-}
-
 template <typename T>
 Tensor Vec(TensorShape shape, std::vector<T> v) {
   return *Tensor::FromVector<T>(std::move(shape), v);
@@ -75,7 +69,7 @@ bool HasIndex(const std::string& prefix) {
 class CheckpointScheduleTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = MakeTempDir("psd_ckpt_sched_");
     ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override {

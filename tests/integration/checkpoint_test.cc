@@ -42,12 +42,6 @@ using client::Session;
 using client::Variable;
 namespace partitioners = client::partitioners;
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/psd_ckpt_test_XXXXXX";
-  char* d = mkdtemp(tmpl);
-  return d == nullptr ? std::string() : std::string(d);
-}
-
 GetVariableOptions Declared(DataType dtype, TensorShape shape) {
   GetVariableOptions o;
   o.dtype = dtype;
@@ -63,7 +57,7 @@ Tensor Vec(TensorShape shape, std::vector<T> v) {
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = MakeTempDir("psd_ckpt_test_");
     ASSERT_FALSE(dir_.empty());
     TestClusterOptions options;
     options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir_,

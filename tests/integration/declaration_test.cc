@@ -35,12 +35,6 @@ using client::Session;
 using client::Variable;
 namespace init = client::init;
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/psd_decl_test_XXXXXX";
-  char* d = mkdtemp(tmpl);
-  return d == nullptr ? std::string() : std::string(d);
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;
@@ -60,7 +54,7 @@ GetVariableOptions Floats(TensorShape shape, InitializerSpec init) {
 class DeclarationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = MakeTempDir("psd_decl_test_");
     ASSERT_FALSE(dir_.empty());
     TestClusterOptions options;
     options.num_shards = 1;

@@ -4,6 +4,7 @@
 #ifndef PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 #define PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,12 @@
 
 namespace psd {
 namespace integration {
+
+// A new directory under /tmp, "/tmp/<prefix>XXXXXX"; "" if it cannot be made.
+inline std::string MakeTempDir(const std::string& prefix) {
+  std::string path = "/tmp/" + prefix + "XXXXXX";
+  return mkdtemp(path.data()) == nullptr ? std::string() : path;
+}
 
 inline ::testing::AssertionResult IsOk(const absl::Status& status) {
   if (status.ok()) return ::testing::AssertionSuccess();
