@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
+#include "psd/crc32c.h"
 #include "psd/status.h"
 
 namespace psd {
@@ -116,6 +117,28 @@ std::string EncodeStrings(const std::vector<std::string>& values) {
     p += s.size();
   }
   return out;
+}
+
+int64_t WireBytes(const Tensor& tensor) {
+  if (tensor.dtype() != DT_STRING) return static_cast<int64_t>(tensor.bytes().size());
+  int64_t n = 0;
+  for (const auto& s : tensor.strings()) n += CodedOutputStream::VarintSize64(s.size()) + s.size();
+  return n;
+}
+
+uint32_t WireCrc32c(const Tensor& tensor) {
+  if (tensor.dtype() != DT_STRING) return crc32c::Value(tensor.bytes());
+  // The encoding's order (every length, then every string's bytes), without
+  // building it.
+  uint32_t crc = 0;
+  uint8_t varint[10];  // the longest varint64
+  for (const auto& s : tensor.strings()) {
+    const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(s.size(), varint);
+    crc = crc32c::Extend(crc, reinterpret_cast<const char*>(varint),
+                         static_cast<size_t>(end - varint));
+  }
+  for (const auto& s : tensor.strings()) crc = crc32c::Extend(crc, s);
+  return crc;
 }
 
 absl::StatusOr<Tensor> TensorFromProto(const TensorProto& proto, absl::string_view what) {

@@ -117,17 +117,6 @@ bool IsRetryable(const absl::Status& s) {
          s.code() == absl::StatusCode::kDeadlineExceeded;
 }
 
-// Bytes a tensor takes on the wire: its element bytes, or the length of its
-// string encoding (computed without encoding).
-int64_t WireBytes(const Tensor& t) {
-  if (t.dtype() != DT_STRING) return static_cast<int64_t>(t.bytes().size());
-  int64_t n = 0;
-  for (const auto& s : t.strings()) {
-    n += google::protobuf::io::CodedOutputStream::VarintSize64(s.size()) + s.size();
-  }
-  return n;
-}
-
 // Runs callbacks at given times on one thread of its own: the retries of
 // async ops wait here rather than on a gRPC callback thread.
 //
@@ -593,7 +582,7 @@ class ShardClient::Impl {
   }
 
   AssignStreamHeader MakeStreamHeader(UpdateOp op, const std::string& name, const Tensor& value,
-                                      bool validate_shape) const {
+                                      bool validate_shape, bool if_uninitialized = false) const {
     AssignStreamHeader header;
     header.set_name(name);
     header.set_op(op);
@@ -601,6 +590,7 @@ class ShardClient::Impl {
     ShapeToProto(value.shape(), header.mutable_shape());
     header.set_total_bytes(WireBytes(value));
     header.set_validate_shape(validate_shape);
+    header.set_if_uninitialized(if_uninitialized);
     SetNewRequestId(header.mutable_request_id());
     header.set_shard_incarnation(info_.incarnation);
     return header;
@@ -616,6 +606,7 @@ class ShardClient::Impl {
     TensorToProto(std::move(value), request.mutable_value());
     request.set_validate_shape(options.validate_shape);
     request.set_use_locking(options.use_locking);
+    request.set_if_uninitialized(op == UPDATE_ASSIGN && options.if_uninitialized);
     request.set_return_value(return_value);
     SetNewRequestId(request.mutable_request_id());
     request.set_shard_incarnation(info_.incarnation);
@@ -662,14 +653,16 @@ class ShardClient::Impl {
                                  bytes + (64 << 10) <= options_.max_message_bytes;
     if (Streams(bytes) && !result_in_reply) {
       const AssignStreamHeader header =
-          MakeStreamHeader(op, name, value, op == UPDATE_ASSIGN ? options.validate_shape : true);
+          MakeStreamHeader(op, name, value, op == UPDATE_ASSIGN ? options.validate_shape : true,
+                           op == UPDATE_ASSIGN && options.if_uninitialized);
       AssignResponse response;
       PSD_RETURN_IF_ERROR(AssignStream(header, value, &response));
       if (new_value != nullptr) {
         // A streamed assign returns no value: an assign's new value is the
-        // value sent; for add/sub it is read back (not atomically with the
+        // value sent; for add/sub, or an initialization that found the
+        // variable initialized, it is read back (not atomically with the
         // update).
-        if (op == UPDATE_ASSIGN) {
+        if (op == UPDATE_ASSIGN && !response.skipped()) {
           *new_value = value;
         } else {
           PSD_ASSIGN_OR_RETURN(*new_value, Read(name));

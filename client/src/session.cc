@@ -168,6 +168,74 @@ Variable Session::Impl::MakeVariable(VariableHandle handle, std::string caching_
   return internal::VariableState::Wrap(std::move(state));
 }
 
+namespace {
+
+bool SameDescription(const InitializerSpec::SuppliedValue& a,
+                     const InitializerSpec::SuppliedValue& b) {
+  return a.dtype() == b.dtype() && a.byte_size() == b.byte_size() && a.crc32c() == b.crc32c() &&
+         std::equal(a.shape().dims().begin(), a.shape().dims().end(), b.shape().dims().begin(),
+                    b.shape().dims().end());
+}
+
+}  // namespace
+
+absl::Status Session::Impl::Supply(const Variable& v, std::shared_ptr<const Tensor> value,
+                                   bool initialize) {
+  if (value == nullptr) return absl::OkStatus();
+  const VariableHandle handle = v.handle();
+  if (!handle.initializer().has_supplied_value()) return absl::OkStatus();
+  const InitializerSpec::SuppliedValue& description = handle.initializer().supplied_value();
+  if (value->dtype() != description.dtype() || WireBytes(*value) != description.byte_size() ||
+      WireCrc32c(*value) != description.crc32c()) {
+    // Attached to a variable declared with another value: TensorFlow
+    // ignores the initializer of a reused variable.
+    return absl::OkStatus();
+  }
+  {
+    absl::MutexLock lock(&supplied_mu_);
+    supplied_[handle.name()] = Supplied{description, value};
+  }
+  if (!initialize) return absl::OkStatus();
+  return internal::WriteSuppliedValue(internal::VariableState::Of(v), *value, /*force=*/false);
+}
+
+std::shared_ptr<const Tensor> Session::Impl::SuppliedFor(const VariableHandle& handle) {
+  if (!handle.initializer().has_supplied_value()) return nullptr;
+  absl::MutexLock lock(&supplied_mu_);
+  auto it = supplied_.find(handle.name());
+  if (it == supplied_.end() ||
+      !SameDescription(it->second.description, handle.initializer().supplied_value())) {
+    return nullptr;
+  }
+  return it->second.value;
+}
+
+absl::Status Session::Impl::InitializeSuppliedSources(const InitializerSpec& spec) {
+  // A chain of sources is bounded by the variables that exist; `seen` stops
+  // a cycle a racing redeclaration could make.
+  std::set<std::string> seen;
+  const InitializerSpec* next = &spec;
+  VariableHandle handle;
+  while (next->has_from_variable() && seen.insert(next->from_variable().source()).second) {
+    absl::StatusOr<VariableHandle> source = Lookup(next->from_variable().source());
+    // A missing source is the coordinator's to report, naming the target.
+    if (!source.ok()) return absl::OkStatus();
+    handle = *std::move(source);
+    if (std::shared_ptr<const Tensor> value = SuppliedFor(handle)) {
+      Variable v = MakeVariable(handle);
+      return internal::WriteSuppliedValue(internal::VariableState::Of(v), *value,
+                                          /*force=*/false);
+    }
+    next = &handle.initializer();
+  }
+  return absl::OkStatus();
+}
+
+void Session::Impl::ForgetSupplied(const std::string& name) {
+  absl::MutexLock lock(&supplied_mu_);
+  supplied_.erase(name);
+}
+
 absl::StatusOr<std::shared_ptr<ShardClient>> Session::Impl::ShardFor(const PartHandle& part) {
   const std::string& address = part.shard_address();
   {
@@ -254,19 +322,60 @@ std::string CachingDevice(const CapturedScope& scope, const GetVariableOptions& 
   return o.caching_device.has_value() ? *o.caching_device : scope.caching_device;
 }
 
-VariableDeclaration MakeDeclaration(const CapturedScope& scope, const std::string& name,
-                                    const GetVariableOptions& o, const char* file, int line) {
-  VariableDeclaration d;
+// A declaration as sent, and the value it supplies (InitializerSpec's
+// SuppliedValue), which stays in this client.
+struct Declaration {
+  VariableDeclaration proto;
+  std::shared_ptr<const Tensor> supplied;
+};
+
+InitializerSpec DescribeSupplied(const Tensor& value) {
+  InitializerSpec spec;
+  InitializerSpec::SuppliedValue* d = spec.mutable_supplied_value();
+  d->set_dtype(value.dtype());
+  ShapeToProto(value.shape(), d->mutable_shape());
+  d->set_byte_size(WireBytes(value));
+  d->set_crc32c(WireCrc32c(value));
+  return spec;
+}
+
+// `o.initial_value` is moved out (a large value is not copied).
+absl::StatusOr<Declaration> MakeDeclaration(const CapturedScope& scope, const std::string& name,
+                                            GetVariableOptions& o, const char* file, int line) {
+  Declaration out;
+  VariableDeclaration& d = out.proto;
   d.set_name(JoinPath(scope.name, name));
   d.set_dtype(o.dtype != DT_INVALID ? o.dtype : scope.dtype);
   if (o.shape.has_value()) ShapeToProto(*o.shape, d.mutable_shape());
   if (o.initial_value.has_value()) {
-    TensorToProto(*o.initial_value, d.mutable_initial_value());
+    // TensorFlow's checks of a tensor passed as the initializer.
+    if (o.initializer.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "variable ", d.name(), ": give an initializer or an initial value, not both"));
+    }
+    if (o.shape.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "variable ", d.name(), ": If initializer is a constant, do not specify shape."));
+    }
+    out.supplied = std::make_shared<const Tensor>(std::move(*o.initial_value));
+    o.initial_value.reset();
   } else if (o.initializer.has_value()) {
     *d.mutable_initializer() = *o.initializer;
   } else if (scope.initializer.has_value()) {
     *d.mutable_initializer() = *scope.initializer;
   }
+  if (d.initializer().has_constant() &&
+      static_cast<int64_t>(d.initializer().constant().value().content().size()) >
+          kMaxInlineConstantBytes &&
+      d.initializer().constant().value().shape().dims_size() > 0) {
+    // A constant too large to travel with the declaration: this client
+    // supplies it like an initial value (the shards check it fits).
+    PSD_ASSIGN_OR_RETURN(Tensor value,
+                         TensorFromProto(d.initializer().constant().value(),
+                                         absl::StrCat("constant initializer of ", d.name())));
+    out.supplied = std::make_shared<const Tensor>(std::move(value));
+  }
+  if (out.supplied != nullptr) *d.mutable_initializer() = DescribeSupplied(*out.supplied);
   if (o.partitioner.has_value()) {
     *d.mutable_partitioner() = *o.partitioner;
   } else if (scope.partitioner.has_value()) {
@@ -277,7 +386,7 @@ VariableDeclaration MakeDeclaration(const CapturedScope& scope, const std::strin
   for (const std::string& c : o.collections) d.add_collections(c);
   d.set_initialize(o.initialize);
   d.set_declared_at(!o.declared_at.empty() ? o.declared_at : absl::StrCat(file, ":", line));
-  return d;
+  return out;
 }
 
 }  // namespace
@@ -286,17 +395,23 @@ namespace {
 
 // One get_variable: `name` under `scope`, with the scope's defaults.
 absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScope& scope,
-                                         const std::string& name,
-                                         const GetVariableOptions& options, const char* file,
-                                         int line) {
+                                         const std::string& name, GetVariableOptions options,
+                                         const char* file, int line) {
   GetVariableRequest req;
   req.set_session_id(impl->id_);
   req.set_request_seq(impl->NextRequestSeq());
-  *req.mutable_declaration() = MakeDeclaration(scope, name, options, file, line);
+  PSD_ASSIGN_OR_RETURN(Declaration decl, MakeDeclaration(scope, name, options, file, line));
+  if (decl.proto.initialize()) {
+    PSD_RETURN_IF_ERROR(impl->InitializeSuppliedSources(decl.proto.initializer()));
+  }
+  *req.mutable_declaration() = std::move(decl.proto);
   GetVariableResponse resp;
   PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
   PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
-  return impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
+  Variable v = impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
+  PSD_RETURN_IF_ERROR(
+      impl->Supply(v, std::move(decl.supplied), options.initialize && resp.created()));
+  return v;
 }
 
 }  // namespace
@@ -313,18 +428,37 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
   DeclareVariablesRequest req;
   req.set_session_id(impl_->id_);
   req.set_request_seq(impl_->NextRequestSeq());
+  std::vector<std::shared_ptr<const Tensor>> supplied;
   for (const auto& [name, options] : declarations) {
-    *req.add_declarations() =
-        MakeDeclaration(impl_->stack_.back().scope, name, options, file, line);
+    GetVariableOptions o = options;
+    PSD_ASSIGN_OR_RETURN(Declaration decl,
+                         MakeDeclaration(impl_->stack_.back().scope, name, o, file, line));
+    if (decl.proto.initialize()) {
+      PSD_RETURN_IF_ERROR(impl_->InitializeSuppliedSources(decl.proto.initializer()));
+    }
+    *req.add_declarations() = std::move(decl.proto);
+    supplied.push_back(std::move(decl.supplied));
   }
   DeclareVariablesResponse resp;
   PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::DeclareVariables, req, &resp));
+  if (resp.handles_size() != static_cast<int>(declarations.size())) {
+    return absl::InternalError(absl::StrCat("coordinator ", impl_->address_, " answered ",
+                                            declarations.size(), " declarations with ",
+                                            resp.handles_size(), " handles"));
+  }
   std::vector<Variable> out;
   for (int i = 0; i < resp.handles_size(); ++i) {
     PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handles(i)));
     out.push_back(impl_->MakeVariable(
         std::move(handle), CachingDevice(impl_->stack_.back().scope, declarations[i].second)));
   }
+  // The supplied values go straight to their shards, variables in parallel.
+  std::vector<absl::Status> written = RunParallel(out.size(), [&](size_t i) {
+    const bool created = i < static_cast<size_t>(resp.created_size()) && resp.created(i);
+    return impl_->Supply(out[i], std::move(supplied[i]),
+                         declarations[i].second.initialize && created);
+  });
+  for (const absl::Status& s : written) PSD_RETURN_IF_ERROR(s);
   return out;
 }
 
@@ -403,16 +537,16 @@ absl::StatusOr<Variable> CreateUnique(Session::Impl* impl, GetVariableOptions o,
   o.initialize = options.initialize;
   // The unique name is already a full name: declare it from the root, and
   // without the scope's defaults (tf.Variable ignores them).
-  return DeclareVariable(impl, CapturedScope{}, uresp.name(), o, file, line);
+  return DeclareVariable(impl, CapturedScope{}, uresp.name(), std::move(o), file, line);
 }
 
 }  // namespace
 
-absl::StatusOr<Variable> Session::CreateVariable(const Tensor& initial_value,
+absl::StatusOr<Variable> Session::CreateVariable(Tensor initial_value,
                                                  const VariableOptions& options, const char* file,
                                                  int line) {
   GetVariableOptions o;
-  o.initial_value = initial_value;
+  o.initial_value = std::move(initial_value);
   return CreateUnique(impl_.get(), std::move(o), options, file, line);
 }
 
@@ -519,7 +653,28 @@ absl::Status Session::Impl::InitializeOrdered(const std::vector<std::string>& na
   return absl::OkStatus();
 }
 
-absl::Status Session::InitializeVariables(const std::vector<Variable>& variables, bool force) {
+absl::Status Session::InitializeVariables(const std::vector<Variable>& all, bool force) {
+  // Values this session supplied go from here straight to their shards,
+  // first, as sources of the rest may be among them. A supplied variable
+  // whose value this session does not hold goes the shards' way: an
+  // initialized one is left alone, any other is FAILED_PRECONDITION.
+  std::vector<Variable> variables;
+  std::vector<std::pair<Variable, std::shared_ptr<const Tensor>>> supplied;
+  for (const Variable& v : all) {
+    std::shared_ptr<const Tensor> value = impl_->SuppliedFor(v.handle());
+    if (value != nullptr) {
+      supplied.emplace_back(v, std::move(value));
+    } else {
+      variables.push_back(v);
+    }
+  }
+  std::vector<absl::Status> written = RunParallel(supplied.size(), [&](size_t i) {
+    return internal::WriteSuppliedValue(internal::VariableState::Of(supplied[i].first),
+                                        *supplied[i].second, force);
+  });
+  for (const absl::Status& s : written) PSD_RETURN_IF_ERROR(s);
+  if (variables.empty()) return absl::OkStatus();
+
   // A variable initialized from another needs its source first, and its
   // shard needs to know where the source lives: the coordinator orders the
   // whole list. Without one, the shards are called directly.
@@ -527,6 +682,11 @@ absl::Status Session::InitializeVariables(const std::vector<Variable>& variables
     return v.handle().initializer().has_from_variable();
   });
   if (ordered) {
+    // The coordinator initializes sources it can run; one whose value this
+    // session supplied is written from here first.
+    for (const Variable& v : variables) {
+      PSD_RETURN_IF_ERROR(impl_->InitializeSuppliedSources(v.handle().initializer()));
+    }
     std::vector<std::string> names;
     names.reserve(variables.size());
     for (const Variable& v : variables) names.push_back(v.name());
@@ -537,17 +697,28 @@ absl::Status Session::InitializeVariables(const std::vector<Variable>& variables
   });
 }
 
-absl::Status Session::InitializeAllVariables() {
+absl::Status Session::InitializeCollections(const std::vector<std::string>& collections) {
   PSD_ASSIGN_OR_RETURN(std::vector<Variable> all, ListVariables(""));
   std::vector<Variable> wanted;
   for (const Variable& v : all) {
+    // A value another client supplied is that client's to write, as a
+    // TensorFlow graph's initializer covers its own variables only.
+    if (v.handle().initializer().has_supplied_value() &&
+        impl_->SuppliedFor(v.handle()) == nullptr) {
+      continue;
+    }
     const auto c = v.collections();
-    if (std::find(c.begin(), c.end(), kGlobalVariables) != c.end() ||
-        std::find(c.begin(), c.end(), kLocalVariables) != c.end()) {
+    if (std::any_of(collections.begin(), collections.end(), [&](const std::string& wanted) {
+          return std::find(c.begin(), c.end(), wanted) != c.end();
+        })) {
       wanted.push_back(v);
     }
   }
   return InitializeVariables(wanted);
+}
+
+absl::Status Session::InitializeAllVariables() {
+  return InitializeCollections({kGlobalVariables, kLocalVariables});
 }
 
 absl::StatusOr<std::vector<std::string>> Session::ReportUninitializedVariables(
@@ -614,7 +785,9 @@ absl::Status Session::DeleteVariable(const std::string& full_name) {
   CoordinatorDeleteVariableRequest req;
   req.set_name(full_name);
   CoordinatorDeleteVariableResponse resp;
-  return impl_->Call(&Coordinator::Stub::DeleteVariable, req, &resp);
+  PSD_RETURN_IF_ERROR(impl_->Call(&Coordinator::Stub::DeleteVariable, req, &resp));
+  impl_->ForgetSupplied(full_name);
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------

@@ -67,6 +67,23 @@ class Session::Impl {
   // cannot cure.
   absl::Status InitializeOrdered(const std::vector<std::string>& names, bool force);
 
+  // Values this session supplied as initial values (SuppliedValue). With
+  // `value` set and `v`'s handle describing it (this declaration created
+  // the variable, or another declared it with the same value), keeps it
+  // for later initializations and, with `initialize` (the declaration
+  // created the variable and asked to initialize it, as the coordinator
+  // initializes other variables only at creation), writes it to the parts
+  // not yet initialized.
+  absl::Status Supply(const Variable& v, std::shared_ptr<const Tensor> value, bool initialize);
+  // The value kept for the variable of `handle`, if the handle describes it.
+  std::shared_ptr<const Tensor> SuppliedFor(const VariableHandle& handle);
+  void ForgetSupplied(const std::string& name);
+  // For a spec initialized from another variable (init::FromVariable):
+  // writes the first source along its chain whose value this session
+  // supplied, if it is not initialized, so the coordinator's ordered
+  // initialization finds it initialized (the coordinator cannot run it).
+  absl::Status InitializeSuppliedSources(const InitializerSpec& spec);
+
   // The pooled client for the part's shard, connected to the part's
   // incarnation; ABORTED "stale handle" when the shard at that address is
   // another incarnation now.
@@ -94,6 +111,13 @@ class Session::Impl {
   std::thread keepalive_;
   absl::Mutex pool_mu_;
   std::map<std::string, std::shared_ptr<ShardClient>> pool_ ABSL_GUARDED_BY(pool_mu_);
+  struct Supplied {
+    InitializerSpec::SuppliedValue description;
+    std::shared_ptr<const Tensor> value;
+  };
+  absl::Mutex supplied_mu_;
+  // By variable name.
+  std::map<std::string, Supplied> supplied_ ABSL_GUARDED_BY(supplied_mu_);
 };
 
 namespace internal {
@@ -124,6 +148,7 @@ struct VariableState {
   absl::Status Refresh();
 
   static Variable Wrap(std::shared_ptr<VariableState> state) { return Variable(std::move(state)); }
+  static VariableState* Of(const Variable& v) { return v.state_.get(); }
 
   // Runs fn on the parts `which` (all when empty) in parallel. A part lost
   // on its shard fails UNAVAILABLE naming it; parts answered with a stale
@@ -133,6 +158,10 @@ struct VariableState {
       const std::vector<int>& which,
       const std::function<absl::Status(int k, const PartHandle& part, ShardClient& shard)>& fn);
 };
+
+// Writes `value` (the variable's supplied initial value) to every part:
+// only to parts not initialized unless `force`.
+absl::Status WriteSuppliedValue(VariableState* state, const Tensor& value, bool force);
 
 }  // namespace internal
 }  // namespace client

@@ -546,9 +546,22 @@ absl::StatusOr<int64_t> Variable::CountUpTo(int64_t limit) const {
   return old;
 }
 
+absl::Status internal::WriteSuppliedValue(VariableState* state, const Tensor& value, bool force) {
+  state->InvalidateCache();
+  AssignOptions options;
+  options.if_uninitialized = !force;
+  return AssignOp(state, Op::kAssign, value, nullptr, options);
+}
+
 absl::Status Variable::Initialize(bool force) const {
-  if (state_->Snapshot().initializer().has_from_variable()) {
+  const VariableHandle h = state_->Snapshot();
+  if (h.initializer().has_from_variable()) {
     return state_->session->InitializeOrdered({name()}, force);
+  }
+  // A value this session supplied; without it, the shards answer (an
+  // initialized part is left alone, any other is FAILED_PRECONDITION).
+  if (std::shared_ptr<const Tensor> value = state_->session->SuppliedFor(h)) {
+    return internal::WriteSuppliedValue(state_.get(), *value, force);
   }
   return state_->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
     return shard.Initialize({p.name()}, force);

@@ -33,6 +33,19 @@ absl::StatusOr<Tensor> TensorFromProto(const TensorProto& proto, absl::string_vi
 void TensorToProto(const Tensor& tensor, TensorProto* proto);
 void TensorToProto(Tensor&& tensor, TensorProto* proto);
 
+// The largest constant initializer value (its TensorProto content) a
+// variable declaration carries: the coordinator's registry, every handle
+// and every part's shard hold it. Larger values are supplied by the client
+// (InitializerSpec.SuppliedValue), which writes them to the shards.
+inline constexpr int64_t kMaxInlineConstantBytes = 64 << 10;
+
+// Bytes a tensor takes on the wire (TensorProto.content, TensorChunk): its
+// element bytes, or the length of its string encoding (computed without
+// encoding).
+int64_t WireBytes(const Tensor& tensor);
+// CRC-32C (unmasked) of those bytes, computed without encoding strings.
+uint32_t WireCrc32c(const Tensor& tensor);
+
 // DT_STRING content: N varint64 lengths, then the concatenated bytes.
 std::string EncodeStrings(const std::vector<std::string>& values);
 absl::StatusOr<std::vector<std::string>> DecodeStrings(absl::string_view content,

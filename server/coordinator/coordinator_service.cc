@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "grpcpp/grpcpp.h"
+#include "device/initializer_spec.h"
+#include "psd/crc32c.h"
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -167,8 +169,9 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
         *req.mutable_shape() = part.shape();
         *req.mutable_initializer() = def.initializer();
         // A variable initialized from another waits for its source: the
-        // ordered initialization runs it once every part exists.
-        req.set_initialize(v.initialize && !def.initializer().has_from_variable());
+        // ordered initialization runs it once every part exists. One with
+        // a supplied value waits for its client to write it.
+        req.set_initialize(v.initialize && ShardRunsInitializer(def.initializer()));
         if (def.partitioned()) {
           *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
           *req.mutable_slice()->mutable_offset() = part.offset();
@@ -541,6 +544,19 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
     *d.mutable_initializer() = def.initializer();
     if (def.initializer().has_from_variable() && source_of.count(def.name()) == 0) {
       d.mutable_initializer()->mutable_default_initializer();
+    }
+    if (def.initializer().has_constant() &&
+        static_cast<int64_t>(def.initializer().constant().value().content().size()) >
+            kMaxInlineConstantBytes) {
+      // Saved when initial values travelled inside declarations: the
+      // checkpoint holds the value, so only its description is declared.
+      const TensorProto& value = def.initializer().constant().value();
+      InitializerSpec::SuppliedValue* supplied =
+          d.mutable_initializer()->mutable_supplied_value();
+      supplied->set_dtype(value.dtype());
+      *supplied->mutable_shape() = value.shape();
+      supplied->set_byte_size(static_cast<int64_t>(value.content().size()));
+      supplied->set_crc32c(crc32c::Value(value.content()));
     }
     if (def.partitioned()) {
       auto* parts = d.mutable_partitioner()->mutable_explicit_partitions();

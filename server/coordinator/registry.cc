@@ -422,14 +422,14 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
     return DeclareResult{std::move(def), true};
   }
 
-  // The declared shape and dtype, where given (an initial value gives both).
+  // The declared shape and dtype, where given (a supplied value gives both).
   bool has_shape = decl.has_shape();
   TensorShapeProto shape = decl.shape();
   DataType dtype = decl.dtype();
-  if (decl.has_initial_value()) {
+  if (decl.initializer().has_supplied_value()) {
     has_shape = true;
-    shape = decl.initial_value().shape();
-    if (dtype == DT_INVALID) dtype = decl.initial_value().dtype();
+    shape = decl.initializer().supplied_value().shape();
+    if (dtype == DT_INVALID) dtype = decl.initializer().supplied_value().dtype();
   }
   const bool shape_differs =
       has_shape && !std::equal(shape.dims().begin(), shape.dims().end(),
@@ -528,25 +528,27 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   def.set_name(name);
   DataType dtype = decl.dtype() == DT_INVALID ? DT_FLOAT : decl.dtype();
   TensorShape shape;
-  if (decl.has_initial_value()) {
-    if (decl.has_initializer()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("variable ", name, ": give an initializer or an initial value, not both"));
-    }
+  if (decl.initializer().has_supplied_value()) {
+    // The value stays with the client: only its description is recorded.
+    const InitializerSpec::SuppliedValue& supplied = decl.initializer().supplied_value();
+    PSD_ASSIGN_OR_RETURN(shape, ShapeFromProto(supplied.shape(),
+                                               absl::StrCat("supplied value of ", name)));
     if (decl.has_shape()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("variable ", name, ": If initializer is a constant, do not specify shape."));
+      PSD_ASSIGN_OR_RETURN(TensorShape declared,
+                           ShapeFromProto(decl.shape(), absl::StrCat("variable ", name)));
+      if (declared != shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "variable ", name, ": declared shape ", declared.ToString(),
+            " does not match the initial value's shape ", shape.ToString()));
+      }
     }
-    PSD_ASSIGN_OR_RETURN(
-        shape, ValidateTensorProto(decl.initial_value(), absl::StrCat("initial value of ", name)));
-    const DataType init_dtype = decl.initial_value().dtype();
-    if (decl.dtype() != DT_INVALID && decl.dtype() != init_dtype) {
+    if (decl.dtype() != DT_INVALID && decl.dtype() != supplied.dtype()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("variable ", name, ": Initializer type '", DataTypeName(init_dtype),
+          absl::StrCat("variable ", name, ": Initializer type '", DataTypeName(supplied.dtype()),
                        "' and explicit dtype '", DataTypeName(decl.dtype()), "' don't match."));
     }
-    dtype = init_dtype;
-    *def.mutable_initializer()->mutable_constant()->mutable_value() = decl.initial_value();
+    dtype = supplied.dtype();
+    *def.mutable_initializer() = decl.initializer();
   } else {
     if (!decl.has_shape()) {
       return absl::InvalidArgumentError(absl::StrCat("Shape of a new variable (", name,

@@ -63,6 +63,8 @@ const char* KindName(InitializerSpec::KindCase kind) {
       return "default_initializer";
     case InitializerSpec::kFromVariable:
       return "from_variable";
+    case InitializerSpec::kSuppliedValue:
+      return "supplied_value";
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
@@ -210,6 +212,11 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": is initialized from variable '", spec.from_variable().source(),
                        "' by its shard, not by a device initializer"));
+    case InitializerSpec::kSuppliedValue:
+      // Written by the client that holds the value, never by a device.
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": is written by the client that supplies the value, not by a "
+                              "device initializer"));
     case InitializerSpec::KIND_NOT_SET:
       break;
   }
@@ -242,9 +249,61 @@ absl::Status ValidateStringInitializer(const InitializerSpec& spec, const Tensor
                    "initializer"));
 }
 
+absl::Status ValidateSuppliedValue(const InitializerSpec::SuppliedValue& supplied, DataType dtype,
+                                   const TensorShape& full_shape, const std::string& variable) {
+  const std::string what = absl::StrCat("variable '", variable, "': supplied value");
+  if (supplied.dtype() != dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " is ", DataTypeName(supplied.dtype()),
+                                                   ", variable is ", DataTypeName(dtype)));
+  }
+  PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromProto(supplied.shape(), what + " shape"));
+  if (shape != full_shape) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " has shape ", shape.ToString(),
+                                                   ", variable has shape ",
+                                                   full_shape.ToString()));
+  }
+  const int64_t n = shape.num_elements();
+  if (dtype == DT_STRING) {
+    // A varint length (at least one byte) per string, and the bytes.
+    if (supplied.byte_size() < n) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " of ", supplied.byte_size(),
+                                                     " bytes cannot encode ", n, " strings"));
+    }
+    return absl::OkStatus();
+  }
+  if (DataTypeSize(dtype) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": dtype ", DataTypeName(dtype), " cannot hold a value"));
+  }
+  const int64_t element = static_cast<int64_t>(DataTypeSize(dtype));
+  if (n > std::numeric_limits<int64_t>::max() / element) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", DataTypeName(dtype),
+                                                   shape.ToString(), " is too large"));
+  }
+  const int64_t bytes = n * element;
+  if (supplied.byte_size() != bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " is ", supplied.byte_size(),
+                                                   " bytes, but ", DataTypeName(dtype),
+                                                   shape.ToString(), " takes ", bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType dtype,
                                           const TensorShape& full_shape,
                                           const std::string& variable) {
+  if (spec.has_supplied_value()) {
+    return ValidateSuppliedValue(spec.supplied_value(), dtype, full_shape, variable);
+  }
+  if (spec.has_constant() &&
+      static_cast<int64_t>(spec.constant().value().content().size()) > kMaxInlineConstantBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "variable '", variable, "': constant initializer value of ",
+        spec.constant().value().content().size(), " bytes is over the ",
+        kMaxInlineConstantBytes,
+        " bytes a declaration carries (every part and handle would hold it); supply it as "
+        "the initial value, which the client writes straight to the shards"));
+  }
   if (spec.has_from_variable()) {
     if (spec.from_variable().source().empty()) {
       return absl::InvalidArgumentError(

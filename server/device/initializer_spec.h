@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "psd/tensor.h"
+#include "psd/wire.h"
 #include "psd/types.pb.h"
 
 namespace psd {
@@ -33,13 +34,27 @@ absl::Status ValidateInitializer(const InitializerSpec& spec, DataType dtype,
 absl::Status ValidateStringInitializer(const InitializerSpec& spec, const TensorShape& full_shape,
                                        const std::string& variable);
 
+// A supplied value's description fits the variable: its dtype and shape,
+// and a byte size the dtype and shape allow.
+absl::Status ValidateSuppliedValue(const InitializerSpec::SuppliedValue& supplied, DataType dtype,
+                                   const TensorShape& full_shape, const std::string& variable);
+
 // The check of a new variable's initializer, shard and coordinator alike:
 // a FromVariable spec needs its source's name (the coordinator checks the
-// source itself, see Registry::CheckFromVariableFits); a string variable
-// ValidateStringInitializer; every other dtype ValidateInitializer.
+// source itself, see Registry::CheckFromVariableFits); a SuppliedValue
+// ValidateSuppliedValue; a constant at most kMaxInlineConstantBytes; a
+// string variable ValidateStringInitializer; every other dtype
+// ValidateInitializer.
 absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType dtype,
                                           const TensorShape& full_shape,
                                           const std::string& variable);
+
+// True when a shard can run `spec` by itself (InitializeVariables, or at
+// creation): not for FromVariable (it needs its source's value, ordered by
+// the coordinator) nor SuppliedValue (its client writes it).
+inline bool ShardRunsInitializer(const InitializerSpec& spec) {
+  return !spec.has_from_variable() && !spec.has_supplied_value();
+}
 
 // The bound of uniform_unit_scaling, TensorFlow's rule:
 // sqrt(3 / input_size) * factor, where input_size is the product of all but

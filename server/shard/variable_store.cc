@@ -119,7 +119,14 @@ class Variable {
   uint64_t version ABSL_GUARDED_BY(mu) = 0;
   // The value given at creation, held until the variable is first
   // initialized; dropped then so a big initial value is not kept twice.
+  // Charged to the shard's memory while held.
   std::unique_ptr<TensorProto> initial_value ABSL_GUARDED_BY(mu);
+  MemoryReservation initial_value_reservation ABSL_GUARDED_BY(mu);
+
+  void DropInitialValue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    initial_value.reset();
+    initial_value_reservation.Reset();
+  }
 
   // Replaces the value. The old buffer and its reservation are released
   // when the last streamed read of it finishes.
@@ -487,6 +494,13 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     } else {
       initializer.mutable_default_initializer();
     }
+    if (initializer.has_supplied_value() && request.initialize()) {
+      // The value never comes with the declaration: its client assigns it.
+      return absl::InvalidArgumentError(absl::StrCat(
+          Quoted(name),
+          ": a variable with a supplied value is initialized by its client's assign "
+          "(if_uninitialized), not at creation"));
+    }
     if (initializer.has_from_variable() && request.initialize()) {
       // The coordinator checked the source against this variable; its value
       // arrives with InitializeVariables, never at creation.
@@ -507,8 +521,14 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     PSD_ASSIGN_OR_RETURN(auto contents, InitialContents(device_, &memory_, *var, shape,
                                                         var->initial_value.get()));
     var->Swap(std::move(contents));
-    var->initial_value.reset();
+    var->DropInitialValue();
     var->initialized = true;
+  } else if (var->initial_value != nullptr) {
+    // Held until initialized: it takes memory like the variable will.
+    absl::MutexLock var_lock(&var->mu);
+    const int64_t held = static_cast<int64_t>(var->initial_value->content().size());
+    PSD_RETURN_IF_ERROR(memory_.Reserve(held, name));
+    var->initial_value_reservation = MemoryReservation(&memory_, held);
   }
 
   absl::MutexLock lock(&mu_);
@@ -692,6 +712,14 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   for (auto& [name, var] : vars) {
     var->mu.AssertHeld();
     if (var->initialized && !request.force()) continue;
+    if (var->initializer.has_supplied_value()) {
+      const InitializerSpec::SuppliedValue& supplied = var->initializer.supplied_value();
+      return absl::FailedPreconditionError(absl::StrCat(
+          Quoted(name), " is initialized from a value its declaring client supplied (",
+          supplied.byte_size(), " bytes, crc32c ", absl::Hex(supplied.crc32c(), absl::kZeroPad8),
+          "), which neither the coordinator nor the shards hold: initialize it from a client "
+          "that holds the value, or assign it"));
+    }
     if (var->initializer.has_from_variable()) {
       auto value = sources->find(name);
       if (value == sources->end()) {
@@ -720,7 +748,7 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   for (auto& [var, contents] : prepared) {
     var->mu.AssertHeld();
     var->Swap(std::move(contents));
-    var->initial_value.reset();
+    var->DropInitialValue();
     var->initialized = true;
     ++var->version;
   }
@@ -901,6 +929,12 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
       TensorShape value_shape,
       ValidateTensorProto(value, [&] { return absl::StrCat("value for ", Quoted(name)); }));
 
+  if (request.if_uninitialized() && (kind != UpdateKind::kAssign || !request.validate_shape())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op_name, " of ", Quoted(name),
+        ": if_uninitialized is an initialization, an assign that keeps the shape"));
+  }
+
   absl::MutexLock lock(&var->mu);
   if (kind != UpdateKind::kAssign) PSD_RETURN_IF_ERROR(CheckInitialized(*var));
   const bool reshape = kind == UpdateKind::kAssign && !request.validate_shape();
@@ -908,6 +942,11 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
     return absl::InvalidArgumentError(absl::StrCat(
         op_name, ": ", Quoted(name), " has shape ", var->shape.ToString(), ", value has shape ",
         value_shape.ToString()));
+  }
+  if (request.if_uninitialized() && var->initialized) {
+    response->set_version(var->version);
+    response->set_skipped(true);
+    return absl::OkStatus();
   }
   const bool same_layout = var->initialized && value_shape.num_elements() ==
                                                    var->shape.num_elements();
@@ -917,7 +956,7 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
     PSD_ASSIGN_OR_RETURN(auto contents,
                          ContentsFromProto(device_, &memory_, value, value_shape, name));
     var->Swap(std::move(contents));
-    var->initial_value.reset();
+    var->DropInitialValue();
   } else {
     PSD_RETURN_IF_ERROR(var->CopyOnWrite(&memory_, WriteExtent::All()));
     PSD_RETURN_IF_ERROR(device_->ApplyDense(var->dtype, kind, var->contents->buffer.get(),
@@ -1710,8 +1749,13 @@ class StagedAssignSink final : public AssignStreamSink {
                                                        var->shape.ToString(), ", value has shape ",
                                                        shape_.ToString()));
       }
+      if (header_.if_uninitialized() && var->initialized) {
+        response->set_version(var->version);
+        response->set_skipped(true);
+        return absl::OkStatus();
+      }
       var->Swap(std::move(staged_));
-      var->initial_value.reset();
+      var->DropInitialValue();
     } else {
       PSD_RETURN_IF_ERROR(CheckInitialized(*var));
       if (shape_ != var->shape) {
@@ -1786,6 +1830,12 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
           what, ": total_bytes is ", header.total_bytes(), ", but ",
           DataTypeName(header.dtype()), shape.ToString(), " needs ", bytes));
     }
+  }
+  if (header.if_uninitialized() && (kind != UpdateKind::kAssign || !header.validate_shape() ||
+                                    header.has_create() || header.has_apply())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": if_uninitialized is an initialization of an existing variable, an assign "
+              "that keeps the shape"));
   }
   if (header.has_apply()) {
     const ApplyDenseRequest& apply = header.apply();
@@ -2063,7 +2113,7 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
     Variable& var = *t.first;
     var.mu.AssertHeld();
     var.Swap(std::move(t.second->contents));
-    var.initial_value.reset();
+    var.DropInitialValue();
     var.initialized = true;
     ++var.version;
     ++*applied;

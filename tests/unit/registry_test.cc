@@ -271,24 +271,49 @@ TEST_F(RegistryTest, ScopeNamesAreValidated) {
   EXPECT_EQ(Get(Decl("a//w", {1})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(RegistryTest, InitialValueGivesShapeAndDtype) {
+TEST_F(RegistryTest, SuppliedValueGivesShapeAndDtypeAndOnlyItsDescriptionIsKept) {
   VariableDeclaration d;
   d.set_name("c");
-  TensorToProto(Tensor::Scalar<int32_t>(7), d.mutable_initial_value());
+  InitializerSpec::SuppliedValue* supplied = d.mutable_initializer()->mutable_supplied_value();
+  supplied->set_dtype(DT_INT32);
+  supplied->mutable_shape()->add_dims(1000);
+  supplied->set_byte_size(4000);
+  supplied->set_crc32c(0x1234abcd);
   auto r = Get(d);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->def.dtype(), DT_INT32);
-  EXPECT_EQ(r->def.shape().dims_size(), 0);
-  EXPECT_TRUE(r->def.initializer().has_constant());
+  ASSERT_EQ(r->def.shape().dims_size(), 1);
+  EXPECT_EQ(r->def.shape().dims(0), 1000);
+  ASSERT_TRUE(r->def.initializer().has_supplied_value());
+  EXPECT_EQ(r->def.initializer().supplied_value().crc32c(), 0x1234abcdu);
+  // The registry holds a description, not the 4000 bytes.
+  EXPECT_LT(r->def.ByteSizeLong(), 200u);
 
   d.set_name("c2");
   d.mutable_shape()->add_dims(1);
-  EXPECT_THAT(Get(d).status().message(), HasSubstr("shape"));
-  d.clear_shape();
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("does not match the initial value's shape"));
+  d.mutable_shape()->set_dims(0, 1000);
   d.set_dtype(DT_FLOAT);
   EXPECT_THAT(Get(d).status().message(), HasSubstr("don't match"));
+  d.set_dtype(DT_INT32);
+  // A byte size the dtype and shape do not allow is refused before
+  // anything is registered.
+  supplied->set_byte_size(3999);
+  EXPECT_THAT(Get(d).status().message(), HasSubstr("takes 4000"));
   // No shape at all cannot create.
   EXPECT_THAT(Get(NoShape("c3", REUSE_FALSE)).status().message(), HasSubstr("fully defined"));
+}
+
+TEST_F(RegistryTest, LargeConstantInitializerIsRefusedNamingTheLimit) {
+  VariableDeclaration d = Decl("big", {20000});
+  TensorProto* value = d.mutable_initializer()->mutable_constant()->mutable_value();
+  value->set_dtype(DT_FLOAT);
+  value->mutable_shape()->add_dims(20000);
+  value->set_content(std::string(80000, '\0'));
+  const absl::Status s = Get(d).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("80000 bytes is over the 65536"));
+  EXPECT_FALSE(registry_->Lookup("big").ok());
 }
 
 TEST_F(RegistryTest, SecondCreateInTheSameSessionFails) {

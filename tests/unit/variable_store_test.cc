@@ -250,6 +250,28 @@ TEST_F(VariableStoreTest, MemoryLimitIsResourceExhaustedAndChangesNothing) {
   EXPECT_EQ(store_.memory().used(), 8);
 }
 
+TEST_F(VariableStoreTest, HeldInitialValueIsChargedUntilInitialized) {
+  // Created uninitialized from a value: the shard holds the value until
+  // the first initialization, and that takes memory.
+  ASSERT_TRUE(store_test::CreateWithValue(&store_, "held", ToProto(Tensor(DT_FLOAT, TensorShape{1000})),
+                                          /*initialize=*/false)
+                  .ok());
+  EXPECT_EQ(store_.memory().used(), 4000);
+  const absl::Status s = store_test::CreateWithValue(
+      &store_, "too_big", ToProto(Tensor(DT_FLOAT, TensorShape{1 << 18})), /*initialize=*/false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(store_.num_variables(), 1u);
+  // Initialized, the held copy is dropped: the variable alone is charged.
+  InitializeVariablesRequest init;
+  init.add_names("held");
+  ASSERT_TRUE(store_.Initialize(init).ok());
+  EXPECT_EQ(store_.memory().used(), 4000);
+  DeleteVariableRequest del;
+  del.set_name("held");
+  ASSERT_TRUE(store_.Delete(del).ok());
+  EXPECT_EQ(store_.memory().used(), 0);
+}
+
 TEST_F(VariableStoreTest, DeleteReleasesMemory) {
   CreateFrom("v", Vec<double>({4}, {1, 2, 3, 4}));
   EXPECT_EQ(store_.memory().used(), 32);
@@ -500,6 +522,70 @@ TEST_F(VariableStoreTest, StreamedAssignAppliesOnlyWhenComplete) {
   EXPECT_EQ(ReadValue("v").ToVector<int32_t>(), next);
   sink->reset();
   EXPECT_EQ(store_.memory().used(), used);
+}
+
+TEST_F(VariableStoreTest, SuppliedValueIsWrittenOnlyWhileUninitialized) {
+  CreateVariableRequest create;
+  create.set_name("s");
+  create.set_dtype(DT_INT32);
+  create.mutable_shape()->add_dims(4);
+  InitializerSpec::SuppliedValue* supplied =
+      create.mutable_initializer()->mutable_supplied_value();
+  supplied->set_dtype(DT_INT32);
+  supplied->mutable_shape()->add_dims(4);
+  supplied->set_byte_size(16);
+  VariableInfo info;
+  // Its value never comes with the declaration.
+  create.set_initialize(true);
+  EXPECT_THAT(store_.Create(create, &info).message(), HasSubstr("not at creation"));
+  create.set_initialize(false);
+  ASSERT_TRUE(store_.Create(create, &info).ok());
+
+  // The shard cannot run it, and says who can.
+  InitializeVariablesRequest init;
+  init.add_names("s");
+  absl::Status s = store_.Initialize(init);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("'s' is initialized from a value its declaring client"));
+
+  AssignRequest req;
+  req.set_name("s");
+  req.set_op(UPDATE_ASSIGN);
+  req.set_validate_shape(true);
+  req.set_if_uninitialized(true);
+  *req.mutable_value() = Vec<int32_t>({4}, {1, 2, 3, 4});
+  AssignResponse resp;
+  ASSERT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_FALSE(resp.skipped());
+  ASSERT_TRUE(Assign("s", UPDATE_ADD, Vec<int32_t>({4}, {10, 10, 10, 10})).ok());
+  // Initialized: a second initialization leaves the trained value, unary
+  // or streamed.
+  *req.mutable_value() = Vec<int32_t>({4}, {0, 0, 0, 0});
+  ASSERT_TRUE(store_.Assign(req, &resp).ok());
+  EXPECT_TRUE(resp.skipped());
+  AssignStreamHeader header = StreamHeader("s", DT_INT32, {4}, 16);
+  header.set_if_uninitialized(true);
+  auto sink = store_.BeginAssignStream(header);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE((*sink)->Append(std::string(16, '\0')).ok());
+  AssignResponse streamed;
+  ASSERT_TRUE((*sink)->Commit(&streamed).ok());
+  EXPECT_TRUE(streamed.skipped());
+  EXPECT_EQ(ReadValue("s").ToVector<int32_t>(), (std::vector<int32_t>{11, 12, 13, 14}));
+  // Still refused by the shard's own initializer, forced or not.
+  init.set_force(true);
+  EXPECT_EQ(store_.Initialize(init).code(), absl::StatusCode::kFailedPrecondition);
+  // An initialization is a shape-keeping assign, nothing else.
+  req.set_op(UPDATE_ADD);
+  EXPECT_EQ(store_.Assign(req, &resp).code(), absl::StatusCode::kInvalidArgument);
+  header.set_op(UPDATE_ADD);
+  EXPECT_EQ(store_.BeginAssignStream(header).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadValue("s").ToVector<int32_t>(), (std::vector<int32_t>{11, 12, 13, 14}));
+
+  // A description that does not fit the variable is refused.
+  create.set_name("t");
+  supplied->set_byte_size(15);
+  EXPECT_THAT(store_.Create(create, &info).message(), HasSubstr("takes 16"));
 }
 
 TEST_F(VariableStoreTest, StreamedCreateOfStringsAndBadHeaders) {

@@ -162,6 +162,11 @@ struct AssignOptions {
   bool validate_shape = true;
   // Accepted for TensorFlow compatibility; every op is atomic regardless.
   bool use_locking = false;
+  // Only for Assign: an initialization with a value the client supplies.
+  // The shard writes it only when the variable is not initialized, checked
+  // atomically with the write; an initialized variable keeps its value and
+  // the call succeeds.
+  bool if_uninitialized = false;
 };
 
 class BatchStream;

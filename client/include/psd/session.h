@@ -90,7 +90,12 @@ struct GetVariableOptions {
   DataType dtype = DT_INVALID;  // unset: the scope's, else float32 on create
   std::optional<InitializerSpec> initializer;
   // A constant initial value (shape and dtype come from it; do not also set
-  // `shape`).
+  // `shape`). It never passes through the coordinator: this client writes
+  // each part's slice straight to its shard (at creation with `initialize`,
+  // else at InitializeVariables) and keeps it, so this session can
+  // initialize the variable again; another session's initialization of it
+  // is FAILED_PRECONDITION until it is initialized. A constant
+  // `initializer` over kMaxInlineConstantBytes travels the same way.
   std::optional<Tensor> initial_value;
   std::optional<PartitionerSpec> partitioner;
   // TensorFlow's caching_device: any non-empty value caches the variable's
@@ -184,7 +189,7 @@ class Session {
       const std::vector<std::pair<std::string, GetVariableOptions>>& declarations,
       const char* file = __builtin_FILE(), int line = __builtin_LINE());
   // tf.Variable(initial_value, name=...).
-  absl::StatusOr<Variable> CreateVariable(const Tensor& initial_value,
+  absl::StatusOr<Variable> CreateVariable(Tensor initial_value,
                                           const VariableOptions& options = {},
                                           const char* file = __builtin_FILE(),
                                           int line = __builtin_LINE());
@@ -224,9 +229,17 @@ class Session {
   // also one not in the list when it is not initialized yet (an initialized
   // source gives its current value), independent variables in parallel;
   // the values move shard to shard. Initialized parts are
-  // left alone unless `force`.
+  // left alone unless `force`. A variable with a value supplied by this
+  // session (GetVariableOptions::initial_value) is written from here; one
+  // whose value another client supplied is FAILED_PRECONDITION unless it is
+  // initialized already.
   absl::Status InitializeVariables(const std::vector<Variable>& variables, bool force = false);
-  // Global and local variables.
+  // tf.global_variables_initializer() and friends: the variables of any of
+  // `collections`, but not those whose value another client supplied and
+  // holds (theirs to initialize, as a TensorFlow graph's initializer covers
+  // its own variables only).
+  absl::Status InitializeCollections(const std::vector<std::string>& collections);
+  // Global and local variables (InitializeCollections).
   absl::Status InitializeAllVariables();
   // tf.report_uninitialized_variables: the names among `variables` (all
   // when empty) with an uninitialized part, in list order.

@@ -609,11 +609,14 @@ initialize_variables = variables_initializer
 
 
 def global_variables_initializer(session=None):
-    return variables_initializer(global_variables(session), session=session)
+    """Initializes the global variables now, except those whose initial
+    value another client supplied (theirs to initialize: a TensorFlow
+    graph's initializer covers its own variables)."""
+    _session_of(session)._s.initialize_collections([GraphKeys.GLOBAL_VARIABLES])
 
 
 def local_variables_initializer(session=None):
-    return variables_initializer(local_variables(session), session=session)
+    _session_of(session)._s.initialize_collections([GraphKeys.LOCAL_VARIABLES])
 
 
 def initialize_all_variables(session=None):

@@ -704,7 +704,7 @@ PYBIND11_MODULE(_psclient, m) {
                  TfVariableOptions(name, trainable, std::move(collections), initialize);
              const auto [file, line] = SplitDeclaredAt(declared_at);
              Variable v = Unwrap(RunGraph(h, [&](Session* s) {
-                                   return s->CreateVariable(t, o, file.c_str(), line);
+                                   return s->CreateVariable(std::move(t), o, file.c_str(), line);
                                  }),
                                  /*naming=*/true);
              return PyVariable{h, std::move(v)};
@@ -737,6 +737,9 @@ PYBIND11_MODULE(_psclient, m) {
       })
       .def("initialize_all_variables", [](const HolderPtr& h) {
         Check(Run(h, [&] { return h->session->InitializeAllVariables(); }));
+      })
+      .def("initialize_collections", [](const HolderPtr& h, const std::vector<std::string>& collections) {
+        Check(Run(h, [&] { return h->session->InitializeCollections(collections); }));
       })
       .def("report_uninitialized_variables", [](const HolderPtr& h, const std::vector<PyVariable>& vars) {
         std::vector<Variable> list = Unpack(vars);

@@ -86,6 +86,21 @@ def test_big_round_trip_256mib(session, prefix):
     session.delete_variable(v.full_name)
 
 
+def test_variable_from_a_1gib_array(session, prefix):
+    """tf.Variable(np_array) of 1 GiB: the value goes from this client
+    straight to the shards (streamed), never through the coordinator, so no
+    gRPC message limit applies and the handle stays small."""
+    n = (1 << 30) // 4
+    value = np.arange(n, dtype=np.float32)
+    v = psclient.Variable(value, name=prefix)
+    psclient.variables_initializer([v])
+    got = v.read()
+    assert got.shape == (n,)
+    assert np.array_equal(got, value)
+    del got
+    session.delete_variable(v.full_name)
+
+
 def test_gil_released_during_rpc(session, prefix):
     n = (256 << 20) // 4
     v = psclient.get_variable(prefix, shape=[n], initializer=psclient.ones_initializer(),
