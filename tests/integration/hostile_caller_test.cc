@@ -948,6 +948,14 @@ class CutStreamTest : public ShardTest {
     const linger reset{1, 0};
     ::setsockopt(connection.fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
   }
+  // A call of `path` opened (headers only) and dropped with its connection.
+  void DroppedCall(const std::string& path) {
+    testing_net::RawConnection connection(process_->port());
+    ASSERT_TRUE(connection.connected());
+    connection.Send(h2::Preface() + h2::Headers(1, path));
+    const linger reset{1, 0};
+    ::setsockopt(connection.fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  }
   void DroppedRead(const std::string& name) {
     testing_net::RawConnection connection(process_->port());
     ASSERT_TRUE(connection.connected());
@@ -988,6 +996,10 @@ TEST_F(CutStreamTest, CutStreamsChangeNothingAndLeaveNothingRunning) {
     EXPECT_FALSE(CutAssign("v", other, size / 3, /*apply=*/true).ok());
     ASSERT_NO_FATAL_FAILURE(DroppedAssign("v", other));
     ASSERT_NO_FATAL_FAILURE(DroppedRead("v"));
+    for (const char* path : {"/psd.Shard/AssignStream", "/psd.Shard/Batch", "/psd.Shard/ReadStream",
+                             "/psd.Shard/Assign"}) {
+      ASSERT_NO_FATAL_FAILURE(DroppedCall(path));
+    }
   }
   EXPECT_TRUE(Read("v").bytes() == start.bytes()) << "a cut stream changed the variable";
   int64_t used = -1;
