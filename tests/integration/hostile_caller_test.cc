@@ -793,6 +793,46 @@ TEST_F(HostileRoleTest, EveryRpcWithEveryRole) {
   EXPECT_TRUE(work.ok()) << work;
 }
 
+// Idle and half-open connections to TLS ports: nothing sent, the start of a
+// TLS ClientHello, or plaintext HTTP/2 where TLS is expected. A trainer's
+// work still succeeds while they are open and after they close, and the
+// processes are back to about the descriptors they had.
+TEST_F(HostileRoleTest, IdleTlsConnectionsStarveNoOne) {
+  constexpr int kConnections = 150;  // per process
+  const std::vector<std::pair<std::string, ChildProcess*>> targets = {
+      {"coordinator", coordinator_.get()}, {"shard 0", shards_[0].get()}};
+  // A TLS 1.2 record header announcing a 512-byte ClientHello, and its
+  // first bytes.
+  const std::string hello_start("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+  std::vector<int> before;
+  for (const auto& [who, process] : targets) {
+    before.push_back(CountFds(process->pid()));
+    ASSERT_GT(before.back(), 0) << who;
+  }
+  std::vector<std::unique_ptr<testing_net::RawConnection>> connections;
+  for (const auto& [who, process] : targets) {
+    for (int i = 0; i < kConnections; ++i) {
+      auto connection = std::make_unique<testing_net::RawConnection>(process->port());
+      ASSERT_TRUE(connection->connected()) << who << " connection " << i;
+      if (i % 3 == 1) connection->Send(hello_start.substr(0, 1 + i % hello_start.size()));
+      if (i % 3 == 2) connection->Send(h2::Preface() + h2::Headers(1, "/psd.Shard/Read"));
+      connections.push_back(std::move(connection));
+    }
+  }
+  absl::Status during = TrainerOp(Address(coordinator_), "idle_tls/during", TrainerSecurity());
+  EXPECT_TRUE(during.ok()) << during;
+  ExpectServing("idle TLS connections");
+  connections.clear();
+  for (size_t t = 0; t < targets.size(); ++t) {
+    EXPECT_TRUE(Eventually([&] { return CountFds(targets[t].second->pid()) <= before[t] + 16; }))
+        << targets[t].first << " holds " << CountFds(targets[t].second->pid())
+        << " descriptors after the connections closed, " << before[t] << " before";
+  }
+  absl::Status after = TrainerOp(Address(coordinator_), "idle_tls/after", TrainerSecurity());
+  EXPECT_TRUE(after.ok()) << after;
+  ExpectServing("idle TLS connections closed");
+}
+
 // The rpcs that stop processes: refused to every other role, then run by
 // their own (ShardControl.Stop by a node with a hostile reason, Shutdown by
 // an admin), after which the processes exit cleanly.
