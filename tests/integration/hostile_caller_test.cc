@@ -11,11 +11,10 @@
 // connections and streams, each call with a deadline.
 #include <sys/wait.h>
 
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <random>
@@ -42,9 +41,9 @@
 #include "psd/options.pb.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
-#include "shard_process.h"
 #include "psd/tokens.h"
 #include "psd/wire.h"
+#include "shard_process.h"
 #include "test_util.h"
 
 namespace psd {
