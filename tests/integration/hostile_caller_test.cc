@@ -1057,6 +1057,71 @@ TEST_F(CutStreamTest, CutStreamsChangeNothingAndLeaveNothingRunning) {
   EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << DescribeWaitStatus(*exit);
 }
 
+// Coordinator calls cut off half-way, again and again: declarations (which
+// create parts on the shards) and saves whose callers give up after a
+// millisecond, and calls dropped with their connections in the middle of
+// their request. The coordinator still does a trainer's work, and no call
+// stays in flight: SIGTERM stops it (its drain would wait ten minutes for
+// one) and it exits cleanly.
+TEST(CutCoordinatorCallTest, CutCallsLeaveNothingRunning) {
+  const std::string checkpoints = MakeTempDir("psd_hostile_ckpt.");
+  ASSERT_FALSE(checkpoints.empty());
+  TestClusterOptions options;
+  options.coordinator_args = {"--heartbeat-interval", "0.2", "--drain-timeout", "600",
+                              "--checkpoint-dir", checkpoints};
+  auto started = TestCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<TestCluster> cluster = *std::move(started);
+  auto channel = grpc::CreateChannel(cluster->coordinator_address(),
+                                     grpc::InsecureChannelCredentials());
+  OpenSessionRequest open;
+  open.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+  RawResult opened = RawCall(channel, "/psd.Coordinator/OpenSession", open.SerializeAsString());
+  OpenSessionResponse session;
+  ASSERT_TRUE(opened.status.ok() && session.ParseFromString(opened.response))
+      << opened.status.error_message();
+  for (int round = 0; round < 10; ++round) {
+    DeclareVariablesRequest declare;
+    declare.set_session_id(session.session_id());
+    declare.set_request_seq(round + 1);
+    for (int k = 0; k < 4; ++k) {
+      VariableDeclaration* d = declare.add_declarations();
+      d->set_name(absl::StrCat("cut/v", round, "_", k));
+      d->set_dtype(DT_FLOAT);
+      d->mutable_shape()->add_dims(1 << 16);
+      d->mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+    }
+    RawCall(channel, "/psd.Coordinator/DeclareVariables", declare.SerializeAsString(),
+            absl::Milliseconds(1 + round % 3));
+    SaveCheckpointRequest save;
+    save.set_prefix(absl::StrCat(checkpoints, "/cut.ckpt"));
+    save.set_global_step(round);
+    RawCall(channel, "/psd.Coordinator/Save", save.SerializeAsString(),
+            absl::Milliseconds(1 + round % 3));
+    // The same requests, their connection dropped halfway through them.
+    for (const auto& [path, bytes] :
+         {std::make_pair(std::string("/psd.Coordinator/DeclareVariables"), declare.SerializeAsString()),
+          std::make_pair(std::string("/psd.Coordinator/Save"), save.SerializeAsString())}) {
+      testing_net::RawConnection connection(cluster->coordinator()->port());
+      ASSERT_TRUE(connection.connected());
+      connection.Send(h2::Preface() + h2::Headers(1, path) +
+                      h2::Message(1, bytes.substr(0, bytes.size() / 2),
+                                  static_cast<uint32_t>(bytes.size()), false));
+      const linger reset{1, 0};
+      ::setsockopt(connection.fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    }
+  }
+  absl::Status work = TrainerOp(cluster->coordinator_address(), "cut/after");
+  EXPECT_TRUE(work.ok()) << work;
+  ASSERT_EQ(::kill(cluster->coordinator()->pid(), SIGTERM), 0);
+  auto exit = cluster->coordinator()->Wait(absl::Minutes(3));
+  ASSERT_TRUE(exit.ok()) << "the coordinator still drains after SIGTERM: a cut call is still in flight";
+  EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << DescribeWaitStatus(*exit);
+  cluster.reset();
+  std::error_code ignored;
+  std::filesystem::remove_all(checkpoints, ignored);
+}
+
 }  // namespace
 }  // namespace integration
 }  // namespace psd
