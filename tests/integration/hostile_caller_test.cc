@@ -751,7 +751,8 @@ TEST_F(HostileRoleTest, EveryRpcWithEveryRole) {
           // empty request, garbage and one hostile fill show it.
           const size_t count = admitted ? payloads.size() : 4;
           for (size_t p = 0; p < count; ++p) {
-            RawResult r = RawCall(channel, path, payloads[p], absl::Seconds(30), caller.authorization);
+            RawResult r =
+                RawCall(channel, path, payloads[p], absl::Seconds(30), caller.authorization);
             ++calls;
             const std::string what =
                 absl::StrCat(who, " ", path, " by ", caller.name, ", payload ", p, " (",
@@ -849,7 +850,8 @@ TEST_F(HostileRoleTest, StopRpcsStopOnlyForTheirRoles) {
     for (const auto& [method, channel] :
          {std::make_pair(stop, shard_channel), std::make_pair(shutdown, coordinator_channel)}) {
       if (RoleMayCall(caller.role, method)) continue;
-      const std::string path = absl::StrCat("/", method->service()->full_name(), "/", method->name());
+      const std::string path =
+          absl::StrCat("/", method->service()->full_name(), "/", method->name());
       for (const std::string& payload : HostilePayloads(method, &factory, &random)) {
         RawResult r = RawCall(channel, path, payload, absl::Seconds(30), caller.authorization);
         EXPECT_EQ(r.status.error_code(), caller.role == ROLE_UNSPECIFIED
@@ -885,7 +887,8 @@ TEST_F(HostileRoleTest, StopRpcsStopOnlyForTheirRoles) {
                                      std::make_pair("shard 0", shards_[0].get())}) {
     auto exit = process->Wait(absl::Seconds(120));
     ASSERT_TRUE(exit.ok()) << who << " still runs after Shutdown";
-    EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << who << ": " << DescribeWaitStatus(*exit);
+    EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0)
+        << who << ": " << DescribeWaitStatus(*exit);
   }
 }
 
@@ -1099,9 +1102,10 @@ TEST(CutCoordinatorCallTest, CutCallsLeaveNothingRunning) {
     RawCall(channel, "/psd.Coordinator/Save", save.SerializeAsString(),
             absl::Milliseconds(1 + round % 3));
     // The same requests, their connection dropped halfway through them.
-    for (const auto& [path, bytes] :
-         {std::make_pair(std::string("/psd.Coordinator/DeclareVariables"), declare.SerializeAsString()),
-          std::make_pair(std::string("/psd.Coordinator/Save"), save.SerializeAsString())}) {
+    const std::vector<std::pair<std::string, std::string>> requests = {
+        {"/psd.Coordinator/DeclareVariables", declare.SerializeAsString()},
+        {"/psd.Coordinator/Save", save.SerializeAsString()}};
+    for (const auto& [path, bytes] : requests) {
       testing_net::RawConnection connection(cluster->coordinator()->port());
       ASSERT_TRUE(connection.connected());
       connection.Send(h2::Preface() + h2::Headers(1, path) +
@@ -1115,7 +1119,8 @@ TEST(CutCoordinatorCallTest, CutCallsLeaveNothingRunning) {
   EXPECT_TRUE(work.ok()) << work;
   ASSERT_EQ(::kill(cluster->coordinator()->pid(), SIGTERM), 0);
   auto exit = cluster->coordinator()->Wait(absl::Minutes(3));
-  ASSERT_TRUE(exit.ok()) << "the coordinator still drains after SIGTERM: a cut call is still in flight";
+  ASSERT_TRUE(exit.ok())
+      << "the coordinator still drains after SIGTERM: a cut call is still in flight";
   EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << DescribeWaitStatus(*exit);
   cluster.reset();
   std::error_code ignored;
