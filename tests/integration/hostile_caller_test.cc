@@ -11,6 +11,7 @@
 // connections and streams, each call with a deadline.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../common/raw_connection.h"
@@ -440,6 +442,53 @@ absl::Status TrainerOp(const std::string& coordinator, const std::string& name,
     }
   }
   return absl::OkStatus();
+}
+
+// The shard sweep from several callers at once, each with its own random
+// bytes and its own order of methods, so that hostile fences, restores,
+// saves and writes meet in every order. Every call ends, and every process
+// still serves and still does a trainer's work.
+TEST_F(HostileCallerTest, ConcurrentSweepsOfTheShard) {
+  constexpr int kCallers = 6;
+  const google::protobuf::DescriptorPool* pool = google::protobuf::DescriptorPool::generated_pool();
+  const google::protobuf::ServiceDescriptor* service = pool->FindServiceByName("psd.Shard");
+  ASSERT_NE(service, nullptr);
+  std::vector<std::string> failures[kCallers];
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&, c] {
+      google::protobuf::DynamicMessageFactory factory(pool);
+      std::mt19937 random(1000 + c);
+      auto channel = Dial(cluster_->shard_address(0));
+      std::vector<int> order(service->method_count());
+      for (int m = 0; m < service->method_count(); ++m) order[m] = m;
+      std::shuffle(order.begin(), order.end(), random);
+      for (int m : order) {
+        const google::protobuf::MethodDescriptor* method = service->method(m);
+        const std::string path = absl::StrCat("/psd.Shard/", method->name());
+        for (const std::string& payload : HostilePayloads(method, &factory, &random)) {
+          // The sequential sweep sends the few huge fills (a Batch's
+          // nested repeats come to hundreds of MB); six at once would only
+          // measure this machine's memory.
+          if (payload.size() > (16u << 20)) continue;
+          RawResult r = RawCall(channel, path, payload);
+          if (r.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+              r.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+            failures[c].push_back(absl::StrCat(path, " (", payload.size(), " bytes): code ",
+                                               r.status.error_code(), " ",
+                                               r.status.error_message()));
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  for (int c = 0; c < kCallers; ++c) {
+    for (const std::string& failure : failures[c]) ADD_FAILURE() << "caller " << c << ": " << failure;
+  }
+  ExpectAllServing("concurrent sweeps");
+  absl::Status work = TrainerOp(cluster_->coordinator_address(), "concurrent/after");
+  EXPECT_TRUE(work.ok()) << work;
 }
 
 // Many connections to the gRPC ports of the coordinator and of a shard that
