@@ -484,7 +484,9 @@ TEST_F(HostileCallerTest, ConcurrentSweepsOfTheShard) {
   }
   for (std::thread& t : callers) t.join();
   for (int c = 0; c < kCallers; ++c) {
-    for (const std::string& failure : failures[c]) ADD_FAILURE() << "caller " << c << ": " << failure;
+    for (const std::string& failure : failures[c]) {
+      ADD_FAILURE() << "caller " << c << ": " << failure;
+    }
   }
   ExpectAllServing("concurrent sweeps");
   absl::Status work = TrainerOp(cluster_->coordinator_address(), "concurrent/after");
