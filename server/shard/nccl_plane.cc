@@ -95,7 +95,7 @@ class NcclPlane::Group {
   std::thread thread;  // started by the creating Join, joined by Reap/Shutdown
 
   absl::Mutex mu;
-  // Members by rank - 1, in order of joining.
+  // Members by rank - 1, in order of joining; empty once the group ended.
   std::vector<std::shared_ptr<Member>> members ABSL_GUARDED_BY(mu);
   // Requests of collectives not yet run: seq -> one per rank - 1 (op
   // NCCL_OP_UNSPECIFIED where that trainer has not asked yet), and how many
@@ -274,6 +274,10 @@ void NcclPlane::Leave(Member* member, absl::Status why) {
 
 void NcclPlane::Fail(const std::shared_ptr<Group>& group, absl::Status status) {
   std::vector<std::shared_ptr<NcclPeer>> peers;
+  // An ended group lets go of its members: each member holds its group, so
+  // a group that kept them would keep itself, its members and their peers
+  // alive for ever (one leak per group). Released after the locks, last.
+  std::vector<std::shared_ptr<Member>> members;
   {
     absl::MutexLock lock(&mu_);
     auto it = groups_.find(group->name);
@@ -287,6 +291,7 @@ void NcclPlane::Fail(const std::shared_ptr<Group>& group, absl::Status status) {
     group->abort.store(true);
     if (group->comm != nullptr) group->comm->Abort();
     peers = group->Peers();
+    members.swap(group->members);
   }
   spdlog::warn("shard {}: NCCL group '{}' ended: {}", options_.shard_id, group->name,
                status.ToString());

@@ -67,6 +67,8 @@ class TestCluster {
   const std::string& state_dir() const { return dir_; }
   // The coordinator process (to signal it or wait for it).
   ChildProcess* coordinator() { return coordinator_.get(); }
+  // Shard k's process.
+  ChildProcess* shard(int k) { return shards_[k].get(); }
 
   // SIGKILL the coordinator and start it again on its port with the same
   // state directory.

@@ -678,6 +678,24 @@ TEST_F(NcclPlaneRendezvousTest, ALeavingTrainerEndsTheGroup) {
   EXPECT_EQ(replies[1].code(), 0) << replies[1].message();
 }
 
+// An ended group lets go of its members, and so of their peers (the
+// trainers' streams): a member holds its group, so a group that kept its
+// members would keep all of them alive for ever, one leak per group.
+TEST_F(NcclPlaneRendezvousTest, AnEndedGroupReleasesItsMembersAndPeers) {
+  JoinAll(2);
+  std::vector<std::weak_ptr<NcclPlane::Member>> members(members_.begin(), members_.end());
+  std::vector<std::weak_ptr<Peer>> peers(peers_.begin(), peers_.end());
+  plane_->Leave(members_[0].get(), absl::UnavailableError("trainer rank 1 closed its stream"));
+  for (auto& peer : peers_) EXPECT_EQ(peer->WaitClosed().code(), absl::StatusCode::kUnavailable);
+  // What a trainer's stream drops when it finishes.
+  members_.clear();
+  peers_.clear();
+  for (size_t i = 0; i < members.size(); ++i) {
+    EXPECT_TRUE(members[i].expired()) << "member " << i + 1 << " outlives its ended group";
+    EXPECT_TRUE(peers[i].expired()) << "peer " << i + 1 << " outlives its ended group";
+  }
+}
+
 TEST_F(NcclPlaneRendezvousTest, ACollectiveFailureEndsTheGroup) {
   JoinAll(2);
   trainers_.set_failure(absl::InternalError("NCCL broadcast failed: remote process exited"));
