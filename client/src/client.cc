@@ -70,7 +70,7 @@ uint64_t RandomClientId() {
 }
 
 // The random id of this client process: one per process, so the shard's
-// window of recent requests is per process (DESIGN.md, request ids).
+// window of recent requests is per process (docs/design.md, "Guarantees").
 uint64_t ProcessClientId() {
   static const uint64_t id = RandomClientId();
   return id;

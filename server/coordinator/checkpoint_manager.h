@@ -1,4 +1,4 @@
-// CheckpointManager: the coordinator's side of checkpoints (DESIGN.md,
+// CheckpointManager: the coordinator's side of checkpoints (docs/design.md,
 // "Checkpoints"). It orders the shards through a consistent save and an
 // all-or-nothing restore, and owns what lives beside the data: the merged
 // .index, PREFIX.psd-meta (the registry at save time), the `checkpoint`

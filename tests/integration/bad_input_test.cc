@@ -1,5 +1,5 @@
 // Bad input never crashes the shard and never changes state: every bad
-// request gets the status of DESIGN.md's error table and a message naming the
+// request gets the status of the error table in docs/design.md and a message naming the
 // variable and the value at fault. Requests the client library cannot build
 // (content bytes that disagree with the shape, malformed string encodings,
 // negative dimensions, unknown dtypes) go through the raw gRPC stub.

@@ -1,7 +1,7 @@
 // ShardClient: the C++ client of one psd shard (service psd::Shard). Each
 // variable op is one RPC (or, for values bigger than
 // ClientOptions::stream_threshold_bytes, one chunked stream) and returns the
-// shard's status, so errors carry DESIGN.md's codes and messages (NOT_FOUND
+// shard's status, so errors carry the codes of docs/design.md, "Errors" (NOT_FOUND
 // for an unknown variable, INVALID_ARGUMENT for a bad shape, dtype or index,
 // ...).
 //

@@ -1,5 +1,5 @@
 // Session: a trainer's connection to the psd coordinator, playing the role of
-// a TensorFlow graph (DESIGN.md, "Naming model"). Within one session
+// a TensorFlow graph (docs/design.md, "Naming model"). Within one session
 // get_variable follows TensorFlow's per-graph rules (scope paths, reuse
 // checks, default names `Variable`, `Variable_1` and `layer`, `layer_1`);
 // across sessions a matching declaration attaches to the existing variable,

@@ -1,8 +1,8 @@
 // Variable: a trainer's handle on one coordinator-declared variable, plain
 // or partitioned, presented as one tensor. The handle (dtype, full shape,
 // and each part's name, range, shard and shard incarnation) comes from the
-// coordinator once; data ops go straight to the shards (DESIGN.md, "The
-// coordinator is never on the data path").
+// coordinator once; data ops go straight to the shards (docs/design.md,
+// "Processes": the coordinator is never on the data path).
 //
 // Partitioned variables (parts `v/part_K`, contiguous ranges of one axis):
 //  * Read concatenates the parts along the partition axis; Assign,
