@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <ctime>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,18 +24,10 @@
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"
+#include "psd/random_id.h"
 
 namespace psctl {
 namespace {
-
-// A number for progress_id: nonzero, unlikely to collide with another
-// psctl's.
-uint64_t NewProgressId() {
-  std::random_device rd;
-  uint64_t id = 0;
-  while (id == 0) id = (static_cast<uint64_t>(rd()) << 32) | rd();
-  return id;
-}
 
 int TerminalWidth() {
   struct winsize ws;
@@ -133,7 +124,7 @@ void RunSave(const CkptOptions& o, Context* ctx) {
   req.set_prefix(o.prefix);
   if (o.step >= 0) req.set_global_step(o.step);
   req.set_latest_filename(o.latest_filename);
-  if (ShowProgress(*ctx)) req.set_progress_id(NewProgressId());
+  if (ShowProgress(*ctx)) req.set_progress_id(psd::RandomNonzeroId());
   psd::SaveCheckpointResponse resp;
   absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Save, req, &resp,
                                    absl::Hours(2), "saving", req.progress_id());
@@ -227,7 +218,7 @@ void RunRestore(const CkptOptions& o, Context* ctx) {
     }
     (*req.mutable_name_map())[kv[0]] = kv[1];
   }
-  if (ShowProgress(*ctx)) req.set_progress_id(NewProgressId());
+  if (ShowProgress(*ctx)) req.set_progress_id(psd::RandomNonzeroId());
   psd::RestoreCheckpointResponse resp;
   absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Restore, req, &resp,
                                    absl::Hours(2), "restoring", req.progress_id());

@@ -20,6 +20,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
+#include "psd/random_id.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
@@ -61,18 +62,10 @@ absl::StatusOr<VariableInfo> VariableInfoFromProto(const psd::VariableInfo& p) {
   return info;
 }
 
-uint64_t RandomClientId() {
-  std::random_device rd;
-  uint64_t v = 0;
-  // 0 means "no request id" on the wire.
-  while (v == 0) v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  return v;
-}
-
 // The random id of this client process: one per process, so the shard's
 // window of recent requests is per process (docs/design.md, "Guarantees").
 uint64_t ProcessClientId() {
-  static const uint64_t id = RandomClientId();
+  static const uint64_t id = RandomNonzeroId();
   return id;
 }
 
@@ -1125,7 +1118,7 @@ class BatchReactor final : public grpc::ClientBidiReactor<BatchRequest, BatchRes
   BatchResponse response_;              // the read in progress
   BatchRequest write_message_;          // the write in progress
 
-  const uint64_t client_id_ = RandomClientId();
+  const uint64_t client_id_ = RandomNonzeroId();
 
   absl::Mutex mu_;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;

@@ -13,6 +13,7 @@
 #include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
+#include "psd/random_id.h"
 #include "psd/stream_codec.h"
 #include "psd/wire.h"
 #include "raw_stream.h"
@@ -80,13 +81,6 @@ OptimizerSpec ToSpec(const OptimizerConfig& config) {
              },
              config);
   return spec;
-}
-
-uint64_t RandomClientId() {
-  std::random_device rd;
-  uint64_t v = 0;
-  while (v == 0) v = (static_cast<uint64_t>(rd()) << 32) ^ rd();  // 0 means "no id"
-  return v;
 }
 
 bool IsRetryable(const absl::Status& s) {
@@ -247,7 +241,7 @@ class ShardApplier::Impl {
   const ClientOptions options_;
   const std::unique_ptr<Shard::Stub> stub_;
   grpc::GenericStub raw_stub_;  // the raw AssignStream; thread-safe
-  const uint64_t client_id_ = RandomClientId();
+  const uint64_t client_id_ = RandomNonzeroId();
   std::atomic<uint64_t> next_seq_{1};
   uint64_t incarnation_ = 0;  // set by Connect, then constant
   absl::Mutex rng_mu_;

@@ -12,12 +12,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "psd/random_id.h"
 #include "psd/status.h"
 
 namespace psd::checkpoint {
@@ -227,8 +227,7 @@ std::string JoinPath(absl::string_view dir, absl::string_view name) {
 }
 
 std::string TempFileName(absl::string_view path) {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrFormat("%s%s%016x", path, kTempMarker, rng());
+  return absl::StrFormat("%s%s%016x", path, kTempMarker, RandomNonzeroId());
 }
 
 bool IsTempFileName(absl::string_view name) {

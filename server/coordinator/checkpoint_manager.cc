@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <random>
 #include <set>
 #include <thread>
 
@@ -20,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
+#include "psd/random_id.h"
 #include "psd/serialize.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
@@ -32,15 +32,6 @@ using checkpoint::JoinPath;
 using checkpoint::SaverRetention;
 
 namespace {
-
-uint64_t RandomId() {
-  static std::mt19937_64 gen{std::random_device{}()};
-  static absl::Mutex mu(absl::kConstInit);
-  absl::MutexLock lock(&mu);
-  uint64_t id = 0;
-  while (id == 0) id = gen();
-  return id;
-}
 
 // Runs fn(i) for every i in [0, n) on its own thread; returns the statuses.
 template <typename Fn>
@@ -491,7 +482,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   const size_t n = shards.size();
 
   // 1-2: fence all, snapshot all (inside Fence), then unfence all.
-  const uint64_t fence_id = RandomId();
+  const uint64_t fence_id = RandomNonzeroId();
   // Everything this save writes goes under its own staging prefix until the
   // publish journal commits it (checkpoint/publish.h).
   const std::string staging = checkpoint::StagingPrefix(prefix, fence_id);
@@ -913,7 +904,7 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     stubs.push_back(*std::move(stub));
   }
   const size_t n = shards.size();
-  const uint64_t restore_id = RandomId();
+  const uint64_t restore_id = RandomNonzeroId();
   auto finish_all = [&](bool commit) {
     return Parallel(n, [&](size_t i) {
       FinishRestoreRequest req;

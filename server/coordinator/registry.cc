@@ -15,6 +15,7 @@
 #include "device/initializer_spec.h"
 #include "psd/dtype.h"
 #include "psd/names.h"
+#include "psd/random_id.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "spdlog/spdlog.h"
@@ -561,6 +562,13 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
     } else {
       def.mutable_initializer()->mutable_default_initializer();
     }
+  }
+  // TensorFlow gives an initializer without a seed an op seed of its own,
+  // so two unseeded variables never start equal. Drawn here, once, and
+  // recorded with the variable: re-initializing it (and every part of it)
+  // reproduces the same values.
+  if (def.initializer().seed() == 0 && DrawsRandomValues(def.initializer())) {
+    def.mutable_initializer()->set_seed(static_cast<int64_t>(RandomNonzeroId() >> 1));
   }
   def.set_dtype(dtype);
   ShapeToProto(shape, def.mutable_shape());

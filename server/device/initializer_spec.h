@@ -49,6 +49,13 @@ absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType 
                                           const TensorShape& full_shape,
                                           const std::string& variable);
 
+// True for the initializers whose values come from the seeded random
+// stream (the default one included: unit scaling for floating dtypes).
+inline bool DrawsRandomValues(const InitializerSpec& spec) {
+  return spec.has_random_uniform() || spec.has_random_normal() || spec.has_truncated_normal() ||
+         spec.has_uniform_unit_scaling() || spec.has_default_initializer();
+}
+
 // True when a shard can run `spec` by itself (InitializeVariables, or at
 // creation): not for FromVariable (it needs its source's value, ordered by
 // the coordinator) nor SuppliedValue (its client writes it).

@@ -1,6 +1,5 @@
 #include "runtime/shard_server.h"
 
-#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,16 +17,12 @@
 #include "shard/peer_reader.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
+#include "psd/random_id.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
 
 namespace {
-
-uint64_t NewIncarnation() {
-  std::random_device rd;
-  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-}
 
 // What the shard's own state shows at each scrape: variables, bytes and the
 // byte budget, and whether writes are fenced now.
@@ -74,7 +69,7 @@ std::map<std::string, ResponseWatcher> FenceWatchers(MetricsRegistry* metrics) {
 absl::Status RunShardServer(const ShardServerOptions& options) {
   const ShardConfig& config = options.shard;
   PSD_ASSIGN_OR_RETURN(auto device, NewDevice(config.device));
-  const uint64_t incarnation = NewIncarnation();
+  const uint64_t incarnation = RandomNonzeroId();
   VariableStoreOptions store_options;
   store_options.memory_limit_bytes = config.memory_limit;
   store_options.incarnation = incarnation;

@@ -201,6 +201,36 @@ TEST_F(SessionTest, CapturedScopeReenteredAnywhereNamesUnderItsOwnPath) {
   }
 }
 
+TEST_F(SessionTest, UnseededRandomVariablesStartDifferentAndReinitializeTheSame) {
+  // TensorFlow gives each unseeded initializer its own op seed: two layers
+  // declared alike must not start with equal weights.
+  GetVariableOptions o = Shape({64, 8});
+  o.initialize = true;
+  ASSERT_OK_AND_ASSIGN(Variable a, session_->GetVariable("unseeded/a", o));
+  ASSERT_OK_AND_ASSIGN(Variable b, session_->GetVariable("unseeded/b", o));
+  o.initializer = init::RandomNormal();
+  ASSERT_OK_AND_ASSIGN(Variable c, session_->GetVariable("unseeded/c", o));
+  ASSERT_OK_AND_ASSIGN(Variable d, session_->GetVariable("unseeded/d", o));
+  ASSERT_OK_AND_ASSIGN(Tensor va, a.Read());
+  ASSERT_OK_AND_ASSIGN(Tensor vb, b.Read());
+  ASSERT_OK_AND_ASSIGN(Tensor vc, c.Read());
+  ASSERT_OK_AND_ASSIGN(Tensor vd, d.Read());
+  EXPECT_NE(va.bytes(), vb.bytes());
+  EXPECT_NE(vc.bytes(), vd.bytes());
+  // The seed drawn is recorded: re-running the initializer reproduces the
+  // values, as re-running a TensorFlow initializer op does.
+  EXPECT_NE(a.handle().initializer().seed(), 0);
+  ASSERT_TRUE(IsOk(a.AssignAdd(
+      *Tensor::FromVector<float>(TensorShape{64, 8}, std::vector<float>(512, 1.0f)))));
+  ASSERT_TRUE(IsOk(a.Initialize(/*force=*/true)));
+  ASSERT_OK_AND_ASSIGN(Tensor again, a.Read());
+  EXPECT_EQ(again.bytes(), va.bytes());
+  // An explicit seed is kept as given.
+  o.initializer = init::RandomNormal(0.0, 1.0, /*seed=*/7);
+  ASSERT_OK_AND_ASSIGN(Variable e, session_->GetVariable("unseeded/e", o));
+  EXPECT_EQ(e.handle().initializer().seed(), 7);
+}
+
 TEST_F(SessionTest, DefaultNamesAreCountedPerSession) {
   auto other = NewSession();
   ASSERT_NE(other, nullptr);
