@@ -367,7 +367,7 @@ class GatedShard final : public Shard::Service {
     absl::MutexLock lock(&mu_);
     if (absl::StartsWith(request->name(), "slow")) {
       ++held_;
-      mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Seconds(120));
+      mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Seconds(240));
     }
     return created_.insert(request->name()).second
                ? grpc::Status::OK
@@ -413,6 +413,8 @@ TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowSh
   auto registry = std::move(Registry::Open({})).value();
   CoordinatorServiceOptions options;
   options.liveness_timeout = absl::Hours(1);  // no heartbeats in this test
+  // The held creation outlasts the test's patience rather than failing.
+  options.shard_rpc_timeout = absl::Seconds(300);
   CoordinatorService service(registry.get(), options);
   std::unique_ptr<Coordinator::Stub> stub;
   auto server = ServeInProcess(&service, &stub);
@@ -442,7 +444,7 @@ TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowSh
     d.set_dtype(DT_FLOAT);
     d.mutable_shape()->add_dims(3);
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     GetVariableRequest req;
     req.set_session_id(session);
     *req.mutable_declaration() = d;
