@@ -98,7 +98,7 @@ absl::StatusOr<uint64_t> Registry::Commit(RegistryRecord* record, bool sync) {
   Apply(*record);
   if (sync) {
     ack_seq_ = seq;
-    auto pending = [&](const std::string& name) {
+    auto pending = [&](const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       pending_names_[name] = seq;
       pending_order_.emplace_back(seq, name);
     };
@@ -548,7 +548,7 @@ void Registry::NoteObserved(PreparedDeclaration* prepared) const {
   for (const DeclareResult& r : prepared->results) {
     if (r.created) created.insert(r.def.name());
   }
-  auto note = [&](const std::string& name) {
+  auto note = [&](const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     if (name.empty() || created.count(name) > 0) return;
     auto it = variables_.find(name);
     prepared->observed[name] = it == variables_.end() ? 0 : it->second.creation_seq();
@@ -569,7 +569,7 @@ absl::Status Registry::CheckStillHolds(const PreparedDeclaration& prepared) cons
         "session ", prepared.session, ": ", what,
         " while this declaration's parts were created; nothing was registered, retry it"));
   };
-  auto taken = [&](const std::string& name) {
+  auto taken = [&](const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return variables_.count(name) > 0 || part_owner_.count(name) > 0;
   };
   for (const VariableDef& def : prepared.record->declared().created()) {
