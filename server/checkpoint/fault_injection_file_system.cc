@@ -165,20 +165,27 @@ int FaultInjectionFileSystem::count(FsOp op) const {
   return it == counts_.end() ? 0 : it->second;
 }
 
+std::string FaultInjectionFileSystem::CurrentPath(std::string path) const {
+  for (auto it = renamed_.find(path); it != renamed_.end(); it = renamed_.find(path)) {
+    path = it->second;
+  }
+  return path;
+}
+
 void FaultInjectionFileSystem::Appended(const std::string& path, uint64_t bytes) {
   absl::MutexLock lock(&mu_);
-  files_[path].size += bytes;
+  files_[CurrentPath(path)].size += bytes;
 }
 
 void FaultInjectionFileSystem::Synced(const std::string& path) {
   absl::MutexLock lock(&mu_);
-  FileSizes& f = files_[path];
+  FileSizes& f = files_[CurrentPath(path)];
   f.synced = f.size;
 }
 
 void FaultInjectionFileSystem::Truncated(const std::string& path, uint64_t size) {
   absl::MutexLock lock(&mu_);
-  FileSizes& f = files_[path];
+  FileSizes& f = files_[CurrentPath(path)];
   f.size = size;
   // What lay past `size` may or may not come back after a crash; assume the
   // worse for the reader, which must cope with a torn tail either way.
@@ -271,6 +278,7 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewWrita
   {
     absl::MutexLock lock(&mu_);
     files_[path] = FileSizes();
+    renamed_.erase(path);
   }
   return std::unique_ptr<WritableFile>(new FaultWritableFile(this, path, *std::move(base)));
 }
@@ -288,6 +296,7 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewAppen
   {
     absl::MutexLock lock(&mu_);
     files_[path] = FileSizes{*size, *size};
+    renamed_.erase(path);
   }
   return std::unique_ptr<WritableFile>(new FaultWritableFile(this, path, *std::move(base)));
 }
@@ -318,6 +327,9 @@ absl::Status FaultInjectionFileSystem::RenameFile(const std::string& from, const
     files_[to] = it->second;
     files_.erase(it);
   }
+  // A file still open under its old name now writes to `to`.
+  renamed_.erase(to);
+  if (from != to) renamed_[from] = to;
   return absl::OkStatus();
 }
 

@@ -106,6 +106,7 @@ class FaultInjectionFileSystem final : public FileSystem {
 
  private:
   static bool IsMutation(FsOp op);
+  std::string CurrentPath(std::string path) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   struct FileSizes {
     uint64_t size = 0;    // what the file holds now
@@ -124,6 +125,8 @@ class FaultInjectionFileSystem final : public FileSystem {
   bool crashed_ ABSL_GUARDED_BY(mu_) = false;
   std::map<FsOp, int> counts_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, FileSizes> files_ ABSL_GUARDED_BY(mu_);
+  // Renamed paths, old -> new, for files still open under the old one.
+  std::map<std::string, std::string> renamed_ ABSL_GUARDED_BY(mu_);
   std::function<void(FsOp, const std::string&)> hook_;
 };
 

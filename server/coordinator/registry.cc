@@ -108,22 +108,11 @@ absl::StatusOr<uint64_t> Registry::Commit(RegistryRecord* record, bool sync) {
       pending(record->deleted());
     }
   }
-  if (log_->log_bytes() > compact_at_) {
-    // A failed compaction does not fail the record: the log keeps every
-    // record, and compaction is tried again once the log has grown by
-    // another compact_log_bytes (a state over the size limit would
-    // otherwise be serialized on every append).
-    const RegistrySnapshot snapshot = MakeSnapshot();
-    compaction_status_ = log_->Compact(snapshot);
-    compact_at_ = compaction_status_.ok() ? options_.compact_log_bytes
-                                          : log_->log_bytes() + options_.compact_log_bytes;
-    if (compaction_status_.ok()) {
-      // The snapshot holds every record so far, durably.
-      MarkDurable(snapshot.last_seq());
-    } else {
-      spdlog::error("registry: compaction failed, the log keeps growing: {}",
-                    compaction_status_.ToString());
-    }
+  if (sync && !compacting_ && log_->log_bytes() > compact_at_) {
+    // Taken now, written by this caller once mu_ is released (Committed).
+    compacting_ = true;
+    log_->StartCompaction();
+    compaction_due_ = MakeSnapshot();
   }
   return sync ? seq : uint64_t{0};
 }
@@ -169,14 +158,27 @@ absl::Status Registry::WaitDurable(uint64_t seq) const {
     // Everything appended so far: this sync covers it.
     uint64_t target = 0;
     std::shared_ptr<checkpoint::WritableFile> file;
+    RegistryLog* log = nullptr;
+    uint64_t dir_generation = 0;
     absl::Status s;
     {
       absl::MutexLock lock(&mu_);
       target = next_seq_ - 1;
+      log = log_.get();
       file = log_->file_for_sync();
       if (file == nullptr) s = log_->broken();
+      // A compaction just moved the log to a new file: its name must be
+      // durable too before a record in it is.
+      dir_generation = log_->dir_sync_generation();
     }
     if (s.ok()) s = file->Sync();
+    if (s.ok() && dir_generation != 0) {
+      s = log->SyncDir();
+      if (s.ok()) {
+        absl::MutexLock lock(&mu_);
+        log_->DirSynced(dir_generation);
+      }
+    }
     if (!s.ok()) {
       s = absl::Status(s.code(), absl::StrCat("the registry log cannot be made durable (",
                                               s.message(), "); nothing after the last "
@@ -215,6 +217,69 @@ template <typename T>
 T Registry::Acknowledged(T answer, uint64_t wait_for) const {
   PSD_RETURN_IF_ERROR(WaitDurable(wait_for));
   return answer;
+}
+
+template <typename T>
+T Registry::Committed(T answer, uint64_t wait_for) {
+  std::optional<RegistrySnapshot> due;
+  {
+    absl::MutexLock lock(&mu_);
+    due.swap(compaction_due_);
+  }
+  // A failed compaction does not fail the mutation: the old log keeps
+  // every record.
+  if (due.has_value()) RunCompaction(*due).IgnoreError();
+  return Acknowledged(std::move(answer), wait_for);
+}
+
+absl::Status Registry::RunCompaction(const RegistrySnapshot& snapshot) {
+  // Rounds of catching up with the records appended meanwhile before the
+  // last few are written under mu_ (a steady stream of appends could
+  // otherwise keep the new log from ever being complete).
+  constexpr int kRoundsOutsideTheLock = 8;
+  RegistryLog* log;
+  {
+    absl::MutexLock lock(&mu_);
+    log = log_.get();
+  }
+  RegistryLog::NextLog next;
+  absl::Status s = log->PublishSnapshot(snapshot);
+  if (s.ok()) {
+    MarkDurable(snapshot.last_seq());  // the snapshot holds them, durably
+    for (int round = 0; s.ok(); ++round) {
+      std::string frames;
+      {
+        absl::MutexLock lock(&mu_);
+        frames = log_->CarriedSince(&next);
+      }
+      s = log->WriteNext(&next, frames);
+      if (!s.ok()) break;
+      absl::MutexLock lock(&mu_);
+      if (round + 1 >= kRoundsOutsideTheLock) {
+        s = log_->WriteNext(&next, log_->CarriedSince(&next));
+        if (!s.ok()) break;
+      }
+      absl::StatusOr<bool> switched = log_->SwitchToNext(&next);
+      if (!switched.ok()) s = switched.status();
+      if (!s.ok() || *switched) break;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    log_->EndCompaction();
+    compacting_ = false;
+    compaction_status_ = s;
+    // A failed one is tried again once the log has grown by another
+    // compact_log_bytes (a state over the size limit would otherwise be
+    // serialized on every append).
+    compact_at_ = s.ok() ? options_.compact_log_bytes
+                         : log_->log_bytes() + options_.compact_log_bytes;
+  }
+  log->DeleteNext(next);
+  if (!s.ok()) {
+    spdlog::error("registry: compaction failed, the log keeps growing: {}", s.ToString());
+  }
+  return s;
 }
 
 absl::StatusOr<const SessionReply*> Registry::FindReply(const SessionState& session,
@@ -379,7 +444,7 @@ absl::StatusOr<uint64_t> Registry::OpenSession(const std::string& client) {
   PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
   return id;
   }();
-  return Acknowledged(std::move(opened), wait_for);
+  return Committed(std::move(opened), wait_for);
 }
 
 absl::Status Registry::CloseSession(uint64_t session) {
@@ -393,7 +458,7 @@ absl::Status Registry::CloseSession(uint64_t session) {
     PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
     return absl::OkStatus();
   }();
-  return Acknowledged(std::move(closed), wait_for);
+  return Committed(std::move(closed), wait_for);
 }
 
 bool Registry::HasSession(uint64_t session) const {
@@ -434,7 +499,7 @@ absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
     wait_for = std::max(wait_for, seq);
     return std::move(prepared.results);
   }();
-  return Acknowledged(std::move(declared), wait_for);
+  return Committed(std::move(declared), wait_for);
 }
 
 absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclare(
@@ -525,7 +590,7 @@ absl::Status Registry::CommitDeclare(const PreparedDeclaration& prepared) {
     wait_for = std::max(wait_for, seq);
     return absl::OkStatus();
   }();
-  return Acknowledged(std::move(committed), wait_for);
+  return Committed(std::move(committed), wait_for);
 }
 
 absl::StatusOr<uint64_t> Registry::CommitDeclareLocked(const PreparedDeclaration& prepared) {
@@ -1012,7 +1077,7 @@ absl::StatusOr<VariableDef> Registry::Delete(const std::string& name) {
     PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
     return def;
   }();
-  return Acknowledged(std::move(deleted), wait_for);
+  return Committed(std::move(deleted), wait_for);
 }
 
 absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::string& parent_path,
@@ -1188,12 +1253,16 @@ absl::Status Registry::compaction_status() const {
 }
 
 absl::Status Registry::Compact() {
-  absl::MutexLock lock(&mu_);
-  if (log_ == nullptr) return absl::OkStatus();
-  const RegistrySnapshot snapshot = MakeSnapshot();
-  PSD_RETURN_IF_ERROR(log_->Compact(snapshot));
-  MarkDurable(snapshot.last_seq());
-  return absl::OkStatus();
+  RegistrySnapshot snapshot;
+  {
+    absl::MutexLock lock(&mu_);
+    if (log_ == nullptr) return absl::OkStatus();
+    if (compacting_) return absl::UnavailableError("a compaction of the registry is running");
+    compacting_ = true;
+    log_->StartCompaction();
+    snapshot = MakeSnapshot();
+  }
+  return RunCompaction(snapshot);
 }
 
 }  // namespace psd

@@ -81,7 +81,8 @@
 // appends and in-memory updates of every operation, so concurrent
 // declarations of one name from many sessions yield exactly one variable;
 // the log syncs run outside it (sync_mu_ only elects the caller that
-// syncs). Compaction's snapshot write still runs under mu_ (see Commit).
+// syncs), and neither do compaction's writes and syncs (only the rename of
+// the new log over the old one, a metadata update with no flush).
 #ifndef PSD_SERVER_COORDINATOR_REGISTRY_H_
 #define PSD_SERVER_COORDINATOR_REGISTRY_H_
 
@@ -309,11 +310,19 @@ class Registry {
                                                        Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs `record` (assigning its seq) and applies it. With `sync` the
   // record must be durable before it is acknowledged: returns its seq, to
-  // give to WaitDurable once mu_ is released; else returns 0. Compaction
-  // (once per compact_log_bytes of log) runs here, under mu_: it writes and
-  // syncs the snapshot, so the callers of that one mutation wait for it.
+  // give to WaitDurable once mu_ is released; else returns 0. Once the log
+  // is over compact_log_bytes it takes the snapshot for a compaction, which
+  // the caller runs after releasing mu_ (Committed).
   absl::StatusOr<uint64_t> Commit(RegistryRecord* record, bool sync)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Acknowledged() for a mutation: first runs a compaction Commit made due.
+  template <typename T>
+  T Committed(T answer, uint64_t wait_for) ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);
+  // Publishes `snapshot` and moves the log to a new file holding only the
+  // records after it, with every write and sync outside mu_ (see
+  // RegistryLog::StartCompaction); StartCompaction was called under mu_
+  // when `snapshot` was taken. A failure leaves the old log in use.
+  absl::Status RunCompaction(const RegistrySnapshot& snapshot) ABSL_LOCKS_EXCLUDED(mu_);
   // Blocks until the record `seq` (and so every earlier one) is durable,
   // syncing the log itself unless another caller's sync will cover it.
   // OK at once for 0 or without a state directory; the sync's error if it
@@ -344,6 +353,10 @@ class Registry {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_creation_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // A compaction is running (one at a time); one whose snapshot is taken
+  // and that the next mutation's caller runs.
+  bool compacting_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<RegistrySnapshot> compaction_due_ ABSL_GUARDED_BY(mu_);
   // The log size that triggers the next automatic compaction, and how the
   // last one went.
   int64_t compact_at_ ABSL_GUARDED_BY(mu_);

@@ -215,6 +215,7 @@ absl::Status RegistryLog::Append(const RegistryRecord& record, bool sync) {
     return s;
   }
   log_bytes_ += static_cast<int64_t>(frame.size());
+  if (carrying_) carried_.push_back(frame);
   if (sync) return Sync();
   return absl::OkStatus();
 }
@@ -242,6 +243,67 @@ absl::Status RegistryLog::Compact(const RegistrySnapshot& snapshot) {
   // The snapshot is published; the old log's records are all <= its
   // last_seq, so a crash from here on replays nothing twice.
   return ResetLog();
+}
+
+void RegistryLog::StartCompaction() {
+  carrying_ = true;
+  carried_.clear();
+}
+
+absl::Status RegistryLog::PublishSnapshot(const RegistrySnapshot& snapshot) const {
+  PSD_ASSIGN_OR_RETURN(const std::string payload,
+                       SerializeChecked(snapshot, "registry snapshot", max_state_bytes_));
+  std::string data(kSnapshotMagic);
+  data += internal::Frame(payload);
+  return checkpoint::WriteFileAtomically(fs_, SnapshotPath(dir_), data);
+}
+
+std::string RegistryLog::CarriedSince(NextLog* next) const {
+  std::string frames;
+  for (size_t i = next->carried; i < carried_.size(); ++i) frames += carried_[i];
+  next->carried = carried_.size();
+  return frames;
+}
+
+absl::Status RegistryLog::WriteNext(NextLog* next, absl::string_view frames) const {
+  if (next->file == nullptr) {
+    next->temp = checkpoint::TempFileName(LogPath(dir_));
+    PSD_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, fs_->NewAppendableFile(next->temp));
+    next->file = std::move(file);
+    PSD_RETURN_IF_ERROR(next->file->Append(kLogMagic));
+    next->bytes = static_cast<int64_t>(kLogMagic.size());
+  }
+  PSD_RETURN_IF_ERROR(next->file->Append(frames));
+  next->bytes += static_cast<int64_t>(frames.size());
+  // Synced before it can take the log's name: the records acknowledged
+  // from the old log must be durable in the new one first.
+  return next->file->Sync();
+}
+
+absl::StatusOr<bool> RegistryLog::SwitchToNext(NextLog* next) {
+  if (!broken_.ok()) return broken_;
+  if (next->carried < carried_.size()) return false;  // more came in: write them first
+  PSD_RETURN_IF_ERROR(fs_->RenameFile(next->temp, LogPath(dir_)));
+  file_ = next->file;
+  log_bytes_ = next->bytes;
+  next->switched = true;
+  ++generation_;
+  dir_sync_pending_ = true;
+  return true;
+}
+
+void RegistryLog::EndCompaction() {
+  carrying_ = false;
+  carried_.clear();
+}
+
+void RegistryLog::DeleteNext(const NextLog& next) const {
+  if (next.switched || next.temp.empty()) return;
+  fs_->DeleteFile(next.temp).IgnoreError();
+}
+
+void RegistryLog::DirSynced(uint64_t generation) {
+  if (generation == generation_) dir_sync_pending_ = false;
 }
 
 absl::Status RegistryLog::ResetLog() {

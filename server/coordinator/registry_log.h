@@ -32,8 +32,9 @@
 // is broken and refuses every later append and compaction with that error.
 // A reopen recovers the records that reached the disk whole.
 //
-// Thread-compatible: the Registry calls it under its own mutex. Only the
-// file returned by file_for_sync() may be used without that mutex.
+// Thread-compatible: the Registry calls it under its own mutex. Used
+// without that mutex: the file returned by file_for_sync(), SyncDir(), and
+// the steps of a compaction marked [unlocked] below.
 #ifndef PSD_SERVER_COORDINATOR_REGISTRY_LOG_H_
 #define PSD_SERVER_COORDINATOR_REGISTRY_LOG_H_
 
@@ -100,6 +101,47 @@ class RegistryLog {
   // snapshot.last_seq() is durable (in the snapshot).
   absl::Status Compact(const RegistrySnapshot& snapshot);
 
+  // The same compaction with its writes and syncs outside the caller's
+  // lock, in steps ([locked]: under the caller's lock; [unlocked]: without
+  // it, one compaction at a time):
+  //   StartCompaction()              [locked] snapshot taken now; from here
+  //                                  every appended record is also kept for
+  //                                  the next log
+  //   PublishSnapshot(snapshot)      [unlocked] on OK, every record up to its
+  //                                  last_seq is durable
+  //   loop: CarriedSince(&next)      [locked] the records kept since
+  //         WriteNext(&next, bytes)  [unlocked] written to the next log, synced
+  //         SwitchToNext(&next)      [locked] true once nothing new came in:
+  //                                  renamed over the log (a rename, no
+  //                                  flush), appends go on there
+  //   EndCompaction(&next)           [locked] stop keeping records (always;
+  //                                  after a failure the old log goes on)
+  //   DeleteNext(next)               [unlocked] removes an unused next log
+  // After a switch the directory must be synced before a record appended
+  // to the new log is acknowledged: see dir_sync_generation().
+  struct NextLog {
+    std::string temp;
+    std::shared_ptr<checkpoint::WritableFile> file;
+    size_t carried = 0;  // kept records written to it
+    int64_t bytes = 0;
+    bool switched = false;
+  };
+  void StartCompaction();
+  absl::Status PublishSnapshot(const RegistrySnapshot& snapshot) const;
+  std::string CarriedSince(NextLog* next) const;
+  absl::Status WriteNext(NextLog* next, absl::string_view frames) const;
+  absl::StatusOr<bool> SwitchToNext(NextLog* next);
+  void EndCompaction();
+  void DeleteNext(const NextLog& next) const;
+
+  // Non-zero while the log file's name (a switch's rename) is not durable:
+  // a sync of file_for_sync() must then also SyncDir(), and report it with
+  // DirSynced(generation). [locked]
+  uint64_t dir_sync_generation() const { return dir_sync_pending_ ? generation_ : 0; }
+  void DirSynced(uint64_t generation);
+  // fsync of the state directory. [unlocked]
+  absl::Status SyncDir() const { return fs_->SyncDir(dir_); }
+
   // Bytes in the current log file (compaction trigger).
   int64_t log_bytes() const { return log_bytes_; }
   const std::string& dir() const { return dir_; }
@@ -125,6 +167,13 @@ class RegistryLog {
   // Shared with a sync in flight (file_for_sync); closed when the last
   // holder lets go.
   std::shared_ptr<checkpoint::WritableFile> file_;
+  // Records appended while a compaction runs (StartCompaction), framed.
+  bool carrying_ = false;
+  std::vector<std::string> carried_;
+  // Bumped by each switch to a new log; dir_sync_pending_ until the
+  // directory was synced after it.
+  uint64_t generation_ = 1;
+  bool dir_sync_pending_ = false;
   int64_t log_bytes_;
   const int64_t max_state_bytes_;
   // Set when a failed append could not be undone; the file's tail is then

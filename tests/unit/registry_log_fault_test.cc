@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -228,7 +229,9 @@ TEST_F(RegistryLogFaultTest, ACrashAtAnyStepOfAppendOrCompactionKeepsEveryAcknow
           }
         }
       }
-      if (!crashed) EXPECT_EQ(fs.faults_fired(), 0);
+      if (!crashed) {
+        EXPECT_EQ(fs.faults_fired(), 0);
+      }
     }  // dropped without any shutdown step, like a killed process
     if (!crashed) break;  // past the last step of the workload
     ++points;
@@ -297,7 +300,9 @@ TEST_F(RegistryLogFaultTest, OneFailedStepAnywhereLosesNothingAcknowledged) {
       }
       if (!fired) break;
       ++points;
-      if (power_loss) ASSERT_TRUE(fs.DropUnsyncedData().ok());
+      if (power_loss) {
+        ASSERT_TRUE(fs.DropUnsyncedData().ok());
+      }
       auto reopened = Registry::Open(Options(FileSystem::Default()));
       ASSERT_TRUE(reopened.ok()) << reopened.status();
       auto& registry = *reopened;
@@ -315,12 +320,15 @@ TEST_F(RegistryLogFaultTest, OneFailedStepAnywhereLosesNothingAcknowledged) {
   std::cout << "failure points covered: " << points << "\n";
 }
 
-// Holds the log's syncs while armed: a test can keep one in flight.
+// Holds the syncs of one file (or of files whose names start with
+// `prefix`) while armed: a test can keep one in flight.
 class SyncGate {
  public:
-  void Install(FaultInjectionFileSystem* fs, const std::string& log_path) {
-    fs->SetHook([this, log_path](FsOp op, const std::string& path) {
-      if (op != FsOp::kSync || path != log_path) return;
+  void Install(FaultInjectionFileSystem* fs, const std::string& path_or_prefix,
+               bool prefix = false) {
+    fs->SetHook([this, path_or_prefix, prefix](FsOp op, const std::string& path) {
+      if (op != FsOp::kSync) return;
+      if (prefix ? !absl::StartsWith(path, path_or_prefix) : path != path_or_prefix) return;
       absl::MutexLock lock(&mu_);
       ++syncs_;
       if (!armed_) return;
@@ -334,6 +342,7 @@ class SyncGate {
     armed_ = true;
   }
   bool WaitEntered() { return entered_.WaitForNotificationWithTimeout(kPatience); }
+  bool entered() const { return entered_.HasBeenNotified(); }
   void Release() {
     absl::MutexLock lock(&mu_);
     released_ = true;
@@ -463,6 +472,65 @@ TEST_F(RegistryLogFaultTest, AFailedSyncFailsEveryWaiterItCovered) {
   EXPECT_TRUE(registry->Lookup("kept").ok());
   EXPECT_FALSE(registry->Lookup("f0").ok());
   EXPECT_FALSE(registry->Lookup("f1").ok());
+}
+
+// A compaction writes and syncs its snapshot and the new log outside the
+// registry's lock: while its snapshot sync is held, lookups are answered
+// and other declarations are made durable (in the old log) and
+// acknowledged; the new log then carries them over, so a power loss right
+// after keeps them all.
+TEST_F(RegistryLogFaultTest, ACompactionRunsOutsideTheLockAndKeepsWhatCameInMeanwhile) {
+  FaultInjectionFileSystem fs(FileSystem::Default());
+  SyncGate gate;
+  gate.Install(&fs, RegistryLog::SnapshotPath(dir_), /*prefix=*/true);
+  gate.Arm();
+  uint64_t session;
+  std::set<std::string> acked;
+  {
+    auto registry = Open(&fs, /*compact_bytes=*/700);
+    session = *registry->OpenSession("t");
+    absl::Mutex acked_mu;
+    // Declares until one of its declarations starts a compaction, which
+    // holds it in the snapshot's sync.
+    std::thread compactor([&] {
+      for (int i = 0; i < 200 && !gate.entered(); ++i) {
+        const std::string name = "v" + std::to_string(i);
+        if (registry->GetVariable(session, Decl(name, i + 1), shards_).ok()) {
+          absl::MutexLock lock(&acked_mu);
+          acked.insert(name);
+        }
+      }
+    });
+    const bool held = gate.WaitEntered();
+    EXPECT_TRUE(held);
+    absl::Notification done;
+    std::thread during([&] {
+      EXPECT_TRUE(registry->Lookup("v0").ok());
+      for (const std::string name : {"during0", "during1", "during2"}) {
+        if (registry->GetVariable(session, Decl(name, 5), shards_).ok()) {
+          absl::MutexLock lock(&acked_mu);
+          acked.insert(name);
+        }
+      }
+      done.Notify();
+    });
+    const bool in_time = done.WaitForNotificationWithTimeout(kPatience);
+    gate.Release();
+    compactor.join();
+    during.join();
+    EXPECT_TRUE(in_time) << "calls waited for a compaction's snapshot sync";
+    EXPECT_EQ(acked.count("during2"), 1u);
+    EXPECT_TRUE(registry->compaction_status().ok()) << registry->compaction_status();
+    ASSERT_TRUE(registry->GetVariable(session, Decl("after", 6), shards_).ok());
+    acked.insert("after");
+  }
+  EXPECT_TRUE(std::filesystem::exists(RegistryLog::SnapshotPath(dir_)));
+  ASSERT_TRUE(fs.DropUnsyncedData().ok());
+  auto registry = Reopen();
+  ASSERT_NE(registry, nullptr);
+  for (const std::string& name : acked) EXPECT_TRUE(registry->Lookup(name).ok()) << name;
+  EXPECT_EQ(registry->num_variables(), acked.size());
+  EXPECT_EQ(log_failures(), 0);
 }
 
 }  // namespace
