@@ -81,8 +81,12 @@
 // appends and in-memory updates of every operation, so concurrent
 // declarations of one name from many sessions yield exactly one variable;
 // the log syncs run outside it (sync_mu_ only elects the caller that
-// syncs), and neither do compaction's writes and syncs (only the rename of
-// the new log over the old one, a metadata update with no flush).
+// syncs), and so do compaction's writes and syncs: the caller whose record
+// crossed compact_log_bytes publishes the snapshot and writes the new log
+// (carrying over the records appended meanwhile) after releasing mu_, and
+// holds it only for the rename of the new log over the old one (a metadata
+// update, no flush); only under a stream of appends that outruns eight
+// rounds of catching up are the last records written and synced under it.
 #ifndef PSD_SERVER_COORDINATOR_REGISTRY_H_
 #define PSD_SERVER_COORDINATOR_REGISTRY_H_
 
