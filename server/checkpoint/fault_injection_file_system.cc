@@ -1,6 +1,9 @@
 #include "checkpoint/fault_injection_file_system.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "psd/status.h"
 
 namespace psd::checkpoint {
 namespace {
@@ -31,6 +34,12 @@ const char* OpName(FsOp op) {
       return "exists";
     case FsOp::kGetFileSize:
       return "stat";
+    case FsOp::kNewAppendableFile:
+      return "open for append";
+    case FsOp::kTruncate:
+      return "truncate";
+    case FsOp::kCreateDir:
+      return "mkdir";
   }
   return "?";
 }
@@ -47,12 +56,17 @@ class FaultWritableFile final : public WritableFile {
 
   absl::Status Append(absl::string_view data) override {
     switch (fs_->Check(FsOp::kAppend, path_)) {
-      case FaultInjectionFileSystem::Outcome::kPass:
-        return base_->Append(data);
+      case FaultInjectionFileSystem::Outcome::kPass: {
+        absl::Status s = base_->Append(data);
+        if (s.ok()) fs_->Appended(path_, data.size());
+        return s;
+      }
       case FaultInjectionFileSystem::Outcome::kFail:
         return Injected(FsOp::kAppend, path_);
       case FaultInjectionFileSystem::Outcome::kShortWrite:
-        base_->Append(data.substr(0, data.size() / 2)).IgnoreError();
+        if (base_->Append(data.substr(0, data.size() / 2)).ok()) {
+          fs_->Appended(path_, data.size() / 2);
+        }
         return absl::ResourceExhaustedError("injected short write: " + path_);
     }
     return absl::OkStatus();
@@ -61,7 +75,17 @@ class FaultWritableFile final : public WritableFile {
     if (fs_->Check(FsOp::kSync, path_) != FaultInjectionFileSystem::Outcome::kPass) {
       return Injected(FsOp::kSync, path_);
     }
-    return base_->Sync();
+    absl::Status s = base_->Sync();
+    if (s.ok()) fs_->Synced(path_);
+    return s;
+  }
+  absl::Status Truncate(uint64_t size) override {
+    if (fs_->Check(FsOp::kTruncate, path_) != FaultInjectionFileSystem::Outcome::kPass) {
+      return Injected(FsOp::kTruncate, path_);
+    }
+    absl::Status s = base_->Truncate(size);
+    if (s.ok()) fs_->Truncated(path_, size);
+    return s;
   }
   absl::Status Close() override {
     if (fs_->Check(FsOp::kClose, path_) != FaultInjectionFileSystem::Outcome::kPass) {
@@ -114,6 +138,15 @@ void FaultInjectionFileSystem::ShortWriteOnAppend(int nth) {
   short_write_countdown_ = nth;
 }
 
+void FaultInjectionFileSystem::CrashAtNthMutation(int nth) {
+  absl::MutexLock lock(&mu_);
+  crash_countdown_ = nth;
+}
+
+void FaultInjectionFileSystem::SetHook(std::function<void(FsOp, const std::string&)> hook) {
+  hook_ = std::move(hook);
+}
+
 void FaultInjectionFileSystem::Reset() {
   absl::MutexLock lock(&mu_);
   fail_countdown_.clear();
@@ -121,6 +154,64 @@ void FaultInjectionFileSystem::Reset() {
   short_write_countdown_ = 0;
   mutations_ = 0;
   fired_ = 0;
+  crash_countdown_ = 0;
+  crashed_ = false;
+  counts_.clear();
+}
+
+int FaultInjectionFileSystem::count(FsOp op) const {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(op);
+  return it == counts_.end() ? 0 : it->second;
+}
+
+std::string FaultInjectionFileSystem::CurrentPath(std::string path) const {
+  for (auto it = renamed_.find(path); it != renamed_.end(); it = renamed_.find(path)) {
+    path = it->second;
+  }
+  return path;
+}
+
+void FaultInjectionFileSystem::Appended(const std::string& path, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  files_[CurrentPath(path)].size += bytes;
+}
+
+void FaultInjectionFileSystem::Synced(const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  FileSizes& f = files_[CurrentPath(path)];
+  f.synced = f.size;
+}
+
+void FaultInjectionFileSystem::Truncated(const std::string& path, uint64_t size) {
+  absl::MutexLock lock(&mu_);
+  FileSizes& f = files_[CurrentPath(path)];
+  f.size = size;
+  // What lay past `size` may or may not come back after a crash; assume the
+  // worse for the reader, which must cope with a torn tail either way.
+  f.synced = std::min(f.synced, size);
+}
+
+absl::Status FaultInjectionFileSystem::DropUnsyncedData() {
+  std::map<std::string, FileSizes> files;
+  {
+    absl::MutexLock lock(&mu_);
+    files = files_;
+  }
+  for (const auto& [path, sizes] : files) {
+    absl::StatusOr<uint64_t> size = base_->GetFileSize(path);
+    if (absl::IsNotFound(size.status())) continue;
+    if (!size.ok()) return size.status();
+    if (*size <= sizes.synced) continue;
+    auto file = base_->NewAppendableFile(path);
+    if (!file.ok()) return file.status();
+    absl::Status s = (*file)->Truncate(sizes.synced);
+    if (s.ok()) s = (*file)->Close();
+    if (!s.ok()) return s;
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto& [path, sizes] : files_) sizes.size = sizes.synced;
+  return absl::OkStatus();
 }
 
 int FaultInjectionFileSystem::mutation_count() const {
@@ -142,6 +233,9 @@ bool FaultInjectionFileSystem::IsMutation(FsOp op) {
     case FsOp::kRename:
     case FsOp::kDelete:
     case FsOp::kSyncDir:
+    case FsOp::kNewAppendableFile:
+    case FsOp::kTruncate:
+    case FsOp::kCreateDir:
       return true;
     default:
       return false;
@@ -150,13 +244,20 @@ bool FaultInjectionFileSystem::IsMutation(FsOp op) {
 
 FaultInjectionFileSystem::Outcome FaultInjectionFileSystem::Check(FsOp op,
                                                                   const std::string& path) {
+  if (hook_) hook_(op, path);
   absl::MutexLock lock(&mu_);
   // A countdown at 0 is disarmed; reaching 0 from 1 fires it.
   auto fires = [](int* countdown) { return *countdown > 0 && --*countdown == 0; };
   Outcome outcome = Outcome::kPass;
+  ++counts_[op];
   if (IsMutation(op)) {
     ++mutations_;
     if (fires(&mutation_countdown_)) outcome = Outcome::kFail;
+    if (fires(&crash_countdown_)) crashed_ = true;
+  }
+  if (crashed_) {
+    ++fired_;
+    return Outcome::kFail;
   }
   auto it = fail_countdown_.find(op);
   if (it != fail_countdown_.end() && fires(&it->second)) outcome = Outcome::kFail;
@@ -174,7 +275,35 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewWrita
   }
   auto base = base_->NewWritableFile(path);
   if (!base.ok()) return base.status();
+  {
+    absl::MutexLock lock(&mu_);
+    files_[path] = FileSizes();
+    renamed_.erase(path);
+  }
   return std::unique_ptr<WritableFile>(new FaultWritableFile(this, path, *std::move(base)));
+}
+
+absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewAppendableFile(
+    const std::string& path) {
+  if (Check(FsOp::kNewAppendableFile, path) != Outcome::kPass) {
+    return Injected(FsOp::kNewAppendableFile, path);
+  }
+  auto base = base_->NewAppendableFile(path);
+  if (!base.ok()) return base.status();
+  // What the file held before is taken as durable.
+  absl::StatusOr<uint64_t> size = base_->GetFileSize(path);
+  if (!size.ok()) return size.status();
+  {
+    absl::MutexLock lock(&mu_);
+    files_[path] = FileSizes{*size, *size};
+    renamed_.erase(path);
+  }
+  return std::unique_ptr<WritableFile>(new FaultWritableFile(this, path, *std::move(base)));
+}
+
+absl::Status FaultInjectionFileSystem::CreateDir(const std::string& dir) {
+  if (Check(FsOp::kCreateDir, dir) != Outcome::kPass) return Injected(FsOp::kCreateDir, dir);
+  return base_->CreateDir(dir);
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>> FaultInjectionFileSystem::NewRandomAccessFile(
@@ -189,12 +318,27 @@ absl::StatusOr<std::unique_ptr<RandomAccessFile>> FaultInjectionFileSystem::NewR
 
 absl::Status FaultInjectionFileSystem::RenameFile(const std::string& from, const std::string& to) {
   if (Check(FsOp::kRename, from) != Outcome::kPass) return Injected(FsOp::kRename, from);
-  return base_->RenameFile(from, to);
+  PSD_RETURN_IF_ERROR(base_->RenameFile(from, to));
+  absl::MutexLock lock(&mu_);
+  auto it = files_.find(from);
+  if (it == files_.end()) {
+    files_.erase(to);
+  } else {
+    files_[to] = it->second;
+    files_.erase(it);
+  }
+  // A file still open under its old name now writes to `to`.
+  renamed_.erase(to);
+  if (from != to) renamed_[from] = to;
+  return absl::OkStatus();
 }
 
 absl::Status FaultInjectionFileSystem::DeleteFile(const std::string& path) {
   if (Check(FsOp::kDelete, path) != Outcome::kPass) return Injected(FsOp::kDelete, path);
-  return base_->DeleteFile(path);
+  PSD_RETURN_IF_ERROR(base_->DeleteFile(path));
+  absl::MutexLock lock(&mu_);
+  files_.erase(path);
+  return absl::OkStatus();
 }
 
 absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {

@@ -70,6 +70,15 @@ class PosixWritableFile final : public WritableFile {
     return absl::OkStatus();
   }
 
+  absl::Status Truncate(uint64_t size) override {
+    CrashPoint("fs.truncate");
+    if (fd_ < 0) return absl::FailedPreconditionError("truncate of closed file " + path_);
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return PosixError("ftruncate", path_, errno);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Close() override {
     CrashPoint("fs.close");
     if (fd_ < 0) return absl::OkStatus();
@@ -119,6 +128,32 @@ class PosixFileSystem final : public FileSystem {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return PosixError("open", path, errno);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewAppendableFile(
+      const std::string& path) override {
+    CrashPoint("fs.create");
+    // O_APPEND: every write lands at the end, also after a Truncate.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return PosixError("open", path, errno);
+    return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
+  }
+
+  absl::Status CreateDir(const std::string& dir) override {
+    if (dir.empty()) return absl::InvalidArgumentError("cannot create a directory with no name");
+    struct stat st;
+    if (::stat(dir.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) return absl::OkStatus();
+      return absl::AlreadyExistsError(absl::StrCat("mkdir ", dir, ": not a directory"));
+    }
+    // Parents first, like `mkdir -p`: a fresh host has no /var/lib/psd yet.
+    const std::string parent = DirName(dir);
+    if (parent != dir && parent != "." && parent != "/") PSD_RETURN_IF_ERROR(CreateDir(parent));
+    CrashPoint("fs.mkdir");
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      return PosixError("mkdir", dir, errno);
+    }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
@@ -201,6 +236,18 @@ void CrashPoint(absl::string_view name) {
                static_cast<long long>(target), static_cast<int>(name.size()), name.data());
   std::fflush(stderr);
   std::raise(SIGKILL);
+}
+
+absl::Status WritableFile::Truncate(uint64_t) {
+  return absl::UnimplementedError("this file system cannot truncate files");
+}
+
+absl::StatusOr<std::unique_ptr<WritableFile>> FileSystem::NewAppendableFile(const std::string&) {
+  return absl::UnimplementedError("this file system cannot append to existing files");
+}
+
+absl::Status FileSystem::CreateDir(const std::string&) {
+  return absl::UnimplementedError("this file system cannot create directories");
 }
 
 FileSystem* FileSystem::Default() {

@@ -1,10 +1,13 @@
-// The one small file-I/O interface every checkpoint file access goes through,
-// so tests can make disks fail on purpose (see fault_injection_file_system.h)
-// and the checkpoint code never calls POSIX directly.
+// The one small file-I/O interface every checkpoint file access (and the
+// coordinator's registry log) goes through, so tests can make disks fail on
+// purpose (see fault_injection_file_system.h) and that code never calls
+// POSIX directly.
 //
 // Thread-safety: FileSystem implementations are thread-safe. A WritableFile
-// is thread-compatible (one writer at a time). RandomAccessFile::Read is
-// thread-safe (positional reads).
+// is thread-compatible (one writer at a time), except that Sync() may run on
+// one thread while another appends (as fdatasync and write(2) may): it then
+// makes durable at least what was appended before it started.
+// RandomAccessFile::Read is thread-safe (positional reads).
 #ifndef PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_
 #define PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_
 
@@ -29,6 +32,9 @@ class WritableFile {
   // Makes everything appended so far durable (fsync).
   virtual absl::Status Sync() = 0;
   virtual absl::Status Close() = 0;
+  // Cuts the file to its first `size` bytes; later appends continue at the
+  // new end. Not durable until the next Sync(). UNIMPLEMENTED by default.
+  virtual absl::Status Truncate(uint64_t size);
 };
 
 // A file read at arbitrary offsets.
@@ -54,6 +60,13 @@ class FileSystem {
   // Creates or truncates `path`.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
       const std::string& path) = 0;
+  // Opens `path` for appending after its current contents, creating it if
+  // it does not exist (an append-only log). UNIMPLEMENTED by default.
+  virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewAppendableFile(
+      const std::string& path);
+  // Creates `dir` and its missing parents (mkdir -p); OK if it exists.
+  // UNIMPLEMENTED by default.
+  virtual absl::Status CreateDir(const std::string& dir);
   // NOT_FOUND if `path` does not exist.
   virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
       const std::string& path) = 0;

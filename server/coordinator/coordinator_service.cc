@@ -4,7 +4,9 @@
 #include <new>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -226,11 +228,62 @@ void CoordinatorService::UndoParts(const std::vector<std::pair<int32_t, std::str
   }
 }
 
+void CoordinatorService::NameLocks::Acquire(const std::set<std::string>& keys) {
+  struct Wanted {
+    const std::set<std::string>* keys;
+    const std::set<std::string>* held;
+  };
+  absl::MutexLock lock(&mu_);
+  Wanted wanted{&keys, &held_};
+  mu_.Await(absl::Condition(
+      +[](Wanted* w) {
+        for (const std::string& key : *w->keys) {
+          if (w->held->count(key) > 0) return false;
+        }
+        return true;
+      },
+      &wanted));
+  held_.insert(keys.begin(), keys.end());
+}
+
+void CoordinatorService::NameLocks::Release(const std::set<std::string>& keys) {
+  absl::MutexLock lock(&mu_);
+  for (const std::string& key : keys) held_.erase(key);
+}
+
+std::string CoordinatorService::NameKey(const std::string& name) {
+  absl::string_view key = name;
+  while (true) {
+    const size_t slash = key.rfind('/');
+    if (slash == absl::string_view::npos) break;
+    absl::string_view last = key.substr(slash + 1);
+    if (!absl::ConsumePrefix(&last, "part_") || last.empty() ||
+        !std::all_of(last.begin(), last.end(), [](char c) { return absl::ascii_isdigit(c); })) {
+      break;
+    }
+    key = key.substr(0, slash);
+  }
+  return std::string(key);
+}
+
+std::set<std::string> CoordinatorService::DeclarationKeys(
+    absl::Span<const VariableDeclaration> decls) {
+  std::set<std::string> keys;
+  for (const VariableDeclaration& d : decls) {
+    keys.insert(NameKey(d.name()));
+    if (!d.colocate_with().empty()) keys.insert(NameKey(d.colocate_with()));
+    if (d.initializer().has_from_variable()) {
+      keys.insert(NameKey(d.initializer().from_variable().source()));
+    }
+  }
+  return keys;
+}
+
 absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     uint64_t session, absl::Span<const VariableDeclaration> decls, uint64_t request_seq,
     absl::Time deadline) {
-  // Declaring and creating parts is serialized, so a declaration that
-  // attaches finds the parts created. The ordered initialization after it
+  // Declaring and creating parts is serialized per name (declaring_), so a
+  // declaration that attaches finds the parts created. The ordered initialization after it
   // is not: it may wait on several shards in turn, and every get_variable
   // of the cluster would wait behind it. Running it outside is safe: it
   // reads the registry as it is then (a variable deleted meanwhile is
@@ -243,7 +296,7 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
   std::vector<std::pair<std::string, std::shared_ptr<InitializationInFlight>>> awaited;
   std::vector<DeclareResult> results;
   {
-    absl::MutexLock declaring(&declare_mu_);
+    HeldNames declaring(&declaring_, DeclarationKeys(decls));
     // Checked and placed, not registered: the registry records the batch
     // only once every new part exists on its shard, so a declaration that
     // fails (a spec a shard refuses, a shard out of memory or unreachable)
@@ -867,7 +920,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     // may neither be registered between its check and this deletion (it
     // would be ABORTED after creating its parts) nor create its parts
     // before the old ones are deleted (which would then delete the new).
-    absl::MutexLock declaring(&declare_mu_);
+    HeldNames declaring(&declaring_, {NameKey(request->name())});
     PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Delete(request->name()));
     // The name is gone from the registry; parts left on unreachable shards
     // are orphans the shard drops on its next restart, and a later variable

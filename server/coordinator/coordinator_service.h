@@ -27,7 +27,9 @@
 // Thread-safety: thread-safe. The registry has its own lock; membership is
 // guarded by mu_, never held across an RPC to a shard. Part creation and
 // ordered initialization call the shards synchronously from the handler
-// thread (bounded by `shard_rpc_timeout` per call).
+// thread (bounded by `shard_rpc_timeout` per call); no lock is held across
+// them, only the declaration's own names (declaring_), which only
+// declarations and deletions of those names wait for.
 #ifndef PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
 #define PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
 
@@ -257,17 +259,53 @@ class CoordinatorService final : public Coordinator::CallbackService {
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
 
-  // Serializes declarations with the creation of their parts on the shards,
-  // so a session that attaches to a variable another session is creating
-  // gets its handle only once the parts exist. Held by GetVariable /
-  // DeclareVariables and DeleteVariable (so a declaration never races a
-  // deletion of its name: neither its registration nor its parts); taken
-  // before mu_.
-  absl::Mutex declare_mu_;
+  // Serializes declarations and deletions of the same names (see
+  // NameKey), and only those: each holds its names from the check through
+  // the creation of its parts on the shards to its registration, so a
+  // session that attaches to a variable another session is creating gets
+  // its handle only once the parts exist and the registration is durable,
+  // and a declaration never races a deletion of its name, of a variable it
+  // is initialized from or colocated with (neither its registration nor
+  // its parts). A declaration of other names goes on meanwhile: one slow
+  // shard holds up only the declarations that need what it is creating.
+  class NameLocks {
+   public:
+    // Blocks until none of `keys` is held, then holds them all (all at
+    // once: two batches never wait for each other in a cycle).
+    void Acquire(const std::set<std::string>& keys) ABSL_LOCKS_EXCLUDED(mu_);
+    void Release(const std::set<std::string>& keys) ABSL_LOCKS_EXCLUDED(mu_);
+
+   private:
+    absl::Mutex mu_;
+    std::set<std::string> held_ ABSL_GUARDED_BY(mu_);
+  };
+  // Holds `keys` of `locks` for its lifetime.
+  class HeldNames {
+   public:
+    HeldNames(NameLocks* locks, std::set<std::string> keys)
+        : locks_(locks), keys_(std::move(keys)) {
+      locks_->Acquire(keys_);
+    }
+    ~HeldNames() { locks_->Release(keys_); }
+    HeldNames(const HeldNames&) = delete;
+    HeldNames& operator=(const HeldNames&) = delete;
+
+   private:
+    NameLocks* const locks_;
+    const std::set<std::string> keys_;
+  };
+  // The key a name is serialized under: the name without trailing
+  // "/part_K" components, so a partitioned variable `v` (whose parts are
+  // `v/part_K` on the shards) and a variable named `v/part_0` share one.
+  static std::string NameKey(const std::string& name);
+  // The keys a declaration batch holds: each declared name, and the
+  // variables each is initialized from or colocated with.
+  static std::set<std::string> DeclarationKeys(absl::Span<const VariableDeclaration> decls);
+  NameLocks declaring_;
   // The ordered initializations that declarations started and that run
-  // after declare_mu_ is released, by variable: a declaration attaching to
-  // such a variable without initializing it waits for it outside
-  // declare_mu_, as it waits for the creation of the parts inside.
+  // after their names are released, by variable: a declaration attaching to
+  // such a variable without initializing it waits for it outside the name
+  // locks, as it waits for the creation of the parts inside.
   struct InitializationInFlight {
     absl::Notification done;
   };

@@ -59,8 +59,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   std::unique_ptr<Registry> registry(new Registry(options));
   if (options.state_dir.empty()) return registry;
   RegistryLog::Recovered recovered;
-  PSD_ASSIGN_OR_RETURN(auto log,
-                       RegistryLog::Open(options.state_dir, &recovered, options.max_state_bytes));
+  PSD_ASSIGN_OR_RETURN(auto log, RegistryLog::Open(options.state_dir, &recovered,
+                                                   options.max_state_bytes, options.file_system));
   absl::MutexLock lock(&registry->mu_);
   const RegistrySnapshot& snap = recovered.snapshot;
   registry->next_seq_ = snap.last_seq() + 1;
@@ -84,27 +84,203 @@ absl::StatusOr<SessionState*> Registry::FindSession(uint64_t session) {
   return &it->second;
 }
 
-absl::Status Registry::Commit(RegistryRecord* record, bool sync) {
+absl::StatusOr<uint64_t> Registry::Commit(RegistryRecord* record, bool sync) {
   record->set_seq(next_seq_);
-  if (log_ != nullptr) {
-    PSD_RETURN_IF_ERROR(log_->Append(*record, sync));
+  if (log_ == nullptr) {
+    ++next_seq_;
+    Apply(*record);
+    return uint64_t{0};
   }
-  ++next_seq_;
+  // Written now, synced by WaitDurable after mu_ is released (group
+  // commit). A failed write changes nothing; after a failed sync the log
+  // refuses this append (RegistryLog::MarkBroken).
+  PSD_RETURN_IF_ERROR(log_->Append(*record, /*sync=*/false));
+  const uint64_t seq = next_seq_++;
   Apply(*record);
-  if (log_ != nullptr && log_->log_bytes() > compact_at_) {
-    // The record is durable already, so a failed compaction does not fail
-    // it: the log keeps every record, and compaction is tried again once
-    // the log has grown by another compact_log_bytes (a state over the
-    // size limit would otherwise be serialized on every append).
-    compaction_status_ = log_->Compact(MakeSnapshot());
-    compact_at_ = compaction_status_.ok() ? options_.compact_log_bytes
-                                          : log_->log_bytes() + options_.compact_log_bytes;
-    if (!compaction_status_.ok()) {
-      spdlog::error("registry: compaction failed, the log keeps growing: {}",
-                    compaction_status_.ToString());
+  if (sync) {
+    ack_seq_ = seq;
+    auto pending = [&](const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      pending_names_[name] = seq;
+      pending_order_.emplace_back(seq, name);
+    };
+    if (record->has_declared()) {
+      for (const VariableDef& def : record->declared().created()) pending(def.name());
+    } else if (record->has_deleted()) {
+      pending(record->deleted());
     }
   }
+  if (sync && !compacting_ && log_->log_bytes() > compact_at_) {
+    // Taken now, written by this caller once mu_ is released (Committed).
+    compacting_ = true;
+    log_->StartCompaction();
+    compaction_due_ = MakeSnapshot();
+  }
+  return sync ? seq : uint64_t{0};
+}
+
+void Registry::MarkDurable(uint64_t seq) {
+  absl::MutexLock lock(&sync_mu_);
+  durable_seq_ = std::max(durable_seq_, seq);
+}
+
+uint64_t Registry::durable_seq() const {
+  absl::MutexLock lock(&sync_mu_);
+  return durable_seq_;
+}
+
+uint64_t Registry::PendingSeqOf(const std::string& name) const {
+  const uint64_t durable = durable_seq();
+  while (!pending_order_.empty() && pending_order_.front().first <= durable) {
+    auto it = pending_names_.find(pending_order_.front().second);
+    if (it != pending_names_.end() && it->second <= durable) pending_names_.erase(it);
+    pending_order_.pop_front();
+  }
+  auto it = pending_names_.find(name);
+  return it == pending_names_.end() ? 0 : it->second;
+}
+
+absl::Status Registry::WaitDurable(uint64_t seq) const {
+  if (seq == 0) return absl::OkStatus();
+  sync_mu_.Lock();
+  while (durable_seq_ < seq) {
+    if (!log_failure_.ok()) {
+      absl::Status failed = log_failure_;
+      sync_mu_.Unlock();
+      return failed;
+    }
+    if (syncing_) {
+      // Another caller's sync is in flight; it may cover `seq`, and if not,
+      // the next one will (started by whoever gets here first after it).
+      sync_mu_.Await(absl::Condition(+[](bool* syncing) { return !*syncing; }, &syncing_));
+      continue;
+    }
+    syncing_ = true;
+    sync_mu_.Unlock();
+    // Everything appended so far: this sync covers it.
+    uint64_t target = 0;
+    std::shared_ptr<checkpoint::WritableFile> file;
+    RegistryLog* log = nullptr;
+    uint64_t dir_generation = 0;
+    absl::Status s;
+    {
+      absl::MutexLock lock(&mu_);
+      target = next_seq_ - 1;
+      log = log_.get();
+      file = log_->file_for_sync();
+      if (file == nullptr) s = log_->broken();
+      // A compaction just moved the log to a new file: its name must be
+      // durable too before a record in it is.
+      dir_generation = log_->dir_sync_generation();
+    }
+    if (s.ok()) s = file->Sync();
+    if (s.ok() && dir_generation != 0) {
+      s = log->SyncDir();
+      if (s.ok()) {
+        absl::MutexLock lock(&mu_);
+        log_->DirSynced(dir_generation);
+      }
+    }
+    if (!s.ok()) {
+      s = absl::Status(s.code(), absl::StrCat("the registry log cannot be made durable (",
+                                              s.message(), "); nothing after the last "
+                                              "successful sync is acknowledged"));
+      {
+        absl::MutexLock lock(&mu_);
+        log_->MarkBroken(s);
+      }
+      sync_mu_.Lock();
+      syncing_ = false;
+      const bool first = log_failure_.ok();
+      if (first) log_failure_ = s;
+      sync_mu_.Unlock();
+      if (first) {
+        if (options_.on_log_failure) {
+          options_.on_log_failure(s);
+        } else {
+          // See "A failed sync is fatal" in registry.h.
+          spdlog::critical("registry: {}; stopping, a restart recovers what the log holds",
+                           s.ToString());
+          spdlog::default_logger()->flush();
+          std::abort();
+        }
+      }
+      return s;
+    }
+    sync_mu_.Lock();
+    syncing_ = false;
+    durable_seq_ = std::max(durable_seq_, target);
+  }
+  sync_mu_.Unlock();
   return absl::OkStatus();
+}
+
+template <typename T>
+T Registry::Acknowledged(T answer, uint64_t wait_for) const {
+  PSD_RETURN_IF_ERROR(WaitDurable(wait_for));
+  return answer;
+}
+
+template <typename T>
+T Registry::Committed(T answer, uint64_t wait_for) {
+  std::optional<RegistrySnapshot> due;
+  {
+    absl::MutexLock lock(&mu_);
+    due.swap(compaction_due_);
+  }
+  // A failed compaction does not fail the mutation: the old log keeps
+  // every record.
+  if (due.has_value()) RunCompaction(*due).IgnoreError();
+  return Acknowledged(std::move(answer), wait_for);
+}
+
+absl::Status Registry::RunCompaction(const RegistrySnapshot& snapshot) {
+  // Rounds of catching up with the records appended meanwhile before the
+  // last few are written under mu_ (a steady stream of appends could
+  // otherwise keep the new log from ever being complete).
+  constexpr int kRoundsOutsideTheLock = 8;
+  RegistryLog* log;
+  {
+    absl::MutexLock lock(&mu_);
+    log = log_.get();
+  }
+  RegistryLog::NextLog next;
+  absl::Status s = log->PublishSnapshot(snapshot);
+  if (s.ok()) {
+    MarkDurable(snapshot.last_seq());  // the snapshot holds them, durably
+    for (int round = 0; s.ok(); ++round) {
+      std::string frames;
+      {
+        absl::MutexLock lock(&mu_);
+        frames = log_->CarriedSince(&next);
+      }
+      s = log->WriteNext(&next, frames);
+      if (!s.ok()) break;
+      absl::MutexLock lock(&mu_);
+      if (round + 1 >= kRoundsOutsideTheLock) {
+        s = log_->WriteNext(&next, log_->CarriedSince(&next));
+        if (!s.ok()) break;
+      }
+      absl::StatusOr<bool> switched = log_->SwitchToNext(&next);
+      if (!switched.ok()) s = switched.status();
+      if (!s.ok() || *switched) break;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    log_->EndCompaction();
+    compacting_ = false;
+    compaction_status_ = s;
+    // A failed one is tried again once the log has grown by another
+    // compact_log_bytes (a state over the size limit would otherwise be
+    // serialized on every append).
+    compact_at_ = s.ok() ? options_.compact_log_bytes
+                         : log_->log_bytes() + options_.compact_log_bytes;
+  }
+  log->DeleteNext(next);
+  if (!s.ok()) {
+    spdlog::error("registry: compaction failed, the log keeps growing: {}", s.ToString());
+  }
+  return s;
 }
 
 absl::StatusOr<const SessionReply*> Registry::FindReply(const SessionState& session,
@@ -159,7 +335,6 @@ void Registry::Apply(const RegistryRecord& record) {
       sessions_.erase(record.session_closed());
       break;
     case RegistryRecord::kDeclared: {
-      ++variables_version_;
       const auto& op = record.declared();
       for (const VariableDef& def : op.created()) AddVariable(def);
       auto it = sessions_.find(op.session_id());
@@ -170,7 +345,6 @@ void Registry::Apply(const RegistryRecord& record) {
       break;
     }
     case RegistryRecord::kDeleted: {
-      ++variables_version_;
       auto it = variables_.find(record.deleted());
       if (it == variables_.end()) break;
       for (const VariablePart& part : it->second.parts()) {
@@ -253,7 +427,10 @@ void Registry::Apply(const RegistryRecord& record) {
 }
 
 absl::StatusOr<uint64_t> Registry::OpenSession(const std::string& client) {
+  uint64_t wait_for = 0;
+  absl::StatusOr<uint64_t> opened = [&]() -> absl::StatusOr<uint64_t> {
   absl::MutexLock lock(&mu_);
+  wait_for = ack_seq_;
   if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the coordinator has ", sessions_.size(), " sessions open, its limit (max_sessions); "
@@ -265,21 +442,37 @@ absl::StatusOr<uint64_t> Registry::OpenSession(const std::string& client) {
   op->set_session_id(id);
   op->set_client(client);
   op->set_opened_unix_micros(absl::ToUnixMicros(absl::Now()));
-  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
+  PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
   return id;
+  }();
+  return Committed(std::move(opened), wait_for);
 }
 
 absl::Status Registry::CloseSession(uint64_t session) {
-  absl::MutexLock lock(&mu_);
-  PSD_RETURN_IF_ERROR(FindSession(session).status());
-  RegistryRecord record;
-  record.set_session_closed(session);
-  return Commit(&record, /*sync=*/true);
+  uint64_t wait_for = 0;
+  absl::Status closed = [&]() -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    PSD_RETURN_IF_ERROR(FindSession(session).status());
+    RegistryRecord record;
+    record.set_session_closed(session);
+    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    return absl::OkStatus();
+  }();
+  return Committed(std::move(closed), wait_for);
 }
 
 bool Registry::HasSession(uint64_t session) const {
-  absl::MutexLock lock(&mu_);
-  return sessions_.count(session) > 0;
+  uint64_t wait_for = 0;
+  bool open = false;
+  {
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    open = sessions_.count(session) > 0;
+  }
+  // A session whose opening or closing is not durable yet is not answered
+  // for; if the log failed, it is reported as not open.
+  return WaitDurable(wait_for).ok() && open;
 }
 
 absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
@@ -294,20 +487,39 @@ absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
 absl::StatusOr<std::vector<DeclareResult>> Registry::Declare(
     uint64_t session, absl::Span<const VariableDeclaration> decls,
     absl::Span<const int32_t> live_shards, uint64_t request_seq) {
-  // Both steps under one hold of the lock: concurrent declarations of one
-  // name yield one variable, none of them ABORTED.
-  absl::MutexLock lock(&mu_);
-  PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
-                       PrepareDeclareLocked(session, decls, live_shards, request_seq));
-  PSD_RETURN_IF_ERROR(CommitDeclareLocked(prepared));
-  return std::move(prepared.results);
+  uint64_t wait_for = 0;
+  absl::StatusOr<std::vector<DeclareResult>> declared =
+      [&]() -> absl::StatusOr<std::vector<DeclareResult>> {
+    // Both steps under one hold of the lock: concurrent declarations of one
+    // name yield one variable, none of them ABORTED.
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
+                         PrepareDeclareLocked(session, decls, live_shards, request_seq));
+    PSD_ASSIGN_OR_RETURN(const uint64_t seq, CommitDeclareLocked(prepared));
+    wait_for = std::max(wait_for, seq);
+    return std::move(prepared.results);
+  }();
+  return Committed(std::move(declared), wait_for);
 }
 
 absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclare(
     uint64_t session, absl::Span<const VariableDeclaration> decls,
     absl::Span<const int32_t> live_shards, uint64_t request_seq) {
-  absl::MutexLock lock(&mu_);
-  return PrepareDeclareLocked(session, decls, live_shards, request_seq);
+  uint64_t wait_for = 0;
+  absl::StatusOr<PreparedDeclaration> prepared;
+  {
+    absl::MutexLock lock(&mu_);
+    prepared = PrepareDeclareLocked(session, decls, live_shards, request_seq);
+    if (prepared.ok()) NoteObserved(&*prepared);
+    // A batch CommitDeclare will log waits there for its own record, which
+    // covers everything before it; an answer with nothing to commit (an
+    // error, a replay, a reuse) is given once what it reflects is durable.
+    if (!prepared.ok() || prepared->replayed || !prepared->record.has_value()) {
+      wait_for = ack_seq_;
+    }
+  }
+  return Acknowledged(std::move(prepared), wait_for);
 }
 
 absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
@@ -318,7 +530,6 @@ absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
   PreparedDeclaration prepared;
   prepared.session = session;
   prepared.request_seq = request_seq;
-  prepared.variables_version = variables_version_;
   std::vector<DeclareResult>& results = prepared.results;
   if (reply != nullptr) {
     // A retry whose first attempt was applied (its answer was lost): the
@@ -346,6 +557,9 @@ absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
     PSD_ASSIGN_OR_RETURN(DeclareResult r, DeclareOne(*state, decl, &txn));
     results.push_back(std::move(r));
   }
+  // Creation numbers are taken when prepared, so batches prepared at once
+  // and committed in any order never share one.
+  next_creation_seq_ = std::max(next_creation_seq_, txn.next_creation_seq);
   if (!txn.attached.empty()) {
     RegistryRecord& record = prepared.record.emplace();
     auto* op = record.mutable_declared();
@@ -369,22 +583,78 @@ absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
 }
 
 absl::Status Registry::CommitDeclare(const PreparedDeclaration& prepared) {
-  absl::MutexLock lock(&mu_);
-  return CommitDeclareLocked(prepared);
+  uint64_t wait_for = 0;
+  absl::Status committed = [&]() -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    PSD_ASSIGN_OR_RETURN(const uint64_t seq, CommitDeclareLocked(prepared));
+    wait_for = std::max(wait_for, seq);
+    return absl::OkStatus();
+  }();
+  return Committed(std::move(committed), wait_for);
 }
 
-absl::Status Registry::CommitDeclareLocked(const PreparedDeclaration& prepared) {
-  if (prepared.replayed || !prepared.record.has_value()) return absl::OkStatus();
+absl::StatusOr<uint64_t> Registry::CommitDeclareLocked(const PreparedDeclaration& prepared) {
+  if (prepared.replayed || !prepared.record.has_value()) return uint64_t{0};
   PSD_ASSIGN_OR_RETURN(SessionState * state, FindSession(prepared.session));
   PSD_ASSIGN_OR_RETURN(const SessionReply* reply, FindReply(*state, prepared.request_seq));
-  if (variables_version_ != prepared.variables_version || reply != nullptr) {
-    return absl::AbortedError(
-        absl::StrCat("session ", prepared.session,
-                     ": variables were declared or deleted while this "
-                     "declaration's parts were created; nothing was registered, retry it"));
+  if (reply != nullptr) {
+    return absl::AbortedError(absl::StrCat(
+        "session ", prepared.session, ": request ", prepared.request_seq,
+        " was registered by another attempt while this one's parts were created; nothing was "
+        "registered, retry it"));
   }
+  PSD_RETURN_IF_ERROR(CheckStillHolds(prepared));
   RegistryRecord record = *prepared.record;
   return Commit(&record, /*sync=*/true);
+}
+
+void Registry::NoteObserved(PreparedDeclaration* prepared) const {
+  std::set<std::string> created;
+  for (const DeclareResult& r : prepared->results) {
+    if (r.created) created.insert(r.def.name());
+  }
+  auto note = [&](const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    if (name.empty() || created.count(name) > 0) return;
+    auto it = variables_.find(name);
+    prepared->observed[name] = it == variables_.end() ? 0 : it->second.creation_seq();
+  };
+  for (const DeclareResult& r : prepared->results) {
+    if (!r.created) {
+      note(r.def.name());
+      continue;
+    }
+    if (r.def.initializer().has_from_variable()) note(r.def.initializer().from_variable().source());
+    note(r.def.colocate_with());
+  }
+}
+
+absl::Status Registry::CheckStillHolds(const PreparedDeclaration& prepared) const {
+  auto changed = [&](const std::string& what) {
+    return absl::AbortedError(absl::StrCat(
+        "session ", prepared.session, ": ", what,
+        " while this declaration's parts were created; nothing was registered, retry it"));
+  };
+  auto taken = [&](const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return variables_.count(name) > 0 || part_owner_.count(name) > 0;
+  };
+  for (const VariableDef& def : prepared.record->declared().created()) {
+    if (taken(def.name())) return changed(absl::StrCat("variable ", def.name(), " was declared"));
+    for (const VariablePart& part : def.parts()) {
+      if (taken(part.name())) {
+        return changed(absl::StrCat("the name ", part.name(), " of a part of ", def.name(),
+                                    " was taken"));
+      }
+    }
+  }
+  for (const auto& [name, creation_seq] : prepared.observed) {
+    auto it = variables_.find(name);
+    const uint64_t now = it == variables_.end() ? 0 : it->second.creation_seq();
+    if (now != creation_seq) {
+      return changed(absl::StrCat("variable ", name, " was declared or deleted"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
@@ -765,40 +1035,59 @@ absl::StatusOr<std::vector<int32_t>> Registry::ColocatedShards(
 }
 
 absl::StatusOr<VariableDef> Registry::Lookup(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
-  auto it = variables_.find(name);
-  if (it == variables_.end()) {
-    return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
-  }
-  return it->second;
+  uint64_t wait_for = 0;
+  absl::StatusOr<VariableDef> found = [&]() -> absl::StatusOr<VariableDef> {
+    absl::MutexLock lock(&mu_);
+    // Only this name's last declaration or deletion: a lookup does not wait
+    // for a flush of other names' records.
+    wait_for = PendingSeqOf(name);
+    auto it = variables_.find(name);
+    if (it == variables_.end()) {
+      return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
+    }
+    return it->second;
+  }();
+  return Acknowledged(std::move(found), wait_for);
 }
 
 std::vector<VariableDef> Registry::List(const std::string& collection) const {
-  absl::MutexLock lock(&mu_);
+  uint64_t wait_for = 0;
   std::vector<VariableDef> out;
+  {
+  absl::MutexLock lock(&mu_);
+  wait_for = ack_seq_;
   for (const auto& [name, def] : variables_) {
     if (collection.empty() || std::find(def.collections().begin(), def.collections().end(),
                                         collection) != def.collections().end()) {
       out.push_back(def);
     }
   }
+  }
   std::sort(out.begin(), out.end(), [](const VariableDef& a, const VariableDef& b) {
     return a.creation_seq() < b.creation_seq();
   });
+  // A listing that cannot be made durable is not given (the log failed:
+  // see on_log_failure); the caller sees nothing rather than too much.
+  if (!WaitDurable(wait_for).ok()) return {};
   return out;
 }
 
 absl::StatusOr<VariableDef> Registry::Delete(const std::string& name) {
-  absl::MutexLock lock(&mu_);
-  auto it = variables_.find(name);
-  if (it == variables_.end()) {
-    return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
-  }
-  VariableDef def = it->second;
-  RegistryRecord record;
-  record.set_deleted(name);
-  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/true));
-  return def;
+  uint64_t wait_for = 0;
+  absl::StatusOr<VariableDef> deleted = [&]() -> absl::StatusOr<VariableDef> {
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    auto it = variables_.find(name);
+    if (it == variables_.end()) {
+      return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
+    }
+    VariableDef def = it->second;
+    RegistryRecord record;
+    record.set_deleted(name);
+    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    return def;
+  }();
+  return Committed(std::move(deleted), wait_for);
 }
 
 absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::string& parent_path,
@@ -857,7 +1146,7 @@ absl::StatusOr<ScopeEntry> Registry::OpenScope(uint64_t session, const std::stri
     op->mutable_reply()->add_names(entry.path);
     op->mutable_reply()->set_token(entry.token);
   }
-  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
+  PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false).status());
   return entry;
 }
 
@@ -881,7 +1170,7 @@ absl::Status Registry::CloseScope(uint64_t session, const std::string& path, uin
   op->set_path(path);
   op->set_token(token);
   if (request_seq != 0) op->mutable_reply()->set_request_seq(request_seq);
-  return Commit(&record, /*sync=*/false);
+  return Commit(&record, /*sync=*/false).status();
 }
 
 absl::StatusOr<std::string> Registry::UniqueName(uint64_t session, const std::string& name,
@@ -912,7 +1201,7 @@ absl::StatusOr<std::string> Registry::UniqueName(uint64_t session, const std::st
       record.mutable_name_used()->mutable_reply()->set_request_seq(request_seq);
       record.mutable_name_used()->mutable_reply()->add_names(result);
     }
-    PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false));
+    PSD_RETURN_IF_ERROR(Commit(&record, /*sync=*/false).status());
   }
   return result;
 }
@@ -923,13 +1212,20 @@ std::map<int32_t, ShardPlacement> Registry::Placement() const {
 }
 
 std::vector<std::string> Registry::PartsOnShard(int32_t shard_id) const {
-  absl::MutexLock lock(&mu_);
+  uint64_t wait_for = 0;
   std::vector<std::string> out;
-  for (const auto& [name, def] : variables_) {
-    for (const VariablePart& part : def.parts()) {
-      if (part.shard_id() == shard_id) out.push_back(part.name());
+  {
+    absl::MutexLock lock(&mu_);
+    wait_for = ack_seq_;
+    for (const auto& [name, def] : variables_) {
+      for (const VariablePart& part : def.parts()) {
+        if (part.shard_id() == shard_id) out.push_back(part.name());
+      }
     }
   }
+  // Parts of a declaration not durable yet are not reported (the caller
+  // would mark them lost); the log failed if this does not succeed.
+  if (!WaitDurable(wait_for).ok()) return {};
   return out;
 }
 
@@ -967,9 +1263,16 @@ absl::Status Registry::compaction_status() const {
 }
 
 absl::Status Registry::Compact() {
-  absl::MutexLock lock(&mu_);
-  if (log_ == nullptr) return absl::OkStatus();
-  return log_->Compact(MakeSnapshot());
+  RegistrySnapshot snapshot;
+  {
+    absl::MutexLock lock(&mu_);
+    if (log_ == nullptr) return absl::OkStatus();
+    if (compacting_) return absl::UnavailableError("a compaction of the registry is running");
+    compacting_ = true;
+    log_->StartCompaction();
+    snapshot = MakeSnapshot();
+  }
+  return RunCompaction(snapshot);
 }
 
 }  // namespace psd

@@ -28,11 +28,47 @@
 //    lead back to the new name (no cycles).
 //
 // With a state directory every mutation is logged (RegistryLog) before it is
-// applied and acknowledged: declarations, deletions and session open/close
-// are fsynced (a batch declaration is one record and one fsync); scope and
-// unique-name counter updates are written without fsync, which survives a
-// coordinator crash but not a machine crash (they only matter while their
-// session lives).
+// applied: declarations, deletions and session open/close are acknowledged
+// only once their record is on stable storage (a batch declaration is one
+// record); scope and unique-name counter updates are written without
+// waiting for a sync, which survives a coordinator crash but not a machine
+// crash (they only matter while their session lives).
+//
+// Group commit. A mutation appends its record (write(2), no sync) and
+// applies it under the registry's mutex, then releases the mutex and waits
+// for durability: one caller at a time syncs the log (fdatasync, outside
+// the mutex), covering every record appended before the sync started, and
+// the others wait for that sync instead of issuing their own. So a disk
+// flush never holds up a caller that needs no flush, and N concurrent
+// declarations cost about two syncs, not N.
+//
+// What a caller may see. Under the mutex the in-memory state may be ahead
+// of the disk by the records whose sync is in flight. No answer reveals such
+// a record before it is durable: a call returns only once every record its
+// answer may reflect is durable (its own record, and for a declaration,
+// deletion, session call, List, HasSession or PartsOnShard every earlier
+// durable-on-acknowledgement record, as durability is a prefix of the log;
+// a Lookup waits only for the last record that created or deleted that
+// name, so a lookup of another name never waits for a flush). Errors wait
+// the same way (an ALREADY_EXISTS may reflect an unsynced declaration). The
+// exceptions are counters and statistics: the scope and unique-name calls
+// (not synced, above) and Placement, num_variables, num_sessions and
+// SessionIds, which may count records not yet durable. Hence: an
+// acknowledged declaration, deletion or session open/close survives a
+// crash, and nothing acknowledged or shown to any caller is lost.
+//
+// A failed append (a write error, a short write) is cut off again and
+// changes nothing: the caller gets the error, the state is as before. A
+// failed sync is fatal: after a failed fdatasync the kernel may have marked
+// the unwritten pages clean, so the file's contents are unknown and a retry
+// could report success for data that is gone (PostgreSQL's "fsyncgate",
+// after which it PANICs rather than retry). The in-memory state then holds
+// records the disk may not, and undoing them is not possible (other
+// records were applied after them). So every waiter whose record is not
+// durable fails with the sync's error, the log refuses every later append,
+// nothing not durable is ever answered, and `on_log_failure` is called;
+// by default it logs and aborts the process, whose restart recovers exactly
+// what the log holds, which is everything acknowledged.
 //
 // Usage:
 //   PSD_ASSIGN_OR_RETURN(auto registry, Registry::Open({.state_dir = dir}));
@@ -41,13 +77,22 @@
 //   VariableDeclaration d;  // name scope->path + "/v", shape, reuse, ...
 //   PSD_ASSIGN_OR_RETURN(DeclareResult r, registry->GetVariable(session, d, live_shards));
 //
-// Thread-safety: thread-safe. One mutex serializes every operation
-// (including the log append and its fsync), so concurrent declarations of one
-// name from many sessions yield exactly one variable.
+// Thread-safety: thread-safe. One mutex (mu_) serializes the checks, log
+// appends and in-memory updates of every operation, so concurrent
+// declarations of one name from many sessions yield exactly one variable;
+// the log syncs run outside it (sync_mu_ only elects the caller that
+// syncs), and so do compaction's writes and syncs: the caller whose record
+// crossed compact_log_bytes publishes the snapshot and writes the new log
+// (carrying over the records appended meanwhile) after releasing mu_, and
+// holds it only for the rename of the new log over the old one (a metadata
+// update, no flush); only under a stream of appends that outruns eight
+// rounds of catching up are the last records written and synced under it.
 #ifndef PSD_SERVER_COORDINATOR_REGISTRY_H_
 #define PSD_SERVER_COORDINATOR_REGISTRY_H_
 
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -58,6 +103,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "checkpoint/file_system.h"
 #include "coordinator/placement.h"
 #include "coordinator/registry_log.h"
 #include "psd/coordinator.pb.h"
@@ -86,6 +132,13 @@ struct RegistryOptions {
   // retries. OpenSession past it is RESOURCE_EXHAUSTED (idle sessions expire
   // after the coordinator's session TTL and make room).
   int64_t max_sessions = 4096;
+  // The file system the state directory is accessed through (tests inject
+  // faults with it); null: the real one. Must outlive the registry.
+  checkpoint::FileSystem* file_system = nullptr;
+  // Called once when a sync of the log fails (see "A failed sync is fatal"
+  // above), from the thread that saw it, without the registry's locks.
+  // Null: log the error and abort the process.
+  std::function<void(const absl::Status&)> on_log_failure;
 };
 
 struct DeclareResult {
@@ -107,8 +160,10 @@ struct PreparedDeclaration {
   // The record CommitDeclare logs; unset when the batch only reuses
   // variables the session declared already.
   std::optional<RegistryRecord> record;
-  // The registry's variables as prepared against (see CommitDeclare).
-  uint64_t variables_version = 0;
+  // The existing variables the batch attached to or depends on (sources,
+  // colocation primaries), by name, with their creation_seq when prepared
+  // (0: absent); CommitDeclare checks that they are unchanged.
+  std::map<std::string, uint64_t> observed;
 };
 
 struct ScopeEntry {
@@ -159,9 +214,12 @@ class Registry {
   // PrepareDeclare checks and places the batch (every name, shape, dtype,
   // partitioning and initializer, as the shards will check them) without
   // changing anything; CommitDeclare logs and applies it. CommitDeclare is
-  // ABORTED if a declaration or deletion was committed in between (the
-  // placement or the names it checked may no longer hold) and NOT_FOUND if
-  // the session closed; the caller then undoes what it created.
+  // ABORTED if what the batch was checked against changed in between (one
+  // of its new names, or a part name of them, was declared; a variable it
+  // attached to, initializes from or is colocated with was deleted or
+  // declared again) and NOT_FOUND if the session closed; the caller then
+  // undoes what it created. Declarations of other names may commit in
+  // between (their placement then did not count the batch's bytes).
   absl::StatusOr<PreparedDeclaration> PrepareDeclare(uint64_t session,
                                                      absl::Span<const VariableDeclaration> decls,
                                                      absl::Span<const int32_t> live_shards,
@@ -226,8 +284,6 @@ class Registry {
       uint64_t session, absl::Span<const VariableDeclaration> decls,
       absl::Span<const int32_t> live_shards, uint64_t request_seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CommitDeclareLocked(const PreparedDeclaration& prepared)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The recorded answer to `request_seq` of `session` if it is a retry of an
   // applied request, nullptr for a new one, ABORTED if it is too old to tell.
   static absl::StatusOr<const SessionReply*> FindReply(const SessionState& session,
@@ -256,8 +312,41 @@ class Registry {
                                                        const std::string& primary_name,
                                                        const std::vector<int64_t>& part_bytes,
                                                        Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Logs `record` (assigning its seq) and applies it.
-  absl::Status Commit(RegistryRecord* record, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs `record` (assigning its seq) and applies it. With `sync` the
+  // record must be durable before it is acknowledged: returns its seq, to
+  // give to WaitDurable once mu_ is released; else returns 0. Once the log
+  // is over compact_log_bytes it takes the snapshot for a compaction, which
+  // the caller runs after releasing mu_ (Committed).
+  absl::StatusOr<uint64_t> Commit(RegistryRecord* record, bool sync)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Acknowledged() for a mutation: first runs a compaction Commit made due.
+  template <typename T>
+  T Committed(T answer, uint64_t wait_for) ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);
+  // Publishes `snapshot` and moves the log to a new file holding only the
+  // records after it, with every write and sync outside mu_ (see
+  // RegistryLog::StartCompaction); StartCompaction was called under mu_
+  // when `snapshot` was taken. A failure leaves the old log in use.
+  absl::Status RunCompaction(const RegistrySnapshot& snapshot) ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until the record `seq` (and so every earlier one) is durable,
+  // syncing the log itself unless another caller's sync will cover it.
+  // OK at once for 0 or without a state directory; the sync's error if it
+  // fails (see on_log_failure).
+  absl::Status WaitDurable(uint64_t seq) const ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);
+  // `answer`, once `wait_for` is durable; WaitDurable's error if it fails.
+  template <typename T>
+  T Acknowledged(T answer, uint64_t wait_for) const ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);
+  // Every record up to `seq` is durable (a sync or a snapshot covered it).
+  void MarkDurable(uint64_t seq) ABSL_LOCKS_EXCLUDED(sync_mu_);
+  uint64_t durable_seq() const ABSL_LOCKS_EXCLUDED(sync_mu_);
+  // The last declaration or deletion not known durable of `name`; 0 if none.
+  uint64_t PendingSeqOf(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fills prepared->observed (see PreparedDeclaration).
+  void NoteObserved(PreparedDeclaration* prepared) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ABORTED unless what `prepared` was checked against still holds.
+  absl::Status CheckStillHolds(const PreparedDeclaration& prepared) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> CommitDeclareLocked(const PreparedDeclaration& prepared)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddVariable(const VariableDef& def) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   RegistrySnapshot MakeSnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -268,12 +357,24 @@ class Registry {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_creation_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // A compaction is running (one at a time); one whose snapshot is taken
+  // and that the next mutation's caller runs.
+  bool compacting_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<RegistrySnapshot> compaction_due_ ABSL_GUARDED_BY(mu_);
   // The log size that triggers the next automatic compaction, and how the
   // last one went.
   int64_t compact_at_ ABSL_GUARDED_BY(mu_);
   absl::Status compaction_status_ ABSL_GUARDED_BY(mu_);
-  // Bumped by every committed declaration and deletion (in memory only).
-  uint64_t variables_version_ ABSL_GUARDED_BY(mu_) = 0;
+  // The seq of the last record acknowledged only once durable
+  // (declarations, deletions, session open/close): what answers that may
+  // reflect any of them wait for.
+  uint64_t ack_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  // Names declared or deleted by records not known durable yet -> the last
+  // such record's seq, and the same in log order for pruning; what a Lookup
+  // waits for.
+  // Mutable: lookups prune what became durable.
+  mutable std::map<std::string, uint64_t> pending_names_ ABSL_GUARDED_BY(mu_);
+  mutable std::deque<std::pair<uint64_t, std::string>> pending_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, VariableDef> variables_ ABSL_GUARDED_BY(mu_);
   // Every name a shard knows (part names; an unpartitioned variable's own
   // name) -> the variable it belongs to. Keeps "v/part_0" from naming two
@@ -281,6 +382,17 @@ class Registry {
   std::map<std::string, std::string> part_owner_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
+
+  // Group commit (see WaitDurable). Taken after mu_ or alone; never held
+  // across a sync.
+  mutable absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  // Every record with seq <= durable_seq_ is on stable storage.
+  // (Mutable: a read waits for, and may itself run, the sync.)
+  mutable uint64_t durable_seq_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  // A caller is syncing the log now; the others wait for it.
+  mutable bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  // Set by a failed sync: every later wait for a record not durable fails.
+  mutable absl::Status log_failure_ ABSL_GUARDED_BY(sync_mu_);
 };
 
 }  // namespace psd

@@ -1,13 +1,8 @@
 #include "coordinator/registry_log.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <utility>
 
-#include <cerrno>
-#include <filesystem>
-#include <cstring>
-
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "psd/crc32c.h"
 #include "psd/status.h"
@@ -15,13 +10,12 @@
 namespace psd {
 namespace {
 
+using checkpoint::FileSystem;
+using checkpoint::WritableFile;
+
 constexpr absl::string_view kLogMagic = "PSDRLOG1";
 constexpr absl::string_view kSnapshotMagic = "PSDRSNP1";
 constexpr size_t kFrameHeader = 8;
-
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
 
 void PutFixed32(std::string* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -33,64 +27,28 @@ uint32_t GetFixed32(const char* p) {
   return v;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, bool* exists) {
+absl::StatusOr<std::string> ReadFile(FileSystem* fs, const std::string& path, bool* exists) {
   *exists = false;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return std::string();
-    return Errno("cannot open", path);
-  }
+  auto file = fs->NewRandomAccessFile(path);
+  if (absl::IsNotFound(file.status())) return std::string();
+  if (!file.ok()) return file.status();
   *exists = true;
   std::string data;
-  char buf[1 << 16];
+  std::string scratch(1 << 16, '\0');
   while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      absl::Status s = Errno("cannot read", path);
-      ::close(fd);
-      return s;
-    }
-    if (n == 0) break;
-    data.append(buf, static_cast<size_t>(n));
+    absl::string_view got;
+    PSD_RETURN_IF_ERROR((*file)->Read(data.size(), scratch.size(), scratch.data(), &got));
+    if (got.empty()) break;
+    data.append(got.data(), got.size());
   }
-  ::close(fd);
   return data;
 }
 
-absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Errno("cannot write", path);
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("cannot open directory", dir);
-  absl::Status s = ::fsync(fd) == 0 ? absl::OkStatus() : Errno("cannot fsync directory", dir);
-  ::close(fd);
-  return s;
-}
-
-// Writes `data` to `path` crash-safely: temp file, fsync, rename, fsync of
-// the directory.
-absl::Status PublishFile(const std::string& dir, const std::string& path, absl::string_view data) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create", tmp);
-  absl::Status s = WriteAll(fd, data, tmp);
-  if (s.ok() && ::fsync(fd) != 0) s = Errno("cannot fsync", tmp);
-  ::close(fd);
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) s = Errno("cannot rename onto", path);
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  return SyncDir(dir);
+// Temp files an interrupted publication left: ours (checkpoint::TempFileName)
+// and the fixed names earlier versions used.
+bool IsLeftoverTemp(absl::string_view name) {
+  return absl::StartsWith(name, "registry.") &&
+         (checkpoint::IsTempFileName(name) || absl::EndsWith(name, ".tmp"));
 }
 
 struct Frame {
@@ -126,9 +84,9 @@ FrameResult NextFrame(absl::string_view data, size_t offset, Frame* frame) {
   return FrameResult::kOk;
 }
 
-absl::Status ReadSnapshot(const std::string& path, RegistrySnapshot* snapshot) {
+absl::Status ReadSnapshot(FileSystem* fs, const std::string& path, RegistrySnapshot* snapshot) {
   bool exists = false;
-  PSD_ASSIGN_OR_RETURN(std::string data, ReadFile(path, &exists));
+  PSD_ASSIGN_OR_RETURN(std::string data, ReadFile(fs, path, &exists));
   if (!exists) return absl::OkStatus();
   Frame frame;
   if (data.size() < kSnapshotMagic.size() ||
@@ -161,24 +119,26 @@ std::string RegistryLog::SnapshotPath(const std::string& dir) { return dir + "/r
 
 absl::StatusOr<std::unique_ptr<RegistryLog>> RegistryLog::Open(const std::string& dir,
                                                                Recovered* recovered,
-                                                               int64_t max_state_bytes) {
+                                                               int64_t max_state_bytes,
+                                                               FileSystem* fs) {
   if (dir.empty()) return absl::InvalidArgumentError("registry state directory is empty");
-  // Parents too, like `mkdir -p`: a fresh host has no /var/lib/psd yet.
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot create state directory ", dir, ": ", ec.message()));
+  if (fs == nullptr) fs = FileSystem::Default();
+  PSD_RETURN_IF_ERROR(fs->CreateDir(dir));
+  PSD_ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
+  for (const std::string& name : names) {
+    if (!IsLeftoverTemp(name)) continue;
+    absl::Status s = fs->DeleteFile(checkpoint::JoinPath(dir, name));
+    if (!s.ok() && !absl::IsNotFound(s)) return s;
   }
   *recovered = Recovered();
-  PSD_RETURN_IF_ERROR(ReadSnapshot(SnapshotPath(dir), &recovered->snapshot));
+  PSD_RETURN_IF_ERROR(ReadSnapshot(fs, SnapshotPath(dir), &recovered->snapshot));
 
   const std::string log_path = LogPath(dir);
   bool exists = false;
-  PSD_ASSIGN_OR_RETURN(std::string data, ReadFile(log_path, &exists));
+  PSD_ASSIGN_OR_RETURN(std::string data, ReadFile(fs, log_path, &exists));
   // A log shorter than its magic was being created when the process died.
   if (data.size() < kLogMagic.size()) {
-    PSD_RETURN_IF_ERROR(PublishFile(dir, log_path, kLogMagic));
+    PSD_RETURN_IF_ERROR(checkpoint::WriteFileAtomically(fs, log_path, kLogMagic));
     data = std::string(kLogMagic);
   } else if (absl::string_view(data).substr(0, kLogMagic.size()) != kLogMagic) {
     return absl::DataLossError(
@@ -208,52 +168,65 @@ absl::StatusOr<std::unique_ptr<RegistryLog>> RegistryLog::Open(const std::string
     recovered->records.push_back(std::move(record));
   }
 
-  int fd = ::open(log_path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("cannot open", log_path);
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, fs->NewAppendableFile(log_path));
   if (offset < data.size()) {
     // Drop the torn tail so the next append starts on a frame boundary.
-    if (::ftruncate(fd, static_cast<off_t>(offset)) != 0 || ::fsync(fd) != 0) {
-      absl::Status s = Errno("cannot truncate the torn tail of", log_path);
-      ::close(fd);
-      return s;
+    absl::Status s = file->Truncate(offset);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cannot truncate the torn tail of ", log_path,
+                                                 ": ", s.message()));
     }
   }
-  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) {
-    absl::Status s = Errno("cannot seek", log_path);
-    ::close(fd);
-    return s;
-  }
-  return std::unique_ptr<RegistryLog>(
-      new RegistryLog(dir, fd, static_cast<int64_t>(offset), max_state_bytes));
+  // What was read may be records a killed process wrote but never synced
+  // (nobody was told of them); they are served from now on, so they must
+  // survive a machine crash first.
+  PSD_RETURN_IF_ERROR(file->Sync());
+  return std::unique_ptr<RegistryLog>(new RegistryLog(dir, fs, std::move(file),
+                                                      static_cast<int64_t>(offset),
+                                                      max_state_bytes));
 }
 
-RegistryLog::~RegistryLog() {
-  if (fd_ >= 0) ::close(fd_);
+RegistryLog::~RegistryLog() = default;
+
+std::shared_ptr<WritableFile> RegistryLog::file_for_sync() const {
+  return broken_.ok() ? file_ : nullptr;
+}
+
+void RegistryLog::MarkBroken(const absl::Status& status) {
+  if (broken_.ok()) broken_ = status.ok() ? absl::InternalError("registry log broken") : status;
 }
 
 absl::Status RegistryLog::Append(const RegistryRecord& record, bool sync) {
   if (!broken_.ok()) return broken_;
-  const std::string path = LogPath(dir_);
   PSD_ASSIGN_OR_RETURN(const std::string payload,
                        SerializeChecked(record, absl::StrCat("registry log record ", record.seq()),
                                         max_state_bytes_));
   const std::string frame = internal::Frame(payload);
-  absl::Status s = WriteAll(fd_, frame, path);
-  if (s.ok() && sync && ::fdatasync(fd_) != 0) {
-    // After a failed fsync the kernel may have dropped the dirty pages; what
-    // is on disk is unknown, so stop appending (PostgreSQL's lesson).
-    broken_ = Errno("cannot fsync", path);
-    return broken_;
-  }
+  absl::Status s = file_->Append(frame);
   if (!s.ok()) {
-    if (::ftruncate(fd_, static_cast<off_t>(log_bytes_)) != 0 ||
-        ::lseek(fd_, static_cast<off_t>(log_bytes_), SEEK_SET) < 0) {
-      broken_ = Errno("cannot undo a failed append to", path);
+    // Part of the frame may be in the file (a short write): cut it off, so
+    // the next record starts on a frame boundary.
+    absl::Status undone = file_->Truncate(static_cast<uint64_t>(log_bytes_));
+    if (!undone.ok()) {
+      MarkBroken(absl::Status(undone.code(),
+                              absl::StrCat("cannot undo a failed append to ", LogPath(dir_), ": ",
+                                           undone.message(), " (after: ", s.message(), ")")));
     }
     return s;
   }
   log_bytes_ += static_cast<int64_t>(frame.size());
+  if (carrying_) carried_.push_back(frame);
+  if (sync) return Sync();
   return absl::OkStatus();
+}
+
+absl::Status RegistryLog::Sync() {
+  if (!broken_.ok()) return broken_;
+  absl::Status s = file_->Sync();
+  // After a failed fsync the kernel may have dropped the dirty pages; what
+  // is on disk is unknown, so stop appending (PostgreSQL's lesson).
+  if (!s.ok()) MarkBroken(s);
+  return s;
 }
 
 absl::Status RegistryLog::Compact(const RegistrySnapshot& snapshot) {
@@ -264,21 +237,105 @@ absl::Status RegistryLog::Compact(const RegistrySnapshot& snapshot) {
                        SerializeChecked(snapshot, "registry snapshot", max_state_bytes_));
   std::string data(kSnapshotMagic);
   data += internal::Frame(payload);
-  PSD_RETURN_IF_ERROR(PublishFile(dir_, SnapshotPath(dir_), data));
+  // On failure the old snapshot or the new one is published, and the log
+  // holds every record either way: nothing to undo.
+  PSD_RETURN_IF_ERROR(checkpoint::WriteFileAtomically(fs_, SnapshotPath(dir_), data));
   // The snapshot is published; the old log's records are all <= its
   // last_seq, so a crash from here on replays nothing twice.
+  return ResetLog();
+}
+
+void RegistryLog::StartCompaction() {
+  carrying_ = true;
+  carried_.clear();
+}
+
+absl::Status RegistryLog::PublishSnapshot(const RegistrySnapshot& snapshot) const {
+  PSD_ASSIGN_OR_RETURN(const std::string payload,
+                       SerializeChecked(snapshot, "registry snapshot", max_state_bytes_));
+  std::string data(kSnapshotMagic);
+  data += internal::Frame(payload);
+  return checkpoint::WriteFileAtomically(fs_, SnapshotPath(dir_), data);
+}
+
+std::string RegistryLog::CarriedSince(NextLog* next) const {
+  std::string frames;
+  for (size_t i = next->carried; i < carried_.size(); ++i) frames += carried_[i];
+  next->carried = carried_.size();
+  return frames;
+}
+
+absl::Status RegistryLog::WriteNext(NextLog* next, absl::string_view frames) const {
+  if (next->file == nullptr) {
+    next->temp = checkpoint::TempFileName(LogPath(dir_));
+    PSD_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, fs_->NewAppendableFile(next->temp));
+    next->file = std::move(file);
+    PSD_RETURN_IF_ERROR(next->file->Append(kLogMagic));
+    next->bytes = static_cast<int64_t>(kLogMagic.size());
+  }
+  PSD_RETURN_IF_ERROR(next->file->Append(frames));
+  next->bytes += static_cast<int64_t>(frames.size());
+  // Synced before it can take the log's name: the records acknowledged
+  // from the old log must be durable in the new one first.
+  return next->file->Sync();
+}
+
+absl::StatusOr<bool> RegistryLog::SwitchToNext(NextLog* next) {
+  if (!broken_.ok()) return broken_;
+  if (next->carried < carried_.size()) return false;  // more came in: write them first
+  PSD_RETURN_IF_ERROR(fs_->RenameFile(next->temp, LogPath(dir_)));
+  file_ = next->file;
+  log_bytes_ = next->bytes;
+  next->switched = true;
+  ++generation_;
+  dir_sync_pending_ = true;
+  return true;
+}
+
+void RegistryLog::EndCompaction() {
+  carrying_ = false;
+  carried_.clear();
+}
+
+void RegistryLog::DeleteNext(const NextLog& next) const {
+  if (next.switched || next.temp.empty()) return;
+  fs_->DeleteFile(next.temp).IgnoreError();
+}
+
+void RegistryLog::DirSynced(uint64_t generation) {
+  if (generation == generation_) dir_sync_pending_ = false;
+}
+
+absl::Status RegistryLog::ResetLog() {
   const std::string path = LogPath(dir_);
-  PSD_RETURN_IF_ERROR(PublishFile(dir_, path, kLogMagic));
-  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || ::lseek(fd, 0, SEEK_END) < 0) {
-    broken_ = Errno("cannot reopen", path);
-    if (fd >= 0) ::close(fd);
+  const std::string temp = checkpoint::TempFileName(path);
+  absl::Status s = [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, fs_->NewWritableFile(temp));
+    PSD_RETURN_IF_ERROR(file->Append(kLogMagic));
+    PSD_RETURN_IF_ERROR(file->Sync());
+    PSD_RETURN_IF_ERROR(file->Close());
+    return fs_->RenameFile(temp, path);
+  }();
+  if (!s.ok()) {
+    // The old log is still in place and open: appending goes on there.
+    fs_->DeleteFile(temp).IgnoreError();
+    return s;
+  }
+  // The name now holds the empty log; the open file is the old one, which
+  // nothing reads any more. Appending must move to the new one, and the
+  // rename must be durable before a record is acknowledged from it.
+  auto file = fs_->NewAppendableFile(path);
+  if (!file.ok()) {
+    MarkBroken(absl::Status(file.status().code(),
+                            absl::StrCat("cannot reopen the registry log after compaction: ",
+                                         file.status().message())));
     return broken_;
   }
-  ::close(fd_);
-  fd_ = fd;
+  file_ = std::shared_ptr<WritableFile>(std::move(file).value());
   log_bytes_ = static_cast<int64_t>(kLogMagic.size());
-  return absl::OkStatus();
+  s = fs_->SyncDir(dir_);
+  if (!s.ok()) MarkBroken(s);
+  return s;
 }
 
 }  // namespace psd

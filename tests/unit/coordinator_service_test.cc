@@ -4,7 +4,13 @@
 // back empty has its parts marked lost.
 #include "coordinator/coordinator_service.h"
 
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "device/device.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -337,6 +343,150 @@ TEST_F(CoordinatorServiceTest, ARestartedShardGetsItsIdBack) {
   EXPECT_TRUE(Register(0, 101, {}).ok());
   // Registered again at the address the new process serves: its own.
   EXPECT_EQ(Shards().shards(0).incarnation(), 101u);
+}
+
+// A shard whose CreateVariable of a part named "slow..." is held until the
+// test releases it (a slow or stuck shard); every other part is created at
+// once. Only what declarations call is served.
+class GatedShard final : public Shard::Service {
+ public:
+  GatedShard() {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    b.RegisterService(this);
+    server_ = b.BuildAndStart();
+  }
+  ~GatedShard() override {
+    Release();
+    server_->Shutdown();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  grpc::Status CreateVariable(grpc::ServerContext*, const CreateVariableRequest* request,
+                              CreateVariableResponse*) override {
+    absl::MutexLock lock(&mu_);
+    if (absl::StartsWith(request->name(), "slow")) {
+      ++held_;
+      mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Seconds(240));
+    }
+    return created_.insert(request->name()).second
+               ? grpc::Status::OK
+               : grpc::Status(grpc::StatusCode::ALREADY_EXISTS, request->name());
+  }
+  grpc::Status DeleteVariable(grpc::ServerContext*, const DeleteVariableRequest* request,
+                              DeleteVariableResponse*) override {
+    absl::MutexLock lock(&mu_);
+    created_.erase(request->name());
+    return grpc::Status::OK;
+  }
+
+  // Bounded wait until a creation is held.
+  bool WaitHeld() {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(
+                                    +[](int* held) { return *held > 0; }, &held_),
+                                absl::Seconds(60));
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    released_ = true;
+  }
+  int held() {
+    absl::MutexLock lock(&mu_);
+    return held_;
+  }
+
+ private:
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+  int held_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<std::string> created_ ABSL_GUARDED_BY(mu_);
+};
+
+// One slow shard call holds up only the declarations that need what it is
+// creating: a declaration of another name completes meanwhile (before, one
+// lock was held across every declaration's part creation), and a session
+// attaching to the slow variable gets it only once it exists.
+TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowShard) {
+  auto registry = std::move(Registry::Open({})).value();
+  CoordinatorServiceOptions options;
+  options.liveness_timeout = absl::Hours(1);  // no heartbeats in this test
+  // The held creation outlasts the test's patience rather than failing.
+  options.shard_rpc_timeout = absl::Seconds(300);
+  CoordinatorService service(registry.get(), options);
+  std::unique_ptr<Coordinator::Stub> stub;
+  auto server = ServeInProcess(&service, &stub);
+  GatedShard shard;
+  {
+    grpc::ClientContext ctx;
+    RegisterShardRequest req;
+    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    req.set_shard_id(0);
+    req.set_address(shard.address());
+    req.set_incarnation(7);
+    req.set_device("cpu");
+    RegisterShardResponse resp;
+    ASSERT_TRUE(stub->RegisterShard(&ctx, req, &resp).ok());
+  }
+  auto open = [&] {
+    grpc::ClientContext ctx;
+    OpenSessionRequest req;
+    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    OpenSessionResponse resp;
+    EXPECT_TRUE(stub->OpenSession(&ctx, req, &resp).ok());
+    return resp.session_id();
+  };
+  auto declare = [&](uint64_t session, const std::string& name, GetVariableResponse* resp) {
+    VariableDeclaration d;
+    d.set_name(name);
+    d.set_dtype(DT_FLOAT);
+    d.mutable_shape()->add_dims(3);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    GetVariableRequest req;
+    req.set_session_id(session);
+    *req.mutable_declaration() = d;
+    return stub->GetVariable(&ctx, req, resp);
+  };
+  const uint64_t first = open();
+  const uint64_t second = open();
+
+  grpc::Status slow_status;
+  GetVariableResponse slow_resp;
+  std::thread slow([&] { slow_status = declare(first, "slow", &slow_resp); });
+  ASSERT_TRUE(shard.WaitHeld());
+  absl::Notification fast_done;
+  grpc::Status fast_status;
+  std::thread fast([&] {
+    GetVariableResponse resp;
+    fast_status = declare(second, "fast", &resp);
+    fast_done.Notify();
+  });
+  const bool in_time = fast_done.WaitForNotificationWithTimeout(absl::Seconds(60));
+  const int held_meanwhile = shard.held();
+  // A second session declaring the slow variable meanwhile attaches to it
+  // once created: it waits for the creation rather than racing it. (Started
+  // only now: gRPC runs the coordinator's handlers on its callback threads,
+  // two on a two-core machine, and a handler waiting here holds one.)
+  grpc::Status attach_status;
+  GetVariableResponse attach_resp;
+  std::thread attach([&] { attach_status = declare(second, "slow", &attach_resp); });
+  shard.Release();
+  slow.join();
+  attach.join();
+  fast.join();
+  EXPECT_TRUE(in_time) << "a declaration of another name waited for the slow shard";
+  EXPECT_TRUE(fast_status.ok()) << fast_status.error_message();
+  EXPECT_EQ(held_meanwhile, 1);  // the slow creation was still held then
+  ASSERT_TRUE(slow_status.ok()) << slow_status.error_message();
+  EXPECT_TRUE(slow_resp.created());
+  // The attaching session waited for the creation rather than racing it.
+  ASSERT_TRUE(attach_status.ok()) << attach_status.error_message();
+  EXPECT_FALSE(attach_resp.created());
+  EXPECT_EQ(shard.held(), 1);  // "slow" was created once
+  server->Shutdown();
 }
 
 }  // namespace

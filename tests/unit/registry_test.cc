@@ -621,7 +621,7 @@ TEST_F(RegistryTest, PartsPerVariableAreCapped) {
 }
 
 // PrepareDeclare checks and places without registering; CommitDeclare
-// registers, unless the registry's variables changed in between.
+// registers, unless what the batch was checked against changed in between.
 TEST_F(RegistryTest, PreparedDeclarationsRegisterOnlyWhenCommitted) {
   const VariableDeclaration w = Decl("w", {4});
   auto prepared = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&w, 1), shards_, 3);
@@ -637,12 +637,33 @@ TEST_F(RegistryTest, PreparedDeclarationsRegisterOnlyWhenCommitted) {
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->replayed);
 
-  const VariableDeclaration x = Decl("x", {4});
+  // x is placed beside w; w is deleted before x commits: ABORTED. y,
+  // prepared at the same time and unrelated, commits all the same.
+  VariableDeclaration x = Decl("x", {4});
+  x.set_colocate_with("w");
   auto stale = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&x, 1), shards_);
-  ASSERT_TRUE(stale.ok());
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  const VariableDeclaration y = Decl("y", {4});
+  auto unrelated = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&y, 1), shards_);
+  ASSERT_TRUE(unrelated.ok());
   ASSERT_TRUE(registry_->Delete("w").ok());
-  EXPECT_EQ(registry_->CommitDeclare(*stale).code(), absl::StatusCode::kAborted);
+  absl::Status aborted = registry_->CommitDeclare(*stale);
+  EXPECT_EQ(aborted.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(aborted.message(), HasSubstr("variable w was declared or deleted"));
   EXPECT_FALSE(registry_->Lookup("x").ok());
+  ASSERT_TRUE(registry_->CommitDeclare(*unrelated).ok());
+  EXPECT_TRUE(registry_->Lookup("y").ok());
+
+  // Two batches creating one name: the second to commit is ABORTED, and
+  // their creation numbers differ (they were taken when prepared).
+  const VariableDeclaration z = Decl("z", {4});
+  auto first = registry_->PrepareDeclare(session_, absl::MakeConstSpan(&z, 1), shards_);
+  auto second = registry_->PrepareDeclare(*registry_->OpenSession("other"),
+                                         absl::MakeConstSpan(&z, 1), shards_);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_NE(first->results[0].def.creation_seq(), second->results[0].def.creation_seq());
+  ASSERT_TRUE(registry_->CommitDeclare(*second).ok());
+  EXPECT_EQ(registry_->CommitDeclare(*first).code(), absl::StatusCode::kAborted);
 }
 
 // Sessions are bounded: past max_sessions OpenSession is refused, and a
