@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "grpcpp/grpcpp.h"
+#include "boost/asio/post.hpp"
 #include "device/initializer_spec.h"
 #include "psd/crc32c.h"
 #include "psd/edge.h"
@@ -20,7 +21,9 @@
 namespace psd {
 
 CoordinatorService::CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options)
-    : registry_(registry), options_(options) {
+    : registry_(registry),
+      options_(options),
+      workers_(static_cast<size_t>(std::max(1, options.blocking_workers))) {
   CheckpointManager::ShardAccess access;
   access.stub = [this](int32_t shard_id) -> absl::StatusOr<std::shared_ptr<Shard::Stub>> {
     std::string address;
@@ -63,6 +66,34 @@ grpc::ServerUnaryReactor* CoordinatorService::Serve(grpc::CallbackServerContext*
   in_flight_.fetch_sub(1);
   return reactor;
 }
+
+template <typename Op>
+grpc::ServerUnaryReactor* CoordinatorService::ServeBlocking(grpc::CallbackServerContext* ctx,
+                                                            Op op) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (draining_.load()) {
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError("coordinator is shutting down")));
+    return reactor;
+  }
+  if (blocking_calls_.fetch_add(1) >= options_.max_queued_blocking_calls) {
+    blocking_calls_.fetch_sub(1);
+    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+        "coordinator: ", options_.max_queued_blocking_calls,
+        " calls that reach shards are waiting already (max_queued_blocking_calls); retry later"))));
+    return reactor;
+  }
+  in_flight_.fetch_add(1);
+  boost::asio::post(workers_, [this, reactor, op = std::move(op)]() mutable {
+    const absl::Status status = RunAtEdge("coordinator", op);
+    blocking_calls_.fetch_sub(1);
+    in_flight_.fetch_sub(1);
+    // Last: once finished, the server may go away.
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+CoordinatorService::~CoordinatorService() { workers_.join(); }
 
 bool CoordinatorService::WaitForIdle(absl::Time deadline) const {
   while (in_flight_.load() > 0) {
@@ -795,7 +826,7 @@ absl::Status CoordinatorService::CheckShardIdFree(const RegisterShardRequest& re
 grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServerContext* ctx,
                                                             const RegisterShardRequest* request,
                                                             RegisterShardResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
     if (request->protocol_version() != COORDINATOR_PROTOCOL_VERSION) {
       return absl::FailedPreconditionError(absl::StrCat(
           "coordinator protocol version mismatch: shard speaks ", request->protocol_version(),
@@ -861,7 +892,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerContext* ctx,
                                                           const GetVariableRequest* request,
                                                           GetVariableResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, ctx, request, response]() -> absl::Status {
     PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     PSD_ASSIGN_OR_RETURN(
         auto results,
@@ -876,7 +907,7 @@ grpc::ServerUnaryReactor* CoordinatorService::GetVariable(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* CoordinatorService::DeclareVariables(
     grpc::CallbackServerContext* ctx, const DeclareVariablesRequest* request,
     DeclareVariablesResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, ctx, request, response]() -> absl::Status {
     PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     std::vector<VariableDeclaration> decls(request->declarations().begin(),
                                            request->declarations().end());
@@ -915,7 +946,7 @@ grpc::ServerUnaryReactor* CoordinatorService::LookupVariable(grpc::CallbackServe
 grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     grpc::CallbackServerContext* ctx, const CoordinatorDeleteVariableRequest* request,
     CoordinatorDeleteVariableResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, request]() -> absl::Status {
     // Held through the parts' deletion too: a declaration of the same name
     // may neither be registered between its check and this deletion (it
     // would be ABORTED after creating its parts) nor create its parts
@@ -948,7 +979,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
 grpc::ServerUnaryReactor* CoordinatorService::InitializeVariables(
     grpc::CallbackServerContext* ctx, const CoordinatorInitializeRequest* request,
     CoordinatorInitializeResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, ctx, request, response]() -> absl::Status {
     if (request->session_id() != 0) PSD_RETURN_IF_ERROR(TouchSession(request->session_id()));
     PSD_ASSIGN_OR_RETURN(
         std::vector<std::string> order,
@@ -1058,7 +1089,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Shutdown(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* CoordinatorService::Save(grpc::CallbackServerContext* ctx,
                                                    const SaveCheckpointRequest* request,
                                                    SaveCheckpointResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Save(*request));
     return absl::OkStatus();
   });
@@ -1067,7 +1098,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Save(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* CoordinatorService::Restore(grpc::CallbackServerContext* ctx,
                                                       const RestoreCheckpointRequest* request,
                                                       RestoreCheckpointResponse* response) {
-  return Serve(ctx, [&]() -> absl::Status {
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Restore(*request));
     return absl::OkStatus();
   });

@@ -46,6 +46,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "boost/asio/thread_pool.hpp"
 #include "coordinator/checkpoint_manager.h"
 #include "coordinator/registry.h"
 #include "grpcpp/security/credentials.h"
@@ -70,11 +71,21 @@ struct CoordinatorServiceOptions {
   CheckpointManagerOptions checkpoint;
   // Secure the channels to shards (TLS and the node token); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> shard_credentials;
+  // Handlers that call shards (declarations, deletions, initialization,
+  // saves, restores, shard registration) run on this many worker threads,
+  // not on gRPC's few callback threads, so calls blocked on a slow shard
+  // never hold up heartbeats, lookups or sessions.
+  int blocking_workers = 16;
+  // Such calls waiting for a worker at once; past it they fail at once with
+  // RESOURCE_EXHAUSTED naming the limit.
+  int max_queued_blocking_calls = 1024;
 };
 
 class CoordinatorService final : public Coordinator::CallbackService {
  public:
   CoordinatorService(Registry* registry, const CoordinatorServiceOptions& options);
+  // Waits for the calls running on the workers.
+  ~CoordinatorService() override;
 
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
                                         const OpenSessionRequest* request,
@@ -195,8 +206,16 @@ class CoordinatorService final : public Coordinator::CallbackService {
     std::set<std::string> lost_parts;
   };
 
+  // Runs `op` on the calling gRPC thread: for handlers that touch only
+  // the coordinator's own state (and at most wait for a registry sync).
   template <typename Op>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
+  // Runs `op` on a worker (options.blocking_workers): for handlers that
+  // call shards. `op` is kept until it runs, so it must capture by value
+  // (the handler's request, response and context pointers stay valid until
+  // the reactor finishes).
+  template <typename Op>
+  grpc::ServerUnaryReactor* ServeBlocking(grpc::CallbackServerContext* ctx, Op op);
 
   std::vector<int32_t> LiveShards() const ABSL_LOCKS_EXCLUDED(mu_);
   // OK if `request` may hold its shard id: nobody holds it, or the same
@@ -258,6 +277,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   const CoordinatorServiceOptions options_;
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
+  // Calls given to `workers_` and not finished yet.
+  std::atomic<int> blocking_calls_{0};
+  boost::asio::thread_pool workers_;
 
   // Serializes declarations and deletions of the same names (see
   // NameKey), and only those: each holds its names from the check through

@@ -489,5 +489,93 @@ TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowSh
   server->Shutdown();
 }
 
+// gRPC runs callback handlers on a few threads of its own (two on a
+// two-core machine): declarations blocked on a slow shard must not hold
+// them, or heartbeats, lookups and unrelated declarations stop too.
+TEST(CoordinatorDeclarationLocksTest, CallsAreNotStarvedByDeclarationsWaitingOnASlowShard) {
+  auto registry = std::move(Registry::Open({})).value();
+  CoordinatorServiceOptions options;
+  options.liveness_timeout = absl::Hours(1);
+  options.shard_rpc_timeout = absl::Seconds(300);
+  CoordinatorService service(registry.get(), options);
+  std::unique_ptr<Coordinator::Stub> stub;
+  auto server = ServeInProcess(&service, &stub);
+  GatedShard shard;
+  RegisterShardRequest reg;
+  reg.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+  reg.set_shard_id(0);
+  reg.set_address(shard.address());
+  reg.set_incarnation(7);
+  reg.set_device("cpu");
+  {
+    grpc::ClientContext ctx;
+    RegisterShardResponse resp;
+    ASSERT_TRUE(stub->RegisterShard(&ctx, reg, &resp).ok());
+  }
+  auto open = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    OpenSessionRequest req;
+    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
+    OpenSessionResponse resp;
+    EXPECT_TRUE(stub->OpenSession(&ctx, req, &resp).ok());
+    return resp.session_id();
+  };
+  auto declare = [&](uint64_t session, const std::string& name) {
+    VariableDeclaration d;
+    d.set_name(name);
+    d.set_dtype(DT_FLOAT);
+    d.mutable_shape()->add_dims(3);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    GetVariableRequest req;
+    req.set_session_id(session);
+    *req.mutable_declaration() = d;
+    GetVariableResponse resp;
+    return stub->GetVariable(&ctx, req, &resp);
+  };
+  const uint64_t session = open();
+  // More blocked declarations than gRPC has callback threads here.
+  constexpr int kSlow = 6;
+  std::vector<std::thread> slow;
+  std::vector<grpc::Status> slow_status(kSlow);
+  for (int i = 0; i < kSlow; ++i) {
+    slow.emplace_back([&, i] { slow_status[i] = declare(session, absl::StrCat("slow", i)); });
+  }
+  // Bounded: every slow creation reaches the shard.
+  for (int tries = 0; shard.held() < kSlow && tries < 600; ++tries) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  // Not an ASSERT: the threads below must be released and joined.
+  EXPECT_EQ(shard.held(), kSlow) << "declarations queued behind blocked ones";
+
+  absl::Notification done;
+  grpc::Status heartbeat_status;
+  grpc::Status fast_status;
+  uint64_t other = 0;
+  std::thread fast([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    HeartbeatRequest hb;
+    hb.set_shard_id(0);
+    hb.set_incarnation(7);
+    HeartbeatResponse hb_resp;
+    heartbeat_status = stub->Heartbeat(&ctx, hb, &hb_resp);
+    other = open();
+    fast_status = declare(other, "fast");
+    done.Notify();
+  });
+  const bool in_time = done.WaitForNotificationWithTimeout(absl::Seconds(60));
+  shard.Release();
+  fast.join();
+  for (std::thread& t : slow) t.join();
+  EXPECT_TRUE(in_time) << "calls waited for declarations blocked on a slow shard";
+  EXPECT_TRUE(heartbeat_status.ok()) << heartbeat_status.error_message();
+  EXPECT_NE(other, 0u);
+  EXPECT_TRUE(fast_status.ok()) << fast_status.error_message();
+  for (const grpc::Status& s : slow_status) EXPECT_TRUE(s.ok()) << s.error_message();
+  server->Shutdown();
+}
+
 }  // namespace
 }  // namespace psd
