@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "psd/crc32c.h"
 #include "psd/names.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
@@ -409,6 +410,35 @@ class GatedShard final : public Shard::Service {
 // creating: a declaration of another name completes meanwhile (before, one
 // lock was held across every declaration's part creation), and a session
 // attaching to the slow variable gets it only once it exists.
+// Checkpoints written while initial values travelled inside declarations
+// hold them as constant initializers in .psd-meta. Restoring one declares
+// a value over the inline limit by its description, so the restore is not
+// refused and the value (which the checkpoint holds) never comes back into
+// the registry.
+TEST_F(CoordinatorServiceTest, ACheckpointsBigConstantIsDeclaredByItsDescription) {
+  CheckpointMeta meta;
+  VariableDef* def = meta.add_variables();
+  def->set_name("old/big");
+  def->set_dtype(DT_FLOAT);
+  def->mutable_shape()->add_dims(30000);
+  TensorProto* value = def->mutable_initializer()->mutable_constant()->mutable_value();
+  value->set_dtype(DT_FLOAT);
+  value->mutable_shape()->add_dims(30000);
+  value->set_content(std::string(120000, '\x01'));
+  VariablePart* part = def->add_parts();
+  part->set_name("old/big");
+  *part->mutable_shape() = def->shape();
+  part->add_offset(0);
+  ASSERT_TRUE(service_->DeclareFromMeta(meta).ok());
+  auto declared = registry_->Lookup("old/big");
+  ASSERT_TRUE(declared.ok()) << declared.status();
+  ASSERT_TRUE(declared->initializer().has_supplied_value());
+  EXPECT_EQ(declared->initializer().supplied_value().byte_size(), 120000);
+  EXPECT_EQ(declared->initializer().supplied_value().crc32c(),
+            crc32c::Value(std::string(120000, '\x01')));
+  EXPECT_LT(declared->ByteSizeLong(), 1000u);
+}
+
 TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowShard) {
   auto registry = std::move(Registry::Open({})).value();
   CoordinatorServiceOptions options;
