@@ -58,6 +58,7 @@ absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
 
 namespace {
 
+// TensorFlow's names for the scatter ops, used in messages.
 const char* ScatterOpName(UpdateOp op) {
   switch (op) {
     case UPDATE_ADD: return "scatter_add";
