@@ -1,0 +1,124 @@
+// What VariableStore's source files (variable_store.cc and store_*.cc)
+// share beyond the Variable class (store_variable.h): the exactly-once
+// wrapper RunOnce, the gradients an optimizer apply takes, staged restores
+// and a few message helpers.
+//
+// Internal to the store: nothing outside those files includes it.
+#ifndef PSD_SERVER_SHARD_STORE_INTERNAL_H_
+#define PSD_SERVER_SHARD_STORE_INTERNAL_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "psd/shard.pb.h"
+#include "psd/status.h"
+#include "psd/tensor.h"
+#include "shard/request_window.h"
+#include "shard/store_variable.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+namespace store_internal {
+
+// TensorFlow's name for an assign op, used in messages: "assign_add".
+const char* AssignOpName(UpdateOp op);
+
+// The kernels' UpdateKind of a wire UpdateOp; INVALID_ARGUMENT naming
+// `variable` for an unknown one.
+absl::StatusOr<UpdateKind> ToUpdateKind(int op, const std::string& variable);
+
+// Checks every index against [0, dim0) with TensorFlow's wording.
+absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
+                          const std::string& variable);
+
+// The small result a retried request gets back, per response type.
+struct NoResult {};
+inline void SaveResult(const NoResult&, RequestWindow::Result*) {}
+inline void RestoreResult(const RequestWindow::Result&, NoResult*) {}
+inline void SaveResult(const VariableInfo&, RequestWindow::Result*) {}
+inline void RestoreResult(const RequestWindow::Result&, VariableInfo*) {}
+inline void SaveResult(const AssignResponse& r, RequestWindow::Result* out) {
+  out->version = r.version();
+}
+inline void RestoreResult(const RequestWindow::Result& in, AssignResponse* r) {
+  r->set_version(in.version);
+}
+inline void SaveResult(const ScatterResponse& r, RequestWindow::Result* out) {
+  out->version = r.version();
+}
+inline void RestoreResult(const RequestWindow::Result& in, ScatterResponse* r) {
+  r->set_version(in.version);
+}
+inline void SaveResult(const ApplyDenseResponse& r, RequestWindow::Result* out) {
+  out->version = r.version();
+}
+inline void RestoreResult(const RequestWindow::Result& in, ApplyDenseResponse* r) {
+  r->set_version(in.version);
+}
+inline void SaveResult(const ApplySparseResponse& r, RequestWindow::Result* out) {
+  out->version = r.version();
+}
+inline void RestoreResult(const RequestWindow::Result& in, ApplySparseResponse* r) {
+  r->set_version(in.version);
+}
+inline void SaveResult(const CountUpToResponse& r, RequestWindow::Result* out) {
+  out->old_value = r.old_value();
+}
+inline void RestoreResult(const RequestWindow::Result& in, CountUpToResponse* r) {
+  r->set_old_value(in.old_value);
+}
+
+}  // namespace store_internal
+
+template <typename Response, typename Op>
+absl::Status VariableStore::RunOnce(const RequestId& id, Response* response, Op&& op) {
+  if (id.client_id() == 0) return op();
+  PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached, requests_.Begin(id));
+  if (cached.has_value()) {
+    store_internal::RestoreResult(*cached, response);
+    return cached->status;
+  }
+  RequestWindow::Result result;
+  result.status = op();
+  store_internal::SaveResult(*response, &result);
+  absl::Status status = result.status;
+  requests_.Finish(id, std::move(result));
+  return status;
+}
+
+struct VariableStore::SparseGradient {
+  std::vector<int64_t> indices;
+  TensorShape values_shape;
+  const TensorProto* values = nullptr;
+};
+
+// A dense gradient: a unary request's TensorProto (checked in ApplyOnce),
+// or a streamed one staged in host memory, whose dtype, shape and size the
+// stream's header gave and BeginAssignStream checked.
+struct VariableStore::DenseGradient {
+  const TensorProto* proto = nullptr;  // when unary
+  DataType dtype = DT_INVALID;         // when streamed
+  TensorShape shape;
+  const void* data = nullptr;  // null in a check-only run
+};
+
+// The parts of one restore, checked and copied, waiting for FinishRestore.
+struct VariableStore::StagedRestore {
+  struct Part {
+    RestorePart spec;
+    TensorShape shape;
+    Variable::Contents contents;
+  };
+  absl::Time staged_at;
+  std::vector<Part> parts;
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_SHARD_STORE_INTERNAL_H_

@@ -1,0 +1,373 @@
+// VariableStore's streams: a streamed read's source (a pinned snapshot) and
+// a streamed assign's sink (staged, then committed under the lock).
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "psd/huge_pages.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+#include "shard/store_internal.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+
+using store_internal::Allocate;
+using store_internal::AssignOpName;
+using store_internal::ByteSize;
+using store_internal::CheckInitialized;
+using store_internal::DecodeStringsCharged;
+using store_internal::Quoted;
+using store_internal::RestoreResult;
+using store_internal::SaveResult;
+using store_internal::ToUpdateKind;
+
+namespace {
+
+// Streams a value as it was when the stream began: a fixed-size value
+// through a pin (writers copy the chunks they change into it), a string
+// value encoded at the start.
+class SnapshotReadSource final : public ReadStreamSource {
+ public:
+  SnapshotReadSource(DataType dtype, TensorShape shape, uint64_t version,
+                     std::shared_ptr<const ValuePin> pin, std::string encoded,
+                     int64_t chunk_bytes)
+      : dtype_(dtype),
+        shape_(std::move(shape)),
+        version_(version),
+        pin_(std::move(pin)),
+        encoded_(std::move(encoded)),
+        chunk_bytes_(chunk_bytes),
+        total_(dtype == DT_STRING ? static_cast<int64_t>(encoded_.size()) : pin_->byte_size()) {}
+
+  void FillHeader(TensorChunk* chunk) const override {
+    chunk->set_dtype(dtype_);
+    ShapeToProto(shape_, chunk->mutable_shape());
+    chunk->set_version(version_);
+    chunk->set_total_bytes(total_);
+  }
+
+  int64_t NextSize() const override {
+    // An empty value still sends one (header) chunk.
+    if (offset_ >= total_ && sent_any_) return -1;
+    return std::min(chunk_bytes_, total_ - offset_);
+  }
+
+  absl::StatusOr<int64_t> ReadNext(char* dst) override {
+    const int64_t n = NextSize();
+    if (n < 0) return absl::OutOfRangeError("the streamed read has sent every chunk");
+    if (dtype_ == DT_STRING) {
+      if (n > 0) std::memcpy(dst, encoded_.data() + offset_, n);
+    } else {
+      PSD_RETURN_IF_ERROR(pin_->Read(offset_, n, dst));
+    }
+    const int64_t offset = offset_;
+    offset_ += n;
+    sent_any_ = true;
+    return offset;
+  }
+
+ private:
+  const DataType dtype_;
+  const TensorShape shape_;
+  const uint64_t version_;
+  const std::shared_ptr<const ValuePin> pin_;  // fixed-size dtypes only
+  const std::string encoded_;                 // DT_STRING only
+  const int64_t chunk_bytes_;
+  const int64_t total_;
+  int64_t offset_ = 0;
+  bool sent_any_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<bool> ReadStreamSource::Next(TensorChunk* chunk) {
+  const int64_t n = NextSize();
+  if (n < 0) return false;
+  std::string* content = chunk->mutable_content();
+  content->resize(n);
+  PSD_ASSIGN_OR_RETURN(const int64_t offset, ReadNext(content->data()));
+  chunk->set_offset(offset);
+  return true;
+}
+
+absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream(
+    const ReadStreamRequest& request) const {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
+  int64_t chunk = request.chunk_bytes() > 0 ? request.chunk_bytes() : options_.default_chunk_bytes;
+  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, options_.max_unary_value_bytes));
+  absl::ReaderMutexLock lock(&var->mu);
+  PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+  std::string encoded;
+  std::shared_ptr<const ValuePin> pin;
+  if (var->dtype == DT_STRING) {
+    encoded = EncodeStrings(var->contents->strings);
+  } else {
+    pin = var->Pin(device_, options_.cow_chunk_bytes);
+  }
+  return std::unique_ptr<ReadStreamSource>(new SnapshotReadSource(
+      var->dtype, var->shape, var->version, std::move(pin), std::move(encoded), chunk));
+}
+
+// Stages a streamed value in its own buffer (accounted against the memory
+// limit) and applies it under the variable's lock at Commit. A streamed
+// apply's gradient is staged in host memory, where the optimizer kernels
+// read their gradient on every device (as they read a unary request's).
+class StagedAssignSink final : public AssignStreamSink {
+ public:
+  StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
+                   UpdateKind kind)
+      : store_(store), header_(std::move(header)), shape_(std::move(shape)), kind_(kind) {}
+
+  ~StagedAssignSink() override {
+    if (registered_ && !finished_) store_->requests_.Abandon(header_.request_id());
+  }
+
+  // Registers the request id; a duplicate makes the sink answer from the
+  // cache and ignore the bytes.
+  absl::Status Register() {
+    if (header_.request_id().client_id() == 0) return absl::OkStatus();
+    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id()));
+    registered_ = !cached_.has_value();
+    return absl::OkStatus();
+  }
+
+  absl::Status Stage() {
+    if (cached_.has_value()) return absl::OkStatus();
+    const std::string& name = header_.name();
+    if (StagesOnHost()) {
+      PSD_RETURN_IF_ERROR(store_->memory_.Reserve(header_.total_bytes(), name));
+      host_reservation_ = MemoryReservation(&store_->memory_, header_.total_bytes());
+      host_.reserve(header_.total_bytes());
+      AdviseHugePages(host_.data(), header_.total_bytes());  // before the appends touch it
+      return absl::OkStatus();
+    }
+    PSD_ASSIGN_OR_RETURN(staged_, Allocate(store_->device_, &store_->memory_, header_.dtype(),
+                                           shape_, name));
+    return absl::OkStatus();
+  }
+
+  absl::Status Append(absl::string_view bytes) override {
+    if (cached_.has_value()) return absl::OkStatus();
+    if (static_cast<int64_t>(bytes.size()) > header_.total_bytes() - received_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "streamed value for ", Quoted(header_.name()), ": more than the announced ",
+          header_.total_bytes(), " bytes"));
+    }
+    if (StagesOnHost()) {
+      host_.append(bytes.data(), bytes.size());
+    } else {
+      PSD_RETURN_IF_ERROR(store_->device_->CopyFromHost(bytes.data(), bytes.size(),
+                                                        staged_.buffer.get(), received_));
+    }
+    received_ += static_cast<int64_t>(bytes.size());
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit(AssignResponse* response) override {
+    // A fence holds the commit, not the staging before it.
+    WriteGate::Pass pass(&store_->gate_);
+    if (cached_.has_value()) {
+      RestoreResult(*cached_, response);
+      return cached_->status;
+    }
+    if (received_ != header_.total_bytes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "streamed value for ", Quoted(header_.name()), " ended after ", received_, " of ",
+          header_.total_bytes(), " bytes; nothing was changed"));
+    }
+    RequestWindow::Result result;
+    result.status = Apply(response);
+    if (registered_) {
+      SaveResult(*response, &result);
+      store_->requests_.Finish(header_.request_id(), result);
+      finished_ = true;
+    }
+    return result.status;
+  }
+
+ private:
+  bool StagesOnHost() const { return header_.dtype() == DT_STRING || header_.has_apply(); }
+
+  absl::Status Apply(AssignResponse* response) {
+    const std::string& name = header_.name();
+    if (header_.has_apply()) {
+      // The unary ApplyDense's update, with the staged gradient.
+      VariableStore::DenseGradient gradient;
+      gradient.dtype = header_.dtype();
+      gradient.shape = shape_;
+      gradient.data = host_.data();
+      uint64_t version = 0;
+      PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, header_.apply().slots(),
+                                            header_.apply().optimizer(), &gradient, nullptr,
+                                            &version));
+      response->set_version(version);
+      return absl::OkStatus();
+    }
+    if (header_.dtype() == DT_STRING) {
+      staged_.shape = shape_;
+      PSD_ASSIGN_OR_RETURN(staged_.strings,
+                           DecodeStringsCharged(&store_->memory_, host_, shape_.num_elements(),
+                                                absl::StrCat("streamed value for ", Quoted(name)),
+                                                name, &staged_.reservation));
+      std::string().swap(host_);
+      host_reservation_.Reset();
+    }
+    if (header_.has_create()) return Create(response);
+
+    PSD_ASSIGN_OR_RETURN(auto var, store_->Find(name));
+    absl::MutexLock lock(&var->mu);
+    if (kind_ == UpdateKind::kAssign) {
+      if (header_.validate_shape() && shape_ != var->shape) {
+        return absl::InvalidArgumentError(absl::StrCat("assign: ", Quoted(name), " has shape ",
+                                                       var->shape.ToString(), ", value has shape ",
+                                                       shape_.ToString()));
+      }
+      if (header_.if_uninitialized() && var->initialized) {
+        response->set_version(var->version);
+        response->set_skipped(true);
+        return absl::OkStatus();
+      }
+      var->Swap(std::move(staged_));
+      var->DropInitialValue();
+    } else {
+      PSD_RETURN_IF_ERROR(CheckInitialized(*var));
+      if (shape_ != var->shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            AssignOpName(header_.op()), ": ", Quoted(name), " has shape ", var->shape.ToString(),
+            ", value has shape ", shape_.ToString()));
+      }
+      PSD_RETURN_IF_ERROR(var->CopyOnWrite(&store_->memory_, WriteExtent::All()));
+      // The staging buffer lives on the device (GPU memory on a GPU shard).
+      PSD_RETURN_IF_ERROR(store_->device_->ApplyDenseFromBuffer(
+          var->dtype, kind_, var->contents->buffer.get(), *staged_.buffer,
+          shape_.num_elements()));
+    }
+    var->initialized = true;
+    ++var->version;
+    response->set_version(var->version);
+    return absl::OkStatus();
+  }
+
+  // A streamed create: the declaration, validated at Begin, with the staged
+  // value; inserted only now so a broken stream leaves no variable behind.
+  absl::Status Create(AssignResponse* response) {
+    const CreateVariableRequest& decl = header_.create();
+    auto var = std::make_shared<Variable>(decl.name(), decl.dtype(), shape_, shape_,
+                                          std::vector<int64_t>(shape_.rank(), 0),
+                                          InitializerSpec(), nullptr);
+    {
+      absl::MutexLock lock(&var->mu);
+      var->Swap(std::move(staged_));
+      var->initialized = true;
+    }
+    absl::MutexLock lock(&store_->mu_);
+    if (!store_->variables_.emplace(decl.name(), var).second) {
+      return absl::AlreadyExistsError(absl::StrCat(Quoted(decl.name()), " already exists"));
+    }
+    response->set_version(0);
+    return absl::OkStatus();
+  }
+
+  VariableStore* const store_;
+  const AssignStreamHeader header_;
+  const TensorShape shape_;
+  const UpdateKind kind_;
+  std::optional<RequestWindow::Result> cached_;  // set for a duplicate
+  bool registered_ = false;
+  bool finished_ = false;
+  int64_t received_ = 0;
+  Variable::Contents staged_;
+  // Staged on the host: DT_STRING's encoding, or an apply's gradient.
+  std::string host_;
+  MemoryReservation host_reservation_;
+};
+
+absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStream(
+    const AssignStreamHeader& header) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(header.shard_incarnation()));
+  const std::string& name = header.name();
+  const std::string what = absl::StrCat("streamed value for ", Quoted(name));
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(header.op(), name));
+  PSD_RETURN_IF_ERROR(ValidateDataType(header.dtype(), what));
+  PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromProto(header.shape(), what));
+  const int64_t n = shape.num_elements();
+  if (header.dtype() == DT_STRING) {
+    if (header.total_bytes() < n) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", header.total_bytes(),
+                                                     " bytes cannot encode ", n, " strings"));
+    }
+  } else {
+    PSD_ASSIGN_OR_RETURN(int64_t bytes, ByteSize(n, DataTypeSize(header.dtype()), name));
+    if (header.total_bytes() != bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": total_bytes is ", header.total_bytes(), ", but ",
+          DataTypeName(header.dtype()), shape.ToString(), " needs ", bytes));
+    }
+  }
+  if (header.if_uninitialized() && (kind != UpdateKind::kAssign || !header.validate_shape() ||
+                                    header.has_create() || header.has_apply())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": if_uninitialized is an initialization of an existing variable, an assign "
+              "that keeps the shape"));
+  }
+  if (header.has_apply()) {
+    const ApplyDenseRequest& apply = header.apply();
+    if (header.has_create() || kind != UpdateKind::kAssign ||
+        (!apply.name().empty() && apply.name() != name) || apply.has_gradient() ||
+        apply.has_request_id() || apply.shard_incarnation() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a streamed apply's gradient is the streamed value and its name, request id "
+                "and incarnation are the header's; `apply` gives only the slots and optimizer"));
+    }
+    // Every check of the apply, now, so a bad one fails before its bytes
+    // travel; Commit runs them again with the variables locked.
+    DenseGradient gradient;
+    gradient.dtype = header.dtype();
+    gradient.shape = shape;
+    uint64_t version = 0;
+    PSD_RETURN_IF_ERROR(ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient, nullptr,
+                                  &version, /*check_only=*/true));
+  } else if (header.has_create()) {
+    const CreateVariableRequest& decl = header.create();
+    PSD_RETURN_IF_ERROR(ValidateVariableName(decl.name()));
+    if (decl.name() != name || decl.dtype() != header.dtype() || kind != UpdateKind::kAssign ||
+        decl.has_initial_value() || decl.has_initializer()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a streamed create must assign the declared variable's dtype with no other "
+                "initial value or initializer"));
+    }
+    PSD_ASSIGN_OR_RETURN(TensorShape declared, ShapeFromProto(decl.shape(), what));
+    if (declared != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " has shape ", shape.ToString(),
+                                                     ", declaration has ", declared.ToString()));
+    }
+    absl::ReaderMutexLock lock(&mu_);
+    if (variables_.count(name) > 0 && header.request_id().client_id() == 0) {
+      return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
+    }
+  } else {
+    PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+    if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()),
+                                                     " is not supported for ", Quoted(name),
+                                                     " of dtype ", DataTypeName(var->dtype)));
+    }
+    if (header.dtype() != var->dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()), ": ",
+                                                     Quoted(name), " is ",
+                                                     DataTypeName(var->dtype), ", value is ",
+                                                     DataTypeName(header.dtype())));
+    }
+  }
+  auto sink = std::make_unique<StagedAssignSink>(this, header, std::move(shape), kind);
+  PSD_RETURN_IF_ERROR(sink->Register());
+  PSD_RETURN_IF_ERROR(sink->Stage());
+  return std::unique_ptr<AssignStreamSink>(std::move(sink));
+}
+
+
+}  // namespace psd
