@@ -179,19 +179,20 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
   auto var = std::make_shared<Variable>(name, dtype, shape, std::move(full_shape),
                                         std::move(offset), std::move(initializer),
                                         std::move(initial_value));
-  if (request.initialize()) {
+  {
     absl::MutexLock var_lock(&var->mu);
-    PSD_ASSIGN_OR_RETURN(auto contents, InitialContents(device_, &memory_, *var, shape,
-                                                        var->initial_value.get()));
-    var->Swap(std::move(contents));
-    var->DropInitialValue();
-    var->initialized = true;
-  } else if (var->initial_value != nullptr) {
-    // Held until initialized: it takes memory like the variable will.
-    absl::MutexLock var_lock(&var->mu);
-    const int64_t held = static_cast<int64_t>(var->initial_value->content().size());
-    PSD_RETURN_IF_ERROR(memory_.Reserve(held, name));
-    var->initial_value_reservation = MemoryReservation(&memory_, held);
+    if (request.initialize()) {
+      PSD_ASSIGN_OR_RETURN(auto contents, InitialContents(device_, &memory_, *var, shape,
+                                                          var->initial_value.get()));
+      var->Swap(std::move(contents));
+      var->DropInitialValue();
+      var->initialized = true;
+    } else if (var->initial_value != nullptr) {
+      // Held until initialized: it takes memory like the variable will.
+      const int64_t held = static_cast<int64_t>(var->initial_value->content().size());
+      PSD_RETURN_IF_ERROR(memory_.Reserve(held, name));
+      var->initial_value_reservation = MemoryReservation(&memory_, held);
+    }
   }
 
   absl::MutexLock lock(&mu_);
