@@ -94,9 +94,12 @@ std::vector<std::vector<int64_t>> PositionsByPart(const VariableHandle& h,
   starts.reserve(h.parts_size());
   for (const PartHandle& p : h.parts()) starts.push_back(p.offset_size() > 0 ? p.offset(0) : 0);
   std::vector<std::vector<int64_t>> positions(h.parts_size());
+  if (starts.empty()) return positions;
   for (size_t j = 0; j < indices.size(); ++j) {
-    const auto k = std::upper_bound(starts.begin(), starts.end(), indices[j]) - starts.begin() - 1;
-    positions[static_cast<size_t>(k)].push_back(static_cast<int64_t>(j));
+    const auto after = std::upper_bound(starts.begin(), starts.end(), indices[j]);
+    // Part 0 starts at row 0; the guard only keeps a malformed handle in bounds.
+    const size_t k = after == starts.begin() ? 0 : static_cast<size_t>(after - starts.begin() - 1);
+    positions[k].push_back(static_cast<int64_t>(j));
   }
   return positions;
 }
