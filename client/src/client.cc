@@ -1176,13 +1176,21 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
   GetShardInfoResponse response;
   // Waiting for the shard to come up lets a trainer start beside its shards.
   // With wait_for_ready, UNAVAILABLE means a connection broke under the call
-  // (a shard that just restarted): try again.
+  // (a shard that just restarted): try again under the retry policy. Its
+  // DEADLINE_EXCEEDED means the shard did not come up in time: final.
   absl::Status status;
-  for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
+  RetryState retry;
+  for (;;) {
+    ++retry.attempts;
     status = impl->CallOnce(&Shard::Stub::GetShardInfo, request, &response,
                             /*wait_for_ready=*/true);
     if (status.code() != absl::StatusCode::kUnavailable) break;
-    absl::SleepFor(options.initial_backoff);
+    RetryPolicy::Next next = impl->retry_.OnFailure(status, nullptr, &retry);
+    if (!next.retry) {
+      status = std::move(next.status);
+      break;
+    }
+    absl::SleepFor(next.delay);
   }
   if (!status.ok()) {
     return absl::Status(status.code(),
