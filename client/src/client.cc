@@ -7,7 +7,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <random>
 #include <thread>
 #include <utility>
 #include <variant>
@@ -20,13 +19,14 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
-#include "psd/random_id.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 #include "psd/stream_codec.h"
 #include "psd/wire.h"
 #include "raw_stream.h"
+#include "request_ids.h"
+#include "retry_policy.h"
 
 namespace psd {
 namespace client {
@@ -34,6 +34,9 @@ namespace client {
 namespace {
 
 using AsyncStub = Shard::Stub::async_interface;
+using internal::RetryPolicy;
+using internal::RetryState;
+using internal::SetNewRequestId;
 
 ShardInfo ShardInfoFromProto(const GetShardInfoResponse& r) {
   ShardInfo info;
@@ -62,26 +65,6 @@ absl::StatusOr<VariableInfo> VariableInfoFromProto(const psd::VariableInfo& p) {
   return info;
 }
 
-// The random id of this client process: one per process, so the shard's
-// window of recent requests is per process (docs/design.md, "Guarantees").
-uint64_t ProcessClientId() {
-  static const uint64_t id = RandomNonzeroId();
-  return id;
-}
-
-std::atomic<uint64_t> next_seq{1};
-
-void SetNewRequestId(RequestId* id) {
-  id->set_client_id(ProcessClientId());
-  id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));
-}
-
-// Uniform in [0, 1); per thread so retries never contend on a generator.
-double Random01() {
-  thread_local std::mt19937_64 gen{std::random_device{}()};
-  return std::uniform_real_distribution<double>(0.0, 1.0)(gen);
-}
-
 // The request id of a mutating request; null for reads.
 RequestId* IdOf(CreateVariableRequest& r) { return r.mutable_request_id(); }
 RequestId* IdOf(DeleteVariableRequest& r) { return r.mutable_request_id(); }
@@ -92,22 +75,6 @@ RequestId* IdOf(CountUpToRequest& r) { return r.mutable_request_id(); }
 template <typename T>
 RequestId* IdOf(T&) {
   return nullptr;
-}
-
-// The shard refuses ids that fell out of its window. An id's first attempt
-// refused that way was never applied (the window is checked before
-// anything runs), so it is safe to send again under a fresh id: that
-// happens when other threads of this process sent over a window's worth of
-// requests to the shard between this request taking its id and arriving.
-bool IsTooOld(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kAborted &&
-         s.message().find("request id too old") != absl::string_view::npos;
-}
-constexpr int kMaxIdRefreshes = 8;
-
-bool IsRetryable(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kUnavailable ||
-         s.code() == absl::StatusCode::kDeadlineExceeded;
 }
 
 // Runs callbacks at given times on one thread of its own: the retries of
@@ -206,10 +173,7 @@ class ShardClient::Impl {
     // One per attempt; earlier ones are kept until the op is destroyed so no
     // context dies while gRPC may still be finishing its callback.
     std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-    int attempts = 0;
-    bool first_of_id = true;  // the current id has not been sent yet
-    int id_refreshes = 0;
-    absl::Time first_start;
+    RetryState retry;
     std::promise<R> promise;
     // Turns a successful response into the result; it calls Complete, now
     // or later from another thread.
@@ -221,7 +185,8 @@ class ShardClient::Impl {
         options_(options),
         channel_(std::move(channel)),
         stub_(Shard::NewStub(channel_)),
-        raw_stub_(channel_) {}
+        raw_stub_(channel_),
+        retry_(options) {}
 
   ~Impl() {
     absl::MutexLock lock(&ops_mu_);
@@ -252,47 +217,12 @@ class ShardClient::Impl {
     return status;
   }
 
-  // The wait before attempt `attempts + 1` of an op that failed with `s`, or
-  // nothing when it must not be retried.
-  std::optional<absl::Duration> RetryDelay(const absl::Status& s, int attempts,
-                                           absl::Time first_start) const {
-    if (!IsRetryable(s) || attempts >= options_.max_attempts) return std::nullopt;
-    absl::Duration backoff = options_.initial_backoff;
-    for (int i = 1; i < attempts && backoff < options_.max_backoff; ++i) backoff *= 2;
-    backoff = std::min(backoff, options_.max_backoff);
-    const absl::Duration delay = backoff * (0.5 + 0.5 * Random01());
-    if (absl::Now() + delay - first_start > options_.retry_budget) return std::nullopt;
-    return delay;
-  }
-
-  static absl::Status Annotate(const absl::Status& s, int attempts) {
-    if (attempts <= 1) return s;
-    return absl::Status(s.code(), absl::StrCat(s.message(), " (after ", attempts, " attempts)"));
-  }
-
-  // Runs `attempt` (absl::Status()) until it succeeds, fails for good, or
-  // the retry policy gives up; sleeps on the calling thread between tries.
-  // `id` (the request's id, or null) is renewed when its first attempt was
-  // refused as too old.
+  // Runs `attempt` (absl::Status()) under the retry policy; sleeps on the
+  // calling thread between tries. `id` (the request's id, or null) is
+  // renewed when its first attempt was refused as too old.
   template <typename Fn>
   absl::Status WithRetries(Fn&& attempt, RequestId* id = nullptr) {
-    const absl::Time start = absl::Now();
-    bool first_of_id = true;
-    int refreshes = 0;
-    for (int n = 1;; ++n) {
-      absl::Status s = attempt();
-      if (s.ok()) return s;
-      if (id != nullptr && first_of_id && IsTooOld(s) && refreshes < kMaxIdRefreshes) {
-        SetNewRequestId(id);
-        ++refreshes;
-        --n;  // not a retry: nothing was applied
-        continue;
-      }
-      first_of_id = false;
-      std::optional<absl::Duration> delay = RetryDelay(s, n, start);
-      if (!delay) return Annotate(s, n);
-      absl::SleepFor(*delay);
-    }
+    return retry_.Run(std::forward<Fn>(attempt), id);
   }
 
   void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) const {
@@ -333,7 +263,7 @@ class ShardClient::Impl {
     op->method = method;
     op->request = std::move(request);
     op->on_ok = std::move(on_ok);
-    op->first_start = absl::Now();
+    op->retry.first_start = absl::Now();
     std::future<R> future = op->promise.get_future();
     StartAttempt(op);
     return future;
@@ -341,7 +271,7 @@ class ShardClient::Impl {
 
   template <typename Op>
   void StartAttempt(const std::shared_ptr<Op>& op) {
-    ++op->attempts;
+    ++op->retry.attempts;
     op->contexts.push_back(std::make_unique<grpc::ClientContext>());
     grpc::ClientContext* context = op->contexts.back().get();
     SetDeadline(context, options_.timeout);
@@ -358,21 +288,12 @@ class ShardClient::Impl {
       op->on_ok(op);
       return;
     }
-    RequestId* id = IdOf(op->request);
-    if (id != nullptr && op->first_of_id && IsTooOld(status) &&
-        op->id_refreshes < kMaxIdRefreshes) {
-      SetNewRequestId(id);
-      ++op->id_refreshes;
-      --op->attempts;  // not a retry: nothing was applied
-      timer_.Schedule(absl::Now(), [op] { op->impl->StartAttempt(op); });
+    RetryPolicy::Next next = retry_.OnFailure(status, IdOf(op->request), &op->retry);
+    if (next.retry) {
+      timer_.Schedule(absl::Now() + next.delay, [op] { op->impl->StartAttempt(op); });
       return;
     }
-    op->first_of_id = false;
-    if (std::optional<absl::Duration> delay = RetryDelay(status, op->attempts, op->first_start)) {
-      timer_.Schedule(absl::Now() + *delay, [op] { op->impl->StartAttempt(op); });
-      return;
-    }
-    op->Complete(Annotate(status, op->attempts));
+    op->Complete(std::move(next.status));
   }
 
   // Runs `fn` on a thread of its own (the streaming fallback of async ops).
@@ -805,6 +726,7 @@ class ShardClient::Impl {
   // ReadStream and AssignStream, called raw (psd/stream_codec.h).
   grpc::GenericStub raw_stub_;  // thread-safe
   ShardInfo info_;                           // set once in Connect
+  const RetryPolicy retry_;
 
  private:
   absl::Mutex ops_mu_;
@@ -825,6 +747,10 @@ RequestId* BatchOpId(BatchOp* op) {
       return op->mutable_scatter()->mutable_request_id();
     case BatchOp::kCountUpTo:
       return op->mutable_count_up_to()->mutable_request_id();
+    case BatchOp::kApplyDense:
+      return op->mutable_apply_dense()->mutable_request_id();
+    case BatchOp::kApplySparse:
+      return op->mutable_apply_sparse()->mutable_request_id();
     default:
       return nullptr;
   }
@@ -840,10 +766,13 @@ using BatchPromise = std::variant<std::promise<absl::Status>, std::promise<absl:
 // order. A hold keeps the stream open while user threads may still start
 // writes; it is released at the half-close or once the stream broke.
 //
-// Request ids: a stream has a client id of its own and numbers its ops as
-// they join the stream, so the shard sees each stream's ids in increasing
-// order and never refuses one as too old, however busy the process's other
-// streams and threads are.
+// Request ids: a stream leases a client id of its own (request_ids.h,
+// BatchIdLease) and numbers its ops as they join the stream, so the shard
+// sees each stream's ids in increasing order and never refuses one as too
+// old, however busy the process's other streams and threads are. (The
+// ops wait in the stream's window of messages in flight, so ids from the
+// shared process sequence could fall out of the shard's window before
+// they arrive; the stream does not retry, so such an op would just fail.)
 //
 // Thread-safety: thread-safe; no lock is held across a reactor call.
 // Owned through shared_ptr: the reactor keeps itself alive until OnDone
@@ -892,10 +821,7 @@ class BatchReactor final : public grpc::ClientBidiReactor<BatchRequest, BatchRes
         Add(std::move(op), std::move(pending));
         return;
       }
-      if (RequestId* id = BatchOpId(&op)) {
-        id->set_client_id(client_id_);
-        id->set_seq(next_seq_++);
-      }
+      if (RequestId* id = BatchOpId(&op)) ids_.Next(id);
       *pending_.add_ops() = std::move(op);
       pending_ops_.push_back(std::move(pending));
       if (pending_.ops_size() >= options_.ops_per_message ||
@@ -1118,10 +1044,8 @@ class BatchReactor final : public grpc::ClientBidiReactor<BatchRequest, BatchRes
   BatchResponse response_;              // the read in progress
   BatchRequest write_message_;          // the write in progress
 
-  const uint64_t client_id_ = RandomNonzeroId();
-
   absl::Mutex mu_;
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  BatchIdLease ids_ ABSL_GUARDED_BY(mu_);
   BatchRequest pending_ ABSL_GUARDED_BY(mu_);
   std::vector<Op> pending_ops_ ABSL_GUARDED_BY(mu_);
   std::deque<BatchRequest> outgoing_ ABSL_GUARDED_BY(mu_);
@@ -1252,13 +1176,21 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
   GetShardInfoResponse response;
   // Waiting for the shard to come up lets a trainer start beside its shards.
   // With wait_for_ready, UNAVAILABLE means a connection broke under the call
-  // (a shard that just restarted): try again.
+  // (a shard that just restarted): try again under the retry policy. Its
+  // DEADLINE_EXCEEDED means the shard did not come up in time: final.
   absl::Status status;
-  for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
+  RetryState retry;
+  for (;;) {
+    ++retry.attempts;
     status = impl->CallOnce(&Shard::Stub::GetShardInfo, request, &response,
                             /*wait_for_ready=*/true);
     if (status.code() != absl::StatusCode::kUnavailable) break;
-    absl::SleepFor(options.initial_backoff);
+    RetryPolicy::Next next = impl->retry_.OnFailure(status, nullptr, &retry);
+    if (!next.retry) {
+      status = std::move(next.status);
+      break;
+    }
+    absl::SleepFor(next.delay);
   }
   if (!status.ok()) {
     return absl::Status(status.code(),
@@ -1278,6 +1210,52 @@ ShardClient::~ShardClient() = default;
 
 const std::string& ShardClient::address() const { return impl_->address_; }
 const ShardInfo& ShardClient::info() const { return impl_->info_; }
+const ClientOptions& ShardClient::options() const { return impl_->options_; }
+
+absl::Status ShardClient::SendApplyDense(ApplyDenseRequest* request,
+                                         ApplyDenseResponse* response) {
+  SetNewRequestId(request->mutable_request_id());
+  request->set_shard_incarnation(impl_->info_.incarnation);
+  return impl_->Call(&Shard::Stub::ApplyDense, *request, response);
+}
+
+absl::Status ShardClient::SendApplySparse(ApplySparseRequest* request,
+                                          ApplySparseResponse* response) {
+  SetNewRequestId(request->mutable_request_id());
+  request->set_shard_incarnation(impl_->info_.incarnation);
+  return impl_->Call(&Shard::Stub::ApplySparse, *request, response);
+}
+
+absl::Status ShardClient::SendApplyStream(AssignStreamHeader* header, const Tensor& gradient,
+                                          AssignResponse* response) {
+  SetNewRequestId(header->mutable_request_id());
+  header->set_shard_incarnation(impl_->info_.incarnation);
+  return impl_->AssignStream(*header, gradient, response);
+}
+
+absl::Status ShardClient::SendApplyBatch(BatchRequest* request, BatchResponse* response) {
+  // Held across the retries: every attempt resends the same ids.
+  internal::BatchIdLease ids;
+  for (BatchOp& op : *request->mutable_ops()) {
+    if (RequestId* id = internal::BatchOpId(&op)) ids.Next(id);
+    if (op.has_apply_dense()) {
+      op.mutable_apply_dense()->set_shard_incarnation(impl_->info_.incarnation);
+    } else if (op.has_apply_sparse()) {
+      op.mutable_apply_sparse()->set_shard_incarnation(impl_->info_.incarnation);
+    }
+  }
+  return impl_->WithRetries([&] {
+    response->Clear();
+    grpc::ClientContext context;
+    impl_->SetDeadline(&context, impl_->options_.timeout);
+    auto stream = impl_->stub_->Batch(&context);
+    if (stream->Write(*request)) {
+      stream->WritesDone();
+      stream->Read(response);
+    }
+    return impl_->CallStatus(stream->Finish());
+  });
+}
 
 absl::StatusOr<ShardInfo> ShardClient::GetInfo() {
   GetShardInfoRequest request;

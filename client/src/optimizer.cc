@@ -245,45 +245,8 @@ std::vector<std::string> SlotNames(const OptimizerConfig& config) {
                     config);
 }
 
-// ShardAppliers by address, each connected to one incarnation of its shard.
-class Optimizer::ShardPool {
- public:
-  explicit ShardPool(ClientOptions options) : options_(std::move(options)) {}
-
-  // The applier for `address` connected to `incarnation`; ABORTED "stale
-  // handle" when the shard there is another incarnation now.
-  absl::StatusOr<std::shared_ptr<ShardApplier>> Get(const std::string& address,
-                                                    uint64_t incarnation) {
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = appliers_.find(address);
-      if (it != appliers_.end() && it->second->incarnation() == incarnation) return it->second;
-    }
-    PSD_ASSIGN_OR_RETURN(std::unique_ptr<ShardApplier> fresh,
-                         ShardApplier::Connect(address, options_));
-    std::shared_ptr<ShardApplier> applier(std::move(fresh));
-    absl::MutexLock lock(&mu_);
-    appliers_[address] = applier;
-    if (applier->incarnation() != incarnation) {
-      return absl::AbortedError(absl::StrCat("stale handle: shard ", address, " is incarnation ",
-                                             applier->incarnation(), ", the handle says ",
-                                             incarnation));
-    }
-    return applier;
-  }
-
-  int max_message_bytes() const { return options_.max_message_bytes; }
-
- private:
-  const ClientOptions options_;
-  absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<ShardApplier>> appliers_ ABSL_GUARDED_BY(mu_);
-};
-
 Optimizer::Optimizer(Session& session, OptimizerConfig config)
-    : session_(session),
-      config_(std::move(config)),
-      pool_(std::make_unique<ShardPool>(session.impl_->options_.shard)) {}
+    : session_(session), config_(std::move(config)) {}
 
 Optimizer::~Optimizer() = default;
 
@@ -480,17 +443,16 @@ absl::Status Optimizer::ApplyGradients(
     const auto* g = std::get_if<IndexedSlices>(&grads_and_vars[i].first);
     if (g == nullptr) continue;
     const VariableHandle& h = handles[i];
-    std::vector<std::vector<int64_t>> positions(h.parts_size());
-    std::vector<int64_t> starts;
-    for (const PartHandle& p : h.parts()) starts.push_back(p.offset_size() > 0 ? p.offset(0) : 0);
-    for (int64_t j = 0; j < g->indices.num_elements(); ++j) {
-      const int64_t index = IndexAt(g->indices, j);
-      const size_t k = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), index) -
-                                           starts.begin() - 1);
-      positions[k].push_back(j);
+    std::vector<int64_t> indices(static_cast<size_t>(g->indices.num_elements()));
+    for (size_t j = 0; j < indices.size(); ++j) {
+      indices[j] = IndexAt(g->indices, static_cast<int64_t>(j));
     }
+    const std::vector<std::vector<int64_t>> positions = internal::PositionsByPart(h, indices);
     auto& parts = sparse_parts[i];
-    for (int k = 0; k < h.parts_size(); ++k) parts.push_back(TakeRows(*g, positions[k], starts[k]));
+    for (int k = 0; k < h.parts_size(); ++k) {
+      const PartHandle& p = h.parts(k);
+      parts.push_back(TakeRows(*g, positions[k], p.offset_size() > 0 ? p.offset(0) : 0));
+    }
   }
 
   std::vector<std::vector<absl::Status>> part_status(n);
@@ -499,8 +461,7 @@ absl::Status Optimizer::ApplyGradients(
   for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
     // Group the ops by (shard address, incarnation).
     struct Group {
-      std::string address;
-      uint64_t incarnation = 0;
+      PartHandle part;  // any part on the shard (for ShardFor)
       std::vector<PartOp> ops;
       std::vector<GradientAndVariable> grads;
     };
@@ -531,8 +492,7 @@ absl::Status Optimizer::ApplyGradients(
       if (misplaced) continue;
       const Gradient& gradient = grads_and_vars[op.pair].first;
       Group& g = groups[{part.shard_address(), part.shard_incarnation()}];
-      g.address = part.shard_address();
-      g.incarnation = part.shard_incarnation();
+      if (g.ops.empty()) g.part = part;
       g.ops.push_back(op);
       if (const Tensor* dense = std::get_if<Tensor>(&gradient)) {
         Tensor piece = h.partitioned()
@@ -548,14 +508,18 @@ absl::Status Optimizer::ApplyGradients(
 
     std::vector<Group*> list;
     for (auto& [key, g] : groups) list.push_back(&g);
-    const size_t budget = static_cast<size_t>(pool_->max_message_bytes()) / 2;
+    const size_t budget =
+        static_cast<size_t>(session_.impl_->options_.shard.max_message_bytes) / 2;
     RunParallel(list.size(), [&](size_t gi) -> absl::Status {
       Group& g = *list[gi];
       std::vector<absl::Status> out(g.ops.size());
-      absl::StatusOr<std::shared_ptr<ShardApplier>> applier = pool_->Get(g.address, g.incarnation);
-      if (!applier.ok()) {
-        for (auto& s : out) s = applier.status();
+      // The session's pooled client of the shard (the one its variables
+      // use), checked against the part's incarnation.
+      absl::StatusOr<std::shared_ptr<ShardClient>> shard = session_.impl_->ShardFor(g.part);
+      if (!shard.ok()) {
+        for (auto& s : out) s = shard.status();
       } else {
+        ShardApplier applier(*std::move(shard));
         // One Batch message per shard, split only past the message limit.
         size_t begin = 0;
         while (begin < g.grads.size()) {
@@ -570,7 +534,7 @@ absl::Status Optimizer::ApplyGradients(
           }
           std::vector<GradientAndVariable> chunk(g.grads.begin() + begin, g.grads.begin() + end);
           std::vector<absl::Status> chunk_status;
-          absl::Status s = (*applier)->ApplyGradients(step_config, chunk, &chunk_status);
+          absl::Status s = applier.ApplyGradients(step_config, chunk, &chunk_status);
           for (size_t j = begin; j < end; ++j) {
             out[j] = chunk_status.size() == chunk.size() ? chunk_status[j - begin] : s;
           }

@@ -1,22 +1,12 @@
 #include "psd/optimizer_ops.h"
 
-#include <algorithm>
-#include <atomic>
-#include <random>
 #include <type_traits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
-#include "grpcpp/grpcpp.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
-#include "psd/shard.grpc.pb.h"
+#include "psd/shard.pb.h"
 #include "psd/status.h"
-#include "psd/random_id.h"
-#include "psd/stream_codec.h"
 #include "psd/wire.h"
-#include "raw_stream.h"
 
 namespace psd {
 namespace client {
@@ -83,11 +73,6 @@ OptimizerSpec ToSpec(const OptimizerConfig& config) {
   return spec;
 }
 
-bool IsRetryable(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kUnavailable ||
-         s.code() == absl::StatusCode::kDeadlineExceeded;
-}
-
 }  // namespace
 
 std::vector<SlotVariable> OptimizerSlots(const OptimizerConfig& optimizer,
@@ -122,53 +107,19 @@ std::vector<SlotVariable> OptimizerSlots(const OptimizerConfig& optimizer,
       optimizer);
 }
 
+// The applier's requests, built here and sent through its ShardClient
+// (which gives them request ids, the incarnation and retries).
 class ShardApplier::Impl {
  public:
-  Impl(std::string address, const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
-      : address_(std::move(address)),
-        options_(options),
-        stub_(Shard::NewStub(channel)),
-        raw_stub_(std::move(channel)) {}
+  explicit Impl(std::shared_ptr<ShardClient> shard) : shard_(std::move(shard)) {}
 
-  // Runs `call(context)` until it succeeds, fails for good, or the retry
-  // budget is spent; the caller's request keeps its id across attempts.
-  template <typename Call>
-  absl::Status WithRetries(Call&& call) {
-    const absl::Time start = absl::Now();
-    absl::Duration backoff = options_.initial_backoff;
-    absl::Status status;
-    for (int attempt = 1;; ++attempt) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
-      status = FromGrpcStatus(call(&ctx));
-      if (status.code() == absl::StatusCode::kCancelled) {
-        status = absl::UnavailableError(absl::StrCat("shard ", address_,
-                                                     " cancelled the call (shutting down?): ",
-                                                     status.message()));
-      }
-      if (!IsRetryable(status) || attempt >= options_.max_attempts) return status;
-      const absl::Duration delay = backoff * (0.5 + 0.5 * Random01());
-      if (absl::Now() + delay - start > options_.retry_budget) return status;
-      absl::SleepFor(delay);
-      backoff = std::min(backoff * 2, options_.max_backoff);
-    }
-  }
-
-  void SetRequestId(RequestId* id) {
-    id->set_client_id(client_id_);
-    id->set_seq(next_seq_.fetch_add(1, std::memory_order_relaxed));
-  }
-
-  absl::Status FillDense(const std::string& var, const OptimizerSpec& spec,
-                         const OptimizerConfig& config, const Tensor& gradient,
-                         const std::vector<std::string>& slots, ApplyDenseRequest* req) {
+  void FillDense(const std::string& var, const OptimizerSpec& spec, const OptimizerConfig& config,
+                 const Tensor& gradient, const std::vector<std::string>& slots,
+                 ApplyDenseRequest* req) {
     req->set_name(var);
     FillSlots(var, config, slots, req->mutable_slots());
     *req->mutable_optimizer() = spec;
     TensorToProto(gradient, req->mutable_gradient());
-    SetRequestId(req->mutable_request_id());
-    req->set_shard_incarnation(incarnation_);
-    return absl::OkStatus();
   }
 
   void FillSparse(const std::string& var, const OptimizerSpec& spec,
@@ -179,15 +130,14 @@ class ShardApplier::Impl {
     *req->mutable_optimizer() = spec;
     TensorToProto(gradient.indices, req->mutable_indices());
     TensorToProto(gradient.values, req->mutable_values());
-    SetRequestId(req->mutable_request_id());
-    req->set_shard_incarnation(incarnation_);
   }
 
   // Whether a dense gradient travels as a stream (AssignStreamHeader.apply):
   // in chunks, without copies, not bounded by the message limit.
   bool Streams(const Tensor& gradient) const {
-    return gradient.dtype() != DT_STRING && options_.stream_threshold_bytes > 0 &&
-           static_cast<int64_t>(gradient.bytes().size()) > options_.stream_threshold_bytes;
+    const ClientOptions& options = shard_->options();
+    return gradient.dtype() != DT_STRING && options.stream_threshold_bytes > 0 &&
+           static_cast<int64_t>(gradient.bytes().size()) > options.stream_threshold_bytes;
   }
 
   // A dense apply whose gradient is streamed; the same request id on every
@@ -204,21 +154,8 @@ class ShardApplier::Impl {
     header.set_total_bytes(static_cast<int64_t>(gradient.bytes().size()));
     FillSlots(var, config, slots, header.mutable_apply()->mutable_slots());
     *header.mutable_apply()->mutable_optimizer() = spec;
-    SetRequestId(header.mutable_request_id());
-    header.set_shard_incarnation(incarnation_);
-    grpc::ByteBuffer reply;
-    // The stream makes its own context with the stream timeout; the one
-    // WithRetries offers (unary timeout) goes unused.
-    PSD_RETURN_IF_ERROR(WithRetries([&](grpc::ClientContext*) {
-      reply.Clear();
-      return internal::SendAssignStream(&raw_stub_, options_.stream_timeout, header,
-                                        gradient.bytes(), options_.chunk_bytes, &reply);
-    }));
     AssignResponse response;
-    if (!DecodeMessage(reply, &response)) {
-      return absl::InternalError(
-          absl::StrCat("shard ", address_, " sent a malformed reply to a streamed apply"));
-    }
+    PSD_RETURN_IF_ERROR(shard_->SendApplyStream(&header, gradient, &response));
     return response.version();
   }
 
@@ -232,61 +169,21 @@ class ShardApplier::Impl {
     for (auto& s : OptimizerSlots(config, var)) *out->Add() = std::move(s.name);
   }
 
-  double Random01() {
-    absl::MutexLock lock(&rng_mu_);
-    return std::uniform_real_distribution<double>(0, 1)(rng_);
-  }
-
-  const std::string address_;
-  const ClientOptions options_;
-  const std::unique_ptr<Shard::Stub> stub_;
-  grpc::GenericStub raw_stub_;  // the raw AssignStream; thread-safe
-  const uint64_t client_id_ = RandomNonzeroId();
-  std::atomic<uint64_t> next_seq_{1};
-  uint64_t incarnation_ = 0;  // set by Connect, then constant
-  absl::Mutex rng_mu_;
-  std::mt19937_64 rng_ ABSL_GUARDED_BY(rng_mu_){std::random_device{}()};
+  const std::shared_ptr<ShardClient> shard_;
 };
 
 ShardApplier::ShardApplier(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ShardApplier::ShardApplier(std::shared_ptr<ShardClient> shard)
+    : impl_(std::make_unique<Impl>(std::move(shard))) {}
 ShardApplier::~ShardApplier() = default;
 
-const std::string& ShardApplier::address() const { return impl_->address_; }
-uint64_t ShardApplier::incarnation() const { return impl_->incarnation_; }
+const std::string& ShardApplier::address() const { return impl_->shard_->address(); }
+uint64_t ShardApplier::incarnation() const { return impl_->shard_->info().incarnation; }
 
 absl::StatusOr<std::unique_ptr<ShardApplier>> ShardApplier::Connect(const std::string& address,
                                                                     const ClientOptions& options) {
-  if (options.max_attempts < 1) {
-    return absl::InvalidArgumentError("ClientOptions: max_attempts must be >= 1");
-  }
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetInt("grpc.initial_reconnect_backoff_ms", 100);
-  args.SetInt("grpc.min_reconnect_backoff_ms", 100);
-  args.SetInt("grpc.use_local_subchannel_pool", 1);
-  auto credentials = psd::internal::MakeChannelCredentials(options.security);
-  if (!credentials.ok()) return credentials.status();
-  auto impl = std::make_unique<Impl>(address, options,
-                                     grpc::CreateCustomChannel(address, *credentials, args));
-  GetShardInfoRequest request;
-  request.set_protocol_version(SHARD_PROTOCOL_VERSION);
-  GetShardInfoResponse response;
-  absl::Status status = impl->WithRetries([&](grpc::ClientContext* ctx) {
-    ctx->set_wait_for_ready(true);
-    return impl->stub_->GetShardInfo(ctx, request, &response);
-  });
-  if (!status.ok()) {
-    return absl::Status(status.code(),
-                        absl::StrCat("connecting to shard ", address, ": ", status.message()));
-  }
-  if (response.protocol_version() != SHARD_PROTOCOL_VERSION) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("shard ", address, " speaks protocol version ", response.protocol_version(),
-                     ", this client speaks ", SHARD_PROTOCOL_VERSION));
-  }
-  impl->incarnation_ = response.incarnation();
-  return std::unique_ptr<ShardApplier>(new ShardApplier(std::move(impl)));
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> shard, ShardClient::Connect(address, options));
+  return std::make_unique<ShardApplier>(std::shared_ptr<ShardClient>(std::move(shard)));
 }
 
 absl::StatusOr<uint64_t> ShardApplier::ApplyDense(const std::string& var,
@@ -297,10 +194,9 @@ absl::StatusOr<uint64_t> ShardApplier::ApplyDense(const std::string& var,
     return impl_->ApplyDenseStreamed(var, ToSpec(optimizer), optimizer, gradient, slots);
   }
   ApplyDenseRequest req;
-  PSD_RETURN_IF_ERROR(impl_->FillDense(var, ToSpec(optimizer), optimizer, gradient, slots, &req));
+  impl_->FillDense(var, ToSpec(optimizer), optimizer, gradient, slots, &req);
   ApplyDenseResponse resp;
-  PSD_RETURN_IF_ERROR(impl_->WithRetries(
-      [&](grpc::ClientContext* ctx) { return impl_->stub_->ApplyDense(ctx, req, &resp); }));
+  PSD_RETURN_IF_ERROR(impl_->shard_->SendApplyDense(&req, &resp));
   return resp.version();
 }
 
@@ -311,8 +207,7 @@ absl::StatusOr<uint64_t> ShardApplier::ApplySparse(const std::string& var,
   ApplySparseRequest req;
   impl_->FillSparse(var, ToSpec(optimizer), optimizer, gradient, slots, &req);
   ApplySparseResponse resp;
-  PSD_RETURN_IF_ERROR(impl_->WithRetries(
-      [&](grpc::ClientContext* ctx) { return impl_->stub_->ApplySparse(ctx, req, &resp); }));
+  PSD_RETURN_IF_ERROR(impl_->shard_->SendApplySparse(&req, &resp));
   return resp.version();
 }
 
@@ -327,20 +222,11 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
   std::vector<size_t> batched;
   auto send_batch = [&]() -> absl::Status {
     if (batched.empty()) return absl::OkStatus();
-    // One message out, one back. A broken stream is resent whole: the ops
-    // keep their request ids, so those that already ran are not run again.
+    // One message out, one back (resent whole on a retryable failure).
     BatchResponse response;
-    PSD_RETURN_IF_ERROR(impl_->WithRetries([&](grpc::ClientContext* ctx) {
-      response.Clear();
-      auto stream = impl_->stub_->Batch(ctx);
-      if (stream->Write(batch)) {
-        stream->WritesDone();
-        stream->Read(&response);
-      }
-      return stream->Finish();
-    }));
+    PSD_RETURN_IF_ERROR(impl_->shard_->SendApplyBatch(&batch, &response));
     if (response.results_size() != batch.ops_size()) {
-      return absl::InternalError(absl::StrCat("shard ", impl_->address_, " answered ",
+      return absl::InternalError(absl::StrCat("shard ", impl_->shard_->address(), " answered ",
                                               response.results_size(), " results for ",
                                               batch.ops_size(), " apply ops"));
     }
@@ -362,8 +248,8 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
             impl_->ApplyDenseStreamed(gv.variable, spec, optimizer, *dense, gv.slots).status();
         continue;
       }
-      PSD_RETURN_IF_ERROR(impl_->FillDense(gv.variable, spec, optimizer, *dense, gv.slots,
-                                           batch.add_ops()->mutable_apply_dense()));
+      impl_->FillDense(gv.variable, spec, optimizer, *dense, gv.slots,
+                       batch.add_ops()->mutable_apply_dense());
     } else {
       impl_->FillSparse(gv.variable, spec, optimizer, std::get<SparseGradient>(gv.gradient),
                         gv.slots, batch.add_ops()->mutable_apply_sparse());

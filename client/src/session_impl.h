@@ -159,6 +159,13 @@ struct VariableState {
       const std::function<absl::Status(int k, const PartHandle& part, ShardClient& shard)>& fn);
 };
 
+// The index splitter of variables partitioned along axis 0, shared by
+// Variable's gather/scatter and Optimizer's sparse applies: for each part k
+// of `h`, the positions in `indices` (each already checked to be in
+// [0, rows)) of the indices that fall in part k's rows, in order.
+std::vector<std::vector<int64_t>> PositionsByPart(const VariableHandle& h,
+                                                  const std::vector<int64_t>& indices);
+
 // Writes `value` (the variable's supplied initial value) to every part:
 // only to parts not initialized unless `force`.
 absl::Status WriteSuppliedValue(VariableState* state, const Tensor& value, bool force);

@@ -86,6 +86,24 @@ absl::Status VariableState::ForParts(
   }
 }
 
+std::vector<std::vector<int64_t>> PositionsByPart(const VariableHandle& h,
+                                                  const std::vector<int64_t>& indices) {
+  // Parts along axis 0 come in row order: part k holds rows from its
+  // offset up to the next part's.
+  std::vector<int64_t> starts;
+  starts.reserve(h.parts_size());
+  for (const PartHandle& p : h.parts()) starts.push_back(p.offset_size() > 0 ? p.offset(0) : 0);
+  std::vector<std::vector<int64_t>> positions(h.parts_size());
+  if (starts.empty()) return positions;
+  for (size_t j = 0; j < indices.size(); ++j) {
+    const auto after = std::upper_bound(starts.begin(), starts.end(), indices[j]);
+    // Part 0 starts at row 0; the guard only keeps a malformed handle in bounds.
+    const size_t k = after == starts.begin() ? 0 : static_cast<size_t>(after - starts.begin() - 1);
+    positions[k].push_back(static_cast<int64_t>(j));
+  }
+  return positions;
+}
+
 }  // namespace internal
 
 namespace {
@@ -199,18 +217,15 @@ absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indice
   }
   // Everything is checked before anything is sent.
   PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(h, indices));
+  std::vector<std::vector<int64_t>> by_part = internal::PositionsByPart(h, idx);
   Split split;
   for (int k = 0; k < h.parts_size(); ++k) {
-    const int64_t lo = h.parts(k).offset(0);
-    const int64_t hi = lo + h.parts(k).shape().dims(0);
-    std::vector<int64_t> pos, local;
-    for (size_t i = 0; i < idx.size(); ++i) {
-      if (idx[i] >= lo && idx[i] < hi) {
-        pos.push_back(static_cast<int64_t>(i));
-        local.push_back(idx[i] - lo);
-      }
-    }
+    std::vector<int64_t>& pos = by_part[k];
     if (pos.empty()) continue;
+    const int64_t lo = h.parts(k).offset(0);
+    std::vector<int64_t> local;
+    local.reserve(pos.size());
+    for (int64_t i : pos) local.push_back(idx[i] - lo);
     const int64_t m = static_cast<int64_t>(local.size());
     split.parts.push_back(k);
     split.positions.push_back(std::move(pos));

@@ -692,6 +692,20 @@ TEST_F(ShardTest, BatchedReadsSeeEarlierWritesOfTheSameStream) {
   EXPECT_TRUE(IsOk(batch->Close()));
 }
 
+// Each open BatchStream numbers its ops under a client id of its own, but
+// streams opened one after another (one per training step) reuse ids, so
+// they never fill the shard's table of 1024 exactly-once clients.
+TEST_F(ShardTest, SequentialBatchStreamsDoNotExhaustTheShardsClientTable) {
+  constexpr int kStreams = 1200;  // more than the shard's 1024 client slots
+  ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(0))));
+  for (int i = 0; i < kStreams; ++i) {
+    PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch());
+    ASSERT_TRUE(IsOk(batch->AssignAdd("n", Tensor::Scalar<int64_t>(1)).get())) << "stream " << i;
+    ASSERT_TRUE(IsOk(batch->Close()));
+  }
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(kStreams));
+}
+
 TEST_F(ShardTest, BatchedOpsOnADeadShardFailUnavailable) {
   ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
   PSD_ASSERT_OK_AND_ASSIGN(auto batch, shard_->OpenBatch());

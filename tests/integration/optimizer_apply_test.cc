@@ -148,6 +148,22 @@ TEST_F(OptimizerApplyTest, ConcurrentTrainersLoseNoUpdate) {
   EXPECT_EQ(Read("p"), Vec<float>({16}, std::vector<float>(16, -0.25f * kTrainers * kSteps)));
 }
 
+// A shard remembers exactly-once windows for at most 1024 clients, each
+// kept for 10 idle minutes. Appliers made one after another (a trainer
+// that reconnects per step, or makes an Optimizer per model) share the
+// process's client id, so they never use the table up.
+TEST_F(OptimizerApplyTest, SequentialAppliersDoNotExhaustTheShardsClientTable) {
+  constexpr int kAppliers = 1200;  // more than the shard's 1024 client slots
+  ASSERT_TRUE(IsOk(shard_->Create("p", Vec<float>({1}, {0}))));
+  const Tensor g = Vec<float>({1}, {1});
+  for (int i = 0; i < kAppliers; ++i) {
+    PSD_ASSERT_OK_AND_ASSIGN(auto applier, ShardApplier::Connect(process_->address()));
+    ASSERT_TRUE(IsOk(applier->ApplyDense("p", client::opt::GradientDescent{1}, g)))
+        << "applier " << i;
+  }
+  EXPECT_EQ(Read("p"), Vec<float>({1}, {-static_cast<float>(kAppliers)}));
+}
+
 TEST_F(OptimizerApplyTest, BadInputsFailWithTheirCodesAndChangeNothing) {
   client::opt::Adagrad adagrad;
   ASSERT_TRUE(IsOk(shard_->Create("e", Vec<float>({6, 1}, {1, 2, 3, 4, 5, 6}))));

@@ -363,6 +363,26 @@ TEST_F(OptimizerTest, TwoTrainersApplyingToOneVariableLoseNoUpdate) {
   EXPECT_EQ(value, Floats({8}, std::vector<float>(8, -0.5f * 2 * kSteps)));
 }
 
+// Optimizers made one after another (say, one per step) apply through the
+// session's pooled shard clients and the process's request id, so they do
+// not use up the shard's table of 1024 exactly-once clients (each used to
+// connect appliers with client ids of their own, kept 10 idle minutes).
+TEST_F(OptimizerTest, SequentialOptimizersDoNotExhaustTheShardsClientTable) {
+  GetVariableOptions o;
+  o.shape = TensorShape{2};
+  o.initializer = init::Zeros();
+  o.initialize = true;
+  ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("many_opts/v", o));
+  constexpr int kOptimizers = 1200;  // more than the shard's 1024 client slots
+  const Tensor grad = Floats({2}, {1, 1});
+  for (int i = 0; i < kOptimizers; ++i) {
+    Optimizer optimizer(*session_, opt::GradientDescent{1.0});
+    ASSERT_TRUE(IsOk(optimizer.ApplyGradients({{grad, v}}))) << "optimizer " << i;
+  }
+  ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  EXPECT_EQ(value, Floats({2}, {-static_cast<float>(kOptimizers), -static_cast<float>(kOptimizers)}));
+}
+
 TEST_F(OptimizerTest, BadGradientFailsAloneNamingTheVariable) {
   ASSERT_OK_AND_ASSIGN(Variable a, session_->GetVariable("bad/a", Declared({4, 2}, 2)));
   ASSERT_OK_AND_ASSIGN(Variable b, session_->GetVariable("bad/b", Declared({3})));

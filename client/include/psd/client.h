@@ -6,8 +6,10 @@
 // ...).
 //
 // Retries. Every mutating request (Create, Delete, Initialize, Assign*,
-// Scatter*, CountUpTo, streamed assigns) carries a fresh RequestId: a random
-// 64-bit id of this client process and a process-wide sequence number. Calls
+// Scatter*, CountUpTo, streamed assigns, and ShardApplier's applies) carries
+// a fresh RequestId: a random 64-bit id of this client process (one for all
+// of the process's clients, so they take one of a shard's exactly-once
+// client slots) and a process-wide sequence number. Calls
 // that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
 // exponential backoff and jitter (ClientOptions::max_attempts,
 // retry_budget) with the SAME id, so the shard applies each mutation at most
@@ -75,6 +77,18 @@
 #include "psd/types.pb.h"
 
 namespace psd {
+
+// Shard messages (psd/shard.pb.h) that ShardApplier sends through a
+// ShardClient.
+class ApplyDenseRequest;
+class ApplyDenseResponse;
+class ApplySparseRequest;
+class ApplySparseResponse;
+class AssignStreamHeader;
+class AssignResponse;
+class BatchRequest;
+class BatchResponse;
+
 namespace client {
 
 struct ClientOptions {
@@ -170,6 +184,7 @@ struct AssignOptions {
 };
 
 class BatchStream;
+class ShardApplier;
 namespace internal {
 class BatchReactor;
 }  // namespace internal
@@ -187,6 +202,8 @@ class ShardClient {
   ~ShardClient();
 
   const std::string& address() const;
+  // The options it was connected with.
+  const ClientOptions& options() const;
   // The handshake's answer (memory use and variable count as of Connect).
   const ShardInfo& info() const;
   // Asks the shard again, for current memory use and variable count.
@@ -281,9 +298,25 @@ class ShardClient {
 
  private:
   friend class BatchStream;
+  friend class ShardApplier;
   friend class internal::BatchReactor;
   class Impl;
   explicit ShardClient(std::unique_ptr<Impl> impl);
+
+  // For ShardApplier (psd/optimizer_ops.h): applies go out like this
+  // client's own mutations, with a fresh request id of the process, this
+  // client's shard incarnation, and the retry policy (retry_policy.h).
+  absl::Status SendApplyDense(ApplyDenseRequest* request, ApplyDenseResponse* response);
+  absl::Status SendApplySparse(ApplySparseRequest* request, ApplySparseResponse* response);
+  // A dense apply whose gradient (not DT_STRING) is streamed in chunks;
+  // `header` describes it (header->apply set).
+  absl::Status SendApplyStream(AssignStreamHeader* header, const Tensor& gradient,
+                               AssignResponse* response);
+  // Applies in one Batch message: the ops are numbered under a batch id of
+  // their own (request_ids.h) and the message is resent whole on a
+  // retryable failure; the ops keep their ids, so those that already ran
+  // are not run again.
+  absl::Status SendApplyBatch(BatchRequest* request, BatchResponse* response);
 
   const std::unique_ptr<Impl> impl_;
 };
@@ -294,9 +327,11 @@ class ShardClient {
 // small updates per step. Each op gets its own result: a bad op (unknown
 // variable, bad index) fails alone and its neighbours still apply. Ops run
 // on the shard in the order they were added, so ops on one variable apply
-// in order. Mutating ops carry request ids; a stream has a random client id
-// of its own and numbers its ops in stream order, so no op of a busy
-// process is ever refused as "request id too old".
+// in order. Mutating ops carry request ids; an open stream has a client id
+// of its own (leased from a process-wide pool, so streams opened one after
+// another reuse ids rather than fill the shard's table of clients) and
+// numbers its ops in stream order, so no op of a busy process is ever
+// refused as "request id too old".
 //
 // A partly filled message is sent as soon as fewer than
 // max_messages_in_flight messages await responses, so a future never waits

@@ -129,7 +129,6 @@ class Optimizer {
   std::vector<Variable> NonSlotVariables() const;
 
  private:
-  class ShardPool;
   struct Step;
 
   // Slots of `variables` that this optimizer has not resolved yet are
@@ -142,7 +141,6 @@ class Optimizer {
 
   Session& session_;
   const OptimizerConfig config_;
-  std::unique_ptr<ShardPool> pool_;
   mutable absl::Mutex mu_;
   // Variable name -> its slots in OptimizerSlots order.
   std::map<std::string, std::vector<Variable>> slots_ ABSL_GUARDED_BY(mu_);

@@ -10,8 +10,10 @@
 // ShardClient::Create(slot.name, dtype, shape, init::Constant(scalar)) where
 // `scalar` holds slot.initial_value in the variable's dtype.
 //
-// Retries and errors are ShardClient's (client.h): every apply carries a
-// request id and is retried with the same id on UNAVAILABLE or
+// An applier sends through a ShardClient (client.h): its channel, its
+// request ids (the process's, so any number of appliers take one of the
+// shard's exactly-once client slots), its retry policy. Every apply carries
+// a request id and is retried with the same id on UNAVAILABLE or
 // DEADLINE_EXCEEDED, so it is applied at most once; a shard that restarted
 // answers ABORTED "stale handle". A dense gradient bigger than
 // ClientOptions::stream_threshold_bytes travels as a stream of chunk_bytes
@@ -128,9 +130,13 @@ struct GradientAndVariable {
 
 class ShardApplier {
  public:
-  // Connects like ShardClient::Connect (protocol check, incarnation).
+  // Connects a ShardClient of its own (ShardClient::Connect: protocol
+  // check, incarnation).
   static absl::StatusOr<std::unique_ptr<ShardApplier>> Connect(const std::string& address,
                                                                const ClientOptions& options = {});
+  // Applies through `shard` (sharing its channel; its incarnation is the
+  // applier's). Cheap: nothing is sent.
+  explicit ShardApplier(std::shared_ptr<ShardClient> shard);
   ShardApplier(const ShardApplier&) = delete;
   ShardApplier& operator=(const ShardApplier&) = delete;
   ~ShardApplier();

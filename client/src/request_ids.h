@@ -1,0 +1,60 @@
+// Request ids of mutating shard requests (RequestId{client_id, seq}): what
+// the shard's exactly-once window keys on (docs/design.md, "Guarantees").
+//
+// A shard remembers windows for a bounded number of client ids (1024), each
+// kept until it has been idle for 10 minutes, so this library uses as few
+// ids as it can: one per process for every unary and streamed request
+// (ShardClient's ops and ShardApplier's applies, whatever client or
+// applier sends them), and, for requests that must be numbered in the
+// order they are sent (batches), ids leased from a process-wide pool and
+// returned when the batch is done, so batches opened one after another
+// reuse the same few ids.
+//
+// Thread-safety: the functions and the pool are thread-safe; one
+// BatchIdLease is thread-compatible (its owner serializes Next).
+#ifndef PSD_CLIENT_SRC_REQUEST_IDS_H_
+#define PSD_CLIENT_SRC_REQUEST_IDS_H_
+
+#include <cstdint>
+
+#include "psd/types.pb.h"
+
+namespace psd {
+namespace client {
+namespace internal {
+
+// The random client id of this process.
+uint64_t ProcessClientId();
+
+// Gives *id the process's client id and the next process-wide sequence
+// number.
+void SetNewRequestId(RequestId* id);
+
+// A client id with a sequence space of its own, for one batch at a time
+// (a BatchStream, or one ShardApplier::ApplyGradients call). A batch
+// numbers its ops in the order they join it, so the shard sees them in
+// increasing order and never refuses one as too old, however busy the
+// process's other threads are: that cannot be had from the shared process
+// id, whose numbers are drawn by many threads and reach the shard out of
+// order. The lease returns the id, with its next number, to the pool when
+// destroyed; the next batch continues the numbering.
+class BatchIdLease {
+ public:
+  BatchIdLease();
+  BatchIdLease(const BatchIdLease&) = delete;
+  BatchIdLease& operator=(const BatchIdLease&) = delete;
+  ~BatchIdLease();
+
+  // Gives *id this lease's client id and its next sequence number.
+  void Next(RequestId* id);
+
+ private:
+  uint64_t client_id_;
+  uint64_t next_seq_;
+};
+
+}  // namespace internal
+}  // namespace client
+}  // namespace psd
+
+#endif  // PSD_CLIENT_SRC_REQUEST_IDS_H_
