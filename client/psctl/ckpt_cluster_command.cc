@@ -1,5 +1,7 @@
 // `psctl ckpt save|list|latest|restore|policy`: checkpoints of a running
-// cluster, through the coordinator (paths are on the server side). On a
+// cluster, through the coordinator (paths are on the server side). save,
+// latest and restore are the C++ Saver's (psd/saver.h); list and policy,
+// which the Saver has no call for, ask the coordinator directly. On a
 // terminal, save and restore draw a progress bar (bytes, rate, ETA) from
 // the coordinator's CheckpointProgress while it works; elsewhere (a pipe, a
 // file, --json) they print only the final line: bytes, rate, fence pause.
@@ -9,7 +11,9 @@
 #include <atomic>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,12 +23,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "commands.h"
-#include "grpcpp/grpcpp.h"
 #include "output.h"
 #include "psd/coordinator.grpc.pb.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
 #include "psd/random_id.h"
+#include "psd/saver.h"
+#include "psd/status.h"
 
 namespace psctl {
 namespace {
@@ -41,20 +44,18 @@ bool ShowProgress(const Context& ctx) { return !ctx.json && isatty(STDOUT_FILENO
 // Draws the progress of operation `progress_id` (CheckpointProgress) on the
 // terminal until `done`; an older coordinator without that rpc gets the
 // elapsed time only. Clears its line when it ends.
-void DrawProgress(psd::Coordinator::Stub* stub, uint64_t progress_id, const char* verb,
-                  const std::atomic<bool>* done) {
+void DrawProgress(const psd::client::internal::CoordinatorClient* coordinator, uint64_t progress_id,
+                  const char* verb, const std::atomic<bool>* done) {
   const absl::Time start = absl::Now();
   bool polling = true;
   while (!done->load()) {
     std::string line;
     if (polling) {
-      grpc::ClientContext cctx;
-      cctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
       psd::CheckpointProgressRequest req;
       req.set_progress_id(progress_id);
       psd::CheckpointProgressResponse resp;
-      grpc::Status s = stub->CheckpointProgress(&cctx, req, &resp);
-      if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) polling = false;
+      absl::Status s = coordinator->Call(&psd::Coordinator::Stub::CheckpointProgress, req, &resp);
+      if (s.code() == absl::StatusCode::kUnimplemented) polling = false;
       if (s.ok() && resp.found()) {
         line = FormatProgress(absl::StrCat(verb, " ", resp.phase()), resp.done_bytes(),
                               resp.total_bytes(), resp.seconds(), TerminalWidth() - 1);
@@ -71,31 +72,41 @@ void DrawProgress(psd::Coordinator::Stub* stub, uint64_t progress_id, const char
   std::fflush(stdout);
 }
 
-// Calls the coordinator; with a nonzero `progress_id` (the id the request
-// carries) draws its progress meanwhile.
+// The Saver of one save or restore: `latest_filename`, one attempt (as
+// every psctl call) and `progress_id` (0: none).
+absl::StatusOr<std::unique_ptr<psd::client::Saver>> MakeSaver(const Context& ctx,
+                                                              const std::string& latest_filename,
+                                                              uint64_t progress_id) {
+  psd::client::SaverOptions options;
+  options.latest_filename = latest_filename;
+  options.timeout = absl::Hours(2);
+  options.retry_budget = absl::ZeroDuration();
+  options.security = ctx.security;
+  options.progress_id = progress_id;
+  return psd::client::Saver::Create(ctx.coordinator, options);
+}
+
+// Runs `op`, a save or restore carrying `progress_id`; with a nonzero one
+// draws its progress meanwhile.
+absl::Status WithProgress(const Context& ctx, uint64_t progress_id, const char* verb,
+                          const std::function<absl::Status()>& op) {
+  if (progress_id == 0) return op();
+  PSD_ASSIGN_OR_RETURN(auto coordinator, ConnectCoordinator(ctx, absl::Seconds(2)));
+  std::atomic<bool> done{false};
+  std::thread progress(DrawProgress, coordinator.get(), progress_id, verb, &done);
+  absl::Status s = op();
+  done.store(true);
+  progress.join();
+  return s;
+}
+
+// Calls the coordinator (a call the Saver does not make).
 template <typename Req, typename Resp>
 absl::Status CallCoordinator(const Context& ctx,
-                             grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*,
-                                                                            const Req&, Resp*),
-                             const Req& req, Resp* resp, absl::Duration timeout,
-                             const char* verb = nullptr, uint64_t progress_id = 0) {
-  auto credentials = psd::internal::MakeChannelCredentials(ctx.security);
-  if (!credentials.ok()) return credentials.status();
-  auto stub = psd::Coordinator::NewStub(grpc::CreateChannel(ctx.coordinator, *credentials));
-  std::atomic<bool> done{false};
-  std::thread progress;
-  if (progress_id != 0) {
-    progress = std::thread(DrawProgress, stub.get(), progress_id, verb, &done);
-  }
-  grpc::ClientContext cctx;
-  cctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  absl::Status s = psd::FromGrpcStatus(((*stub).*method)(&cctx, req, resp));
-  done.store(true);
-  if (progress.joinable()) progress.join();
-  if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
-  }
-  return s;
+                             psd::client::internal::CoordinatorClient::Method<Req, Resp> method,
+                             const Req& req, Resp* resp) {
+  PSD_ASSIGN_OR_RETURN(auto coordinator, ConnectCoordinator(ctx, absl::Seconds(30)));
+  return coordinator->Call(method, req, resp);
 }
 
 std::string TimeText(int64_t unix_micros) {
@@ -120,33 +131,35 @@ struct CkptOptions {
 };
 
 void RunSave(const CkptOptions& o, Context* ctx) {
-  psd::SaveCheckpointRequest req;
-  req.set_prefix(o.prefix);
-  if (o.step >= 0) req.set_global_step(o.step);
-  req.set_latest_filename(o.latest_filename);
-  if (ShowProgress(*ctx)) req.set_progress_id(psd::RandomNonzeroId());
-  psd::SaveCheckpointResponse resp;
-  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Save, req, &resp,
-                                   absl::Hours(2), "saving", req.progress_id());
+  const uint64_t progress_id = ShowProgress(*ctx) ? psd::RandomNonzeroId() : 0;
+  auto saver = MakeSaver(*ctx, o.latest_filename, progress_id);
+  if (!saver.ok()) return Fail(ctx, saver.status());
+  std::optional<int64_t> step;
+  if (o.step >= 0) step = o.step;
+  psd::client::SaveDetails saved;
+  absl::Status s = WithProgress(*ctx, progress_id, "saving",
+                                [&] { return (*saver)->Save(o.prefix, step, &saved).status(); });
   if (!s.ok()) return Fail(ctx, s);
+  const long long fence_micros = absl::ToInt64Microseconds(saved.fence_pause);
   if (ctx->json) {
     std::string deleted;
-    for (int i = 0; i < resp.deleted_size(); ++i) {
-      absl::StrAppend(&deleted, i ? "," : "", JsonString(resp.deleted(i)));
+    for (size_t i = 0; i < saved.deleted.size(); ++i) {
+      absl::StrAppend(&deleted, i ? "," : "", JsonString(saved.deleted[i]));
     }
-    std::printf("{\"prefix\":%s,\"bytes\":%lld,\"seconds\":%s,\"fence_micros\":%lld,"
-                "\"copied_bytes\":%lld,\"deleted\":[%s]}\n",
-                JsonString(resp.prefix()).c_str(), static_cast<long long>(resp.bytes()),
-                JsonNumber(resp.seconds()).c_str(), static_cast<long long>(resp.fence_micros()),
-                static_cast<long long>(resp.copied_bytes()), deleted.c_str());
+    std::printf(
+        "{\"prefix\":%s,\"bytes\":%lld,\"seconds\":%s,\"fence_micros\":%lld,"
+        "\"copied_bytes\":%lld,\"deleted\":[%s]}\n",
+        JsonString(saved.prefix).c_str(), static_cast<long long>(saved.bytes),
+        JsonNumber(saved.seconds).c_str(), fence_micros, static_cast<long long>(saved.copied_bytes),
+        deleted.c_str());
     return;
   }
-  const double rate = resp.seconds() > 0 ? resp.bytes() / resp.seconds() : 0;
+  const double rate = saved.seconds > 0 ? saved.bytes / saved.seconds : 0;
   std::printf("saved %s (%s in %.2f s, %s/s; writes held %.3f ms; copied on write %s)\n",
-              resp.prefix().c_str(), FormatBytes(resp.bytes()).c_str(), resp.seconds(),
-              FormatBytes(static_cast<int64_t>(rate)).c_str(), resp.fence_micros() / 1000.0,
-              FormatBytes(resp.copied_bytes()).c_str());
-  for (const auto& d : resp.deleted()) std::printf("deleted %s\n", d.c_str());
+              saved.prefix.c_str(), FormatBytes(saved.bytes).c_str(), saved.seconds,
+              FormatBytes(static_cast<int64_t>(rate)).c_str(), fence_micros / 1000.0,
+              FormatBytes(saved.copied_bytes).c_str());
+  for (const auto& d : saved.deleted) std::printf("deleted %s\n", d.c_str());
 }
 
 void RunList(const CkptOptions& o, Context* ctx) {
@@ -154,8 +167,7 @@ void RunList(const CkptOptions& o, Context* ctx) {
   req.set_dir(o.dir);
   req.set_latest_filename(o.latest_filename);
   psd::ListCheckpointsResponse resp;
-  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::ListCheckpoints, req, &resp,
-                                   absl::Seconds(30));
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::ListCheckpoints, req, &resp);
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::string out = absl::StrCat("{\"dir\":", JsonString(resp.dir()), ",\"checkpoints\":[");
@@ -183,31 +195,25 @@ void RunList(const CkptOptions& o, Context* ctx) {
 }
 
 void RunLatest(const CkptOptions& o, Context* ctx) {
-  psd::LatestCheckpointRequest req;
-  req.set_dir(o.dir);
-  req.set_latest_filename(o.latest_filename);
-  psd::LatestCheckpointResponse resp;
-  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::LatestCheckpoint, req, &resp,
-                                   absl::Seconds(30));
-  if (!s.ok()) return Fail(ctx, s);
+  auto saver = MakeSaver(*ctx, o.latest_filename, 0);
+  if (!saver.ok()) return Fail(ctx, saver.status());
+  absl::StatusOr<std::optional<std::string>> latest = (*saver)->LatestCheckpoint(o.dir);
+  if (!latest.ok()) return Fail(ctx, latest.status());
   if (ctx->json) {
-    std::printf("{\"latest\":%s}\n",
-                resp.prefix().empty() ? "null" : JsonString(resp.prefix()).c_str());
+    std::printf("{\"latest\":%s}\n", latest->has_value() ? JsonString(**latest).c_str() : "null");
     return;
   }
-  if (resp.prefix().empty()) {
+  if (!latest->has_value()) {
     return Fail(ctx, absl::NotFoundError("no checkpoint"));
   }
-  std::printf("%s\n", resp.prefix().c_str());
+  std::printf("%s\n", (*latest)->c_str());
 }
 
 void RunRestore(const CkptOptions& o, Context* ctx) {
-  psd::RestoreCheckpointRequest req;
-  req.set_prefix(o.prefix);
-  req.set_latest_filename(o.latest_filename);
+  psd::client::RestoreOptions only;
   for (const auto& v : o.vars) {
     for (absl::string_view name : absl::StrSplit(v, ',', absl::SkipEmpty())) {
-      req.add_variables(std::string(name));
+      only.variables.push_back(std::string(name));
     }
   }
   for (const auto& m : o.map) {
@@ -216,25 +222,28 @@ void RunRestore(const CkptOptions& o, Context* ctx) {
       return Fail(ctx, absl::InvalidArgumentError(
                            absl::StrCat("--map wants CHECKPOINT_NAME=VARIABLE, got '", m, "'")));
     }
-    (*req.mutable_name_map())[kv[0]] = kv[1];
+    only.name_map[kv[0]] = kv[1];
   }
-  if (ShowProgress(*ctx)) req.set_progress_id(psd::RandomNonzeroId());
-  psd::RestoreCheckpointResponse resp;
-  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Restore, req, &resp,
-                                   absl::Hours(2), "restoring", req.progress_id());
+  const uint64_t progress_id = ShowProgress(*ctx) ? psd::RandomNonzeroId() : 0;
+  auto saver = MakeSaver(*ctx, o.latest_filename, progress_id);
+  if (!saver.ok()) return Fail(ctx, saver.status());
+  psd::client::RestoreDetails restored;
+  absl::Status s = WithProgress(*ctx, progress_id, "restoring",
+                                [&] { return (*saver)->Restore(o.prefix, only, &restored); });
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::string names;
-    for (int i = 0; i < resp.restored_size(); ++i) {
-      absl::StrAppend(&names, i ? "," : "", JsonString(resp.restored(i)));
+    for (size_t i = 0; i < restored.restored.size(); ++i) {
+      absl::StrAppend(&names, i ? "," : "", JsonString(restored.restored[i]));
     }
     std::printf("{\"prefix\":%s,\"restored\":[%s],\"bytes\":%lld,\"seconds\":%s}\n",
-                JsonString(resp.prefix()).c_str(), names.c_str(),
-                static_cast<long long>(resp.bytes()), JsonNumber(resp.seconds()).c_str());
+                JsonString(restored.prefix).c_str(), names.c_str(),
+                static_cast<long long>(restored.bytes), JsonNumber(restored.seconds).c_str());
     return;
   }
-  std::printf("restored %d variables (%s in %.2f s) from %s\n", resp.restored_size(),
-              FormatBytes(resp.bytes()).c_str(), resp.seconds(), resp.prefix().c_str());
+  std::printf("restored %d variables (%s in %.2f s) from %s\n",
+              static_cast<int>(restored.restored.size()), FormatBytes(restored.bytes).c_str(),
+              restored.seconds, restored.prefix.c_str());
 }
 
 void RunPolicy(const CkptOptions& o, Context* ctx) {
@@ -242,8 +251,7 @@ void RunPolicy(const CkptOptions& o, Context* ctx) {
   if (o.max_to_keep >= 0) req.mutable_set()->set_max_to_keep(o.max_to_keep);
   if (o.keep_hours > 0) req.mutable_set()->set_keep_checkpoint_every_n_hours(o.keep_hours);
   psd::CheckpointPolicyResponse resp;
-  absl::Status s =
-      CallCoordinator(*ctx, &psd::Coordinator::Stub::Policy, req, &resp, absl::Seconds(30));
+  absl::Status s = CallCoordinator(*ctx, &psd::Coordinator::Stub::Policy, req, &resp);
   if (!s.ok()) return Fail(ctx, s);
   const auto& p = resp.policy();
   if (ctx->json) {

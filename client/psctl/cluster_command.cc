@@ -16,38 +16,22 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "commands.h"
-#include "grpcpp/grpcpp.h"
 #include "output.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
 #include "psd/session.h"
+#include "psd/status.h"
 
 namespace psctl {
 namespace {
 
-absl::StatusOr<std::unique_ptr<psd::Coordinator::Stub>> Stub(const Context& ctx) {
-  auto credentials = psd::internal::MakeChannelCredentials(ctx.security);
-  if (!credentials.ok()) return credentials.status();
-  return psd::Coordinator::NewStub(grpc::CreateChannel(ctx.coordinator, *credentials));
-}
-
 template <typename Req, typename Resp>
 absl::Status Call(const Context& ctx,
-                  grpc::Status (psd::Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                                 Resp*),
+                  psd::client::internal::CoordinatorClient::Method<Req, Resp> method,
                   const Req& req, Resp* resp, absl::Duration timeout = absl::Seconds(10)) {
-  auto stub = Stub(ctx);
-  if (!stub.ok()) return stub.status();
-  grpc::ClientContext cctx;
-  cctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  absl::Status s = psd::FromGrpcStatus(((**stub).*method)(&cctx, req, resp));
-  if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("coordinator ", ctx.coordinator, ": ", s.message()));
-  }
-  return s;
+  PSD_ASSIGN_OR_RETURN(auto coordinator, ConnectCoordinator(ctx, timeout));
+  return coordinator->Call(method, req, resp);
 }
 
 std::string ShapeText(const psd::TensorShapeProto& s) {

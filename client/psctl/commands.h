@@ -5,11 +5,15 @@
 #ifndef PSD_CLIENT_PSCTL_COMMANDS_H_
 #define PSD_CLIENT_PSCTL_COMMANDS_H_
 
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "psd/channel_security.h"
+#include "psd/internal/coordinator_client.h"
 
 namespace psctl {
 
@@ -28,6 +32,12 @@ struct Context {
 // Prints "psctl: <message>" on one line to stderr and sets a non-zero exit
 // code.
 void Fail(Context* ctx, const absl::Status& status);
+
+// A client of the coordinator at --coordinator, secured by the TLS and
+// token flags, whose calls have `timeout` and one attempt: psctl answers at
+// once when the coordinator is down (psd-local polls `psctl status`).
+absl::StatusOr<std::unique_ptr<psd::client::internal::CoordinatorClient>> ConnectCoordinator(
+    const Context& ctx, absl::Duration timeout);
 
 // `psctl ckpt ...`: checkpoint commands.
 void AddCkptCommands(CLI::App* app, Context* ctx);

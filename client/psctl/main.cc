@@ -15,6 +15,14 @@ void Fail(Context* ctx, const absl::Status& status) {
   ctx->exit_code = 1;
 }
 
+absl::StatusOr<std::unique_ptr<psd::client::internal::CoordinatorClient>> ConnectCoordinator(
+    const Context& ctx, absl::Duration timeout) {
+  psd::client::internal::CoordinatorClientOptions options;
+  options.security = ctx.security;
+  options.call.timeout = timeout;
+  return psd::client::internal::CoordinatorClient::Create(ctx.coordinator, options);
+}
+
 }  // namespace psctl
 
 int main(int argc, char** argv) {

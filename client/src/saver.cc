@@ -6,38 +6,31 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "grpcpp/grpcpp.h"
 #include "psd/coordinator.grpc.pb.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
+#include "psd/internal/coordinator_client.h"
+#include "psd/status.h"
 
 namespace psd {
 namespace client {
 
 class Saver::Impl {
  public:
-  Impl(std::string address, SaverOptions options,
-       std::shared_ptr<grpc::ChannelCredentials> credentials)
-      : address_(std::move(address)), options_(std::move(options)), created_(absl::Now()) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    stub_ = Coordinator::NewStub(grpc::CreateCustomChannel(address_, credentials, args));
-  }
+  Impl(SaverOptions options, std::unique_ptr<internal::CoordinatorClient> coordinator)
+      : options_(std::move(options)), created_(absl::Now()), coordinator_(std::move(coordinator)) {}
 
+  // A save or restore: the options' timeout instead of the default's.
   template <typename Req, typename Resp>
-  absl::Status Call(grpc::Status (Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                              Resp*),
-                    const Req& req, Resp* resp, absl::Duration timeout) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-    return FromGrpcStatus(((*stub_).*method)(&ctx, req, resp));
+  absl::Status LongCall(internal::CoordinatorClient::Method<Req, Resp> method, const Req& req,
+                        Resp* resp) {
+    internal::CallOptions call = coordinator_->options().call;
+    call.timeout = options_.timeout;
+    return coordinator_->Call(method, req, resp, call);
   }
 
-  const std::string address_;
   const SaverOptions options_;
   // When the Saver was built: keep_checkpoint_every_n_hours counts from here.
   const absl::Time created_;
-  std::unique_ptr<Coordinator::Stub> stub_;
+  const std::unique_ptr<internal::CoordinatorClient> coordinator_;
   absl::Mutex mu_;
   std::string last_dir_ ABSL_GUARDED_BY(mu_);
 };
@@ -50,10 +43,13 @@ absl::StatusOr<std::unique_ptr<Saver>> Saver::Create(const std::string& coordina
   if (coordinator_address.empty()) {
     return absl::InvalidArgumentError("Saver: no coordinator address");
   }
-  auto credentials = psd::internal::MakeChannelCredentials(options.security);
-  if (!credentials.ok()) return credentials.status();
-  return std::unique_ptr<Saver>(
-      new Saver(std::make_unique<Impl>(coordinator_address, options, *credentials)));
+  internal::CoordinatorClientOptions coordinator;
+  coordinator.security = options.security;
+  coordinator.call.timeout = absl::Seconds(30);  // the small calls; saves take options.timeout
+  coordinator.call.retry_budget = options.retry_budget;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<internal::CoordinatorClient> client,
+                       internal::CoordinatorClient::Create(coordinator_address, coordinator));
+  return std::unique_ptr<Saver>(new Saver(std::make_unique<Impl>(options, std::move(client))));
 }
 
 absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
@@ -72,9 +68,9 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
       std::max(0.0, absl::ToDoubleSeconds(absl::Now() - impl_->created_)));
   for (const auto& v : o.variables) req.add_variables(v);
   for (const auto& [ckpt_name, var_name] : o.name_map) (*req.mutable_name_map())[ckpt_name] = var_name;
+  req.set_progress_id(o.progress_id);
   SaveCheckpointResponse resp;
-  absl::Status s = impl_->Call(&Coordinator::Stub::Save, req, &resp, impl_->options_.timeout);
-  if (!s.ok()) return s;
+  PSD_RETURN_IF_ERROR(impl_->LongCall(&Coordinator::Stub::Save, req, &resp));
   {
     absl::MutexLock lock(&impl_->mu_);
     const size_t slash = resp.prefix().rfind('/');
@@ -91,7 +87,8 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
   return resp.prefix();
 }
 
-absl::Status Saver::Restore(const std::string& prefix, const RestoreOptions& options) {
+absl::Status Saver::Restore(const std::string& prefix, const RestoreOptions& options,
+                            RestoreDetails* details) {
   RestoreCheckpointRequest req;
   req.set_prefix(prefix);
   const bool own = !options.variables.empty() || !options.name_map.empty();
@@ -100,8 +97,16 @@ absl::Status Saver::Restore(const std::string& prefix, const RestoreOptions& opt
   for (const auto& v : variables) req.add_variables(v);
   for (const auto& [from, to] : name_map) (*req.mutable_name_map())[from] = to;
   req.set_latest_filename(impl_->options_.latest_filename);
+  req.set_progress_id(impl_->options_.progress_id);
   RestoreCheckpointResponse resp;
-  return impl_->Call(&Coordinator::Stub::Restore, req, &resp, impl_->options_.timeout);
+  PSD_RETURN_IF_ERROR(impl_->LongCall(&Coordinator::Stub::Restore, req, &resp));
+  if (details != nullptr) {
+    details->prefix = resp.prefix();
+    details->restored.assign(resp.restored().begin(), resp.restored().end());
+    details->bytes = resp.bytes();
+    details->seconds = resp.seconds();
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> Saver::LastCheckpoints() {
@@ -112,9 +117,7 @@ absl::StatusOr<std::vector<std::string>> Saver::LastCheckpoints() {
   }
   req.set_latest_filename(impl_->options_.latest_filename);
   ListCheckpointsResponse resp;
-  absl::Status s =
-      impl_->Call(&Coordinator::Stub::ListCheckpoints, req, &resp, absl::Seconds(30));
-  if (!s.ok()) return s;
+  PSD_RETURN_IF_ERROR(impl_->coordinator_->Call(&Coordinator::Stub::ListCheckpoints, req, &resp));
   std::vector<std::string> out;
   for (const auto& c : resp.checkpoints()) {
     if (c.managed()) out.push_back(c.prefix());
@@ -127,9 +130,7 @@ absl::StatusOr<std::optional<std::string>> Saver::LatestCheckpoint(const std::st
   req.set_dir(dir);
   req.set_latest_filename(impl_->options_.latest_filename);
   LatestCheckpointResponse resp;
-  absl::Status s =
-      impl_->Call(&Coordinator::Stub::LatestCheckpoint, req, &resp, absl::Seconds(30));
-  if (!s.ok()) return s;
+  PSD_RETURN_IF_ERROR(impl_->coordinator_->Call(&Coordinator::Stub::LatestCheckpoint, req, &resp));
   if (resp.prefix().empty()) return std::optional<std::string>();
   return std::optional<std::string>(resp.prefix());
 }
@@ -140,9 +141,8 @@ absl::StatusOr<std::optional<CheckpointStateInfo>> Saver::GetCheckpointState(
   req.set_dir(dir);
   req.set_latest_filename(impl_->options_.latest_filename);
   GetCheckpointStateResponse resp;
-  absl::Status s =
-      impl_->Call(&Coordinator::Stub::GetCheckpointState, req, &resp, absl::Seconds(30));
-  if (!s.ok()) return s;
+  PSD_RETURN_IF_ERROR(
+      impl_->coordinator_->Call(&Coordinator::Stub::GetCheckpointState, req, &resp));
   if (!resp.found()) return std::optional<CheckpointStateInfo>();
   CheckpointStateInfo info;
   info.model_checkpoint_path = resp.model_checkpoint_path();

@@ -10,9 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "grpcpp/grpcpp.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "session_impl.h"
@@ -74,33 +71,6 @@ PartitionerSpec MinMax(int64_t max_partitions, int axis, int64_t min_slice_size,
 // ---------------------------------------------------------------------------
 // Session::Impl
 
-template <typename Req, typename Resp>
-absl::Status Session::Impl::Call(grpc::Status (Coordinator::Stub::*method)(grpc::ClientContext*,
-                                                                          const Req&, Resp*),
-                                 const Req& request, Resp* response) {
-  const absl::Time give_up = absl::Now() + options_.coordinator_retry_budget;
-  absl::Duration backoff = absl::Milliseconds(50);
-  while (true) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.coordinator_timeout));
-    // A coordinator being restarted refuses connections for a while: wait
-    // for it instead of failing at once.
-    ctx.set_wait_for_ready(true);
-    absl::Status s = FromGrpcStatus(((*stub_).*method)(&ctx, request, response));
-    const bool retry = s.code() == absl::StatusCode::kUnavailable ||
-                       (s.code() == absl::StatusCode::kDeadlineExceeded && absl::Now() < give_up);
-    if (!retry || absl::Now() + backoff > give_up) {
-      if (!s.ok()) {
-        return absl::Status(s.code(),
-                            absl::StrCat("coordinator ", address_, ": ", s.message()));
-      }
-      return s;
-    }
-    absl::SleepFor(backoff);
-    backoff = std::min(backoff * 2, absl::Seconds(1));
-  }
-}
-
 void Session::Impl::StartKeepAlive(absl::Duration interval) {
   keepalive_ = std::thread([this, interval] {
     absl::MutexLock lock(&keepalive_mu_);
@@ -109,11 +79,11 @@ void Session::Impl::StartKeepAlive(absl::Duration interval) {
       KeepSessionAliveRequest req;
       req.set_session_id(id_);
       KeepSessionAliveResponse resp;
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + interval));
-      // A failed ping is retried at the next interval; the TTL allows
-      // several to be missed.
-      (void)stub_->KeepSessionAlive(&ctx, req, &resp);
+      // One attempt: a failed ping is retried at the next interval; the
+      // TTL allows several to be missed.
+      internal::CallOptions once;
+      once.timeout = interval;
+      (void)coordinator_->Call(&Coordinator::Stub::KeepSessionAlive, req, &resp, once);
       keepalive_mu_.Lock();
     }
   });
@@ -271,29 +241,31 @@ Session::~Session() {
   CloseSessionRequest req;
   req.set_session_id(impl_->id_);
   CloseSessionResponse resp;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  (void)impl_->stub_->CloseSession(&ctx, req, &resp);
+  // One attempt: a session not closed expires after the coordinator's TTL.
+  internal::CallOptions once;
+  once.timeout = absl::Seconds(5);
+  (void)impl_->coordinator_->Call(&Coordinator::Stub::CloseSession, req, &resp, once);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Open(const std::string& address,
                                                        const SessionOptions& options) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.shard.max_message_bytes);
-  args.SetMaxSendMessageSize(options.shard.max_message_bytes);
-  // Reconnect quickly after a coordinator restart.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto credentials = psd::internal::MakeChannelCredentials(options.shard.security);
-  if (!credentials.ok()) return credentials.status();
-  auto channel = grpc::CreateCustomChannel(address, *credentials, args);
+  internal::CoordinatorClientOptions coordinator;
+  coordinator.security = options.shard.security;
+  coordinator.max_message_bytes = options.shard.max_message_bytes;
+  coordinator.call.timeout = options.coordinator_timeout;
+  coordinator.call.retry_budget = options.coordinator_retry_budget;
+  // A coordinator being restarted refuses connections for a while: wait
+  // for it instead of failing at once.
+  coordinator.call.wait_for_ready = true;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<internal::CoordinatorClient> client,
+                       internal::CoordinatorClient::Create(address, coordinator));
   SessionOptions opts = options;
   if (opts.client.empty()) {
     char host[256] = {0};
     gethostname(host, sizeof host - 1);
     opts.client = absl::StrCat(host, " pid ", getpid());
   }
-  auto impl = std::make_unique<Impl>(address, opts, Coordinator::NewStub(channel));
+  auto impl = std::make_unique<Impl>(address, opts, std::move(client));
   OpenSessionRequest req;
   req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
   req.set_client(opts.client);
@@ -639,18 +611,16 @@ absl::Status Session::Impl::InitializeOrdered(const std::vector<std::string>& na
   for (const std::string& name : names) req.add_names(name);
   req.set_force(force);
   CoordinatorInitializeResponse resp;
-  grpc::ClientContext ctx;
-  // This deadline bounds the whole ordered initialization, every step of
-  // it: the coordinator gives it to each step's shard calls (together with
-  // its own per-step timeout) and starts no step past it, and a shard
-  // applies nothing once it passed. So a DEADLINE_EXCEEDED here is not
-  // followed by an initialization that completes after all; a chain too
-  // slow for coordinator_timeout needs a larger one.
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.coordinator_timeout));
-  ctx.set_wait_for_ready(true);
-  absl::Status s = FromGrpcStatus(stub_->InitializeVariables(&ctx, req, &resp));
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("coordinator ", address_, ": ", s.message()));
-  return absl::OkStatus();
+  // The attempt's deadline bounds the whole ordered initialization, every
+  // step of it: the coordinator gives it to each step's shard calls
+  // (together with its own per-step timeout) and starts no step past it,
+  // and a shard applies nothing once it passed. So a DEADLINE_EXCEEDED here
+  // is not followed by an initialization that completes after all; a chain
+  // too slow for coordinator_timeout needs a larger one. One attempt (see
+  // the header).
+  internal::CallOptions once = coordinator_->options().call;
+  once.retry_budget = absl::ZeroDuration();
+  return coordinator_->Call(&Coordinator::Stub::InitializeVariables, req, &resp, once);
 }
 
 absl::Status Session::InitializeVariables(const std::vector<Variable>& all, bool force) {

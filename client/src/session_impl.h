@@ -1,5 +1,5 @@
 // Internals shared by session.cc and variable.cc: the session's state
-// (coordinator stub, scope stack, shard-client pool) and a Variable's
+// (coordinator client, scope stack, shard-client pool) and a Variable's
 // shared handle. Not part of the public API.
 #ifndef PSD_CLIENT_SRC_SESSION_IMPL_H_
 #define PSD_CLIENT_SRC_SESSION_IMPL_H_
@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
+#include "psd/internal/coordinator_client.h"
 #include "psd/session.h"
 #include "psd/variable.h"
 
@@ -41,17 +42,25 @@ class Session::Impl {
     uint64_t token = 0;  // CloseScope's token (captured scopes)
   };
 
-  Impl(std::string address, SessionOptions options, std::unique_ptr<Coordinator::Stub> stub)
-      : address_(std::move(address)), options_(std::move(options)), stub_(std::move(stub)) {
+  // `coordinator`'s default CallOptions are the session's: the options'
+  // coordinator_timeout per attempt, waiting for the coordinator to come
+  // back, retried within coordinator_retry_budget.
+  Impl(std::string address, SessionOptions options,
+       std::unique_ptr<internal::CoordinatorClient> coordinator)
+      : address_(std::move(address)),
+        options_(std::move(options)),
+        coordinator_(std::move(coordinator)) {
     stack_.push_back(Frame{});
   }
 
-  // One coordinator RPC with the options' deadline; UNAVAILABLE (the
-  // coordinator is down or restarting) is retried within the retry budget.
+  // One coordinator RPC under the session's CallOptions (see above). A
+  // request that changes the session carries NextRequestSeq() so that a
+  // retry of one the coordinator applied is answered, not applied again.
   template <typename Req, typename Resp>
-  absl::Status Call(grpc::Status (Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                              Resp*),
-                    const Req& request, Resp* response);
+  absl::Status Call(internal::CoordinatorClient::Method<Req, Resp> method, const Req& request,
+                    Resp* response) {
+    return coordinator_->Call(method, request, response);
+  }
 
   // LookupVariable, waiting for the parts' shards to be registered.
   absl::StatusOr<VariableHandle> Lookup(const std::string& name);
@@ -91,7 +100,7 @@ class Session::Impl {
 
   const std::string address_;
   const SessionOptions options_;
-  const std::unique_ptr<Coordinator::Stub> stub_;
+  const std::unique_ptr<internal::CoordinatorClient> coordinator_;
   uint64_t id_ = 0;
 
   // Pings the coordinator every `interval` until StopKeepAlive, so the

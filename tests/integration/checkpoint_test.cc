@@ -288,6 +288,24 @@ TEST_F(CheckpointTest, RestoresTensorFlowFixtureIntoDeclaredVariables) {
   EXPECT_EQ(Read(b), Tensor::Scalar<float>(2.0f));
 }
 
+// A save asked while the coordinator is down (being restarted) waits for
+// it, within SaverOptions::retry_budget, instead of failing at once; the
+// restarted coordinator knows the variables and saves them.
+TEST_F(CheckpointTest, SaveRidesOutACoordinatorRestart) {
+  Make("v", Vec<float>({3}, {1, 2, 3}));
+  ASSERT_TRUE(IsOk(cluster_->coordinator()->Kill()));
+  absl::StatusOr<std::string> saved;
+  std::thread save([&] { saved = saver_->Save(absl::StrCat(dir_, "/restart"), 1); });
+  const absl::Status restarted = cluster_->RestartCoordinator();
+  save.join();
+  ASSERT_TRUE(IsOk(restarted));
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(*saved, absl::StrCat(dir_, "/restart-1"));
+  PSD_ASSERT_OK_AND_ASSIGN(auto reader, BundleReader::Open(*saved));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor v, reader->ReadTensor("v"));
+  EXPECT_EQ(v, Vec<float>({3}, {1, 2, 3}));
+}
+
 TEST_F(CheckpointTest, ShardKilledMidSaveLeavesEarlierCheckpointsAndLostPartsRestore) {
   Variable v = Make("v", Vec<float>({1 << 20}, std::vector<float>(1 << 20, 1.0f)));
   Variable u = Make("u", Vec<float>({1 << 20}, std::vector<float>(1 << 20, 2.0f)));

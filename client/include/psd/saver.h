@@ -43,6 +43,15 @@ struct SaverOptions {
   std::string latest_filename;
   // Deadline of a save or restore call.
   absl::Duration timeout = absl::Hours(1);
+  // Calls that fail UNAVAILABLE (the coordinator is down or restarting, or
+  // a shard it needs has not registered yet) are retried for this long,
+  // with backoff; zero: one attempt. A save repeated this way writes the
+  // same checkpoint again.
+  absl::Duration retry_budget = absl::Seconds(30);
+  // Nonzero: every save and restore of this Saver carries it, so the
+  // coordinator's CheckpointProgress(progress_id) reports the one running
+  // (psctl's progress bar). Pick it at random.
+  uint64_t progress_id = 0;
   // TLS and bearer token of the coordinator channel; default: plaintext.
   ChannelSecurity security;
   // tf.train.Saver's retention; unset: the coordinator's policy (psd
@@ -77,6 +86,14 @@ struct RestoreOptions {
   std::map<std::string, std::string> name_map;
 };
 
+// What a restore did.
+struct RestoreDetails {
+  std::string prefix;                 // the checkpoint restored
+  std::vector<std::string> restored;  // variable names
+  int64_t bytes = 0;
+  double seconds = 0;
+};
+
 struct CheckpointStateInfo {
   std::string model_checkpoint_path;
   std::vector<std::string> all_model_checkpoint_paths;
@@ -100,7 +117,8 @@ class Saver {
   // Saver.restore: PREFIX, a directory (its latest), or "" / "latest". A
   // variable missing from the checkpoint is NOT_FOUND "... not found in
   // checkpoint"; a damaged file is DATA_LOSS and nothing is restored.
-  absl::Status Restore(const std::string& prefix, const RestoreOptions& options = {});
+  absl::Status Restore(const std::string& prefix, const RestoreOptions& options = {},
+                       RestoreDetails* details = nullptr);
 
   // Saver.last_checkpoints: the checkpoints retention still manages in the
   // directory of this saver's last save ("" : the coordinator's), oldest
