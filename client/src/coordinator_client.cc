@@ -1,31 +1,17 @@
 #include "psd/internal/coordinator_client.h"
 
-#include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"
-#include "psd/random_id.h"
+#include "retry_policy.h"
 
 namespace psd {
 namespace client {
 namespace internal {
-
-bool RetryPolicy::Retryable(const absl::Status& status) {
-  return status.code() == absl::StatusCode::kUnavailable ||
-         status.code() == absl::StatusCode::kDeadlineExceeded;
-}
-
-absl::Duration RetryPolicy::Backoff(int retry) const {
-  absl::Duration backoff = initial_backoff;
-  for (int i = 1; i < retry && backoff < max_backoff; ++i) backoff *= 2;
-  backoff = std::min(backoff, max_backoff);
-  // 53 random bits: a uniform fraction in [0, 1).
-  const double fraction = static_cast<double>(RandomNonzeroId() >> 11) * 0x1p-53;
-  return backoff * (0.5 + 0.5 * fraction);
-}
 
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(
     const std::string& address, const CoordinatorClientOptions& options) {
@@ -46,19 +32,19 @@ absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(
 absl::Status CoordinatorClient::Run(
     const CallOptions& call,
     const std::function<grpc::Status(grpc::ClientContext*)>& attempt) const {
-  const absl::Time give_up = absl::Now() + call.retry_budget;
-  for (int retry = 1;; ++retry) {
+  ClientOptions rule;
+  rule.max_attempts = std::numeric_limits<int>::max();  // the budget bounds them
+  rule.initial_backoff = options_.initial_backoff;
+  rule.max_backoff = options_.max_backoff;
+  rule.retry_budget = call.retry_budget;
+  absl::Status s = RetryPolicy(rule).Run([&] {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + call.timeout));
     ctx.set_wait_for_ready(call.wait_for_ready);
-    absl::Status s = FromGrpcStatus(attempt(&ctx));
-    if (s.ok()) return s;
-    const absl::Duration pause = options_.retry.Backoff(retry);
-    if (!RetryPolicy::Retryable(s) || absl::Now() + pause > give_up) {
-      return absl::Status(s.code(), absl::StrCat("coordinator ", address_, ": ", s.message()));
-    }
-    absl::SleepFor(pause);
-  }
+    return FromGrpcStatus(attempt(&ctx));
+  });
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat("coordinator ", address_, ": ", s.message()));
 }
 
 }  // namespace internal

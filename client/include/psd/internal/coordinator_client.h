@@ -12,17 +12,18 @@
 //   PSD_RETURN_IF_ERROR(coordinator->Call(&Coordinator::Stub::ListShards,
 //                                         ListShardsRequest(), &resp));
 //
-// The retry policy (RetryPolicy): UNAVAILABLE (the coordinator is down,
-// restarting or shutting down, or a shard it needs is not there yet) is
-// retried while the call's retry budget lasts, as is DEADLINE_EXCEEDED,
-// with exponential backoff and jitter; nothing else is retried. A budget of
-// zero is one attempt. A retried request may have been applied already:
-// requests that change state must say which attempt is a repeat (Session's
-// request_seq) or be harmless to repeat (a save to the same prefix, a
-// restore).
+// Retries follow the library's one retry rule (client/src/retry_policy.h):
+// UNAVAILABLE (the coordinator is down, restarting or shutting down, or a
+// shard it needs is not there yet) and DEADLINE_EXCEEDED are retried while
+// the call's retry budget lasts, with exponential backoff and jitter;
+// nothing else is retried. A budget of zero is one attempt. A retried
+// request may have been applied already: requests that change state must
+// say which attempt is a repeat (Session's request_seq) or be harmless to
+// repeat (a save to the same prefix, a restore).
 //
 // Errors keep their code and name the coordinator:
-// "coordinator HOST:PORT: <message>".
+// "coordinator HOST:PORT: <message>", and " (after N attempts)" when the
+// call was retried.
 //
 // Thread-safety: thread-safe; calls may run concurrently.
 #ifndef PSD_CLIENT_INCLUDE_PSD_INTERNAL_COORDINATOR_CLIENT_H_
@@ -43,22 +44,6 @@ namespace psd {
 namespace client {
 namespace internal {
 
-// Which coordinator answers are worth another attempt, and how long to
-// wait before it.
-struct RetryPolicy {
-  absl::Duration initial_backoff = absl::Milliseconds(50);
-  absl::Duration max_backoff = absl::Seconds(1);
-
-  // UNAVAILABLE, and DEADLINE_EXCEEDED (an attempt that ran out of time
-  // while the coordinator was coming back).
-  static bool Retryable(const absl::Status& status);
-  // The pause before retry `retry` (1 for the first): initial_backoff
-  // doubled per retry up to max_backoff, times a random factor in
-  // [0.5, 1) so that trainers a coordinator restart failed together do not
-  // come back together.
-  absl::Duration Backoff(int retry) const;
-};
-
 // How one call runs.
 struct CallOptions {
   // Deadline of one attempt.
@@ -77,7 +62,10 @@ struct CoordinatorClientOptions {
   int max_message_bytes = 64 << 20;
   // What Call does without CallOptions of its own.
   CallOptions call;
-  RetryPolicy retry;
+  // The pause before the n-th retry is a random time in [b/2, b] with
+  // b = min(initial_backoff * 2^(n-1), max_backoff).
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
 };
 
 class CoordinatorClient {
