@@ -18,6 +18,10 @@
 //   ...
 //   PSD_RETURN_IF_ERROR(saver->Restore(*saver->LatestCheckpoint("/ckpt")));
 //
+// Calls that find the coordinator down or restarting are retried within
+// SaverOptions::retry_budget; errors name the coordinator ("coordinator
+// HOST:PORT: ...").
+//
 // Thread-safety: thread-safe; calls may run concurrently (the coordinator
 // runs one save or restore at a time).
 #ifndef PSD_CLIENT_INCLUDE_PSD_SAVER_H_
