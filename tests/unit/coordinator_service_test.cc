@@ -439,71 +439,90 @@ TEST_F(CoordinatorServiceTest, ACheckpointsBigConstantIsDeclaredByItsDescription
   EXPECT_LT(declared->ByteSizeLong(), 1000u);
 }
 
-TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowShard) {
-  auto registry = std::move(Registry::Open({})).value();
-  CoordinatorServiceOptions options;
-  options.liveness_timeout = absl::Hours(1);  // no heartbeats in this test
-  // The held creation outlasts the test's patience rather than failing.
-  options.shard_rpc_timeout = absl::Seconds(300);
-  CoordinatorService service(registry.get(), options);
-  std::unique_ptr<Coordinator::Stub> stub;
-  auto server = ServeInProcess(&service, &stub);
-  GatedShard shard;
-  {
+// A coordinator in process with one registered GatedShard, and the calls
+// the declaration-lock tests make through it.
+class CoordinatorDeclarationLocksTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    registry_ = std::move(Registry::Open({})).value();
+    CoordinatorServiceOptions options;
+    options.liveness_timeout = absl::Hours(1);  // no heartbeats in these tests
+    // A held creation outlasts the tests' patience rather than failing.
+    options.shard_rpc_timeout = absl::Seconds(300);
+    service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
+    server_ = ServeInProcess(service_.get(), &stub_);
     grpc::ClientContext ctx;
     RegisterShardRequest req;
     req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     req.set_shard_id(0);
-    req.set_address(shard.address());
+    req.set_address(shard_.address());
     req.set_incarnation(7);
     req.set_device("cpu");
     RegisterShardResponse resp;
-    ASSERT_TRUE(stub->RegisterShard(&ctx, req, &resp).ok());
+    ASSERT_TRUE(stub_->RegisterShard(&ctx, req, &resp).ok());
   }
-  auto open = [&] {
+  void TearDown() override {
+    shard_.Release();
+    server_->Shutdown();
+  }
+
+  uint64_t Open() {
     grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     OpenSessionRequest req;
     req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     OpenSessionResponse resp;
-    EXPECT_TRUE(stub->OpenSession(&ctx, req, &resp).ok());
+    EXPECT_TRUE(stub_->OpenSession(&ctx, req, &resp).ok());
     return resp.session_id();
-  };
-  auto declare = [&](uint64_t session, const std::string& name, GetVariableResponse* resp) {
-    VariableDeclaration d;
-    d.set_name(name);
-    d.set_dtype(DT_FLOAT);
-    d.mutable_shape()->add_dims(3);
+  }
+  // A float[3] named `name`; the shard holds its creation when the name
+  // starts with "slow".
+  grpc::Status Declare(uint64_t session, const std::string& name,
+                       GetVariableResponse* resp = nullptr) {
+    GetVariableResponse ignored;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     GetVariableRequest req;
     req.set_session_id(session);
-    *req.mutable_declaration() = d;
-    return stub->GetVariable(&ctx, req, resp);
-  };
-  const uint64_t first = open();
-  const uint64_t second = open();
+    VariableDeclaration* d = req.mutable_declaration();
+    d->set_name(name);
+    d->set_dtype(DT_FLOAT);
+    d->mutable_shape()->add_dims(3);
+    return stub_->GetVariable(&ctx, req, resp != nullptr ? resp : &ignored);
+  }
+
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<CoordinatorService> service_;
+  GatedShard shard_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Coordinator::Stub> stub_;
+};
+
+TEST_F(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowShard) {
+  const uint64_t first = Open();
+  const uint64_t second = Open();
 
   grpc::Status slow_status;
   GetVariableResponse slow_resp;
-  std::thread slow([&] { slow_status = declare(first, "slow", &slow_resp); });
-  ASSERT_TRUE(shard.WaitHeld());
+  std::thread slow([&] { slow_status = Declare(first, "slow", &slow_resp); });
+  ASSERT_TRUE(shard_.WaitHeld());
   absl::Notification fast_done;
   grpc::Status fast_status;
   std::thread fast([&] {
     GetVariableResponse resp;
-    fast_status = declare(second, "fast", &resp);
+    fast_status = Declare(second, "fast", &resp);
     fast_done.Notify();
   });
   const bool in_time = fast_done.WaitForNotificationWithTimeout(absl::Seconds(60));
-  const int held_meanwhile = shard.held();
+  const int held_meanwhile = shard_.held();
   // A second session declaring the slow variable meanwhile attaches to it
   // once created: it waits for the creation rather than racing it. (Started
   // only now: gRPC runs the coordinator's handlers on its callback threads,
   // two on a two-core machine, and a handler waiting here holds one.)
   grpc::Status attach_status;
   GetVariableResponse attach_resp;
-  std::thread attach([&] { attach_status = declare(second, "slow", &attach_resp); });
-  shard.Release();
+  std::thread attach([&] { attach_status = Declare(second, "slow", &attach_resp); });
+  shard_.Release();
   slow.join();
   attach.join();
   fast.join();
@@ -515,69 +534,27 @@ TEST(CoordinatorDeclarationLocksTest, AnUnrelatedDeclarationIsNotHeldUpByASlowSh
   // The attaching session waited for the creation rather than racing it.
   ASSERT_TRUE(attach_status.ok()) << attach_status.error_message();
   EXPECT_FALSE(attach_resp.created());
-  EXPECT_EQ(shard.held(), 1);  // "slow" was created once
-  server->Shutdown();
+  EXPECT_EQ(shard_.held(), 1);  // "slow" was created once
 }
 
 // gRPC runs callback handlers on a few threads of its own (two on a
 // two-core machine): declarations blocked on a slow shard must not hold
 // them, or heartbeats, lookups and unrelated declarations stop too.
-TEST(CoordinatorDeclarationLocksTest, CallsAreNotStarvedByDeclarationsWaitingOnASlowShard) {
-  auto registry = std::move(Registry::Open({})).value();
-  CoordinatorServiceOptions options;
-  options.liveness_timeout = absl::Hours(1);
-  options.shard_rpc_timeout = absl::Seconds(300);
-  CoordinatorService service(registry.get(), options);
-  std::unique_ptr<Coordinator::Stub> stub;
-  auto server = ServeInProcess(&service, &stub);
-  GatedShard shard;
-  RegisterShardRequest reg;
-  reg.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
-  reg.set_shard_id(0);
-  reg.set_address(shard.address());
-  reg.set_incarnation(7);
-  reg.set_device("cpu");
-  {
-    grpc::ClientContext ctx;
-    RegisterShardResponse resp;
-    ASSERT_TRUE(stub->RegisterShard(&ctx, reg, &resp).ok());
-  }
-  auto open = [&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-    OpenSessionRequest req;
-    req.set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
-    OpenSessionResponse resp;
-    EXPECT_TRUE(stub->OpenSession(&ctx, req, &resp).ok());
-    return resp.session_id();
-  };
-  auto declare = [&](uint64_t session, const std::string& name) {
-    VariableDeclaration d;
-    d.set_name(name);
-    d.set_dtype(DT_FLOAT);
-    d.mutable_shape()->add_dims(3);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-    GetVariableRequest req;
-    req.set_session_id(session);
-    *req.mutable_declaration() = d;
-    GetVariableResponse resp;
-    return stub->GetVariable(&ctx, req, &resp);
-  };
-  const uint64_t session = open();
+TEST_F(CoordinatorDeclarationLocksTest, CallsAreNotStarvedByDeclarationsWaitingOnASlowShard) {
+  const uint64_t session = Open();
   // More blocked declarations than gRPC has callback threads here.
   constexpr int kSlow = 6;
   std::vector<std::thread> slow;
   std::vector<grpc::Status> slow_status(kSlow);
   for (int i = 0; i < kSlow; ++i) {
-    slow.emplace_back([&, i] { slow_status[i] = declare(session, absl::StrCat("slow", i)); });
+    slow.emplace_back([&, i] { slow_status[i] = Declare(session, absl::StrCat("slow", i)); });
   }
   // Bounded: every slow creation reaches the shard.
-  for (int tries = 0; shard.held() < kSlow && tries < 600; ++tries) {
+  for (int tries = 0; shard_.held() < kSlow && tries < 600; ++tries) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   // Not an ASSERT: the threads below must be released and joined.
-  EXPECT_EQ(shard.held(), kSlow) << "declarations queued behind blocked ones";
+  EXPECT_EQ(shard_.held(), kSlow) << "declarations queued behind blocked ones";
 
   absl::Notification done;
   grpc::Status heartbeat_status;
@@ -590,13 +567,13 @@ TEST(CoordinatorDeclarationLocksTest, CallsAreNotStarvedByDeclarationsWaitingOnA
     hb.set_shard_id(0);
     hb.set_incarnation(7);
     HeartbeatResponse hb_resp;
-    heartbeat_status = stub->Heartbeat(&ctx, hb, &hb_resp);
-    other = open();
-    fast_status = declare(other, "fast");
+    heartbeat_status = stub_->Heartbeat(&ctx, hb, &hb_resp);
+    other = Open();
+    fast_status = Declare(other, "fast");
     done.Notify();
   });
   const bool in_time = done.WaitForNotificationWithTimeout(absl::Seconds(60));
-  shard.Release();
+  shard_.Release();
   fast.join();
   for (std::thread& t : slow) t.join();
   EXPECT_TRUE(in_time) << "calls waited for declarations blocked on a slow shard";
@@ -604,7 +581,6 @@ TEST(CoordinatorDeclarationLocksTest, CallsAreNotStarvedByDeclarationsWaitingOnA
   EXPECT_NE(other, 0u);
   EXPECT_TRUE(fast_status.ok()) << fast_status.error_message();
   for (const grpc::Status& s : slow_status) EXPECT_TRUE(s.ok()) << s.error_message();
-  server->Shutdown();
 }
 
 }  // namespace
