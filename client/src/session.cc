@@ -25,16 +25,6 @@ bool IsStaleHandle(const absl::Status& status) {
          absl::StrContains(status.message(), "stale handle");
 }
 
-std::vector<absl::Status> RunParallel(size_t n, const std::function<absl::Status(size_t)>& fn) {
-  std::vector<absl::Status> out(n);
-  if (n == 0) return out;
-  std::vector<std::future<absl::Status>> pending;
-  for (size_t i = 1; i < n; ++i) pending.push_back(std::async(std::launch::async, fn, i));
-  out[0] = fn(0);
-  for (size_t i = 1; i < n; ++i) out[i] = pending[i - 1].get();
-  return out;
-}
-
 namespace partitioners {
 
 PartitionerSpec FixedSize(int64_t num_shards, int axis) {

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
+#include "psd/parallel.h"
 #include "psd/internal/coordinator_client.h"
 #include "psd/session.h"
 #include "psd/variable.h"
@@ -31,9 +32,6 @@ namespace client {
 // part's shard incarnation is not the one the pool can reach).
 bool IsStaleHandle(const absl::Status& status);
 
-// Runs fn(0..n-1), parts 1.. on threads of their own, and returns the
-// statuses in order.
-std::vector<absl::Status> RunParallel(size_t n, const std::function<absl::Status(size_t)>& fn);
 
 class Session::Impl {
  public:

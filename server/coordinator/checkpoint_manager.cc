@@ -19,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
+#include "psd/parallel.h"
 #include "psd/random_id.h"
 #include "psd/serialize.h"
 #include "psd/status.h"
@@ -33,16 +34,6 @@ using checkpoint::SaverRetention;
 
 namespace {
 
-// Runs fn(i) for every i in [0, n) on its own thread; returns the statuses.
-template <typename Fn>
-std::vector<absl::Status> Parallel(size_t n, Fn fn) {
-  std::vector<absl::Status> out(n);
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (size_t i = 0; i < n; ++i) threads.emplace_back([&, i] { out[i] = fn(i); });
-  for (auto& t : threads) t.join();
-  return out;
-}
 
 template <typename Req, typename Resp>
 absl::Status Call(Shard::Stub* stub,
@@ -494,7 +485,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   };
   auto unfence_all = [&](bool discard, std::vector<UnfenceResponse>* out) {
     std::vector<UnfenceResponse> resps(n);
-    auto st = Parallel(n, [&](size_t i) {
+    auto st = RunParallel(n, [&](size_t i) {
       UnfenceRequest req;
       req.set_fence_id(fence_id);
       req.set_discard(discard);
@@ -505,7 +496,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     return st;
   };
   {
-    auto st = Parallel(n, [&](size_t i) {
+    auto st = RunParallel(n, [&](size_t i) {
       FenceRequest req;
       req.set_fence_id(fence_id);
       req.set_lease_ms(absl::ToInt64Milliseconds(options_.fence_lease));
@@ -536,7 +527,7 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   progress_.SetPhase(progress_id, "writing");
   std::vector<SaveShardResponse> saved(n);
   {
-    auto st = Parallel(n, [&](size_t i) -> absl::Status {
+    auto st = RunParallel(n, [&](size_t i) -> absl::Status {
       SaveShardRequest req;
       req.set_fence_id(fence_id);
       req.set_prefix(staging);
@@ -906,7 +897,7 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   const size_t n = shards.size();
   const uint64_t restore_id = RandomNonzeroId();
   auto finish_all = [&](bool commit) {
-    return Parallel(n, [&](size_t i) {
+    return RunParallel(n, [&](size_t i) {
       FinishRestoreRequest req;
       req.set_restore_id(restore_id);
       req.set_commit(commit);
@@ -918,7 +909,7 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   // Every shard stages its parts in batches of about progress_step_bytes,
   // so the progress moves; all batches share the restore id.
   std::vector<int64_t> staged(n, 0);
-  auto st = Parallel(n, [&](size_t i) -> absl::Status {
+  auto st = RunParallel(n, [&](size_t i) -> absl::Status {
     const auto& parts = by_shard.at(shards[i]);
     for (size_t next = 0; next < parts.size();) {
       PrepareRestoreRequest req;

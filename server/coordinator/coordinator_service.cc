@@ -16,6 +16,7 @@
 #include "psd/crc32c.h"
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
+#include "psd/parallel.h"
 #include "psd/status.h"
 
 namespace psd {
@@ -526,25 +527,19 @@ absl::StatusOr<std::vector<std::string>> CoordinatorService::InitializeOrdered(
     }
     std::vector<std::pair<const std::pair<int32_t, bool>, InitializeVariablesRequest>*> calls;
     for (auto& entry : requests) calls.push_back(&entry);
-    std::vector<absl::Status> statuses(calls.size());
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < calls.size(); ++i) {
-      threads.emplace_back([&, i] {
-        const int32_t shard_id = calls[i]->first.first;
-        const InitializeVariablesRequest& req = calls[i]->second;
-        const std::string& address = where.at(req.names(0)).address;
-        InitializeVariablesResponse resp;
-        grpc::ClientContext ctx;
-        ctx.set_deadline(absl::ToChronoTime(step_deadline));
-        absl::Status s = FromGrpcStatus(StubFor(address)->InitializeVariables(&ctx, req, &resp));
-        if (!s.ok()) {
-          statuses[i] = absl::Status(
-              s.code(), absl::StrCat("initializing ", absl::StrJoin(req.names(), ", "),
-                                     " on shard ", shard_id, " (", address, "): ", s.message()));
-        }
-      });
-    }
-    for (std::thread& t : threads) t.join();
+    const std::vector<absl::Status> statuses = RunParallel(calls.size(), [&](size_t i) {
+      const int32_t shard_id = calls[i]->first.first;
+      const InitializeVariablesRequest& req = calls[i]->second;
+      const std::string& address = where.at(req.names(0)).address;
+      InitializeVariablesResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(step_deadline));
+      absl::Status s = FromGrpcStatus(StubFor(address)->InitializeVariables(&ctx, req, &resp));
+      if (s.ok()) return s;
+      return absl::Status(s.code(), absl::StrCat("initializing ", absl::StrJoin(req.names(), ", "),
+                                                 " on shard ", shard_id, " (", address,
+                                                 "): ", s.message()));
+    });
     for (const absl::Status& s : statuses) PSD_RETURN_IF_ERROR(s);
     order.insert(order.end(), step.begin(), step.end());
   }
