@@ -139,18 +139,17 @@ bool SameDescription(const InitializerSpec::SuppliedValue& a,
 
 }  // namespace
 
-absl::Status Session::Impl::Supply(const Variable& v, std::shared_ptr<const Tensor> value,
-                                   bool initialize) {
+absl::Status Session::Impl::Supply(const Variable& v, const InitializerSpec& declared,
+                                   std::shared_ptr<const Tensor> value, bool initialize) {
   if (value == nullptr) return absl::OkStatus();
   const VariableHandle handle = v.handle();
-  if (!handle.initializer().has_supplied_value()) return absl::OkStatus();
-  const InitializerSpec::SuppliedValue& description = handle.initializer().supplied_value();
-  if (value->dtype() != description.dtype() || WireBytes(*value) != description.byte_size() ||
-      WireCrc32c(*value) != description.crc32c()) {
+  if (!handle.initializer().has_supplied_value() ||
+      !SameDescription(handle.initializer().supplied_value(), declared.supplied_value())) {
     // Attached to a variable declared with another value: TensorFlow
     // ignores the initializer of a reused variable.
     return absl::OkStatus();
   }
+  const InitializerSpec::SuppliedValue& description = handle.initializer().supplied_value();
   {
     absl::MutexLock lock(&supplied_mu_);
     supplied_[handle.name()] = Supplied{description, value};
@@ -321,21 +320,22 @@ absl::StatusOr<Declaration> MakeDeclaration(const CapturedScope& scope, const st
     }
     out.supplied = std::make_shared<const Tensor>(std::move(*o.initial_value));
     o.initial_value.reset();
-  } else if (o.initializer.has_value()) {
-    *d.mutable_initializer() = *o.initializer;
-  } else if (scope.initializer.has_value()) {
-    *d.mutable_initializer() = *scope.initializer;
-  }
-  if (d.initializer().has_constant() &&
-      static_cast<int64_t>(d.initializer().constant().value().content().size()) >
-          kMaxInlineConstantBytes &&
-      d.initializer().constant().value().shape().dims_size() > 0) {
-    // A constant too large to travel with the declaration: this client
-    // supplies it like an initial value (the shards check it fits).
-    PSD_ASSIGN_OR_RETURN(Tensor value,
-                         TensorFromProto(d.initializer().constant().value(),
-                                         absl::StrCat("constant initializer of ", d.name())));
-    out.supplied = std::make_shared<const Tensor>(std::move(value));
+  } else if (const InitializerSpec* chosen = o.initializer.has_value()       ? &*o.initializer
+                                             : scope.initializer.has_value() ? &*scope.initializer
+                                                                             : nullptr) {
+    const TensorProto& constant = chosen->constant().value();
+    if (chosen->has_constant() &&
+        static_cast<int64_t>(constant.content().size()) > kMaxInlineConstantBytes &&
+        constant.shape().dims_size() > 0) {
+      // A constant too large to travel with the declaration: this client
+      // supplies it like an initial value (the shards check it fits).
+      PSD_ASSIGN_OR_RETURN(Tensor value,
+                           TensorFromProto(constant, absl::StrCat("constant initializer of ",
+                                                                  d.name())));
+      out.supplied = std::make_shared<const Tensor>(std::move(value));
+    } else {
+      *d.mutable_initializer() = *chosen;
+    }
   }
   if (out.supplied != nullptr) *d.mutable_initializer() = DescribeSupplied(*out.supplied);
   if (o.partitioner.has_value()) {
@@ -366,13 +366,14 @@ absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScop
   if (decl.proto.initialize()) {
     PSD_RETURN_IF_ERROR(impl->InitializeSuppliedSources(decl.proto.initializer()));
   }
+  const InitializerSpec declared = decl.proto.initializer();
   *req.mutable_declaration() = std::move(decl.proto);
   GetVariableResponse resp;
   PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
   PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
   Variable v = impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
   PSD_RETURN_IF_ERROR(
-      impl->Supply(v, std::move(decl.supplied), options.initialize && resp.created()));
+      impl->Supply(v, declared, std::move(decl.supplied), options.initialize && resp.created()));
   return v;
 }
 
@@ -417,7 +418,8 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
   // The supplied values go straight to their shards, variables in parallel.
   std::vector<absl::Status> written = RunParallel(out.size(), [&](size_t i) {
     const bool created = i < static_cast<size_t>(resp.created_size()) && resp.created(i);
-    return impl_->Supply(out[i], std::move(supplied[i]),
+    return impl_->Supply(out[i], req.declarations(static_cast<int>(i)).initializer(),
+                         std::move(supplied[i]),
                          declarations[i].second.initialize && created);
   });
   for (const absl::Status& s : written) PSD_RETURN_IF_ERROR(s);

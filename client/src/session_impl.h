@@ -81,7 +81,9 @@ class Session::Impl {
   // created the variable and asked to initialize it, as the coordinator
   // initializes other variables only at creation), writes it to the parts
   // not yet initialized.
-  absl::Status Supply(const Variable& v, std::shared_ptr<const Tensor> value, bool initialize);
+  // `declared` is the declaration's initializer (the value's description).
+  absl::Status Supply(const Variable& v, const InitializerSpec& declared,
+                      std::shared_ptr<const Tensor> value, bool initialize);
   // The value kept for the variable of `handle`, if the handle describes it.
   std::shared_ptr<const Tensor> SuppliedFor(const VariableHandle& handle);
   void ForgetSupplied(const std::string& name);
