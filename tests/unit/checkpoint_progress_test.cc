@@ -12,6 +12,7 @@
 #include "device/device.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
+#include "../common/temp_dir.h"
 #include "gtest/gtest.h"
 #include "psd/wire.h"
 #include "shard/shard_checkpoint.h"
@@ -27,36 +28,9 @@ using store_test::Vec;
 
 using ::testing::HasSubstr;
 
-std::string MakeTempDir() {
-  std::string pattern = ::testing::TempDir() + "/ckpt_progress_XXXXXX";
-  char* dir = mkdtemp(pattern.data());
-  EXPECT_NE(dir, nullptr);
-  return pattern;
-}
-
-void RemoveDir(const std::string& dir) {
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") std::remove((dir + "/" + name).c_str());
-    }
-    closedir(d);
-  }
-  rmdir(dir.c_str());
-}
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") out.push_back(name);
-    }
-    closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
+std::string MakeTempDir() { return testing_files::MakeTempDir("ckpt_progress"); }
+using testing_files::ListDir;
+using testing_files::RemoveDir;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

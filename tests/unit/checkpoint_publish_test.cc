@@ -28,6 +28,7 @@
 #include "device/device.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
+#include "../common/temp_dir.h"
 #include "gtest/gtest.h"
 #include "psd/wire.h"
 #include "shard/shard_service.h"
@@ -45,24 +46,8 @@ using checkpoint::FaultInjectionFileSystem;
 using checkpoint::FileSystem;
 using ::testing::HasSubstr;
 
-std::string MakeTempDir(const std::string& name) {
-  std::string pattern = ::testing::TempDir() + "/" + name + "_XXXXXX";
-  EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-  return pattern;
-}
-
-std::vector<std::string> Files(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") out.push_back(name);
-    }
-    closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
+using testing_files::MakeTempDir;
+const auto& Files = testing_files::ListDir;
 
 // No staging file, journal or temp file is left in `dir`.
 void ExpectNoLeftovers(const std::string& dir) {
