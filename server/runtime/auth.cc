@@ -50,13 +50,16 @@ class TokenAuthProcessor final : public grpc::AuthMetadataProcessor {
       if (key == "authorization") authorization = absl::string_view(value.data(), value.size());
     }
     Role held = ROLE_UNSPECIFIED;
-    absl::Status status = authorizer_->Authorize(path, authorization, &held);
+    uint64_t caller_key = 0;
+    absl::Status status = authorizer_->Authorize(path, authorization, &held, &caller_key);
     if (!status.ok()) {
       return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                           std::string(status.message()));
     }
     // Handlers that limit what a role may ask of an rpc read it here.
     SetCallerRole(context, held);
+    // Exactly-once request ids are bound to the token (RequestWindow).
+    if (caller_key != 0) SetCallerKey(context, caller_key);
     // The token stays out of handlers (and anything that logs metadata).
     if (!authorization.empty()) {
       consumed_auth_metadata->insert(
@@ -123,8 +126,10 @@ TokenAuthorizer::TokenAuthorizer(const std::vector<TokenEntry>& entries) {
 }
 
 absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
-                                        absl::string_view authorization, Role* held_role) const {
+                                        absl::string_view authorization, Role* held_role,
+                                        uint64_t* caller_key) const {
   if (held_role != nullptr) *held_role = ROLE_UNSPECIFIED;
+  if (caller_key != nullptr) *caller_key = 0;
   if (IsPublicMethod(method_path)) return absl::OkStatus();
   if (authorization.empty()) {
     return absl::UnauthenticatedError("missing bearer token (authorization header)");
@@ -152,6 +157,11 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
                                                     " role; the token has ", RoleName(held)));
   }
   if (held_role != nullptr) *held_role = held;
+  if (caller_key != nullptr) {
+    uint64_t key = 0;
+    for (int i = 0; i < 8; ++i) key = (key << 8) | digest[i];
+    *caller_key = key != 0 ? key : 1;  // 0 is the anonymous caller
+  }
   return absl::OkStatus();
 }
 

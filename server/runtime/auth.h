@@ -13,6 +13,7 @@
 #define PSD_SERVER_RUNTIME_AUTH_H_
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,9 +68,11 @@ class TokenAuthorizer {
   // UNAUTHENTICATED: no or unknown token. PERMISSION_DENIED: the token's
   // role may not call the method (named with the role it needs). On
   // success `held_role` (when given) is the token's role (ROLE_UNSPECIFIED
-  // for a public method, which needs no token).
+  // for a public method, which needs no token) and `caller_key` (when
+  // given) a nonzero key naming the token (the first 8 bytes of its SHA-256;
+  // 0 for a public method), which says nothing of the token itself.
   absl::Status Authorize(absl::string_view method_path, absl::string_view authorization,
-                         Role* held_role = nullptr) const;
+                         Role* held_role = nullptr, uint64_t* caller_key = nullptr) const;
 
  private:
   struct Entry {

@@ -8,9 +8,21 @@ namespace psd {
 RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle)
     : window_(window), max_clients_(max_clients), min_idle_(min_idle) {}
 
-absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id) {
+absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id,
+                                                                 CallerKey caller) {
   auto it = clients_.find(client_id);
-  if (it != clients_.end()) return &it->second;
+  if (it != clients_.end()) {
+    if (it->second.owner != caller) {
+      // Said without the owner's key: a caller learns nothing about
+      // another token from it.
+      return absl::PermissionDeniedError(absl::StrCat(
+          "request id client ", absl::Hex(client_id),
+          " belongs to another caller (it was first used with another token); a client's "
+          "request ids are bound to the token it first used them with. Use a client id of "
+          "your own (a new session draws one)"));
+    }
+    return &it->second;
+  }
   if (static_cast<int>(clients_.size()) >= max_clients_) {
     auto oldest = clients_.begin();
     for (auto c = clients_.begin(); c != clients_.end(); ++c) {
@@ -30,6 +42,7 @@ absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_
     clients_.erase(oldest);
   }
   Client& client = clients_[client_id];
+  client.owner = caller;
   client.ring.resize(window_);
   return &client;
 }
@@ -41,9 +54,10 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
   return entry.seq == id.seq() && entry.state != State::kEmpty ? &entry : nullptr;
 }
 
-absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id) {
+absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id,
+                                                                    CallerKey caller) {
   absl::MutexLock lock(&mu_);
-  PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id()));
+  PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id(), caller));
   Client& client = *found;
   client.last_used = ++tick_;
   client.last_seen = std::chrono::steady_clock::now();
@@ -61,7 +75,7 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   }
   // Looked up again: waiting released the lock, and the client may have
   // been forgotten and re-created meanwhile.
-  PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id()));
+  PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id(), caller));
   Client& owner = *owner_found;
   owner.last_seen = std::chrono::steady_clock::now();
   Entry& slot = owner.ring[id.seq() % window_];

@@ -18,6 +18,13 @@
 // ids cannot silently evict a live client's window (which would turn that
 // client's retries into second applications); at worst new clients wait.
 //
+// Ownership: a client id belongs to the caller that first used it (the key
+// of its token, see CallerKey), so a caller holding another token cannot
+// read another client's cached results or poison its window by sending
+// requests under its id: such a request is PERMISSION_DENIED and recorded
+// nowhere. On a server that checks no tokens every caller is
+// kAnonymousCaller, and ids are not bound (any caller may use any id).
+//
 // Thread-safety: thread-safe (one mutex).
 #ifndef PSD_SERVER_SHARD_REQUEST_WINDOW_H_
 #define PSD_SERVER_SHARD_REQUEST_WINDOW_H_
@@ -37,6 +44,12 @@
 
 namespace psd {
 
+// Who sent a request, as its credentials say: a key derived from the token
+// the call was authorized with (runtime/caller_role.h), or
+// kAnonymousCaller on a server that checks no tokens.
+using CallerKey = uint64_t;
+inline constexpr CallerKey kAnonymousCaller = 0;
+
 class RequestWindow {
  public:
   // What a request's retry gets back: its status and small result.
@@ -51,11 +64,13 @@ class RequestWindow {
   RequestWindow(const RequestWindow&) = delete;
   RequestWindow& operator=(const RequestWindow&) = delete;
 
-  // Registers `id` as running. Returns nullopt for a new request (the caller
-  // must then call Finish or Abandon exactly once), the cached result for a
-  // duplicate, ABORTED for an id older than the window, or
+  // Registers `id`, sent by `caller`, as running. Returns nullopt for a new
+  // request (the caller must then call Finish or Abandon exactly once), the
+  // cached result for a duplicate, ABORTED for an id older than the window,
+  // PERMISSION_DENIED when the id's client belongs to another caller, or
   // RESOURCE_EXHAUSTED for a new client while the table is full of live ones.
-  absl::StatusOr<std::optional<Result>> Begin(const RequestId& id);
+  absl::StatusOr<std::optional<Result>> Begin(const RequestId& id,
+                                              CallerKey caller = kAnonymousCaller);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
   // Forgets a request that Begin reported as new but that did not complete
@@ -70,13 +85,16 @@ class RequestWindow {
     Result result;
   };
   struct Client {
+    CallerKey owner = kAnonymousCaller;  // who first used the id
     uint64_t max_seq = 0;
     uint64_t last_used = 0;  // tick of the latest Begin
     std::chrono::steady_clock::time_point last_seen;  // for the idle rule
     std::vector<Entry> ring;
   };
 
-  absl::StatusOr<Client*> ClientFor(uint64_t client_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The window of `client_id`, created (owned by `caller`) when new.
+  absl::StatusOr<Client*> ClientFor(uint64_t client_id, CallerKey caller)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryFor(const RequestId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int window_;

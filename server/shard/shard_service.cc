@@ -120,13 +120,15 @@ grpc::ServerUnaryReactor* ShardService::GetShardInfo(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ShardService::CreateVariable(grpc::CallbackServerContext* ctx,
                                                        const CreateVariableRequest* request,
                                                        CreateVariableResponse* response) {
-  return Serve(ctx, [&] { return store_->Create(*request, response->mutable_info()); });
+  return Serve(ctx, [&] {
+    return store_->Create(*request, response->mutable_info(), CallerKeyOf(*ctx));
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::DeleteVariable(grpc::CallbackServerContext* ctx,
                                                        const DeleteVariableRequest* request,
                                                        DeleteVariableResponse* response) {
-  return Serve(ctx, [&] { return store_->Delete(*request); });
+  return Serve(ctx, [&] { return store_->Delete(*request, CallerKeyOf(*ctx)); });
 }
 
 grpc::ServerUnaryReactor* ShardService::ListVariables(grpc::CallbackServerContext* ctx,
@@ -142,7 +144,9 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
     grpc::CallbackServerContext* ctx, const InitializeVariablesRequest* request,
     InitializeVariablesResponse* response) {
   if (request->sources_size() == 0) {
-    return ServeWrite(ctx, [this, request] { return store_->Initialize(*request); });
+    return ServeWrite(ctx, [this, request, caller = CallerKeyOf(*ctx)] {
+      return store_->Initialize(*request, caller);
+    });
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   // The sources name addresses this shard dials with its node credentials
@@ -196,7 +200,7 @@ grpc::ServerUnaryReactor* ShardService::InitializeVariables(
             "initialization from other variables: the deadline passed while the sources were "
             "read; nothing was changed");
       } else {
-        status = store_->Initialize(*request, values.get());
+        status = store_->Initialize(*request, values.get(), CallerKeyOf(*ctx));
       }
       return status;
     });
@@ -281,31 +285,41 @@ grpc::ServerUnaryReactor* ShardService::Gather(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* ShardService::Assign(grpc::CallbackServerContext* ctx,
                                                const AssignRequest* request,
                                                AssignResponse* response) {
-  return ServeWrite(ctx, [this, request, response] { return store_->Assign(*request, response); });
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->Assign(*request, response, caller);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::Scatter(grpc::CallbackServerContext* ctx,
                                                 const ScatterRequest* request,
                                                 ScatterResponse* response) {
-  return ServeWrite(ctx, [this, request, response] { return store_->Scatter(*request, response); });
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->Scatter(*request, response, caller);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::CountUpTo(grpc::CallbackServerContext* ctx,
                                                   const CountUpToRequest* request,
                                                   CountUpToResponse* response) {
-  return ServeWrite(ctx, [this, request, response] { return store_->CountUpTo(*request, response); });
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->CountUpTo(*request, response, caller);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplyDense(grpc::CallbackServerContext* ctx,
                                                    const ApplyDenseRequest* request,
                                                    ApplyDenseResponse* response) {
-  return ServeWrite(ctx, [this, request, response] { return store_->ApplyDense(*request, response); });
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->ApplyDense(*request, response, caller);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext* ctx,
                                                     const ApplySparseRequest* request,
                                                     ApplySparseResponse* response) {
-  return ServeWrite(ctx, [this, request, response] { return store_->ApplySparse(*request, response); });
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->ApplySparse(*request, response, caller);
+  });
 }
 
 // Streams a variable's value in chunks, one in flight at a time. Each
@@ -439,7 +453,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
         return absl::InvalidArgumentError(
             "the first message of a streamed assign must carry its header");
       }
-      PSD_ASSIGN_OR_RETURN(sink_, service_->store_->BeginAssignStream(fields_.header()));
+      PSD_ASSIGN_OR_RETURN(sink_, service_->store_->BeginAssignStream(fields_.header(), CallerKeyOf(*ctx_)));
     } else if (fields_.has_header()) {
       return absl::InvalidArgumentError(
           "a streamed assign carries one header, in its first message");
@@ -482,7 +496,9 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
 // long-lived stream does not hold up a drain.
 class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchResponse> {
  public:
-  explicit BatchReactor(ShardService* service) : service_(service) { StartRead(&request_); }
+  BatchReactor(ShardService* service, CallerKey caller) : service_(service), caller_(caller) {
+    StartRead(&request_);
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -535,7 +551,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
     for (const BatchOp& op : request_.ops()) {
       BatchOpResult* result = response_.add_results();
       absl::Status status =
-          service_->RunGuarded([&] { return service_->store_->RunBatchOp(op, budget, result); });
+          service_->RunGuarded([&] { return service_->store_->RunBatchOp(op, budget, result, caller_); });
       if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
       budget -= static_cast<int64_t>(result->ByteSizeLong());
     }
@@ -552,6 +568,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
   }
 
   ShardService* const service_;
+  const CallerKey caller_;  // the batch's request ids are bound to it
   BatchRequest request_;
   BatchResponse response_;
 };
@@ -568,7 +585,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* ShardService::AssignStream(
 
 grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
     grpc::CallbackServerContext* ctx) {
-  return new BatchReactor(this);
+  return new BatchReactor(this, CallerKeyOf(*ctx));
 }
 
 grpc::ServerBidiReactor<NcclRequest, NcclReply>* ShardService::Nccl(

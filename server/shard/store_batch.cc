@@ -7,20 +7,22 @@
 namespace psd {
 
 absl::Status VariableStore::RunBatchOp(const BatchOp& op, int64_t max_result_bytes,
-                                       BatchOpResult* result) {
+                                       BatchOpResult* result, CallerKey caller) {
   switch (op.op_case()) {
-    case BatchOp::kAssign: return Assign(op.assign(), result->mutable_assign());
-    case BatchOp::kScatter: return Scatter(op.scatter(), result->mutable_scatter());
-    case BatchOp::kCountUpTo: return CountUpTo(op.count_up_to(), result->mutable_count_up_to());
+    case BatchOp::kAssign: return Assign(op.assign(), result->mutable_assign(), caller);
+    case BatchOp::kScatter: return Scatter(op.scatter(), result->mutable_scatter(), caller);
+    case BatchOp::kCountUpTo:
+      return CountUpTo(op.count_up_to(), result->mutable_count_up_to(), caller);
     case BatchOp::kRead:
       return ReadUpTo(op.read(), std::max<int64_t>(max_result_bytes, 0), result->mutable_read());
     case BatchOp::kGather:
       return GatherUpTo(op.gather(), std::max<int64_t>(max_result_bytes, 0),
                         "what is left of the batch reply (max_batch_result_bytes)",
                         result->mutable_gather());
-    case BatchOp::kApplyDense: return ApplyDense(op.apply_dense(), result->mutable_apply_dense());
+    case BatchOp::kApplyDense:
+      return ApplyDense(op.apply_dense(), result->mutable_apply_dense(), caller);
     case BatchOp::kApplySparse:
-      return ApplySparse(op.apply_sparse(), result->mutable_apply_sparse());
+      return ApplySparse(op.apply_sparse(), result->mutable_apply_sparse(), caller);
     default: return absl::InvalidArgumentError("batch op has no operation set");
   }
 }

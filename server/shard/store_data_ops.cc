@@ -371,11 +371,11 @@ absl::Status VariableStore::CountUpToOnce(const CountUpToRequest& request,
 }
 
 
-absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
+absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response,
+                                   CallerKey caller) {
   bool ran = false;
-  absl::Status status = RunOnce(request.request_id(), response, [&] {
+  absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()},
+                               response, [&] {
     ran = true;
     return AssignOnce(request, response);
   });
@@ -386,11 +386,11 @@ absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse*
   return status;
 }
 
-absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
+absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response,
+                                    CallerKey caller) {
   bool ran = false;
-  absl::Status status = RunOnce(request.request_id(), response, [&] {
+  absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()},
+                               response, [&] {
     ran = true;
     return ScatterOnce(request, response);
   });
@@ -402,11 +402,9 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
 }
 
 absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
-                                      CountUpToResponse* response) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
-  return RunOnce(request.request_id(), response,
-                 [&] { return CountUpToOnce(request, response); });
+                                      CountUpToResponse* response, CallerKey caller) {
+  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+                [&] { return CountUpToOnce(request, response); });
 }
 
 }  // namespace psd

@@ -1,6 +1,6 @@
 // What VariableStore's source files (variable_store.cc and store_*.cc)
-// share beyond the Variable class (store_variable.h): the exactly-once
-// wrapper RunOnce, the gradients an optimizer apply takes, staged restores
+// share beyond the Variable class (store_variable.h): the one way into a
+// mutation (Mutate: incarnation, write gate, exactly-once), the gradients an optimizer apply takes, staged restores
 // and a few message helpers.
 //
 // Internal to the store: nothing outside those files includes it.
@@ -77,9 +77,14 @@ inline void RestoreResult(const RequestWindow::Result& in, CountUpToResponse* r)
 }  // namespace store_internal
 
 template <typename Response, typename Op>
-absl::Status VariableStore::RunOnce(const RequestId& id, Response* response, Op&& op) {
+absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
+  std::optional<WriteGate::Pass> pass;
+  if (meta.gated) pass.emplace(&gate_);
+  const RequestId& id = meta.request_id;
   if (id.client_id() == 0) return op();
-  PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached, requests_.Begin(id));
+  PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached,
+                       requests_.Begin(id, meta.caller));
   if (cached.has_value()) {
     store_internal::RestoreResult(*cached, response);
     return cached->status;

@@ -88,9 +88,11 @@ absl::StatusOr<Variable::Contents> InitialContents(Device* device, MemoryAccount
 
 }  // namespace
 
-absl::Status VariableStore::Create(const CreateVariableRequest& request, VariableInfo* info) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  absl::Status status = RunOnce(request.request_id(), info, [&] { return CreateOnce(request, info); });
+absl::Status VariableStore::Create(const CreateVariableRequest& request, VariableInfo* info,
+                                   CallerKey caller) {
+  absl::Status status =
+      Mutate({caller, request.shard_incarnation(), request.request_id(), /*gated=*/false}, info,
+             [&] { return CreateOnce(request, info); });
   if (status.ok() && info->name().empty()) {
     // A retried create: describe the variable as it is now.
     PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
@@ -206,10 +208,10 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::Delete(const DeleteVariableRequest& request) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+absl::Status VariableStore::Delete(const DeleteVariableRequest& request, CallerKey caller) {
   NoResult none;
-  return RunOnce(request.request_id(), &none, [&]() -> absl::Status {
+  return Mutate({caller, request.shard_incarnation(), request.request_id(), /*gated=*/false},
+                &none, [&]() -> absl::Status {
   const std::string& name = request.name();
   std::shared_ptr<Variable> victim;
   {
@@ -352,17 +354,17 @@ absl::StatusOr<TensorProto> VariableStore::ReadSnapshot(const std::string& name)
   return value;
 }
 
-absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request) {
+absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request,
+                                       CallerKey caller) {
   SourceValues none;
-  return Initialize(request, &none);
+  return Initialize(request, &none, caller);
 }
 
 absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request,
-                                       SourceValues* sources) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
+                                       SourceValues* sources, CallerKey caller) {
   NoResult none;
-  return RunOnce(request.request_id(), &none, [&]() -> absl::Status {
+  return Mutate({caller, request.shard_incarnation(), request.request_id()}, &none,
+                [&]() -> absl::Status {
   // Resolve every name first so an unknown one fails the whole request.
   std::map<std::string, std::shared_ptr<Variable>> vars;
   for (const auto& name : request.names()) {

@@ -362,10 +362,9 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
 }
 
 absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
-                                       ApplyDenseResponse* response) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
-  return RunOnce(request.request_id(), response, [&]() -> absl::Status {
+                                       ApplyDenseResponse* response, CallerKey caller) {
+  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+                [&]() -> absl::Status {
     DenseGradient gradient;
     gradient.proto = &request.gradient();
     uint64_t version = 0;
@@ -377,10 +376,9 @@ absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
 }
 
 absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
-                                        ApplySparseResponse* response) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  WriteGate::Pass pass(&gate_);
-  return RunOnce(request.request_id(), response, [&]() -> absl::Status {
+                                        ApplySparseResponse* response, CallerKey caller) {
+  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+                [&]() -> absl::Status {
     const std::string what = absl::StrCat("sparse apply: indices for ", Quoted(request.name()));
     SparseGradient sparse;
     TensorShape indices_shape;

@@ -119,8 +119,12 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
-                   UpdateKind kind)
-      : store_(store), header_(std::move(header)), shape_(std::move(shape)), kind_(kind) {}
+                   UpdateKind kind, CallerKey caller)
+      : store_(store),
+        header_(std::move(header)),
+        shape_(std::move(shape)),
+        kind_(kind),
+        caller_(caller) {}
 
   ~StagedAssignSink() override {
     if (registered_ && !finished_) store_->requests_.Abandon(header_.request_id());
@@ -130,7 +134,7 @@ class StagedAssignSink final : public AssignStreamSink {
   // cache and ignore the bytes.
   absl::Status Register() {
     if (header_.request_id().client_id() == 0) return absl::OkStatus();
-    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id()));
+    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id(), caller_));
     registered_ = !cached_.has_value();
     return absl::OkStatus();
   }
@@ -276,6 +280,7 @@ class StagedAssignSink final : public AssignStreamSink {
   const AssignStreamHeader header_;
   const TensorShape shape_;
   const UpdateKind kind_;
+  const CallerKey caller_;  // the request id is bound to it
   std::optional<RequestWindow::Result> cached_;  // set for a duplicate
   bool registered_ = false;
   bool finished_ = false;
@@ -287,7 +292,7 @@ class StagedAssignSink final : public AssignStreamSink {
 };
 
 absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStream(
-    const AssignStreamHeader& header) {
+    const AssignStreamHeader& header, CallerKey caller) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(header.shard_incarnation()));
   const std::string& name = header.name();
   const std::string what = absl::StrCat("streamed value for ", Quoted(name));
@@ -363,7 +368,7 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
                                                      DataTypeName(header.dtype())));
     }
   }
-  auto sink = std::make_unique<StagedAssignSink>(this, header, std::move(shape), kind);
+  auto sink = std::make_unique<StagedAssignSink>(this, header, std::move(shape), kind, caller);
   PSD_RETURN_IF_ERROR(sink->Register());
   PSD_RETURN_IF_ERROR(sink->Stage());
   return std::unique_ptr<AssignStreamSink>(std::move(sink));

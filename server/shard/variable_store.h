@@ -83,10 +83,15 @@ class VariableStore {
   VariableStore(const VariableStore&) = delete;
   VariableStore& operator=(const VariableStore&) = delete;
 
-  absl::Status Create(const CreateVariableRequest& request, VariableInfo* info);
-  absl::Status Delete(const DeleteVariableRequest& request);
+  // Mutating operations take the caller (RequestWindow's CallerKey: what
+  // the call's credentials say; kAnonymousCaller where no tokens are
+  // checked), to whom their request ids are bound.
+  absl::Status Create(const CreateVariableRequest& request, VariableInfo* info,
+                      CallerKey caller = kAnonymousCaller);
+  absl::Status Delete(const DeleteVariableRequest& request, CallerKey caller = kAnonymousCaller);
   std::vector<VariableInfo> List(const std::string& prefix) const;
-  absl::Status Initialize(const InitializeVariablesRequest& request);
+  absl::Status Initialize(const InitializeVariablesRequest& request,
+                          CallerKey caller = kAnonymousCaller);
   // Initialization that may include variables initialized from another
   // (InitializerSpec.FromVariable): `sources` holds, by target name, the
   // source part's value as the caller (ShardService) fetched it. The value
@@ -95,7 +100,8 @@ class VariableStore {
   // all-or-nothing rule as every other initializer. A target that needs
   // initializing and has no source value is FAILED_PRECONDITION.
   using SourceValues = std::map<std::string, TensorProto>;
-  absl::Status Initialize(const InitializeVariablesRequest& request, SourceValues* sources);
+  absl::Status Initialize(const InitializeVariablesRequest& request, SourceValues* sources,
+                          CallerKey caller = kAnonymousCaller);
   // Whether `name` is initialized from another variable and would be
   // initialized now (not initialized yet, or `force`): its source value is
   // needed. NOT_FOUND for an unknown name.
@@ -122,16 +128,21 @@ class VariableStore {
   // A result over max_unary_value_bytes is RESOURCE_EXHAUSTED, before
   // anything is allocated.
   absl::Status Gather(const GatherRequest& request, GatherResponse* response) const;
-  absl::Status Assign(const AssignRequest& request, AssignResponse* response);
-  absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response);
-  absl::Status CountUpTo(const CountUpToRequest& request, CountUpToResponse* response);
+  absl::Status Assign(const AssignRequest& request, AssignResponse* response,
+                      CallerKey caller = kAnonymousCaller);
+  absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response,
+                       CallerKey caller = kAnonymousCaller);
+  absl::Status CountUpTo(const CountUpToRequest& request, CountUpToResponse* response,
+                         CallerKey caller = kAnonymousCaller);
 
   // Optimizer updates (TensorFlow's Apply* and SparseApply* training ops):
   // the variable and its slot variables (and Adam's beta powers, when named)
   // are all checked, then locked together in name order and updated as one
   // atomic step; see ApplyDenseRequest / ApplySparseRequest in shard.proto.
-  absl::Status ApplyDense(const ApplyDenseRequest& request, ApplyDenseResponse* response);
-  absl::Status ApplySparse(const ApplySparseRequest& request, ApplySparseResponse* response);
+  absl::Status ApplyDense(const ApplyDenseRequest& request, ApplyDenseResponse* response,
+                          CallerKey caller = kAnonymousCaller);
+  absl::Status ApplySparse(const ApplySparseRequest& request, ApplySparseResponse* response,
+                           CallerKey caller = kAnonymousCaller);
 
   // Streams. Begin* validate the request; the returned object carries the
   // stream's state between messages and holds no lock. A header with
@@ -141,12 +152,13 @@ class VariableStore {
   absl::StatusOr<std::unique_ptr<ReadStreamSource>> BeginReadStream(
       const ReadStreamRequest& request) const;
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginAssignStream(
-      const AssignStreamHeader& header);
+      const AssignStreamHeader& header, CallerKey caller = kAnonymousCaller);
 
   // Runs one op of a batch, its result in `result`; a read or gather whose
   // result would take more than `max_result_bytes` fails RESOURCE_EXHAUSTED
   // before allocating. The caller records the status with SetBatchOpStatus.
-  absl::Status RunBatchOp(const BatchOp& op, int64_t max_result_bytes, BatchOpResult* result);
+  absl::Status RunBatchOp(const BatchOp& op, int64_t max_result_bytes, BatchOpResult* result,
+                          CallerKey caller = kAnonymousCaller);
   static void SetBatchOpStatus(const absl::Status& status, BatchOpResult* result);
 
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
@@ -206,10 +218,21 @@ class VariableStore {
 
   absl::StatusOr<std::shared_ptr<Variable>> Find(const std::string& name) const;
   absl::Status CheckIncarnation(uint64_t requested) const;
-  // Runs `op` once per request id: a duplicate gets the first run's status
-  // and small result (see RequestWindow).
+  // What Mutate needs to know of a mutating request.
+  struct WriteMeta {
+    CallerKey caller = kAnonymousCaller;
+    uint64_t incarnation = 0;  // the request's shard_incarnation (0: any)
+    const RequestId& request_id;
+    bool gated = true;  // held by a fence (creates and deletes are not)
+  };
+  // The one way into a mutating operation, so every one is checked alike:
+  // the incarnation check (ABORTED "stale handle" before anything else),
+  // the write gate (a Pass: it goes straight through on a handler thread
+  // the service already admitted with WriteGate::TryAdmit), then `op` once
+  // per request id, bound to its caller: a duplicate gets the first run's
+  // status and small result (see RequestWindow).
   template <typename Response, typename Op>
-  absl::Status RunOnce(const RequestId& id, Response* response, Op&& op);
+  absl::Status Mutate(const WriteMeta& meta, Response* response, Op&& op);
   absl::Status CreateOnce(const CreateVariableRequest& request, VariableInfo* info);
   absl::Status AssignOnce(const AssignRequest& request, AssignResponse* response);
   absl::Status ScatterOnce(const ScatterRequest& request, ScatterResponse* response);

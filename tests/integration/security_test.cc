@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -251,6 +252,69 @@ TEST_F(SecurityTest, TrainerSessionCreatesAndReadsThroughTlsCluster) {
   auto refused = client::Session::Open(CoordinatorAddress(), options);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+}
+
+// Exactly-once request ids are bound to the token that first used them: a
+// caller with another valid token (here admin, which may call trainer rpcs)
+// cannot get a trainer's cached result, nor run writes under its client id
+// (taking seqs the trainer will send, whose writes would then be skipped).
+TEST_F(SecurityTest, RequestIdsAreBoundToTheTokenThatFirstUsedThem) {
+  auto trainer = Shard::NewStub(Channel(ShardAddress(), "trainer"));
+  auto admin = Shard::NewStub(Channel(ShardAddress(), "admin"));
+  CreateVariableRequest create;
+  create.set_name("bound_ids_v");
+  create.set_dtype(DT_FLOAT);
+  create.mutable_shape()->add_dims(1);
+  CreateVariableResponse created;
+  ASSERT_TRUE(trainer->CreateVariable(Context().get(), create, &created).ok());
+
+  auto assign = [](float value, uint64_t seq) {
+    AssignRequest request;
+    request.set_name("bound_ids_v");
+    request.set_op(UPDATE_ASSIGN);
+    request.mutable_value()->set_dtype(DT_FLOAT);
+    request.mutable_value()->mutable_shape()->add_dims(1);
+    request.mutable_value()->set_content(std::string(reinterpret_cast<const char*>(&value), 4));
+    request.mutable_request_id()->set_client_id(0x5eed5eed);
+    request.mutable_request_id()->set_seq(seq);
+    return request;
+  };
+  AssignResponse response;
+  ASSERT_TRUE(trainer->Assign(Context().get(), assign(1.0f, 1), &response).ok());
+
+  // The admin token's holder replays the trainer's id, and squats its next.
+  grpc::Status replay = admin->Assign(Context().get(), assign(7.0f, 1), &response);
+  EXPECT_EQ(replay.error_code(), grpc::StatusCode::PERMISSION_DENIED) << replay.error_message();
+  EXPECT_TRUE(absl::StrContains(replay.error_message(), "belongs to another caller"))
+      << replay.error_message();
+  grpc::Status squat = admin->Assign(Context().get(), assign(7.0f, 2), &response);
+  EXPECT_EQ(squat.error_code(), grpc::StatusCode::PERMISSION_DENIED) << squat.error_message();
+  // The same through a Batch stream.
+  {
+    auto ctx = Context();
+    auto stream = admin->Batch(ctx.get());
+    BatchRequest batch;
+    *batch.add_ops()->mutable_assign() = assign(7.0f, 2);
+    ASSERT_TRUE(stream->Write(batch));
+    BatchResponse results;
+    ASSERT_TRUE(stream->Read(&results));
+    ASSERT_EQ(results.results_size(), 1);
+    EXPECT_EQ(results.results(0).code(), static_cast<int>(grpc::StatusCode::PERMISSION_DENIED))
+        << results.results(0).message();
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+
+  // The trainer's seq 2 is its own, new write; the value is the trainer's.
+  ASSERT_TRUE(trainer->Assign(Context().get(), assign(2.0f, 2), &response).ok());
+  ReadRequest read;
+  read.set_name("bound_ids_v");
+  ReadResponse value;
+  ASSERT_TRUE(trainer->Read(Context().get(), read, &value).ok());
+  float got = 0;
+  ASSERT_EQ(value.value().content().size(), sizeof(got));
+  std::memcpy(&got, value.value().content().data(), sizeof(got));
+  EXPECT_EQ(got, 2.0f);
 }
 
 // Runs `psd` with `args` and returns its exit code (-1 if still running).

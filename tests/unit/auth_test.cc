@@ -86,6 +86,28 @@ TEST(RoleTest, AlsoRoleLetsTheCoordinatorCallShardsForClients) {
   EXPECT_FALSE(MayCall(ROLE_ADMIN, "/psd.Shard/NoSuchMethod"));
 }
 
+TEST(TokenAuthorizerTest, NamesTheTokenByAKeyThatIsNotTheToken) {
+  TokenAuthorizer authorizer({{ROLE_TRAINER, "t1"}, {ROLE_TRAINER, "t2"}, {ROLE_ADMIN, "a"}});
+  auto key_of = [&](const std::string& token) {
+    uint64_t key = 0;
+    EXPECT_TRUE(authorizer.Authorize("/psd.Shard/Assign", "Bearer " + token, nullptr, &key).ok());
+    return key;
+  };
+  const uint64_t t1 = key_of("t1");
+  EXPECT_NE(t1, 0u);  // 0 is the anonymous caller of a server without tokens
+  EXPECT_EQ(key_of("t1"), t1);
+  EXPECT_NE(key_of("t2"), t1);  // same role, another caller
+  EXPECT_NE(key_of("a"), t1);
+  // A public method names no caller.
+  uint64_t key = 99;
+  EXPECT_TRUE(authorizer.Authorize("/grpc.health.v1.Health/Check", "", nullptr, &key).ok());
+  EXPECT_EQ(key, 0u);
+  // A refused call names none either.
+  key = 99;
+  EXPECT_FALSE(authorizer.Authorize("/psd.Shard/Assign", "Bearer nope", nullptr, &key).ok());
+  EXPECT_EQ(key, 0u);
+}
+
 TEST(TokenAuthorizerTest, ChecksTokenThenRole) {
   TokenAuthorizer authorizer({{ROLE_TRAINER, "t"}, {ROLE_ADMIN, "a"}, {ROLE_NODE, "n"}});
   EXPECT_TRUE(authorizer.Authorize("/psd.Shard/Read", "Bearer t").ok());

@@ -65,5 +65,37 @@ TEST(RequestWindowTest, IdleClientsMakeRoom) {
   EXPECT_EQ((*retry)->version, 20u);
 }
 
+TEST(RequestWindowTest, AClientIdBelongsToTheCallerThatFirstUsedIt) {
+  RequestWindow window(8, 4);
+  constexpr CallerKey kOwner = 0x1111;
+  constexpr CallerKey kOther = 0x2222;
+  ASSERT_TRUE(window.Begin(Id(7, 1), kOwner).ok());
+  RequestWindow::Result result;
+  result.version = 5;
+  window.Finish(Id(7, 1), result);
+
+  // Another token's holder can neither read the cached result (a retry of
+  // the owner's request) nor run new requests under the owner's id, which
+  // would take seqs the owner will send and get its writes skipped.
+  auto replay = window.Begin(Id(7, 1), kOther);
+  EXPECT_EQ(replay.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(replay.status().message(), HasSubstr("belongs to another caller"));
+  auto squat = window.Begin(Id(7, 2), kOther);
+  EXPECT_EQ(squat.status().code(), absl::StatusCode::kPermissionDenied);
+  // The anonymous caller is another caller too.
+  EXPECT_EQ(window.Begin(Id(7, 3)).status().code(), absl::StatusCode::kPermissionDenied);
+
+  // Nothing was recorded for them: the owner's seq 2 is new, its retry of
+  // seq 1 still gets the first result.
+  auto own = window.Begin(Id(7, 2), kOwner);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_FALSE(own->has_value());
+  window.Finish(Id(7, 2), RequestWindow::Result{});
+  auto retry = window.Begin(Id(7, 1), kOwner);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  ASSERT_TRUE(retry->has_value());
+  EXPECT_EQ((*retry)->version, 5u);
+}
+
 }  // namespace
 }  // namespace psd
