@@ -39,14 +39,19 @@ from .init_ops import (Constant, InitializedValue, Initializer, Ones, RandomNorm
 from .partitioned_variables import (fixed_size_partitioner, min_max_variable_partitioner,
                                     variable_axis_size_partitioner)
 from .session import Session, connect, get_default_session
-from .variables import (AUTO_REUSE, GraphKeys, IndexedSlices, Template, Variable,
-                        VariableScope, all_variables, get_collection, get_variable,
-                        get_variable_scope, global_variables, global_variables_initializer,
-                        initialize_all_variables, initialize_variables,
-                        is_variable_initialized, local_variables, local_variables_initializer,
-                        make_template, moving_average_variables, report_uninitialized_variables,
-                        sparse_mask, trainable_variables, variable_op_scope, variable_scope,
-                        variables_initializer, wait_for_initialized)
+from .regularizers import (RegularizationLoss, get_regularization_loss,
+                           get_regularization_losses, l1_regularizer, l2_regularizer,
+                           no_regularizer, sum_regularizer)
+from .templates import Template, make_template
+from .variables import (AUTO_REUSE, GraphKeys, IndexedSlices, Variable, VariableDef,
+                        VariableScope, all_variables, get_collection, get_local_variable,
+                        get_variable, get_variable_scope, global_variables,
+                        global_variables_initializer, initialize_all_variables,
+                        initialize_variables, is_variable_initialized, local_variables,
+                        local_variables_initializer, moving_average_variables,
+                        report_uninitialized_variables, sparse_mask, trainable_variables,
+                        variable_op_scope, variable_scope, variables_initializer,
+                        wait_for_initialized)
 
 bool = bool_  # noqa: A001  (tf.bool)
 

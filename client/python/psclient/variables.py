@@ -1,9 +1,10 @@
-"""Variables, get_variable, variable scopes, templates and collections: the
+"""Variables, get_variable, variable scopes and collections: the
 tf.compat.v1 variable API over a psd session. All naming rules (scope paths,
 reuse checks, default names) are the coordinator's; this module only maps
 Python arguments to the C++ client and back.
 """
 
+import functools
 import os
 import sys
 
@@ -97,6 +98,23 @@ def sparse_mask(a, mask_indices, name=None):
     return IndexedSlices(out_values, out_indices, a.dense_shape)
 
 
+class VariableDef:
+    """What Variable.to_proto gives and Variable.from_proto (and
+    Variable(variable_def=)) take: the variable's tensor name; the value
+    stays on the shards."""
+
+    def __init__(self, variable_name, trainable=True):
+        self.variable_name = variable_name
+        self.trainable = trainable
+
+    def __eq__(self, other):
+        return isinstance(other, VariableDef) and vars(self) == vars(other)
+
+    def __repr__(self):
+        return "VariableDef(variable_name=%r, trainable=%r)" % (self.variable_name,
+                                                               self.trainable)
+
+
 class Variable:
     """A psd variable (tf.Variable); partitioned variables look like one.
 
@@ -109,8 +127,20 @@ class Variable:
                  caching_device=None, name=None, variable_def=None, dtype=None,
                  expected_shape=None, import_scope=None, constraint=None, use_resource=None,
                  synchronization=None, aggregation=None, shape=None, session=None):
+        if variable_def is not None:
+            if initial_value is not None:
+                raise ValueError("variable_def and initial_value are mutually exclusive.")
+            other = Variable.from_proto(variable_def, session=session)
+            self._session, self._v = other._session, other._v
+            self._validate_shape = True
+            return
         if initial_value is None:
             raise ValueError("initial_value must be specified.")
+        if caching_device is not None:
+            raise errors.UnimplementedError(
+                None, None, "psclient.Variable(caching_device=%r): a cached copy is set up by "
+                "get_variable(caching_device=...) or variable_scope(caching_device=...)"
+                % (caching_device,))
         if callable(initial_value) and not isinstance(initial_value, init_ops.Initializer):
             initial_value = initial_value()
         sess = _session_of(session)
@@ -125,6 +155,7 @@ class Variable:
             self._v = sess._s.create_variable_from(
                 source._v, initial_value.scale, initial_value.offset, name or "Variable",
                 trainable, list(collections or []), False, _caller())
+            self._created(validate_shape)
             return
         if isinstance(initial_value, init_ops.Initializer):
             raise TypeError("psclient.Variable takes a value or v.initialized_value(), not the "
@@ -134,10 +165,40 @@ class Variable:
         self._session = sess
         self._v = sess._s.create_variable(value, dtype.as_datatype_enum, name or "Variable",
                                           trainable, list(collections or []), False, _caller())
+        self._created(validate_shape)
+
+    def _created(self, validate_shape):
+        self._validate_shape = bool(validate_shape)
+        if self._v.trainable:
+            # Templates check that later calls create no trainable Variable.
+            self._session._trainable_created += 1
+
+    @classmethod
+    def from_proto(cls, variable_def, import_scope=None, session=None):
+        """The variable a VariableDef (Variable.to_proto) names, in `session`."""
+        name = variable_def.variable_name if isinstance(variable_def, VariableDef) else None
+        if not name:
+            raise TypeError("variable_def must come from Variable.to_proto(), got %r"
+                            % (variable_def,))
+        if import_scope:
+            name = import_scope + "/" + name
+        sess = _session_of(session)
+        return sess.lookup_variable(name[:-2] if name.endswith(":0") else name)
+
+    def to_proto(self, export_scope=None):
+        """A VariableDef naming this variable (tf.Variable.to_proto); None
+        when the variable is outside `export_scope`."""
+        name = self.name
+        if export_scope:
+            if not name.startswith(export_scope + "/"):
+                return None
+            name = name[len(export_scope) + 1:]
+        return VariableDef(name, self.trainable)
 
     @classmethod
     def _wrap(cls, session, v):
         obj = cls.__new__(cls)
+        obj._validate_shape = True
         obj._session = session
         obj._v = v
         return obj
@@ -219,7 +280,13 @@ class Variable:
     read = read_value
     numpy = read_value
     value = read_value
-    eval = read_value
+
+    def eval(self, session=None):
+        """tf.Variable.eval: the value read through `session` (this
+        variable's session when None)."""
+        if session is None or session is self._session:
+            return self._v.read()
+        return session.lookup_variable(self.full_name).read()
 
     def __array__(self, dtype=None):
         value = self._v.read()
@@ -235,8 +302,12 @@ class Variable:
     def _value(self, value):
         return _dtypes.to_array(value, self._v.dtype)
 
-    def assign(self, value, use_locking=None, name=None, read_value=False, validate_shape=True):
-        """Sets the value; returns the value after it when read_value=True."""
+    def assign(self, value, use_locking=None, name=None, read_value=False, validate_shape=None):
+        """Sets the value; returns the value after it when read_value=True.
+        validate_shape=False lets the value change the variable's shape
+        (unpartitioned only); None: the variable's own validate_shape."""
+        if validate_shape is None:
+            validate_shape = self._validate_shape
         return self._v.assign(self._value(value), bool(read_value), bool(validate_shape))
 
     def assign_add(self, delta, use_locking=None, name=None, read_value=False):
@@ -306,13 +377,18 @@ class Variable:
 class VariableScope:
     """A variable scope (TensorFlow's VariableScope object). Returned by
     ``with variable_scope(...) as scope`` and get_variable_scope(); pass it to
-    variable_scope() to re-enter it anywhere."""
+    variable_scope() to re-enter it anywhere.
 
-    def __init__(self, session, handle, captured, initializer):
+    Name, reuse and dtype are the coordinator's (the C++ session's scope);
+    the defaults that are Python objects (initializer, regularizer,
+    partitioner, caching_device, custom_getter) are kept here, inherited by
+    the scopes entered inside it and changed with the set_* methods."""
+
+    def __init__(self, session, handle, captured, defaults=None):
         self._session = session
         self._handle = handle        # the extension's Scope; None for the root
         self._captured = captured    # CapturedScope as of entry
-        self._initializer = initializer
+        self._defaults = dict(defaults or {})
 
     def _now(self):
         if self._handle is not None:
@@ -320,6 +396,9 @@ class VariableScope:
         if self._captured is not None:
             return self._captured
         return self._session._s.current_scope()
+
+    def _default(self, key):
+        return self._defaults.get(key)
 
     @property
     def name(self):
@@ -336,10 +415,25 @@ class VariableScope:
 
     @property
     def initializer(self):
-        return self._initializer
+        return self._default("initializer")
+
+    @property
+    def regularizer(self):
+        return self._default("regularizer")
+
+    @property
+    def caching_device(self):
+        return self._default("caching_device")
+
+    @property
+    def custom_getter(self):
+        return self._default("custom_getter")
 
     @property
     def partitioner(self):
+        """The partitioner given to this scope (or inherited), as given."""
+        if "partitioner" in self._defaults:
+            return self._defaults["partitioner"]
         return self._now().partitioner
 
     @property
@@ -347,14 +441,69 @@ class VariableScope:
         d = self._now().dtype
         return _dtypes.as_dtype(d) if d else _dtypes.float32
 
+    def set_initializer(self, initializer):
+        self._defaults["initializer"] = initializer
+
+    def set_regularizer(self, regularizer):
+        self._defaults["regularizer"] = regularizer
+
+    def set_caching_device(self, caching_device):
+        if caching_device is not None:
+            _device_string(caching_device)
+        self._defaults["caching_device"] = caching_device
+
+    def set_partitioner(self, partitioner):
+        spec = partitioned_variables.as_spec(partitioner)
+        if spec is None and self._now().partitioner is not None:
+            # The coordinator's scope keeps the partitioner it was entered
+            # with; there is no "none" to override it with.
+            raise errors.UnimplementedError(
+                None, None, "VariableScope %r: set_partitioner(None) cannot remove the "
+                "partitioner the scope was entered with; enter a scope without one"
+                % (self.name,))
+        self._defaults["partitioner"] = spec
+
+    def set_custom_getter(self, custom_getter):
+        _check_custom_getter(custom_getter)
+        self._defaults["custom_getter"] = custom_getter
+
     def reuse_variables(self):
         if self._handle is not None:
             self._handle.reuse_variables()
         else:
             self._session._s.reuse_variables()
 
+    def get_variable(self, var_store, name, *args, **kwargs):
+        """tf.VariableScope.get_variable: get_variable(name, ...) inside this
+        scope (`var_store` is TensorFlow's and is not used)."""
+        with variable_scope(self, session=self._session):
+            return get_variable(name, *args, **kwargs)
+
     def __repr__(self):
         return "<psclient.VariableScope '%s' reuse=%r>" % (self.name, self.reuse)
+
+
+def _nest_getters(inner, outer):
+    """One custom getter that runs `inner` with a getter that runs `outer`
+    (TensorFlow's order: the innermost scope's getter, or get_variable's own,
+    sees the call first); either may be None."""
+    if inner is None or outer is None:
+        return inner or outer
+
+    def nested(getter, *args, **kwargs):
+        return inner(functools.partial(outer, getter), *args, **kwargs)
+
+    return nested
+
+
+def _check_custom_getter(custom_getter):
+    if custom_getter is not None and not callable(custom_getter):
+        raise ValueError("The custom_getter must be a callable, got %r" % (custom_getter,))
+
+
+# The defaults a scope keeps in Python, inherited from the enclosing scope
+# when not given.
+_SCOPE_DEFAULTS = ("initializer", "regularizer", "caching_device", "partitioner")
 
 
 class variable_scope:
@@ -363,8 +512,11 @@ class variable_scope:
     name_or_scope: a name (the scope parent/name), a VariableScope to re-enter,
     or None with default_name (``layer``, ``layer_1``, ... per session).
     reuse: None/False (inherit), True, or psclient.AUTO_REUSE; reuse is never
-    undone inside a reusing scope. initializer, partitioner and dtype are
-    defaults for get_variable inside.
+    undone inside a reusing scope. initializer (a psclient initializer or a
+    constant value), regularizer, partitioner, caching_device and dtype are
+    defaults for get_variable inside. custom_getter(getter, name, *args,
+    **kwargs) is called instead of the plain getter by get_variable inside;
+    nested scopes' getters wrap the enclosing ones'.
     """
 
     def __init__(self, name_or_scope, default_name=None, values=None, initializer=None,
@@ -375,35 +527,50 @@ class variable_scope:
             raise TypeError("If default_name is None then name_or_scope is required")
         if not (name_or_scope is None or isinstance(name_or_scope, (str, VariableScope))):
             raise TypeError("VariableScope: name_or_scope must be a string or VariableScope.")
+        _check_custom_getter(custom_getter)
+        if caching_device is not None:
+            _device_string(caching_device)
         self._name_or_scope = name_or_scope
         self._default_name = default_name
-        self._initializer = initializer
-        self._partitioner = partitioned_variables.as_spec(partitioner)
+        given = {"initializer": initializer, "regularizer": regularizer,
+                 "caching_device": caching_device,
+                 "partitioner": partitioned_variables.as_spec(partitioner)}
+        self._given = {k: v for k, v in given.items() if v is not None}
+        self._custom_getter = custom_getter
         self._reuse = _reuse_arg(reuse)
         self._dtype = _dtypes.as_dtype(dtype).as_datatype_enum if dtype is not None else 0
-        self._caching_device = (None if caching_device is None
-                                else _device_string(caching_device))
         self._session = session
         self._scope = None
 
     def __enter__(self):
         sess = _session_of(self._session)
         if isinstance(self._name_or_scope, VariableScope):
-            captured = self._name_or_scope._now()
-            handle = sess._s.reenter_scope(captured, self._reuse, self._partitioner, self._dtype,
-                                           self._caching_device)
-            inherited = self._name_or_scope.initializer
-        elif self._name_or_scope is None:
-            handle = sess._s.enter_default_scope(self._default_name, self._reuse,
-                                                 self._partitioner, self._dtype,
-                                                 self._caching_device)
-            inherited = sess._scopes[-1].initializer if sess._scopes else None
+            base = self._name_or_scope
         else:
-            handle = sess._s.enter_scope(self._name_or_scope, self._reuse, self._partitioner,
-                                         self._dtype, self._caching_device)
-            inherited = sess._scopes[-1].initializer if sess._scopes else None
-        initializer = self._initializer if self._initializer is not None else inherited
-        self._scope = VariableScope(sess, handle, handle.captured, initializer)
+            base = sess._scopes[-1] if sess._scopes else None
+        defaults = {}
+        if base is not None:
+            defaults = {k: base._defaults[k] for k in _SCOPE_DEFAULTS if k in base._defaults}
+        defaults.update(self._given)
+        # Custom getters nest: this scope's wraps the enclosing one's.
+        getter = _nest_getters(self._custom_getter,
+                               base.custom_getter if base is not None else None)
+        if getter is not None:
+            defaults["custom_getter"] = getter
+        partitioner = defaults.get("partitioner")
+        caching = defaults.get("caching_device")
+        caching = None if caching is None else _device_string(caching)
+        if isinstance(self._name_or_scope, VariableScope):
+            captured = self._name_or_scope._now()
+            handle = sess._s.reenter_scope(captured, self._reuse, partitioner, self._dtype,
+                                           caching)
+        elif self._name_or_scope is None:
+            handle = sess._s.enter_default_scope(self._default_name, self._reuse, partitioner,
+                                                 self._dtype, caching)
+        else:
+            handle = sess._s.enter_scope(self._name_or_scope, self._reuse, partitioner,
+                                         self._dtype, caching)
+        self._scope = VariableScope(sess, handle, handle.captured, defaults)
         sess._scopes.append(self._scope)
         return self._scope
 
@@ -443,6 +610,14 @@ def get_variable_scope(session=None):
     return VariableScope(sess, None, None, None)
 
 
+def _is_constant(initializer):
+    """Whether get_variable's initializer is a value (numpy array, list,
+    scalar) rather than an initializer."""
+    return initializer is not None and not isinstance(
+        initializer, (init_ops.Initializer, _psclient.InitializerSpec, type)) and not callable(
+            initializer)
+
+
 def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=None, trainable=None,
                  collections=None, caching_device=None, partitioner=None, validate_shape=True,
                  use_resource=None, custom_getter=None, constraint=None, synchronization=None,
@@ -453,49 +628,117 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
     (errors.VariableExistsError, VariableNotFoundError, InvalidVariableError).
 
     `initializer` is a psclient initializer or a constant value (numpy array,
-    list, scalar: then `shape` comes from it). Unset arguments come from the
-    enclosing variable_scope.
+    list, scalar: then `shape` comes from it, and an explicit `dtype` must be
+    the value's). Unset arguments come from the enclosing variable_scope.
+    `regularizer` (value -> loss or None) is recorded, for a variable this
+    session creates or first gets, in the session's REGULARIZATION_LOSSES
+    (see psclient.get_regularization_loss). With a custom getter (this
+    call's, or the scopes'), it is called as custom_getter(getter, name,
+    **kwargs) with the variable's full name.
     """
     sess = _session_of(session)
     scope = sess._scopes[-1] if sess._scopes else None
+    _check_custom_getter(custom_getter)
+    kwargs = dict(shape=shape, dtype=dtype, initializer=initializer, regularizer=regularizer,
+                  trainable=trainable, collections=collections, caching_device=caching_device,
+                  partitioner=partitioner, validate_shape=validate_shape, reuse=reuse,
+                  initialize=initialize)
+    prefix = scope.name if scope is not None else sess._s.current_scope().name
+    full_name = prefix + "/" + name if prefix else name
+    getter = _nest_getters(custom_getter, scope.custom_getter if scope is not None else None)
+    plain = functools.partial(_true_getter, sess)
+    if getter is None:
+        return plain(full_name, **kwargs)
+    # As TensorFlow calls it: every argument by keyword.
+    return getter(getter=plain, name=full_name, **kwargs)
+
+
+def _true_getter(sess, full_name, shape=None, dtype=None, initializer=None, regularizer=None,
+                 trainable=None, collections=None, caching_device=None, partitioner=None,
+                 validate_shape=True, reuse=None, initialize=False, **unused):
+    """get_variable's work, by full name (what a custom getter passes on)."""
+    scope = sess._scopes[-1] if sess._scopes else None
+    prefix = scope.name if scope is not None else sess._s.current_scope().name
+    if prefix:
+        if not full_name.startswith(prefix + "/"):
+            raise ValueError(
+                "get_variable %r: a custom getter may change a variable's name only within the "
+                "current variable scope %r" % (full_name, prefix))
+        name = full_name[len(prefix) + 1:]
+    else:
+        name = full_name
     if dtype is not None:
         dtype = _dtypes.as_dtype(dtype)
+    if initializer is None and scope is not None:
+        initializer = scope.initializer
+    if regularizer is None and scope is not None:
+        regularizer = scope.regularizer
+    if partitioner is None and scope is not None and "partitioner" in scope._defaults:
+        partitioner = scope._defaults["partitioner"]
+    if caching_device is None and scope is not None:
+        caching_device = scope.caching_device
     initial_value = None
     initial_dtype = 0
     spec = None
-    if initializer is not None and not isinstance(
-            initializer, (init_ops.Initializer, _psclient.InitializerSpec, type)):
+    if _is_constant(initializer):
         if shape is not None and list(np.shape(initializer)) != list(shape):
             raise errors.InvalidVariableError(
                 None, None, "If initializer is a constant, do not specify shape.")
-        if callable(initializer):
-            raise TypeError("initializer must be a psclient initializer or a value, got %r"
-                            % (initializer,))
-        vdtype = dtype or _dtypes.infer_dtype(initializer)
+        try:
+            init_dtype = _dtypes.infer_dtype(initializer)
+        except TypeError:
+            # A numpy type psd has no dtype for: only bfloat16's bits
+            # (uint16) are taken, by to_array below, for an explicit dtype.
+            if dtype is None:
+                raise
+            init_dtype = dtype
+        if dtype is not None and init_dtype != dtype:
+            raise ValueError("Initializer type '%s' and explicit dtype '%s' don't match."
+                             % (init_dtype.name, dtype.name))
+        vdtype = dtype or init_dtype
         initial_value = _dtypes.to_array(initializer, vdtype)
         initial_dtype = vdtype.as_datatype_enum
         shape = None
-    else:
-        if initializer is None and scope is not None:
-            initializer = scope.initializer
+    elif initializer is not None:
         if isinstance(initializer, init_ops.InitializedValue):
             # Like a tensor initial value: shape and dtype are the source's.
             if shape is None:
                 shape = initializer.source.shape
             if dtype is None:
                 dtype = initializer.source.dtype
-        if initializer is not None:
-            resolved = dtype
-            if resolved is None:
-                scope_dtype = sess._s.current_scope().dtype
-                resolved = _dtypes.as_dtype(scope_dtype) if scope_dtype else _dtypes.float32
-            spec = init_ops.as_spec(initializer, None if shape is None else list(shape), resolved)
-    return Variable._wrap(sess, sess._s.get_variable(
+        resolved = dtype
+        if resolved is None:
+            scope_dtype = sess._s.current_scope().dtype
+            resolved = _dtypes.as_dtype(scope_dtype) if scope_dtype else _dtypes.float32
+        if callable(initializer) and not isinstance(
+                initializer, (init_ops.Initializer, _psclient.InitializerSpec, type)):
+            raise TypeError("initializer must be a psclient initializer or a value, got %r"
+                            % (initializer,))
+        spec = init_ops.as_spec(initializer, None if shape is None else list(shape), resolved)
+    variable = Variable._wrap(sess, sess._s.get_variable(
         name, None if shape is None else [int(d) for d in shape],
         dtype.as_datatype_enum if dtype is not None else 0, spec, initial_value, initial_dtype,
         partitioned_variables.as_spec(partitioner), _reuse_arg(reuse), trainable,
         list(collections or []), bool(initialize), _caller(),
         None if caching_device is None else _device_string(caching_device)))
+    variable._validate_shape = bool(validate_shape)
+    if regularizer is not None:
+        from . import regularizers  # imports this module
+        regularizers._record(sess, variable, regularizer)
+    return variable
+
+
+def get_local_variable(name, shape=None, dtype=None, initializer=None, regularizer=None,
+                       trainable=False, collections=None, caching_device=None, partitioner=None,
+                       validate_shape=True, custom_getter=None, session=None, **kwargs):
+    """tf.get_local_variable: get_variable in LOCAL_VARIABLES (not
+    GLOBAL_VARIABLES), not trainable."""
+    collections = list(collections or []) + [GraphKeys.LOCAL_VARIABLES]
+    return get_variable(name, shape=shape, dtype=dtype, initializer=initializer,
+                        regularizer=regularizer, trainable=trainable, collections=collections,
+                        caching_device=caching_device, partitioner=partitioner,
+                        validate_shape=validate_shape, custom_getter=custom_getter,
+                        session=session, **kwargs)
 
 
 def _device_string(caching_device):
@@ -504,52 +747,6 @@ def _device_string(caching_device):
     if callable(caching_device):
         return "callable"
     return str(caching_device)
-
-
-class Template:
-    """tf.make_template: the first call runs func_ in a new default-named
-    scope and captures it; later calls re-enter it with reuse=True, so the
-    variables are created once and shared."""
-
-    def __init__(self, name, func, create_scope_now=False, session=None, **kwargs):
-        self._name = name
-        self._func = func
-        self._kwargs = kwargs
-        self._session = session
-        self._scope = None
-        if create_scope_now:
-            with variable_scope(None, default_name=name, session=session) as vs:
-                self._scope = vs
-
-    @property
-    def variable_scope(self):
-        return self._scope
-
-    @property
-    def variable_scope_name(self):
-        return self._scope.name if self._scope is not None else None
-
-    @property
-    def name(self):
-        return self._name
-
-    def __call__(self, *args, **kwargs):
-        kw = dict(self._kwargs)
-        kw.update(kwargs)
-        if self._scope is None:
-            with variable_scope(None, default_name=self._name, session=self._session) as vs:
-                self._scope = vs
-                return self._func(*args, **kw)
-        with variable_scope(self._scope, reuse=True, session=self._session):
-            return self._func(*args, **kw)
-
-
-def make_template(name_, func_, create_scope_now_=False, unique_name_=None, custom_getter_=None,
-                  **kwargs):
-    if unique_name_ is not None or custom_getter_ is not None:
-        raise errors.UnimplementedError(None, None,
-                                        "make_template: unique_name_ and custom_getter_ are not supported")
-    return Template(name_, func_, create_scope_now=create_scope_now_, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -561,12 +758,18 @@ class GraphKeys:
     TRAINABLE_VARIABLES = "trainable_variables"
     LOCAL_VARIABLES = "local_variables"
     MOVING_AVERAGE_VARIABLES = "moving_average_variables"
+    # The session's own (regularizers.py), not the coordinator's.
+    REGULARIZATION_LOSSES = "regularization_losses"
 
 
 def get_collection(key, session=None):
     """Variables in collection `key`, in creation order (all sessions' variables:
-    the coordinator keeps collections cluster-wide)."""
+    the coordinator keeps collections cluster-wide). REGULARIZATION_LOSSES
+    is the session's own list of RegularizationLoss entries."""
     sess = _session_of(session)
+    if key == GraphKeys.REGULARIZATION_LOSSES:
+        from . import regularizers  # imports this module
+        return regularizers.get_regularization_losses(session=sess)
     return [Variable._wrap(sess, v) for v in sess._s.list_variables(key)]
 
 
