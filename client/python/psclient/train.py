@@ -187,10 +187,41 @@ def _path_args(sess_or_path, save_path):
     return "" if save_path is None else os.fsdecode(save_path)
 
 
+class _ByName(str):
+    """A variable named by a SaverDef (it holds names, not handles)."""
+
+
 def _var_name(v, where):
     if isinstance(v, Variable):
         return v.full_name
+    if isinstance(v, _ByName):
+        return str(v)
     raise TypeError("Saver: %s must be a psclient.Variable, got %r" % (where, v))
+
+
+class SaverDef:
+    """What Saver.as_saver_def() returns and Saver(saver_def=...) takes: the
+    Saver's variables (by name) and its options."""
+
+    def __init__(self, variables, name_map, max_to_keep, keep_checkpoint_every_n_hours, name,
+                 sharded):
+        self.variables = variables
+        self.name_map = name_map
+        self.max_to_keep = max_to_keep
+        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self.name = name
+        self.sharded = sharded
+
+    def var_list(self):
+        if self.name_map:
+            return {k: _ByName(v) for k, v in self.name_map.items()}
+        return [_ByName(v) for v in self.variables] or None
+
+    def __eq__(self, other):
+        return isinstance(other, SaverDef) and vars(self) == vars(other)
+
+    def __repr__(self):
+        return "SaverDef(%s)" % ", ".join("%s=%r" % kv for kv in sorted(vars(self).items()))
 
 
 class Saver:
@@ -228,9 +259,36 @@ class Saver:
                  restore_sequentially=False, saver_def=None, builder=None, defer_build=False,
                  allow_empty=False, write_version=None, pad_step_number=False,
                  save_relative_paths=False, filename=None, session=None, timeout=None):
+        if saver_def is not None:
+            if not isinstance(saver_def, SaverDef):
+                raise TypeError("saver_def must come from Saver.as_saver_def(), got %r"
+                                % (saver_def,))
+            if var_list is not None:
+                raise ValueError("Saver: give var_list or saver_def, not both")
+            var_list = saver_def.var_list()
+            max_to_keep = saver_def.max_to_keep
+            keep_checkpoint_every_n_hours = saver_def.keep_checkpoint_every_n_hours
+            name = saver_def.name if name is None else name
+            sharded = saver_def.sharded
         if pad_step_number:
             raise errors.UnimplementedError(None, None, "Saver(pad_step_number=True) is not "
                                             "supported: the coordinator names PREFIX-STEP")
+        # Arguments about how TensorFlow built its save and restore ops in a
+        # graph have no meaning here: refused when set, never ignored.
+        for arg, value, default in (("restore_sequentially", restore_sequentially, False),
+                                    ("builder", builder, None)):
+            if value != default:
+                raise errors.UnimplementedError(
+                    None, None, "Saver(%s=%r): psd saves and restores on the shards, part by "
+                    "part, streamed; there are no graph ops to build or order" % (arg, value))
+        if write_version not in (None, 2):
+            raise errors.UnimplementedError(
+                None, None, "Saver(write_version=%r): psd writes TensorFlow's V2 format only"
+                % (write_version,))
+        # sharded: psd's saves always write one data file per shard (every
+        # TensorFlow reader accepts that); the flag is kept for as_saver_def.
+        self._sharded = bool(sharded)
+        self.name = name
         self._address, self._security = _coordinator_of(session)
         self._timeout = float(timeout or 0)
         self._max_to_keep = None
@@ -264,6 +322,22 @@ class Saver:
             raise ValueError("No variables to save")
         self._savers = {}  # latest_filename -> _psclient.Saver
         self._last = self._saver("")
+
+    def as_saver_def(self):
+        """A SaverDef that rebuilds this Saver (Saver(saver_def=...)): its
+        variables, retention, name and sharded flag."""
+        return SaverDef(list(self._variables), dict(self._name_map),
+                        _COORDINATOR_POLICY if self._max_to_keep is None else self._max_to_keep,
+                        _COORDINATOR_POLICY if self._keep_hours is None else self._keep_hours,
+                        self.name, self._sharded)
+
+    to_proto = as_saver_def
+
+    @staticmethod
+    def from_proto(saver_def, import_scope=None, session=None):
+        if import_scope:
+            raise errors.UnimplementedError(None, None, "Saver.from_proto(import_scope=...)")
+        return Saver(saver_def=saver_def, session=session)
 
     @property
     def max_to_keep(self):

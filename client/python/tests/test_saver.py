@@ -363,3 +363,29 @@ def test_digits_example_trains_restores_and_reaches_accuracy(psd_binary):
     assert m, out.stdout
     assert float(m.group(1)) >= 0.90 and int(m.group(2)) == 300, out.stdout
     assert re.search(r"restored .*model\.ckpt-150 .*global step 150", out.stdout), out.stdout
+
+
+def test_saver_def_rebuilds_the_same_saver(session, prefix, tmp_path):
+    a = psclient.get_variable(prefix + "_a", shape=[2], initializer=psclient.ones_initializer(),
+                              initialize=True)
+    b = psclient.get_variable(prefix + "_b", shape=[2], initializer=psclient.ones_initializer(),
+                              initialize=True)
+    saver = psclient.train.Saver({"only_a": a}, max_to_keep=2, name="s1")
+    saver_def = saver.as_saver_def()
+    again = psclient.train.Saver.from_proto(saver_def)
+    assert again.as_saver_def() == saver_def
+    assert (again.max_to_keep, again.name) == (2, "s1")
+    path = again.save(str(tmp_path / "model.ckpt"))
+    a.assign(np.zeros(2, np.float32))
+    b.assign(np.zeros(2, np.float32))
+    psclient.train.Saver(saver_def=saver_def).restore(path)
+    np.testing.assert_array_equal(a.read(), [1, 1])  # saved under "only_a"
+    np.testing.assert_array_equal(b.read(), [0, 0])  # not in the Saver
+
+
+@pytest.mark.parametrize("kwargs", [dict(restore_sequentially=True), dict(builder=object()),
+                                    dict(write_version=1)])
+def test_saver_graph_building_arguments_are_refused_by_name(session, prefix, kwargs):
+    v = psclient.get_variable(prefix, shape=[1])
+    with pytest.raises(psclient.errors.UnimplementedError, match=list(kwargs)[0]):
+        psclient.train.Saver([v], **kwargs)
