@@ -33,17 +33,42 @@ def _seed(seed):
     return 0 if seed is None else int(seed)
 
 
-class Zeros(Initializer):
-    def __init__(self, dtype=None):
-        self.dtype = dtype
+def _is_dtype_like(value):
+    try:
+        _dtypes.as_dtype(value)
+    except TypeError:
+        return False
+    return not isinstance(value, (list, tuple, np.ndarray, numbers.Integral)) or isinstance(
+        value, _dtypes.DType)
+
+
+class _Filled(Initializer):
+    """zeros_initializer and ones_initializer: TensorFlow 0.x called them as
+    zeros_initializer(shape, dtype), giving the value; later TensorFlow as
+    zeros_initializer(dtype), giving an initializer. Both forms work: with a
+    shape the value (a numpy array) is returned."""
+
+    _fill = 0
+
+    def __new__(cls, shape=None, dtype=None):
+        if shape is not None and not _is_dtype_like(shape):
+            np_dtype = _dtypes.as_dtype(dtype if dtype is not None else _dtypes.float32).np
+            return np.full([int(d) for d in shape], cls._fill, np_dtype)
+        return super().__new__(cls)
+
+    def __init__(self, shape=None, dtype=None):
+        self.dtype = shape if dtype is None else dtype
+
+
+class Zeros(_Filled):
+    _fill = 0
 
     def spec(self, shape, dtype):
         return _psclient.init_zeros()
 
 
-class Ones(Initializer):
-    def __init__(self, dtype=None):
-        self.dtype = dtype
+class Ones(_Filled):
+    _fill = 1
 
     def spec(self, shape, dtype):
         return _psclient.init_ones()
@@ -100,14 +125,21 @@ class TruncatedNormal(RandomNormal):
 
 
 class UniformUnitScaling(Initializer):
-    def __init__(self, factor=1.0, seed=None, dtype=None):
+    """Uniform in [-limit, limit), limit = factor * sqrt(3 / input size),
+    the input size taken from `full_shape` when given (TensorFlow: the whole
+    variable's shape, for a variable initialized in slices), else from the
+    variable's shape (a partitioned variable's parts use the whole shape)."""
+
+    def __init__(self, factor=1.0, seed=None, dtype=None, full_shape=None):
         self.factor = factor
         self.seed = seed
         self.dtype = dtype
+        self.full_shape = None if full_shape is None else [int(d) for d in full_shape]
 
     def spec(self, shape, dtype):
+        scaling_shape = self.full_shape if self.full_shape is not None else shape
         return _psclient.init_uniform_unit_scaling(float(self.factor), _seed(self.seed),
-                                                   list(shape or []))
+                                                   list(scaling_shape or []))
 
 
 def _fans(shape):

@@ -75,6 +75,11 @@ class IndexedSlices:
         self.indices = indices
         self.dense_shape = dense_shape
 
+    @property
+    def dtype(self):
+        """The values' dtype."""
+        return _dtypes.infer_dtype(np.asarray(self.values))
+
     def __repr__(self):
         return "IndexedSlices(indices=%r, values=%r, dense_shape=%r)" % (
             self.indices, self.values, self.dense_shape)
@@ -323,16 +328,33 @@ class Variable:
         op(idx, idt, self._value(updates))
         return self._v.read() if read_value else None
 
-    def scatter_update(self, indices, updates=None, use_locking=None, name=None, read_value=False):
-        """var[indices] = updates (last duplicate wins). Also takes an IndexedSlices.
+    def scatter_update(self, sparse_delta, updates=None, use_locking=None, name=None,
+                       read_value=False):
+        """var[indices] = updates (last duplicate wins). `sparse_delta` is an
+        IndexedSlices (TensorFlow's form), or the indices with `updates`.
         read_value=True reads the variable after the update (a separate read)."""
-        return self._scatter(self._v.scatter_update, indices, updates, read_value)
+        return self._scatter(self._v.scatter_update, sparse_delta, updates, read_value)
 
-    def scatter_add(self, indices, updates=None, use_locking=None, name=None, read_value=False):
-        return self._scatter(self._v.scatter_add, indices, updates, read_value)
+    def scatter_add(self, sparse_delta, updates=None, use_locking=None, name=None,
+                    read_value=False):
+        return self._scatter(self._v.scatter_add, sparse_delta, updates, read_value)
 
-    def scatter_sub(self, indices, updates=None, use_locking=None, name=None, read_value=False):
-        return self._scatter(self._v.scatter_sub, indices, updates, read_value)
+    def scatter_sub(self, sparse_delta, updates=None, use_locking=None, name=None,
+                    read_value=False):
+        return self._scatter(self._v.scatter_sub, sparse_delta, updates, read_value)
+
+    @property
+    def device(self):
+        """Where the value lives: its shard's address ("shard K at ADDRESS"),
+        or each part's, comma-separated, for a partitioned variable."""
+        return ", ".join("shard %s at %s" % (p["shard_id"], p["shard_address"])
+                         for p in self._v.parts())
+
+    @property
+    def initializer(self):
+        """What initializes the variable (TensorFlow's initializer op):
+        ``v.initializer.run()`` initializes it now, if it is not yet."""
+        return _InitializerOp([self], self._session)
 
     def count_up_to(self, limit):
         """Increments an int32/int64 scalar; returns the old value;
@@ -473,11 +495,17 @@ class VariableScope:
         else:
             self._session._s.reuse_variables()
 
-    def get_variable(self, var_store, name, *args, **kwargs):
+    def get_variable(self, var_store, name, shape=None, dtype=None, initializer=None,
+                     regularizer=None, trainable=None, collections=None, caching_device=None,
+                     partitioner=None, validate_shape=True, **kwargs):
         """tf.VariableScope.get_variable: get_variable(name, ...) inside this
-        scope (`var_store` is TensorFlow's and is not used)."""
+        scope (`var_store`, TensorFlow's variable store, is not used)."""
         with variable_scope(self, session=self._session):
-            return get_variable(name, *args, **kwargs)
+            return get_variable(name, shape=shape, dtype=dtype, initializer=initializer,
+                                regularizer=regularizer, trainable=trainable,
+                                collections=collections, caching_device=caching_device,
+                                partitioner=partitioner, validate_shape=validate_shape,
+                                **kwargs)
 
     def __repr__(self):
         return "<psclient.VariableScope '%s' reuse=%r>" % (self.name, self.reuse)
@@ -796,6 +824,36 @@ def _handles(var_list):
     return [v._v for v in var_list]
 
 
+class _InitializerOp:
+    """An initialization to run later (TensorFlow's initializer op):
+    run() initializes the variables now."""
+
+    def __init__(self, var_list, session):
+        self._var_list = list(var_list)
+        self._session = session
+
+    def run(self, session=None, force=False):
+        variables_initializer(self._var_list, force=force, session=session or self._session)
+
+
+def scatter_update(ref, indices, updates, use_locking=None, name=None):
+    """tf.scatter_update: ref[indices] = updates; returns ref."""
+    ref.scatter_update(indices, updates)
+    return ref
+
+
+def scatter_add(ref, indices, updates, use_locking=None, name=None):
+    """tf.scatter_add: ref[indices] += updates (duplicates add up); returns ref."""
+    ref.scatter_add(indices, updates)
+    return ref
+
+
+def scatter_sub(ref, indices, updates, use_locking=None, name=None):
+    """tf.scatter_sub: ref[indices] -= updates; returns ref."""
+    ref.scatter_sub(indices, updates)
+    return ref
+
+
 def variables_initializer(var_list, force=False, session=None):
     """Runs the initializers of `var_list` now, in parallel on the shards
     (TensorFlow returned an op to run; psd runs it at once). Initialized
@@ -808,7 +866,9 @@ def variables_initializer(var_list, force=False, session=None):
     return None
 
 
-initialize_variables = variables_initializer
+def initialize_variables(var_list, name="init", force=False, session=None):
+    """tf.initialize_variables(var_list, name): variables_initializer."""
+    return variables_initializer(var_list, force=force, session=session)
 
 
 def global_variables_initializer(session=None):
@@ -822,6 +882,11 @@ def local_variables_initializer(session=None):
     _session_of(session)._s.initialize_collections([GraphKeys.LOCAL_VARIABLES])
 
 
+def initialize_local_variables(session=None):
+    """tf.initialize_local_variables: local_variables_initializer."""
+    local_variables_initializer(session)
+
+
 def initialize_all_variables(session=None):
     """Global and local variables."""
     _session_of(session)._s.initialize_all_variables()
@@ -831,7 +896,18 @@ def is_variable_initialized(variable):
     return variable.is_initialized()
 
 
-def report_uninitialized_variables(var_list=None, session=None):
+def assert_variables_initialized(var_list=None, session=None):
+    """tf.assert_variables_initialized, checked now: FailedPreconditionError
+    naming the uninitialized variables among var_list (all when None)."""
+    missing = report_uninitialized_variables(var_list, session=session)
+    if missing:
+        raise errors.FailedPreconditionError(
+            None, None, "Attempting to use uninitialized value%s %s"
+            % ("s" if len(missing) > 1 else "", ", ".join(missing)))
+
+
+def report_uninitialized_variables(var_list=None, name="report_uninitialized_variables",
+                                   session=None):
     """Names (without ":0") of the variables among var_list (all when None)
     with an uninitialized part, in list order."""
     sess = _session_of(session)
