@@ -23,6 +23,7 @@
 #include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 #include "psd/stream_codec.h"
+#include "psd/update_kind_wire.h"
 #include "psd/wire.h"
 #include "raw_stream.h"
 #include "request_ids.h"
@@ -495,11 +496,11 @@ class ShardClient::Impl {
                        header.mutable_request_id());
   }
 
-  AssignStreamHeader MakeStreamHeader(UpdateOp op, const std::string& name, const Tensor& value,
+  AssignStreamHeader MakeStreamHeader(UpdateKind op, const std::string& name, const Tensor& value,
                                       bool validate_shape, bool if_uninitialized = false) const {
     AssignStreamHeader header;
     header.set_name(name);
-    header.set_op(op);
+    header.set_op(UpdateKindToWire(op));
     header.set_dtype(value.dtype());
     ShapeToProto(value.shape(), header.mutable_shape());
     header.set_total_bytes(WireBytes(value));
@@ -512,26 +513,26 @@ class ShardClient::Impl {
 
   // ---- Ops.
 
-  AssignRequest MakeAssignRequest(UpdateOp op, const std::string& name, Tensor&& value,
+  AssignRequest MakeAssignRequest(UpdateKind op, const std::string& name, Tensor&& value,
                                   const AssignOptions& options, bool return_value) const {
     AssignRequest request;
     request.set_name(name);
-    request.set_op(op);
+    request.set_op(UpdateKindToWire(op));
     TensorToProto(std::move(value), request.mutable_value());
     request.set_validate_shape(options.validate_shape);
     request.set_use_locking(options.use_locking);
-    request.set_if_uninitialized(op == UPDATE_ASSIGN && options.if_uninitialized);
+    request.set_if_uninitialized(op == UpdateKind::kAssign && options.if_uninitialized);
     request.set_return_value(return_value);
     SetNewRequestId(request.mutable_request_id());
     request.set_shard_incarnation(info_.incarnation);
     return request;
   }
 
-  ScatterRequest MakeScatterRequest(UpdateOp op, const std::string& name, Tensor&& indices,
+  ScatterRequest MakeScatterRequest(UpdateKind op, const std::string& name, Tensor&& indices,
                                     Tensor&& updates, bool return_value) const {
     ScatterRequest request;
     request.set_name(name);
-    request.set_op(op);
+    request.set_op(UpdateKindToWire(op));
     TensorToProto(std::move(indices), request.mutable_indices());
     TensorToProto(std::move(updates), request.mutable_updates());
     request.set_return_value(return_value);
@@ -557,18 +558,18 @@ class ShardClient::Impl {
     return request;
   }
 
-  absl::Status AssignOp(UpdateOp op, const std::string& name, const Tensor& value,
+  absl::Status AssignOp(UpdateKind op, const std::string& name, const Tensor& value,
                         const AssignOptions& options, Tensor* new_value) {
     const int64_t bytes = WireBytes(value);
     // A streamed assign returns no value, and reading it back afterwards is
     // not atomic with the update: keep an add/sub whose result is wanted in
     // one message while it fits.
-    const bool result_in_reply = new_value != nullptr && op != UPDATE_ASSIGN &&
+    const bool result_in_reply = new_value != nullptr && op != UpdateKind::kAssign &&
                                  bytes + (64 << 10) <= options_.max_message_bytes;
     if (Streams(bytes) && !result_in_reply) {
-      const AssignStreamHeader header =
-          MakeStreamHeader(op, name, value, op == UPDATE_ASSIGN ? options.validate_shape : true,
-                           op == UPDATE_ASSIGN && options.if_uninitialized);
+      const AssignStreamHeader header = MakeStreamHeader(
+          op, name, value, op == UpdateKind::kAssign ? options.validate_shape : true,
+          op == UpdateKind::kAssign && options.if_uninitialized);
       AssignResponse response;
       PSD_RETURN_IF_ERROR(AssignStream(header, value, &response));
       if (new_value != nullptr) {
@@ -576,7 +577,7 @@ class ShardClient::Impl {
         // value sent; for add/sub, or an initialization that found the
         // variable initialized, it is read back (not atomically with the
         // update).
-        if (op == UPDATE_ASSIGN && !response.skipped()) {
+        if (op == UpdateKind::kAssign && !response.skipped()) {
           *new_value = value;
         } else {
           PSD_ASSIGN_OR_RETURN(*new_value, Read(name));
@@ -594,7 +595,7 @@ class ShardClient::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status ScatterOp(UpdateOp op, const std::string& name, const Tensor& indices,
+  absl::Status ScatterOp(UpdateKind op, const std::string& name, const Tensor& indices,
                          const Tensor& updates, Tensor* new_value) {
     ScatterRequest request =
         MakeScatterRequest(op, name, Tensor(indices), Tensor(updates), new_value != nullptr);
@@ -630,7 +631,7 @@ class ShardClient::Impl {
   // header declares the variable.
   absl::StatusOr<VariableInfo> CreateStreamed(const std::string& name, const Tensor& value,
                                               const CreateOptions& options) {
-    AssignStreamHeader header = MakeStreamHeader(UPDATE_ASSIGN, name, value, true);
+    AssignStreamHeader header = MakeStreamHeader(UpdateKind::kAssign, name, value, true);
     CreateVariableRequest* decl = header.mutable_create();
     decl->set_name(name);
     decl->set_dtype(value.dtype());
@@ -664,7 +665,7 @@ class ShardClient::Impl {
     return future;
   }
 
-  std::future<absl::Status> AssignAsync(UpdateOp op, const std::string& name, Tensor value,
+  std::future<absl::Status> AssignAsync(UpdateKind op, const std::string& name, Tensor value,
                                         const AssignOptions& options) {
     if (Streams(WireBytes(value))) {
       return OnThread<absl::Status>([this, op, name, value = std::move(value), options] {
@@ -677,7 +678,7 @@ class ShardClient::Impl {
         [](const std::shared_ptr<Op>& op) { op->Complete(absl::OkStatus()); });
   }
 
-  std::future<absl::Status> ScatterAsync(UpdateOp op, const std::string& name, Tensor indices,
+  std::future<absl::Status> ScatterAsync(UpdateKind op, const std::string& name, Tensor indices,
                                          Tensor updates) {
     using Op = AsyncOp<ScatterRequest, ScatterResponse, absl::Status>;
     return StartAsync<ScatterResponse, absl::Status>(
@@ -1082,14 +1083,14 @@ class BatchStream::Impl {
     return future;
   }
 
-  std::future<absl::Status> Assign(UpdateOp kind, const std::string& name, Tensor&& value,
+  std::future<absl::Status> Assign(UpdateKind kind, const std::string& name, Tensor&& value,
                                    const AssignOptions& options) {
     BatchOp op;
     *op.mutable_assign() = client_->MakeAssignRequest(kind, name, std::move(value), options, false);
     return Add<absl::Status>(std::move(op));
   }
 
-  std::future<absl::Status> Scatter(UpdateOp kind, const std::string& name, Tensor&& indices,
+  std::future<absl::Status> Scatter(UpdateKind kind, const std::string& name, Tensor&& indices,
                                     Tensor&& updates) {
     BatchOp op;
     *op.mutable_scatter() =
@@ -1106,25 +1107,25 @@ BatchStream::~BatchStream() { Close().IgnoreError(); }
 
 std::future<absl::Status> BatchStream::Assign(const std::string& name, Tensor value,
                                               const AssignOptions& options) {
-  return impl_->Assign(UPDATE_ASSIGN, name, std::move(value), options);
+  return impl_->Assign(UpdateKind::kAssign, name, std::move(value), options);
 }
 std::future<absl::Status> BatchStream::AssignAdd(const std::string& name, Tensor value) {
-  return impl_->Assign(UPDATE_ADD, name, std::move(value), {});
+  return impl_->Assign(UpdateKind::kAdd, name, std::move(value), {});
 }
 std::future<absl::Status> BatchStream::AssignSub(const std::string& name, Tensor value) {
-  return impl_->Assign(UPDATE_SUB, name, std::move(value), {});
+  return impl_->Assign(UpdateKind::kSub, name, std::move(value), {});
 }
 std::future<absl::Status> BatchStream::ScatterUpdate(const std::string& name, Tensor indices,
                                                      Tensor updates) {
-  return impl_->Scatter(UPDATE_ASSIGN, name, std::move(indices), std::move(updates));
+  return impl_->Scatter(UpdateKind::kAssign, name, std::move(indices), std::move(updates));
 }
 std::future<absl::Status> BatchStream::ScatterAdd(const std::string& name, Tensor indices,
                                                   Tensor updates) {
-  return impl_->Scatter(UPDATE_ADD, name, std::move(indices), std::move(updates));
+  return impl_->Scatter(UpdateKind::kAdd, name, std::move(indices), std::move(updates));
 }
 std::future<absl::Status> BatchStream::ScatterSub(const std::string& name, Tensor indices,
                                                   Tensor updates) {
-  return impl_->Scatter(UPDATE_SUB, name, std::move(indices), std::move(updates));
+  return impl_->Scatter(UpdateKind::kSub, name, std::move(indices), std::move(updates));
 }
 std::future<absl::StatusOr<int64_t>> BatchStream::CountUpTo(const std::string& name,
                                                             int64_t limit) {
@@ -1361,32 +1362,32 @@ absl::StatusOr<Tensor> ShardClient::Gather(const std::string& name, const Tensor
 
 absl::Status ShardClient::Assign(const std::string& name, const Tensor& value,
                                  const AssignOptions& options, Tensor* new_value) {
-  return impl_->AssignOp(UPDATE_ASSIGN, name, value, options, new_value);
+  return impl_->AssignOp(UpdateKind::kAssign, name, value, options, new_value);
 }
 
 absl::Status ShardClient::AssignAdd(const std::string& name, const Tensor& value,
                                     const AssignOptions& options, Tensor* new_value) {
-  return impl_->AssignOp(UPDATE_ADD, name, value, options, new_value);
+  return impl_->AssignOp(UpdateKind::kAdd, name, value, options, new_value);
 }
 
 absl::Status ShardClient::AssignSub(const std::string& name, const Tensor& value,
                                     const AssignOptions& options, Tensor* new_value) {
-  return impl_->AssignOp(UPDATE_SUB, name, value, options, new_value);
+  return impl_->AssignOp(UpdateKind::kSub, name, value, options, new_value);
 }
 
 absl::Status ShardClient::ScatterUpdate(const std::string& name, const Tensor& indices,
                                         const Tensor& updates, Tensor* new_value) {
-  return impl_->ScatterOp(UPDATE_ASSIGN, name, indices, updates, new_value);
+  return impl_->ScatterOp(UpdateKind::kAssign, name, indices, updates, new_value);
 }
 
 absl::Status ShardClient::ScatterAdd(const std::string& name, const Tensor& indices,
                                      const Tensor& updates, Tensor* new_value) {
-  return impl_->ScatterOp(UPDATE_ADD, name, indices, updates, new_value);
+  return impl_->ScatterOp(UpdateKind::kAdd, name, indices, updates, new_value);
 }
 
 absl::Status ShardClient::ScatterSub(const std::string& name, const Tensor& indices,
                                      const Tensor& updates, Tensor* new_value) {
-  return impl_->ScatterOp(UPDATE_SUB, name, indices, updates, new_value);
+  return impl_->ScatterOp(UpdateKind::kSub, name, indices, updates, new_value);
 }
 
 absl::StatusOr<int64_t> ShardClient::CountUpTo(const std::string& name, int64_t limit) {
@@ -1405,27 +1406,27 @@ std::future<absl::StatusOr<Tensor>> ShardClient::GatherAsync(const std::string& 
 }
 std::future<absl::Status> ShardClient::AssignAsync(const std::string& name, Tensor value,
                                                    const AssignOptions& options) {
-  return impl_->AssignAsync(UPDATE_ASSIGN, name, std::move(value), options);
+  return impl_->AssignAsync(UpdateKind::kAssign, name, std::move(value), options);
 }
 std::future<absl::Status> ShardClient::AssignAddAsync(const std::string& name, Tensor value,
                                                       const AssignOptions& options) {
-  return impl_->AssignAsync(UPDATE_ADD, name, std::move(value), options);
+  return impl_->AssignAsync(UpdateKind::kAdd, name, std::move(value), options);
 }
 std::future<absl::Status> ShardClient::AssignSubAsync(const std::string& name, Tensor value,
                                                       const AssignOptions& options) {
-  return impl_->AssignAsync(UPDATE_SUB, name, std::move(value), options);
+  return impl_->AssignAsync(UpdateKind::kSub, name, std::move(value), options);
 }
 std::future<absl::Status> ShardClient::ScatterUpdateAsync(const std::string& name, Tensor indices,
                                                           Tensor updates) {
-  return impl_->ScatterAsync(UPDATE_ASSIGN, name, std::move(indices), std::move(updates));
+  return impl_->ScatterAsync(UpdateKind::kAssign, name, std::move(indices), std::move(updates));
 }
 std::future<absl::Status> ShardClient::ScatterAddAsync(const std::string& name, Tensor indices,
                                                        Tensor updates) {
-  return impl_->ScatterAsync(UPDATE_ADD, name, std::move(indices), std::move(updates));
+  return impl_->ScatterAsync(UpdateKind::kAdd, name, std::move(indices), std::move(updates));
 }
 std::future<absl::Status> ShardClient::ScatterSubAsync(const std::string& name, Tensor indices,
                                                        Tensor updates) {
-  return impl_->ScatterAsync(UPDATE_SUB, name, std::move(indices), std::move(updates));
+  return impl_->ScatterAsync(UpdateKind::kSub, name, std::move(indices), std::move(updates));
 }
 std::future<absl::StatusOr<int64_t>> ShardClient::CountUpToAsync(const std::string& name,
                                                                  int64_t limit) {
