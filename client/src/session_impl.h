@@ -1,6 +1,6 @@
-// Internals shared by session.cc and variable.cc: the session's state
-// (coordinator client, scope stack, shard-client pool) and a Variable's
-// shared handle. Not part of the public API.
+// Internals shared by session.cc, session_init.cc, variable_scope.cc and
+// variable.cc: the session's state (coordinator client, scope stack,
+// shard-client pool) and a Variable's shared handle. Not part of the public API.
 #ifndef PSD_CLIENT_SRC_SESSION_IMPL_H_
 #define PSD_CLIENT_SRC_SESSION_IMPL_H_
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "psd/dtype.h"
 #include "psd/status.h"
+#include "psd/update_kind.h"
 #include "psd/wire.h"
 #include "session_impl.h"
 
@@ -234,8 +235,6 @@ absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indice
   return split;
 }
 
-enum class Op { kAssign, kAdd, kSub };
-
 }  // namespace
 
 const std::string& Variable::name() const { return state_->name; }
@@ -411,14 +410,14 @@ absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
 
 namespace {
 
-absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* new_value,
+absl::Status AssignOp(VariableState* state, UpdateKind op, const Tensor& value, Tensor* new_value,
                       const AssignOptions& options = {}) {
   auto run = [op, &options](ShardClient& shard, const std::string& name, const Tensor& v,
                             Tensor* nv) {
     switch (op) {
-      case Op::kAssign: return shard.Assign(name, v, options, nv);
-      case Op::kAdd: return shard.AssignAdd(name, v, {}, nv);
-      case Op::kSub: return shard.AssignSub(name, v, {}, nv);
+      case UpdateKind::kAssign: return shard.Assign(name, v, options, nv);
+      case UpdateKind::kAdd: return shard.AssignAdd(name, v, {}, nv);
+      case UpdateKind::kSub: return shard.AssignSub(name, v, {}, nv);
     }
     return absl::InternalError("unknown op");
   };
@@ -440,7 +439,7 @@ absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* 
                                                    ", the variable has dtype ",
                                                    DataTypeName(h.dtype())));
   }
-  const bool scalar = value.shape().rank() == 0 && op != Op::kAssign;
+  const bool scalar = value.shape().rank() == 0 && op != UpdateKind::kAssign;
   if (!scalar && value.shape() != full) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", h.name(), "': value shape ", value.shape().ToString(),
@@ -457,12 +456,13 @@ absl::Status AssignOp(VariableState* state, Op op, const Tensor& value, Tensor* 
   return absl::OkStatus();
 }
 
-absl::Status ScatterOp(VariableState* state, Op op, const Tensor& indices, const Tensor& updates) {
+absl::Status ScatterOp(VariableState* state, UpdateKind op, const Tensor& indices,
+                       const Tensor& updates) {
   auto run = [op](ShardClient& shard, const std::string& name, const Tensor& i, const Tensor& u) {
     switch (op) {
-      case Op::kAssign: return shard.ScatterUpdate(name, i, u);
-      case Op::kAdd: return shard.ScatterAdd(name, i, u);
-      case Op::kSub: return shard.ScatterSub(name, i, u);
+      case UpdateKind::kAssign: return shard.ScatterUpdate(name, i, u);
+      case UpdateKind::kAdd: return shard.ScatterAdd(name, i, u);
+      case UpdateKind::kSub: return shard.ScatterSub(name, i, u);
     }
     return absl::InternalError("unknown op");
   };
@@ -518,32 +518,32 @@ absl::Status ScatterOp(VariableState* state, Op op, const Tensor& indices, const
 // have changed some parts of a partitioned variable).
 absl::Status Variable::Assign(const Tensor& value, Tensor* new_value) const {
   state_->InvalidateCache();
-  return AssignOp(state_.get(), Op::kAssign, value, new_value);
+  return AssignOp(state_.get(), UpdateKind::kAssign, value, new_value);
 }
 absl::Status Variable::Assign(const Tensor& value, const AssignOptions& options,
                               Tensor* new_value) const {
   state_->InvalidateCache();
-  return AssignOp(state_.get(), Op::kAssign, value, new_value, options);
+  return AssignOp(state_.get(), UpdateKind::kAssign, value, new_value, options);
 }
 absl::Status Variable::AssignAdd(const Tensor& value, Tensor* new_value) const {
   state_->InvalidateCache();
-  return AssignOp(state_.get(), Op::kAdd, value, new_value);
+  return AssignOp(state_.get(), UpdateKind::kAdd, value, new_value);
 }
 absl::Status Variable::AssignSub(const Tensor& value, Tensor* new_value) const {
   state_->InvalidateCache();
-  return AssignOp(state_.get(), Op::kSub, value, new_value);
+  return AssignOp(state_.get(), UpdateKind::kSub, value, new_value);
 }
 absl::Status Variable::ScatterUpdate(const Tensor& indices, const Tensor& updates) const {
   state_->InvalidateCache();
-  return ScatterOp(state_.get(), Op::kAssign, indices, updates);
+  return ScatterOp(state_.get(), UpdateKind::kAssign, indices, updates);
 }
 absl::Status Variable::ScatterAdd(const Tensor& indices, const Tensor& updates) const {
   state_->InvalidateCache();
-  return ScatterOp(state_.get(), Op::kAdd, indices, updates);
+  return ScatterOp(state_.get(), UpdateKind::kAdd, indices, updates);
 }
 absl::Status Variable::ScatterSub(const Tensor& indices, const Tensor& updates) const {
   state_->InvalidateCache();
-  return ScatterOp(state_.get(), Op::kSub, indices, updates);
+  return ScatterOp(state_.get(), UpdateKind::kSub, indices, updates);
 }
 
 absl::StatusOr<int64_t> Variable::CountUpTo(int64_t limit) const {
@@ -565,7 +565,7 @@ absl::Status internal::WriteSuppliedValue(VariableState* state, const Tensor& va
   state->InvalidateCache();
   AssignOptions options;
   options.if_uninitialized = !force;
-  return AssignOp(state, Op::kAssign, value, nullptr, options);
+  return AssignOp(state, UpdateKind::kAssign, value, nullptr, options);
 }
 
 absl::Status Variable::Initialize(bool force) const {

@@ -131,7 +131,7 @@ void ApplyScalar(T* dst, T value, int64_t n) {
 
 // Calls fn(Op{}) with the op type of `op`, or fails if T has no arithmetic.
 template <typename T, typename Fn>
-absl::Status WithUpdateOp(UpdateKind op, Fn&& fn) {
+absl::Status WithUpdateKind(UpdateKind op, Fn&& fn) {
   switch (op) {
     case UpdateKind::kAssign:
       fn(AssignOp{});
@@ -212,7 +212,7 @@ class CpuDevice final : public Device {
           if (!s.ok()) return s;
           T* out = static_cast<T*>(dst->data());
           const auto* in = static_cast<const unsigned char*>(src);
-          return WithUpdateOp<T>(op, [&](auto tag) {
+          return WithUpdateKind<T>(op, [&](auto tag) {
             using Op = decltype(tag);
             if (n == 0) return;  // `src` may be empty
             if (src_is_scalar) {
@@ -247,7 +247,7 @@ class CpuDevice final : public Device {
           T* out = static_cast<T*>(dst->data());
           const auto* in = static_cast<const unsigned char*>(updates);
           const size_t row_bytes = static_cast<size_t>(row_elements) * sizeof(T);
-          return WithUpdateOp<T>(op, [&](auto tag) {
+          return WithUpdateKind<T>(op, [&](auto tag) {
             using Op = decltype(tag);
             if (indices.empty() || row_elements == 0) return;  // `updates` may be empty
             // In order: duplicates accumulate (add/sub) or the last wins.

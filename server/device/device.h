@@ -28,12 +28,9 @@
 #include "psd/dtype.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
+#include "psd/update_kind.h"
 
 namespace psd {
-
-// The element-wise update of assign/assign_add/assign_sub and
-// scatter_update/scatter_add/scatter_sub. Mirrors the wire's UpdateOp.
-enum class UpdateKind { kAssign, kAdd, kSub };
 
 // Device memory holding one variable's elements. Freed on destruction.
 // data() is the device's address: host memory only on the CPU device, so

@@ -6,18 +6,6 @@
 namespace psd {
 namespace internal {
 
-const char* UpdateName(UpdateKind op) {
-  switch (op) {
-    case UpdateKind::kAssign:
-      return "assign";
-    case UpdateKind::kAdd:
-      return "add";
-    case UpdateKind::kSub:
-      return "sub";
-  }
-  return "unknown update";
-}
-
 absl::Status UnsupportedDtype(DataType dtype) {
   return absl::InvalidArgumentError(
       absl::StrCat("dtype ", DataTypeName(dtype), " is not stored on a device"));
@@ -42,7 +30,7 @@ absl::Status CheckDenseCount(int64_t n, size_t elem_size, size_t buffer_bytes) {
 absl::Status CheckArithmetic(DataType dtype, UpdateKind op) {
   if (op != UpdateKind::kAssign && dtype == DT_BOOL) {
     return absl::InvalidArgumentError(
-        absl::StrCat(UpdateName(op), " needs a numeric dtype, got bool"));
+        absl::StrCat(AssignOpName(op), " needs a numeric dtype, got bool"));
   }
   return absl::OkStatus();
 }

@@ -20,9 +20,6 @@
 namespace psd {
 namespace internal {
 
-// "assign", "add", "sub".
-const char* UpdateName(UpdateKind op);
-
 // INVALID_ARGUMENT: `dtype` has no device representation (DT_STRING).
 absl::Status UnsupportedDtype(DataType dtype);
 

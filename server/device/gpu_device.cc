@@ -92,18 +92,6 @@ bool ToElemType(DataType dtype, ElemType* out) {
   }
 }
 
-gpu::UpdateOp ToUpdateOp(UpdateKind op) {
-  switch (op) {
-    case UpdateKind::kAssign:
-      return gpu::UpdateOp::kAssign;
-    case UpdateKind::kAdd:
-      return gpu::UpdateOp::kAdd;
-    case UpdateKind::kSub:
-      return gpu::UpdateOp::kSub;
-  }
-  return gpu::UpdateOp::kAssign;
-}
-
 // One element from possibly unaligned host memory as the low bytes of a
 // word; a bool is normalized to 0 or 1 as the CPU device reads it.
 uint64_t ScalarBits(DataType dtype, const void* src) {
@@ -188,9 +176,9 @@ class GpuDevice final : public Device {
     // transfer before the kernel.
     if (src_is_scalar || n == 1) {
       return Check(
-          context_->DenseScalar(type, ToUpdateOp(op), dst->data(), ScalarBits(dtype, src), n));
+          context_->DenseScalar(type, op, dst->data(), ScalarBits(dtype, src), n));
     }
-    return Check(context_->Dense(type, ToUpdateOp(op), dst->data(), src, n));
+    return Check(context_->Dense(type, op, dst->data(), src, n));
   }
 
   absl::Status ApplyDenseFromBuffer(DataType dtype, UpdateKind op, DeviceBuffer* dst,
@@ -202,7 +190,7 @@ class GpuDevice final : public Device {
     PSD_RETURN_IF_ERROR(internal::CheckArithmetic(dtype, op));
     if (n == 0) return absl::OkStatus();
     PSD_RETURN_IF_ERROR(Usable());
-    return Check(context_->DenseFromDevice(type, ToUpdateOp(op), dst->data(), src.data(), n));
+    return Check(context_->DenseFromDevice(type, op, dst->data(), src.data(), n));
   }
 
   absl::Status ApplyScatter(DataType dtype, UpdateKind op, DeviceBuffer* dst, int64_t row_elements,
@@ -215,7 +203,7 @@ class GpuDevice final : public Device {
     PSD_RETURN_IF_ERROR(internal::CheckArithmetic(dtype, op));
     if (indices.empty() || row_elements == 0) return absl::OkStatus();  // `updates` may be empty
     PSD_RETURN_IF_ERROR(Usable());
-    return Check(context_->Scatter(type, ToUpdateOp(op), dst->data(), row_elements, indices.data(),
+    return Check(context_->Scatter(type, op, dst->data(), row_elements, indices.data(),
                                    indices.size(), updates, updates_is_scalar,
                                    updates_is_scalar ? ScalarBits(dtype, updates) : 0));
   }

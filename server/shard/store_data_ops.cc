@@ -12,35 +12,13 @@
 
 namespace psd {
 
-using store_internal::AssignOpName;
 using store_internal::CheckIndices;
 using store_internal::CheckInitialized;
 using store_internal::ContentsFromProto;
 using store_internal::DecodeStringsCharged;
 using store_internal::Quoted;
-using store_internal::ToUpdateKind;
 
 namespace store_internal {
-
-// TensorFlow's names for the ops, used in messages.
-const char* AssignOpName(UpdateOp op) {
-  switch (op) {
-    case UPDATE_ADD: return "assign_add";
-    case UPDATE_SUB: return "assign_sub";
-    default: return "assign";
-  }
-}
-
-absl::StatusOr<UpdateKind> ToUpdateKind(int op, const std::string& variable) {
-  switch (op) {
-    case UPDATE_ASSIGN: return UpdateKind::kAssign;
-    case UPDATE_ADD: return UpdateKind::kAdd;
-    case UPDATE_SUB: return UpdateKind::kSub;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quoted(variable), ": unknown update op ", op));
-  }
-}
 
 // Checks every index against [0, dim0) with TensorFlow's wording.
 absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
@@ -57,15 +35,6 @@ absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
 }  // namespace store_internal
 
 namespace {
-
-// TensorFlow's names for the scatter ops, used in messages.
-const char* ScatterOpName(UpdateOp op) {
-  switch (op) {
-    case UPDATE_ADD: return "scatter_add";
-    case UPDATE_SUB: return "scatter_sub";
-    default: return "scatter_update";
-  }
-}
 
 // Copies the variable's current value into `out`.
 absl::Status CopyOut(Device* device, const Variable& var, TensorProto* out)
@@ -179,8 +148,8 @@ absl::Status VariableStore::GatherUpTo(const GatherRequest& request, int64_t max
 absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignResponse* response) {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
-  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
-  const char* op_name = AssignOpName(request.op());
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, UpdateKindFromWire(request.op(), name));
+  const char* op_name = AssignOpName(kind);
   const TensorProto& value = request.value();
   if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(op_name, " is not supported for ", Quoted(name),
@@ -240,8 +209,8 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
 absl::Status VariableStore::ScatterOnce(const ScatterRequest& request, ScatterResponse* response) {
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
-  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(request.op(), name));
-  const char* op_name = ScatterOpName(request.op());
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, UpdateKindFromWire(request.op(), name));
+  const char* op_name = ScatterOpName(kind);
   if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(op_name, " is not supported for ", Quoted(name),
                                                    " of dtype ", DataTypeName(var->dtype)));

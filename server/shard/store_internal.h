@@ -19,19 +19,13 @@
 #include "psd/shard.pb.h"
 #include "psd/status.h"
 #include "psd/tensor.h"
+#include "psd/update_kind_wire.h"
 #include "shard/request_window.h"
 #include "shard/store_variable.h"
 #include "shard/variable_store.h"
 
 namespace psd {
 namespace store_internal {
-
-// TensorFlow's name for an assign op, used in messages: "assign_add".
-const char* AssignOpName(UpdateOp op);
-
-// The kernels' UpdateKind of a wire UpdateOp; INVALID_ARGUMENT naming
-// `variable` for an unknown one.
-absl::StatusOr<UpdateKind> ToUpdateKind(int op, const std::string& variable);
 
 // Checks every index against [0, dim0) with TensorFlow's wording.
 absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,

@@ -15,14 +15,12 @@
 namespace psd {
 
 using store_internal::Allocate;
-using store_internal::AssignOpName;
 using store_internal::ByteSize;
 using store_internal::CheckInitialized;
 using store_internal::DecodeStringsCharged;
 using store_internal::Quoted;
 using store_internal::RestoreResult;
 using store_internal::SaveResult;
-using store_internal::ToUpdateKind;
 
 namespace {
 
@@ -241,7 +239,7 @@ class StagedAssignSink final : public AssignStreamSink {
       PSD_RETURN_IF_ERROR(CheckInitialized(*var));
       if (shape_ != var->shape) {
         return absl::InvalidArgumentError(absl::StrCat(
-            AssignOpName(header_.op()), ": ", Quoted(name), " has shape ", var->shape.ToString(),
+            AssignOpName(kind_), ": ", Quoted(name), " has shape ", var->shape.ToString(),
             ", value has shape ", shape_.ToString()));
       }
       PSD_RETURN_IF_ERROR(var->CopyOnWrite(&store_->memory_, WriteExtent::All()));
@@ -296,7 +294,7 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
   PSD_RETURN_IF_ERROR(CheckIncarnation(header.shard_incarnation()));
   const std::string& name = header.name();
   const std::string what = absl::StrCat("streamed value for ", Quoted(name));
-  PSD_ASSIGN_OR_RETURN(UpdateKind kind, ToUpdateKind(header.op(), name));
+  PSD_ASSIGN_OR_RETURN(UpdateKind kind, UpdateKindFromWire(header.op(), name));
   PSD_RETURN_IF_ERROR(ValidateDataType(header.dtype(), what));
   PSD_ASSIGN_OR_RETURN(TensorShape shape, ShapeFromProto(header.shape(), what));
   const int64_t n = shape.num_elements();
@@ -357,12 +355,12 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
   } else {
     PSD_ASSIGN_OR_RETURN(auto var, Find(name));
     if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
-      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()),
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(kind),
                                                      " is not supported for ", Quoted(name),
                                                      " of dtype ", DataTypeName(var->dtype)));
     }
     if (header.dtype() != var->dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(header.op()), ": ",
+      return absl::InvalidArgumentError(absl::StrCat(AssignOpName(kind), ": ",
                                                      Quoted(name), " is ",
                                                      DataTypeName(var->dtype), ", value is ",
                                                      DataTypeName(header.dtype())));

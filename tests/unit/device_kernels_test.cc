@@ -750,7 +750,7 @@ TEST_P(CrossDeviceTest, LargeDenseUpdatesAgree) {
       EXPECT_TRUE(d->ApplyDense(DT_FLOAT, op, buffer.get(), delta.data() + 1, kN, false).ok());
       return Download(d, *buffer);
     });
-    EXPECT_TRUE(got == want) << internal::UpdateName(op);
+    EXPECT_TRUE(got == want) << AssignOpName(op);
   }
   const float scalar = 0.25f;
   auto [got, want] = Both([&](Device* d) {
@@ -795,7 +795,7 @@ TEST_P(CrossDeviceTest, LargeGatherAndScatterAgree) {
           d->ApplyScatter(DT_INT32, op, buffer.get(), kCols, indices, updates.data(), false).ok());
       return Download(d, *buffer);
     });
-    EXPECT_TRUE(got == want) << internal::UpdateName(op);
+    EXPECT_TRUE(got == want) << AssignOpName(op);
   }
 }
 

@@ -110,10 +110,10 @@ __device__ inline T Narrow(ComputeT<T> v) {
   }
 }
 
-// op(a, b) for UpdateOp `kOp`: integers wrap, 16-bit floats round once.
+// op(a, b) for UpdateKind `kOp`: integers wrap, 16-bit floats round once.
 template <int kOp, typename T>
 __device__ inline T Combine(T a, T b) {
-  if constexpr (kOp == static_cast<int>(UpdateOp::kAssign)) {
+  if constexpr (kOp == static_cast<int>(UpdateKind::kAssign)) {
     if constexpr (std::is_same_v<T, Bool>) {
       return Bool{static_cast<uint8_t>(b.byte != 0)};
     } else {
@@ -121,13 +121,14 @@ __device__ inline T Combine(T a, T b) {
     }
   } else if constexpr (kIs16BitFloat<T>) {
     const float x = Widen(a), y = Widen(b);
-    return Narrow<T>(kOp == static_cast<int>(UpdateOp::kAdd) ? __fadd_rn(x, y) : __fsub_rn(x, y));
+    return Narrow<T>(kOp == static_cast<int>(UpdateKind::kAdd) ? __fadd_rn(x, y) : __fsub_rn(x, y));
   } else if constexpr (std::is_integral_v<T>) {
     using U = std::make_unsigned_t<T>;
     const U x = static_cast<U>(a), y = static_cast<U>(b);
-    return static_cast<T>(static_cast<U>(kOp == static_cast<int>(UpdateOp::kAdd) ? x + y : x - y));
+    return static_cast<T>(
+        static_cast<U>(kOp == static_cast<int>(UpdateKind::kAdd) ? x + y : x - y));
   } else {
-    return kOp == static_cast<int>(UpdateOp::kAdd) ? a + b : a - b;
+    return kOp == static_cast<int>(UpdateKind::kAdd) ? a + b : a - b;
   }
 }
 
@@ -161,13 +162,13 @@ inline cudaError_t DispatchElem(ElemType type, Fn&& fn) {
 
 // Calls fn(std::integral_constant<int, op>{}).
 template <typename Fn>
-inline cudaError_t DispatchOp(UpdateOp op, Fn&& fn) {
+inline cudaError_t DispatchOp(UpdateKind op, Fn&& fn) {
   switch (op) {
-    case UpdateOp::kAssign:
+    case UpdateKind::kAssign:
       return fn(std::integral_constant<int, 0>{});
-    case UpdateOp::kAdd:
+    case UpdateKind::kAdd:
       return fn(std::integral_constant<int, 1>{});
-    case UpdateOp::kSub:
+    case UpdateKind::kSub:
       return fn(std::integral_constant<int, 2>{});
   }
   return cudaErrorInvalidValue;

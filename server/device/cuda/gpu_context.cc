@@ -372,12 +372,12 @@ GpuStatus GpuContext::CopyOnDevice(void* dst, const void* src, size_t bytes) {
   });
 }
 
-GpuStatus GpuContext::Dense(ElemType type, UpdateOp op, void* dst, const void* host_src,
+GpuStatus GpuContext::Dense(ElemType type, UpdateKind op, void* dst, const void* host_src,
                             int64_t n) {
   if (n <= 0) return GpuStatus::Ok();
   const size_t es = ElemSize(type);
   // A plain assign is a copy, except for bool, whose bytes are normalized.
-  if (op == UpdateOp::kAssign && type != ElemType::kBool) {
+  if (op == UpdateKind::kAssign && type != ElemType::kBool) {
     return CopyIn(dst, host_src, static_cast<size_t>(n) * es);
   }
   const auto* from = static_cast<const char*>(host_src);
@@ -403,7 +403,7 @@ GpuStatus GpuContext::Dense(ElemType type, UpdateOp op, void* dst, const void* h
   });
 }
 
-GpuStatus GpuContext::DenseFromDevice(ElemType type, UpdateOp op, void* dst, const void* src,
+GpuStatus GpuContext::DenseFromDevice(ElemType type, UpdateKind op, void* dst, const void* src,
                                       int64_t n) {
   if (n <= 0) return GpuStatus::Ok();
   return WithLane("dense update", [&](Lane& lane) {
@@ -411,7 +411,7 @@ GpuStatus GpuContext::DenseFromDevice(ElemType type, UpdateOp op, void* dst, con
   });
 }
 
-GpuStatus GpuContext::DenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t value_bits,
+GpuStatus GpuContext::DenseScalar(ElemType type, UpdateKind op, void* dst, uint64_t value_bits,
                                   int64_t n) {
   if (n <= 0) return GpuStatus::Ok();
   return WithLane("dense update", [&](Lane& lane) {
@@ -419,7 +419,7 @@ GpuStatus GpuContext::DenseScalar(ElemType type, UpdateOp op, void* dst, uint64_
   });
 }
 
-GpuStatus GpuContext::Scatter(ElemType type, UpdateOp op, void* dst, int64_t row_elements,
+GpuStatus GpuContext::Scatter(ElemType type, UpdateKind op, void* dst, int64_t row_elements,
                               const int64_t* indices, size_t count, const void* host_updates,
                               bool scalar, uint64_t value_bits) {
   if (count == 0 || row_elements <= 0) return GpuStatus::Ok();
@@ -430,7 +430,7 @@ GpuStatus GpuContext::Scatter(ElemType type, UpdateOp op, void* dst, int64_t row
   thread_local std::vector<size_t> positions;
   positions.clear();
   bool identity = true;
-  if (op == UpdateOp::kAssign && count > 1) {
+  if (op == UpdateKind::kAssign && count > 1) {
     thread_local std::vector<std::pair<int64_t, size_t>> order;
     order.resize(count);
     for (size_t k = 0; k < count; ++k) order[k] = {indices[k], k};

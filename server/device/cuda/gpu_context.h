@@ -25,7 +25,7 @@
 //   void* p;
 //   s = gpu->Allocate(4 * n, &p);
 //   s = gpu->CopyIn(p, host_floats, 4 * n);
-//   s = gpu->Dense(ElemType::kFloat, UpdateOp::kAdd, p, host_delta, n);
+//   s = gpu->Dense(ElemType::kFloat, UpdateKind::kAdd, p, host_delta, n);
 #ifndef PSD_SERVER_DEVICE_CUDA_GPU_CONTEXT_H_
 #define PSD_SERVER_DEVICE_CUDA_GPU_CONTEXT_H_
 
@@ -78,15 +78,15 @@ class GpuContext {
 
   // dst[i] = op(dst[i], src[i]) for i < n: host source, device source, or
   // one value for every element (its bytes in the low bytes of value_bits).
-  GpuStatus Dense(ElemType type, UpdateOp op, void* dst, const void* host_src, int64_t n);
-  GpuStatus DenseFromDevice(ElemType type, UpdateOp op, void* dst, const void* src, int64_t n);
-  GpuStatus DenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t value_bits, int64_t n);
+  GpuStatus Dense(ElemType type, UpdateKind op, void* dst, const void* host_src, int64_t n);
+  GpuStatus DenseFromDevice(ElemType type, UpdateKind op, void* dst, const void* src, int64_t n);
+  GpuStatus DenseScalar(ElemType type, UpdateKind op, void* dst, uint64_t value_bits, int64_t n);
 
   // Row indices[k] = op(row, host_updates row k) for k < count (or
   // op(row, value) with `scalar`, value in the low bytes of value_bits).
   // As on the CPU, duplicates accumulate for add/sub (atomics: float sums
   // may round in another order) and the last duplicate wins for assign.
-  GpuStatus Scatter(ElemType type, UpdateOp op, void* dst, int64_t row_elements,
+  GpuStatus Scatter(ElemType type, UpdateKind op, void* dst, int64_t row_elements,
                     const int64_t* indices, size_t count, const void* host_updates, bool scalar,
                     uint64_t value_bits);
 

@@ -1,6 +1,7 @@
 // Plain types shared by the CUDA kernel library (server/device/cuda) and its
-// callers: element types, update ops, optimizer coefficients, initializer
-// fills, and GpuStatus, the library's error value.
+// callers: element types, optimizer coefficients, initializer fills, and
+// GpuStatus, the library's error value. Updates are psd::UpdateKind
+// (psd/update_kind.h, plain C++ like this header).
 //
 // The library needs only CUDA and the C++ standard library (no absl, gRPC or
 // protobuf), so it builds on a GPU machine that has nothing else; the
@@ -14,6 +15,8 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+
+#include "psd/update_kind.h"
 
 namespace psd {
 namespace gpu {
@@ -106,10 +109,6 @@ inline const char* ElemName(ElemType type) {
   }
   return "unknown";
 }
-
-// dst = src, dst + src, dst - src. Integers wrap (two's complement);
-// float16/bfloat16 compute in float and round to nearest even.
-enum class UpdateOp : int { kAssign, kAdd, kSub };
 
 // TensorFlow's training ops (psd::OptimizerKind is this type). Each kind
 // updates the variable and a fixed number of slot buffers of the same size

@@ -18,18 +18,18 @@ namespace gpu {
 namespace internal {
 
 // dst[i] = op(dst[i], src[i]) for i < n.
-cudaError_t LaunchDense(ElemType type, UpdateOp op, void* dst, const void* src, int64_t n,
+cudaError_t LaunchDense(ElemType type, UpdateKind op, void* dst, const void* src, int64_t n,
                         cudaStream_t stream);
 // dst[i] = op(dst[i], v) for i < n, v the element whose bytes are the low
 // bytes of `value_bits`.
-cudaError_t LaunchDenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t value_bits, int64_t n,
-                              cudaStream_t stream);
+cudaError_t LaunchDenseScalar(ElemType type, UpdateKind op, void* dst, uint64_t value_bits,
+                              int64_t n, cudaStream_t stream);
 
 // Row indices[k] of dst (rows of `row_elements`) = op(row, updates row k),
 // for k < count; with `updates` null, every element uses `value_bits`.
 // kAssign needs distinct indices (the caller keeps the last of duplicates);
 // kAdd/kSub use atomics, so duplicates accumulate in an unspecified order.
-cudaError_t LaunchScatter(ElemType type, UpdateOp op, void* dst, int64_t row_elements,
+cudaError_t LaunchScatter(ElemType type, UpdateKind op, void* dst, int64_t row_elements,
                           const int64_t* indices, int64_t count, const void* updates,
                           uint64_t value_bits, cudaStream_t stream);
 

@@ -35,15 +35,15 @@ __global__ void DenseScalarKernel(T* dst, T value, int64_t n) {
 template <int kOp, typename T>
 __device__ inline void AtomicCombine(T* addr, T v) {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    atomicAdd(addr, kOp == static_cast<int>(UpdateOp::kAdd) ? v : -v);
+    atomicAdd(addr, kOp == static_cast<int>(UpdateKind::kAdd) ? v : -v);
   } else if constexpr (std::is_integral_v<T> && sizeof(T) == 4) {
     const unsigned int d = static_cast<unsigned int>(v);
     atomicAdd(reinterpret_cast<unsigned int*>(addr),
-              kOp == static_cast<int>(UpdateOp::kAdd) ? d : 0u - d);
+              kOp == static_cast<int>(UpdateKind::kAdd) ? d : 0u - d);
   } else if constexpr (std::is_integral_v<T> && sizeof(T) == 8) {
     const unsigned long long d = static_cast<unsigned long long>(v);
     atomicAdd(reinterpret_cast<unsigned long long*>(addr),
-              kOp == static_cast<int>(UpdateOp::kAdd) ? d : 0ull - d);
+              kOp == static_cast<int>(UpdateKind::kAdd) ? d : 0ull - d);
   } else {
     static_assert(sizeof(T) <= 2, "small types only");
     const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
@@ -74,7 +74,7 @@ __global__ void ScatterKernel(T* dst, int64_t row_elements, const int64_t* indic
     const int64_t col = i - k * row_elements;
     T* out = dst + indices[k] * row_elements + col;
     const T v = updates != nullptr ? updates[i] : value;
-    if constexpr (kOp == static_cast<int>(UpdateOp::kAssign)) {
+    if constexpr (kOp == static_cast<int>(UpdateKind::kAssign)) {
       *out = Combine<kOp>(*out, v);
     } else {
       AtomicCombine<kOp>(out, v);
@@ -110,7 +110,7 @@ namespace {
 // Calls fn(T{}, std::integral_constant<int, op>{}) for the element type and
 // op; bool has no arithmetic.
 template <typename Fn>
-cudaError_t DispatchUpdate(ElemType type, UpdateOp op, Fn&& fn) {
+cudaError_t DispatchUpdate(ElemType type, UpdateKind op, Fn&& fn) {
   return DispatchElem(type, [&](auto t) {
     return DispatchOp(op, [&](auto k) -> cudaError_t {
       if constexpr (std::is_same_v<decltype(t), Bool> && decltype(k)::value != 0) {
@@ -131,7 +131,7 @@ T FromBitsOf(uint64_t bits) {
 
 }  // namespace
 
-cudaError_t LaunchDense(ElemType type, UpdateOp op, void* dst, const void* src, int64_t n,
+cudaError_t LaunchDense(ElemType type, UpdateKind op, void* dst, const void* src, int64_t n,
                         cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return DispatchUpdate(type, op, [&](auto t, auto k) {
@@ -142,8 +142,8 @@ cudaError_t LaunchDense(ElemType type, UpdateOp op, void* dst, const void* src, 
   });
 }
 
-cudaError_t LaunchDenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t value_bits, int64_t n,
-                              cudaStream_t stream) {
+cudaError_t LaunchDenseScalar(ElemType type, UpdateKind op, void* dst, uint64_t value_bits,
+                              int64_t n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return DispatchUpdate(type, op, [&](auto t, auto k) {
     using T = decltype(t);
@@ -153,7 +153,7 @@ cudaError_t LaunchDenseScalar(ElemType type, UpdateOp op, void* dst, uint64_t va
   });
 }
 
-cudaError_t LaunchScatter(ElemType type, UpdateOp op, void* dst, int64_t row_elements,
+cudaError_t LaunchScatter(ElemType type, UpdateKind op, void* dst, int64_t row_elements,
                           const int64_t* indices, int64_t count, const void* updates,
                           uint64_t value_bits, cudaStream_t stream) {
   if (count <= 0 || row_elements <= 0) return cudaSuccess;

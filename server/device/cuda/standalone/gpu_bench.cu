@@ -208,11 +208,11 @@ int Main(int argc, char** argv) {
   std::vector<float> out(updates.size());
 
   // End to end through the library, as a shard serves requests.
-  CHECK_GPU(gpu->Scatter(ElemType::kFloat, UpdateOp::kAdd, table, o.cols, batches[0].data(),
+  CHECK_GPU(gpu->Scatter(ElemType::kFloat, UpdateKind::kAdd, table, o.cols, batches[0].data(),
                          batches[0].size(), updates.data(), false, 0));  // warm up
   auto start = std::chrono::steady_clock::now();
   for (const auto& batch : batches) {
-    CHECK_GPU(gpu->Scatter(ElemType::kFloat, UpdateOp::kAdd, table, o.cols, batch.data(),
+    CHECK_GPU(gpu->Scatter(ElemType::kFloat, UpdateKind::kAdd, table, o.cols, batch.data(),
                            batch.size(), updates.data(), false, 0));
   }
   const double scatter_s = Seconds(start) / o.iters;
@@ -234,7 +234,7 @@ int Main(int argc, char** argv) {
   CHECK_GPU(gpu->CopyIn(dev_idx, batches[0].data(), o.batch * sizeof(int64_t)));
   CHECK_GPU(gpu->CopyIn(dev_rows, updates.data(), updates.size() * sizeof(float)));
   const double k_scatter = TimeOnStream(stream, o.iters, [&] {
-    CHECK_CUDA(internal::LaunchScatter(ElemType::kFloat, UpdateOp::kAdd, table, o.cols,
+    CHECK_CUDA(internal::LaunchScatter(ElemType::kFloat, UpdateKind::kAdd, table, o.cols,
                                        static_cast<const int64_t*>(dev_idx), o.batch, dev_rows, 0,
                                        stream));
   });
@@ -257,11 +257,11 @@ int Main(int argc, char** argv) {
   // ordinary (pageable) host memory.
   const size_t dense_bytes = std::min(table_bytes, static_cast<size_t>(o.dense_mib) << 20);
   std::vector<float> host(dense_bytes / sizeof(float), 0.5f);
-  CHECK_GPU(gpu->Dense(ElemType::kFloat, UpdateOp::kAssign, table, host.data(),
+  CHECK_GPU(gpu->Dense(ElemType::kFloat, UpdateKind::kAssign, table, host.data(),
                        static_cast<int64_t>(host.size())));  // warm up
   start = std::chrono::steady_clock::now();
   for (int i = 0; i < 3; ++i) {
-    CHECK_GPU(gpu->Dense(ElemType::kFloat, UpdateOp::kAssign, table, host.data(),
+    CHECK_GPU(gpu->Dense(ElemType::kFloat, UpdateKind::kAssign, table, host.data(),
                          static_cast<int64_t>(host.size())));
   }
   const double assign_bw = 3.0 * dense_bytes / Seconds(start);

@@ -144,18 +144,18 @@ float ToF(T v) {
 }
 
 template <typename T>
-T HostCombine(UpdateOp op, T a, T b) {
-  if (op == UpdateOp::kAssign) return b;
+T HostCombine(UpdateKind op, T a, T b) {
+  if (op == UpdateKind::kAssign) return b;
   if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
     const float x = static_cast<float>(a), y = static_cast<float>(b);
-    return T(op == UpdateOp::kAdd ? x + y : x - y);
+    return T(op == UpdateKind::kAdd ? x + y : x - y);
   } else if constexpr (std::is_integral_v<T>) {
     using U = std::make_unsigned_t<T>;
-    return static_cast<T>(static_cast<U>(op == UpdateOp::kAdd
+    return static_cast<T>(static_cast<U>(op == UpdateKind::kAdd
                                              ? static_cast<U>(a) + static_cast<U>(b)
                                              : static_cast<U>(a) - static_cast<U>(b)));
   } else {
-    return op == UpdateOp::kAdd ? a + b : a - b;
+    return op == UpdateKind::kAdd ? a + b : a - b;
   }
 }
 
@@ -180,7 +180,7 @@ uint64_t BitsOf(T v) {
   return bits;
 }
 
-const UpdateOp kOps[] = {UpdateOp::kAssign, UpdateOp::kAdd, UpdateOp::kSub};
+const UpdateKind kOps[] = {UpdateKind::kAssign, UpdateKind::kAdd, UpdateKind::kSub};
 
 // ---------------------------------------------------------------------------
 // Tests.
@@ -206,7 +206,7 @@ std::vector<T> As(const std::vector<float>& v) {
 
 template <typename T>
 void DenseCase(const std::vector<T>& x, const std::vector<T>& y) {
-  for (UpdateOp op : kOps) {
+  for (UpdateKind op : kOps) {
     auto buf = Upload(x);
     EXPECT_OK(g_gpu->Dense(TypeOf<T>(), op, buf->get(), y.data(), static_cast<int64_t>(x.size())));
     std::vector<T> want(x.size());
@@ -245,7 +245,7 @@ GPU_TEST(DenseUpdatesMatchHostArithmetic) {
   std::vector<int64_t> big = {INT64_MAX, INT64_MIN};
   auto buf = Upload(big);
   const int64_t one[2] = {1, 1};
-  EXPECT_OK(g_gpu->Dense(ElemType::kInt64, UpdateOp::kAdd, buf->get(), one, 2));
+  EXPECT_OK(g_gpu->Dense(ElemType::kInt64, UpdateKind::kAdd, buf->get(), one, 2));
   const std::vector<int64_t> wrapped = Download<int64_t>(*buf);
   EXPECT(wrapped[0] == INT64_MIN && wrapped[1] == INT64_MIN + 1, "int64 wrap");
 }
@@ -253,14 +253,14 @@ GPU_TEST(DenseUpdatesMatchHostArithmetic) {
 GPU_TEST(BoolAssignStoresZeroOrOne) {
   auto buf = Upload(std::vector<uint8_t>{0, 0, 0, 0});
   const unsigned char src[4] = {0, 2, 255, 1};
-  EXPECT_OK(g_gpu->Dense(ElemType::kBool, UpdateOp::kAssign, buf->get(), src, 4));
+  EXPECT_OK(g_gpu->Dense(ElemType::kBool, UpdateKind::kAssign, buf->get(), src, 4));
   EXPECT(SameBytes(Download<uint8_t>(*buf), std::vector<uint8_t>{0, 1, 1, 1}), "bool bytes");
 }
 
 GPU_TEST(DenseFromDeviceBuffer) {
   auto dst = Upload(std::vector<int32_t>{1, 2, 3});
   auto src = Upload(std::vector<int32_t>{10, 20, 30});
-  EXPECT_OK(g_gpu->DenseFromDevice(ElemType::kInt32, UpdateOp::kSub, dst->get(), src->get(), 3));
+  EXPECT_OK(g_gpu->DenseFromDevice(ElemType::kInt32, UpdateKind::kSub, dst->get(), src->get(), 3));
   EXPECT(SameBytes(Download<int32_t>(*dst), std::vector<int32_t>{-9, -18, -27}), "sub");
 }
 
@@ -274,7 +274,7 @@ void ScatterCase(int64_t rows, int64_t cols, size_t count, float lo, float hi, b
   for (auto& i : indices) i = static_cast<int64_t>(Next() % (rows / 3 + 1));  // many duplicates
   std::vector<T> updates(count * cols);
   for (auto& v : updates) v = FromF<T>(std::round(static_cast<float>(Uniform(lo, hi))));
-  for (UpdateOp op : kOps) {
+  for (UpdateKind op : kOps) {
     for (bool scalar : {false, true}) {
       auto buf = Upload(table);
       EXPECT_OK(g_gpu->Scatter(TypeOf<T>(), op, buf->get(), cols, indices.data(), count,
@@ -287,7 +287,7 @@ void ScatterCase(int64_t rows, int64_t cols, size_t count, float lo, float hi, b
         }
       }
       const std::vector<T> got = Download<T>(*buf);
-      if (exact || op == UpdateOp::kAssign) {
+      if (exact || op == UpdateKind::kAssign) {
         EXPECT(SameBytes(got, want), "%s op %d scalar %d", ElemName(TypeOf<T>()),
                static_cast<int>(op), scalar);
       } else {
@@ -322,7 +322,7 @@ GPU_TEST(ScatterMatchesTheHostsInOrderLoop) {
   std::vector<float> updates(indices.size() * 16);
   for (auto& v : updates) v = static_cast<float>(Uniform(-1, 1));
   auto buf = Upload(table);
-  EXPECT_OK(g_gpu->Scatter(ElemType::kFloat, UpdateOp::kAdd, buf->get(), 16, indices.data(),
+  EXPECT_OK(g_gpu->Scatter(ElemType::kFloat, UpdateKind::kAdd, buf->get(), 16, indices.data(),
                            indices.size(), updates.data(), false, 0));
   std::vector<double> want(table.begin(), table.end());
   for (size_t k = 0; k < indices.size(); ++k) {
