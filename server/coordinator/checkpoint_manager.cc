@@ -310,6 +310,20 @@ SaverRetention::Policy CheckpointManager::CurrentPolicy() const {
   return policy_;
 }
 
+absl::StatusOr<std::vector<std::shared_ptr<Shard::Stub>>> CheckpointManager::StubsFor(
+    const std::vector<int32_t>& shards, const std::string& what) const {
+  std::vector<std::shared_ptr<Shard::Stub>> stubs;
+  for (int32_t id : shards) {
+    auto stub = access_.stub(id);
+    if (!stub.ok()) {
+      return absl::Status(stub.status().code(),
+                          absl::StrCat(what, ": shard ", id, ": ", stub.status().message()));
+    }
+    stubs.push_back(*std::move(stub));
+  }
+  return stubs;
+}
+
 namespace {
 
 // Where a track's state is persisted: the cluster's keeps the name it
@@ -330,18 +344,9 @@ SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const st
     const SaverRetention::Policy policy =
         save_policy != nullptr ? *save_policy : CurrentPolicy();
     SaverRetention r(policy, built_at);
-    const std::string path = RetentionPath(dir, name, saver_track);
-    auto size = fs_->GetFileSize(path);
-    auto file = fs_->NewRandomAccessFile(path);
-    if (size.ok() && file.ok()) {
-      std::string data(*size, '\0');
-      absl::string_view got;
-      SaverRetentionState state;
-      if ((*file)->Read(0, *size, data.data(), &got).ok() &&
-          state.ParseFromArray(got.data(), static_cast<int>(got.size()))) {
-        r = SaverRetention::FromState(policy, state);
-      }
-    }
+    auto data = ReadWholeFile(fs_, RetentionPath(dir, name, saver_track));
+    SaverRetentionState state;
+    if (data.ok() && state.ParseFromString(*data)) r = SaverRetention::FromState(policy, state);
     return &retention_.emplace(key, std::move(r)).first->second;
   }
   if (save_policy == nullptr) return &it->second;
@@ -357,17 +362,18 @@ SaverRetention* CheckpointManager::RetentionFor(const std::string& dir, const st
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::Save(
     const SaveCheckpointRequest& request) {
-  progress_.Start(request.progress_id(), "save", "fencing");
-  auto result = SaveLocked(request, /*try_only=*/false);
-  progress_.Finish(request.progress_id(), result.status());
-  if (options_.on_save) options_.on_save(result);
-  return result;
+  return SaveTracked(request, /*try_only=*/false);
 }
 
 absl::StatusOr<SaveCheckpointResponse> CheckpointManager::TrySave(
     const SaveCheckpointRequest& request) {
+  return SaveTracked(request, /*try_only=*/true);
+}
+
+absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveTracked(
+    const SaveCheckpointRequest& request, bool try_only) {
   progress_.Start(request.progress_id(), "save", "fencing");
-  auto result = SaveLocked(request, /*try_only=*/true);
+  auto result = SaveLocked(request, try_only);
   progress_.Finish(request.progress_id(), result.status());
   if (options_.on_save) options_.on_save(result);
   return result;
@@ -459,17 +465,9 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
     }
   }
   std::vector<int32_t> shards;
-  std::vector<std::shared_ptr<Shard::Stub>> stubs;
-  for (const auto& [id, parts] : by_shard) {
-    auto stub = access_.stub(id);
-    if (!stub.ok()) {
-      return absl::Status(stub.status().code(),
-                          absl::StrCat("save of ", prefix, ": shard ", id, ": ",
-                                       stub.status().message()));
-    }
-    shards.push_back(id);
-    stubs.push_back(*std::move(stub));
-  }
+  for (const auto& [id, parts] : by_shard) shards.push_back(id);
+  PSD_ASSIGN_OR_RETURN(const std::vector<std::shared_ptr<Shard::Stub>> stubs,
+                       StubsFor(shards, absl::StrCat("save of ", prefix)));
   const size_t n = shards.size();
 
   // 1-2: fence all, snapshot all (inside Fence), then unfence all.
@@ -884,16 +882,9 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   }
 
   std::vector<int32_t> shards;
-  std::vector<std::shared_ptr<Shard::Stub>> stubs;
-  for (const auto& [id, parts] : by_shard) {
-    auto stub = access_.stub(id);
-    if (!stub.ok()) {
-      return absl::Status(stub.status().code(), absl::StrCat("restore of ", prefix, ": shard ", id,
-                                                             ": ", stub.status().message()));
-    }
-    shards.push_back(id);
-    stubs.push_back(*std::move(stub));
-  }
+  for (const auto& [id, parts] : by_shard) shards.push_back(id);
+  PSD_ASSIGN_OR_RETURN(const std::vector<std::shared_ptr<Shard::Stub>> stubs,
+                       StubsFor(shards, absl::StrCat("restore of ", prefix)));
   const size_t n = shards.size();
   const uint64_t restore_id = RandomNonzeroId();
   auto finish_all = [&](bool commit) {
@@ -1022,16 +1013,9 @@ absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
       if (auto s = fs_->GetFileSize(f); s.ok()) bytes += *s;
     }
     info.set_bytes(bytes);
-    const std::string meta_path = checkpoint::MetaFilename(prefix);
     CheckpointMeta meta;
-    if (auto size = fs_->GetFileSize(meta_path); size.ok()) {
-      if (auto file = fs_->NewRandomAccessFile(meta_path); file.ok()) {
-        std::string data(*size, '\0');
-        absl::string_view got;
-        if ((*file)->Read(0, *size, data.data(), &got).ok()) {
-          meta.ParseFromArray(got.data(), static_cast<int>(got.size()));
-        }
-      }
+    if (auto data = ReadWholeFile(fs_, checkpoint::MetaFilename(prefix)); data.ok()) {
+      meta.ParseFromString(*data);
     }
     if (meta.has_global_step()) {
       info.set_global_step(meta.global_step());

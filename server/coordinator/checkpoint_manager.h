@@ -223,7 +223,14 @@ class CheckpointManager {
                                            bool saver_policy, double built_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_mu_);
   checkpoint::SaverRetention::Policy CurrentPolicy() const;
+  // The stubs of `shards`, in their order; a shard without one fails the
+  // whole as "`what`: shard ID: ...".
+  absl::StatusOr<std::vector<std::shared_ptr<Shard::Stub>>> StubsFor(
+      const std::vector<int32_t>& shards, const std::string& what) const;
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
+  // Save and TrySave: SaveLocked with its progress entry and on_save.
+  absl::StatusOr<SaveCheckpointResponse> SaveTracked(const SaveCheckpointRequest& request,
+                                                     bool try_only);
   absl::StatusOr<SaveCheckpointResponse> SaveLocked(const SaveCheckpointRequest& request,
                                                     bool try_only);
   // `only_parts` null: every part of the targets; else just those on

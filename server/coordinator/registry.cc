@@ -41,6 +41,13 @@ std::string OrUnknown(const std::string& where) {
   return where.empty() ? std::string("<unknown>") : where;
 }
 
+// The bytes placement counts for `part` of a `dtype` variable.
+int64_t PartBytes(DataType dtype, const VariablePart& part) {
+  int64_t elements = 1;
+  for (int64_t d : part.shape().dims()) elements *= d;
+  return EstimatedBytes(dtype, elements);
+}
+
 }  // namespace
 
 // The effect of a declaration batch before it is committed: later
@@ -312,9 +319,7 @@ void Registry::AddVariable(const VariableDef& def) {
     part_owner_[part.name()] = def.name();
     ShardPlacement& p = placement_[part.shard_id()];
     p.parts += 1;
-    int64_t elements = 1;
-    for (int64_t d : part.shape().dims()) elements *= d;
-    p.bytes += EstimatedBytes(def.dtype(), elements);
+    p.bytes += PartBytes(def.dtype(), part);
   }
   next_creation_seq_ = std::max(next_creation_seq_, def.creation_seq() + 1);
 }
@@ -351,9 +356,7 @@ void Registry::Apply(const RegistryRecord& record) {
         part_owner_.erase(part.name());
         ShardPlacement& p = placement_[part.shard_id()];
         p.parts -= 1;
-        int64_t elements = 1;
-        for (int64_t d : part.shape().dims()) elements *= d;
-        p.bytes -= EstimatedBytes(it->second.dtype(), elements);
+        p.bytes -= PartBytes(it->second.dtype(), part);
         if (p.parts == 0) placement_.erase(part.shard_id());
       }
       for (auto& [id, s] : sessions_) s.mutable_declared()->erase(record.deleted());
