@@ -178,6 +178,16 @@ std::string CheckpointManager::DirOrDefault(const std::string& dir) const {
   return dir.empty() ? options_.dir : dir;
 }
 
+absl::StatusOr<std::string> CheckpointManager::ListedDir(const std::string& dir,
+                                                         const std::string& latest_filename,
+                                                         const std::string& what) const {
+  const std::string d = DirOrDefault(dir);
+  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, what));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, what));
+  return d;
+}
+
 int CheckpointManager::CleanUpTempFiles() {
   if (options_.dir.empty()) return 0;
   absl::MutexLock op(&op_mu_);
@@ -324,19 +334,13 @@ absl::StatusOr<int64_t> CheckpointManager::ReadIntScalar(const std::string& name
 
 absl::StatusOr<std::string> CheckpointManager::Latest(const std::string& dir,
                                                       const std::string& latest_filename) {
-  const std::string d = DirOrDefault(dir);
-  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
-  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "latest checkpoint"));
-  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "latest checkpoint"));
+  PSD_ASSIGN_OR_RETURN(const std::string d, ListedDir(dir, latest_filename, "latest checkpoint"));
   return checkpoint::LatestCheckpoint(fs_, d, latest_filename);
 }
 
 absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(
     const std::string& dir, const std::string& latest_filename) {
-  const std::string d = DirOrDefault(dir);
-  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
-  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "checkpoint state"));
-  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "checkpoint state"));
+  PSD_ASSIGN_OR_RETURN(const std::string d, ListedDir(dir, latest_filename, "checkpoint state"));
   GetCheckpointStateResponse response;
   auto state = checkpoint::GetCheckpointState(fs_, d, latest_filename);
   if (absl::IsNotFound(state.status())) return response;
@@ -351,10 +355,7 @@ absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(
 
 absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
     const std::string& dir, const std::string& latest_filename) {
-  const std::string d = DirOrDefault(dir);
-  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
-  PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, "list of checkpoints"));
-  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/false, "list of checkpoints"));
+  PSD_ASSIGN_OR_RETURN(const std::string d, ListedDir(dir, latest_filename, "list of checkpoints"));
   const std::string name =
       latest_filename.empty() ? checkpoint::kDefaultStateFilename : latest_filename;
   PSD_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_->ListDir(d));

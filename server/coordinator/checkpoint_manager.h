@@ -202,6 +202,11 @@ class CheckpointManager {
 
  private:
   std::string DirOrDefault(const std::string& dir) const;
+  // The directory Latest, GetState and List read (`dir`, else the
+  // configured one) once it and `latest_filename` pass the checks below;
+  // `what` names the caller in their errors.
+  absl::StatusOr<std::string> ListedDir(const std::string& dir, const std::string& latest_filename,
+                                        const std::string& what) const;
   // OK if `path` (a directory) resolves under a root (writable ones for
   // `write`); else PERMISSION_DENIED "`what`: ... outside the roots".
   absl::Status CheckUnderRoots(const std::string& path, bool write, const std::string& what) const;
