@@ -202,6 +202,11 @@ class CheckpointManager {
 
  private:
   std::string DirOrDefault(const std::string& dir) const;
+  // The directory Latest, GetState and List read (`dir`, else the
+  // configured one) once it and `latest_filename` pass the checks below;
+  // `what` names the caller in their errors.
+  absl::StatusOr<std::string> ListedDir(const std::string& dir, const std::string& latest_filename,
+                                        const std::string& what) const;
   // OK if `path` (a directory) resolves under a root (writable ones for
   // `write`); else PERMISSION_DENIED "`what`: ... outside the roots".
   absl::Status CheckUnderRoots(const std::string& path, bool write, const std::string& what) const;
@@ -223,7 +228,14 @@ class CheckpointManager {
                                            bool saver_policy, double built_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_mu_);
   checkpoint::SaverRetention::Policy CurrentPolicy() const;
+  // The stubs of `shards`, in their order; a shard without one fails the
+  // whole as "`what`: shard ID: ...".
+  absl::StatusOr<std::vector<std::shared_ptr<Shard::Stub>>> StubsFor(
+      const std::vector<int32_t>& shards, const std::string& what) const;
   absl::StatusOr<std::string> ResolveRestorePrefix(const RestoreCheckpointRequest& request);
+  // Save and TrySave: SaveLocked with its progress entry and on_save.
+  absl::StatusOr<SaveCheckpointResponse> SaveTracked(const SaveCheckpointRequest& request,
+                                                     bool try_only);
   absl::StatusOr<SaveCheckpointResponse> SaveLocked(const SaveCheckpointRequest& request,
                                                     bool try_only);
   // `only_parts` null: every part of the targets; else just those on

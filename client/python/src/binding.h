@@ -1,0 +1,161 @@
+// What the files of psclient._psclient share (see psclient_module.cc):
+// errors as exceptions, numpy <-> Tensor conversion, the session holder and
+// the objects that keep it alive, and the function each file defines to
+// bind its area. Include it from client/python/src only.
+#ifndef PSD_CLIENT_PYTHON_SRC_BINDING_H_
+#define PSD_CLIENT_PYTHON_SRC_BINDING_H_
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+// Every file binding std containers needs the same casters (an ODR matter).
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "psd/dtype.h"
+#include "psd/optimizer.h"
+#include "psd/session.h"
+#include "psd/tensor.h"
+#include "psd/variable.h"
+
+namespace py = pybind11;
+
+namespace psd {
+namespace python {
+
+using client::CapturedScope;
+using client::Session;
+using client::Variable;
+using client::VariableScope;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+// Thrown with or without the GIL; translated to a psclient.errors class
+// (with the GIL) by the translator registered in the module init.
+struct StatusError {
+  int code;
+  std::string message;
+  bool naming;  // a get_variable / scope naming error: also a ValueError
+};
+
+[[noreturn]] inline void Throw(const absl::Status& s, bool naming = false) {
+  throw StatusError{static_cast<int>(s.code()), std::string(s.message()), naming};
+}
+
+inline void Check(const absl::Status& s, bool naming = false) {
+  if (!s.ok()) Throw(s, naming);
+}
+
+template <typename T>
+T Unwrap(absl::StatusOr<T> s, bool naming = false) {
+  if (!s.ok()) Throw(s.status(), naming);
+  return *std::move(s);
+}
+
+// ---------------------------------------------------------------------------
+// numpy <-> Tensor
+
+// CheckedDtype(dtype): `dtype` as a DataType; INVALID_ARGUMENT (thrown)
+// unless it is one psd supports.
+DataType CheckedDtype(int dtype);
+
+// `obj` must be a C-contiguous numpy array whose items are `dtype`'s (the
+// Python layer converts values to the variable's numpy dtype first; for
+// strings an object array of bytes/str). One copy, GIL released.
+Tensor ToTensor(const py::handle& obj, int dtype_int);
+
+// The numpy dtype of a psd dtype; bfloat16 has none in numpy, its raw bits
+// travel as uint16.
+py::dtype NumpyDtype(DataType dtype);
+
+// Moves `t` into an array that owns it: no copy of fixed-size elements.
+py::array ToNumpy(Tensor&& t);
+
+// ---------------------------------------------------------------------------
+// Session and its objects
+
+struct SessionHolder {
+  // Shared by every op, exclusive by close(): ops never see a destroyed
+  // Session.
+  std::shared_mutex mu;
+  std::unique_ptr<Session> session;  // null once closed
+  // Serializes the scope stack (thread-compatible in C++). Taken after mu.
+  std::mutex graph_mu;
+  // Scopes entered from Python and not exited yet, by entry order: close()
+  // exits them before the session goes.
+  std::map<int64_t, VariableScope> scopes;
+  int64_t next_scope = 0;
+
+  ~SessionHolder() { CloseLocked(); }
+
+  void CloseLocked() {
+    for (auto it = scopes.rbegin(); it != scopes.rend(); ++it) (void)it->second.Exit();
+    scopes.clear();
+    session.reset();
+  }
+  Session* Get() {
+    if (session == nullptr) Throw(absl::FailedPreconditionError("the psclient session is closed"));
+    return session.get();
+  }
+};
+
+using HolderPtr = std::shared_ptr<SessionHolder>;
+
+// A Variable and the session it needs alive.
+struct PyVariable {
+  HolderPtr holder;
+  Variable var;
+};
+
+// Runs `fn` on the live session without the GIL.
+template <typename Fn>
+auto Run(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  h->Get();
+  return fn();
+}
+
+// The same, also holding the scope-stack lock.
+template <typename Fn>
+auto RunGraph(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  std::lock_guard<std::mutex> graph(h->graph_mu);
+  Session* s = h->Get();
+  return fn(s);
+}
+
+// The variables of `vars`; `vars` as PyVariables of session `h`.
+std::vector<Variable> Unpack(const std::vector<PyVariable>& vars);
+std::vector<PyVariable> Pack(const HolderPtr& h, std::vector<Variable> vars);
+
+// An optimizer config as an opaque Python object (stl.h would turn the bare
+// std::variant into its alternatives).
+struct PyOptimizerConfig {
+  client::OptimizerConfig config;
+};
+
+// Each adds its area's classes and functions to the module, in this order
+// (a type must be bound before a later signature or default argument uses
+// it); psclient_module.cc binds the errors and ChannelSecurity first.
+void BindTensors(py::module_& m);     // bind_tensors.cc: dtypes, conversion, initializers
+void BindSession(py::module_& m);     // bind_session.cc: Session, Variable, scopes
+void BindOptimizers(py::module_& m);  // bind_optimizers.cc: optimizers, sparse_mask
+void BindSaver(py::module_& m);       // bind_saver.cc: the coordinator-side Saver
+void BindShard(py::module_& m);       // bind_shard.cc: ShardClient, ShardApplier
+
+}  // namespace python
+}  // namespace psd
+
+#endif  // PSD_CLIENT_PYTHON_SRC_BINDING_H_

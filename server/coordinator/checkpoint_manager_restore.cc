@@ -1,0 +1,251 @@
+// CheckpointManager (checkpoint_manager.h): a restore, all or nothing. The
+// checkpoint is resolved (a prefix, a directory, "latest") and its index
+// checked against the variables before any shard reads data; every shard
+// stages its parts, then all apply them or none do. Also the restore of a
+// shard's lost parts.
+#include "coordinator/checkpoint_manager.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "checkpoint/bundle_reader.h"
+#include "checkpoint/tensor_bundle.h"
+#include "coordinator/checkpoint_manager_internal.h"
+#include "psd/dtype.h"
+#include "psd/parallel.h"
+#include "psd/random_id.h"
+#include "psd/status.h"
+
+namespace psd {
+
+using checkpoint::BundleReader;
+using checkpoint_manager_internal::Call;
+using checkpoint_manager_internal::FirstError;
+
+absl::StatusOr<std::string> CheckpointManager::ResolveRestorePrefix(
+    const RestoreCheckpointRequest& request) {
+  const std::string& p = request.prefix();
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(request.latest_filename(), "restore"));
+  if (!p.empty() && p != "latest") {
+    // A directory names itself; a prefix, its directory.
+    const std::string where = fs_->ListDir(p).ok() ? p : checkpoint::DirName(p);
+    PSD_RETURN_IF_ERROR(CheckUnderRoots(where, /*write=*/false, absl::StrCat("restore of ", p)));
+  }
+  if (p.empty() || p == "latest") {
+    if (options_.dir.empty()) {
+      return absl::InvalidArgumentError(
+          "restore: no checkpoint named and no checkpoint directory configured");
+    }
+    auto latest = checkpoint::LatestCheckpoint(fs_, options_.dir, request.latest_filename());
+    if (!latest.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("restore: no checkpoint in ", options_.dir, ": ", latest.status().message()));
+    }
+    return *latest;
+  }
+  if (fs_->FileExists(checkpoint::IndexFilename(p)).ok()) return p;
+  if (fs_->ListDir(p).ok()) {
+    auto latest = checkpoint::LatestCheckpoint(fs_, p, request.latest_filename());
+    if (!latest.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("restore: no checkpoint in ", p, ": ", latest.status().message()));
+    }
+    return *latest;
+  }
+  if (fs_->FileExists(p).ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(p, ": V1 checkpoint format is not supported"));
+  }
+  return absl::NotFoundError(absl::StrCat("restore: checkpoint ", p, " not found (no ",
+                                          checkpoint::IndexFilename(p), ")"));
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
+    const RestoreCheckpointRequest& request) {
+  progress_.Start(request.progress_id(), "restore", "reading");
+  auto result = RestoreLocked(request, nullptr, -1);
+  progress_.Finish(request.progress_id(), result.status());
+  if (options_.on_restore) options_.on_restore(result);
+  return result;
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreParts(
+    int32_t shard_id, const std::vector<std::string>& parts) {
+  const std::set<std::string> only(parts.begin(), parts.end());
+  RestoreCheckpointRequest request;
+  request.set_prefix("latest");
+  for (const VariableDef& def : registry_->List("")) {
+    for (const VariablePart& part : def.parts()) {
+      if (part.shard_id() == shard_id && only.count(part.name()) > 0) {
+        request.add_variables(def.name());
+        break;
+      }
+    }
+  }
+  if (request.variables().empty()) {
+    return absl::NotFoundError(absl::StrCat("restore of lost parts of shard ", shard_id,
+                                            ": no registered variable has them"));
+  }
+  auto result = RestoreLocked(request, &only, shard_id);
+  if (options_.on_restore) options_.on_restore(result);
+  return result;
+}
+
+absl::StatusOr<std::string> CheckpointManager::ResolvePrefix(const std::string& dir_or_prefix) {
+  RestoreCheckpointRequest request;
+  request.set_prefix(dir_or_prefix);
+  return ResolveRestorePrefix(request);
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
+    const RestoreCheckpointRequest& request, const std::set<std::string>* only_parts,
+    int32_t only_shard) {
+  const absl::Time start = absl::Now();
+  absl::MutexLock op(&op_mu_);
+  {
+    // A publication a kill interrupted completes first.
+    const std::string& p = request.prefix();
+    if (p.empty() || p == "latest") {
+      if (!options_.dir.empty()) RecoverDir(options_.dir);
+    } else {
+      const std::string where = fs_->ListDir(p).ok() ? p : checkpoint::DirName(p);
+      if (CheckUnderRoots(where, /*write=*/true, "").ok()) RecoverDir(where);
+    }
+  }
+  PSD_ASSIGN_OR_RETURN(const std::string prefix, ResolveRestorePrefix(request));
+  const uint64_t progress_id = request.progress_id();
+  progress_.SetPrefix(progress_id, prefix);
+  // The index only: names, dtypes and shapes are checked here, before any
+  // shard reads data.
+  PSD_ASSIGN_OR_RETURN(auto reader, BundleReader::Open(prefix, fs_));
+
+  // (variable, checkpoint name)
+  std::vector<std::pair<std::string, std::string>> targets;
+  if (request.variables().empty() && request.name_map().empty()) {
+    for (const VariableDef& def : registry_->List("")) targets.emplace_back(def.name(), def.name());
+  } else {
+    for (const auto& v : request.variables()) targets.emplace_back(v, v);
+    std::map<std::string, std::string> sorted(request.name_map().begin(),
+                                              request.name_map().end());
+    for (const auto& [old_name, new_name] : sorted) targets.emplace_back(new_name, old_name);
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("restore: no variables to restore");
+
+  // Each part with the bytes it stages (its elements; strings count 0 here).
+  std::map<int32_t, std::vector<std::pair<RestorePart, int64_t>>> by_shard;
+  std::vector<std::pair<int32_t, std::string>> restored_parts;
+  RestoreCheckpointResponse response;
+  for (const auto& [var_name, ckpt_name] : targets) {
+    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(var_name));
+    auto info = reader->GetTensorInfo(ckpt_name);
+    if (!info.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat("Key ", ckpt_name, " not found in checkpoint ", prefix));
+    }
+    if (info->dtype != def.dtype()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore: tensor ", ckpt_name, " in checkpoint ", prefix, " is ",
+          checkpoint::BundleDataTypeName(info->dtype), ", variable ", var_name, " is ",
+          checkpoint::BundleDataTypeName(def.dtype())));
+    }
+    const TensorShape full(std::vector<int64_t>(def.shape().dims().begin(),
+                                                def.shape().dims().end()));
+    if (def.partitioned() ? info->shape != full
+                          : info->shape.num_elements() != full.num_elements()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore: tensor ", ckpt_name, " in checkpoint ", prefix, " has shape ",
+          info->shape.ToString(), ", variable ", var_name, " has shape ", full.ToString()));
+    }
+    for (const VariablePart& part : def.parts()) {
+      if (only_parts != nullptr &&
+          (part.shard_id() != only_shard || only_parts->count(part.name()) == 0)) {
+        continue;
+      }
+      RestorePart p;
+      p.set_name(part.name());
+      p.set_checkpoint_name(ckpt_name);
+      p.set_dtype(def.dtype());
+      p.set_sliced(def.partitioned());
+      *p.mutable_full_shape() = def.shape().dims();
+      *p.mutable_offset() = part.offset();
+      *p.mutable_shape() = part.shape().dims();
+      *p.mutable_initializer() = def.initializer();
+      int64_t elements = 1;
+      for (int64_t d : part.shape().dims()) elements *= d;
+      const int64_t bytes = elements * static_cast<int64_t>(DataTypeSize(def.dtype()));
+      progress_.AddTotal(progress_id, bytes);
+      by_shard[part.shard_id()].emplace_back(std::move(p), bytes);
+      restored_parts.emplace_back(part.shard_id(), part.name());
+    }
+    response.add_restored(var_name);
+  }
+
+  std::vector<int32_t> shards;
+  for (const auto& [id, parts] : by_shard) shards.push_back(id);
+  PSD_ASSIGN_OR_RETURN(const std::vector<std::shared_ptr<Shard::Stub>> stubs,
+                       StubsFor(shards, absl::StrCat("restore of ", prefix)));
+  const size_t n = shards.size();
+  const uint64_t restore_id = RandomNonzeroId();
+  auto finish_all = [&](bool commit) {
+    return RunParallel(n, [&](size_t i) {
+      FinishRestoreRequest req;
+      req.set_restore_id(restore_id);
+      req.set_commit(commit);
+      FinishRestoreResponse resp;
+      return Call(stubs[i].get(), &Shard::Stub::FinishRestore, req, &resp,
+                  absl::Now() + options_.rpc_timeout);
+    });
+  };
+  // Every shard stages its parts in batches of about progress_step_bytes,
+  // so the progress moves; all batches share the restore id.
+  std::vector<int64_t> staged(n, 0);
+  auto st = RunParallel(n, [&](size_t i) -> absl::Status {
+    const auto& parts = by_shard.at(shards[i]);
+    for (size_t next = 0; next < parts.size();) {
+      PrepareRestoreRequest req;
+      req.set_restore_id(restore_id);
+      req.set_prefix(prefix);
+      int64_t batch = 0;
+      while (next < parts.size() &&
+             (req.parts_size() == 0 || options_.progress_step_bytes <= 0 ||
+              batch + parts[next].second <= options_.progress_step_bytes)) {
+        *req.add_parts() = parts[next].first;
+        batch += parts[next].second;
+        ++next;
+      }
+      PrepareRestoreResponse resp;
+      PSD_RETURN_IF_ERROR(Call(stubs[i].get(), &Shard::Stub::PrepareRestore, req, &resp,
+                               absl::Now() + options_.io_timeout));
+      staged[i] += resp.staged_bytes();
+      progress_.AddDone(progress_id, batch);
+    }
+    return absl::OkStatus();
+  });
+  // A DATA_LOSS or NOT_FOUND names the file and tensor; report it before
+  // errors it may have caused elsewhere.
+  absl::Status s;
+  for (size_t i = 0; i < n && s.ok(); ++i) {
+    if (st[i].code() == absl::StatusCode::kDataLoss) {
+      s = absl::DataLossError(absl::StrCat("restore of ", prefix, ": shard ", shards[i], ": ",
+                                           st[i].message()));
+    }
+  }
+  if (s.ok()) s = FirstError(st, shards, absl::StrCat("restore of ", prefix));
+  if (!s.ok()) {
+    finish_all(/*commit=*/false);
+    return s;
+  }
+  progress_.SetPhase(progress_id, "applying");
+  PSD_RETURN_IF_ERROR(FirstError(finish_all(/*commit=*/true), shards,
+                                 absl::StrCat("restore of ", prefix, ": applying")));
+  if (access_.restored) access_.restored(restored_parts);
+  int64_t bytes = 0;
+  for (int64_t b : staged) bytes += b;
+  response.set_prefix(prefix);
+  response.set_bytes(bytes);
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  return response;
+}
+
+}  // namespace psd
