@@ -14,8 +14,8 @@
 // checkpoint format is not supported".
 //
 // Thread-safe: all reads are const and may run concurrently.
-#ifndef PSD_SERVER_CHECKPOINT_BUNDLE_READER_H_
-#define PSD_SERVER_CHECKPOINT_BUNDLE_READER_H_
+#ifndef PSD_COMMON_CHECKPOINT_BUNDLE_READER_H_
+#define PSD_COMMON_CHECKPOINT_BUNDLE_READER_H_
 
 #include <functional>
 #include <map>
@@ -116,4 +116,4 @@ class BundleReader {
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_BUNDLE_READER_H_
+#endif  // PSD_COMMON_CHECKPOINT_BUNDLE_READER_H_

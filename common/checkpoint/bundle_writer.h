@@ -26,8 +26,8 @@
 // the writer is destroyed unfinished, its temp files are removed.
 //
 // Thread-compatible: one thread drives a writer.
-#ifndef PSD_SERVER_CHECKPOINT_BUNDLE_WRITER_H_
-#define PSD_SERVER_CHECKPOINT_BUNDLE_WRITER_H_
+#ifndef PSD_COMMON_CHECKPOINT_BUNDLE_WRITER_H_
+#define PSD_COMMON_CHECKPOINT_BUNDLE_WRITER_H_
 
 #include <cstdint>
 #include <memory>
@@ -144,4 +144,4 @@ class BundleWriter {
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_BUNDLE_WRITER_H_
+#endif  // PSD_COMMON_CHECKPOINT_BUNDLE_WRITER_H_

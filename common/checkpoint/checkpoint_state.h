@@ -12,8 +12,8 @@
 //   if (auto q = retention.NextDeletion()) DeleteCheckpointFiles(fs, *q);  // step 3
 //
 // Free functions are thread-safe; SaverRetention is thread-compatible.
-#ifndef PSD_SERVER_CHECKPOINT_CHECKPOINT_STATE_H_
-#define PSD_SERVER_CHECKPOINT_CHECKPOINT_STATE_H_
+#ifndef PSD_COMMON_CHECKPOINT_CHECKPOINT_STATE_H_
+#define PSD_COMMON_CHECKPOINT_CHECKPOINT_STATE_H_
 
 #include <deque>
 #include <optional>
@@ -121,4 +121,4 @@ class SaverRetention {
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_CHECKPOINT_STATE_H_
+#endif  // PSD_COMMON_CHECKPOINT_CHECKPOINT_STATE_H_

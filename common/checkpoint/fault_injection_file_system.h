@@ -16,8 +16,8 @@
 // between a rename and the directory's fsync is not modelled.
 //
 // Each armed fault fires once. Thread-safe.
-#ifndef PSD_SERVER_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_
-#define PSD_SERVER_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_
+#ifndef PSD_COMMON_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_
+#define PSD_COMMON_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_
 
 #include <functional>
 #include <map>
@@ -132,4 +132,4 @@ class FaultInjectionFileSystem final : public FileSystem {
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_
+#endif  // PSD_COMMON_CHECKPOINT_FAULT_INJECTION_FILE_SYSTEM_H_

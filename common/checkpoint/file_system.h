@@ -8,8 +8,8 @@
 // one thread while another appends (as fdatasync and write(2) may): it then
 // makes durable at least what was appended before it started.
 // RandomAccessFile::Read is thread-safe (positional reads).
-#ifndef PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_
-#define PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_
+#ifndef PSD_COMMON_CHECKPOINT_FILE_SYSTEM_H_
+#define PSD_COMMON_CHECKPOINT_FILE_SYSTEM_H_
 
 #include <cstdint>
 #include <memory>
@@ -115,4 +115,4 @@ void CrashPoint(absl::string_view name);
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_FILE_SYSTEM_H_
+#endif  // PSD_COMMON_CHECKPOINT_FILE_SYSTEM_H_

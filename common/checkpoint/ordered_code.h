@@ -2,8 +2,8 @@
 // strings and integers whose bytewise order is the order of the values.
 // Rules and test vectors: specs/tf-checkpoint-format.md §1.6. Stateless;
 // thread-safe.
-#ifndef PSD_SERVER_CHECKPOINT_ORDERED_CODE_H_
-#define PSD_SERVER_CHECKPOINT_ORDERED_CODE_H_
+#ifndef PSD_COMMON_CHECKPOINT_ORDERED_CODE_H_
+#define PSD_COMMON_CHECKPOINT_ORDERED_CODE_H_
 
 #include <cstdint>
 #include <string>
@@ -28,4 +28,4 @@ bool ReadSignedNumIncreasing(absl::string_view* src, int64_t* result);
 
 }  // namespace psd::checkpoint::ordered_code
 
-#endif  // PSD_SERVER_CHECKPOINT_ORDERED_CODE_H_
+#endif  // PSD_COMMON_CHECKPOINT_ORDERED_CODE_H_

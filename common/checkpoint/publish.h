@@ -32,8 +32,8 @@
 // Free functions; thread-safe as far as the FileSystem is, but the caller
 // must not run two publications or a publication and a recovery in one
 // directory at once (the coordinator serializes them).
-#ifndef PSD_SERVER_CHECKPOINT_PUBLISH_H_
-#define PSD_SERVER_CHECKPOINT_PUBLISH_H_
+#ifndef PSD_COMMON_CHECKPOINT_PUBLISH_H_
+#define PSD_COMMON_CHECKPOINT_PUBLISH_H_
 
 #include <cstdint>
 #include <string>
@@ -98,4 +98,4 @@ RecoveryStats RecoverCheckpointDir(FileSystem* fs, const std::string& dir);
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_PUBLISH_H_
+#endif  // PSD_COMMON_CHECKPOINT_PUBLISH_H_

@@ -10,8 +10,8 @@
 //   PSD_RETURN_IF_ERROR(builder.Finish());
 //
 // Thread-compatible.
-#ifndef PSD_SERVER_CHECKPOINT_TABLE_BUILDER_H_
-#define PSD_SERVER_CHECKPOINT_TABLE_BUILDER_H_
+#ifndef PSD_COMMON_CHECKPOINT_TABLE_BUILDER_H_
+#define PSD_COMMON_CHECKPOINT_TABLE_BUILDER_H_
 
 #include <cstdint>
 #include <string>
@@ -102,4 +102,4 @@ class TableBuilder {
 
 }  // namespace psd::checkpoint::table
 
-#endif  // PSD_SERVER_CHECKPOINT_TABLE_BUILDER_H_
+#endif  // PSD_COMMON_CHECKPOINT_TABLE_BUILDER_H_

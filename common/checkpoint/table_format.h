@@ -3,8 +3,8 @@
 // and varint integers, block handles, block trailers and the 48-byte footer.
 // Layout and rules: specs/tf-checkpoint-format.md §1.2. Stateless helpers;
 // thread-safe.
-#ifndef PSD_SERVER_CHECKPOINT_TABLE_FORMAT_H_
-#define PSD_SERVER_CHECKPOINT_TABLE_FORMAT_H_
+#ifndef PSD_COMMON_CHECKPOINT_TABLE_FORMAT_H_
+#define PSD_COMMON_CHECKPOINT_TABLE_FORMAT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -51,4 +51,4 @@ enum CompressionType : char { kNoCompression = 0, kSnappyCompression = 1 };
 
 }  // namespace psd::checkpoint::table
 
-#endif  // PSD_SERVER_CHECKPOINT_TABLE_FORMAT_H_
+#endif  // PSD_COMMON_CHECKPOINT_TABLE_FORMAT_H_

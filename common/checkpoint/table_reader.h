@@ -10,8 +10,8 @@
 //   }));
 //
 // Thread-safe once opened (reads are positional).
-#ifndef PSD_SERVER_CHECKPOINT_TABLE_READER_H_
-#define PSD_SERVER_CHECKPOINT_TABLE_READER_H_
+#ifndef PSD_COMMON_CHECKPOINT_TABLE_READER_H_
+#define PSD_COMMON_CHECKPOINT_TABLE_READER_H_
 
 #include <cstdint>
 #include <functional>
@@ -57,4 +57,4 @@ class Table {
 
 }  // namespace psd::checkpoint::table
 
-#endif  // PSD_SERVER_CHECKPOINT_TABLE_READER_H_
+#endif  // PSD_COMMON_CHECKPOINT_TABLE_READER_H_

@@ -17,8 +17,8 @@
 //   PSD_RETURN_IF_ERROR(WriteMergedIndex(fs, prefix, n, parts));
 //
 // Free functions; thread-safe.
-#ifndef PSD_SERVER_CHECKPOINT_TENSOR_BUNDLE_H_
-#define PSD_SERVER_CHECKPOINT_TENSOR_BUNDLE_H_
+#ifndef PSD_COMMON_CHECKPOINT_TENSOR_BUNDLE_H_
+#define PSD_COMMON_CHECKPOINT_TENSOR_BUNDLE_H_
 
 #include <map>
 #include <string>
@@ -94,4 +94,4 @@ std::string BundleDataTypeName(int dtype);
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_TENSOR_BUNDLE_H_
+#endif  // PSD_COMMON_CHECKPOINT_TENSOR_BUNDLE_H_

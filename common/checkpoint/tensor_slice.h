@@ -6,8 +6,8 @@
 // slices, which restoring into a different partitioning is made of.
 //
 // A value type; thread-compatible.
-#ifndef PSD_SERVER_CHECKPOINT_TENSOR_SLICE_H_
-#define PSD_SERVER_CHECKPOINT_TENSOR_SLICE_H_
+#ifndef PSD_COMMON_CHECKPOINT_TENSOR_SLICE_H_
+#define PSD_COMMON_CHECKPOINT_TENSOR_SLICE_H_
 
 #include <cstdint>
 #include <string>
@@ -89,4 +89,4 @@ void CopySliceRegion(const Tensor& src, const TensorSlice& src_slice, const Tens
 
 }  // namespace psd::checkpoint
 
-#endif  // PSD_SERVER_CHECKPOINT_TENSOR_SLICE_H_
+#endif  // PSD_COMMON_CHECKPOINT_TENSOR_SLICE_H_

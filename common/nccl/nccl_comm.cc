@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "device/nccl_comm.h"
+#include "nccl/nccl_comm.h"
 
 namespace psd {
 namespace {

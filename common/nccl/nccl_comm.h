@@ -15,8 +15,8 @@
 //
 // Thread-safety: one thread drives a communicator; Abort() may be called
 // from any thread at any time.
-#ifndef PSD_SERVER_DEVICE_NCCL_COMM_H_
-#define PSD_SERVER_DEVICE_NCCL_COMM_H_
+#ifndef PSD_COMMON_NCCL_NCCL_COMM_H_
+#define PSD_COMMON_NCCL_NCCL_COMM_H_
 
 #include <atomic>
 #include <cstddef>
@@ -98,4 +98,4 @@ NcclCommFactory* DefaultNcclCommFactory();
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_DEVICE_NCCL_COMM_H_
+#endif  // PSD_COMMON_NCCL_NCCL_COMM_H_

@@ -1,6 +1,6 @@
 // The default NcclCommFactory: the free functions of nccl_comm.h, in every
 // build (they answer UNIMPLEMENTED where NCCL is missing).
-#include "device/nccl_comm.h"
+#include "nccl/nccl_comm.h"
 
 namespace psd {
 namespace {

@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "device/nccl_comm.h"
+#include "nccl/nccl_comm.h"
 
 namespace psd {
 

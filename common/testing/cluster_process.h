@@ -1,4 +1,4 @@
-// Child processes for the coordinator integration tests: ChildProcess runs
+// Child processes for the integration tests and psd_bench: ChildProcess runs
 // any program in its own process group (SIGKILLed if the test dies) and
 // waits for the port it writes to --port-file; TestCluster starts a real
 // `psd coordinator` with a state directory plus N `psd shard` processes that
@@ -8,8 +8,8 @@
 //
 // Thread-safety: thread-compatible. Start and restart processes from the
 // test's main thread (the child's death signal follows the starting thread).
-#ifndef PSD_TESTS_INTEGRATION_CLUSTER_PROCESS_H_
-#define PSD_TESTS_INTEGRATION_CLUSTER_PROCESS_H_
+#ifndef PSD_COMMON_TESTING_CLUSTER_PROCESS_H_
+#define PSD_COMMON_TESTING_CLUSTER_PROCESS_H_
 
 #include <sys/types.h>
 
@@ -97,4 +97,4 @@ class TestCluster {
 }  // namespace integration
 }  // namespace psd
 
-#endif  // PSD_TESTS_INTEGRATION_CLUSTER_PROCESS_H_
+#endif  // PSD_COMMON_TESTING_CLUSTER_PROCESS_H_

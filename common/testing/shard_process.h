@@ -1,5 +1,5 @@
 // ShardProcess: a real `psd shard` child process on a free loopback port, for
-// integration tests. Start() launches it with --listen 127.0.0.1:0 and
+// the integration tests and psd_bench. Start() launches it with --listen 127.0.0.1:0 and
 // --port-file and returns once the shard has written its port; the
 // destructor stops it (SIGTERM, then SIGKILL after a grace period) and reaps
 // it, so a failing test leaks no process.
@@ -11,8 +11,8 @@
 //
 // Thread-safety: thread-compatible; Signal() may be called while other
 // threads use clients connected to the shard.
-#ifndef PSD_TESTS_INTEGRATION_SHARD_PROCESS_H_
-#define PSD_TESTS_INTEGRATION_SHARD_PROCESS_H_
+#ifndef PSD_COMMON_TESTING_SHARD_PROCESS_H_
+#define PSD_COMMON_TESTING_SHARD_PROCESS_H_
 
 #include <sys/types.h>
 
@@ -114,4 +114,4 @@ std::string DescribeWaitStatus(int wait_status);
 }  // namespace integration
 }  // namespace psd
 
-#endif  // PSD_TESTS_INTEGRATION_SHARD_PROCESS_H_
+#endif  // PSD_COMMON_TESTING_SHARD_PROCESS_H_

@@ -1,4 +1,4 @@
-#include "runtime/checkpoint_scheduler.h"
+#include "coordinator/checkpoint_scheduler.h"
 
 #include <chrono>
 #include <utility>

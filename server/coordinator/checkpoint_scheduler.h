@@ -14,8 +14,8 @@
 //
 // Thread-safety: Start, Stop and FinalSave from one thread (the server's);
 // OnLostParts from any thread.
-#ifndef PSD_SERVER_RUNTIME_CHECKPOINT_SCHEDULER_H_
-#define PSD_SERVER_RUNTIME_CHECKPOINT_SCHEDULER_H_
+#ifndef PSD_SERVER_COORDINATOR_CHECKPOINT_SCHEDULER_H_
+#define PSD_SERVER_COORDINATOR_CHECKPOINT_SCHEDULER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -85,4 +85,4 @@ class CheckpointScheduler {
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_CHECKPOINT_SCHEDULER_H_
+#endif  // PSD_SERVER_COORDINATOR_CHECKPOINT_SCHEDULER_H_

@@ -1,4 +1,4 @@
-#include "runtime/coordinator_metrics.h"
+#include "coordinator/coordinator_metrics.h"
 
 #include <chrono>
 #include <functional>

@@ -5,8 +5,8 @@
 // by the checkpoint manager's completion hooks.
 //
 // Thread-safety: thread-safe. The hooks may run on any thread.
-#ifndef PSD_SERVER_RUNTIME_COORDINATOR_METRICS_H_
-#define PSD_SERVER_RUNTIME_COORDINATOR_METRICS_H_
+#ifndef PSD_SERVER_COORDINATOR_COORDINATOR_METRICS_H_
+#define PSD_SERVER_COORDINATOR_COORDINATOR_METRICS_H_
 
 #include "absl/status/statusor.h"
 #include "coordinator/coordinator_service.h"
@@ -40,4 +40,4 @@ void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* serv
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_COORDINATOR_METRICS_H_
+#endif  // PSD_SERVER_COORDINATOR_COORDINATOR_METRICS_H_

@@ -1,4 +1,4 @@
-#include "runtime/coordinator_server.h"
+#include "coordinator/coordinator_server.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -11,15 +11,15 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/signal_set.hpp"
+#include "coordinator/checkpoint_scheduler.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/coordinator_service.h"
 #include "coordinator/registry.h"
+#include "coordinator/shard_stopper.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
-#include "runtime/checkpoint_scheduler.h"
-#include "runtime/coordinator_metrics.h"
 #include "runtime/serving.h"
-#include "runtime/shard_stopper.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {

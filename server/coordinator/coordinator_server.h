@@ -4,8 +4,8 @@
 // with UNAVAILABLE, running ones get the drain timeout, and the server shuts
 // down. Every acknowledged registry change is already on disk, so a SIGKILL
 // loses nothing acknowledged either.
-#ifndef PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_
-#define PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_
+#ifndef PSD_SERVER_COORDINATOR_COORDINATOR_SERVER_H_
+#define PSD_SERVER_COORDINATOR_COORDINATOR_SERVER_H_
 
 #include <cstdint>
 #include <string>
@@ -44,7 +44,7 @@ struct CoordinatorServerOptions {
   // Deadline of the coordinator's calls to shards (creating parts).
   double shard_rpc_timeout_seconds = 30;
   // Checkpoint directory, retention policy, periodic and final saves,
-  // restore of lost parts (runtime/checkpoint_scheduler.h).
+  // restore of lost parts (coordinator/checkpoint_scheduler.h).
   CheckpointConfig checkpoint;
   // The registry log is compacted into a snapshot past this size.
   int64_t compact_log_bytes = 64 << 20;
@@ -63,4 +63,4 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options);
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_COORDINATOR_SERVER_H_
+#endif  // PSD_SERVER_COORDINATOR_COORDINATOR_SERVER_H_

@@ -1,4 +1,4 @@
-#include "runtime/shard_stopper.h"
+#include "coordinator/shard_stopper.h"
 
 #include <string>
 #include <thread>

@@ -3,8 +3,8 @@
 // deadline, with the node credentials the coordinator dials shards with.
 //
 // Thread-safety: thread-compatible; StopAll from one thread at a time.
-#ifndef PSD_SERVER_RUNTIME_SHARD_STOPPER_H_
-#define PSD_SERVER_RUNTIME_SHARD_STOPPER_H_
+#ifndef PSD_SERVER_COORDINATOR_SHARD_STOPPER_H_
+#define PSD_SERVER_COORDINATOR_SHARD_STOPPER_H_
 
 #include <memory>
 
@@ -30,4 +30,4 @@ class ShardStopper {
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_SHARD_STOPPER_H_
+#endif  // PSD_SERVER_COORDINATOR_SHARD_STOPPER_H_

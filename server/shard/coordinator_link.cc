@@ -1,4 +1,4 @@
-#include "runtime/coordinator_link.h"
+#include "shard/coordinator_link.h"
 
 #include <algorithm>
 

@@ -13,8 +13,8 @@
 //
 // Thread-safety: all work happens on the io_context's thread; Stop() may be
 // called from any thread.
-#ifndef PSD_SERVER_RUNTIME_COORDINATOR_LINK_H_
-#define PSD_SERVER_RUNTIME_COORDINATOR_LINK_H_
+#ifndef PSD_SERVER_SHARD_COORDINATOR_LINK_H_
+#define PSD_SERVER_SHARD_COORDINATOR_LINK_H_
 
 #include <atomic>
 #include <functional>
@@ -70,4 +70,4 @@ class CoordinatorLink {
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_COORDINATOR_LINK_H_
+#endif  // PSD_SERVER_SHARD_COORDINATOR_LINK_H_

@@ -1,4 +1,4 @@
-#include "runtime/shard_control.h"
+#include "shard/shard_control.h"
 
 #include "absl/strings/str_cat.h"
 

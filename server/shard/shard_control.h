@@ -1,12 +1,13 @@
 // ShardControlService: the ShardControl gRPC service of a `psd shard`
 // process (proto/psd/shard.proto), apart from the data service so process
-// control stays in the runtime. Stop answers first, then hands the stop to
-// the process's main loop, which drains exactly as on SIGTERM.
+// control stays with the process (shard_server.cc). Stop answers first, then
+// hands the stop to the process's main loop, which drains exactly as on
+// SIGTERM.
 //
 // Thread-safety: thread-safe; `on_stop` is called at most once, from an RPC
 // thread, and must not block.
-#ifndef PSD_SERVER_RUNTIME_SHARD_CONTROL_H_
-#define PSD_SERVER_RUNTIME_SHARD_CONTROL_H_
+#ifndef PSD_SERVER_SHARD_SHARD_CONTROL_H_
+#define PSD_SERVER_SHARD_SHARD_CONTROL_H_
 
 #include <atomic>
 #include <functional>
@@ -32,4 +33,4 @@ class ShardControlService final : public ShardControl::CallbackService {
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_SHARD_CONTROL_H_
+#endif  // PSD_SERVER_SHARD_SHARD_CONTROL_H_

@@ -1,4 +1,4 @@
-#include "runtime/shard_server.h"
+#include "shard/shard_server.h"
 
 #include <thread>
 
@@ -9,15 +9,15 @@
 #include "boost/asio/signal_set.hpp"
 #include "device/device.h"
 #include "psd/internal/grpc_credentials.h"
+#include "psd/random_id.h"
 #include "psd/status.h"
-#include "runtime/coordinator_link.h"
 #include "runtime/serving.h"
-#include "runtime/shard_control.h"
+#include "shard/coordinator_link.h"
 #include "shard/nccl_plane.h"
 #include "shard/peer_reader.h"
+#include "shard/shard_control.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
-#include "psd/random_id.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {

@@ -3,8 +3,8 @@
 // reflection) until SIGINT, SIGTERM or ShardControl.Stop (the coordinator's
 // `psctl shutdown`), then drains: stops accepting calls, lets in-flight calls
 // finish (bounded by the drain timeout), and returns.
-#ifndef PSD_SERVER_RUNTIME_SHARD_SERVER_H_
-#define PSD_SERVER_RUNTIME_SHARD_SERVER_H_
+#ifndef PSD_SERVER_SHARD_SHARD_SERVER_H_
+#define PSD_SERVER_SHARD_SHARD_SERVER_H_
 
 #include <cstdint>
 #include <string>
@@ -49,4 +49,4 @@ absl::Status RunShardServer(const ShardServerOptions& options);
 
 }  // namespace psd
 
-#endif  // PSD_SERVER_RUNTIME_SHARD_SERVER_H_
+#endif  // PSD_SERVER_SHARD_SHARD_SERVER_H_
