@@ -3,14 +3,11 @@
 #include <algorithm>
 #include <filesystem>
 #include <future>
-#include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/time/clock.h"
-#include "boost/asio/io_context.hpp"
-#include "boost/asio/post.hpp"
-#include "boost/asio/signal_set.hpp"
+#include "absl/time/time.h"
 #include "coordinator/checkpoint_scheduler.h"
 #include "coordinator/coordinator_metrics.h"
 #include "coordinator/coordinator_service.h"
@@ -20,6 +17,7 @@
 #include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "runtime/serving.h"
+#include "runtime/serving_loop.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -138,8 +136,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
 
   // Signals are caught from here on, so a stop request during start-up
   // still drains instead of killing the process.
-  boost::asio::io_context io;
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  ServingLoop loop("coordinator", options.drain_timeout_seconds);
 
   ServingOptions serving;
   serving.listen = config.listen;
@@ -153,47 +150,41 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                        ServingEndpoint::Start(serving, {&service}, &metrics,
                                               [&service] { return !service.draining(); },
                                               "coordinator"));
-  grpc::Server* server = endpoint->server();
   const int port = endpoint->port();
   spdlog::info("coordinator listening on {} (port {}; /metrics at {}), state dir {}",
                config.listen, port,
                endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
                config.state_dir.empty() ? "<none>" : config.state_dir);
 
-  // The stop, on the io thread: after a signal, or after psctl shutdown
-  // (which has told the shards already). At most once.
-  bool stopping = false;
-  auto stop = [&](const std::string& why, bool final_save) {
-    if (stopping) return;
-    stopping = true;
-    spdlog::info("coordinator: {}, draining (up to {} s)", why, options.drain_timeout_seconds);
+  // The stop: after a signal, or after psctl shutdown (which has saved and
+  // told the shards already).
+  DrainSteps steps;
+  steps.on_stop = [&](StopCause cause) {
     scheduler.Stop();
-    if (final_save) {
+    if (cause == StopCause::kSignal && ckpt.save_on_shutdown) {
       // Before the drain, so the shards' heartbeats still keep them live.
       absl::Status saved = scheduler.FinalSave();
       if (!saved.ok()) spdlog::error("coordinator: final save failed: {}", saved.ToString());
     }
-    server->GetHealthCheckService()->SetServingStatus(false);
-    service.StartDrain();
-    if (!service.WaitForIdle(absl::Now() + absl::Seconds(options.drain_timeout_seconds))) {
-      spdlog::warn("coordinator: calls still running after {} s; cancelling them",
-                   options.drain_timeout_seconds);
-    }
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   };
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (!ec) stop(absl::StrCat("signal ", signo, " received"), ckpt.save_on_shutdown);
-  });
+  steps.start_drain = [&service] { service.StartDrain(); };
+  steps.wait_for_idle = [&service](absl::Time deadline) { return service.WaitForIdle(deadline); };
+  steps.after_shutdown = [&] {
+    scheduler.Stop();
+    service.SetLostPartsHandler(nullptr);
+    service.SetShutdownHandler(nullptr);
+  };
 
-  // psctl shutdown. The handler blocks its RPC thread while the io thread
-  // saves and stops the shards, so a shutdown never races a signal's stop.
+  // psctl shutdown. The handler blocks its RPC thread while the loop's
+  // thread saves and stops the shards, so a shutdown never races a signal's
+  // stop.
   ShardStopper stopper(*shard_credentials,
                        absl::Seconds(std::min(10.0, options.shard_rpc_timeout_seconds)));
   service.SetShutdownHandler([&](const ShutdownRequest& request, ShutdownResponse* response) {
     std::promise<absl::Status> done;
     std::future<absl::Status> result = done.get_future();
-    boost::asio::post(io, [&] {
-      if (stopping) {
+    loop.Post([&] {
+      if (loop.stopping()) {
         done.set_value(absl::FailedPreconditionError("the coordinator is already stopping"));
         return;
       }
@@ -223,20 +214,12 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                    absl::StrJoin(response->unreached_shards(), "; "));
       done.set_value(absl::OkStatus());
       // Queued behind this job; its drain waits for this RPC to finish.
-      boost::asio::post(io, [&] { stop("shutdown requested", /*final_save=*/false); });
+      loop.RequestStop("shutdown requested");
     });
     return result.get();
   });
 
-  std::thread io_thread([&io] { io.run(); });
-  server->Wait();
-  scheduler.Stop();
-  service.SetLostPartsHandler(nullptr);
-  service.SetShutdownHandler(nullptr);
-  io.stop();
-  io_thread.join();
-  spdlog::info("coordinator: drained, exiting");
-  return absl::OkStatus();
+  return loop.Run(endpoint.get(), std::move(steps));
 }
 
 }  // namespace psd

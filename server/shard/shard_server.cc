@@ -1,17 +1,15 @@
 #include "shard/shard_server.h"
 
-#include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "boost/asio/io_context.hpp"
-#include "boost/asio/post.hpp"
-#include "boost/asio/signal_set.hpp"
+#include "absl/time/time.h"
 #include "device/device.h"
 #include "psd/internal/grpc_credentials.h"
 #include "psd/random_id.h"
 #include "psd/status.h"
 #include "runtime/serving.h"
+#include "runtime/serving_loop.h"
 #include "shard/coordinator_link.h"
 #include "shard/nccl_plane.h"
 #include "shard/peer_reader.h"
@@ -98,18 +96,13 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
 
   // Signals are caught from here on, so a stop request that arrives while
   // the server starts still drains it instead of killing the process.
-  boost::asio::io_context io;
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  ServingLoop loop(absl::StrCat("shard ", config.id), options.drain_timeout_seconds);
 
   MetricsRegistry metrics;
   AddShardMetrics(&metrics, store);
 
-  // Set once the stop begins (signal or ShardControl.Stop); then runs on
-  // the io thread. Declared before the control service that calls it.
-  std::function<void(const std::string&)> stop;
-  ShardControlService control([&io, &stop](const std::string& reason) {
-    boost::asio::post(io, [&stop, reason] { stop(reason); });
-  });
+  // ShardControl.Stop (the coordinator's psctl shutdown).
+  ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
 
   ServingOptions serving;
   serving.listen = config.listen;
@@ -135,7 +128,6 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                                return !service.draining() && device->healthy();
                              },
                              absl::StrCat("shard ", config.id)));
-  grpc::Server* server = endpoint->server();
   const int port = endpoint->port();
   spdlog::info("shard {} listening on {} (port {}; /metrics at {}), device {}, "
                "memory limit {}, incarnation {:016x}",
@@ -153,52 +145,27 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                            std::to_string(port);
   }
   std::unique_ptr<CoordinatorLink> link;
-  // Why the shard must end with an error (set on the io thread, read after
-  // it joined): the coordinator refused its id.
-  absl::Status fatal;
   if (!options.coordinator.empty()) {
-    link = std::make_unique<CoordinatorLink>(&io, options.coordinator, advertised, &store,
+    link = std::make_unique<CoordinatorLink>(loop.io(), options.coordinator, advertised, &store,
                                              node_credentials);
-    link->SetFatalHandler([&fatal, &stop](const absl::Status& why) {
-      fatal = why;
-      stop("its registration was refused");
-    });
+    // The coordinator refused the shard's id: the process ends with that error.
+    link->SetFatalHandler(
+        [&loop](const absl::Status& why) { loop.Fail(why, "its registration was refused"); });
     link->Start();
   }
 
-  bool stopping = false;  // touched on the io thread only
-  stop = [&](const std::string& why) {
-    if (stopping) return;
-    stopping = true;
+  DrainSteps steps;
+  steps.on_stop = [&link](StopCause) {
     if (link != nullptr) link->Stop();
-    spdlog::info("shard {}: {}, draining (up to {} s)", config.id, why,
-                 options.drain_timeout_seconds);
-    server->GetHealthCheckService()->SetServingStatus(false);
-    // New calls are refused with UNAVAILABLE from here on; the ones already
-    // running get the drain timeout to finish. Shutdown then closes the
-    // listener and connections, cancelling whatever still runs.
+  };
+  steps.start_drain = [&service, &nccl] {
     service.StartDrain();
     // NCCL streams live as long as their groups: end those, so their
     // trainers learn why at once.
     nccl.Shutdown();
-    const absl::Time deadline =
-        absl::Now() + absl::Seconds(options.drain_timeout_seconds);
-    if (!service.WaitForIdle(deadline)) {
-      spdlog::warn("shard {}: calls still running after {} s; cancelling them", config.id,
-                   options.drain_timeout_seconds);
-    }
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   };
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (!ec) stop(absl::StrCat("signal ", signo, " received"));
-  });
-  std::thread io_thread([&io] { io.run(); });
-  server->Wait();
-  io.stop();
-  io_thread.join();
-  if (!fatal.ok()) return fatal;
-  spdlog::info("shard {}: drained, exiting", config.id);
-  return absl::OkStatus();
+  steps.wait_for_idle = [&service](absl::Time deadline) { return service.WaitForIdle(deadline); };
+  return loop.Run(endpoint.get(), std::move(steps));
 }
 
 }  // namespace psd
