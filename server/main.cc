@@ -8,10 +8,10 @@
 #include <utility>
 
 #include "CLI/CLI.hpp"
+#include "coordinator/coordinator_server.h"
 #include "runtime/cluster_config.h"
-#include "runtime/coordinator_server.h"
-#include "runtime/shard_server.h"
 #include "shard/process_tuning.h"
+#include "shard/shard_server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "device/nccl_comm.h"
 #include "grpcpp/grpcpp.h"
+#include "nccl/nccl_comm.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"

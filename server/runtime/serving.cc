@@ -1,10 +1,7 @@
 #include "runtime/serving.h"
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
+#include "checkpoint/file_system.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "observability/process_metrics.h"
@@ -12,14 +9,10 @@
 namespace psd {
 
 absl::Status WritePortFile(const std::string& path, int port) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot write port file ", tmp, ": ", std::strerror(errno)));
-  }
-  std::fprintf(f, "%d\n", port);
-  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot write port file ", path, ": ", std::strerror(errno)));
+  absl::Status s = checkpoint::WriteFileAtomically(checkpoint::FileSystem::Default(), path,
+                                                   absl::StrCat(port, "\n"));
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("cannot write port file ", path, ": ", s.message()));
   }
   return absl::OkStatus();
 }

@@ -89,8 +89,9 @@ class ServingEndpoint {
   int port_ = 0;
 };
 
-// Writes `port` to `path` atomically (temp file + rename), so a reader never
-// sees a partial number.
+// Writes `port` and a newline to `path` with checkpoint::WriteFileAtomically
+// (a temp file beside it, fsync, rename, directory fsync): launchers and
+// tests poll for `path`, and never see it empty or with a partial number.
 absl::Status WritePortFile(const std::string& path, int port);
 
 }  // namespace psd

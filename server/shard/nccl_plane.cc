@@ -9,7 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "device/nccl_comm.h"
+#include "nccl/nccl_comm.h"
 #include "psd/dtype.h"
 #include "psd/status.h"
 #include "psd/tensor.h"

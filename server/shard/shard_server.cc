@@ -1,0 +1,171 @@
+#include "shard/shard_server.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "device/device.h"
+#include "psd/internal/grpc_credentials.h"
+#include "psd/random_id.h"
+#include "psd/status.h"
+#include "runtime/serving.h"
+#include "runtime/serving_loop.h"
+#include "shard/coordinator_link.h"
+#include "shard/nccl_plane.h"
+#include "shard/peer_reader.h"
+#include "shard/shard_control.h"
+#include "shard/shard_service.h"
+#include "shard/variable_store.h"
+#include "spdlog/spdlog.h"
+
+namespace psd {
+
+namespace {
+
+// What the shard's own state shows at each scrape: variables, bytes and the
+// byte budget, and whether writes are fenced now.
+void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
+  metrics->CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
+                         [&store] { return static_cast<double>(store.num_variables()); });
+  metrics->CallbackGauge("psd_shard_memory_used_bytes",
+                         "Bytes of variables (and staged writes) accounted against the limit",
+                         [&store] { return static_cast<double>(store.memory().used()); });
+  metrics->CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
+                         [&store] { return static_cast<double>(store.memory().limit()); });
+  metrics->CallbackGauge("psd_shard_fenced", "1 while a checkpoint fence holds writes",
+                         [&store] { return store.gate().fenced() ? 1.0 : 0.0; });
+  metrics->CallbackCounter("psd_shard_fence_lease_expiries_total",
+                           "Fences lifted by their lease because the coordinator went quiet",
+                           [&store] { return static_cast<double>(store.gate().lease_expiries()); });
+  // From the gate itself, so a fence its lease lifted counts once too.
+  metrics->CallbackCounter("psd_shard_fences_total", "Checkpoint fences raised and lifted",
+                           [&store] { return static_cast<double>(store.gate().totals().fences); });
+  metrics->CallbackCounter(
+      "psd_shard_fence_held_writes_total", "Writes that waited for a checkpoint fence to lift",
+      [&store] { return static_cast<double>(store.gate().totals().held_writes); });
+  metrics->CallbackCounter(
+      "psd_shard_fenced_seconds_total", "Time checkpoint fences held writes",
+      [&store] { return absl::ToDoubleSeconds(store.gate().totals().fenced); });
+}
+
+// Fence pauses as the shard reports them to the coordinator: each Unfence
+// answer says how long writes were held.
+std::map<std::string, ResponseWatcher> FenceWatchers(MetricsRegistry* metrics) {
+  Histogram* paused = metrics
+                          ->HistogramFamily("psd_shard_fence_pause_seconds",
+                                            "How long a checkpoint fence held writes", {},
+                                            LatencyBuckets())
+                          ->Get({});
+  return {{"psd.Shard/Unfence",
+           WatchResponse<UnfenceResponse>([paused](const UnfenceResponse& r) {
+             paused->Observe(static_cast<double>(r.fenced_micros()) * 1e-6);
+           })}};
+}
+
+}  // namespace
+
+absl::Status RunShardServer(const ShardServerOptions& options) {
+  const ShardConfig& config = options.shard;
+  PSD_ASSIGN_OR_RETURN(auto device, NewDevice(config.device));
+  const uint64_t incarnation = RandomNonzeroId();
+  VariableStoreOptions store_options;
+  store_options.memory_limit_bytes = config.memory_limit;
+  store_options.incarnation = incarnation;
+  // Leave room for the response's other fields under the message limit.
+  store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
+  store_options.max_batch_result_bytes = store_options.max_unary_value_bytes;
+  store_options.default_chunk_bytes = options.stream_chunk_bytes;
+  if (options.nccl_plane && device->name().rfind("gpu:", 0) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("shard ", config.id,
+                                                   ": --nccl-plane needs a gpu:N device, not ",
+                                                   device->name()));
+  }
+  VariableStore store(device.get(), store_options);
+  // Channels this shard opens to other psd servers (the coordinator, and
+  // shards it reads a source variable from) carry its node credentials.
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> node_credentials,
+                       internal::MakeChannelCredentials(NodeChannelSecurity(options.security)));
+  PeerReader peers(node_credentials, options.max_message_bytes);
+  ShardService service(config.id, incarnation, &store);
+  service.set_peer_reader(&peers);
+  NcclPlaneOptions nccl_options;
+  nccl_options.enabled = options.nccl_plane;
+  nccl_options.shard_id = config.id;
+  NcclPlane nccl(&store, nccl_options);
+  service.set_nccl_plane(&nccl);
+
+  // Signals are caught from here on, so a stop request that arrives while
+  // the server starts still drains it instead of killing the process.
+  ServingLoop loop(absl::StrCat("shard ", config.id), options.drain_timeout_seconds);
+
+  MetricsRegistry metrics;
+  AddShardMetrics(&metrics, store);
+
+  // ShardControl.Stop (the coordinator's psctl shutdown).
+  ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
+
+  ServingOptions serving;
+  serving.listen = config.listen;
+  serving.max_message_bytes = options.max_message_bytes;
+  serving.port_file = options.port_file;
+  serving.http_listen = options.http_listen;
+  serving.http_port_file = options.http_port_file;
+  serving.security = options.security;
+  serving.limits = options.limits;
+  serving.response_watchers = FenceWatchers(&metrics);
+  // A device that failed (a CUDA error) makes the shard unhealthy: its
+  // variables can no longer be trusted, so it should be restarted and
+  // restored from the latest checkpoint.
+  serving.unhealthy_reason = [&device] {
+    return device->healthy() ? std::string() : device->name() + ": " + device->health_detail();
+  };
+  PSD_ASSIGN_OR_RETURN(
+      std::unique_ptr<ServingEndpoint> endpoint,
+      ServingEndpoint::Start(serving, {&service, &control}, &metrics,
+                             // Not ready while draining, or once the device failed (a CUDA
+                             // error): its variables can no longer be trusted.
+                             [&service, &device] {
+                               return !service.draining() && device->healthy();
+                             },
+                             absl::StrCat("shard ", config.id)));
+  const int port = endpoint->port();
+  spdlog::info("shard {} listening on {} (port {}; /metrics at {}), device {}, "
+               "memory limit {}, incarnation {:016x}",
+               config.id, config.listen, port,
+               endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
+               device->name(),
+               config.memory_limit > 0 ? std::to_string(config.memory_limit) + " bytes" : "none",
+               incarnation);
+
+  // The address others dial: the advertised one, with the real port when
+  // the shard bound port 0.
+  ShardConfig advertised = config;
+  if (advertised.advertise.empty() || advertised.advertise == config.listen) {
+    advertised.advertise = config.listen.substr(0, config.listen.rfind(':')) + ":" +
+                           std::to_string(port);
+  }
+  std::unique_ptr<CoordinatorLink> link;
+  if (!options.coordinator.empty()) {
+    link = std::make_unique<CoordinatorLink>(loop.io(), options.coordinator, advertised, &store,
+                                             node_credentials);
+    // The coordinator refused the shard's id: the process ends with that error.
+    link->SetFatalHandler(
+        [&loop](const absl::Status& why) { loop.Fail(why, "its registration was refused"); });
+    link->Start();
+  }
+
+  DrainSteps steps;
+  steps.on_stop = [&link](StopCause) {
+    if (link != nullptr) link->Stop();
+  };
+  steps.start_drain = [&service, &nccl] {
+    service.StartDrain();
+    // NCCL streams live as long as their groups: end those, so their
+    // trainers learn why at once.
+    nccl.Shutdown();
+  };
+  steps.wait_for_idle = [&service](absl::Time deadline) { return service.WaitForIdle(deadline); };
+  return loop.Run(endpoint.get(), std::move(steps));
+}
+
+}  // namespace psd
