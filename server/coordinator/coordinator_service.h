@@ -157,7 +157,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
                                                const CheckpointProgressRequest* request,
                                                CheckpointProgressResponse* response) override;
 
-  // psctl shutdown: handled by the process (runtime/coordinator_server.cc),
+  // psctl shutdown: handled by the process (coordinator/coordinator_server.cc),
   // which owns the final save and the stop; UNIMPLEMENTED until it sets
   // a handler.
   grpc::ServerUnaryReactor* Shutdown(grpc::CallbackServerContext* ctx,
