@@ -17,9 +17,11 @@
 #include "absl/time/time.h"
 #include "commands.h"
 #include "output.h"
+#include "google/protobuf/descriptor.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
+#include "psd/seeds.h"
 #include "psd/session.h"
 #include "psd/status.h"
 
@@ -133,6 +135,21 @@ std::string PartitioningText(const psd::VariableHandle& h) {
                       absl::StrJoin(h.partitions(), ", "), "])");
 }
 
+// The initializer's kind ("random_normal", "none" when unset) and, for one
+// drawing random values, the seed the values are keyed by.
+std::string InitializerKind(const psd::InitializerSpec& spec) {
+  const google::protobuf::OneofDescriptor* kind = spec.GetDescriptor()->FindOneofByName("kind");
+  const google::protobuf::FieldDescriptor* set =
+      kind == nullptr ? nullptr : spec.GetReflection()->GetOneofFieldDescriptor(spec, kind);
+  return set == nullptr ? "none" : set->name();
+}
+
+std::string InitializerText(const psd::InitializerSpec& spec) {
+  std::string text = InitializerKind(spec);
+  if (psd::DrawsRandomValues(spec)) absl::StrAppend(&text, " (seed ", spec.seed(), ")");
+  return text;
+}
+
 void RunShow(const std::string& name, Context* ctx) {
   psd::LookupVariableRequest req;
   req.set_name(name);
@@ -178,7 +195,9 @@ void RunShow(const std::string& name, Context* ctx) {
         ",\"shape\":", ShapeJson(h.shape()), ",\"partitioned\":", h.partitioned() ? "true" : "false",
         ",\"partition_axis\":", h.partition_axis(), ",\"trainable\":",
         h.trainable() ? "true" : "false", ",\"collections\":[", absl::StrJoin(colls, ","),
-        "],\"declared_at\":", JsonString(h.declared_at()), ",\"parts\":[");
+        "],\"declared_at\":", JsonString(h.declared_at()),
+        ",\"initializer\":", JsonString(InitializerKind(h.initializer())),
+        ",\"seed\":", h.initializer().seed(), ",\"parts\":[");
     for (int i = 0; i < h.parts_size(); ++i) {
       const auto& p = h.parts(i);
       absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
@@ -198,6 +217,7 @@ void RunShow(const std::string& name, Context* ctx) {
       h.partitioned() ? PartitioningText(h) : std::string("none"),
       "\n  trainable:    ", h.trainable() ? "yes" : "no",
       "\n  collections:  ", absl::StrJoin(h.collections(), ", "),
+      "\n  initializer:  ", InitializerText(h.initializer()),
       "\n  declared at:  ", h.declared_at().empty() ? "-" : h.declared_at(), "\n");
   std::vector<std::vector<std::string>> rows = {{"PART", "SHAPE", "OFFSET", "SHARD", "ADDRESS", "STATE"}};
   for (int i = 0; i < h.parts_size(); ++i) {

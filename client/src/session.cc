@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "psd/seeds.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "session_impl.h"
@@ -298,6 +299,7 @@ absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScop
   req.set_session_id(impl->id_);
   req.set_request_seq(impl->NextRequestSeq());
   PSD_ASSIGN_OR_RETURN(Declaration decl, MakeDeclaration(scope, name, options, file, line));
+  impl->SeedDeclaration(&decl.proto);
   if (decl.proto.initialize()) {
     PSD_RETURN_IF_ERROR(impl->InitializeSuppliedSources(decl.proto.initializer()));
   }
@@ -313,6 +315,32 @@ absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScop
 }
 
 }  // namespace
+
+void Session::Impl::SetRandomSeed(std::optional<int64_t> seed) {
+  absl::MutexLock lock(&seed_mu_);
+  graph_seed_ = seed;
+}
+
+std::optional<int64_t> Session::Impl::random_seed() const {
+  absl::MutexLock lock(&seed_mu_);
+  return graph_seed_;
+}
+
+void Session::Impl::SeedDeclaration(VariableDeclaration* declaration) {
+  absl::MutexLock lock(&seed_mu_);
+  const int64_t op_id = ++declarations_;
+  if (!graph_seed_.has_value()) return;
+  // No initializer: the coordinator's default, which draws random values
+  // for floating dtypes; named here so that it carries the seed.
+  if (!declaration->has_initializer()) declaration->mutable_initializer()->mutable_default_initializer();
+  InitializerSpec* spec = declaration->mutable_initializer();
+  if (!DrawsRandomValues(*spec)) return;
+  spec->set_seed(MixSeeds(*graph_seed_, spec->seed() != 0 ? spec->seed() : op_id));
+}
+
+void Session::SetRandomSeed(std::optional<int64_t> seed) { impl_->SetRandomSeed(seed); }
+
+std::optional<int64_t> Session::random_seed() const { return impl_->random_seed(); }
 
 absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
                                               const GetVariableOptions& options, const char* file,
@@ -331,6 +359,7 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
     GetVariableOptions o = options;
     PSD_ASSIGN_OR_RETURN(Declaration decl,
                          MakeDeclaration(impl_->stack_.back().scope, name, o, file, line));
+    impl_->SeedDeclaration(&decl.proto);
     if (decl.proto.initialize()) {
       PSD_RETURN_IF_ERROR(impl_->InitializeSuppliedSources(decl.proto.initializer()));
     }

@@ -113,6 +113,12 @@ class Session::Impl {
   // The scope stack; [0] is the root scope. Thread-compatible.
   std::vector<Frame> stack_;
 
+  // Session::SetRandomSeed. Applies the graph seed (when set) to a
+  // declaration's random initializer and counts the declaration.
+  void SetRandomSeed(std::optional<int64_t> seed);
+  std::optional<int64_t> random_seed() const;
+  void SeedDeclaration(VariableDeclaration* declaration);
+
  private:
   std::atomic<uint64_t> next_request_seq_{1};
   absl::Mutex keepalive_mu_;
@@ -124,6 +130,10 @@ class Session::Impl {
     InitializerSpec::SuppliedValue description;
     std::shared_ptr<const Tensor> value;
   };
+  mutable absl::Mutex seed_mu_;
+  std::optional<int64_t> graph_seed_ ABSL_GUARDED_BY(seed_mu_);
+  // Declarations so far: the op seed of an unseeded one under a graph seed.
+  int64_t declarations_ ABSL_GUARDED_BY(seed_mu_) = 0;
   absl::Mutex supplied_mu_;
   // By variable name.
   std::map<std::string, Supplied> supplied_ ABSL_GUARDED_BY(supplied_mu_);

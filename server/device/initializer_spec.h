@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "psd/seeds.h"
 #include "psd/tensor.h"
 #include "psd/wire.h"
 #include "psd/types.pb.h"
@@ -49,12 +50,7 @@ absl::Status ValidateInitializerForCreate(const InitializerSpec& spec, DataType 
                                           const TensorShape& full_shape,
                                           const std::string& variable);
 
-// True for the initializers whose values come from the seeded random
-// stream (the default one included: unit scaling for floating dtypes).
-inline bool DrawsRandomValues(const InitializerSpec& spec) {
-  return spec.has_random_uniform() || spec.has_random_normal() || spec.has_truncated_normal() ||
-         spec.has_uniform_unit_scaling() || spec.has_default_initializer();
-}
+// DrawsRandomValues, the initializers keyed by a seed, is in psd/seeds.h.
 
 // True when a shard can run `spec` by itself (InitializeVariables, or at
 // creation): not for FromVariable (it needs its source's value, ordered by

@@ -24,6 +24,8 @@ grep -q "1 variables" "$work/status.txt" || fail "status: \$(cat $work/status.tx
 grep -q "test/emb/part_0  *\[3,4\]  *\[0,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
 grep -q "test/emb/part_1  *\[3,4\]  *\[3,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
 [ "\$(grep -c ' initialized' "$work/show.txt")" = 2 ] || fail "vars show: initialized"
+grep -q "^  initializer:  [a-z_]" "$work/show.txt" || fail "vars show: initializer: \$(cat $work/show.txt)"
+"$psctl" --coordinator "\$c" --json vars show test/emb | grep -q '"initializer":"[a-z_]*","seed":' || fail "vars show --json: initializer"
 "$psctl" --coordinator "\$c" vars get test/emb --max-values 5 >"$work/get.txt"
 grep -q "test/emb float32\[6,4\] = {1, 1, 1, 1, 0, ... (19 more)}" "$work/get.txt" || fail "vars get: \$(cat $work/get.txt)"
 "$psctl" --coordinator "\$c" --json vars get test/emb --max-values -1 | grep -q '"values_truncated":false' || fail "vars get --json"

@@ -231,6 +231,41 @@ TEST_F(SessionTest, UnseededRandomVariablesStartDifferentAndReinitializeTheSame)
   EXPECT_EQ(e.handle().initializer().seed(), 7);
 }
 
+TEST_F(SessionTest, GraphSeedMakesDeclarationsReproducible) {
+  // tf.set_random_seed: two sessions (two runs of one program) with the
+  // same graph seed that declare alike get the same values; the order of
+  // declarations gives unseeded initializers their op seeds.
+  auto run = [&](Session* s, const std::string& prefix, int64_t graph_seed) {
+    s->SetRandomSeed(graph_seed);
+    EXPECT_EQ(s->random_seed(), graph_seed);
+    GetVariableOptions o = Shape({32});
+    o.initialize = true;
+    std::vector<std::string> values;
+    for (const char* name : {"a", "b"}) {
+      auto v = s->GetVariable(prefix + "/" + name, o);
+      EXPECT_TRUE(v.ok()) << v.status();
+      auto value = v->Read();
+      EXPECT_TRUE(value.ok()) << value.status();
+      values.push_back(std::string(value->bytes()));
+    }
+    o.initializer = init::RandomUniform(0.0, 1.0, /*seed=*/5);
+    auto c = s->GetVariable(prefix + "/c", o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    values.push_back(std::string(c->Read()->bytes()));
+    return values;
+  };
+  auto first = NewSession();
+  auto second = NewSession();
+  auto third = NewSession();
+  const std::vector<std::string> one = run(first.get(), "graph_seed_1", 42);
+  const std::vector<std::string> two = run(second.get(), "graph_seed_2", 42);
+  const std::vector<std::string> other = run(third.get(), "graph_seed_3", 43);
+  EXPECT_EQ(one, two);
+  EXPECT_NE(one[0], one[1]);
+  EXPECT_NE(one[0], other[0]);
+  EXPECT_NE(one[2], other[2]);  // the op seed combines with the graph seed
+}
+
 TEST_F(SessionTest, DefaultNamesAreCountedPerSession) {
   auto other = NewSession();
   ASSERT_NE(other, nullptr);

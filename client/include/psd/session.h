@@ -250,6 +250,17 @@ class Session {
   // ones after `timeout`.
   absl::Status WaitForInitialized(const std::vector<Variable>& variables, absl::Duration timeout);
 
+  // tf.set_random_seed: the session's graph-level seed (nullopt: none).
+  // With it, every random initializer declared afterwards gets the seed
+  // MixSeeds(graph seed, op seed) (psd/seeds.h), an initializer without a
+  // seed taking the session's count of declarations so far as its op
+  // seed: a program that declares the same variables in the same order
+  // gets the same values, on any cluster. Without it, an op seed alone
+  // is used as given, and a variable with neither gets a seed the
+  // coordinator draws. Thread-safe.
+  void SetRandomSeed(std::optional<int64_t> seed);
+  std::optional<int64_t> random_seed() const;
+
   // The current variable scope (the root scope outside any VariableScope).
   CapturedScope current_scope() const;
   // scope.reuse_variables() on the current scope (the root scope included).

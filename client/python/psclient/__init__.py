@@ -38,7 +38,7 @@ from .init_ops import (Constant, InitializedValue, Initializer, Ones, RandomNorm
                        zeros_initializer)
 from .partitioned_variables import (fixed_size_partitioner, min_max_variable_partitioner,
                                     variable_axis_size_partitioner)
-from .session import Session, connect, get_default_session
+from .session import Session, connect, get_default_session, set_random_seed
 from .regularizers import (RegularizationLoss, get_regularization_loss,
                            get_regularization_losses, l1_regularizer, l2_regularizer,
                            no_regularizer, sum_regularizer)

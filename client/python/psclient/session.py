@@ -173,3 +173,14 @@ def get_default_session():
 
 def _session_of(session):
     return session if session is not None else get_default_session()
+
+
+def set_random_seed(seed, session=None):
+    """tf.set_random_seed: the graph-level seed of `session` (the default
+    one when None); None removes it. Random initializers declared after it
+    get a seed derived from it and their own seed (or, without one, from
+    the order of declarations in the session), so a program run twice gets
+    the same values on any cluster. Without a graph seed an initializer's
+    own seed is used as given, and one with no seed at all gets a seed the
+    coordinator draws (every variable different)."""
+    _session_of(session)._s.set_random_seed(None if seed is None else int(seed))

@@ -378,6 +378,14 @@ void BindSession(py::module_& m) {
         std::lock_guard<std::mutex> graph(h->graph_mu);
         return h->Get()->current_scope();
       })
+      .def("set_random_seed", [](const HolderPtr& h, std::optional<int64_t> seed) {
+        std::shared_lock<std::shared_mutex> lock(h->mu);
+        h->Get()->SetRandomSeed(seed);
+      })
+      .def_property_readonly("random_seed", [](const HolderPtr& h) {
+        std::shared_lock<std::shared_mutex> lock(h->mu);
+        return h->Get()->random_seed();
+      })
       .def("reuse_variables", [](const HolderPtr& h) {
         std::shared_lock<std::shared_mutex> lock(h->mu);
         std::lock_guard<std::mutex> graph(h->graph_mu);
