@@ -309,6 +309,7 @@ absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScop
   PSD_RETURN_IF_ERROR(impl->Call(&Coordinator::Stub::GetVariable, req, &resp));
   PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
   Variable v = impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
+  if (resp.created() && v.trainable()) impl->CountTrainableCreated(1);
   PSD_RETURN_IF_ERROR(
       impl->Supply(v, declared, std::move(decl.supplied), options.initialize && resp.created()));
   return v;
@@ -339,6 +340,8 @@ void Session::Impl::SeedDeclaration(VariableDeclaration* declaration) {
 }
 
 void Session::SetRandomSeed(std::optional<int64_t> seed) { impl_->SetRandomSeed(seed); }
+
+int64_t Session::trainable_variables_created() const { return impl_->trainable_created(); }
 
 std::optional<int64_t> Session::random_seed() const { return impl_->random_seed(); }
 
@@ -378,6 +381,9 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
     PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl_->EnsureAddressed(resp.handles(i)));
     out.push_back(impl_->MakeVariable(
         std::move(handle), CachingDevice(impl_->stack_.back().scope, declarations[i].second)));
+    if (i < resp.created_size() && resp.created(i) && out.back().trainable()) {
+      impl_->CountTrainableCreated(1);
+    }
   }
   // The supplied values go straight to their shards, variables in parallel.
   std::vector<absl::Status> written = RunParallel(out.size(), [&](size_t i) {

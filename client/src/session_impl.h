@@ -119,8 +119,13 @@ class Session::Impl {
   std::optional<int64_t> random_seed() const;
   void SeedDeclaration(VariableDeclaration* declaration);
 
+  // Session::trainable_variables_created.
+  void CountTrainableCreated(int64_t n) { trainable_created_.fetch_add(n); }
+  int64_t trainable_created() const { return trainable_created_.load(); }
+
  private:
   std::atomic<uint64_t> next_request_seq_{1};
+  std::atomic<int64_t> trainable_created_{0};
   absl::Mutex keepalive_mu_;
   bool keepalive_stop_ ABSL_GUARDED_BY(keepalive_mu_) = false;
   std::thread keepalive_;

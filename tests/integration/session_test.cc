@@ -30,6 +30,7 @@ using client::CapturedScope;
 using client::GetVariableOptions;
 using client::ScopeOptions;
 using client::Session;
+using client::TemplateOptions;
 using client::Variable;
 using client::VariableScope;
 namespace init = client::init;
@@ -728,6 +729,60 @@ TEST_F(SessionTest, MakeTemplateCreatesOnFirstCallAndReusesAfter) {
   });
   ASSERT_OK_AND_ASSIGN(std::string third, other());
   EXPECT_EQ(third, "dense_1/w");
+}
+
+TEST_F(SessionTest, TemplateOptionsFollowTensorFlow) {
+  Session* s = session_.get();
+  auto make_w = [s]() -> absl::StatusOr<std::string> {
+    auto w = s->GetVariable("w", Shape({2}));
+    if (!w.ok()) return w.status();
+    return w->name();
+  };
+  // tf: "name cannot be None".
+  EXPECT_TRUE(IsError(client::MakeTemplate(s, "", make_w, {}).status(),
+                      absl::StatusCode::kInvalidArgument, {"name cannot be None"}));
+  // create_scope_now: the scope exists (named where the template was made)
+  // before any call; the first call creates in it, later calls reuse.
+  std::optional<VariableScope> outer(*VariableScope::Enter(s, "tmpl_opts"));
+  TemplateOptions now;
+  now.create_scope_now = true;
+  ASSERT_OK_AND_ASSIGN(auto early, client::MakeTemplate(s, "early", make_w, now));
+  ASSERT_TRUE(outer->Exit().ok());
+  outer.reset();
+  ASSERT_TRUE(early.variable_scope().has_value());
+  EXPECT_EQ(early.variable_scope()->name, "tmpl_opts/early");
+  ASSERT_OK_AND_ASSIGN(std::string first, early());
+  ASSERT_OK_AND_ASSIGN(std::string second, early());
+  EXPECT_EQ(first, "tmpl_opts/early/w");
+  EXPECT_EQ(second, first);
+  // unique_name: that exact scope.
+  TemplateOptions exact;
+  exact.unique_name = "tmpl_exact";
+  ASSERT_OK_AND_ASSIGN(auto named, client::MakeTemplate(s, "ignored", make_w, exact));
+  ASSERT_OK_AND_ASSIGN(std::string in_exact, named());
+  EXPECT_EQ(in_exact, "tmpl_exact/w");
+  // A trainable variable created by a later call is an error; the first
+  // call may create them.
+  auto creates = client::MakeTemplate(s, "tmpl_creates", [s]() -> absl::Status {
+    auto v = s->CreateVariable(*Tensor::FromVector<float>(TensorShape{1}, {1.0f}));
+    return v.status();
+  });
+  ASSERT_TRUE(IsOk(creates()));
+  EXPECT_TRUE(IsError(creates(), absl::StatusCode::kInvalidArgument,
+                      {"Trainable variable created when calling a template after the first"}));
+  // A failed first call leaves the template uncreated: the next call is a
+  // first call, not a reusing one.
+  int calls = 0;
+  TemplateOptions flaky_now;
+  flaky_now.create_scope_now = true;
+  ASSERT_OK_AND_ASSIGN(auto flaky,
+                       client::MakeTemplate(s, "tmpl_flaky", [&]() -> absl::StatusOr<std::string> {
+                         if (++calls == 1) return absl::UnavailableError("first call fails");
+                         return make_w();
+                       }, flaky_now));
+  EXPECT_FALSE(flaky().ok());
+  ASSERT_OK_AND_ASSIGN(std::string created, flaky());
+  EXPECT_EQ(created, "tmpl_flaky/w");
 }
 
 TEST_F(SessionTest, ConcurrentDeclarationsFromProcessesYieldOneVariable) {

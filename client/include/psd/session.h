@@ -39,10 +39,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "psd/client.h"
 #include "psd/coordinator.pb.h"
 #include "psd/initializers.h"
+#include "psd/status.h"
 #include "psd/tensor.h"
 #include "psd/variable.h"
 
@@ -261,6 +263,11 @@ class Session {
   void SetRandomSeed(std::optional<int64_t> seed);
   std::optional<int64_t> random_seed() const;
 
+  // Trainable variables this session's declarations created (not those
+  // they reused or attached to): templates check that calls after the
+  // first create none. Thread-safe.
+  int64_t trainable_variables_created() const;
+
   // The current variable scope (the root scope outside any VariableScope).
   CapturedScope current_scope() const;
   // scope.reuse_variables() on the current scope (the root scope included).
@@ -334,11 +341,16 @@ class VariableScope {
   size_t depth_ = 0;  // position on the session's stack
 };
 
-// tf.make_template: a callable whose first call runs `fn` inside a new
-// default-named scope (`name`, `name_1`, ...) and captures it; every later
-// call re-enters that scope with reuse, so the variables are created once
-// and shared after. `fn` returns absl::Status or absl::StatusOr<T>; so does
-// the template.
+// tf.make_template: a callable that creates its variables the first time
+// it is called and reuses them after. Its scope is a new, uniquely named one
+// (`name`, `name_1`, ... or exactly TemplateOptions::unique_name), entered
+// at the first call or, with create_scope_now, when the template is made
+// (the first call then re-enters it without reuse). Every call after a
+// successful first one re-enters it with reuse, and fails
+// INVALID_ARGUMENT if it created a trainable variable (CreateVariable
+// where GetVariable was meant: a new variable at each call). A first call
+// that fails leaves the template uncreated. `fn` returns absl::Status or
+// absl::StatusOr<T>; so does the template.
 //
 //   auto dense = MakeTemplate(session, "dense", [&](const Tensor& x) -> absl::StatusOr<Tensor> {
 //     PSD_ASSIGN_OR_RETURN(Variable w, session->GetVariable("w", {.shape = TensorShape{4, 4}}));
@@ -348,40 +360,94 @@ class VariableScope {
 //   dense(y);  // reuses dense/w
 //
 // Thread-compatible, like the session's scope stack.
+struct TemplateOptions {
+  bool create_scope_now = false;  // tf's create_scope_now_
+  std::string unique_name;        // tf's unique_name_: the scope's exact name
+};
+
+namespace internal {
+inline const absl::Status& StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+}  // namespace internal
+
 template <typename Fn>
 class Template {
  public:
-  Template(Session* session, std::string name, Fn fn)
-      : session_(session), name_(std::move(name)), fn_(std::move(fn)) {}
+  Template(Session* session, std::string name, Fn fn, TemplateOptions options = {})
+      : session_(session), name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
 
   template <typename... Args>
   auto operator()(Args&&... args) -> std::invoke_result_t<Fn&, Args...> {
-    ScopeOptions reuse;
-    reuse.reuse = REUSE_TRUE;
-    absl::StatusOr<VariableScope> scope = scope_.has_value()
-                                              ? VariableScope::Reenter(session_, *scope_, reuse)
-                                              : VariableScope::EnterDefault(session_, name_);
+    const bool after_first = created_;
+    absl::StatusOr<VariableScope> scope = Enter();
     if (!scope.ok()) return scope.status();
     if (!scope_.has_value()) scope_ = scope->captured();
+    const int64_t created_before = session_->trainable_variables_created();
     auto result = fn_(std::forward<Args>(args)...);
     absl::Status exited = scope->Exit();
+    if (!internal::StatusOf(result).ok()) return result;
     if (!exited.ok()) return exited;
+    if (after_first && session_->trainable_variables_created() != created_before) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Trainable variable created when calling a template after the first time, perhaps "
+          "CreateVariable was used where GetVariable was meant (template ",
+          name_, ", scope ", scope_->name, ")"));
+    }
+    created_ = true;
     return result;
   }
 
-  // The captured scope; unset before the first call.
+  // The captured scope; unset before the scope is created.
   const std::optional<CapturedScope>& variable_scope() const { return scope_; }
+  const std::string& name() const { return name_; }
 
  private:
+  template <typename F>
+  friend absl::StatusOr<Template<F>> MakeTemplate(Session* session, std::string name, F fn,
+                                                  TemplateOptions options);
+
+  // The scope of this call: re-entered (with reuse once created), or new.
+  absl::StatusOr<VariableScope> Enter() {
+    if (scope_.has_value()) {
+      ScopeOptions o;
+      if (created_) o.reuse = REUSE_TRUE;
+      return VariableScope::Reenter(session_, *scope_, o);
+    }
+    if (!options_.unique_name.empty()) return VariableScope::Enter(session_, options_.unique_name);
+    return VariableScope::EnterDefault(session_, name_);
+  }
+
   Session* const session_;
   const std::string name_;
   Fn fn_;
+  const TemplateOptions options_;
   std::optional<CapturedScope> scope_;
+  bool created_ = false;  // a call succeeded
 };
 
+// A template whose scope is created at its first call.
 template <typename Fn>
 Template<Fn> MakeTemplate(Session* session, std::string name, Fn fn) {
   return Template<Fn>(session, std::move(name), std::move(fn));
+}
+
+// With options: INVALID_ARGUMENT for an empty name (tf: "name cannot be
+// None"); with create_scope_now, the scope is created here.
+template <typename Fn>
+absl::StatusOr<Template<Fn>> MakeTemplate(Session* session, std::string name, Fn fn,
+                                          TemplateOptions options) {
+  if (name.empty()) return absl::InvalidArgumentError("make_template: name cannot be None");
+  Template<Fn> t(session, std::move(name), std::move(fn), std::move(options));
+  if (t.options_.create_scope_now) {
+    absl::StatusOr<VariableScope> scope = t.Enter();
+    if (!scope.ok()) return scope.status();
+    t.scope_ = scope->captured();
+    PSD_RETURN_IF_ERROR(scope->Exit());
+  }
+  return t;
 }
 
 }  // namespace client

@@ -45,9 +45,6 @@ class Session:
         # Python-side state of entered scopes (their initializers), innermost
         # last; the C++ session keeps the scope stack itself.
         self._scopes = []
-        # Trainable variables psclient.Variable created through this session
-        # (templates: no new ones after the first call).
-        self._trainable_created = 0
         # REGULARIZATION_LOSSES: by full name, the regularizer this session's
         # get_variable gave each variable (regularizers.py).
         self._regularization = {}

@@ -40,11 +40,11 @@ class Template:
 
     def _call(self, args, kwargs, after_first):
         sess = _session_of(self._session)
-        created_before = sess._trainable_created
+        created_before = sess._s.trainable_variables_created
         kw = dict(self._kwargs)
         kw.update(kwargs)
         result = self._func(*args, **kw)
-        if after_first and sess._trainable_created != created_before:
+        if after_first and sess._s.trainable_variables_created != created_before:
             raise ValueError(
                 "Trainable variable created when calling a template after the first time, "
                 "perhaps you used psclient.Variable when you meant psclient.get_variable "

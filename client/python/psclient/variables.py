@@ -174,9 +174,6 @@ class Variable:
 
     def _created(self, validate_shape):
         self._validate_shape = bool(validate_shape)
-        if self._v.trainable:
-            # Templates check that later calls create no trainable Variable.
-            self._session._trainable_created += 1
 
     @classmethod
     def from_proto(cls, variable_def, import_scope=None, session=None):

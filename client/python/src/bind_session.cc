@@ -382,6 +382,10 @@ void BindSession(py::module_& m) {
         std::shared_lock<std::shared_mutex> lock(h->mu);
         h->Get()->SetRandomSeed(seed);
       })
+      .def_property_readonly("trainable_variables_created", [](const HolderPtr& h) {
+        std::shared_lock<std::shared_mutex> lock(h->mu);
+        return h->Get()->trainable_variables_created();
+      })
       .def_property_readonly("random_seed", [](const HolderPtr& h) {
         std::shared_lock<std::shared_mutex> lock(h->mu);
         return h->Get()->random_seed();
