@@ -125,6 +125,15 @@ absl::StatusOr<std::vector<std::string>> Saver::LastCheckpoints() {
   return out;
 }
 
+absl::StatusOr<std::vector<CheckpointInfo>> Saver::ListCheckpoints(const std::string& dir) {
+  ListCheckpointsRequest req;
+  req.set_dir(dir);
+  req.set_latest_filename(impl_->options_.latest_filename);
+  ListCheckpointsResponse resp;
+  PSD_RETURN_IF_ERROR(impl_->coordinator_->Call(&Coordinator::Stub::ListCheckpoints, req, &resp));
+  return std::vector<CheckpointInfo>(resp.checkpoints().begin(), resp.checkpoints().end());
+}
+
 absl::StatusOr<std::optional<std::string>> Saver::LatestCheckpoint(const std::string& dir) {
   LatestCheckpointRequest req;
   req.set_dir(dir);

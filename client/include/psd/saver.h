@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "psd/channel_security.h"
+#include "psd/coordinator.pb.h"
 
 namespace psd {
 namespace client {
@@ -128,6 +129,10 @@ class Saver {
   // directory of this saver's last save ("" : the coordinator's), oldest
   // first.
   absl::StatusOr<std::vector<std::string>> LastCheckpoints();
+  // The checkpoints the coordinator lists in `dir` ("": its checkpoint
+  // directory), oldest first: those retention manages and those it keeps
+  // for good (keep_checkpoint_every_n_hours).
+  absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& dir = "");
   // tf.train.latest_checkpoint: nullopt when there is none.
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint(const std::string& dir = "");
   // tf.train.get_checkpoint_state: nullopt without a state file.

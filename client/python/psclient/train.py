@@ -248,9 +248,8 @@ class Saver:
       * a save is one consistent cut of the shards holding the variables;
       * retention state lives on the coordinator, per (directory, state-file
         name): Savers saving into one directory share it, it survives
-        restarts of trainers and coordinator, and last_checkpoints lists
-        what it manages in the directory of this saver's last save (the
-        coordinator's directory before any).
+        restarts of trainers and coordinator; last_checkpoints lists the
+        checkpoints this Saver wrote that it still manages.
     """
 
     def __init__(self, var_list=None, reshape=False, sharded=False,
@@ -320,6 +319,7 @@ class Saver:
             empty = False
         if empty and not allow_empty:
             raise ValueError("No variables to save")
+        self._own = []  # prefixes this Saver saved, oldest first
         self._savers = {}  # latest_filename -> _psclient.Saver
         self._last = self._saver("")
 
@@ -372,7 +372,11 @@ class Saver:
         path = _path_args(sess, save_path)
         self._last = self._saver(latest_filename)
         self.last_save = self._last.save(path, _step_of(global_step))
-        return self.last_save["prefix"]
+        prefix = self.last_save["prefix"]
+        # This Saver's own list, as TensorFlow's: a re-saved path moves to
+        # the end.
+        self._own = [p for p in self._own if p != prefix] + [prefix]
+        return prefix
 
     def restore(self, sess=None, save_path=None):
         """Restores var_list (every variable without one) from the checkpoint
@@ -388,8 +392,13 @@ class Saver:
 
     @property
     def last_checkpoints(self):
-        """Prefixes retention still manages in the last save's directory, oldest first."""
-        return list(self._last.last_checkpoints())
+        """The checkpoints this Saver wrote that retention still manages,
+        oldest first (as in TensorFlow, empty until it saves; one deleted by
+        max_to_keep, or kept for good, leaves the list)."""
+        if not self._own:
+            return []
+        managed = set(self._last.last_checkpoints())
+        return [p for p in self._own if p in managed]
 
     def recover_last_checkpoints(self, checkpoint_paths):
         # Retention is kept by the coordinator across restarts already.
@@ -420,7 +429,9 @@ def get_checkpoint_state(checkpoint_dir=None, latest_filename=None, session=None
 
 
 def checkpoint_exists(checkpoint_prefix, session=None):
-    """tf.train.checkpoint_exists, for prefixes in the state file's
-    directory: True when get_checkpoint_state lists it."""
-    state = get_checkpoint_state(os.path.dirname(os.fsdecode(checkpoint_prefix)), session=session)
-    return state is not None and os.fsdecode(checkpoint_prefix) in state.all_model_checkpoint_paths
+    """tf.train.checkpoint_exists: True for a checkpoint the coordinator
+    lists in the prefix's directory, whether retention manages it or keeps
+    it for good (keep_checkpoint_every_n_hours)."""
+    prefix = os.fsdecode(checkpoint_prefix)
+    listed = _query_saver(None, session).list_checkpoints(os.path.dirname(prefix))
+    return any(c["prefix"] == prefix for c in listed)

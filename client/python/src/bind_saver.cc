@@ -67,6 +67,22 @@ void BindSaver(py::module_& m) {
         py::gil_scoped_release release;
         return Unwrap(s.LastCheckpoints());
       })
+      .def("list_checkpoints", [](client::Saver& s, const std::string& dir) {
+        std::vector<CheckpointInfo> listed;
+        {
+          py::gil_scoped_release release;
+          listed = Unwrap(s.ListCheckpoints(dir));
+        }
+        py::list out;
+        for (const CheckpointInfo& c : listed) {
+          py::dict d;
+          d["prefix"] = c.prefix();
+          d["kept_forever"] = c.kept_forever();
+          d["managed"] = c.managed();
+          out.append(d);
+        }
+        return out;
+      })
       .def("latest_checkpoint", [](client::Saver& s, const std::string& dir) {
         py::gil_scoped_release release;
         return Unwrap(s.LatestCheckpoint(dir));

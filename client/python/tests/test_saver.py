@@ -279,12 +279,15 @@ def test_keep_checkpoint_every_n_hours_keeps_dropped_checkpoints(session, prefix
     kept = [keeping.save(str(tmp_path / "keep"), global_step=i) for i in range(4)]
     assert keeping.last_checkpoints == kept[2:]
     assert all(_exists(p) for p in kept)
+    # A checkpoint kept for good exists, as its files do (tf.train.checkpoint_exists).
+    assert all(psclient.train.checkpoint_exists(p) for p in kept)
     other = tmp_path / "other"
     other.mkdir()
     deleting = psclient.train.Saver([w], max_to_keep=2, keep_checkpoint_every_n_hours=10000)
     dropped = [deleting.save(str(other / "m"), global_step=i) for i in range(4)]
     assert deleting.last_checkpoints == dropped[2:]
     assert [_exists(p) for p in dropped] == [False, False, True, True]
+    assert [psclient.train.checkpoint_exists(p) for p in dropped] == [False, False, True, True]
 
 
 def test_savers_keep_their_own_retention_per_directory(session, prefix, tmp_path):
@@ -389,3 +392,19 @@ def test_saver_graph_building_arguments_are_refused_by_name(session, prefix, kwa
     v = psclient.get_variable(prefix, shape=[1])
     with pytest.raises(psclient.errors.UnimplementedError, match=list(kwargs)[0]):
         psclient.train.Saver([v], **kwargs)
+
+
+def test_each_saver_lists_only_its_own_checkpoints(session, prefix, tmp_path):
+    # As in TensorFlow, a Saver's last_checkpoints are the ones it wrote,
+    # empty until it saves, even where other Savers save into the directory.
+    w, _ = _vars(prefix)
+    first = psclient.train.Saver([w], max_to_keep=5)
+    paths = [first.save(str(tmp_path / "m"), global_step=i) for i in range(2)]
+    second = psclient.train.Saver([w], max_to_keep=5)
+    assert second.last_checkpoints == []
+    mine = second.save(str(tmp_path / "m"), global_step=7)
+    assert second.last_checkpoints == [mine]
+    assert first.last_checkpoints == paths
+    # Saving a path again moves it to the end.
+    again = first.save(str(tmp_path / "m"), global_step=0)
+    assert first.last_checkpoints == [paths[1], again]
