@@ -43,17 +43,16 @@ from .regularizers import (RegularizationLoss, get_regularization_loss,
                            get_regularization_losses, l1_regularizer, l2_regularizer,
                            no_regularizer, sum_regularizer)
 from .templates import Template, make_template
-from .variables import (AUTO_REUSE, GraphKeys, assert_variables_initialized, scatter_add,
-                        scatter_sub, scatter_update, IndexedSlices, Variable, VariableDef,
-                        VariableScope, all_variables, get_collection, get_local_variable,
-                        get_variable, get_variable_scope, global_variables,
+from .scopes import (AUTO_REUSE, VariableScope, get_local_variable, get_variable,
+                     get_variable_scope, variable_op_scope, variable_scope)
+from .variables import (GraphKeys, IndexedSlices, Variable, VariableDef, all_variables,
+                        assert_variables_initialized, get_collection, global_variables,
                         global_variables_initializer, initialize_all_variables,
                         initialize_local_variables, initialize_variables,
-                        is_variable_initialized, local_variables,
-                        local_variables_initializer, moving_average_variables,
-                        report_uninitialized_variables, sparse_mask, trainable_variables,
-                        variable_op_scope, variable_scope, variables_initializer,
-                        wait_for_initialized)
+                        is_variable_initialized, local_variables, local_variables_initializer,
+                        moving_average_variables, report_uninitialized_variables, scatter_add,
+                        scatter_sub, scatter_update, sparse_mask, trainable_variables,
+                        variables_initializer, wait_for_initialized)
 
 bool = bool_  # noqa: A001  (tf.bool)
 

@@ -2,7 +2,8 @@
 is called and reuses them after."""
 
 from .session import _session_of
-from .variables import GraphKeys, get_collection, variable_scope
+from .scopes import variable_scope
+from .variables import GraphKeys, get_collection
 
 
 class Template:
