@@ -10,6 +10,7 @@
 #include "psd/initializers.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "overloaded.h"
 #include "session_impl.h"
 
 namespace psd {
@@ -17,12 +18,7 @@ namespace client {
 
 namespace {
 
-template <class... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <class... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
+using internal::Overloaded;
 
 // A scalar of `dtype` holding `value` (floating dtypes; others get a
 // truncated value).

@@ -7,18 +7,14 @@
 #include "psd/shard.pb.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "overloaded.h"
 
 namespace psd {
 namespace client {
 
 namespace {
 
-template <class... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <class... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
+using internal::Overloaded;
 
 OptimizerSpec ToSpec(const OptimizerConfig& config) {
   OptimizerSpec spec;

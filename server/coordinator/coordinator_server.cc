@@ -138,14 +138,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   // still drains instead of killing the process.
   ServingLoop loop("coordinator", options.drain_timeout_seconds);
 
-  ServingOptions serving;
-  serving.listen = config.listen;
-  serving.max_message_bytes = options.max_message_bytes;
-  serving.port_file = options.port_file;
-  serving.http_listen = options.http_listen;
-  serving.http_port_file = options.http_port_file;
-  serving.security = options.security;
-  serving.limits = options.limits;
+  ServingOptions serving = ServingOptionsFrom(config.listen, options);
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ServingEndpoint> endpoint,
                        ServingEndpoint::Start(serving, {&service}, &metrics,
                                               [&service] { return !service.draining(); },

@@ -64,6 +64,22 @@ struct ServingOptions {
   ServingLimits limits;
 };
 
+// The ServingOptions every server process fills alike from its own options
+// (ShardServerOptions, CoordinatorServerOptions: the fields of the same
+// names); the process adds what is its own (watchers, health).
+template <typename ProcessOptions>
+ServingOptions ServingOptionsFrom(const std::string& listen, const ProcessOptions& options) {
+  ServingOptions serving;
+  serving.listen = listen;
+  serving.max_message_bytes = options.max_message_bytes;
+  serving.port_file = options.port_file;
+  serving.http_listen = options.http_listen;
+  serving.http_port_file = options.http_port_file;
+  serving.security = options.security;
+  serving.limits = options.limits;
+  return serving;
+}
+
 class ServingEndpoint {
  public:
   // Starts serving `services` (which must outlive the endpoint). `ready`

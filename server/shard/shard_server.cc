@@ -104,14 +104,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   // ShardControl.Stop (the coordinator's psctl shutdown).
   ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
 
-  ServingOptions serving;
-  serving.listen = config.listen;
-  serving.max_message_bytes = options.max_message_bytes;
-  serving.port_file = options.port_file;
-  serving.http_listen = options.http_listen;
-  serving.http_port_file = options.http_port_file;
-  serving.security = options.security;
-  serving.limits = options.limits;
+  ServingOptions serving = ServingOptionsFrom(config.listen, options);
   serving.response_watchers = FenceWatchers(&metrics);
   // A device that failed (a CUDA error) makes the shard unhealthy: its
   // variables can no longer be trusted, so it should be restarted and
