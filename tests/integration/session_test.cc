@@ -10,7 +10,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
-#include <set>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -516,17 +516,33 @@ TEST_F(SessionTest, PartitionersGiveTensorFlowPartCountsAndShapes) {
 
   GetVariableOptions three = Shape({43, 2});
   three.partitioner = partitioners::FixedSize(3);
+  // Each part goes to the live shard with the fewest bytes placed so far
+  // (what earlier tests left included), the lowest id on a tie.
+  ASSERT_OK_AND_ASSIGN(ListShardsResponse listed, session_->ListShards());
+  std::map<int32_t, int64_t> load;
+  for (const auto& shard : listed.shards()) {
+    if (shard.live()) load[shard.shard_id()] = shard.placed_bytes();
+  }
+  std::vector<int32_t> expected_shards;
+  for (int64_t bytes : {15 * 2 * 4, 14 * 2 * 4, 14 * 2 * 4}) {
+    auto least = load.begin();
+    for (auto it = load.begin(); it != load.end(); ++it) {
+      if (it->second < least->second) least = it;
+    }
+    least->second += bytes;
+    expected_shards.push_back(least->first);
+  }
   ASSERT_OK_AND_ASSIGN(Variable b, session_->GetVariable("b", three));
   std::vector<int64_t> rows, offsets;
-  std::set<int32_t> shards;
+  std::vector<int32_t> shards;
   for (const auto& p : b.parts()) {
     rows.push_back(p.shape.dim(0));
     offsets.push_back(p.offset[0]);
-    shards.insert(p.shard_id);
+    shards.push_back(p.shard_id);
   }
   EXPECT_EQ(rows, (std::vector<int64_t>{15, 14, 14}));
   EXPECT_EQ(offsets, (std::vector<int64_t>{0, 15, 29}));
-  EXPECT_EQ(shards.size(), 2u) << "parts should be spread over both shards";
+  EXPECT_EQ(shards, expected_shards) << "parts go to the least loaded shards";
 
   GetVariableOptions axis1 = Shape({2, 2, 2});
   axis1.partitioner = partitioners::FixedSize(2, /*axis=*/1);
