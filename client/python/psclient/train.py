@@ -12,6 +12,7 @@ client's Saver; taken and restored by the coordinator, paths on its side).
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -288,6 +289,7 @@ class Saver:
         # TensorFlow reader accepts that); the flag is kept for as_saver_def.
         self._sharded = bool(sharded)
         self.name = name
+        self._session = session
         self._address, self._security = _coordinator_of(session)
         self._timeout = float(timeout or 0)
         self._max_to_keep = None
@@ -373,10 +375,42 @@ class Saver:
         self._last = self._saver(latest_filename)
         self.last_save = self._last.save(path, _step_of(global_step))
         prefix = self.last_save["prefix"]
+        if write_meta_graph:
+            self._write_meta_graph(prefix + "." + meta_graph_suffix)
+        # Retention removed these checkpoints: their meta graphs go too, as
+        # TensorFlow's Saver deletes them.
+        for gone in self.last_save.get("deleted", []):
+            meta = gone + "." + meta_graph_suffix
+            if os.path.isfile(meta):
+                os.remove(meta)
         # This Saver's own list, as TensorFlow's: a re-saved path moves to
         # the end.
         self._own = [p for p in self._own if p != prefix] + [prefix]
         return prefix
+
+    def _write_meta_graph(self, path):
+        """save(write_meta_graph=True): PREFIX.meta beside the checkpoint
+        when its directory is on this machine too (a local cluster, a shared
+        file system); otherwise a warning says it was not written (the
+        checkpoint is on the coordinator's machine)."""
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            warnings.warn("Saver.save: %s not written: %s is not a directory on this machine "
+                          "(checkpoints are written on the coordinator's side); use "
+                          "export_meta_graph(filename) with a local path, or "
+                          "save(write_meta_graph=False)" % (path, directory), stacklevel=3)
+            return
+        self.export_meta_graph(path)
+
+    def export_meta_graph(self, filename=None, collection_list=None, as_text=False,
+                          export_scope=None, clear_devices=False, clear_extraneous_savers=False,
+                          strip_default_attrs=False, save_debug_info=False):
+        """tf.train.Saver.export_meta_graph: the session's variables and this
+        Saver's definition (see psclient.meta_graph)."""
+        from . import meta_graph
+        return meta_graph.export_meta_graph(filename, saver_def=self.as_saver_def(),
+                                            collection_list=collection_list, as_text=as_text,
+                                            export_scope=export_scope, session=self._session)
 
     def restore(self, sess=None, save_path=None):
         """Restores var_list (every variable without one) from the checkpoint
@@ -435,3 +469,22 @@ def checkpoint_exists(checkpoint_prefix, session=None):
     prefix = os.fsdecode(checkpoint_prefix)
     listed = _query_saver(None, session).list_checkpoints(os.path.dirname(prefix))
     return any(c["prefix"] == prefix for c in listed)
+
+
+def export_meta_graph(filename=None, meta_info_def=None, graph_def=None, saver_def=None,
+                      collection_list=None, as_text=False, export_scope=None, clear_devices=False,
+                      session=None, **kwargs):
+    """tf.train.export_meta_graph (see psclient.meta_graph)."""
+    from . import meta_graph
+    return meta_graph.export_meta_graph(filename, meta_info_def, graph_def, saver_def,
+                                        collection_list, as_text, export_scope, clear_devices,
+                                        session, **kwargs)
+
+
+def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None, session=None,
+                      **kwargs):
+    """tf.train.import_meta_graph (see psclient.meta_graph): declares the
+    variables and returns the Saver."""
+    from . import meta_graph
+    return meta_graph.import_meta_graph(meta_graph_or_file, clear_devices, import_scope,
+                                        session, **kwargs)

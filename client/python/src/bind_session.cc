@@ -175,6 +175,8 @@ void BindSession(py::module_& m) {
       .def_property_readonly("partitions", [](const PyVariable& v) { return v.var.partitions(); })
       .def_property_readonly("trainable", [](const PyVariable& v) { return v.var.trainable(); })
       .def_property_readonly("collections", [](const PyVariable& v) { return v.var.collections(); })
+      .def_property_readonly("initializer",
+                             [](const PyVariable& v) { return v.var.handle().initializer(); })
       .def("parts", [](const PyVariable& v) {
         py::list out;
         for (const client::PartInfo& p : v.var.parts()) out.append(PartToDict(p));

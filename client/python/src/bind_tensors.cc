@@ -135,7 +135,16 @@ void BindTensors(py::module_& m) {
   py::class_<InitializerSpec>(m, "InitializerSpec")
       .def("__repr__", [](const InitializerSpec& s) {
         return "<InitializerSpec " + s.ShortDebugString() + ">";
-      });
+      })
+      // The wire form, for files that describe variables (meta graphs).
+      .def("serialize", [](const InitializerSpec& s) { return py::bytes(s.SerializeAsString()); });
+  m.def("initializer_from_bytes", [](const py::bytes& bytes) {
+    InitializerSpec spec;
+    if (!spec.ParseFromString(std::string(bytes))) {
+      throw py::value_error("not a serialized InitializerSpec");
+    }
+    return spec;
+  });
   m.def("init_zeros", &client::init::Zeros);
   m.def("init_ones", &client::init::Ones);
   m.def("init_constant", [](const py::handle& value, int dtype) {

@@ -43,11 +43,15 @@ NOTES = {
     "tf.Variable.device": "the shard (or each part's shard) holding the value",
     "tf.train.Saver.set_last_checkpoints": "not yet: retention lists are the coordinator's, "
                                            "per checkpoint directory",
-    "tf.train.Saver.export_meta_graph": "not yet",
-    "tf.train.export_meta_graph": "not yet",
-    "tf.train.import_meta_graph": "not yet",
     "tf.train.update_checkpoint_state": "not yet: the state file is written by the "
                                         "coordinator's saves",
+    "tf.train.export_meta_graph": "the variables' declarations and the Saver's definition "
+                                  "as JSON (psclient.meta_graph); graph_def and "
+                                  "meta_info_def are refused by name",
+    "tf.train.import_meta_graph": "declares the variables (attaching to existing ones) and "
+                                  "returns the Saver",
+    "tf.train.Saver.save": "write_meta_graph writes PREFIX.meta where the checkpoint's "
+                           "directory is on the trainer's machine too, else warns",
     "tf.VariableScope.set_partitioner": "set_partitioner(None) in a scope entered with a "
                                         "partitioner is refused",
     "tf.make_template": "unique_name_ and custom_getter_ (later TensorFlow) are supported too",

@@ -1,0 +1,80 @@
+"""tf.train.export_meta_graph / import_meta_graph, as the documentation's
+example uses them: a meta graph exported in one process is imported in a
+fresh one, and its Saver restores the values."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import psclient
+from psclient import errors
+from psclient.local_cluster import LocalCluster
+
+
+def test_exported_in_one_cluster_imported_and_restored_in_a_fresh_one(
+        psd_binary, session, prefix, tmp_path):
+    with psclient.variable_scope(prefix):
+        w = psclient.get_variable("w", shape=[6, 2], initialize=True,
+                                  partitioner=psclient.fixed_size_partitioner(2))
+        b = psclient.get_variable("b", shape=[2], initializer=psclient.zeros_initializer(),
+                                  initialize=True)
+        psclient.get_local_variable("steps", shape=[], dtype=psclient.int64,
+                                            initializer=psclient.zeros_initializer())
+    w.assign(np.arange(12, dtype=np.float32).reshape(6, 2))
+    b.assign(np.array([1.5, -2.0], np.float32))
+    saver = psclient.train.Saver({"weights": w, "bias": b}, max_to_keep=3)
+    path = saver.save(str(tmp_path / "model.ckpt"), global_step=100)
+    meta_path = path + ".meta"  # save(write_meta_graph=True), TensorFlow's default
+    assert os.path.isfile(meta_path)
+    exported = json.load(open(meta_path))
+    names = [v["name"] for v in exported["variables"]]
+    assert {prefix + "/w", prefix + "/b", prefix + "/steps"} <= set(names)
+
+    # A fresh cluster (a new process would do the same): nothing declared.
+    roots = str(tmp_path)
+    with LocalCluster(psd_binary, num_shards=1,
+                      coordinator_args=["--checkpoint-roots", roots]) as fresh:
+        s = psclient.Session(fresh.address)
+        try:
+            with s.as_default():
+                restorer = psclient.train.import_meta_graph(meta_path)
+                assert restorer.max_to_keep == 3
+                restorer.restore(path)
+                w2 = s.lookup_variable(prefix + "/w")
+                b2 = s.lookup_variable(prefix + "/b")
+                steps2 = s.lookup_variable(prefix + "/steps")
+                assert w2.partitions == [2, 1] and w2.trainable
+                assert not steps2.trainable
+                assert steps2.collections == [psclient.GraphKeys.LOCAL_VARIABLES]
+                np.testing.assert_array_equal(w2.read(), np.arange(12).reshape(6, 2))
+                np.testing.assert_array_equal(b2.read(), [1.5, -2.0])
+        finally:
+            s.close()
+
+
+def test_retention_deletes_the_meta_graphs_of_deleted_checkpoints(session, prefix, tmp_path):
+    v = psclient.get_variable(prefix, shape=[1], initialize=True,
+                              initializer=psclient.zeros_initializer())
+    saver = psclient.train.Saver([v], max_to_keep=1)
+    first = saver.save(str(tmp_path / "m"), global_step=1)
+    second = saver.save(str(tmp_path / "m"), global_step=2)
+    assert not os.path.exists(first + ".meta")
+    assert os.path.isfile(second + ".meta")
+    third = saver.save(str(tmp_path / "m"), global_step=3, write_meta_graph=False)
+    assert not os.path.exists(third + ".meta")
+
+
+def test_meta_graph_errors(session, prefix, tmp_path):
+    bad = tmp_path / "bad.meta"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a psd meta graph"):
+        psclient.train.import_meta_graph(str(bad))
+    with pytest.raises(IOError):
+        psclient.train.import_meta_graph(str(tmp_path / "missing.meta"))
+    with pytest.raises(errors.UnimplementedError, match="graph_def"):
+        psclient.train.export_meta_graph(graph_def=object())
+    with psclient.variable_scope(prefix):
+        with pytest.raises(ValueError, match="outside any variable_scope"):
+            psclient.train.import_meta_graph({"format": "psd.MetaGraph", "version": 1})
