@@ -21,7 +21,7 @@ def test_exported_in_one_cluster_imported_and_restored_in_a_fresh_one(
         b = psclient.get_variable("b", shape=[2], initializer=psclient.zeros_initializer(),
                                   initialize=True)
         psclient.get_local_variable("steps", shape=[], dtype=psclient.int64,
-                                            initializer=psclient.zeros_initializer())
+                                    initializer=psclient.zeros_initializer())
     w.assign(np.arange(12, dtype=np.float32).reshape(6, 2))
     b.assign(np.array([1.5, -2.0], np.float32))
     saver = psclient.train.Saver({"weights": w, "bias": b}, max_to_keep=3)
