@@ -126,6 +126,7 @@ struct CkptOptions {
   std::string latest_filename;
   std::vector<std::string> vars;
   std::vector<std::string> map;  // OLD=NEW
+  bool reshape = false;
   int max_to_keep = -1;
   double keep_hours = -1;
 };
@@ -211,6 +212,7 @@ void RunLatest(const CkptOptions& o, Context* ctx) {
 
 void RunRestore(const CkptOptions& o, Context* ctx) {
   psd::client::RestoreOptions only;
+  only.reshape = o.reshape;
   for (const auto& v : o.vars) {
     for (absl::string_view name : absl::StrSplit(v, ',', absl::SkipEmpty())) {
       only.variables.push_back(std::string(name));
@@ -299,6 +301,9 @@ void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
   restore->add_option("prefix", o->prefix, "PREFIX, a directory, or latest (default)");
   restore->add_option("--vars", o->vars, "Variables to restore (default all); comma-separated");
   restore->add_option("--map", o->map, "CHECKPOINT_NAME=VARIABLE, restore under another name");
+  restore->add_flag("--reshape", o->reshape,
+                    "Restore a tensor of another shape but as many elements into an "
+                    "unpartitioned variable (TensorFlow's Saver(reshape=True))");
   latest_file(restore);
   restore->callback([o, ctx] { RunRestore(*o, ctx); });
 

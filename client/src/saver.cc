@@ -98,6 +98,7 @@ absl::Status Saver::Restore(const std::string& prefix, const RestoreOptions& opt
   for (const auto& [from, to] : name_map) (*req.mutable_name_map())[from] = to;
   req.set_latest_filename(impl_->options_.latest_filename);
   req.set_progress_id(impl_->options_.progress_id);
+  req.set_reshape(options.reshape);
   RestoreCheckpointResponse resp;
   PSD_RETURN_IF_ERROR(impl_->LongCall(&Coordinator::Stub::Restore, req, &resp));
   if (details != nullptr) {

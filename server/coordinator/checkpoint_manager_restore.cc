@@ -151,11 +151,26 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     }
     const TensorShape full(std::vector<int64_t>(def.shape().dims().begin(),
                                                 def.shape().dims().end()));
-    if (def.partitioned() ? info->shape != full
-                          : info->shape.num_elements() != full.num_elements()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "restore: tensor ", ckpt_name, " in checkpoint ", prefix, " has shape ",
-          info->shape.ToString(), ", variable ", var_name, " has shape ", full.ToString()));
+    if (info->shape != full) {
+      const std::string differs =
+          absl::StrCat("restore: tensor ", ckpt_name, " in checkpoint ", prefix, " has shape ",
+                       info->shape.ToString(), ", variable ", var_name, " has shape ",
+                       full.ToString());
+      if (!request.reshape()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            differs, " (Saver(reshape=True) restores a tensor of as many elements in the "
+                     "variable's shape)"));
+      }
+      if (def.partitioned()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            differs, ": reshape restores unpartitioned variables only; a partitioned variable "
+                     "needs a tensor of its own shape"));
+      }
+      if (info->shape.num_elements() != full.num_elements()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            differs, ": reshape needs as many elements (", info->shape.num_elements(), " vs ",
+            full.num_elements(), ")"));
+      }
     }
     for (const VariablePart& part : def.parts()) {
       if (only_parts != nullptr &&

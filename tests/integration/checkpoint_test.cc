@@ -177,9 +177,26 @@ TEST_F(CheckpointTest, RestoresIntoAnotherPartitioningAndUnderAnotherName) {
   ro.name_map = {{"w", "plain"}};
   ASSERT_TRUE(IsOk(saver_->Restore(prefix, ro)));
   EXPECT_EQ(Read(plain), w0);
+  // Another shape restores only with reshape (TensorFlow's Saver(reshape=True)).
   ro.name_map = {{"w", "flat"}};
+  EXPECT_TRUE(IsError(saver_->Restore(prefix, ro), absl::StatusCode::kInvalidArgument,
+                      {"has shape [10,3]", "flat", "[30]", "reshape=True"}));
+  ro.reshape = true;
   ASSERT_TRUE(IsOk(saver_->Restore(prefix, ro)));
   EXPECT_EQ(Read(flat), Vec<float>({30}, wv));
+  // Even with reshape, a partitioned variable needs a tensor of its shape,
+  // and any variable as many elements.
+  GetVariableOptions p2 = Declared(DT_FLOAT, {3, 10});
+  p2.partitioner = partitioners::FixedSize(3);
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w3t, session_->GetVariable("w3t", p2));
+  ro.name_map = {{"w", "w3t"}};
+  EXPECT_TRUE(IsError(saver_->Restore(prefix, ro), absl::StatusCode::kInvalidArgument,
+                      {"unpartitioned variables only"}));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable small, session_->GetVariable("small", Declared(DT_FLOAT, {29})));
+  ro.name_map = {{"w", "small"}};
+  EXPECT_TRUE(IsError(saver_->Restore(prefix, ro), absl::StatusCode::kInvalidArgument,
+                      {"as many elements (30 vs 29)"}));
+  ro.reshape = false;
 
   // A name the checkpoint does not have.
   ro.name_map = {{"nope", "plain"}};

@@ -89,6 +89,10 @@ struct RestoreOptions {
   std::vector<std::string> variables;
   // Saver's dict form: checkpoint name -> variable name.
   std::map<std::string, std::string> name_map;
+  // TensorFlow's Saver(reshape=True): a tensor of another shape but as many
+  // elements restores into an unpartitioned variable's shape. Without it a
+  // shape difference is INVALID_ARGUMENT.
+  bool reshape = false;
 };
 
 // What a restore did.

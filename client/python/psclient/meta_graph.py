@@ -73,7 +73,8 @@ def export_meta_graph(filename=None, meta_info_def=None, graph_def=None, saver_d
             "keep_checkpoint_every_n_hours": (
                 saver_def.keep_checkpoint_every_n_hours
                 if isinstance(saver_def.keep_checkpoint_every_n_hours, (int, float)) else None),
-            "name": saver_def.name, "sharded": saver_def.sharded}
+            "name": saver_def.name, "sharded": saver_def.sharded,
+            "reshape": saver_def.reshape}
     if filename:
         path = os.fsdecode(filename)
         tmp = path + ".tmp"
@@ -147,7 +148,7 @@ def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None
             else saver["max_to_keep"],
             train._COORDINATOR_POLICY if saver.get("keep_checkpoint_every_n_hours") is None
             else saver["keep_checkpoint_every_n_hours"],
-            saver.get("name"), bool(saver.get("sharded")))
+            saver.get("name"), bool(saver.get("sharded")), bool(saver.get("reshape")))
         return train.Saver(saver_def=saver_def, session=sess)
     if not imported:
         return None

@@ -205,13 +205,14 @@ class SaverDef:
     Saver's variables (by name) and its options."""
 
     def __init__(self, variables, name_map, max_to_keep, keep_checkpoint_every_n_hours, name,
-                 sharded):
+                 sharded, reshape=False):
         self.variables = variables
         self.name_map = name_map
         self.max_to_keep = max_to_keep
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.name = name
         self.sharded = sharded
+        self.reshape = reshape
 
     def var_list(self):
         if self.name_map:
@@ -270,6 +271,7 @@ class Saver:
             keep_checkpoint_every_n_hours = saver_def.keep_checkpoint_every_n_hours
             name = saver_def.name if name is None else name
             sharded = saver_def.sharded
+            reshape = saver_def.reshape
         if pad_step_number:
             raise errors.UnimplementedError(None, None, "Saver(pad_step_number=True) is not "
                                             "supported: the coordinator names PREFIX-STEP")
@@ -288,6 +290,10 @@ class Saver:
         # sharded: psd's saves always write one data file per shard (every
         # TensorFlow reader accepts that); the flag is kept for as_saver_def.
         self._sharded = bool(sharded)
+        # reshape: a tensor of another shape but as many elements restores
+        # into an unpartitioned variable; without it a shape difference is
+        # InvalidArgumentError, as in TensorFlow.
+        self._reshape = bool(reshape)
         self.name = name
         self._session = session
         self._address, self._security = _coordinator_of(session)
@@ -331,7 +337,7 @@ class Saver:
         return SaverDef(list(self._variables), dict(self._name_map),
                         _COORDINATOR_POLICY if self._max_to_keep is None else self._max_to_keep,
                         _COORDINATOR_POLICY if self._keep_hours is None else self._keep_hours,
-                        self.name, self._sharded)
+                        self.name, self._sharded, self._reshape)
 
     to_proto = as_saver_def
 
@@ -422,7 +428,7 @@ class Saver:
             raise ValueError("The specified path: %r is a file. Please specify only the path "
                              "prefix to the checkpoint files." % (save_path,)
                              if save_path else "Can't load save_path when it is None.")
-        self._last.restore(path, [], {})
+        self._last.restore(path, [], {}, self._reshape)
 
     @property
     def last_checkpoints(self):

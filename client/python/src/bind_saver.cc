@@ -56,10 +56,11 @@ void BindSaver(py::module_& m) {
       })
       .def("restore", [](client::Saver& s, const std::string& prefix,
                          std::vector<std::string> variables,
-                         std::map<std::string, std::string> name_map) {
+                         std::map<std::string, std::string> name_map, bool reshape) {
         client::RestoreOptions o;
         o.variables = std::move(variables);
         o.name_map = std::move(name_map);
+        o.reshape = reshape;
         py::gil_scoped_release release;
         Check(s.Restore(prefix, o));
       })

@@ -408,3 +408,19 @@ def test_each_saver_lists_only_its_own_checkpoints(session, prefix, tmp_path):
     # Saving a path again moves it to the end.
     again = first.save(str(tmp_path / "m"), global_step=0)
     assert first.last_checkpoints == [paths[1], again]
+
+
+def test_reshape_is_honoured_in_both_directions(session, prefix, tmp_path):
+    # TensorFlow: restoring a tensor into a variable of another shape is an
+    # error unless the Saver was made with reshape=True.
+    w = psclient.get_variable(prefix + "_w", shape=[2, 3], initialize=True,
+                              initializer=psclient.zeros_initializer())
+    w.assign(np.arange(6, dtype=np.float32).reshape(2, 3))
+    path = psclient.train.Saver({"w": w}).save(str(tmp_path / "m"))
+    flat = psclient.get_variable(prefix + "_flat", shape=[6], initialize=True,
+                                 initializer=psclient.zeros_initializer())
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="reshape=True"):
+        psclient.train.Saver({"w": flat}).restore(path)
+    np.testing.assert_array_equal(flat.read(), np.zeros(6))
+    psclient.train.Saver({"w": flat}, reshape=True).restore(path)
+    np.testing.assert_array_equal(flat.read(), np.arange(6))

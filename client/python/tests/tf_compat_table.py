@@ -35,7 +35,8 @@ NOTES = {
     "tf.IndexedSlices.device": "values are numpy arrays in the trainer's memory",
     "tf.train.Saver.__init__": "restore_sequentially, builder and a V1 write_version are "
                                "refused by name; sharded is accepted (every save writes "
-                               "one data file per shard)",
+                               "one data file per shard); reshape restores an "
+                               "unpartitioned variable only",
     "tf.VariableScope.__init__": "scopes are made by variable_scope(), which takes these "
                                  "arguments; VariableScope's own constructor is internal",
     "tf.Variable.initial_value": "the value stays on the shards; read() gives the value",
