@@ -20,36 +20,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "child_process.h"
 
 namespace psd {
 namespace integration {
 
-class ChildProcess {
- public:
-  // Runs argv; when `port_file` is not empty, returns once a port is in it.
-  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
-      std::vector<std::string> argv, const std::string& port_file = "",
-      absl::Duration start_timeout = absl::Seconds(30));
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-  ~ChildProcess();  // SIGTERM the group, SIGKILL after 15 s, reap
-
-  pid_t pid() const { return pid_; }
-  int port() const { return port_; }
-  // SIGKILL to the group and reap: a crash.
-  absl::Status Kill();
-  // Waits for exit; returns the waitpid status (DEADLINE_EXCEEDED if alive).
-  absl::StatusOr<int> Wait(absl::Duration timeout);
-
- private:
-  explicit ChildProcess(pid_t pid) : pid_(pid) {}
-  bool Reap();
-
-  const pid_t pid_;
-  int port_ = 0;
-  bool exited_ = false;
-  int wait_status_ = 0;
-};
 
 struct TestClusterOptions {
   int num_shards = 2;

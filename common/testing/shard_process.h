@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "child_process.h"
 #include "psd/client.h"
 
 namespace psd {
@@ -53,9 +54,9 @@ class ShardProcess {
   ~ShardProcess();
 
   const std::string& address() const { return address_; }  // "127.0.0.1:PORT"
-  int port() const { return port_; }
+  int port() const { return child_->port(); }
   const ShardProcessOptions& options() const { return options_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return child_->pid(); }
 
   absl::StatusOr<std::unique_ptr<client::ShardClient>> Connect(
       const client::ClientOptions& options = {}) const;
@@ -80,36 +81,18 @@ class ShardProcess {
   absl::StatusOr<int> Wait(absl::Duration timeout);
 
  private:
-  ShardProcess(pid_t pid, std::string dir, const ShardProcessOptions& options)
-      : pid_(pid), dir_(std::move(dir)), options_(options) {}
+  ShardProcess(std::string dir, const ShardProcessOptions& options)
+      : dir_(std::move(dir)), options_(options) {}
 
-  // Non-blocking reap; true once the process has exited.
-  bool Reap();
-
-  const pid_t pid_;
   const std::string dir_;  // temporary directory holding the port file
   const ShardProcessOptions options_;
-  int port_ = 0;
+  std::unique_ptr<ChildProcess> child_;  // set once started
   std::string address_;
-  bool exited_ = false;
-  int wait_status_ = 0;
 };
 
 // Kills `*process` (SIGKILL) and starts a new shard on the same port with
 // the same options: a shard crash and restart. The old address stays valid.
 absl::Status RestartShard(std::unique_ptr<ShardProcess>* process);
-
-// Starts `args` (args[0] is the binary) as a child in its own process group
-// that gets SIGKILL if this thread's process dies, and returns its pid once
-// the exec has succeeded. Call it from a thread that outlives the child.
-absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args);
-
-// The port a psd process wrote to `path` (--port-file), once two reads agree
-// on a whole number; `last` carries the previous read between polls.
-bool ReadPortFile(const std::string& path, std::string* last, int* port);
-
-// "exit status 0", "signal 9": a waitpid status for messages.
-std::string DescribeWaitStatus(int wait_status);
 
 }  // namespace integration
 }  // namespace psd
