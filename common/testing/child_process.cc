@@ -19,13 +19,9 @@
 namespace psd {
 namespace integration {
 
-namespace {
-
 absl::Status ErrnoError(const std::string& what, int err) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
 }
-
-}  // namespace
 
 // The port in `path`, once the file holds a whole number. psd publishes the
 // file by rename, but a number counts only if two reads agree, so a launcher

@@ -63,6 +63,9 @@ absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args);
 // on a whole number; `last` carries the previous read between polls.
 bool ReadPortFile(const std::string& path, std::string* last, int* port);
 
+// INTERNAL "what: strerror(err)".
+absl::Status ErrnoError(const std::string& what, int err);
+
 // "exit status 0", "signal 9": a waitpid status for messages.
 std::string DescribeWaitStatus(int wait_status);
 

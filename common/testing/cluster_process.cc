@@ -25,15 +25,6 @@
 
 namespace psd {
 namespace integration {
-namespace {
-
-absl::Status ErrnoError(const std::string& what, int err) {
-  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(const TestClusterOptions& options) {
   std::unique_ptr<TestCluster> cluster(new TestCluster());

@@ -21,14 +21,6 @@
 namespace psd {
 namespace integration {
 
-namespace {
-
-absl::Status ErrnoError(const std::string& what, int err) {
-  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
     const ShardProcessOptions& options) {
   const char* tmp = std::getenv("TMPDIR");
