@@ -126,6 +126,18 @@ absl::StatusOr<std::vector<std::string>> Saver::LastCheckpoints() {
   return out;
 }
 
+absl::Status Saver::UpdateCheckpointState(
+    const std::string& dir, const std::string& model_checkpoint_path,
+    const std::vector<std::string>& all_model_checkpoint_paths) {
+  UpdateCheckpointStateRequest req;
+  req.set_dir(dir);
+  req.set_model_checkpoint_path(model_checkpoint_path);
+  for (const std::string& p : all_model_checkpoint_paths) req.add_all_model_checkpoint_paths(p);
+  req.set_latest_filename(impl_->options_.latest_filename);
+  UpdateCheckpointStateResponse resp;
+  return impl_->coordinator_->Call(&Coordinator::Stub::UpdateCheckpointState, req, &resp);
+}
+
 absl::StatusOr<std::vector<CheckpointInfo>> Saver::ListCheckpoints(const std::string& dir) {
   ListCheckpointsRequest req;
   req.set_dir(dir);

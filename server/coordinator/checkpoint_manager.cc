@@ -338,6 +338,24 @@ absl::StatusOr<std::string> CheckpointManager::Latest(const std::string& dir,
   return checkpoint::LatestCheckpoint(fs_, d, latest_filename);
 }
 
+absl::Status CheckpointManager::UpdateState(const UpdateCheckpointStateRequest& request) {
+  const std::string d = DirOrDefault(request.dir());
+  if (d.empty()) return absl::InvalidArgumentError("no checkpoint directory given or configured");
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(request.latest_filename(), "update_checkpoint_state"));
+  PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/true, "update_checkpoint_state"));
+  if (request.model_checkpoint_path().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("update_checkpoint_state in ", d, ": model_checkpoint_path is empty"));
+  }
+  // Saves and restores write the state file too: one writer at a time.
+  absl::MutexLock op(&op_mu_);
+  return checkpoint::WriteCheckpointState(
+      fs_, d, request.model_checkpoint_path(),
+      std::vector<std::string>(request.all_model_checkpoint_paths().begin(),
+                               request.all_model_checkpoint_paths().end()),
+      request.latest_filename());
+}
+
 absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(
     const std::string& dir, const std::string& latest_filename) {
   PSD_ASSIGN_OR_RETURN(const std::string d, ListedDir(dir, latest_filename, "checkpoint state"));

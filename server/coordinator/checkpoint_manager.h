@@ -175,6 +175,9 @@ class CheckpointManager {
                                                       const std::string& latest_filename);
   absl::StatusOr<ListCheckpointsResponse> List(const std::string& dir,
                                                const std::string& latest_filename);
+  // The UpdateCheckpointState RPC: PERMISSION_DENIED outside the roots,
+  // INVALID_ARGUMENT for an empty model path; waits for a running save.
+  absl::Status UpdateState(const UpdateCheckpointStateRequest& request);
   CheckpointPolicy Policy(const CheckpointPolicy* set);
   // The CheckpointProgress RPC.
   CheckpointProgressResponse Progress(uint64_t progress_id) const {

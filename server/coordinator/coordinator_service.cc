@@ -627,6 +627,13 @@ grpc::ServerUnaryReactor* CoordinatorService::GetCheckpointState(
   });
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::UpdateCheckpointState(
+    grpc::CallbackServerContext* ctx, const UpdateCheckpointStateRequest* request,
+    UpdateCheckpointStateResponse* response) {
+  // Waits for a running save: a worker of the blocking pool, not gRPC's.
+  return ServeBlocking(ctx, [this, request]() { return checkpoints_->UpdateState(*request); });
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::ListCheckpoints(
     grpc::CallbackServerContext* ctx, const ListCheckpointsRequest* request,
     ListCheckpointsResponse* response) {

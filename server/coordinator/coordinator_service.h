@@ -147,6 +147,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* GetCheckpointState(grpc::CallbackServerContext* ctx,
                                                const GetCheckpointStateRequest* request,
                                                GetCheckpointStateResponse* response) override;
+  grpc::ServerUnaryReactor* UpdateCheckpointState(grpc::CallbackServerContext* ctx,
+                                                  const UpdateCheckpointStateRequest* request,
+                                                  UpdateCheckpointStateResponse* response) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* ctx,
                                             const ListCheckpointsRequest* request,
                                             ListCheckpointsResponse* response) override;

@@ -137,6 +137,12 @@ class Saver {
   // directory), oldest first: those retention manages and those it keeps
   // for good (keep_checkpoint_every_n_hours).
   absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& dir = "");
+  // tf.train.update_checkpoint_state: writes `dir`'s state file ("" : the
+  // coordinator's directory; this Saver's latest_filename) naming
+  // `model_checkpoint_path` as the latest.
+  absl::Status UpdateCheckpointState(const std::string& dir,
+                                     const std::string& model_checkpoint_path,
+                                     const std::vector<std::string>& all_model_checkpoint_paths);
   // tf.train.latest_checkpoint: nullopt when there is none.
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint(const std::string& dir = "");
   // tf.train.get_checkpoint_state: nullopt without a state file.

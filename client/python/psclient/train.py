@@ -468,6 +468,17 @@ def get_checkpoint_state(checkpoint_dir=None, latest_filename=None, session=None
     return None if got is None else CheckpointState(*got)
 
 
+def update_checkpoint_state(save_dir, model_checkpoint_path, all_model_checkpoint_paths=None,
+                            latest_filename=None, session=None):
+    """tf.train.update_checkpoint_state: writes the state file of save_dir
+    (on the coordinator's side, under its checkpoint roots) naming
+    model_checkpoint_path as the latest, appended to
+    all_model_checkpoint_paths unless already last."""
+    _query_saver(latest_filename, session).update_checkpoint_state(
+        os.fsdecode(save_dir or ""), os.fsdecode(model_checkpoint_path),
+        [os.fsdecode(p) for p in (all_model_checkpoint_paths or [])])
+
+
 def checkpoint_exists(checkpoint_prefix, session=None):
     """tf.train.checkpoint_exists: True for a checkpoint the coordinator
     lists in the prefix's directory, whether retention manages it or keeps

@@ -68,6 +68,12 @@ void BindSaver(py::module_& m) {
         py::gil_scoped_release release;
         return Unwrap(s.LastCheckpoints());
       })
+      .def("update_checkpoint_state",
+           [](client::Saver& s, const std::string& dir, const std::string& model_path,
+              const std::vector<std::string>& all_paths) {
+             py::gil_scoped_release release;
+             Check(s.UpdateCheckpointState(dir, model_path, all_paths));
+           })
       .def("list_checkpoints", [](client::Saver& s, const std::string& dir) {
         std::vector<CheckpointInfo> listed;
         {

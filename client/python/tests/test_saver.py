@@ -424,3 +424,21 @@ def test_reshape_is_honoured_in_both_directions(session, prefix, tmp_path):
     np.testing.assert_array_equal(flat.read(), np.zeros(6))
     psclient.train.Saver({"w": flat}, reshape=True).restore(path)
     np.testing.assert_array_equal(flat.read(), np.arange(6))
+
+
+def test_update_checkpoint_state_writes_the_state_file(session, prefix, tmp_path):
+    v = psclient.get_variable(prefix, shape=[1], initialize=True,
+                              initializer=psclient.zeros_initializer())
+    saver = psclient.train.Saver([v], max_to_keep=5)
+    first = saver.save(str(tmp_path / "m"), global_step=1)
+    second = saver.save(str(tmp_path / "m"), global_step=2)
+    # Point the state back at the first checkpoint, as a trainer rolling back does.
+    psclient.train.update_checkpoint_state(str(tmp_path), first, [second])
+    state = psclient.train.get_checkpoint_state(str(tmp_path))
+    assert state.model_checkpoint_path == first
+    assert state.all_model_checkpoint_paths == [second, first]
+    assert psclient.train.latest_checkpoint(str(tmp_path)) == first
+    with pytest.raises(psclient.errors.PermissionDeniedError):
+        psclient.train.update_checkpoint_state("/", first)
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="model_checkpoint_path"):
+        psclient.train.update_checkpoint_state(str(tmp_path), "")

@@ -44,8 +44,8 @@ NOTES = {
     "tf.Variable.device": "the shard (or each part's shard) holding the value",
     "tf.train.Saver.set_last_checkpoints": "not yet: retention lists are the coordinator's, "
                                            "per checkpoint directory",
-    "tf.train.update_checkpoint_state": "not yet: the state file is written by the "
-                                        "coordinator's saves",
+    "tf.train.update_checkpoint_state": "writes the state file on the coordinator's side, "
+                                        "under its checkpoint roots",
     "tf.train.export_meta_graph": "the variables' declarations and the Saver's definition "
                                   "as JSON (psclient.meta_graph); graph_def and "
                                   "meta_info_def are refused by name",
