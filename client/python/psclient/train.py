@@ -437,15 +437,32 @@ class Saver:
         max_to_keep, or kept for good, leaves the list)."""
         if not self._own:
             return []
-        managed = set(self._last.last_checkpoints())
+        managed = set()
+        for directory in sorted({os.path.dirname(p) for p in self._own}):
+            managed.update(c["prefix"] for c in self._last.list_checkpoints(directory)
+                           if c["managed"])
         return [p for p in self._own if p in managed]
 
     def recover_last_checkpoints(self, checkpoint_paths):
-        # Retention is kept by the coordinator across restarts already.
-        pass
+        """After a trainer restart: this Saver's list becomes the given
+        checkpoints that still exist (retention itself survives on the
+        coordinator)."""
+        paths = [os.fsdecode(p) for p in checkpoint_paths]
+        self._own = [p for p in paths if checkpoint_exists(p, session=self._session)]
+
+    def set_last_checkpoints(self, last_checkpoints):
+        """Refused: TensorFlow's deletions follow this list, psd's follow the
+        coordinator's retention state of the directory."""
+        raise errors.UnimplementedError(
+            None, None, "Saver.set_last_checkpoints: retention (what max_to_keep deletes) is "
+            "the coordinator's, per checkpoint directory; recover_last_checkpoints(paths) "
+            "sets what this Saver lists")
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time):
-        raise errors.UnimplementedError(None, None, "retention state is the coordinator's")
+        """Refused, as set_last_checkpoints."""
+        raise errors.UnimplementedError(
+            None, None, "Saver.set_last_checkpoints_with_time: retention (what max_to_keep "
+            "deletes) is the coordinator's, per checkpoint directory")
 
 
 def _query_saver(latest_filename, session):

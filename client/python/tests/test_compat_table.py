@@ -28,3 +28,13 @@ def test_every_api_item_is_accounted_for():
         cells = [c.strip() for c in row.split("|")]
         if cells[2] == "not provided":
             assert cells[3], row
+
+
+def test_refused_items_raise_unimplemented(session):
+    import pytest
+    import psclient
+    saver = psclient.train.Saver(allow_empty=True)
+    for name in tf_compat_table.REFUSED:
+        method = getattr(saver, name.rsplit(".", 1)[1])
+        with pytest.raises(psclient.errors.UnimplementedError):
+            method([])

@@ -442,3 +442,16 @@ def test_update_checkpoint_state_writes_the_state_file(session, prefix, tmp_path
         psclient.train.update_checkpoint_state("/", first)
     with pytest.raises(psclient.errors.InvalidArgumentError, match="model_checkpoint_path"):
         psclient.train.update_checkpoint_state(str(tmp_path), "")
+
+
+def test_recover_last_checkpoints_after_a_trainer_restart(session, prefix, tmp_path):
+    v = psclient.get_variable(prefix, shape=[1], initialize=True,
+                              initializer=psclient.zeros_initializer())
+    before = psclient.train.Saver([v], max_to_keep=5)
+    paths = [before.save(str(tmp_path / "m"), global_step=i) for i in range(2)]
+    # A new Saver (a restarted trainer) takes the list back; a path that
+    # does not exist is left out, as TensorFlow's glob leaves it.
+    after = psclient.train.Saver([v], max_to_keep=5)
+    assert after.last_checkpoints == []
+    after.recover_last_checkpoints(paths + [str(tmp_path / "m-99")])
+    assert after.last_checkpoints == paths

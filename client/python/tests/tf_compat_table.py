@@ -42,8 +42,6 @@ NOTES = {
     "tf.Variable.initial_value": "the value stays on the shards; read() gives the value",
     "tf.Variable.initializer": "an object whose run() initializes the variable",
     "tf.Variable.device": "the shard (or each part's shard) holding the value",
-    "tf.train.Saver.set_last_checkpoints": "not yet: retention lists are the coordinator's, "
-                                           "per checkpoint directory",
     "tf.train.update_checkpoint_state": "writes the state file on the coordinator's side, "
                                         "under its checkpoint roots",
     "tf.train.export_meta_graph": "the variables' declarations and the Saver's definition "
@@ -56,6 +54,14 @@ NOTES = {
     "tf.VariableScope.set_partitioner": "set_partitioner(None) in a scope entered with a "
                                         "partitioner is refused",
     "tf.make_template": "unique_name_ and custom_getter_ (later TensorFlow) are supported too",
+}
+
+# Items psclient provides only to refuse, with an UnimplementedError that
+# says why (test_compat_table.py checks that they do).
+REFUSED = {
+    "tf.train.Saver.set_last_checkpoints": "retention (what max_to_keep deletes) is the "
+                                           "coordinator's, per checkpoint directory",
+    "tf.train.Saver.set_last_checkpoints_with_time": "as set_last_checkpoints",
 }
 
 # tf names whose psclient name differs.
@@ -122,6 +128,8 @@ def status(tf_name, params):
     obj = resolve(tf_name)
     if obj is None:
         return "not provided"
+    if tf_name in REFUSED:
+        return "refused"
     if params is None:
         return "yes"
     names, takes_kwargs = parameters(obj)
@@ -157,7 +165,8 @@ def table():
             st = status(tf_name, params)
             counts[st.split(":")[0]] = counts.get(st.split(":")[0], 0) + 1
             shown = tf_name if params is None else "%s(%s)" % (tf_name, ", ".join(params))
-            rows.append("| `%s` | %s | %s |" % (shown, st, NOTES.get(tf_name, "")))
+            rows.append("| `%s` | %s | %s |" % (shown, st,
+                                                 REFUSED.get(tf_name) or NOTES.get(tf_name, "")))
     rows.append("")
     rows.append("Totals: " + ", ".join("%s %d" % kv for kv in sorted(counts.items())) + ".")
     return "\n".join(rows) + "\n"
