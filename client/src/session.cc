@@ -1,17 +1,20 @@
 // Session: opening and closing a session, Session::Impl's handles and
-// shard pool, and declaring variables. Initialization and supplied values
-// are in session_init.cc, VariableScope in variable_scope.cc.
+// shard pool, declaring variables, seeds and regularizers. Initialization
+// and supplied values are in session_init.cc, VariableScope in
+// variable_scope.cc.
 #include "psd/session.h"
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <future>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "psd/float16.h"
 #include "psd/seeds.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -27,6 +30,64 @@ bool IsStaleHandle(const absl::Status& status) {
   return status.code() == absl::StatusCode::kAborted &&
          absl::StrContains(status.message(), "stale handle");
 }
+
+namespace regularizers {
+namespace {
+
+// Sums f(element) over a numeric value, in double.
+template <typename F>
+std::optional<double> SumElements(const Tensor& value, F f) {
+  const int64_t n = value.num_elements();
+  double sum = 0;
+  auto add = [&](auto typed) {
+    using T = decltype(typed);
+    const T* data = value.data<T>();
+    for (int64_t i = 0; i < n; ++i) sum += f(static_cast<double>(data[i]));
+  };
+  switch (value.dtype()) {
+    case DT_FLOAT: add(float{}); break;
+    case DT_DOUBLE: add(double{}); break;
+    case DT_INT8: add(int8_t{}); break;
+    case DT_UINT8: add(uint8_t{}); break;
+    case DT_INT16: add(int16_t{}); break;
+    case DT_INT32: add(int32_t{}); break;
+    case DT_INT64: add(int64_t{}); break;
+    case DT_HALF:
+      for (int64_t i = 0; i < n; ++i) {
+        sum += f(static_cast<double>(static_cast<float>(value.data<half>()[i])));
+      }
+      break;
+    case DT_BFLOAT16:
+      for (int64_t i = 0; i < n; ++i) {
+        sum += f(static_cast<double>(static_cast<float>(value.data<bfloat16>()[i])));
+      }
+      break;
+    default: return std::nullopt;  // bool, string: no loss
+  }
+  return sum;
+}
+
+}  // namespace
+
+Regularizer L1(double scale) {
+  if (scale == 0) return [](const Tensor&) { return std::optional<double>(); };
+  return [scale](const Tensor& value) -> std::optional<double> {
+    std::optional<double> sum = SumElements(value, [](double w) { return std::abs(w); });
+    if (!sum.has_value()) return std::nullopt;
+    return scale * *sum;
+  };
+}
+
+Regularizer L2(double scale) {
+  if (scale == 0) return [](const Tensor&) { return std::optional<double>(); };
+  return [scale](const Tensor& value) -> std::optional<double> {
+    std::optional<double> sum = SumElements(value, [](double w) { return w * w; });
+    if (!sum.has_value()) return std::nullopt;
+    return scale * *sum / 2;
+  };
+}
+
+}  // namespace regularizers
 
 namespace partitioners {
 
@@ -310,6 +371,9 @@ absl::StatusOr<Variable> DeclareVariable(Session::Impl* impl, const CapturedScop
   PSD_ASSIGN_OR_RETURN(VariableHandle handle, impl->EnsureAddressed(resp.handle()));
   Variable v = impl->MakeVariable(std::move(handle), CachingDevice(scope, options));
   if (resp.created() && v.trainable()) impl->CountTrainableCreated(1);
+  if (const Regularizer& r = options.regularizer ? options.regularizer : scope.regularizer) {
+    impl->RecordRegularizer(v, r);
+  }
   PSD_RETURN_IF_ERROR(
       impl->Supply(v, declared, std::move(decl.supplied), options.initialize && resp.created()));
   return v;
@@ -337,6 +401,34 @@ void Session::Impl::SeedDeclaration(VariableDeclaration* declaration) {
   InitializerSpec* spec = declaration->mutable_initializer();
   if (!DrawsRandomValues(*spec)) return;
   spec->set_seed(MixSeeds(*graph_seed_, spec->seed() != 0 ? spec->seed() : op_id));
+}
+
+void Session::Impl::RecordRegularizer(const Variable& v, Regularizer regularizer) {
+  absl::MutexLock lock(&regularizers_mu_);
+  for (const auto& [known, r] : regularizers_) {
+    if (known.name() == v.name()) return;
+  }
+  regularizers_.emplace_back(v, std::move(regularizer));
+}
+
+std::vector<std::pair<Variable, Regularizer>> Session::Impl::regularizers() const {
+  absl::MutexLock lock(&regularizers_mu_);
+  return regularizers_;
+}
+
+absl::StatusOr<double> Session::RegularizationLoss() {
+  double total = 0;
+  for (auto& [v, regularizer] : impl_->regularizers()) {
+    PSD_ASSIGN_OR_RETURN(Tensor value, v.Read());
+    if (std::optional<double> loss = regularizer(value)) total += *loss;
+  }
+  return total;
+}
+
+std::vector<Variable> Session::RegularizedVariables() const {
+  std::vector<Variable> out;
+  for (auto& [v, regularizer] : impl_->regularizers()) out.push_back(v);
+  return out;
 }
 
 void Session::SetRandomSeed(std::optional<int64_t> seed) { impl_->SetRandomSeed(seed); }
@@ -384,6 +476,10 @@ absl::StatusOr<std::vector<Variable>> Session::GetVariables(
     if (i < resp.created_size() && resp.created(i) && out.back().trainable()) {
       impl_->CountTrainableCreated(1);
     }
+    const Regularizer& r = declarations[i].second.regularizer
+                               ? declarations[i].second.regularizer
+                               : impl_->stack_.back().scope.regularizer;
+    if (r) impl_->RecordRegularizer(out.back(), r);
   }
   // The supplied values go straight to their shards, variables in parallel.
   std::vector<absl::Status> written = RunParallel(out.size(), [&](size_t i) {

@@ -119,6 +119,11 @@ class Session::Impl {
   std::optional<int64_t> random_seed() const;
   void SeedDeclaration(VariableDeclaration* declaration);
 
+  // Session::RegularizationLoss: the first regularizer named for each
+  // variable, in the order first named.
+  void RecordRegularizer(const Variable& v, Regularizer regularizer);
+  std::vector<std::pair<Variable, Regularizer>> regularizers() const;
+
   // Session::trainable_variables_created.
   void CountTrainableCreated(int64_t n) { trainable_created_.fetch_add(n); }
   int64_t trainable_created() const { return trainable_created_.load(); }
@@ -135,6 +140,8 @@ class Session::Impl {
     InitializerSpec::SuppliedValue description;
     std::shared_ptr<const Tensor> value;
   };
+  mutable absl::Mutex regularizers_mu_;
+  std::vector<std::pair<Variable, Regularizer>> regularizers_ ABSL_GUARDED_BY(regularizers_mu_);
   mutable absl::Mutex seed_mu_;
   std::optional<int64_t> graph_seed_ ABSL_GUARDED_BY(seed_mu_);
   // Declarations so far: the op seed of an unseeded one under a graph seed.

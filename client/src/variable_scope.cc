@@ -40,6 +40,7 @@ void ApplyDefaults(const ScopeOptions& o, CapturedScope* s) {
   if (o.partitioner.has_value()) s->partitioner = o.partitioner;
   if (o.dtype != DT_INVALID) s->dtype = o.dtype;
   if (o.caching_device.has_value()) s->caching_device = *o.caching_device;
+  if (o.regularizer) s->regularizer = o.regularizer;
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ using client::CapturedScope;
 using client::GetVariableOptions;
 using client::ScopeOptions;
 using client::Session;
+namespace regularizers = client::regularizers;
 using client::TemplateOptions;
 using client::Variable;
 using client::VariableScope;
@@ -265,6 +266,36 @@ TEST_F(SessionTest, GraphSeedMakesDeclarationsReproducible) {
   EXPECT_NE(one[0], one[1]);
   EXPECT_NE(one[0], other[0]);
   EXPECT_NE(one[2], other[2]);  // the op seed combines with the graph seed
+}
+
+TEST_F(SessionTest, RegularizationLossIsTensorFlowsOnCurrentValues) {
+  // get_variable(regularizer=) and a scope's default: the loss, evaluated
+  // on the values now, is tf.contrib.layers' l1 and l2 (0.1 * sum(w^2) / 2
+  // + 0.5 * sum(|b|)); a reused variable's loss is not added twice.
+  auto s = NewSession();
+  GetVariableOptions w_options = Shape({2, 2});
+  w_options.initializer = init::Zeros();
+  w_options.initialize = true;
+  w_options.regularizer = regularizers::L2(0.1);
+  ASSERT_OK_AND_ASSIGN(Variable w, s->GetVariable("reg_loss/w", w_options));
+  ScopeOptions scoped;
+  scoped.regularizer = regularizers::L1(0.5);
+  {
+    ASSERT_OK_AND_ASSIGN(VariableScope scope, VariableScope::Enter(s.get(), "reg_loss_scope", scoped));
+    GetVariableOptions b_options = Shape({2});
+    b_options.initializer = init::Zeros();
+    b_options.initialize = true;
+    ASSERT_OK_AND_ASSIGN(Variable b, s->GetVariable("b", b_options));
+    ASSERT_TRUE(IsOk(b.Assign(*Tensor::FromVector<float>(TensorShape{2}, {-1.5f, 2.0f}))));
+    scope.reuse_variables();
+    ASSERT_OK_AND_ASSIGN(Variable again, s->GetVariable("b", Shape({2})));
+  }
+  ASSERT_TRUE(IsOk(w.Assign(*Tensor::FromVector<float>(TensorShape{2, 2}, {1, -2, 3, 0}))));
+  ASSERT_OK_AND_ASSIGN(double loss, s->RegularizationLoss());
+  EXPECT_DOUBLE_EQ(loss, 0.1 * 14 / 2 + 0.5 * 3.5);
+  EXPECT_EQ(s->RegularizedVariables().size(), 2u);
+  // A scale of 0 gives no loss, as TensorFlow's.
+  EXPECT_FALSE(regularizers::L2(0.0)(*Tensor::FromVector<float>(TensorShape{1}, {3.0f})).has_value());
 }
 
 TEST_F(SessionTest, DefaultNamesAreCountedPerSession) {

@@ -87,6 +87,17 @@ struct SessionOptions {
 };
 
 // get_variable's arguments. Unset fields come from the current scope.
+// tf's regularizer: a function of a variable's value to a loss, or nullopt
+// for none (see Session::RegularizationLoss).
+using Regularizer = std::function<std::optional<double>(const Tensor& value)>;
+
+// tf.contrib.layers' regularizers: scale * sum(|w|) and scale * sum(w^2) / 2
+// over a numeric value (a scale of 0 gives none, as TensorFlow's).
+namespace regularizers {
+Regularizer L1(double scale);
+Regularizer L2(double scale);
+}  // namespace regularizers
+
 struct GetVariableOptions {
   std::optional<TensorShape> shape;
   DataType dtype = DT_INVALID;  // unset: the scope's, else float32 on create
@@ -112,6 +123,10 @@ struct GetVariableOptions {
   // Run the initializer on the shards right away (TensorFlow creates
   // variables uninitialized; see Session::InitializeVariables).
   bool initialize = false;
+  // tf's regularizer (unset: the scope's): recorded in this session's
+  // regularization losses for the variable (once per name, as TensorFlow
+  // added the loss once).
+  Regularizer regularizer;
   // Where it was declared, for "Originally defined at"; default FILE:LINE
   // of the call.
   std::string declared_at;
@@ -136,6 +151,7 @@ struct CapturedScope {
   std::optional<PartitionerSpec> partitioner;
   DataType dtype = DT_INVALID;
   std::string caching_device;  // "" : reads are not cached
+  Regularizer regularizer;     // empty: none
 };
 
 struct ScopeOptions {
@@ -148,6 +164,7 @@ struct ScopeOptions {
   std::optional<PartitionerSpec> partitioner;
   DataType dtype = DT_INVALID;
   std::optional<std::string> caching_device;
+  Regularizer regularizer;  // empty: inherited
 };
 
 // tf.create_partitioned_variables' arguments besides shape, slicing and
@@ -262,6 +279,13 @@ class Session {
   // coordinator draws. Thread-safe.
   void SetRandomSeed(std::optional<int64_t> seed);
   std::optional<int64_t> random_seed() const;
+
+  // tf.losses.get_regularization_loss: the sum of the regularizers this
+  // session's GetVariable calls named, each on its variable's value now
+  // (read from the shards); 0 without any. Thread-safe.
+  absl::StatusOr<double> RegularizationLoss();
+  // The variables with a recorded regularizer, in the order first named.
+  std::vector<Variable> RegularizedVariables() const;
 
   // Trainable variables this session's declarations created (not those
   // they reused or attached to): templates check that calls after the
