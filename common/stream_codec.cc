@@ -240,6 +240,7 @@ absl::Status ContentMessage::Parse(const grpc::ByteBuffer& buffer, int content_f
 
 void ContentMessage::CopyContentTo(char* dst) const {
   for (absl::string_view piece : pieces_) {
+    if (piece.empty()) continue;  // may have no buffer: memcpy from null is undefined
     std::memcpy(dst, piece.data(), piece.size());
     dst += piece.size();
   }

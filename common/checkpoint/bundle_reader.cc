@@ -178,7 +178,9 @@ absl::Status BundleReader::ReadBytes(const tf::BundleEntryProto& entry, uint64_t
         "truncated checkpoint data file ", file->path(), ": tensor ", what, " needs bytes [",
         offset, ", ", offset + n, "), the file ends at ", offset + got.size()));
   }
-  if (got.data() != dst) std::memcpy(dst, got.data(), n);
+  // A zero-byte read may come back without a buffer (memcpy from null is
+  // undefined even for 0 bytes).
+  if (n > 0 && got.data() != dst) std::memcpy(dst, got.data(), n);
   return absl::OkStatus();
 }
 
