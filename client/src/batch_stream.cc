@@ -64,7 +64,7 @@ class BatchReactor final : public grpc::ClientBidiReactor<BatchRequest, BatchRes
   };
 
   BatchReactor(ShardClient::Impl* impl, const BatchOptions& options)
-      : token_(impl), impl_(impl), options_(options) {}
+      : token_(impl), impl_(impl), options_(options), ids_(impl->credentials_key_) {}
 
   void Start(Shard::Stub* stub, std::shared_ptr<BatchReactor> self) {
     self_ = std::move(self);

@@ -98,28 +98,28 @@ const ShardInfo& ShardClient::info() const { return impl_->info_; }
 const ClientOptions& ShardClient::options() const { return impl_->options_; }
 
 absl::Status ShardClient::SendApplyDense(ApplyDenseRequest* request, ApplyDenseResponse* response) {
-  SetNewRequestId(request->mutable_request_id());
+  SetNewRequestId(request->mutable_request_id(), impl_->credentials_key_);
   request->set_shard_incarnation(impl_->info_.incarnation);
   return impl_->Call(&Shard::Stub::ApplyDense, *request, response);
 }
 
 absl::Status ShardClient::SendApplySparse(ApplySparseRequest* request,
                                           ApplySparseResponse* response) {
-  SetNewRequestId(request->mutable_request_id());
+  SetNewRequestId(request->mutable_request_id(), impl_->credentials_key_);
   request->set_shard_incarnation(impl_->info_.incarnation);
   return impl_->Call(&Shard::Stub::ApplySparse, *request, response);
 }
 
 absl::Status ShardClient::SendApplyStream(AssignStreamHeader* header, const Tensor& gradient,
                                           AssignResponse* response) {
-  SetNewRequestId(header->mutable_request_id());
+  SetNewRequestId(header->mutable_request_id(), impl_->credentials_key_);
   header->set_shard_incarnation(impl_->info_.incarnation);
   return impl_->AssignStream(*header, gradient, response);
 }
 
 absl::Status ShardClient::SendApplyBatch(BatchRequest* request, BatchResponse* response) {
   // Held across the retries: every attempt resends the same ids.
-  internal::BatchIdLease ids;
+  internal::BatchIdLease ids(impl_->credentials_key_);
   for (BatchOp& op : *request->mutable_ops()) {
     if (RequestId* id = internal::BatchOpId(&op)) ids.Next(id);
     if (op.has_apply_dense()) {
@@ -178,7 +178,7 @@ absl::StatusOr<VariableInfo> ShardClient::Create(const std::string& name, DataTy
 absl::Status ShardClient::Delete(const std::string& name) {
   DeleteVariableRequest request;
   request.set_name(name);
-  SetNewRequestId(request.mutable_request_id());
+  SetNewRequestId(request.mutable_request_id(), impl_->credentials_key_);
   request.set_shard_incarnation(impl_->info_.incarnation);
   DeleteVariableResponse response;
   return impl_->Call(&Shard::Stub::DeleteVariable, request, &response);
@@ -211,7 +211,7 @@ absl::Status ShardClient::Initialize(const std::vector<std::string>& names, bool
   InitializeVariablesRequest request;
   request.mutable_names()->Assign(names.begin(), names.end());
   request.set_force(force);
-  SetNewRequestId(request.mutable_request_id());
+  SetNewRequestId(request.mutable_request_id(), impl_->credentials_key_);
   request.set_shard_incarnation(impl_->info_.incarnation);
   InitializeVariablesResponse response;
   return impl_->Call(&Shard::Stub::InitializeVariables, request, &response);

@@ -1,11 +1,15 @@
 #include "request_ids.h"
 
 #include <atomic>
+#include <functional>
+#include <map>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "psd/random_id.h"
 
@@ -17,11 +21,12 @@ namespace {
 
 std::atomic<uint64_t> next_seq{1};
 
-// Batch ids not leased now, with their next sequence numbers. It holds at
-// most as many ids as batches were ever open at once in this process.
+// Batch ids not leased now, by credentials key, with their next sequence
+// numbers. It holds at most as many ids as batches were ever open at once in
+// this process.
 struct BatchIdPool {
   absl::Mutex mu;
-  std::vector<std::pair<uint64_t, uint64_t>> free ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, std::vector<std::pair<uint64_t, uint64_t>>> free ABSL_GUARDED_BY(mu);
 };
 
 BatchIdPool& Pool() {
@@ -29,34 +34,56 @@ BatchIdPool& Pool() {
   return *pool;
 }
 
+struct ProcessIds {
+  absl::Mutex mu;
+  std::map<uint64_t, uint64_t> by_key ABSL_GUARDED_BY(mu);
+};
+
 }  // namespace
 
-uint64_t ProcessClientId() {
-  static const uint64_t id = RandomNonzeroId();
-  return id;
+uint64_t CredentialsKey(const ChannelSecurity& security) {
+  if (security.token_file.empty()) return 0;
+  const uint64_t key =
+      std::hash<std::string>{}(absl::StrCat(security.token_file, "\n", security.token_role));
+  return key != 0 ? key : 1;
 }
 
-void SetNewRequestId(RequestId* id) {
-  id->set_client_id(ProcessClientId());
+uint64_t ProcessClientId(uint64_t credentials_key) {
+  static const uint64_t id = RandomNonzeroId();
+  if (credentials_key == 0) return id;
+  static auto* ids = new ProcessIds;  // never destroyed, as the pool
+  absl::MutexLock lock(&ids->mu);
+  uint64_t& keyed = ids->by_key[credentials_key];
+  if (keyed == 0) keyed = RandomNonzeroId();
+  return keyed;
+}
+
+void SetNewRequestId(RequestId* id, uint64_t credentials_key) {
+  id->set_client_id(ProcessClientId(credentials_key));
   id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));
 }
 
-BatchIdLease::BatchIdLease() {
+void RenumberRequestId(RequestId* id) {
+  id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));
+}
+
+BatchIdLease::BatchIdLease(uint64_t credentials_key) : credentials_key_(credentials_key) {
   BatchIdPool& pool = Pool();
   absl::MutexLock lock(&pool.mu);
-  if (pool.free.empty()) {
+  auto& free = pool.free[credentials_key_];
+  if (free.empty()) {
     client_id_ = RandomNonzeroId();
     next_seq_ = 1;
   } else {
-    std::tie(client_id_, next_seq_) = pool.free.back();
-    pool.free.pop_back();
+    std::tie(client_id_, next_seq_) = free.back();
+    free.pop_back();
   }
 }
 
 BatchIdLease::~BatchIdLease() {
   BatchIdPool& pool = Pool();
   absl::MutexLock lock(&pool.mu);
-  pool.free.emplace_back(client_id_, next_seq_);
+  pool.free[credentials_key_].emplace_back(client_id_, next_seq_);
 }
 
 void BatchIdLease::Next(RequestId* id) {

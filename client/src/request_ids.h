@@ -10,6 +10,11 @@
 // returned when the batch is done, so batches opened one after another
 // reuse the same few ids.
 //
+// A shard binds a client id to the token that first used it (a request
+// under it with another token is PERMISSION_DENIED), so ids are drawn per
+// credentials: a process whose clients hold several tokens uses one process
+// id and one batch pool per token (CredentialsKey; 0 without a token).
+//
 // Thread-safety: the functions and the pool are thread-safe; one
 // BatchIdLease is thread-compatible (its owner serializes Next).
 #ifndef PSD_CLIENT_SRC_REQUEST_IDS_H_
@@ -17,18 +22,28 @@
 
 #include <cstdint>
 
+#include "psd/channel_security.h"
 #include "psd/types.pb.h"
 
 namespace psd {
 namespace client {
 namespace internal {
 
-// The random client id of this process.
-uint64_t ProcessClientId();
+// Which credentials a client's requests carry, for the choice of client
+// ids: 0 without a token, else a key of the token file and role.
+uint64_t CredentialsKey(const ChannelSecurity& security);
 
-// Gives *id the process's client id and the next process-wide sequence
-// number.
-void SetNewRequestId(RequestId* id);
+// The random client id of this process for requests sent with the
+// credentials of `credentials_key`.
+uint64_t ProcessClientId(uint64_t credentials_key = 0);
+
+// Gives *id the process's client id for `credentials_key` and the next
+// process-wide sequence number.
+void SetNewRequestId(RequestId* id, uint64_t credentials_key = 0);
+
+// Gives *id the next sequence number, keeping its client id (a retry whose
+// id the shard refused as too old).
+void RenumberRequestId(RequestId* id);
 
 // A client id with a sequence space of its own, for one batch at a time
 // (a BatchStream, or one ShardApplier::ApplyGradients call). A batch
@@ -40,7 +55,7 @@ void SetNewRequestId(RequestId* id);
 // destroyed; the next batch continues the numbering.
 class BatchIdLease {
  public:
-  BatchIdLease();
+  explicit BatchIdLease(uint64_t credentials_key = 0);
   BatchIdLease(const BatchIdLease&) = delete;
   BatchIdLease& operator=(const BatchIdLease&) = delete;
   ~BatchIdLease();
@@ -49,6 +64,7 @@ class BatchIdLease {
   void Next(RequestId* id);
 
  private:
+  const uint64_t credentials_key_;
   uint64_t client_id_;
   uint64_t next_seq_;
 };

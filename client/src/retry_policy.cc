@@ -35,7 +35,7 @@ RetryPolicy::Next RetryPolicy::OnFailure(const absl::Status& s, RequestId* id,
   Next next;
   if (id != nullptr && state->first_of_id && IsTooOld(s) &&
       state->id_refreshes < kMaxIdRefreshes) {
-    SetNewRequestId(id);
+    RenumberRequestId(id);  // the same client id: it is bound to these credentials
     ++state->id_refreshes;
     --state->attempts;  // not a retry: nothing was applied
     next.retry = true;

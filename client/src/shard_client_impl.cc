@@ -121,7 +121,7 @@ AssignRequest ShardClient::Impl::MakeAssignRequest(UpdateKind op, const std::str
   request.set_use_locking(options.use_locking);
   request.set_if_uninitialized(op == UpdateKind::kAssign && options.if_uninitialized);
   request.set_return_value(return_value);
-  SetNewRequestId(request.mutable_request_id());
+  SetNewRequestId(request.mutable_request_id(), credentials_key_);
   request.set_shard_incarnation(info_.incarnation);
   return request;
 }
@@ -135,7 +135,7 @@ ScatterRequest ShardClient::Impl::MakeScatterRequest(UpdateKind op, const std::s
   TensorToProto(std::move(indices), request.mutable_indices());
   TensorToProto(std::move(updates), request.mutable_updates());
   request.set_return_value(return_value);
-  SetNewRequestId(request.mutable_request_id());
+  SetNewRequestId(request.mutable_request_id(), credentials_key_);
   request.set_shard_incarnation(info_.incarnation);
   return request;
 }
@@ -145,7 +145,7 @@ CountUpToRequest ShardClient::Impl::MakeCountUpToRequest(const std::string& name
   CountUpToRequest request;
   request.set_name(name);
   request.set_limit(limit);
-  SetNewRequestId(request.mutable_request_id());
+  SetNewRequestId(request.mutable_request_id(), credentials_key_);
   request.set_shard_incarnation(info_.incarnation);
   return request;
 }
@@ -212,7 +212,7 @@ absl::Status ShardClient::Impl::ScatterOp(UpdateKind op, const std::string& name
 absl::StatusOr<VariableInfo> ShardClient::Impl::CreateVariable(CreateVariableRequest* request,
                                                                const CreateOptions& options) {
   SetCreateOptions(request, options);
-  SetNewRequestId(request->mutable_request_id());
+  SetNewRequestId(request->mutable_request_id(), credentials_key_);
   request->set_shard_incarnation(info_.incarnation);
   CreateVariableResponse response;
   PSD_RETURN_IF_ERROR(Call(&Shard::Stub::CreateVariable, *request, &response));

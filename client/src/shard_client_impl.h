@@ -124,6 +124,7 @@ class ShardClient::Impl {
   Impl(std::string address, const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
       : address_(std::move(address)),
         options_(options),
+        credentials_key_(internal::CredentialsKey(options.security)),
         channel_(std::move(channel)),
         stub_(Shard::NewStub(channel_)),
         raw_stub_(channel_),
@@ -301,6 +302,8 @@ class ShardClient::Impl {
 
   const std::string address_;
   const ClientOptions options_;
+  // Which process client ids this client's requests carry (request_ids.h).
+  const uint64_t credentials_key_;
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<Shard::Stub> stub_;  // thread-safe
   // ReadStream and AssignStream, called raw (psd/stream_codec.h).

@@ -145,7 +145,7 @@ AssignStreamHeader ShardClient::Impl::MakeStreamHeader(UpdateKind op, const std:
   header.set_total_bytes(WireBytes(value));
   header.set_validate_shape(validate_shape);
   header.set_if_uninitialized(if_uninitialized);
-  SetNewRequestId(header.mutable_request_id());
+  SetNewRequestId(header.mutable_request_id(), credentials_key_);
   header.set_shard_incarnation(info_.incarnation);
   return header;
 }

@@ -317,6 +317,37 @@ TEST_F(SecurityTest, RequestIdsAreBoundToTheTokenThatFirstUsedThem) {
   EXPECT_EQ(got, 2.0f);
 }
 
+// One process whose clients hold different tokens (a trainer and an admin
+// tool in one program): each token's requests carry client ids of their
+// own, so the shard's binding of ids to tokens refuses none of them.
+TEST_F(SecurityTest, ClientsWithDifferentTokensInOneProcessEachWrite) {
+  auto client_with = [](const std::string& role) {
+    client::ClientOptions options;
+    options.security.tls_ca = *dir_ + "/ca.pem";
+    options.security.token_file = *dir_ + "/" + role + ".token";
+    return client::ShardClient::Connect(ShardAddress(), options);
+  };
+  auto trainer = client_with("trainer");
+  auto admin = client_with("admin");
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  ASSERT_TRUE((*trainer)->Create("two_tokens_v", *Tensor::FromVector<float>(TensorShape{1}, {0.0f})).ok());
+  const Tensor one = *Tensor::FromVector<float>(TensorShape{1}, {1.0f});
+  for (int round = 0; round < 3; ++round) {
+    for (auto* c : {trainer->get(), admin->get()}) {
+      absl::Status s = c->AssignAdd("two_tokens_v", one);
+      EXPECT_TRUE(s.ok()) << s;
+      auto batch = c->OpenBatch();
+      ASSERT_TRUE(batch.ok()) << batch.status();
+      absl::Status batched = (*batch)->AssignAdd("two_tokens_v", one).get();
+      EXPECT_TRUE(batched.ok()) << batched;
+    }
+  }
+  auto value = (*trainer)->Read("two_tokens_v");
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(value->data<float>()[0], 12.0f);
+}
+
 // Runs `psd` with `args` and returns its exit code (-1 if still running).
 int ExitCode(std::vector<std::string> args) {
   auto process = ChildProcess::Start(std::move(args));
