@@ -347,6 +347,22 @@ absl::Status CheckpointManager::UpdateState(const UpdateCheckpointStateRequest& 
     return absl::InvalidArgumentError(
         absl::StrCat("update_checkpoint_state in ", d, ": model_checkpoint_path is empty"));
   }
+  // Only checkpoints that exist under the roots: `latest` of a directory
+  // (the cluster's included, which restores of lost parts read) never
+  // points at a missing or foreign checkpoint.
+  std::vector<std::string> named(request.all_model_checkpoint_paths().begin(),
+                                 request.all_model_checkpoint_paths().end());
+  named.push_back(request.model_checkpoint_path());
+  for (const std::string& p : named) {
+    const std::string prefix = absl::StartsWith(p, "/") ? p : checkpoint::JoinPath(d, p);
+    PSD_RETURN_IF_ERROR(CheckUnderRoots(checkpoint::DirName(prefix), /*write=*/false,
+                                        absl::StrCat("update_checkpoint_state: ", p)));
+    if (!fs_->FileExists(checkpoint::IndexFilename(prefix)).ok()) {
+      return absl::NotFoundError(absl::StrCat("update_checkpoint_state in ", d,
+                                              ": no checkpoint at ", p, " (", prefix,
+                                              ".index does not exist); nothing was changed"));
+    }
+  }
   // Saves and restores write the state file too: one writer at a time.
   absl::MutexLock op(&op_mu_);
   return checkpoint::WriteCheckpointState(

@@ -490,7 +490,8 @@ def update_checkpoint_state(save_dir, model_checkpoint_path, all_model_checkpoin
     """tf.train.update_checkpoint_state: writes the state file of save_dir
     (on the coordinator's side, under its checkpoint roots) naming
     model_checkpoint_path as the latest, appended to
-    all_model_checkpoint_paths unless already last."""
+    all_model_checkpoint_paths unless already last. Every path must name an
+    existing checkpoint (NotFoundError otherwise, nothing changed)."""
     _query_saver(latest_filename, session).update_checkpoint_state(
         os.fsdecode(save_dir or ""), os.fsdecode(model_checkpoint_path),
         [os.fsdecode(p) for p in (all_model_checkpoint_paths or [])])

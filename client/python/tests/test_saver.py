@@ -442,6 +442,12 @@ def test_update_checkpoint_state_writes_the_state_file(session, prefix, tmp_path
         psclient.train.update_checkpoint_state("/", first)
     with pytest.raises(psclient.errors.InvalidArgumentError, match="model_checkpoint_path"):
         psclient.train.update_checkpoint_state(str(tmp_path), "")
+    # A checkpoint that does not exist is refused, and the state is unchanged.
+    with pytest.raises(psclient.errors.NotFoundError, match="no checkpoint at"):
+        psclient.train.update_checkpoint_state(str(tmp_path), str(tmp_path / "m-99"))
+    with pytest.raises(psclient.errors.NotFoundError):
+        psclient.train.update_checkpoint_state(str(tmp_path), first, [str(tmp_path / "gone")])
+    assert psclient.train.latest_checkpoint(str(tmp_path)) == first
 
 
 def test_recover_last_checkpoints_after_a_trainer_restart(session, prefix, tmp_path):
