@@ -14,6 +14,7 @@ the values back, as in TensorFlow::
 """
 
 import base64
+import binascii
 import json
 import os
 
@@ -115,6 +116,27 @@ def _partitioner(entry):
     return partitioned_variables.fixed_size_partitioner(int(parts[axis]), axis)
 
 
+def _declaration(index, entry):
+    """One variable entry of a meta graph, checked: ValueError naming it."""
+    try:
+        name = entry["name"]
+        if not isinstance(name, str) or not name:
+            raise ValueError("name must be a non-empty string")
+        shape = [int(d) for d in entry["shape"]]
+        dtype = _dtypes.as_dtype(entry["dtype"])
+        spec = _psclient.initializer_from_bytes(
+            base64.b64decode(entry["initializer"], validate=True))
+        collections = entry.get("collections") or [GraphKeys.GLOBAL_VARIABLES]
+        if not all(isinstance(c, str) for c in collections):
+            raise ValueError("collections must be strings")
+        return (name, shape, dtype, spec, _partitioner(entry), bool(entry["trainable"]),
+                list(collections))
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise ValueError("meta graph variable entry %d (%r) is malformed: %s"
+                         % (index, entry.get("name") if isinstance(entry, dict) else entry,
+                            e)) from None
+
+
 def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None, session=None,
                       **unused):
     """Declares the meta graph's variables in `session` (under
@@ -128,15 +150,14 @@ def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None
                          "imported as exported, under import_scope when given)")
     meta = _load(meta_graph_or_file)
     prefix = import_scope + "/" if import_scope else ""
+    # Every entry is checked before any is declared: a malformed file is a
+    # ValueError naming the entry, and declares nothing.
+    declarations = [_declaration(i, entry) for i, entry in enumerate(meta.get("variables") or [])]
     imported = []
-    for entry in meta.get("variables", []):
-        spec = _psclient.initializer_from_bytes(base64.b64decode(entry["initializer"]))
-        dtype = _dtypes.as_dtype(entry["dtype"])
+    for name, shape, dtype, spec, partitioner, trainable, collections in declarations:
         handle = sess._s.get_variable(
-            prefix + entry["name"], [int(d) for d in entry["shape"]], dtype.as_datatype_enum,
-            spec, None, 0, _partitioner(entry), _psclient.REUSE_AUTO, bool(entry["trainable"]),
-            list(entry.get("collections") or [GraphKeys.GLOBAL_VARIABLES]), False,
-            "import_meta_graph", None)
+            prefix + name, shape, dtype.as_datatype_enum, spec, None, 0, partitioner,
+            _psclient.REUSE_AUTO, trainable, collections, False, "import_meta_graph", None)
         imported.append(Variable._wrap(sess, handle))
     from . import train  # imports this module
     saver = meta.get("saver_def")

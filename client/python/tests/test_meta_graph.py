@@ -2,6 +2,7 @@
 example uses them: a meta graph exported in one process is imported in a
 fresh one, and its Saver restores the values."""
 
+import base64
 import json
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import psclient
-from psclient import errors
+from psclient import _psclient, errors
 from psclient.local_cluster import LocalCluster
 
 
@@ -75,6 +76,18 @@ def test_meta_graph_errors(session, prefix, tmp_path):
         psclient.train.import_meta_graph(str(tmp_path / "missing.meta"))
     with pytest.raises(errors.UnimplementedError, match="graph_def"):
         psclient.train.export_meta_graph(graph_def=object())
+    # A malformed entry names itself and declares nothing, not even the
+    # well-formed entry before it.
+    good = {"name": prefix + "_good", "dtype": "float32", "shape": [1], "trainable": True,
+            "collections": ["variables"], "partitions": None, "partition_axis": None,
+            "initializer": base64.b64encode(_psclient.init_zeros().serialize()).decode()}
+    for bad_entry in ({"name": prefix + "_bad"}, {**good, "name": prefix + "_b", "shape": "x"},
+                      {**good, "name": prefix + "_c", "initializer": "not base64!"}, 7):
+        meta = {"format": "psd.MetaGraph", "version": 1, "variables": [good, bad_entry]}
+        with pytest.raises(ValueError, match="entry 1"):
+            psclient.train.import_meta_graph(meta)
+    with pytest.raises(errors.NotFoundError):
+        session.lookup_variable(prefix + "_good")
     with psclient.variable_scope(prefix):
         with pytest.raises(ValueError, match="outside any variable_scope"):
             psclient.train.import_meta_graph({"format": "psd.MetaGraph", "version": 1})
