@@ -448,7 +448,11 @@ class Saver:
         checkpoints that still exist (retention itself survives on the
         coordinator)."""
         paths = [os.fsdecode(p) for p in checkpoint_paths]
-        self._own = [p for p in paths if checkpoint_exists(p, session=self._session)]
+        query = _query_saver(None, self._session)
+        listed = set()
+        for directory in sorted({os.path.dirname(p) for p in paths}):  # one listing each
+            listed.update(c["prefix"] for c in query.list_checkpoints(directory))
+        self._own = [p for p in paths if p in listed]
 
     def set_last_checkpoints(self, last_checkpoints):
         """Refused: TensorFlow's deletions follow this list, psd's follow the
