@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "grpc/slice.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 
 namespace psd {
 
@@ -157,23 +158,61 @@ grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, 
   return grpc::ByteBuffer(slices, 2);
 }
 
+size_t AppendWithNestedContents(const google::protobuf::MessageLite& fields,
+                                const std::vector<NestedContent>& contents, int wrap_field,
+                                std::vector<grpc::Slice>* out) {
+  auto header_size = [](int field, uint64_t length) {
+    const uint64_t tag = (static_cast<uint64_t>(field) << 3) | kWireLengthDelimited;
+    return static_cast<uint64_t>(CodedOutputStream::VarintSize64(tag) +
+                                 CodedOutputStream::VarintSize64(length));
+  };
+  auto append_header = [](int field, uint64_t length, std::string* head) {
+    AppendVarint((static_cast<uint64_t>(field) << 3) | kWireLengthDelimited, head);
+    AppendVarint(length, head);
+  };
+  // Each content is a chain of headers, innermost last, then its bytes. A
+  // header's length covers every header inside it and the bytes.
+  std::vector<std::vector<uint64_t>> lengths(contents.size());
+  uint64_t total = fields.ByteSizeLong();
+  for (size_t i = 0; i < contents.size(); ++i) {
+    const std::vector<int>& path = contents[i].path;
+    lengths[i].resize(path.size());
+    uint64_t inner = contents[i].bytes.size();
+    for (size_t level = path.size(); level-- > 0;) {
+      lengths[i][level] = inner;
+      inner += header_size(path[level], inner);
+    }
+    total += inner;
+  }
+  std::string head;
+  if (wrap_field > 0) append_header(wrap_field, total, &head);
+  fields.AppendToString(&head);
+  const size_t start = out->size();
+  for (size_t i = 0; i < contents.size(); ++i) {
+    const std::vector<int>& path = contents[i].path;
+    for (size_t level = 0; level < path.size(); ++level) {
+      append_header(path[level], lengths[i][level], &head);
+    }
+    out->emplace_back(head);
+    head.clear();
+    if (contents[i].bytes.size() > 0) out->push_back(contents[i].bytes);
+  }
+  if (!head.empty()) out->emplace_back(head);
+  size_t appended = 0;
+  for (size_t i = start; i < out->size(); ++i) appended += (*out)[i].size();
+  return appended;
+}
+
 grpc::ByteBuffer EncodeMessage(const google::protobuf::MessageLite& message) {
   grpc::Slice slice(message.SerializeAsString());
   return grpc::ByteBuffer(&slice, 1);
 }
 
 bool DecodeMessage(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
-  std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) return false;
-  if (slices.size() == 1) {
-    return message->ParseFromArray(slices[0].begin(), static_cast<int>(slices[0].size()));
-  }
-  std::string bytes;
-  bytes.reserve(buffer.Length());
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return message->ParseFromString(bytes);
+  // A copy of a ByteBuffer shares its slices; the reader needs a mutable one.
+  grpc::ByteBuffer shared(buffer);
+  grpc::ProtoBufferReader reader(&shared);
+  return reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
 }
 
 absl::Status ContentMessage::Parse(const grpc::ByteBuffer& buffer, int content_field,

@@ -10,12 +10,16 @@
 #include "psd/internal/grpc_credentials.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "raw_stream.h"
 #include "shard_client_impl.h"
 
 namespace psd {
 namespace client {
 
 namespace {
+
+// A shard runs at most this many ops of one Batch message (max_batch_ops).
+constexpr int kMaxOpsPerFrame = 65536;
 
 ShardInfo ShardInfoFromProto(const GetShardInfoResponse& r) {
   ShardInfo info;
@@ -37,6 +41,15 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
   if (options.max_attempts < 1 || options.chunk_bytes < 1 || options.stream_threshold_bytes < 0) {
     return absl::InvalidArgumentError(
         "ClientOptions: max_attempts and chunk_bytes must be >= 1, stream_threshold_bytes >= 0");
+  }
+  if (options.data_stream_frames_in_flight < 1 || options.data_stream_ops_per_frame < 1 ||
+      options.data_stream_ops_per_frame > kMaxOpsPerFrame || options.data_stream_frame_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions: data_stream_frames_in_flight and data_stream_frame_bytes must be >= 1, "
+        "data_stream_ops_per_frame in [1, ",
+        kMaxOpsPerFrame, "] (a shard refuses bigger batch messages); got ",
+        options.data_stream_frames_in_flight, ", ", options.data_stream_frame_bytes, ", ",
+        options.data_stream_ops_per_frame));
   }
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(options.max_message_bytes);
@@ -100,6 +113,16 @@ const ClientOptions& ShardClient::options() const { return impl_->options_; }
 absl::Status ShardClient::SendApplyDense(ApplyDenseRequest* request, ApplyDenseResponse* response) {
   SetNewRequestId(request->mutable_request_id(), impl_->credentials_key_);
   request->set_shard_incarnation(impl_->info_.incarnation);
+  if (impl_->OnDataStream()) {
+    auto op = impl_->NewStreamOp(request->name(), /*async=*/false);
+    ApplyDenseRequest* moved = op->fields.mutable_apply_dense();
+    *moved = std::move(*request);
+    op->LiftContent(ApplyDenseRequest::kGradientFieldNumber, moved->mutable_gradient());
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(impl_->RunOnStream(std::move(op), &result));
+    response->Swap(result.mutable_apply_dense());
+    return absl::OkStatus();
+  }
   return impl_->Call(&Shard::Stub::ApplyDense, *request, response);
 }
 
@@ -107,6 +130,17 @@ absl::Status ShardClient::SendApplySparse(ApplySparseRequest* request,
                                           ApplySparseResponse* response) {
   SetNewRequestId(request->mutable_request_id(), impl_->credentials_key_);
   request->set_shard_incarnation(impl_->info_.incarnation);
+  if (impl_->OnDataStream()) {
+    auto op = impl_->NewStreamOp(request->name(), /*async=*/false);
+    ApplySparseRequest* moved = op->fields.mutable_apply_sparse();
+    *moved = std::move(*request);
+    op->LiftContent(ApplySparseRequest::kIndicesFieldNumber, moved->mutable_indices());
+    op->LiftContent(ApplySparseRequest::kValuesFieldNumber, moved->mutable_values());
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(impl_->RunOnStream(std::move(op), &result));
+    response->Swap(result.mutable_apply_sparse());
+    return absl::OkStatus();
+  }
   return impl_->Call(&Shard::Stub::ApplySparse, *request, response);
 }
 
@@ -139,6 +173,18 @@ absl::Status ShardClient::SendApplyBatch(BatchRequest* request, BatchResponse* r
     }
     return impl_->CallStatus(stream->Finish());
   });
+}
+
+DataStreamStats ShardClient::data_stream_stats() const {
+  DataStreamStats stats;
+  if (impl_->OnDataStream()) {
+    for (const auto* stream : {impl_->data_stream_.get(), impl_->read_stream_.get()}) {
+      stats.streams_opened += stream->streams_opened();
+      stats.messages_sent += stream->frames_sent();
+      stats.ops_sent += stream->ops_sent();
+    }
+  }
+  return stats;
 }
 
 absl::StatusOr<ShardInfo> ShardClient::GetInfo() {
@@ -237,6 +283,16 @@ absl::Status ShardClient::ReadInto(const std::string& name, Tensor* out) {
 }
 
 absl::StatusOr<Tensor> ShardClient::Gather(const std::string& name, const Tensor& indices) {
+  if (impl_->OnDataStream()) {
+    internal::BorrowedSlices lent;
+    auto op = impl_->NewStreamOp(name, /*async=*/false);
+    GatherRequest* request = op->fields.mutable_gather();
+    *request = impl_->MakeGatherRequest(name, Tensor());
+    op->SetTensor(indices, GatherRequest::kIndicesFieldNumber, request->mutable_indices(), &lent);
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(impl_->RunOnStream(std::move(op), &result));
+    return impl_->DecodeResult(result.mutable_gather()->mutable_value(), name);
+  }
   GatherRequest request = impl_->MakeGatherRequest(name, Tensor(indices));
   GatherResponse response;
   PSD_RETURN_IF_ERROR(impl_->Call(&Shard::Stub::Gather, request, &response));
@@ -274,6 +330,13 @@ absl::Status ShardClient::ScatterSub(const std::string& name, const Tensor& indi
 }
 
 absl::StatusOr<int64_t> ShardClient::CountUpTo(const std::string& name, int64_t limit) {
+  if (impl_->OnDataStream()) {
+    auto op = impl_->NewStreamOp(name, /*async=*/false);
+    *op->fields.mutable_count_up_to() = impl_->MakeCountUpToRequest(name, limit);
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(impl_->RunOnStream(std::move(op), &result));
+    return result.count_up_to().old_value();
+  }
   CountUpToRequest request = impl_->MakeCountUpToRequest(name, limit);
   CountUpToResponse response;
   PSD_RETURN_IF_ERROR(impl_->Call(&Shard::Stub::CountUpTo, request, &response));

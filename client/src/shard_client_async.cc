@@ -10,6 +10,14 @@
 namespace psd {
 namespace client {
 
+namespace {
+
+// The result of an async write on the data stream: its status says it all.
+const std::function<absl::Status(BatchOpResult*, const std::string&)> Ok =
+    [](BatchOpResult*, const std::string&) { return absl::OkStatus(); };
+
+}  // namespace
+
 template <typename Resp, typename R, typename Req>
 std::future<R> ShardClient::Impl::StartAsync(typename AsyncOp<Req, Resp, R>::Method method,
                                              Req request,
@@ -72,6 +80,14 @@ std::future<absl::Status> ShardClient::Impl::AssignAsync(UpdateKind op, const st
       return AssignOp(op, name, value, options, nullptr);
     });
   }
+  if (OnDataStream()) {
+    auto stream_op = NewStreamOp(name, /*async=*/true);
+    AssignRequest* request = stream_op->fields.mutable_assign();
+    *request = MakeAssignRequest(op, name, Tensor(), options, false);
+    stream_op->SetTensor(std::move(value), AssignRequest::kValueFieldNumber,
+                         request->mutable_value());
+    return SubmitOnStream<absl::Status>(std::move(stream_op), Ok);
+  }
   using Op = AsyncOp<AssignRequest, AssignResponse, absl::Status>;
   return StartAsync<AssignResponse, absl::Status>(
       &AsyncStub::Assign, MakeAssignRequest(op, name, std::move(value), options, false),
@@ -80,6 +96,16 @@ std::future<absl::Status> ShardClient::Impl::AssignAsync(UpdateKind op, const st
 
 std::future<absl::Status> ShardClient::Impl::ScatterAsync(UpdateKind op, const std::string& name,
                                                           Tensor indices, Tensor updates) {
+  if (OnDataStream()) {
+    auto stream_op = NewStreamOp(name, /*async=*/true);
+    ScatterRequest* request = stream_op->fields.mutable_scatter();
+    *request = MakeScatterRequest(op, name, Tensor(), Tensor(), false);
+    stream_op->SetTensor(std::move(indices), ScatterRequest::kIndicesFieldNumber,
+                         request->mutable_indices());
+    stream_op->SetTensor(std::move(updates), ScatterRequest::kUpdatesFieldNumber,
+                         request->mutable_updates());
+    return SubmitOnStream<absl::Status>(std::move(stream_op), Ok);
+  }
   using Op = AsyncOp<ScatterRequest, ScatterResponse, absl::Status>;
   return StartAsync<ScatterResponse, absl::Status>(
       &AsyncStub::Scatter,
@@ -89,6 +115,29 @@ std::future<absl::Status> ShardClient::Impl::ScatterAsync(UpdateKind op, const s
 
 std::future<absl::StatusOr<Tensor>> ShardClient::Impl::ReadAsync(const std::string& name) {
   using R = absl::StatusOr<Tensor>;
+  if (OnDataStream()) {
+    auto op = NewStreamOp(name, /*async=*/true);
+    *op->fields.mutable_read() = MakeReadRequest(name);
+    auto promise = std::make_shared<std::promise<R>>();
+    std::future<R> future = promise->get_future();
+    op->done = [this, promise, name](absl::Status status, BatchOpResult* result) {
+      if (!status.ok()) {
+        promise->set_value(std::move(status));
+      } else if (result->read().use_stream()) {
+        // Too big for a reply: a streamed read, on a thread of its own (this
+        // may be a gRPC callback thread).
+        OpStarted();
+        RunDetached([this, promise, name] {
+          promise->set_value(ReadStream(name));
+          OpDone();
+        });
+      } else {
+        promise->set_value(DecodeResult(result->mutable_read()->mutable_value(), name));
+      }
+    };
+    read_stream_->Submit(std::move(op));
+    return future;
+  }
   using Op = AsyncOp<ReadRequest, ReadResponse, R>;
   return StartAsync<ReadResponse, R>(
       &AsyncStub::Read, MakeReadRequest(name), [](const std::shared_ptr<Op>& op) {
@@ -105,6 +154,18 @@ std::future<absl::StatusOr<Tensor>> ShardClient::Impl::ReadAsync(const std::stri
 std::future<absl::StatusOr<Tensor>> ShardClient::Impl::GatherAsync(const std::string& name,
                                                                    Tensor indices) {
   using R = absl::StatusOr<Tensor>;
+  if (OnDataStream()) {
+    auto op = NewStreamOp(name, /*async=*/true);
+    GatherRequest* request = op->fields.mutable_gather();
+    *request = MakeGatherRequest(name, Tensor());
+    op->SetTensor(std::move(indices), GatherRequest::kIndicesFieldNumber,
+                  request->mutable_indices());
+    std::function<R(BatchOpResult*, const std::string&)> on_ok =
+        [this](BatchOpResult* result, const std::string& name) -> R {
+      return DecodeResult(result->mutable_gather()->mutable_value(), name);
+    };
+    return SubmitOnStream<R>(std::move(op), std::move(on_ok));
+  }
   using Op = AsyncOp<GatherRequest, GatherResponse, R>;
   return StartAsync<GatherResponse, R>(
       &AsyncStub::Gather, MakeGatherRequest(name, std::move(indices)),
@@ -116,6 +177,15 @@ std::future<absl::StatusOr<Tensor>> ShardClient::Impl::GatherAsync(const std::st
 std::future<absl::StatusOr<int64_t>> ShardClient::Impl::CountUpToAsync(const std::string& name,
                                                                        int64_t limit) {
   using R = absl::StatusOr<int64_t>;
+  if (OnDataStream()) {
+    auto op = NewStreamOp(name, /*async=*/true);
+    *op->fields.mutable_count_up_to() = MakeCountUpToRequest(name, limit);
+    std::function<R(BatchOpResult*, const std::string&)> on_ok =
+        [](BatchOpResult* result, const std::string&) -> R {
+      return result->count_up_to().old_value();
+    };
+    return SubmitOnStream<R>(std::move(op), std::move(on_ok));
+  }
   using Op = AsyncOp<CountUpToRequest, CountUpToResponse, R>;
   return StartAsync<CountUpToResponse, R>(
       &AsyncStub::CountUpTo, MakeCountUpToRequest(name, limit),

@@ -10,6 +10,7 @@
 #include "psd/status.h"
 #include "psd/update_kind_wire.h"
 #include "psd/wire.h"
+#include "raw_stream.h"
 
 namespace psd {
 namespace client {
@@ -94,6 +95,14 @@ absl::Status ShardClient::Impl::ReadInto(const std::string& name, Tensor* out) {
   // use_stream (a round trip). The stream serves values of any size.
   if (out->dtype() != DT_STRING && Streams(static_cast<int64_t>(out->bytes().size()))) {
     return ReadStream(name, out);
+  }
+  if (OnDataStream()) {
+    auto op = NewStreamOp(name, /*async=*/false);
+    *op->fields.mutable_read() = MakeReadRequest(name);
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(RunOnStream(std::move(op), &result));
+    if (result.read().use_stream()) return ReadStream(name, out);
+    return DecodeResultInto(result.mutable_read()->mutable_value(), name, out);
   }
   ReadRequest request = MakeReadRequest(name);
   ReadResponse response;
@@ -187,6 +196,20 @@ absl::Status ShardClient::Impl::AssignOp(UpdateKind op, const std::string& name,
     }
     return absl::OkStatus();
   }
+  if (OnDataStream()) {
+    // The value is lent to the stream until the op is done (no copy).
+    internal::BorrowedSlices lent;
+    auto stream_op = NewStreamOp(name, /*async=*/false);
+    AssignRequest* request = stream_op->fields.mutable_assign();
+    *request = MakeAssignRequest(op, name, Tensor(), options, new_value != nullptr);
+    stream_op->SetTensor(value, AssignRequest::kValueFieldNumber, request->mutable_value(), &lent);
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(RunOnStream(std::move(stream_op), &result));
+    if (new_value != nullptr) {
+      PSD_ASSIGN_OR_RETURN(*new_value, DecodeResult(result.mutable_assign()->mutable_value(), name));
+    }
+    return absl::OkStatus();
+  }
   AssignRequest request = MakeAssignRequest(op, name, Tensor(value), options, new_value != nullptr);
   AssignResponse response;
   PSD_RETURN_IF_ERROR(Call(&Shard::Stub::Assign, request, &response));
@@ -199,6 +222,23 @@ absl::Status ShardClient::Impl::AssignOp(UpdateKind op, const std::string& name,
 absl::Status ShardClient::Impl::ScatterOp(UpdateKind op, const std::string& name,
                                           const Tensor& indices, const Tensor& updates,
                                           Tensor* new_value) {
+  if (OnDataStream()) {
+    internal::BorrowedSlices lent;
+    auto stream_op = NewStreamOp(name, /*async=*/false);
+    ScatterRequest* request = stream_op->fields.mutable_scatter();
+    *request = MakeScatterRequest(op, name, Tensor(), Tensor(), new_value != nullptr);
+    stream_op->SetTensor(indices, ScatterRequest::kIndicesFieldNumber, request->mutable_indices(),
+                         &lent);
+    stream_op->SetTensor(updates, ScatterRequest::kUpdatesFieldNumber, request->mutable_updates(),
+                         &lent);
+    BatchOpResult result;
+    PSD_RETURN_IF_ERROR(RunOnStream(std::move(stream_op), &result));
+    if (new_value != nullptr) {
+      PSD_ASSIGN_OR_RETURN(*new_value,
+                           DecodeResult(result.mutable_scatter()->mutable_value(), name));
+    }
+    return absl::OkStatus();
+  }
   ScatterRequest request =
       MakeScatterRequest(op, name, Tensor(indices), Tensor(updates), new_value != nullptr);
   ScatterResponse response;

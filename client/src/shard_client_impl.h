@@ -7,6 +7,7 @@
 //   shard_client_async.cc    the async ops (gRPC callbacks, retries on the
 //                            RetryTimer)
 //   batch_stream.cc          BatchStream over one Batch stream
+//   shard_client_data.cc     the ops on the data stream (data_stream.h)
 //   client.cc                the public ShardClient
 // Internal to client/src.
 //
@@ -37,6 +38,7 @@
 #include "psd/shard.grpc.pb.h"
 #include "psd/tensor.h"
 #include "psd/update_kind.h"
+#include "data_stream.h"
 #include "request_ids.h"
 #include "retry_policy.h"
 #include "retry_timer.h"
@@ -71,6 +73,8 @@ using AsyncStub = Shard::Stub::async_interface;
 using internal::IdOf;
 using internal::RetryPolicy;
 using internal::RetryState;
+using internal::DataStream;
+using internal::StreamOp;
 using internal::SetNewRequestId;
 using internal::VariableInfoFromProto;
 
@@ -128,9 +132,14 @@ class ShardClient::Impl {
         channel_(std::move(channel)),
         stub_(Shard::NewStub(channel_)),
         raw_stub_(channel_),
-        retry_(options) {}
+        retry_(options),
+        data_stream_(options.data_stream ? MakeDataStream() : nullptr),
+        read_stream_(options.data_stream ? MakeDataStream() : nullptr) {}
 
   ~Impl() {
+    // Lets the ops still on the data streams finish first.
+    data_stream_.reset();
+    read_stream_.reset();
     absl::MutexLock lock(&ops_mu_);
     ops_mu_.Await(absl::Condition(
         +[](int* n) { return *n == 0; }, &open_ops_));
@@ -282,6 +291,21 @@ class ShardClient::Impl {
 
   static void SetCreateOptions(CreateVariableRequest* request, const CreateOptions& options);
 
+  // ---- Ops on the data stream (shard_client_data.cc).
+
+  bool OnDataStream() const { return data_stream_ != nullptr; }
+
+  // Runs `op` on the data stream and waits for its result (into *result).
+  absl::Status RunOnStream(std::unique_ptr<StreamOp> op, BatchOpResult* result);
+
+  // Submits `op` to the data stream; `on_ok` turns its result into R.
+  template <typename R>
+  std::future<R> SubmitOnStream(std::unique_ptr<StreamOp> op,
+                                std::function<R(BatchOpResult*, const std::string&)> on_ok);
+
+  // A new op on the data stream (the client's own hold on it, for async ops).
+  std::unique_ptr<StreamOp> NewStreamOp(const std::string& name, bool async);
+
   // ---- Async ops (shard_client_async.cc).
 
   // Runs `fn` (returning R) on a thread of its own: async ops on big values.
@@ -312,9 +336,26 @@ class ShardClient::Impl {
   const RetryPolicy retry_;
 
  private:
+  std::unique_ptr<DataStream> MakeDataStream();
+
   absl::Mutex ops_mu_;
   int open_ops_ ABSL_GUARDED_BY(ops_mu_) = 0;  // async ops not yet completed
   internal::RetryTimer timer_;
+
+ public:
+  // The data streams (null when ClientOptions::data_stream is off), after
+  // timer_, which they schedule on, so they are destroyed first. Writes go
+  // on data_stream_, in the order they are issued; reads and gathers on
+  // read_stream_, so writes that a checkpoint fence holds never hold a read
+  // (a read sees every write whose call returned before it was issued).
+  std::unique_ptr<DataStream> data_stream_;
+  std::unique_ptr<DataStream> read_stream_;
+
+  DataStream* StreamFor(const StreamOp& op) const {
+    const bool read = op.fields.op_case() == BatchOp::kRead ||
+                      op.fields.op_case() == BatchOp::kGather;
+    return read ? read_stream_.get() : data_stream_.get();
+  }
 };
 
 }  // namespace client

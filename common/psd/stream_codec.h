@@ -84,8 +84,29 @@ class ChunkBufferPool {
 grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
                                    grpc::Slice content);
 
+// A content referenced by a message field nested below the encoded
+// message: `path` names the embedded message fields that lead to it (outer
+// first) and ends with the bytes field itself.
+struct NestedContent {
+  std::vector<int> path;
+  grpc::Slice bytes;
+};
+
+// Appends to `out` the slices of `fields` (whose content fields in
+// `contents` are unset) followed by each content, wrapped as the
+// length-delimited field `wrap_field` of an outer message when it is > 0
+// (one entry of a repeated message field). Protobuf merges the repeated
+// occurrences of an embedded message field that this writes, so the bytes
+// parse as `fields` with every content set, and are protobuf's own
+// encoding of that message up to field order. Contents are referenced, not
+// copied. Returns the number of bytes appended.
+size_t AppendWithNestedContents(const google::protobuf::MessageLite& fields,
+                                const std::vector<NestedContent>& contents, int wrap_field,
+                                std::vector<grpc::Slice>* out);
+
 // A whole message serialized into a ByteBuffer, and parsed from one (false
-// for malformed bytes).
+// for malformed bytes; parsed from the buffer's slices without first
+// joining them).
 grpc::ByteBuffer EncodeMessage(const google::protobuf::MessageLite& message);
 bool DecodeMessage(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message);
 

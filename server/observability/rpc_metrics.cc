@@ -129,7 +129,7 @@ class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       metrics_->CallsFor(series_, status.error_code())->Increment();
-      series_->latency->Observe(seconds);
+      if (series_->latency != nullptr) series_->latency->Observe(seconds);
       if (spdlog::should_log(spdlog::level::debug)) {
         // The access log. Never the request's metadata: it carries the token.
         spdlog::debug("rpc method={} peer={} code={} duration_ms={:.3f} bytes_in={} bytes_out={}",
@@ -216,9 +216,17 @@ RpcMetrics::MethodSeries* RpcMetrics::SeriesFor(absl::string_view method) {
     slot->received = ReceivedKind(method);
     auto watcher = watchers_.find(slot->method);
     if (watcher != watchers_.end()) slot->watcher = &watcher->second;
-    slot->latency = latency_->Get({slot->method});
+    // A client keeps its Batch stream (the data stream) open for its whole
+    // life; the ops in it are timed one by one (RecordOp).
+    if (slot->method != "psd.Shard/Batch") slot->latency = latency_->Get({slot->method});
   }
   return slot.get();
+}
+
+void RpcMetrics::RecordOp(absl::string_view method, int code, double seconds) {
+  MethodSeries* series = SeriesFor(method);
+  CallsFor(series, code)->Increment();
+  if (series->latency != nullptr) series->latency->Observe(seconds);
 }
 
 Counter* RpcMetrics::CallsFor(MethodSeries* series, int code) {

@@ -54,6 +54,13 @@ class RpcMetrics {
   // Pass to ServerBuilder::experimental().SetInterceptorCreators().
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewInterceptorFactory();
 
+  // Counts an op that ran inside a stream (one op of a Batch message) as a
+  // call of `method` ("psd.Shard/Assign") with status `code` that took
+  // `seconds`, so an op is counted and timed alike however it came. The
+  // stream itself is counted when it ends, but its latency (its lifetime)
+  // is not observed.
+  void RecordOp(absl::string_view method, int code, double seconds);
+
  private:
   friend class RpcMetricsInterceptor;
 
@@ -68,6 +75,7 @@ class RpcMetrics {
     enum class Received { kUnknown, kProto, kByteBuffer };
     Received received = Received::kUnknown;
     const ResponseWatcher* watcher = nullptr;
+    // Null for a long-lived stream, whose lifetime is no latency.
     Histogram* latency = nullptr;
     // By status code (0..16), created on first use.
     std::array<std::atomic<Counter*>, 17> calls{};

@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
   }
   std::unique_ptr<ServingEndpoint> endpoint(new ServingEndpoint());
   endpoint->rpc_metrics_ = std::make_unique<RpcMetrics>(metrics, options.response_watchers);
+  if (options.on_rpc_metrics) options.on_rpc_metrics(endpoint->rpc_metrics_.get());
   AddProcessMetrics(metrics);
   auto credentials = MakeServerCredentials(options.security, options.listen, who);
   if (!credentials.ok()) return credentials.status();

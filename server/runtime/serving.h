@@ -59,6 +59,9 @@ struct ServingOptions {
   ServerSecurity security;     // TLS and tokens (runtime/auth.h); default: plaintext, no tokens
   // Metrics derived from one method's responses (rpc_metrics.h), by method.
   std::map<std::string, ResponseWatcher> response_watchers;
+  // Called with the server's RPC metrics before it starts serving, for a
+  // service that records ops run inside streams (RpcMetrics::RecordOp).
+  std::function<void(RpcMetrics*)> on_rpc_metrics;
   // Answers /healthz (HttpServerOptions::unhealthy_reason); null: healthy.
   std::function<std::string()> unhealthy_reason;
   ServingLimits limits;

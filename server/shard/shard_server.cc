@@ -106,6 +106,9 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
 
   ServingOptions serving = ServingOptionsFrom(config.listen, options);
   serving.response_watchers = FenceWatchers(&metrics);
+  serving.on_rpc_metrics = [&service](RpcMetrics* rpc_metrics) {
+    service.set_op_metrics(rpc_metrics);
+  };
   // A device that failed (a CUDA error) makes the shard unhealthy: its
   // variables can no longer be trusted, so it should be restarted and
   // restored from the latest checkpoint.

@@ -1,6 +1,7 @@
 #include "shard/shard_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <new>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "psd/status.h"
 #include "psd/stream_codec.h"
 #include "psd/tokens.h"
+#include "observability/rpc_metrics.h"
 #include "runtime/caller_role.h"
 #include "shard/nccl_session.h"
 
@@ -505,6 +507,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
       Finish(grpc::Status::OK);
       return;
     }
+    received_ = std::chrono::steady_clock::now();
     absl::Status status = service_->Admit();
     if (!status.ok()) {
       service_->Release();
@@ -548,12 +551,20 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
     // Results share one reply: reads and gathers get what is left of its
     // budget, checked before they allocate.
     int64_t budget = service_->store_->options().max_batch_result_bytes;
+    RpcMetrics* const metrics = service_->op_metrics_;
     for (const BatchOp& op : request_.ops()) {
       BatchOpResult* result = response_.add_results();
       absl::Status status =
           service_->RunGuarded([&] { return service_->store_->RunBatchOp(op, budget, result, caller_); });
       if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
       budget -= static_cast<int64_t>(result->ByteSizeLong());
+      if (metrics != nullptr) {
+        // Each op as the call it replaces, timed from the message's arrival.
+        metrics->RecordOp(MethodOf(op), static_cast<int>(status.code()),
+                          std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                        received_)
+                              .count());
+      }
     }
     admission.reset();
     service_->Release();
@@ -567,8 +578,23 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
     return false;
   }
 
+  // The unary method an op of a batch stands for, as metrics name it.
+  static absl::string_view MethodOf(const BatchOp& op) {
+    switch (op.op_case()) {
+      case BatchOp::kAssign: return "psd.Shard/Assign";
+      case BatchOp::kScatter: return "psd.Shard/Scatter";
+      case BatchOp::kCountUpTo: return "psd.Shard/CountUpTo";
+      case BatchOp::kRead: return "psd.Shard/Read";
+      case BatchOp::kGather: return "psd.Shard/Gather";
+      case BatchOp::kApplyDense: return "psd.Shard/ApplyDense";
+      case BatchOp::kApplySparse: return "psd.Shard/ApplySparse";
+      default: return "psd.Shard/Batch";
+    }
+  }
+
   ShardService* const service_;
   const CallerKey caller_;  // the batch's request ids are bound to it
+  std::chrono::steady_clock::time_point received_;  // the message in progress
   BatchRequest request_;
   BatchResponse response_;
 };

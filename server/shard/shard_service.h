@@ -44,6 +44,7 @@ namespace psd {
 class ReadStreamReactor;
 class AssignStreamReactor;
 class BatchReactor;
+class RpcMetrics;
 class NcclPlane;
 
 // ReadStream and AssignStream are served raw (grpc::ByteBuffer messages,
@@ -124,6 +125,10 @@ class ShardService final : public ShardServiceBase {
   // How this shard reads other shards' parts (initializing a variable from
   // another's value); without one, plaintext channels. Set before serving.
   void set_peer_reader(PeerReader* peers) { peers_ = peers; }
+  // Where the ops of Batch messages are counted and timed, each as a call
+  // of its own method (RpcMetrics::RecordOp); none: not counted. Set
+  // before serving.
+  void set_op_metrics(RpcMetrics* metrics) { op_metrics_ = metrics; }
 
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
@@ -197,6 +202,7 @@ class ShardService final : public ShardServiceBase {
   std::atomic<int> in_flight_{0};
   NcclPlane* nccl_plane_ = nullptr;  // set before serving, then read-only
   PeerReader* peers_ = nullptr;      // set before serving, then read-only
+  RpcMetrics* op_metrics_ = nullptr;  // set before serving, then read-only
   std::unique_ptr<PeerReader> default_peers_;  // plaintext, made on first use
   absl::once_flag default_peers_once_;
 };

@@ -120,6 +120,22 @@ struct ClientOptions {
   // Content bytes per streamed message (both directions).
   int chunk_bytes = 1 << 20;
 
+  // The data streams: every data op (assign and its add/sub forms, scatter,
+  // count_up_to, optimizer applies, read, gather; sync and async) travels
+  // on one of two long-lived streams per client, one for writes (applied in
+  // the order they are issued) and one for reads (so writes held by a
+  // checkpoint fence never hold a read). Ops issued while
+  // `data_stream_frames_in_flight` messages await replies are sent together
+  // in the next message (no timer: an idle client sends each op at once).
+  // Big contents are sent from the caller's memory. Off: each op is a unary
+  // call of its own (the protocol of older clients). Values above
+  // stream_threshold_bytes are streamed either way.
+  bool data_stream = true;
+  int data_stream_frames_in_flight = 2;
+  // Most ops, and bytes unless one op alone is bigger, in one message.
+  int data_stream_ops_per_frame = 256;
+  int64_t data_stream_frame_bytes = int64_t{4} << 20;
+
   // TLS and bearer token (psd/channel_security.h); default: plaintext, no
   // token. A Session uses it for its coordinator channel too.
   ChannelSecurity security;
@@ -133,6 +149,15 @@ struct BatchOptions {
   // outstanding, a partly filled message goes out at once; when the window
   // is full, ops accumulate until a message fills or a response returns.
   int max_messages_in_flight = 8;
+};
+
+// What a client's data streams (ClientOptions::data_stream) have done so far:
+// streams opened (more than one: it was reopened after a failure), messages
+// sent and ops in them (ops / messages: how much concurrent ops coalesced).
+struct DataStreamStats {
+  int64_t streams_opened = 0;
+  int64_t messages_sent = 0;
+  int64_t ops_sent = 0;
 };
 
 // What the shard said about itself in the handshake (or in GetInfo).
@@ -208,6 +233,8 @@ class ShardClient {
   const ShardInfo& info() const;
   // Asks the shard again, for current memory use and variable count.
   absl::StatusOr<ShardInfo> GetInfo();
+  // All zero when the data stream is off.
+  DataStreamStats data_stream_stats() const;
 
   // Creates `name` holding `initial_value` (its dtype and shape become the
   // variable's). ALREADY_EXISTS if the name is taken.
