@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -148,6 +149,79 @@ TEST_F(SaverOptionsTest, SaverMaxToKeepOverridesTheCoordinatorPolicy) {
   ASSERT_NE(bad, nullptr);
   EXPECT_EQ(bad->Save(dir_ + "/bad").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(Exists(dir_ + "/bad"));
+}
+
+// TensorFlow's Saver.set_last_checkpoints(_with_time): the list given is
+// the one later saves pop from and delete; +inf times (set_last_checkpoints)
+// are never deleted. Bad input is refused by name and changes nothing.
+TEST_F(SaverOptionsTest, SetLastCheckpointsIsTheListRetentionDeletesFrom) {
+  Make("v", Floats({1}));
+  SaverOptions keep_all;
+  keep_all.variables = {"v"};
+  keep_all.max_to_keep = 0;  // records nothing, deletes nothing
+  auto writer = MakeSaver(keep_all);
+  ASSERT_NE(writer, nullptr);
+  std::vector<std::string> c;
+  for (int step = 0; step < 3; ++step) {
+    PSD_ASSERT_OK_AND_ASSIGN(std::string p, writer->Save(dir_ + "/m", step));
+    c.push_back(p);
+  }
+  SaverOptions two;
+  two.variables = {"v"};
+  two.max_to_keep = 2;
+  auto saver = MakeSaver(two);
+  ASSERT_NE(saver, nullptr);
+  ASSERT_TRUE(saver->SetLastCheckpointsWithTime({{c[0], 1.0}, {c[1], 2.0}}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(std::vector<std::string> last, saver->LastCheckpoints());
+  EXPECT_EQ(last, (std::vector<std::string>{c[0], c[1]}));
+
+  // Refused by name, and the list stays as it was.
+  absl::Status missing = saver->SetLastCheckpointsWithTime({{c[2], 1.0}, {dir_ + "/m-99", 1.0}});
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find(dir_ + "/m-99"), std::string::npos) << missing;
+  absl::Status outside = saver->SetLastCheckpoints({"/etc/passwd"});
+  EXPECT_EQ(outside.code(), absl::StatusCode::kPermissionDenied) << outside;
+  EXPECT_NE(outside.message().find("/etc/passwd"), std::string::npos) << outside;
+  absl::Status relative = saver->SetLastCheckpoints({c[2], "m-2"});
+  EXPECT_EQ(relative.code(), absl::StatusCode::kInvalidArgument) << relative;
+  EXPECT_NE(relative.message().find("'m-2'"), std::string::npos) << relative;
+  absl::Status nan =
+      saver->SetLastCheckpointsWithTime({{c[2], std::numeric_limits<double>::quiet_NaN()}});
+  EXPECT_EQ(nan.code(), absl::StatusCode::kInvalidArgument) << nan;
+  EXPECT_NE(nan.message().find(c[2]), std::string::npos) << nan;
+  PSD_ASSERT_OK_AND_ASSIGN(last, saver->LastCheckpoints());
+  EXPECT_EQ(last, (std::vector<std::string>{c[0], c[1]}));
+
+  // max_to_keep 2 pops the oldest of the list set, one per save, and
+  // deletes it (its time is before the keep_checkpoint_every_n_hours mark).
+  client::SaveDetails details;
+  ASSERT_TRUE(saver->Save(dir_ + "/m", 3, &details).ok());
+  EXPECT_EQ(details.deleted, std::vector<std::string>{c[0]});
+  ASSERT_TRUE(saver->Save(dir_ + "/m", 4, &details).ok());
+  EXPECT_EQ(details.deleted, std::vector<std::string>{c[1]});
+  EXPECT_FALSE(Exists(c[0]));
+  EXPECT_FALSE(Exists(c[1]));
+  EXPECT_TRUE(Exists(c[2]));  // never in the list
+
+  // set_last_checkpoints: time +inf, so when it leaves the list it is kept
+  // for good; m-3 and m-4 left the list and are not deleted either.
+  ASSERT_TRUE(saver->SetLastCheckpoints({c[2]}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, saver->LastCheckpoints());
+  EXPECT_EQ(last, std::vector<std::string>{c[2]});
+  for (int step = 5; step < 8; ++step) {
+    ASSERT_TRUE(saver->Save(dir_ + "/m", step, &details).ok());
+    if (step == 7) EXPECT_EQ(details.deleted, std::vector<std::string>{dir_ + "/m-5"});
+    if (step < 7) EXPECT_TRUE(details.deleted.empty()) << step;
+  }
+  EXPECT_TRUE(Exists(c[2]));
+  EXPECT_TRUE(Exists(dir_ + "/m-3"));
+  EXPECT_TRUE(Exists(dir_ + "/m-4"));
+  PSD_ASSERT_OK_AND_ASSIGN(std::vector<CheckpointInfo> listed, saver->ListCheckpoints(dir_));
+  bool kept = false;
+  for (const CheckpointInfo& info : listed) {
+    if (info.prefix() == c[2]) kept = info.kept_forever() && !info.managed();
+  }
+  EXPECT_TRUE(kept) << c[2] << " is not listed as kept for good";
 }
 
 }  // namespace

@@ -54,15 +54,15 @@ NOTES = {
     "tf.VariableScope.set_partitioner": "set_partitioner(None) in a scope entered with a "
                                         "partitioner is refused",
     "tf.make_template": "unique_name_ and custom_getter_ (later TensorFlow) are supported too",
+    "tf.train.Saver.set_last_checkpoints": "retention is the coordinator's, per checkpoint "
+                                           "directory: each path joins its directory's list; "
+                                           "existing checkpoints under its writable roots only",
+    "tf.train.Saver.set_last_checkpoints_with_time": "as set_last_checkpoints",
 }
 
 # Items psclient provides only to refuse, with an UnimplementedError that
-# says why (test_compat_table.py checks that they do).
-REFUSED = {
-    "tf.train.Saver.set_last_checkpoints": "retention (what max_to_keep deletes) is the "
-                                           "coordinator's, per checkpoint directory",
-    "tf.train.Saver.set_last_checkpoints_with_time": "as set_last_checkpoints",
-}
+# says why (test_compat_table.py checks that they do). None at present.
+REFUSED = {}
 
 # tf names whose psclient name differs.
 RENAMED = {
