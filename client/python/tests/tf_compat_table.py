@@ -37,8 +37,9 @@ NOTES = {
                                "refused by name; sharded is accepted (every save writes "
                                "one data file per shard); reshape restores an "
                                "unpartitioned variable only",
-    "tf.VariableScope.__init__": "scopes are made by variable_scope(), which takes these "
-                                 "arguments; VariableScope's own constructor is internal",
+    "tf.VariableScope.__init__": "makes a scope not yet entered: variable_scope(it) enters "
+                                 "it at its full name with its defaults; constraint is "
+                                 "refused by name",
     "tf.Variable.initial_value": "the value stays on the shards; read() gives the value",
     "tf.Variable.initializer": "an object whose run() initializes the variable",
     "tf.Variable.device": "the shard (or each part's shard) holding the value",
