@@ -66,6 +66,8 @@ absl::StatusOr<std::unique_ptr<Saver>> Saver::Create(const std::string& coordina
   return std::unique_ptr<Saver>(new Saver(std::make_unique<Impl>(options, std::move(client))));
 }
 
+const SaverOptions& Saver::options() const { return impl_->options_; }
+
 absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
                                         std::optional<int64_t> global_step,
                                         SaveDetails* details) {

@@ -164,6 +164,8 @@ class Saver {
   // list while keep_checkpoint_every_n_hours is set).
   absl::Status SetLastCheckpoints(const std::vector<std::string>& paths,
                                   const std::vector<std::string>& also_dirs = {});
+  // What this Saver was made with (psd/meta_graph.h's SaverDef records it).
+  const SaverOptions& options() const;
   // tf.train.latest_checkpoint: nullopt when there is none.
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint(const std::string& dir = "");
   // tf.train.get_checkpoint_state: nullopt without a state file.
