@@ -34,8 +34,9 @@ class Saver::Impl {
   const std::unique_ptr<internal::CoordinatorClient> coordinator_;
   absl::Mutex mu_;
   std::string last_dir_ ABSL_GUARDED_BY(mu_);
-  // A save succeeded: last_dir_ holds retention this Saver fed.
-  bool saved_ ABSL_GUARDED_BY(mu_) = false;
+  // A save or a SetLastCheckpoints* put checkpoints in last_dir_'s
+  // retention list: a later SetLastCheckpoints* replaces that list too.
+  bool fed_dir_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 namespace {
@@ -90,7 +91,7 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
   {
     absl::MutexLock lock(&impl_->mu_);
     impl_->last_dir_ = DirOf(resp.prefix());
-    impl_->saved_ = true;
+    impl_->fed_dir_ = true;
   }
   if (details != nullptr) {
     details->prefix = resp.prefix();
@@ -165,7 +166,7 @@ absl::Status Saver::SetLastCheckpointsWithTime(
   }
   {
     absl::MutexLock lock(&impl_->mu_);
-    if (impl_->saved_) req.add_dirs(impl_->last_dir_);
+    if (impl_->fed_dir_) req.add_dirs(impl_->last_dir_);
   }
   for (const std::string& d : also_dirs) req.add_dirs(d);
   if (req.checkpoints().empty() && req.dirs().empty()) {
@@ -181,6 +182,7 @@ absl::Status Saver::SetLastCheckpointsWithTime(
   if (!checkpoints.empty()) {
     absl::MutexLock lock(&impl_->mu_);
     impl_->last_dir_ = DirOf(checkpoints.back().first);
+    impl_->fed_dir_ = true;
   }
   return absl::OkStatus();
 }

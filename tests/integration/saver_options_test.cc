@@ -224,6 +224,17 @@ TEST_F(SaverOptionsTest, SetLastCheckpointsIsTheListRetentionDeletesFrom) {
     if (info.prefix() == c[2]) kept = info.kept_forever() && !info.managed();
   }
   EXPECT_TRUE(kept) << c[2] << " is not listed as kept for good";
+
+  // An empty list empties the list of the directory the Saver fed, here
+  // by a list set (a restarted trainer's Saver that has not saved yet).
+  auto restarted = MakeSaver(two);
+  ASSERT_NE(restarted, nullptr);
+  ASSERT_TRUE(restarted->SetLastCheckpoints({dir_ + "/m-7"}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, restarted->LastCheckpoints());
+  EXPECT_EQ(last, std::vector<std::string>{dir_ + "/m-7"});
+  ASSERT_TRUE(restarted->SetLastCheckpoints({}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, restarted->LastCheckpoints());
+  EXPECT_TRUE(last.empty()) << last.size();
 }
 
 // Meta graph files are shared with psclient (tests/data/meta_graph):
