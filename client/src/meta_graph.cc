@@ -262,9 +262,9 @@ absl::StatusOr<MetaGraph> MetaGraphFromJson(const std::string& text, const std::
   }
   const Json* format = meta.is_object() && meta.contains("format") ? &meta["format"] : nullptr;
   if (format == nullptr || !format->is_string() || *format != kMetaGraphFormat) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " is not a psd meta graph (format ",
-        format == nullptr ? std::string("missing") : format->dump(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is not a psd meta graph (format ",
+                     format == nullptr ? std::string("missing") : format->dump(), ")"));
   }
   const Json* version = meta.contains("version") ? &meta["version"] : nullptr;
   if (version == nullptr || !version->is_number_integer() ||
@@ -287,8 +287,8 @@ absl::StatusOr<MetaGraph> MetaGraphFromJson(const std::string& text, const std::
       } catch (const Malformed& m) {
         std::string name = "?";
         if (entry.is_object() && entry.contains("name")) name = entry["name"].dump();
-        return absl::InvalidArgumentError(absl::StrCat(what, ": variable entry ", i, " (", name,
-                                                       ") is malformed: ", m.why));
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ": variable entry ", i, " (", name, ") is malformed: ", m.why));
       }
     }
   }
@@ -297,8 +297,7 @@ absl::StatusOr<MetaGraph> MetaGraphFromJson(const std::string& text, const std::
     try {
       out.saver_def = SaverEntry(*saver);
     } catch (const Malformed& m) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": saver_def is malformed: ", m.why));
+      return absl::InvalidArgumentError(absl::StrCat(what, ": saver_def is malformed: ", m.why));
     }
   }
   return out;
@@ -309,8 +308,7 @@ absl::StatusOr<MetaGraph> ReadMetaGraph(const std::string& filename) {
   if (!in) {
     const int e = errno;
     return absl::Status(e == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
-                        absl::StrCat("cannot read meta graph ", filename, ": ",
-                                     std::strerror(e)));
+                        absl::StrCat("cannot read meta graph ", filename, ": ", std::strerror(e)));
   }
   std::ostringstream text;
   text << in.rdbuf();
@@ -369,9 +367,9 @@ absl::StatusOr<ImportedMetaGraph> ImportMetaGraph(Session* session, const MetaGr
                                                   const ImportMetaGraphOptions& options) {
   const std::string current = session->current_scope().name;
   if (!current.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "import_meta_graph: call it outside any variable scope (now in '", current,
-        "'): names are imported as exported, under import_scope when given"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("import_meta_graph: call it outside any variable scope (now in '", current,
+                     "'): names are imported as exported, under import_scope when given"));
   }
   const std::string prefix =
       options.import_scope.empty() ? "" : absl::StrCat(options.import_scope, "/");
@@ -382,15 +380,15 @@ absl::StatusOr<ImportedMetaGraph> ImportMetaGraph(Session* session, const MetaGr
     std::string why;
     if (v.name.empty()) why = "name must be a non-empty string";
     if (!IsSupportedDataType(v.dtype)) why = absl::StrCat("unknown dtype ", v.dtype);
-    if (!v.partitions.empty() && (v.partition_axis < 0 ||
-                                  v.partition_axis >= static_cast<int>(v.partitions.size()) ||
-                                  v.partitions[v.partition_axis] < 1)) {
+    if (!v.partitions.empty() &&
+        (v.partition_axis < 0 || v.partition_axis >= static_cast<int>(v.partitions.size()) ||
+         v.partitions[v.partition_axis] < 1)) {
       why = "partitions do not fit partition_axis";
     }
     if (!TensorShape::Make(v.shape, "shape").ok()) why = "bad shape";
     if (!why.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("meta graph variable entry ", i, " ('",
-                                                     v.name, "') is malformed: ", why));
+      return absl::InvalidArgumentError(
+          absl::StrCat("meta graph variable entry ", i, " ('", v.name, "') is malformed: ", why));
     }
   }
   ImportedMetaGraph out;

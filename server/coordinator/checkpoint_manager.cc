@@ -400,11 +400,11 @@ absl::Status CheckpointManager::SetLastCheckpoints(const SetLastCheckpointsReque
           "nothing was changed"));
     }
     if (std::isnan(c.time())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "set_last_checkpoints: the time of ", p, " is NaN; nothing was changed"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("set_last_checkpoints: the time of ", p, " is NaN; nothing was changed"));
     }
-    PSD_RETURN_IF_ERROR(CheckUnderRoots(checkpoint::DirName(p), /*write=*/true,
-                                        absl::StrCat(what, ": ", p)));
+    PSD_RETURN_IF_ERROR(
+        CheckUnderRoots(checkpoint::DirName(p), /*write=*/true, absl::StrCat(what, ": ", p)));
   }
   // Saves update the lists too, and delete what leaves them: one at a time,
   // and the checkpoints are looked for under the same lock.
@@ -435,8 +435,7 @@ absl::Status CheckpointManager::SetLastCheckpoints(const SetLastCheckpointsReque
                                                  s.message()));
     }
     absl::MutexLock state(&state_mu_);
-    retention_.insert_or_assign(std::make_tuple(d, name, request.own_policy()),
-                                std::move(updated));
+    retention_.insert_or_assign(std::make_tuple(d, name, request.own_policy()), std::move(updated));
   }
   return absl::OkStatus();
 }

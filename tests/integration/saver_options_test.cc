@@ -321,9 +321,8 @@ TEST_F(SaverOptionsTest, MetaGraphExportIsPsclientsFormat) {
   exported.saver = saver.get();
   ASSERT_TRUE(client::ExportMetaGraph(session_.get(), written, exported).ok());
   if (std::getenv("PSD_REGENERATE_FIXTURES") != nullptr) {
-    ASSERT_EQ(std::system(absl::StrCat("cp '", written, "' '", Fixture("cpp_v1.meta"), "'")
-                              .c_str()),
-              0);
+    ASSERT_EQ(
+        std::system(absl::StrCat("cp '", written, "' '", Fixture("cpp_v1.meta"), "'").c_str()), 0);
   }
   // Read back, the file is the committed one and the one psclient writes.
   PSD_ASSERT_OK_AND_ASSIGN(client::MetaGraph mine, client::ReadMetaGraph(written));
@@ -363,10 +362,9 @@ TEST_F(SaverOptionsTest, MalformedMetaGraphNamesTheEntryAndDeclaresNothing) {
   EXPECT_EQ(session_->LookupVariable("good").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(client::MetaGraphFromJson(R"({"format": "other"})").status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(client::MetaGraphFromJson(R"({"format": "psd.MetaGraph", "version": 2})")
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      client::MetaGraphFromJson(R"({"format": "psd.MetaGraph", "version": 2})").status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(client::MetaGraphFromJson("{not json").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(client::ReadMetaGraph(dir_ + "/missing.meta").status().code(),

@@ -49,9 +49,9 @@ inline constexpr int kMetaGraphVersion = 1;
 // tf.train.SaverDef's analogue: what rebuilds the Saver. psclient's
 // Saver.as_saver_def() holds the same fields.
 struct SaverDef {
-  std::vector<std::string> variables;             // var_list by full name
-  std::map<std::string, std::string> name_map;   // checkpoint name -> variable
-  std::optional<int> max_to_keep;                 // unset: the coordinator's policy
+  std::vector<std::string> variables;           // var_list by full name
+  std::map<std::string, std::string> name_map;  // checkpoint name -> variable
+  std::optional<int> max_to_keep;               // unset: the coordinator's policy
   std::optional<double> keep_checkpoint_every_n_hours;
   std::string name;      // psclient's Saver(name=); "" when none
   bool sharded = false;  // psclient's Saver(sharded=); every save is sharded
