@@ -9,6 +9,7 @@ PACKAGES=(
   libboost-dev libspdlog-dev libcli11-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev
   libsnappy-dev libleveldb-dev
+  nlohmann-json3-dev
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-sklearn
 )

@@ -1,6 +1,7 @@
 #include "psd/saver.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -33,7 +34,21 @@ class Saver::Impl {
   const std::unique_ptr<internal::CoordinatorClient> coordinator_;
   absl::Mutex mu_;
   std::string last_dir_ ABSL_GUARDED_BY(mu_);
+  // A save or a SetLastCheckpoints* put checkpoints in last_dir_'s
+  // retention list: a later SetLastCheckpoints* replaces that list too.
+  bool fed_dir_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+namespace {
+
+// The directory of a checkpoint prefix, as the coordinator keys retention.
+std::string DirOf(const std::string& prefix) {
+  const size_t slash = prefix.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : prefix.substr(0, slash);
+}
+
+}  // namespace
 
 Saver::Saver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Saver::~Saver() = default;
@@ -51,6 +66,8 @@ absl::StatusOr<std::unique_ptr<Saver>> Saver::Create(const std::string& coordina
                        internal::CoordinatorClient::Create(coordinator_address, coordinator));
   return std::unique_ptr<Saver>(new Saver(std::make_unique<Impl>(options, std::move(client))));
 }
+
+const SaverOptions& Saver::options() const { return impl_->options_; }
 
 absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
                                         std::optional<int64_t> global_step,
@@ -73,8 +90,8 @@ absl::StatusOr<std::string> Saver::Save(const std::string& prefix,
   PSD_RETURN_IF_ERROR(impl_->LongCall(&Coordinator::Stub::Save, req, &resp));
   {
     absl::MutexLock lock(&impl_->mu_);
-    const size_t slash = resp.prefix().rfind('/');
-    impl_->last_dir_ = slash == std::string::npos ? "." : resp.prefix().substr(0, slash);
+    impl_->last_dir_ = DirOf(resp.prefix());
+    impl_->fed_dir_ = true;
   }
   if (details != nullptr) {
     details->prefix = resp.prefix();
@@ -136,6 +153,47 @@ absl::Status Saver::UpdateCheckpointState(
   req.set_latest_filename(impl_->options_.latest_filename);
   UpdateCheckpointStateResponse resp;
   return impl_->coordinator_->Call(&Coordinator::Stub::UpdateCheckpointState, req, &resp);
+}
+
+absl::Status Saver::SetLastCheckpointsWithTime(
+    const std::vector<std::pair<std::string, double>>& checkpoints,
+    const std::vector<std::string>& also_dirs) {
+  SetLastCheckpointsRequest req;
+  for (const auto& [path, time] : checkpoints) {
+    CheckpointWithTime* c = req.add_checkpoints();
+    c->set_path(path);
+    c->set_time(time);
+  }
+  {
+    absl::MutexLock lock(&impl_->mu_);
+    if (impl_->fed_dir_) req.add_dirs(impl_->last_dir_);
+  }
+  for (const std::string& d : also_dirs) req.add_dirs(d);
+  if (req.checkpoints().empty() && req.dirs().empty()) {
+    // Nothing saved, nothing given: this Saver has no list to replace.
+    return absl::OkStatus();
+  }
+  const SaverOptions& o = impl_->options_;
+  req.set_latest_filename(o.latest_filename);
+  req.set_own_policy(o.max_to_keep.has_value() || o.keep_checkpoint_every_n_hours.has_value());
+  SetLastCheckpointsResponse resp;
+  PSD_RETURN_IF_ERROR(
+      impl_->coordinator_->Call(&Coordinator::Stub::SetLastCheckpoints, req, &resp));
+  if (!checkpoints.empty()) {
+    absl::MutexLock lock(&impl_->mu_);
+    impl_->last_dir_ = DirOf(checkpoints.back().first);
+    impl_->fed_dir_ = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Saver::SetLastCheckpoints(const std::vector<std::string>& paths,
+                                       const std::vector<std::string>& also_dirs) {
+  std::vector<std::pair<std::string, double>> checkpoints;
+  for (const std::string& p : paths) {
+    checkpoints.emplace_back(p, std::numeric_limits<double>::infinity());
+  }
+  return SetLastCheckpointsWithTime(checkpoints, also_dirs);
 }
 
 absl::StatusOr<std::vector<CheckpointInfo>> Saver::ListCheckpoints(const std::string& dir) {

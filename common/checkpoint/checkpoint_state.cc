@@ -239,8 +239,18 @@ std::optional<std::string> SaverRetention::NextDeletion() {
 }
 
 void SaverRetention::SetLastCheckpoints(const std::vector<std::string>& paths) {
-  last_.clear();
-  for (const auto& p : paths) last_.emplace_back(p, std::numeric_limits<double>::infinity());
+  std::vector<std::pair<std::string, double>> list;
+  for (const auto& p : paths) list.emplace_back(p, std::numeric_limits<double>::infinity());
+  SetLastCheckpointsWithTime(list);
+}
+
+void SaverRetention::SetLastCheckpointsWithTime(
+    const std::vector<std::pair<std::string, double>>& list) {
+  last_ = list;
+  for (const auto& [path, time] : list) {
+    kept_forever_.erase(std::remove(kept_forever_.begin(), kept_forever_.end(), path),
+                        kept_forever_.end());
+  }
 }
 
 std::vector<std::string> SaverRetention::last_checkpoints() const {

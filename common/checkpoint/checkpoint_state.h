@@ -101,6 +101,9 @@ class SaverRetention {
   std::optional<std::string> NextDeletion();
   // set_last_checkpoints: the paths get timestamp +inf (never deleted).
   void SetLastCheckpoints(const std::vector<std::string>& paths);
+  // set_last_checkpoints_with_time: the list, oldest first, becomes the one
+  // later saves pop from; a path in it is managed again, not kept for good.
+  void SetLastCheckpointsWithTime(const std::vector<std::pair<std::string, double>>& list);
 
   std::vector<std::string> last_checkpoints() const;
   const std::vector<std::pair<std::string, double>>& last_checkpoints_with_time() const {

@@ -6,6 +6,7 @@
 #include "coordinator/checkpoint_manager.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -21,6 +22,7 @@
 #include "grpcpp/grpcpp.h"
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
+#include "psd/serialize.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
 
@@ -370,6 +372,72 @@ absl::Status CheckpointManager::UpdateState(const UpdateCheckpointStateRequest& 
       std::vector<std::string>(request.all_model_checkpoint_paths().begin(),
                                request.all_model_checkpoint_paths().end()),
       request.latest_filename());
+}
+
+absl::Status CheckpointManager::SetLastCheckpoints(const SetLastCheckpointsRequest& request) {
+  const std::string what = "set_last_checkpoints";
+  PSD_RETURN_IF_ERROR(CheckLatestFilename(request.latest_filename(), what));
+  const std::string name = request.latest_filename().empty() ? checkpoint::kDefaultStateFilename
+                                                             : request.latest_filename();
+  // Directory -> its new list, oldest first.
+  std::map<std::string, std::vector<std::pair<std::string, double>>> lists;
+  for (const std::string& dir : request.dirs()) {
+    const std::string d = DirOrDefault(dir);
+    if (d.empty()) {
+      return absl::InvalidArgumentError(
+          "set_last_checkpoints: no checkpoint directory given or configured");
+    }
+    // The list decides what later saves delete: the writable roots only.
+    PSD_RETURN_IF_ERROR(CheckUnderRoots(d, /*write=*/true, what));
+    lists[d];
+  }
+  for (const CheckpointWithTime& c : request.checkpoints()) {
+    const std::string& p = c.path();
+    if (!absl::StartsWith(p, "/") || p.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "set_last_checkpoints: '", p,
+          "' is not an absolute checkpoint prefix (paths are on the coordinator's side); "
+          "nothing was changed"));
+    }
+    if (std::isnan(c.time())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("set_last_checkpoints: the time of ", p, " is NaN; nothing was changed"));
+    }
+    PSD_RETURN_IF_ERROR(
+        CheckUnderRoots(checkpoint::DirName(p), /*write=*/true, absl::StrCat(what, ": ", p)));
+  }
+  // Saves update the lists too, and delete what leaves them: one at a time,
+  // and the checkpoints are looked for under the same lock.
+  absl::MutexLock op(&op_mu_);
+  for (const CheckpointWithTime& c : request.checkpoints()) {
+    if (!fs_->FileExists(checkpoint::IndexFilename(c.path())).ok()) {
+      return absl::NotFoundError(absl::StrCat("set_last_checkpoints: no checkpoint at ", c.path(),
+                                              " (", checkpoint::IndexFilename(c.path()),
+                                              " does not exist); nothing was changed"));
+    }
+    lists[checkpoint::DirName(c.path())].emplace_back(c.path(), c.time());
+  }
+  // Each new state is built apart and persisted before it replaces the
+  // one in memory, so a failure leaves that directory as it was.
+  for (const auto& [d, list] : lists) {
+    SaverRetention updated(CurrentPolicy(), Now());
+    {
+      absl::MutexLock state(&state_mu_);
+      updated = *RetentionFor(d, name, request.own_policy(), nullptr, false, Now());
+    }
+    updated.SetLastCheckpointsWithTime(list);
+    const std::string path = RetentionPath(d, name, request.own_policy());
+    PSD_ASSIGN_OR_RETURN(const std::string bytes, SerializeChecked(updated.ToState(), path));
+    if (absl::Status s = checkpoint::WriteFileAtomically(fs_, path, bytes); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("set_last_checkpoints in ", d,
+                                                 ": persisting the retention state failed "
+                                                 "(directories before it in order were set): ",
+                                                 s.message()));
+    }
+    absl::MutexLock state(&state_mu_);
+    retention_.insert_or_assign(std::make_tuple(d, name, request.own_policy()), std::move(updated));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<GetCheckpointStateResponse> CheckpointManager::GetState(

@@ -178,6 +178,13 @@ class CheckpointManager {
   // The UpdateCheckpointState RPC: PERMISSION_DENIED outside the roots,
   // INVALID_ARGUMENT for an empty model path; waits for a running save.
   absl::Status UpdateState(const UpdateCheckpointStateRequest& request);
+  // The SetLastCheckpoints RPC (Saver.set_last_checkpoints): replaces the
+  // retention list of each directory named (one track: the request's
+  // own_policy). INVALID_ARGUMENT for a relative path or a NaN time,
+  // PERMISSION_DENIED outside the writable roots, NOT_FOUND for a missing
+  // checkpoint, each naming the path and changing nothing; waits for a
+  // running save.
+  absl::Status SetLastCheckpoints(const SetLastCheckpointsRequest& request);
   CheckpointPolicy Policy(const CheckpointPolicy* set);
   // The CheckpointProgress RPC.
   CheckpointProgressResponse Progress(uint64_t progress_id) const {

@@ -634,6 +634,14 @@ grpc::ServerUnaryReactor* CoordinatorService::UpdateCheckpointState(
   return ServeBlocking(ctx, [this, request]() { return checkpoints_->UpdateState(*request); });
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::SetLastCheckpoints(
+    grpc::CallbackServerContext* ctx, const SetLastCheckpointsRequest* request,
+    SetLastCheckpointsResponse* response) {
+  // Waits for a running save: a worker of the blocking pool, not gRPC's.
+  return ServeBlocking(ctx,
+                       [this, request]() { return checkpoints_->SetLastCheckpoints(*request); });
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::ListCheckpoints(
     grpc::CallbackServerContext* ctx, const ListCheckpointsRequest* request,
     ListCheckpointsResponse* response) {

@@ -150,6 +150,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* UpdateCheckpointState(grpc::CallbackServerContext* ctx,
                                                   const UpdateCheckpointStateRequest* request,
                                                   UpdateCheckpointStateResponse* response) override;
+  grpc::ServerUnaryReactor* SetLastCheckpoints(grpc::CallbackServerContext* ctx,
+                                               const SetLastCheckpointsRequest* request,
+                                               SetLastCheckpointsResponse* response) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* ctx,
                                             const ListCheckpointsRequest* request,
                                             ListCheckpointsResponse* response) override;

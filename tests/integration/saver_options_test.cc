@@ -4,6 +4,8 @@
 #include <stdlib.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +17,7 @@
 #include "checkpoint/tensor_bundle.h"
 #include "cluster_process.h"
 #include "gtest/gtest.h"
+#include "psd/meta_graph.h"
 #include "psd/saver.h"
 #include "psd/session.h"
 #include "test_util.h"
@@ -148,6 +151,227 @@ TEST_F(SaverOptionsTest, SaverMaxToKeepOverridesTheCoordinatorPolicy) {
   ASSERT_NE(bad, nullptr);
   EXPECT_EQ(bad->Save(dir_ + "/bad").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(Exists(dir_ + "/bad"));
+}
+
+// TensorFlow's Saver.set_last_checkpoints(_with_time): the list given is
+// the one later saves pop from and delete; +inf times (set_last_checkpoints)
+// are never deleted. Bad input is refused by name and changes nothing.
+TEST_F(SaverOptionsTest, SetLastCheckpointsIsTheListRetentionDeletesFrom) {
+  Make("v", Floats({1}));
+  SaverOptions keep_all;
+  keep_all.variables = {"v"};
+  keep_all.max_to_keep = 0;  // records nothing, deletes nothing
+  auto writer = MakeSaver(keep_all);
+  ASSERT_NE(writer, nullptr);
+  std::vector<std::string> c;
+  for (int step = 0; step < 3; ++step) {
+    PSD_ASSERT_OK_AND_ASSIGN(std::string p, writer->Save(dir_ + "/m", step));
+    c.push_back(p);
+  }
+  SaverOptions two;
+  two.variables = {"v"};
+  two.max_to_keep = 2;
+  auto saver = MakeSaver(two);
+  ASSERT_NE(saver, nullptr);
+  ASSERT_TRUE(saver->SetLastCheckpointsWithTime({{c[0], 1.0}, {c[1], 2.0}}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(std::vector<std::string> last, saver->LastCheckpoints());
+  EXPECT_EQ(last, (std::vector<std::string>{c[0], c[1]}));
+
+  // Refused by name, and the list stays as it was.
+  absl::Status missing = saver->SetLastCheckpointsWithTime({{c[2], 1.0}, {dir_ + "/m-99", 1.0}});
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find(dir_ + "/m-99"), std::string::npos) << missing;
+  absl::Status outside = saver->SetLastCheckpoints({"/etc/passwd"});
+  EXPECT_EQ(outside.code(), absl::StatusCode::kPermissionDenied) << outside;
+  EXPECT_NE(outside.message().find("/etc/passwd"), std::string::npos) << outside;
+  absl::Status relative = saver->SetLastCheckpoints({c[2], "m-2"});
+  EXPECT_EQ(relative.code(), absl::StatusCode::kInvalidArgument) << relative;
+  EXPECT_NE(relative.message().find("'m-2'"), std::string::npos) << relative;
+  absl::Status nan =
+      saver->SetLastCheckpointsWithTime({{c[2], std::numeric_limits<double>::quiet_NaN()}});
+  EXPECT_EQ(nan.code(), absl::StatusCode::kInvalidArgument) << nan;
+  EXPECT_NE(nan.message().find(c[2]), std::string::npos) << nan;
+  PSD_ASSERT_OK_AND_ASSIGN(last, saver->LastCheckpoints());
+  EXPECT_EQ(last, (std::vector<std::string>{c[0], c[1]}));
+
+  // max_to_keep 2 pops the oldest of the list set, one per save, and
+  // deletes it (its time is before the keep_checkpoint_every_n_hours mark).
+  client::SaveDetails details;
+  ASSERT_TRUE(saver->Save(dir_ + "/m", 3, &details).ok());
+  EXPECT_EQ(details.deleted, std::vector<std::string>{c[0]});
+  ASSERT_TRUE(saver->Save(dir_ + "/m", 4, &details).ok());
+  EXPECT_EQ(details.deleted, std::vector<std::string>{c[1]});
+  EXPECT_FALSE(Exists(c[0]));
+  EXPECT_FALSE(Exists(c[1]));
+  EXPECT_TRUE(Exists(c[2]));  // never in the list
+
+  // set_last_checkpoints: time +inf, so when it leaves the list it is kept
+  // for good; m-3 and m-4 left the list and are not deleted either.
+  ASSERT_TRUE(saver->SetLastCheckpoints({c[2]}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, saver->LastCheckpoints());
+  EXPECT_EQ(last, std::vector<std::string>{c[2]});
+  for (int step = 5; step < 8; ++step) {
+    ASSERT_TRUE(saver->Save(dir_ + "/m", step, &details).ok());
+    if (step == 7) EXPECT_EQ(details.deleted, std::vector<std::string>{dir_ + "/m-5"});
+    if (step < 7) EXPECT_TRUE(details.deleted.empty()) << step;
+  }
+  EXPECT_TRUE(Exists(c[2]));
+  EXPECT_TRUE(Exists(dir_ + "/m-3"));
+  EXPECT_TRUE(Exists(dir_ + "/m-4"));
+  PSD_ASSERT_OK_AND_ASSIGN(std::vector<CheckpointInfo> listed, saver->ListCheckpoints(dir_));
+  bool kept = false;
+  for (const CheckpointInfo& info : listed) {
+    if (info.prefix() == c[2]) kept = info.kept_forever() && !info.managed();
+  }
+  EXPECT_TRUE(kept) << c[2] << " is not listed as kept for good";
+
+  // An empty list empties the list of the directory the Saver fed, here
+  // by a list set (a restarted trainer's Saver that has not saved yet).
+  auto restarted = MakeSaver(two);
+  ASSERT_NE(restarted, nullptr);
+  ASSERT_TRUE(restarted->SetLastCheckpoints({dir_ + "/m-7"}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, restarted->LastCheckpoints());
+  EXPECT_EQ(last, std::vector<std::string>{dir_ + "/m-7"});
+  ASSERT_TRUE(restarted->SetLastCheckpoints({}).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(last, restarted->LastCheckpoints());
+  EXPECT_TRUE(last.empty()) << last.size();
+}
+
+// Meta graph files are shared with psclient (tests/data/meta_graph):
+// python_v1.meta is what psclient writes (client/python/tests/
+// test_meta_graph.py checks it), cpp_v1.meta what this client writes for
+// the same declarations (checked here; psclient imports it).
+// PSD_REGENERATE_FIXTURES=1 rewrites cpp_v1.meta.
+std::string Fixture(const std::string& name) {
+  return absl::StrCat(PSD_META_GRAPH_FIXTURES, "/", name);
+}
+
+TEST_F(SaverOptionsTest, MetaGraphWrittenByPsclientImportsAndRestores) {
+  PSD_ASSERT_OK_AND_ASSIGN(client::ImportedMetaGraph imported,
+                           client::ImportMetaGraph(session_.get(), Fixture("python_v1.meta")));
+  ASSERT_EQ(imported.variables.size(), 3u);
+  ASSERT_NE(imported.saver, nullptr);
+  ASSERT_TRUE(imported.saver_def.has_value());
+  EXPECT_EQ(imported.saver_def->max_to_keep, std::optional<int>(3));
+  EXPECT_EQ(imported.saver_def->name_map,
+            (std::map<std::string, std::string>{{"weights", "model/w"}, {"bias", "model/b"}}));
+  EXPECT_EQ(imported.saver->options().max_to_keep, std::optional<int>(3));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->LookupVariable("model/w"));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable b, session_->LookupVariable("model/b"));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable steps, session_->LookupVariable("model/steps"));
+  EXPECT_EQ(w.shape(), (TensorShape{6, 2}));
+  EXPECT_EQ(w.partitions(), (std::vector<int64_t>{2, 1}));
+  EXPECT_TRUE(w.trainable());
+  EXPECT_EQ(b.dtype(), DT_FLOAT);
+  EXPECT_EQ(steps.dtype(), DT_INT64);
+  EXPECT_FALSE(steps.trainable());
+  EXPECT_EQ(steps.collections(), std::vector<std::string>{client::kLocalVariables});
+  // The seeded initializer came through: the values of random_normal(seed 7).
+  ASSERT_TRUE(session_->InitializeAllVariables().ok());
+  GetVariableOptions same;
+  same.shape = TensorShape{6, 2};
+  same.initializer = client::init::RandomNormal(0.0, 1.0, 7);
+  same.partitioner = client::partitioners::FixedSize(2);
+  same.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable again, session_->GetVariable("again/w", same));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor got, w.Read());
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor want, again.Read());
+  EXPECT_EQ(got.bytes(), want.bytes());
+  // The Saver it describes saves and restores under the checkpoint names.
+  ASSERT_TRUE(b.Assign(Floats({1.5, -2})).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(std::string prefix, imported.saver->Save(dir_ + "/meta", 1));
+  PSD_ASSERT_OK_AND_ASSIGN(auto reader, BundleReader::Open(prefix));
+  EXPECT_TRUE(reader->GetTensorInfo("weights").ok());
+  EXPECT_TRUE(reader->GetTensorInfo("bias").ok());
+  ASSERT_TRUE(b.Assign(Floats({0, 0})).ok());
+  ASSERT_TRUE(imported.saver->Restore(prefix).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor restored, b.Read());
+  EXPECT_EQ(restored.data<float>()[0], 1.5f);
+  EXPECT_EQ(restored.data<float>()[1], -2.0f);
+}
+
+TEST_F(SaverOptionsTest, MetaGraphExportIsPsclientsFormat) {
+  // psclient's declarations of test_meta_graph.py's fixture model.
+  {
+    PSD_ASSERT_OK_AND_ASSIGN(auto scope, client::VariableScope::Enter(session_.get(), "model"));
+    GetVariableOptions w;
+    w.shape = TensorShape{6, 2};
+    w.initializer = client::init::RandomNormal(0.0, 1.0, 7);
+    w.partitioner = client::partitioners::FixedSize(2);
+    ASSERT_TRUE(session_->GetVariable("w", w).ok());
+    GetVariableOptions b;
+    b.shape = TensorShape{2};
+    b.initializer = client::init::Zeros();
+    ASSERT_TRUE(session_->GetVariable("b", b).ok());
+    GetVariableOptions steps;
+    steps.shape = TensorShape{};
+    steps.dtype = DT_INT64;
+    steps.initializer = client::init::Zeros();
+    steps.trainable = false;
+    steps.collections = {client::kLocalVariables};
+    ASSERT_TRUE(session_->GetVariable("steps", steps).ok());
+  }
+  SaverOptions options;
+  options.name_map = {{"weights", "model/w"}, {"bias", "model/b"}};
+  options.max_to_keep = 3;
+  auto saver = MakeSaver(options);
+  ASSERT_NE(saver, nullptr);
+  const std::string written = dir_ + "/cpp_v1.meta";
+  client::ExportMetaGraphOptions exported;
+  exported.saver = saver.get();
+  ASSERT_TRUE(client::ExportMetaGraph(session_.get(), written, exported).ok());
+  if (std::getenv("PSD_REGENERATE_FIXTURES") != nullptr) {
+    ASSERT_EQ(
+        std::system(absl::StrCat("cp '", written, "' '", Fixture("cpp_v1.meta"), "'").c_str()), 0);
+  }
+  // Read back, the file is the committed one and the one psclient writes.
+  PSD_ASSERT_OK_AND_ASSIGN(client::MetaGraph mine, client::ReadMetaGraph(written));
+  PSD_ASSERT_OK_AND_ASSIGN(client::MetaGraph committed,
+                           client::ReadMetaGraph(Fixture("cpp_v1.meta")));
+  PSD_ASSERT_OK_AND_ASSIGN(client::MetaGraph python,
+                           client::ReadMetaGraph(Fixture("python_v1.meta")));
+  EXPECT_EQ(client::MetaGraphToJson(mine), client::MetaGraphToJson(committed));
+  EXPECT_EQ(client::MetaGraphToJson(mine), client::MetaGraphToJson(python));
+}
+
+TEST_F(SaverOptionsTest, MalformedMetaGraphNamesTheEntryAndDeclaresNothing) {
+  const std::string good =
+      R"({"name": "good", "dtype": "float32", "shape": [1], "trainable": true,
+          "collections": ["variables"], "partitions": null, "partition_axis": null,
+          "initializer": "CgA="})";
+  const std::vector<std::string> bad_entries = {
+      R"({"name": "bad"})",
+      R"({"name": "b", "dtype": "float32", "shape": "x", "trainable": true, "initializer": "CgA="})",
+      R"({"name": "c", "dtype": "float32", "shape": [1], "trainable": true,
+          "initializer": "not base64!"})",
+      R"({"name": "d", "dtype": "complex7", "shape": [1], "trainable": true, "initializer": "CgA="})",
+      R"({"name": "e", "dtype": "float32", "shape": [4], "trainable": true, "initializer": "CgA=",
+          "partitions": [2], "partition_axis": 3})",
+      "7",
+  };
+  for (const std::string& bad : bad_entries) {
+    const std::string path = dir_ + "/bad.meta";
+    std::ofstream(path) << R"({"format": "psd.MetaGraph", "version": 1, "variables": [)" << good
+                        << ", " << bad << "]}";
+    auto imported = client::ImportMetaGraph(session_.get(), path);
+    EXPECT_EQ(imported.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(imported.status().message().find("variable entry 1"), std::string::npos)
+        << imported.status();
+    EXPECT_NE(imported.status().message().find(path), std::string::npos) << imported.status();
+  }
+  EXPECT_EQ(session_->LookupVariable("good").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client::MetaGraphFromJson(R"({"format": "other"})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      client::MetaGraphFromJson(R"({"format": "psd.MetaGraph", "version": 2})").status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client::MetaGraphFromJson("{not json").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client::ReadMetaGraph(dir_ + "/missing.meta").status().code(),
+            absl::StatusCode::kNotFound);
+  PSD_ASSERT_OK_AND_ASSIGN(auto scope, client::VariableScope::Enter(session_.get(), "inside"));
+  EXPECT_EQ(client::ImportMetaGraph(session_.get(), Fixture("python_v1.meta")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

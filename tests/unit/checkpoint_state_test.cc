@@ -53,6 +53,23 @@ TEST(SaverRetentionTest, SetLastCheckpointsNeverDeletesThem) {  // item 45
   EXPECT_EQ(r.last_checkpoints(), (Paths{"d/s2", "d/s1"}));
 }
 
+// set_last_checkpoints_with_time: the times given are judged as recorded
+// ones; a checkpoint kept for good that is put back in the list is managed
+// again (and deleted when it leaves it with a time before the mark).
+TEST(SaverRetentionTest, SetLastCheckpointsWithTimeManagesThemAgain) {
+  SaverRetention r(Keep(1, /*hours=*/1.0), 0);  // next mark at 3600 s
+  r.RecordCheckpoint("d/s1", 4000);
+  r.RecordCheckpoint("d/s2", 4001);
+  EXPECT_EQ(r.NextDeletion(), std::nullopt);  // s1 is past the mark: kept for good
+  EXPECT_EQ(r.kept_forever(), Paths{"d/s1"});
+  r.SetLastCheckpointsWithTime({{"d/s1", 10.0}, {"d/s2", 11.0}});
+  EXPECT_TRUE(r.kept_forever().empty());
+  EXPECT_EQ(r.last_checkpoints(), (Paths{"d/s1", "d/s2"}));
+  r.RecordCheckpoint("d/s3", 5000);
+  EXPECT_EQ(r.NextDeletion(), "d/s1");
+  EXPECT_EQ(r.last_checkpoints(), (Paths{"d/s2", "d/s3"}));
+}
+
 TEST(SaverRetentionTest, NoHistoryStartsFromEmpty) {  // item 46
   SaverRetention r(Keep(2), 0);
   r.RecordCheckpoint("d/s2", 1);

@@ -32,6 +32,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -143,6 +144,28 @@ class Saver {
   absl::Status UpdateCheckpointState(const std::string& dir,
                                      const std::string& model_checkpoint_path,
                                      const std::vector<std::string>& all_model_checkpoint_paths);
+  // Saver.set_last_checkpoints_with_time: `checkpoints` (prefix, seconds
+  // since the epoch; oldest first) become the list retention works on, so
+  // later saves pop and delete from it as TensorFlow's Saver does. Retention
+  // is per directory (shared by the Savers saving there, this one's track:
+  // its own policy's or the cluster's): each checkpoint goes to its
+  // directory's list, and the lists of the directory of this Saver's last
+  // save and of `also_dirs` ("": the coordinator's) are replaced too, empty
+  // when no checkpoint given is in them. Every path must be an absolute,
+  // existing checkpoint under the coordinator's writable roots:
+  // INVALID_ARGUMENT, PERMISSION_DENIED or NOT_FOUND naming it otherwise,
+  // and nothing changes. LastCheckpoints then lists the directory of the
+  // last checkpoint given.
+  absl::Status SetLastCheckpointsWithTime(
+      const std::vector<std::pair<std::string, double>>& checkpoints,
+      const std::vector<std::string>& also_dirs = {});
+  // Saver.set_last_checkpoints: as above with time +inf, which TensorFlow
+  // uses so that they are never deleted (kept for good when they leave the
+  // list while keep_checkpoint_every_n_hours is set).
+  absl::Status SetLastCheckpoints(const std::vector<std::string>& paths,
+                                  const std::vector<std::string>& also_dirs = {});
+  // What this Saver was made with (psd/meta_graph.h's SaverDef records it).
+  const SaverOptions& options() const;
   // tf.train.latest_checkpoint: nullopt when there is none.
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint(const std::string& dir = "");
   // tf.train.get_checkpoint_state: nullopt without a state file.

@@ -53,13 +53,56 @@ class VariableScope:
     Name, reuse and dtype are the coordinator's (the C++ session's scope);
     the defaults that are Python objects (initializer, regularizer,
     partitioner, caching_device, custom_getter) are kept here, inherited by
-    the scopes entered inside it and changed with the set_* methods."""
+    the scopes entered inside it and changed with the set_* methods.
 
-    def __init__(self, session, handle, captured, defaults=None):
+    TensorFlow's constructor makes a scope that is not entered yet:
+    ``VariableScope(reuse, name="outer/inner", initializer=...)`` describes
+    the scope at that full name with those defaults; ``variable_scope(it)``
+    enters it (wherever the caller is), as it re-enters a captured one.
+    name_scope is what original_name_scope returns."""
+
+    def __init__(self, reuse, name="", initializer=None, regularizer=None, caching_device=None,
+                 partitioner=None, custom_getter=None, name_scope="", dtype=_dtypes.float32,
+                 use_resource=None, constraint=None, session=None):
+        if constraint is not None:
+            raise errors.UnimplementedError(
+                None, None, "VariableScope(constraint=%r): psd applies no projection after "
+                "optimizer updates" % (constraint,))
+        if not isinstance(name, str):
+            raise TypeError("VariableScope: name must be a string, got %r" % (name,))
+        _check_custom_getter(custom_getter)
+        spec = partitioned_variables.as_spec(partitioner)
+        caching = "" if caching_device is None else _device_string(caching_device)
+        code = _reuse_arg(reuse)
+        captured = _psclient.CapturedScope(
+            name, _psclient.REUSE_FALSE if code is None else code, spec,
+            _dtypes.as_dtype(dtype if dtype is not None else _dtypes.float32)
+            .as_datatype_enum, caching)
+        given = {"initializer": initializer, "regularizer": regularizer,
+                 "caching_device": caching_device, "partitioner": spec,
+                 "custom_getter": custom_getter}
+        self._init(session, None, captured, {k: v for k, v in given.items() if v is not None})
+        self._name_scope = name_scope
+        self._use_resource = use_resource
+
+    @classmethod
+    def _make(cls, session, handle, captured, defaults=None):
+        """A scope entered through variable_scope (handle) or the root."""
+        scope = cls.__new__(cls)
+        scope._init(session, handle, captured, defaults)
+        return scope
+
+    def _init(self, session, handle, captured, defaults):
         self._session = session
         self._handle = handle        # the extension's Scope; None for the root
-        self._captured = captured    # CapturedScope as of entry
+        self._captured = captured    # CapturedScope as of entry (or as made)
         self._defaults = dict(defaults or {})
+        self._name_scope = None      # TensorFlow's name_scope, when made with one
+        self._use_resource = None
+
+    @property
+    def use_resource(self):
+        return self._use_resource
 
     def _now(self):
         if self._handle is not None:
@@ -77,6 +120,8 @@ class VariableScope:
 
     @property
     def original_name_scope(self):
+        if self._name_scope is not None:
+            return self._name_scope
         name = self.name
         return name + "/" if name else ""
 
@@ -141,6 +186,10 @@ class VariableScope:
     def reuse_variables(self):
         if self._handle is not None:
             self._handle.reuse_variables()
+        elif self._captured is not None:
+            # A scope made with the constructor, not entered: it reuses
+            # when entered.
+            self._captured = self._captured.with_reuse()
         else:
             self._session._s.reuse_variables()
 
@@ -247,7 +296,7 @@ class variable_scope:
         else:
             handle = sess._s.enter_scope(self._name_or_scope, self._reuse, partitioner,
                                          self._dtype, caching)
-        self._scope = VariableScope(sess, handle, handle.captured, defaults)
+        self._scope = VariableScope._make(sess, handle, handle.captured, defaults)
         sess._scopes.append(self._scope)
         return self._scope
 
@@ -284,7 +333,7 @@ def get_variable_scope(session=None):
     sess = _session_of(session)
     if sess._scopes:
         return sess._scopes[-1]
-    return VariableScope(sess, None, None, None)
+    return VariableScope._make(sess, None, None, None)
 
 
 def _is_constant(initializer):

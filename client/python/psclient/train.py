@@ -251,7 +251,8 @@ class Saver:
       * retention state lives on the coordinator, per (directory, state-file
         name): Savers saving into one directory share it, it survives
         restarts of trainers and coordinator; last_checkpoints lists the
-        checkpoints this Saver wrote that it still manages.
+        checkpoints this Saver wrote (or set_last_checkpoints gave it) that
+        retention still manages.
     """
 
     def __init__(self, var_list=None, reshape=False, sharded=False,
@@ -455,19 +456,40 @@ class Saver:
         self._own = [p for p in paths if p in listed]
 
     def set_last_checkpoints(self, last_checkpoints):
-        """Refused: TensorFlow's deletions follow this list, psd's follow the
-        coordinator's retention state of the directory."""
-        raise errors.UnimplementedError(
-            None, None, "Saver.set_last_checkpoints: retention (what max_to_keep deletes) is "
-            "the coordinator's, per checkpoint directory; recover_last_checkpoints(paths) "
-            "sets what this Saver lists")
+        """DEPRECATED: Use set_last_checkpoints_with_time. The checkpoints
+        become this Saver's list with time +inf (as in TensorFlow: never
+        deleted by retention, kept for good when they leave the list)."""
+        assert isinstance(last_checkpoints, list)
+        self.set_last_checkpoints_with_time([(p, float("inf")) for p in last_checkpoints])
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time):
-        """Refused, as set_last_checkpoints."""
-        raise errors.UnimplementedError(
-            None, None, "Saver.set_last_checkpoints_with_time: retention (what max_to_keep "
-            "deletes) is the coordinator's, per checkpoint directory")
-
+        """Sets the list of old checkpoint filenames and timestamps (seconds
+        since the epoch, oldest first): later saves pop from it and delete
+        as TensorFlow's Saver does. Retention lives on the coordinator per
+        checkpoint directory (shared by the Savers saving there): each
+        checkpoint goes to its directory's list, and the lists of the
+        directories this Saver saved into are replaced too (empty when no
+        checkpoint given is in them). Every path must be an absolute,
+        existing checkpoint under the coordinator's writable roots
+        (InvalidArgumentError, PermissionDeniedError or NotFoundError naming
+        it otherwise, and nothing changes)."""
+        assert isinstance(last_checkpoints_with_time, list)
+        pairs = []
+        for i, item in enumerate(last_checkpoints_with_time):
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError("set_last_checkpoints_with_time: item %d must be a (filename, "
+                                "timestamp) tuple, got %r" % (i, item))
+            path, when = item
+            try:
+                pairs.append((os.fsdecode(path), float(when)))
+            except (TypeError, ValueError):
+                raise TypeError("set_last_checkpoints_with_time: item %d must be a (filename, "
+                                "timestamp) tuple, got %r" % (i, item)) from None
+        # The directories this Saver fed: their lists are this Saver's to
+        # replace, even where no checkpoint given is in them.
+        dirs = sorted({os.path.dirname(p) for p in self._own})
+        self._last.set_last_checkpoints_with_time(pairs, dirs)
+        self._own = [p for p, _ in pairs]
 
 def _query_saver(latest_filename, session):
     address, security = _coordinator_of(session)

@@ -74,6 +74,12 @@ void BindSaver(py::module_& m) {
              py::gil_scoped_release release;
              Check(s.UpdateCheckpointState(dir, model_path, all_paths));
            })
+      .def("set_last_checkpoints_with_time",
+           [](client::Saver& s, const std::vector<std::pair<std::string, double>>& checkpoints,
+              const std::vector<std::string>& also_dirs) {
+             py::gil_scoped_release release;
+             Check(s.SetLastCheckpointsWithTime(checkpoints, also_dirs));
+           })
       .def("list_checkpoints", [](client::Saver& s, const std::string& dir) {
         std::vector<CheckpointInfo> listed;
         {

@@ -125,6 +125,20 @@ void BindSession(py::module_& m) {
   m.attr("REUSE_AUTO") = static_cast<int>(REUSE_AUTO);
 
   py::class_<CapturedScope>(m, "CapturedScope")
+      // A scope described rather than entered (VariableScope's own
+      // constructor): re-entering it names variables under `name`.
+      .def(py::init([](std::string name, int reuse, std::optional<PartitionerSpec> partitioner,
+                       int dtype, std::string caching_device) {
+             CapturedScope s;
+             s.name = std::move(name);
+             s.reuse = *OptionalReuse(reuse);
+             s.partitioner = std::move(partitioner);
+             s.dtype = CheckedDtype(dtype);
+             s.caching_device = std::move(caching_device);
+             return s;
+           }),
+           py::arg("name"), py::arg("reuse"), py::arg("partitioner"), py::arg("dtype"),
+           py::arg("caching_device"))
       .def_readonly("name", &CapturedScope::name)
       .def_property_readonly("reuse", [](const CapturedScope& s) { return static_cast<int>(s.reuse); })
       .def_property_readonly("dtype", [](const CapturedScope& s) { return static_cast<int>(s.dtype); })

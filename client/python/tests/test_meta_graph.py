@@ -91,3 +91,79 @@ def test_meta_graph_errors(session, prefix, tmp_path):
     with psclient.variable_scope(prefix):
         with pytest.raises(ValueError, match="outside any variable_scope"):
             psclient.train.import_meta_graph({"format": "psd.MetaGraph", "version": 1})
+
+
+# Files written by each client, read by the other (psd/meta_graph.h is the
+# C++ side): python_v1.meta is what psclient writes for the declarations
+# below (checked here), cpp_v1.meta what the C++ client writes for the same
+# declarations (checked by psd_saver_options_test, which also imports
+# python_v1.meta). PSD_REGENERATE_FIXTURES=1 rewrites python_v1.meta.
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests",
+                        "data", "meta_graph")
+
+
+def _declare_fixture_model():
+    """model/w (partitioned, seeded normal), model/b, model/steps (local,
+    int64) and a Saver of w and b under checkpoint names, max_to_keep 3."""
+    with psclient.variable_scope("model"):
+        w = psclient.get_variable("w", shape=[6, 2],
+                                  initializer=psclient.random_normal_initializer(seed=7),
+                                  partitioner=psclient.fixed_size_partitioner(2))
+        b = psclient.get_variable("b", shape=[2], initializer=psclient.zeros_initializer())
+        psclient.get_local_variable("steps", shape=[], dtype=psclient.int64,
+                                    initializer=psclient.zeros_initializer())
+    return psclient.train.Saver({"weights": w, "bias": b}, max_to_keep=3)
+
+
+def test_python_meta_graph_fixture_is_what_psclient_writes(psd_binary, tmp_path):
+    with LocalCluster(psd_binary, num_shards=2) as fresh:
+        s = psclient.Session(fresh.address)
+        try:
+            with s.as_default():
+                saver = _declare_fixture_model()
+                written = tmp_path / "python_v1.meta"
+                saver.export_meta_graph(str(written))
+        finally:
+            s.close()
+    fixture = os.path.join(FIXTURES, "python_v1.meta")
+    if os.environ.get("PSD_REGENERATE_FIXTURES"):
+        with open(fixture, "w") as f:
+            f.write(written.read_text())
+    assert json.loads(written.read_text()) == json.load(open(fixture))
+
+
+def test_a_meta_graph_the_cpp_client_wrote_imports_and_restores(psd_binary, tmp_path):
+    cpp = os.path.join(FIXTURES, "cpp_v1.meta")
+    with LocalCluster(psd_binary, num_shards=2,
+                      coordinator_args=["--checkpoint-roots", str(tmp_path)]) as fresh:
+        s = psclient.Session(fresh.address)
+        try:
+            with s.as_default():
+                saver = psclient.train.import_meta_graph(cpp)
+                assert saver.max_to_keep == 3
+                assert saver.as_saver_def().name_map == {"weights": "model/w", "bias": "model/b"}
+                w = s.lookup_variable("model/w")
+                steps = s.lookup_variable("model/steps")
+                assert w.shape == (6, 2) and w.partitions == [2, 1] and w.trainable
+                assert s.lookup_variable("model/b").dtype == psclient.float32
+                assert steps.dtype == psclient.int64 and not steps.trainable
+                assert steps.collections == [psclient.GraphKeys.LOCAL_VARIABLES]
+                # The seeded initializer came through: the values are those
+                # of random_normal(seed=7) declared here.
+                psclient.initialize_all_variables()
+                with psclient.variable_scope("again"):
+                    same = psclient.get_variable(
+                        "w", shape=[6, 2], initializer=psclient.random_normal_initializer(seed=7),
+                        partitioner=psclient.fixed_size_partitioner(2), initialize=True)
+                np.testing.assert_array_equal(w.read(), same.read())
+                # And the Saver it describes saves and restores under the
+                # checkpoint names.
+                w.assign(np.arange(12, dtype=np.float32).reshape(6, 2))
+                path = saver.save(str(tmp_path / "m"), global_step=1, write_meta_graph=False)
+                w.assign(np.zeros([6, 2], np.float32))
+                saver.restore(path)
+                np.testing.assert_array_equal(w.read(), np.arange(12).reshape(6, 2))
+        finally:
+            s.close()
+    # The same declarations made with psclient give the same file.
+    assert json.load(open(cpp)) == json.load(open(os.path.join(FIXTURES, "python_v1.meta")))

@@ -461,3 +461,48 @@ def test_recover_last_checkpoints_after_a_trainer_restart(session, prefix, tmp_p
     assert after.last_checkpoints == []
     after.recover_last_checkpoints(paths + [str(tmp_path / "m-99")])
     assert after.last_checkpoints == paths
+
+
+def test_set_last_checkpoints_is_the_list_retention_deletes_from(session, prefix, tmp_path):
+    v = psclient.get_variable(prefix, shape=[1], initialize=True,
+                              initializer=psclient.zeros_initializer())
+    writer = psclient.train.Saver([v], max_to_keep=0)  # keeps every checkpoint, lists none
+    old = [writer.save(str(tmp_path / "m"), global_step=i) for i in range(3)]
+    saver = psclient.train.Saver([v], max_to_keep=2)
+    saver.set_last_checkpoints_with_time([(old[0], 1.0), (old[1], 2.0)])
+    assert saver.last_checkpoints == old[:2]
+
+    # Bad input is refused by name and changes nothing.
+    with pytest.raises(psclient.errors.NotFoundError, match=re.escape(str(tmp_path / "m-99"))):
+        saver.set_last_checkpoints_with_time([(old[2], 1.0), (str(tmp_path / "m-99"), 1.0)])
+    with pytest.raises(psclient.errors.PermissionDeniedError, match="/etc/passwd"):
+        saver.set_last_checkpoints(["/etc/passwd"])
+    with pytest.raises(psclient.errors.InvalidArgumentError, match="'m-2'"):
+        saver.set_last_checkpoints([old[2], "m-2"])
+    with pytest.raises(AssertionError):  # TensorFlow's: not a list
+        saver.set_last_checkpoints(tuple(old))
+    with pytest.raises(TypeError, match="item 0"):
+        saver.set_last_checkpoints_with_time([old[2]])
+    assert saver.last_checkpoints == old[:2]
+
+    # max_to_keep=2 pops the oldest of the list set, one per save, and
+    # deletes it: its time is before the keep_checkpoint_every_n_hours mark.
+    saver.save(str(tmp_path / "m"), global_step=3)
+    assert saver.last_save["deleted"] == [old[0]]
+    saver.save(str(tmp_path / "m"), global_step=4)
+    assert saver.last_save["deleted"] == [old[1]]
+    assert not os.path.exists(old[0] + ".index")
+    assert not os.path.exists(old[1] + ".index")
+    assert os.path.exists(old[2] + ".index")  # never in the list
+    assert saver.last_checkpoints == [str(tmp_path / "m-3"), str(tmp_path / "m-4")]
+
+    # set_last_checkpoints: time +inf, so when it leaves the list it is kept
+    # for good; m-3 and m-4 left the list and are not deleted either.
+    saver.set_last_checkpoints([old[2]])
+    assert saver.last_checkpoints == [old[2]]
+    for step in (5, 6):
+        saver.save(str(tmp_path / "m"), global_step=step)
+        assert saver.last_save["deleted"] == []
+    assert saver.last_checkpoints == [str(tmp_path / "m-5"), str(tmp_path / "m-6")]
+    for kept in (old[2], str(tmp_path / "m-3"), str(tmp_path / "m-4")):
+        assert psclient.train.checkpoint_exists(kept)

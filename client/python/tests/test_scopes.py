@@ -103,3 +103,44 @@ def test_eval_proto_round_trip_and_refused_arguments(cluster, session, prefix):
         other.close()
     with pytest.raises(errors.UnimplementedError, match="caching_device"):
         psclient.Variable(np.zeros(2, np.float32), caching_device="/cpu:0")
+
+
+def test_variable_scope_constructor_takes_tensorflows_arguments(session, prefix):
+    init = psclient.constant_initializer(3.0)
+    reg = psclient.l2_regularizer(0.5)
+    part = psclient.fixed_size_partitioner(2)
+    made = psclient.VariableScope(False, name=prefix + "/made", initializer=init,
+                                  regularizer=reg, caching_device="/cpu:0", partitioner=part,
+                                  name_scope=prefix + "/made/", dtype=psclient.float64)
+    assert made.name == prefix + "/made"
+    assert made.reuse is False
+    assert made.initializer is init
+    assert made.regularizer is reg
+    assert made.caching_device == "/cpu:0"
+    assert made.partitioner == part
+    assert made.original_name_scope == prefix + "/made/"
+    assert made.dtype == psclient.float64
+    # Entered from anywhere, it names under its own full name, with its
+    # defaults (initializer, dtype, partitioner, regularizer).
+    with psclient.variable_scope(prefix + "_elsewhere"):
+        with psclient.variable_scope(made) as entered:
+            assert entered.name == prefix + "/made"
+            v = psclient.get_variable("v", shape=[4], initialize=True)
+    assert v.name == prefix + "/made/v:0"
+    assert v.dtype == psclient.float64
+    assert v.partitions == [2]
+    np.testing.assert_array_equal(v.read(), [3.0] * 4)
+    assert psclient.get_regularization_loss() == pytest.approx(0.5 * 0.5 * 4 * 9.0)
+
+    # reuse=True (the first positional argument) reuses, and refuses a new name.
+    reusing = psclient.VariableScope(True, prefix + "/made", dtype=psclient.float64)
+    assert reusing.reuse is True
+    with psclient.variable_scope(reusing):
+        assert psclient.get_variable("v", shape=[4]).name == v.name
+        with pytest.raises(ValueError):
+            psclient.get_variable("missing", shape=[1])
+    later = psclient.VariableScope(False, prefix + "/made")
+    later.reuse_variables()
+    assert later.reuse is True
+    with pytest.raises(errors.UnimplementedError, match="constraint"):
+        psclient.VariableScope(False, constraint=lambda x: x)

@@ -37,8 +37,9 @@ NOTES = {
                                "refused by name; sharded is accepted (every save writes "
                                "one data file per shard); reshape restores an "
                                "unpartitioned variable only",
-    "tf.VariableScope.__init__": "scopes are made by variable_scope(), which takes these "
-                                 "arguments; VariableScope's own constructor is internal",
+    "tf.VariableScope.__init__": "makes a scope not yet entered: variable_scope(it) enters "
+                                 "it at its full name with its defaults; constraint is "
+                                 "refused by name",
     "tf.Variable.initial_value": "the value stays on the shards; read() gives the value",
     "tf.Variable.initializer": "an object whose run() initializes the variable",
     "tf.Variable.device": "the shard (or each part's shard) holding the value",
@@ -54,15 +55,15 @@ NOTES = {
     "tf.VariableScope.set_partitioner": "set_partitioner(None) in a scope entered with a "
                                         "partitioner is refused",
     "tf.make_template": "unique_name_ and custom_getter_ (later TensorFlow) are supported too",
+    "tf.train.Saver.set_last_checkpoints": "retention is the coordinator's, per checkpoint "
+                                           "directory: each path joins its directory's list; "
+                                           "existing checkpoints under its writable roots only",
+    "tf.train.Saver.set_last_checkpoints_with_time": "as set_last_checkpoints",
 }
 
 # Items psclient provides only to refuse, with an UnimplementedError that
-# says why (test_compat_table.py checks that they do).
-REFUSED = {
-    "tf.train.Saver.set_last_checkpoints": "retention (what max_to_keep deletes) is the "
-                                           "coordinator's, per checkpoint directory",
-    "tf.train.Saver.set_last_checkpoints_with_time": "as set_last_checkpoints",
-}
+# says why (test_compat_table.py checks that they do). None at present.
+REFUSED = {}
 
 # tf names whose psclient name differs.
 RENAMED = {
