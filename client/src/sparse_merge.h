@@ -9,12 +9,13 @@
 //    added, in the compute type of the shard's sparse apply (float for
 //    float16, bfloat16 and float32; double for float64; integers wrap in
 //    two's complement). That is exactly the sum the shard forms for
-//    duplicate indices of an apply_sparse (server/device/
-//    cpu_optimizer_kernels.cc, CpuApplyOptimizerSparse), so a merged
+//    duplicate indices of an apply_sparse, on the CPU and the GPU alike
+//    (server/device/cpu_optimizer_kernels.cc, CpuApplyOptimizerSparse;
+//    server/device/cuda/gpu_context.cc, SumDuplicateRows), so a merged
 //    apply_sparse of float32/float64 is bit-identical to the unmerged one;
 //    for float16/bfloat16 the sum is rounded to the 16-bit type once here
-//    where the shard would have kept it in float (at most half a 16-bit ulp
-//    of the sum).
+//    where the shard would have kept it in float (the gradient a step sees
+//    moves by at most half a 16-bit ulp of the sum).
 //    A scatter_add applies each row in turn (v + u1 + u2, rounded after
 //    each add); merged it is v + (u1 + u2). Integer results are the same;
 //    floating results may differ in the last bits, as any reordering of
@@ -28,7 +29,14 @@
 // Invalid input is never merged: when the input breaks the contract below
 // (wrong dtypes, shapes that do not line up, an index outside [0, limit))
 // the result is "nothing merged", and the caller sends the input as it is,
-// so the error the caller sees is the one the unmerged request gets.
+// so the error the caller sees is the one the unmerged request gets. What
+// the merge cannot check (the variable's rows on the shard, when the
+// caller's handle may be older than an assign with validate_shape=false, or
+// no handle at all for ShardApplier) is the callers' part: a merged request
+// the shard refuses with INVALID_ARGUMENT is refused before anything is
+// applied, and exactly when the unmerged one would be (same distinct
+// indices, rows of the same shape), so they resend the caller's own request
+// to report the shard's error about it.
 //
 // Thread-safety: a pure function of its arguments.
 #ifndef PSD_CLIENT_SRC_SPARSE_MERGE_H_

@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/optimizer.h"
+#include "psd/optimizer_ops.h"
 #include "psd/session.h"
 
 namespace psd {
@@ -273,6 +274,31 @@ TEST_F(SparseMergeTest, BadIndexAmongDuplicatesKeepsItsPosition) {
     EXPECT_TRUE(absl::StrContains(s.message(), "at offset 3")) << s;
     EXPECT_EQ(Value(v), std::vector<float>(kRows * kCols, 0.0f));
   }
+}
+
+TEST_F(SparseMergeTest, ShardApplierReportsTheCallersBadIndex) {
+  // A ShardApplier knows no shapes: its merged gradient reaches the shard,
+  // which refuses it; the error must still name position 3 of the
+  // caller's gradient, alone and in a batch.
+  Variable v = Zeros("merge/applier", false);
+  ASSERT_TRUE(v.valid());
+  const client::PartInfo part = v.parts()[0];
+  auto applier = client::ShardApplier::Connect(part.shard_address);
+  ASSERT_TRUE(applier.ok()) << applier.status();
+  client::SparseGradient gradient{
+      *Tensor::FromVector<int64_t>(TensorShape{4}, {1, 1, 1, kRows + 5}),
+      Tensor(DT_FLOAT, TensorShape{4, kCols})};
+  const client::opt::GradientDescent sgd;
+  const std::string want = absl::StrCat("indices[3] = ", kRows + 5);
+  absl::Status s = (*applier)->ApplySparse(part.name, sgd, gradient).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), want)) << s;
+  std::vector<absl::Status> statuses;
+  s = (*applier)->ApplyGradients(sgd, {{part.name, gradient}}, &statuses);
+  ASSERT_EQ(statuses.size(), 1u);
+  EXPECT_TRUE(absl::IsInvalidArgument(statuses[0])) << statuses[0];
+  EXPECT_TRUE(absl::StrContains(statuses[0].message(), want)) << statuses[0];
+  EXPECT_EQ(Value(v), std::vector<float>(kRows * kCols, 0.0f));
 }
 
 TEST_F(SparseMergeTest, ShapeChangedOnTheShardStillGivesTheCallersError) {
