@@ -234,7 +234,7 @@ TEST_F(SparseMergeTest, SparseOptimizerStepWithDuplicatesSendsEachRowOnce) {
     Tensor indices, rows;
     Batch(kBatch, kDistinct, &indices, &rows);
     const double before = ReceivedBytes();
-    ASSERT_TRUE(optimizer.ApplyGradients({{client::IndexedSlices{rows, indices}, v}}).ok());
+    ASSERT_TRUE(optimizer.ApplyGradients({{client::IndexedSlices{rows, indices, std::nullopt}, v}}).ok());
     const double sent = ReceivedBytes() - before;
     // var -= 1.0 * (sum of the rows of each index).
     EXPECT_EQ(Value(v), Expected(indices, rows, -1));
@@ -269,7 +269,7 @@ TEST_F(SparseMergeTest, BadIndexAmongDuplicatesKeepsItsPosition) {
         << s;
     client::opt::GradientDescent sgd;
     client::Optimizer optimizer(*session_, sgd);
-    s = optimizer.ApplyGradients({{client::IndexedSlices{rows, indices}, v}});
+    s = optimizer.ApplyGradients({{client::IndexedSlices{rows, indices, std::nullopt}, v}});
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
     EXPECT_TRUE(absl::StrContains(s.message(), "at offset 3")) << s;
     EXPECT_EQ(Value(v), std::vector<float>(kRows * kCols, 0.0f));
