@@ -27,27 +27,62 @@ struct Groups {
   std::vector<int64_t> count;  // per distinct index: how many positions carry it
 };
 
+// An open-addressing table of at least 2n slots (at most half full).
+struct TableSize {
+  explicit TableSize(int64_t n) {
+    while (capacity < 2 * static_cast<size_t>(n)) {
+      capacity <<= 1;
+      --shift;
+    }
+  }
+  size_t Slot(int64_t index) const {
+    return shift >= 64 ? 0
+                       : static_cast<size_t>(
+                             (static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull) >> shift);
+  }
+  size_t capacity = 1;
+  int shift = 64;
+};
+
+// Whether an index repeats, or lies outside [0, limit): the fast check a
+// request with unique indices pays, one table of keys and nothing else.
+template <typename I>
+bool MayMerge(const I* indices, int64_t n, int64_t limit) {
+  const TableSize size(n);
+  std::vector<int64_t> table(size.capacity, -1);  // the index in each slot
+  for (int64_t k = 0; k < n; ++k) {
+    I raw;
+    std::memcpy(&raw, indices + k, sizeof raw);
+    const int64_t index = raw;
+    if (index < 0 || index >= limit) return false;
+    for (size_t slot = size.Slot(index);; slot = (slot + 1) & (size.capacity - 1)) {
+      if (table[slot] == index) return true;  // Group checks the rest
+      if (table[slot] < 0) {
+        table[slot] = index;
+        break;
+      }
+    }
+  }
+  return false;
+}
+
 // False when an index lies outside [0, limit).
 template <typename I>
 bool Group(const I* indices, int64_t n, int64_t limit, Groups* g) {
-  int shift = 64;
-  size_t capacity = 1;
-  while (capacity < 2 * static_cast<size_t>(n)) {
-    capacity <<= 1;
-    --shift;
-  }
-  std::vector<int64_t> table(capacity, -1);  // distinct number per slot
-  std::vector<int64_t> keys;                 // per distinct number: its index
+  const TableSize size(n);
+  std::vector<int64_t> table(size.capacity, -1);  // distinct number per slot
+  std::vector<int64_t> keys;                      // per distinct number: its index
+  keys.reserve(static_cast<size_t>(n));
+  g->first.reserve(static_cast<size_t>(n));
+  g->last.reserve(static_cast<size_t>(n));
+  g->count.reserve(static_cast<size_t>(n));
   g->of.resize(static_cast<size_t>(n));
   for (int64_t k = 0; k < n; ++k) {
     I raw;
     std::memcpy(&raw, indices + k, sizeof raw);
     const int64_t index = raw;
     if (index < 0 || index >= limit) return false;
-    size_t slot = shift >= 64 ? 0
-                              : static_cast<size_t>((static_cast<uint64_t>(index) *
-                                                     0x9E3779B97F4A7C15ull) >>
-                                                    shift);
+    size_t slot = size.Slot(index);
     while (true) {
       const int64_t u = table[slot];
       if (u < 0) {
@@ -65,7 +100,7 @@ bool Group(const I* indices, int64_t n, int64_t limit, Groups* g) {
         ++g->count[u];
         break;
       }
-      slot = (slot + 1) & (capacity - 1);
+      slot = (slot + 1) & (size.capacity - 1);
     }
   }
   return true;
@@ -91,6 +126,13 @@ T Add(T a, T b) {
   } else {
     return a + b;
   }
+}
+
+// dst[i] = dst[i] + src[i]: typed, unaliased rows, so the loop vectorizes
+// (tensor storage is aligned for its element type).
+template <typename T>
+void AddRow(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = Add(dst[i], src[i]);
 }
 
 // out row u = the sum of the rows of positions with distinct number u, in
@@ -144,10 +186,7 @@ void SumRows(const Groups& g, const char* in, int64_t row_elements, char* out) {
         std::memcpy(dst, src, row_bytes);
         continue;
       }
-      for (int64_t i = 0; i < row_elements; ++i) {
-        const T v = Add(Load<T>(dst + i * sizeof(T)), Load<T>(src + i * sizeof(T)));
-        std::memcpy(dst + i * sizeof(T), &v, sizeof v);
-      }
+      AddRow(reinterpret_cast<T*>(dst), reinterpret_cast<const T*>(src), row_elements);
     }
   }
 }
@@ -178,11 +217,17 @@ std::optional<MergedRows> MergeDuplicateRows(const Tensor& indices, const Tensor
     return std::nullopt;
   }
 
+  const char* index_data = indices.bytes().data();
+  const bool may_merge =
+      index_dtype == DT_INT32
+          ? MayMerge(reinterpret_cast<const int32_t*>(index_data), n, limit)
+          : MayMerge(reinterpret_cast<const int64_t*>(index_data), n, limit);
+  if (!may_merge) return std::nullopt;
   Groups g;
   const bool in_range =
       index_dtype == DT_INT32
-          ? Group(reinterpret_cast<const int32_t*>(indices.bytes().data()), n, limit, &g)
-          : Group(reinterpret_cast<const int64_t*>(indices.bytes().data()), n, limit, &g);
+          ? Group(reinterpret_cast<const int32_t*>(index_data), n, limit, &g)
+          : Group(reinterpret_cast<const int64_t*>(index_data), n, limit, &g);
   if (!in_range) return std::nullopt;
   const int64_t m = static_cast<int64_t>(g.first.size());
   if (m == n) return std::nullopt;  // no duplicate: the request goes as it is
