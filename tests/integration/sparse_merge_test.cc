@@ -315,6 +315,11 @@ TEST_F(SparseMergeTest, ShapeChangedOnTheShardStillGivesTheCallersError) {
   absl::Status s = v.ScatterAdd(indices, rows);
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "indices[3] = 50 is not in [0, 10)")) << s;
+  client::opt::GradientDescent sgd;
+  client::Optimizer optimizer(*session_, sgd);
+  s = optimizer.ApplyGradients({{client::IndexedSlices{rows, indices, std::nullopt}, v}});
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "indices[3] = 50 is not in [0, 10)")) << s;
 }
 
 }  // namespace
