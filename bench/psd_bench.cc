@@ -6,6 +6,7 @@
 //   psd_bench --quick         # seconds-long smoke run, same workloads, small
 //   psd_bench --shard HOST:PORT   # against a running shard instead
 //   psd_bench --only checkpoints  # save/restore GB/s and fence pauses (own cluster)
+//   psd_bench --only sparse_merge # bytes and rows/s of scatter_add with duplicates merged
 //   psd_bench --only dense --sizes 1073741824 --reps 3   # one size, e.g. under perf
 #include <signal.h>
 #include <sys/wait.h>
@@ -34,6 +35,7 @@
 #include "shard/variable_store.h"
 #include "cluster_process.h"
 #include "shard_process.h"
+#include "sparse_merge.h"  // client/src: the merge Variable::ScatterAdd uses
 
 namespace psd {
 namespace bench {
@@ -186,6 +188,7 @@ class Bench {
     if (Selected("dense")) Dense();
     if (Selected("small")) SmallOps();
     if (Selected("sparse")) Sparse();
+    if (Selected("sparse_merge")) SparseMerge();
     if (Selected("optimizers")) Optimizers();
     if (Selected("memory")) Memory();
     if (Selected("checkpoints")) Checkpoints();
@@ -421,6 +424,58 @@ class Bench {
                  absl::StrFormat("%.2f GB/s; loop %.3g rows/s", s.median * row_bytes / 1e9, loop)});
     report_.Add({absl::StrCat("gather ", shape), "rows/s", g, "raw TCP rows/s", network,
                  absl::StrFormat("%.2f GB/s", g.median * row_bytes / 1e9)});
+  }
+
+  // scatter_add of Zipf(1.1) batches with their duplicate indices merged
+  // before sending (as Variable::ScatterAdd and sparse applies do:
+  // client/src/sparse_merge.h) beside the same batches sent as they are:
+  // request bytes (indices + rows) and caller rows/s, the merge included.
+  void SparseMerge() {
+    const int64_t rows = config_.table_rows, cols = config_.table_cols;
+    const int64_t n = config_.scatter_batch;
+    const std::string name = "bench/merge_table";
+    shard_->Delete(name).IgnoreError();
+    Check(shard_->Create(name, DT_FLOAT, TensorShape{rows, cols}, client::init::Zeros()).status(),
+          "create table");
+    const int batches = config_.quick ? 4 : 16;
+    std::vector<Tensor> indices;
+    for (int b = 0; b < batches; ++b) {
+      indices.push_back(*Tensor::FromVector<int64_t>(
+          TensorShape{n}, ZipfIndices(rows, 1.1, static_cast<size_t>(n), 2000 + b)));
+    }
+    Tensor updates(DT_FLOAT, TensorShape{n, cols});
+    for (int64_t i = 0; i < updates.num_elements(); ++i) updates.data<float>()[i] = 0.25f;
+    double bytes_before = 0, bytes_after = 0;
+    for (const Tensor& idx : indices) {
+      bytes_before += idx.bytes().size() + updates.bytes().size();
+      auto merged = client::internal::MergeDuplicateRows(idx, updates,
+                                                         client::internal::MergeKind::kSum, rows);
+      bytes_after += merged.has_value()
+                         ? merged->indices.bytes().size() + merged->rows.bytes().size()
+                         : idx.bytes().size() + updates.bytes().size();
+    }
+    std::vector<double> plain_rates, merged_rates;
+    for (int r = 0; r < config_.reps; ++r) {
+      auto start = Clock::now();
+      for (const Tensor& idx : indices) Check(shard_->ScatterAdd(name, idx, updates), "scatter_add");
+      plain_rates.push_back(batches * n / Since(start));
+      start = Clock::now();
+      for (const Tensor& idx : indices) {
+        auto merged = client::internal::MergeDuplicateRows(
+            idx, updates, client::internal::MergeKind::kSum, rows);
+        Check(merged.has_value() ? shard_->ScatterAdd(name, merged->indices, merged->rows)
+                                 : shard_->ScatterAdd(name, idx, updates),
+              "merged scatter_add");
+      }
+      merged_rates.push_back(batches * n / Since(start));
+    }
+    Check(shard_->Delete(name), "delete table");
+    const Stats plain = Summarize(plain_rates);
+    report_.Add({absl::StrCat("scatter_add merged, Zipf(1.1) ", rows, "x", cols, ", batch ", n),
+                 "rows/s", Summarize(merged_rates), "scatter_add unmerged rows/s", plain.median,
+                 absl::StrFormat("request %.0f KiB -> %.0f KiB per batch (x%.2f bytes)",
+                                 bytes_before / batches / 1024, bytes_after / batches / 1024,
+                                 bytes_after / bytes_before)});
   }
 
   // Server-side optimizers: dense Adam on adam_bytes and sparse Adagrad on
@@ -731,10 +786,11 @@ int main(int argc, char** argv) {
   app.add_option("--reps", config.reps, "Repetitions per workload")->check(CLI::PositiveNumber);
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
   app.add_option("--only", config.only,
-                 "Run only these workload groups: dense, small, sparse, optimizers, memory, "
-                 "checkpoints")
+                 "Run only these workload groups: dense, small, sparse, sparse_merge, optimizers, "
+                 "memory, checkpoints")
       ->delimiter(',')
-      ->check(CLI::IsMember({"dense", "small", "sparse", "optimizers", "memory", "checkpoints"}));
+      ->check(CLI::IsMember({"dense", "small", "sparse", "sparse_merge", "optimizers", "memory",
+                             "checkpoints"}));
   app.add_option("--sizes", config.sizes,
                  "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
       ->delimiter(',')

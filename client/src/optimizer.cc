@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <type_traits>
 
@@ -12,6 +13,7 @@
 #include "psd/wire.h"
 #include "overloaded.h"
 #include "session_impl.h"
+#include "sparse_merge.h"
 
 namespace psd {
 namespace client {
@@ -439,6 +441,22 @@ absl::Status Optimizer::ApplyGradients(
     const auto* g = std::get_if<IndexedSlices>(&grads_and_vars[i].first);
     if (g == nullptr) continue;
     const VariableHandle& h = handles[i];
+    // A partitioned variable's rows of repeated indices are summed before
+    // the split (the indices are checked, and its shape cannot change), so
+    // each part copies each row once. An unpartitioned variable's shape on
+    // its shard may differ from the handle's (assign with
+    // validate_shape=false): ShardApplier merges its gradient, and resends
+    // it as given if the shard refuses it.
+    IndexedSlices merged_slices;
+    std::optional<internal::MergedRows> merged;
+    if (h.partitioned()) {
+      merged = internal::MergeDuplicateRows(g->indices, g->values, internal::MergeKind::kSum,
+                                            h.shape().dims(0));
+    }
+    if (merged.has_value()) {
+      merged_slices = {std::move(merged->rows), std::move(merged->indices), g->dense_shape};
+      g = &merged_slices;
+    }
     std::vector<int64_t> indices(static_cast<size_t>(g->indices.num_elements()));
     for (size_t j = 0; j < indices.size(); ++j) {
       indices[j] = IndexAt(g->indices, static_cast<int64_t>(j));

@@ -1,5 +1,6 @@
 #include "psd/optimizer_ops.h"
 
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -8,6 +9,7 @@
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "overloaded.h"
+#include "sparse_merge.h"
 
 namespace psd {
 namespace client {
@@ -119,13 +121,34 @@ class ShardApplier::Impl {
   }
 
   void FillSparse(const std::string& var, const OptimizerSpec& spec,
-                  const OptimizerConfig& config, const SparseGradient& gradient,
+                  const OptimizerConfig& config, const Tensor& indices, const Tensor& values,
                   const std::vector<std::string>& slots, ApplySparseRequest* req) {
     req->set_name(var);
     FillSlots(var, config, slots, req->mutable_slots());
     *req->mutable_optimizer() = spec;
-    TensorToProto(gradient.indices, req->mutable_indices());
-    TensorToProto(gradient.values, req->mutable_values());
+    TensorToProto(indices, req->mutable_indices());
+    TensorToProto(values, req->mutable_values());
+  }
+
+  // The gradient with the rows of repeated indices summed, as the shard
+  // sums them before a sparse apply (sparse_merge.h); nullopt when no index
+  // repeats or the gradient is not one the merge takes. Indices other than
+  // a vector are left to the shard, which refuses them.
+  static std::optional<internal::MergedRows> Merge(const SparseGradient& gradient) {
+    if (gradient.indices.shape().rank() != 1) return std::nullopt;
+    return internal::MergeDuplicateRows(gradient.indices, gradient.values,
+                                        internal::MergeKind::kSum);
+  }
+
+  absl::StatusOr<uint64_t> SendSparse(const std::string& var, const OptimizerSpec& spec,
+                                      const OptimizerConfig& config, const Tensor& indices,
+                                      const Tensor& values,
+                                      const std::vector<std::string>& slots) {
+    ApplySparseRequest req;
+    FillSparse(var, spec, config, indices, values, slots, &req);
+    ApplySparseResponse resp;
+    PSD_RETURN_IF_ERROR(shard_->SendApplySparse(&req, &resp));
+    return resp.version();
   }
 
   // Whether a dense gradient travels as a stream (AssignStreamHeader.apply):
@@ -200,11 +223,21 @@ absl::StatusOr<uint64_t> ShardApplier::ApplySparse(const std::string& var,
                                                    const OptimizerConfig& optimizer,
                                                    const SparseGradient& gradient,
                                                    const std::vector<std::string>& slots) {
-  ApplySparseRequest req;
-  impl_->FillSparse(var, ToSpec(optimizer), optimizer, gradient, slots, &req);
-  ApplySparseResponse resp;
-  PSD_RETURN_IF_ERROR(impl_->shard_->SendApplySparse(&req, &resp));
-  return resp.version();
+  const OptimizerSpec spec = ToSpec(optimizer);
+  const std::optional<internal::MergedRows> merged = Impl::Merge(gradient);
+  if (!merged.has_value()) {
+    return impl_->SendSparse(var, spec, optimizer, gradient.indices, gradient.values, slots);
+  }
+  absl::StatusOr<uint64_t> version =
+      impl_->SendSparse(var, spec, optimizer, merged->indices, merged->rows, slots);
+  // The shard refuses a request before applying any of it, and refuses the
+  // merged gradient exactly when it refuses the caller's (same distinct
+  // indices, rows of the same shape): resend the caller's own so the error
+  // speaks of its positions and shapes.
+  if (absl::IsInvalidArgument(version.status())) {
+    return impl_->SendSparse(var, spec, optimizer, gradient.indices, gradient.values, slots);
+  }
+  return version;
 }
 
 absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
@@ -235,6 +268,8 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
     return absl::OkStatus();
   };
   if (statuses != nullptr) statuses->clear();
+  // Ops sent with their duplicate indices merged (see ApplySparse).
+  std::vector<bool> merged(grads_and_vars.size(), false);
   for (size_t i = 0; i < grads_and_vars.size(); ++i) {
     const auto& gv = grads_and_vars[i];
     if (const auto* dense = std::get_if<Tensor>(&gv.gradient)) {
@@ -247,12 +282,26 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
       impl_->FillDense(gv.variable, spec, optimizer, *dense, gv.slots,
                        batch.add_ops()->mutable_apply_dense());
     } else {
-      impl_->FillSparse(gv.variable, spec, optimizer, std::get<SparseGradient>(gv.gradient),
-                        gv.slots, batch.add_ops()->mutable_apply_sparse());
+      const auto& sparse = std::get<SparseGradient>(gv.gradient);
+      const std::optional<internal::MergedRows> rows = Impl::Merge(sparse);
+      merged[i] = rows.has_value();
+      impl_->FillSparse(gv.variable, spec, optimizer, merged[i] ? rows->indices : sparse.indices,
+                        merged[i] ? rows->rows : sparse.values, gv.slots,
+                        batch.add_ops()->mutable_apply_sparse());
     }
     batched.push_back(i);
   }
   PSD_RETURN_IF_ERROR(send_batch());
+  // A merged op the shard refused is refused unmerged too, with nothing
+  // applied: resend the caller's own gradient for the shard's exact error.
+  for (size_t i = 0; i < grads_and_vars.size(); ++i) {
+    if (!merged[i] || !absl::IsInvalidArgument(results[i])) continue;
+    const auto& gv = grads_and_vars[i];
+    const auto& sparse = std::get<SparseGradient>(gv.gradient);
+    results[i] = impl_->SendSparse(gv.variable, spec, optimizer, sparse.indices, sparse.values,
+                                   gv.slots)
+                     .status();
+  }
   absl::Status first;
   for (size_t i = 0; i < results.size(); ++i) {
     const absl::Status& s = results[i];

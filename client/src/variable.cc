@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -10,6 +11,7 @@
 #include "psd/update_kind.h"
 #include "psd/wire.h"
 #include "session_impl.h"
+#include "sparse_merge.h"
 
 namespace psd {
 namespace client {
@@ -468,9 +470,32 @@ absl::Status ScatterOp(VariableState* state, UpdateKind op, const Tensor& indice
   };
   VariableHandle h = state->Snapshot();
   if (!h.partitioned()) {
-    return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
-      return run(shard, p.name(), indices, updates);
-    });
+    auto send = [&](const Tensor& i, const Tensor& u) {
+      return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
+        return run(shard, p.name(), i, u);
+      });
+    };
+    // The shard checks an unpartitioned variable's requests; only input that
+    // looks valid against the handle is merged.
+    std::optional<internal::MergedRows> merged;
+    if (h.shape().dims_size() > 0 && updates.dtype() == h.dtype() &&
+        updates.shape().rank() > 0) {
+      std::vector<int64_t> want = indices.shape().dims();
+      want.insert(want.end(), h.shape().dims().begin() + 1, h.shape().dims().end());
+      if (updates.shape().dims() == want) {
+        merged = internal::MergeDuplicateRows(indices, updates, internal::MergeKindOf(op),
+                                              h.shape().dims(0));
+      }
+    }
+    if (!merged.has_value()) return send(indices, updates);
+    absl::Status s = send(merged->indices, merged->rows);
+    // The handle's shape can be older than the shard's (an assign with
+    // validate_shape=false). The shard refuses a request before applying
+    // any of it, and refuses the merged request exactly when it refuses the
+    // caller's (same distinct indices, rows of the same shape): resend the
+    // caller's own so the error speaks of its positions and shapes.
+    if (absl::IsInvalidArgument(s)) return send(indices, updates);
+    return s;
   }
   PSD_ASSIGN_OR_RETURN(Split split, SplitIndices(h, indices));
   if (updates.dtype() != h.dtype()) {
@@ -489,6 +514,17 @@ absl::Status ScatterOp(VariableState* state, UpdateKind op, const Tensor& indice
         "'", h.name(), "': updates must have shape indices.shape + variable.shape[1:] = ",
         TensorShape(want).ToString(), " (or be a scalar), got ", updates.shape().ToString()));
   }
+  // Everything is checked: rows of repeated indices are merged before the
+  // split, so each part gets each of its rows once.
+  std::optional<internal::MergedRows> merged;
+  if (!scalar) {
+    merged = internal::MergeDuplicateRows(indices, updates, internal::MergeKindOf(op),
+                                          h.shape().dims(0));
+    if (merged.has_value()) {
+      PSD_ASSIGN_OR_RETURN(split, SplitIndices(h, merged->indices));
+    }
+  }
+  const Tensor& rows = merged.has_value() ? merged->rows : updates;
   std::vector<Tensor> local_updates;
   for (size_t i = 0; i < split.parts.size(); ++i) {
     if (scalar) {
@@ -500,7 +536,7 @@ absl::Status ScatterOp(VariableState* state, UpdateKind op, const Tensor& indice
     dims.insert(dims.end(), row_dims.begin(), row_dims.end());
     Tensor u(h.dtype(), TensorShape(dims));
     for (size_t j = 0; j < pos.size(); ++j) {
-      CopyElements(updates, pos[j] * row, &u, static_cast<int64_t>(j) * row, row);
+      CopyElements(rows, pos[j] * row, &u, static_cast<int64_t>(j) * row, row);
     }
     local_updates.push_back(std::move(u));
   }

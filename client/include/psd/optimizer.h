@@ -28,7 +28,9 @@
 // is sliced along the partition axis; an IndexedSlices gradient has its
 // indices checked against the full shape first (TensorFlow's wording:
 // "Index 7 at offset 2 in indices is out of range"), then split by part
-// range and re-based. Duplicate indices are summed by the shard.
+// range and re-based. Duplicate indices are summed (in the shard's order,
+// so float32/float64 steps are those of the unmerged gradient) before the
+// gradient is sent; see ShardApplier.
 //
 // Errors: each variable's update stands alone. A variable whose gradient is
 // bad (dtype, shape, index) or whose shard refuses it fails with a status

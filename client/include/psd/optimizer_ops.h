@@ -111,6 +111,11 @@ std::vector<SlotVariable> OptimizerSlots(const OptimizerConfig& optimizer, const
 
 // A sparse gradient (TensorFlow's IndexedSlices without dense_shape):
 // `indices` int32 or int64 of shape [N], `values` of shape [N] + var.shape[1:].
+// ShardApplier sends the rows of repeated indices summed, each index once,
+// as the shard would sum them: the same step for float32/float64; float16
+// and bfloat16 sums are rounded to their type once (client/src/sparse_merge.h).
+// A gradient the shard refuses is refused with the error of the gradient as
+// given.
 struct SparseGradient {
   Tensor indices;
   Tensor values;

@@ -126,7 +126,11 @@ class Variable {
 
   // updates.shape == indices.shape + shape[1:], or a scalar broadcast.
   // Duplicate indices accumulate for add/sub (also across parts); for
-  // update the last one wins.
+  // update the last one wins. Rows of repeated indices are merged before
+  // sending (summed for add/sub, the last kept for update), so each row
+  // crosses the network once; integer results are those of applying every
+  // row in turn, float sums may round differently in the last bits
+  // (client/src/sparse_merge.h).
   absl::Status ScatterUpdate(const Tensor& indices, const Tensor& updates) const;
   absl::Status ScatterAdd(const Tensor& indices, const Tensor& updates) const;
   absl::Status ScatterSub(const Tensor& indices, const Tensor& updates) const;
