@@ -528,9 +528,9 @@ TEST_F(VariableStoreTest, StreamedAssignAppliesOnlyWhenComplete) {
 // 256 KiB of float32: big enough for the staging pool to keep.
 constexpr int64_t kPooledElements = 64 << 10;
 
-std::string FloatBytes(float first) {
-  std::vector<float> v(kPooledElements);
-  for (int64_t i = 0; i < kPooledElements; ++i) v[i] = first + static_cast<float>(i % 5);
+std::string FloatBytes(float first, int64_t n = kPooledElements) {
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = first + static_cast<float>(i % 5);
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
 }
 
@@ -610,6 +610,49 @@ TEST_F(VariableStoreTest, StreamedAssignAddReusesItsStagingBuffer) {
   EXPECT_EQ(store_.staging_pool().stats().misses, 1);
   EXPECT_EQ(store_.staging_pool().stats().hits, 2);
   EXPECT_EQ(store_.memory().used(), kPooledElements * 4);
+}
+
+TEST_F(VariableStoreTest, RepeatedStreamedAppliesReuseTheirHostStaging) {
+  // Twins: "s" gets streamed applies, "u" the same applies unary; 64 KiB
+  // each (four of them, and the staging, fit the 1 MiB limit).
+  constexpr int64_t kN = 16 << 10;
+  for (const char* name : {"s", "u"}) {
+    CreateFrom(name, ToProto(Tensor(DT_FLOAT, TensorShape{kN})));
+    std::vector<float> ones(kN, 1.0f);
+    CreateFrom(std::string(name) + "/Adagrad",
+               ToProto(*Tensor::FromVector<float>(TensorShape{kN}, ones)));
+  }
+  const int64_t used = store_.memory().used();
+  for (int step = 0; step < 4; ++step) {
+    const std::string gradient = FloatBytes(static_cast<float>(step) - 1.5f, kN);
+    AssignStreamHeader header = StreamHeader("s", DT_FLOAT, {kN},
+                                             static_cast<int64_t>(gradient.size()));
+    header.set_validate_shape(false);
+    header.mutable_apply()->add_slots("s/Adagrad");
+    header.mutable_apply()->mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
+    auto sink = store_.BeginAssignStream(header);
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    ASSERT_TRUE((*sink)->Append(gradient).ok());
+    AssignResponse streamed;
+    ASSERT_TRUE((*sink)->Commit(&streamed).ok());
+    sink->reset();
+
+    ApplyDenseRequest unary;
+    unary.set_name("u");
+    unary.add_slots("u/Adagrad");
+    unary.mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
+    unary.mutable_gradient()->set_dtype(DT_FLOAT);
+    unary.mutable_gradient()->mutable_shape()->add_dims(kN);
+    unary.mutable_gradient()->set_content(gradient);
+    ApplyDenseResponse response;
+    ASSERT_TRUE(store_.ApplyDense(unary, &response).ok());
+    EXPECT_EQ(store_.memory().used(), used);
+  }
+  // A reused (not zeroed) staging buffer gives the unary apply's result.
+  EXPECT_EQ(StreamedValue(&store_, "s"), StreamedValue(&store_, "u"));
+  EXPECT_EQ(StreamedValue(&store_, "s/Adagrad"), StreamedValue(&store_, "u/Adagrad"));
+  EXPECT_EQ(store_.staging_pool().stats().misses, 1);
+  EXPECT_EQ(store_.staging_pool().stats().hits, 3);
 }
 
 TEST_F(VariableStoreTest, IdleStagingBuffersGiveWayToNewVariables) {
