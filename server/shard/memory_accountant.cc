@@ -62,15 +62,13 @@ absl::Status MemoryAccountant::Reserve(int64_t bytes, const std::string& variabl
   if (TryReserve(bytes, &held)) return absl::OkStatus();
   // Idle pooled buffers give way to data: free them and try again.
   MemoryReclaimer* reclaimer = reclaimer_.load(std::memory_order_acquire);
-  for (int round = 0; reclaimer != nullptr && bytes <= limit_ && round < kReclaimRounds;
-       ++round) {
+  for (int round = 0; reclaimer != nullptr && bytes <= limit_ && round < kReclaimRounds; ++round) {
     if (idle() <= 0 || reclaimer->ReclaimIdle(held + bytes - limit_) <= 0) break;
     if (TryReserve(bytes, &held)) return absl::OkStatus();
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "variable '", variable, "': allocating ", bytes,
-      " bytes would exceed the shard's memory limit (", held, " of ", limit_,
-      " bytes in use)"));
+  return absl::ResourceExhaustedError(absl::StrCat("variable '", variable, "': allocating ", bytes,
+                                                   " bytes would exceed the shard's memory limit (",
+                                                   held, " of ", limit_, " bytes in use)"));
 }
 
 }  // namespace psd

@@ -18,8 +18,9 @@ StagingPool::~StagingPool() {
   Clear();
 }
 
-absl::StatusOr<std::unique_ptr<DeviceBuffer>> StagingPool::Acquire(
-    Device* device, int64_t bytes, const std::string& name, MemoryReservation* reservation) {
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> StagingPool::Acquire(Device* device, int64_t bytes,
+                                                                   const std::string& name,
+                                                                   MemoryReservation* reservation) {
   if (bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("variable '", name, "': negative allocation of ", bytes, " bytes"));

@@ -50,9 +50,9 @@ class StagingPool final : public MemoryReclaimer {
   static constexpr size_t kMaxIdleBuffers = 64;
 
   struct Stats {
-    int64_t hits = 0;             // Acquire served by an idle buffer
-    int64_t misses = 0;           // Acquire of a poolable size that allocated
-    int64_t idle_bytes = 0;       // held in the pool now
+    int64_t hits = 0;        // Acquire served by an idle buffer
+    int64_t misses = 0;      // Acquire of a poolable size that allocated
+    int64_t idle_bytes = 0;  // held in the pool now
     int64_t idle_buffers = 0;
     int64_t reclaimed_bytes = 0;  // freed for a reservation that did not fit
   };
@@ -75,8 +75,7 @@ class StagingPool final : public MemoryReclaimer {
   // Takes back a buffer of `device` with its reservation (which must hold
   // exactly the buffer's bytes, from this pool's accountant; otherwise, or
   // when it is too small or too big to keep, it is freed now).
-  void Recycle(Device* device, std::unique_ptr<DeviceBuffer> buffer,
-               MemoryReservation reservation);
+  void Recycle(Device* device, std::unique_ptr<DeviceBuffer> buffer, MemoryReservation reservation);
 
   // MemoryReclaimer: frees idle buffers, oldest first.
   int64_t ReclaimIdle(int64_t bytes) override;

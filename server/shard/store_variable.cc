@@ -12,7 +12,8 @@ namespace psd {
 
 std::shared_ptr<Variable::Contents> Variable::Swap(Contents&& next) {
   shape = next.shape;
-  std::shared_ptr<Contents> old = std::exchange(contents, std::make_shared<Contents>(std::move(next)));
+  std::shared_ptr<Contents> old =
+      std::exchange(contents, std::make_shared<Contents>(std::move(next)));
   absl::MutexLock lock(&pins_mu);
   pins.clear();
   fresh_pin.reset();

@@ -63,8 +63,8 @@ class CountingDevice final : public Device {
                                     int64_t) override {
     return absl::UnimplementedError("not in this test");
   }
-  absl::Status ApplyScatter(DataType, UpdateKind, DeviceBuffer*, int64_t,
-                            absl::Span<const int64_t>, const void*, bool) override {
+  absl::Status ApplyScatter(DataType, UpdateKind, DeviceBuffer*, int64_t, absl::Span<const int64_t>,
+                            const void*, bool) override {
     return absl::UnimplementedError("not in this test");
   }
   absl::Status Gather(DataType, const DeviceBuffer&, int64_t, absl::Span<const int64_t>,
@@ -72,8 +72,7 @@ class CountingDevice final : public Device {
     return absl::UnimplementedError("not in this test");
   }
   absl::Status ApplyOptimizerDense(const OptimizerParams&, DataType, DeviceBuffer*,
-                                   absl::Span<DeviceBuffer* const>, const void*,
-                                   int64_t) override {
+                                   absl::Span<DeviceBuffer* const>, const void*, int64_t) override {
     return absl::UnimplementedError("not in this test");
   }
   absl::Status ApplyOptimizerSparse(const OptimizerParams&, DataType, DeviceBuffer*,
@@ -81,8 +80,8 @@ class CountingDevice final : public Device {
                                     absl::Span<const int64_t>, const void*) override {
     return absl::UnimplementedError("not in this test");
   }
-  absl::Status Initialize(const InitializerSpec&, DataType, const TensorShape&,
-                          const TensorShape&, absl::Span<const int64_t>, DeviceBuffer*) override {
+  absl::Status Initialize(const InitializerSpec&, DataType, const TensorShape&, const TensorShape&,
+                          absl::Span<const int64_t>, DeviceBuffer*) override {
     return absl::UnimplementedError("not in this test");
   }
 
