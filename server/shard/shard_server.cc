@@ -28,7 +28,8 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
   metrics->CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
                          [&store] { return static_cast<double>(store.num_variables()); });
   metrics->CallbackGauge("psd_shard_memory_used_bytes",
-                         "Bytes of variables (and staged writes) accounted against the limit",
+                         "Bytes of variables (and staged writes) accounted against the limit; "
+                         "idle pooled staging buffers are in psd_shard_staging_pool_idle_bytes",
                          [&store] { return static_cast<double>(store.memory().used()); });
   metrics->CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
                          [&store] { return static_cast<double>(store.memory().limit()); });
