@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   int shard_id = 0;
   psd::ShardServerOptions options;
   std::string memory_limit;
+  std::string staging_pool_bytes;
   shard->add_option("--config", config_path, "Cluster file (YAML); flags override its values");
   shard->add_option("--id", shard_id,
                     "This shard's id (required unless --config lists exactly one shard); two "
@@ -110,6 +111,9 @@ int main(int argc, char** argv) {
   shard->add_option("--advertise", options.shard.advertise, "HOST:PORT others dial (default: --listen)");
   shard->add_option("--device", options.shard.device, "Where variables live: cpu or gpu:N");
   shard->add_option("--memory-limit", memory_limit, "Byte budget for variables, e.g. 4GiB (0: none)");
+  shard->add_option("--staging-pool-bytes", staging_pool_bytes,
+                    "Idle staging buffers kept between streamed writes, inside --memory-limit "
+                    "(default 1GiB; 0: none kept)");
   shard->add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message")
       ->check(CLI::Range(4096, 2147483647));
   shard->add_option("--stream-chunk-bytes", options.stream_chunk_bytes,
@@ -265,6 +269,14 @@ int main(int argc, char** argv) {
       auto bytes = psd::ParseByteSize(memory_limit);
       if (!bytes.ok()) return Fail("--memory-limit: " + std::string(bytes.status().message()));
       cfg.memory_limit = *bytes;
+    }
+    cfg.staging_pool_bytes = from_file.staging_pool_bytes;
+    if (!staging_pool_bytes.empty()) {
+      auto bytes = psd::ParseByteSize(staging_pool_bytes);
+      if (!bytes.ok()) {
+        return Fail("--staging-pool-bytes: " + std::string(bytes.status().message()));
+      }
+      cfg.staging_pool_bytes = *bytes;
     }
     if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
     if (std::string error = CheckFlagValues(cfg.listen, cfg.advertise, options.http_listen);

@@ -204,7 +204,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       const YAML::Node s = shards[i];
       PSD_RETURN_IF_ERROR(CheckKeys(s, where,
                                     {"id", "listen", "advertise", "device", "memory_limit",
-                                     "http_listen", "http_max_connections"}));
+                                     "staging_pool_bytes", "http_listen",
+                                     "http_max_connections"}));
       ShardConfig shard;
       shard.id = static_cast<int>(i);
       PSD_RETURN_IF_ERROR(Get(s, "id", where, &shard.id));
@@ -212,6 +213,7 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       PSD_RETURN_IF_ERROR(Get(s, "advertise", where, &shard.advertise));
       PSD_RETURN_IF_ERROR(Get(s, "device", where, &shard.device));
       PSD_RETURN_IF_ERROR(GetBytes(s, "memory_limit", where, &shard.memory_limit));
+      PSD_RETURN_IF_ERROR(GetBytes(s, "staging_pool_bytes", where, &shard.staging_pool_bytes));
       PSD_RETURN_IF_ERROR(Get(s, "http_listen", where, &shard.http_listen));
       PSD_RETURN_IF_ERROR(Get(s, "http_max_connections", where, &shard.http_max_connections));
       PSD_RETURN_IF_ERROR(CheckHttpMaxConnections(where, shard.http_max_connections));

@@ -24,6 +24,9 @@ struct ShardConfig {
   std::string advertise;                  // what others dial; defaults to listen
   std::string device = "cpu";             // cpu, or gpu:N
   int64_t memory_limit = 0;  // bytes; 0 = unlimited
+  // Idle staging buffers the shard keeps between ops, inside memory_limit
+  // (VariableStoreOptions::staging_pool_bytes); 0 = none kept.
+  int64_t staging_pool_bytes = int64_t{1} << 30;
   // /metrics, /healthz, /readyz; loopback unless TLS is on; "" = off.
   std::string http_listen = "127.0.0.1:0";
   // Connections the HTTP endpoint serves at once (>= 1).

@@ -3,7 +3,13 @@
 // past its configured limit fails with RESOURCE_EXHAUSTED before anything is
 // allocated or changed.
 //
-// Thread-safe (lock-free counter).
+// Idle bytes: buffers a pool keeps between ops (StagingPool) stay reserved,
+// so what the shard holds never passes the limit, but they are marked idle:
+// used() leaves them out, and a reservation that would not fit first asks
+// the reclaimer (the pool) to free idle buffers, then tries again.
+//
+// Thread-safe (lock-free counters). The reclaimer is set before the first
+// Reserve and must outlive every call to it (cleared with nullptr).
 #ifndef PSD_SERVER_SHARD_MEMORY_ACCOUNTANT_H_
 #define PSD_SERVER_SHARD_MEMORY_ACCOUNTANT_H_
 
@@ -15,6 +21,16 @@
 
 namespace psd {
 
+// Frees idle buffers when a reservation would pass the limit.
+class MemoryReclaimer {
+ public:
+  virtual ~MemoryReclaimer() = default;
+  // Frees idle buffers (their reservations released) until at least
+  // `bytes` were freed or none is left; returns the bytes freed. Called
+  // without any of the accountant's state locked; must not Reserve.
+  virtual int64_t ReclaimIdle(int64_t bytes) = 0;
+};
+
 class MemoryAccountant {
  public:
   // `limit_bytes` <= 0 means unlimited.
@@ -24,17 +40,34 @@ class MemoryAccountant {
   MemoryAccountant(const MemoryAccountant&) = delete;
   MemoryAccountant& operator=(const MemoryAccountant&) = delete;
 
-  // Reserves `bytes` or returns RESOURCE_EXHAUSTED naming `variable`.
+  // Reserves `bytes` or returns RESOURCE_EXHAUSTED naming `variable`. When
+  // the bytes do not fit, idle buffers are reclaimed first.
   absl::Status Reserve(int64_t bytes, const std::string& variable);
-  void Release(int64_t bytes) { used_.fetch_sub(bytes, std::memory_order_relaxed); }
+  void Release(int64_t bytes) { held_.fetch_sub(bytes, std::memory_order_relaxed); }
+
+  // Marks `delta` reserved bytes idle (negative: busy again). The pool
+  // calls it as buffers enter and leave it.
+  void AddIdle(int64_t delta) { idle_.fetch_add(delta, std::memory_order_relaxed); }
+  void set_reclaimer(MemoryReclaimer* reclaimer) {
+    reclaimer_.store(reclaimer, std::memory_order_release);
+  }
 
   int64_t limit() const { return limit_; }
-  int64_t used() const { return used_.load(std::memory_order_relaxed); }
+  // Bytes in use: reserved and not idle (what a shard reports as used).
+  int64_t used() const;
+  // Every reserved byte, idle ones included: never more than the limit.
+  int64_t held() const { return held_.load(std::memory_order_relaxed); }
+  int64_t idle() const { return idle_.load(std::memory_order_relaxed); }
 
  private:
+  // Takes `bytes` if they fit under the limit; `*held` is the count seen.
+  bool TryReserve(int64_t bytes, int64_t* held);
+
   const int64_t limit_;
   const int64_t physical_;  // the machine's RAM in bytes
-  std::atomic<int64_t> used_{0};
+  std::atomic<int64_t> held_{0};
+  std::atomic<int64_t> idle_{0};
+  std::atomic<MemoryReclaimer*> reclaimer_{nullptr};
 };
 
 // Bytes reserved for the lifetime of this object (RAII); Commit() hands them
@@ -55,6 +88,7 @@ class MemoryReservation {
   ~MemoryReservation() { Reset(); }
 
   int64_t bytes() const { return bytes_; }
+  MemoryAccountant* accountant() const { return accountant_; }
   // Takes over `other`'s bytes (both must come from the same accountant).
   void Merge(MemoryReservation&& other) {
     if (accountant_ == nullptr) accountant_ = other.accountant_;

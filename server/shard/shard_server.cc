@@ -28,10 +28,33 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
   metrics->CallbackGauge("psd_shard_variables", "Variables (and parts) held by this shard",
                          [&store] { return static_cast<double>(store.num_variables()); });
   metrics->CallbackGauge("psd_shard_memory_used_bytes",
-                         "Bytes of variables (and staged writes) accounted against the limit",
+                         "Bytes of variables (and staged writes) accounted against the limit; "
+                         "idle pooled staging buffers are in psd_shard_staging_pool_idle_bytes",
                          [&store] { return static_cast<double>(store.memory().used()); });
   metrics->CallbackGauge("psd_shard_memory_limit_bytes", "The shard's memory limit (0: none)",
                          [&store] { return static_cast<double>(store.memory().limit()); });
+  // The staging pool (shard/staging_pool.h): idle bytes count against the
+  // limit but not in psd_shard_memory_used_bytes.
+  const StagingPool& pool = store.staging_pool();
+  metrics->CallbackCounter("psd_shard_staging_pool_hits_total",
+                           "Staging buffers taken from the pool (no allocation, no zero fill)",
+                           [&pool] { return static_cast<double>(pool.stats().hits); });
+  metrics->CallbackCounter("psd_shard_staging_pool_misses_total",
+                           "Staging buffers the pool had none of, allocated fresh",
+                           [&pool] { return static_cast<double>(pool.stats().misses); });
+  metrics->CallbackGauge("psd_shard_staging_pool_idle_bytes",
+                         "Bytes of idle staging buffers the pool holds (inside the memory limit)",
+                         [&pool] { return static_cast<double>(pool.stats().idle_bytes); });
+  metrics->CallbackGauge("psd_shard_staging_pool_idle_buffers",
+                         "Idle staging buffers the pool holds",
+                         [&pool] { return static_cast<double>(pool.stats().idle_buffers); });
+  metrics->CallbackCounter(
+      "psd_shard_staging_pool_reclaimed_bytes_total",
+      "Idle staging bytes freed because an allocation would have passed the memory limit",
+      [&pool] { return static_cast<double>(pool.stats().reclaimed_bytes); });
+  metrics->CallbackGauge("psd_shard_staging_pool_limit_bytes",
+                         "Most idle staging bytes the pool keeps (--staging-pool-bytes)",
+                         [&pool] { return static_cast<double>(pool.max_idle_bytes()); });
   metrics->CallbackGauge("psd_shard_fenced", "1 while a checkpoint fence holds writes",
                          [&store] { return store.gate().fenced() ? 1.0 : 0.0; });
   metrics->CallbackCounter("psd_shard_fence_lease_expiries_total",
@@ -70,6 +93,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   const uint64_t incarnation = RandomNonzeroId();
   VariableStoreOptions store_options;
   store_options.memory_limit_bytes = config.memory_limit;
+  store_options.staging_pool_bytes = config.staging_pool_bytes;
   store_options.incarnation = incarnation;
   // Leave room for the response's other fields under the message limit.
   store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
@@ -126,12 +150,12 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                              absl::StrCat("shard ", config.id)));
   const int port = endpoint->port();
   spdlog::info("shard {} listening on {} (port {}; /metrics at {}), device {}, "
-               "memory limit {}, incarnation {:016x}",
+               "memory limit {}, staging pool {} bytes, incarnation {:016x}",
                config.id, config.listen, port,
                endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
                device->name(),
                config.memory_limit > 0 ? std::to_string(config.memory_limit) + " bytes" : "none",
-               incarnation);
+               config.staging_pool_bytes, incarnation);
 
   // The address others dial: the advertised one, with the real port when
   // the shard bound port 0.

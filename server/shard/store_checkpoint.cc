@@ -12,7 +12,8 @@
 
 namespace psd {
 
-using store_internal::Allocate;
+using store_internal::AllocateStaging;
+using store_internal::RecycleContents;
 using store_internal::Quoted;
 
 absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
@@ -104,7 +105,7 @@ absl::Status VariableStore::StageRestore(uint64_t restore_id, const RestorePart&
     staged.contents.strings = std::move(*value.mutable_strings());
   } else {
     PSD_ASSIGN_OR_RETURN(staged.contents,
-                         Allocate(device_, &memory_, value.dtype(), shape, name));
+                         AllocateStaging(&pool_, device_, value.dtype(), shape, name));
     PSD_RETURN_IF_ERROR(device_->CopyFromHost(value.bytes().data(), value.bytes().size(),
                                               staged.contents.buffer.get(), 0));
   }
@@ -126,7 +127,8 @@ absl::Status VariableStore::StageRestoreStreamed(
   StagedRestore::Part staged;
   staged.spec = part;
   staged.shape = shape;
-  PSD_ASSIGN_OR_RETURN(staged.contents, Allocate(device_, &memory_, part.dtype(), shape, name));
+  PSD_ASSIGN_OR_RETURN(staged.contents,
+                       AllocateStaging(&pool_, device_, part.dtype(), shape, name));
   DeviceBuffer* buffer = staged.contents.buffer.get();
   const int64_t total = static_cast<int64_t>(buffer->size());
   int64_t received = 0;
@@ -206,7 +208,7 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
   for (auto& [name, t] : targets) {
     Variable& var = *t.first;
     var.mu.AssertHeld();
-    var.Swap(std::move(t.second->contents));
+    RecycleContents(&pool_, device_, var.Swap(std::move(t.second->contents)));
     var.DropInitialValue();
     var.initialized = true;
     ++var.version;

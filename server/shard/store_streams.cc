@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "psd/huge_pages.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "shard/store_internal.h"
@@ -14,11 +13,12 @@
 
 namespace psd {
 
-using store_internal::Allocate;
+using store_internal::AllocateStaging;
 using store_internal::ByteSize;
 using store_internal::CheckInitialized;
 using store_internal::DecodeStringsCharged;
 using store_internal::Quoted;
+using store_internal::RecycleContents;
 using store_internal::RestoreResult;
 using store_internal::SaveResult;
 
@@ -114,6 +114,10 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 // limit) and applies it under the variable's lock at Commit. A streamed
 // apply's gradient is staged in host memory, where the optimizer kernels
 // read their gradient on every device (as they read a unary request's).
+// Staging buffers come from the store's StagingPool and go back to it when
+// the sink ends (committed or not); an assign's staged buffer becomes the
+// value, and the value it replaces goes to the pool instead. A pooled
+// buffer is not zeroed: Commit applies only when every byte was written.
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
@@ -126,6 +130,9 @@ class StagedAssignSink final : public AssignStreamSink {
 
   ~StagedAssignSink() override {
     if (registered_ && !finished_) store_->requests_.Abandon(header_.request_id());
+    ReturnHost();
+    store_->pool_.Recycle(store_->device_, std::move(staged_.buffer),
+                          std::move(staged_.reservation));
   }
 
   // Registers the request id; a duplicate makes the sink answer from the
@@ -141,14 +148,13 @@ class StagedAssignSink final : public AssignStreamSink {
     if (cached_.has_value()) return absl::OkStatus();
     const std::string& name = header_.name();
     if (StagesOnHost()) {
-      PSD_RETURN_IF_ERROR(store_->memory_.Reserve(header_.total_bytes(), name));
-      host_reservation_ = MemoryReservation(&store_->memory_, header_.total_bytes());
-      host_.reserve(header_.total_bytes());
-      AdviseHugePages(host_.data(), header_.total_bytes());  // before the appends touch it
+      PSD_ASSIGN_OR_RETURN(host_, store_->pool_.Acquire(store_->host_device_,
+                                                        header_.total_bytes(), name,
+                                                        &host_reservation_));
       return absl::OkStatus();
     }
-    PSD_ASSIGN_OR_RETURN(staged_, Allocate(store_->device_, &store_->memory_, header_.dtype(),
-                                           shape_, name));
+    PSD_ASSIGN_OR_RETURN(staged_, AllocateStaging(&store_->pool_, store_->device_,
+                                                  header_.dtype(), shape_, name));
     return absl::OkStatus();
   }
 
@@ -160,7 +166,10 @@ class StagedAssignSink final : public AssignStreamSink {
           header_.total_bytes(), " bytes"));
     }
     if (StagesOnHost()) {
-      host_.append(bytes.data(), bytes.size());
+      // Host memory (a CPU device's buffer): written in place.
+      if (!bytes.empty()) {
+        std::memcpy(static_cast<char*>(host_->data()) + received_, bytes.data(), bytes.size());
+      }
     } else {
       PSD_RETURN_IF_ERROR(store_->device_->CopyFromHost(bytes.data(), bytes.size(),
                                                         staged_.buffer.get(), received_));
@@ -194,6 +203,15 @@ class StagedAssignSink final : public AssignStreamSink {
  private:
   bool StagesOnHost() const { return header_.dtype() == DT_STRING || header_.has_apply(); }
 
+  // The host staging buffer, back to the pool.
+  void ReturnHost() {
+    store_->pool_.Recycle(store_->host_device_, std::move(host_), std::move(host_reservation_));
+  }
+
+  absl::string_view HostBytes() const {
+    return absl::string_view(static_cast<const char*>(host_->data()), received_);
+  }
+
   absl::Status Apply(AssignResponse* response) {
     const std::string& name = header_.name();
     if (header_.has_apply()) {
@@ -201,7 +219,7 @@ class StagedAssignSink final : public AssignStreamSink {
       VariableStore::DenseGradient gradient;
       gradient.dtype = header_.dtype();
       gradient.shape = shape_;
-      gradient.data = host_.data();
+      gradient.data = host_->data();
       uint64_t version = 0;
       PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, header_.apply().slots(),
                                             header_.apply().optimizer(), &gradient, nullptr,
@@ -212,11 +230,11 @@ class StagedAssignSink final : public AssignStreamSink {
     if (header_.dtype() == DT_STRING) {
       staged_.shape = shape_;
       PSD_ASSIGN_OR_RETURN(staged_.strings,
-                           DecodeStringsCharged(&store_->memory_, host_, shape_.num_elements(),
+                           DecodeStringsCharged(&store_->memory_, HostBytes(),
+                                                shape_.num_elements(),
                                                 absl::StrCat("streamed value for ", Quoted(name)),
                                                 name, &staged_.reservation));
-      std::string().swap(host_);
-      host_reservation_.Reset();
+      ReturnHost();
     }
     if (header_.has_create()) return Create(response);
 
@@ -233,7 +251,7 @@ class StagedAssignSink final : public AssignStreamSink {
         response->set_skipped(true);
         return absl::OkStatus();
       }
-      var->Swap(std::move(staged_));
+      RecycleContents(&store_->pool_, store_->device_, var->Swap(std::move(staged_)));
       var->DropInitialValue();
     } else {
       PSD_RETURN_IF_ERROR(CheckInitialized(*var));
@@ -284,8 +302,9 @@ class StagedAssignSink final : public AssignStreamSink {
   bool finished_ = false;
   int64_t received_ = 0;
   Variable::Contents staged_;
-  // Staged on the host: DT_STRING's encoding, or an apply's gradient.
-  std::string host_;
+  // Staged on the host: DT_STRING's encoding, or an apply's gradient (a
+  // buffer of host_device_, total_bytes long).
+  std::unique_ptr<DeviceBuffer> host_;
   MemoryReservation host_reservation_;
 };
 

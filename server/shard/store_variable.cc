@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <new>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "psd/status.h"
@@ -9,12 +10,14 @@
 
 namespace psd {
 
-void Variable::Swap(Contents&& next) {
+std::shared_ptr<Variable::Contents> Variable::Swap(Contents&& next) {
   shape = next.shape;
-  contents = std::make_shared<Contents>(std::move(next));
+  std::shared_ptr<Contents> old =
+      std::exchange(contents, std::make_shared<Contents>(std::move(next)));
   absl::MutexLock lock(&pins_mu);
   pins.clear();
   fresh_pin.reset();
+  return old;
 }
 
 std::shared_ptr<ValuePin> Variable::Pin(Device* device, int64_t chunk_bytes) const {
@@ -130,6 +133,28 @@ absl::StatusOr<Variable::Contents> Allocate(Device* device, MemoryAccountant* me
   }
   c.buffer = std::move(buffer).value();
   return c;
+}
+
+absl::StatusOr<Variable::Contents> AllocateStaging(StagingPool* pool, Device* device,
+                                                   DataType dtype, const TensorShape& shape,
+                                                   const std::string& name) {
+  if (dtype == DT_STRING) {
+    return absl::InternalError(absl::StrCat(Quoted(name), ": strings are not staged in a buffer"));
+  }
+  Variable::Contents c;
+  c.shape = shape;
+  PSD_ASSIGN_OR_RETURN(const int64_t bytes,
+                       ByteSize(shape.num_elements(), DataTypeSize(dtype), name));
+  PSD_ASSIGN_OR_RETURN(c.buffer, pool->Acquire(device, bytes, name, &c.reservation));
+  return c;
+}
+
+void RecycleContents(StagingPool* pool, Device* device, std::shared_ptr<Variable::Contents> old) {
+  // Only the last owner may take the buffer: a pin shares `old` and reads it.
+  if (old == nullptr || old.use_count() != 1 || old->buffer == nullptr || !old->strings.empty()) {
+    return;
+  }
+  pool->Recycle(device, std::move(old->buffer), std::move(old->reservation));
 }
 
 // Contents holding `value` (already validated to have the variable's dtype).

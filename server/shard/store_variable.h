@@ -25,6 +25,7 @@
 #include "psd/shard.pb.h"
 #include "psd/tensor.h"
 #include "shard/memory_accountant.h"
+#include "shard/staging_pool.h"
 #include "shard/value_pin.h"
 
 namespace psd {
@@ -87,9 +88,10 @@ class Variable {
     initial_value_reservation.Reset();
   }
 
-  // Replaces the value. The old buffer and its reservation are released
-  // when the last streamed read of it finishes.
-  void Swap(Contents&& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Replaces the value and returns the old one. The old buffer and its
+  // reservation are released when the last streamed read of it finishes
+  // (or given to the staging pool by the caller: RecycleContents).
+  std::shared_ptr<Contents> Swap(Contents&& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
   // Pins the current value (see ValuePin).
   std::shared_ptr<ValuePin> Pin(Device* device, int64_t chunk_bytes) const
@@ -131,6 +133,18 @@ absl::StatusOr<std::vector<std::string>> DecodeStringsCharged(
 absl::StatusOr<Variable::Contents> Allocate(Device* device, MemoryAccountant* memory,
                                             DataType dtype, const TensorShape& shape,
                                             const std::string& name);
+
+// Allocate for a fixed-size dtype, from `pool`: the buffer's contents are
+// unspecified (not zeroed), so the caller writes every byte before the
+// value is read.
+absl::StatusOr<Variable::Contents> AllocateStaging(StagingPool* pool, Device* device,
+                                                   DataType dtype, const TensorShape& shape,
+                                                   const std::string& name);
+
+// Gives a replaced value's buffer (of `device`) and its reservation to
+// `pool`, unless something else still holds the value (a pin: it is freed
+// when the pin ends, as before) or it is not a plain fixed-size buffer.
+void RecycleContents(StagingPool* pool, Device* device, std::shared_ptr<Variable::Contents> old);
 
 // Contents holding `value` (already validated to have the variable's dtype).
 absl::StatusOr<Variable::Contents> ContentsFromProto(Device* device, MemoryAccountant* memory,

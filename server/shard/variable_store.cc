@@ -14,10 +14,19 @@ namespace psd {
 
 using store_internal::Quoted;
 
+namespace {
+
+bool IsCpu(const Device& device) { return device.name().rfind("cpu", 0) == 0; }
+
+}  // namespace
+
 VariableStore::VariableStore(Device* device, const VariableStoreOptions& options)
     : device_(device),
+      own_host_device_(IsCpu(*device) ? nullptr : NewCpuDevice()),
+      host_device_(own_host_device_ != nullptr ? own_host_device_.get() : device),
       options_(options),
       memory_(options.memory_limit_bytes),
+      pool_(&memory_, options.staging_pool_bytes),
       requests_(options.request_window) {}
 
 absl::Status VariableStore::CheckIncarnation(uint64_t requested) const {

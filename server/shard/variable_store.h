@@ -38,6 +38,7 @@
 #include "psd/shard.pb.h"
 #include "shard/memory_accountant.h"
 #include "shard/request_window.h"
+#include "shard/staging_pool.h"
 #include "shard/value_pin.h"
 #include "shard/write_gate.h"
 #include "psd/names.h"
@@ -73,6 +74,11 @@ struct VariableStoreOptions {
   // Copy-on-write chunk size: a write to a pinned value copies the chunks
   // of about this many bytes that it touches (see ValuePin).
   int64_t cow_chunk_bytes = 1 << 20;
+  // Idle staging buffers kept between ops (StagingPool): streamed assigns
+  // and applies, restores, and the values they replace. Counted against
+  // memory_limit_bytes and freed first when it is reached; <= 0: none kept.
+  int64_t staging_pool_bytes = kDefaultStagingPoolBytes;
+  static constexpr int64_t kDefaultStagingPoolBytes = int64_t{1} << 30;
 };
 
 class VariableStore {
@@ -202,6 +208,7 @@ class VariableStore {
   void DropStaleRestores(absl::Duration age);
 
   const MemoryAccountant& memory() const { return memory_; }
+  const StagingPool& staging_pool() const { return pool_; }
   const VariableStoreOptions& options() const { return options_; }
   size_t num_variables() const;
   const Device& device() const { return *device_; }
@@ -251,8 +258,15 @@ class VariableStore {
                          bool check_only = false);
 
   Device* const device_;
+  // Host memory for values staged on the host (a streamed apply's
+  // gradient, a streamed string value): device_ on a CPU shard, else a CPU
+  // device of our own.
+  std::unique_ptr<Device> own_host_device_;
+  Device* const host_device_;
   const VariableStoreOptions options_;
   MemoryAccountant memory_;
+  // After memory_, whose reclaimer it is while it lives.
+  StagingPool pool_;
   RequestWindow requests_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Variable>> variables_ ABSL_GUARDED_BY(mu_);

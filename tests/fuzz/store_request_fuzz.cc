@@ -239,7 +239,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& op : session.ops()) {
       if (++n > kMaxOps) break;
       RunOp(&store, op);
-      Check(store.memory().used() <= kMemoryLimit, "accounted memory past the limit");
+      Check(store.memory().held() <= kMemoryLimit, "accounted memory past the limit");
     }
     // Everything still lists and reads.
     for (const auto& info : store.List("")) {

@@ -31,6 +31,20 @@ security: {tls_ca: ca.pem}
   EXPECT_EQ(config->FindShard(7), nullptr);
 }
 
+TEST(ClusterConfigTest, StagingPoolBytesIsAShardKey) {
+  auto config = ParseClusterConfig(
+      "shards:\n  - {id: 0, staging_pool_bytes: 256MiB}\n  - {id: 1}\n  - {id: 2, "
+      "staging_pool_bytes: 0}\n",
+      "c.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->FindShard(0)->staging_pool_bytes, int64_t{256} << 20);
+  EXPECT_EQ(config->FindShard(1)->staging_pool_bytes, int64_t{1} << 30);  // the default
+  EXPECT_EQ(config->FindShard(2)->staging_pool_bytes, 0);
+  EXPECT_THAT(
+      ParseClusterConfig("shards: [{staging_pool_bytes: lots}]", "c").status().message(),
+      HasSubstr("staging_pool_bytes"));
+}
+
 TEST(ClusterConfigTest, UnknownKeyIsAnErrorNamingIt) {
   auto config = ParseClusterConfig("shards:\n  - {id: 0, memory_limt: 1GiB}\n", "c.yaml");
   ASSERT_FALSE(config.ok());

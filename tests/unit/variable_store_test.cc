@@ -7,6 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "psd/status.h"
 #include "psd/wire.h"
 #include "store_test_util.h"
 
@@ -522,6 +523,148 @@ TEST_F(VariableStoreTest, StreamedAssignAppliesOnlyWhenComplete) {
   EXPECT_EQ(ReadValue("v").ToVector<int32_t>(), next);
   sink->reset();
   EXPECT_EQ(store_.memory().used(), used);
+}
+
+// 256 KiB of float32: big enough for the staging pool to keep.
+constexpr int64_t kPooledElements = 64 << 10;
+
+std::string FloatBytes(float first, int64_t n = kPooledElements) {
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = first + static_cast<float>(i % 5);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+// Streams `bytes` into `name` in three pieces; with `cut`, stops after the
+// first and drops the stream.
+absl::Status StreamAssign(VariableStore* store, const std::string& name, UpdateOp op,
+                          const std::string& bytes, bool cut = false) {
+  AssignStreamHeader header =
+      StreamHeader(name, DT_FLOAT, {kPooledElements}, static_cast<int64_t>(bytes.size()));
+  header.set_op(op);
+  PSD_ASSIGN_OR_RETURN(auto sink, store->BeginAssignStream(header));
+  const size_t third = bytes.size() / 3;
+  PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes).substr(0, third)));
+  if (cut) return absl::CancelledError("cut");
+  PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes).substr(third, third)));
+  PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes).substr(2 * third)));
+  AssignResponse response;
+  return sink->Commit(&response);
+}
+
+std::string StreamedValue(VariableStore* store, const std::string& name) {
+  ReadStreamRequest req;
+  req.set_name(name);
+  auto source = store->BeginReadStream(req);
+  EXPECT_TRUE(source.ok()) << source.status();
+  if (!source.ok()) return "";
+  TensorChunk header;
+  return Drain(source->get(), &header);
+}
+
+TEST_F(VariableStoreTest, RepeatedStreamedAssignsTakeTheirStagingFromThePool) {
+  CreateFrom("p", ToProto(Tensor(DT_FLOAT, TensorShape{kPooledElements})));
+  const int64_t used = store_.memory().used();
+  ASSERT_EQ(used, kPooledElements * 4);
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(StreamAssign(&store_, "p", UPDATE_ASSIGN, FloatBytes(static_cast<float>(i))).ok());
+    // The value it replaced waits in the pool; only the value is in use.
+    EXPECT_EQ(store_.memory().used(), used);
+    EXPECT_EQ(store_.memory().held(), 2 * used);
+  }
+  EXPECT_EQ(StreamedValue(&store_, "p"), FloatBytes(9));
+  const StagingPool::Stats stats = store_.staging_pool().stats();
+  EXPECT_EQ(stats.misses, 1);  // the first assign's staging buffer only
+  EXPECT_EQ(stats.hits, 9);
+  EXPECT_EQ(stats.idle_buffers, 1);
+}
+
+TEST_F(VariableStoreTest, CutStreamedAssignReturnsItsBufferAndChangesNothing) {
+  CreateFrom("p", ToProto(Tensor(DT_FLOAT, TensorShape{kPooledElements})));
+  ASSERT_TRUE(StreamAssign(&store_, "p", UPDATE_ASSIGN, FloatBytes(1)).ok());
+  const int64_t used = store_.memory().used();
+  const StagingPool::Stats before = store_.staging_pool().stats();
+  ASSERT_EQ(before.idle_buffers, 1);
+  EXPECT_EQ(StreamAssign(&store_, "p", UPDATE_ASSIGN, FloatBytes(50), /*cut=*/true).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(StreamedValue(&store_, "p"), FloatBytes(1));
+  StagingPool::Stats after = store_.staging_pool().stats();
+  EXPECT_EQ(after.idle_buffers, 1);
+  EXPECT_EQ(after.hits, before.hits + 1);
+  EXPECT_EQ(store_.memory().used(), used);
+  // The next stream gets the same buffer, half written by the cut one: every
+  // byte it holds afterwards is the new value's.
+  ASSERT_TRUE(StreamAssign(&store_, "p", UPDATE_ASSIGN, FloatBytes(2)).ok());
+  EXPECT_EQ(StreamedValue(&store_, "p"), FloatBytes(2));
+  EXPECT_EQ(store_.staging_pool().stats().misses, before.misses);
+}
+
+TEST_F(VariableStoreTest, StreamedAssignAddReusesItsStagingBuffer) {
+  CreateFrom("p", ToProto(Tensor(DT_FLOAT, TensorShape{kPooledElements})));  // zeros
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(StreamAssign(&store_, "p", UPDATE_ADD, FloatBytes(1)).ok());
+  }
+  std::vector<float> expected(kPooledElements);
+  for (int64_t i = 0; i < kPooledElements; ++i) expected[i] = 3 * (1 + static_cast<float>(i % 5));
+  EXPECT_EQ(StreamedValue(&store_, "p"),
+            std::string(reinterpret_cast<const char*>(expected.data()), expected.size() * 4));
+  EXPECT_EQ(store_.staging_pool().stats().misses, 1);
+  EXPECT_EQ(store_.staging_pool().stats().hits, 2);
+  EXPECT_EQ(store_.memory().used(), kPooledElements * 4);
+}
+
+TEST_F(VariableStoreTest, RepeatedStreamedAppliesReuseTheirHostStaging) {
+  // Twins: "s" gets streamed applies, "u" the same applies unary; 64 KiB
+  // each (four of them, and the staging, fit the 1 MiB limit).
+  constexpr int64_t kN = 16 << 10;
+  for (const char* name : {"s", "u"}) {
+    CreateFrom(name, ToProto(Tensor(DT_FLOAT, TensorShape{kN})));
+    std::vector<float> ones(kN, 1.0f);
+    CreateFrom(std::string(name) + "/Adagrad",
+               ToProto(*Tensor::FromVector<float>(TensorShape{kN}, ones)));
+  }
+  const int64_t used = store_.memory().used();
+  for (int step = 0; step < 4; ++step) {
+    const std::string gradient = FloatBytes(static_cast<float>(step) - 1.5f, kN);
+    AssignStreamHeader header = StreamHeader("s", DT_FLOAT, {kN},
+                                             static_cast<int64_t>(gradient.size()));
+    header.set_validate_shape(false);
+    header.mutable_apply()->add_slots("s/Adagrad");
+    header.mutable_apply()->mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
+    auto sink = store_.BeginAssignStream(header);
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    ASSERT_TRUE((*sink)->Append(gradient).ok());
+    AssignResponse streamed;
+    ASSERT_TRUE((*sink)->Commit(&streamed).ok());
+    sink->reset();
+
+    ApplyDenseRequest unary;
+    unary.set_name("u");
+    unary.add_slots("u/Adagrad");
+    unary.mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
+    unary.mutable_gradient()->set_dtype(DT_FLOAT);
+    unary.mutable_gradient()->mutable_shape()->add_dims(kN);
+    unary.mutable_gradient()->set_content(gradient);
+    ApplyDenseResponse response;
+    ASSERT_TRUE(store_.ApplyDense(unary, &response).ok());
+    EXPECT_EQ(store_.memory().used(), used);
+  }
+  // A reused (not zeroed) staging buffer gives the unary apply's result.
+  EXPECT_EQ(StreamedValue(&store_, "s"), StreamedValue(&store_, "u"));
+  EXPECT_EQ(StreamedValue(&store_, "s/Adagrad"), StreamedValue(&store_, "u/Adagrad"));
+  EXPECT_EQ(store_.staging_pool().stats().misses, 1);
+  EXPECT_EQ(store_.staging_pool().stats().hits, 3);
+}
+
+TEST_F(VariableStoreTest, IdleStagingBuffersGiveWayToNewVariables) {
+  CreateFrom("p", ToProto(Tensor(DT_FLOAT, TensorShape{kPooledElements})));
+  ASSERT_TRUE(StreamAssign(&store_, "p", UPDATE_ASSIGN, FloatBytes(1)).ok());
+  ASSERT_EQ(store_.memory().held(), 512 << 10);  // the value and an idle buffer
+  // 640 KiB fit the 1 MiB limit only without the idle buffer.
+  CreateFrom("q", ToProto(Tensor(DT_FLOAT, TensorShape{160 << 10})));
+  EXPECT_EQ(store_.staging_pool().stats().idle_bytes, 0);
+  EXPECT_EQ(store_.staging_pool().stats().reclaimed_bytes, 256 << 10);
+  EXPECT_EQ(store_.memory().used(), (256 + 640) << 10);
+  EXPECT_LE(store_.memory().held(), store_.memory().limit());
 }
 
 TEST_F(VariableStoreTest, SuppliedValueIsWrittenOnlyWhileUninitialized) {
