@@ -221,6 +221,7 @@ void DataStream::ProgressLocked(Actions* actions) {
     int64_t bytes = 0;
     while (!queue_.empty() && static_cast<int>(frame.ops.size()) < options_.ops_per_frame) {
       StreamOp* op = queue_.front().get();
+      if (op->alone && !frame.ops.empty()) break;  // it starts the next message
       const size_t before = slices.size();
       const size_t size = AppendWithNestedContents(op->fields, op->contents, kOpsField, &slices);
       if (!frame.ops.empty() && bytes + static_cast<int64_t>(size) > options_.frame_bytes) {
@@ -243,8 +244,10 @@ void DataStream::ProgressLocked(Actions* actions) {
       ++op->retry.attempts;
       frame.ops.push_back(std::move(queue_.front()));
       queue_.pop_front();
+      if (op->alone) break;
     }
     if (frame.ops.empty()) return;
+    for (auto& op : frame.ops) op->shared = frame.ops.size() > 1;
     ++frames_sent_;
     ops_sent_ += static_cast<int64_t>(frame.ops.size());
     actions->frame = grpc::ByteBuffer(slices.data(), slices.size());
@@ -452,6 +455,20 @@ void DataStream::CheckOverdue(uint64_t frame_number, int64_t half_closed_stream)
 
 void DataStream::Finish(std::unique_ptr<StreamOp> op, absl::Status status,
                         BatchOpResult* result) {
+  if (op->shared && status.code() == absl::StatusCode::kResourceExhausted &&
+      status.message().find("(max_batch_result_bytes)") != absl::string_view::npos) {
+    // Other results of its message took the room its result needed; alone
+    // it gets the whole reply, as a call of its own would. (Reads and
+    // gathers only: nothing was applied.)
+    op->alone = true;
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      SubmitLocked(std::move(op), &actions);
+    }
+    Run(std::move(actions));
+    return;
+  }
   if (!status.ok()) {
     RetryPolicy::Next next = policy_->OnFailure(status, op->id(), &op->retry);
     if (next.retry) {

@@ -87,6 +87,12 @@ struct StreamOp {
   absl::AnyInvocable<void(absl::Status, BatchOpResult*)> done;
   // Released when the op is destroyed (an async op's hold on its client).
   std::shared_ptr<void> keepalive;
+  // Goes in a message of its own: its reply may be big (a scatter that
+  // returns the whole variable), or it was refused for want of room in a
+  // shared reply (max_batch_result_bytes) and is tried again alone.
+  bool alone = false;
+  // It shared its last message with other ops.
+  bool shared = false;
 
   // The request id of a write; null for reads and gathers.
   RequestId* id();

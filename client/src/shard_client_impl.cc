@@ -225,6 +225,8 @@ absl::Status ShardClient::Impl::ScatterOp(UpdateKind op, const std::string& name
   if (OnDataStream()) {
     internal::BorrowedSlices lent;
     auto stream_op = NewStreamOp(name, /*async=*/false);
+    // Its reply carries the whole variable, of a size unknown here.
+    stream_op->alone = new_value != nullptr;
     ScatterRequest* request = stream_op->fields.mutable_scatter();
     *request = MakeScatterRequest(op, name, Tensor(), Tensor(), new_value != nullptr);
     stream_op->SetTensor(indices, ScatterRequest::kIndicesFieldNumber, request->mutable_indices(),

@@ -80,7 +80,11 @@ class WriteHold {
   bool lifted_ = false;
 };
 
-TEST_F(ShardTest, ConcurrentOpsCoalesceAndKeepTheirOrderAndStatuses) {
+// The data stream's own suite (the rest of the integration tests also run
+// over the unary calls, without it: see CMakeLists.txt).
+class DataStreamTest : public ShardTest {};
+
+TEST_F(DataStreamTest, ConcurrentOpsCoalesceAndKeepTheirOrderAndStatuses) {
   ASSERT_TRUE(IsOk(shard_->Create("v", Tensor::Scalar<int64_t>(-1))));
   ASSERT_TRUE(IsOk(shard_->Create("sum", Tensor::Scalar<int64_t>(0))));
   const client::DataStreamStats before = shard_->data_stream_stats();
@@ -118,7 +122,7 @@ TEST_F(ShardTest, ConcurrentOpsCoalesceAndKeepTheirOrderAndStatuses) {
   EXPECT_EQ(after.streams_opened, 1) << "one write stream for the client's whole life";
 }
 
-TEST_F(ShardTest, UnaryOpsWhenTheDataStreamIsOff) {
+TEST_F(DataStreamTest, UnaryOpsWhenTheDataStreamIsOff) {
   ClientOptions unary;
   unary.data_stream = false;
   PSD_ASSERT_OK_AND_ASSIGN(auto client, process_->Connect(unary));
@@ -130,7 +134,7 @@ TEST_F(ShardTest, UnaryOpsWhenTheDataStreamIsOff) {
   EXPECT_EQ(client->data_stream_stats().ops_sent, 0);
 }
 
-TEST_F(ShardTest, BadDataStreamOptionsAreRefusedByName) {
+TEST_F(DataStreamTest, BadDataStreamOptionsAreRefusedByName) {
   ClientOptions bad;
   bad.data_stream_ops_per_frame = 100000;
   EXPECT_TRUE(IsError(process_->Connect(bad), absl::StatusCode::kInvalidArgument,
@@ -144,7 +148,7 @@ TEST_F(ShardTest, BadDataStreamOptionsAreRefusedByName) {
 // Every connection is cut after 300 KB from the client: in the middle of
 // the second message of big ops. Each op is applied exactly once
 // and whole: every element of the vector counts every add.
-TEST_F(ShardTest, StreamBrokenMidMessageAppliesNothingTwiceOrHalf) {
+TEST_F(DataStreamTest, StreamBrokenMidMessageAppliesNothingTwiceOrHalf) {
   constexpr int64_t kElements = 20000;  // 160 KB: sent from the caller's memory
   constexpr int kThreads = 4;
   constexpr int kAddsPerThread = 25;
@@ -180,7 +184,7 @@ TEST_F(ShardTest, StreamBrokenMidMessageAppliesNothingTwiceOrHalf) {
   EXPECT_EQ(vec, Int64s(kElements, kThreads * kAddsPerThread));
 }
 
-TEST_F(ShardTest, ABrokenIdleStreamIsReopenedByTheNextOp) {
+TEST_F(DataStreamTest, ABrokenIdleStreamIsReopenedByTheNextOp) {
   ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
   PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(process_->port()));
   PSD_ASSERT_OK_AND_ASSIGN(auto client, ShardClient::Connect(proxy->address(), Patient()));
@@ -194,7 +198,7 @@ TEST_F(ShardTest, ABrokenIdleStreamIsReopenedByTheNextOp) {
   EXPECT_GE(client->data_stream_stats().streams_opened, 2);
 }
 
-TEST_F(ShardTest, AShardThatStopsAnsweringFailsOpsWithDeadlineExceeded) {
+TEST_F(DataStreamTest, AShardThatStopsAnsweringFailsOpsWithDeadlineExceeded) {
   ASSERT_TRUE(IsOk(shard_->Create("x", Tensor::Scalar<int64_t>(0))));
   PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(process_->port()));
   ClientOptions impatient;
@@ -220,7 +224,7 @@ TEST_F(ShardTest, AShardThatStopsAnsweringFailsOpsWithDeadlineExceeded) {
   EXPECT_GE(x.data<int64_t>()[0], 1);
 }
 
-TEST_F(ShardTest, DestroyingAClientFinishesTheOpsOnItsStream) {
+TEST_F(DataStreamTest, DestroyingAClientFinishesTheOpsOnItsStream) {
   ASSERT_TRUE(IsOk(shard_->Create("sum", Tensor::Scalar<int64_t>(0))));
   constexpr int kOps = 300;
   {
