@@ -136,6 +136,25 @@ auto RunGraph(const HolderPtr& h, Fn&& fn) {
   return fn(s);
 }
 
+// Runs `fn` (which must not touch Python objects) under the session's
+// shared lock, or under it and the scope-stack lock, taken without the GIL:
+// RunGraph holds graph_mu across coordinator calls and close() holds mu
+// while ops finish, so waiting for either with the GIL held would stop
+// every Python thread for as long as the network takes.
+template <typename Fn>
+auto Locked(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  return fn();
+}
+template <typename Fn>
+auto LockedGraph(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  std::lock_guard<std::mutex> graph(h->graph_mu);
+  return fn();
+}
+
 // The variables of `vars`; `vars` as PyVariables of session `h`.
 std::vector<Variable> Unpack(const std::vector<PyVariable>& vars);
 std::vector<PyVariable> Pack(const HolderPtr& h, std::vector<Variable> vars);
