@@ -25,6 +25,13 @@ namespace {
 // knows them).
 
 struct PyShard {
+  PyShard() = default;
+  explicit PyShard(std::unique_ptr<client::ShardClient> c) : client(std::move(c)) {}
+  PyShard(PyShard&&) = default;
+  PyShard& operator=(PyShard&&) = default;
+  ~PyShard() {
+    if (client != nullptr) WithoutGil([this] { client.reset(); });
+  }
   std::unique_ptr<client::ShardClient> client;
 };
 

@@ -70,6 +70,7 @@ Tensor ToTensor(const py::handle& obj, int dtype_int) {
   }
   const char* src = static_cast<const char*>(a.data());
   const size_t nbytes = static_cast<size_t>(a.nbytes());
+  if (nbytes == 0) return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string()));
   if (nbytes < kReleaseGilForCopyBytes) {
     return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string(src, nbytes)));
   }
