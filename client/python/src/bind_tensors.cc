@@ -3,7 +3,6 @@
 // partitioner specs.
 #include "binding.h"
 
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>

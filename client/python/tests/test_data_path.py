@@ -203,3 +203,62 @@ def test_threads_wait_in_the_cpp_client_together_on_one_data_stream(cluster, pre
     assert after["ops_sent"] - before["ops_sent"] == num_threads
     assert shard.read(name) == num_threads
     shard.delete(name)
+
+
+def test_a_get_variable_waiting_behind_another_does_not_stop_python(cluster, prefix):
+    """Two threads declare variables in one session while the shards hold
+    writes: the first waits on a shard holding the session's scope lock, the
+    second waits for that lock. Both wait without the GIL, so this thread
+    still runs and releases the shards."""
+    s = psclient.connect(cluster.address)
+    observer = psclient.connect(cluster.address)
+    addresses = ["127.0.0.1:%d" % p for p in cluster.shard_ports]
+    first, second = prefix + "_first", prefix + "_second"
+    finished, errors, unfence_errors = [], [], []
+    lifted = threading.Event()
+    second_started = threading.Event()
+
+    def declare(name, initialize):
+        if name == second:
+            second_started.set()
+        try:
+            psclient.get_variable(name, initializer=np.ones(4, np.float32), initialize=initialize,
+                                  session=s)
+        except Exception as e:  # reported below, in the main thread
+            errors.append(e)
+        finished.append((name, lifted.is_set()))
+
+    fence_id = 4243
+    for a in addresses:
+        _psclient._fence_shard(a, fence_id, 30000)
+    threads = [threading.Thread(target=declare, args=(first, True)),
+               threading.Thread(target=declare, args=(second, False))]
+    try:
+        threads[0].start()
+        # Declared on the coordinator: the first get_variable is past its
+        # coordinator call, writing the value to a held shard, scope lock held.
+        for _ in range(12000):
+            try:
+                observer.lookup_variable(first)
+                break
+            except psclient.errors.NotFoundError:
+                time.sleep(0.005)
+        threads[1].start()
+        second_started.wait(60)
+        time.sleep(0.05)  # lets it reach the scope lock (the test is certain either way)
+        finished_while_held = list(finished)
+    finally:
+        lifted.set()
+        for a in addresses:
+            try:
+                _psclient._unfence_shard(a, fence_id)
+            except Exception as e:  # a lease that ran out: asserted below
+                unfence_errors.append(e)
+        for t in threads:
+            t.join(120)
+        observer.close()
+        s.close()
+    assert not errors, errors
+    assert finished_while_held == []
+    assert sorted(finished) == [(first, True), (second, True)], finished
+    assert not unfence_errors, unfence_errors
