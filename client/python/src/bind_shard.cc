@@ -1,7 +1,7 @@
 // psclient._psclient, low level: one shard by address, names as the
-// shard knows them: ShardClient (list, create, delete, read) and
-// ShardApplier (an optimizer's apply on one variable); and, for tests, a
-// checkpoint fence that holds a shard's writes.
+// shard knows them: ShardClient (list, create, delete, read, assign_add,
+// its data stream's stats) and ShardApplier (an optimizer's apply on one
+// variable); and, for tests, a checkpoint fence that holds a shard's writes.
 #include "binding.h"
 
 #include <chrono>
