@@ -96,8 +96,9 @@ void BindOptimizers(py::module_& m) {
   // (variable, indices, indices_dtype, values[, dense_shape or None]).
   py::class_<PyOptimizer>(m, "Optimizer")
       .def(py::init([](const HolderPtr& h, const PyOptimizerConfig& c) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return PyOptimizer{h, std::make_unique<client::Optimizer>(*h->Get(), c.config)};
+        return PyOptimizer{h, Locked(h, [&] {
+                             return std::make_unique<client::Optimizer>(*h->Get(), c.config);
+                           })};
       }))
       .def("apply_gradients", [](PyOptimizer& o, const py::list& grads) {
         std::vector<std::pair<client::Gradient, Variable>> pairs;

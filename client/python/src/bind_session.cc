@@ -152,14 +152,20 @@ void BindSession(py::module_& m) {
   py::class_<PyScope>(m, "Scope")
       .def_property_readonly("captured", [](const PyScope& s) {
         // The scope's state now (reuse_variables included) while it is open.
+        // `entered` is read with the GIL (it is the Python object's state).
+        CapturedScope entered = s.entered;
+        py::gil_scoped_release release;
         std::lock_guard<std::mutex> graph(s.holder->graph_mu);
         auto it = s.holder->scopes.find(s.id);
-        return it == s.holder->scopes.end() ? s.entered : it->second.captured();
+        return it == s.holder->scopes.end() ? entered : it->second.captured();
       })
       .def("reuse_variables", [](PyScope& s) {
-        std::lock_guard<std::mutex> graph(s.holder->graph_mu);
-        auto it = s.holder->scopes.find(s.id);
-        if (it != s.holder->scopes.end()) it->second.reuse_variables();
+        {
+          py::gil_scoped_release release;
+          std::lock_guard<std::mutex> graph(s.holder->graph_mu);
+          auto it = s.holder->scopes.find(s.id);
+          if (it != s.holder->scopes.end()) it->second.reuse_variables();
+        }
         s.entered.reuse = REUSE_TRUE;
       })
       .def("exit", [](PyScope& s) {
@@ -280,16 +286,13 @@ void BindSession(py::module_& m) {
         h->CloseLocked();
       })
       .def_property_readonly("closed", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return h->session == nullptr;
+        return Locked(h, [&] { return h->session == nullptr; });
       })
       .def_property_readonly("id", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return h->Get()->id();
+        return Locked(h, [&] { return h->Get()->id(); });
       })
       .def_property_readonly("coordinator_address", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return h->Get()->coordinator_address();
+        return Locked(h, [&] { return h->Get()->coordinator_address(); });
       })
       .def("get_variable",
            [](const HolderPtr& h, const std::string& name, std::optional<std::vector<int64_t>> shape,
@@ -390,28 +393,23 @@ void BindSession(py::module_& m) {
         return out;
       })
       .def("current_scope", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        std::lock_guard<std::mutex> graph(h->graph_mu);
-        return h->Get()->current_scope();
+        return LockedGraph(h, [&] { return h->Get()->current_scope(); });
       })
       .def("set_random_seed", [](const HolderPtr& h, std::optional<int64_t> seed) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        h->Get()->SetRandomSeed(seed);
+        Locked(h, [&] { h->Get()->SetRandomSeed(seed); });
       })
       .def_property_readonly("trainable_variables_created", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return h->Get()->trainable_variables_created();
+        return Locked(h, [&] { return h->Get()->trainable_variables_created(); });
       })
       .def_property_readonly("random_seed", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        return h->Get()->random_seed();
+        return Locked(h, [&] { return h->Get()->random_seed(); });
       })
       .def("reuse_variables", [](const HolderPtr& h) {
-        std::shared_lock<std::shared_mutex> lock(h->mu);
-        std::lock_guard<std::mutex> graph(h->graph_mu);
-        h->Get()->ReuseVariables();
-        // Keep the Python-entered scope objects in step with the stack.
-        if (!h->scopes.empty()) h->scopes.rbegin()->second.reuse_variables();
+        LockedGraph(h, [&] {
+          h->Get()->ReuseVariables();
+          // Keep the Python-entered scope objects in step with the stack.
+          if (!h->scopes.empty()) h->scopes.rbegin()->second.reuse_variables();
+        });
       })
       .def("enter_scope", [](const HolderPtr& h, const std::string& name, std::optional<int> reuse,
                              std::optional<PartitionerSpec> partitioner, int dtype,

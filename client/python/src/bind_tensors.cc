@@ -3,7 +3,6 @@
 // partitioner specs.
 #include "binding.h"
 
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +12,10 @@
 namespace psd {
 namespace python {
 namespace {
+
+// Copies smaller than this keep the GIL: releasing and retaking it costs
+// more than copying a few KiB, and a scalar op would pay it twice.
+constexpr size_t kReleaseGilForCopyBytes = 64 << 10;
 
 std::vector<int64_t> ShapeOf(const py::array& a) {
   std::vector<int64_t> dims(a.ndim());
@@ -64,18 +67,23 @@ Tensor ToTensor(const py::handle& obj, int dtype_int) {
     throw py::type_error("psclient internal: array item size " + std::to_string(a.itemsize()) +
                          " does not match " + DataTypeName(dtype));
   }
-  const void* src = a.data();
+  const char* src = static_cast<const char*>(a.data());
   const size_t nbytes = static_cast<size_t>(a.nbytes());
-  Tensor t;
+  if (nbytes == 0) return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string()));
+  if (nbytes < kReleaseGilForCopyBytes) {
+    return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string(src, nbytes)));
+  }
+  absl::StatusOr<Tensor> t;
   {
     // The array stays alive (`a` holds a reference) and numpy does not move
     // its buffer; another thread writing into it meanwhile is the caller's
-    // race, as with any buffer-protocol consumer.
+    // race, as with any buffer-protocol consumer. The bytes are copied
+    // straight into the string the Tensor adopts: one pass over them, no
+    // zero fill first (Tensor(dtype, shape) would write every byte twice).
     py::gil_scoped_release release;
-    t = Tensor(dtype, std::move(shape));
-    if (nbytes > 0) std::memcpy(t.mutable_bytes()->data(), src, nbytes);
+    t = Tensor::FromBytes(dtype, std::move(shape), std::string(src, nbytes));
   }
-  return t;
+  return Unwrap(std::move(t));
 }
 
 py::dtype NumpyDtype(DataType dtype) {

@@ -71,7 +71,8 @@ DataType CheckedDtype(int dtype);
 
 // `obj` must be a C-contiguous numpy array whose items are `dtype`'s (the
 // Python layer converts values to the variable's numpy dtype first; for
-// strings an object array of bytes/str). One copy, GIL released.
+// strings an object array of bytes/str). One copy straight into the bytes
+// the Tensor adopts (no zero fill), GIL released for big arrays.
 Tensor ToTensor(const py::handle& obj, int dtype_int);
 
 // The numpy dtype of a psd dtype; bfloat16 has none in numpy, its raw bits
@@ -83,6 +84,25 @@ py::array ToNumpy(Tensor&& t);
 
 // ---------------------------------------------------------------------------
 // Session and its objects
+
+// Runs `fn` without the GIL when this thread holds it: for destructors that
+// close connections (a Session closes itself on the coordinator, a
+// ShardClient ends its streams), which run wherever Python drops the last
+// reference. During interpreter shutdown the GIL stays held.
+template <typename Fn>
+void WithoutGil(Fn&& fn) {
+#if PY_VERSION_HEX >= 0x030D0000
+  const bool finalizing = Py_IsFinalizing();
+#else
+  const bool finalizing = _Py_IsFinalizing();
+#endif
+  if (Py_IsInitialized() && !finalizing && PyGILState_Check()) {
+    py::gil_scoped_release release;
+    fn();
+  } else {
+    fn();
+  }
+}
 
 struct SessionHolder {
   // Shared by every op, exclusive by close(): ops never see a destroyed
@@ -96,7 +116,9 @@ struct SessionHolder {
   std::map<int64_t, VariableScope> scopes;
   int64_t next_scope = 0;
 
-  ~SessionHolder() { CloseLocked(); }
+  ~SessionHolder() {
+    if (session != nullptr || !scopes.empty()) WithoutGil([this] { CloseLocked(); });
+  }
 
   void CloseLocked() {
     for (auto it = scopes.rbegin(); it != scopes.rend(); ++it) (void)it->second.Exit();
@@ -134,6 +156,25 @@ auto RunGraph(const HolderPtr& h, Fn&& fn) {
   std::lock_guard<std::mutex> graph(h->graph_mu);
   Session* s = h->Get();
   return fn(s);
+}
+
+// Runs `fn` (which must not touch Python objects) under the session's
+// shared lock, or under it and the scope-stack lock, taken without the GIL:
+// RunGraph holds graph_mu across coordinator calls and close() holds mu
+// while ops finish, so waiting for either with the GIL held would stop
+// every Python thread for as long as the network takes.
+template <typename Fn>
+auto Locked(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  return fn();
+}
+template <typename Fn>
+auto LockedGraph(const HolderPtr& h, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::shared_lock<std::shared_mutex> lock(h->mu);
+  std::lock_guard<std::mutex> graph(h->graph_mu);
+  return fn();
 }
 
 // The variables of `vars`; `vars` as PyVariables of session `h`.

@@ -6,11 +6,24 @@
 // psclient.errors picks for its code. The Python idiom (context managers,
 // dtypes, TensorFlow names) lives in the psclient package around it.
 //
-// Copies. An array going in is copied once, with the GIL released, into the
-// std::string a Tensor owns (Tensor has no constructor that adopts a buffer).
-// A Tensor coming out is moved to the heap and handed to numpy with a capsule
-// that deletes it: the array views the Tensor's bytes, no copy. Strings are
-// the exception both ways: one Python bytes object per element.
+// Copies. An array going in (through the buffer protocol: a C-contiguous
+// array of the variable's dtype is taken as it is, no Python-level copy) is
+// copied once, in one pass and with the GIL released when it is big, into
+// the std::string its Tensor adopts. That copy is the floor: a Tensor owns
+// its bytes and every client call takes a Tensor, so borrowing the array's
+// memory would need a tensor view type through the whole client. From there
+// on nothing is copied before the kernel: sync calls lend the Tensor's bytes
+// to gRPC. A Tensor coming out (read, gather, read_value) is moved to the
+// heap and handed to numpy with a capsule that deletes it: the array owns
+// the received bytes, no copy. Strings are the exception both ways: one
+// Python bytes object per element.
+//
+// The GIL. Every call that can wait on the network (a data op, a session,
+// saver or optimizer call, the locks those calls hold while they wait) runs
+// with the GIL released; it is retaken only to build the result. Python
+// threads calling at once are inside the C++ client together, where their
+// ops share the client's self-batching data stream (client.h). psclient has
+// no async API of its own.
 //
 // Thread-safety: every object here may be used from several Python threads.
 // A session's scope stack is thread-compatible in C++; SessionHolder

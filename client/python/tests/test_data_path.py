@@ -146,3 +146,119 @@ def test_concurrent_ops_from_threads(session, prefix):
     for t in threads:
         t.join()
     assert v.read() == 200
+
+
+def test_threads_wait_in_the_cpp_client_together_on_one_data_stream(cluster, prefix):
+    """Eight Python threads' assign_adds are all waiting inside the C++
+    client at once (the GIL is released while an op waits for the shard) and
+    share the client's data stream; the sum is exact."""
+    address = "127.0.0.1:%d" % cluster.shard_ports[0]
+    shard = _psclient.ShardClient.connect(address)
+    name = prefix + "/sum"
+    int64 = psclient.int64.as_datatype_enum
+    shard.create(name, int64, [], _psclient.init_zeros())
+    one = np.array(1, np.int64)
+    before = shard.data_stream_stats()
+    num_threads = 8
+    started, returned, errors = [], [], []
+    lifted = threading.Event()
+
+    def add():
+        started.append(True)
+        try:
+            shard.assign_add(name, one, int64)
+        except Exception as e:  # reported below, in the main thread
+            errors.append(e)
+        # Whether the shard's writes were released when this add returned.
+        returned.append(lifted.is_set())
+
+    fence_id = 4242
+    # Writes wait in the shard until the unfence below, or until the lease
+    # runs out: the thread that holds the GIL while it waits (the fault this
+    # test catches) keeps this thread from lifting the fence in time.
+    _psclient._fence_shard(address, fence_id, 30000)
+    threads = [threading.Thread(target=add) for _ in range(num_threads)]
+    try:
+        for t in threads:
+            t.start()
+        # The client keeps two messages in flight; each holds a sync add that
+        # cannot return before the unfence. Both in flight at once: two
+        # threads wait inside the C++ client together.
+        for _ in range(12000):
+            in_flight = shard.data_stream_stats()["messages_sent"] - before["messages_sent"]
+            if in_flight >= 2 and len(started) == num_threads:
+                break
+            time.sleep(0.005)
+        returned_while_held = len(returned)
+    finally:
+        lifted.set()
+        _psclient._unfence_shard(address, fence_id)
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    assert returned_while_held == 0 and in_flight >= 2
+    assert returned == [True] * num_threads, "an add returned while the shard held writes"
+    # Every add went on the client's data stream.
+    after = shard.data_stream_stats()
+    assert after["ops_sent"] - before["ops_sent"] == num_threads
+    assert shard.read(name) == num_threads
+    shard.delete(name)
+
+
+def test_a_get_variable_waiting_behind_another_does_not_stop_python(cluster, prefix):
+    """Two threads declare variables in one session while the shards hold
+    writes: the first waits on a shard holding the session's scope lock, the
+    second waits for that lock. Both wait without the GIL, so this thread
+    still runs and releases the shards."""
+    s = psclient.connect(cluster.address)
+    observer = psclient.connect(cluster.address)
+    addresses = ["127.0.0.1:%d" % p for p in cluster.shard_ports]
+    first, second = prefix + "_first", prefix + "_second"
+    finished, errors, unfence_errors = [], [], []
+    lifted = threading.Event()
+    second_started = threading.Event()
+
+    def declare(name, initialize):
+        if name == second:
+            second_started.set()
+        try:
+            psclient.get_variable(name, initializer=np.ones(4, np.float32), initialize=initialize,
+                                  session=s)
+        except Exception as e:  # reported below, in the main thread
+            errors.append(e)
+        finished.append((name, lifted.is_set()))
+
+    fence_id = 4243
+    for a in addresses:
+        _psclient._fence_shard(a, fence_id, 30000)
+    threads = [threading.Thread(target=declare, args=(first, True)),
+               threading.Thread(target=declare, args=(second, False))]
+    try:
+        threads[0].start()
+        # Declared on the coordinator: the first get_variable is past its
+        # coordinator call, writing the value to a held shard, scope lock held.
+        for _ in range(12000):
+            try:
+                observer.lookup_variable(first)
+                break
+            except psclient.errors.NotFoundError:
+                time.sleep(0.005)
+        threads[1].start()
+        second_started.wait(60)
+        time.sleep(0.05)  # lets it reach the scope lock (the test is certain either way)
+        finished_while_held = list(finished)
+    finally:
+        lifted.set()
+        for a in addresses:
+            try:
+                _psclient._unfence_shard(a, fence_id)
+            except Exception as e:  # a lease that ran out: asserted below
+                unfence_errors.append(e)
+        for t in threads:
+            t.join(120)
+        observer.close()
+        s.close()
+    assert not errors, errors
+    assert finished_while_held == []
+    assert sorted(finished) == [(first, True), (second, True)], finished
+    assert not unfence_errors, unfence_errors
