@@ -499,19 +499,26 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
 class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchResponse> {
  public:
   BatchReactor(ShardService* service, CallerKey caller) : service_(service), caller_(caller) {
+    waiting_ = true;
     StartRead(&request_);
+    service_->AddBatchStream(this);
   }
 
   void OnReadDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      waiting_ = false;
+      if (finished_) return;  // ended by a drain while it waited: the message is not run
+    }
     if (!ok) {
-      Finish(grpc::Status::OK);
+      FinishOnce(grpc::Status::OK);
       return;
     }
     received_ = std::chrono::steady_clock::now();
     absl::Status status = service_->Admit();
     if (!status.ok()) {
       service_->Release();
-      Finish(ToGrpcStatus(status));
+      FinishOnce(ToGrpcStatus(status));
       return;
     }
     RunMessage();
@@ -519,14 +526,38 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
     request_.Clear();
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      waiting_ = true;
+    }
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->RemoveBatchStream(this);
+    delete this;
+  }
+
+  // A client's data stream stays open between its ops: a draining shard
+  // ends the ones waiting for their next message (UNAVAILABLE, so the
+  // client retries elsewhere in time or fails as for a shard that went
+  // away) instead of holding its shutdown until the server cancels them.
+  // Returns true when this stream was ended; the caller then calls Finish
+  // outside its locks (EndNow).
+  bool EndIfWaiting() {
+    absl::MutexLock lock(&mu_);
+    if (!waiting_ || finished_) return false;
+    finished_ = true;
+    return true;
+  }
+  void EndNow(const std::string& who) {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, who + " is shutting down"));
+  }
 
  private:
   // Runs the message's ops in order. A message with a write is admitted by
@@ -545,7 +576,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
           service_->store_->options().max_batch_ops, " (max_batch_ops); nothing was run"));
       admission.reset();
       service_->Release();
-      Finish(ToGrpcStatus(refused));
+      FinishOnce(ToGrpcStatus(refused));
       return;
     }
     // Results share one reply: reads and gathers get what is left of its
@@ -592,8 +623,21 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
     }
   }
 
+  // Finishes the call unless a drain already did.
+  void FinishOnce(const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(status);
+  }
+
   ShardService* const service_;
   const CallerKey caller_;  // the batch's request ids are bound to it
+  absl::Mutex mu_;
+  bool waiting_ ABSL_GUARDED_BY(mu_) = false;   // a read is pending, no message runs
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was (or is being) called
   std::chrono::steady_clock::time_point received_;  // the message in progress
   BatchRequest request_;
   BatchResponse response_;
@@ -612,6 +656,34 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* ShardService::AssignStream(
 grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
     grpc::CallbackServerContext* ctx) {
   return new BatchReactor(this, CallerKeyOf(*ctx));
+}
+
+void ShardService::AddBatchStream(BatchReactor* stream) {
+  {
+    absl::MutexLock lock(&batch_streams_mu_);
+    batch_streams_.insert(stream);
+  }
+  // A stream that came after the drain's sweep ends itself.
+  if (draining() && stream->EndIfWaiting()) stream->EndNow(who_);
+}
+
+void ShardService::RemoveBatchStream(BatchReactor* stream) {
+  absl::MutexLock lock(&batch_streams_mu_);
+  batch_streams_.erase(stream);
+}
+
+void ShardService::StartDrain() {
+  draining_.store(true);
+  // Streams chosen under the lock stay alive until this Finish (their
+  // OnDone needs it), so they are finished outside it.
+  std::vector<BatchReactor*> ended;
+  {
+    absl::MutexLock lock(&batch_streams_mu_);
+    for (BatchReactor* stream : batch_streams_) {
+      if (stream->EndIfWaiting()) ended.push_back(stream);
+    }
+  }
+  for (BatchReactor* stream : ended) stream->EndNow(who_);
 }
 
 grpc::ServerBidiReactor<NcclRequest, NcclReply>* ShardService::Nccl(

@@ -30,6 +30,8 @@
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 #include "psd/shard.grpc.pb.h"
@@ -130,7 +132,9 @@ class ShardService final : public ShardServiceBase {
   // before serving.
   void set_op_metrics(RpcMetrics* metrics) { op_metrics_ = metrics; }
 
-  void StartDrain() { draining_.store(true); }
+  // Refuses new calls and messages from here on, and ends the batch
+  // streams that wait for their next message.
+  void StartDrain();
   bool draining() const { return draining_.load(); }
   // True if no call was running by `deadline`.
   bool WaitForIdle(absl::Time deadline) const;
@@ -197,6 +201,11 @@ class ShardService final : public ShardServiceBase {
   VariableStore* const store_;
   ShardCheckpointer checkpointer_;
   std::atomic<bool> draining_{false};
+  // Open Batch streams (clients' data streams), for the drain.
+  void AddBatchStream(BatchReactor* stream);
+  void RemoveBatchStream(BatchReactor* stream);
+  absl::Mutex batch_streams_mu_;
+  absl::flat_hash_set<BatchReactor*> batch_streams_ ABSL_GUARDED_BY(batch_streams_mu_);
   // Calls between admission and finish. Incremented before draining_ is
   // checked, so WaitForIdle never misses a call that was admitted.
   std::atomic<int> in_flight_{0};
