@@ -175,6 +175,57 @@ TEST(StreamCodecTest, DecodeMessageJoinsSlices) {
   EXPECT_FALSE(DecodeMessage(Sliced("\x0a\x05" "ab", {}), &parsed));
 }
 
+// Two ops of a Batch message as the client's data stream sends them: each
+// op's small fields, then its tensors' contents as nested fields of their
+// own, referenced. Parsed by protobuf, the message is the ops with every
+// content in place.
+TEST(StreamCodecTest, NestedContentsParseAsTheWholeMessage) {
+  BatchOp scatter;
+  ScatterRequest* request = scatter.mutable_scatter();
+  request->set_name("emb/part_0");
+  request->mutable_indices()->set_dtype(DT_INT64);
+  request->mutable_indices()->mutable_shape()->add_dims(3);
+  request->mutable_updates()->set_dtype(DT_FLOAT);
+  request->mutable_updates()->mutable_shape()->add_dims(3);
+  request->mutable_request_id()->set_client_id(7);
+  request->mutable_request_id()->set_seq(9);
+  const std::string indices(24, '\x01');
+  // Long enough for a multi-byte length at every level.
+  std::string updates(70000, '\0');
+  for (size_t i = 0; i < updates.size(); ++i) updates[i] = static_cast<char>(i * 7);
+  std::vector<NestedContent> contents = {
+      {{BatchOp::kScatterFieldNumber, ScatterRequest::kIndicesFieldNumber,
+        TensorProto::kContentFieldNumber},
+       grpc::Slice(indices)},
+      {{BatchOp::kScatterFieldNumber, ScatterRequest::kUpdatesFieldNumber,
+        TensorProto::kContentFieldNumber},
+       grpc::Slice(updates)}};
+  BatchOp count;
+  count.mutable_count_up_to()->set_name("step");
+  count.mutable_count_up_to()->set_limit(5);
+
+  std::vector<grpc::Slice> slices;
+  size_t total = AppendWithNestedContents(scatter, contents, BatchRequest::kOpsFieldNumber, &slices);
+  total += AppendWithNestedContents(count, {}, BatchRequest::kOpsFieldNumber, &slices);
+  grpc::ByteBuffer buffer(slices.data(), slices.size());
+  EXPECT_EQ(buffer.Length(), total);
+
+  BatchRequest parsed;
+  ASSERT_TRUE(DecodeMessage(buffer, &parsed));
+  BatchRequest expected;
+  *expected.add_ops() = scatter;
+  expected.mutable_ops(0)->mutable_scatter()->mutable_indices()->set_content(indices);
+  expected.mutable_ops(0)->mutable_scatter()->mutable_updates()->set_content(updates);
+  *expected.add_ops() = count;
+  EXPECT_EQ(parsed.SerializeAsString(), expected.SerializeAsString());
+  // The big content is referenced, not copied.
+  bool referenced = false;
+  for (const grpc::Slice& slice : slices) {
+    referenced |= slice.size() == updates.size();
+  }
+  EXPECT_TRUE(referenced);
+}
+
 TEST(StreamCodecTest, PoolReusesABufferOnceGrpcLetsGoOfItsSlice) {
   auto pool = ChunkBufferPool::Create();
   char* first = nullptr;
