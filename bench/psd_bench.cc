@@ -84,10 +84,6 @@ double Percentile(std::vector<double> v, double p) {
 // the workloads that report CPU run long enough to make that a few percent
 // at most); this process's from getrusage(RUSAGE_SELF) (all threads, in
 // microseconds). Neither counts the bare gRPC server (a child of its own).
-struct CpuSeconds {
-  double shard = 0;   // < 0: not known (an external shard)
-  double client = 0;
-};
 
 double ProcessCpuSeconds(pid_t pid) {
   std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
@@ -145,7 +141,7 @@ struct Row {
   std::string baseline;
   double baseline_value = 0;
   std::string extra;  // latency percentiles, second ratio
-  // CPU microseconds per `cpu_unit` (op, row, MiB) of the shard and of this
+  // CPU microseconds per `cpu_unit` (op, row) of the shard and of this
   // process; cpu_unit empty: not measured. shard < 0: not known.
   std::string cpu_unit = "";
   double cpu_shard_us = -1, cpu_client_us = 0;
@@ -376,15 +372,23 @@ class Bench {
   }
 
   // Bare gRPC upload of `bytes`: unary up to the client's stream threshold,
-  // 1 MiB-chunk stream above it (the shapes psd uses for the same size).
-  double BareUploadGBps(int64_t bytes, bool streamed) {
+  // 1 MiB-chunk stream above it (the shapes psd uses for the same size);
+  // each rep makes `per_rep` uploads in turn, as the workload beside it.
+  double BareUploadGBps(int64_t bytes, bool streamed, int per_rep = 1) {
     std::vector<double> rates;
     std::string payload(std::min<int64_t>(bytes, streamed ? (1 << 20) : bytes), 'x');
     for (int r = -1; r < config_.reps; ++r) {  // round -1 warms up
       grpc::ClientContext ctx;
       UploadResponse resp;
       const auto start = Clock::now();
-      if (streamed) {
+      if (!streamed && per_rep > 1) {
+        UploadRequest req;
+        req.set_content(payload);
+        for (int k = 0; k < per_rep; ++k) {
+          grpc::ClientContext each;
+          bare_->Upload(&each, req, &resp);
+        }
+      } else if (streamed) {
         auto writer = bare_->UploadStream(&ctx, &resp);
         UploadRequest chunk;
         for (int64_t sent = 0; sent < bytes; sent += payload.size()) {
@@ -398,7 +402,7 @@ class Bench {
         req.set_content(payload);
         bare_->Upload(&ctx, req, &resp);
       }
-      if (r >= 0) rates.push_back(bytes / Since(start) / 1e9);
+      if (r >= 0) rates.push_back(static_cast<double>(per_rep) * bytes / Since(start) / 1e9);
     }
     return Summarize(rates).median;
   }
@@ -491,7 +495,7 @@ class Bench {
         read_cpu.Stop(extra);
       }
       Check(shard_->Delete(name), "delete " + name);
-      const double up = BareUploadGBps(bytes, streamed);
+      const double up = BareUploadGBps(bytes, streamed, per_rep);
       const double down = streamed ? BareDownloadGBps(bytes) : up;
       const Stats a = Summarize(assign_rates), ad = Summarize(add_rates),
                   rd = Summarize(read_rates);
