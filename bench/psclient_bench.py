@@ -9,8 +9,10 @@ gather of 4096 x 64 float32 rows (distinct indices, so the client's merge of
 duplicate indices changes nothing and every row goes on the wire) with 1 and
 4 calls in flight. Then psd_bench runs the same workloads through the C++
 ShardClient against the same shard (--shard, --only small,sparse,
---index-dist distinct, --json) and the table gives psclient / C++ for each,
-against the issue's target of 0.9x.
+--index-dist distinct, --json), then the psclient workloads run again (half
+the reps in each pass, pooled: a change of load on a shared machine weighs
+on both clients), and the table gives psclient / C++ for each, against the
+issue's target of 0.9x.
 
 CPU: the shard's from /proc/PID/stat (utime + stime, 10 ms ticks), this
 process's from getrusage(RUSAGE_SELF) (all threads), per op or row.
@@ -148,25 +150,53 @@ def median(values):
 
 
 class Table:
+    """The psclient rows. The workloads run twice, before and after the C++
+    client's run, so that a change of load on a shared machine during the
+    run weighs on both clients alike; each row pools both passes' reps."""
+
     def __init__(self):
-        self.rows = []
-        print("%-46s %10s %10s %10s %-7s | %s" % ("workload (psclient)", "median", "min", "max",
-                                                  "unit", "cpu per op/row"))
+        self._order = []
+        self._rows = {}
 
     def add(self, name, unit, rates, meter, per):
-        shard_us, client_us = meter.per_unit_us()
-        self.rows.append(dict(workload=name, unit=unit, median=median(rates), min=min(rates),
-                              max=max(rates), cpu_shard_us=shard_us, cpu_client_us=client_us))
-        print("%-46s %10.3g %10.3g %10.3g %-7s | cpu/%s shard %.3g + client %.3g = %.3g us"
-              % (name, median(rates), min(rates), max(rates), unit, per, shard_us, client_us,
-                 shard_us + client_us))
+        if name not in self._rows:
+            self._order.append(name)
+            self._rows[name] = dict(unit=unit, rates=[], meters=[], per=per)
+        self._rows[name]["rates"].extend(rates)
+        self._rows[name]["meters"].append(meter)
+
+    @property
+    def rows(self):
+        out = []
+        for name in self._order:
+            r = self._rows[name]
+            shard = sum(m.shard for m in r["meters"])
+            client = sum(m.client for m in r["meters"])
+            units = sum(m.units for m in r["meters"])
+            rates = r["rates"]
+            out.append(dict(workload=name, unit=r["unit"], per=r["per"], median=median(rates),
+                            min=min(rates), max=max(rates), reps=len(rates),
+                            cpu_shard_us=shard / units * 1e6 if units else 0.0,
+                            cpu_client_us=client / units * 1e6 if units else 0.0))
+        return out
+
+    def print(self):
+        print("\n%-46s %10s %10s %10s %-7s %4s | %s" % (
+            "workload (psclient, both passes)", "median", "min", "max", "unit", "reps",
+            "cpu per op/row"))
+        for r in self.rows:
+            print("%-46s %10.3g %10.3g %10.3g %-7s %4d | cpu/%s shard %.3g + client %.3g = %.3g us"
+                  % (r["workload"], r["median"], r["min"], r["max"], r["unit"], r["reps"],
+                     r["per"], r["cpu_shard_us"], r["cpu_client_us"],
+                     r["cpu_shard_us"] + r["cpu_client_us"]))
         sys.stdout.flush()
 
 
-def python_workloads(args, small_reps, shard_pid, table):
+def python_workloads(args, small_reps, shard_pid, table, tag):
     one = np.ones((), np.int64)
-    counter = psclient.get_variable("pybench/counter", initializer=np.zeros((), np.int64),
-                                    dtype=psclient.int64, initialize=True)
+    counter = psclient.get_variable("pybench/counter_%d" % tag,
+                                    initializer=np.zeros((), np.int64), dtype=psclient.int64,
+                                    initialize=True)
     for threads in (1, 8):
         counter.assign_add(one)  # warm-up
         rates = []
@@ -179,7 +209,7 @@ def python_workloads(args, small_reps, shard_pid, table):
         table.add("assign_add scalar, %d threads" % threads, "ops/s", rates, meter, "op")
 
     rows, cols, n = args.table_rows, 64, args.batch
-    t = psclient.get_variable("pybench/table", shape=[rows, cols], dtype=psclient.float32,
+    t = psclient.get_variable("pybench/table_%d" % tag, shape=[rows, cols], dtype=psclient.float32,
                               initializer=psclient.zeros_initializer(), initialize=True)
     rng = np.random.default_rng(1000)
     # Distinct rows per batch, in no particular order (a trainer's ids).
@@ -293,11 +323,23 @@ def main():
               "utime+stime (10 ms ticks), client getrusage(RUSAGE_SELF)"
               % (shard_address, shard_pid, "quick" if args.quick else "full", args.reps))
         table = Table()
+        # psclient, then the C++ client, then psclient again (see Table);
+        # each pass makes half the reps (at least one).
+        passes = 1 if args.no_cpp else 2
+        small_per_pass = max(1, small_reps // passes)
+        full_reps = args.reps
+        args.reps = max(1, full_reps // passes)
         with psclient.connect(cluster.address):
-            python_workloads(args, small_reps, shard_pid, table)
+            python_workloads(args, small_per_pass, shard_pid, table, 0)
+        args.reps = full_reps
         if args.no_cpp:
+            table.print()
             return 0
         cpp_rows = cpp_workloads(args, shard_address, shard_pid)
+        args.reps = max(1, full_reps - full_reps // passes)
+        with psclient.connect(cluster.address):
+            python_workloads(args, small_per_pass, shard_pid, table, 1)
+        table.print()
         return 1 if compare(table.rows, cpp_rows) else 0
 
 
