@@ -8,7 +8,13 @@
 //   psd_bench --only checkpoints  # save/restore GB/s and fence pauses (own cluster)
 //   psd_bench --only sparse_merge # bytes and rows/s of scatter_add with duplicates merged
 //   psd_bench --only dense --sizes 1073741824 --reps 3   # one size, e.g. under perf
+//   psd_bench --shard H:P --shard-pid PID --only small,sparse --index-dist distinct --json F
+//                             # the C++ side of bench/psclient_bench.py
+//
+// The run ends with a targets table: each ratio named by issue 18's targets
+// that this bench can measure, its goal and pass/fail.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,7 +25,11 @@
 #include <deque>
 #include <future>
 #include <fstream>
+#include <iterator>
+#include <random>
+#include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -66,6 +76,64 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
 }
 
+// CPU seconds used so far by the shard (when this process started it, or
+// was told its pid) and by this process (the client).
+//
+// The shard's come from /proc/PID/stat (utime + stime: all its threads,
+// exited ones included, in clock ticks of 1/CLK_TCK s, so 10 ms on Linux:
+// the workloads that report CPU run long enough to make that a few percent
+// at most); this process's from getrusage(RUSAGE_SELF) (all threads, in
+// microseconds). Neither counts the bare gRPC server (a child of its own).
+
+double ProcessCpuSeconds(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string content((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which may hold spaces, in parentheses):
+  // state is field 3, utime field 14, stime field 15.
+  const size_t close = content.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(content.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stod(field);
+    if (i == 15) stime = std::stod(field);
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double SelfCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// Accumulates the CPU seconds of shard and client over the timed sections
+// of one workload (Start/Stop around each), and the units of work done in
+// them (ops, rows), so the row can say CPU per unit.
+class CpuMeter {
+ public:
+  explicit CpuMeter(pid_t shard_pid) : shard_pid_(shard_pid) {}
+  void Start() {
+    shard_start_ = shard_pid_ > 0 ? ProcessCpuSeconds(shard_pid_) : -1;
+    client_start_ = SelfCpuSeconds();
+  }
+  void Stop(double units) {
+    if (shard_pid_ > 0 && shard_start_ >= 0) shard_ += ProcessCpuSeconds(shard_pid_) - shard_start_;
+    client_ += SelfCpuSeconds() - client_start_;
+    units_ += units;
+  }
+  // Microseconds per unit; shard < 0 when it is not known.
+  double shard_us() const { return shard_pid_ > 0 && units_ > 0 ? shard_ / units_ * 1e6 : -1; }
+  double client_us() const { return units_ > 0 ? client_ / units_ * 1e6 : 0; }
+
+ private:
+  const pid_t shard_pid_;
+  double shard_start_ = 0, client_start_ = 0;
+  double shard_ = 0, client_ = 0, units_ = 0;
+};
+
 struct Row {
   std::string workload;
   std::string unit;
@@ -73,21 +141,54 @@ struct Row {
   std::string baseline;
   double baseline_value = 0;
   std::string extra;  // latency percentiles, second ratio
+  // CPU microseconds per `cpu_unit` (op, row) of the shard and of this
+  // process; cpu_unit empty: not measured. shard < 0: not known.
+  std::string cpu_unit = "";
+  double cpu_shard_us = -1, cpu_client_us = 0;
+
+  Row& Cpu(const CpuMeter& meter, std::string per) {
+    cpu_unit = std::move(per);
+    cpu_shard_us = meter.shard_us();
+    cpu_client_us = meter.client_us();
+    return *this;
+  }
+};
+
+// One ratio of the issue's targets: `value` against `target`, where
+// at_least says which side passes.
+struct Target {
+  std::string name;
+  double value = 0;
+  bool at_least = true;
+  double target = 0;
+  std::string detail;
+  bool pass() const { return at_least ? value >= target : value <= target; }
 };
 
 class Report {
  public:
   void Add(Row row) {
     const double ratio = row.baseline_value > 0 ? row.value.median / row.baseline_value : 0;
-    std::printf("%-44s %10.3g %10.3g %10.3g %-8s | %-26s %10.3g  x%.2f  %s\n",
+    std::string extra = row.extra;
+    if (!row.cpu_unit.empty()) {
+      const std::string cpu =
+          row.cpu_shard_us >= 0
+              ? absl::StrFormat("cpu/%s shard %.3g + client %.3g = %.3g us", row.cpu_unit,
+                                row.cpu_shard_us, row.cpu_client_us,
+                                row.cpu_shard_us + row.cpu_client_us)
+              : absl::StrFormat("cpu/%s client %.3g us (shard unknown)", row.cpu_unit,
+                                row.cpu_client_us);
+      extra = extra.empty() ? cpu : absl::StrCat(cpu, "; ", extra);
+    }
+    std::printf("%-50s %10.3g %10.3g %10.3g %-8s | %-26s %10.3g  x%.2f  %s\n",
                 row.workload.c_str(), row.value.median, row.value.min, row.value.max,
                 row.unit.c_str(), row.baseline.c_str(), row.baseline_value, ratio,
-                row.extra.c_str());
+                extra.c_str());
     std::fflush(stdout);
     rows_.push_back(std::move(row));
   }
   void Header() {
-    std::printf("%-44s %10s %10s %10s %-8s | %-26s %10s  %s\n", "workload", "median", "min",
+    std::printf("%-50s %10s %10s %10s %-8s | %-26s %10s  %s\n", "workload", "median", "min",
                 "max", "unit", "baseline", "value", "ratio");
   }
   bool WriteJson(const std::string& path) const {
@@ -97,17 +198,45 @@ class Report {
       const Row& r = rows_[i];
       out << absl::StrFormat(
           "  {\"workload\": \"%s\", \"unit\": \"%s\", \"median\": %g, \"min\": %g, \"max\": %g, "
-          "\"baseline\": \"%s\", \"baseline_value\": %g, \"ratio\": %g, \"extra\": \"%s\"}%s\n",
+          "\"baseline\": \"%s\", \"baseline_value\": %g, \"ratio\": %g, \"extra\": \"%s\", "
+          "\"cpu_unit\": \"%s\", \"cpu_shard_us\": %g, \"cpu_client_us\": %g}%s\n",
           r.workload, r.unit, r.value.median, r.value.min, r.value.max, r.baseline,
           r.baseline_value, r.baseline_value > 0 ? r.value.median / r.baseline_value : 0, r.extra,
-          i + 1 < rows_.size() ? "," : "");
+          r.cpu_unit, r.cpu_shard_us, r.cpu_client_us,
+          i + 1 < rows_.size() || !targets_.empty() ? "," : "");
+    }
+    // The targets follow the rows, marked by "target": true.
+    for (size_t i = 0; i < targets_.size(); ++i) {
+      const Target& t = targets_[i];
+      out << absl::StrFormat(
+          "  {\"target\": true, \"name\": \"%s\", \"value\": %g, \"at_least\": %s, "
+          "\"goal\": %g, \"pass\": %s, \"detail\": \"%s\"}%s\n",
+          t.name, t.value, t.at_least ? "true" : "false", t.target, t.pass() ? "true" : "false",
+          t.detail, i + 1 < targets_.size() ? "," : "");
     }
     out << "]\n";
     return static_cast<bool>(out);
   }
 
+  void AddTarget(Target t) { targets_.push_back(std::move(t)); }
+  // The targets table: each ratio the issue names, its goal and pass/fail.
+  void PrintTargets() const {
+    if (targets_.empty()) return;
+    std::printf("\ntargets (ratios of this run)\n");
+    std::printf("%-62s %9s %10s  %-4s  %s\n", "target", "value", "goal", "", "detail");
+    int passed = 0;
+    for (const Target& t : targets_) {
+      passed += t.pass() ? 1 : 0;
+      std::printf("%-62s %9.3g %3s %6.3g  %-4s  %s\n", t.name.c_str(), t.value,
+                  t.at_least ? ">=" : "<=", t.target, t.pass() ? "pass" : "FAIL", t.detail.c_str());
+    }
+    std::printf("%d of %zu targets met\n", passed, targets_.size());
+    std::fflush(stdout);
+  }
+
  private:
   std::vector<Row> rows_;
+  std::vector<Target> targets_;
 };
 
 struct Config {
@@ -127,6 +256,8 @@ struct Config {
   std::vector<std::string> only;
   // Dense sizes to run instead of the defaults (bytes), e.g. to profile one.
   std::vector<int64_t> sizes;
+  // Index batches of the sparse workloads: "zipf" (Zipf(1.1)) or "distinct".
+  std::string index_dist = "zipf";
 };
 
 std::string HumanBytes(int64_t b) {
@@ -183,6 +314,20 @@ class Bench {
       return 1;
     }
     shard_ = std::move(shard).value();
+    // The same client without its data stream: every op a unary call (the
+    // protocol of older clients), measured beside the stream.
+    client::ClientOptions unary;
+    unary.data_stream = false;
+    auto unary_client = ShardClient::Connect(shard_address_, unary);
+    if (!unary_client.ok()) {
+      std::fprintf(stderr, "cannot connect to %s: %s\n", shard_address_.c_str(),
+                   unary_client.status().ToString().c_str());
+      return 1;
+    }
+    shard_unary_ = std::move(unary_client).value();
+    std::printf("cpu/op, cpu/row: CPU microseconds per op or row, of the shard (%s) and of this "
+                "process, the client (getrusage RUSAGE_SELF, all threads)\n",
+                shard_pid_ > 0 ? "/proc/PID/stat utime+stime, 10 ms ticks" : "unknown: external");
     report_.Header();
     Baselines();
     if (Selected("dense")) Dense();
@@ -192,6 +337,9 @@ class Bench {
     if (Selected("optimizers")) Optimizers();
     if (Selected("memory")) Memory();
     if (Selected("checkpoints")) Checkpoints();
+    report_.PrintTargets();
+    std::printf("not measured here: psclient / C++ client (bench/psclient_bench.py); GPU shards "
+                "(--shard-device gpu:N on a GPU machine)\n");
     return failed_ ? 1 : 0;
   }
 
@@ -224,15 +372,23 @@ class Bench {
   }
 
   // Bare gRPC upload of `bytes`: unary up to the client's stream threshold,
-  // 1 MiB-chunk stream above it (the shapes psd uses for the same size).
-  double BareUploadGBps(int64_t bytes, bool streamed) {
+  // 1 MiB-chunk stream above it (the shapes psd uses for the same size);
+  // each rep makes `per_rep` uploads in turn, as the workload beside it.
+  double BareUploadGBps(int64_t bytes, bool streamed, int per_rep = 1) {
     std::vector<double> rates;
     std::string payload(std::min<int64_t>(bytes, streamed ? (1 << 20) : bytes), 'x');
     for (int r = -1; r < config_.reps; ++r) {  // round -1 warms up
       grpc::ClientContext ctx;
       UploadResponse resp;
       const auto start = Clock::now();
-      if (streamed) {
+      if (!streamed && per_rep > 1) {
+        UploadRequest req;
+        req.set_content(payload);
+        for (int k = 0; k < per_rep; ++k) {
+          grpc::ClientContext each;
+          bare_->Upload(&each, req, &resp);
+        }
+      } else if (streamed) {
         auto writer = bare_->UploadStream(&ctx, &resp);
         UploadRequest chunk;
         for (int64_t sent = 0; sent < bytes; sent += payload.size()) {
@@ -246,7 +402,7 @@ class Bench {
         req.set_content(payload);
         bare_->Upload(&ctx, req, &resp);
       }
-      if (r >= 0) rates.push_back(bytes / Since(start) / 1e9);
+      if (r >= 0) rates.push_back(static_cast<double>(per_rep) * bytes / Since(start) / 1e9);
     }
     return Summarize(rates).median;
   }
@@ -268,6 +424,26 @@ class Bench {
     return Summarize(rates).median;
   }
 
+  // Adds the targets of one dense write workload (assign or assign_add of
+  // a size from 4 MiB up): against the bare gRPC stream and raw TCP, and its
+  // slowest rep against its median.
+  void DenseWriteTargets(const std::string& what, const Stats& s, double bare_stream,
+                         double tcp) {
+    report_.AddTarget({absl::StrCat(what, " / bare gRPC stream"), s.median / bare_stream, true,
+                       1.3, ""});
+    report_.AddTarget({absl::StrCat(what, " / raw TCP"), s.median / tcp, true, 0.5, ""});
+    report_.AddTarget({absl::StrCat(what, ": slowest rep / median"), s.min / s.median, true, 0.7,
+                       absl::StrFormat("min %.3g median %.3g GB/s", s.min, s.median)});
+  }
+
+  // Raw TCP loopback measured again beside a workload: on a shared machine
+  // the load, and with it this bound, changes during a run, so ratios to
+  // raw TCP use the figure taken next to the workload (the first row's
+  // baseline is the one at the start).
+  double RawTcpNow() const {
+    return RawTcpGBps(config_.quick ? (size_t{128} << 20) : (size_t{1} << 30));
+  }
+
   void Dense() {
     for (int64_t bytes : config_.dense_sizes) {
       const std::string name = absl::StrCat("bench/dense_", bytes);
@@ -275,32 +451,114 @@ class Bench {
       shard_->Delete(name).IgnoreError();
       Check(shard_->Create(name, value).status(), "create " + name);
       const bool streamed = bytes > (1 << 20);  // the client's default threshold
-      std::vector<double> assign_rates, read_rates;
+      std::vector<double> assign_rates, add_rates, read_rates;
+      CpuMeter assign_cpu(shard_pid_), add_cpu(shard_pid_), read_cpu(shard_pid_);
       // Reads go into one reused tensor, as a trainer that pulls a variable
       // every step does (ShardClient::ReadInto).
       Tensor read_into;
       // One unmeasured round warms connections, allocators and page caches.
       Check(shard_->Assign(name, value), "assign " + name);
+      Check(shard_->AssignAdd(name, value), "assign_add " + name);
       Check(shard_->ReadInto(name, &read_into), "read " + name);
+      // Values under 4 MiB repeat within a rep, so that a rep lasts long
+      // enough to time; from 4 MiB up a rep is one op (the targets judge
+      // single ops' spread).
+      const int per_rep =
+          bytes >= (4 << 20)
+              ? 1
+              : static_cast<int>(std::clamp<int64_t>((int64_t{64} << 20) / bytes, 1, 256));
       for (int r = 0; r < config_.reps; ++r) {
         auto start = Clock::now();
-        Check(shard_->Assign(name, value), "assign " + name);
-        assign_rates.push_back(bytes / Since(start) / 1e9);
+        assign_cpu.Start();
+        for (int k = 0; k < per_rep; ++k) Check(shard_->Assign(name, value), "assign " + name);
+        assign_cpu.Stop(per_rep);
+        assign_rates.push_back(per_rep * bytes / Since(start) / 1e9);
         start = Clock::now();
-        Check(shard_->ReadInto(name, &read_into), "read " + name);
-        read_rates.push_back(bytes / Since(start) / 1e9);
+        add_cpu.Start();
+        for (int k = 0; k < per_rep; ++k) {
+          Check(shard_->AssignAdd(name, value), "assign_add " + name);
+        }
+        add_cpu.Stop(per_rep);
+        add_rates.push_back(per_rep * bytes / Since(start) / 1e9);
+        start = Clock::now();
+        read_cpu.Start();
+        for (int k = 0; k < per_rep; ++k) {
+          Check(shard_->ReadInto(name, &read_into), "read " + name);
+        }
+        read_cpu.Stop(per_rep);
+        read_rates.push_back(per_rep * bytes / Since(start) / 1e9);
+      }
+      // CPU ticks are 10 ms: untimed extra ops bring each kind's measured
+      // work to at least 256 MiB (or 1024 more ops).
+      const int64_t extra = std::clamp<int64_t>(
+          ((int64_t{256} << 20) - config_.reps * per_rep * bytes) / bytes, 0, 1024);
+      if (!config_.quick) {
+        assign_cpu.Start();
+        for (int64_t k = 0; k < extra; ++k) Check(shard_->Assign(name, value), "assign " + name);
+        assign_cpu.Stop(extra);
+        add_cpu.Start();
+        for (int64_t k = 0; k < extra; ++k) Check(shard_->AssignAdd(name, value), "add " + name);
+        add_cpu.Stop(extra);
+        read_cpu.Start();
+        for (int64_t k = 0; k < extra; ++k) Check(shard_->ReadInto(name, &read_into), "read");
+        read_cpu.Stop(extra);
       }
       Check(shard_->Delete(name), "delete " + name);
-      const double up = BareUploadGBps(bytes, streamed);
+      const double up = BareUploadGBps(bytes, streamed, per_rep);
+      const double tcp = RawTcpNow();
       const double down = streamed ? BareDownloadGBps(bytes) : up;
-      const Stats a = Summarize(assign_rates), rd = Summarize(read_rates);
-      report_.Add({absl::StrCat("assign ", HumanBytes(bytes)), "GB/s", a,
-                   streamed ? "bare gRPC stream 1 MiB" : "bare gRPC unary upload", up,
-                   absl::StrFormat("raw TCP x%.2f", a.median / tcp_)});
-      report_.Add({absl::StrCat("read ", HumanBytes(bytes)), "GB/s", rd,
-                   streamed ? "bare gRPC stream 1 MiB" : "bare gRPC unary upload", down,
-                   absl::StrFormat("raw TCP x%.2f", rd.median / tcp_)});
+      const Stats a = Summarize(assign_rates), ad = Summarize(add_rates),
+                  rd = Summarize(read_rates);
+      const std::string bare = streamed ? "bare gRPC stream 1 MiB" : "bare gRPC unary upload";
+      report_.Add(Row{absl::StrCat("assign ", HumanBytes(bytes)), "GB/s", a, bare, up,
+                      absl::StrFormat("raw TCP x%.2f", a.median / tcp)}
+                      .Cpu(assign_cpu, "op"));
+      report_.Add(Row{absl::StrCat("assign_add ", HumanBytes(bytes)), "GB/s", ad, bare, up,
+                      absl::StrFormat("raw TCP x%.2f", ad.median / tcp)}
+                      .Cpu(add_cpu, "op"));
+      report_.Add(Row{absl::StrCat("read ", HumanBytes(bytes)), "GB/s", rd, bare, down,
+                      absl::StrFormat("raw TCP x%.2f (raw TCP %.3g GB/s beside it)",
+                                      rd.median / tcp, tcp)}
+                      .Cpu(read_cpu, "op"));
+      if (bytes >= (4 << 20)) {
+        DenseWriteTargets(absl::StrCat("assign ", HumanBytes(bytes)), a, up, tcp);
+        DenseWriteTargets(absl::StrCat("assign_add ", HumanBytes(bytes)), ad, up, tcp);
+        report_.AddTarget({absl::StrCat("read ", HumanBytes(bytes), " / raw TCP"),
+                           rd.median / tcp, true, 0.6, ""});
+      }
     }
+  }
+
+  // Runs `issue` (which returns a future) from one thread with `window`
+  // calls outstanding for `seconds`; returns ops/s and the ops done.
+  template <typename Issue>
+  std::pair<double, int64_t> RunAsync(int window, double seconds, Issue issue) {
+    std::deque<decltype(issue())> pending;
+    int64_t done = 0, failures = 0;
+    const auto start = Clock::now();
+    while (Since(start) < seconds) {
+      pending.push_back(issue());
+      if (pending.size() >= static_cast<size_t>(window)) {
+        failures += pending.front().get().ok() ? 0 : 1;
+        pending.pop_front();
+        ++done;
+      }
+    }
+    for (auto& f : pending) {
+      failures += f.get().ok() ? 0 : 1;
+      ++done;
+    }
+    const double elapsed = Since(start);
+    if (failures > 0) std::fprintf(stderr, "warning: %ld async ops failed\n", long(failures));
+    return {done / elapsed, done};
+  }
+
+  // Ops per message of a client's data stream over a span (how much
+  // concurrent ops coalesced); 0 when nothing went on the stream.
+  static double OpsPerMessage(const client::DataStreamStats& before,
+                              const client::DataStreamStats& after) {
+    const int64_t messages = after.messages_sent - before.messages_sent;
+    return messages > 0 ? static_cast<double>(after.ops_sent - before.ops_sent) / messages : 0;
   }
 
   void SmallOps() {
@@ -310,9 +568,16 @@ class Bench {
     Check(shard_->Create("bench/step", Tensor::Scalar<int64_t>(0)).status(), "create step");
     const Tensor one = Tensor::Scalar<int64_t>(1);
     double bare_64 = 0;
+    const double minimum[] = {1.0, 2.0, 4.0};  // the issue's targets at 1, 8, 64
+    int level = 0;
     for (int inflight : {1, 8, 64}) {
-      std::vector<double> bare, adds, counts;
-      std::vector<double> add_lat, count_lat;
+      std::vector<double> bare, count_rates;
+      // [stream, unary] x [sync threads, async window]
+      std::vector<double> rates[2][2];
+      std::vector<double> latencies[2];
+      std::vector<CpuMeter> cpu(4, CpuMeter(shard_pid_));
+      double coalesced[2] = {0, 0};
+      std::vector<double> count_lat;
       for (int r = 0; r < std::max(1, config_.reps / 2); ++r) {
         bare.push_back(RunConcurrent(inflight, config_.op_seconds, [&](int) {
                          grpc::ClientContext ctx;
@@ -322,27 +587,68 @@ class Bench {
                          AddResponse resp;
                          return bare_->Add(&ctx, req, &resp).ok();
                        }).first);
-        auto [add_rate, al] = RunConcurrent(inflight, config_.op_seconds, [&](int) {
-          return shard_->AssignAdd("bench/counter", one).ok();
-        });
-        adds.push_back(add_rate);
-        add_lat.insert(add_lat.end(), al.begin(), al.end());
+        for (int path = 0; path < 2; ++path) {
+          ShardClient* client = path == 0 ? shard_.get() : shard_unary_.get();
+          auto stats = client->data_stream_stats();
+          cpu[path * 2].Start();
+          auto [rate, lat] = RunConcurrent(inflight, config_.op_seconds, [&](int) {
+            return client->AssignAdd("bench/counter", one).ok();
+          });
+          cpu[path * 2].Stop(static_cast<double>(lat.size()));
+          rates[path][0].push_back(rate);
+          latencies[path].insert(latencies[path].end(), lat.begin(), lat.end());
+          if (path == 0) coalesced[0] = OpsPerMessage(stats, client->data_stream_stats());
+          stats = client->data_stream_stats();
+          cpu[path * 2 + 1].Start();
+          const auto [async_rate, async_done] = RunAsync(inflight, config_.op_seconds, [&] {
+            return client->AssignAddAsync("bench/counter", one);
+          });
+          cpu[path * 2 + 1].Stop(static_cast<double>(async_done));
+          rates[path][1].push_back(async_rate);
+          if (path == 0) coalesced[1] = OpsPerMessage(stats, client->data_stream_stats());
+        }
         auto [count_rate, cl] = RunConcurrent(inflight, config_.op_seconds, [&](int) {
           return shard_->CountUpTo("bench/step", int64_t{1} << 62).ok();
         });
-        counts.push_back(count_rate);
+        count_rates.push_back(count_rate);
         count_lat.insert(count_lat.end(), cl.begin(), cl.end());
       }
       const double bare_rate = Summarize(bare).median;
       if (inflight == 64) bare_64 = bare_rate;
-      report_.Add({absl::StrCat("assign_add scalar, ", inflight, " in flight"), "ops/s",
-                   Summarize(adds), "bare gRPC unary", bare_rate,
-                   absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(add_lat, 0.5) * 1e6,
-                                   Percentile(add_lat, 0.99) * 1e6)});
+      auto percentiles = [](const std::vector<double>& lat) {
+        return absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(lat, 0.5) * 1e6,
+                               Percentile(lat, 0.99) * 1e6);
+      };
+      const char* kPath[] = {"", ", unary"};
+      for (int path = 0; path < 2; ++path) {
+        const Stats sync = Summarize(rates[path][0]), async = Summarize(rates[path][1]);
+        std::string sync_extra = percentiles(latencies[path]);
+        std::string async_extra;
+        if (path == 0) {
+          sync_extra += absl::StrFormat("; %.1f ops/msg", coalesced[0]);
+          async_extra = absl::StrFormat("%.1f ops/msg", coalesced[1]);
+        }
+        report_.Add(Row{absl::StrCat("assign_add scalar, ", inflight, " in flight", kPath[path]),
+                        "ops/s", sync, "bare gRPC unary", bare_rate, sync_extra}
+                        .Cpu(cpu[path * 2], "op"));
+        report_.Add(Row{absl::StrCat("assign_add scalar, async ", inflight, kPath[path]),
+                        "ops/s", async, "bare gRPC unary", bare_rate, async_extra}
+                        .Cpu(cpu[path * 2 + 1], "op"));
+        if (path == 0) {
+          const Stats unary_sync = Summarize(rates[1][0]), unary_async = Summarize(rates[1][1]);
+          report_.AddTarget({absl::StrCat("assign_add scalar, ", inflight,
+                                          " threads (sync) / bare gRPC unary"),
+                             sync.median / bare_rate, true, minimum[level],
+                             absl::StrFormat("unary path x%.2f", unary_sync.median / bare_rate)});
+          report_.AddTarget({absl::StrCat("assign_add scalar, async ", inflight,
+                                          " outstanding / bare gRPC unary"),
+                             async.median / bare_rate, true, minimum[level],
+                             absl::StrFormat("unary path x%.2f", unary_async.median / bare_rate)});
+        }
+      }
       report_.Add({absl::StrCat("count_up_to, ", inflight, " in flight"), "ops/s",
-                   Summarize(counts), "bare gRPC unary", bare_rate,
-                   absl::StrFormat("p50 %.0fus p99 %.0fus", Percentile(count_lat, 0.5) * 1e6,
-                                   Percentile(count_lat, 0.99) * 1e6)});
+                   Summarize(count_rates), "bare gRPC unary", bare_rate, percentiles(count_lat)});
+      ++level;
     }
     BatchedOps(one, bare_64);
     shard_->Delete("bench/counter").IgnoreError();
@@ -388,42 +694,137 @@ class Bench {
                  "ops/s", Summarize(rates), "bare gRPC unary, 64 in flight", bare_64, ""});
   }
 
+  // The index batches of the sparse workloads: Zipf(1.1) over the table
+  // (hot rows repeat), or distinct rows (no duplicates, so a client that
+  // merges duplicates sends them all: the Python benchmark's comparison).
+  std::vector<std::vector<int64_t>> IndexBatches(int64_t rows, int batches, uint64_t seed) const {
+    std::vector<std::vector<int64_t>> out;
+    const int64_t n = config_.scatter_batch;
+    for (int b = 0; b < batches; ++b) {
+      if (config_.index_dist == "distinct") {
+        // n consecutive ranks of a full-period multiplicative walk: distinct
+        // rows spread over the table.
+        std::vector<int64_t> set(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) {
+          const uint64_t rank = static_cast<uint64_t>((b * n + i) % rows);
+          set[static_cast<size_t>(i)] = static_cast<int64_t>(
+              (rank * 0x9E3779B97F4A7C15ull + seed) % static_cast<uint64_t>(rows));
+        }
+        std::sort(set.begin(), set.end());
+        set.erase(std::unique(set.begin(), set.end()), set.end());
+        for (int64_t next = 0; static_cast<int64_t>(set.size()) < n; ++next) {
+          if (!std::binary_search(set.begin(), set.end(), next)) {
+            set.insert(std::lower_bound(set.begin(), set.end(), next), next);
+          }
+        }
+        // Not sorted on the wire: a trainer's ids come in batch order.
+        std::shuffle(set.begin(), set.end(), std::mt19937_64(seed + b));
+        out.push_back(std::move(set));
+      } else {
+        out.push_back(ZipfIndices(rows, 1.1, static_cast<size_t>(n), seed + b));
+      }
+    }
+    return out;
+  }
+
+  // Runs op(b) for b in [0, count) from `threads` threads (each takes the
+  // next b), so `threads` calls are in flight; returns seconds.
+  template <typename Op>
+  static double RunBatches(int threads, int count, Op op) {
+    std::atomic<int> next{0};
+    const auto start = Clock::now();
+    auto work = [&] {
+      for (int b = next.fetch_add(1); b < count; b = next.fetch_add(1)) op(b);
+    };
+    if (threads == 1) {
+      work();
+    } else {
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t) pool.emplace_back(work);
+      for (auto& th : pool) th.join();
+    }
+    return Since(start);
+  }
+
   void Sparse() {
     const int64_t rows = config_.table_rows, cols = config_.table_cols;
     const std::string name = "bench/table";
     shard_->Delete(name).IgnoreError();
     Check(shard_->Create(name, DT_FLOAT, TensorShape{rows, cols}, client::init::Zeros()).status(),
           "create table");
+    // 16 batches (quick: 4) per rep; each rep runs them `passes` times so a
+    // rep lasts long enough to time and to read CPU ticks from.
     const int batches = config_.quick ? 4 : 16;
-    std::vector<std::vector<int64_t>> index_sets;
-    for (int b = 0; b < batches; ++b) {
-      index_sets.push_back(ZipfIndices(rows, 1.1, config_.scatter_batch, 1000 + b));
-    }
+    const int passes = config_.quick ? 1 : 4;
+    const std::vector<std::vector<int64_t>> index_sets = IndexBatches(rows, batches, 1000);
     std::vector<Tensor> indices;
     for (auto& set : index_sets) {
       indices.push_back(*Tensor::FromVector<int64_t>(TensorShape{config_.scatter_batch}, set));
     }
     Tensor updates(DT_FLOAT, TensorShape{config_.scatter_batch, cols});
-    std::vector<double> scatter_rates, gather_rates;
-    for (int r = 0; r < config_.reps; ++r) {
-      auto start = Clock::now();
-      for (auto& idx : indices) Check(shard_->ScatterAdd(name, idx, updates), "scatter_add");
-      scatter_rates.push_back(batches * config_.scatter_batch / Since(start));
-      start = Clock::now();
-      for (auto& idx : indices) Check(shard_->Gather(name, idx).status(), "gather");
-      gather_rates.push_back(batches * config_.scatter_batch / Since(start));
+    const double loop = ScatterAddRowsPerSecond(rows, cols, index_sets, 3);
+    const double row_bytes = cols * 4.0 + 8.0;
+    const double network = RawTcpNow() * 1e9 / row_bytes;
+    const std::string shape = absl::StrCat(config_.scatter_batch, "x", cols,
+                                           config_.index_dist == "distinct" ? " distinct" : "");
+    const int64_t per_rep = static_cast<int64_t>(batches) * passes * config_.scatter_batch;
+    for (int inflight : {1, 4}) {
+      for (int path = 0; path < 2; ++path) {
+        ShardClient* client = path == 0 ? shard_.get() : shard_unary_.get();
+        std::vector<double> scatter_rates, gather_rates;
+        CpuMeter scatter_cpu(shard_pid_), gather_cpu(shard_pid_);
+        for (int r = -1; r < config_.reps; ++r) {  // round -1 warms up
+          scatter_cpu.Start();
+          double seconds = RunBatches(inflight, batches * passes, [&](int b) {
+            Check(client->ScatterAdd(name, indices[b % batches], updates), "scatter_add");
+          });
+          if (r >= 0) {
+            scatter_cpu.Stop(static_cast<double>(per_rep));
+            scatter_rates.push_back(per_rep / seconds);
+          }
+          gather_cpu.Start();
+          seconds = RunBatches(inflight, batches * passes, [&](int b) {
+            Check(client->Gather(name, indices[b % batches]).status(), "gather");
+          });
+          if (r >= 0) {
+            gather_cpu.Stop(static_cast<double>(per_rep));
+            gather_rates.push_back(per_rep / seconds);
+          }
+        }
+        const Stats s = Summarize(scatter_rates), g = Summarize(gather_rates);
+        const std::string how =
+            absl::StrCat(", ", inflight, " in flight", path == 0 ? "" : ", unary");
+        report_.Add(Row{absl::StrCat("scatter_add ", shape, how), "rows/s", s,
+                        "raw TCP rows/s", network,
+                        absl::StrFormat("%.2f GB/s; table %dx%d; loop %.3g rows/s x%.2f",
+                                        s.median * row_bytes / 1e9, rows, cols, loop,
+                                        s.median / loop)}
+                        .Cpu(scatter_cpu, "row"));
+        report_.Add(Row{absl::StrCat("gather ", shape, how), "rows/s", g, "raw TCP rows/s",
+                        network,
+                        absl::StrFormat("%.2f GB/s; table %dx%d", g.median * row_bytes / 1e9,
+                                        rows, cols)}
+                        .Cpu(gather_cpu, "row"));
+        if (path == 1) continue;
+        const double goal = inflight == 4 ? 0.6 : 0.35;
+        for (const auto& [what, stats, meter] :
+             {std::tuple<const char*, const Stats&, const CpuMeter&>{"scatter_add", s,
+                                                                     scatter_cpu},
+              std::tuple<const char*, const Stats&, const CpuMeter&>{"gather", g, gather_cpu}}) {
+          const std::string target_shape =
+              absl::StrCat(what, " ", config_.scatter_batch, "x", cols, ", ", inflight);
+          report_.AddTarget({absl::StrCat(target_shape, " in flight / raw TCP rows/s"),
+                             stats.median / network, true, goal, ""});
+          if (meter.shard_us() >= 0) {
+            report_.AddTarget({absl::StrCat(target_shape, " in flight: CPU-us/row shard+client"),
+                               meter.shard_us() + meter.client_us(), false, 0.15,
+                               absl::StrFormat("shard %.3g client %.3g", meter.shard_us(),
+                                               meter.client_us())});
+          }
+        }
+      }
     }
     Check(shard_->Delete(name), "delete table");
-    const double loop = ScatterAddRowsPerSecond(rows, cols, index_sets[0], 3);
-    const double row_bytes = cols * 4.0 + 8.0;
-    const double network = tcp_ * 1e9 / row_bytes;
-    const Stats s = Summarize(scatter_rates), g = Summarize(gather_rates);
-    const std::string shape = absl::StrCat(rows, "x", cols, ", batch ", config_.scatter_batch);
-    report_.Add({absl::StrCat("scatter_add ", shape), "rows/s", s, "min(loop, raw TCP)",
-                 std::min(loop, network),
-                 absl::StrFormat("%.2f GB/s; loop %.3g rows/s", s.median * row_bytes / 1e9, loop)});
-    report_.Add({absl::StrCat("gather ", shape), "rows/s", g, "raw TCP rows/s", network,
-                 absl::StrFormat("%.2f GB/s", g.median * row_bytes / 1e9)});
   }
 
   // scatter_add of Zipf(1.1) batches with their duplicate indices merged
@@ -546,7 +947,13 @@ class Bench {
       shard_->Delete(v).IgnoreError();
     }
     const double adam_loop = DenseAdamLoopGBps(bytes, 3);
+    const double bare_stream = BareUploadGBps(bytes, bytes > (1 << 20));
     const Stats rpc = Summarize(rpc_rates), in_process = Summarize(local_rates);
+    report_.AddTarget({absl::StrCat("apply_dense Adam ", HumanBytes(bytes),
+                                    " (RPC) / min(bare gRPC stream, Adam loop)"),
+                       rpc.median / std::min(bare_stream, adam_loop), true, 0.9,
+                       absl::StrFormat("bare stream %.3g GB/s, loop %.3g GB/s", bare_stream,
+                                       adam_loop)});
     report_.Add({absl::StrCat("apply_dense Adam ", HumanBytes(bytes), " (RPC)"), "GB/s", rpc,
                  "plain Adam loop", adam_loop,
                  absl::StrFormat("%.1f ms/step; raw TCP x%.2f", bytes / rpc.median / 1e6,
@@ -583,19 +990,12 @@ class Bench {
       local_requests.push_back(std::move(req));
     }
     client::opt::Adagrad adagrad;
-    std::vector<double> sparse_rpc, sparse_local;
-    for (int r = 0; r < config_.reps; ++r) {
-      auto start = Clock::now();
-      for (auto& g : grads) Check((*applier)->ApplySparse(table, adagrad, g).status(), "adagrad");
-      sparse_rpc.push_back(batches * config_.scatter_batch / Since(start));
-      start = Clock::now();
-      for (auto& req : local_requests) {
-        ApplySparseResponse resp;
-        Check(store.ApplySparse(req, &resp), "local adagrad");
-      }
-      sparse_local.push_back(batches * config_.scatter_batch / Since(start));
-    }
-    for (const std::string& v : {table, table + "/Adagrad"}) shard_->Delete(v).IgnoreError();
+    // The same ops without the data stream (each apply a unary call).
+    client::ClientOptions unary_options;
+    unary_options.data_stream = false;
+    auto unary_applier = client::ShardApplier::Connect(shard_address_, unary_options);
+    Check(unary_applier.status(), "connect unary applier");
+    if (!unary_applier.ok()) return;
     // Both loops run the same batches as the store, in turn: the sparse
     // Adagrad loop is the bound (the same arithmetic, duplicates applied one
     // by one); the scatter-add loop, beside it, moves the same rows with one
@@ -605,15 +1005,54 @@ class Bench {
         rows, cols, index_sets, static_cast<float>(adagrad.learning_rate), 5);
     const double scatter_loop = ScatterAddRowsPerSecond(rows, cols, index_sets, 5);
     const std::string shape = absl::StrCat(rows, "x", cols, ", batch ", config_.scatter_batch);
-    const Stats sr = Summarize(sparse_rpc), sl = Summarize(sparse_local);
     auto beside = [&](const Stats& s) {
       return absl::StrFormat("scatter-add loop %.3g rows/s x%.2f", scatter_loop,
                              s.median / scatter_loop);
     };
-    report_.Add({absl::StrCat("apply_sparse Adagrad ", shape, " (RPC)"), "rows/s", sr,
-                 "plain sparse Adagrad loop", adagrad_loop, beside(sr)});
-    report_.Add({absl::StrCat("apply_sparse Adagrad ", shape, " (store, in-process)"), "rows/s", sl,
-                 "plain sparse Adagrad loop", adagrad_loop, beside(sl)});
+    // Each rep runs the batches `passes` times, long enough for CPU ticks.
+    const int passes = config_.quick ? 1 : 4;
+    const double per_rep = static_cast<double>(batches) * passes * config_.scatter_batch;
+    for (int inflight : {1, 4}) {
+      for (int path = 0; path < 2; ++path) {
+        client::ShardApplier* a = path == 0 ? applier->get() : unary_applier->get();
+        std::vector<double> sparse_rpc;
+        CpuMeter cpu(shard_pid_);
+        for (int r = 0; r < config_.reps; ++r) {
+          cpu.Start();
+          const double seconds = RunBatches(inflight, batches * passes, [&](int b) {
+            Check(a->ApplySparse(table, adagrad, grads[b % batches]).status(), "adagrad");
+          });
+          cpu.Stop(per_rep);
+          sparse_rpc.push_back(per_rep / seconds);
+        }
+        const Stats sr = Summarize(sparse_rpc);
+        report_.Add(Row{absl::StrCat("apply_sparse Adagrad ", config_.scatter_batch, "x", cols,
+                                     ", ", inflight, " in flight", path == 0 ? "" : ", unary"),
+                        "rows/s", sr, "plain sparse Adagrad loop", adagrad_loop,
+                        absl::StrCat("RPC; table ", shape, "; ", beside(sr))}
+                        .Cpu(cpu, "row"));
+        if (path == 0) {
+          report_.AddTarget({absl::StrCat("apply_sparse Adagrad, ", inflight,
+                                          " in flight (RPC) / plain sparse Adagrad loop"),
+                             sr.median / adagrad_loop, true, 0.6, ""});
+        }
+      }
+    }
+    std::vector<double> sparse_local;
+    for (int r = 0; r < config_.reps; ++r) {
+      const auto start = Clock::now();
+      for (auto& req : local_requests) {
+        ApplySparseResponse resp;
+        Check(store.ApplySparse(req, &resp), "local adagrad");
+      }
+      sparse_local.push_back(batches * config_.scatter_batch / Since(start));
+    }
+    for (const std::string& v : {table, table + "/Adagrad"}) shard_->Delete(v).IgnoreError();
+    const Stats sl = Summarize(sparse_local);
+    report_.Add({absl::StrCat("apply_sparse Adagrad ", config_.scatter_batch, "x", cols,
+                              " (store, in-process)"),
+                 "rows/s", sl, "plain sparse Adagrad loop", adagrad_loop,
+                 absl::StrCat("table ", shape, "; ", beside(sl))});
   }
 
   static int64_t ResidentBytes(pid_t pid) {
@@ -764,6 +1203,7 @@ class Bench {
   const pid_t shard_pid_;
   std::unique_ptr<Bare::Stub> bare_;
   std::unique_ptr<ShardClient> shard_;
+  std::unique_ptr<ShardClient> shard_unary_;  // data_stream = false
   Report report_;
   bool failed_ = false;
   double memcpy_ = 0, axpy_ = 0, tcp_ = 0, fsync_ = 0;
@@ -795,15 +1235,27 @@ int main(int argc, char** argv) {
                  "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t{4}, int64_t{1} << 34));
+  app.add_option("--index-dist", config.index_dist,
+                 "Index batches of the sparse workloads: zipf (Zipf(1.1), default) or distinct")
+      ->check(CLI::IsMember({"zipf", "distinct"}));
+  app.add_option("--table-rows", config.table_rows, "Rows of the sparse workloads' tables")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--op-seconds", config.op_seconds,
+                 "Seconds per rep of each small-op workload")
+      ->check(CLI::PositiveNumber);
+  pid_t external_shard_pid = 0;
+  app.add_option("--shard-pid", external_shard_pid,
+                 "With --shard: the shard's pid on this machine, to read its CPU time");
   CLI11_PARSE(app, argc, argv);
   if (config.quick) {
     config.reps = std::min(config.reps, 2);
-    config.op_seconds = 0.3;
+    if (app.count("--op-seconds") == 0) config.op_seconds = 0.3;
     config.dense_sizes = {4 << 10, 256 << 10, 8 << 20};
-    config.table_rows = 1 << 16;
+    if (app.count("--table-rows") == 0) config.table_rows = 1 << 16;
     config.memory_bytes = 64 << 20;
   } else {
-    config.dense_sizes = {4 << 10, 256 << 10, 4 << 20, 64 << 20, int64_t{1} << 30};
+    config.dense_sizes = {4 << 10,         256 << 10,          4 << 20,
+                          64 << 20,        int64_t{256} << 20, int64_t{1} << 30};
   }
   if (!config.sizes.empty()) config.dense_sizes = config.sizes;
 
@@ -830,6 +1282,8 @@ int main(int argc, char** argv) {
     shard = std::move(started).value();
     shard_address = shard->address();
     shard_pid = shard->pid();
+  } else {
+    shard_pid = external_shard_pid;
   }
   std::printf("psd_bench: shard %s%s%s, %s run, %d reps\n", shard_address.c_str(),
               shard_device.empty() ? "" : " on ", shard_device.c_str(), config.quick ? "quick" : "full", config.reps);
