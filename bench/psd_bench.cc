@@ -258,6 +258,8 @@ struct Config {
   std::vector<int64_t> sizes;
   // Index batches of the sparse workloads: "zipf" (Zipf(1.1)) or "distinct".
   std::string index_dist = "zipf";
+  // The data stream's messages awaiting replies (ClientOptions), to tune it.
+  int frames_in_flight = client::ClientOptions().data_stream_frames_in_flight;
 };
 
 std::string HumanBytes(int64_t b) {
@@ -307,7 +309,9 @@ class Bench {
   }
 
   int Run() {
-    auto shard = ShardClient::Connect(shard_address_);
+    client::ClientOptions streamed;
+    streamed.data_stream_frames_in_flight = config_.frames_in_flight;
+    auto shard = ShardClient::Connect(shard_address_, streamed);
     if (!shard.ok()) {
       std::fprintf(stderr, "cannot connect to %s: %s\n", shard_address_.c_str(),
                    shard.status().ToString().c_str());
@@ -1244,6 +1248,9 @@ int main(int argc, char** argv) {
                  "Seconds per rep of each small-op workload")
       ->check(CLI::PositiveNumber);
   pid_t external_shard_pid = 0;
+  app.add_option("--frames-in-flight", config.frames_in_flight,
+                 "The data stream's messages awaiting replies (ClientOptions)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--shard-pid", external_shard_pid,
                  "With --shard: the shard's pid on this machine, to read its CPU time");
   CLI11_PARSE(app, argc, argv);

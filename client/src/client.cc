@@ -182,6 +182,7 @@ DataStreamStats ShardClient::data_stream_stats() const {
       stats.streams_opened += stream->streams_opened();
       stats.messages_sent += stream->frames_sent();
       stats.ops_sent += stream->ops_sent();
+      stats.ops_waiting += stream->ops_waiting();
     }
   }
   return stats;

@@ -519,6 +519,10 @@ int64_t DataStream::frames_sent() const {
   absl::MutexLock lock(&mu_);
   return frames_sent_;
 }
+int64_t DataStream::ops_waiting() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size());
+}
 int64_t DataStream::ops_sent() const {
   absl::MutexLock lock(&mu_);
   return ops_sent_;

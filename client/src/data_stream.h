@@ -114,7 +114,7 @@ struct StreamOp {
 class DataStream {
  public:
   struct Options {
-    int frames_in_flight = 2;
+    int frames_in_flight = 1;
     int ops_per_frame = 256;
     int64_t frame_bytes = 4 << 20;
     int64_t max_message_bytes = 512 << 20;
@@ -143,6 +143,8 @@ class DataStream {
   // Messages sent so far, and ops in them (for tests: coalescing).
   int64_t frames_sent() const;
   int64_t ops_sent() const;
+  // Ops queued for the next message now.
+  int64_t ops_waiting() const;
 
  private:
   class Call;

@@ -131,7 +131,7 @@ struct ClientOptions {
   // call of its own (the protocol of older clients). Values above
   // stream_threshold_bytes are streamed either way.
   bool data_stream = true;
-  int data_stream_frames_in_flight = 2;
+  int data_stream_frames_in_flight = 1;
   // Most ops, and bytes unless one op alone is bigger, in one message.
   int data_stream_ops_per_frame = 256;
   int64_t data_stream_frame_bytes = int64_t{4} << 20;
@@ -158,6 +158,8 @@ struct DataStreamStats {
   int64_t streams_opened = 0;
   int64_t messages_sent = 0;
   int64_t ops_sent = 0;
+  // Ops issued and not yet sent, now (waiting for the next message).
+  int64_t ops_waiting = 0;
 };
 
 // What the shard said about itself in the handshake (or in GetInfo).

@@ -140,6 +140,7 @@ void BindShard(py::module_& m) {
         d["streams_opened"] = stats.streams_opened;
         d["messages_sent"] = stats.messages_sent;
         d["ops_sent"] = stats.ops_sent;
+        d["ops_waiting"] = stats.ops_waiting;
         return d;
       });
 

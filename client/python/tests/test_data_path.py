@@ -181,12 +181,14 @@ def test_threads_wait_in_the_cpp_client_together_on_one_data_stream(cluster, pre
     try:
         for t in threads:
             t.start()
-        # The client keeps two messages in flight; each holds a sync add that
-        # cannot return before the unfence. Both in flight at once: two
-        # threads wait inside the C++ client together.
+        # No add can return before the unfence: the first message is held by
+        # the shard, the others wait in the client for it. Every thread's op
+        # sent or waiting at once: all eight threads are inside the C++
+        # client together.
         for _ in range(12000):
-            in_flight = shard.data_stream_stats()["messages_sent"] - before["messages_sent"]
-            if in_flight >= 2 and len(started) == num_threads:
+            stats = shard.data_stream_stats()
+            inside = stats["ops_sent"] - before["ops_sent"] + stats["ops_waiting"]
+            if inside == num_threads and len(started) == num_threads:
                 break
             time.sleep(0.005)
         returned_while_held = len(returned)
@@ -196,7 +198,7 @@ def test_threads_wait_in_the_cpp_client_together_on_one_data_stream(cluster, pre
         for t in threads:
             t.join(120)
     assert not errors, errors
-    assert returned_while_held == 0 and in_flight >= 2
+    assert returned_while_held == 0 and inside == num_threads
     assert returned == [True] * num_threads, "an add returned while the shard held writes"
     # Every add went on the client's data stream.
     after = shard.data_stream_stats()
