@@ -253,11 +253,12 @@ void DataStream::ProgressLocked(Actions* actions) {
     actions->frame = grpc::ByteBuffer(slices.data(), slices.size());
     actions->write = call_;
     writing_ = true;
-    const uint64_t number = frame.number;
+    frame.sent = absl::Now();
     awaiting_.push_back(std::move(frame));
-    if (options_.timeout != absl::InfiniteDuration()) {
-      Schedule(absl::Now() + options_.timeout,
-               [number](DataStream* stream) { stream->CheckOverdue(number, 0); });
+    if (options_.timeout != absl::InfiniteDuration() && !overdue_check_scheduled_) {
+      overdue_check_scheduled_ = true;
+      Schedule(awaiting_.back().sent + options_.timeout,
+               [](DataStream* stream) { stream->CheckOverdue(0); });
     }
     return;
   }
@@ -270,7 +271,7 @@ void DataStream::ProgressLocked(Actions* actions) {
     if (options_.timeout != absl::InfiniteDuration()) {
       const int64_t stream_number = streams_opened_;
       Schedule(absl::Now() + options_.timeout, [stream_number](DataStream* stream) {
-        stream->CheckOverdue(0, stream_number);
+        stream->CheckOverdue(stream_number);
       });
     }
   }
@@ -433,18 +434,26 @@ void DataStream::OnDone(Call* call, const grpc::Status& grpc_status) {
   Run(std::move(actions));
 }
 
-void DataStream::CheckOverdue(uint64_t frame_number, int64_t half_closed_stream) {
+void DataStream::CheckOverdue(int64_t half_closed_stream) {
   Actions actions;
   {
     absl::MutexLock lock(&mu_);
-    if (call_ == nullptr || broken_ || cancelling_ || starting_ || ending_writes_) {
-      return;  // already ending, or busy outside the lock
+    const absl::Time now = absl::Now();
+    if (half_closed_stream == 0) {
+      overdue_check_scheduled_ = false;
+      if (call_ == nullptr || broken_ || awaiting_.empty()) return;  // answered, or ending
+      const absl::Time due = awaiting_.front().sent + options_.timeout;
+      if (now < due || cancelling_ || starting_ || ending_writes_) {
+        // Not yet (or busy outside the lock): check again for the oldest.
+        overdue_check_scheduled_ = true;
+        Schedule(std::max(due, now + absl::Milliseconds(10)),
+                 [](DataStream* stream) { stream->CheckOverdue(0); });
+        return;
+      }
+    } else {
+      if (call_ == nullptr || broken_ || cancelling_ || starting_ || ending_writes_) return;
+      if (!half_closed_ || streams_opened_ != half_closed_stream) return;
     }
-    const bool frame_overdue =
-        frame_number != 0 && !awaiting_.empty() && awaiting_.front().number <= frame_number;
-    const bool end_overdue =
-        half_closed_stream != 0 && half_closed_ && streams_opened_ == half_closed_stream;
-    if (!frame_overdue && !end_overdue) return;
     overdue_ = true;
     broken_ = true;
     cancelling_ = true;

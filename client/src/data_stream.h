@@ -151,6 +151,7 @@ class DataStream {
   struct Frame {
     std::vector<std::unique_ptr<StreamOp>> ops;
     uint64_t number = 0;
+    absl::Time sent;
   };
   // Reactor calls decided under the lock, made after it is released.
   struct Actions {
@@ -175,10 +176,11 @@ class DataStream {
   void OnWriteDone(Call* call, bool ok);
   void OnReadDone(Call* call, bool ok);
   void OnDone(Call* call, const grpc::Status& status);
-  // Cancels the stream when message `frame_number` (0: none) is still
-  // unanswered, or when stream number `half_closed_stream` (0: none) is
-  // still not ended after its half-close.
-  void CheckOverdue(uint64_t frame_number, int64_t half_closed_stream);
+  // Cancels the stream when its oldest unanswered message was sent more
+  // than the timeout ago (one check is scheduled at a time, for the oldest
+  // message), or when stream number `half_closed_stream` (0: none) is still
+  // not ended after its half-close.
+  void CheckOverdue(int64_t half_closed_stream);
 
   // Delivers an op's result, or retries it under the policy.
   void Finish(std::unique_ptr<StreamOp> op, absl::Status status, BatchOpResult* result);
@@ -230,6 +232,8 @@ class DataStream {
   // Ops waiting on the timer to be retried.
   int retrying_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_frame_number_ ABSL_GUARDED_BY(mu_) = 1;
+  // A check for an overdue reply is scheduled on the timer.
+  bool overdue_check_scheduled_ ABSL_GUARDED_BY(mu_) = false;
   int64_t streams_opened_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t frames_sent_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t ops_sent_ ABSL_GUARDED_BY(mu_) = 0;
