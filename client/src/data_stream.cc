@@ -33,17 +33,6 @@ grpc::Slice OwningSlice(std::string&& bytes) {
 
 }  // namespace
 
-RequestId* StreamOp::id() {
-  switch (fields.op_case()) {
-    case BatchOp::kAssign: return fields.mutable_assign()->mutable_request_id();
-    case BatchOp::kScatter: return fields.mutable_scatter()->mutable_request_id();
-    case BatchOp::kCountUpTo: return fields.mutable_count_up_to()->mutable_request_id();
-    case BatchOp::kApplyDense: return fields.mutable_apply_dense()->mutable_request_id();
-    case BatchOp::kApplySparse: return fields.mutable_apply_sparse()->mutable_request_id();
-    default: return nullptr;
-  }
-}
-
 void StreamOp::SetTensor(const Tensor& tensor, int tensor_field, TensorProto* proto,
                          BorrowedSlices* lender) {
   proto->Clear();
@@ -216,7 +205,6 @@ void DataStream::ProgressLocked(Actions* actions) {
   }
   if (!queue_.empty() && static_cast<int>(awaiting_.size()) < options_.frames_in_flight) {
     Frame frame;
-    frame.number = next_frame_number_++;
     std::vector<grpc::Slice> slices;
     int64_t bytes = 0;
     while (!queue_.empty() && static_cast<int>(frame.ops.size()) < options_.ops_per_frame) {

@@ -74,6 +74,10 @@ namespace internal {
 // costs more than copying a few kilobytes.
 inline constexpr size_t kMinLentContentBytes = 16 << 10;
 
+// The request id of a mutating batched op; null for reads and gathers
+// (defined in batch_stream.cc).
+RequestId* BatchOpId(BatchOp* op);
+
 // One op of the data stream.
 struct StreamOp {
   // The op, with the contents listed in `contents` left out of it.
@@ -95,7 +99,7 @@ struct StreamOp {
   bool shared = false;
 
   // The request id of a write; null for reads and gathers.
-  RequestId* id();
+  RequestId* id() { return BatchOpId(&fields); }
 
   // Puts `tensor` into the op's tensor field `tensor_field` (a field number
   // of the request set in `fields`): its dtype and shape into *proto, its
@@ -150,7 +154,6 @@ class DataStream {
   class Call;
   struct Frame {
     std::vector<std::unique_ptr<StreamOp>> ops;
-    uint64_t number = 0;
     absl::Time sent;
   };
   // Reactor calls decided under the lock, made after it is released.
@@ -227,11 +230,8 @@ class DataStream {
   bool backing_off_ ABSL_GUARDED_BY(mu_) = false;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool half_closed_ ABSL_GUARDED_BY(mu_) = false;
-  // Failed stream openings in a row (for the reopening backoff).
-  RetryState reopen_ ABSL_GUARDED_BY(mu_);
   // Ops waiting on the timer to be retried.
   int retrying_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_frame_number_ ABSL_GUARDED_BY(mu_) = 1;
   // A check for an overdue reply is scheduled on the timer.
   bool overdue_check_scheduled_ ABSL_GUARDED_BY(mu_) = false;
   int64_t streams_opened_ ABSL_GUARDED_BY(mu_) = 0;

@@ -64,9 +64,6 @@ inline RequestId* IdOf(T&) {
 // should not have sent.
 absl::StatusOr<VariableInfo> VariableInfoFromProto(const psd::VariableInfo& p);
 
-// The request id of a mutating batched op; null for reads and gathers.
-RequestId* BatchOpId(BatchOp* op);
-
 }  // namespace internal
 
 using AsyncStub = Shard::Stub::async_interface;
