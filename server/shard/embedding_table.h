@@ -1,0 +1,197 @@
+// EmbeddingTable: one part of an embedding table (EmbeddingSpec in
+// proto/psd/types.proto) in a shard's host memory: a hash table from int64
+// key to a row of `dim` elements, plus the rows of its optimizer slots
+// (columns), each key's lookup/update frequency and version (the global step
+// of its last update).
+//
+// What it guarantees, for the store to build on:
+// - Every op is atomic on the part: all of its checks (keys of this part,
+//   shapes, dtypes, finite hyper-parameters, memory for every new row) run
+//   before anything changes; a failed op changes nothing (counters of
+//   filtered keys included).
+// - A key's initial row (value and each slot) is a pure function of the
+//   column's initializer, its seed and the key: Philox4x32-10 keyed by the
+//   seed with counter (key low, key high, attempt, element + 1), so rows are
+//   the same on every shard, after restarts and restores, and never collide
+//   with a dense variable's draws of the same seed (whose last counter word
+//   is 0).
+// - Admission (EmbeddingSpec filters) counts every lookup and update of a
+//   key not admitted yet; the update is dropped and the lookup answers the
+//   default value until the count reaches filter_freq.
+// - Eviction and deletion remove a key's row together with its slot rows.
+// - Memory: every byte a row, slot row, pending counter or the index holds
+//   is reserved from the shard's MemoryAccountant (RESOURCE_EXHAUSTED
+//   naming the part) and from the part's own cap when set; with
+//   evict_lru_on_memory_limit the least recently used rows are evicted to
+//   make room instead (never rows the op itself touches).
+// - Pin() takes a consistent cut of the part in O(1) (no per-row work while
+//   the caller holds a checkpoint fence); writers that change, evict or
+//   delete a row the cut still needs first keep its old contents for the
+//   snapshot (charged to memory). Rows made after the cut are not in it.
+//
+// Thread-safety: every method may be called from any thread at once; the
+// table guards its state with its own lock (ops on one part are serialized
+// where they write; lookups of existing rows may share).
+#ifndef PSD_SERVER_SHARD_EMBEDDING_TABLE_H_
+#define PSD_SERVER_SHARD_EMBEDDING_TABLE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "device/device.h"
+#include "psd/types.pb.h"
+#include "psd/update_kind.h"
+#include "shard/memory_accountant.h"
+
+namespace psd {
+
+class EmbeddingSnapshot;
+
+struct EmbeddingTableOptions {
+  std::string name;       // the part's name on the shard, for messages
+  DataType dtype;         // DT_FLOAT, DT_DOUBLE, DT_HALF or DT_BFLOAT16
+  int64_t dim = 0;        // > 0
+  DataType key_dtype;     // DT_INT64 or DT_INT32 (keys arrive widened)
+  int part_index = 0;     // this part, in [0, num_parts)
+  int num_parts = 1;      // keys with PartOfKey(key, num_parts) != part_index are refused
+  InitializerSpec initializer;  // the value column's
+  EmbeddingSpec spec;     // filters, eviction, caps (slot_of ignored here)
+};
+
+// What an update did, for replies and metrics.
+struct EmbeddingUpdateResult {
+  int64_t applied = 0;   // keys whose rows changed
+  int64_t created = 0;   // rows made by this op
+  int64_t filtered = 0;  // keys not admitted: dropped
+  int64_t evicted = 0;   // rows evicted to make room (LRU)
+};
+
+struct EmbeddingLookupOptions {
+  // No row made, no frequency counted (DeepRec's is_inference): a missing
+  // admitted-by-policy key answers its initial row without storing it; a
+  // key the filter has not admitted answers the default value.
+  bool inference = false;
+  // Version recorded on rows this lookup makes (0: not given).
+  int64_t global_step = 0;
+};
+
+class EmbeddingTable {
+ public:
+  // INVALID_ARGUMENT naming `options.name` and the offending field for a
+  // bad dtype, dim, key dtype, part index, initializer (only Zeros, Ones, a
+  // scalar Constant, RandomUniform, RandomNormal, TruncatedNormal; the
+  // Default initializer is resolved by the coordinator) or policy value.
+  static absl::Status Validate(const EmbeddingTableOptions& options);
+  static absl::StatusOr<std::unique_ptr<EmbeddingTable>> Create(EmbeddingTableOptions options,
+                                                                MemoryAccountant* memory);
+  ~EmbeddingTable();  // releases every reservation
+
+  EmbeddingTable(const EmbeddingTable&) = delete;
+  EmbeddingTable& operator=(const EmbeddingTable&) = delete;
+
+  const EmbeddingTableOptions& options() const;
+
+  // Slot columns (an optimizer's slot tables sharing this part's keys).
+  // AddSlot: ALREADY_EXISTS for a name in use; INVALID_ARGUMENT for an
+  // initializer it cannot draw. Existing rows get no slot row until an
+  // apply touches them. Column 0 is the table's values; slots are 1, 2, ...
+  absl::StatusOr<int> AddSlot(const std::string& slot_name, const InitializerSpec& initializer);
+  // The slot's column, or -1.
+  int FindSlot(absl::string_view slot_name) const;
+  // Drops a slot column and its rows (the slot table was deleted).
+  absl::Status RemoveSlot(absl::string_view slot_name);
+  std::vector<std::string> slot_names() const;
+
+  // Rows of `keys` from column `column` (0: values; a slot column never
+  // makes rows or counts: a missing slot row answers its initial row) into
+  // `out`: keys.size() * dim elements of the table's dtype, in keys' order
+  // (duplicates allowed). With column 0 and !inference: counts each key,
+  // makes rows for keys admitted now (recorded with global_step).
+  absl::Status Lookup(absl::Span<const int64_t> keys, int column,
+                      const EmbeddingLookupOptions& options, void* out,
+                      EmbeddingUpdateResult* result);
+
+  // scatter_update / scatter_add / scatter_sub by key: `rows` holds
+  // keys.size() * dim elements of the table's dtype, or one element
+  // broadcast when `rows_is_scalar`. Duplicate keys: add/sub accumulate,
+  // update keeps the last. Missing admitted keys get their initial row
+  // first. Updated rows take version `global_step` when it is > 0.
+  absl::Status Scatter(UpdateKind op, absl::Span<const int64_t> keys, const void* rows,
+                       bool rows_is_scalar, int64_t global_step, EmbeddingUpdateResult* result);
+
+  // One optimizer step on the rows of `keys` (TensorFlow's SparseApply*
+  // semantics: duplicate keys' gradients are summed first, then each row
+  // and its slot rows are updated once). `slot_columns` are the optimizer's
+  // slots in OptimizerSpec's order (NumOptimizerSlots(params.kind) of
+  // them); `grads` holds keys.size() * dim elements of the table's dtype.
+  // float16 and bfloat16 compute in float32, as the dense kernels do.
+  absl::Status ApplyOptimizer(const OptimizerParams& params, absl::Span<const int> slot_columns,
+                              absl::Span<const int64_t> keys, const void* grads,
+                              int64_t global_step, EmbeddingUpdateResult* result);
+
+  // Removes the rows (and slot rows, and pending counts) of `keys`; keys
+  // without a row are ignored. Returns how many rows were removed.
+  absl::StatusOr<int64_t> DeleteKeys(absl::Span<const int64_t> keys);
+
+  // Runs the spec's eviction policies: rows whose version is more than
+  // steps_to_live below `global_step` (when both are > 0), and rows whose
+  // value's L2 norm is below l2_weight_threshold (when > 0). Returns the
+  // number of rows evicted.
+  absl::StatusOr<int64_t> Evict(int64_t global_step);
+
+  // Puts rows in, replacing the rows of keys present; keys are admitted
+  // whatever the filter. `values` and each of `slot_values` (one per
+  // `slot_columns` entry) hold keys.size() * dim elements; `freqs` and
+  // `versions` are empty or keys.size() long. Duplicate keys are
+  // INVALID_ARGUMENT. All or nothing.
+  absl::Status Import(absl::Span<const int64_t> keys, const void* values,
+                      absl::Span<const int> slot_columns, absl::Span<const void* const> slot_values,
+                      absl::Span<const int64_t> freqs, absl::Span<const int64_t> versions);
+
+  // A consistent cut of the part (see the file comment), for checkpoints
+  // and exports. Cheap while the caller holds a fence.
+  std::shared_ptr<EmbeddingSnapshot> Pin();
+
+  // Counters and sizes (EmbeddingStats' fields, without spec and slots).
+  EmbeddingStats Stats() const;
+  // Bytes reserved for this part (rows, slots, index, pending counters).
+  int64_t bytes() const;
+  int64_t rows() const;
+
+ private:
+  class Impl;
+  explicit EmbeddingTable(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The rows of a part as they were at Pin(), read in batches while the table
+// keeps changing. Keeps the part's memory for the old contents it holds
+// until destroyed. Thread-compatible (one reader).
+class EmbeddingSnapshot {
+ public:
+  virtual ~EmbeddingSnapshot() = default;
+  // Rows in the cut.
+  virtual int64_t rows() const = 0;
+  // The next up to `max_rows` rows of the cut (none left: an empty batch),
+  // in no particular order but each once: keys, then for each row `dim`
+  // elements of each requested column (0: values, then slots) into
+  // `columns[i]` (resized), its frequency and version. A slot row the key
+  // lacks is the slot's initial row.
+  struct Batch {
+    std::vector<int64_t> keys;
+    std::vector<std::string> columns;  // raw element bytes, one per requested column
+    std::vector<int64_t> freqs;
+    std::vector<int64_t> versions;
+  };
+  virtual absl::Status Next(int64_t max_rows, absl::Span<const int> columns, Batch* batch) = 0;
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_SHARD_EMBEDDING_TABLE_H_
