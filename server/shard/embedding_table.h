@@ -45,6 +45,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "device/device.h"
+#include "psd/shard.pb.h"
 #include "psd/types.pb.h"
 #include "psd/update_kind.h"
 #include "shard/memory_accountant.h"
@@ -153,6 +154,12 @@ class EmbeddingTable {
   absl::Status Import(absl::Span<const int64_t> keys, const void* values,
                       absl::Span<const int> slot_columns, absl::Span<const void* const> slot_values,
                       absl::Span<const int64_t> freqs, absl::Span<const int64_t> versions);
+
+  // Sets the rows of slot `column` (> 0) for those of `keys` that have a
+  // row; other keys are ignored. `values` holds keys.size() * dim elements.
+  // For restores, which bring a table's slots apart from its rows. All or
+  // nothing.
+  absl::Status ImportSlot(int column, absl::Span<const int64_t> keys, const void* values);
 
   // A consistent cut of the part (see the file comment), for checkpoints
   // and exports. Cheap while the caller holds a fence.
