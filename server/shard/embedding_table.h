@@ -45,6 +45,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "device/device.h"
+#include "psd/shard.pb.h"
 #include "psd/types.pb.h"
 #include "psd/update_kind.h"
 #include "shard/memory_accountant.h"
@@ -166,8 +167,10 @@ class EmbeddingTable {
 
  private:
   class Impl;
-  explicit EmbeddingTable(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit EmbeddingTable(std::shared_ptr<Impl> impl);
+  // Shared with the snapshots pinned from it, which keep the rows (and
+  // their reservations) alive until the last of them is destroyed.
+  std::shared_ptr<Impl> impl_;
 };
 
 // The rows of a part as they were at Pin(), read in batches while the table
