@@ -232,31 +232,36 @@ void WithFloating(DataType dtype, Fn&& fn) {
 }
 
 // scatter's element-wise update, as the CPU device computes it (float16 and
-// bfloat16 in float, rounded).
+// bfloat16 in float, rounded). The op is chosen outside the loops so they
+// vectorize.
 template <typename T>
 void ScatterRow(UpdateKind op, T* dst, const unsigned char* src, int64_t n, bool scalar) {
-  for (int64_t i = 0; i < n; ++i) {
+  auto load = [&](int64_t i) {
     T u;
     std::memcpy(static_cast<void*>(&u), src + (scalar ? 0 : i) * sizeof(T), sizeof(T));
-    switch (op) {
-      case UpdateKind::kAssign:
-        dst[i] = u;
-        break;
-      case UpdateKind::kAdd:
-        if constexpr (kIsHalf<T>) {
-          dst[i] = T(static_cast<float>(dst[i]) + static_cast<float>(u));
-        } else {
-          dst[i] = dst[i] + u;
-        }
-        break;
-      case UpdateKind::kSub:
-        if constexpr (kIsHalf<T>) {
-          dst[i] = T(static_cast<float>(dst[i]) - static_cast<float>(u));
-        } else {
-          dst[i] = dst[i] - u;
-        }
-        break;
-    }
+    return u;
+  };
+  auto run = [&](auto combine) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = combine(dst[i], load(i));
+  };
+  switch (op) {
+    case UpdateKind::kAssign:
+      run([](T, T u) { return u; });
+      return;
+    case UpdateKind::kAdd:
+      if constexpr (kIsHalf<T>) {
+        run([](T a, T u) { return T(static_cast<float>(a) + static_cast<float>(u)); });
+      } else {
+        run([](T a, T u) { return a + u; });
+      }
+      return;
+    case UpdateKind::kSub:
+      if constexpr (kIsHalf<T>) {
+        run([](T a, T u) { return T(static_cast<float>(a) - static_cast<float>(u)); });
+      } else {
+        run([](T a, T u) { return a - u; });
+      }
+      return;
   }
 }
 
@@ -468,12 +473,26 @@ class EmbeddingTable::Impl {
     }
     absl::MutexLock l(&mu_);
     const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
+    const auto* in = static_cast<const unsigned char*>(rows);
+    if (std::vector<uint32_t>* ids = ExistingRows(keys); ids != nullptr) {
+      // Every key has a row: no plan, no reservation.
+      int64_t applied = 0;
+      WithFloating(options_.dtype, [&](auto t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        using T = decltype(t);
+        for (size_t k = 0; k < keys.size(); ++k) {
+          ScatterRow<T>(op, reinterpret_cast<T*>(Value((*ids)[k])),
+                        rows_is_scalar ? in : in + k * value_bytes_, options_.dim, rows_is_scalar);
+        }
+      });
+      for (uint32_t id : *ids) applied += TouchUpdated(id, tick, global_step);
+      if (result != nullptr) *result = EmbeddingUpdateResult{applied, 0, 0, 0};
+      return absl::OkStatus();
+    }
     KeyPlan plan;
     PlanKeys(keys, tick, &plan);
     EmbeddingUpdateResult r;
     PSD_RETURN_IF_ERROR(ReserveFor(&plan, tick, &r.evicted));
     Commit(&plan, global_step, tick, /*set_version=*/true);
-    const auto* in = static_cast<const unsigned char*>(rows);
     WithFloating(options_.dtype, [&](auto t) {
       using T = decltype(t);
       for (size_t k = 0; k < keys.size(); ++k) {
@@ -513,6 +532,31 @@ class EmbeddingTable::Impl {
       }
     }
     const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
+    const int num_slots = static_cast<int>(slot_columns.size());
+    if (std::vector<uint32_t>* ids = ExistingRows(keys); ids != nullptr) {
+      bool slot_rows = true;
+      for (size_t k = 0; k < keys.size() && slot_rows; ++k) {
+        for (int c : slot_columns) slot_rows = slot_rows && SlotRow(c, (*ids)[k]) != kNoRow;
+      }
+      if (slot_rows) {
+        // Every key has its rows: no plan, no reservation.
+        PSD_RETURN_IF_ERROR(internal::CpuApplyOptimizerRows(
+            params, options_.dtype, num_slots, options_.dim, keys, grads,
+            [&](int64_t key, void** var, void** slot_out) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              const uint32_t id = index_.find(key)->second;
+              *var = Value(id);
+              for (int k = 0; k < num_slots; ++k) {
+                const SlotColumn& slot = *slots_[slot_columns[k] - 1];
+                slot_out[k] = slot.rows.Row(slot.row_of[id]);
+              }
+              return true;
+            }));
+        int64_t applied = 0;
+        for (uint32_t id : *ids) applied += TouchUpdated(id, tick, global_step);
+        if (result != nullptr) *result = EmbeddingUpdateResult{applied, 0, 0, 0};
+        return absl::OkStatus();
+      }
+    }
     KeyPlan plan;
     PlanKeys(keys, tick, &plan);
     for (size_t u = 0; u < plan.keys.size(); ++u) {
@@ -528,7 +572,6 @@ class EmbeddingTable::Impl {
       if (plan.fate[u] == Fate::kFiltered) continue;
       for (int c : slot_columns) EnsureSlotRow(c, plan.id[u], plan.keys[u]);
     }
-    const int num_slots = static_cast<int>(slot_columns.size());
     absl::Status s = internal::CpuApplyOptimizerRows(
         params, options_.dtype, num_slots, options_.dim, keys, grads,
         [&](int64_t key, void** var, void** slot_rows) ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -908,6 +951,34 @@ class EmbeddingTable::Impl {
     uint64_t least = std::numeric_limits<uint64_t>::max();
     for (int i = 0; i < bloom_->k(); ++i) least = std::min(least, bloom_->Get(pos[i]));
     return static_cast<int64_t>(least) >= spec.bloom_filter().filter_freq();
+  }
+
+  // The entry ids of `keys` (a thread's scratch) when every key has a row
+  // and no snapshot is live (so no pre-image is owed), else null: the op
+  // then needs no plan and no memory.
+  std::vector<uint32_t>* ExistingRows(absl::Span<const int64_t> keys) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    if (!snapshots_.empty()) return nullptr;
+    thread_local std::vector<uint32_t> ids;
+    ids.resize(keys.size());
+    for (size_t k = 0; k < keys.size(); ++k) {
+      auto it = index_.find(keys[k]);
+      if (it == index_.end()) return nullptr;
+      ids[k] = it->second;
+    }
+    return &ids;
+  }
+
+  // Counts one update of an existing row at one position of the op; returns
+  // 1 the first time the op touches the row (its tick marks it).
+  int TouchUpdated(uint32_t id, uint64_t tick, int64_t global_step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    EntryMeta* m = Meta(id);
+    m->freq.fetch_add(1, std::memory_order_relaxed);
+    if (global_step > 0) m->version = global_step;
+    if (m->tick.load(std::memory_order_relaxed) == tick) return 0;
+    m->tick.store(tick, std::memory_order_relaxed);
+    return 1;
   }
 
   // Decides each distinct key's fate and the bytes the op needs; stamps the
