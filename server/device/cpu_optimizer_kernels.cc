@@ -453,8 +453,7 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
 absl::Status CpuApplyOptimizerRows(const OptimizerParams& params, DataType dtype, int num_slots,
                                    int64_t row_elements, absl::Span<const int64_t> indices,
                                    const void* values, OptimizerRowLocator locate) {
-  if (row_elements < 0 || num_slots != NumOptimizerSlots(params.kind) ||
-      num_slots > kMaxSlots) {
+  if (row_elements < 0 || num_slots != NumOptimizerSlots(params.kind) || num_slots > kMaxSlots) {
     return absl::InternalError(absl::StrCat(OptimizerName(params.kind), " takes ",
                                             NumOptimizerSlots(params.kind), " slots, got ",
                                             num_slots));

@@ -327,8 +327,8 @@ absl::StatusOr<InitializerPlan> PlanKeyedInitializer(const InitializerSpec& spec
       break;
     case InitializerSpec::kConstant:
       if (spec.constant().value().shape().dims_size() == 0) break;
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table '", table, "': initializer: a constant must be a scalar"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table '", table, "': initializer: a constant must be a scalar"));
     default:
       return absl::InvalidArgumentError(absl::StrCat(
           "embedding table '", table,

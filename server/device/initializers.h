@@ -81,8 +81,7 @@ absl::StatusOr<InitializerPlan> PlanKeyedInitializer(const InitializerSpec& spec
 // sample for counter (key lo, key hi, attempt, i + 1) under the seed
 // (truncated_normal redraws bump attempt), computed in float (double for
 // float64) and rounded to the dtype as the dense fill does.
-void FillKeyedRow(const InitializerPlan& plan, DataType dtype, int64_t key, int64_t dim,
-                  void* dst);
+void FillKeyedRow(const InitializerPlan& plan, DataType dtype, int64_t key, int64_t dim, void* dst);
 
 }  // namespace psd
 

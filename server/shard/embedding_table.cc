@@ -79,8 +79,8 @@ class Slab {
       return id;
     }
     if (high_water_ == chunks_.size() * rows_per_chunk_) {
-      chunks_.emplace_back(static_cast<char*>(
-          ::operator new(rows_per_chunk_ * row_bytes_, std::align_val_t{64})));
+      chunks_.emplace_back(
+          static_cast<char*>(::operator new (rows_per_chunk_* row_bytes_, std::align_val_t{64})));
     }
     return high_water_++;
   }
@@ -93,7 +93,7 @@ class Slab {
 
  private:
   struct ChunkFree {
-    void operator()(char* p) const { ::operator delete(p, std::align_val_t{64}); }
+    void operator()(char* p) const { ::operator delete (p, std::align_val_t{64}); }
   };
   const size_t row_bytes_;
   const size_t rows_per_chunk_;
@@ -125,10 +125,10 @@ class CountingBloom {
     const double m = std::ceil(-n * std::log(spec.false_positive_probability()) / (ln2 * ln2));
     const int bits = spec.counter_bits() == 0 ? 8 : spec.counter_bits();
     if (!(m >= 1) || m * bits / 8 > static_cast<double>(int64_t{1} << 40)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table '", table, "': bloom_filter of ", spec.max_element_size(),
-          " keys at false_positive_probability ", spec.false_positive_probability(),
-          " needs more than 2^40 bytes"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table '", table, "': bloom_filter of ", spec.max_element_size(),
+                       " keys at false_positive_probability ", spec.false_positive_probability(),
+                       " needs more than 2^40 bytes"));
     }
     auto bloom = std::make_unique<CountingBloom>();
     bloom->bits_ = bits;
@@ -343,9 +343,8 @@ class EmbeddingTable::Impl {
   const EmbeddingTableOptions& options() const { return options_; }
 
   absl::StatusOr<int> AddSlot(const std::string& name, const InitializerSpec& initializer) {
-    PSD_ASSIGN_OR_RETURN(InitializerPlan plan,
-                         PlanKeyedInitializer(initializer, options_.dtype, options_.dim,
-                                              options_.name));
+    PSD_ASSIGN_OR_RETURN(InitializerPlan plan, PlanKeyedInitializer(initializer, options_.dtype,
+                                                                    options_.dim, options_.name));
     absl::MutexLock l(&mu_);
     if (FindSlotLocked(name) >= 0) {
       return absl::AlreadyExistsError(
@@ -493,7 +492,7 @@ class EmbeddingTable::Impl {
     EmbeddingUpdateResult r;
     PSD_RETURN_IF_ERROR(ReserveFor(&plan, tick, &r.evicted));
     Commit(&plan, global_step, tick, /*set_version=*/true);
-    WithFloating(options_.dtype, [&](auto t) {
+    WithFloating(options_.dtype, [&](auto t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
       using T = decltype(t);
       for (size_t k = 0; k < keys.size(); ++k) {
         const uint32_t u = plan.of[k];
@@ -512,9 +511,9 @@ class EmbeddingTable::Impl {
     PSD_RETURN_IF_ERROR(CheckParams(params));
     const int want = NumOptimizerSlots(params.kind);
     if (static_cast<int>(slot_columns.size()) != want) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table '", options_.name, "': ", OptimizerName(params.kind), " takes ", want,
-          " slots, got ", slot_columns.size()));
+      return absl::InvalidArgumentError(absl::StrCat("embedding table '", options_.name,
+                                                     "': ", OptimizerName(params.kind), " takes ",
+                                                     want, " slots, got ", slot_columns.size()));
     }
     PSD_RETURN_IF_ERROR(CheckKeys(keys));
     absl::MutexLock l(&mu_);
@@ -665,7 +664,8 @@ class EmbeddingTable::Impl {
       if (slot_columns[i] <= 0) return bad("column ", slot_columns[i], " is not a slot");
       PSD_RETURN_IF_ERROR(CheckColumn(slot_columns[i]));
       for (size_t j = 0; j < i; ++j) {
-        if (slot_columns[j] == slot_columns[i]) return bad("slot column ", slot_columns[i], " twice");
+        if (slot_columns[j] == slot_columns[i])
+          return bad("slot column ", slot_columns[i], " twice");
       }
     }
     KeyPlan plan;
@@ -691,8 +691,8 @@ class EmbeddingTable::Impl {
       if (id != kNoRow) Meta(id)->tick.store(tick, std::memory_order_relaxed);
     }
     const int64_t need = new_rows * row_charge_ + new_slot_rows * slot_row_charge_ + preimage;
-    PSD_RETURN_IF_ERROR(ReserveBytes(need, tick, static_cast<int64_t>(keys.size()) - new_rows,
-                                     nullptr));
+    PSD_RETURN_IF_ERROR(
+        ReserveBytes(need, tick, static_cast<int64_t>(keys.size()) - new_rows, nullptr));
     const auto* in = static_cast<const char*>(values);
     for (size_t k = 0; k < keys.size(); ++k) {
       uint32_t id = ids[k];
@@ -765,7 +765,8 @@ class EmbeddingTable::Impl {
       if (c != 0) PSD_RETURN_IF_ERROR(CheckColumn(c));
     }
     std::string initial(value_bytes_, '\0');
-    auto append_slot = [&](size_t i, int c, int64_t key, const char* row) {
+    auto append_slot = [&](size_t i, int c, int64_t key,
+                           const char* row) ABSL_NO_THREAD_SAFETY_ANALYSIS {
       if (row != nullptr) {
         batch->columns[i].append(row, value_bytes_);
       } else {
@@ -834,8 +835,8 @@ class EmbeddingTable::Impl {
         const int part = PartOfKey(key, options_.num_parts);
         if (part != options_.part_index) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "embedding table '", options_.name, "': key ", key, " belongs to part ", part,
-              " of ", options_.num_parts, ", not to this part ", options_.part_index));
+              "embedding table '", options_.name, "': key ", key, " belongs to part ", part, " of ",
+              options_.num_parts, ", not to this part ", options_.part_index));
         }
       }
     }
@@ -846,13 +847,17 @@ class EmbeddingTable::Impl {
   absl::Status CheckParams(const OptimizerParams& p) const {
     auto check = [&](const char* field, double v, bool ok, const char* range) {
       if (std::isfinite(v) && ok) return absl::OkStatus();
-      return absl::InvalidArgumentError(absl::StrCat("embedding table '", options_.name, "': ",
-                                                     OptimizerName(p.kind), ": ", field, " = ", v,
-                                                     " is not ", range));
+      return absl::InvalidArgumentError(absl::StrCat("embedding table '", options_.name,
+                                                     "': ", OptimizerName(p.kind), ": ", field,
+                                                     " = ", v, " is not ", range));
     };
     auto finite = [&](const char* f, double v) { return check(f, v, true, "finite"); };
-    auto non_negative = [&](const char* f, double v) { return check(f, v, v >= 0, "finite and >= 0"); };
-    auto fraction = [&](const char* f, double v) { return check(f, v, v >= 0 && v < 1, "in [0, 1)"); };
+    auto non_negative = [&](const char* f, double v) {
+      return check(f, v, v >= 0, "finite and >= 0");
+    };
+    auto fraction = [&](const char* f, double v) {
+      return check(f, v, v >= 0 && v < 1, "in [0, 1)");
+    };
     switch (p.kind) {
       case OptimizerKind::kGradientDescent:
       case OptimizerKind::kAdagrad:
@@ -927,7 +932,7 @@ class EmbeddingTable::Impl {
 
   double L2Norm(uint32_t id) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     double sum = 0;
-    WithFloating(options_.dtype, [&](auto t) {
+    WithFloating(options_.dtype, [&](auto t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
       using T = decltype(t);
       const T* v = reinterpret_cast<const T*>(Value(id));
       for (int64_t i = 0; i < options_.dim; ++i) {
@@ -1068,8 +1073,8 @@ class EmbeddingTable::Impl {
     if (memory_ != nullptr) {
       absl::Status s = memory_->Reserve(need, options_.name);
       if (!s.ok()) {
-        return absl::Status(s.code(), absl::StrCat("embedding table '", options_.name, "': ",
-                                                   need, " more bytes: ", s.message()));
+        return absl::Status(s.code(), absl::StrCat("embedding table '", options_.name, "': ", need,
+                                                   " more bytes: ", s.message()));
       }
     }
     bytes_.fetch_add(need, std::memory_order_relaxed);
@@ -1306,7 +1311,7 @@ class EmbeddingTable::Impl {
   const int64_t row_charge_;       // bytes charged per row: slab row and index
   const int64_t slot_row_charge_;  // bytes charged per slot row
   std::vector<std::unique_ptr<SlotColumn>> slots_ ABSL_GUARDED_BY(mu_);  // column c at c - 1
-  absl::flat_hash_map<int64_t, int64_t> pending_ ABSL_GUARDED_BY(mu_);  // counter filter
+  absl::flat_hash_map<int64_t, int64_t> pending_ ABSL_GUARDED_BY(mu_);   // counter filter
   const std::unique_ptr<CountingBloom> bloom_ ABSL_PT_GUARDED_BY(mu_);
   uint32_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<SnapshotState*> snapshots_ ABSL_GUARDED_BY(mu_);
@@ -1359,7 +1364,8 @@ absl::Status EmbeddingTable::Validate(const EmbeddingTableOptions& o) {
   }
   if (s.has_bloom_filter()) {
     const auto& b = s.bloom_filter();
-    if (b.filter_freq() < 1) return bad("bloom_filter.filter_freq ", b.filter_freq(), " is not >= 1");
+    if (b.filter_freq() < 1)
+      return bad("bloom_filter.filter_freq ", b.filter_freq(), " is not >= 1");
     if (b.max_element_size() < 1) {
       return bad("bloom_filter.max_element_size ", b.max_element_size(), " is not >= 1");
     }
@@ -1370,6 +1376,13 @@ absl::Status EmbeddingTable::Validate(const EmbeddingTableOptions& o) {
     if (b.counter_bits() != 0 && b.counter_bits() != 8 && b.counter_bits() != 16 &&
         b.counter_bits() != 32) {
       return bad("bloom_filter.counter_bits ", b.counter_bits(), " is not 8, 16 or 32");
+    }
+    // Counters saturate: a count they cannot hold would never admit.
+    const int bits = b.counter_bits() == 0 ? 8 : b.counter_bits();
+    const int64_t most = bits == 32 ? int64_t{0xffffffff} : (int64_t{1} << bits) - 1;
+    if (b.filter_freq() > most) {
+      return bad("bloom_filter.filter_freq ", b.filter_freq(), " exceeds what ", bits,
+                 "-bit counters hold (", most, ")");
     }
   }
   if (!std::isfinite(s.default_value_no_permission())) {
@@ -1390,8 +1403,9 @@ absl::StatusOr<std::unique_ptr<EmbeddingTable>> EmbeddingTable::Create(
   PSD_RETURN_IF_ERROR(Validate(options));
   if (options.key_dtype == DT_INVALID) options.key_dtype = DT_INT64;
   options.spec.set_embedding_dim(options.dim);
-  PSD_ASSIGN_OR_RETURN(InitializerPlan plan, PlanKeyedInitializer(options.initializer, options.dtype,
-                                                                  options.dim, options.name));
+  PSD_ASSIGN_OR_RETURN(
+      InitializerPlan plan,
+      PlanKeyedInitializer(options.initializer, options.dtype, options.dim, options.name));
   std::unique_ptr<CountingBloom> bloom;
   if (options.spec.has_bloom_filter()) {
     PSD_ASSIGN_OR_RETURN(bloom, CountingBloom::Create(options.spec.bloom_filter(), options.name));

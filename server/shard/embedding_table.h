@@ -83,14 +83,14 @@ namespace psd {
 class EmbeddingSnapshot;
 
 struct EmbeddingTableOptions {
-  std::string name;       // the part's name on the shard, for messages
-  DataType dtype;         // DT_FLOAT, DT_DOUBLE, DT_HALF or DT_BFLOAT16
-  int64_t dim = 0;        // > 0
-  DataType key_dtype;     // DT_INT64 or DT_INT32 (keys arrive widened)
-  int part_index = 0;     // this part, in [0, num_parts)
-  int num_parts = 1;      // keys with PartOfKey(key, num_parts) != part_index are refused
+  std::string name;             // the part's name on the shard, for messages
+  DataType dtype;               // DT_FLOAT, DT_DOUBLE, DT_HALF or DT_BFLOAT16
+  int64_t dim = 0;              // > 0
+  DataType key_dtype;           // DT_INT64 or DT_INT32 (keys arrive widened)
+  int part_index = 0;           // this part, in [0, num_parts)
+  int num_parts = 1;            // keys with PartOfKey(key, num_parts) != part_index are refused
   InitializerSpec initializer;  // the value column's
-  EmbeddingSpec spec;     // filters, eviction, caps (slot_of ignored here)
+  EmbeddingSpec spec;           // filters, eviction, caps (slot_of ignored here)
 };
 
 // What an update did, for replies and metrics.
