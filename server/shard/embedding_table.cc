@@ -407,16 +407,23 @@ class EmbeddingTable::Impl {
         const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
         thread_local std::vector<uint32_t> ids;
         ids.resize(keys.size());
+        // Find every row first, asking for each as it is found, so the
+        // copies below mostly hit the cache.
+        for (size_t k = 0; k < keys.size(); ++k) {
+          auto it = index_.find(keys[k]);
+          ids[k] = it == index_.end() ? kNoRow : it->second;
+          if (ids[k] != kNoRow && column == 0) {
+            const char* p = entries_.Row(ids[k]);
+            for (size_t b = 0; b < prefetch_bytes_; b += 64) __builtin_prefetch(p + b);
+          }
+        }
         bool all = true;
         for (size_t k = 0; k < keys.size() && all; ++k) {
-          auto it = index_.find(keys[k]);
           char* row = dst + k * value_bytes_;
-          if (it != index_.end()) {
-            ids[k] = it->second;
-            std::memcpy(row, ColumnRow(it->second, column, keys[k]), value_bytes_);
+          if (ids[k] != kNoRow) {
+            std::memcpy(row, ColumnRow(ids[k], column, keys[k]), value_bytes_);
             continue;
           }
-          ids[k] = kNoRow;
           if (column != 0) {
             FillKeyedRow(slots_[column - 1]->plan, options_.dtype, keys[k], options_.dim, row);
           } else if (!lookup.inference) {
@@ -970,6 +977,9 @@ class EmbeddingTable::Impl {
       auto it = index_.find(keys[k]);
       if (it == index_.end()) return nullptr;
       ids[k] = it->second;
+      // The op reads the row next: ask for it while the index is searched.
+      const char* row = entries_.Row(it->second);
+      for (size_t b = 0; b < prefetch_bytes_; b += 64) __builtin_prefetch(row + b, 1);
     }
     return &ids;
   }
@@ -1308,6 +1318,9 @@ class EmbeddingTable::Impl {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<int64_t, uint32_t> index_ ABSL_GUARDED_BY(mu_);
   Slab entries_ ABSL_GUARDED_BY(mu_);
+  // The head of a row asked for ahead of use (at most 1 KiB: more would
+  // push a batch's rows out of the cache before they are read).
+  const size_t prefetch_bytes_ = std::min<size_t>(entries_.row_bytes(), 1024);
   const int64_t row_charge_;       // bytes charged per row: slab row and index
   const int64_t slot_row_charge_;  // bytes charged per slot row
   std::vector<std::unique_ptr<SlotColumn>> slots_ ABSL_GUARDED_BY(mu_);  // column c at c - 1
