@@ -726,6 +726,43 @@ class EmbeddingTable::Impl {
     return absl::OkStatus();
   }
 
+  absl::Status ImportSlot(int column, absl::Span<const int64_t> keys, const void* values) {
+    PSD_RETURN_IF_ERROR(CheckKeys(keys));
+    if (column <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "embedding table '", options_.name, "': import: column ", column, " is not a slot"));
+    }
+    absl::MutexLock l(&mu_);
+    PSD_RETURN_IF_ERROR(CheckColumn(column));
+    // Keys without a row are skipped: a slot row lives beside its row.
+    std::vector<uint32_t> ids(keys.size(), kNoRow);
+    int64_t new_slot_rows = 0, preimage = 0;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      auto it = index_.find(keys[k]);
+      if (it == index_.end()) continue;
+      ids[k] = it->second;
+      preimage += PreImageCharge(it->second);
+      new_slot_rows += SlotRow(column, it->second) == kNoRow;
+    }
+    const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
+    for (uint32_t id : ids) {  // so an LRU eviction to make room spares them
+      if (id != kNoRow) Meta(id)->tick.store(tick, std::memory_order_relaxed);
+    }
+    PSD_RETURN_IF_ERROR(ReserveBytes(new_slot_rows * slot_row_charge_ + preimage, tick,
+                                     static_cast<int64_t>(keys.size()), nullptr));
+    SlotColumn& slot = *slots_[column - 1];
+    GrowSlotMap(&slot);
+    const auto* in = static_cast<const char*>(values);
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const uint32_t id = ids[k];
+      if (id == kNoRow) continue;
+      SavePreImages(id);
+      if (slot.row_of[id] == kNoRow) slot.row_of[id] = slot.rows.Allocate();
+      std::memcpy(slot.rows.Row(slot.row_of[id]), in + k * value_bytes_, value_bytes_);
+    }
+    return absl::OkStatus();
+  }
+
   EmbeddingStats Stats() const {
     absl::ReaderMutexLock l(&mu_);
     EmbeddingStats s;
@@ -1472,6 +1509,11 @@ absl::Status EmbeddingTable::Import(absl::Span<const int64_t> keys, const void* 
                                     absl::Span<const int64_t> freqs,
                                     absl::Span<const int64_t> versions) {
   return impl_->Import(keys, values, slot_columns, slot_values, freqs, versions);
+}
+
+absl::Status EmbeddingTable::ImportSlot(int column, absl::Span<const int64_t> keys,
+                                        const void* values) {
+  return impl_->ImportSlot(column, keys, values);
 }
 std::shared_ptr<EmbeddingSnapshot> EmbeddingTable::Pin() {
   return std::make_shared<Impl::Snapshot>(impl_, impl_->Pin());
