@@ -55,6 +55,45 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
   metrics->CallbackGauge("psd_shard_staging_pool_limit_bytes",
                          "Most idle staging bytes the pool keeps (--staging-pool-bytes)",
                          [&pool] { return static_cast<double>(pool.max_idle_bytes()); });
+  // Embedding tables, one series per part held here (slots are columns of
+  // their table's part and count with it).
+  struct TableFigure {
+    const char* name;
+    const char* help;
+    double (*value)(const VariableInfo&);
+  };
+  static const TableFigure kTableFigures[] = {
+      {"psd_shard_embedding_rows", "Rows an embedding table's part holds",
+       [](const VariableInfo& i) { return static_cast<double>(i.embedding().rows()); }},
+      {"psd_shard_embedding_bytes",
+       "Bytes an embedding table's part holds (rows, slot rows, keys, index, pending counts)",
+       [](const VariableInfo& i) { return static_cast<double>(i.bytes()); }},
+      {"psd_shard_embedding_pending_keys", "Keys counted by a counter filter, not admitted yet",
+       [](const VariableInfo& i) { return static_cast<double>(i.embedding().pending_keys()); }},
+      {"psd_shard_embedding_admitted", "Keys admitted into the part since it was created",
+       [](const VariableInfo& i) { return static_cast<double>(i.embedding().admitted()); }},
+      {"psd_shard_embedding_filtered_lookups",
+       "Lookups of keys not admitted yet, answered with the default value",
+       [](const VariableInfo& i) {
+         return static_cast<double>(i.embedding().filtered_lookups());
+       }},
+      {"psd_shard_embedding_filtered_updates", "Updates of keys not admitted yet, dropped",
+       [](const VariableInfo& i) {
+         return static_cast<double>(i.embedding().filtered_updates());
+       }},
+      {"psd_shard_embedding_evicted", "Rows evicted (steps_to_live, L2 threshold, LRU)",
+       [](const VariableInfo& i) { return static_cast<double>(i.embedding().evicted()); }},
+  };
+  for (const TableFigure& figure : kTableFigures) {
+    metrics->CallbackGaugeFamily(figure.name, figure.help, {"table"}, [&store, &figure] {
+      MetricsRegistry::Samples samples;
+      for (const VariableInfo& info : store.List("")) {
+        if (!info.has_embedding() || !info.embedding().spec().slot_of().empty()) continue;
+        samples.push_back({{info.name()}, figure.value(info)});
+      }
+      return samples;
+    });
+  }
   metrics->CallbackGauge("psd_shard_fenced", "1 while a checkpoint fence holds writes",
                          [&store] { return store.gate().fenced() ? 1.0 : 0.0; });
   metrics->CallbackCounter("psd_shard_fence_lease_expiries_total",

@@ -22,6 +22,7 @@
 #include "device/device.h"
 #include "fuzz_inputs.pb.h"
 #include "psd/wire.h"
+#include "shard/embedding_table.h"
 #include "shard/variable_store.h"
 
 namespace {
@@ -88,6 +89,19 @@ void Populate(psd::VariableStore* store) {
   h.mutable_shape()->add_dims(5);
   h.set_content(std::string(10, '\0'));
   Create(store, "h", h);
+  // An embedding table's part (part 0 of 2) and an Adagrad slot of it.
+  for (const char* name : {"emb", "emb/Adagrad"}) {
+    psd::CreateVariableRequest table;
+    table.set_name(name);
+    table.set_dtype(psd::DT_FLOAT);
+    table.mutable_shape()->add_dims(4);
+    table.mutable_initializer()->mutable_random_normal()->set_stddev(1);
+    table.mutable_embedding()->set_embedding_dim(4);
+    table.mutable_embedding()->mutable_counter_filter()->set_filter_freq(2);
+    if (std::string(name) != "emb") table.mutable_embedding()->set_slot_of("emb");
+    table.set_embedding_num_parts(2);
+    Check(store->Create(table, &info).ok(), "setup create of a table failed");
+  }
 }
 
 void RunOp(psd::VariableStore* store, const psd::fuzz::StoreOp& op) {
@@ -211,6 +225,65 @@ void RunOp(psd::VariableStore* store, const psd::fuzz::StoreOp& op) {
     case StoreOp::kReadSnapshot:
       (void)store->ReadSnapshot(op.read_snapshot());
       break;
+    case StoreOp::kExportEmbedding: {
+      auto source = store->BeginEmbeddingExport(op.export_embedding().request());
+      if (!source.ok()) break;
+      const int max = std::clamp(op.export_embedding().max_messages(), 1, kMaxStreamChunks);
+      for (int i = 0; i < max; ++i) {
+        psd::EmbeddingRows rows;
+        auto more = (*source)->Next(&rows);
+        if (!more.ok() || !*more) break;
+      }
+      break;
+    }
+    case StoreOp::kImportEmbedding: {
+      psd::ImportEmbeddingResponse resp;
+      (void)store->ImportEmbedding(op.import_embedding(), &resp);
+      break;
+    }
+    case StoreOp::kDeleteEmbeddingKeys: {
+      psd::DeleteEmbeddingKeysResponse resp;
+      (void)store->DeleteEmbeddingKeys(op.delete_embedding_keys(), &resp);
+      break;
+    }
+    case StoreOp::kEvictEmbedding: {
+      psd::EvictEmbeddingResponse resp;
+      (void)store->EvictEmbedding(op.evict_embedding(), &resp);
+      break;
+    }
+    case StoreOp::kTableRestore: {
+      const auto& r = op.table_restore();
+      auto keys = psd::TensorFromProto(r.keys(), "fuzz keys");
+      auto values = psd::TensorFromProto(r.values(), "fuzz values");
+      auto freqs = psd::TensorFromProto(r.freqs(), "fuzz freqs");
+      auto versions = psd::TensorFromProto(r.versions(), "fuzz versions");
+      if (keys.ok() && values.ok() && freqs.ok() && versions.ok()) {
+        (void)store->StageEmbeddingRestore(r.restore_id(), r.part(), *keys, *values, *freqs,
+                                           *versions);
+      }
+      if (r.finish()) {
+        int64_t applied = 0;
+        (void)store->FinishRestore(r.restore_id(), r.commit(), &applied);
+      }
+      break;
+    }
+    case StoreOp::kFenceId: {
+      std::vector<psd::VariableStore::PinnedValue> snapshot;
+      if (store->Fence(op.fence_id(), absl::Seconds(1), &snapshot).ok()) {
+        psd::WriteGate::FenceStats stats;
+        (void)store->Unfence(op.fence_id(), &stats);
+        // Read every pinned table while the store goes on.
+        for (auto& v : snapshot) {
+          if (v.table_rows == nullptr) continue;
+          psd::EmbeddingSnapshot::Batch batch;
+          const int column[1] = {v.table_column};
+          for (int i = 0; i < kMaxStreamChunks; ++i) {
+            if (!v.table_rows->Next(3, column, &batch).ok() || batch.keys.empty()) break;
+          }
+        }
+      }
+      break;
+    }
     case StoreOp::OP_NOT_SET:
       break;
   }
