@@ -10,7 +10,10 @@
 // dense layer; it also bumps a per-row counter with scatter_add and the
 // global step with count_up_to. The check role verifies the step count, the
 // row counts, and that exactly the counted rows moved their Adagrad
-// accumulators.
+// accumulators. The model also has an embedding table keyed by user id (an
+// open id space: rows are made as ids are admitted, after their second use)
+// trained with Adagrad whose accumulator is a slot table beside it; the
+// check role counts its rows.
 //
 //   psd_cluster_demo --coordinator 127.0.0.1:7070 --role chief --steps 50 &
 //   psd_cluster_demo --coordinator 127.0.0.1:7070 --role worker --task 1 --steps 50
@@ -41,8 +44,17 @@ struct Model {
   Variable counts;
   Variable dense_w;
   Variable global_step;
-  std::vector<Variable> all() const { return {embedding, counts, dense_w, global_step}; }
+  EmbeddingVariable users;  // keyed by user id
+  std::vector<Variable> all() const {
+    return {embedding, counts, dense_w, global_step, users.variable()};
+  }
 };
+
+// User ids: large, sparse, some much more frequent than others.
+int64_t UserId(std::mt19937_64& rng) {
+  std::geometric_distribution<int64_t> rank(0.05);
+  return 1'000'000'007LL * (1 + rank(rng));
+}
 
 absl::StatusOr<Model> BuildModel(Session* session) {
   Model m;
@@ -59,6 +71,13 @@ absl::StatusOr<Model> BuildModel(Session* session) {
   counts.initializer = init::Zeros();
   counts.trainable = false;
   PSD_ASSIGN_OR_RETURN(m.counts, session->GetVariable("row_counts", counts));
+  // The scope's fixed_size partitioner gives the table two parts (keys by
+  // hash); an id becomes a row at its second use.
+  EmbeddingVariableOptions users;
+  users.embedding_dim = 8;
+  users.initializer = init::RandomNormal(0, 0.01, /*seed=*/11);
+  users.ev_option.mutable_counter_filter()->set_filter_freq(2);
+  PSD_ASSIGN_OR_RETURN(m.users, session->GetEmbeddingVariable("user_embedding", users));
 
   // A dense layer as a template: variables made on the first call only.
   auto dense = MakeTemplate(session, "dense", [&]() -> absl::StatusOr<Variable> {
@@ -117,6 +136,18 @@ absl::Status Train(Session* session, const Model& m, int task, int steps) {
     PSD_ASSIGN_OR_RETURN(Tensor w, m.dense_w.Read());
     PSD_RETURN_IF_ERROR(sgd.ApplyGradients({{std::move(w), m.dense_w}}));
     PSD_RETURN_IF_ERROR(m.counts.ScatterAdd(id_tensor, Tensor::Scalar<int64_t>(1)));
+    // The user table: look up, then an Adagrad step on the rows seen.
+    std::vector<int64_t> users;
+    for (int i = 0; i < 4; ++i) users.push_back(UserId(rng));
+    PSD_ASSIGN_OR_RETURN(Tensor user_keys, Tensor::FromVector<int64_t>(TensorShape{4}, users));
+    PSD_ASSIGN_OR_RETURN(Tensor user_rows, m.users.Gather(user_keys, {.global_step = s}));
+    Tensor user_grad(psd::DT_FLOAT, user_rows.shape());
+    for (int64_t i = 0; i < user_rows.num_elements(); ++i) {
+      user_grad.data<float>()[i] = 0.1f * user_rows.data<float>()[i];
+    }
+    PSD_RETURN_IF_ERROR(adagrad.ApplyGradients(
+        {{IndexedSlices{std::move(user_grad), user_keys, std::nullopt}, m.users.variable()}},
+        nullptr, {.global_step = s}));
     PSD_RETURN_IF_ERROR(m.global_step.CountUpTo(int64_t{1} << 40).status());
   }
   return absl::OkStatus();
@@ -196,6 +227,17 @@ int main(int argc, char** argv) {
     }
     std::printf("%sAdagrad slot %s beside every part, updated in the looked-up rows: OK\n",
                 tag.c_str(), accum->name().c_str());
+    auto users = model->users.Size();
+    if (!users.ok()) return Fail(users.status());
+    auto user_slot = s->LookupVariable("model/user_embedding/Adagrad");
+    if (!user_slot.ok()) return Fail(user_slot.status());
+    if (*users <= 0 || (expect_steps >= 0 && *users > 4 * expect_steps)) {
+      return Fail(absl::InternalError(absl::StrCat(model->users.name(), " holds ", *users,
+                                                   " rows after ", expect_steps, " steps")));
+    }
+    std::printf("%sembedding table %s: %lld user rows in %d parts, Adagrad slot table %s: OK\n",
+                tag.c_str(), model->users.name().c_str(), static_cast<long long>(*users),
+                model->users.num_parts(), user_slot->name().c_str());
     std::printf("%sthe trainers shared one set of variables: OK\n", tag.c_str());
     return 0;
   }

@@ -191,6 +191,41 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
                        StubsFor(shards, absl::StrCat("save of ", prefix)));
   const size_t n = shards.size();
 
+  // Embedding tables' eviction policies run at each save (as DeepRec's do),
+  // before the fence: the checkpoint holds what they keep, and the fence
+  // pause does not grow with their scans. A part that cannot evict now is
+  // saved whole (logged).
+  {
+    std::vector<std::pair<size_t, EvictEmbeddingRequest>> evictions;
+    for (const VariableDef& def : defs) {
+      if (!def.has_embedding() || !def.embedding().slot_of().empty()) continue;
+      if (def.embedding().steps_to_live() <= 0 && def.embedding().l2_weight_threshold() <= 0) {
+        continue;
+      }
+      for (const VariablePart& part : def.parts()) {
+        const size_t i = static_cast<size_t>(
+            std::find(shards.begin(), shards.end(), part.shard_id()) - shards.begin());
+        if (i >= n) continue;
+        EvictEmbeddingRequest req;
+        req.set_name(part.name());
+        req.set_global_step(request.has_global_step() ? std::max<int64_t>(0, request.global_step())
+                                                      : 0);
+        evictions.emplace_back(i, std::move(req));
+      }
+    }
+    std::vector<absl::Status> evicted = RunParallel(evictions.size(), [&](size_t e) {
+      EvictEmbeddingResponse resp;
+      return Call(stubs[evictions[e].first].get(), &Shard::Stub::EvictEmbedding,
+                  evictions[e].second, &resp, absl::Now() + options_.rpc_timeout);
+    });
+    for (size_t e = 0; e < evicted.size(); ++e) {
+      if (!evicted[e].ok()) {
+        spdlog::warn("save of {}: eviction in {} failed, saving it whole: {}", prefix,
+                     evictions[e].second.name(), evicted[e].ToString());
+      }
+    }
+  }
+
   // 1-2: fence all, snapshot all (inside Fence), then unfence all.
   const uint64_t fence_id = RandomNonzeroId();
   // Everything this save writes goes under its own staging prefix until the

@@ -397,6 +397,30 @@ TEST_F(EmbeddingCheckpointTest, SaveWritesDeepRecTensorsAndRestoreBringsBackExac
   EXPECT_EQ(*moved, *saved_rows);
 }
 
+TEST_F(EmbeddingCheckpointTest, ASaveRunsTheEvictionPoliciesFirst) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Zeros();
+  o.partitioner = partitioners::FixedSize(2);
+  o.ev_option.set_steps_to_live(5);
+  auto table = session_->GetEmbeddingVariable("ttl/table", o);
+  ASSERT_TRUE(table.ok()) << table.status();
+  ASSERT_TRUE(IsOk(table->ScatterAdd(Keys({1, 2, 3}), Tensor::Scalar<float>(1), {.global_step = 1})));
+  ASSERT_TRUE(IsOk(table->ScatterAdd(Keys({4, 5}), Tensor::Scalar<float>(1), {.global_step = 10})));
+  auto prefix = saver_->Save(absl::StrCat(dir_, "/ttl.ckpt"), 12);
+  ASSERT_TRUE(prefix.ok()) << prefix.status();
+  EXPECT_EQ(*table->Size(), 2) << "rows idle for more than 5 steps at step 12 were evicted";
+  auto reader = checkpoint::BundleReader::Open(*prefix);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  int64_t saved = 0;
+  for (int k = 0; k < 2; ++k) {
+    auto keys = (*reader)->GetTensorInfo(absl::StrCat("ttl/table/part_", k, "-keys"));
+    ASSERT_TRUE(keys.ok()) << keys.status();
+    saved += keys->shape.num_elements();
+  }
+  EXPECT_EQ(saved, 2);
+}
+
 }  // namespace
 }  // namespace integration
 }  // namespace psd
