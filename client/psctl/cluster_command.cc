@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@
 #include "commands.h"
 #include "output.h"
 #include "google/protobuf/descriptor.h"
+#include "grpcpp/grpcpp.h"
+#include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
+#include "psd/shard.grpc.pb.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
@@ -89,11 +94,6 @@ void RunStatus(Context* ctx) {
   std::fputs(out.c_str(), stdout);
 }
 
-std::string Partitioning(const psd::VariableHandle& h) {
-  if (!h.partitioned()) return "-";
-  return absl::StrCat(h.parts_size(), " parts on axis ", h.partition_axis());
-}
-
 void RunList(const std::string& collection, Context* ctx) {
   psd::CoordinatorListVariablesRequest req;
   req.set_collection(collection);
@@ -111,7 +111,7 @@ void RunList(const std::string& collection, Context* ctx) {
       absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.name()),
                       ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
                       ",\"shape\":", ShapeJson(h.shape()), ",\"parts\":", h.parts_size(),
-                      ",\"lost_parts\":", lost, ",\"trainable\":", h.trainable() ? "true" : "false",
+                      VariableKindJson(h), ",\"lost_parts\":", lost, ",\"trainable\":", h.trainable() ? "true" : "false",
                       ",\"collections\":[", absl::StrJoin(colls, ","), "]}");
     }
     out += "]}\n";
@@ -119,10 +119,11 @@ void RunList(const std::string& collection, Context* ctx) {
     return;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"NAME", "DTYPE", "SHAPE", "PARTITIONING", "TRAINABLE", "COLLECTIONS"}};
+      {"NAME", "DTYPE", "SHAPE", "PARTITIONING", "KIND", "TRAINABLE", "COLLECTIONS"}};
   for (const auto& h : resp.variables()) {
-    rows.push_back({h.name(), psd::DataTypeName(h.dtype()), ShapeText(h.shape()), Partitioning(h),
-                    h.trainable() ? "yes" : "no", absl::StrJoin(h.collections(), ",")});
+    rows.push_back({h.name(), psd::DataTypeName(h.dtype()), ShapeText(h.shape()),
+                    PartitioningColumn(h), VariableKindText(h), h.trainable() ? "yes" : "no",
+                    absl::StrJoin(h.collections(), ",")});
   }
   std::string out = absl::StrCat(resp.variables_size(), " variables",
                                  collection.empty() ? "" : absl::StrCat(" in ", collection), "\n");
@@ -131,6 +132,7 @@ void RunList(const std::string& collection, Context* ctx) {
 }
 
 std::string PartitioningText(const psd::VariableHandle& h) {
+  if (h.has_embedding()) return absl::StrCat(h.parts_size(), " parts, keys by hash");
   return absl::StrCat(h.parts_size(), " parts along axis ", h.partition_axis(), " (partitions [",
                       absl::StrJoin(h.partitions(), ", "), "])");
 }
@@ -150,6 +152,25 @@ std::string InitializerText(const psd::InitializerSpec& spec) {
   return text;
 }
 
+// The part `name` as its shard at `address` holds it, with the table's
+// counts (VariableInfo.embedding) where the shard reports them: asked
+// directly, as the client library's VariableInfo does not carry them.
+absl::StatusOr<psd::VariableInfo> ShardVariableInfo(const Context& ctx, const std::string& address,
+                                                    const std::string& name) {
+  PSD_ASSIGN_OR_RETURN(auto credentials, psd::internal::MakeChannelCredentials(ctx.security));
+  auto stub = psd::Shard::NewStub(grpc::CreateChannel(address, credentials));
+  psd::ListVariablesRequest req;
+  req.set_prefix(name);
+  psd::ListVariablesResponse resp;
+  grpc::ClientContext cctx;
+  cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  PSD_RETURN_IF_ERROR(psd::FromGrpcStatus(stub->ListVariables(&cctx, req, &resp)));
+  for (const psd::VariableInfo& info : resp.variables()) {
+    if (info.name() == name) return info;
+  }
+  return absl::NotFoundError(absl::StrCat("shard ", address, " holds no ", name));
+}
+
 void RunShow(const std::string& name, Context* ctx) {
   psd::LookupVariableRequest req;
   req.set_name(name);
@@ -159,6 +180,8 @@ void RunShow(const std::string& name, Context* ctx) {
   const psd::VariableHandle& h = resp.handle();
   // Each part's state as its shard reports it.
   std::vector<std::string> state(h.parts_size());
+  // An embedding table's parts: their counts, where the shards report them.
+  std::vector<std::optional<psd::EmbeddingStats>> stats(h.parts_size());
   std::map<std::string, std::unique_ptr<psd::client::ShardClient>> shards;
   for (int i = 0; i < h.parts_size(); ++i) {
     const auto& p = h.parts(i);
@@ -186,13 +209,18 @@ void RunShow(const std::string& name, Context* ctx) {
     auto info = client->Lookup(p.name());
     state[i] = !info.ok() ? absl::StatusCodeToString(info.status().code())
                           : (info->initialized ? "initialized" : "uninitialized");
+    if (h.has_embedding() && info.ok()) {
+      auto table = ShardVariableInfo(*ctx, p.shard_address(), p.name());
+      if (table.ok() && table->has_embedding()) stats[i] = table->embedding();
+    }
   }
   if (ctx->json) {
     std::vector<std::string> colls;
     for (const auto& c : h.collections()) colls.push_back(JsonString(c));
     std::string out = absl::StrCat(
         "{\"name\":", JsonString(h.name()), ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
-        ",\"shape\":", ShapeJson(h.shape()), ",\"partitioned\":", h.partitioned() ? "true" : "false",
+        ",\"shape\":", ShapeJson(h.shape()), VariableKindJson(h),
+        ",\"partitioned\":", h.partitioned() ? "true" : "false",
         ",\"partition_axis\":", h.partition_axis(), ",\"trainable\":",
         h.trainable() ? "true" : "false", ",\"collections\":[", absl::StrJoin(colls, ","),
         "],\"declared_at\":", JsonString(h.declared_at()),
@@ -205,6 +233,9 @@ void RunShow(const std::string& name, Context* ctx) {
                       absl::StrJoin(p.offset(), ","), "],\"shard\":", p.shard_id(),
                       ",\"address\":", JsonString(p.shard_address()),
                       ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
+                      stats[i].has_value() ? absl::StrCat(",\"embedding\":",
+                                                          EmbeddingStatsJson(*stats[i]))
+                                           : std::string(),
                       "}");
     }
     out += "]}\n";
@@ -212,7 +243,8 @@ void RunShow(const std::string& name, Context* ctx) {
     return;
   }
   std::string out = absl::StrCat(
-      h.name(), "\n  dtype:        ", psd::DataTypeName(h.dtype()), "\n  shape:        ",
+      h.name(), "\n  kind:         ", VariableKindText(h),
+      "\n  dtype:        ", psd::DataTypeName(h.dtype()), "\n  shape:        ",
       ShapeText(h.shape()), "\n  partitioning: ",
       h.partitioned() ? PartitioningText(h) : std::string("none"),
       "\n  trainable:    ", h.trainable() ? "yes" : "no",
@@ -220,10 +252,19 @@ void RunShow(const std::string& name, Context* ctx) {
       "\n  initializer:  ", InitializerText(h.initializer()),
       "\n  declared at:  ", h.declared_at().empty() ? "-" : h.declared_at(), "\n");
   std::vector<std::vector<std::string>> rows = {{"PART", "SHAPE", "OFFSET", "SHARD", "ADDRESS", "STATE"}};
+  if (h.has_embedding()) {
+    for (std::string& column : EmbeddingStatsHeader()) rows[0].push_back(std::move(column));
+  }
   for (int i = 0; i < h.parts_size(); ++i) {
     const auto& p = h.parts(i);
     rows.push_back({p.name(), ShapeText(p.shape()), absl::StrCat("[", absl::StrJoin(p.offset(), ","), "]"),
                     std::to_string(p.shard_id()), p.shard_address(), state[i]});
+    if (h.has_embedding()) {
+      for (std::string& column :
+           EmbeddingStatsColumns(stats[i].has_value() ? &*stats[i] : nullptr)) {
+        rows.back().push_back(std::move(column));
+      }
+    }
   }
   out += FormatTable(rows);
   std::fputs(out.c_str(), stdout);
