@@ -1,9 +1,11 @@
-// `psctl status`, `psctl vars list|show|get` and `psctl shutdown`: the
+// `psctl status`, `psctl vars list|show|get|evict` and `psctl shutdown`: the
 // coordinator's view of the cluster and its variables, and stopping it.
 // status, list and show ask the coordinator (and, for show, each part's
 // shard) without opening a session; get reads the value through a
 // short-lived client session, which concatenates a partitioned variable's
-// parts; shutdown asks the coordinator to stop the cluster.
+// parts; evict asks each part's shard of an embedding table to run the
+// table's eviction policies; shutdown asks the coordinator to stop the
+// cluster.
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -270,6 +272,72 @@ void RunShow(const std::string& name, Context* ctx) {
   std::fputs(out.c_str(), stdout);
 }
 
+// Runs an embedding table's eviction policies on every part now (the
+// shards also run them at each checkpoint save), and prints what went.
+void RunEvict(const std::string& name, int64_t global_step, Context* ctx) {
+  psd::LookupVariableRequest req;
+  req.set_name(name);
+  psd::LookupVariableResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::LookupVariable, req, &resp);
+  if (!s.ok()) return Fail(ctx, s);
+  const psd::VariableHandle& h = resp.handle();
+  if (!h.has_embedding()) {
+    return Fail(ctx, absl::InvalidArgumentError(absl::StrCat(
+                         name, " is a dense variable, not an embedding table: nothing to evict")));
+  }
+  auto credentials = psd::internal::MakeChannelCredentials(ctx->security);
+  if (!credentials.ok()) return Fail(ctx, credentials.status());
+  std::vector<psd::EvictEmbeddingResponse> evicted(h.parts_size());
+  for (int i = 0; i < h.parts_size(); ++i) {
+    const psd::PartHandle& p = h.parts(i);
+    if (p.lost() || p.shard_address().empty()) {
+      return Fail(ctx, absl::UnavailableError(absl::StrCat(
+                           "part ", p.name(), " of ", name, " is ",
+                           p.lost() ? "lost" : "on an unregistered shard",
+                           "; evicted from the parts before it: ", i)));
+    }
+    auto stub = psd::Shard::NewStub(grpc::CreateChannel(p.shard_address(), *credentials));
+    psd::EvictEmbeddingRequest evict;
+    evict.set_name(p.name());
+    evict.set_global_step(global_step);
+    evict.set_shard_incarnation(p.shard_incarnation());
+    grpc::ClientContext cctx;
+    cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    s = psd::FromGrpcStatus(stub->EvictEmbedding(&cctx, evict, &evicted[i]));
+    if (!s.ok()) {
+      return Fail(ctx, absl::Status(s.code(), absl::StrCat("evicting ", p.name(), " on shard ",
+                                                           p.shard_id(), " (", p.shard_address(),
+                                                           "): ", s.message())));
+    }
+  }
+  int64_t total_evicted = 0, total_rows = 0;
+  for (const auto& e : evicted) {
+    total_evicted += e.evicted();
+    total_rows += e.rows();
+  }
+  if (ctx->json) {
+    std::string out = absl::StrCat("{\"name\":", JsonString(name), ",\"evicted\":", total_evicted,
+                                   ",\"rows\":", total_rows, ",\"parts\":[");
+    for (int i = 0; i < h.parts_size(); ++i) {
+      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.parts(i).name()),
+                      ",\"shard\":", h.parts(i).shard_id(), ",\"evicted\":",
+                      evicted[i].evicted(), ",\"rows\":", evicted[i].rows(), "}");
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return;
+  }
+  std::string out = absl::StrCat(name, ": evicted ", total_evicted, " rows, ", total_rows,
+                                 " rows left\n");
+  std::vector<std::vector<std::string>> rows = {{"PART", "SHARD", "EVICTED", "ROWS"}};
+  for (int i = 0; i < h.parts_size(); ++i) {
+    rows.push_back({h.parts(i).name(), std::to_string(h.parts(i).shard_id()),
+                    std::to_string(evicted[i].evicted()), std::to_string(evicted[i].rows())});
+  }
+  out += FormatTable(rows);
+  std::fputs(out.c_str(), stdout);
+}
+
 void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
   psd::client::SessionOptions o;
   o.client = "psctl vars get";
@@ -357,6 +425,18 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
   get->add_option("name", *get_name, "Full variable name")->required();
   get->add_option("--max-values", *max_values, "Values shown; -1 for all")->capture_default_str();
   get->callback([ctx, get_name, max_values] { RunGet(*get_name, *max_values, ctx); });
+
+  auto evict_name = std::make_shared<std::string>();
+  auto global_step = std::make_shared<int64_t>(0);
+  CLI::App* evict = vars->add_subcommand(
+      "evict", "Run an embedding table's eviction policies (steps_to_live, L2 threshold) now");
+  evict->fallthrough();
+  evict->add_option("name", *evict_name, "Full name of the embedding table")->required();
+  evict->add_option("--global-step", *global_step,
+                    "The training's global step, which steps_to_live counts back from (0: no "
+                    "row is stale by age; the L2 threshold still applies)")
+      ->capture_default_str();
+  evict->callback([ctx, evict_name, global_step] { RunEvict(*evict_name, *global_step, ctx); });
 
   auto final_checkpoint = std::make_shared<bool>(false);
   auto shutdown_timeout = std::make_shared<double>(600);
