@@ -289,10 +289,15 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
   const std::string& primary_name = decl.embedding().slot_of();
   if (!primary_name.empty()) {
     const VariableDef* primary = FindDeclared(primary_name, *txn);
-    if (primary == nullptr || !primary->has_embedding()) {
+    if (primary == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table ", name, " is declared as a slot of ", primary_name,
-          ", which is not an embedding table"));
+          "Conflicting declarations of embedding table ", name, ": declared as a slot of ",
+          primary_name, ", which does not exist, but found ", DescribeDef(*existing)));
+    }
+    if (!primary->has_embedding()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "embedding table ", name, " is declared as a slot of ", primary_name, ", which is ",
+          DescribeDef(*primary), ", not an embedding table"));
     }
     // Unset values are the primary's (ResolveNewTable checks declared ones).
     if (mine.spec.embedding_dim() == 0) mine.spec.set_embedding_dim(primary->embedding().embedding_dim());

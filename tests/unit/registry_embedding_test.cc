@@ -524,6 +524,15 @@ TEST_F(RegistryEmbeddingTest, ASlotThatCannotFollowItsPrimaryIsRefused) {
   VariableDeclaration policy = Slot("t/a", "t");
   policy.mutable_embedding()->set_steps_to_live(9);
   ExpectRefused(policy, {"policies", "steps_to_live: 9"});
+  // Reusing the slot as a slot of another variable, missing or dense.
+  VariableDeclaration moved = Slot("t/Adagrad", "elsewhere");
+  moved.set_reuse(REUSE_AUTO);
+  EXPECT_THAT(Get(moved).status().message(),
+              AllOf(HasSubstr("t/Adagrad"), HasSubstr("elsewhere, which does not exist")));
+  moved.mutable_embedding()->set_slot_of("d");
+  EXPECT_THAT(Get(moved).status().message(),
+              AllOf(HasSubstr("slot of d, which is a dense variable"),
+                    HasSubstr("not an embedding table")));
   EXPECT_EQ(registry_->num_variables(), 3u);
   // Values that agree with the primary are accepted.
   VariableDeclaration same = Slot("t/b", "t");
