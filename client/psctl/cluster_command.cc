@@ -19,17 +19,17 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "commands.h"
-#include "output.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/grpcpp.h"
-#include "psd/grpc_status.h"
-#include "psd/internal/grpc_credentials.h"
-#include "psd/shard.grpc.pb.h"
+#include "output.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
+#include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/seeds.h"
 #include "psd/session.h"
+#include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 
 namespace psctl {
@@ -113,8 +113,9 @@ void RunList(const std::string& collection, Context* ctx) {
       absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.name()),
                       ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
                       ",\"shape\":", ShapeJson(h.shape()), ",\"parts\":", h.parts_size(),
-                      VariableKindJson(h), ",\"lost_parts\":", lost, ",\"trainable\":", h.trainable() ? "true" : "false",
-                      ",\"collections\":[", absl::StrJoin(colls, ","), "]}");
+                      VariableKindJson(h), ",\"lost_parts\":", lost,
+                      ",\"trainable\":", h.trainable() ? "true" : "false", ",\"collections\":[",
+                      absl::StrJoin(colls, ","), "]}");
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
@@ -223,22 +224,21 @@ void RunShow(const std::string& name, Context* ctx) {
         "{\"name\":", JsonString(h.name()), ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
         ",\"shape\":", ShapeJson(h.shape()), VariableKindJson(h),
         ",\"partitioned\":", h.partitioned() ? "true" : "false",
-        ",\"partition_axis\":", h.partition_axis(), ",\"trainable\":",
-        h.trainable() ? "true" : "false", ",\"collections\":[", absl::StrJoin(colls, ","),
-        "],\"declared_at\":", JsonString(h.declared_at()),
+        ",\"partition_axis\":", h.partition_axis(),
+        ",\"trainable\":", h.trainable() ? "true" : "false", ",\"collections\":[",
+        absl::StrJoin(colls, ","), "],\"declared_at\":", JsonString(h.declared_at()),
         ",\"initializer\":", JsonString(InitializerKind(h.initializer())),
         ",\"seed\":", h.initializer().seed(), ",\"parts\":[");
     for (int i = 0; i < h.parts_size(); ++i) {
       const auto& p = h.parts(i);
-      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
-                      ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[",
-                      absl::StrJoin(p.offset(), ","), "],\"shard\":", p.shard_id(),
-                      ",\"address\":", JsonString(p.shard_address()),
-                      ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
-                      stats[i].has_value() ? absl::StrCat(",\"embedding\":",
-                                                          EmbeddingStatsJson(*stats[i]))
-                                           : std::string(),
-                      "}");
+      absl::StrAppend(
+          &out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
+          ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[", absl::StrJoin(p.offset(), ","),
+          "],\"shard\":", p.shard_id(), ",\"address\":", JsonString(p.shard_address()),
+          ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
+          stats[i].has_value() ? absl::StrCat(",\"embedding\":", EmbeddingStatsJson(*stats[i]))
+                               : std::string(),
+          "}");
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
@@ -246,9 +246,9 @@ void RunShow(const std::string& name, Context* ctx) {
   }
   std::string out = absl::StrCat(
       h.name(), "\n  kind:         ", VariableKindText(h),
-      "\n  dtype:        ", psd::DataTypeName(h.dtype()), "\n  shape:        ",
-      ShapeText(h.shape()), "\n  partitioning: ",
-      h.partitioned() ? PartitioningText(h) : std::string("none"),
+      "\n  dtype:        ", psd::DataTypeName(h.dtype()),
+      "\n  shape:        ", ShapeText(h.shape()),
+      "\n  partitioning: ", h.partitioned() ? PartitioningText(h) : std::string("none"),
       "\n  trainable:    ", h.trainable() ? "yes" : "no",
       "\n  collections:  ", absl::StrJoin(h.collections(), ", "),
       "\n  initializer:  ", InitializerText(h.initializer()),
@@ -291,10 +291,10 @@ void RunEvict(const std::string& name, int64_t global_step, Context* ctx) {
   for (int i = 0; i < h.parts_size(); ++i) {
     const psd::PartHandle& p = h.parts(i);
     if (p.lost() || p.shard_address().empty()) {
-      return Fail(ctx, absl::UnavailableError(absl::StrCat(
-                           "part ", p.name(), " of ", name, " is ",
-                           p.lost() ? "lost" : "on an unregistered shard",
-                           "; evicted from the parts before it: ", i)));
+      return Fail(
+          ctx, absl::UnavailableError(absl::StrCat("part ", p.name(), " of ", name, " is ",
+                                                   p.lost() ? "lost" : "on an unregistered shard",
+                                                   "; evicted from the parts before it: ", i)));
     }
     auto stub = psd::Shard::NewStub(grpc::CreateChannel(p.shard_address(), *credentials));
     psd::EvictEmbeddingRequest evict;
@@ -305,9 +305,9 @@ void RunEvict(const std::string& name, int64_t global_step, Context* ctx) {
     cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     s = psd::FromGrpcStatus(stub->EvictEmbedding(&cctx, evict, &evicted[i]));
     if (!s.ok()) {
-      return Fail(ctx, absl::Status(s.code(), absl::StrCat("evicting ", p.name(), " on shard ",
-                                                           p.shard_id(), " (", p.shard_address(),
-                                                           "): ", s.message())));
+      return Fail(ctx, absl::Status(s.code(),
+                                    absl::StrCat("evicting ", p.name(), " on shard ", p.shard_id(),
+                                                 " (", p.shard_address(), "): ", s.message())));
     }
   }
   int64_t total_evicted = 0, total_rows = 0;
@@ -320,15 +320,15 @@ void RunEvict(const std::string& name, int64_t global_step, Context* ctx) {
                                    ",\"rows\":", total_rows, ",\"parts\":[");
     for (int i = 0; i < h.parts_size(); ++i) {
       absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.parts(i).name()),
-                      ",\"shard\":", h.parts(i).shard_id(), ",\"evicted\":",
-                      evicted[i].evicted(), ",\"rows\":", evicted[i].rows(), "}");
+                      ",\"shard\":", h.parts(i).shard_id(), ",\"evicted\":", evicted[i].evicted(),
+                      ",\"rows\":", evicted[i].rows(), "}");
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
     return;
   }
-  std::string out = absl::StrCat(name, ": evicted ", total_evicted, " rows, ", total_rows,
-                                 " rows left\n");
+  std::string out =
+      absl::StrCat(name, ": evicted ", total_evicted, " rows, ", total_rows, " rows left\n");
   std::vector<std::vector<std::string>> rows = {{"PART", "SHARD", "EVICTED", "ROWS"}};
   for (int i = 0; i < h.parts_size(); ++i) {
     rows.push_back({h.parts(i).name(), std::to_string(h.parts(i).shard_id()),
@@ -432,9 +432,10 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
       "evict", "Run an embedding table's eviction policies (steps_to_live, L2 threshold) now");
   evict->fallthrough();
   evict->add_option("name", *evict_name, "Full name of the embedding table")->required();
-  evict->add_option("--global-step", *global_step,
-                    "The training's global step, which steps_to_live counts back from (0: no "
-                    "row is stale by age; the L2 threshold still applies)")
+  evict
+      ->add_option("--global-step", *global_step,
+                   "The training's global step, which steps_to_live counts back from (0: no "
+                   "row is stale by age; the L2 threshold still applies)")
       ->capture_default_str();
   evict->callback([ctx, evict_name, global_step] { RunEvict(*evict_name, *global_step, ctx); });
 

@@ -463,7 +463,8 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     // are orphans the shard drops on its next restart, and a later variable
     // of the same name replaces rather than adopts them.
     std::vector<VariablePart> parts;
-    for (const VariableDef& def : defs) parts.insert(parts.end(), def.parts().begin(), def.parts().end());
+    for (const VariableDef& def : defs)
+      parts.insert(parts.end(), def.parts().begin(), def.parts().end());
     for (const VariablePart& part : parts) {
       std::string address;
       {

@@ -142,18 +142,18 @@ absl::StatusOr<std::string> CoordinatorService::PrimaryPartOf(
   }
   if (!primary.ok()) primary = registry_->Lookup(primary_name);
   if (!primary.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "slot table ", slot.name(), ": its primary ", primary_name,
-        " no longer exists: ", primary.status().message()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("slot table ", slot.name(), ": its primary ", primary_name,
+                     " no longer exists: ", primary.status().message()));
   }
   for (int k = 0; k < slot.parts_size(); ++k) {
     if (slot.parts(k).name() != part.name()) continue;
     if (k >= primary->parts_size() || primary->parts(k).shard_id() != part.shard_id()) break;
     return primary->parts(k).name();
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "slot table ", slot.name(), ": its primary ", primary_name,
-      " was declared again with other parts while it was declared"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("slot table ", slot.name(), ": its primary ", primary_name,
+                   " was declared again with other parts while it was declared"));
 }
 
 void CoordinatorService::UndoParts(const std::vector<std::pair<int32_t, std::string>>& parts) {

@@ -30,8 +30,7 @@ int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_s
 }
 
 int64_t NominalTablePartBytes(DataType dtype, int64_t embedding_dim) {
-  return kNominalTableRowsPerPart *
-         (8 + embedding_dim * static_cast<int64_t>(DataTypeSize(dtype)));
+  return kNominalTableRowsPerPart * (8 + embedding_dim * static_cast<int64_t>(DataTypeSize(dtype)));
 }
 
 }  // namespace psd

@@ -309,8 +309,8 @@ class Registry {
   // ResolveNewTable is ResolveNew for a table.
   absl::StatusOr<DeclareResult> DeclareTable(const SessionState& session,
                                              const VariableDeclaration& decl,
-                                             const VariableDef* existing, bool in_session,
-                                             Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                             const VariableDef* existing, bool in_session, Txn* txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<VariableDef> ResolveNewTable(uint64_t session, const VariableDeclaration& decl,
                                               Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The variable `name` as declared before `txn` or earlier in it; null if

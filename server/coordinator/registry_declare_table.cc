@@ -55,10 +55,10 @@ std::string PartsString(int64_t parts, bool partitioned) {
 
 std::string DescribeTable(DataType dtype, const EmbeddingSpec& spec, int64_t parts,
                           bool partitioned) {
-  std::string s = absl::StrCat("an embedding table ",
-                               dtype == DT_INVALID ? std::string("<any dtype>") : DataTypeName(dtype),
-                               " dim ", spec.embedding_dim(), " key ",
-                               DataTypeName(spec.key_dtype()), " ", PartsString(parts, partitioned));
+  std::string s = absl::StrCat(
+      "an embedding table ", dtype == DT_INVALID ? std::string("<any dtype>") : DataTypeName(dtype),
+      " dim ", spec.embedding_dim(), " key ", DataTypeName(spec.key_dtype()), " ",
+      PartsString(parts, partitioned));
   // The policies, as the wire spells them (filter, eviction, memory, slot_of).
   EmbeddingSpec policies = spec;
   policies.clear_embedding_dim();
@@ -70,9 +70,9 @@ std::string DescribeTable(DataType dtype, const EmbeddingSpec& spec, int64_t par
 
 std::string DescribeDef(const VariableDef& def) {
   if (!def.has_embedding()) {
-    std::string s = absl::StrCat("a dense variable ", DataTypeName(def.dtype()), " shape ",
-                                 PyList(std::vector<int64_t>(def.shape().dims().begin(),
-                                                             def.shape().dims().end())));
+    std::string s = absl::StrCat(
+        "a dense variable ", DataTypeName(def.dtype()), " shape ",
+        PyList(std::vector<int64_t>(def.shape().dims().begin(), def.shape().dims().end())));
     return s;
   }
   return DescribeTable(def.dtype(), def.embedding(), def.parts_size(), def.partitioned());
@@ -97,8 +97,8 @@ absl::Status ValidateSpec(const std::string& name, const EmbeddingSpec& spec) {
     return bad(absl::StrCat("embedding_dim must be > 0, got ", spec.embedding_dim()));
   }
   if (spec.key_dtype() != DT_INT64 && spec.key_dtype() != DT_INT32) {
-    return bad(absl::StrCat("key_dtype must be int64 or int32, got ",
-                            DataTypeName(spec.key_dtype())));
+    return bad(
+        absl::StrCat("key_dtype must be int64 or int32, got ", DataTypeName(spec.key_dtype())));
   }
   if (spec.has_counter_filter() && spec.counter_filter().filter_freq() < 1) {
     return bad(absl::StrCat("counter_filter.filter_freq must be >= 1, got ",
@@ -110,13 +110,13 @@ absl::Status ValidateSpec(const std::string& name, const EmbeddingSpec& spec) {
       return bad(absl::StrCat("bloom_filter.filter_freq must be >= 1, got ", b.filter_freq()));
     }
     if (b.max_element_size() < 1) {
-      return bad(absl::StrCat("bloom_filter.max_element_size must be >= 1, got ",
-                              b.max_element_size()));
+      return bad(
+          absl::StrCat("bloom_filter.max_element_size must be >= 1, got ", b.max_element_size()));
     }
     const double fpp = b.false_positive_probability();
     if (!(fpp > 0.0 && fpp < 1.0)) {
-      return bad(absl::StrCat("bloom_filter.false_positive_probability must be in (0, 1), got ",
-                              fpp));
+      return bad(
+          absl::StrCat("bloom_filter.false_positive_probability must be in (0, 1), got ", fpp));
     }
     if (b.counter_bits() != 8 && b.counter_bits() != 16 && b.counter_bits() != 32) {
       return bad(absl::StrCat("bloom_filter.counter_bits must be 8, 16 or 32 (0: 8), got ",
@@ -131,19 +131,24 @@ absl::Status ValidateSpec(const std::string& name, const EmbeddingSpec& spec) {
                             spec.l2_weight_threshold()));
   }
   if (spec.part_memory_limit_bytes() < 0) {
-    return bad(absl::StrCat("part_memory_limit_bytes must be >= 0, got ",
-                            spec.part_memory_limit_bytes()));
+    return bad(
+        absl::StrCat("part_memory_limit_bytes must be >= 0, got ", spec.part_memory_limit_bytes()));
   }
   return absl::OkStatus();
 }
 
 const char* PartitionerKindName(const PartitionerSpec& p) {
   switch (p.kind_case()) {
-    case PartitionerSpec::kFixedSize: return "fixed_size_partitioner";
-    case PartitionerSpec::kVariableAxisSize: return "variable_axis_size_partitioner";
-    case PartitionerSpec::kMinMax: return "min_max_variable_partitioner";
-    case PartitionerSpec::kExplicitPartitions: return "explicit partitions";
-    default: return "an unset partitioner kind";
+    case PartitionerSpec::kFixedSize:
+      return "fixed_size_partitioner";
+    case PartitionerSpec::kVariableAxisSize:
+      return "variable_axis_size_partitioner";
+    case PartitionerSpec::kMinMax:
+      return "min_max_variable_partitioner";
+    case PartitionerSpec::kExplicitPartitions:
+      return "explicit partitions";
+    default:
+      return "an unset partitioner kind";
   }
 }
 
@@ -158,9 +163,9 @@ absl::StatusOr<int64_t> TablePartCount(const std::string& name, const Partitione
         "keys are spread over N parts by hash)"));
   }
   if (p.fixed_size().axis() != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "embedding table ", name, ": fixed_size_partitioner axis ", p.fixed_size().axis(),
-        " is not supported (only axis 0, the key axis)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("embedding table ", name, ": fixed_size_partitioner axis ",
+                     p.fixed_size().axis(), " is not supported (only axis 0, the key axis)"));
   }
   const int64_t n = p.fixed_size().num_shards();
   if (n < 1) {
@@ -173,11 +178,16 @@ absl::StatusOr<int64_t> TablePartCount(const std::string& name, const Partitione
 
 const char* InitializerKindName(const InitializerSpec& init) {
   switch (init.kind_case()) {
-    case InitializerSpec::kUniformUnitScaling: return "UniformUnitScaling";
-    case InitializerSpec::kFromVariable: return "FromVariable";
-    case InitializerSpec::kSuppliedValue: return "SuppliedValue (an initial value)";
-    case InitializerSpec::kConstant: return "a non-scalar Constant";
-    default: return "this initializer";
+    case InitializerSpec::kUniformUnitScaling:
+      return "UniformUnitScaling";
+    case InitializerSpec::kFromVariable:
+      return "FromVariable";
+    case InitializerSpec::kSuppliedValue:
+      return "SuppliedValue (an initial value)";
+    case InitializerSpec::kConstant:
+      return "a non-scalar Constant";
+    default:
+      return "this initializer";
   }
 }
 
@@ -200,7 +210,8 @@ absl::StatusOr<InitializerSpec> ResolveTableInitializer(const std::string& name,
     init.mutable_truncated_normal()->set_mean(0.0);
     init.mutable_truncated_normal()->set_stddev(1.0);
   }
-  const bool scalar_constant = init.has_constant() && init.constant().value().shape().dims_size() == 0;
+  const bool scalar_constant =
+      init.has_constant() && init.constant().value().shape().dims_size() == 0;
   const bool supported = init.has_zeros() || init.has_ones() || scalar_constant ||
                          init.has_random_uniform() || init.has_random_normal() ||
                          init.has_truncated_normal();
@@ -295,13 +306,15 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
           primary_name, ", which does not exist, but found ", DescribeDef(*existing)));
     }
     if (!primary->has_embedding()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table ", name, " is declared as a slot of ", primary_name, ", which is ",
-          DescribeDef(*primary), ", not an embedding table"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table ", name, " is declared as a slot of ", primary_name,
+                       ", which is ", DescribeDef(*primary), ", not an embedding table"));
     }
     // Unset values are the primary's (ResolveNewTable checks declared ones).
-    if (mine.spec.embedding_dim() == 0) mine.spec.set_embedding_dim(primary->embedding().embedding_dim());
-    if (mine.spec.key_dtype() == DT_INVALID) mine.spec.set_key_dtype(primary->embedding().key_dtype());
+    if (mine.spec.embedding_dim() == 0)
+      mine.spec.set_embedding_dim(primary->embedding().embedding_dim());
+    if (mine.spec.key_dtype() == DT_INVALID)
+      mine.spec.set_key_dtype(primary->embedding().key_dtype());
     EmbeddingSpec policies = mine.spec;
     policies.clear_embedding_dim();
     policies.clear_key_dtype();
@@ -324,15 +337,15 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
   if (decl.has_shape()) {
     const auto& dims = decl.shape().dims();
     if (dims.size() != 1 || dims[0] != mine.spec.embedding_dim()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table ", name, ": shape ",
-          PyList(std::vector<int64_t>(dims.begin(), dims.end())),
-          " must be unset or [embedding_dim] = [", mine.spec.embedding_dim(), "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table ", name, ": shape ",
+                       PyList(std::vector<int64_t>(dims.begin(), dims.end())),
+                       " must be unset or [embedding_dim] = [", mine.spec.embedding_dim(), "]"));
     }
   }
   if (decl.has_partitioner()) {
-    PSD_ASSIGN_OR_RETURN(mine.parts, TablePartCount(name, decl.partitioner(),
-                                                    options_.max_parts_per_variable));
+    PSD_ASSIGN_OR_RETURN(mine.parts,
+                         TablePartCount(name, decl.partitioner(), options_.max_parts_per_variable));
     mine.partitioned = true;
   } else if (!in_session && primary_name.empty()) {
     // As for dense variables: an attach without a partitioner declares an
@@ -342,9 +355,8 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
   }
 
   const bool dtype_differs = mine.dtype != DT_INVALID && mine.dtype != existing->dtype();
-  const bool parts_differ =
-      mine.parts >= 0 && (mine.parts != existing->parts_size() ||
-                          mine.partitioned != existing->partitioned());
+  const bool parts_differ = mine.parts >= 0 && (mine.parts != existing->parts_size() ||
+                                                mine.partitioned != existing->partitioned());
   const bool spec_differs =
       !google::protobuf::util::MessageDifferencer::Equals(mine.spec, existing->embedding());
   if (!dtype_differs && !parts_differ && !spec_differs) {
@@ -361,10 +373,10 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
                                                    DescribeDef(*existing), "."));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("Conflicting declarations of embedding table ", name, ": session ",
-                   session.id(), " declares ", declared, " at ", OrUnknown(decl.declared_at()),
-                   ", but session ", existing->declared_by_session(), " declared it as ",
-                   DescribeDef(*existing), " at ", OrUnknown(existing->declared_at())));
+      absl::StrCat("Conflicting declarations of embedding table ", name, ": session ", session.id(),
+                   " declares ", declared, " at ", OrUnknown(decl.declared_at()), ", but session ",
+                   existing->declared_by_session(), " declared it as ", DescribeDef(*existing),
+                   " at ", OrUnknown(existing->declared_at())));
 }
 
 absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
@@ -385,18 +397,17 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
     primary = FindDeclared(primary_name, *txn);
     if (primary == nullptr) {
       return absl::NotFoundError(absl::StrCat("cannot declare slot table ", name, " of ",
-                                              primary_name, ": ", primary_name,
-                                              " does not exist"));
+                                              primary_name, ": ", primary_name, " does not exist"));
     }
     if (!primary->has_embedding()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot declare slot table ", name, " of ", primary_name, ": ", primary_name,
-          " is ", DescribeDef(*primary), ", not an embedding table"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot declare slot table ", name, " of ", primary_name, ": ", primary_name,
+                       " is ", DescribeDef(*primary), ", not an embedding table"));
     }
     if (!primary->embedding().slot_of().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot declare slot table ", name, " of ", primary_name, ": ", primary_name,
-          " is itself a slot table (of ", primary->embedding().slot_of(), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot declare slot table ", name, " of ", primary_name, ": ", primary_name,
+                       " is itself a slot table (of ", primary->embedding().slot_of(), ")"));
     }
     const EmbeddingSpec& p = primary->embedding();
     auto conflict = [&](const std::string& what, const std::string& declared,
@@ -454,8 +465,8 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
                        " is not a floating dtype (float32, float64, float16 or bfloat16)"));
     }
     if (decl.has_partitioner()) {
-      PSD_ASSIGN_OR_RETURN(parts, TablePartCount(name, decl.partitioner(),
-                                                 options_.max_parts_per_variable));
+      PSD_ASSIGN_OR_RETURN(
+          parts, TablePartCount(name, decl.partitioner(), options_.max_parts_per_variable));
       partitioned = true;
     }
   }
@@ -463,14 +474,13 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
   if (decl.has_shape()) {
     const auto& dims = decl.shape().dims();
     if (dims.size() != 1 || dims[0] != dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "embedding table ", name, ": shape ",
-          PyList(std::vector<int64_t>(dims.begin(), dims.end())),
-          " must be unset or [embedding_dim] = [", dim, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table ", name, ": shape ",
+                       PyList(std::vector<int64_t>(dims.begin(), dims.end())),
+                       " must be unset or [embedding_dim] = [", dim, "]"));
     }
   }
-  PSD_ASSIGN_OR_RETURN(*def.mutable_initializer(),
-                       ResolveTableInitializer(name, decl, dtype, dim));
+  PSD_ASSIGN_OR_RETURN(*def.mutable_initializer(), ResolveTableInitializer(name, decl, dtype, dim));
 
   def.set_dtype(dtype);
   def.mutable_shape()->add_dims(dim);

@@ -122,7 +122,8 @@ class CoordinatorEmbeddingTest : public ::testing::Test {
     *req.mutable_declaration() = d;
     GetVariableResponse resp;
     grpc::Status s = stub_->GetVariable(&ctx, req, &resp);
-    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!s.ok())
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
     return resp.handle();
   }
   // The request that created `part`, from the shard the handle names.

@@ -164,11 +164,14 @@ TEST_F(RegistryEmbeddingTest, EveryInvalidValueIsRefusedNamingTheTableAndTheValu
     std::vector<std::string> want;
   };
   const std::vector<Case> cases = {
-      {"dim 0", [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(0); },
+      {"dim 0",
+       [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(0); },
        {"embedding_dim must be > 0, got 0"}},
-      {"dim < 0", [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(-3); },
+      {"dim < 0",
+       [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(-3); },
        {"got -3"}},
-      {"shape of another dim", [](VariableDeclaration* d) { d->mutable_shape()->add_dims(4); },
+      {"shape of another dim",
+       [](VariableDeclaration* d) { d->mutable_shape()->add_dims(4); },
        {"shape [4]", "[embedding_dim] = [8]"}},
       {"rank-2 shape",
        [](VariableDeclaration* d) {
@@ -176,12 +179,14 @@ TEST_F(RegistryEmbeddingTest, EveryInvalidValueIsRefusedNamingTheTableAndTheValu
          d->mutable_shape()->add_dims(8);
        },
        {"shape [100, 8]"}},
-      {"float keys", [](VariableDeclaration* d) { d->mutable_embedding()->set_key_dtype(DT_FLOAT); },
+      {"float keys",
+       [](VariableDeclaration* d) { d->mutable_embedding()->set_key_dtype(DT_FLOAT); },
        {"key_dtype must be int64 or int32, got float32"}},
       {"string keys",
        [](VariableDeclaration* d) { d->mutable_embedding()->set_key_dtype(DT_STRING); },
        {"got string"}},
-      {"integer values", [](VariableDeclaration* d) { d->set_dtype(DT_INT32); },
+      {"integer values",
+       [](VariableDeclaration* d) { d->set_dtype(DT_INT32); },
        {"dtype int32 is not a floating dtype"}},
       {"counter filter 0",
        [](VariableDeclaration* d) {
@@ -376,17 +381,15 @@ TEST_F(RegistryEmbeddingTest, ReuseFollowsTensorFlow) {
   // Reuse with another dim, key dtype, dtype, part count or policy.
   auto other_dim = Get(Table("t", 4, 0, REUSE_TRUE));
   EXPECT_EQ(other_dim.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(other_dim.status().message(),
-              AllOf(HasSubstr("Trying to reuse embedding table t"), HasSubstr("dim 4"),
-                    HasSubstr("dim 8")));
+  EXPECT_THAT(other_dim.status().message(), AllOf(HasSubstr("Trying to reuse embedding table t"),
+                                                  HasSubstr("dim 4"), HasSubstr("dim 8")));
   VariableDeclaration key32 = Table("t", 8, 0, REUSE_AUTO);
   key32.mutable_embedding()->set_key_dtype(DT_INT32);
   EXPECT_THAT(Get(key32).status().message(), HasSubstr("key int32"));
   VariableDeclaration f64 = Table("t", 8, 0, REUSE_AUTO);
   f64.set_dtype(DT_DOUBLE);
   EXPECT_EQ(Get(f64).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Get(Table("t", 8, 3, REUSE_AUTO)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Get(Table("t", 8, 3, REUSE_AUTO)).status().code(), absl::StatusCode::kInvalidArgument);
   VariableDeclaration filtered = Table("t", 8, 2, REUSE_AUTO);
   filtered.mutable_embedding()->mutable_counter_filter()->set_filter_freq(3);
   auto f = Get(filtered);
@@ -437,9 +440,8 @@ TEST_F(RegistryEmbeddingTest, ADenseVariableAndATableCannotShareAName) {
   table.set_reuse(REUSE_AUTO);
   auto r = Get(table);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(),
-              AllOf(HasSubstr("declares an embedding table"),
-                    HasSubstr("as a dense variable float32 shape [10, 8]")));
+  EXPECT_THAT(r.status().message(), AllOf(HasSubstr("declares an embedding table"),
+                                          HasSubstr("as a dense variable float32 shape [10, 8]")));
   ASSERT_TRUE(Get(Table("t", 8)).ok());
   VariableDeclaration dense = Dense("t", {8});
   dense.set_reuse(REUSE_AUTO);
@@ -468,8 +470,8 @@ TEST_F(RegistryEmbeddingTest, ASlotSitsBesideItsPrimaryPartByPart) {
   auto r = Get(Slot("t/Adagrad", "t"));
   ASSERT_TRUE(r.ok()) << r.status();
   const VariableDef& slot = r->def;
-  EXPECT_THAT(PartNames(slot), ElementsAre("t/Adagrad/part_0", "t/Adagrad/part_1",
-                                           "t/Adagrad/part_2"));
+  EXPECT_THAT(PartNames(slot),
+              ElementsAre("t/Adagrad/part_0", "t/Adagrad/part_1", "t/Adagrad/part_2"));
   for (int k = 0; k < 3; ++k) EXPECT_EQ(slot.parts(k).shard_id(), primary.parts(k).shard_id());
   // The primary's dim, dtype, key dtype and policies; its own initializer.
   EXPECT_EQ(slot.embedding().slot_of(), "t");
@@ -502,10 +504,11 @@ TEST_F(RegistryEmbeddingTest, ASlotAndItsPrimaryInOneBatch) {
 }
 
 TEST_F(RegistryEmbeddingTest, ASlotThatCannotFollowItsPrimaryIsRefused) {
-  ExpectRefused(Slot("missing/Adagrad", "missing"), {"missing/Adagrad", "missing", "does not exist"},
-                absl::StatusCode::kNotFound);
+  ExpectRefused(Slot("missing/Adagrad", "missing"),
+                {"missing/Adagrad", "missing", "does not exist"}, absl::StatusCode::kNotFound);
   ASSERT_TRUE(Get(Dense("d", {4, 8})).ok());
-  ExpectRefused(Slot("d/Adagrad", "d"), {"d/Adagrad", "d", "dense variable", "not an embedding table"});
+  ExpectRefused(Slot("d/Adagrad", "d"),
+                {"d/Adagrad", "d", "dense variable", "not an embedding table"});
   ASSERT_TRUE(Get(Table("t", 8, 2)).ok());
   ASSERT_TRUE(Get(Slot("t/Adagrad", "t")).ok());
   ExpectRefused(Slot("t/Adagrad/Adagrad", "t/Adagrad"), {"is itself a slot table"});
