@@ -241,6 +241,18 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     // only once every new part exists on its shard, so a declaration that
     // fails (a spec a shard refuses, a shard out of memory or unreachable)
     // leaves no variable, no part and nothing for a checkpoint to miss.
+    // What the shards last reported, for placing tables by room (noted
+    // outside mu_: the registry's lock is never taken under it).
+    std::map<int32_t, int64_t> free_bytes;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, shard] : shards_) {
+        if (shard.memory_limit > 0) {
+          free_bytes[id] = std::max<int64_t>(0, shard.memory_limit - shard.memory_used);
+        }
+      }
+    }
+    registry_->NoteShardFreeBytes(std::move(free_bytes));
     PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
                          registry_->PrepareDeclare(session, decls, LiveShards(), request_seq));
     if (!prepared.replayed) {

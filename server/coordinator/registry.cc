@@ -449,6 +449,11 @@ absl::StatusOr<std::vector<VariableDef>> Registry::DeleteWithSlots(const std::st
   return Committed(std::move(deleted), wait_for);
 }
 
+void Registry::NoteShardFreeBytes(std::map<int32_t, int64_t> free_bytes) {
+  absl::MutexLock lock(&mu_);
+  shard_free_bytes_ = std::move(free_bytes);
+}
+
 std::map<int32_t, ShardPlacement> Registry::Placement() const {
   absl::MutexLock lock(&mu_);
   return placement_;

@@ -261,6 +261,12 @@ class Registry {
   absl::StatusOr<std::string> UniqueName(uint64_t session, const std::string& name,
                                          bool mark_as_used, uint64_t request_seq = 0);
 
+  // The free memory (limit minus used) of the shards that have a memory
+  // limit, as they last reported it: embedding tables' parts are placed by
+  // room (PlacePartsByRoom) among the live shards. Replaces what was noted
+  // before; shards absent have no limit.
+  void NoteShardFreeBytes(std::map<int32_t, int64_t> free_bytes);
+
   // Placed parts and bytes per shard id.
   std::map<int32_t, ShardPlacement> Placement() const;
   // Names of the parts placed on `shard_id`.
@@ -399,6 +405,7 @@ class Registry {
   // things.
   std::map<std::string, std::string> part_owner_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
+  std::map<int32_t, int64_t> shard_free_bytes_ ABSL_GUARDED_BY(mu_);  // NoteShardFreeBytes
   std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
 
   // Group commit (see WaitDurable). Taken after mu_ or alone; never held

@@ -121,6 +121,9 @@ absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
   for (int32_t id : live_shards) {
     auto it = placement_.find(id);
     txn.load[id] = it == placement_.end() ? 0 : it->second.bytes;
+    if (auto f = shard_free_bytes_.find(id); f != shard_free_bytes_.end()) {
+      txn.free_bytes[id] = f->second;
+    }
   }
   results.reserve(decls.size());
   for (const VariableDeclaration& decl : decls) {

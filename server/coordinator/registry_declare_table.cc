@@ -521,7 +521,7 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
     PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, decl.colocate_with(), bytes, txn));
     def.set_colocate_with(decl.colocate_with());
   } else {
-    PSD_ASSIGN_OR_RETURN(shards, PlaceParts(bytes, &txn->load));
+    PSD_ASSIGN_OR_RETURN(shards, PlacePartsByRoom(bytes, txn->free_bytes, &txn->load));
   }
   for (size_t k = 0; k < shards.size(); ++k) {
     def.mutable_parts(static_cast<int>(k))->set_shard_id(shards[k]);

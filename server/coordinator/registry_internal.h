@@ -27,6 +27,8 @@ struct Registry::Txn {
   std::map<std::string, std::string> attached;  // name -> declared_at
   std::vector<std::string> attached_order;
   ShardLoad load;
+  // Free memory of the live shards with a memory limit (NoteShardFreeBytes).
+  std::map<int32_t, int64_t> free_bytes;
   uint64_t next_creation_seq = 0;
 };
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include "coordinator/placement.h"
 #include "coordinator/registry.h"
@@ -354,6 +355,29 @@ TEST_F(RegistryEmbeddingTest, TablesAreBalancedAgainstDenseBytes) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_NE(r->def.parts(0).shard_id(), registry_->Lookup("big")->parts(0).shard_id());
   EXPECT_NE(r->def.parts(1).shard_id(), registry_->Lookup("big")->parts(0).shard_id());
+}
+
+TEST_F(RegistryEmbeddingTest, ShardsWithLessFreeMemoryGetFewerParts) {
+  shards_ = {0, 1};
+  // Shard 1 has a quarter of shard 0's room.
+  registry_->NoteShardFreeBytes({{0, int64_t{4} << 30}, {1, int64_t{1} << 30}});
+  auto r = Get(Table("t", 64, 5));
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::map<int32_t, int> parts;
+  for (const auto& p : r->def.parts()) ++parts[p.shard_id()];
+  EXPECT_EQ(parts[0], 4);
+  EXPECT_EQ(parts[1], 1);
+  // A shard without a limit has as much room as the roomiest limited one;
+  // a full shard gets a part only once the others hold far more.
+  shards_ = {0, 1, 2};
+  registry_->NoteShardFreeBytes({{0, int64_t{1} << 30}, {1, 0}});
+  auto u = Get(Table("u", 64, 4));
+  ASSERT_TRUE(u.ok()) << u.status();
+  for (const auto& p : u->def.parts()) EXPECT_NE(p.shard_id(), 1) << p.name();
+  // Dense variables keep plain byte balancing.
+  auto d = Get(Dense("d", {4}));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->def.parts(0).shard_id(), 1);
 }
 
 TEST_F(RegistryEmbeddingTest, ReuseFollowsTensorFlow) {
