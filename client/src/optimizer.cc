@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "psd/dtype.h"
+#include "psd/embedding_variable.h"
 #include "psd/initializers.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -136,6 +137,31 @@ SparseGradient TakeRows(const IndexedSlices& g, const std::vector<int64_t>& posi
 
 // TensorFlow's checks of apply_gradients' inputs against the variable, with
 // the kernels' wording.
+// An embedding table's gradient: IndexedSlices whose indices are keys of
+// the table's key dtype ([n]) and whose values are [n, dim] rows.
+absl::Status ValidateTableGradient(const VariableHandle& h, const Gradient& gradient) {
+  const auto* g = std::get_if<IndexedSlices>(&gradient);
+  if (g == nullptr) {
+    return absl::InvalidArgumentError(
+        "an embedding table takes a sparse gradient (IndexedSlices: keys and rows)");
+  }
+  const int64_t n = g->indices.num_elements();
+  if (g->indices.dtype() != h.embedding().key_dtype() || g->indices.shape().rank() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradient keys are ", DataTypeName(g->indices.dtype()), " of shape ",
+        g->indices.shape().ToString(), "; the table's keys are a vector of ",
+        DataTypeName(h.embedding().key_dtype())));
+  }
+  if (g->values.dtype() != h.dtype() ||
+      g->values.shape() != TensorShape({n, h.embedding().embedding_dim()})) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradient rows are ", DataTypeName(g->values.dtype()), " of shape ",
+        g->values.shape().ToString(), "; the table needs ", DataTypeName(h.dtype()), " [", n,
+        ", ", h.embedding().embedding_dim(), "]"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateGradient(const VariableHandle& h, const Gradient& gradient) {
   if (!IsFloating(h.dtype())) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -298,7 +324,22 @@ absl::Status Optimizer::EnsureSlots(const std::vector<Variable>& variables) {
   for (const Variable* v : missing) {
     const VariableHandle h = v->handle();
     const std::vector<SlotVariable> slots = OptimizerSlots(config_, h.name());
-    for (const SlotVariable& s : slots) declare(s.name, h, true, s.initial_value, h.name());
+    for (const SlotVariable& s : slots) {
+      declare(s.name, h, true, s.initial_value, h.name());
+      if (h.has_embedding()) {
+        // A table's slot is a slot table: its rows live beside the table's
+        // (DeepRec's slot EmbeddingVariables), one part per table part.
+        VariableDeclaration* d = req.mutable_declarations(req.declarations_size() - 1);
+        d->clear_partitioner();
+        d->clear_colocate_with();
+        d->set_initialize(false);
+        *d->mutable_embedding() = h.embedding();
+        d->mutable_embedding()->set_slot_of(h.name());
+        if (h.parts_size() > 1) {
+          d->mutable_partitioner()->mutable_fixed_size()->set_num_shards(h.parts_size());
+        }
+      }
+    }
     slot_counts.push_back(slots.size());
   }
   if (need_powers) {
@@ -395,6 +436,12 @@ absl::Status Optimizer::FinishAdam() {
 absl::Status Optimizer::ApplyGradients(
     const std::vector<std::pair<Gradient, Variable>>& grads_and_vars,
     std::vector<absl::Status>* statuses) {
+  return ApplyGradients(grads_and_vars, statuses, ApplyOptions());
+}
+
+absl::Status Optimizer::ApplyGradients(
+    const std::vector<std::pair<Gradient, Variable>>& grads_and_vars,
+    std::vector<absl::Status>* statuses, const ApplyOptions& options) {
   const size_t n = grads_and_vars.size();
   std::vector<absl::Status> result(n);
   std::vector<VariableHandle> handles(n);
@@ -407,7 +454,9 @@ absl::Status Optimizer::ApplyGradients(
       continue;
     }
     handles[i] = var.handle();
-    absl::Status s = ValidateGradient(handles[i], grads_and_vars[i].first);
+    absl::Status s = handles[i].has_embedding()
+                         ? ValidateTableGradient(handles[i], grads_and_vars[i].first)
+                         : ValidateGradient(handles[i], grads_and_vars[i].first);
     if (!s.ok()) {
       result[i] = absl::Status(s.code(), absl::StrCat(PairName(handles[i]), ": ", s.message()));
       continue;
@@ -430,14 +479,19 @@ absl::Status Optimizer::ApplyGradients(
     absl::MutexLock lock(&mu_);
     slots = slots_;
   }
+  std::vector<size_t> tables;  // pairs of embedding tables, applied by key
   for (size_t i = 0; i < n; ++i) {
     if (!result[i].ok()) continue;
+    if (handles[i].has_embedding()) {
+      tables.push_back(i);
+      continue;
+    }
     for (int k = 0; k < handles[i].parts_size(); ++k) pending.push_back({i, k});
   }
   // Sparse gradients split by part once (part ranges never change).
   std::map<size_t, std::vector<SparseGradient>> sparse_parts;
   for (size_t i = 0; i < n; ++i) {
-    if (!result[i].ok()) continue;
+    if (!result[i].ok() || handles[i].has_embedding()) continue;
     const auto* g = std::get_if<IndexedSlices>(&grads_and_vars[i].first);
     if (g == nullptr) continue;
     const VariableHandle& h = handles[i];
@@ -471,6 +525,26 @@ absl::Status Optimizer::ApplyGradients(
 
   std::vector<std::vector<absl::Status>> part_status(n);
   for (size_t i = 0; i < n; ++i) part_status[i].resize(handles[i].parts_size());
+
+  // Tables: keys split by hash, each part with its slot tables' parts
+  // (EmbeddingVariable::ApplySparse), tables in parallel.
+  const OptimizerSpec step_spec = internal::OptimizerSpecOf(step_config);
+  std::vector<absl::Status> table_status = RunParallel(tables.size(), [&](size_t t) {
+    const size_t i = tables[t];
+    PSD_ASSIGN_OR_RETURN(EmbeddingVariable table, EmbeddingVariable::Of(grads_and_vars[i].second));
+    std::vector<EmbeddingVariable> slot_tables;
+    for (const Variable& slot : slots[handles[i].name()]) {
+      PSD_ASSIGN_OR_RETURN(EmbeddingVariable s, EmbeddingVariable::Of(slot));
+      slot_tables.push_back(std::move(s));
+    }
+    const auto& g = std::get<IndexedSlices>(grads_and_vars[i].first);
+    KeyedOpOptions keyed;
+    keyed.global_step = options.global_step;
+    return table.ApplySparse(step_spec, slot_tables, g.indices, g.values, keyed);
+  });
+  for (size_t t = 0; t < tables.size(); ++t) {
+    for (auto& ps : part_status[tables[t]]) ps = table_status[t];
+  }
 
   for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
     // Group the ops by (shard address, incarnation).

@@ -73,6 +73,10 @@ OptimizerSpec ToSpec(const OptimizerConfig& config) {
 
 }  // namespace
 
+namespace internal {
+OptimizerSpec OptimizerSpecOf(const OptimizerConfig& config) { return ToSpec(config); }
+}  // namespace internal
+
 std::vector<SlotVariable> OptimizerSlots(const OptimizerConfig& optimizer,
                                          const std::string& var) {
   return std::visit(

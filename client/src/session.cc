@@ -337,9 +337,13 @@ absl::StatusOr<Declaration> MakeDeclaration(const CapturedScope& scope, const st
   if (out.supplied != nullptr) *d.mutable_initializer() = DescribeSupplied(*out.supplied);
   if (o.partitioner.has_value()) {
     *d.mutable_partitioner() = *o.partitioner;
-  } else if (scope.partitioner.has_value()) {
+  } else if (scope.partitioner.has_value() &&
+             (!o.embedding.has_value() || scope.partitioner->has_fixed_size())) {
+    // A table takes a scope's partitioner only when it counts parts: a
+    // size-based one has no meaning for a table without a size.
     *d.mutable_partitioner() = *scope.partitioner;
   }
+  if (o.embedding.has_value()) *d.mutable_embedding() = *o.embedding;
   d.set_reuse(o.reuse.has_value() ? *o.reuse : scope.reuse);
   if (o.trainable.has_value()) d.set_trainable(*o.trainable);
   for (const std::string& c : o.collections) d.add_collections(c);
@@ -441,6 +445,27 @@ absl::StatusOr<Variable> Session::GetVariable(const std::string& name,
                                               const GetVariableOptions& options, const char* file,
                                               int line) {
   return DeclareVariable(impl_.get(), impl_->stack_.back().scope, name, options, file, line);
+}
+
+absl::StatusOr<EmbeddingVariable> Session::GetEmbeddingVariable(
+    const std::string& name, const EmbeddingVariableOptions& options, const char* file,
+    int line) {
+  GetVariableOptions o;
+  o.dtype = options.dtype;
+  o.initializer = options.initializer;
+  o.partitioner = options.partitioner;
+  o.reuse = options.reuse;
+  o.trainable = options.trainable;
+  o.collections = options.collections;
+  o.declared_at = options.declared_at;
+  EmbeddingSpec spec = options.ev_option;
+  spec.set_embedding_dim(options.embedding_dim);
+  spec.set_key_dtype(options.key_dtype);
+  spec.set_slot_of(options.slot_of);
+  o.embedding = std::move(spec);
+  PSD_ASSIGN_OR_RETURN(Variable v, DeclareVariable(impl_.get(), impl_->stack_.back().scope, name,
+                                                   std::move(o), file, line));
+  return EmbeddingVariable::Of(std::move(v));
 }
 
 absl::StatusOr<std::vector<Variable>> Session::GetVariables(

@@ -22,6 +22,8 @@
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/parallel.h"
 #include "psd/internal/coordinator_client.h"
+#include "psd/optimizer_ops.h"
+#include "psd/shard.pb.h"
 #include "psd/session.h"
 #include "psd/variable.h"
 
@@ -196,6 +198,9 @@ struct VariableState {
 // [0, rows)) of the indices that fall in part k's rows, in order.
 std::vector<std::vector<int64_t>> PositionsByPart(const VariableHandle& h,
                                                   const std::vector<int64_t>& indices);
+
+// The wire form of an optimizer's hyper-parameters (optimizer_ops.cc).
+OptimizerSpec OptimizerSpecOf(const OptimizerConfig& config);
 
 // Writes `value` (the variable's supplied initial value) to every part:
 // only to parts not initialized unless `force`.

@@ -55,6 +55,9 @@ inline RequestId* IdOf(InitializeVariablesRequest& r) { return r.mutable_request
 inline RequestId* IdOf(AssignRequest& r) { return r.mutable_request_id(); }
 inline RequestId* IdOf(ScatterRequest& r) { return r.mutable_request_id(); }
 inline RequestId* IdOf(CountUpToRequest& r) { return r.mutable_request_id(); }
+inline RequestId* IdOf(ImportEmbeddingRequest& r) { return r.mutable_request_id(); }
+inline RequestId* IdOf(DeleteEmbeddingKeysRequest& r) { return r.mutable_request_id(); }
+inline RequestId* IdOf(EvictEmbeddingRequest& r) { return r.mutable_request_id(); }
 template <typename T>
 inline RequestId* IdOf(T&) {
   return nullptr;

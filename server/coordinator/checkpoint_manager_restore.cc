@@ -5,8 +5,11 @@
 // shard's lost parts.
 #include "coordinator/checkpoint_manager.h"
 
+#include <algorithm>
+
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "checkpoint/bundle_reader.h"
@@ -69,6 +72,59 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::Restore(
   if (options_.on_restore) options_.on_restore(result);
   return result;
 }
+
+namespace {
+
+// The saved parts of embedding table `ckpt_name` in a checkpoint: NAME (one
+// part) or NAME/part_K, each stored as SOURCE-keys, -values, -freqs and
+// -versions (DeepRec's layout), in any number: restore rehashes their keys
+// into the table's parts now. Checks dtypes and shapes against `def`.
+absl::StatusOr<std::vector<std::string>> TableSources(const checkpoint::BundleReader& reader,
+                                                      const std::string& ckpt_name,
+                                                      const VariableDef& def,
+                                                      const std::string& prefix) {
+  std::vector<std::string> sources;
+  const std::string part_prefix = absl::StrCat(ckpt_name, "/part_");
+  for (const auto& info : reader.ListTensors()) {
+    if (!absl::EndsWith(info.name, "-keys")) continue;
+    const std::string source = info.name.substr(0, info.name.size() - 5);
+    if (source == ckpt_name) {
+      sources.push_back(source);
+    } else if (absl::StartsWith(source, part_prefix)) {
+      const std::string k = source.substr(part_prefix.size());
+      if (!k.empty() && std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        sources.push_back(source);
+      }
+    }
+  }
+  if (sources.empty()) {
+    return absl::NotFoundError(absl::StrCat("Key ", ckpt_name, "-keys (or ", ckpt_name,
+                                            "/part_K-keys) not found in checkpoint ", prefix,
+                                            ": no saved embedding table of that name"));
+  }
+  const int64_t dim = def.embedding().embedding_dim();
+  for (const std::string& s : sources) {
+    for (const char* suffix : {"-values", "-freqs", "-versions"}) {
+      auto info = reader.GetTensorInfo(absl::StrCat(s, suffix));
+      if (!info.ok()) {
+        return absl::DataLossError(absl::StrCat("restore of embedding table ", def.name(), ": ",
+                                                s, suffix, " is missing from checkpoint ", prefix,
+                                                " beside ", s, "-keys"));
+      }
+    }
+    auto values = *reader.GetTensorInfo(absl::StrCat(s, "-values"));
+    if (values.dtype != def.dtype() || values.shape.rank() != 2 || values.shape.dim(1) != dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore: tensor ", s, "-values in checkpoint ", prefix, " is ",
+          checkpoint::BundleDataTypeName(values.dtype), " of shape ", values.shape.ToString(),
+          "; embedding table ", def.name(), " holds ", checkpoint::BundleDataTypeName(def.dtype()),
+          " rows of ", dim));
+    }
+  }
+  return sources;
+}
+
+}  // namespace
 
 absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreParts(
     int32_t shard_id, const std::vector<std::string>& parts) {
@@ -138,6 +194,52 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
   RestoreCheckpointResponse response;
   for (const auto& [var_name, ckpt_name] : targets) {
     PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(var_name));
+    if (def.has_embedding()) {
+      PSD_ASSIGN_OR_RETURN(std::vector<std::string> sources,
+                           TableSources(*reader, ckpt_name, def, prefix));
+      const std::string slot_of_table = def.embedding().slot_of();
+      const VariableDef* primary = nullptr;
+      VariableDef primary_def;
+      if (!slot_of_table.empty()) {
+        PSD_ASSIGN_OR_RETURN(primary_def, registry_->Lookup(slot_of_table));
+        primary = &primary_def;
+      }
+      for (int k = 0; k < def.parts_size(); ++k) {
+        const VariablePart& part = def.parts(k);
+        if (only_parts != nullptr &&
+            (part.shard_id() != only_shard || only_parts->count(part.name()) == 0)) {
+          continue;
+        }
+        RestorePart p;
+        p.set_name(part.name());
+        p.set_checkpoint_name(ckpt_name);
+        p.set_dtype(def.dtype());
+        *p.mutable_shape() = part.shape().dims();
+        *p.mutable_initializer() = def.initializer();
+        *p.mutable_embedding() = def.embedding();
+        if (primary != nullptr && k < primary->parts_size()) {
+          p.mutable_embedding()->set_slot_of(primary->parts(k).name());
+        }
+        for (const std::string& s : sources) p.add_embedding_sources(s);
+        p.set_embedding_part_index(k);
+        p.set_embedding_num_parts(def.parts_size());
+        // What it stages is not known before the shard reads the keys:
+        // count the sources' bytes over the parts.
+        int64_t bytes = 0;
+        for (const std::string& s : sources) {
+          auto values = reader->GetTensorInfo(absl::StrCat(s, "-values"));
+          if (values.ok()) {
+            bytes += values->shape.num_elements() * static_cast<int64_t>(DataTypeSize(def.dtype()));
+          }
+        }
+        bytes /= std::max(1, def.parts_size());
+        progress_.AddTotal(progress_id, bytes);
+        by_shard[part.shard_id()].emplace_back(std::move(p), bytes);
+        restored_parts.emplace_back(part.shard_id(), part.name());
+      }
+      response.add_restored(var_name);
+      continue;
+    }
     auto info = reader->GetTensorInfo(ckpt_name);
     if (!info.ok()) {
       return absl::NotFoundError(

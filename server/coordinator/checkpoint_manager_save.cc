@@ -173,7 +173,11 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
       SavePart p;
       p.set_name(part.name());
       p.set_full_name(def.name());
-      if (def.partitioned()) {
+      if (def.has_embedding()) {
+        // Tables are stored part by part, as DeepRec stores them
+        // ("v/part_K-keys", ...; "v-keys" for one part).
+        p.set_full_name(part.name());
+      } else if (def.partitioned()) {
         p.set_sliced(true);
         *p.mutable_full_shape() = def.shape().dims();
         *p.mutable_offset() = part.offset();

@@ -12,7 +12,9 @@
 // The loops are plain and branch-free where TensorFlow's are, so -O3
 // vectorizes them (FTRL's general learning_rate_power needs pow per element).
 //
-// A sparse apply finds the distinct rows with a hash pass (no sort), sums
+// A sparse apply (CpuApplyOptimizerRows: a variable's rows by index, or an
+// embedding table's rows by key) finds the distinct rows with a hash pass
+// (no sort), asks the caller where each distinct row lies, sums
 // the gradients of rows that arrived more than once in one sequential pass
 // over the gradient, then steps each distinct row once: rows that arrived
 // once straight from the wire, the others from their sums. Every element
@@ -356,6 +358,7 @@ struct SparseScratch {
   RowGroups groups;
   std::vector<int64_t> sum_of;  // per distinct row: its row in `sums`, or -1
   std::vector<C> sums;          // summed gradients of rows that arrived more than once
+  std::vector<void*> rows;      // per distinct row: var row, then its slot rows (kMaxSlots)
 };
 template <typename C>
 SparseScratch<C>& ThreadScratch() {
@@ -384,7 +387,7 @@ inline void PrefetchRow(T* row, int64_t row_elements) {
 }
 
 template <typename T>
-void Slots(absl::Span<DeviceBuffer* const> slots, T* out[kMaxSlots]) {
+[[maybe_unused]] void Slots(absl::Span<DeviceBuffer* const> slots, T* out[kMaxSlots]) {
   for (size_t k = 0; k < slots.size(); ++k) out[k] = static_cast<T*>(slots[k]->data());
 }
 
@@ -431,6 +434,31 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
   if (indices.empty() || row_elements == 0) return absl::OkStatus();
   s = CheckRows(indices, row_elements, elem_size, var->size());
   if (!s.ok()) return s;
+  char* const var_data = static_cast<char*>(var->data());
+  char* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
+  for (size_t k = 0; k < slots.size(); ++k) slot_data[k] = static_cast<char*>(slots[k]->data());
+  const int num_slots = static_cast<int>(slots.size());
+  const int64_t row_bytes = row_elements * static_cast<int64_t>(elem_size);
+  return CpuApplyOptimizerRows(params, dtype, num_slots, row_elements, indices, values,
+                               [&](int64_t index, void** var_row, void** slot_rows) {
+                                 const int64_t base = index * row_bytes;
+                                 *var_row = var_data + base;
+                                 for (int k = 0; k < num_slots; ++k) {
+                                   slot_rows[k] = slot_data[k] + base;
+                                 }
+                                 return true;
+                               });
+}
+
+absl::Status CpuApplyOptimizerRows(const OptimizerParams& params, DataType dtype, int num_slots,
+                                   int64_t row_elements, absl::Span<const int64_t> indices,
+                                   const void* values, OptimizerRowLocator locate) {
+  if (row_elements < 0 || num_slots != NumOptimizerSlots(params.kind) || num_slots > kMaxSlots) {
+    return absl::InternalError(absl::StrCat(OptimizerName(params.kind), " takes ",
+                                            NumOptimizerSlots(params.kind), " slots, got ",
+                                            num_slots));
+  }
+  if (indices.empty() || row_elements == 0) return absl::OkStatus();
   return DispatchFixedSize(
       dtype,
       [&](auto t) -> absl::Status {
@@ -441,6 +469,15 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
           const RowGroups& groups = scratch.groups;
           scratch.groups.Build(indices);
           const size_t distinct = groups.size();
+          // The rows of each distinct index, as the caller locates them
+          // (null: skipped), before anything changes.
+          const size_t stride = static_cast<size_t>(kMaxSlots) + 1;
+          auto& rows = scratch.rows;
+          rows.assign(distinct * stride, nullptr);
+          for (size_t u = 0; u < distinct; ++u) {
+            void** r = rows.data() + u * stride;
+            if (!locate(groups.index(u), &r[0], &r[1])) r[0] = nullptr;
+          }
           // Sum the gradients of rows that arrived more than once, in the
           // compute type and in arrival order (the first converted, each
           // later one added), as TensorFlow sums duplicate indices before a
@@ -450,7 +487,7 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
           sum_of.assign(distinct, -1);
           int64_t summed = 0;
           for (size_t u = 0; u < distinct; ++u) {
-            if (groups.count(u) > 1) sum_of[u] = summed++;
+            if (groups.count(u) > 1 && rows[u * stride] != nullptr) sum_of[u] = summed++;
           }
           const size_t sum_elements = static_cast<size_t>(summed * row_elements);
           if (scratch.sums.size() < sum_elements) scratch.sums.resize(sum_elements);
@@ -484,10 +521,6 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
             }
           }
           const Coefficients<C> h = CoefficientsFor<C>(params);
-          T* const var_data = static_cast<T*>(var->data());
-          T* slot_data[kMaxSlots] = {nullptr, nullptr, nullptr};
-          Slots(slots, slot_data);
-          const int num_slots = static_cast<int>(slots.size());
           // One call per row through a pointer: the rows are memory-bound, and
           // inlining the step into this loop measured no faster.
           const StepFn<C> step = StepFor<C>(params.kind);
@@ -495,22 +528,25 @@ absl::Status CpuApplyOptimizerSparse(const OptimizerParams& params, DataType dty
           // miss: ask for rows kAhead distinct rows before updating them.
           constexpr size_t kAhead = 16;
           auto prefetch = [&](size_t u) {
-            const int64_t base = groups.index(u) * row_elements;
-            PrefetchRow(var_data + base, row_elements);
-            for (int k = 0; k < num_slots; ++k) PrefetchRow(slot_data[k] + base, row_elements);
+            void* const* r = rows.data() + u * stride;
+            if (r[0] == nullptr) return;
+            PrefetchRow(static_cast<T*>(r[0]), row_elements);
+            for (int k = 0; k < num_slots; ++k) PrefetchRow(static_cast<T*>(r[1 + k]), row_elements);
             if (summed == 0) PrefetchRow(in + groups.first(u) * row_bytes, row_bytes);
           };
           for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
           for (size_t u = 0; u < distinct; ++u) {
             if (u + kAhead < distinct) prefetch(u + kAhead);
-            const int64_t base = groups.index(u) * row_elements;
+            void* const* r = rows.data() + u * stride;
+            if (r[0] == nullptr) continue;
             T* row_slots[kMaxSlots] = {nullptr, nullptr, nullptr};
-            for (int k = 0; k < num_slots; ++k) row_slots[k] = slot_data[k] + base;
+            for (int k = 0; k < num_slots; ++k) row_slots[k] = static_cast<T*>(r[1 + k]);
+            T* const var_row = static_cast<T*>(r[0]);
             if (sum_of[u] < 0) {
-              RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+              RunStep<T>(step, h, var_row, row_slots, num_slots,
                          WireGradient<T>{in + groups.first(u) * row_bytes}, row_elements);
             } else {
-              RunStep<T>(step, h, var_data + base, row_slots, num_slots,
+              RunStep<T>(step, h, var_row, row_slots, num_slots,
                          ComputedGradient<T>{sums + sum_of[u] * row_elements}, row_elements);
             }
           }

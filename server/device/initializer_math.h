@@ -25,9 +25,13 @@ namespace init_math {
 // row never happens with a working generator, but keeps the loop bounded.
 constexpr uint32_t kMaxTruncatedAttempts = 1000;
 
-PSD_HOST_DEVICE inline PhiloxBlock Draw(const PhiloxKey& key, uint64_t g, uint32_t attempt) {
+// The draw for counter (g lo, g hi, attempt, word3). A dense variable's
+// element g uses word3 = 0; an embedding table's row of key k uses g = k and
+// word3 = element + 1, so the two never share a counter under one seed.
+PSD_HOST_DEVICE inline PhiloxBlock Draw(const PhiloxKey& key, uint64_t g, uint32_t attempt,
+                                        uint32_t word3 = 0) {
   return Philox4x32(
-      PhiloxBlock{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), attempt, 0}, key);
+      PhiloxBlock{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), attempt, word3}, key);
 }
 
 PSD_HOST_DEVICE inline PhiloxKey KeyOf(uint64_t seed) {
@@ -112,15 +116,36 @@ PSD_HOST_DEVICE inline int64_t UniformInteger(const PhiloxBlock& r, int64_t lo, 
   return static_cast<int64_t>(static_cast<uint64_t>(lo) + offset);
 }
 
-// mean + stddev * z, z the first normal draw for g within [-2, 2]; `mean`
-// after kMaxTruncatedAttempts misses.
+// mean + stddev * z, z the first normal draw for (g, word3) within [-2, 2]
+// (redraws bump the attempt word); `mean` after kMaxTruncatedAttempts misses.
 template <typename C>
-PSD_HOST_DEVICE inline C TruncatedNormal(const PhiloxKey& key, uint64_t g, C mean, C stddev) {
+PSD_HOST_DEVICE inline C TruncatedNormal(const PhiloxKey& key, uint64_t g, C mean, C stddev,
+                                         uint32_t word3 = 0) {
   for (uint32_t attempt = 0; attempt < kMaxTruncatedAttempts; ++attempt) {
-    const C z = Normal<C>(Draw(key, g, attempt));
+    const C z = Normal<C>(Draw(key, g, attempt, word3));
     if (Abs(z) <= C{2}) return mean + stddev * z;
   }
   return mean;
+}
+
+// The real-valued random initializers, one sample each: the dense fill
+// (word3 = 0, g the element's global index) and an embedding table's row
+// (g the key, word3 the element + 1) call this one function.
+enum class RealDistribution { kUniform, kNormal, kTruncatedNormal };
+
+// Uniform in [a, b), normal or truncated normal with mean a and stddev b.
+template <typename C>
+PSD_HOST_DEVICE inline C SampleReal(RealDistribution d, const PhiloxKey& key, uint64_t g, C a, C b,
+                                    uint32_t word3) {
+  switch (d) {
+    case RealDistribution::kUniform:
+      return ScaleUniform(a, b, Unit<C>(Draw(key, g, 0, word3)));
+    case RealDistribution::kNormal:
+      return a + b * Normal<C>(Draw(key, g, 0, word3));
+    case RealDistribution::kTruncatedNormal:
+      return TruncatedNormal<C>(key, g, a, b, word3);
+  }
+  return a;
 }
 
 }  // namespace init_math

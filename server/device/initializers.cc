@@ -125,18 +125,7 @@ void FillRandom(const Region& region, T* dst, const Sample& sample) {
 }
 
 using init_math::Draw;
-using init_math::Normal;
-using init_math::ScaleUniform;
-using init_math::Unit;
-
-template <typename T>
-void FillUniformReal(const Region& region, const PhiloxKey& key, double minval, double maxval,
-                     T* dst) {
-  using C = ComputeType<T>;
-  const C lo = static_cast<C>(minval), hi = static_cast<C>(maxval);
-  FillRandom(region, dst,
-             [&](uint64_t g) { return T(ScaleUniform(lo, hi, Unit<C>(Draw(key, g, 0)))); });
-}
+using init_math::RealDistribution;
 
 template <typename T>
 void FillUniformInteger(const Region& region, const PhiloxKey& key, int64_t lo, uint64_t span,
@@ -146,17 +135,26 @@ void FillUniformInteger(const Region& region, const PhiloxKey& key, int64_t lo, 
   });
 }
 
+// Uniform in [a, b), or normal/truncated normal with mean a and stddev b, in
+// the compute type; one sample function with the keyed rows (FillKeyedRow).
 template <typename T>
-void FillNormal(const Region& region, const PhiloxKey& key, double mean, double stddev,
-                bool truncated, T* dst) {
+void FillReal(const Region& region, const PhiloxKey& key, RealDistribution d, double a, double b,
+              T* dst) {
   using C = ComputeType<T>;
-  const C m = static_cast<C>(mean), s = static_cast<C>(stddev);
-  if (!truncated) {
-    FillRandom(region, dst, [&](uint64_t g) { return T(m + s * Normal<C>(Draw(key, g, 0))); });
-    return;
-  }
+  const C ca = static_cast<C>(a), cb = static_cast<C>(b);
   FillRandom(region, dst,
-             [&](uint64_t g) { return T(init_math::TruncatedNormal<C>(key, g, m, s)); });
+             [&](uint64_t g) { return T(init_math::SampleReal<C>(d, key, g, ca, cb, 0)); });
+}
+
+RealDistribution DistributionOf(InitializerPlan::Kind kind) {
+  switch (kind) {
+    case InitializerPlan::Kind::kNormal:
+      return RealDistribution::kNormal;
+    case InitializerPlan::Kind::kTruncatedNormal:
+      return RealDistribution::kTruncatedNormal;
+    default:
+      return RealDistribution::kUniform;
+  }
 }
 
 template <typename T>
@@ -281,17 +279,79 @@ void FillTyped(const InitializerSpec& spec, const InitializerPlan& plan, const R
     case Kind::kTruncatedNormal:
       // Planned for floating dtypes only (ValidateInitializer).
       if constexpr (kIsFloating<T>) {
-        if (plan.kind == Kind::kUniformReal) {
-          FillUniformReal(region, key, plan.a, plan.b, dst);
-        } else {
-          FillNormal(region, key, plan.a, plan.b, plan.kind == Kind::kTruncatedNormal, dst);
-        }
+        FillReal(region, key, DistributionOf(plan.kind), plan.a, plan.b, dst);
       }
       return;
   }
 }
 
+template <typename T>
+void FillKeyedTyped(const InitializerPlan& plan, int64_t key, int64_t dim, T* dst) {
+  using Kind = InitializerPlan::Kind;
+  if (plan.kind == Kind::kPattern) {
+    T v;
+    std::memcpy(static_cast<void*>(&v), &plan.pattern, sizeof(T));
+    std::fill(dst, dst + dim, v);
+    return;
+  }
+  if constexpr (kIsFloating<T>) {
+    using C = ComputeType<T>;
+    const PhiloxKey seed = init_math::KeyOf(plan.seed);
+    const RealDistribution d = DistributionOf(plan.kind);
+    const C a = static_cast<C>(plan.a), b = static_cast<C>(plan.b);
+    const uint64_t g = static_cast<uint64_t>(key);
+    for (int64_t i = 0; i < dim; ++i) {
+      dst[i] = T(init_math::SampleReal<C>(d, seed, g, a, b, static_cast<uint32_t>(i + 1)));
+    }
+  }
+}
+
 }  // namespace
+
+absl::StatusOr<InitializerPlan> PlanKeyedInitializer(const InitializerSpec& spec, DataType dtype,
+                                                     int64_t dim, const std::string& table) {
+  if (!IsFloating(dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("embedding table '", table, "': dtype ",
+                                                   DataTypeName(dtype), " is not floating"));
+  }
+  if (dim <= 0 || dim > (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("embedding table '", table, "': dim ", dim, " is not in [1, 2^31]"));
+  }
+  switch (spec.kind_case()) {
+    case InitializerSpec::kZeros:
+    case InitializerSpec::kOnes:
+    case InitializerSpec::kRandomUniform:
+    case InitializerSpec::kRandomNormal:
+    case InitializerSpec::kTruncatedNormal:
+      break;
+    case InitializerSpec::kConstant:
+      if (spec.constant().value().shape().dims_size() == 0) break;
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table '", table, "': initializer: a constant must be a scalar"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "embedding table '", table,
+          "': initializer: only zeros, ones, a scalar constant, random_uniform, random_normal "
+          "and truncated_normal can be drawn per key"));
+  }
+  const TensorShape row({dim});
+  const std::vector<int64_t> offset(1, 0);
+  return PlanInitializer(spec, dtype, row, row, offset,
+                         static_cast<size_t>(dim) * DataTypeSize(dtype));
+}
+
+void FillKeyedRow(const InitializerPlan& plan, DataType dtype, int64_t key, int64_t dim,
+                  void* dst) {
+  DispatchFixedSize(
+      dtype,
+      [&](auto t) {
+        using T = decltype(t);
+        FillKeyedTyped<T>(plan, key, dim, static_cast<T*>(dst));
+        return 0;
+      },
+      [] { return 0; });
+}
 
 absl::StatusOr<InitializerPlan> PlanInitializer(const InitializerSpec& spec, DataType dtype,
                                                 const TensorShape& full_shape,

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -67,6 +68,20 @@ absl::StatusOr<InitializerPlan> PlanInitializer(const InitializerSpec& spec, Dat
 absl::Status FillInitializer(const InitializerSpec& spec, DataType dtype,
                              const TensorShape& full_shape, const TensorShape& slice_shape,
                              absl::Span<const int64_t> slice_offset, void* dst, size_t dst_bytes);
+
+// An embedding table's rows (EmbeddingSpec): the plan of a per-key
+// initializer for rows of `dim` elements of floating `dtype`; only zeros,
+// ones, a scalar constant, random_uniform, random_normal and
+// truncated_normal (INVALID_ARGUMENT naming `table` otherwise).
+absl::StatusOr<InitializerPlan> PlanKeyedInitializer(const InitializerSpec& spec, DataType dtype,
+                                                     int64_t dim, const std::string& table);
+
+// Writes the initial row of `key` (`dim` elements of `dtype`, aligned) with a
+// plan from PlanKeyedInitializer: element i is the dense initializer's
+// sample for counter (key lo, key hi, attempt, i + 1) under the seed
+// (truncated_normal redraws bump attempt), computed in float (double for
+// float64) and rounded to the dtype as the dense fill does.
+void FillKeyedRow(const InitializerPlan& plan, DataType dtype, int64_t key, int64_t dim, void* dst);
 
 }  // namespace psd
 

@@ -29,9 +29,37 @@
 //   delete a row the cut still needs first keep its old contents for the
 //   snapshot (charged to memory). Rows made after the cut are not in it.
 //
+// Storage (embedding_table.cc has the details): an absl::flat_hash_map from
+// key to a 32-bit entry id, and rows in slab arenas: chunks of ~1 MiB that
+// never move, a free list of removed rows. Chosen over std::unordered_map
+// because that allocates a node per key (~40 bytes of overhead and a pointer
+// chase per lookup) where flat_hash_map keeps 16-byte slots in one open
+// array probed with SIMD, so the index costs ~20 bytes per key and one cache
+// miss; and over a concurrent map (e.g. a lock-striped or lock-free table)
+// because every op here must be atomic over all of its keys and the
+// snapshot's copy-on-write needs a stable view, which a single reader/writer
+// lock gives for free while lookups of existing rows still run in parallel
+// under the shared lock (their frequency and LRU tick are atomics). Keeping
+// rows out of the map lets it rehash without moving them (stable row
+// addresses for the optimizer kernels and snapshots) and lets slot rows exist
+// only for keys an optimizer touched.
+//
+// Counting: every occurrence of a key in a lookup (not inference) or update
+// counts one use, both toward admission and in the row's frequency.
+// EmbeddingUpdateResult counts distinct keys.
+//
+// LRU eviction is sampled (as Redis does): per row to evict, 64 live rows are
+// drawn at random and the one touched longest ago (an op counter, not a
+// clock) goes, never one the current op touches. It is not done while a
+// snapshot is live (the rows would only move into the snapshot): the op is
+// then RESOURCE_EXHAUSTED. An op needing more rows than can be evicted
+// evicts nothing and fails.
+//
 // Thread-safety: every method may be called from any thread at once; the
-// table guards its state with its own lock (ops on one part are serialized
-// where they write; lookups of existing rows may share).
+// table guards its state with one absl::Mutex: writers hold it exclusively;
+// lookups that make no row (existing keys, slot columns, inference) share
+// it, unless a snapshot is live (a counted lookup then changes what the
+// snapshot must keep, so it writes).
 #ifndef PSD_SERVER_SHARD_EMBEDDING_TABLE_H_
 #define PSD_SERVER_SHARD_EMBEDDING_TABLE_H_
 
@@ -45,6 +73,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "device/device.h"
+#include "psd/shard.pb.h"
 #include "psd/types.pb.h"
 #include "psd/update_kind.h"
 #include "shard/memory_accountant.h"
@@ -54,14 +83,14 @@ namespace psd {
 class EmbeddingSnapshot;
 
 struct EmbeddingTableOptions {
-  std::string name;       // the part's name on the shard, for messages
-  DataType dtype;         // DT_FLOAT, DT_DOUBLE, DT_HALF or DT_BFLOAT16
-  int64_t dim = 0;        // > 0
-  DataType key_dtype;     // DT_INT64 or DT_INT32 (keys arrive widened)
-  int part_index = 0;     // this part, in [0, num_parts)
-  int num_parts = 1;      // keys with PartOfKey(key, num_parts) != part_index are refused
+  std::string name;             // the part's name on the shard, for messages
+  DataType dtype;               // DT_FLOAT, DT_DOUBLE, DT_HALF or DT_BFLOAT16
+  int64_t dim = 0;              // > 0
+  DataType key_dtype;           // DT_INT64 or DT_INT32 (keys arrive widened)
+  int part_index = 0;           // this part, in [0, num_parts)
+  int num_parts = 1;            // keys with PartOfKey(key, num_parts) != part_index are refused
   InitializerSpec initializer;  // the value column's
-  EmbeddingSpec spec;     // filters, eviction, caps (slot_of ignored here)
+  EmbeddingSpec spec;           // filters, eviction, caps (slot_of ignored here)
 };
 
 // What an update did, for replies and metrics.
@@ -136,7 +165,8 @@ class EmbeddingTable {
                               int64_t global_step, EmbeddingUpdateResult* result);
 
   // Removes the rows (and slot rows, and pending counts) of `keys`; keys
-  // without a row are ignored. Returns how many rows were removed.
+  // without a row are ignored (keys of another part are INVALID_ARGUMENT).
+  // Returns how many rows were removed.
   absl::StatusOr<int64_t> DeleteKeys(absl::Span<const int64_t> keys);
 
   // Runs the spec's eviction policies: rows whose version is more than
@@ -149,10 +179,17 @@ class EmbeddingTable {
   // whatever the filter. `values` and each of `slot_values` (one per
   // `slot_columns` entry) hold keys.size() * dim elements; `freqs` and
   // `versions` are empty or keys.size() long. Duplicate keys are
-  // INVALID_ARGUMENT. All or nothing.
+  // INVALID_ARGUMENT. All or nothing. Slot columns not named keep the rows
+  // they hold for a replaced key.
   absl::Status Import(absl::Span<const int64_t> keys, const void* values,
                       absl::Span<const int> slot_columns, absl::Span<const void* const> slot_values,
                       absl::Span<const int64_t> freqs, absl::Span<const int64_t> versions);
+
+  // Sets the rows of slot `column` (> 0) for those of `keys` that have a
+  // row; other keys are ignored. `values` holds keys.size() * dim elements.
+  // For restores, which bring a table's slots apart from its rows. All or
+  // nothing.
+  absl::Status ImportSlot(int column, absl::Span<const int64_t> keys, const void* values);
 
   // A consistent cut of the part (see the file comment), for checkpoints
   // and exports. Cheap while the caller holds a fence.
@@ -160,19 +197,26 @@ class EmbeddingTable {
 
   // Counters and sizes (EmbeddingStats' fields, without spec and slots).
   EmbeddingStats Stats() const;
-  // Bytes reserved for this part (rows, slots, index, pending counters).
+  // Bytes reserved for this part (rows, slots, index, pending counters,
+  // Bloom counters, pre-images held for live snapshots). Per row: the slab
+  // row (metadata and value, 16-byte aligned) + 24 bytes of index; per slot
+  // row: its elements + 4; per pending key: 24.
   int64_t bytes() const;
   int64_t rows() const;
 
  private:
   class Impl;
-  explicit EmbeddingTable(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit EmbeddingTable(std::shared_ptr<Impl> impl);
+  // Shared with the snapshots pinned from it, which keep the rows (and
+  // their reservations) alive until the last of them is destroyed.
+  std::shared_ptr<Impl> impl_;
 };
 
 // The rows of a part as they were at Pin(), read in batches while the table
 // keeps changing. Keeps the part's memory for the old contents it holds
-// until destroyed. Thread-compatible (one reader).
+// until destroyed (and the table's own rows, if the table is destroyed
+// first). A slot column removed after the pin fails Next with
+// INVALID_ARGUMENT. Thread-compatible (one reader).
 class EmbeddingSnapshot {
  public:
   virtual ~EmbeddingSnapshot() = default;

@@ -10,6 +10,7 @@
 #include "checkpoint/tensor_slice.h"
 #include "psd/dtype.h"
 #include "psd/status.h"
+#include "shard/embedding_table.h"
 
 namespace psd {
 
@@ -58,7 +59,10 @@ absl::Status ShardCheckpointer::Fence(const FenceRequest& request, FenceResponse
   snap.touched_at = absl::Now();
   PSD_RETURN_IF_ERROR(store_->Fence(request.fence_id(), lease, &snap.values));
   int64_t bytes = 0;
-  for (const auto& v : snap.values) bytes += v.pin->byte_size();
+  for (const auto& v : snap.values) {
+    bytes += v.pin != nullptr ? v.pin->byte_size()
+                              : v.shape.num_elements() * static_cast<int64_t>(DataTypeSize(v.dtype));
+  }
   response->set_snapshot_variables(static_cast<int64_t>(snap.values.size()));
   response->set_snapshot_bytes(bytes);
   absl::MutexLock lock(&mu_);
@@ -96,10 +100,60 @@ std::map<std::string, const VariableStore::PinnedValue*> ByName(
 // Bytes a pinned value adds to the save: its elements, strings as their
 // characters.
 int64_t SaveBytes(const VariableStore::PinnedValue& v) {
+  if (v.table_rows != nullptr) {
+    // Values, then keys, frequencies and versions (8 bytes each a row).
+    return v.shape.num_elements() * static_cast<int64_t>(DataTypeSize(v.dtype)) +
+           v.shape.dim(0) * 3 * static_cast<int64_t>(sizeof(int64_t));
+  }
   return v.dtype == DT_STRING ? v.pin->string_chars() : v.pin->byte_size();
 }
 
 }  // namespace
+
+absl::Status ShardCheckpointer::SaveTablePart(const std::string& name,
+                                             const VariableStore::PinnedValue& v,
+                                             BundleWriter* writer) {
+  // The values stream through in batches; keys, frequencies and versions
+  // (8 bytes a row each) are gathered beside them and written after.
+  constexpr int64_t kBatchBytes = 4 << 20;
+  const int64_t rows = v.shape.dim(0);
+  const int64_t dim = v.shape.dim(1);
+  const int64_t row_bytes = std::max<int64_t>(1, dim * static_cast<int64_t>(DataTypeSize(v.dtype)));
+  const int64_t batch_rows = std::max<int64_t>(1, kBatchBytes / row_bytes);
+  PSD_RETURN_IF_ERROR(writer->BeginTensor(absl::StrCat(name, "-values"), v.dtype, v.shape));
+  std::vector<int64_t> keys, freqs, versions;
+  keys.reserve(rows);
+  freqs.reserve(rows);
+  versions.reserve(rows);
+  const int columns[1] = {v.table_column};
+  EmbeddingSnapshot::Batch batch;
+  while (true) {
+    PSD_RETURN_IF_ERROR(v.table_rows->Next(batch_rows, columns, &batch));
+    if (batch.keys.empty()) break;
+    if (static_cast<int64_t>(keys.size() + batch.keys.size()) > rows) {
+      return absl::InternalError(absl::StrCat("save of ", name, ": the snapshot of ", rows,
+                                              " rows gave more"));
+    }
+    PSD_RETURN_IF_ERROR(writer->AppendData(batch.columns[0]));
+    keys.insert(keys.end(), batch.keys.begin(), batch.keys.end());
+    freqs.insert(freqs.end(), batch.freqs.begin(), batch.freqs.end());
+    versions.insert(versions.end(), batch.versions.begin(), batch.versions.end());
+  }
+  PSD_RETURN_IF_ERROR(writer->EndTensor());
+  const TensorShape n({static_cast<int64_t>(keys.size())});
+  Tensor key_tensor;
+  if (v.key_dtype == DT_INT32) {
+    std::vector<int32_t> narrow(keys.begin(), keys.end());
+    PSD_ASSIGN_OR_RETURN(key_tensor, Tensor::FromVector(n, narrow));
+  } else {
+    PSD_ASSIGN_OR_RETURN(key_tensor, Tensor::FromVector(n, keys));
+  }
+  PSD_RETURN_IF_ERROR(writer->Add(absl::StrCat(name, "-keys"), key_tensor));
+  PSD_ASSIGN_OR_RETURN(Tensor freq_tensor, Tensor::FromVector(n, freqs));
+  PSD_RETURN_IF_ERROR(writer->Add(absl::StrCat(name, "-freqs"), freq_tensor));
+  PSD_ASSIGN_OR_RETURN(Tensor version_tensor, Tensor::FromVector(n, versions));
+  return writer->Add(absl::StrCat(name, "-versions"), version_tensor);
+}
 
 absl::Status ShardCheckpointer::BeginSave(const SaveShardRequest& request, Snapshot* snap) {
   auto cursor = std::make_unique<SaveCursor>();
@@ -163,6 +217,12 @@ absl::Status ShardCheckpointer::SaveShard(const SaveShardRequest& request,
   while (cur.next_part < cur.parts && writer.data_bytes() - start_bytes < budget) {
     const SavePart& part = request.parts(cur.next_part);
     const VariableStore::PinnedValue& v = *by_name.at(part.name());
+    if (v.table_rows != nullptr) {
+      // A table's part, whole, in DeepRec's layout.
+      PSD_RETURN_IF_ERROR(SaveTablePart(part.full_name(), v, &writer));
+      ++cur.next_part;
+      continue;
+    }
     TensorShape full_shape = v.shape;
     std::optional<TensorSlice> slice;
     if (part.sliced()) {
@@ -223,6 +283,20 @@ absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& requ
     PSD_ASSIGN_OR_RETURN(auto reader, BundleReader::Open(request.prefix(), fs_));
     int64_t staged = 0;
     for (const RestorePart& part : request.parts()) {
+      if (part.has_embedding()) {
+        // A table's part: the rows of every saved part whose keys are its.
+        for (const std::string& source : part.embedding_sources()) {
+          Tensor t[4];
+          const char* const suffixes[4] = {"-keys", "-values", "-freqs", "-versions"};
+          for (int i = 0; i < 4; ++i) {
+            PSD_ASSIGN_OR_RETURN(t[i], reader->ReadTensor(absl::StrCat(source, suffixes[i])));
+          }
+          staged += static_cast<int64_t>(t[1].bytes().size());
+          PSD_RETURN_IF_ERROR(
+              store_->StageEmbeddingRestore(request.restore_id(), part, t[0], t[1], t[2], t[3]));
+        }
+        continue;
+      }
       const std::string& key = part.checkpoint_name();
       PSD_ASSIGN_OR_RETURN(BundleReader::TensorInfo info, reader->GetTensorInfo(key));
       if (info.dtype != part.dtype()) {

@@ -77,6 +77,10 @@ class ShardCheckpointer {
   // Starts writing `snap` for `request`: checks every part, opens the
   // writer.
   absl::Status BeginSave(const SaveShardRequest& request, Snapshot* snap);
+  // Writes an embedding table's part (or slot) `v` as DeepRec stores one:
+  // NAME-values [rows, dim], NAME-keys, NAME-freqs and NAME-versions [rows].
+  absl::Status SaveTablePart(const std::string& name, const VariableStore::PinnedValue& v,
+                             checkpoint::BundleWriter* writer);
 
   VariableStore* const store_;
   const Options options_;

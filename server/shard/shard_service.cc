@@ -643,6 +643,91 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
   BatchResponse response_;
 };
 
+// Streams an embedding table part's snapshot, a batch of rows a message.
+class ExportEmbeddingReactor final : public grpc::ServerWriteReactor<EmbeddingRows> {
+ public:
+  ExportEmbeddingReactor(ShardService* service, const ExportEmbeddingRequest& request)
+      : service_(service) {
+    absl::Status status = service_->Admit();
+    if (status.ok()) {
+      status = service_->RunGuarded([&] {
+        PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginEmbeddingExport(request));
+        return absl::OkStatus();
+      });
+    }
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() override {
+    service_->Release();
+    delete this;
+  }
+
+ private:
+  void WriteNext() {
+    rows_.Clear();
+    bool more = false;
+    absl::Status status = service_->RunGuarded([&] {
+      PSD_ASSIGN_OR_RETURN(more, source_->Next(&rows_));
+      return absl::OkStatus();
+    });
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    if (!more) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartWrite(&rows_);
+  }
+
+  ShardService* const service_;
+  std::unique_ptr<EmbeddingExportSource> source_;
+  EmbeddingRows rows_;
+};
+
+grpc::ServerWriteReactor<EmbeddingRows>* ShardService::ExportEmbedding(
+    grpc::CallbackServerContext* ctx, const ExportEmbeddingRequest* request) {
+  return new ExportEmbeddingReactor(this, *request);
+}
+
+grpc::ServerUnaryReactor* ShardService::ImportEmbedding(grpc::CallbackServerContext* ctx,
+                                                        const ImportEmbeddingRequest* request,
+                                                        ImportEmbeddingResponse* response) {
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->ImportEmbedding(*request, response, caller);
+  });
+}
+
+grpc::ServerUnaryReactor* ShardService::DeleteEmbeddingKeys(
+    grpc::CallbackServerContext* ctx, const DeleteEmbeddingKeysRequest* request,
+    DeleteEmbeddingKeysResponse* response) {
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->DeleteEmbeddingKeys(*request, response, caller);
+  });
+}
+
+grpc::ServerUnaryReactor* ShardService::EvictEmbedding(grpc::CallbackServerContext* ctx,
+                                                       const EvictEmbeddingRequest* request,
+                                                       EvictEmbeddingResponse* response) {
+  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
+    return store_->EvictEmbedding(*request, response, caller);
+  });
+}
+
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ShardService::ReadStream(
     grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
   return new ReadStreamReactor(this, *request);

@@ -118,6 +118,18 @@ class ShardService final : public ShardServiceBase {
                                                           grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<BatchRequest, BatchResponse>* Batch(
       grpc::CallbackServerContext* ctx) override;
+  // Embedding tables' own ops (the store's; see shard.proto).
+  grpc::ServerWriteReactor<EmbeddingRows>* ExportEmbedding(
+      grpc::CallbackServerContext* ctx, const ExportEmbeddingRequest* request) override;
+  grpc::ServerUnaryReactor* ImportEmbedding(grpc::CallbackServerContext* ctx,
+                                            const ImportEmbeddingRequest* request,
+                                            ImportEmbeddingResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteEmbeddingKeys(grpc::CallbackServerContext* ctx,
+                                                const DeleteEmbeddingKeysRequest* request,
+                                                DeleteEmbeddingKeysResponse* response) override;
+  grpc::ServerUnaryReactor* EvictEmbedding(grpc::CallbackServerContext* ctx,
+                                           const EvictEmbeddingRequest* request,
+                                           EvictEmbeddingResponse* response) override;
   // The NCCL data plane's stream (shard/nccl_plane.h). A long-lived stream
   // is not counted in flight: the plane ends its groups when the shard stops.
   grpc::ServerBidiReactor<NcclRequest, NcclReply>* Nccl(grpc::CallbackServerContext* ctx) override;
@@ -141,6 +153,7 @@ class ShardService final : public ShardServiceBase {
 
  private:
   friend class ReadStreamReactor;
+  friend class ExportEmbeddingReactor;
   friend class AssignStreamReactor;
   friend class BatchReactor;
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "shard/embedding_table.h"
 #include "shard/store_internal.h"
 #include "shard/variable_store.h"
 
@@ -37,6 +38,24 @@ absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
     v.pin = var->Pin(device_, options_.cow_chunk_bytes);
     snapshot->push_back(std::move(v));
   }
+  // Tables pin their rows in O(1) each (EmbeddingTable::Pin): the fence
+  // pause does not grow with their size.
+  std::vector<std::shared_ptr<EmbeddingPart>> tables;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [name, part] : tables_) tables.push_back(part);
+  }
+  for (const auto& part : tables) {
+    PinnedValue v;
+    v.name = part->name;
+    v.dtype = part->dtype;
+    v.initialized = true;
+    v.table_rows = part->table->Pin();
+    v.table_column = part->column;
+    v.key_dtype = part->key_dtype;
+    v.shape = TensorShape({v.table_rows->rows(), part->dim});
+    snapshot->push_back(std::move(v));
+  }
   return absl::OkStatus();
 }
 
@@ -47,6 +66,7 @@ absl::Status VariableStore::Unfence(uint64_t fence_id, WriteGate::FenceStats* st
 int64_t VariableStore::DivergedBytes(const std::vector<PinnedValue>& snapshot) const {
   int64_t bytes = 0;
   for (const PinnedValue& v : snapshot) {
+    if (v.pin == nullptr) continue;  // a table's rows: their copies are the table's
     bytes += v.pin->copied_bytes();
     bool replaced = true;
     if (auto var = Find(v.name); var.ok()) {
@@ -168,6 +188,9 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
                                             " has nothing staged on this shard (expired?)"));
   }
   WriteGate::Pass pass(&gate_);
+  // Tables' new contents are built first (a failure changes nothing), and
+  // installed with the dense parts.
+  PSD_ASSIGN_OR_RETURN(TableInstall install_tables, PrepareTableRestore(r.get(), applied));
   // Resolve (or create) every variable first, check each is compatible,
   // then lock them in name order and apply all: a restore is all or nothing
   // on this shard.
@@ -214,6 +237,7 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
     ++var.version;
     ++*applied;
   }
+  install_tables();
   return absl::OkStatus();
 }
 

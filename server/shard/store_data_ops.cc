@@ -92,6 +92,9 @@ absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse*
 absl::Status VariableStore::GatherUpTo(const GatherRequest& request, int64_t max_result_bytes,
                                        absl::string_view limit_name,
                                        GatherResponse* response) const {
+  if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
+    return GatherEmbedding(*part, request, max_result_bytes, limit_name, response);
+  }
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   TensorShape indices_shape;
   PSD_ASSIGN_OR_RETURN(auto indices,
@@ -207,6 +210,9 @@ absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignRespo
 }
 
 absl::Status VariableStore::ScatterOnce(const ScatterRequest& request, ScatterResponse* response) {
+  if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
+    return ScatterEmbedding(*part, request, response);
+  }
   PSD_ASSIGN_OR_RETURN(auto var, Find(request.name()));
   const std::string& name = var->name;
   PSD_ASSIGN_OR_RETURN(UpdateKind kind, UpdateKindFromWire(request.op(), name));

@@ -7,7 +7,9 @@
 #ifndef PSD_SERVER_SHARD_STORE_INTERNAL_H_
 #define PSD_SERVER_SHARD_STORE_INTERNAL_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -20,6 +22,7 @@
 #include "psd/status.h"
 #include "psd/tensor.h"
 #include "psd/update_kind_wire.h"
+#include "shard/embedding_table.h"
 #include "shard/request_window.h"
 #include "shard/store_variable.h"
 #include "shard/variable_store.h"
@@ -68,7 +71,55 @@ inline void RestoreResult(const RequestWindow::Result& in, CountUpToResponse* r)
   r->set_old_value(in.old_value);
 }
 
+// Kernel parameters of an optimizer spec, every hyper-parameter checked;
+// Adam's beta powers given by name come back in `beta_power_variables`
+// (empty strings when given as values).
+absl::Status ParseOptimizer(const OptimizerSpec& spec, bool sparse, const std::string& variable,
+                            OptimizerParams* params, std::string beta_power_variables[2]);
+// TensorFlow's training-op name, for messages: "ApplyAdam", "SparseApplyFtrl".
+std::string ApplyOpName(OptimizerKind kind, bool sparse);
+// A floating scalar variable's value as a double.
+absl::StatusOr<double> ReadScalar(Device* device, const Variable& var)
+    ABSL_SHARED_LOCKS_REQUIRED(var.mu);
+
+inline void SaveResult(const ImportEmbeddingResponse& r, RequestWindow::Result* out) {
+  out->old_value = r.rows();
+}
+inline void RestoreResult(const RequestWindow::Result& in, ImportEmbeddingResponse* r) {
+  r->set_rows(in.old_value);
+}
+inline void SaveResult(const DeleteEmbeddingKeysResponse& r, RequestWindow::Result* out) {
+  out->old_value = r.deleted();
+}
+inline void RestoreResult(const RequestWindow::Result& in, DeleteEmbeddingKeysResponse* r) {
+  r->set_deleted(in.old_value);
+}
+inline void SaveResult(const EvictEmbeddingResponse& r, RequestWindow::Result* out) {
+  out->old_value = r.evicted();
+}
+inline void RestoreResult(const RequestWindow::Result& in, EvictEmbeddingResponse* r) {
+  r->set_evicted(in.old_value);
+}
+
 }  // namespace store_internal
+
+// An embedding table's part, or a slot table's part, as the store holds it.
+// The table object is shared by the part and its slots' parts (a slot is a
+// column of the part's table). Immutable but for the table, which guards
+// itself, and `version`.
+struct EmbeddingPart {
+  std::string name;
+  DataType dtype = DT_INVALID;
+  DataType key_dtype = DT_INT64;
+  int64_t dim = 0;
+  EmbeddingSpec spec;
+  InitializerSpec initializer;
+  std::shared_ptr<EmbeddingTable> table;
+  int column = 0;       // 0: the table's values; > 0: this slot's column
+  std::string primary;  // a slot's table part (empty for the table itself)
+  // Bumped by every successful mutation of the part (VariableInfo.version).
+  mutable std::atomic<uint64_t> version{0};
+};
 
 template <typename Response, typename Op>
 absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
@@ -114,8 +165,19 @@ struct VariableStore::StagedRestore {
     TensorShape shape;
     Variable::Contents contents;
   };
+  // An embedding table's part (or slot): its rows, gathered from the
+  // checkpoint's saved parts, keys of this part only.
+  struct TablePart {
+    RestorePart spec;
+    std::vector<int64_t> keys;
+    std::string values;  // keys.size() * dim elements
+    std::vector<int64_t> freqs;
+    std::vector<int64_t> versions;
+    MemoryReservation reservation;
+  };
   absl::Time staged_at;
   std::vector<Part> parts;
+  std::vector<TablePart> tables;
 };
 
 }  // namespace psd

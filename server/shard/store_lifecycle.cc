@@ -106,12 +106,13 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
   const std::string& name = request.name();
   PSD_RETURN_IF_ERROR(ValidateVariableName(name));
   PSD_RETURN_IF_ERROR(ValidateDataType(request.dtype(), Quoted(name)));
+  if (request.has_embedding()) return CreateEmbeddingOnce(request, info);
   const DataType dtype = request.dtype();
   PSD_ASSIGN_OR_RETURN(TensorShape shape,
                        ShapeFromProto(request.shape(), absl::StrCat("shape of ", Quoted(name))));
   {
     absl::ReaderMutexLock lock(&mu_);
-    if (variables_.count(name) > 0) {
+    if (variables_.count(name) > 0 || tables_.count(name) > 0) {
       return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
     }
   }
@@ -213,6 +214,7 @@ absl::Status VariableStore::Delete(const DeleteVariableRequest& request, CallerK
   return Mutate({caller, request.shard_incarnation(), request.request_id(), /*gated=*/false},
                 &none, [&]() -> absl::Status {
   const std::string& name = request.name();
+  if (FindEmbedding(name) != nullptr) return DeleteEmbeddingOnce(name);
   std::shared_ptr<Variable> victim;
   {
     absl::MutexLock lock(&mu_);
@@ -228,18 +230,27 @@ absl::Status VariableStore::Delete(const DeleteVariableRequest& request, CallerK
 
 std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
   std::vector<std::shared_ptr<Variable>> vars;
+  std::vector<std::shared_ptr<EmbeddingPart>> tables;
   {
     absl::ReaderMutexLock lock(&mu_);
     for (auto it = variables_.lower_bound(prefix);
          it != variables_.end() && absl::StartsWith(it->first, prefix); ++it) {
       vars.push_back(it->second);
     }
+    for (auto it = tables_.lower_bound(prefix);
+         it != tables_.end() && absl::StartsWith(it->first, prefix); ++it) {
+      tables.push_back(it->second);
+    }
   }
-  std::vector<VariableInfo> out(vars.size());
+  std::vector<VariableInfo> out(vars.size() + tables.size());
   for (size_t i = 0; i < vars.size(); ++i) {
     absl::ReaderMutexLock lock(&vars[i]->mu);
     vars[i]->FillInfo(*device_, &out[i]);
   }
+  for (size_t i = 0; i < tables.size(); ++i) FillEmbeddingInfo(*tables[i], &out[vars.size() + i]);
+  std::sort(out.begin(), out.end(), [](const VariableInfo& a, const VariableInfo& b) {
+    return a.name() < b.name();
+  });
   return out;
 }
 
@@ -368,6 +379,10 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   // Resolve every name first so an unknown one fails the whole request.
   std::map<std::string, std::shared_ptr<Variable>> vars;
   for (const auto& name : request.names()) {
+    // A table is initialized from creation: its rows are drawn per key on
+    // first use, so there is nothing to run (and a forced initialization
+    // does not wipe trained rows).
+    if (FindEmbedding(name) != nullptr) continue;
     PSD_ASSIGN_OR_RETURN(vars[name], Find(name));
   }
   // Lock in name order (the map's order) so concurrent calls cannot deadlock,
@@ -430,6 +445,7 @@ absl::Status VariableStore::ReportUninitialized(const ReportUninitializedRequest
     for (const auto& [name, var] : variables_) vars.push_back(var);
   } else {
     for (const auto& name : request.names()) {
+      if (FindEmbedding(name) != nullptr) continue;  // a table is initialized from creation
       PSD_ASSIGN_OR_RETURN(auto var, Find(name));
       vars.push_back(std::move(var));
     }

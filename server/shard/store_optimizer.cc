@@ -19,16 +19,12 @@ using store_internal::CheckIndices;
 using store_internal::CheckInitialized;
 using store_internal::Quoted;
 
-namespace {
+namespace store_internal {
 
-// TensorFlow's training-op name, for messages: "ApplyAdam", "SparseApplyFtrl".
 std::string ApplyOpName(OptimizerKind kind, bool sparse) {
   return absl::StrCat(sparse ? "SparseApply" : "Apply", OptimizerName(kind));
 }
 
-// Turns the wire spec into kernel parameters, checking every
-// hyper-parameter; Adam's beta powers given by name are returned in
-// `beta_power_variables` (empty strings when given as values).
 absl::Status ParseOptimizer(const OptimizerSpec& spec, bool sparse, const std::string& variable,
                             OptimizerParams* params, std::string beta_power_variables[2]) {
   std::string op;
@@ -152,9 +148,7 @@ absl::Status ParseOptimizer(const OptimizerSpec& spec, bool sparse, const std::s
   }
 }
 
-// A floating scalar's value as a double.
-absl::StatusOr<double> ReadScalar(Device* device, const Variable& var)
-    ABSL_SHARED_LOCKS_REQUIRED(var.mu) {
+absl::StatusOr<double> ReadScalar(Device* device, const Variable& var) {
   return DispatchFixedSize(
       var.dtype,
       [&](auto t) -> absl::StatusOr<double> {
@@ -173,7 +167,11 @@ absl::StatusOr<double> ReadScalar(Device* device, const Variable& var)
                 absl::StrCat(Quoted(var.name), " is not floating"))); });
 }
 
-}  // namespace
+}  // namespace store_internal
+
+using store_internal::ApplyOpName;
+using store_internal::ParseOptimizer;
+using store_internal::ReadScalar;
 
 absl::Status VariableStore::ApplyOnce(const std::string& name,
                                       const google::protobuf::RepeatedPtrField<std::string>& slots,
@@ -379,6 +377,9 @@ absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
                                         ApplySparseResponse* response, CallerKey caller) {
   return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
                 [&]() -> absl::Status {
+    if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
+      return ApplyEmbedding(*part, request, response);
+    }
     const std::string what = absl::StrCat("sparse apply: indices for ", Quoted(request.name()));
     SparseGradient sparse;
     TensorShape indices_shape;

@@ -43,13 +43,19 @@ VariableStore::~VariableStore() = default;
 
 size_t VariableStore::num_variables() const {
   absl::ReaderMutexLock lock(&mu_);
-  return variables_.size();
+  return variables_.size() + tables_.size();
 }
 
 absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = variables_.find(name);
   if (it == variables_.end()) {
+    if (tables_.count(name) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Quoted(name), " is an embedding table: only gather, scatter_update/add/sub and "
+          "sparse optimizer applies by key (and its own export, import, delete_keys and evict) "
+          "apply to it"));
+    }
     return absl::NotFoundError(absl::StrCat(Quoted(name), " not found"));
   }
   return it->second;

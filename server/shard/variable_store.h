@@ -47,6 +47,9 @@
 namespace psd {
 
 class Variable;
+struct EmbeddingPart;  // store_internal.h
+class EmbeddingSnapshot;
+class EmbeddingExportSource;
 class ReadStreamSource;
 class AssignStreamSink;
 class StagedAssignSink;
@@ -160,6 +163,25 @@ class VariableStore {
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginAssignStream(
       const AssignStreamHeader& header, CallerKey caller = kAnonymousCaller);
 
+  // --- Embedding tables (EmbeddingSpec; shard/embedding_table.h) ---
+  // A table's part is created by Create with `embedding` set and named like
+  // any variable; Gather, Scatter and ApplySparse serve it by key, List and
+  // Delete treat it as a variable. Every other data op on it is
+  // INVALID_ARGUMENT naming it.
+
+  // A stream of a part's rows as they were when it began.
+  absl::StatusOr<std::unique_ptr<EmbeddingExportSource>> BeginEmbeddingExport(
+      const ExportEmbeddingRequest& request) const;
+  absl::Status ImportEmbedding(const ImportEmbeddingRequest& request,
+                               ImportEmbeddingResponse* response,
+                               CallerKey caller = kAnonymousCaller);
+  absl::Status DeleteEmbeddingKeys(const DeleteEmbeddingKeysRequest& request,
+                                   DeleteEmbeddingKeysResponse* response,
+                                   CallerKey caller = kAnonymousCaller);
+  absl::Status EvictEmbedding(const EvictEmbeddingRequest& request,
+                              EvictEmbeddingResponse* response,
+                              CallerKey caller = kAnonymousCaller);
+
   // Runs one op of a batch, its result in `result`; a read or gather whose
   // result would take more than `max_result_bytes` fails RESOURCE_EXHAUSTED
   // before allocating. The caller records the status with SetBatchOpStatus.
@@ -177,7 +199,12 @@ class VariableStore {
     DataType dtype = DT_INVALID;
     TensorShape shape;
     bool initialized = false;
-    std::shared_ptr<const ValuePin> pin;  // never null
+    std::shared_ptr<const ValuePin> pin;  // null exactly for a table's part
+    // An embedding table's part (or a slot's): its rows as of the fence,
+    // read once by the save (`shape` is [rows, dim]).
+    std::shared_ptr<EmbeddingSnapshot> table_rows;
+    int table_column = 0;
+    DataType key_dtype = DT_INVALID;
   };
   // Holds new writes (WriteGate::Fence), then pins every variable's value.
   absl::Status Fence(uint64_t fence_id, absl::Duration lease, std::vector<PinnedValue>* snapshot);
@@ -204,6 +231,13 @@ class VariableStore {
   absl::Status StageRestoreStreamed(uint64_t restore_id, const RestorePart& part,
                                     const std::function<absl::Status(const RestoreSink&)>& fill);
   absl::Status FinishRestore(uint64_t restore_id, bool commit, int64_t* applied);
+  // StageRestore of an embedding table's part (RestorePart.embedding):
+  // adds the rows of one saved part (its keys, values, freqs and versions
+  // tensors) whose keys belong to `part`, charged to memory. Called once
+  // for each of part.embedding_sources.
+  absl::Status StageEmbeddingRestore(uint64_t restore_id, const RestorePart& part,
+                                     const Tensor& keys, const Tensor& values, const Tensor& freqs,
+                                     const Tensor& versions);
   // Drops staged restores older than `age` (a coordinator that never came back).
   void DropStaleRestores(absl::Duration age);
 
@@ -223,7 +257,30 @@ class VariableStore {
                           absl::string_view limit_name, GatherResponse* response) const;
   friend class StagedAssignSink;
 
+  // A dense variable; a table's name is INVALID_ARGUMENT (the op has no
+  // meaning for it), an unknown one NOT_FOUND.
   absl::StatusOr<std::shared_ptr<Variable>> Find(const std::string& name) const;
+  // A table's part (or slot), or null when `name` is not one.
+  std::shared_ptr<EmbeddingPart> FindEmbedding(const std::string& name) const;
+  // A table's part named for `op`: NOT_FOUND, or INVALID_ARGUMENT for a
+  // dense variable or a slot.
+  absl::StatusOr<std::shared_ptr<EmbeddingPart>> TableFor(const std::string& name,
+                                                          absl::string_view op) const;
+  absl::Status CreateEmbeddingOnce(const CreateVariableRequest& request, VariableInfo* info);
+  absl::Status DeleteEmbeddingOnce(const std::string& name);
+  absl::Status GatherEmbedding(const EmbeddingPart& part, const GatherRequest& request,
+                               int64_t max_result_bytes, absl::string_view limit_name,
+                               GatherResponse* response) const;
+  absl::Status ScatterEmbedding(const EmbeddingPart& part, const ScatterRequest& request,
+                                ScatterResponse* response);
+  absl::Status ApplyEmbedding(const EmbeddingPart& part, const ApplySparseRequest& request,
+                              ApplySparseResponse* response);
+  void FillEmbeddingInfo(const EmbeddingPart& part, VariableInfo* info) const;
+  // The table half of FinishRestore: builds every staged table's new
+  // contents (nothing changes if one fails), then `install` swaps them in.
+  struct StagedRestore;
+  using TableInstall = std::function<void()>;
+  absl::StatusOr<TableInstall> PrepareTableRestore(StagedRestore* restore, int64_t* applied);
   absl::Status CheckIncarnation(uint64_t requested) const;
   // What Mutate needs to know of a mutating request.
   struct WriteMeta {
@@ -270,9 +327,11 @@ class VariableStore {
   RequestWindow requests_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Variable>> variables_ ABSL_GUARDED_BY(mu_);
+  // Embedding tables' parts and their slots; a name is in at most one of
+  // variables_ and tables_.
+  std::map<std::string, std::shared_ptr<EmbeddingPart>> tables_ ABSL_GUARDED_BY(mu_);
   // Every mutation passes it; a checkpoint fence closes it.
   WriteGate gate_;
-  struct StagedRestore;
   mutable absl::Mutex restore_mu_;
   std::map<uint64_t, std::unique_ptr<StagedRestore>> restores_ ABSL_GUARDED_BY(restore_mu_);
   // The staged parts of `restore_id`, created when it has none yet.
@@ -294,6 +353,15 @@ class ReadStreamSource {
   // Fills `chunk`'s offset and content with the next chunk; false when all
   // were sent.
   absl::StatusOr<bool> Next(TensorChunk* chunk);
+};
+
+// An embedding export's source: the rows of a part's snapshot, in batches.
+class EmbeddingExportSource {
+ public:
+  virtual ~EmbeddingExportSource() = default;
+  // The next message's rows, or false when every row was sent (the first
+  // message is always sent, empty for an empty part).
+  virtual absl::StatusOr<bool> Next(EmbeddingRows* rows) = 0;
 };
 
 // A streamed assign's sink: staged bytes, applied at Commit.

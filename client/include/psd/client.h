@@ -75,6 +75,7 @@
 #include "psd/initializers.h"
 #include "psd/tensor.h"
 #include "psd/types.pb.h"
+#include "psd/update_kind.h"
 
 namespace psd {
 
@@ -88,6 +89,7 @@ class AssignStreamHeader;
 class AssignResponse;
 class BatchRequest;
 class BatchResponse;
+class OptimizerSpec;
 
 namespace client {
 
@@ -210,6 +212,26 @@ struct AssignOptions {
   bool if_uninitialized = false;
 };
 
+// Options of the ops by key on an embedding table's part.
+struct KeyedOpOptions {
+  // The trainer's global step: recorded as the version of the rows an op
+  // makes or updates (steps_to_live eviction reads it). 0: not given.
+  int64_t global_step = 0;
+  // Gather only: look up without making rows or counting frequencies
+  // (DeepRec's is_inference).
+  bool inference = false;
+};
+
+// Rows of an embedding table's part, as ExportEmbedding gives them and
+// ImportEmbedding takes them.
+struct EmbeddingRowSet {
+  Tensor keys;      // [n], the table's key dtype
+  Tensor values;    // [n, dim]
+  Tensor freqs;     // [n] int64 (import: may be empty)
+  Tensor versions;  // [n] int64 (import: may be empty)
+  std::vector<Tensor> slot_values;  // [n, dim] each, one per slot named
+};
+
 class BatchStream;
 class ShardApplier;
 namespace internal {
@@ -320,6 +342,39 @@ class ShardClient {
   std::future<absl::Status> ScatterSubAsync(const std::string& name, Tensor indices,
                                             Tensor updates);
   std::future<absl::StatusOr<int64_t>> CountUpToAsync(const std::string& name, int64_t limit);
+
+  // --- Embedding tables' parts (EmbeddingSpec in types.proto; the ops by
+  // key in shard.proto). Higher up, EmbeddingVariable splits keys across a
+  // table's parts; these address one part.
+
+  // Rows of `keys` (the table's key dtype, any shape): shape keys.shape +
+  // [dim]. Admitted keys without a row get one from the initializer.
+  absl::StatusOr<Tensor> GatherByKey(const std::string& name, const Tensor& keys,
+                                     const KeyedOpOptions& options = {});
+  // scatter_update / scatter_add / scatter_sub by key: rows.shape ==
+  // keys.shape + [dim], or a scalar broadcast.
+  absl::Status ScatterByKey(UpdateKind op, const std::string& name, const Tensor& keys,
+                            const Tensor& rows, const KeyedOpOptions& options = {});
+  // One optimizer step on the rows of `keys` ([n]) with gradient rows
+  // `grads` ([n, dim]); `slots` are the part's slot tables in the
+  // optimizer's order.
+  absl::Status ApplySparseByKey(const std::string& name, const std::vector<std::string>& slots,
+                                const OptimizerSpec& optimizer, const Tensor& keys,
+                                const Tensor& grads, const KeyedOpOptions& options = {});
+  // Every row of the part (and of `slots`) as of the call: one consistent
+  // cut, read in messages of at most `max_rows` rows (0: about 4 MiB).
+  absl::StatusOr<EmbeddingRowSet> ExportEmbedding(const std::string& name,
+                                                  const std::vector<std::string>& slots = {},
+                                                  int64_t max_rows = 0);
+  // Puts rows in (all or none); returns the part's row count after.
+  absl::StatusOr<int64_t> ImportEmbedding(const std::string& name,
+                                          const std::vector<std::string>& slots,
+                                          const EmbeddingRowSet& rows);
+  // Removes the rows of `keys`; returns how many there were.
+  absl::StatusOr<int64_t> DeleteEmbeddingKeys(const std::string& name, const Tensor& keys);
+  // Runs the part's eviction policies against `global_step`; returns the
+  // rows evicted.
+  absl::StatusOr<int64_t> EvictEmbedding(const std::string& name, int64_t global_step);
 
   // Opens a batched stream on this shard (see BatchStream). Fails only for
   // bad options; a shard that is down shows in the ops' results.

@@ -117,6 +117,17 @@ class Optimizer {
   // `statuses`, when not null, receives one status per pair.
   absl::Status ApplyGradients(const std::vector<std::pair<Gradient, Variable>>& grads_and_vars,
                               std::vector<absl::Status>* statuses = nullptr);
+  // The same with the step's options. An embedding table
+  // (EmbeddingVariable::variable()) takes an IndexedSlices gradient whose
+  // indices are keys; its slots are slot tables named as above, whose rows
+  // are made beside the table's on first apply.
+  struct ApplyOptions {
+    // Recorded as the version of the table rows this step updates
+    // (steps_to_live eviction); 0: not given.
+    int64_t global_step = 0;
+  };
+  absl::Status ApplyGradients(const std::vector<std::pair<Gradient, Variable>>& grads_and_vars,
+                              std::vector<absl::Status>* statuses, const ApplyOptions& options);
 
   // Creates (or attaches to) the slots of `variables` now, in one
   // coordinator call; ApplyGradients does it on first use.

@@ -43,6 +43,7 @@
 #include "absl/time/time.h"
 #include "psd/client.h"
 #include "psd/coordinator.pb.h"
+#include "psd/embedding_variable.h"
 #include "psd/initializers.h"
 #include "psd/status.h"
 #include "psd/tensor.h"
@@ -129,6 +130,31 @@ struct GetVariableOptions {
   Regularizer regularizer;
   // Where it was declared, for "Originally defined at"; default FILE:LINE
   // of the call.
+  std::string declared_at;
+  // Declares an embedding table instead (GetEmbeddingVariable sets it).
+  std::optional<EmbeddingSpec> embedding;
+};
+
+// get_embedding_variable's arguments (DeepRec's names): the table's row
+// size and key dtype, its values' dtype and initializer, and its policies
+// (`ev_option`: admission filters, eviction, memory caps; its
+// embedding_dim, key_dtype and slot_of are taken from the fields here).
+struct EmbeddingVariableOptions {
+  int64_t embedding_dim = 0;
+  DataType key_dtype = DT_INT64;
+  DataType dtype = DT_INVALID;  // the values'; unset: the scope's, else float32
+  // Unset: the scope's, else DeepRec's default (the coordinator's).
+  std::optional<InitializerSpec> initializer;
+  // Unset: one part, or the scope's partitioner when it is fixed_size (a
+  // size-based partitioner has no meaning for a table without a size).
+  // Only fixed_size_partitioner(N) on axis 0 is accepted.
+  std::optional<PartitionerSpec> partitioner;
+  std::optional<Reuse> reuse;  // unset: the scope's
+  std::optional<bool> trainable;
+  std::vector<std::string> collections;
+  EmbeddingSpec ev_option;
+  // For an optimizer's slot table: the table it belongs to (full name).
+  std::string slot_of;
   std::string declared_at;
 };
 
@@ -232,6 +258,14 @@ class Session {
   // A variable by full name, without this session's naming rules (admin
   // tools, tests).
   absl::StatusOr<Variable> LookupVariable(const std::string& full_name);
+
+  // DeepRec's get_embedding_variable: an embedding table named under the
+  // current scope, with get_variable's reuse, attach and collection rules
+  // (see psd/embedding_variable.h).
+  absl::StatusOr<EmbeddingVariable> GetEmbeddingVariable(const std::string& name,
+                                                         const EmbeddingVariableOptions& options,
+                                                         const char* file = __builtin_FILE(),
+                                                         int line = __builtin_LINE());
 
   // Variables in `collection` ("" = all) in creation order.
   absl::StatusOr<std::vector<Variable>> ListVariables(const std::string& collection = "");

@@ -28,6 +28,9 @@ from . import train
 from .dtypes import (DType, as_dtype, bfloat16, bfloat16_to_float32, bool_, double,
                      float16, float32, float32_to_bfloat16, float64, half, int8, int16, int32,
                      int64, string, uint8)
+from .embedding import (CBFFilter, CounterFilter, EmbeddingVariable, EmbeddingVariableOption,
+                        GlobalStepEvict, InitializerOption, L2WeightEvict, embedding_lookup,
+                        get_embedding_variable)
 from .init_ops import (Constant, InitializedValue, Initializer, Ones, RandomNormal, RandomUniform,
                        TruncatedNormal, UniformUnitScaling, VarianceScaling, Zeros,
                        constant_initializer, glorot_normal_initializer,

@@ -42,9 +42,20 @@ class Optimizer:
         a numpy array (dense) or IndexedSlices (sparse). Pairs whose gradient
         is None are skipped, as in TensorFlow. Advances global_step by one
         when given. Returns None (psd runs the step at once)."""
+        from .embedding import EmbeddingVariable, _keys_array  # imports this module
         items = []
+        has_table = False
         for grad, var in grads_and_vars:
             if grad is None:
+                continue
+            if isinstance(var, EmbeddingVariable):
+                # A table's gradient: rows of keys (IndexedSlices(values, keys)).
+                if not isinstance(grad, IndexedSlices):
+                    raise TypeError("apply_gradients: the gradient of embedding table %s must be "
+                                    "IndexedSlices(rows, keys)" % var.full_name)
+                keys = _keys_array(grad.indices, var._t.key_dtype)
+                items.append((var._v, keys, var._t.key_dtype, var._rows(grad.values), None))
+                has_table = True
                 continue
             if not isinstance(var, Variable):
                 raise TypeError("apply_gradients: %r is not a psclient.Variable" % (var,))
@@ -56,7 +67,11 @@ class Optimizer:
                 items.append((var._v, var._value(grad)))
         if not items:
             raise ValueError("No gradients provided for any variable")
-        self._opt.apply_gradients(items)
+        step = 0
+        if has_table and global_step is not None:
+            # Tables record the step as the version of the rows it updates.
+            step = int(np.asarray(global_step.read()).reshape(-1)[0])
+        self._opt.apply_gradients(items, step)
         if global_step is not None:
             global_step.assign_add(np.ones((), dtype=global_step.dtype.np))
 
@@ -71,10 +86,14 @@ class Optimizer:
 
     def get_slot(self, var, name):
         """The slot variable `name` of `var` (None before the slot exists, as TF)."""
+        from .embedding import EmbeddingVariable  # imports this module
         try:
-            return Variable._wrap(self._session, self._opt.get_slot(var._v, name))
+            slot = self._opt.get_slot(var._v, name)
         except errors.NotFoundError:
             return None
+        if isinstance(var, EmbeddingVariable):
+            return EmbeddingVariable._wrap(self._session, _psclient.embedding_of(slot))
+        return Variable._wrap(self._session, slot)
 
     def get_slot_names(self):
         return list(self._opt.get_slot_names())

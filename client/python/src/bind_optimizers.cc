@@ -100,7 +100,7 @@ void BindOptimizers(py::module_& m) {
                              return std::make_unique<client::Optimizer>(*h->Get(), c.config);
                            })};
       }))
-      .def("apply_gradients", [](PyOptimizer& o, const py::list& grads) {
+      .def("apply_gradients", [](PyOptimizer& o, const py::list& grads, int64_t global_step) {
         std::vector<std::pair<client::Gradient, Variable>> pairs;
         pairs.reserve(grads.size());
         for (const py::handle& item : grads) {
@@ -119,8 +119,10 @@ void BindOptimizers(py::module_& m) {
             pairs.emplace_back(std::move(slices), v.var);
           }
         }
-        Check(Run(o.holder, [&] { return o.opt->ApplyGradients(pairs); }));
-      })
+        client::Optimizer::ApplyOptions options;
+        options.global_step = global_step;
+        Check(Run(o.holder, [&] { return o.opt->ApplyGradients(pairs, nullptr, options); }));
+      }, py::arg("grads"), py::arg("global_step") = 0)
       .def("create_slots", [](PyOptimizer& o, const std::vector<PyVariable>& vars) {
         std::vector<Variable> list = Unpack(vars);
         Check(Run(o.holder, [&] { return o.opt->CreateSlots(list); }));

@@ -195,6 +195,7 @@ void BindSession(py::module_& m);     // bind_session.cc: Session, Variable, sco
 void BindOptimizers(py::module_& m);  // bind_optimizers.cc: optimizers, sparse_mask
 void BindSaver(py::module_& m);       // bind_saver.cc: the coordinator-side Saver
 void BindShard(py::module_& m);       // bind_shard.cc: ShardClient, ShardApplier
+void BindEmbedding(py::module_& m);   // bind_embedding.cc: embedding tables
 
 }  // namespace python
 }  // namespace psd

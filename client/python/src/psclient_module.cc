@@ -82,6 +82,7 @@ PYBIND11_MODULE(_psclient, m) {
   BindOptimizers(m);
   BindSaver(m);
   BindShard(m);
+  BindEmbedding(m);
 }
 
 }  // namespace python

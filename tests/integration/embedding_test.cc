@@ -1,0 +1,402 @@
+// Embedding tables (Session::GetEmbeddingVariable, EmbeddingVariable)
+// against a real coordinator and two shards: rows made on first use the
+// same on every part count, ops by key with repeated keys, admission,
+// optimizer applies with slot tables, delete and eviction, export/import,
+// and bad requests refused by name with nothing changed.
+#include "psd/embedding_variable.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cluster_process.h"
+#include "checkpoint/bundle_reader.h"
+#include "gtest/gtest.h"
+#include "psd/saver.h"
+#include "psd/session.h"
+#include "psd/shard.pb.h"
+#include "shared_cluster_test.h"
+#include "test_util.h"
+
+namespace psd {
+namespace integration {
+namespace {
+
+using client::EmbeddingVariable;
+using client::EmbeddingVariableOptions;
+using client::KeyedOpOptions;
+
+namespace init = client::init;
+namespace partitioners = client::partitioners;
+
+Tensor Keys(const std::vector<int64_t>& keys) {
+  return *Tensor::FromVector(TensorShape({static_cast<int64_t>(keys.size())}), keys);
+}
+Tensor Rows(int64_t n, int64_t dim, const std::vector<float>& values) {
+  return *Tensor::FromVector(TensorShape({n, dim}), values);
+}
+std::vector<float> Row(const Tensor& rows, int64_t i) {
+  const int64_t dim = rows.shape().dims().back();
+  return std::vector<float>(rows.data<float>() + i * dim, rows.data<float>() + (i + 1) * dim);
+}
+
+class EmbeddingTest : public SharedClusterTest<EmbeddingTest> {
+ protected:
+  EmbeddingVariable Table(const std::string& name, EmbeddingVariableOptions options) {
+    auto t = session_->GetEmbeddingVariable(name, options);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : EmbeddingVariable();
+  }
+};
+
+TEST_F(EmbeddingTest, RowsAreMadeOnFirstUseTheSameWhateverThePartitioning) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 8;
+  o.initializer = init::RandomNormal(0, 1, /*seed=*/42);
+  o.partitioner = partitioners::FixedSize(3);
+  EmbeddingVariable three = Table("rows_three_parts", o);
+  o.partitioner.reset();
+  EmbeddingVariable one = Table("rows_one_part", o);
+  ASSERT_TRUE(three.valid() && one.valid());
+  EXPECT_EQ(three.num_parts(), 3);
+  EXPECT_EQ(one.num_parts(), 1);
+
+  const Tensor keys = Keys({5, -3, 5, int64_t{1} << 40, 0});
+  auto a = three.Gather(keys);
+  auto b = one.Gather(keys);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->shape(), TensorShape({5, 8}));
+  EXPECT_EQ(*a, *b) << "the initial row of a key depends on the seed and the key only";
+  EXPECT_EQ(Row(*a, 0), Row(*a, 2)) << "a repeated key gets its one row";
+  EXPECT_NE(Row(*a, 0), Row(*a, 1));
+  auto size = three.Size();
+  ASSERT_TRUE(size.ok()) << size.status();
+  EXPECT_EQ(*size, 4) << "one row per distinct key looked up";
+  // Looked up again, the rows are those stored.
+  auto again = three.Gather(keys);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *a);
+  // An inference lookup makes no row.
+  auto peek = three.Gather(Keys({777}), KeyedOpOptions{.inference = true});
+  ASSERT_TRUE(peek.ok()) << peek.status();
+  EXPECT_EQ(*three.Size(), 4);
+}
+
+TEST_F(EmbeddingTest, ScattersByKeyAccumulateRepeatsAndUpdateKeepsTheLast) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Zeros();
+  o.partitioner = partitioners::FixedSize(2);
+  EmbeddingVariable t = Table("scatter_table", o);
+  ASSERT_TRUE(t.valid());
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({7, 7, 9}), Rows(3, 2, {1, 1, 2, 2, 3, 3}))));
+  ASSERT_TRUE(IsOk(t.ScatterSub(Keys({9}), Rows(1, 2, {1, 0}))));
+  auto rows = t.Gather(Keys({7, 9}));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{3, 3}));
+  EXPECT_EQ(Row(*rows, 1), (std::vector<float>{2, 3}));
+  ASSERT_TRUE(IsOk(t.ScatterUpdate(Keys({7, 7}), Rows(2, 2, {4, 4, 5, 6}))));
+  rows = t.Gather(Keys({7}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{5, 6}));
+  // A scalar is broadcast.
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({9}), Tensor::Scalar<float>(1))));
+  rows = t.Gather(Keys({9}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{3, 4}));
+}
+
+TEST_F(EmbeddingTest, ACounterFilterAdmitsAKeyAtItsNthUse) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 3;
+  o.initializer = init::Ones();
+  o.ev_option.mutable_counter_filter()->set_filter_freq(3);
+  o.ev_option.set_default_value_no_permission(0.5);
+  EmbeddingVariable t = Table("admission_table", o);
+  ASSERT_TRUE(t.valid());
+  const std::vector<float> pending = {0.5, 0.5, 0.5};
+  for (int i = 0; i < 2; ++i) {
+    auto rows = t.Gather(Keys({11}));
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_EQ(Row(*rows, 0), pending) << "lookup " << i + 1 << " of a key not admitted";
+  }
+  EXPECT_EQ(*t.Size(), 0);
+  auto rows = t.Gather(Keys({11}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{1, 1, 1})) << "admitted at the third use";
+  EXPECT_EQ(*t.Size(), 1);
+  // An update of a key not admitted is counted and dropped.
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({12}), Rows(1, 3, {9, 9, 9}))));
+  rows = t.Gather(Keys({12}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), pending);
+}
+
+TEST_F(EmbeddingTest, AdagradAppliesToRowsAndTheirSlotRows) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Constant(Tensor::Scalar<float>(1));
+  o.partitioner = partitioners::FixedSize(2);
+  EmbeddingVariable t = Table("adagrad_table", o);
+  ASSERT_TRUE(t.valid());
+  EmbeddingVariableOptions s = o;
+  s.initializer = init::Constant(Tensor::Scalar<float>(0.1f));
+  s.slot_of = t.name();
+  s.trainable = false;
+  EmbeddingVariable accum = Table("adagrad_table/Adagrad", s);
+  ASSERT_TRUE(accum.valid());
+  OptimizerSpec spec;
+  spec.mutable_adagrad()->set_learning_rate(0.5);
+  // Key 3 twice: its gradients are summed first (2, 2).
+  ASSERT_TRUE(IsOk(t.ApplySparse(spec, {accum}, Keys({3, 4, 3}),
+                                 Rows(3, 2, {1, 1, 1, 2, 1, 1}),
+                                 KeyedOpOptions{.global_step = 7})));
+  auto rows = t.Gather(Keys({3, 4}));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  auto expect = [](float g) {
+    const float acc = 0.1f + g * g;
+    return 1.0f - 0.5f * g / std::sqrt(acc);
+  };
+  EXPECT_FLOAT_EQ(Row(*rows, 0)[0], expect(2));
+  EXPECT_FLOAT_EQ(Row(*rows, 1)[0], expect(1));
+  EXPECT_FLOAT_EQ(Row(*rows, 1)[1], expect(2));
+  auto acc = accum.Gather(Keys({3, 4, 5}));
+  ASSERT_TRUE(acc.ok()) << acc.status();
+  EXPECT_FLOAT_EQ(Row(*acc, 0)[0], 0.1f + 4);
+  EXPECT_FLOAT_EQ(Row(*acc, 1)[1], 0.1f + 4);
+  EXPECT_FLOAT_EQ(Row(*acc, 2)[0], 0.1f) << "a slot row never applied reads as its initial row";
+  // The versions record the step.
+  auto exported = t.Export({accum});
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  ASSERT_EQ(exported->keys.num_elements(), 2);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(exported->versions.data<int64_t>()[i], 7);
+  ASSERT_EQ(exported->slot_values.size(), 1u);
+}
+
+TEST_F(EmbeddingTest, DeleteAndEvictionRemoveRows) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Zeros();
+  o.partitioner = partitioners::FixedSize(2);
+  o.ev_option.set_steps_to_live(5);
+  EmbeddingVariable t = Table("evict_table", o);
+  ASSERT_TRUE(t.valid());
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({1, 2}), Tensor::Scalar<float>(1), {.global_step = 1})));
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({3, 4}), Tensor::Scalar<float>(1), {.global_step = 10})));
+  EXPECT_EQ(*t.Size(), 4);
+  auto evicted = t.Evict(12);
+  ASSERT_TRUE(evicted.ok()) << evicted.status();
+  EXPECT_EQ(*evicted, 2) << "rows last updated at step 1 are older than 5 steps at step 12";
+  EXPECT_EQ(*t.Size(), 2);
+  auto deleted = t.DeleteKeys(Keys({3, 99}));
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 1);
+  EXPECT_EQ(*t.Size(), 1);
+  auto rows = t.Gather(Keys({4, 3}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{1, 1}));
+  EXPECT_EQ(Row(*rows, 1), (std::vector<float>{0, 0})) << "a deleted key starts over";
+}
+
+TEST_F(EmbeddingTest, ExportThenImportCarriesRowsFrequenciesAndVersions) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 4;
+  o.initializer = init::RandomUniform(-1, 1, /*seed=*/5);
+  o.partitioner = partitioners::FixedSize(2);
+  EmbeddingVariable from = Table("export_from", o);
+  o.partitioner = partitioners::FixedSize(3);
+  o.initializer = init::Zeros();
+  EmbeddingVariable to = Table("import_to", o);
+  ASSERT_TRUE(from.valid() && to.valid());
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 100; ++i) ids.push_back(i * 7919 - 300);
+  ASSERT_TRUE(IsOk(from.ScatterAdd(Keys(ids), Tensor::Scalar<float>(2), {.global_step = 3})));
+  auto exported = from.Export();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ(exported->keys.num_elements(), 100);
+  ASSERT_TRUE(IsOk(to.Import(*exported)));
+  EXPECT_EQ(*to.Size(), 100);
+  auto a = from.Gather(Keys(ids));
+  auto b = to.Gather(Keys(ids));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b) << "the rows moved into three parts by key hash";
+  auto again = to.Export();
+  ASSERT_TRUE(again.ok());
+  for (int64_t i = 0; i < again->versions.num_elements(); ++i) {
+    EXPECT_EQ(again->versions.data<int64_t>()[i], 3);
+  }
+}
+
+TEST_F(EmbeddingTest, BadRequestsAreRefusedByNameAndChangeNothing) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Zeros();
+  EmbeddingVariable t = Table("bad_input_table", o);
+  ASSERT_TRUE(t.valid());
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({1}), Tensor::Scalar<float>(1))));
+  Tensor int32_keys = *Tensor::FromVector(TensorShape({1}), std::vector<int32_t>{1});
+  EXPECT_TRUE(IsError(t.Gather(int32_keys).status(), absl::StatusCode::kInvalidArgument,
+                      {"bad_input_table", "int32"}));
+  EXPECT_TRUE(IsError(t.ScatterAdd(Keys({1, 2}), Rows(1, 2, {5, 5})),
+                      absl::StatusCode::kInvalidArgument, {"bad_input_table", "[2,2]"}));
+  EXPECT_EQ(*t.Size(), 1);
+  // A dense op on the table's part, straight to its shard.
+  auto shard = client::ShardClient::Connect(t.parts()[0].shard_address);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  EXPECT_TRUE(IsError((*shard)->Read(t.parts()[0].name).status(),
+                      absl::StatusCode::kInvalidArgument, {"bad_input_table", "embedding table"}));
+  EXPECT_TRUE(IsError((*shard)->AssignAdd(t.parts()[0].name, Tensor::Scalar<float>(1)),
+                      absl::StatusCode::kInvalidArgument, {"embedding table"}));
+  auto rows = t.Gather(Keys({1}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{1, 1}));
+}
+
+TEST_F(EmbeddingTest, APartAtItsMemoryCapRefusesNewRowsByName) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 64;
+  o.initializer = init::Zeros();
+  o.ev_option.set_part_memory_limit_bytes(64 << 10);
+  EmbeddingVariable t = Table("capped_table", o);
+  ASSERT_TRUE(t.valid());
+  std::vector<int64_t> ids(4096);
+  for (int64_t i = 0; i < 4096; ++i) ids[i] = i;
+  auto rows = t.Gather(Keys(ids));
+  EXPECT_TRUE(IsError(rows.status(), absl::StatusCode::kResourceExhausted, {"capped_table"}));
+  EXPECT_EQ(*t.Size(), 0) << "a refused op makes no row";
+  rows = t.Gather(Keys({1, 2, 3}));
+  EXPECT_TRUE(rows.ok()) << rows.status();
+}
+
+TEST_F(EmbeddingTest, AnotherTrainerAttachesAndAConflictingDeclarationIsRefused) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 4;
+  o.initializer = init::Ones();
+  o.partitioner = partitioners::FixedSize(2);
+  EmbeddingVariable t = Table("shared_table", o);
+  ASSERT_TRUE(t.valid());
+  ASSERT_TRUE(IsOk(t.ScatterAdd(Keys({42}), Tensor::Scalar<float>(1))));
+  auto other = NewSession();
+  ASSERT_NE(other, nullptr);
+  auto attached = other->GetEmbeddingVariable("shared_table", o);
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  auto rows = attached->Gather(Keys({42}));
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(Row(*rows, 0), (std::vector<float>{2, 2, 2, 2}));
+  o.embedding_dim = 8;
+  EXPECT_TRUE(IsError(other->GetEmbeddingVariable("shared_table", o).status(),
+                      absl::StatusCode::kInvalidArgument, {"shared_table"}));
+  // A dense variable of that name is a conflict too.
+  client::GetVariableOptions dense;
+  dense.shape = TensorShape({4});
+  EXPECT_FALSE(other->GetVariable("shared_table", dense).ok());
+}
+
+// Checkpoints with tables: DeepRec's layout in TensorFlow's format, one cut
+// with the dense variables, restored exactly (rows made after the save
+// gone) and into another part count.
+class EmbeddingCheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir("psd_emb_ckpt_");
+    ASSERT_FALSE(dir_.empty());
+    TestClusterOptions options;
+    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir_};
+    auto started = TestCluster::Start(options);
+    ASSERT_TRUE(started.ok()) << started.status();
+    cluster_ = *std::move(started);
+    auto session = client::Session::Open(cluster_->coordinator_address());
+    ASSERT_TRUE(session.ok()) << session.status();
+    session_ = *std::move(session);
+    auto saver = client::Saver::Create(cluster_->coordinator_address());
+    ASSERT_TRUE(saver.ok()) << saver.status();
+    saver_ = *std::move(saver);
+  }
+  void TearDown() override {
+    saver_.reset();
+    session_.reset();
+    cluster_.reset();
+    if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
+  }
+
+  std::string dir_;
+  std::unique_ptr<TestCluster> cluster_;
+  std::unique_ptr<client::Session> session_;
+  std::unique_ptr<client::Saver> saver_;
+};
+
+TEST_F(EmbeddingCheckpointTest, SaveWritesDeepRecTensorsAndRestoreBringsBackExactlyTheCut) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 4;
+  o.initializer = init::RandomNormal(0, 1, /*seed=*/9);
+  o.partitioner = partitioners::FixedSize(2);
+  auto table = session_->GetEmbeddingVariable("ctr/user", o);
+  ASSERT_TRUE(table.ok()) << table.status();
+  EmbeddingVariableOptions so = o;
+  so.initializer = init::Constant(Tensor::Scalar<float>(0.1f));
+  so.slot_of = "ctr/user";
+  so.trainable = false;
+  auto slot = session_->GetEmbeddingVariable("ctr/user/Adagrad", so);
+  ASSERT_TRUE(slot.ok()) << slot.status();
+  OptimizerSpec adagrad;
+  adagrad.mutable_adagrad()->set_learning_rate(0.1);
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 50; ++i) ids.push_back(i * 31 + 1);
+  std::vector<float> grads(ids.size() * 4, 0.5f);
+  ASSERT_TRUE(IsOk(table->ApplySparse(adagrad, {*slot}, Keys(ids),
+                                      Rows(static_cast<int64_t>(ids.size()), 4, grads),
+                                      {.global_step = 4})));
+  auto saved_rows = table->Gather(Keys(ids));
+  auto saved_slots = slot->Gather(Keys(ids));
+  ASSERT_TRUE(saved_rows.ok() && saved_slots.ok());
+
+  auto prefix = saver_->Save(absl::StrCat(dir_, "/model.ckpt"), 4);
+  ASSERT_TRUE(prefix.ok()) << prefix.status();
+  auto reader = checkpoint::BundleReader::Open(*prefix);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  int64_t saved = 0;
+  for (int k = 0; k < 2; ++k) {
+    const std::string part = absl::StrCat("ctr/user/part_", k);
+    for (const char* suffix : {"-keys", "-values", "-freqs", "-versions"}) {
+      EXPECT_TRUE((*reader)->Contains(part + suffix)) << part << suffix;
+    }
+    auto keys = (*reader)->GetTensorInfo(part + "-keys");
+    ASSERT_TRUE(keys.ok());
+    saved += keys->shape.num_elements();
+    EXPECT_TRUE((*reader)->Contains(absl::StrCat("ctr/user/Adagrad/part_", k, "-values")));
+  }
+  EXPECT_EQ(saved, 50);
+
+  // Training goes on: rows change, new keys come.
+  ASSERT_TRUE(IsOk(table->ScatterAdd(Keys(ids), Tensor::Scalar<float>(1))));
+  ASSERT_TRUE(table->Gather(Keys({100000, 100001})).ok());
+  EXPECT_EQ(*table->Size(), 52);
+
+  ASSERT_TRUE(IsOk(saver_->Restore(*prefix)));
+  EXPECT_EQ(*table->Size(), 50) << "rows made after the save are gone";
+  auto rows = table->Gather(Keys(ids));
+  auto slots = slot->Gather(Keys(ids));
+  ASSERT_TRUE(rows.ok() && slots.ok()) << rows.status() << slots.status();
+  EXPECT_EQ(*rows, *saved_rows);
+  EXPECT_EQ(*slots, *saved_slots);
+
+  // Into a table of three parts under another name: keys rehash.
+  o.partitioner = partitioners::FixedSize(3);
+  auto other = session_->GetEmbeddingVariable("ctr/user_v2", o);
+  ASSERT_TRUE(other.ok()) << other.status();
+  client::RestoreOptions ro;
+  ro.name_map = {{"ctr/user", "ctr/user_v2"}};
+  ASSERT_TRUE(IsOk(saver_->Restore(*prefix, ro)));
+  EXPECT_EQ(*other->Size(), 50);
+  auto moved = other->Gather(Keys(ids));
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(*moved, *saved_rows);
+}
+
+}  // namespace
+}  // namespace integration
+}  // namespace psd
