@@ -184,7 +184,7 @@ void RunShow(const std::string& name, Context* ctx) {
   // Each part's state as its shard reports it.
   std::vector<std::string> state(h.parts_size());
   // An embedding table's parts: their counts, where the shards report them.
-  std::vector<std::optional<psd::EmbeddingStats>> stats(h.parts_size());
+  std::vector<std::optional<psd::VariableInfo>> stats(h.parts_size());
   std::map<std::string, std::unique_ptr<psd::client::ShardClient>> shards;
   for (int i = 0; i < h.parts_size(); ++i) {
     const auto& p = h.parts(i);
@@ -214,7 +214,7 @@ void RunShow(const std::string& name, Context* ctx) {
                           : (info->initialized ? "initialized" : "uninitialized");
     if (h.has_embedding() && info.ok()) {
       auto table = ShardVariableInfo(*ctx, p.shard_address(), p.name());
-      if (table.ok() && table->has_embedding()) stats[i] = table->embedding();
+      if (table.ok() && table->has_embedding()) stats[i] = *std::move(table);
     }
   }
   if (ctx->json) {

@@ -223,18 +223,21 @@ std::string PartitioningColumn(const psd::VariableHandle& h) {
 }
 
 std::vector<std::string> EmbeddingStatsHeader() {
-  return {"ROWS", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"};
+  return {"ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"};
 }
 
-std::vector<std::string> EmbeddingStatsColumns(const psd::EmbeddingStats* stats) {
-  if (stats == nullptr) return {"-", "-", "-", "-"};
-  return {absl::StrCat(stats->rows()), absl::StrCat(stats->admitted()),
-          absl::StrCat(stats->filtered_lookups(), "/", stats->filtered_updates()),
-          absl::StrCat(stats->evicted())};
+std::vector<std::string> EmbeddingStatsColumns(const psd::VariableInfo* info) {
+  if (info == nullptr || !info->has_embedding()) return {"-", "-", "-", "-", "-"};
+  const psd::EmbeddingStats& stats = info->embedding();
+  return {absl::StrCat(stats.rows()), FormatBytes(info->bytes()), absl::StrCat(stats.admitted()),
+          absl::StrCat(stats.filtered_lookups(), "/", stats.filtered_updates()),
+          absl::StrCat(stats.evicted())};
 }
 
-std::string EmbeddingStatsJson(const psd::EmbeddingStats& stats) {
-  return absl::StrCat("{\"rows\":", stats.rows(), ",\"pending_keys\":", stats.pending_keys(),
+std::string EmbeddingStatsJson(const psd::VariableInfo& info) {
+  const psd::EmbeddingStats& stats = info.embedding();
+  return absl::StrCat("{\"rows\":", stats.rows(), ",\"bytes\":", info.bytes(),
+                      ",\"pending_keys\":", stats.pending_keys(),
                       ",\"admitted\":", stats.admitted(),
                       ",\"filtered_lookups\":", stats.filtered_lookups(),
                       ",\"filtered_updates\":", stats.filtered_updates(),

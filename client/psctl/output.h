@@ -44,12 +44,15 @@ std::string VariableKindJson(const psd::VariableHandle& h);
 std::string PartitioningColumn(const psd::VariableHandle& h);
 
 // The per-part columns `vars show` adds for an embedding table's parts,
-// under EmbeddingStatsHeader(): rows, admitted, filtered lookups/updates,
-// evicted; "-" each when the shard did not report them (null).
+// under EmbeddingStatsHeader(): rows, memory (the bytes the shard
+// accounts: a slot's rows count with its table's part), admitted, filtered
+// lookups/updates, evicted; "-" each when the shard did not report them
+// (null, or no VariableInfo.embedding).
 std::vector<std::string> EmbeddingStatsHeader();
-std::vector<std::string> EmbeddingStatsColumns(const psd::EmbeddingStats* stats);
-// The part's counts as a JSON object, every EmbeddingStats count.
-std::string EmbeddingStatsJson(const psd::EmbeddingStats& stats);
+std::vector<std::string> EmbeddingStatsColumns(const psd::VariableInfo* info);
+// The part's counts as a JSON object: every EmbeddingStats count and the
+// bytes.
+std::string EmbeddingStatsJson(const psd::VariableInfo& info);
 
 // "512 B", "1.5 MiB", "2.0 GiB".
 std::string FormatBytes(int64_t n);

@@ -84,20 +84,26 @@ TEST(VariableKindTest, TablesShowTheirKindDimAndKeyDtype) {
 
 TEST(EmbeddingStatsTest, PartCountsOrDashesWhenTheShardGaveNone) {
   EXPECT_THAT(EmbeddingStatsHeader(),
-              ::testing::ElementsAre("ROWS", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"));
-  EXPECT_THAT(EmbeddingStatsColumns(nullptr), ::testing::ElementsAre("-", "-", "-", "-"));
-  psd::EmbeddingStats stats;
-  stats.set_rows(1000);
-  stats.set_pending_keys(7);
-  stats.set_admitted(1200);
-  stats.set_filtered_lookups(30);
-  stats.set_filtered_updates(4);
-  stats.set_evicted(200);
-  stats.set_deleted(5);
-  EXPECT_THAT(EmbeddingStatsColumns(&stats), ::testing::ElementsAre("1000", "1200", "30/4", "200"));
-  EXPECT_EQ(EmbeddingStatsJson(stats),
-            "{\"rows\":1000,\"pending_keys\":7,\"admitted\":1200,\"filtered_lookups\":30,"
-            "\"filtered_updates\":4,\"evicted\":200,\"deleted\":5}");
+              ::testing::ElementsAre("ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)",
+                                     "EVICTED"));
+  EXPECT_THAT(EmbeddingStatsColumns(nullptr), ::testing::ElementsAre("-", "-", "-", "-", "-"));
+  psd::VariableInfo info;
+  info.set_bytes(3 << 20);
+  EXPECT_THAT(EmbeddingStatsColumns(&info), ::testing::ElementsAre("-", "-", "-", "-", "-"))
+      << "a shard that does not report table counts";
+  psd::EmbeddingStats* stats = info.mutable_embedding();
+  stats->set_rows(1000);
+  stats->set_pending_keys(7);
+  stats->set_admitted(1200);
+  stats->set_filtered_lookups(30);
+  stats->set_filtered_updates(4);
+  stats->set_evicted(200);
+  stats->set_deleted(5);
+  EXPECT_THAT(EmbeddingStatsColumns(&info),
+              ::testing::ElementsAre("1000", "3.0 MiB", "1200", "30/4", "200"));
+  EXPECT_EQ(EmbeddingStatsJson(info),
+            "{\"rows\":1000,\"bytes\":3145728,\"pending_keys\":7,\"admitted\":1200,"
+            "\"filtered_lookups\":30,\"filtered_updates\":4,\"evicted\":200,\"deleted\":5}");
 }
 
 }  // namespace
