@@ -83,9 +83,9 @@ TEST(VariableKindTest, TablesShowTheirKindDimAndKeyDtype) {
 }
 
 TEST(EmbeddingStatsTest, PartCountsOrDashesWhenTheShardGaveNone) {
-  EXPECT_THAT(EmbeddingStatsHeader(),
-              ::testing::ElementsAre("ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)",
-                                     "EVICTED"));
+  EXPECT_THAT(
+      EmbeddingStatsHeader(),
+      ::testing::ElementsAre("ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"));
   EXPECT_THAT(EmbeddingStatsColumns(nullptr), ::testing::ElementsAre("-", "-", "-", "-", "-"));
   psd::VariableInfo info;
   info.set_bytes(3 << 20);
