@@ -15,13 +15,27 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "in_process_shard.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/shard.grpc.pb.h"
 #include "psd/serialize.h"
 
 namespace psd {
 namespace {
 
 using ::testing::ElementsAre;
+
+// Serves `coordinator` on 127.0.0.1:0 and points `*stub` at it.
+std::unique_ptr<grpc::Server> ServeCoordinator(grpc::Service* coordinator,
+                                               std::unique_ptr<Coordinator::Stub>* stub) {
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(coordinator);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  *stub = Coordinator::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  return server;
+}
 
 // A shard that accepts every part and records what it was asked.
 class RecordingShard final : public Shard::Service {
@@ -96,7 +110,7 @@ class CoordinatorEmbeddingTest : public ::testing::Test {
     CoordinatorServiceOptions options;
     options.liveness_timeout = absl::Hours(1);  // no heartbeats in these tests
     service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
-    server_ = ServeInProcess(service_.get(), &stub_);
+    server_ = ServeCoordinator(service_.get(), &stub_);
     for (int i = 0; i < 3; ++i) {
       grpc::ClientContext ctx;
       RegisterShardRequest req;
