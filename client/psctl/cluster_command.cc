@@ -1,12 +1,15 @@
-// `psctl status`, `psctl vars list|show|get` and `psctl shutdown`: the
+// `psctl status`, `psctl vars list|show|get|evict` and `psctl shutdown`: the
 // coordinator's view of the cluster and its variables, and stopping it.
 // status, list and show ask the coordinator (and, for show, each part's
 // shard) without opening a session; get reads the value through a
 // short-lived client session, which concatenates a partitioned variable's
-// parts; shutdown asks the coordinator to stop the cluster.
+// parts; evict asks each part's shard of an embedding table to run the
+// table's eviction policies; shutdown asks the coordinator to stop the
+// cluster.
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,13 +19,17 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "commands.h"
-#include "output.h"
 #include "google/protobuf/descriptor.h"
+#include "grpcpp/grpcpp.h"
+#include "output.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/dtype.h"
+#include "psd/grpc_status.h"
+#include "psd/internal/grpc_credentials.h"
 #include "psd/seeds.h"
 #include "psd/session.h"
+#include "psd/shard.grpc.pb.h"
 #include "psd/status.h"
 
 namespace psctl {
@@ -89,11 +96,6 @@ void RunStatus(Context* ctx) {
   std::fputs(out.c_str(), stdout);
 }
 
-std::string Partitioning(const psd::VariableHandle& h) {
-  if (!h.partitioned()) return "-";
-  return absl::StrCat(h.parts_size(), " parts on axis ", h.partition_axis());
-}
-
 void RunList(const std::string& collection, Context* ctx) {
   psd::CoordinatorListVariablesRequest req;
   req.set_collection(collection);
@@ -111,18 +113,20 @@ void RunList(const std::string& collection, Context* ctx) {
       absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.name()),
                       ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
                       ",\"shape\":", ShapeJson(h.shape()), ",\"parts\":", h.parts_size(),
-                      ",\"lost_parts\":", lost, ",\"trainable\":", h.trainable() ? "true" : "false",
-                      ",\"collections\":[", absl::StrJoin(colls, ","), "]}");
+                      VariableKindJson(h), ",\"lost_parts\":", lost,
+                      ",\"trainable\":", h.trainable() ? "true" : "false", ",\"collections\":[",
+                      absl::StrJoin(colls, ","), "]}");
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
     return;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"NAME", "DTYPE", "SHAPE", "PARTITIONING", "TRAINABLE", "COLLECTIONS"}};
+      {"NAME", "DTYPE", "SHAPE", "PARTITIONING", "KIND", "TRAINABLE", "COLLECTIONS"}};
   for (const auto& h : resp.variables()) {
-    rows.push_back({h.name(), psd::DataTypeName(h.dtype()), ShapeText(h.shape()), Partitioning(h),
-                    h.trainable() ? "yes" : "no", absl::StrJoin(h.collections(), ",")});
+    rows.push_back({h.name(), psd::DataTypeName(h.dtype()), ShapeText(h.shape()),
+                    PartitioningColumn(h), VariableKindText(h), h.trainable() ? "yes" : "no",
+                    absl::StrJoin(h.collections(), ",")});
   }
   std::string out = absl::StrCat(resp.variables_size(), " variables",
                                  collection.empty() ? "" : absl::StrCat(" in ", collection), "\n");
@@ -131,6 +135,7 @@ void RunList(const std::string& collection, Context* ctx) {
 }
 
 std::string PartitioningText(const psd::VariableHandle& h) {
+  if (h.has_embedding()) return absl::StrCat(h.parts_size(), " parts, keys by hash");
   return absl::StrCat(h.parts_size(), " parts along axis ", h.partition_axis(), " (partitions [",
                       absl::StrJoin(h.partitions(), ", "), "])");
 }
@@ -150,6 +155,25 @@ std::string InitializerText(const psd::InitializerSpec& spec) {
   return text;
 }
 
+// The part `name` as its shard at `address` holds it, with the table's
+// counts (VariableInfo.embedding) where the shard reports them: asked
+// directly, as the client library's VariableInfo does not carry them.
+absl::StatusOr<psd::VariableInfo> ShardVariableInfo(const Context& ctx, const std::string& address,
+                                                    const std::string& name) {
+  PSD_ASSIGN_OR_RETURN(auto credentials, psd::internal::MakeChannelCredentials(ctx.security));
+  auto stub = psd::Shard::NewStub(grpc::CreateChannel(address, credentials));
+  psd::ListVariablesRequest req;
+  req.set_prefix(name);
+  psd::ListVariablesResponse resp;
+  grpc::ClientContext cctx;
+  cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  PSD_RETURN_IF_ERROR(psd::FromGrpcStatus(stub->ListVariables(&cctx, req, &resp)));
+  for (const psd::VariableInfo& info : resp.variables()) {
+    if (info.name() == name) return info;
+  }
+  return absl::NotFoundError(absl::StrCat("shard ", address, " holds no ", name));
+}
+
 void RunShow(const std::string& name, Context* ctx) {
   psd::LookupVariableRequest req;
   req.set_name(name);
@@ -159,6 +183,8 @@ void RunShow(const std::string& name, Context* ctx) {
   const psd::VariableHandle& h = resp.handle();
   // Each part's state as its shard reports it.
   std::vector<std::string> state(h.parts_size());
+  // An embedding table's parts: their counts, where the shards report them.
+  std::vector<std::optional<psd::VariableInfo>> stats(h.parts_size());
   std::map<std::string, std::unique_ptr<psd::client::ShardClient>> shards;
   for (int i = 0; i < h.parts_size(); ++i) {
     const auto& p = h.parts(i);
@@ -186,44 +212,127 @@ void RunShow(const std::string& name, Context* ctx) {
     auto info = client->Lookup(p.name());
     state[i] = !info.ok() ? absl::StatusCodeToString(info.status().code())
                           : (info->initialized ? "initialized" : "uninitialized");
+    if (h.has_embedding() && info.ok()) {
+      auto table = ShardVariableInfo(*ctx, p.shard_address(), p.name());
+      if (table.ok() && table->has_embedding()) stats[i] = *std::move(table);
+    }
   }
   if (ctx->json) {
     std::vector<std::string> colls;
     for (const auto& c : h.collections()) colls.push_back(JsonString(c));
     std::string out = absl::StrCat(
         "{\"name\":", JsonString(h.name()), ",\"dtype\":", JsonString(psd::DataTypeName(h.dtype())),
-        ",\"shape\":", ShapeJson(h.shape()), ",\"partitioned\":", h.partitioned() ? "true" : "false",
-        ",\"partition_axis\":", h.partition_axis(), ",\"trainable\":",
-        h.trainable() ? "true" : "false", ",\"collections\":[", absl::StrJoin(colls, ","),
-        "],\"declared_at\":", JsonString(h.declared_at()),
+        ",\"shape\":", ShapeJson(h.shape()), VariableKindJson(h),
+        ",\"partitioned\":", h.partitioned() ? "true" : "false",
+        ",\"partition_axis\":", h.partition_axis(),
+        ",\"trainable\":", h.trainable() ? "true" : "false", ",\"collections\":[",
+        absl::StrJoin(colls, ","), "],\"declared_at\":", JsonString(h.declared_at()),
         ",\"initializer\":", JsonString(InitializerKind(h.initializer())),
         ",\"seed\":", h.initializer().seed(), ",\"parts\":[");
     for (int i = 0; i < h.parts_size(); ++i) {
       const auto& p = h.parts(i);
-      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
-                      ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[",
-                      absl::StrJoin(p.offset(), ","), "],\"shard\":", p.shard_id(),
-                      ",\"address\":", JsonString(p.shard_address()),
-                      ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
-                      "}");
+      absl::StrAppend(
+          &out, i > 0 ? "," : "", "{\"name\":", JsonString(p.name()),
+          ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[", absl::StrJoin(p.offset(), ","),
+          "],\"shard\":", p.shard_id(), ",\"address\":", JsonString(p.shard_address()),
+          ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
+          stats[i].has_value() ? absl::StrCat(",\"embedding\":", EmbeddingStatsJson(*stats[i]))
+                               : std::string(),
+          "}");
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
     return;
   }
   std::string out = absl::StrCat(
-      h.name(), "\n  dtype:        ", psd::DataTypeName(h.dtype()), "\n  shape:        ",
-      ShapeText(h.shape()), "\n  partitioning: ",
-      h.partitioned() ? PartitioningText(h) : std::string("none"),
+      h.name(), "\n  kind:         ", VariableKindText(h),
+      "\n  dtype:        ", psd::DataTypeName(h.dtype()),
+      "\n  shape:        ", ShapeText(h.shape()),
+      "\n  partitioning: ", h.partitioned() ? PartitioningText(h) : std::string("none"),
       "\n  trainable:    ", h.trainable() ? "yes" : "no",
       "\n  collections:  ", absl::StrJoin(h.collections(), ", "),
       "\n  initializer:  ", InitializerText(h.initializer()),
       "\n  declared at:  ", h.declared_at().empty() ? "-" : h.declared_at(), "\n");
   std::vector<std::vector<std::string>> rows = {{"PART", "SHAPE", "OFFSET", "SHARD", "ADDRESS", "STATE"}};
+  if (h.has_embedding()) {
+    for (std::string& column : EmbeddingStatsHeader()) rows[0].push_back(std::move(column));
+  }
   for (int i = 0; i < h.parts_size(); ++i) {
     const auto& p = h.parts(i);
     rows.push_back({p.name(), ShapeText(p.shape()), absl::StrCat("[", absl::StrJoin(p.offset(), ","), "]"),
                     std::to_string(p.shard_id()), p.shard_address(), state[i]});
+    if (h.has_embedding()) {
+      for (std::string& column :
+           EmbeddingStatsColumns(stats[i].has_value() ? &*stats[i] : nullptr)) {
+        rows.back().push_back(std::move(column));
+      }
+    }
+  }
+  out += FormatTable(rows);
+  std::fputs(out.c_str(), stdout);
+}
+
+// Runs an embedding table's eviction policies on every part now (the
+// shards also run them at each checkpoint save), and prints what went.
+void RunEvict(const std::string& name, int64_t global_step, Context* ctx) {
+  psd::LookupVariableRequest req;
+  req.set_name(name);
+  psd::LookupVariableResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::LookupVariable, req, &resp);
+  if (!s.ok()) return Fail(ctx, s);
+  const psd::VariableHandle& h = resp.handle();
+  if (!h.has_embedding()) {
+    return Fail(ctx, absl::InvalidArgumentError(absl::StrCat(
+                         name, " is a dense variable, not an embedding table: nothing to evict")));
+  }
+  auto credentials = psd::internal::MakeChannelCredentials(ctx->security);
+  if (!credentials.ok()) return Fail(ctx, credentials.status());
+  std::vector<psd::EvictEmbeddingResponse> evicted(h.parts_size());
+  for (int i = 0; i < h.parts_size(); ++i) {
+    const psd::PartHandle& p = h.parts(i);
+    if (p.lost() || p.shard_address().empty()) {
+      return Fail(
+          ctx, absl::UnavailableError(absl::StrCat("part ", p.name(), " of ", name, " is ",
+                                                   p.lost() ? "lost" : "on an unregistered shard",
+                                                   "; evicted from the parts before it: ", i)));
+    }
+    auto stub = psd::Shard::NewStub(grpc::CreateChannel(p.shard_address(), *credentials));
+    psd::EvictEmbeddingRequest evict;
+    evict.set_name(p.name());
+    evict.set_global_step(global_step);
+    evict.set_shard_incarnation(p.shard_incarnation());
+    grpc::ClientContext cctx;
+    cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    s = psd::FromGrpcStatus(stub->EvictEmbedding(&cctx, evict, &evicted[i]));
+    if (!s.ok()) {
+      return Fail(ctx, absl::Status(s.code(),
+                                    absl::StrCat("evicting ", p.name(), " on shard ", p.shard_id(),
+                                                 " (", p.shard_address(), "): ", s.message())));
+    }
+  }
+  int64_t total_evicted = 0, total_rows = 0;
+  for (const auto& e : evicted) {
+    total_evicted += e.evicted();
+    total_rows += e.rows();
+  }
+  if (ctx->json) {
+    std::string out = absl::StrCat("{\"name\":", JsonString(name), ",\"evicted\":", total_evicted,
+                                   ",\"rows\":", total_rows, ",\"parts\":[");
+    for (int i = 0; i < h.parts_size(); ++i) {
+      absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(h.parts(i).name()),
+                      ",\"shard\":", h.parts(i).shard_id(), ",\"evicted\":", evicted[i].evicted(),
+                      ",\"rows\":", evicted[i].rows(), "}");
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return;
+  }
+  std::string out =
+      absl::StrCat(name, ": evicted ", total_evicted, " rows, ", total_rows, " rows left\n");
+  std::vector<std::vector<std::string>> rows = {{"PART", "SHARD", "EVICTED", "ROWS"}};
+  for (int i = 0; i < h.parts_size(); ++i) {
+    rows.push_back({h.parts(i).name(), std::to_string(h.parts(i).shard_id()),
+                    std::to_string(evicted[i].evicted()), std::to_string(evicted[i].rows())});
   }
   out += FormatTable(rows);
   std::fputs(out.c_str(), stdout);
@@ -316,6 +425,19 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
   get->add_option("name", *get_name, "Full variable name")->required();
   get->add_option("--max-values", *max_values, "Values shown; -1 for all")->capture_default_str();
   get->callback([ctx, get_name, max_values] { RunGet(*get_name, *max_values, ctx); });
+
+  auto evict_name = std::make_shared<std::string>();
+  auto global_step = std::make_shared<int64_t>(0);
+  CLI::App* evict = vars->add_subcommand(
+      "evict", "Run an embedding table's eviction policies (steps_to_live, L2 threshold) now");
+  evict->fallthrough();
+  evict->add_option("name", *evict_name, "Full name of the embedding table")->required();
+  evict
+      ->add_option("--global-step", *global_step,
+                   "The training's global step, which steps_to_live counts back from (0: no "
+                   "row is stale by age; the L2 threshold still applies)")
+      ->capture_default_str();
+  evict->callback([ctx, evict_name, global_step] { RunEvict(*evict_name, *global_step, ctx); });
 
   auto final_checkpoint = std::make_shared<bool>(false);
   auto shutdown_timeout = std::make_shared<double>(600);

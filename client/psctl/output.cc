@@ -7,6 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "psd/dtype.h"
 
 namespace psctl {
 namespace {
@@ -198,6 +199,49 @@ std::string FormatProgress(absl::string_view verb, int64_t done, int64_t total, 
   std::string line = head + tail;
   if (width > 0 && static_cast<int>(line.size()) > width) line.resize(width);
   return line;
+}
+
+std::string VariableKindText(const psd::VariableHandle& h) {
+  if (!h.has_embedding()) return "dense";
+  const psd::EmbeddingSpec& e = h.embedding();
+  return absl::StrCat(e.slot_of().empty() ? "table" : absl::StrCat("slot of ", e.slot_of()),
+                      " (dim ", e.embedding_dim(), ", key ", psd::DataTypeName(e.key_dtype()), ")");
+}
+
+std::string VariableKindJson(const psd::VariableHandle& h) {
+  if (!h.has_embedding()) return ",\"kind\":\"dense\"";
+  const psd::EmbeddingSpec& e = h.embedding();
+  return absl::StrCat(",\"kind\":\"table\",\"embedding_dim\":", e.embedding_dim(),
+                      ",\"key_dtype\":", JsonString(psd::DataTypeName(e.key_dtype())),
+                      ",\"slot_of\":", JsonString(e.slot_of()));
+}
+
+std::string PartitioningColumn(const psd::VariableHandle& h) {
+  if (!h.partitioned()) return "-";
+  if (h.has_embedding()) return absl::StrCat(h.parts_size(), " parts by key hash");
+  return absl::StrCat(h.parts_size(), " parts on axis ", h.partition_axis());
+}
+
+std::vector<std::string> EmbeddingStatsHeader() {
+  return {"ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"};
+}
+
+std::vector<std::string> EmbeddingStatsColumns(const psd::VariableInfo* info) {
+  if (info == nullptr || !info->has_embedding()) return {"-", "-", "-", "-", "-"};
+  const psd::EmbeddingStats& stats = info->embedding();
+  return {absl::StrCat(stats.rows()), FormatBytes(info->bytes()), absl::StrCat(stats.admitted()),
+          absl::StrCat(stats.filtered_lookups(), "/", stats.filtered_updates()),
+          absl::StrCat(stats.evicted())};
+}
+
+std::string EmbeddingStatsJson(const psd::VariableInfo& info) {
+  const psd::EmbeddingStats& stats = info.embedding();
+  return absl::StrCat("{\"rows\":", stats.rows(), ",\"bytes\":", info.bytes(),
+                      ",\"pending_keys\":", stats.pending_keys(),
+                      ",\"admitted\":", stats.admitted(),
+                      ",\"filtered_lookups\":", stats.filtered_lookups(),
+                      ",\"filtered_updates\":", stats.filtered_updates(),
+                      ",\"evicted\":", stats.evicted(), ",\"deleted\":", stats.deleted(), "}");
 }
 
 }  // namespace psctl

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "psd/coordinator.pb.h"
+#include "psd/shard.pb.h"
 #include "psd/tensor.h"
 
 namespace psctl {
@@ -28,6 +30,29 @@ std::vector<std::string> FormatElements(const psd::Tensor& t, int64_t max_elemen
 
 // Left-aligned columns separated by two spaces.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);
+
+// A variable's kind for `vars list` / `vars show`: "dense", or for an
+// embedding table "table (dim 16, key int64)", or for a slot table
+// "slot of v (dim 16, key int64)".
+std::string VariableKindText(const psd::VariableHandle& h);
+// The same as JSON members, each with a leading comma, to append to an
+// object: ,"kind":"dense" or ,"kind":"table","embedding_dim":16,
+// "key_dtype":"int64","slot_of":"" (slot_of: the primary, or "").
+std::string VariableKindJson(const psd::VariableHandle& h);
+// The partitioning column of `vars list`: "-" for one part, "N parts" for
+// a dense variable cut along an axis, "N parts by key hash" for a table.
+std::string PartitioningColumn(const psd::VariableHandle& h);
+
+// The per-part columns `vars show` adds for an embedding table's parts,
+// under EmbeddingStatsHeader(): rows, memory (the bytes the shard
+// accounts: a slot's rows count with its table's part), admitted, filtered
+// lookups/updates, evicted; "-" each when the shard did not report them
+// (null, or no VariableInfo.embedding).
+std::vector<std::string> EmbeddingStatsHeader();
+std::vector<std::string> EmbeddingStatsColumns(const psd::VariableInfo* info);
+// The part's counts as a JSON object: every EmbeddingStats count and the
+// bytes.
+std::string EmbeddingStatsJson(const psd::VariableInfo& info);
 
 // "512 B", "1.5 MiB", "2.0 GiB".
 std::string FormatBytes(int64_t n);

@@ -124,6 +124,7 @@ void CoordinatorService::FillHandle(const VariableDef& def, VariableHandle* h) c
   *h->mutable_initializer() = def.initializer();
   h->set_declared_by_session(def.declared_by_session());
   h->set_declared_at(def.declared_at());
+  if (def.has_embedding()) *h->mutable_embedding() = def.embedding();
   absl::MutexLock lock(&mu_);
   for (const VariablePart& part : def.parts()) {
     PartHandle* p = h->add_parts();
@@ -453,11 +454,18 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     // would be ABORTED after creating its parts) nor create its parts
     // before the old ones are deleted (which would then delete the new).
     HeldNames declaring(&declaring_, {NameKey(request->name())});
-    PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Delete(request->name()));
-    // The name is gone from the registry; parts left on unreachable shards
+    // An embedding table goes with its slot tables (Registry::DeleteWithSlots),
+    // whose parts are deleted first, as the shard keeps a slot's rows in
+    // its primary's part.
+    PSD_ASSIGN_OR_RETURN(std::vector<VariableDef> defs,
+                         registry_->DeleteWithSlots(request->name()));
+    // The names are gone from the registry; parts left on unreachable shards
     // are orphans the shard drops on its next restart, and a later variable
     // of the same name replaces rather than adopts them.
-    for (const VariablePart& part : def.parts()) {
+    std::vector<VariablePart> parts;
+    for (const VariableDef& def : defs)
+      parts.insert(parts.end(), def.parts().begin(), def.parts().end());
+    for (const VariablePart& part : parts) {
       std::string address;
       {
         absl::MutexLock lock(&mu_);

@@ -245,6 +245,13 @@ class CoordinatorService final : public Coordinator::CallbackService {
   absl::Status CreateNewParts(const std::vector<NewVariable>& variables) ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes `part` on `shard_id` (OK if it is not there).
   absl::Status DeletePart(int32_t shard_id, const std::string& part) ABSL_LOCKS_EXCLUDED(mu_);
+  // The name of the primary's part beside `part` of slot table `slot`
+  // (CreateVariableRequest.embedding.slot_of): "v/part_K" for the slot's
+  // part K, "v" for an unpartitioned primary. The primary is found in
+  // `batch` or the registry; FAILED_PRECONDITION if it is gone or no
+  // longer matches.
+  absl::StatusOr<std::string> PrimaryPartOf(const VariableDef& slot, const VariablePart& part,
+                                            const std::vector<NewVariable>& batch) const;
   // Best-effort DeletePart of each (shard, part); failures are logged.
   void UndoParts(const std::vector<std::pair<int32_t, std::string>>& parts)
       ABSL_LOCKS_EXCLUDED(mu_);

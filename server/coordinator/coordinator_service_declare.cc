@@ -66,13 +66,29 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
         req.set_dtype(def.dtype());
         *req.mutable_shape() = part.shape();
         *req.mutable_initializer() = def.initializer();
-        // A variable initialized from another waits for its source: the
-        // ordered initialization runs it once every part exists. One with
-        // a supplied value waits for its client to write it.
-        req.set_initialize(v.initialize && ShardRunsInitializer(def.initializer()));
-        if (def.partitioned()) {
-          *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
-          *req.mutable_slice()->mutable_offset() = part.offset();
+        if (def.has_embedding()) {
+          // A table's part: shape [embedding_dim], no slice (keys go to
+          // parts by hash), initialized from creation. A slot's slot_of
+          // names the primary's part on this shard, the one beside it.
+          EmbeddingSpec* spec = req.mutable_embedding();
+          *spec = def.embedding();
+          if (!spec->slot_of().empty()) {
+            absl::StatusOr<std::string> primary_part = PrimaryPartOf(def, part, variables);
+            if (primary_part.ok()) {
+              spec->set_slot_of(*std::move(primary_part));
+            } else {
+              failed = primary_part.status();
+            }
+          }
+        } else {
+          // A variable initialized from another waits for its source: the
+          // ordered initialization runs it once every part exists. One
+          // with a supplied value waits for its client to write it.
+          req.set_initialize(v.initialize && ShardRunsInitializer(def.initializer()));
+          if (def.partitioned()) {
+            *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
+            *req.mutable_slice()->mutable_offset() = part.offset();
+          }
         }
         auto create = [&] {
           CreateVariableResponse resp;
@@ -80,8 +96,10 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
           ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
           return FromGrpcStatus(StubFor(address)->CreateVariable(&ctx, req, &resp));
         };
-        attempted.emplace_back(part.shard_id(), part.name());
-        failed = create();
+        if (failed.ok()) {
+          attempted.emplace_back(part.shard_id(), part.name());
+          failed = create();
+        }
         if (failed.code() == absl::StatusCode::kAlreadyExists) {
           // The registry has no variable of this name, so what the shard
           // holds is a leftover: a deleted variable's part its shard missed
@@ -111,6 +129,31 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
   if (failed.ok()) return absl::OkStatus();
   UndoParts(attempted);
   return failed;
+}
+
+absl::StatusOr<std::string> CoordinatorService::PrimaryPartOf(
+    const VariableDef& slot, const VariablePart& part,
+    const std::vector<NewVariable>& batch) const {
+  const std::string& primary_name = slot.embedding().slot_of();
+  // The primary is declared in the same batch or registered already.
+  absl::StatusOr<VariableDef> primary = absl::NotFoundError("");
+  for (const NewVariable& v : batch) {
+    if (v.def->name() == primary_name) primary = *v.def;
+  }
+  if (!primary.ok()) primary = registry_->Lookup(primary_name);
+  if (!primary.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("slot table ", slot.name(), ": its primary ", primary_name,
+                     " no longer exists: ", primary.status().message()));
+  }
+  for (int k = 0; k < slot.parts_size(); ++k) {
+    if (slot.parts(k).name() != part.name()) continue;
+    if (k >= primary->parts_size() || primary->parts(k).shard_id() != part.shard_id()) break;
+    return primary->parts(k).name();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("slot table ", slot.name(), ": its primary ", primary_name,
+                   " was declared again with other parts while it was declared"));
 }
 
 void CoordinatorService::UndoParts(const std::vector<std::pair<int32_t, std::string>>& parts) {
@@ -168,6 +211,7 @@ std::set<std::string> CoordinatorService::DeclarationKeys(
   for (const VariableDeclaration& d : decls) {
     keys.insert(NameKey(d.name()));
     if (!d.colocate_with().empty()) keys.insert(NameKey(d.colocate_with()));
+    if (!d.embedding().slot_of().empty()) keys.insert(NameKey(d.embedding().slot_of()));
     if (d.initializer().has_from_variable()) {
       keys.insert(NameKey(d.initializer().from_variable().source()));
     }
@@ -197,6 +241,18 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     // only once every new part exists on its shard, so a declaration that
     // fails (a spec a shard refuses, a shard out of memory or unreachable)
     // leaves no variable, no part and nothing for a checkpoint to miss.
+    // What the shards last reported, for placing tables by room (noted
+    // outside mu_: the registry's lock is never taken under it).
+    std::map<int32_t, int64_t> free_bytes;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, shard] : shards_) {
+        if (shard.memory_limit > 0) {
+          free_bytes[id] = std::max<int64_t>(0, shard.memory_limit - shard.memory_used);
+        }
+      }
+    }
+    registry_->NoteShardFreeBytes(std::move(free_bytes));
     PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
                          registry_->PrepareDeclare(session, decls, LiveShards(), request_seq));
     if (!prepared.replayed) {
@@ -495,14 +551,23 @@ absl::Status CoordinatorService::DeclareFromMeta(const CheckpointMeta& meta) {
       supplied->set_byte_size(static_cast<int64_t>(value.content().size()));
       supplied->set_crc32c(crc32c::Value(value.content()));
     }
-    if (def.partitioned()) {
+    if (def.has_embedding()) {
+      // A table: its spec as saved, fixed_size(N) for N parts by hash.
+      *d.mutable_embedding() = def.embedding();
+      if (def.partitioned()) {
+        d.mutable_partitioner()->mutable_fixed_size()->set_num_shards(def.parts_size());
+      }
+    } else if (def.partitioned()) {
       auto* parts = d.mutable_partitioner()->mutable_explicit_partitions();
       *parts->mutable_partitions() = def.partitions();
     }
     d.set_reuse(REUSE_AUTO);
     d.set_trainable(def.trainable());
     for (const std::string& c : def.collections()) {
-      if (c != "trainable_variables") d.add_collections(c);
+      // Added again on declaration (a table joins "embedding_variables").
+      if (c != "trainable_variables" && !(def.has_embedding() && c == "embedding_variables")) {
+        d.add_collections(c);
+      }
     }
     d.set_declared_at(def.declared_at().empty() ? "restored from a checkpoint"
                                                 : def.declared_at());

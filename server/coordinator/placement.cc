@@ -1,5 +1,7 @@
 #include "coordinator/placement.h"
 
+#include <algorithm>
+
 #include "psd/dtype.h"
 
 namespace psd {
@@ -23,10 +25,51 @@ absl::StatusOr<std::vector<int32_t>> PlaceParts(absl::Span<const int64_t> part_b
   return shards;
 }
 
+absl::StatusOr<std::vector<int32_t>> PlacePartsByRoom(absl::Span<const int64_t> part_bytes,
+                                                      const std::map<int32_t, int64_t>& free_bytes,
+                                                      ShardLoad* load) {
+  if (load->empty()) {
+    return absl::UnavailableError("no live shard to place variables on");
+  }
+  int64_t roomiest = 0;
+  for (const auto& [id, bytes] : *load) {
+    if (auto it = free_bytes.find(id); it != free_bytes.end()) {
+      roomiest = std::max(roomiest, it->second);
+    }
+  }
+  std::map<int32_t, double> room;
+  for (const auto& [id, bytes] : *load) {
+    auto it = free_bytes.find(id);
+    // A full shard still takes parts when every shard is full, last.
+    const int64_t r = it == free_bytes.end() ? std::max<int64_t>(roomiest, 1) : it->second;
+    room[id] = static_cast<double>(std::max<int64_t>(r, 1));
+  }
+  std::vector<int32_t> shards;
+  shards.reserve(part_bytes.size());
+  for (int64_t bytes : part_bytes) {
+    auto best = load->end();
+    double best_share = 0;
+    for (auto it = load->begin(); it != load->end(); ++it) {
+      const double share = static_cast<double>(it->second + bytes) / room[it->first];
+      if (best == load->end() || share < best_share) {
+        best = it;
+        best_share = share;
+      }
+    }
+    best->second += bytes;
+    shards.push_back(best->first);
+  }
+  return shards;
+}
+
 int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element) {
   const int64_t element =
       dtype == DT_STRING ? bytes_per_string_element : static_cast<int64_t>(DataTypeSize(dtype));
   return num_elements * element;
+}
+
+int64_t NominalTablePartBytes(DataType dtype, int64_t embedding_dim) {
+  return kNominalTableRowsPerPart * (8 + embedding_dim * static_cast<int64_t>(DataTypeSize(dtype)));
 }
 
 }  // namespace psd

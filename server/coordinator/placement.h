@@ -31,6 +31,30 @@ absl::StatusOr<std::vector<int32_t>> PlaceParts(absl::Span<const int64_t> part_b
 // default, 16).
 int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element = 16);
 
+// PlaceParts weighted by room: each part goes to the shard whose load,
+// with the part, is the smallest share of its free memory
+// ((load + bytes) / free), the lowest id on a tie. `free_bytes` holds the
+// free memory (limit minus used, >= 0) of shards with a memory limit; a
+// shard without one counts as having as much room as the roomiest limited
+// shard (all equal when none has a limit: then this is PlaceParts). So a
+// shard with half the room gets about half the parts. For embedding
+// tables, whose parts grow after placement: a shard already short of
+// memory should not be handed a table that will fill it.
+absl::StatusOr<std::vector<int32_t>> PlacePartsByRoom(absl::Span<const int64_t> part_bytes,
+                                                      const std::map<int32_t, int64_t>& free_bytes,
+                                                      ShardLoad* load);
+
+// An embedding table's part has no fixed size: it grows with the keys its
+// trainers use. Placement counts each part as this many rows of
+// (8-byte key + embedding_dim values): 64Ki rows, 17 MB for a float32
+// table of dim 64. Equal for every part of a table, so N parts go to the N
+// least loaded shards (one each when there are N), and large enough that a
+// table weighs like a mid-size dense variable rather than like its
+// [embedding_dim] shape (a few bytes), which would pile every table onto
+// one shard; placement only has to spread load, not predict it.
+inline constexpr int64_t kNominalTableRowsPerPart = int64_t{1} << 16;
+int64_t NominalTablePartBytes(DataType dtype, int64_t embedding_dim);
+
 }  // namespace psd
 
 #endif  // PSD_SERVER_COORDINATOR_PLACEMENT_H_

@@ -17,8 +17,10 @@
 namespace psd {
 namespace {
 
-// The bytes placement counts for `part` of a `dtype` variable.
-int64_t PartBytes(DataType dtype, const VariablePart& part) {
+// The bytes placement counts for `part` of `def`.
+int64_t PartBytes(const VariableDef& def, const VariablePart& part) {
+  const DataType dtype = def.dtype();
+  if (def.has_embedding()) return NominalTablePartBytes(dtype, def.embedding().embedding_dim());
   int64_t elements = 1;
   for (int64_t d : part.shape().dims()) elements *= d;
   return EstimatedBytes(dtype, elements);
@@ -264,7 +266,7 @@ void Registry::AddVariable(const VariableDef& def) {
     part_owner_[part.name()] = def.name();
     ShardPlacement& p = placement_[part.shard_id()];
     p.parts += 1;
-    p.bytes += PartBytes(def.dtype(), part);
+    p.bytes += PartBytes(def, part);
   }
   next_creation_seq_ = std::max(next_creation_seq_, def.creation_seq() + 1);
 }
@@ -301,7 +303,7 @@ void Registry::Apply(const RegistryRecord& record) {
         part_owner_.erase(part.name());
         ShardPlacement& p = placement_[part.shard_id()];
         p.parts -= 1;
-        p.bytes -= PartBytes(it->second.dtype(), part);
+        p.bytes -= PartBytes(it->second, part);
         if (p.parts == 0) placement_.erase(part.shard_id());
       }
       for (auto& [id, s] : sessions_) s.mutable_declared()->erase(record.deleted());
@@ -413,21 +415,43 @@ std::vector<VariableDef> Registry::List(const std::string& collection) const {
 }
 
 absl::StatusOr<VariableDef> Registry::Delete(const std::string& name) {
+  PSD_ASSIGN_OR_RETURN(std::vector<VariableDef> deleted, DeleteWithSlots(name));
+  return std::move(deleted.back());
+}
+
+absl::StatusOr<std::vector<VariableDef>> Registry::DeleteWithSlots(const std::string& name) {
   uint64_t wait_for = 0;
-  absl::StatusOr<VariableDef> deleted = [&]() -> absl::StatusOr<VariableDef> {
+  absl::StatusOr<std::vector<VariableDef>> deleted =
+      [&]() -> absl::StatusOr<std::vector<VariableDef>> {
     absl::MutexLock lock(&mu_);
     wait_for = ack_seq_;
     auto it = variables_.find(name);
     if (it == variables_.end()) {
       return absl::NotFoundError(absl::StrCat("Variable ", name, " does not exist"));
     }
-    VariableDef def = it->second;
-    RegistryRecord record;
-    record.set_deleted(name);
-    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
-    return def;
+    std::vector<VariableDef> defs;
+    if (it->second.has_embedding()) {
+      for (const auto& [slot_name, def] : variables_) {
+        if (def.has_embedding() && def.embedding().slot_of() == name) defs.push_back(def);
+      }
+    }
+    defs.push_back(it->second);
+    // Slots first: a crash between two records leaves a table without a
+    // slot, never a slot without its table. Durability is a prefix of the
+    // log, so waiting for the last record covers them all.
+    for (const VariableDef& def : defs) {
+      RegistryRecord record;
+      record.set_deleted(def.name());
+      PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    }
+    return defs;
   }();
   return Committed(std::move(deleted), wait_for);
+}
+
+void Registry::NoteShardFreeBytes(std::map<int32_t, int64_t> free_bytes) {
+  absl::MutexLock lock(&mu_);
+  shard_free_bytes_ = std::move(free_bytes);
 }
 
 std::map<int32_t, ShardPlacement> Registry::Placement() const {

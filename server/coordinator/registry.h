@@ -230,8 +230,17 @@ class Registry {
   // Variables in `collection` ("" = all) in creation order.
   std::vector<VariableDef> List(const std::string& collection) const;
   // Removes the variable (and the name from every session); returns it so
-  // the caller can delete its parts on the shards.
+  // the caller can delete its parts on the shards. Deleting an embedding
+  // table deletes its slot tables too (see DeleteWithSlots).
   absl::StatusOr<VariableDef> Delete(const std::string& name);
+  // Delete, returning every variable removed: an embedding table's slot
+  // tables (EmbeddingSpec.slot_of naming it) first, then the table. A slot
+  // keeps its rows in its primary's parts and has no keys of its own, so it
+  // cannot outlive the primary (DeepRec's slot EmbeddingVariables share the
+  // primary's storage the same way); one record per variable, all logged
+  // under one hold of the lock, so no declaration sees a slot without its
+  // primary.
+  absl::StatusOr<std::vector<VariableDef>> DeleteWithSlots(const std::string& name);
 
   // variable_scope entry. Exactly one of `name` and `default_name` is set.
   //  * name: the scope `parent_path/name`; a captured VariableScope object
@@ -251,6 +260,12 @@ class Registry {
   // "Variable_1", ...; `name` carries the client's name-scope prefix.
   absl::StatusOr<std::string> UniqueName(uint64_t session, const std::string& name,
                                          bool mark_as_used, uint64_t request_seq = 0);
+
+  // The free memory (limit minus used) of the shards that have a memory
+  // limit, as they last reported it: embedding tables' parts are placed by
+  // room (PlacePartsByRoom) among the live shards. Replaces what was noted
+  // before; shards absent have no limit.
+  void NoteShardFreeBytes(std::map<int32_t, int64_t> free_bytes);
 
   // Placed parts and bytes per shard id.
   std::map<int32_t, ShardPlacement> Placement() const;
@@ -295,6 +310,15 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<VariableDef> ResolveNew(uint64_t session, const VariableDeclaration& decl,
                                          Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Embedding tables (registry_declare_table.cc). DeclareTable is DeclareOne
+  // for a declaration of a table or of an existing table's name;
+  // ResolveNewTable is ResolveNew for a table.
+  absl::StatusOr<DeclareResult> DeclareTable(const SessionState& session,
+                                             const VariableDeclaration& decl,
+                                             const VariableDef* existing, bool in_session, Txn* txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<VariableDef> ResolveNewTable(uint64_t session, const VariableDeclaration& decl,
+                                              Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The variable `name` as declared before `txn` or earlier in it; null if
   // there is none.
   const VariableDef* FindDeclared(const std::string& name, const Txn& txn) const
@@ -381,6 +405,7 @@ class Registry {
   // things.
   std::map<std::string, std::string> part_owner_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
+  std::map<int32_t, int64_t> shard_free_bytes_ ABSL_GUARDED_BY(mu_);  // NoteShardFreeBytes
   std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
 
   // Group commit (see WaitDurable). Taken after mu_ or alone; never held

@@ -45,18 +45,6 @@ std::string OrUnknown(const std::string& where) {
 
 }  // namespace
 
-// The effect of a declaration batch before it is committed: later
-// declarations of the batch see earlier ones through it.
-struct Registry::Txn {
-  std::vector<VariableDef> created;
-  std::map<std::string, size_t> created_index;  // name -> index in `created`
-  std::set<std::string> new_part_names;
-  std::map<std::string, std::string> attached;  // name -> declared_at
-  std::vector<std::string> attached_order;
-  ShardLoad load;
-  uint64_t next_creation_seq = 0;
-};
-
 absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
                                                     const VariableDeclaration& decl,
                                                     absl::Span<const int32_t> live_shards,
@@ -133,6 +121,9 @@ absl::StatusOr<PreparedDeclaration> Registry::PrepareDeclareLocked(
   for (int32_t id : live_shards) {
     auto it = placement_.find(id);
     txn.load[id] = it == placement_.end() ? 0 : it->second.bytes;
+    if (auto f = shard_free_bytes_.find(id); f != shard_free_bytes_.end()) {
+      txn.free_bytes[id] = f->second;
+    }
   }
   results.reserve(decls.size());
   for (const VariableDeclaration& decl : decls) {
@@ -255,6 +246,9 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
   }
   const bool in_session = txn->attached.count(name) > 0 || session.declared().count(name) > 0;
   const bool wants_partitions = decl.has_partitioner();
+  if (decl.has_embedding() || (existing != nullptr && existing->has_embedding())) {
+    return DeclareTable(session, decl, existing, in_session, txn);
+  }
 
   if (existing == nullptr) {
     if (decl.reuse() == REUSE_TRUE) {
@@ -515,6 +509,11 @@ absl::Status Registry::ValidateFromVariable(const VariableDef& def, const Txn& t
     return absl::InvalidArgumentError(absl::StrCat("variable ", name, " is initialized from ",
                                                    source_name,
                                                    ", which is not a declared variable"));
+  }
+  if (source->has_embedding()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("variable ", name, " cannot be initialized from ", source_name,
+                     ": it is an embedding table, which has no dense value"));
   }
   // The source exists and the target is new, so only a chain that comes
   // back to this name (a variable initialized from an earlier, deleted

@@ -6,13 +6,31 @@
 #ifndef PSD_SERVER_COORDINATOR_REGISTRY_INTERNAL_H_
 #define PSD_SERVER_COORDINATOR_REGISTRY_INTERNAL_H_
 
+#include <map>
 #include <optional>
+#include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "coordinator/registry.h"
 #include "psd/status.h"
 
 namespace psd {
+
+// The effect of a declaration batch before it is committed: later
+// declarations of the batch see earlier ones through it.
+struct Registry::Txn {
+  std::vector<VariableDef> created;
+  std::map<std::string, size_t> created_index;  // name -> index in `created`
+  std::set<std::string> new_part_names;
+  std::map<std::string, std::string> attached;  // name -> declared_at
+  std::vector<std::string> attached_order;
+  ShardLoad load;
+  // Free memory of the live shards with a memory limit (NoteShardFreeBytes).
+  std::map<int32_t, int64_t> free_bytes;
+  uint64_t next_creation_seq = 0;
+};
 
 template <typename T>
 T Registry::Acknowledged(T answer, uint64_t wait_for) const {

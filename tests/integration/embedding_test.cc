@@ -287,9 +287,15 @@ TEST_F(EmbeddingTest, AnotherTrainerAttachesAndAConflictingDeclarationIsRefused)
   auto rows = attached->Gather(Keys({42}));
   ASSERT_TRUE(rows.ok());
   EXPECT_EQ(Row(*rows, 0), (std::vector<float>{2, 2, 2, 2}));
+  // In the session that holds the name a second create is TensorFlow's
+  // ALREADY_EXISTS; from a third trainer another dim is a conflict.
   o.embedding_dim = 8;
   EXPECT_TRUE(IsError(other->GetEmbeddingVariable("shared_table", o).status(),
-                      absl::StatusCode::kInvalidArgument, {"shared_table"}));
+                      absl::StatusCode::kAlreadyExists, {"shared_table"}));
+  auto third = NewSession();
+  ASSERT_NE(third, nullptr);
+  EXPECT_TRUE(IsError(third->GetEmbeddingVariable("shared_table", o).status(),
+                      absl::StatusCode::kInvalidArgument, {"shared_table", "dim 8", "dim 4"}));
   // A dense variable of that name is a conflict too.
   client::GetVariableOptions dense;
   dense.shape = TensorShape({4});

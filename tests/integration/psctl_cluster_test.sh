@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# psctl status and vars list|show|get against a local cluster brought up by
+# psctl status and vars list|show|get|evict against a local cluster brought up by
 # deploy/local/psd-local (free ports, fresh state), with a variable declared
 # and updated by a real trainer process. Also checks the launcher stops
 # every process when its command ends.
@@ -19,11 +19,16 @@ grep -q "1 variables" "$work/status.txt" || fail "status: \$(cat $work/status.tx
 [ "\$(grep -c ' yes ' "$work/status.txt")" = 2 ] || fail "status: both shards live: \$(cat $work/status.txt)"
 "$psctl" --coordinator "\$c" --json status | grep -q '"live":true' || fail "status --json"
 "$psctl" --coordinator "\$c" vars list | grep -q "test/emb  *float32  *\[6,4\]  *2 parts" || fail "vars list"
+"$psctl" --coordinator "\$c" vars list | grep -q "test/emb  .*2 parts on axis 0  *dense " || fail "vars list: kind"
+"$psctl" --coordinator "\$c" --json vars list | grep -q '"parts":2,"kind":"dense","lost_parts":0' || fail "vars list --json: kind"
+if "$psctl" --coordinator "\$c" vars evict test/emb 2>"$work/evict.txt"; then fail "vars evict of a dense variable succeeded"; fi
+grep -q "^psctl: INVALID_ARGUMENT: test/emb is a dense variable, not an embedding table" "$work/evict.txt" || fail "vars evict: \$(cat $work/evict.txt)"
 "$psctl" --coordinator "\$c" vars list --collection local_variables | grep -q "^0 variables" || fail "vars list --collection"
 "$psctl" --coordinator "\$c" vars show test/emb >"$work/show.txt"
 grep -q "test/emb/part_0  *\[3,4\]  *\[0,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
 grep -q "test/emb/part_1  *\[3,4\]  *\[3,0\]" "$work/show.txt" || fail "vars show: \$(cat $work/show.txt)"
 [ "\$(grep -c ' initialized' "$work/show.txt")" = 2 ] || fail "vars show: initialized"
+grep -q "^  kind:         dense$" "$work/show.txt" || fail "vars show: kind: \$(cat $work/show.txt)"
 grep -q "^  initializer:  [a-z_]" "$work/show.txt" || fail "vars show: initializer: \$(cat $work/show.txt)"
 "$psctl" --coordinator "\$c" --json vars show test/emb | grep -q '"initializer":"[a-z_]*","seed":' || fail "vars show --json: initializer"
 "$psctl" --coordinator "\$c" vars get test/emb --max-values 5 >"$work/get.txt"

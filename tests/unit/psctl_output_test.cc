@@ -57,5 +57,54 @@ TEST(FormatProgressTest, LongTimesInMinutesAndHours) {
   EXPECT_THAT(FormatProgress("saving", 1, 100000, 1, 100), HasSubstr("ETA 27:46:39"));
 }
 
+// `vars list` / `vars show` tell a table from a dense variable and give its
+// dim and key dtype; the JSON keeps the existing members and adds "kind".
+TEST(VariableKindTest, TablesShowTheirKindDimAndKeyDtype) {
+  psd::VariableHandle dense;
+  dense.set_partitioned(true);
+  dense.add_parts();
+  dense.add_parts();
+  EXPECT_EQ(VariableKindText(dense), "dense");
+  EXPECT_EQ(VariableKindJson(dense), ",\"kind\":\"dense\"");
+  EXPECT_EQ(PartitioningColumn(dense), "2 parts on axis 0");
+
+  psd::VariableHandle table = dense;
+  table.mutable_embedding()->set_embedding_dim(16);
+  table.mutable_embedding()->set_key_dtype(psd::DT_INT64);
+  EXPECT_EQ(VariableKindText(table), "table (dim 16, key int64)");
+  EXPECT_EQ(VariableKindJson(table),
+            ",\"kind\":\"table\",\"embedding_dim\":16,\"key_dtype\":\"int64\",\"slot_of\":\"\"");
+  EXPECT_EQ(PartitioningColumn(table), "2 parts by key hash");
+  table.mutable_embedding()->set_slot_of("user/emb");
+  table.mutable_embedding()->set_key_dtype(psd::DT_INT32);
+  EXPECT_EQ(VariableKindText(table), "slot of user/emb (dim 16, key int32)");
+  table.set_partitioned(false);
+  EXPECT_EQ(PartitioningColumn(table), "-");
+}
+
+TEST(EmbeddingStatsTest, PartCountsOrDashesWhenTheShardGaveNone) {
+  EXPECT_THAT(
+      EmbeddingStatsHeader(),
+      ::testing::ElementsAre("ROWS", "MEMORY", "ADMITTED", "FILTERED(LOOKUPS/UPDATES)", "EVICTED"));
+  EXPECT_THAT(EmbeddingStatsColumns(nullptr), ::testing::ElementsAre("-", "-", "-", "-", "-"));
+  psd::VariableInfo info;
+  info.set_bytes(3 << 20);
+  EXPECT_THAT(EmbeddingStatsColumns(&info), ::testing::ElementsAre("-", "-", "-", "-", "-"))
+      << "a shard that does not report table counts";
+  psd::EmbeddingStats* stats = info.mutable_embedding();
+  stats->set_rows(1000);
+  stats->set_pending_keys(7);
+  stats->set_admitted(1200);
+  stats->set_filtered_lookups(30);
+  stats->set_filtered_updates(4);
+  stats->set_evicted(200);
+  stats->set_deleted(5);
+  EXPECT_THAT(EmbeddingStatsColumns(&info),
+              ::testing::ElementsAre("1000", "3.0 MiB", "1200", "30/4", "200"));
+  EXPECT_EQ(EmbeddingStatsJson(info),
+            "{\"rows\":1000,\"bytes\":3145728,\"pending_keys\":7,\"admitted\":1200,"
+            "\"filtered_lookups\":30,\"filtered_updates\":4,\"evicted\":200,\"deleted\":5}");
+}
+
 }  // namespace
 }  // namespace psctl
