@@ -72,6 +72,12 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
           // names the primary's part on this shard, the one beside it.
           EmbeddingSpec* spec = req.mutable_embedding();
           *spec = def.embedding();
+          // Its place among the table's parts: the shard refuses keys of
+          // other parts (psd/embedding_keys.h).
+          for (int k = 0; k < def.parts_size(); ++k) {
+            if (&def.parts(k) == &part) req.set_embedding_part_index(k);
+          }
+          req.set_embedding_num_parts(def.parts_size());
           if (!spec->slot_of().empty()) {
             absl::StatusOr<std::string> primary_part = PrimaryPartOf(def, part, variables);
             if (primary_part.ok()) {

@@ -212,7 +212,8 @@ class _ByName(str):
 
 
 def _var_name(v, where):
-    if isinstance(v, Variable):
+    from .embedding import EmbeddingVariable  # imports this module
+    if isinstance(v, (Variable, EmbeddingVariable)):
         return v.full_name
     if isinstance(v, _ByName):
         return str(v)
