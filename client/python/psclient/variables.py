@@ -371,6 +371,8 @@ class GraphKeys:
     TRAINABLE_VARIABLES = "trainable_variables"
     LOCAL_VARIABLES = "local_variables"
     MOVING_AVERAGE_VARIABLES = "moving_average_variables"
+    # DeepRec's: every embedding table.
+    EMBEDDING_VARIABLES = "embedding_variables"
     # The session's own (regularizers.py), not the coordinator's.
     REGULARIZATION_LOSSES = "regularization_losses"
 
@@ -383,7 +385,15 @@ def get_collection(key, session=None):
     if key == GraphKeys.REGULARIZATION_LOSSES:
         from . import regularizers  # imports this module
         return regularizers.get_regularization_losses(session=sess)
-    return [Variable._wrap(sess, v) for v in sess._s.list_variables(key)]
+    return [_wrap_any(sess, v) for v in sess._s.list_variables(key)]
+
+
+def _wrap_any(sess, v):
+    """A Variable, or an EmbeddingVariable for an embedding table's handle."""
+    if v.is_embedding:
+        from .embedding import EmbeddingVariable  # imports this module
+        return EmbeddingVariable._wrap(sess, _psclient.embedding_of(v))
+    return Variable._wrap(sess, v)
 
 
 def global_variables(session=None):

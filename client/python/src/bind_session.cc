@@ -194,6 +194,8 @@ void BindSession(py::module_& m) {
       .def_property_readonly("partition_axis", [](const PyVariable& v) { return v.var.partition_axis(); })
       .def_property_readonly("partitions", [](const PyVariable& v) { return v.var.partitions(); })
       .def_property_readonly("trainable", [](const PyVariable& v) { return v.var.trainable(); })
+      .def_property_readonly("is_embedding",
+                             [](const PyVariable& v) { return v.var.handle().has_embedding(); })
       .def_property_readonly("collections", [](const PyVariable& v) { return v.var.collections(); })
       .def_property_readonly("initializer",
                              [](const PyVariable& v) { return v.var.handle().initializer(); })

@@ -119,3 +119,15 @@ def test_a_saver_saves_and_restores_a_table(session, prefix, tmp_path):
     saver.restore(None, path)
     assert t.size() == 3
     np.testing.assert_array_equal(t.gather([1, 2, 3]), np.ones([3, 2], np.float32))
+
+
+def test_collections_list_tables_as_embedding_variables(session, prefix):
+    with psclient.variable_scope(prefix):
+        t = psclient.get_embedding_variable("emb", embedding_dim=2)
+        w = psclient.get_variable("w", shape=[2])
+    mine = [v for v in psclient.global_variables() if v.full_name.startswith(prefix + "/")]
+    assert {type(v).__name__ for v in mine} == {"EmbeddingVariable", "Variable"}
+    tables = psclient.get_collection(psclient.GraphKeys.EMBEDDING_VARIABLES)
+    assert [v.full_name for v in tables if v.full_name.startswith(prefix + "/")] == [t.full_name]
+    assert t.full_name in [v.full_name for v in psclient.trainable_variables()]
+    assert w.full_name in [v.full_name for v in psclient.trainable_variables()]
