@@ -390,7 +390,7 @@ void StoreSeeds() {
   auto* part = table_restore->mutable_part();
   part->set_name("emb");
   part->set_dtype(psd::DT_FLOAT);
-  part->mutable_shape()->add_dims(4);
+  part->add_shape(4);
   part->mutable_embedding()->set_embedding_dim(4);
   part->set_embedding_num_parts(2);
   part->mutable_initializer()->mutable_zeros();

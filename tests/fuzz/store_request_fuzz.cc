@@ -1,7 +1,8 @@
 // Fuzzes the shard's request validation end to end: every request type of
 // shard.proto (creates, initializations, reads, gathers, assigns, scatters,
 // count_up_to, optimizer applies, batches, streamed reads and assigns,
-// restores) runs against a VariableStore on the CPU device with a 1 MiB
+// restores, and embedding tables' ops by key, exports, imports, deletes,
+// evictions, fenced snapshots and table restores) runs against a VariableStore on the CPU device with a 1 MiB
 // memory limit. The input is a StoreSession (fuzz_inputs.proto): requests
 // parsed from the fuzzer's bytes, run in order against a store that starts
 // with the variables below, so mutations of a seed hit real variables.
