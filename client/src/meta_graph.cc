@@ -119,6 +119,15 @@ MetaGraphVariable VariableEntry(const Json& entry) {
       !v.initializer.ParseFromString(bytes)) {
     throw Malformed{"initializer is not a base64 serialized InitializerSpec"};
   }
+  auto embedding = entry.find("embedding");
+  if (embedding != entry.end() && !embedding->is_null()) {
+    EmbeddingSpec spec;
+    if (!absl::Base64Unescape(String(*embedding, "embedding"), &bytes) ||
+        !spec.ParseFromString(bytes) || spec.embedding_dim() <= 0) {
+      throw Malformed{"embedding is not a base64 serialized EmbeddingSpec"};
+    }
+    v.embedding = std::move(spec);
+  }
   v.trainable = Bool(Field(entry, "trainable"), "trainable");
   auto collections = entry.find("collections");
   if (collections != entry.end() && !collections->is_null()) {
@@ -219,7 +228,7 @@ std::string MetaGraphToJson(const MetaGraph& meta_graph) {
   Json variables = Json::array();
   for (const MetaGraphVariable& v : meta_graph.variables) {
     const bool partitioned = !v.partitions.empty();
-    variables.push_back(Json{
+    Json entry{
         {"name", v.name},
         {"dtype", DataTypeName(v.dtype)},
         {"shape", v.shape},
@@ -228,7 +237,12 @@ std::string MetaGraphToJson(const MetaGraph& meta_graph) {
         {"partitions", partitioned ? Json(v.partitions) : Json(nullptr)},
         {"partition_axis", partitioned ? Json(v.partition_axis) : Json(nullptr)},
         {"initializer", absl::Base64Escape(v.initializer.SerializeAsString())},
-    });
+    };
+    // Only tables have it, so dense entries read the same as before.
+    if (v.embedding.has_value()) {
+      entry["embedding"] = absl::Base64Escape(v.embedding->SerializeAsString());
+    }
+    variables.push_back(std::move(entry));
   }
   Json saver = nullptr;
   if (meta_graph.saver_def.has_value()) {
@@ -346,6 +360,14 @@ absl::StatusOr<MetaGraph> ExportMetaGraph(Session* session, const std::string& f
       entry.partition_axis = v.partition_axis();
     }
     entry.initializer = v.handle().initializer();
+    if (v.handle().has_embedding()) {
+      EmbeddingSpec spec = v.handle().embedding();
+      if (!spec.slot_of().empty() && !scope_prefix.empty()) {
+        if (!absl::StartsWith(spec.slot_of(), scope_prefix)) continue;  // its table is not exported
+        spec.set_slot_of(spec.slot_of().substr(scope_prefix.size()));
+      }
+      entry.embedding = std::move(spec);
+    }
     meta.variables.push_back(std::move(entry));
   }
   if (options.saver_def.has_value()) {
@@ -406,6 +428,10 @@ absl::StatusOr<ImportedMetaGraph> ImportMetaGraph(Session* session, const MetaGr
     o.trainable = v.trainable;
     o.collections = v.collections;
     o.declared_at = "import_meta_graph";
+    if (v.embedding.has_value()) {
+      o.embedding = *v.embedding;
+      if (!o.embedding->slot_of().empty()) o.embedding->set_slot_of(prefix + o.embedding->slot_of());
+    }
     PSD_ASSIGN_OR_RETURN(Variable declared, session->GetVariable(prefix + v.name, o));
     out.variables.push_back(std::move(declared));
   }

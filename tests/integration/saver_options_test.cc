@@ -334,6 +334,45 @@ TEST_F(SaverOptionsTest, MetaGraphExportIsPsclientsFormat) {
   EXPECT_EQ(client::MetaGraphToJson(mine), client::MetaGraphToJson(python));
 }
 
+TEST_F(SaverOptionsTest, MetaGraphCarriesEmbeddingTablesAndTheirSlots) {
+  client::EmbeddingVariableOptions o;
+  o.embedding_dim = 4;
+  o.initializer = client::init::Ones();
+  o.partitioner = client::partitioners::FixedSize(2);
+  o.ev_option.set_steps_to_live(7);
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable table,
+                           session_->GetEmbeddingVariable("m/emb", o));
+  o.slot_of = "m/emb";
+  o.trainable = false;
+  ASSERT_TRUE(session_->GetEmbeddingVariable("m/emb/Adagrad", o).ok());
+  const std::string written = dir_ + "/tables.meta";
+  client::ExportMetaGraphOptions exported;
+  exported.export_scope = "m";
+  ASSERT_TRUE(client::ExportMetaGraph(session_.get(), written, exported).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(client::MetaGraph meta, client::ReadMetaGraph(written));
+  ASSERT_EQ(meta.variables.size(), 2u);
+  ASSERT_TRUE(meta.variables[1].embedding.has_value());
+  EXPECT_EQ(meta.variables[1].embedding->slot_of(), "emb") << "relative to the export scope";
+
+  PSD_ASSERT_OK_AND_ASSIGN(auto other, Session::Open(cluster_->coordinator_address()));
+  client::ImportMetaGraphOptions imported;
+  imported.import_scope = "copy";
+  PSD_ASSERT_OK_AND_ASSIGN(client::ImportedMetaGraph result,
+                           client::ImportMetaGraph(other.get(), written, imported));
+  ASSERT_EQ(result.variables.size(), 2u);
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable copy,
+                           client::EmbeddingVariable::Of(result.variables[0]));
+  EXPECT_EQ(copy.name(), "copy/emb");
+  EXPECT_EQ(copy.num_parts(), 2);
+  EXPECT_EQ(copy.spec().steps_to_live(), 7);
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable slot,
+                           client::EmbeddingVariable::Of(result.variables[1]));
+  EXPECT_EQ(slot.spec().slot_of(), "copy/emb");
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor rows, copy.Gather(*Tensor::FromVector(TensorShape({1}),
+                                                                         std::vector<int64_t>{5})));
+  EXPECT_EQ(rows.data<float>()[0], 1.0f);
+}
+
 TEST_F(SaverOptionsTest, MalformedMetaGraphNamesTheEntryAndDeclaresNothing) {
   const std::string good =
       R"({"name": "good", "dtype": "float32", "shape": [1], "trainable": true,

@@ -77,6 +77,10 @@ struct MetaGraphVariable {
   std::vector<int64_t> partitions;
   int partition_axis = 0;
   InitializerSpec initializer;
+  // Set for an embedding table (JSON "embedding": the base64 serialized
+  // EmbeddingSpec; absent for dense variables). A slot's slot_of is the
+  // full name of its table, relative to the export scope like `name`.
+  std::optional<EmbeddingSpec> embedding;
 };
 
 struct MetaGraph {

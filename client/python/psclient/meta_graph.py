@@ -55,7 +55,7 @@ def export_meta_graph(filename=None, meta_info_def=None, graph_def=None, saver_d
                 continue
             name = name[len(export_scope) + 1:]
         collections = [c for c in v.collections if keep is None or c in keep]
-        variables.append({
+        entry = {
             "name": name,
             "dtype": v.dtype.name,
             "shape": list(v.shape),
@@ -64,7 +64,16 @@ def export_meta_graph(filename=None, meta_info_def=None, graph_def=None, saver_d
             "partitions": list(v.partitions) if v.partitioned else None,
             "partition_axis": v._v.partition_axis if v.partitioned else None,
             "initializer": base64.b64encode(v._v.initializer.serialize()).decode("ascii"),
-        })
+        }
+        # Only tables have it, so dense entries read as before.
+        spec = _psclient.embedding_spec_bytes(v._v, "")
+        if spec is not None:
+            slot_of = _psclient.embedding_spec_fields(spec)[3]
+            if export_scope and slot_of and not slot_of.startswith(export_scope + "/"):
+                continue  # a slot whose table is not exported
+            spec = _psclient.embedding_spec_bytes(v._v, export_scope + "/" if export_scope else "")
+            entry["embedding"] = base64.b64encode(spec).decode("ascii")
+        variables.append(entry)
     meta = {"format": FORMAT, "version": VERSION, "variables": variables, "saver_def": None}
     if saver_def is not None:
         meta["saver_def"] = {
@@ -129,8 +138,12 @@ def _declaration(index, entry):
         collections = entry.get("collections") or [GraphKeys.GLOBAL_VARIABLES]
         if not all(isinstance(c, str) for c in collections):
             raise ValueError("collections must be strings")
+        embedding = None
+        if entry.get("embedding") is not None:
+            embedding = _psclient.embedding_spec_fields(
+                base64.b64decode(entry["embedding"], validate=True))
         return (name, shape, dtype, spec, _partitioner(entry), bool(entry["trainable"]),
-                list(collections))
+                list(collections), embedding)
     except (KeyError, TypeError, ValueError, binascii.Error) as e:
         raise ValueError("meta graph variable entry %d (%r) is malformed: %s"
                          % (index, entry.get("name") if isinstance(entry, dict) else entry,
@@ -154,7 +167,16 @@ def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None
     # ValueError naming the entry, and declares nothing.
     declarations = [_declaration(i, entry) for i, entry in enumerate(meta.get("variables") or [])]
     imported = []
-    for name, shape, dtype, spec, partitioner, trainable, collections in declarations:
+    for name, shape, dtype, spec, partitioner, trainable, collections, embedding in declarations:
+        if embedding is not None:
+            from .embedding import EmbeddingVariable  # imports this module
+            dim, key_dtype, fields, slot_of = embedding
+            table = _psclient.get_embedding_variable(
+                sess._s, prefix + name, dim, key_dtype, dtype.as_datatype_enum, spec, partitioner,
+                _psclient.REUSE_AUTO, trainable, collections, fields,
+                prefix + slot_of if slot_of else "", "import_meta_graph")
+            imported.append(EmbeddingVariable._wrap(sess, table))
+            continue
         handle = sess._s.get_variable(
             prefix + name, shape, dtype.as_datatype_enum, spec, None, 0, partitioner,
             _psclient.REUSE_AUTO, trainable, collections, False, "import_meta_graph", None)

@@ -140,6 +140,42 @@ void BindEmbedding(py::module_& m) {
         Check(Run(e.holder, [&] { return v.Refresh(); }));
       });
 
+  // A table handle's EmbeddingSpec, serialized (meta graphs), with
+  // `strip_prefix` taken off a slot's slot_of; None for a dense variable.
+  m.def("embedding_spec_bytes", [](const PyVariable& v, const std::string& strip_prefix) -> py::object {
+    if (!v.var.handle().has_embedding()) return py::none();
+    EmbeddingSpec spec = v.var.handle().embedding();
+    if (!strip_prefix.empty() && spec.slot_of().rfind(strip_prefix, 0) == 0) {
+      spec.set_slot_of(spec.slot_of().substr(strip_prefix.size()));
+    }
+    return py::bytes(spec.SerializeAsString());
+  });
+  // A serialized EmbeddingSpec as get_embedding_variable's arguments:
+  // (embedding_dim, key_dtype, ev_option fields, slot_of); ValueError if
+  // the bytes are not one.
+  m.def("embedding_spec_fields", [](const py::bytes& bytes) {
+    EmbeddingSpec s;
+    if (!s.ParseFromString(std::string(bytes)) || s.embedding_dim() <= 0) {
+      throw py::value_error("not a serialized EmbeddingSpec");
+    }
+    py::dict d;
+    if (s.has_counter_filter()) d["counter_filter_freq"] = s.counter_filter().filter_freq();
+    if (s.has_bloom_filter()) {
+      d["bloom_filter_freq"] = s.bloom_filter().filter_freq();
+      d["bloom_max_element_size"] = s.bloom_filter().max_element_size();
+      d["bloom_false_positive_probability"] = s.bloom_filter().false_positive_probability();
+      d["bloom_counter_bits"] = s.bloom_filter().counter_bits();
+    }
+    if (s.default_value_no_permission() != 0) {
+      d["default_value_no_permission"] = s.default_value_no_permission();
+    }
+    if (s.steps_to_live() != 0) d["steps_to_live"] = s.steps_to_live();
+    if (s.l2_weight_threshold() != 0) d["l2_weight_threshold"] = s.l2_weight_threshold();
+    if (s.part_memory_limit_bytes() != 0) d["part_memory_limit_bytes"] = s.part_memory_limit_bytes();
+    if (s.evict_lru_on_memory_limit()) d["evict_lru_on_memory_limit"] = true;
+    return py::make_tuple(s.embedding_dim(), static_cast<int>(s.key_dtype()), d, s.slot_of());
+  });
+
   // The table behind a variable handle (an optimizer's slot of a table).
   m.def("embedding_of", [](const PyVariable& v) {
     return PyEmbedding{v.holder, Unwrap(EmbeddingVariable::Of(v.var))};

@@ -131,3 +131,27 @@ def test_collections_list_tables_as_embedding_variables(session, prefix):
     assert [v.full_name for v in tables if v.full_name.startswith(prefix + "/")] == [t.full_name]
     assert t.full_name in [v.full_name for v in psclient.trainable_variables()]
     assert w.full_name in [v.full_name for v in psclient.trainable_variables()]
+
+
+def test_a_meta_graph_carries_tables_and_their_slots(session, prefix, tmp_path, cluster):
+    with psclient.variable_scope(prefix):
+        t = psclient.get_embedding_variable(
+            "emb", embedding_dim=2, initializer=psclient.ones_initializer(),
+            partitioner=psclient.fixed_size_partitioner(2),
+            ev_option=psclient.EmbeddingVariableOption(
+                filter_option=psclient.CounterFilter(filter_freq=4)))
+    opt = psclient.train.AdagradOptimizer(0.1)
+    opt.apply_gradients([(psclient.IndexedSlices(np.ones([1, 2], np.float32), [1]), t)])
+    path = str(tmp_path / "model.meta")
+    psclient.train.export_meta_graph(path, export_scope=prefix)
+    with psclient.connect(cluster.address) as other:
+        psclient.train.import_meta_graph(path, import_scope=prefix + "_copy", session=other)
+        tables = [v for v in psclient.global_variables(session=other)
+                  if v.full_name.startswith(prefix + "_copy/")]
+        assert [(v.full_name, type(v).__name__) for v in tables] == [
+            (prefix + "_copy/emb", "EmbeddingVariable"),
+            (prefix + "_copy/emb/Adagrad", "EmbeddingVariable")]
+        assert tables[1].ev_option["slot_of"] == prefix + "_copy/emb"
+        copy = tables[0]
+        assert copy.num_parts == 2 and copy.embedding_dim == 2
+        assert copy.ev_option["counter_filter_freq"] == 4
