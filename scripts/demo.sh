@@ -6,7 +6,8 @@
 #     shards) with deploy/local/psd-local and runs two trainer processes
 #     (psd_cluster_demo, a chief and a worker) at once: they share one model
 #     through the coordinator — variable scopes, a template, an embedding
-#     partitioned across both shards with gather/scatter across its parts —
+#     partitioned across both shards with gather/scatter across its parts, an
+#     embedding table keyed by user id with an Adagrad slot table —
 #     then checks that both trainers' updates landed, shows the cluster with
 #     psctl, and stops the cluster;
 #  3. the Python client's real example (client/python/examples/train_digits.py):
@@ -38,6 +39,7 @@ if [ "${1:-}" = "--cluster-steps" ]; then
   "$psctl" --coordinator "$PSD_COORDINATOR" status
   "$psctl" --coordinator "$PSD_COORDINATOR" vars list
   "$psctl" --coordinator "$PSD_COORDINATOR" vars show model/embedding
+  "$psctl" --coordinator "$PSD_COORDINATOR" vars show model/user_embedding
   "$psctl" --coordinator "$PSD_COORDINATOR" vars get global_step
   exit 0
 fi
