@@ -9,6 +9,7 @@
 #include "checkpoint/bundle_writer.h"
 #include "checkpoint/tensor_slice.h"
 #include "psd/dtype.h"
+#include "psd/embedding_keys.h"
 #include "psd/status.h"
 #include "shard/embedding_table.h"
 
@@ -286,14 +287,9 @@ absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& requ
       if (part.has_embedding()) {
         // A table's part: the rows of every saved part whose keys are its.
         for (const std::string& source : part.embedding_sources()) {
-          Tensor t[4];
-          const char* const suffixes[4] = {"-keys", "-values", "-freqs", "-versions"};
-          for (int i = 0; i < 4; ++i) {
-            PSD_ASSIGN_OR_RETURN(t[i], reader->ReadTensor(absl::StrCat(source, suffixes[i])));
-          }
-          staged += static_cast<int64_t>(t[1].bytes().size());
-          PSD_RETURN_IF_ERROR(
-              store_->StageEmbeddingRestore(request.restore_id(), part, t[0], t[1], t[2], t[3]));
+          PSD_ASSIGN_OR_RETURN(int64_t bytes, StageTableSource(*reader, request.restore_id(),
+                                                               part, source));
+          staged += bytes;
         }
         continue;
       }
@@ -362,6 +358,83 @@ absl::Status ShardCheckpointer::PrepareRestore(const PrepareRestoreRequest& requ
     (void)store_->FinishRestore(request.restore_id(), /*commit=*/false, &ignored);
   }
   return status;
+}
+
+absl::StatusOr<int64_t> ShardCheckpointer::StageTableSource(
+    const checkpoint::BundleReader& reader, uint64_t restore_id, const RestorePart& part,
+    const std::string& source) {
+  // Keys, frequencies and versions (8 bytes a row each) are read whole;
+  // the values stream through in chunks and only this part's rows are
+  // kept, so a big saved part never sits in memory whole.
+  PSD_ASSIGN_OR_RETURN(Tensor keys, reader.ReadTensor(absl::StrCat(source, "-keys")));
+  PSD_ASSIGN_OR_RETURN(Tensor freqs, reader.ReadTensor(absl::StrCat(source, "-freqs")));
+  PSD_ASSIGN_OR_RETURN(Tensor versions, reader.ReadTensor(absl::StrCat(source, "-versions")));
+  const std::string values_key = absl::StrCat(source, "-values");
+  PSD_ASSIGN_OR_RETURN(BundleReader::TensorInfo info, reader.GetTensorInfo(values_key));
+  const int64_t n = keys.num_elements();
+  const int64_t dim = part.embedding().embedding_dim();
+  const bool fixed = part.dtype() != DT_STRING && part.dtype() != DT_INVALID;
+  if (!fixed || keys.shape().rank() != 1 || (keys.dtype() != DT_INT64 && keys.dtype() != DT_INT32) ||
+      info.shape != TensorShape({n, dim}) || info.dtype != part.dtype() || !info.slices.empty()) {
+    // Let the store name what is wrong (or read a sliced tensor whole).
+    PSD_ASSIGN_OR_RETURN(Tensor values, reader.ReadTensor(values_key));
+    PSD_RETURN_IF_ERROR(
+        store_->StageEmbeddingRestore(restore_id, part, keys, values, freqs, versions));
+    return static_cast<int64_t>(values.bytes().size());
+  }
+  const int num_parts = std::max(1, part.embedding_num_parts());
+  std::vector<int64_t> mine;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = keys.dtype() == DT_INT32 ? int64_t{keys.data<int32_t>()[i]}
+                                               : keys.data<int64_t>()[i];
+    if (PartOfKey(k, num_parts) == part.embedding_part_index()) mine.push_back(i);
+  }
+  const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(part.dtype()));
+  std::string rows;
+  rows.reserve(mine.size() * row_bytes);
+  int64_t offset = 0;  // bytes of the values seen so far
+  size_t next = 0;     // the next of `mine` to take
+  PSD_RETURN_IF_ERROR(reader.ReadEntryChunked(
+      values_key, static_cast<size_t>(options_.default_chunk_bytes),
+      [&](absl::string_view chunk) -> absl::Status {
+        const int64_t end = offset + static_cast<int64_t>(chunk.size());
+        // Rows may straddle chunks: copy the overlap of each wanted row.
+        while (next < mine.size()) {
+          const int64_t row_start = mine[next] * row_bytes;
+          const int64_t row_end = row_start + row_bytes;
+          if (row_start >= end) break;
+          const int64_t from = std::max(row_start, offset);
+          const int64_t to = std::min(row_end, end);
+          if (to > from) rows.append(chunk.data() + (from - offset), to - from);
+          if (row_end > end) break;  // the rest of this row is in the next chunk
+          ++next;
+        }
+        offset = end;
+        return absl::OkStatus();
+      }));
+  if (static_cast<int64_t>(rows.size()) != static_cast<int64_t>(mine.size()) * row_bytes) {
+    return absl::DataLossError(absl::StrCat("restore of ", part.name(), ": ", values_key,
+                                            " ended before its rows"));
+  }
+  auto pick = [&](const Tensor& t, DataType dtype) -> absl::StatusOr<Tensor> {
+    const size_t size = DataTypeSize(dtype);
+    if (t.dtype() != dtype || t.num_elements() != n) return t;  // the store names it
+    std::string bytes;
+    bytes.reserve(mine.size() * size);
+    for (int64_t i : mine) bytes.append(t.bytes().data() + i * size, size);
+    return Tensor::FromBytes(dtype, TensorShape({static_cast<int64_t>(mine.size())}),
+                             std::move(bytes));
+  };
+  PSD_ASSIGN_OR_RETURN(Tensor my_keys, pick(keys, keys.dtype()));
+  PSD_ASSIGN_OR_RETURN(Tensor my_freqs, pick(freqs, DT_INT64));
+  PSD_ASSIGN_OR_RETURN(Tensor my_versions, pick(versions, DT_INT64));
+  PSD_ASSIGN_OR_RETURN(
+      Tensor my_values,
+      Tensor::FromBytes(part.dtype(), TensorShape({static_cast<int64_t>(mine.size()), dim}),
+                        std::move(rows)));
+  PSD_RETURN_IF_ERROR(store_->StageEmbeddingRestore(restore_id, part, my_keys, my_values, my_freqs,
+                                                    my_versions));
+  return n * row_bytes;
 }
 
 absl::Status ShardCheckpointer::FinishRestore(const FinishRestoreRequest& request,

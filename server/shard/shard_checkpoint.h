@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "checkpoint/bundle_reader.h"
 #include "checkpoint/bundle_writer.h"
 #include "checkpoint/file_system.h"
 #include "psd/shard.pb.h"
@@ -81,6 +82,11 @@ class ShardCheckpointer {
   // NAME-values [rows, dim], NAME-keys, NAME-freqs and NAME-versions [rows].
   absl::Status SaveTablePart(const std::string& name, const VariableStore::PinnedValue& v,
                              checkpoint::BundleWriter* writer);
+  // Stages the rows of saved table part `source` whose keys belong to
+  // restore part `part`; returns the bytes of values read.
+  absl::StatusOr<int64_t> StageTableSource(const checkpoint::BundleReader& reader,
+                                           uint64_t restore_id, const RestorePart& part,
+                                           const std::string& source);
 
   VariableStore* const store_;
   const Options options_;

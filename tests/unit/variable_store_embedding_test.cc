@@ -2,8 +2,7 @@
 // CreateVariable with a spec, served by key through Gather / Scatter /
 // ApplySparse (the requests the data stream carries), refused for dense ops,
 // exactly-once like every write, and saved by the shard's checkpointer in
-// DeepRec's layout as of the fence (restores are tested end to end in
-// tests/integration/embedding_test.cc).
+// DeepRec's layout as of the fence and restored into another part count.
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "device/device.h"
 #include "gtest/gtest.h"
+#include "checkpoint/tensor_bundle.h"
 #include "psd/embedding_keys.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -165,7 +165,7 @@ TEST_F(StoreEmbeddingTest, SlotsApplyWithTheirTableAndGoWithIt) {
   EXPECT_EQ(Gather("w/Adagrad", {8}).status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST_F(StoreEmbeddingTest, ASaveHoldsTheRowsAsOfTheFenceInDeepRecsLayout) {
+TEST_F(StoreEmbeddingTest, ASaveHoldsTheRowsAsOfTheFenceAndRestoresIntoAnotherPartCount) {
   VariableInfo info;
   ASSERT_TRUE(store_->Create(TablePart("e", 2, 0, 1), &info).ok());
   ASSERT_TRUE(store_->Create(TablePart("e/Adagrad", 2, 0, 1, "e", 0.1f), &info).ok());
@@ -212,6 +212,51 @@ TEST_F(StoreEmbeddingTest, ASaveHoldsTheRowsAsOfTheFenceInDeepRecsLayout) {
   EXPECT_EQ(shapes["e-versions"], (std::vector<int64_t>{40}));
   EXPECT_EQ(shapes["e/Adagrad-values"], (std::vector<int64_t>{40, 2}));
   EXPECT_EQ(shapes.size(), 8u);
+
+  // Restored into a store whose table has three parts: each part takes the
+  // saved rows whose keys hash to it, read in chunks of 7 bytes (rows of 8
+  // bytes straddle them).
+  checkpoint::BundleShardIndex index;
+  for (const auto& e : saved.entries()) index.entries[e.key()] = e.entry();
+  ASSERT_TRUE(checkpoint::WriteMergedIndex(nullptr, prefix, 1, {index}).ok());
+  VariableStore restored(device_.get(), VariableStoreOptions());
+  ShardCheckpointer::Options small_chunks;
+  small_chunks.default_chunk_bytes = 7;
+  ShardCheckpointer reader(&restored, small_chunks);
+  PrepareRestoreRequest prepare;
+  prepare.set_restore_id(9);
+  prepare.set_prefix(prefix);
+  for (int k = 0; k < 3; ++k) {
+    RestorePart* p = prepare.add_parts();
+    p->set_name(absl::StrCat("e/part_", k));
+    p->set_checkpoint_name("e");
+    p->set_dtype(DT_FLOAT);
+    p->add_shape(2);
+    p->mutable_initializer()->mutable_zeros();
+    p->mutable_embedding()->set_embedding_dim(2);
+    p->add_embedding_sources("e");
+    p->set_embedding_part_index(k);
+    p->set_embedding_num_parts(3);
+  }
+  PrepareRestoreResponse prepared;
+  ASSERT_TRUE(reader.PrepareRestore(prepare, &prepared).ok());
+  FinishRestoreRequest finish;
+  finish.set_restore_id(9);
+  finish.set_commit(true);
+  FinishRestoreResponse finished;
+  ASSERT_TRUE(reader.FinishRestore(finish, &finished).ok());
+  int64_t rows = 0;
+  for (const VariableInfo& info : restored.List("e/part_")) rows += info.shape().dims(0);
+  EXPECT_EQ(rows, 40);
+  for (int64_t key : keys) {
+    GatherRequest req;
+    req.set_name(absl::StrCat("e/part_", PartOfKey(key, 3)));
+    *req.mutable_indices() = Keys({key});
+    req.set_inference(true);
+    GatherResponse resp;
+    ASSERT_TRUE(restored.Gather(req, &resp).ok()) << key;
+    EXPECT_EQ(Floats(resp.value()), (std::vector<float>{2, 2})) << key;
+  }
   std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
 }
 
