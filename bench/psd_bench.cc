@@ -1573,7 +1573,7 @@ class Bench {
     });
     const FenceHistogram before = ScrapeFencePauses(cluster, shards);
     std::vector<double> pauses_ms, save_seconds;
-    int64_t bytes = 0, copied = 0;
+    int64_t bytes = 0;
     const int saves = config_.quick ? 2 : 5;
     const auto load_start = Clock::now();
     for (int r = 0; r < saves; ++r) {
@@ -1586,7 +1586,6 @@ class Bench {
       pauses_ms.push_back(absl::ToDoubleMilliseconds(details.fence_pause));
       save_seconds.push_back(details.seconds);
       bytes = details.bytes;
-      copied = std::max(copied, details.copied_bytes);
     }
     const double load_seconds = Since(load_start);
     stop.store(true);
@@ -1620,9 +1619,9 @@ class Bench {
     report_.Add({absl::StrCat("embedding save fence pause, ", rows, "x", dim,
                               " table under scatter_add (", pauses_ms.size(), " saves)"),
                  "ms", ps, "-", 0,
-                 absl::StrFormat("%s; %.0f scatter_adds/s of 1024 keys; copy-on-write max %s",
-                                 shard_text, updates.load() / load_seconds,
-                                 HumanBytes(copied))});
+                 absl::StrFormat("%s; %.0f scatter_adds/s of 1024 keys (a table's copied rows "
+                                 "are not in SaveDetails::copied_bytes)",
+                                 shard_text, updates.load() / load_seconds)});
     report_.Add({absl::StrCat("embedding save of ", rows, "x", dim, " table, 2 parts"), "s", ss,
                  "sequential write + fsync", fsync_ > 0 ? bytes / fsync_ / 1e9 : 0,
                  absl::StrFormat("%s a save (%.3g GB/s); %.1f B/row accounted; import %.3g rows/s",
