@@ -7,6 +7,8 @@
 //   psd_bench --shard HOST:PORT   # against a running shard instead
 //   psd_bench --only checkpoints  # save/restore GB/s and fence pauses (own cluster)
 //   psd_bench --only sparse_merge # bytes and rows/s of scatter_add with duplicates merged
+//   psd_bench --only embedding    # tables by key beside a dense variable; fence pause of a
+//                                 # 10M-row table's save (own cluster)
 //   psd_bench --only dense --sizes 1073741824 --reps 3   # one size, e.g. under perf
 //   psd_bench --shard H:P --shard-pid PID --only small,sparse --index-dist distinct --json F
 //                             # the C++ side of bench/psclient_bench.py
@@ -23,6 +25,8 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <functional>
+#include <map>
 #include <future>
 #include <fstream>
 #include <iterator>
@@ -37,7 +41,10 @@
 #include "baselines.h"
 #include "bench.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "http_get.h"  // tests/common: the shards' /metrics
 #include "psd/client.h"
+#include "psd/embedding_variable.h"
+#include "psd/optimizer.h"
 #include "psd/optimizer_ops.h"
 #include "psd/saver.h"
 #include "psd/session.h"
@@ -61,6 +68,7 @@ double Since(Clock::time_point start) {
 struct Stats {
   double median = 0, min = 0, max = 0;
 };
+Stats Same(double v) { return {v, v, v}; }  // one measurement
 Stats Summarize(std::vector<double> v) {
   Stats s;
   if (v.empty()) return s;
@@ -114,22 +122,41 @@ double SelfCpuSeconds() {
 // them (ops, rows), so the row can say CPU per unit.
 class CpuMeter {
  public:
-  explicit CpuMeter(pid_t shard_pid) : shard_pid_(shard_pid) {}
+  explicit CpuMeter(pid_t shard_pid) : CpuMeter(std::vector<pid_t>{shard_pid}) {}
+  // Several shards (a cluster's): their CPU seconds summed.
+  explicit CpuMeter(const std::vector<pid_t>& shard_pids) {
+    for (pid_t pid : shard_pids) {
+      if (pid > 0) shard_pids_.push_back(pid);
+    }
+  }
   void Start() {
-    shard_start_ = shard_pid_ > 0 ? ProcessCpuSeconds(shard_pid_) : -1;
+    shard_start_ = ShardSeconds();
     client_start_ = SelfCpuSeconds();
   }
   void Stop(double units) {
-    if (shard_pid_ > 0 && shard_start_ >= 0) shard_ += ProcessCpuSeconds(shard_pid_) - shard_start_;
+    if (!shard_pids_.empty() && shard_start_ >= 0) shard_ += ShardSeconds() - shard_start_;
     client_ += SelfCpuSeconds() - client_start_;
     units_ += units;
   }
   // Microseconds per unit; shard < 0 when it is not known.
-  double shard_us() const { return shard_pid_ > 0 && units_ > 0 ? shard_ / units_ * 1e6 : -1; }
+  double shard_us() const {
+    return !shard_pids_.empty() && units_ > 0 ? shard_ / units_ * 1e6 : -1;
+  }
   double client_us() const { return units_ > 0 ? client_ / units_ * 1e6 : 0; }
 
  private:
-  const pid_t shard_pid_;
+  double ShardSeconds() const {
+    if (shard_pids_.empty()) return -1;
+    double total = 0;
+    for (pid_t pid : shard_pids_) {
+      const double s = ProcessCpuSeconds(pid);
+      if (s < 0) return -1;
+      total += s;
+    }
+    return total;
+  }
+
+  std::vector<pid_t> shard_pids_;
   double shard_start_ = 0, client_start_ = 0;
   double shard_ = 0, client_ = 0, units_ = 0;
 };
@@ -251,8 +278,7 @@ struct Config {
   int64_t memory_bytes = int64_t{4} << 30;
   std::string fsync_dir = "/tmp";
   // Workload groups to run (dense, small, sparse, optimizers, memory,
-  // checkpoints); empty
-  // runs all. The baselines always run.
+  // checkpoints, embedding); empty runs all. The baselines always run.
   std::vector<std::string> only;
   // Dense sizes to run instead of the defaults (bytes), e.g. to profile one.
   std::vector<int64_t> sizes;
@@ -341,6 +367,7 @@ class Bench {
     if (Selected("optimizers")) Optimizers();
     if (Selected("memory")) Memory();
     if (Selected("checkpoints")) Checkpoints();
+    if (Selected("embedding")) Embedding();
     report_.PrintTargets();
     std::printf("not measured here: psclient / C++ client (bench/psclient_bench.py); GPU shards "
                 "(--shard-device gpu:N on a GPU machine)\n");
@@ -1202,6 +1229,414 @@ class Bench {
     std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
   }
 
+  // Embedding tables (issue 19) on a coordinator and two shards of its own
+  // (tables are declared through the coordinator): by-key gather,
+  // scatter_add and Adagrad apply_sparse of Zipf(1.1) batches on a table
+  // of dim 64 filled with ~1M rows, beside the same batches on a dense
+  // variable of the same shape and parts; the bytes per row the shards
+  // account; then the fence pause of saves of a 10M-row table while a
+  // trainer scatter_adds into it.
+  void Embedding() {
+    char tmpl[] = "/tmp/psd_bench_emb_XXXXXX";
+    const std::string dir = mkdtemp(tmpl) == nullptr ? std::string() : std::string(tmpl);
+    if (dir.empty()) return Check(absl::InternalError("mkdtemp failed"), "embedding");
+    integration::TestClusterOptions options;
+    options.num_shards = 2;
+    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir,
+                                "--max-to-keep", "1"};
+    auto cluster = integration::TestCluster::Start(options);
+    if (!cluster.ok()) {
+      std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
+      return Check(cluster.status(), "embedding: start a cluster");
+    }
+    auto session = client::Session::Open((*cluster)->coordinator_address());
+    if (!session.ok()) {
+      Check(session.status(), "embedding: connect");
+    } else {
+      EmbeddingByKey(**cluster, **session);
+      EmbeddingFencePause(**cluster, **session, dir);
+    }
+    if (session.ok()) session->reset();
+    cluster->reset();
+    std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
+  }
+
+  static std::vector<pid_t> ShardPids(integration::TestCluster& cluster, int shards) {
+    std::vector<pid_t> pids;
+    for (int k = 0; k < shards; ++k) pids.push_back(cluster.shard(k)->pid());
+    return pids;
+  }
+
+  // Ids spread over the int64 range (a multiplicative hash of 0..N-1), as
+  // hashed feature ids are.
+  static int64_t SpreadKey(int64_t id) {
+    return static_cast<int64_t>(static_cast<uint64_t>(id) * 2654435761ull);
+  }
+
+  // Rows and bytes the shards account for the parts of `table` (its slot
+  // rows count with them; /metrics psd_shard_embedding_bytes gives the
+  // same figure per part).
+  std::pair<int64_t, int64_t> TableFootprint(integration::TestCluster& cluster, int shards,
+                                             const client::EmbeddingVariable& table) {
+    int64_t bytes = 0;
+    for (int k = 0; k < shards; ++k) {
+      auto shard = ShardClient::Connect(cluster.shard_address(k));
+      if (!shard.ok()) {
+        Check(shard.status(), "embedding: connect to a shard");
+        continue;
+      }
+      auto infos = (*shard)->List(table.name());
+      if (!infos.ok()) {
+        Check(infos.status(), "embedding: list");
+        continue;
+      }
+      for (const client::VariableInfo& info : *infos) {
+        if (info.name == table.name() || info.name.rfind(table.name() + "/part_", 0) == 0) {
+          bytes += info.bytes;
+        }
+      }
+    }
+    auto rows = table.Size();
+    Check(rows.status(), "embedding: size");
+    return {rows.ok() ? *rows : 0, bytes};
+  }
+
+  // Imports rows 0..rows-1 (keys SpreadKey(id)) in batches of `batch`, all
+  // values `value` (and each slot's `slot_value`); returns rows/s.
+  double FillTable(const client::EmbeddingVariable& table, int64_t rows, int64_t dim,
+                   int64_t batch, const std::vector<client::EmbeddingVariable>& slots = {},
+                   float slot_value = 0) {
+    const auto start = Clock::now();
+    for (int64_t first = 0; first < rows; first += batch) {
+      const int64_t m = std::min(batch, rows - first);
+      std::vector<int64_t> keys(static_cast<size_t>(m));
+      for (int64_t i = 0; i < m; ++i) keys[static_cast<size_t>(i)] = SpreadKey(first + i);
+      client::EmbeddingRowSet set;
+      set.keys = *Tensor::FromVector<int64_t>(TensorShape{m}, keys);
+      set.values = Tensor(DT_FLOAT, TensorShape{m, dim});
+      std::fill_n(set.values.data<float>(), m * dim, 0.01f);
+      set.freqs = Tensor(DT_INT64, TensorShape{0});  // none: the import's defaults
+      set.versions = Tensor(DT_INT64, TensorShape{0});
+      for (size_t s = 0; s < slots.size(); ++s) {
+        Tensor slot(DT_FLOAT, TensorShape{m, dim});
+        std::fill_n(slot.data<float>(), m * dim, slot_value);
+        set.slot_values.push_back(std::move(slot));
+      }
+      absl::Status s = table.Import(set, slots);
+      if (!s.ok()) {
+        Check(s, "embedding: import");
+        return 0;
+      }
+    }
+    return rows / Since(start);
+  }
+
+  void EmbeddingByKey(integration::TestCluster& cluster, client::Session& session) {
+    const int shards = 2;
+    const std::vector<pid_t> pids = ShardPids(cluster, shards);
+    const int64_t rows = config_.quick ? 10000 : (int64_t{1} << 20);
+    const int64_t dim = 64, n = config_.scatter_batch;
+    const std::string name = "bench/emb", dense_name = "bench/emb_dense";
+    client::EmbeddingVariableOptions o;
+    o.embedding_dim = dim;
+    o.dtype = DT_FLOAT;
+    o.initializer = client::init::Zeros();
+    o.partitioner = client::partitioners::FixedSize(2);
+    auto table = session.GetEmbeddingVariable(name, o);
+    if (!table.ok()) return Check(table.status(), "embedding: declare " + name);
+    client::GetVariableOptions d;
+    d.dtype = DT_FLOAT;
+    d.shape = TensorShape{rows, dim};
+    d.partitioner = client::partitioners::FixedSize(2);
+    d.initializer = client::init::Zeros();
+    d.initialize = true;
+    auto dense = session.GetVariable(dense_name, d);
+    if (!dense.ok()) return Check(dense.status(), "embedding: declare " + dense_name);
+
+    int64_t rss_before = 0;
+    for (pid_t pid : pids) rss_before += ResidentBytes(pid);
+    const double import_rate = FillTable(*table, rows, dim, int64_t{1} << 16);
+    int64_t rss_after = 0;
+    for (pid_t pid : pids) rss_after += ResidentBytes(pid);
+    const auto [held_rows, held_bytes] = TableFootprint(cluster, shards, *table);
+    if (held_rows != rows) {
+      Check(absl::InternalError(absl::StrCat("the table holds ", held_rows, " rows, ", rows,
+                                             " were imported")),
+            "embedding: fill");
+    }
+
+    // Zipf(1.1) batches over the filled ids: the table's keys, and the
+    // dense variable's row indices (the same rows, the same duplicates).
+    const int batches = config_.quick ? 4 : 16;
+    const int passes = config_.quick ? 1 : 4;
+    std::vector<Tensor> keys, indices;
+    for (int b = 0; b < batches; ++b) {
+      std::vector<int64_t> ids = ZipfIndices(rows, 1.1, static_cast<size_t>(n), 3000 + b);
+      indices.push_back(*Tensor::FromVector<int64_t>(TensorShape{n}, ids));
+      for (int64_t& id : ids) id = SpreadKey(id);
+      keys.push_back(*Tensor::FromVector<int64_t>(TensorShape{n}, ids));
+    }
+    Tensor updates(DT_FLOAT, TensorShape{n, dim});
+    std::fill_n(updates.data<float>(), n * dim, 0.001f);
+    const double row_bytes = 8.0 + 4.0 * dim;
+    const double network = RawTcpNow() * 1e9 / row_bytes;
+    const int64_t per_rep = static_cast<int64_t>(batches) * passes * n;
+
+    // One workload: `op(b)` over the batches from `inflight` threads, reps
+    // after one warm-up round; rows/s and CPU per row.
+    auto measure = [&](int inflight, const std::function<absl::Status(int)>& op,
+                       const std::string& what, CpuMeter* cpu) {
+      std::vector<double> rates;
+      for (int r = -1; r < config_.reps; ++r) {
+        if (r >= 0) cpu->Start();
+        const double seconds = RunBatches(inflight, batches * passes, [&](int b) {
+          Check(op(b % batches), what);
+        });
+        if (r >= 0) {
+          cpu->Stop(static_cast<double>(per_rep));
+          rates.push_back(per_rep / seconds);
+        }
+      }
+      return Summarize(rates);
+    };
+    const std::string shape = absl::StrCat(n, "x", dim, " Zipf");
+    const std::string table_text =
+        absl::StrCat("table ", rows, " rows, 2 parts on 2 shards");
+    for (int inflight : {1, 4}) {
+      const std::string how = absl::StrCat(", ", inflight, " in flight");
+      CpuMeter dense_gather_cpu(pids), dense_scatter_cpu(pids), gather_cpu(pids),
+          scatter_cpu(pids);
+      const Stats dg = measure(
+          inflight, [&](int b) { return dense->Gather(indices[b]).status(); }, "dense gather",
+          &dense_gather_cpu);
+      const Stats ds = measure(
+          inflight, [&](int b) { return dense->ScatterAdd(indices[b], updates); },
+          "dense scatter_add", &dense_scatter_cpu);
+      const Stats g = measure(
+          inflight, [&](int b) { return table->Gather(keys[b]).status(); }, "embedding gather",
+          &gather_cpu);
+      const Stats s = measure(
+          inflight, [&](int b) { return table->ScatterAdd(keys[b], updates); },
+          "embedding scatter_add", &scatter_cpu);
+      report_.Add(Row{absl::StrCat("dense variable gather ", shape, how), "rows/s", dg,
+                      "raw TCP rows/s", network, absl::StrCat(rows, "x", dim, ", 2 parts")}
+                      .Cpu(dense_gather_cpu, "row"));
+      report_.Add(Row{absl::StrCat("dense variable scatter_add ", shape, how), "rows/s", ds,
+                      "raw TCP rows/s", network, absl::StrCat(rows, "x", dim, ", 2 parts")}
+                      .Cpu(dense_scatter_cpu, "row"));
+      report_.Add(Row{absl::StrCat("embedding gather ", shape, how), "rows/s", g,
+                      "dense variable gather", dg.median,
+                      absl::StrFormat("raw TCP rows/s x%.2f; %s", g.median / network, table_text)}
+                      .Cpu(gather_cpu, "row"));
+      report_.Add(Row{absl::StrCat("embedding scatter_add ", shape, how), "rows/s", s,
+                      "dense variable scatter_add", ds.median,
+                      absl::StrFormat("raw TCP rows/s x%.2f; %s", s.median / network, table_text)}
+                      .Cpu(scatter_cpu, "row"));
+      report_.AddTarget({absl::StrCat("embedding gather ", n, "x", dim, ", ", inflight,
+                                      " in flight / dense variable gather"),
+                         g.median / dg.median, true, 0.8, ""});
+      report_.AddTarget({absl::StrCat("embedding scatter_add ", n, "x", dim, ", ", inflight,
+                                      " in flight / dense variable scatter_add"),
+                         s.median / ds.median, true, 0.8, ""});
+    }
+
+    // Memory: the bytes the shards account per row, against the raw keys
+    // and values (8 + 4 x dim), and the shards' RSS growth over the fill.
+    report_.Add({absl::StrCat("embedding bytes/row accounted, ", rows, " rows x ", dim),
+                 "B/row", Same(static_cast<double>(held_bytes) / std::max<int64_t>(1, held_rows)),
+                 "8 key + 4 x dim values", row_bytes,
+                 absl::StrFormat("shards' RSS growth over the import %.1f B/row; import %.3g "
+                                 "rows/s in 64K-row batches",
+                                 static_cast<double>(rss_after - rss_before) / rows, import_rate)});
+    report_.AddTarget({absl::StrCat("embedding bytes/row accounted / (8 + 4 x ", dim, "), ", rows,
+                                    " rows"),
+                       static_cast<double>(held_bytes) / std::max<int64_t>(1, held_rows) /
+                           row_bytes,
+                       false, 1.3, ""});
+
+    // Adagrad through client::Optimizer: the table's accumulator is a slot
+    // table; every row gets its slot row first (imported), so the applies
+    // meet a table with its slots, as a trained one is.
+    client::Optimizer optimizer(session, client::opt::Adagrad{});
+    Check(optimizer.CreateSlots({table->variable(), *dense}), "embedding: create slots");
+    auto slot_var = optimizer.GetSlot(table->variable(), "accumulator");
+    if (!slot_var.ok()) return Check(slot_var.status(), "embedding: the accumulator slot");
+    auto slot = client::EmbeddingVariable::Of(*slot_var);
+    if (!slot.ok()) return Check(slot.status(), "embedding: the accumulator slot table");
+    FillTable(*table, rows, dim, int64_t{1} << 15, {*slot}, 0.1f);
+    const auto [slot_rows, slot_bytes] = TableFootprint(cluster, shards, *table);
+    for (int inflight : {1, 4}) {
+      const std::string how = absl::StrCat(", ", inflight, " in flight");
+      CpuMeter dense_cpu(pids), table_cpu(pids);
+      const Stats da = measure(
+          inflight,
+          [&](int b) {
+            return optimizer.ApplyGradients(
+                {{client::IndexedSlices{updates, indices[b], std::nullopt}, *dense}});
+          },
+          "dense apply_sparse", &dense_cpu);
+      const Stats ta = measure(
+          inflight,
+          [&](int b) {
+            return optimizer.ApplyGradients(
+                {{client::IndexedSlices{updates, keys[b], std::nullopt}, table->variable()}});
+          },
+          "embedding apply_sparse", &table_cpu);
+      report_.Add(Row{absl::StrCat("dense variable apply_sparse Adagrad ", shape, how), "rows/s",
+                      da, "raw TCP rows/s", network, "client::Optimizer"}
+                      .Cpu(dense_cpu, "row"));
+      report_.Add(Row{absl::StrCat("embedding apply_sparse Adagrad ", shape, how), "rows/s", ta,
+                      "dense variable apply_sparse", da.median,
+                      absl::StrCat("client::Optimizer, accumulator slot table; ", table_text)}
+                      .Cpu(table_cpu, "row"));
+    }
+    report_.Add({absl::StrCat("embedding bytes/row accounted with Adagrad slot, ", slot_rows,
+                              " rows"),
+                 "B/row", Same(static_cast<double>(slot_bytes) / std::max<int64_t>(1, slot_rows)),
+                 "8 key + 2 x 4 x dim", row_bytes + 4.0 * dim, ""});
+    for (const std::string& v : {slot_var->name(), name, dense_name + "/Adagrad", dense_name}) {
+      session.DeleteVariable(v).IgnoreError();
+    }
+  }
+
+  // The shards' psd_shard_fence_pause_seconds histograms (count, sum and
+  // cumulative buckets, over both shards).
+  struct FenceHistogram {
+    double count = 0, sum = 0;
+    std::map<double, double> buckets;  // le -> cumulative count
+  };
+  FenceHistogram ScrapeFencePauses(integration::TestCluster& cluster, int shards) {
+    FenceHistogram h;
+    const std::string name = "psd_shard_fence_pause_seconds";
+    for (int k = 0; k < shards; ++k) {
+      auto port = cluster.shard_http_port(k);
+      if (!port.ok()) return h;
+      auto reply = testing_http::HttpGet("127.0.0.1", *port, "/metrics");
+      if (!reply.ok()) return h;
+      auto metrics = testing_http::ParseMetrics(reply->body);
+      if (!metrics.ok()) return h;
+      for (const auto& [key, value] : *metrics) {
+        if (key == name + "_count") h.count += value;
+        if (key == name + "_sum") h.sum += value;
+        const std::string bucket = name + "_bucket{le=\"";
+        if (key.rfind(bucket, 0) == 0) {
+          const std::string le = key.substr(bucket.size(), key.size() - bucket.size() - 2);
+          double bound = 0;
+          if (le == "+Inf") {
+            bound = HUGE_VAL;
+          } else if (!absl::SimpleAtod(le, &bound)) {
+            continue;
+          }
+          h.buckets[bound] += value;
+        }
+      }
+    }
+    return h;
+  }
+
+  void EmbeddingFencePause(integration::TestCluster& cluster, client::Session& session,
+                           const std::string& dir) {
+    const int shards = 2;
+    const int64_t rows = config_.quick ? 10000 : 10'000'000;
+    const int64_t dim = 8;
+    const std::string name = "bench/emb_ckpt";
+    client::EmbeddingVariableOptions o;
+    o.embedding_dim = dim;
+    o.dtype = DT_FLOAT;
+    o.initializer = client::init::Zeros();
+    o.partitioner = client::partitioners::FixedSize(2);
+    auto table = session.GetEmbeddingVariable(name, o);
+    if (!table.ok()) return Check(table.status(), "embedding: declare " + name);
+    const double import_rate = FillTable(*table, rows, dim, int64_t{1} << 16);
+    const auto [held_rows, held_bytes] = TableFootprint(cluster, shards, *table);
+    client::SaverOptions so;
+    so.variables = {name};
+    auto saver = client::Saver::Create(cluster.coordinator_address(), so);
+    if (!saver.ok()) return Check(saver.status(), "embedding: saver");
+
+    // One trainer scatter_adds Zipf(1.1) batches of 1024 keys throughout.
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> updates{0}, failures{0};
+    std::thread trainer([&] {
+      std::vector<int64_t> ids = ZipfIndices(rows, 1.1, 1024, 4000);
+      for (int64_t& id : ids) id = SpreadKey(id);
+      const Tensor keys = *Tensor::FromVector<int64_t>(TensorShape{1024}, ids);
+      Tensor values(DT_FLOAT, TensorShape{1024, dim});
+      std::fill_n(values.data<float>(), 1024 * dim, 1.0f);
+      while (!stop.load()) {
+        if (table->ScatterAdd(keys, values).ok()) {
+          updates.fetch_add(1);
+        } else {
+          failures.fetch_add(1);
+        }
+      }
+    });
+    const FenceHistogram before = ScrapeFencePauses(cluster, shards);
+    std::vector<double> pauses_ms, save_seconds;
+    int64_t bytes = 0;
+    const int saves = config_.quick ? 2 : 5;
+    const auto load_start = Clock::now();
+    for (int r = 0; r < saves; ++r) {
+      client::SaveDetails details;
+      auto saved = (*saver)->Save(dir + "/emb.ckpt", r, &details);
+      if (!saved.ok()) {
+        Check(saved.status(), "embedding: save under load");
+        break;
+      }
+      pauses_ms.push_back(absl::ToDoubleMilliseconds(details.fence_pause));
+      save_seconds.push_back(details.seconds);
+      bytes = details.bytes;
+    }
+    const double load_seconds = Since(load_start);
+    stop.store(true);
+    trainer.join();
+    const FenceHistogram after = ScrapeFencePauses(cluster, shards);
+    if (failures.load() > 0) {
+      Check(absl::InternalError(absl::StrCat(failures.load(), " scatter_adds failed")),
+            "embedding: trainer during saves");
+    }
+    session.DeleteVariable(name).IgnoreError();
+    if (pauses_ms.empty()) return;
+    // The shards' own account: mean pause and the smallest bucket bound
+    // holding every pause of these saves.
+    std::string shard_text = "shard histogram unavailable";
+    const double count = after.count - before.count;
+    if (count > 0) {
+      double bound = HUGE_VAL;
+      for (const auto& [le, cumulative] : after.buckets) {
+        const auto it = before.buckets.find(le);
+        if (cumulative - (it == before.buckets.end() ? 0 : it->second) >= count) {
+          bound = le;
+          break;
+        }
+      }
+      shard_text = absl::StrFormat(
+          "shards' psd_shard_fence_pause_seconds: %.0f fences, mean %.2f ms, all <= %g ms",
+          count, (after.sum - before.sum) / count * 1e3, bound * 1e3);
+    }
+    const Stats ps = Summarize(pauses_ms), ss = Summarize(save_seconds);
+    const double max_ms = ps.max;
+    report_.Add({absl::StrCat("embedding save fence pause, ", rows, "x", dim,
+                              " table under scatter_add (", pauses_ms.size(), " saves)"),
+                 "ms", ps, "-", 0,
+                 absl::StrFormat("%s; %.0f scatter_adds/s of 1024 keys (a table's copied rows "
+                                 "are not in SaveDetails::copied_bytes)",
+                                 shard_text, updates.load() / load_seconds)});
+    report_.Add({absl::StrCat("embedding save of ", rows, "x", dim, " table, 2 parts"), "s", ss,
+                 "sequential write + fsync", fsync_ > 0 ? bytes / fsync_ / 1e9 : 0,
+                 absl::StrFormat("%s a save (%.3g GB/s); %.1f B/row accounted; import %.3g rows/s",
+                                 HumanBytes(bytes), bytes / ss.median / 1e9,
+                                 static_cast<double>(held_bytes) / std::max<int64_t>(1, held_rows),
+                                 import_rate)});
+    report_.AddTarget({absl::StrCat("embedding: fence pause of a ", rows / 1000000 > 0
+                                                                         ? absl::StrCat(rows / 1000000, "M")
+                                                                         : absl::StrCat(rows / 1000, "K"),
+                                    "-row table save < 50 ms"),
+                       max_ms, false, 50,
+                       absl::StrFormat("slowest of %d saves; median %.2f ms", pauses_ms.size(),
+                                       ps.median)});
+  }
+
   const Config config_;
   const std::string shard_address_;
   const pid_t shard_pid_;
@@ -1231,10 +1666,10 @@ int main(int argc, char** argv) {
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
   app.add_option("--only", config.only,
                  "Run only these workload groups: dense, small, sparse, sparse_merge, optimizers, "
-                 "memory, checkpoints")
+                 "memory, checkpoints, embedding")
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "small", "sparse", "sparse_merge", "optimizers", "memory",
-                             "checkpoints"}));
+                             "checkpoints", "embedding"}));
   app.add_option("--sizes", config.sizes,
                  "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
       ->delimiter(',')

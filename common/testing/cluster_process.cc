@@ -57,6 +57,18 @@ std::string TestCluster::shard_address(int k) const {
   return absl::StrCat("127.0.0.1:", shards_[k]->port());
 }
 
+absl::StatusOr<int> TestCluster::shard_http_port(int k) const {
+  const std::string path = absl::StrCat(dir_, "/shard-", k, ".http-port");
+  // The shard writes it just after its gRPC port file: wait a little.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::ifstream in(path);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::NotFoundError(absl::StrCat("no HTTP port in ", path));
+}
+
 absl::Status TestCluster::StartCoordinator(int port) {
   const std::string port_file = dir_ + "/coordinator.port";
   std::remove(port_file.c_str());
@@ -86,6 +98,7 @@ absl::Status TestCluster::StartShard(int k, int port) {
                                    "--id", std::to_string(k),
                                    "--listen", absl::StrCat("127.0.0.1:", port),
                                    "--port-file", port_file,
+                                   "--http-port-file", absl::StrCat(dir_, "/shard-", k, ".http-port"),
                                    "--coordinator", coordinator_address()};
   absl::Status last;
   for (int attempt = 0; attempt < 50; ++attempt) {

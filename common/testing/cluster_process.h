@@ -39,6 +39,9 @@ class TestCluster {
 
   std::string coordinator_address() const;
   std::string shard_address(int k) const;
+  // Shard k's HTTP port (/metrics, /healthz), from the --http-port-file
+  // every shard here is started with.
+  absl::StatusOr<int> shard_http_port(int k) const;
   const std::string& state_dir() const { return dir_; }
   // The coordinator process (to signal it or wait for it).
   ChildProcess* coordinator() { return coordinator_.get(); }

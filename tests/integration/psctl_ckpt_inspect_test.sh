@@ -29,7 +29,7 @@ expect_contains "$out" "= {-0.52239597}" "value of conv2d/kernel"
 expect_contains "$out" "= {1.5779432}" "value of conv2d_2/kernel"
 
 out=$("$PSCTL" ckpt inspect "$MKL" --json --values --tensor b)
-[ "$out" = '{"prefix":"'"$MKL"'","num_shards":1,"version":{"producer":1,"min_consumer":0},"tensors":[{"name":"b","dtype":"float32","shape":[],"num_elements":1,"slices":[],"values":[2],"values_truncated":false}]}' ] \
+[ "$out" = '{"prefix":"'"$MKL"'","num_shards":1,"version":{"producer":1,"min_consumer":0},"tensors":[{"name":"b","dtype":"float32","shape":[],"num_elements":1,"slices":[],"values":[2],"values_truncated":false}],"tables":[]}' ] \
   || fail "json: $out"
 
 # A TF2 checkpoint with an int64 and a binary string tensor, then one with a

@@ -56,6 +56,20 @@ if command -v script >/dev/null; then
   grep -q "saved $work/ckpt/model.ckpt-5 " "$work/tty.txt" || fail "tty save: \$(cat -v "$work/tty.txt")"
   grep -q "\$(printf '\033')\\[K" "$work/tty.txt" || fail "no progress line on a terminal: \$(cat -v "$work/tty.txt")"
 fi
+# An embedding table saved by the shards (per part test/table/part_K-keys,
+# -values, -freqs, -versions) is one entry: parts, rows, dim, dtypes.
+"$helper" --coordinator "\$c" --name test/table --table-dim 4 --rows 5 --parts 2 >/dev/null
+p ckpt save --step 6 >/dev/null
+p ckpt inspect "$work/ckpt/model.ckpt-6" >"$work/inspect.txt"
+grep -qE "^test/table +float32 +int64 +4 +2 +5\$" "$work/inspect.txt" || fail "table entry: \$(cat $work/inspect.txt)"
+! grep -q "test/table/part_0-keys" "$work/inspect.txt" || fail "table tensors listed: \$(cat $work/inspect.txt)"
+p ckpt inspect "$work/ckpt/model.ckpt-6" --tensor test/table --rows 5 >"$work/rows.txt"
+[ "\$(grep -cE "^    [0-9]+ +1 +3 +\\{1, 1, 1, 1\\}\$" "$work/rows.txt")" = 5 ] ||
+  fail "table sample rows: \$(cat $work/rows.txt)"
+grep -qE "^    4000012 " "$work/rows.txt" || fail "key 4000012 not sampled: \$(cat $work/rows.txt)"
+p --json ckpt inspect "$work/ckpt/model.ckpt-6" --tensor test/table |
+  grep -q '"tables":\[{"name":"test/table","dtype":"float32","key_dtype":"int64","embedding_dim":4,"rows":5,"parts":\[' ||
+  fail "table json: \$(p --json ckpt inspect "$work/ckpt/model.ckpt-6" --tensor test/table)"
 STEPS
 
 "$launcher" --config "$work/cluster.yaml" --psd "$psd" --psctl "$psctl" --state-dir "$work/state" \

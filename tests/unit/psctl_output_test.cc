@@ -1,6 +1,16 @@
-// psctl's progress bar and byte formatting (client/psctl/output.h).
+// psctl's progress bar and byte formatting (client/psctl/output.h), and
+// `ckpt inspect`'s listing of embedding tables (client/psctl/ckpt_inspect.h).
 #include "output.h"
 
+#include <stdlib.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "checkpoint/bundle_writer.h"
+#include "ckpt_inspect.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -104,6 +114,120 @@ TEST(EmbeddingStatsTest, PartCountsOrDashesWhenTheShardGaveNone) {
   EXPECT_EQ(EmbeddingStatsJson(info),
             "{\"rows\":1000,\"bytes\":3145728,\"pending_keys\":7,\"admitted\":1200,"
             "\"filtered_lookups\":30,\"filtered_updates\":4,\"evicted\":200,\"deleted\":5}");
+}
+
+// A checkpoint in DeepRec's table layout, as shards write it: table
+// "user/emb" in two parts (user/emb/part_K-keys, -values, -freqs,
+// -versions), table "item" in one (item-keys, ...), a dense tensor, and a
+// lone "orphan-keys" that is not a table.
+class CkptInspectTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = ::testing::TempDir() + "/psctl_inspect_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    prefix_ = dir_ + "/model.ckpt-7";
+    auto writer = psd::checkpoint::BundleWriter::Create(prefix_);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    auto add = [&](const std::string& name, absl::StatusOr<psd::Tensor> t) {
+      ASSERT_TRUE(t.ok()) << t.status();
+      ASSERT_TRUE((*writer)->Add(name, *t).ok()) << name;
+    };
+    using psd::Tensor;
+    using psd::TensorShape;
+    add("global_step", Tensor::Scalar<int64_t>(7));
+    add("user/emb/part_0-keys", Tensor::FromVector<int64_t>(TensorShape{2}, {5, -3}));
+    add("user/emb/part_0-values",
+        Tensor::FromVector<float>(TensorShape{2, 3}, {0.5f, 1, 2, 3, 4, 5}));
+    add("user/emb/part_0-freqs", Tensor::FromVector<int64_t>(TensorShape{2}, {2, 1}));
+    add("user/emb/part_0-versions", Tensor::FromVector<int64_t>(TensorShape{2}, {7, 6}));
+    add("user/emb/part_1-keys",
+        Tensor::FromVector<int64_t>(TensorShape{1}, {int64_t{1} << 40}));
+    add("user/emb/part_1-values", Tensor::FromVector<float>(TensorShape{1, 3}, {-1, 0, 1}));
+    add("user/emb/part_1-freqs", Tensor::FromVector<int64_t>(TensorShape{1}, {4}));
+    add("user/emb/part_1-versions", Tensor::FromVector<int64_t>(TensorShape{1}, {7}));
+    add("item-keys", Tensor::FromVector<int32_t>(TensorShape{1}, {9}));
+    add("item-values", Tensor::FromVector<float>(TensorShape{1, 2}, {0.25f, 0.75f}));
+    add("item-freqs", Tensor::FromVector<int64_t>(TensorShape{1}, {1}));
+    add("item-versions", Tensor::FromVector<int64_t>(TensorShape{1}, {3}));
+    add("orphan-keys", Tensor::FromVector<int64_t>(TensorShape{1}, {1}));
+    ASSERT_TRUE((*writer)->Finish().ok());
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
+
+  std::string Inspect(InspectOptions o, bool json = false) {
+    o.prefix = prefix_;
+    auto out = InspectCheckpoint(o, json);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? *out : "";
+  }
+  // The whitespace-separated words of the line of `text` whose first word
+  // is `first` (empty when there is none).
+  static std::vector<std::string> Words(const std::string& text, const std::string& first) {
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (!words.empty() && words[0] == first) return words;
+    }
+    return {};
+  }
+
+  std::string dir_, prefix_;
+};
+
+TEST_F(CkptInspectTest, ATableIsOneEntryWithItsPartsRowsDimAndDtypes) {
+  const std::string out = Inspect({});
+  EXPECT_THAT(out, HasSubstr(": 2 tensors, 2 embedding tables (12 tensors), 1 data file\n"));
+  EXPECT_THAT(Words(out, "TABLE"),
+              ::testing::ElementsAre("TABLE", "DTYPE", "KEY", "DTYPE", "DIM", "PARTS", "ROWS"));
+  EXPECT_THAT(Words(out, "user/emb"),
+              ::testing::ElementsAre("user/emb", "float32", "int64", "3", "2", "3"));
+  EXPECT_THAT(Words(out, "item"), ::testing::ElementsAre("item", "float32", "int32", "2", "1", "1"));
+  // The tensors that are not tables are listed as before; a table's are not.
+  EXPECT_THAT(Words(out, "global_step"), ::testing::ElementsAre("global_step", "int64", "[]"));
+  EXPECT_THAT(Words(out, "orphan-keys"), ::testing::ElementsAre("orphan-keys", "int64", "[1]"));
+  EXPECT_THAT(out, Not(HasSubstr("user/emb/part_0-")));
+  EXPECT_THAT(out, Not(HasSubstr("KEY  FREQ"))) << "no sample rows unless asked";
+}
+
+TEST_F(CkptInspectTest, SampleRowsCrossPartsWithKeyFreqVersionAndFirstValues) {
+  InspectOptions o;
+  o.rows = 3;
+  o.max_values = 2;
+  o.tensor = "user/emb";
+  const std::string out = Inspect(o);
+  EXPECT_THAT(out, HasSubstr(": 0 tensors, 1 embedding table (8 tensors), 1 data file\n"));
+  EXPECT_THAT(Words(out, "item"), ::testing::IsEmpty()) << "--tensor names one table";
+  EXPECT_THAT(Words(out, "KEY"), ::testing::ElementsAre("KEY", "FREQ", "VERSION", "VALUES"));
+  EXPECT_THAT(Words(out, "5"),
+              ::testing::ElementsAre("5", "2", "7", "{0.5,", "1,", "...", "(1", "more)}"));
+  EXPECT_THAT(Words(out, "-3"),
+              ::testing::ElementsAre("-3", "1", "6", "{3,", "4,", "...", "(1", "more)}"));
+  EXPECT_THAT(Words(out, "1099511627776"),
+              ::testing::ElementsAre("1099511627776", "4", "7", "{-1,", "0,", "...", "(1",
+                                     "more)}"))
+      << "the third row comes from part 1";
+}
+
+TEST_F(CkptInspectTest, JsonListsTablesBesideTensors) {
+  InspectOptions o;
+  o.rows = 1;
+  o.tensor = "item";
+  EXPECT_EQ(Inspect(o, /*json=*/true),
+            "{\"prefix\":\"" + prefix_ +
+                "\",\"num_shards\":1,\"version\":{\"producer\":1,\"min_consumer\":0},"
+                "\"tensors\":[],\"tables\":[{\"name\":\"item\",\"dtype\":\"float32\","
+                "\"key_dtype\":\"int32\",\"embedding_dim\":2,\"rows\":1,"
+                "\"parts\":[{\"name\":\"item\",\"rows\":1}],"
+                "\"samples\":[{\"key\":9,\"freq\":1,\"version\":3,\"values\":[0.25,0.75],"
+                "\"values_truncated\":false}]}]}\n");
+  // A table's own tensor can still be named.
+  o.tensor = "user/emb/part_1-keys";
+  o.rows = 0;
+  o.values = true;
+  const std::string raw = Inspect(o, /*json=*/true);
+  EXPECT_THAT(raw, HasSubstr("\"tensors\":[{\"name\":\"user/emb/part_1-keys\""));
+  EXPECT_THAT(raw, HasSubstr("\"values\":[1099511627776]"));
+  EXPECT_THAT(raw, HasSubstr("\"tables\":[]"));
 }
 
 }  // namespace
