@@ -15,7 +15,11 @@
 #     processes on a fresh 2-shard local cluster, with Adagrad on the shards and
 #     periodic checkpoints; the cluster is stopped and restarted, the latest
 #     checkpoint restored, training continues from its global step, and the
-#     test accuracy (>= 0.90) and timings are printed.
+#     test accuracy (>= 0.90) and timings are printed;
+#  4. click-through training with an embedding table keyed by feature id
+#     (client/python/examples/train_ctr.py): ids from a space of 10^9, labels
+#     from a known logistic model; the held-out log-loss is printed beside the
+#     generating model's.
 # PSD_DEMO_ANY_PORTS=1 runs the cluster on free ports instead of the file's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,3 +90,7 @@ deploy/local/psd-local --config configs/local.yaml --state-dir "$workdir/state" 
 echo "demo: part 3, the Python client: digits, two trainers, checkpoint, restart, restore"
 PYTHONPATH=build/client/python /usr/bin/python3 client/python/examples/train_digits.py \
   --psd-binary build/server/psd --steps "${PSD_DEMO_DIGITS_STEPS:-600}"
+
+echo "demo: part 4, an embedding table keyed by feature id: click-through, ids from a space of 10^9"
+PYTHONPATH=build/client/python /usr/bin/python3 client/python/examples/train_ctr.py \
+  --psd-binary build/server/psd

@@ -188,6 +188,11 @@ absl::Status VariableStore::CreateEmbeddingOnce(const CreateVariableRequest& req
   const std::string& name = request.name();
   const EmbeddingSpec& spec = request.embedding();
   const std::string what = absl::StrCat("embedding table ", Quoted(name));
+  if (!absl::StartsWith(device_->name(), "cpu")) {
+    return absl::UnimplementedError(absl::StrCat(
+        what, ": embedding tables are served by CPU shards only; this shard's device is ",
+        device_->name(), " (place tables on a cluster with CPU shards)"));
+  }
   if (request.init_case() == CreateVariableRequest::kInitialValue) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": a table takes an initializer, not an initial value"));

@@ -155,3 +155,22 @@ def test_a_meta_graph_carries_tables_and_their_slots(session, prefix, tmp_path, 
         copy = tables[0]
         assert copy.num_parts == 2 and copy.embedding_dim == 2
         assert copy.ev_option["counter_filter_freq"] == 4
+
+
+def test_ctr_example_learns_the_generating_model(cluster):
+    """The click-through example: ids Zipf-distributed over a space of 10^9,
+    labels from a known logistic model; the table-trained model's held-out
+    log-loss comes within 5% of the generating model's."""
+    import os
+    import subprocess
+    import sys
+    examples = os.environ.get("PSCLIENT_EXAMPLES") or os.path.join(
+        os.path.dirname(__file__), "..", "examples")
+    out = subprocess.run([sys.executable, os.path.join(examples, "train_ctr.py"),
+                          "--coordinator", cluster.address],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = [l for l in out.stdout.splitlines() if "held-out log-loss" in l][0]
+    words = line.replace(",", "").split()
+    model, truth = float(words[3]), float(words[6])
+    assert model <= 1.05 * truth, out.stdout
