@@ -5,16 +5,21 @@
 // and bad requests refused by name with nothing changed.
 #include "psd/embedding_variable.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "cluster_process.h"
 #include "checkpoint/bundle_reader.h"
 #include "gtest/gtest.h"
+#include "psd/embedding_keys.h"
 #include "psd/saver.h"
 #include "psd/session.h"
 #include "psd/shard.pb.h"
@@ -84,6 +89,61 @@ TEST_F(EmbeddingTest, RowsAreMadeOnFirstUseTheSameWhateverThePartitioning) {
   auto peek = three.Gather(Keys({777}), KeyedOpOptions{.inference = true});
   ASSERT_TRUE(peek.ok()) << peek.status();
   EXPECT_EQ(*three.Size(), 4);
+}
+
+TEST_F(EmbeddingTest, AdmissionCountsAreExactUnderConcurrentTrainers) {
+  // Four trainers (sessions) look up the same 20 keys 10 times each: 40
+  // counted lookups per key. A table admitting at the 40th use admits them
+  // all; one admitting at the 41st none.
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = init::Ones();
+  o.partitioner = partitioners::FixedSize(2);
+  o.ev_option.mutable_counter_filter()->set_filter_freq(40);
+  ASSERT_TRUE(Table("admit_at_40", o).valid());
+  o.ev_option.mutable_counter_filter()->set_filter_freq(41);
+  ASSERT_TRUE(Table("admit_at_41", o).valid());
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 20; ++i) ids.push_back(i * 7777 + 3);
+  std::vector<std::thread> trainers;
+  std::vector<absl::Status> failures(4);
+  for (int t = 0; t < 4; ++t) {
+    trainers.emplace_back([&, t] {
+      auto session = client::Session::Open(cluster_->coordinator_address());
+      if (!session.ok()) {
+        failures[t] = session.status();
+        return;
+      }
+      for (const char* name : {"admit_at_40", "admit_at_41"}) {
+        EmbeddingVariableOptions attach = o;
+        attach.ev_option.mutable_counter_filter()->set_filter_freq(
+            std::string(name) == "admit_at_40" ? 40 : 41);
+        auto table = (*session)->GetEmbeddingVariable(name, attach);
+        if (!table.ok()) {
+          failures[t] = table.status();
+          return;
+        }
+        for (int i = 0; i < 10; ++i) {
+          absl::Status s = table->Gather(Keys(ids)).status();
+          if (!s.ok()) failures[t] = s;
+        }
+      }
+    });
+  }
+  for (auto& t : trainers) t.join();
+  for (const absl::Status& s : failures) ASSERT_TRUE(IsOk(s));
+  o.ev_option.mutable_counter_filter()->set_filter_freq(40);
+  o.reuse = REUSE_TRUE;  // declared by this session already
+  auto at40 = session_->GetEmbeddingVariable("admit_at_40", o);
+  ASSERT_TRUE(at40.ok());
+  o.ev_option.mutable_counter_filter()->set_filter_freq(41);
+  auto at41 = session_->GetEmbeddingVariable("admit_at_41", o);
+  ASSERT_TRUE(at41.ok());
+  EXPECT_EQ(*at40->Size(), 20);
+  EXPECT_EQ(*at41->Size(), 0);
+  auto rows = at41->Gather(Keys(ids));  // the 41st use: admitted now
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(*at41->Size(), 20);
 }
 
 TEST_F(EmbeddingTest, ScattersByKeyAccumulateRepeatsAndUpdateKeepsTheLast) {
@@ -401,6 +461,62 @@ TEST_F(EmbeddingCheckpointTest, SaveWritesDeepRecTensorsAndRestoreBringsBackExac
   auto moved = other->Gather(Keys(ids));
   ASSERT_TRUE(moved.ok()) << moved.status();
   EXPECT_EQ(*moved, *saved_rows);
+}
+
+TEST_F(EmbeddingCheckpointTest, ACheckpointTakenUnderLoadIsAConsistentCut) {
+  // A trainer adds 1 to every one of 64 keys per op while saves run: each
+  // part applies each op whole, so in a consistent cut every row of a part
+  // holds the same count.
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 4;
+  o.initializer = init::Zeros();
+  o.partitioner = partitioners::FixedSize(2);
+  auto table = session_->GetEmbeddingVariable("load/table", o);
+  ASSERT_TRUE(table.ok()) << table.status();
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 64; ++i) ids.push_back(i * 104729 - 5000);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> ops{0};
+  absl::Status trainer_status;
+  std::thread trainer([&] {
+    while (!stop.load()) {
+      absl::Status s = table->ScatterAdd(Keys(ids), Tensor::Scalar<float>(1));
+      if (!s.ok()) {
+        trainer_status = s;
+        return;
+      }
+      ops.fetch_add(1);
+    }
+  });
+  std::vector<std::string> prefixes;
+  for (int i = 0; i < 3; ++i) {
+    while (ops.load() < 5 * (i + 1) && trainer_status.ok()) absl::SleepFor(absl::Milliseconds(5));
+    auto prefix = saver_->Save(absl::StrCat(dir_, "/load.ckpt"), i);
+    ASSERT_TRUE(prefix.ok()) << prefix.status();
+    prefixes.push_back(*prefix);
+  }
+  stop = true;
+  trainer.join();
+  ASSERT_TRUE(IsOk(trainer_status));
+  auto copy = session_->GetEmbeddingVariable("load/copy", o);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  for (const std::string& prefix : prefixes) {
+    client::RestoreOptions ro;
+    ro.name_map = {{"load/table", "load/copy"}};
+    ASSERT_TRUE(IsOk(saver_->Restore(prefix, ro)));
+    auto rows = copy->Gather(Keys(ids));
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    std::map<int, float> part_value;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const int part = PartOfKey(ids[i], 2);
+      for (int j = 0; j < 4; ++j) {
+        const float v = rows->data<float>()[i * 4 + j];
+        auto [it, fresh] = part_value.emplace(part, v);
+        EXPECT_EQ(it->second, v) << prefix << ": key " << ids[i] << " of part " << part;
+      }
+    }
+    EXPECT_GE(part_value[0], 1) << prefix;
+  }
 }
 
 TEST_F(EmbeddingCheckpointTest, ASaveRunsTheEvictionPoliciesFirst) {
