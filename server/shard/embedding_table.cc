@@ -236,13 +236,19 @@ void WithFloating(DataType dtype, Fn&& fn) {
 // vectorize.
 template <typename T>
 void ScatterRow(UpdateKind op, T* dst, const unsigned char* src, int64_t n, bool scalar) {
-  auto load = [&](int64_t i) {
-    T u;
-    std::memcpy(static_cast<void*>(&u), src + (scalar ? 0 : i) * sizeof(T), sizeof(T));
-    return u;
-  };
+  // Two loops, so that neither selects per element and both vectorize.
   auto run = [&](auto combine) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = combine(dst[i], load(i));
+    if (scalar) {
+      T u;
+      std::memcpy(static_cast<void*>(&u), src, sizeof(T));
+      for (int64_t i = 0; i < n; ++i) dst[i] = combine(dst[i], u);
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      T u;
+      std::memcpy(static_cast<void*>(&u), src + i * sizeof(T), sizeof(T));
+      dst[i] = combine(dst[i], u);
+    }
   };
   switch (op) {
     case UpdateKind::kAssign:
