@@ -89,6 +89,13 @@ TEST_F(EmbeddingTest, RowsAreMadeOnFirstUseTheSameWhateverThePartitioning) {
   auto peek = three.Gather(Keys({777}), KeyedOpOptions{.inference = true});
   ASSERT_TRUE(peek.ok()) << peek.status();
   EXPECT_EQ(*three.Size(), 4);
+  // A key deleted and used again gets the same initial row: it depends on
+  // nothing the table has seen.
+  ASSERT_TRUE(IsOk(three.ScatterAdd(Keys({-3}), Tensor::Scalar<float>(5))));
+  ASSERT_TRUE(three.DeleteKeys(Keys({-3})).ok());
+  auto remade = three.Gather(Keys({-3}));
+  ASSERT_TRUE(remade.ok());
+  EXPECT_EQ(Row(*remade, 0), Row(*a, 1));
 }
 
 TEST_F(EmbeddingTest, AdmissionCountsAreExactUnderConcurrentTrainers) {
@@ -461,6 +468,23 @@ TEST_F(EmbeddingCheckpointTest, SaveWritesDeepRecTensorsAndRestoreBringsBackExac
   auto moved = other->Gather(Keys(ids));
   ASSERT_TRUE(moved.ok()) << moved.status();
   EXPECT_EQ(*moved, *saved_rows);
+  // A key new to both gets the same initial row in three parts as in two.
+  auto fresh_two = table->Gather(Keys({987654321}));
+  auto fresh_three = other->Gather(Keys({987654321}));
+  ASSERT_TRUE(fresh_two.ok() && fresh_three.ok());
+  EXPECT_EQ(*fresh_two, *fresh_three);
+  // The restored table's export is the saved one's, row for row.
+  auto exported = other->Export();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  std::map<int64_t, std::vector<float>> by_key;
+  for (int64_t i = 0; i < exported->keys.num_elements(); ++i) {
+    by_key[exported->keys.data<int64_t>()[i]] = Row(exported->values, i);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (by_key.count(ids[i]) == 0) continue;  // counted below
+    EXPECT_EQ(by_key[ids[i]], Row(*saved_rows, static_cast<int64_t>(i))) << ids[i];
+  }
+  EXPECT_EQ(by_key.size(), 51u) << "the 50 restored rows and the fresh key's";
 }
 
 TEST_F(EmbeddingCheckpointTest, ACheckpointTakenUnderLoadIsAConsistentCut) {
