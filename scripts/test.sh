@@ -73,7 +73,7 @@ sanitize_full() {
 # target).
 SUBSET_TESTS=(tensor_test stream_codec_test crc32c_test checkpoint_ordered_code_test
   checkpoint_table_test checkpoint_bundle_test checkpoint_fault_test checkpoint_fixtures_test
-  variable_store_test variable_store_optimizer_test)
+  variable_store_test variable_store_optimizer_test embedding_table_test)
 sanitize_subset() {
   sanitize_configure || return
   local fuzz_targets
