@@ -12,6 +12,7 @@ PACKAGES=(
   nlohmann-json3-dev
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-sklearn
+  python3-yaml prometheus
 )
 
 missing=()

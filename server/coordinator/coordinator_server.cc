@@ -123,6 +123,10 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   // Before serving, so no shard registers unseen by the lost-parts handler.
   CheckpointSchedulerOptions schedule;
   schedule.interval_seconds = ckpt.interval_seconds;
+  // Alerts compare the last good checkpoint's age with the interval.
+  metrics.CallbackGauge("psd_checkpoint_interval_seconds",
+                        "The periodic checkpoint interval (checkpoint.interval; 0: none)",
+                        [interval = ckpt.interval_seconds] { return interval; });
   schedule.every_n_steps = ckpt.every_n_steps;
   schedule.global_step = ckpt.global_step;
   schedule.restore_lost = ckpt.restore_lost;
