@@ -15,6 +15,7 @@
 #include "boost/asio/post.hpp"
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
+#include "psd/parallel.h"
 #include "psd/status.h"
 
 namespace psd {
@@ -543,10 +544,54 @@ grpc::ServerUnaryReactor* CoordinatorService::UniqueVariableName(
 grpc::ServerUnaryReactor* CoordinatorService::ListShards(grpc::CallbackServerContext* ctx,
                                                          const ListShardsRequest* request,
                                                          ListShardsResponse* response) {
-  return Serve(ctx, [&] {
+  return ServeBlocking(ctx, [this, response]() -> absl::Status {
+    RefreshShardFigures();
     *response = ShardStatuses();
     return absl::OkStatus();
   });
+}
+
+void CoordinatorService::RefreshShardFigures() {
+  // The heartbeat's figures may predate the last declarations (a shard
+  // just given parts reads as holding none): ask the live shards now, so
+  // what psctl status shows is current. A shard that does not answer in
+  // time keeps its heartbeat's figures (their age is shown).
+  struct Ask {
+    int32_t id;
+    std::string address;
+    uint64_t incarnation;
+  };
+  std::vector<Ask> asks;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (const auto& [id, e] : shards_) {
+      if (now - e.last_seen <= options_.liveness_timeout) asks.push_back({id, e.address, e.incarnation});
+    }
+  }
+  std::vector<GetShardInfoResponse> answers(asks.size());
+  std::vector<absl::Status> got = RunParallel(asks.size(), [&](size_t i) {
+    GetShardInfoRequest req;
+    req.set_protocol_version(SHARD_PROTOCOL_VERSION);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    return FromGrpcStatus(StubFor(asks[i].address)->GetShardInfo(&ctx, req, &answers[i]));
+  });
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  for (size_t i = 0; i < asks.size(); ++i) {
+    if (!got[i].ok()) continue;
+    auto it = shards_.find(asks[i].id);
+    // Another incarnation: the shard restarted; it re-registers itself.
+    if (it == shards_.end() || it->second.incarnation != asks[i].incarnation ||
+        answers[i].incarnation() != asks[i].incarnation) {
+      continue;
+    }
+    it->second.memory_used = answers[i].memory_used_bytes();
+    it->second.num_variables = answers[i].num_variables();
+    // A fresh report, as good as a heartbeat.
+    it->second.last_seen = now;
+  }
 }
 
 ListShardsResponse CoordinatorService::ShardStatuses() const {

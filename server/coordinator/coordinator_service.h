@@ -200,6 +200,11 @@ class CoordinatorService final : public Coordinator::CallbackService {
   bool WaitForIdle(absl::Time deadline) const;
 
  private:
+  // Asks every live shard for its memory use and variable count now
+  // (ListShards: the figures psctl status shows are current, not a
+  // heartbeat old).
+  void RefreshShardFigures() ABSL_LOCKS_EXCLUDED(mu_);
+
   struct ShardEntry {
     int32_t id = 0;
     std::string address;

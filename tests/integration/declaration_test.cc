@@ -88,6 +88,26 @@ class DeclarationTest : public ::testing::Test {
   std::unique_ptr<Session> session_;
 };
 
+// psctl status (ListShards) right after a declaration shows what the shards
+// hold now, not a heartbeat's figures from before it (heartbeats every 30 s
+// here, so only a fresh report can show the new part).
+TEST(ShardFiguresTest, ListingTheShardsRightAfterADeclarationShowsItsParts) {
+  TestClusterOptions options;
+  options.num_shards = 1;
+  options.coordinator_args = {"--heartbeat-interval", "30", "--liveness-timeout", "120"};
+  PSD_ASSERT_OK_AND_ASSIGN(auto cluster, TestCluster::Start(options));
+  PSD_ASSERT_OK_AND_ASSIGN(auto session, Session::Open(cluster->coordinator_address()));
+  client::GetVariableOptions o;
+  o.shape = TensorShape({1024});
+  o.initialize = true;
+  ASSERT_TRUE(session->GetVariable("figures/v", o).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(ListShardsResponse shards, session->ListShards());
+  ASSERT_EQ(shards.shards_size(), 1);
+  EXPECT_EQ(shards.shards(0).num_variables(), 1);
+  EXPECT_EQ(shards.shards(0).placed_parts(), 1);
+  EXPECT_GE(shards.shards(0).memory_used_bytes(), 4096);
+}
+
 // get_variable(initializer=random_uniform_initializer(1, 0)) and a name the
 // shards cannot hold are refused with INVALID_ARGUMENT and leave nothing
 // behind: the next save holds every variable, and the name is free for a
