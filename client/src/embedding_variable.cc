@@ -4,6 +4,7 @@
 #include "psd/embedding_variable.h"
 
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -87,6 +88,20 @@ Tensor KeysTensor(const std::vector<int64_t>& distinct, const std::vector<int64_
   return t;
 }
 
+// Runs fn(i, k, part, shard) for each part k holding keys of `split` (i
+// its position in split.parts), the parts in parallel (VariableState's
+// stale-handle and lost-part rules apply).
+absl::Status ForSplitParts(
+    VariableState* state, const KeySplit& split,
+    const std::function<absl::Status(size_t i, int k, const PartHandle&, ShardClient&)>& fn) {
+  if (split.parts.empty()) return absl::OkStatus();
+  std::map<int, size_t> position;
+  for (size_t i = 0; i < split.parts.size(); ++i) position[split.parts[i]] = i;
+  return state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
+    return fn(position.at(k), k, p, shard);
+  });
+}
+
 // Rows `members` of a [m, dim] tensor, as a [members, dim] tensor.
 Tensor RowsOf(const Tensor& rows, const std::vector<int64_t>& members, int64_t row_bytes) {
   Tensor t(rows.dtype(), TensorShape({static_cast<int64_t>(members.size()),
@@ -139,11 +154,8 @@ absl::StatusOr<Tensor> EmbeddingVariable::Gather(const Tensor& keys,
   }
   const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(h.dtype()));
   std::vector<Tensor> results(split.parts.size());
-  std::map<int, size_t> slot;
-  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
-  PSD_RETURN_IF_ERROR(state->ForParts(
-      split.parts, [&](int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
-        const size_t i = slot.at(k);
+  PSD_RETURN_IF_ERROR(ForSplitParts(
+      state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) -> absl::Status {
         PSD_ASSIGN_OR_RETURN(results[i],
                              shard.GatherByKey(p.name(),
                                                KeysTensor(split.distinct, split.members[i],
@@ -223,11 +235,7 @@ absl::Status EmbeddingVariable::Scatter(UpdateKind op, const Tensor& keys, const
       distinct_rows = std::move(merged->rows);
     }
   }
-  if (split.parts.empty()) return absl::OkStatus();
-  std::map<int, size_t> slot;
-  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
-  return state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
-    const size_t i = slot.at(k);
+  return ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
     return shard.ScatterByKey(
         op, p.name(), KeysTensor(split.distinct, split.members[i], h.embedding().key_dtype()),
         scalar ? rows : RowsOf(distinct_rows, split.members[i], row_bytes), options);
@@ -291,11 +299,7 @@ absl::Status EmbeddingVariable::ApplySparse(const OptimizerSpec& optimizer,
     distinct_grads = std::move(merged->rows);
   }
   const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(h.dtype()));
-  if (split.parts.empty()) return absl::OkStatus();
-  std::map<int, size_t> slot;
-  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
-  return state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
-    const size_t i = slot.at(k);
+  return ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
     std::vector<std::string> slot_names;
     for (const VariableHandle& s : slot_handles) slot_names.push_back(s.parts(k).name());
     return shard.ApplySparseByKey(
@@ -417,11 +421,7 @@ absl::Status EmbeddingVariable::Import(const EmbeddingRowSet& rows,
   std::vector<VariableHandle> slot_handles;
   for (const EmbeddingVariable& s : slots) slot_handles.push_back(s.variable_.handle());
   const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(h.dtype()));
-  if (split.parts.empty()) return absl::OkStatus();
-  std::map<int, size_t> slot;
-  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
-  return state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
-    const size_t i = slot.at(k);
+  return ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
     const std::vector<int64_t>& m = split.members[i];
     EmbeddingRowSet piece;
     piece.keys = KeysTensor(split.distinct, m, h.embedding().key_dtype());
@@ -454,11 +454,8 @@ absl::StatusOr<int64_t> EmbeddingVariable::DeleteKeys(const Tensor& keys) const 
   PSD_ASSIGN_OR_RETURN(KeySplit split, SplitKeys(h, keys, "delete_keys"));
   if (split.parts.empty()) return 0;
   std::vector<int64_t> deleted(split.parts.size(), 0);
-  std::map<int, size_t> slot;
-  for (size_t i = 0; i < split.parts.size(); ++i) slot[split.parts[i]] = i;
   PSD_RETURN_IF_ERROR(
-      state->ForParts(split.parts, [&](int k, const PartHandle& p, ShardClient& shard) {
-        const size_t i = slot.at(k);
+      ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
         PSD_ASSIGN_OR_RETURN(
             deleted[i],
             shard.DeleteEmbeddingKeys(

@@ -49,6 +49,27 @@ py::dict RowsToDict(EmbeddingRowSet rows) {
   return d;
 }
 
+// The policies of `s` as get_embedding_variable's ev_option fields (the
+// Python layer's names): only those set, so the dict round-trips.
+py::dict OptionFields(const EmbeddingSpec& s) {
+  py::dict d;
+  if (s.has_counter_filter()) d["counter_filter_freq"] = s.counter_filter().filter_freq();
+  if (s.has_bloom_filter()) {
+    d["bloom_filter_freq"] = s.bloom_filter().filter_freq();
+    d["bloom_max_element_size"] = s.bloom_filter().max_element_size();
+    d["bloom_false_positive_probability"] = s.bloom_filter().false_positive_probability();
+    d["bloom_counter_bits"] = s.bloom_filter().counter_bits();
+  }
+  if (s.default_value_no_permission() != 0) {
+    d["default_value_no_permission"] = s.default_value_no_permission();
+  }
+  if (s.steps_to_live() != 0) d["steps_to_live"] = s.steps_to_live();
+  if (s.l2_weight_threshold() != 0) d["l2_weight_threshold"] = s.l2_weight_threshold();
+  if (s.part_memory_limit_bytes() != 0) d["part_memory_limit_bytes"] = s.part_memory_limit_bytes();
+  if (s.evict_lru_on_memory_limit()) d["evict_lru_on_memory_limit"] = true;
+  return d;
+}
+
 using ScatterFn = absl::Status (EmbeddingVariable::*)(const Tensor&, const Tensor&,
                                                       const KeyedOpOptions&) const;
 void Scatter(const PyEmbedding& e, ScatterFn fn, const py::handle& keys, const py::handle& rows,
@@ -115,21 +136,9 @@ void BindEmbedding(py::module_& m) {
       })
       .def_property_readonly("spec", [](const PyEmbedding& e) {
         const EmbeddingSpec s = e.table.spec();
-        py::dict d;
+        py::dict d = OptionFields(s);
         d["embedding_dim"] = s.embedding_dim();
         d["key_dtype"] = static_cast<int>(s.key_dtype());
-        if (s.has_counter_filter()) d["counter_filter_freq"] = s.counter_filter().filter_freq();
-        if (s.has_bloom_filter()) {
-          d["bloom_filter_freq"] = s.bloom_filter().filter_freq();
-          d["bloom_max_element_size"] = s.bloom_filter().max_element_size();
-          d["bloom_false_positive_probability"] = s.bloom_filter().false_positive_probability();
-          d["bloom_counter_bits"] = s.bloom_filter().counter_bits();
-        }
-        d["default_value_no_permission"] = s.default_value_no_permission();
-        d["steps_to_live"] = s.steps_to_live();
-        d["l2_weight_threshold"] = s.l2_weight_threshold();
-        d["part_memory_limit_bytes"] = s.part_memory_limit_bytes();
-        d["evict_lru_on_memory_limit"] = s.evict_lru_on_memory_limit();
         d["slot_of"] = s.slot_of();
         return d;
       })
@@ -158,21 +167,7 @@ void BindEmbedding(py::module_& m) {
     if (!s.ParseFromString(std::string(bytes)) || s.embedding_dim() <= 0) {
       throw py::value_error("not a serialized EmbeddingSpec");
     }
-    py::dict d;
-    if (s.has_counter_filter()) d["counter_filter_freq"] = s.counter_filter().filter_freq();
-    if (s.has_bloom_filter()) {
-      d["bloom_filter_freq"] = s.bloom_filter().filter_freq();
-      d["bloom_max_element_size"] = s.bloom_filter().max_element_size();
-      d["bloom_false_positive_probability"] = s.bloom_filter().false_positive_probability();
-      d["bloom_counter_bits"] = s.bloom_filter().counter_bits();
-    }
-    if (s.default_value_no_permission() != 0) {
-      d["default_value_no_permission"] = s.default_value_no_permission();
-    }
-    if (s.steps_to_live() != 0) d["steps_to_live"] = s.steps_to_live();
-    if (s.l2_weight_threshold() != 0) d["l2_weight_threshold"] = s.l2_weight_threshold();
-    if (s.part_memory_limit_bytes() != 0) d["part_memory_limit_bytes"] = s.part_memory_limit_bytes();
-    if (s.evict_lru_on_memory_limit()) d["evict_lru_on_memory_limit"] = true;
+    py::dict d = OptionFields(s);
     return py::make_tuple(s.embedding_dim(), static_cast<int>(s.key_dtype()), d, s.slot_of());
   });
 
