@@ -92,9 +92,10 @@ class SliceReader {
 
 bool IsRawStreamMethod(absl::string_view method) {
   if (!absl::StartsWith(method, "/")) {
-    return method == kReadStreamMethod + 1 || method == kAssignStreamMethod + 1;
+    return method == kReadStreamMethod + 1 || method == kAssignStreamMethod + 1 ||
+           method == kBatchMethod + 1;
   }
-  return method == kReadStreamMethod || method == kAssignStreamMethod;
+  return method == kReadStreamMethod || method == kAssignStreamMethod || method == kBatchMethod;
 }
 
 // What a lent slice carries back to its pool.
@@ -201,6 +202,67 @@ size_t AppendWithNestedContents(const google::protobuf::MessageLite& fields,
   size_t appended = 0;
   for (size_t i = start; i < out->size(); ++i) appended += (*out)[i].size();
   return appended;
+}
+
+namespace {
+
+// A slice that owns `bytes`.
+grpc::Slice OwningSlice(std::string&& bytes) {
+  auto* owned = new std::string(std::move(bytes));
+  grpc_slice slice = grpc_slice_new_with_user_data(
+      owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
+// The value of a read, gather or scatter result when its content is worth
+// a slice of its own; else null.
+TensorProto* BigValue(BatchOpResult* result) {
+  TensorProto* value = nullptr;
+  switch (result->result_case()) {
+    case BatchOpResult::kRead:
+      if (result->read().has_value()) value = result->mutable_read()->mutable_value();
+      break;
+    case BatchOpResult::kGather:
+      if (result->gather().has_value()) value = result->mutable_gather()->mutable_value();
+      break;
+    case BatchOpResult::kScatter:
+      if (result->scatter().has_value()) value = result->mutable_scatter()->mutable_value();
+      break;
+    default: break;
+  }
+  if (value == nullptr || value->content().size() < kMinSliceContentBytes) return nullptr;
+  return value;
+}
+
+}  // namespace
+
+grpc::ByteBuffer EncodeBatchResponse(BatchResponse* response) {
+  static_assert(ReadResponse::kValueFieldNumber == GatherResponse::kValueFieldNumber &&
+                ScatterResponse::kValueFieldNumber == GatherResponse::kValueFieldNumber);
+  bool lifted = false;
+  for (BatchOpResult& result : *response->mutable_results()) {
+    if (BigValue(&result) != nullptr) lifted = true;
+  }
+  if (!lifted) {
+    // As gRPC serializes a protobuf message: once, into the slice sent.
+    grpc::Slice slice(response->ByteSizeLong());
+    response->SerializeWithCachedSizesToArray(const_cast<uint8_t*>(slice.begin()));
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  std::vector<grpc::Slice> slices;
+  std::vector<NestedContent> contents;
+  for (BatchOpResult& result : *response->mutable_results()) {
+    contents.clear();
+    if (TensorProto* value = BigValue(&result)) {
+      contents.push_back(NestedContent{{static_cast<int>(result.result_case()),
+                                        GatherResponse::kValueFieldNumber,
+                                        TensorProto::kContentFieldNumber},
+                                       OwningSlice(std::move(*value->mutable_content()))});
+      value->clear_content();
+    }
+    AppendWithNestedContents(result, contents, BatchResponse::kResultsFieldNumber, &slices);
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
 grpc::ByteBuffer EncodeMessage(const google::protobuf::MessageLite& message) {

@@ -14,8 +14,6 @@ namespace internal {
 
 namespace {
 
-constexpr char kBatchMethod[] = "/psd.Shard/Batch";
-
 // Field numbers of the tensors' content and of BatchRequest's ops.
 constexpr int kContentField = TensorProto::kContentFieldNumber;
 constexpr int kOpsField = BatchRequest::kOpsFieldNumber;

@@ -133,6 +133,18 @@ class ShardApplier::Impl {
     TensorToProto(indices, req->mutable_indices());
     TensorToProto(values, req->mutable_values());
   }
+  // The same for a merged gradient, which the request takes over: its rows
+  // move into the request instead of being copied (a sparse apply of 4096
+  // rows of 64 floats saves a 1 MiB copy per call).
+  void FillSparse(const std::string& var, const OptimizerSpec& spec,
+                  const OptimizerConfig& config, internal::MergedRows&& merged,
+                  const std::vector<std::string>& slots, ApplySparseRequest* req) {
+    req->set_name(var);
+    FillSlots(var, config, slots, req->mutable_slots());
+    *req->mutable_optimizer() = spec;
+    TensorToProto(std::move(merged.indices), req->mutable_indices());
+    TensorToProto(std::move(merged.rows), req->mutable_values());
+  }
 
   // The gradient with the rows of repeated indices summed, as the shard
   // sums them before a sparse apply (sparse_merge.h); nullopt when no index
@@ -150,8 +162,18 @@ class ShardApplier::Impl {
                                       const std::vector<std::string>& slots) {
     ApplySparseRequest req;
     FillSparse(var, spec, config, indices, values, slots, &req);
+    return SendSparseRequest(&req);
+  }
+  absl::StatusOr<uint64_t> SendSparse(const std::string& var, const OptimizerSpec& spec,
+                                      const OptimizerConfig& config, internal::MergedRows&& merged,
+                                      const std::vector<std::string>& slots) {
+    ApplySparseRequest req;
+    FillSparse(var, spec, config, std::move(merged), slots, &req);
+    return SendSparseRequest(&req);
+  }
+  absl::StatusOr<uint64_t> SendSparseRequest(ApplySparseRequest* req) {
     ApplySparseResponse resp;
-    PSD_RETURN_IF_ERROR(shard_->SendApplySparse(&req, &resp));
+    PSD_RETURN_IF_ERROR(shard_->SendApplySparse(req, &resp));
     return resp.version();
   }
 
@@ -228,12 +250,12 @@ absl::StatusOr<uint64_t> ShardApplier::ApplySparse(const std::string& var,
                                                    const SparseGradient& gradient,
                                                    const std::vector<std::string>& slots) {
   const OptimizerSpec spec = ToSpec(optimizer);
-  const std::optional<internal::MergedRows> merged = Impl::Merge(gradient);
+  std::optional<internal::MergedRows> merged = Impl::Merge(gradient);
   if (!merged.has_value()) {
     return impl_->SendSparse(var, spec, optimizer, gradient.indices, gradient.values, slots);
   }
   absl::StatusOr<uint64_t> version =
-      impl_->SendSparse(var, spec, optimizer, merged->indices, merged->rows, slots);
+      impl_->SendSparse(var, spec, optimizer, *std::move(merged), slots);
   // The shard refuses a request before applying any of it, and refuses the
   // merged gradient exactly when it refuses the caller's (same distinct
   // indices, rows of the same shape): resend the caller's own so the error
@@ -287,11 +309,15 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
                        batch.add_ops()->mutable_apply_dense());
     } else {
       const auto& sparse = std::get<SparseGradient>(gv.gradient);
-      const std::optional<internal::MergedRows> rows = Impl::Merge(sparse);
+      std::optional<internal::MergedRows> rows = Impl::Merge(sparse);
       merged[i] = rows.has_value();
-      impl_->FillSparse(gv.variable, spec, optimizer, merged[i] ? rows->indices : sparse.indices,
-                        merged[i] ? rows->rows : sparse.values, gv.slots,
-                        batch.add_ops()->mutable_apply_sparse());
+      if (merged[i]) {
+        impl_->FillSparse(gv.variable, spec, optimizer, *std::move(rows), gv.slots,
+                          batch.add_ops()->mutable_apply_sparse());
+      } else {
+        impl_->FillSparse(gv.variable, spec, optimizer, sparse.indices, sparse.values, gv.slots,
+                          batch.add_ops()->mutable_apply_sparse());
+      }
     }
     batched.push_back(i);
   }

@@ -33,12 +33,16 @@
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
+#include "psd/shard.pb.h"
 
 namespace psd {
 
 // Full method names ("/package.Service/Method") of the raw streams.
 inline constexpr char kReadStreamMethod[] = "/psd.Shard/ReadStream";
 inline constexpr char kAssignStreamMethod[] = "/psd.Shard/AssignStream";
+// The data stream's method, also served raw (BatchRequest and BatchResponse
+// messages, big result contents sent from their own buffers).
+inline constexpr char kBatchMethod[] = "/psd.Shard/Batch";
 // The content fields' numbers (see shard.proto).
 inline constexpr int kTensorChunkContentField = 6;
 inline constexpr int kAssignStreamContentField = 2;
@@ -103,6 +107,17 @@ struct NestedContent {
 size_t AppendWithNestedContents(const google::protobuf::MessageLite& fields,
                                 const std::vector<NestedContent>& contents, int wrap_field,
                                 std::vector<grpc::Slice>* out);
+
+// Contents at least this big travel in a slice of their own (moved, not
+// copied); smaller ones are copied with their message's fields.
+inline constexpr size_t kMinSliceContentBytes = 16 << 10;
+
+// A Batch reply's bytes: protobuf's encoding of *response (up to field
+// order), with the content of every read, gather and scatter result value
+// of at least kMinSliceContentBytes moved out of *response into a slice of
+// its own instead of copied into the reply's buffer (those contents are left
+// empty). A reply without such a value is one slice, serialized once.
+grpc::ByteBuffer EncodeBatchResponse(BatchResponse* response);
 
 // A whole message serialized into a ByteBuffer, and parsed from one (false
 // for malformed bytes; parsed from the buffer's slices without first

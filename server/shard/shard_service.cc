@@ -7,6 +7,7 @@
 #include <thread>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -496,11 +497,11 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
 // Runs batches of small ops: read a message, run its ops in order, write
 // their results, read the next. Each message is admitted separately, so a
 // long-lived stream does not hold up a drain.
-class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchResponse> {
+class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   BatchReactor(ShardService* service, CallerKey caller) : service_(service), caller_(caller) {
     waiting_ = true;
-    StartRead(&request_);
+    StartRead(&received_bytes_);
     service_->AddBatchStream(this);
   }
 
@@ -515,6 +516,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
       return;
     }
     received_ = std::chrono::steady_clock::now();
+    const bool parsed = DecodeMessage(received_bytes_, &request_);
+    received_bytes_.Clear();
+    if (!parsed) {
+      FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              "malformed batch message; nothing was run"));
+      return;
+    }
     absl::Status status = service_->Admit();
     if (!status.ok()) {
       service_->Release();
@@ -530,12 +538,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
       return;
     }
     request_.Clear();
+    reply_.Clear();
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       waiting_ = true;
     }
-    StartRead(&request_);
+    StartRead(&received_bytes_);
   }
 
   void OnDone() override {
@@ -599,8 +608,11 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
     }
     admission.reset();
     service_->Release();
-    StartWrite(&response_);
+    // Big read and gather results go out from their own buffers.
+    reply_ = EncodeBatchResponse(&response_);
+    StartWrite(&reply_);
   }
+
 
   static bool HasWrite(const BatchRequest& request) {
     for (const BatchOp& op : request.ops()) {
@@ -639,8 +651,10 @@ class BatchReactor final : public grpc::ServerBidiReactor<BatchRequest, BatchRes
   bool waiting_ ABSL_GUARDED_BY(mu_) = false;   // a read is pending, no message runs
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was (or is being) called
   std::chrono::steady_clock::time_point received_;  // the message in progress
+  grpc::ByteBuffer received_bytes_;  // the read in progress
   BatchRequest request_;
   BatchResponse response_;
+  grpc::ByteBuffer reply_;  // the write in progress
 };
 
 // Streams an embedding table part's snapshot, a batch of rows a message.
@@ -738,7 +752,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* ShardService::AssignStream(
   return new AssignStreamReactor(this, ctx, response);
 }
 
-grpc::ServerBidiReactor<BatchRequest, BatchResponse>* ShardService::Batch(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ShardService::Batch(
     grpc::CallbackServerContext* ctx) {
   return new BatchReactor(this, CallerKeyOf(*ctx));
 }

@@ -51,9 +51,26 @@ class NcclPlane;
 
 // ReadStream and AssignStream are served raw (grpc::ByteBuffer messages,
 // psd/stream_codec.h) so chunk contents go between gRPC's buffers and the
-// store without protobuf's copies; the wire format is unchanged.
-using ShardServiceBase = Shard::WithRawCallbackMethod_ReadStream<
-    Shard::WithRawCallbackMethod_AssignStream<Shard::CallbackService>>;
+// store without protobuf's copies; the wire format is unchanged. So is
+// Batch (the clients' data streams), whose replies send big read and gather
+// results from the result's own buffer.
+// (Shard::CallbackService with Batch raw: a bidi method's raw and protobuf
+// forms have the same parameters, so the protobuf one must not be in the
+// chain. A method added to shard.proto goes here too.)
+using ShardServiceBase = Shard::WithRawCallbackMethod_ReadStream<Shard::WithRawCallbackMethod_AssignStream<
+    Shard::WithCallbackMethod_GetShardInfo<Shard::WithCallbackMethod_CreateVariable<
+    Shard::WithCallbackMethod_DeleteVariable<Shard::WithCallbackMethod_ListVariables<
+    Shard::WithCallbackMethod_InitializeVariables<Shard::WithCallbackMethod_ReportUninitialized<
+    Shard::WithCallbackMethod_Read<Shard::WithCallbackMethod_Gather<Shard::WithCallbackMethod_Assign<
+    Shard::WithCallbackMethod_Scatter<Shard::WithCallbackMethod_CountUpTo<
+    Shard::WithCallbackMethod_ReadStream<Shard::WithCallbackMethod_AssignStream<
+    Shard::WithRawCallbackMethod_Batch<Shard::WithCallbackMethod_ApplyDense<
+    Shard::WithCallbackMethod_ApplySparse<Shard::WithCallbackMethod_Fence<
+    Shard::WithCallbackMethod_Unfence<Shard::WithCallbackMethod_SaveShard<
+    Shard::WithCallbackMethod_PrepareRestore<Shard::WithCallbackMethod_FinishRestore<
+    Shard::WithCallbackMethod_ExportEmbedding<Shard::WithCallbackMethod_ImportEmbedding<
+    Shard::WithCallbackMethod_DeleteEmbeddingKeys<Shard::WithCallbackMethod_EvictEmbedding<
+    Shard::WithCallbackMethod_Nccl<Shard::Service>>>>>>>>>>>>>>>>>>>>>>>>>>>>;
 
 class ShardService final : public ShardServiceBase {
  public:
@@ -116,7 +133,8 @@ class ShardService final : public ShardServiceBase {
   // Raw: each message an AssignStreamRequest, the response an AssignResponse.
   grpc::ServerReadReactor<grpc::ByteBuffer>* AssignStream(grpc::CallbackServerContext* ctx,
                                                           grpc::ByteBuffer* response) override;
-  grpc::ServerBidiReactor<BatchRequest, BatchResponse>* Batch(
+  // Raw: each message a BatchRequest, each reply a BatchResponse.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Batch(
       grpc::CallbackServerContext* ctx) override;
   // Embedding tables' own ops (the store's; see shard.proto).
   grpc::ServerWriteReactor<EmbeddingRows>* ExportEmbedding(
