@@ -39,11 +39,9 @@ std::string Describe(const VariableDef& def) {
   return s;
 }
 
-std::string OrUnknown(const std::string& where) {
-  return where.empty() ? std::string("<unknown>") : where;
-}
-
 }  // namespace
+
+using registry_messages::OrUnknown;
 
 absl::StatusOr<DeclareResult> Registry::GetVariable(uint64_t session,
                                                     const VariableDeclaration& decl,
@@ -299,20 +297,9 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
   if (in_session) {
     if (decl.reuse() == REUSE_FALSE) {
       auto pending = txn->attached.find(name);
-      const std::string where =
-          OrUnknown(pending != txn->attached.end() ? pending->second : session.declared().at(name));
-      if (existing->partitioned()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "Partitioned variable with name ", name,
-            " already exists. Did you mean to set reuse=True in VarScope? Originally defined "
-            "at:\n\n",
-            where));
-      }
-      return absl::AlreadyExistsError(absl::StrCat(
-          "Variable ", name,
-          " already exists, disallowed. Did you mean to set reuse=True in VarScope? Originally "
-          "defined at:\n\n",
-          where));
+      return registry_messages::AlreadyInSession(
+          *existing, name,
+          pending != txn->attached.end() ? pending->second : session.declared().at(name));
     }
     const char* what = existing->partitioned() ? "reuse partitioned variable" : "share variable";
     if (shape_differs) {
@@ -344,13 +331,7 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
   // Another session's variable: attach if the declarations agree. TensorFlow's
   // per-graph rule makes reuse=True of a name this session never declared a
   // miss, even when another session created it.
-  if (decl.reuse() == REUSE_TRUE) {
-    return absl::NotFoundError(absl::StrCat(
-        existing->partitioned() ? "PartitionedVariable " : "Variable ", name,
-        " does not exist, or was not created with tf.get_variable(). Did you mean to set "
-        "reuse=None in VarScope? (Another session, ",
-        existing->declared_by_session(), ", declared it; declare it in this session first.)"));
-  }
+  if (decl.reuse() == REUSE_TRUE) return registry_messages::NotInSession(*existing, name);
   const bool partitioning_differs = declares_partitioned != existing->partitioned() ||
                                     (declares_partitioned && partitions != Partitions(*existing));
   if (shape_differs || dtype_differs || partitioning_differs) {

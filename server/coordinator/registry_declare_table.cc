@@ -23,6 +23,8 @@
 #include "psd/wire.h"
 
 namespace psd {
+using registry_messages::OrUnknown;
+
 namespace {
 
 // DeepRec's GraphKeys.EMBEDDING_VARIABLES: every EmbeddingVariable (slots
@@ -31,9 +33,6 @@ namespace {
 // tensorflow/python/framework/ops.py).
 constexpr char kEmbeddingVariables[] = "embedding_variables";
 
-std::string OrUnknown(const std::string& where) {
-  return where.empty() ? std::string("<unknown>") : where;
-}
 
 // A table declaration resolved as far as it can be without creating it:
 // what a reuse or an attach compares with the table found.
@@ -263,27 +262,12 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
   // a reuse of a name it does not, then what was declared.
   if (in_session && decl.reuse() == REUSE_FALSE) {
     auto pending = txn->attached.find(name);
-    const std::string where =
-        OrUnknown(pending != txn->attached.end() ? pending->second : session.declared().at(name));
-    if (existing->partitioned()) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "Partitioned variable with name ", name,
-          " already exists. Did you mean to set reuse=True in VarScope? Originally defined "
-          "at:\n\n",
-          where));
-    }
-    return absl::AlreadyExistsError(absl::StrCat(
-        "Variable ", name,
-        " already exists, disallowed. Did you mean to set reuse=True in VarScope? Originally "
-        "defined at:\n\n",
-        where));
+    return registry_messages::AlreadyInSession(
+        *existing, name,
+        pending != txn->attached.end() ? pending->second : session.declared().at(name));
   }
   if (!in_session && decl.reuse() == REUSE_TRUE) {
-    return absl::NotFoundError(absl::StrCat(
-        existing->partitioned() ? "PartitionedVariable " : "Variable ", name,
-        " does not exist, or was not created with tf.get_variable(). Did you mean to set "
-        "reuse=None in VarScope? (Another session, ",
-        existing->declared_by_session(), ", declared it; declare it in this session first.)"));
+    return registry_messages::NotInSession(*existing, name);
   }
   if (table != existing->has_embedding()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "coordinator/registry.h"
 #include "psd/status.h"
 
@@ -31,6 +33,42 @@ struct Registry::Txn {
   std::map<int32_t, int64_t> free_bytes;
   uint64_t next_creation_seq = 0;
 };
+
+// TensorFlow's words for what declarations of dense variables and embedding
+// tables share.
+namespace registry_messages {
+
+inline std::string OrUnknown(const std::string& where) {
+  return where.empty() ? std::string("<unknown>") : where;
+}
+
+// A create (reuse=False) of a name the session already declared at `where`.
+inline absl::Status AlreadyInSession(const VariableDef& existing, const std::string& name,
+                                     const std::string& where) {
+  if (existing.partitioned()) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "Partitioned variable with name ", name,
+        " already exists. Did you mean to set reuse=True in VarScope? Originally defined "
+        "at:\n\n",
+        OrUnknown(where)));
+  }
+  return absl::AlreadyExistsError(absl::StrCat(
+      "Variable ", name,
+      " already exists, disallowed. Did you mean to set reuse=True in VarScope? Originally "
+      "defined at:\n\n",
+      OrUnknown(where)));
+}
+
+// A reuse (reuse=True) of a name another session declared, not this one.
+inline absl::Status NotInSession(const VariableDef& existing, const std::string& name) {
+  return absl::NotFoundError(absl::StrCat(
+      existing.partitioned() ? "PartitionedVariable " : "Variable ", name,
+      " does not exist, or was not created with tf.get_variable(). Did you mean to set "
+      "reuse=None in VarScope? (Another session, ",
+      existing.declared_by_session(), ", declared it; declare it in this session first.)"));
+}
+
+}  // namespace registry_messages
 
 template <typename T>
 T Registry::Acknowledged(T answer, uint64_t wait_for) const {
