@@ -325,39 +325,20 @@ grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext*
   });
 }
 
-// Streams a variable's value in chunks, one in flight at a time. Each
-// chunk's content is copied once, from the store straight into the slice
-// gRPC sends (psd/stream_codec.h), never through a protobuf string; the
-// slices' buffers are reused from chunk to chunk.
-class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// A server stream whose messages a source makes one at a time: each is made
+// (under RunGuarded) on the reactor's thread once the previous one is
+// written, so one is in flight; the stream ends OK when the source has none
+// left, or with the status of the source's failure. The call counts as
+// running (Admit) from construction to OnDone. A derived class's
+// constructor ends with Start.
+template <typename Message>
+class SourceStreamReactor : public grpc::ServerWriteReactor<Message> {
  public:
-  ReadStreamReactor(ShardService* service, const grpc::ByteBuffer& raw_request)
-      : service_(service) {
-    absl::Status status = service_->Admit();
-    ReadStreamRequest request;
-    if (status.ok() && !DecodeMessage(raw_request, &request)) {
-      status = absl::InvalidArgumentError("malformed ReadStreamRequest");
-    }
-    if (status.ok()) {
-      status = service_->RunGuarded([&] {
-        PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginReadStream(request));
-        source_->FillHeader(&fields_);
-        return absl::OkStatus();
-      });
-    }
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-      return;
-    }
-    WriteNext();
-  }
-
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    fields_.Clear();
     WriteNext();
   }
 
@@ -366,32 +347,87 @@ class ReadStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer
     delete this;
   }
 
- private:
-  void WriteNext() {
-    const int64_t n = source_->NextSize();
-    if (n < 0) {
-      Finish(grpc::Status::OK);
+ protected:
+  explicit SourceStreamReactor(ShardService* service)
+      : service_(service), admitted_(service->Admit()) {}
+  ~SourceStreamReactor() override = default;
+
+  // Opens the source with `begin` (an absl::Status()), then writes the
+  // first message.
+  template <typename Begin>
+  void Start(Begin&& begin) {
+    absl::Status status = admitted_;
+    if (status.ok()) status = service_->RunGuarded(std::forward<Begin>(begin));
+    if (!status.ok()) {
+      this->Finish(ToGrpcStatus(status));
       return;
     }
+    WriteNext();
+  }
+
+  // Makes the next message into *message (empty when called); false when
+  // every message was sent.
+  virtual absl::StatusOr<bool> Next(Message* message) = 0;
+
+  ShardService* const service_;
+
+ private:
+  void WriteNext() {
+    message_ = Message();
+    bool more = false;
     absl::Status status = service_->RunGuarded([&] {
-      char* data = nullptr;
-      grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
-      PSD_ASSIGN_OR_RETURN(int64_t offset, source_->ReadNext(data));
-      fields_.set_offset(offset);
-      buffer_ = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
+      PSD_ASSIGN_OR_RETURN(more, Next(&message_));
       return absl::OkStatus();
     });
     if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
+      this->Finish(ToGrpcStatus(status));
       return;
     }
-    StartWrite(&buffer_);
+    if (!more) {
+      this->Finish(grpc::Status::OK);
+      return;
+    }
+    this->StartWrite(&message_);
   }
 
-  ShardService* const service_;
+  const absl::Status admitted_;
+  Message message_;  // the write in progress
+};
+
+// Streams a variable's value in chunks, one in flight at a time. Each
+// chunk's content is copied once, from the store straight into the slice
+// gRPC sends (psd/stream_codec.h), never through a protobuf string; the
+// slices' buffers are reused from chunk to chunk.
+class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
+ public:
+  ReadStreamReactor(ShardService* service, const grpc::ByteBuffer& raw_request)
+      : SourceStreamReactor(service) {
+    Start([&] {
+      ReadStreamRequest request;
+      if (!DecodeMessage(raw_request, &request)) {
+        return absl::InvalidArgumentError("malformed ReadStreamRequest");
+      }
+      PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginReadStream(request));
+      source_->FillHeader(&fields_);
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  absl::StatusOr<bool> Next(grpc::ByteBuffer* message) override {
+    const int64_t n = source_->NextSize();
+    if (n < 0) return false;
+    char* data = nullptr;
+    grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
+    PSD_ASSIGN_OR_RETURN(int64_t offset, source_->ReadNext(data));
+    fields_.set_offset(offset);
+    *message = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
+    fields_.Clear();  // the header goes in the first chunk only
+    return true;
+  }
+
   std::unique_ptr<ReadStreamSource> source_;
   TensorChunk fields_;  // the chunk's fields but its content
-  grpc::ByteBuffer buffer_;
   const std::shared_ptr<ChunkBufferPool> buffers_ = ChunkBufferPool::Create();
 };
 
@@ -658,59 +694,20 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 };
 
 // Streams an embedding table part's snapshot, a batch of rows a message.
-class ExportEmbeddingReactor final : public grpc::ServerWriteReactor<EmbeddingRows> {
+class ExportEmbeddingReactor final : public SourceStreamReactor<EmbeddingRows> {
  public:
   ExportEmbeddingReactor(ShardService* service, const ExportEmbeddingRequest& request)
-      : service_(service) {
-    absl::Status status = service_->Admit();
-    if (status.ok()) {
-      status = service_->RunGuarded([&] {
-        PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginEmbeddingExport(request));
-        return absl::OkStatus();
-      });
-    }
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-      return;
-    }
-    WriteNext();
-  }
-
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    WriteNext();
-  }
-
-  void OnDone() override {
-    service_->Release();
-    delete this;
+      : SourceStreamReactor(service) {
+    Start([&] {
+      PSD_ASSIGN_OR_RETURN(source_, service_->store_->BeginEmbeddingExport(request));
+      return absl::OkStatus();
+    });
   }
 
  private:
-  void WriteNext() {
-    rows_.Clear();
-    bool more = false;
-    absl::Status status = service_->RunGuarded([&] {
-      PSD_ASSIGN_OR_RETURN(more, source_->Next(&rows_));
-      return absl::OkStatus();
-    });
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-      return;
-    }
-    if (!more) {
-      Finish(grpc::Status::OK);
-      return;
-    }
-    StartWrite(&rows_);
-  }
+  absl::StatusOr<bool> Next(EmbeddingRows* rows) override { return source_->Next(rows); }
 
-  ShardService* const service_;
   std::unique_ptr<EmbeddingExportSource> source_;
-  EmbeddingRows rows_;
 };
 
 grpc::ServerWriteReactor<EmbeddingRows>* ShardService::ExportEmbedding(

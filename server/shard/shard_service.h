@@ -43,6 +43,8 @@
 
 namespace psd {
 
+template <typename Message>
+class SourceStreamReactor;
 class ReadStreamReactor;
 class AssignStreamReactor;
 class BatchReactor;
@@ -170,6 +172,8 @@ class ShardService final : public ShardServiceBase {
   bool WaitForIdle(absl::Time deadline) const;
 
  private:
+  template <typename Message>
+  friend class SourceStreamReactor;
   friend class ReadStreamReactor;
   friend class ExportEmbeddingReactor;
   friend class AssignStreamReactor;
