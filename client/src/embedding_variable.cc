@@ -104,8 +104,9 @@ absl::Status ForSplitParts(
 
 // Rows `members` of a [m, dim] tensor, as a [members, dim] tensor.
 Tensor RowsOf(const Tensor& rows, const std::vector<int64_t>& members, int64_t row_bytes) {
-  Tensor t(rows.dtype(), TensorShape({static_cast<int64_t>(members.size()),
-                                      rows.shape().dims().back()}));
+  Tensor t;  // every byte is written below
+  t.ResetForOverwrite(rows.dtype(), TensorShape({static_cast<int64_t>(members.size()),
+                                                 rows.shape().dims().back()}));
   char* out = t.mutable_bytes()->data();
   const char* in = rows.bytes().data();
   for (size_t i = 0; i < members.size(); ++i) {
@@ -171,13 +172,13 @@ absl::StatusOr<Tensor> EmbeddingVariable::Gather(const Tensor& keys,
         }
         return absl::OkStatus();
       }));
-  // Distinct rows in order, then each input position's row.
-  std::string distinct_rows(split.distinct.size() * row_bytes, '\0');
+  // Where each distinct key's row arrived, then each input position's row
+  // copied once from there.
+  std::vector<const char*> row_of(split.distinct.size());
   for (size_t i = 0; i < results.size(); ++i) {
     const char* in = results[i].bytes().data();
     for (size_t j = 0; j < split.members[i].size(); ++j) {
-      std::memcpy(distinct_rows.data() + split.members[i][j] * row_bytes, in + j * row_bytes,
-                  row_bytes);
+      row_of[split.members[i][j]] = in + j * row_bytes;
     }
   }
   std::vector<int64_t> dims = keys.shape().dims();
@@ -186,8 +187,7 @@ absl::StatusOr<Tensor> EmbeddingVariable::Gather(const Tensor& keys,
   out.ResetForOverwrite(h.dtype(), TensorShape(dims));
   char* dst = out.mutable_bytes()->data();
   for (size_t i = 0; i < split.inverse.size(); ++i) {
-    std::memcpy(dst + i * row_bytes, distinct_rows.data() + split.inverse[i] * row_bytes,
-                row_bytes);
+    std::memcpy(dst + i * row_bytes, row_of[split.inverse[i]], row_bytes);
   }
   return out;
 }
@@ -216,29 +216,26 @@ absl::Status EmbeddingVariable::Scatter(UpdateKind op, const Tensor& keys, const
   }
   // Rows by distinct key: repeated keys merged as the shard would apply
   // them (internal::MergeDuplicateRows, over each key's first position).
-  Tensor distinct_rows;
+  // Without repeats the caller's rows are in distinct-key order already.
+  const Tensor* distinct_rows = &rows;
+  std::optional<internal::MergedRows> merged;
   const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(h.dtype()));
-  if (!scalar) {
-    const int64_t n = static_cast<int64_t>(split.inverse.size());
-    Tensor flat = rows;
-    PSD_RETURN_IF_ERROR(flat.Reshape(TensorShape({n, dim})));
-    if (split.distinct.size() == split.inverse.size()) {
-      distinct_rows = std::move(flat);
-    } else {
-      PSD_ASSIGN_OR_RETURN(Tensor ids, Tensor::FromVector(TensorShape({n}), split.inverse));
-      std::optional<internal::MergedRows> merged = internal::MergeDuplicateRows(
-          ids, flat, internal::MergeKindOf(op), static_cast<int64_t>(split.distinct.size()));
-      if (!merged.has_value()) {
-        return absl::InternalError(absl::StrCat(op_name, " on ", Quoted(h.name()),
-                                                ": repeated keys could not be merged"));
-      }
-      distinct_rows = std::move(merged->rows);
+  if (!scalar && split.distinct.size() != split.inverse.size()) {
+    // Each position's distinct-key number, shaped as the keys, so the rows
+    // line up with it as they are.
+    PSD_ASSIGN_OR_RETURN(Tensor ids, Tensor::FromVector(keys.shape(), split.inverse));
+    merged = internal::MergeDuplicateRows(ids, rows, internal::MergeKindOf(op),
+                                          static_cast<int64_t>(split.distinct.size()));
+    if (!merged.has_value()) {
+      return absl::InternalError(absl::StrCat(op_name, " on ", Quoted(h.name()),
+                                              ": repeated keys could not be merged"));
     }
+    distinct_rows = &merged->rows;
   }
   return ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
     return shard.ScatterByKey(
         op, p.name(), KeysTensor(split.distinct, split.members[i], h.embedding().key_dtype()),
-        scalar ? rows : RowsOf(distinct_rows, split.members[i], row_bytes), options);
+        scalar ? rows : RowsOf(*distinct_rows, split.members[i], row_bytes), options);
   });
 }
 
@@ -287,16 +284,17 @@ absl::Status EmbeddingVariable::ApplySparse(const OptimizerSpec& optimizer,
   }
   // Gradients of repeated keys are summed in arrival order, as the shard's
   // SparseApply sums them.
-  Tensor distinct_grads = grads;
+  const Tensor* distinct_grads = &grads;
+  std::optional<internal::MergedRows> merged;
   if (split.distinct.size() != split.inverse.size()) {
     PSD_ASSIGN_OR_RETURN(Tensor ids, Tensor::FromVector(TensorShape({n}), split.inverse));
-    std::optional<internal::MergedRows> merged = internal::MergeDuplicateRows(
-        ids, grads, internal::MergeKind::kSum, static_cast<int64_t>(split.distinct.size()));
+    merged = internal::MergeDuplicateRows(ids, grads, internal::MergeKind::kSum,
+                                          static_cast<int64_t>(split.distinct.size()));
     if (!merged.has_value()) {
       return absl::InternalError(absl::StrCat("sparse apply on ", Quoted(h.name()),
                                               ": repeated keys could not be merged"));
     }
-    distinct_grads = std::move(merged->rows);
+    distinct_grads = &merged->rows;
   }
   const int64_t row_bytes = dim * static_cast<int64_t>(DataTypeSize(h.dtype()));
   return ForSplitParts(state, split, [&](size_t i, int k, const PartHandle& p, ShardClient& shard) {
@@ -305,7 +303,7 @@ absl::Status EmbeddingVariable::ApplySparse(const OptimizerSpec& optimizer,
     return shard.ApplySparseByKey(
         p.name(), slot_names, optimizer,
         KeysTensor(split.distinct, split.members[i], h.embedding().key_dtype()),
-        RowsOf(distinct_grads, split.members[i], row_bytes), options);
+        RowsOf(*distinct_grads, split.members[i], row_bytes), options);
   });
 }
 
