@@ -87,8 +87,7 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
   for (const TableFigure& figure : kTableFigures) {
     metrics->CallbackGaugeFamily(figure.name, figure.help, {"table"}, [&store, &figure] {
       MetricsRegistry::Samples samples;
-      for (const VariableInfo& info : store.List("")) {
-        if (!info.has_embedding() || !info.embedding().spec().slot_of().empty()) continue;
+      for (const VariableInfo& info : store.ListEmbeddingParts()) {
         samples.push_back({{info.name()}, figure.value(info)});
       }
       return samples;

@@ -310,6 +310,19 @@ absl::Status VariableStore::DeleteEmbeddingOnce(const std::string& name) {
   return absl::OkStatus();
 }
 
+std::vector<VariableInfo> VariableStore::ListEmbeddingParts() const {
+  std::vector<std::shared_ptr<EmbeddingPart>> parts;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [name, part] : tables_) {
+      if (part->column == 0) parts.push_back(part);
+    }
+  }
+  std::vector<VariableInfo> out(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) FillEmbeddingInfo(*parts[i], &out[i]);
+  return out;
+}
+
 void VariableStore::FillEmbeddingInfo(const EmbeddingPart& part, VariableInfo* info) const {
   info->set_name(part.name);
   info->set_dtype(part.dtype);

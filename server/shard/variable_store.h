@@ -169,6 +169,10 @@ class VariableStore {
   // Delete treat it as a variable. Every other data op on it is
   // INVALID_ARGUMENT naming it.
 
+  // The info of every table part held (not slots), by name: what /metrics
+  // shows per part, without touching dense variables.
+  std::vector<VariableInfo> ListEmbeddingParts() const;
+
   // A stream of a part's rows as they were when it began.
   absl::StatusOr<std::unique_ptr<EmbeddingExportSource>> BeginEmbeddingExport(
       const ExportEmbeddingRequest& request) const;
