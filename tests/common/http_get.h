@@ -4,6 +4,7 @@
 #ifndef PSD_TESTS_COMMON_HTTP_GET_H_
 #define PSD_TESTS_COMMON_HTTP_GET_H_
 
+#include <fstream>
 #include <map>
 #include <string>
 #include <utility>
@@ -96,6 +97,20 @@ inline absl::StatusOr<std::map<std::string, double>> ParseMetrics(const std::str
     out[std::string(line.substr(0, space))] = value;
   }
   return out;
+}
+
+// The parsed /metrics of the process (plain HTTP on loopback) whose HTTP
+// port is written in `port_file` (its --http-port-file).
+inline absl::StatusOr<std::map<std::string, double>> ScrapeFromPortFile(
+    const std::string& port_file) {
+  std::ifstream in(port_file);
+  int port = 0;
+  if (!(in >> port) || port <= 0) {
+    return absl::FailedPreconditionError(absl::StrCat("no HTTP port in ", port_file));
+  }
+  auto reply = HttpGet("127.0.0.1", port, "/metrics");
+  if (!reply.ok()) return reply.status();
+  return ParseMetrics(reply->body);
 }
 
 }  // namespace testing_http

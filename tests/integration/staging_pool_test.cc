@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,13 +66,7 @@ class StagingPoolTest : public ShardTest {
 
   // The shard's /metrics, parsed (a missing series reads as 0).
   std::map<std::string, double> Scrape() {
-    std::ifstream in(http_port_file_);
-    int port = 0;
-    in >> port;
-    auto reply = testing_http::HttpGet("127.0.0.1", port, "/metrics");
-    EXPECT_TRUE(reply.ok()) << reply.status();
-    if (!reply.ok()) return {};
-    auto metrics = testing_http::ParseMetrics(reply->body);
+    auto metrics = testing_http::ScrapeFromPortFile(http_port_file_);
     EXPECT_TRUE(metrics.ok()) << metrics.status();
     return metrics.ok() ? *metrics : std::map<std::string, double>{};
   }
