@@ -1,4 +1,4 @@
-// `psctl status`, `psctl vars list|show|get|evict` and `psctl shutdown`: the
+// `psctl status`, `psctl vars list|show|get|evict|move` and `psctl shutdown`: the
 // coordinator's view of the cluster and its variables, and stopping it.
 // status, list and show ask the coordinator (and, for show, each part's
 // shard) without opening a session; get reads the value through a
@@ -368,6 +368,33 @@ void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
               value->shape().ToString().c_str(), shown.c_str());
 }
 
+void RunMove(const std::string& part, int32_t target_shard, double timeout_seconds,
+             Context* ctx) {
+  psd::MovePartRequest req;
+  req.set_part(part);
+  req.set_target_shard(target_shard);
+  psd::MovePartResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::MovePart, req, &resp,
+                        absl::Seconds(timeout_seconds));
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::vector<std::string> parts;
+    for (const auto& p : resp.parts()) parts.push_back(JsonString(p));
+    std::printf("{\"parts\":[%s],\"from\":%d,\"to\":%d,\"bytes\":%lld,"
+                "\"forwarded_writes\":%llu,\"seconds\":%.6f,\"writes_held_seconds\":%.6f}\n",
+                absl::StrJoin(parts, ",").c_str(), resp.source_shard(), resp.target_shard(),
+                static_cast<long long>(resp.bytes()),
+                static_cast<unsigned long long>(resp.forwarded_writes()), resp.seconds(),
+                resp.fence_seconds());
+    return;
+  }
+  std::printf("moved %s from shard %d to shard %d: %s in %.2f s, %llu writes forwarded, "
+              "writes held %.1f ms\n",
+              absl::StrJoin(resp.parts(), ", ").c_str(), resp.source_shard(), resp.target_shard(),
+              FormatBytes(resp.bytes()).c_str(), resp.seconds(),
+              static_cast<unsigned long long>(resp.forwarded_writes()), resp.fence_seconds() * 1e3);
+}
+
 void RunShutdown(bool final_checkpoint, double timeout_seconds, Context* ctx) {
   psd::ShutdownRequest req;
   req.set_final_checkpoint(final_checkpoint);
@@ -438,6 +465,25 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
                    "row is stale by age; the L2 threshold still applies)")
       ->capture_default_str();
   evict->callback([ctx, evict_name, global_step] { RunEvict(*evict_name, *global_step, ctx); });
+
+  auto move_part = std::make_shared<std::string>();
+  auto move_to = std::make_shared<int32_t>(-1);
+  auto move_timeout = std::make_shared<double>(3600);
+  CLI::App* move = vars->add_subcommand(
+      "move",
+      "Move a part (with the parts beside it, such as its optimizer slots) to another shard "
+      "while training goes on (admin)");
+  move->fallthrough();
+  move->add_option("part", *move_part,
+                   "The part's full name (scope/v/part_1), or an unpartitioned variable's")
+      ->required();
+  move->add_option("--to", *move_to, "The shard id to move it to")->required();
+  move->add_option("--timeout", *move_timeout, "Seconds to wait for the move")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  move->callback([ctx, move_part, move_to, move_timeout] {
+    RunMove(*move_part, *move_to, *move_timeout, ctx);
+  });
 
   auto final_checkpoint = std::make_shared<bool>(false);
   auto shutdown_timeout = std::make_shared<double>(600);

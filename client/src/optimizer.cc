@@ -569,9 +569,15 @@ absl::Status Optimizer::ApplyGradients(
         const std::vector<PartInfo> sp = slot.parts();
         if (static_cast<int>(sp.size()) != h.parts_size() ||
             sp[op.part].shard_address != part.shard_address()) {
-          status = absl::FailedPreconditionError(
-              absl::StrCat("slot ", slot.name(), " is not placed like ", h.name(),
-                           " (was it declared without colocate_with?)"));
+          // A part that moved to another shard (with its slots) leaves
+          // cached handles of both behind: refreshed once, like a stale
+          // handle, before the placement counts as wrong.
+          status = attempt == 0
+                       ? absl::AbortedError(absl::StrCat("stale handle: slot ", slot.name(),
+                                                         " is cached apart from ", h.name()))
+                       : absl::FailedPreconditionError(
+                             absl::StrCat("slot ", slot.name(), " is not placed like ", h.name(),
+                                          " (was it declared without colocate_with?)"));
           misplaced = true;
           break;
         }

@@ -148,6 +148,9 @@ class CheckpointProgressBoard {
 
 class CheckpointManager {
  public:
+  // What a part move's owner switch holds exclusively: saves (placement
+  // read to fences up) and restores (throughout) hold it shared.
+  absl::Mutex* placement_mu() ABSL_LOCK_RETURNED(placement_mu_) { return &placement_mu_; }
   // How the manager reaches shards; implemented by CoordinatorService.
   struct ShardAccess {
     // The stub of a registered shard, or UNAVAILABLE.
@@ -265,6 +268,11 @@ class CheckpointManager {
 
   // One save or restore at a time; readers never take it.
   absl::Mutex op_mu_;
+  // Held shared by a save from reading the placement until every shard is
+  // fenced and pinned, and by a restore throughout; a part move's owner
+  // switch holds it exclusively (placement_mu()), so a save's cut holds
+  // each part once and a restore writes where the parts are.
+  absl::Mutex placement_mu_ ABSL_ACQUIRED_AFTER(op_mu_);
   // The retention states; taken for short, in-memory work only (plus the
   // first load of a state from disk).
   mutable absl::Mutex state_mu_ ABSL_ACQUIRED_AFTER(op_mu_);

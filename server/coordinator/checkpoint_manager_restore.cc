@@ -159,6 +159,8 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     int32_t only_shard) {
   const absl::Time start = absl::Now();
   absl::MutexLock op(&op_mu_);
+  // Parts stay where they are while they are restored.
+  absl::ReaderMutexLock placement(&placement_mu_);
   {
     // A publication a kill interrupted completes first.
     const std::string& p = request.prefix();

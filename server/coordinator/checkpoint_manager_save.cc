@@ -3,6 +3,7 @@
 // the meta and the merged index are staged and published, then the
 // retention state, the state file and the deletion of the checkpoint that
 // leaves the retention (the steps in checkpoint_manager.h).
+#include "absl/cleanup/cleanup.h"
 #include "coordinator/checkpoint_manager.h"
 
 #include <algorithm>
@@ -165,6 +166,9 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   // A publication a kill interrupted completes (or its orphans go) before
   // this save looks at what PREFIX holds.
   RecoverDir(dir);
+  // No part changes shards between reading the placement and the fence.
+  placement_mu_.ReaderLock();
+  absl::Cleanup placement_unlock = [this] { placement_mu_.ReaderUnlock(); };
   PSD_ASSIGN_OR_RETURN(const std::vector<VariableDef> defs,
                        SavedVariables(*registry_, request, prefix));
   std::map<int32_t, std::vector<SavePart>> by_shard;
@@ -273,6 +277,8 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   checkpoint::CrashPoint("save.after_fence");
   std::vector<UnfenceResponse> unfenced;
   unfence_all(/*discard=*/false, &unfenced);
+  // Every part is pinned where it was: moves may switch owners again.
+  std::move(placement_unlock).Invoke();
   checkpoint::CrashPoint("save.after_unfence");
   const absl::Duration fence_pause = fenced_for();
 

@@ -142,20 +142,27 @@ void CoordinatorService::FillHandle(const VariableDef& def, VariableHandle* h) c
   }
 }
 
-std::shared_ptr<Shard::Stub> CoordinatorService::StubFor(const std::string& address) {
+std::shared_ptr<grpc::Channel> CoordinatorService::ChannelFor(const std::string& address) {
   absl::MutexLock lock(&mu_);
-  auto& stub = stubs_[address];
-  if (stub == nullptr) {
+  auto& channel = channels_[address];
+  if (channel == nullptr) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(options_.max_message_bytes);
     args.SetMaxSendMessageSize(options_.max_message_bytes);
-    stub = Shard::NewStub(
-        grpc::CreateCustomChannel(address,
-                                  options_.shard_credentials != nullptr
-                                      ? options_.shard_credentials
-                                      : grpc::InsecureChannelCredentials(),
-                                  args));
+    channel = grpc::CreateCustomChannel(address,
+                                        options_.shard_credentials != nullptr
+                                            ? options_.shard_credentials
+                                            : grpc::InsecureChannelCredentials(),
+                                        args);
   }
+  return channel;
+}
+
+std::shared_ptr<Shard::Stub> CoordinatorService::StubFor(const std::string& address) {
+  std::shared_ptr<grpc::Channel> channel = ChannelFor(address);
+  absl::MutexLock lock(&mu_);
+  auto& stub = stubs_[address];
+  if (stub == nullptr) stub = Shard::NewStub(channel);
   return stub;
 }
 
@@ -379,6 +386,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         HeartbeatResponse* response) {
   return Serve(ctx, [&] {
     ExpireIdleSessions();
+    ResolvePendingMoves();
     absl::MutexLock lock(&mu_);
     auto it = shards_.find(request->shard_id());
     if (it == shards_.end() || it->second.incarnation != request->incarnation()) {
@@ -442,6 +450,16 @@ grpc::ServerUnaryReactor* CoordinatorService::LookupVariable(grpc::CallbackServe
   return Serve(ctx, [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->Lookup(request->name()));
     FillHandle(def, response->mutable_handle());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::MovePart(grpc::CallbackServerContext* ctx,
+                                                       const MovePartRequest* request,
+                                                       MovePartResponse* response) {
+  // The move itself: coordinator_service_move.cc.
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, MoveGroup(request->part(), request->target_shard()));
     return absl::OkStatus();
   });
 }

@@ -131,6 +131,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* UniqueVariableName(grpc::CallbackServerContext* ctx,
                                                const UniqueVariableNameRequest* request,
                                                UniqueVariableNameResponse* response) override;
+  // psctl vars move (docs/moves.md).
+  grpc::ServerUnaryReactor* MovePart(grpc::CallbackServerContext* ctx,
+                                     const MovePartRequest* request,
+                                     MovePartResponse* response) override;
   grpc::ServerUnaryReactor* ListShards(grpc::CallbackServerContext* ctx,
                                        const ListShardsRequest* request,
                                        ListShardsResponse* response) override;
@@ -283,7 +287,28 @@ class CoordinatorService final : public Coordinator::CallbackService {
   absl::StatusOr<std::vector<std::string>> InitializeOrdered(
       const std::vector<std::string>& names, bool force,
       absl::Time deadline = absl::InfiniteFuture()) ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Live part moves (coordinator_service_move.cc; docs/moves.md).
+  // The shard's address and incarnation if it is registered and live.
+  struct ShardAddress {
+    std::string address;
+    uint64_t incarnation = 0;
+  };
+  absl::StatusOr<ShardAddress> LiveShardAddress(int32_t shard_id) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Moves `part` and the parts colocated with it to `target_shard`.
+  absl::StatusOr<MovePartResponse> MoveGroup(const std::string& part, int32_t target_shard)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Tells both shards of `move` how it ended (EndMove): OK once both know
+  // (or no longer hold it: restarted), after which the move is finished.
+  absl::Status EndMoveOnShards(const PartMoveRecord& move) ABSL_LOCKS_EXCLUDED(mu_);
+  // Finishes the moves the registry holds unfinished and no call of this
+  // process is running (after a coordinator restart, or a shard that was
+  // unreachable when its move ended): committed ones on to the target,
+  // the others back to the source. Runs at most every few seconds, from
+  // heartbeats; never blocks the caller (it runs on a worker).
+  void ResolvePendingMoves() ABSL_LOCKS_EXCLUDED(mu_);
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);
   // Closes sessions idle for longer than the TTL; runs at most every
@@ -353,7 +378,13 @@ class CoordinatorService final : public Coordinator::CallbackService {
       ABSL_GUARDED_BY(mu_);
   mutable absl::Mutex mu_;
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+  // Moves a call of this process is running, and when pending moves were
+  // last resolved.
+  std::set<uint64_t> moves_running_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_move_resolve_ ABSL_GUARDED_BY(mu_);
+  bool resolving_moves_ ABSL_GUARDED_BY(mu_) = false;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
   ShutdownHandler on_shutdown_ ABSL_GUARDED_BY(mu_);

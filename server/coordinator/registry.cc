@@ -15,9 +15,7 @@
 #include "spdlog/spdlog.h"
 
 namespace psd {
-namespace {
 
-// The bytes placement counts for `part` of `def`.
 int64_t PartBytes(const VariableDef& def, const VariablePart& part) {
   const DataType dtype = def.dtype();
   if (def.has_embedding()) return NominalTablePartBytes(dtype, def.embedding().embedding_dim());
@@ -25,8 +23,6 @@ int64_t PartBytes(const VariableDef& def, const VariablePart& part) {
   for (int64_t d : part.shape().dims()) elements *= d;
   return EstimatedBytes(dtype, elements);
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   std::unique_ptr<Registry> registry(new Registry(options));
@@ -41,6 +37,7 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   registry->next_creation_seq_ = std::max<uint64_t>(1, snap.next_creation_seq());
   for (const VariableDef& def : snap.variables()) registry->AddVariable(def);
   for (const SessionState& s : snap.sessions()) registry->sessions_[s.id()] = s;
+  for (const PartMoveRecord& m : snap.moves()) registry->moves_[m.move_id()] = m;
   for (const RegistryRecord& record : recovered.records) {
     registry->Apply(record);
     registry->next_seq_ = record.seq() + 1;
@@ -80,6 +77,9 @@ absl::StatusOr<uint64_t> Registry::Commit(RegistryRecord* record, bool sync) {
       for (const VariableDef& def : record->declared().created()) pending(def.name());
     } else if (record->has_deleted()) {
       pending(record->deleted());
+    } else if (record->has_move_committed()) {
+      // Handles show the new placement only once it is durable.
+      for (const std::string& name : moved_variables_) pending(name);
     }
   }
   if (sync && !compacting_ && log_->log_bytes() > compact_at_) {
@@ -296,6 +296,11 @@ void Registry::Apply(const RegistryRecord& record) {
       RememberReply(op.reply(), &it->second);
       break;
     }
+    case RegistryRecord::kMoveStarted:
+    case RegistryRecord::kMoveCommitted:
+    case RegistryRecord::kMoveFinished:
+      ApplyMove(record);
+      break;
     case RegistryRecord::kDeleted: {
       auto it = variables_.find(record.deleted());
       if (it == variables_.end()) break;
@@ -489,6 +494,7 @@ RegistrySnapshot Registry::MakeSnapshot() const {
   snap.set_next_creation_seq(next_creation_seq_);
   for (const auto& [name, def] : variables_) *snap.add_variables() = def;
   for (const auto& [id, s] : sessions_) *snap.add_sessions() = s;
+  for (const auto& [id, m] : moves_) *snap.add_moves() = m;
   return snap;
 }
 

@@ -275,6 +275,21 @@ class Registry {
   size_t num_sessions() const;
   std::vector<uint64_t> SessionIds() const;  // in increasing order
 
+  // Live part moves (docs/moves.md), each step durable when it returns.
+  // BeginMove records a move of `move.parts` (part names) from
+  // move.source_shard to move.target_shard: FAILED_PRECONDITION unless
+  // every part exists, is placed on the source, and is in no other
+  // unfinished move. CommitMove switches the parts' placement to the
+  // target (handles show it from then on); FinishMove forgets the move.
+  // A coordinator that restarts finds unfinished moves in PendingMoves.
+  absl::Status BeginMove(const PartMoveRecord& move);
+  absl::Status CommitMove(uint64_t move_id);
+  absl::Status FinishMove(uint64_t move_id);
+  std::vector<PartMoveRecord> PendingMoves() const;
+  // The variable a part name (or an unpartitioned variable's name) belongs
+  // to, or NOT_FOUND.
+  absl::StatusOr<VariableDef> VariableOfPart(const std::string& part) const;
+
   // Writes a snapshot and starts an empty log now (normally automatic).
   absl::Status Compact();
   // The result of the last automatic compaction (OK before the first): a
@@ -372,6 +387,9 @@ class Registry {
   absl::StatusOr<uint64_t> CommitDeclareLocked(const PreparedDeclaration& prepared)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Apply of the move records (registry_move.cc); a committed move also
+  // sets moved_variables_ (the variables whose placement it changed).
+  void ApplyMove(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddVariable(const VariableDef& def) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   RegistrySnapshot MakeSnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -407,6 +425,10 @@ class Registry {
   std::map<int32_t, ShardPlacement> placement_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, int64_t> shard_free_bytes_ ABSL_GUARDED_BY(mu_);  // NoteShardFreeBytes
   std::map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
+  // Unfinished part moves by id.
+  std::map<uint64_t, PartMoveRecord> moves_ ABSL_GUARDED_BY(mu_);
+  // The variables the last applied move_committed record moved parts of.
+  std::vector<std::string> moved_variables_ ABSL_GUARDED_BY(mu_);
 
   // Group commit (see WaitDurable). Taken after mu_ or alone; never held
   // across a sync.

@@ -20,6 +20,9 @@
 
 namespace psd {
 
+// The bytes placement counts for `part` of `def`.
+int64_t PartBytes(const VariableDef& def, const VariablePart& part);
+
 // The effect of a declaration batch before it is committed: later
 // declarations of the batch see earlier ones through it.
 struct Registry::Txn {

@@ -15,15 +15,23 @@ PeerReader::PeerReader(std::shared_ptr<grpc::ChannelCredentials> credentials,
                                           : grpc::InsecureChannelCredentials()),
       max_message_bytes_(max_message_bytes) {}
 
-std::shared_ptr<Shard::Stub> PeerReader::StubFor(const std::string& address) {
+std::shared_ptr<grpc::Channel> PeerReader::ChannelFor(const std::string& address) {
   absl::MutexLock lock(&mu_);
-  auto& stub = stubs_[address];
-  if (stub == nullptr) {
+  auto& channel = channels_[address];
+  if (channel == nullptr) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(max_message_bytes_);
     args.SetMaxSendMessageSize(max_message_bytes_);
-    stub = Shard::NewStub(grpc::CreateCustomChannel(address, credentials_, args));
+    channel = grpc::CreateCustomChannel(address, credentials_, args);
   }
+  return channel;
+}
+
+std::shared_ptr<Shard::Stub> PeerReader::StubFor(const std::string& address) {
+  std::shared_ptr<grpc::Channel> channel = ChannelFor(address);
+  absl::MutexLock lock(&mu_);
+  auto& stub = stubs_[address];
+  if (stub == nullptr) stub = Shard::NewStub(channel);
   return stub;
 }
 

@@ -41,12 +41,17 @@ class PeerReader {
                                    std::chrono::system_clock::time_point deadline,
                                    int64_t max_bytes);
 
+  // A channel to the psd server at `address` with this shard's node
+  // credentials (cached per address), for other services than Shard.
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   std::shared_ptr<Shard::Stub> StubFor(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   const int max_message_bytes_;
   absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Shard::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
 };
 

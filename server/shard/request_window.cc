@@ -8,6 +8,15 @@ namespace psd {
 RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle)
     : window_(window), max_clients_(max_clients), min_idle_(min_idle) {}
 
+absl::Status RequestWindow::CheckNotTooOld(const RequestId& id, uint64_t max_seq) const {
+  if (max_seq >= static_cast<uint64_t>(window_) && id.seq() <= max_seq - window_) {
+    return absl::AbortedError(absl::StrCat("request id too old: seq ", id.seq(), " of client ",
+                                           absl::Hex(id.client_id()), " is more than ", window_,
+                                           " behind its latest request ", max_seq));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id,
                                                                  CallerKey caller) {
   auto it = clients_.find(client_id);
@@ -61,12 +70,7 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   Client& client = *found;
   client.last_used = ++tick_;
   client.last_seen = std::chrono::steady_clock::now();
-  if (client.max_seq >= static_cast<uint64_t>(window_) &&
-      id.seq() <= client.max_seq - window_) {
-    return absl::AbortedError(absl::StrCat("request id too old: seq ", id.seq(), " of client ",
-                                           absl::Hex(id.client_id()), " is more than ", window_,
-                                           " behind its latest request ", client.max_seq));
-  }
+  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
   for (;;) {
     Entry* entry = EntryFor(id);
     if (entry == nullptr) break;
@@ -74,9 +78,11 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     done_.Wait(&mu_);  // a duplicate of a running request: wait for it
   }
   // Looked up again: waiting released the lock, and the client may have
-  // been forgotten and re-created meanwhile.
+  // been forgotten and re-created meanwhile, or its window moved past this
+  // id (an imported window, see Import).
   PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id(), caller));
   Client& owner = *owner_found;
+  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, owner.max_seq));
   owner.last_seen = std::chrono::steady_clock::now();
   Entry& slot = owner.ring[id.seq() % window_];
   slot.seq = id.seq();
@@ -98,6 +104,60 @@ void RequestWindow::Finish(const RequestId& id, Result result) {
 void RequestWindow::Abandon(const RequestId& id) {
   absl::MutexLock lock(&mu_);
   if (Entry* entry = EntryFor(id)) entry->state = State::kEmpty;
+  done_.SignalAll();
+}
+
+void RequestWindow::Export(RequestWindowState* state) const {
+  absl::MutexLock lock(&mu_);
+  state->Clear();
+  for (const auto& [client_id, client] : clients_) {
+    RequestWindowState::Client* out = state->add_clients();
+    out->set_client_id(client_id);
+    out->set_owner(client.owner);
+    out->set_max_seq(client.max_seq);
+    for (const Entry& entry : client.ring) {
+      if (entry.state != State::kDone) continue;
+      RequestWindowState::Entry* e = out->add_entries();
+      e->set_seq(entry.seq);
+      e->set_code(static_cast<int>(entry.result.status.code()));
+      if (!entry.result.status.ok()) e->set_message(std::string(entry.result.status.message()));
+      e->set_version(entry.result.version);
+      e->set_old_value(entry.result.old_value);
+    }
+  }
+}
+
+void RequestWindow::Import(const RequestWindowState& state) {
+  absl::MutexLock lock(&mu_);
+  for (const RequestWindowState::Client& in : state.clients()) {
+    auto it = clients_.find(in.client_id());
+    if (it == clients_.end()) {
+      if (static_cast<int>(clients_.size()) >= max_clients_) continue;
+      Client& fresh = clients_[in.client_id()];
+      fresh.owner = in.owner();
+      fresh.ring.resize(window_);
+      fresh.last_used = ++tick_;
+      fresh.last_seen = std::chrono::steady_clock::now();
+      it = clients_.find(in.client_id());
+    } else if (it->second.owner != in.owner()) {
+      continue;
+    }
+    Client& client = it->second;
+    if (in.max_seq() > client.max_seq) client.max_seq = in.max_seq();
+    for (const RequestWindowState::Entry& e : in.entries()) {
+      Entry& slot = client.ring[e.seq() % window_];
+      // The newer request keeps the slot (a running one too: its Finish
+      // then records nothing, and a duplicate waiting for it finds it too
+      // old, as Begin checks again after waiting).
+      if (slot.state != State::kEmpty && slot.seq >= e.seq()) continue;
+      slot.seq = e.seq();
+      slot.state = State::kDone;
+      slot.result.status =
+          absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
+      slot.result.version = e.version();
+      slot.result.old_value = e.old_value();
+    }
+  }
   done_.SignalAll();
 }
 

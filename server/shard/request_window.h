@@ -40,7 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "psd/types.pb.h"
+#include "psd/shard.pb.h"
 
 namespace psd {
 
@@ -77,6 +77,17 @@ class RequestWindow {
   // (a broken stream): a retry will run it.
   void Abandon(const RequestId& id);
 
+  // The completed requests of every client, for a part that moves to
+  // another shard (its writes' ids must be known where it goes next).
+  void Export(RequestWindowState* state) const;
+  // Merges `state` (another shard's Export) into this window: per ring
+  // slot the newer request wins, so an imported id is answered from its
+  // cached result and one that falls behind the merged window is refused
+  // as too old, never run again. A client bound to another caller here
+  // keeps its own window (that caller could not send its ids anyway).
+  // Clients over max_clients are not imported.
+  void Import(const RequestWindowState& state);
+
  private:
   enum class State : uint8_t { kEmpty, kRunning, kDone };
   struct Entry {
@@ -96,11 +107,13 @@ class RequestWindow {
   absl::StatusOr<Client*> ClientFor(uint64_t client_id, CallerKey caller)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryFor(const RequestId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ABORTED "request id too old" for an id at or below max_seq - window.
+  absl::Status CheckNotTooOld(const RequestId& id, uint64_t max_seq) const;
 
   const int window_;
   const int max_clients_;
   const absl::Duration min_idle_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   absl::CondVar done_;  // signalled when any running request finishes
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   std::unordered_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);

@@ -12,6 +12,7 @@
 #include "runtime/serving_loop.h"
 #include "shard/coordinator_link.h"
 #include "shard/nccl_plane.h"
+#include "shard/move_service.h"
 #include "shard/peer_reader.h"
 #include "shard/shard_control.h"
 #include "shard/shard_service.h"
@@ -165,6 +166,8 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
 
   // ShardControl.Stop (the coordinator's psctl shutdown).
   ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
+  // Live part moves, to and from other shards.
+  ShardMoveService moves(config.id, &store, &peers);
 
   ServingOptions serving = ServingOptionsFrom(config.listen, options);
   serving.response_watchers = FenceWatchers(&metrics);
@@ -179,7 +182,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   };
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<ServingEndpoint> endpoint,
-      ServingEndpoint::Start(serving, {&service, &control}, &metrics,
+      ServingEndpoint::Start(serving, {&service, &control, &moves}, &metrics,
                              // Not ready while draining, or once the device failed (a CUDA
                              // error): its variables can no longer be trusted.
                              [&service, &device] {

@@ -46,9 +46,10 @@ grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, 
 }
 
 template <typename Op>
-grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx, Op op) {
+grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx, Op op,
+                                                   const std::string* variable) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (AdmitOrFinish(reactor)) RunWrite(reactor, std::move(op));
+  if (AdmitOrFinish(reactor)) RunWrite(reactor, std::move(op), variable);
   return reactor;
 }
 
@@ -61,11 +62,22 @@ bool ShardService::AdmitOrFinish(grpc::ServerUnaryReactor* reactor) {
 }
 
 template <typename Op>
-void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op) {
+void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
+                            const std::string* variable) {
   absl::Status status;
   {
-    WriteGate::Admission admission =
-        store_->mutable_gate()->TryAdmit([this, reactor, op] { RunWrite(reactor, op); });
+    auto resume = [this, reactor, op, variable] { RunWrite(reactor, op, variable); };
+    // A part moving to another shard has a gate of its own, closed while
+    // its owner switches; admitted there first, so the shard's gate's
+    // admission is the thread's innermost (the store's Pass finds it).
+    std::shared_ptr<WriteGate> part_gate =
+        variable != nullptr ? store_->MoveGateFor(*variable) : nullptr;
+    std::optional<WriteGate::Admission> part_admission;
+    if (part_gate != nullptr) {
+      part_admission.emplace(part_gate->TryAdmit(resume));
+      if (!*part_admission) return;  // held until the move switches or is given up
+    }
+    WriteGate::Admission admission = store_->mutable_gate()->TryAdmit(resume);
     if (!admission) return;  // held by a fence; the gate runs it again once it lifts
     status = RunGuarded(op);
   }
@@ -288,41 +300,56 @@ grpc::ServerUnaryReactor* ShardService::Gather(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* ShardService::Assign(grpc::CallbackServerContext* ctx,
                                                const AssignRequest* request,
                                                AssignResponse* response) {
-  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
-    return store_->Assign(*request, response, caller);
-  });
+  return ServeWrite(
+      ctx,
+      [this, request, response, caller = CallerKeyOf(*ctx)] {
+        return store_->Assign(*request, response, caller);
+      },
+      &request->name());
 }
 
 grpc::ServerUnaryReactor* ShardService::Scatter(grpc::CallbackServerContext* ctx,
                                                 const ScatterRequest* request,
                                                 ScatterResponse* response) {
-  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
-    return store_->Scatter(*request, response, caller);
-  });
+  return ServeWrite(
+      ctx,
+      [this, request, response, caller = CallerKeyOf(*ctx)] {
+        return store_->Scatter(*request, response, caller);
+      },
+      &request->name());
 }
 
 grpc::ServerUnaryReactor* ShardService::CountUpTo(grpc::CallbackServerContext* ctx,
                                                   const CountUpToRequest* request,
                                                   CountUpToResponse* response) {
-  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
-    return store_->CountUpTo(*request, response, caller);
-  });
+  return ServeWrite(
+      ctx,
+      [this, request, response, caller = CallerKeyOf(*ctx)] {
+        return store_->CountUpTo(*request, response, caller);
+      },
+      &request->name());
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplyDense(grpc::CallbackServerContext* ctx,
                                                    const ApplyDenseRequest* request,
                                                    ApplyDenseResponse* response) {
-  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
-    return store_->ApplyDense(*request, response, caller);
-  });
+  return ServeWrite(
+      ctx,
+      [this, request, response, caller = CallerKeyOf(*ctx)] {
+        return store_->ApplyDense(*request, response, caller);
+      },
+      &request->name());
 }
 
 grpc::ServerUnaryReactor* ShardService::ApplySparse(grpc::CallbackServerContext* ctx,
                                                     const ApplySparseRequest* request,
                                                     ApplySparseResponse* response) {
-  return ServeWrite(ctx, [this, request, response, caller = CallerKeyOf(*ctx)] {
-    return store_->ApplySparse(*request, response, caller);
-  });
+  return ServeWrite(
+      ctx,
+      [this, request, response, caller = CallerKeyOf(*ctx)] {
+        return store_->ApplySparse(*request, response, caller);
+      },
+      &request->name());
 }
 
 // A server stream whose messages a source makes one at a time: each is made
@@ -493,6 +520,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
             "the first message of a streamed assign must carry its header");
       }
       PSD_ASSIGN_OR_RETURN(sink_, service_->store_->BeginAssignStream(fields_.header(), CallerKeyOf(*ctx_)));
+      name_ = fields_.header().name();
     } else if (fields_.has_header()) {
       return absl::InvalidArgumentError(
           "a streamed assign carries one header, in its first message");
@@ -506,6 +534,13 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
   void Commit() {
     absl::Status status;
     {
+      // A part moving to another shard: its move's gate first (RunWrite).
+      std::shared_ptr<WriteGate> part_gate = service_->store_->MoveGateFor(name_);
+      std::optional<WriteGate::Admission> part_admission;
+      if (part_gate != nullptr) {
+        part_admission.emplace(part_gate->TryAdmit([this] { Commit(); }));
+        if (!*part_admission) return;
+      }
       WriteGate::Admission admission =
           service_->store_->mutable_gate()->TryAdmit([this] { Commit(); });
       if (!admission) return;
@@ -524,6 +559,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
   grpc::CallbackServerContext* const ctx_;
   grpc::ByteBuffer* const response_;
   std::unique_ptr<AssignStreamSink> sink_;
+  std::string name_;  // the variable, from the header
   grpc::ByteBuffer buffer_;    // the message as received
   AssignStreamRequest fields_;  // its fields but the content
   ContentMessage message_;      // its content, in buffer_'s slices
@@ -609,6 +645,15 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   // the write gate as a whole, so a fence holds it without holding this
   // thread and its ops keep their order.
   void RunMessage() {
+    // Parts moving to another shard are admitted by their move's gate
+    // first (see RunWrite): a message held there keeps its ops' order.
+    std::vector<std::shared_ptr<WriteGate>> part_gates = MoveGatesOf(request_);
+    std::vector<WriteGate::Admission> part_admissions;
+    part_admissions.reserve(part_gates.size());
+    for (const auto& gate : part_gates) {
+      part_admissions.push_back(gate->TryAdmit([this] { RunMessage(); }));
+      if (!part_admissions.back()) return;
+    }
     std::optional<WriteGate::Admission> admission;
     if (HasWrite(request_)) {
       admission.emplace(service_->store_->mutable_gate()->TryAdmit([this] { RunMessage(); }));
@@ -649,6 +694,29 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     StartWrite(&reply_);
   }
 
+
+  // The gates of the moving parts the message's writes change (none
+  // unless a part of this shard is moving out).
+  std::vector<std::shared_ptr<WriteGate>> MoveGatesOf(const BatchRequest& request) const {
+    std::vector<std::shared_ptr<WriteGate>> gates;
+    for (const BatchOp& op : request.ops()) {
+      const std::string* name = nullptr;
+      switch (op.op_case()) {
+        case BatchOp::kAssign: name = &op.assign().name(); break;
+        case BatchOp::kScatter: name = &op.scatter().name(); break;
+        case BatchOp::kCountUpTo: name = &op.count_up_to().name(); break;
+        case BatchOp::kApplyDense: name = &op.apply_dense().name(); break;
+        case BatchOp::kApplySparse: name = &op.apply_sparse().name(); break;
+        default: break;
+      }
+      if (name == nullptr) continue;
+      std::shared_ptr<WriteGate> gate = service_->store_->MoveGateFor(*name);
+      if (gate != nullptr && std::find(gates.begin(), gates.end(), gate) == gates.end()) {
+        gates.push_back(std::move(gate));
+      }
+    }
+    return gates;
+  }
 
   static bool HasWrite(const BatchRequest& request) {
     for (const BatchOp& op : request.ops()) {

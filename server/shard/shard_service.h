@@ -196,9 +196,12 @@ class ShardService final : public ShardServiceBase {
   // `op` outlives the handler, so it captures the request and response
   // pointers by value. Nothing is allocated unless the write is parked.
   template <typename Op>
-  grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx, Op op);
+  // `variable`, when given, is the variable the write changes: a write to
+  // a part that is moving is admitted by that move's gate too.
+  grpc::ServerUnaryReactor* ServeWrite(grpc::CallbackServerContext* ctx, Op op,
+                                       const std::string* variable = nullptr);
   template <typename Op>
-  void RunWrite(grpc::ServerUnaryReactor* reactor, Op op);
+  void RunWrite(grpc::ServerUnaryReactor* reactor, Op op, const std::string* variable = nullptr);
   // `op`'s status, or the status of what it threw (psd/edge.h): every
   // handler and reactor callback runs the store through this.
   template <typename Op>

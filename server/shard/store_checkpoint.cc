@@ -24,7 +24,10 @@ absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
   {
     absl::ReaderMutexLock lock(&mu_);
     vars.reserve(variables_.size());
-    for (const auto& [name, var] : variables_) vars.push_back(var);
+    // A part moving in is not this shard's yet: its source saves it.
+    for (const auto& [name, var] : variables_) {
+      if (!var->incoming.load(std::memory_order_acquire)) vars.push_back(var);
+    }
   }
   snapshot->clear();
   snapshot->reserve(vars.size());
@@ -188,6 +191,9 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
                                             " has nothing staged on this shard (expired?)"));
   }
   WriteGate::Pass pass(&gate_);
+  for (const auto& part : r->parts) {
+    PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(part.spec.name(), "a restore"));
+  }
   // Tables' new contents are built first (a failure changes nothing), and
   // installed with the dense parts.
   PSD_ASSIGN_OR_RETURN(TableInstall install_tables, PrepareTableRestore(r.get(), applied));

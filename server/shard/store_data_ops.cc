@@ -349,8 +349,7 @@ absl::Status VariableStore::CountUpToOnce(const CountUpToRequest& request,
 absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse* response,
                                    CallerKey caller) {
   bool ran = false;
-  absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()},
-                               response, [&] {
+  absl::Status status = Mutate(Forwarded(caller, request), response, [&] {
     ran = true;
     return AssignOnce(request, response);
   });
@@ -364,8 +363,7 @@ absl::Status VariableStore::Assign(const AssignRequest& request, AssignResponse*
 absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterResponse* response,
                                     CallerKey caller) {
   bool ran = false;
-  absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()},
-                               response, [&] {
+  absl::Status status = Mutate(Forwarded(caller, request), response, [&] {
     ran = true;
     return ScatterOnce(request, response);
   });
@@ -378,7 +376,7 @@ absl::Status VariableStore::Scatter(const ScatterRequest& request, ScatterRespon
 
 absl::Status VariableStore::CountUpTo(const CountUpToRequest& request,
                                       CountUpToResponse* response, CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+  return Mutate(Forwarded(caller, request), response,
                 [&] { return CountUpToOnce(request, response); });
 }
 

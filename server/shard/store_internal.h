@@ -23,12 +23,27 @@
 #include "psd/tensor.h"
 #include "psd/update_kind_wire.h"
 #include "shard/embedding_table.h"
+#include "shard/part_move.h"
 #include "shard/request_window.h"
 #include "shard/store_variable.h"
 #include "shard/variable_store.h"
 
 namespace psd {
 namespace store_internal {
+
+// True on a thread replaying a move's logged writes on its target
+// (MoveReplayScope): only it may touch parts still moving in.
+bool ReplayingMove();
+class MoveReplayScope {
+ public:
+  MoveReplayScope();
+  ~MoveReplayScope();
+  MoveReplayScope(const MoveReplayScope&) = delete;
+  MoveReplayScope& operator=(const MoveReplayScope&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // Checks every index against [0, dim0) with TensorFlow's wording.
 absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit,
@@ -121,11 +136,28 @@ struct EmbeddingPart {
   mutable std::atomic<uint64_t> version{0};
 };
 
+// How a move replays each forwardable request on the part's new shard.
+inline void SetBatchOp(const AssignRequest& r, BatchOp* op) { *op->mutable_assign() = r; }
+inline void SetBatchOp(const ScatterRequest& r, BatchOp* op) { *op->mutable_scatter() = r; }
+inline void SetBatchOp(const CountUpToRequest& r, BatchOp* op) { *op->mutable_count_up_to() = r; }
+inline void SetBatchOp(const ApplyDenseRequest& r, BatchOp* op) { *op->mutable_apply_dense() = r; }
+inline void SetBatchOp(const ApplySparseRequest& r, BatchOp* op) {
+  *op->mutable_apply_sparse() = r;
+}
+
+template <typename Request>
+VariableStore::WriteMeta VariableStore::Forwarded(CallerKey caller, const Request& request) {
+  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
+  meta.variable = &request.name();
+  meta.to_batch_op = +[](const void* r, BatchOp* op) {
+    SetBatchOp(*static_cast<const Request*>(r), op);
+  };
+  meta.request = &request;
+  return meta;
+}
+
 template <typename Response, typename Op>
-absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
-  std::optional<WriteGate::Pass> pass;
-  if (meta.gated) pass.emplace(&gate_);
+absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, Op&& op) {
   const RequestId& id = meta.request_id;
   if (id.client_id() == 0) return op();
   PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached,
@@ -139,6 +171,32 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   store_internal::SaveResult(*response, &result);
   absl::Status status = result.status;
   requests_.Finish(id, std::move(result));
+  return status;
+}
+
+template <typename Response, typename Op>
+absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
+  std::optional<WriteGate::Pass> pass;
+  if (meta.gated) pass.emplace(&gate_);
+  std::shared_ptr<MoveOut> move;
+  if (meta.variable != nullptr && moving_out_count_.load(std::memory_order_acquire) > 0) {
+    move = MovingOut(*meta.variable);
+  }
+  if (move == nullptr) return RunOnce(meta, response, std::forward<Op>(op));
+  // A write to a group moving out: applied and logged under the group's
+  // order lock, so the target replays the writes in the order they ran.
+  absl::MutexLock order(&move->order_mu);
+  PSD_ASSIGN_OR_RETURN(const bool log,
+                       AdmitMovingWrite(move.get(), *meta.variable,
+                                        meta.to_batch_op == nullptr ? "this write" : ""));
+  if (!log) return RunOnce(meta, response, std::forward<Op>(op));
+  bool ran = false;
+  absl::Status status = RunOnce(meta, response, [&] {
+    ran = true;
+    return op();
+  });
+  if (ran && status.ok()) LogMoveWrite(move.get(), meta);
   return status;
 }
 

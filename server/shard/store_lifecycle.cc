@@ -204,6 +204,7 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
     // Lost a race with another create of the same name.
     return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
   }
+  moved_away_.erase(name);  // a part that moved away and came back
   absl::ReaderMutexLock var_lock(&var->mu);
   var->FillInfo(*device_, info);
   return absl::OkStatus();
@@ -211,8 +212,9 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
 
 absl::Status VariableStore::Delete(const DeleteVariableRequest& request, CallerKey caller) {
   NoResult none;
-  return Mutate({caller, request.shard_incarnation(), request.request_id(), /*gated=*/false},
-                &none, [&]() -> absl::Status {
+  WriteMeta meta{caller, request.shard_incarnation(), request.request_id(), /*gated=*/false};
+  meta.variable = &request.name();
+  return Mutate(meta, &none, [&]() -> absl::Status {
   const std::string& name = request.name();
   if (FindEmbedding(name) != nullptr) return DeleteEmbeddingOnce(name);
   std::shared_ptr<Variable> victim;
@@ -235,6 +237,7 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
     absl::ReaderMutexLock lock(&mu_);
     for (auto it = variables_.lower_bound(prefix);
          it != variables_.end() && absl::StartsWith(it->first, prefix); ++it) {
+      if (it->second->incoming.load(std::memory_order_acquire)) continue;  // not ours yet
       vars.push_back(it->second);
     }
     for (auto it = tables_.lower_bound(prefix);
@@ -384,6 +387,17 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     // does not wipe trained rows).
     if (FindEmbedding(name) != nullptr) continue;
     PSD_ASSIGN_OR_RETURN(vars[name], Find(name));
+  }
+  // Before any variable lock (a moving group's order lock comes first).
+  for (auto& [name, var] : vars) {
+    bool initialized;
+    {
+      absl::ReaderMutexLock lock(&var->mu);
+      initialized = var->initialized;
+    }
+    if (!initialized || request.force()) {
+      PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(name, "an initialization"));
+    }
   }
   // Lock in name order (the map's order) so concurrent calls cannot deadlock,
   // then prepare every variable's contents before committing any of them.

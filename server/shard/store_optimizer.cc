@@ -361,8 +361,7 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
 
 absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
                                        ApplyDenseResponse* response, CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
-                [&]() -> absl::Status {
+  return Mutate(Forwarded(caller, request), response, [&]() -> absl::Status {
     DenseGradient gradient;
     gradient.proto = &request.gradient();
     uint64_t version = 0;
@@ -375,8 +374,7 @@ absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
 
 absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
                                         ApplySparseResponse* response, CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
-                [&]() -> absl::Status {
+  return Mutate(Forwarded(caller, request), response, [&]() -> absl::Status {
     if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
       return ApplyEmbedding(*part, request, response);
     }

@@ -214,6 +214,7 @@ class StagedAssignSink final : public AssignStreamSink {
 
   absl::Status Apply(AssignResponse* response) {
     const std::string& name = header_.name();
+    PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, "a streamed assign or apply"));
     if (header_.has_apply()) {
       // The unary ApplyDense's update, with the staged gradient.
       VariableStore::DenseGradient gradient;
@@ -288,6 +289,7 @@ class StagedAssignSink final : public AssignStreamSink {
     if (!store_->variables_.emplace(decl.name(), var).second) {
       return absl::AlreadyExistsError(absl::StrCat(Quoted(decl.name()), " already exists"));
     }
+    store_->moved_away_.erase(decl.name());
     response->set_version(0);
     return absl::OkStatus();
   }

@@ -10,6 +10,7 @@
 #ifndef PSD_SERVER_SHARD_STORE_VARIABLE_H_
 #define PSD_SERVER_SHARD_STORE_VARIABLE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -61,6 +62,9 @@ class Variable {
   const std::vector<int64_t> slice_offset;
   // Used when created without an initial value.
   const InitializerSpec initializer;
+  // A part moving in from another shard (MoveIn): client ops on it are
+  // UNAVAILABLE until the move commits; only the move writes it.
+  std::atomic<bool> incoming{false};
 
   mutable absl::Mutex mu;
   TensorShape shape ABSL_GUARDED_BY(mu);

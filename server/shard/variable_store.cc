@@ -49,7 +49,17 @@ size_t VariableStore::num_variables() const {
 absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = variables_.find(name);
+  if (it != variables_.end() && it->second->incoming.load(std::memory_order_acquire) &&
+      !store_internal::ReplayingMove()) {
+    return absl::UnavailableError(absl::StrCat(
+        Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+  }
   if (it == variables_.end()) {
+    if (auto moved = moved_away_.find(name); moved != moved_away_.end()) {
+      return absl::AbortedError(absl::StrCat("stale handle: part ", name, " moved to shard ",
+                                             moved->second,
+                                             "; refresh the variable from the coordinator"));
+    }
     if (tables_.count(name) > 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           Quoted(name), " is an embedding table: only gather, scatter_update/add/sub and "

@@ -23,7 +23,9 @@
 #ifndef PSD_SERVER_SHARD_VARIABLE_STORE_H_
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
+#include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -53,6 +55,8 @@ class EmbeddingExportSource;
 class ReadStreamSource;
 class AssignStreamSink;
 class StagedAssignSink;
+struct MoveOut;  // shard/part_move.h
+struct MoveIn;
 
 struct VariableStoreOptions {
   // Byte budget for variable data (staging and copy-on-write included);
@@ -245,6 +249,41 @@ class VariableStore {
   // Drops staged restores older than `age` (a coordinator that never came back).
   void DropStaleRestores(absl::Duration age);
 
+  // --- Live part moves (proto ShardMove; docs/moves.md) ---
+  // Source side. The first PullMove of a move begins it: the shard's
+  // writes are held for an instant (the write gate) while every part of
+  // the group is pinned, and from then on the group's writes are logged
+  // in the order they are applied. Pulls answer the snapshot's chunks,
+  // then the logged writes, then the end once frozen.
+  absl::Status PullMove(const PullMoveRequest& request, PullMoveResponse* response);
+  // Holds the group's writes (the service parks them, never rejects them)
+  // and closes its log; returns the last logged write's seq. Repeatable.
+  absl::StatusOr<uint64_t> FreezeMove(uint64_t move_id, uint64_t incarnation);
+  // committed: the group lives on `new_shard` now; it is dropped here and
+  // its names are answered ABORTED "stale handle" from now on. Otherwise
+  // the move is given up and the group stays, serving as before. Held
+  // writes resume either way. An unknown id is OK (a repeated EndMove).
+  absl::Status EndMoveOut(uint64_t move_id, bool committed, int32_t new_shard);
+  // The part gate of `name`'s group while it moves out, else null: the
+  // service admits writes to the group through it before the write gate.
+  std::shared_ptr<WriteGate> MoveGateFor(const std::string& name) const;
+
+  // Target side. BeginMoveIn creates the group's parts as incoming (client
+  // ops on them are UNAVAILABLE until the move commits).
+  absl::Status BeginMoveIn(const StartMoveInRequest& request);
+  // The next pull for move `move_id`; false when nothing is left to pull
+  // (ready, failed or ended).
+  bool NextMovePull(uint64_t move_id, PullMoveRequest* request) const;
+  // Applies one pull's answer: snapshot bytes into the incoming parts,
+  // logged writes through the ops' own code under their request ids and
+  // callers, and the end's request window. An error fails the move-in.
+  absl::Status ApplyMovePull(uint64_t move_id, const PullMoveResponse& response);
+  void FailMoveIn(uint64_t move_id, const absl::Status& status);
+  MoveStatusResponse MoveInStatus(uint64_t move_id, absl::Duration wait) const;
+  // committed: the incoming parts serve clients; otherwise they are
+  // dropped. An unknown id is OK.
+  absl::Status EndMoveIn(uint64_t move_id, bool committed);
+
   const MemoryAccountant& memory() const { return memory_; }
   const StagingPool& staging_pool() const { return pool_; }
   const VariableStoreOptions& options() const { return options_; }
@@ -292,7 +331,41 @@ class VariableStore {
     uint64_t incarnation = 0;  // the request's shard_incarnation (0: any)
     const RequestId& request_id;
     bool gated = true;  // held by a fence (creates and deletes are not)
+    // The variable written, which finds the group it moves with, and for
+    // the ops a move forwards, how to make the BatchOp that replays
+    // `request` on the part's new shard (null: a move of the group fails).
+    const std::string* variable = nullptr;
+    void (*to_batch_op)(const void* request, BatchOp* op) = nullptr;
+    const void* request = nullptr;
   };
+  template <typename Request>
+  static WriteMeta Forwarded(CallerKey caller, const Request& request);
+  // Mutate's exactly-once part: `op` once per request id.
+  template <typename Response, typename Op>
+  absl::Status RunOnce(const WriteMeta& meta, Response* response, Op&& op);
+  // The group moving out that `name` belongs to, if any.
+  std::shared_ptr<MoveOut> MovingOut(const std::string& name) const;
+  // A write to a moving group that is not forwarded (a restore, an
+  // initialization, a streamed assign, a delete): while the group
+  // forwards, the move fails (the write goes ahead); once frozen, the
+  // write is UNAVAILABLE (the move is about to switch owners).
+  absl::Status NoteUnforwardedWrite(const std::string& name, absl::string_view what);
+  // Whether a write to `name` of `move`'s group (order_mu held) is logged:
+  // true while the group forwards and the write can be (`unforwarded`
+  // empty); false when the move ended, or when it fails now because of
+  // this write (`unforwarded` says what it is); UNAVAILABLE once frozen,
+  // ABORTED "stale handle" once moved.
+  absl::StatusOr<bool> AdmitMovingWrite(MoveOut* move, const std::string& name,
+                                        absl::string_view unforwarded);
+  // Logs a forwarded write of `move`'s group (order_mu held).
+  void LogMoveWrite(MoveOut* move, const WriteMeta& meta);
+  // Gives a move up on the source (order_mu held or not needed): the log
+  // and pins are dropped, the group serves as before, pulls get `why`.
+  void FailMoveOut(MoveOut* move, const absl::Status& why);
+  absl::StatusOr<std::shared_ptr<MoveOut>> BeginMoveOut(const PullMoveRequest& request);
+  std::shared_ptr<MoveIn> FindMoveIn(uint64_t move_id) const;
+  // Snapshot bytes of one pull into the incoming part (move->mu held).
+  absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response);
   // The one way into a mutating operation, so every one is checked alike:
   // the incarnation check (ABORTED "stale handle" before anything else),
   // the write gate (a Pass: it goes straight through on a handler thread
@@ -338,6 +411,20 @@ class VariableStore {
   WriteGate gate_;
   mutable absl::Mutex restore_mu_;
   std::map<uint64_t, std::unique_ptr<StagedRestore>> restores_ ABSL_GUARDED_BY(restore_mu_);
+  // Live part moves (store_move.cc).
+  mutable absl::Mutex moves_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::map<uint64_t, std::shared_ptr<MoveOut>> moves_out_ ABSL_GUARDED_BY(moves_mu_);
+  std::map<std::string, std::shared_ptr<MoveOut>> moving_out_ ABSL_GUARDED_BY(moves_mu_);
+  std::map<uint64_t, std::shared_ptr<MoveIn>> moves_in_ ABSL_GUARDED_BY(moves_mu_);
+  // Groups moving out now: Mutate looks a write's group up only when not 0.
+  std::atomic<int> moving_out_count_{0};
+  // Parts that moved away -> their new shard, so an old handle is answered
+  // "stale handle" (not "not found"); the oldest are forgotten past
+  // kMaxMovedAway.
+  static constexpr size_t kMaxMovedAway = 1 << 16;
+  std::map<std::string, int32_t> moved_away_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> moved_away_order_ ABSL_GUARDED_BY(mu_);
+
   // The staged parts of `restore_id`, created when it has none yet.
   StagedRestore* StagedFor(uint64_t restore_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(restore_mu_);
 };

@@ -1,0 +1,315 @@
+// CoordinatorService (coordinator_service.h): live part moves
+// (docs/moves.md). The coordinator orders each step and records it in the
+// registry; the data goes shard to shard (proto ShardMove).
+#include <chrono>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "boost/asio/post.hpp"
+#include "coordinator/coordinator_service.h"
+#include "psd/grpc_status.h"
+#include "psd/random_id.h"
+#include "psd/status.h"
+#include "spdlog/spdlog.h"
+
+namespace psd {
+
+namespace {
+
+// A move whose target has copied the snapshot freezes the source once the
+// target is this close behind it (logged writes not yet applied), so the
+// owner switch applies few writes while the group's writes are held.
+constexpr uint64_t kCaughtUpWrites = 16;
+// How long the copy may take before the move is given up, and how long
+// the switch (freeze to commit) may hold the group's writes.
+constexpr absl::Duration kMaxCopyTime = absl::Hours(1);
+constexpr absl::Duration kMaxSwitchTime = absl::Seconds(20);
+// How often pending moves are looked at (from heartbeats).
+constexpr absl::Duration kResolveInterval = absl::Seconds(2);
+
+std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
+
+template <typename Req, typename Resp>
+absl::Status CallMove(ShardMove::Stub* stub,
+                      grpc::Status (ShardMove::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                              Resp*),
+                      const Req& req, Resp* resp, absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  return FromGrpcStatus((stub->*method)(&ctx, req, resp));
+}
+
+// The CreateVariableRequest that makes `part` of dense `def` on a shard
+// (uninitialized: a move fills it).
+CreateVariableRequest MovedPartCreate(const VariableDef& def, const VariablePart& part) {
+  CreateVariableRequest req;
+  req.set_name(part.name());
+  req.set_dtype(def.dtype());
+  *req.mutable_shape() = part.shape();
+  *req.mutable_initializer() = def.initializer();
+  if (def.partitioned()) {
+    *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
+    *req.mutable_slice()->mutable_offset() = part.offset();
+  }
+  return req;
+}
+
+}  // namespace
+
+absl::StatusOr<CoordinatorService::ShardAddress> CoordinatorService::LiveShardAddress(
+    int32_t shard_id) const {
+  const std::vector<int32_t> live = LiveShards();
+  absl::MutexLock lock(&mu_);
+  auto it = shards_.find(shard_id);
+  if (it == shards_.end()) {
+    return absl::NotFoundError(absl::StrCat("shard ", shard_id, " is not registered"));
+  }
+  if (std::find(live.begin(), live.end(), shard_id) == live.end()) {
+    return absl::UnavailableError(absl::StrCat("shard ", shard_id, " is not live"));
+  }
+  return ShardAddress{it->second.address, it->second.incarnation};
+}
+
+absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string& part_name,
+                                                               int32_t target_shard) {
+  const absl::Time start = absl::Now();
+  PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->VariableOfPart(part_name));
+  // Declarations and deletions of the variable and of what sits beside it
+  // wait for the move (a slot declared meanwhile would be placed beside the
+  // part on the source and left behind).
+  std::set<std::string> keys = {NameKey(def.name())};
+  for (const VariableDef& other : registry_->List("")) {
+    if (other.colocate_with() == def.name()) keys.insert(NameKey(other.name()));
+  }
+  HeldNames held(&declaring_, keys);
+  PSD_ASSIGN_OR_RETURN(def, registry_->VariableOfPart(part_name));
+  if (def.has_embedding()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "moving embedding table parts is not supported yet (", part_name, ")"));
+  }
+  if (!def.colocate_with().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        part_name, " sits beside variable ", def.colocate_with(),
+        " (colocate_with): move the part of ", def.colocate_with(), " instead; it takes ",
+        part_name, " along"));
+  }
+  int k = 0;
+  while (k < def.parts_size() && def.parts(k).name() != part_name) ++k;
+  const int32_t source_shard = def.parts(k).shard_id();
+  if (source_shard == target_shard) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(part_name, " is on shard ", target_shard, " already"));
+  }
+  // The group: the part, then the parts beside it (an optimizer's slots).
+  std::vector<CreateVariableRequest> group = {MovedPartCreate(def, def.parts(k))};
+  PartMoveRecord move;
+  move.set_move_id(RandomNonzeroId());
+  move.add_parts(part_name);
+  move.set_source_shard(source_shard);
+  move.set_target_shard(target_shard);
+  move.set_started_unix_micros(absl::ToUnixMicros(start));
+  for (const VariableDef& other : registry_->List("")) {
+    if (other.colocate_with() != def.name()) continue;
+    const VariablePart* beside = nullptr;
+    if (other.parts_size() == def.parts_size()) {
+      beside = &other.parts(k);
+    } else if (other.parts_size() == 1 && def.parts_size() == 1) {
+      beside = &other.parts(0);
+    }
+    if (beside == nullptr || beside->shard_id() != source_shard) continue;
+    if (other.has_embedding()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "moving embedding table parts is not supported yet (", beside->name(), ")"));
+    }
+    group.push_back(MovedPartCreate(other, *beside));
+    move.add_parts(beside->name());
+  }
+  PSD_ASSIGN_OR_RETURN(const ShardAddress source, LiveShardAddress(source_shard));
+  PSD_ASSIGN_OR_RETURN(const ShardAddress target, LiveShardAddress(target_shard));
+  const std::string what = absl::StrCat(MoveName(move.move_id()), " of ", part_name, " (",
+                                        move.parts_size(), " parts) from shard ", source_shard,
+                                        " to shard ", target_shard);
+  auto source_stub = ShardMove::NewStub(ChannelFor(source.address));
+  auto target_stub = ShardMove::NewStub(ChannelFor(target.address));
+
+  // Running before it is recorded, so ResolvePendingMoves leaves it alone.
+  {
+    absl::MutexLock lock(&mu_);
+    moves_running_.insert(move.move_id());
+  }
+  absl::Cleanup not_running = [&] {
+    absl::MutexLock lock(&mu_);
+    moves_running_.erase(move.move_id());
+  };
+  PSD_RETURN_IF_ERROR(registry_->BeginMove(move));
+  // Any failure before the switch: both shards are told, the part stays.
+  auto give_up = [&](const absl::Status& why) {
+    const absl::Status ended = EndMoveOnShards(move);
+    if (ended.ok()) {
+      registry_->FinishMove(move.move_id()).IgnoreError();
+    } else {
+      spdlog::warn("{}: given up, but not every shard heard it yet ({}); retried later", what,
+                   ended.ToString());
+    }
+    spdlog::warn("{} failed: {}", what, why.ToString());
+    return absl::Status(why.code(), absl::StrCat(what, " failed: ", why.message(),
+                                                 "; the part stays on shard ", source_shard));
+  };
+
+  // 1. The target creates the parts and pulls them from the source.
+  {
+    StartMoveInRequest req;
+    req.set_move_id(move.move_id());
+    req.set_source_address(source.address);
+    req.set_source_incarnation(source.incarnation);
+    req.set_source_shard_id(source_shard);
+    req.set_shard_incarnation(target.incarnation);
+    for (const CreateVariableRequest& c : group) *req.add_parts() = c;
+    StartMoveInResponse resp;
+    absl::Status started = CallMove(target_stub.get(), &ShardMove::Stub::StartMoveIn, req, &resp,
+                                    options_.shard_rpc_timeout);
+    if (!started.ok()) return give_up(started);
+  }
+  // 2. Until the target has the snapshot and is close behind the source.
+  MoveStatusResponse status;
+  for (;;) {
+    MoveStatusRequest req;
+    req.set_move_id(move.move_id());
+    req.set_wait_ms(200);
+    absl::Status polled = CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
+                                   options_.shard_rpc_timeout);
+    if (!polled.ok()) return give_up(polled);
+    if (status.phase() == MOVE_FAILED) {
+      return give_up(absl::Status(static_cast<absl::StatusCode>(status.code()), status.message()));
+    }
+    if (status.phase() == MOVE_FORWARDING &&
+        status.logged_seq() <= status.applied_seq() + kCaughtUpWrites) {
+      break;
+    }
+    if (absl::Now() - start > kMaxCopyTime) {
+      return give_up(absl::DeadlineExceededError(
+          absl::StrCat("the copy took longer than ", absl::FormatDuration(kMaxCopyTime))));
+    }
+    if (draining()) return give_up(absl::UnavailableError("the coordinator is stopping"));
+  }
+  // 3. The switch: no save reads the placement meanwhile.
+  absl::MutexLock placement(checkpoints_->placement_mu());
+  const absl::Time switch_start = absl::Now();
+  {
+    FreezeMoveRequest req;
+    req.set_move_id(move.move_id());
+    req.set_shard_incarnation(source.incarnation);
+    FreezeMoveResponse resp;
+    absl::Status frozen = CallMove(source_stub.get(), &ShardMove::Stub::FreezeMove, req, &resp,
+                                   options_.shard_rpc_timeout);
+    if (!frozen.ok()) return give_up(frozen);
+  }
+  for (;;) {
+    MoveStatusRequest req;
+    req.set_move_id(move.move_id());
+    req.set_wait_ms(1000);
+    absl::Status polled = CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
+                                   options_.shard_rpc_timeout);
+    if (!polled.ok()) return give_up(polled);
+    if (status.phase() == MOVE_FAILED) {
+      return give_up(absl::Status(static_cast<absl::StatusCode>(status.code()), status.message()));
+    }
+    if (status.phase() == MOVE_READY) break;
+    if (absl::Now() - switch_start > kMaxSwitchTime) {
+      return give_up(absl::DeadlineExceededError(absl::StrCat(
+          "the target did not catch up within ", absl::FormatDuration(kMaxSwitchTime))));
+    }
+  }
+  // 4. Durably on the target from here: the move completes whatever fails.
+  absl::Status committed = registry_->CommitMove(move.move_id());
+  if (!committed.ok()) return give_up(committed);
+  move.set_committed(true);
+  absl::Status ended = EndMoveOnShards(move);
+  const absl::Duration fenced = absl::Now() - switch_start;
+  if (ended.ok()) {
+    registry_->FinishMove(move.move_id()).IgnoreError();
+  } else {
+    // The registry already says where the parts are; a shard that did not
+    // hear it is told again (ResolvePendingMoves).
+    spdlog::warn("{}: committed; a shard has not heard it yet ({}), retried later", what,
+                 ended.ToString());
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& p : move.parts()) {
+      // A lost part is found on its new shard (or not) by its new shard's
+      // registration, not the old one's.
+      for (auto& [id, e] : shards_) e.lost_parts.erase(p);
+    }
+  }
+  MovePartResponse out;
+  *out.mutable_parts() = move.parts();
+  out.set_source_shard(source_shard);
+  out.set_target_shard(target_shard);
+  out.set_bytes(status.total_bytes());
+  out.set_forwarded_writes(status.applied_seq());
+  out.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  out.set_fence_seconds(absl::ToDoubleSeconds(fenced));
+  spdlog::info("{}: {} bytes and {} forwarded writes in {:.3f} s; writes held {:.1f} ms", what,
+               out.bytes(), out.forwarded_writes(), out.seconds(), out.fence_seconds() * 1e3);
+  return out;
+}
+
+absl::Status CoordinatorService::EndMoveOnShards(const PartMoveRecord& move) {
+  absl::Status first;
+  for (const int32_t shard : {move.target_shard(), move.source_shard()}) {
+    std::string address;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = shards_.find(shard);
+      if (it != shards_.end()) address = it->second.address;
+    }
+    if (address.empty()) {
+      if (first.ok()) first = absl::UnavailableError(absl::StrCat("shard ", shard, " is not registered"));
+      continue;
+    }
+    EndMoveRequest req;
+    req.set_move_id(move.move_id());
+    req.set_committed(move.committed());
+    req.set_new_shard_id(move.target_shard());
+    EndMoveResponse resp;
+    absl::Status s = CallMove(ShardMove::NewStub(ChannelFor(address)).get(),
+                              &ShardMove::Stub::EndMove, req, &resp, options_.shard_rpc_timeout);
+    if (!s.ok() && first.ok()) first = absl::Status(s.code(), absl::StrCat("shard ", shard, ": ", s.message()));
+  }
+  return first;
+}
+
+void CoordinatorService::ResolvePendingMoves() {
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (resolving_moves_ || now < next_move_resolve_) return;
+    resolving_moves_ = true;
+    next_move_resolve_ = now + kResolveInterval;
+  }
+  boost::asio::post(workers_, [this] {
+    for (const PartMoveRecord& move : registry_->PendingMoves()) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (moves_running_.count(move.move_id()) > 0) continue;
+      }
+      // A committed move goes on to the target (the registry says the parts
+      // are there); any other goes back to the source, which kept them.
+      absl::Status ended = EndMoveOnShards(move);
+      if (ended.ok()) {
+        spdlog::info("{} of {} found unfinished: {}", MoveName(move.move_id()), move.parts(0),
+                     move.committed() ? "completed on its target" : "given up, back on its source");
+        registry_->FinishMove(move.move_id()).IgnoreError();
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    resolving_moves_ = false;
+  });
+}
+
+}  // namespace psd

@@ -1,0 +1,66 @@
+// ShardMoveService: the ShardMove gRPC service of a `psd shard` (live part
+// moves; proto/psd/shard.proto, docs/moves.md). It serves the source's side
+// (PullMove, FreezeMove) and the target's (StartMoveIn, MoveStatus) on top
+// of the store's move state, and runs each incoming move's puller: a thread
+// that pulls the group from its source with this shard's node credentials
+// and applies what it gets, until the move is ready, fails or ends.
+//
+// Thread-safety: thread-safe. Puller threads are tracked under mu_ and
+// joined by the destructor (which asks them to stop first).
+#ifndef PSD_SERVER_SHARD_MOVE_SERVICE_H_
+#define PSD_SERVER_SHARD_MOVE_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "psd/shard.grpc.pb.h"
+#include "shard/peer_reader.h"
+#include "shard/variable_store.h"
+
+namespace psd {
+
+class ShardMoveService final : public ShardMove::CallbackService {
+ public:
+  // `store` and `peers` must outlive the service.
+  ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers)
+      : shard_id_(shard_id), store_(store), peers_(peers) {}
+  ~ShardMoveService() override;
+  ShardMoveService(const ShardMoveService&) = delete;
+  ShardMoveService& operator=(const ShardMoveService&) = delete;
+
+  grpc::ServerUnaryReactor* PullMove(grpc::CallbackServerContext* ctx,
+                                     const PullMoveRequest* request,
+                                     PullMoveResponse* response) override;
+  grpc::ServerUnaryReactor* StartMoveIn(grpc::CallbackServerContext* ctx,
+                                        const StartMoveInRequest* request,
+                                        StartMoveInResponse* response) override;
+  grpc::ServerUnaryReactor* MoveStatus(grpc::CallbackServerContext* ctx,
+                                       const MoveStatusRequest* request,
+                                       MoveStatusResponse* response) override;
+  grpc::ServerUnaryReactor* FreezeMove(grpc::CallbackServerContext* ctx,
+                                       const FreezeMoveRequest* request,
+                                       FreezeMoveResponse* response) override;
+  grpc::ServerUnaryReactor* EndMove(grpc::CallbackServerContext* ctx,
+                                    const EndMoveRequest* request,
+                                    EndMoveResponse* response) override;
+
+ private:
+  // The puller of move `move_id`: pulls until there is nothing left.
+  void Pull(uint64_t move_id, std::string source_address);
+
+  const int32_t shard_id_;
+  VariableStore* const store_;
+  PeerReader* const peers_;
+  std::atomic<bool> stopping_{false};
+  absl::Mutex mu_;
+  std::map<uint64_t, std::thread> pullers_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_SHARD_MOVE_SERVICE_H_

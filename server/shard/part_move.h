@@ -1,0 +1,110 @@
+// A live part move's state on each side (proto ShardMove; docs/moves.md):
+// MoveOut on the source shard, MoveIn on the target. VariableStore keeps
+// them (store_move.cc); the gRPC service (move_service.cc) drives them.
+//
+// Internal to the store and its service: nothing else includes it.
+//
+// Thread-safety: each object's members are guarded as marked. Lock order:
+// MoveOut::order_mu, then a variable's mu, then MoveOut::mu.
+#ifndef PSD_SERVER_SHARD_PART_MOVE_H_
+#define PSD_SERVER_SHARD_PART_MOVE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "psd/shard.pb.h"
+#include "shard/memory_accountant.h"
+#include "shard/store_variable.h"
+#include "shard/value_pin.h"
+#include "shard/write_gate.h"
+
+namespace psd {
+
+// The source's side of one move: the group's snapshot (pinned at the
+// move's first pull) and the log of the writes applied to the group since.
+struct MoveOut {
+  enum class State {
+    kForwarding,  // serving the group and logging its writes
+    kFrozen,      // writes to the group held; the log is closed
+    kMoved,       // the group lives on the target now
+    kEnded,       // given up (or moved) and forgotten by the store's maps
+  };
+  struct Member {
+    std::shared_ptr<Variable> var;
+    MovedMember info;
+    std::shared_ptr<const ValuePin> pin;  // fixed-size dtypes
+    std::string encoded_strings;          // DT_STRING: the value, as on the wire
+  };
+
+  uint64_t id = 0;
+  std::vector<Member> members;  // immutable once registered
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  // The group's part fence: FreezeMove closes it for good (until EndMove),
+  // so writes arriving through the service are parked, not rejected.
+  WriteGate gate;
+
+  // Writes to the group run one at a time under it, so the log's order is
+  // the order they were applied in.
+  absl::Mutex order_mu ABSL_ACQUIRED_BEFORE(mu);
+
+  mutable absl::Mutex mu;
+  absl::CondVar changed;  // a write was logged, or the state changed
+  State state ABSL_GUARDED_BY(mu) = State::kForwarding;
+  // Why the move can no longer complete (a write that cannot be forwarded,
+  // a full log, a target that stopped pulling); the next pull reports it.
+  absl::Status failure ABSL_GUARDED_BY(mu);
+  std::deque<MoveWrite> log ABSL_GUARDED_BY(mu);  // seq > acked_seq
+  uint64_t next_seq ABSL_GUARDED_BY(mu) = 1;
+  uint64_t acked_seq ABSL_GUARDED_BY(mu) = 0;
+  int64_t log_bytes ABSL_GUARDED_BY(mu) = 0;
+  MemoryReservation log_reservation ABSL_GUARDED_BY(mu);
+  uint64_t final_seq ABSL_GUARDED_BY(mu) = 0;  // kFrozen: the last logged write
+  RequestWindowState window ABSL_GUARDED_BY(mu);  // kFrozen: the shard's window then
+  std::chrono::steady_clock::time_point last_pull ABSL_GUARDED_BY(mu) =
+      std::chrono::steady_clock::now();
+  int32_t new_shard ABSL_GUARDED_BY(mu) = -1;  // kMoved: where the group went
+
+  bool Has(const std::string& name) const {
+    for (const Member& m : members) {
+      if (m.info.name() == name) return true;
+    }
+    return false;
+  }
+};
+
+// The target's side of one move: the group's incoming parts and how far
+// the pull got.
+struct MoveIn {
+  uint64_t id = 0;
+  StartMoveInRequest request;
+  std::vector<std::shared_ptr<Variable>> vars;  // the incoming parts, in request order
+
+  mutable absl::Mutex mu;
+  absl::CondVar changed;
+  MovePhase phase ABSL_GUARDED_BY(mu) = MOVE_COPYING;
+  absl::Status failure ABSL_GUARDED_BY(mu);
+  bool ended ABSL_GUARDED_BY(mu) = false;  // EndMove came: the puller stops
+  // Where the pull stands (PullMoveRequest's member, offset, applied_seq).
+  std::vector<MovedMember> members ABSL_GUARDED_BY(mu);
+  int32_t member ABSL_GUARDED_BY(mu) = 0;
+  int64_t offset ABSL_GUARDED_BY(mu) = 0;
+  uint64_t applied_seq ABSL_GUARDED_BY(mu) = 0;
+  uint64_t logged_seq ABSL_GUARDED_BY(mu) = 0;
+  int64_t copied_bytes ABSL_GUARDED_BY(mu) = 0;
+  int64_t total_bytes ABSL_GUARDED_BY(mu) = 0;
+  // The member being filled: its new value, swapped in when complete.
+  Variable::Contents filling ABSL_GUARDED_BY(mu);
+  std::string filling_strings ABSL_GUARDED_BY(mu);
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_SHARD_PART_MOVE_H_
