@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "boost/asio/post.hpp"
+#include "checkpoint/file_system.h"
 #include "coordinator/coordinator_service.h"
 #include "psd/grpc_status.h"
 #include "psd/random_id.h"
@@ -136,6 +137,35 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string
   auto source_stub = ShardMove::NewStub(ChannelFor(source.address));
   auto target_stub = ShardMove::NewStub(ChannelFor(target.address));
 
+  // An earlier move of these parts that a coordinator crash left
+  // unfinished is finished first (as ResolvePendingMoves would).
+  for (const PartMoveRecord& earlier : registry_->PendingMoves()) {
+    bool overlaps = false;
+    for (const std::string& p : earlier.parts()) {
+      for (const std::string& q : move.parts()) overlaps = overlaps || p == q;
+    }
+    if (!overlaps) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      if (moves_running_.count(earlier.move_id()) > 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(part_name, " is moving already (", MoveName(earlier.move_id()), ")"));
+      }
+    }
+    absl::Status ended = EndMoveOnShards(earlier);
+    if (!ended.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "an earlier ", MoveName(earlier.move_id()), " of ", part_name,
+          " is not finished and its shards cannot be told yet: ", ended.message()));
+    }
+    PSD_RETURN_IF_ERROR(registry_->FinishMove(earlier.move_id()));
+    if (earlier.committed()) {
+      // It completed: the part is elsewhere now; this move starts over.
+      return absl::AbortedError(absl::StrCat("an earlier ", MoveName(earlier.move_id()), " of ",
+                                             part_name, " completed just now (to shard ",
+                                             earlier.target_shard(), "); look again"));
+    }
+  }
   // Running before it is recorded, so ResolvePendingMoves leaves it alone.
   {
     absl::MutexLock lock(&mu_);
@@ -146,6 +176,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string
     moves_running_.erase(move.move_id());
   };
   PSD_RETURN_IF_ERROR(registry_->BeginMove(move));
+  checkpoint::CrashPoint("move.begun");
   // Any failure before the switch: both shards are told, the part stays.
   auto give_up = [&](const absl::Status& why) {
     const absl::Status ended = EndMoveOnShards(move);
@@ -174,6 +205,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string
                                     options_.shard_rpc_timeout);
     if (!started.ok()) return give_up(started);
   }
+  checkpoint::CrashPoint("move.started_in");
   // 2. Until the target has the snapshot and is close behind the source.
   MoveStatusResponse status;
   for (;;) {
@@ -208,6 +240,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string
                                    options_.shard_rpc_timeout);
     if (!frozen.ok()) return give_up(frozen);
   }
+  checkpoint::CrashPoint("move.frozen");
   for (;;) {
     MoveStatusRequest req;
     req.set_move_id(move.move_id());
@@ -228,7 +261,9 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string
   absl::Status committed = registry_->CommitMove(move.move_id());
   if (!committed.ok()) return give_up(committed);
   move.set_committed(true);
+  checkpoint::CrashPoint("move.committed");
   absl::Status ended = EndMoveOnShards(move);
+  checkpoint::CrashPoint("move.ended");
   const absl::Duration fenced = absl::Now() - switch_start;
   if (ended.ok()) {
     registry_->FinishMove(move.move_id()).IgnoreError();

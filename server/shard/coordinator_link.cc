@@ -54,7 +54,9 @@ void CoordinatorLink::Register() {
   request.set_device(store_->device().name());
   request.set_memory_limit_bytes(store_->memory().limit());
   request.set_memory_used_bytes(store_->memory().used());
-  for (const auto& info : store_->List("")) request.add_variables(info.name());
+  for (const auto& info : store_->List("", /*include_incoming=*/true)) {
+    request.add_variables(info.name());
+  }
   RegisterShardResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);

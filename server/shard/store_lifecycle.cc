@@ -230,14 +230,17 @@ absl::Status VariableStore::Delete(const DeleteVariableRequest& request, CallerK
   });
 }
 
-std::vector<VariableInfo> VariableStore::List(const std::string& prefix) const {
+std::vector<VariableInfo> VariableStore::List(const std::string& prefix,
+                                              bool include_incoming) const {
   std::vector<std::shared_ptr<Variable>> vars;
   std::vector<std::shared_ptr<EmbeddingPart>> tables;
   {
     absl::ReaderMutexLock lock(&mu_);
     for (auto it = variables_.lower_bound(prefix);
          it != variables_.end() && absl::StartsWith(it->first, prefix); ++it) {
-      if (it->second->incoming.load(std::memory_order_acquire)) continue;  // not ours yet
+      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire)) {
+        continue;  // not ours yet
+      }
       vars.push_back(it->second);
     }
     for (auto it = tables_.lower_bound(prefix);

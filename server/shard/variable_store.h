@@ -102,7 +102,10 @@ class VariableStore {
   absl::Status Create(const CreateVariableRequest& request, VariableInfo* info,
                       CallerKey caller = kAnonymousCaller);
   absl::Status Delete(const DeleteVariableRequest& request, CallerKey caller = kAnonymousCaller);
-  std::vector<VariableInfo> List(const std::string& prefix) const;
+  // Parts moving in (not this shard's yet) are listed only with
+  // `include_incoming`: a registration reports them, so a coordinator that
+  // committed their move while this shard re-registered finds them here.
+  std::vector<VariableInfo> List(const std::string& prefix, bool include_incoming = false) const;
   absl::Status Initialize(const InitializeVariablesRequest& request,
                           CallerKey caller = kAnonymousCaller);
   // Initialization that may include variables initialized from another
