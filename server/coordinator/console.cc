@@ -158,11 +158,11 @@ void Console::RefreshPartStates() {
       if (stub == nullptr) {
         grpc::ChannelArguments args;
         args.SetMaxReceiveMessageSize(options_.max_message_bytes);
-        stub = Shard::NewStub(grpc::CreateCustomChannel(
-            s.address(),
-            options_.shard_credentials != nullptr ? options_.shard_credentials
-                                                  : grpc::InsecureChannelCredentials(),
-            args));
+        stub = Shard::NewStub(grpc::CreateCustomChannel(s.address(),
+                                                        options_.shard_credentials != nullptr
+                                                            ? options_.shard_credentials
+                                                            : grpc::InsecureChannelCredentials(),
+                                                        args));
       }
       asks.push_back({s.shard_id(), s.incarnation(), stub});
     }
@@ -273,10 +273,14 @@ ConsoleView Console::View() const {
             state = "missing";
           }
         }
-        if (state == "initialized") ++initialized;
-        else if (state == "uninitialized") ++uninitialized;
-        else if (state == "missing") ++missing;
-        else ++unknown;
+        if (state == "initialized")
+          ++initialized;
+        else if (state == "uninitialized")
+          ++uninitialized;
+        else if (state == "missing")
+          ++missing;
+        else
+          ++unknown;
         if (static_cast<int>(v.parts.size()) < kConsoleMaxPartsPerVariable) {
           v.parts.push_back({p.name(), p.shard_id(), state});
         } else {
@@ -328,8 +332,8 @@ ConsoleView Console::View() const {
     }
   }
   for (const CheckpointProgressResponse& op : service_->checkpoints()->Running()) {
-    view.running.push_back({op.operation(), op.phase(), op.prefix(), op.done_bytes(),
-                            op.total_bytes(), op.seconds()});
+    view.running.push_back(
+        {op.operation(), op.phase(), op.prefix(), op.done_bytes(), op.total_bytes(), op.seconds()});
   }
   view.samples = samples_.Snapshot();
   return view;
@@ -380,8 +384,7 @@ std::optional<HttpResponse> Console::Handle(const HttpRequest& request) const {
   switch (route) {
     case Route::kPage: {
       const std::string nonce = absl::StrFormat("%016x%016x", RandomNonzeroId(), RandomNonzeroId());
-      HttpResponse page =
-          Answer(200, "text/html; charset=utf-8", RenderConsolePage(view, nonce));
+      HttpResponse page = Answer(200, "text/html; charset=utf-8", RenderConsolePage(view, nonce));
       // Only the page's own script runs; its only connection is back here.
       page.headers.emplace_back(
           "Content-Security-Policy",

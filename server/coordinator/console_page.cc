@@ -121,8 +121,8 @@ std::string Ago(double seconds) {
 }
 
 std::string UtcTime(double unix_seconds) {
-  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixMicros(
-                                                      static_cast<int64_t>(unix_seconds * 1e6)),
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                          absl::FromUnixMicros(static_cast<int64_t>(unix_seconds * 1e6)),
                           absl::UTCTimeZone());
 }
 
@@ -170,9 +170,10 @@ std::string Badge(const std::string& cls, const std::string& text) {
 // A bar `fraction` full (0..1), coloured by how full for memory.
 std::string Bar(double fraction, bool progress) {
   fraction = std::clamp(fraction, 0.0, 1.0);
-  const char* cls = progress ? "bar progress" : fraction >= 0.9 ? "bar bad"
-                                              : fraction >= 0.7 ? "bar warn"
-                                                                : "bar";
+  const char* cls = progress          ? "bar progress"
+                    : fraction >= 0.9 ? "bar bad"
+                    : fraction >= 0.7 ? "bar warn"
+                                      : "bar";
   return absl::StrFormat("<span class=\"%s\"><i style=\"width:%.1f%%\"></i></span>", cls,
                          fraction * 100);
 }
@@ -220,10 +221,10 @@ std::string Tiles(const ConsoleView& v) {
 }
 
 std::string ShardsSection(const ConsoleView& v) {
-  std::string out = absl::StrCat(
-      "<section id=\"shards\"><h2>Shards<small>", v.shards.size() + v.shards_omitted,
-      " registered; parts and bytes from the registry, memory as each shard last "
-      "reported it</small></h2>");
+  std::string out =
+      absl::StrCat("<section id=\"shards\"><h2>Shards<small>", v.shards.size() + v.shards_omitted,
+                   " registered; parts and bytes from the registry, memory as each shard last "
+                   "reported it</small></h2>");
   if (v.shards.empty()) {
     out += "<p class=\"muted\">No shard has registered yet.</p></section>";
     return out;
@@ -247,8 +248,8 @@ std::string ShardsSection(const ConsoleView& v) {
         &out, "<tr class=\"shard\" data-shard=\"", s.id, "\"><td><b>", s.id,
         "</b></td><td class=\"mono\">", HtmlEscape(s.address), "</td><td>",
         s.live ? Badge("ok", "live") : Badge("bad", "down"), "</td><td>",
-        HtmlEscape(s.device.empty() ? "-" : s.device), "</td><td>", memory, "</td><td class=\"num\">",
-        s.placed_parts, "</td><td class=\"num\">",
+        HtmlEscape(s.device.empty() ? "-" : s.device), "</td><td>", memory,
+        "</td><td class=\"num\">", s.placed_parts, "</td><td class=\"num\">",
         HtmlEscape(FormatBytes(static_cast<double>(s.placed_bytes))), "</td><td class=\"num\">",
         s.lost_parts > 0 ? Badge("bad", absl::StrCat(s.lost_parts)) : std::string("0"),
         "</td><td class=\"mono\">", absl::StrFormat("%016x", s.incarnation), "</td><td>",
@@ -271,8 +272,8 @@ std::string InitializedBadge(const std::string& state) {
 }
 
 std::string VariablesSection(const ConsoleView& v) {
-  std::string out = absl::StrCat("<section id=\"variables\"><h2>Variables<small>",
-                                 v.num_variables, " in the registry");
+  std::string out = absl::StrCat("<section id=\"variables\"><h2>Variables<small>", v.num_variables,
+                                 " in the registry");
   if (v.part_states_age_seconds >= 0) {
     absl::StrAppend(&out, "; initialized states as the shards told ",
                     HtmlEscape(Ago(v.part_states_age_seconds)));
@@ -297,15 +298,14 @@ std::string VariablesSection(const ConsoleView& v) {
                       "shard ", p.shard_id, p.state == "lost" ? " (lost)" : "", "</span>");
     }
     if (var.parts_omitted > 0) {
-      absl::StrAppend(&placement, "<span class=\"muted\">and ", var.parts_omitted,
-                      " more</span>");
+      absl::StrAppend(&placement, "<span class=\"muted\">and ", var.parts_omitted, " more</span>");
     }
     absl::StrAppend(&out, "<tr class=\"variable\"><td class=\"mono\">", HtmlEscape(var.name),
-                    "</td><td>", HtmlEscape(var.kind), var.trainable ? "" : " <span class=\"muted\">(not trainable)</span>",
+                    "</td><td>", HtmlEscape(var.kind),
+                    var.trainable ? "" : " <span class=\"muted\">(not trainable)</span>",
                     "</td><td>", HtmlEscape(var.dtype), "</td><td class=\"mono\">",
-                    HtmlEscape(var.shape), "</td><td class=\"num\">", var.partitions,
-                    "</td><td>", placement, "</td><td>", InitializedBadge(var.initialized),
-                    "</td></tr>");
+                    HtmlEscape(var.shape), "</td><td class=\"num\">", var.partitions, "</td><td>",
+                    placement, "</td><td>", InitializedBadge(var.initialized), "</td></tr>");
   }
   out += "</tbody></table>";
   if (v.variables_omitted > 0) {
@@ -403,8 +403,8 @@ std::string ChartsSection(const ConsoleView& v) {
   out += RenderChart("Coordinator calls", "/s", {calls, errors}, now, kChartWindowSeconds);
   out += RenderChart("Coordinator bytes in / out", "bytes/s", {in, out_bytes}, now,
                      kChartWindowSeconds);
-  out += RenderChart("Call latency percentiles", "seconds", {p50, p90, p99}, now,
-                     kChartWindowSeconds);
+  out +=
+      RenderChart("Call latency percentiles", "seconds", {p50, p90, p99}, now, kChartWindowSeconds);
   out += RenderChart("Checkpoint fence pauses", "seconds", {fence}, now, kChartWindowSeconds);
   out += RenderChart("Shard memory used", "bytes", memory_lines, now, kChartWindowSeconds);
   out += "</div></section>";
@@ -418,12 +418,23 @@ std::string HtmlEscape(absl::string_view text) {
   out.reserve(text.size());
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -433,14 +444,30 @@ std::string JsonString(absl::string_view text) {
   std::string out = "\"";
   for (unsigned char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '<': out += "\\u003c"; break;
-      case '>': out += "\\u003e"; break;
-      case '&': out += "\\u0026"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '<':
+        out += "\\u003c";
+        break;
+      case '>':
+        out += "\\u003e";
+        break;
+      case '&':
+        out += "\\u0026";
+        break;
       default:
         if (c < 0x20) {
           out += absl::StrFormat("\\u%04x", c);
@@ -462,7 +489,9 @@ std::string FormatBytes(double bytes) {
     ++u;
   }
   if (u == 0) return absl::StrFormat("%.0f B", v);
-  return absl::StrFormat(std::fabs(v) < 10 ? "%.2f %s" : std::fabs(v) < 100 ? "%.1f %s" : "%.0f %s",
+  return absl::StrFormat(std::fabs(v) < 10    ? "%.2f %s"
+                         : std::fabs(v) < 100 ? "%.1f %s"
+                                              : "%.0f %s",
                          v, units[u]);
 }
 
@@ -489,9 +518,9 @@ std::string RenderChart(const std::string& title, const std::string& unit,
     return kLeft + plot_w * std::clamp((t - t0) / window_seconds, 0.0, 1.0);
   };
   const auto y_of = [&](double v) { return kTop + plot_h * (1 - std::clamp(v / top, 0.0, 1.0)); };
-  std::string svg = absl::StrFormat(
-      "<svg viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"%s\">", kWidth, kHeight,
-      HtmlEscape(title));
+  std::string svg =
+      absl::StrFormat("<svg viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"%s\">", kWidth,
+                      kHeight, HtmlEscape(title));
   // Horizontal grid and the value axis.
   for (int i = 0; i <= steps; ++i) {
     const double v = step * i;
@@ -512,7 +541,9 @@ std::string RenderChart(const std::string& title, const std::string& unit,
                           x, kTop, x, kTop + plot_h);
     absl::StrAppendFormat(
         &svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\">%s</text>", x, kHeight - 6,
-        back == 0 ? "end" : back >= window_seconds ? "start" : "middle",
+        back == 0                ? "end"
+        : back >= window_seconds ? "start"
+                                 : "middle",
         back == 0 ? std::string("now") : absl::StrCat("-", static_cast<int>(back / 60), " min"));
   }
   absl::StrAppendFormat(&svg,
@@ -561,13 +592,13 @@ std::string RenderChart(const std::string& title, const std::string& unit,
     for (const auto& [t, value] : lines[i].points) {
       if (!std::isnan(value)) last = value;
     }
-    absl::StrAppend(&legend, "<span><i style=\"background:",
-                    kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))], "\"></i>",
-                    HtmlEscape(lines[i].label),
-                    std::isnan(last) ? std::string()
-                                     : absl::StrCat(" <b>", HtmlEscape(FormatValue(last, unit)),
-                                                    "</b>"),
-                    "</span>");
+    absl::StrAppend(
+        &legend,
+        "<span><i style=\"background:", kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))],
+        "\"></i>", HtmlEscape(lines[i].label),
+        std::isnan(last) ? std::string()
+                         : absl::StrCat(" <b>", HtmlEscape(FormatValue(last, unit)), "</b>"),
+        "</span>");
   }
   legend += "</div>";
   return absl::StrCat("<div class=\"chart\"><h3>", HtmlEscape(title), "</h3>", svg, legend,
@@ -575,8 +606,8 @@ std::string RenderChart(const std::string& title, const std::string& unit,
 }
 
 std::string RenderConsoleMain(const ConsoleView& view) {
-  return absl::StrCat(Tiles(view), ShardsSection(view), ChartsSection(view),
-                      VariablesSection(view), CheckpointsSection(view));
+  return absl::StrCat(Tiles(view), ShardsSection(view), ChartsSection(view), VariablesSection(view),
+                      CheckpointsSection(view));
 }
 
 std::string RenderConsolePage(const ConsoleView& view, const std::string& nonce) {
@@ -590,11 +621,13 @@ std::string RenderConsolePage(const ConsoleView& view, const std::string& nonce)
       "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
       "<title>psd console</title><style nonce=\"",
-      nonce, "\">", kStyle, "</style></head><body data-refreshes=\"0\"><header><h1>psd <span>console</span></h1>",
+      nonce, "\">", kStyle,
+      "</style></head><body data-refreshes=\"0\"><header><h1>psd <span>console</span></h1>",
       "<div class=\"where\">coordinator ", HtmlEscape(view.coordinator), "</div>",
-      "<div class=\"refresh\" id=\"refresh-status\">rendered ", HtmlEscape(UtcTime(view.now_unix_seconds)),
-      "</div></header><main id=\"main\">", RenderConsoleMain(view), "</main><script nonce=\"", nonce,
-      "\">", script, "</script></body></html>");
+      "<div class=\"refresh\" id=\"refresh-status\">rendered ",
+      HtmlEscape(UtcTime(view.now_unix_seconds)), "</div></header><main id=\"main\">",
+      RenderConsoleMain(view), "</main><script nonce=\"", nonce, "\">", script,
+      "</script></body></html>");
 }
 
 std::string RenderConsoleDenied(int status, absl::string_view why) {
@@ -630,8 +663,9 @@ std::string RenderConsoleJson(const ConsoleView& v) {
     const ConsoleVariable& var = v.variables[i];
     absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(var.name),
                     ",\"kind\":", JsonString(var.kind), ",\"dtype\":", JsonString(var.dtype),
-                    ",\"shape\":", JsonString(var.shape), ",\"trainable\":",
-                    var.trainable ? "true" : "false", ",\"partitions\":", var.partitions,
+                    ",\"shape\":", JsonString(var.shape),
+                    ",\"trainable\":", var.trainable ? "true" : "false",
+                    ",\"partitions\":", var.partitions,
                     ",\"initialized\":", JsonString(var.initialized), ",\"parts\":[");
     for (size_t j = 0; j < var.parts.size(); ++j) {
       absl::StrAppend(&out, j > 0 ? "," : "", "{\"name\":", JsonString(var.parts[j].name),
@@ -640,14 +674,15 @@ std::string RenderConsoleJson(const ConsoleView& v) {
     }
     absl::StrAppend(&out, "],\"parts_omitted\":", var.parts_omitted, "}");
   }
-  absl::StrAppend(&out, "],\"variables_omitted\":", v.variables_omitted,
-                  ",\"part_states_age_seconds\":", absl::StrFormat("%.1f", v.part_states_age_seconds),
-                  ",\"checkpoints\":{\"dir\":", JsonString(v.checkpoint_dir),
-                  ",\"error\":", JsonString(v.checkpoint_error), ",\"list\":[");
+  absl::StrAppend(
+      &out, "],\"variables_omitted\":", v.variables_omitted,
+      ",\"part_states_age_seconds\":", absl::StrFormat("%.1f", v.part_states_age_seconds),
+      ",\"checkpoints\":{\"dir\":", JsonString(v.checkpoint_dir),
+      ",\"error\":", JsonString(v.checkpoint_error), ",\"list\":[");
   for (size_t i = 0; i < v.checkpoints.size(); ++i) {
     const ConsoleCheckpoint& c = v.checkpoints[i];
-    absl::StrAppend(&out, i > 0 ? "," : "", "{\"prefix\":", JsonString(c.prefix), ",\"step\":",
-                    c.step.has_value() ? absl::StrCat(*c.step) : std::string("null"),
+    absl::StrAppend(&out, i > 0 ? "," : "", "{\"prefix\":", JsonString(c.prefix),
+                    ",\"step\":", c.step.has_value() ? absl::StrCat(*c.step) : std::string("null"),
                     ",\"saved_unix_micros\":", c.saved_unix_micros, ",\"bytes\":", c.bytes,
                     ",\"retention\":", JsonString(c.retention), "}");
   }
@@ -667,18 +702,18 @@ std::string RenderConsoleJson(const ConsoleView& v) {
   };
   for (size_t i = 0; i < v.samples.size(); ++i) {
     const ConsoleSample& s = v.samples[i];
-    absl::StrAppend(&out, i > 0 ? "," : "", "{\"time\":", absl::StrFormat("%.3f", s.unix_seconds),
-                    ",\"calls_per_second\":", absl::StrFormat("%.6g", s.calls_per_second),
-                    ",\"errors_per_second\":", absl::StrFormat("%.6g", s.errors_per_second),
-                    ",\"received_bytes_per_second\":",
-                    absl::StrFormat("%.6g", s.received_bytes_per_second),
-                    ",\"sent_bytes_per_second\":", absl::StrFormat("%.6g", s.sent_bytes_per_second),
-                    ",\"latency_p50_seconds\":", opt(s.p50), ",\"latency_p90_seconds\":",
-                    opt(s.p90), ",\"latency_p99_seconds\":", opt(s.p99),
-                    ",\"fence_pause_seconds\":", opt(s.fence_pause), ",\"shard_memory_used\":{");
+    absl::StrAppend(
+        &out, i > 0 ? "," : "", "{\"time\":", absl::StrFormat("%.3f", s.unix_seconds),
+        ",\"calls_per_second\":", absl::StrFormat("%.6g", s.calls_per_second),
+        ",\"errors_per_second\":", absl::StrFormat("%.6g", s.errors_per_second),
+        ",\"received_bytes_per_second\":", absl::StrFormat("%.6g", s.received_bytes_per_second),
+        ",\"sent_bytes_per_second\":", absl::StrFormat("%.6g", s.sent_bytes_per_second),
+        ",\"latency_p50_seconds\":", opt(s.p50), ",\"latency_p90_seconds\":", opt(s.p90),
+        ",\"latency_p99_seconds\":", opt(s.p99), ",\"fence_pause_seconds\":", opt(s.fence_pause),
+        ",\"shard_memory_used\":{");
     for (size_t j = 0; j < s.shard_memory_used.size(); ++j) {
-      absl::StrAppend(&out, j > 0 ? "," : "", "\"", s.shard_memory_used[j].first, "\":",
-                      absl::StrFormat("%.0f", s.shard_memory_used[j].second));
+      absl::StrAppend(&out, j > 0 ? "," : "", "\"", s.shard_memory_used[j].first,
+                      "\":", absl::StrFormat("%.0f", s.shard_memory_used[j].second));
     }
     out += "}}";
   }

@@ -103,7 +103,7 @@ struct ConsoleView {
   // How old the parts' initialized states are (the last look at the
   // shards); negative: none yet.
   double part_states_age_seconds = -1;
-  std::string checkpoint_dir;  // empty: none configured
+  std::string checkpoint_dir;                  // empty: none configured
   std::vector<ConsoleCheckpoint> checkpoints;  // newest first
   int64_t checkpoints_omitted = 0;
   std::string checkpoint_error;  // why the listing failed; empty: it did not

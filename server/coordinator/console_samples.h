@@ -81,8 +81,8 @@ ConsoleSample SampleBetween(const MetricsDigest& before, double t0, const Metric
 // The `q` quantile (0..1) of the observations between two cumulative
 // bucket maps, interpolated linearly inside a bucket as Prometheus'
 // histogram_quantile does; negative when there is none.
-double BucketQuantile(const std::map<double, double>& before,
-                      const std::map<double, double>& now, double q);
+double BucketQuantile(const std::map<double, double>& before, const std::map<double, double>& now,
+                      double q);
 
 }  // namespace psd
 

@@ -114,7 +114,7 @@ Response Route(const HttpServer::State& state, const http::request<http::string_
     }
     if (std::optional<HttpResponse> answer = state.handler(handled)) {
       Response response = PlainResponse(static_cast<http::status>(answer->status), version,
-                                         std::move(answer->body));
+                                        std::move(answer->body));
       response.set(http::field::content_type, answer->content_type);
       for (const auto& [name, value] : answer->headers) response.set(name, value);
       return response;

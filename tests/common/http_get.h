@@ -31,8 +31,7 @@ struct HttpReply {
 // certificate must verify against it and name `host`), else plain HTTP;
 // `authorization` (when set) is sent as the Authorization header.
 inline absl::StatusOr<HttpReply> HttpGet(const std::string& host, int port,
-                                         const std::string& target,
-                                         const std::string& ca_file = "",
+                                         const std::string& target, const std::string& ca_file = "",
                                          const std::string& authorization = "") {
   namespace asio = boost::asio;
   namespace beast = boost::beast;

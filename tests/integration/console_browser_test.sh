@@ -9,13 +9,14 @@
 #   console_browser_test.sh ARTIFACT_DIR
 #
 # Exits 77 (ctest's SKIP_RETURN_CODE) when Chromium is not installed
-# (scripts/install-deps.sh installs Debian's `chromium`). Every step is
+# (scripts/install-deps.sh installs Debian's `chromium`; PSD_CHROMIUM names
+# another binary). Every step is
 # bounded (timeout), and psd-local stops the cluster however it ends. Run
 # from anywhere, with the build in ./build of the repository.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-chromium_bin="$(command -v chromium || command -v chromium-browser || true)"
+chromium_bin="${PSD_CHROMIUM-$(command -v chromium || command -v chromium-browser || true)}"
 
 if [ "${1:-}" = "--inside" ]; then
   # Runs under psd-local (PSD_COORDINATOR is set).
@@ -55,7 +56,7 @@ EOF
   exit 0
 fi
 
-if [ -z "$chromium_bin" ]; then
+if [ -z "$chromium_bin" ] || [ ! -x "$chromium_bin" ]; then
   echo "console_browser_test: SKIP: chromium is not installed (scripts/install-deps.sh)"
   exit 77
 fi

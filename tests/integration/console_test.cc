@@ -50,8 +50,9 @@ class ConsoleTest : public ::testing::Test {
     dir_ = MakeTempDir("psd_console_test_");
     ASSERT_FALSE(dir_.empty());
     TestClusterOptions options;
-    options.coordinator_args = {"--heartbeat-interval", "0.2",     "--checkpoint-dir",
-                                dir_ + "/ckpt",         "--http-port-file", dir_ + "/coordinator.http"};
+    options.coordinator_args = {"--heartbeat-interval", "0.2",
+                                "--checkpoint-dir",     dir_ + "/ckpt",
+                                "--http-port-file",     dir_ + "/coordinator.http"};
     auto started = TestCluster::Start(options);
     ASSERT_TRUE(started.ok()) << started.status();
     cluster_ = *std::move(started);
@@ -108,13 +109,11 @@ TEST_F(ConsoleTest, ListsShardsVariablesAndTheCheckpoint) {
 
   const Json json = JsonWithPartStates();
   // Shards: the figures ListShards (psctl status) gives.
-  auto channel = grpc::CreateChannel(cluster_->coordinator_address(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials());
   ListShardsResponse listed;
   grpc::ClientContext ctx;
-  ASSERT_TRUE(Coordinator::NewStub(channel)
-                  ->ListShards(&ctx, ListShardsRequest(), &listed)
-                  .ok());
+  ASSERT_TRUE(Coordinator::NewStub(channel)->ListShards(&ctx, ListShardsRequest(), &listed).ok());
   ASSERT_EQ(json["shards"].size(), 2u) << json.dump();
   int64_t parts = 0;
   for (int k = 0; k < 2; ++k) {
@@ -204,8 +203,8 @@ class ConsoleTlsTest : public ::testing::Test {
     ASSERT_TRUE(coordinator.ok()) << coordinator.status();
     coordinator_ = *std::move(coordinator);
     auto shard = ChildProcess::Start(
-        Flags({PSD_BINARY, "--log-level", "warn", "shard", "--id", "0", "--listen",
-               "127.0.0.1:0", "--port-file", dir_ + "/shard.port", "--coordinator",
+        Flags({PSD_BINARY, "--log-level", "warn", "shard", "--id", "0", "--listen", "127.0.0.1:0",
+               "--port-file", dir_ + "/shard.port", "--coordinator",
                absl::StrCat("127.0.0.1:", coordinator_->port())}),
         dir_ + "/shard.port");
     ASSERT_TRUE(shard.ok()) << shard.status();
@@ -226,6 +225,10 @@ class ConsoleTlsTest : public ::testing::Test {
       args.push_back(flag);
     }
     return args;
+  }
+
+  std::string coordinator_address() const {
+    return absl::StrCat("127.0.0.1:", coordinator_->port());
   }
 
   std::string Token(const std::string& role) {
@@ -276,6 +279,29 @@ TEST_F(ConsoleTlsTest, OnlyTheAdminTokenSeesTheConsole) {
   PSD_ASSERT_OK_AND_ASSIGN(HttpReply json, Get("/console.json", "Bearer " + admin));
   EXPECT_EQ(json.status, 200);
   EXPECT_EQ(Json::parse(json.body)["shards"][0]["address"], shard);
+
+  // A variable's state comes from its shard, asked with the coordinator's
+  // node token: known on a token cluster too (bounded wait).
+  client::SessionOptions options;
+  options.coordinator_retry_budget = absl::Seconds(10);
+  options.shard.security.tls_ca = dir_ + "/ca.pem";
+  options.shard.security.token_file = dir_ + "/trainer.token";
+  PSD_ASSERT_OK_AND_ASSIGN(auto session, Session::Open(coordinator_address(), options));
+  GetVariableOptions v;
+  v.shape = TensorShape{3};
+  v.initializer = init::Zeros();
+  v.initialize = true;
+  ASSERT_TRUE(IsOk(session->GetVariable("secure/v", v)));
+  Json view;
+  for (int attempt = 0; attempt < 300; ++attempt) {
+    PSD_ASSERT_OK_AND_ASSIGN(HttpReply reply, Get("/console.json", "Bearer " + admin));
+    view = Json::parse(reply.body);
+    if (!view["variables"].empty() && view["variables"][0]["initialized"] != "unknown") break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(view["variables"].size(), 1u) << view.dump();
+  EXPECT_EQ(view["variables"][0]["name"], "secure/v");
+  EXPECT_EQ(view["variables"][0]["initialized"], "yes") << view.dump();
   // /metrics stays as it was (no token asked).
   PSD_ASSERT_OK_AND_ASSIGN(HttpReply metrics, Get("/metrics"));
   EXPECT_EQ(metrics.status, 200);

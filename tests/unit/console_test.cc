@@ -2,6 +2,8 @@
 // samples read from /metrics text (rates, latency percentiles, fence
 // pauses), the rendering (escaping of names taken from the cluster, caps,
 // charts) and the routes' authorization with a token file.
+#include "coordinator/console.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -13,7 +15,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator/console.h"
 #include "coordinator/console_page.h"
 #include "coordinator/console_samples.h"
 #include "coordinator/coordinator_service.h"
@@ -91,11 +92,10 @@ std::string MetricsText(int calls, int errors, int heartbeats, double fence_sum,
                         double memory) {
   return absl::StrCat(
       "psd_rpc_total{method=\"psd.Coordinator/DeclareVariables\",code=\"OK\"} ", calls - errors,
-      "\n",
-      "psd_rpc_total{method=\"psd.Coordinator/DeclareVariables\",code=\"INVALID_ARGUMENT\"} ",
-      errors, "\n", "psd_rpc_total{method=\"psd.Coordinator/Heartbeat\",code=\"OK\"} ",
-      heartbeats, "\n", "psd_rpc_received_bytes_total ", calls * 100, "\n",
-      "psd_rpc_sent_bytes_total ", calls * 1000, "\n",
+      "\n", "psd_rpc_total{method=\"psd.Coordinator/DeclareVariables\",code=\"INVALID_ARGUMENT\"} ",
+      errors, "\n", "psd_rpc_total{method=\"psd.Coordinator/Heartbeat\",code=\"OK\"} ", heartbeats,
+      "\n", "psd_rpc_received_bytes_total ", calls * 100, "\n", "psd_rpc_sent_bytes_total ",
+      calls * 1000, "\n",
       // Half the calls under 1 ms, all under 10 ms.
       "psd_rpc_duration_seconds_bucket{method=\"psd.Coordinator/DeclareVariables\",le=\"0.001\"} ",
       calls / 2, "\n",
@@ -283,7 +283,8 @@ class ConsoleRoutesTest : public ::testing::Test {
     char dir[] = "/tmp/psd_console_test.XXXXXX";
     ASSERT_NE(mkdtemp(dir), nullptr);
     dir_ = dir;
-    std::ofstream(dir_ + "/tokens") << "trainer trainer-secret\nadmin admin-secret\nnode node-secret\n";
+    std::ofstream(dir_ + "/tokens")
+        << "trainer trainer-secret\nadmin admin-secret\nnode node-secret\n";
     auto registry = Registry::Open({});
     ASSERT_TRUE(registry.ok()) << registry.status();
     registry_ = *std::move(registry);

@@ -412,8 +412,7 @@ TEST(HttpServerTest, AHandlerServesMoreRoutesForGetAndHeadOnly) {
     EXPECT_TRUE(connection.ReadToEnd(&answer));
     return answer;
   };
-  const std::string get =
-      ask("GET /page?token=t HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n");
+  const std::string get = ask("GET /page?token=t HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n");
   EXPECT_THAT(get, ::testing::StartsWith("HTTP/1.1 200 "));
   EXPECT_THAT(get, ::testing::HasSubstr("X-Extra: yes"));
   EXPECT_THAT(get, ::testing::HasSubstr("Content-Type: text/html; charset=utf-8"));
