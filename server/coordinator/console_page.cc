@@ -151,16 +151,19 @@ std::string FormatValue(double v, const std::string& unit) {
   return FormatNumber(v);
 }
 
-// A tick step of 1, 2 or 5 times a power of ten, so that about four steps
-// cover `max`.
-double NiceStep(double max) {
+// A tick step of 1, 2 or 5 times a power of ten (bytes: of KiB, MiB, ...),
+// so that about four steps cover `max`.
+double NiceStep(double max, bool bytes) {
   if (!(max > 0)) return 0.25;
-  const double raw = max / 4;
+  double raw = max / 4;
+  double scale = 1;
+  while (bytes && raw / scale >= 1024) scale *= 1024;
+  raw /= scale;
   const double p = std::pow(10, std::floor(std::log10(raw)));
   for (double m : {1.0, 2.0, 5.0}) {
-    if (m * p >= raw * (1 - 1e-9)) return m * p;
+    if (m * p >= raw * (1 - 1e-9)) return m * p * scale;
   }
-  return 10 * p;
+  return 10 * p * scale;
 }
 
 std::string Badge(const std::string& cls, const std::string& text) {
@@ -511,7 +514,7 @@ std::string RenderChart(const std::string& title, const std::string& unit,
       max = std::max(max, value);
     }
   }
-  const double step = NiceStep(max);
+  const double step = NiceStep(max, unit == "bytes" || unit == "bytes/s");
   const int steps = std::max(1, static_cast<int>(std::ceil(max / step - 1e-9)));
   const double top = step * steps;
   const auto x_of = [&](double t) {

@@ -47,7 +47,7 @@ EOF
   # 12 s of virtual time: the page's refresh (every 5 s) runs at least once.
   timeout 90 "${chrome[@]}" --virtual-time-budget=12000 --dump-dom "$url" \
     > "$artifacts/console.dom.html" 2> "$artifacts/chromium-dom.log"
-  timeout 90 "${chrome[@]}" --virtual-time-budget=6000 --window-size=1400,1400 \
+  timeout 90 "${chrome[@]}" --virtual-time-budget=6000 --window-size=1400,1500 \
     --screenshot="$artifacts/console.png" "$url" > "$artifacts/chromium-shot.log" 2>&1
   test -s "$artifacts/console.png"
   /usr/bin/python3 tests/integration/check_console_dom.py "$artifacts/console.dom.html" \

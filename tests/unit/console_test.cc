@@ -265,10 +265,65 @@ TEST(ConsolePageTest, ChartsHaveAxesLinesAndLegends) {
   EXPECT_NE(main.find(">now</text>"), std::string::npos);
   EXPECT_NE(main.find(">-15 min</text>"), std::string::npos);
   EXPECT_NE(main.find("shard 0"), std::string::npos);
+  // Byte axes step in KiB, MiB, ...: 29 MB of memory tops out at 30 MiB.
+  EXPECT_NE(main.find(">30.0 MiB</text>"), std::string::npos);
   EXPECT_NE(main.find("p99"), std::string::npos);
   const std::string json = RenderConsoleJson(view);
   EXPECT_NE(json.find("\"fence_pause_seconds\":null"), std::string::npos);
   EXPECT_NE(json.find("\"fence_pause_seconds\":0.003"), std::string::npos);
+}
+
+// Everything at its cap (shards, variables with long names and every part
+// listed, checkpoints, a full ring of samples for the most chart shards):
+// the answers stay bounded.
+TEST(ConsolePageTest, AFullViewStaysBounded) {
+  ConsoleView view;
+  view.now_unix_seconds = 1.8e9;
+  for (int k = 0; k < kConsoleMaxShards; ++k) {
+    ConsoleShard s;
+    s.id = k;
+    s.address = absl::StrCat("shard-", k, ".example.internal:7071");
+    s.device = "cuda:0";
+    s.memory_limit = int64_t{80} << 30;
+    s.memory_used = int64_t{40} << 30;
+    view.shards.push_back(s);
+  }
+  view.shards_omitted = 1000;
+  for (int i = 0; i < kConsoleMaxVariables; ++i) {
+    ConsoleVariable v;
+    v.name = absl::StrCat(std::string(200, 'n'), i);
+    v.dtype = "float32";
+    v.shape = "[1000000,128]";
+    v.kind = "dense";
+    v.partitions = 64;
+    for (int p = 0; p < kConsoleMaxPartsPerVariable; ++p) {
+      v.parts.push_back({absl::StrCat(v.name, "/part_", p), p, "initialized"});
+    }
+    v.parts_omitted = 64 - kConsoleMaxPartsPerVariable;
+    v.initialized = "yes";
+    view.variables.push_back(v);
+  }
+  for (int i = 0; i < kConsoleMaxCheckpoints; ++i) {
+    view.checkpoints.push_back(
+        {absl::StrCat("/checkpoints/", std::string(100, 'c'), "/model.ckpt-", i), i,
+         static_cast<int64_t>(1.7e15), int64_t{1} << 40, "retained"});
+  }
+  for (int i = 0; i < kConsoleSampleCapacity; ++i) {
+    ConsoleSample s;
+    s.unix_seconds = view.now_unix_seconds - 900 + 5 * i;
+    s.calls_per_second = 1000 + i;
+    s.p50 = 0.001;
+    s.p90 = 0.01;
+    s.p99 = 0.1;
+    s.fence_pause = 0.005;
+    for (int k = 0; k < kConsoleMaxChartShards; ++k) s.shard_memory_used.emplace_back(k, 1e9 * k);
+    view.samples.push_back(s);
+  }
+  const std::string page = RenderConsolePage(view, "n");
+  const std::string json = RenderConsoleJson(view);
+  std::printf("full view: page %zu bytes, json %zu bytes\n", page.size(), json.size());
+  EXPECT_LT(page.size(), size_t{2} << 20);
+  EXPECT_LT(json.size(), size_t{2} << 20);
 }
 
 TEST(ConsolePageTest, AnEmptyChartSaysSo) {
