@@ -13,6 +13,8 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-sklearn
   python3-yaml prometheus
+  # Tests only: headless Chromium loads the coordinator's console (ctest console_browser).
+  chromium
 )
 
 missing=()

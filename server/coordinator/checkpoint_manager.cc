@@ -133,6 +133,18 @@ CheckpointProgressResponse CheckpointProgressBoard::Get(uint64_t id) const {
   return out;
 }
 
+std::vector<CheckpointProgressResponse> CheckpointProgressBoard::Running() const {
+  std::vector<CheckpointProgressResponse> out;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  for (const auto& [id, e] : entries_) {
+    if (e.state.finished()) continue;
+    out.push_back(e.state);
+    out.back().set_seconds(absl::ToDoubleSeconds(now - e.started));
+  }
+  return out;
+}
+
 CheckpointManager::CheckpointManager(Registry* registry, ShardAccess access,
                                      CheckpointManagerOptions options)
     : registry_(registry),

@@ -131,6 +131,8 @@ class CheckpointProgressBoard {
   void AddDone(uint64_t id, int64_t bytes);
   void Finish(uint64_t id, const absl::Status& status);
   CheckpointProgressResponse Get(uint64_t id) const;
+  // The tracked operations still running (the console shows them).
+  std::vector<CheckpointProgressResponse> Running() const;
 
  private:
   struct Entry {
@@ -193,6 +195,8 @@ class CheckpointManager {
   CheckpointProgressResponse Progress(uint64_t progress_id) const {
     return progress_.Get(progress_id);
   }
+  // Saves and restores with a progress_id that are running now.
+  std::vector<CheckpointProgressResponse> Running() const { return progress_.Running(); }
 
   // Like Save, but ABORTED at once when a save or restore is running
   // (periodic saves skip a tick instead of queueing behind one).

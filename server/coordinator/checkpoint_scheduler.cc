@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "boost/asio/post.hpp"
+#include "psd/random_id.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -120,6 +121,8 @@ absl::Status CheckpointScheduler::SaveAt(std::optional<int64_t> step, bool try_o
   SaveCheckpointRequest request;
   const int64_t s = step.has_value() ? *step : save_counter_ + 1;
   request.set_global_step(s);
+  // Tracked, so the console shows its progress.
+  request.set_progress_id(RandomNonzeroId());
   auto saved = try_only ? manager_->TrySave(request) : manager_->Save(request);
   if (!saved.ok()) {
     if (absl::IsAborted(saved.status()) && try_only) {

@@ -5,10 +5,12 @@
 #include <future>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "coordinator/checkpoint_scheduler.h"
+#include "coordinator/console.h"
 #include "coordinator/coordinator_metrics.h"
 #include "coordinator/coordinator_service.h"
 #include "coordinator/registry.h"
@@ -142,15 +144,35 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   // still drains instead of killing the process.
   ServingLoop loop("coordinator", options.drain_timeout_seconds);
 
+  // The web console on the HTTP endpoint (coordinator/console.h).
+  ConsoleOptions console_options;
+  console_options.coordinator = config.advertise.empty() ? config.listen : config.advertise;
+  console_options.token_file = options.security.token_file;
+  console_options.shard_credentials = *shard_credentials;
+  console_options.max_message_bytes = options.max_message_bytes;
+  console_options.checkpoint_dir = ckpt.dir;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<Console> console,
+                       Console::Create(registry.get(), &service, &metrics, console_options));
+  console->Start();
+
   ServingOptions serving = ServingOptionsFrom(config.listen, options);
+  serving.http_handler = [&console](const HttpRequest& request) {
+    return console->Handle(request);
+  };
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ServingEndpoint> endpoint,
                        ServingEndpoint::Start(serving, {&service}, &metrics,
                                               [&service] { return !service.draining(); },
                                               "coordinator"));
   const int port = endpoint->port();
-  spdlog::info("coordinator listening on {} (port {}; /metrics at {}), state dir {}",
+  {
+    const std::string& shown = config.advertise.empty() ? config.listen : config.advertise;
+    if (absl::EndsWith(shown, ":0")) {
+      console->SetCoordinatorAddress(absl::StrCat(shown.substr(0, shown.size() - 1), port));
+    }
+  }
+  spdlog::info("coordinator listening on {} (port {}; console and /metrics at {}), state dir {}",
                config.listen, port,
-               endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/metrics",
+               endpoint->http_url().empty() ? "<off>" : endpoint->http_url() + "/",
                config.state_dir.empty() ? "<none>" : config.state_dir);
 
   // The stop: after a signal, or after psctl shutdown (which has saved and

@@ -53,6 +53,7 @@ struct HttpServer::State {
   const MetricsRegistry* metrics = nullptr;
   std::function<bool()> ready;
   std::function<std::string()> unhealthy_reason;
+  HttpHandler handler;
   std::chrono::milliseconds read_timeout{5000};
   std::chrono::milliseconds write_timeout{10000};
   int port = 0;
@@ -81,8 +82,11 @@ Response PlainResponse(http::status status, unsigned version, std::string body) 
 Response Route(const HttpServer::State& state, const http::request<http::string_body>& request) {
   const unsigned version = request.version();
   const beast::string_view target = request.target();
-  if (request.method() != http::verb::get) {
-    return PlainResponse(http::status::method_not_allowed, version, "only GET\n");
+  if (request.method() != http::verb::get && request.method() != http::verb::head) {
+    Response response =
+        PlainResponse(http::status::method_not_allowed, version, "only GET and HEAD\n");
+    response.set(http::field::allow, "GET, HEAD");
+    return response;
   }
   if (target == "/metrics") {
     Response response = PlainResponse(http::status::ok, version,
@@ -101,13 +105,37 @@ Response Route(const HttpServer::State& state, const http::request<http::string_
     return PlainResponse(ready ? http::status::ok : http::status::service_unavailable, version,
                          ready ? "ready\n" : "not ready\n");
   }
+  if (state.handler) {
+    HttpRequest handled;
+    handled.method = request.method() == http::verb::head ? "HEAD" : "GET";
+    handled.target = std::string(target);
+    if (auto it = request.find(http::field::authorization); it != request.end()) {
+      handled.authorization = std::string(it->value());
+    }
+    if (std::optional<HttpResponse> answer = state.handler(handled)) {
+      Response response = PlainResponse(static_cast<http::status>(answer->status), version,
+                                        std::move(answer->body));
+      response.set(http::field::content_type, answer->content_type);
+      for (const auto& [name, value] : answer->headers) response.set(name, value);
+      return response;
+    }
+  }
   return PlainResponse(http::status::not_found, version,
                        "not found; try /metrics, /healthz or /readyz\n");
+}
+
+// GET's answer without its body (the Content-Length stays GET's).
+Response Head(Response response) {
+  const size_t length = response.body().size();
+  response.body().clear();
+  response.content_length(length);
+  return response;
 }
 
 // Never throws: a handler that fails answers 500.
 Response Respond(const HttpServer::State& state, const http::request<http::string_body>& request) {
   try {
+    if (request.method() == http::verb::head) return Head(Route(state, request));
     return Route(state, request);
   } catch (const std::exception& e) {
     spdlog::error("http: {} failed: {}", std::string(request.target()), e.what());
@@ -377,6 +405,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   state->metrics = metrics;
   state->ready = std::move(ready);
   state->unhealthy_reason = options.unhealthy_reason;
+  state->handler = options.handler;
   if (options.max_connections < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("http max connections must be >= 1, not ", options.max_connections));

@@ -1,6 +1,8 @@
 // HttpServer: the HTTP endpoint every psd process serves beside gRPC:
 // `/metrics` (Prometheus text format), `/healthz` (the process is up) and
-// `/readyz` (it serves requests: not starting, not draining).
+// `/readyz` (it serves requests: not starting, not draining), plus whatever
+// a process adds with a handler (the coordinator's console). Only GET and
+// HEAD are served (anything else is 405): nothing here changes state.
 //
 // Two modes. Without TLS it binds to loopback only, so metrics are never
 // exposed in clear text beyond the host. With a certificate and key (the
@@ -38,8 +40,11 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "observability/metrics.h"
@@ -60,6 +65,27 @@ inline constexpr int kHttpMaxBodyBytes = 4 << 10;
 // How long the acceptor waits after running out of descriptors.
 inline constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 
+// A request as a handler (HttpServerOptions::handler) sees it.
+struct HttpRequest {
+  std::string method;         // "GET" or "HEAD"
+  std::string target;         // path and query: "/console.json?token=..."
+  std::string authorization;  // the Authorization header; empty when absent
+};
+
+// A handler's answer. For HEAD the server sends the headers alone.
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // more headers
+};
+
+// Answers the targets the server does not serve itself (every one but
+// /metrics, /healthz and /readyz); nullopt: 404. Runs on the server's
+// thread: it must be thread-safe and should be quick (it holds up the
+// endpoint's other requests while it runs).
+using HttpHandler = std::function<std::optional<HttpResponse>(const HttpRequest&)>;
+
 struct HttpServerOptions {
   // HOST:PORT (port 0 picks one). Without TLS, a loopback address only.
   std::string listen = "127.0.0.1:0";
@@ -73,6 +99,8 @@ struct HttpServerOptions {
   // Why the process is unhealthy, answered by /healthz as 503; empty (or no
   // function): healthy. Called on the server's thread: must be thread-safe.
   std::function<std::string()> unhealthy_reason;
+  // More routes; null: none.
+  HttpHandler handler;
 
   bool tls() const { return !tls_cert.empty(); }
 };

@@ -131,6 +131,30 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
   if (held_role != nullptr) *held_role = ROLE_UNSPECIFIED;
   if (caller_key != nullptr) *caller_key = 0;
   if (IsPublicMethod(method_path)) return absl::OkStatus();
+  absl::StatusOr<Role> role = RoleOf(authorization);
+  if (!role.ok()) return role.status();
+  const Role held = *role;
+  const Role required = RequiredRole(method_path);
+  if (required == ROLE_UNSPECIFIED) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(method_path.empty() ? "(unknown method)" : method_path,
+                     " has no (psd.role): denied to every caller"));
+  }
+  if (!MayCall(held, method_path)) {
+    return absl::PermissionDeniedError(absl::StrCat(method_path, " needs the ", RoleName(required),
+                                                    " role; the token has ", RoleName(held)));
+  }
+  if (held_role != nullptr) *held_role = held;
+  if (caller_key != nullptr) {
+    const std::array<unsigned char, 32> digest = Sha256(authorization.substr(kBearer.size()));
+    uint64_t key = 0;
+    for (int i = 0; i < 8; ++i) key = (key << 8) | digest[i];
+    *caller_key = key != 0 ? key : 1;  // 0 is the anonymous caller
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Role> TokenAuthorizer::RoleOf(absl::string_view authorization) const {
   if (authorization.empty()) {
     return absl::UnauthenticatedError("missing bearer token (authorization header)");
   }
@@ -146,23 +170,7 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view method_path,
     if (match && held == ROLE_UNSPECIFIED) held = entry.role;
   }
   if (held == ROLE_UNSPECIFIED) return absl::UnauthenticatedError("unknown bearer token");
-  const Role required = RequiredRole(method_path);
-  if (required == ROLE_UNSPECIFIED) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(method_path.empty() ? "(unknown method)" : method_path,
-                     " has no (psd.role): denied to every caller"));
-  }
-  if (!MayCall(held, method_path)) {
-    return absl::PermissionDeniedError(absl::StrCat(method_path, " needs the ", RoleName(required),
-                                                    " role; the token has ", RoleName(held)));
-  }
-  if (held_role != nullptr) *held_role = held;
-  if (caller_key != nullptr) {
-    uint64_t key = 0;
-    for (int i = 0; i < 8; ++i) key = (key << 8) | digest[i];
-    *caller_key = key != 0 ? key : 1;  // 0 is the anonymous caller
-  }
-  return absl::OkStatus();
+  return held;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(

@@ -74,6 +74,12 @@ class TokenAuthorizer {
   absl::Status Authorize(absl::string_view method_path, absl::string_view authorization,
                          Role* held_role = nullptr, uint64_t* caller_key = nullptr) const;
 
+  // The role of the token in `authorization` ("Bearer <token>"), for what
+  // is not an rpc (the coordinator's console, which needs admin; check it
+  // with RoleGrants). UNAUTHENTICATED: no or unknown token. The same
+  // constant-time match as Authorize.
+  absl::StatusOr<Role> RoleOf(absl::string_view authorization) const;
+
  private:
   struct Entry {
     std::array<unsigned char, 32> digest;  // SHA-256 of the token

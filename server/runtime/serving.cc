@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     http_options.tls_cert = options.security.tls_cert;
     http_options.tls_key = options.security.tls_key;
     http_options.unhealthy_reason = options.unhealthy_reason;
+    http_options.handler = options.http_handler;
     http_options.max_connections = limits.http_max_connections;
     auto http = HttpServer::Start(http_options, metrics, std::move(ready));
     if (!http.ok()) {

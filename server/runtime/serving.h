@@ -64,6 +64,8 @@ struct ServingOptions {
   std::function<void(RpcMetrics*)> on_rpc_metrics;
   // Answers /healthz (HttpServerOptions::unhealthy_reason); null: healthy.
   std::function<std::string()> unhealthy_reason;
+  // More HTTP routes (HttpServerOptions::handler); null: none.
+  HttpHandler http_handler;
   ServingLimits limits;
 };
 

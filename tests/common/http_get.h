@@ -28,10 +28,11 @@ struct HttpReply {
 };
 
 // GET https://HOST:PORT/target when `ca_file` is set (the server's
-// certificate must verify against it and name `host`), else plain HTTP.
+// certificate must verify against it and name `host`), else plain HTTP;
+// `authorization` (when set) is sent as the Authorization header.
 inline absl::StatusOr<HttpReply> HttpGet(const std::string& host, int port,
-                                         const std::string& target,
-                                         const std::string& ca_file = "") {
+                                         const std::string& target, const std::string& ca_file = "",
+                                         const std::string& authorization = "") {
   namespace asio = boost::asio;
   namespace beast = boost::beast;
   namespace http = beast::http;
@@ -43,6 +44,7 @@ inline absl::StatusOr<HttpReply> HttpGet(const std::string& host, int port,
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad host ", host));
   http::request<http::string_body> request(http::verb::get, target, 11);
   request.set(http::field::host, host);
+  if (!authorization.empty()) request.set(http::field::authorization, authorization);
   http::response<http::string_body> response;
   beast::flat_buffer buffer;
   const auto failed = [&](const char* step) {

@@ -79,6 +79,9 @@ TEST(RoleTest, AlsoRoleLetsTheCoordinatorCallShardsForClients) {
   EXPECT_TRUE(MayCall(ROLE_NODE, "/psd.Shard/DeleteVariable"));
   EXPECT_TRUE(MayCall(ROLE_NODE, "/psd.Shard/Read"));
   EXPECT_FALSE(MayCall(ROLE_NODE, "/psd.Shard/Gather"));
+  // psctl status's refresh and the console's part states.
+  EXPECT_TRUE(MayCall(ROLE_NODE, "/psd.Shard/GetShardInfo"));
+  EXPECT_TRUE(MayCall(ROLE_NODE, "/psd.Shard/ListVariables"));
   EXPECT_FALSE(MayCall(ROLE_NODE, "/psd.Coordinator/DeleteVariable"));
   EXPECT_FALSE(MayCall(ROLE_TRAINER, "/psd.Shard/DeleteVariable"));
   EXPECT_TRUE(MayCall(ROLE_ADMIN, "/psd.Shard/Read"));
@@ -134,6 +137,23 @@ TEST(TokenAuthorizerTest, ChecksTokenThenRole) {
   EXPECT_TRUE(
       authorizer.Authorize("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "")
           .ok());
+}
+
+// What is not an rpc (the coordinator's console) asks for a token's role:
+// the same match, UNAUTHENTICATED without a known bearer token.
+TEST(TokenAuthorizerTest, RoleOfAToken) {
+  TokenAuthorizer authorizer({{ROLE_TRAINER, "t"}, {ROLE_ADMIN, "a"}, {ROLE_NODE, "n"}});
+  EXPECT_EQ(*authorizer.RoleOf("Bearer a"), ROLE_ADMIN);
+  EXPECT_EQ(*authorizer.RoleOf("Bearer t"), ROLE_TRAINER);
+  EXPECT_EQ(*authorizer.RoleOf("Bearer n"), ROLE_NODE);
+  EXPECT_TRUE(absl::IsUnauthenticated(authorizer.RoleOf("").status()));
+  EXPECT_TRUE(absl::IsUnauthenticated(authorizer.RoleOf("a").status()));
+  EXPECT_TRUE(absl::IsUnauthenticated(authorizer.RoleOf("Bearer x").status()));
+  EXPECT_TRUE(absl::IsUnauthenticated(authorizer.RoleOf("Bearer ").status()));
+  // The console needs admin: only the admin token's role grants it.
+  EXPECT_TRUE(RoleGrants(*authorizer.RoleOf("Bearer a"), ROLE_ADMIN));
+  EXPECT_FALSE(RoleGrants(*authorizer.RoleOf("Bearer t"), ROLE_ADMIN));
+  EXPECT_FALSE(RoleGrants(*authorizer.RoleOf("Bearer n"), ROLE_ADMIN));
 }
 
 TEST(BindPolicyTest, LoopbackAddresses) {

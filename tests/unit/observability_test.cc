@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -373,6 +374,70 @@ TEST(HttpServerTest, AThrowingHandlerAnswers500) {
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->status, 500);
   EXPECT_TRUE(EventuallyHealthy((*server)->port()));
+}
+
+// A process's own routes (the coordinator's console): served for GET and
+// HEAD (headers alone, GET's length), 405 with Allow for anything else,
+// 404 where the handler has nothing.
+TEST(HttpServerTest, AHandlerServesMoreRoutesForGetAndHeadOnly) {
+  MetricsRegistry registry;
+  HttpServerOptions options;
+  // Written on the server's thread.
+  std::mutex mu;
+  std::vector<HttpRequest> requests;
+  const auto seen = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return requests;
+  };
+  options.handler = [&](const HttpRequest& request) -> std::optional<HttpResponse> {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      requests.push_back(request);
+    }
+    if (request.target.rfind("/page", 0) != 0) return std::nullopt;
+    HttpResponse response;
+    response.content_type = "text/html; charset=utf-8";
+    response.body = "<p>hello</p>";
+    response.headers.emplace_back("X-Extra", "yes");
+    return response;
+  };
+  auto server = HttpServer::Start(options, &registry, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  const auto ask = [port](const std::string& bytes) {
+    RawConnection connection(port);
+    EXPECT_TRUE(connection.connected());
+    EXPECT_TRUE(connection.Send(bytes));
+    std::string answer;
+    EXPECT_TRUE(connection.ReadToEnd(&answer));
+    return answer;
+  };
+  const std::string get = ask("GET /page?token=t HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n");
+  EXPECT_THAT(get, ::testing::StartsWith("HTTP/1.1 200 "));
+  EXPECT_THAT(get, ::testing::HasSubstr("X-Extra: yes"));
+  EXPECT_THAT(get, ::testing::HasSubstr("Content-Type: text/html; charset=utf-8"));
+  EXPECT_THAT(get, ::testing::EndsWith("\r\n\r\n<p>hello</p>"));
+  ASSERT_FALSE(seen().empty());
+  EXPECT_EQ(seen().back().method, "GET");
+  EXPECT_EQ(seen().back().target, "/page?token=t");
+  EXPECT_EQ(seen().back().authorization, "Bearer abc");
+  const std::string head = ask("HEAD /page HTTP/1.1\r\n\r\n");
+  EXPECT_THAT(head, ::testing::StartsWith("HTTP/1.1 200 "));
+  EXPECT_THAT(head, ::testing::HasSubstr("Content-Length: 12"));
+  EXPECT_THAT(head, ::testing::EndsWith("\r\n\r\n"));
+  EXPECT_EQ(seen().back().method, "HEAD");
+  const size_t asked = seen().size();
+  for (const char* method : {"POST", "PUT", "DELETE", "PATCH"}) {
+    SCOPED_TRACE(method);
+    const std::string refused =
+        ask(absl::StrCat(method, " /page HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+    EXPECT_THAT(refused, ::testing::StartsWith("HTTP/1.1 405 "));
+    EXPECT_THAT(refused, ::testing::HasSubstr("Allow: GET, HEAD"));
+  }
+  EXPECT_EQ(seen().size(), asked);  // refused before the handler
+  EXPECT_THAT(ask("GET /other HTTP/1.1\r\n\r\n"), ::testing::StartsWith("HTTP/1.1 404 "));
+  // The built-in routes stay the server's own.
+  EXPECT_THAT(ask("GET /healthz HTTP/1.1\r\n\r\n"), ::testing::EndsWith("ok\n"));
 }
 
 TEST(HttpServerTest, RefusesAZeroConnectionCap) {
