@@ -68,6 +68,7 @@ void RunStatus(Context* ctx) {
                       ",\"memory_used_bytes\":", sh.memory_used_bytes(),
                       ",\"memory_limit_bytes\":", sh.memory_limit_bytes(),
                       ",\"lost_parts\":", sh.lost_parts(),
+                      ",\"drained\":", sh.drained() ? "true" : "false",
                       ",\"millis_since_heartbeat\":", sh.millis_since_heartbeat(), "}");
     }
     out += "]}\n";
@@ -81,7 +82,8 @@ void RunStatus(Context* ctx) {
                                                  "DEVICE", "VARIABLES", "PARTS", "BYTES", "MEMORY",
                                                  "LOST", "HEARTBEAT"}};
   for (const psd::ShardStatus& sh : resp.shards()) {
-    rows.push_back({std::to_string(sh.shard_id()), sh.address(), sh.live() ? "yes" : "NO",
+    rows.push_back({std::to_string(sh.shard_id()), sh.address(),
+                    absl::StrCat(sh.live() ? "yes" : "NO", sh.drained() ? " (drained)" : ""),
                     absl::StrFormat("%016x", sh.incarnation()), sh.device(),
                     std::to_string(sh.num_variables()), std::to_string(sh.placed_parts()),
                     FormatBytes(sh.placed_bytes()),
@@ -368,6 +370,24 @@ void RunGet(const std::string& name, int64_t max_values, Context* ctx) {
               value->shape().ToString().c_str(), shown.c_str());
 }
 
+// One line per move (or its JSON object), as `vars move` prints it.
+std::string MoveLine(const psd::MovePartResponse& m, bool json) {
+  if (json) {
+    std::vector<std::string> parts;
+    for (const auto& p : m.parts()) parts.push_back(JsonString(p));
+    return absl::StrFormat(
+        "{\"parts\":[%s],\"from\":%d,\"to\":%d,\"bytes\":%d,\"forwarded_writes\":%d,"
+        "\"seconds\":%.6f,\"writes_held_seconds\":%.6f}",
+        absl::StrJoin(parts, ","), m.source_shard(), m.target_shard(), m.bytes(),
+        m.forwarded_writes(), m.seconds(), m.fence_seconds());
+  }
+  return absl::StrFormat(
+      "moved %s from shard %d to shard %d: %s in %.2f s, %d writes forwarded, writes held "
+      "%.1f ms\n",
+      absl::StrJoin(m.parts(), ", "), m.source_shard(), m.target_shard(), FormatBytes(m.bytes()),
+      m.seconds(), m.forwarded_writes(), m.fence_seconds() * 1e3);
+}
+
 void RunMove(const std::string& part, int32_t target_shard, double timeout_seconds,
              Context* ctx) {
   psd::MovePartRequest req;
@@ -377,22 +397,69 @@ void RunMove(const std::string& part, int32_t target_shard, double timeout_secon
   absl::Status s = Call(*ctx, &psd::Coordinator::Stub::MovePart, req, &resp,
                         absl::Seconds(timeout_seconds));
   if (!s.ok()) return Fail(ctx, s);
+  std::string line = MoveLine(resp, ctx->json);
+  if (ctx->json) line += "\n";
+  std::fputs(line.c_str(), stdout);
+}
+
+void RunDrain(int32_t shard, bool stop, bool undrain, double timeout_seconds, Context* ctx) {
+  psd::DrainShardRequest req;
+  req.set_shard_id(shard);
+  req.set_stop(stop);
+  req.set_undrain(undrain);
+  psd::DrainShardResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::DrainShard, req, &resp,
+                        absl::Seconds(timeout_seconds));
+  if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
-    std::vector<std::string> parts;
-    for (const auto& p : resp.parts()) parts.push_back(JsonString(p));
-    std::printf("{\"parts\":[%s],\"from\":%d,\"to\":%d,\"bytes\":%lld,"
-                "\"forwarded_writes\":%llu,\"seconds\":%.6f,\"writes_held_seconds\":%.6f}\n",
-                absl::StrJoin(parts, ",").c_str(), resp.source_shard(), resp.target_shard(),
-                static_cast<long long>(resp.bytes()),
-                static_cast<unsigned long long>(resp.forwarded_writes()), resp.seconds(),
-                resp.fence_seconds());
+    std::vector<std::string> moves;
+    for (const auto& m : resp.moves()) moves.push_back(MoveLine(m, true));
+    std::printf("{\"shard\":%d,\"drained\":%s,\"moves\":[%s],\"stopped\":%s}\n", shard,
+                undrain ? "false" : "true", absl::StrJoin(moves, ",").c_str(),
+                resp.stopped() ? "true" : "false");
     return;
   }
-  std::printf("moved %s from shard %d to shard %d: %s in %.2f s, %llu writes forwarded, "
-              "writes held %.1f ms\n",
-              absl::StrJoin(resp.parts(), ", ").c_str(), resp.source_shard(), resp.target_shard(),
-              FormatBytes(resp.bytes()).c_str(), resp.seconds(),
-              static_cast<unsigned long long>(resp.forwarded_writes()), resp.fence_seconds() * 1e3);
+  std::string out;
+  for (const auto& m : resp.moves()) out += MoveLine(m, false);
+  absl::StrAppend(&out, "shard ", shard,
+                  undrain ? " takes new parts again\n"
+                          : absl::StrCat(" is drained (", resp.moves_size(), " moves)",
+                                         resp.stopped() ? " and stopping" : "", "\n"));
+  std::fputs(out.c_str(), stdout);
+}
+
+void RunRebalance(bool dry_run, double timeout_seconds, Context* ctx) {
+  psd::RebalanceRequest req;
+  req.set_dry_run(dry_run);
+  psd::RebalanceResponse resp;
+  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::Rebalance, req, &resp,
+                        absl::Seconds(timeout_seconds));
+  if (!s.ok()) return Fail(ctx, s);
+  if (ctx->json) {
+    std::vector<std::string> plan, moves;
+    for (const auto& p : resp.plan()) {
+      plan.push_back(absl::StrFormat("{\"part\":%s,\"from\":%d,\"to\":%d,\"bytes\":%d}",
+                                     JsonString(p.part()), p.from_shard(), p.to_shard(),
+                                     p.bytes()));
+    }
+    for (const auto& m : resp.moves()) moves.push_back(MoveLine(m, true));
+    std::printf("{\"dry_run\":%s,\"plan\":[%s],\"moves\":[%s]}\n", dry_run ? "true" : "false",
+                absl::StrJoin(plan, ",").c_str(), absl::StrJoin(moves, ",").c_str());
+    return;
+  }
+  std::string out;
+  if (resp.plan_size() == 0) out = "balanced: nothing to move\n";
+  if (dry_run) {
+    std::vector<std::vector<std::string>> rows = {{"PART", "FROM", "TO", "BYTES"}};
+    for (const auto& p : resp.plan()) {
+      rows.push_back({p.part(), std::to_string(p.from_shard()), std::to_string(p.to_shard()),
+                      FormatBytes(p.bytes())});
+    }
+    if (resp.plan_size() > 0) out = FormatTable(rows);
+  } else {
+    for (const auto& m : resp.moves()) out += MoveLine(m, false);
+  }
+  std::fputs(out.c_str(), stdout);
 }
 
 void RunShutdown(bool final_checkpoint, double timeout_seconds, Context* ctx) {
@@ -483,6 +550,39 @@ void AddClusterCommands(CLI::App* app, Context* ctx) {
       ->capture_default_str();
   move->callback([ctx, move_part, move_to, move_timeout] {
     RunMove(*move_part, *move_to, *move_timeout, ctx);
+  });
+
+  CLI::App* shard = app->add_subcommand("shard", "Shards: drain one (admin)");
+  shard->require_subcommand(1);
+  shard->fallthrough();
+  auto drain_id = std::make_shared<int32_t>(-1);
+  auto drain_stop = std::make_shared<bool>(false);
+  auto drain_undo = std::make_shared<bool>(false);
+  auto drain_timeout = std::make_shared<double>(3600);
+  CLI::App* drain = shard->add_subcommand(
+      "drain", "Move every part off a shard while training goes on, and place nothing new there");
+  drain->fallthrough();
+  drain->add_option("id", *drain_id, "The shard's id")->required();
+  drain->add_flag("--stop", *drain_stop, "Stop the shard once it is empty");
+  drain->add_flag("--undrain", *drain_undo, "Take a drained shard back into use instead");
+  drain->add_option("--timeout", *drain_timeout, "Seconds to wait for every move")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  drain->callback([ctx, drain_id, drain_stop, drain_undo, drain_timeout] {
+    RunDrain(*drain_id, *drain_stop, *drain_undo, *drain_timeout, ctx);
+  });
+
+  auto dry_run = std::make_shared<bool>(false);
+  auto rebalance_timeout = std::make_shared<double>(3600);
+  CLI::App* rebalance = app->add_subcommand(
+      "rebalance", "Even out the bytes on the live shards by moving parts live (admin)");
+  rebalance->fallthrough();
+  rebalance->add_flag("--dry-run", *dry_run, "Print the plan; move nothing");
+  rebalance->add_option("--timeout", *rebalance_timeout, "Seconds to wait for every move")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  rebalance->callback([ctx, dry_run, rebalance_timeout] {
+    RunRebalance(*dry_run, *rebalance_timeout, ctx);
   });
 
   auto final_checkpoint = std::make_shared<bool>(false);

@@ -464,6 +464,24 @@ grpc::ServerUnaryReactor* CoordinatorService::MovePart(grpc::CallbackServerConte
   });
 }
 
+grpc::ServerUnaryReactor* CoordinatorService::DrainShard(grpc::CallbackServerContext* ctx,
+                                                         const DrainShardRequest* request,
+                                                         DrainShardResponse* response) {
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, Drain(*request));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::Rebalance(grpc::CallbackServerContext* ctx,
+                                                        const RebalanceRequest* request,
+                                                        RebalanceResponse* response) {
+  return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(*response, RebalanceParts(request->dry_run()));
+    return absl::OkStatus();
+  });
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
     grpc::CallbackServerContext* ctx, const CoordinatorDeleteVariableRequest* request,
     CoordinatorDeleteVariableResponse* response) {
@@ -613,6 +631,7 @@ void CoordinatorService::RefreshShardFigures() {
 }
 
 ListShardsResponse CoordinatorService::ShardStatuses() const {
+  const std::set<int32_t> drained = registry_->DrainedShards();
   ListShardsResponse response;
   const auto placement = registry_->Placement();
   response.set_num_variables(static_cast<int64_t>(registry_->num_variables()));
@@ -634,6 +653,7 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
       s->set_placed_bytes(p->second.bytes);
     }
     s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
+    s->set_drained(drained.count(e.id) > 0);
     s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
   }
   return response;

@@ -135,6 +135,12 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* MovePart(grpc::CallbackServerContext* ctx,
                                      const MovePartRequest* request,
                                      MovePartResponse* response) override;
+  grpc::ServerUnaryReactor* DrainShard(grpc::CallbackServerContext* ctx,
+                                       const DrainShardRequest* request,
+                                       DrainShardResponse* response) override;
+  grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* ctx,
+                                      const RebalanceRequest* request,
+                                      RebalanceResponse* response) override;
   grpc::ServerUnaryReactor* ListShards(grpc::CallbackServerContext* ctx,
                                        const ListShardsRequest* request,
                                        ListShardsResponse* response) override;
@@ -233,6 +239,8 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* ServeBlocking(grpc::CallbackServerContext* ctx, Op op);
 
   std::vector<int32_t> LiveShards() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Where new parts may go: the live shards that are not drained.
+  std::vector<int32_t> PlacementShards() const ABSL_LOCKS_EXCLUDED(mu_);
   // OK if `request` may hold its shard id: nobody holds it, or the same
   // process does, or the holder is gone (its address answers as another
   // incarnation or refuses connections; with no clear answer, its
@@ -309,6 +317,18 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // the others back to the source. Runs at most every few seconds, from
   // heartbeats; never blocks the caller (it runs on a worker).
   void ResolvePendingMoves() ABSL_LOCKS_EXCLUDED(mu_);
+  // psctl shard drain and psctl rebalance (see DrainShardRequest,
+  // RebalanceRequest): plans and runs MoveGroup one group at a time.
+  absl::StatusOr<DrainShardResponse> Drain(const DrainShardRequest& request)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<RebalanceResponse> RebalanceParts(bool dry_run) ABSL_LOCKS_EXCLUDED(mu_);
+  // The groups a move takes (a primary dense part and the parts beside it)
+  // by shard: each group's first part's name and its bytes.
+  struct MovableGroup {
+    std::string part;
+    int64_t bytes = 0;
+  };
+  std::map<int32_t, std::vector<MovableGroup>> MovableGroups() const;
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);
   // Closes sessions idle for longer than the TTL; runs at most every

@@ -260,7 +260,7 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
     }
     registry_->NoteShardFreeBytes(std::move(free_bytes));
     PSD_ASSIGN_OR_RETURN(PreparedDeclaration prepared,
-                         registry_->PrepareDeclare(session, decls, LiveShards(), request_seq));
+                         registry_->PrepareDeclare(session, decls, PlacementShards(), request_seq));
     if (!prepared.replayed) {
       std::vector<NewVariable> created;
       for (size_t i = 0; i < prepared.results.size(); ++i) {

@@ -1,17 +1,21 @@
 // CoordinatorService (coordinator_service.h): live part moves
 // (docs/moves.md). The coordinator orders each step and records it in the
 // registry; the data goes shard to shard (proto ShardMove).
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "boost/asio/post.hpp"
 #include "checkpoint/file_system.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/placement.h"
 #include "psd/grpc_status.h"
 #include "psd/random_id.h"
 #include "psd/status.h"
@@ -345,6 +349,171 @@ void CoordinatorService::ResolvePendingMoves() {
     absl::MutexLock lock(&mu_);
     resolving_moves_ = false;
   });
+}
+
+std::vector<int32_t> CoordinatorService::PlacementShards() const {
+  const std::set<int32_t> drained = registry_->DrainedShards();
+  std::vector<int32_t> out;
+  for (int32_t id : LiveShards()) {
+    if (drained.count(id) == 0) out.push_back(id);
+  }
+  return out;
+}
+
+std::map<int32_t, std::vector<CoordinatorService::MovableGroup>>
+CoordinatorService::MovableGroups() const {
+  const std::vector<VariableDef> defs = registry_->List("");
+  auto part_bytes = [](const VariableDef& def, const VariablePart& part) {
+    int64_t elements = 1;
+    for (int64_t d : part.shape().dims()) elements *= d;
+    return EstimatedBytes(def.dtype(), elements);
+  };
+  std::map<int32_t, std::vector<MovableGroup>> out;
+  for (const VariableDef& def : defs) {
+    if (def.has_embedding() || !def.colocate_with().empty()) continue;
+    for (int k = 0; k < def.parts_size(); ++k) {
+      const VariablePart& part = def.parts(k);
+      MovableGroup g{part.name(), part_bytes(def, part)};
+      for (const VariableDef& other : defs) {
+        if (other.colocate_with() != def.name()) continue;
+        if (other.parts_size() == def.parts_size() &&
+            other.parts(k).shard_id() == part.shard_id()) {
+          g.bytes += part_bytes(other, other.parts(k));
+        }
+      }
+      out[part.shard_id()].push_back(std::move(g));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardRequest& request) {
+  const int32_t shard = request.shard_id();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shards_.count(shard) == 0) {
+      return absl::NotFoundError(absl::StrCat("shard ", shard, " is not registered"));
+    }
+  }
+  DrainShardResponse out;
+  if (request.undrain()) {
+    PSD_RETURN_IF_ERROR(registry_->SetDrained(shard, false));
+    return out;
+  }
+  // Marked first: nothing new lands on it while it empties.
+  PSD_RETURN_IF_ERROR(registry_->SetDrained(shard, true));
+  std::vector<std::string> left;
+  std::map<int32_t, std::vector<MovableGroup>> groups = MovableGroups();
+  const std::vector<int32_t> targets = PlacementShards();
+  if (targets.empty() && !groups[shard].empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", shard, " cannot be drained: no other live, undrained shard takes its parts"));
+  }
+  std::map<int32_t, int64_t> load;
+  for (int32_t t : targets) {
+    for (const MovableGroup& g : groups[t]) load[t] += g.bytes;
+  }
+  // Largest groups first, each to the least loaded shard.
+  std::vector<MovableGroup> mine = groups[shard];
+  std::sort(mine.begin(), mine.end(),
+            [](const MovableGroup& a, const MovableGroup& b) { return a.bytes > b.bytes; });
+  for (const MovableGroup& g : mine) {
+    int32_t to = targets.front();
+    for (int32_t t : targets) {
+      if (load[t] < load[to]) to = t;
+    }
+    absl::StatusOr<MovePartResponse> moved = MoveGroup(g.part, to);
+    if (!moved.ok()) {
+      left.push_back(absl::StrCat(g.part, " (", moved.status().message(), ")"));
+      continue;
+    }
+    load[to] += g.bytes;
+    *out.add_moves() = *std::move(moved);
+  }
+  // What no move can take: embedding tables' parts.
+  for (const std::string& part : registry_->PartsOnShard(shard)) {
+    absl::StatusOr<VariableDef> def = registry_->VariableOfPart(part);
+    if (def.ok() && def->has_embedding() && def->embedding().slot_of().empty()) {
+      left.push_back(absl::StrCat(part, " (an embedding table's part: moving those is not "
+                                        "supported yet)"));
+    }
+  }
+  if (!left.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", shard, " is marked drained (nothing new goes there) but still holds ",
+        left.size(), " part(s) after ", out.moves_size(), " move(s): ", absl::StrJoin(left, "; ")));
+  }
+  if (request.stop()) {
+    std::string address;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = shards_.find(shard);
+      if (it != shards_.end()) address = it->second.address;
+    }
+    StopShardRequest stop;
+    stop.set_reason(absl::StrCat("drained (psctl shard drain ", shard, " --stop)"));
+    StopShardResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
+    PSD_RETURN_IF_ERROR(
+        FromGrpcStatus(ShardControl::NewStub(ChannelFor(address))->Stop(&ctx, stop, &resp)));
+    out.set_stopped(true);
+  }
+  return out;
+}
+
+absl::StatusOr<RebalanceResponse> CoordinatorService::RebalanceParts(bool dry_run) {
+  const std::vector<int32_t> shards = PlacementShards();
+  if (shards.size() < 2) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rebalance needs two live, undrained shards; there are ", shards.size()));
+  }
+  std::map<int32_t, std::vector<MovableGroup>> groups = MovableGroups();
+  std::map<int32_t, int64_t> load;
+  for (int32_t t : shards) {
+    load[t] = 0;
+    for (const MovableGroup& g : groups[t]) load[t] += g.bytes;
+  }
+  // Greedy: from the fullest to the emptiest shard, the largest group that
+  // narrows their gap by moving at most half of it; each move strictly
+  // narrows it, so the plan ends (and moves few, large groups).
+  RebalanceResponse out;
+  for (int step = 0; step < 10000; ++step) {
+    int32_t full = shards.front(), empty = shards.front();
+    for (int32_t t : shards) {
+      if (load[t] > load[full]) full = t;
+      if (load[t] < load[empty]) empty = t;
+    }
+    const int64_t gap = load[full] - load[empty];
+    std::vector<MovableGroup>& from = groups[full];
+    auto best = from.end();
+    for (auto it = from.begin(); it != from.end(); ++it) {
+      if (it->bytes > 0 && it->bytes <= gap / 2 && (best == from.end() || it->bytes > best->bytes)) {
+        best = it;
+      }
+    }
+    if (best == from.end()) break;
+    PlannedMove* p = out.add_plan();
+    p->set_part(best->part);
+    p->set_from_shard(full);
+    p->set_to_shard(empty);
+    p->set_bytes(best->bytes);
+    load[full] -= best->bytes;
+    load[empty] += best->bytes;
+    groups[empty].push_back(*best);
+    from.erase(best);
+  }
+  if (dry_run) return out;
+  for (const PlannedMove& p : out.plan()) {
+    absl::StatusOr<MovePartResponse> moved = MoveGroup(p.part(), p.to_shard());
+    if (!moved.ok()) {
+      return absl::Status(moved.status().code(),
+                          absl::StrCat("rebalance stopped after ", out.moves_size(), " of ",
+                                       out.plan_size(), " moves: ", moved.status().message()));
+    }
+    *out.add_moves() = *std::move(moved);
+  }
+  return out;
 }
 
 }  // namespace psd

@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   for (const VariableDef& def : snap.variables()) registry->AddVariable(def);
   for (const SessionState& s : snap.sessions()) registry->sessions_[s.id()] = s;
   for (const PartMoveRecord& m : snap.moves()) registry->moves_[m.move_id()] = m;
+  registry->drained_.insert(snap.drained_shards().begin(), snap.drained_shards().end());
   for (const RegistryRecord& record : recovered.records) {
     registry->Apply(record);
     registry->next_seq_ = record.seq() + 1;
@@ -299,6 +300,7 @@ void Registry::Apply(const RegistryRecord& record) {
     case RegistryRecord::kMoveStarted:
     case RegistryRecord::kMoveCommitted:
     case RegistryRecord::kMoveFinished:
+    case RegistryRecord::kShardDrain:
       ApplyMove(record);
       break;
     case RegistryRecord::kDeleted: {
@@ -495,6 +497,7 @@ RegistrySnapshot Registry::MakeSnapshot() const {
   for (const auto& [name, def] : variables_) *snap.add_variables() = def;
   for (const auto& [id, s] : sessions_) *snap.add_sessions() = s;
   for (const auto& [id, m] : moves_) *snap.add_moves() = m;
+  for (int32_t id : drained_) snap.add_drained_shards(id);
   return snap;
 }
 

@@ -96,6 +96,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -286,6 +287,10 @@ class Registry {
   absl::Status CommitMove(uint64_t move_id);
   absl::Status FinishMove(uint64_t move_id);
   std::vector<PartMoveRecord> PendingMoves() const;
+  // Drained shards (psctl shard drain): nothing new is placed on them.
+  // Durable when SetDrained returns.
+  absl::Status SetDrained(int32_t shard_id, bool drained);
+  std::set<int32_t> DrainedShards() const;
   // The variable a part name (or an unpartitioned variable's name) belongs
   // to, or NOT_FOUND.
   absl::StatusOr<VariableDef> VariableOfPart(const std::string& part) const;
@@ -429,6 +434,7 @@ class Registry {
   std::map<uint64_t, PartMoveRecord> moves_ ABSL_GUARDED_BY(mu_);
   // The variables the last applied move_committed record moved parts of.
   std::vector<std::string> moved_variables_ ABSL_GUARDED_BY(mu_);
+  std::set<int32_t> drained_ ABSL_GUARDED_BY(mu_);
 
   // Group commit (see WaitDurable). Taken after mu_ or alone; never held
   // across a sync.

@@ -104,6 +104,25 @@ std::vector<PartMoveRecord> Registry::PendingMoves() const {
   return out;
 }
 
+absl::Status Registry::SetDrained(int32_t shard_id, bool drained) {
+  uint64_t wait_for = 0;
+  absl::Status status = [&]() -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    if ((drained_.count(shard_id) > 0) == drained) return absl::OkStatus();
+    RegistryRecord record;
+    record.mutable_shard_drain()->set_shard_id(shard_id);
+    record.mutable_shard_drain()->set_drained(drained);
+    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    return absl::OkStatus();
+  }();
+  return Committed(std::move(status), wait_for);
+}
+
+std::set<int32_t> Registry::DrainedShards() const {
+  absl::MutexLock lock(&mu_);
+  return drained_;
+}
+
 void Registry::ApplyMove(const RegistryRecord& record) {
   switch (record.op_case()) {
     case RegistryRecord::kMoveStarted:
@@ -141,6 +160,13 @@ void Registry::ApplyMove(const RegistryRecord& record) {
     }
     case RegistryRecord::kMoveFinished:
       moves_.erase(record.move_finished());
+      break;
+    case RegistryRecord::kShardDrain:
+      if (record.shard_drain().drained()) {
+        drained_.insert(record.shard_drain().shard_id());
+      } else {
+        drained_.erase(record.shard_drain().shard_id());
+      }
       break;
     default: break;
   }
