@@ -73,6 +73,40 @@ void CheckpointMetrics::OnRestore(const absl::StatusOr<RestoreCheckpointResponse
   last_restore_bytes_->Set(static_cast<double>(result->bytes()));
 }
 
+MoveMetrics::MoveMetrics(MetricsRegistry* registry)
+    : moves_(registry->CounterFamily("psd_part_moves_total",
+                                     "Live part moves that ended, by result (OK or the status code)",
+                                     {"result"})),
+      bytes_(registry->CounterFamily("psd_part_move_bytes_total",
+                                     "Bytes of the parts moved (snapshots copied shard to shard)",
+                                     {})
+                 ->Get({})),
+      forwarded_writes_(registry
+                            ->CounterFamily("psd_part_move_forwarded_writes_total",
+                                            "Writes applied on a source during a move and "
+                                            "forwarded to its target",
+                                            {})
+                            ->Get({})),
+      seconds_(registry
+                   ->HistogramFamily("psd_part_move_duration_seconds",
+                                     "Duration of successful moves", {}, CheckpointBuckets())
+                   ->Get({})),
+      writes_held_seconds_(registry
+                               ->HistogramFamily("psd_part_move_fence_pause_seconds",
+                                                 "How long a move's owner switch held the writes "
+                                                 "to its parts",
+                                                 {}, LatencyBuckets())
+                               ->Get({})) {}
+
+void MoveMetrics::OnMove(const absl::StatusOr<MovePartResponse>& result) {
+  moves_->Get({absl::StatusCodeToString(result.status().code())})->Increment();
+  if (!result.ok()) return;
+  bytes_->Increment(static_cast<double>(result->bytes()));
+  forwarded_writes_->Increment(static_cast<double>(result->forwarded_writes()));
+  seconds_->Observe(result->seconds());
+  writes_held_seconds_->Observe(result->fence_seconds());
+}
+
 void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* service) {
   using Samples = MetricsRegistry::Samples;
   registry->CallbackGauge("psd_coordinator_variables", "Variables in the registry",

@@ -34,6 +34,22 @@ class CheckpointMetrics {
   Gauge* const last_restore_bytes_;
 };
 
+// Live part moves: counts by result, bytes, forwarded writes, and how long
+// each move's switch held the group's writes.
+class MoveMetrics {
+ public:
+  explicit MoveMetrics(MetricsRegistry* registry);
+  // For CoordinatorServiceOptions::on_move.
+  void OnMove(const absl::StatusOr<MovePartResponse>& result);
+
+ private:
+  Family<Counter>* const moves_;
+  Counter* const bytes_;
+  Counter* const forwarded_writes_;
+  Histogram* const seconds_;
+  Histogram* const writes_held_seconds_;
+};
+
 // Registers the scrape-time gauges of the cluster view; `service` must
 // outlive `registry`'s scrapes.
 void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* service);

@@ -62,6 +62,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
 
   MetricsRegistry metrics;
   CheckpointMetrics checkpoint_metrics(&metrics);
+  MoveMetrics move_metrics(&metrics);
   CoordinatorServiceOptions service_options;
   service_options.heartbeat_interval = absl::Seconds(options.heartbeat_interval_seconds);
   service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
@@ -81,6 +82,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   service_options.checkpoint.policy.keep_checkpoint_every_n_hours =
       options.checkpoint.keep_checkpoint_every_n_hours;
   service_options.checkpoint.rpc_timeout = service_options.shard_rpc_timeout;
+  service_options.on_move = [&move_metrics](const auto& result) { move_metrics.OnMove(result); };
   service_options.checkpoint.on_save = [&checkpoint_metrics](const auto& result) {
     checkpoint_metrics.OnSave(result);
   };

@@ -71,6 +71,8 @@ struct CoordinatorServiceOptions {
   CheckpointManagerOptions checkpoint;
   // Secure the channels to shards (TLS and the node token); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> shard_credentials;
+  // Called when a live part move ends (from the thread that ran it).
+  std::function<void(const absl::StatusOr<MovePartResponse>&)> on_move;
   // Handlers that call shards (declarations, deletions, initialization,
   // saves, restores, shard registration) run on this many worker threads,
   // not on gRPC's few callback threads, so calls blocked on a slow shard
@@ -306,7 +308,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
   };
   absl::StatusOr<ShardAddress> LiveShardAddress(int32_t shard_id) const ABSL_LOCKS_EXCLUDED(mu_);
   // Moves `part` and the parts colocated with it to `target_shard`.
+  // Reports the result to options.on_move.
   absl::StatusOr<MovePartResponse> MoveGroup(const std::string& part, int32_t target_shard)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<MovePartResponse> MoveGroupOnce(const std::string& part, int32_t target_shard)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Tells both shards of `move` how it ended (EndMove): OK once both know
   // (or no longer hold it: restarted), after which the move is finished.

@@ -81,6 +81,13 @@ absl::StatusOr<CoordinatorService::ShardAddress> CoordinatorService::LiveShardAd
 
 absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string& part_name,
                                                                int32_t target_shard) {
+  absl::StatusOr<MovePartResponse> result = MoveGroupOnce(part_name, target_shard);
+  if (options_.on_move) options_.on_move(result);
+  return result;
+}
+
+absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::string& part_name,
+                                                                   int32_t target_shard) {
   const absl::Time start = absl::Now();
   PSD_ASSIGN_OR_RETURN(VariableDef def, registry_->VariableOfPart(part_name));
   // Declarations and deletions of the variable and of what sits beside it
