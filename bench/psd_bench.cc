@@ -44,6 +44,8 @@
 #include "grpcpp/grpcpp.h"
 #include "http_get.h"  // tests/common: the shards' /metrics
 #include "psd/client.h"
+#include "psd/coordinator.grpc.pb.h"
+#include "psd/grpc_status.h"
 #include "psd/embedding_variable.h"
 #include "psd/optimizer.h"
 #include "psd/optimizer_ops.h"
@@ -377,6 +379,7 @@ class Bench {
     if (Selected("memory")) Memory();
     if (Selected("checkpoints")) Checkpoints();
     if (Selected("embedding")) Embedding();
+    if (Selected("migration")) Migration();
     report_.PrintTargets();
     std::printf("not measured here: psclient / C++ client (bench/psclient_bench.py); GPU shards "
                 "(--shard-device gpu:N on a GPU machine)\n");
@@ -1238,6 +1241,150 @@ class Bench {
     std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
   }
 
+  // Live part moves (docs/moves.md) on a coordinator and two shards of its
+  // own while four trainers scatter_add Zipf batches into a partitioned
+  // table: the rate of moving 1 GiB of 64 MiB variables between the shards
+  // against the bare gRPC stream, the trainers' rate during those moves
+  // against before, and the pause of each switch when the moved parts are
+  // the table's own, under that load.
+  void Migration() {
+    integration::TestClusterOptions options;
+    options.num_shards = 2;
+    auto cluster = integration::TestCluster::Start(options);
+    if (!cluster.ok()) return Check(cluster.status(), "migration: start a cluster");
+    auto session = client::Session::Open((*cluster)->coordinator_address());
+    if (!session.ok()) return Check(session.status(), "migration: connect");
+    auto coordinator = Coordinator::NewStub(grpc::CreateChannel(
+        (*cluster)->coordinator_address(), grpc::InsecureChannelCredentials()));
+    auto move = [&](const std::string& part, int32_t to) -> absl::StatusOr<MovePartResponse> {
+      MovePartRequest req;
+      req.set_part(part);
+      req.set_target_shard(to);
+      MovePartResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+      absl::Status st = FromGrpcStatus(coordinator->MovePart(&ctx, req, &resp));
+      if (!st.ok()) return st;
+      return resp;
+    };
+    const int64_t total = config_.quick ? (int64_t{128} << 20) : (int64_t{1} << 30);
+    const int64_t per_var = int64_t{64} << 20;
+    std::vector<std::pair<std::string, int32_t>> vars;  // name, shard
+    for (int64_t made = 0; made < total; made += per_var) {
+      client::GetVariableOptions o;
+      o.dtype = DT_FLOAT;
+      o.shape = TensorShape{per_var / 4 / 256, 256};
+      o.initializer = client::init::Ones();
+      o.initialize = true;
+      const std::string name = absl::StrCat("bench/mig_", made / per_var);
+      auto v = (*session)->GetVariable(name, o);
+      if (!v.ok()) return Check(v.status(), "migration: create");
+      vars.emplace_back(name, v->handle().parts(0).shard_id());
+    }
+    // Without load first: each variable to the other shard and back.
+    std::vector<double> idle_gbps;
+    for (int r = 0; r < std::min<int>(2, vars.size()); ++r) {
+      auto& [name, shard] = vars[r];
+      for (int leg = 0; leg < 2; ++leg) {
+        const auto start = Clock::now();
+        auto moved = move(name, 1 - shard);
+        if (!moved.ok()) return Check(moved.status(), "migration: move without load");
+        idle_gbps.push_back(moved->bytes() / Since(start) / 1e9);
+        shard = 1 - shard;
+      }
+    }
+    const double bare = BareUploadGBps(per_var, true);
+    if (!idle_gbps.empty()) {
+      report_.Add({"move a 64 MiB part, no load", "GB/s", Summarize(idle_gbps),
+                   "bare gRPC stream 1 MiB", bare, ""});
+    }
+    client::GetVariableOptions t;
+    t.dtype = DT_FLOAT;
+    t.shape = TensorShape{1 << 16, 64};
+    t.partitioner = client::partitioners::FixedSize(2);
+    t.initializer = client::init::Zeros();
+    t.initialize = true;
+    auto table = (*session)->GetVariable("bench/mig_table", t);
+    if (!table.ok()) return Check(table.status(), "migration: table");
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> updates{0}, failures{0};
+    std::vector<std::thread> trainers;
+    for (int k = 0; k < 4; ++k) {
+      trainers.emplace_back([&, k] {
+        const std::vector<int64_t> idx = ZipfIndices(1 << 16, 1.1, 1024, 91 + k);
+        const Tensor indices = *Tensor::FromVector<int64_t>(TensorShape{1024}, idx);
+        Tensor values(DT_FLOAT, TensorShape{1024, 64});
+        for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
+        while (!stop.load()) {
+          (table->ScatterAdd(indices, values).ok() ? updates : failures).fetch_add(1);
+        }
+      });
+    }
+    auto rate_over = [&](double seconds) {
+      const int64_t before = updates.load();
+      const auto start = Clock::now();
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      return (updates.load() - before) / Since(start);
+    };
+    const double idle_rate = rate_over(config_.quick ? 1.0 : 3.0);
+    // 1 GiB of 64 MiB variables, each to the other shard, one at a time.
+    const int64_t updates_before_moves = updates.load();
+    const auto moves_start = Clock::now();
+    int64_t moved_bytes = 0;
+    std::vector<double> big_pauses_ms;
+    for (auto& [name, shard] : vars) {
+      auto r = move(name, 1 - shard);
+      if (!r.ok()) {
+        Check(r.status(), "migration: move");
+        break;
+      }
+      shard = 1 - shard;
+      moved_bytes += r->bytes();
+      big_pauses_ms.push_back(r->fence_seconds() * 1e3);
+    }
+    const double move_seconds = Since(moves_start);
+    const double moving_rate = (updates.load() - updates_before_moves) / move_seconds;
+    // The table's own parts, back and forth under the scatter_adds.
+    std::vector<double> pauses_ms;
+    int32_t shard_of[2] = {table->handle().parts(0).shard_id(), table->handle().parts(1).shard_id()};
+    const int table_moves = config_.quick ? 6 : 20;
+    for (int m = 0; m < table_moves; ++m) {
+      const int k = m % 2;
+      auto r = move(absl::StrCat("bench/mig_table/part_", k), 1 - shard_of[k]);
+      if (!r.ok()) {
+        Check(r.status(), "migration: move a loaded part");
+        break;
+      }
+      shard_of[k] = 1 - shard_of[k];
+      pauses_ms.push_back(r->fence_seconds() * 1e3);
+    }
+    stop.store(true);
+    for (auto& th : trainers) th.join();
+    const double gbps = moved_bytes / move_seconds / 1e9;
+    report_.Add({absl::StrCat("move ", HumanBytes(moved_bytes), " of 64 MiB parts under load"),
+                 "GB/s", {gbps, gbps, gbps}, "bare gRPC stream 1 MiB", bare,
+                 absl::StrFormat("%zu moves in %.2f s; switch pause p50 %.2f ms, max %.2f ms",
+                                 vars.size(), move_seconds, Percentile(big_pauses_ms, 0.5),
+                                 Percentile(big_pauses_ms, 1.0))});
+    report_.AddTarget({"part moves / bare gRPC stream", gbps / bare, true, 0.5, ""});
+    report_.Add({"training during moves: scatter_add 1024x64, 4 trainers", "ops/s",
+                 {moving_rate, moving_rate, moving_rate}, "before the moves", idle_rate,
+                 absl::StrFormat("x%.2f of %.0f ops/s before; %lld failed ops", moving_rate / idle_rate,
+                                 idle_rate, static_cast<long long>(failures.load()))});
+    report_.AddTarget({"training during moves / before", moving_rate / idle_rate, true, 0.7, ""});
+    if (!pauses_ms.empty()) {
+      const Stats ps = Summarize(pauses_ms);
+      report_.Add({absl::StrCat("switch pause of a loaded part (", pauses_ms.size(), " moves)"),
+                   "ms", ps, "-", 0,
+                   absl::StrFormat("p50 %.2f ms, p99 %.2f ms, while 4 trainers scatter_add into it",
+                                   Percentile(pauses_ms, 0.5), Percentile(pauses_ms, 0.99))});
+      report_.AddTarget({"move switch pause p99 under scatter_add load (ms)",
+                         Percentile(pauses_ms, 0.99), false, 50, ""});
+    }
+    session->reset();
+    cluster->reset();
+  }
+
   // Embedding tables (issue 19) on a coordinator and two shards of its own
   // (tables are declared through the coordinator): by-key gather,
   // scatter_add and Adagrad apply_sparse of Zipf(1.1) batches on a table
@@ -1675,10 +1822,10 @@ int main(int argc, char** argv) {
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
   app.add_option("--only", config.only,
                  "Run only these workload groups: dense, small, sparse, sparse_merge, optimizers, "
-                 "memory, checkpoints, embedding")
+                 "memory, checkpoints, embedding, migration")
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "small", "sparse", "sparse_merge", "optimizers", "memory",
-                             "checkpoints", "embedding"}));
+                             "checkpoints", "embedding", "migration"}));
   app.add_option("--sizes", config.sizes,
                  "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
       ->delimiter(',')

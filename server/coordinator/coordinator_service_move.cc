@@ -27,7 +27,8 @@ namespace {
 
 // A move whose target has copied the snapshot freezes the source once the
 // target is this close behind it (logged writes not yet applied), so the
-// owner switch applies few writes while the group's writes are held.
+// owner switch applies few writes while the group's writes are held. The
+// shard's MoveStatus waits for the same (store_move.cc).
 constexpr uint64_t kCaughtUpWrites = 16;
 // How long the copy may take before the move is given up, and how long
 // the switch (freeze to commit) may hold the group's writes.
@@ -222,7 +223,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
   for (;;) {
     MoveStatusRequest req;
     req.set_move_id(move.move_id());
-    req.set_wait_ms(200);
+    req.set_wait_ms(1000);
     absl::Status polled = CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
                                    options_.shard_rpc_timeout);
     if (!polled.ok()) return give_up(polled);

@@ -27,6 +27,10 @@ constexpr size_t kMaxMovesIn = 4;           // groups moving in at once
 constexpr int64_t kMaxMoveLogBytes = int64_t{256} << 20;  // writes waiting to be pulled
 constexpr int64_t kMaxPullBytes = int64_t{4} << 20;       // one pull's answer
 constexpr int kMaxPullWaitMs = 1000;
+// A target this close behind its source (logged writes not applied yet) is
+// caught up: MoveStatus stops waiting, and the coordinator freezes the
+// source (its kCaughtUpWrites is the same number).
+constexpr uint64_t kMoveCaughtUpWrites = 16;
 // A source whose target stopped pulling gives the move up after this.
 constexpr auto kMoveIdle = std::chrono::seconds(60);
 // How long the shard's writes may be held while a move pins its group.
@@ -754,8 +758,14 @@ MoveStatusResponse VariableStore::MoveInStatus(uint64_t move_id, absl::Duration 
   }
   absl::MutexLock lock(&move->mu);
   const absl::Time deadline = absl::Now() + std::min(wait, absl::Seconds(10));
-  while (move->phase != MOVE_READY && move->phase != MOVE_FAILED &&
-         !move->changed.WaitWithDeadline(&move->mu, deadline)) {
+  // Waits for what the coordinator acts on: ready, failed, or forwarding
+  // close behind the source (it then freezes the source).
+  auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu) {
+    return move->phase == MOVE_READY || move->phase == MOVE_FAILED ||
+           (move->phase == MOVE_FORWARDING &&
+            move->logged_seq <= move->applied_seq + kMoveCaughtUpWrites);
+  };
+  while (!settled() && !move->changed.WaitWithDeadline(&move->mu, deadline)) {
   }
   out.set_phase(move->phase);
   out.set_copied_bytes(move->copied_bytes);
