@@ -97,5 +97,49 @@ TEST(RequestWindowTest, AClientIdBelongsToTheCallerThatFirstUsedIt) {
   EXPECT_EQ((*retry)->version, 5u);
 }
 
+// A part that moves takes the ids its writes used: the new shard answers a
+// retry from the moved window and never runs it again; its own newer ids
+// keep their slots; ids the merge pushed out of the window are refused as
+// too old, not run.
+TEST(RequestWindowTest, AnImportedWindowAnswersRetriesOfMovedWrites) {
+  RequestWindow source(8, 4);
+  RunNew(&source, Id(1, 5), 50);
+  RunNew(&source, Id(1, 6), 60);
+  RequestWindowState moved;
+  source.Export(&moved);
+
+  RequestWindow target(8, 4);
+  RunNew(&target, Id(1, 3), 30);    // the client's earlier write to a part already here
+  RunNew(&target, Id(1, 14), 140);  // newer than the moved slot 6 (14 % 8 == 6)
+  target.Import(moved);
+  auto retry = target.Begin(Id(1, 5));
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  ASSERT_TRUE(retry->has_value()) << "a moved write ran again";
+  EXPECT_EQ((*retry)->version, 50u);
+  auto own = target.Begin(Id(1, 14));
+  ASSERT_TRUE(own.ok() && own->has_value());
+  EXPECT_EQ((*own)->version, 140u);
+  // Seq 6 lost its slot to 14 and is more than a window behind: refused.
+  auto pushed_out = target.Begin(Id(1, 6));
+  EXPECT_EQ(pushed_out.status().code(), absl::StatusCode::kAborted);
+  auto earlier = target.Begin(Id(1, 3));
+  EXPECT_EQ(earlier.status().code(), absl::StatusCode::kAborted);
+}
+
+TEST(RequestWindowTest, AnImportedClientKeepsItsOwner) {
+  RequestWindow source(8, 4);
+  ASSERT_TRUE(source.Begin(Id(1, 1), /*caller=*/7).ok());
+  source.Finish(Id(1, 1), {});
+  RequestWindowState moved;
+  source.Export(&moved);
+  RequestWindow target(8, 4);
+  target.Import(moved);
+  EXPECT_EQ(target.Begin(Id(1, 1), /*caller=*/8).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto owner = target.Begin(Id(1, 1), /*caller=*/7);
+  ASSERT_TRUE(owner.ok());
+  EXPECT_TRUE(owner->has_value());
+}
+
 }  // namespace
 }  // namespace psd
