@@ -15,6 +15,9 @@
 // Waits are bounded; the only timing asserted is a generous upper bound on
 // how long a failing call may take.
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <atomic>
 #include <cstdint>
 #include <future>
@@ -76,9 +79,16 @@ TEST_P(CutMidStreamTest, EveryOpAppliedOnceAndWholeAcrossCuts) {
   ASSERT_TRUE(IsOk(shard_->Create("table", Int64s(TensorShape{kRows, kCols}, 0))));
   ASSERT_TRUE(IsOk(shard_->Create("counter", Tensor::Scalar<int64_t>(0))));
   PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(process_->port()));
-  // The default retry policy: one cut costs one attempt.
   ClientOptions options;
   options.data_stream = data_stream;
+  // A streamed assign's attempt that was cut can stay running in the shard
+  // until its deadline (see AStreamedAssignRetriedAtOnceAfterACutCompletes):
+  // a short stream deadline and a long retry budget keep such a round to
+  // seconds instead of the default 10 minutes.
+  options.stream_timeout = absl::Seconds(5);
+  options.max_attempts = 100;
+  options.max_backoff = absl::Milliseconds(500);
+  options.retry_budget = absl::Seconds(120);
   PSD_ASSERT_OK_AND_ASSIGN(auto trainer, ShardClient::Connect(proxy->address(), options));
 
   // Rows hit by a scatter_add batch, with repeats.
@@ -106,18 +116,31 @@ TEST_P(CutMidStreamTest, EveryOpAppliedOnceAndWholeAcrossCuts) {
     }
   });
 
-  // Each round sends about 5.6 MiB towards the shard and is cut once, at
-  // a different offset: in the handshake-sized first bytes, inside the
-  // streamed assign's chunks, between it and the batch, inside the batch.
-  const std::vector<int64_t> cut_at = {100,           16 << 10,      (1 << 20) + 333,
-                                       (3 << 20) + 7, (4 << 20) + 1, (4 << 20) + (700 << 10),
-                                       (5 << 20) + 5};
+  // Each round sends about 5.6 MiB towards the shard and reads 4 MiB back,
+  // and is cut once. Towards the shard: in the first bytes, inside the
+  // streamed assign's chunks, between it and the batch, inside the batch
+  // (the shard never gets the whole op). Back: among the acknowledgements
+  // (the shard applied the op but its answer is lost, so the retry must be
+  // recognised), inside the read.
+  struct Cut {
+    Direction direction;
+    int64_t bytes;
+  };
+  const std::vector<Cut> cuts = {
+      {Direction::kUp, 100},           {Direction::kUp, 16 << 10},
+      {Direction::kUp, (1 << 20) + 333}, {Direction::kUp, (3 << 20) + 7},
+      {Direction::kUp, (4 << 20) + 1},   {Direction::kUp, (4 << 20) + (700 << 10)},
+      {Direction::kUp, (5 << 20) + 5},   {Direction::kDown, 1},
+      {Direction::kDown, 40},            {Direction::kDown, 120},
+      {Direction::kDown, 300},           {Direction::kDown, 1000},
+      {Direction::kDown, 3000},          {Direction::kDown, 2 << 20}};
   int64_t acknowledged_adds = 0;
   int rounds = 0;
-  for (int64_t n : cut_at) {
-    SCOPED_TRACE(absl::StrCat("cut after ", n, " bytes"));
+  for (const Cut& cut : cuts) {
+    SCOPED_TRACE(absl::StrCat("cut ", cut.direction == Direction::kUp ? "up" : "down", " after ",
+                              cut.bytes, " bytes"));
     const int64_t cuts_before = proxy->cuts();
-    proxy->CutAfterBytes(Direction::kUp, n);
+    proxy->CutAfterBytes(cut.direction, cut.bytes);
     ++rounds;
     std::vector<std::future<absl::Status>> adds;
     for (int i = 0; i < kAddsPerRound / 2; ++i) {
@@ -133,9 +156,12 @@ TEST_P(CutMidStreamTest, EveryOpAppliedOnceAndWholeAcrossCuts) {
       EXPECT_TRUE(IsOk(s));
       if (s.ok()) ++acknowledged_adds;
     }
-    // Everything sent is past the cut point: the cut happened.
+    auto big = trainer->Read("big");
+    EXPECT_TRUE(IsOk(big));
+    if (big.ok()) EXPECT_EQ(*big, Int64s(TensorShape{kBigElements}, rounds));
+    // More than `bytes` went each way this round: the cut happened.
     EXPECT_EQ(proxy->cuts(), cuts_before + 1) << "the cut did not fall inside the round";
-    proxy->CutAfterBytes(Direction::kUp, 0);
+    proxy->CutAfterBytes(cut.direction, 0);
   }
   stop.store(true);
   reader.join();
@@ -152,6 +178,46 @@ TEST_P(CutMidStreamTest, EveryOpAppliedOnceAndWholeAcrossCuts) {
               hits[r] * rounds);
   }
   EXPECT_EQ(Read("table"), expected) << "a scatter_add batch was applied twice, or in part";
+}
+
+// A streamed assign cut part-way and retried at once, many times: the
+// retry's header may reach the shard before the shard has seen the first
+// attempt die, so the retry is a duplicate of a running request. Every
+// round completes, exactly once, and the shard keeps answering.
+// In about one cut in 200 the cut attempt stays running in the shard until
+// its own deadline (gRPC does not end it when its connection is reset
+// mid-message). Its retries used to wait for it inside the shard, each
+// holding one of the shard's few gRPC callback threads; a few such retries
+// (each attempt's deadline passing in turn) held them all and the shard
+// stopped answering anyone. Now a retry of a running streamed assign is
+// told UNAVAILABLE at once and comes back after its backoff.
+TEST_F(CutMidStreamTest, AStreamedAssignRetriedAtOnceAfterACutCompletes) {
+  ASSERT_TRUE(IsOk(shard_->Create("big", Int64s(TensorShape{kBigElements}, 0))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(process_->port()));
+  ClientOptions options;
+  options.initial_backoff = absl::Milliseconds(1);
+  options.max_backoff = absl::Milliseconds(200);
+  options.max_attempts = 1000;
+  options.retry_budget = absl::Seconds(120);
+  // The cut attempt may live on in the shard until its deadline: a short
+  // one bounds how long its retries wait.
+  options.stream_timeout = absl::Seconds(5);
+  PSD_ASSERT_OK_AND_ASSIGN(auto trainer, ShardClient::Connect(proxy->address(), options));
+  std::mt19937 gen(11);
+  constexpr int kRounds = 200;
+  for (int round = 1; round <= kRounds; ++round) {
+    // Somewhere inside the 4 MiB of content.
+    const int64_t cut = (16 << 10) + static_cast<int64_t>(gen() % ((4 << 20) - (32 << 10)));
+    SCOPED_TRACE(absl::StrCat("round ", round, ", cut after ", cut, " bytes"));
+    const int64_t cuts_before = proxy->cuts();
+    proxy->CutAfterBytes(Direction::kUp, cut);
+    const absl::Status s = trainer->Assign("big", Int64s(TensorShape{kBigElements}, round));
+    ASSERT_TRUE(IsOk(s));
+    ASSERT_EQ(proxy->cuts(), cuts_before + 1);
+    // The shard serves everyone else meanwhile and after.
+    ASSERT_TRUE(IsOk(shard_->GetInfo()));
+  }
+  EXPECT_EQ(Read("big"), Int64s(TensorShape{kBigElements}, kRounds));
 }
 
 INSTANTIATE_TEST_SUITE_P(StreamAndUnary, CutMidStreamTest, ::testing::Bool(),
@@ -349,6 +415,22 @@ TEST(CoordinatorPartitionTest, AShardCutOffFromTheCoordinatorIsDownThenLiveWithI
                            WaitForShard(coordinator, 1, [](const ShardStatus& s) { return !s.live(); }));
   EXPECT_GE(down.millis_since_heartbeat(), 2000);
   EXPECT_EQ(down.incarnation(), joined.incarnation());
+  // What an operator sees: psctl status lists it down (and asking does not
+  // make it live).
+  const std::string out = cluster->state_dir() + "/psctl.out";
+  ASSERT_EQ(std::system(absl::StrCat(PSCTL_BINARY, " --coordinator ", coordinator,
+                                     " --json status >", out)
+                            .c_str()),
+            0);
+  std::ifstream in(out);
+  const std::string status_json((std::istreambuf_iterator<char>(in)),
+                                std::istreambuf_iterator<char>());
+  EXPECT_NE(status_json.find(absl::StrCat("\"address\":\"", down.address(), "\",\"live\":false")),
+            std::string::npos)
+      << status_json;
+  PSD_ASSERT_OK_AND_ASSIGN(ShardStatus still_down,
+                           WaitForShard(coordinator, 1, [](const ShardStatus& s) { return !s.live(); }));
+  EXPECT_GE(still_down.millis_since_heartbeat(), down.millis_since_heartbeat());
   // The coordinator is not on the data path: the trainer keeps training
   // on shard 1's part meanwhile.
   EXPECT_TRUE(IsOk(w.AssignAdd(Int64s(TensorShape{kRowsW, kColsW}, 1))));
