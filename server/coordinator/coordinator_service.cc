@@ -614,7 +614,6 @@ void CoordinatorService::RefreshShardFigures() {
     return FromGrpcStatus(StubFor(asks[i].address)->GetShardInfo(&ctx, req, &answers[i]));
   });
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
   for (size_t i = 0; i < asks.size(); ++i) {
     if (!got[i].ok()) continue;
     auto it = shards_.find(asks[i].id);
@@ -625,8 +624,10 @@ void CoordinatorService::RefreshShardFigures() {
     }
     it->second.memory_used = answers[i].memory_used_bytes();
     it->second.num_variables = answers[i].num_variables();
-    // A fresh report, as good as a heartbeat.
-    it->second.last_seen = now;
+    // Figures only, not liveness: a shard is live while its own heartbeats
+    // arrive. Counting this answer as one would keep a shard that cannot
+    // reach the coordinator listed live for as long as someone polls
+    // ListShards (psctl status) more often than the liveness timeout.
   }
 }
 

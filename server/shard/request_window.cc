@@ -64,7 +64,8 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
 }
 
 absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id,
-                                                                    CallerKey caller) {
+                                                                    CallerKey caller,
+                                                                    bool wait_for_running) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id(), caller));
   Client& client = *found;
@@ -75,6 +76,11 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     Entry* entry = EntryFor(id);
     if (entry == nullptr) break;
     if (entry->state == State::kDone) return std::optional<Result>(entry->result);
+    if (!wait_for_running) {
+      return absl::UnavailableError(absl::StrCat(
+          "request ", id.seq(), " of client ", absl::Hex(id.client_id()),
+          " is still running (an earlier attempt); retry"));
+    }
     done_.Wait(&mu_);  // a duplicate of a running request: wait for it
   }
   // Looked up again: waiting released the lock, and the client may have

@@ -69,8 +69,11 @@ class RequestWindow {
   // cached result for a duplicate, ABORTED for an id older than the window,
   // PERMISSION_DENIED when the id's client belongs to another caller, or
   // RESOURCE_EXHAUSTED for a new client while the table is full of live ones.
+  // A duplicate of a request still running waits for it, unless
+  // `wait_for_running` is false: then UNAVAILABLE (the caller retries later).
   absl::StatusOr<std::optional<Result>> Begin(const RequestId& id,
-                                              CallerKey caller = kAnonymousCaller);
+                                              CallerKey caller = kAnonymousCaller,
+                                              bool wait_for_running = true);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
   // Forgets a request that Begin reported as new but that did not complete

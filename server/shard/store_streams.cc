@@ -136,10 +136,15 @@ class StagedAssignSink final : public AssignStreamSink {
   }
 
   // Registers the request id; a duplicate makes the sink answer from the
-  // cache and ignore the bytes.
+  // cache and ignore the bytes. A duplicate of an attempt still running is
+  // UNAVAILABLE (the client retries), not waited for: this runs on a gRPC
+  // callback thread, and a cut attempt can stay running until its deadline
+  // (gRPC may not end it when its connection is reset mid-message); waiting
+  // retries held every callback thread and stalled the whole shard.
   absl::Status Register() {
     if (header_.request_id().client_id() == 0) return absl::OkStatus();
-    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id(), caller_));
+    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id(), caller_,
+                                                              /*wait_for_running=*/false));
     registered_ = !cached_.has_value();
     return absl::OkStatus();
   }
