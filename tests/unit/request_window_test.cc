@@ -103,23 +103,23 @@ TEST(RequestWindowTest, AClientIdBelongsToTheCallerThatFirstUsedIt) {
 // too old, not run.
 TEST(RequestWindowTest, AnImportedWindowAnswersRetriesOfMovedWrites) {
   RequestWindow source(8, 4);
-  RunNew(&source, Id(1, 5), 50);
   RunNew(&source, Id(1, 6), 60);
+  RunNew(&source, Id(1, 13), 130);
   RequestWindowState moved;
   source.Export(&moved);
 
   RequestWindow target(8, 4);
   RunNew(&target, Id(1, 3), 30);    // the client's earlier write to a part already here
-  RunNew(&target, Id(1, 14), 140);  // newer than the moved slot 6 (14 % 8 == 6)
+  RunNew(&target, Id(1, 14), 140);  // newer than the moved seq 6, in its slot (14 % 8 == 6)
   target.Import(moved);
-  auto retry = target.Begin(Id(1, 5));
+  auto retry = target.Begin(Id(1, 13));
   ASSERT_TRUE(retry.ok()) << retry.status();
   ASSERT_TRUE(retry->has_value()) << "a moved write ran again";
-  EXPECT_EQ((*retry)->version, 50u);
+  EXPECT_EQ((*retry)->version, 130u);
   auto own = target.Begin(Id(1, 14));
   ASSERT_TRUE(own.ok() && own->has_value());
   EXPECT_EQ((*own)->version, 140u);
-  // Seq 6 lost its slot to 14 and is more than a window behind: refused.
+  // Seq 6 lost its slot to 14 and is a window behind: refused, not run.
   auto pushed_out = target.Begin(Id(1, 6));
   EXPECT_EQ(pushed_out.status().code(), absl::StatusCode::kAborted);
   auto earlier = target.Begin(Id(1, 3));
