@@ -218,28 +218,34 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
     if (!started.ok()) return give_up(started);
   }
   checkpoint::CrashPoint("move.started_in");
-  // 2. Until the target has the snapshot and is close behind the source.
+  // Polls the target until `done` says so (OK), it fails, or `limit` has
+  // passed since `since` (the error is given up with).
   MoveStatusResponse status;
-  for (;;) {
-    MoveStatusRequest req;
-    req.set_move_id(move.move_id());
-    req.set_wait_ms(1000);
-    absl::Status polled = CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
-                                   options_.shard_rpc_timeout);
-    if (!polled.ok()) return give_up(polled);
-    if (status.phase() == MOVE_FAILED) {
-      return give_up(absl::Status(static_cast<absl::StatusCode>(status.code()), status.message()));
+  auto await_target = [&](absl::Time since, absl::Duration limit, absl::string_view what,
+                          auto done) -> absl::Status {
+    for (;;) {
+      MoveStatusRequest req;
+      req.set_move_id(move.move_id());
+      req.set_wait_ms(1000);
+      PSD_RETURN_IF_ERROR(CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
+                                   options_.shard_rpc_timeout));
+      if (status.phase() == MOVE_FAILED) {
+        return absl::Status(static_cast<absl::StatusCode>(status.code()), status.message());
+      }
+      if (done()) return absl::OkStatus();
+      if (absl::Now() - since > limit) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(what, " took longer than ", absl::FormatDuration(limit)));
+      }
+      if (draining()) return absl::UnavailableError("the coordinator is stopping");
     }
-    if (status.phase() == MOVE_FORWARDING &&
-        status.logged_seq() <= status.applied_seq() + kCaughtUpWrites) {
-      break;
-    }
-    if (absl::Now() - start > kMaxCopyTime) {
-      return give_up(absl::DeadlineExceededError(
-          absl::StrCat("the copy took longer than ", absl::FormatDuration(kMaxCopyTime))));
-    }
-    if (draining()) return give_up(absl::UnavailableError("the coordinator is stopping"));
-  }
+  };
+  // 2. Until the target has the snapshot and is close behind the source.
+  absl::Status copied = await_target(start, kMaxCopyTime, "the copy", [&] {
+    return status.phase() == MOVE_FORWARDING &&
+           status.logged_seq() <= status.applied_seq() + kCaughtUpWrites;
+  });
+  if (!copied.ok()) return give_up(copied);
   // 3. The switch: no save reads the placement meanwhile.
   absl::MutexLock placement(checkpoints_->placement_mu());
   const absl::Time switch_start = absl::Now();
@@ -253,22 +259,9 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
     if (!frozen.ok()) return give_up(frozen);
   }
   checkpoint::CrashPoint("move.frozen");
-  for (;;) {
-    MoveStatusRequest req;
-    req.set_move_id(move.move_id());
-    req.set_wait_ms(1000);
-    absl::Status polled = CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
-                                   options_.shard_rpc_timeout);
-    if (!polled.ok()) return give_up(polled);
-    if (status.phase() == MOVE_FAILED) {
-      return give_up(absl::Status(static_cast<absl::StatusCode>(status.code()), status.message()));
-    }
-    if (status.phase() == MOVE_READY) break;
-    if (absl::Now() - switch_start > kMaxSwitchTime) {
-      return give_up(absl::DeadlineExceededError(absl::StrCat(
-          "the target did not catch up within ", absl::FormatDuration(kMaxSwitchTime))));
-    }
-  }
+  absl::Status caught_up = await_target(switch_start, kMaxSwitchTime, "the target's catching up",
+                                        [&] { return status.phase() == MOVE_READY; });
+  if (!caught_up.ok()) return give_up(caught_up);
   // 4. Durably on the target from here: the move completes whatever fails.
   absl::Status committed = registry_->CommitMove(move.move_id());
   if (!committed.ok()) return give_up(committed);
