@@ -233,6 +233,16 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
         return absl::Status(static_cast<absl::StatusCode>(status.code()), status.message());
       }
       if (done()) return absl::OkStatus();
+      // A shard that went down or restarted ends the move at once (its
+      // puller would otherwise retry a dead source for a while).
+      for (const auto& [id, was] : {std::pair{source_shard, source.incarnation},
+                                    std::pair{target_shard, target.incarnation}}) {
+        absl::StatusOr<ShardAddress> now = LiveShardAddress(id);
+        if (!now.ok()) return now.status();
+        if (now->incarnation != was) {
+          return absl::AbortedError(absl::StrCat("shard ", id, " restarted during the move"));
+        }
+      }
       if (absl::Now() - since > limit) {
         return absl::DeadlineExceededError(
             absl::StrCat(what, " took longer than ", absl::FormatDuration(limit)));
