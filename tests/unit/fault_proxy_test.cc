@@ -468,7 +468,9 @@ TEST_F(FaultProxyTest, ATargetThatIsDownResetsTheConnection) {
   ASSERT_GE(fd, 0);
   EXPECT_TRUE(Ended(fd));
   ::close(fd);
-  for (int i = 0; i < 1000 && (*proxy)->stats().refused == 0; ++i) {
+  // The refusal is counted before the accepted side is closed: wait for both.
+  for (int i = 0; i < 1000 && ((*proxy)->stats().refused == 0 || (*proxy)->stats().open != 0);
+       ++i) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ((*proxy)->stats().refused, 1);
