@@ -40,6 +40,12 @@ thread_local bool t_replaying_move = false;
 
 std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
 
+// What a logged write is charged, the same when it is logged and when it
+// goes (its op's size; the seq set in between does not count).
+int64_t LoggedBytes(const MoveWrite& write) {
+  return static_cast<int64_t>(write.op().ByteSizeLong()) + 64;
+}
+
 }  // namespace
 
 namespace store_internal {
@@ -131,7 +137,7 @@ void VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   MoveWrite write;
   meta.to_batch_op(meta.request, write.mutable_op());
   write.set_caller(meta.caller);
-  const int64_t bytes = static_cast<int64_t>(write.ByteSizeLong()) + 64;
+  const int64_t bytes = LoggedBytes(write);
   absl::Status failure;
   {
     absl::MutexLock lock(&move->mu);
@@ -310,7 +316,7 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     }
     // What the target applied can go.
     while (!move->log.empty() && move->log.front().seq() <= request.applied_seq()) {
-      const int64_t bytes = static_cast<int64_t>(move->log.front().ByteSizeLong()) + 64;
+      const int64_t bytes = LoggedBytes(move->log.front());
       move->log_bytes -= bytes;
       move->log_reservation.Shrink(std::min(bytes, move->log_reservation.bytes()));
       move->log.pop_front();
