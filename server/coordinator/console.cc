@@ -219,6 +219,7 @@ ConsoleView Console::View() const {
     c.id = s.shard_id();
     c.address = s.address();
     c.live = s.live();
+    c.drained = s.drained();
     c.device = s.device();
     c.incarnation = s.incarnation();
     c.memory_used = s.memory_used_bytes();
@@ -334,6 +335,13 @@ ConsoleView Console::View() const {
   for (const CheckpointProgressResponse& op : service_->checkpoints()->Running()) {
     view.running.push_back(
         {op.operation(), op.phase(), op.prefix(), op.done_bytes(), op.total_bytes(), op.seconds()});
+  }
+  for (const PartMoveRecord& m : registry_->PendingMoves()) {
+    if (static_cast<int>(view.moves.size()) >= kConsoleMaxMoves) break;
+    view.moves.push_back({absl::StrCat(absl::Hex(m.move_id())), absl::StrJoin(m.parts(), ", "),
+                          m.source_shard(), m.target_shard(), m.committed(),
+                          std::max(0.0, view.now_unix_seconds -
+                                            static_cast<double>(m.started_unix_micros()) * 1e-6)});
   }
   view.samples = samples_.Snapshot();
   return view;

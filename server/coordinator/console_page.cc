@@ -250,7 +250,8 @@ std::string ShardsSection(const ConsoleView& v) {
     absl::StrAppend(
         &out, "<tr class=\"shard\" data-shard=\"", s.id, "\"><td><b>", s.id,
         "</b></td><td class=\"mono\">", HtmlEscape(s.address), "</td><td>",
-        s.live ? Badge("ok", "live") : Badge("bad", "down"), "</td><td>",
+        s.live ? Badge("ok", "live") : Badge("bad", "down"),
+        s.drained ? absl::StrCat(" ", Badge("info", "drained")) : std::string(), "</td><td>",
         HtmlEscape(s.device.empty() ? "-" : s.device), "</td><td>", memory,
         "</td><td class=\"num\">", s.placed_parts, "</td><td class=\"num\">",
         HtmlEscape(FormatBytes(static_cast<double>(s.placed_bytes))), "</td><td class=\"num\">",
@@ -261,6 +262,13 @@ std::string ShardsSection(const ConsoleView& v) {
   out += "</tbody></table>";
   if (v.shards_omitted > 0) {
     absl::StrAppend(&out, "<div class=\"more\">and ", v.shards_omitted, " more shards</div>");
+  }
+  for (const ConsoleMove& m : v.moves) {
+    absl::StrAppend(&out, "<p class=\"running move\">", Badge("info", "move running"), " ",
+                    HtmlEscape(m.parts), " shard ", m.from_shard, " → ", m.to_shard, " ",
+                    m.committed ? Badge("ok", "switched") : Badge("info", "copying"),
+                    " <span class=\"muted\">", absl::StrFormat("%.1f s", m.seconds), ", move ",
+                    HtmlEscape(m.id), "</span></p>");
   }
   out += "</section>";
   return out;
@@ -659,9 +667,18 @@ std::string RenderConsoleJson(const ConsoleView& v) {
         ",\"memory_used_bytes\":", s.memory_used, ",\"memory_limit_bytes\":", s.memory_limit,
         ",\"reported_variables\":", s.reported_variables, ",\"placed_parts\":", s.placed_parts,
         ",\"placed_bytes\":", s.placed_bytes, ",\"lost_parts\":", s.lost_parts,
-        ",\"millis_since_heartbeat\":", s.millis_since_heartbeat, "}");
+        ",\"millis_since_heartbeat\":", s.millis_since_heartbeat,
+        ",\"drained\":", s.drained ? "true" : "false", "}");
   }
-  absl::StrAppend(&out, "],\"shards_omitted\":", v.shards_omitted, ",\"variables\":[");
+  absl::StrAppend(&out, "],\"shards_omitted\":", v.shards_omitted, ",\"moves\":[");
+  for (size_t i = 0; i < v.moves.size(); ++i) {
+    const ConsoleMove& m = v.moves[i];
+    absl::StrAppend(&out, i > 0 ? "," : "", "{\"id\":", JsonString(m.id),
+                    ",\"parts\":", JsonString(m.parts), ",\"from\":", m.from_shard,
+                    ",\"to\":", m.to_shard, ",\"committed\":", m.committed ? "true" : "false",
+                    ",\"seconds\":", absl::StrFormat("%.3f", m.seconds), "}");
+  }
+  absl::StrAppend(&out, "],\"variables\":[");
   for (size_t i = 0; i < v.variables.size(); ++i) {
     const ConsoleVariable& var = v.variables[i];
     absl::StrAppend(&out, i > 0 ? "," : "", "{\"name\":", JsonString(var.name),

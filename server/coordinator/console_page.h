@@ -48,7 +48,19 @@ struct ConsoleShard {
   int64_t placed_bytes = 0;
   int64_t lost_parts = 0;
   int64_t millis_since_heartbeat = 0;
+  bool drained = false;  // psctl shard drain: nothing new is placed here
 };
+
+// A live part move the registry holds unfinished (docs/moves.md).
+struct ConsoleMove {
+  std::string id;     // hex
+  std::string parts;  // the group's part names, comma-separated
+  int32_t from_shard = 0;
+  int32_t to_shard = 0;
+  bool committed = false;  // switched to the target; the shards are being told
+  double seconds = 0;      // since it began
+};
+inline constexpr int kConsoleMaxMoves = 50;
 
 struct ConsolePart {
   std::string name;
@@ -108,6 +120,7 @@ struct ConsoleView {
   int64_t checkpoints_omitted = 0;
   std::string checkpoint_error;  // why the listing failed; empty: it did not
   std::vector<ConsoleOperation> running;
+  std::vector<ConsoleMove> moves;  // at most kConsoleMaxMoves
   std::vector<ConsoleSample> samples;  // oldest first
 };
 

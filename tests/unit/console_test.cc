@@ -232,6 +232,20 @@ TEST(ConsolePageTest, ShowsShardsVariablesAndCheckpoints) {
   EXPECT_NE(main.find("step 7"), std::string::npos);
 }
 
+TEST(ConsolePageTest, ShowsDrainedShardsAndRunningMoves) {
+  ConsoleView view = HostileView();
+  view.shards[0].drained = true;
+  view.moves.push_back({"ab12", "w/<b>/part_0, w/Adam/part_0", 0, 1, false, 2.5});
+  const std::string main = RenderConsoleMain(view);
+  EXPECT_NE(main.find("badge info\">drained"), std::string::npos);
+  EXPECT_NE(main.find("move running"), std::string::npos);
+  EXPECT_NE(main.find("w/&lt;b&gt;/part_0, w/Adam/part_0 shard 0 → 1"), std::string::npos) << main;
+  EXPECT_EQ(main.find("w/<b>"), std::string::npos);
+  const std::string json = RenderConsoleJson(view);
+  EXPECT_NE(json.find("\"drained\":true"), std::string::npos);
+  EXPECT_NE(json.find("\"moves\":[{\"id\":\"ab12\""), std::string::npos) << json;
+}
+
 TEST(ConsolePageTest, CappedListsSayHowManyMore) {
   ConsoleView view = HostileView();
   view.variables_omitted = 1234;
