@@ -194,6 +194,46 @@ struct Row {
 
 // One ratio of the targets: `value` against `target`, where
 // at_least says which side passes.
+// Four trainers scatter_adding Zipf(1.1) batches of 1024 rows x 64 floats
+// into a [65536, 64] table of two parts (one per shard), until Stop(): the
+// load under which checkpoints and part moves are measured.
+struct ScatterLoad {
+  client::Variable table;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> updates{0}, failures{0};
+  std::vector<std::thread> trainers;
+
+  absl::Status Start(client::Session& session, const std::string& name, uint64_t seed) {
+    client::GetVariableOptions t;
+    t.dtype = DT_FLOAT;
+    t.shape = TensorShape{1 << 16, 64};
+    t.partitioner = client::partitioners::FixedSize(2);
+    t.initializer = client::init::Zeros();
+    t.initialize = true;
+    auto made = session.GetVariable(name, t);
+    if (!made.ok()) return made.status();
+    table = *made;
+    for (int k = 0; k < 4; ++k) {
+      trainers.emplace_back([this, seed, k] {
+        const std::vector<int64_t> idx = ZipfIndices(1 << 16, 1.1, 1024, seed + k);
+        const Tensor indices = *Tensor::FromVector<int64_t>(TensorShape{1024}, idx);
+        Tensor values(DT_FLOAT, TensorShape{1024, 64});
+        for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
+        while (!stop.load()) {
+          (table.ScatterAdd(indices, values).ok() ? updates : failures).fetch_add(1);
+        }
+      });
+    }
+    return absl::OkStatus();
+  }
+  void Stop() {
+    stop.store(true);
+    for (auto& th : trainers) th.join();
+    trainers.clear();
+  }
+  ~ScatterLoad() { Stop(); }
+};
+
 struct Target {
   std::string name;
   double value = 0;
@@ -1185,28 +1225,10 @@ class Bench {
 
     // Fence pause under load: trainers scatter_add into a table on both
     // shards while saves run.
-    client::GetVariableOptions t;
-    t.dtype = DT_FLOAT;
-    t.shape = TensorShape{1 << 16, 64};
-    t.partitioner = client::partitioners::FixedSize(2);
-    t.initializer = client::init::Zeros();
-    t.initialize = true;
-    auto table = (*session)->GetVariable("bench/ckpt_table", t);
-    if (!table.ok()) return Check(table.status(), "checkpoints: table");
-    std::atomic<bool> stop{false};
-    std::atomic<int64_t> updates{0};
-    std::vector<std::thread> trainers;
-    for (int k = 0; k < 4; ++k) {
-      trainers.emplace_back([&, k] {
-        const std::vector<int64_t> idx = ZipfIndices(1 << 16, 1.1, 1024, 77 + k);
-        const Tensor indices = *Tensor::FromVector<int64_t>(TensorShape{1024}, idx);
-        Tensor values(DT_FLOAT, TensorShape{1024, 64});
-        for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
-        while (!stop.load()) {
-          if (table->ScatterAdd(indices, values).ok()) updates.fetch_add(1);
-        }
-      });
-    }
+    ScatterLoad load;
+    absl::Status loaded = load.Start(**session, "bench/ckpt_table", 77);
+    if (!loaded.ok()) return Check(loaded, "checkpoints: table");
+    const std::atomic<int64_t>& updates = load.updates;
     std::vector<double> pauses_ms, copied;
     const int saves = config_.quick ? 3 : 10;
     const auto load_start = Clock::now();
@@ -1221,8 +1243,7 @@ class Bench {
       copied.push_back(static_cast<double>(details.copied_bytes));
     }
     const double load_seconds = Since(load_start);
-    stop.store(true);
-    for (auto& th : trainers) th.join();
+    load.Stop();
     if (!pauses_ms.empty()) {
       const Stats ps = Summarize(pauses_ms);
       report_.Add({absl::StrCat("checkpoint fence pause under scatter_add load (", saves,
@@ -1298,28 +1319,12 @@ class Bench {
       report_.Add({"move a 64 MiB part, no load", "GB/s", Summarize(idle_gbps),
                    "bare gRPC stream 1 MiB", bare, ""});
     }
-    client::GetVariableOptions t;
-    t.dtype = DT_FLOAT;
-    t.shape = TensorShape{1 << 16, 64};
-    t.partitioner = client::partitioners::FixedSize(2);
-    t.initializer = client::init::Zeros();
-    t.initialize = true;
-    auto table = (*session)->GetVariable("bench/mig_table", t);
-    if (!table.ok()) return Check(table.status(), "migration: table");
-    std::atomic<bool> stop{false};
-    std::atomic<int64_t> updates{0}, failures{0};
-    std::vector<std::thread> trainers;
-    for (int k = 0; k < 4; ++k) {
-      trainers.emplace_back([&, k] {
-        const std::vector<int64_t> idx = ZipfIndices(1 << 16, 1.1, 1024, 91 + k);
-        const Tensor indices = *Tensor::FromVector<int64_t>(TensorShape{1024}, idx);
-        Tensor values(DT_FLOAT, TensorShape{1024, 64});
-        for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
-        while (!stop.load()) {
-          (table->ScatterAdd(indices, values).ok() ? updates : failures).fetch_add(1);
-        }
-      });
-    }
+    ScatterLoad load;
+    absl::Status loaded = load.Start(**session, "bench/mig_table", 91);
+    if (!loaded.ok()) return Check(loaded, "migration: table");
+    const std::atomic<int64_t>& updates = load.updates;
+    const std::atomic<int64_t>& failures = load.failures;
+    const client::Variable* table = &load.table;
     auto rate_over = [&](double seconds) {
       const int64_t before = updates.load();
       const auto start = Clock::now();
@@ -1358,8 +1363,7 @@ class Bench {
       shard_of[k] = 1 - shard_of[k];
       pauses_ms.push_back(r->fence_seconds() * 1e3);
     }
-    stop.store(true);
-    for (auto& th : trainers) th.join();
+    load.Stop();
     const double gbps = moved_bytes / move_seconds / 1e9;
     report_.Add({absl::StrCat("move ", HumanBytes(moved_bytes), " of 64 MiB parts under load"),
                  "GB/s", {gbps, gbps, gbps}, "bare gRPC stream 1 MiB", bare,

@@ -24,6 +24,7 @@ namespace {
 constexpr size_t kMaxMoveGroup = 256;       // parts moved together
 constexpr size_t kMaxMovesOut = 4;          // groups moving out at once
 constexpr size_t kMaxMovesIn = 4;           // groups moving in at once
+constexpr size_t kMaxRememberedMovesOut = 64;  // ended ones kept for late pulls
 constexpr int64_t kMaxMoveLogBytes = int64_t{256} << 20;  // writes waiting to be pulled
 constexpr int64_t kMaxPullBytes = int64_t{4} << 20;       // one pull's answer
 constexpr int kMaxPullWaitMs = 1000;
@@ -190,6 +191,18 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
       absl::MutexLock move_lock(&m.mu);
       const bool old = std::chrono::steady_clock::now() - m.started > 2 * kMoveIdle;
       if ((m.state == MoveOut::State::kEnded || m.state == MoveOut::State::kMoved) && old) {
+        it = moves_out_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Ended moves are remembered only up to a bound: a caller that starts
+    // and ends moves in a loop cannot grow the map.
+    for (auto it = moves_out_.begin();
+         moves_out_.size() >= kMaxRememberedMovesOut && it != moves_out_.end();) {
+      absl::MutexLock move_lock(&it->second->mu);
+      const MoveOut::State st = it->second->state;
+      if (st == MoveOut::State::kEnded || st == MoveOut::State::kMoved) {
         it = moves_out_.erase(it);
       } else {
         ++it;
@@ -666,12 +679,20 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
         for (int i = 0; i < response.members_size(); ++i) {
           const MovedMember& m = response.members(i);
           const CreateVariableRequest& part = move->request.parts(i);
-          if (m.name() != part.name() || m.dtype() != part.dtype() || m.total_bytes() < 0) {
+          // The source's word on each part must be the part declared here:
+          // a value of another shape is never installed.
+          const bool same_shape =
+              std::equal(m.shape().dims().begin(), m.shape().dims().end(),
+                         part.shape().dims().begin(), part.shape().dims().end());
+          if (m.name() != part.name() || m.dtype() != part.dtype() || m.total_bytes() < 0 ||
+              !same_shape) {
             return absl::DataLossError(absl::StrCat("the source's part ", i, " of ",
                                                     MoveName(move_id), " is ", Quoted(m.name()),
                                                     " (", DataTypeName(m.dtype()),
-                                                    "); expected ", Quoted(part.name()), " (",
-                                                    DataTypeName(part.dtype()), ")"));
+                                                    " ", "[", absl::StrJoin(m.shape().dims(), ","), "]", "); expected ",
+                                                    Quoted(part.name()), " (",
+                                                    DataTypeName(part.dtype()), " ",
+                                                    "[", absl::StrJoin(part.shape().dims(), ","), "]", ")"));
           }
           move->total_bytes += m.total_bytes();
         }

@@ -1,0 +1,131 @@
+// A part move between two stores in one process, driven through the stores'
+// own move calls (what ShardMoveService and the coordinator do over gRPC):
+// writes applied on the source during the copy arrive on the target in
+// order, a retried write the source applied is answered from the moved
+// window, the source answers "stale handle" afterwards; and a source whose
+// word does not match the declared part installs nothing.
+#include "gtest/gtest.h"
+#include "psd/wire.h"
+#include "shard/variable_store.h"
+#include "store_test_util.h"
+
+namespace psd {
+namespace {
+
+VariableStoreOptions Options(uint64_t incarnation) {
+  VariableStoreOptions options;
+  options.incarnation = incarnation;
+  options.request_window = 64;
+  return options;
+}
+
+TensorProto Floats(std::vector<float> v) {
+  TensorProto p;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{static_cast<int64_t>(v.size())}, v), &p);
+  return p;
+}
+
+std::vector<float> Read(VariableStore* store, const std::string& name) {
+  ReadRequest req;
+  req.set_name(name);
+  ReadResponse resp;
+  absl::Status s = store->Read(req, &resp);
+  EXPECT_TRUE(s.ok()) << s;
+  if (!s.ok()) return {};
+  return TensorFromProto(resp.value(), name)->ToVector<float>();
+}
+
+absl::Status AddOnes(VariableStore* store, uint64_t seq) {
+  AssignRequest req;
+  req.set_name("w");
+  req.set_op(UPDATE_ADD);
+  *req.mutable_value() = Floats({1, 1, 1, 1});
+  req.mutable_request_id()->set_client_id(9);
+  req.mutable_request_id()->set_seq(seq);
+  AssignResponse resp;
+  return store->Assign(req, &resp);
+}
+
+StartMoveInRequest MoveIn(uint64_t move_id) {
+  StartMoveInRequest in;
+  in.set_move_id(move_id);
+  in.set_source_incarnation(1);
+  CreateVariableRequest* part = in.add_parts();
+  part->set_name("w");
+  part->set_dtype(DT_FLOAT);
+  part->mutable_shape()->add_dims(4);
+  return in;
+}
+
+class StoreMoveTest : public ::testing::Test {
+ protected:
+  StoreMoveTest()
+      : device_(NewCpuDevice()), source_(device_.get(), Options(1)), target_(device_.get(), Options(2)) {}
+
+  // One pull from the source applied on the target; false when none is due.
+  bool PullOnce(uint64_t move_id) {
+    PullMoveRequest req;
+    if (!target_.NextMovePull(move_id, &req)) return false;
+    PullMoveResponse resp;
+    absl::Status pulled = source_.PullMove(req, &resp);
+    EXPECT_TRUE(pulled.ok()) << pulled;
+    if (!pulled.ok()) return false;
+    absl::Status applied = target_.ApplyMovePull(move_id, resp);
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  }
+
+  std::unique_ptr<Device> device_;
+  VariableStore source_;
+  VariableStore target_;
+};
+
+TEST_F(StoreMoveTest, WritesDuringTheCopyAndTheWindowMoveWithThePart) {
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "w", Floats({0, 1, 2, 3})).ok());
+  ASSERT_TRUE(AddOnes(&source_, 1).ok());  // before the move
+  ASSERT_TRUE(target_.BeginMoveIn(MoveIn(5)).ok());
+  ASSERT_TRUE(PullOnce(5));                // pins and copies the snapshot
+  ASSERT_TRUE(AddOnes(&source_, 2).ok());  // after the snapshot: logged
+  ASSERT_TRUE(AddOnes(&source_, 3).ok());
+  ASSERT_TRUE(PullOnce(5));                // the logged writes
+  auto frozen = source_.FreezeMove(5, 1);
+  ASSERT_TRUE(frozen.ok()) << frozen.status();
+  EXPECT_EQ(*frozen, 2u);
+  while (PullOnce(5)) {
+  }
+  EXPECT_EQ(target_.MoveInStatus(5, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(5, /*committed=*/true).ok());
+  ASSERT_TRUE(source_.EndMoveOut(5, /*committed=*/true, 1).ok());
+
+  EXPECT_EQ(Read(&target_, "w"), (std::vector<float>{3, 4, 5, 6}));
+  // Retries of writes the source applied, before and during the move, are
+  // answered on the target without running again.
+  EXPECT_TRUE(AddOnes(&target_, 1).ok());
+  EXPECT_TRUE(AddOnes(&target_, 3).ok());
+  EXPECT_EQ(Read(&target_, "w"), (std::vector<float>{3, 4, 5, 6}));
+  EXPECT_TRUE(AddOnes(&target_, 4).ok());
+  EXPECT_EQ(Read(&target_, "w"), (std::vector<float>{4, 5, 6, 7}));
+  absl::Status stale = AddOnes(&source_, 4);
+  EXPECT_TRUE(absl::IsAborted(stale)) << stale;
+  EXPECT_NE(stale.message().find("stale handle"), absl::string_view::npos) << stale;
+}
+
+TEST_F(StoreMoveTest, ASourceThatSendsAnotherShapeInstallsNothing) {
+  ASSERT_TRUE(target_.BeginMoveIn(MoveIn(6)).ok());
+  PullMoveResponse lying;
+  MovedMember* m = lying.add_members();
+  m->set_name("w");
+  m->set_dtype(DT_FLOAT);
+  m->mutable_shape()->add_dims(1 << 20);
+  m->set_total_bytes(4 << 20);
+  m->set_initialized(true);
+  absl::Status applied = target_.ApplyMovePull(6, lying);
+  EXPECT_TRUE(absl::IsDataLoss(applied)) << applied;
+  EXPECT_EQ(target_.MoveInStatus(6, absl::ZeroDuration()).phase(), MOVE_FAILED);
+  EXPECT_EQ(target_.memory().used(), 0);
+  ASSERT_TRUE(target_.EndMoveIn(6, /*committed=*/false).ok());
+  EXPECT_TRUE(target_.List("").empty());
+}
+
+}  // namespace
+}  // namespace psd
