@@ -24,6 +24,10 @@ inline constexpr size_t kHugePageAdviceBytes = size_t{4} << 20;
 // Best effort: a kernel without THP leaves the buffer as it was.
 void AdviseHugePages(void* data, size_t bytes);
 
+// Takes that advice back for the same pages (MADV_NOHUGEPAGE): pages not yet
+// touched are faulted in 4 KiB at a time. Best effort, as above.
+void AdviseSmallPagesOnly(void* data, size_t bytes);
+
 }  // namespace psd
 
 #endif  // PSD_COMMON_HUGE_PAGES_H_

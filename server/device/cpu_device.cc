@@ -53,6 +53,14 @@ class CpuBuffer final : public DeviceBuffer {
   const void* data() const override { return data_; }
   size_t size() const override { return size_; }
 
+  void AdviseSmallPages(bool small) override {
+    if (small) {
+      AdviseSmallPagesOnly(data_, size_);
+    } else {
+      AdviseHugePages(data_, size_);
+    }
+  }
+
  private:
   CpuBuffer(void* data, size_t size) : data_(data), size_(size) {}
 

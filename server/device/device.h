@@ -41,6 +41,15 @@ class DeviceBuffer {
   virtual void* data() = 0;
   virtual const void* data() const = 0;
   virtual size_t size() const = 0;
+
+  // Page size advice for host memory, which is faulted in as it is first
+  // written. A buffer filled a chunk at a time as the chunks arrive (a part
+  // moving in) asks for small pages until it is full, then for huge pages
+  // again (the kernel's khugepaged merges them later, off the op path):
+  // where fresh huge pages come slowly (a virtual machine whose freed
+  // memory is handed back to its host; measured in docs/moves.md) faulting
+  // them in is what bounded a move, not the copy. Device memory ignores it.
+  virtual void AdviseSmallPages(bool /*small*/) {}
 };
 
 // The optimizers a device applies (TensorFlow's training ops): one enum with

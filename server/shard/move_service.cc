@@ -1,7 +1,13 @@
 #include "shard/move_service.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -21,6 +27,12 @@ namespace {
 // up and the part stays where it was).
 constexpr auto kPullDeadline = std::chrono::seconds(30);
 constexpr absl::Duration kPullRetryBudget = absl::Seconds(30);
+// Snapshot chunks a puller keeps on the wire at once: the source reads and
+// sends the next while this shard installs one (each up to 4 MiB, so this
+// bounds a move's answers in memory to 12 MiB a puller).
+constexpr int kPullsInFlight = 3;
+// The nice value of a move's snapshot copy (see Pull).
+constexpr int kSnapshotCopyNice = 10;
 // The longest a MoveStatus call waits for the move to become ready.
 constexpr int kMaxStatusWaitMs = 5000;
 
@@ -84,17 +96,93 @@ grpc::ServerUnaryReactor* ShardMoveService::StartMoveIn(grpc::CallbackServerCont
   });
 }
 
+namespace {
+
+// One pull on the wire: its call state lives until gRPC says it is done.
+struct PullCall {
+  PullMoveRequest request;
+  PullMoveResponse response;
+  grpc::ClientContext ctx;
+  grpc::Status status;
+  bool done = false;  // guarded by the puller's mutex
+};
+
+bool SamePull(const PullMoveRequest& a, const PullMoveRequest& b) {
+  return a.member() == b.member() && a.offset() == b.offset() &&
+         a.applied_seq() == b.applied_seq();
+}
+
+}  // namespace
+
 void ShardMoveService::Pull(uint64_t move_id, std::string source_address) {
   std::unique_ptr<ShardMove::Stub> stub = ShardMove::NewStub(peers_->ChannelFor(source_address));
-  PullMoveRequest request;
+  // The snapshot is background work, copied at a lower CPU priority so that
+  // trainers' ops go first on a busy machine. The logged writes are not: the
+  // switch holds the group's writes until they are applied, and a thread
+  // cannot take its priority back without privilege, so they are pulled
+  // by this thread, at the shard's own priority.
+  std::thread copier([&] {
+    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kSnapshotCopyNice);
+    PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/true);
+  });
+  copier.join();
+  PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/false);
+}
+
+void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_address,
+                                ShardMove::Stub* stub, bool snapshot_only) {
+  // The pulls on the wire, oldest first; answers are applied in that order.
+  absl::Mutex mu;
+  absl::CondVar answered;
+  std::deque<std::unique_ptr<PullCall>> in_flight;
+  auto start = [&](const PullMoveRequest& request) {
+    auto call = std::make_unique<PullCall>();
+    call->request = request;
+    call->ctx.set_deadline(std::chrono::system_clock::now() + kPullDeadline);
+    PullCall* raw = call.get();
+    in_flight.push_back(std::move(call));
+    stub->async()->PullMove(&raw->ctx, &raw->request, &raw->response,
+                            [raw, &mu, &answered](grpc::Status status) {
+                              absl::MutexLock lock(&mu);
+                              raw->status = std::move(status);
+                              raw->done = true;
+                              answered.SignalAll();
+                            });
+  };
+  // Cancels what is still on the wire and waits for gRPC to let go of it.
+  auto drop_all = [&] {
+    for (auto& call : in_flight) call->ctx.TryCancel();
+    absl::MutexLock lock(&mu);
+    for (auto& call : in_flight) {
+      while (!call->done) answered.Wait(&mu);
+    }
+    in_flight.clear();
+  };
   absl::Time failing_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(20);
-  while (!stopping_.load() && store_->NextMovePull(move_id, &request)) {
-    PullMoveResponse response;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + kPullDeadline);
-    absl::Status status = FromGrpcStatus(stub->PullMove(&ctx, request, &response));
+  while (!stopping_.load()) {
+    bool copying = false;
+    const std::vector<PullMoveRequest> plan =
+        store_->PlanMovePulls(move_id, kPullsInFlight, &copying);
+    if (plan.empty() || (snapshot_only && !copying)) break;
+    // The pulls on the wire must be the plan's first ones, in order; any
+    // other answer is not wanted (the plan changed under them).
+    bool wanted = in_flight.size() <= plan.size();
+    for (size_t i = 0; wanted && i < in_flight.size(); ++i) {
+      wanted = SamePull(in_flight[i]->request, plan[i]);
+    }
+    if (!wanted) drop_all();
+    for (size_t i = in_flight.size(); i < plan.size(); ++i) start(plan[i]);
+    std::unique_ptr<PullCall> call;
+    {
+      absl::MutexLock lock(&mu);
+      while (!in_flight.front()->done) answered.Wait(&mu);
+      call = std::move(in_flight.front());
+      in_flight.pop_front();
+    }
+    absl::Status status = FromGrpcStatus(call->status);
     if (!status.ok()) {
+      drop_all();  // they follow a chunk that did not come
       const absl::Time now = absl::Now();
       if (failing_since == absl::InfiniteFuture()) failing_since = now;
       if (Retryable(status) && now - failing_since < kPullRetryBudget) {
@@ -106,13 +194,14 @@ void ShardMoveService::Pull(uint64_t move_id, std::string source_address) {
                                                absl::StrCat("pulling from the source shard at ",
                                                             source_address, ": ",
                                                             status.message())));
-      return;
+      break;
     }
     failing_since = absl::InfiniteFuture();
     backoff = absl::Milliseconds(20);
     // A failure is recorded by the store (MoveStatus reports it).
-    if (!store_->ApplyMovePull(move_id, response).ok()) return;
+    if (!store_->ApplyMovePull(move_id, call->response).ok()) break;
   }
+  drop_all();
 }
 
 grpc::ServerUnaryReactor* ShardMoveService::MoveStatus(grpc::CallbackServerContext* ctx,

@@ -52,6 +52,10 @@ class ShardMoveService final : public ShardMove::CallbackService {
  private:
   // The puller of move `move_id`: pulls until there is nothing left.
   void Pull(uint64_t move_id, std::string source_address);
+  // Pulls and applies until nothing is left, or with `snapshot_only` until
+  // the snapshot is copied.
+  void PullLoop(uint64_t move_id, const std::string& source_address, ShardMove::Stub* stub,
+                bool snapshot_only);
 
   const int32_t shard_id_;
   VariableStore* const store_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -575,22 +576,53 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
 }
 
 bool VariableStore::NextMovePull(uint64_t move_id, PullMoveRequest* request) const {
-  std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
-  if (move == nullptr) return false;
-  absl::MutexLock lock(&move->mu);
-  if (move->ended || move->phase == MOVE_READY || move->phase == MOVE_FAILED) return false;
-  request->Clear();
-  request->set_move_id(move_id);
-  for (const CreateVariableRequest& part : move->request.parts()) {
-    request->add_names(part.name());
-  }
-  request->set_member(move->member);
-  request->set_offset(move->offset);
-  request->set_applied_seq(move->applied_seq);
-  request->set_max_bytes(kMaxPullBytes);
-  request->set_wait_ms(move->phase == MOVE_FORWARDING ? 200 : 0);
-  request->set_shard_incarnation(move->request.source_incarnation());
+  std::vector<PullMoveRequest> next = PlanMovePulls(move_id, 1);
+  if (next.empty()) return false;
+  *request = std::move(next.front());
   return true;
+}
+
+std::vector<PullMoveRequest> VariableStore::PlanMovePulls(uint64_t move_id, int max,
+                                                          bool* copying) const {
+  std::vector<PullMoveRequest> plan;
+  if (copying != nullptr) *copying = false;
+  std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
+  if (move == nullptr) return plan;
+  absl::MutexLock lock(&move->mu);
+  if (copying != nullptr) *copying = move->phase == MOVE_COPYING;
+  if (move->ended || move->phase == MOVE_READY || move->phase == MOVE_FAILED) return plan;
+  PullMoveRequest request;
+  request.set_move_id(move_id);
+  for (const CreateVariableRequest& part : move->request.parts()) {
+    request.add_names(part.name());
+  }
+  request.set_member(move->member);
+  request.set_offset(move->offset);
+  request.set_applied_seq(move->applied_seq);
+  request.set_max_bytes(kMaxPullBytes);
+  request.set_wait_ms(move->phase == MOVE_FORWARDING ? 200 : 0);
+  request.set_shard_incarnation(move->request.source_incarnation());
+  plan.push_back(request);
+  // Chunks ahead are known once the first answer said how big each member
+  // is; logged writes are pulled one answer at a time (each pull says
+  // which it applied).
+  if (move->phase != MOVE_COPYING || move->members.empty()) return plan;
+  const int members = static_cast<int>(move->members.size());
+  int member = move->member;
+  int64_t offset = move->offset;
+  while (static_cast<int>(plan.size()) < max && member < members) {
+    const int64_t total = move->members[member].total_bytes();
+    offset += std::min(kMaxPullBytes, total - offset);
+    if (offset >= total) {
+      ++member;
+      offset = 0;
+    }
+    if (member >= members) break;
+    request.set_member(member);
+    request.set_offset(offset);
+    plan.push_back(request);
+  }
+  return plan;
 }
 
 absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveResponse& response) {
@@ -620,6 +652,7 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
                                                 shape.ToString(), " takes ",
                                                 move->filling.buffer->size()));
       }
+      move->filling.buffer->AdviseSmallPages(true);
     }
   }
   if (info.dtype() == DT_STRING) {
@@ -645,6 +678,7 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
     contents.reservation = std::move(charged);
     move->filling_strings.clear();
   } else {
+    move->filling.buffer->AdviseSmallPages(false);
     contents = std::move(move->filling);
     move->filling = Variable::Contents();
   }

@@ -277,6 +277,14 @@ class VariableStore {
   // The next pull for move `move_id`; false when nothing is left to pull
   // (ready, failed or ended).
   bool NextMovePull(uint64_t move_id, PullMoveRequest* request) const;
+  // The next pull, as NextMovePull, then while the snapshot is being copied
+  // the pulls of up to `max - 1` chunks after it, in the order they are
+  // needed (a puller keeps them in flight together, so the source reads
+  // and sends one chunk while this shard installs another). Empty when
+  // nothing is left to pull. `copying` (if given) is set to whether the
+  // snapshot is still being copied.
+  std::vector<PullMoveRequest> PlanMovePulls(uint64_t move_id, int max,
+                                             bool* copying = nullptr) const;
   // Applies one pull's answer: snapshot bytes into the incoming parts,
   // logged writes through the ops' own code under their request ids and
   // callers, and the end's request window. An error fails the move-in.

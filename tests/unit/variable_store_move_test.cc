@@ -127,5 +127,67 @@ TEST_F(StoreMoveTest, ASourceThatSendsAnotherShapeInstallsNothing) {
   EXPECT_TRUE(target_.List("").empty());
 }
 
+// The pulls a target keeps in flight together (ShardMoveService) are the
+// snapshot's chunks in order: across members of several sizes, one of them
+// empty, every byte is asked for once, and the group arrives whole.
+TEST_F(StoreMoveTest, PipelinedPullsAskForEachChunkOnceInOrder) {
+  // 9 MiB (three chunks), empty, 4 MiB + 4 bytes (two chunks).
+  const std::vector<int64_t> sizes = {9 << 18, 0, (1 << 20) + 1};
+  StartMoveInRequest in;
+  in.set_move_id(7);
+  in.set_source_incarnation(1);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::string name = "big" + std::to_string(i);
+    std::vector<float> v(static_cast<size_t>(sizes[i]));
+    for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>(j % 1000) + i;
+    ASSERT_TRUE(store_test::CreateWithValue(&source_, name, Floats(v)).ok());
+    CreateVariableRequest* part = in.add_parts();
+    part->set_name(name);
+    part->set_dtype(DT_FLOAT);
+    part->mutable_shape()->add_dims(sizes[i]);
+  }
+  ASSERT_TRUE(target_.BeginMoveIn(in).ok());
+  // Before the first answer only one pull is known (it begins the move).
+  EXPECT_EQ(target_.PlanMovePulls(7, 3).size(), 1u);
+  std::vector<std::pair<int, int64_t>> asked;
+  bool copying = true;
+  for (int round = 0; round < 20 && copying; ++round) {
+    std::vector<PullMoveRequest> plan = target_.PlanMovePulls(7, 3, &copying);
+    ASSERT_FALSE(plan.empty());
+    if (!copying) break;
+    if (round > 0) EXPECT_LE(plan.size(), 3u);
+    // Every planned pull answered first, then applied in order (as the
+    // puller does); only the first is new each round.
+    std::vector<PullMoveResponse> answers(plan.size());
+    for (size_t i = 0; i < plan.size(); ++i) {
+      ASSERT_TRUE(source_.PullMove(plan[i], &answers[i]).ok());
+    }
+    asked.emplace_back(plan[0].member(), plan[0].offset());
+    ASSERT_TRUE(target_.ApplyMovePull(7, answers[0]).ok());
+    if (plan.size() > 1) {
+      std::vector<PullMoveRequest> next = target_.PlanMovePulls(7, 3, &copying);
+      if (copying) {
+        EXPECT_EQ(next[0].member(), plan[1].member());
+        EXPECT_EQ(next[0].offset(), plan[1].offset());
+      }
+    }
+  }
+  const std::vector<std::pair<int, int64_t>> expected = {
+      {0, 0}, {0, 4 << 20}, {0, 8 << 20}, {1, 0}, {2, 0}, {2, 4 << 20}};
+  EXPECT_EQ(asked, expected);
+  ASSERT_TRUE(source_.FreezeMove(7, 1).ok());
+  while (PullOnce(7)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(7, /*committed=*/true).ok());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<float> got = Read(&target_, "big" + std::to_string(i));
+    ASSERT_EQ(static_cast<int64_t>(got.size()), sizes[i]);
+    for (size_t j = 0; j < got.size(); ++j) {
+      ASSERT_EQ(got[j], static_cast<float>(j % 1000) + i) << "big" << i << "[" << j << "]";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace psd
