@@ -100,6 +100,9 @@ absl::Status TestCluster::StartShard(int k, int port) {
                                    "--port-file", port_file,
                                    "--http-port-file", absl::StrCat(dir_, "/shard-", k, ".http-port"),
                                    "--coordinator", coordinator_address()};
+  if (auto extra = options_.shard_args.find(k); extra != options_.shard_args.end()) {
+    args.insert(args.end(), extra->second.begin(), extra->second.end());
+  }
   absl::Status last;
   for (int attempt = 0; attempt < 50; ++attempt) {
     auto started = ChildProcess::Start(args, port_file);

@@ -13,6 +13,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,8 @@ struct TestClusterOptions {
   int num_shards = 2;
   // Extra flags of `psd coordinator`.
   std::vector<std::string> coordinator_args = {"--heartbeat-interval", "0.2"};
+  // Extra flags of `psd shard` K (absent: none).
+  std::map<int, std::vector<std::string>> shard_args;
 };
 
 class TestCluster {

@@ -334,6 +334,23 @@ class CoordinatorService final : public Coordinator::CallbackService {
     int64_t bytes = 0;
   };
   std::map<int32_t, std::vector<MovableGroup>> MovableGroups() const;
+  // Memory free under each shard's limit, for planning moves; a shard with
+  // no limit has room for anything.
+  struct ShardRoom {
+    std::map<int32_t, int64_t> free;  // shards with a limit only
+    bool Fits(int32_t shard, int64_t bytes) const {
+      auto it = free.find(shard);
+      return it == free.end() || it->second >= bytes;
+    }
+    void Take(int32_t shard, int64_t bytes) {
+      if (auto it = free.find(shard); it != free.end()) it->second -= bytes;
+    }
+    void Give(int32_t shard, int64_t bytes) {
+      if (auto it = free.find(shard); it != free.end()) it->second += bytes;
+    }
+  };
+  // As the shards say now (asks them first).
+  ShardRoom FreeMemory(const std::vector<int32_t>& shards) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);
   // Closes sessions idle for longer than the TTL; runs at most every

@@ -371,6 +371,19 @@ std::vector<int32_t> CoordinatorService::PlacementShards() const {
   return out;
 }
 
+CoordinatorService::ShardRoom CoordinatorService::FreeMemory(const std::vector<int32_t>& shards) {
+  RefreshShardFigures();
+  ShardRoom room;
+  absl::MutexLock lock(&mu_);
+  for (int32_t id : shards) {
+    auto it = shards_.find(id);
+    if (it != shards_.end() && it->second.memory_limit > 0) {
+      room.free[id] = std::max<int64_t>(0, it->second.memory_limit - it->second.memory_used);
+    }
+  }
+  return room;
+}
+
 std::map<int32_t, std::vector<CoordinatorService::MovableGroup>>
 CoordinatorService::MovableGroups() const {
   const std::vector<VariableDef> defs = registry_->List("");
@@ -424,14 +437,20 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
   for (int32_t t : targets) {
     for (const MovableGroup& g : groups[t]) load[t] += g.bytes;
   }
-  // Largest groups first, each to the least loaded shard.
+  ShardRoom room = FreeMemory(targets);
+  // Largest groups first, each to the least loaded shard with room for it.
   std::vector<MovableGroup> mine = groups[shard];
   std::sort(mine.begin(), mine.end(),
             [](const MovableGroup& a, const MovableGroup& b) { return a.bytes > b.bytes; });
   for (const MovableGroup& g : mine) {
-    int32_t to = targets.front();
+    int32_t to = -1;
     for (int32_t t : targets) {
-      if (load[t] < load[to]) to = t;
+      if (room.Fits(t, g.bytes) && (to < 0 || load[t] < load[to])) to = t;
+    }
+    if (to < 0) {
+      left.push_back(absl::StrCat(g.part, " (", g.bytes, " bytes: no live, undrained shard has ",
+                                  "that much memory free under its limit)"));
+      continue;
     }
     absl::StatusOr<MovePartResponse> moved = MoveGroup(g.part, to);
     if (!moved.ok()) {
@@ -439,6 +458,7 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
       continue;
     }
     load[to] += g.bytes;
+    room.Take(to, g.bytes);
     *out.add_moves() = *std::move(moved);
   }
   // What no move can take: embedding tables' parts.
@@ -485,25 +505,39 @@ absl::StatusOr<RebalanceResponse> CoordinatorService::RebalanceParts(bool dry_ru
     load[t] = 0;
     for (const MovableGroup& g : groups[t]) load[t] += g.bytes;
   }
-  // Greedy: from the fullest to the emptiest shard, the largest group that
-  // narrows their gap by moving at most half of it; each move strictly
-  // narrows it, so the plan ends (and moves few, large groups).
+  ShardRoom room = FreeMemory(shards);
+  // Greedy: from the fullest shard to the emptiest one with room, the
+  // largest group that narrows their gap by moving at most half of it;
+  // each move strictly narrows a gap, so the plan ends (and moves few,
+  // large groups).
   RebalanceResponse out;
   for (int step = 0; step < 10000; ++step) {
-    int32_t full = shards.front(), empty = shards.front();
+    int32_t full = shards.front();
     for (int32_t t : shards) {
       if (load[t] > load[full]) full = t;
-      if (load[t] < load[empty]) empty = t;
     }
-    const int64_t gap = load[full] - load[empty];
+    std::vector<int32_t> emptiest = shards;
+    std::stable_sort(emptiest.begin(), emptiest.end(),
+                     [&](int32_t a, int32_t b) { return load[a] < load[b]; });
     std::vector<MovableGroup>& from = groups[full];
     auto best = from.end();
-    for (auto it = from.begin(); it != from.end(); ++it) {
-      if (it->bytes > 0 && it->bytes <= gap / 2 && (best == from.end() || it->bytes > best->bytes)) {
-        best = it;
+    int32_t empty = -1;
+    for (int32_t candidate : emptiest) {
+      const int64_t gap = load[full] - load[candidate];
+      for (auto it = from.begin(); it != from.end(); ++it) {
+        if (it->bytes > 0 && it->bytes <= gap / 2 && room.Fits(candidate, it->bytes) &&
+            (best == from.end() || it->bytes > best->bytes)) {
+          best = it;
+        }
+      }
+      if (best != from.end()) {
+        empty = candidate;
+        break;
       }
     }
     if (best == from.end()) break;
+    room.Take(empty, best->bytes);
+    room.Give(full, best->bytes);
     PlannedMove* p = out.add_plan();
     p->set_part(best->part);
     p->set_from_shard(full);
