@@ -17,8 +17,9 @@
 
 namespace {
 
-// --http-max-connections, --max-rpc-threads and --max-concurrent-streams on a
-// server subcommand (runtime/serving.h; configs/README.md, "Limits").
+// --http-max-connections, --max-rpc-threads, --max-concurrent-streams and
+// --keepalive-interval on a server subcommand (runtime/serving.h;
+// configs/README.md, "Limits").
 void AddLimitFlags(CLI::App* app, psd::ServingLimits* limits) {
   app->add_option("--http-max-connections", limits->http_max_connections,
                   "Connections the HTTP endpoint serves at once; more are closed on accept "
@@ -31,6 +32,10 @@ void AddLimitFlags(CLI::App* app, psd::ServingLimits* limits) {
   app->add_option("--max-concurrent-streams", limits->max_concurrent_streams,
                   "gRPC calls one connection may have open at once; more wait in the client")
       ->check(CLI::Range(1, 1 << 30));
+  app->add_option("--keepalive-interval", limits->keepalive_seconds,
+                  "Seconds of silence on a connection with calls open before it is pinged; "
+                  "one that does not answer within min(this, 10) s is closed, ending its calls")
+      ->check(CLI::Range(1, 86400));
 }
 
 int Fail(const std::string& message) {

@@ -1,5 +1,7 @@
 #include "runtime/serving.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "checkpoint/file_system.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -51,6 +53,13 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
   // Bound the streams one connection may open (gRPC's default is
   // unlimited): each holds a reactor and its buffers in this process.
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams);
+  // Dead peers are found by pinging (kDefaultKeepaliveSeconds): gRPC's
+  // default waits two hours, and stops pinging a connection that sends
+  // nothing after two pings.
+  const int keepalive_ms = limits.keepalive_seconds * 1000;
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, std::min(keepalive_ms, 10000));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // The synchronous handlers (reflection) get one completion queue with one
   // or two polling threads, and all their threads together are capped by
   // the quota; without it each open reflection stream holds a new thread.

@@ -41,11 +41,18 @@ inline constexpr int kDefaultMaxRpcThreads = 16;
 // Concurrent gRPC calls (HTTP/2 streams) one connection may have open; a
 // client's calls beyond it wait in its channel until one finishes.
 inline constexpr int kDefaultMaxConcurrentStreams = 1024;
+// A connection with calls open and nothing received for this long is
+// pinged; one that does not answer within min(this, 10 s) is closed and its
+// calls end (a peer that vanished without closing its socket: a power cut,
+// a partition, a reset the transport did not see), so no call waits on it
+// until its deadline, or forever without one.
+inline constexpr int kDefaultKeepaliveSeconds = 20;
 
 struct ServingLimits {
   int http_max_connections = kDefaultHttpMaxConnections;      // HttpServerOptions::max_connections
   int max_rpc_threads = kDefaultMaxRpcThreads;                // >= 2
   int max_concurrent_streams = kDefaultMaxConcurrentStreams;  // >= 1
+  int keepalive_seconds = kDefaultKeepaliveSeconds;            // >= 1
 };
 
 struct ServingOptions {

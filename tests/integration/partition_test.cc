@@ -335,6 +335,60 @@ TEST_F(SlowLinkTest, ABlackholedLinkFailsCallsWithinTheDeadlineThenRecovers) {
   EXPECT_LE(x.data<int64_t>()[0], 6);
 }
 
+// A trainer that vanishes in the middle of a streamed assign, its socket
+// never closed (a partition, a power cut): the shard pings the silent
+// connection (--keepalive-interval), closes it when nothing answers, and
+// the half-staged value stops holding the shard's memory. Without the
+// pings the stream would hold it until the call's own deadline (here 10
+// minutes; forever for a caller that sets none).
+class VanishedPeerTest : public ShardTest {
+ protected:
+  ShardProcessOptions options() const override {
+    ShardProcessOptions o;
+    // Room for the variable and one staged value of it, not two.
+    o.memory_limit_bytes = kBigElements * 8 * 5 / 2;
+    o.extra_args = {"--keepalive-interval", "1"};
+    return o;
+  }
+};
+
+TEST_F(VanishedPeerTest, AStalledStreamOfAVanishedTrainerIsClosedAndFreesItsMemory) {
+  ASSERT_TRUE(IsOk(shard_->Create("big", Int64s(TensorShape{kBigElements}, 0))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(process_->port()));
+  ClientOptions options;
+  options.data_stream = false;
+  options.max_attempts = 1;
+  options.stream_timeout = absl::Minutes(10);
+  PSD_ASSERT_OK_AND_ASSIGN(auto trainer, ShardClient::Connect(proxy->address(), options));
+  ASSERT_TRUE(IsOk(trainer->GetInfo()));
+  // Slowed, so the partition falls inside the value.
+  proxy->SetDelay(Direction::kUp, absl::Milliseconds(20));
+  const int64_t up_before = proxy->stats().bytes_up;
+  auto stalled = std::async(std::launch::async, [&] {
+    return trainer->Assign("big", Int64s(TensorShape{kBigElements}, 7));
+  });
+  for (int i = 0; i < 20000 && proxy->stats().bytes_up - up_before < (64 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  proxy->SetBlackhole(true);
+  ASSERT_LT(proxy->stats().bytes_up - up_before, kBigElements * 8) << "the value got through";
+  // The staged half holds the room a second assign needs until the shard
+  // gives up on the silent connection.
+  absl::Status direct;
+  for (int attempt = 0; attempt < 120; ++attempt) {
+    direct = shard_->Assign("big", Int64s(TensorShape{kBigElements}, 5));
+    if (direct.ok()) break;
+    ASSERT_TRUE(absl::IsResourceExhausted(direct)) << direct;
+    absl::SleepFor(absl::Seconds(1));
+  }
+  // Healed: the vanished trainer's call ends at once (its connection was
+  // closed by the shard), and changed nothing.
+  proxy->SetBlackhole(false);
+  EXPECT_TRUE(IsOk(direct)) << "the stalled stream still holds its staging memory";
+  EXPECT_FALSE(stalled.get().ok());
+  EXPECT_EQ(Read("big"), Int64s(TensorShape{kBigElements}, 5));
+}
+
 // ---------------------------------------------------------------------------
 // (b) A shard partitioned from the coordinator.
 
