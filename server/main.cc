@@ -124,6 +124,10 @@ int main(int argc, char** argv) {
   shard->add_option("--stream-chunk-bytes", options.stream_chunk_bytes,
                     "Chunk size of streamed reads when the client asks for none")
       ->check(CLI::Range(4096, 64 << 20));
+  shard->add_option("--stream-idle-timeout", options.stream_idle_timeout_seconds,
+                    "Seconds a streamed assign or apply may wait for its caller's next message "
+                    "before it is ended, nothing applied")
+      ->check(CLI::Range(0.01, 86400.0));
   shard->add_option("--port-file", options.port_file, "After binding, write the real port here");
   shard->add_option("--http-listen", options.http_listen,
                     "HOST:PORT for /metrics, /healthz, /readyz: HTTPS with --tls-cert, else "

@@ -151,6 +151,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   PeerReader peers(node_credentials, options.max_message_bytes);
   ShardService service(config.id, incarnation, &store);
   service.set_peer_reader(&peers);
+  service.set_stream_idle_timeout(absl::Seconds(options.stream_idle_timeout_seconds));
   NcclPlaneOptions nccl_options;
   nccl_options.enabled = options.nccl_plane;
   nccl_options.shard_id = config.id;

@@ -41,6 +41,9 @@ struct ShardServerOptions {
   bool nccl_plane = false;
   // HTTP connections, gRPC threads and streams (runtime/serving.h).
   ServingLimits limits;
+  // How long a streamed assign or apply may wait for its caller's next
+  // message before it is ended (IdleStreamWatchdog).
+  double stream_idle_timeout_seconds = 60;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

@@ -471,12 +471,14 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       Finish(ToGrpcStatus(status));
       return;
     }
-    StartRead(&buffer_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      // End of the client's stream: a half-close, or a broken call.
+      // End of the client's stream: a half-close, or a broken call. What
+      // follows waits on the shard (fences), not on the caller.
+      service_->idle_streams_->Forget(idle_token_);
       absl::Status status;
       if (cancelled_.load() || ctx_->IsCancelled()) {
         status = absl::CancelledError("streamed assign or apply cancelled; nothing was changed");
@@ -494,21 +496,29 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
     message_.Clear();  // gives gRPC its slices back before the next read
     buffer_.Clear();
     if (!status.ok()) {
+      service_->idle_streams_->Forget(idle_token_);
       sink_.reset();  // abandons the staged bytes
       Finish(ToGrpcStatus(status));
       return;
     }
-    StartRead(&buffer_);
+    ReadNext();
   }
 
   void OnCancel() override { cancelled_.store(true); }
 
   void OnDone() override {
+    service_->idle_streams_->Forget(idle_token_);
     service_->Release();
     delete this;
   }
 
  private:
+  // Waits for the caller's next message, on the idle watchdog's clock.
+  void ReadNext() {
+    idle_token_ = service_->idle_streams_->Waiting(ctx_, idle_token_);
+    StartRead(&buffer_);
+  }
+
   // Parses the message in buffer_ and hands its content to the sink,
   // starting it at the header.
   absl::Status Stage() {
@@ -564,6 +574,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
   AssignStreamRequest fields_;  // its fields but the content
   ContentMessage message_;      // its content, in buffer_'s slices
   std::atomic<bool> cancelled_{false};
+  uint64_t idle_token_ = 0;  // IdleStreamWatchdog's, while reading
 };
 
 // Runs batches of small ops: read a message, run its ops in order, write

@@ -36,6 +36,7 @@
 
 #include "psd/shard.grpc.pb.h"
 #include "absl/base/call_once.h"
+#include "shard/idle_watchdog.h"
 #include "shard/message_pool.h"
 #include "shard/peer_reader.h"
 #include "shard/shard_checkpoint.h"
@@ -159,6 +160,11 @@ class ShardService final : public ShardServiceBase {
   // How this shard reads other shards' parts (initializing a variable from
   // another's value); without one, plaintext channels. Set before serving.
   void set_peer_reader(PeerReader* peers) { peers_ = peers; }
+  // How long a streamed assign or apply may wait for its caller's next
+  // message (IdleStreamWatchdog). Before serving.
+  void set_stream_idle_timeout(absl::Duration limit) {
+    idle_streams_ = std::make_unique<IdleStreamWatchdog>(limit);
+  }
   // Where the ops of Batch messages are counted and timed, each as a call
   // of its own method (RpcMetrics::RecordOp); none: not counted. Set
   // before serving.
@@ -249,6 +255,9 @@ class ShardService final : public ShardServiceBase {
   std::atomic<int> in_flight_{0};
   NcclPlane* nccl_plane_ = nullptr;  // set before serving, then read-only
   PeerReader* peers_ = nullptr;      // set before serving, then read-only
+  // Set before serving, then read-only (the watchdog is thread-safe).
+  std::unique_ptr<IdleStreamWatchdog> idle_streams_ =
+      std::make_unique<IdleStreamWatchdog>(kDefaultStreamIdleTimeout);
   RpcMetrics* op_metrics_ = nullptr;  // set before serving, then read-only
   std::unique_ptr<PeerReader> default_peers_;  // plaintext, made on first use
   absl::once_flag default_peers_once_;

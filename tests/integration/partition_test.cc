@@ -38,6 +38,7 @@
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/session.h"
+#include "psd/shard.grpc.pb.h"
 #include "test_util.h"
 
 namespace psd {
@@ -386,6 +387,54 @@ TEST_F(VanishedPeerTest, AStalledStreamOfAVanishedTrainerIsClosedAndFreesItsMemo
   proxy->SetBlackhole(false);
   EXPECT_TRUE(IsOk(direct)) << "the stalled stream still holds its staging memory";
   EXPECT_FALSE(stalled.get().ok());
+  EXPECT_EQ(Read("big"), Int64s(TensorShape{kBigElements}, 5));
+}
+
+// A caller that stays connected (it answers pings) but stops sending in the
+// middle of a streamed assign: the shard ends the stream once it has waited
+// --stream-idle-timeout for the next message, and the staged half is
+// dropped, nothing applied.
+class SilentCallerTest : public ShardTest {
+ protected:
+  ShardProcessOptions options() const override {
+    ShardProcessOptions o;
+    o.memory_limit_bytes = kBigElements * 8 * 5 / 2;
+    o.extra_args = {"--stream-idle-timeout", "1"};
+    return o;
+  }
+};
+
+TEST_F(SilentCallerTest, AStreamedAssignWhoseCallerStopsSendingIsEndedAndFreesItsMemory) {
+  ASSERT_TRUE(IsOk(shard_->Create("big", Int64s(TensorShape{kBigElements}, 0))));
+  auto stub = Shard::NewStub(
+      grpc::CreateChannel(process_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  AssignResponse response;
+  std::unique_ptr<grpc::ClientWriter<AssignStreamRequest>> writer =
+      stub->AssignStream(&ctx, &response);
+  AssignStreamRequest first;
+  AssignStreamHeader* header = first.mutable_header();
+  header->set_name("big");
+  header->set_op(UPDATE_ASSIGN);
+  header->set_dtype(DT_INT64);
+  header->mutable_shape()->add_dims(kBigElements);
+  header->set_total_bytes(kBigElements * 8);
+  first.set_content(std::string(64 << 10, '\x07'));
+  ASSERT_TRUE(writer->Write(first));
+  // Then nothing: the staged value holds the room a second assign needs
+  // until the shard ends the silent stream.
+  absl::Status direct;
+  for (int attempt = 0; attempt < 120; ++attempt) {
+    direct = shard_->Assign("big", Int64s(TensorShape{kBigElements}, 5));
+    if (direct.ok()) break;
+    ASSERT_TRUE(absl::IsResourceExhausted(direct)) << direct;
+    absl::SleepFor(absl::Seconds(1));
+  }
+  EXPECT_TRUE(IsOk(direct)) << "the silent stream still holds its staging memory";
+  writer->WritesDone();
+  const grpc::Status ended = writer->Finish();
+  EXPECT_FALSE(ended.ok());
   EXPECT_EQ(Read("big"), Int64s(TensorShape{kBigElements}, 5));
 }
 
