@@ -264,6 +264,12 @@ ConsoleView Console::View() const {
     c.placed_bytes = s.placed_bytes();
     c.lost_parts = s.lost_parts();
     c.millis_since_heartbeat = s.millis_since_heartbeat();
+    if (s.has_traffic()) {
+      c.read_ops = static_cast<int64_t>(s.traffic().read_ops());
+      c.write_ops = static_cast<int64_t>(s.traffic().write_ops());
+      c.failed_ops = static_cast<int64_t>(s.traffic().failed_ops());
+      c.millis_since_traffic = s.millis_since_traffic();
+    }
   }
 
   const std::vector<VariableDef> defs = registry_->List("");

@@ -717,7 +717,12 @@ std::string RenderConsoleJson(const ConsoleView& v) {
         ",\"reported_variables\":", s.reported_variables, ",\"placed_parts\":", s.placed_parts,
         ",\"placed_bytes\":", s.placed_bytes, ",\"lost_parts\":", s.lost_parts,
         ",\"millis_since_heartbeat\":", s.millis_since_heartbeat,
-        ",\"drained\":", s.drained ? "true" : "false", "}");
+        ",\"drained\":", s.drained ? "true" : "false");
+    // The shard's own counters (null before its first report).
+    const auto count = [](int64_t v) { return v >= 0 ? absl::StrCat(v) : std::string("null"); };
+    absl::StrAppend(&out, ",\"read_ops\":", count(s.read_ops),
+                    ",\"write_ops\":", count(s.write_ops), ",\"failed_ops\":", count(s.failed_ops),
+                    ",\"millis_since_traffic\":", count(s.millis_since_traffic), "}");
   }
   absl::StrAppend(&out, "],\"shards_omitted\":", v.shards_omitted, ",\"moves\":[");
   for (size_t i = 0; i < v.moves.size(); ++i) {

@@ -491,7 +491,19 @@ TEST(ConsolePageTest, ShardChartsAndJsonCarryTheShardsOps) {
   EXPECT_NE(main.find("shard 0 <b>66/s</b>"), std::string::npos) << main;
   EXPECT_NE(main.find("shard 1 (counters 12 s old) <b>44/s</b>"), std::string::npos);
   EXPECT_NE(main.find("read p99 <b>3 ms</b>"), std::string::npos);
+  // The shard's own counters since it started, with their age; none yet:
+  // null, never a made-up 0.
+  EXPECT_NE(RenderConsoleJson(view).find("\"read_ops\":null,\"write_ops\":null"),
+            std::string::npos);
+  view.shards[0].read_ops = 330;
+  view.shards[0].write_ops = 33;
+  view.shards[0].failed_ops = 0;
+  view.shards[0].millis_since_traffic = 150;
   const std::string json = RenderConsoleJson(view);
+  EXPECT_NE(json.find("\"read_ops\":330,\"write_ops\":33,\"failed_ops\":0,"
+                      "\"millis_since_traffic\":150}"),
+            std::string::npos)
+      << json;
   EXPECT_NE(json.find("\"shard_reads\":500,\"shard_writes\":50"), std::string::npos) << json;
   EXPECT_NE(json.find("\"shard_reads_per_second\":100"), std::string::npos);
   EXPECT_NE(json.find("\"shard_read_p99_seconds\":0.003"), std::string::npos);
