@@ -3,9 +3,11 @@
 // charts and a Prometheus scrape of the shard agree.
 #include "shard/shard_traffic.h"
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "coordinator/console_samples.h"
 #include "gtest/gtest.h"
@@ -91,6 +93,33 @@ TEST(ShardTrafficTest, AgreesWithTheMetricsText) {
   EXPECT_EQ(t.read_latency_buckets(0), 1u);
   EXPECT_EQ(t.read_latency_buckets(2), 8u);
   EXPECT_EQ(t.read_latency_buckets(6), 13u);
+}
+
+// The heartbeat's report has a fixed shape: however many methods a shard
+// served and however large its counters, it stays a few hundred bytes.
+TEST(ShardTrafficTest, TheReportIsSmallWhateverTheCounters) {
+  MetricsRegistry registry;
+  RpcMetrics rpc(&registry);
+  for (int m = 0; m < 300; ++m) rpc.RecordOp(absl::StrCat("psd.Shard/Made", m), 0, 0.001);
+  rpc.RecordOp("psd.Shard/Read", 0, 0.001);
+  ShardTraffic t = ReadShardTraffic(&rpc, WriteGate::FenceTotals());
+  const size_t typical = t.ByteSizeLong();
+  // Every counter at its largest.
+  const uint64_t max = ~uint64_t{0};
+  t.set_read_ops(max);
+  t.set_write_ops(max);
+  t.set_failed_ops(max);
+  t.set_other_calls(max);
+  t.set_received_bytes(max);
+  t.set_sent_bytes(max);
+  t.set_fences(max);
+  t.set_fenced_seconds(1e18);
+  t.set_uptime_seconds(1e9);
+  for (int i = 0; i < t.read_latency_buckets_size(); ++i) t.set_read_latency_buckets(i, max);
+  for (int i = 0; i < t.write_latency_buckets_size(); ++i) t.set_write_latency_buckets(i, max);
+  std::printf("ShardTraffic: %zu bytes typical, %zu at most\n", typical, t.ByteSizeLong());
+  EXPECT_LT(typical, 128u);
+  EXPECT_LT(t.ByteSizeLong(), 600u);
 }
 
 TEST(ShardTrafficTest, WithoutRpcCountersOnlyTheFencesAreReported) {
