@@ -69,7 +69,19 @@ void RunStatus(Context* ctx) {
                       ",\"memory_limit_bytes\":", sh.memory_limit_bytes(),
                       ",\"lost_parts\":", sh.lost_parts(),
                       ",\"drained\":", sh.drained() ? "true" : "false",
-                      ",\"millis_since_heartbeat\":", sh.millis_since_heartbeat(), "}");
+                      ",\"millis_since_heartbeat\":", sh.millis_since_heartbeat());
+      // The shard's own op counters since it started, as its last heartbeat
+      // carried them (the console's charts come from the same), with their
+      // age; null before its first report.
+      if (sh.has_traffic()) {
+        absl::StrAppend(&out, ",\"read_ops\":", sh.traffic().read_ops(),
+                        ",\"write_ops\":", sh.traffic().write_ops(),
+                        ",\"failed_ops\":", sh.traffic().failed_ops(),
+                        ",\"millis_since_traffic\":", sh.millis_since_traffic(), "}");
+      } else {
+        out += ",\"read_ops\":null,\"write_ops\":null,\"failed_ops\":null,"
+               "\"millis_since_traffic\":null}";
+      }
     }
     out += "]}\n";
     std::fputs(out.c_str(), stdout);
@@ -80,7 +92,7 @@ void RunStatus(Context* ctx) {
                                  resp.shards_size(), " shards\n");
   std::vector<std::vector<std::string>> rows = {{"SHARD", "ADDRESS", "LIVE", "INCARNATION",
                                                  "DEVICE", "VARIABLES", "PARTS", "BYTES", "MEMORY",
-                                                 "LOST", "HEARTBEAT"}};
+                                                 "LOST", "OPS READ/WRITE", "HEARTBEAT"}};
   for (const psd::ShardStatus& sh : resp.shards()) {
     rows.push_back({std::to_string(sh.shard_id()), sh.address(),
                     absl::StrCat(sh.live() ? "yes" : "NO", sh.drained() ? " (drained)" : ""),
@@ -92,6 +104,9 @@ void RunStatus(Context* ctx) {
                                        FormatBytes(sh.memory_limit_bytes()))
                         : FormatBytes(sh.memory_used_bytes()),
                     std::to_string(sh.lost_parts()),
+                    sh.has_traffic() ? absl::StrCat(sh.traffic().read_ops(), " / ",
+                                                    sh.traffic().write_ops())
+                                     : std::string("-"),
                     absl::StrCat(sh.millis_since_heartbeat(), " ms ago")});
   }
   out += FormatTable(rows);

@@ -82,6 +82,30 @@ HttpResponse Answer(int status, std::string content_type, std::string body) {
 
 }  // namespace
 
+std::vector<std::pair<int32_t, ShardCounters>> ShardCountersOf(const ListShardsResponse& statuses,
+                                                               double now_unix_seconds) {
+  std::vector<std::pair<int32_t, ShardCounters>> out;
+  for (const ShardStatus& s : statuses.shards()) {
+    if (!s.has_traffic()) continue;
+    const ShardTraffic& t = s.traffic();
+    ShardCounters c;
+    c.incarnation = s.incarnation();
+    c.heard_unix_seconds = now_unix_seconds - static_cast<double>(s.millis_since_traffic()) / 1e3;
+    c.started_unix_seconds = c.heard_unix_seconds - t.uptime_seconds();
+    c.read_ops = static_cast<double>(t.read_ops());
+    c.write_ops = static_cast<double>(t.write_ops());
+    c.failed_ops = static_cast<double>(t.failed_ops());
+    c.received_bytes = static_cast<double>(t.received_bytes());
+    c.sent_bytes = static_cast<double>(t.sent_bytes());
+    c.fences = static_cast<double>(t.fences());
+    c.fenced_seconds = t.fenced_seconds();
+    c.read_latency.assign(t.read_latency_buckets().begin(), t.read_latency_buckets().end());
+    c.write_latency.assign(t.write_latency_buckets().begin(), t.write_latency_buckets().end());
+    out.emplace_back(s.shard_id(), std::move(c));
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<Console>> Console::Create(Registry* registry,
                                                          CoordinatorService* service,
                                                          const MetricsRegistry* metrics,
@@ -104,6 +128,7 @@ Console::Console(Registry* registry, CoordinatorService* service, const MetricsR
       metrics_(metrics),
       options_(std::move(options)),
       samples_(static_cast<size_t>(std::max(1, options_.sample_capacity))),
+      shard_traffic_(UnixNow()),
       coordinator_(options_.coordinator) {}
 
 void Console::SetCoordinatorAddress(std::string address) {
@@ -127,11 +152,21 @@ void Console::Start() {
 
 void Console::SampleNow() {
   if (metrics_ != nullptr) {
+    const std::vector<std::pair<int32_t, ShardCounters>> shards =
+        ShardCountersOf(service_->ShardStatuses(), UnixNow());
     const double now = UnixNow();
     MetricsDigest digest = DigestMetrics(ParseMetricsText(metrics_->Render()));
     absl::MutexLock lock(&sample_mu_);
     if (last_digest_.has_value()) {
-      samples_.Push(SampleBetween(last_digest_->second, last_digest_->first, digest, now));
+      ConsoleSample sample = SampleBetween(last_digest_->second, last_digest_->first, digest, now);
+      shard_traffic_.Add(shards, now - last_digest_->first, &sample);
+      samples_.Push(std::move(sample));
+    } else {
+      // The first look: the shards' counters as they are now are the
+      // baseline of the first sample.
+      ConsoleSample first;
+      first.unix_seconds = now;
+      shard_traffic_.Add(shards, 0, &first);
     }
     last_digest_ = std::make_pair(now, std::move(digest));
   }
@@ -229,6 +264,12 @@ ConsoleView Console::View() const {
     c.placed_bytes = s.placed_bytes();
     c.lost_parts = s.lost_parts();
     c.millis_since_heartbeat = s.millis_since_heartbeat();
+    if (s.has_traffic()) {
+      c.read_ops = static_cast<int64_t>(s.traffic().read_ops());
+      c.write_ops = static_cast<int64_t>(s.traffic().write_ops());
+      c.failed_ops = static_cast<int64_t>(s.traffic().failed_ops());
+      c.millis_since_traffic = s.millis_since_traffic();
+    }
   }
 
   const std::vector<VariableDef> defs = registry_->List("");

@@ -23,7 +23,9 @@
 // checkpoint manager's listing of the configured directory and its running
 // saves and restores. Charts: a SampleRing of kConsoleSampleCapacity
 // samples that a thread takes every kConsoleSampleIntervalSeconds from the
-// coordinator's own /metrics text (console_samples.h).
+// coordinator's own /metrics text and from the shards' traffic counters as
+// their last heartbeats carried them (ShardStatus.traffic, what ListShards
+// gives too; console_samples.h).
 //
 // Thread-safety: thread-safe. Handle runs on the HTTP server's thread; the
 // sampler on its own; the part states are guarded by mu_, never held across
@@ -37,6 +39,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -70,6 +73,13 @@ struct ConsoleOptions {
   // Deadline of the sampler's ListVariables call to each shard.
   absl::Duration shard_timeout = absl::Seconds(2);
 };
+
+// The shards' traffic counters in `statuses` (CoordinatorService::
+// ShardStatuses, what ListShards gives), by id; shards that have not
+// reported any are left out. `now_unix_seconds` dates them (less each
+// one's age).
+std::vector<std::pair<int32_t, ShardCounters>> ShardCountersOf(const ListShardsResponse& statuses,
+                                                               double now_unix_seconds);
 
 class Console {
  public:
@@ -118,6 +128,7 @@ class Console {
   // touches it, one at a time.
   absl::Mutex sample_mu_;
   std::optional<std::pair<double, MetricsDigest>> last_digest_ ABSL_GUARDED_BY(sample_mu_);
+  ShardTrafficSampler shard_traffic_ ABSL_GUARDED_BY(sample_mu_);
 
   struct PartStates {
     uint64_t incarnation = 0;

@@ -383,41 +383,89 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 std::string ChartsSection(const ConsoleView& v) {
   const double now = v.now_unix_seconds;
+  const auto opt = [](double x) { return x >= 0 ? x : kNaN; };
+  // The data plane, from the shards' own counters.
+  ChartLine reads{"reads", {}}, writes{"writes", {}}, failed{"failed", {}};
+  ChartLine shard_in{"received", {}}, shard_out{"sent", {}};
+  ChartLine read_p50{"read p50", {}}, read_p99{"read p99", {}};
+  ChartLine write_p50{"write p50", {}}, write_p99{"write p99", {}};
+  std::map<int32_t, ChartLine> per_shard;
+  std::map<int32_t, double> shard_age;  // at the newest sample
+  // The coordinator's own RPCs.
   ChartLine calls{"calls", {}}, errors{"errors", {}};
   ChartLine in{"received", {}}, out_bytes{"sent", {}};
   ChartLine p50{"p50", {}}, p90{"p90", {}}, p99{"p99", {}};
-  ChartLine fence{"fence pause (mean per interval)", {}};
+  ChartLine fence{"coordinator: mean pause per save", {}};
+  ChartLine shard_fence{"shards: mean hold per fence", {}};
   std::map<int32_t, ChartLine> memory;
   for (const ConsoleSample& s : v.samples) {
     const double t = s.unix_seconds;
+    // Before any shard reported, its charts say "no data yet", not 0.
+    if (s.shards_reporting > 0) {
+      reads.points.emplace_back(t, s.shard_reads_per_second);
+      writes.points.emplace_back(t, s.shard_writes_per_second);
+      failed.points.emplace_back(t, s.shard_failed_per_second);
+      shard_in.points.emplace_back(t, s.shard_received_bytes_per_second);
+      shard_out.points.emplace_back(t, s.shard_sent_bytes_per_second);
+    }
+    read_p50.points.emplace_back(t, opt(s.read_p50));
+    read_p99.points.emplace_back(t, opt(s.read_p99));
+    write_p50.points.emplace_back(t, opt(s.write_p50));
+    write_p99.points.emplace_back(t, opt(s.write_p99));
+    for (const ConsoleSample::ShardOps& ops : s.shard_ops) {
+      per_shard[ops.id].points.emplace_back(t, ops.reads_per_second + ops.writes_per_second);
+      shard_age[ops.id] = ops.age_seconds;
+    }
     calls.points.emplace_back(t, s.calls_per_second);
     errors.points.emplace_back(t, s.errors_per_second);
     in.points.emplace_back(t, s.received_bytes_per_second);
     out_bytes.points.emplace_back(t, s.sent_bytes_per_second);
-    p50.points.emplace_back(t, s.p50 >= 0 ? s.p50 : kNaN);
-    p90.points.emplace_back(t, s.p90 >= 0 ? s.p90 : kNaN);
-    p99.points.emplace_back(t, s.p99 >= 0 ? s.p99 : kNaN);
-    fence.points.emplace_back(t, s.fence_pause >= 0 ? s.fence_pause : kNaN);
+    p50.points.emplace_back(t, opt(s.p50));
+    p90.points.emplace_back(t, opt(s.p90));
+    p99.points.emplace_back(t, opt(s.p99));
+    fence.points.emplace_back(t, opt(s.fence_pause));
+    shard_fence.points.emplace_back(t, opt(s.shard_fence_pause));
     for (const auto& [id, used] : s.shard_memory_used) {
       ChartLine& line = memory[id];
       line.label = absl::StrCat("shard ", id);
       line.points.emplace_back(t, used);
     }
   }
+  std::vector<ChartLine> per_shard_lines;
+  for (auto& [id, line] : per_shard) {
+    line.label = absl::StrCat("shard ", id);
+    // Counters that lag (a heartbeat late by more than a sample) say how
+    // old they are: the dip is the lag, not idleness.
+    const double age = shard_age[id];
+    if (age > kConsoleSampleIntervalSeconds) {
+      absl::StrAppend(&line.label, " (counters ", static_cast<int64_t>(age), " s old)");
+    }
+    per_shard_lines.push_back(std::move(line));
+  }
   std::vector<ChartLine> memory_lines;
   for (auto& [id, line] : memory) memory_lines.push_back(std::move(line));
   std::string out = absl::StrCat(
       "<section id=\"charts\"><h2>Last 15 minutes<small>one sample every ",
       static_cast<int>(kConsoleSampleIntervalSeconds),
-      " s from the coordinator's own metrics (its RPCs, heartbeats left out) and the shards' "
-      "reports</small></h2><div class=\"charts\">");
+      " s; the shards' ops from their own counters (sent with their heartbeats, the series "
+      "their /metrics export), the coordinator's from its own metrics (its RPCs, heartbeats "
+      "left out)</small></h2><div class=\"charts\">");
+  out += RenderChart("Shard ops (all shards)", "/s", {reads, writes, failed}, now,
+                     kChartWindowSeconds);
+  out += RenderChart("Shard op latency percentiles", "seconds",
+                     {read_p50, read_p99, write_p50, write_p99}, now, kChartWindowSeconds);
+  out += RenderChart("Shard bytes in / out", "bytes/s", {shard_in, shard_out}, now,
+                     kChartWindowSeconds);
+  out += RenderChart("Ops per shard (reads + writes)", "/s", per_shard_lines, now,
+                     kChartWindowSeconds);
+  out += RenderChart("Checkpoint fence pauses", "seconds", {fence, shard_fence}, now,
+                     kChartWindowSeconds);
+  out += RenderChart("Shard memory used", "bytes", memory_lines, now, kChartWindowSeconds);
   out += RenderChart("Coordinator calls", "/s", {calls, errors}, now, kChartWindowSeconds);
   out += RenderChart("Coordinator bytes in / out", "bytes/s", {in, out_bytes}, now,
                      kChartWindowSeconds);
-  out +=
-      RenderChart("Call latency percentiles", "seconds", {p50, p90, p99}, now, kChartWindowSeconds);
-  out += RenderChart("Checkpoint fence pauses", "seconds", {fence}, now, kChartWindowSeconds);
-  out += RenderChart("Shard memory used", "bytes", memory_lines, now, kChartWindowSeconds);
+  out += RenderChart("Coordinator call latency percentiles", "seconds", {p50, p90, p99}, now,
+                     kChartWindowSeconds);
   out += "</div></section>";
   return out;
 }
@@ -529,9 +577,10 @@ std::string RenderChart(const std::string& title, const std::string& unit,
     return kLeft + plot_w * std::clamp((t - t0) / window_seconds, 0.0, 1.0);
   };
   const auto y_of = [&](double v) { return kTop + plot_h * (1 - std::clamp(v / top, 0.0, 1.0)); };
-  std::string svg =
-      absl::StrFormat("<svg viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"%s\">", kWidth,
-                      kHeight, HtmlEscape(title));
+  // data-max: the highest value drawn (none: no data), for scripts and tests.
+  std::string svg = absl::StrFormat(
+      "<svg viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"%s\"%s>", kWidth, kHeight,
+      HtmlEscape(title), any ? absl::StrFormat(" data-max=\"%.6g\"", max) : std::string());
   // Horizontal grid and the value axis.
   for (int i = 0; i <= steps; ++i) {
     const double v = step * i;
@@ -668,7 +717,12 @@ std::string RenderConsoleJson(const ConsoleView& v) {
         ",\"reported_variables\":", s.reported_variables, ",\"placed_parts\":", s.placed_parts,
         ",\"placed_bytes\":", s.placed_bytes, ",\"lost_parts\":", s.lost_parts,
         ",\"millis_since_heartbeat\":", s.millis_since_heartbeat,
-        ",\"drained\":", s.drained ? "true" : "false", "}");
+        ",\"drained\":", s.drained ? "true" : "false");
+    // The shard's own counters (null before its first report).
+    const auto count = [](int64_t v) { return v >= 0 ? absl::StrCat(v) : std::string("null"); };
+    absl::StrAppend(&out, ",\"read_ops\":", count(s.read_ops),
+                    ",\"write_ops\":", count(s.write_ops), ",\"failed_ops\":", count(s.failed_ops),
+                    ",\"millis_since_traffic\":", count(s.millis_since_traffic), "}");
   }
   absl::StrAppend(&out, "],\"shards_omitted\":", v.shards_omitted, ",\"moves\":[");
   for (size_t i = 0; i < v.moves.size(); ++i) {
@@ -734,6 +788,33 @@ std::string RenderConsoleJson(const ConsoleView& v) {
     for (size_t j = 0; j < s.shard_memory_used.size(); ++j) {
       absl::StrAppend(&out, j > 0 ? "," : "", "\"", s.shard_memory_used[j].first,
                       "\":", absl::StrFormat("%.0f", s.shard_memory_used[j].second));
+    }
+    // The shards' own counters: ops in the interval (they add up over the
+    // window) and as rates.
+    absl::StrAppend(
+        &out, "},\"shards_reporting\":", s.shards_reporting,
+        ",\"shard_reads\":", absl::StrFormat("%.0f", s.shard_reads),
+        ",\"shard_writes\":", absl::StrFormat("%.0f", s.shard_writes),
+        ",\"shard_failed_ops\":", absl::StrFormat("%.0f", s.shard_failed),
+        ",\"shard_reads_per_second\":", absl::StrFormat("%.6g", s.shard_reads_per_second),
+        ",\"shard_writes_per_second\":", absl::StrFormat("%.6g", s.shard_writes_per_second),
+        ",\"shard_failed_ops_per_second\":", absl::StrFormat("%.6g", s.shard_failed_per_second),
+        ",\"shard_received_bytes_per_second\":",
+        absl::StrFormat("%.6g", s.shard_received_bytes_per_second),
+        ",\"shard_sent_bytes_per_second\":", absl::StrFormat("%.6g", s.shard_sent_bytes_per_second),
+        ",\"shard_read_p50_seconds\":", opt(s.read_p50),
+        ",\"shard_read_p99_seconds\":", opt(s.read_p99),
+        ",\"shard_write_p50_seconds\":", opt(s.write_p50),
+        ",\"shard_write_p99_seconds\":", opt(s.write_p99),
+        ",\"shard_fence_pause_seconds\":", opt(s.shard_fence_pause), ",\"shard_ops\":{");
+    for (size_t j = 0; j < s.shard_ops.size(); ++j) {
+      const ConsoleSample::ShardOps& ops = s.shard_ops[j];
+      absl::StrAppend(&out, j > 0 ? "," : "", "\"", ops.id,
+                      "\":{\"reads\":", absl::StrFormat("%.0f", ops.reads),
+                      ",\"writes\":", absl::StrFormat("%.0f", ops.writes),
+                      ",\"reads_per_second\":", absl::StrFormat("%.6g", ops.reads_per_second),
+                      ",\"writes_per_second\":", absl::StrFormat("%.6g", ops.writes_per_second),
+                      ",\"age_seconds\":", absl::StrFormat("%.3f", ops.age_seconds), "}");
     }
     out += "}}";
   }

@@ -49,6 +49,10 @@ struct ConsoleShard {
   int64_t lost_parts = 0;
   int64_t millis_since_heartbeat = 0;
   bool drained = false;  // psctl shard drain: nothing new is placed here
+  // The shard's own op counters since it started, as its last heartbeat
+  // carried them (what psctl status lists), and their age; -1: none yet.
+  int64_t read_ops = -1, write_ops = -1, failed_ops = -1;
+  int64_t millis_since_traffic = -1;
 };
 
 // A live part move the registry holds unfinished (docs/moves.md).

@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "observability/metrics.h"
 
 namespace psd {
 
@@ -141,6 +142,118 @@ double BucketQuantile(const std::map<double, double>& before, const std::map<dou
     lower_count = count;
   }
   return lower_bound;
+}
+
+namespace {
+
+// Cumulative bucket counts at LatencyBuckets()'s bounds (+Inf last) as a
+// bound -> count map; empty if `counts` has another length.
+std::map<double, double> BucketMap(const std::vector<double>& counts) {
+  static const std::vector<double>* const bounds = [] {
+    auto* b = new std::vector<double>(LatencyBuckets());
+    b->push_back(std::numeric_limits<double>::infinity());
+    return b;
+  }();
+  std::map<double, double> out;
+  if (counts.size() != bounds->size()) return out;
+  for (size_t i = 0; i < counts.size(); ++i) out[(*bounds)[i]] = counts[i];
+  return out;
+}
+
+// `now` less `before`, bucket by bucket; a histogram of another length
+// than the other is not reported (empty).
+std::vector<double> BucketDelta(const std::vector<double>& before, const std::vector<double>& now) {
+  if (before.size() != now.size()) return {};
+  std::vector<double> out(now.size());
+  for (size_t i = 0; i < now.size(); ++i) out[i] = std::max(0.0, now[i] - before[i]);
+  return out;
+}
+
+void AddBuckets(const std::vector<double>& add, std::vector<double>* sum) {
+  if (add.empty()) return;
+  if (sum->empty()) sum->assign(add.size(), 0);
+  if (sum->size() != add.size()) return;
+  for (size_t i = 0; i < add.size(); ++i) (*sum)[i] += add[i];
+}
+
+}  // namespace
+
+ShardCounters ShardGrowth(const ShardCounters* before, const ShardCounters& now,
+                          double console_started) {
+  if (before != nullptr && before->incarnation == now.incarnation) {
+    ShardCounters g = now;
+    // One process's counters only grow; were one lower (it cannot be), it
+    // would add nothing rather than go negative.
+    const auto grew = [](double b, double n) { return std::max(0.0, n - b); };
+    g.read_ops = grew(before->read_ops, now.read_ops);
+    g.write_ops = grew(before->write_ops, now.write_ops);
+    g.failed_ops = grew(before->failed_ops, now.failed_ops);
+    g.received_bytes = grew(before->received_bytes, now.received_bytes);
+    g.sent_bytes = grew(before->sent_bytes, now.sent_bytes);
+    g.fences = grew(before->fences, now.fences);
+    g.fenced_seconds = grew(before->fenced_seconds, now.fenced_seconds);
+    // A first report without histograms, then one with: from zero.
+    g.read_latency = before->read_latency.empty()
+                         ? now.read_latency
+                         : BucketDelta(before->read_latency, now.read_latency);
+    g.write_latency = before->write_latency.empty()
+                          ? now.write_latency
+                          : BucketDelta(before->write_latency, now.write_latency);
+    return g;
+  }
+  const double since = before != nullptr ? before->heard_unix_seconds : console_started;
+  if (now.started_unix_seconds >= since) return now;  // all of it is new
+  ShardCounters none;
+  none.incarnation = now.incarnation;
+  none.heard_unix_seconds = now.heard_unix_seconds;
+  none.started_unix_seconds = now.started_unix_seconds;
+  return none;
+}
+
+void ShardTrafficSampler::Add(const std::vector<std::pair<int32_t, ShardCounters>>& shards,
+                              double seconds, ConsoleSample* sample) {
+  std::map<int32_t, ShardCounters> seen;
+  std::vector<double> read_buckets, write_buckets;
+  double fences = 0, fenced = 0, received = 0, sent = 0;
+  const auto per_second = [seconds](double v) { return seconds > 0 ? v / seconds : 0.0; };
+  for (const auto& [id, now] : shards) {
+    auto last = last_.find(id);
+    const ShardCounters g =
+        ShardGrowth(last == last_.end() ? nullptr : &last->second, now, started_);
+    seen[id] = now;
+    ++sample->shards_reporting;
+    sample->shard_reads += g.read_ops;
+    sample->shard_writes += g.write_ops;
+    sample->shard_failed += g.failed_ops;
+    received += g.received_bytes;
+    sent += g.sent_bytes;
+    fences += g.fences;
+    fenced += g.fenced_seconds;
+    AddBuckets(g.read_latency, &read_buckets);
+    AddBuckets(g.write_latency, &write_buckets);
+    if (static_cast<int>(sample->shard_ops.size()) < kConsoleMaxChartShards) {
+      ConsoleSample::ShardOps& ops = sample->shard_ops.emplace_back();
+      ops.id = id;
+      ops.reads = g.read_ops;
+      ops.writes = g.write_ops;
+      ops.reads_per_second = per_second(g.read_ops);
+      ops.writes_per_second = per_second(g.write_ops);
+      ops.age_seconds = std::max(0.0, sample->unix_seconds - now.heard_unix_seconds);
+    }
+  }
+  last_ = std::move(seen);
+  sample->shard_reads_per_second = per_second(sample->shard_reads);
+  sample->shard_writes_per_second = per_second(sample->shard_writes);
+  sample->shard_failed_per_second = per_second(sample->shard_failed);
+  sample->shard_received_bytes_per_second = per_second(received);
+  sample->shard_sent_bytes_per_second = per_second(sent);
+  const std::map<double, double> reads = BucketMap(read_buckets);
+  const std::map<double, double> writes = BucketMap(write_buckets);
+  sample->read_p50 = BucketQuantile({}, reads, 0.5);
+  sample->read_p99 = BucketQuantile({}, reads, 0.99);
+  sample->write_p50 = BucketQuantile({}, writes, 0.5);
+  sample->write_p99 = BucketQuantile({}, writes, 0.99);
+  if (fences > 0) sample->shard_fence_pause = fenced / fences;
 }
 
 ConsoleSample SampleBetween(const MetricsDigest& before, double t0, const MetricsDigest& now,

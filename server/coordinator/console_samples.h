@@ -67,6 +67,32 @@ struct ConsoleSample {
   double fence_pause = -1;
   // Per shard id (at most kConsoleMaxChartShards of them).
   std::vector<std::pair<int32_t, double>> shard_memory_used;
+
+  // From the shards' own counters (ShardTraffic, with their heartbeats):
+  // the data ops the cluster served in the interval. See
+  // ShardTrafficSampler.
+  int shards_reporting = 0;  // shards whose counters were heard
+  // Ops in the interval (counts, so they add up over the window), and as
+  // rates.
+  double shard_reads = 0, shard_writes = 0, shard_failed = 0;
+  double shard_reads_per_second = 0, shard_writes_per_second = 0, shard_failed_per_second = 0;
+  double shard_received_bytes_per_second = 0, shard_sent_bytes_per_second = 0;
+  // Op latency percentiles over every shard's ops (their histograms
+  // merged), seconds; negative: no op of that kind in the interval.
+  double read_p50 = -1, read_p99 = -1, write_p50 = -1, write_p99 = -1;
+  // The mean time the fences the shards lifted in the interval held
+  // writes, seconds; negative: none lifted.
+  double shard_fence_pause = -1;
+  struct ShardOps {
+    int32_t id = 0;
+    double reads = 0, writes = 0;  // in the interval
+    double reads_per_second = 0, writes_per_second = 0;
+    // How old the shard's counters were at the interval's end (a lagging
+    // heartbeat shows here, not as a made-up zero).
+    double age_seconds = 0;
+  };
+  // Per shard id (at most kConsoleMaxChartShards of them, the first ones).
+  std::vector<ShardOps> shard_ops;
 };
 
 // Shards with a line in the memory chart (the first ones by id).
@@ -77,6 +103,55 @@ inline constexpr int kConsoleMaxChartShards = 8;
 // restarted would, not this one) count from zero.
 ConsoleSample SampleBetween(const MetricsDigest& before, double t0, const MetricsDigest& now,
                             double t1);
+
+// A shard's traffic counters (ShardTraffic) as the coordinator heard them.
+struct ShardCounters {
+  uint64_t incarnation = 0;
+  double heard_unix_seconds = 0;    // when the heartbeat that carried them arrived
+  double started_unix_seconds = 0;  // when they started counting (heard less uptime)
+  double read_ops = 0, write_ops = 0, failed_ops = 0;
+  double received_bytes = 0, sent_bytes = 0;
+  double fences = 0, fenced_seconds = 0;
+  // Cumulative counts at each bound of LatencyBuckets(), then +Inf; any
+  // other length is taken as not reported.
+  std::vector<double> read_latency, write_latency;
+};
+
+// What a shard's counters grew by between the previous look (`before`;
+// null: there was none) and `now`, as counters of the same shape
+// (incarnation and times are `now`'s). One incarnation: the difference.
+// Another incarnation, or none seen before: the counters began at zero,
+// so they all are growth if they started after the previous look at that
+// shard (the old incarnation's last report; with none, `console_started`):
+// a restarted shard's traffic is new. Counters that started before (a
+// coordinator that restarted meets a shard that has counted for hours)
+// are a baseline only: no growth, never a spike. Never negative.
+ShardCounters ShardGrowth(const ShardCounters* before, const ShardCounters& now,
+                          double console_started);
+
+// Turns the shards' counters, looked at once per sample, into the shard
+// figures of each ConsoleSample: the growth since the previous look,
+// summed over the cluster, per second of the sample's interval, and
+// percentiles of the merged histograms. Keeps each shard's last counters
+// (one entry per registered shard).
+//
+// Thread-safety: not thread-safe; the console's sampler owns it.
+class ShardTrafficSampler {
+ public:
+  // `started_unix_seconds`: when the console began looking.
+  explicit ShardTrafficSampler(double started_unix_seconds) : started_(started_unix_seconds) {}
+
+  // `shards`: (id, counters) of the registered shards whose counters were
+  // heard, by id. Fills the shard fields of `sample`, whose interval is
+  // `seconds` long (<= 0: counts only, no rates); forgets shards no longer
+  // listed.
+  void Add(const std::vector<std::pair<int32_t, ShardCounters>>& shards, double seconds,
+           ConsoleSample* sample);
+
+ private:
+  const double started_;
+  std::map<int32_t, ShardCounters> last_;
+};
 
 // The `q` quantile (0..1) of the observations between two cumulative
 // bucket maps, interpolated linearly inside a bucket as Prometheus'

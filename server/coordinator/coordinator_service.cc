@@ -360,7 +360,11 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     e.memory_used = request->memory_used_bytes();
     e.num_variables = static_cast<int64_t>(held.size());
     e.last_seen = absl::Now();
-    if (!same_process) e.lost_parts.clear();
+    if (!same_process) {
+      e.lost_parts.clear();
+      // The previous process's counters: this one counts from zero.
+      e.traffic.reset();
+    }
     for (const std::string& part : placed) {
       // Every registered part was created (a declaration is registered only
       // once its parts exist), so one the shard does not hold is lost.
@@ -396,6 +400,10 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
     it->second.last_seen = absl::Now();
     it->second.memory_used = request->memory_used_bytes();
     it->second.num_variables = request->num_variables();
+    if (request->has_traffic()) {
+      it->second.traffic = request->traffic();
+      it->second.traffic_at = it->second.last_seen;
+    }
     return absl::OkStatus();
   });
 }
@@ -656,6 +664,10 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
     s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
     s->set_drained(drained.count(e.id) > 0);
     s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
+    if (e.traffic.has_value()) {
+      *s->mutable_traffic() = *e.traffic;
+      s->set_millis_since_traffic(absl::ToInt64Milliseconds(now - e.traffic_at));
+    }
   }
   return response;
 }

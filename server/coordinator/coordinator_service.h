@@ -38,6 +38,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -227,6 +228,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
     int64_t num_variables = 0;
     absl::Time last_seen;
     std::set<std::string> lost_parts;
+    // This incarnation's traffic counters, from its last heartbeat that
+    // carried them (none yet: unset), and when it arrived.
+    std::optional<ShardTraffic> traffic;
+    absl::Time traffic_at;
   };
 
   // Runs `op` on the calling gRPC thread: for handlers that touch only

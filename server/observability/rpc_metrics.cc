@@ -243,6 +243,39 @@ Counter* RpcMetrics::CallsFor(MethodSeries* series, int code) {
   return counter;
 }
 
+std::vector<RpcMetrics::Totals> RpcMetrics::TotalsByGroup(
+    size_t groups, const std::function<int(const std::string& method)>& group_of) const {
+  std::vector<Totals> out(groups);
+  // Every group reports every bucket, zeros until a call lands in it.
+  for (Totals& t : out) t.latency_buckets.assign(LatencyBuckets().size() + 1, 0);
+  const auto group = [&](const std::string& method) -> Totals* {
+    const int g = group_of(method);
+    return g >= 0 && static_cast<size_t>(g) < groups ? &out[g] : nullptr;
+  };
+  calls_->ForEach([&](const std::vector<std::string>& labels, const Counter& counter) {
+    // Labels: method, code.
+    Totals* t = labels.size() == 2 ? group(labels[0]) : nullptr;
+    if (t == nullptr) return;
+    t->calls += counter.value();
+    if (labels[1] != "OK") t->failed += counter.value();
+  });
+  std::vector<uint64_t> cumulative;
+  latency_->ForEach([&](const std::vector<std::string>& labels, const Histogram& histogram) {
+    Totals* t = labels.size() == 1 ? group(labels[0]) : nullptr;
+    if (t == nullptr) return;
+    double sum;
+    uint64_t count;
+    histogram.Read(&cumulative, &sum, &count);
+    if (t->latency_buckets.size() < cumulative.size()) t->latency_buckets.resize(cumulative.size());
+    for (size_t i = 0; i < cumulative.size(); ++i) t->latency_buckets[i] += cumulative[i];
+  });
+  return out;
+}
+
+double RpcMetrics::seconds_counting() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 RpcMetrics::NewInterceptorFactory() {
   return std::make_unique<Factory>(this);

@@ -14,15 +14,17 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -61,6 +63,29 @@ class RpcMetrics {
   // is not observed.
   void RecordOp(absl::string_view method, int code, double seconds);
 
+  // The served calls of a group of methods, summed from the series /metrics
+  // renders (psd_rpc_total, psd_rpc_duration_seconds), so a digest of them
+  // agrees with a scrape.
+  struct Totals {
+    double calls = 0;
+    double failed = 0;  // ended with a status other than OK
+    // Cumulative counts at each bound of LatencyBuckets(), then +Inf,
+    // summed over the group's methods that have a latency histogram (all
+    // zeros when none has).
+    std::vector<uint64_t> latency_buckets;
+  };
+  // One Totals per group, `groups` of them; `group_of(method)` says which
+  // group a method ("psd.Shard/Read") counts in, a negative or too large
+  // one: none. Takes each family's lock once; for a periodic report (a
+  // heartbeat), not the data path.
+  std::vector<Totals> TotalsByGroup(
+      size_t groups, const std::function<int(const std::string& method)>& group_of) const;
+  // psd_rpc_received_bytes_total and psd_rpc_sent_bytes_total.
+  double received_bytes() const { return bytes_in_->value(); }
+  double sent_bytes() const { return bytes_out_->value(); }
+  // Seconds since these counters started (construction: the server's start).
+  double seconds_counting() const;
+
  private:
   friend class RpcMetricsInterceptor;
 
@@ -94,6 +119,7 @@ class RpcMetrics {
   Counter* const bytes_in_;
   Counter* const bytes_out_;
   const std::map<std::string, ResponseWatcher> watchers_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   absl::Mutex methods_mu_;
   std::map<std::string, std::unique_ptr<MethodSeries>, std::less<>> methods_
       ABSL_GUARDED_BY(methods_mu_);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "boost/asio/post.hpp"
 #include "grpcpp/grpcpp.h"
+#include "shard/shard_traffic.h"
 #include "spdlog/spdlog.h"
 
 namespace psd {
@@ -103,6 +104,7 @@ void CoordinatorLink::Heartbeat() {
   request.set_incarnation(store_->incarnation());
   request.set_memory_used_bytes(store_->memory().used());
   request.set_num_variables(static_cast<int64_t>(store_->num_variables()));
+  *request.mutable_traffic() = ReadShardTraffic(rpc_metrics_, store_->gate().totals());
   HeartbeatResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);

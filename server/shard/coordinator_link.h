@@ -1,6 +1,7 @@
 // CoordinatorLink: a shard's membership in its cluster. Registers the shard
 // with the coordinator (address, incarnation, device, memory, the variables
-// it holds) and heartbeats at the interval the coordinator asks for; when
+// it holds) and heartbeats at the interval the coordinator asks for, each
+// heartbeat with the shard's traffic counters (shard_traffic.h); when
 // the coordinator does not know this incarnation (it restarted, or declared
 // the shard dead) the shard registers again. Unreachable coordinators are
 // retried with backoff: the shard keeps serving its data meanwhile, since
@@ -25,6 +26,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "grpcpp/security/credentials.h"
+#include "observability/rpc_metrics.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "runtime/cluster_config.h"
 #include "shard/variable_store.h"
@@ -45,6 +47,10 @@ class CoordinatorLink {
   void SetFatalHandler(std::function<void(const absl::Status&)> handler) {
     on_fatal_ = std::move(handler);
   }
+  // The server's RPC counters, reported with each heartbeat (ShardTraffic);
+  // must outlive the link. Set before Start(); none: only the fence totals
+  // are reported.
+  void SetRpcMetrics(const RpcMetrics* rpc_metrics) { rpc_metrics_ = rpc_metrics; }
 
   void Start();
   void Stop();
@@ -58,6 +64,7 @@ class CoordinatorLink {
   const std::string coordinator_address_;
   const ShardConfig shard_;
   const VariableStore* const store_;
+  const RpcMetrics* rpc_metrics_ = nullptr;
   std::unique_ptr<Coordinator::Stub> stub_;
   std::function<void(const absl::Status&)> on_fatal_;
   boost::asio::steady_timer timer_;

@@ -172,8 +172,11 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
 
   ServingOptions serving = ServingOptionsFrom(config.listen, options);
   serving.response_watchers = FenceWatchers(&metrics);
-  serving.on_rpc_metrics = [&service](RpcMetrics* rpc_metrics) {
+  // The heartbeats report the same counters (CoordinatorLink).
+  const RpcMetrics* served_metrics = nullptr;
+  serving.on_rpc_metrics = [&service, &served_metrics](RpcMetrics* rpc_metrics) {
     service.set_op_metrics(rpc_metrics);
+    served_metrics = rpc_metrics;
   };
   // A device that failed (a CUDA error) makes the shard unhealthy: its
   // variables can no longer be trusted, so it should be restarted and
@@ -211,6 +214,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
     link = std::make_unique<CoordinatorLink>(loop.io(), options.coordinator, advertised, &store,
                                              node_credentials);
     // The coordinator refused the shard's id: the process ends with that error.
+    link->SetRpcMetrics(served_metrics);
     link->SetFatalHandler(
         [&loop](const absl::Status& why) { loop.Fail(why, "its registration was refused"); });
     link->Start();

@@ -5,6 +5,7 @@
 // the same figures `psctl status` takes (ListShards). Then a TLS cluster
 // with bearer tokens: no token 401, trainer 403, admin 200, never data
 // without the admin token. No timed assertions: waits are bounded polls.
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -12,7 +13,9 @@
 #include <thread>
 
 #include "../common/http_get.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
@@ -185,6 +188,101 @@ TEST_F(ConsoleTest, ChartSamplesAccumulate) {
   // The shards report memory; both have a line.
   EXPECT_EQ(last["shard_memory_used"].size(), 2u);
   EXPECT_LT(json["samples"][0]["time"].get<double>(), last["time"].get<double>());
+}
+
+// The shards' own op counters reach the console's charts: after some
+// reads and writes of a variable with a part on each shard, /console.json's
+// samples count at least the ops sent to each shard (a bounded wait for the
+// heartbeats and the sampler), never more than the shard's own /metrics
+// counted, and carry latency percentiles of those ops.
+TEST_F(ConsoleTest, ShardOpRatesCountTheOpsSent) {
+  PSD_ASSERT_OK_AND_ASSIGN(auto session, Session::Open(cluster_->coordinator_address()));
+  GetVariableOptions options;
+  options.shape = TensorShape{10, 4};
+  options.partitioner = partitioners::FixedSize(2);
+  options.initializer = init::Zeros();
+  options.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(auto w, session->GetVariable("traffic/w", options));
+  ASSERT_EQ(w.parts().size(), 2u);
+  ASSERT_NE(w.parts()[0].shard_id, w.parts()[1].shard_id);
+  // Each read or write of w is at least one op on each shard (one per part).
+  constexpr int kReads = 40, kWrites = 15;
+  const Tensor ones = *Tensor::FromVector<float>(TensorShape{10, 4}, std::vector<float>(40, 1.0f));
+  for (int i = 0; i < kReads; ++i) ASSERT_TRUE(w.Read().ok());
+  for (int i = 0; i < kWrites; ++i) ASSERT_TRUE(IsOk(w.AssignAdd(ones)));
+
+  // Sums over the window, per shard.
+  const auto window = [](const Json& json, const std::string& shard, const char* kind) {
+    double sum = 0;
+    for (const Json& sample : json["samples"]) {
+      if (sample.contains("shard_ops") && sample["shard_ops"].contains(shard)) {
+        sum += sample["shard_ops"][shard][kind].get<double>();
+      }
+    }
+    return sum;
+  };
+  Json json;
+  bool counted = false;
+  for (int attempt = 0; attempt < 600 && !counted; ++attempt) {
+    auto reply = Get("/console.json");
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    json = Json::parse(reply->body);
+    counted = true;
+    for (const std::string shard : {"0", "1"}) {
+      counted = counted && window(json, shard, "reads") >= kReads &&
+                window(json, shard, "writes") >= kWrites;
+    }
+    if (!counted) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(counted) << "the console never counted the ops sent: " << json.dump();
+
+  double cluster_reads = 0;
+  bool latency = false;
+  for (const Json& sample : json["samples"]) {
+    // Rates are never negative; an interval with reads has their percentiles.
+    EXPECT_GE(sample["shard_reads_per_second"].get<double>(), 0);
+    EXPECT_GE(sample["shard_writes_per_second"].get<double>(), 0);
+    cluster_reads += sample["shard_reads"].get<double>();
+    if (sample["shard_reads"].get<double>() > 0 && !sample["shard_read_p50_seconds"].is_null()) {
+      latency = true;
+      EXPECT_GT(sample["shard_read_p99_seconds"].get<double>(), 0);
+      EXPECT_LE(sample["shard_read_p50_seconds"].get<double>(),
+                sample["shard_read_p99_seconds"].get<double>());
+    }
+  }
+  EXPECT_TRUE(latency) << json.dump();
+  EXPECT_GE(cluster_reads, 2 * kReads);
+
+  // Never more than the shard's own /metrics counted (scraped after, so
+  // they can only have grown).
+  for (int k = 0; k < 2; ++k) {
+    PSD_ASSERT_OK_AND_ASSIGN(int port, cluster_->shard_http_port(k));
+    PSD_ASSERT_OK_AND_ASSIGN(HttpReply metrics, HttpGet("127.0.0.1", port, "/metrics"));
+    ASSERT_EQ(metrics.status, 200);
+    double reads = 0, writes = 0;
+    for (absl::string_view line : absl::StrSplit(metrics.body, '\n')) {
+      if (!absl::StartsWith(line, "psd_rpc_total{")) continue;
+      const double value = std::stod(std::string(line.substr(line.rfind(' ') + 1)));
+      for (const char* m : {"Read\"", "Gather\"", "ReadStream\""}) {
+        if (absl::StrContains(line, absl::StrCat("method=\"psd.Shard/", m))) reads += value;
+      }
+      for (const char* m : {"Assign\"", "Scatter\"", "CountUpTo\"", "AssignStream\"",
+                            "ApplyDense\"", "ApplySparse\""}) {
+        if (absl::StrContains(line, absl::StrCat("method=\"psd.Shard/", m))) writes += value;
+      }
+    }
+    const std::string shard = std::to_string(k);
+    // The shard's counters as its last heartbeat carried them (what psctl
+    // status lists): at least what the window counted, at most /metrics.
+    const Json& listed = json["shards"][k];
+    EXPECT_GE(listed["read_ops"].get<double>(), window(json, shard, "reads"));
+    EXPECT_LE(listed["read_ops"].get<double>(), reads);
+    EXPECT_GE(listed["millis_since_traffic"].get<int64_t>(), 0);
+    std::printf("shard %d: the console counted %.0f reads, %.0f writes; its /metrics %.0f, %.0f\n",
+                k, window(json, shard, "reads"), window(json, shard, "writes"), reads, writes);
+    EXPECT_LE(window(json, shard, "reads"), reads) << "shard " << k;
+    EXPECT_LE(window(json, shard, "writes"), writes) << "shard " << k;
+  }
 }
 
 // A TLS coordinator and shard with tokens (scripts/make-test-certs.sh).

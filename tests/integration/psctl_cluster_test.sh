@@ -18,6 +18,17 @@ fail() { echo "psctl_cluster_test: \$*" >&2; exit 1; }
 grep -q "1 variables" "$work/status.txt" || fail "status: \$(cat $work/status.txt)"
 [ "\$(grep -c ' yes ' "$work/status.txt")" = 2 ] || fail "status: both shards live: \$(cat $work/status.txt)"
 "$psctl" --coordinator "\$c" --json status | grep -q '"live":true' || fail "status --json"
+# The helper's scatter (one op on each part's shard) reaches the shards' op
+# counters, which their next heartbeats carry to the coordinator (bounded wait).
+writes() { grep -o '"write_ops":[0-9]*' "$work/status.json" | cut -d: -f2 | awk '{n += \$1} END {print n + 0}'; }
+for i in \$(seq 1 100); do
+  "$psctl" --coordinator "\$c" --json status >"$work/status.json"
+  [ "\$(writes)" -ge 2 ] && break
+  sleep 0.1
+done
+[ "\$(writes)" -ge 2 ] || fail "status --json: write_ops: \$(cat $work/status.json)"
+grep -q '"millis_since_traffic":[0-9]' "$work/status.json" || fail "status --json: millis_since_traffic"
+"$psctl" --coordinator "\$c" status | grep -q "OPS READ/WRITE" || fail "status: ops column"
 "$psctl" --coordinator "\$c" vars list | grep -q "test/emb  *float32  *\[6,4\]  *2 parts" || fail "vars list"
 "$psctl" --coordinator "\$c" vars list | grep -q "test/emb  .*2 parts on axis 0  *dense " || fail "vars list: kind"
 "$psctl" --coordinator "\$c" --json vars list | grep -q '"parts":2,"kind":"dense","lost_parts":0' || fail "vars list --json: kind"

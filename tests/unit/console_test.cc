@@ -21,6 +21,7 @@
 #include "coordinator/registry.h"
 #include "coordinator/sample_ring.h"
 #include "gtest/gtest.h"
+#include "observability/metrics.h"
 
 namespace psd {
 namespace {
@@ -151,6 +152,181 @@ TEST(ConsoleSamplesTest, QuantileInTheInfBucketIsTheHighestFiniteBound) {
   EXPECT_LT(BucketQuantile(before, {}, 0.5), 0);
 }
 
+// A shard's counters as heard at `heard` (started `uptime` s before):
+// `reads` reads, half under 1 ms, the rest under 10 ms; `writes` writes,
+// all under 250 us; `fences` fences that held writes 2 ms each.
+ShardCounters Counters(uint64_t incarnation, double heard, double uptime, double reads,
+                       double writes, double fences = 0) {
+  ShardCounters c;
+  c.incarnation = incarnation;
+  c.heard_unix_seconds = heard;
+  c.started_unix_seconds = heard - uptime;
+  c.read_ops = reads;
+  c.write_ops = writes;
+  c.received_bytes = 100 * (reads + writes);
+  c.sent_bytes = 1000 * reads;
+  c.fences = fences;
+  c.fenced_seconds = 0.002 * fences;
+  // LatencyBuckets(): 50us 100us 250us 500us 1ms 2.5ms 5ms 10ms ... 10s, +Inf.
+  const std::vector<double> bounds = LatencyBuckets();
+  for (double bound : bounds) {
+    c.read_latency.push_back(bound < 0.001 - 1e-12 ? 0 : bound < 0.01 - 1e-12 ? reads / 2 : reads);
+    c.write_latency.push_back(bound < 0.00025 - 1e-12 ? 0 : writes);
+  }
+  c.read_latency.push_back(reads);
+  c.write_latency.push_back(writes);
+  return c;
+}
+
+TEST(ShardTrafficSamplesTest, OneIncarnationGrowsByTheDifference) {
+  const ShardCounters a = Counters(7, 1000, 100, 100, 10, 1);
+  const ShardCounters b = Counters(7, 1005, 105, 300, 40, 3);
+  const ShardCounters g = ShardGrowth(&a, b, 0);
+  EXPECT_EQ(g.read_ops, 200);
+  EXPECT_EQ(g.write_ops, 30);
+  EXPECT_EQ(g.received_bytes, 100 * 230);
+  EXPECT_EQ(g.fences, 2);
+  EXPECT_NEAR(g.fenced_seconds, 0.004, 1e-12);
+  ASSERT_EQ(g.read_latency.size(), LatencyBuckets().size() + 1);
+  EXPECT_EQ(g.read_latency.back(), 200);
+  // No new heartbeat since the last look (it lags): no growth, not a dip
+  // below zero.
+  const ShardCounters same = ShardGrowth(&b, b, 0);
+  EXPECT_EQ(same.read_ops, 0);
+  EXPECT_EQ(same.write_ops, 0);
+  EXPECT_EQ(same.read_latency.back(), 0);
+}
+
+TEST(ShardTrafficSamplesTest, ARestartedShardCountsFromZeroNeverNegative) {
+  // Heard at 1000 with 1e6 reads; restarted at 1002, heard at 1005 with 30.
+  const ShardCounters old = Counters(7, 1000, 5000, 1e6, 1e5);
+  const ShardCounters fresh = Counters(8, 1005, 3, 30, 20);
+  const ShardCounters g = ShardGrowth(&old, fresh, 0);
+  EXPECT_EQ(g.read_ops, 30);
+  EXPECT_EQ(g.write_ops, 20);
+  EXPECT_EQ(g.read_latency.back(), 30);
+  for (double v : g.read_latency) EXPECT_GE(v, 0);
+  // A counter that went down within one incarnation (it cannot) adds
+  // nothing rather than a negative rate.
+  ShardCounters lower = old;
+  lower.read_ops = 10;
+  lower.read_latency.assign(lower.read_latency.size(), 10);
+  const ShardCounters none = ShardGrowth(&old, lower, 0);
+  EXPECT_EQ(none.read_ops, 0);
+  for (double v : none.read_latency) EXPECT_GE(v, 0);
+}
+
+TEST(ShardTrafficSamplesTest, CountersOlderThanTheConsoleAreABaselineNotASpike) {
+  // A coordinator (and its console) that started at 1000 meets a shard that
+  // has counted for an hour: no growth at first sight.
+  const ShardCounters old = Counters(7, 1001, 3600, 5e7, 1e7);
+  const ShardCounters g = ShardGrowth(nullptr, old, 1000);
+  EXPECT_EQ(g.read_ops, 0);
+  EXPECT_EQ(g.write_ops, 0);
+  EXPECT_EQ(g.received_bytes, 0);
+  for (double v : g.read_latency) EXPECT_EQ(v, 0);
+  // A shard that started after the console: everything it counted is new.
+  const ShardCounters young = Counters(9, 1010, 4, 50, 5);
+  EXPECT_EQ(ShardGrowth(nullptr, young, 1000).read_ops, 50);
+}
+
+TEST(ShardTrafficSamplesTest, SamplerSumsShardsMergesPercentilesAndSurvivesARestart) {
+  ShardTrafficSampler sampler(1000);
+  ConsoleSample first;
+  first.unix_seconds = 1000;
+  // Both shards started before the console: a baseline.
+  sampler.Add({{0, Counters(1, 999.5, 50, 1000, 100)}, {1, Counters(2, 999.8, 50, 2000, 0)}}, 0,
+              &first);
+  EXPECT_EQ(first.shard_reads, 0);
+  EXPECT_EQ(first.shards_reporting, 2);
+
+  ConsoleSample s;
+  s.unix_seconds = 1005;
+  // Shard 0: 100 more reads; shard 1: 300 more reads and 40 writes, 2 fences.
+  sampler.Add({{0, Counters(1, 1004.5, 55, 1100, 100)}, {1, Counters(2, 1002, 52, 2300, 40, 2)}}, 5,
+              &s);
+  EXPECT_EQ(s.shards_reporting, 2);
+  EXPECT_EQ(s.shard_reads, 400);
+  EXPECT_EQ(s.shard_writes, 40);
+  EXPECT_DOUBLE_EQ(s.shard_reads_per_second, 80);
+  EXPECT_DOUBLE_EQ(s.shard_writes_per_second, 8);
+  EXPECT_DOUBLE_EQ(s.shard_received_bytes_per_second, 100.0 * 440 / 5);
+  // The histograms merged: 200 of 400 reads under 1 ms, all under 10 ms.
+  EXPECT_NEAR(s.read_p50, 0.001, 1e-9);
+  EXPECT_GT(s.read_p99, 0.005);
+  EXPECT_LE(s.read_p99, 0.01);
+  EXPECT_GT(s.write_p50, 0.0001);
+  EXPECT_LE(s.write_p99, 0.00025);
+  EXPECT_NEAR(s.shard_fence_pause, 0.002, 1e-12);
+  ASSERT_EQ(s.shard_ops.size(), 2u);
+  EXPECT_EQ(s.shard_ops[0].id, 0);
+  EXPECT_EQ(s.shard_ops[0].reads, 100);
+  EXPECT_DOUBLE_EQ(s.shard_ops[1].reads_per_second, 60);
+  EXPECT_DOUBLE_EQ(s.shard_ops[1].writes_per_second, 8);
+  // Shard 1's counters are 3 s old at the sample's end.
+  EXPECT_DOUBLE_EQ(s.shard_ops[1].age_seconds, 3);
+
+  // Shard 1 restarts (new incarnation, counted 20 reads since) and shard
+  // 0's heartbeat is late (its counters unchanged): no negative rate, no
+  // spike; shard 0 catches up at the next look.
+  ConsoleSample restart;
+  restart.unix_seconds = 1010;
+  sampler.Add({{0, Counters(1, 1004.5, 55, 1100, 100)}, {1, Counters(3, 1009, 4, 20, 0)}}, 5,
+              &restart);
+  EXPECT_EQ(restart.shard_reads, 20);
+  EXPECT_EQ(restart.shard_ops[0].reads, 0);
+  EXPECT_DOUBLE_EQ(restart.shard_ops[0].age_seconds, 5.5);
+  EXPECT_EQ(restart.shard_ops[1].reads, 20);
+  EXPECT_GE(restart.shard_writes, 0);
+  EXPECT_LT(restart.write_p50, 0);  // no write in the interval
+
+  // Then a missed sample (the sampler stalled 15 s): the rate spreads over
+  // the whole interval, and the counts still add up.
+  ConsoleSample late;
+  late.unix_seconds = 1025;
+  sampler.Add({{0, Counters(1, 1024, 75, 1400, 100)}, {1, Counters(3, 1024, 19, 170, 0)}}, 15,
+              &late);
+  EXPECT_EQ(late.shard_reads, 300 + 150);
+  EXPECT_DOUBLE_EQ(late.shard_reads_per_second, 30);
+  // Over the three intervals the cluster's counts are every read counted
+  // since the baseline: 1400-1000 on shard 0, 2300-2000 and 170 on shard 1.
+  EXPECT_EQ(s.shard_reads + restart.shard_reads + late.shard_reads, 400 + 300 + 170);
+
+  // A shard that leaves the registry is forgotten; one with histograms of
+  // another shape still counts its ops, without percentiles.
+  ShardCounters odd = Counters(4, 1029, 1, 10, 0);
+  odd.read_latency = {1, 2, 3};
+  ConsoleSample after;
+  after.unix_seconds = 1030;
+  sampler.Add({{2, odd}}, 5, &after);
+  EXPECT_EQ(after.shards_reporting, 1);
+  EXPECT_EQ(after.shard_reads, 10);
+  EXPECT_LT(after.read_p50, 0);
+}
+
+TEST(ShardTrafficSamplesTest, CountersComeFromTheShardStatuses) {
+  ListShardsResponse statuses;
+  ShardStatus* reported = statuses.add_shards();
+  reported->set_shard_id(3);
+  reported->set_incarnation(42);
+  reported->set_millis_since_traffic(1500);
+  reported->mutable_traffic()->set_uptime_seconds(60);
+  reported->mutable_traffic()->set_read_ops(11);
+  reported->mutable_traffic()->set_write_ops(7);
+  reported->mutable_traffic()->add_read_latency_buckets(11);
+  ShardStatus* silent = statuses.add_shards();  // registered, no heartbeat with counters yet
+  silent->set_shard_id(4);
+  const auto counters = ShardCountersOf(statuses, 1000);
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].first, 3);
+  EXPECT_EQ(counters[0].second.incarnation, 42u);
+  EXPECT_DOUBLE_EQ(counters[0].second.heard_unix_seconds, 998.5);
+  EXPECT_DOUBLE_EQ(counters[0].second.started_unix_seconds, 938.5);
+  EXPECT_EQ(counters[0].second.read_ops, 11);
+  EXPECT_EQ(counters[0].second.write_ops, 7);
+  EXPECT_EQ(counters[0].second.read_latency, std::vector<double>{11});
+}
+
 TEST(ConsolePageTest, EscapesHtmlAndJson) {
   EXPECT_EQ(HtmlEscape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
@@ -273,7 +449,7 @@ TEST(ConsolePageTest, ChartsHaveAxesLinesAndLegends) {
     view.samples.push_back(s);
   }
   const std::string main = RenderConsoleMain(view);
-  EXPECT_EQ(Count(main, "<svg"), 5);
+  EXPECT_EQ(Count(main, "<svg"), 9);
   EXPECT_GE(Count(main, "<polyline"), 4);
   EXPECT_GE(Count(main, "<circle"), 1);  // the one fence pause
   EXPECT_NE(main.find(">now</text>"), std::string::npos);
@@ -285,6 +461,56 @@ TEST(ConsolePageTest, ChartsHaveAxesLinesAndLegends) {
   const std::string json = RenderConsoleJson(view);
   EXPECT_NE(json.find("\"fence_pause_seconds\":null"), std::string::npos);
   EXPECT_NE(json.find("\"fence_pause_seconds\":0.003"), std::string::npos);
+}
+
+TEST(ConsolePageTest, ShardChartsAndJsonCarryTheShardsOps) {
+  ConsoleView view = HostileView();
+  for (int i = 0; i < 10; ++i) {
+    ConsoleSample s;
+    s.unix_seconds = view.now_unix_seconds - 50 + 5 * i;
+    s.shards_reporting = 2;
+    s.shard_reads = 500;
+    s.shard_writes = 50;
+    s.shard_reads_per_second = 100;
+    s.shard_writes_per_second = 10;
+    s.read_p50 = 0.0002;
+    s.read_p99 = 0.003;
+    s.write_p50 = -1;  // no write: a gap, not a zero
+    s.write_p99 = -1;
+    s.shard_ops = {{0, 300, 30, 60, 6, 0.2}, {1, 200, 20, 40, 4, i == 9 ? 12.0 : 0.5}};
+    view.samples.push_back(s);
+  }
+  const std::string main = RenderConsoleMain(view);
+  for (const std::string title : {"Shard ops (all shards)", "Shard op latency percentiles",
+                                  "Shard bytes in / out", "Ops per shard (reads + writes)"}) {
+    EXPECT_NE(main.find(absl::StrCat("aria-label=\"", title, "\" data-max=")), std::string::npos)
+        << title;
+  }
+  EXPECT_NE(main.find("aria-label=\"Shard ops (all shards)\" data-max=\"100\""), std::string::npos);
+  // A line per shard; the lagging one says how old its counters are.
+  EXPECT_NE(main.find("shard 0 <b>66/s</b>"), std::string::npos) << main;
+  EXPECT_NE(main.find("shard 1 (counters 12 s old) <b>44/s</b>"), std::string::npos);
+  EXPECT_NE(main.find("read p99 <b>3 ms</b>"), std::string::npos);
+  // The shard's own counters since it started, with their age; none yet:
+  // null, never a made-up 0.
+  EXPECT_NE(RenderConsoleJson(view).find("\"read_ops\":null,\"write_ops\":null"),
+            std::string::npos);
+  view.shards[0].read_ops = 330;
+  view.shards[0].write_ops = 33;
+  view.shards[0].failed_ops = 0;
+  view.shards[0].millis_since_traffic = 150;
+  const std::string json = RenderConsoleJson(view);
+  EXPECT_NE(json.find("\"read_ops\":330,\"write_ops\":33,\"failed_ops\":0,"
+                      "\"millis_since_traffic\":150}"),
+            std::string::npos)
+      << json;
+  EXPECT_NE(json.find("\"shard_reads\":500,\"shard_writes\":50"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"shard_reads_per_second\":100"), std::string::npos);
+  EXPECT_NE(json.find("\"shard_read_p99_seconds\":0.003"), std::string::npos);
+  EXPECT_NE(json.find("\"shard_write_p50_seconds\":null"), std::string::npos);
+  EXPECT_NE(json.find("\"shard_ops\":{\"0\":{\"reads\":300,\"writes\":30,"
+                      "\"reads_per_second\":60,\"writes_per_second\":6,\"age_seconds\":0.200}"),
+            std::string::npos);
 }
 
 // Everything at its cap (shards, variables with long names and every part
@@ -331,6 +557,13 @@ TEST(ConsolePageTest, AFullViewStaysBounded) {
     s.p99 = 0.1;
     s.fence_pause = 0.005;
     for (int k = 0; k < kConsoleMaxChartShards; ++k) s.shard_memory_used.emplace_back(k, 1e9 * k);
+    s.shards_reporting = 1000;
+    s.shard_reads_per_second = 1e6;
+    s.read_p50 = s.write_p50 = 0.0001;
+    s.read_p99 = s.write_p99 = 0.01;
+    for (int k = 0; k < kConsoleMaxChartShards; ++k) {
+      s.shard_ops.push_back({k, 1e6, 1e6, 2e5, 2e5, 1.5});
+    }
     view.samples.push_back(s);
   }
   const std::string page = RenderConsolePage(view, "n");
