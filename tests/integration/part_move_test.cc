@@ -245,6 +245,72 @@ TEST_F(PartMoveTest, NoAcknowledgedUpdateIsLostOrDoubledWhilePartsMove) {
   EXPECT_EQ(total, 4.0 * static_cast<double>(scatters.load()));
 }
 
+// MoveProgress (psctl's progress display) of a move and of a rebalance
+// that carried a progress id: where each stands once it returned.
+TEST_F(PartMoveTest, MoveProgressReportsTheMovesOfTheCallThatCarriedItsId) {
+  GetVariableOptions o;
+  o.dtype = DT_FLOAT;
+  o.shape = TensorShape{40, 4};
+  o.partitioner = partitioners::FixedSize(2);
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("progress/w", o));
+  ASSERT_TRUE(IsOk(w.Assign(Floats({40, 4}, 0))));
+  Optimizer momentum(*session_, opt::Momentum{});
+  ASSERT_TRUE(IsOk(momentum.ApplyGradients({{Floats({40, 4}, 1), w}})));
+  auto stub = Coordinator::NewStub(
+      grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
+  auto progress = [&](uint64_t id) {
+    MoveProgressRequest req;
+    req.set_progress_id(id);
+    MoveProgressResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(IsOk(FromGrpcStatus(stub->MoveProgress(&ctx, req, &resp))));
+    return resp;
+  };
+  EXPECT_FALSE(progress(0x5eed).found());
+
+  const int32_t from = ShardOf("progress/w", 0);
+  MovePartRequest req;
+  req.set_part("progress/w/part_0");
+  req.set_target_shard(1 - from);
+  req.set_progress_id(0x5eed);
+  MovePartResponse moved;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(IsOk(FromGrpcStatus(stub->MovePart(&ctx, req, &moved))));
+  }
+  MoveProgressResponse p = progress(0x5eed);
+  EXPECT_TRUE(p.found());
+  EXPECT_TRUE(p.finished());
+  EXPECT_EQ(p.moves_done(), 1);
+  EXPECT_EQ(p.moves_planned(), 1);
+  EXPECT_EQ(p.part(), "progress/w/part_0");
+  EXPECT_EQ(p.source_shard(), from);
+  EXPECT_EQ(p.target_shard(), 1 - from);
+  EXPECT_EQ(p.phase(), "switching");
+  // The part and its slot's part: 20 x 4 floats each.
+  EXPECT_EQ(p.total_bytes(), 2 * 20 * 4 * 4);
+  EXPECT_EQ(p.total_bytes(), moved.bytes());
+  EXPECT_EQ(p.copied_bytes(), p.total_bytes());
+  EXPECT_EQ(p.forwarded_writes(), moved.forwarded_writes());
+  EXPECT_GT(p.seconds(), 0);
+
+  // A rebalance: every planned move is counted.
+  RebalanceRequest rebalance;
+  rebalance.set_progress_id(0xba1);
+  RebalanceResponse rebalanced;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(IsOk(FromGrpcStatus(stub->Rebalance(&ctx, rebalance, &rebalanced))));
+  }
+  p = progress(0xba1);
+  EXPECT_TRUE(p.found());
+  EXPECT_TRUE(p.finished());
+  EXPECT_EQ(p.moves_planned(), rebalanced.plan_size());
+  EXPECT_EQ(p.moves_done(), rebalanced.moves_size());
+  // The move before is still where it stood.
+  EXPECT_EQ(progress(0x5eed).moves_done(), 1);
+}
+
 // Checkpoints saved while parts move (single moves, a drain and undrain, a
 // rebalance) each hold exactly one consistent cut: every part once, from
 // its owner at the cut, and restore to exactly those values.
