@@ -215,8 +215,11 @@ std::string WritesText(uint64_t n) {
 }  // namespace
 
 std::string FormatMoveProgress(const psd::MoveProgressResponse& p, int width) {
-  std::string verb = absl::StrCat("moving ", p.part(), " ", p.source_shard(), "->", p.target_shard());
-  if (p.moves_planned() > 1) absl::StrAppend(&verb, " (", MoveNumber(p), "/", p.moves_planned(), ")");
+  std::string verb =
+      absl::StrCat("moving ", p.part(), " ", p.source_shard(), "->", p.target_shard());
+  if (p.moves_planned() > 1) {
+    absl::StrAppend(&verb, " (", MoveNumber(p), "/", p.moves_planned(), ")");
+  }
   absl::StrAppend(&verb, " ", p.phase().empty() ? "starting" : p.phase());
   if (p.forwarded_writes() > 0) absl::StrAppend(&verb, ", ", WritesText(p.forwarded_writes()));
   return FormatProgress(verb, p.copied_bytes(), p.total_bytes(), p.seconds(), width);

@@ -14,10 +14,14 @@ thread_local uint64_t t_id = 0;
 const char* PhaseName(MovePhase phase, bool switching) {
   if (switching) return "switching";
   switch (phase) {
-    case MOVE_COPYING: return "copying";
-    case MOVE_FORWARDING: return "forwarding";
-    case MOVE_READY: return "switching";
-    default: return "starting";
+    case MOVE_COPYING:
+      return "copying";
+    case MOVE_FORWARDING:
+      return "forwarding";
+    case MOVE_READY:
+      return "switching";
+    default:
+      return "starting";
   }
 }
 
@@ -92,7 +96,8 @@ void MoveProgressBoard::Begin(uint64_t id) {
     // Room from the operation that ended first, if any did.
     auto oldest = entries_.end();
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->second.ended && (oldest == entries_.end() || *it->second.ended < *oldest->second.ended)) {
+      if (it->second.ended &&
+          (oldest == entries_.end() || *it->second.ended < *oldest->second.ended)) {
         oldest = it;
       }
     }

@@ -153,8 +153,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool ready = status.phase() == psd::MOVE_READY;
   if (session.commit()) {
     const absl::Status committed = store.EndMoveIn(kMoveId, /*committed=*/true);
-    Check(committed.ok() == ready, "a move committed without being ready, or a ready one did "
-                                   "not: " + committed.ToString());
+    Check(committed.ok() == ready,
+          "a move committed without being ready, or a ready one did "
+          "not: " +
+              committed.ToString());
   }
   if (!session.commit() || !ready) {
     // Given up, as the coordinator does after any failure.

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -17,10 +18,9 @@
 #include <memory>
 #include <random>
 #include <set>
-#include <vector>
-#include <thread>
-#include <atomic>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -262,7 +262,8 @@ TEST_F(PartMoveCrashTest, AShardOrTheCoordinatorKilledDuringAMoveLosesNoAcknowle
   // (a lost part's values are not read).
   struct Values {
     std::vector<int64_t> counts = std::vector<int64_t>(kTrainers, 0);
-    std::vector<float> rows[2] = {std::vector<float>(kTrainers * 2), std::vector<float>(kTrainers * 2)};
+    std::vector<float> rows[2] = {std::vector<float>(kTrainers * 2),
+                                  std::vector<float>(kTrainers * 2)};
   };
   auto read = [&](Session* session, const std::set<std::string>& lost) -> absl::StatusOr<Values> {
     Values out;
@@ -319,9 +320,9 @@ TEST_F(PartMoveCrashTest, AShardOrTheCoordinatorKilledDuringAMoveLosesNoAcknowle
     const int32_t from = placed.shard_id();
     const int kind = i % 3;  // 0: the source, 1: the target, 2: the coordinator
     const int victim = kind == 0 ? from : 1 - from;
-    const std::string what_victim = kind == 2 ? "the coordinator"
-                                              : absl::StrCat(kind == 0 ? "the source" : "the target",
-                                                             " (shard ", victim, ")");
+    const std::string what_victim =
+        kind == 2 ? "the coordinator"
+                  : absl::StrCat(kind == 0 ? "the source" : "the target", " (shard ", victim, ")");
     // Trainers, each with its own session.
     std::vector<std::unique_ptr<Session>> sessions;
     for (int t = 0; t < kTrainers; ++t) {
@@ -382,8 +383,8 @@ TEST_F(PartMoveCrashTest, AShardOrTheCoordinatorKilledDuringAMoveLosesNoAcknowle
       // ABORTED: the move the kill cut off was finished first (completed
       // after a coordinator restart), look again; UNAVAILABLE: the
       // coordinator's channel to a restarted shard is still reconnecting.
-      for (int attempt = 0; attempt < 100 && (absl::IsAborted(again) || absl::IsUnavailable(again));
-           ++attempt) {
+      for (int attempt = 0;
+           attempt < 300 && (absl::IsAborted(again) || absl::IsUnavailable(again)); ++attempt) {
         absl::SleepFor(absl::Milliseconds(100));
         PSD_ASSERT_OK_AND_ASSIGN(after, lookup(moved));
         again = Move(1 - after.shard_id(), moved.name);
@@ -447,8 +448,8 @@ TEST_F(PartMoveCrashTest, AShardOrTheCoordinatorKilledDuringAMoveLosesNoAcknowle
   std::fprintf(stderr,
                "%d kills (%d of the coordinator), %d before the move had answered (a move takes "
                "%s here); %d of them lost parts with their shard; %d moves after a kill\n",
-               kills, coordinator_kills, inside, absl::FormatDuration(move_time).c_str(), lost_kills,
-               moved_again);
+               kills, coordinator_kills, inside, absl::FormatDuration(move_time).c_str(),
+               lost_kills, moved_again);
   EXPECT_GE(kills, 10);
 }
 
