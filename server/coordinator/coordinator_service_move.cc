@@ -457,6 +457,7 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
     if (to < 0) {
       left.push_back(absl::StrCat(g.part, " (", g.bytes, " bytes: no live, undrained shard has ",
                                   "that much memory free under its limit)"));
+      MoveProgressBoard::MoveEnded();  // planned, and over
       continue;
     }
     absl::StatusOr<MovePartResponse> moved = MoveGroup(g.part, to);
