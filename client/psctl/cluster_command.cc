@@ -1,16 +1,25 @@
-// `psctl status`, `psctl vars list|show|get|evict|move` and `psctl shutdown`: the
-// coordinator's view of the cluster and its variables, and stopping it.
+// `psctl status`, `psctl vars list|show|get|evict|move`, `psctl shard drain`,
+// `psctl rebalance` and `psctl shutdown`: the coordinator's view of the
+// cluster and its variables, moving parts, and stopping it. While a move,
+// drain or rebalance runs, its progress is shown (MoveProgress): a bar on
+// a terminal, plain lines on stderr elsewhere, nothing with --json.
 // status, list and show ask the coordinator (and, for show, each part's
 // shard) without opening a session; get reads the value through a
 // short-lived client session, which concatenates a partitioned variable's
 // parts; evict asks each part's shard of an embedding table to run the
 // table's eviction policies; shutdown asks the coordinator to stop the
 // cluster.
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +36,7 @@
 #include "psd/dtype.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"
+#include "psd/random_id.h"
 #include "psd/seeds.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
@@ -41,6 +51,12 @@ absl::Status Call(const Context& ctx,
                   const Req& req, Resp* resp, absl::Duration timeout = absl::Seconds(10)) {
   PSD_ASSIGN_OR_RETURN(auto coordinator, ConnectCoordinator(ctx, timeout));
   return coordinator->Call(method, req, resp);
+}
+
+int TerminalWidth() {
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
 }
 
 std::string ShapeText(const psd::TensorShapeProto& s) {
@@ -403,14 +419,83 @@ std::string MoveLine(const psd::MovePartResponse& m, bool json) {
       m.seconds(), m.forwarded_writes(), m.fence_seconds() * 1e3);
 }
 
+// The progress id a move, drain or rebalance carries: none with --json
+// (nothing is shown), else a random one.
+uint64_t MoveProgressId(const Context& ctx) { return ctx.json ? 0 : psd::RandomNonzeroId(); }
+
+// Shows the progress of operation `progress_id` (MoveProgress) until
+// `done`. On a terminal: a bar redrawn in place (as `ckpt save` draws its
+// own), cleared at the end. Elsewhere: a plain line on stderr whenever a
+// move starts or changes phase, so stdout keeps only the result lines that
+// scripts read. An older coordinator without the rpc: the elapsed time on
+// a terminal, nothing elsewhere.
+void ShowMoveProgress(const psd::client::internal::CoordinatorClient* coordinator,
+                      uint64_t progress_id, const std::atomic<bool>* done) {
+  const bool terminal = isatty(STDOUT_FILENO);
+  const absl::Time start = absl::Now();
+  bool polling = true;
+  std::string last;  // the last plain line's move and phase
+  while (!done->load()) {
+    psd::MoveProgressResponse p;
+    bool found = false;
+    if (polling) {
+      psd::MoveProgressRequest req;
+      req.set_progress_id(progress_id);
+      absl::Status s = coordinator->Call(&psd::Coordinator::Stub::MoveProgress, req, &p);
+      if (s.code() == absl::StatusCode::kUnimplemented) polling = false;
+      found = s.ok() && p.found() && !p.part().empty();
+    }
+    if (terminal) {
+      const std::string line =
+          found ? FormatMoveProgress(p, TerminalWidth() - 1)
+                : absl::StrFormat("moving... %.1f s", absl::ToDoubleSeconds(absl::Now() - start));
+      std::fprintf(stdout, "\r\033[K%s", line.c_str());
+      std::fflush(stdout);
+    } else if (found) {
+      const std::string key = absl::StrCat(p.moves_done(), " ", p.part(), " ", p.phase());
+      if (key != last) {
+        last = key;
+        std::fprintf(stderr, "%s\n", MoveProgressLine(p).c_str());
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  if (terminal) {
+    std::fprintf(stdout, "\r\033[K");
+    std::fflush(stdout);
+  }
+}
+
+// Runs `op` (a call carrying `progress_id`), showing its progress
+// meanwhile unless the id is 0.
+absl::Status WithMoveProgress(const Context& ctx, uint64_t progress_id,
+                              const std::function<absl::Status()>& op) {
+  if (progress_id == 0) return op();
+  PSD_ASSIGN_OR_RETURN(auto coordinator, ConnectCoordinator(ctx, absl::Seconds(2)));
+  if (isatty(STDOUT_FILENO)) {
+    // At once, however short the operation: the terminal shows it started.
+    std::fputs("\r\033[Kmoving...", stdout);
+    std::fflush(stdout);
+  }
+  std::atomic<bool> done{false};
+  std::thread progress(ShowMoveProgress, coordinator.get(), progress_id, &done);
+  absl::Status s = op();
+  done.store(true);
+  progress.join();
+  return s;
+}
+
 void RunMove(const std::string& part, int32_t target_shard, double timeout_seconds,
              Context* ctx) {
   psd::MovePartRequest req;
   req.set_part(part);
   req.set_target_shard(target_shard);
+  req.set_progress_id(MoveProgressId(*ctx));
   psd::MovePartResponse resp;
-  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::MovePart, req, &resp,
-                        absl::Seconds(timeout_seconds));
+  absl::Status s = WithMoveProgress(*ctx, req.progress_id(), [&] {
+    return Call(*ctx, &psd::Coordinator::Stub::MovePart, req, &resp,
+                absl::Seconds(timeout_seconds));
+  });
   if (!s.ok()) return Fail(ctx, s);
   std::string line = MoveLine(resp, ctx->json);
   if (ctx->json) line += "\n";
@@ -422,9 +507,12 @@ void RunDrain(int32_t shard, bool stop, bool undrain, double timeout_seconds, Co
   req.set_shard_id(shard);
   req.set_stop(stop);
   req.set_undrain(undrain);
+  if (!undrain) req.set_progress_id(MoveProgressId(*ctx));
   psd::DrainShardResponse resp;
-  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::DrainShard, req, &resp,
-                        absl::Seconds(timeout_seconds));
+  absl::Status s = WithMoveProgress(*ctx, req.progress_id(), [&] {
+    return Call(*ctx, &psd::Coordinator::Stub::DrainShard, req, &resp,
+                absl::Seconds(timeout_seconds));
+  });
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::vector<std::string> moves;
@@ -446,9 +534,12 @@ void RunDrain(int32_t shard, bool stop, bool undrain, double timeout_seconds, Co
 void RunRebalance(bool dry_run, double timeout_seconds, Context* ctx) {
   psd::RebalanceRequest req;
   req.set_dry_run(dry_run);
+  if (!dry_run) req.set_progress_id(MoveProgressId(*ctx));
   psd::RebalanceResponse resp;
-  absl::Status s = Call(*ctx, &psd::Coordinator::Stub::Rebalance, req, &resp,
-                        absl::Seconds(timeout_seconds));
+  absl::Status s = WithMoveProgress(*ctx, req.progress_id(), [&] {
+    return Call(*ctx, &psd::Coordinator::Stub::Rebalance, req, &resp,
+                absl::Seconds(timeout_seconds));
+  });
   if (!s.ok()) return Fail(ctx, s);
   if (ctx->json) {
     std::vector<std::string> plan, moves;

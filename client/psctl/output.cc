@@ -201,6 +201,45 @@ std::string FormatProgress(absl::string_view verb, int64_t done, int64_t total, 
   return line;
 }
 
+namespace {
+
+// "(2/5)" / "move 2 of 5": the running move's place in the plan.
+int MoveNumber(const psd::MoveProgressResponse& p) {
+  return p.finished() ? p.moves_done() : p.moves_done() + 1;
+}
+
+std::string WritesText(uint64_t n) {
+  return absl::StrCat(n, n == 1 ? " write" : " writes");
+}
+
+}  // namespace
+
+std::string FormatMoveProgress(const psd::MoveProgressResponse& p, int width) {
+  std::string verb =
+      absl::StrCat("moving ", p.part(), " ", p.source_shard(), "->", p.target_shard());
+  if (p.moves_planned() > 1) {
+    absl::StrAppend(&verb, " (", MoveNumber(p), "/", p.moves_planned(), ")");
+  }
+  absl::StrAppend(&verb, " ", p.phase().empty() ? "starting" : p.phase());
+  if (p.forwarded_writes() > 0) absl::StrAppend(&verb, ", ", WritesText(p.forwarded_writes()));
+  return FormatProgress(verb, p.copied_bytes(), p.total_bytes(), p.seconds(), width);
+}
+
+std::string MoveProgressLine(const psd::MoveProgressResponse& p) {
+  std::string line = absl::StrCat("moving ", p.part(), " from shard ", p.source_shard(),
+                                  " to shard ", p.target_shard());
+  if (p.moves_planned() > 1) {
+    absl::StrAppend(&line, " (move ", MoveNumber(p), " of ", p.moves_planned(), ")");
+  }
+  absl::StrAppend(&line, ": ", p.phase().empty() ? "starting" : p.phase());
+  if (p.total_bytes() > 0) {
+    absl::StrAppend(&line, ", ", FormatBytes(std::min(p.copied_bytes(), p.total_bytes())), " of ",
+                    FormatBytes(p.total_bytes()));
+  }
+  absl::StrAppend(&line, ", ", WritesText(p.forwarded_writes()), " forwarded");
+  return line;
+}
+
 std::string VariableKindText(const psd::VariableHandle& h) {
   if (!h.has_embedding()) return "dense";
   const psd::EmbeddingSpec& e = h.embedding();

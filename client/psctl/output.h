@@ -64,6 +64,17 @@ std::string FormatBytes(int64_t n);
 std::string FormatProgress(absl::string_view verb, int64_t done, int64_t total, double seconds,
                            int width);
 
+// The progress of a move, a drain or a rebalance (MoveProgress) on a
+// terminal: one bar line, at most `width` columns, of the running move's
+// snapshot bytes, after its part, shards, place in the plan, phase and
+// forwarded writes:
+//   moving w/part_3 0->1 (2/5) copying, 12 writes [####....]  40%  1.6 MiB / 4.0 MiB ...
+std::string FormatMoveProgress(const psd::MoveProgressResponse& p, int width);
+// The same as a plain line (no bar, for a pipe or a file):
+//   moving w/part_3 from shard 0 to shard 1 (move 2 of 5): copying, 1.6 MiB of 4.0 MiB,
+//   12 writes forwarded
+std::string MoveProgressLine(const psd::MoveProgressResponse& p);
+
 }  // namespace psctl
 
 #endif  // PSD_CLIENT_PSCTL_OUTPUT_H_

@@ -467,6 +467,8 @@ grpc::ServerUnaryReactor* CoordinatorService::MovePart(grpc::CallbackServerConte
                                                        MovePartResponse* response) {
   // The move itself: coordinator_service_move.cc.
   return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    MoveProgressBoard::Scope progress(&move_progress_, request->progress_id());
+    MoveProgressBoard::Planned(1);
     PSD_ASSIGN_OR_RETURN(*response, MoveGroup(request->part(), request->target_shard()));
     return absl::OkStatus();
   });
@@ -476,6 +478,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DrainShard(grpc::CallbackServerCon
                                                          const DrainShardRequest* request,
                                                          DrainShardResponse* response) {
   return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    MoveProgressBoard::Scope progress(&move_progress_, request->progress_id());
     PSD_ASSIGN_OR_RETURN(*response, Drain(*request));
     return absl::OkStatus();
   });
@@ -485,7 +488,17 @@ grpc::ServerUnaryReactor* CoordinatorService::Rebalance(grpc::CallbackServerCont
                                                         const RebalanceRequest* request,
                                                         RebalanceResponse* response) {
   return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    MoveProgressBoard::Scope progress(&move_progress_, request->progress_id());
     PSD_ASSIGN_OR_RETURN(*response, RebalanceParts(request->dry_run()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::MoveProgress(grpc::CallbackServerContext* ctx,
+                                                           const MoveProgressRequest* request,
+                                                           MoveProgressResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    *response = move_progress_.Get(request->progress_id());
     return absl::OkStatus();
   });
 }

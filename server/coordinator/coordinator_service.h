@@ -49,6 +49,7 @@
 #include "absl/time/time.h"
 #include "boost/asio/thread_pool.hpp"
 #include "coordinator/checkpoint_manager.h"
+#include "coordinator/move_progress.h"
 #include "coordinator/registry.h"
 #include "grpcpp/security/credentials.h"
 #include "psd/coordinator.grpc.pb.h"
@@ -144,6 +145,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* ctx,
                                       const RebalanceRequest* request,
                                       RebalanceResponse* response) override;
+  grpc::ServerUnaryReactor* MoveProgress(grpc::CallbackServerContext* ctx,
+                                         const MoveProgressRequest* request,
+                                         MoveProgressResponse* response) override;
   grpc::ServerUnaryReactor* ListShards(grpc::CallbackServerContext* ctx,
                                        const ListShardsRequest* request,
                                        ListShardsResponse* response) override;
@@ -365,6 +369,8 @@ class CoordinatorService final : public Coordinator::CallbackService {
 
   Registry* const registry_;
   const CoordinatorServiceOptions options_;
+  // Moves, drains and rebalances that carry a progress_id (MoveProgress).
+  MoveProgressBoard move_progress_;
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
   // Calls given to `workers_` and not finished yet.

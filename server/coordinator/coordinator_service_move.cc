@@ -83,6 +83,7 @@ absl::StatusOr<CoordinatorService::ShardAddress> CoordinatorService::LiveShardAd
 absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroup(const std::string& part_name,
                                                                int32_t target_shard) {
   absl::StatusOr<MovePartResponse> result = MoveGroupOnce(part_name, target_shard);
+  MoveProgressBoard::MoveEnded();
   if (options_.on_move) options_.on_move(result);
   return result;
 }
@@ -146,6 +147,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
   const std::string what = absl::StrCat(MoveName(move.move_id()), " of ", part_name, " (",
                                         move.parts_size(), " parts) from shard ", source_shard,
                                         " to shard ", target_shard);
+  MoveProgressBoard::MoveStarted(part_name, source_shard, target_shard);
   auto source_stub = ShardMove::NewStub(ChannelFor(source.address));
   auto target_stub = ShardMove::NewStub(ChannelFor(target.address));
 
@@ -218,9 +220,11 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
     if (!started.ok()) return give_up(started);
   }
   checkpoint::CrashPoint("move.started_in");
+  MoveProgressBoard::Phase("copying");
   // Polls the target until `done` says so (OK), it fails, or `limit` has
   // passed since `since` (the error is given up with).
   MoveStatusResponse status;
+  bool switching = false;  // the source froze the group: psctl shows the switch
   auto await_target = [&](absl::Time since, absl::Duration limit, absl::string_view what,
                           auto done) -> absl::Status {
     for (;;) {
@@ -229,6 +233,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
       req.set_wait_ms(1000);
       PSD_RETURN_IF_ERROR(CallMove(target_stub.get(), &ShardMove::Stub::MoveStatus, req, &status,
                                    options_.shard_rpc_timeout));
+      MoveProgressBoard::MoveStatus(status, switching);
       if (status.phase() == MOVE_FAILED) {
         return absl::Status(static_cast<absl::StatusCode>(status.code()), status.message());
       }
@@ -269,6 +274,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
     if (!frozen.ok()) return give_up(frozen);
   }
   checkpoint::CrashPoint("move.frozen");
+  switching = true;
   absl::Status caught_up = await_target(switch_start, kMaxSwitchTime, "the target's catching up",
                                         [&] { return status.phase() == MOVE_READY; });
   if (!caught_up.ok()) return give_up(caught_up);
@@ -442,6 +448,7 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
   std::vector<MovableGroup> mine = groups[shard];
   std::sort(mine.begin(), mine.end(),
             [](const MovableGroup& a, const MovableGroup& b) { return a.bytes > b.bytes; });
+  MoveProgressBoard::Planned(static_cast<int>(mine.size()));
   for (const MovableGroup& g : mine) {
     int32_t to = -1;
     for (int32_t t : targets) {
@@ -450,6 +457,7 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
     if (to < 0) {
       left.push_back(absl::StrCat(g.part, " (", g.bytes, " bytes: no live, undrained shard has ",
                                   "that much memory free under its limit)"));
+      MoveProgressBoard::MoveEnded();  // planned, and over
       continue;
     }
     absl::StatusOr<MovePartResponse> moved = MoveGroup(g.part, to);
@@ -549,6 +557,7 @@ absl::StatusOr<RebalanceResponse> CoordinatorService::RebalanceParts(bool dry_ru
     from.erase(best);
   }
   if (dry_run) return out;
+  MoveProgressBoard::Planned(out.plan_size());
   for (const PlannedMove& p : out.plan()) {
     absl::StatusOr<MovePartResponse> moved = MoveGroup(p.part(), p.to_shard());
     if (!moved.ok()) {

@@ -754,15 +754,43 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       }
       BatchOp* op = w.mutable_op();
       // The write was made against the source's incarnation.
+      std::vector<const std::string*> written;
       switch (op->op_case()) {
-        case BatchOp::kAssign: op->mutable_assign()->set_shard_incarnation(0); break;
-        case BatchOp::kScatter: op->mutable_scatter()->set_shard_incarnation(0); break;
-        case BatchOp::kCountUpTo: op->mutable_count_up_to()->set_shard_incarnation(0); break;
-        case BatchOp::kApplyDense: op->mutable_apply_dense()->set_shard_incarnation(0); break;
-        case BatchOp::kApplySparse: op->mutable_apply_sparse()->set_shard_incarnation(0); break;
+        case BatchOp::kAssign:
+          op->mutable_assign()->set_shard_incarnation(0);
+          written = {&op->assign().name()};
+          break;
+        case BatchOp::kScatter:
+          op->mutable_scatter()->set_shard_incarnation(0);
+          written = {&op->scatter().name()};
+          break;
+        case BatchOp::kCountUpTo:
+          op->mutable_count_up_to()->set_shard_incarnation(0);
+          written = {&op->count_up_to().name()};
+          break;
+        case BatchOp::kApplyDense:
+          op->mutable_apply_dense()->set_shard_incarnation(0);
+          written = {&op->apply_dense().name()};
+          for (const std::string& slot : op->apply_dense().slots()) written.push_back(&slot);
+          break;
+        case BatchOp::kApplySparse:
+          op->mutable_apply_sparse()->set_shard_incarnation(0);
+          written = {&op->apply_sparse().name()};
+          for (const std::string& slot : op->apply_sparse().slots()) written.push_back(&slot);
+          break;
         default:
           return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
                                                   " is not a write"));
+      }
+      // Only to the group's own parts: replayed, a write naming any other
+      // variable would change one this shard serves (or another move's).
+      for (const std::string* name : written) {
+        if (std::none_of(move->request.parts().begin(), move->request.parts().end(),
+                         [&](const CreateVariableRequest& p) { return p.name() == *name; })) {
+          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
+                                                  " writes ", Quoted(*name),
+                                                  ", which the move does not carry"));
+        }
       }
       BatchOpResult result;
       absl::Status applied;

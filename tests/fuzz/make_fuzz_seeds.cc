@@ -1,7 +1,7 @@
 // Writes the seed corpora of the structured fuzz targets into
 // <corpus>/<target>/: serialized store sessions (one per request type, all
 // valid against the variables store_request_fuzz starts with), tensors,
-// stream messages, slice keys, and checkpoints (psd-written ones with every
+// stream messages, slice keys, a move's pulls, and checkpoints (psd-written ones with every
 // kind of entry, and the TensorFlow fixtures given as prefixes).
 //
 //   make_fuzz_seeds tests/fuzz/corpus $(ls tests/data/tf/*/*.index | sed "s/\.index$//")
@@ -571,6 +571,181 @@ void CheckpointSeeds(const std::vector<std::string>& fixtures) {
   }
 }
 
+
+// move_pull_fuzz: a source's answers to a target's pulls, as a well-behaved
+// source sends them for the harness's group (m/part_1 and its slot, float
+// [4, 3]): the group, the snapshot in chunks, logged writes, the end with
+// the window; and a few ways it can go wrong.
+psd::PullMoveResponse Members() {
+  psd::PullMoveResponse r;
+  for (const char* name : {"m/part_1", "m/Momentum/part_1"}) {
+    psd::MovedMember* m = r.add_members();
+    m->set_name(name);
+    m->set_dtype(psd::DT_FLOAT);
+    m->mutable_shape()->add_dims(4);
+    m->mutable_shape()->add_dims(3);
+    m->set_initialized(true);
+    m->set_version(3);
+    m->set_total_bytes(48);
+  }
+  return r;
+}
+
+std::string FloatBytes(int n, float first) {
+  std::vector<float> v(n);
+  for (int i = 0; i < n; ++i) v[i] = first + static_cast<float>(i);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+psd::MoveWrite AssignAdd(uint64_t seq, const std::string& name, uint64_t request_seq) {
+  psd::MoveWrite w;
+  w.set_seq(seq);
+  w.set_caller(0xca11e4);
+  psd::AssignRequest* a = w.mutable_op()->mutable_assign();
+  a->set_name(name);
+  a->set_op(psd::UPDATE_ADD);
+  *a->mutable_value() = Value<float>({4, 3}, std::vector<float>(12, 1.f));
+  a->mutable_request_id()->set_client_id(0xc1);
+  a->mutable_request_id()->set_seq(request_seq);
+  return w;
+}
+
+psd::MoveWrite ScatterAdd(uint64_t seq, const std::string& name, uint64_t request_seq) {
+  psd::MoveWrite w;
+  w.set_seq(seq);
+  w.set_caller(0xca11e4);
+  psd::ScatterRequest* s = w.mutable_op()->mutable_scatter();
+  s->set_name(name);
+  s->set_op(psd::UPDATE_ADD);
+  *s->mutable_indices() = Value<int64_t>({2}, {0, 3});
+  *s->mutable_updates() = Value<float>({2, 3}, std::vector<float>(6, 2.f));
+  s->mutable_request_id()->set_client_id(0xc1);
+  s->mutable_request_id()->set_seq(request_seq);
+  return w;
+}
+
+void MoveSeeds() {
+  using psd::fuzz::MoveInSession;
+  auto write = [](const std::string& name, const MoveInSession& session) {
+    Write("move_pull_fuzz", name, session.SerializeAsString());
+  };
+  // The whole move: the group and the first chunk, the rest in chunks,
+  // writes logged during the copy, then the closed log with the window.
+  MoveInSession whole;
+  {
+    psd::PullMoveResponse first = Members();
+    first.set_content(FloatBytes(12, 0));
+    *whole.add_pulls() = first;
+    psd::PullMoveResponse slot;
+    slot.set_member(1);
+    slot.set_content(FloatBytes(5, 100));
+    *whole.add_pulls() = slot;
+    slot.set_offset(20);
+    slot.set_content(FloatBytes(7, 105).substr(0, 28));
+    *whole.add_pulls() = slot;
+    psd::PullMoveResponse writes;
+    writes.set_member(2);
+    *writes.add_writes() = AssignAdd(1, "m/part_1", 10);
+    *writes.add_writes() = ScatterAdd(2, "m/Momentum/part_1", 11);
+    writes.set_final_seq(2);
+    *whole.add_pulls() = writes;
+    psd::PullMoveResponse end;
+    end.set_member(2);
+    *end.add_writes() = AssignAdd(3, "m/part_1", 12);
+    end.set_end(true);
+    end.set_final_seq(3);
+    psd::RequestWindowState::Client* c = end.mutable_window()->add_clients();
+    c->set_client_id(0xc1);
+    c->set_owner(0xca11e4);
+    c->set_max_seq(12);
+    for (uint64_t seq : {10, 11, 12}) {
+      psd::RequestWindowState::Entry* e = c->add_entries();
+      e->set_seq(seq);
+      e->set_version(4 + seq);
+    }
+    *whole.add_pulls() = end;
+    whole.set_commit(true);
+  }
+  write("whole_move", whole);
+  MoveInSession given_up = whole;
+  given_up.set_commit(false);
+  write("given_up", given_up);
+  // A write logged out of order, and an answer for another chunk.
+  MoveInSession gap = whole;
+  gap.mutable_pulls(3)->mutable_writes(1)->set_seq(5);
+  write("write_gap", gap);
+  MoveInSession offset = whole;
+  offset.mutable_pulls(2)->set_offset(24);
+  write("wrong_offset", offset);
+  // A group the input declares: strings, a scalar, an empty part.
+  MoveInSession declared;
+  {
+    psd::CreateVariableRequest s;
+    s.set_name("s/part_0");
+    s.set_dtype(psd::DT_STRING);
+    s.mutable_shape()->add_dims(2);
+    *declared.add_parts() = s;
+    psd::CreateVariableRequest i;
+    i.set_name("step");
+    i.set_dtype(psd::DT_INT64);
+    *declared.add_parts() = i;
+    psd::CreateVariableRequest e;
+    e.set_name("e/part_2");
+    e.set_dtype(psd::DT_FLOAT);
+    e.mutable_shape()->add_dims(0);
+    e.mutable_shape()->add_dims(4);
+    *declared.add_parts() = e;
+    const std::string strings = Strings({2}, {"a", "bc"}).content();
+    psd::PullMoveResponse first;
+    psd::MovedMember* m = first.add_members();
+    m->set_name("s/part_0");
+    m->set_dtype(psd::DT_STRING);
+    m->mutable_shape()->add_dims(2);
+    m->set_initialized(true);
+    m->set_total_bytes(static_cast<int64_t>(strings.size()));
+    m = first.add_members();
+    m->set_name("step");
+    m->set_dtype(psd::DT_INT64);
+    m->set_initialized(true);
+    m->set_total_bytes(8);
+    m = first.add_members();
+    m->set_name("e/part_2");
+    m->set_dtype(psd::DT_FLOAT);
+    m->mutable_shape()->add_dims(0);
+    m->mutable_shape()->add_dims(4);
+    m->set_initialized(true);
+    first.set_content(strings);
+    *declared.add_pulls() = first;
+    psd::PullMoveResponse step;
+    step.set_member(1);
+    step.set_content(std::string("\x05\0\0\0\0\0\0\0", 8));
+    *declared.add_pulls() = step;
+    psd::PullMoveResponse empty;  // the empty part's one (empty) chunk
+    empty.set_member(2);
+    *declared.add_pulls() = empty;
+    psd::PullMoveResponse end;
+    end.set_member(3);
+    psd::MoveWrite w;
+    w.set_seq(1);
+    psd::CountUpToRequest* c = w.mutable_op()->mutable_count_up_to();
+    c->set_name("step");
+    c->set_limit(100);
+    *end.add_writes() = w;
+    end.set_end(true);
+    end.set_final_seq(1);
+    *declared.add_pulls() = end;
+    declared.set_commit(true);
+  }
+  write("declared_group", declared);
+  // A logged write naming a variable the move does not carry (here one the
+  // target holds already): refused, the variable untouched.
+  MoveInSession stray = whole;
+  psd::MoveWrite* to_v = stray.mutable_pulls(3)->mutable_writes(0);
+  to_v->mutable_op()->mutable_assign()->set_name("v");
+  *to_v->mutable_op()->mutable_assign()->mutable_value() = Value<float>({3}, {1, 1, 1});
+  write("write_to_another_variable", stray);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -583,6 +758,7 @@ int main(int argc, char** argv) {
   TensorSeeds();
   StreamSeeds();
   SliceKeySeeds();
+  MoveSeeds();
   CheckpointSeeds(std::vector<std::string>(argv + 2, argv + argc));
   return 0;
 }

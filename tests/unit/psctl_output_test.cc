@@ -54,6 +54,47 @@ TEST(FormatProgressTest, NarrowTerminalDropsTheBarAndFitsTheWidth) {
   EXPECT_THAT(line, StartsWith("saving  10%"));
 }
 
+psd::MoveProgressResponse Moving() {
+  psd::MoveProgressResponse p;
+  p.set_found(true);
+  p.set_moves_done(1);
+  p.set_moves_planned(5);
+  p.set_part("w/part_3");
+  p.set_source_shard(0);
+  p.set_target_shard(1);
+  p.set_phase("copying");
+  p.set_copied_bytes(int64_t{1} << 20);
+  p.set_total_bytes(int64_t{4} << 20);
+  p.set_forwarded_writes(12);
+  p.set_seconds(2);
+  return p;
+}
+
+TEST(FormatMoveProgressTest, BarOfTheRunningMoveWithItsPlaceAndWrites) {
+  const std::string line = FormatMoveProgress(Moving(), 120);
+  EXPECT_THAT(line, StartsWith("moving w/part_3 0->1 (2/5) copying, 12 writes ["));
+  EXPECT_THAT(line, HasSubstr("]  25%  1.0 MiB / 4.0 MiB"));
+  EXPECT_LE(line.size(), 120u);
+  // A single move: no place in a plan, no writes yet.
+  psd::MoveProgressResponse one = Moving();
+  one.set_moves_done(0);
+  one.set_moves_planned(1);
+  one.set_forwarded_writes(0);
+  EXPECT_THAT(FormatMoveProgress(one, 120), StartsWith("moving w/part_3 0->1 copying ["));
+}
+
+TEST(FormatMoveProgressTest, PlainLineForAPipe) {
+  EXPECT_EQ(MoveProgressLine(Moving()),
+            "moving w/part_3 from shard 0 to shard 1 (move 2 of 5): copying, 1.0 MiB of 4.0 MiB, "
+            "12 writes forwarded");
+  psd::MoveProgressResponse starting = Moving();
+  starting.set_phase("");
+  starting.set_total_bytes(0);
+  starting.set_forwarded_writes(1);
+  EXPECT_EQ(MoveProgressLine(starting),
+            "moving w/part_3 from shard 0 to shard 1 (move 2 of 5): starting, 1 write forwarded");
+}
+
 TEST(FormatProgressTest, DoneBeyondTotalShowsFull) {
   // String tensors add length prefixes to the data file: done may pass
   // the total the shards announced.

@@ -3,7 +3,8 @@
 // writes applied on the source during the copy arrive on the target in
 // order, a retried write the source applied is answered from the moved
 // window, the source answers "stale handle" afterwards; and a source whose
-// word does not match the declared part installs nothing.
+// word does not match the declared part (its shape, or a logged write to
+// another variable) installs nothing.
 #include "gtest/gtest.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
@@ -187,6 +188,30 @@ TEST_F(StoreMoveTest, PipelinedPullsAskForEachChunkOnceInOrder) {
       ASSERT_EQ(got[j], static_cast<float>(j % 1000) + i) << "big" << i << "[" << j << "]";
     }
   }
+}
+
+// A logged write naming a variable the move does not carry (a source that
+// lies, or sends another move's log) is refused: replayed, it would change
+// a variable the target serves. Found by move_pull_fuzz.
+TEST_F(StoreMoveTest, ALoggedWriteToAnotherVariableIsRefused) {
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "w", Floats({0, 1, 2, 3})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&target_, "other", Floats({5, 5, 5, 5})).ok());
+  ASSERT_TRUE(target_.BeginMoveIn(MoveIn(7)).ok());
+  ASSERT_TRUE(PullOnce(7));  // the snapshot
+  PullMoveResponse stray;
+  MoveWrite* w = stray.add_writes();
+  w->set_seq(1);
+  AssignRequest* add = w->mutable_op()->mutable_assign();
+  add->set_name("other");
+  add->set_op(UPDATE_ADD);
+  *add->mutable_value() = Floats({1, 1, 1, 1});
+  stray.set_final_seq(1);
+  absl::Status applied = target_.ApplyMovePull(7, stray);
+  EXPECT_TRUE(absl::IsDataLoss(applied)) << applied;
+  EXPECT_NE(applied.message().find("does not carry"), absl::string_view::npos) << applied;
+  EXPECT_EQ(target_.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_FAILED);
+  EXPECT_EQ(Read(&target_, "other"), (std::vector<float>{5, 5, 5, 5}));
+  ASSERT_TRUE(target_.EndMoveIn(7, /*committed=*/false).ok());
 }
 
 }  // namespace
