@@ -19,6 +19,7 @@
 #include "psd/random_id.h"
 #include "psd/tokens.h"
 #include "spdlog/spdlog.h"
+#include "runtime/peer_channel.h"
 
 namespace psd {
 
@@ -191,13 +192,11 @@ void Console::RefreshPartStates() {
       if (!s.live()) continue;
       auto& stub = stubs_[s.address()];
       if (stub == nullptr) {
-        grpc::ChannelArguments args;
-        args.SetMaxReceiveMessageSize(options_.max_message_bytes);
-        stub = Shard::NewStub(grpc::CreateCustomChannel(s.address(),
-                                                        options_.shard_credentials != nullptr
-                                                            ? options_.shard_credentials
-                                                            : grpc::InsecureChannelCredentials(),
-                                                        args));
+        stub = Shard::NewStub(grpc::CreateCustomChannel(
+            s.address(),
+            options_.shard_credentials != nullptr ? options_.shard_credentials
+                                                  : grpc::InsecureChannelCredentials(),
+            PeerChannelArguments(options_.max_message_bytes)));
       }
       asks.push_back({s.shard_id(), s.incarnation(), stub});
     }

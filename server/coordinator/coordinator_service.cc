@@ -17,6 +17,7 @@
 #include "psd/grpc_status.h"
 #include "psd/parallel.h"
 #include "psd/status.h"
+#include "runtime/peer_channel.h"
 
 namespace psd {
 
@@ -146,14 +147,11 @@ std::shared_ptr<grpc::Channel> CoordinatorService::ChannelFor(const std::string&
   absl::MutexLock lock(&mu_);
   auto& channel = channels_[address];
   if (channel == nullptr) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(options_.max_message_bytes);
-    args.SetMaxSendMessageSize(options_.max_message_bytes);
     channel = grpc::CreateCustomChannel(address,
                                         options_.shard_credentials != nullptr
                                             ? options_.shard_credentials
                                             : grpc::InsecureChannelCredentials(),
-                                        args);
+                                        PeerChannelArguments(options_.max_message_bytes));
   }
   return channel;
 }

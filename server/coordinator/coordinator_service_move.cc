@@ -39,14 +39,25 @@ constexpr absl::Duration kResolveInterval = absl::Seconds(2);
 
 std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
 
+// A shard that has just restarted (and registered again) may not be
+// connected to yet: the channel is between reconnection attempts
+// (PeerChannelArguments: at most 1 s apart). An UNAVAILABLE answer is
+// tried again for this long; every ShardMove call may be repeated.
+constexpr absl::Duration kReconnectGrace = absl::Seconds(3);
+
 template <typename Req, typename Resp>
 absl::Status CallMove(ShardMove::Stub* stub,
                       grpc::Status (ShardMove::Stub::*method)(grpc::ClientContext*, const Req&,
                                                               Resp*),
                       const Req& req, Resp* resp, absl::Duration timeout) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  return FromGrpcStatus((stub->*method)(&ctx, req, resp));
+  const absl::Time give_up = absl::Now() + kReconnectGrace;
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    absl::Status status = FromGrpcStatus((stub->*method)(&ctx, req, resp));
+    if (!absl::IsUnavailable(status) || absl::Now() >= give_up) return status;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
 }
 
 // The CreateVariableRequest that makes `part` of dense `def` on a shard

@@ -7,6 +7,7 @@
 #include "grpcpp/grpcpp.h"
 #include "shard/shard_traffic.h"
 #include "spdlog/spdlog.h"
+#include "runtime/peer_channel.h"
 
 namespace psd {
 
@@ -23,10 +24,10 @@ CoordinatorLink::CoordinatorLink(boost::asio::io_context* io,
       coordinator_address_(coordinator_address),
       shard_(shard),
       store_(store),
-      stub_(Coordinator::NewStub(
-          grpc::CreateChannel(coordinator_address, credentials != nullptr
-                                                         ? credentials
-                                                         : grpc::InsecureChannelCredentials()))),
+      stub_(Coordinator::NewStub(grpc::CreateCustomChannel(
+          coordinator_address,
+          credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(),
+          PeerChannelArguments(0)))),
       timer_(*io) {}
 
 void CoordinatorLink::Start() {

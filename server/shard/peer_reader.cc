@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "psd/grpc_status.h"
+#include "runtime/peer_channel.h"
 
 namespace psd {
 
@@ -19,10 +20,8 @@ std::shared_ptr<grpc::Channel> PeerReader::ChannelFor(const std::string& address
   absl::MutexLock lock(&mu_);
   auto& channel = channels_[address];
   if (channel == nullptr) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(max_message_bytes_);
-    args.SetMaxSendMessageSize(max_message_bytes_);
-    channel = grpc::CreateCustomChannel(address, credentials_, args);
+    channel = grpc::CreateCustomChannel(address, credentials_,
+                                        PeerChannelArguments(max_message_bytes_));
   }
   return channel;
 }

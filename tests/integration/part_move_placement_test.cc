@@ -130,6 +130,29 @@ TEST_F(PartPlacementTest, ARebalancePlanFitsEachShardsLimit) {
   EXPECT_GE(to_one, 1);
 }
 
+// A shard that was down for a while and has just registered again takes a
+// part at once: the coordinator's channel to it is not left backing off
+// (gRPC's own backoff grows to two minutes).
+TEST_F(PartPlacementTest, AShardBackFromAnOutageTakesAMoveAtOnce) {
+  Variable v = Make("back/v", 1024, 3, 0);
+  // The coordinator keeps talking to shard 1 (a move there and back), then
+  // shard 1 is down long enough for reconnection attempts to back off.
+  ASSERT_TRUE(Move("back/v", 1).ok());
+  ASSERT_TRUE(Move("back/v", 0).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(uint64_t before, cluster_->ShardIncarnation(1));
+  ASSERT_TRUE(cluster_->shard(1)->Kill().ok());
+  // A move meanwhile fails (the target is down) and tries the channel.
+  EXPECT_FALSE(Move("back/v", 1).ok());
+  absl::SleepFor(absl::Seconds(8));
+  ASSERT_TRUE(cluster_->RestartShard(1).ok());
+  ASSERT_TRUE(cluster_->WaitForShards(absl::Seconds(60), {0, before}).ok());
+  absl::Status moved = Move("back/v", 1);
+  EXPECT_TRUE(moved.ok()) << moved;
+  EXPECT_EQ(ShardOf("back/v"), 1);
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  EXPECT_EQ(value.ToVector<float>()[1023], 3.0f + 1023);
+}
+
 }  // namespace
 }  // namespace integration
 }  // namespace psd
