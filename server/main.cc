@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   psd::ShardServerOptions options;
   std::string memory_limit;
   std::string staging_pool_bytes;
+  std::string move_rate_when_busy;
   shard->add_option("--config", config_path, "Cluster file (YAML); flags override its values");
   shard->add_option("--id", shard_id,
                     "This shard's id (required unless --config lists exactly one shard); two "
@@ -124,6 +125,9 @@ int main(int argc, char** argv) {
   shard->add_option("--stream-chunk-bytes", options.stream_chunk_bytes,
                     "Chunk size of streamed reads when the client asks for none")
       ->check(CLI::Range(4096, 64 << 20));
+  shard->add_option("--move-rate-when-busy", move_rate_when_busy,
+                    "Bytes a second a part moving in is copied at while trainers write to "
+                    "either shard, e.g. 192MiB (the default; 0: no limit)");
   shard->add_option("--stream-idle-timeout", options.stream_idle_timeout_seconds,
                     "Seconds a streamed assign or apply may wait for its caller's next message "
                     "before it is ended, nothing applied")
@@ -286,6 +290,13 @@ int main(int argc, char** argv) {
         return Fail("--staging-pool-bytes: " + std::string(bytes.status().message()));
       }
       cfg.staging_pool_bytes = *bytes;
+    }
+    if (!move_rate_when_busy.empty()) {
+      auto bytes = psd::ParseByteSize(move_rate_when_busy);
+      if (!bytes.ok()) {
+        return Fail("--move-rate-when-busy: " + std::string(bytes.status().message()));
+      }
+      options.move_rate_when_busy = *bytes;
     }
     if (cfg.advertise.empty()) cfg.advertise = cfg.listen;
     if (std::string error = CheckFlagValues(cfg.listen, cfg.advertise, options.http_listen);

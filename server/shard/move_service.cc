@@ -160,6 +160,10 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
   };
   absl::Time failing_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(20);
+  // Pacing while busy: the time the bytes applied so far may take at
+  // rate_when_busy_, from when the pacing started.
+  absl::Time paced_since = absl::InfinitePast();
+  int64_t paced_bytes = 0;
   while (!stopping_.load()) {
     bool copying = false;
     const std::vector<PullMoveRequest> plan =
@@ -200,6 +204,18 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
     backoff = absl::Milliseconds(20);
     // A failure is recorded by the store (MoveStatus reports it).
     if (!store_->ApplyMovePull(move_id, call->response).ok()) break;
+    if (snapshot_only && rate_when_busy_ > 0 &&
+        (call->response.source_busy() || store_->BusyWithWrites())) {
+      const absl::Time now = absl::Now();
+      if (paced_since == absl::InfinitePast()) paced_since = now;
+      paced_bytes += static_cast<int64_t>(call->response.content().size());
+      const absl::Time due =
+          paced_since + absl::Seconds(static_cast<double>(paced_bytes) / rate_when_busy_);
+      if (due > now) absl::SleepFor(due - now);
+    } else {
+      paced_since = absl::InfinitePast();  // idle again: full speed
+      paced_bytes = 0;
+    }
   }
   drop_all();
 }

@@ -24,11 +24,19 @@
 
 namespace psd {
 
+// psd shard --move-rate-when-busy: a move's snapshot copy is background
+// work; while trainers are writing it is paced to this many bytes a second
+// so training keeps most of the machine (docs/moves.md, "Copy speed").
+inline constexpr int64_t kDefaultMoveRateWhenBusy = int64_t{192} << 20;
+
 class ShardMoveService final : public ShardMove::CallbackService {
  public:
   // `store` and `peers` must outlive the service.
-  ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers)
-      : shard_id_(shard_id), store_(store), peers_(peers) {}
+  // While trainers write to the source or to this shard, a snapshot copy
+  // moves at most `rate_when_busy` bytes a second (<= 0: no limit).
+  ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers,
+                   int64_t rate_when_busy = kDefaultMoveRateWhenBusy)
+      : shard_id_(shard_id), store_(store), peers_(peers), rate_when_busy_(rate_when_busy) {}
   ~ShardMoveService() override;
   ShardMoveService(const ShardMoveService&) = delete;
   ShardMoveService& operator=(const ShardMoveService&) = delete;
@@ -60,6 +68,7 @@ class ShardMoveService final : public ShardMove::CallbackService {
   const int32_t shard_id_;
   VariableStore* const store_;
   PeerReader* const peers_;
+  const int64_t rate_when_busy_;
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   std::map<uint64_t, std::thread> pullers_ ABSL_GUARDED_BY(mu_);

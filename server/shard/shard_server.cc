@@ -168,7 +168,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   // ShardControl.Stop (the coordinator's psctl shutdown).
   ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
   // Live part moves, to and from other shards.
-  ShardMoveService moves(config.id, &store, &peers);
+  ShardMoveService moves(config.id, &store, &peers, options.move_rate_when_busy);
 
   ServingOptions serving = ServingOptionsFrom(config.listen, options);
   serving.response_watchers = FenceWatchers(&metrics);

@@ -13,6 +13,7 @@
 #include "runtime/auth.h"
 #include "runtime/cluster_config.h"
 #include "runtime/serving.h"
+#include "shard/move_service.h"
 
 namespace psd {
 
@@ -44,6 +45,9 @@ struct ShardServerOptions {
   // How long a streamed assign or apply may wait for its caller's next
   // message before it is ended (IdleStreamWatchdog).
   double stream_idle_timeout_seconds = 60;
+  // A move's snapshot copy while trainers write (ShardMoveService); <= 0:
+  // no limit.
+  int64_t move_rate_when_busy = kDefaultMoveRateWhenBusy;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

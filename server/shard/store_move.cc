@@ -29,6 +29,8 @@ constexpr size_t kMaxRememberedMovesOut = 64;  // ended ones kept for late pulls
 constexpr int64_t kMaxMoveLogBytes = int64_t{256} << 20;  // writes waiting to be pulled
 constexpr int64_t kMaxPullBytes = int64_t{4} << 20;       // one pull's answer
 constexpr int kMaxPullWaitMs = 1000;
+// How recent a write must be for the shard to count as busy (BusyWithWrites).
+constexpr int64_t kBusyWindowMicros = 100'000;
 // A target this close behind its source (logged writes not applied yet) is
 // caught up: MoveStatus stops waiting, and the coordinator freezes the
 // source (its kCaughtUpWrites is the same number).
@@ -352,6 +354,7 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     const int64_t n = std::min(max_bytes, total - request.offset());
     response->set_member(request.member());
     response->set_offset(request.offset());
+    response->set_source_busy(BusyWithWrites());
     std::string* content = response->mutable_content();
     if (m.pin == nullptr) {
       content->assign(m.encoded_strings, static_cast<size_t>(request.offset()), static_cast<size_t>(n));
@@ -573,6 +576,13 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
   absl::MutexLock lock(&moves_mu_);
   moves_in_[id] = move;
   return absl::OkStatus();
+}
+
+bool VariableStore::BusyWithWrites() const {
+  const int64_t now = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  return now - last_write_micros_.load(std::memory_order_relaxed) < kBusyWindowMicros;
 }
 
 bool VariableStore::NextMovePull(uint64_t move_id, PullMoveRequest* request) const {

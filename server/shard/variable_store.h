@@ -285,6 +285,9 @@ class VariableStore {
   // snapshot is still being copied.
   std::vector<PullMoveRequest> PlanMovePulls(uint64_t move_id, int max,
                                              bool* copying = nullptr) const;
+  // Whether a write was applied here in the last 100 ms (trainers are at
+  // work): a move's snapshot copy then yields (ShardMoveService).
+  bool BusyWithWrites() const;
   // Applies one pull's answer: snapshot bytes into the incoming parts,
   // logged writes through the ops' own code under their request ids and
   // callers, and the end's request window. An error fails the move-in.
@@ -429,6 +432,8 @@ class VariableStore {
   std::map<uint64_t, std::shared_ptr<MoveIn>> moves_in_ ABSL_GUARDED_BY(moves_mu_);
   // Groups moving out now: Mutate looks a write's group up only when not 0.
   std::atomic<int> moving_out_count_{0};
+  // steady_clock microseconds of the latest write Mutate ran (BusyWithWrites).
+  std::atomic<int64_t> last_write_micros_{0};
   // Parts that moved away -> their new shard, so an old handle is answered
   // "stale handle" (not "not found"); the oldest are forgotten past
   // kMaxMovedAway.

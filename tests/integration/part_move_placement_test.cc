@@ -1,9 +1,12 @@
-// Where drain and rebalance put parts (docs/moves.md): never on a shard
-// without the memory for them, whatever its load. A cluster of three
-// shards, the third with a small memory limit.
+// Where and how fast drain, rebalance and moves put parts (docs/moves.md):
+// never on a shard without the memory for them, whatever its load; on a
+// shard back from an outage at once; paced while trainers write. A cluster
+// of three shards, the third with a small memory limit.
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -28,7 +31,9 @@ class PartPlacementTest : public ::testing::Test {
   void SetUp() override {
     TestClusterOptions options;
     options.num_shards = 3;
-    options.shard_args[2] = {"--memory-limit", "1MiB"};
+    options.shard_args[0] = {"--move-rate-when-busy", "4MiB"};
+    options.shard_args[1] = {"--move-rate-when-busy", "4MiB"};
+    options.shard_args[2] = {"--memory-limit", "1MiB", "--move-rate-when-busy", "4MiB"};
     auto started = TestCluster::Start(options);
     ASSERT_TRUE(started.ok()) << started.status();
     cluster_ = *std::move(started);
@@ -151,6 +156,37 @@ TEST_F(PartPlacementTest, AShardBackFromAnOutageTakesAMoveAtOnce) {
   EXPECT_EQ(ShardOf("back/v"), 1);
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
   EXPECT_EQ(value.ToVector<float>()[1023], 3.0f + 1023);
+}
+
+// While a trainer writes, a move's snapshot copy yields: it takes at least
+// what --move-rate-when-busy (4 MiB/s here) allows for its bytes.
+TEST_F(PartPlacementTest, AMoveWhileTrainersWriteIsPacedToTheBusyRate) {
+  Variable big = Make("pace/big", 4 << 20, 0, 0);  // 16 MiB
+  Variable counter = Make("pace/counter", 1, 0, 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> adds{0};
+  std::thread trainer([&] {
+    while (!stop.load()) {
+      if (counter.AssignAdd(*Tensor::FromVector<float>(TensorShape{1}, {1.0f})).ok()) {
+        adds.fetch_add(1);
+      }
+    }
+  });
+  while (adds.load() < 10) absl::SleepFor(absl::Milliseconds(5));
+  MovePartRequest req;
+  req.set_part("pace/big");
+  req.set_target_shard(1);
+  MovePartResponse moved;
+  absl::Status s = Call(&Coordinator::Stub::MovePart, req, &moved);
+  stop.store(true);
+  trainer.join();
+  ASSERT_TRUE(s.ok()) << s;
+  // The first 4 MiB chunk goes unpaced; the other 12 MiB take >= 3 s.
+  EXPECT_GE(moved.seconds(), 2.5) << "a 16 MiB copy under writes was not paced";
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, big.Read());
+  EXPECT_EQ(value.ToVector<float>()[(4 << 20) - 1], static_cast<float>((4 << 20) - 1));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor count, counter.Read());
+  EXPECT_EQ(count.ToVector<float>()[0], static_cast<float>(adds.load()));
 }
 
 }  // namespace
