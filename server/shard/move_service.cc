@@ -161,14 +161,20 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
   absl::Time failing_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(20);
   // Pacing while busy: the time the bytes applied so far may take at
-  // rate_when_busy_, from when the pacing started.
+  // rate_when_busy_, from when the pacing started; no new chunk is asked
+  // for before `paced_due` (the last chunk is not waited after).
   absl::Time paced_since = absl::InfinitePast();
+  absl::Time paced_due = absl::InfinitePast();
   int64_t paced_bytes = 0;
   while (!stopping_.load()) {
     bool copying = false;
     const std::vector<PullMoveRequest> plan =
         store_->PlanMovePulls(move_id, kPullsInFlight, &copying);
     if (plan.empty() || (snapshot_only && !copying)) break;
+    if (const absl::Time now = absl::Now(); snapshot_only && paced_due > now) {
+      absl::SleepFor(std::min(paced_due - now, absl::Milliseconds(100)));
+      continue;  // planned again: the move may have ended meanwhile
+    }
     // The pulls on the wire must be the plan's first ones, in order; any
     // other answer is not wanted (the plan changed under them).
     bool wanted = in_flight.size() <= plan.size();
@@ -209,11 +215,11 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       const absl::Time now = absl::Now();
       if (paced_since == absl::InfinitePast()) paced_since = now;
       paced_bytes += static_cast<int64_t>(call->response.content().size());
-      const absl::Time due =
+      paced_due =
           paced_since + absl::Seconds(static_cast<double>(paced_bytes) / rate_when_busy_);
-      if (due > now) absl::SleepFor(due - now);
     } else {
       paced_since = absl::InfinitePast();  // idle again: full speed
+      paced_due = absl::InfinitePast();
       paced_bytes = 0;
     }
   }

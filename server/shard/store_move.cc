@@ -355,6 +355,12 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     response->set_member(request.member());
     response->set_offset(request.offset());
     response->set_source_busy(BusyWithWrites());
+    {
+      // How far the log has got, so the target (and the coordinator, which
+      // freezes only a target close behind) knows what the copy left.
+      absl::MutexLock lock(&move->mu);
+      response->set_final_seq(move->next_seq - 1);
+    }
     std::string* content = response->mutable_content();
     if (m.pin == nullptr) {
       content->assign(m.encoded_strings, static_cast<size_t>(request.offset()), static_cast<size_t>(n));
@@ -745,6 +751,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       const int members = static_cast<int>(move->members.size());
       if (move->member < members) {
         PSD_RETURN_IF_ERROR(InstallMoveChunk(move.get(), response));
+        move->logged_seq = std::max(move->logged_seq, response.final_seq());
         if (move->member == members) move->phase = MOVE_FORWARDING;
         move->changed.SignalAll();
         return absl::OkStatus();
