@@ -309,8 +309,12 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
     absl::MutexLock lock(&mu_);
     for (const std::string& p : move.parts()) {
       // A lost part is found on its new shard (or not) by its new shard's
-      // registration, not the old one's.
-      for (auto& [id, e] : shards_) e.lost_parts.erase(p);
+      // registration, not the old one's. A mark on the target itself is
+      // kept: only a registration after the switch can have set it (the
+      // target died with the part while this move was telling it so).
+      for (auto& [id, e] : shards_) {
+        if (id != target_shard) e.lost_parts.erase(p);
+      }
     }
   }
   MovePartResponse out;

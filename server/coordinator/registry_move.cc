@@ -86,7 +86,9 @@ absl::Status Registry::FinishMove(uint64_t move_id) {
     if (moves_.count(move_id) == 0) return absl::OkStatus();
     RegistryRecord record;
     record.set_move_finished(move_id);
-    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    // Not waited for: lost in a crash, the move is found pending and ended
+    // on its shards again (EndMove repeats harmlessly), then finished.
+    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/false));
     return absl::OkStatus();
   }();
   return Committed(std::move(status), wait_for);

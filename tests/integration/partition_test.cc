@@ -342,15 +342,35 @@ TEST_F(SlowLinkTest, ABlackholedLinkFailsCallsWithinTheDeadlineThenRecovers) {
 // the half-staged value stops holding the shard's memory. Without the
 // pings the stream would hold it until the call's own deadline (here 10
 // minutes; forever for a caller that sets none).
-class VanishedPeerTest : public ShardTest {
+//
+// Both tests here: a shard with room for "big" and one staged value of it,
+// not two, so a second assign fits only once the stuck one's staging is
+// dropped.
+class StuckStreamTest : public ShardTest {
  protected:
+  virtual std::vector<std::string> flags() const = 0;
   ShardProcessOptions options() const override {
     ShardProcessOptions o;
-    // Room for the variable and one staged value of it, not two.
     o.memory_limit_bytes = kBigElements * 8 * 5 / 2;
-    o.extra_args = {"--keepalive-interval", "1"};
+    o.extra_args = flags();
     return o;
   }
+  // Assigns `value` to "big" directly, retrying RESOURCE_EXHAUSTED (the
+  // stuck stream's staging) once a second, up to two minutes.
+  absl::Status AssignOnceRoomFrees(int64_t value) {
+    absl::Status direct;
+    for (int attempt = 0; attempt < 120; ++attempt) {
+      direct = shard_->Assign("big", Int64s(TensorShape{kBigElements}, value));
+      if (!absl::IsResourceExhausted(direct)) return direct;
+      absl::SleepFor(absl::Seconds(1));
+    }
+    return direct;
+  }
+};
+
+class VanishedPeerTest : public StuckStreamTest {
+ protected:
+  std::vector<std::string> flags() const override { return {"--keepalive-interval", "1"}; }
 };
 
 TEST_F(VanishedPeerTest, AStalledStreamOfAVanishedTrainerIsClosedAndFreesItsMemory) {
@@ -375,13 +395,7 @@ TEST_F(VanishedPeerTest, AStalledStreamOfAVanishedTrainerIsClosedAndFreesItsMemo
   ASSERT_LT(proxy->stats().bytes_up - up_before, kBigElements * 8) << "the value got through";
   // The staged half holds the room a second assign needs until the shard
   // gives up on the silent connection.
-  absl::Status direct;
-  for (int attempt = 0; attempt < 120; ++attempt) {
-    direct = shard_->Assign("big", Int64s(TensorShape{kBigElements}, 5));
-    if (direct.ok()) break;
-    ASSERT_TRUE(absl::IsResourceExhausted(direct)) << direct;
-    absl::SleepFor(absl::Seconds(1));
-  }
+  const absl::Status direct = AssignOnceRoomFrees(5);
   // Healed: the vanished trainer's call ends at once (its connection was
   // closed by the shard), and changed nothing.
   proxy->SetBlackhole(false);
@@ -394,14 +408,9 @@ TEST_F(VanishedPeerTest, AStalledStreamOfAVanishedTrainerIsClosedAndFreesItsMemo
 // middle of a streamed assign: the shard ends the stream once it has waited
 // --stream-idle-timeout for the next message, and the staged half is
 // dropped, nothing applied.
-class SilentCallerTest : public ShardTest {
+class SilentCallerTest : public StuckStreamTest {
  protected:
-  ShardProcessOptions options() const override {
-    ShardProcessOptions o;
-    o.memory_limit_bytes = kBigElements * 8 * 5 / 2;
-    o.extra_args = {"--stream-idle-timeout", "1"};
-    return o;
-  }
+  std::vector<std::string> flags() const override { return {"--stream-idle-timeout", "1"}; }
 };
 
 TEST_F(SilentCallerTest, AStreamedAssignWhoseCallerStopsSendingIsEndedAndFreesItsMemory) {
@@ -424,13 +433,7 @@ TEST_F(SilentCallerTest, AStreamedAssignWhoseCallerStopsSendingIsEndedAndFreesIt
   ASSERT_TRUE(writer->Write(first));
   // Then nothing: the staged value holds the room a second assign needs
   // until the shard ends the silent stream.
-  absl::Status direct;
-  for (int attempt = 0; attempt < 120; ++attempt) {
-    direct = shard_->Assign("big", Int64s(TensorShape{kBigElements}, 5));
-    if (direct.ok()) break;
-    ASSERT_TRUE(absl::IsResourceExhausted(direct)) << direct;
-    absl::SleepFor(absl::Seconds(1));
-  }
+  const absl::Status direct = AssignOnceRoomFrees(5);
   EXPECT_TRUE(IsOk(direct)) << "the silent stream still holds its staging memory";
   writer->WritesDone();
   const grpc::Status ended = writer->Finish();
