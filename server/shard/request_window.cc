@@ -1,12 +1,78 @@
 #include "shard/request_window.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "psd/status.h"
 
 namespace psd {
 
-RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle)
-    : window_(window), max_clients_(max_clients), min_idle_(min_idle) {}
+namespace {
+
+// A new client's ring (doubled as it needs, up to the window).
+constexpr size_t kInitialRing = 4;
+
+}  // namespace
+
+RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle,
+                             int64_t max_entries)
+    : window_(window), max_clients_(max_clients), min_idle_(min_idle), max_entries_(max_entries) {}
+
+void RequestWindow::Forget(std::unordered_map<uint64_t, Client>::iterator it) {
+  entries_ -= static_cast<int64_t>(it->second.ring.size());
+  clients_.erase(it);
+}
+
+bool RequestWindow::MakeRoom(int64_t entries, const Client* keep) {
+  while (entries_ + entries > max_entries_) {
+    auto oldest = clients_.end();
+    for (auto c = clients_.begin(); c != clients_.end(); ++c) {
+      if (&c->second == keep) continue;
+      if (oldest == clients_.end() || c->second.last_used < oldest->second.last_used) oldest = c;
+    }
+    if (oldest == clients_.end()) return false;
+    const absl::Duration idle =
+        absl::FromChrono(std::chrono::steady_clock::now() - oldest->second.last_seen);
+    if (idle < min_idle_) return false;
+    Forget(oldest);
+  }
+  return true;
+}
+
+void RequestWindow::Resize(Client* client, size_t size) {
+  std::vector<Entry> ring(size);
+  for (Entry& e : client->ring) {
+    if (e.state == State::kEmpty) continue;
+    // Two entries meet in the larger ring only if one is out of the window
+    // already: the newer keeps the slot.
+    Entry& slot = ring[e.seq % size];
+    if (slot.state == State::kEmpty || slot.seq < e.seq) slot = std::move(e);
+  }
+  entries_ += static_cast<int64_t>(size) - static_cast<int64_t>(client->ring.size());
+  client->ring = std::move(ring);
+}
+
+absl::StatusOr<RequestWindow::Entry*> RequestWindow::SlotFor(Client* client, uint64_t seq,
+                                                             bool force) {
+  for (;;) {
+    const size_t size = client->ring.size();
+    Entry& slot = client->ring[seq % size];
+    const uint64_t newest = std::max(client->max_seq, seq);
+    const bool taken = slot.state != State::kEmpty && slot.seq != seq &&
+                       slot.seq + static_cast<uint64_t>(window_) > newest;
+    if (!taken || size >= static_cast<size_t>(window_)) return &slot;
+    const size_t grown = force ? static_cast<size_t>(window_)
+                               : std::min(size * 2, static_cast<size_t>(window_));
+    if (!MakeRoom(static_cast<int64_t>(grown - size), client) && !force) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the shard's exactly-once windows hold ", max_entries_,
+          " requests (max_entries) and every client was active in the last ",
+          absl::FormatDuration(min_idle_), "; request ", seq,
+          " is refused until one goes idle; retry later"));
+    }
+    Resize(client, grown);
+  }
+}
 
 absl::Status RequestWindow::CheckNotTooOld(const RequestId& id, uint64_t max_seq) const {
   if (max_seq >= static_cast<uint64_t>(window_) && id.seq() <= max_seq - window_) {
@@ -32,6 +98,7 @@ absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_
     }
     return &it->second;
   }
+  const size_t ring = std::min(kInitialRing, static_cast<size_t>(window_));
   if (static_cast<int>(clients_.size()) >= max_clients_) {
     auto oldest = clients_.begin();
     for (auto c = clients_.begin(); c != clients_.end(); ++c) {
@@ -48,18 +115,26 @@ absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_
           absl::FormatDuration(min_idle_), "; client ", absl::Hex(client_id),
           " is refused until one goes idle"));
     }
-    clients_.erase(oldest);
+    Forget(oldest);
+  }
+  if (!MakeRoom(static_cast<int64_t>(ring), nullptr)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the shard's exactly-once windows hold ", max_entries_,
+        " requests (max_entries) and every client was active in the last ",
+        absl::FormatDuration(min_idle_), "; client ", absl::Hex(client_id),
+        " is refused until one goes idle"));
   }
   Client& client = clients_[client_id];
   client.owner = caller;
-  client.ring.resize(window_);
+  client.ring.resize(ring);
+  entries_ += static_cast<int64_t>(ring);
   return &client;
 }
 
 RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
   auto it = clients_.find(id.client_id());
   if (it == clients_.end()) return nullptr;
-  Entry& entry = it->second.ring[id.seq() % window_];
+  Entry& entry = it->second.ring[id.seq() % it->second.ring.size()];
   return entry.seq == id.seq() && entry.state != State::kEmpty ? &entry : nullptr;
 }
 
@@ -90,7 +165,8 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   Client& owner = *owner_found;
   PSD_RETURN_IF_ERROR(CheckNotTooOld(id, owner.max_seq));
   owner.last_seen = std::chrono::steady_clock::now();
-  Entry& slot = owner.ring[id.seq() % window_];
+  PSD_ASSIGN_OR_RETURN(Entry * found_slot, SlotFor(&owner, id.seq(), /*force=*/false));
+  Entry& slot = *found_slot;
   slot.seq = id.seq();
   slot.state = State::kRunning;
   slot.result = Result{};
@@ -141,7 +217,8 @@ void RequestWindow::Import(const RequestWindowState& state) {
       if (static_cast<int>(clients_.size()) >= max_clients_) continue;
       Client& fresh = clients_[in.client_id()];
       fresh.owner = in.owner();
-      fresh.ring.resize(window_);
+      fresh.ring.resize(std::min(kInitialRing, static_cast<size_t>(window_)));
+      entries_ += static_cast<int64_t>(fresh.ring.size());
       fresh.last_used = ++tick_;
       fresh.last_seen = std::chrono::steady_clock::now();
       it = clients_.find(in.client_id());
@@ -151,7 +228,9 @@ void RequestWindow::Import(const RequestWindowState& state) {
     Client& client = it->second;
     if (in.max_seq() > client.max_seq) client.max_seq = in.max_seq();
     for (const RequestWindowState::Entry& e : in.entries()) {
-      Entry& slot = client.ring[e.seq() % window_];
+      // Imported ids must stay known (a retry of one is never run again):
+      // the ring grows for them whatever max_entries says.
+      Entry& slot = **SlotFor(&client, e.seq(), /*force=*/true);
       // The newer request keeps the slot (a running one too: its Finish
       // then records nothing, and a duplicate waiting for it finds it too
       // old, as Begin checks again after waiting).

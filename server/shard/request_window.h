@@ -8,15 +8,20 @@
 // (highest seq seen - window) can no longer be told apart from a new request
 // and is refused with ABORTED "request id too old".
 //
-// Memory: one ring of `window` entries (about 40 bytes each) per client,
-// allocated when the client is first seen; at most `max_clients` clients are
-// remembered, so the window costs at most about 40 MiB with the defaults.
-// Nothing is allocated per request. When the table is full, a new client
-// takes the place of the least recently seen one only if that one has been
-// idle for `min_idle` (longer than any client keeps retrying); otherwise the
-// new client is refused with RESOURCE_EXHAUSTED. So a caller inventing client
-// ids cannot silently evict a live client's window (which would turn that
-// client's retries into second applications); at worst new clients wait.
+// Memory: one ring of entries (about 40 bytes each) per client, sized by
+// use: a new client starts with 4 and its ring doubles, up to `window`,
+// when two of its requests inside the window would share a slot. So a
+// short-lived client (a trainer process that ran a few steps) costs little,
+// and a busy one `window` entries. All rings together hold at most
+// `max_entries` (40 MiB with the defaults), for at most `max_clients`
+// clients. Nothing is allocated per request otherwise. When either bound is
+// reached, the least recently seen client is forgotten to make room only if
+// it has been idle for `min_idle` (longer than any client keeps retrying);
+// otherwise a new client is refused (and a ring that cannot grow fails its
+// request) with RESOURCE_EXHAUSTED, nothing recorded. So a caller inventing
+// client ids cannot silently evict a live client's window (which would turn
+// that client's retries into second applications); at worst new clients
+// wait.
 //
 // Ownership: a client id belongs to the caller that first used it (the key
 // of its token, see CallerKey), so a caller holding another token cannot
@@ -59,8 +64,9 @@ class RequestWindow {
     int64_t old_value = 0;  // count_up_to
   };
 
-  explicit RequestWindow(int window = 1024, int max_clients = 1024,
-                         absl::Duration min_idle = absl::Minutes(10));
+  explicit RequestWindow(int window = 1024, int max_clients = 65536,
+                         absl::Duration min_idle = absl::Minutes(10),
+                         int64_t max_entries = int64_t{1} << 20);
   RequestWindow(const RequestWindow&) = delete;
   RequestWindow& operator=(const RequestWindow&) = delete;
 
@@ -109,6 +115,17 @@ class RequestWindow {
   // The window of `client_id`, created (owned by `caller`) when new.
   absl::StatusOr<Client*> ClientFor(uint64_t client_id, CallerKey caller)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets least recently seen clients idle for min_idle (never `keep`)
+  // until `entries` more fit under max_entries; false if they cannot.
+  bool MakeRoom(int64_t entries, const Client* keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The slot of `seq` in `client`'s ring, the ring grown first if another
+  // request inside the window holds it (`force`: grown to the whole window
+  // even past max_entries). RESOURCE_EXHAUSTED if it cannot grow.
+  absl::StatusOr<Entry*> SlotFor(Client* client, uint64_t seq, bool force)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Resize(Client* client, size_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(std::unordered_map<uint64_t, Client>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryFor(const RequestId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ABORTED "request id too old" for an id at or below max_seq - window.
   absl::Status CheckNotTooOld(const RequestId& id, uint64_t max_seq) const;
@@ -116,10 +133,12 @@ class RequestWindow {
   const int window_;
   const int max_clients_;
   const absl::Duration min_idle_;
+  const int64_t max_entries_;
   mutable absl::Mutex mu_;
   absl::CondVar done_;  // signalled when any running request finishes
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   std::unordered_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
+  int64_t entries_ ABSL_GUARDED_BY(mu_) = 0;  // all rings' sizes
 };
 
 }  // namespace psd

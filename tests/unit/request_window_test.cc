@@ -141,5 +141,71 @@ TEST(RequestWindowTest, AnImportedClientKeepsItsOwner) {
   EXPECT_TRUE(owner->has_value());
 }
 
+// Many short-lived clients (trainer processes that each ran a few steps)
+// fit: a client's window is sized by its use, not a whole ring each.
+TEST(RequestWindowTest, ManyShortLivedClientsFitInTheMemoryOfAFewBusyOnes) {
+  RequestWindow window;  // the shard's defaults
+  for (uint64_t client = 1; client <= 5000; ++client) {
+    for (uint64_t seq = 1; seq <= 3; ++seq) {
+      auto begun = window.Begin(Id(client, seq));
+      ASSERT_TRUE(begun.ok()) << "client " << client << ": " << begun.status();
+      ASSERT_FALSE(begun->has_value());
+      RequestWindow::Result result;
+      result.version = client * 10 + seq;
+      window.Finish(Id(client, seq), result);
+    }
+  }
+  // Every one of them is still answered from its window.
+  for (uint64_t client : {1, 2500, 5000}) {
+    auto retry = window.Begin(Id(client, 2));
+    ASSERT_TRUE(retry.ok());
+    ASSERT_TRUE(retry->has_value());
+    EXPECT_EQ((*retry)->version, client * 10 + 2);
+  }
+}
+
+// A busy client's window grows to the whole window and keeps every request
+// in it, in any order of arrival; one past the window is too old.
+TEST(RequestWindowTest, AGrowingWindowKeepsEveryRequestInsideIt) {
+  RequestWindow window(64, 4);
+  // Out of order: odd seqs first, then even, so slots collide as it grows.
+  for (uint64_t seq = 1; seq <= 64; seq += 2) RunNew(&window, Id(1, seq), seq);
+  for (uint64_t seq = 2; seq <= 64; seq += 2) RunNew(&window, Id(1, seq), seq);
+  for (uint64_t seq = 1; seq <= 64; ++seq) {
+    auto retry = window.Begin(Id(1, seq));
+    ASSERT_TRUE(retry.ok()) << seq << ": " << retry.status();
+    ASSERT_TRUE(retry->has_value()) << seq << " would run again";
+    EXPECT_EQ((*retry)->version, seq);
+  }
+  RunNew(&window, Id(1, 65), 65);
+  EXPECT_EQ(window.Begin(Id(1, 1)).status().code(), absl::StatusCode::kAborted);
+  auto kept = window.Begin(Id(1, 2));
+  ASSERT_TRUE(kept.ok());
+  ASSERT_TRUE(kept->has_value());
+}
+
+// All windows together are bounded: past max_entries a new client waits
+// (RESOURCE_EXHAUSTED) while the others are active, and a busy client
+// whose window cannot grow has its request refused with nothing recorded.
+TEST(RequestWindowTest, AllWindowsTogetherStayUnderMaxEntries) {
+  RequestWindow window(64, /*max_clients=*/100, /*min_idle=*/absl::Minutes(10),
+                       /*max_entries=*/16);
+  for (uint64_t client = 1; client <= 4; ++client) RunNew(&window, Id(client, 1), client);
+  auto refused = window.Begin(Id(5, 1));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.status().message(), HasSubstr("max_entries"));
+  // Client 1 has 4 slots; a fifth request inside its window needs more.
+  for (uint64_t seq = 2; seq <= 4; ++seq) RunNew(&window, Id(1, seq), seq);
+  auto full = window.Begin(Id(1, 5));
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  // Nothing was recorded: its earlier requests still answer, seq 5 is new
+  // once there is room.
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    auto retry = window.Begin(Id(1, seq));
+    ASSERT_TRUE(retry.ok());
+    ASSERT_TRUE(retry->has_value());
+  }
+}
+
 }  // namespace
 }  // namespace psd
