@@ -1,6 +1,7 @@
 #include "shard/idle_watchdog.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
@@ -31,7 +32,18 @@ uint64_t IdleStreamWatchdog::Waiting(grpc::CallbackServerContext* ctx, uint64_t 
 void IdleStreamWatchdog::Forget(uint64_t token) {
   if (token == 0) return;
   absl::MutexLock lock(&mu_);
-  watched_.erase(token);
+  auto it = watched_.find(token);
+  if (it == watched_.end()) return;
+  // The context may go once this returns: wait for a cancellation of it
+  // that is under way, unless it is this very thread's (gRPC can run the
+  // stream's reactions inline inside TryCancel, and the call stays alive
+  // until TryCancel returns).
+  while (it != watched_.end() && it->second.cancelling &&
+         it->second.canceller != std::this_thread::get_id()) {
+    cancelled_one_.Wait(&mu_);
+    it = watched_.find(token);
+  }
+  if (it != watched_.end()) watched_.erase(it);
 }
 
 int64_t IdleStreamWatchdog::cancelled() const {
@@ -47,17 +59,29 @@ void IdleStreamWatchdog::Run() {
   while (!stopping_) {
     wake_.WaitWithTimeout(&mu_, period);
     const absl::Time now = absl::Now();
+    std::vector<std::pair<uint64_t, grpc::CallbackServerContext*>> expired;
     for (auto& [token, w] : watched_) {
       if (w.cancelled || now - w.since < limit_) continue;
-      // Under mu_: Forget (from the reactor's OnDone) waits for this, so
-      // the context is still valid.
-      w.ctx->TryCancel();
       w.cancelled = true;
-      ++cancelled_;
-      spdlog::warn("a streamed assign or apply got nothing from its caller for {}; ended, "
-                   "nothing applied (--stream-idle-timeout)",
-                   absl::FormatDuration(limit_));
+      w.cancelling = true;  // Forget waits: the context stays valid
+      w.canceller = std::this_thread::get_id();
+      expired.emplace_back(token, w.ctx);
     }
+    if (expired.empty()) continue;
+    // Cancelled without mu_: the stream's reactions may run inline and
+    // call Forget.
+    mu_.Unlock();
+    for (const auto& [token, ctx] : expired) ctx->TryCancel();
+    mu_.Lock();
+    for (const auto& [token, ctx] : expired) {
+      auto it = watched_.find(token);
+      if (it != watched_.end()) it->second.cancelling = false;
+    }
+    cancelled_ += static_cast<int64_t>(expired.size());
+    cancelled_one_.SignalAll();
+    spdlog::warn("{} streamed assign(s) or apply(s) got nothing from their callers for {}; "
+                 "ended, nothing applied (--stream-idle-timeout)",
+                 expired.size(), absl::FormatDuration(limit_));
   }
 }
 

@@ -11,7 +11,9 @@
 //
 // Thread-safety: thread-safe. A watched context must stay valid until
 // Forget(token) returns (reactors call it from OnDone before the context
-// goes away, or when they stop reading).
+// goes away, or when they stop reading). TryCancel is called without the
+// watchdog's lock (gRPC may run the stream's reactions inline in it), and
+// Forget waits for a TryCancel of its context running on another thread.
 #ifndef PSD_SERVER_SHARD_IDLE_WATCHDOG_H_
 #define PSD_SERVER_SHARD_IDLE_WATCHDOG_H_
 
@@ -53,12 +55,16 @@ class IdleStreamWatchdog {
     grpc::CallbackServerContext* ctx;
     absl::Time since;
     bool cancelled = false;
+    // TryCancel on ctx is running (on thread `canceller`): Forget waits.
+    bool cancelling = false;
+    std::thread::id canceller;
   };
   void Run();
 
   const absl::Duration limit_;
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
+  absl::CondVar cancelled_one_;  // a round of TryCancel calls ended
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Watched> watched_ ABSL_GUARDED_BY(mu_);
