@@ -177,10 +177,7 @@ absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, O
 template <typename Response, typename Op>
 absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
-  last_write_micros_.store(std::chrono::duration_cast<std::chrono::microseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch())
-                               .count(),
-                           std::memory_order_relaxed);
+  NoteWrite();
   std::optional<WriteGate::Pass> pass;
   if (meta.gated) pass.emplace(&gate_);
   std::shared_ptr<MoveOut> move;

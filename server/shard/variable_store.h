@@ -24,6 +24,7 @@
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -432,8 +433,18 @@ class VariableStore {
   std::map<uint64_t, std::shared_ptr<MoveIn>> moves_in_ ABSL_GUARDED_BY(moves_mu_);
   // Groups moving out now: Mutate looks a write's group up only when not 0.
   std::atomic<int> moving_out_count_{0};
-  // steady_clock microseconds of the latest write Mutate ran (BusyWithWrites).
+  // steady_clock microseconds of a recent write Mutate ran (BusyWithWrites),
+  // kept to 10 ms: writers on every core read it, and store only when it
+  // is older than that, so the line is not written on each write.
   std::atomic<int64_t> last_write_micros_{0};
+  void NoteWrite() {
+    const int64_t now = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch())
+                            .count();
+    if (now - last_write_micros_.load(std::memory_order_relaxed) > 10'000) {
+      last_write_micros_.store(now, std::memory_order_relaxed);
+    }
+  }
   // Parts that moved away -> their new shard, so an old handle is answered
   // "stale handle" (not "not found"); the oldest are forgotten past
   // kMaxMovedAway.

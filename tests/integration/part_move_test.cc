@@ -28,6 +28,7 @@
 #include "psd/optimizer.h"
 #include "psd/saver.h"
 #include "psd/session.h"
+#include "psd/status.h"
 #include "shared_cluster_test.h"
 #include "test_util.h"
 
@@ -80,15 +81,24 @@ Tensor Floats(TensorShape shape, float first) {
   return *Tensor::FromVector<float>(std::move(shape), v);
 }
 
-TEST_F(PartMoveTest, APartMovesWithItsValueItsSlotsAndItsHandle) {
+// A [40, 4] float variable in two parts, assigned 0, 1, 2, ..., with its
+// Momentum slots made by one apply of `momentum`.
+absl::StatusOr<Variable> TwoPartsWithMomentumSlots(Session* session, Optimizer* momentum,
+                                                   const std::string& name) {
   GetVariableOptions o;
   o.dtype = DT_FLOAT;
   o.shape = TensorShape{40, 4};
   o.partitioner = partitioners::FixedSize(2);
-  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("moved/w", o));
-  ASSERT_TRUE(IsOk(w.Assign(Floats({40, 4}, 0))));
+  PSD_ASSIGN_OR_RETURN(Variable w, session->GetVariable(name, o));
+  PSD_RETURN_IF_ERROR(w.Assign(Floats({40, 4}, 0)));
+  PSD_RETURN_IF_ERROR(momentum->ApplyGradients({{Floats({40, 4}, 1), w}}));
+  return w;
+}
+
+TEST_F(PartMoveTest, APartMovesWithItsValueItsSlotsAndItsHandle) {
   Optimizer momentum(*session_, opt::Momentum{});
-  ASSERT_TRUE(IsOk(momentum.ApplyGradients({{Floats({40, 4}, 1), w}})));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w,
+                           TwoPartsWithMomentumSlots(session_.get(), &momentum, "moved/w"));
   PSD_ASSERT_OK_AND_ASSIGN(Tensor before, w.Read());
 
   const int32_t from = ShardOf("moved/w", 0);
@@ -248,14 +258,9 @@ TEST_F(PartMoveTest, NoAcknowledgedUpdateIsLostOrDoubledWhilePartsMove) {
 // MoveProgress (psctl's progress display) of a move and of a rebalance
 // that carried a progress id: where each stands once it returned.
 TEST_F(PartMoveTest, MoveProgressReportsTheMovesOfTheCallThatCarriedItsId) {
-  GetVariableOptions o;
-  o.dtype = DT_FLOAT;
-  o.shape = TensorShape{40, 4};
-  o.partitioner = partitioners::FixedSize(2);
-  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("progress/w", o));
-  ASSERT_TRUE(IsOk(w.Assign(Floats({40, 4}, 0))));
   Optimizer momentum(*session_, opt::Momentum{});
-  ASSERT_TRUE(IsOk(momentum.ApplyGradients({{Floats({40, 4}, 1), w}})));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w,
+                           TwoPartsWithMomentumSlots(session_.get(), &momentum, "progress/w"));
   auto stub = Coordinator::NewStub(
       grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
   auto progress = [&](uint64_t id) {
