@@ -342,7 +342,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
     std::string part;
     int64_t bytes = 0;
   };
-  std::map<int32_t, std::vector<MovableGroup>> MovableGroups() const;
+  std::map<int32_t, std::vector<MovableGroup>> MovableGroups();
+  // The bytes each table part of `defs` holds, as its shard reports them
+  // (parts whose shard does not answer in a second are left out).
+  std::map<std::string, int64_t> TablePartBytes(const std::vector<VariableDef>& defs);
   // Memory free under each shard's limit, for planning moves; a shard with
   // no limit has room for anything.
   struct ShardRoom {

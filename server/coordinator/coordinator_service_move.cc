@@ -17,6 +17,7 @@
 #include "coordinator/coordinator_service.h"
 #include "coordinator/placement.h"
 #include "psd/grpc_status.h"
+#include "psd/parallel.h"
 #include "psd/random_id.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
@@ -60,14 +61,25 @@ absl::Status CallMove(ShardMove::Stub* stub,
   }
 }
 
-// The CreateVariableRequest that makes `part` of dense `def` on a shard
-// (uninitialized: a move fills it).
-CreateVariableRequest MovedPartCreate(const VariableDef& def, const VariablePart& part) {
+// The CreateVariableRequest that makes part `k` of `def` on a shard
+// (uninitialized, or an empty table: a move fills it). A table's part is
+// made as its declaration made it (coordinator_service_declare.cc); a
+// slot's slot_of names `primary_part`, the table part it moves with.
+CreateVariableRequest MovedPartCreate(const VariableDef& def, int k,
+                                      const std::string& primary_part = "") {
+  const VariablePart& part = def.parts(k);
   CreateVariableRequest req;
   req.set_name(part.name());
   req.set_dtype(def.dtype());
   *req.mutable_shape() = part.shape();
   *req.mutable_initializer() = def.initializer();
+  if (def.has_embedding()) {
+    *req.mutable_embedding() = def.embedding();
+    req.set_embedding_part_index(k);
+    req.set_embedding_num_parts(def.parts_size());
+    if (!def.embedding().slot_of().empty()) req.mutable_embedding()->set_slot_of(primary_part);
+    return req;
+  }
   if (def.partitioned()) {
     *req.mutable_slice()->mutable_full_shape() = def.shape().dims();
     *req.mutable_slice()->mutable_offset() = part.offset();
@@ -112,10 +124,6 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
   }
   HeldNames held(&declaring_, keys);
   PSD_ASSIGN_OR_RETURN(def, registry_->VariableOfPart(part_name));
-  if (def.has_embedding()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "moving embedding table parts is not supported yet (", part_name, ")"));
-  }
   if (!def.colocate_with().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         part_name, " sits beside variable ", def.colocate_with(),
@@ -130,7 +138,7 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
         absl::StrCat(part_name, " is on shard ", target_shard, " already"));
   }
   // The group: the part, then the parts beside it (an optimizer's slots).
-  std::vector<CreateVariableRequest> group = {MovedPartCreate(def, def.parts(k))};
+  std::vector<CreateVariableRequest> group = {MovedPartCreate(def, k)};
   PartMoveRecord move;
   move.set_move_id(RandomNonzeroId());
   move.add_parts(part_name);
@@ -140,17 +148,17 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
   for (const VariableDef& other : registry_->List("")) {
     if (other.colocate_with() != def.name()) continue;
     const VariablePart* beside = nullptr;
+    int beside_k = -1;
     if (other.parts_size() == def.parts_size()) {
-      beside = &other.parts(k);
+      beside_k = k;
     } else if (other.parts_size() == 1 && def.parts_size() == 1) {
-      beside = &other.parts(0);
+      beside_k = 0;
     }
+    if (beside_k >= 0) beside = &other.parts(beside_k);
     if (beside == nullptr || beside->shard_id() != source_shard) continue;
-    if (other.has_embedding()) {
-      return absl::UnimplementedError(absl::StrCat(
-          "moving embedding table parts is not supported yet (", beside->name(), ")"));
-    }
-    group.push_back(MovedPartCreate(other, *beside));
+    // A slot table's part is a column of the table part's rows: it names
+    // that part (the one moving).
+    group.push_back(MovedPartCreate(other, beside_k, part_name));
     move.add_parts(beside->name());
   }
   PSD_ASSIGN_OR_RETURN(const ShardAddress source, LiveShardAddress(source_shard));
@@ -405,17 +413,57 @@ CoordinatorService::ShardRoom CoordinatorService::FreeMemory(const std::vector<i
   return room;
 }
 
+std::map<std::string, int64_t> CoordinatorService::TablePartBytes(
+    const std::vector<VariableDef>& defs) {
+  std::set<int32_t> holders;
+  for (const VariableDef& def : defs) {
+    if (!def.has_embedding() || !def.colocate_with().empty()) continue;
+    for (const VariablePart& p : def.parts()) holders.insert(p.shard_id());
+  }
+  std::vector<std::string> addresses;
+  {
+    absl::MutexLock lock(&mu_);
+    for (int32_t id : holders) {
+      auto it = shards_.find(id);
+      if (it != shards_.end()) addresses.push_back(it->second.address);
+    }
+  }
+  std::vector<ListVariablesResponse> answers(addresses.size());
+  const std::vector<absl::Status> got = RunParallel(addresses.size(), [&](size_t i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    return FromGrpcStatus(
+        StubFor(addresses[i])->ListVariables(&ctx, ListVariablesRequest(), &answers[i]));
+  });
+  std::map<std::string, int64_t> out;
+  for (size_t i = 0; i < answers.size(); ++i) {
+    if (!got[i].ok()) continue;
+    for (const VariableInfo& info : answers[i].variables()) {
+      if (info.has_embedding()) out[info.name()] = info.bytes();
+    }
+  }
+  return out;
+}
+
 std::map<int32_t, std::vector<CoordinatorService::MovableGroup>>
-CoordinatorService::MovableGroups() const {
+CoordinatorService::MovableGroups() {
   const std::vector<VariableDef> defs = registry_->List("");
-  auto part_bytes = [](const VariableDef& def, const VariablePart& part) {
+  // A table part's size is what its shard reports (rows come and go); its
+  // declaration's nominal size if the shard does not answer.
+  std::map<std::string, int64_t> table_bytes = TablePartBytes(defs);
+  auto part_bytes = [&](const VariableDef& def, const VariablePart& part) -> int64_t {
+    if (def.has_embedding()) {
+      auto it = table_bytes.find(part.name());
+      if (it != table_bytes.end()) return it->second;
+      return NominalTablePartBytes(def.dtype(), def.embedding().embedding_dim());
+    }
     int64_t elements = 1;
     for (int64_t d : part.shape().dims()) elements *= d;
     return EstimatedBytes(def.dtype(), elements);
   };
   std::map<int32_t, std::vector<MovableGroup>> out;
   for (const VariableDef& def : defs) {
-    if (def.has_embedding() || !def.colocate_with().empty()) continue;
+    if (!def.colocate_with().empty()) continue;
     for (int k = 0; k < def.parts_size(); ++k) {
       const VariablePart& part = def.parts(k);
       MovableGroup g{part.name(), part_bytes(def, part)};
@@ -483,14 +531,6 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
     load[to] += g.bytes;
     room.Take(to, g.bytes);
     *out.add_moves() = *std::move(moved);
-  }
-  // What no move can take: embedding tables' parts.
-  for (const std::string& part : registry_->PartsOnShard(shard)) {
-    absl::StatusOr<VariableDef> def = registry_->VariableOfPart(part);
-    if (def.ok() && def->has_embedding() && def->embedding().slot_of().empty()) {
-      left.push_back(absl::StrCat(part, " (an embedding table's part: moving those is not "
-                                        "supported yet)"));
-    }
   }
   if (!left.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(

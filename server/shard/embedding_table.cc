@@ -188,6 +188,10 @@ class CountingBloom {
   uint64_t m_ = 1;
   uint64_t max_ = 255;
   std::vector<uint8_t> data_;
+
+ public:
+  // The counters as stored, for a move's copy.
+  std::vector<uint8_t>& raw() { return data_; }
 };
 
 template <typename T>
@@ -409,6 +413,7 @@ class EmbeddingTable::Impl {
       // counting is atomic, and nothing is made.
       absl::ReaderMutexLock l(&mu_);
       PSD_RETURN_IF_ERROR(CheckColumn(column));
+      if (counts) PSD_RETURN_IF_ERROR(CheckMoveEpoch(lookup, result));
       if (!counts || snapshots_.empty()) {
         const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
         thread_local std::vector<uint32_t> ids;
@@ -454,6 +459,7 @@ class EmbeddingTable::Impl {
     }
     absl::MutexLock l(&mu_);
     PSD_RETURN_IF_ERROR(CheckColumn(column));
+    PSD_RETURN_IF_ERROR(CheckMoveEpoch(lookup, result));
     const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
     KeyPlan plan;
     PlanKeys(keys, tick, &plan);
@@ -797,6 +803,84 @@ class EmbeddingTable::Impl {
     snapshots_.push_back(state.get());
     return state;
   }
+  // A move's pin: the rows' cut, and at the same instant the counter
+  // filter's pending counts and the Bloom counters (copied: they are small
+  // next to the rows and change in place). Bumps move_epoch_.
+  std::unique_ptr<SnapshotState> PinForMove(EmbeddingMoveCut* cut) {
+    auto state = std::make_unique<SnapshotState>();
+    absl::MutexLock l(&mu_);
+    state->epoch = ++epoch_;
+    state->high_water = entries_.high_water();
+    state->rows = static_cast<int64_t>(index_.size());
+    snapshots_.push_back(state.get());
+    move_epoch_.fetch_add(1);
+    cut->ids = state->high_water;
+    cut->pending.assign(pending_.begin(), pending_.end());
+    std::sort(cut->pending.begin(), cut->pending.end());
+    cut->bloom.clear();
+    if (bloom_ != nullptr) cut->bloom.assign(bloom_->raw().begin(), bloom_->raw().end());
+    return state;
+  }
+
+  absl::Status CheckMoveEpoch(const EmbeddingLookupOptions& lookup,
+                              EmbeddingUpdateResult* result) const {
+    if (lookup.expect_move_epoch < 0 ||
+        move_epoch_.load() == static_cast<uint64_t>(lookup.expect_move_epoch)) {
+      return absl::OkStatus();
+    }
+    if (result != nullptr) result->move_epoch_changed = true;
+    return absl::AbortedError(absl::StrCat("embedding table '", options_.name,
+                                           "' was pinned for a move meanwhile; retry"));
+  }
+  uint64_t move_epoch() const { return move_epoch_.load(); }
+
+  void SetEvictionAllowed(bool allowed) { eviction_allowed_.store(allowed); }
+
+  absl::Status ImportPending(absl::Span<const int64_t> keys, absl::Span<const int64_t> counts) {
+    PSD_RETURN_IF_ERROR(CheckKeys(keys));
+    const EmbeddingSpec& spec = options_.spec;
+    auto bad = [&](auto&&... what) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("embedding table '", options_.name, "': pending counts: ", what...));
+    };
+    if (keys.size() != counts.size()) return bad(counts.size(), " counts for ", keys.size(), " keys");
+    if (keys.empty()) return absl::OkStatus();
+    if (!spec.has_counter_filter()) return bad("the table has no counter filter");
+    for (int64_t c : counts) {
+      if (c <= 0 || c >= spec.counter_filter().filter_freq()) {
+        return bad("count ", c, " is not in [1, filter_freq = ",
+                   spec.counter_filter().filter_freq(), ")");
+      }
+    }
+    absl::MutexLock l(&mu_);
+    int64_t fresh = 0;
+    for (int64_t key : keys) {
+      fresh += index_.count(key) == 0 && pending_.count(key) == 0;
+    }
+    PSD_RETURN_IF_ERROR(TryReserve(fresh * kPendingBytesPerKey));
+    for (size_t k = 0; k < keys.size(); ++k) {
+      if (index_.count(keys[k]) > 0) continue;  // admitted: its row holds its count
+      auto [it, inserted] = pending_.emplace(keys[k], counts[k]);
+      if (!inserted) {
+        it->second = counts[k];
+        Release(kPendingBytesPerKey);  // reserved above as fresh, not fresh after all
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ImportBloom(int64_t offset, absl::string_view bytes) {
+    absl::MutexLock l(&mu_);
+    const int64_t have = bloom_ == nullptr ? 0 : bloom_->bytes();
+    if (offset < 0 || offset > have || static_cast<int64_t>(bytes.size()) > have - offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "embedding table '", options_.name, "': Bloom counters at ", offset, " (",
+          bytes.size(), " bytes) do not fit its ", have));
+    }
+    if (!bytes.empty()) std::memcpy(bloom_->raw().data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+
   void Unpin(SnapshotState* state) {
     absl::MutexLock l(&mu_);
     snapshots_.erase(std::find(snapshots_.begin(), snapshots_.end(), state));
@@ -804,7 +888,8 @@ class EmbeddingTable::Impl {
     state->pre.clear();
   }
   absl::Status ReadSnapshot(SnapshotState* state, uint32_t* cursor, int64_t max_rows,
-                            absl::Span<const int> columns, EmbeddingSnapshot::Batch* batch) {
+                            absl::Span<const int> columns, EmbeddingSnapshot::Batch* batch,
+                            uint32_t end = std::numeric_limits<uint32_t>::max()) {
     batch->keys.clear();
     batch->freqs.clear();
     batch->versions.clear();
@@ -824,7 +909,8 @@ class EmbeddingTable::Impl {
         batch->columns[i].append(initial);
       }
     };
-    while (*cursor < state->high_water && static_cast<int64_t>(batch->keys.size()) < max_rows) {
+    end = std::min(end, state->high_water);
+    while (*cursor < end && static_cast<int64_t>(batch->keys.size()) < max_rows) {
       const uint32_t id = (*cursor)++;
       if (auto it = state->pre.find(id); it != state->pre.end()) {
         const SnapshotState::PreImage& p = it->second;
@@ -1146,7 +1232,10 @@ class EmbeddingTable::Impl {
   absl::Status ReserveBytes(int64_t need, uint64_t tick, int64_t touched, int64_t* evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     absl::Status s = TryReserve(need);
-    if (s.ok() || !options_.spec.evict_lru_on_memory_limit() || !snapshots_.empty()) return s;
+    if (s.ok() || !options_.spec.evict_lru_on_memory_limit() || !snapshots_.empty() ||
+        !eviction_allowed_.load(std::memory_order_relaxed)) {
+      return s;
+    }
     for (int round = 0; round < 4 && !s.ok(); ++round) {
       int64_t deficit = row_charge_;
       const int64_t held = bytes_.load(std::memory_order_relaxed);
@@ -1375,6 +1464,11 @@ class EmbeddingTable::Impl {
 
   std::atomic<int64_t> bytes_{0};  // changed under mu_ held exclusively
   std::atomic<uint64_t> tick_{0};
+  // Bumped by every move's pin (PinForMove); lookups that count check it.
+  std::atomic<uint64_t> move_epoch_{0};
+  // Off while the part is moving in: a replayed op must not evict rows the
+  // source kept (it fails, and the move with it).
+  std::atomic<bool> eviction_allowed_{true};
   std::atomic<int64_t> admitted_{0}, filtered_lookups_{0}, filtered_updates_{0}, evicted_{0},
       deleted_{0};
 };
@@ -1389,6 +1483,18 @@ class EmbeddingTable::Impl::Snapshot final : public EmbeddingSnapshot {
   int64_t rows() const override { return state_->rows; }
   absl::Status Next(int64_t max_rows, absl::Span<const int> columns, Batch* batch) override {
     return table_->ReadSnapshot(state_.get(), &cursor_, max_rows, columns, batch);
+  }
+  int64_t ids() const override { return state_->high_water; }
+  absl::Status ReadIds(int64_t begin, int64_t end, absl::Span<const int> columns,
+                       Batch* batch) const override {
+    if (begin < 0 || end < begin || end > state_->high_water) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot ids [", begin, ", ", end,
+                                                     ") are not within [0, ",
+                                                     state_->high_water, ")"));
+    }
+    uint32_t cursor = static_cast<uint32_t>(begin);
+    return table_->ReadSnapshot(state_.get(), &cursor, std::numeric_limits<int64_t>::max(),
+                                columns, batch, static_cast<uint32_t>(end));
   }
 
  private:
@@ -1523,6 +1629,21 @@ absl::Status EmbeddingTable::ImportSlot(int column, absl::Span<const int64_t> ke
 }
 std::shared_ptr<EmbeddingSnapshot> EmbeddingTable::Pin() {
   return std::make_shared<Impl::Snapshot>(impl_, impl_->Pin());
+}
+EmbeddingMoveCut EmbeddingTable::PinForMove() {
+  EmbeddingMoveCut cut;
+  std::unique_ptr<SnapshotState> state = impl_->PinForMove(&cut);
+  cut.rows = std::make_shared<Impl::Snapshot>(impl_, std::move(state));
+  return cut;
+}
+uint64_t EmbeddingTable::move_epoch() const { return impl_->move_epoch(); }
+void EmbeddingTable::SetEvictionAllowed(bool allowed) { impl_->SetEvictionAllowed(allowed); }
+absl::Status EmbeddingTable::ImportPending(absl::Span<const int64_t> keys,
+                                           absl::Span<const int64_t> counts) {
+  return impl_->ImportPending(keys, counts);
+}
+absl::Status EmbeddingTable::ImportBloom(int64_t offset, absl::string_view bytes) {
+  return impl_->ImportBloom(offset, bytes);
 }
 EmbeddingStats EmbeddingTable::Stats() const { return impl_->Stats(); }
 int64_t EmbeddingTable::bytes() const { return impl_->bytes(); }

@@ -66,6 +66,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -99,6 +100,15 @@ struct EmbeddingUpdateResult {
   int64_t created = 0;   // rows made by this op
   int64_t filtered = 0;  // keys not admitted: dropped
   int64_t evicted = 0;   // rows evicted to make room (LRU)
+  bool move_epoch_changed = false;  // see EmbeddingLookupOptions.expect_move_epoch
+};
+
+// A part's cut for a live move (EmbeddingTable::PinForMove).
+struct EmbeddingMoveCut {
+  std::shared_ptr<EmbeddingSnapshot> rows;
+  int64_t ids = 0;  // entry ids the cut's rows lie in: [0, ids)
+  std::vector<std::pair<int64_t, int64_t>> pending;  // counter filter: key, count (by key)
+  std::string bloom;                                 // the Bloom counters' bytes
 };
 
 struct EmbeddingLookupOptions {
@@ -108,6 +118,11 @@ struct EmbeddingLookupOptions {
   bool inference = false;
   // Version recorded on rows this lookup makes (0: not given).
   int64_t global_step = 0;
+  // >= 0: a counting lookup runs only if the table's move_epoch() still is
+  // this (checked under the table's lock); else ABORTED with
+  // move_epoch_changed set and nothing done (the part was pinned for a
+  // move since the caller last looked: it must log the lookup).
+  int64_t expect_move_epoch = -1;
 };
 
 class EmbeddingTable {
@@ -194,6 +209,20 @@ class EmbeddingTable {
   // A consistent cut of the part (see the file comment), for checkpoints
   // and exports. Cheap while the caller holds a fence.
   std::shared_ptr<EmbeddingSnapshot> Pin();
+  // Pin() plus, at the same instant, the admission state (pending counts,
+  // Bloom counters; copied, O(pending keys)) and a bump of move_epoch().
+  // For a live move of the part (store_move.cc).
+  EmbeddingMoveCut PinForMove();
+  uint64_t move_epoch() const;
+  // Off: an op short of memory fails instead of evicting rows (LRU), for a
+  // part moving in, whose replayed ops must change it as they did the
+  // source's.
+  void SetEvictionAllowed(bool allowed);
+  // A moved part's admission state: pending counts of keys without a row
+  // (keys with one are skipped; counts in [1, filter_freq)), and the Bloom
+  // counters' bytes at `offset`. All or nothing.
+  absl::Status ImportPending(absl::Span<const int64_t> keys, absl::Span<const int64_t> counts);
+  absl::Status ImportBloom(int64_t offset, absl::string_view bytes);
 
   // Counters and sizes (EmbeddingStats' fields, without spec and slots).
   EmbeddingStats Stats() const;
@@ -234,6 +263,14 @@ class EmbeddingSnapshot {
     std::vector<int64_t> versions;
   };
   virtual absl::Status Next(int64_t max_rows, absl::Span<const int> columns, Batch* batch) = 0;
+  // Entry ids the cut's rows lie in: [0, ids()).
+  virtual int64_t ids() const { return 0; }
+  // The cut's rows whose entry ids are in [begin, end), as Next gives them
+  // (independent of Next's cursor; may be called from several threads).
+  virtual absl::Status ReadIds(int64_t begin, int64_t end, absl::Span<const int> columns,
+                               Batch* batch) const {
+    return absl::UnimplementedError("ReadIds");
+  }
 };
 
 }  // namespace psd

@@ -214,7 +214,8 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
         (call->response.source_busy() || store_->BusyWithWrites())) {
       const absl::Time now = absl::Now();
       if (paced_since == absl::InfinitePast()) paced_since = now;
-      paced_bytes += static_cast<int64_t>(call->response.content().size());
+      paced_bytes += static_cast<int64_t>(call->response.content().size() +
+                                          call->response.table().ByteSizeLong());
       paced_due =
           paced_since + absl::Seconds(static_cast<double>(paced_bytes) / rate_when_busy_);
     } else {

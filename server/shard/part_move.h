@@ -20,12 +20,15 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "psd/shard.pb.h"
+#include "shard/embedding_table.h"
 #include "shard/memory_accountant.h"
 #include "shard/store_variable.h"
 #include "shard/value_pin.h"
 #include "shard/write_gate.h"
 
 namespace psd {
+
+struct EmbeddingPart;
 
 // The source's side of one move: the group's snapshot (pinned at the
 // move's first pull) and the log of the writes applied to the group since.
@@ -36,8 +39,15 @@ struct MoveOut {
     kMoved,       // the group lives on the target now
     kEnded,       // given up (or moved) and forgotten by the store's maps
   };
+  // An embedding table part's cut (its slots' rows come with it).
+  struct TableCut {
+    EmbeddingMoveCut cut;
+    std::vector<int> columns;  // 0, then the slot columns of MovedTable.columns
+    MemoryReservation reservation;  // the copied pending counts and Bloom counters
+  };
   struct Member {
-    std::shared_ptr<Variable> var;
+    std::shared_ptr<Variable> var;         // a dense part
+    std::shared_ptr<EmbeddingPart> table;  // or a table's part or slot
     MovedMember info;
     std::shared_ptr<const ValuePin> pin;  // fixed-size dtypes
     std::string encoded_strings;          // DT_STRING: the value, as on the wire
@@ -71,6 +81,9 @@ struct MoveOut {
   std::chrono::steady_clock::time_point last_pull ABSL_GUARDED_BY(mu) =
       std::chrono::steady_clock::now();
   int32_t new_shard ABSL_GUARDED_BY(mu) = -1;  // kMoved: where the group went
+  // By member index: the cut of each table part (not slots); dropped when
+  // the move ends or fails (a live cut makes the table's writers copy rows).
+  std::vector<std::shared_ptr<const TableCut>> table_cuts ABSL_GUARDED_BY(mu);
 
   bool Has(const std::string& name) const {
     for (const Member& m : members) {
@@ -85,7 +98,10 @@ struct MoveOut {
 struct MoveIn {
   uint64_t id = 0;
   StartMoveInRequest request;
-  std::vector<std::shared_ptr<Variable>> vars;  // the incoming parts, in request order
+  // The incoming parts, in request order: a dense part in `vars`, a
+  // table's part or slot in `tables` (the other null).
+  std::vector<std::shared_ptr<Variable>> vars;
+  std::vector<std::shared_ptr<EmbeddingPart>> tables;
 
   mutable absl::Mutex mu;
   absl::CondVar changed;

@@ -46,7 +46,10 @@ absl::Status VariableStore::Fence(uint64_t fence_id, absl::Duration lease,
   std::vector<std::shared_ptr<EmbeddingPart>> tables;
   {
     absl::ReaderMutexLock lock(&mu_);
-    for (const auto& [name, part] : tables_) tables.push_back(part);
+    // A table's part moving in is not this shard's yet: its source saves it.
+    for (const auto& [name, part] : tables_) {
+      if (!part->incoming.load(std::memory_order_acquire)) tables.push_back(part);
+    }
   }
   for (const auto& part : tables) {
     PinnedValue v;
@@ -192,6 +195,9 @@ absl::Status VariableStore::FinishRestore(uint64_t restore_id, bool commit, int6
   }
   WriteGate::Pass pass(&gate_);
   for (const auto& part : r->parts) {
+    PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(part.spec.name(), "a restore"));
+  }
+  for (const auto& part : r->tables) {
     PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(part.spec.name(), "a restore"));
   }
   // Tables' new contents are built first (a failure changes nothing), and

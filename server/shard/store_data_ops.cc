@@ -84,14 +84,14 @@ absl::Status VariableStore::ReadUpTo(const ReadRequest& request, int64_t max_val
   return CopyOut(device_, *var, response->mutable_value());
 }
 
-absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse* response) const {
+absl::Status VariableStore::Gather(const GatherRequest& request, GatherResponse* response) {
   return GatherUpTo(request, options_.max_unary_value_bytes,
                     "the largest unary reply (max_unary_value_bytes)", response);
 }
 
 absl::Status VariableStore::GatherUpTo(const GatherRequest& request, int64_t max_result_bytes,
                                        absl::string_view limit_name,
-                                       GatherResponse* response) const {
+                                       GatherResponse* response) {
   if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
     return GatherEmbedding(*part, request, max_result_bytes, limit_name, response);
   }

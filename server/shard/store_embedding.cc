@@ -163,8 +163,12 @@ absl::StatusOr<std::shared_ptr<EmbeddingPart>> VariableStore::TableFor(
     {
       absl::ReaderMutexLock lock(&mu_);
       dense = variables_.count(name) > 0;
+      if (tables_.count(name) > 0) {  // hidden by FindEmbedding: moving in
+        return absl::UnavailableError(absl::StrCat(
+            Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+      }
     }
-    if (!dense) return absl::NotFoundError(absl::StrCat(Quoted(name), " not found"));
+    if (!dense) return Find(name).status();  // NOT_FOUND, or stale once moved away
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": ", Quoted(name), " is not an embedding table"));
   }
@@ -180,11 +184,17 @@ std::shared_ptr<EmbeddingPart> VariableStore::FindEmbedding(
     const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = tables_.find(name);
-  return it == tables_.end() ? nullptr : it->second;
+  if (it == tables_.end()) return nullptr;
+  // A part moving in is not this shard's yet; only its move's replay (and
+  // creation) sees it.
+  if (it->second->incoming.load(std::memory_order_acquire) && !store_internal::ReplayingMove()) {
+    return nullptr;
+  }
+  return it->second;
 }
 
 absl::Status VariableStore::CreateEmbeddingOnce(const CreateVariableRequest& request,
-                                                VariableInfo* info) {
+                                                VariableInfo* info, bool incoming) {
   const std::string& name = request.name();
   const EmbeddingSpec& spec = request.embedding();
   const std::string what = absl::StrCat("embedding table ", Quoted(name));
@@ -216,6 +226,7 @@ absl::Status VariableStore::CreateEmbeddingOnce(const CreateVariableRequest& req
   part->spec = spec;
   part->spec.set_key_dtype(part->key_dtype);
   part->initializer = request.initializer();
+  part->incoming.store(incoming, std::memory_order_relaxed);
 
   std::shared_ptr<EmbeddingPart> primary;
   if (!spec.slot_of().empty()) {
@@ -315,7 +326,9 @@ std::vector<VariableInfo> VariableStore::ListEmbeddingParts() const {
   {
     absl::ReaderMutexLock lock(&mu_);
     for (const auto& [name, part] : tables_) {
-      if (part->column == 0) parts.push_back(part);
+      if (part->column == 0 && !part->incoming.load(std::memory_order_acquire)) {
+        parts.push_back(part);
+      }
     }
   }
   std::vector<VariableInfo> out(parts.size());
@@ -346,7 +359,7 @@ void VariableStore::FillEmbeddingInfo(const EmbeddingPart& part, VariableInfo* i
 absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
                                             const GatherRequest& request,
                                             int64_t max_result_bytes, absl::string_view limit_name,
-                                            GatherResponse* response) const {
+                                            GatherResponse* response) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   TensorShape keys_shape;
   PSD_ASSIGN_OR_RETURN(std::vector<int64_t> keys,
@@ -369,12 +382,72 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
   options.inference = request.inference() || part.column != 0;
   options.global_step = request.global_step();
   EmbeddingUpdateResult result;
-  absl::Status status = part.table->Lookup(keys, part.column, options, content->data(), &result);
+  absl::Status status;
+  if (options.inference) {
+    // Changes nothing: never logged.
+    status = part.table->Lookup(keys, part.column, options, content->data(), &result);
+  } else {
+    // A counting lookup changes the part (counts, admissions, rows): while
+    // the part moves out it is logged with the group's writes, in order.
+    // Lookups do not pass the write gate, so the move registers its group
+    // before pinning the table (bumping its move epoch): a lookup that saw
+    // no move runs only if the epoch it read first is still the table's
+    // (then it is in the pin), else it looks again (seq_cst throughout:
+    // reading no move means the epoch read came before the pin's bump).
+    for (int attempt = 0;; ++attempt) {
+      options.expect_move_epoch = static_cast<int64_t>(part.table->move_epoch());
+      std::shared_ptr<MoveOut> move;
+      if (moving_out_count_.load() > 0) move = MovingOut(part.name);
+      if (move == nullptr) {
+        result = EmbeddingUpdateResult();
+        status = part.table->Lookup(keys, part.column, options, content->data(), &result);
+        if (result.move_epoch_changed && attempt < 16) continue;
+        break;
+      }
+      options.expect_move_epoch = -1;
+      absl::MutexLock order(&move->order_mu);
+      absl::StatusOr<bool> log = AdmitMovingWrite(move.get(), part.name, "");
+      if (!log.ok()) {
+        status = log.status();
+        break;
+      }
+      status = part.table->Lookup(keys, part.column, options, content->data(), &result);
+      if (status.ok() && *log) {
+        const RequestId no_id;
+        WriteMeta meta{kAnonymousCaller, 0, no_id};
+        meta.variable = &part.name;
+        meta.to_batch_op = +[](const void* r, BatchOp* op) {
+          SetBatchOp(*static_cast<const GatherRequest*>(r), op);
+        };
+        meta.request = &request;
+        LogMoveWrite(move.get(), meta);
+      }
+      break;
+    }
+  }
   if (!status.ok()) {
     response->clear_value();
     return status;
   }
   if (result.created > 0) part.version.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::ReplayEmbeddingLookup(const GatherRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "gather"));
+  if (request.inference()) {
+    return absl::InvalidArgumentError("a logged lookup must count (inference changes nothing)");
+  }
+  TensorShape keys_shape;
+  PSD_ASSIGN_OR_RETURN(std::vector<int64_t> keys,
+                       KeysOf(*part, request.indices(), "gather", &keys_shape));
+  std::string scratch(keys.size() * static_cast<size_t>(part->dim) * DataTypeSize(part->dtype),
+                      '\0');
+  EmbeddingLookupOptions options;
+  options.global_step = request.global_step();
+  EmbeddingUpdateResult result;
+  PSD_RETURN_IF_ERROR(part->table->Lookup(keys, 0, options, scratch.data(), &result));
+  if (result.created > 0) part->version.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
@@ -512,7 +585,11 @@ absl::StatusOr<std::unique_ptr<EmbeddingExportSource>> VariableStore::BeginEmbed
 
 absl::Status VariableStore::ImportEmbedding(const ImportEmbeddingRequest& request,
                                             ImportEmbeddingResponse* response, CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+  // Not forwarded to a move's target: a move of the part ends (the part
+  // stays here), as for a streamed assign of a dense part.
+  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
+  meta.variable = &request.name();
+  return Mutate(meta, response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "import"));
     const EmbeddingRows& rows = request.rows();
@@ -566,7 +643,11 @@ absl::Status VariableStore::ImportEmbedding(const ImportEmbeddingRequest& reques
 absl::Status VariableStore::DeleteEmbeddingKeys(const DeleteEmbeddingKeysRequest& request,
                                                 DeleteEmbeddingKeysResponse* response,
                                                 CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+  // Not forwarded to a move's target: a move of the part ends (the part
+  // stays here), as for a streamed assign of a dense part.
+  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
+  meta.variable = &request.name();
+  return Mutate(meta, response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part,
                          TableFor(request.name(), "delete_keys"));
@@ -583,7 +664,11 @@ absl::Status VariableStore::DeleteEmbeddingKeys(const DeleteEmbeddingKeysRequest
 
 absl::Status VariableStore::EvictEmbedding(const EvictEmbeddingRequest& request,
                                            EvictEmbeddingResponse* response, CallerKey caller) {
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, response,
+  // Not forwarded to a move's target: a move of the part ends (the part
+  // stays here), as for a streamed assign of a dense part.
+  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
+  meta.variable = &request.name();
+  return Mutate(meta, response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "evict"));
     if (request.global_step() < 0) {

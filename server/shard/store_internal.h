@@ -134,6 +134,9 @@ struct EmbeddingPart {
   std::string primary;  // a slot's table part (empty for the table itself)
   // Bumped by every successful mutation of the part (VariableInfo.version).
   mutable std::atomic<uint64_t> version{0};
+  // Moving in (a move's target, before it commits): not served, listed or
+  // saved; a move's replay sees it (see Variable::incoming).
+  std::atomic<bool> incoming{false};
 };
 
 // How a move replays each forwardable request on the part's new shard.
@@ -144,6 +147,8 @@ inline void SetBatchOp(const ApplyDenseRequest& r, BatchOp* op) { *op->mutable_a
 inline void SetBatchOp(const ApplySparseRequest& r, BatchOp* op) {
   *op->mutable_apply_sparse() = r;
 }
+// A table's counting lookup (it admits keys, makes rows, counts uses).
+inline void SetBatchOp(const GatherRequest& r, BatchOp* op) { *op->mutable_gather() = r; }
 
 template <typename Request>
 VariableStore::WriteMeta VariableStore::Forwarded(CallerKey caller, const Request& request) {

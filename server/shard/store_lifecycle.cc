@@ -245,6 +245,7 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix,
     }
     for (auto it = tables_.lower_bound(prefix);
          it != tables_.end() && absl::StartsWith(it->first, prefix); ++it) {
+      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire)) continue;
       tables.push_back(it->second);
     }
   }

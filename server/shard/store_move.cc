@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "psd/dtype.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "shard/store_internal.h"
@@ -43,6 +44,62 @@ constexpr absl::Duration kPinFenceLease = absl::Seconds(2);
 thread_local bool t_replaying_move = false;
 
 std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
+
+// A member that is an embedding table's part with rows to copy (a slot's
+// rows come with its table's member: a slot member carries nothing).
+bool IsTableRows(const MovedMember& m) { return m.has_table() && m.table().slot_of().empty(); }
+
+// Where the chunk of table member `m` that starts at `offset` ends: a fixed
+// range of entry ids (rows of up to ~4 MiB with every column), of pending
+// counts, or of Bloom counter bytes, never across two of them. The source
+// answers that range and the target expects it, so the target can plan
+// chunks ahead (PlanMovePulls).
+int64_t TableChunkEnd(const MovedMember& m, int64_t offset) {
+  const MovedTable& t = m.table();
+  const int64_t ids = t.ids();
+  const int64_t pending_end = ids + t.pending();
+  const int64_t total = pending_end + t.bloom_bytes();
+  if (offset < ids) {
+    const int64_t elem = std::max<int64_t>(1, DataTypeSize(m.dtype()));
+    const int64_t row = std::max<int64_t>(1, t.dim()) * elem * (1 + t.columns_size()) + 24;
+    return std::min(ids, offset + std::max<int64_t>(1, kMaxPullBytes / row));
+  }
+  if (offset < pending_end) return std::min(pending_end, offset + kMaxPullBytes / 16);
+  return std::min(total, offset + kMaxPullBytes);
+}
+
+// The offset of the chunk after the one at `offset` of member `m`.
+int64_t NextPullOffset(const MovedMember& m, int64_t offset) {
+  if (IsTableRows(m)) return TableChunkEnd(m, offset);
+  return offset + std::min(kMaxPullBytes, m.total_bytes() - offset);
+}
+
+// The chunk of a table's cut at `offset` (see TableChunkEnd).
+absl::Status FillTableChunk(const MoveOut::TableCut& cut, const MovedMember& info, int64_t offset,
+                            MovedTableChunk* chunk) {
+  const MovedTable& t = info.table();
+  const int64_t end = TableChunkEnd(info, offset);
+  if (offset < t.ids()) {
+    EmbeddingSnapshot::Batch batch;
+    PSD_RETURN_IF_ERROR(cut.cut.rows->ReadIds(offset, end, cut.columns, &batch));
+    chunk->mutable_keys()->Assign(batch.keys.begin(), batch.keys.end());
+    chunk->set_values(std::move(batch.columns[0]));
+    for (size_t c = 1; c < batch.columns.size(); ++c) {
+      chunk->add_slot_values(std::move(batch.columns[c]));
+    }
+    chunk->mutable_freqs()->Assign(batch.freqs.begin(), batch.freqs.end());
+    chunk->mutable_versions()->Assign(batch.versions.begin(), batch.versions.end());
+  } else if (offset < t.ids() + t.pending()) {
+    for (int64_t i = offset - t.ids(); i < end - t.ids(); ++i) {
+      chunk->add_pending_keys(cut.cut.pending[static_cast<size_t>(i)].first);
+      chunk->add_pending_counts(cut.cut.pending[static_cast<size_t>(i)].second);
+    }
+  } else {
+    const int64_t at = offset - t.ids() - t.pending();
+    chunk->set_bloom(cut.cut.bloom.substr(static_cast<size_t>(at), static_cast<size_t>(end - offset)));
+  }
+  return absl::OkStatus();
+}
 
 // What a logged write is charged, the same when it is logged and when it
 // goes (its op's size; the seq set in between does not count).
@@ -121,6 +178,9 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
     move->log.clear();
     move->log_bytes = 0;
     move->log_reservation.Reset();
+    // Tables' cuts go now: while pinned, their writers copy rows and LRU
+    // eviction waits.
+    move->table_cuts.clear();
     move->changed.SignalAll();
   }
   {
@@ -232,15 +292,37 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
   }
   auto move = std::make_shared<MoveOut>();
   move->id = id;
-  // Every part first looked up and checked without holding writes.
+  // Every part first looked up and checked without holding writes. By
+  // member: a dense part in `vars`, a table's part or slot in `tables`.
   std::vector<std::shared_ptr<Variable>> vars;
+  std::vector<std::shared_ptr<EmbeddingPart>> tables;
+  auto in_group = [&](const std::string& name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
   for (const std::string& name : names) {
-    if (FindEmbedding(name) != nullptr) {
-      return absl::UnimplementedError(absl::StrCat(
-          "moving embedding table parts is not supported yet (", Quoted(name), ")"));
+    if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(name)) {
+      // A slot is a column of its table's rows: they move together.
+      if (part->column != 0 && !in_group(part->primary)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Quoted(name), " is a slot of table ", Quoted(part->primary),
+            "; move the table's part (its slots go with it)"));
+      }
+      if (part->column == 0) {
+        for (const std::string& slot : part->table->slot_names()) {
+          if (!in_group(slot)) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                MoveName(id), " takes ", Quoted(name), " without its slot ", Quoted(slot),
+                "; a table's slots move with it"));
+          }
+        }
+      }
+      vars.push_back(nullptr);
+      tables.push_back(std::move(part));
+      continue;
     }
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<Variable> var, Find(name));
     vars.push_back(std::move(var));
+    tables.push_back(nullptr);
   }
   // Writes held for an instant: every write admitted before is applied
   // (so in the snapshot), every later one sees the group moving (so logged).
@@ -254,14 +336,38 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
   absl::Status pinned = [&]() -> absl::Status {
     {
       absl::ReaderMutexLock lock(&mu_);
-      for (const auto& var : vars) {
-        auto it = variables_.find(var->name);
-        if (it == variables_.end() || it->second != var) {
-          return absl::NotFoundError(absl::StrCat(Quoted(var->name), " was deleted"));
-        }
+      for (size_t i = 0; i < names.size(); ++i) {
+        const bool there =
+            vars[i] != nullptr
+                ? variables_.count(names[i]) > 0 && variables_.at(names[i]) == vars[i]
+                : tables_.count(names[i]) > 0 && tables_.at(names[i]) == tables[i];
+        if (!there) return absl::NotFoundError(absl::StrCat(Quoted(names[i]), " was deleted"));
       }
     }
-    for (const auto& var : vars) {
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (tables[i] != nullptr) {
+        // Described now, pinned once registered (below).
+        const EmbeddingPart& part = *tables[i];
+        MoveOut::Member m;
+        m.table = tables[i];
+        m.info.set_name(part.name);
+        m.info.set_dtype(part.dtype);
+        m.info.mutable_shape()->add_dims(part.dim);
+        m.info.set_initialized(true);
+        m.info.set_version(part.version.load(std::memory_order_relaxed));
+        MovedTable* t = m.info.mutable_table();
+        t->set_dim(part.dim);
+        if (part.column != 0) {
+          t->set_slot_of(part.primary);
+        } else {
+          for (size_t j = 0; j < names.size(); ++j) {
+            if (tables[j] != nullptr && tables[j]->primary == part.name) t->add_columns(names[j]);
+          }
+        }
+        move->members.push_back(std::move(m));
+        continue;
+      }
+      const std::shared_ptr<Variable>& var = vars[i];
       absl::ReaderMutexLock lock(&var->mu);
       if (!var->initialized) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -283,15 +389,56 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
       }
       move->members.push_back(std::move(m));
     }
-    absl::MutexLock lock(&moves_mu_);
-    for (const std::string& name : names) {
-      if (moving_out_.count(name) > 0) {
-        return absl::FailedPreconditionError(absl::StrCat(Quoted(name), " is already moving"));
+    // Tables' lookups are not held by the write gate, and those that count
+    // change the part: the group is registered before its tables are
+    // pinned, so a lookup either sees the move (and is logged, in order,
+    // under order_mu, which is held until the pins are taken) or ran before
+    // the pin (its table's move epoch tells, see GatherEmbedding).
+    absl::MutexLock order(&move->order_mu);
+    {
+      absl::MutexLock lock(&moves_mu_);
+      for (const std::string& name : names) {
+        if (moving_out_.count(name) > 0) {
+          return absl::FailedPreconditionError(absl::StrCat(Quoted(name), " is already moving"));
+        }
       }
+      for (const std::string& name : names) moving_out_[name] = move;
+      moving_out_count_.fetch_add(1);  // seq_cst: see GatherEmbedding
     }
-    for (const std::string& name : names) moving_out_[name] = move;
+    std::vector<std::shared_ptr<const MoveOut::TableCut>> cuts(move->members.size());
+    absl::Status cut_status;
+    for (size_t i = 0; i < move->members.size() && cut_status.ok(); ++i) {
+      MoveOut::Member& m = move->members[i];
+      if (m.table == nullptr || m.table->column != 0) continue;
+      auto cut = std::make_shared<MoveOut::TableCut>();
+      cut->cut = m.table->table->PinForMove();
+      cut->columns.push_back(0);
+      for (const std::string& slot : m.info.table().columns()) {
+        cut->columns.push_back(m.table->table->FindSlot(slot));
+      }
+      const int64_t copied = static_cast<int64_t>(cut->cut.pending.size()) * 16 +
+                             static_cast<int64_t>(cut->cut.bloom.size());
+      cut_status = memory_.Reserve(copied, m.info.name());
+      if (!cut_status.ok()) break;
+      cut->reservation = MemoryReservation(&memory_, copied);
+      MovedTable* t = m.info.mutable_table();
+      t->set_ids(cut->cut.ids);
+      t->set_pending(static_cast<int64_t>(cut->cut.pending.size()));
+      t->set_bloom_bytes(static_cast<int64_t>(cut->cut.bloom.size()));
+      t->set_rows(cut->cut.rows->rows());
+      m.info.set_total_bytes(t->ids() + t->pending() + t->bloom_bytes());
+      cuts[i] = std::move(cut);
+    }
+    if (!cut_status.ok()) {
+      FailMoveOut(move.get(), cut_status);
+      return cut_status;
+    }
+    {
+      absl::MutexLock lock(&move->mu);
+      move->table_cuts = std::move(cuts);
+    }
+    absl::MutexLock lock(&moves_mu_);
     moves_out_[id] = move;
-    moving_out_count_.fetch_add(1, std::memory_order_acq_rel);
     return absl::OkStatus();
   }();
   gate_.Unfence(fence_id, nullptr).IgnoreError();
@@ -360,6 +507,20 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
       // freezes only a target close behind) knows what the copy left.
       absl::MutexLock lock(&move->mu);
       response->set_final_seq(move->next_seq - 1);
+    }
+    if (m.table != nullptr) {
+      if (!IsTableRows(m.info)) return absl::OkStatus();  // a slot: its rows come with its table
+      std::shared_ptr<const MoveOut::TableCut> cut;
+      {
+        absl::MutexLock lock(&move->mu);
+        if (static_cast<size_t>(request.member()) < move->table_cuts.size()) {
+          cut = move->table_cuts[request.member()];
+        }
+      }
+      if (cut == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
+      }
+      return FillTableChunk(*cut, m.info, request.offset(), response->mutable_table());
     }
     std::string* content = response->mutable_content();
     if (m.pin == nullptr) {
@@ -430,8 +591,11 @@ absl::StatusOr<uint64_t> VariableStore::FreezeMove(uint64_t move_id, uint64_t in
   {
     absl::ReaderMutexLock lock(&mu_);
     for (const MoveOut::Member& m : move->members) {
-      auto it = variables_.find(m.info.name());
-      if (it == variables_.end() || it->second != m.var) {
+      const std::string& name = m.info.name();
+      const bool there = m.table != nullptr
+                             ? tables_.count(name) > 0 && tables_.at(name) == m.table
+                             : variables_.count(name) > 0 && variables_.at(name) == m.var;
+      if (!there) {
         gone = absl::AbortedError(absl::StrCat(MoveName(move_id), " was given up: ",
                                                Quoted(m.info.name()), " was deleted"));
         break;
@@ -485,6 +649,7 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
       move->log.clear();
       move->log_bytes = 0;
       move->log_reservation.Reset();
+      move->table_cuts.clear();
       move->changed.SignalAll();
     }
     if (committed) {
@@ -493,8 +658,13 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
       absl::MutexLock lock(&mu_);
       for (const MoveOut::Member& m : move->members) {
         const std::string& name = m.info.name();
-        auto it = variables_.find(name);
-        if (it != variables_.end() && it->second == m.var) variables_.erase(it);
+        if (m.table != nullptr) {
+          auto t = tables_.find(name);
+          if (t != tables_.end() && t->second == m.table) tables_.erase(t);
+        } else {
+          auto it = variables_.find(name);
+          if (it != variables_.end() && it->second == m.var) variables_.erase(it);
+        }
         if (moved_away_.emplace(name, new_shard).second) {
           moved_away_order_.push_back(name);
         } else {
@@ -554,29 +724,53 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
   move->id = id;
   move->request = request;
   std::vector<std::string> created;
+  const int n = request.parts_size();
+  move->vars.resize(n);
+  move->tables.resize(n);
   absl::Status status = [&]() -> absl::Status {
-    for (const CreateVariableRequest& part : request.parts()) {
-      if (part.has_embedding()) {
-        return absl::UnimplementedError(absl::StrCat(
-            "moving embedding table parts is not supported yet (", Quoted(part.name()), ")"));
-      }
+    // Slots after the tables they are columns of (a slot's create finds
+    // its table, incoming, as a replay does).
+    std::vector<int> order;
+    for (int i = 0; i < n; ++i) {
+      if (request.parts(i).embedding().slot_of().empty()) order.push_back(i);
+    }
+    for (int i = 0; i < n; ++i) {
+      if (!request.parts(i).embedding().slot_of().empty()) order.push_back(i);
+    }
+    store_internal::MoveReplayScope replay;
+    for (int i : order) {
+      const CreateVariableRequest& part = request.parts(i);
       CreateVariableRequest create = part;
       create.clear_initial_value();
       create.set_initialize(false);
       create.clear_request_id();
       create.set_shard_incarnation(0);
       VariableInfo info;
+      if (part.has_embedding()) {
+        PSD_RETURN_IF_ERROR(ValidateVariableName(part.name()));
+        PSD_RETURN_IF_ERROR(CreateEmbeddingOnce(create, &info, /*incoming=*/true));
+        created.push_back(part.name());
+        std::shared_ptr<EmbeddingPart> table = FindEmbedding(part.name());
+        if (table == nullptr) return absl::AbortedError(absl::StrCat(Quoted(part.name()), " was deleted"));
+        // Its replayed ops must change it as they changed the source's.
+        if (table->column == 0) table->table->SetEvictionAllowed(false);
+        move->tables[i] = std::move(table);
+        continue;
+      }
       PSD_RETURN_IF_ERROR(CreateOnce(create, &info));
       created.push_back(part.name());
       PSD_ASSIGN_OR_RETURN(std::shared_ptr<Variable> var, Find(part.name()));
       var->incoming.store(true, std::memory_order_release);
-      move->vars.push_back(std::move(var));
+      move->vars[i] = std::move(var);
     }
     return absl::OkStatus();
   }();
   if (!status.ok()) {
     absl::MutexLock lock(&mu_);
-    for (const std::string& name : created) variables_.erase(name);
+    for (const std::string& name : created) {
+      variables_.erase(name);
+      tables_.erase(name);
+    }
     return status;
   }
   absl::MutexLock lock(&moves_mu_);
@@ -628,7 +822,7 @@ std::vector<PullMoveRequest> VariableStore::PlanMovePulls(uint64_t move_id, int 
   int64_t offset = move->offset;
   while (static_cast<int>(plan.size()) < max && member < members) {
     const int64_t total = move->members[member].total_bytes();
-    offset += std::min(kMaxPullBytes, total - offset);
+    offset = NextPullOffset(move->members[member], offset);
     if (offset >= total) {
       ++member;
       offset = 0;
@@ -641,7 +835,138 @@ std::vector<PullMoveRequest> VariableStore::PlanMovePulls(uint64_t move_id, int 
   return plan;
 }
 
+absl::Status VariableStore::InstallTableChunk(MoveIn* move, const PullMoveResponse& response) {
+  const MovedMember& info = move->members[move->member];
+  const std::shared_ptr<EmbeddingPart>& part = move->tables[move->member];
+  if (response.member() != move->member || response.offset() != move->offset) {
+    return absl::DataLossError(absl::StrCat("the source sent ", Quoted(info.name()),
+                                            " rows at member ", response.member(), " offset ",
+                                            response.offset(), ", expected member ", move->member,
+                                            " offset ", move->offset));
+  }
+  const MovedTableChunk& chunk = response.table();
+  if (!response.content().empty()) {
+    return absl::DataLossError(absl::StrCat("the source sent bytes for table part ",
+                                            Quoted(info.name()), "; it sends rows"));
+  }
+  auto whole = [&] {
+    part->version.store(info.version(), std::memory_order_relaxed);
+    ++move->member;
+    move->offset = 0;
+  };
+  if (!IsTableRows(info)) {
+    if (chunk.ByteSizeLong() != 0) {
+      return absl::DataLossError(absl::StrCat("the source sent rows for slot ", Quoted(info.name()),
+                                              "; its rows come with its table"));
+    }
+    whole();
+    return absl::OkStatus();
+  }
+  const MovedTable& t = info.table();
+  const int64_t end = TableChunkEnd(info, move->offset);
+  const int64_t n = chunk.keys_size();
+  auto bad = [&](auto&&... what) {
+    return absl::DataLossError(absl::StrCat("the source's chunk of ", Quoted(info.name()), " at ",
+                                            move->offset, ": ", what...));
+  };
+  if (move->offset < t.ids()) {
+    const size_t row_bytes = static_cast<size_t>(t.dim()) * DataTypeSize(info.dtype());
+    if (n > end - move->offset || chunk.values().size() != static_cast<size_t>(n) * row_bytes ||
+        chunk.slot_values_size() != t.columns_size() || chunk.freqs_size() != n ||
+        chunk.versions_size() != n || chunk.pending_keys_size() != 0 ||
+        chunk.pending_counts_size() != 0 || !chunk.bloom().empty()) {
+      return bad(n, " keys for ids [", move->offset, ", ", end, ") with ", chunk.values().size(),
+                 " value bytes, ", chunk.slot_values_size(), " slot columns (", t.columns_size(),
+                 " moved), ", chunk.freqs_size(), " freqs, ", chunk.versions_size(), " versions");
+    }
+    std::vector<int> columns;
+    std::vector<const void*> slot_values;
+    for (int c = 0; c < t.columns_size(); ++c) {
+      if (chunk.slot_values(c).size() != static_cast<size_t>(n) * row_bytes) {
+        return bad("slot column ", c, " holds ", chunk.slot_values(c).size(), " bytes for ", n,
+                   " keys");
+      }
+      const int column = part->table->FindSlot(t.columns(c));
+      if (column < 0) return bad("no slot ", Quoted(t.columns(c)), " here");
+      columns.push_back(column);
+      slot_values.push_back(chunk.slot_values(c).data());
+    }
+    if (n > 0) {
+      const std::vector<int64_t> keys(chunk.keys().begin(), chunk.keys().end());
+      const std::vector<int64_t> freqs(chunk.freqs().begin(), chunk.freqs().end());
+      const std::vector<int64_t> versions(chunk.versions().begin(), chunk.versions().end());
+      PSD_RETURN_IF_ERROR(part->table->Import(keys, chunk.values().data(), columns, slot_values,
+                                              freqs, versions));
+    }
+  } else if (move->offset < t.ids() + t.pending()) {
+    if (chunk.pending_keys_size() != end - move->offset ||
+        chunk.pending_counts_size() != chunk.pending_keys_size() || n != 0 ||
+        !chunk.values().empty() || chunk.slot_values_size() != 0 || !chunk.bloom().empty()) {
+      return bad(chunk.pending_keys_size(), " pending keys and ", chunk.pending_counts_size(),
+                 " counts, expected ", end - move->offset);
+    }
+    const std::vector<int64_t> keys(chunk.pending_keys().begin(), chunk.pending_keys().end());
+    const std::vector<int64_t> counts(chunk.pending_counts().begin(),
+                                      chunk.pending_counts().end());
+    PSD_RETURN_IF_ERROR(part->table->ImportPending(keys, counts));
+  } else {
+    if (static_cast<int64_t>(chunk.bloom().size()) != end - move->offset || n != 0 ||
+        chunk.pending_keys_size() != 0 || !chunk.values().empty() ||
+        chunk.slot_values_size() != 0) {
+      return bad(chunk.bloom().size(), " Bloom counter bytes, expected ", end - move->offset);
+    }
+    PSD_RETURN_IF_ERROR(
+        part->table->ImportBloom(move->offset - t.ids() - t.pending(), chunk.bloom()));
+  }
+  move->copied_bytes += end - move->offset;
+  move->offset = end;
+  if (move->offset >= info.total_bytes()) whole();
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::CheckMovedTable(const MoveIn& move, int i,
+                                            const MovedMember& m) const {
+  const CreateVariableRequest& part = move.request.parts(i);
+  const MovedTable& t = m.table();
+  auto bad = [&](auto&&... what) {
+    return absl::DataLossError(absl::StrCat("the source's table part ", Quoted(m.name()), " of ",
+                                            MoveName(move.id), ": ", what...));
+  };
+  if (t.slot_of() != part.embedding().slot_of() || t.dim() != part.embedding().embedding_dim()) {
+    return bad("a slot of ", Quoted(t.slot_of()), " with dim ", t.dim(), "; expected a slot of ",
+               Quoted(part.embedding().slot_of()), " with dim ", part.embedding().embedding_dim());
+  }
+  constexpr int64_t kMaxUnits = int64_t{1} << 40;
+  for (int64_t units : {t.ids(), t.pending(), t.bloom_bytes()}) {
+    if (units < 0 || units > kMaxUnits) return bad("a cut of ", units, " ids, counts or bytes");
+  }
+  if (!t.slot_of().empty()) {
+    if (m.total_bytes() != 0 || t.columns_size() != 0 || t.ids() != 0 || t.pending() != 0 ||
+        t.bloom_bytes() != 0) {
+      return bad("a slot carries nothing of its own (its rows come with its table)");
+    }
+    return absl::OkStatus();
+  }
+  if (m.total_bytes() != t.ids() + t.pending() + t.bloom_bytes()) {
+    return bad(m.total_bytes(), " units, not ", t.ids(), " + ", t.pending(), " + ",
+               t.bloom_bytes());
+  }
+  // Each row carries exactly the slots that move with the table.
+  std::vector<std::string> want, got(t.columns().begin(), t.columns().end());
+  for (const CreateVariableRequest& p : move.request.parts()) {
+    if (p.has_embedding() && p.embedding().slot_of() == part.name()) want.push_back(p.name());
+  }
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  if (want != got) {
+    return bad("rows carry slots [", absl::StrJoin(got, ", "), "]; the move takes [",
+               absl::StrJoin(want, ", "), "]");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveResponse& response) {
+  if (move->tables[move->member] != nullptr) return InstallTableChunk(move, response);
   const MovedMember& info = move->members[move->member];
   const std::shared_ptr<Variable>& var = move->vars[move->member];
   if (response.member() != move->member || response.offset() != move->offset) {
@@ -735,7 +1060,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
               std::equal(m.shape().dims().begin(), m.shape().dims().end(),
                          part.shape().dims().begin(), part.shape().dims().end());
           if (m.name() != part.name() || m.dtype() != part.dtype() || m.total_bytes() < 0 ||
-              !same_shape) {
+              !same_shape || m.has_table() != part.has_embedding()) {
             return absl::DataLossError(absl::StrCat("the source's part ", i, " of ",
                                                     MoveName(move_id), " is ", Quoted(m.name()),
                                                     " (", DataTypeName(m.dtype()),
@@ -744,6 +1069,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
                                                     DataTypeName(part.dtype()), " ",
                                                     "[", absl::StrJoin(part.shape().dims(), ","), "]", ")"));
           }
+          if (m.has_table()) PSD_RETURN_IF_ERROR(CheckMovedTable(*move, i, m));
           move->total_bytes += m.total_bytes();
         }
         move->members.assign(response.members().begin(), response.members().end());
@@ -795,6 +1121,10 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
           written = {&op->apply_sparse().name()};
           for (const std::string& slot : op->apply_sparse().slots()) written.push_back(&slot);
           break;
+        case BatchOp::kGather:  // a table's counting lookup
+          op->mutable_gather()->set_shard_incarnation(0);
+          written = {&op->gather().name()};
+          break;
         default:
           return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
                                                   " is not a write"));
@@ -813,7 +1143,8 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       absl::Status applied;
       {
         store_internal::MoveReplayScope replay;
-        applied = RunBatchOp(*op, 0, &result, w.caller());
+        applied = op->op_case() == BatchOp::kGather ? ReplayEmbeddingLookup(op->gather())
+                                                    : RunBatchOp(*op, 0, &result, w.caller());
       }
       if (!applied.ok()) {
         return absl::InternalError(absl::StrCat(
@@ -899,12 +1230,25 @@ absl::Status VariableStore::EndMoveIn(uint64_t move_id, bool committed) {
     move->changed.SignalAll();
   }
   if (committed) {
-    for (const auto& var : move->vars) var->incoming.store(false, std::memory_order_release);
+    for (const auto& var : move->vars) {
+      if (var != nullptr) var->incoming.store(false, std::memory_order_release);
+    }
+    for (const auto& table : move->tables) {
+      if (table == nullptr) continue;
+      if (table->column == 0) table->table->SetEvictionAllowed(true);
+      table->incoming.store(false, std::memory_order_release);
+    }
   } else {
     absl::MutexLock lock(&mu_);
     for (const auto& var : move->vars) {
+      if (var == nullptr) continue;
       auto it = variables_.find(var->name);
       if (it != variables_.end() && it->second == var) variables_.erase(it);
+    }
+    for (const auto& table : move->tables) {
+      if (table == nullptr) continue;
+      auto it = tables_.find(table->name);
+      if (it != tables_.end() && it->second == table) tables_.erase(it);
     }
   }
   absl::MutexLock lock(&moves_mu_);

@@ -60,7 +60,11 @@ absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string&
                                              moved->second,
                                              "; refresh the variable from the coordinator"));
     }
-    if (tables_.count(name) > 0) {
+    if (auto table = tables_.find(name); table != tables_.end()) {
+      if (table->second->incoming.load(std::memory_order_acquire)) {
+        return absl::UnavailableError(absl::StrCat(
+            Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+      }
       return absl::InvalidArgumentError(absl::StrCat(
           Quoted(name), " is an embedding table: only gather, scatter_update/add/sub and "
           "sparse optimizer applies by key (and its own export, import, delete_keys and evict) "

@@ -144,7 +144,7 @@ class VariableStore {
   absl::Status Read(const ReadRequest& request, ReadResponse* response) const;
   // A result over max_unary_value_bytes is RESOURCE_EXHAUSTED, before
   // anything is allocated.
-  absl::Status Gather(const GatherRequest& request, GatherResponse* response) const;
+  absl::Status Gather(const GatherRequest& request, GatherResponse* response);
   absl::Status Assign(const AssignRequest& request, AssignResponse* response,
                       CallerKey caller = kAnonymousCaller);
   absl::Status Scatter(const ScatterRequest& request, ScatterResponse* response,
@@ -312,7 +312,7 @@ class VariableStore {
   absl::Status ReadUpTo(const ReadRequest& request, int64_t max_value_bytes,
                         ReadResponse* response) const;
   absl::Status GatherUpTo(const GatherRequest& request, int64_t max_result_bytes,
-                          absl::string_view limit_name, GatherResponse* response) const;
+                          absl::string_view limit_name, GatherResponse* response);
   friend class StagedAssignSink;
 
   // A dense variable; a table's name is INVALID_ARGUMENT (the op has no
@@ -324,11 +324,14 @@ class VariableStore {
   // dense variable or a slot.
   absl::StatusOr<std::shared_ptr<EmbeddingPart>> TableFor(const std::string& name,
                                                           absl::string_view op) const;
-  absl::Status CreateEmbeddingOnce(const CreateVariableRequest& request, VariableInfo* info);
+  // `incoming`: the part of a move's target, not served until it commits.
+  absl::Status CreateEmbeddingOnce(const CreateVariableRequest& request, VariableInfo* info,
+                                   bool incoming = false);
   absl::Status DeleteEmbeddingOnce(const std::string& name);
+  // Not const: a counting lookup of a part moving out is logged.
   absl::Status GatherEmbedding(const EmbeddingPart& part, const GatherRequest& request,
                                int64_t max_result_bytes, absl::string_view limit_name,
-                               GatherResponse* response) const;
+                               GatherResponse* response);
   absl::Status ScatterEmbedding(const EmbeddingPart& part, const ScatterRequest& request,
                                 ScatterResponse* response);
   absl::Status ApplyEmbedding(const EmbeddingPart& part, const ApplySparseRequest& request,
@@ -381,6 +384,15 @@ class VariableStore {
   std::shared_ptr<MoveIn> FindMoveIn(uint64_t move_id) const;
   // Snapshot bytes of one pull into the incoming part (move->mu held).
   absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response);
+  // The same for a table's part or slot: rows, pending counts or Bloom
+  // counters of one chunk (proto MovedTable).
+  absl::Status InstallTableChunk(MoveIn* move, const PullMoveResponse& response);
+  // The source's word on table member `i`, checked against the part the
+  // target created: the same slot_of and dim, a consistent cut, rows
+  // carrying exactly the group's slots of it.
+  absl::Status CheckMovedTable(const MoveIn& move, int i, const MovedMember& m) const;
+  // Replays a table's logged counting lookup on the part moving in.
+  absl::Status ReplayEmbeddingLookup(const GatherRequest& request);
   // The one way into a mutating operation, so every one is checked alike:
   // the incarnation check (ABORTED "stale handle" before anything else),
   // the write gate (a Pass: it goes straight through on a handler thread

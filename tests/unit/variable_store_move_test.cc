@@ -4,8 +4,16 @@
 // order, a retried write the source applied is answered from the moved
 // window, the source answers "stale handle" afterwards; and a source whose
 // word does not match the declared part (its shape, or a logged write to
-// another variable) installs nothing.
+// another variable) installs nothing. Embedding tables' parts move with
+// their slot rows, pending admission counts and logged lookups; a source
+// that sends a key of another part or a chunk of a part the move does not
+// carry installs nothing.
+#include <map>
+#include <tuple>
+
 #include "gtest/gtest.h"
+#include "psd/embedding_keys.h"
+#include "psd/status.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
 #include "store_test_util.h"
@@ -212,6 +220,258 @@ TEST_F(StoreMoveTest, ALoggedWriteToAnotherVariableIsRefused) {
   EXPECT_EQ(target_.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_FAILED);
   EXPECT_EQ(Read(&target_, "other"), (std::vector<float>{5, 5, 5, 5}));
   ASSERT_TRUE(target_.EndMoveIn(7, /*committed=*/false).ok());
+}
+
+// --- Embedding tables' parts ---
+
+// A table part "emb" (part 0 of `num_parts`, dim 2, rows start at 1, a
+// counter filter admitting a key at its 3rd use) and its Adagrad slot.
+std::vector<CreateVariableRequest> TableParts(int num_parts) {
+  CreateVariableRequest table;
+  table.set_name("emb");
+  table.set_dtype(DT_FLOAT);
+  table.mutable_shape()->add_dims(2);
+  table.mutable_initializer()->mutable_ones();
+  table.mutable_embedding()->set_embedding_dim(2);
+  table.mutable_embedding()->mutable_counter_filter()->set_filter_freq(3);
+  table.set_embedding_num_parts(num_parts);
+  CreateVariableRequest slot = table;
+  slot.set_name("emb/Adagrad");
+  TensorToProto(Tensor::Scalar<float>(0.5f),
+                slot.mutable_initializer()->mutable_constant()->mutable_value());
+  slot.mutable_embedding()->set_slot_of("emb");
+  return {table, slot};
+}
+
+TensorProto Keys(std::vector<int64_t> keys) {
+  TensorProto p;
+  TensorToProto(*Tensor::FromVector<int64_t>(TensorShape{static_cast<int64_t>(keys.size())}, keys),
+                &p);
+  return p;
+}
+
+absl::StatusOr<std::vector<float>> Lookup(VariableStore* store, std::vector<int64_t> keys,
+                                          const std::string& name = "emb") {
+  GatherRequest req;
+  req.set_name(name);
+  *req.mutable_indices() = Keys(keys);
+  GatherResponse resp;
+  PSD_RETURN_IF_ERROR(store->Gather(req, &resp));
+  PSD_ASSIGN_OR_RETURN(Tensor t, TensorFromProto(resp.value(), name));
+  return t.ToVector<float>();
+}
+
+absl::Status AddToRows(VariableStore* store, std::vector<int64_t> keys, uint64_t seq) {
+  ScatterRequest req;
+  req.set_name("emb");
+  req.set_op(UPDATE_ADD);
+  *req.mutable_indices() = Keys(keys);
+  TensorProto rows;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{static_cast<int64_t>(keys.size()), 2},
+                                           std::vector<float>(keys.size() * 2, 1.0f)),
+                &rows);
+  *req.mutable_updates() = rows;
+  req.set_global_step(static_cast<int64_t>(seq));
+  req.mutable_request_id()->set_client_id(11);
+  req.mutable_request_id()->set_seq(seq);
+  ScatterResponse resp;
+  return store->Scatter(req, &resp);
+}
+
+absl::Status Adagrad(VariableStore* store, std::vector<int64_t> keys, uint64_t seq) {
+  ApplySparseRequest req;
+  req.set_name("emb");
+  req.add_slots("emb/Adagrad");
+  req.mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.25);
+  *req.mutable_indices() = Keys(keys);
+  TensorProto grads;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{static_cast<int64_t>(keys.size()), 2},
+                                           std::vector<float>(keys.size() * 2, 0.5f)),
+                &grads);
+  *req.mutable_values() = grads;
+  req.set_global_step(static_cast<int64_t>(seq));
+  req.mutable_request_id()->set_client_id(11);
+  req.mutable_request_id()->set_seq(seq);
+  ApplySparseResponse resp;
+  return store->ApplySparse(req, &resp);
+}
+
+// Every row of "emb": key -> (value, slot row, freq, version).
+using Rows = std::map<int64_t, std::tuple<std::vector<float>, std::vector<float>, int64_t, int64_t>>;
+Rows Export(VariableStore* store) {
+  ExportEmbeddingRequest req;
+  req.set_name("emb");
+  req.add_slots("emb/Adagrad");
+  Rows out;
+  auto source = store->BeginEmbeddingExport(req);
+  EXPECT_TRUE(source.ok()) << source.status();
+  if (!source.ok()) return out;
+  EmbeddingRows rows;
+  while (true) {
+    rows.Clear();
+    auto more = (*source)->Next(&rows);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    auto keys = TensorFromProto(rows.keys(), "keys")->ToVector<int64_t>();
+    auto values = TensorFromProto(rows.values(), "values")->ToVector<float>();
+    auto slots = TensorFromProto(rows.slot_values(0), "slots")->ToVector<float>();
+    auto freqs = TensorFromProto(rows.freqs(), "freqs")->ToVector<int64_t>();
+    auto versions = TensorFromProto(rows.versions(), "versions")->ToVector<int64_t>();
+    for (size_t i = 0; i < keys.size(); ++i) {
+      out[keys[i]] = {{values[2 * i], values[2 * i + 1]}, {slots[2 * i], slots[2 * i + 1]},
+                      freqs[i], versions[i]};
+    }
+  }
+  return out;
+}
+
+StartMoveInRequest TableMoveIn(uint64_t move_id, int num_parts) {
+  StartMoveInRequest in;
+  in.set_move_id(move_id);
+  in.set_source_incarnation(1);
+  for (const CreateVariableRequest& part : TableParts(num_parts)) *in.add_parts() = part;
+  return in;
+}
+
+// Rows (trained, with slot rows), pending counts and the lookups and
+// writes logged during the copy arrive whole: the target's rows equal the
+// source's at the freeze, a key one use short of admission is admitted by
+// its next lookup there, and retried writes are answered from the window.
+TEST_F(StoreMoveTest, ATablePartMovesWithItsSlotRowsPendingCountsAndLoggedLookups) {
+  VariableInfo info;
+  for (const CreateVariableRequest& part : TableParts(1)) {
+    ASSERT_TRUE(source_.Create(part, &info).ok());
+  }
+  // Keys 1..40 admitted (three uses) and trained; key 100 used twice.
+  std::vector<int64_t> keys;
+  for (int64_t k = 1; k <= 40; ++k) keys.push_back(k);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Lookup(&source_, keys).ok());
+  ASSERT_TRUE(Adagrad(&source_, keys, 1).ok());
+  ASSERT_TRUE(Lookup(&source_, {100, 100}).ok());
+
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(8, 1)).ok());
+  ASSERT_TRUE(PullOnce(8));  // pins; the table's rows
+  // During the copy: a write, a retried one, lookups that count (key 200's
+  // first use, key 5's freq) and one that admits key 300 at its third use.
+  ASSERT_TRUE(AddToRows(&source_, {5, 6}, 2).ok());
+  ASSERT_TRUE(AddToRows(&source_, {5, 6}, 2).ok());
+  ASSERT_TRUE(Lookup(&source_, {200, 5, 300, 300, 300}).ok());
+  ASSERT_TRUE(Adagrad(&source_, {300, 7}, 3).ok());
+  while (target_.MoveInStatus(8, absl::ZeroDuration()).phase() == MOVE_COPYING) {
+    ASSERT_TRUE(PullOnce(8));
+  }
+  ASSERT_TRUE(PullOnce(8));  // the logged ones
+  auto frozen = source_.FreezeMove(8, 1);
+  ASSERT_TRUE(frozen.ok()) << frozen.status();
+  EXPECT_EQ(*frozen, 3u);  // a write, a lookup, an apply (the retry was not run)
+  const Rows at_freeze = Export(&source_);
+  EXPECT_EQ(at_freeze.size(), 41u);
+  while (PullOnce(8)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(8, absl::ZeroDuration()).phase(), MOVE_READY);
+  // Not served before the switch.
+  EXPECT_TRUE(absl::IsUnavailable(Lookup(&target_, {1}).status()));
+  EXPECT_TRUE(target_.List("").empty());
+  ASSERT_TRUE(target_.EndMoveIn(8, /*committed=*/true).ok());
+  ASSERT_TRUE(source_.EndMoveOut(8, /*committed=*/true, 1).ok());
+
+  EXPECT_EQ(Export(&target_), at_freeze);
+  // Key 100 was one use short: its next lookup admits it (its initial row,
+  // not the default value 0); key 200 needs two more.
+  auto admitted = Lookup(&target_, {100, 200});
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_EQ(*admitted, (std::vector<float>{1, 1, 0, 0}));
+  // The window moved: a retry of the source's write is not applied again.
+  ASSERT_TRUE(AddToRows(&target_, {5, 6}, 2).ok());
+  EXPECT_EQ(std::get<0>(Export(&target_)[5]), std::get<0>(at_freeze.at(5)));
+  // The slot is found beside the table.
+  ASSERT_TRUE(Adagrad(&target_, {5}, 4).ok());
+  EXPECT_NE(std::get<1>(Export(&target_)[5]), std::get<1>(at_freeze.at(5)));
+  absl::Status stale = Lookup(&source_, {1}).status();
+  EXPECT_TRUE(absl::IsAborted(stale)) << stale;
+  EXPECT_NE(stale.message().find("stale handle"), absl::string_view::npos) << stale;
+}
+
+// A logged write naming a key of another part of the table (a source that
+// lies) is refused: the target fails the move and serves nothing.
+TEST_F(StoreMoveTest, ALoggedWriteToAKeyOfAnotherPartIsRefused) {
+  VariableInfo info;
+  std::vector<CreateVariableRequest> parts = TableParts(2);
+  for (const CreateVariableRequest& part : parts) ASSERT_TRUE(source_.Create(part, &info).ok());
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(9, 2)).ok());
+  while (target_.MoveInStatus(9, absl::ZeroDuration()).phase() == MOVE_COPYING) {
+    ASSERT_TRUE(PullOnce(9));
+  }
+  int64_t other_key = 0;
+  while (PartOfKey(other_key, 2) == 0) ++other_key;
+  PullMoveResponse stray;
+  stray.set_member(2);
+  MoveWrite* w = stray.add_writes();
+  w->set_seq(1);
+  ScatterRequest* add = w->mutable_op()->mutable_scatter();
+  add->set_name("emb");
+  add->set_op(UPDATE_ADD);
+  *add->mutable_indices() = Keys({other_key});
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{1, 2}, {1, 1}), add->mutable_updates());
+  stray.set_final_seq(1);
+  absl::Status applied = target_.ApplyMovePull(9, stray);
+  EXPECT_FALSE(applied.ok());
+  EXPECT_NE(applied.message().find("belongs to part"), absl::string_view::npos) << applied;
+  EXPECT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_FAILED);
+  ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/false).ok());
+  EXPECT_TRUE(target_.List("", /*include_incoming=*/true).empty());
+  EXPECT_EQ(target_.num_variables(), 0u);
+}
+
+// Chunks the move did not ask for install nothing: rows for a member the
+// group does not have, a slot that claims rows of its own, rows of a key
+// of another part.
+TEST_F(StoreMoveTest, ATableChunkForAPartNotInTheGroupIsRefused) {
+  VariableInfo info;
+  for (const CreateVariableRequest& part : TableParts(2)) {
+    ASSERT_TRUE(source_.Create(part, &info).ok());
+  }
+  int64_t mine = 0;
+  while (PartOfKey(mine, 2) != 0) ++mine;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Lookup(&source_, {mine}).ok());
+  auto first = [&](uint64_t id) {
+    PullMoveRequest req;
+    EXPECT_TRUE(target_.NextMovePull(id, &req));
+    PullMoveResponse resp;
+    EXPECT_TRUE(source_.PullMove(req, &resp).ok());
+    return resp;
+  };
+  // A chunk of member 5 (the group has two).
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(10, 2)).ok());
+  PullMoveResponse resp = first(10);
+  resp.set_member(5);
+  EXPECT_TRUE(absl::IsDataLoss(target_.ApplyMovePull(10, resp)));
+  ASSERT_TRUE(target_.EndMoveIn(10, false).ok());
+  ASSERT_TRUE(source_.EndMoveOut(10, false, -1).ok());
+  // The slot's member claiming to be a table of its own.
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(11, 2)).ok());
+  resp = first(11);
+  resp.mutable_members(1)->mutable_table()->clear_slot_of();
+  EXPECT_TRUE(absl::IsDataLoss(target_.ApplyMovePull(11, resp)));
+  ASSERT_TRUE(target_.EndMoveIn(11, false).ok());
+  ASSERT_TRUE(source_.EndMoveOut(11, false, -1).ok());
+  // A row of a key of part 1.
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(12, 2)).ok());
+  resp = first(12);
+  ASSERT_EQ(resp.table().keys_size(), 1);
+  int64_t theirs = 0;
+  while (PartOfKey(theirs, 2) == 0) ++theirs;
+  resp.mutable_table()->set_keys(0, theirs);
+  EXPECT_FALSE(target_.ApplyMovePull(12, resp).ok());
+  EXPECT_EQ(target_.MoveInStatus(12, absl::ZeroDuration()).phase(), MOVE_FAILED);
+  ASSERT_TRUE(target_.EndMoveIn(12, false).ok());
+  ASSERT_TRUE(source_.EndMoveOut(12, false, -1).ok());
+  EXPECT_EQ(target_.num_variables(), 0u);
+  EXPECT_EQ(target_.memory().used(), 0);
+  // The source serves on, its rows whole.
+  auto row = Lookup(&source_, {mine});
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(*row, (std::vector<float>{1, 1}));
 }
 
 }  // namespace
