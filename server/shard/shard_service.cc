@@ -294,7 +294,32 @@ grpc::ServerUnaryReactor* ShardService::Read(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* ShardService::Gather(grpc::CallbackServerContext* ctx,
                                                const GatherRequest* request,
                                                GatherResponse* response) {
+  if (store_->MoveGateFor(request->name()) != nullptr && store_->CountingTableLookup(*request)) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (AdmitOrFinish(reactor)) RunMovingLookup(reactor, request, response);
+    return reactor;
+  }
   return Serve(ctx, [&] { return store_->Gather(*request, response); });
+}
+
+void ShardService::RunMovingLookup(grpc::ServerUnaryReactor* reactor,
+                                   const GatherRequest* request, GatherResponse* response) {
+  absl::Status status;
+  {
+    auto resume = [this, reactor, request, response] {
+      RunMovingLookup(reactor, request, response);
+    };
+    std::shared_ptr<WriteGate> part_gate = store_->MoveGateFor(request->name());
+    std::optional<WriteGate::Admission> part_admission;
+    if (part_gate != nullptr) {
+      part_admission.emplace(part_gate->TryAdmit(resume));
+      if (!*part_admission) return;  // held until the move switches or is given up
+    }
+    status = RunGuarded([&] { return store_->Gather(*request, response); });
+  }
+  // As RunWrite: released before finishing.
+  Release();
+  reactor->Finish(ToGrpcStatus(status));
 }
 
 grpc::ServerUnaryReactor* ShardService::Assign(grpc::CallbackServerContext* ctx,

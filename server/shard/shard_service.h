@@ -208,6 +208,12 @@ class ShardService final : public ShardServiceBase {
                                        const std::string* variable = nullptr);
   template <typename Op>
   void RunWrite(grpc::ServerUnaryReactor* reactor, Op op, const std::string* variable = nullptr);
+  // A table's counting lookup of a part moving out: admitted by the move's
+  // gate only (it changes the part, so it waits out the switch with the
+  // part's writes instead of being refused; a checkpoint fence does not
+  // hold lookups).
+  void RunMovingLookup(grpc::ServerUnaryReactor* reactor, const GatherRequest* request,
+                       GatherResponse* response);
   // `op`'s status, or the status of what it threw (psd/edge.h): every
   // handler and reactor callback runs the store through this.
   template <typename Op>

@@ -433,6 +433,12 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
   return absl::OkStatus();
 }
 
+bool VariableStore::CountingTableLookup(const GatherRequest& request) const {
+  if (request.inference()) return false;
+  std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name());
+  return part != nullptr && part->column == 0;
+}
+
 absl::Status VariableStore::ReplayEmbeddingLookup(const GatherRequest& request) {
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "gather"));
   if (request.inference()) {

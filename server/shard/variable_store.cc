@@ -55,6 +55,13 @@ absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string&
         Quoted(name), " is moving to this shard and serves once the move completes; retry"));
   }
   if (it == variables_.end()) {
+    // A table's part moving (back) in answers as incoming, not by where it
+    // went last.
+    if (auto table = tables_.find(name);
+        table != tables_.end() && table->second->incoming.load(std::memory_order_acquire)) {
+      return absl::UnavailableError(absl::StrCat(
+          Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+    }
     if (auto moved = moved_away_.find(name); moved != moved_away_.end()) {
       return absl::AbortedError(absl::StrCat("stale handle: part ", name, " moved to shard ",
                                              moved->second,

@@ -271,6 +271,10 @@ class VariableStore {
   // The part gate of `name`'s group while it moves out, else null: the
   // service admits writes to the group through it before the write gate.
   std::shared_ptr<WriteGate> MoveGateFor(const std::string& name) const;
+  // Whether `request` is a lookup that changes a table's part (counts,
+  // admits): while the part moves out it waits out the switch at the
+  // move's gate, as writes do.
+  bool CountingTableLookup(const GatherRequest& request) const;
 
   // Target side. BeginMoveIn creates the group's parts as incoming (client
   // ops on them are UNAVAILABLE until the move commits).
