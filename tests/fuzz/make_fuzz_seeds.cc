@@ -21,6 +21,7 @@
 #include "checkpoint/tensor_slice.h"
 #include "fuzz_inputs.pb.h"
 #include "memory_file_system.h"
+#include "psd/embedding_keys.h"
 #include "psd/wire.h"
 
 namespace {
@@ -624,6 +625,108 @@ psd::MoveWrite ScatterAdd(uint64_t seq, const std::string& name, uint64_t reques
   return w;
 }
 
+// A table's part (part 1 of 2, dim 2, a counter filter admitting at 3) and
+// its Adagrad slot, moved whole: the rows with their slot rows, a pending
+// count, logged lookups and writes, the end; and two lies.
+void TableMoveSeeds() {
+  using psd::fuzz::MoveInSession;
+  auto write = [](const std::string& name, const MoveInSession& session) {
+    Write("move_pull_fuzz", name, session.SerializeAsString());
+  };
+  std::vector<int64_t> mine, theirs;  // keys of part 1, and of part 0
+  for (int64_t k = 0; mine.size() < 3 || theirs.empty(); ++k) {
+    (psd::PartOfKey(k, 2) == 1 ? mine : theirs).push_back(k);
+  }
+  MoveInSession whole;
+  psd::CreateVariableRequest table;
+  table.set_name("t/part_1");
+  table.set_dtype(psd::DT_FLOAT);
+  table.mutable_shape()->add_dims(2);
+  table.mutable_initializer()->mutable_ones();
+  table.mutable_embedding()->set_embedding_dim(2);
+  table.mutable_embedding()->mutable_counter_filter()->set_filter_freq(3);
+  table.set_embedding_part_index(1);
+  table.set_embedding_num_parts(2);
+  psd::CreateVariableRequest slot = table;
+  slot.set_name("t/Adagrad/part_1");
+  slot.mutable_initializer()->mutable_zeros();
+  slot.mutable_embedding()->set_slot_of("t/part_1");
+  *whole.add_parts() = table;
+  *whole.add_parts() = slot;
+  psd::PullMoveResponse first;
+  psd::MovedMember* m = first.add_members();
+  m->set_name("t/part_1");
+  m->set_dtype(psd::DT_FLOAT);
+  m->mutable_shape()->add_dims(2);
+  m->set_initialized(true);
+  m->set_version(5);
+  m->set_total_bytes(4 + 1);  // ids [0, 4), one pending count
+  psd::MovedTable* t = m->mutable_table();
+  t->add_columns("t/Adagrad/part_1");
+  t->set_ids(4);
+  t->set_pending(1);
+  t->set_dim(2);
+  t->set_rows(2);
+  m = first.add_members();
+  m->set_name("t/Adagrad/part_1");
+  m->set_dtype(psd::DT_FLOAT);
+  m->mutable_shape()->add_dims(2);
+  m->set_initialized(true);
+  m->mutable_table()->set_slot_of("t/part_1");
+  m->mutable_table()->set_dim(2);
+  psd::MovedTableChunk* rows = first.mutable_table();
+  rows->add_keys(mine[0]);
+  rows->add_keys(mine[1]);
+  rows->set_values(FloatBytes(4, 1));
+  rows->add_slot_values(FloatBytes(4, 0.5f));
+  for (int i = 0; i < 2; ++i) {
+    rows->add_freqs(3 + i);
+    rows->add_versions(7);
+  }
+  *whole.add_pulls() = first;
+  psd::PullMoveResponse pending;
+  pending.set_offset(4);
+  pending.mutable_table()->add_pending_keys(mine[2]);
+  pending.mutable_table()->add_pending_counts(2);
+  *whole.add_pulls() = pending;
+  psd::PullMoveResponse slot_chunk;  // a slot's (empty) chunk
+  slot_chunk.set_member(1);
+  *whole.add_pulls() = slot_chunk;
+  psd::PullMoveResponse end;
+  end.set_member(2);
+  psd::MoveWrite* lookup = end.add_writes();  // admits mine[2]
+  lookup->set_seq(1);
+  lookup->mutable_op()->mutable_gather()->set_name("t/part_1");
+  *lookup->mutable_op()->mutable_gather()->mutable_indices() = Value<int64_t>({1}, {mine[2]});
+  psd::MoveWrite* add = end.add_writes();
+  add->set_seq(2);
+  add->set_caller(0xca11e4);
+  psd::ScatterRequest* s = add->mutable_op()->mutable_scatter();
+  s->set_name("t/part_1");
+  s->set_op(psd::UPDATE_ADD);
+  *s->mutable_indices() = Value<int64_t>({2}, {mine[0], mine[2]});
+  *s->mutable_updates() = Value<float>({2, 2}, std::vector<float>(4, 2.f));
+  s->mutable_request_id()->set_client_id(0xc1);
+  s->mutable_request_id()->set_seq(1);
+  end.set_end(true);
+  end.set_final_seq(2);
+  psd::RequestWindowState::Client* c = end.mutable_window()->add_clients();
+  c->set_client_id(0xc1);
+  c->set_owner(0xca11e4);
+  c->set_max_seq(1);
+  c->add_entries()->set_seq(1);
+  *whole.add_pulls() = end;
+  whole.set_commit(true);
+  write("table_whole_move", whole);
+  // A row of a key of the other part, and a slot that claims rows.
+  MoveInSession other_part = whole;
+  other_part.mutable_pulls(0)->mutable_table()->set_keys(1, theirs[0]);
+  write("table_key_of_another_part", other_part);
+  MoveInSession slot_rows = whole;
+  *slot_rows.mutable_pulls(2)->mutable_table() = first.table();
+  write("table_slot_with_rows", slot_rows);
+}
+
 void MoveSeeds() {
   using psd::fuzz::MoveInSession;
   auto write = [](const std::string& name, const MoveInSession& session) {
@@ -744,6 +847,7 @@ void MoveSeeds() {
   to_v->mutable_op()->mutable_assign()->set_name("v");
   *to_v->mutable_op()->mutable_assign()->mutable_value() = Value<float>({3}, {1, 1, 1});
   write("write_to_another_variable", stray);
+  TableMoveSeeds();
 }
 
 }  // namespace

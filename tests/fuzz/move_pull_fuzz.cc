@@ -12,8 +12,12 @@
 // crash, UB, leak, hang, or allocation the limit does not cover); a move
 // that failed cannot commit, its parts were never served and are gone
 // once it ends, with every byte it charged given back; a committed part
-// holds its declared dtype and shape; and the store's other variables are
-// never changed by anything the source sends.
+// holds its declared dtype and shape, and exactly the declared parts are
+// installed (an embedding table's part holding only keys of its part); and
+// the store's other variables are never changed by anything the source
+// sends. Tables' parts (and their slots) are fuzzed as dense parts are:
+// the seeds hold a table move (proto MovedTable, MovedTableChunk).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +30,7 @@
 
 #include "device/device.h"
 #include "fuzz_inputs.pb.h"
+#include "psd/embedding_keys.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
 
@@ -167,8 +172,39 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  static_cast<int>(status.phase()), failed.ToString().c_str());
   }
   if (session.commit() && ready) {
-    // Installed: each part as declared.
+    // Installed: exactly the declared parts, beside the variables there were.
+    std::set<std::string> listed;
+    for (const auto& info : store.List("")) listed.insert(info.name());
+    for (const auto& [name, value] : before) listed.erase(name);
+    Check(listed == group, "a committed move installed other parts than it declared");
     for (const auto& part : start.parts()) {
+      if (!part.has_embedding() || !part.embedding().slot_of().empty()) continue;
+      // A table's part holds keys of its own part only.
+      psd::ExportEmbeddingRequest req;
+      req.set_name(part.name());
+      auto rows = store.BeginEmbeddingExport(req);
+      Check(rows.ok(), "a moved table part cannot be exported: " + part.name());
+      psd::EmbeddingRows batch;
+      for (int i = 0; i < 1000; ++i) {
+        batch.Clear();
+        auto more = (*rows)->Next(&batch);
+        Check(more.ok(), "a moved table part cannot be read: " + part.name());
+        if (!*more) break;
+        auto keys = psd::TensorFromProto(batch.keys(), "keys");
+        Check(keys.ok(), "a moved table part's keys do not decode: " + part.name());
+        const int num_parts = std::max(1, part.embedding_num_parts());
+        for (int64_t j = 0; j < keys->num_elements(); ++j) {
+          const int64_t key = keys->dtype() == psd::DT_INT32
+                                  ? int64_t{keys->data<int32_t>()[j]}
+                                  : keys->data<int64_t>()[j];
+          Check(num_parts == 1 || psd::PartOfKey(key, num_parts) == part.embedding_part_index(),
+                "a moved table part holds a key of another part: " + part.name());
+        }
+      }
+    }
+    // Dense parts: each as declared.
+    for (const auto& part : start.parts()) {
+      if (part.has_embedding()) continue;
       psd::ReadRequest req;
       req.set_name(part.name());
       psd::ReadResponse resp;
