@@ -28,6 +28,8 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/coordinator.grpc.pb.h"
+#include "psd/embedding_keys.h"
+#include "psd/embedding_variable.h"
 #include "psd/grpc_status.h"
 #include "psd/saver.h"
 #include "psd/session.h"
@@ -39,6 +41,7 @@ namespace integration {
 namespace {
 
 using client::GetVariableOptions;
+using client::KeyedOpOptions;
 using client::Session;
 using client::Variable;
 
@@ -451,6 +454,203 @@ TEST_F(PartMoveCrashTest, AShardOrTheCoordinatorKilledDuringAMoveLosesNoAcknowle
                kills, coordinator_kills, inside, absl::FormatDuration(move_time).c_str(),
                lost_kills, moved_again);
   EXPECT_GE(kills, 10);
+}
+
+// An embedding table's parts moving while the source or the target shard
+// is killed (SIGKILL) at a random moment: afterwards each part has one
+// owner (or none while lost with its killed shard), its rows are intact
+// there (rows written once before, and each trainer's scatter_adds: every
+// acknowledged one, at most those the kill hid), and it moves again; a
+// lost part comes back from the checkpoint taken before, exactly. Bounded
+// in time: as many kills as fit in 60 s, up to 8.
+TEST_F(PartMoveCrashTest, AShardKilledDuringATableMoveLeavesOneOwnerWithItsRows) {
+  constexpr int kTrainers = 2;
+  constexpr int kKills = 8;
+  constexpr int64_t kStill = 40;  // rows written once, before the kills
+  client::EmbeddingVariableOptions o;
+  o.embedding_dim = 2;
+  o.initializer = client::init::Zeros();
+  o.partitioner = client::partitioners::FixedSize(2);
+  o.reuse = REUSE_AUTO;
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable emb,
+                           session_->GetEmbeddingVariable("tbl", o));
+  auto keys_tensor = [](const std::vector<int64_t>& keys) {
+    return *Tensor::FromVector<int64_t>({static_cast<int64_t>(keys.size())}, keys);
+  };
+  // Each trainer's key in each part; the still rows are keys 1000...
+  std::vector<std::vector<int64_t>> mine(kTrainers, std::vector<int64_t>(2, -1));
+  for (int t = 0; t < kTrainers; ++t) {
+    for (int64_t k = 10 * t; mine[t][0] < 0 || mine[t][1] < 0; ++k) {
+      mine[t][PartOfKey(k, 2)] = k;
+    }
+  }
+  std::vector<int64_t> still;
+  std::vector<float> still_rows;
+  for (int64_t k = 0; k < kStill; ++k) {
+    still.push_back(1000 + k);
+    still_rows.push_back(static_cast<float>(k));
+    still_rows.push_back(static_cast<float>(-k));
+  }
+  ASSERT_TRUE(IsOk(emb.ScatterUpdate(keys_tensor(still),
+                                     *Tensor::FromVector<float>({kStill, 2}, still_rows))));
+  auto lookup = [&](int index) -> absl::StatusOr<PartHandle> {
+    LookupVariableRequest req;
+    req.set_name("tbl");
+    LookupVariableResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    PSD_RETURN_IF_ERROR(FromGrpcStatus(CoordinatorStub()->LookupVariable(&ctx, req, &resp)));
+    if (index >= resp.handle().parts_size()) return absl::NotFoundError("tbl");
+    return resp.handle().parts(index);
+  };
+  auto holds = [&](int k, const std::string& name) {
+    auto stub = Shard::NewStub(
+        grpc::CreateChannel(cluster_->shard_address(k), grpc::InsecureChannelCredentials()));
+    ListVariablesRequest req;
+    req.set_prefix(name);
+    ListVariablesResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!stub->ListVariables(&ctx, req, &resp).ok()) return false;
+    for (const auto& v : resp.variables()) {
+      if (v.name() == name) return true;
+    }
+    return false;
+  };
+  // Part p's rows: each trainer's key, then the still rows of part p.
+  auto read = [&](Session* session, int p) -> absl::StatusOr<std::vector<float>> {
+    PSD_ASSIGN_OR_RETURN(client::EmbeddingVariable table, session->GetEmbeddingVariable("tbl", o));
+    std::vector<int64_t> keys;
+    for (int t = 0; t < kTrainers; ++t) keys.push_back(mine[t][p]);
+    for (int64_t k : still) {
+      if (PartOfKey(k, 2) == p) keys.push_back(k);
+    }
+    KeyedOpOptions inference;
+    inference.inference = true;
+    PSD_ASSIGN_OR_RETURN(Tensor rows, table.Gather(keys_tensor(keys), inference));
+    return rows.ToVector<float>();
+  };
+  PSD_ASSERT_OK_AND_ASSIGN(auto saver, client::Saver::Create(cluster_->coordinator_address()));
+  client::SessionOptions quick;
+  quick.shard.retry_budget = absl::Seconds(2);
+  std::mt19937 rng(20261207);
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  int kills = 0, lost_kills = 0, moved_again = 0, inside = 0;
+  for (int i = 0; i < kKills && absl::Now() < give_up; ++i) {
+    std::vector<float> base[2];
+    for (int p = 0; p < 2; ++p) {
+      PSD_ASSERT_OK_AND_ASSIGN(base[p], read(session_.get(), p));
+    }
+    PSD_ASSERT_OK_AND_ASSIGN(std::string prefix,
+                             saver->Save(absl::StrCat(ckpt_, "/table.ckpt"), i));
+    const int index = i % 2;
+    const std::string name = absl::StrCat("tbl/part_", index);
+    PSD_ASSERT_OK_AND_ASSIGN(const PartHandle placed, lookup(index));
+    const int32_t from = placed.shard_id();
+    const bool source = (i / 2) % 2 == 0;
+    const int victim = source ? from : 1 - from;
+    const std::string when = absl::StrCat("kill ", i, " of the ", source ? "source" : "target",
+                                          " (shard ", victim, ") during a move of ", name);
+    std::vector<std::unique_ptr<Session>> sessions;
+    for (int t = 0; t < kTrainers; ++t) {
+      PSD_ASSERT_OK_AND_ASSIGN(auto s, Session::Open(cluster_->coordinator_address(), quick));
+      sessions.push_back(std::move(s));
+    }
+    std::atomic<bool> stop{false};
+    std::vector<int64_t> acked(kTrainers, 0), unknown(kTrainers, 0);
+    std::vector<std::thread> trainers;
+    for (int t = 0; t < kTrainers; ++t) {
+      trainers.emplace_back([&, t] {
+        auto e = sessions[t]->GetEmbeddingVariable("tbl", o);
+        if (!e.ok()) return;
+        const Tensor keys = keys_tensor(mine[t]);
+        const Tensor ones = *Tensor::FromVector<float>({2, 2}, {1, 1, 1, 1});
+        while (!stop.load()) {
+          const bool ok = e->ScatterAdd(keys, ones).ok();
+          (ok ? acked[t] : unknown[t]) += 1;
+          if (!ok) absl::SleepFor(absl::Milliseconds(20));
+        }
+      });
+    }
+    std::vector<uint64_t> not_old(2, 0);
+    auto old = cluster_->ShardIncarnation(victim);
+    not_old[victim] = old.ok() ? *old : 0;
+    std::atomic<bool> move_ended{false};
+    std::thread mover([&] {
+      (void)Move(1 - from, name);
+      move_ended.store(true);
+    });
+    absl::SleepFor(absl::Microseconds(std::uniform_int_distribution<int>(0, 20000)(rng)));
+    inside += !move_ended.load();
+    ASSERT_TRUE(IsOk(cluster_->RestartShard(victim)));
+    ++kills;
+    mover.join();
+    ASSERT_TRUE(IsOk(cluster_->WaitForShards(absl::Seconds(60), not_old)));
+    PSD_ASSERT_OK_AND_ASSIGN(PartHandle after, lookup(index));
+    if (!after.lost()) {
+      absl::Status again = Move(1 - after.shard_id(), name);
+      for (int attempt = 0;
+           attempt < 300 && (absl::IsAborted(again) || absl::IsUnavailable(again)); ++attempt) {
+        absl::SleepFor(absl::Milliseconds(100));
+        PSD_ASSERT_OK_AND_ASSIGN(after, lookup(index));
+        again = Move(1 - after.shard_id(), name);
+      }
+      EXPECT_TRUE(again.ok()) << when << ": the next move: " << again;
+      moved_again += again.ok();
+    }
+    stop.store(true);
+    for (auto& t : trainers) t.join();
+    sessions.clear();
+    // Each part: one owner, or none while lost; never two.
+    std::set<int> lost;
+    for (int p = 0; p < 2; ++p) {
+      const std::string part = absl::StrCat("tbl/part_", p);
+      bool settled = false;
+      absl::StatusOr<PartHandle> at = absl::UnknownError("not looked up");
+      for (int attempt = 0; attempt < 300 && !settled; ++attempt) {
+        at = lookup(p);
+        settled = at.ok() && !holds(1 - at->shard_id(), part) &&
+                  (holds(at->shard_id(), part) || at->lost());
+        if (!settled) absl::SleepFor(absl::Milliseconds(100));
+      }
+      ASSERT_TRUE(settled) << when << ": " << part << " on shard 0: " << holds(0, part)
+                           << ", on shard 1: " << holds(1, part) << ", placed: "
+                           << (at.ok() ? at->DebugString() : at.status().ToString());
+      if (at->lost()) {
+        lost.insert(p);
+        EXPECT_EQ(at->shard_id(), victim) << when << ": " << part << " lost";
+        continue;
+      }
+      // Its rows intact on the owner.
+      auto now = read(session_.get(), p);
+      ASSERT_TRUE(now.ok()) << when << ": " << now.status();
+      ASSERT_EQ(now->size(), base[p].size());
+      for (int t = 0; t < kTrainers; ++t) {
+        for (int col = 0; col < 2; ++col) {
+          const float v = (*now)[t * 2 + col] - base[p][t * 2 + col];
+          EXPECT_GE(v, acked[t]) << when << ": trainer " << t << " lost a scatter_add in " << part;
+          EXPECT_LE(v, acked[t] + unknown[t])
+              << when << ": trainer " << t << " scatter_add applied twice in " << part;
+        }
+      }
+      EXPECT_EQ(std::vector<float>(now->begin() + kTrainers * 2, now->end()),
+                std::vector<float>(base[p].begin() + kTrainers * 2, base[p].end()))
+          << when << ": " << part << "'s other rows changed";
+    }
+    // The fixture's counter may have gone with the killed shard too.
+    if (lost.empty() && !Lost()) continue;
+    lost_kills += !lost.empty();
+    ASSERT_TRUE(IsOk(saver->Restore(prefix))) << when;
+    for (int p = 0; p < 2; ++p) {
+      auto restored = read(session_.get(), p);
+      ASSERT_TRUE(restored.ok()) << when << ": " << restored.status();
+      EXPECT_EQ(*restored, base[p]) << when;
+    }
+  }
+  std::fprintf(stderr, "%d kills during table moves (%d before the move had answered); %d lost "
+               "parts with their shard; %d moves after a kill\n",
+               kills, inside, lost_kills, moved_again);
+  EXPECT_GE(kills, 4);
 }
 
 }  // namespace
