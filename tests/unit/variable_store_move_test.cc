@@ -474,5 +474,71 @@ TEST_F(StoreMoveTest, ATableChunkForAPartNotInTheGroupIsRefused) {
   EXPECT_EQ(*row, (std::vector<float>{1, 1}));
 }
 
+// A table part of several chunks (fixed ranges of its rows' entry ids,
+// chunks planned ahead as a puller keeps them in flight) arrives whole.
+TEST_F(StoreMoveTest, ATableOfSeveralChunksArrivesWholeThroughPipelinedPulls) {
+  constexpr int64_t kDim = 1024;  // a row with its slot: ~8 KiB, ~510 rows a chunk
+  constexpr int64_t kKeys = 1200;
+  std::vector<CreateVariableRequest> parts = TableParts(1);
+  for (CreateVariableRequest& part : parts) {
+    part.mutable_shape()->set_dims(0, kDim);
+    part.mutable_embedding()->set_embedding_dim(kDim);
+    part.mutable_embedding()->clear_counter_filter();
+  }
+  VariableInfo info;
+  for (const CreateVariableRequest& part : parts) ASSERT_TRUE(source_.Create(part, &info).ok());
+  for (int64_t k = 0; k < kKeys; k += 100) {
+    std::vector<int64_t> keys;
+    for (int64_t j = k; j < k + 100; ++j) keys.push_back(j * 3);
+    ScatterRequest req;
+    req.set_name("emb");
+    req.set_op(UPDATE_ADD);
+    *req.mutable_indices() = Keys(keys);
+    TensorToProto(*Tensor::FromVector<float>(
+                      TensorShape{100, kDim}, std::vector<float>(100 * kDim, static_cast<float>(k))),
+                  req.mutable_updates());
+    ScatterResponse resp;
+    ASSERT_TRUE(source_.Scatter(req, &resp).ok());
+  }
+  StartMoveInRequest in;
+  in.set_move_id(13);
+  in.set_source_incarnation(1);
+  for (const CreateVariableRequest& part : parts) *in.add_parts() = part;
+  ASSERT_TRUE(target_.BeginMoveIn(in).ok());
+  std::vector<std::pair<int, int64_t>> asked;
+  bool copying = true;
+  for (int round = 0; round < 20 && copying; ++round) {
+    std::vector<PullMoveRequest> plan = target_.PlanMovePulls(13, 3, &copying);
+    ASSERT_FALSE(plan.empty());
+    if (!copying) break;
+    std::vector<PullMoveResponse> answers(plan.size());
+    for (size_t i = 0; i < plan.size(); ++i) {
+      ASSERT_TRUE(source_.PullMove(plan[i], &answers[i]).ok());
+      EXPECT_LE(answers[i].ByteSizeLong(), size_t{5} << 20);
+    }
+    asked.emplace_back(plan[0].member(), plan[0].offset());
+    ASSERT_TRUE(target_.ApplyMovePull(13, answers[0]).ok());
+  }
+  // Rows in three chunks (ids [0, 510), [510, 1020), [1020, 1200)), then
+  // the slot's empty one.
+  const std::vector<std::pair<int, int64_t>> expected = {{0, 0}, {0, 510}, {0, 1020}, {1, 0}};
+  EXPECT_EQ(asked, expected);
+  ASSERT_TRUE(source_.FreezeMove(13, 1).ok());
+  while (PullOnce(13)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(13, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(13, /*committed=*/true).ok());
+  std::vector<int64_t> keys;
+  for (int64_t j = 0; j < kKeys; ++j) keys.push_back(j * 3);
+  auto moved = Lookup(&target_, keys);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  ASSERT_EQ(static_cast<int64_t>(moved->size()), kKeys * kDim);
+  for (int64_t j = 0; j < kKeys; ++j) {
+    // Ones, plus what its batch of 100 added.
+    ASSERT_EQ((*moved)[j * kDim], 1.0f + static_cast<float>(j / 100 * 100)) << "key " << j * 3;
+    ASSERT_EQ((*moved)[j * kDim + kDim - 1], 1.0f + static_cast<float>(j / 100 * 100));
+  }
+}
+
 }  // namespace
 }  // namespace psd
