@@ -689,6 +689,29 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
       m.encoded_strings.clear();
     }
   }
+  // Remembered (for late pulls) as a copy that holds none of the parts: a
+  // moved part's memory (a table's rows) goes with the last op still
+  // holding it, not when the remembered move is pruned.
+  auto ended = std::make_shared<MoveOut>();
+  ended->id = move->id;
+  ended->started = move->started;
+  for (const MoveOut::Member& m : move->members) {
+    MoveOut::Member info;
+    info.info = m.info;
+    ended->members.push_back(std::move(info));
+  }
+  {
+    absl::MutexLock lock(&move->mu);
+    absl::MutexLock ended_lock(&ended->mu);
+    ended->state = move->state;
+    ended->failure = move->failure;
+    ended->new_shard = move->new_shard;
+  }
+  {
+    absl::MutexLock lock(&moves_mu_);
+    auto it = moves_out_.find(move_id);
+    if (it != moves_out_.end() && it->second == move) it->second = std::move(ended);
+  }
   // Held writes resume: committed, they find the parts gone (stale
   // handle); given up, they run here as before.
   move->gate.Unfence(move_id, nullptr).IgnoreError();

@@ -374,6 +374,8 @@ TEST_F(StoreMoveTest, ATablePartMovesWithItsSlotRowsPendingCountsAndLoggedLookup
   EXPECT_TRUE(target_.List("").empty());
   ASSERT_TRUE(target_.EndMoveIn(8, /*committed=*/true).ok());
   ASSERT_TRUE(source_.EndMoveOut(8, /*committed=*/true, 1).ok());
+  // The source dropped the part: its rows' memory is back.
+  EXPECT_EQ(source_.memory().used(), 0);
 
   EXPECT_EQ(Export(&target_), at_freeze);
   // Key 100 was one use short: its next lookup admits it (its initial row,
