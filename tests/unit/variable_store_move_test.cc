@@ -542,5 +542,37 @@ TEST_F(StoreMoveTest, ATableOfSeveralChunksArrivesWholeThroughPipelinedPulls) {
   }
 }
 
+// A Bloom filter's counters move: a key one use short of admission before
+// the move is admitted by its next use after it.
+TEST_F(StoreMoveTest, ATablePartMovesWithItsBloomFilterCounters) {
+  std::vector<CreateVariableRequest> parts = TableParts(1);
+  parts.resize(1);  // no slot
+  EmbeddingSpec* spec = parts[0].mutable_embedding();
+  spec->clear_counter_filter();
+  spec->mutable_bloom_filter()->set_filter_freq(3);
+  spec->mutable_bloom_filter()->set_max_element_size(1000);
+  spec->mutable_bloom_filter()->set_false_positive_probability(0.01);
+  spec->mutable_bloom_filter()->set_counter_bits(8);
+  VariableInfo info;
+  ASSERT_TRUE(source_.Create(parts[0], &info).ok());
+  ASSERT_TRUE(Lookup(&source_, {42, 42}).ok());  // one use short
+  StartMoveInRequest in;
+  in.set_move_id(14);
+  in.set_source_incarnation(1);
+  *in.add_parts() = parts[0];
+  ASSERT_TRUE(target_.BeginMoveIn(in).ok());
+  while (target_.MoveInStatus(14, absl::ZeroDuration()).phase() == MOVE_COPYING) {
+    ASSERT_TRUE(PullOnce(14));
+  }
+  ASSERT_TRUE(source_.FreezeMove(14, 1).ok());
+  while (PullOnce(14)) {
+  }
+  ASSERT_TRUE(target_.EndMoveIn(14, /*committed=*/true).ok());
+  ASSERT_TRUE(source_.EndMoveOut(14, /*committed=*/true, 1).ok());
+  auto row = Lookup(&target_, {42, 43});
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(*row, (std::vector<float>{1, 1, 0, 0}));
+}
+
 }  // namespace
 }  // namespace psd
