@@ -49,6 +49,20 @@ std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(
 // rows come with its table's member: a slot member carries nothing).
 bool IsTableRows(const MovedMember& m) { return m.has_table() && m.table().slot_of().empty(); }
 
+// The bytes a row of table member `m` carries: its value and slot rows,
+// key, frequency and version.
+int64_t TableRowBytes(const MovedMember& m) {
+  const int64_t elem = std::max<int64_t>(1, DataTypeSize(m.dtype()));
+  return std::max<int64_t>(1, m.table().dim()) * elem * (1 + m.table().columns_size()) + 24;
+}
+
+// What a table member's snapshot holds in bytes (progress and metrics
+// count these; its pull offsets count ids, pending counts, Bloom bytes).
+int64_t TableSnapshotBytes(const MovedMember& m) {
+  if (!IsTableRows(m)) return 0;
+  return m.table().rows() * TableRowBytes(m) + m.table().pending() * 16 + m.table().bloom_bytes();
+}
+
 // Where the chunk of table member `m` that starts at `offset` ends: a fixed
 // range of entry ids (rows of up to ~4 MiB with every column), of pending
 // counts, or of Bloom counter bytes, never across two of them. The source
@@ -60,9 +74,7 @@ int64_t TableChunkEnd(const MovedMember& m, int64_t offset) {
   const int64_t pending_end = ids + t.pending();
   const int64_t total = pending_end + t.bloom_bytes();
   if (offset < ids) {
-    const int64_t elem = std::max<int64_t>(1, DataTypeSize(m.dtype()));
-    const int64_t row = std::max<int64_t>(1, t.dim()) * elem * (1 + t.columns_size()) + 24;
-    return std::min(ids, offset + std::max<int64_t>(1, kMaxPullBytes / row));
+    return std::min(ids, offset + std::max<int64_t>(1, kMaxPullBytes / TableRowBytes(m)));
   }
   if (offset < pending_end) return std::min(pending_end, offset + kMaxPullBytes / 16);
   return std::min(total, offset + kMaxPullBytes);
@@ -941,7 +953,10 @@ absl::Status VariableStore::InstallTableChunk(MoveIn* move, const PullMoveRespon
     PSD_RETURN_IF_ERROR(
         part->table->ImportBloom(move->offset - t.ids() - t.pending(), chunk.bloom()));
   }
-  move->copied_bytes += end - move->offset;
+  // In bytes, as TableSnapshotBytes counts them.
+  move->copied_bytes += move->offset < t.ids()
+                            ? n * TableRowBytes(info)
+                            : (move->offset < t.ids() + t.pending() ? 16 : 1) * (end - move->offset);
   move->offset = end;
   if (move->offset >= info.total_bytes()) whole();
   return absl::OkStatus();
@@ -959,9 +974,14 @@ absl::Status VariableStore::CheckMovedTable(const MoveIn& move, int i,
     return bad("a slot of ", Quoted(t.slot_of()), " with dim ", t.dim(), "; expected a slot of ",
                Quoted(part.embedding().slot_of()), " with dim ", part.embedding().embedding_dim());
   }
-  constexpr int64_t kMaxUnits = int64_t{1} << 40;
+  // Entry ids are 32-bit; no part holds a PiB.
+  constexpr int64_t kMaxUnits = int64_t{1} << 32;
   for (int64_t units : {t.ids(), t.pending(), t.bloom_bytes()}) {
     if (units < 0 || units > kMaxUnits) return bad("a cut of ", units, " ids, counts or bytes");
+  }
+  if (t.rows() < 0 || t.rows() > t.ids() ||
+      t.rows() > (int64_t{1} << 50) / TableRowBytes(m)) {
+    return bad(t.rows(), " rows in ", t.ids(), " ids");
   }
   if (!t.slot_of().empty()) {
     if (m.total_bytes() != 0 || t.columns_size() != 0 || t.ids() != 0 || t.pending() != 0 ||
@@ -1093,7 +1113,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
                                                     "[", absl::StrJoin(part.shape().dims(), ","), "]", ")"));
           }
           if (m.has_table()) PSD_RETURN_IF_ERROR(CheckMovedTable(*move, i, m));
-          move->total_bytes += m.total_bytes();
+          move->total_bytes += m.has_table() ? TableSnapshotBytes(m) : m.total_bytes();
         }
         move->members.assign(response.members().begin(), response.members().end());
       }

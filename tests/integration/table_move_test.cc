@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -19,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -468,6 +470,58 @@ TEST_F(TableMoveCheckpointTest, ACheckpointTakenDuringTableMovesRestoresToExactl
   }
 }
 
+}  // namespace
+}  // namespace integration
+}  // namespace psd
+
+namespace psd {
+namespace integration {
+namespace {
+
+// Not a check (disabled): prints how long moving a table part takes, ROWS
+// rows (default 1M) of dim 16 with an Adagrad slot, 4 moves back and forth:
+//   ROWS=1000000 psd_table_move_test --gtest_also_run_disabled_tests \
+//     --gtest_filter=TableMoveTiming.*
+class TableMoveTiming : public SharedClusterTest<TableMoveTiming> {};
+TEST_F(TableMoveTiming, DISABLED_PrintsTheTimeToMoveATablePart) {
+  EmbeddingVariableOptions o;
+  o.embedding_dim = 16;
+  o.initializer = init::RandomNormal(0, 1, 3);
+  PSD_ASSERT_OK_AND_ASSIGN(EmbeddingVariable table, session_->GetEmbeddingVariable("m/emb", o));
+  EmbeddingVariableOptions so = o;
+  so.initializer = init::Constant(Tensor::Scalar<float>(0.1f));
+  so.slot_of = "m/emb";
+  so.trainable = false;
+  PSD_ASSERT_OK_AND_ASSIGN(EmbeddingVariable slot,
+                           session_->GetEmbeddingVariable("m/emb/Adagrad", so));
+  OptimizerSpec adagrad;
+  adagrad.mutable_adagrad()->set_learning_rate(0.1);
+  const int64_t kRows = std::atoll(std::getenv("ROWS") ? std::getenv("ROWS") : "1000000");
+  for (int64_t k = 0; k < kRows; k += 20000) {
+    std::vector<int64_t> ids;
+    for (int64_t j = k; j < k + 20000; ++j) ids.push_back(j);
+    ASSERT_TRUE(IsOk(table.ApplySparse(adagrad, {slot}, Keys(ids), Rows(20000, 16, 0.5f))));
+  }
+  auto stub = Coordinator::NewStub(
+      grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
+  for (int i = 0; i < 4; ++i) {
+    LookupVariableRequest lr;
+    lr.set_name("m/emb");
+    LookupVariableResponse lresp;
+    grpc::ClientContext lctx;
+    ASSERT_TRUE(stub->LookupVariable(&lctx, lr, &lresp).ok());
+    MovePartRequest req;
+    req.set_part(lresp.handle().parts(0).name());
+    req.set_target_shard(1 - lresp.handle().parts(0).shard_id());
+    MovePartResponse resp;
+    grpc::ClientContext ctx;
+    const absl::Time start = absl::Now();
+    ASSERT_TRUE(stub->MovePart(&ctx, req, &resp).ok());
+    std::fprintf(stderr, "moved %lld rows (+Adagrad) in %s: %lld bytes, writes held %.2f ms\n",
+                 static_cast<long long>(kRows), absl::FormatDuration(absl::Now() - start).c_str(),
+                 static_cast<long long>(resp.bytes()), resp.fence_seconds() * 1e3);
+  }
+}
 }  // namespace
 }  // namespace integration
 }  // namespace psd
