@@ -853,18 +853,15 @@ class EmbeddingTable::Impl {
       }
     }
     absl::MutexLock l(&mu_);
-    int64_t fresh = 0;
+    // Keys counted for the first time, each once.
+    absl::flat_hash_set<int64_t> fresh;
     for (int64_t key : keys) {
-      fresh += index_.count(key) == 0 && pending_.count(key) == 0;
+      if (index_.count(key) == 0 && pending_.count(key) == 0) fresh.insert(key);
     }
-    PSD_RETURN_IF_ERROR(TryReserve(fresh * kPendingBytesPerKey));
+    PSD_RETURN_IF_ERROR(TryReserve(static_cast<int64_t>(fresh.size()) * kPendingBytesPerKey));
     for (size_t k = 0; k < keys.size(); ++k) {
       if (index_.count(keys[k]) > 0) continue;  // admitted: its row holds its count
-      auto [it, inserted] = pending_.emplace(keys[k], counts[k]);
-      if (!inserted) {
-        it->second = counts[k];
-        Release(kPendingBytesPerKey);  // reserved above as fresh, not fresh after all
-      }
+      pending_[keys[k]] = counts[k];
     }
     return absl::OkStatus();
   }

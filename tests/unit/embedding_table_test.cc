@@ -854,5 +854,43 @@ TEST(EmbeddingTableTest, DISABLED_Throughput) {
               static_cast<long long>(snap->rows()));
 }
 
+// A move's cut (PinForMove) holds the pending counts and a lookup that
+// counts after it is refused when it expected the epoch before it; the
+// pending counts put into another table charge each key once.
+TEST(EmbeddingTableTest, AMoveCutHoldsPendingCountsAndStopsLookupsOfTheEpochBefore) {
+  MemoryAccountant memory(0);
+  EmbeddingSpec spec;
+  spec.mutable_counter_filter()->set_filter_freq(3);
+  auto t = MakeTable(Options("t", DT_FLOAT, 2, Ones(), spec), &memory);
+  LookupF(t.get(), {5, 5, 6});
+  const uint64_t epoch = t->move_epoch();
+  EmbeddingMoveCut cut = t->PinForMove();
+  EXPECT_EQ(t->move_epoch(), epoch + 1);
+  EXPECT_EQ(cut.pending, (std::vector<std::pair<int64_t, int64_t>>{{5, 2}, {6, 1}}));
+  std::vector<float> out(2);
+  EmbeddingLookupOptions before;
+  before.expect_move_epoch = static_cast<int64_t>(epoch);
+  EmbeddingUpdateResult r;
+  absl::Status s = t->Lookup({5}, 0, before, out.data(), &r);
+  EXPECT_TRUE(absl::IsAborted(s)) << s;
+  EXPECT_TRUE(r.move_epoch_changed);
+  EXPECT_EQ(t->Stats().pending_keys(), 2) << "the refused lookup counted nothing";
+
+  MemoryAccountant other_memory(0);
+  auto u = MakeTable(Options("u", DT_FLOAT, 2, Ones(), spec), &other_memory);
+  LookupF(u.get(), {6});  // pending already
+  const int64_t held = other_memory.held();
+  std::vector<int64_t> keys, counts;
+  for (const auto& [k, c] : cut.pending) {
+    keys.push_back(k);
+    counts.push_back(c);
+  }
+  ASSERT_TRUE(u->ImportPending(keys, counts).ok());
+  EXPECT_EQ(other_memory.held() - held, 24) << "key 6 was pending already: only key 5 is new";
+  EXPECT_EQ(LookupF(u.get(), {5}), (std::vector<float>{1, 1})) << "admitted at its third use";
+  EXPECT_EQ(LookupF(u.get(), {6}), (std::vector<float>{0, 0})) << "its second use";
+  EXPECT_TRUE(absl::IsInvalidArgument(u->ImportPending({7}, {3})));  // not below filter_freq
+}
+
 }  // namespace
 }  // namespace psd
