@@ -447,13 +447,23 @@ absl::Status VariableStore::ReplayEmbeddingLookup(const GatherRequest& request) 
   TensorShape keys_shape;
   PSD_ASSIGN_OR_RETURN(std::vector<int64_t> keys,
                        KeysOf(*part, request.indices(), "gather", &keys_shape));
-  std::string scratch(keys.size() * static_cast<size_t>(part->dim) * DataTypeSize(part->dtype),
-                      '\0');
+  // The rows read are dropped: looked up a slice of keys at a time (the
+  // same counts, admissions and rows as at once), so a logged lookup never
+  // needs its result's memory here.
+  const int64_t row_bytes = part->dim * static_cast<int64_t>(DataTypeSize(part->dtype));
+  const size_t slice = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 20) / row_bytes));
+  std::string scratch(std::min(slice, keys.size()) * static_cast<size_t>(row_bytes), '\0');
   EmbeddingLookupOptions options;
   options.global_step = request.global_step();
-  EmbeddingUpdateResult result;
-  PSD_RETURN_IF_ERROR(part->table->Lookup(keys, 0, options, scratch.data(), &result));
-  if (result.created > 0) part->version.fetch_add(1, std::memory_order_relaxed);
+  int64_t created = 0;
+  for (size_t at = 0; at < keys.size(); at += slice) {
+    const size_t n = std::min(slice, keys.size() - at);
+    EmbeddingUpdateResult result;
+    PSD_RETURN_IF_ERROR(part->table->Lookup(absl::MakeConstSpan(keys).subspan(at, n), 0, options,
+                                            scratch.data(), &result));
+    created += result.created;
+  }
+  if (created > 0) part->version.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 

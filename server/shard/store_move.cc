@@ -770,7 +770,19 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
       if (request.parts(i).embedding().slot_of().empty()) order.push_back(i);
     }
     for (int i = 0; i < n; ++i) {
-      if (!request.parts(i).embedding().slot_of().empty()) order.push_back(i);
+      const std::string& slot_of = request.parts(i).embedding().slot_of();
+      if (slot_of.empty()) continue;
+      // Only a column of a table moving in with it (never of one served here).
+      if (std::none_of(request.parts().begin(), request.parts().end(),
+                       [&](const CreateVariableRequest& p) {
+                         return p.name() == slot_of && p.has_embedding() &&
+                                p.embedding().slot_of().empty();
+                       })) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            MoveName(id), " takes slot ", Quoted(request.parts(i).name()), " without its table ",
+            Quoted(slot_of)));
+      }
+      order.push_back(i);
     }
     store_internal::MoveReplayScope replay;
     for (int i : order) {
@@ -786,7 +798,9 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
         PSD_RETURN_IF_ERROR(CreateEmbeddingOnce(create, &info, /*incoming=*/true));
         created.push_back(part.name());
         std::shared_ptr<EmbeddingPart> table = FindEmbedding(part.name());
-        if (table == nullptr) return absl::AbortedError(absl::StrCat(Quoted(part.name()), " was deleted"));
+        if (table == nullptr) {
+          return absl::AbortedError(absl::StrCat(Quoted(part.name()), " was deleted"));
+        }
         // Its replayed ops must change it as they changed the source's.
         if (table->column == 0) table->table->SetEvictionAllowed(false);
         move->tables[i] = std::move(table);
