@@ -825,7 +825,7 @@ class EmbeddingTable::Impl {
   absl::Status CheckMoveEpoch(const EmbeddingLookupOptions& lookup,
                               EmbeddingUpdateResult* result) const {
     if (lookup.expect_move_epoch < 0 ||
-        move_epoch_.load() == static_cast<uint64_t>(lookup.expect_move_epoch)) {
+        (!retired_.load() && move_epoch_.load() == static_cast<uint64_t>(lookup.expect_move_epoch))) {
       return absl::OkStatus();
     }
     if (result != nullptr) result->move_epoch_changed = true;
@@ -833,6 +833,11 @@ class EmbeddingTable::Impl {
                                            "' was pinned for a move meanwhile; retry"));
   }
   uint64_t move_epoch() const { return move_epoch_.load(); }
+  void Retire() {
+    absl::MutexLock l(&mu_);  // a lookup checking the epoch under the lock sees it
+    retired_.store(true);
+  }
+  bool retired() const { return retired_.load(); }
 
   void SetEvictionAllowed(bool allowed) { eviction_allowed_.store(allowed); }
 
@@ -1463,6 +1468,8 @@ class EmbeddingTable::Impl {
   std::atomic<uint64_t> tick_{0};
   // Bumped by every move's pin (PinForMove); lookups that count check it.
   std::atomic<uint64_t> move_epoch_{0};
+  // Set once the part moved away (Retire): lookups that check the epoch stop.
+  std::atomic<bool> retired_{false};
   // Off while the part is moving in: a replayed op must not evict rows the
   // source kept (it fails, and the move with it).
   std::atomic<bool> eviction_allowed_{true};
@@ -1634,6 +1641,8 @@ EmbeddingMoveCut EmbeddingTable::PinForMove() {
   return cut;
 }
 uint64_t EmbeddingTable::move_epoch() const { return impl_->move_epoch(); }
+void EmbeddingTable::Retire() { impl_->Retire(); }
+bool EmbeddingTable::retired() const { return impl_->retired(); }
 void EmbeddingTable::SetEvictionAllowed(bool allowed) { impl_->SetEvictionAllowed(allowed); }
 absl::Status EmbeddingTable::ImportPending(absl::Span<const int64_t> keys,
                                            absl::Span<const int64_t> counts) {

@@ -214,6 +214,10 @@ class EmbeddingTable {
   // For a live move of the part (store_move.cc).
   EmbeddingMoveCut PinForMove();
   uint64_t move_epoch() const;
+  // The part moved to another shard: from now on a lookup that checks the
+  // move epoch (expect_move_epoch >= 0) is refused as if the epoch changed.
+  void Retire();
+  bool retired() const;
   // Off: an op short of memory fails instead of evicting rows (LRU), for a
   // part moving in, whose replayed ops must change it as they did the
   // source's.

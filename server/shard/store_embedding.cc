@@ -395,6 +395,16 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
     // (then it is in the pin), else it looks again (seq_cst throughout:
     // reading no move means the epoch read came before the pin's bump).
     for (int attempt = 0;; ++attempt) {
+      if (part.table->retired()) {
+        // Moved away since this lookup found it: answered as its name is.
+        absl::Status moved = Find(part.name).status();
+        status = moved.ok() || !absl::IsAborted(moved)
+                     ? absl::AbortedError(absl::StrCat("stale handle: part ", part.name,
+                                                       " moved; refresh the variable from the "
+                                                       "coordinator"))
+                     : moved;
+        break;
+      }
       options.expect_move_epoch = static_cast<int64_t>(part.table->move_epoch());
       std::shared_ptr<MoveOut> move;
       if (moving_out_count_.load() > 0) move = MovingOut(part.name);

@@ -673,6 +673,9 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
         if (m.table != nullptr) {
           auto t = tables_.find(name);
           if (t != tables_.end() && t->second == m.table) tables_.erase(t);
+          // A counting lookup that found the part before it went must not
+          // change it now (its effect would be lost): it answers stale.
+          if (m.table->column == 0) m.table->table->Retire();
         } else {
           auto it = variables_.find(name);
           if (it != variables_.end() && it->second == m.var) variables_.erase(it);

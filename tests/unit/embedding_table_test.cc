@@ -875,6 +875,13 @@ TEST(EmbeddingTableTest, AMoveCutHoldsPendingCountsAndStopsLookupsOfTheEpochBefo
   EXPECT_TRUE(absl::IsAborted(s)) << s;
   EXPECT_TRUE(r.move_epoch_changed);
   EXPECT_EQ(t->Stats().pending_keys(), 2) << "the refused lookup counted nothing";
+  // Moved away: lookups of the epoch they read stop too.
+  before.expect_move_epoch = static_cast<int64_t>(t->move_epoch());
+  ASSERT_TRUE(t->Lookup({5}, 0, before, out.data(), &r).ok());
+  t->Retire();
+  r = EmbeddingUpdateResult();
+  EXPECT_TRUE(absl::IsAborted(t->Lookup({5}, 0, before, out.data(), &r)));
+  EXPECT_TRUE(r.move_epoch_changed);
 
   MemoryAccountant other_memory(0);
   auto u = MakeTable(Options("u", DT_FLOAT, 2, Ones(), spec), &other_memory);
