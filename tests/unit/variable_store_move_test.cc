@@ -574,5 +574,38 @@ TEST_F(StoreMoveTest, ATablePartMovesWithItsBloomFilterCounters) {
   EXPECT_EQ(*row, (std::vector<float>{1, 1, 0, 0}));
 }
 
+// A target without the memory for the rows refuses them naming the part;
+// the move fails, the target gives back what it charged, and the part
+// serves on its source, whole.
+TEST_F(StoreMoveTest, ATargetWithoutMemoryForTheRowsLeavesTheTableOnItsSource) {
+  VariableInfo info;
+  for (const CreateVariableRequest& part : TableParts(1)) {
+    ASSERT_TRUE(source_.Create(part, &info).ok());
+  }
+  std::vector<int64_t> keys;
+  for (int64_t k = 0; k < 2000; ++k) keys.push_back(k);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Lookup(&source_, keys).ok());
+  ASSERT_TRUE(Adagrad(&source_, keys, 1).ok());
+  const Rows before = Export(&source_);
+  VariableStoreOptions small = Options(3);
+  small.memory_limit_bytes = 32 << 10;
+  VariableStore tight(device_.get(), small);
+  ASSERT_TRUE(tight.BeginMoveIn(TableMoveIn(15, 1)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(tight.NextMovePull(15, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(source_.PullMove(req, &resp).ok());
+  absl::Status applied = tight.ApplyMovePull(15, resp);
+  EXPECT_TRUE(absl::IsResourceExhausted(applied)) << applied;
+  EXPECT_NE(applied.message().find("emb"), absl::string_view::npos) << applied;
+  EXPECT_EQ(tight.MoveInStatus(15, absl::ZeroDuration()).phase(), MOVE_FAILED);
+  ASSERT_TRUE(tight.EndMoveIn(15, /*committed=*/false).ok());
+  EXPECT_EQ(tight.memory().used(), 0);
+  EXPECT_EQ(tight.num_variables(), 0u);
+  ASSERT_TRUE(source_.EndMoveOut(15, /*committed=*/false, -1).ok());
+  EXPECT_EQ(Export(&source_), before);
+  EXPECT_TRUE(Adagrad(&source_, {1}, 2).ok());
+}
+
 }  // namespace
 }  // namespace psd
