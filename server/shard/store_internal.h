@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "psd/shard.pb.h"
 #include "psd/status.h"
@@ -173,6 +174,15 @@ absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, O
   }
   RequestWindow::Result result;
   result.status = op();
+  // "Not here" answers ran nothing (the part is moving in, or moved away):
+  // the id is not recorded, so a retry runs it where the part is, and the
+  // window a move brings later (Import) is not shadowed by this answer.
+  if (absl::IsUnavailable(result.status) ||
+      (absl::IsAborted(result.status) &&
+       absl::StrContains(result.status.message(), "stale handle"))) {
+    requests_.Abandon(id);
+    return result.status;
+  }
   store_internal::SaveResult(*response, &result);
   absl::Status status = result.status;
   requests_.Finish(id, std::move(result));
