@@ -174,6 +174,10 @@ int main(int argc, char** argv) {
   coordinator->add_option("--liveness-timeout", coord.shard_liveness_timeout_seconds,
                           "Seconds without a heartbeat before a shard counts as down")
       ->check(CLI::PositiveNumber);
+  coordinator->add_option("--lease-period", coord.lease_period_seconds,
+                          "Seconds of lease each heartbeat grants its shard (at least twice "
+                          "--heartbeat-interval; docs/replication.md)")
+      ->check(CLI::PositiveNumber);
   coordinator->add_option("--session-ttl", coord.session_ttl_seconds,
                           "Seconds without a call before a client session expires (0: never); "
                           "clients ping in the background")
