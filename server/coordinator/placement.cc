@@ -1,6 +1,7 @@
 #include "coordinator/placement.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "psd/dtype.h"
 
@@ -65,11 +66,23 @@ absl::StatusOr<std::vector<int32_t>> PlacePartsByRoom(absl::Span<const int64_t> 
 int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element) {
   const int64_t element =
       dtype == DT_STRING ? bytes_per_string_element : static_cast<int64_t>(DataTypeSize(dtype));
-  return num_elements * element;
+  int64_t bytes = 0;
+  // Saturates: a size past any cap is refused by whoever asked, never
+  // wrapped into a small or negative one.
+  if (num_elements < 0 || element < 0 || __builtin_mul_overflow(num_elements, element, &bytes)) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return bytes;
 }
 
 int64_t NominalTablePartBytes(DataType dtype, int64_t embedding_dim) {
-  return kNominalTableRowsPerPart * (8 + embedding_dim * static_cast<int64_t>(DataTypeSize(dtype)));
+  const int64_t row = EstimatedBytes(dtype, embedding_dim);
+  int64_t bytes = 0;
+  if (row > std::numeric_limits<int64_t>::max() - 8 ||
+      __builtin_mul_overflow(kNominalTableRowsPerPart, row + 8, &bytes)) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return bytes;
 }
 
 }  // namespace psd

@@ -28,7 +28,7 @@ absl::StatusOr<std::vector<int32_t>> PlaceParts(absl::Span<const int64_t> part_b
 
 // The bytes a part of `num_elements` elements is expected to take; strings
 // are estimated at `bytes_per_string_element` (TensorFlow's partitioners'
-// default, 16).
+// default, 16). Saturates at the largest int64 (past kMaxVariableBytes).
 int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element = 16);
 
 // PlaceParts weighted by room: each part goes to the shard whose load,
