@@ -855,6 +855,84 @@ void RegistrySeeds() {
   Write("registry_state_fuzz", "impossible_declaration", huge.SerializeAsString());
 }
 
+// registry_declare_fuzz: what a trainer's graph declares: variables under
+// every partitioner, a colocated slot, strings, a supplied value, an
+// embedding table with a slot table, scopes, names and a deletion.
+void RegistryDeclareSeeds() {
+  psd::fuzz::RegistryCalls calls;
+  for (int32_t id : {0, 1, 2}) calls.add_live_shards(id);
+  const auto dense = [](const std::string& name, std::vector<int64_t> dims, psd::DataType dtype) {
+    psd::VariableDeclaration d;
+    d.set_name(name);
+    d.set_dtype(dtype);
+    d.mutable_shape();
+    for (int64_t x : dims) d.mutable_shape()->add_dims(x);
+    d.mutable_initializer()->mutable_zeros();
+    d.set_declared_at("model.py:1");
+    return d;
+  };
+  uint64_t seq = 0;
+  psd::fuzz::RegistryCall* call = calls.add_calls();
+  call->set_request_seq(++seq);
+  auto* batch = call->mutable_declare();
+  psd::VariableDeclaration w = dense("w", {8, 4}, psd::DT_FLOAT);
+  w.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  *batch->add_declarations() = w;
+  psd::VariableDeclaration slot = w;
+  slot.set_name("w/Momentum");
+  slot.set_colocate_with("w");
+  slot.set_trainable(false);
+  *batch->add_declarations() = slot;
+  psd::VariableDeclaration big = dense("big", {1024, 64}, psd::DT_DOUBLE);
+  big.mutable_partitioner()->mutable_variable_axis_size()->set_max_shard_bytes(64 << 10);
+  *batch->add_declarations() = big;
+  psd::VariableDeclaration mm = dense("mm", {4096, 16}, psd::DT_FLOAT);
+  mm.mutable_partitioner()->mutable_min_max()->set_max_partitions(4);
+  mm.mutable_partitioner()->mutable_min_max()->set_min_slice_size(1 << 14);
+  *batch->add_declarations() = mm;
+  psd::VariableDeclaration ex = dense("ex", {4, 6}, psd::DT_INT64);
+  ex.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  ex.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(3);
+  *batch->add_declarations() = ex;
+  *batch->add_declarations() = dense("names", {3}, psd::DT_STRING);
+
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  psd::VariableDeclaration emb;
+  emb.set_name("emb");
+  emb.mutable_embedding()->set_embedding_dim(8);
+  emb.mutable_embedding()->mutable_counter_filter()->set_filter_freq(2);
+  emb.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  *call->mutable_declare()->add_declarations() = emb;
+  psd::VariableDeclaration emb_slot = emb;
+  emb_slot.set_name("emb/Adagrad");
+  emb_slot.mutable_embedding()->set_slot_of("emb");
+  emb_slot.mutable_embedding()->clear_counter_filter();
+  *call->mutable_declare()->add_declarations() = emb_slot;
+
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->mutable_scope()->set_name("layer");
+  call->mutable_scope()->set_captured(true);
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->set_unique_name("layer/Variable");
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  psd::VariableDeclaration scoped = dense("layer/v", {2, 2}, psd::DT_FLOAT);
+  scoped.set_reuse(psd::REUSE_AUTO);
+  *call->mutable_declare()->add_declarations() = scoped;
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->mutable_scope()->set_parent_path("");
+  call->mutable_scope()->set_close(true);
+  call->mutable_scope()->set_token(1);
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->set_delete_variable("w");
+  Write("registry_declare_fuzz", "graph", calls.SerializeAsString());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -869,6 +947,7 @@ int main(int argc, char** argv) {
   SliceKeySeeds();
   MoveSeeds();
   RegistrySeeds();
+  RegistryDeclareSeeds();
   CheckpointSeeds(std::vector<std::string>(argv + 2, argv + argc));
   return 0;
 }

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/registry.h"
+#include "fuzz_check.h"
 #include "fuzz_inputs.pb.h"
 #include "memory_file_system.h"
 #include "psd/crc32c.h"
@@ -41,12 +42,7 @@ std::set<std::string> Names(const psd::Registry& registry) {
   return names;
 }
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    __builtin_printf("registry_state_fuzz: %s\n", what);
-    std::abort();
-  }
-}
+void Check(bool ok, const char* what) { psd::fuzz::Check(ok, "registry_state_fuzz", what); }
 
 }  // namespace
 
