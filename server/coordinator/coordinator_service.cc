@@ -344,6 +344,11 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
       return absl::InvalidArgumentError(
           absl::StrCat("shard ", request->shard_id(), " registered without an address"));
     }
+    if (request->host().size() > 255) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", request->shard_id(),
+                                                     " registered with a host name of ",
+                                                     request->host().size(), " bytes (at most 255)"));
+    }
     PSD_RETURN_IF_ERROR(CheckShardIdFree(*request));
     const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
     const std::set<std::string> held(request->variables().begin(), request->variables().end());
@@ -354,6 +359,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     e.address = request->address();
     e.incarnation = request->incarnation();
     e.device = request->device();
+    e.host = request->host();
     e.memory_limit = request->memory_limit_bytes();
     e.memory_used = request->memory_used_bytes();
     e.num_variables = static_cast<int64_t>(held.size());
@@ -699,6 +705,7 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
     s->set_address(e.address);
     s->set_incarnation(e.incarnation);
     s->set_device(e.device);
+    s->set_host(e.host);
     s->set_live(now - e.last_seen <= options_.liveness_timeout);
     s->set_memory_limit_bytes(e.memory_limit);
     s->set_memory_used_bytes(e.memory_used);

@@ -238,6 +238,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
     std::string address;
     uint64_t incarnation = 0;
     std::string device;
+    std::string host;  // its failure domain (empty: its own)
     int64_t memory_limit = 0;
     int64_t memory_used = 0;
     int64_t num_variables = 0;

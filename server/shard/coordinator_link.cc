@@ -54,6 +54,7 @@ void CoordinatorLink::Register() {
   request.set_address(shard_.advertise);
   request.set_incarnation(store_->incarnation());
   request.set_device(store_->device().name());
+  request.set_host(shard_.host);
   request.set_memory_limit_bytes(store_->memory().limit());
   request.set_memory_used_bytes(store_->memory().used());
   for (const auto& info : store_->List("", /*include_incoming=*/true)) {
