@@ -67,6 +67,18 @@ class SnapshotReadSource final : public ReadStreamSource {
     return offset;
   }
 
+  absl::StatusOr<bool> LendNext(std::vector<LentBytes>* pieces, int64_t* offset) override {
+    const int64_t n = NextSize();
+    if (n < 0) return absl::OutOfRangeError("the streamed read has sent every chunk");
+    if (dtype_ == DT_STRING) return false;
+    PSD_ASSIGN_OR_RETURN(*pieces, pin_->Lend(offset_, n));
+    if (n > 0 && pieces->empty()) return false;  // not host memory: ReadNext
+    *offset = offset_;
+    offset_ += n;
+    sent_any_ = true;
+    return true;
+  }
+
  private:
   const DataType dtype_;
   const TensorShape shape_;

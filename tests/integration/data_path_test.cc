@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "../common/fault_proxy.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -219,6 +221,70 @@ TEST_F(StreamTest, ReadIntoReusesTheDestinationWhileTheValueFitsIt) {
   EXPECT_EQ(into, Strings({2}, {"c", "d"}));
 
   EXPECT_TRUE(IsError(streaming_->ReadInto("nope", &into), absl::StatusCode::kNotFound));
+}
+
+// Streamed reads land in destinations allocated without a zero fill (and
+// are sent from the variable's own memory): every byte must come back exact
+// for every element width, with chunks that split elements, into a new
+// tensor (Read), a destination that does not fit (ReadInto) and one that
+// does.
+TEST_F(ShardTest, StreamedReadsOfEveryWidthComeBackExact) {
+  ClientOptions options;
+  options.stream_threshold_bytes = 64;
+  options.chunk_bytes = 1000;  // splits 8-byte elements across chunks
+  PSD_ASSERT_OK_AND_ASSIGN(auto client, process_->Connect(options));
+  for (DataType dtype : {DT_BOOL, DT_INT8, DT_UINT8, DT_INT16, DT_HALF, DT_BFLOAT16, DT_INT32,
+                         DT_FLOAT, DT_INT64, DT_DOUBLE}) {
+    SCOPED_TRACE(DataTypeName(dtype));
+    const std::string name = absl::StrCat("w_", DataTypeName(dtype));
+    Tensor value(dtype, TensorShape{3, 7, 11});
+    std::string* bytes = value.mutable_bytes();
+    for (size_t i = 0; i < bytes->size(); ++i) {
+      (*bytes)[i] = dtype == DT_BOOL ? static_cast<char>(i % 3 == 1)
+                                     : static_cast<char>(0x3d + 29 * i);
+    }
+    ASSERT_TRUE(IsOk(client->Create(name, value)));
+    PSD_ASSERT_OK_AND_ASSIGN(Tensor read, client->Read(name));
+    EXPECT_EQ(read, value);
+    Tensor other(DT_INT32, TensorShape{5});  // does not fit: replaced
+    ASSERT_TRUE(IsOk(client->ReadInto(name, &other)));
+    EXPECT_EQ(other, value);
+    Tensor fitting(dtype, TensorShape{231});  // same bytes: reused, reshaped
+    ASSERT_TRUE(IsOk(client->ReadInto(name, &fitting)));
+    EXPECT_EQ(fitting, value);
+  }
+}
+
+// A streamed read that fails midway never hands out the uninitialized
+// buffer it was filling: a destination that did not fit the value is left
+// exactly as it was.
+TEST_F(ShardTest, AFailedStreamedReadLeavesADestinationThatDidNotFitUnchanged) {
+  constexpr int64_t kElements = 100000;  // 400 KB
+  ASSERT_TRUE(IsOk(shard_->Create("big", Iota(kElements, 1.0f))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto proxy, testing::FaultProxy::Start(process_->port()));
+  ClientOptions options;
+  options.stream_threshold_bytes = 64 << 10;
+  options.chunk_bytes = 16 << 10;
+  options.max_attempts = 1;  // the cut read fails instead of being retried
+  PSD_ASSERT_OK_AND_ASSIGN(auto client, ShardClient::Connect(proxy->address(), options));
+  ASSERT_TRUE(IsOk(client->AssignAdd("big", Filled(kElements, 0.0f))));  // connected
+
+  Tensor dest = Filled(5, 7.0f);
+  proxy->CutAfterBytes(testing::FaultProxy::Direction::kDown, 200 << 10);
+  const absl::Status status = client->ReadInto("big", &dest);
+  ASSERT_FALSE(status.ok()) << "the proxy did not cut the read";
+  EXPECT_GT(proxy->cuts(), 0);
+  EXPECT_EQ(dest, Filled(5, 7.0f)) << "a failed read changed a destination it did not fit";
+  // The next read (a new connection) fills it. A few tries: the channel
+  // may still be reconnecting.
+  absl::Status again;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    again = client->ReadInto("big", &dest);
+    if (again.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(IsOk(again));
+  EXPECT_EQ(dest, Iota(kElements, 1.0f));
 }
 
 TEST_F(StreamTest, StreamedCreateOfATakenNameFails) {
