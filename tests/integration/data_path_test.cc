@@ -255,6 +255,57 @@ TEST_F(ShardTest, StreamedReadsOfEveryWidthComeBackExact) {
   }
 }
 
+// Streamed reads are sent from the variable's own memory while writers
+// change it: every read must still be the value at one moment. Writers
+// only add 1 to every element (dense and scatter adds), so a read is
+// consistent exactly when all its elements are equal.
+TEST_F(ShardTest, StreamedReadsSentFromTheVariableStayConsistentUnderWrites) {
+  constexpr int64_t kRows = 4096, kCols = 256;  // 4 MiB of int32: 4 copy-on-write chunks
+  ASSERT_TRUE(IsOk(shard_->Create(
+      "m", Tensor(DT_INT32, TensorShape{kRows, kCols}))));
+  ClientOptions options;
+  options.stream_threshold_bytes = 1 << 10;
+  options.chunk_bytes = 64 << 10;
+  PSD_ASSERT_OK_AND_ASSIGN(auto reader, process_->Connect(options));
+  PSD_ASSERT_OK_AND_ASSIGN(auto writer, process_->Connect(options));
+  Tensor ones(DT_INT32, TensorShape{kRows, kCols});
+  std::fill(ones.data<int32_t>(), ones.data<int32_t>() + kRows * kCols, 1);
+  Tensor all_rows(DT_INT64, TensorShape{kRows});
+  for (int64_t r = 0; r < kRows; ++r) all_rows.data<int64_t>()[r] = r;
+
+  std::atomic<bool> done{false};
+  std::atomic<int> writes{0};
+  std::thread writes_thread([&] {
+    for (int i = 0; i < 400 && !done.load(); ++i) {
+      absl::Status s = i % 2 == 0 ? writer->AssignAdd("m", ones)
+                                  : writer->ScatterAdd("m", all_rows, ones);
+      if (!s.ok()) {
+        ADD_FAILURE() << s;
+        return;
+      }
+      writes.fetch_add(1);
+    }
+  });
+  Tensor got;
+  int torn = 0;
+  for (int i = 0; i < 30; ++i) {
+    absl::Status s = reader->ReadInto("m", &got);
+    if (!s.ok()) {
+      ADD_FAILURE() << s;
+      break;
+    }
+    const int32_t* p = got.data<int32_t>();
+    if (std::count(p, p + kRows * kCols, p[0]) != kRows * kCols) ++torn;
+  }
+  done.store(true);
+  writes_thread.join();
+  EXPECT_EQ(torn, 0) << "reads mixed values from before and after a write";
+  EXPECT_GT(writes.load(), 0);
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor last, reader->Read("m"));
+  EXPECT_EQ(last.data<int32_t>()[0], writes.load());
+  EXPECT_EQ(last.data<int32_t>()[kRows * kCols - 1], writes.load());
+}
+
 // A streamed read that fails midway never hands out the uninitialized
 // buffer it was filling: a destination that did not fit the value is left
 // exactly as it was.
