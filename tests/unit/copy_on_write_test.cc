@@ -533,6 +533,35 @@ TEST_F(CopyOnWriteLimitTest, CopiesOverTheMemoryLimitFailTheWriteAndChangeNothin
   EXPECT_TRUE(Assign("v", UPDATE_ADD, Vec<float>({16}, std::vector<float>(16, 1))).ok());
 }
 
+// Without room to move the variable (which a write to a lent chunk does), a
+// streamed read copies its chunks as before, and a write during it needs
+// only the chunks it touches.
+TEST_F(CopyOnWriteLimitTest, AReadWithoutRoomToMoveTheValueCopiesInsteadOfLending) {
+  CreateFrom("v", Vec<float>({16}, Iota(16)));
+  ReadStreamRequest req;
+  req.set_name("v");
+  req.set_chunk_bytes(32);
+  auto source = store_.BeginReadStream(req);
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::vector<LentBytes> pieces;
+  int64_t offset = -1;
+  ASSERT_EQ(Flag((*source)->LendNext(&pieces, &offset)), 0);
+  EXPECT_TRUE(pieces.empty());
+  std::string sent(32, '\0');
+  auto at = (*source)->ReadNext(sent.data());
+  ASSERT_TRUE(at.ok()) << at.status();
+  EXPECT_EQ(*at, 0);
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {1}, Vec<float>({1}, {-1})).ok());
+  std::vector<float> first(8);
+  std::memcpy(first.data(), sent.data(), 32);
+  EXPECT_EQ(first, Iota(8));
+  std::string rest(32, '\0');
+  ASSERT_TRUE((*source)->ReadNext(rest.data()).ok());
+  std::vector<float> second(8);
+  std::memcpy(second.data(), rest.data(), 32);
+  EXPECT_EQ(second, Iota(8, 8));
+}
+
 class CopyOnWriteBigTest : public CopyOnWriteTest {
  protected:
   // The shard's default chunk size.
