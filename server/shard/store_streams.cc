@@ -30,8 +30,8 @@ namespace {
 class SnapshotReadSource final : public ReadStreamSource {
  public:
   SnapshotReadSource(DataType dtype, TensorShape shape, uint64_t version,
-                     std::shared_ptr<const ValuePin> pin, std::string encoded,
-                     int64_t chunk_bytes, bool lend)
+                     std::shared_ptr<const ValuePin> pin, std::string encoded, int64_t chunk_bytes,
+                     bool lend)
       : lend_(lend),
         dtype_(dtype),
         shape_(std::move(shape)),

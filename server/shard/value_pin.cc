@@ -149,10 +149,9 @@ absl::StatusOr<std::vector<LentBytes>> ValuePin::Lend(int64_t offset, int64_t by
           self});
     } else {
       ++lent_[c];
-      pieces.push_back(LentBytes{
-          absl::string_view(static_cast<const char*>(live_->data()) + offset,
-                            static_cast<size_t>(n)),
-          std::make_shared<const LiveLease>(self, c)});
+      pieces.push_back(LentBytes{absl::string_view(static_cast<const char*>(live_->data()) + offset,
+                                                   static_cast<size_t>(n)),
+                                 std::make_shared<const LiveLease>(self, c)});
     }
     offset += n;
     bytes -= n;

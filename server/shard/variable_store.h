@@ -472,7 +472,7 @@ class ReadStreamSource {
   // its pieces (in order, each valid while its hold lives; see
   // ValuePin::Lend) into *pieces and its offset into *offset, and true.
   // False, with nothing taken, where it cannot: ReadNext then.
-  virtual absl::StatusOr<bool> LendNext(std::vector<LentBytes>* pieces, int64_t* offset) {
+  virtual absl::StatusOr<bool> LendNext(std::vector<LentBytes>* /*pieces*/, int64_t* /*offset*/) {
     return false;
   }
   // Fills `chunk`'s offset and content with the next chunk; false when all

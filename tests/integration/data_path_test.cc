@@ -240,8 +240,8 @@ TEST_F(ShardTest, StreamedReadsOfEveryWidthComeBackExact) {
     Tensor value(dtype, TensorShape{3, 7, 11});
     std::string* bytes = value.mutable_bytes();
     for (size_t i = 0; i < bytes->size(); ++i) {
-      (*bytes)[i] = dtype == DT_BOOL ? static_cast<char>(i % 3 == 1)
-                                     : static_cast<char>(0x3d + 29 * i);
+      (*bytes)[i] =
+          dtype == DT_BOOL ? static_cast<char>(i % 3 == 1) : static_cast<char>(0x3d + 29 * i);
     }
     ASSERT_TRUE(IsOk(client->Create(name, value)));
     PSD_ASSERT_OK_AND_ASSIGN(Tensor read, client->Read(name));
@@ -261,8 +261,7 @@ TEST_F(ShardTest, StreamedReadsOfEveryWidthComeBackExact) {
 // consistent exactly when all its elements are equal.
 TEST_F(ShardTest, StreamedReadsSentFromTheVariableStayConsistentUnderWrites) {
   constexpr int64_t kRows = 4096, kCols = 256;  // 4 MiB of int32: 4 copy-on-write chunks
-  ASSERT_TRUE(IsOk(shard_->Create(
-      "m", Tensor(DT_INT32, TensorShape{kRows, kCols}))));
+  ASSERT_TRUE(IsOk(shard_->Create("m", Tensor(DT_INT32, TensorShape{kRows, kCols}))));
   ClientOptions options;
   options.stream_threshold_bytes = 1 << 10;
   options.chunk_bytes = 64 << 10;
@@ -277,8 +276,8 @@ TEST_F(ShardTest, StreamedReadsSentFromTheVariableStayConsistentUnderWrites) {
   std::atomic<int> writes{0};
   std::thread writes_thread([&] {
     for (int i = 0; i < 400 && !done.load(); ++i) {
-      absl::Status s = i % 2 == 0 ? writer->AssignAdd("m", ones)
-                                  : writer->ScatterAdd("m", all_rows, ones);
+      absl::Status s =
+          i % 2 == 0 ? writer->AssignAdd("m", ones) : writer->ScatterAdd("m", all_rows, ones);
       if (!s.ok()) {
         ADD_FAILURE() << s;
         return;

@@ -104,8 +104,8 @@ TEST(ValuePinTest, LentLiveChunksAreNeverCopiedIntoAndCopiesLendThemselves) {
   std::vector<int32_t> values = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
   ASSERT_TRUE(device->CopyFromHost(values.data(), 40, buffer.get(), 0).ok());
   // Chunks of 4 elements (16 bytes): 0-3, 4-7, 8-9.
-  auto pin = std::make_shared<ValuePin>(device.get(), DT_INT32, 10, 16, buffer, buffer.get(),
-                                        nullptr);
+  auto pin =
+      std::make_shared<ValuePin>(device.get(), DT_INT32, 10, 16, buffer, buffer.get(), nullptr);
   // Chunk 2 is copied before anything is lent: it is lent from its copy.
   const std::vector<int64_t> last = {2};
   ASSERT_EQ(Flag(pin->CopyChunks(last, &memory, "v")), 1);

@@ -75,9 +75,9 @@ TEST(StreamCodecTest, ContentInPiecesEncodesAsTheirConcatenation) {
   whole.set_content(a + b + c);
   EXPECT_EQ(Flatten(encoded), whole.SerializeAsString());
   // No pieces (an empty chunk): the content is left out.
-  EXPECT_EQ(Flatten(EncodeWithContent(fields, kTensorChunkContentField,
-                                      std::vector<grpc::Slice>())),
-            fields.SerializeAsString());
+  EXPECT_EQ(
+      Flatten(EncodeWithContent(fields, kTensorChunkContentField, std::vector<grpc::Slice>())),
+      fields.SerializeAsString());
 }
 
 TEST(StreamCodecTest, EmptyContentIsLeftOutAsProtobufDoes) {

@@ -177,8 +177,8 @@ TEST(ResizeUninitializedTest, GrowsWithoutWritingTheNewBytes) {
 }
 
 TEST(TensorTest, ForOverwriteAllocatesTheElementBytesOfEveryDtype) {
-  for (DataType dtype : {DT_BOOL, DT_INT8, DT_INT16, DT_HALF, DT_INT32, DT_FLOAT, DT_INT64,
-                         DT_DOUBLE}) {
+  for (DataType dtype :
+       {DT_BOOL, DT_INT8, DT_INT16, DT_HALF, DT_INT32, DT_FLOAT, DT_INT64, DT_DOUBLE}) {
     Tensor t = Tensor::ForOverwrite(dtype, TensorShape{3, 5, 7});
     EXPECT_EQ(t.dtype(), dtype);
     EXPECT_EQ(t.shape(), (TensorShape{3, 5, 7}));

@@ -371,8 +371,8 @@ TEST_F(VariableStoreTest, GatherAndReadReturnExactBytesOfEveryWidth) {
     Tensor value(dtype, TensorShape{7, 3});
     std::string* bytes = value.mutable_bytes();
     for (size_t i = 0; i < bytes->size(); ++i) {
-      (*bytes)[i] = dtype == DT_BOOL ? static_cast<char>(i % 3 == 1)
-                                     : static_cast<char>(0x5b + 37 * i);
+      (*bytes)[i] =
+          dtype == DT_BOOL ? static_cast<char>(i % 3 == 1) : static_cast<char>(0x5b + 37 * i);
     }
     CreateFrom(name, ToProto(value));
     EXPECT_EQ(ReadValue(name), value);
