@@ -77,7 +77,14 @@ Tensor Tensor::ForOverwrite(DataType dtype, TensorShape shape) {
   const size_t n = t.shape_.num_elements() * DataTypeSize(dtype);
   t.bytes_.reserve(n);
   AdviseHugePages(t.bytes_.data(), n);
+  // Fresh pages are zeroed by the kernel when first touched either way;
+  // touching them before the copy is cheaper than during it, and cheaper
+  // still without a user-space fill (huge_pages.h). Where the kernel cannot
+  // prefault, a big buffer is zero-filled, as a new tensor is.
   ResizeUninitialized(&t.bytes_, n);  // the caller writes every byte
+  if (!PrefaultForWrite(t.bytes_.data(), n) && n >= kHugePageAdviceBytes) {
+    std::memset(t.bytes_.data(), 0, n);
+  }
   return t;
 }
 
