@@ -481,6 +481,13 @@ class ReadStreamSource {
   // Copies the next chunk's NextSize() content bytes to `dst` (host memory,
   // e.g. a gRPC send slice) and returns their offset in the value.
   virtual absl::StatusOr<int64_t> ReadNext(char* dst) = 0;
+  // The next chunk's content without a copy, when the source can lend it:
+  // its pieces (in order, each valid while its hold lives; see
+  // ValuePin::Lend) into *pieces and its offset into *offset, and true.
+  // False, with nothing taken, where it cannot: ReadNext then.
+  virtual absl::StatusOr<bool> LendNext(std::vector<LentBytes>* /*pieces*/, int64_t* /*offset*/) {
+    return false;
+  }
   // Fills `chunk`'s offset and content with the next chunk; false when all
   // were sent.
   absl::StatusOr<bool> Next(TensorChunk* chunk);
