@@ -28,6 +28,22 @@ void AdviseHugePages(void* data, size_t bytes) {
 #endif
 }
 
+bool PrefaultForWrite(void* data, size_t bytes) {
+#ifdef MADV_POPULATE_WRITE
+  if (data == nullptr || bytes < kHugePageAdviceBytes) return false;
+  // madvise needs a page-aligned start; the page holding `data` is the
+  // buffer's own (or its allocator's header), already writable.
+  constexpr uintptr_t kPage = 4096;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(kPage - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + bytes;
+  return madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0;
+#else
+  (void)data;
+  (void)bytes;
+  return false;
+#endif
+}
+
 void AdviseSmallPagesOnly(void* data, size_t bytes) {
 #ifdef MADV_NOHUGEPAGE
   AdviseWholeHugePages(data, bytes, MADV_NOHUGEPAGE);

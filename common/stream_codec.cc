@@ -159,6 +159,25 @@ grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, 
   return grpc::ByteBuffer(slices, 2);
 }
 
+grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
+                                   std::vector<grpc::Slice> pieces) {
+  size_t size = 0;
+  for (const grpc::Slice& piece : pieces) size += piece.size();
+  std::string head;
+  fields.AppendToString(&head);
+  std::vector<grpc::Slice> slices;
+  slices.reserve(pieces.size() + 1);
+  if (size > 0) {
+    AppendVarint((static_cast<uint64_t>(content_field) << 3) | kWireLengthDelimited, &head);
+    AppendVarint(size, &head);
+  }
+  slices.emplace_back(head);
+  for (grpc::Slice& piece : pieces) {
+    if (piece.size() > 0) slices.push_back(std::move(piece));
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
 size_t AppendWithNestedContents(const google::protobuf::MessageLite& fields,
                                 const std::vector<NestedContent>& contents, int wrap_field,
                                 std::vector<grpc::Slice>* out) {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "psd/huge_pages.h"
+#include "psd/uninitialized.h"
 
 namespace psd {
 
@@ -66,6 +67,25 @@ Tensor::Tensor(DataType dtype, TensorShape shape) : dtype_(dtype), shape_(std::m
     AdviseHugePages(bytes_.data(), n);
     bytes_.assign(n, '\0');
   }
+}
+
+Tensor Tensor::ForOverwrite(DataType dtype, TensorShape shape) {
+  if (dtype == DT_STRING) return Tensor(dtype, std::move(shape));
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  const size_t n = t.shape_.num_elements() * DataTypeSize(dtype);
+  t.bytes_.reserve(n);
+  AdviseHugePages(t.bytes_.data(), n);
+  // Fresh pages are zeroed by the kernel when first touched either way;
+  // touching them before the copy is cheaper than during it, and cheaper
+  // still without a user-space fill (huge_pages.h). Where the kernel cannot
+  // prefault, a big buffer is zero-filled, as a new tensor is.
+  ResizeUninitialized(&t.bytes_, n);  // the caller writes every byte
+  if (!PrefaultForWrite(t.bytes_.data(), n) && n >= kHugePageAdviceBytes) {
+    std::memset(t.bytes_.data(), 0, n);
+  }
+  return t;
 }
 
 absl::StatusOr<Tensor> Tensor::FromStrings(TensorShape shape, std::vector<std::string> values) {

@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
   shard->add_option("--listen", options.shard.listen, "HOST:PORT to serve on (port 0: any free port)");
   shard->add_option("--advertise", options.shard.advertise, "HOST:PORT others dial (default: --listen)");
   shard->add_option("--device", options.shard.device, "Where variables live: cpu or gpu:N");
+  shard->add_option("--host", options.shard.host,
+                    "The machine (failure domain) this shard runs on, e.g. the node's name: "
+                    "replicas of a part go to shards of distinct hosts (default: its own)");
   shard->add_option("--memory-limit", memory_limit, "Byte budget for variables, e.g. 4GiB (0: none)");
   shard->add_option("--staging-pool-bytes", staging_pool_bytes,
                     "Idle staging buffers kept between streamed writes, inside --memory-limit "
@@ -173,6 +176,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   coordinator->add_option("--liveness-timeout", coord.shard_liveness_timeout_seconds,
                           "Seconds without a heartbeat before a shard counts as down")
+      ->check(CLI::PositiveNumber);
+  coordinator->add_option("--lease-period", coord.lease_period_seconds,
+                          "Seconds of lease each heartbeat grants its shard (at least twice "
+                          "--heartbeat-interval; docs/replication.md)")
       ->check(CLI::PositiveNumber);
   coordinator->add_option("--session-ttl", coord.session_ttl_seconds,
                           "Seconds without a call before a client session expires (0: never); "
@@ -272,6 +279,10 @@ int main(int argc, char** argv) {
     if (shard->count("--listen") == 0) cfg.listen = from_file.listen;
     if (shard->count("--advertise") == 0) cfg.advertise = from_file.advertise;
     if (shard->count("--device") == 0) cfg.device = from_file.device;
+    if (shard->count("--host") == 0) cfg.host = from_file.host;
+    if (absl::Status host = psd::CheckHostName(cfg.host); !host.ok()) {
+      return Fail("--host: " + std::string(host.message()));
+    }
     if (shard->count("--http-listen") == 0) options.http_listen = from_file.http_listen;
     if (shard->count("--http-max-connections") == 0) {
       options.limits.http_max_connections = from_file.http_max_connections;

@@ -79,6 +79,8 @@ void RunStatus(Context* ctx) {
                       sh.live() ? "true" : "false", ",\"incarnation\":",
                       JsonString(absl::StrFormat("%016x", sh.incarnation())),
                       ",\"device\":", JsonString(sh.device()),
+                      ",\"host\":", JsonString(sh.host()),
+                      ",\"lease_remaining_millis\":", sh.lease_remaining_millis(),
                       ",\"variables\":", sh.num_variables(), ",\"placed_parts\":", sh.placed_parts(),
                       ",\"placed_bytes\":", sh.placed_bytes(),
                       ",\"memory_used_bytes\":", sh.memory_used_bytes(),
@@ -109,6 +111,10 @@ void RunStatus(Context* ctx) {
   std::vector<std::vector<std::string>> rows = {{"SHARD", "ADDRESS", "LIVE", "INCARNATION",
                                                  "DEVICE", "VARIABLES", "PARTS", "BYTES", "MEMORY",
                                                  "LOST", "OPS READ/WRITE", "HEARTBEAT"}};
+  // HOST only when the cluster says where its shards run.
+  bool hosts = false;
+  for (const psd::ShardStatus& sh : resp.shards()) hosts |= !sh.host().empty();
+  if (hosts) rows[0].insert(rows[0].begin() + 5, "HOST");
   for (const psd::ShardStatus& sh : resp.shards()) {
     rows.push_back({std::to_string(sh.shard_id()), sh.address(),
                     absl::StrCat(sh.live() ? "yes" : "NO", sh.drained() ? " (drained)" : ""),
@@ -124,6 +130,7 @@ void RunStatus(Context* ctx) {
                                                     sh.traffic().write_ops())
                                      : std::string("-"),
                     absl::StrCat(sh.millis_since_heartbeat(), " ms ago")});
+    if (hosts) rows.back().insert(rows.back().begin() + 5, sh.host().empty() ? "-" : sh.host());
   }
   out += FormatTable(rows);
   std::fputs(out.c_str(), stdout);

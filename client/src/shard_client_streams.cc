@@ -30,6 +30,12 @@ absl::Status ShardClient::Impl::ReadStreamOnce(const std::string& name, Tensor* 
   ContentMessage message;
   TensorChunk chunk;
   std::string encoding;  // DT_STRING only
+  // The destination when *out's buffer does not fit the value: allocated
+  // without a zero fill (Tensor::ForOverwrite) and moved into *out only
+  // once every byte has arrived, so a failed read never hands out its
+  // uninitialized bytes (*out is then left as it was).
+  Tensor fresh;
+  bool into_fresh = false;
   char* dst = nullptr;
   int64_t total = -1, received = 0;
   absl::Status fault;
@@ -61,9 +67,14 @@ absl::Status ShardClient::Impl::ReadStreamOnce(const std::string& name, Tensor* 
         *out = Tensor(DT_STRING, *shape);
         encoding.resize(total);
         dst = encoding.data();
-      } else {
-        out->ResetForOverwrite(chunk.dtype(), *std::move(shape));
+      } else if (out->dtype() == chunk.dtype() &&
+                 static_cast<int64_t>(out->bytes().size()) == total) {
+        out->ResetForOverwrite(chunk.dtype(), *std::move(shape));  // keeps its buffer
         dst = out->mutable_bytes()->data();
+      } else {
+        fresh = Tensor::ForOverwrite(chunk.dtype(), *std::move(shape));
+        into_fresh = true;
+        dst = fresh.mutable_bytes()->data();
       }
     }
     const int64_t n = static_cast<int64_t>(message.content_size());
@@ -88,6 +99,10 @@ absl::Status ShardClient::Impl::ReadStreamOnce(const std::string& name, Tensor* 
   if (received != total) {
     return ShardFault(absl::StrCat(received, " of ", total, " bytes of variable '", name, "'"));
   }
+  // Every byte of [0, total) is written: each chunk is copied at its
+  // offset, which must equal the bytes received before it (no gap, no
+  // overlap), and no chunk reaches past total; received == total here.
+  if (into_fresh) *out = std::move(fresh);
   if (out->dtype() == DT_STRING) {
     auto strings = DecodeStrings(encoding, out->num_elements(),
                                  absl::StrCat("streamed value of variable '", name, "'"));

@@ -24,6 +24,16 @@ inline constexpr size_t kHugePageAdviceBytes = size_t{4} << 20;
 // Best effort: a kernel without THP leaves the buffer as it was.
 void AdviseHugePages(void* data, size_t bytes);
 
+// Faults in [data, data + bytes) for writing (MADV_POPULATE_WRITE) if bytes
+// >= kHugePageAdviceBytes, without writing a byte of it: the kernel's own
+// zeroing of fresh pages, done in one pass before a copy fills the buffer.
+// Measured on a 256 MiB read into a new tensor: the page faults taken
+// during the copy instead (interleaved with receiving) cost 25% more client
+// CPU than a memset first, and this 25% less. Returns false where nothing
+// was done (a small buffer, or a kernel before 5.14 without the advice):
+// the buffer then faults in as it is written.
+bool PrefaultForWrite(void* data, size_t bytes);
+
 // Takes that advice back for the same pages (MADV_NOHUGEPAGE): pages not yet
 // touched are faulted in 4 KiB at a time. Best effort, as above.
 void AdviseSmallPagesOnly(void* data, size_t bytes);

@@ -25,6 +25,13 @@ inline constexpr size_t kMaxNameBytes = 1024;
 // The most parts one variable may be cut into (each is a variable on a
 // shard, an RPC at creation and an entry of every handle).
 inline constexpr int64_t kMaxPartsPerVariable = 1024;
+// The largest variable one may declare, as the coordinator estimates it
+// (elements times the dtype's size, 16 bytes a string element; a table's
+// nominal size): 1 PiB, past any cluster, so that sizes summed over the
+// variables of a cluster never overflow.
+inline constexpr int64_t kMaxVariableBytes = int64_t{1} << 50;
+// The widest embedding table row (elements).
+inline constexpr int64_t kMaxEmbeddingDim = int64_t{1} << 20;
 
 // INVALID_ARGUMENT ("invalid variable name '...': why") unless `name` is a
 // name a shard may hold: 1 to kMaxNameBytes bytes of TensorFlow's op-name

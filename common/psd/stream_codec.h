@@ -87,6 +87,10 @@ class ChunkBufferPool {
 // left out, as protobuf does.
 grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
                                    grpc::Slice content);
+// The same with the content in pieces (concatenated, in order), each
+// referenced, not copied.
+grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,
+                                   std::vector<grpc::Slice> pieces);
 
 // A content referenced by a message field nested below the encoded
 // message: `path` names the embedded message fields that lead to it (outer

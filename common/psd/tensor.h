@@ -68,6 +68,14 @@ class Tensor {
   // times the dtype's size.
   static absl::StatusOr<Tensor> FromBytes(DataType dtype, TensorShape shape, std::string bytes);
 
+  // A tensor of a fixed-size `dtype` and `shape` whose element bytes are
+  // NOT initialized (allocated, advised huge pages, not zero-filled): only
+  // for a destination that the caller overwrites in full before anyone
+  // reads it, e.g. a read's received bytes. A caller that fails before
+  // writing every byte must not hand the tensor out (drop it, or zero what
+  // it did not write). DT_STRING gets "" elements as the constructor.
+  static Tensor ForOverwrite(DataType dtype, TensorShape shape);
+
   // Makes this a tensor of `dtype` and `shape` whose elements are about to be
   // overwritten, as the destination of a read: a fixed-size tensor that
   // already holds exactly that many bytes keeps its buffer (no allocation, no

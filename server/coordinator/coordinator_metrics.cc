@@ -152,6 +152,10 @@ void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* serv
   per_shard("psd_coordinator_shard_lost_parts",
             "Parts the shard lost (it came back empty) and that are not restored yet",
             [](const ShardStatus& s) { return static_cast<double>(s.lost_parts()); });
+  per_shard("psd_coordinator_shard_lease_remaining_seconds",
+            "How long the shard may still hold the lease its last heartbeat was granted (0: "
+            "certainly expired)",
+            [](const ShardStatus& s) { return static_cast<double>(s.lease_remaining_millis()) / 1e3; });
   per_shard("psd_coordinator_shard_seconds_since_heartbeat",
             "Seconds since the shard's last registration or heartbeat",
             [](const ShardStatus& s) { return static_cast<double>(s.millis_since_heartbeat()) / 1e3; });

@@ -49,6 +49,12 @@ absl::StatusOr<std::string> FinalCheckpoint(CheckpointManager* manager,
 
 absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   const CoordinatorConfig& config = options.coordinator;
+  if (!(options.lease_period_seconds >= 2 * options.heartbeat_interval_seconds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "coordinator: --lease-period ", options.lease_period_seconds,
+        " s must be at least twice --heartbeat-interval (", options.heartbeat_interval_seconds,
+        " s), so that one late heartbeat does not let a shard's lease lapse"));
+  }
   RegistryOptions registry_options;
   registry_options.state_dir = config.state_dir;
   registry_options.compact_log_bytes = options.compact_log_bytes;
@@ -66,6 +72,7 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   CoordinatorServiceOptions service_options;
   service_options.heartbeat_interval = absl::Seconds(options.heartbeat_interval_seconds);
   service_options.liveness_timeout = absl::Seconds(options.shard_liveness_timeout_seconds);
+  service_options.lease_period = absl::Seconds(options.lease_period_seconds);
   service_options.session_ttl = absl::Seconds(options.session_ttl_seconds);
   service_options.shard_rpc_timeout = absl::Seconds(options.shard_rpc_timeout_seconds);
   service_options.max_message_bytes = options.max_message_bytes;

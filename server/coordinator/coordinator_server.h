@@ -38,6 +38,9 @@ struct CoordinatorServerOptions {
   // A shard not heard from for this long is not live: it gets no new parts
   // and shows as down in ListShards.
   double shard_liveness_timeout_seconds = 5;
+  // The lease a heartbeat grants its shard (docs/replication.md "Leases");
+  // at least twice the heartbeat interval.
+  double lease_period_seconds = 3;
   // A client session not heard from for this long is closed (its trainer
   // died without closing it); clients ping well within it. 0: never.
   double session_ttl_seconds = 900;

@@ -344,6 +344,11 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
       return absl::InvalidArgumentError(
           absl::StrCat("shard ", request->shard_id(), " registered without an address"));
     }
+    if (request->host().size() > 255) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", request->shard_id(),
+                                                     " registered with a host name of ",
+                                                     request->host().size(), " bytes (at most 255)"));
+    }
     PSD_RETURN_IF_ERROR(CheckShardIdFree(*request));
     const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
     const std::set<std::string> held(request->variables().begin(), request->variables().end());
@@ -354,6 +359,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     e.address = request->address();
     e.incarnation = request->incarnation();
     e.device = request->device();
+    e.host = request->host();
     e.memory_limit = request->memory_limit_bytes();
     e.memory_used = request->memory_used_bytes();
     e.num_variables = static_cast<int64_t>(held.size());
@@ -370,6 +376,7 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
       if (held.count(part) > 0) e.lost_parts.erase(part);
     }
     for (const std::string& part : e.lost_parts) response->add_lost_parts(part);
+    response->set_lease_millis(GrantLease(&e));
     response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     response->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
     if (!same_process && !e.lost_parts.empty() && on_lost_parts_) {
@@ -396,6 +403,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
       return absl::OkStatus();
     }
     it->second.last_seen = absl::Now();
+    response->set_lease_millis(GrantLease(&it->second));
     it->second.memory_used = request->memory_used_bytes();
     it->second.num_variables = request->num_variables();
     if (request->has_traffic()) {
@@ -650,6 +658,39 @@ void CoordinatorService::RefreshShardFigures() {
   }
 }
 
+namespace {
+// Added to a lease's end on the coordinator's side: monotonic clocks of two
+// hosts may run at rates a little apart (NTP slews within 500 ppm).
+absl::Duration LeaseMargin(absl::Duration lease_period) {
+  return absl::Milliseconds(100) + lease_period / 100;
+}
+}  // namespace
+
+int64_t CoordinatorService::GrantLease(ShardEntry* e) {
+  // Read after the call arrived: later than the shard's own reading, taken
+  // before it sent the call, so the shard's lease ends first.
+  e->lease_granted = std::chrono::steady_clock::now();
+  return absl::ToInt64Milliseconds(options_.lease_period);
+}
+
+std::chrono::steady_clock::time_point CoordinatorService::LeaseEnd(const ShardEntry& e) const {
+  return std::max(e.lease_granted, started_) +
+         absl::ToChronoNanoseconds(options_.lease_period + LeaseMargin(options_.lease_period));
+}
+
+bool CoordinatorService::LeaseMayBeHeld(int32_t shard_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = shards_.find(shard_id);
+  // Never registered here: a coordinator before a restart may have granted
+  // one all the same.
+  if (it == shards_.end()) {
+    return std::chrono::steady_clock::now() <
+           started_ + absl::ToChronoNanoseconds(options_.lease_period +
+                                                LeaseMargin(options_.lease_period));
+  }
+  return std::chrono::steady_clock::now() < LeaseEnd(it->second);
+}
+
 ListShardsResponse CoordinatorService::ShardStatuses() const {
   const std::set<int32_t> drained = registry_->DrainedShards();
   ListShardsResponse response;
@@ -664,6 +705,7 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
     s->set_address(e.address);
     s->set_incarnation(e.incarnation);
     s->set_device(e.device);
+    s->set_host(e.host);
     s->set_live(now - e.last_seen <= options_.liveness_timeout);
     s->set_memory_limit_bytes(e.memory_limit);
     s->set_memory_used_bytes(e.memory_used);
@@ -675,6 +717,12 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
     s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
     s->set_drained(drained.count(e.id) > 0);
     s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
+    const auto lease_left = LeaseEnd(e) - std::chrono::steady_clock::now();
+    s->set_lease_remaining_millis(std::max<int64_t>(
+        0, std::chrono::duration_cast<std::chrono::milliseconds>(lease_left).count()));
+    s->set_lease_granted_monotonic_micros(
+        std::chrono::duration_cast<std::chrono::microseconds>(e.lease_granted.time_since_epoch())
+            .count());
     if (e.traffic.has_value()) {
       *s->mutable_traffic() = *e.traffic;
       s->set_millis_since_traffic(absl::ToInt64Milliseconds(now - e.traffic_at));

@@ -34,6 +34,7 @@
 #define PSD_SERVER_COORDINATOR_COORDINATOR_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -60,6 +61,10 @@ namespace psd {
 struct CoordinatorServiceOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration liveness_timeout = absl::Seconds(5);
+  // The lease each accepted registration or heartbeat grants its shard
+  // (docs/replication.md "Leases"). At least twice heartbeat_interval, so
+  // one slow heartbeat does not let it lapse.
+  absl::Duration lease_period = absl::Seconds(3);
   absl::Duration shard_rpc_timeout = absl::Seconds(30);
   // How long a registration that claims the id of a shard still live waits
   // for that shard's address to answer (see RegisterShard).
@@ -194,6 +199,12 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // What ListShards answers: every registered shard as the coordinator sees
   // it now (liveness, placement, lost parts), for the RPC and for metrics.
   ListShardsResponse ShardStatuses() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether `shard_id` may still hold a lease this coordinator, or the
+  // one before its restart, granted: false only once it has certainly
+  // expired on the shard (its own clock counts from before it asked, ours
+  // from after we granted, plus a margin for the clocks' rates). A backup
+  // may take over a primary's parts only once this is false.
+  bool LeaseMayBeHeld(int32_t shard_id) const ABSL_LOCKS_EXCLUDED(mu_);
 
   CheckpointManager* checkpoints() { return checkpoints_.get(); }
 
@@ -227,6 +238,7 @@ class CoordinatorService final : public Coordinator::CallbackService {
     std::string address;
     uint64_t incarnation = 0;
     std::string device;
+    std::string host;  // its failure domain (empty: its own)
     int64_t memory_limit = 0;
     int64_t memory_used = 0;
     int64_t num_variables = 0;
@@ -236,7 +248,14 @@ class CoordinatorService final : public Coordinator::CallbackService {
     // carried them (none yet: unset), and when it arrived.
     std::optional<ShardTraffic> traffic;
     absl::Time traffic_at;
+    // When this coordinator last granted the shard a lease (monotonic).
+    std::chrono::steady_clock::time_point lease_granted{};
   };
+  // Until when `e`'s lease may be held (see LeaseMayBeHeld).
+  std::chrono::steady_clock::time_point LeaseEnd(const ShardEntry& e) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Grants `e` a lease now; the lease's length for the shard's answer.
+  int64_t GrantLease(ShardEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Runs `op` on the calling gRPC thread: for handlers that touch only
   // the coordinator's own state (and at most wait for a registry sync).
@@ -432,6 +451,9 @@ class CoordinatorService final : public Coordinator::CallbackService {
   };
   std::map<std::string, std::shared_ptr<InitializationInFlight>> initializing_
       ABSL_GUARDED_BY(mu_);
+  // When this process started (monotonic): a lease the coordinator before
+  // a restart granted may last until lease_period after it.
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   mutable absl::Mutex mu_;
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,9 +27,21 @@ using ShardLoad = std::map<int32_t, int64_t>;
 absl::StatusOr<std::vector<int32_t>> PlaceParts(absl::Span<const int64_t> part_bytes,
                                                 ShardLoad* load);
 
+// Where a replicated part's `backups` backups go (docs/replication.md,
+// "Replica sets"): shards of `load` other than `primary`, never two on one
+// shard; while a shard remains on a host holding no replica of the part
+// yet, one of those (a shard's host from `hosts`; absent or empty: a host
+// of its own); least loaded first, the lowest id on a tie. Adds
+// `part_bytes` to each chosen shard's load. UNAVAILABLE naming the counts
+// when `load` has fewer than `backups` shards besides the primary.
+absl::StatusOr<std::vector<int32_t>> PlaceBackups(int32_t primary, int64_t part_bytes,
+                                                  int backups,
+                                                  const std::map<int32_t, std::string>& hosts,
+                                                  ShardLoad* load);
+
 // The bytes a part of `num_elements` elements is expected to take; strings
 // are estimated at `bytes_per_string_element` (TensorFlow's partitioners'
-// default, 16).
+// default, 16). Saturates at the largest int64 (past kMaxVariableBytes).
 int64_t EstimatedBytes(DataType dtype, int64_t num_elements, int64_t bytes_per_string_element = 16);
 
 // PlaceParts weighted by room: each part goes to the shard whose load,

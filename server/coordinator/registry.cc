@@ -10,7 +10,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/placement.h"
 #include "coordinator/registry_internal.h"
+#include "psd/dtype.h"
+#include "psd/names.h"
+#include "psd/wire.h"
 #include "psd/status.h"
 #include "spdlog/spdlog.h"
 
@@ -24,12 +28,111 @@ int64_t PartBytes(const VariableDef& def, const VariablePart& part) {
   return EstimatedBytes(dtype, elements);
 }
 
+namespace {
+
+// What every variable a coordinator registered satisfies (its declaration
+// was checked), checked again on what a restart reads: the state files'
+// checksums catch torn and flipped bytes, not a file that someone else
+// wrote, and the registry's arithmetic and maps rely on these bounds.
+absl::Status CheckStoredVariable(const VariableDef& def, int64_t max_parts) {
+  const std::string what = absl::StrCat("variable ", NameForMessage(def.name()));
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(what, ": ", why));
+  };
+  if (absl::Status name = ValidateVariableName(def.name()); !name.ok()) return bad(name.ToString());
+  if (!DataType_IsValid(def.dtype()) || def.dtype() == DT_INVALID ||
+      (DataTypeSize(def.dtype()) == 0 && def.dtype() != DT_STRING)) {
+    return bad(absl::StrCat("unknown dtype ", static_cast<int>(def.dtype())));
+  }
+  auto shape = ShapeFromProto(def.shape(), what);
+  if (!shape.ok()) return bad(shape.status().ToString());
+  if (def.has_embedding()) {
+    const int64_t dim = def.embedding().embedding_dim();
+    if (dim <= 0 || dim > kMaxEmbeddingDim) return bad(absl::StrCat("embedding_dim ", dim));
+  } else if (EstimatedBytes(def.dtype(), shape->num_elements()) > kMaxVariableBytes) {
+    return bad(absl::StrCat("holds over ", kMaxVariableBytes, " bytes"));
+  }
+  if (def.parts().empty() || def.parts_size() > max_parts) {
+    return bad(absl::StrCat(def.parts_size(), " parts"));
+  }
+  for (const VariablePart& part : def.parts()) {
+    if (absl::Status name = ValidateVariableName(part.name()); !name.ok()) {
+      return bad(absl::StrCat("part: ", name.ToString()));
+    }
+    if (part.shard_id() < 0) {
+      return bad(absl::StrCat("part ", part.name(), " on shard ", part.shard_id()));
+    }
+    if (def.has_embedding()) continue;
+    auto part_shape = ShapeFromProto(part.shape(), part.name());
+    if (!part_shape.ok()) return bad(part_shape.status().ToString());
+    if (part_shape->rank() != shape->rank() ||
+        (part.offset_size() != 0 && part.offset_size() != shape->rank())) {
+      return bad(absl::StrCat("part ", part.name(), " has rank ", part_shape->rank(), " and ",
+                              part.offset_size(), " offsets, the variable rank ", shape->rank()));
+    }
+    for (int i = 0; i < shape->rank(); ++i) {
+      const int64_t offset = part.offset_size() == 0 ? 0 : part.offset(i);
+      if (offset < 0 || offset > shape->dim(i) || part_shape->dim(i) > shape->dim(i) - offset) {
+        return bad(absl::StrCat("part ", part.name(), " does not fit in the variable along axis ",
+                                i));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A session's counters (scope and name counts) as a restart reads them:
+// each is at most one per call ever made, so far below 2^62; a larger one
+// would overflow when the next name is drawn.
+absl::Status CheckStoredSession(const SessionState& s) {
+  constexpr int64_t kMaxCount = int64_t{1} << 62;
+  auto check = [&](const google::protobuf::Map<std::string, int64_t>& counts,
+                   const char* what) -> absl::Status {
+    for (const auto& [name, count] : counts) {
+      if (count < 0 || count > kMaxCount) {
+        return absl::DataLossError(absl::StrCat("session ", s.id(), ": ", what, " count of ",
+                                                NameForMessage(name), " is ", count));
+      }
+    }
+    return absl::OkStatus();
+  };
+  PSD_RETURN_IF_ERROR(check(s.scope_counts(), "scope"));
+  PSD_RETURN_IF_ERROR(check(s.names_in_use(), "name"));
+  for (const ScopeCountsSnapshot& captured : s.captured()) {
+    PSD_RETURN_IF_ERROR(check(captured.scope_counts(), "captured scope"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   std::unique_ptr<Registry> registry(new Registry(options));
   if (options.state_dir.empty()) return registry;
   RegistryLog::Recovered recovered;
   PSD_ASSIGN_OR_RETURN(auto log, RegistryLog::Open(options.state_dir, &recovered,
                                                    options.max_state_bytes, options.file_system));
+  for (const VariableDef& def : recovered.snapshot.variables()) {
+    if (absl::Status s = CheckStoredVariable(def, options.max_parts_per_variable); !s.ok()) {
+      return absl::DataLossError(absl::StrCat(options.state_dir, "/registry.snapshot: ",
+                                              s.message()));
+    }
+  }
+  for (const SessionState& session : recovered.snapshot.sessions()) {
+    if (absl::Status s = CheckStoredSession(session); !s.ok()) {
+      return absl::DataLossError(absl::StrCat(options.state_dir, "/registry.snapshot: ",
+                                              s.message()));
+    }
+  }
+  for (const RegistryRecord& record : recovered.records) {
+    if (!record.has_declared()) continue;
+    for (const VariableDef& def : record.declared().created()) {
+      if (absl::Status s = CheckStoredVariable(def, options.max_parts_per_variable); !s.ok()) {
+        return absl::DataLossError(absl::StrCat(options.state_dir, "/registry.log record ",
+                                                record.seq(), ": ", s.message()));
+      }
+    }
+  }
   absl::MutexLock lock(&registry->mu_);
   const RegistrySnapshot& snap = recovered.snapshot;
   registry->next_seq_ = snap.last_seq() + 1;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -399,6 +400,17 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   }
   def.set_dtype(dtype);
   ShapeToProto(shape, def.mutable_shape());
+  // A named cap, so that sizes summed over a cluster's variables (placement)
+  // never overflow.
+  if (const int64_t bytes = EstimatedBytes(dtype, shape.num_elements());
+      bytes > kMaxVariableBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot create ", NameForMessage(name), ": shape ", ShapeString(def.shape()), " of ",
+        DataTypeName(dtype), " would hold ", bytes == std::numeric_limits<int64_t>::max()
+                                                 ? std::string("over 2^63")
+                                                 : std::to_string(bytes),
+        " bytes; the most one variable may hold is ", kMaxVariableBytes, " bytes (1 PiB)"));
+  }
   // The check each part's shard runs at creation, run here first so a spec
   // the shards would refuse is never registered.
   PSD_RETURN_IF_ERROR(ValidateInitializerForCreate(def.initializer(), dtype, shape, name));

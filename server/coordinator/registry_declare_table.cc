@@ -92,8 +92,9 @@ absl::Status ValidateSpec(const std::string& name, const EmbeddingSpec& spec) {
   auto bad = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat("embedding table ", name, ": ", what));
   };
-  if (spec.embedding_dim() <= 0) {
-    return bad(absl::StrCat("embedding_dim must be > 0, got ", spec.embedding_dim()));
+  if (spec.embedding_dim() <= 0 || spec.embedding_dim() > kMaxEmbeddingDim) {
+    return bad(absl::StrCat("embedding_dim must be in [1, ", kMaxEmbeddingDim, "], got ",
+                            spec.embedding_dim()));
   }
   if (spec.key_dtype() != DT_INT64 && spec.key_dtype() != DT_INT32) {
     return bad(

@@ -163,6 +163,7 @@ absl::Status WithUpdateKind(UpdateKind op, Fn&& fn) {
 class CpuDevice final : public Device {
  public:
   std::string name() const override { return "cpu:0"; }
+  bool host_memory() const override { return true; }
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) override {
     std::unique_ptr<CpuBuffer> buffer = CpuBuffer::Create(bytes);

@@ -99,6 +99,11 @@ class Device {
   virtual absl::Status CopyRange(const DeviceBuffer& src, size_t src_offset, DeviceBuffer* dst,
                                  size_t dst_offset, size_t bytes) = 0;
 
+  // Whether a buffer's data() is host memory that may be read in place
+  // (the CPU device): a streamed read then sends pinned bytes straight
+  // from it (ValuePin::Lend) instead of copying them out first.
+  virtual bool host_memory() const { return false; }
+
   // Whether the device can still be trusted. A device failure (a CUDA error)
   // fails its request and makes the device unhealthy for good: later ops fail
   // with UNAVAILABLE and the shard's /healthz reports it. health_detail()

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -83,6 +84,23 @@ absl::Status CheckAddress(const std::string& address) {
   if (host.find(':') != std::string::npos && (host.front() != '[' || host.back() != ']')) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", address, "': an IPv6 host goes in brackets, [::1]:PORT"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHostName(const std::string& host) {
+  constexpr size_t kMaxHostBytes = 255;
+  if (host.size() > kMaxHostBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a host name of ", host.size(), " bytes (at most ", kMaxHostBytes, ")"));
+  }
+  for (char c : host) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+        c != ':' && c != '-') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "host '", absl::CHexEscape(host), "' has '", absl::CHexEscape(std::string(1, c)),
+          "' (a host name is letters, digits and . _ : -)"));
+    }
   }
   return absl::OkStatus();
 }
@@ -203,8 +221,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       const std::string where = absl::StrCat(source, ": shards[", i, "]");
       const YAML::Node s = shards[i];
       PSD_RETURN_IF_ERROR(CheckKeys(s, where,
-                                    {"id", "listen", "advertise", "device", "memory_limit",
-                                     "staging_pool_bytes", "http_listen",
+                                    {"id", "listen", "advertise", "device", "host",
+                                     "memory_limit", "staging_pool_bytes", "http_listen",
                                      "http_max_connections"}));
       ShardConfig shard;
       shard.id = static_cast<int>(i);
@@ -212,6 +230,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
       PSD_RETURN_IF_ERROR(Get(s, "listen", where, &shard.listen));
       PSD_RETURN_IF_ERROR(Get(s, "advertise", where, &shard.advertise));
       PSD_RETURN_IF_ERROR(Get(s, "device", where, &shard.device));
+      PSD_RETURN_IF_ERROR(Get(s, "host", where, &shard.host));
+      PSD_RETURN_IF_ERROR(CheckValue(where, "host", shard.host, CheckHostName));
       PSD_RETURN_IF_ERROR(GetBytes(s, "memory_limit", where, &shard.memory_limit));
       PSD_RETURN_IF_ERROR(GetBytes(s, "staging_pool_bytes", where, &shard.staging_pool_bytes));
       PSD_RETURN_IF_ERROR(Get(s, "http_listen", where, &shard.http_listen));

@@ -23,6 +23,10 @@ struct ShardConfig {
   std::string listen = "127.0.0.1:7071";  // loopback unless configured
   std::string advertise;                  // what others dial; defaults to listen
   std::string device = "cpu";             // cpu, or gpu:N
+  // The machine (or other failure domain) the shard runs on: replicas of a
+  // part go to shards of distinct hosts where the hosts allow it. Empty: a
+  // failure domain of its own. At most 255 bytes of [A-Za-z0-9._:-].
+  std::string host;
   int64_t memory_limit = 0;  // bytes; 0 = unlimited
   // Idle staging buffers the shard keeps between ops, inside memory_limit
   // (VariableStoreOptions::staging_pool_bytes); 0 = none kept.
@@ -91,6 +95,9 @@ absl::StatusOr<double> ParseDuration(const std::string& text);
 
 // OK if `address` is HOST:PORT with a port in [0, 65535] ("[::1]:7070" for
 // IPv6); the message says what is wrong with it.
+// OK for a shard's `host` (ShardConfig::host), else INVALID_ARGUMENT
+// saying why.
+absl::Status CheckHostName(const std::string& host);
 absl::Status CheckAddress(const std::string& address);
 
 // OK if `device` names a device psd knows: "cpu", "cpu:0", "gpu" or "gpu:N"

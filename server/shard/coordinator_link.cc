@@ -54,6 +54,7 @@ void CoordinatorLink::Register() {
   request.set_address(shard_.advertise);
   request.set_incarnation(store_->incarnation());
   request.set_device(store_->device().name());
+  request.set_host(shard_.host);
   request.set_memory_limit_bytes(store_->memory().limit());
   request.set_memory_used_bytes(store_->memory().used());
   for (const auto& info : store_->List("", /*include_incoming=*/true)) {
@@ -62,6 +63,7 @@ void CoordinatorLink::Register() {
   RegisterShardResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  const ShardLease::Clock::time_point asked_at = ShardLease::Clock::now();
   const grpc::Status status = stub_->RegisterShard(&ctx, request, &response);
   if (status.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
     // Another live process holds this id: retrying would only take turns
@@ -88,6 +90,7 @@ void CoordinatorLink::Register() {
   }
   registered_ = true;
   backoff_ = std::chrono::milliseconds(100);
+  if (lease_ != nullptr) lease_->Grant(asked_at, std::chrono::milliseconds(response.lease_millis()));
   if (response.heartbeat_interval_ms() > 0) {
     heartbeat_interval_ = std::chrono::milliseconds(response.heartbeat_interval_ms());
   }
@@ -109,6 +112,7 @@ void CoordinatorLink::Heartbeat() {
   HeartbeatResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  const ShardLease::Clock::time_point asked_at = ShardLease::Clock::now();
   const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
   if (!status.ok() || response.reregister()) {
     if (!status.ok()) {
@@ -118,6 +122,7 @@ void CoordinatorLink::Heartbeat() {
     Schedule(status.ok() ? std::chrono::milliseconds(0) : backoff_, &CoordinatorLink::Register);
     return;
   }
+  if (lease_ != nullptr) lease_->Grant(asked_at, std::chrono::milliseconds(response.lease_millis()));
   Schedule(heartbeat_interval_, &CoordinatorLink::Heartbeat);
 }
 

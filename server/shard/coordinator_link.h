@@ -8,6 +8,8 @@
 // the coordinator is never on the data path. A registration refused with
 // ALREADY_EXISTS (another live process holds this shard id) is final: the
 // link stops and reports it to the fatal handler, which ends the process.
+// Each accepted registration and heartbeat renews the shard's lease
+// (shard_lease.h), counted from the clock read before the call was sent.
 //
 // Runs on the process's Boost.Asio context (timers only; each call has a
 // short deadline so a stop signal is never held up for long).
@@ -29,6 +31,7 @@
 #include "observability/rpc_metrics.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "runtime/cluster_config.h"
+#include "shard/shard_lease.h"
 #include "shard/variable_store.h"
 
 namespace psd {
@@ -51,6 +54,9 @@ class CoordinatorLink {
   // must outlive the link. Set before Start(); none: only the fence totals
   // are reported.
   void SetRpcMetrics(const RpcMetrics* rpc_metrics) { rpc_metrics_ = rpc_metrics; }
+  // Where the leases granted with registrations and heartbeats go; must
+  // outlive the link. Set before Start(); none: leases are not kept.
+  void SetLease(ShardLease* lease) { lease_ = lease; }
 
   void Start();
   void Stop();
@@ -65,6 +71,7 @@ class CoordinatorLink {
   const ShardConfig shard_;
   const VariableStore* const store_;
   const RpcMetrics* rpc_metrics_ = nullptr;
+  ShardLease* lease_ = nullptr;
   std::unique_ptr<Coordinator::Stub> stub_;
   std::function<void(const absl::Status&)> on_fatal_;
   boost::asio::steady_timer timer_;

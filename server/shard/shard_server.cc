@@ -1,5 +1,6 @@
 #include "shard/shard_server.h"
 
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,7 @@
 #include "shard/move_service.h"
 #include "shard/peer_reader.h"
 #include "shard/shard_control.h"
+#include "shard/shard_lease.h"
 #include "shard/shard_service.h"
 #include "shard/variable_store.h"
 #include "spdlog/spdlog.h"
@@ -164,6 +166,20 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
 
   MetricsRegistry metrics;
   AddShardMetrics(&metrics, store);
+  // The coordinator's lease (docs/replication.md "Leases"), renewed by the
+  // link's registrations and heartbeats.
+  ShardLease lease;
+  metrics.CallbackGauge("psd_shard_lease_remaining_seconds",
+                        "How long this shard still holds the coordinator's lease (0: not held)",
+                        [&lease] { return std::chrono::duration<double>(lease.Remaining()).count(); });
+  metrics.CallbackGauge(
+      "psd_shard_lease_expiry_monotonic_seconds",
+      "When the lease ends on this host's CLOCK_MONOTONIC (0: never granted); for comparing "
+      "with the coordinator's view on one host",
+      [&lease] { return std::chrono::duration<double>(lease.ExpiresAt()).count(); });
+  metrics.CallbackCounter("psd_shard_lease_grants_total",
+                          "Leases granted by accepted registrations and heartbeats",
+                          [&lease] { return static_cast<double>(lease.grants()); });
 
   // ShardControl.Stop (the coordinator's psctl shutdown).
   ShardControlService control([&loop](const std::string& reason) { loop.RequestStop(reason); });
@@ -215,6 +231,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
                                              node_credentials);
     // The coordinator refused the shard's id: the process ends with that error.
     link->SetRpcMetrics(served_metrics);
+    link->SetLease(&lease);
     link->SetFatalHandler(
         [&loop](const absl::Status& why) { loop.Fail(why, "its registration was refused"); });
     link->Start();

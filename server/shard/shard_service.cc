@@ -11,6 +11,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "grpc/slice.h"
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -446,10 +447,12 @@ class SourceStreamReactor : public grpc::ServerWriteReactor<Message> {
   Message message_;  // the write in progress
 };
 
-// Streams a variable's value in chunks, one in flight at a time. Each
+// Streams a variable's value in chunks, one in flight at a time. A value
+// in host memory is sent from its pinned bytes themselves (slices that hold
+// the pin until gRPC lets go of them; ValuePin::Lend); otherwise each
 // chunk's content is copied once, from the store straight into the slice
-// gRPC sends (psd/stream_codec.h), never through a protobuf string; the
-// slices' buffers are reused from chunk to chunk.
+// gRPC sends (psd/stream_codec.h), never through a protobuf string, the
+// slices' buffers reused from chunk to chunk.
 class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
  public:
   ReadStreamReactor(ShardService* service, const grpc::ByteBuffer& raw_request)
@@ -469,6 +472,19 @@ class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
   absl::StatusOr<bool> Next(grpc::ByteBuffer* message) override {
     const int64_t n = source_->NextSize();
     if (n < 0) return false;
+    lent_.clear();
+    int64_t lent_offset = 0;
+    PSD_ASSIGN_OR_RETURN(const bool lent, source_->LendNext(&lent_, &lent_offset));
+    if (lent) {
+      std::vector<grpc::Slice> pieces;
+      pieces.reserve(lent_.size());
+      for (LentBytes& piece : lent_) pieces.push_back(HoldingSlice(std::move(piece)));
+      lent_.clear();
+      fields_.set_offset(lent_offset);
+      *message = EncodeWithContent(fields_, kTensorChunkContentField, std::move(pieces));
+      fields_.Clear();  // the header goes in the first chunk only
+      return true;
+    }
     char* data = nullptr;
     grpc::Slice content = buffers_->NewSlice(static_cast<size_t>(n), &data);
     PSD_ASSIGN_OR_RETURN(int64_t offset, source_->ReadNext(data));
@@ -478,8 +494,18 @@ class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
     return true;
   }
 
+  // A slice of lent bytes that keeps their hold until gRPC releases it.
+  static grpc::Slice HoldingSlice(LentBytes&& piece) {
+    auto* hold = new std::shared_ptr<const void>(std::move(piece.hold));
+    grpc_slice slice = grpc_slice_new_with_user_data(
+        const_cast<char*>(piece.bytes.data()), piece.bytes.size(),
+        [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }, hold);
+    return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+  }
+
   std::unique_ptr<ReadStreamSource> source_;
   TensorChunk fields_;  // the chunk's fields but its content
+  std::vector<LentBytes> lent_;  // scratch: the next chunk's lent pieces
   const std::shared_ptr<ChunkBufferPool> buffers_ = ChunkBufferPool::Create();
 };
 

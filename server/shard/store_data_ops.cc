@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "psd/status.h"
+#include "psd/uninitialized.h"
 #include "psd/wire.h"
 #include "shard/store_internal.h"
 #include "shard/variable_store.h"
@@ -47,8 +48,12 @@ absl::Status CopyOut(Device* device, const Variable& var, TensorProto* out)
   }
   const size_t bytes = var.contents->buffer->size();
   std::string* content = out->mutable_content();
-  content->resize(bytes);
-  return device->CopyToHost(*var.contents->buffer, 0, bytes, content->data());
+  // Not zero-filled: CopyToHost writes all `bytes` bytes; on its failure
+  // the content is dropped, never sent.
+  ResizeUninitialized(content, bytes);
+  absl::Status copied = device->CopyToHost(*var.contents->buffer, 0, bytes, content->data());
+  if (!copied.ok()) out->clear_content();
+  return copied;
 }
 
 // The value a retried assign/scatter asked for with return_value: the first
@@ -143,9 +148,16 @@ absl::Status VariableStore::GatherUpTo(const GatherRequest& request, int64_t max
   if (row_bytes > 0 && rows > max_result_bytes / row_bytes) {
     return too_big(rows > std::numeric_limits<int64_t>::max() / row_bytes ? -1 : rows * row_bytes);
   }
+  // Not zero-filled: Gather writes row k (row_bytes bytes) at k * row_bytes
+  // for every k < indices.size(), which is every byte of the content
+  // (row_bytes = row * element size, exactly the row Gather copies). On
+  // its failure the content is dropped, never sent.
   std::string* content = out->mutable_content();
-  content->resize(indices.size() * row_bytes);
-  return device_->Gather(var->dtype, *var->contents->buffer, row, indices, content->data());
+  ResizeUninitialized(content, indices.size() * row_bytes);
+  absl::Status gathered =
+      device_->Gather(var->dtype, *var->contents->buffer, row, indices, content->data());
+  if (!gathered.ok()) response->clear_value();
+  return gathered;
 }
 
 absl::Status VariableStore::AssignOnce(const AssignRequest& request, AssignResponse* response) {

@@ -212,6 +212,7 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
 void VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   MoveWrite write;
   meta.to_batch_op(meta.request, write.mutable_op());
+  if (meta.amend_logged) meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
   const int64_t bytes = LoggedBytes(write);
   absl::Status failure;

@@ -173,11 +173,18 @@ using store_internal::ApplyOpName;
 using store_internal::ParseOptimizer;
 using store_internal::ReadScalar;
 
+void VariableStore::PowersRead::ReplaceNames(OptimizerSpec* spec) const {
+  if (!spec->has_adam()) return;
+  OptimizerSpec::Adam* adam = spec->mutable_adam();
+  if (value[0].has_value()) adam->set_beta1_power_value(*value[0]);
+  if (value[1].has_value()) adam->set_beta2_power_value(*value[1]);
+}
+
 absl::Status VariableStore::ApplyOnce(const std::string& name,
                                       const google::protobuf::RepeatedPtrField<std::string>& slots,
                                       const OptimizerSpec& spec, const DenseGradient* dense,
                                       const SparseGradient* sparse, uint64_t* version,
-                                      bool check_only) {
+                                      bool check_only, PowersRead* powers_read) {
   OptimizerParams params;
   std::string power_names[2];
   PSD_RETURN_IF_ERROR(ParseOptimizer(spec, sparse != nullptr, name, &params, power_names));
@@ -305,6 +312,7 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
                                                      " = ", *powers[k], " (from ",
                                                      Quoted(power->name), ") is not in [0, 1)"));
     }
+    if (powers_read != nullptr) powers_read->value[k] = *powers[k];
   }
   if (dense != nullptr) {
     if (grad_shape != var->shape) {
@@ -361,12 +369,17 @@ absl::Status VariableStore::ApplyOnce(const std::string& name,
 
 absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
                                        ApplyDenseResponse* response, CallerKey caller) {
-  return Mutate(Forwarded(caller, request), response, [&]() -> absl::Status {
+  PowersRead powers;
+  WriteMeta meta = Forwarded(caller, request);
+  meta.amend_logged = [&powers](BatchOp* op) {
+    powers.ReplaceNames(op->mutable_apply_dense()->mutable_optimizer());
+  };
+  return Mutate(meta, response, [&]() -> absl::Status {
     DenseGradient gradient;
     gradient.proto = &request.gradient();
     uint64_t version = 0;
     PSD_RETURN_IF_ERROR(ApplyOnce(request.name(), request.slots(), request.optimizer(), &gradient,
-                                  nullptr, &version));
+                                  nullptr, &version, /*check_only=*/false, &powers));
     response->set_version(version);
     return absl::OkStatus();
   });
@@ -374,7 +387,12 @@ absl::Status VariableStore::ApplyDense(const ApplyDenseRequest& request,
 
 absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
                                         ApplySparseResponse* response, CallerKey caller) {
-  return Mutate(Forwarded(caller, request), response, [&]() -> absl::Status {
+  PowersRead powers;
+  WriteMeta meta = Forwarded(caller, request);
+  meta.amend_logged = [&powers](BatchOp* op) {
+    powers.ReplaceNames(op->mutable_apply_sparse()->mutable_optimizer());
+  };
+  return Mutate(meta, response, [&]() -> absl::Status {
     if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
       return ApplyEmbedding(*part, request, response);
     }
@@ -394,7 +412,7 @@ absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
     sparse.values = &request.values();
     uint64_t version = 0;
     PSD_RETURN_IF_ERROR(ApplyOnce(request.name(), request.slots(), request.optimizer(), nullptr,
-                                  &sparse, &version));
+                                  &sparse, &version, /*check_only=*/false, &powers));
     response->set_version(version);
     return absl::OkStatus();
   });

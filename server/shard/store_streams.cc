@@ -30,9 +30,10 @@ namespace {
 class SnapshotReadSource final : public ReadStreamSource {
  public:
   SnapshotReadSource(DataType dtype, TensorShape shape, uint64_t version,
-                     std::shared_ptr<const ValuePin> pin, std::string encoded,
-                     int64_t chunk_bytes)
-      : dtype_(dtype),
+                     std::shared_ptr<const ValuePin> pin, std::string encoded, int64_t chunk_bytes,
+                     bool lend)
+      : lend_(lend),
+        dtype_(dtype),
         shape_(std::move(shape)),
         version_(version),
         pin_(std::move(pin)),
@@ -67,7 +68,20 @@ class SnapshotReadSource final : public ReadStreamSource {
     return offset;
   }
 
+  absl::StatusOr<bool> LendNext(std::vector<LentBytes>* pieces, int64_t* offset) override {
+    const int64_t n = NextSize();
+    if (n < 0) return absl::OutOfRangeError("the streamed read has sent every chunk");
+    if (dtype_ == DT_STRING || !lend_) return false;
+    PSD_ASSIGN_OR_RETURN(*pieces, pin_->Lend(offset_, n));
+    if (n > 0 && pieces->empty()) return false;  // not host memory: ReadNext
+    *offset = offset_;
+    offset_ += n;
+    sent_any_ = true;
+    return true;
+  }
+
  private:
+  const bool lend_;  // LendNext may lend the pinned bytes
   const DataType dtype_;
   const TensorShape shape_;
   const uint64_t version_;
@@ -101,13 +115,19 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
   PSD_RETURN_IF_ERROR(CheckInitialized(*var));
   std::string encoded;
   std::shared_ptr<const ValuePin> pin;
+  bool lend = false;
   if (var->dtype == DT_STRING) {
     encoded = EncodeStrings(var->contents->strings);
   } else {
     pin = var->Pin(device_, options_.cow_chunk_bytes);
+    // A write to a lent chunk moves the variable to new storage (see
+    // Variable::CopyOnWrite): lend only while the memory limit leaves room
+    // for that copy, so lending never makes a write fail for memory where
+    // copying chunks to the send slices (as otherwise) would not.
+    lend = memory_.limit() <= 0 || memory_.limit() - memory_.used() >= pin->byte_size();
   }
   return std::unique_ptr<ReadStreamSource>(new SnapshotReadSource(
-      var->dtype, var->shape, var->version, std::move(pin), std::move(encoded), chunk));
+      var->dtype, var->shape, var->version, std::move(pin), std::move(encoded), chunk, lend));
 }
 
 // Stages a streamed value in its own buffer (accounted against the memory

@@ -50,7 +50,25 @@ absl::Status Variable::CopyOnWrite(MemoryAccountant* memory, const WriteExtent& 
   // Every pin here is of `contents`: same elements and chunking.
   const std::vector<int64_t> chunks =
       TouchedChunks(extent, live[0]->elements(), live[0]->chunk_elements());
-  for (const auto& pin : live) PSD_RETURN_IF_ERROR(pin->CopyChunks(chunks, memory, name));
+  bool lent = false;
+  for (const auto& pin : live) {
+    PSD_ASSIGN_OR_RETURN(const bool copied, pin->CopyChunks(chunks, memory, name));
+    if (!copied) {
+      lent = true;
+      break;
+    }
+  }
+  if (!lent) return absl::OkStatus();
+  // A streamed read is sending some of these chunks straight from the live
+  // value (ValuePin::Lend), and gRPC may hold them as long as the reader
+  // is slow: rather than wait, the value moves to new storage, and the old
+  // one, which every pin keeps, is never written again (as a replaced
+  // value). A pin reads the old storage as it is from then on.
+  Device* const device = live[0]->device();
+  PSD_ASSIGN_OR_RETURN(Contents moved,
+                       store_internal::Allocate(device, memory, dtype, contents->shape, name));
+  PSD_RETURN_IF_ERROR(device->Copy(*contents->buffer, moved.buffer.get()));
+  Swap(std::move(moved));
   return absl::OkStatus();
 }
 

@@ -103,7 +103,10 @@ class Variable {
 
   // The one place a write protects the pins of the value it is about to
   // change in place: copies the chunks `extent` touches into every pin that
-  // lacks them. Every in-place write calls it first; on failure nothing of
+  // lacks them, or, when a pin has lent one of them to a streamed read
+  // (ValuePin::Lend), moves the value to new storage (charged to `memory`)
+  // so the lent bytes never change. Every in-place write calls it first and
+  // then writes `contents` as it is after the call; on failure nothing of
   // the value has changed.
   absl::Status CopyOnWrite(MemoryAccountant* memory, const WriteExtent& extent)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);

@@ -60,9 +60,15 @@ int64_t ValuePin::byte_size() const {
   return elements_ * static_cast<int64_t>(DataTypeSize(dtype_));
 }
 
-absl::Status ValuePin::CopyChunks(absl::Span<const int64_t> chunks, MemoryAccountant* memory,
-                                  const std::string& variable) {
+absl::StatusOr<bool> ValuePin::CopyChunks(absl::Span<const int64_t> chunks,
+                                          MemoryAccountant* memory, const std::string& variable) {
   absl::MutexLock lock(&mu_);
+  // Checked before copying any: under mu_, so no chunk is lent from the
+  // live value between this check and the copies (Lend lends a copied
+  // chunk from its copy).
+  for (int64_t c : chunks) {
+    if (lent_.count(c) > 0 && copies_.count(c) == 0) return false;
+  }
   for (int64_t c : chunks) {
     if (copies_.count(c) > 0) continue;
     const int64_t begin = c * chunk_elements_;
@@ -96,7 +102,66 @@ absl::Status ValuePin::CopyChunks(absl::Span<const int64_t> chunks, MemoryAccoun
     copied_bytes_ += chunk.reservation.bytes();
     copies_.emplace(c, std::move(chunk));
   }
-  return absl::OkStatus();
+  return true;
+}
+
+// A hold on one lent chunk of the live value: released (the chunk may be
+// written again) when the last reference to it goes.
+struct ValuePin::LiveLease {
+  LiveLease(std::shared_ptr<const ValuePin> pin, int64_t chunk)
+      : pin(std::move(pin)), chunk(chunk) {}
+  LiveLease(const LiveLease&) = delete;
+  LiveLease& operator=(const LiveLease&) = delete;
+  ~LiveLease() { pin->Unlend(chunk); }
+
+  const std::shared_ptr<const ValuePin> pin;
+  const int64_t chunk;
+};
+
+void ValuePin::Unlend(int64_t chunk) const {
+  absl::MutexLock lock(&mu_);
+  auto it = lent_.find(chunk);
+  if (it != lent_.end() && --it->second == 0) lent_.erase(it);
+}
+
+absl::StatusOr<std::vector<LentBytes>> ValuePin::Lend(int64_t offset, int64_t bytes) const {
+  std::vector<LentBytes> pieces;
+  const int64_t size = static_cast<int64_t>(DataTypeSize(dtype_));
+  if (dtype_ == DT_STRING || offset < 0 || bytes < 0 || offset > byte_size() ||
+      bytes > byte_size() - offset) {
+    return absl::InternalError(absl::StrCat("lend of ", bytes, " bytes at ", offset,
+                                            " from a pinned value of ", byte_size(), " bytes"));
+  }
+  std::shared_ptr<const ValuePin> self = weak_from_this().lock();
+  if (!device_->host_memory() || self == nullptr) return pieces;
+  const int64_t chunk_bytes = chunk_elements_ * size;
+  absl::MutexLock lock(&mu_);
+  while (bytes > 0) {
+    const int64_t c = offset / chunk_bytes;
+    const int64_t in_chunk = offset - c * chunk_bytes;
+    const int64_t n = std::min(bytes, chunk_bytes - in_chunk);
+    auto it = copies_.find(c);
+    if (it != copies_.end()) {
+      // A copy is never written: the pin (held) keeps it.
+      pieces.push_back(LentBytes{
+          absl::string_view(static_cast<const char*>(it->second.buffer->data()) + in_chunk,
+                            static_cast<size_t>(n)),
+          self});
+    } else {
+      ++lent_[c];
+      pieces.push_back(LentBytes{absl::string_view(static_cast<const char*>(live_->data()) + offset,
+                                                   static_cast<size_t>(n)),
+                                 std::make_shared<const LiveLease>(self, c)});
+    }
+    offset += n;
+    bytes -= n;
+  }
+  return pieces;
+}
+
+int64_t ValuePin::lent_chunks() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(lent_.size());
 }
 
 absl::Status ValuePin::Read(int64_t offset, int64_t bytes, void* dst) const {

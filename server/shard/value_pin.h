@@ -25,6 +25,15 @@
 //   // a checkpoint, holding no lock:
 //   PSD_RETURN_IF_ERROR(pin->Read(offset, n, host_buffer));
 //
+// Lending. A streamed read sends pinned bytes without copying them (Lend):
+// a piece of a chunk copy (never written after it is made), or of the live
+// value while no writer has copied that chunk. A lent live chunk is marked
+// until its hold is released (when gRPC lets go of the slice that sends
+// it); a writer that must change a lent chunk cannot wait for that (a slow
+// reader would hold the variable's writes), so CopyChunks reports it and
+// the writer moves the value to new storage instead (Variable::CopyOnWrite):
+// the pinned value is then never written again, as a replaced one.
+//
 // Thread-safety: thread-safe. Reads of the live value and CopyChunks
 // exclude each other per pin (`mu_`), so a reader never sees a chunk that a
 // writer has started to change: by then the chunk is copied and read from
@@ -41,6 +50,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "device/device.h"
@@ -86,7 +96,15 @@ int64_t ChunkElements(DataType dtype, int64_t chunk_bytes);
 // std::string objects.
 int64_t StringBytes(absl::Span<const std::string> values);
 
-class ValuePin {
+// Pinned bytes lent without a copy: `bytes` stay valid and unchanged while
+// `hold` lives (it keeps the pin, and so the value, alive).
+struct LentBytes {
+  absl::string_view bytes;
+  std::shared_ptr<const void> hold;
+};
+
+// Owned by a shared_ptr where it lends (Lend needs one to hand out holds).
+class ValuePin : public std::enable_shared_from_this<ValuePin> {
  public:
   // Pins `elements` elements of `dtype` held by `live` (fixed-size dtypes)
   // or `live_strings` (DT_STRING). `owner` keeps them alive as long as the
@@ -107,14 +125,23 @@ class ValuePin {
   const void* owner() const { return owner_.get(); }
 
   // Copies each of `chunks` (ascending, < the number of chunks) not copied
-  // yet. Call it before changing them in the live value. On
-  // RESOURCE_EXHAUSTED (naming `variable`) the chunks copied before the
-  // failure stay copied: they hold the pinned bytes either way.
-  absl::Status CopyChunks(absl::Span<const int64_t> chunks, MemoryAccountant* memory,
-                          const std::string& variable);
+  // yet. Call it before changing them in the live value. Returns false,
+  // copying nothing, when one of them is lent from the live value (Lend):
+  // then it must not be changed in place at all. On RESOURCE_EXHAUSTED
+  // (naming `variable`) the chunks copied before the failure stay copied:
+  // they hold the pinned bytes either way.
+  absl::StatusOr<bool> CopyChunks(absl::Span<const int64_t> chunks, MemoryAccountant* memory,
+                                  const std::string& variable);
 
   // Copies `bytes` bytes of a fixed-size value at `offset` into host `dst`.
   absl::Status Read(int64_t offset, int64_t bytes, void* dst) const;
+  // The same bytes without a copy, one piece per chunk they span, for as
+  // long as each piece's hold lives. Empty (nothing lent: Read them) where
+  // the device's memory is not host memory or no shared_ptr owns the pin.
+  absl::StatusOr<std::vector<LentBytes>> Lend(int64_t offset, int64_t bytes) const;
+  // Chunks of the live value lent now (for tests).
+  int64_t lent_chunks() const;
+  Device* device() const { return device_; }
   // A string value's elements.
   std::vector<std::string> Strings() const;
   // The characters of a string value's elements, without copying them.
@@ -142,6 +169,12 @@ class ValuePin {
   mutable absl::Mutex mu_;
   std::map<int64_t, Chunk> copies_ ABSL_GUARDED_BY(mu_);  // by chunk index
   int64_t copied_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Holds out on chunks of the live value, by chunk index (only chunks not
+  // in copies_: a copied chunk is lent from its copy).
+  mutable std::map<int64_t, int64_t> lent_ ABSL_GUARDED_BY(mu_);
+
+  struct LiveLease;
+  void Unlend(int64_t chunk) const;
 };
 
 }  // namespace psd

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -359,6 +360,11 @@ class VariableStore {
     const std::string* variable = nullptr;
     void (*to_batch_op)(const void* request, BatchOp* op) = nullptr;
     const void* request = nullptr;
+    // Turns the logged copy into what was applied, once `op` ran (null:
+    // the request as it came): an Adam apply's beta powers read from
+    // variables are logged by value, since the part's new shard may hold
+    // no variable of that name, or one with another value.
+    std::function<void(BatchOp*)> amend_logged;
   };
   template <typename Request>
   static WriteMeta Forwarded(CallerKey caller, const Request& request);
@@ -416,11 +422,18 @@ class VariableStore {
   // travel, with the unary apply's message.
   struct DenseGradient;
   struct SparseGradient;
+  // The beta powers an Adam apply read from the variables its request
+  // names (unset where the request gave a value).
+  struct PowersRead {
+    std::optional<double> value[2];
+    // Writes them into `spec` as values (WriteMeta::amend_logged).
+    void ReplaceNames(OptimizerSpec* spec) const;
+  };
   absl::Status ApplyOnce(const std::string& name,
                          const google::protobuf::RepeatedPtrField<std::string>& slots,
                          const OptimizerSpec& spec, const DenseGradient* dense,
                          const SparseGradient* sparse, uint64_t* version,
-                         bool check_only = false);
+                         bool check_only = false, PowersRead* powers_read = nullptr);
 
   Device* const device_;
   // Host memory for values staged on the host (a streamed apply's
@@ -484,6 +497,13 @@ class ReadStreamSource {
   // Copies the next chunk's NextSize() content bytes to `dst` (host memory,
   // e.g. a gRPC send slice) and returns their offset in the value.
   virtual absl::StatusOr<int64_t> ReadNext(char* dst) = 0;
+  // The next chunk's content without a copy, when the source can lend it:
+  // its pieces (in order, each valid while its hold lives; see
+  // ValuePin::Lend) into *pieces and its offset into *offset, and true.
+  // False, with nothing taken, where it cannot: ReadNext then.
+  virtual absl::StatusOr<bool> LendNext(std::vector<LentBytes>* /*pieces*/, int64_t* /*offset*/) {
+    return false;
+  }
   // Fills `chunk`'s offset and content with the next chunk; false when all
   // were sent.
   absl::StatusOr<bool> Next(TensorChunk* chunk);

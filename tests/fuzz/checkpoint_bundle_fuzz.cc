@@ -33,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int num_shards = input.header().num_shards();
   if (num_shards >= 1 && num_shards <= kMaxDataFiles) {
     for (int k = 0; k < num_shards && k < input.data_files_size(); ++k) {
-      fs.files()[psd::checkpoint::DataFilename("ckpt", k, num_shards)] = input.data_files(k);
+      fs.File(psd::checkpoint::DataFilename("ckpt", k, num_shards)) = input.data_files(k);
     }
   }
 
@@ -44,12 +44,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (e.key().empty()) continue;  // the header's key
     psd::tf::BundleEntryProto entry = e.entry();
     if (e.fix_crc() && num_shards >= 1 && num_shards <= kMaxDataFiles) {
-      auto it = fs.files().find(psd::checkpoint::DataFilename("ckpt", entry.shard_id(), num_shards));
-      if (it != fs.files().end() && entry.offset() >= 0 && entry.size() >= 0 &&
-          static_cast<uint64_t>(entry.offset()) <= it->second.size() &&
-          static_cast<uint64_t>(entry.size()) <= it->second.size() - entry.offset()) {
+      const std::string* file =
+          fs.Find(psd::checkpoint::DataFilename("ckpt", entry.shard_id(), num_shards));
+      if (file != nullptr && entry.offset() >= 0 && entry.size() >= 0 &&
+          static_cast<uint64_t>(entry.offset()) <= file->size() &&
+          static_cast<uint64_t>(entry.size()) <= file->size() - entry.offset()) {
         entry.set_crc32c(psd::crc32c::Mask(
-            psd::crc32c::Value(it->second.data() + entry.offset(), entry.size())));
+            psd::crc32c::Value(file->data() + entry.offset(), entry.size())));
       }
     }
     entries[e.key()] = entry.SerializeAsString();

@@ -84,13 +84,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   psd::fuzz::MemoryFileSystem fs;
   std::string index(rest.substr(0, index_size));
   if (flags & 1) FixChecksums(&index);
-  fs.files()["ckpt.index"] = std::move(index);
+  fs.File("ckpt.index") = std::move(index);
   const std::string data_bytes(rest.substr(index_size));
 
   // The table alone, as psctl ckpt inspect and the leveldb cross-check use it.
   {
     auto file = fs.NewRandomAccessFile("ckpt.index");
-    auto table = psd::checkpoint::table::Table::Open(file->get(), fs.files()["ckpt.index"].size());
+    auto table = psd::checkpoint::table::Table::Open(file->get(), fs.File("ckpt.index").size());
     if (table.ok()) {
       (void)(*table)->ForEach([](absl::string_view key, absl::string_view value) {
         return absl::OkStatus();
@@ -103,7 +103,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int num_shards = (*reader)->header().num_shards();
   if (num_shards <= 64) {
     for (int k = 0; k < num_shards; ++k) {
-      fs.files()[psd::checkpoint::DataFilename("ckpt", k, num_shards)] = data_bytes;
+      fs.File(psd::checkpoint::DataFilename("ckpt", k, num_shards)) = data_bytes;
     }
   }
   for (const auto& info : (*reader)->ListTensors()) {

@@ -19,6 +19,7 @@
 #include "checkpoint/file_system.h"
 #include "checkpoint/table_builder.h"
 #include "checkpoint/tensor_slice.h"
+#include "coordinator/registry.h"
 #include "fuzz_inputs.pb.h"
 #include "memory_file_system.h"
 #include "psd/embedding_keys.h"
@@ -39,6 +40,13 @@ void Write(const std::string& target, const std::string& name, const std::string
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) {
     std::cerr << "cannot write " << dir << "/" << name << "\n";
+    std::exit(1);
+  }
+}
+
+void Check(bool ok, const std::string& what) {
+  if (!ok) {
+    std::cerr << "make_fuzz_seeds: " << what << " failed\n";
     std::exit(1);
   }
 }
@@ -472,7 +480,7 @@ std::string IndexInput(psd::fuzz::MemoryFileSystem* fs, const std::string& prefi
   std::string out(1, '\x01');
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(index.size() >> (8 * i)));
   out += index;
-  out += fs->files()[psd::checkpoint::DataFilename(prefix, 0, num_shards)];
+  out += fs->File(psd::checkpoint::DataFilename(prefix, 0, num_shards));
   return out;
 }
 
@@ -488,7 +496,7 @@ std::string BundleInputOf(const psd::checkpoint::BundleReader& reader, psd::fuzz
   }
   for (int k = 0; k < reader.header().num_shards(); ++k) {
     input.add_data_files(
-        fs->files()[psd::checkpoint::DataFilename(reader.prefix(), k, reader.header().num_shards())]);
+        fs->File(psd::checkpoint::DataFilename(reader.prefix(), k, reader.header().num_shards())));
   }
   for (const auto& info : reader.ListTensors()) {
     input.add_reads()->set_name(info.name);
@@ -534,7 +542,7 @@ void CheckpointSeeds(const std::vector<std::string>& fixtures) {
   auto reader = psd::checkpoint::BundleReader::Open("ckpt", &fs);
   add(reader.status());
   Write("checkpoint_index_fuzz", "psd_written",
-        IndexInput(&fs, "ckpt", fs.files()["ckpt.index"], 1));
+        IndexInput(&fs, "ckpt", fs.File("ckpt.index"), 1));
   Write("checkpoint_bundle_fuzz", "psd_written", BundleInputOf(**reader, &fs));
 
   // The same entries in a Snappy-compressed table with small blocks.
@@ -548,7 +556,7 @@ void CheckpointSeeds(const std::vector<std::string>& fixtures) {
     for (const auto& [key, entry] : (*reader)->entries()) add(builder.Add(key, entry.SerializeAsString()));
     add(builder.Finish());
     Write("checkpoint_index_fuzz", "psd_written_snappy",
-          IndexInput(&fs, "ckpt", fs.files()["snappy.index"], 1));
+          IndexInput(&fs, "ckpt", fs.File("snappy.index"), 1));
   }
 
   for (const std::string& prefix : fixtures) {
@@ -557,7 +565,7 @@ void CheckpointSeeds(const std::vector<std::string>& fixtures) {
                                     psd::checkpoint::DataFilename(prefix, 0, 1)}) {
       std::ifstream in(path, std::ios::binary);
       if (!in) continue;
-      copy.files()[path].assign(std::istreambuf_iterator<char>(in), {});
+      copy.File(path).assign(std::istreambuf_iterator<char>(in), {});
     }
     auto fixture = psd::checkpoint::BundleReader::Open(prefix, &copy);
     if (!fixture.ok()) {
@@ -566,7 +574,7 @@ void CheckpointSeeds(const std::vector<std::string>& fixtures) {
     }
     std::string name = std::filesystem::path(prefix).parent_path().filename().string();
     Write("checkpoint_index_fuzz", "tf_" + name,
-          IndexInput(&copy, prefix, copy.files()[psd::checkpoint::IndexFilename(prefix)],
+          IndexInput(&copy, prefix, copy.File(psd::checkpoint::IndexFilename(prefix)),
                      (*fixture)->header().num_shards()));
     Write("checkpoint_bundle_fuzz", "tf_" + name, BundleInputOf(**fixture, &copy));
   }
@@ -850,6 +858,185 @@ void MoveSeeds() {
   TableMoveSeeds();
 }
 
+
+// registry_state_fuzz: a state directory a coordinator wrote (variables,
+// a partitioned one and a table, sessions with scopes and names, a move
+// under way, a drained shard; a snapshot and records after it), raw and as
+// framed records.
+void RegistrySeeds() {
+  psd::fuzz::MemoryFileSystem fs;
+  psd::RegistryOptions options;
+  options.state_dir = "state";
+  options.file_system = &fs;
+  auto opened = psd::Registry::Open(options);
+  Check(opened.ok(), "registry seed: open: " + opened.status().ToString());
+  psd::Registry& registry = **opened;
+  const std::vector<int32_t> live = {0, 1};
+  auto session = registry.OpenSession("seed");
+  Check(session.ok(), "registry seed: session");
+  psd::VariableDeclaration w;
+  w.set_name("layer/w");
+  w.set_dtype(psd::DT_FLOAT);
+  w.mutable_shape()->add_dims(8);
+  w.mutable_shape()->add_dims(4);
+  w.mutable_initializer()->mutable_zeros();
+  w.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  Check(registry.GetVariable(*session, w, live, 1).ok(), "registry seed: w");
+  Check(registry.Compact().ok(), "registry seed: compact");
+  psd::VariableDeclaration slot = w;
+  slot.set_name("layer/w/Momentum");
+  slot.set_colocate_with("layer/w");
+  slot.set_trainable(false);
+  Check(registry.GetVariable(*session, slot, live, 2).ok(), "registry seed: slot");
+  psd::VariableDeclaration emb;
+  emb.set_name("emb");
+  emb.mutable_embedding()->set_embedding_dim(4);
+  Check(registry.GetVariable(*session, emb, live, 3).ok(), "registry seed: table");
+  Check(registry.OpenScope(*session, "", "layer", "", false, true, 4).ok(), "registry seed: scope");
+  Check(registry.UniqueName(*session, "Variable", true, 5).ok(), "registry seed: name");
+  auto def = registry.Lookup("layer/w");
+  Check(def.ok(), "registry seed: lookup");
+  psd::PartMoveRecord move;
+  move.set_move_id(77);
+  move.add_parts(def->parts(0).name());
+  move.add_parts("layer/w/Momentum/part_0");
+  move.set_source_shard(def->parts(0).shard_id());
+  move.set_target_shard(1 - def->parts(0).shard_id());
+  Check(registry.BeginMove(move).ok(), "registry seed: move");
+  Check(registry.SetDrained(1, true).ok(), "registry seed: drain");
+
+  const std::string snap = fs.File("state/registry.snapshot");
+  const std::string log = fs.File("state/registry.log");
+  psd::fuzz::RegistryStateInput raw;
+  raw.set_raw(true);
+  raw.set_raw_snapshot(snap);
+  raw.set_raw_log(log);
+  Write("registry_state_fuzz", "raw_state", raw.SerializeAsString());
+
+  // The same, as framed messages: magic (8 bytes), then frames of fixed32
+  // length, fixed32 checksum, payload.
+  const auto frames = [](const std::string& file) {
+    std::vector<std::string> out;
+    size_t at = 8;
+    while (at + 8 <= file.size()) {
+      uint32_t n = 0;
+      for (int i = 0; i < 4; ++i) n |= static_cast<uint32_t>(static_cast<uint8_t>(file[at + i])) << (8 * i);
+      if (at + 8 + n > file.size()) break;
+      out.push_back(file.substr(at + 8, n));
+      at += 8 + n;
+    }
+    return out;
+  };
+  psd::fuzz::RegistryStateInput framed;
+  const std::vector<std::string> snap_frames = frames(snap);
+  Check(snap_frames.size() == 1, "registry seed: one snapshot frame");
+  framed.set_write_snapshot(true);
+  Check(framed.mutable_snapshot()->ParseFromString(snap_frames[0]), "registry seed: snapshot");
+  for (const std::string& f : frames(log)) {
+    Check(framed.add_records()->ParseFromString(f), "registry seed: record");
+  }
+  Check(framed.records_size() >= 5, "registry seed: records after the snapshot");
+  Write("registry_state_fuzz", "framed_state", framed.SerializeAsString());
+  // A torn last record, as a crash mid-append leaves it.
+  psd::fuzz::RegistryStateInput torn = framed;
+  torn.set_log_tail(std::string("\x40\x00\x00\x00\x01\x02", 6));
+  Write("registry_state_fuzz", "torn_tail", torn.SerializeAsString());
+  // A declaration no coordinator writes: dimensions whose product
+  // overflows, a part on a negative shard id.
+  psd::fuzz::RegistryStateInput huge = framed;
+  for (psd::RegistryRecord& r : *huge.mutable_records()) {
+    if (!r.has_declared() || r.declared().created_size() == 0) continue;
+    psd::VariableDef* def = r.mutable_declared()->mutable_created(0);
+    def->mutable_shape()->set_dims(0, int64_t{1} << 40);
+    def->mutable_shape()->set_dims(1, int64_t{1} << 40);
+    for (psd::VariablePart& part : *def->mutable_parts()) {
+      part.mutable_shape()->set_dims(0, int64_t{1} << 40);
+      part.mutable_shape()->set_dims(1, int64_t{1} << 40);
+      part.set_shard_id(-7);
+    }
+    break;
+  }
+  Write("registry_state_fuzz", "impossible_declaration", huge.SerializeAsString());
+}
+
+// registry_declare_fuzz: what a trainer's graph declares: variables under
+// every partitioner, a colocated slot, strings, a supplied value, an
+// embedding table with a slot table, scopes, names and a deletion.
+void RegistryDeclareSeeds() {
+  psd::fuzz::RegistryCalls calls;
+  for (int32_t id : {0, 1, 2}) calls.add_live_shards(id);
+  const auto dense = [](const std::string& name, std::vector<int64_t> dims, psd::DataType dtype) {
+    psd::VariableDeclaration d;
+    d.set_name(name);
+    d.set_dtype(dtype);
+    d.mutable_shape();
+    for (int64_t x : dims) d.mutable_shape()->add_dims(x);
+    d.mutable_initializer()->mutable_zeros();
+    d.set_declared_at("model.py:1");
+    return d;
+  };
+  uint64_t seq = 0;
+  psd::fuzz::RegistryCall* call = calls.add_calls();
+  call->set_request_seq(++seq);
+  auto* batch = call->mutable_declare();
+  psd::VariableDeclaration w = dense("w", {8, 4}, psd::DT_FLOAT);
+  w.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  *batch->add_declarations() = w;
+  psd::VariableDeclaration slot = w;
+  slot.set_name("w/Momentum");
+  slot.set_colocate_with("w");
+  slot.set_trainable(false);
+  *batch->add_declarations() = slot;
+  psd::VariableDeclaration big = dense("big", {1024, 64}, psd::DT_DOUBLE);
+  big.mutable_partitioner()->mutable_variable_axis_size()->set_max_shard_bytes(64 << 10);
+  *batch->add_declarations() = big;
+  psd::VariableDeclaration mm = dense("mm", {4096, 16}, psd::DT_FLOAT);
+  mm.mutable_partitioner()->mutable_min_max()->set_max_partitions(4);
+  mm.mutable_partitioner()->mutable_min_max()->set_min_slice_size(1 << 14);
+  *batch->add_declarations() = mm;
+  psd::VariableDeclaration ex = dense("ex", {4, 6}, psd::DT_INT64);
+  ex.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(1);
+  ex.mutable_partitioner()->mutable_explicit_partitions()->add_partitions(3);
+  *batch->add_declarations() = ex;
+  *batch->add_declarations() = dense("names", {3}, psd::DT_STRING);
+
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  psd::VariableDeclaration emb;
+  emb.set_name("emb");
+  emb.mutable_embedding()->set_embedding_dim(8);
+  emb.mutable_embedding()->mutable_counter_filter()->set_filter_freq(2);
+  emb.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  *call->mutable_declare()->add_declarations() = emb;
+  psd::VariableDeclaration emb_slot = emb;
+  emb_slot.set_name("emb/Adagrad");
+  emb_slot.mutable_embedding()->set_slot_of("emb");
+  emb_slot.mutable_embedding()->clear_counter_filter();
+  *call->mutable_declare()->add_declarations() = emb_slot;
+
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->mutable_scope()->set_name("layer");
+  call->mutable_scope()->set_captured(true);
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->set_unique_name("layer/Variable");
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  psd::VariableDeclaration scoped = dense("layer/v", {2, 2}, psd::DT_FLOAT);
+  scoped.set_reuse(psd::REUSE_AUTO);
+  *call->mutable_declare()->add_declarations() = scoped;
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->mutable_scope()->set_parent_path("");
+  call->mutable_scope()->set_close(true);
+  call->mutable_scope()->set_token(1);
+  call = calls.add_calls();
+  call->set_request_seq(++seq);
+  call->set_delete_variable("w");
+  Write("registry_declare_fuzz", "graph", calls.SerializeAsString());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -863,6 +1050,8 @@ int main(int argc, char** argv) {
   StreamSeeds();
   SliceKeySeeds();
   MoveSeeds();
+  RegistrySeeds();
+  RegistryDeclareSeeds();
   CheckpointSeeds(std::vector<std::string>(argv + 2, argv + argc));
   return 0;
 }

@@ -43,6 +43,7 @@ expect_error "two.yaml lists 2 shards: give this one's --id" shard --config "$wo
 # The same checks for flags.
 expect_error "--listen: 'nowhere' is not HOST:PORT" coordinator --listen nowhere
 expect_error "--http-listen: '127.0.0.1:99999': the port must be" shard --id 0 --listen 127.0.0.1:0 --http-listen 127.0.0.1:99999
+expect_error "--lease-period 1 s must be at least twice --heartbeat-interval (1 s)" coordinator --listen 127.0.0.1:0 --lease-period 1
 expect_error "--device: unknown device 'abacus'" shard --id 0 --listen 127.0.0.1:0 --device abacus
 expect_error "--memory-limit: invalid byte size" shard --id 0 --listen 127.0.0.1:0 --memory-limit lots
 expect_error "http listen address '0.0.0.0:0'" shard --id 0 --listen 127.0.0.1:0 --http-listen 0.0.0.0:0

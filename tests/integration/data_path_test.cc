@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "../common/fault_proxy.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -219,6 +221,120 @@ TEST_F(StreamTest, ReadIntoReusesTheDestinationWhileTheValueFitsIt) {
   EXPECT_EQ(into, Strings({2}, {"c", "d"}));
 
   EXPECT_TRUE(IsError(streaming_->ReadInto("nope", &into), absl::StatusCode::kNotFound));
+}
+
+// Streamed reads land in destinations allocated without a zero fill (and
+// are sent from the variable's own memory): every byte must come back exact
+// for every element width, with chunks that split elements, into a new
+// tensor (Read), a destination that does not fit (ReadInto) and one that
+// does.
+TEST_F(ShardTest, StreamedReadsOfEveryWidthComeBackExact) {
+  ClientOptions options;
+  options.stream_threshold_bytes = 64;
+  options.chunk_bytes = 1000;  // splits 8-byte elements across chunks
+  PSD_ASSERT_OK_AND_ASSIGN(auto client, process_->Connect(options));
+  for (DataType dtype : {DT_BOOL, DT_INT8, DT_UINT8, DT_INT16, DT_HALF, DT_BFLOAT16, DT_INT32,
+                         DT_FLOAT, DT_INT64, DT_DOUBLE}) {
+    SCOPED_TRACE(DataTypeName(dtype));
+    const std::string name = absl::StrCat("w_", DataTypeName(dtype));
+    Tensor value(dtype, TensorShape{3, 7, 11});
+    std::string* bytes = value.mutable_bytes();
+    for (size_t i = 0; i < bytes->size(); ++i) {
+      (*bytes)[i] =
+          dtype == DT_BOOL ? static_cast<char>(i % 3 == 1) : static_cast<char>(0x3d + 29 * i);
+    }
+    ASSERT_TRUE(IsOk(client->Create(name, value)));
+    PSD_ASSERT_OK_AND_ASSIGN(Tensor read, client->Read(name));
+    EXPECT_EQ(read, value);
+    Tensor other(DT_INT32, TensorShape{5});  // does not fit: replaced
+    ASSERT_TRUE(IsOk(client->ReadInto(name, &other)));
+    EXPECT_EQ(other, value);
+    Tensor fitting(dtype, TensorShape{231});  // same bytes: reused, reshaped
+    ASSERT_TRUE(IsOk(client->ReadInto(name, &fitting)));
+    EXPECT_EQ(fitting, value);
+  }
+}
+
+// Streamed reads are sent from the variable's own memory while writers
+// change it: every read must still be the value at one moment. Writers
+// only add 1 to every element (dense and scatter adds), so a read is
+// consistent exactly when all its elements are equal.
+TEST_F(ShardTest, StreamedReadsSentFromTheVariableStayConsistentUnderWrites) {
+  constexpr int64_t kRows = 4096, kCols = 256;  // 4 MiB of int32: 4 copy-on-write chunks
+  ASSERT_TRUE(IsOk(shard_->Create("m", Tensor(DT_INT32, TensorShape{kRows, kCols}))));
+  ClientOptions options;
+  options.stream_threshold_bytes = 1 << 10;
+  options.chunk_bytes = 64 << 10;
+  PSD_ASSERT_OK_AND_ASSIGN(auto reader, process_->Connect(options));
+  PSD_ASSERT_OK_AND_ASSIGN(auto writer, process_->Connect(options));
+  Tensor ones(DT_INT32, TensorShape{kRows, kCols});
+  std::fill(ones.data<int32_t>(), ones.data<int32_t>() + kRows * kCols, 1);
+  Tensor all_rows(DT_INT64, TensorShape{kRows});
+  for (int64_t r = 0; r < kRows; ++r) all_rows.data<int64_t>()[r] = r;
+
+  std::atomic<bool> done{false};
+  std::atomic<int> writes{0};
+  std::thread writes_thread([&] {
+    for (int i = 0; i < 400 && !done.load(); ++i) {
+      absl::Status s =
+          i % 2 == 0 ? writer->AssignAdd("m", ones) : writer->ScatterAdd("m", all_rows, ones);
+      if (!s.ok()) {
+        ADD_FAILURE() << s;
+        return;
+      }
+      writes.fetch_add(1);
+    }
+  });
+  Tensor got;
+  int torn = 0;
+  for (int i = 0; i < 30; ++i) {
+    absl::Status s = reader->ReadInto("m", &got);
+    if (!s.ok()) {
+      ADD_FAILURE() << s;
+      break;
+    }
+    const int32_t* p = got.data<int32_t>();
+    if (std::count(p, p + kRows * kCols, p[0]) != kRows * kCols) ++torn;
+  }
+  done.store(true);
+  writes_thread.join();
+  EXPECT_EQ(torn, 0) << "reads mixed values from before and after a write";
+  EXPECT_GT(writes.load(), 0);
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor last, reader->Read("m"));
+  EXPECT_EQ(last.data<int32_t>()[0], writes.load());
+  EXPECT_EQ(last.data<int32_t>()[kRows * kCols - 1], writes.load());
+}
+
+// A streamed read that fails midway never hands out the uninitialized
+// buffer it was filling: a destination that did not fit the value is left
+// exactly as it was.
+TEST_F(ShardTest, AFailedStreamedReadLeavesADestinationThatDidNotFitUnchanged) {
+  constexpr int64_t kElements = 100000;  // 400 KB
+  ASSERT_TRUE(IsOk(shard_->Create("big", Iota(kElements, 1.0f))));
+  PSD_ASSERT_OK_AND_ASSIGN(auto proxy, testing::FaultProxy::Start(process_->port()));
+  ClientOptions options;
+  options.stream_threshold_bytes = 64 << 10;
+  options.chunk_bytes = 16 << 10;
+  options.max_attempts = 1;  // the cut read fails instead of being retried
+  PSD_ASSERT_OK_AND_ASSIGN(auto client, ShardClient::Connect(proxy->address(), options));
+  ASSERT_TRUE(IsOk(client->AssignAdd("big", Filled(kElements, 0.0f))));  // connected
+
+  Tensor dest = Filled(5, 7.0f);
+  proxy->CutAfterBytes(testing::FaultProxy::Direction::kDown, 200 << 10);
+  const absl::Status status = client->ReadInto("big", &dest);
+  ASSERT_FALSE(status.ok()) << "the proxy did not cut the read";
+  EXPECT_GT(proxy->cuts(), 0);
+  EXPECT_EQ(dest, Filled(5, 7.0f)) << "a failed read changed a destination it did not fit";
+  // The next read (a new connection) fills it. A few tries: the channel
+  // may still be reconnecting.
+  absl::Status again;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    again = client->ReadInto("big", &dest);
+    if (again.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(IsOk(again));
+  EXPECT_EQ(dest, Iota(kElements, 1.0f));
 }
 
 TEST_F(StreamTest, StreamedCreateOfATakenNameFails) {

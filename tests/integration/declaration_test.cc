@@ -94,7 +94,8 @@ class DeclarationTest : public ::testing::Test {
 TEST(ShardFiguresTest, ListingTheShardsRightAfterADeclarationShowsItsParts) {
   TestClusterOptions options;
   options.num_shards = 1;
-  options.coordinator_args = {"--heartbeat-interval", "30", "--liveness-timeout", "120"};
+  options.coordinator_args = {"--heartbeat-interval", "30", "--liveness-timeout", "120",
+                              "--lease-period", "60"};
   PSD_ASSERT_OK_AND_ASSIGN(auto cluster, TestCluster::Start(options));
   PSD_ASSERT_OK_AND_ASSIGN(auto session, Session::Open(cluster->coordinator_address()));
   client::GetVariableOptions o;

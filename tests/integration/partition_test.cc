@@ -33,6 +33,7 @@
 #include "cluster_process.h"
 #include "fault_proxy.h"
 #include "grpcpp/grpcpp.h"
+#include "http_get.h"
 #include "gtest/gtest.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
@@ -566,6 +567,96 @@ TEST(CoordinatorPartitionTest, AShardCutOffFromTheCoordinatorIsDownThenLiveWithI
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value2, w2.Read());
   EXPECT_EQ(value2, expected);
   for (const auto& part : w2.parts()) EXPECT_FALSE(part.lost) << part.name;
+}
+
+// docs/replication.md "Leases": a shard cut off from the coordinator stops
+// holding its lease before the coordinator stops counting it as held, by
+// the two processes' own monotonic clocks (one host: the same clock); and
+// the lease comes back when the partition heals.
+TEST(CoordinatorPartitionTest, AShardCutOffLosesItsLeaseBeforeTheCoordinatorCountsItExpired) {
+  constexpr int64_t kLeaseMillis = 1000;
+  TestClusterOptions cluster_options;
+  cluster_options.num_shards = 0;
+  cluster_options.coordinator_args = {"--heartbeat-interval", "0.2", "--liveness-timeout", "2",
+                                      "--lease-period", "1"};
+  PSD_ASSERT_OK_AND_ASSIGN(auto cluster, TestCluster::Start(cluster_options));
+  const std::string coordinator = cluster->coordinator_address();
+  PSD_ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(cluster->coordinator()->port()));
+  const std::string port_file = cluster->state_dir() + "/shard-0.port";
+  const std::string http_port_file = cluster->state_dir() + "/shard-0.http";
+  PSD_ASSERT_OK_AND_ASSIGN(
+      auto shard,
+      ChildProcess::Start({PSD_BINARY, "--log-level", "warn", "shard", "--id", "0", "--listen",
+                           "127.0.0.1:0", "--port-file", port_file, "--http-port-file",
+                           http_port_file, "--coordinator", proxy->address()},
+                          port_file));
+  const auto shard_metric = [&](const std::string& name) -> absl::StatusOr<double> {
+    PSD_ASSIGN_OR_RETURN(auto metrics, testing_http::ScrapeFromPortFile(http_port_file));
+    auto it = metrics.find(name);
+    if (it == metrics.end()) return absl::NotFoundError(name + " not in the shard's /metrics");
+    return it->second;
+  };
+  // Held on both sides once the shard heartbeats.
+  PSD_ASSERT_OK_AND_ASSIGN(ShardStatus held, WaitForShard(coordinator, 0, [](const ShardStatus& s) {
+                             return s.live() && s.lease_remaining_millis() > 0;
+                           }));
+  // Renewed by heartbeats (not just granted by the registration).
+  absl::StatusOr<double> grants = absl::UnknownError("not read");
+  for (int i = 0; i < 300; ++i) {
+    grants = shard_metric("psd_shard_lease_grants_total");
+    if (grants.ok() && *grants >= 4) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(grants.ok()) << grants.status();
+  ASSERT_GE(*grants, 4) << "heartbeats did not renew the lease";
+  absl::StatusOr<double> remaining = shard_metric("psd_shard_lease_remaining_seconds");
+  ASSERT_TRUE(remaining.ok()) << remaining.status();
+  EXPECT_GT(*remaining, 0);
+  EXPECT_LE(*remaining, kLeaseMillis / 1e3);
+
+  // The partition: nothing reaches the coordinator, TCP stays up.
+  proxy->SetBlackhole(true);
+  absl::StatusOr<double> expiry = absl::UnknownError("not read");
+  for (int i = 0; i < 600; ++i) {
+    remaining = shard_metric("psd_shard_lease_remaining_seconds");
+    if (remaining.ok() && *remaining == 0) {
+      expiry = shard_metric("psd_shard_lease_expiry_monotonic_seconds");
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(remaining.ok()) << remaining.status();
+  ASSERT_EQ(*remaining, 0) << "the shard kept its lease through the partition";
+  ASSERT_TRUE(expiry.ok()) << expiry.status();
+  PSD_ASSERT_OK_AND_ASSIGN(ShardStatus expired, WaitForShard(coordinator, 0, [](const ShardStatus& s) {
+                             return s.lease_remaining_millis() == 0;
+                           }));
+  // The coordinator's last grant was at or after the shard's clock reading
+  // that lease counts from, so the shard's lease ended no later than the
+  // grant plus the period (and the coordinator waits a margin beyond that).
+  const double granted = static_cast<double>(expired.lease_granted_monotonic_micros()) / 1e6;
+  EXPECT_GT(granted, 0);
+  EXPECT_LE(*expiry, granted + kLeaseMillis / 1e3)
+      << "shard lease ends at " << *expiry << " s, coordinator granted it at " << granted << " s";
+  // No lease was granted during the partition: the shard's last one is the
+  // coordinator's last grant.
+  EXPECT_GE(*expiry, granted + kLeaseMillis / 1e3 - 3.0);
+
+  // Healed: heartbeats renew it.
+  proxy->SetBlackhole(false);
+  PSD_ASSERT_OK_AND_ASSIGN(ShardStatus renewed, WaitForShard(coordinator, 0, [](const ShardStatus& s) {
+                             return s.live() && s.lease_remaining_millis() > 0;
+                           }));
+  EXPECT_GT(renewed.lease_granted_monotonic_micros(), expired.lease_granted_monotonic_micros());
+  for (int i = 0; i < 300; ++i) {
+    remaining = shard_metric("psd_shard_lease_remaining_seconds");
+    if (remaining.ok() && *remaining > 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(remaining.ok()) << remaining.status();
+  EXPECT_GT(*remaining, 0) << "the lease did not come back after the partition healed";
+  EXPECT_EQ(renewed.incarnation(), held.incarnation());
+  EXPECT_FALSE(shard->Exited());
 }
 
 }  // namespace

@@ -116,6 +116,7 @@ TEST(ClusterConfigTest, BadValuesNameTheirKey) {
       {"shards: [{device: tpu}]\n", "c: shards[0].device: unknown device 'tpu'"},
       {"shards: [{device: \"gpu:x\"}]\n", "c: shards[0].device: unknown device 'gpu:x'"},
       {"shards: [{http_listen: nowhere}]\n", "c: shards[0].http_listen: 'nowhere'"},
+      {"shards: [{host: \"rack 1\"}]\n", "c: shards[0].host: host 'rack 1' has ' '"},
       {"checkpoint: {max_to_keep: -1}\n", "c: checkpoint.max_to_keep: must be >= 0"},
       {"checkpoint: {keep_checkpoint_every_n_hours: 0}\n",
        "c: checkpoint.keep_checkpoint_every_n_hours: must be > 0"},
@@ -136,7 +137,7 @@ TEST(ClusterConfigTest, NewKeysAndAcceptedForms) {
   auto config = ParseClusterConfig(R"(
 coordinator: {listen: "[::1]:7070", http_listen: "0.0.0.0:9090"}
 shards:
-  - {id: 0, device: "gpu:1", http_listen: ""}
+  - {id: 0, device: "gpu:1", http_listen: "", host: node-a.rack-3}
   - {id: 1, device: "cpu:0", listen: "localhost:0"}
 security: {tls_cert: s.pem, tls_key: s.key, tls_client_auth: true}
 )",
@@ -144,6 +145,8 @@ security: {tls_cert: s.pem, tls_key: s.key, tls_client_auth: true}
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->coordinator.http_listen, "0.0.0.0:9090");
   EXPECT_EQ(config->FindShard(0)->device, "gpu:1");
+  EXPECT_EQ(config->FindShard(0)->host, "node-a.rack-3");
+  EXPECT_EQ(config->FindShard(1)->host, "");  // a failure domain of its own
   EXPECT_EQ(config->FindShard(0)->http_listen, "");  // off
   EXPECT_EQ(config->FindShard(1)->http_listen, "127.0.0.1:0");  // the default
   EXPECT_TRUE(config->security.tls_client_auth);

@@ -79,6 +79,74 @@ TEST(ValuePinTest, ReadsCopiedChunksFromCopiesAndTheRestLive) {
   EXPECT_FALSE(pin.Read(36, 8, out.data()).ok());  // past the end
 }
 
+std::vector<int32_t> Int32s(absl::string_view bytes) {
+  std::vector<int32_t> out(bytes.size() / sizeof(int32_t));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(int32_t));
+  return out;
+}
+
+// 1 for true, 0 for false, -1 for an error.
+int Flag(const absl::StatusOr<bool>& result) {
+  if (!result.ok()) return -1;
+  return *result ? 1 : 0;
+}
+
+std::string Joined(const std::vector<LentBytes>& pieces) {
+  std::string out;
+  for (const LentBytes& piece : pieces) out.append(piece.bytes.data(), piece.bytes.size());
+  return out;
+}
+
+TEST(ValuePinTest, LentLiveChunksAreNeverCopiedIntoAndCopiesLendThemselves) {
+  auto device = NewCpuDevice();
+  MemoryAccountant memory(0);
+  auto buffer = std::shared_ptr<DeviceBuffer>(device->Allocate(10 * sizeof(int32_t)).value());
+  std::vector<int32_t> values = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  ASSERT_TRUE(device->CopyFromHost(values.data(), 40, buffer.get(), 0).ok());
+  // Chunks of 4 elements (16 bytes): 0-3, 4-7, 8-9.
+  auto pin =
+      std::make_shared<ValuePin>(device.get(), DT_INT32, 10, 16, buffer, buffer.get(), nullptr);
+  // Chunk 2 is copied before anything is lent: it is lent from its copy.
+  const std::vector<int64_t> last = {2};
+  ASSERT_EQ(Flag(pin->CopyChunks(last, &memory, "v")), 1);
+  const std::vector<int32_t> changed = {80, 90};
+  ASSERT_TRUE(device->CopyFromHost(changed.data(), 8, buffer.get(), 32).ok());
+
+  // Bytes 4..40: the live chunks 0 and 1 (no copy: the buffer itself), then
+  // chunk 2's copy.
+  auto lent = pin->Lend(4, 36);
+  ASSERT_TRUE(lent.ok()) << lent.status();
+  ASSERT_EQ(lent->size(), 3u);
+  EXPECT_EQ((*lent)[0].bytes.data(), static_cast<const char*>(buffer->data()) + 4);
+  EXPECT_EQ((*lent)[1].bytes.data(), static_cast<const char*>(buffer->data()) + 16);
+  EXPECT_THAT(Int32s(Joined(*lent)), ElementsAre(1, 2, 3, 4, 5, 6, 7, 8, 9));
+  EXPECT_EQ(pin->lent_chunks(), 2);
+  EXPECT_EQ(pin->copied_chunks(), 1);
+
+  // A writer cannot copy (and then change) a lent live chunk: refused
+  // whole, nothing copied.
+  const std::vector<int64_t> first_two = {0, 1};
+  EXPECT_EQ(Flag(pin->CopyChunks(first_two, &memory, "v")), 0);
+  EXPECT_EQ(pin->copied_chunks(), 1);
+  // Released (gRPC let go of the slices): copied as before.
+  lent->clear();
+  EXPECT_EQ(pin->lent_chunks(), 0);
+  EXPECT_EQ(Flag(pin->CopyChunks(first_two, &memory, "v")), 1);
+  EXPECT_EQ(pin->copied_chunks(), 3);
+  // Everything lent now comes from copies: nothing of the live value is held.
+  auto again = pin->Lend(0, 40);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(pin->lent_chunks(), 0);
+  EXPECT_THAT(Int32s(Joined(*again)), ElementsAre(0, 1, 2, 3, 4, 5, 6, 7, 8, 9));
+  EXPECT_FALSE(pin->Lend(36, 8).ok());  // past the end
+
+  // A pin that no shared_ptr owns lends nothing (its holds could not keep it).
+  ValuePin unshared(device.get(), DT_INT32, 10, 16, buffer, buffer.get(), nullptr);
+  auto none = unshared.Lend(0, 40);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
 class CopyOnWriteTest : public ::testing::Test {
  protected:
   static constexpr uint64_t kFence = 7;
@@ -323,6 +391,60 @@ TEST_F(CopyOnWriteTest, StreamedReadSeesTheValueItStartedFrom) {
   EXPECT_EQ(LiveValues<float>("v")[11], -1.0f);
 }
 
+// A streamed read sends the pinned bytes themselves (no copy); a write that
+// would change bytes still lent moves the variable to new storage, so the
+// bytes being sent never change, and a write elsewhere copies only its
+// chunks as before.
+TEST_F(CopyOnWriteTest, LentBytesOfAStreamedReadNeverChange) {
+  // 12 floats: copy-on-write chunks of 16 bytes (0-3, 4-7, 8-11), read
+  // chunks of 24 bytes (elements 0-5, 6-11).
+  CreateFrom("v", Vec<float>({12}, Iota(12)));
+  ReadStreamRequest req;
+  req.set_name("v");
+  auto source = store_.BeginReadStream(req);
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::vector<LentBytes> first;
+  int64_t offset = -1;
+  auto lent = (*source)->LendNext(&first, &offset);
+  ASSERT_TRUE(lent.ok()) << lent.status();
+  ASSERT_TRUE(*lent);
+  EXPECT_EQ(offset, 0);
+  ASSERT_EQ(first.size(), 2u);  // elements 0-3 and 4-5
+  const int64_t used_before = store_.memory().used();
+
+  // Element 9 (chunk 2, not lent): copied into the pin, written in place.
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {9}, Vec<float>({1}, {-9})).ok());
+  EXPECT_EQ(store_.memory().used(), used_before + 16);
+  // Element 1 (chunk 0, lent): the variable moves to new storage.
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {1}, Vec<float>({1}, {-1})).ok());
+  EXPECT_EQ(store_.memory().used(), used_before + 16 + 48);
+  // A dense write to the new storage copies nothing more.
+  ASSERT_TRUE(Assign("v", UPDATE_ADD, Vec<float>({12}, std::vector<float>(12, 100))).ok());
+
+  std::vector<float> got(12);
+  const std::string sent_first = Joined(first);
+  ASSERT_EQ(sent_first.size(), 24u);
+  std::memcpy(got.data(), sent_first.data(), 24);
+  std::vector<LentBytes> second;
+  ASSERT_EQ(Flag((*source)->LendNext(&second, &offset)), 1);
+  EXPECT_EQ(offset, 24);
+  const std::string sent_second = Joined(second);
+  ASSERT_EQ(sent_second.size(), 24u);
+  std::memcpy(got.data() + 6, sent_second.data(), 24);
+  EXPECT_EQ(got, Iota(12)) << "a write changed bytes of the streamed read";
+  EXPECT_EQ(Flag((*source)->LendNext(&second, &offset)), -1);  // all sent
+
+  std::vector<float> want = Iota(12, 100);
+  want[1] = 99;
+  want[9] = 91;
+  EXPECT_EQ(LiveValues<float>("v"), want);
+  // The old storage and the pin's copy go when the read and its slices do.
+  first.clear();
+  second.clear();
+  source->reset();
+  EXPECT_EQ(store_.memory().used(), used_before);
+}
+
 TEST_F(CopyOnWriteTest, RandomWritesNeverReachTheSnapshot) {
   CreateFrom("e", Vec<float>({64, 3}, Iota(192)));
   CreateFrom("e/Adagrad", Vec<float>({64, 3}, std::vector<float>(192, 1)));
@@ -409,6 +531,35 @@ TEST_F(CopyOnWriteLimitTest, CopiesOverTheMemoryLimitFailTheWriteAndChangeNothin
   // Without the snapshot the same write needs no copy.
   snapshot_.clear();
   EXPECT_TRUE(Assign("v", UPDATE_ADD, Vec<float>({16}, std::vector<float>(16, 1))).ok());
+}
+
+// Without room to move the variable (which a write to a lent chunk does), a
+// streamed read copies its chunks as before, and a write during it needs
+// only the chunks it touches.
+TEST_F(CopyOnWriteLimitTest, AReadWithoutRoomToMoveTheValueCopiesInsteadOfLending) {
+  CreateFrom("v", Vec<float>({16}, Iota(16)));
+  ReadStreamRequest req;
+  req.set_name("v");
+  req.set_chunk_bytes(32);
+  auto source = store_.BeginReadStream(req);
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::vector<LentBytes> pieces;
+  int64_t offset = -1;
+  ASSERT_EQ(Flag((*source)->LendNext(&pieces, &offset)), 0);
+  EXPECT_TRUE(pieces.empty());
+  std::string sent(32, '\0');
+  auto at = (*source)->ReadNext(sent.data());
+  ASSERT_TRUE(at.ok()) << at.status();
+  EXPECT_EQ(*at, 0);
+  ASSERT_TRUE(Scatter("v", UPDATE_ASSIGN, {1}, Vec<float>({1}, {-1})).ok());
+  std::vector<float> first(8);
+  std::memcpy(first.data(), sent.data(), 32);
+  EXPECT_EQ(first, Iota(8));
+  std::string rest(32, '\0');
+  ASSERT_TRUE((*source)->ReadNext(rest.data()).ok());
+  std::vector<float> second(8);
+  std::memcpy(second.data(), rest.data(), 32);
+  EXPECT_EQ(second, Iota(8, 8));
 }
 
 class CopyOnWriteBigTest : public CopyOnWriteTest {

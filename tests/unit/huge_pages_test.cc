@@ -1,7 +1,10 @@
 #include "psd/huge_pages.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "psd/tensor.h"
@@ -17,6 +20,31 @@ TEST(HugePagesTest, AdvisedBufferKeepsEveryByteWritten) {
   AdviseHugePages(data, kBytes);
   for (size_t i = 0; i < kBytes; ++i) data[i] = static_cast<char>(i * 7);
   for (size_t i = 0; i < kBytes; i += 4093) ASSERT_EQ(data[i], static_cast<char>(i * 7)) << i;
+}
+
+TEST(HugePagesTest, PrefaultMakesEveryPageResidentWithoutChangingAByte) {
+  constexpr size_t kBytes = size_t{8} << 20;
+  void* mapped = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
+  char* data = static_cast<char*>(mapped);
+  data[5] = 'x';  // one page touched before
+  auto resident = [&] {
+    std::vector<unsigned char> pages(kBytes / 4096);
+    EXPECT_EQ(mincore(data, kBytes, pages.data()), 0);
+    size_t n = 0;
+    for (unsigned char p : pages) n += p & 1;
+    return n;
+  };
+  EXPECT_LT(resident(), kBytes / 4096);
+  // Linux 5.14 has MADV_POPULATE_WRITE; an older kernel prefaults nothing.
+  if (PrefaultForWrite(data + 3, kBytes - 3)) {
+    EXPECT_EQ(resident(), kBytes / 4096);
+  }
+  EXPECT_EQ(data[5], 'x');
+  for (size_t i = 4096; i < kBytes; i += 4093) ASSERT_EQ(data[i], 0) << i;
+  EXPECT_FALSE(PrefaultForWrite(data, 4096));  // small: left alone
+  EXPECT_FALSE(PrefaultForWrite(nullptr, kBytes));
+  munmap(mapped, kBytes);
 }
 
 TEST(HugePagesTest, SmallAndNullBuffersAreLeftAlone) {

@@ -202,5 +202,39 @@ TEST(PlacementTest, NoLiveShardIsUnavailable) {
   EXPECT_EQ(PlaceParts({1}, &none).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// docs/replication.md "Replica sets": a part's replicas never share a shard,
+// and share a host only when the hosts run out.
+TEST(PlacementTest, BackupsGoToOtherHostsWhileThereAreSome) {
+  // Shards 0 and 1 on host a, 2 and 3 on host b, 4 on c; 1 is the emptiest.
+  const std::map<int32_t, std::string> hosts = {{0, "a"}, {1, "a"}, {2, "b"}, {3, "b"}, {4, "c"}};
+  ShardLoad load = {{0, 50}, {1, 0}, {2, 30}, {3, 20}, {4, 40}};
+  auto two = PlaceBackups(0, 10, 2, hosts, &load);
+  ASSERT_TRUE(two.ok()) << two.status();
+  // Not 1 (the primary's host), though it is the emptiest: 3 (b), then 4 (c).
+  EXPECT_THAT(*two, ElementsAre(3, 4));
+  EXPECT_EQ(load[3], 30);
+  EXPECT_EQ(load[4], 50);
+  // Four backups on three hosts: one host twice, never a shard twice.
+  ShardLoad again = {{0, 0}, {1, 0}, {2, 0}, {3, 0}, {4, 0}};
+  auto four = PlaceBackups(0, 10, 4, hosts, &again);
+  ASSERT_TRUE(four.ok()) << four.status();
+  EXPECT_THAT(*four, ElementsAre(2, 4, 1, 3));
+}
+
+TEST(PlacementTest, ShardsWithoutAHostAreEachTheirOwn) {
+  ShardLoad load = {{0, 0}, {1, 5}, {2, 1}};
+  auto backups = PlaceBackups(1, 7, 2, {}, &load);
+  ASSERT_TRUE(backups.ok()) << backups.status();
+  EXPECT_THAT(*backups, ElementsAre(0, 2));
+}
+
+TEST(PlacementTest, TooFewShardsForTheReplicasIsUnavailable) {
+  ShardLoad load = {{0, 0}, {1, 0}};
+  auto backups = PlaceBackups(0, 1, 2, {}, &load);
+  EXPECT_EQ(backups.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(backups.status().message(), HasSubstr("3 replicas need 3 live shards; 2 are available"));
+  EXPECT_EQ(load[1], 0);  // nothing counted
+}
+
 }  // namespace
 }  // namespace psd

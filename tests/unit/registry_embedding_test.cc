@@ -167,10 +167,15 @@ TEST_F(RegistryEmbeddingTest, EveryInvalidValueIsRefusedNamingTheTableAndTheValu
   const std::vector<Case> cases = {
       {"dim 0",
        [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(0); },
-       {"embedding_dim must be > 0, got 0"}},
+       {"embedding_dim must be in [1, 1048576], got 0"}},
       {"dim < 0",
        [](VariableDeclaration* d) { d->mutable_embedding()->set_embedding_dim(-3); },
        {"got -3"}},
+      {"dim past the cap (a part's nominal size would overflow)",
+       [](VariableDeclaration* d) {
+         d->mutable_embedding()->set_embedding_dim(int64_t{1} << 60);
+       },
+       {"embedding_dim must be in [1, 1048576], got 1152921504606846976"}},
       {"shape of another dim",
        [](VariableDeclaration* d) { d->mutable_shape()->add_dims(4); },
        {"shape [4]", "[embedding_dim] = [8]"}},

@@ -174,6 +174,45 @@ TEST_F(RegistryLogTest, CorruptMiddleRecordIsDataLoss) {
   EXPECT_THAT(r.status().message(), HasSubstr("offset 8"));
 }
 
+// A record with good checksums that no coordinator writes (here a part of
+// impossible shape on a negative shard id, as another program or an edit
+// could leave): DATA_LOSS naming the record and the variable, not a
+// registry built on it.
+TEST_F(RegistryLogTest, AWellFramedImpossibleRecordIsDataLoss) {
+  uint64_t seq = 0;
+  {
+    auto registry = Open();
+    uint64_t session = *registry->OpenSession("t");
+    ASSERT_TRUE(registry->GetVariable(session, Decl("a", 3, 2), shards_).ok());
+  }
+  {
+    RegistryLog::Recovered recovered;
+    auto log = RegistryLog::Open(dir_, &recovered);
+    ASSERT_TRUE(log.ok()) << log.status();
+    RegistryRecord record;
+    for (const RegistryRecord& r : recovered.records) {
+      if (r.has_declared()) record = r;
+      seq = std::max(seq, r.seq());
+    }
+    ASSERT_TRUE(record.has_declared());
+    record.set_seq(++seq);
+    VariableDef* def = record.mutable_declared()->mutable_created(0);
+    def->set_name("b");
+    for (VariablePart& part : *def->mutable_parts()) {
+      part.set_name(absl::StrCat("b/", part.name().substr(2)));
+      part.mutable_shape()->set_dims(0, int64_t{1} << 40);
+      part.set_shard_id(-7);
+    }
+    ASSERT_TRUE((*log)->Append(record, /*sync=*/true).ok());
+  }
+  RegistryOptions options;
+  options.state_dir = dir_;
+  auto r = Registry::Open(options);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr(absl::StrCat("registry.log record ", seq)));
+  EXPECT_THAT(r.status().message(), HasSubstr("variable b: "));
+}
+
 TEST_F(RegistryLogTest, ForeignFileIsDataLoss) {
   std::filesystem::create_directories(dir_);
   WriteAll(log_path(), "not a registry log at all");

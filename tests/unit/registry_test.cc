@@ -316,6 +316,24 @@ TEST_F(RegistryTest, LargeConstantInitializerIsRefusedNamingTheLimit) {
   EXPECT_FALSE(registry_->Lookup("big").ok());
 }
 
+// A declaration whose size no cluster could hold is refused before any
+// arithmetic on it (placement sums sizes over every variable).
+TEST_F(RegistryTest, AVariableLargerThanTheCapIsRefusedNamingItsSize) {
+  const absl::Status s = Get(Decl("huge", {int64_t{1} << 31, int64_t{1} << 31}, REUSE_FALSE,
+                                  DT_DOUBLE))
+                             .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("cannot create huge: "));
+  EXPECT_THAT(s.message(), HasSubstr("[2147483648, 2147483648] of float64 would hold over 2^63"));
+  EXPECT_THAT(s.message(), HasSubstr("1125899906842624 bytes (1 PiB)"));
+  EXPECT_FALSE(registry_->Lookup("huge").ok());
+  // Just under it: placed like any other.
+  EXPECT_TRUE(Get(Decl("large", {int64_t{1} << 24, int64_t{1} << 24}, REUSE_FALSE, DT_FLOAT)).ok());
+  EXPECT_FALSE(Get(Decl("over", {int64_t{1} << 24, (int64_t{1} << 24) + 1}, REUSE_FALSE,
+                        DT_FLOAT))
+                   .ok());
+}
+
 TEST_F(RegistryTest, SecondCreateInTheSameSessionFails) {
   ASSERT_TRUE(Get(Decl("scope/v", {1})).ok());
   std::thread t([&] {

@@ -62,6 +62,24 @@ TEST(StreamCodecTest, EncodingIsProtobufsByteForByte) {
   EXPECT_EQ(Flatten(data), with.SerializeAsString());
 }
 
+TEST(StreamCodecTest, ContentInPiecesEncodesAsTheirConcatenation) {
+  TensorChunk fields = FirstChunk();
+  const std::string a(70000, 'a'), b(5, 'b'), c(200001, 'c');
+  std::vector<grpc::Slice> pieces;
+  pieces.emplace_back(a);
+  pieces.emplace_back();  // empty pieces are skipped
+  pieces.emplace_back(b);
+  pieces.emplace_back(c);
+  grpc::ByteBuffer encoded = EncodeWithContent(fields, kTensorChunkContentField, std::move(pieces));
+  TensorChunk whole = fields;
+  whole.set_content(a + b + c);
+  EXPECT_EQ(Flatten(encoded), whole.SerializeAsString());
+  // No pieces (an empty chunk): the content is left out.
+  EXPECT_EQ(
+      Flatten(EncodeWithContent(fields, kTensorChunkContentField, std::vector<grpc::Slice>())),
+      fields.SerializeAsString());
+}
+
 TEST(StreamCodecTest, EmptyContentIsLeftOutAsProtobufDoes) {
   TensorChunk fields = FirstChunk();
   grpc::ByteBuffer encoded = EncodeWithContent(fields, kTensorChunkContentField, grpc::Slice());

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/float16.h"
+#include "psd/uninitialized.h"
 #include "psd/wire.h"
 
 namespace psd {
@@ -155,6 +156,39 @@ TEST(TensorTest, ResetForOverwriteKeepsAFittingBufferAndReplacesOthers) {
 
 // DecodeStrings is total: a negative element count is an error, not a
 // std::length_error thrown out of vector::reserve.
+TEST(ResizeUninitializedTest, GrowsWithoutWritingTheNewBytes) {
+  EXPECT_TRUE(ResizeUninitializedSkipsFill()) << "this standard library zero-fills";
+  std::string s(100, 'x');
+  s.resize(10);  // keeps the buffer, and its bytes past the new end
+  const char* buffer = s.data();
+  ResizeUninitialized(&s, 100);
+  ASSERT_EQ(s.size(), 100u);
+  EXPECT_EQ(s.data(), buffer) << "grew within its capacity: no new buffer";
+  // Bytes 0..9 kept; byte 10 is the old terminator; the rest were never
+  // written (no zero fill), so they still hold the old 'x's.
+  EXPECT_EQ(s, std::string(10, 'x') + '\0' + std::string(89, 'x'));
+  EXPECT_EQ(s.c_str()[100], '\0');
+  ResizeUninitialized(&s, 4);  // shrinking is resize()
+  EXPECT_EQ(s, "xxxx");
+  std::string empty;
+  ResizeUninitialized(&empty, 1 << 20);
+  EXPECT_EQ(empty.size(), size_t{1} << 20);
+  EXPECT_EQ(empty.capacity(), size_t{1} << 20);
+}
+
+TEST(TensorTest, ForOverwriteAllocatesTheElementBytesOfEveryDtype) {
+  for (DataType dtype :
+       {DT_BOOL, DT_INT8, DT_INT16, DT_HALF, DT_INT32, DT_FLOAT, DT_INT64, DT_DOUBLE}) {
+    Tensor t = Tensor::ForOverwrite(dtype, TensorShape{3, 5, 7});
+    EXPECT_EQ(t.dtype(), dtype);
+    EXPECT_EQ(t.shape(), (TensorShape{3, 5, 7}));
+    EXPECT_EQ(t.bytes().size(), 105 * DataTypeSize(dtype));
+  }
+  EXPECT_EQ(Tensor::ForOverwrite(DT_FLOAT, TensorShape{0, 4}).bytes().size(), 0u);
+  // Strings are never left uninitialized: "" as a new tensor's.
+  EXPECT_EQ(Tensor::ForOverwrite(DT_STRING, TensorShape{2}), Tensor(DT_STRING, TensorShape{2}));
+}
+
 TEST(TensorTest, DecodeStringsRefusesNegativeCount) {
   auto decoded = DecodeStrings(std::string("\x01" "a", 2), -1, "value");
   ASSERT_FALSE(decoded.ok());

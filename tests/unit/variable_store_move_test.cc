@@ -222,6 +222,63 @@ TEST_F(StoreMoveTest, ALoggedWriteToAnotherVariableIsRefused) {
   ASSERT_TRUE(target_.EndMoveIn(7, /*committed=*/false).ok());
 }
 
+// An Adam apply that reads its beta powers from variables on the source
+// (as trainers do for parts beside beta1_power) is replayed on the target
+// with the values it read: the target holds no such variable, or, as here,
+// one of the same name with another value.
+TEST_F(StoreMoveTest, AnAdamApplyReadingBetaPowersByNameMovesWithTheValuesItRead) {
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "w", Floats({1, 1, 1, 1})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "w/Adam", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "w/Adam_1", Floats({0, 0, 0, 0})).ok());
+  TensorProto power1, power2, other1;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.9f}), &power1);
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.999f}), &power2);
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.5f}), &other1);
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "beta1_power", power1).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&source_, "beta2_power", power2).ok());
+  // Another optimizer's powers of the same names on the target.
+  ASSERT_TRUE(store_test::CreateWithValue(&target_, "beta1_power", other1).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&target_, "beta2_power", other1).ok());
+
+  StartMoveInRequest in = MoveIn(9);
+  for (const char* slot : {"w/Adam", "w/Adam_1"}) {
+    CreateVariableRequest* part = in.add_parts();
+    *part = in.parts(0);
+    part->set_name(slot);
+  }
+  ASSERT_TRUE(target_.BeginMoveIn(in).ok());
+  ASSERT_TRUE(PullOnce(9));  // the snapshot
+  ApplyDenseRequest apply;
+  apply.set_name("w");
+  apply.add_slots("w/Adam");
+  apply.add_slots("w/Adam_1");
+  OptimizerSpec::Adam* adam = apply.mutable_optimizer()->mutable_adam();
+  adam->set_learning_rate(0.1);
+  adam->set_beta1(0.9);
+  adam->set_beta2(0.999);
+  adam->set_epsilon(1e-8);
+  adam->set_beta1_power_variable("beta1_power");
+  adam->set_beta2_power_variable("beta2_power");
+  *apply.mutable_gradient() = Floats({0.3f, -1, 2, 0.01f});
+  for (int step = 0; step < 3; ++step) {
+    apply.mutable_request_id()->set_client_id(11);
+    apply.mutable_request_id()->set_seq(step + 1);
+    ApplyDenseResponse response;
+    ASSERT_TRUE(source_.ApplyDense(apply, &response).ok());
+  }
+  const std::vector<float> applied = Read(&source_, "w");
+  const std::vector<float> m = Read(&source_, "w/Adam");
+  ASSERT_TRUE(PullOnce(9));  // the logged applies
+  ASSERT_TRUE(source_.FreezeMove(9, 1).ok());
+  while (PullOnce(9)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/true).ok());
+  ASSERT_TRUE(source_.EndMoveOut(9, /*committed=*/true, 1).ok());
+  EXPECT_EQ(Read(&target_, "w"), applied);
+  EXPECT_EQ(Read(&target_, "w/Adam"), m);
+}
+
 // --- Embedding tables' parts ---
 
 // A table part "emb" (part 0 of `num_parts`, dim 2, rows start at 1, a

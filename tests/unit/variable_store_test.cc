@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "psd/status.h"
@@ -354,6 +355,52 @@ TEST_F(VariableStoreTest, StringVariablesDefaultToEmptyAndGather) {
   GatherResponse resp;
   ASSERT_TRUE(store_.Gather(g, &resp).ok());
   EXPECT_EQ(TensorFromProto(resp.value(), "g")->strings(), (std::vector<std::string>{"zzz", "x"}));
+}
+
+// Gather and one-message reads fill their result without zeroing it first
+// (the row copy writes every byte): the bytes must come back exact for
+// every element width, odd row sizes and repeated indices, and a failed
+// gather must return no value at all.
+TEST_F(VariableStoreTest, GatherAndReadReturnExactBytesOfEveryWidth) {
+  for (DataType dtype : {DT_BOOL, DT_INT8, DT_UINT8, DT_INT16, DT_HALF, DT_BFLOAT16, DT_INT32,
+                         DT_FLOAT, DT_INT64, DT_DOUBLE}) {
+    SCOPED_TRACE(DataTypeName(dtype));
+    const std::string name = absl::StrCat("v_", DataTypeName(dtype));
+    // 7 rows of 3 elements; every byte distinct from its neighbours (bools
+    // 0/1: a bool must hold one of them).
+    Tensor value(dtype, TensorShape{7, 3});
+    std::string* bytes = value.mutable_bytes();
+    for (size_t i = 0; i < bytes->size(); ++i) {
+      (*bytes)[i] =
+          dtype == DT_BOOL ? static_cast<char>(i % 3 == 1) : static_cast<char>(0x5b + 37 * i);
+    }
+    CreateFrom(name, ToProto(value));
+    EXPECT_EQ(ReadValue(name), value);
+
+    const size_t row = bytes->size() / 7;
+    GatherRequest g;
+    g.set_name(name);
+    *g.mutable_indices() = Vec<int64_t>({5}, {6, 0, 6, 3, 1});
+    GatherResponse resp;
+    ASSERT_TRUE(store_.Gather(g, &resp).ok());
+    std::string want;
+    for (int64_t idx : {6, 0, 6, 3, 1}) want += bytes->substr(idx * row, row);
+    EXPECT_EQ(resp.value().content(), want);
+    EXPECT_THAT(resp.value().shape().dims(), ElementsAre(5, 3));
+
+    // Rank-2 indices, and an odd single row.
+    *g.mutable_indices() = Vec<int32_t>({1, 1}, {4});
+    resp.Clear();
+    ASSERT_TRUE(store_.Gather(g, &resp).ok());
+    EXPECT_EQ(resp.value().content(), bytes->substr(4 * row, row));
+    EXPECT_THAT(resp.value().shape().dims(), ElementsAre(1, 1, 3));
+
+    // A bad index fails the gather whole, with no value in the response.
+    *g.mutable_indices() = Vec<int64_t>({2}, {1, 7});
+    resp.Clear();
+    EXPECT_EQ(store_.Gather(g, &resp).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_FALSE(resp.has_value() && !resp.value().content().empty());
+  }
 }
 
 RequestId Id(uint64_t client, uint64_t seq) {
