@@ -508,7 +508,8 @@ absl::Status VariableStore::ScatterEmbedding(const EmbeddingPart& part,
 
 absl::Status VariableStore::ApplyEmbedding(const EmbeddingPart& part,
                                            const ApplySparseRequest& request,
-                                           ApplySparseResponse* response) {
+                                           ApplySparseResponse* response,
+                                           PowersRead* powers_read) {
   OptimizerParams params;
   std::string power_names[2];
   PSD_RETURN_IF_ERROR(
@@ -556,6 +557,7 @@ absl::Status VariableStore::ApplyEmbedding(const EmbeddingPart& part,
                                                      " = ", *powers[k], " (from ",
                                                      Quoted(power->name), ") is not in [0, 1)"));
     }
+    if (powers_read != nullptr) powers_read->value[k] = *powers[k];
   }
   TensorShape keys_shape;
   PSD_ASSIGN_OR_RETURN(std::vector<int64_t> keys,

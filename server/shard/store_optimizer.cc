@@ -394,7 +394,7 @@ absl::Status VariableStore::ApplySparse(const ApplySparseRequest& request,
   };
   return Mutate(meta, response, [&]() -> absl::Status {
     if (std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name())) {
-      return ApplyEmbedding(*part, request, response);
+      return ApplyEmbedding(*part, request, response, &powers);
     }
     const std::string what = absl::StrCat("sparse apply: indices for ", Quoted(request.name()));
     SparseGradient sparse;

@@ -339,8 +339,15 @@ class VariableStore {
                                GatherResponse* response);
   absl::Status ScatterEmbedding(const EmbeddingPart& part, const ScatterRequest& request,
                                 ScatterResponse* response);
+  // The beta powers an Adam apply read from the variables its request
+  // names (unset where the request gave a value).
+  struct PowersRead {
+    std::optional<double> value[2];
+    // Writes them into `spec` as values (WriteMeta::amend_logged).
+    void ReplaceNames(OptimizerSpec* spec) const;
+  };
   absl::Status ApplyEmbedding(const EmbeddingPart& part, const ApplySparseRequest& request,
-                              ApplySparseResponse* response);
+                              ApplySparseResponse* response, PowersRead* powers_read = nullptr);
   void FillEmbeddingInfo(const EmbeddingPart& part, VariableInfo* info) const;
   // The table half of FinishRestore: builds every staged table's new
   // contents (nothing changes if one fails), then `install` swaps them in.
@@ -422,13 +429,6 @@ class VariableStore {
   // travel, with the unary apply's message.
   struct DenseGradient;
   struct SparseGradient;
-  // The beta powers an Adam apply read from the variables its request
-  // names (unset where the request gave a value).
-  struct PowersRead {
-    std::optional<double> value[2];
-    // Writes them into `spec` as values (WriteMeta::amend_logged).
-    void ReplaceNames(OptimizerSpec* spec) const;
-  };
   absl::Status ApplyOnce(const std::string& name,
                          const google::protobuf::RepeatedPtrField<std::string>& slots,
                          const OptimizerSpec& spec, const DenseGradient* dense,

@@ -451,6 +451,97 @@ TEST_F(StoreMoveTest, ATablePartMovesWithItsSlotRowsPendingCountsAndLoggedLookup
   EXPECT_NE(stale.message().find("stale handle"), absl::string_view::npos) << stale;
 }
 
+// Values of every row of table part `name` (key -> row), as exported.
+std::map<int64_t, std::vector<float>> TableValues(VariableStore* store, const std::string& name) {
+  ExportEmbeddingRequest req;
+  req.set_name(name);
+  std::map<int64_t, std::vector<float>> out;
+  auto source = store->BeginEmbeddingExport(req);
+  EXPECT_TRUE(source.ok()) << source.status();
+  if (!source.ok()) return out;
+  EmbeddingRows rows;
+  while (true) {
+    rows.Clear();
+    auto more = (*source)->Next(&rows);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    auto keys = TensorFromProto(rows.keys(), "keys")->ToVector<int64_t>();
+    auto values = TensorFromProto(rows.values(), "values")->ToVector<float>();
+    for (size_t i = 0; i < keys.size(); ++i) out[keys[i]] = {values[2 * i], values[2 * i + 1]};
+  }
+  return out;
+}
+
+// As for dense parts: a table trained with Adam whose beta powers are read
+// by name on the source is replayed on the target with the values read
+// there, not the target's variables of the same names.
+TEST_F(StoreMoveTest, ATableAdamApplyReadingBetaPowersByNameMovesWithTheValuesItRead) {
+  VariableStore reference(device_.get(), Options(3));
+  std::vector<CreateVariableRequest> parts = TableParts(1);
+  parts[0].mutable_embedding()->clear_counter_filter();
+  parts[1].set_name("emb/Adam");
+  CreateVariableRequest second = parts[1];
+  second.set_name("emb/Adam_1");
+  parts.push_back(second);
+  TensorProto power1, power2, other;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.9f}), &power1);
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.999f}), &power2);
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.5f}), &other);
+  VariableInfo info;
+  for (VariableStore* store : {&source_, &reference}) {
+    for (const CreateVariableRequest& part : parts) ASSERT_TRUE(store->Create(part, &info).ok());
+    ASSERT_TRUE(store_test::CreateWithValue(store, "beta1_power", power1).ok());
+    ASSERT_TRUE(store_test::CreateWithValue(store, "beta2_power", power2).ok());
+  }
+  ASSERT_TRUE(store_test::CreateWithValue(&target_, "beta1_power", other).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&target_, "beta2_power", other).ok());
+  const auto adam = [](VariableStore* store, uint64_t seq) {
+    ApplySparseRequest req;
+    req.set_name("emb");
+    req.add_slots("emb/Adam");
+    req.add_slots("emb/Adam_1");
+    OptimizerSpec::Adam* a = req.mutable_optimizer()->mutable_adam();
+    a->set_learning_rate(0.1);
+    a->set_beta1(0.9);
+    a->set_beta2(0.999);
+    a->set_epsilon(1e-8);
+    a->set_beta1_power_variable("beta1_power");
+    a->set_beta2_power_variable("beta2_power");
+    *req.mutable_indices() = Keys({1, 2, 3});
+    TensorToProto(*Tensor::FromVector<float>(TensorShape{3, 2}, {0.3f, -1, 2, 0.01f, 0.5f, 7}),
+                  req.mutable_values());
+    req.set_global_step(static_cast<int64_t>(seq));
+    req.mutable_request_id()->set_client_id(12);
+    req.mutable_request_id()->set_seq(seq);
+    ApplySparseResponse resp;
+    return store->ApplySparse(req, &resp);
+  };
+  ASSERT_TRUE(adam(&source_, 1).ok());
+  ASSERT_TRUE(adam(&reference, 1).ok());
+  StartMoveInRequest in;
+  in.set_move_id(10);
+  in.set_source_incarnation(1);
+  for (const CreateVariableRequest& part : parts) *in.add_parts() = part;
+  ASSERT_TRUE(target_.BeginMoveIn(in).ok());
+  ASSERT_TRUE(PullOnce(10));  // pins; the rows
+  for (uint64_t seq = 2; seq <= 4; ++seq) {  // logged
+    ASSERT_TRUE(adam(&source_, seq).ok());
+    ASSERT_TRUE(adam(&reference, seq).ok());
+  }
+  while (target_.MoveInStatus(10, absl::ZeroDuration()).phase() == MOVE_COPYING) {
+    ASSERT_TRUE(PullOnce(10));
+  }
+  ASSERT_TRUE(PullOnce(10));
+  ASSERT_TRUE(source_.FreezeMove(10, 1).ok());
+  while (PullOnce(10)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(10, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(10, /*committed=*/true).ok());
+  ASSERT_TRUE(source_.EndMoveOut(10, /*committed=*/true, 1).ok());
+  EXPECT_EQ(TableValues(&target_, "emb"), TableValues(&reference, "emb"));
+  EXPECT_EQ(TableValues(&target_, "emb").size(), 3u);
+}
+
 // A logged write naming a key of another part of the table (a source that
 // lies) is refused: the target fails the move and serves nothing.
 TEST_F(StoreMoveTest, ALoggedWriteToAKeyOfAnotherPartIsRefused) {
