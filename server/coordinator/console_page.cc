@@ -548,10 +548,9 @@ std::string FormatBytes(double bytes) {
     ++u;
   }
   if (u == 0) return absl::StrFormat("%.0f B", v);
-  return absl::StrFormat(std::fabs(v) < 10    ? "%.2f %s"
-                         : std::fabs(v) < 100 ? "%.1f %s"
-                                              : "%.0f %s",
-                         v, units[u]);
+  // Constant formats (clang checks them at compile time): 3 significant digits.
+  const int decimals = std::fabs(v) < 10 ? 2 : std::fabs(v) < 100 ? 1 : 0;
+  return absl::StrFormat("%.*f %s", decimals, v, units[u]);
 }
 
 std::string RenderChart(const std::string& title, const std::string& unit,
