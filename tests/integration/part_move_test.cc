@@ -23,6 +23,7 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "move_admin.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/optimizer.h"
@@ -46,32 +47,11 @@ namespace opt = client::opt;
 
 class PartMoveTest : public SharedClusterTest<PartMoveTest> {
  protected:
-  // psctl vars move, as the coordinator's RPC.
   absl::StatusOr<MovePartResponse> Move(const std::string& part, int32_t to) {
-    auto stub = Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-    MovePartRequest req;
-    req.set_part(part);
-    req.set_target_shard(to);
-    MovePartResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    absl::Status s = FromGrpcStatus(stub->MovePart(&ctx, req, &resp));
-    if (!s.ok()) return s;
-    return resp;
+    return MoveAdmin(cluster_->coordinator_address()).Move(part, to);
   }
-  // The shard part `index` of `name` is placed on, as the coordinator says.
   int32_t ShardOf(const std::string& name, int index) {
-    auto stub = Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-    LookupVariableRequest req;
-    req.set_name(name);
-    LookupVariableResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status s = FromGrpcStatus(stub->LookupVariable(&ctx, req, &resp));
-    EXPECT_TRUE(s.ok()) << s;
-    if (!s.ok() || index >= resp.handle().parts_size()) return -1;
-    return resp.handle().parts(index).shard_id();
+    return MoveAdmin(cluster_->coordinator_address()).PartOf(name, index).second;
   }
 };
 
@@ -349,47 +329,11 @@ class PartMoveCheckpointTest : public ::testing::Test {
     cluster_.reset();
     if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
   }
-  std::unique_ptr<Coordinator::Stub> Stub() {
-    return Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-  }
-  absl::Status Move(const std::string& part, int32_t to) {
-    MovePartRequest req;
-    req.set_part(part);
-    req.set_target_shard(to);
-    MovePartResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    return FromGrpcStatus(Stub()->MovePart(&ctx, req, &resp));
-  }
-  absl::Status Drain(int32_t shard, bool undrain) {
-    DrainShardRequest req;
-    req.set_shard_id(shard);
-    req.set_undrain(undrain);
-    DrainShardResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    return FromGrpcStatus(Stub()->DrainShard(&ctx, req, &resp));
-  }
-  absl::StatusOr<int> Rebalance() {
-    RebalanceRequest req;
-    RebalanceResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    absl::Status s = FromGrpcStatus(Stub()->Rebalance(&ctx, req, &resp));
-    if (!s.ok()) return s;
-    return resp.moves_size();
-  }
-  int32_t ShardOf(const std::string& name, int index) {
-    LookupVariableRequest req;
-    req.set_name(name);
-    LookupVariableResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status s = FromGrpcStatus(Stub()->LookupVariable(&ctx, req, &resp));
-    EXPECT_TRUE(s.ok()) << s;
-    if (!s.ok() || index >= resp.handle().parts_size()) return -1;
-    return resp.handle().parts(index).shard_id();
-  }
+  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
+  absl::Status Move(const std::string& part, int32_t to) { return Admin().Move(part, to).status(); }
+  absl::Status Drain(int32_t shard, bool undrain) { return Admin().Drain(shard, undrain); }
+  absl::StatusOr<int> Rebalance() { return Admin().Rebalance(); }
+  int32_t ShardOf(const std::string& name, int index) { return Admin().PartOf(name, index).second; }
 
   std::string dir_;
   std::unique_ptr<TestCluster> cluster_;
@@ -459,28 +403,9 @@ TEST_F(PartMoveCheckpointTest, ACheckpointTakenDuringMovesRestoresToExactlyItsCu
     });
   }
 
-  // Saves run back to back while the parts move; each records, per
-  // trainer, the ops acknowledged before it began and those begun by the
-  // time it returned.
-  struct Cut {
-    std::string prefix;
-    std::vector<int64_t> acked_before, begun_after;
-  };
-  std::vector<Cut> cuts;
-  std::atomic<bool> moving{true};
-  std::thread saver_thread([&] {
-    auto saver = client::Saver::Create(cluster_->coordinator_address());
-    if (!saver.ok()) return fail(saver.status().ToString());
-    for (int k = 0; k < 40 && moving.load(); ++k) {
-      Cut cut;
-      for (int t = 0; t < kTrainers; ++t) cut.acked_before.push_back(acked[t].load());
-      auto prefix = (*saver)->Save(absl::StrCat(dir_, "/moving.ckpt"), k);
-      if (!prefix.ok()) return fail(absl::StrCat("save ", k, ": ", prefix.status().ToString()));
-      for (int t = 0; t < kTrainers; ++t) cut.begun_after.push_back(begun[t].load());
-      cut.prefix = *prefix;
-      cuts.push_back(std::move(cut));
-    }
-  });
+  // Saves run back to back while the parts move.
+  BackToBackSaves saves(cluster_->coordinator_address(), absl::StrCat(dir_, "/moving.ckpt"), 40,
+                        &acked, &begun, fail);
 
   std::vector<std::pair<std::string, int>> parts;  // (variable, part index)
   for (int p = 0; p < kXParts; ++p) parts.push_back({"cut/x", p});
@@ -503,8 +428,7 @@ TEST_F(PartMoveCheckpointTest, ACheckpointTakenDuringMovesRestoresToExactlyItsCu
       EXPECT_GT(*rebalanced, 0);
     }
   }
-  moving.store(false);
-  saver_thread.join();
+  const std::vector<BackToBackSaves::Cut> cuts = saves.Finish();
   stop.store(true);
   for (auto& t : trainers) t.join();
   for (const std::string& e : errors) ADD_FAILURE() << e;
@@ -521,7 +445,7 @@ TEST_F(PartMoveCheckpointTest, ACheckpointTakenDuringMovesRestoresToExactlyItsCu
     expected_parts[absl::StrCat("cut/m_", t, "/Momentum")] = 2;
   }
   PSD_ASSERT_OK_AND_ASSIGN(auto saver, client::Saver::Create(cluster_->coordinator_address()));
-  for (const Cut& cut : cuts) {
+  for (const BackToBackSaves::Cut& cut : cuts) {
     SCOPED_TRACE(cut.prefix);
     // Every part exactly once in the index: one slice per part, disjoint.
     PSD_ASSERT_OK_AND_ASSIGN(auto reader, checkpoint::BundleReader::Open(cut.prefix));

@@ -24,6 +24,7 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "move_admin.h"
 #include "checkpoint/bundle_reader.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/embedding_keys.h"
@@ -82,41 +83,14 @@ absl::StatusOr<RowMap> ExportAll(const EmbeddingVariable& table,
 
 class TableMoveTest : public SharedClusterTest<TableMoveTest> {
  protected:
-  std::unique_ptr<Coordinator::Stub> Stub() {
-    return Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-  }
-  // psctl vars move, as the coordinator's RPC.
+  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
   absl::StatusOr<MovePartResponse> Move(const std::string& part, int32_t to) {
-    MovePartRequest req;
-    req.set_part(part);
-    req.set_target_shard(to);
-    MovePartResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    absl::Status s = FromGrpcStatus(Stub()->MovePart(&ctx, req, &resp));
-    if (!s.ok()) return s;
-    return resp;
+    return Admin().Move(part, to);
   }
-  absl::Status Drain(int32_t shard, bool undrain) {
-    DrainShardRequest req;
-    req.set_shard_id(shard);
-    req.set_undrain(undrain);
-    DrainShardResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    return FromGrpcStatus(Stub()->DrainShard(&ctx, req, &resp));
-  }
+  absl::Status Drain(int32_t shard, bool undrain) { return Admin().Drain(shard, undrain); }
   // Part `index` of `name` as the coordinator places it: its name and shard.
   std::pair<std::string, int32_t> PartOf(const std::string& name, int index) {
-    LookupVariableRequest req;
-    req.set_name(name);
-    LookupVariableResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status s = FromGrpcStatus(Stub()->LookupVariable(&ctx, req, &resp));
-    EXPECT_TRUE(s.ok()) << s;
-    if (!s.ok() || index >= resp.handle().parts_size()) return {"", -1};
-    return {resp.handle().parts(index).name(), resp.handle().parts(index).shard_id()};
+    return Admin().PartOf(name, index);
   }
   EmbeddingVariable Table(const std::string& name, const EmbeddingVariableOptions& options) {
     auto t = session_->GetEmbeddingVariable(name, options);
@@ -338,29 +312,11 @@ class TableMoveCheckpointTest : public ::testing::Test {
     cluster_.reset();
     if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
   }
+  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
   std::pair<std::string, int32_t> PartOf(const std::string& name, int index) {
-    auto stub = Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-    LookupVariableRequest req;
-    req.set_name(name);
-    LookupVariableResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status s = FromGrpcStatus(stub->LookupVariable(&ctx, req, &resp));
-    EXPECT_TRUE(s.ok()) << s;
-    if (!s.ok() || index >= resp.handle().parts_size()) return {"", -1};
-    return {resp.handle().parts(index).name(), resp.handle().parts(index).shard_id()};
+    return Admin().PartOf(name, index);
   }
-  absl::Status Move(const std::string& part, int32_t to) {
-    auto stub = Coordinator::NewStub(
-        grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-    MovePartRequest req;
-    req.set_part(part);
-    req.set_target_shard(to);
-    MovePartResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
-    return FromGrpcStatus(stub->MovePart(&ctx, req, &resp));
-  }
+  absl::Status Move(const std::string& part, int32_t to) { return Admin().Move(part, to).status(); }
 
   std::string dir_;
   std::unique_ptr<TestCluster> cluster_;
@@ -408,25 +364,8 @@ TEST_F(TableMoveCheckpointTest, ACheckpointTakenDuringTableMovesRestoresToExactl
       }
     });
   }
-  struct Cut {
-    std::string prefix;
-    std::vector<int64_t> acked_before, begun_after;
-  };
-  std::vector<Cut> cuts;
-  std::atomic<bool> moving{true};
-  std::thread saver_thread([&] {
-    auto saver = client::Saver::Create(cluster_->coordinator_address());
-    if (!saver.ok()) return fail(saver.status().ToString());
-    for (int k = 0; k < 40 && moving.load(); ++k) {
-      Cut cut;
-      for (int t = 0; t < kTrainers; ++t) cut.acked_before.push_back(acked[t].load());
-      auto prefix = (*saver)->Save(absl::StrCat(dir_, "/moving.ckpt"), k);
-      if (!prefix.ok()) return fail(absl::StrCat("save ", k, ": ", prefix.status().ToString()));
-      for (int t = 0; t < kTrainers; ++t) cut.begun_after.push_back(begun[t].load());
-      cut.prefix = *prefix;
-      cuts.push_back(std::move(cut));
-    }
-  });
+  BackToBackSaves saves(cluster_->coordinator_address(), absl::StrCat(dir_, "/moving.ckpt"), 40,
+                        &acked, &begun, fail);
   int moves = 0;
   for (int i = 0; i < kMoves; ++i) {
     const auto [part, from] = PartOf("ck/emb", i % 2);
@@ -434,8 +373,7 @@ TEST_F(TableMoveCheckpointTest, ACheckpointTakenDuringTableMovesRestoresToExactl
     EXPECT_TRUE(s.ok()) << part << ": " << s;
     moves += s.ok();
   }
-  moving.store(false);
-  saver_thread.join();
+  const std::vector<BackToBackSaves::Cut> cuts = saves.Finish();
   stop.store(true);
   for (auto& t : trainers) t.join();
   for (const std::string& e : errors) ADD_FAILURE() << e;
@@ -444,7 +382,7 @@ TEST_F(TableMoveCheckpointTest, ACheckpointTakenDuringTableMovesRestoresToExactl
   ASSERT_GE(cuts.size(), 2u) << "saves overlap the moves";
 
   PSD_ASSERT_OK_AND_ASSIGN(auto saver, client::Saver::Create(cluster_->coordinator_address()));
-  for (const Cut& cut : cuts) {
+  for (const BackToBackSaves::Cut& cut : cuts) {
     SCOPED_TRACE(cut.prefix);
     // Each part exactly once.
     PSD_ASSERT_OK_AND_ASSIGN(auto reader, checkpoint::BundleReader::Open(cut.prefix));
