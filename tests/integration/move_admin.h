@@ -4,11 +4,13 @@
 // back to back while parts move.
 //
 // Thread-safety: MoveAdmin is thread-safe (each call opens its own
-// channel); BackToBackSaves is driven by the thread that made it.
+// channel); BackToBackSaves is driven by the thread that made it;
+// MovesWithCheckpointsTest is a gtest fixture.
 #ifndef PSD_TESTS_INTEGRATION_MOVE_ADMIN_H_
 #define PSD_TESTS_INTEGRATION_MOVE_ADMIN_H_
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -21,11 +23,14 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/saver.h"
+#include "psd/session.h"
+#include "test_util.h"
 
 namespace psd {
 namespace integration {
@@ -130,6 +135,34 @@ class BackToBackSaves {
   std::atomic<bool> done_{false};
   std::vector<Cut> cuts_;  // written by thread_ until it is joined
   std::thread thread_;     // last: starts once the members above exist
+};
+
+// A two-shard cluster of its own whose coordinator saves into a fresh
+// directory (every checkpoint kept), with a client session: for the tests
+// that take checkpoints while parts move.
+class MovesWithCheckpointsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir("psd_move_ckpt_");
+    ASSERT_FALSE(dir_.empty());
+    TestClusterOptions options;
+    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir_,
+                                "--max-to-keep", "0"};
+    auto started = TestCluster::Start(options);
+    ASSERT_TRUE(started.ok()) << started.status();
+    cluster_ = *std::move(started);
+    PSD_ASSERT_OK_AND_ASSIGN(session_, client::Session::Open(cluster_->coordinator_address()));
+  }
+  void TearDown() override {
+    session_.reset();
+    cluster_.reset();
+    if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
+  }
+  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
+
+  std::string dir_;
+  std::unique_ptr<TestCluster> cluster_;
+  std::unique_ptr<client::Session> session_;
 };
 
 }  // namespace integration

@@ -311,33 +311,12 @@ TEST_F(PartMoveTest, MoveProgressReportsTheMovesOfTheCallThatCarriedItsId) {
 // or read from a shard that no longer owned it (its value stale by the
 // writes made on its new owner) breaks one of these, or the bracket of the
 // trainer's acknowledged ops before the save and begun ops after it.
-class PartMoveCheckpointTest : public ::testing::Test {
+class PartMoveCheckpointTest : public MovesWithCheckpointsTest {
  protected:
-  void SetUp() override {
-    dir_ = MakeTempDir("psd_move_ckpt_");
-    ASSERT_FALSE(dir_.empty());
-    TestClusterOptions options;
-    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir_,
-                                "--max-to-keep", "0"};
-    auto started = TestCluster::Start(options);
-    ASSERT_TRUE(started.ok()) << started.status();
-    cluster_ = *std::move(started);
-    PSD_ASSERT_OK_AND_ASSIGN(session_, Session::Open(cluster_->coordinator_address()));
-  }
-  void TearDown() override {
-    session_.reset();
-    cluster_.reset();
-    if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
-  }
-  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
   absl::Status Move(const std::string& part, int32_t to) { return Admin().Move(part, to).status(); }
   absl::Status Drain(int32_t shard, bool undrain) { return Admin().Drain(shard, undrain); }
   absl::StatusOr<int> Rebalance() { return Admin().Rebalance(); }
   int32_t ShardOf(const std::string& name, int index) { return Admin().PartOf(name, index).second; }
-
-  std::string dir_;
-  std::unique_ptr<TestCluster> cluster_;
-  std::unique_ptr<Session> session_;
 };
 
 TEST_F(PartMoveCheckpointTest, ACheckpointTakenDuringMovesRestoresToExactlyItsCut) {

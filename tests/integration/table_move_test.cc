@@ -294,33 +294,12 @@ TEST_F(TableMoveTest, NoAcknowledgedUpdateIsLostOrDoubledWhileTablePartsMove) {
 // between a key of each part) are a prefix of its program, bracketed by
 // the ops acknowledged before the save and begun by its end; restored,
 // the table holds exactly that.
-class TableMoveCheckpointTest : public ::testing::Test {
+class TableMoveCheckpointTest : public MovesWithCheckpointsTest {
  protected:
-  void SetUp() override {
-    dir_ = MakeTempDir("psd_table_move_ckpt_");
-    ASSERT_FALSE(dir_.empty());
-    TestClusterOptions options;
-    options.coordinator_args = {"--heartbeat-interval", "0.2", "--checkpoint-dir", dir_,
-                                "--max-to-keep", "0"};
-    auto started = TestCluster::Start(options);
-    ASSERT_TRUE(started.ok()) << started.status();
-    cluster_ = *std::move(started);
-    PSD_ASSERT_OK_AND_ASSIGN(session_, Session::Open(cluster_->coordinator_address()));
-  }
-  void TearDown() override {
-    session_.reset();
-    cluster_.reset();
-    if (!dir_.empty()) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
-  }
-  MoveAdmin Admin() const { return MoveAdmin(cluster_->coordinator_address()); }
   std::pair<std::string, int32_t> PartOf(const std::string& name, int index) {
     return Admin().PartOf(name, index);
   }
   absl::Status Move(const std::string& part, int32_t to) { return Admin().Move(part, to).status(); }
-
-  std::string dir_;
-  std::unique_ptr<TestCluster> cluster_;
-  std::unique_ptr<Session> session_;
 };
 
 TEST_F(TableMoveCheckpointTest, ACheckpointTakenDuringTableMovesRestoresToExactlyItsCut) {
