@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
   shard->add_option("--move-rate-when-busy", move_rate_when_busy,
                     "Bytes a second a part moving in is copied at while trainers write to "
                     "either shard, e.g. 192MiB (the default; 0: no limit)");
+  shard->add_option("--backup-timeout", options.backup_timeout_seconds,
+                    "Seconds a write to a replicated part waits for an in-sync backup to apply "
+                    "it before the shard asks the coordinator to drop that backup from the "
+                    "in-sync set (default 2)")
+      ->check(CLI::Range(0.01, 3600.0));
   shard->add_option("--stream-idle-timeout", options.stream_idle_timeout_seconds,
                     "Seconds a streamed assign or apply may wait for its caller's next message "
                     "before it is ended, nothing applied")

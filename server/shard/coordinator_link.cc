@@ -18,7 +18,7 @@ constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 
 CoordinatorLink::CoordinatorLink(boost::asio::io_context* io,
                                  const std::string& coordinator_address, const ShardConfig& shard,
-                                 const VariableStore* store,
+                                 VariableStore* store,
                                  std::shared_ptr<grpc::ChannelCredentials> credentials)
     : io_(io),
       coordinator_address_(coordinator_address),
@@ -90,6 +90,14 @@ void CoordinatorLink::Register() {
   }
   registered_ = true;
   backoff_ = std::chrono::milliseconds(100);
+  if (response.drop_parts_size() > 0) {
+    // Their group failed over (or this shard was dropped as their backup)
+    // while it was cut off: they must not serve under the new lease.
+    spdlog::warn("shard {}: dropping {} parts that live elsewhere now", shard_.id,
+                 response.drop_parts_size());
+    store_->DropParts(
+        std::vector<std::string>(response.drop_parts().begin(), response.drop_parts().end()));
+  }
   if (lease_ != nullptr) lease_->Grant(asked_at, std::chrono::milliseconds(response.lease_millis()));
   if (response.heartbeat_interval_ms() > 0) {
     heartbeat_interval_ = std::chrono::milliseconds(response.heartbeat_interval_ms());
@@ -100,6 +108,28 @@ void CoordinatorLink::Register() {
     spdlog::warn("shard {}: part {} is lost until restored from a checkpoint", shard_.id, part);
   }
   Schedule(heartbeat_interval_, &CoordinatorLink::Heartbeat);
+}
+
+absl::Status CoordinatorLink::ReplicaBehind(uint64_t move_id, const std::string& reason) {
+  ReplicaBehindRequest request;
+  request.set_shard_id(shard_.id);
+  request.set_incarnation(store_->incarnation());
+  request.set_move_id(move_id);
+  request.set_reason(reason);
+  ReplicaBehindResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  const grpc::Status status = stub_->ReplicaBehind(&ctx, request, &response);
+  if (!status.ok()) {
+    spdlog::warn("shard {}: ReplicaBehind for move {:x} to {} failed: {}", shard_.id, move_id,
+                 coordinator_address_, status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        absl::StrCat("ReplicaBehind to coordinator ", coordinator_address_, ": ",
+                                     status.error_message()));
+  }
+  spdlog::info("shard {}: backup of move {:x} left the in-sync set: {}", shard_.id, move_id,
+               reason);
+  return absl::OkStatus();
 }
 
 void CoordinatorLink::Heartbeat() {

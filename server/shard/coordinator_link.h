@@ -9,7 +9,9 @@
 // ALREADY_EXISTS (another live process holds this shard id) is final: the
 // link stops and reports it to the fatal handler, which ends the process.
 // Each accepted registration and heartbeat renews the shard's lease
-// (shard_lease.h), counted from the clock read before the call was sent.
+// (shard_lease.h), counted from the clock read before the call was sent;
+// the parts a registration's answer names in drop_parts (they live
+// elsewhere now) are dropped before that lease is taken.
 //
 // Runs on the process's Boost.Asio context (timers only; each call has a
 // short deadline so a stop signal is never held up for long).
@@ -40,7 +42,7 @@ class CoordinatorLink {
  public:
   // `credentials` secure the channel to the coordinator (null: plaintext).
   CoordinatorLink(boost::asio::io_context* io, const std::string& coordinator_address,
-                  const ShardConfig& shard, const VariableStore* store,
+                  const ShardConfig& shard, VariableStore* store,
                   std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   CoordinatorLink(const CoordinatorLink&) = delete;
   CoordinatorLink& operator=(const CoordinatorLink&) = delete;
@@ -61,6 +63,11 @@ class CoordinatorLink {
   void Start();
   void Stop();
 
+  // Tells the coordinator that backup `move_id` of one of this shard's
+  // groups is behind (docs/replication.md "In-sync changes"); OK once the
+  // coordinator dropped it from the in-sync set. Blocking; any thread.
+  absl::Status ReplicaBehind(uint64_t move_id, const std::string& reason);
+
  private:
   void Register();
   void Heartbeat();
@@ -69,7 +76,7 @@ class CoordinatorLink {
   boost::asio::io_context* const io_;
   const std::string coordinator_address_;
   const ShardConfig shard_;
-  const VariableStore* const store_;
+  VariableStore* const store_;  // DropParts at registration
   const RpcMetrics* rpc_metrics_ = nullptr;
   ShardLease* lease_ = nullptr;
   std::unique_ptr<Coordinator::Stub> stub_;

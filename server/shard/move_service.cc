@@ -135,9 +135,14 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
   absl::Mutex mu;
   absl::CondVar answered;
   std::deque<std::unique_ptr<PullCall>> in_flight;
+  // A backup's follow never gives up: it retries a failing source for as
+  // long as it follows, reporting why in MoveStatus.
+  const bool follow = store_->IsFollow(move_id);
+  bool follow_failing = false;
   auto start = [&](const PullMoveRequest& request) {
     auto call = std::make_unique<PullCall>();
     call->request = request;
+    call->request.set_target_shard_id(shard_id_);
     call->ctx.set_deadline(std::chrono::system_clock::now() + kPullDeadline);
     PullCall* raw = call.get();
     in_flight.push_back(std::move(call));
@@ -195,6 +200,16 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       drop_all();  // they follow a chunk that did not come
       const absl::Time now = absl::Now();
       if (failing_since == absl::InfiniteFuture()) failing_since = now;
+      if (follow) {
+        store_->NoteFollowPullFailure(
+            move_id, absl::Status(status.code(), absl::StrCat("pulling from the primary's shard at ",
+                                                              source_address, " (retrying): ",
+                                                              status.message())));
+        follow_failing = true;
+        absl::SleepFor(backoff);
+        backoff = std::min(backoff * 2, absl::Seconds(1));
+        continue;
+      }
       if (Retryable(status) && now - failing_since < kPullRetryBudget) {
         absl::SleepFor(backoff);
         backoff = std::min(backoff * 2, absl::Seconds(1));
@@ -208,6 +223,10 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
     }
     failing_since = absl::InfiniteFuture();
     backoff = absl::Milliseconds(20);
+    if (follow_failing) {
+      store_->NoteFollowPullFailure(move_id, absl::OkStatus());
+      follow_failing = false;
+    }
     // A failure is recorded by the store (MoveStatus reports it).
     if (!store_->ApplyMovePull(move_id, call->response).ok()) break;
     if (snapshot_only && rate_when_busy_ > 0 &&
@@ -244,6 +263,32 @@ grpc::ServerUnaryReactor* ShardMoveService::FreezeMove(grpc::CallbackServerConte
     PSD_ASSIGN_OR_RETURN(uint64_t final_seq,
                          store_->FreezeMove(request->move_id(), request->shard_incarnation()));
     response->set_final_seq(final_seq);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ShardMoveService::SyncReplica(grpc::CallbackServerContext* ctx,
+                                                        const SyncReplicaRequest* request,
+                                                        SyncReplicaResponse* response) {
+  return Answer(ctx, "shard move service", [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(uint64_t logged_seq,
+                         store_->SyncReplica(request->move_id(), request->in_sync(),
+                                             request->shard_incarnation()));
+    response->set_logged_seq(logged_seq);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ShardMoveService::PromoteReplica(grpc::CallbackServerContext* ctx,
+                                                           const PromoteReplicaRequest* request,
+                                                           PromoteReplicaResponse* response) {
+  return Answer(ctx, "shard move service", [&]() -> absl::Status {
+    // The puller sees the follow gone at its next answer and stops; it is
+    // joined with the others (StartMoveIn, or the destructor).
+    PSD_ASSIGN_OR_RETURN(uint64_t applied_seq,
+                         store_->PromoteReplica(request->move_id(), request->epoch(),
+                                                request->shard_incarnation()));
+    response->set_applied_seq(applied_seq);
     return absl::OkStatus();
   });
 }

@@ -3,7 +3,9 @@
 // (PullMove, FreezeMove) and the target's (StartMoveIn, MoveStatus) on top
 // of the store's move state, and runs each incoming move's puller: a thread
 // that pulls the group from its source with this shard's node credentials
-// and applies what it gets, until the move is ready, fails or ends.
+// and applies what it gets, until the move is ready, fails or ends; a
+// backup's follow (StartMoveInRequest.follow) long-polls its primary until
+// it is promoted or ended, retrying a failing primary without giving up.
 //
 // Thread-safety: thread-safe. Puller threads are tracked under mu_ and
 // joined by the destructor (which asks them to stop first).
@@ -56,6 +58,15 @@ class ShardMoveService final : public ShardMove::CallbackService {
   grpc::ServerUnaryReactor* EndMove(grpc::CallbackServerContext* ctx,
                                     const EndMoveRequest* request,
                                     EndMoveResponse* response) override;
+  // Replicated parts (docs/replication.md): on a primary, start or stop
+  // waiting for a backup before answering writes; on a backup, serve the
+  // group as its primary.
+  grpc::ServerUnaryReactor* SyncReplica(grpc::CallbackServerContext* ctx,
+                                        const SyncReplicaRequest* request,
+                                        SyncReplicaResponse* response) override;
+  grpc::ServerUnaryReactor* PromoteReplica(grpc::CallbackServerContext* ctx,
+                                           const PromoteReplicaRequest* request,
+                                           PromoteReplicaResponse* response) override;
 
  private:
   // The puller of move `move_id`: pulls until there is nothing left.

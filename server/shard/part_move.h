@@ -4,8 +4,16 @@
 //
 // Internal to the store and its service: nothing else includes it.
 //
+// A *follow* (StartMoveInRequest.follow; docs/replication.md) is a move that
+// never switches: its target is a backup of the group, pulling the group's
+// writes for as long as it follows. A group has at most one move but may
+// have several follows at once; every write to it is logged, in one order,
+// into each of their logs (writes take the order locks of all of them, in
+// id order).
+//
 // Thread-safety: each object's members are guarded as marked. Lock order:
-// MoveOut::order_mu, then a variable's mu, then MoveOut::mu.
+// MoveOut::order_mu (several: in id order), then a variable's mu, then
+// MoveOut::mu.
 #ifndef PSD_SERVER_SHARD_PART_MOVE_H_
 #define PSD_SERVER_SHARD_PART_MOVE_H_
 
@@ -54,6 +62,10 @@ struct MoveOut {
   };
 
   uint64_t id = 0;
+  // A backup's follow (never frozen nor switched; no idle cutoff: the
+  // backup timeout applies instead). Immutable once registered.
+  bool follow = false;
+  int32_t target_shard = -1;  // the backup's shard (PullMoveRequest), for messages
   std::vector<Member> members;  // immutable once registered
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
@@ -77,7 +89,17 @@ struct MoveOut {
   int64_t log_bytes ABSL_GUARDED_BY(mu) = 0;
   MemoryReservation log_reservation ABSL_GUARDED_BY(mu);
   uint64_t final_seq ABSL_GUARDED_BY(mu) = 0;  // kFrozen: the last logged write
-  RequestWindowState window ABSL_GUARDED_BY(mu);  // kFrozen: the shard's window then
+  // kFrozen: the shard's window then; a follow's: the window at its
+  // snapshot (answered to its first pull).
+  RequestWindowState window ABSL_GUARDED_BY(mu);
+  // A follow in the primary's in-sync set (SyncReplica): writes to the
+  // group are answered only once the backup acknowledged them (acked_seq).
+  bool in_sync ABSL_GUARDED_BY(mu) = false;
+  // A ReplicaBehind call for this follow is under way (one for all the
+  // writes waiting); its outcome for those that waited on it.
+  bool behind_calling ABSL_GUARDED_BY(mu) = false;
+  uint64_t behind_calls ABSL_GUARDED_BY(mu) = 0;
+  absl::Status behind_result ABSL_GUARDED_BY(mu);
   std::chrono::steady_clock::time_point last_pull ABSL_GUARDED_BY(mu) =
       std::chrono::steady_clock::now();
   int32_t new_shard ABSL_GUARDED_BY(mu) = -1;  // kMoved: where the group went
@@ -119,6 +141,12 @@ struct MoveIn {
   // The member being filled: its new value, swapped in when complete.
   Variable::Contents filling ABSL_GUARDED_BY(mu);
   std::string filling_strings ABSL_GUARDED_BY(mu);
+  // A follow (request.follow): the last pull failure, reported by
+  // MoveStatus while the puller keeps retrying (OK once a pull succeeds).
+  absl::Status pull_failure ABSL_GUARDED_BY(mu);
+  // Held while a pull's answer is applied, so a promotion never lands in
+  // the middle of a replayed batch.
+  absl::Mutex apply_mu ABSL_ACQUIRED_BEFORE(mu);
 };
 
 }  // namespace psd

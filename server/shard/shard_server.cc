@@ -55,6 +55,28 @@ void AddShardMetrics(MetricsRegistry* metrics, const VariableStore& store) {
       "psd_shard_staging_pool_reclaimed_bytes_total",
       "Idle staging bytes freed because an allocation would have passed the memory limit",
       [&pool] { return static_cast<double>(pool.stats().reclaimed_bytes); });
+  // Replicated parts (docs/replication.md).
+  metrics->CallbackGauge("psd_shard_backups_following",
+                         "Backups (on other shards) following groups this shard is the primary of",
+                         [&store] { return static_cast<double>(store.replication_stats().follows_out); });
+  metrics->CallbackGauge("psd_shard_backups_held",
+                         "Groups of other shards this shard holds a backup of",
+                         [&store] { return static_cast<double>(store.replication_stats().follows_in); });
+  metrics->CallbackGauge(
+      "psd_shard_backup_lag_writes",
+      "The most writes logged for one backup of this shard's groups and not applied there yet",
+      [&store] { return static_cast<double>(store.replication_stats().max_lag); });
+  metrics->CallbackCounter(
+      "psd_shard_backup_waited_writes_total",
+      "Writes whose answer waited for in-sync backups to apply them",
+      [&store] { return static_cast<double>(store.replication_stats().waited_writes); });
+  metrics->CallbackCounter("psd_shard_backup_wait_seconds_total",
+                           "Total time writes waited for in-sync backups",
+                           [&store] { return store.replication_stats().wait_seconds; });
+  metrics->CallbackCounter(
+      "psd_shard_replica_behind_calls_total",
+      "ReplicaBehind calls to the coordinator (a backup did not apply a write in time)",
+      [&store] { return static_cast<double>(store.replication_stats().replica_behind_calls); });
   metrics->CallbackGauge("psd_shard_staging_pool_limit_bytes",
                          "Most idle staging bytes the pool keeps (--staging-pool-bytes)",
                          [&pool] { return static_cast<double>(pool.max_idle_bytes()); });
@@ -140,6 +162,7 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
   store_options.max_unary_value_bytes = options.max_message_bytes - (64 << 10);
   store_options.max_batch_result_bytes = store_options.max_unary_value_bytes;
   store_options.default_chunk_bytes = options.stream_chunk_bytes;
+  store_options.backup_timeout = absl::Seconds(options.backup_timeout_seconds);
   if (options.nccl_plane && device->name().rfind("gpu:", 0) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("shard ", config.id,
                                                    ": --nccl-plane needs a gpu:N device, not ",
@@ -232,6 +255,12 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
     // The coordinator refused the shard's id: the process ends with that error.
     link->SetRpcMetrics(served_metrics);
     link->SetLease(&lease);
+    // Replicated parts serve only under the lease; a backup that falls
+    // behind is reported through the link.
+    store.SetLease(&lease);
+    store.SetReplicaBehindHandler([link = link.get()](uint64_t move_id, const std::string& reason) {
+      return link->ReplicaBehind(move_id, reason);
+    });
     link->SetFatalHandler(
         [&loop](const absl::Status& why) { loop.Fail(why, "its registration was refused"); });
     link->Start();
@@ -248,7 +277,11 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
     nccl.Shutdown();
   };
   steps.wait_for_idle = [&service](absl::Time deadline) { return service.WaitForIdle(deadline); };
-  return loop.Run(endpoint.get(), std::move(steps));
+  absl::Status ran = loop.Run(endpoint.get(), std::move(steps));
+  // The link goes before the store: no write may reach it after this.
+  store.SetReplicaBehindHandler(nullptr);
+  store.SetLease(nullptr);
+  return ran;
 }
 
 }  // namespace psd

@@ -48,6 +48,10 @@ struct ShardServerOptions {
   // A move's snapshot copy while trainers write (ShardMoveService); <= 0:
   // no limit.
   int64_t move_rate_when_busy = kDefaultMoveRateWhenBusy;
+  // How long a write to a replicated part waits for an in-sync backup
+  // before the shard asks the coordinator to drop that backup from the
+  // in-sync set (--backup-timeout; docs/replication.md).
+  double backup_timeout_seconds = 2;
 };
 
 // Blocks until the server has drained after a signal. Returns an error if it

@@ -163,12 +163,10 @@ absl::StatusOr<std::shared_ptr<EmbeddingPart>> VariableStore::TableFor(
     {
       absl::ReaderMutexLock lock(&mu_);
       dense = variables_.count(name) > 0;
-      if (tables_.count(name) > 0) {  // hidden by FindEmbedding: moving in
-        return absl::UnavailableError(absl::StrCat(
-            Quoted(name), " is moving to this shard and serves once the move completes; retry"));
-      }
     }
-    if (!dense) return Find(name).status();  // NOT_FOUND, or stale once moved away
+    // NOT_FOUND, stale once moved away, or why a table here is not served
+    // now (moving in, a backup, the lease lapsed).
+    if (!dense) return Find(name).status();
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": ", Quoted(name), " is not an embedding table"));
   }
@@ -190,6 +188,9 @@ std::shared_ptr<EmbeddingPart> VariableStore::FindEmbedding(
   if (it->second->incoming.load(std::memory_order_acquire) && !store_internal::ReplayingMove()) {
     return nullptr;
   }
+  // Nor is a replicated part while the shard's lease is lapsed (Find says
+  // so to the ops that find none).
+  if (LeaseLapsed(it->second->replicated.load(std::memory_order_acquire))) return nullptr;
   return it->second;
 }
 
@@ -227,6 +228,7 @@ absl::Status VariableStore::CreateEmbeddingOnce(const CreateVariableRequest& req
   part->spec.set_key_dtype(part->key_dtype);
   part->initializer = request.initializer();
   part->incoming.store(incoming, std::memory_order_relaxed);
+  part->replicated.store(request.replicated(), std::memory_order_relaxed);
 
   std::shared_ptr<EmbeddingPart> primary;
   if (!spec.slot_of().empty()) {
@@ -347,6 +349,8 @@ void VariableStore::FillEmbeddingInfo(const EmbeddingPart& part, VariableInfo* i
   info->set_device(device_->name());
   // A slot's rows are counted with its table's, whose part holds them.
   info->set_bytes(part.column == 0 ? part.table->bytes() : 0);
+  info->set_replicated(part.replicated.load(std::memory_order_acquire));
+  info->set_follows_move(part.follows.load(std::memory_order_acquire));
   EmbeddingStats* stats = info->mutable_embedding();
   *stats = part.table->Stats();
   *stats->mutable_spec() = part.spec;
@@ -406,31 +410,45 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
         break;
       }
       options.expect_move_epoch = static_cast<int64_t>(part.table->move_epoch());
-      std::shared_ptr<MoveOut> move;
-      if (moving_out_count_.load() > 0) move = MovingOut(part.name);
-      if (move == nullptr) {
+      std::vector<std::shared_ptr<MoveOut>> moves;
+      if (moving_out_count_.load() > 0) moves = MovingOut(part.name);
+      if (moves.empty()) {
         result = EmbeddingUpdateResult();
         status = part.table->Lookup(keys, part.column, options, content->data(), &result);
         if (result.move_epoch_changed && attempt < 16) continue;
         break;
       }
-      options.expect_move_epoch = -1;
-      absl::MutexLock order(&move->order_mu);
-      absl::StatusOr<bool> log = AdmitMovingWrite(move.get(), part.name, "");
-      if (!log.ok()) {
-        status = log.status();
-        break;
-      }
-      status = part.table->Lookup(keys, part.column, options, content->data(), &result);
-      if (status.ok() && *log) {
-        const RequestId no_id;
-        WriteMeta meta{kAnonymousCaller, 0, no_id};
-        meta.variable = &part.name;
-        meta.to_batch_op = +[](const void* r, BatchOp* op) {
-          SetBatchOp(*static_cast<const GatherRequest*>(r), op);
-        };
-        meta.request = &request;
-        LogMoveWrite(move.get(), meta);
+      // Logged into each of the group's logs (a move's, the backups'), in
+      // one order. The epoch is still checked: a follow begun since the
+      // group's logs were looked up pins the table, and the lookup must
+      // then be either in its pin or logged for it.
+      std::vector<std::shared_ptr<MoveOut>> logging;
+      {
+        store_internal::OrderLocks order(moves);
+        status = absl::OkStatus();
+        for (const std::shared_ptr<MoveOut>& move : moves) {
+          absl::StatusOr<bool> log = AdmitMovingWrite(move.get(), part.name, "");
+          if (!log.ok()) {
+            status = log.status();
+            break;
+          }
+          if (*log) logging.push_back(move);
+        }
+        if (status.ok()) {
+          result = EmbeddingUpdateResult();
+          status = part.table->Lookup(keys, part.column, options, content->data(), &result);
+          if (result.move_epoch_changed && attempt < 16) continue;
+        }
+        if (status.ok()) {
+          const RequestId no_id;
+          WriteMeta meta{kAnonymousCaller, 0, no_id};
+          meta.variable = &part.name;
+          meta.to_batch_op = +[](const void* r, BatchOp* op) {
+            SetBatchOp(*static_cast<const GatherRequest*>(r), op);
+          };
+          meta.request = &request;
+          for (const std::shared_ptr<MoveOut>& move : logging) LogMoveWrite(move.get(), meta);
+        }
       }
       break;
     }

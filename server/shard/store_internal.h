@@ -138,6 +138,9 @@ struct EmbeddingPart {
   // Moving in (a move's target, before it commits): not served, listed or
   // saved; a move's replay sees it (see Variable::incoming).
   std::atomic<bool> incoming{false};
+  // As Variable's: a backup's copy (its follow move id), a replicated part.
+  std::atomic<uint64_t> follows{0};
+  std::atomic<bool> replicated{false};
 };
 
 // How a move replays each forwardable request on the part's new shard.
@@ -189,30 +192,85 @@ absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, O
   return status;
 }
 
+namespace store_internal {
+
+// Holds the order locks of a group's moves and follows (MovingOut's, in id
+// order, the one order every writer takes them in).
+class OrderLocks {
+ public:
+  explicit OrderLocks(const std::vector<std::shared_ptr<MoveOut>>& moves)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS : moves_(moves) {
+    for (const auto& m : moves_) m->order_mu.Lock();
+  }
+  ~OrderLocks() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (auto it = moves_.rbegin(); it != moves_.rend(); ++it) (*it)->order_mu.Unlock();
+  }
+  OrderLocks(const OrderLocks&) = delete;
+  OrderLocks& operator=(const OrderLocks&) = delete;
+
+ private:
+  const std::vector<std::shared_ptr<MoveOut>>& moves_;
+};
+
+// The last write logged for `move` so far.
+inline uint64_t LoggedSeq(MoveOut* move) {
+  absl::MutexLock lock(&move->mu);
+  return move->next_seq - 1;
+}
+
+}  // namespace store_internal
+
 template <typename Response, typename Op>
 absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
   NoteWrite();
   std::optional<WriteGate::Pass> pass;
   if (meta.gated) pass.emplace(&gate_);
-  std::shared_ptr<MoveOut> move;
+  std::vector<std::shared_ptr<MoveOut>> moves;
   if (meta.variable != nullptr && moving_out_count_.load(std::memory_order_acquire) > 0) {
-    move = MovingOut(*meta.variable);
+    moves = MovingOut(*meta.variable);
   }
-  if (move == nullptr) return RunOnce(meta, response, std::forward<Op>(op));
-  // A write to a group moving out: applied and logged under the group's
-  // order lock, so the target replays the writes in the order they ran.
-  absl::MutexLock order(&move->order_mu);
-  PSD_ASSIGN_OR_RETURN(const bool log,
-                       AdmitMovingWrite(move.get(), *meta.variable,
-                                        meta.to_batch_op == nullptr ? "this write" : ""));
-  if (!log) return RunOnce(meta, response, std::forward<Op>(op));
-  bool ran = false;
-  absl::Status status = RunOnce(meta, response, [&] {
-    ran = true;
-    return op();
-  });
-  if (ran && status.ok()) LogMoveWrite(move.get(), meta);
+  if (moves.empty()) return RunOnce(meta, response, std::forward<Op>(op));
+  // A write to a group that moves out or has backups: applied and logged
+  // under the order locks of all of them, so each target replays the
+  // writes in the order they ran.
+  std::vector<BackupWait> waits;
+  absl::Status status;
+  {
+    store_internal::OrderLocks order(moves);
+    std::vector<std::shared_ptr<MoveOut>> logging;
+    for (const std::shared_ptr<MoveOut>& move : moves) {
+      PSD_ASSIGN_OR_RETURN(const bool log,
+                           AdmitMovingWrite(move.get(), *meta.variable,
+                                            meta.to_batch_op == nullptr ? "this write" : ""));
+      if (log) {
+        logging.push_back(move);
+      } else if (move->follow) {
+        // Ended now (a write it cannot follow): the write goes ahead
+        // without it, once it is out of the in-sync set.
+        waits.push_back({move, ~uint64_t{0}});
+      }
+    }
+    bool ran = false;
+    status = RunOnce(meta, response, [&] {
+      ran = true;
+      return op();
+    });
+    // A failed write changed nothing: nothing to log or wait for.
+    if (ran && !status.ok()) return status;
+    for (const std::shared_ptr<MoveOut>& move : logging) {
+      if (ran) {
+        const uint64_t seq = LogMoveWrite(move.get(), meta);
+        if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
+      } else if (move->follow) {
+        // Answered from the window: that write (or a later one) is logged
+        // by now, so the backups must have everything logged so far.
+        waits.push_back({move, store_internal::LoggedSeq(move.get())});
+      }
+    }
+  }
+  pass.reset();  // a fence need not wait for the backups
+  if (!waits.empty()) PSD_RETURN_IF_ERROR(WaitForBackups(waits, *meta.variable));
   return status;
 }
 

@@ -182,6 +182,7 @@ absl::Status VariableStore::CreateOnce(const CreateVariableRequest& request, Var
   auto var = std::make_shared<Variable>(name, dtype, shape, std::move(full_shape),
                                         std::move(offset), std::move(initializer),
                                         std::move(initial_value));
+  var->replicated.store(request.replicated(), std::memory_order_release);
   {
     absl::MutexLock var_lock(&var->mu);
     if (request.initialize()) {
@@ -238,14 +239,19 @@ std::vector<VariableInfo> VariableStore::List(const std::string& prefix,
     absl::ReaderMutexLock lock(&mu_);
     for (auto it = variables_.lower_bound(prefix);
          it != variables_.end() && absl::StartsWith(it->first, prefix); ++it) {
-      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire)) {
-        continue;  // not ours yet
+      // Not ours yet; a backup's copy is listed (VariableInfo.follows_move).
+      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire) &&
+          it->second->follows.load(std::memory_order_acquire) == 0) {
+        continue;
       }
       vars.push_back(it->second);
     }
     for (auto it = tables_.lower_bound(prefix);
          it != tables_.end() && absl::StartsWith(it->first, prefix); ++it) {
-      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire)) continue;
+      if (!include_incoming && it->second->incoming.load(std::memory_order_acquire) &&
+          it->second->follows.load(std::memory_order_acquire) == 0) {
+        continue;
+      }
       tables.push_back(it->second);
     }
   }

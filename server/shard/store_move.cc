@@ -26,6 +26,11 @@ namespace {
 constexpr size_t kMaxMoveGroup = 256;       // parts moved together
 constexpr size_t kMaxMovesOut = 4;          // groups moving out at once
 constexpr size_t kMaxMovesIn = 4;           // groups moving in at once
+// Follows (docs/replication.md) are not moves: a shard is the primary of
+// many groups, each with up to two backups, and a backup of many.
+constexpr size_t kMaxFollowsOut = 4096;  // backups following this shard's groups
+constexpr size_t kMaxFollowsIn = 4096;   // groups this shard is a backup of
+constexpr size_t kMaxPromotedRemembered = 1024;
 constexpr size_t kMaxRememberedMovesOut = 64;  // ended ones kept for late pulls
 constexpr int64_t kMaxMoveLogBytes = int64_t{256} << 20;  // writes waiting to be pulled
 constexpr int64_t kMaxPullBytes = int64_t{4} << 20;       // one pull's answer
@@ -44,6 +49,10 @@ constexpr absl::Duration kPinFenceLease = absl::Seconds(2);
 thread_local bool t_replaying_move = false;
 
 std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
+
+bool Active(const MoveOut& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+  return m.state == MoveOut::State::kForwarding || m.state == MoveOut::State::kFrozen;
+}
 
 // A member that is an embedding table's part with rows to copy (a slot's
 // rows come with its table's member: a slot member carries nothing).
@@ -132,17 +141,41 @@ MoveReplayScope::~MoveReplayScope() { t_replaying_move = previous_; }
 // ---------------------------------------------------------------------------
 // Source side
 
-std::shared_ptr<MoveOut> VariableStore::MovingOut(const std::string& name) const {
+std::vector<std::shared_ptr<MoveOut>> VariableStore::MovingOut(const std::string& name) const {
   absl::MutexLock lock(&moves_mu_);
   auto it = moving_out_.find(name);
-  return it == moving_out_.end() ? nullptr : it->second;
+  if (it == moving_out_.end()) return {};
+  return it->second;
 }
 
 std::shared_ptr<WriteGate> VariableStore::MoveGateFor(const std::string& name) const {
   if (moving_out_count_.load(std::memory_order_acquire) == 0) return nullptr;
-  std::shared_ptr<MoveOut> move = MovingOut(name);
-  if (move == nullptr) return nullptr;
-  return std::shared_ptr<WriteGate>(move, &move->gate);
+  // Only a move closes its gate (follows are never frozen).
+  for (const std::shared_ptr<MoveOut>& move : MovingOut(name)) {
+    if (!move->follow) return std::shared_ptr<WriteGate>(move, &move->gate);
+  }
+  return nullptr;
+}
+
+bool VariableStore::MovesLocked(const std::string& name) const {
+  auto it = moving_out_.find(name);
+  if (it == moving_out_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(),
+                     [](const std::shared_ptr<MoveOut>& m) { return !m->follow; });
+}
+
+void VariableStore::ForgetMovingOut(MoveOut* move) {
+  absl::MutexLock lock(&moves_mu_);
+  for (const MoveOut::Member& m : move->members) {
+    auto it = moving_out_.find(m.info.name());
+    if (it == moving_out_.end()) continue;
+    auto& group = it->second;
+    group.erase(std::remove_if(group.begin(), group.end(),
+                               [&](const std::shared_ptr<MoveOut>& g) { return g.get() == move; }),
+                group.end());
+    if (group.empty()) moving_out_.erase(it);
+  }
+  moving_out_count_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 absl::StatusOr<bool> VariableStore::AdmitMovingWrite(MoveOut* move, const std::string& name,
@@ -175,10 +208,19 @@ absl::StatusOr<bool> VariableStore::AdmitMovingWrite(MoveOut* move, const std::s
 
 absl::Status VariableStore::NoteUnforwardedWrite(const std::string& name, absl::string_view what) {
   if (moving_out_count_.load(std::memory_order_acquire) == 0) return absl::OkStatus();
-  std::shared_ptr<MoveOut> move = MovingOut(name);
-  if (move == nullptr) return absl::OkStatus();
-  absl::MutexLock order(&move->order_mu);
-  return AdmitMovingWrite(move.get(), name, what).status();
+  const std::vector<std::shared_ptr<MoveOut>> moves = MovingOut(name);
+  if (moves.empty()) return absl::OkStatus();
+  std::vector<BackupWait> waits;
+  {
+    store_internal::OrderLocks order(moves);
+    for (const std::shared_ptr<MoveOut>& move : moves) {
+      PSD_RETURN_IF_ERROR(AdmitMovingWrite(move.get(), name, what).status());
+      if (move->follow) waits.push_back({move, ~uint64_t{0}});
+    }
+  }
+  // A backup cannot follow it: the write goes ahead once the backups that
+  // are in sync are out of the in-sync set.
+  return WaitForBackups(waits, name);
 }
 
 void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
@@ -195,21 +237,12 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
     move->table_cuts.clear();
     move->changed.SignalAll();
   }
-  {
-    absl::MutexLock lock(&moves_mu_);
-    for (const MoveOut::Member& m : move->members) {
-      auto it = moving_out_.find(m.info.name());
-      if (it != moving_out_.end() && it->second.get() == move) {
-        moving_out_.erase(it);
-      }
-    }
-    moving_out_count_.fetch_sub(1, std::memory_order_acq_rel);
-  }
+  ForgetMovingOut(move);
   // The pins go with the move object; the store's map keeps it (ended)
   // until EndMoveOut or the next move prunes it.
 }
 
-void VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
+uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   MoveWrite write;
   meta.to_batch_op(meta.request, write.mutable_op());
   if (meta.amend_logged) meta.amend_logged(write.mutable_op());
@@ -218,8 +251,9 @@ void VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   absl::Status failure;
   {
     absl::MutexLock lock(&move->mu);
-    if (move->state != MoveOut::State::kForwarding) return;
-    if (std::chrono::steady_clock::now() - move->last_pull > kMoveIdle) {
+    if (move->state != MoveOut::State::kForwarding) return 0;
+    // A backup's lag is bounded by the backup timeout, not by this.
+    if (!move->follow && std::chrono::steady_clock::now() - move->last_pull > kMoveIdle) {
       failure = absl::AbortedError(absl::StrCat(
           MoveName(move->id), " was given up: its target pulled nothing for ",
           std::chrono::duration_cast<std::chrono::seconds>(kMoveIdle).count(), " s"));
@@ -235,13 +269,15 @@ void VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
     } else {
       move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
       move->log_bytes += bytes;
-      write.set_seq(move->next_seq++);
+      const uint64_t seq = move->next_seq++;
+      write.set_seq(seq);
       move->log.push_back(std::move(write));
       move->changed.SignalAll();
-      return;
+      return seq;
     }
   }
   FailMoveOut(move, failure);
+  return 0;
 }
 
 absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
@@ -287,24 +323,27 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
     size_t active = 0;
     for (const auto& [other_id, m] : moves_out_) {
       absl::MutexLock move_lock(&m->mu);
-      if (m->state == MoveOut::State::kForwarding || m->state == MoveOut::State::kFrozen) {
-        ++active;
-      }
+      if (Active(*m) && m->follow == request.follow()) ++active;
     }
-    if (active >= kMaxMovesOut) {
+    if (active >= (request.follow() ? kMaxFollowsOut : kMaxMovesOut)) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "this shard already moves ", active, " groups of parts out (the limit); ",
-          MoveName(id), " must wait"));
+          "this shard already ", request.follow() ? "has backups following " : "moves ", active,
+          " groups of parts out (the limit); ", MoveName(id), " must wait"));
     }
-    for (const std::string& name : names) {
-      if (moving_out_.count(name) > 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat(Quoted(name), " is already moving (", MoveName(id), ")"));
+    // A group has at most one move; follows go beside it and each other.
+    if (!request.follow()) {
+      for (const std::string& name : names) {
+        if (MovesLocked(name)) {
+          return absl::FailedPreconditionError(
+              absl::StrCat(Quoted(name), " is already moving (", MoveName(id), ")"));
+        }
       }
     }
   }
   auto move = std::make_shared<MoveOut>();
   move->id = id;
+  move->follow = request.follow();
+  move->target_shard = request.target_shard_id();
   // Every part first looked up and checked without holding writes. By
   // member: a dense part in `vars`, a table's part or slot in `tables`.
   std::vector<std::shared_ptr<Variable>> vars;
@@ -411,11 +450,18 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
     {
       absl::MutexLock lock(&moves_mu_);
       for (const std::string& name : names) {
-        if (moving_out_.count(name) > 0) {
+        if (!move->follow && MovesLocked(name)) {
           return absl::FailedPreconditionError(absl::StrCat(Quoted(name), " is already moving"));
         }
       }
-      for (const std::string& name : names) moving_out_[name] = move;
+      for (const std::string& name : names) {
+        auto& group = moving_out_[name];
+        group.push_back(move);
+        std::sort(group.begin(), group.end(),
+                  [](const std::shared_ptr<MoveOut>& a, const std::shared_ptr<MoveOut>& b) {
+                    return a->id < b->id;
+                  });
+      }
       moving_out_count_.fetch_add(1);  // seq_cst: see GatherEmbedding
     }
     std::vector<std::shared_ptr<const MoveOut::TableCut>> cuts(move->members.size());
@@ -449,6 +495,9 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
     {
       absl::MutexLock lock(&move->mu);
       move->table_cuts = std::move(cuts);
+      // Every write admitted before the fence has finished (its request id
+      // is in the window); every later one is logged for the backup.
+      if (move->follow) requests_.Export(&move->window);
     }
     absl::MutexLock lock(&moves_mu_);
     moves_out_[id] = move;
@@ -483,6 +532,11 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     return absl::InvalidArgumentError(absl::StrCat("pull of ", MoveName(move->id), " asks for member ",
                                                    request.member(), " of ", members));
   }
+  if (request.follow() != move->follow) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        MoveName(move->id), move->follow ? " is a backup's follow" : " is a move",
+        "; the pull says otherwise"));
+  }
   {
     absl::MutexLock lock(&move->mu);
     move->last_pull = std::chrono::steady_clock::now();
@@ -497,10 +551,18 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
       move->log_reservation.Shrink(std::min(bytes, move->log_reservation.bytes()));
       move->log.pop_front();
     }
-    move->acked_seq = std::max(move->acked_seq, request.applied_seq());
+    if (request.applied_seq() > move->acked_seq) {
+      move->acked_seq = std::min(request.applied_seq(), move->next_seq - 1);
+      move->changed.SignalAll();  // writes waiting for this backup
+    }
   }
   if (request.member() == 0 && request.offset() == 0) {
     for (const MoveOut::Member& m : move->members) *response->add_members() = m.info;
+    if (move->follow) {
+      // The request ids the group applied before the snapshot.
+      absl::MutexLock lock(&move->mu);
+      *response->mutable_window() = move->window;
+    }
   }
   if (request.member() < members) {
     // Snapshot bytes, from the pins (consistent as of the move's start).
@@ -587,6 +649,11 @@ absl::StatusOr<uint64_t> VariableStore::FreezeMove(uint64_t move_id, uint64_t in
     }
     move = it->second;
   }
+  if (move->follow) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        MoveName(move_id), " is a backup's follow: it is never frozen (PromoteReplica the "
+                           "backup, or EndMove it)"));
+  }
   {
     absl::MutexLock lock(&move->mu);
     if (!move->failure.ok()) return move->failure;
@@ -645,6 +712,13 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
     bool was_active;
     {
       absl::MutexLock lock(&move->mu);
+      if (committed && move->follow) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            MoveName(move_id), " is a backup's follow: it never commits (PromoteReplica the "
+                               "backup instead)"));
+      }
+      // Dropped by the coordinator: writes no longer wait for it.
+      move->in_sync = false;
       if (committed) {
         if (move->state == MoveOut::State::kMoved) return absl::OkStatus();
         if (move->state != MoveOut::State::kFrozen) {
@@ -692,13 +766,17 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
         moved_away_order_.pop_front();
       }
     }
-    if (was_active) {
-      absl::MutexLock lock(&moves_mu_);
+    if (was_active) ForgetMovingOut(move.get());
+    if (committed) {
+      // The group's backups followed this shard; they must follow its new
+      // primary (the coordinator makes them again from there).
       for (const MoveOut::Member& m : move->members) {
-        auto it = moving_out_.find(m.info.name());
-        if (it != moving_out_.end() && it->second == move) moving_out_.erase(it);
+        for (const std::shared_ptr<MoveOut>& follow : MovingOut(m.info.name())) {
+          FailMoveOut(follow.get(), absl::AbortedError(absl::StrCat(
+                                        MoveName(follow->id), " ended: its group moved to shard ",
+                                        new_shard)));
+        }
       }
-      moving_out_count_.fetch_sub(1, std::memory_order_acq_rel);
     }
     for (MoveOut::Member& m : move->members) {
       m.pin.reset();
@@ -720,6 +798,7 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
     absl::MutexLock lock(&move->mu);
     absl::MutexLock ended_lock(&ended->mu);
     ended->state = move->state;
+    ended->follow = move->follow;
     ended->failure = move->failure;
     ended->new_shard = move->new_shard;
   }
@@ -753,9 +832,14 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
   {
     absl::MutexLock lock(&moves_mu_);
     if (moves_in_.count(id) > 0) return absl::OkStatus();  // a repeated start
-    if (moves_in_.size() >= kMaxMovesIn) {
+    size_t active = 0;
+    for (const auto& [other_id, m] : moves_in_) {
+      if (m->request.follow() == request.follow()) ++active;
+    }
+    if (active >= (request.follow() ? kMaxFollowsIn : kMaxMovesIn)) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "this shard already takes ", moves_in_.size(), " moves in (the limit); ",
+          "this shard already ", request.follow() ? "follows " : "takes ", active,
+          request.follow() ? " groups as a backup" : " moves in", " (the limit); ",
           MoveName(id), " must wait"));
     }
   }
@@ -807,12 +891,14 @@ absl::Status VariableStore::BeginMoveIn(const StartMoveInRequest& request) {
         }
         // Its replayed ops must change it as they changed the source's.
         if (table->column == 0) table->table->SetEvictionAllowed(false);
+        if (request.follow()) table->follows.store(id, std::memory_order_release);
         move->tables[i] = std::move(table);
         continue;
       }
       PSD_RETURN_IF_ERROR(CreateOnce(create, &info));
       created.push_back(part.name());
       PSD_ASSIGN_OR_RETURN(std::shared_ptr<Variable> var, Find(part.name()));
+      if (request.follow()) var->follows.store(id, std::memory_order_release);
       var->incoming.store(true, std::memory_order_release);
       move->vars[i] = std::move(var);
     }
@@ -863,7 +949,11 @@ std::vector<PullMoveRequest> VariableStore::PlanMovePulls(uint64_t move_id, int 
   request.set_offset(move->offset);
   request.set_applied_seq(move->applied_seq);
   request.set_max_bytes(kMaxPullBytes);
-  request.set_wait_ms(move->phase == MOVE_FORWARDING ? 200 : 0);
+  // A backup long-polls: the pull returns as soon as a write is logged,
+  // and the next one acknowledges it (writes wait for that).
+  request.set_wait_ms(move->phase == MOVE_FORWARDING ? (move->request.follow() ? kMaxPullWaitMs : 200)
+                                                     : 0);
+  request.set_follow(move->request.follow());
   request.set_shard_incarnation(move->request.source_incarnation());
   plan.push_back(request);
   // Chunks ahead are known once the first answer said how big each member
@@ -1100,6 +1190,7 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
 absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveResponse& response) {
   std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
   if (move == nullptr) return absl::NotFoundError(absl::StrCat(MoveName(move_id), " has ended"));
+  absl::MutexLock apply(&move->apply_mu);
   absl::Status status = [&]() -> absl::Status {
     std::vector<MoveWrite> writes;
     {
@@ -1134,6 +1225,9 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
           move->total_bytes += m.has_table() ? TableSnapshotBytes(m) : m.total_bytes();
         }
         move->members.assign(response.members().begin(), response.members().end());
+        // A backup learns the request ids its group applied before the
+        // snapshot (those after come with the logged writes).
+        if (move->request.follow()) requests_.Import(response.window());
       }
       const int members = static_cast<int>(move->members.size());
       if (move->member < members) {
@@ -1150,6 +1244,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
     for (MoveWrite& w : writes) {
       {
         absl::MutexLock lock(&move->mu);
+        if (move->ended) return absl::AbortedError(absl::StrCat(MoveName(move_id), " has ended"));
         if (w.seq() <= move->applied_seq) continue;  // a pull answered twice
         if (w.seq() != move->applied_seq + 1) {
           return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
@@ -1218,6 +1313,9 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
     }
     absl::MutexLock lock(&move->mu);
     move->logged_seq = std::max(move->logged_seq, response.final_seq());
+    if (response.end() && move->request.follow()) {
+      return absl::DataLossError(absl::StrCat(MoveName(move_id), " is a follow; its source ended it"));
+    }
     if (response.end()) {
       if (move->applied_seq != response.final_seq()) {
         return absl::DataLossError(absl::StrCat(MoveName(move_id), " ended at write ",
@@ -1273,6 +1371,10 @@ MoveStatusResponse VariableStore::MoveInStatus(uint64_t move_id, absl::Duration 
   if (!move->failure.ok()) {
     out.set_code(static_cast<int>(move->failure.code()));
     out.set_message(std::string(move->failure.message()));
+  } else if (!move->pull_failure.ok()) {
+    // A follow still retrying: why its pulls fail.
+    out.set_code(static_cast<int>(move->pull_failure.code()));
+    out.set_message(std::string(move->pull_failure.message()));
   }
   return out;
 }
@@ -1282,6 +1384,11 @@ absl::Status VariableStore::EndMoveIn(uint64_t move_id, bool committed) {
   if (move == nullptr) return absl::OkStatus();
   {
     absl::MutexLock lock(&move->mu);
+    if (committed && move->request.follow()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          MoveName(move_id), " is a follow: it never commits (PromoteReplica makes the backup "
+                             "serve)"));
+    }
     if (committed && move->phase != MOVE_READY) {
       return absl::FailedPreconditionError(absl::StrCat(
           MoveName(move_id), " cannot commit here: the target has not applied all of it"));
@@ -1315,6 +1422,256 @@ absl::Status VariableStore::EndMoveIn(uint64_t move_id, bool committed) {
   absl::MutexLock lock(&moves_mu_);
   moves_in_.erase(move_id);
   return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Replicated parts (docs/replication.md)
+
+absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged,
+                                           const std::string& variable) {
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + options_.backup_timeout;
+  bool waited = false;
+  absl::Status answer;
+  for (const BackupWait& w : logged) {
+    MoveOut* follow = w.follow.get();
+    std::string reason;
+    {
+      absl::MutexLock lock(&follow->mu);
+      while (follow->in_sync && follow->acked_seq < w.seq) {
+        waited = true;
+        if (follow->state != MoveOut::State::kForwarding) {
+          reason = follow->failure.ok()
+                       ? std::string("its follow ended")
+                       : absl::StrCat("its follow ended: ", follow->failure.message());
+          break;
+        }
+        if (absl::Now() >= deadline) {
+          reason = absl::StrCat("it did not apply write ", w.seq, " within the backup timeout (",
+                                absl::FormatDuration(options_.backup_timeout), "; it applied ",
+                                follow->acked_seq, ")");
+          break;
+        }
+        follow->changed.WaitWithDeadline(&follow->mu, deadline);
+      }
+    }
+    if (reason.empty()) continue;
+    absl::Status behind = ReportBehind(follow, reason);
+    if (!behind.ok()) {
+      answer = absl::UnavailableError(absl::StrCat(
+          "write to ", Quoted(variable), " not yet on its backup on shard ", follow->target_shard,
+          " (", MoveName(follow->id), ": ", reason, "; the coordinator could not be told: ",
+          behind.message(), "); retry"));
+      break;
+    }
+  }
+  if (waited) {
+    waited_writes_.fetch_add(1, std::memory_order_relaxed);
+    wait_micros_.fetch_add(absl::ToInt64Microseconds(absl::Now() - start),
+                           std::memory_order_relaxed);
+  }
+  return answer;
+}
+
+// The lock is let go around the call (manual Unlock/Lock inside the scoped
+// lock), which the analysis cannot follow.
+absl::Status VariableStore::ReportBehind(MoveOut* follow, const std::string& reason)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ReplicaBehindFn handler;
+  {
+    absl::MutexLock lock(&behind_mu_);
+    handler = replica_behind_;
+  }
+  absl::MutexLock lock(&follow->mu);
+  if (!follow->in_sync) return absl::OkStatus();
+  if (follow->behind_calling) {
+    // Another write's call is under way: its outcome is this one's too.
+    const uint64_t calls = follow->behind_calls;
+    while (follow->behind_calling && follow->behind_calls == calls) {
+      follow->changed.Wait(&follow->mu);
+    }
+    return follow->in_sync ? follow->behind_result : absl::OkStatus();
+  }
+  follow->behind_calling = true;
+  absl::Status status;
+  follow->mu.Unlock();
+  replica_behind_calls_.fetch_add(1, std::memory_order_relaxed);
+  status = handler ? handler(follow->id, reason)
+                   : absl::UnavailableError("this shard has no link to the coordinator");
+  follow->mu.Lock();
+  follow->behind_calling = false;
+  ++follow->behind_calls;
+  follow->behind_result = status;
+  if (status.ok()) follow->in_sync = false;  // the coordinator dropped it, durably
+  follow->changed.SignalAll();
+  return follow->in_sync ? status : absl::OkStatus();
+}
+
+void VariableStore::SetReplicaBehindHandler(ReplicaBehindFn handler) {
+  absl::MutexLock lock(&behind_mu_);
+  replica_behind_ = std::move(handler);
+}
+
+absl::StatusOr<uint64_t> VariableStore::SyncReplica(uint64_t move_id, bool in_sync,
+                                                    uint64_t incarnation) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(incarnation));
+  std::shared_ptr<MoveOut> move;
+  {
+    absl::MutexLock lock(&moves_mu_);
+    auto it = moves_out_.find(move_id);
+    if (it != moves_out_.end()) move = it->second;
+  }
+  if (move == nullptr) {
+    if (!in_sync) return 0;  // nothing waits for it
+    return absl::NotFoundError(absl::StrCat(MoveName(move_id), " does not follow this shard"));
+  }
+  if (!move->follow) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(MoveName(move_id), " is a move, not a backup's follow"));
+  }
+  // Under the order lock: every write logged after `logged_seq` is waited
+  // for.
+  absl::MutexLock order(&move->order_mu);
+  absl::MutexLock lock(&move->mu);
+  if (in_sync && move->state != MoveOut::State::kForwarding) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        MoveName(move_id), " has ended", move->failure.ok() ? "" : ": ", move->failure.message()));
+  }
+  move->in_sync = in_sync;
+  move->changed.SignalAll();
+  return move->next_seq - 1;
+}
+
+bool VariableStore::IsFollow(uint64_t move_id) const {
+  std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
+  return move != nullptr && move->request.follow();
+}
+
+void VariableStore::NoteFollowPullFailure(uint64_t move_id, const absl::Status& status) {
+  std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
+  if (move == nullptr) return;
+  absl::MutexLock lock(&move->mu);
+  move->pull_failure = status;
+}
+
+absl::StatusOr<uint64_t> VariableStore::PromoteReplica(uint64_t move_id, uint64_t /*epoch*/,
+                                                       uint64_t incarnation) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(incarnation));
+  std::shared_ptr<MoveIn> move;
+  {
+    absl::MutexLock lock(&moves_mu_);
+    if (auto p = promoted_.find(move_id); p != promoted_.end()) return p->second;
+    auto it = moves_in_.find(move_id);
+    if (it == moves_in_.end()) {
+      return absl::NotFoundError(absl::StrCat(MoveName(move_id), " is not followed here (the "
+                                                                 "shard restarted, or the backup "
+                                                                 "was dropped)"));
+    }
+    move = it->second;
+  }
+  if (!move->request.follow()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(MoveName(move_id), " is a move, not a backup's follow"));
+  }
+  // No replayed batch is half applied once this holds.
+  absl::MutexLock apply(&move->apply_mu);
+  uint64_t applied = 0;
+  {
+    absl::MutexLock lock(&move->mu);
+    if (move->ended) {
+      absl::MutexLock moves(&moves_mu_);
+      if (auto p = promoted_.find(move_id); p != promoted_.end()) return p->second;
+      return absl::FailedPreconditionError(absl::StrCat(MoveName(move_id), " has ended"));
+    }
+    if (move->phase == MOVE_FAILED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the backup of ", MoveName(move_id), " failed and cannot be promoted: ",
+          move->failure.message()));
+    }
+    if (move->members.empty() || move->member < static_cast<int>(move->members.size())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the backup of ", MoveName(move_id), " cannot be promoted: its snapshot is not "
+          "complete (", move->copied_bytes, " of ", move->total_bytes, " bytes copied)"));
+    }
+    move->ended = true;  // the puller stops
+    applied = move->applied_seq;
+    move->changed.SignalAll();
+  }
+  for (const auto& var : move->vars) {
+    if (var == nullptr) continue;
+    var->replicated.store(true, std::memory_order_release);
+    var->follows.store(0, std::memory_order_release);
+    var->incoming.store(false, std::memory_order_release);
+  }
+  for (const auto& table : move->tables) {
+    if (table == nullptr) continue;
+    if (table->column == 0) table->table->SetEvictionAllowed(true);
+    table->replicated.store(true, std::memory_order_release);
+    table->follows.store(0, std::memory_order_release);
+    table->incoming.store(false, std::memory_order_release);
+  }
+  absl::MutexLock lock(&moves_mu_);
+  moves_in_.erase(move_id);
+  promoted_[move_id] = applied;
+  while (promoted_.size() > kMaxPromotedRemembered) promoted_.erase(promoted_.begin());
+  return applied;
+}
+
+void VariableStore::DropParts(const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  std::vector<uint64_t> outs, ins;
+  {
+    absl::MutexLock lock(&moves_mu_);
+    for (const std::string& name : names) {
+      auto it = moving_out_.find(name);
+      if (it == moving_out_.end()) continue;
+      for (const auto& m : it->second) outs.push_back(m->id);
+    }
+    for (const auto& [id, m] : moves_in_) {
+      for (const CreateVariableRequest& part : m->request.parts()) {
+        if (std::find(names.begin(), names.end(), part.name()) != names.end()) {
+          ins.push_back(id);
+          break;
+        }
+      }
+    }
+  }
+  std::sort(outs.begin(), outs.end());
+  outs.erase(std::unique(outs.begin(), outs.end()), outs.end());
+  for (uint64_t id : outs) EndMoveOut(id, /*committed=*/false, -1).IgnoreError();
+  for (uint64_t id : ins) EndMoveIn(id, /*committed=*/false).IgnoreError();
+  absl::MutexLock lock(&mu_);
+  for (const std::string& name : names) {
+    variables_.erase(name);
+    auto t = tables_.find(name);
+    if (t == tables_.end()) continue;
+    // A lookup that found it before must not change it now.
+    if (t->second->column == 0) t->second->table->Retire();
+    tables_.erase(t);
+  }
+}
+
+VariableStore::ReplicationStats VariableStore::replication_stats() const {
+  ReplicationStats stats;
+  {
+    absl::MutexLock lock(&moves_mu_);
+    for (const auto& [id, m] : moves_out_) {
+      if (!m->follow) continue;
+      absl::MutexLock move_lock(&m->mu);
+      if (m->state != MoveOut::State::kForwarding) continue;
+      ++stats.follows_out;
+      stats.max_lag =
+          std::max(stats.max_lag, static_cast<int64_t>(m->next_seq - 1 - m->acked_seq));
+    }
+    for (const auto& [id, m] : moves_in_) {
+      if (m->request.follow()) ++stats.follows_in;
+    }
+  }
+  stats.waited_writes = waited_writes_.load(std::memory_order_relaxed);
+  stats.wait_seconds =
+      static_cast<double>(wait_micros_.load(std::memory_order_relaxed)) / 1e6;
+  stats.replica_behind_calls = replica_behind_calls_.load(std::memory_order_relaxed);
+  return stats;
 }
 
 }  // namespace psd

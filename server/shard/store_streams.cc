@@ -305,6 +305,7 @@ class StagedAssignSink final : public AssignStreamSink {
     auto var = std::make_shared<Variable>(decl.name(), decl.dtype(), shape_, shape_,
                                           std::vector<int64_t>(shape_.rank(), 0),
                                           InitializerSpec(), nullptr);
+    var->replicated.store(decl.replicated(), std::memory_order_release);
     {
       absl::MutexLock lock(&var->mu);
       var->Swap(std::move(staged_));

@@ -80,6 +80,8 @@ void Variable::FillInfo(const Device& device, VariableInfo* info) const {
   info->set_version(version);
   info->set_device(device.name());
   info->set_bytes(contents->reservation.bytes());
+  info->set_replicated(replicated.load(std::memory_order_acquire));
+  info->set_follows_move(follows.load(std::memory_order_acquire));
 }
 
 void Variable::PrunePins() const {

@@ -65,6 +65,13 @@ class Variable {
   // A part moving in from another shard (MoveIn): client ops on it are
   // UNAVAILABLE until the move commits; only the move writes it.
   std::atomic<bool> incoming{false};
+  // A backup's copy (docs/replication.md): the follow move id it is kept
+  // by, 0 otherwise. Set with `incoming` (not served, not saved) and
+  // cleared when PromoteReplica makes it the primary's.
+  std::atomic<uint64_t> follows{0};
+  // A part of a replicated variable (CreateVariableRequest.replicated):
+  // served only while the shard holds its coordinator lease.
+  std::atomic<bool> replicated{false};
 
   mutable absl::Mutex mu;
   TensorShape shape ABSL_GUARDED_BY(mu);

@@ -46,21 +46,46 @@ size_t VariableStore::num_variables() const {
   return variables_.size() + tables_.size();
 }
 
+absl::Status VariableStore::NotServed(const std::string& name, uint64_t follows) const {
+  if (follows != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        Quoted(name), " is a backup on this shard (it follows its primary by move ",
+        absl::Hex(follows), ") and serves only once promoted; retry"));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+}
+
+bool VariableStore::LeaseLapsed(bool replicated) const {
+  if (!replicated || store_internal::ReplayingMove()) return false;
+  const ShardLease* lease = lease_.load(std::memory_order_acquire);
+  return lease != nullptr && !lease->Held();
+}
+
+absl::Status VariableStore::LeaseExpired(const std::string& name) const {
+  return absl::UnavailableError(absl::StrCat(
+      Quoted(name), " is a replicated part and this shard's coordinator lease expired (lease "
+      "expired): it serves again once the coordinator renews the lease; retry"));
+}
+
 absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = variables_.find(name);
   if (it != variables_.end() && it->second->incoming.load(std::memory_order_acquire) &&
       !store_internal::ReplayingMove()) {
-    return absl::UnavailableError(absl::StrCat(
-        Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+    return NotServed(name, it->second->follows.load(std::memory_order_acquire));
   }
   if (it == variables_.end()) {
-    // A table's part moving (back) in answers as incoming, not by where it
-    // went last.
-    if (auto table = tables_.find(name);
-        table != tables_.end() && table->second->incoming.load(std::memory_order_acquire)) {
-      return absl::UnavailableError(absl::StrCat(
-          Quoted(name), " is moving to this shard and serves once the move completes; retry"));
+    if (auto table = tables_.find(name); table != tables_.end()) {
+      const EmbeddingPart& part = *table->second;
+      // A table's part moving (back) in answers as incoming, not by where
+      // it went last.
+      if (part.incoming.load(std::memory_order_acquire) && !store_internal::ReplayingMove()) {
+        return NotServed(name, part.follows.load(std::memory_order_acquire));
+      }
+      if (LeaseLapsed(part.replicated.load(std::memory_order_acquire))) {
+        return LeaseExpired(name);
+      }
     }
     if (auto moved = moved_away_.find(name); moved != moved_away_.end()) {
       return absl::AbortedError(absl::StrCat("stale handle: part ", name, " moved to shard ",
@@ -68,16 +93,15 @@ absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string&
                                              "; refresh the variable from the coordinator"));
     }
     if (auto table = tables_.find(name); table != tables_.end()) {
-      if (table->second->incoming.load(std::memory_order_acquire)) {
-        return absl::UnavailableError(absl::StrCat(
-            Quoted(name), " is moving to this shard and serves once the move completes; retry"));
-      }
       return absl::InvalidArgumentError(absl::StrCat(
           Quoted(name), " is an embedding table: only gather, scatter_update/add/sub and "
           "sparse optimizer applies by key (and its own export, import, delete_keys and evict) "
           "apply to it"));
     }
     return absl::NotFoundError(absl::StrCat(Quoted(name), " not found"));
+  }
+  if (LeaseLapsed(it->second->replicated.load(std::memory_order_acquire))) {
+    return LeaseExpired(name);
   }
   return it->second;
 }

@@ -42,6 +42,7 @@
 #include "psd/shard.pb.h"
 #include "shard/memory_accountant.h"
 #include "shard/request_window.h"
+#include "shard/shard_lease.h"
 #include "shard/staging_pool.h"
 #include "shard/value_pin.h"
 #include "shard/write_gate.h"
@@ -88,6 +89,10 @@ struct VariableStoreOptions {
   // memory_limit_bytes and freed first when it is reached; <= 0: none kept.
   int64_t staging_pool_bytes = kDefaultStagingPoolBytes;
   static constexpr int64_t kDefaultStagingPoolBytes = int64_t{1} << 30;
+  // How long a write to a replicated group waits for an in-sync backup to
+  // apply it before the primary asks the coordinator to drop the backup
+  // from the in-sync set (psd shard --backup-timeout).
+  absl::Duration backup_timeout = absl::Seconds(2);
 };
 
 class VariableStore {
@@ -304,6 +309,47 @@ class VariableStore {
   // dropped. An unknown id is OK.
   absl::Status EndMoveIn(uint64_t move_id, bool committed);
 
+  // --- Replicated parts (docs/replication.md) ---
+  // A backup is a move-in with StartMoveInRequest.follow: its parts are
+  // listed (VariableInfo.follows_move) but not served nor saved, and its
+  // puller never stops by itself. On the primary its follow is a MoveOut
+  // that is never frozen.
+  //
+  // Primary: start (in_sync) or stop waiting for follow `move_id` before
+  // answering writes to its group; returns the last write logged for it
+  // when the wait began (SyncReplicaResponse.logged_seq).
+  absl::StatusOr<uint64_t> SyncReplica(uint64_t move_id, bool in_sync, uint64_t incarnation);
+  // Backup: stops following and serves the group as its primary from what
+  // was applied; returns the seq applied. Idempotent; FAILED_PRECONDITION
+  // before the snapshot is whole.
+  absl::StatusOr<uint64_t> PromoteReplica(uint64_t move_id, uint64_t epoch, uint64_t incarnation);
+  // Whether move-in `move_id` is a follow (a backup).
+  bool IsFollow(uint64_t move_id) const;
+  // A follow's pull failed (or, OK, succeeded again): MoveStatus reports it
+  // while the puller keeps retrying.
+  void NoteFollowPullFailure(uint64_t move_id, const absl::Status& status);
+  // Replicated parts serve only while `lease` (which must outlive the
+  // store) is held; without one (tests) they always serve.
+  void SetLease(const ShardLease* lease) { lease_.store(lease, std::memory_order_release); }
+  // Asks the coordinator to drop follow `move_id` from its group's in-sync
+  // set (ReplicaBehind); OK once it did. Unset: UNAVAILABLE.
+  using ReplicaBehindFn =
+      std::function<absl::Status(uint64_t move_id, const std::string& reason)>;
+  void SetReplicaBehindHandler(ReplicaBehindFn handler);
+  // Drops the parts named (RegisterShardResponse.drop_parts: they live
+  // elsewhere now), ending any move or follow of them first. Unknown names
+  // are skipped.
+  void DropParts(const std::vector<std::string>& names);
+  struct ReplicationStats {
+    int64_t follows_out = 0;   // backups following groups of this shard
+    int64_t follows_in = 0;    // groups this shard holds a backup of
+    int64_t max_lag = 0;       // the most writes a follow has not acknowledged
+    int64_t waited_writes = 0;        // writes answered after waiting for backups
+    double wait_seconds = 0;          // the total time they waited
+    int64_t replica_behind_calls = 0;
+  };
+  ReplicationStats replication_stats() const;
+
   const MemoryAccountant& memory() const { return memory_; }
   const StagingPool& staging_pool() const { return pool_; }
   const VariableStoreOptions& options() const { return options_; }
@@ -323,6 +369,13 @@ class VariableStore {
   // A dense variable; a table's name is INVALID_ARGUMENT (the op has no
   // meaning for it), an unknown one NOT_FOUND.
   absl::StatusOr<std::shared_ptr<Variable>> Find(const std::string& name) const;
+  // Why part `name` here is not served: moving in, or a backup's copy
+  // (`follows`: its follow move id).
+  absl::Status NotServed(const std::string& name, uint64_t follows) const;
+  // Whether a part (replicated or not) is refused for want of the lease;
+  // never while replaying a move's or a follow's writes.
+  bool LeaseLapsed(bool replicated) const;
+  absl::Status LeaseExpired(const std::string& name) const;
   // A table's part (or slot), or null when `name` is not one.
   std::shared_ptr<EmbeddingPart> FindEmbedding(const std::string& name) const;
   // A table's part named for `op`: NOT_FOUND, or INVALID_ARGUMENT for a
@@ -379,7 +432,25 @@ class VariableStore {
   template <typename Response, typename Op>
   absl::Status RunOnce(const WriteMeta& meta, Response* response, Op&& op);
   // The group moving out that `name` belongs to, if any.
-  std::shared_ptr<MoveOut> MovingOut(const std::string& name) const;
+  // The group's moves and follows, by id (the order their order locks are
+  // taken in); empty when none.
+  std::vector<std::shared_ptr<MoveOut>> MovingOut(const std::string& name) const;
+  // Waits until each follow of `logged` (in the in-sync set) acknowledged
+  // its seq, calling ReplicaBehind for one that does not within the backup
+  // timeout (or failed). UNAVAILABLE naming `variable` when that call fails.
+  struct BackupWait {
+    std::shared_ptr<MoveOut> follow;
+    uint64_t seq = 0;
+  };
+  absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable);
+  // Whether `name`'s group has a move (not a follow) out.
+  bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
+  // Takes `move` out of moving_out_ (it ended).
+  void ForgetMovingOut(MoveOut* move);
+  // One ReplicaBehind call for `follow`, shared by the writes that wait on
+  // it (a later one joins the call under way); OK once the follow is out
+  // of the in-sync set.
+  absl::Status ReportBehind(MoveOut* follow, const std::string& reason);
   // A write to a moving group that is not forwarded (a restore, an
   // initialization, a streamed assign, a delete): while the group
   // forwards, the move fails (the write goes ahead); once frozen, the
@@ -393,7 +464,8 @@ class VariableStore {
   absl::StatusOr<bool> AdmitMovingWrite(MoveOut* move, const std::string& name,
                                         absl::string_view unforwarded);
   // Logs a forwarded write of `move`'s group (order_mu held).
-  void LogMoveWrite(MoveOut* move, const WriteMeta& meta);
+  // Returns its seq (0: not logged, the move ended).
+  uint64_t LogMoveWrite(MoveOut* move, const WriteMeta& meta);
   // Gives a move up on the source (order_mu held or not needed): the log
   // and pins are dropped, the group serves as before, pulls get `why`.
   void FailMoveOut(MoveOut* move, const absl::Status& why);
@@ -458,7 +530,18 @@ class VariableStore {
   // Live part moves (store_move.cc).
   mutable absl::Mutex moves_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::map<uint64_t, std::shared_ptr<MoveOut>> moves_out_ ABSL_GUARDED_BY(moves_mu_);
-  std::map<std::string, std::shared_ptr<MoveOut>> moving_out_ ABSL_GUARDED_BY(moves_mu_);
+  // By part: the group's move (at most one) and follows, by id.
+  std::map<std::string, std::vector<std::shared_ptr<MoveOut>>> moving_out_
+      ABSL_GUARDED_BY(moves_mu_);
+  // Follows promoted here -> the seq applied (PromoteReplica is
+  // idempotent); the oldest forgotten past 1024.
+  std::map<uint64_t, uint64_t> promoted_ ABSL_GUARDED_BY(moves_mu_);
+  std::atomic<const ShardLease*> lease_{nullptr};
+  mutable absl::Mutex behind_mu_;
+  ReplicaBehindFn replica_behind_ ABSL_GUARDED_BY(behind_mu_);
+  std::atomic<int64_t> waited_writes_{0};
+  std::atomic<int64_t> wait_micros_{0};
+  std::atomic<int64_t> replica_behind_calls_{0};
   std::map<uint64_t, std::shared_ptr<MoveIn>> moves_in_ ABSL_GUARDED_BY(moves_mu_);
   // Groups moving out now: Mutate looks a write's group up only when not 0.
   std::atomic<int> moving_out_count_{0};

@@ -1,0 +1,453 @@
+// Replicated parts between stores in one process (docs/replication.md),
+// driven through the stores' own calls (what ShardMoveService and the
+// coordinator do over gRPC): a follow makes an unserved backup that learns
+// the group's request window and writes; a group has several follows and a
+// move at once, each logging every write in one order; writes wait for
+// in-sync backups (and a backup that does not keep up is reported once for
+// all the writes waiting); a backup replays its primary's writes bit for
+// bit; replicated parts serve only under the lease; drop_parts drops.
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "psd/status.h"
+#include "psd/wire.h"
+#include "shard/variable_store.h"
+#include "store_test_util.h"
+
+namespace psd {
+namespace {
+
+VariableStoreOptions Options(uint64_t incarnation, absl::Duration backup_timeout) {
+  VariableStoreOptions options;
+  options.incarnation = incarnation;
+  options.request_window = 64;
+  options.backup_timeout = backup_timeout;
+  return options;
+}
+
+TensorProto Floats(std::vector<float> v) {
+  TensorProto p;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{static_cast<int64_t>(v.size())}, v), &p);
+  return p;
+}
+
+absl::StatusOr<TensorProto> ReadProto(VariableStore* store, const std::string& name) {
+  ReadRequest req;
+  req.set_name(name);
+  ReadResponse resp;
+  PSD_RETURN_IF_ERROR(store->Read(req, &resp));
+  return resp.value();
+}
+
+std::vector<float> Read(VariableStore* store, const std::string& name) {
+  absl::StatusOr<TensorProto> value = ReadProto(store, name);
+  EXPECT_TRUE(value.ok()) << value.status();
+  if (!value.ok()) return {};
+  return TensorFromProto(*value, name)->ToVector<float>();
+}
+
+absl::Status AddOnes(VariableStore* store, uint64_t seq) {
+  AssignRequest req;
+  req.set_name("w");
+  req.set_op(UPDATE_ADD);
+  *req.mutable_value() = Floats({1, 1, 1, 1});
+  req.mutable_request_id()->set_client_id(9);
+  req.mutable_request_id()->set_seq(seq);
+  AssignResponse resp;
+  return store->Assign(req, &resp);
+}
+
+// The group of "w" (float [4]), as the coordinator creates it on a backup
+// (`follow`) or a move's target.
+StartMoveInRequest MoveIn(uint64_t move_id, bool follow) {
+  StartMoveInRequest in;
+  in.set_move_id(move_id);
+  in.set_source_incarnation(1);
+  in.set_follow(follow);
+  CreateVariableRequest* part = in.add_parts();
+  part->set_name("w");
+  part->set_dtype(DT_FLOAT);
+  part->mutable_shape()->add_dims(4);
+  part->set_replicated(true);
+  return in;
+}
+
+class StoreReplicaTest : public ::testing::Test {
+ protected:
+  StoreReplicaTest()
+      : device_(NewCpuDevice()),
+        primary_(device_.get(), Options(1, absl::Seconds(600))),
+        backup_(device_.get(), Options(2, absl::Seconds(600))),
+        backup2_(device_.get(), Options(3, absl::Seconds(600))) {}
+
+  // One pull of `target` from the primary, applied; false when none is due
+  // (or it failed: a failure is expected by the test that checks it).
+  static bool PullOnce(VariableStore* source, VariableStore* target, uint64_t move_id) {
+    PullMoveRequest req;
+    if (!target->NextMovePull(move_id, &req)) return false;
+    req.set_wait_ms(0);  // the tests pull only what is there
+    PullMoveResponse resp;
+    absl::Status pulled = source->PullMove(req, &resp);
+    if (!pulled.ok()) return false;
+    absl::Status applied = target->ApplyMovePull(move_id, resp);
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  }
+  // Pulls until `target` applied everything logged for it (and the primary
+  // heard so, with one more pull).
+  static void CatchUp(VariableStore* source, VariableStore* target, uint64_t move_id) {
+    for (int i = 0; i < 1000; ++i) {
+      ASSERT_TRUE(PullOnce(source, target, move_id));
+      const MoveStatusResponse st = target->MoveInStatus(move_id, absl::ZeroDuration());
+      if (st.phase() == MOVE_FORWARDING && st.applied_seq() == st.logged_seq()) {
+        ASSERT_TRUE(PullOnce(source, target, move_id));  // acknowledges it
+        return;
+      }
+    }
+    FAIL() << "move " << move_id << " did not catch up";
+  }
+
+  std::unique_ptr<Device> device_;
+  VariableStore primary_;
+  VariableStore backup_;
+  VariableStore backup2_;
+};
+
+TEST_F(StoreReplicaTest, ABackupIsNotServedKnowsTheWindowAndServesOncePromoted) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 1, 2, 3})).ok());
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());  // before the backup: in its window only
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
+  // Listed as a backup, not served, not saved.
+  const std::vector<VariableInfo> listed = backup_.List("");
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].follows_move(), 7u);
+  EXPECT_TRUE(listed[0].replicated());
+  absl::Status read = ReadProto(&backup_, "w").status();
+  EXPECT_TRUE(absl::IsUnavailable(read)) << read;
+  EXPECT_NE(read.message().find("'w' is a backup"), absl::string_view::npos) << read;
+  // Promoting before the snapshot arrived is refused.
+  absl::StatusOr<uint64_t> early = backup_.PromoteReplica(7, 2, 2);
+  EXPECT_TRUE(absl::IsFailedPrecondition(early.status())) << early.status();
+
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // the snapshot (and the window)
+  ASSERT_TRUE(AddOnes(&primary_, 2).ok());         // logged for the backup
+  ASSERT_TRUE(AddOnes(&primary_, 3).ok());
+  CatchUp(&primary_, &backup_, 7);
+  // A follow is never frozen, and keeps following.
+  absl::StatusOr<uint64_t> frozen = primary_.FreezeMove(7, 1);
+  EXPECT_TRUE(absl::IsFailedPrecondition(frozen.status())) << frozen.status();
+  std::vector<VariableStore::PinnedValue> saved;
+  ASSERT_TRUE(backup_.Fence(11, absl::Seconds(10), &saved).ok());
+  EXPECT_TRUE(saved.empty());  // a backup's copy is never in a checkpoint
+  ASSERT_TRUE(backup_.Unfence(11, nullptr).ok());
+  EXPECT_EQ(backup_.replication_stats().follows_in, 1);
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1);
+
+  absl::StatusOr<uint64_t> promoted = backup_.PromoteReplica(7, 2, 2);
+  ASSERT_TRUE(promoted.ok()) << promoted.status();
+  EXPECT_EQ(*promoted, 2u);
+  absl::StatusOr<uint64_t> again = backup_.PromoteReplica(7, 2, 2);  // idempotent
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, 2u);
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 4, 5, 6}));
+  EXPECT_EQ(backup_.List("")[0].follows_move(), 0u);
+  EXPECT_TRUE(backup_.List("")[0].replicated());
+  // Retries of writes the primary applied, before the backup was made and
+  // since, are answered from the window, not applied again.
+  EXPECT_TRUE(AddOnes(&backup_, 1).ok());
+  EXPECT_TRUE(AddOnes(&backup_, 3).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 4, 5, 6}));
+  EXPECT_TRUE(AddOnes(&backup_, 4).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{4, 5, 6, 7}));
+}
+
+TEST_F(StoreReplicaTest, EndingAFollowDropsTheBackupAndStopsLogging) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  absl::Status commit = backup_.EndMoveIn(7, /*committed=*/true);
+  EXPECT_TRUE(absl::IsFailedPrecondition(commit)) << commit;
+  ASSERT_TRUE(backup_.EndMoveIn(7, /*committed=*/false).ok());
+  ASSERT_TRUE(primary_.EndMoveOut(7, /*committed=*/false, -1).ok());
+  EXPECT_TRUE(backup_.List("").empty());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 0);
+  EXPECT_EQ(backup_.replication_stats().follows_in, 0);
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());
+}
+
+TEST_F(StoreReplicaTest, TwoBackupsAndAMoveEachGetEveryWriteInOneOrder) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  VariableStore target(device_.get(), Options(4, absl::Seconds(600)));
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(backup2_.BeginMoveIn(MoveIn(8, true)).ok());
+  ASSERT_TRUE(target.BeginMoveIn(MoveIn(9, false)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());  // in backup 1's log, backup 2's snapshot
+  ASSERT_TRUE(PullOnce(&primary_, &backup2_, 8));
+  ASSERT_TRUE(PullOnce(&primary_, &target, 9));  // the move begins beside the follows
+  // Writes from several threads at once: each log has them in one order.
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([this, t] {
+      for (int i = 0; i < 25; ++i) {
+        AssignRequest req;
+        req.set_name("w");
+        req.set_op(i % 2 == 0 ? UPDATE_ADD : UPDATE_SUB);
+        *req.mutable_value() = Floats({0.1f * (t + 1), 0.3f, 1e-3f * i, 7.0f});
+        AssignResponse resp;
+        ASSERT_TRUE(primary_.Assign(req, &resp).ok());
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  CatchUp(&primary_, &backup_, 7);
+  CatchUp(&primary_, &backup2_, 8);
+  while (target.MoveInStatus(9, absl::ZeroDuration()).applied_seq() <
+         target.MoveInStatus(9, absl::ZeroDuration()).logged_seq()) {
+    ASSERT_TRUE(PullOnce(&primary_, &target, 9));
+  }
+  ASSERT_TRUE(primary_.FreezeMove(9, 1).ok());
+  while (PullOnce(&primary_, &target, 9)) {
+  }
+  ASSERT_EQ(target.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target.EndMoveIn(9, true).ok());
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  ASSERT_TRUE(backup2_.PromoteReplica(8, 2, 3).ok());
+  const std::string want = ReadProto(&primary_, "w")->content();
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), want);
+  EXPECT_EQ(ReadProto(&backup2_, "w")->content(), want);
+  EXPECT_EQ(ReadProto(&target, "w")->content(), want);
+  // The move's commit ends the follows of the old primary.
+  ASSERT_TRUE(primary_.EndMoveOut(9, true, 4).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 0);
+}
+
+TEST_F(StoreReplicaTest, WritesWaitForAnInSyncBackupAndARetryWaitsToo) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());  // not in sync yet: answered at once
+  absl::StatusOr<uint64_t> logged = primary_.SyncReplica(7, true, 1);
+  ASSERT_TRUE(logged.ok()) << logged.status();
+  EXPECT_EQ(*logged, 1u);
+  std::atomic<bool> answered{false};
+  absl::Status status;
+  std::thread writer([&] {
+    status = AddOnes(&primary_, 2);
+    answered.store(true);
+  });
+  // The backup gets the write; until its next pull acknowledges it, the
+  // write is not answered.
+  for (int i = 0; i < 100000 && backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq() < 2;
+       ++i) {
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  }
+  ASSERT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 2u);
+  EXPECT_FALSE(answered.load());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // acknowledges write 2
+  writer.join();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(primary_.replication_stats().waited_writes, 1);
+
+  // A retry of it is answered from the window once the backup has every
+  // write logged so far.
+  answered.store(false);
+  std::thread retry([&] {
+    status = AddOnes(&primary_, 2);
+    answered.store(true);
+  });
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // nothing new: acknowledges 2 again
+  retry.join();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{2, 2, 2, 2}));
+
+  // Out of the in-sync set: nobody waits.
+  ASSERT_TRUE(primary_.SyncReplica(7, false, 1).ok());
+  ASSERT_TRUE(AddOnes(&primary_, 3).ok());
+}
+
+TEST(StoreReplicaTimeoutTest, ABackupBehindIsReportedOnceAndAFailedReportAnswersUnavailable) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
+  VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
+  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+
+  // The coordinator cannot be reached: the write stays applied, is answered
+  // UNAVAILABLE naming the variable, and its retry waits again.
+  std::atomic<int> calls{0};
+  std::atomic<bool> reachable{false};
+  primary.SetReplicaBehindHandler([&](uint64_t move_id, const std::string& reason) {
+    EXPECT_EQ(move_id, 7u);
+    EXPECT_FALSE(reason.empty());
+    ++calls;
+    return reachable.load() ? absl::OkStatus() : absl::UnavailableError("no coordinator");
+  });
+  absl::Status first = AddOnes(&primary, 1);
+  EXPECT_TRUE(absl::IsUnavailable(first)) << first;
+  EXPECT_NE(first.message().find("write to variable 'w' not yet on its backup"),
+            absl::string_view::npos)
+      << first;
+  EXPECT_EQ(calls.load(), 1);
+
+  // Reachable again: concurrent writes share one call, then none wait.
+  reachable.store(true);
+  std::vector<std::thread> writers;
+  std::vector<absl::Status> results(4);
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] { results[t] = AddOnes(&primary, t == 0 ? 1 : 10 + t); });
+  }
+  for (auto& w : writers) w.join();
+  for (const absl::Status& s : results) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(primary.replication_stats().replica_behind_calls, 2);
+  // The retried write (request 1) was applied once.
+  EXPECT_EQ(Read(&primary, "w"), (std::vector<float>{4, 4, 4, 4}));
+  ASSERT_TRUE(AddOnes(&primary, 20).ok());
+  EXPECT_EQ(calls.load(), 2);
+}
+
+TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
+  // A dense float variable with Adam slots, a float matrix for scatter_add,
+  // and an int64 counter.
+  TensorProto power1, power2;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.9f}), &power1);
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.999f}), &power2);
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0.1f, -0.7f, 3.3f, 1e-4f})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w/Adam", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w/Adam_1", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(
+                  &primary_, "m", store_test::Vec<float>({3, 2}, {0.3f, 1.1f, -2.f, 5.f, 7.f, 0.01f}))
+                  .ok());
+  ASSERT_TRUE(
+      store_test::CreateWithValue(&primary_, "step", store_test::Vec<int64_t>({}, {0})).ok());
+  // Scalars read by name: the backup gets the values the primary read.
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "beta1_power", power1).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "beta2_power", power2).ok());
+
+  auto group = [](uint64_t id, std::vector<std::pair<std::string, std::vector<int64_t>>> parts,
+                  DataType dtype) {
+    StartMoveInRequest in;
+    in.set_move_id(id);
+    in.set_source_incarnation(1);
+    in.set_follow(true);
+    for (const auto& [name, dims] : parts) {
+      CreateVariableRequest* part = in.add_parts();
+      part->set_name(name);
+      part->set_dtype(dtype);
+      for (int64_t d : dims) part->mutable_shape()->add_dims(d);
+      part->set_replicated(true);
+    }
+    return in;
+  };
+  ASSERT_TRUE(backup_.BeginMoveIn(group(7, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}},
+                                        DT_FLOAT))
+                  .ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(group(8, {{"m", {3, 2}}}, DT_FLOAT)).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(group(9, {{"step", {}}}, DT_INT64)).ok());
+  for (uint64_t id : {7, 8, 9}) ASSERT_TRUE(PullOnce(&primary_, &backup_, id));
+
+  for (int step = 0; step < 20; ++step) {
+    AssignRequest add;
+    add.set_name("w");
+    add.set_op(UPDATE_ADD);
+    *add.mutable_value() = Floats({0.1f * step, 1.f / 3, -1e-7f, 2.5e3f});
+    AssignResponse add_resp;
+    ASSERT_TRUE(primary_.Assign(add, &add_resp).ok());
+
+    ScatterRequest scatter;
+    scatter.set_name("m");
+    scatter.set_op(UPDATE_ADD);
+    *scatter.mutable_indices() = store_test::Vec<int64_t>({2}, {step % 3, (step + 2) % 3});
+    *scatter.mutable_updates() =
+        store_test::Vec<float>({2, 2}, {1.f / 7, 0.3f * step, -1e-3f, 3.14159f});
+    ScatterResponse scatter_resp;
+    ASSERT_TRUE(primary_.Scatter(scatter, &scatter_resp).ok());
+
+    ApplyDenseRequest apply;
+    apply.set_name("w");
+    apply.add_slots("w/Adam");
+    apply.add_slots("w/Adam_1");
+    OptimizerSpec::Adam* adam = apply.mutable_optimizer()->mutable_adam();
+    adam->set_learning_rate(0.01);
+    adam->set_beta1(0.9);
+    adam->set_beta2(0.999);
+    adam->set_epsilon(1e-8);
+    adam->set_beta1_power_variable("beta1_power");
+    adam->set_beta2_power_variable("beta2_power");
+    *apply.mutable_gradient() = Floats({0.3f, -1.f / 3, 2, 0.01f * step});
+    ApplyDenseResponse apply_resp;
+    ASSERT_TRUE(primary_.ApplyDense(apply, &apply_resp).ok());
+    // The powers move on between steps, as an optimizer's do.
+    TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.9f * (step + 1) / 40}), &power1);
+    ASSERT_TRUE(store_test::AssignValue(&primary_, "beta1_power", UPDATE_ASSIGN, power1).ok());
+
+    CountUpToRequest count;
+    count.set_name("step");
+    count.set_limit(1000);
+    CountUpToResponse count_resp;
+    ASSERT_TRUE(primary_.CountUpTo(count, &count_resp).ok());
+  }
+  for (uint64_t id : {7, 8, 9}) CatchUp(&primary_, &backup_, id);
+  for (uint64_t id : {7, 8, 9}) ASSERT_TRUE(backup_.PromoteReplica(id, 2, 2).ok());
+  for (const char* name : {"w", "w/Adam", "w/Adam_1", "m", "step"}) {
+    absl::StatusOr<TensorProto> want = ReadProto(&primary_, name);
+    absl::StatusOr<TensorProto> got = ReadProto(&backup_, name);
+    ASSERT_TRUE(want.ok() && got.ok()) << name;
+    EXPECT_EQ(got->content(), want->content()) << name;  // the same bytes
+  }
+  EXPECT_EQ(TensorFromProto(*ReadProto(&backup_, "step"), "step")->ToVector<int64_t>(),
+            std::vector<int64_t>{20});
+}
+
+TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
+  CreateVariableRequest create;
+  create.set_name("r");
+  create.set_dtype(DT_FLOAT);
+  create.mutable_shape()->add_dims(4);
+  *create.mutable_initial_value() = Floats({1, 2, 3, 4});
+  create.set_initialize(true);
+  create.set_replicated(true);
+  VariableInfo info;
+  ASSERT_TRUE(primary_.Create(create, &info).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "plain", Floats({1, 1, 1, 1})).ok());
+  ShardLease lease;  // never granted
+  primary_.SetLease(&lease);
+  absl::Status read = ReadProto(&primary_, "r").status();
+  EXPECT_TRUE(absl::IsUnavailable(read)) << read;
+  EXPECT_NE(read.message().find("lease expired"), absl::string_view::npos) << read;
+  EXPECT_NE(read.message().find("'r'"), absl::string_view::npos) << read;
+  absl::Status write = store_test::AssignValue(&primary_, "r", UPDATE_ADD, Floats({1, 1, 1, 1}));
+  EXPECT_TRUE(absl::IsUnavailable(write)) << write;
+  EXPECT_TRUE(ReadProto(&primary_, "plain").ok());  // not replicated: served
+  lease.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));
+  EXPECT_TRUE(store_test::AssignValue(&primary_, "r", UPDATE_ADD, Floats({1, 1, 1, 1})).ok());
+  EXPECT_EQ(Read(&primary_, "r"), (std::vector<float>{2, 3, 4, 5}));
+  primary_.SetLease(nullptr);
+}
+
+TEST_F(StoreReplicaTest, DroppedPartsEndTheirFollows) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "other", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  primary_.DropParts({"w"});
+  backup_.DropParts({"w"});
+  EXPECT_TRUE(absl::IsNotFound(ReadProto(&primary_, "w").status()));
+  EXPECT_TRUE(ReadProto(&primary_, "other").ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 0);
+  EXPECT_EQ(backup_.replication_stats().follows_in, 0);
+  EXPECT_TRUE(backup_.List("").empty());
+}
+
+}  // namespace
+}  // namespace psd
