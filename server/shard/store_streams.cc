@@ -206,6 +206,14 @@ class StagedAssignSink final : public AssignStreamSink {
   absl::Status Commit(AssignResponse* response) override {
     // A fence holds the commit, not the staging before it.
     WriteGate::Pass pass(&store_->gate_);
+    // A group that moves out or has backups gets the assign logged with its
+    // value (an apply's streamed gradient and strings are not forwarded:
+    // they end the move or follow, see Apply).
+    if (!header_.has_apply() && !header_.has_create() && header_.dtype() != DT_STRING &&
+        store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
+      std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
+      if (!moves.empty()) return CommitLogged(moves, response);
+    }
     if (cached_.has_value()) {
       RestoreResult(*cached_, response);
       return cached_->status;
@@ -237,9 +245,79 @@ class StagedAssignSink final : public AssignStreamSink {
     return absl::string_view(static_cast<const char*>(host_->data()), received_);
   }
 
+  // Commit for a group with moves or follows: applied and logged, as an
+  // AssignRequest with the staged value, under their order locks, then
+  // answered once the in-sync backups have it (VariableStore::Mutate's
+  // way, for a value that came in a stream).
+  absl::Status CommitLogged(const std::vector<std::shared_ptr<MoveOut>>& moves,
+                            AssignResponse* response) {
+    const std::string& name = header_.name();
+    std::vector<VariableStore::BackupWait> waits;
+    absl::Status status;
+    {
+      store_internal::OrderLocks order(moves);
+      std::vector<std::shared_ptr<MoveOut>> logging;
+      for (const std::shared_ptr<MoveOut>& move : moves) {
+        PSD_ASSIGN_OR_RETURN(const bool log, store_->AdmitMovingWrite(move.get(), name, ""));
+        if (log) logging.push_back(move);
+      }
+      if (cached_.has_value()) {
+        RestoreResult(*cached_, response);
+        status = cached_->status;
+        for (const std::shared_ptr<MoveOut>& move : logging) {
+          if (move->follow) waits.push_back({move, store_internal::LoggedSeq(move.get())});
+        }
+      } else {
+        if (received_ != header_.total_bytes()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "streamed value for ", Quoted(name), " ended after ", received_, " of ",
+              header_.total_bytes(), " bytes; nothing was changed"));
+        }
+        // The value as the backups replay it (copied before Apply takes the
+        // staged buffer).
+        AssignRequest logged;
+        logged.set_name(name);
+        logged.set_op(header_.op());
+        logged.set_validate_shape(header_.validate_shape());
+        logged.set_if_uninitialized(header_.if_uninitialized());
+        *logged.mutable_request_id() = header_.request_id();
+        TensorProto* value = logged.mutable_value();
+        value->set_dtype(header_.dtype());
+        *value->mutable_shape() = header_.shape();
+        if (!logging.empty()) {
+          std::string* content = value->mutable_content();
+          content->resize(static_cast<size_t>(received_));
+          if (received_ > 0) {
+            PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
+                *staged_.buffer, 0, static_cast<size_t>(received_), content->data()));
+          }
+        }
+        RequestWindow::Result result;
+        forwarded_ = true;
+        result.status = Apply(response);
+        if (registered_) {
+          SaveResult(*response, &result);
+          store_->requests_.Finish(header_.request_id(), result);
+          finished_ = true;
+        }
+        status = result.status;
+        if (!status.ok()) return status;  // changed nothing
+        const VariableStore::WriteMeta meta = VariableStore::Forwarded(caller_, logged);
+        for (const std::shared_ptr<MoveOut>& move : logging) {
+          const uint64_t seq = store_->LogMoveWrite(move.get(), meta);
+          if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
+        }
+      }
+    }
+    if (!waits.empty()) PSD_RETURN_IF_ERROR(store_->WaitForBackups(waits, name));
+    return status;
+  }
+
   absl::Status Apply(AssignResponse* response) {
     const std::string& name = header_.name();
-    PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, "a streamed assign or apply"));
+    if (!forwarded_) {
+      PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, "a streamed assign or apply"));
+    }
     if (header_.has_apply()) {
       // The unary ApplyDense's update, with the staged gradient.
       VariableStore::DenseGradient gradient;
@@ -328,6 +406,7 @@ class StagedAssignSink final : public AssignStreamSink {
   std::optional<RequestWindow::Result> cached_;  // set for a duplicate
   bool registered_ = false;
   bool finished_ = false;
+  bool forwarded_ = false;  // logged by CommitLogged: not an unforwarded write
   int64_t received_ = 0;
   Variable::Contents staged_;
   // Staged on the host: DT_STRING's encoding, or an apply's gradient (a

@@ -409,6 +409,46 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
             std::vector<int64_t>{20});
 }
 
+TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsRequestId) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  auto stream = [&](UpdateOp op, uint64_t seq, std::vector<float> v) -> absl::Status {
+    AssignStreamHeader header;
+    header.set_name("w");
+    header.set_op(op);
+    header.set_dtype(DT_FLOAT);
+    header.mutable_shape()->add_dims(4);
+    header.set_total_bytes(16);
+    header.set_validate_shape(true);
+    header.mutable_request_id()->set_client_id(5);
+    header.mutable_request_id()->set_seq(seq);
+    PSD_ASSIGN_OR_RETURN(auto sink, primary_.BeginAssignStream(header));
+    PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(reinterpret_cast<const char*>(v.data()), 8)));
+    PSD_RETURN_IF_ERROR(
+        sink->Append(absl::string_view(reinterpret_cast<const char*>(v.data()) + 8, 8)));
+    AssignResponse response;
+    return sink->Commit(&response);
+  };
+  ASSERT_TRUE(stream(UPDATE_ASSIGN, 1, {1.5f, 2, 3, 4}).ok());
+  ASSERT_TRUE(stream(UPDATE_ADD, 2, {0.25f, 0.25f, 0.25f, 0.25f}).ok());
+  CatchUp(&primary_, &backup_, 7);
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1);  // still following
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1.75f, 2.25f, 3.25f, 4.25f}));
+  // The retry of the streamed add is answered from the window there.
+  AssignRequest retry;
+  retry.set_name("w");
+  retry.set_op(UPDATE_ADD);
+  *retry.mutable_value() = Floats({9, 9, 9, 9});
+  retry.mutable_request_id()->set_client_id(5);
+  retry.mutable_request_id()->set_seq(2);
+  AssignResponse response;
+  ASSERT_TRUE(backup_.Assign(retry, &response).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1.75f, 2.25f, 3.25f, 4.25f}));
+}
+
 TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
   CreateVariableRequest create;
   create.set_name("r");
