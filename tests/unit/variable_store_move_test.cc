@@ -9,7 +9,9 @@
 // that sends a key of another part or a chunk of a part the move does not
 // carry installs nothing.
 #include <map>
+#include <thread>
 #include <tuple>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "psd/embedding_keys.h"
@@ -318,7 +320,8 @@ absl::StatusOr<std::vector<float>> Lookup(VariableStore* store, std::vector<int6
   return t.ToVector<float>();
 }
 
-absl::Status AddToRows(VariableStore* store, std::vector<int64_t> keys, uint64_t seq) {
+absl::Status AddToRows(VariableStore* store, std::vector<int64_t> keys, uint64_t seq,
+                       uint64_t client_id = 11) {
   ScatterRequest req;
   req.set_name("emb");
   req.set_op(UPDATE_ADD);
@@ -329,7 +332,7 @@ absl::Status AddToRows(VariableStore* store, std::vector<int64_t> keys, uint64_t
                 &rows);
   *req.mutable_updates() = rows;
   req.set_global_step(static_cast<int64_t>(seq));
-  req.mutable_request_id()->set_client_id(11);
+  req.mutable_request_id()->set_client_id(client_id);
   req.mutable_request_id()->set_seq(seq);
   ScatterResponse resp;
   return store->Scatter(req, &resp);
@@ -753,6 +756,82 @@ TEST_F(StoreMoveTest, ATargetWithoutMemoryForTheRowsLeavesTheTableOnItsSource) {
   ASSERT_TRUE(source_.EndMoveOut(15, /*committed=*/false, -1).ok());
   EXPECT_EQ(Export(&source_), before);
   EXPECT_TRUE(Adagrad(&source_, {1}, 2).ok());
+}
+
+// A table's part with two backups (follows) and a move at once (docs/
+// replication.md): every write and every counting lookup, from several
+// threads, is logged into each of the three logs in one order, so the
+// backups and the move's target end with the source's rows, slot rows,
+// frequencies and versions.
+TEST_F(StoreMoveTest, ATableWithTwoBackupsAndAMoveLogsEveryLookupAndWriteIntoEach) {
+  VariableStore backup1(device_.get(), Options(3));
+  VariableStore backup2(device_.get(), Options(4));
+  VariableInfo info;
+  for (const CreateVariableRequest& part : TableParts(1)) {
+    ASSERT_TRUE(source_.Create(part, &info).ok());
+  }
+  std::vector<int64_t> keys;
+  for (int64_t k = 1; k <= 20; ++k) keys.push_back(k);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Lookup(&source_, keys).ok());
+  auto pull = [&](VariableStore* target, uint64_t id) {
+    PullMoveRequest req;
+    if (!target->NextMovePull(id, &req)) return false;
+    req.set_wait_ms(0);
+    PullMoveResponse resp;
+    absl::Status pulled = source_.PullMove(req, &resp);
+    EXPECT_TRUE(pulled.ok()) << pulled;
+    if (!pulled.ok()) return false;
+    absl::Status applied = target->ApplyMovePull(id, resp);
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  };
+  auto catch_up = [&](VariableStore* target, uint64_t id) {
+    for (int i = 0; i < 1000; ++i) {
+      const MoveStatusResponse st = target->MoveInStatus(id, absl::ZeroDuration());
+      if (st.phase() != MOVE_COPYING && st.applied_seq() == st.logged_seq() && i > 0) return;
+      ASSERT_TRUE(pull(target, id));
+    }
+    FAIL() << "move " << id << " did not catch up";
+  };
+  StartMoveInRequest follow1 = TableMoveIn(7, 1), follow2 = TableMoveIn(8, 1);
+  follow1.set_follow(true);
+  follow2.set_follow(true);
+  ASSERT_TRUE(backup1.BeginMoveIn(follow1).ok());
+  ASSERT_TRUE(backup2.BeginMoveIn(follow2).ok());
+  ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(9, 1)).ok());
+  ASSERT_TRUE(pull(&backup1, 7));
+  ASSERT_TRUE(AddToRows(&source_, {1, 2}, 1).ok());
+  ASSERT_TRUE(Lookup(&source_, {500, 1}).ok());
+  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(Adagrad(&source_, {3}, 2).ok());
+  ASSERT_TRUE(pull(&backup2, 8));
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 4; ++t) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const int64_t key = 1 + (i * 7 + t) % 20;
+        EXPECT_TRUE(Lookup(&source_, {key, 600 + t, 700 + i}).ok());  // counts, admits
+        absl::Status added = AddToRows(&source_, {key}, 1 + i, 20 + t);
+        EXPECT_TRUE(added.ok()) << added;
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  catch_up(&backup1, 7);
+  catch_up(&backup2, 8);
+  catch_up(&target_, 9);
+  ASSERT_TRUE(source_.FreezeMove(9, 1).ok());
+  const Rows at_freeze = Export(&source_);
+  while (pull(&target_, 9)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/true).ok());
+  ASSERT_TRUE(backup1.PromoteReplica(7, 2, 3).ok());
+  ASSERT_TRUE(backup2.PromoteReplica(8, 2, 4).ok());
+  EXPECT_EQ(Export(&target_), at_freeze);
+  EXPECT_EQ(Export(&backup1), at_freeze);
+  EXPECT_EQ(Export(&backup2), at_freeze);
+  ASSERT_TRUE(source_.EndMoveOut(9, /*committed=*/true, 1).ok());
 }
 
 }  // namespace
