@@ -53,7 +53,68 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, absl::string_
 
 }  // namespace
 
+ShardMoveService::ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers,
+                                   int64_t rate_when_busy)
+    : shard_id_(shard_id), store_(store), peers_(peers), rate_when_busy_(rate_when_busy) {
+  store_->SetLogNewsHandler([this](uint64_t move_id) {
+    absl::MutexLock lock(&parked_mu_);
+    // Bounded by the follows there were; forgetting the counts costs a
+    // pull parked at that instant at most its wait.
+    if (news_.size() > 65536) news_.clear();
+    ++news_[move_id];
+    if (parked_.empty()) return;
+    news_pending_ = true;
+    parked_changed_.SignalAll();
+  });
+  waker_ = std::thread(&ShardMoveService::Wake, this);
+}
+
+void ShardMoveService::Wake() {
+  absl::MutexLock lock(&parked_mu_);
+  while (true) {
+    absl::Time next = absl::InfiniteFuture();
+    for (const ParkedPull& p : parked_) next = std::min(next, p.deadline);
+    if (!news_pending_ && !waker_stopping_ &&
+        (next == absl::InfiniteFuture() || absl::Now() < next)) {
+      parked_changed_.WaitWithDeadline(&parked_mu_, next);
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    std::vector<ParkedPull> ready;
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      auto news = news_.find(it->request.move_id());
+      if (waker_stopping_ || it->deadline <= now ||
+          (news != news_.end() && news->second != it->news)) {
+        ready.push_back(std::move(*it));
+        it = parked_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    news_pending_ = false;
+    const bool stopping = waker_stopping_;
+    parked_mu_.Unlock();
+    for (ParkedPull& p : ready) {
+      // Asked again, without waiting: what was logged meanwhile, or none.
+      p.response->Clear();
+      p.request.set_wait_ms(0);
+      absl::Status status =
+          RunAtEdge("shard move service", [&] { return store_->PullMove(p.request, p.response); });
+      p.reactor->Finish(ToGrpcStatus(status));
+    }
+    parked_mu_.Lock();
+    if (stopping && parked_.empty()) return;
+  }
+}
+
 ShardMoveService::~ShardMoveService() {
+  store_->SetLogNewsHandler(nullptr);
+  {
+    absl::MutexLock lock(&parked_mu_);
+    waker_stopping_ = true;
+    parked_changed_.SignalAll();
+  }
+  if (waker_.joinable()) waker_.join();
   stopping_.store(true);
   std::map<uint64_t, std::thread> pullers;
   {
@@ -68,7 +129,35 @@ ShardMoveService::~ShardMoveService() {
 grpc::ServerUnaryReactor* ShardMoveService::PullMove(grpc::CallbackServerContext* ctx,
                                                      const PullMoveRequest* request,
                                                      PullMoveResponse* response) {
-  return Answer(ctx, "shard move service", [&] { return store_->PullMove(*request, response); });
+  bool would_wait = false;
+  uint64_t news = 0;
+  if (request->follow()) {
+    absl::MutexLock lock(&parked_mu_);
+    auto it = news_.find(request->move_id());
+    news = it == news_.end() ? 0 : it->second;
+  }
+  absl::Status status = RunAtEdge("shard move service", [&] {
+    return store_->PullMove(*request, response, request->follow() ? &would_wait : nullptr);
+  });
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (status.ok() && would_wait) {
+    absl::MutexLock lock(&parked_mu_);
+    if (!waker_stopping_) {
+      ParkedPull parked;
+      parked.request = *request;
+      parked.response = response;
+      parked.reactor = reactor;
+      parked.deadline = absl::Now() + absl::Milliseconds(std::clamp(request->wait_ms(), 0, 1000));
+      // A write logged since the store was asked counts as news already.
+      parked.news = news;
+      parked_.push_back(std::move(parked));
+      news_pending_ = true;
+      parked_changed_.SignalAll();
+      return reactor;
+    }
+  }
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ShardMoveService::StartMoveIn(grpc::CallbackServerContext* ctx,

@@ -15,8 +15,10 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -37,8 +39,7 @@ class ShardMoveService final : public ShardMove::CallbackService {
   // While trainers write to the source or to this shard, a snapshot copy
   // moves at most `rate_when_busy` bytes a second (<= 0: no limit).
   ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers,
-                   int64_t rate_when_busy = kDefaultMoveRateWhenBusy)
-      : shard_id_(shard_id), store_(store), peers_(peers), rate_when_busy_(rate_when_busy) {}
+                   int64_t rate_when_busy = kDefaultMoveRateWhenBusy);
   ~ShardMoveService() override;
   ShardMoveService(const ShardMoveService&) = delete;
   ShardMoveService& operator=(const ShardMoveService&) = delete;
@@ -76,6 +77,19 @@ class ShardMoveService final : public ShardMove::CallbackService {
   void PullLoop(uint64_t move_id, const std::string& source_address, ShardMove::Stub* stub,
                 bool snapshot_only);
 
+  // A backup's long poll that found nothing logged is parked here, not
+  // held on a gRPC thread (a write waiting for that backup holds one, and
+  // the pull that acknowledges it needs another); the waker answers it
+  // once the store logs a write for the follow, or its wait passed.
+  struct ParkedPull {
+    PullMoveRequest request;
+    PullMoveResponse* response;
+    grpc::ServerUnaryReactor* reactor;
+    absl::Time deadline;
+    uint64_t news = 0;  // news_[move id] when it was asked
+  };
+  void Wake();
+
   const int32_t shard_id_;
   VariableStore* const store_;
   PeerReader* const peers_;
@@ -83,6 +97,15 @@ class ShardMoveService final : public ShardMove::CallbackService {
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   std::map<uint64_t, std::thread> pullers_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex parked_mu_;
+  absl::CondVar parked_changed_;
+  std::vector<ParkedPull> parked_ ABSL_GUARDED_BY(parked_mu_);
+  // Per follow, how many times the store said a write was logged for it (or
+  // it ended): a parked pull whose count moved has news.
+  std::map<uint64_t, uint64_t> news_ ABSL_GUARDED_BY(parked_mu_);
+  bool news_pending_ ABSL_GUARDED_BY(parked_mu_) = false;
+  bool waker_stopping_ ABSL_GUARDED_BY(parked_mu_) = false;
+  std::thread waker_;
 };
 
 }  // namespace psd

@@ -237,6 +237,7 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
     move->table_cuts.clear();
     move->changed.SignalAll();
   }
+  if (move->follow) NotifyLogNews(move->id);
   ForgetMovingOut(move);
   // The pins go with the move object; the store's map keeps it (ended)
   // until EndMoveOut or the next move prunes it.
@@ -273,6 +274,7 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
       write.set_seq(seq);
       move->log.push_back(std::move(write));
       move->changed.SignalAll();
+      if (move->follow) NotifyLogNews(move->id);
       return seq;
     }
   }
@@ -508,7 +510,9 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
   return move;
 }
 
-absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveResponse* response) {
+absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveResponse* response,
+                                     bool* would_wait) {
+  if (would_wait != nullptr) *would_wait = false;
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move;
   {
@@ -615,7 +619,13 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     return move->state != MoveOut::State::kForwarding ||
            (!move->log.empty() && move->log.back().seq() > request.applied_seq());
   };
-  while (!has_news() && move->changed.WaitWithDeadline(&move->mu, deadline) == false) {
+  if (would_wait != nullptr && move->follow && wait > absl::ZeroDuration()) {
+    // The caller parks the pull instead of holding its thread, and asks
+    // again once a write is logged (SetLogNewsHandler) or `wait` passed.
+    *would_wait = !has_news();
+  } else {
+    while (!has_news() && move->changed.WaitWithDeadline(&move->mu, deadline) == false) {
+    }
   }
   if (!move->failure.ok()) return move->failure;
   int64_t bytes = 0;
@@ -1672,6 +1682,16 @@ VariableStore::ReplicationStats VariableStore::replication_stats() const {
       static_cast<double>(wait_micros_.load(std::memory_order_relaxed)) / 1e6;
   stats.replica_behind_calls = replica_behind_calls_.load(std::memory_order_relaxed);
   return stats;
+}
+
+void VariableStore::SetLogNewsHandler(std::function<void(uint64_t move_id)> handler) {
+  absl::MutexLock lock(&news_mu_);
+  news_handler_ = std::move(handler);
+}
+
+void VariableStore::NotifyLogNews(uint64_t move_id) {
+  absl::MutexLock lock(&news_mu_);
+  if (news_handler_) news_handler_(move_id);
 }
 
 }  // namespace psd

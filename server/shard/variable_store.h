@@ -265,7 +265,14 @@ class VariableStore {
   // the group is pinned, and from then on the group's writes are logged
   // in the order they are applied. Pulls answer the snapshot's chunks,
   // then the logged writes, then the end once frozen.
-  absl::Status PullMove(const PullMoveRequest& request, PullMoveResponse* response);
+  // With `would_wait` (a backup's long poll that found nothing logged): it
+  // does not wait but says so, and the caller parks the pull until the
+  // log-news handler names the follow or the pull's wait passed.
+  absl::Status PullMove(const PullMoveRequest& request, PullMoveResponse* response,
+                        bool* would_wait = nullptr);
+  // Called (with the store's locks held: it must only take its own lock and
+  // return) when a write is logged for a follow, or the follow ends.
+  void SetLogNewsHandler(std::function<void(uint64_t move_id)> handler);
   // Holds the group's writes (the service parks them, never rejects them)
   // and closes its log; returns the last logged write's seq. Repeatable.
   absl::StatusOr<uint64_t> FreezeMove(uint64_t move_id, uint64_t incarnation);
@@ -539,6 +546,9 @@ class VariableStore {
   std::atomic<const ShardLease*> lease_{nullptr};
   mutable absl::Mutex behind_mu_;
   ReplicaBehindFn replica_behind_ ABSL_GUARDED_BY(behind_mu_);
+  void NotifyLogNews(uint64_t move_id);
+  absl::Mutex news_mu_ ABSL_ACQUIRED_AFTER(moves_mu_);
+  std::function<void(uint64_t)> news_handler_ ABSL_GUARDED_BY(news_mu_);
   std::atomic<int64_t> waited_writes_{0};
   std::atomic<int64_t> wait_micros_{0};
   std::atomic<int64_t> replica_behind_calls_{0};
