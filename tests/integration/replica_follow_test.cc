@@ -7,12 +7,17 @@
 // coordinator, answers its writes UNAVAILABLE (they stay applied). The
 // shards run without a coordinator, so there is no lease to wait for.
 #include <csignal>
+#include <atomic>
 #include <cstdio>
+#include <map>
+#include <unistd.h>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../common/http_get.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/grpc_status.h"
@@ -52,14 +57,21 @@ CreateVariableRequest Part(const std::string& name) {
   return create;
 }
 
+std::string HttpPortFile(int shard) {
+  static std::atomic<int> next{0};
+  return absl::StrCat(::testing::TempDir(), "/replica_follow_", getpid(), "_", next.fetch_add(1),
+                      "_", shard, ".http");
+}
+
 class ReplicaFollowTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ShardProcessOptions options;
     options.id = 0;
-    options.extra_args = {"--backup-timeout", "0.2"};
+    options.extra_args = {"--backup-timeout", "0.2", "--http-port-file", http_ports_[0]};
     PSD_ASSERT_OK_AND_ASSIGN(primary_, ShardProcess::Start(options));
     options.id = 1;
+    options.extra_args = {"--backup-timeout", "0.2", "--http-port-file", http_ports_[1]};
     PSD_ASSERT_OK_AND_ASSIGN(backup_, ShardProcess::Start(options));
     primary_data_ = Shard::NewStub(ChannelTo(primary_->address()));
     backup_data_ = Shard::NewStub(ChannelTo(backup_->address()));
@@ -136,6 +148,17 @@ class ReplicaFollowTest : public ::testing::Test {
     return response.value();
   }
 
+  void TearDown() override {
+    for (const std::string& file : http_ports_) std::remove(file.c_str());
+  }
+  // Shard k's /metrics (0: the primary).
+  std::map<std::string, double> Scrape(int k) {
+    auto metrics = testing_http::ScrapeFromPortFile(http_ports_[k]);
+    EXPECT_TRUE(metrics.ok()) << metrics.status();
+    return metrics.ok() ? *metrics : std::map<std::string, double>{};
+  }
+
+  const std::string http_ports_[2] = {HttpPortFile(0), HttpPortFile(1)};
   std::unique_ptr<ShardProcess> primary_;
   std::unique_ptr<ShardProcess> backup_;
   std::unique_ptr<Shard::Stub> primary_data_, backup_data_;
@@ -168,6 +191,11 @@ TEST_F(ReplicaFollowTest, AnInSyncBackupHoldsEveryAcknowledgedWriteAndServesOnce
   // Every write acknowledged from now on is on the backup when answered:
   // promoted right after the last answer, the backup holds them all.
   for (uint64_t seq = 2; seq <= 40; ++seq) ASSERT_TRUE(IsOk(AddOnPrimary("w", seq)));
+  std::map<std::string, double> metrics = Scrape(0);
+  EXPECT_EQ(metrics["psd_shard_backups_following"], 1);
+  EXPECT_EQ(metrics["psd_shard_backup_waited_writes_total"], 39);
+  EXPECT_GT(metrics["psd_shard_backup_wait_seconds_total"], 0);
+  EXPECT_EQ(Scrape(1)["psd_shard_backups_held"], 1);
   PromoteReplicaRequest promote;
   promote.set_move_id(0x77);
   promote.set_epoch(2);
@@ -208,6 +236,7 @@ TEST_F(ReplicaFollowTest, APrimaryThatLostItsInSyncBackupAndHasNoCoordinatorAnsw
                       {"write to variable 'v' not yet on its backup on shard 1", "retry"}));
   // Its retry waits again, and is not applied twice.
   EXPECT_TRUE(IsError(AddOnPrimary("v", 2), absl::StatusCode::kUnavailable, {"backup"}));
+  EXPECT_EQ(Scrape(0)["psd_shard_replica_behind_calls_total"], 2);
   // Dropped from the in-sync set (the coordinator's SyncReplica): answered.
   SyncReplicaRequest sync;
   sync.set_move_id(0x78);
