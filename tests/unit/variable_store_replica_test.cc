@@ -85,10 +85,11 @@ class StoreReplicaTest : public ::testing::Test {
 
   // One pull of `target` from the primary, applied; false when none is due
   // (or it failed: a failure is expected by the test that checks it).
-  static bool PullOnce(VariableStore* source, VariableStore* target, uint64_t move_id) {
+  static bool PullOnce(VariableStore* source, VariableStore* target, uint64_t move_id,
+                       int wait_ms = 0) {
     PullMoveRequest req;
     if (!target->NextMovePull(move_id, &req)) return false;
-    req.set_wait_ms(0);  // the tests pull only what is there
+    req.set_wait_ms(wait_ms);  // 0: the tests pull only what is there
     PullMoveResponse resp;
     absl::Status pulled = source->PullMove(req, &resp);
     if (!pulled.ok()) return false;
@@ -241,9 +242,9 @@ TEST_F(StoreReplicaTest, WritesWaitForAnInSyncBackupAndARetryWaitsToo) {
   });
   // The backup gets the write; until its next pull acknowledges it, the
   // write is not answered.
-  for (int i = 0; i < 100000 && backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq() < 2;
+  for (int i = 0; i < 600 && backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq() < 2;
        ++i) {
-    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7, /*wait_ms=*/1000));  // until it is logged
   }
   ASSERT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 2u);
   EXPECT_FALSE(answered.load());
