@@ -69,7 +69,9 @@ ShardMoveService::ShardMoveService(int32_t shard_id, VariableStore* store, PeerR
   waker_ = std::thread(&ShardMoveService::Wake, this);
 }
 
-void ShardMoveService::Wake() {
+// The lock is let go around the store calls and the answers (manual
+// Unlock/Lock inside the scoped lock), which the analysis cannot follow.
+void ShardMoveService::Wake() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   absl::MutexLock lock(&parked_mu_);
   while (true) {
     absl::Time next = absl::InfiniteFuture();
@@ -291,9 +293,9 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       if (failing_since == absl::InfiniteFuture()) failing_since = now;
       if (follow) {
         store_->NoteFollowPullFailure(
-            move_id, absl::Status(status.code(), absl::StrCat("pulling from the primary's shard at ",
-                                                              source_address, " (retrying): ",
-                                                              status.message())));
+            move_id, absl::Status(status.code(),
+                                  absl::StrCat("pulling from the primary's shard at ",
+                                               source_address, " (retrying): ", status.message())));
         follow_failing = true;
         absl::SleepFor(backoff);
         backoff = std::min(backoff * 2, absl::Seconds(1));

@@ -777,6 +777,7 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
       }
     }
     if (was_active) ForgetMovingOut(move.get());
+    if (move->follow) NotifyLogNews(move_id);  // its parked pull answers now
     if (committed) {
       // The group's backups followed this shard; they must follow its new
       // primary (the coordinator makes them again from there).

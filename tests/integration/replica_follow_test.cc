@@ -68,10 +68,10 @@ class ReplicaFollowTest : public ::testing::Test {
   void SetUp() override {
     ShardProcessOptions options;
     options.id = 0;
-    options.extra_args = {"--backup-timeout", "0.2", "--http-port-file", http_ports_[0]};
+    options.extra_args = {"--backup-timeout", "5", "--http-port-file", http_ports_[0]};
     PSD_ASSERT_OK_AND_ASSIGN(primary_, ShardProcess::Start(options));
     options.id = 1;
-    options.extra_args = {"--backup-timeout", "0.2", "--http-port-file", http_ports_[1]};
+    options.extra_args = {"--backup-timeout", "5", "--http-port-file", http_ports_[1]};
     PSD_ASSERT_OK_AND_ASSIGN(backup_, ShardProcess::Start(options));
     primary_data_ = Shard::NewStub(ChannelTo(primary_->address()));
     backup_data_ = Shard::NewStub(ChannelTo(backup_->address()));
@@ -137,7 +137,8 @@ class ReplicaFollowTest : public ::testing::Test {
     add.mutable_request_id()->set_client_id(client_id);
     add.mutable_request_id()->set_seq(seq);
     AssignResponse response;
-    return Rpc([&](grpc::ClientContext* ctx) { return primary_data_->Assign(ctx, add, &response); });
+    return Rpc(
+        [&](grpc::ClientContext* ctx) { return primary_data_->Assign(ctx, add, &response); });
   }
   absl::StatusOr<TensorProto> ReadFrom(Shard::Stub* stub, const std::string& name) {
     ReadRequest read;
@@ -193,7 +194,10 @@ TEST_F(ReplicaFollowTest, AnInSyncBackupHoldsEveryAcknowledgedWriteAndServesOnce
   for (uint64_t seq = 2; seq <= 40; ++seq) ASSERT_TRUE(IsOk(AddOnPrimary("w", seq)));
   std::map<std::string, double> metrics = Scrape(0);
   EXPECT_EQ(metrics["psd_shard_backups_following"], 1);
-  EXPECT_EQ(metrics["psd_shard_backup_waited_writes_total"], 39);
+  // Those the backup had not acknowledged yet when they were ready to be
+  // answered (one that it had already is answered at once).
+  EXPECT_GT(metrics["psd_shard_backup_waited_writes_total"], 0);
+  EXPECT_LE(metrics["psd_shard_backup_waited_writes_total"], 39);
   EXPECT_GT(metrics["psd_shard_backup_wait_seconds_total"], 0);
   EXPECT_EQ(Scrape(1)["psd_shard_backups_held"], 1);
   PromoteReplicaRequest promote;
@@ -230,8 +234,9 @@ TEST_F(ReplicaFollowTest, APrimaryThatLostItsInSyncBackupAndHasNoCoordinatorAnsw
   Follow("v", 0x78);
   ASSERT_TRUE(IsOk(AddOnPrimary("v", 1)));
   ASSERT_TRUE(IsOk(backup_->Kill()));
-  // Not on the backup within --backup-timeout, and no coordinator to drop
-  // it from the in-sync set: the write is applied but not acknowledged.
+  // Not on the backup within --backup-timeout (5 s here, so that a loaded
+  // machine never misses it while the backup lives), and no coordinator to
+  // drop it from the in-sync set: the write is applied, not acknowledged.
   EXPECT_TRUE(IsError(AddOnPrimary("v", 2), absl::StatusCode::kUnavailable,
                       {"write to variable 'v' not yet on its backup on shard 1", "retry"}));
   // Its retry waits again, and is not applied twice.

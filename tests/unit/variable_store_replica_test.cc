@@ -326,9 +326,8 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0.1f, -0.7f, 3.3f, 1e-4f})).ok());
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w/Adam", Floats({0, 0, 0, 0})).ok());
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w/Adam_1", Floats({0, 0, 0, 0})).ok());
-  ASSERT_TRUE(store_test::CreateWithValue(
-                  &primary_, "m", store_test::Vec<float>({3, 2}, {0.3f, 1.1f, -2.f, 5.f, 7.f, 0.01f}))
-                  .ok());
+  const TensorProto m = store_test::Vec<float>({3, 2}, {0.3f, 1.1f, -2.f, 5.f, 7.f, 0.01f});
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "m", m).ok());
   ASSERT_TRUE(
       store_test::CreateWithValue(&primary_, "step", store_test::Vec<int64_t>({}, {0})).ok());
   // Scalars read by name: the backup gets the values the primary read.
@@ -425,9 +424,9 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
     header.mutable_request_id()->set_client_id(5);
     header.mutable_request_id()->set_seq(seq);
     PSD_ASSIGN_OR_RETURN(auto sink, primary_.BeginAssignStream(header));
-    PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(reinterpret_cast<const char*>(v.data()), 8)));
-    PSD_RETURN_IF_ERROR(
-        sink->Append(absl::string_view(reinterpret_cast<const char*>(v.data()) + 8, 8)));
+    const char* bytes = reinterpret_cast<const char*>(v.data());
+    PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes, 8)));
+    PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes + 8, 8)));
     AssignResponse response;
     return sink->Commit(&response);
   };
