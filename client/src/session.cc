@@ -31,6 +31,11 @@ bool IsStaleHandle(const absl::Status& status) {
          absl::StrContains(status.message(), "stale handle");
 }
 
+bool MayBeFailingOver(const absl::Status& status, const PartHandle& part) {
+  const bool replicated = part.epoch() > 0 || part.backup_shards_size() > 0;
+  return replicated && status.code() == absl::StatusCode::kUnavailable;
+}
+
 namespace regularizers {
 namespace {
 

@@ -83,6 +83,12 @@ struct SessionOptions {
   // (the coordinator closes sessions it has not heard from for its session
   // TTL; a trainer may talk only to shards for a long time).
   bool keep_alive = true;
+  // An op on a part of a replicated variable (docs/replication.md) that
+  // finds the part's shard unreachable, or without its lease, asks the
+  // coordinator where the part is now and retries there with the same
+  // request ids, for this long: a failover promotes a backup within about
+  // two lease periods of the primary's loss.
+  absl::Duration failover_wait = absl::Seconds(30);
   // Options of the ShardClients the session opens.
   ClientOptions shard;
 };
