@@ -353,6 +353,7 @@ absl::StatusOr<Declaration> MakeDeclaration(const CapturedScope& scope, const st
   if (o.trainable.has_value()) d.set_trainable(*o.trainable);
   for (const std::string& c : o.collections) d.add_collections(c);
   d.set_initialize(o.initialize);
+  if (o.replication.has_value()) d.set_replication(*o.replication);
   d.set_declared_at(!o.declared_at.empty() ? o.declared_at : absl::StrCat(file, ":", line));
   return out;
 }
@@ -462,6 +463,7 @@ absl::StatusOr<EmbeddingVariable> Session::GetEmbeddingVariable(
   o.reuse = options.reuse;
   o.trainable = options.trainable;
   o.collections = options.collections;
+  o.replication = options.replication;
   o.declared_at = options.declared_at;
   EmbeddingSpec spec = options.ev_option;
   spec.set_embedding_dim(options.embedding_dim);

@@ -139,6 +139,10 @@ struct GetVariableOptions {
   std::string declared_at;
   // Declares an embedding table instead (GetEmbeddingVariable sets it).
   std::optional<EmbeddingSpec> embedding;
+  // How many shards hold each part (docs/replication.md), 1 to 3; unset:
+  // the cluster's `replication`. An optimizer's slots take their
+  // variable's.
+  std::optional<int> replication;
 };
 
 // get_embedding_variable's arguments (DeepRec's names): the table's row
@@ -158,6 +162,7 @@ struct EmbeddingVariableOptions {
   std::optional<Reuse> reuse;  // unset: the scope's
   std::optional<bool> trainable;
   std::vector<std::string> collections;
+  std::optional<int> replication;  // as GetVariableOptions::replication
   EmbeddingSpec ev_option;
   // For an optimizer's slot table: the table it belongs to (full name).
   std::string slot_of;
