@@ -9,6 +9,7 @@
 // the next epoch, the old process told to drop its parts), and the
 // handles, listings and metrics that show it.
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,11 @@ namespace {
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+
+// Plain (non-follow) moves whose source froze the group: their target
+// reports them ready (the fakes of one test share it).
+absl::Mutex g_moves_mu;
+std::set<uint64_t>* g_frozen = new std::set<uint64_t>;
 
 // A shard as the coordinator sees it: creates and lists parts (all
 // initialized), and follows, syncs, promotes and ends moves by recording
@@ -79,6 +85,12 @@ class FakeShard {
                                 DeleteVariableResponse*) override {
       return grpc::Status::OK;
     }
+    grpc::Status GetShardInfo(grpc::ServerContext*, const GetShardInfoRequest*,
+                              GetShardInfoResponse* resp) override {
+      resp->set_shard_id(s_->id_);
+      resp->set_incarnation(s_->incarnation_);
+      return grpc::Status::OK;
+    }
     grpc::Status ListVariables(grpc::ServerContext*, const ListVariablesRequest*,
                                ListVariablesResponse* resp) override {
       absl::MutexLock lock(&s_->mu_);
@@ -110,8 +122,15 @@ class FakeShard {
                                         req->source_shard_id(), " ", absl::StrJoin(parts, ",")));
       return grpc::Status::OK;
     }
-    grpc::Status MoveStatus(grpc::ServerContext*, const MoveStatusRequest*,
+    grpc::Status MoveStatus(grpc::ServerContext*, const MoveStatusRequest* req,
                             MoveStatusResponse* resp) override {
+      {
+        absl::MutexLock moves(&g_moves_mu);
+        if (g_frozen->count(req->move_id()) > 0) {
+          resp->set_phase(MOVE_READY);
+          return grpc::Status::OK;
+        }
+      }
       absl::MutexLock lock(&s_->mu_);
       if (s_->fail_follows_) {
         resp->set_phase(MOVE_FAILED);
@@ -122,6 +141,15 @@ class FakeShard {
       resp->set_phase(MOVE_FORWARDING);
       resp->set_logged_seq(7);
       resp->set_applied_seq(7);
+      return grpc::Status::OK;
+    }
+    grpc::Status FreezeMove(grpc::ServerContext*, const FreezeMoveRequest* req,
+                            FreezeMoveResponse*) override {
+      absl::ReleasableMutexLock moves(&g_moves_mu);
+      g_frozen->insert(req->move_id());
+      moves.Release();
+      absl::MutexLock lock(&s_->mu_);
+      s_->calls_.push_back(absl::StrCat("FreezeMove ", absl::Hex(req->move_id())));
       return grpc::Status::OK;
     }
     grpc::Status SyncReplica(grpc::ServerContext*, const SyncReplicaRequest* req,
@@ -181,7 +209,7 @@ class ReplicaKeeperTest : public ::testing::Test {
     options.shard_rpc_timeout = absl::Seconds(10);
     service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
     server_ = ServeInProcess(service_.get(), &stub_);
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < num_shards_; ++i) {
       shards_.push_back(std::make_unique<FakeShard>(i, 100 + i));
       ASSERT_TRUE(Register(*shards_[i]).ok());
     }
@@ -268,6 +296,7 @@ class ReplicaKeeperTest : public ::testing::Test {
   std::unique_ptr<Coordinator::Stub> stub_;
   std::vector<std::unique_ptr<FakeShard>> shards_;
   uint64_t session_ = 0;
+  int num_shards_ = 2;
   absl::Duration liveness_timeout_ = absl::Seconds(2);
   absl::Duration lease_period_ = absl::Milliseconds(400);
 };
@@ -467,6 +496,113 @@ TEST_F(ReplicaKeeperTest, NoInSyncBackupMeansNoFailover) {
   EXPECT_EQ(PartOf("w").shard_id(), primary);
   EXPECT_EQ(PartOf("w").epoch(), 0u);
   EXPECT_EQ(service_->replica_stats().failovers, 0);
+}
+
+// A primary back as a new process without its parts is failed over at
+// once (that process holds nothing, whatever its lease), and its parts are
+// not handed to the lost-parts restore.
+TEST_F(ReplicaKeeperTest, APrimaryBackEmptyFailsOverInsteadOfBeingRestored) {
+  std::vector<std::string> restored;
+  service_->SetLostPartsHandler([&](int32_t, std::vector<std::string> parts) {
+    restored.insert(restored.end(), parts.begin(), parts.end());
+  });
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  ASSERT_TRUE(Declare("v", 1).ok());
+  const int32_t primary = handle->parts(0).shard_id();
+  const int32_t backup = 1 - primary;
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const bool v_there = registry_->Lookup("v")->parts(0).shard_id() == primary;
+  shards_[primary] = std::make_unique<FakeShard>(primary, 999);  // the old one is gone
+  RegisterShardResponse registered;
+  ASSERT_TRUE(Register(*shards_[primary], &registered).ok());
+  EXPECT_THAT(registered.lost_parts(), Contains("w"));
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == backup; },
+                        {shards_[0].get(), shards_[1].get()}));
+  EXPECT_EQ(PartOf("w").epoch(), 1u);
+  EXPECT_FALSE(Lookup("w").parts(0).lost());
+  EXPECT_THAT(restored, ::testing::Not(Contains("w")));
+  if (v_there) EXPECT_THAT(restored, Contains("v")) << "an unreplicated part is restored as before";
+}
+
+class ReplicaKeeperThreeShardsTest : public ReplicaKeeperTest {
+ protected:
+  void SetUp() override {
+    num_shards_ = 3;
+    ReplicaKeeperTest::SetUp();
+  }
+  std::vector<FakeShard*> All() {
+    std::vector<FakeShard*> out;
+    for (auto& s : shards_) out.push_back(s.get());
+    return out;
+  }
+  // Index of `call` (a prefix) in `shard`'s calls; -1 if absent.
+  static int IndexOf(FakeShard& shard, const std::string& call) {
+    const std::vector<std::string> calls = shard.Calls();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      if (absl::StartsWith(calls[i], call)) return static_cast<int>(i);
+    }
+    return -1;
+  }
+};
+
+// A drain drops the backups on the drained shard; the keeper makes them
+// again on a shard still in use.
+TEST_F(ReplicaKeeperThreeShardsTest, ADrainedShardsBackupsAreMadeAgainElsewhere) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
+  const ReplicaRecord first = PartOf("w").backups(0);
+  {
+    grpc::ClientContext ctx;
+    DrainShardRequest req;
+    req.set_shard_id(first.shard_id());
+    DrainShardResponse resp;
+    ASSERT_TRUE(stub_->DrainShard(&ctx, req, &resp).ok());
+  }
+  EXPECT_EQ(PartOf("w").backups_size(), 0);
+  EXPECT_GE(IndexOf(*shards_[first.shard_id()], absl::StrCat("EndMove ", Hex(first.move_id()), " committed=0")), 0);
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
+  const int32_t now = PartOf("w").backups(0).shard_id();
+  EXPECT_NE(now, first.shard_id());
+  EXPECT_NE(now, primary);
+}
+
+// A move of a replicated primary drops its backups before it begins (they
+// follow the source's log) and the keeper makes them again from the new
+// primary.
+TEST_F(ReplicaKeeperThreeShardsTest, AMovedPrimaryGetsItsBackupsAgain) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
+  const ReplicaRecord first = PartOf("w").backups(0);
+  int32_t target = 0;
+  while (target == primary || target == first.shard_id()) ++target;
+  {
+    grpc::ClientContext ctx;
+    MovePartRequest req;
+    req.set_part("w");
+    req.set_target_shard(target);
+    MovePartResponse resp;
+    grpc::Status moved = stub_->MovePart(&ctx, req, &resp);
+    ASSERT_TRUE(moved.ok()) << moved.error_message();
+  }
+  EXPECT_EQ(PartOf("w").shard_id(), target);
+  // The follow ended on the old primary before the move's freeze.
+  const int ended = IndexOf(*shards_[primary], absl::StrCat("EndMove ", Hex(first.move_id())));
+  const int frozen = IndexOf(*shards_[primary], "FreezeMove");
+  ASSERT_GE(ended, 0);
+  ASSERT_GE(frozen, 0);
+  EXPECT_LT(ended, frozen);
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
+  const ReplicaRecord again = PartOf("w").backups(0);
+  EXPECT_NE(again.move_id(), first.move_id());
+  EXPECT_GE(IndexOf(*shards_[again.shard_id()],
+                    absl::StrCat("StartMoveIn ", Hex(again.move_id()), " follow=1 epoch=0 from ",
+                                 target)),
+            0);
 }
 
 }  // namespace
