@@ -426,6 +426,11 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // as drop_parts), then replica_dropped.
   absl::Status DropBackup(const ReplicaGroup& group, const ReplicaRecord& backup,
                           const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // For a backup made before this coordinator started: why it is out of
+  // use (its shard does not know its follow, or the follow failed), or ""
+  // (then `incarnation` is noted as the one that holds it).
+  std::string CheckFollow(const ReplicaRecord& backup, uint64_t incarnation)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Promotes the most advanced in-sync backup on a live shard of `group`,
   // whose primary is lost: failover recorded, PromoteReplica, the other
   // backups told. FAILED_PRECONDITION when no backup can be promoted.

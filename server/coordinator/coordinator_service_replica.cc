@@ -221,6 +221,10 @@ void CoordinatorService::KeepReplicas() {
         why = "its shard is down";
       } else if (made_on != 0 && shard->second.incarnation != made_on) {
         why = "its shard restarted";
+      } else if (made_on == 0) {
+        // Made before this coordinator started: asked once whether its
+        // shard still follows (a shard that restarted meanwhile does not).
+        why = CheckFollow(b, shard->second.incarnation);
       }
       if (why.empty()) {
         ++kept;
@@ -250,6 +254,30 @@ void CoordinatorService::KeepReplicas() {
   }
   absl::MutexLock lock(&mu_);
   replica_stats_.under_replicated_groups = under;
+}
+
+std::string CoordinatorService::CheckFollow(const ReplicaRecord& backup, uint64_t incarnation) {
+  std::string address;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = shards_.find(backup.shard_id());
+    if (it == shards_.end()) return "its shard is not registered";
+    address = it->second.address;
+  }
+  MoveStatusRequest req;
+  req.set_move_id(backup.move_id());
+  req.set_wait_ms(0);
+  MoveStatusResponse status;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  const absl::Status asked = FromGrpcStatus(
+      ShardMove::NewStub(ChannelFor(address))->MoveStatus(&ctx, req, &status));
+  if (absl::IsNotFound(asked)) return "its shard does not know its follow (restarted)";
+  if (!asked.ok()) return "";  // asked again at the next pass
+  if (status.phase() == MOVE_FAILED) return absl::StrCat("its follow failed: ", status.message());
+  absl::MutexLock lock(&mu_);
+  backup_incarnation_[backup.move_id()] = incarnation;
+  return "";
 }
 
 absl::Status CoordinatorService::DropBackup(const ReplicaGroup& group, const ReplicaRecord& backup,

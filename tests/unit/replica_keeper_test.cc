@@ -113,6 +113,7 @@ class FakeShard {
                              StartMoveInResponse*) override {
       absl::MutexLock lock(&s_->mu_);
       std::vector<std::string> parts;
+      s_->moves_in_.insert(req->move_id());
       for (const auto& p : req->parts()) {
         parts.push_back(p.name() + (p.replicated() ? "(r)" : ""));
         s_->created_.push_back(p);  // a follower holds the group (and serves it once promoted)
@@ -132,6 +133,12 @@ class FakeShard {
         }
       }
       absl::MutexLock lock(&s_->mu_);
+      if (s_->moves_in_.count(req->move_id()) == 0) {
+        resp->set_phase(MOVE_FAILED);  // as a shard answers a move it never heard of
+        resp->set_code(static_cast<int>(absl::StatusCode::kNotFound));
+        resp->set_message("not known on this shard (it restarted?)");
+        return grpc::Status::OK;
+      }
       if (s_->fail_follows_) {
         resp->set_phase(MOVE_FAILED);
         resp->set_code(static_cast<int>(absl::StatusCode::kUnavailable));
@@ -187,6 +194,7 @@ class FakeShard {
   std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
   std::vector<CreateVariableRequest> created_ ABSL_GUARDED_BY(mu_);
   bool fail_follows_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<uint64_t> moves_in_ ABSL_GUARDED_BY(mu_);
   Data data_;
   Move move_;
   std::unique_ptr<grpc::Server> server_;
@@ -523,6 +531,33 @@ TEST_F(ReplicaKeeperTest, APrimaryBackEmptyFailsOverInsteadOfBeingRestored) {
   EXPECT_FALSE(Lookup("w").parts(0).lost());
   EXPECT_THAT(restored, ::testing::Not(Contains("w")));
   if (v_there) EXPECT_THAT(restored, Contains("v")) << "an unreplicated part is restored as before";
+}
+
+// A coordinator that restarts does not know which process made each
+// backup: it asks each backup's shard once, and one that no longer knows
+// its follow (it restarted meanwhile) is dropped and made again.
+TEST_F(ReplicaKeeperTest, AfterACoordinatorRestartABackupItsShardForgotIsMadeAgain) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t backup = 1 - handle->parts(0).shard_id();
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const uint64_t first = PartOf("w").backups(0).move_id();
+  // The coordinator restarts (same registry); meanwhile the backup's shard
+  // restarted too, without the follow.
+  server_->Shutdown();
+  CoordinatorServiceOptions options;
+  options.replica_keeper_interval = absl::ZeroDuration();
+  options.liveness_timeout = liveness_timeout_;
+  options.lease_period = lease_period_;
+  service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
+  server_ = ServeInProcess(service_.get(), &stub_);
+  shards_[backup].reset();
+  shards_[backup] = std::make_unique<FakeShard>(backup, 555);
+  ASSERT_TRUE(Register(*shards_[1 - backup], nullptr, {"w"}).ok());
+  ASSERT_TRUE(Register(*shards_[backup]).ok());
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w") && PartOf("w").backups(0).move_id() != first; },
+                        {shards_[0].get(), shards_[1].get()}));
+  EXPECT_THAT(shards_[backup]->Calls(), Contains(::testing::StartsWith("StartMoveIn")));
 }
 
 class ReplicaKeeperThreeShardsTest : public ReplicaKeeperTest {
