@@ -635,6 +635,21 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
       cctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
       (void)StubFor(address)->DeleteVariable(&cctx, req, &resp);
     }
+    // Backups of the deleted parts: their follows end (the backup's shard
+    // drops its copy), and a slot left behind forgets them too.
+    std::map<uint64_t, PartMoveRecord> follows;
+    for (const VariablePart& part : parts) {
+      for (const ReplicaRecord& b : part.backups()) {
+        PartMoveRecord& move = follows[b.move_id()];
+        move.set_move_id(b.move_id());
+        move.set_source_shard(part.shard_id());
+        move.set_target_shard(b.shard_id());
+      }
+    }
+    for (const auto& [move_id, move] : follows) {
+      EndMoveOnShards(move).IgnoreError();
+      registry_->DropReplica(move_id).IgnoreError();
+    }
     return absl::OkStatus();
   });
 }

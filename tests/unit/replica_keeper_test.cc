@@ -560,6 +560,22 @@ TEST_F(ReplicaKeeperTest, AfterACoordinatorRestartABackupItsShardForgotIsMadeAga
   EXPECT_THAT(shards_[backup]->Calls(), Contains(::testing::StartsWith("StartMoveIn")));
 }
 
+// Deleting a replicated variable ends its backups' follows (their shards
+// drop the copies).
+TEST_F(ReplicaKeeperTest, ADeletedVariablesBackupsAreEnded) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t backup = 1 - handle->parts(0).shard_id();
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const uint64_t move = PartOf("w").backups(0).move_id();
+  grpc::ClientContext ctx;
+  CoordinatorDeleteVariableRequest req;
+  req.set_name("w");
+  CoordinatorDeleteVariableResponse resp;
+  ASSERT_TRUE(stub_->DeleteVariable(&ctx, req, &resp).ok());
+  EXPECT_THAT(shards_[backup]->Calls(), Contains(absl::StrCat("EndMove ", Hex(move), " committed=0")));
+}
+
 class ReplicaKeeperThreeShardsTest : public ReplicaKeeperTest {
  protected:
   void SetUp() override {
