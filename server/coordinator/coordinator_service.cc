@@ -647,7 +647,7 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
       }
     }
     for (const auto& [move_id, move] : follows) {
-      EndMoveOnShards(move).IgnoreError();
+      EndFollow(move_id, {move.target_shard(), move.source_shard()}).IgnoreError();
       registry_->DropReplica(move_id).IgnoreError();
     }
     return absl::OkStatus();

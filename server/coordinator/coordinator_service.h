@@ -426,6 +426,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // as drop_parts), then replica_dropped.
   absl::Status DropBackup(const ReplicaGroup& group, const ReplicaRecord& backup,
                           const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // EndMove(committed = false) of follow `move_id` on those of `shards`
+  // that are live; the first failure (or a shard not live).
+  absl::Status EndFollow(uint64_t move_id, const std::vector<int32_t>& shards)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // For a backup made before this coordinator started: why it is out of
   // use (its shard does not know its follow, or the follow failed), or ""
   // (then `incarnation` is noted as the one that holds it).

@@ -134,9 +134,15 @@ void CoordinatorService::KeepReplicas() {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, e] : shards_) shards[id] = {e.incarnation, e.lost_parts};
   }
+  // A shard not registered since this coordinator started counts as down
+  // only once it had the liveness timeout to register (shards register
+  // again at their next heartbeat after a coordinator restart).
+  const bool registration_due =
+      std::chrono::steady_clock::now() > started_ + absl::ToChronoNanoseconds(options_.liveness_timeout);
   auto lost_primary = [&](const ReplicaGroup& g) {
     auto it = shards.find(g.primary);
-    return live.count(g.primary) == 0 || it == shards.end() || it->second.lost.count(g.parts[0]) > 0;
+    if (it == shards.end()) return registration_due;
+    return live.count(g.primary) == 0 || it->second.lost.count(g.parts[0]) > 0;
   };
 
   // 1. Failovers: a group whose primary is lost. Those with no in-sync
@@ -256,6 +262,30 @@ void CoordinatorService::KeepReplicas() {
   replica_stats_.under_replicated_groups = under;
 }
 
+absl::Status CoordinatorService::EndFollow(uint64_t move_id, const std::vector<int32_t>& shards) {
+  absl::Status first;
+  for (int32_t shard : shards) {
+    // Only live shards are called: one that is down (perhaps cut off, where
+    // a call would wait for its deadline and hold up the keeper's
+    // failovers) hears it as drop_parts when it registers again.
+    absl::StatusOr<ShardAddress> at = LiveShardAddress(shard);
+    if (!at.ok()) {
+      if (first.ok()) first = at.status();
+      continue;
+    }
+    EndMoveRequest req;
+    req.set_move_id(move_id);
+    req.set_committed(false);
+    EndMoveResponse resp;
+    absl::Status s = CallMove(ShardMove::NewStub(ChannelFor(at->address)).get(),
+                              &ShardMove::Stub::EndMove, req, &resp, options_.shard_rpc_timeout);
+    if (!s.ok() && first.ok()) {
+      first = absl::Status(s.code(), absl::StrCat("shard ", shard, ": ", s.message()));
+    }
+  }
+  return first;
+}
+
 std::string CoordinatorService::CheckFollow(const ReplicaRecord& backup, uint64_t incarnation) {
   std::string address;
   {
@@ -287,12 +317,7 @@ absl::Status CoordinatorService::DropBackup(const ReplicaGroup& group, const Rep
   // Out of the in-sync set first: once the primary stops waiting for it,
   // it must no longer be promotable.
   if (backup.in_sync()) PSD_RETURN_IF_ERROR(registry_->SetReplicaInSync(backup.move_id(), false));
-  PartMoveRecord move;
-  move.set_move_id(backup.move_id());
-  move.set_source_shard(group.primary);
-  move.set_target_shard(backup.shard_id());
-  move.set_committed(false);
-  absl::Status ended = EndMoveOnShards(move);
+  absl::Status ended = EndFollow(backup.move_id(), {backup.shard_id(), group.primary});
   if (!ended.ok()) {
     // A shard that is down drops the parts when it registers (drop_parts).
     spdlog::info("replicas: {}: not every shard heard the end ({})", what, ended.ToString());
@@ -556,11 +581,7 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
   // The other backups followed the old primary: over.
   for (const ReplicaRecord& b : group.backups) {
     if (b.move_id() == best.backup.move_id()) continue;
-    PartMoveRecord move;
-    move.set_move_id(b.move_id());
-    move.set_source_shard(group.primary);
-    move.set_target_shard(b.shard_id());
-    EndMoveOnShards(move).IgnoreError();
+    EndFollow(b.move_id(), {b.shard_id()}).IgnoreError();
   }
   absl::MutexLock lock(&mu_);
   for (const ReplicaRecord& b : group.backups) backup_incarnation_.erase(b.move_id());
