@@ -382,10 +382,14 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     // Replicated groups with an in-sync backup fail over (the keeper)
     // instead of being restored from a checkpoint.
     std::set<std::string> failing_over;
+    const std::vector<int32_t> live_list = LiveShards();
+    const std::set<int32_t> live(live_list.begin(), live_list.end());
     for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
       if (g.primary != request->shard_id()) continue;
       for (const ReplicaRecord& b : g.backups) {
-        if (b.in_sync()) failing_over.insert(g.parts.begin(), g.parts.end());
+        if (b.in_sync() && live.count(b.shard_id()) > 0) {
+          failing_over.insert(g.parts.begin(), g.parts.end());
+        }
       }
     }
     absl::ReleasableMutexLock lock(&mu_);

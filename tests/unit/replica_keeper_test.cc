@@ -504,6 +504,14 @@ TEST_F(ReplicaKeeperTest, NoInSyncBackupMeansNoFailover) {
   EXPECT_EQ(PartOf("w").shard_id(), primary);
   EXPECT_EQ(PartOf("w").epoch(), 0u);
   EXPECT_EQ(service_->replica_stats().failovers, 0);
+  // Back as a new process without it: a lost part, handed to the restore.
+  std::vector<std::string> restored;
+  service_->SetLostPartsHandler([&](int32_t, std::vector<std::string> parts) {
+    restored.insert(restored.end(), parts.begin(), parts.end());
+  });
+  shards_[primary] = std::make_unique<FakeShard>(primary, 777);
+  ASSERT_TRUE(Register(*shards_[primary]).ok());
+  EXPECT_THAT(restored, ElementsAre("w"));
 }
 
 // A primary back as a new process without its parts is failed over at
