@@ -98,6 +98,8 @@ grpc::ServerUnaryReactor* CoordinatorService::ServeBlocking(grpc::CallbackServer
 }
 
 CoordinatorService::~CoordinatorService() {
+  // A backup being made on a worker gives up (it polls draining()).
+  StartDrain();
   if (keeper_.joinable()) {
     {
       absl::MutexLock lock(&keeper_mu_);
