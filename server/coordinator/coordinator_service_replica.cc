@@ -137,8 +137,8 @@ void CoordinatorService::KeepReplicas() {
   // A shard not registered since this coordinator started counts as down
   // only once it had the liveness timeout to register (shards register
   // again at their next heartbeat after a coordinator restart).
-  const bool registration_due =
-      std::chrono::steady_clock::now() > started_ + absl::ToChronoNanoseconds(options_.liveness_timeout);
+  const bool registration_due = std::chrono::steady_clock::now() >
+                                started_ + absl::ToChronoNanoseconds(options_.liveness_timeout);
   auto lost_primary = [&](const ReplicaGroup& g) {
     auto it = shards.find(g.primary);
     if (it == shards.end()) return registration_due;
@@ -152,7 +152,8 @@ void CoordinatorService::KeepReplicas() {
   for (const ReplicaGroup& g : groups) {
     if (!lost_primary(g) || moving.count(g.parts[0]) > 0) continue;
     bool promotable = false;
-    for (const ReplicaRecord& b : g.backups) promotable = promotable || (b.in_sync() && live.count(b.shard_id()) > 0);
+    for (const ReplicaRecord& b : g.backups)
+      promotable = promotable || (b.in_sync() && live.count(b.shard_id()) > 0);
     if (!promotable) continue;
     const bool down = live.count(g.primary) == 0;
     bool lease_held = false;
@@ -300,8 +301,8 @@ std::string CoordinatorService::CheckFollow(const ReplicaRecord& backup, uint64_
   MoveStatusResponse status;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  const absl::Status asked = FromGrpcStatus(
-      ShardMove::NewStub(ChannelFor(address))->MoveStatus(&ctx, req, &status));
+  const absl::Status asked =
+      FromGrpcStatus(ShardMove::NewStub(ChannelFor(address))->MoveStatus(&ctx, req, &status));
   if (absl::IsNotFound(asked)) return "its shard does not know its follow (restarted)";
   if (!asked.ok()) return "";  // asked again at the next pass
   if (status.phase() == MOVE_FAILED) return absl::StrCat("its follow failed: ", status.message());
@@ -339,8 +340,8 @@ void CoordinatorService::AddBackup(const ReplicaGroup& group) {
     ListVariablesResponse listed;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
-    absl::Status got =
-        FromGrpcStatus(StubFor(source->address)->ListVariables(&ctx, ListVariablesRequest(), &listed));
+    absl::Status got = FromGrpcStatus(
+        StubFor(source->address)->ListVariables(&ctx, ListVariablesRequest(), &listed));
     if (!got.ok()) return;
     bool initialized = false;
     for (const VariableInfo& info : listed.variables()) {
@@ -376,8 +377,8 @@ void CoordinatorService::AddBackup(const ReplicaGroup& group) {
       auto p = placement.find(id);
       load[id] = p == placement.end() ? 0 : p->second.bytes;
       // A host holding a backup already counts as the primary's: used.
-      hosts[id] = replica_hosts.count(it->second.host) > 0 ? std::string("#primary")
-                                                           : it->second.host;
+      hosts[id] =
+          replica_hosts.count(it->second.host) > 0 ? std::string("#primary") : it->second.host;
     }
     hosts[primary] = "#primary";
   }
@@ -540,9 +541,9 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
     req.set_move_id(b.move_id());
     req.set_wait_ms(0);
     MoveStatusResponse status;
-    absl::Status asked = CallMove(ShardMove::NewStub(ChannelFor(at->address)).get(),
-                                  &ShardMove::Stub::MoveStatus, req, &status,
-                                  options_.shard_rpc_timeout);
+    absl::Status asked =
+        CallMove(ShardMove::NewStub(ChannelFor(at->address)).get(), &ShardMove::Stub::MoveStatus,
+                 req, &status, options_.shard_rpc_timeout);
     if (!asked.ok() || status.phase() == MOVE_FAILED) continue;
     candidates.push_back({b, *at, status.applied_seq()});
   }
@@ -556,8 +557,8 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
   const uint64_t epoch = group.epoch + 1;
   // Durable before the backup serves: a coordinator that restarts knows
   // the new primary, and no later decision can pick another for this epoch.
-  PSD_RETURN_IF_ERROR(registry_->FailOver(group.parts, best.backup.shard_id(),
-                                          best.backup.move_id(), epoch));
+  PSD_RETURN_IF_ERROR(
+      registry_->FailOver(group.parts, best.backup.shard_id(), best.backup.move_id(), epoch));
   {
     absl::MutexLock lock(&mu_);
     failover_generation_ += 1;
@@ -568,9 +569,9 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
     req.set_epoch(epoch);
     req.set_shard_incarnation(best.address.incarnation);
     PromoteReplicaResponse resp;
-    absl::Status promoted = CallMove(ShardMove::NewStub(ChannelFor(best.address.address)).get(),
-                                     &ShardMove::Stub::PromoteReplica, req, &resp,
-                                     options_.shard_rpc_timeout);
+    absl::Status promoted =
+        CallMove(ShardMove::NewStub(ChannelFor(best.address.address)).get(),
+                 &ShardMove::Stub::PromoteReplica, req, &resp, options_.shard_rpc_timeout);
     if (!promoted.ok()) {
       // The registry names it the primary: if it is gone, its parts are
       // lost with it (restored from a checkpoint when it comes back).

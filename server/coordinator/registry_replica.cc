@@ -70,10 +70,10 @@ absl::Status Registry::AddReplica(const std::vector<std::string>& parts,
       }
       if (first == nullptr) first = part;
       if (part->shard_id() != first->shard_id() || part->epoch() != first->epoch()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "parts ", first->name(), " and ", name, " are not one group (primaries ",
-            first->shard_id(), " and ", part->shard_id(), ", epochs ", first->epoch(), " and ",
-            part->epoch(), ")"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("parts ", first->name(), " and ", name, " are not one group (primaries ",
+                         first->shard_id(), " and ", part->shard_id(), ", epochs ", first->epoch(),
+                         " and ", part->epoch(), ")"));
       }
       if (backup.shard_id() == part->shard_id()) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -81,8 +81,8 @@ absl::Status Registry::AddReplica(const std::vector<std::string>& parts,
       }
       for (const ReplicaRecord& b : part->backups()) {
         if (b.shard_id() == backup.shard_id()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "shard ", backup.shard_id(), " holds a backup of ", name, " already"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("shard ", backup.shard_id(), " holds a backup of ", name, " already"));
         }
       }
       if (part->backups_size() >= r - 1) {
@@ -162,17 +162,17 @@ absl::Status Registry::FailOver(const std::vector<std::string>& parts, int32_t n
       }
       bool in_sync_there = false;
       for (const ReplicaRecord& b : part->backups()) {
-        in_sync_there = in_sync_there || (b.move_id() == move_id &&
-                                          b.shard_id() == new_primary && b.in_sync());
+        in_sync_there =
+            in_sync_there || (b.move_id() == move_id && b.shard_id() == new_primary && b.in_sync());
       }
       if (!in_sync_there) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "shard ", new_primary, " holds no in-sync backup of ", name, " by move ",
-            MoveIdName(move_id)));
+        return absl::FailedPreconditionError(absl::StrCat("shard ", new_primary,
+                                                          " holds no in-sync backup of ", name,
+                                                          " by move ", MoveIdName(move_id)));
       }
       if (epoch != part->epoch() + 1) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "a failover of ", name, " to epoch ", epoch, ": its epoch is ", part->epoch()));
+        return absl::FailedPreconditionError(absl::StrCat("a failover of ", name, " to epoch ",
+                                                          epoch, ": its epoch is ", part->epoch()));
       }
     }
     RegistryRecord record;
@@ -290,9 +290,10 @@ void Registry::ApplyReplica(const RegistryRecord& record) {
       const uint64_t move_id = record.replica_dropped();
       for_backup(move_id, [&](VariablePart* p) {
         auto* backups = p->mutable_backups();
-        backups->erase(std::remove_if(backups->begin(), backups->end(),
-                                      [&](const ReplicaRecord& b) { return b.move_id() == move_id; }),
-                       backups->end());
+        backups->erase(
+            std::remove_if(backups->begin(), backups->end(),
+                           [&](const ReplicaRecord& b) { return b.move_id() == move_id; }),
+            backups->end());
       });
       break;
     }
@@ -320,7 +321,8 @@ void Registry::ApplyReplica(const RegistryRecord& record) {
       }
       break;
     }
-    default: break;
+    default:
+      break;
   }
 }
 

@@ -40,7 +40,8 @@ std::set<uint64_t>* g_frozen = new std::set<uint64_t>;
 // them. A follow reports itself forwarding and caught up at once.
 class FakeShard {
  public:
-  FakeShard(int id, uint64_t incarnation) : id_(id), incarnation_(incarnation), data_(this), move_(this) {
+  FakeShard(int id, uint64_t incarnation)
+      : id_(id), incarnation_(incarnation), data_(this), move_(this) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     b.RegisterService(&data_);
@@ -270,7 +271,8 @@ class ReplicaKeeperTest : public ::testing::Test {
     *req.mutable_declaration() = d;
     GetVariableResponse resp;
     grpc::Status s = stub_->GetVariable(&ctx, req, &resp);
-    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!s.ok())
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
     return resp.handle();
   }
   VariableHandle Lookup(const std::string& name) {
@@ -344,10 +346,11 @@ TEST_F(ReplicaKeeperTest, AnUnderReplicatedGroupGetsABackupInSync) {
   const VariablePart part = PartOf("w");
   EXPECT_EQ(part.backups(0).shard_id(), backup);
   const std::string move = Hex(part.backups(0).move_id());
-  EXPECT_THAT(shards_[backup]->Calls(),
-              ElementsAre(absl::StrCat("StartMoveIn ", move, " follow=1 epoch=0 from ", primary,
-                                       " w(r)")));
-  EXPECT_THAT(shards_[primary]->Calls(), ElementsAre(absl::StrCat("SyncReplica ", move, " in_sync=1")));
+  EXPECT_THAT(
+      shards_[backup]->Calls(),
+      ElementsAre(absl::StrCat("StartMoveIn ", move, " follow=1 epoch=0 from ", primary, " w(r)")));
+  EXPECT_THAT(shards_[primary]->Calls(),
+              ElementsAre(absl::StrCat("SyncReplica ", move, " in_sync=1")));
   const VariableHandle h = Lookup("w");
   EXPECT_THAT(h.parts(0).backup_shards(), ElementsAre(backup));
   EXPECT_THAT(h.parts(0).in_sync_shards(), ElementsAre(backup));
@@ -385,7 +388,8 @@ TEST_F(ReplicaKeeperTest, ABackupReportedBehindIsReplaced) {
   }
   EXPECT_FALSE(PartOf("w").backups(0).in_sync()) << "recorded before the answer";
   ASSERT_TRUE(KeepUntil([&] { return InSync("w") && PartOf("w").backups(0).move_id() != first; }));
-  EXPECT_THAT(shards_[primary]->Calls(), Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
+  EXPECT_THAT(shards_[primary]->Calls(),
+              Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
   EXPECT_THAT(shards_[1 - primary]->Calls(),
               Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
   EXPECT_EQ(service_->replica_stats().replicas_added, 2);
@@ -581,7 +585,8 @@ TEST_F(ReplicaKeeperTest, ADeletedVariablesBackupsAreEnded) {
   req.set_name("w");
   CoordinatorDeleteVariableResponse resp;
   ASSERT_TRUE(stub_->DeleteVariable(&ctx, req, &resp).ok());
-  EXPECT_THAT(shards_[backup]->Calls(), Contains(absl::StrCat("EndMove ", Hex(move), " committed=0")));
+  EXPECT_THAT(shards_[backup]->Calls(),
+              Contains(absl::StrCat("EndMove ", Hex(move), " committed=0")));
 }
 
 class ReplicaKeeperThreeShardsTest : public ReplicaKeeperTest {
@@ -621,7 +626,9 @@ TEST_F(ReplicaKeeperThreeShardsTest, ADrainedShardsBackupsAreMadeAgainElsewhere)
     ASSERT_TRUE(stub_->DrainShard(&ctx, req, &resp).ok());
   }
   EXPECT_EQ(PartOf("w").backups_size(), 0);
-  EXPECT_GE(IndexOf(*shards_[first.shard_id()], absl::StrCat("EndMove ", Hex(first.move_id()), " committed=0")), 0);
+  EXPECT_GE(IndexOf(*shards_[first.shard_id()],
+                    absl::StrCat("EndMove ", Hex(first.move_id()), " committed=0")),
+            0);
   ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
   const int32_t now = PartOf("w").backups(0).shard_id();
   EXPECT_NE(now, first.shard_id());
@@ -658,9 +665,8 @@ TEST_F(ReplicaKeeperThreeShardsTest, AMovedPrimaryGetsItsBackupsAgain) {
   ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, All()));
   const ReplicaRecord again = PartOf("w").backups(0);
   EXPECT_NE(again.move_id(), first.move_id());
-  EXPECT_GE(IndexOf(*shards_[again.shard_id()],
-                    absl::StrCat("StartMoveIn ", Hex(again.move_id()), " follow=1 epoch=0 from ",
-                                 target)),
+  EXPECT_GE(IndexOf(*shards_[again.shard_id()], absl::StrCat("StartMoveIn ", Hex(again.move_id()),
+                                                             " follow=1 epoch=0 from ", target)),
             0);
 }
 
