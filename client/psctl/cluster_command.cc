@@ -324,7 +324,8 @@ void RunShow(const std::string& name, Context* ctx) {
                     std::to_string(p.shard_id()), p.shard_address(), state[i]});
     if (replicated) {
       rows.back().push_back(std::to_string(p.epoch()));
-      rows.back().push_back(p.backup_shards_size() > 0 ? absl::StrJoin(p.backup_shards(), ",") : "-");
+      rows.back().push_back(p.backup_shards_size() > 0 ? absl::StrJoin(p.backup_shards(), ",")
+                                                       : "-");
       rows.back().push_back(p.in_sync_shards_size() > 0 ? absl::StrJoin(p.in_sync_shards(), ",")
                                                         : "-");
     }
