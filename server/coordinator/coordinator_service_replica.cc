@@ -210,6 +210,7 @@ void CoordinatorService::KeepReplicas() {
     if (lost_primary(g) || moving.count(g.parts[0]) > 0) continue;
     {
       absl::MutexLock lock(&mu_);
+      primary_lost_at_.erase(g.parts[0]);  // back (or restored) without a failover
       if (replica_busy_.count(g.parts[0]) > 0) continue;
     }
     int kept = 0;

@@ -387,6 +387,17 @@ TEST_F(ReplicaKeeperTest, ABackupReportedBehindIsReplaced) {
     ASSERT_TRUE(stub_->ReplicaBehind(&ctx, req, &resp).ok());
   }
   EXPECT_FALSE(PartOf("w").backups(0).in_sync()) << "recorded before the answer";
+  {
+    // Only the group's primary, as it is registered, is heard.
+    grpc::ClientContext ctx;
+    ReplicaBehindRequest req;
+    req.set_shard_id(primary);
+    req.set_incarnation(shards_[primary]->incarnation() + 1);
+    req.set_move_id(first);
+    ReplicaBehindResponse resp;
+    EXPECT_EQ(stub_->ReplicaBehind(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+  }
   ASSERT_TRUE(KeepUntil([&] { return InSync("w") && PartOf("w").backups(0).move_id() != first; }));
   EXPECT_THAT(shards_[primary]->Calls(),
               Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
