@@ -211,7 +211,7 @@ class ReplicaKeeperTest : public ::testing::Test {
     ro.replication_offered = true;
     registry_ = std::move(Registry::Open(ro)).value();
     CoordinatorServiceOptions options;
-    options.replica_keeper_interval = absl::ZeroDuration();  // the test drives it
+    options.replica_keeper_interval = keeper_interval_;  // zero: the test drives it
     options.heartbeat_interval = absl::Milliseconds(100);
     options.liveness_timeout = liveness_timeout_;
     options.lease_period = lease_period_;
@@ -307,6 +307,7 @@ class ReplicaKeeperTest : public ::testing::Test {
   std::vector<std::unique_ptr<FakeShard>> shards_;
   uint64_t session_ = 0;
   int num_shards_ = 2;
+  absl::Duration keeper_interval_ = absl::ZeroDuration();
   absl::Duration liveness_timeout_ = absl::Seconds(2);
   absl::Duration lease_period_ = absl::Milliseconds(400);
 };
@@ -598,6 +599,26 @@ TEST_F(ReplicaKeeperTest, ADeletedVariablesBackupsAreEnded) {
   ASSERT_TRUE(stub_->DeleteVariable(&ctx, req, &resp).ok());
   EXPECT_THAT(shards_[backup]->Calls(),
               Contains(absl::StrCat("EndMove ", Hex(move), " committed=0")));
+}
+
+// The keeper's own thread does the same without being asked.
+class ReplicaKeeperThreadTest : public ReplicaKeeperTest {
+ protected:
+  void SetUp() override {
+    keeper_interval_ = absl::Milliseconds(20);
+    ReplicaKeeperTest::SetUp();
+  }
+};
+
+TEST_F(ReplicaKeeperThreadTest, TheKeeperThreadMakesBackups) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  bool in_sync = false;
+  for (int i = 0; i < 6000 && !in_sync; ++i) {
+    in_sync = InSync("w");
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(in_sync);
 }
 
 class ReplicaKeeperThreeShardsTest : public ReplicaKeeperTest {
