@@ -329,7 +329,7 @@ struct Config {
   int64_t memory_bytes = int64_t{4} << 30;
   std::string fsync_dir = "/tmp";
   // Workload groups to run (dense, small, sparse, optimizers, memory,
-  // checkpoints, embedding); empty runs all. The baselines always run.
+  // checkpoints, embedding, migration, replication); empty runs all. The baselines always run.
   std::vector<std::string> only;
   // Dense sizes to run instead of the defaults (bytes), e.g. to profile one.
   std::vector<int64_t> sizes;
@@ -420,6 +420,7 @@ class Bench {
     if (Selected("checkpoints")) Checkpoints();
     if (Selected("embedding")) Embedding();
     if (Selected("migration")) Migration();
+    if (Selected("replication")) Replication();
     report_.PrintTargets();
     std::printf("not measured here: psclient / C++ client (bench/psclient_bench.py); GPU shards "
                 "(--shard-device gpu:N on a GPU machine)\n");
@@ -1391,6 +1392,175 @@ class Bench {
     cluster->reset();
   }
 
+  // Replicated parts (docs/replication.md) on a coordinator and three
+  // shards of their own: each workload on a variable declared with
+  // replication 1 and on one declared with replication 2 (one in-sync
+  // backup) in the same cluster, through the ordinary client API; then a
+  // failover: the primary of a replicated counter SIGKILLed while a
+  // trainer counts, and how long its writes stalled.
+  void Replication() {
+    integration::TestClusterOptions options;
+    options.num_shards = 3;
+    constexpr double kLeaseSeconds = 3.0;  // the coordinator's default lease
+    options.coordinator_args = {"--heartbeat-interval", "0.2", "--liveness-timeout", "1",
+                                "--lease-period", absl::StrCat(kLeaseSeconds)};
+    auto cluster = integration::TestCluster::Start(options);
+    if (!cluster.ok()) return Check(cluster.status(), "replication: start a cluster");
+    client::SessionOptions session_options;
+    session_options.failover_wait = absl::Seconds(60);
+    auto session = client::Session::Open((*cluster)->coordinator_address(), session_options);
+    if (!session.ok()) return Check(session.status(), "replication: connect");
+    // A variable of `replication`, its backups in sync before it is used.
+    auto declare = [&](const std::string& name, int replication, DataType dtype,
+                       TensorShape shape) -> absl::StatusOr<client::Variable> {
+      client::GetVariableOptions o;
+      o.dtype = dtype;
+      o.shape = std::move(shape);
+      o.initializer = client::init::Zeros();
+      o.initialize = true;
+      o.replication = replication;
+      auto v = (*session)->GetVariable(name, o);
+      if (!v.ok()) return v.status();
+      const absl::Time deadline = absl::Now() + absl::Seconds(120);
+      for (;;) {
+        if (absl::Status s = v->Refresh(); !s.ok()) return s;
+        bool synced = true;
+        for (const PartHandle& p : v->handle().parts()) {
+          synced = synced && p.in_sync_shards_size() >= replication - 1;
+        }
+        if (synced) return *v;
+        if (absl::Now() > deadline) {
+          return absl::DeadlineExceededError(
+              absl::StrCat(name, ": no in-sync backups after 120 s"));
+        }
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+    };
+    const Tensor one = Tensor::Scalar<int64_t>(1);
+
+    // Small ops: assign_add of a scalar from 1, 8 and 64 threads.
+    std::map<std::pair<int, int>, std::pair<double, double>> small;  // (r, threads) -> rate, p50
+    for (int r : {1, 2}) {
+      auto v = declare(absl::StrCat("bench/rep_small_r", r), r, DT_INT64, TensorShape{});
+      if (!v.ok()) return Check(v.status(), "replication: declare");
+      for (int threads : {1, 8, 64}) {
+        auto [rate, lat] = RunConcurrent(threads, config_.op_seconds,
+                                         [&](int) { return v->AssignAdd(one).ok(); });
+        small[{r, threads}] = {rate, Percentile(lat, 0.5)};
+      }
+    }
+    for (int threads : {1, 8, 64}) {
+      const auto [rate1, p50_1] = small[{1, threads}];
+      const auto [rate2, p50_2] = small[{2, threads}];
+      report_.Add({absl::StrCat("assign_add scalar, replication 2, ", threads, " threads"), "ops/s",
+                   Same(rate2), "replication 1", rate1,
+                   absl::StrFormat("p50 %.0fus (replication 1: %.0fus, x%.2f)", p50_2 * 1e6,
+                                   p50_1 * 1e6, p50_1 > 0 ? p50_2 / p50_1 : 0)});
+      if (threads > 1) {
+        report_.AddTarget({absl::StrCat("small ops r=2 / r=1, ", threads, " in flight"),
+                           rate1 > 0 ? rate2 / rate1 : 0, true, 0.5, ""});
+      } else {
+        report_.AddTarget({"small op p50 latency r=2 / r=1", p50_1 > 0 ? p50_2 / p50_1 : 0,
+                           false, 2.5, ""});
+      }
+    }
+
+    // Dense assign of 64 MiB.
+    const int64_t dense_bytes = config_.quick ? (int64_t{16} << 20) : (int64_t{64} << 20);
+    std::map<int, double> dense;
+    for (int r : {1, 2}) {
+      auto v = declare(absl::StrCat("bench/rep_dense_r", r), r, DT_FLOAT,
+                       TensorShape{dense_bytes / 4 / 256, 256});
+      if (!v.ok()) return Check(v.status(), "replication: declare");
+      Tensor value(DT_FLOAT, TensorShape{dense_bytes / 4 / 256, 256});
+      for (int64_t i = 0; i < value.num_elements(); ++i) value.data<float>()[i] = 0.5f;
+      std::vector<double> gbps;
+      for (int rep = 0; rep < config_.reps; ++rep) {
+        const auto start = Clock::now();
+        Check(v->Assign(value), "replication: assign");
+        gbps.push_back(dense_bytes / Since(start) / 1e9);
+      }
+      dense[r] = Summarize(gbps).median;
+      if (r == 2) {
+        report_.Add({absl::StrCat("assign ", HumanBytes(dense_bytes), ", replication 2"), "GB/s",
+                     Summarize(gbps), "replication 1", dense[1], ""});
+        report_.AddTarget({"dense assign r=2 / r=1", dense[1] > 0 ? dense[2] / dense[1] : 0,
+                           true, 0.45, ""});
+      }
+    }
+
+    // scatter_add of 4096 Zipf(1.1) rows x 64 floats, 4 threads.
+    std::map<int, double> rows_per_s;
+    const int64_t table_rows = int64_t{1} << 18;
+    for (int r : {1, 2}) {
+      auto v = declare(absl::StrCat("bench/rep_sparse_r", r), r, DT_FLOAT,
+                       TensorShape{table_rows, 64});
+      if (!v.ok()) return Check(v.status(), "replication: declare");
+      std::vector<Tensor> indices;
+      for (int t = 0; t < 4; ++t) {
+        indices.push_back(*Tensor::FromVector<int64_t>(
+            TensorShape{config_.scatter_batch},
+            ZipfIndices(table_rows, 1.1, config_.scatter_batch, 77 + t)));
+      }
+      Tensor values(DT_FLOAT, TensorShape{config_.scatter_batch, 64});
+      for (int64_t i = 0; i < values.num_elements(); ++i) values.data<float>()[i] = 1;
+      auto [rate, lat] = RunConcurrent(4, config_.op_seconds, [&](int t) {
+        return v->ScatterAdd(indices[t], values).ok();
+      });
+      rows_per_s[r] = rate * static_cast<double>(config_.scatter_batch);
+      if (r == 2) {
+        report_.Add({absl::StrCat("scatter_add ", config_.scatter_batch, "x64, 4 threads, "
+                                  "replication 2"),
+                     "rows/s", Same(rows_per_s[2]), "replication 1", rows_per_s[1],
+                     absl::StrFormat("p50 %.2f ms", Percentile(lat, 0.5) * 1e3)});
+        report_.AddTarget({"scatter_add r=2 / r=1", rows_per_s[1] > 0 ? rows_per_s[2] / rows_per_s[1] : 0,
+                           true, 0.45, ""});
+      }
+    }
+
+    // Failover: the primary of a replicated counter SIGKILLed while a
+    // trainer counts; the time from the kill to the first write answered
+    // after it.
+    auto counter = declare("bench/rep_failover", 2, DT_INT64, TensorShape{});
+    if (!counter.ok()) return Check(counter.status(), "replication: declare");
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> acked{0};
+    std::atomic<int64_t> last_ack_ns{0};
+    std::thread trainer([&] {
+      while (!stop.load()) {
+        if (counter->AssignAdd(one).ok()) {
+          acked.fetch_add(1);
+          last_ack_ns.store(Clock::now().time_since_epoch().count());
+        }
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const int primary = counter->handle().parts(0).shard_id();
+    const int64_t before = acked.load();
+    const auto killed_at = Clock::now();
+    Check((*cluster)->KillShard(primary), "replication: kill the primary");
+    while (acked.load() <= before + 1 && Since(killed_at) < 60) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    // The first answer after the kill (the writes in flight at the kill
+    // are answered by the new primary, from its request window or anew).
+    const double stalled =
+        acked.load() > before + 1
+            ? std::chrono::duration<double>(Clock::time_point(Clock::duration(last_ack_ns.load())) -
+                                            killed_at)
+                  .count()
+            : 60;
+    stop.store(true);
+    trainer.join();
+    report_.Add({"failover: writes resume after the primary's SIGKILL", "s", Same(stalled),
+                 "lease period", kLeaseSeconds,
+                 absl::StrFormat("shard %d killed; %lld writes answered before", primary,
+                                 static_cast<long long>(before))});
+    report_.AddTarget({"failover stall / lease period", stalled / kLeaseSeconds, false, 2.0, ""});
+    session->reset();
+    cluster->reset();
+  }
+
   // Embedding tables (issue 19) on a coordinator and two shards of its own
   // (tables are declared through the coordinator): by-key gather,
   // scatter_add and Adagrad apply_sparse of Zipf(1.1) batches on a table
@@ -1828,10 +1998,10 @@ int main(int argc, char** argv) {
   app.add_option("--fsync-dir", config.fsync_dir, "Directory for the fsync baseline");
   app.add_option("--only", config.only,
                  "Run only these workload groups: dense, small, sparse, sparse_merge, optimizers, "
-                 "memory, checkpoints, embedding, migration")
+                 "memory, checkpoints, embedding, migration, replication")
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "small", "sparse", "sparse_merge", "optimizers", "memory",
-                             "checkpoints", "embedding", "migration"}));
+                             "checkpoints", "embedding", "migration", "replication"}));
   app.add_option("--sizes", config.sizes,
                  "Dense workload sizes in bytes instead of the defaults (e.g. 4194304,1073741824)")
       ->delimiter(',')

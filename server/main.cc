@@ -186,6 +186,10 @@ int main(int argc, char** argv) {
                           "Seconds of lease each heartbeat grants its shard (at least twice "
                           "--heartbeat-interval; docs/replication.md)")
       ->check(CLI::PositiveNumber);
+  coordinator->add_option("--replication", coord.replication,
+                          "Shards holding each part, for declarations that name none: 1 (no "
+                          "backups, the default) to 3 (docs/replication.md)")
+      ->check(CLI::Range(1, 3));
   coordinator->add_option("--session-ttl", coord.session_ttl_seconds,
                           "Seconds without a call before a client session expires (0: never); "
                           "clients ping in the background")
@@ -341,6 +345,7 @@ int main(int argc, char** argv) {
       if (coordinator->count("--http-max-connections") == 0) {
         coord.limits.http_max_connections = file.http_max_connections;
       }
+      if (coordinator->count("--replication") == 0) coord.replication = file.replication;
       const psd::CheckpointConfig& ckpt = config->checkpoint;
       if (coordinator->count("--checkpoint-dir") == 0) coord.checkpoint.dir = ckpt.dir;
       if (coordinator->count("--max-to-keep") == 0) coord.checkpoint.max_to_keep = ckpt.max_to_keep;

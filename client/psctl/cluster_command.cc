@@ -86,6 +86,8 @@ void RunStatus(Context* ctx) {
                       ",\"memory_used_bytes\":", sh.memory_used_bytes(),
                       ",\"memory_limit_bytes\":", sh.memory_limit_bytes(),
                       ",\"lost_parts\":", sh.lost_parts(),
+                      ",\"primary_groups\":", sh.primary_groups(),
+                      ",\"backup_groups\":", sh.backup_groups(),
                       ",\"drained\":", sh.drained() ? "true" : "false",
                       ",\"millis_since_heartbeat\":", sh.millis_since_heartbeat());
       // The shard's own op counters since it started, as its last heartbeat
@@ -115,6 +117,13 @@ void RunStatus(Context* ctx) {
   bool hosts = false;
   for (const psd::ShardStatus& sh : resp.shards()) hosts |= !sh.host().empty();
   if (hosts) rows[0].insert(rows[0].begin() + 5, "HOST");
+  // REPLICAS (replicated groups it is the primary of / holds a backup of)
+  // only when the cluster has replicated variables.
+  bool replicas = false;
+  for (const psd::ShardStatus& sh : resp.shards()) {
+    replicas |= sh.primary_groups() > 0 || sh.backup_groups() > 0;
+  }
+  if (replicas) rows[0].insert(rows[0].end() - 2, "PRIMARY/BACKUP");
   for (const psd::ShardStatus& sh : resp.shards()) {
     rows.push_back({std::to_string(sh.shard_id()), sh.address(),
                     absl::StrCat(sh.live() ? "yes" : "NO", sh.drained() ? " (drained)" : ""),
@@ -130,6 +139,10 @@ void RunStatus(Context* ctx) {
                                                     sh.traffic().write_ops())
                                      : std::string("-"),
                     absl::StrCat(sh.millis_since_heartbeat(), " ms ago")});
+    if (replicas) {
+      rows.back().insert(rows.back().end() - 2,
+                         absl::StrCat(sh.primary_groups(), " / ", sh.backup_groups()));
+    }
     if (hosts) rows.back().insert(rows.back().begin() + 5, sh.host().empty() ? "-" : sh.host());
   }
   out += FormatTable(rows);
@@ -276,6 +289,8 @@ void RunShow(const std::string& name, Context* ctx) {
           ",\"shape\":", ShapeJson(p.shape()), ",\"offset\":[", absl::StrJoin(p.offset(), ","),
           "],\"shard\":", p.shard_id(), ",\"address\":", JsonString(p.shard_address()),
           ",\"lost\":", p.lost() ? "true" : "false", ",\"state\":", JsonString(state[i]),
+          ",\"epoch\":", p.epoch(), ",\"backup_shards\":[", absl::StrJoin(p.backup_shards(), ","),
+          "],\"in_sync_shards\":[", absl::StrJoin(p.in_sync_shards(), ","), "]",
           stats[i].has_value() ? absl::StrCat(",\"embedding\":", EmbeddingStatsJson(*stats[i]))
                                : std::string(),
           "}");
@@ -294,6 +309,12 @@ void RunShow(const std::string& name, Context* ctx) {
       "\n  initializer:  ", InitializerText(h.initializer()),
       "\n  declared at:  ", h.declared_at().empty() ? "-" : h.declared_at(), "\n");
   std::vector<std::vector<std::string>> rows = {{"PART", "SHAPE", "OFFSET", "SHARD", "ADDRESS", "STATE"}};
+  // A replicated variable's parts: epoch, backups, and those in sync.
+  bool replicated = false;
+  for (const auto& p : h.parts()) replicated |= p.epoch() > 0 || p.backup_shards_size() > 0;
+  if (replicated) {
+    for (const char* column : {"EPOCH", "BACKUPS", "IN SYNC"}) rows[0].push_back(column);
+  }
   if (h.has_embedding()) {
     for (std::string& column : EmbeddingStatsHeader()) rows[0].push_back(std::move(column));
   }
@@ -301,6 +322,13 @@ void RunShow(const std::string& name, Context* ctx) {
     const auto& p = h.parts(i);
     rows.push_back({p.name(), ShapeText(p.shape()), absl::StrCat("[", absl::StrJoin(p.offset(), ","), "]"),
                     std::to_string(p.shard_id()), p.shard_address(), state[i]});
+    if (replicated) {
+      rows.back().push_back(std::to_string(p.epoch()));
+      rows.back().push_back(p.backup_shards_size() > 0 ? absl::StrJoin(p.backup_shards(), ",")
+                                                       : "-");
+      rows.back().push_back(p.in_sync_shards_size() > 0 ? absl::StrJoin(p.in_sync_shards(), ",")
+                                                        : "-");
+    }
     if (h.has_embedding()) {
       for (std::string& column :
            EmbeddingStatsColumns(stats[i].has_value() ? &*stats[i] : nullptr)) {

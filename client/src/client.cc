@@ -146,7 +146,11 @@ absl::Status ShardClient::SendApplySparse(ApplySparseRequest* request,
 
 absl::Status ShardClient::SendApplyStream(AssignStreamHeader* header, const Tensor& gradient,
                                           AssignResponse* response) {
-  SetNewRequestId(header->mutable_request_id(), impl_->credentials_key_);
+  // A header that carries an id resends an op sent before (see
+  // ShardApplier::ApplyGradients' request_ids).
+  if (header->request_id().client_id() == 0) {
+    SetNewRequestId(header->mutable_request_id(), impl_->credentials_key_);
+  }
   header->set_shard_incarnation(impl_->info_.incarnation);
   return impl_->AssignStream(*header, gradient, response);
 }
@@ -155,7 +159,11 @@ absl::Status ShardClient::SendApplyBatch(BatchRequest* request, BatchResponse* r
   // Held across the retries: every attempt resends the same ids.
   internal::BatchIdLease ids(impl_->credentials_key_);
   for (BatchOp& op : *request->mutable_ops()) {
-    if (RequestId* id = internal::BatchOpId(&op)) ids.Next(id);
+    // An op that carries an id resends one sent before (see
+    // ShardApplier::ApplyGradients' request_ids).
+    if (RequestId* id = internal::BatchOpId(&op); id != nullptr && id->client_id() == 0) {
+      ids.Next(id);
+    }
     if (op.has_apply_dense()) {
       op.mutable_apply_dense()->set_shard_incarnation(impl_->info_.incarnation);
     } else if (op.has_apply_sparse()) {

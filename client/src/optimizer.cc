@@ -546,12 +546,20 @@ absl::Status Optimizer::ApplyGradients(
     for (auto& ps : part_status[tables[t]]) ps = table_status[t];
   }
 
-  for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
+  // Each op's request ids, drawn by its first attempt and sent again by
+  // the later ones: after a failover the new primary's replicated request
+  // window answers an apply the lost primary made, instead of applying it
+  // twice.
+  std::map<std::pair<size_t, int>, RequestId> op_ids;
+  const absl::Time first_attempt = absl::Now();
+  absl::Duration pause = absl::Milliseconds(100);
+  for (int attempt = 0; !pending.empty(); ++attempt) {
     // Group the ops by (shard address, incarnation).
     struct Group {
       PartHandle part;  // any part on the shard (for ShardFor)
       std::vector<PartOp> ops;
       std::vector<GradientAndVariable> grads;
+      std::vector<RequestId> ids;  // by op: as op_ids (unset: drawn when sent)
     };
     std::map<std::pair<std::string, uint64_t>, Group> groups;
     for (const PartOp& op : pending) {
@@ -598,6 +606,7 @@ absl::Status Optimizer::ApplyGradients(
         g.grads.emplace_back(part.name(), sparse_parts[op.pair][op.part]);
       }
       g.grads.back().slots = std::move(slot_names);
+      g.ids.push_back(op_ids[{op.pair, op.part}]);
     }
 
     std::vector<Group*> list;
@@ -628,7 +637,12 @@ absl::Status Optimizer::ApplyGradients(
           }
           std::vector<GradientAndVariable> chunk(g.grads.begin() + begin, g.grads.begin() + end);
           std::vector<absl::Status> chunk_status;
-          absl::Status s = applier.ApplyGradients(step_config, chunk, &chunk_status);
+          std::vector<RequestId> chunk_ids(chunk.size());
+          for (size_t j = begin; j < end; ++j) chunk_ids[j - begin] = g.ids[j];
+          absl::Status s = applier.ApplyGradients(step_config, chunk, &chunk_status, &chunk_ids);
+          for (size_t j = begin; j < end && chunk_ids.size() == chunk.size(); ++j) {
+            g.ids[j] = chunk_ids[j - begin];
+          }
           for (size_t j = begin; j < end; ++j) {
             out[j] = chunk_status.size() == chunk.size() ? chunk_status[j - begin] : s;
           }
@@ -641,16 +655,41 @@ absl::Status Optimizer::ApplyGradients(
       return absl::OkStatus();
     });
 
-    // Stale parts: refresh their variables (and slots) and try once more.
+    for (Group* g : list) {
+      for (size_t j = 0; j < g->ops.size(); ++j) op_ids[{g->ops[j].pair, g->ops[j].part}] = g->ids[j];
+    }
+
+    // Stale parts (moved; the shard restarted) are refreshed and sent once
+    // more; parts of replicated variables whose shard is unreachable or
+    // without its lease, until the session's failover_wait has passed (a
+    // backup is being promoted), with the same request ids.
     std::vector<PartOp> stale;
     std::set<size_t> refresh;
+    bool failing_over = false;
     for (const PartOp& op : pending) {
-      if (IsStaleHandle(part_status[op.pair][op.part])) {
-        stale.push_back(op);
-        refresh.insert(op.pair);
+      const absl::Status& ps = part_status[op.pair][op.part];
+      if (MayBeFailingOver(ps, handles[op.pair].parts(op.part))) {
+        failing_over = true;
+      } else if (!IsStaleHandle(ps)) {
+        continue;
       }
+      stale.push_back(op);
+      refresh.insert(op.pair);
     }
-    if (stale.empty() || attempt == 1) break;
+    if (stale.empty()) break;
+    if (failing_over) {
+      if (absl::Now() - first_attempt >= session_.impl_->options_.failover_wait) break;
+    } else if (attempt >= 1) {
+      break;
+    }
+    std::map<std::pair<size_t, int>, std::pair<int32_t, uint64_t>> placed_before;
+    for (const PartOp& op : stale) {
+      const PartHandle& p = handles[op.pair].parts(op.part);
+      placed_before[{op.pair, op.part}] = {p.shard_id(), p.shard_incarnation()};
+    }
+    // A pair whose refresh fails, or which was re-partitioned, keeps that
+    // error on its retried parts; the others go again.
+    std::map<size_t, absl::Status> refresh_failed;
     for (size_t i : refresh) {
       Variable var = grads_and_vars[i].second;
       absl::Status s = var.Refresh();
@@ -658,28 +697,34 @@ absl::Status Optimizer::ApplyGradients(
         if (s.ok()) s = slot.Refresh();
       }
       if (!s.ok()) {
-        for (auto& ps : part_status[i]) {
-          if (IsStaleHandle(ps)) ps = s;
-        }
+        refresh_failed[i] = s;
         continue;
       }
       const VariableHandle fresh = var.handle();
       if (fresh.parts_size() != handles[i].parts_size()) {
-        for (auto& ps : part_status[i]) {
-          if (IsStaleHandle(ps)) {
-            ps = absl::AbortedError(
-                absl::StrCat("stale handle: ", handles[i].name(), " was re-partitioned"));
-          }
-        }
+        refresh_failed[i] = absl::AbortedError(
+            absl::StrCat("stale handle: ", handles[i].name(), " was re-partitioned"));
         continue;
       }
       handles[i] = fresh;
     }
     pending.clear();
+    bool placement_changed = false;
     for (const PartOp& op : stale) {
-      if (IsStaleHandle(part_status[op.pair][op.part]) && handles[op.pair].parts_size() > 0) {
-        pending.push_back(op);
+      if (auto failed = refresh_failed.find(op.pair); failed != refresh_failed.end()) {
+        part_status[op.pair][op.part] = failed->second;
+        continue;
       }
+      const PartHandle& p = handles[op.pair].parts(op.part);
+      placement_changed = placement_changed ||
+                          placed_before[{op.pair, op.part}] !=
+                              std::make_pair(p.shard_id(), p.shard_incarnation());
+      pending.push_back(op);
+    }
+    if (failing_over && !placement_changed && !pending.empty()) {
+      // No backup promoted yet: wait a little before the next attempt.
+      absl::SleepFor(pause);
+      pause = std::min(pause * 2, absl::Seconds(1));
     }
   }
 

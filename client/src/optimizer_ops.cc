@@ -8,6 +8,7 @@
 #include "psd/shard.pb.h"
 #include "psd/status.h"
 #include "psd/wire.h"
+#include "data_stream.h"
 #include "overloaded.h"
 #include "sparse_merge.h"
 
@@ -190,8 +191,10 @@ class ShardApplier::Impl {
   absl::StatusOr<uint64_t> ApplyDenseStreamed(const std::string& var, const OptimizerSpec& spec,
                                               const OptimizerConfig& config,
                                               const Tensor& gradient,
-                                              const std::vector<std::string>& slots) {
+                                              const std::vector<std::string>& slots,
+                                              RequestId* id = nullptr) {
     AssignStreamHeader header;
+    if (id != nullptr) *header.mutable_request_id() = *id;  // unset: drawn by the send
     header.set_name(var);
     header.set_op(UPDATE_ASSIGN);
     header.set_dtype(gradient.dtype());
@@ -200,7 +203,9 @@ class ShardApplier::Impl {
     FillSlots(var, config, slots, header.mutable_apply()->mutable_slots());
     *header.mutable_apply()->mutable_optimizer() = spec;
     AssignResponse response;
-    PSD_RETURN_IF_ERROR(shard_->SendApplyStream(&header, gradient, &response));
+    absl::Status sent = shard_->SendApplyStream(&header, gradient, &response);
+    if (id != nullptr) *id = header.request_id();
+    PSD_RETURN_IF_ERROR(sent);
     return response.version();
   }
 
@@ -268,8 +273,15 @@ absl::StatusOr<uint64_t> ShardApplier::ApplySparse(const std::string& var,
 
 absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
                                           const std::vector<GradientAndVariable>& grads_and_vars,
-                                          std::vector<absl::Status>* statuses) {
+                                          std::vector<absl::Status>* statuses,
+                                          std::vector<RequestId>* request_ids) {
   const OptimizerSpec spec = ToSpec(optimizer);
+  if (request_ids != nullptr) request_ids->resize(grads_and_vars.size());
+  // Op i's id as the caller gave it (to send again), or null.
+  const auto preset_id = [&](size_t i) -> const RequestId* {
+    if (request_ids == nullptr || (*request_ids)[i].client_id() == 0) return nullptr;
+    return &(*request_ids)[i];
+  };
   std::vector<absl::Status> results(grads_and_vars.size());
   // Ops in one Batch message, by index; sent when a streamed gradient comes
   // (so every op still runs in the caller's order) and at the end.
@@ -288,6 +300,11 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
     for (int k = 0; k < response.results_size(); ++k) {
       const BatchOpResult& r = response.results(k);
       results[batched[k]] = absl::Status(static_cast<absl::StatusCode>(r.code()), r.message());
+      if (request_ids != nullptr) {
+        if (const RequestId* id = internal::BatchOpId(batch.mutable_ops(k))) {
+          (*request_ids)[batched[k]] = *id;
+        }
+      }
     }
     batch.Clear();
     batched.clear();
@@ -301,8 +318,10 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
     if (const auto* dense = std::get_if<Tensor>(&gv.gradient)) {
       if (impl_->Streams(*dense)) {
         PSD_RETURN_IF_ERROR(send_batch());
-        results[i] =
-            impl_->ApplyDenseStreamed(gv.variable, spec, optimizer, *dense, gv.slots).status();
+        results[i] = impl_
+                         ->ApplyDenseStreamed(gv.variable, spec, optimizer, *dense, gv.slots,
+                                              request_ids != nullptr ? &(*request_ids)[i] : nullptr)
+                         .status();
         continue;
       }
       impl_->FillDense(gv.variable, spec, optimizer, *dense, gv.slots,
@@ -318,6 +337,9 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
         impl_->FillSparse(gv.variable, spec, optimizer, sparse.indices, sparse.values, gv.slots,
                           batch.add_ops()->mutable_apply_sparse());
       }
+    }
+    if (const RequestId* id = preset_id(i)) {
+      *internal::BatchOpId(batch.mutable_ops(batch.ops_size() - 1)) = *id;
     }
     batched.push_back(i);
   }

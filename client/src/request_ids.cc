@@ -21,6 +21,8 @@ namespace {
 
 std::atomic<uint64_t> next_seq{1};
 
+thread_local RequestIdCarry* t_carry = nullptr;
+
 // Batch ids not leased now, by credentials key, with their next sequence
 // numbers. It holds at most as many ids as batches were ever open at once in
 // this process.
@@ -59,9 +61,30 @@ uint64_t ProcessClientId(uint64_t credentials_key) {
 }
 
 void SetNewRequestId(RequestId* id, uint64_t credentials_key) {
-  id->set_client_id(ProcessClientId(credentials_key));
+  RequestIdCarry* carry = t_carry;
+  const uint64_t client_id = ProcessClientId(credentials_key);
+  if (carry != nullptr && carry->next_ < carry->ids_.size() &&
+      carry->ids_[carry->next_].client_id() == client_id) {
+    *id = carry->ids_[carry->next_++];
+    return;
+  }
+  id->set_client_id(client_id);
   id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));
+  if (carry != nullptr) {
+    // A call the first attempt did not make (or made under other
+    // credentials): from here on this attempt draws its own ids.
+    carry->ids_.resize(carry->next_);
+    carry->ids_.push_back(*id);
+    ++carry->next_;
+  }
 }
+
+RequestIdCarry::Attempt::Attempt(RequestIdCarry* carry) : previous_(t_carry) {
+  carry->next_ = 0;
+  t_carry = carry;
+}
+
+RequestIdCarry::Attempt::~Attempt() { t_carry = previous_; }
 
 void RenumberRequestId(RequestId* id) {
   id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));

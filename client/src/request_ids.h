@@ -20,7 +20,9 @@
 #ifndef PSD_CLIENT_SRC_REQUEST_IDS_H_
 #define PSD_CLIENT_SRC_REQUEST_IDS_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "psd/channel_security.h"
 #include "psd/types.pb.h"
@@ -44,6 +46,42 @@ void SetNewRequestId(RequestId* id, uint64_t credentials_key = 0);
 // Gives *id the next sequence number, keeping its client id (a retry whose
 // id the shard refused as too old).
 void RenumberRequestId(RequestId* id);
+
+// Keeps the request ids of one logical operation on one part across the
+// attempts a caller makes at it on possibly different shards (a refreshed
+// handle after a failover or a move): while a scope is open on a thread,
+// the k-th SetNewRequestId of the current attempt hands out the id the k-th
+// call of the first attempt drew. So a write the old primary applied, whose
+// answer was lost with it, reaches the new primary with the same id and is
+// answered from the request window that came with the replicated writes,
+// not applied again.
+//
+// Thread-compatible: one scope per thread at a time (scopes do not nest);
+// the ids it holds belong to its owner.
+class RequestIdCarry {
+ public:
+  RequestIdCarry() = default;
+  RequestIdCarry(const RequestIdCarry&) = delete;
+  RequestIdCarry& operator=(const RequestIdCarry&) = delete;
+
+  // Opens the carry on this thread for one attempt; the attempt's calls
+  // take its ids in order.
+  class Attempt {
+   public:
+    explicit Attempt(RequestIdCarry* carry);
+    Attempt(const Attempt&) = delete;
+    Attempt& operator=(const Attempt&) = delete;
+    ~Attempt();
+
+   private:
+    RequestIdCarry* const previous_;
+  };
+
+ private:
+  friend void SetNewRequestId(RequestId* id, uint64_t credentials_key);
+  std::vector<RequestId> ids_;
+  size_t next_ = 0;  // of the current attempt
+};
 
 // A client id with a sequence space of its own, for one batch at a time
 // (a BatchStream, or one ShardApplier::ApplyGradients call). A batch

@@ -31,6 +31,11 @@ bool IsStaleHandle(const absl::Status& status) {
          absl::StrContains(status.message(), "stale handle");
 }
 
+bool MayBeFailingOver(const absl::Status& status, const PartHandle& part) {
+  const bool replicated = part.epoch() > 0 || part.backup_shards_size() > 0;
+  return replicated && status.code() == absl::StatusCode::kUnavailable;
+}
+
 namespace regularizers {
 namespace {
 
@@ -348,6 +353,7 @@ absl::StatusOr<Declaration> MakeDeclaration(const CapturedScope& scope, const st
   if (o.trainable.has_value()) d.set_trainable(*o.trainable);
   for (const std::string& c : o.collections) d.add_collections(c);
   d.set_initialize(o.initialize);
+  if (o.replication.has_value()) d.set_replication(*o.replication);
   d.set_declared_at(!o.declared_at.empty() ? o.declared_at : absl::StrCat(file, ":", line));
   return out;
 }
@@ -457,6 +463,7 @@ absl::StatusOr<EmbeddingVariable> Session::GetEmbeddingVariable(
   o.reuse = options.reuse;
   o.trainable = options.trainable;
   o.collections = options.collections;
+  o.replication = options.replication;
   o.declared_at = options.declared_at;
   EmbeddingSpec spec = options.ev_option;
   spec.set_embedding_dim(options.embedding_dim);

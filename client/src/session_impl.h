@@ -34,6 +34,12 @@ namespace client {
 // part's shard incarnation is not the one the pool can reach).
 bool IsStaleHandle(const absl::Status& status);
 
+// True for a failure of an op on `part` that a failover may cure: the part
+// is replicated (docs/replication.md) and its shard was unreachable or
+// answered UNAVAILABLE (its lease expired, or it is a backup now). The
+// caller asks the coordinator where the part is and tries again.
+bool MayBeFailingOver(const absl::Status& status, const PartHandle& part);
+
 
 class Session::Impl {
  public:

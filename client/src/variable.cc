@@ -10,6 +10,7 @@
 #include "psd/status.h"
 #include "psd/update_kind.h"
 #include "psd/wire.h"
+#include "request_ids.h"
 #include "session_impl.h"
 #include "sparse_merge.h"
 
@@ -51,10 +52,18 @@ absl::Status VariableState::ForParts(
   if (todo.empty()) {
     for (int k = 0; k < h.parts_size(); ++k) todo.push_back(k);
   }
-  for (int attempt = 0;; ++attempt) {
+  // Per part: the request ids of its first attempt, sent again by later
+  // ones, so a write the lost primary applied is recognised where the
+  // part lives now (request_ids.h).
+  std::vector<RequestIdCarry> carries(h.parts_size());
+  const absl::Time start = absl::Now();
+  absl::Duration pause = absl::Milliseconds(100);
+  bool stale_refreshed = false;
+  for (;;) {
     std::vector<absl::Status> statuses = RunParallel(todo.size(), [&](size_t i) -> absl::Status {
       const PartHandle& part = h.parts(todo[i]);
       if (part.lost()) return LostPart(h, part);
+      RequestIdCarry::Attempt carried(&carries[todo[i]]);
       PSD_ASSIGN_OR_RETURN(auto shard, session->ShardFor(part));
       absl::Status s = fn(todo[i], part, *shard);
       if (!s.ok() && !IsStaleHandle(s)) {
@@ -65,27 +74,51 @@ absl::Status VariableState::ForParts(
       }
       return s;
     });
-    std::vector<int> stale;
+    // Parts to try again once the handle is refreshed: those answered
+    // "stale handle" (moved; the shard restarted), and replicated parts
+    // whose shard is unreachable or has no lease (a failover may be under
+    // way).
+    std::vector<int> again;
+    bool failing_over = false;
     absl::Status first;
     for (size_t i = 0; i < todo.size(); ++i) {
-      if (IsStaleHandle(statuses[i])) stale.push_back(todo[i]);
-      if (first.ok() && !statuses[i].ok()) first = statuses[i];
+      const absl::Status& s = statuses[i];
+      if (IsStaleHandle(s)) {
+        again.push_back(todo[i]);
+      } else if (MayBeFailingOver(s, h.parts(todo[i]))) {
+        again.push_back(todo[i]);
+        failing_over = true;
+      } else if (!s.ok()) {
+        return s;  // final: other failures are not cured by a new handle
+      }
+      if (first.ok() && !s.ok()) first = s;
     }
-    if (stale.empty() || attempt > 0) return first;
-    // Non-stale failures are final; the stale parts go once more.
-    for (size_t i = 0; i < todo.size(); ++i) {
-      if (!statuses[i].ok() && !IsStaleHandle(statuses[i])) return statuses[i];
+    if (again.empty()) return first;
+    if (failing_over) {
+      if (absl::Now() - start >= session->options_.failover_wait) return first;
+    } else if (stale_refreshed) {
+      return first;  // one refresh cures a stale handle
     }
+    stale_refreshed = true;
     PSD_RETURN_IF_ERROR(Refresh());
     VariableHandle fresh = Snapshot();
-    for (int k : stale) {
+    bool placement_changed = false;
+    for (int k : again) {
       if (k >= fresh.parts_size() || !SameRange(h.parts(k), fresh.parts(k))) {
         return absl::AbortedError(absl::StrCat("stale handle: variable ", name,
                                                " was re-declared with other parts; get it again"));
       }
+      placement_changed = placement_changed ||
+                          fresh.parts(k).shard_id() != h.parts(k).shard_id() ||
+                          fresh.parts(k).shard_incarnation() != h.parts(k).shard_incarnation();
+    }
+    if (failing_over && !placement_changed) {
+      // The coordinator has not promoted a backup yet: wait a little.
+      absl::SleepFor(pause);
+      pause = std::min(pause * 2, absl::Seconds(1));
     }
     h = std::move(fresh);
-    todo = std::move(stale);
+    todo = std::move(again);
   }
 }
 

@@ -54,6 +54,7 @@ std::string TestCluster::coordinator_address() const {
 }
 
 std::string TestCluster::shard_address(int k) const {
+  if (shards_[k] == nullptr) return absl::StrCat("127.0.0.1:", killed_ports_.at(k));
   return absl::StrCat("127.0.0.1:", shards_[k]->port());
 }
 
@@ -125,9 +126,29 @@ absl::Status TestCluster::RestartCoordinator() {
 }
 
 absl::Status TestCluster::RestartShard(int k) {
+  if (shards_[k] == nullptr) return StartKilledShard(k);
   const int port = shards_[k]->port();
   if (auto s = shards_[k]->Kill(); !s.ok()) return s;
   shards_[k].reset();
+  return StartShard(k, port);
+}
+
+absl::Status TestCluster::KillShard(int k) {
+  if (shards_[k] == nullptr) return absl::FailedPreconditionError(absl::StrCat("shard ", k, " is down"));
+  const int port = shards_[k]->port();
+  if (auto s = shards_[k]->Kill(); !s.ok()) return s;
+  shards_[k].reset();
+  killed_ports_[k] = port;
+  return absl::OkStatus();
+}
+
+absl::Status TestCluster::StartKilledShard(int k) {
+  auto it = killed_ports_.find(k);
+  if (it == killed_ports_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("shard ", k, " was not killed"));
+  }
+  const int port = it->second;
+  killed_ports_.erase(it);
   return StartShard(k, port);
 }
 

@@ -57,6 +57,10 @@ class TestCluster {
   // SIGKILL shard k and start it again on its port (empty: a new
   // incarnation).
   absl::Status RestartShard(int k);
+  // SIGKILL shard k and leave it down; StartKilledShard starts it again on
+  // its port (a new incarnation).
+  absl::Status KillShard(int k);
+  absl::Status StartKilledShard(int k);
   // Waits until the coordinator lists every shard live, each with an
   // incarnation other than the ones in `not_incarnations` (by shard id).
   absl::Status WaitForShards(absl::Duration timeout,
@@ -73,6 +77,7 @@ class TestCluster {
   std::string dir_;
   std::unique_ptr<ChildProcess> coordinator_;
   std::vector<std::unique_ptr<ChildProcess>> shards_;
+  std::map<int, int> killed_ports_;  // shards KillShard left down -> their ports
 };
 
 }  // namespace integration

@@ -124,6 +124,25 @@ void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* serv
         for (const ShardStatus& s : statuses.shards()) (s.live() ? live : down) += 1;
         return Samples{{{"live"}, live}, {{"down"}, down}};
       });
+  // Replicated parts (docs/replication.md).
+  registry->CallbackCounter(
+      "psd_coordinator_failovers_total",
+      "Replicated groups whose primary was lost and an in-sync backup promoted", [service] {
+        return static_cast<double>(service->replica_stats().failovers);
+      });
+  registry->CallbackCounter("psd_coordinator_replicas_added_total",
+                            "Backups made and brought into their group's in-sync set", [service] {
+                              return static_cast<double>(service->replica_stats().replicas_added);
+                            });
+  registry->CallbackGauge(
+      "psd_coordinator_under_replicated_groups",
+      "Replicated groups with fewer in-sync backups than their replication factor asks, as the "
+      "replica keeper last counted them",
+      [service] { return static_cast<double>(service->replica_stats().under_replicated_groups); });
+  registry->CallbackGauge(
+      "psd_coordinator_last_failover_seconds",
+      "From noticing a primary lost to its backup's promotion, for the last failover (0: none)",
+      [service] { return service->replica_stats().last_failover_seconds; });
   // One family per ShardStatus field, one series per shard.
   const auto per_shard = [registry, service](const std::string& name, const std::string& help,
                                              std::function<double(const ShardStatus&)> field) {

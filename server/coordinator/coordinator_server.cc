@@ -55,8 +55,19 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
         " s must be at least twice --heartbeat-interval (", options.heartbeat_interval_seconds,
         " s), so that one late heartbeat does not let a shard's lease lapse"));
   }
+  if (options.replication < 1 || options.replication > kMaxReplication) {
+    return absl::InvalidArgumentError(absl::StrCat("coordinator: --replication ",
+                                                   options.replication, " must be 1 to ",
+                                                   kMaxReplication));
+  }
+  if (options.replication > 1 && !kReplicationOffered) {
+    return absl::UnimplementedError(
+        absl::StrCat("coordinator: --replication ", options.replication, ": ",
+                     kReplicationNotOffered));
+  }
   RegistryOptions registry_options;
   registry_options.state_dir = config.state_dir;
+  registry_options.replication = options.replication;
   registry_options.compact_log_bytes = options.compact_log_bytes;
   if (config.state_dir.empty()) {
     spdlog::warn("coordinator: no state_dir; the registry is not persisted");

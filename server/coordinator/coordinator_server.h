@@ -41,6 +41,9 @@ struct CoordinatorServerOptions {
   // The lease a heartbeat grants its shard (docs/replication.md "Leases");
   // at least twice the heartbeat interval.
   double lease_period_seconds = 3;
+  // Shards holding each part, for declarations that do not name their own
+  // (docs/replication.md): coordinator.replication, --replication.
+  int replication = 1;
   // A client session not heard from for this long is closed (its trainer
   // died without closing it); clients ping well within it. 0: never.
   double session_ttl_seconds = 900;

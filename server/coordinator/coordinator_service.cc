@@ -51,6 +51,9 @@ CoordinatorService::CoordinatorService(Registry* registry, const CoordinatorServ
     }
   };
   checkpoints_ = std::make_unique<CheckpointManager>(registry, std::move(access), options.checkpoint);
+  if (options_.replica_keeper_interval > absl::ZeroDuration()) {
+    keeper_ = std::thread([this] { KeeperLoop(); });
+  }
 }
 
 template <typename Op>
@@ -94,7 +97,18 @@ grpc::ServerUnaryReactor* CoordinatorService::ServeBlocking(grpc::CallbackServer
   return reactor;
 }
 
-CoordinatorService::~CoordinatorService() { workers_.join(); }
+CoordinatorService::~CoordinatorService() {
+  // A backup being made on a worker gives up (it polls draining()).
+  StartDrain();
+  if (keeper_.joinable()) {
+    {
+      absl::MutexLock lock(&keeper_mu_);
+      keeper_stop_ = true;
+    }
+    keeper_.join();
+  }
+  workers_.join();
+}
 
 bool CoordinatorService::WaitForIdle(absl::Time deadline) const {
   while (in_flight_.load() > 0) {
@@ -134,6 +148,13 @@ void CoordinatorService::FillHandle(const VariableDef& def, VariableHandle* h) c
     *p->mutable_shape() = part.shape();
     *p->mutable_offset() = part.offset();
     p->set_shard_id(part.shard_id());
+    if (ReplicationOf(def) > 1) {
+      p->set_epoch(part.epoch());
+      for (const ReplicaRecord& b : part.backups()) {
+        p->add_backup_shards(b.shard_id());
+        if (b.in_sync()) p->add_in_sync_shards(b.shard_id());
+      }
+    }
     auto it = shards_.find(part.shard_id());
     if (it != shards_.end()) {
       p->set_shard_address(it->second.address);
@@ -350,9 +371,42 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
                                                      request->host().size(), " bytes (at most 255)"));
     }
     PSD_RETURN_IF_ERROR(CheckShardIdFree(*request));
+    uint64_t failovers_seen = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      failovers_seen = failover_generation_;
+    }
     const std::vector<std::string> placed = registry_->PartsOnShard(request->shard_id());
     const std::set<std::string> held(request->variables().begin(), request->variables().end());
+    for (const std::string& part : PartsToDrop(request->shard_id(), held)) {
+      response->add_drop_parts(part);
+    }
+    // Replicated groups with an in-sync backup fail over (the keeper)
+    // instead of being restored from a checkpoint.
+    std::set<std::string> failing_over;
+    const std::vector<int32_t> live_list = LiveShards();
+    const std::set<int32_t> live(live_list.begin(), live_list.end());
+    for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
+      if (g.primary != request->shard_id()) continue;
+      for (const ReplicaRecord& b : g.backups) {
+        if (b.in_sync() && live.count(b.shard_id()) > 0) {
+          failing_over.insert(g.parts.begin(), g.parts.end());
+        }
+      }
+    }
     absl::ReleasableMutexLock lock(&mu_);
+    const std::pair<int32_t, uint64_t> process = {request->shard_id(), request->incarnation()};
+    if (fenced_.count(process) > 0 &&
+        (failing_over_.count(request->shard_id()) > 0 || failover_generation_ != failovers_seen)) {
+      // This process lost replicated primaries and their failover is under
+      // way (or was just recorded after drop_parts was read): it takes a
+      // lease again only with the full list of parts to drop. Checked under
+      // mu_, as the keeper checks the lease before it fails over.
+      return absl::UnavailableError(absl::StrCat(
+          "shard ", request->shard_id(),
+          " lost its replicated groups' primaries and their failover is not done yet; retry"));
+    }
+    fenced_.erase(process);
     ShardEntry& e = shards_[request->shard_id()];
     const bool same_process = e.incarnation == request->incarnation();
     e.id = request->shard_id();
@@ -379,13 +433,20 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     response->set_lease_millis(GrantLease(&e));
     response->set_protocol_version(COORDINATOR_PROTOCOL_VERSION);
     response->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
-    if (!same_process && !e.lost_parts.empty() && on_lost_parts_) {
+    std::vector<std::string> lost;
+    for (const std::string& part : e.lost_parts) {
+      if (failing_over.count(part) == 0) lost.push_back(part);
+    }
+    const bool wake_keeper = !same_process && lost.size() < e.lost_parts.size();
+    if (!same_process && !lost.empty() && on_lost_parts_) {
       auto handler = on_lost_parts_;
-      std::vector<std::string> lost(e.lost_parts.begin(), e.lost_parts.end());
       const int32_t id = e.id;
       lock.Release();
       handler(id, std::move(lost));
+    } else {
+      lock.Release();
     }
+    if (wake_keeper) WakeKeeper();
     return absl::OkStatus();
   });
 }
@@ -398,7 +459,10 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
     ResolvePendingMoves();
     absl::MutexLock lock(&mu_);
     auto it = shards_.find(request->shard_id());
-    if (it == shards_.end() || it->second.incarnation != request->incarnation()) {
+    if (it == shards_.end() || it->second.incarnation != request->incarnation() ||
+        fenced_.count({request->shard_id(), request->incarnation()}) > 0) {
+      // A fenced process lost its replicated primaries: no lease again
+      // until it registers and hears which parts to drop.
       response->set_reregister(true);
       return absl::OkStatus();
     }
@@ -410,6 +474,38 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
       it->second.traffic = request->traffic();
       it->second.traffic_at = it->second.last_seen;
     }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorService::ReplicaBehind(grpc::CallbackServerContext* ctx,
+                                                            const ReplicaBehindRequest* request,
+                                                            ReplicaBehindResponse* response) {
+  return Serve(ctx, [&]() -> absl::Status {
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = shards_.find(request->shard_id());
+      if (it == shards_.end() || it->second.incarnation != request->incarnation()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("shard ", request->shard_id(), " incarnation ", request->incarnation(),
+                         " is not registered (register again)"));
+      }
+    }
+    bool primary = false;
+    for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
+      for (const ReplicaRecord& b : g.backups) {
+        primary = primary || (b.move_id() == request->move_id() && g.primary == request->shard_id());
+      }
+    }
+    // A backup the registry no longer has is in no in-sync set: the
+    // primary may go on without it.
+    if (!primary) return absl::OkStatus();
+    spdlog::info("replicas: shard {} reports backup {:x} behind: {}", request->shard_id(),
+                 request->move_id(), request->reason());
+    // Durable before the answer: the primary acknowledges writes without
+    // the backup only once it can no longer be promoted.
+    PSD_RETURN_IF_ERROR(registry_->SetReplicaInSync(request->move_id(), false));
+    WakeKeeper();
     return absl::OkStatus();
   });
 }
@@ -544,6 +640,21 @@ grpc::ServerUnaryReactor* CoordinatorService::DeleteVariable(
       grpc::ClientContext cctx;
       cctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.shard_rpc_timeout));
       (void)StubFor(address)->DeleteVariable(&cctx, req, &resp);
+    }
+    // Backups of the deleted parts: their follows end (the backup's shard
+    // drops its copy), and a slot left behind forgets them too.
+    std::map<uint64_t, PartMoveRecord> follows;
+    for (const VariablePart& part : parts) {
+      for (const ReplicaRecord& b : part.backups()) {
+        PartMoveRecord& move = follows[b.move_id()];
+        move.set_move_id(b.move_id());
+        move.set_source_shard(part.shard_id());
+        move.set_target_shard(b.shard_id());
+      }
+    }
+    for (const auto& [move_id, move] : follows) {
+      EndFollow(move_id, {move.target_shard(), move.source_shard()}).IgnoreError();
+      registry_->DropReplica(move_id).IgnoreError();
     }
     return absl::OkStatus();
   });
@@ -695,6 +806,13 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
   const std::set<int32_t> drained = registry_->DrainedShards();
   ListShardsResponse response;
   const auto placement = registry_->Placement();
+  // Replicated groups each shard is the primary of, and holds a backup of.
+  std::map<int32_t, int64_t> primary_groups;
+  std::map<int32_t, int64_t> backup_groups;
+  for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
+    primary_groups[g.primary] += 1;
+    for (const ReplicaRecord& b : g.backups) backup_groups[b.shard_id()] += 1;
+  }
   response.set_num_variables(static_cast<int64_t>(registry_->num_variables()));
   response.set_num_sessions(static_cast<int64_t>(registry_->num_sessions()));
   absl::MutexLock lock(&mu_);
@@ -715,6 +833,8 @@ ListShardsResponse CoordinatorService::ShardStatuses() const {
       s->set_placed_bytes(p->second.bytes);
     }
     s->set_lost_parts(static_cast<int64_t>(e.lost_parts.size()));
+    if (auto g = primary_groups.find(id); g != primary_groups.end()) s->set_primary_groups(g->second);
+    if (auto g = backup_groups.find(id); g != backup_groups.end()) s->set_backup_groups(g->second);
     s->set_drained(drained.count(e.id) > 0);
     s->set_millis_since_heartbeat(absl::ToInt64Milliseconds(now - e.last_seen));
     const auto lease_left = LeaseEnd(e) - std::chrono::steady_clock::now();
@@ -763,6 +883,19 @@ grpc::ServerUnaryReactor* CoordinatorService::Restore(grpc::CallbackServerContex
                                                       const RestoreCheckpointRequest* request,
                                                       RestoreCheckpointResponse* response) {
   return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
+    // A restore writes the primaries only: their backups are dropped first
+    // and made again from the restored values once it is over.
+    // (The groups of the variables it names, or all of them.)
+    std::set<std::string> parts;
+    std::vector<std::string> names(request->variables().begin(), request->variables().end());
+    for (const auto& [ckpt_name, name] : request->name_map()) names.push_back(name);
+    for (const std::string& name : names) {
+      absl::StatusOr<VariableDef> def = registry_->Lookup(name);
+      if (!def.ok()) continue;
+      for (const VariablePart& p : def->parts()) parts.insert(p.name());
+    }
+    if (!names.empty() && parts.empty()) parts.insert("");  // none of them is replicated
+    std::unique_ptr<ReplicaPause> paused = PauseReplicas(parts, "a restore rewrites its primary");
     PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Restore(*request));
     return absl::OkStatus();
   });

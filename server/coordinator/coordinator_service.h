@@ -42,6 +42,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -88,6 +90,10 @@ struct CoordinatorServiceOptions {
   // Such calls waiting for a worker at once; past it they fail at once with
   // RESOURCE_EXHAUSTED naming the limit.
   int max_queued_blocking_calls = 1024;
+  // How often the replica keeper looks at the replicated groups
+  // (KeepReplicas; it also runs at once when a shard is found down or a
+  // backup behind). Zero: no keeper thread (tests call KeepReplicas).
+  absl::Duration replica_keeper_interval = absl::Milliseconds(500);
 };
 
 class CoordinatorService final : public Coordinator::CallbackService {
@@ -111,6 +117,12 @@ class CoordinatorService final : public Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
                                       const HeartbeatRequest* request,
                                       HeartbeatResponse* response) override;
+  // A primary's backup fell behind (docs/replication.md "In-sync
+  // changes"): it leaves the group's in-sync set durably before the
+  // answer; the keeper then replaces it.
+  grpc::ServerUnaryReactor* ReplicaBehind(grpc::CallbackServerContext* ctx,
+                                          const ReplicaBehindRequest* request,
+                                          ReplicaBehindResponse* response) override;
   grpc::ServerUnaryReactor* GetVariable(grpc::CallbackServerContext* ctx,
                                         const GetVariableRequest* request,
                                         GetVariableResponse* response) override;
@@ -207,6 +219,28 @@ class CoordinatorService final : public Coordinator::CallbackService {
   bool LeaseMayBeHeld(int32_t shard_id) const ABSL_LOCKS_EXCLUDED(mu_);
 
   CheckpointManager* checkpoints() { return checkpoints_.get(); }
+
+  // The replica keeper (docs/replication.md; coordinator_service_replica.cc).
+  // One pass: fails over every replicated group whose primary shard is lost
+  // (once its lease has certainly expired) to its most advanced in-sync
+  // backup; drops backups that left the in-sync set, whose shard is down or
+  // restarted, or whose follow failed; and starts a new backup (on a
+  // worker) for every group short of replication-1 backups whose primary
+  // is live and initialized. The keeper thread calls it every
+  // replica_keeper_interval; tests call it directly. Blocks on the shards
+  // (bounded by shard_rpc_timeout per call) only for failovers and drops.
+  void KeepReplicas() ABSL_LOCKS_EXCLUDED(mu_);
+  // What /metrics shows of replication.
+  struct ReplicaStats {
+    int64_t failovers = 0;
+    int64_t replicas_added = 0;
+    int64_t under_replicated_groups = 0;
+    // From noticing a primary lost to its backup's promotion, the last one.
+    double last_failover_seconds = 0;
+  };
+  ReplicaStats replica_stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Backups being made now (their adds run on the workers).
+  int replica_adds_running() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Shards live now.
   int NumLiveShards() const { return static_cast<int>(LiveShards().size()); }
@@ -382,6 +416,55 @@ class CoordinatorService final : public Coordinator::CallbackService {
   };
   // As the shards say now (asks them first).
   ShardRoom FreeMemory(const std::vector<int32_t>& shards) ABSL_LOCKS_EXCLUDED(mu_);
+  // Replicated groups (coordinator_service_replica.cc).
+  // Makes one backup of `group` (replica_added, follow, sync, in sync),
+  // or gives it up (dropped); runs on a worker, with the group busy.
+  void AddBackup(const ReplicaGroup& group) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes backup `backup` of `group` out of use: out of the in-sync set
+  // first (durable, if it was in), then EndMove(committed=false) on both
+  // shards (best effort: a shard that is down hears it at registration,
+  // as drop_parts), then replica_dropped.
+  absl::Status DropBackup(const ReplicaGroup& group, const ReplicaRecord& backup,
+                          const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // EndMove(committed = false) of follow `move_id` on those of `shards`
+  // that are live; the first failure (or a shard not live).
+  absl::Status EndFollow(uint64_t move_id, const std::vector<int32_t>& shards)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // For a backup made before this coordinator started: why it is out of
+  // use (its shard does not know its follow, or the follow failed), or ""
+  // (then `incarnation` is noted as the one that holds it).
+  std::string CheckFollow(const ReplicaRecord& backup, uint64_t incarnation)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Promotes the most advanced in-sync backup on a live shard of `group`,
+  // whose primary is lost: failover recorded, PromoteReplica, the other
+  // backups told. FAILED_PRECONDITION when no backup can be promoted.
+  absl::Status FailOverGroup(const ReplicaGroup& group) ABSL_LOCKS_EXCLUDED(mu_);
+  // Drops every backup of the replicated groups among `parts` (all of
+  // them when empty) and keeps the keeper off them until the returned
+  // object is destroyed: a move or a restore of a primary then re-adds
+  // them from the new copy.
+  class ReplicaPause {
+   public:
+    ReplicaPause(CoordinatorService* service, std::vector<std::string> groups)
+        : service_(service), groups_(std::move(groups)) {}
+    ~ReplicaPause();
+    ReplicaPause(const ReplicaPause&) = delete;
+    ReplicaPause& operator=(const ReplicaPause&) = delete;
+
+   private:
+    CoordinatorService* const service_;
+    const std::vector<std::string> groups_;
+  };
+  std::unique_ptr<ReplicaPause> PauseReplicas(const std::set<std::string>& parts,
+                                              const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  void KeeperLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs the keeper's next pass now rather than at its interval.
+  void WakeKeeper() ABSL_LOCKS_EXCLUDED(keeper_mu_);
+  // Parts `shard_id` reports holding that the registry places elsewhere
+  // now (replicated parts only): RegisterShardResponse.drop_parts.
+  std::vector<std::string> PartsToDrop(int32_t shard_id, const std::set<std::string>& held)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // Marks `session` as just used. NOT_FOUND naming the TTL if it expired.
   absl::Status TouchSession(uint64_t session) ABSL_LOCKS_EXCLUDED(sessions_mu_);
   // Closes sessions idle for longer than the TTL; runs at most every
@@ -463,6 +546,35 @@ class CoordinatorService final : public Coordinator::CallbackService {
   std::set<uint64_t> moves_running_ ABSL_GUARDED_BY(mu_);
   absl::Time next_move_resolve_ ABSL_GUARDED_BY(mu_);
   bool resolving_moves_ ABSL_GUARDED_BY(mu_) = false;
+  // The replica keeper's state. Groups by their first part's name.
+  // Groups a keeper task (an add) or a pause (a move, a restore) works on:
+  // the keeper leaves them alone.
+  std::map<std::string, int> replica_busy_ ABSL_GUARDED_BY(mu_);
+  // Shard incarnations that lost a replicated group's primary: their
+  // heartbeats get no lease again (they must register anew), and their
+  // registration waits until no failover off them is pending.
+  std::set<std::pair<int32_t, uint64_t>> fenced_ ABSL_GUARDED_BY(mu_);
+  std::set<int32_t> failing_over_ ABSL_GUARDED_BY(mu_);
+  // Bumped by every recorded failover: a registration that read its
+  // drop_parts before one is refused (retried).
+  uint64_t failover_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // When each lost primary was noticed (first part -> time), for the
+  // failover time.
+  std::map<std::string, absl::Time> primary_lost_at_ ABSL_GUARDED_BY(mu_);
+  // The incarnation each backup's shard had when it was made (move id ->
+  // incarnation); a backup whose shard restarted is gone.
+  std::map<uint64_t, uint64_t> backup_incarnation_ ABSL_GUARDED_BY(mu_);
+  // A group whose last backup failed is tried again only after a pause
+  // (first part -> when, and the pause, doubled at each failure).
+  std::map<std::string, std::pair<absl::Time, absl::Duration>> replica_retry_
+      ABSL_GUARDED_BY(mu_);
+  ReplicaStats replica_stats_ ABSL_GUARDED_BY(mu_);
+  int replica_adds_ ABSL_GUARDED_BY(mu_) = 0;
+  // The keeper thread: woken by keeper_wake_ or every interval.
+  absl::Mutex keeper_mu_;
+  bool keeper_stop_ ABSL_GUARDED_BY(keeper_mu_) = false;
+  bool keeper_wake_ ABSL_GUARDED_BY(keeper_mu_) = false;
+  std::thread keeper_;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::function<void(int32_t, std::vector<std::string>)> on_lost_parts_ ABSL_GUARDED_BY(mu_);
   ShutdownHandler on_shutdown_ ABSL_GUARDED_BY(mu_);

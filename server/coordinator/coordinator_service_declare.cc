@@ -66,6 +66,7 @@ absl::Status CoordinatorService::CreateNewParts(const std::vector<NewVariable>& 
         req.set_dtype(def.dtype());
         *req.mutable_shape() = part.shape();
         *req.mutable_initializer() = def.initializer();
+        req.set_replicated(ReplicationOf(def) > 1);
         if (def.has_embedding()) {
           // A table's part: shape [embedding_dim], no slice (keys go to
           // parts by hash), initialized from creation. A slot's slot_of

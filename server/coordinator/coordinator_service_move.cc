@@ -15,6 +15,7 @@
 #include "boost/asio/post.hpp"
 #include "checkpoint/file_system.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/move_calls.h"
 #include "coordinator/placement.h"
 #include "psd/grpc_status.h"
 #include "psd/parallel.h"
@@ -40,39 +41,23 @@ constexpr absl::Duration kResolveInterval = absl::Seconds(2);
 
 std::string MoveName(uint64_t move_id) { return absl::StrCat("move ", absl::Hex(move_id)); }
 
-// A shard that has just restarted (and registered again) may not be
-// connected to yet: the channel is between reconnection attempts
-// (PeerChannelArguments: at most 1 s apart). An UNAVAILABLE answer is
-// tried again for this long; every ShardMove call may be repeated.
-constexpr absl::Duration kReconnectGrace = absl::Seconds(3);
+}  // namespace
 
-template <typename Req, typename Resp>
-absl::Status CallMove(ShardMove::Stub* stub,
-                      grpc::Status (ShardMove::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                              Resp*),
-                      const Req& req, Resp* resp, absl::Duration timeout) {
-  const absl::Time give_up = absl::Now() + kReconnectGrace;
-  for (;;) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-    absl::Status status = FromGrpcStatus((stub->*method)(&ctx, req, resp));
-    if (!absl::IsUnavailable(status) || absl::Now() >= give_up) return status;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
-}
+namespace move_calls {
 
 // The CreateVariableRequest that makes part `k` of `def` on a shard
 // (uninitialized, or an empty table: a move fills it). A table's part is
 // made as its declaration made it (coordinator_service_declare.cc); a
 // slot's slot_of names `primary_part`, the table part it moves with.
 CreateVariableRequest MovedPartCreate(const VariableDef& def, int k,
-                                      const std::string& primary_part = "") {
+                                      const std::string& primary_part) {
   const VariablePart& part = def.parts(k);
   CreateVariableRequest req;
   req.set_name(part.name());
   req.set_dtype(def.dtype());
   *req.mutable_shape() = part.shape();
   *req.mutable_initializer() = def.initializer();
+  req.set_replicated(ReplicationOf(def) > 1);
   if (def.has_embedding()) {
     *req.mutable_embedding() = def.embedding();
     req.set_embedding_part_index(k);
@@ -87,7 +72,10 @@ CreateVariableRequest MovedPartCreate(const VariableDef& def, int k,
   return req;
 }
 
-}  // namespace
+}  // namespace move_calls
+
+using move_calls::CallMove;
+using move_calls::MovedPartCreate;
 
 absl::StatusOr<CoordinatorService::ShardAddress> CoordinatorService::LiveShardAddress(
     int32_t shard_id) const {
@@ -163,6 +151,14 @@ absl::StatusOr<MovePartResponse> CoordinatorService::MoveGroupOnce(const std::st
   }
   PSD_ASSIGN_OR_RETURN(const ShardAddress source, LiveShardAddress(source_shard));
   PSD_ASSIGN_OR_RETURN(const ShardAddress target, LiveShardAddress(target_shard));
+  // A replicated group's backups follow the source's log, which the move
+  // ends: they are dropped first (the registry refuses to move parts
+  // with backups) and made again from the target once the move is over.
+  std::unique_ptr<ReplicaPause> paused;
+  if (ReplicationOf(def) > 1) {
+    paused = PauseReplicas(std::set<std::string>(move.parts().begin(), move.parts().end()),
+                           absl::StrCat("its primary moves to shard ", target_shard));
+  }
   const std::string what = absl::StrCat(MoveName(move.move_id()), " of ", part_name, " (",
                                         move.parts_size(), " parts) from shard ", source_shard,
                                         " to shard ", target_shard);
@@ -495,6 +491,14 @@ absl::StatusOr<DrainShardResponse> CoordinatorService::Drain(const DrainShardReq
   }
   // Marked first: nothing new lands on it while it empties.
   PSD_RETURN_IF_ERROR(registry_->SetDrained(shard, true));
+  // Backups on it are dropped; the keeper makes them again on undrained
+  // shards.
+  for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
+    for (const ReplicaRecord& b : g.backups) {
+      if (b.shard_id() != shard) continue;
+      DropBackup(g, b, absl::StrCat("shard ", shard, " is drained")).IgnoreError();
+    }
+  }
   std::vector<std::string> left;
   std::map<int32_t, std::vector<MovableGroup>> groups = MovableGroups();
   const std::vector<int32_t> targets = PlacementShards();

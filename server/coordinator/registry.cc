@@ -6,6 +6,7 @@
 #include "coordinator/registry.h"
 
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -51,6 +52,9 @@ absl::Status CheckStoredVariable(const VariableDef& def, int64_t max_parts) {
     if (dim <= 0 || dim > kMaxEmbeddingDim) return bad(absl::StrCat("embedding_dim ", dim));
   } else if (EstimatedBytes(def.dtype(), shape->num_elements()) > kMaxVariableBytes) {
     return bad(absl::StrCat("holds over ", kMaxVariableBytes, " bytes"));
+  }
+  if (def.replication() < 0 || def.replication() > kMaxReplication) {
+    return bad(absl::StrCat("replication ", def.replication()));
   }
   if (def.parts().empty() || def.parts_size() > max_parts) {
     return bad(absl::StrCat(def.parts_size(), " parts"));
@@ -104,6 +108,39 @@ absl::Status CheckStoredSession(const SessionState& s) {
   return absl::OkStatus();
 }
 
+// A variable's replica sets as a restart recovers them (snapshot and log
+// replayed): each part's backups on distinct shards other than its
+// primary's, at most replication-1 of them, each kept by its own follow
+// move. Shard ids need not be registered (shards register after a
+// restart).
+absl::Status CheckStoredReplicas(const VariableDef& def) {
+  const int32_t r = ReplicationOf(def);
+  for (const VariablePart& part : def.parts()) {
+    auto bad = [&](const std::string& why) {
+      return absl::DataLossError(absl::StrCat("variable ", NameForMessage(def.name()), " part ",
+                                              NameForMessage(part.name()), ": ", why));
+    };
+    std::set<int32_t> shards;
+    std::set<uint64_t> moves;
+    for (const ReplicaRecord& b : part.backups()) {
+      if (b.shard_id() < 0 || b.shard_id() == part.shard_id()) {
+        return bad(absl::StrCat("a backup on shard ", b.shard_id(), " (the primary is on shard ",
+                                part.shard_id(), ")"));
+      }
+      if (!shards.insert(b.shard_id()).second) {
+        return bad(absl::StrCat("two backups on shard ", b.shard_id()));
+      }
+      if (b.move_id() == 0 || !moves.insert(b.move_id()).second) {
+        return bad(absl::StrCat("backup move id ", absl::Hex(b.move_id()), " is zero or repeated"));
+      }
+    }
+    if (part.backups_size() > r - 1) {
+      return bad(absl::StrCat(part.backups_size(), " backups with replication ", r));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
@@ -146,6 +183,11 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
     registry->Apply(record);
     registry->next_seq_ = record.seq() + 1;
   }
+  for (const auto& [name, def] : registry->variables_) {
+    if (absl::Status s = CheckStoredReplicas(def); !s.ok()) {
+      return absl::DataLossError(absl::StrCat(options.state_dir, ": ", s.message()));
+    }
+  }
   registry->log_ = std::move(log);
   return registry;
 }
@@ -181,7 +223,9 @@ absl::StatusOr<uint64_t> Registry::Commit(RegistryRecord* record, bool sync) {
       for (const VariableDef& def : record->declared().created()) pending(def.name());
     } else if (record->has_deleted()) {
       pending(record->deleted());
-    } else if (record->has_move_committed()) {
+    } else if (record->has_move_committed() || record->has_replica_added() ||
+               record->has_replica_in_sync() || record->has_replica_dropped() ||
+               record->has_failover()) {
       // Handles show the new placement only once it is durable.
       for (const std::string& name : moved_variables_) pending(name);
     }
@@ -405,6 +449,12 @@ void Registry::Apply(const RegistryRecord& record) {
     case RegistryRecord::kMoveFinished:
     case RegistryRecord::kShardDrain:
       ApplyMove(record);
+      break;
+    case RegistryRecord::kReplicaAdded:
+    case RegistryRecord::kReplicaInSync:
+    case RegistryRecord::kReplicaDropped:
+    case RegistryRecord::kFailover:
+      ApplyReplica(record);
       break;
     case RegistryRecord::kDeleted: {
       auto it = variables_.find(record.deleted());

@@ -107,6 +107,7 @@
 #include "checkpoint/file_system.h"
 #include "coordinator/placement.h"
 #include "coordinator/registry_log.h"
+#include "coordinator/replication.h"
 #include "psd/coordinator.pb.h"
 #include "psd/names.h"
 
@@ -133,6 +134,12 @@ struct RegistryOptions {
   // retries. OpenSession past it is RESOURCE_EXHAUSTED (idle sessions expire
   // after the coordinator's session TTL and make room).
   int64_t max_sessions = 4096;
+  // The cluster's replication factor (docs/replication.md): what a
+  // declaration with replication 0 gets. 1..kMaxReplication.
+  int32_t replication = 1;
+  // Whether a variable may be declared with a factor above 1 (see
+  // kReplicationOffered; tests of the coordinator's side set it).
+  bool replication_offered = kReplicationOffered;
   // The file system the state directory is accessed through (tests inject
   // faults with it); null: the real one. Must outlive the registry.
   checkpoint::FileSystem* file_system = nullptr;
@@ -141,6 +148,12 @@ struct RegistryOptions {
   // Null: log the error and abort the process.
   std::function<void(const absl::Status&)> on_log_failure;
 };
+
+// A variable's replication factor: 1 for one registered before factors
+// existed (replication 0).
+inline int32_t ReplicationOf(const VariableDef& def) {
+  return def.replication() > 0 ? def.replication() : 1;
+}
 
 struct DeclareResult {
   VariableDef def;
@@ -165,6 +178,18 @@ struct PreparedDeclaration {
   // colocation primaries), by name, with their creation_seq when prepared
   // (0: absent); CommitDeclare checks that they are unchanged.
   std::map<std::string, uint64_t> observed;
+};
+
+// A replicated group (docs/replication.md): a part of a variable with
+// replication above 1 and the parts colocated beside it on its shard (its
+// slots), which move, are backed up and fail over together. Every part of
+// a group has the same primary, epoch and backups.
+struct ReplicaGroup {
+  std::vector<std::string> parts;  // the primary variable's part first
+  int32_t primary = 0;             // its shard
+  uint64_t epoch = 0;
+  int32_t replication = 1;
+  std::vector<ReplicaRecord> backups;
 };
 
 struct ScopeEntry {
@@ -287,6 +312,32 @@ class Registry {
   absl::Status CommitMove(uint64_t move_id);
   absl::Status FinishMove(uint64_t move_id);
   std::vector<PartMoveRecord> PendingMoves() const;
+  // Replicated groups (docs/replication.md), each step durable when it
+  // returns; handles show it only once it is.
+  //
+  // AddReplica records `backup` (its shard and follow move id, not in sync)
+  // for every part of `parts`, one group: FAILED_PRECONDITION unless every
+  // part exists, they share a primary and epoch, their variables have
+  // replication above 1 and fewer than replication-1 backups, the backup's
+  // shard is neither the primary's nor another backup's, no part is in an
+  // unfinished move, and the move id is nonzero and new.
+  absl::Status AddReplica(const std::vector<std::string>& parts, const ReplicaRecord& backup);
+  // The backup `move_id` joins (true) or leaves the group's in-sync set.
+  // NOT_FOUND if no part has it.
+  absl::Status SetReplicaInSync(uint64_t move_id, bool in_sync);
+  // Forgets the backup `move_id` on every part (OK if none has it).
+  absl::Status DropReplica(uint64_t move_id);
+  // The in-sync backup `move_id`, on `new_primary`, serves `parts` from now
+  // on under `epoch` (the group's epoch + 1); the other backups are
+  // dropped. FAILED_PRECONDITION unless every part of the group has that
+  // backup in sync on that shard and the epoch is the next one.
+  absl::Status FailOver(const std::vector<std::string>& parts, int32_t new_primary,
+                        uint64_t move_id, uint64_t epoch);
+  // Every replicated group, in creation order of their variables.
+  std::vector<ReplicaGroup> ReplicaGroups() const;
+  // The parts `shard_id` holds a backup of.
+  std::vector<std::string> BackupPartsOnShard(int32_t shard_id) const;
+
   // Drained shards (psctl shard drain): nothing new is placed on them.
   // Durable when SetDrained returns.
   absl::Status SetDrained(int32_t shard_id, bool drained);
@@ -339,6 +390,15 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<VariableDef> ResolveNewTable(uint64_t session, const VariableDeclaration& decl,
                                               Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The replication factor of a new variable (docs/replication.md): the
+  // declared one, else the cluster's; one beside a primary (colocate_with,
+  // embedding.slot_of: `primary_name`) takes the primary's. INVALID_ARGUMENT
+  // for a declared factor that differs from its primary's;
+  // FAILED_PRECONDITION past the live, undrained shards (txn.load); see
+  // RegistryOptions::replication_offered.
+  absl::StatusOr<int32_t> ResolveReplication(const VariableDeclaration& decl,
+                                             const std::string& primary_name, const Txn& txn) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The variable `name` as declared before `txn` or earlier in it; null if
   // there is none.
   const VariableDef* FindDeclared(const std::string& name, const Txn& txn) const
@@ -395,6 +455,13 @@ class Registry {
   // Apply of the move records (registry_move.cc); a committed move also
   // sets moved_variables_ (the variables whose placement it changed).
   void ApplyMove(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Apply of the replica records (registry_replica.cc); sets
+  // moved_variables_ to the variables whose parts it changed.
+  void ApplyReplica(const RegistryRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The part named `name` (a part name, or an unpartitioned variable's
+  // name) and its variable; nulls if there is none.
+  std::pair<VariableDef*, VariablePart*> FindPart(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddVariable(const VariableDef& def) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   RegistrySnapshot MakeSnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

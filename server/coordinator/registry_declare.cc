@@ -243,6 +243,11 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
   } else if (auto v = variables_.find(name); v != variables_.end()) {
     existing = &v->second;
   }
+  if (decl.replication() < 0 || decl.replication() > kMaxReplication) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "variable ", name, ": replication ", decl.replication(), " is outside 1..",
+        kMaxReplication, " (0: the cluster's, ", options_.replication, ")"));
+  }
   const bool in_session = txn->attached.count(name) > 0 || session.declared().count(name) > 0;
   const bool wants_partitions = decl.has_partitioner();
   if (decl.has_embedding() || (existing != nullptr && existing->has_embedding())) {
@@ -325,6 +330,8 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
           "Trying to reuse partitioned variable ", name, ", but specified partitions ",
           PyList(partitions), " and found partitions ", PyList(Partitions(*existing)), "."));
     }
+    PSD_RETURN_IF_ERROR(
+        registry_messages::ReplicationConflict(decl, *existing, session.id(), true));
     // Reuse without a partitioner returns the partitioned variable as is.
     return DeclareResult{*existing, false};
   }
@@ -345,6 +352,8 @@ absl::StatusOr<DeclareResult> Registry::DeclareOne(const SessionState& session,
                      existing->declared_by_session(), " declared it as ", Describe(*existing),
                      " at ", OrUnknown(existing->declared_at())));
   }
+  PSD_RETURN_IF_ERROR(
+      registry_messages::ReplicationConflict(decl, *existing, session.id(), false));
   txn->attached[name] = decl.declared_at();
   txn->attached_order.push_back(name);
   return DeclareResult{*existing, false};
@@ -463,6 +472,9 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
     def.mutable_parts(static_cast<int>(k))->set_shard_id(shards[k]);
     txn->new_part_names.insert(def.parts(static_cast<int>(k)).name());
   }
+  PSD_ASSIGN_OR_RETURN(const int32_t replication,
+                       ResolveReplication(decl, decl.colocate_with(), *txn));
+  def.set_replication(replication);
 
   def.set_trainable(!decl.has_trainable() || decl.trainable());
   std::vector<std::string> collections(decl.collections().begin(), decl.collections().end());
@@ -581,6 +593,42 @@ absl::Status Registry::CheckFromVariableFits(const VariableDef& def, const Varia
                      ": an integer variable needs a whole scale and offset"));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> Registry::ResolveReplication(const VariableDeclaration& decl,
+                                                     const std::string& primary_name,
+                                                     const Txn& txn) const {
+  const std::string& name = decl.name();
+  int32_t replication = decl.replication() != 0 ? decl.replication() : options_.replication;
+  if (!primary_name.empty()) {
+    // A slot moves, and so fails over, with its primary's part: it has the
+    // primary's backups, so it has its factor.
+    const VariableDef* primary = FindDeclared(primary_name, txn);
+    if (primary != nullptr) {
+      if (decl.replication() != 0 && decl.replication() != ReplicationOf(*primary)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "variable ", name, " declares replication ", decl.replication(), ", but it sits beside ",
+            primary_name, ", whose replication is ", ReplicationOf(*primary),
+            ": a variable beside another takes its replication (leave it 0)"));
+      }
+      replication = ReplicationOf(*primary);
+    }
+  }
+  if (replication == 1) return replication;
+  if (!options_.replication_offered) {
+    return absl::UnimplementedError(
+        absl::StrCat("variable ", name, " asks for replication ", replication, ": ",
+                     kReplicationNotOffered));
+  }
+  // txn.load holds the live, undrained shards (where parts may be placed).
+  const int64_t shards = static_cast<int64_t>(txn.load.size());
+  if (replication > shards) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "variable ", name, " asks for replication ", replication, " (a primary and ",
+        replication - 1, " backups on distinct shards), but only ", shards,
+        " live, undrained shards are registered"));
+  }
+  return replication;
 }
 
 absl::StatusOr<std::vector<int32_t>> Registry::ColocatedShards(

@@ -345,6 +345,8 @@ absl::StatusOr<DeclareResult> Registry::DeclareTable(const SessionState& session
   const bool spec_differs =
       !google::protobuf::util::MessageDifferencer::Equals(mine.spec, existing->embedding());
   if (!dtype_differs && !parts_differ && !spec_differs) {
+    PSD_RETURN_IF_ERROR(
+        registry_messages::ReplicationConflict(decl, *existing, session.id(), in_session));
     if (!in_session) {
       txn->attached[name] = decl.declared_at();
       txn->attached_order.push_back(name);
@@ -512,6 +514,10 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
     def.mutable_parts(static_cast<int>(k))->set_shard_id(shards[k]);
     txn->new_part_names.insert(def.parts(static_cast<int>(k)).name());
   }
+  PSD_ASSIGN_OR_RETURN(
+      const int32_t replication,
+      ResolveReplication(decl, primary != nullptr ? primary_name : decl.colocate_with(), *txn));
+  def.set_replication(replication);
 
   def.set_trainable(!decl.has_trainable() || decl.trainable());
   std::vector<std::string> collections(decl.collections().begin(), decl.collections().end());

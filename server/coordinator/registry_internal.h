@@ -71,6 +71,26 @@ inline absl::Status NotInSession(const VariableDef& existing, const std::string&
       existing.declared_by_session(), ", declared it; declare it in this session first.)"));
 }
 
+// A declaration of an existing variable that names another replication
+// factor than the variable's (0 names none): like any spec mismatch.
+inline absl::Status ReplicationConflict(const VariableDeclaration& decl,
+                                        const VariableDef& existing, uint64_t session,
+                                        bool in_session) {
+  if (decl.replication() == 0 || decl.replication() == ReplicationOf(existing)) {
+    return absl::OkStatus();
+  }
+  if (in_session) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Trying to reuse variable ", decl.name(), ", but specified replication ",
+        decl.replication(), " and found replication ", ReplicationOf(existing), "."));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "Conflicting declarations of variable ", decl.name(), ": session ", session,
+      " declares replication ", decl.replication(), " at ", OrUnknown(decl.declared_at()),
+      ", but session ", existing.declared_by_session(), " declared it with replication ",
+      ReplicationOf(existing), " at ", OrUnknown(existing.declared_at())));
+}
+
 }  // namespace registry_messages
 
 template <typename T>

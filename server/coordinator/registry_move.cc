@@ -53,6 +53,13 @@ absl::Status Registry::BeginMove(const PartMoveRecord& move) {
       if (moving.count(part) > 0) {
         return absl::FailedPreconditionError(absl::StrCat("part ", part, " is moving already"));
       }
+      for (const VariablePart& p : def->parts()) {
+        if (p.name() == part && p.backups_size() > 0) {
+          // They follow the source's log, which the move ends.
+          return absl::FailedPreconditionError(absl::StrCat(
+              "part ", part, " has ", p.backups_size(), " backups: drop them before moving it"));
+        }
+      }
     }
     RegistryRecord record;
     *record.mutable_move_started() = move;
@@ -142,7 +149,12 @@ void Registry::ApplyMove(const RegistryRecord& record) {
         auto def = variables_.find(owner->second);
         if (def == variables_.end()) continue;
         for (VariablePart& p : *def->second.mutable_parts()) {
-          if (p.name() != part || p.shard_id() == move.target_shard()) continue;
+          if (p.name() != part) continue;
+          // Backups follow the source's log, which the move ends (the
+          // coordinator drops them before it begins one; a state written
+          // otherwise must not keep a backup on the new owner's shard).
+          p.clear_backups();
+          if (p.shard_id() == move.target_shard()) continue;
           const int64_t bytes = PartBytes(def->second, p);
           ShardPlacement& from = placement_[p.shard_id()];
           from.parts -= 1;

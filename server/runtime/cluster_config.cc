@@ -196,7 +196,8 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
   if (const YAML::Node c = root["coordinator"]) {
     const std::string where = source + ": coordinator";
     PSD_RETURN_IF_ERROR(CheckKeys(
-        c, where, {"listen", "advertise", "state_dir", "http_listen", "http_max_connections"}));
+        c, where,
+        {"listen", "advertise", "state_dir", "http_listen", "http_max_connections", "replication"}));
     CoordinatorConfig& coordinator = config.coordinator;
     PSD_RETURN_IF_ERROR(Get(c, "listen", where, &coordinator.listen));
     PSD_RETURN_IF_ERROR(Get(c, "advertise", where, &coordinator.advertise));
@@ -204,6 +205,12 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     PSD_RETURN_IF_ERROR(Get(c, "http_listen", where, &coordinator.http_listen));
     PSD_RETURN_IF_ERROR(Get(c, "http_max_connections", where, &coordinator.http_max_connections));
     PSD_RETURN_IF_ERROR(CheckHttpMaxConnections(where, coordinator.http_max_connections));
+    PSD_RETURN_IF_ERROR(Get(c, "replication", where, &coordinator.replication));
+    if (coordinator.replication < 1 || coordinator.replication > 3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ".replication: must be 1, 2 or 3 (shards holding each part), not ",
+          coordinator.replication));
+    }
     PSD_RETURN_IF_ERROR(CheckValue(where, "listen", coordinator.listen, CheckAddress));
     if (!coordinator.advertise.empty()) {
       PSD_RETURN_IF_ERROR(CheckValue(where, "advertise", coordinator.advertise, CheckAddress));

@@ -43,6 +43,9 @@ struct CoordinatorConfig {
   std::string state_dir;
   std::string http_listen = "127.0.0.1:0";  // as ShardConfig::http_listen
   int http_max_connections = kDefaultHttpMaxConnections;  // as ShardConfig's
+  // Shards holding each part (docs/replication.md): 1 (no backups) to 3;
+  // a declaration may name its own.
+  int replication = 1;
 };
 
 struct CheckpointConfig {

@@ -959,6 +959,92 @@ void RegistrySeeds() {
   Write("registry_state_fuzz", "impossible_declaration", huge.SerializeAsString());
 }
 
+// registry_state_fuzz: a replicated cluster's state (docs/replication.md):
+// a partitioned variable of replication 3 with a colocated slot, backups
+// added to a group, one brought in sync, a failover to it, a backup of the
+// new epoch added and one dropped; a snapshot in between. Raw and framed.
+void RegistryReplicaSeeds() {
+  psd::fuzz::MemoryFileSystem fs;
+  psd::RegistryOptions options;
+  options.state_dir = "state";
+  options.file_system = &fs;
+  options.replication = 2;
+  options.replication_offered = true;
+  auto opened = psd::Registry::Open(options);
+  Check(opened.ok(), "replica seed: open: " + opened.status().ToString());
+  psd::Registry& registry = **opened;
+  const std::vector<int32_t> live = {0, 1, 2, 3};
+  auto session = registry.OpenSession("seed");
+  Check(session.ok(), "replica seed: session");
+  psd::VariableDeclaration w;
+  w.set_name("rep/w");
+  w.set_dtype(psd::DT_FLOAT);
+  w.mutable_shape()->add_dims(8);
+  w.mutable_shape()->add_dims(4);
+  w.mutable_initializer()->mutable_zeros();
+  w.mutable_partitioner()->mutable_fixed_size()->set_num_shards(2);
+  w.set_replication(3);
+  Check(registry.GetVariable(*session, w, live, 1).ok(), "replica seed: w");
+  psd::VariableDeclaration slot = w;
+  slot.set_name("rep/w/Adam");
+  slot.set_colocate_with("rep/w");
+  slot.set_replication(0);
+  Check(registry.GetVariable(*session, slot, live, 2).ok(), "replica seed: slot");
+  const std::vector<psd::ReplicaGroup> groups = registry.ReplicaGroups();
+  Check(groups.size() == 2 && groups[0].parts.size() == 2, "replica seed: groups");
+  const std::vector<std::string> group = groups[0].parts;
+  const int32_t primary = groups[0].primary;
+  const auto backup = [](int32_t shard, uint64_t move_id) {
+    psd::ReplicaRecord b;
+    b.set_shard_id(shard);
+    b.set_move_id(move_id);
+    return b;
+  };
+  const int32_t b1 = (primary + 1) % 4;
+  const int32_t b2 = (primary + 2) % 4;
+  Check(registry.AddReplica(group, backup(b1, 101)).ok(), "replica seed: add");
+  Check(registry.SetReplicaInSync(101, true).ok(), "replica seed: in sync");
+  Check(registry.Compact().ok(), "replica seed: compact");
+  Check(registry.AddReplica(group, backup(b2, 102)).ok(), "replica seed: add 2");
+  Check(registry.FailOver(group, b1, 101, 1).ok(), "replica seed: failover");
+  Check(registry.AddReplica(group, backup(primary, 103)).ok(), "replica seed: add 3");
+  Check(registry.AddReplica(group, backup(b2, 104)).ok(), "replica seed: add 4");
+  Check(registry.DropReplica(104).ok(), "replica seed: drop");
+  Check(registry.AddReplica(groups[1].parts, backup((groups[1].primary + 1) % 4, 105)).ok(),
+        "replica seed: add to the other group");
+
+  const std::string snap = fs.File("state/registry.snapshot");
+  const std::string log = fs.File("state/registry.log");
+  psd::fuzz::RegistryStateInput raw;
+  raw.set_raw(true);
+  raw.set_raw_snapshot(snap);
+  raw.set_raw_log(log);
+  Write("registry_state_fuzz", "replicated_state", raw.SerializeAsString());
+  psd::fuzz::RegistryStateInput framed;
+  framed.set_write_snapshot(true);
+  size_t at = 8;
+  const auto next_frame = [&](const std::string& file, std::string* out) {
+    if (at + 8 > file.size()) return false;
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) {
+      n |= static_cast<uint32_t>(static_cast<uint8_t>(file[at + i])) << (8 * i);
+    }
+    if (at + 8 + n > file.size()) return false;
+    *out = file.substr(at + 8, n);
+    at += 8 + n;
+    return true;
+  };
+  std::string frame;
+  Check(next_frame(snap, &frame) && framed.mutable_snapshot()->ParseFromString(frame),
+        "replica seed: snapshot");
+  at = 8;
+  while (next_frame(log, &frame)) {
+    Check(framed.add_records()->ParseFromString(frame), "replica seed: record");
+  }
+  Check(framed.records_size() >= 5, "replica seed: records after the snapshot");
+  Write("registry_state_fuzz", "replicated_framed", framed.SerializeAsString());
+}
+
 // registry_declare_fuzz: what a trainer's graph declares: variables under
 // every partitioner, a colocated slot, strings, a supplied value, an
 // embedding table with a slot table, scopes, names and a deletion.
@@ -1051,6 +1137,7 @@ int main(int argc, char** argv) {
   SliceKeySeeds();
   MoveSeeds();
   RegistrySeeds();
+  RegistryReplicaSeeds();
   RegistryDeclareSeeds();
   CheckpointSeeds(std::vector<std::string>(argv + 2, argv + argc));
   return 0;

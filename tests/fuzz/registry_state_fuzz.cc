@@ -5,7 +5,8 @@
 // records the harness frames with good checksums so mutations reach their
 // contents. Whatever the files hold, Open returns an error or a registry;
 // a registry it returns answers every read, takes the calls a restarted
-// coordinator makes (finishing pending moves, a declaration, a deletion),
+// coordinator makes (finishing pending moves, its replica keeper's drops,
+// failovers and adds, a declaration, a deletion),
 // compacts, and reopens to the same variables.
 #include <cstddef>
 #include <cstdint>
@@ -90,6 +91,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const std::string& c : collections) (void)registry.List(c);
   for (uint64_t id : registry.SessionIds()) (void)registry.HasSession(id);
   (void)registry.DrainedShards();
+  const std::vector<psd::ReplicaGroup> groups = registry.ReplicaGroups();
+  for (const psd::ReplicaGroup& g : groups) {
+    for (const psd::ReplicaRecord& b : g.backups) (void)registry.BackupPartsOnShard(b.shard_id());
+  }
   (void)registry.num_variables();
   (void)registry.num_sessions();
 
@@ -102,6 +107,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)registry.CommitMove(move.move_id());
       (void)registry.FinishMove(move.move_id());
     }
+  }
+  // And what its replica keeper does: drops backups not in sync, fails a
+  // group over to an in-sync one, adds a backup.
+  for (const psd::ReplicaGroup& g : groups) {
+    for (const psd::ReplicaRecord& b : g.backups) {
+      if (!b.in_sync()) {
+        (void)registry.DropReplica(b.move_id());
+      } else {
+        (void)registry.FailOver(g.parts, b.shard_id(), b.move_id(), g.epoch + 1);
+        break;
+      }
+    }
+    psd::ReplicaRecord added;
+    added.set_shard_id(g.primary + 1);
+    added.set_move_id(0x5eed);
+    (void)registry.AddReplica(g.parts, added);
+    (void)registry.SetReplicaInSync(0x5eed, true);
   }
   auto session = registry.OpenSession("fuzz");
   if (session.ok()) {

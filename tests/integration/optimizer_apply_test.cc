@@ -125,6 +125,39 @@ TEST_F(OptimizerApplyTest, ApplyGradientsSendsOneBatchAndFailsOpsAlone) {
   EXPECT_EQ(Read("b/Momentum"), Vec<float>({3, 2}, {0, 0, 0, 0, 4, 4}));
 }
 
+// The ids ApplyGradients sends are handed back; sending the same step again
+// with them (what a trainer does on the shard that took a part over after a
+// failover) is answered from the shard's request window, not applied
+// twice, for batched and streamed gradients alike. Ops sent without ids
+// are applied again.
+TEST_F(OptimizerApplyTest, ResendingAStepWithItsRequestIdsAppliesItOnce) {
+  client::opt::GradientDescent sgd;
+  sgd.learning_rate = 1.0;
+  constexpr int64_t kBig = (int64_t{2} << 20) / 4;  // past the stream threshold
+  ASSERT_TRUE(IsOk(shard_->Create("small", Vec<float>({2}, {0, 0}))));
+  ASSERT_TRUE(IsOk(shard_->Create("big", DT_FLOAT, TensorShape{kBig},
+                                  client::init::Constant(Tensor::Scalar<float>(0)))));
+  std::vector<GradientAndVariable> step;
+  step.emplace_back("small", Vec<float>({2}, {1, 2}));
+  step.emplace_back("big", Vec<float>({kBig}, std::vector<float>(kBig, 1)));
+  std::vector<RequestId> ids;
+  ASSERT_TRUE(IsOk(applier_->ApplyGradients(sgd, step, nullptr, &ids)));
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_NE(ids[0].client_id(), 0u);
+  EXPECT_NE(ids[1].client_id(), 0u);
+  std::vector<RequestId> again = ids;
+  std::vector<absl::Status> statuses;
+  ASSERT_TRUE(IsOk(applier_->ApplyGradients(sgd, step, &statuses, &again)));
+  EXPECT_EQ(again[0].seq(), ids[0].seq());
+  EXPECT_EQ(again[1].seq(), ids[1].seq());
+  EXPECT_EQ(Read("small"), Vec<float>({2}, {-1, -2})) << "applied twice";
+  EXPECT_EQ(Read("big").data<float>()[kBig - 1], -1) << "applied twice";
+  // Without ids: a new step.
+  ASSERT_TRUE(IsOk(applier_->ApplyGradients(sgd, step)));
+  EXPECT_EQ(Read("small"), Vec<float>({2}, {-2, -4}));
+  EXPECT_EQ(Read("big").data<float>()[0], -2);
+}
+
 // Four trainers, each with its own connection, apply a constant gradient
 // with plain SGD: the variable ends exactly where the serial run would.
 TEST_F(OptimizerApplyTest, ConcurrentTrainersLoseNoUpdate) {

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -167,6 +168,24 @@ TEST(ClusterConfigTest, HttpMaxConnectionsPerProcess) {
   EXPECT_THAT(
       ParseClusterConfig("coordinator: {http_max_connections: many}", "c.yaml").status().message(),
       HasSubstr("coordinator.http_max_connections"));
+}
+
+// The cluster's replication factor (docs/replication.md): 1 unless set,
+// 1 to 3.
+TEST(ClusterConfigTest, ReplicationIsOneToThree) {
+  auto config = ParseClusterConfig("coordinator: {replication: 3}\n", "c.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->coordinator.replication, 3);
+  EXPECT_EQ(ParseClusterConfig("coordinator: {}\n", "c.yaml")->coordinator.replication, 1);
+  for (const char* bad : {"0", "4", "-1"}) {
+    EXPECT_THAT(ParseClusterConfig(absl::StrCat("coordinator: {replication: ", bad, "}\n"),
+                                   "c.yaml")
+                    .status()
+                    .message(),
+                HasSubstr(absl::StrCat("c.yaml: coordinator.replication: must be 1, 2 or 3 (shards "
+                                       "holding each part), not ",
+                                       bad)));
+  }
 }
 
 TEST(ClusterConfigTest, MissingFileIsNotFoundNamingIt) {

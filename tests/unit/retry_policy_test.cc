@@ -135,6 +135,65 @@ TEST(BatchIdLeaseTest, SequentialBatchesReuseAnIdConcurrentOnesDoNot) {
   EXPECT_NE(b1.client_id(), ProcessClientId());
 }
 
+// The attempts of one operation on one part send the ids its first attempt
+// drew, in call order, so a retry on a promoted backup is recognised by the
+// request window the backup replicated; calls outside a carry, and calls
+// the first attempt did not make, draw fresh ids.
+TEST(RequestIdCarryTest, LaterAttemptsSendTheFirstAttemptsIdsInOrder) {
+  RequestIdCarry carry;
+  RequestId first_a, first_b;
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    SetNewRequestId(&first_a);
+    SetNewRequestId(&first_b);
+  }
+  RequestId outside;
+  SetNewRequestId(&outside);
+  EXPECT_NE(outside.seq(), first_a.seq());
+  EXPECT_NE(outside.seq(), first_b.seq());
+
+  RequestId again_a, again_b, extra;
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    SetNewRequestId(&again_a);
+    SetNewRequestId(&again_b);
+    SetNewRequestId(&extra);
+  }
+  EXPECT_EQ(again_a.client_id(), first_a.client_id());
+  EXPECT_EQ(again_a.seq(), first_a.seq());
+  EXPECT_EQ(again_b.seq(), first_b.seq());
+  EXPECT_NE(extra.seq(), first_a.seq());
+  EXPECT_NE(extra.seq(), first_b.seq());
+
+  // The third call's id is kept too.
+  RequestId third;
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    RequestId skip;
+    SetNewRequestId(&skip);
+    SetNewRequestId(&skip);
+    SetNewRequestId(&third);
+  }
+  EXPECT_EQ(third.seq(), extra.seq());
+}
+
+// Ids drawn under other credentials are not taken from a carry made under
+// the process's plain id (a shard binds an id to the token that used it).
+TEST(RequestIdCarryTest, OtherCredentialsDrawTheirOwnIds) {
+  RequestIdCarry carry;
+  RequestId plain, keyed;
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    SetNewRequestId(&plain);
+  }
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    SetNewRequestId(&keyed, /*credentials_key=*/12345);
+  }
+  EXPECT_EQ(keyed.client_id(), ProcessClientId(12345));
+  EXPECT_NE(keyed.client_id(), plain.client_id());
+}
+
 }  // namespace
 }  // namespace internal
 }  // namespace client

@@ -164,9 +164,16 @@ class ShardApplier {
   // atomically. Each
   // op's status goes to `statuses` (when not null); returns the first error,
   // naming its variable, or OK.
+  //
+  // `request_ids` (optional, one per op): an op whose id is set is sent
+  // with it (a retry of an op sent before, e.g. on the shard that took its
+  // part over after a failover, where the replicated request window
+  // answers it if it was applied); the ids of the others are drawn and
+  // written back, so the caller can send them again.
   absl::Status ApplyGradients(const OptimizerConfig& optimizer,
                               const std::vector<GradientAndVariable>& grads_and_vars,
-                              std::vector<absl::Status>* statuses = nullptr);
+                              std::vector<absl::Status>* statuses = nullptr,
+                              std::vector<RequestId>* request_ids = nullptr);
 
  private:
   class Impl;

@@ -83,6 +83,12 @@ struct SessionOptions {
   // (the coordinator closes sessions it has not heard from for its session
   // TTL; a trainer may talk only to shards for a long time).
   bool keep_alive = true;
+  // An op on a part of a replicated variable (docs/replication.md) that
+  // finds the part's shard unreachable, or without its lease, asks the
+  // coordinator where the part is now and retries there with the same
+  // request ids, for this long: a failover promotes a backup within about
+  // two lease periods of the primary's loss.
+  absl::Duration failover_wait = absl::Seconds(30);
   // Options of the ShardClients the session opens.
   ClientOptions shard;
 };
@@ -133,6 +139,10 @@ struct GetVariableOptions {
   std::string declared_at;
   // Declares an embedding table instead (GetEmbeddingVariable sets it).
   std::optional<EmbeddingSpec> embedding;
+  // How many shards hold each part (docs/replication.md), 1 to 3; unset:
+  // the cluster's `replication`. An optimizer's slots take their
+  // variable's.
+  std::optional<int> replication;
 };
 
 // get_embedding_variable's arguments (DeepRec's names): the table's row
@@ -152,6 +162,7 @@ struct EmbeddingVariableOptions {
   std::optional<Reuse> reuse;  // unset: the scope's
   std::optional<bool> trainable;
   std::vector<std::string> collections;
+  std::optional<int> replication;  // as GetVariableOptions::replication
   EmbeddingSpec ev_option;
   // For an optimizer's slot table: the table it belongs to (full name).
   std::string slot_of;

@@ -179,7 +179,7 @@ def import_meta_graph(meta_graph_or_file, clear_devices=False, import_scope=None
             continue
         handle = sess._s.get_variable(
             prefix + name, shape, dtype.as_datatype_enum, spec, None, 0, partitioner,
-            _psclient.REUSE_AUTO, trainable, collections, False, "import_meta_graph", None)
+            _psclient.REUSE_AUTO, trainable, collections, False, "import_meta_graph", None, None)
         imported.append(Variable._wrap(sess, handle))
     from . import train  # imports this module
     saver = meta.get("saver_def")

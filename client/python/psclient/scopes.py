@@ -347,7 +347,7 @@ def _is_constant(initializer):
 def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=None, trainable=None,
                  collections=None, caching_device=None, partitioner=None, validate_shape=True,
                  use_resource=None, custom_getter=None, constraint=None, synchronization=None,
-                 aggregation=None, reuse=None, initialize=False, session=None):
+                 aggregation=None, reuse=None, initialize=False, replication=None, session=None):
     """tf.get_variable: the variable `name` under the current scope, created
     (uninitialized, as in TensorFlow: see global_variables_initializer) or
     reused by the scope's reuse rule. Naming and reuse errors are ValueErrors
@@ -358,9 +358,10 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
     the value's). Unset arguments come from the enclosing variable_scope.
     `regularizer` (value -> loss or None) is recorded, for a variable this
     session creates or first gets, in the session's REGULARIZATION_LOSSES
-    (see psclient.get_regularization_loss). With a custom getter (this
-    call's, or the scopes'), it is called as custom_getter(getter, name,
-    **kwargs) with the variable's full name.
+    (see psclient.get_regularization_loss). `replication` (1 to 3; unset:
+    the cluster's) is how many shards hold each part (docs/replication.md).
+    With a custom getter (this call's, or the scopes'), it is called as
+    custom_getter(getter, name, **kwargs) with the variable's full name.
     """
     sess = _session_of(session)
     scope = sess._scopes[-1] if sess._scopes else None
@@ -369,6 +370,8 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
                   trainable=trainable, collections=collections, caching_device=caching_device,
                   partitioner=partitioner, validate_shape=validate_shape, reuse=reuse,
                   initialize=initialize)
+    if replication is not None:
+        kwargs["replication"] = replication
     prefix = scope.name if scope is not None else sess._s.current_scope().name
     full_name = prefix + "/" + name if prefix else name
     getter = _nest_getters(custom_getter, scope.custom_getter if scope is not None else None)
@@ -381,7 +384,7 @@ def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=Non
 
 def _true_getter(sess, full_name, shape=None, dtype=None, initializer=None, regularizer=None,
                  trainable=None, collections=None, caching_device=None, partitioner=None,
-                 validate_shape=True, reuse=None, initialize=False, **unused):
+                 validate_shape=True, reuse=None, initialize=False, replication=None, **unused):
     """get_variable's work, by full name (what a custom getter passes on)."""
     scope = sess._scopes[-1] if sess._scopes else None
     prefix = scope.name if scope is not None else sess._s.current_scope().name
@@ -446,7 +449,8 @@ def _true_getter(sess, full_name, shape=None, dtype=None, initializer=None, regu
         dtype.as_datatype_enum if dtype is not None else 0, spec, initial_value, initial_dtype,
         partitioned_variables.as_spec(partitioner), _reuse_arg(reuse), trainable,
         list(collections or []), bool(initialize), _caller(),
-        None if caching_device is None else _device_string(caching_device)))
+        None if caching_device is None else _device_string(caching_device),
+        None if replication is None else int(replication)))
     variable._validate_shape = bool(validate_shape)
     if regularizer is not None:
         from . import regularizers  # imports this module

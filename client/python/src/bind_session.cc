@@ -303,9 +303,10 @@ void BindSession(py::module_& m) {
               std::optional<PartitionerSpec> partitioner, std::optional<int> reuse,
               std::optional<bool> trainable, std::vector<std::string> collections,
               bool initialize, std::string declared_at,
-              std::optional<std::string> caching_device) {
+              std::optional<std::string> caching_device, std::optional<int> replication) {
              client::GetVariableOptions o;
              o.caching_device = std::move(caching_device);
+             o.replication = replication;
              o.shape = OptionalShape(shape);
              if (dtype != DT_INVALID) o.dtype = CheckedDtype(dtype);
              o.initializer = std::move(initializer);
