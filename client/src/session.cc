@@ -32,7 +32,7 @@ bool IsStaleHandle(const absl::Status& status) {
 }
 
 bool MayBeFailingOver(const absl::Status& status, const PartHandle& part) {
-  const bool replicated = part.epoch() > 0 || part.backup_shards_size() > 0;
+  const bool replicated = part.replicated() || part.backup_shards_size() > 0;
   return replicated && status.code() == absl::StatusCode::kUnavailable;
 }
 

@@ -60,11 +60,6 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
                                                    options.replication, " must be 1 to ",
                                                    kMaxReplication));
   }
-  if (options.replication > 1 && !kReplicationOffered) {
-    return absl::UnimplementedError(
-        absl::StrCat("coordinator: --replication ", options.replication, ": ",
-                     kReplicationNotOffered));
-  }
   RegistryOptions registry_options;
   registry_options.state_dir = config.state_dir;
   registry_options.replication = options.replication;

@@ -149,6 +149,7 @@ void CoordinatorService::FillHandle(const VariableDef& def, VariableHandle* h) c
     *p->mutable_offset() = part.offset();
     p->set_shard_id(part.shard_id());
     if (ReplicationOf(def) > 1) {
+      p->set_replicated(true);
       p->set_epoch(part.epoch());
       for (const ReplicaRecord& b : part.backups()) {
         p->add_backup_shards(b.shard_id());

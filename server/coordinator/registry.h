@@ -137,9 +137,6 @@ struct RegistryOptions {
   // The cluster's replication factor (docs/replication.md): what a
   // declaration with replication 0 gets. 1..kMaxReplication.
   int32_t replication = 1;
-  // Whether a variable may be declared with a factor above 1 (see
-  // kReplicationOffered; tests of the coordinator's side set it).
-  bool replication_offered = kReplicationOffered;
   // The file system the state directory is accessed through (tests inject
   // faults with it); null: the real one. Must outlive the registry.
   checkpoint::FileSystem* file_system = nullptr;
@@ -394,8 +391,7 @@ class Registry {
   // declared one, else the cluster's; one beside a primary (colocate_with,
   // embedding.slot_of: `primary_name`) takes the primary's. INVALID_ARGUMENT
   // for a declared factor that differs from its primary's;
-  // FAILED_PRECONDITION past the live, undrained shards (txn.load); see
-  // RegistryOptions::replication_offered.
+  // FAILED_PRECONDITION past the live, undrained shards (txn.load).
   absl::StatusOr<int32_t> ResolveReplication(const VariableDeclaration& decl,
                                              const std::string& primary_name, const Txn& txn) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

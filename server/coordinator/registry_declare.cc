@@ -615,11 +615,6 @@ absl::StatusOr<int32_t> Registry::ResolveReplication(const VariableDeclaration& 
     }
   }
   if (replication == 1) return replication;
-  if (!options_.replication_offered) {
-    return absl::UnimplementedError(
-        absl::StrCat("variable ", name, " asks for replication ", replication, ": ",
-                     kReplicationNotOffered));
-  }
   // txn.load holds the live, undrained shards (where parts may be placed).
   const int64_t shards = static_cast<int64_t>(txn.load.size());
   if (replication > shards) {

@@ -969,7 +969,6 @@ void RegistryReplicaSeeds() {
   options.state_dir = "state";
   options.file_system = &fs;
   options.replication = 2;
-  options.replication_offered = true;
   auto opened = psd::Registry::Open(options);
   Check(opened.ok(), "replica seed: open: " + opened.status().ToString());
   psd::Registry& registry = **opened;

@@ -216,9 +216,13 @@ TEST(ClusterConfigTest, EveryExampleInConfigsParses) {
       EXPECT_FALSE(config->checkpoint.dir.empty());
     }
     if (name == "gpu-shard.yaml") EXPECT_EQ(config->FindShard(0)->device, "gpu:0");
+    if (name == "replicated.yaml") {
+      EXPECT_EQ(config->coordinator.replication, 2);
+      EXPECT_GE(config->shards.size(), 3u);  // a factor with a spare shard to re-replicate on
+    }
   }
-  for (const char* expected :
-       {"local.yaml", "local-tls.yaml", "multi-host.yaml", "gpu-shard.yaml"}) {
+  for (const char* expected : {"local.yaml", "local-tls.yaml", "multi-host.yaml", "gpu-shard.yaml",
+                               "replicated.yaml"}) {
     EXPECT_EQ(seen.count(expected), 1u) << expected;
   }
 }

@@ -173,6 +173,14 @@ TEST_F(KubernetesManifestTest, ServicesAndContainersUseTheClusterFilesPorts) {
   }
   // The id comes from the pod ordinal.
   EXPECT_THAT(shard["args"][0].as<std::string>(), ::testing::HasSubstr("--id \"${HOSTNAME##*-}\""));
+  // Replicated, with a shard to spare for a new backup after a loss, and
+  // shards spread over nodes (their host is the node).
+  EXPECT_GE(cluster_.coordinator.replication, 2);
+  EXPECT_GT(static_cast<int>(cluster_.shards.size()), cluster_.coordinator.replication);
+  EXPECT_EQ(sts["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"]
+                .as<std::string>(),
+            "kubernetes.io/hostname");
+  EXPECT_THAT(shard["args"][0].as<std::string>(), ::testing::HasSubstr("--host \"${NODE_NAME}\""));
 }
 
 TEST_F(KubernetesManifestTest, ProbesResourcesSecretsAndSharedCheckpoints) {

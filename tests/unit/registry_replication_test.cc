@@ -60,7 +60,6 @@ class RegistryReplicationTest : public ::testing::Test {
     RegistryOptions options;
     options.state_dir = dir_;
     options.replication = replication;
-    options.replication_offered = true;
     return options;
   }
   void Reopen(int32_t replication) {
@@ -150,18 +149,18 @@ TEST_F(RegistryReplicationTest, AnAttachWithAnotherFactorConflicts) {
   EXPECT_TRUE(Get(reuse).ok());
 }
 
-// Until the whole protocol exists, a factor above 1 is refused saying so;
-// 1 (declared or the cluster's) is today's behaviour.
-TEST(RegistryReplicationNotOfferedTest, AFactorAbove1IsRefusedSayingItIsNotOffered) {
+// The cluster's factor is what a declaration without one gets; 1 (declared
+// or the cluster's) is a plain variable.
+TEST(RegistryReplicationDefaultTest, TheClustersFactorIsTheDefault) {
   RegistryOptions options;
-  ASSERT_FALSE(options.replication_offered);
+  options.replication = 2;
   auto registry = std::move(Registry::Open(options)).value();
   const uint64_t session = *registry->OpenSession("test");
   const std::vector<int32_t> shards = {0, 1, 2};
-  auto refused = registry->GetVariable(session, Decl("w", 2), shards);
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(refused.status().message(), HasSubstr("replication above 1 is not offered yet"));
-  auto plain = registry->GetVariable(session, Decl("v"), shards);
+  auto replicated = registry->GetVariable(session, Decl("w"), shards);
+  ASSERT_TRUE(replicated.ok()) << replicated.status();
+  EXPECT_EQ(replicated->def.replication(), 2);
+  auto plain = registry->GetVariable(session, Decl("v", 1), shards);
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_EQ(plain->def.replication(), 1);
 }

@@ -208,7 +208,6 @@ class ReplicaKeeperTest : public ::testing::Test {
   void SetUp() override {
     RegistryOptions ro;
     ro.replication = 2;
-    ro.replication_offered = true;
     registry_ = std::move(Registry::Open(ro)).value();
     CoordinatorServiceOptions options;
     options.replica_keeper_interval = keeper_interval_;  // zero: the test drives it
