@@ -291,7 +291,18 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
     if (batched.empty()) return absl::OkStatus();
     // One message out, one back (resent whole on a retryable failure).
     BatchResponse response;
-    PSD_RETURN_IF_ERROR(impl_->shard_->SendApplyBatch(&batch, &response));
+    absl::Status sent = impl_->shard_->SendApplyBatch(&batch, &response);
+    // The ids the ops went out with, whatever the answer: an op whose
+    // answer was lost (its shard died) may have been applied and
+    // replicated, and is resent with its id (see request_ids).
+    if (request_ids != nullptr) {
+      for (int k = 0; k < batch.ops_size(); ++k) {
+        if (const RequestId* id = internal::BatchOpId(batch.mutable_ops(k))) {
+          (*request_ids)[batched[k]] = *id;
+        }
+      }
+    }
+    PSD_RETURN_IF_ERROR(sent);
     if (response.results_size() != batch.ops_size()) {
       return absl::InternalError(absl::StrCat("shard ", impl_->shard_->address(), " answered ",
                                               response.results_size(), " results for ",
@@ -300,11 +311,6 @@ absl::Status ShardApplier::ApplyGradients(const OptimizerConfig& optimizer,
     for (int k = 0; k < response.results_size(); ++k) {
       const BatchOpResult& r = response.results(k);
       results[batched[k]] = absl::Status(static_cast<absl::StatusCode>(r.code()), r.message());
-      if (request_ids != nullptr) {
-        if (const RequestId* id = internal::BatchOpId(batch.mutable_ops(k))) {
-          (*request_ids)[batched[k]] = *id;
-        }
-      }
     }
     batch.Clear();
     batched.clear();

@@ -1,5 +1,6 @@
 #include "request_ids.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -74,20 +75,40 @@ void SetNewRequestId(RequestId* id, uint64_t credentials_key) {
     // A call the first attempt did not make (or made under other
     // credentials): from here on this attempt draws its own ids.
     carry->ids_.resize(carry->next_);
+    carry->drawn_from_ = std::min(carry->drawn_from_, carry->next_);
     carry->ids_.push_back(*id);
     ++carry->next_;
   }
 }
 
+bool IsResentRequestId(const RequestId& id) {
+  const RequestIdCarry* carry = t_carry;
+  if (carry == nullptr) return false;
+  const size_t resent = std::min(carry->next_, carry->drawn_from_);
+  for (size_t j = 0; j < resent; ++j) {
+    if (carry->ids_[j].client_id() == id.client_id() && carry->ids_[j].seq() == id.seq()) {
+      return true;
+    }
+  }
+  return false;
+}
+
 RequestIdCarry::Attempt::Attempt(RequestIdCarry* carry) : previous_(t_carry) {
   carry->next_ = 0;
+  carry->drawn_from_ = carry->ids_.size();
   t_carry = carry;
 }
 
 RequestIdCarry::Attempt::~Attempt() { t_carry = previous_; }
 
 void RenumberRequestId(RequestId* id) {
+  const RequestId old = *id;
   id->set_seq(next_seq.fetch_add(1, std::memory_order_relaxed));
+  if (RequestIdCarry* carry = t_carry) {
+    for (RequestId& kept : carry->ids_) {
+      if (kept.client_id() == old.client_id() && kept.seq() == old.seq()) kept = *id;
+    }
+  }
 }
 
 BatchIdLease::BatchIdLease(uint64_t credentials_key) : credentials_key_(credentials_key) {

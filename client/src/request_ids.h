@@ -44,8 +44,15 @@ uint64_t ProcessClientId(uint64_t credentials_key = 0);
 void SetNewRequestId(RequestId* id, uint64_t credentials_key = 0);
 
 // Gives *id the next sequence number, keeping its client id (a retry whose
-// id the shard refused as too old).
+// id the shard refused as too old). Under a RequestIdCarry the carry keeps
+// the new number for later attempts.
 void RenumberRequestId(RequestId* id);
+
+// Whether `id` was handed out again by this thread's RequestIdCarry (a
+// later attempt resending an earlier one's id). Such an id must never be
+// renumbered when a shard calls it too old: an earlier attempt may have
+// been applied under it, and a new number would apply it again.
+bool IsResentRequestId(const RequestId& id);
 
 // Keeps the request ids of one logical operation on one part across the
 // attempts a caller makes at it on possibly different shards (a refreshed
@@ -79,8 +86,12 @@ class RequestIdCarry {
 
  private:
   friend void SetNewRequestId(RequestId* id, uint64_t credentials_key);
+  friend void RenumberRequestId(RequestId* id);
+  friend bool IsResentRequestId(const RequestId& id);
   std::vector<RequestId> ids_;
   size_t next_ = 0;  // of the current attempt
+  // Ids at and past this index were drawn by the current attempt.
+  size_t drawn_from_ = 0;
 };
 
 // A client id with a sequence space of its own, for one batch at a time

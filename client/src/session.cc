@@ -33,7 +33,10 @@ bool IsStaleHandle(const absl::Status& status) {
 
 bool MayBeFailingOver(const absl::Status& status, const PartHandle& part) {
   const bool replicated = part.replicated() || part.backup_shards_size() > 0;
-  return replicated && status.code() == absl::StatusCode::kUnavailable;
+  // A stale handle too: the coordinator may still list the lost primary
+  // (its failover waits for the lease) after the handle is refreshed.
+  return replicated &&
+         (status.code() == absl::StatusCode::kUnavailable || IsStaleHandle(status));
 }
 
 namespace regularizers {

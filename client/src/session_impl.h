@@ -35,9 +35,10 @@ namespace client {
 bool IsStaleHandle(const absl::Status& status);
 
 // True for a failure of an op on `part` that a failover may cure: the part
-// is replicated (docs/replication.md) and its shard was unreachable or
-// answered UNAVAILABLE (its lease expired, or it is a backup now). The
-// caller asks the coordinator where the part is and tries again.
+// is replicated (docs/replication.md) and its shard was unreachable, or
+// answered UNAVAILABLE (its lease expired, or it is a backup now) or "stale
+// handle" (it restarted). The caller asks the coordinator where the part
+// is and tries again, until the failover is done.
 bool MayBeFailingOver(const absl::Status& status, const PartHandle& part);
 
 

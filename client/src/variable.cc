@@ -83,11 +83,11 @@ absl::Status VariableState::ForParts(
     absl::Status first;
     for (size_t i = 0; i < todo.size(); ++i) {
       const absl::Status& s = statuses[i];
-      if (IsStaleHandle(s)) {
-        again.push_back(todo[i]);
-      } else if (MayBeFailingOver(s, h.parts(todo[i]))) {
+      if (MayBeFailingOver(s, h.parts(todo[i]))) {
         again.push_back(todo[i]);
         failing_over = true;
+      } else if (IsStaleHandle(s)) {
+        again.push_back(todo[i]);
       } else if (!s.ok()) {
         return s;  // final: other failures are not cured by a new handle
       }

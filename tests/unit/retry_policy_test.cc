@@ -177,6 +177,46 @@ TEST(RequestIdCarryTest, LaterAttemptsSendTheFirstAttemptsIdsInOrder) {
   EXPECT_EQ(third.seq(), extra.seq());
 }
 
+// A resent id the shard calls too old is final: the attempt that first
+// sent it may have been applied, and a new number would apply it again. An
+// id drawn fresh is renumbered as before, and the carry keeps the new one.
+TEST(RequestIdCarryTest, AResentIdCalledTooOldIsNotRenumbered) {
+  RetryPolicy policy(FastOptions(1));
+  RequestIdCarry carry;
+  RequestId applied_under;
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    RequestId id;
+    SetNewRequestId(&id);
+    std::vector<RequestId> sent;
+    absl::Status s = policy.Run(
+        [&] {
+          sent.push_back(id);
+          if (sent.size() == 1) return absl::AbortedError("request id too old: seq 1 of client 2");
+          return absl::UnavailableError("the shard died after applying it");
+        },
+        &id);
+    ASSERT_EQ(sent.size(), 2u) << "a fresh id refused as too old is renumbered";
+    applied_under = sent[1];
+  }
+  {
+    RequestIdCarry::Attempt attempt(&carry);
+    RequestId id;
+    SetNewRequestId(&id);
+    EXPECT_EQ(id.seq(), applied_under.seq()) << "the carry resends the renumbered id";
+    int calls = 0;
+    absl::Status s = policy.Run(
+        [&] {
+          ++calls;
+          return absl::AbortedError("request id too old: seq 1 of client 2");
+        },
+        &id);
+    EXPECT_EQ(calls, 1) << "a resent id is never renumbered";
+    EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+    EXPECT_EQ(id.seq(), applied_under.seq());
+  }
+}
+
 // Ids drawn under other credentials are not taken from a carry made under
 // the process's plain id (a shard binds an id to the token that used it).
 TEST(RequestIdCarryTest, OtherCredentialsDrawTheirOwnIds) {
