@@ -81,16 +81,9 @@ void SetNewRequestId(RequestId* id, uint64_t credentials_key) {
   }
 }
 
-bool IsResentRequestId(const RequestId& id) {
+bool LastRequestIdWasResent() {
   const RequestIdCarry* carry = t_carry;
-  if (carry == nullptr) return false;
-  const size_t resent = std::min(carry->next_, carry->drawn_from_);
-  for (size_t j = 0; j < resent; ++j) {
-    if (carry->ids_[j].client_id() == id.client_id() && carry->ids_[j].seq() == id.seq()) {
-      return true;
-    }
-  }
-  return false;
+  return carry != nullptr && carry->next_ > 0 && carry->next_ - 1 < carry->drawn_from_;
 }
 
 RequestIdCarry::Attempt::Attempt(RequestIdCarry* carry) : previous_(t_carry) {

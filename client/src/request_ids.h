@@ -48,11 +48,13 @@ void SetNewRequestId(RequestId* id, uint64_t credentials_key = 0);
 // the new number for later attempts.
 void RenumberRequestId(RequestId* id);
 
-// Whether `id` was handed out again by this thread's RequestIdCarry (a
-// later attempt resending an earlier one's id). Such an id must never be
-// renumbered when a shard calls it too old: an earlier attempt may have
-// been applied under it, and a new number would apply it again.
-bool IsResentRequestId(const RequestId& id);
+// Whether the id this thread's last SetNewRequestId handed out was resent
+// by its RequestIdCarry (a later attempt at an op resending the id of an
+// earlier one). Such an id must never be renumbered when a shard calls it
+// too old: an earlier attempt may have been applied under it, and a new
+// number would apply it again. Read where the op's RetryState is made, on
+// the thread that drew the id (its retries may run on another).
+bool LastRequestIdWasResent();
 
 // Keeps the request ids of one logical operation on one part across the
 // attempts a caller makes at it on possibly different shards (a refreshed
@@ -87,7 +89,7 @@ class RequestIdCarry {
  private:
   friend void SetNewRequestId(RequestId* id, uint64_t credentials_key);
   friend void RenumberRequestId(RequestId* id);
-  friend bool IsResentRequestId(const RequestId& id);
+  friend bool LastRequestIdWasResent();
   std::vector<RequestId> ids_;
   size_t next_ = 0;  // of the current attempt
   // Ids at and past this index were drawn by the current attempt.

@@ -33,7 +33,7 @@ bool RetryPolicy::IsTooOld(const absl::Status& s) {
 RetryPolicy::Next RetryPolicy::OnFailure(const absl::Status& s, RequestId* id,
                                          RetryState* state) const {
   Next next;
-  if (id != nullptr && state->first_of_id && IsTooOld(s) && !IsResentRequestId(*id) &&
+  if (id != nullptr && state->first_of_id && IsTooOld(s) && !state->id_resent &&
       state->id_refreshes < kMaxIdRefreshes) {
     RenumberRequestId(id);  // the same client id: it is bound to these credentials
     ++state->id_refreshes;

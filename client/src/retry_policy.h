@@ -30,6 +30,7 @@
 #include "absl/time/time.h"
 #include "psd/client.h"
 #include "psd/types.pb.h"
+#include "request_ids.h"
 
 namespace psd {
 namespace client {
@@ -40,6 +41,10 @@ struct RetryState {
   absl::Time first_start = absl::Now();
   int attempts = 0;         // attempts that count against max_attempts
   bool first_of_id = true;  // the current id has not been refused yet
+  // The op's id was sent before by an earlier attempt at the same op
+  // (request_ids.h): "too old" is then its final answer. Made on the
+  // thread that drew the id, right after it did.
+  bool id_resent = LastRequestIdWasResent();
   int id_refreshes = 0;
 };
 
