@@ -140,13 +140,14 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
 
 absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id,
                                                                     CallerKey caller,
-                                                                    bool wait_for_running) {
+                                                                    bool wait_for_running,
+                                                                    bool replay) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id(), caller));
   Client& client = *found;
   client.last_used = ++tick_;
   client.last_seen = std::chrono::steady_clock::now();
-  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
+  if (!replay) PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
   for (;;) {
     Entry* entry = EntryFor(id);
     if (entry == nullptr) break;
@@ -163,7 +164,12 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   // id (an imported window, see Import).
   PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id(), caller));
   Client& owner = *owner_found;
-  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, owner.max_seq));
+  if (!CheckNotTooOld(id, owner.max_seq).ok()) {
+    if (!replay) return CheckNotTooOld(id, owner.max_seq);
+    // Its source applied it: run it here too, unrecorded (no slot of the
+    // window can hold it; Finish and Abandon find nothing to change).
+    return std::optional<Result>();
+  }
   owner.last_seen = std::chrono::steady_clock::now();
   PSD_ASSIGN_OR_RETURN(Entry * found_slot, SlotFor(&owner, id.seq(), /*force=*/false));
   Entry& slot = *found_slot;

@@ -77,9 +77,15 @@ class RequestWindow {
   // RESOURCE_EXHAUSTED for a new client while the table is full of live ones.
   // A duplicate of a request still running waits for it, unless
   // `wait_for_running` is false: then UNAVAILABLE (the caller retries later).
+  // `replay`: a backup or a move's target replaying a write its source
+  // applied (and so must apply too): never refused as too old. The window
+  // here may be ahead of the source's (this shard's own clients share the
+  // client id, or another group's imported window raised it): an id the
+  // window can still hold is recorded, an older one runs unrecorded (a
+  // client's retry of it would be refused as too old anyway).
   absl::StatusOr<std::optional<Result>> Begin(const RequestId& id,
                                               CallerKey caller = kAnonymousCaller,
-                                              bool wait_for_running = true);
+                                              bool wait_for_running = true, bool replay = false);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
   // Forgets a request that Begin reported as new but that did not complete

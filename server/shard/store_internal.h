@@ -169,8 +169,11 @@ template <typename Response, typename Op>
 absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, Op&& op) {
   const RequestId& id = meta.request_id;
   if (id.client_id() == 0) return op();
+  // A replayed write (a backup, a move's target) is never refused as too
+  // old: its source applied it (RequestWindow::Begin).
   PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached,
-                       requests_.Begin(id, meta.caller));
+                       requests_.Begin(id, meta.caller, /*wait_for_running=*/true,
+                                       /*replay=*/store_internal::ReplayingMove()));
   if (cached.has_value()) {
     store_internal::RestoreResult(*cached, response);
     return cached->status;

@@ -409,6 +409,57 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
             std::vector<int64_t>{20});
 }
 
+// One process's client id is shared by every variable (and shard) it
+// writes, so a backup's window may be far ahead of its primary's for that
+// client: the backup's own clients wrote to it, or another group's window
+// it imported at a snapshot raised it. A write the primary applied is
+// replayed all the same, never refused as "too old" (which ended the
+// follow and lost acknowledged writes on promotion).
+TEST_F(StoreReplicaTest, AReplayedWriteIsNeverTooOldForTheBackupsWindow) {
+  auto add = [](VariableStore* store, const std::string& name, uint64_t seq) {
+    AssignRequest req;
+    req.set_name(name);
+    req.set_op(UPDATE_ADD);
+    *req.mutable_value() = Floats({1, 1, 1, 1});
+    req.mutable_request_id()->set_client_id(9);
+    req.mutable_request_id()->set_seq(seq);
+    AssignResponse resp;
+    return store->Assign(req, &resp);
+  };
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  // The backup serves "v" itself; client 9 wrote it up to seq 100 (the
+  // window holds 64).
+  ASSERT_TRUE(store_test::CreateWithValue(&backup_, "v", Floats({0, 0, 0, 0})).ok());
+  for (uint64_t seq = 1; seq <= 100; ++seq) ASSERT_TRUE(add(&backup_, "v", seq).ok());
+  // backup2_ is the primary of "x", which client 9 wrote up to seq 300
+  // (250 went to "w").
+  ASSERT_TRUE(store_test::CreateWithValue(&backup2_, "x", Floats({0, 0, 0, 0})).ok());
+  for (uint64_t seq = 201; seq <= 300; ++seq) {
+    if (seq != 250) ASSERT_TRUE(add(&backup2_, "x", seq).ok());
+  }
+
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
+  StartMoveInRequest x = MoveIn(8, /*follow=*/true);
+  x.mutable_parts(0)->set_name("x");
+  x.set_source_incarnation(3);
+  ASSERT_TRUE(backup_.BeginMoveIn(x).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(PullOnce(&backup2_, &backup_, 8));  // imports x's window: seq 300
+  // Client 9's writes to "w" (seqs drawn long ago by another thread).
+  ASSERT_TRUE(add(&primary_, "w", 1).ok());
+  ASSERT_TRUE(add(&primary_, "w", 2).ok());
+  ASSERT_TRUE(add(&primary_, "w", 250).ok());  // inside the imported window
+  CatchUp(&primary_, &backup_, 7);
+  CatchUp(&backup2_, &backup_, 8);
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_FORWARDING);
+
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 3, 3, 3}));
+  // The one the window could hold is answered from it, not applied again.
+  EXPECT_TRUE(add(&backup_, "w", 250).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 3, 3, 3}));
+}
+
 TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsRequestId) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
   ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
