@@ -452,8 +452,11 @@ class VariableStore {
   absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable);
   // Whether `name`'s group has a move (not a follow) out.
   bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
-  // Takes `move` out of moving_out_ (it ended).
+  // Takes `move` out of moving_out_ (it ended); once only.
   void ForgetMovingOut(MoveOut* move);
+  // ForgetMovingOut for a follow that ended and is out of the in-sync set
+  // (FailMoveOut keeps an in-sync one listed until then).
+  void ForgetEndedFollow(MoveOut* move);
   // One ReplicaBehind call for `follow`, shared by the writes that wait on
   // it (a later one joins the call under way); OK once the follow is out
   // of the in-sync set.

@@ -317,6 +317,70 @@ TEST(StoreReplicaTimeoutTest, ABackupBehindIsReportedOnceAndAFailedReportAnswers
   EXPECT_EQ(calls.load(), 2);
 }
 
+// An in-sync follow that ends on the primary (here: a write it cannot
+// follow, while the coordinator cannot be reached) stays in the way of the
+// group's later writes until the coordinator took the backup out of the
+// in-sync set: none of them is answered OK while the registry still counts
+// a backup that lacks it.
+TEST(StoreReplicaTimeoutTest, AnEndedInSyncFollowHoldsLaterWritesUntilTheCoordinatorHeard) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
+  VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
+  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  std::atomic<int> calls{0};
+  std::atomic<bool> reachable{false};
+  primary.SetReplicaBehindHandler([&](uint64_t, const std::string&) {
+    ++calls;
+    return reachable.load() ? absl::OkStatus() : absl::UnavailableError("no coordinator");
+  });
+  // A forced initialization is not forwarded: it ends the follow, and the
+  // coordinator cannot be told.
+  InitializeVariablesRequest init;
+  init.add_names("w");
+  init.set_force(true);
+  absl::Status initialized = primary.Initialize(init);
+  EXPECT_TRUE(absl::IsUnavailable(initialized)) << initialized;
+  EXPECT_EQ(calls.load(), 1);
+  // A later write is not answered as replicated either (it stays applied).
+  absl::Status later = AddOnes(&primary, 1);
+  EXPECT_TRUE(absl::IsUnavailable(later)) << later;
+  EXPECT_NE(later.message().find("not yet on its backup"), absl::string_view::npos) << later;
+  EXPECT_EQ(calls.load(), 2);
+  // Once the coordinator heard, its retry is answered (applied once) and
+  // the ended follow is gone.
+  reachable.store(true);
+  EXPECT_TRUE(AddOnes(&primary, 1).ok());
+  EXPECT_EQ(calls.load(), 3);
+  EXPECT_EQ(primary.replication_stats().follows_out, 0);
+  EXPECT_TRUE(AddOnes(&primary, 2).ok());
+  EXPECT_EQ(calls.load(), 3);
+}
+
+// A write that fails (an evict of a variable that is not a table: it
+// could not be forwarded, but it changes nothing) does not end the follow.
+TEST_F(StoreReplicaTest, AFailedUnforwardableWriteLeavesTheFollowInPlace) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EvictEmbeddingRequest evict;
+  evict.set_name("w");
+  evict.set_global_step(1);
+  EvictEmbeddingResponse evicted;
+  EXPECT_FALSE(primary_.EvictEmbedding(evict, &evicted).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1);
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());
+  CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1, 1, 1, 1}));
+}
+
 TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   // A dense float variable with Adam slots, a float matrix for scatter_add,
   // and an int64 counter.
