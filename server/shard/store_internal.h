@@ -233,7 +233,11 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   if (meta.variable != nullptr && moving_out_count_.load(std::memory_order_acquire) > 0) {
     moves = MovingOut(*meta.variable);
   }
-  if (moves.empty()) return RunOnce(meta, response, std::forward<Op>(op));
+  if (moves.empty()) {
+    absl::Status status = RunOnce(meta, response, std::forward<Op>(op));
+    if (meta.variable != nullptr) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
+    return status;
+  }
   // A write to a group that moves out or has backups: applied and logged
   // under the order locks of all of them, so each target replays the
   // writes in the order they ran.
@@ -304,6 +308,8 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     absl::Status waited = WaitForBackups(waits, *meta.variable);
     if (status.ok() && !waited.ok()) return waited;
   }
+  // Deposed while it waited? (docs/replication.md "Leases")
+  PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
   return status;
 }
 

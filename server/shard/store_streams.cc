@@ -231,6 +231,7 @@ class StagedAssignSink final : public AssignStreamSink {
       store_->requests_.Finish(header_.request_id(), result);
       finished_ = true;
     }
+    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
     return result.status;
   }
 
@@ -325,6 +326,7 @@ class StagedAssignSink final : public AssignStreamSink {
       absl::Status waited = store_->WaitForBackups(waits, name);
       if (status.ok() && !waited.ok()) return waited;
     }
+    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(name));
     return status;
   }
 

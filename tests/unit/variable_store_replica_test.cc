@@ -590,6 +590,48 @@ TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
   primary_.SetLease(nullptr);
 }
 
+// A primary whose lease lapsed while its write waited for the backup may
+// have been failed over meanwhile: the write is not answered OK (it stays
+// applied; its retry is answered from the window, applied once).
+TEST_F(StoreReplicaTest, AWriteIsNotAnsweredOnceTheLeaseLapsedWhileItWaited) {
+  CreateVariableRequest create;
+  create.set_name("w");
+  create.set_dtype(DT_FLOAT);
+  create.mutable_shape()->add_dims(4);
+  *create.mutable_initial_value() = Floats({0, 0, 0, 0});
+  create.set_initialize(true);
+  create.set_replicated(true);
+  VariableInfo info;
+  ASSERT_TRUE(primary_.Create(create, &info).ok());
+  ShardLease held;
+  held.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));
+  ShardLease lapsed;  // never granted: as one that expired
+  primary_.SetLease(&held);
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());
+  absl::Status status;
+  std::thread writer([&] { status = AddOnes(&primary_, 1); });
+  for (int i = 0; i < 600 && backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq() < 1;
+       ++i) {
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7, /*wait_ms=*/1000));
+  }
+  ASSERT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 1u);
+  primary_.SetLease(&lapsed);  // the lease ends while the write waits
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // acknowledges it
+  writer.join();
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_NE(status.message().find("lease expired"), absl::string_view::npos) << status;
+  // The lease is back: the retry is answered from the window.
+  primary_.SetLease(&held);
+  std::thread retry([&] { status = AddOnes(&primary_, 1); });
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  retry.join();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{1, 1, 1, 1}));
+  primary_.SetLease(nullptr);
+}
+
 TEST_F(StoreReplicaTest, DroppedPartsEndTheirFollows) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "other", Floats({0, 0, 0, 0})).ok());
