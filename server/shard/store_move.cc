@@ -175,7 +175,11 @@ void VariableStore::ForgetMovingOut(MoveOut* move) {
     group.erase(std::remove_if(group.begin(), group.end(),
                                [&](const std::shared_ptr<MoveOut>& g) { return g.get() == move; }),
                 group.end());
-    if (group.empty()) moving_out_.erase(it);
+    if (group.empty()) {
+      moving_out_.erase(it);
+      // LRU eviction again (off while the group had moves or follows).
+      if (m.table != nullptr && m.table->column == 0) m.table->table->SetEvictionAllowed(true);
+    }
   }
   moving_out_count_.fetch_sub(1, std::memory_order_acq_rel);
 }
@@ -481,6 +485,14 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
                   });
       }
       move->listed = true;
+      // No memory-driven LRU eviction while a table's part has a move or a
+      // follow: an eviction is not logged, so the target or backup would
+      // keep rows the source dropped (replicas must stay identical). An op
+      // short of memory fails instead (RESOURCE_EXHAUSTED), as on a part
+      // moving in. Back on once the last of them ended (ForgetMovingOut).
+      for (const MoveOut::Member& m : move->members) {
+        if (m.table != nullptr && m.table->column == 0) m.table->table->SetEvictionAllowed(false);
+      }
       moving_out_count_.fetch_add(1);  // seq_cst: see GatherEmbedding
     }
     std::vector<std::shared_ptr<const MoveOut::TableCut>> cuts(move->members.size());
