@@ -219,9 +219,14 @@ absl::Status VariableStore::NoteUnforwardedWrite(const std::string& name, absl::
   std::vector<BackupWait> waits;
   {
     store_internal::OrderLocks order(moves);
-    for (const std::shared_ptr<MoveOut>& move : moves) {
-      PSD_RETURN_IF_ERROR(AdmitMovingWrite(move.get(), name, what).status());
-      if (move->follow) waits.push_back({move, ~uint64_t{0}});
+    // Moves first: one that refuses the write (frozen, moved) refuses it
+    // before any follow was ended for it.
+    for (const bool follows : {false, true}) {
+      for (const std::shared_ptr<MoveOut>& move : moves) {
+        if (move->follow != follows) continue;
+        PSD_RETURN_IF_ERROR(AdmitMovingWrite(move.get(), name, what).status());
+        if (move->follow) waits.push_back({move, ~uint64_t{0}});
+      }
     }
   }
   // A backup cannot follow it: the write goes ahead once the backups that
