@@ -43,6 +43,17 @@ bool Retryable(const absl::Status& s) {
          (absl::IsAborted(s) && absl::StrContains(s.message(), "; retry"));
 }
 
+// A primary's permanent answer to a follow's pull: the follow ended there
+// (ABORTED "... was given up" / "... ended ...", FAILED_PRECONDITION "...
+// has ended", NOT_FOUND: forgotten). Not a stale handle: a restarted
+// primary lost its copy, and this backup may be the one to promote.
+bool FollowEnded(const absl::Status& s) {
+  if (absl::IsNotFound(s) || absl::IsFailedPrecondition(s)) return true;
+  if (absl::StrContains(s.message(), "stale handle")) return false;
+  if (absl::IsAborted(s)) return !absl::StrContains(s.message(), "; retry");
+  return absl::StrContains(s.message(), "was given up");
+}
+
 template <typename Op>
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, absl::string_view who, Op&& op) {
   absl::Status status = RunAtEdge(who, op);
@@ -291,6 +302,17 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       drop_all();  // they follow a chunk that did not come
       const absl::Time now = absl::Now();
       if (failing_since == absl::InfiniteFuture()) failing_since = now;
+      if (follow && FollowEnded(status)) {
+        // The primary ended this follow (given up, ended, or forgotten):
+        // failed here too, so the coordinator's keeper sees MOVE_FAILED in
+        // MoveStatus and replaces this backup instead of counting it.
+        store_->FailMoveIn(move_id, absl::Status(status.code(),
+                                                 absl::StrCat("the primary's shard at ",
+                                                              source_address,
+                                                              " ended this follow: ",
+                                                              status.message())));
+        break;
+      }
       if (follow) {
         store_->NoteFollowPullFailure(
             move_id, absl::Status(status.code(),

@@ -66,6 +66,11 @@ struct MoveOut {
   // backup timeout applies instead). Immutable once registered.
   bool follow = false;
   int32_t target_shard = -1;  // the backup's shard (PullMoveRequest), for messages
+  // In the store's moving_out_ (guarded by the store's moves_mu_). A follow
+  // that ends while in sync stays listed until it is out of the in-sync set
+  // (ReplicaBehind succeeded, SyncReplica(false), EndMoveOut), so every
+  // later write to its group waits for that first.
+  bool listed = false;
   std::vector<Member> members;  // immutable once registered
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 

@@ -12,6 +12,13 @@ namespace {
 // A new client's ring (doubled as it needs, up to the window).
 constexpr size_t kInitialRing = 4;
 
+RequestId RequestIdOf(uint64_t client_id, uint64_t seq) {
+  RequestId id;
+  id.set_client_id(client_id);
+  id.set_seq(seq);
+  return id;
+}
+
 }  // namespace
 
 RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idle,
@@ -20,6 +27,7 @@ RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idl
 
 void RequestWindow::Forget(std::unordered_map<uint64_t, Client>::iterator it) {
   entries_ -= static_cast<int64_t>(it->second.ring.size());
+  late_entries_ -= static_cast<int64_t>(it->second.late.size());
   clients_.erase(it);
 }
 
@@ -72,6 +80,21 @@ absl::StatusOr<RequestWindow::Entry*> RequestWindow::SlotFor(Client* client, uin
     }
     Resize(client, grown);
   }
+}
+
+RequestWindow::Entry* RequestWindow::AddLate(Client* client, uint64_t seq) {
+  constexpr int64_t kMaxLateEntries = 65536;
+  auto found = client->late.find(seq);
+  if (found != client->late.end()) return &found->second;
+  if (client->late.size() >= static_cast<size_t>(window_)) {
+    client->late.erase(client->late.begin());
+    --late_entries_;
+  }
+  if (late_entries_ >= kMaxLateEntries) return nullptr;
+  ++late_entries_;
+  Entry& late = client->late[seq];
+  late.seq = seq;
+  return &late;
 }
 
 absl::Status RequestWindow::CheckNotTooOld(const RequestId& id, uint64_t max_seq) const {
@@ -135,18 +158,23 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
   auto it = clients_.find(id.client_id());
   if (it == clients_.end()) return nullptr;
   Entry& entry = it->second.ring[id.seq() % it->second.ring.size()];
-  return entry.seq == id.seq() && entry.state != State::kEmpty ? &entry : nullptr;
+  if (entry.seq == id.seq() && entry.state != State::kEmpty) return &entry;
+  auto late = it->second.late.find(id.seq());
+  return late != it->second.late.end() ? &late->second : nullptr;
 }
 
 absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id,
                                                                     CallerKey caller,
-                                                                    bool wait_for_running) {
+                                                                    bool wait_for_running,
+                                                                    bool replay) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id(), caller));
   Client& client = *found;
   client.last_used = ++tick_;
   client.last_seen = std::chrono::steady_clock::now();
-  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
+  if (!replay && client.late.count(id.seq()) == 0) {
+    PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
+  }
   for (;;) {
     Entry* entry = EntryFor(id);
     if (entry == nullptr) break;
@@ -163,7 +191,12 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   // id (an imported window, see Import).
   PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id(), caller));
   Client& owner = *owner_found;
-  PSD_RETURN_IF_ERROR(CheckNotTooOld(id, owner.max_seq));
+  if (!CheckNotTooOld(id, owner.max_seq).ok()) {
+    if (!replay) return CheckNotTooOld(id, owner.max_seq);
+    // Its source applied it: run here too, recorded beside the ring.
+    if (Entry* late = AddLate(&owner, id.seq())) late->state = State::kRunning;
+    return std::optional<Result>();
+  }
   owner.last_seen = std::chrono::steady_clock::now();
   PSD_ASSIGN_OR_RETURN(Entry * found_slot, SlotFor(&owner, id.seq(), /*force=*/false));
   Entry& slot = *found_slot;
@@ -186,6 +219,9 @@ void RequestWindow::Finish(const RequestId& id, Result result) {
 void RequestWindow::Abandon(const RequestId& id) {
   absl::MutexLock lock(&mu_);
   if (Entry* entry = EntryFor(id)) entry->state = State::kEmpty;
+  if (auto it = clients_.find(id.client_id()); it != clients_.end()) {
+    late_entries_ -= static_cast<int64_t>(it->second.late.erase(id.seq()));
+  }
   done_.SignalAll();
 }
 
@@ -197,7 +233,11 @@ void RequestWindow::Export(RequestWindowState* state) const {
     out->set_client_id(client_id);
     out->set_owner(client.owner);
     out->set_max_seq(client.max_seq);
-    for (const Entry& entry : client.ring) {
+    std::vector<const Entry*> entries;
+    for (const Entry& entry : client.ring) entries.push_back(&entry);
+    for (const auto& [seq, entry] : client.late) entries.push_back(&entry);
+    for (const Entry* e_ptr : entries) {
+      const Entry& entry = *e_ptr;
       if (entry.state != State::kDone) continue;
       RequestWindowState::Entry* e = out->add_entries();
       e->set_seq(entry.seq);
@@ -228,6 +268,17 @@ void RequestWindow::Import(const RequestWindowState& state) {
     Client& client = it->second;
     if (in.max_seq() > client.max_seq) client.max_seq = in.max_seq();
     for (const RequestWindowState::Entry& e : in.entries()) {
+      if (!CheckNotTooOld(RequestIdOf(in.client_id(), e.seq()), client.max_seq).ok()) {
+        // Older than the ring (another shard's late entry): kept beside it.
+        if (Entry* late = AddLate(&client, e.seq())) {
+          late->state = State::kDone;
+          late->result.status =
+              absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
+          late->result.version = e.version();
+          late->result.old_value = e.old_value();
+        }
+        continue;
+      }
       // Imported ids must stay known (a retry of one is never run again):
       // the ring grows for them whatever max_entries says.
       Entry& slot = **SlotFor(&client, e.seq(), /*force=*/true);

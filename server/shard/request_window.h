@@ -36,6 +36,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <unordered_map>
 #include <vector>
@@ -77,9 +78,15 @@ class RequestWindow {
   // RESOURCE_EXHAUSTED for a new client while the table is full of live ones.
   // A duplicate of a request still running waits for it, unless
   // `wait_for_running` is false: then UNAVAILABLE (the caller retries later).
+  // `replay`: a backup or a move's target replaying a write its source
+  // applied (and so must apply too): never refused as too old. The window
+  // here may be ahead of the source's (this shard's own clients share the
+  // client id, or another group's imported window raised it): an id the
+  // ring can still hold is recorded there, an older one beside it (Client's
+  // `late`), so a retry of it is answered, not refused nor run again.
   absl::StatusOr<std::optional<Result>> Begin(const RequestId& id,
                                               CallerKey caller = kAnonymousCaller,
-                                              bool wait_for_running = true);
+                                              bool wait_for_running = true, bool replay = false);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
   // Forgets a request that Begin reported as new but that did not complete
@@ -110,6 +117,12 @@ class RequestWindow {
     uint64_t last_used = 0;  // tick of the latest Begin
     std::chrono::steady_clock::time_point last_seen;  // for the idle rule
     std::vector<Entry> ring;
+    // Replayed requests (Begin's `replay`) too old for the ring: a backup
+    // whose window is ahead of its primary's for this client still answers
+    // their retries from here once promoted. At most `window` of them (the
+    // oldest go first), and 65536 of all clients together (past that an
+    // old replayed id runs unrecorded).
+    std::map<uint64_t, Entry> late;
   };
 
   // The window of `client_id`, created (owned by `caller`) when new.
@@ -139,6 +152,9 @@ class RequestWindow {
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   std::unordered_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
   int64_t entries_ ABSL_GUARDED_BY(mu_) = 0;  // all rings' sizes
+  int64_t late_entries_ ABSL_GUARDED_BY(mu_) = 0;  // all clients' `late`
+  // Records `seq` of `client` in its `late` map (bounded, see Client).
+  Entry* AddLate(Client* client, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace psd

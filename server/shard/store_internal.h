@@ -169,8 +169,11 @@ template <typename Response, typename Op>
 absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, Op&& op) {
   const RequestId& id = meta.request_id;
   if (id.client_id() == 0) return op();
+  // A replayed write (a backup, a move's target) is never refused as too
+  // old: its source applied it (RequestWindow::Begin).
   PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached,
-                       requests_.Begin(id, meta.caller));
+                       requests_.Begin(id, meta.caller, /*wait_for_running=*/true,
+                                       /*replay=*/store_internal::ReplayingMove()));
   if (cached.has_value()) {
     store_internal::RestoreResult(*cached, response);
     return cached->status;
@@ -230,7 +233,11 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   if (meta.variable != nullptr && moving_out_count_.load(std::memory_order_acquire) > 0) {
     moves = MovingOut(*meta.variable);
   }
-  if (moves.empty()) return RunOnce(meta, response, std::forward<Op>(op));
+  if (moves.empty()) {
+    absl::Status status = RunOnce(meta, response, std::forward<Op>(op));
+    if (meta.variable != nullptr) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
+    return status;
+  }
   // A write to a group that moves out or has backups: applied and logged
   // under the order locks of all of them, so each target replays the
   // writes in the order they ran.
@@ -239,15 +246,26 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   {
     store_internal::OrderLocks order(moves);
     std::vector<std::shared_ptr<MoveOut>> logging;
-    for (const std::shared_ptr<MoveOut>& move : moves) {
+    // Follows a write that cannot be forwarded ends, once it went ahead.
+    std::vector<std::shared_ptr<MoveOut>> unfollowable;
+    const bool forwardable = meta.to_batch_op != nullptr;
+    // Moves first: one that refuses the write (frozen, moved) refuses it
+    // before any follow was ended for it.
+    std::vector<std::shared_ptr<MoveOut>> ordered;
+    for (const auto& move : moves) if (!move->follow) ordered.push_back(move);
+    for (const auto& move : moves) if (move->follow) ordered.push_back(move);
+    for (const std::shared_ptr<MoveOut>& move : ordered) {
+      const bool end_later = move->follow && !forwardable;
       PSD_ASSIGN_OR_RETURN(const bool log,
                            AdmitMovingWrite(move.get(), *meta.variable,
-                                            meta.to_batch_op == nullptr ? "this write" : ""));
-      if (log) {
+                                            forwardable || end_later ? "" : "this write"));
+      if (log && end_later) {
+        unfollowable.push_back(move);
+      } else if (log) {
         logging.push_back(move);
       } else if (move->follow) {
-        // Ended now (a write it cannot follow): the write goes ahead
-        // without it, once it is out of the in-sync set.
+        // Ended (by this write, or earlier while in sync): the write goes
+        // ahead without it, once it is out of the in-sync set.
         waits.push_back({move, ~uint64_t{0}});
       }
     }
@@ -256,9 +274,23 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
       ran = true;
       return op();
     });
-    // A failed write changed nothing: nothing to log or wait for.
-    if (ran && !status.ok()) return status;
+    if (ran && status.ok()) {
+      // It went ahead: the follows that cannot have it end now (under the
+      // order locks, so no later write is logged for them), and it is
+      // answered once each is out of the in-sync set.
+      for (const std::shared_ptr<MoveOut>& move : unfollowable) {
+        AdmitMovingWrite(move.get(), *meta.variable, "this write").IgnoreError();
+        waits.push_back({move, ~uint64_t{0}});
+      }
+    } else {
+      // A failed write changed nothing; one answered from the window ran
+      // before (and ended them then if they were there): they follow on.
+      for (const std::shared_ptr<MoveOut>& move : unfollowable) {
+        if (!ran) waits.push_back({move, store_internal::LoggedSeq(move.get())});
+      }
+    }
     for (const std::shared_ptr<MoveOut>& move : logging) {
+      if (ran && !status.ok()) break;  // a failed write: nothing to log
       if (ran) {
         const uint64_t seq = LogMoveWrite(move.get(), meta);
         if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
@@ -270,7 +302,14 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     }
   }
   pass.reset();  // a fence need not wait for the backups
-  if (!waits.empty()) PSD_RETURN_IF_ERROR(WaitForBackups(waits, *meta.variable));
+  // Also for a failed write: a follow that ended is out of the in-sync set
+  // before anything is answered (the answer stays the write's own).
+  if (!waits.empty()) {
+    absl::Status waited = WaitForBackups(waits, *meta.variable);
+    if (status.ok() && !waited.ok()) return waited;
+  }
+  // Deposed while it waited? (docs/replication.md "Leases")
+  PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
   return status;
 }
 

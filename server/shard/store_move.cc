@@ -166,6 +166,8 @@ bool VariableStore::MovesLocked(const std::string& name) const {
 
 void VariableStore::ForgetMovingOut(MoveOut* move) {
   absl::MutexLock lock(&moves_mu_);
+  if (!move->listed) return;  // forgotten already
+  move->listed = false;
   for (const MoveOut::Member& m : move->members) {
     auto it = moving_out_.find(m.info.name());
     if (it == moving_out_.end()) continue;
@@ -173,7 +175,11 @@ void VariableStore::ForgetMovingOut(MoveOut* move) {
     group.erase(std::remove_if(group.begin(), group.end(),
                                [&](const std::shared_ptr<MoveOut>& g) { return g.get() == move; }),
                 group.end());
-    if (group.empty()) moving_out_.erase(it);
+    if (group.empty()) {
+      moving_out_.erase(it);
+      // LRU eviction again (off while the group had moves or follows).
+      if (m.table != nullptr && m.table->column == 0) m.table->table->SetEvictionAllowed(true);
+    }
   }
   moving_out_count_.fetch_sub(1, std::memory_order_acq_rel);
 }
@@ -213,9 +219,14 @@ absl::Status VariableStore::NoteUnforwardedWrite(const std::string& name, absl::
   std::vector<BackupWait> waits;
   {
     store_internal::OrderLocks order(moves);
-    for (const std::shared_ptr<MoveOut>& move : moves) {
-      PSD_RETURN_IF_ERROR(AdmitMovingWrite(move.get(), name, what).status());
-      if (move->follow) waits.push_back({move, ~uint64_t{0}});
+    // Moves first: one that refuses the write (frozen, moved) refuses it
+    // before any follow was ended for it.
+    for (const bool follows : {false, true}) {
+      for (const std::shared_ptr<MoveOut>& move : moves) {
+        if (move->follow != follows) continue;
+        PSD_RETURN_IF_ERROR(AdmitMovingWrite(move.get(), name, what).status());
+        if (move->follow) waits.push_back({move, ~uint64_t{0}});
+      }
     }
   }
   // A backup cannot follow it: the write goes ahead once the backups that
@@ -223,10 +234,20 @@ absl::Status VariableStore::NoteUnforwardedWrite(const std::string& name, absl::
   return WaitForBackups(waits, name);
 }
 
+void VariableStore::ForgetEndedFollow(MoveOut* move) {
+  {
+    absl::MutexLock lock(&move->mu);
+    if (move->state == MoveOut::State::kForwarding || move->in_sync) return;
+  }
+  ForgetMovingOut(move);
+}
+
 void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
+  bool in_sync;
   {
     absl::MutexLock lock(&move->mu);
     if (move->state != MoveOut::State::kForwarding) return;
+    in_sync = move->in_sync;
     move->state = MoveOut::State::kEnded;
     move->failure = why;
     move->log.clear();
@@ -238,7 +259,11 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
     move->changed.SignalAll();
   }
   if (move->follow) NotifyLogNews(move->id);
-  ForgetMovingOut(move);
+  // An in-sync follow stays listed: the writes after it (Mutate's
+  // AdmitMovingWrite finds it ended) wait until the coordinator took it out
+  // of the in-sync set (ReportBehind), so none is answered as replicated
+  // while the registry still counts a backup that lacks it.
+  if (!in_sync) ForgetMovingOut(move);
   // The pins go with the move object; the store's map keeps it (ended)
   // until EndMoveOut or the next move prunes it.
 }
@@ -463,6 +488,15 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
                   [](const std::shared_ptr<MoveOut>& a, const std::shared_ptr<MoveOut>& b) {
                     return a->id < b->id;
                   });
+      }
+      move->listed = true;
+      // No memory-driven LRU eviction while a table's part has a move or a
+      // follow: an eviction is not logged, so the target or backup would
+      // keep rows the source dropped (replicas must stay identical). An op
+      // short of memory fails instead (RESOURCE_EXHAUSTED), as on a part
+      // moving in. Back on once the last of them ended (ForgetMovingOut).
+      for (const MoveOut::Member& m : move->members) {
+        if (m.table != nullptr && m.table->column == 0) m.table->table->SetEvictionAllowed(false);
       }
       moving_out_count_.fetch_add(1);  // seq_cst: see GatherEmbedding
     }
@@ -776,7 +810,9 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
         moved_away_order_.pop_front();
       }
     }
-    if (was_active) ForgetMovingOut(move.get());
+    // Also an ended follow kept listed while in sync (FailMoveOut).
+    (void)was_active;
+    ForgetMovingOut(move.get());
     if (move->follow) NotifyLogNews(move_id);  // its parked pull answers now
     if (committed) {
       // The group's backups followed this shard; they must follow its new
@@ -1515,7 +1551,12 @@ absl::Status VariableStore::ReportBehind(MoveOut* follow, const std::string& rea
   follow->behind_result = status;
   if (status.ok()) follow->in_sync = false;  // the coordinator dropped it, durably
   follow->changed.SignalAll();
-  return follow->in_sync ? status : absl::OkStatus();
+  const bool in_sync = follow->in_sync;
+  follow->mu.Unlock();
+  // Out of the in-sync set: an ended follow need not be listed any more.
+  if (!in_sync) ForgetEndedFollow(follow);
+  follow->mu.Lock();
+  return in_sync ? status : absl::OkStatus();
 }
 
 void VariableStore::SetReplicaBehindHandler(ReplicaBehindFn handler) {
@@ -1543,14 +1584,21 @@ absl::StatusOr<uint64_t> VariableStore::SyncReplica(uint64_t move_id, bool in_sy
   // Under the order lock: every write logged after `logged_seq` is waited
   // for.
   absl::MutexLock order(&move->order_mu);
-  absl::MutexLock lock(&move->mu);
-  if (in_sync && move->state != MoveOut::State::kForwarding) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        MoveName(move_id), " has ended", move->failure.ok() ? "" : ": ", move->failure.message()));
+  uint64_t logged;
+  {
+    absl::MutexLock lock(&move->mu);
+    if (in_sync && move->state != MoveOut::State::kForwarding) {
+      return absl::FailedPreconditionError(absl::StrCat(MoveName(move_id), " has ended",
+                                                        move->failure.ok() ? "" : ": ",
+                                                        move->failure.message()));
+    }
+    move->in_sync = in_sync;
+    move->changed.SignalAll();
+    logged = move->next_seq - 1;
   }
-  move->in_sync = in_sync;
-  move->changed.SignalAll();
-  return move->next_seq - 1;
+  // An ended follow kept listed while in sync (FailMoveOut) goes now.
+  if (!in_sync) ForgetEndedFollow(move.get());
+  return logged;
 }
 
 bool VariableStore::IsFollow(uint64_t move_id) const {

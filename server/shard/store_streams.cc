@@ -204,15 +204,16 @@ class StagedAssignSink final : public AssignStreamSink {
   }
 
   absl::Status Commit(AssignResponse* response) override {
-    // A fence holds the commit, not the staging before it.
-    WriteGate::Pass pass(&store_->gate_);
+    // A fence holds the commit, not the staging before it (nor the wait
+    // for the backups: CommitLogged lets the pass go first).
+    std::optional<WriteGate::Pass> pass(&store_->gate_);
     // A group that moves out or has backups gets the assign logged with its
     // value (an apply's streamed gradient and strings are not forwarded:
     // they end the move or follow, see Apply).
     if (!header_.has_apply() && !header_.has_create() && header_.dtype() != DT_STRING &&
         store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
       std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
-      if (!moves.empty()) return CommitLogged(moves, response);
+      if (!moves.empty()) return CommitLogged(moves, response, &pass);
     }
     if (cached_.has_value()) {
       RestoreResult(*cached_, response);
@@ -230,6 +231,7 @@ class StagedAssignSink final : public AssignStreamSink {
       store_->requests_.Finish(header_.request_id(), result);
       finished_ = true;
     }
+    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
     return result.status;
   }
 
@@ -249,25 +251,33 @@ class StagedAssignSink final : public AssignStreamSink {
   // AssignRequest with the staged value, under their order locks, then
   // answered once the in-sync backups have it (VariableStore::Mutate's
   // way, for a value that came in a stream).
+  // `pass` (the write gate's) is let go before the wait for the backups,
+  // as Mutate does: a backup's replay takes its own shard's gate, and a
+  // save fencing both must not stall on this wait.
   absl::Status CommitLogged(const std::vector<std::shared_ptr<MoveOut>>& moves,
-                            AssignResponse* response) {
+                            AssignResponse* response, std::optional<WriteGate::Pass>* pass) {
     const std::string& name = header_.name();
     std::vector<VariableStore::BackupWait> waits;
-    absl::Status status;
-    {
+    absl::Status status = [&]() -> absl::Status {
       store_internal::OrderLocks order(moves);
       std::vector<std::shared_ptr<MoveOut>> logging;
       for (const std::shared_ptr<MoveOut>& move : moves) {
         PSD_ASSIGN_OR_RETURN(const bool log, store_->AdmitMovingWrite(move.get(), name, ""));
-        if (log) logging.push_back(move);
+        if (log) {
+          logging.push_back(move);
+        } else if (move->follow) {
+          // Ended while in sync: nothing is answered before it is out of
+          // the in-sync set (as in Mutate).
+          waits.push_back({move, ~uint64_t{0}});
+        }
       }
       if (cached_.has_value()) {
         RestoreResult(*cached_, response);
-        status = cached_->status;
         for (const std::shared_ptr<MoveOut>& move : logging) {
           if (move->follow) waits.push_back({move, store_internal::LoggedSeq(move.get())});
         }
-      } else {
+        return cached_->status;
+      }
         if (received_ != header_.total_bytes()) {
           return absl::InvalidArgumentError(absl::StrCat(
               "streamed value for ", Quoted(name), " ended after ", received_, " of ",
@@ -300,16 +310,23 @@ class StagedAssignSink final : public AssignStreamSink {
           store_->requests_.Finish(header_.request_id(), result);
           finished_ = true;
         }
-        status = result.status;
-        if (!status.ok()) return status;  // changed nothing
+        if (!result.status.ok()) return result.status;  // changed nothing
         const VariableStore::WriteMeta meta = VariableStore::Forwarded(caller_, logged);
         for (const std::shared_ptr<MoveOut>& move : logging) {
           const uint64_t seq = store_->LogMoveWrite(move.get(), meta);
           if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
         }
-      }
+        return result.status;
+    }();
+    pass->reset();
+    // On every path (a failed commit too): an ended follow is out of the
+    // in-sync set before anything is answered; the answer stays the
+    // commit's own.
+    if (!waits.empty()) {
+      absl::Status waited = store_->WaitForBackups(waits, name);
+      if (status.ok() && !waited.ok()) return waited;
     }
-    if (!waits.empty()) PSD_RETURN_IF_ERROR(store_->WaitForBackups(waits, name));
+    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(name));
     return status;
   }
 

@@ -68,6 +68,27 @@ absl::Status VariableStore::LeaseExpired(const std::string& name) const {
       "expired): it serves again once the coordinator renews the lease; retry"));
 }
 
+absl::Status VariableStore::LeaseHeldToAnswer(const std::string& name) const {
+  const ShardLease* lease = lease_.load(std::memory_order_acquire);
+  if (lease == nullptr || lease->Held() || store_internal::ReplayingMove()) {
+    return absl::OkStatus();
+  }
+  bool replicated = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (auto it = variables_.find(name); it != variables_.end()) {
+      replicated = it->second->replicated.load(std::memory_order_acquire);
+    } else if (auto table = tables_.find(name); table != tables_.end()) {
+      replicated = table->second->replicated.load(std::memory_order_acquire);
+    }
+  }
+  if (!replicated) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "write to ", Quoted(name), " not answered: this shard's coordinator lease expired (lease "
+      "expired) before the answer (the write may have been applied; its retry with the same "
+      "request id is answered, not applied again); retry"));
+}
+
 absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = variables_.find(name);

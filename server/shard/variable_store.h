@@ -383,6 +383,15 @@ class VariableStore {
   // never while replaying a move's or a follow's writes.
   bool LeaseLapsed(bool replicated) const;
   absl::Status LeaseExpired(const std::string& name) const;
+  // Checked again just before a write to `name` is answered (after the
+  // wait for its backups): a replicated part whose shard lost its lease
+  // meanwhile may have been failed over, its backup promoted, so the
+  // answer is UNAVAILABLE "... lease expired ...; retry" instead. The
+  // write stays applied; its retry (same request id) is answered from the
+  // window here once the lease is back, or by the promoted backup, which
+  // has the window. OK for parts that are not replicated, and with no
+  // lease (a shard without a coordinator).
+  absl::Status LeaseHeldToAnswer(const std::string& name) const;
   // A table's part (or slot), or null when `name` is not one.
   std::shared_ptr<EmbeddingPart> FindEmbedding(const std::string& name) const;
   // A table's part named for `op`: NOT_FOUND, or INVALID_ARGUMENT for a
@@ -452,8 +461,11 @@ class VariableStore {
   absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable);
   // Whether `name`'s group has a move (not a follow) out.
   bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
-  // Takes `move` out of moving_out_ (it ended).
+  // Takes `move` out of moving_out_ (it ended); once only.
   void ForgetMovingOut(MoveOut* move);
+  // ForgetMovingOut for a follow that ended and is out of the in-sync set
+  // (FailMoveOut keeps an in-sync one listed until then).
+  void ForgetEndedFollow(MoveOut* move);
   // One ReplicaBehind call for `follow`, shared by the writes that wait on
   // it (a later one joins the call under way); OK once the follow is out
   // of the in-sync set.

@@ -290,6 +290,36 @@ TEST_F(ReplicaFollowTest, ABackupWhosePrimaryDiedKeepsRetryingAndIsPromotedWithE
   EXPECT_EQ(got.content(), acknowledged.content());
 }
 
+// A follow its primary ended (given up there, e.g. its log passed its
+// bound, or ended by the coordinator on the primary only) fails on the
+// backup too, so the coordinator's keeper sees MOVE_FAILED and replaces it
+// instead of counting a backup that no longer follows.
+TEST_F(ReplicaFollowTest, ABackupWhoseFollowItsPrimaryEndedFails) {
+  ASSERT_TRUE(IsOk(CreateOnPrimary("e")));
+  Follow("e", 0x7b);
+  ASSERT_TRUE(IsOk(AddOnPrimary("e", 1)));
+  EndMoveRequest end;
+  end.set_move_id(0x7b);
+  EndMoveResponse ended;
+  ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
+    return primary_move_->EndMove(ctx, end, &ended);
+  })));
+  // Bounded: 300 polls, 0.1 s apart (a poll may answer at once while the
+  // backup notes its failing pulls).
+  MoveStatusResponse status;
+  for (int i = 0; i < 300 && status.phase() != MOVE_FAILED; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(100));
+    MoveStatusRequest request;
+    request.set_move_id(0x7b);
+    request.set_wait_ms(1000);
+    ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
+      return backup_move_->MoveStatus(ctx, request, &status);
+    })));
+  }
+  EXPECT_EQ(status.phase(), MOVE_FAILED);
+  EXPECT_NE(status.message().find("ended this follow"), std::string::npos) << status.message();
+}
+
 // Prints the price of one in-sync backup for sequential small writes (one
 // caller, so each write pays a whole round trip to the backup). Disabled:
 // it only prints; run with --gtest_also_run_disabled_tests.

@@ -758,6 +758,70 @@ TEST_F(StoreMoveTest, ATargetWithoutMemoryForTheRowsLeavesTheTableOnItsSource) {
   EXPECT_TRUE(Adagrad(&source_, {1}, 2).ok());
 }
 
+// A table's part with a backup evicts no rows for memory (LRU) while it
+// has it: an eviction is not logged, so the backup would keep rows its
+// primary dropped. Lookups short of memory fail instead, and the promoted
+// backup holds exactly the primary's rows.
+TEST_F(StoreMoveTest, ATableWithABackupEvictsNothingForMemory) {
+  VariableStoreOptions tight = Options(5);
+  tight.memory_limit_bytes = 64 << 10;
+  VariableStore primary(device_.get(), tight);
+  VariableStore backup(device_.get(), Options(3));
+  std::vector<CreateVariableRequest> parts = TableParts(1);
+  StartMoveInRequest follow;
+  follow.set_move_id(7);
+  follow.set_source_incarnation(5);
+  follow.set_follow(true);
+  VariableInfo info;
+  for (CreateVariableRequest& part : parts) {
+    part.mutable_embedding()->clear_counter_filter();
+    part.mutable_embedding()->set_evict_lru_on_memory_limit(true);
+    ASSERT_TRUE(primary.Create(part, &info).ok());
+    *follow.add_parts() = part;
+  }
+  ASSERT_TRUE(backup.BeginMoveIn(follow).ok());
+  auto pull = [&] {
+    PullMoveRequest req;
+    if (!backup.NextMovePull(7, &req)) return false;
+    req.set_wait_ms(0);
+    PullMoveResponse resp;
+    absl::Status pulled = primary.PullMove(req, &resp);
+    EXPECT_TRUE(pulled.ok()) << pulled;
+    absl::Status applied = pulled.ok() ? backup.ApplyMovePull(7, resp) : pulled;
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  };
+  // The copy first (while it is pinned, nothing is evicted anyway).
+  for (int i = 0; i < 100 && backup.MoveInStatus(7, absl::ZeroDuration()).phase() !=
+                                 MOVE_FORWARDING;
+       ++i) {
+    ASSERT_TRUE(pull());
+  }
+  ASSERT_EQ(backup.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_FORWARDING);
+  ASSERT_TRUE(pull());  // the primary hears the copy is done
+  // New keys until the primary is out of memory (it would evict without
+  // the backup).
+  absl::Status looked = absl::OkStatus();
+  for (int64_t batch = 0; batch < 1000 && looked.ok(); ++batch) {
+    std::vector<int64_t> keys;
+    for (int64_t k = 0; k < 100; ++k) keys.push_back(batch * 100 + k);
+    looked = Lookup(&primary, keys).status();
+    if (batch % 10 == 0) ASSERT_TRUE(pull());
+  }
+  EXPECT_TRUE(absl::IsResourceExhausted(looked)) << looked;
+  for (int i = 0; i < 1000; ++i) {
+    const MoveStatusResponse st = backup.MoveInStatus(7, absl::ZeroDuration());
+    if (st.phase() == MOVE_FORWARDING && st.applied_seq() == st.logged_seq() && i > 0) break;
+    ASSERT_TRUE(pull());
+  }
+  ASSERT_TRUE(backup.PromoteReplica(7, 2, 3).ok());
+  const Rows want = Export(&primary);
+  EXPECT_EQ(Export(&backup), want);
+  // The follow ended: rows are evicted for memory again.
+  ASSERT_TRUE(primary.EndMoveOut(7, /*committed=*/false, -1).ok());
+  EXPECT_TRUE(Lookup(&primary, {1000000, 1000001}).ok());
+}
+
 // A table's part with two backups (follows) and a move at once (docs/
 // replication.md): every write and every counting lookup, from several
 // threads, is logged into each of the three logs in one order, so the

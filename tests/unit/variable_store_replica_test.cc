@@ -317,6 +317,70 @@ TEST(StoreReplicaTimeoutTest, ABackupBehindIsReportedOnceAndAFailedReportAnswers
   EXPECT_EQ(calls.load(), 2);
 }
 
+// An in-sync follow that ends on the primary (here: a write it cannot
+// follow, while the coordinator cannot be reached) stays in the way of the
+// group's later writes until the coordinator took the backup out of the
+// in-sync set: none of them is answered OK while the registry still counts
+// a backup that lacks it.
+TEST(StoreReplicaTimeoutTest, AnEndedInSyncFollowHoldsLaterWritesUntilTheCoordinatorHeard) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
+  VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
+  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  std::atomic<int> calls{0};
+  std::atomic<bool> reachable{false};
+  primary.SetReplicaBehindHandler([&](uint64_t, const std::string&) {
+    ++calls;
+    return reachable.load() ? absl::OkStatus() : absl::UnavailableError("no coordinator");
+  });
+  // A forced initialization is not forwarded: it ends the follow, and the
+  // coordinator cannot be told.
+  InitializeVariablesRequest init;
+  init.add_names("w");
+  init.set_force(true);
+  absl::Status initialized = primary.Initialize(init);
+  EXPECT_TRUE(absl::IsUnavailable(initialized)) << initialized;
+  EXPECT_EQ(calls.load(), 1);
+  // A later write is not answered as replicated either (it stays applied).
+  absl::Status later = AddOnes(&primary, 1);
+  EXPECT_TRUE(absl::IsUnavailable(later)) << later;
+  EXPECT_NE(later.message().find("not yet on its backup"), absl::string_view::npos) << later;
+  EXPECT_EQ(calls.load(), 2);
+  // Once the coordinator heard, its retry is answered (applied once) and
+  // the ended follow is gone.
+  reachable.store(true);
+  EXPECT_TRUE(AddOnes(&primary, 1).ok());
+  EXPECT_EQ(calls.load(), 3);
+  EXPECT_EQ(primary.replication_stats().follows_out, 0);
+  EXPECT_TRUE(AddOnes(&primary, 2).ok());
+  EXPECT_EQ(calls.load(), 3);
+}
+
+// A write that fails (an evict of a variable that is not a table: it
+// could not be forwarded, but it changes nothing) does not end the follow.
+TEST_F(StoreReplicaTest, AFailedUnforwardableWriteLeavesTheFollowInPlace) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EvictEmbeddingRequest evict;
+  evict.set_name("w");
+  evict.set_global_step(1);
+  EvictEmbeddingResponse evicted;
+  EXPECT_FALSE(primary_.EvictEmbedding(evict, &evicted).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1);
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());
+  CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1, 1, 1, 1}));
+}
+
 TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   // A dense float variable with Adam slots, a float matrix for scatter_add,
   // and an int64 counter.
@@ -409,6 +473,60 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
             std::vector<int64_t>{20});
 }
 
+// One process's client id is shared by every variable (and shard) it
+// writes, so a backup's window may be far ahead of its primary's for that
+// client: the backup's own clients wrote to it, or another group's window
+// it imported at a snapshot raised it. A write the primary applied is
+// replayed all the same, never refused as "too old" (which ended the
+// follow and lost acknowledged writes on promotion).
+TEST_F(StoreReplicaTest, AReplayedWriteIsNeverTooOldForTheBackupsWindow) {
+  auto add = [](VariableStore* store, const std::string& name, uint64_t seq) {
+    AssignRequest req;
+    req.set_name(name);
+    req.set_op(UPDATE_ADD);
+    *req.mutable_value() = Floats({1, 1, 1, 1});
+    req.mutable_request_id()->set_client_id(9);
+    req.mutable_request_id()->set_seq(seq);
+    AssignResponse resp;
+    return store->Assign(req, &resp);
+  };
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  // The backup serves "v" itself; client 9 wrote it up to seq 100 (the
+  // window holds 64).
+  ASSERT_TRUE(store_test::CreateWithValue(&backup_, "v", Floats({0, 0, 0, 0})).ok());
+  for (uint64_t seq = 1; seq <= 100; ++seq) ASSERT_TRUE(add(&backup_, "v", seq).ok());
+  // backup2_ is the primary of "x", which client 9 wrote up to seq 300
+  // (250 went to "w").
+  ASSERT_TRUE(store_test::CreateWithValue(&backup2_, "x", Floats({0, 0, 0, 0})).ok());
+  for (uint64_t seq = 201; seq <= 300; ++seq) {
+    if (seq != 250) ASSERT_TRUE(add(&backup2_, "x", seq).ok());
+  }
+
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
+  StartMoveInRequest x = MoveIn(8, /*follow=*/true);
+  x.mutable_parts(0)->set_name("x");
+  x.set_source_incarnation(3);
+  ASSERT_TRUE(backup_.BeginMoveIn(x).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(PullOnce(&backup2_, &backup_, 8));  // imports x's window: seq 300
+  // Client 9's writes to "w" (seqs drawn long ago by another thread).
+  ASSERT_TRUE(add(&primary_, "w", 1).ok());
+  ASSERT_TRUE(add(&primary_, "w", 2).ok());
+  ASSERT_TRUE(add(&primary_, "w", 250).ok());  // inside the imported window
+  CatchUp(&primary_, &backup_, 7);
+  CatchUp(&backup2_, &backup_, 8);
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).phase(), MOVE_FORWARDING);
+
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 3, 3, 3}));
+  // Their retries (after a failover) are answered, not applied again: the
+  // one the ring could hold from it, the older ones from beside it.
+  EXPECT_TRUE(add(&backup_, "w", 250).ok());
+  EXPECT_TRUE(add(&backup_, "w", 1).ok());
+  EXPECT_TRUE(add(&backup_, "w", 2).ok());
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{3, 3, 3, 3}));
+}
+
 TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsRequestId) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
   ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
@@ -472,6 +590,48 @@ TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
   lease.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));
   EXPECT_TRUE(store_test::AssignValue(&primary_, "r", UPDATE_ADD, Floats({1, 1, 1, 1})).ok());
   EXPECT_EQ(Read(&primary_, "r"), (std::vector<float>{2, 3, 4, 5}));
+  primary_.SetLease(nullptr);
+}
+
+// A primary whose lease lapsed while its write waited for the backup may
+// have been failed over meanwhile: the write is not answered OK (it stays
+// applied; its retry is answered from the window, applied once).
+TEST_F(StoreReplicaTest, AWriteIsNotAnsweredOnceTheLeaseLapsedWhileItWaited) {
+  CreateVariableRequest create;
+  create.set_name("w");
+  create.set_dtype(DT_FLOAT);
+  create.mutable_shape()->add_dims(4);
+  *create.mutable_initial_value() = Floats({0, 0, 0, 0});
+  create.set_initialize(true);
+  create.set_replicated(true);
+  VariableInfo info;
+  ASSERT_TRUE(primary_.Create(create, &info).ok());
+  ShardLease held;
+  held.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));
+  ShardLease lapsed;  // never granted: as one that expired
+  primary_.SetLease(&held);
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());
+  absl::Status status;
+  std::thread writer([&] { status = AddOnes(&primary_, 1); });
+  for (int i = 0; i < 600 && backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq() < 1;
+       ++i) {
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7, /*wait_ms=*/1000));
+  }
+  ASSERT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 1u);
+  primary_.SetLease(&lapsed);  // the lease ends while the write waits
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // acknowledges it
+  writer.join();
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_NE(status.message().find("lease expired"), absl::string_view::npos) << status;
+  // The lease is back: the retry is answered from the window.
+  primary_.SetLease(&held);
+  std::thread retry([&] { status = AddOnes(&primary_, 1); });
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  retry.join();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{1, 1, 1, 1}));
   primary_.SetLease(nullptr);
 }
 
