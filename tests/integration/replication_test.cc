@@ -182,8 +182,9 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
       std::lock_guard<std::mutex> lock(mu);
       if (got.ok()) {
         tickets.push_back(*got);
-      } else if (first_failure.empty()) {
-        first_failure = got.status().ToString();
+      } else {
+        failed.fetch_add(1);
+        if (first_failure.empty()) first_failure = got.status().ToString();
       }
     }
   });
@@ -196,6 +197,8 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
   ASSERT_TRUE(wait_for_acks(50));
 
   for (int round = 0; round < 2; ++round) {
+    // Both variables have their in-sync backup again before each kill.
+    ASSERT_TRUE(WaitInSync(step, 1).ok());
     PSD_ASSERT_OK_AND_ASSIGN(part, WaitInSync(v, 1));
     const int primary = part.shard_id();
     const int64_t before = acked.load();
