@@ -397,12 +397,14 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     }
     absl::ReleasableMutexLock lock(&mu_);
     const std::pair<int32_t, uint64_t> process = {request->shard_id(), request->incarnation()};
-    if (fenced_.count(process) > 0 &&
-        (failing_over_.count(request->shard_id()) > 0 || failover_generation_ != failovers_seen)) {
-      // This process lost replicated primaries and their failover is under
-      // way (or was just recorded after drop_parts was read): it takes a
-      // lease again only with the full list of parts to drop. Checked under
-      // mu_, as the keeper checks the lease before it fails over.
+    if (failing_over_.count(request->shard_id()) > 0 || failover_generation_ != failovers_seen) {
+      // A failover of this shard's groups is under way (or one was just
+      // recorded after drop_parts was read): it takes a lease only with the
+      // full list of parts to drop. Fenced or not: a shard not registered
+      // since this coordinator started is not fenced (there is no process
+      // to fence), and must not keep serving parts placed elsewhere
+      // meanwhile. Checked under mu_, as the keeper marks the failover
+      // before it checks the lease and fails over.
       return absl::UnavailableError(absl::StrCat(
           "shard ", request->shard_id(),
           " lost its replicated groups' primaries and their failover is not done yet; retry"));

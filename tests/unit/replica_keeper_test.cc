@@ -722,6 +722,40 @@ TEST_F(ReplicaKeeperTest, ABackupReportedBehindBeforeItJoinsNeverJoins) {
   EXPECT_THAT(backup.Calls(), Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
 }
 
+// After a coordinator restart, a primary not registered yet whose group the
+// keeper fails over is refused a registration (no lease) until the failover
+// is recorded, and then told to drop the part: never two primaries.
+TEST_F(ReplicaKeeperLeaseTest, APrimaryRegisteringDuringItsFailoverIsRefused) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& old = *shards_[primary];
+  FakeShard& next = *shards_[1 - primary];
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, {&old, &next}));
+  RestartCoordinator();
+  ASSERT_TRUE(Register(next, nullptr, {"w"}).ok());
+  // The old primary registers while the keeper is asking the backup's
+  // follow (the failover is decided: the predecessor's lease is over).
+  grpc::Status during = grpc::Status::OK;
+  RegisterShardResponse during_resp;
+  bool hooked = false;
+  next.OnMoveStatus([&] { return !service_->LeaseMayBeHeld(primary); },
+                    [&] {
+                      during = Register(old, &during_resp, {"w"});
+                      hooked = true;
+                    });
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == next.id(); }, {&next}));
+  ASSERT_TRUE(hooked);
+  if (during.ok()) {
+    EXPECT_THAT(during_resp.drop_parts(), Contains("w"))
+        << "the old primary got a lease and kept w while w failed over";
+  }
+  EXPECT_EQ(during.error_code(), grpc::StatusCode::UNAVAILABLE) << during.error_message();
+  RegisterShardResponse after;
+  ASSERT_TRUE(Register(old, &after, {"w"}).ok());
+  EXPECT_THAT(after.drop_parts(), ElementsAre("w"));
+}
+
 // The keeper's own thread does the same without being asked.
 class ReplicaKeeperThreadTest : public ReplicaKeeperTest {
  protected:
