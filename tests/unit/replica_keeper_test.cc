@@ -722,6 +722,38 @@ TEST_F(ReplicaKeeperTest, ABackupReportedBehindBeforeItJoinsNeverJoins) {
   EXPECT_THAT(backup.Calls(), Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
 }
 
+// A failed-over group whose PromoteReplica failed is promoted at a later
+// pass (the call is idempotent on the shard), and nothing else touches the
+// group meanwhile (no backup made from a primary that does not serve).
+TEST_F(ReplicaKeeperTest, AFailedPromotionIsRetried) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& old = *shards_[primary];
+  FakeShard& next = *shards_[1 - primary];
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const uint64_t move = PartOf("w").backups(0).move_id();
+  next.FailPromotes(true);
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == next.id(); }, {&next}));
+  RegisterShardResponse registered;
+  ASSERT_TRUE(Register(old, &registered, {"w"}).ok());
+  auto promotes = [&](bool refused) {
+    int n = 0;
+    for (const std::string& c : next.Calls()) {
+      n += c == absl::StrCat("PromoteReplica ", Hex(move), " epoch=1", refused ? " (refused)" : "");
+    }
+    return n;
+  };
+  ASSERT_TRUE(KeepUntil([&] { return promotes(true) >= 3; }, {&old, &next}));
+  EXPECT_EQ(PartOf("w").backups_size(), 0) << "a backup was made of a primary not promoted yet";
+  EXPECT_THAT(old.Calls(), ::testing::Not(Contains(::testing::StartsWith("StartMoveIn"))));
+  next.FailPromotes(false);
+  ASSERT_TRUE(KeepUntil([&] { return promotes(false) == 1; }, {&old, &next}));
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, {&old, &next}));
+  EXPECT_EQ(promotes(false), 1) << "promoted again after it succeeded";
+  EXPECT_EQ(PartOf("w").backups(0).shard_id(), primary);
+}
+
 // After a coordinator restart, a primary not registered yet whose group the
 // keeper fails over is refused a registration (no lease) until the failover
 // is recorded, and then told to drop the part: never two primaries.
