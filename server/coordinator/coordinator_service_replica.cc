@@ -219,7 +219,9 @@ void CoordinatorService::KeepReplicas() {
     {
       absl::MutexLock lock(&mu_);
       primary_lost_at_.erase(g.parts[0]);  // back (or restored) without a failover
-      if (replica_busy_.count(g.parts[0]) > 0) continue;
+      // A group failed over (perhaps in this pass) whose new primary does
+      // not serve yet gets no backup: it would follow a backup.
+      if (replica_busy_.count(g.parts[0]) > 0 || promoting_.count(g.parts[0]) > 0) continue;
     }
     int kept = 0;
     for (const ReplicaRecord& b : g.backups) {
@@ -251,7 +253,7 @@ void CoordinatorService::KeepReplicas() {
     if (kept >= g.replication - 1) continue;
     {
       absl::MutexLock lock(&mu_);
-      if (replica_busy_.count(g.parts[0]) > 0) continue;
+      if (replica_busy_.count(g.parts[0]) > 0 || promoting_.count(g.parts[0]) > 0) continue;
       auto retry = replica_retry_.find(g.parts[0]);
       if (retry != replica_retry_.end() && absl::Now() < retry->second.first) continue;
       replica_busy_[g.parts[0]] += 1;
