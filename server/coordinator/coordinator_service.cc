@@ -397,12 +397,14 @@ grpc::ServerUnaryReactor* CoordinatorService::RegisterShard(grpc::CallbackServer
     }
     absl::ReleasableMutexLock lock(&mu_);
     const std::pair<int32_t, uint64_t> process = {request->shard_id(), request->incarnation()};
-    if (fenced_.count(process) > 0 &&
-        (failing_over_.count(request->shard_id()) > 0 || failover_generation_ != failovers_seen)) {
-      // This process lost replicated primaries and their failover is under
-      // way (or was just recorded after drop_parts was read): it takes a
-      // lease again only with the full list of parts to drop. Checked under
-      // mu_, as the keeper checks the lease before it fails over.
+    if (failing_over_.count(request->shard_id()) > 0 || failover_generation_ != failovers_seen) {
+      // A failover of this shard's groups is under way (or one was just
+      // recorded after drop_parts was read): it takes a lease only with the
+      // full list of parts to drop. Fenced or not: a shard not registered
+      // since this coordinator started is not fenced (there is no process
+      // to fence), and must not keep serving parts placed elsewhere
+      // meanwhile. Checked under mu_, as the keeper marks the failover
+      // before it checks the lease and fails over.
       return absl::UnavailableError(absl::StrCat(
           "shard ", request->shard_id(),
           " lost its replicated groups' primaries and their failover is not done yet; retry"));
@@ -491,23 +493,23 @@ grpc::ServerUnaryReactor* CoordinatorService::ReplicaBehind(grpc::CallbackServer
             absl::StrCat("shard ", request->shard_id(), " incarnation ", request->incarnation(),
                          " is not registered (register again)"));
       }
-    }
-    bool primary = false;
-    for (const ReplicaGroup& g : registry_->ReplicaGroups()) {
-      for (const ReplicaRecord& b : g.backups) {
-        primary = primary || (b.move_id() == request->move_id() && g.primary == request->shard_id());
+      if (fenced_.count({request->shard_id(), request->incarnation()}) > 0) {
+        // Its lease ran out and its primaries are being (or were) failed
+        // over: a write it could not replicate must not be answered.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", request->shard_id(), " lost its replicated primaries to a failover (backup ",
+            absl::Hex(request->move_id()), " reported behind): register again"));
       }
     }
-    // A backup the registry no longer has is in no in-sync set: the
-    // primary may go on without it.
-    if (!primary) return absl::OkStatus();
     spdlog::info("replicas: shard {} reports backup {:x} behind: {}", request->shard_id(),
                  request->move_id(), request->reason());
-    // Durable before the answer: the primary acknowledges writes without
-    // the backup only once it can no longer be promoted.
-    PSD_RETURN_IF_ERROR(registry_->SetReplicaInSync(request->move_id(), false));
+    // Durable before the answer, and only for the group's current primary:
+    // the primary acknowledges writes without the backup only once it can
+    // no longer be promoted (a backup not in sync yet never joins), and a
+    // deposed primary is refused (Registry::ReportReplicaBehind).
+    absl::Status reported = registry_->ReportReplicaBehind(request->shard_id(), request->move_id());
     WakeKeeper();
-    return absl::OkStatus();
+    return reported;
   });
 }
 

@@ -439,6 +439,13 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // whose primary is lost: failover recorded, PromoteReplica, the other
   // backups told. FAILED_PRECONDITION when no backup can be promoted.
   absl::Status FailOverGroup(const ReplicaGroup& group) ABSL_LOCKS_EXCLUDED(mu_);
+  // PromoteReplica for the failed-over group `group` (its first part) as
+  // promoting_ records it; OK (and forgotten) once the shard answered OK
+  // (it is idempotent there) or when none is pending.
+  absl::Status Promote(const std::string& group) ABSL_LOCKS_EXCLUDED(mu_);
+  // Retries the pending promotions, forgetting those no longer due (the
+  // registry moved on, or the shard is a new process).
+  void RetryPromotions(const std::vector<ReplicaGroup>& groups) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops every backup of the replicated groups among `parts` (all of
   // them when empty) and keeps the keeper off them until the returned
   // object is destroyed: a move or a restore of a primary then re-adds
@@ -564,6 +571,16 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // The incarnation each backup's shard had when it was made (move id ->
   // incarnation); a backup whose shard restarted is gone.
   std::map<uint64_t, uint64_t> backup_incarnation_ ABSL_GUARDED_BY(mu_);
+  // Failed-over groups whose new primary has not answered PromoteReplica
+  // OK yet (first part -> where, which follow, the epoch, the process):
+  // retried at every keeper pass, which leaves the group alone meanwhile.
+  struct PendingPromotion {
+    int32_t shard = 0;
+    uint64_t move_id = 0;
+    uint64_t epoch = 0;
+    uint64_t incarnation = 0;
+  };
+  std::map<std::string, PendingPromotion> promoting_ ABSL_GUARDED_BY(mu_);
   // A group whose last backup failed is tried again only after a pause
   // (first part -> when, and the pause, doubled at each failure).
   std::map<std::string, std::pair<absl::Time, absl::Duration>> replica_retry_

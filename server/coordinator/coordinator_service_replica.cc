@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -119,9 +120,16 @@ void CoordinatorService::KeepReplicas() {
     replica_stats_.under_replicated_groups = 0;
     return;
   }
+  // 0. Failovers whose promotion failed: retried before anything else
+  //    touches their groups (they are left alone until it succeeds).
+  RetryPromotions(groups);
   std::set<std::string> moving;
   for (const PartMoveRecord& m : registry_->PendingMoves()) {
     moving.insert(m.parts().begin(), m.parts().end());
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, p] : promoting_) moving.insert(name);
   }
   const std::vector<int32_t> live_list = LiveShards();
   const std::set<int32_t> live(live_list.begin(), live_list.end());
@@ -211,7 +219,9 @@ void CoordinatorService::KeepReplicas() {
     {
       absl::MutexLock lock(&mu_);
       primary_lost_at_.erase(g.parts[0]);  // back (or restored) without a failover
-      if (replica_busy_.count(g.parts[0]) > 0) continue;
+      // A group failed over (perhaps in this pass) whose new primary does
+      // not serve yet gets no backup: it would follow a backup.
+      if (replica_busy_.count(g.parts[0]) > 0 || promoting_.count(g.parts[0]) > 0) continue;
     }
     int kept = 0;
     for (const ReplicaRecord& b : g.backups) {
@@ -243,7 +253,7 @@ void CoordinatorService::KeepReplicas() {
     if (kept >= g.replication - 1) continue;
     {
       absl::MutexLock lock(&mu_);
-      if (replica_busy_.count(g.parts[0]) > 0) continue;
+      if (replica_busy_.count(g.parts[0]) > 0 || promoting_.count(g.parts[0]) > 0) continue;
       auto retry = replica_retry_.find(g.parts[0]);
       if (retry != replica_retry_.end() && absl::Now() < retry->second.first) continue;
       replica_busy_[g.parts[0]] += 1;
@@ -522,13 +532,16 @@ void CoordinatorService::AddBackup(const ReplicaGroup& group) {
 }
 
 absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
-  // The most advanced in-sync backup on a live shard.
+  // Any in-sync backup holds every write the primary acknowledged (the
+  // primary answered each only once every in-sync backup had applied it),
+  // so the first one on a live shard whose follow answers and has not
+  // failed is promoted. Their applied_seq values are not compared: each
+  // follow numbers its own log, so they say nothing about each other.
   struct Candidate {
     ReplicaRecord backup;
     ShardAddress address;
-    uint64_t applied = 0;
   };
-  std::vector<Candidate> candidates;
+  std::optional<Candidate> best;
   for (const ReplicaRecord& b : group.backups) {
     if (!b.in_sync()) continue;
     absl::StatusOr<ShardAddress> at = LiveShardAddress(b.shard_id());
@@ -546,50 +559,44 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
         CallMove(ShardMove::NewStub(ChannelFor(at->address)).get(), &ShardMove::Stub::MoveStatus,
                  req, &status, options_.shard_rpc_timeout);
     if (!asked.ok() || status.phase() == MOVE_FAILED) continue;
-    candidates.push_back({b, *at, status.applied_seq()});
+    best = Candidate{b, *at};
+    break;
   }
-  if (candidates.empty()) {
+  if (!best.has_value()) {
     return absl::FailedPreconditionError(
         absl::StrCat("no in-sync backup of ", group.parts[0], " answers on a live shard"));
   }
-  const Candidate& best = *std::max_element(
-      candidates.begin(), candidates.end(),
-      [](const Candidate& a, const Candidate& b) { return a.applied < b.applied; });
   const uint64_t epoch = group.epoch + 1;
   // Durable before the backup serves: a coordinator that restarts knows
   // the new primary, and no later decision can pick another for this epoch.
   PSD_RETURN_IF_ERROR(
-      registry_->FailOver(group.parts, best.backup.shard_id(), best.backup.move_id(), epoch));
+      registry_->FailOver(group.parts, best->backup.shard_id(), best->backup.move_id(), epoch));
   {
     absl::MutexLock lock(&mu_);
     failover_generation_ += 1;
   }
   {
-    PromoteReplicaRequest req;
-    req.set_move_id(best.backup.move_id());
-    req.set_epoch(epoch);
-    req.set_shard_incarnation(best.address.incarnation);
-    PromoteReplicaResponse resp;
-    absl::Status promoted =
-        CallMove(ShardMove::NewStub(ChannelFor(best.address.address)).get(),
-                 &ShardMove::Stub::PromoteReplica, req, &resp, options_.shard_rpc_timeout);
-    if (!promoted.ok()) {
-      // The registry names it the primary: if it is gone, its parts are
-      // lost with it (restored from a checkpoint when it comes back).
-      spdlog::warn("replicas: {} failed over to shard {} (epoch {}), but its promotion failed: {}",
-                   group.parts[0], best.backup.shard_id(), epoch, promoted.ToString());
-    }
+    // Until the backup serves the group, nothing else changes it (the
+    // keeper retries the promotion first: RetryPromotions).
+    absl::MutexLock lock(&mu_);
+    promoting_[group.parts[0]] = {best->backup.shard_id(), best->backup.move_id(), epoch,
+                                  best->address.incarnation};
+  }
+  if (absl::Status promoted = Promote(group.parts[0]); !promoted.ok()) {
+    spdlog::warn(
+        "replicas: {} failed over to shard {} (epoch {}), but its promotion failed (retried): {}",
+        group.parts[0], best->backup.shard_id(), epoch, promoted.ToString());
   }
   // The other backups followed the old primary: over.
   for (const ReplicaRecord& b : group.backups) {
-    if (b.move_id() == best.backup.move_id()) continue;
+    if (b.move_id() == best->backup.move_id()) continue;
     EndFollow(b.move_id(), {b.shard_id()}).IgnoreError();
   }
   absl::MutexLock lock(&mu_);
   for (const ReplicaRecord& b : group.backups) backup_incarnation_.erase(b.move_id());
   for (const std::string& p : group.parts) {
     for (auto& [id, e] : shards_) {
-      if (id != best.backup.shard_id()) e.lost_parts.erase(p);
+      if (id != best->backup.shard_id()) e.lost_parts.erase(p);
     }
   }
   replica_stats_.failovers += 1;
@@ -599,8 +606,74 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
     primary_lost_at_.erase(lost_at);
   }
   spdlog::info("replicas: {} ({} parts) failed over from shard {} to shard {} (epoch {})",
-               group.parts[0], group.parts.size(), group.primary, best.backup.shard_id(), epoch);
+               group.parts[0], group.parts.size(), group.primary, best->backup.shard_id(), epoch);
   return absl::OkStatus();
+}
+
+absl::Status CoordinatorService::Promote(const std::string& group) {
+  PendingPromotion p;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = promoting_.find(group);
+    if (it == promoting_.end()) return absl::OkStatus();
+    p = it->second;
+  }
+  absl::StatusOr<ShardAddress> at = LiveShardAddress(p.shard);
+  if (!at.ok()) return at.status();
+  PromoteReplicaRequest req;
+  req.set_move_id(p.move_id);
+  req.set_epoch(p.epoch);
+  req.set_shard_incarnation(p.incarnation);
+  PromoteReplicaResponse resp;
+  absl::Status promoted = CallMove(ShardMove::NewStub(ChannelFor(at->address)).get(),
+                                   &ShardMove::Stub::PromoteReplica, req, &resp,
+                                   options_.shard_rpc_timeout);
+  if (promoted.ok()) {
+    absl::MutexLock lock(&mu_);
+    auto it = promoting_.find(group);
+    if (it != promoting_.end() && it->second.move_id == p.move_id) promoting_.erase(it);
+  }
+  return promoted;
+}
+
+void CoordinatorService::RetryPromotions(const std::vector<ReplicaGroup>& groups) {
+  std::map<std::string, PendingPromotion> pending;
+  {
+    absl::MutexLock lock(&mu_);
+    pending = promoting_;
+  }
+  for (const auto& [name, p] : pending) {
+    const ReplicaGroup* g = nullptr;
+    for (const ReplicaGroup& each : groups) {
+      if (each.parts[0] == name) g = &each;
+    }
+    uint64_t incarnation = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto shard = shards_.find(p.shard);
+      if (shard != shards_.end()) incarnation = shard->second.incarnation;
+    }
+    // Over when the registry moved on (deleted, another primary or epoch)
+    // or the process holding the follow is gone: a new process of that
+    // shard registers without the parts, which are then lost parts.
+    if (g == nullptr || g->primary != p.shard || g->epoch != p.epoch ||
+        (incarnation != 0 && incarnation != p.incarnation)) {
+      spdlog::info("replicas: the promotion of {} on shard {} (epoch {}) is no longer due", name,
+                   p.shard, p.epoch);
+      absl::MutexLock lock(&mu_);
+      auto it = promoting_.find(name);
+      if (it != promoting_.end() && it->second.move_id == p.move_id) promoting_.erase(it);
+      continue;
+    }
+    absl::Status promoted = Promote(name);
+    if (promoted.ok()) {
+      spdlog::info("replicas: {} promoted on shard {} (epoch {}) at a retry", name, p.shard,
+                   p.epoch);
+    } else {
+      spdlog::warn("replicas: the promotion of {} on shard {} (epoch {}) failed again: {}", name,
+                   p.shard, p.epoch, promoted.ToString());
+    }
+  }
 }
 
 std::unique_ptr<CoordinatorService::ReplicaPause> CoordinatorService::PauseReplicas(

@@ -118,6 +118,9 @@ inline constexpr char kGlobalVariables[] = "variables";
 inline constexpr char kTrainableVariables[] = "trainable_variables";
 inline constexpr char kLocalVariables[] = "local_variables";
 inline constexpr char kMovingAverageVariables[] = "moving_average_variables";
+// How many dropped or failed-over backups the registry remembers the group
+// of (Registry::ReportReplicaBehind).
+inline constexpr size_t kMaxRetiredBackups = 16384;
 
 struct RegistryOptions {
   // Empty: nothing is persisted (tests, tools).
@@ -320,8 +323,22 @@ class Registry {
   // unfinished move, and the move id is nonzero and new.
   absl::Status AddReplica(const std::vector<std::string>& parts, const ReplicaRecord& backup);
   // The backup `move_id` joins (true) or leaves the group's in-sync set.
-  // NOT_FOUND if no part has it.
+  // NOT_FOUND if no part has it; joining is FAILED_PRECONDITION once its
+  // primary reported it behind (ReportReplicaBehind): that primary no
+  // longer waits for it.
   absl::Status SetReplicaInSync(uint64_t move_id, bool in_sync);
+  // Primary `shard_id` reports backup `move_id` behind (the ReplicaBehind
+  // call): OK means it may answer writes without that backup. Only the
+  // group's current primary is heard (FAILED_PRECONDITION naming the shard
+  // and the move otherwise: a deposed primary must not answer a write it
+  // could not replicate). The backup leaves the in-sync set (durable
+  // before OK), and one not in it yet can never join it (SetReplicaInSync
+  // refuses; the keeper drops it and makes another). A move no part has
+  // is OK only while `shard_id` is still the primary of the group it
+  // belonged to (remembered for the last kMaxRetiredBackups backups
+  // dropped or failed over), or, for one not remembered, of some
+  // replicated group.
+  absl::Status ReportReplicaBehind(int32_t shard_id, uint64_t move_id);
   // Forgets the backup `move_id` on every part (OK if none has it).
   absl::Status DropReplica(uint64_t move_id);
   // The in-sync backup `move_id`, on `new_primary`, serves `parts` from now
@@ -498,6 +515,15 @@ class Registry {
   // The variables the last applied move_committed record moved parts of.
   std::vector<std::string> moved_variables_ ABSL_GUARDED_BY(mu_);
   std::set<int32_t> drained_ ABSL_GUARDED_BY(mu_);
+  // Backups their primary reported behind (ReportReplicaBehind): they never
+  // join the in-sync set. In memory: a restarted coordinator drops every
+  // backup not in sync.
+  std::set<uint64_t> behind_ ABSL_GUARDED_BY(mu_);
+  // Backups no part has any longer (dropped, or their group failed over)
+  // -> a part of the group they belonged to, the last kMaxRetiredBackups
+  // in order (what ReportReplicaBehind judges an unknown move by).
+  std::map<uint64_t, std::string> retired_backups_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> retired_order_ ABSL_GUARDED_BY(mu_);
 
   // Group commit (see WaitDurable). Taken after mu_ or alone; never held
   // across a sync.

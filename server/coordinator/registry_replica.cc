@@ -122,10 +122,70 @@ absl::Status Registry::SetReplicaInSync(uint64_t move_id, bool in_sync) {
     if (!found) {
       return absl::NotFoundError(absl::StrCat("no backup is kept by move ", MoveIdName(move_id)));
     }
+    if (in_sync && behind_.count(move_id) > 0) {
+      // Its primary stopped waiting for it: in the in-sync set it would be
+      // promotable without the writes acknowledged since.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "backup ", MoveIdName(move_id), " was reported behind by its primary; it cannot join "
+          "the in-sync set"));
+    }
     if (same) return absl::OkStatus();
     RegistryRecord record;
     record.mutable_replica_in_sync()->set_move_id(move_id);
     record.mutable_replica_in_sync()->set_in_sync(in_sync);
+    PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
+    return absl::OkStatus();
+  }();
+  return Committed(std::move(status), wait_for);
+}
+
+absl::Status Registry::ReportReplicaBehind(int32_t shard_id, uint64_t move_id) {
+  uint64_t wait_for = 0;
+  absl::Status status = [&]() -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    const VariablePart* holder = nullptr;
+    bool in_sync = false;
+    for (const auto& [name, def] : variables_) {
+      for (const VariablePart& p : def.parts()) {
+        for (const ReplicaRecord& b : p.backups()) {
+          if (b.move_id() != move_id) continue;
+          if (holder == nullptr) holder = &p;
+          in_sync = in_sync || b.in_sync();
+        }
+      }
+    }
+    if (holder == nullptr) {
+      auto retired = retired_backups_.find(move_id);
+      if (retired != retired_backups_.end()) {
+        auto [def, part] = FindPart(retired->second);
+        if (part != nullptr && part->shard_id() == shard_id) return absl::OkStatus();
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", shard_id, " is no longer the primary of ", retired->second,
+            " (backup ", MoveIdName(move_id), " is over): it must not answer writes to it"));
+      }
+      // Not remembered (before this coordinator started, or long ago): a
+      // current primary of some replicated group has nothing to wait for.
+      for (const auto& [name, def] : variables_) {
+        if (ReplicationOf(def) < 2) continue;
+        for (const VariablePart& p : def.parts()) {
+          if (p.shard_id() == shard_id) return absl::OkStatus();
+        }
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", shard_id, " is the primary of no replicated part (backup ",
+                       MoveIdName(move_id), " is unknown): it must not answer writes to one"));
+    }
+    if (holder->shard_id() != shard_id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard ", shard_id, " is not the primary of ", holder->name(), " (shard ",
+          holder->shard_id(), " is, epoch ", holder->epoch(), "), whose backup ",
+          MoveIdName(move_id), " it reports behind: it must not answer writes to it"));
+    }
+    behind_.insert(move_id);
+    if (!in_sync) return absl::OkStatus();
+    RegistryRecord record;
+    record.mutable_replica_in_sync()->set_move_id(move_id);
+    record.mutable_replica_in_sync()->set_in_sync(false);
     PSD_ASSIGN_OR_RETURN(wait_for, Commit(&record, /*sync=*/true));
     return absl::OkStatus();
   }();
@@ -266,6 +326,15 @@ void Registry::ApplyReplica(const RegistryRecord& record) {
       }
     }
   };
+  auto retire = [&](uint64_t move_id, const std::string& part) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    behind_.erase(move_id);
+    if (!retired_backups_.emplace(move_id, part).second) return;
+    retired_order_.push_back(move_id);
+    while (retired_order_.size() > kMaxRetiredBackups) {
+      retired_backups_.erase(retired_order_.front());
+      retired_order_.pop_front();
+    }
+  };
   switch (record.op_case()) {
     case RegistryRecord::kReplicaAdded: {
       const auto& op = record.replica_added();
@@ -289,6 +358,7 @@ void Registry::ApplyReplica(const RegistryRecord& record) {
     case RegistryRecord::kReplicaDropped: {
       const uint64_t move_id = record.replica_dropped();
       for_backup(move_id, [&](VariablePart* p) {
+        retire(move_id, p->name());
         auto* backups = p->mutable_backups();
         backups->erase(
             std::remove_if(backups->begin(), backups->end(),
@@ -316,6 +386,7 @@ void Registry::ApplyReplica(const RegistryRecord& record) {
         part->set_epoch(op.epoch());
         // The promoted backup is the primary now; the others followed the
         // old primary's log and are made again from the new one.
+        for (const ReplicaRecord& b : part->backups()) retire(b.move_id(), part->name());
         part->clear_backups();
         touched(*def);
       }

@@ -6,6 +6,7 @@
 // what a restart accepts.
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "coordinator/registry.h"
 #include "coordinator/registry_log.h"
 #include "gmock/gmock.h"
@@ -231,6 +232,62 @@ TEST_F(RegistryReplicationTest, ReplicaRecordsChangeEveryPartOfTheGroupDurably) 
   groups = registry_->ReplicaGroups();
   EXPECT_EQ(groups[0].primary, b1);
   EXPECT_EQ(groups[0].epoch, 1u);
+}
+
+// A backup reported behind (ReplicaBehind) is heard only from its group's
+// primary: it leaves the in-sync set durably, or, not in it yet, can never
+// join; a move the registry no longer has is judged by the group it
+// belonged to, so a primary deposed by a failover is refused (it must not
+// answer a write without the promoted backup).
+TEST_F(RegistryReplicationTest, ABackupReportedBehindIsJudgedByItsGroupsPrimary) {
+  ASSERT_TRUE(Get(Decl("w", 3)).ok());
+  ASSERT_TRUE(Get(Decl("v", 2)).ok());
+  const std::vector<std::string> group = {"w"};
+  const int32_t primary = Part("w").shard_id();
+  const int32_t b1 = (primary + 1) % 3;
+  const int32_t b2 = (primary + 2) % 3;
+  ASSERT_TRUE(registry_->AddReplica(group, Backup(b1, 11)).ok());
+  ASSERT_TRUE(registry_->AddReplica(group, Backup(b2, 12)).ok());
+  ASSERT_TRUE(registry_->SetReplicaInSync(11, true).ok());
+
+  // Not the primary: refused, naming the shard and the move.
+  absl::Status refused = registry_->ReportReplicaBehind(b2, 11);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr(absl::StrCat("shard ", b2, " is not the primary of w")));
+  EXPECT_THAT(refused.message(), HasSubstr("whose backup b "));  // move 0xb
+  EXPECT_TRUE(Part("w").backups(0).in_sync());
+  // The primary: out of the in-sync set, durably.
+  ASSERT_TRUE(registry_->ReportReplicaBehind(primary, 11).ok());
+  Reopen(1);
+  EXPECT_FALSE(Part("w").backups(0).in_sync());
+  // Not in sync yet when reported: it never joins.
+  ASSERT_TRUE(registry_->ReportReplicaBehind(primary, 12).ok());
+  EXPECT_THAT(registry_->SetReplicaInSync(12, true).message(), HasSubstr("reported behind"));
+  EXPECT_FALSE(Part("w").backups(1).in_sync());
+
+  // Dropped: its primary has nothing to wait for.
+  ASSERT_TRUE(registry_->DropReplica(11).ok());
+  EXPECT_TRUE(registry_->ReportReplicaBehind(primary, 11).ok());
+  // A new in-sync backup, then a failover to it: the deposed primary is
+  // refused for every backup the group had.
+  ASSERT_TRUE(registry_->DropReplica(12).ok());
+  ASSERT_TRUE(registry_->AddReplica(group, Backup(b1, 13)).ok());
+  ASSERT_TRUE(registry_->SetReplicaInSync(13, true).ok());
+  ASSERT_TRUE(registry_->FailOver(group, b1, 13, 1).ok());
+  for (uint64_t move : {11, 12, 13}) {
+    absl::Status s = registry_->ReportReplicaBehind(primary, move);
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << move;
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("shard ", primary,
+                                                    " is no longer the primary of w")));
+  }
+  // A move never heard of: OK only from a primary of some replicated part.
+  const int32_t v_primary = Part("v").shard_id();
+  EXPECT_TRUE(registry_->ReportReplicaBehind(b1, 99).ok());
+  for (int32_t shard : {0, 1, 2}) {
+    if (shard == b1 || shard == v_primary) continue;
+    EXPECT_EQ(registry_->ReportReplicaBehind(shard, 99).code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
 }
 
 // A part in an unfinished move gets no backup (the move would leave it

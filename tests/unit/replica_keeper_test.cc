@@ -8,9 +8,11 @@
 // primary failed over only once its lease expired (PromoteReplica under
 // the next epoch, the old process told to drop its parts), and the
 // handles, listings and metrics that show it.
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -71,6 +73,23 @@ class FakeShard {
     absl::MutexLock lock(&mu_);
     fail_follows_ = fail;
   }
+  // While held, a follow reports nothing applied (still catching up).
+  void HoldCatchUp(bool hold) {
+    absl::MutexLock lock(&mu_);
+    hold_catch_up_ = hold;
+  }
+  // PromoteReplica answers DEADLINE_EXCEEDED while set (a call that timed out).
+  void FailPromotes(bool fail) {
+    absl::MutexLock lock(&mu_);
+    fail_promotes_ = fail;
+  }
+  // Runs (once) at the next MoveStatus call for which `when` holds, before
+  // it is answered.
+  void OnMoveStatus(std::function<bool()> when, std::function<void()> hook) {
+    absl::MutexLock lock(&mu_);
+    status_when_ = std::move(when);
+    status_hook_ = std::move(hook);
+  }
 
  private:
   class Data final : public Shard::Service {
@@ -126,6 +145,12 @@ class FakeShard {
     }
     grpc::Status MoveStatus(grpc::ServerContext*, const MoveStatusRequest* req,
                             MoveStatusResponse* resp) override {
+      std::function<void()> hook;
+      {
+        absl::MutexLock lock(&s_->mu_);
+        if (s_->status_hook_ && s_->status_when_()) hook = std::exchange(s_->status_hook_, nullptr);
+      }
+      if (hook) hook();
       {
         absl::MutexLock moves(&g_moves_mu);
         if (g_frozen->count(req->move_id()) > 0) {
@@ -148,7 +173,7 @@ class FakeShard {
       }
       resp->set_phase(MOVE_FORWARDING);
       resp->set_logged_seq(7);
-      resp->set_applied_seq(7);
+      resp->set_applied_seq(s_->hold_catch_up_ ? 0 : 7);
       return grpc::Status::OK;
     }
     grpc::Status FreezeMove(grpc::ServerContext*, const FreezeMoveRequest* req,
@@ -171,8 +196,10 @@ class FakeShard {
     grpc::Status PromoteReplica(grpc::ServerContext*, const PromoteReplicaRequest* req,
                                 PromoteReplicaResponse* resp) override {
       absl::MutexLock lock(&s_->mu_);
-      s_->calls_.push_back(
-          absl::StrCat("PromoteReplica ", absl::Hex(req->move_id()), " epoch=", req->epoch()));
+      s_->calls_.push_back(absl::StrCat("PromoteReplica ", absl::Hex(req->move_id()),
+                                        " epoch=", req->epoch(),
+                                        s_->fail_promotes_ ? " (refused)" : ""));
+      if (s_->fail_promotes_) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "timed out");
       resp->set_applied_seq(7);
       return grpc::Status::OK;
     }
@@ -195,6 +222,10 @@ class FakeShard {
   std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
   std::vector<CreateVariableRequest> created_ ABSL_GUARDED_BY(mu_);
   bool fail_follows_ ABSL_GUARDED_BY(mu_) = false;
+  bool hold_catch_up_ ABSL_GUARDED_BY(mu_) = false;
+  bool fail_promotes_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<bool()> status_when_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> status_hook_ ABSL_GUARDED_BY(mu_);
   std::set<uint64_t> moves_in_ ABSL_GUARDED_BY(mu_);
   Data data_;
   Move move_;
@@ -294,6 +325,28 @@ class ReplicaKeeperTest : public ::testing::Test {
     return false;
   }
   VariablePart PartOf(const std::string& name) { return registry_->Lookup(name)->parts(0); }
+  grpc::Status ReplicaBehind(const FakeShard& s, uint64_t move_id) {
+    grpc::ClientContext ctx;
+    ReplicaBehindRequest req;
+    req.set_shard_id(s.id());
+    req.set_incarnation(s.incarnation());
+    req.set_move_id(move_id);
+    req.set_reason("no pull for 5 s");
+    ReplicaBehindResponse resp;
+    return stub_->ReplicaBehind(&ctx, req, &resp);
+  }
+  // A new coordinator on the same registry (no shard registered with it).
+  void RestartCoordinator() {
+    server_->Shutdown();
+    CoordinatorServiceOptions options;
+    options.replica_keeper_interval = absl::ZeroDuration();
+    options.heartbeat_interval = absl::Milliseconds(100);
+    options.liveness_timeout = liveness_timeout_;
+    options.lease_period = lease_period_;
+    options.shard_rpc_timeout = absl::Seconds(10);
+    service_ = std::make_unique<CoordinatorService>(registry_.get(), options);
+    server_ = ServeInProcess(service_.get(), &stub_);
+  }
   bool InSync(const std::string& name) {
     const VariablePart p = PartOf(name);
     return p.backups_size() == 1 && p.backups(0).in_sync() && service_->replica_adds_running() == 0;
@@ -399,6 +452,9 @@ TEST_F(ReplicaKeeperTest, ABackupReportedBehindIsReplaced) {
               grpc::StatusCode::FAILED_PRECONDITION);
   }
   ASSERT_TRUE(KeepUntil([&] { return InSync("w") && PartOf("w").backups(0).move_id() != first; }));
+  // The primary of the group may report the dropped backup again: it has
+  // nothing to wait for.
+  EXPECT_TRUE(ReplicaBehind(*shards_[primary], first).ok());
   EXPECT_THAT(shards_[primary]->Calls(),
               Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
   EXPECT_THAT(shards_[1 - primary]->Calls(),
@@ -598,6 +654,138 @@ TEST_F(ReplicaKeeperTest, ADeletedVariablesBackupsAreEnded) {
   ASSERT_TRUE(stub_->DeleteVariable(&ctx, req, &resp).ok());
   EXPECT_THAT(shards_[backup]->Calls(),
               Contains(absl::StrCat("EndMove ", Hex(move), " committed=0")));
+}
+
+// A primary that was failed over (it stalled past its lease) must not
+// answer a write it could not replicate: its ReplicaBehind for the follow
+// of the promoted backup is refused, while it is fenced and after it
+// registered again.
+TEST_F(ReplicaKeeperTest, ADeposedPrimarysReplicaBehindIsRefused) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& old = *shards_[primary];
+  FakeShard& next = *shards_[1 - primary];
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const uint64_t move = PartOf("w").backups(0).move_id();
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == next.id(); }, {&next}));
+  // Fenced (its heartbeats get no lease): refused.
+  grpc::Status behind = ReplicaBehind(old, move);
+  EXPECT_EQ(behind.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << behind.error_message();
+  EXPECT_THAT(behind.error_message(), HasSubstr(absl::StrCat("shard ", primary)));
+  EXPECT_THAT(behind.error_message(), HasSubstr(Hex(move)));
+  // Registered again (told to drop w): still not the primary of w.
+  RegisterShardResponse registered;
+  ASSERT_TRUE(Register(old, &registered, {"w"}).ok());
+  ASSERT_THAT(registered.drop_parts(), ElementsAre("w"));
+  behind = ReplicaBehind(old, move);
+  EXPECT_EQ(behind.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << behind.error_message();
+  EXPECT_THAT(behind.error_message(), HasSubstr(Hex(move)));
+  // The new primary's backup, reported by the old primary (its backup
+  // shard now): refused too.
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, {&old, &next}));
+  EXPECT_EQ(ReplicaBehind(old, PartOf("w").backups(0).move_id()).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(PartOf("w").backups(0).in_sync());
+}
+
+// A backup its primary reports behind while the keeper waits for it to
+// catch up (after SyncReplica, before replica_in_sync) never joins the
+// in-sync set: its primary no longer waits for it. The keeper drops it and
+// makes another.
+TEST_F(ReplicaKeeperTest, ABackupReportedBehindBeforeItJoinsNeverJoins) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& backup = *shards_[1 - primary];
+  backup.HoldCatchUp(true);
+  auto synced = [&] {
+    for (const std::string& c : shards_[primary]->Calls()) {
+      if (absl::StartsWith(c, "SyncReplica")) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(KeepUntil(synced));
+  ASSERT_EQ(PartOf("w").backups_size(), 1);
+  const uint64_t first = PartOf("w").backups(0).move_id();
+  EXPECT_FALSE(PartOf("w").backups(0).in_sync());
+  ASSERT_TRUE(ReplicaBehind(*shards_[primary], first).ok());
+  backup.HoldCatchUp(false);
+  // The add running then ends; whatever it did, that backup is not in sync.
+  ASSERT_TRUE(KeepUntil([&] {
+    const VariablePart p = PartOf("w");
+    EXPECT_FALSE(p.backups_size() == 1 && p.backups(0).move_id() == first && p.backups(0).in_sync())
+        << "a backup its primary stopped waiting for joined the in-sync set";
+    return InSync("w");
+  }));
+  EXPECT_NE(PartOf("w").backups(0).move_id(), first);
+  EXPECT_THAT(backup.Calls(), Contains(absl::StrCat("EndMove ", Hex(first), " committed=0")));
+}
+
+// A failed-over group whose PromoteReplica failed is promoted at a later
+// pass (the call is idempotent on the shard), and nothing else touches the
+// group meanwhile (no backup made from a primary that does not serve).
+TEST_F(ReplicaKeeperTest, AFailedPromotionIsRetried) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& old = *shards_[primary];
+  FakeShard& next = *shards_[1 - primary];
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }));
+  const uint64_t move = PartOf("w").backups(0).move_id();
+  next.FailPromotes(true);
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == next.id(); }, {&next}));
+  RegisterShardResponse registered;
+  ASSERT_TRUE(Register(old, &registered, {"w"}).ok());
+  auto promotes = [&](bool refused) {
+    int n = 0;
+    for (const std::string& c : next.Calls()) {
+      n += c == absl::StrCat("PromoteReplica ", Hex(move), " epoch=1", refused ? " (refused)" : "");
+    }
+    return n;
+  };
+  ASSERT_TRUE(KeepUntil([&] { return promotes(true) >= 3; }, {&old, &next}));
+  EXPECT_EQ(PartOf("w").backups_size(), 0) << "a backup was made of a primary not promoted yet";
+  EXPECT_THAT(old.Calls(), ::testing::Not(Contains(::testing::StartsWith("StartMoveIn"))));
+  next.FailPromotes(false);
+  ASSERT_TRUE(KeepUntil([&] { return promotes(false) == 1; }, {&old, &next}));
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, {&old, &next}));
+  EXPECT_EQ(promotes(false), 1) << "promoted again after it succeeded";
+  EXPECT_EQ(PartOf("w").backups(0).shard_id(), primary);
+}
+
+// After a coordinator restart, a primary not registered yet whose group the
+// keeper fails over is refused a registration (no lease) until the failover
+// is recorded, and then told to drop the part: never two primaries.
+TEST_F(ReplicaKeeperLeaseTest, APrimaryRegisteringDuringItsFailoverIsRefused) {
+  auto handle = Declare("w");
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int32_t primary = handle->parts(0).shard_id();
+  FakeShard& old = *shards_[primary];
+  FakeShard& next = *shards_[1 - primary];
+  ASSERT_TRUE(KeepUntil([&] { return InSync("w"); }, {&old, &next}));
+  RestartCoordinator();
+  ASSERT_TRUE(Register(next, nullptr, {"w"}).ok());
+  // The old primary registers while the keeper is asking the backup's
+  // follow (the failover is decided: the predecessor's lease is over).
+  grpc::Status during = grpc::Status::OK;
+  RegisterShardResponse during_resp;
+  bool hooked = false;
+  next.OnMoveStatus([&] { return !service_->LeaseMayBeHeld(primary); },
+                    [&] {
+                      during = Register(old, &during_resp, {"w"});
+                      hooked = true;
+                    });
+  ASSERT_TRUE(KeepUntil([&] { return PartOf("w").shard_id() == next.id(); }, {&next}));
+  ASSERT_TRUE(hooked);
+  if (during.ok()) {
+    EXPECT_THAT(during_resp.drop_parts(), Contains("w"))
+        << "the old primary got a lease and kept w while w failed over";
+  }
+  EXPECT_EQ(during.error_code(), grpc::StatusCode::UNAVAILABLE) << during.error_message();
+  RegisterShardResponse after;
+  ASSERT_TRUE(Register(old, &after, {"w"}).ok());
+  EXPECT_THAT(after.drop_parts(), ElementsAre("w"));
 }
 
 // The keeper's own thread does the same without being asked.
