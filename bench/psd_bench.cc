@@ -1425,7 +1425,8 @@ class Bench {
       for (;;) {
         if (absl::Status s = v->Refresh(); !s.ok()) return s;
         bool synced = true;
-        for (const PartHandle& p : v->handle().parts()) {
+        const VariableHandle handle = v->handle();
+        for (const PartHandle& p : handle.parts()) {
           synced = synced && p.in_sync_shards_size() >= replication - 1;
         }
         if (synced) return *v;

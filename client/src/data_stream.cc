@@ -156,6 +156,10 @@ void DataStream::Schedule(absl::Time when, std::function<void(DataStream*)> fn) 
 }
 
 void DataStream::Submit(std::unique_ptr<StreamOp> op) {
+  // On the thread that drew the op's id (the op is made before its request
+  // is filled in): whether the id is resent (request_ids.h) decides if a
+  // "too old" answer may renumber it on a retry, on the stream's thread.
+  op->retry.id_resent = LastRequestIdWasResent();
   Actions actions;
   {
     absl::MutexLock lock(&mu_);

@@ -134,7 +134,8 @@ class DataStream {
   // Close(), then waits until no timer callback can reach the stream.
   ~DataStream();
 
-  // Takes the op; its `done` runs exactly once.
+  // Takes the op; its `done` runs exactly once. Called on the thread that
+  // filled in the op's request (see RetryState::id_resent).
   void Submit(std::unique_ptr<StreamOp> op);
 
   // Sends what is queued, waits until every op is answered, then ends the

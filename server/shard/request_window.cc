@@ -172,6 +172,12 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   Client& client = *found;
   client.last_used = ++tick_;
   client.last_seen = std::chrono::steady_clock::now();
+  // A request this window still holds is answered from it, however far the
+  // client's newer requests went meanwhile (a retry after a failover, while
+  // the process's other threads kept the new primary busy).
+  if (Entry* known = EntryFor(id); known != nullptr && known->state == State::kDone) {
+    return std::optional<Result>(known->result);
+  }
   if (!replay && client.late.count(id.seq()) == 0) {
     PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
   }
@@ -225,7 +231,13 @@ void RequestWindow::Abandon(const RequestId& id) {
   done_.SignalAll();
 }
 
-void RequestWindow::Export(RequestWindowState* state) const {
+uint64_t RequestWindow::ScopeOf(absl::string_view name) {
+  const uint64_t scope = absl::Hash<absl::string_view>{}(name);
+  return scope != 0 ? scope : 1;
+}
+
+void RequestWindow::Export(RequestWindowState* state,
+                           const absl::flat_hash_set<uint64_t>* scopes) const {
   absl::MutexLock lock(&mu_);
   state->Clear();
   for (const auto& [client_id, client] : clients_) {
@@ -239,6 +251,7 @@ void RequestWindow::Export(RequestWindowState* state) const {
     for (const Entry* e_ptr : entries) {
       const Entry& entry = *e_ptr;
       if (entry.state != State::kDone) continue;
+      if (scopes != nullptr && scopes->count(entry.result.scope) == 0) continue;
       RequestWindowState::Entry* e = out->add_entries();
       e->set_seq(entry.seq);
       e->set_code(static_cast<int>(entry.result.status.code()));
@@ -249,7 +262,7 @@ void RequestWindow::Export(RequestWindowState* state) const {
   }
 }
 
-void RequestWindow::Import(const RequestWindowState& state) {
+void RequestWindow::Import(const RequestWindowState& state, uint64_t scope) {
   absl::MutexLock lock(&mu_);
   for (const RequestWindowState::Client& in : state.clients()) {
     auto it = clients_.find(in.client_id());
@@ -276,6 +289,7 @@ void RequestWindow::Import(const RequestWindowState& state) {
               absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
           late->result.version = e.version();
           late->result.old_value = e.old_value();
+          late->result.scope = scope;
         }
         continue;
       }
@@ -292,6 +306,7 @@ void RequestWindow::Import(const RequestWindowState& state) {
           absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
       slot.result.version = e.version();
       slot.result.old_value = e.old_value();
+      slot.result.scope = scope;
     }
   }
   done_.SignalAll();

@@ -42,6 +42,9 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -63,7 +66,17 @@ class RequestWindow {
     absl::Status status;
     uint64_t version = 0;
     int64_t old_value = 0;  // count_up_to
+    // What the request wrote (ScopeOf the variable, or of the group it was
+    // imported with; 0: none known): a move or backup takes only its
+    // group's entries (Export's `scopes`). The ids are shard-wide, but the
+    // copy holds one group: an entry of another group's write, imported
+    // with it, would answer that write's retry on a shard whose copy of the
+    // other group does not have it.
+    uint64_t scope = 0;
   };
+
+  // The scope of requests that write variable (or part) `name`.
+  static uint64_t ScopeOf(absl::string_view name);
 
   explicit RequestWindow(int window = 1024, int max_clients = 65536,
                          absl::Duration min_idle = absl::Minutes(10),
@@ -95,14 +108,19 @@ class RequestWindow {
 
   // The completed requests of every client, for a part that moves to
   // another shard (its writes' ids must be known where it goes next).
-  void Export(RequestWindowState* state) const;
+  // `scopes` non-null: only entries whose Result::scope is in it (a
+  // group's parts, see Result::scope); every client's max_seq either way.
+  void Export(RequestWindowState* state,
+              const absl::flat_hash_set<uint64_t>* scopes = nullptr) const;
   // Merges `state` (another shard's Export) into this window: per ring
   // slot the newer request wins, so an imported id is answered from its
   // cached result and one that falls behind the merged window is refused
   // as too old, never run again. A client bound to another caller here
   // keeps its own window (that caller could not send its ids anyway).
   // Clients over max_clients are not imported.
-  void Import(const RequestWindowState& state);
+  // `scope`: recorded as the imported entries' Result::scope (the group
+  // they came with), so they go on with that group when it moves again.
+  void Import(const RequestWindowState& state, uint64_t scope = 0);
 
  private:
   enum class State : uint8_t { kEmpty, kRunning, kDone };

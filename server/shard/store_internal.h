@@ -179,6 +179,7 @@ absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, O
     return cached->status;
   }
   RequestWindow::Result result;
+  if (meta.variable != nullptr) result.scope = RequestWindow::ScopeOf(*meta.variable);
   result.status = op();
   // "Not here" answers ran nothing (the part is moving in, or moved away):
   // the id is not recorded, so a retry runs it where the part is, and the

@@ -136,6 +136,35 @@ bool ReplayingMove() { return t_replaying_move; }
 MoveReplayScope::MoveReplayScope() : previous_(t_replaying_move) { t_replaying_move = true; }
 MoveReplayScope::~MoveReplayScope() { t_replaying_move = previous_; }
 
+// The request window scope of entries imported with a group (a part and
+// the parts beside it), RequestWindow::Result::scope: the same for the
+// group wherever it goes next.
+uint64_t GroupScope(std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  return RequestWindow::ScopeOf(absl::StrCat("group\n", absl::StrJoin(names, "\n")));
+}
+
+// The scopes of a group's own entries: its parts' writes, and those it
+// brought from its earlier shards (see GroupScope).
+absl::flat_hash_set<uint64_t> GroupScopes(const std::vector<std::string>& names) {
+  absl::flat_hash_set<uint64_t> scopes;
+  for (const std::string& name : names) scopes.insert(RequestWindow::ScopeOf(name));
+  scopes.insert(GroupScope(names));
+  return scopes;
+}
+
+std::vector<std::string> MemberNames(const MoveOut& move) {
+  std::vector<std::string> names;
+  for (const MoveOut::Member& m : move.members) names.push_back(m.info.name());
+  return names;
+}
+
+std::vector<std::string> PartNames(const StartMoveInRequest& request) {
+  std::vector<std::string> names;
+  for (const CreateVariableRequest& p : request.parts()) names.push_back(p.name());
+  return names;
+}
+
 }  // namespace store_internal
 
 // ---------------------------------------------------------------------------
@@ -533,7 +562,12 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
       move->table_cuts = std::move(cuts);
       // Every write admitted before the fence has finished (its request id
       // is in the window); every later one is logged for the backup.
-      if (move->follow) requests_.Export(&move->window);
+      if (move->follow) {
+        // Only the group's: see RequestWindow::Result::scope.
+        const absl::flat_hash_set<uint64_t> scopes =
+            store_internal::GroupScopes(store_internal::MemberNames(*move));
+        requests_.Export(&move->window, &scopes);
+      }
     }
     absl::MutexLock lock(&moves_mu_);
     moves_out_[id] = move;
@@ -738,7 +772,11 @@ absl::StatusOr<uint64_t> VariableStore::FreezeMove(uint64_t move_id, uint64_t in
   }
   move->state = MoveOut::State::kFrozen;
   move->final_seq = move->next_seq - 1;
-  requests_.Export(&move->window);
+  {
+    const absl::flat_hash_set<uint64_t> scopes =
+        store_internal::GroupScopes(store_internal::MemberNames(*move));
+    requests_.Export(&move->window, &scopes);
+  }
   move->changed.SignalAll();
   return move->final_seq;
 }
@@ -1274,7 +1312,10 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
         move->members.assign(response.members().begin(), response.members().end());
         // A backup learns the request ids its group applied before the
         // snapshot (those after come with the logged writes).
-        if (move->request.follow()) requests_.Import(response.window());
+        if (move->request.follow()) {
+          requests_.Import(response.window(),
+                           store_internal::GroupScope(store_internal::PartNames(move->request)));
+        }
       }
       const int members = static_cast<int>(move->members.size());
       if (move->member < members) {
@@ -1369,7 +1410,8 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
                                                 response.final_seq(), " but ", move->applied_seq,
                                                 " were applied"));
       }
-      requests_.Import(response.window());
+      requests_.Import(response.window(),
+                       store_internal::GroupScope(store_internal::PartNames(move->request)));
       move->phase = MOVE_READY;
     }
     move->changed.SignalAll();

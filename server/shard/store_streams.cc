@@ -225,6 +225,7 @@ class StagedAssignSink final : public AssignStreamSink {
           header_.total_bytes(), " bytes; nothing was changed"));
     }
     RequestWindow::Result result;
+    result.scope = RequestWindow::ScopeOf(header_.name());
     result.status = Apply(response);
     if (registered_) {
       SaveResult(*response, &result);
@@ -303,6 +304,7 @@ class StagedAssignSink final : public AssignStreamSink {
           }
         }
         RequestWindow::Result result;
+        result.scope = RequestWindow::ScopeOf(header_.name());
         forwarded_ = true;
         result.status = Apply(response);
         if (registered_) {

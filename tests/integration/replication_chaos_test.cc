@@ -77,7 +77,8 @@ class ReplicationChaosTest : public ::testing::Test {
       bool full = true;
       for (Variable& v : vars) {
         if (absl::Status s = v.Refresh(); !s.ok()) return s;
-        for (const PartHandle& p : v.handle().parts()) {
+        const VariableHandle handle = v.handle();
+        for (const PartHandle& p : handle.parts()) {
           full = full && !p.lost() && p.in_sync_shards_size() >= 1;
         }
       }
@@ -133,6 +134,17 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
     if (first_failure.empty()) first_failure = s.ToString();
   };
   std::vector<std::thread> trainers;
+  // Stops and joins the trainers however the test ends (an ASSERT included).
+  struct StopOnExit {
+    std::atomic<bool>* stop;
+    std::vector<std::thread>* threads;
+    ~StopOnExit() {
+      stop->store(true);
+      for (std::thread& t : *threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } stop_on_exit{&stop, &trainers};
   for (int t = 0; t < 2; ++t) {
     trainers.emplace_back([&, t] {
       std::mt19937 rng(17 + t);
@@ -200,6 +212,7 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
   ASSERT_TRUE(IsOk(WaitFullyReplicated(vars)));
   stop.store(true);
   for (auto& t : trainers) t.join();
+  trainers.clear();
   EXPECT_EQ(failures.load(), 0) << first_failure;
 
   for (int c = 0; c < kCounters; ++c) {

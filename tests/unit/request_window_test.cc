@@ -126,8 +126,54 @@ TEST(RequestWindowTest, AnImportedWindowAnswersRetriesOfMovedWrites) {
   ASSERT_TRUE(pushed_out.ok()) << pushed_out.status();
   ASSERT_TRUE(pushed_out->has_value()) << "a moved write ran again";
   EXPECT_EQ((*pushed_out)->version, 60u);
+  // The target's own earlier write, still held, is answered from the
+  // window (its result), however far the merged window moved on; an id the
+  // window no longer holds is refused as too old.
   auto earlier = target.Begin(Id(1, 3));
-  EXPECT_EQ(earlier.status().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(earlier.ok() && earlier->has_value()) << earlier.status();
+  EXPECT_EQ((*earlier)->version, 30u);
+  auto unknown = target.Begin(Id(1, 2));
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kAborted);
+}
+
+// Request ids are shard-wide but a move or backup carries one group: the
+// window it takes holds only that group's entries (its parts' writes, and
+// those the group brought with it before), so a write to another group is
+// never answered as done on a shard whose copy of that group lacks it.
+TEST(RequestWindowTest, AGroupsExportHoldsOnlyItsOwnEntries) {
+  RequestWindow source(8, 4);
+  const uint64_t mine = RequestWindow::ScopeOf("w"), other = RequestWindow::ScopeOf("v");
+  auto run = [&](RequestWindow* window, const RequestId& id, uint64_t scope) {
+    ASSERT_TRUE(window->Begin(id).ok());
+    RequestWindow::Result result;
+    result.scope = scope;
+    result.version = id.seq();
+    window->Finish(id, result);
+  };
+  run(&source, Id(1, 5), mine);
+  run(&source, Id(1, 6), other);
+  const absl::flat_hash_set<uint64_t> scopes = {mine};
+  RequestWindowState moved;
+  source.Export(&moved, &scopes);
+  ASSERT_EQ(moved.clients_size(), 1);
+  ASSERT_EQ(moved.clients(0).entries_size(), 1);
+  EXPECT_EQ(moved.clients(0).entries(0).seq(), 5u);
+
+  // Imported under the group's scope, the entry goes on with the group.
+  RequestWindow target(8, 4);
+  const uint64_t group = RequestWindow::ScopeOf("group of w");
+  target.Import(moved, group);
+  auto retry_mine = target.Begin(Id(1, 5));
+  ASSERT_TRUE(retry_mine.ok() && retry_mine->has_value()) << "a moved write ran again";
+  auto retry_other = target.Begin(Id(1, 6));
+  ASSERT_TRUE(retry_other.ok()) << retry_other.status();
+  EXPECT_FALSE(retry_other->has_value()) << "another group's write was answered as done";
+  const absl::flat_hash_set<uint64_t> again = {group};
+  RequestWindowState onward;
+  target.Export(&onward, &again);
+  ASSERT_EQ(onward.clients_size(), 1);
+  ASSERT_EQ(onward.clients(0).entries_size(), 1);
+  EXPECT_EQ(onward.clients(0).entries(0).seq(), 5u);
 }
 
 TEST(RequestWindowTest, AnImportedClientKeepsItsOwner) {
