@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cluster_process.h"
@@ -124,6 +125,13 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
   std::atomic<int64_t> acked[kCounters];
   for (auto& a : acked) a.store(0);
   std::atomic<int64_t> failures{0};
+  // Per counter: adds whose outcome is unknown. A write in flight at its
+  // primary's death that the backup never received, retried on the
+  // promoted backup after the process sent that shard more than a request
+  // window of other requests, is refused as too old (docs/replication.md
+  // "Not yet"): it may or may not have been applied, never twice.
+  std::atomic<int64_t> unknown[kCounters];
+  for (auto& u : unknown) u.store(0);
   std::atomic<int64_t> table_adds{0};
   std::mutex mu;
   std::string first_failure;
@@ -154,6 +162,8 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
         absl::Status s = counters[c].AssignAdd(ones);
         if (s.ok()) {
           acked[c].fetch_add(1);
+        } else if (absl::IsAborted(s) && absl::StrContains(s.message(), "request id too old")) {
+          unknown[c].fetch_add(1);
         } else {
           fail(s);
         }
@@ -183,12 +193,16 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
   });
   trainers.emplace_back([&] {
     while (!stop.load()) {
+      // Paced like a step counter: see replication_test.cc (the request
+      // window during a failover, docs/replication.md "Not yet").
+      absl::SleepFor(absl::Milliseconds(5));
       absl::StatusOr<int64_t> got = step.CountUpTo(int64_t{1} << 40);
       if (got.ok()) {
         std::lock_guard<std::mutex> lock(mu);
         tickets.push_back(*got);
-      } else {
-        fail(got.status());
+      } else if (!(absl::IsAborted(got.status()) &&
+                   absl::StrContains(got.status().message(), "request id too old"))) {
+        fail(got.status());  // too old: a ticket of unknown outcome, never handed out twice
       }
     }
   });
@@ -218,7 +232,11 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
   for (int c = 0; c < kCounters; ++c) {
     PSD_ASSERT_OK_AND_ASSIGN(Tensor value, counters[c].Read());
     for (int64_t i = 0; i < kWidth; ++i) {
-      EXPECT_EQ(value.data<int64_t>()[i], acked[c].load()) << "counter " << c << "[" << i << "]";
+      // Every acknowledged add, none twice; an add of unknown outcome
+      // at most once.
+      EXPECT_GE(value.data<int64_t>()[i], acked[c].load()) << "counter " << c << "[" << i << "]";
+      EXPECT_LE(value.data<int64_t>()[i], acked[c].load() + unknown[c].load())
+          << "counter " << c << "[" << i << "]";
     }
   }
   {
@@ -227,8 +245,10 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
     PSD_ASSERT_OK_AND_ASSIGN(Tensor steps, step.Read());
     EXPECT_GE(steps.data<int64_t>()[0], static_cast<int64_t>(tickets.size()));
   }
-  std::printf("%d kills: %lld counter adds, %lld table scatter_adds, %zu tickets\n", kills,
-              static_cast<long long>(acked[0] + acked[1] + acked[2]),
+  std::printf("%d kills: %lld counter adds (%lld of unknown outcome), %lld table scatter_adds, "
+              "%zu tickets\n",
+              kills, static_cast<long long>(acked[0] + acked[1] + acked[2]),
+              static_cast<long long>(unknown[0] + unknown[1] + unknown[2]),
               static_cast<long long>(table_adds.load()), tickets.size());
 
   // Bit for bit: with nothing writing, read each variable, kill the

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cluster_process.h"
@@ -150,6 +151,9 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
   std::atomic<bool> stop{false};
   std::atomic<int64_t> acked{0};
   std::atomic<int64_t> failed{0};
+  // Adds whose outcome is unknown: refused as too old on the promoted
+  // backup (replication_chaos_test.cc, docs/replication.md "Not yet").
+  std::atomic<int64_t> unknown{0};
   std::mutex mu;
   std::vector<int64_t> tickets;  // count_up_to's acknowledged answers
   std::string first_failure;
@@ -173,6 +177,8 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
         if (s.ok()) {
           acked.fetch_add(1);
           last_ack_micros.store(absl::ToUnixMicros(absl::Now()));
+        } else if (absl::IsAborted(s) && absl::StrContains(s.message(), "request id too old")) {
+          unknown.fetch_add(1);
         } else {
           failed.fetch_add(1);
           std::lock_guard<std::mutex> lock(mu);
@@ -198,8 +204,9 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
       std::lock_guard<std::mutex> lock(mu);
       if (got.ok()) {
         tickets.push_back(*got);
-      } else {
-        failed.fetch_add(1);
+      } else if (!(absl::IsAborted(got.status()) &&
+                   absl::StrContains(got.status().message(), "request id too old"))) {
+        failed.fetch_add(1);  // too old: a ticket of unknown outcome, never handed out twice
         if (first_failure.empty()) first_failure = got.status().ToString();
       }
     }
@@ -239,7 +246,9 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
   EXPECT_EQ(failed.load(), 0) << first_failure;
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
   for (int64_t i = 0; i < kWidth; ++i) {
-    EXPECT_EQ(value.data<int64_t>()[i], acked.load()) << "element " << i;
+    EXPECT_GE(value.data<int64_t>()[i], acked.load()) << "element " << i << ": an update lost";
+    EXPECT_LE(value.data<int64_t>()[i], acked.load() + unknown.load())
+        << "element " << i << ": an update applied twice";
   }
   // Every acknowledged count_up_to returned a distinct value, and the
   // counter is at least the number acknowledged.
