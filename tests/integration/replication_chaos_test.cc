@@ -142,17 +142,7 @@ TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalRepli
     if (first_failure.empty()) first_failure = s.ToString();
   };
   std::vector<std::thread> trainers;
-  // Stops and joins the trainers however the test ends (an ASSERT included).
-  struct StopOnExit {
-    std::atomic<bool>* stop;
-    std::vector<std::thread>* threads;
-    ~StopOnExit() {
-      stop->store(true);
-      for (std::thread& t : *threads) {
-        if (t.joinable()) t.join();
-      }
-    }
-  } stop_on_exit{&stop, &trainers};
+  StopAndJoin stop_on_exit(&stop, &trainers);
   for (int t = 0; t < 2; ++t) {
     trainers.emplace_back([&, t] {
       std::mt19937 rng(17 + t);

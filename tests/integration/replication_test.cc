@@ -159,17 +159,7 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
   std::string first_failure;
   std::atomic<int64_t> last_ack_micros{0};
   std::vector<std::thread> trainers;
-  // Stops and joins the trainers however the test ends (an ASSERT included).
-  struct StopOnExit {
-    std::atomic<bool>* stop;
-    std::vector<std::thread>* threads;
-    ~StopOnExit() {
-      stop->store(true);
-      for (std::thread& t : *threads) {
-        if (t.joinable()) t.join();
-      }
-    }
-  } stop_on_exit{&stop, &trainers};
+  StopAndJoin stop_on_exit(&stop, &trainers);
   for (int t = 0; t < kTrainers; ++t) {
     trainers.emplace_back([&] {
       while (!stop.load()) {

@@ -4,9 +4,11 @@
 #ifndef PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 #define PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -139,6 +141,27 @@ class ShardTest : public ::testing::Test {
   std::unique_ptr<ShardProcess> process_;
   std::unique_ptr<client::ShardClient> shard_;
   bool skip_alive_check_ = false;  // for tests that stop the shard
+};
+
+// Sets `stop` and joins `threads` when it goes out of scope, however the
+// test ends (a failed ASSERT returns early; a joinable std::thread left
+// behind would terminate the process).
+class StopAndJoin {
+ public:
+  StopAndJoin(std::atomic<bool>* stop, std::vector<std::thread>* threads)
+      : stop_(stop), threads_(threads) {}
+  StopAndJoin(const StopAndJoin&) = delete;
+  StopAndJoin& operator=(const StopAndJoin&) = delete;
+  ~StopAndJoin() {
+    stop_->store(true);
+    for (std::thread& t : *threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  std::atomic<bool>* const stop_;
+  std::vector<std::thread>* const threads_;
 };
 
 }  // namespace integration
