@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "psd/channel_security.h"
 #include "psd/types.pb.h"
 
@@ -90,7 +91,9 @@ class RequestIdCarry {
   friend void SetNewRequestId(RequestId* id, uint64_t credentials_key);
   friend void RenumberRequestId(RequestId* id);
   friend bool LastRequestIdWasResent();
-  std::vector<RequestId> ids_;
+  // Inline for the one or two ids an op draws: a carry is made for every
+  // op, and most are never retried.
+  absl::InlinedVector<RequestId, 2> ids_;
   size_t next_ = 0;  // of the current attempt
   // Ids at and past this index were drawn by the current attempt.
   size_t drawn_from_ = 0;

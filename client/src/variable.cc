@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 
+#include "absl/container/fixed_array.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "psd/dtype.h"
@@ -55,7 +56,7 @@ absl::Status VariableState::ForParts(
   // Per part: the request ids of its first attempt, sent again by later
   // ones, so a write the lost primary applied is recognised where the
   // part lives now (request_ids.h).
-  std::vector<RequestIdCarry> carries(h.parts_size());
+  absl::FixedArray<RequestIdCarry, 4> carries(static_cast<size_t>(h.parts_size()));
   const absl::Time start = absl::Now();
   absl::Duration pause = absl::Milliseconds(100);
   bool stale_refreshed = false;
