@@ -152,8 +152,6 @@ absl::Status TestCluster::StartKilledShard(int k) {
   return StartShard(k, port);
 }
 
-namespace {
-
 absl::StatusOr<ListShardsResponse> ListShards(const std::string& address) {
   auto stub = Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
@@ -163,8 +161,6 @@ absl::StatusOr<ListShardsResponse> ListShards(const std::string& address) {
   if (!s.ok()) return s;
   return resp;
 }
-
-}  // namespace
 
 absl::Status TestCluster::WaitForShards(absl::Duration timeout,
                                         const std::vector<uint64_t>& not_incarnations) {

@@ -22,10 +22,14 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "child_process.h"
+#include "psd/coordinator.pb.h"
 
 namespace psd {
 namespace integration {
 
+
+// The coordinator at `address`'s ListShards (insecure channel, 10 s).
+absl::StatusOr<ListShardsResponse> ListShards(const std::string& address);
 
 struct TestClusterOptions {
   int num_shards = 2;

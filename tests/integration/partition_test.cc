@@ -445,17 +445,6 @@ TEST_F(SilentCallerTest, AStreamedAssignWhoseCallerStopsSendingIsEndedAndFreesIt
 // ---------------------------------------------------------------------------
 // (b) A shard partitioned from the coordinator.
 
-absl::StatusOr<ListShardsResponse> ListShards(const std::string& coordinator) {
-  auto stub =
-      Coordinator::NewStub(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-  ListShardsResponse response;
-  absl::Status s = FromGrpcStatus(stub->ListShards(&ctx, ListShardsRequest(), &response));
-  if (!s.ok()) return s;
-  return response;
-}
-
 // Shard `id` as the coordinator lists it, once `pred` holds (bounded wait).
 template <typename Pred>
 absl::StatusOr<ShardStatus> WaitForShard(const std::string& coordinator, int id, Pred pred,

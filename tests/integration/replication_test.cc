@@ -42,17 +42,6 @@ constexpr int64_t kWidth = 8;
 // The lease period the cluster runs with: failover waits for it.
 constexpr double kLeaseSeconds = 1.0;
 
-absl::StatusOr<ListShardsResponse> ListShards(const std::string& coordinator) {
-  auto stub =
-      Coordinator::NewStub(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-  ListShardsResponse response;
-  absl::Status s = FromGrpcStatus(stub->ListShards(&ctx, ListShardsRequest(), &response));
-  if (!s.ok()) return s;
-  return response;
-}
-
 class ReplicationTest : public ::testing::Test {
  protected:
   void SetUp() override {
