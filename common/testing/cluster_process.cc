@@ -70,10 +70,21 @@ absl::StatusOr<int> TestCluster::shard_http_port(int k) const {
   return absl::NotFoundError(absl::StrCat("no HTTP port in ", path));
 }
 
+namespace {
+
+// The children's log level: warn, or PSD_TEST_LOG_LEVEL (e.g. info, to see
+// a failing run's coordinator decisions on the test's stderr).
+std::string ChildLogLevel() {
+  const char* level = std::getenv("PSD_TEST_LOG_LEVEL");
+  return level != nullptr && *level != '\0' ? level : "warn";
+}
+
+}  // namespace
+
 absl::Status TestCluster::StartCoordinator(int port) {
   const std::string port_file = dir_ + "/coordinator.port";
   std::remove(port_file.c_str());
-  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn", "coordinator",
+  std::vector<std::string> args = {PSD_BINARY, "--log-level", ChildLogLevel(), "coordinator",
                                    "--listen", absl::StrCat("127.0.0.1:", port),
                                    "--state-dir", dir_ + "/state", "--port-file", port_file};
   args.insert(args.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
@@ -95,7 +106,7 @@ absl::Status TestCluster::StartCoordinator(int port) {
 absl::Status TestCluster::StartShard(int k, int port) {
   const std::string port_file = absl::StrCat(dir_, "/shard-", k, ".port");
   std::remove(port_file.c_str());
-  std::vector<std::string> args = {PSD_BINARY, "--log-level", "warn", "shard",
+  std::vector<std::string> args = {PSD_BINARY, "--log-level", ChildLogLevel(), "shard",
                                    "--id", std::to_string(k),
                                    "--listen", absl::StrCat("127.0.0.1:", port),
                                    "--port-file", port_file,

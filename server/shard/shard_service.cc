@@ -734,22 +734,32 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     // Results share one reply: reads and gathers get what is left of its
     // budget, checked before they allocate.
     int64_t budget = service_->store_->options().max_batch_result_bytes;
-    RpcMetrics* const metrics = service_->op_metrics_;
-    for (const BatchOp& op : request_.ops()) {
+    // Writes to replicated parts wait for their backups once for the whole
+    // message, after every op ran and with the write gate let go (a fence
+    // need not wait for backups), before any result is sent.
+    VariableStore::DeferredAnswers deferred(service_->store_);
+    for (int i = 0; i < request_.ops_size(); ++i) {
       BatchOpResult* result = response_.add_results();
-      absl::Status status =
-          service_->RunGuarded([&] { return service_->store_->RunBatchOp(op, budget, result, caller_); });
+      deferred.set_op(i);
+      absl::Status status = service_->RunGuarded(
+          [&] { return service_->store_->RunBatchOp(request_.ops(i), budget, result, caller_); });
       if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
       budget -= static_cast<int64_t>(result->ByteSizeLong());
-      if (metrics != nullptr) {
-        // Each op as the call it replaces, timed from the message's arrival.
-        metrics->RecordOp(MethodOf(op), static_cast<int>(status.code()),
-                          std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                        received_)
-                              .count());
-      }
     }
     admission.reset();
+    part_admissions.clear();
+    for (auto& [i, status] : deferred.Finish()) {
+      VariableStore::SetBatchOpStatus(status, response_.mutable_results(i));
+    }
+    if (RpcMetrics* const metrics = service_->op_metrics_; metrics != nullptr) {
+      // Each op as the call it replaces, timed from the message's arrival
+      // to its answer (the whole message's).
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - received_).count();
+      for (int i = 0; i < request_.ops_size(); ++i) {
+        metrics->RecordOp(MethodOf(request_.ops(i)), response_.results(i).code(), seconds);
+      }
+    }
     service_->Release();
     // Big read and gather results go out from their own buffers.
     reply_ = EncodeBatchResponse(&response_);

@@ -303,6 +303,8 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     }
   }
   pass.reset();  // a fence need not wait for the backups
+  // A batch message waits once for all its writes (DeferredAnswers).
+  if (!waits.empty() && DeferAnswer(&waits, *meta.variable, status.ok())) return status;
   // Also for a failed write: a follow that ended is out of the in-sync set
   // before anything is answered (the answer stays the write's own).
   if (!waits.empty()) {

@@ -1562,6 +1562,58 @@ absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged
   return answer;
 }
 
+namespace {
+// The DeferredAnswers alive on this thread, innermost first.
+thread_local VariableStore::DeferredAnswers* t_deferred = nullptr;
+}  // namespace
+
+VariableStore::DeferredAnswers::DeferredAnswers(VariableStore* store)
+    : store_(store), outer_(t_deferred) {
+  t_deferred = this;
+}
+
+VariableStore::DeferredAnswers::~DeferredAnswers() {
+  // Kept waits are never dropped unanswered: a caller that did not call
+  // Finish (it failed before answering) still must not let a later answer
+  // on this thread overtake them.
+  if (!kept_.empty()) Finish();
+  t_deferred = outer_;
+}
+
+std::vector<std::pair<int, absl::Status>> VariableStore::DeferredAnswers::Finish() {
+  std::vector<Kept> kept;
+  kept.swap(kept_);
+  std::vector<std::pair<int, absl::Status>> changed;
+  // In the order they ran: by the first wait, each follow usually has all
+  // of them, so the later waits return at once.
+  for (Kept& k : kept) {
+    absl::Status waited = store_->WaitForBackups(k.waits, k.variable);
+    if (k.ok && !waited.ok()) {
+      changed.emplace_back(k.op, std::move(waited));
+      continue;
+    }
+    // Deposed while it waited? (docs/replication.md "Leases")
+    if (absl::Status lease = store_->LeaseHeldToAnswer(k.variable); !lease.ok()) {
+      changed.emplace_back(k.op, std::move(lease));
+    }
+  }
+  return changed;
+}
+
+bool VariableStore::DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable,
+                                bool ok) {
+  DeferredAnswers* deferred = t_deferred;
+  if (deferred == nullptr || deferred->store_ != this || store_internal::ReplayingMove()) {
+    return false;
+  }
+  DeferredAnswers::Kept& k = deferred->kept_.emplace_back();
+  k.op = deferred->op_;
+  k.ok = ok;
+  k.variable = variable;
+  k.waits = std::move(*logged);
+  return true;
+}
+
 // The lock is let go around the call (manual Unlock/Lock inside the scoped
 // lock), which the analysis cannot follow.
 absl::Status VariableStore::ReportBehind(MoveOut* follow, const std::string& reason)

@@ -207,6 +207,17 @@ class VariableStore {
                           CallerKey caller = kAnonymousCaller);
   static void SetBatchOpStatus(const absl::Status& status, BatchOpResult* result);
 
+  // While one is alive on a thread, the writes that thread runs on this
+  // store are answered later: each is applied and logged as usual, but its
+  // wait for the in-sync backups (and the lease check before its answer)
+  // is kept until Finish. A batch message's writes to replicated parts then
+  // reach the backups in one pull, and the message waits one round trip in
+  // all instead of one per write. The caller must not answer any write it
+  // ran before Finish says which of them failed.
+  //
+  // Thread-compatible; one per thread at a time, on the stack.
+  class DeferredAnswers;
+
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
 
   // A variable's value pinned for a checkpoint. While the pin is held,
@@ -459,6 +470,9 @@ class VariableStore {
     uint64_t seq = 0;
   };
   absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable);
+  // Hands a write's waits to the thread's DeferredAnswers for this store,
+  // if one is alive (true: it answers them); else false, nothing taken.
+  bool DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable, bool ok);
   // Whether `name`'s group has a move (not a follow) out.
   bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
   // Takes `move` out of moving_out_ (it ended); once only.
@@ -588,6 +602,34 @@ class VariableStore {
 
   // The staged parts of `restore_id`, created when it has none yet.
   StagedRestore* StagedFor(uint64_t restore_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(restore_mu_);
+};
+
+class VariableStore::DeferredAnswers {
+ public:
+  explicit DeferredAnswers(VariableStore* store);
+  ~DeferredAnswers();
+  DeferredAnswers(const DeferredAnswers&) = delete;
+  DeferredAnswers& operator=(const DeferredAnswers&) = delete;
+
+  // The index the writes run from now on are reported under.
+  void set_op(int index) { op_ = index; }
+  // Waits for every kept write's backups, in the order they ran, and
+  // checks the lease for each; returns (index, status) for each write
+  // whose answer must become that status instead of its own.
+  std::vector<std::pair<int, absl::Status>> Finish();
+
+ private:
+  friend class VariableStore;
+  struct Kept {
+    int op = 0;
+    bool ok = false;  // the write's own status was OK
+    std::string variable;
+    std::vector<BackupWait> waits;
+  };
+  VariableStore* const store_;
+  DeferredAnswers* const outer_;  // the thread's previous one (restored)
+  int op_ = 0;
+  std::vector<Kept> kept_;
 };
 
 // A streamed read's source: the value as it was when the stream began.

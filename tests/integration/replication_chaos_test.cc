@@ -95,11 +95,7 @@ class ReplicationChaosTest : public ::testing::Test {
   std::unique_ptr<Session> session_;
 };
 
-// Disabled in the suite until the stall it finds is fixed: under load the
-// cluster sometimes does not get its replication factor back (new backups
-// on a restarted shard time out one after another; docs/replication.md
-// "Not yet"). Run it with --gtest_also_run_disabled_tests.
-TEST_F(ReplicationChaosTest, DISABLED_KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalReplicas) {
+TEST_F(ReplicationChaosTest, KillsLoseNoAcknowledgedUpdateAndLeaveIdenticalReplicas) {
   std::vector<Variable> vars;
   std::vector<Variable> counters;
   for (int c = 0; c < kCounters; ++c) {
@@ -180,8 +176,8 @@ TEST_F(ReplicationChaosTest, DISABLED_KillsLoseNoAcknowledgedUpdateAndLeaveIdent
                                      rows));
       if (s.ok()) {
         table_adds.fetch_add(1);
-      } else {
-        fail(s);
+      } else if (!(absl::IsAborted(s) && absl::StrContains(s.message(), "request id too old"))) {
+        fail(s);  // too old: an add of unknown outcome (see `unknown`)
       }
     }
   });
@@ -206,6 +202,11 @@ TEST_F(ReplicationChaosTest, DISABLED_KillsLoseNoAcknowledgedUpdateAndLeaveIdent
   for (int k = 0; k < kills && failures.load() == 0; ++k) {
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "before kill " << k;
     absl::SleepFor(absl::Milliseconds(200 + rng() % 600));
+    // The guarantee holds while a member of each part's in-sync set
+    // survives: a backup that left the set meanwhile (too slow on a loaded
+    // machine) must be back before the kill, or the kill would be a second
+    // loss for its part.
+    ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "before kill " << k;
     const int victim = static_cast<int>(rng() % kShards);
     const int64_t before = acked[0].load() + acked[1].load() + acked[2].load();
     ASSERT_TRUE(IsOk(cluster_->KillShard(victim)));

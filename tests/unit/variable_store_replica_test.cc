@@ -272,6 +272,45 @@ TEST_F(StoreReplicaTest, WritesWaitForAnInSyncBackupAndARetryWaitsToo) {
   ASSERT_TRUE(AddOnes(&primary_, 3).ok());
 }
 
+// The writes of one batch message (run under DeferredAnswers, as the
+// shard's batch stream runs them) are applied and logged one after another
+// without waiting; the backup takes them in one pull, and none is answered
+// before the acknowledgement of that pull: one round trip for the message,
+// not one per write.
+TEST_F(StoreReplicaTest, TheWritesOfOneBatchMessageReachTheBackupInOnePullAndWaitOnce) {
+  constexpr int kWrites = 8;
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());
+  std::atomic<int> ran{0};
+  std::atomic<bool> finished{false};
+  std::vector<std::pair<int, absl::Status>> changed;
+  std::thread message([&] {
+    VariableStore::DeferredAnswers deferred(&primary_);
+    for (int i = 0; i < kWrites; ++i) {
+      deferred.set_op(i);
+      EXPECT_TRUE(AddOnes(&primary_, 10 + i).ok());
+      ran.fetch_add(1);
+    }
+    changed = deferred.Finish();
+    finished.store(true);
+  });
+  for (int i = 0; i < 1000 && ran.load() < kWrites; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(ran.load(), kWrites) << "a write of the message waited for the backup by itself";
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(),
+            static_cast<uint64_t>(kWrites));
+  EXPECT_FALSE(finished.load()) << "answered before the backup acknowledged the writes";
+  // Acknowledged with the next pull (more only if the writes came apart).
+  for (int i = 0; i < 100 && !finished.load(); ++i) {
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7, /*wait_ms=*/10));
+  }
+  message.join();
+  EXPECT_TRUE(changed.empty());
+  EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{8, 8, 8, 8}));
+}
+
 TEST(StoreReplicaTimeoutTest, ABackupBehindIsReportedOnceAndAFailedReportAnswersUnavailable) {
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
@@ -501,7 +540,9 @@ TEST_F(StoreReplicaTest, AReplayedWriteIsNeverTooOldForTheBackupsWindow) {
   // (250 went to "w").
   ASSERT_TRUE(store_test::CreateWithValue(&backup2_, "x", Floats({0, 0, 0, 0})).ok());
   for (uint64_t seq = 201; seq <= 300; ++seq) {
-    if (seq != 250) ASSERT_TRUE(add(&backup2_, "x", seq).ok());
+    if (seq != 250) {
+      ASSERT_TRUE(add(&backup2_, "x", seq).ok());
+    }
   }
 
   ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
