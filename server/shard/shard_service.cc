@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "boost/asio/post.hpp"
+#include "boost/asio/thread_pool.hpp"
 #include "absl/strings/str_cat.h"
 #include "grpc/slice.h"
 #include "psd/edge.h"
@@ -62,10 +64,31 @@ bool ShardService::AdmitOrFinish(grpc::ServerUnaryReactor* reactor) {
   return false;
 }
 
+// The answer pool's threads: each holds at most one message's or call's
+// wait for backups (bounded by the backup timeout); more wait their turn.
+constexpr int kAnswerThreads = 16;
+
+class ShardService::AnswerPool {
+ public:
+  AnswerPool() : pool_(kAnswerThreads) {}
+  ~AnswerPool() { pool_.join(); }
+  void Post(std::function<void()> answer) { boost::asio::post(pool_, std::move(answer)); }
+
+ private:
+  boost::asio::thread_pool pool_;
+};
+
+ShardService::~ShardService() = default;
+
+void ShardService::AnswerLater(std::function<void()> answer) {
+  answer_pool_->Post(std::move(answer));
+}
+
 template <typename Op>
 void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
                             const std::string* variable) {
   absl::Status status;
+  std::shared_ptr<VariableStore::PendingAnswers> pending;
   {
     auto resume = [this, reactor, op, variable] { RunWrite(reactor, op, variable); };
     // A part moving to another shard has a gate of its own, closed while
@@ -80,7 +103,21 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
     }
     WriteGate::Admission admission = store_->mutable_gate()->TryAdmit(resume);
     if (!admission) return;  // held by a fence; the gate runs it again once it lifts
+    VariableStore::DeferredAnswers deferred(store_);
     status = RunGuarded(op);
+    if (!deferred.empty()) {
+      pending = std::make_shared<VariableStore::PendingAnswers>(deferred.Detach());
+    }
+  }
+  if (pending != nullptr) {
+    // Answered once its backups have it, off this thread (AnswerLater).
+    AnswerLater([this, reactor, status, pending] {
+      absl::Status answer = status;
+      for (auto& [op, changed] : pending->Finish()) answer = std::move(changed);
+      Release();
+      reactor->Finish(ToGrpcStatus(answer));
+    });
+    return;
   }
   // Released before finishing: this may run on a thread that is not gRPC's
   // (the gate's, or a source read's), and once the call is finished the
@@ -95,7 +132,8 @@ ShardService::ShardService(int32_t shard_id, uint64_t incarnation, VariableStore
       who_(absl::StrCat("shard ", shard_id)),
       incarnation_(incarnation),
       store_(store),
-      checkpointer_(store) {
+      checkpointer_(store),
+      answer_pool_(std::make_unique<AnswerPool>()) {
   SetMessageAllocatorFor_Read(&read_messages_);
   SetMessageAllocatorFor_Gather(&gather_messages_);
   SetMessageAllocatorFor_Assign(&assign_messages_);
@@ -748,7 +786,21 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     }
     admission.reset();
     part_admissions.clear();
-    for (auto& [i, status] : deferred.Finish()) {
+    if (!deferred.empty()) {
+      // Answered once the backups have its writes, off this thread
+      // (ShardService::AnswerLater). Nothing else touches this stream
+      // meanwhile: no read is started before the reply is written.
+      auto pending = std::make_shared<VariableStore::PendingAnswers>(deferred.Detach());
+      service_->AnswerLater([this, pending] { FinishMessage(pending->Finish()); });
+      return;
+    }
+    FinishMessage({});
+  }
+
+  // Sends the results of the message run, each write's status replaced by
+  // `changed`'s (its backups' or its lease's) where it has one.
+  void FinishMessage(const std::vector<std::pair<int, absl::Status>>& changed) {
+    for (const auto& [i, status] : changed) {
       VariableStore::SetBatchOpStatus(status, response_.mutable_results(i));
     }
     if (RpcMetrics* const metrics = service_->op_metrics_; metrics != nullptr) {

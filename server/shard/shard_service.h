@@ -78,6 +78,7 @@ using ShardServiceBase = Shard::WithRawCallbackMethod_ReadStream<Shard::WithRawC
 class ShardService final : public ShardServiceBase {
  public:
   ShardService(int32_t shard_id, uint64_t incarnation, VariableStore* store);
+  ~ShardService() override;
 
   grpc::ServerUnaryReactor* GetShardInfo(grpc::CallbackServerContext* ctx,
                                          const GetShardInfoRequest* request,
@@ -267,6 +268,16 @@ class ShardService final : public ShardServiceBase {
   RpcMetrics* op_metrics_ = nullptr;  // set before serving, then read-only
   std::unique_ptr<PeerReader> default_peers_;  // plaintext, made on first use
   absl::once_flag default_peers_once_;
+  // Runs `answer` on a thread of the answer pool: writes to replicated
+  // parts wait there for their backups (VariableStore::PendingAnswers)
+  // instead of on gRPC's threads, which the backups' pulls and the
+  // coordinator's calls need; on a small machine gRPC has few, and writes
+  // waiting on all of them would hold up the very acknowledgements they
+  // wait for until the backup timeout.
+  void AnswerLater(std::function<void()> answer);
+  class AnswerPool;
+  // Last: joined first, while everything its answers use is still there.
+  std::unique_ptr<AnswerPool> answer_pool_;
 };
 
 }  // namespace psd

@@ -1568,19 +1568,30 @@ thread_local VariableStore::DeferredAnswers* t_deferred = nullptr;
 }  // namespace
 
 VariableStore::DeferredAnswers::DeferredAnswers(VariableStore* store)
-    : store_(store), outer_(t_deferred) {
+    : outer_(t_deferred), pending_(store) {
   t_deferred = this;
 }
 
-VariableStore::DeferredAnswers::~DeferredAnswers() {
-  // Kept waits are never dropped unanswered: a caller that did not call
-  // Finish (it failed before answering) still must not let a later answer
-  // on this thread overtake them.
-  if (!kept_.empty()) Finish();
-  t_deferred = outer_;
+VariableStore::DeferredAnswers::~DeferredAnswers() { t_deferred = outer_; }
+
+VariableStore::PendingAnswers VariableStore::DeferredAnswers::Detach() {
+  PendingAnswers out(pending_.store_);
+  out.kept_.swap(pending_.kept_);
+  return out;
 }
 
 std::vector<std::pair<int, absl::Status>> VariableStore::DeferredAnswers::Finish() {
+  return Detach().Finish();
+}
+
+VariableStore::PendingAnswers::~PendingAnswers() {
+  // Kept waits are never dropped unanswered: a caller that did not call
+  // Finish (it failed before answering) still must not let a later answer
+  // overtake them.
+  if (!kept_.empty()) Finish();
+}
+
+std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish() {
   std::vector<Kept> kept;
   kept.swap(kept_);
   std::vector<std::pair<int, absl::Status>> changed;
@@ -1603,10 +1614,11 @@ std::vector<std::pair<int, absl::Status>> VariableStore::DeferredAnswers::Finish
 bool VariableStore::DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable,
                                 bool ok) {
   DeferredAnswers* deferred = t_deferred;
-  if (deferred == nullptr || deferred->store_ != this || store_internal::ReplayingMove()) {
+  if (deferred == nullptr || deferred->pending_.store_ != this ||
+      store_internal::ReplayingMove()) {
     return false;
   }
-  DeferredAnswers::Kept& k = deferred->kept_.emplace_back();
+  PendingAnswers::Kept& k = deferred->pending_.kept_.emplace_back();
   k.op = deferred->op_;
   k.ok = ok;
   k.variable = variable;

@@ -217,6 +217,7 @@ class VariableStore {
   //
   // Thread-compatible; one per thread at a time, on the stack.
   class DeferredAnswers;
+  class PendingAnswers;
 
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
 
@@ -604,15 +605,15 @@ class VariableStore {
   StagedRestore* StagedFor(uint64_t restore_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(restore_mu_);
 };
 
-class VariableStore::DeferredAnswers {
+// The writes a DeferredAnswers kept, detached from its thread (to be
+// waited for on another, e.g. so a gRPC thread is not held while a backup
+// acknowledges: the backup's pulls need those threads). Movable.
+class VariableStore::PendingAnswers {
  public:
-  explicit DeferredAnswers(VariableStore* store);
-  ~DeferredAnswers();
-  DeferredAnswers(const DeferredAnswers&) = delete;
-  DeferredAnswers& operator=(const DeferredAnswers&) = delete;
+  PendingAnswers(PendingAnswers&&) = default;
+  PendingAnswers& operator=(PendingAnswers&&) = default;
+  ~PendingAnswers();
 
-  // The index the writes run from now on are reported under.
-  void set_op(int index) { op_ = index; }
   // Waits for every kept write's backups, in the order they ran, and
   // checks the lease for each; returns (index, status) for each write
   // whose answer must become that status instead of its own.
@@ -626,10 +627,33 @@ class VariableStore::DeferredAnswers {
     std::string variable;
     std::vector<BackupWait> waits;
   };
-  VariableStore* const store_;
+  explicit PendingAnswers(VariableStore* store) : store_(store) {}
+  VariableStore* store_;
+  std::vector<Kept> kept_;
+};
+
+class VariableStore::DeferredAnswers {
+ public:
+  explicit DeferredAnswers(VariableStore* store);
+  // Finishes what was kept and not detached.
+  ~DeferredAnswers();
+  DeferredAnswers(const DeferredAnswers&) = delete;
+  DeferredAnswers& operator=(const DeferredAnswers&) = delete;
+
+  // The index the writes run from now on are reported under.
+  void set_op(int index) { op_ = index; }
+  // Whether no write waits (every answer can go now).
+  bool empty() const { return pending_.kept_.empty(); }
+  // What was kept so far, to be finished elsewhere; none is kept here after.
+  PendingAnswers Detach();
+  // Detach().Finish().
+  std::vector<std::pair<int, absl::Status>> Finish();
+
+ private:
+  friend class VariableStore;
   DeferredAnswers* const outer_;  // the thread's previous one (restored)
   int op_ = 0;
-  std::vector<Kept> kept_;
+  PendingAnswers pending_;
 };
 
 // A streamed read's source: the value as it was when the stream began.
