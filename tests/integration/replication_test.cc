@@ -22,6 +22,7 @@
 #include "cluster_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "http_get.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/session.h"
@@ -131,6 +132,70 @@ TEST_F(ReplicationTest, AReplicatedPartGetsAnInSyncBackupOnAnotherShard) {
 // The heart of the guarantee: trainers count while the primary is
 // SIGKILLed, twice (the second time the primary is the backup promoted the
 // first time, and its own backup the copy made after that failover).
+// Writes that wait for their backups must not hold the threads that serve
+// the backups' pulls: many unary writers at once (no data stream, each
+// write its own call) keep the backup in sync, with no ReplicaBehind call,
+// and every write succeeds. (When the writes waited on gRPC's threads, a
+// few writers on a 2-core machine held all of them, the backup missed the
+// backup timeout and was dropped and made again, over and over.)
+TEST_F(ReplicationTest, ManyUnaryWritersKeepTheBackupInSync) {
+  constexpr int kWriters = 32;
+  client::SessionOptions unary_options;
+  unary_options.failover_wait = absl::Seconds(60);
+  unary_options.shard.data_stream = false;
+  PSD_ASSERT_OK_AND_ASSIGN(auto unary,
+                           Session::Open(cluster_->coordinator_address(), unary_options));
+  GetVariableOptions o;
+  o.initial_value = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 0));
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, unary->GetVariable("unary_counter", o));
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int primary = part.shard_id();
+  const int backup = part.in_sync_shards(0);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> acked{0};
+  std::atomic<int64_t> failed{0};
+  std::mutex mu;
+  std::string first_failure;
+  std::vector<std::thread> writers;
+  StopAndJoin stop_on_exit(&stop, &writers);
+  for (int t = 0; t < kWriters; ++t) {
+    writers.emplace_back([&] {
+      const Tensor ones = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 1));
+      while (!stop.load()) {
+        absl::Status s = v.AssignAdd(ones);
+        if (s.ok()) {
+          acked.fetch_add(1);
+          continue;
+        }
+        failed.fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_failure.empty()) first_failure = s.ToString();
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(4));
+  stop.store(true);
+  for (auto& w : writers) w.join();
+  writers.clear();
+  EXPECT_EQ(failed.load(), 0) << first_failure;
+  EXPECT_GT(acked.load(), 0);
+
+  PSD_ASSERT_OK_AND_ASSIGN(auto metrics,
+                           testing_http::ScrapeFromPortFile(absl::StrCat(
+                               cluster_->state_dir(), "/shard-", primary, ".http-port")));
+  EXPECT_EQ(metrics["psd_shard_replica_behind_calls_total"], 0)
+      << "the primary reported its backup behind";
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  const PartHandle after = v.handle().parts(0);
+  EXPECT_EQ(after.shard_id(), primary);
+  ASSERT_EQ(after.in_sync_shards_size(), 1);
+  EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], acked.load());
+}
+
 TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNoneTwice) {
   Variable v = Counter("counter");
   ASSERT_TRUE(v.valid());
