@@ -210,8 +210,10 @@ class StagedAssignSink final : public AssignStreamSink {
     // A group that moves out or has backups gets the assign logged with its
     // value (an apply's streamed gradient and strings are not forwarded:
     // they end the move or follow, see Apply).
+    // So is a value bigger than one pull of the log can carry (it would
+    // never reach the backup: its follow ends and it is made again by copy).
     if (!header_.has_apply() && !header_.has_create() && header_.dtype() != DT_STRING &&
-        store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
+        !TooBigToLog() && store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
       std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
       if (!moves.empty()) return CommitLogged(moves, response, &pass);
     }
@@ -238,6 +240,12 @@ class StagedAssignSink final : public AssignStreamSink {
 
  private:
   bool StagesOnHost() const { return header_.dtype() == DT_STRING || header_.has_apply(); }
+
+  // A value a move's or backup's log cannot take: a pull's answer carries a
+  // logged write whole, within the shards' message limit.
+  bool TooBigToLog() const {
+    return header_.total_bytes() > store_->options().max_unary_value_bytes;
+  }
 
   // The host staging buffer, back to the pool.
   void ReturnHost() {
@@ -335,7 +343,14 @@ class StagedAssignSink final : public AssignStreamSink {
   absl::Status Apply(AssignResponse* response) {
     const std::string& name = header_.name();
     if (!forwarded_) {
-      PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, "a streamed assign or apply"));
+      const std::string what =
+          header_.has_apply() ? std::string("a streamed apply")
+          : header_.dtype() == DT_STRING
+              ? std::string("a streamed assign of strings")
+              : absl::StrCat("a streamed assign of ", header_.total_bytes(),
+                             " bytes (more than one pull of the log carries, ",
+                             store_->options().max_unary_value_bytes, ")");
+      PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, what));
     }
     if (header_.has_apply()) {
       // The unary ApplyDense's update, with the staged gradient.

@@ -610,6 +610,58 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
   EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1.75f, 2.25f, 3.25f, 4.25f}));
 }
 
+// A streamed value bigger than one pull of the log can carry (the shards'
+// message limit) would never reach the backup: it is not logged, the
+// backup's follow ends, and the write is answered only once the in-sync
+// backup left the in-sync set (the coordinator then makes a new one by
+// copy). Here the coordinator is reachable once, then the write is done.
+TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeingLogged) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStoreOptions options = Options(1, absl::Seconds(600));
+  options.max_unary_value_bytes = 8;  // a 16-byte value is too big to log
+  VariableStore primary(device.get(), options);
+  VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
+  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  std::vector<std::string> reasons;
+  primary.SetReplicaBehindHandler([&](uint64_t move_id, const std::string& reason) {
+    EXPECT_EQ(move_id, 7u);
+    reasons.push_back(reason);
+    return absl::OkStatus();
+  });
+
+  AssignStreamHeader header;
+  header.set_name("w");
+  header.set_op(UPDATE_ASSIGN);
+  header.set_dtype(DT_FLOAT);
+  header.mutable_shape()->add_dims(4);
+  header.set_total_bytes(16);
+  header.mutable_request_id()->set_client_id(5);
+  header.mutable_request_id()->set_seq(1);
+  auto sink = primary.BeginAssignStream(header);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  const std::vector<float> value = {1, 2, 3, 4};
+  ASSERT_TRUE((*sink)->Append(absl::string_view(reinterpret_cast<const char*>(value.data()), 16))
+                  .ok());
+  AssignResponse response;
+  ASSERT_TRUE((*sink)->Commit(&response).ok());
+  ASSERT_EQ(reasons.size(), 1u) << "answered while the backup lacking it was in sync";
+  EXPECT_NE(reasons[0].find("16 bytes"), std::string::npos) << reasons[0];
+  // Nothing of it was logged; the primary ended the follow.
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse after;
+  absl::Status pulled = primary.PullMove(req, &after);
+  EXPECT_FALSE(pulled.ok());
+  EXPECT_EQ(after.writes_size(), 0);
+  EXPECT_EQ(primary.replication_stats().follows_out, 0);
+}
+
 TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
   CreateVariableRequest create;
   create.set_name("r");
