@@ -70,7 +70,12 @@ absl::Status VariableStore::LeaseExpired(const std::string& name) const {
 
 absl::Status VariableStore::LeaseHeldToAnswer(const std::string& name) const {
   const ShardLease* lease = lease_.load(std::memory_order_acquire);
-  if (lease == nullptr || lease->Held() || store_internal::ReplayingMove()) {
+  if (lease == nullptr || store_internal::ReplayingMove()) return absl::OkStatus();
+  const ShardLease::Clock::time_point now = ShardLease::Clock::now();
+  if (lease->Held(now)) {
+    last_leased_answer_ns_.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count(),
+        std::memory_order_relaxed);
     return absl::OkStatus();
   }
   bool replicated = false;
