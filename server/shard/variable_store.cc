@@ -114,6 +114,11 @@ absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string&
       }
     }
     if (auto moved = moved_away_.find(name); moved != moved_away_.end()) {
+      if (moved->second == store_internal::kNoShard) {
+        return absl::AbortedError(absl::StrCat(
+            "stale handle: part ", name, " was failed over to another shard while this shard ",
+            "was cut off from the coordinator; refresh the variable from the coordinator"));
+      }
       return absl::AbortedError(absl::StrCat("stale handle: part ", name, " moved to shard ",
                                              moved->second,
                                              "; refresh the variable from the coordinator"));
