@@ -370,6 +370,17 @@ TEST_F(ReplicationPartitionTest, APrimaryCutOffFromTheCoordinatorStopsAnsweringB
   ASSERT_TRUE(trainers.WaitForAcks(100)) << trainers.first_failure();
   PSD_ASSERT_OK_AND_ASSIGN(const double failovers_before,
                            CoordinatorMetric("psd_coordinator_failovers_total"));
+  // A trainer holding the handle that stays idle through the failover.
+  client::SessionOptions idle_options;
+  idle_options.failover_wait = absl::Seconds(90);
+  PSD_ASSERT_OK_AND_ASSIGN(auto idle_session,
+                           Session::Open(cluster_->coordinator_address(), idle_options));
+  GetVariableOptions reuse;
+  reuse.shape = TensorShape{};
+  reuse.dtype = DT_INT64;
+  reuse.reuse = REUSE_AUTO;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable idle_step, idle_session->GetVariable("step", reuse));
+  ASSERT_EQ(idle_step.handle().parts(0).shard_id(), primary);
 
   // The partition: the primary's heartbeats (and their answers) are held;
   // clients, its backup and the coordinator's own calls still reach it.
@@ -439,6 +450,11 @@ TEST_F(ReplicationPartitionTest, APrimaryCutOffFromTheCoordinatorStopsAnsweringB
     if (held == "served") absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_NE(held, "served") << "the old primary still serves its copy after it registered again";
+  // The idle trainer's first op goes to the old primary, which no longer
+  // serves the part: it is told to refresh its handle, and lands on the
+  // promoted backup.
+  const absl::Status idle_add = idle_step.AssignAdd(Tensor::Scalar<int64_t>(1));
+  EXPECT_TRUE(IsOk(idle_add)) << "an op with the handle from before the failover";
   PSD_ASSERT_OK_AND_ASSIGN(const PartHandle restored,
                            WaitForPart(step, "new in-sync backup", [&](const PartHandle& p) {
                              return p.shard_id() == backup && p.in_sync_shards_size() >= 1;
@@ -447,7 +463,8 @@ TEST_F(ReplicationPartitionTest, APrimaryCutOffFromTheCoordinatorStopsAnsweringB
   ASSERT_TRUE(trainers.WaitForAcks(trainers.acked() + 100)) << trainers.first_failure();
   trainers.Stop();
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, step.Read());
-  trainers.ExpectExactlyOnce(value.data<int64_t>()[0]);
+  trainers.ExpectExactlyOnce(value.data<int64_t>()[0], idle_add.ok() ? 1 : 0,
+                            idle_add.ok() ? 0 : 1);
 }
 
 // A primary cut off from its backup and its clients, not from the
