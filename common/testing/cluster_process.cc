@@ -36,7 +36,11 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(const TestCluste
   if (auto s = cluster->StartCoordinator(0); !s.ok()) return s;
   cluster->shards_.resize(options.num_shards);
   for (int k = 0; k < options.num_shards; ++k) {
-    if (auto s = cluster->StartShard(k, 0); !s.ok()) return s;
+    auto pinned = options.shard_ports.find(k);
+    if (auto s = cluster->StartShard(k, pinned == options.shard_ports.end() ? 0 : pinned->second);
+        !s.ok()) {
+      return s;
+    }
   }
   if (auto s = cluster->WaitForShards(absl::Seconds(60)); !s.ok()) return s;
   return cluster;
@@ -111,7 +115,10 @@ absl::Status TestCluster::StartShard(int k, int port) {
                                    "--listen", absl::StrCat("127.0.0.1:", port),
                                    "--port-file", port_file,
                                    "--http-port-file", absl::StrCat(dir_, "/shard-", k, ".http-port"),
-                                   "--coordinator", coordinator_address()};
+                                   "--coordinator",
+                                   options_.shard_coordinator
+                                       ? options_.shard_coordinator(k, coordinator_address())
+                                       : coordinator_address()};
   if (auto extra = options_.shard_args.find(k); extra != options_.shard_args.end()) {
     args.insert(args.end(), extra->second.begin(), extra->second.end());
   }

@@ -13,6 +13,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -37,6 +38,13 @@ struct TestClusterOptions {
   std::vector<std::string> coordinator_args = {"--heartbeat-interval", "0.2"};
   // Extra flags of `psd shard` K (absent: none).
   std::map<int, std::vector<std::string>> shard_args;
+  // Shard K's --coordinator, given the coordinator's address (unset: that
+  // address): e.g. a fault proxy in front of the coordinator, so one
+  // shard's heartbeats can be cut off. Called at every start of a shard.
+  std::function<std::string(int k, const std::string& coordinator)> shard_coordinator;
+  // Shard K's listen port (absent: a free one), e.g. the target of a fault
+  // proxy that the shard names in its --advertise (in shard_args).
+  std::map<int, int> shard_ports;
 };
 
 class TestCluster {

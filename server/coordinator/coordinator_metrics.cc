@@ -143,6 +143,11 @@ void AddClusterMetrics(MetricsRegistry* registry, const CoordinatorService* serv
       "psd_coordinator_last_failover_seconds",
       "From noticing a primary lost to its backup's promotion, for the last failover (0: none)",
       [service] { return service->replica_stats().last_failover_seconds; });
+  registry->CallbackGauge(
+      "psd_coordinator_last_failover_monotonic_seconds",
+      "When the last failover's backup was asked to serve (PromoteReplica), on this host's "
+      "CLOCK_MONOTONIC (0: none); for comparing with a shard's lease end on one host",
+      [service] { return service->replica_stats().last_failover_monotonic_seconds; });
   // One family per ShardStatus field, one series per shard.
   const auto per_shard = [registry, service](const std::string& name, const std::string& help,
                                              std::function<double(const ShardStatus&)> field) {

@@ -469,6 +469,14 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
       response->set_reregister(true);
       return absl::OkStatus();
     }
+    if (absl::Now() - it->second.last_seen > options_.liveness_timeout) {
+      // Counted down meanwhile (cut off, yet back before its own calls
+      // timed out): the keeper may have dropped backups it holds without
+      // telling it (EndFollow calls only live shards). It registers again
+      // and hears them in drop_parts, instead of keeping a dead copy.
+      response->set_reregister(true);
+      return absl::OkStatus();
+    }
     it->second.last_seen = absl::Now();
     response->set_lease_millis(GrantLease(&it->second));
     it->second.memory_used = request->memory_used_bytes();

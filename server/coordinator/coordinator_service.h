@@ -237,6 +237,10 @@ class CoordinatorService final : public Coordinator::CallbackService {
     int64_t under_replicated_groups = 0;
     // From noticing a primary lost to its backup's promotion, the last one.
     double last_failover_seconds = 0;
+    // When the last failover's new primary was first asked to serve
+    // (PromoteReplica), on this host's steady_clock (CLOCK_MONOTONIC):
+    // comparable with a shard's lease end on one host (0: none).
+    double last_failover_monotonic_seconds = 0;
   };
   ReplicaStats replica_stats() const ABSL_LOCKS_EXCLUDED(mu_);
   // Backups being made now (their adds run on the workers).

@@ -581,6 +581,8 @@ absl::Status CoordinatorService::FailOverGroup(const ReplicaGroup& group) {
     absl::MutexLock lock(&mu_);
     promoting_[group.parts[0]] = {best->backup.shard_id(), best->backup.move_id(), epoch,
                                   best->address.incarnation};
+    replica_stats_.last_failover_monotonic_seconds = std::chrono::duration<double>(
+        std::chrono::steady_clock::now().time_since_epoch()).count();
   }
   if (absl::Status promoted = Promote(group.parts[0]); !promoted.ok()) {
     spdlog::warn(

@@ -200,6 +200,11 @@ absl::Status RunShardServer(const ShardServerOptions& options) {
       "When the lease ends on this host's CLOCK_MONOTONIC (0: never granted); for comparing "
       "with the coordinator's view on one host",
       [&lease] { return std::chrono::duration<double>(lease.ExpiresAt()).count(); });
+  metrics.CallbackGauge(
+      "psd_shard_last_leased_write_answer_monotonic_seconds",
+      "When a write was last answered with the lease held (every write to a replicated part "
+      "is), on this host's CLOCK_MONOTONIC (0: none since start)",
+      [&store] { return std::chrono::duration<double>(store.last_leased_write_answer()).count(); });
   metrics.CallbackCounter("psd_shard_lease_grants_total",
                           "Leases granted by accepted registrations and heartbeats",
                           [&lease] { return static_cast<double>(lease.grants()); });

@@ -32,6 +32,10 @@
 namespace psd {
 namespace store_internal {
 
+// In VariableStore::moved_away_ for a part dropped after its group failed
+// over (DropParts): where it lives now is the coordinator's to say.
+constexpr int32_t kNoShard = -1;
+
 // True on a thread replaying a move's logged writes on its target
 // (MoveReplayScope): only it may touch parts still moving in.
 bool ReplayingMove();

@@ -1807,12 +1807,27 @@ void VariableStore::DropParts(const std::vector<std::string>& names) {
   for (uint64_t id : ins) EndMoveIn(id, /*committed=*/false).IgnoreError();
   absl::MutexLock lock(&mu_);
   for (const std::string& name : names) {
-    variables_.erase(name);
+    bool held = variables_.erase(name) > 0;
     auto t = tables_.find(name);
-    if (t == tables_.end()) continue;
-    // A lookup that found it before must not change it now.
-    if (t->second->column == 0) t->second->table->Retire();
-    tables_.erase(t);
+    if (t != tables_.end()) {
+      held = true;
+      // A lookup that found it before must not change it now.
+      if (t->second->column == 0) t->second->table->Retire();
+      tables_.erase(t);
+    }
+    // Its group failed over while this shard was cut off: a trainer still
+    // holding the old handle (or retrying an op begun here) must hear
+    // "stale handle" and ask the coordinator, as after a move, not "not
+    // found", which it takes as final.
+    if (held && moved_away_.emplace(name, store_internal::kNoShard).second) {
+      moved_away_order_.push_back(name);
+    } else if (held) {
+      moved_away_[name] = store_internal::kNoShard;
+    }
+  }
+  while (moved_away_order_.size() > kMaxMovedAway) {
+    moved_away_.erase(moved_away_order_.front());
+    moved_away_order_.pop_front();
   }
 }
 

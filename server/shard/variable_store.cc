@@ -70,7 +70,12 @@ absl::Status VariableStore::LeaseExpired(const std::string& name) const {
 
 absl::Status VariableStore::LeaseHeldToAnswer(const std::string& name) const {
   const ShardLease* lease = lease_.load(std::memory_order_acquire);
-  if (lease == nullptr || lease->Held() || store_internal::ReplayingMove()) {
+  if (lease == nullptr || store_internal::ReplayingMove()) return absl::OkStatus();
+  const ShardLease::Clock::time_point now = ShardLease::Clock::now();
+  if (lease->Held(now)) {
+    last_leased_answer_ns_.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count(),
+        std::memory_order_relaxed);
     return absl::OkStatus();
   }
   bool replicated = false;
@@ -109,6 +114,11 @@ absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string&
       }
     }
     if (auto moved = moved_away_.find(name); moved != moved_away_.end()) {
+      if (moved->second == store_internal::kNoShard) {
+        return absl::AbortedError(absl::StrCat(
+            "stale handle: part ", name, " was failed over to another shard while this shard ",
+            "was cut off from the coordinator; refresh the variable from the coordinator"));
+      }
       return absl::AbortedError(absl::StrCat("stale handle: part ", name, " moved to shard ",
                                              moved->second,
                                              "; refresh the variable from the coordinator"));

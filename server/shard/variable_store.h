@@ -350,6 +350,15 @@ class VariableStore {
   // Replicated parts serve only while `lease` (which must outlive the
   // store) is held; without one (tests) they always serve.
   void SetLease(const ShardLease* lease) { lease_.store(lease, std::memory_order_release); }
+  // The clock reading (this host's steady_clock, CLOCK_MONOTONIC on Linux)
+  // at which a write was last let through LeaseHeldToAnswer with the lease
+  // held; zero if none since start. Every write to a replicated part is
+  // answered only so, so none is answered later than the lease's end.
+  // /metrics shows it, for comparing with the coordinator's promotion of a
+  // backup on one host (docs/replication.md "Leases").
+  std::chrono::nanoseconds last_leased_write_answer() const {
+    return std::chrono::nanoseconds(last_leased_answer_ns_.load(std::memory_order_relaxed));
+  }
   // Asks the coordinator to drop follow `move_id` from its group's in-sync
   // set (ReplicaBehind); OK once it did. Unset: UNAVAILABLE.
   using ReplicaBehindFn =
@@ -571,6 +580,9 @@ class VariableStore {
   // idempotent); the oldest forgotten past 1024.
   std::map<uint64_t, uint64_t> promoted_ ABSL_GUARDED_BY(moves_mu_);
   std::atomic<const ShardLease*> lease_{nullptr};
+  // Written by LeaseHeldToAnswer (const) on every write's path: one relaxed
+  // store, so concurrent writers may leave a slightly older reading last.
+  mutable std::atomic<int64_t> last_leased_answer_ns_{0};
   mutable absl::Mutex behind_mu_;
   ReplicaBehindFn replica_behind_ ABSL_GUARDED_BY(behind_mu_);
   void NotifyLogNews(uint64_t move_id);
