@@ -113,7 +113,11 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
     // Answered once its backups have it, off this thread (AnswerLater).
     AnswerLater([this, reactor, status, pending] {
       absl::Status answer = status;
-      for (auto& [op, changed] : pending->Finish()) answer = std::move(changed);
+      absl::Status waited = RunGuarded([&] {
+        for (auto& [index, changed] : pending->Finish()) answer = std::move(changed);
+        return absl::OkStatus();
+      });
+      if (!waited.ok()) answer = waited;
       Release();
       reactor->Finish(ToGrpcStatus(answer));
     });
@@ -711,6 +715,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     }
     request_.Clear();
     reply_.Clear();
+    if (service_->draining()) {
+      // The drain's sweep passed this stream while its message waited for
+      // backups: end it as the sweep would have (the client goes on
+      // elsewhere in time).
+      FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE, service_->who_ + " is shutting down"));
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
@@ -775,23 +786,44 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     // Writes to replicated parts wait for their backups once for the whole
     // message, after every op ran and with the write gate let go (a fence
     // need not wait for backups), before any result is sent.
-    VariableStore::DeferredAnswers deferred(service_->store_);
-    for (int i = 0; i < request_.ops_size(); ++i) {
-      BatchOpResult* result = response_.add_results();
-      deferred.set_op(i);
-      absl::Status status = service_->RunGuarded(
-          [&] { return service_->store_->RunBatchOp(request_.ops(i), budget, result, caller_); });
-      if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
-      budget -= static_cast<int64_t>(result->ByteSizeLong());
+    std::shared_ptr<VariableStore::PendingAnswers> pending;
+    {
+      // Only the message's own ops: nothing else run on this thread later
+      // (a call gRPC may start inline in StartWrite) may hand its waits here.
+      VariableStore::DeferredAnswers deferred(service_->store_);
+      for (int i = 0; i < request_.ops_size(); ++i) {
+        BatchOpResult* result = response_.add_results();
+        deferred.set_op(i);
+        absl::Status status = service_->RunGuarded(
+            [&] { return service_->store_->RunBatchOp(request_.ops(i), budget, result, caller_); });
+        if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
+        budget -= static_cast<int64_t>(result->ByteSizeLong());
+      }
+      if (!deferred.empty()) {
+        pending = std::make_shared<VariableStore::PendingAnswers>(deferred.Detach());
+      }
     }
     admission.reset();
-    part_admissions.clear();
-    if (!deferred.empty()) {
+    // Innermost first (WriteGate's admissions nest).
+    while (!part_admissions.empty()) part_admissions.pop_back();
+    if (pending != nullptr) {
       // Answered once the backups have its writes, off this thread
       // (ShardService::AnswerLater). Nothing else touches this stream
       // meanwhile: no read is started before the reply is written.
-      auto pending = std::make_shared<VariableStore::PendingAnswers>(deferred.Detach());
-      service_->AnswerLater([this, pending] { FinishMessage(pending->Finish()); });
+      service_->AnswerLater([this, pending] {
+        std::vector<std::pair<int, absl::Status>> changed;
+        absl::Status waited = service_->RunGuarded([&] {
+          changed = pending->Finish();
+          return absl::OkStatus();
+        });
+        if (!waited.ok()) {
+          // Every write of the message gets the failure: none may be
+          // answered OK without its backups.
+          changed.clear();
+          for (int i = 0; i < request_.ops_size(); ++i) changed.emplace_back(i, waited);
+        }
+        FinishMessage(changed);
+      });
       return;
     }
     FinishMessage({});

@@ -1517,9 +1517,10 @@ absl::Status VariableStore::EndMoveIn(uint64_t move_id, bool committed) {
 // Replicated parts (docs/replication.md)
 
 absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged,
-                                           const std::string& variable) {
+                                           const std::string& variable, absl::Time deadline,
+                                           absl::flat_hash_map<const MoveOut*, absl::Status>* failed) {
   const absl::Time start = absl::Now();
-  const absl::Time deadline = start + options_.backup_timeout;
+  if (deadline == absl::InfinitePast()) deadline = start + options_.backup_timeout;
   bool waited = false;
   absl::Status answer;
   for (const BackupWait& w : logged) {
@@ -1527,6 +1528,19 @@ absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged
     std::string reason;
     {
       absl::MutexLock lock(&follow->mu);
+      if (failed != nullptr && follow->in_sync && follow->acked_seq < w.seq) {
+        // The coordinator could not be told of this follow a moment ago:
+        // not asked again for every write of the same answer.
+        auto it = failed->find(follow);
+        if (it != failed->end()) {
+          answer = absl::UnavailableError(absl::StrCat(
+              "write to ", Quoted(variable), " not yet on its backup on shard ",
+              follow->target_shard, " (", MoveName(follow->id),
+              ": behind, as found for an earlier write of the same answer; the coordinator "
+              "could not be told: ", it->second.message(), "); retry"));
+          break;
+        }
+      }
       while (follow->in_sync && follow->acked_seq < w.seq) {
         waited = true;
         if (follow->state != MoveOut::State::kForwarding) {
@@ -1551,6 +1565,7 @@ absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged
           "write to ", Quoted(variable), " not yet on its backup on shard ", follow->target_shard,
           " (", MoveName(follow->id), ": ", reason, "; the coordinator could not be told: ",
           behind.message(), "); retry"));
+      if (failed != nullptr) failed->emplace(follow, behind);
       break;
     }
   }
@@ -1596,9 +1611,12 @@ std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish(
   kept.swap(kept_);
   std::vector<std::pair<int, absl::Status>> changed;
   // In the order they ran: by the first wait, each follow usually has all
-  // of them, so the later waits return at once.
+  // of them, so the later waits return at once. One backup timeout for
+  // them all, and one ReplicaBehind call per follow that fails.
+  const absl::Time deadline = absl::Now() + store_->options_.backup_timeout;
+  absl::flat_hash_map<const MoveOut*, absl::Status> failed;
   for (Kept& k : kept) {
-    absl::Status waited = store_->WaitForBackups(k.waits, k.variable);
+    absl::Status waited = store_->WaitForBackups(k.waits, k.variable, deadline, &failed);
     if (k.ok && !waited.ok()) {
       changed.emplace_back(k.op, std::move(waited));
       continue;

@@ -5,6 +5,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -219,6 +220,9 @@ class StagedAssignSink final : public AssignStreamSink {
     }
     if (cached_.has_value()) {
       RestoreResult(*cached_, response);
+      // A retry answered from the window is answered under the lease, as
+      // the write itself was.
+      PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
       return cached_->status;
     }
     if (received_ != header_.total_bytes()) {
@@ -229,6 +233,17 @@ class StagedAssignSink final : public AssignStreamSink {
     RequestWindow::Result result;
     result.scope = RequestWindow::ScopeOf(header_.name());
     result.status = Apply(response);
+    if (registered_ && (absl::IsUnavailable(result.status) ||
+                        (absl::IsAborted(result.status) &&
+                         absl::StrContains(result.status.message(), "stale handle")))) {
+      // "Not now" or "not here" answers ran nothing (e.g. its backups could
+      // not be ended because the coordinator was unreachable, or the part
+      // is switching shards): the id is not recorded, so the retry runs it
+      // (as RunOnce does), instead of getting this answer forever.
+      store_->requests_.Abandon(header_.request_id());
+      finished_ = true;
+      return result.status;
+    }
     if (registered_) {
       SaveResult(*response, &result);
       store_->requests_.Finish(header_.request_id(), result);

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -479,7 +480,14 @@ class VariableStore {
     std::shared_ptr<MoveOut> follow;
     uint64_t seq = 0;
   };
-  absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable);
+  // `deadline` (default: the backup timeout from now) and `failed` let a
+  // caller answering many writes at once (PendingAnswers) give them one
+  // backup timeout in all, and ask the coordinator about a follow once:
+  // a follow whose ReplicaBehind call failed (recorded in *failed) fails
+  // the later writes waiting for it at once.
+  absl::Status WaitForBackups(const std::vector<BackupWait>& logged, const std::string& variable,
+                              absl::Time deadline = absl::InfinitePast(),
+                              absl::flat_hash_map<const MoveOut*, absl::Status>* failed = nullptr);
   // Hands a write's waits to the thread's DeferredAnswers for this store,
   // if one is alive (true: it answers them); else false, nothing taken.
   bool DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable, bool ok);
@@ -623,7 +631,8 @@ class VariableStore {
 class VariableStore::PendingAnswers {
  public:
   PendingAnswers(PendingAnswers&&) = default;
-  PendingAnswers& operator=(PendingAnswers&&) = default;
+  // Assigning over kept waits would drop them.
+  PendingAnswers& operator=(PendingAnswers&&) = delete;
   ~PendingAnswers();
 
   // Waits for every kept write's backups, in the order they ran, and

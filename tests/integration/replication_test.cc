@@ -129,9 +129,6 @@ TEST_F(ReplicationTest, AReplicatedPartGetsAnInSyncBackupOnAnotherShard) {
   EXPECT_EQ(backups, 1);
 }
 
-// The heart of the guarantee: trainers count while the primary is
-// SIGKILLed, twice (the second time the primary is the backup promoted the
-// first time, and its own backup the copy made after that failover).
 // Writes that wait for their backups must not hold the threads that serve
 // the backups' pulls: many unary writers at once (no data stream, each
 // write its own call) keep the backup in sync, with no ReplicaBehind call,
@@ -196,6 +193,9 @@ TEST_F(ReplicationTest, ManyUnaryWritersKeepTheBackupInSync) {
   for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], acked.load());
 }
 
+// The heart of the guarantee: trainers count while the primary is
+// SIGKILLed, twice (the second time the primary is the backup promoted the
+// first time, and its own backup the copy made after that failover).
 TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNoneTwice) {
   Variable v = Counter("counter");
   ASSERT_TRUE(v.valid());

@@ -616,6 +616,43 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
 // backup's follow ends, and the write is answered only once the in-sync
 // backup left the in-sync set (the coordinator then makes a new one by
 // copy). Here the coordinator is reachable once, then the write is done.
+// A message's writes share one backup timeout, and a follow the
+// coordinator could not be told about is reported once per answer, not
+// once per write (a stalled backup must not hold an answer for a timeout
+// and a coordinator call per write).
+TEST(StoreReplicaTimeoutTest, AMessagesWritesShareOneBackupTimeoutAndOneReport) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
+  VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
+  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  std::atomic<int> calls{0};
+  primary.SetReplicaBehindHandler([&](uint64_t, const std::string&) {
+    ++calls;
+    return absl::UnavailableError("no coordinator");
+  });
+  constexpr int kWrites = 8;
+  VariableStore::DeferredAnswers deferred(&primary);
+  for (int i = 0; i < kWrites; ++i) {
+    deferred.set_op(i);
+    ASSERT_TRUE(AddOnes(&primary, 100 + i).ok());  // applied; answered at Finish
+  }
+  const std::vector<std::pair<int, absl::Status>> changed = deferred.Finish();
+  ASSERT_EQ(changed.size(), static_cast<size_t>(kWrites));
+  for (int i = 0; i < kWrites; ++i) {
+    EXPECT_EQ(changed[i].first, i);
+    EXPECT_TRUE(absl::IsUnavailable(changed[i].second)) << changed[i].second;
+    EXPECT_NE(changed[i].second.message().find("not yet on its backup"), absl::string_view::npos);
+  }
+  EXPECT_EQ(calls.load(), 1);
+}
+
 TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeingLogged) {
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStoreOptions options = Options(1, absl::Seconds(600));
@@ -631,10 +668,11 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
   ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
   ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
   std::vector<std::string> reasons;
+  bool reachable = false;
   primary.SetReplicaBehindHandler([&](uint64_t move_id, const std::string& reason) {
     EXPECT_EQ(move_id, 7u);
     reasons.push_back(reason);
-    return absl::OkStatus();
+    return reachable ? absl::OkStatus() : absl::UnavailableError("no coordinator");
   });
 
   AssignStreamHeader header;
@@ -645,15 +683,24 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
   header.set_total_bytes(16);
   header.mutable_request_id()->set_client_id(5);
   header.mutable_request_id()->set_seq(1);
-  auto sink = primary.BeginAssignStream(header);
-  ASSERT_TRUE(sink.ok()) << sink.status();
   const std::vector<float> value = {1, 2, 3, 4};
-  ASSERT_TRUE((*sink)->Append(absl::string_view(reinterpret_cast<const char*>(value.data()), 16))
-                  .ok());
-  AssignResponse response;
-  ASSERT_TRUE((*sink)->Commit(&response).ok());
-  ASSERT_EQ(reasons.size(), 1u) << "answered while the backup lacking it was in sync";
+  auto commit = [&]() -> absl::Status {
+    PSD_ASSIGN_OR_RETURN(auto sink, primary.BeginAssignStream(header));
+    PSD_RETURN_IF_ERROR(
+        sink->Append(absl::string_view(reinterpret_cast<const char*>(value.data()), 16)));
+    AssignResponse response;
+    return sink->Commit(&response);
+  };
+  // The coordinator cannot be told the backup goes: nothing is applied,
+  // and the answer is not kept for the request id (its retry runs).
+  absl::Status first = commit();
+  EXPECT_TRUE(absl::IsUnavailable(first)) << first;
+  ASSERT_EQ(reasons.size(), 1u);
   EXPECT_NE(reasons[0].find("16 bytes"), std::string::npos) << reasons[0];
+  reachable = true;
+  absl::Status retried = commit();
+  EXPECT_TRUE(retried.ok()) << retried;
+  ASSERT_EQ(reasons.size(), 2u) << "answered while the backup lacking it was in sync";
   // Nothing of it was logged; the primary ended the follow.
   ASSERT_TRUE(backup.NextMovePull(7, &req));
   PullMoveResponse after;
