@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,7 +65,10 @@ std::vector<PartHandle> Parts(const Variable& v) {
 
 // A small model as a trainer declares it: a partitioned dense `w` trained
 // by Adagrad (its accumulator a slot beside each part), a scalar `step`,
-// and an embedding table `emb` of two parts.
+// and an embedding table `emb` of two parts. With `wait_before_slots`
+// (a function that waits until the variables have their backups), the
+// slots come after w has its backups, as they do when a trainer's first
+// ApplyGradients makes them.
 struct Model {
   Variable w, step, accum;
   EmbeddingVariable emb;
@@ -72,6 +76,8 @@ struct Model {
   // Optional (DeclareBig): a part large enough that copying it to a backup
   // takes a while.
   Variable big;
+  // Optional: a second optimizer, whose slots come late.
+  std::unique_ptr<Optimizer> momentum;
 
   std::vector<Variable> all() const {
     std::vector<Variable> out = {w, accum, step, emb.variable()};
@@ -90,7 +96,9 @@ absl::Status DeclareBig(Session& session, Model* m) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Model> DeclareModel(Session& session) {
+absl::StatusOr<Model> DeclareModel(
+    Session& session,
+    const std::function<absl::Status(std::vector<Variable>)>& wait_before_slots = nullptr) {
   Model m;
   GetVariableOptions w;
   w.initial_value = Vec<float>(TensorShape{kRows, kCols}, std::vector<float>(kRows * kCols, 0.5f));
@@ -106,6 +114,7 @@ absl::StatusOr<Model> DeclareModel(Session& session) {
   emb.initializer = client::init::Zeros();
   emb.partitioner = client::partitioners::FixedSize(2);
   PSD_ASSIGN_OR_RETURN(m.emb, session.GetEmbeddingVariable("emb", emb));
+  if (wait_before_slots) PSD_RETURN_IF_ERROR(wait_before_slots({m.w, m.step, m.emb.variable()}));
   // An accumulator of 1 counts the applies exactly (1 + n in float).
   client::opt::Adagrad adagrad;
   adagrad.learning_rate = 0.1;
@@ -322,9 +331,10 @@ class ReplicationCheckpointTest : public ::testing::Test {
   std::unique_ptr<Model> model_;
 };
 
-#define PSD_DECLARE_MODEL()                                            \
+// `wait_before_slots` as DeclareModel's (nullptr: none).
+#define PSD_DECLARE_MODEL(wait_before_slots)                           \
   do {                                                                 \
-    auto declared = DeclareModel(*session_);                           \
+    auto declared = DeclareModel(*session_, wait_before_slots);        \
     ASSERT_TRUE(declared.ok()) << declared.status();                   \
     model_ = std::make_unique<Model>(std::move(declared).value());     \
   } while (0)
@@ -360,7 +370,9 @@ void ExpectConsistentCut(const Values& v, const std::string& prefix) {
 
 TEST_F(ReplicationCheckpointTest, SaveUnderTrainingHoldsEachPartOnceAndRestoreReachesEveryReplica) {
   ASSERT_TRUE(IsOk(Start(2)));
-  PSD_DECLARE_MODEL();
+  // The slots come once w has its backups: they join its group, whose
+  // backups are then made again with them.
+  PSD_DECLARE_MODEL([this](std::vector<Variable> vars) { return WaitFullyReplicated(vars); });
   ASSERT_TRUE(IsOk(TrainStep(*model_)));
   ASSERT_TRUE(IsOk(WaitFullyReplicated(model_->all())));
 
@@ -435,7 +447,7 @@ TEST_F(ReplicationCheckpointTest, SaveUnderTrainingHoldsEachPartOnceAndRestoreRe
 // death with the restored values.
 TEST_F(ReplicationCheckpointTest, RestoresIntoReplicationOneAndBack) {
   ASSERT_TRUE(IsOk(Start(2)));
-  PSD_DECLARE_MODEL();
+  PSD_DECLARE_MODEL(nullptr);
   for (int k = 0; k < 3; ++k) ASSERT_TRUE(IsOk(TrainStep(*model_)));
   PSD_ASSERT_OK_AND_ASSIGN(std::string from_two, saver_->Save(absl::StrCat(dir_, "/r2"), 3));
   PSD_ASSERT_OK_AND_ASSIGN(Values two, ReadCheckpoint(from_two, *model_));
@@ -445,7 +457,7 @@ TEST_F(ReplicationCheckpointTest, RestoresIntoReplicationOneAndBack) {
 
   // Factor 1: the trainer declares as before, then restores.
   ASSERT_TRUE(IsOk(Start(1)));
-  PSD_DECLARE_MODEL();
+  PSD_DECLARE_MODEL(nullptr);
   ASSERT_TRUE(IsOk(saver_->Restore(from_two)));
   PSD_ASSERT_OK_AND_ASSIGN(Values in_one, ReadModel(*model_));
   EXPECT_EQ(in_one, two) << in_one.DebugString() << " vs " << two.DebugString();
@@ -489,7 +501,7 @@ TEST_F(ReplicationCheckpointTest, RestoresIntoReplicationOneAndBack) {
       absl::SleepFor(absl::Milliseconds(100));
     }
   }
-  PSD_DECLARE_MODEL();
+  PSD_DECLARE_MODEL(nullptr);
   PSD_ASSERT_OK_AND_ASSIGN(Values in_two, ReadModel(*model_));
   EXPECT_EQ(in_two, one) << in_two.DebugString() << " vs " << one.DebugString();
   ASSERT_TRUE(IsOk(WaitFullyReplicated(model_->all())));
@@ -512,7 +524,7 @@ TEST_F(ReplicationCheckpointTest, RestoresIntoReplicationOneAndBack) {
 // every replica ends with the restored values.
 TEST_F(ReplicationCheckpointTest, RestoreAfterAFailoverAndDuringABackupCopyReachesEveryReplica) {
   ASSERT_TRUE(IsOk(Start(2)));
-  PSD_DECLARE_MODEL();
+  PSD_DECLARE_MODEL(nullptr);
   ASSERT_TRUE(IsOk(DeclareBig(*session_, model_.get())));
   for (int k = 0; k < 3; ++k) ASSERT_TRUE(IsOk(TrainStep(*model_)));
   PSD_ASSERT_OK_AND_ASSIGN(std::string prefix, saver_->Save(absl::StrCat(dir_, "/m"), 3));
@@ -562,6 +574,13 @@ TEST_F(ReplicationCheckpointTest, RestoreAfterAFailoverAndDuringABackupCopyReach
   EXPECT_GT(model_->w.handle().parts(0).epoch(), before.epoch());
 
   ASSERT_TRUE(IsOk(cluster_->StartKilledShard(before.shard_id())));
+  // Slots declared after the failover join w's group at its epoch and get
+  // their backups with it.
+  model_->momentum = std::make_unique<Optimizer>(*session_, client::opt::Momentum());
+  ASSERT_TRUE(IsOk(model_->momentum->CreateSlots({model_->w})));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable late_slot, model_->momentum->GetSlot(model_->w, "momentum"));
+  ASSERT_TRUE(IsOk(WaitFullyReplicated({model_->w, late_slot})));
+
   KillEachPrimaryAndCheck(saved);
   if (HasFatalFailure()) return;
   ASSERT_TRUE(IsOk(TrainStep(*model_)));
