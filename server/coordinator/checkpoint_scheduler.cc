@@ -211,7 +211,10 @@ void CheckpointScheduler::RestoreFrom() {
   RestoreCheckpointRequest request;
   request.set_prefix(*prefix);
   for (const VariableDef& def : meta->variables()) request.add_variables(def.name());
-  auto restored = manager_->Restore(request);
+  // Through the service, as the Restore RPC: a backup the keeper made of a
+  // part created above (a table's part is initialized, so copied, at once)
+  // is dropped first, not left holding the value the restore replaces.
+  auto restored = service_->RestoreCheckpoint(request);
   if (!restored.ok()) return fail(restored.status());
   spdlog::info("--restore-from: {} variables ({} bytes) restored from {} in {:.3f} s",
                restored->restored_size(), restored->bytes(), restored->prefix(),

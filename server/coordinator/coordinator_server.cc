@@ -148,7 +148,12 @@ absl::Status RunCoordinatorServer(const CoordinatorServerOptions& options) {
   schedule.global_step = ckpt.global_step;
   schedule.restore_lost = ckpt.restore_lost;
   schedule.restore_from = options.restore_from;
-  schedule.expected_shards = options.expected_shards;
+  // At least the cluster's replication factor: the restore declares every
+  // variable with it, which needs that many live shards; started on the
+  // first shard to register (no cluster file says how many to expect), a
+  // replicated cluster's --restore-from failed FAILED_PRECONDITION and
+  // restored nothing.
+  schedule.expected_shards = std::max(options.expected_shards, options.replication);
   CheckpointScheduler scheduler(&service, schedule);
   service.SetLostPartsHandler([&scheduler](int32_t shard, std::vector<std::string> parts) {
     scheduler.OnLostParts(shard, std::move(parts));

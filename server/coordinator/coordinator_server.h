@@ -55,8 +55,8 @@ struct CoordinatorServerOptions {
   // The registry log is compacted into a snapshot past this size.
   int64_t compact_log_bytes = 64 << 20;
   // `psd coordinator --restore-from DIR|PREFIX`: once `expected_shards`
-  // (at least one) are live, declare and restore every variable of that
-  // checkpoint. Empty: none.
+  // (at least one, and at least `replication`) are live, declare and
+  // restore every variable of that checkpoint. Empty: none.
   std::string restore_from;
   int expected_shards = 0;
   // TLS, tokens and bind policy; the node token is also sent to shards.

@@ -894,22 +894,27 @@ grpc::ServerUnaryReactor* CoordinatorService::Restore(grpc::CallbackServerContex
                                                       const RestoreCheckpointRequest* request,
                                                       RestoreCheckpointResponse* response) {
   return ServeBlocking(ctx, [this, request, response]() -> absl::Status {
-    // A restore writes the primaries only: their backups are dropped first
-    // and made again from the restored values once it is over.
-    // (The groups of the variables it names, or all of them.)
-    std::set<std::string> parts;
-    std::vector<std::string> names(request->variables().begin(), request->variables().end());
-    for (const auto& [ckpt_name, name] : request->name_map()) names.push_back(name);
-    for (const std::string& name : names) {
-      absl::StatusOr<VariableDef> def = registry_->Lookup(name);
-      if (!def.ok()) continue;
-      for (const VariablePart& p : def->parts()) parts.insert(p.name());
-    }
-    if (!names.empty() && parts.empty()) parts.insert("");  // none of them is replicated
-    std::unique_ptr<ReplicaPause> paused = PauseReplicas(parts, "a restore rewrites its primary");
-    PSD_ASSIGN_OR_RETURN(*response, checkpoints_->Restore(*request));
+    PSD_ASSIGN_OR_RETURN(*response, RestoreCheckpoint(*request));
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<RestoreCheckpointResponse> CoordinatorService::RestoreCheckpoint(
+    const RestoreCheckpointRequest& request) {
+  // A restore writes the primaries only: their backups are dropped first
+  // and made again from the restored values once it is over.
+  // (The groups of the variables it names, or all of them.)
+  std::set<std::string> parts;
+  std::vector<std::string> names(request.variables().begin(), request.variables().end());
+  for (const auto& [ckpt_name, name] : request.name_map()) names.push_back(name);
+  for (const std::string& name : names) {
+    absl::StatusOr<VariableDef> def = registry_->Lookup(name);
+    if (!def.ok()) continue;
+    for (const VariablePart& p : def->parts()) parts.insert(p.name());
+  }
+  if (!names.empty() && parts.empty()) parts.insert("");  // none of them is replicated
+  std::unique_ptr<ReplicaPause> paused = PauseReplicas(parts, "a restore rewrites its primary");
+  return checkpoints_->Restore(request);
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::LatestCheckpoint(

@@ -253,6 +253,14 @@ class CoordinatorService final : public Coordinator::CallbackService {
   // order, and creates the parts on the live shards (`psd coordinator
   // --restore-from`). Placement follows the live shards, not the saved ids.
   absl::Status DeclareFromMeta(const CheckpointMeta& meta);
+  // A restore (the Restore RPC's, and `--restore-from`'s after
+  // DeclareFromMeta): the backups of the groups it writes are dropped
+  // first and the keeper leaves those groups alone until it is over, then
+  // makes their backups again by copying the restored primaries. A restore
+  // is not forwarded to backups, so a backup made while it runs could copy
+  // the value it replaces and still count as in sync.
+  absl::StatusOr<RestoreCheckpointResponse> RestoreCheckpoint(
+      const RestoreCheckpointRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
   // Called (outside any lock, on the RegisterShard handler thread) when a
   // shard registers as a new process without parts placed on it; must not
   // block. Unset: lost parts stay lost until restored by hand.

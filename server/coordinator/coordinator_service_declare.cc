@@ -7,6 +7,7 @@
 #include "coordinator/coordinator_service.h"
 
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
@@ -242,6 +243,8 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
   std::vector<std::shared_ptr<InitializationInFlight>> started;
   std::vector<std::pair<std::string, std::shared_ptr<InitializationInFlight>>> awaited;
   std::vector<DeclareResult> results;
+  // Parts just declared beside a replicated part (an optimizer's slots).
+  std::set<std::string> beside_replicated;
   {
     HeldNames declaring(&declaring_, DeclarationKeys(decls));
     // Checked and placed, not registered: the registry records the batch
@@ -281,6 +284,10 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
         UndoParts(parts);
         return committed;
       }
+      for (const NewVariable& v : created) {
+        if (v.def->colocate_with().empty() || ReplicationOf(*v.def) < 2) continue;
+        for (const VariablePart& part : v.def->parts()) beside_replicated.insert(part.name());
+      }
     }
     results = std::move(prepared.results);
     for (size_t i = 0; i < results.size() && i < static_cast<size_t>(decls.size()); ++i) {
@@ -304,6 +311,14 @@ absl::StatusOr<std::vector<DeclareResult>> CoordinatorService::DeclareAndCreate(
         awaited.emplace_back(name, flight->second);
       }
     }
+  }
+  if (!beside_replicated.empty()) {
+    // The group's backups (and a copy under way) follow only the parts it
+    // had: they are dropped, and the keeper copies the group again with
+    // the new parts. Kept, the new parts had no backup, the keeper counted
+    // the group as replicated, and a failover of it found no in-sync
+    // backup of them and was refused.
+    PauseReplicas(beside_replicated, "a part was declared beside its primary");
   }
   absl::Status initialized;
   if (!ordered.empty()) initialized = InitializeOrdered(ordered, /*force=*/false, deadline).status();

@@ -429,6 +429,12 @@ class Registry {
                                                        const std::string& primary_name,
                                                        const std::vector<int64_t>& part_bytes,
                                                        Txn* txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives each part of `def` (declared beside `primary_name`) the epoch of
+  // the primary's part it sits beside: a part joins that part's replica
+  // group, whose records (replica_added, failover) need one epoch across
+  // the group.
+  void TakeGroupEpochs(VariableDef* def, const std::string& primary_name, const Txn& txn) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs `record` (assigning its seq) and applies it. With `sync` the
   // record must be durable before it is acknowledged: returns its seq, to
   // give to WaitDurable once mu_ is released; else returns 0. Once the log

@@ -465,6 +465,7 @@ absl::StatusOr<VariableDef> Registry::ResolveNew(uint64_t session, const Variabl
   if (!decl.colocate_with().empty()) {
     PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, decl.colocate_with(), part_bytes, txn));
     def.set_colocate_with(decl.colocate_with());
+    TakeGroupEpochs(&def, decl.colocate_with(), *txn);
   } else {
     PSD_ASSIGN_OR_RETURN(shards, PlaceParts(part_bytes, &txn->load));
   }
@@ -624,6 +625,21 @@ absl::StatusOr<int32_t> Registry::ResolveReplication(const VariableDeclaration& 
         " live, undrained shards are registered"));
   }
   return replication;
+}
+
+void Registry::TakeGroupEpochs(VariableDef* def, const std::string& primary_name,
+                               const Txn& txn) const {
+  // Without it a slot declared after its variable failed over (epoch 1 or
+  // more) had epoch 0, and every backup of the group was refused ("not one
+  // group"): the group stayed without backups.
+  const VariableDef* primary = FindDeclared(primary_name, txn);
+  if (primary == nullptr) return;
+  for (int k = 0; k < def->parts_size(); ++k) {
+    const int beside = def->parts_size() == 1 ? 0 : k;
+    if (beside < primary->parts_size()) {
+      def->mutable_parts(k)->set_epoch(primary->parts(beside).epoch());
+    }
+  }
 }
 
 absl::StatusOr<std::vector<int32_t>> Registry::ColocatedShards(

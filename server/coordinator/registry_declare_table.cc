@@ -504,9 +504,11 @@ absl::StatusOr<VariableDef> Registry::ResolveNewTable(uint64_t session,
     // Part K beside the primary's part K (its rows live in that part).
     PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, primary_name, bytes, txn));
     def.set_colocate_with(primary_name);
+    TakeGroupEpochs(&def, primary_name, *txn);
   } else if (!decl.colocate_with().empty()) {
     PSD_ASSIGN_OR_RETURN(shards, ColocatedShards(name, decl.colocate_with(), bytes, txn));
     def.set_colocate_with(decl.colocate_with());
+    TakeGroupEpochs(&def, decl.colocate_with(), *txn);
   } else {
     PSD_ASSIGN_OR_RETURN(shards, PlacePartsByRoom(bytes, txn->free_bytes, &txn->load));
   }

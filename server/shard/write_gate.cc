@@ -1,5 +1,6 @@
 #include "shard/write_gate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -129,14 +130,28 @@ void WriteGate::RunParked() {
 
 absl::Status WriteGate::Fence(uint64_t id, absl::Duration lease) {
   absl::MutexLock lock(&mu_);
-  if (!OpenOrExpired() && fence_id_ != id) {
-    return absl::AbortedError(absl::StrCat("fence ", id, " refused: fence ", fence_id_,
-                                           " is up (a save is in progress)"));
+  // Another fence up lifts within its lease: a part's move or backup copy
+  // pinning its snapshot (an instant once writes drain), or a save whose
+  // coordinator gave up on it. Waited for, up to this fence's own lease:
+  // refused at once, a save under training failed whenever the replica
+  // keeper was making a backup at that moment.
+  // The lease counts from the request: time spent waiting is not added to
+  // the time writes are held.
+  const absl::Duration wait_end = SteadyNow() + lease;
+  while (!OpenOrExpired() && fence_id_ != id) {
+    const absl::Duration now = SteadyNow();
+    if (now >= wait_end) {
+      return absl::AbortedError(absl::StrCat("fence ", id, " refused: fence ", fence_id_,
+                                             " is still up after ", absl::FormatDuration(lease),
+                                             " (a save, or a move pinning its parts)"));
+    }
+    mu_.AwaitWithTimeout(absl::Condition(+[](bool* fenced) { return !*fenced; }, &fenced_),
+                         std::min(wait_end, lease_end_) - now);
   }
   const bool renew = fenced_;
   fenced_ = true;
   fence_id_ = id;
-  lease_end_ = SteadyNow() + lease;
+  lease_end_ = wait_end;
   if (!renew) {
     fenced_at_ = SteadyNow();
     held_ = 0;

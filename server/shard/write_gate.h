@@ -96,8 +96,9 @@ class WriteGate {
 
   // Closes the gate for fence `id` until Unfence(id) or `lease` passes, and
   // waits for running writes to leave. A fence with the same id renews the
-  // lease. ABORTED if another live fence is up, or if running writes do not
-  // leave within the lease (the gate is reopened then).
+  // lease. Another fence up is waited for, within the lease (which counts
+  // from the call); ABORTED if it is still up then, or if running writes do
+  // not leave within the lease (the gate is reopened then).
   absl::Status Fence(uint64_t id, absl::Duration lease);
   // Reopens the gate. NOT_FOUND if fence `id` is not up (already lifted by
   // its lease, or never raised); the stats are those of the last fence.
