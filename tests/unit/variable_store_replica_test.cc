@@ -76,6 +76,19 @@ StartMoveInRequest MoveIn(uint64_t move_id, bool follow) {
   return in;
 }
 
+// "w" (float [4], zeros) on `primary`, and `backup` following it (move 7)
+// with the snapshot applied, in the in-sync set.
+void StartInSyncBackup(VariableStore* primary, VariableStore* backup) {
+  ASSERT_TRUE(store_test::CreateWithValue(primary, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup->BeginMoveIn(MoveIn(7, true)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup->NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary->PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup->ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary->SyncReplica(7, true, 1).ok());
+}
+
 class StoreReplicaTest : public ::testing::Test {
  protected:
   StoreReplicaTest()
@@ -316,14 +329,7 @@ TEST(StoreReplicaTimeoutTest, ABackupBehindIsReportedOnceAndAFailedReportAnswers
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
   VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
-  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
-  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
-  PullMoveRequest req;
-  ASSERT_TRUE(backup.NextMovePull(7, &req));
-  PullMoveResponse resp;
-  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
-  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
-  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
 
   // The coordinator cannot be reached: the write stays applied, is answered
   // UNAVAILABLE naming the variable, and its retry waits again.
@@ -368,14 +374,7 @@ TEST(StoreReplicaTimeoutTest, AnEndedInSyncFollowHoldsLaterWritesUntilTheCoordin
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
   VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
-  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
-  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
-  PullMoveRequest req;
-  ASSERT_TRUE(backup.NextMovePull(7, &req));
-  PullMoveResponse resp;
-  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
-  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
-  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
   std::atomic<int> calls{0};
   std::atomic<bool> reachable{false};
   primary.SetReplicaBehindHandler([&](uint64_t, const std::string&) {
@@ -624,14 +623,7 @@ TEST(StoreReplicaTimeoutTest, AMessagesWritesShareOneBackupTimeoutAndOneReport) 
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStore primary(device.get(), Options(1, absl::Milliseconds(50)));
   VariableStore backup(device.get(), Options(2, absl::Milliseconds(50)));
-  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
-  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
-  PullMoveRequest req;
-  ASSERT_TRUE(backup.NextMovePull(7, &req));
-  PullMoveResponse resp;
-  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
-  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
-  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
   std::atomic<int> calls{0};
   primary.SetReplicaBehindHandler([&](uint64_t, const std::string&) {
     ++calls;
@@ -659,14 +651,7 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
   options.max_unary_value_bytes = 8;  // a 16-byte value is too big to log
   VariableStore primary(device.get(), options);
   VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
-  ASSERT_TRUE(store_test::CreateWithValue(&primary, "w", Floats({0, 0, 0, 0})).ok());
-  ASSERT_TRUE(backup.BeginMoveIn(MoveIn(7, true)).ok());
-  PullMoveRequest req;
-  ASSERT_TRUE(backup.NextMovePull(7, &req));
-  PullMoveResponse resp;
-  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
-  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
-  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
   std::vector<std::string> reasons;
   bool reachable = false;
   primary.SetReplicaBehindHandler([&](uint64_t move_id, const std::string& reason) {
@@ -702,6 +687,7 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
   EXPECT_TRUE(retried.ok()) << retried;
   ASSERT_EQ(reasons.size(), 2u) << "answered while the backup lacking it was in sync";
   // Nothing of it was logged; the primary ended the follow.
+  PullMoveRequest req;
   ASSERT_TRUE(backup.NextMovePull(7, &req));
   PullMoveResponse after;
   absl::Status pulled = primary.PullMove(req, &after);
