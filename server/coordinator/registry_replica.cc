@@ -258,6 +258,7 @@ std::vector<ReplicaGroup> Registry::ReplicaGroups() const {
     std::sort(defs.begin(), defs.end(), [](const VariableDef* a, const VariableDef* b) {
       return a->creation_seq() < b->creation_seq();
     });
+    std::set<std::string> claimed;  // parts in a group so far
     for (const VariableDef* def : defs) {
       if (ReplicationOf(*def) < 2 || !def->colocate_with().empty()) continue;
       for (int k = 0; k < def->parts_size(); ++k) {
@@ -282,6 +283,24 @@ std::vector<ReplicaGroup> Registry::ReplicaGroups() const {
             g.parts.push_back(other->parts(beside).name());
           }
         }
+        claimed.insert(g.parts.begin(), g.parts.end());
+        out.push_back(std::move(g));
+      }
+    }
+    // A part declared beside a variable but in no group of it (a one-part
+    // variable beside a partitioned one, as Adam's beta powers beside the
+    // first variable; or one left on its shard when the part it sat
+    // beside moved) is a group of its own: it is replicated all the same.
+    for (const VariableDef* def : defs) {
+      if (ReplicationOf(*def) < 2 || def->colocate_with().empty()) continue;
+      for (const VariablePart& part : def->parts()) {
+        if (claimed.count(part.name()) > 0) continue;
+        ReplicaGroup g;
+        g.parts.push_back(part.name());
+        g.primary = part.shard_id();
+        g.epoch = part.epoch();
+        g.replication = ReplicationOf(*def);
+        g.backups.assign(part.backups().begin(), part.backups().end());
         out.push_back(std::move(g));
       }
     }

@@ -25,6 +25,7 @@
 #include "http_get.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
+#include "psd/optimizer.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
 #include "test_util.h"
@@ -127,6 +128,54 @@ TEST_F(ReplicationTest, AReplicatedPartGetsAnInSyncBackupOnAnotherShard) {
   }
   EXPECT_EQ(primaries, 1);
   EXPECT_EQ(backups, 1);
+}
+
+// Adam's beta1_power and beta2_power are one-part variables declared
+// beside the first variable; beside a partitioned replicated variable they
+// belong to no part's group, and had no backup: a SIGKILL of their shard
+// lost them (the step could not apply until a restore). They are
+// replicated as groups of their own, and survive it.
+TEST_F(ReplicationTest, AdamsBetaPowersBesideAPartitionedVariableAreReplicated) {
+  GetVariableOptions o;
+  o.dtype = DT_FLOAT;
+  o.shape = TensorShape{8, 4};
+  o.partitioner = client::partitioners::FixedSize(2);
+  o.initializer = client::init::Zeros();
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("adam_w", o));
+  ASSERT_EQ(w.handle().parts_size(), 2);
+  client::Optimizer adam(*session_, client::opt::Adam{});
+  const Tensor grad = *Tensor::FromVector<float>(TensorShape{8, 4}, std::vector<float>(32, 1));
+  ASSERT_TRUE(IsOk(adam.ApplyGradients({{grad, w}})));
+  std::vector<Variable> powers = adam.NonSlotVariables();
+  ASSERT_EQ(powers.size(), 2u);
+  // Every part in sync first (w's parts with their slots, and the powers):
+  // the kill below must be the only loss.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  for (Variable* v : {&w, &powers[0], &powers[1]}) {
+    for (bool synced = false; !synced;) {
+      ASSERT_LT(absl::Now(), deadline) << v->name() << " has a part without an in-sync backup";
+      ASSERT_TRUE(IsOk(v->Refresh()));
+      synced = true;
+      const VariableHandle handle = v->handle();
+      for (const PartHandle& part : handle.parts()) {
+        synced = synced && part.in_sync_shards_size() >= 1 && !part.lost();
+      }
+      if (!synced) absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor beta1_before, powers[0].Read());
+  ASSERT_TRUE(IsOk(powers[0].Refresh()));
+  const int shard = powers[0].handle().parts(0).shard_id();
+  ASSERT_TRUE(IsOk(cluster_->KillShard(shard)));
+  // The next step finds the powers on their promoted backups.
+  ASSERT_TRUE(IsOk(adam.ApplyGradients({{grad, w}})));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor beta1_after, powers[0].Read());
+  EXPECT_FLOAT_EQ(beta1_after.data<float>()[0], beta1_before.data<float>()[0] * 0.9f);
+  ASSERT_TRUE(IsOk(powers[0].Refresh()));
+  EXPECT_NE(powers[0].handle().parts(0).shard_id(), shard);
+  EXPECT_FALSE(powers[0].handle().parts(0).lost());
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(shard)));
 }
 
 // Writes that wait for their backups must not hold the threads that serve
