@@ -259,16 +259,21 @@ std::vector<ReplicaGroup> Registry::ReplicaGroups() const {
       return a->creation_seq() < b->creation_seq();
     });
     std::set<std::string> claimed;  // parts in a group so far
+    // The group led by `part` of `def`, without the parts beside it yet.
+    auto group_of = [](const VariableDef& def, const VariablePart& part) {
+      ReplicaGroup g;
+      g.parts.push_back(part.name());
+      g.primary = part.shard_id();
+      g.epoch = part.epoch();
+      g.replication = ReplicationOf(def);
+      g.backups.assign(part.backups().begin(), part.backups().end());
+      return g;
+    };
     for (const VariableDef* def : defs) {
       if (ReplicationOf(*def) < 2 || !def->colocate_with().empty()) continue;
       for (int k = 0; k < def->parts_size(); ++k) {
         const VariablePart& part = def->parts(k);
-        ReplicaGroup g;
-        g.parts.push_back(part.name());
-        g.primary = part.shard_id();
-        g.epoch = part.epoch();
-        g.replication = ReplicationOf(*def);
-        g.backups.assign(part.backups().begin(), part.backups().end());
+        ReplicaGroup g = group_of(*def, part);
         // The parts beside it, as a move takes them
         // (CoordinatorService::MoveGroupOnce).
         for (const VariableDef* other : defs) {
@@ -294,14 +299,7 @@ std::vector<ReplicaGroup> Registry::ReplicaGroups() const {
     for (const VariableDef* def : defs) {
       if (ReplicationOf(*def) < 2 || def->colocate_with().empty()) continue;
       for (const VariablePart& part : def->parts()) {
-        if (claimed.count(part.name()) > 0) continue;
-        ReplicaGroup g;
-        g.parts.push_back(part.name());
-        g.primary = part.shard_id();
-        g.epoch = part.epoch();
-        g.replication = ReplicationOf(*def);
-        g.backups.assign(part.backups().begin(), part.backups().end());
-        out.push_back(std::move(g));
+        if (claimed.count(part.name()) == 0) out.push_back(group_of(*def, part));
       }
     }
   }

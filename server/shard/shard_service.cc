@@ -81,6 +81,9 @@ class ShardService::AnswerPool {
 ShardService::~ShardService() = default;
 
 void ShardService::AnswerLater(std::function<void()> answer) {
+  // Made on first use: a shard that never serves a replicated part keeps
+  // no idle threads for it.
+  absl::call_once(answer_pool_once_, [this] { answer_pool_ = std::make_unique<AnswerPool>(); });
   answer_pool_->Post(std::move(answer));
 }
 
@@ -136,8 +139,7 @@ ShardService::ShardService(int32_t shard_id, uint64_t incarnation, VariableStore
       who_(absl::StrCat("shard ", shard_id)),
       incarnation_(incarnation),
       store_(store),
-      checkpointer_(store),
-      answer_pool_(std::make_unique<AnswerPool>()) {
+      checkpointer_(store) {
   SetMessageAllocatorFor_Read(&read_messages_);
   SetMessageAllocatorFor_Gather(&gather_messages_);
   SetMessageAllocatorFor_Assign(&assign_messages_);

@@ -277,6 +277,8 @@ class ShardService final : public ShardServiceBase {
   void AnswerLater(std::function<void()> answer);
   class AnswerPool;
   // Last: joined first, while everything its answers use is still there.
+  // Made on the first AnswerLater, then read-only.
+  absl::once_flag answer_pool_once_;
   std::unique_ptr<AnswerPool> answer_pool_;
 };
 

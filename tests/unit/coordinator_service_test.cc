@@ -147,7 +147,9 @@ TEST_F(CoordinatorServiceTest, ShardBackEmptyHasItsPartsMarkedLost) {
   ASSERT_TRUE(stub_->LookupVariable(&ctx, req, &look).ok());
   for (const auto& p : look.handle().parts()) {
     EXPECT_EQ(p.lost(), p.shard_id() == 1) << p.name();
-    if (p.shard_id() == 1) EXPECT_EQ(p.shard_incarnation(), 201u);
+    if (p.shard_id() == 1) {
+      EXPECT_EQ(p.shard_incarnation(), 201u);
+    }
   }
   // A heartbeat from the old incarnation is told to register again.
   grpc::ClientContext hctx;

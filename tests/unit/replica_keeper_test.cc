@@ -609,7 +609,9 @@ TEST_F(ReplicaKeeperTest, APrimaryBackEmptyFailsOverInsteadOfBeingRestored) {
   EXPECT_EQ(PartOf("w").epoch(), 1u);
   EXPECT_FALSE(Lookup("w").parts(0).lost());
   EXPECT_THAT(restored, ::testing::Not(Contains("w")));
-  if (v_there) EXPECT_THAT(restored, Contains("v")) << "an unreplicated part is restored as before";
+  if (v_there) {
+    EXPECT_THAT(restored, Contains("v")) << "an unreplicated part is restored as before";
+  }
 }
 
 // A coordinator that restarts does not know which process made each
