@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <new>
 #include <thread>
@@ -673,63 +674,101 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
 };
 
 // Runs batches of small ops: read a message, run its ops in order, write
-// their results, read the next. Each message is admitted separately, so a
-// long-lived stream does not hold up a drain.
+// their results. Each message is admitted separately, so a long-lived
+// stream does not hold up a drain.
+//
+// Pipelining: a message whose writes wait for their backups
+// (docs/replication.md) is answered later, off gRPC's threads, and
+// meanwhile the stream reads and runs its next messages (at most
+// kMaxMessagesAwaiting awaiting their answers, holding at most
+// max_batch_result_bytes of results). A client with several messages in
+// flight (ClientOptions::data_stream_frames_in_flight) so overlaps their
+// backup round trips instead of paying them one after another. Replies go
+// out in the order the messages came, and a message runs only once the one
+// before it ran all its ops, so a stream's ops apply in order. A message
+// may read what an earlier one wrote before that write was answered, as a
+// read from another client may (reads are served by the primary).
+//
+// Lifetime: every event (a read or write done, a message run or answered)
+// changes the state and decides what to start next in one critical section
+// (DecideLocked), then starts it outside the lock (Carry). Finish is
+// decided only when no message is in progress, no write is on the wire and
+// no read is being started, so no other thread touches the reactor once
+// Finish is called (OnDone deletes it).
 class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   BatchReactor(ShardService* service, CallerKey caller) : service_(service), caller_(caller) {
-    waiting_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+    }
     StartRead(&received_bytes_);
     service_->AddBatchStream(this);
   }
 
   void OnReadDone(bool ok) override {
+    Actions actions;
     {
       absl::MutexLock lock(&mu_);
-      waiting_ = false;
+      reading_ = false;
       if (finished_) return;  // ended by a drain while it waited: the message is not run
+      if (!ok || end_.has_value()) {
+        // The client half-closed (or went away), or the stream is ending:
+        // the messages already read are still answered, then it ends.
+        if (!end_.has_value()) end_ = grpc::Status::OK;
+        received_bytes_.Clear();
+        DecideLocked(&actions);
+      }
     }
-    if (!ok) {
-      FinishOnce(grpc::Status::OK);
+    if (!ok || actions.decided) {
+      Carry(std::move(actions));
       return;
     }
-    received_ = std::chrono::steady_clock::now();
-    const bool parsed = DecodeMessage(received_bytes_, &request_);
+    auto message = std::make_unique<Message>();
+    message->received = std::chrono::steady_clock::now();
+    const bool parsed = DecodeMessage(received_bytes_, &message->request);
     received_bytes_.Clear();
     if (!parsed) {
-      FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "malformed batch message; nothing was run"));
+      EndAfterReplies(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "malformed batch message; nothing was run"));
+      return;
+    }
+    if (message->request.ops_size() > service_->store_->options().max_batch_ops) {
+      EndAfterReplies(ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+          "a batch message holds ", message->request.ops_size(), " ops; the limit is ",
+          service_->store_->options().max_batch_ops, " (max_batch_ops); nothing was run"))));
       return;
     }
     absl::Status status = service_->Admit();
     if (!status.ok()) {
       service_->Release();
-      FinishOnce(ToGrpcStatus(status));
+      EndAfterReplies(ToGrpcStatus(status));
       return;
     }
-    RunMessage();
+    Message* const running = message.get();
+    {
+      absl::MutexLock lock(&mu_);
+      running_ = true;
+      messages_.push_back(std::move(message));
+    }
+    RunMessage(running);
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) {
-      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    request_.Clear();
-    reply_.Clear();
-    if (service_->draining()) {
-      // The drain's sweep passed this stream while its message waited for
-      // backups: end it as the sweep would have (the client goes on
-      // elsewhere in time).
-      FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE, service_->who_ + " is shutting down"));
-      return;
-    }
+    Actions actions;
     {
       absl::MutexLock lock(&mu_);
-      if (finished_) return;
-      waiting_ = true;
+      writing_ = false;
+      messages_.pop_front();  // the one whose reply was written
+      if (!ok) {
+        write_failed_ = true;
+        if (!end_.has_value()) {
+          end_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+        }
+      }
+      DecideLocked(&actions);
     }
-    StartRead(&received_bytes_);
+    Carry(std::move(actions));
   }
 
   void OnDone() override {
@@ -742,10 +781,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   // client retries elsewhere in time or fails as for a shard that went
   // away) instead of holding its shutdown until the server cancels them.
   // Returns true when this stream was ended; the caller then calls Finish
-  // outside its locks (EndNow).
+  // outside its locks (EndNow). A stream with messages in progress ends
+  // once their replies are written (DecideLocked sees the drain).
   bool EndIfWaiting() {
     absl::MutexLock lock(&mu_);
-    if (!waiting_ || finished_) return false;
+    if (!reading_ || issuing_read_ || running_ || writing_ || !messages_.empty() || finished_) {
+      return false;
+    }
     finished_ = true;
     return true;
   }
@@ -754,37 +796,57 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   }
 
  private:
+  // Messages awaiting their answers at once on one stream: bounds what a
+  // stream holds while its backups are slow.
+  static constexpr size_t kMaxMessagesAwaiting = 4;
+
+  // One message, from its arrival until its reply is written. Its request
+  // and response are used by the one thread running or answering it.
+  struct Message {
+    std::chrono::steady_clock::time_point received;
+    BatchRequest request;  // emptied once its ops ran
+    // The method each op stands for (metrics), kept once the request is
+    // emptied.
+    std::vector<absl::string_view> methods;
+    BatchResponse response;
+    grpc::ByteBuffer reply;    // the encoded response, once answered
+    int64_t result_bytes = 0;  // response's, as its budget counted them; guarded by mu_
+    bool answered = false;     // `reply` is ready; guarded by mu_
+  };
+
+  // What to start once the lock is let go (see Lifetime).
+  struct Actions {
+    bool decided = false;  // DecideLocked ran
+    grpc::ByteBuffer* write = nullptr;
+    bool read = false;
+    std::optional<grpc::Status> finish;
+  };
+
   // Runs the message's ops in order. A message with a write is admitted by
   // the write gate as a whole, so a fence holds it without holding this
-  // thread and its ops keep their order.
-  void RunMessage() {
+  // thread and its ops keep their order (no later message runs meanwhile:
+  // running_ stays set).
+  void RunMessage(Message* message) {
+    const BatchRequest& request = message->request;
     // Parts moving to another shard are admitted by their move's gate
     // first (see RunWrite): a message held there keeps its ops' order.
-    std::vector<std::shared_ptr<WriteGate>> part_gates = MoveGatesOf(request_);
+    std::vector<std::shared_ptr<WriteGate>> part_gates = MoveGatesOf(request);
     std::vector<WriteGate::Admission> part_admissions;
     part_admissions.reserve(part_gates.size());
     for (const auto& gate : part_gates) {
-      part_admissions.push_back(gate->TryAdmit([this] { RunMessage(); }));
+      part_admissions.push_back(gate->TryAdmit([this, message] { RunMessage(message); }));
       if (!part_admissions.back()) return;
     }
     std::optional<WriteGate::Admission> admission;
-    if (HasWrite(request_)) {
-      admission.emplace(service_->store_->mutable_gate()->TryAdmit([this] { RunMessage(); }));
+    if (HasWrite(request)) {
+      admission.emplace(
+          service_->store_->mutable_gate()->TryAdmit([this, message] { RunMessage(message); }));
       if (!*admission) return;
-    }
-    response_.Clear();
-    if (request_.ops_size() > service_->store_->options().max_batch_ops) {
-      absl::Status refused = absl::InvalidArgumentError(absl::StrCat(
-          "a batch message holds ", request_.ops_size(), " ops; the limit is ",
-          service_->store_->options().max_batch_ops, " (max_batch_ops); nothing was run"));
-      admission.reset();
-      service_->Release();
-      FinishOnce(ToGrpcStatus(refused));
-      return;
     }
     // Results share one reply: reads and gathers get what is left of its
     // budget, checked before they allocate.
-    int64_t budget = service_->store_->options().max_batch_result_bytes;
+    const int64_t max_result_bytes = service_->store_->options().max_batch_result_bytes;
+    int64_t budget = max_result_bytes;
     // Writes to replicated parts wait for their backups once for the whole
     // message, after every op ran and with the write gate let go (a fence
     // need not wait for backups), before any result is sent.
@@ -793,11 +855,11 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       // Only the message's own ops: nothing else run on this thread later
       // (a call gRPC may start inline in StartWrite) may hand its waits here.
       VariableStore::DeferredAnswers deferred(service_->store_);
-      for (int i = 0; i < request_.ops_size(); ++i) {
-        BatchOpResult* result = response_.add_results();
+      for (int i = 0; i < request.ops_size(); ++i) {
+        BatchOpResult* result = message->response.add_results();
         deferred.set_op(i);
         absl::Status status = service_->RunGuarded(
-            [&] { return service_->store_->RunBatchOp(request_.ops(i), budget, result, caller_); });
+            [&] { return service_->store_->RunBatchOp(request.ops(i), budget, result, caller_); });
         if (!status.ok()) VariableStore::SetBatchOpStatus(status, result);
         budget -= static_cast<int64_t>(result->ByteSizeLong());
       }
@@ -808,11 +870,22 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     admission.reset();
     // Innermost first (WriteGate's admissions nest).
     while (!part_admissions.empty()) part_admissions.pop_back();
+    message->methods.reserve(request.ops_size());
+    for (const BatchOp& op : request.ops()) message->methods.push_back(MethodOf(op));
+    message->request = BatchRequest();  // applied: its values are not held while it waits
+    if (pending == nullptr) Prepare(message, {});
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      message->result_bytes = max_result_bytes - budget;
+      message->answered = pending == nullptr;
+      running_ = false;  // the next message may run
+      DecideLocked(&actions);
+    }
     if (pending != nullptr) {
       // Answered once the backups have its writes, off this thread
-      // (ShardService::AnswerLater). Nothing else touches this stream
-      // meanwhile: no read is started before the reply is written.
-      service_->AnswerLater([this, pending] {
+      // (ShardService::AnswerLater), while the stream reads on.
+      service_->AnswerLater([this, message, pending] {
         std::vector<std::pair<int, absl::Status>> changed;
         absl::Status waited = service_->RunGuarded([&] {
           changed = pending->Finish();
@@ -822,34 +895,111 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
           // Every write of the message gets the failure: none may be
           // answered OK without its backups.
           changed.clear();
-          for (int i = 0; i < request_.ops_size(); ++i) changed.emplace_back(i, waited);
+          for (int i = 0; i < static_cast<int>(message->methods.size()); ++i) {
+            changed.emplace_back(i, waited);
+          }
         }
-        FinishMessage(changed);
+        Prepare(message, changed);
+        Actions answered;
+        {
+          absl::MutexLock lock(&mu_);
+          message->answered = true;
+          DecideLocked(&answered);
+        }
+        Carry(std::move(answered));
       });
-      return;
     }
-    FinishMessage({});
+    Carry(std::move(actions));
   }
 
-  // Sends the results of the message run, each write's status replaced by
-  // `changed`'s (its backups' or its lease's) where it has one.
-  void FinishMessage(const std::vector<std::pair<int, absl::Status>>& changed) {
+  // Completes the message's results, each write's status replaced by
+  // `changed`'s (its backups' or its lease's) where it has one, and
+  // encodes its reply.
+  void Prepare(Message* message, const std::vector<std::pair<int, absl::Status>>& changed) {
     for (const auto& [i, status] : changed) {
-      VariableStore::SetBatchOpStatus(status, response_.mutable_results(i));
+      VariableStore::SetBatchOpStatus(status, message->response.mutable_results(i));
     }
     if (RpcMetrics* const metrics = service_->op_metrics_; metrics != nullptr) {
       // Each op as the call it replaces, timed from the message's arrival
       // to its answer (the whole message's).
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - received_).count();
-      for (int i = 0; i < request_.ops_size(); ++i) {
-        metrics->RecordOp(MethodOf(request_.ops(i)), response_.results(i).code(), seconds);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                           message->received)
+                                 .count();
+      for (size_t i = 0; i < message->methods.size(); ++i) {
+        metrics->RecordOp(message->methods[i], message->response.results(i).code(), seconds);
       }
     }
     service_->Release();
     // Big read and gather results go out from their own buffers.
-    reply_ = EncodeBatchResponse(&response_);
-    StartWrite(&reply_);
+    message->reply = EncodeBatchResponse(&message->response);
+  }
+
+  // Ends the stream with `status` once every message read is answered and
+  // its reply written; none is read after this.
+  void EndAfterReplies(const grpc::Status& status) {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!end_.has_value()) end_ = status;
+      DecideLocked(&actions);
+    }
+    Carry(std::move(actions));
+  }
+
+  // What the stream can start now: write the oldest reply if it is ready,
+  // read the next message, or finish.
+  void DecideLocked(Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    actions->decided = true;
+    if (finished_) return;
+    if (!end_.has_value() && service_->draining()) {
+      // The drain's sweep passed this stream while it had messages in
+      // progress: it ends as the sweep would have, after their replies
+      // (the client goes on elsewhere in time).
+      end_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, service_->who_ + " is shutting down");
+    }
+    if (write_failed_) {
+      // Nobody reads the replies: answered messages just go.
+      while (!messages_.empty() && messages_.front()->answered) messages_.pop_front();
+    } else if (!writing_ && !messages_.empty() && messages_.front()->answered) {
+      writing_ = true;
+      actions->write = &messages_.front()->reply;
+    }
+    if (end_.has_value()) {
+      // A message in progress still uses the reactor, and no read may be
+      // started after Finish.
+      if (messages_.empty() && !writing_ && !issuing_read_) {
+        finished_ = true;
+        actions->finish = *end_;
+      }
+      return;
+    }
+    if (reading_ || running_ || messages_.size() >= kMaxMessagesAwaiting) return;
+    int64_t held = 0;
+    for (const auto& message : messages_) held += message->result_bytes;
+    if (held >= service_->store_->options().max_batch_result_bytes) return;
+    reading_ = true;
+    issuing_read_ = true;
+    actions->read = true;
+  }
+
+  // Starts what DecideLocked chose, outside the lock.
+  void Carry(Actions actions) {
+    for (;;) {
+      if (actions.finish.has_value()) {
+        Finish(*actions.finish);
+        return;  // OnDone may delete this at any time now
+      }
+      if (actions.write != nullptr) StartWrite(actions.write);
+      if (!actions.read) return;
+      StartRead(&received_bytes_);
+      actions = Actions();
+      {
+        absl::MutexLock lock(&mu_);
+        issuing_read_ = false;
+        // An end decided while the read was being started waited for this.
+        DecideLocked(&actions);
+      }
+    }
   }
 
 
@@ -897,26 +1047,21 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     }
   }
 
-  // Finishes the call unless a drain already did.
-  void FinishOnce(const grpc::Status& status) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (finished_) return;
-      finished_ = true;
-    }
-    Finish(status);
-  }
-
   ShardService* const service_;
   const CallerKey caller_;  // the batch's request ids are bound to it
   absl::Mutex mu_;
-  bool waiting_ ABSL_GUARDED_BY(mu_) = false;   // a read is pending, no message runs
+  // Read and not yet replied to, oldest first (the next reply to write).
+  std::deque<std::unique_ptr<Message>> messages_ ABSL_GUARDED_BY(mu_);
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;       // a read is pending
+  bool issuing_read_ ABSL_GUARDED_BY(mu_) = false;  // decided, StartRead not yet called
+  // The newest message is running its ops (or held by a write gate).
+  bool running_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a reply is on the wire
+  bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
+  // How the stream ends once its messages are replied to; none: it goes on.
+  std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was (or is being) called
-  std::chrono::steady_clock::time_point received_;  // the message in progress
-  grpc::ByteBuffer received_bytes_;  // the read in progress
-  BatchRequest request_;
-  BatchResponse response_;
-  grpc::ByteBuffer reply_;  // the write in progress
+  grpc::ByteBuffer received_bytes_;  // the read in progress (the read path's alone)
 };
 
 // Streams an embedding table part's snapshot, a batch of rows a message.

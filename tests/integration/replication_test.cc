@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -23,6 +24,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "http_get.h"
+#include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
 #include "psd/grpc_status.h"
 #include "psd/optimizer.h"
@@ -52,6 +54,7 @@ class ReplicationTest : public ::testing::Test {
     options.coordinator_args = {"--heartbeat-interval", "0.2", "--liveness-timeout", "1",
                                 "--lease-period", absl::StrCat(kLeaseSeconds),
                                 "--replication", "2"};
+    for (int k = 0; k < kShards; ++k) options.shard_args[k] = ShardArgs();
     PSD_ASSERT_OK_AND_ASSIGN(cluster_, TestCluster::Start(options));
     client::SessionOptions session_options;
     session_options.failover_wait = absl::Seconds(60);
@@ -62,6 +65,9 @@ class ReplicationTest : public ::testing::Test {
     session_.reset();
     cluster_.reset();
   }
+
+  // Every shard's extra flags.
+  virtual std::vector<std::string> ShardArgs() const { return {}; }
 
   // A counter of kWidth int64 zeros, replicated as the cluster says.
   Variable Counter(const std::string& name) {
@@ -240,6 +246,76 @@ TEST_F(ReplicationTest, ManyUnaryWritersKeepTheBackupInSync) {
   EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
   for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], acked.load());
+}
+
+// Shards whose primaries wait a minute for a backup before dropping it.
+class PatientBackupTest : public ReplicationTest {
+ protected:
+  std::vector<std::string> ShardArgs() const override { return {"--backup-timeout", "60"}; }
+};
+
+// A data stream reads and runs its next message while the one before it
+// waits for its backup, and answers them in order: the backup's shard is
+// fenced (its replay waits for the fence), so the first message's write
+// cannot be answered; the second message's write is applied on the primary
+// meanwhile (another client reads both), and both are answered, in order,
+// once the fence lifts, with the backup still the same in-sync backup.
+TEST_F(PatientBackupTest, AStreamRunsItsNextMessageWhileTheOneBeforeWaitsForItsBackup) {
+  Variable v = Counter("pipelined");
+  ASSERT_TRUE(v.valid());
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int backup = part.in_sync_shards(0);
+
+  client::ClientOptions pipelined;
+  pipelined.data_stream_frames_in_flight = 2;
+  PSD_ASSERT_OK_AND_ASSIGN(auto writer,
+                           client::ShardClient::Connect(part.shard_address(), pipelined));
+
+  auto backup_stub = Shard::NewStub(
+      grpc::CreateChannel(cluster_->shard_address(backup), grpc::InsecureChannelCredentials()));
+  constexpr uint64_t kFenceId = 77;
+  {
+    FenceRequest request;
+    request.set_fence_id(kFenceId);
+    request.set_lease_ms(60000);
+    FenceResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(IsOk(FromGrpcStatus(backup_stub->Fence(&context, request, &response))));
+  }
+  auto lift = [&] {
+    UnfenceRequest request;
+    request.set_fence_id(kFenceId);
+    request.set_discard(true);
+    UnfenceResponse response;
+    grpc::ClientContext context;
+    return FromGrpcStatus(backup_stub->Unfence(&context, request, &response));
+  };
+  const Tensor ones = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 1));
+  const Tensor twos = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 2));
+  std::future<absl::Status> first = writer->AssignAddAsync(part.name(), ones);
+  std::future<absl::Status> second = writer->AssignAddAsync(part.name(), twos);
+
+  // Both applied on the primary while neither is answered.
+  bool both_applied = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!both_applied && absl::Now() < deadline) {
+    PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+    both_applied = value.data<int64_t>()[0] == 3;
+    if (!both_applied) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(both_applied) << "the second message did not run while the first waited";
+  EXPECT_EQ(first.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "answered without its backup";
+  EXPECT_EQ(second.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+
+  ASSERT_TRUE(IsOk(lift()));
+  EXPECT_TRUE(IsOk(first.get()));
+  EXPECT_TRUE(IsOk(second.get()));
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  ASSERT_EQ(v.handle().parts(0).in_sync_shards_size(), 1);
+  EXPECT_EQ(v.handle().parts(0).in_sync_shards(0), backup) << "the backup was dropped";
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], 3);
 }
 
 // The heart of the guarantee: trainers count while the primary is
