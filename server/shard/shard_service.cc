@@ -718,6 +718,10 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         if (!end_.has_value()) end_ = grpc::Status::OK;
         received_bytes_.Clear();
         DecideLocked(&actions);
+      } else {
+        // No other read starts (into received_bytes_) before this message
+        // is parsed and has run.
+        running_ = true;
       }
     }
     if (!ok || actions.decided) {
@@ -748,7 +752,6 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     Message* const running = message.get();
     {
       absl::MutexLock lock(&mu_);
-      running_ = true;
       messages_.push_back(std::move(message));
     }
     RunMessage(running);
@@ -935,11 +938,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   }
 
   // Ends the stream with `status` once every message read is answered and
-  // its reply written; none is read after this.
+  // its reply written; none is read after this. For the message just read,
+  // which does not run.
   void EndAfterReplies(const grpc::Status& status) {
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
+      running_ = false;
       if (!end_.has_value()) end_ = status;
       DecideLocked(&actions);
     }
@@ -965,9 +970,9 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       actions->write = &messages_.front()->reply;
     }
     if (end_.has_value()) {
-      // A message in progress still uses the reactor, and no read may be
-      // started after Finish.
-      if (messages_.empty() && !writing_ && !issuing_read_) {
+      // A message in progress (or just read) still uses the reactor, and
+      // no read may be started after Finish.
+      if (messages_.empty() && !running_ && !writing_ && !issuing_read_) {
         finished_ = true;
         actions->finish = *end_;
       }
@@ -1054,7 +1059,8 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   std::deque<std::unique_ptr<Message>> messages_ ABSL_GUARDED_BY(mu_);
   bool reading_ ABSL_GUARDED_BY(mu_) = false;       // a read is pending
   bool issuing_read_ ABSL_GUARDED_BY(mu_) = false;  // decided, StartRead not yet called
-  // The newest message is running its ops (or held by a write gate).
+  // The message just read is being parsed, or is running its ops (or is
+  // held by a write gate): no other read starts meanwhile.
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a reply is on the wire
   bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
