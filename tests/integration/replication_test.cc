@@ -30,6 +30,7 @@
 #include "psd/optimizer.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
+#include "psd/wire.h"
 #include "test_util.h"
 
 namespace psd {
@@ -316,6 +317,85 @@ TEST_F(PatientBackupTest, AStreamRunsItsNextMessageWhileTheOneBeforeWaitsForItsB
   EXPECT_EQ(v.handle().parts(0).in_sync_shards(0), backup) << "the backup was dropped";
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
   for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], 3);
+}
+
+// A data stream that ends (half-closed, or refused for a bad message)
+// while a message before the end waits for its backup still answers that
+// message first: its write was applied and is answered once the backup
+// has it; only then does the stream end, with the end's status.
+TEST_F(PatientBackupTest, AStreamEndsOnlyAfterAnsweringTheMessagesBeforeItsEnd) {
+  Variable v = Counter("ending");
+  ASSERT_TRUE(v.valid());
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int backup = part.in_sync_shards(0);
+  auto primary = Shard::NewStub(
+      grpc::CreateChannel(part.shard_address(), grpc::InsecureChannelCredentials()));
+  auto backup_stub = Shard::NewStub(
+      grpc::CreateChannel(cluster_->shard_address(backup), grpc::InsecureChannelCredentials()));
+  auto fence = [&](bool up) {
+    grpc::ClientContext context;
+    if (up) {
+      FenceRequest request;
+      request.set_fence_id(78);
+      request.set_lease_ms(60000);
+      FenceResponse response;
+      return FromGrpcStatus(backup_stub->Fence(&context, request, &response));
+    }
+    UnfenceRequest request;
+    request.set_fence_id(78);
+    request.set_discard(true);
+    UnfenceResponse response;
+    return FromGrpcStatus(backup_stub->Unfence(&context, request, &response));
+  };
+  const uint64_t client_id = 0x5eed0000 + static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  BatchRequest add;
+  AssignRequest* assign = add.add_ops()->mutable_assign();
+  assign->set_name(part.name());
+  assign->set_op(UPDATE_ADD);
+  TensorToProto(Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 1)),
+                assign->mutable_value());
+  assign->mutable_request_id()->set_client_id(client_id);
+
+  for (bool half_close : {true, false}) {
+    SCOPED_TRACE(half_close ? "half-closed" : "a message over max_batch_ops");
+    ASSERT_TRUE(IsOk(fence(true)));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    auto stream = primary->Batch(&context);
+    assign->mutable_request_id()->set_seq(half_close ? 1 : 2);
+    ASSERT_TRUE(stream->Write(add));
+    if (half_close) {
+      ASSERT_TRUE(stream->WritesDone());
+    } else {
+      BatchRequest too_many;
+      for (int i = 0; i <= 65536; ++i) too_many.add_ops();
+      ASSERT_TRUE(stream->Write(too_many));
+    }
+    // Applied on the primary while it waits for the fenced backup.
+    const int64_t want = half_close ? 1 : 2;
+    bool applied = false;
+    for (const absl::Time deadline = absl::Now() + absl::Seconds(30);
+         !applied && absl::Now() < deadline;) {
+      PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+      applied = value.data<int64_t>()[0] == want;
+      if (!applied) absl::SleepFor(absl::Milliseconds(20));
+    }
+    ASSERT_TRUE(applied);
+    ASSERT_TRUE(IsOk(fence(false)));
+    BatchResponse reply;
+    ASSERT_TRUE(stream->Read(&reply)) << "the message before the end was not answered";
+    ASSERT_EQ(reply.results_size(), 1);
+    EXPECT_EQ(reply.results(0).code(), 0) << reply.results(0).message();
+    EXPECT_FALSE(stream->Read(&reply));
+    const absl::Status ended = FromGrpcStatus(stream->Finish());
+    if (half_close) {
+      EXPECT_TRUE(IsOk(ended));
+    } else {
+      EXPECT_TRUE(IsError(ended, absl::StatusCode::kInvalidArgument, {"max_batch_ops"}));
+    }
+  }
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  EXPECT_EQ(value.data<int64_t>()[0], 2);
 }
 
 // The heart of the guarantee: trainers count while the primary is
