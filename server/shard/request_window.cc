@@ -11,6 +11,9 @@ namespace {
 
 // A new client's ring (doubled as it needs, up to the window).
 constexpr size_t kInitialRing = 4;
+// Bounds of Client::dropped (about 16 bytes a scope).
+constexpr size_t kMaxDroppedScopes = 4096;
+constexpr int64_t kMaxDroppedScopesTotal = int64_t{1} << 18;
 
 RequestId RequestIdOf(uint64_t client_id, uint64_t seq) {
   RequestId id;
@@ -28,7 +31,35 @@ RequestWindow::RequestWindow(int window, int max_clients, absl::Duration min_idl
 void RequestWindow::Forget(std::unordered_map<uint64_t, Client>::iterator it) {
   entries_ -= static_cast<int64_t>(it->second.ring.size());
   late_entries_ -= static_cast<int64_t>(it->second.late.size());
+  dropped_scopes_ -= static_cast<int64_t>(it->second.dropped.size());
   clients_.erase(it);
+}
+
+void RequestWindow::Drop(Client* client, const Entry& entry) {
+  if (entry.state == State::kEmpty) return;
+  DropSeq(client, entry.imported ? 0 : entry.result.scope, entry.seq);
+}
+
+void RequestWindow::DropSeq(Client* client, uint64_t scope, uint64_t seq) {
+  if (scope == 0) {
+    client->dropped_any = std::max(client->dropped_any, seq);
+    return;
+  }
+  auto [it, added] = client->dropped.try_emplace(scope, seq);
+  if (!added) {
+    it->second = std::max(it->second, seq);
+    return;
+  }
+  ++dropped_scopes_;
+  if (client->dropped.size() > kMaxDroppedScopes || dropped_scopes_ > kMaxDroppedScopesTotal) {
+    // Out of room: every scope of this client is taken as forgotten up to
+    // the highest (safe: at worst a retry is refused as too old).
+    for (const auto& [ignored, dropped] : client->dropped) {
+      client->dropped_any = std::max(client->dropped_any, dropped);
+    }
+    dropped_scopes_ -= static_cast<int64_t>(client->dropped.size());
+    client->dropped.clear();
+  }
 }
 
 bool RequestWindow::MakeRoom(int64_t entries, const Client* keep) {
@@ -54,7 +85,12 @@ void RequestWindow::Resize(Client* client, size_t size) {
     // Two entries meet in the larger ring only if one is out of the window
     // already: the newer keeps the slot.
     Entry& slot = ring[e.seq % size];
-    if (slot.state == State::kEmpty || slot.seq < e.seq) slot = std::move(e);
+    if (slot.state == State::kEmpty || slot.seq < e.seq) {
+      Drop(client, slot);
+      slot = std::move(e);
+    } else {
+      Drop(client, e);
+    }
   }
   entries_ += static_cast<int64_t>(size) - static_cast<int64_t>(client->ring.size());
   client->ring = std::move(ring);
@@ -87,6 +123,7 @@ RequestWindow::Entry* RequestWindow::AddLate(Client* client, uint64_t seq) {
   auto found = client->late.find(seq);
   if (found != client->late.end()) return &found->second;
   if (client->late.size() >= static_cast<size_t>(window_)) {
+    Drop(client, client->late.begin()->second);
     client->late.erase(client->late.begin());
     --late_entries_;
   }
@@ -102,6 +139,22 @@ absl::Status RequestWindow::CheckNotTooOld(const RequestId& id, uint64_t max_seq
     return absl::AbortedError(absl::StrCat("request id too old: seq ", id.seq(), " of client ",
                                            absl::Hex(id.client_id()), " is more than ", window_,
                                            " behind its latest request ", max_seq));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequestWindow::CheckScopeNotTooOld(const RequestId& id, const Client& client,
+                                                 uint64_t scope) const {
+  if (scope == 0) return CheckNotTooOld(id, client.max_seq);
+  uint64_t forgotten = client.dropped_any;
+  if (auto it = client.dropped.find(scope); it != client.dropped.end()) {
+    forgotten = std::max(forgotten, it->second);
+  }
+  if (id.seq() <= forgotten) {
+    return absl::AbortedError(absl::StrCat(
+        "request id too old: seq ", id.seq(), " of client ", absl::Hex(id.client_id()),
+        " is at or before ", forgotten, ", the newest request of its variable that this shard's ",
+        "exactly-once window no longer holds (its latest request is ", client.max_seq, ")"));
   }
   return absl::OkStatus();
 }
@@ -166,7 +219,7 @@ RequestWindow::Entry* RequestWindow::EntryFor(const RequestId& id) {
 absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const RequestId& id,
                                                                     CallerKey caller,
                                                                     bool wait_for_running,
-                                                                    bool replay) {
+                                                                    bool replay, uint64_t scope) {
   absl::MutexLock lock(&mu_);
   PSD_ASSIGN_OR_RETURN(Client * found, ClientFor(id.client_id(), caller));
   Client& client = *found;
@@ -179,7 +232,7 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     return std::optional<Result>(known->result);
   }
   if (!replay && client.late.count(id.seq()) == 0) {
-    PSD_RETURN_IF_ERROR(CheckNotTooOld(id, client.max_seq));
+    PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, client, scope));
   }
   for (;;) {
     Entry* entry = EntryFor(id);
@@ -198,17 +251,32 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
   PSD_ASSIGN_OR_RETURN(Client * owner_found, ClientFor(id.client_id(), caller));
   Client& owner = *owner_found;
   if (!CheckNotTooOld(id, owner.max_seq).ok()) {
-    if (!replay) return CheckNotTooOld(id, owner.max_seq);
-    // Its source applied it: run here too, recorded beside the ring.
-    if (Entry* late = AddLate(&owner, id.seq())) late->state = State::kRunning;
+    // Older than the ring reaches: a replay (its source applied it), or a
+    // request of its scope this window never forgot (see Too old). Run,
+    // recorded beside the ring.
+    if (!replay) PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, owner, scope));
+    Entry* late = AddLate(&owner, id.seq());
+    if (late == nullptr) {
+      // No room beside the ring either.
+      if (!replay) return CheckNotTooOld(id, owner.max_seq);
+      DropSeq(&owner, scope, id.seq());  // runs unrecorded: its retry is too old
+      return std::optional<Result>();
+    }
+    late->state = State::kRunning;
+    late->result = Result{};
+    late->result.scope = scope;
+    late->imported = false;
     return std::optional<Result>();
   }
   owner.last_seen = std::chrono::steady_clock::now();
   PSD_ASSIGN_OR_RETURN(Entry * found_slot, SlotFor(&owner, id.seq(), /*force=*/false));
   Entry& slot = *found_slot;
+  if (slot.seq != id.seq()) Drop(&owner, slot);
   slot.seq = id.seq();
   slot.state = State::kRunning;
   slot.result = Result{};
+  slot.result.scope = scope;
+  slot.imported = false;
   if (id.seq() > owner.max_seq) owner.max_seq = id.seq();
   return std::optional<Result>();
 }
@@ -217,7 +285,9 @@ void RequestWindow::Finish(const RequestId& id, Result result) {
   absl::MutexLock lock(&mu_);
   if (Entry* entry = EntryFor(id)) {
     entry->state = State::kDone;
+    const uint64_t scope = entry->result.scope;
     entry->result = std::move(result);
+    if (entry->result.scope == 0) entry->result.scope = scope;  // Begin's
   }
   done_.SignalAll();
 }
@@ -280,6 +350,11 @@ void RequestWindow::Import(const RequestWindowState& state, uint64_t scope) {
     }
     Client& client = it->second;
     if (in.max_seq() > client.max_seq) client.max_seq = in.max_seq();
+    // What the other window forgot is not known by scope: everything below
+    // its ring's reach may have run there.
+    if (in.max_seq() > static_cast<uint64_t>(window_)) {
+      client.dropped_any = std::max(client.dropped_any, in.max_seq() - window_);
+    }
     for (const RequestWindowState::Entry& e : in.entries()) {
       if (!CheckNotTooOld(RequestIdOf(in.client_id(), e.seq()), client.max_seq).ok()) {
         // Older than the ring (another shard's late entry): kept beside it.
@@ -290,6 +365,9 @@ void RequestWindow::Import(const RequestWindowState& state, uint64_t scope) {
           late->result.version = e.version();
           late->result.old_value = e.old_value();
           late->result.scope = scope;
+          late->imported = true;
+        } else {
+          DropSeq(&client, 0, e.seq());
         }
         continue;
       }
@@ -299,7 +377,11 @@ void RequestWindow::Import(const RequestWindowState& state, uint64_t scope) {
       // The newer request keeps the slot (a running one too: its Finish
       // then records nothing, and a duplicate waiting for it finds it too
       // old, as Begin checks again after waiting).
-      if (slot.state != State::kEmpty && slot.seq >= e.seq()) continue;
+      if (slot.state != State::kEmpty && slot.seq >= e.seq()) {
+        if (slot.seq != e.seq()) DropSeq(&client, 0, e.seq());
+        continue;
+      }
+      Drop(&client, slot);
       slot.seq = e.seq();
       slot.state = State::kDone;
       slot.result.status =
@@ -307,6 +389,7 @@ void RequestWindow::Import(const RequestWindowState& state, uint64_t scope) {
       slot.result.version = e.version();
       slot.result.old_value = e.old_value();
       slot.result.scope = scope;
+      slot.imported = true;
     }
   }
   done_.SignalAll();

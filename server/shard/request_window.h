@@ -4,9 +4,21 @@
 // reuses the id. For each client the window remembers the results of the
 // last `window` sequence numbers, so a duplicate is answered from the cache
 // instead of being applied again. A duplicate that arrives while the
-// original is still running waits for it. A seq at or below
-// (highest seq seen - window) can no longer be told apart from a new request
-// and is refused with ABORTED "request id too old".
+// original is still running waits for it.
+//
+// Too old: a client's ids are process-wide, so its requests to every
+// variable of a shard share one ring, and the ring forgets the oldest.
+// A request that names what it writes (Begin's `scope`) is refused with
+// ABORTED "request id too old" only if this window forgot a request of that
+// scope at or after its seq (Client::dropped), or forgot any request at or
+// after it whose scope it does not know (Client::dropped_any: entries that
+// came with an imported window, and everything below an imported window's
+// bottom); otherwise an id the ring no longer reaches is new and is recorded
+// beside the ring. So a write retried after a failover is run on the new
+// primary if it never reached it, however many of the client's requests to
+// other variables the new primary served meanwhile. A request without a
+// scope keeps the plain rule: a seq at or below (highest seq seen - window)
+// is too old.
 //
 // Memory: one ring of entries (about 40 bytes each) per client, sized by
 // use: a new client starts with 4 and its ring doubles, up to `window`,
@@ -14,7 +26,7 @@
 // short-lived client (a trainer process that ran a few steps) costs little,
 // and a busy one `window` entries. All rings together hold at most
 // `max_entries` (40 MiB with the defaults), for at most `max_clients`
-// clients. Nothing is allocated per request otherwise. When either bound is
+// clients; what they forgot, one seq per scope, at most 4 MiB of all. Nothing is allocated per request otherwise. When either bound is
 // reached, the least recently seen client is forgotten to make room only if
 // it has been idle for `min_idle` (longer than any client keeps retrying);
 // otherwise a new client is refused (and a ring that cannot grow fails its
@@ -42,6 +54,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
@@ -97,9 +110,11 @@ class RequestWindow {
   // client id, or another group's imported window raised it): an id the
   // ring can still hold is recorded there, an older one beside it (Client's
   // `late`), so a retry of it is answered, not refused nor run again.
+  // `scope`: ScopeOf what the request writes (0: unknown), see Too old.
   absl::StatusOr<std::optional<Result>> Begin(const RequestId& id,
                                               CallerKey caller = kAnonymousCaller,
-                                              bool wait_for_running = true, bool replay = false);
+                                              bool wait_for_running = true, bool replay = false,
+                                              uint64_t scope = 0);
   // Records the result of a request that Begin reported as new.
   void Finish(const RequestId& id, Result result);
   // Forgets a request that Begin reported as new but that did not complete
@@ -127,7 +142,10 @@ class RequestWindow {
   struct Entry {
     uint64_t seq = 0;
     State state = State::kEmpty;
-    Result result;
+    Result result;  // its scope from Begin on
+    // Came with an imported window: result.scope is the group's, not what
+    // the request wrote, so forgetting it raises Client::dropped_any.
+    bool imported = false;
   };
   struct Client {
     CallerKey owner = kAnonymousCaller;  // who first used the id
@@ -141,6 +159,15 @@ class RequestWindow {
     // oldest go first), and 65536 of all clients together (past that an
     // old replayed id runs unrecorded).
     std::map<uint64_t, Entry> late;
+    // The highest seq of a request of each scope that this window forgot
+    // (lost its ring slot or its place in `late`, or ran unrecorded): a
+    // request of that scope at or below it may have been applied. At most
+    // kMaxDroppedScopes a client and kMaxDroppedScopesTotal of all clients;
+    // past that a client's map is folded into dropped_any.
+    absl::flat_hash_map<uint64_t, uint64_t> dropped;
+    // The same for every scope (forgotten requests of no known scope, and
+    // the bottom of imported windows).
+    uint64_t dropped_any = 0;
   };
 
   // The window of `client_id`, created (owned by `caller`) when new.
@@ -160,6 +187,14 @@ class RequestWindow {
   Entry* EntryFor(const RequestId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ABORTED "request id too old" for an id at or below max_seq - window.
   absl::Status CheckNotTooOld(const RequestId& id, uint64_t max_seq) const;
+  // ABORTED "request id too old" for an id of `scope` this window may have
+  // forgotten (see Too old; scope 0: CheckNotTooOld).
+  absl::Status CheckScopeNotTooOld(const RequestId& id, const Client& client,
+                                   uint64_t scope) const;
+  // Notes that `entry` (of `client`) is forgotten: a request that may have
+  // run (kRunning or kDone) is counted in the client's dropped seqs.
+  void Drop(Client* client, const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropSeq(Client* client, uint64_t scope, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int window_;
   const int max_clients_;
@@ -171,6 +206,7 @@ class RequestWindow {
   std::unordered_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
   int64_t entries_ ABSL_GUARDED_BY(mu_) = 0;  // all rings' sizes
   int64_t late_entries_ ABSL_GUARDED_BY(mu_) = 0;  // all clients' `late`
+  int64_t dropped_scopes_ ABSL_GUARDED_BY(mu_) = 0;  // all clients' `dropped`
   // Records `seq` of `client` in its `late` map (bounded, see Client).
   Entry* AddLate(Client* client, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

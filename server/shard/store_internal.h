@@ -177,7 +177,10 @@ absl::Status VariableStore::RunOnce(const WriteMeta& meta, Response* response, O
   // old: its source applied it (RequestWindow::Begin).
   PSD_ASSIGN_OR_RETURN(std::optional<RequestWindow::Result> cached,
                        requests_.Begin(id, meta.caller, /*wait_for_running=*/true,
-                                       /*replay=*/store_internal::ReplayingMove()));
+                                       /*replay=*/store_internal::ReplayingMove(),
+                                       meta.variable != nullptr
+                                           ? RequestWindow::ScopeOf(*meta.variable)
+                                           : 0));
   if (cached.has_value()) {
     store_internal::RestoreResult(*cached, response);
     return cached->status;

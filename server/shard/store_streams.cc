@@ -164,8 +164,9 @@ class StagedAssignSink final : public AssignStreamSink {
   // retries held every callback thread and stalled the whole shard.
   absl::Status Register() {
     if (header_.request_id().client_id() == 0) return absl::OkStatus();
-    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(header_.request_id(), caller_,
-                                                              /*wait_for_running=*/false));
+    PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(
+                                      header_.request_id(), caller_, /*wait_for_running=*/false,
+                                      /*replay=*/false, RequestWindow::ScopeOf(header_.name())));
     registered_ = !cached_.has_value();
     return absl::OkStatus();
   }

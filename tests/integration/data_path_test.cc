@@ -457,21 +457,46 @@ TEST_F(ShardTest, DuplicateFailedRequestReturnsTheSameError) {
   }
 }
 
+// An id a window behind the client's newest is refused once the window
+// forgot a request of its variable at or after it: it may have run.
 TEST_F(ShardTest, RequestIdOlderThanTheWindowIsAborted) {
   ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(0))));
   auto stub = RawStub(process_->address());
   const uint64_t client_id = RandomClientId();
   const Tensor one = Tensor::Scalar<int64_t>(1);
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000 - 1024)))));
+  // A window later, in the same ring slot: the first is forgotten.
   ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000)))));
   EXPECT_TRUE(IsError(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000 - 1024))),
                       absl::StatusCode::kAborted, {"request id too old"}));
-  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(1));
+  EXPECT_TRUE(IsError(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 3000))),
+                      absl::StatusCode::kAborted, {"request id too old"}));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(2));
   // Inside the window, an id not seen before is a new request.
   ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 5000 - 1023)))));
-  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(2));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(3));
   // Another client's window is its own.
   ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id + 2, 1)))));
-  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(3));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(4));
+}
+
+// A client's ids are process-wide: an old id of one variable that the
+// shard never saw, far behind the client's requests to another variable
+// (a write retried after a failover while the trainer's other threads went
+// on), is run once, not refused.
+TEST_F(ShardTest, AnOldIdOfAVariableTheWindowForgotNothingOfRunsOnce) {
+  ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(0))));
+  ASSERT_TRUE(IsOk(shard_->Create("other", Tensor::Scalar<int64_t>(0))));
+  auto stub = RawStub(process_->address());
+  const uint64_t client_id = RandomClientId();
+  const Tensor one = Tensor::Scalar<int64_t>(1);
+  for (uint64_t seq = 3000; seq < 3008; ++seq) {
+    ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("other", one, Id(client_id, seq)))));
+  }
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("other", one, Id(client_id, 5000)))));
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 10)))));
+  ASSERT_TRUE(IsOk(RawAssign(stub.get(), AddRequest("n", one, Id(client_id, 10)))));
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(1));
 }
 
 TEST_F(ShardTest, DuplicateStreamedAssignIsAppliedOnce) {

@@ -234,6 +234,75 @@ TEST(RequestWindowTest, AGrowingWindowKeepsEveryRequestInsideIt) {
   ASSERT_TRUE(kept->has_value());
 }
 
+// Runs a new request of `scope` to completion.
+void RunScoped(RequestWindow* window, const RequestId& id, uint64_t scope, uint64_t version) {
+  auto begun = window->Begin(id, kAnonymousCaller, true, false, scope);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  ASSERT_FALSE(begun->has_value()) << "not new";
+  RequestWindow::Result result;
+  result.version = version;
+  result.scope = scope;
+  window->Finish(id, result);
+}
+
+// A client's ids are process-wide: while a write of one variable waits for
+// its retry (a failover), the client's requests to other variables of the
+// shard move its newest id far past the window. The retry is still run if
+// the window never forgot a request of its variable at or after it, and
+// answered from the window ever after.
+TEST(RequestWindowTest, ARetryFarBehindTheClientsOtherVariablesRunsOnce) {
+  RequestWindow window(8, 4);
+  const uint64_t w = RequestWindow::ScopeOf("w"), v = RequestWindow::ScopeOf("v");
+  for (uint64_t seq = 100; seq < 200; ++seq) RunScoped(&window, Id(1, seq), v, seq);
+  auto retried = window.Begin(Id(1, 10), kAnonymousCaller, true, false, w);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  ASSERT_FALSE(retried->has_value());
+  RequestWindow::Result result;
+  result.version = 7;
+  result.scope = w;
+  window.Finish(Id(1, 10), result);
+  auto again = window.Begin(Id(1, 10), kAnonymousCaller, true, false, w);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE(again->has_value()) << "run twice";
+  EXPECT_EQ((*again)->version, 7u);
+  // Without a scope the plain rule holds: a window behind is too old.
+  EXPECT_EQ(window.Begin(Id(1, 11)).status().code(), absl::StatusCode::kAborted);
+}
+
+// A request of a variable whose entry the window forgot (a later request
+// of the same variable pushed it out) is refused as too old, never run
+// again; so is one at or below an imported window's bottom, whatever its
+// variable (the other shard's forgotten requests are not known by scope).
+TEST(RequestWindowTest, AForgottenRequestOfTheSameVariableIsTooOld) {
+  RequestWindow window(8, 4);
+  const uint64_t w = RequestWindow::ScopeOf("w"), v = RequestWindow::ScopeOf("v");
+  RunScoped(&window, Id(1, 1), w, 1);
+  for (uint64_t seq = 2; seq < 40; ++seq) RunScoped(&window, Id(1, seq), seq == 20 ? w : v, seq);
+  auto forgotten = window.Begin(Id(1, 1), kAnonymousCaller, true, false, w);
+  EXPECT_EQ(forgotten.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(forgotten.status().message(), HasSubstr("request id too old"));
+  // Seq 20 of w was forgotten too, so 15 (never seen) may have run: too old.
+  EXPECT_EQ(window.Begin(Id(1, 15), kAnonymousCaller, true, false, w).status().code(),
+            absl::StatusCode::kAborted);
+  // Of v, every seq up to 31 was forgotten.
+  EXPECT_EQ(window.Begin(Id(1, 25), kAnonymousCaller, true, false, v).status().code(),
+            absl::StatusCode::kAborted);
+
+  RequestWindow source(8, 4);
+  RunScoped(&source, Id(2, 500), w, 500);
+  RequestWindowState state;
+  source.Export(&state);
+  RequestWindow target(8, 4);
+  target.Import(state, RequestWindow::ScopeOf("group"));
+  EXPECT_EQ(target.Begin(Id(2, 300), kAnonymousCaller, true, false, v).status().code(),
+            absl::StatusCode::kAborted);
+  auto imported = target.Begin(Id(2, 500), kAnonymousCaller, true, false, w);
+  ASSERT_TRUE(imported.ok() && imported->has_value()) << "an imported write ran again";
+  auto above_bottom = target.Begin(Id(2, 495), kAnonymousCaller, true, false, v);
+  ASSERT_TRUE(above_bottom.ok()) << above_bottom.status();
+  EXPECT_FALSE(above_bottom->has_value());
+}
+
 // All windows together are bounded: past max_entries a new client waits
 // (RESOURCE_EXHAUSTED) while the others are active, and a busy client
 // whose window cannot grow has its request refused with nothing recorded.
