@@ -20,13 +20,7 @@
 // ticket is handed out once, and no op failed but with the documented
 // ABORTED "request id too old" (its outcome unknown). Waits are bounded;
 // no timing is asserted, only the order of the two sides' clock readings.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -76,23 +70,6 @@ constexpr double kBackupTimeoutSeconds = 0.5;
 // *_monotonic_seconds metric and of ListShards' lease_granted_monotonic_micros.
 double MonotonicNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// A loopback port free now (bound, read, closed): for a shard that must
-// listen behind a proxy started before it.
-absl::StatusOr<int> FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: errno ", errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  const int error = errno;
-  close(fd);
-  if (!ok) return absl::InternalError(absl::StrCat("bind/getsockname: errno ", error));
-  return static_cast<int>(ntohs(addr.sin_port));
 }
 
 bool TooOld(const absl::Status& s) {
