@@ -59,6 +59,7 @@ absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args) {
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
   const pid_t parent = getpid();
+  const long max_fd = sysconf(_SC_OPEN_MAX);
   const pid_t pid = fork();
   if (pid < 0) {
     const int err = errno;
@@ -76,6 +77,14 @@ absl::StatusOr<pid_t> SpawnChild(std::vector<std::string> args) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
+    // The child keeps none of the test's descriptors: a socket a test opens
+    // without O_CLOEXEC (Boost.Asio's, the fault proxy's) would otherwise
+    // stay open in every child started after it, and a connection the
+    // proxy closes or resets would not end for its peer while the child
+    // lives. The exec error pipe is O_CLOEXEC already.
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+      for (long fd = 3; fd < max_fd; ++fd) fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);
+    }
     execv(argv[0], argv.data());
     const int err = errno;
     ssize_t ignored = write(pipe_fds[1], &err, sizeof err);

@@ -27,6 +27,9 @@ namespace {
 // up and the part stays where it was).
 constexpr auto kPullDeadline = std::chrono::seconds(30);
 constexpr absl::Duration kPullRetryBudget = absl::Seconds(30);
+// How often a puller whose pull is not answered yet asks whether it is
+// still wanted (see PullLoop).
+constexpr absl::Duration kPullRecheck = absl::Milliseconds(200);
 // Snapshot chunks a puller keeps on the wire at once: the source reads and
 // sends the next while this shard installs one (each up to 4 MiB, so this
 // bounds a move's answers in memory to 12 MiB a puller).
@@ -180,11 +183,15 @@ grpc::ServerUnaryReactor* ShardMoveService::StartMoveIn(grpc::CallbackServerCont
     PSD_RETURN_IF_ERROR(store_->BeginMoveIn(*request));
     absl::MutexLock lock(&mu_);
     if (stopping_.load()) return absl::UnavailableError("the shard is stopping");
-    // Finished pullers of earlier moves are joined here.
+    // Pullers of earlier moves that returned are joined here, at once. One
+    // whose move ended but that has not returned yet is left for later: it
+    // may still be waiting for a source that does not answer (an old
+    // primary cut off by a partition), and joining it here would hold every
+    // move into this shard, and this gRPC thread, until it does.
     for (auto it = pullers_.begin(); it != pullers_.end();) {
-      PullMoveRequest next;
-      if (it->first != request->move_id() && !store_->NextMovePull(it->first, &next)) {
+      if (it->first != request->move_id() && returned_.count(it->first) > 0) {
         if (it->second.joinable()) it->second.join();
+        returned_.erase(it->first);
         it = pullers_.erase(it);
       } else {
         ++it;
@@ -229,6 +236,8 @@ void ShardMoveService::Pull(uint64_t move_id, std::string source_address) {
   });
   copier.join();
   PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/false);
+  absl::MutexLock lock(&mu_);
+  returned_.insert(move_id);
 }
 
 void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_address,
@@ -290,13 +299,25 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
     }
     if (!wanted) drop_all();
     for (size_t i = in_flight.size(); i < plan.size(); ++i) start(plan[i]);
+    // The oldest pull's answer; while it is late, whether it is still
+    // wanted: a follow promoted here or ended, or a stopping shard, need not
+    // wait out kPullDeadline for a source that may never answer (the old
+    // primary of a failover, cut off by a partition).
     std::unique_ptr<PullCall> call;
-    {
-      absl::MutexLock lock(&mu);
-      while (!in_flight.front()->done) answered.Wait(&mu);
-      call = std::move(in_flight.front());
-      in_flight.pop_front();
+    while (call == nullptr) {
+      {
+        absl::MutexLock lock(&mu);
+        if (!in_flight.front()->done) answered.WaitWithTimeout(&mu, kPullRecheck);
+        if (in_flight.front()->done) {
+          call = std::move(in_flight.front());
+          in_flight.pop_front();
+          break;
+        }
+      }
+      PullMoveRequest next;
+      if (stopping_.load() || !store_->NextMovePull(move_id, &next)) break;
     }
+    if (call == nullptr) break;  // the pulls on the wire are cancelled below
     absl::Status status = FromGrpcStatus(call->status);
     if (!status.ok()) {
       drop_all();  // they follow a chunk that did not come
@@ -396,8 +417,9 @@ grpc::ServerUnaryReactor* ShardMoveService::PromoteReplica(grpc::CallbackServerC
                                                            const PromoteReplicaRequest* request,
                                                            PromoteReplicaResponse* response) {
   return Answer(ctx, "shard move service", [&]() -> absl::Status {
-    // The puller sees the follow gone at its next answer and stops; it is
-    // joined with the others (StartMoveIn, or the destructor).
+    // The puller sees the follow gone at its next answer, or once that is
+    // late, and stops; it is joined with the others (StartMoveIn once it
+    // returned, or the destructor).
     PSD_ASSIGN_OR_RETURN(uint64_t applied_seq,
                          store_->PromoteReplica(request->move_id(), request->epoch(),
                                                 request->shard_incarnation()));

@@ -7,8 +7,10 @@
 // backup's follow (StartMoveInRequest.follow) long-polls its primary until
 // it is promoted or ended, retrying a failing primary without giving up.
 //
-// Thread-safety: thread-safe. Puller threads are tracked under mu_ and
-// joined by the destructor (which asks them to stop first).
+// Thread-safety: thread-safe. Puller threads are tracked under mu_, joined
+// by StartMoveIn once they returned and by the destructor (which asks them
+// to stop first); a puller stops waiting for a late answer once its move
+// ended or the shard stops.
 #ifndef PSD_SERVER_SHARD_MOVE_SERVICE_H_
 #define PSD_SERVER_SHARD_MOVE_SERVICE_H_
 
@@ -97,6 +99,8 @@ class ShardMoveService final : public ShardMove::CallbackService {
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   std::map<uint64_t, std::thread> pullers_ ABSL_GUARDED_BY(mu_);
+  // Moves whose puller has returned (its thread joins at once).
+  std::set<uint64_t> returned_ ABSL_GUARDED_BY(mu_);
   absl::Mutex parked_mu_;
   absl::CondVar parked_changed_;
   std::vector<ParkedPull> parked_ ABSL_GUARDED_BY(parked_mu_);

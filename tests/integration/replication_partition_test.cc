@@ -16,17 +16,13 @@
 //    primary still holds its lease); once healed, the factor comes back.
 //  - A backup cut off from the coordinator: it is replaced, writes go on,
 //    and once healed it drops its stale copy.
+//  - A primary cut off from everyone: its backup is promoted and takes a
+//    new part's backup at once (its follow of the silent primary ended).
 // Each: every acknowledged update is in the counter and none twice, each
 // ticket is handed out once, and no op failed but with the documented
 // ABORTED "request id too old" (its outcome unknown). Waits are bounded;
 // no timing is asserted, only the order of the two sides' clock readings.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -76,23 +72,6 @@ constexpr double kBackupTimeoutSeconds = 0.5;
 // *_monotonic_seconds metric and of ListShards' lease_granted_monotonic_micros.
 double MonotonicNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// A loopback port free now (bound, read, closed): for a shard that must
-// listen behind a proxy started before it.
-absl::StatusOr<int> FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: errno ", errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  const int error = errno;
-  close(fd);
-  if (!ok) return absl::InternalError(absl::StrCat("bind/getsockname: errno ", error));
-  return static_cast<int>(ntohs(addr.sin_port));
 }
 
 bool TooOld(const absl::Status& s) {
@@ -207,6 +186,7 @@ class ReplicationPartitionTest : public ::testing::Test {
   enum class Proxied {
     kCoordinatorLinks,  // shard k dials the coordinator through coordinator_links_[k]
     kShards,            // everyone dials shard k through shard_links_[k] (its --advertise)
+    kBoth,              // both: a shard can be cut off from everyone
   };
 
   void StartCluster(Proxied proxied) {
@@ -223,7 +203,7 @@ class ReplicationPartitionTest : public ::testing::Test {
     }
     coordinator_links_.resize(kShards);
     shard_links_.resize(kShards);
-    if (proxied == Proxied::kCoordinatorLinks) {
+    if (proxied == Proxied::kCoordinatorLinks || proxied == Proxied::kBoth) {
       options.shard_coordinator = [this](int k, const std::string& coordinator) {
         if (coordinator_links_[k] == nullptr) {
           ::psd::testing::FaultProxyOptions o;
@@ -238,7 +218,7 @@ class ReplicationPartitionTest : public ::testing::Test {
         return coordinator_links_[k]->address();
       };
     }
-    if (proxied == Proxied::kShards) {
+    if (proxied == Proxied::kShards || proxied == Proxied::kBoth) {
       for (int k = 0; k < kShards; ++k) {
         PSD_ASSERT_OK_AND_ASSIGN(const int port, FreeLoopbackPort());
         PSD_ASSERT_OK_AND_ASSIGN(shard_links_[k], FaultProxy::Start(port));
@@ -265,11 +245,11 @@ class ReplicationPartitionTest : public ::testing::Test {
   }
 
   // The replicated counter the trainers share, with its in-sync backup.
-  absl::StatusOr<Variable> Counter() {
+  absl::StatusOr<Variable> Counter(const std::string& name = "step") {
     GetVariableOptions o;
     o.initial_value = Tensor::Scalar<int64_t>(0);
     o.initialize = true;
-    PSD_ASSIGN_OR_RETURN(Variable v, session_->GetVariable("step", o));
+    PSD_ASSIGN_OR_RETURN(Variable v, session_->GetVariable(name, o));
     PSD_RETURN_IF_ERROR(WaitForPart(v, "an in-sync backup", [](const PartHandle& p) {
                           return p.in_sync_shards_size() >= 1;
                         }).status());
@@ -598,6 +578,67 @@ TEST_F(ReplicationPartitionTest, ABackupCutOffFromTheCoordinatorIsReplacedWhileW
   trainers.Stop();
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, step.Read());
   trainers.ExpectExactlyOnce(value.data<int64_t>()[0]);
+}
+
+// A failover whose old primary answers nobody (cut off from the
+// coordinator and from every shard): the promoted backup's follow of it
+// ended with the promotion, so a backup of another part placed on the
+// promoted shard starts at once, instead of waiting until the old
+// primary's answer to the follow's last pull times out (30 s; StartMoveIn
+// on the promoted shard joined that puller, holding every move into it).
+TEST_F(ReplicationPartitionTest, APromotedBackupTakesNewBackupsWhileItsOldPrimaryAnswersNobody) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kBoth));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
+                           WaitForPart(step, "handle", [](const PartHandle&) { return true; }));
+  const int primary = before.shard_id();
+  const int backup = before.in_sync_shards(0);
+  const int third = 3 - primary - backup;
+  // Acknowledged writes, on the backup too. (None while the primary is cut
+  // off from its clients: they would wait for it, not fail over.) The
+  // backup long-polls the primary all the while.
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(IsOk(step.AssignAdd(Tensor::Scalar<int64_t>(1))));
+
+  coordinator_links_[primary]->SetBlackhole(true);
+  shard_links_[primary]->SetBlackhole(true);
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle promoted,
+                           WaitForPart(step, "failover", [&](const PartHandle& p) {
+                             return p.shard_id() == backup && p.epoch() > before.epoch();
+                           }));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, step.Read());
+  EXPECT_EQ(value.data<int64_t>()[0], 10);
+
+  // A new part on the third shard: with the old primary down, its backup
+  // can only go to the promoted shard. Well under the pull deadline:
+  // without the fix it could not be in sync before that.
+  bool placed = false;
+  for (int i = 0; i < 6 && !placed; ++i) {
+    GetVariableOptions o;
+    o.initial_value = Tensor::Scalar<int64_t>(0);
+    o.initialize = true;
+    PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable(absl::StrCat("after_", i), o));
+    if (v.handle().parts(0).shard_id() != third) continue;
+    placed = true;
+    PSD_ASSERT_OK_AND_ASSIGN(const PartHandle backed,
+                             WaitForPart(
+                                 v, "in-sync backup on the promoted shard",
+                                 [&](const PartHandle& p) {
+                                   return p.in_sync_shards_size() == 1 &&
+                                          p.in_sync_shards(0) == backup;
+                                 },
+                                 absl::Seconds(20)));
+    EXPECT_EQ(backed.shard_id(), third);
+  }
+  ASSERT_TRUE(placed) << "no new part was placed on shard " << third;
+
+  // Healed: the old primary drops its copy and the factor comes back.
+  coordinator_links_[primary]->SetBlackhole(false);
+  shard_links_[primary]->SetBlackhole(false);
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle restored,
+                           WaitForPart(step, "new in-sync backup", [&](const PartHandle& p) {
+                             return p.shard_id() == backup && p.in_sync_shards_size() >= 1;
+                           }));
+  EXPECT_EQ(restored.epoch(), promoted.epoch());
 }
 
 }  // namespace

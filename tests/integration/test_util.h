@@ -4,7 +4,13 @@
 #ifndef PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 #define PSD_TESTS_INTEGRATION_TEST_UTIL_H_
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -27,6 +33,23 @@ namespace integration {
 inline std::string MakeTempDir(const std::string& prefix) {
   std::string path = "/tmp/" + prefix + "XXXXXX";
   return mkdtemp(path.data()) == nullptr ? std::string() : path;
+}
+
+// A loopback port free now (bound, read, closed): for a shard that must
+// listen behind a proxy started before it.
+inline absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: errno ", errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  const int error = errno;
+  close(fd);
+  if (!ok) return absl::InternalError(absl::StrCat("bind/getsockname: errno ", error));
+  return static_cast<int>(ntohs(addr.sin_port));
 }
 
 inline ::testing::AssertionResult IsOk(const absl::Status& status) {
