@@ -380,10 +380,20 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
   drop_all();
 }
 
+template <typename Op>
+grpc::ServerUnaryReactor* ShardMoveService::AnswerSlow(grpc::CallbackServerContext* ctx, Op op) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  slow_calls_.Post([reactor, op = std::move(op)]() mutable {
+    reactor->Finish(ToGrpcStatus(RunAtEdge("shard move service", op)));
+  });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ShardMoveService::MoveStatus(grpc::CallbackServerContext* ctx,
                                                        const MoveStatusRequest* request,
                                                        MoveStatusResponse* response) {
-  return Answer(ctx, "shard move service", [&] {
+  // Waits up to kMaxStatusWaitMs for the move to settle.
+  return AnswerSlow(ctx, [this, request, response] {
     *response = store_->MoveInStatus(
         request->move_id(), absl::Milliseconds(std::clamp(request->wait_ms(), 0, kMaxStatusWaitMs)));
     return absl::OkStatus();
@@ -393,7 +403,8 @@ grpc::ServerUnaryReactor* ShardMoveService::MoveStatus(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ShardMoveService::FreezeMove(grpc::CallbackServerContext* ctx,
                                                        const FreezeMoveRequest* request,
                                                        FreezeMoveResponse* response) {
-  return Answer(ctx, "shard move service", [&]() -> absl::Status {
+  // Fences the group's gate: waits for the writes in flight.
+  return AnswerSlow(ctx, [this, request, response]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(uint64_t final_seq,
                          store_->FreezeMove(request->move_id(), request->shard_incarnation()));
     response->set_final_seq(final_seq);

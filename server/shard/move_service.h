@@ -25,6 +25,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "psd/shard.grpc.pb.h"
+#include "runtime/call_pool.h"
 #include "shard/peer_reader.h"
 #include "shard/variable_store.h"
 
@@ -91,6 +92,11 @@ class ShardMoveService final : public ShardMove::CallbackService {
     uint64_t news = 0;  // news_[move id] when it was asked
   };
   void Wake();
+  // Runs `op` (a call that may wait) on slow_calls_ rather than on this
+  // gRPC thread, which the shard's pulls need (see CallPool), and finishes
+  // the call with its status there. `op` captures by value.
+  template <typename Op>
+  grpc::ServerUnaryReactor* AnswerSlow(grpc::CallbackServerContext* ctx, Op op);
 
   const int32_t shard_id_;
   VariableStore* const store_;
@@ -110,6 +116,9 @@ class ShardMoveService final : public ShardMove::CallbackService {
   bool news_pending_ ABSL_GUARDED_BY(parked_mu_) = false;
   bool waker_stopping_ ABSL_GUARDED_BY(parked_mu_) = false;
   std::thread waker_;
+  // MoveStatus and FreezeMove calls at once; more wait their turn. Last:
+  // joined first.
+  CallPool slow_calls_{4};
 };
 
 }  // namespace psd

@@ -11,8 +11,6 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
-#include "boost/asio/post.hpp"
-#include "boost/asio/thread_pool.hpp"
 #include "absl/strings/str_cat.h"
 #include "grpc/slice.h"
 #include "psd/edge.h"
@@ -50,6 +48,20 @@ grpc::ServerUnaryReactor* ShardService::Serve(grpc::CallbackServerContext* ctx, 
 }
 
 template <typename Op>
+grpc::ServerUnaryReactor* ShardService::ServeSlow(grpc::CallbackServerContext* ctx, Op op) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (!AdmitOrFinish(reactor)) return reactor;
+  slow_calls_.Post([this, reactor, op = std::move(op)]() mutable {
+    absl::Status status = RunGuarded(op);
+    // Released first: once the call is finished the server may be torn
+    // down (see RunWrite).
+    Release();
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+template <typename Op>
 grpc::ServerUnaryReactor* ShardService::ServeWrite(grpc::CallbackServerContext* ctx, Op op,
                                                    const std::string* variable) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
@@ -65,27 +77,11 @@ bool ShardService::AdmitOrFinish(grpc::ServerUnaryReactor* reactor) {
   return false;
 }
 
-// The answer pool's threads: each holds at most one message's or call's
-// wait for backups (bounded by the backup timeout); more wait their turn.
-constexpr int kAnswerThreads = 16;
-
-class ShardService::AnswerPool {
- public:
-  AnswerPool() : pool_(kAnswerThreads) {}
-  ~AnswerPool() { pool_.join(); }
-  void Post(std::function<void()> answer) { boost::asio::post(pool_, std::move(answer)); }
-
- private:
-  boost::asio::thread_pool pool_;
-};
 
 ShardService::~ShardService() = default;
 
 void ShardService::AnswerLater(std::function<void()> answer) {
-  // Made on first use: a shard that never serves a replicated part keeps
-  // no idle threads for it.
-  absl::call_once(answer_pool_once_, [this] { answer_pool_ = std::make_unique<AnswerPool>(); });
-  answer_pool_->Post(std::move(answer));
+  answer_pool_.Post(std::move(answer));
 }
 
 template <typename Op>
@@ -1174,7 +1170,7 @@ grpc::ServerBidiReactor<NcclRequest, NcclReply>* ShardService::Nccl(
 grpc::ServerUnaryReactor* ShardService::Fence(grpc::CallbackServerContext* ctx,
                                               const FenceRequest* request,
                                               FenceResponse* response) {
-  return Serve(ctx, [&] {
+  return ServeSlow(ctx, [this, request, response] {
     // A fence holds every write until its lease ends: a lease past the cap
     // would let one (mistaken or hostile) call stall training for as long.
     if (request->lease_ms() > absl::ToInt64Milliseconds(kMaxFenceLease) ||
@@ -1197,13 +1193,17 @@ grpc::ServerUnaryReactor* ShardService::Unfence(grpc::CallbackServerContext* ctx
 grpc::ServerUnaryReactor* ShardService::SaveShard(grpc::CallbackServerContext* ctx,
                                                   const SaveShardRequest* request,
                                                   SaveShardResponse* response) {
-  return Serve(ctx, [&] { return checkpointer_.SaveShard(*request, response); });
+  return ServeSlow(ctx, [this, request, response] {
+    return checkpointer_.SaveShard(*request, response);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::PrepareRestore(grpc::CallbackServerContext* ctx,
                                                        const PrepareRestoreRequest* request,
                                                        PrepareRestoreResponse* response) {
-  return Serve(ctx, [&] { return checkpointer_.PrepareRestore(*request, response); });
+  return ServeSlow(ctx, [this, request, response] {
+    return checkpointer_.PrepareRestore(*request, response);
+  });
 }
 
 grpc::ServerUnaryReactor* ShardService::FinishRestore(grpc::CallbackServerContext* ctx,

@@ -36,6 +36,7 @@
 
 #include "psd/shard.grpc.pb.h"
 #include "absl/base/call_once.h"
+#include "runtime/call_pool.h"
 #include "shard/idle_watchdog.h"
 #include "shard/message_pool.h"
 #include "shard/peer_reader.h"
@@ -198,6 +199,13 @@ class ShardService final : public ShardServiceBase {
   // Runs `op` unless draining, and finishes the call with its status.
   template <typename Op>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* ctx, Op&& op);
+  // Serve for a call that may wait (a fence for the writes in flight or
+  // another fence, a checkpoint's files): `op` runs on slow_calls_, not on
+  // this gRPC thread (see CallPool), and finishes the call from there. `op`
+  // outlives the handler, so it captures the request and response pointers
+  // by value.
+  template <typename Op>
+  grpc::ServerUnaryReactor* ServeSlow(grpc::CallbackServerContext* ctx, Op op);
   // Serve for a write: a checkpoint fence parks it (WriteGate::TryAdmit)
   // rather than block this handler thread, and it runs when the fence lifts.
   // `op` outlives the handler, so it captures the request and response
@@ -275,11 +283,15 @@ class ShardService final : public ShardServiceBase {
   // waiting on all of them would hold up the very acknowledgements they
   // wait for until the backup timeout.
   void AnswerLater(std::function<void()> answer);
-  class AnswerPool;
-  // Last: joined first, while everything its answers use is still there.
-  // Made on the first AnswerLater, then read-only.
-  absl::once_flag answer_pool_once_;
-  std::unique_ptr<AnswerPool> answer_pool_;
+  // The answer pool's threads: each holds at most one message's or call's
+  // wait for backups (bounded by the backup timeout); more wait their turn.
+  static constexpr int kAnswerThreads = 16;
+  // Fences, saves and restores at once (a save fences and writes once per
+  // shard; more wait their turn).
+  static constexpr int kSlowCallThreads = 4;
+  // Last: joined first, while everything their calls use is still there.
+  CallPool answer_pool_{kAnswerThreads};
+  CallPool slow_calls_{kSlowCallThreads};
 };
 
 }  // namespace psd

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <future>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -720,6 +721,52 @@ TEST_F(ShardTest, DestroyingAClientWaitsForItsAsyncOps) {
   }
   for (auto& f : pending) EXPECT_TRUE(IsOk(f.get()));
   EXPECT_EQ(Read("sum"), Tensor::Scalar<int64_t>(kInFlight));
+}
+
+// Calls that wait (here fences waiting for another fence to lift) run on
+// threads of the shard's own: however many of them wait, gRPC's threads
+// stay free, and a read sent after them is answered before any of them.
+TEST_F(ShardTest, CallsThatWaitDoNotHoldUpOtherCalls) {
+  ASSERT_TRUE(IsOk(shard_->Create("n", Tensor::Scalar<int64_t>(7))));
+  auto stub = RawStub(process_->address());
+  auto fence = [&](uint64_t id, int64_t lease_ms) {
+    FenceRequest request;
+    request.set_fence_id(id);
+    request.set_lease_ms(lease_ms);
+    FenceResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    return FromGrpcStatus(stub->Fence(&context, request, &response));
+  };
+  ASSERT_TRUE(IsOk(fence(1, 60000)));
+  constexpr int kWaiting = 6;  // more than gRPC has threads on a small machine
+  std::atomic<int> started{0};
+  std::atomic<int64_t> first_fence_answer_us{std::numeric_limits<int64_t>::max()};
+  std::vector<std::thread> waiting;
+  for (int i = 0; i < kWaiting; ++i) {
+    waiting.emplace_back([&, i] {
+      started.fetch_add(1);
+      // Waits for fence 1 within its own lease (3 s), then is refused.
+      (void)fence(100 + i, 3000);
+      const int64_t now = absl::ToUnixMicros(absl::Now());
+      int64_t first = first_fence_answer_us.load();
+      while (now < first && !first_fence_answer_us.compare_exchange_weak(first, now)) {
+      }
+    });
+  }
+  while (started.load() < kWaiting) absl::SleepFor(absl::Milliseconds(5));
+  absl::SleepFor(absl::Milliseconds(300));  // the fences are in the shard, waiting
+  EXPECT_EQ(Read("n"), Tensor::Scalar<int64_t>(7));
+  const int64_t read_answer_us = absl::ToUnixMicros(absl::Now());
+  for (auto& t : waiting) t.join();
+  EXPECT_LT(read_answer_us, first_fence_answer_us.load())
+      << "the read waited for a fence's call to end";
+  UnfenceRequest lift;
+  lift.set_fence_id(1);
+  lift.set_discard(true);
+  UnfenceResponse lifted;
+  grpc::ClientContext context;
+  EXPECT_TRUE(IsOk(FromGrpcStatus(stub->Unfence(&context, lift, &lifted))));
 }
 
 // ---- Batched stream.
