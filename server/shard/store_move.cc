@@ -125,7 +125,7 @@ absl::Status FillTableChunk(const MoveOut::TableCut& cut, const MovedMember& inf
 // What a logged write is charged, the same when it is logged and when it
 // goes (its op's size; the seq set in between does not count).
 int64_t LoggedBytes(const MoveWrite& write) {
-  return static_cast<int64_t>(write.op().ByteSizeLong()) + 64;
+  return static_cast<int64_t>(write.op().ByteSizeLong() + write.chunk().ByteSizeLong()) + 64;
 }
 
 }  // namespace
@@ -302,7 +302,13 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   meta.to_batch_op(meta.request, write.mutable_op());
   if (meta.amend_logged) meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
+  return LogMoveEntry(move, std::move(write), *meta.variable, /*fail_when_full=*/true);
+}
+
+uint64_t VariableStore::LogMoveEntry(MoveOut* move, MoveWrite write, const std::string& variable,
+                                     bool fail_when_full) {
   const int64_t bytes = LoggedBytes(write);
+  const bool abort = write.has_chunk() && write.chunk().abort();
   absl::Status failure;
   {
     absl::MutexLock lock(&move->mu);
@@ -312,17 +318,19 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
       failure = absl::AbortedError(absl::StrCat(
           MoveName(move->id), " was given up: its target pulled nothing for ",
           std::chrono::duration_cast<std::chrono::seconds>(kMoveIdle).count(), " s"));
-    } else if (move->log_bytes + bytes > kMaxMoveLogBytes) {
+    } else if (!abort && move->log_bytes + bytes > kMaxMoveLogBytes) {
       failure = absl::ResourceExhaustedError(absl::StrCat(
           MoveName(move->id), " was given up: writes waiting for its target passed ",
           kMaxMoveLogBytes, " bytes (the target does not keep up)"));
-    } else if (absl::Status room = memory_.Reserve(bytes, *meta.variable); !room.ok()) {
+    } else if (absl::Status room = memory_.Reserve(bytes, variable); !room.ok() && !abort) {
       failure = absl::ResourceExhaustedError(
           absl::StrCat(MoveName(move->id), " was given up: no memory to log a write for its "
                                            "target: ",
                        room.message()));
     } else {
-      move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
+      // An abort that found no room goes unreserved (popping shrinks the
+      // reservation by at most what it holds).
+      if (room.ok()) move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
       move->log_bytes += bytes;
       const uint64_t seq = move->next_seq++;
       write.set_seq(seq);
@@ -332,7 +340,7 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
       return seq;
     }
   }
-  FailMoveOut(move, failure);
+  if (fail_when_full) FailMoveOut(move, failure);
   return 0;
 }
 
@@ -1339,6 +1347,19 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
                                                   " came after ", move->applied_seq));
         }
       }
+      if (w.has_chunk() || w.staged_id() != 0) {
+        // A chunked streamed value: staged, or committed (as a whole).
+        if (absl::Status staged = ApplyStagedEntry(move.get(), w); !staged.ok()) {
+          return absl::Status(
+              absl::IsDataLoss(staged) ? staged.code() : absl::StatusCode::kInternal,
+              absl::StrCat(MoveName(move_id), ": the target could not apply logged write ",
+                           w.seq(), " as the source did: ", staged.ToString()));
+        }
+        absl::MutexLock lock(&move->mu);
+        move->applied_seq = w.seq();
+        move->logged_seq = std::max(move->logged_seq, w.seq());
+        continue;
+      }
       BatchOp* op = w.mutable_op();
       // The write was made against the source's incarnation.
       std::vector<const std::string*> written;
@@ -1417,8 +1438,61 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
     move->changed.SignalAll();
     return absl::OkStatus();
   }();
-  if (!status.ok()) FailMoveIn(move_id, status);
+  if (!status.ok()) {
+    move->staged.clear();  // never applied now: their memory goes
+    FailMoveIn(move_id, status);
+  }
   return status;
+}
+
+absl::Status VariableStore::ApplyStagedEntry(MoveIn* move, const MoveWrite& w) {
+  // Only the group's own parts (as for any replayed write).
+  auto carried = [&](const std::string& name) -> absl::Status {
+    for (const CreateVariableRequest& p : move->request.parts()) {
+      if (p.name() == name) return absl::OkStatus();
+    }
+    return absl::DataLossError(
+        absl::StrCat("it writes ", Quoted(name), ", which the move does not carry"));
+  };
+  store_internal::MoveReplayScope replay;
+  if (w.has_chunk()) {
+    const StagedChunk& chunk = w.chunk();
+    auto it = move->staged.find(chunk.staged_id());
+    if (chunk.abort()) {
+      if (it != move->staged.end()) move->staged.erase(it);
+      return absl::OkStatus();
+    }
+    if (chunk.offset() == 0) {
+      if (it != move->staged.end()) {
+        return absl::DataLossError(
+            absl::StrCat("staged write ", chunk.staged_id(), " began twice"));
+      }
+      const AssignStreamHeader& header = chunk.header();
+      PSD_RETURN_IF_ERROR(carried(header.name()));
+      PSD_ASSIGN_OR_RETURN(std::unique_ptr<AssignStreamSink> sink, BeginReplayedAssign(header));
+      MoveIn::Staged staged;
+      staged.sink = std::move(sink);
+      staged.name = header.name();
+      staged.total = header.total_bytes();
+      it = move->staged.emplace(chunk.staged_id(), std::move(staged)).first;
+    } else if (it == move->staged.end() || it->second.received != chunk.offset()) {
+      return absl::DataLossError(absl::StrCat(
+          "a chunk at byte ", chunk.offset(), " of staged write ", chunk.staged_id(), " came after ",
+          it == move->staged.end() ? int64_t{0} : it->second.received, " bytes of it"));
+    }
+    PSD_RETURN_IF_ERROR(it->second.sink->Append(chunk.content()));
+    it->second.received += static_cast<int64_t>(chunk.content().size());
+    return absl::OkStatus();
+  }
+  auto it = move->staged.find(w.staged_id());
+  if (!w.op().has_assign() || it == move->staged.end() ||
+      it->second.received != it->second.total || w.op().assign().name() != it->second.name) {
+    return absl::DataLossError(absl::StrCat("the commit of staged write ", w.staged_id(),
+                                            " does not match its chunks"));
+  }
+  MoveIn::Staged staged = std::move(it->second);
+  move->staged.erase(it);
+  return CommitReplayedAssign(staged.sink.get(), w.op().assign(), w.caller());
 }
 
 void VariableStore::FailMoveIn(uint64_t move_id, const absl::Status& status) {
@@ -1780,6 +1854,9 @@ absl::StatusOr<uint64_t> VariableStore::PromoteReplica(uint64_t move_id, uint64_
     applied = move->applied_seq;
     move->changed.SignalAll();
   }
+  // A value the primary was still sending, never committed: the promoted
+  // part never holds any of it (the client's retry sends it again).
+  move->staged.clear();
   for (const auto& var : move->vars) {
     if (var == nullptr) continue;
     var->replicated.store(true, std::memory_order_release);
