@@ -691,9 +691,10 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
   absl::MutexLock lock(&move->mu);
   const absl::Duration wait = absl::Milliseconds(std::clamp(request.wait_ms(), 0, kMaxPullWaitMs));
   const absl::Time deadline = absl::Now() + wait;
+  const uint64_t after = std::max(request.applied_seq(), request.after_seq());
   auto has_news = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu) {
     return move->state != MoveOut::State::kForwarding ||
-           (!move->log.empty() && move->log.back().seq() > request.applied_seq());
+           (!move->log.empty() && move->log.back().seq() > after);
   };
   if (would_wait != nullptr && move->follow && wait > absl::ZeroDuration()) {
     // The caller parks the pull instead of holding its thread, and asks
@@ -705,9 +706,9 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
   }
   if (!move->failure.ok()) return move->failure;
   int64_t bytes = 0;
-  uint64_t last = request.applied_seq();
+  uint64_t last = after;
   for (const MoveWrite& w : move->log) {
-    if (w.seq() <= request.applied_seq()) continue;
+    if (w.seq() <= after) continue;
     const int64_t b = static_cast<int64_t>(w.ByteSizeLong());
     if (response->writes_size() > 0 && bytes + b > max_bytes) break;
     *response->add_writes() = w;
@@ -1285,7 +1286,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
   if (move == nullptr) return absl::NotFoundError(absl::StrCat(MoveName(move_id), " has ended"));
   absl::MutexLock apply(&move->apply_mu);
   absl::Status status = [&]() -> absl::Status {
-    std::vector<MoveWrite> writes;
+    std::vector<const MoveWrite*> writes;
     {
       absl::MutexLock lock(&move->mu);
       if (move->ended) return absl::AbortedError(absl::StrCat(MoveName(move_id), " has ended"));
@@ -1333,33 +1334,35 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
         move->changed.SignalAll();
         return absl::OkStatus();
       }
-      writes.assign(response.writes().begin(), response.writes().end());
+      for (const MoveWrite& w : response.writes()) writes.push_back(&w);
     }
     // Logged writes, in order, through the ops' own code and the request
     // window (their ids become known here).
-    for (MoveWrite& w : writes) {
+    for (const MoveWrite* logged : writes) {
+      const MoveWrite& entry = *logged;
       {
         absl::MutexLock lock(&move->mu);
         if (move->ended) return absl::AbortedError(absl::StrCat(MoveName(move_id), " has ended"));
-        if (w.seq() <= move->applied_seq) continue;  // a pull answered twice
-        if (w.seq() != move->applied_seq + 1) {
-          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
+        if (entry.seq() <= move->applied_seq) continue;  // a pull answered twice
+        if (entry.seq() != move->applied_seq + 1) {
+          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", entry.seq(),
                                                   " came after ", move->applied_seq));
         }
       }
-      if (w.has_chunk() || w.staged_id() != 0) {
+      if (entry.has_chunk() || entry.staged_id() != 0) {
         // A chunked streamed value: staged, or committed (as a whole).
-        if (absl::Status staged = ApplyStagedEntry(move.get(), w); !staged.ok()) {
+        if (absl::Status staged = ApplyStagedEntry(move.get(), entry); !staged.ok()) {
           return absl::Status(
               absl::IsDataLoss(staged) ? staged.code() : absl::StatusCode::kInternal,
               absl::StrCat(MoveName(move_id), ": the target could not apply logged write ",
-                           w.seq(), " as the source did: ", staged.ToString()));
+                           entry.seq(), " as the source did: ", staged.ToString()));
         }
         absl::MutexLock lock(&move->mu);
-        move->applied_seq = w.seq();
-        move->logged_seq = std::max(move->logged_seq, w.seq());
+        move->applied_seq = entry.seq();
+        move->logged_seq = std::max(move->logged_seq, entry.seq());
         continue;
       }
+      MoveWrite w = entry;  // its op is changed for the replay
       BatchOp* op = w.mutable_op();
       // The write was made against the source's incarnation.
       std::vector<const std::string*> written;

@@ -782,6 +782,34 @@ TEST_F(StoreReplicaTest, DroppedPartsEndTheirFollows) {
   EXPECT_TRUE(backup_.List("").empty());
 }
 
+// A backup asks for the writes after those it is applying (after_seq)
+// before it acknowledged them: it gets only the later ones, and the
+// primary counts as acknowledged only what applied_seq says.
+TEST_F(StoreReplicaTest, APullAheadGetsTheLaterWritesAndAcknowledgesOnlyTheApplied) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // the snapshot
+  for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(AddOnes(&primary_, seq).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup_.NextMovePull(7, &req));
+  req.set_wait_ms(0);
+  PullMoveResponse first;
+  ASSERT_TRUE(primary_.PullMove(req, &first).ok());
+  ASSERT_EQ(first.writes_size(), 3);
+  req.set_after_seq(2);  // writes 1 and 2 are being applied
+  PullMoveResponse ahead;
+  ASSERT_TRUE(primary_.PullMove(req, &ahead).ok());
+  ASSERT_EQ(ahead.writes_size(), 1);
+  EXPECT_EQ(ahead.writes(0).seq(), 3u);
+  EXPECT_EQ(primary_.replication_stats().max_lag, 3);  // none acknowledged
+  // Applied in order, the writes the backup has are the primary's.
+  ASSERT_TRUE(backup_.ApplyMovePull(7, first).ok());
+  ASSERT_TRUE(backup_.ApplyMovePull(7, ahead).ok());  // 3 again: skipped
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 3u);
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(primary_.replication_stats().max_lag, 0);
+}
+
 // Streamed values bigger than the logged chunk size (4 bytes here: "w" is
 // 16) are logged in chunks, a follow's as the bytes arrive, then committed
 // by one small entry (proto StagedChunk).
