@@ -73,7 +73,10 @@ struct MoveOut {
   // (ReplicaBehind succeeded, SyncReplica(false), EndMoveOut), so every
   // later write to its group waits for that first.
   bool listed = false;
-  std::vector<Member> members;  // immutable once registered
+  // Immutable once registered, but for the pins: let go (under mu) once a
+  // follow's backup pulled the whole snapshot, or the move ended.
+  std::vector<Member> members;
+  bool snapshot_released ABSL_GUARDED_BY(mu) = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   // The group's part fence: FreezeMove closes it for good (until EndMove),

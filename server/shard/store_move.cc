@@ -678,13 +678,33 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
       return FillTableChunk(*cut, m.info, request.offset(), response->mutable_table());
     }
     std::string* content = response->mutable_content();
-    if (m.pin == nullptr) {
+    std::shared_ptr<const ValuePin> pin;
+    {
+      absl::MutexLock lock(&move->mu);
+      if (move->snapshot_released) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            MoveName(move->id), ": its snapshot was pulled whole and let go"));
+      }
+      pin = m.pin;
+    }
+    if (pin == nullptr) {
       content->assign(m.encoded_strings, static_cast<size_t>(request.offset()), static_cast<size_t>(n));
     } else {
       content->resize(static_cast<size_t>(n));
-      PSD_RETURN_IF_ERROR(m.pin->Read(request.offset(), n, content->data()));
+      PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, content->data()));
     }
     return absl::OkStatus();
+  }
+  if (move->follow) {
+    // The backup has the whole snapshot (it asks for the log): the pins go,
+    // so the primary no longer keeps the snapshot's values beside the
+    // values it serves (a replaced value went back to no staging pool, and
+    // every write to a pinned chunk copied it) for as long as it follows.
+    absl::MutexLock lock(&move->mu);
+    if (!move->snapshot_released) {
+      move->snapshot_released = true;
+      for (MoveOut::Member& m : move->members) m.pin.reset();
+    }
   }
   // Logged writes after applied_seq, waiting a little for some to come.
   response->set_member(members);
@@ -872,10 +892,12 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
         }
       }
     }
-    for (MoveOut::Member& m : move->members) {
-      m.pin.reset();
-      m.encoded_strings.clear();
+    {
+      absl::MutexLock lock(&move->mu);
+      move->snapshot_released = true;
+      for (MoveOut::Member& m : move->members) m.pin.reset();
     }
+    for (MoveOut::Member& m : move->members) m.encoded_strings.clear();
   }
   // Remembered (for late pulls) as a copy that holds none of the parts: a
   // moved part's memory (a table's rows) goes with the last op still
