@@ -216,9 +216,11 @@ struct PullCall {
   bool done = false;  // guarded by the puller's mutex
 };
 
+// The same data asked for: a pull ahead (after_seq) is the next one once
+// the writes before it are applied.
 bool SamePull(const PullMoveRequest& a, const PullMoveRequest& b) {
   return a.member() == b.member() && a.offset() == b.offset() &&
-         a.applied_seq() == b.applied_seq();
+         std::max(a.applied_seq(), a.after_seq()) == std::max(b.applied_seq(), b.after_seq());
 }
 
 }  // namespace
@@ -360,6 +362,19 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
     if (follow_failing) {
       store_->NoteFollowPullFailure(move_id, absl::OkStatus());
       follow_failing = false;
+    }
+    // A backup asks for the writes after these while it applies them (a
+    // chunked value's chunks follow each other), but only when more are
+    // logged already: a pull ahead that found none would be parked, and
+    // the pull acknowledging the last write (which its writer waits for)
+    // would wait behind it.
+    if (follow && !snapshot_only && in_flight.empty() && call->response.writes_size() > 0) {
+      const uint64_t last = call->response.writes(call->response.writes_size() - 1).seq();
+      PullMoveRequest ahead;
+      if (call->response.final_seq() > last && store_->NextMovePull(move_id, &ahead)) {
+        ahead.set_after_seq(last);
+        start(ahead);
+      }
     }
     // A failure is recorded by the store (MoveStatus reports it).
     if (!store_->ApplyMovePull(move_id, call->response).ok()) break;

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,7 @@
 #include "shard/memory_accountant.h"
 #include "shard/store_variable.h"
 #include "shard/value_pin.h"
+#include "shard/variable_store.h"
 #include "shard/write_gate.h"
 
 namespace psd {
@@ -71,7 +73,10 @@ struct MoveOut {
   // (ReplicaBehind succeeded, SyncReplica(false), EndMoveOut), so every
   // later write to its group waits for that first.
   bool listed = false;
-  std::vector<Member> members;  // immutable once registered
+  // Immutable once registered, but for the pins: let go (under mu) once a
+  // follow's backup pulled the whole snapshot, or the move ended.
+  std::vector<Member> members;
+  bool snapshot_released ABSL_GUARDED_BY(mu) = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   // The group's part fence: FreezeMove closes it for good (until EndMove),
@@ -152,6 +157,17 @@ struct MoveIn {
   // Held while a pull's answer is applied, so a promotion never lands in
   // the middle of a replayed batch.
   absl::Mutex apply_mu ABSL_ACQUIRED_BEFORE(mu);
+  // Streamed values logged in chunks, staged until their commit entry (by
+  // StagedChunk.staged_id); the value of one that never commits is dropped
+  // with its abort, the move's end or a promotion. Bounded by the
+  // source's log and this shard's memory limit.
+  struct Staged {
+    std::unique_ptr<AssignStreamSink> sink;
+    std::string name;
+    int64_t received = 0;
+    int64_t total = 0;
+  };
+  std::map<uint64_t, Staged> staged ABSL_GUARDED_BY(apply_mu);
 };
 
 }  // namespace psd

@@ -125,7 +125,7 @@ absl::Status FillTableChunk(const MoveOut::TableCut& cut, const MovedMember& inf
 // What a logged write is charged, the same when it is logged and when it
 // goes (its op's size; the seq set in between does not count).
 int64_t LoggedBytes(const MoveWrite& write) {
-  return static_cast<int64_t>(write.op().ByteSizeLong()) + 64;
+  return static_cast<int64_t>(write.op().ByteSizeLong() + write.chunk().ByteSizeLong()) + 64;
 }
 
 }  // namespace
@@ -302,7 +302,13 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   meta.to_batch_op(meta.request, write.mutable_op());
   if (meta.amend_logged) meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
+  return LogMoveEntry(move, std::move(write), *meta.variable, /*fail_when_full=*/true);
+}
+
+uint64_t VariableStore::LogMoveEntry(MoveOut* move, MoveWrite write, const std::string& variable,
+                                     bool fail_when_full) {
   const int64_t bytes = LoggedBytes(write);
+  const bool abort = write.has_chunk() && write.chunk().abort();
   absl::Status failure;
   {
     absl::MutexLock lock(&move->mu);
@@ -312,17 +318,19 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
       failure = absl::AbortedError(absl::StrCat(
           MoveName(move->id), " was given up: its target pulled nothing for ",
           std::chrono::duration_cast<std::chrono::seconds>(kMoveIdle).count(), " s"));
-    } else if (move->log_bytes + bytes > kMaxMoveLogBytes) {
+    } else if (!abort && move->log_bytes + bytes > kMaxMoveLogBytes) {
       failure = absl::ResourceExhaustedError(absl::StrCat(
           MoveName(move->id), " was given up: writes waiting for its target passed ",
           kMaxMoveLogBytes, " bytes (the target does not keep up)"));
-    } else if (absl::Status room = memory_.Reserve(bytes, *meta.variable); !room.ok()) {
+    } else if (absl::Status room = memory_.Reserve(bytes, variable); !room.ok() && !abort) {
       failure = absl::ResourceExhaustedError(
           absl::StrCat(MoveName(move->id), " was given up: no memory to log a write for its "
                                            "target: ",
                        room.message()));
     } else {
-      move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
+      // An abort that found no room goes unreserved (popping shrinks the
+      // reservation by at most what it holds).
+      if (room.ok()) move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
       move->log_bytes += bytes;
       const uint64_t seq = move->next_seq++;
       write.set_seq(seq);
@@ -332,7 +340,7 @@ uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
       return seq;
     }
   }
-  FailMoveOut(move, failure);
+  if (fail_when_full) FailMoveOut(move, failure);
   return 0;
 }
 
@@ -670,22 +678,43 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
       return FillTableChunk(*cut, m.info, request.offset(), response->mutable_table());
     }
     std::string* content = response->mutable_content();
-    if (m.pin == nullptr) {
+    std::shared_ptr<const ValuePin> pin;
+    {
+      absl::MutexLock lock(&move->mu);
+      if (move->snapshot_released) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            MoveName(move->id), ": its snapshot was pulled whole and let go"));
+      }
+      pin = m.pin;
+    }
+    if (pin == nullptr) {
       content->assign(m.encoded_strings, static_cast<size_t>(request.offset()), static_cast<size_t>(n));
     } else {
       content->resize(static_cast<size_t>(n));
-      PSD_RETURN_IF_ERROR(m.pin->Read(request.offset(), n, content->data()));
+      PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, content->data()));
     }
     return absl::OkStatus();
+  }
+  if (move->follow) {
+    // The backup has the whole snapshot (it asks for the log): the pins go,
+    // so the primary no longer keeps the snapshot's values beside the
+    // values it serves (a replaced value went back to no staging pool, and
+    // every write to a pinned chunk copied it) for as long as it follows.
+    absl::MutexLock lock(&move->mu);
+    if (!move->snapshot_released) {
+      move->snapshot_released = true;
+      for (MoveOut::Member& m : move->members) m.pin.reset();
+    }
   }
   // Logged writes after applied_seq, waiting a little for some to come.
   response->set_member(members);
   absl::MutexLock lock(&move->mu);
   const absl::Duration wait = absl::Milliseconds(std::clamp(request.wait_ms(), 0, kMaxPullWaitMs));
   const absl::Time deadline = absl::Now() + wait;
+  const uint64_t after = std::max(request.applied_seq(), request.after_seq());
   auto has_news = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu) {
     return move->state != MoveOut::State::kForwarding ||
-           (!move->log.empty() && move->log.back().seq() > request.applied_seq());
+           (!move->log.empty() && move->log.back().seq() > after);
   };
   if (would_wait != nullptr && move->follow && wait > absl::ZeroDuration()) {
     // The caller parks the pull instead of holding its thread, and asks
@@ -697,9 +726,9 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
   }
   if (!move->failure.ok()) return move->failure;
   int64_t bytes = 0;
-  uint64_t last = request.applied_seq();
+  uint64_t last = after;
   for (const MoveWrite& w : move->log) {
-    if (w.seq() <= request.applied_seq()) continue;
+    if (w.seq() <= after) continue;
     const int64_t b = static_cast<int64_t>(w.ByteSizeLong());
     if (response->writes_size() > 0 && bytes + b > max_bytes) break;
     *response->add_writes() = w;
@@ -863,10 +892,12 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
         }
       }
     }
-    for (MoveOut::Member& m : move->members) {
-      m.pin.reset();
-      m.encoded_strings.clear();
+    {
+      absl::MutexLock lock(&move->mu);
+      move->snapshot_released = true;
+      for (MoveOut::Member& m : move->members) m.pin.reset();
     }
+    for (MoveOut::Member& m : move->members) m.encoded_strings.clear();
   }
   // Remembered (for late pulls) as a copy that holds none of the parts: a
   // moved part's memory (a table's rows) goes with the last op still
@@ -1277,7 +1308,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
   if (move == nullptr) return absl::NotFoundError(absl::StrCat(MoveName(move_id), " has ended"));
   absl::MutexLock apply(&move->apply_mu);
   absl::Status status = [&]() -> absl::Status {
-    std::vector<MoveWrite> writes;
+    std::vector<const MoveWrite*> writes;
     {
       absl::MutexLock lock(&move->mu);
       if (move->ended) return absl::AbortedError(absl::StrCat(MoveName(move_id), " has ended"));
@@ -1325,20 +1356,35 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
         move->changed.SignalAll();
         return absl::OkStatus();
       }
-      writes.assign(response.writes().begin(), response.writes().end());
+      for (const MoveWrite& w : response.writes()) writes.push_back(&w);
     }
     // Logged writes, in order, through the ops' own code and the request
     // window (their ids become known here).
-    for (MoveWrite& w : writes) {
+    for (const MoveWrite* logged : writes) {
+      const MoveWrite& entry = *logged;
       {
         absl::MutexLock lock(&move->mu);
         if (move->ended) return absl::AbortedError(absl::StrCat(MoveName(move_id), " has ended"));
-        if (w.seq() <= move->applied_seq) continue;  // a pull answered twice
-        if (w.seq() != move->applied_seq + 1) {
-          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
+        if (entry.seq() <= move->applied_seq) continue;  // a pull answered twice
+        if (entry.seq() != move->applied_seq + 1) {
+          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", entry.seq(),
                                                   " came after ", move->applied_seq));
         }
       }
+      if (entry.has_chunk() || entry.staged_id() != 0) {
+        // A chunked streamed value: staged, or committed (as a whole).
+        if (absl::Status staged = ApplyStagedEntry(move.get(), entry); !staged.ok()) {
+          return absl::Status(
+              absl::IsDataLoss(staged) ? staged.code() : absl::StatusCode::kInternal,
+              absl::StrCat(MoveName(move_id), ": the target could not apply logged write ",
+                           entry.seq(), " as the source did: ", staged.ToString()));
+        }
+        absl::MutexLock lock(&move->mu);
+        move->applied_seq = entry.seq();
+        move->logged_seq = std::max(move->logged_seq, entry.seq());
+        continue;
+      }
+      MoveWrite w = entry;  // its op is changed for the replay
       BatchOp* op = w.mutable_op();
       // The write was made against the source's incarnation.
       std::vector<const std::string*> written;
@@ -1417,8 +1463,61 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
     move->changed.SignalAll();
     return absl::OkStatus();
   }();
-  if (!status.ok()) FailMoveIn(move_id, status);
+  if (!status.ok()) {
+    move->staged.clear();  // never applied now: their memory goes
+    FailMoveIn(move_id, status);
+  }
   return status;
+}
+
+absl::Status VariableStore::ApplyStagedEntry(MoveIn* move, const MoveWrite& w) {
+  // Only the group's own parts (as for any replayed write).
+  auto carried = [&](const std::string& name) -> absl::Status {
+    for (const CreateVariableRequest& p : move->request.parts()) {
+      if (p.name() == name) return absl::OkStatus();
+    }
+    return absl::DataLossError(
+        absl::StrCat("it writes ", Quoted(name), ", which the move does not carry"));
+  };
+  store_internal::MoveReplayScope replay;
+  if (w.has_chunk()) {
+    const StagedChunk& chunk = w.chunk();
+    auto it = move->staged.find(chunk.staged_id());
+    if (chunk.abort()) {
+      if (it != move->staged.end()) move->staged.erase(it);
+      return absl::OkStatus();
+    }
+    if (chunk.offset() == 0) {
+      if (it != move->staged.end()) {
+        return absl::DataLossError(
+            absl::StrCat("staged write ", chunk.staged_id(), " began twice"));
+      }
+      const AssignStreamHeader& header = chunk.header();
+      PSD_RETURN_IF_ERROR(carried(header.name()));
+      PSD_ASSIGN_OR_RETURN(std::unique_ptr<AssignStreamSink> sink, BeginReplayedAssign(header));
+      MoveIn::Staged staged;
+      staged.sink = std::move(sink);
+      staged.name = header.name();
+      staged.total = header.total_bytes();
+      it = move->staged.emplace(chunk.staged_id(), std::move(staged)).first;
+    } else if (it == move->staged.end() || it->second.received != chunk.offset()) {
+      return absl::DataLossError(absl::StrCat(
+          "a chunk at byte ", chunk.offset(), " of staged write ", chunk.staged_id(), " came after ",
+          it == move->staged.end() ? int64_t{0} : it->second.received, " bytes of it"));
+    }
+    PSD_RETURN_IF_ERROR(it->second.sink->Append(chunk.content()));
+    it->second.received += static_cast<int64_t>(chunk.content().size());
+    return absl::OkStatus();
+  }
+  auto it = move->staged.find(w.staged_id());
+  if (!w.op().has_assign() || it == move->staged.end() ||
+      it->second.received != it->second.total || w.op().assign().name() != it->second.name) {
+    return absl::DataLossError(absl::StrCat("the commit of staged write ", w.staged_id(),
+                                            " does not match its chunks"));
+  }
+  MoveIn::Staged staged = std::move(it->second);
+  move->staged.erase(it);
+  return CommitReplayedAssign(staged.sink.get(), w.op().assign(), w.caller());
 }
 
 void VariableStore::FailMoveIn(uint64_t move_id, const absl::Status& status) {
@@ -1780,6 +1879,9 @@ absl::StatusOr<uint64_t> VariableStore::PromoteReplica(uint64_t move_id, uint64_
     applied = move->applied_seq;
     move->changed.SignalAll();
   }
+  // A value the primary was still sending, never committed: the promoted
+  // part never holds any of it (the client's retry sends it again).
+  move->staged.clear();
   for (const auto& var : move->vars) {
     if (var == nullptr) continue;
     var->replicated.store(true, std::memory_order_release);

@@ -139,21 +139,47 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 // the sink ends (committed or not); an assign's staged buffer becomes the
 // value, and the value it replaces goes to the pool instead. A pooled
 // buffer is not zeroed: Commit applies only when every byte was written.
+//
+// A value bigger than logged_chunk_bytes, to a group with moves or
+// follows, is logged in chunks (proto StagedChunk): a follow's as the bytes
+// arrive (its backup pulls and stages them while the client still sends),
+// the rest at the commit, then one small commit entry. A stream that does
+// not commit logs an abort for the chunks logged. On a move's target the
+// same sink stages the chunks (`replay`) and commits at the commit entry,
+// with its request id, through the same Apply.
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
-                   UpdateKind kind, CallerKey caller)
+                   UpdateKind kind, CallerKey caller, bool replay)
       : store_(store),
         header_(std::move(header)),
         shape_(std::move(shape)),
         kind_(kind),
-        caller_(caller) {}
+        replay_(replay),
+        caller_(caller),
+        request_id_(header_.request_id()) {}
 
   ~StagedAssignSink() override {
-    if (registered_ && !finished_) store_->requests_.Abandon(header_.request_id());
+    if (registered_ && !finished_) store_->requests_.Abandon(request_id_);
+    AbortLoggedChunks();
     ReturnHost();
     store_->pool_.Recycle(store_->device_, std::move(staged_.buffer),
                           std::move(staged_.reservation));
+  }
+
+  // Checks `header` and makes its sink (BeginAssignStream's body); a
+  // replayed one registers its request id only at CommitReplayed.
+  static absl::StatusOr<std::unique_ptr<StagedAssignSink>> Begin(VariableStore* store,
+                                                                 const AssignStreamHeader& header,
+                                                                 CallerKey caller, bool replay);
+
+  // A target's commit of a chunked logged value: the commit entry's
+  // request id and caller, then Commit as on the source.
+  absl::Status CommitReplayed(const RequestId& id, CallerKey caller, AssignResponse* response) {
+    request_id_ = id;
+    caller_ = caller;
+    PSD_RETURN_IF_ERROR(Register());
+    return Commit(response);
   }
 
   // Registers the request id; a duplicate makes the sink answer from the
@@ -162,11 +188,13 @@ class StagedAssignSink final : public AssignStreamSink {
   // callback thread, and a cut attempt can stay running until its deadline
   // (gRPC may not end it when its connection is reset mid-message); waiting
   // retries held every callback thread and stalled the whole shard.
+  // A replayed write is never refused as too old (RequestWindow::Begin);
+  // nothing else runs it on a target, so nothing is waited for.
   absl::Status Register() {
-    if (header_.request_id().client_id() == 0) return absl::OkStatus();
+    if (request_id_.client_id() == 0) return absl::OkStatus();
     PSD_ASSIGN_OR_RETURN(cached_, store_->requests_.Begin(
-                                      header_.request_id(), caller_, /*wait_for_running=*/false,
-                                      /*replay=*/false, RequestWindow::ScopeOf(header_.name())));
+                                      request_id_, caller_, /*wait_for_running=*/replay_,
+                                      /*replay=*/replay_, RequestWindow::ScopeOf(header_.name())));
     registered_ = !cached_.has_value();
     return absl::OkStatus();
   }
@@ -202,7 +230,7 @@ class StagedAssignSink final : public AssignStreamSink {
                                                         staged_.buffer.get(), received_));
     }
     received_ += static_cast<int64_t>(bytes.size());
-    return absl::OkStatus();
+    return LogChunksAhead();
   }
 
   absl::Status Commit(AssignResponse* response) override {
@@ -214,8 +242,9 @@ class StagedAssignSink final : public AssignStreamSink {
     // they end the move or follow, see Apply).
     // So is a value bigger than one pull of the log can carry (it would
     // never reach the backup: its follow ends and it is made again by copy).
-    if (!header_.has_apply() && !header_.has_create() && header_.dtype() != DT_STRING &&
-        !TooBigToLog() && store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
+    if (!replay_ && !header_.has_apply() && !header_.has_create() &&
+        header_.dtype() != DT_STRING && !TooBigToLog() &&
+        store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
       std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
       if (!moves.empty()) return CommitLogged(moves, response, &pass);
     }
@@ -241,13 +270,13 @@ class StagedAssignSink final : public AssignStreamSink {
       // not be ended because the coordinator was unreachable, or the part
       // is switching shards): the id is not recorded, so the retry runs it
       // (as RunOnce does), instead of getting this answer forever.
-      store_->requests_.Abandon(header_.request_id());
+      store_->requests_.Abandon(request_id_);
       finished_ = true;
       return result.status;
     }
     if (registered_) {
       SaveResult(*response, &result);
-      store_->requests_.Finish(header_.request_id(), result);
+      store_->requests_.Finish(request_id_, result);
       finished_ = true;
     }
     PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
@@ -261,6 +290,94 @@ class StagedAssignSink final : public AssignStreamSink {
   // logged write whole, within the shards' message limit.
   bool TooBigToLog() const {
     return header_.total_bytes() > store_->options().max_unary_value_bytes;
+  }
+
+  // Logged in chunks rather than whole (see the class comment).
+  bool LogsChunks() const {
+    return !replay_ && !cached_.has_value() && !header_.has_apply() && !header_.has_create() &&
+           header_.dtype() != DT_STRING && !TooBigToLog() &&
+           header_.total_bytes() > ChunkBytes();
+  }
+  int64_t ChunkBytes() const { return std::max<int64_t>(1, store_->options().logged_chunk_bytes); }
+
+  // Where the chunks logged for one move stand.
+  struct ChunkLog {
+    std::shared_ptr<MoveOut> move;
+    int64_t logged = 0;    // bytes logged, from 0
+    bool stalled = false;  // its log had no room: the commit logs the rest
+    bool closed = false;   // committed (or the move ended): nothing to abort
+  };
+
+  ChunkLog* ChunkLogFor(const std::shared_ptr<MoveOut>& move) {
+    for (ChunkLog& c : chunk_logs_) {
+      if (c.move == move) return &c;
+    }
+    chunk_logs_.push_back(ChunkLog{move});
+    return &chunk_logs_.back();
+  }
+
+  // Logs the chunks of `log`'s move from where it stands up to `end` (whole
+  // chunks only, unless `end` is the value's end). False when one was not
+  // logged: the move ended (`fail_when_full`: it failed for want of room)
+  // or its log had no room.
+  absl::StatusOr<bool> LogChunks(ChunkLog* log, int64_t end, bool fail_when_full) {
+    const int64_t chunk = ChunkBytes();
+    while (log->logged < end &&
+           (end - log->logged >= chunk || end == header_.total_bytes())) {
+      const int64_t n = std::min(chunk, end - log->logged);
+      MoveWrite write;
+      write.set_caller(caller_);
+      StagedChunk* c = write.mutable_chunk();
+      c->set_staged_id(staged_id_);
+      c->set_offset(log->logged);
+      if (log->logged == 0) {
+        AssignStreamHeader* h = c->mutable_header();
+        *h = header_;
+        h->clear_request_id();  // the commit entry's
+        h->clear_shard_incarnation();
+      }
+      std::string* content = c->mutable_content();
+      content->resize(static_cast<size_t>(n));
+      PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(*staged_.buffer,
+                                                      static_cast<size_t>(log->logged),
+                                                      static_cast<size_t>(n), content->data()));
+      if (store_->LogMoveEntry(log->move.get(), std::move(write), header_.name(),
+                               fail_when_full) == 0) {
+        return false;
+      }
+      log->logged += n;
+    }
+    return true;
+  }
+
+  // A follow's chunks as the bytes arrive, so its backup stages them while
+  // the client still sends (a move's target gets them at the commit).
+  absl::Status LogChunksAhead() {
+    if (!LogsChunks() || store_->moving_out_count_.load(std::memory_order_acquire) == 0) {
+      return absl::OkStatus();
+    }
+    if (staged_id_ == 0) staged_id_ = store_->next_staged_id_.fetch_add(1);
+    for (const std::shared_ptr<MoveOut>& move : store_->MovingOut(header_.name())) {
+      if (!move->follow) continue;
+      ChunkLog* log = ChunkLogFor(move);
+      if (log->stalled || log->closed) continue;
+      PSD_ASSIGN_OR_RETURN(const bool logged, LogChunks(log, received_, /*fail_when_full=*/false));
+      if (!logged) log->stalled = true;
+    }
+    return absl::OkStatus();
+  }
+
+  // Chunks logged for a write that did not commit: each target drops them.
+  void AbortLoggedChunks() {
+    for (ChunkLog& log : chunk_logs_) {
+      if (log.closed || log.logged == 0) continue;
+      MoveWrite write;
+      write.mutable_chunk()->set_staged_id(staged_id_);
+      write.mutable_chunk()->set_abort(true);
+      store_->LogMoveEntry(log.move.get(), std::move(write), header_.name(),
+                           /*fail_when_full=*/false);
+      log.closed = true;
+    }
   }
 
   // The host staging buffer, back to the pool.
@@ -283,6 +400,7 @@ class StagedAssignSink final : public AssignStreamSink {
                             AssignResponse* response, std::optional<WriteGate::Pass>* pass) {
     const std::string& name = header_.name();
     std::vector<VariableStore::BackupWait> waits;
+    std::vector<std::shared_ptr<MoveOut>> unlogged;  // chunks not all logged: the move ends
     absl::Status status = [&]() -> absl::Status {
       store_internal::OrderLocks order(moves);
       std::vector<std::shared_ptr<MoveOut>> logging;
@@ -315,11 +433,24 @@ class StagedAssignSink final : public AssignStreamSink {
         logged.set_op(header_.op());
         logged.set_validate_shape(header_.validate_shape());
         logged.set_if_uninitialized(header_.if_uninitialized());
-        *logged.mutable_request_id() = header_.request_id();
+        *logged.mutable_request_id() = request_id_;
         TensorProto* value = logged.mutable_value();
         value->set_dtype(header_.dtype());
         *value->mutable_shape() = header_.shape();
-        if (!logging.empty()) {
+        const bool chunked = LogsChunks();
+        if (chunked) {
+          // Each log gets the chunks it lacks (all of them for a move, or
+          // a follow that began during the stream), then the commit entry.
+          // A log with no room for them ends its move, but only once the
+          // write went ahead (a write that fails ends nothing).
+          if (staged_id_ == 0) staged_id_ = store_->next_staged_id_.fetch_add(1);
+          for (const std::shared_ptr<MoveOut>& move : logging) {
+            ChunkLog* log = ChunkLogFor(move);
+            PSD_ASSIGN_OR_RETURN(const bool logged_all,
+                                 LogChunks(log, received_, /*fail_when_full=*/false));
+            if (!logged_all) unlogged.push_back(move);
+          }
+        } else if (!logging.empty()) {
           std::string* content = value->mutable_content();
           content->resize(static_cast<size_t>(received_));
           if (received_ > 0) {
@@ -333,13 +464,33 @@ class StagedAssignSink final : public AssignStreamSink {
         result.status = Apply(response);
         if (registered_) {
           SaveResult(*response, &result);
-          store_->requests_.Finish(header_.request_id(), result);
+          store_->requests_.Finish(request_id_, result);
           finished_ = true;
         }
         if (!result.status.ok()) return result.status;  // changed nothing
+        for (const std::shared_ptr<MoveOut>& move : unlogged) {
+          store_->FailMoveOut(move.get(), absl::ResourceExhaustedError(absl::StrCat(
+                                              "move ", absl::Hex(move->id),
+                                              " was given up: no room in its log for a value of ",
+                                              received_, " bytes")));
+          ChunkLogFor(move)->closed = true;  // no log left to abort in
+          if (move->follow) waits.push_back({move, ~uint64_t{0}});
+          logging.erase(std::find(logging.begin(), logging.end(), move));
+        }
         const VariableStore::WriteMeta meta = VariableStore::Forwarded(caller_, logged);
         for (const std::shared_ptr<MoveOut>& move : logging) {
-          const uint64_t seq = store_->LogMoveWrite(move.get(), meta);
+          uint64_t seq;
+          if (chunked) {
+            MoveWrite commit;
+            commit.set_caller(caller_);
+            *commit.mutable_op()->mutable_assign() = logged;
+            commit.set_staged_id(staged_id_);
+            seq = store_->LogMoveEntry(move.get(), std::move(commit), name,
+                                       /*fail_when_full=*/true);
+            ChunkLogFor(move)->closed = true;  // committed, or the move failed
+          } else {
+            seq = store_->LogMoveWrite(move.get(), meta);
+          }
           if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
         }
         return result.status;
@@ -452,7 +603,11 @@ class StagedAssignSink final : public AssignStreamSink {
   const AssignStreamHeader header_;
   const TensorShape shape_;
   const UpdateKind kind_;
-  const CallerKey caller_;  // the request id is bound to it
+  const bool replay_;      // a target's copy of a chunked logged value
+  CallerKey caller_;       // the request id is bound to it
+  RequestId request_id_;   // the header's; on a target, the commit entry's
+  uint64_t staged_id_ = 0;  // StagedChunk.staged_id once chunks are logged
+  std::vector<ChunkLog> chunk_logs_;
   std::optional<RequestWindow::Result> cached_;  // set for a duplicate
   bool registered_ = false;
   bool finished_ = false;
@@ -467,7 +622,31 @@ class StagedAssignSink final : public AssignStreamSink {
 
 absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStream(
     const AssignStreamHeader& header, CallerKey caller) {
-  PSD_RETURN_IF_ERROR(CheckIncarnation(header.shard_incarnation()));
+  PSD_ASSIGN_OR_RETURN(auto sink, StagedAssignSink::Begin(this, header, caller, /*replay=*/false));
+  return std::unique_ptr<AssignStreamSink>(std::move(sink));
+}
+
+absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginReplayedAssign(
+    const AssignStreamHeader& header) {
+  if (header.has_apply() || header.has_create() || header.dtype() == DT_STRING) {
+    return absl::DataLossError(absl::StrCat("a chunked logged write to ", Quoted(header.name()),
+                                            " is not an assign of a fixed-size dtype"));
+  }
+  PSD_ASSIGN_OR_RETURN(auto sink, StagedAssignSink::Begin(this, header, kAnonymousCaller,
+                                                          /*replay=*/true));
+  return std::unique_ptr<AssignStreamSink>(std::move(sink));
+}
+
+absl::Status VariableStore::CommitReplayedAssign(AssignStreamSink* sink,
+                                                 const AssignRequest& commit, CallerKey caller) {
+  AssignResponse response;
+  return static_cast<StagedAssignSink*>(sink)->CommitReplayed(commit.request_id(), caller,
+                                                              &response);
+}
+
+absl::StatusOr<std::unique_ptr<StagedAssignSink>> StagedAssignSink::Begin(
+    VariableStore* store, const AssignStreamHeader& header, CallerKey caller, bool replay) {
+  PSD_RETURN_IF_ERROR(store->CheckIncarnation(header.shard_incarnation()));
   const std::string& name = header.name();
   const std::string what = absl::StrCat("streamed value for ", Quoted(name));
   PSD_ASSIGN_OR_RETURN(UpdateKind kind, UpdateKindFromWire(header.op(), name));
@@ -504,11 +683,11 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
     }
     // Every check of the apply, now, so a bad one fails before its bytes
     // travel; Commit runs them again with the variables locked.
-    DenseGradient gradient;
+    VariableStore::DenseGradient gradient;
     gradient.dtype = header.dtype();
     gradient.shape = shape;
     uint64_t version = 0;
-    PSD_RETURN_IF_ERROR(ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient, nullptr,
+    PSD_RETURN_IF_ERROR(store->ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient, nullptr,
                                   &version, /*check_only=*/true));
   } else if (header.has_create()) {
     const CreateVariableRequest& decl = header.create();
@@ -524,12 +703,12 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
       return absl::InvalidArgumentError(absl::StrCat(what, " has shape ", shape.ToString(),
                                                      ", declaration has ", declared.ToString()));
     }
-    absl::ReaderMutexLock lock(&mu_);
-    if (variables_.count(name) > 0 && header.request_id().client_id() == 0) {
+    absl::ReaderMutexLock lock(&store->mu_);
+    if (store->variables_.count(name) > 0 && header.request_id().client_id() == 0) {
       return absl::AlreadyExistsError(absl::StrCat(Quoted(name), " already exists"));
     }
   } else {
-    PSD_ASSIGN_OR_RETURN(auto var, Find(name));
+    PSD_ASSIGN_OR_RETURN(auto var, store->Find(name));
     if (kind != UpdateKind::kAssign && !IsNumeric(var->dtype)) {
       return absl::InvalidArgumentError(absl::StrCat(AssignOpName(kind),
                                                      " is not supported for ", Quoted(name),
@@ -542,10 +721,11 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
                                                      DataTypeName(header.dtype())));
     }
   }
-  auto sink = std::make_unique<StagedAssignSink>(this, header, std::move(shape), kind, caller);
-  PSD_RETURN_IF_ERROR(sink->Register());
+  auto sink =
+      std::make_unique<StagedAssignSink>(store, header, std::move(shape), kind, caller, replay);
+  if (!replay) PSD_RETURN_IF_ERROR(sink->Register());
   PSD_RETURN_IF_ERROR(sink->Stage());
-  return std::unique_ptr<AssignStreamSink>(std::move(sink));
+  return sink;
 }
 
 

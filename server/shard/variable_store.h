@@ -94,6 +94,13 @@ struct VariableStoreOptions {
   // apply it before the primary asks the coordinator to drop the backup
   // from the in-sync set (psd shard --backup-timeout).
   absl::Duration backup_timeout = absl::Seconds(2);
+  // A streamed assign's value bigger than this is logged for moves and
+  // backups in chunks of this size (proto StagedChunk), a backup's while
+  // the client still sends: every entry then fits one pull of the log,
+  // and no copy on the way is bigger (each buffer over glibc's mmap
+  // threshold costs a page fault per 4 KiB, see process_tuning.h). At most
+  // one pull's bytes (4 MiB) less room for the entry's header.
+  int64_t logged_chunk_bytes = (int64_t{4} << 20) - (int64_t{64} << 10);
 };
 
 class VariableStore {
@@ -517,6 +524,24 @@ class VariableStore {
   // Logs a forwarded write of `move`'s group (order_mu held).
   // Returns its seq (0: not logged, the move ended).
   uint64_t LogMoveWrite(MoveOut* move, const WriteMeta& meta);
+  // Logs `write` (its seq set here) against the log's bounds. Past them:
+  // with `fail_when_full` the move fails (as for any write that went
+  // ahead), else nothing is logged and the move goes on (a streamed
+  // value's chunk logged ahead of its commit: the commit logs it again).
+  // An abort chunk is logged whatever the bounds: it is a few bytes, and
+  // without it the target would keep the staged bytes. 0: not logged.
+  uint64_t LogMoveEntry(MoveOut* move, MoveWrite write, const std::string& variable,
+                        bool fail_when_full);
+  // A target's side of StagedChunk entries (store_streams.cc): the
+  // assign a chunked logged value is staged in, the sink of a streamed
+  // assign, registered at its commit with the commit entry's request id
+  // and then committed as its primary's was.
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginReplayedAssign(
+      const AssignStreamHeader& header);
+  absl::Status CommitReplayedAssign(AssignStreamSink* sink, const AssignRequest& commit,
+                                    CallerKey caller);
+  // Applies one StagedChunk entry or commit entry of `move` (apply_mu held).
+  absl::Status ApplyStagedEntry(MoveIn* move, const MoveWrite& write);
   // Gives a move up on the source (order_mu held or not needed): the log
   // and pins are dropped, the group serves as before, pulls get `why`.
   void FailMoveOut(MoveOut* move, const absl::Status& why);
@@ -602,6 +627,8 @@ class VariableStore {
   std::map<uint64_t, std::shared_ptr<MoveIn>> moves_in_ ABSL_GUARDED_BY(moves_mu_);
   // Groups moving out now: Mutate looks a write's group up only when not 0.
   std::atomic<int> moving_out_count_{0};
+  // Names a streamed value logged in chunks (StagedChunk.staged_id).
+  std::atomic<uint64_t> next_staged_id_{1};
   // steady_clock microseconds of a recent write Mutate ran (BusyWithWrites),
   // kept to 10 ms: writers on every core read it, and store only when it
   // is older than that, so the line is not written on each write.

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -505,6 +506,93 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
   EXPECT_EQ(distinct.size(), tickets.size());
   PSD_ASSERT_OK_AND_ASSIGN(Tensor steps, step.Read());
   EXPECT_GE(steps.data<int64_t>()[0], static_cast<int64_t>(tickets.size()));
+}
+
+// A streamed value of 16 MiB (logged for the backup in chunks while the
+// client sends it), of random bits: once acknowledged, the backup holds it
+// bit for bit, and serves it after the primary's SIGKILL. Before that, a
+// stream the client cancels half-way changes nothing on either replica.
+TEST_F(ReplicationTest, ABigStreamedAssignSurvivesThePrimarysSigkillBitForBit) {
+  constexpr int64_t kRows = 16384, kCols = 256;  // 16 MiB of float
+  GetVariableOptions o;
+  o.dtype = DT_FLOAT;
+  o.shape = TensorShape{kRows, kCols};
+  o.initializer = client::init::Zeros();
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("big", o));
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  ASSERT_EQ(v.handle().parts_size(), 1);
+
+  // The cancelled stream: the header and 6 MiB (past one logged chunk),
+  // straight to the primary, then the client gives up.
+  {
+    auto stub = Shard::NewStub(grpc::CreateChannel(cluster_->shard_address(part.shard_id()),
+                                                   grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    AssignResponse response;
+    std::unique_ptr<grpc::ClientWriter<AssignStreamRequest>> writer =
+        stub->AssignStream(&ctx, &response);
+    AssignStreamRequest first;
+    AssignStreamHeader* header = first.mutable_header();
+    header->set_name(part.name());
+    header->set_op(UPDATE_ASSIGN);
+    header->set_dtype(DT_FLOAT);
+    header->mutable_shape()->add_dims(kRows);
+    header->mutable_shape()->add_dims(kCols);
+    header->set_total_bytes(kRows * kCols * 4);
+    header->set_validate_shape(true);
+    header->mutable_request_id()->set_client_id(0x5eed);
+    header->mutable_request_id()->set_seq(1);
+    ASSERT_TRUE(writer->Write(first));
+    AssignStreamRequest chunk;
+    chunk.set_content(std::string(size_t{1} << 20, '\x7f'));
+    for (int i = 0; i < 6; ++i) ASSERT_TRUE(writer->Write(chunk));
+    absl::SleepFor(absl::Milliseconds(300));  // the backup pulls what was logged
+    ctx.TryCancel();
+    EXPECT_FALSE(writer->Finish().ok());
+  }
+  // Neither replica has any of it: the primary, then (after the primary's
+  // SIGKILL) the promoted backup, which had staged a chunk of it.
+  const auto all_zero = [&](const char* where) {
+    absl::StatusOr<Tensor> read = v.Read();
+    ASSERT_TRUE(read.ok()) << read.status();
+    for (int64_t i = 0; i < read->num_elements(); ++i) {
+      ASSERT_EQ(read->data<float>()[i], 0.0f) << where << ": element " << i;
+    }
+  };
+  // Fails over (the client waits for it) and returns the new primary.
+  const auto kill_primary = [&](int primary) -> absl::StatusOr<int> {
+    PSD_RETURN_IF_ERROR(cluster_->KillShard(primary));
+    absl::Status read = v.Read().status();  // waits for the failover
+    PSD_RETURN_IF_ERROR(read);
+    PSD_RETURN_IF_ERROR(v.Refresh());
+    const int promoted = v.handle().parts(0).shard_id();
+    if (promoted == primary) return absl::InternalError("read from the killed primary");
+    PSD_RETURN_IF_ERROR(cluster_->StartKilledShard(primary));
+    return promoted;
+  };
+  ASSERT_NO_FATAL_FAILURE(all_zero("the primary after a cancelled stream"));
+  PSD_ASSERT_OK_AND_ASSIGN(const int promoted, kill_primary(part.shard_id()));
+  ASSERT_NO_FATAL_FAILURE(all_zero("the promoted backup after a cancelled stream"));
+
+  Tensor value(DT_FLOAT, TensorShape{kRows, kCols});
+  uint32_t x = 0x9e3779b9u;
+  for (int64_t i = 0; i < value.num_elements(); ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    std::memcpy(value.data<float>() + i, &x, 4);  // any bits, NaN payloads too
+  }
+  PSD_ASSERT_OK_AND_ASSIGN(part, WaitInSync(v, 1));  // a new backup, copied
+  ASSERT_EQ(part.shard_id(), promoted);
+  ASSERT_TRUE(IsOk(v.Assign(value)));
+  // Acknowledged: its in-sync backup has it. The primary dies.
+  PSD_ASSERT_OK_AND_ASSIGN(const int second, kill_primary(promoted));
+  EXPECT_NE(second, promoted);
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor read, v.Read());
+  ASSERT_EQ(read.bytes().size(), value.bytes().size());
+  EXPECT_TRUE(read.bytes() == value.bytes()) << "the promoted backup's value differs";
 }
 
 }  // namespace

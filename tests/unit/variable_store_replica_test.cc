@@ -782,5 +782,191 @@ TEST_F(StoreReplicaTest, DroppedPartsEndTheirFollows) {
   EXPECT_TRUE(backup_.List("").empty());
 }
 
+// A backup asks for the writes after those it is applying (after_seq)
+// before it acknowledged them: it gets only the later ones, and the
+// primary counts as acknowledged only what applied_seq says.
+TEST_F(StoreReplicaTest, APullAheadGetsTheLaterWritesAndAcknowledgesOnlyTheApplied) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // the snapshot
+  for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(AddOnes(&primary_, seq).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup_.NextMovePull(7, &req));
+  req.set_wait_ms(0);
+  PullMoveResponse first;
+  ASSERT_TRUE(primary_.PullMove(req, &first).ok());
+  ASSERT_EQ(first.writes_size(), 3);
+  req.set_after_seq(2);  // writes 1 and 2 are being applied
+  PullMoveResponse ahead;
+  ASSERT_TRUE(primary_.PullMove(req, &ahead).ok());
+  ASSERT_EQ(ahead.writes_size(), 1);
+  EXPECT_EQ(ahead.writes(0).seq(), 3u);
+  EXPECT_EQ(primary_.replication_stats().max_lag, 3);  // none acknowledged
+  // Applied in order, the writes the backup has are the primary's.
+  ASSERT_TRUE(backup_.ApplyMovePull(7, first).ok());
+  ASSERT_TRUE(backup_.ApplyMovePull(7, ahead).ok());  // 3 again: skipped
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 3u);
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(primary_.replication_stats().max_lag, 0);
+}
+
+// Streamed values bigger than the logged chunk size (4 bytes here: "w" is
+// 16) are logged in chunks, a follow's as the bytes arrive, then committed
+// by one small entry (proto StagedChunk).
+class StoreChunkedReplicaTest : public StoreReplicaTest {
+ protected:
+  StoreChunkedReplicaTest()
+      : primary_(device_.get(), ChunkedOptions(1)),
+        backup_(device_.get(), ChunkedOptions(2)),
+        backup2_(device_.get(), ChunkedOptions(3)) {}
+
+  static VariableStoreOptions ChunkedOptions(uint64_t incarnation) {
+    VariableStoreOptions options = Options(incarnation, absl::Seconds(600));
+    options.logged_chunk_bytes = 4;
+    return options;
+  }
+
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginStream(uint64_t seq) {
+    AssignStreamHeader header;
+    header.set_name("w");
+    header.set_op(UPDATE_ASSIGN);
+    header.set_dtype(DT_FLOAT);
+    header.mutable_shape()->add_dims(4);
+    header.set_total_bytes(16);
+    header.set_validate_shape(true);
+    header.mutable_request_id()->set_client_id(5);
+    header.mutable_request_id()->set_seq(seq);
+    return primary_.BeginAssignStream(header);
+  }
+
+  // Commits `sink` on another thread (it waits for the in-sync backup)
+  // while `backup` pulls; returns the commit's answer.
+  absl::Status CommitWhilePulling(AssignStreamSink* sink, VariableStore* backup,
+                                  uint64_t move_id) {
+    std::atomic<bool> answered{false};
+    absl::Status status;
+    std::thread writer([&] {
+      AssignResponse response;
+      status = sink->Commit(&response);
+      answered.store(true);
+    });
+    for (int i = 0; i < 600 && !answered.load(); ++i) {
+      PullOnce(&primary_, backup, move_id, /*wait_ms=*/100);
+    }
+    writer.join();
+    return status;
+  }
+
+  uint64_t Applied(VariableStore* backup, uint64_t move_id) {
+    return backup->MoveInStatus(move_id, absl::ZeroDuration()).applied_seq();
+  }
+
+  VariableStore primary_;
+  VariableStore backup_;
+  VariableStore backup2_;
+};
+
+const std::vector<float> kStreamed = {1.5f, -2.25f, 3e-7f, 4e9f};
+
+absl::string_view Bytes(const std::vector<float>& v, size_t from, size_t n) {
+  return absl::string_view(reinterpret_cast<const char*>(v.data()) + from, n);
+}
+
+// The backup stages the chunks while the client still sends, holds the
+// value bit for bit once it commits, and answers the write's retry from
+// its window after a promotion (the primary's SIGKILL).
+TEST_F(StoreChunkedReplicaTest, ABigStreamedAssignReachesTheBackupWhileItIsSentAndBitForBit) {
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary_, &backup_));
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> sink = BeginStream(1);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 0, 8)).ok());
+  // Two chunks are in the log before the commit, and the backup took them.
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(Applied(&backup_, 7), 2u);
+  ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 8, 8)).ok());
+  ASSERT_TRUE(CommitWhilePulling(sink->get(), &backup_, 7).ok());
+  EXPECT_EQ(Applied(&backup_, 7), 5u);  // four chunks and the commit
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
+  EXPECT_EQ(Read(&backup_, "w"), kStreamed);
+  // The client's retry (with another value: it must not be applied).
+  AssignRequest retry;
+  retry.set_name("w");
+  *retry.mutable_value() = Floats({9, 9, 9, 9});
+  retry.mutable_request_id()->set_client_id(5);
+  retry.mutable_request_id()->set_seq(1);
+  AssignResponse response;
+  ASSERT_TRUE(backup_.Assign(retry, &response).ok());
+  EXPECT_EQ(Read(&backup_, "w"), kStreamed);
+}
+
+// A client that cancels mid-way: the chunks the backup staged go, the
+// write changes nothing on either replica, and its id stays unrecorded (a
+// retry runs it).
+TEST_F(StoreChunkedReplicaTest, AStreamCancelledMidWayChangesNothingOnPrimaryOrBackup) {
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary_, &backup_));
+  {
+    absl::StatusOr<std::unique_ptr<AssignStreamSink>> sink = BeginStream(1);
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 0, 12)).ok());
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+    EXPECT_EQ(Applied(&backup_, 7), 3u);
+  }  // the stream broke
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(Applied(&backup_, 7), 4u);  // the abort
+  EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{0, 0, 0, 0}));
+  // The retry runs, on the primary and on its backup.
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> retry = BeginStream(1);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  ASSERT_TRUE((*retry)->Append(Bytes(kStreamed, 0, 16)).ok());
+  ASSERT_TRUE(CommitWhilePulling(retry->get(), &backup_, 7).ok());
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&primary_, "w"), kStreamed);
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
+}
+
+// The primary dies while the client sends: the promoted backup holds the
+// value as before the write, none of the chunks it staged.
+TEST_F(StoreChunkedReplicaTest, APromotedBackupDropsAValueThatNeverCommitted) {
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary_, &backup_));
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> sink = BeginStream(2);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 0, 12)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(Applied(&backup_, 7), 3u);  // three chunks staged
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());  // the primary is gone
+  EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{0, 0, 0, 0}));
+  // The write was never answered; its retry on the promoted backup runs.
+  AssignRequest retry;
+  retry.set_name("w");
+  *retry.mutable_value() = Floats(kStreamed);
+  retry.mutable_request_id()->set_client_id(5);
+  retry.mutable_request_id()->set_seq(2);
+  AssignResponse response;
+  ASSERT_TRUE(backup_.Assign(retry, &response).ok());
+  EXPECT_EQ(Read(&backup_, "w"), kStreamed);
+}
+
+// A backup whose copy begins while a chunked value is being sent (its
+// snapshot without it) gets all of its chunks with the commit, and ends
+// up identical to the primary and to the backup that staged them ahead.
+TEST_F(StoreChunkedReplicaTest, ABackupThatFollowsFromASnapshotDuringAChunkedWriteIsIdentical) {
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary_, &backup_));
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> sink = BeginStream(1);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 0, 8)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(backup2_.BeginMoveIn(MoveIn(8, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup2_, 8));  // its snapshot: zeros
+  ASSERT_TRUE((*sink)->Append(Bytes(kStreamed, 8, 8)).ok());
+  ASSERT_TRUE(CommitWhilePulling(sink->get(), &backup_, 7).ok());
+  CatchUp(&primary_, &backup2_, 8);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  ASSERT_TRUE(backup2_.PromoteReplica(8, 2, 3).ok());
+  EXPECT_EQ(Read(&primary_, "w"), kStreamed);
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
+  EXPECT_EQ(ReadProto(&backup2_, "w")->content(), ReadProto(&primary_, "w")->content());
+}
+
 }  // namespace
 }  // namespace psd
