@@ -632,9 +632,12 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
   }
 
   // The commit is a write: a fence holds it (without holding this thread),
-  // not the staging before it.
+  // not the staging before it. A commit to a replicated part is answered
+  // once its backups have it, from the answer pool (as RunWrite's writes):
+  // the gRPC thread goes back to serving, the backups' pulls among others.
   void Commit() {
     absl::Status status;
+    std::shared_ptr<VariableStore::PendingAnswers> pending;
     {
       // A part moving to another shard: its move's gate first (RunWrite).
       std::shared_ptr<WriteGate> part_gate = service_->store_->MoveGateFor(name_);
@@ -646,6 +649,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       WriteGate::Admission admission =
           service_->store_->mutable_gate()->TryAdmit([this] { Commit(); });
       if (!admission) return;
+      VariableStore::DeferredAnswers deferred(service_->store_);
       status = service_->RunGuarded([this] {
         AssignResponse response;
         absl::Status committed = sink_->Commit(&response);
@@ -653,6 +657,21 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
         return committed;
       });
       sink_.reset();
+      if (!deferred.empty()) {
+        pending = std::make_shared<VariableStore::PendingAnswers>(deferred.Detach());
+      }
+    }
+    if (pending != nullptr) {
+      service_->AnswerLater([this, status, pending] {
+        absl::Status answer = status;
+        absl::Status waited = service_->RunGuarded([&] {
+          for (auto& [index, changed] : pending->Finish()) answer = std::move(changed);
+          return absl::OkStatus();
+        });
+        if (!waited.ok()) answer = waited;
+        Finish(ToGrpcStatus(answer));
+      });
+      return;
     }
     Finish(ToGrpcStatus(status));
   }

@@ -498,8 +498,10 @@ class StagedAssignSink final : public AssignStreamSink {
     pass->reset();
     // On every path (a failed commit too): an ended follow is out of the
     // in-sync set before anything is answered; the answer stays the
-    // commit's own.
+    // commit's own. Waited for later, off the stream's thread, when the
+    // caller keeps the answers (DeferredAnswers), as Mutate's writes are.
     if (!waits.empty()) {
+      if (store_->DeferAnswer(&waits, name, status.ok())) return status;
       absl::Status waited = store_->WaitForBackups(waits, name);
       if (status.ok() && !waited.ok()) return waited;
     }

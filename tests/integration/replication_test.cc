@@ -399,6 +399,72 @@ TEST_F(PatientBackupTest, AStreamEndsOnlyAfterAnsweringTheMessagesBeforeItsEnd) 
   EXPECT_EQ(value.data<int64_t>()[0], 2);
 }
 
+// Streamed assigns (values over the client's stream threshold) to a
+// replicated part wait for their backups on the shard's answer pool, not
+// on gRPC's threads: eight writers at once leave the threads that serve
+// the backup's pulls free, so the backup keeps up and is never reported
+// behind.
+TEST_F(ReplicationTest, ManyStreamedWritersKeepTheBackupInSync) {
+  constexpr int kWriters = 8;
+  constexpr int64_t kElements = int64_t{1} << 19;  // 2 MiB of floats: streamed
+  GetVariableOptions o;
+  o.dtype = DT_FLOAT;
+  o.shape = TensorShape{kElements};
+  o.initializer = client::init::Zeros();
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("streamed", o));
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int primary = part.shard_id();
+  const int backup = part.in_sync_shards(0);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> acked{0};
+  std::atomic<int64_t> failed{0};
+  std::mutex mu;
+  std::string first_failure;
+  std::vector<std::thread> writers;
+  StopAndJoin stop_on_exit(&stop, &writers);
+  for (int t = 0; t < kWriters; ++t) {
+    writers.emplace_back([&, t] {
+      Tensor value(DT_FLOAT, TensorShape{kElements});
+      std::fill(value.data<float>(), value.data<float>() + kElements, static_cast<float>(t + 1));
+      while (!stop.load()) {
+        absl::Status s = v.Assign(value);
+        if (s.ok()) {
+          acked.fetch_add(1);
+          continue;
+        }
+        failed.fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_failure.empty()) first_failure = s.ToString();
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(4));
+  stop.store(true);
+  for (auto& w : writers) w.join();
+  writers.clear();
+  EXPECT_EQ(failed.load(), 0) << first_failure;
+  EXPECT_GT(acked.load(), 0);
+
+  PSD_ASSERT_OK_AND_ASSIGN(auto metrics,
+                           testing_http::ScrapeFromPortFile(absl::StrCat(
+                               cluster_->state_dir(), "/shard-", primary, ".http-port")));
+  EXPECT_EQ(metrics["psd_shard_replica_behind_calls_total"], 0)
+      << "the primary reported its backup behind";
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  const PartHandle after = v.handle().parts(0);
+  EXPECT_EQ(after.shard_id(), primary);
+  ASSERT_EQ(after.in_sync_shards_size(), 1);
+  EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
+  // One writer's value, whole.
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
+  const float first = value.data<float>()[0];
+  EXPECT_GE(first, 1.0f);
+  EXPECT_LE(first, static_cast<float>(kWriters));
+  EXPECT_EQ(std::count(value.data<float>(), value.data<float>() + kElements, first), kElements);
+}
+
 // The heart of the guarantee: trainers count while the primary is
 // SIGKILLed, twice (the second time the primary is the backup promoted the
 // first time, and its own backup the copy made after that failover).
