@@ -114,7 +114,8 @@ struct MoveOut {
       std::chrono::steady_clock::now();
   int32_t new_shard ABSL_GUARDED_BY(mu) = -1;  // kMoved: where the group went
   // By member index: the cut of each table part (not slots); dropped when
-  // the move ends or fails (a live cut makes the table's writers copy rows).
+  // the move ends or fails, and a follow's once its backup has the whole
+  // snapshot (a live cut makes the table's writers copy rows).
   std::vector<std::shared_ptr<const TableCut>> table_cuts ABSL_GUARDED_BY(mu);
 
   bool Has(const std::string& name) const {

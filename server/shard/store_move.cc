@@ -704,6 +704,7 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     if (!move->snapshot_released) {
       move->snapshot_released = true;
       for (MoveOut::Member& m : move->members) m.pin.reset();
+      move->table_cuts.clear();  // a live cut makes the table's writers copy rows
     }
   }
   // Logged writes after applied_seq, waiting a little for some to come.
