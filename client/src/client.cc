@@ -51,9 +51,26 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
         options.data_stream_frames_in_flight, ", ", options.data_stream_frame_bytes, ", ",
         options.data_stream_ops_per_frame));
   }
+  if (options.keepalive != absl::ZeroDuration() && options.keepalive < absl::Seconds(5)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions: keepalive must be 0 (no pings) or at least 5s (shards refuse pings more "
+        "often); got ",
+        absl::FormatDuration(options.keepalive)));
+  }
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  if (options.keepalive > absl::ZeroDuration()) {
+    // Only while calls are open: an idle client costs its shards nothing.
+    const int ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(options.keepalive), int64_t{1} << 30));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    // A data stream waiting for a long op sends nothing meanwhile: keep
+    // pinging all the same.
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   // Reconnect soon after a shard comes back (gRPC's default backoff grows
   // to two minutes), so retries can reach a restarted shard.
   const int max_backoff_ms =

@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -586,6 +587,51 @@ TEST_F(ReplicationPartitionTest, ABackupCutOffFromTheCoordinatorIsReplacedWhileW
 // promoted shard starts at once, instead of waiting until the old
 // primary's answer to the follow's last pull times out (30 s; StartMoveIn
 // on the promoted shard joined that puller, holding every move into it).
+// A primary whose host vanishes without closing its connections (cut off
+// from everyone: no reset reaches its clients) is failed over, and a
+// trainer whose op was in flight on the dead connection notices by its
+// keepalive pings (ClientOptions::keepalive) and goes on at the new
+// primary, long before the op's own deadline (2 minutes here). The op is
+// applied once.
+TEST_F(ReplicationPartitionTest, ATrainerWhosePrimaryVanishedSilentlyGoesOnAtTheNewPrimary) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kBoth));
+  client::SessionOptions patient_options;
+  patient_options.failover_wait = absl::Seconds(90);
+  patient_options.shard.timeout = absl::Minutes(2);
+  patient_options.shard.keepalive = absl::Seconds(5);
+  PSD_ASSERT_OK_AND_ASSIGN(auto patient,
+                           Session::Open(cluster_->coordinator_address(), patient_options));
+  GetVariableOptions o;
+  o.initial_value = Tensor::Scalar<int64_t>(0);
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable step, patient->GetVariable("silent", o));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
+                           WaitForPart(step, "in-sync backup", [](const PartHandle& p) {
+                             return p.in_sync_shards_size() == 1;
+                           }));
+  const int primary = before.shard_id();
+  const int backup = before.in_sync_shards(0);
+  // The trainer's data stream to the primary is open.
+  ASSERT_TRUE(IsOk(step.AssignAdd(Tensor::Scalar<int64_t>(1))));
+
+  coordinator_links_[primary]->SetBlackhole(true);
+  shard_links_[primary]->SetBlackhole(true);
+  auto add = std::async(std::launch::async,
+                        [&] { return step.AssignAdd(Tensor::Scalar<int64_t>(1)); });
+  const bool done = add.wait_for(std::chrono::seconds(60)) == std::future_status::ready;
+  EXPECT_TRUE(done) << "the op waited on the dead connection";
+  if (done) EXPECT_TRUE(IsOk(add.get()));
+  coordinator_links_[primary]->SetBlackhole(false);
+  shard_links_[primary]->SetBlackhole(false);
+  if (!done) return;  // (the future's destructor waits out the op)
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle after,
+                           WaitForPart(step, "failover", [&](const PartHandle& p) {
+                             return p.shard_id() == backup && p.epoch() > before.epoch();
+                           }));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, step.Read());
+  EXPECT_EQ(value.data<int64_t>()[0], 2);
+}
+
 TEST_F(ReplicationPartitionTest, APromotedBackupTakesNewBackupsWhileItsOldPrimaryAnswersNobody) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kBoth));
   PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());

@@ -96,6 +96,14 @@ namespace client {
 struct ClientOptions {
   // Deadline of every unary RPC attempt, the handshake in Connect included.
   absl::Duration timeout = absl::Seconds(30);
+  // While calls are open on a shard's connection (the data streams are),
+  // the client pings it this often and waits as long for the answer: a
+  // shard whose host vanished without closing its connections (power
+  // loss, a partition) is noticed in about twice this, not when an op is
+  // `timeout` overdue, and the ops on it are retried (on a replicated part,
+  // at its new primary). Zero: no pings. Else at least 5 s (shards refuse
+  // pings more often than every 4 s on a connection they send nothing on).
+  absl::Duration keepalive = absl::Seconds(5);
   // Deadline of one attempt of a streamed read or assign (big values).
   absl::Duration stream_timeout = absl::Minutes(10);
   // Largest message sent or received. Values above stream_threshold_bytes
