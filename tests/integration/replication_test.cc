@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -97,6 +98,55 @@ class ReplicationTest : public ::testing::Test {
     }
     return absl::DeadlineExceededError(absl::StrCat(
         v.name(), " has no ", backups, " in-sync backups after 60 s: ", last.DebugString()));
+  }
+
+  // Runs `writers` threads calling `write(thread)` for `seconds`; expects
+  // no write to fail and returns how many were acknowledged.
+  int64_t WriteFor(int writers, absl::Duration seconds,
+                   const std::function<absl::Status(int)>& write) {
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> acked{0};
+    std::atomic<int64_t> failed{0};
+    std::mutex mu;
+    std::string first_failure;
+    std::vector<std::thread> threads;
+    StopAndJoin stop_on_exit(&stop, &threads);
+    for (int t = 0; t < writers; ++t) {
+      threads.emplace_back([&, t] {
+        while (!stop.load()) {
+          absl::Status s = write(t);
+          if (s.ok()) {
+            acked.fetch_add(1);
+            continue;
+          }
+          failed.fetch_add(1);
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_failure.empty()) first_failure = s.ToString();
+        }
+      });
+    }
+    absl::SleepFor(seconds);
+    stop.store(true);
+    for (auto& t : threads) t.join();
+    threads.clear();
+    EXPECT_EQ(failed.load(), 0) << first_failure;
+    EXPECT_GT(acked.load(), 0);
+    return acked.load();
+  }
+
+  // Expects `v`'s part 0 still on `primary` with `backup` its one in-sync
+  // backup, never reported behind (so never dropped and made again).
+  void ExpectTheSameInSyncBackup(Variable& v, int primary, int backup) {
+    PSD_ASSERT_OK_AND_ASSIGN(auto metrics,
+                             testing_http::ScrapeFromPortFile(absl::StrCat(
+                                 cluster_->state_dir(), "/shard-", primary, ".http-port")));
+    EXPECT_EQ(metrics["psd_shard_replica_behind_calls_total"], 0)
+        << "the primary reported its backup behind";
+    ASSERT_TRUE(IsOk(v.Refresh()));
+    const PartHandle after = v.handle().parts(0);
+    EXPECT_EQ(after.shard_id(), primary);
+    ASSERT_EQ(after.in_sync_shards_size(), 1);
+    EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
   }
 
   std::unique_ptr<TestCluster> cluster_;
@@ -206,48 +256,12 @@ TEST_F(ReplicationTest, ManyUnaryWritersKeepTheBackupInSync) {
   PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
   const int primary = part.shard_id();
   const int backup = part.in_sync_shards(0);
-
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> acked{0};
-  std::atomic<int64_t> failed{0};
-  std::mutex mu;
-  std::string first_failure;
-  std::vector<std::thread> writers;
-  StopAndJoin stop_on_exit(&stop, &writers);
-  for (int t = 0; t < kWriters; ++t) {
-    writers.emplace_back([&] {
-      const Tensor ones = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 1));
-      while (!stop.load()) {
-        absl::Status s = v.AssignAdd(ones);
-        if (s.ok()) {
-          acked.fetch_add(1);
-          continue;
-        }
-        failed.fetch_add(1);
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_failure.empty()) first_failure = s.ToString();
-      }
-    });
-  }
-  absl::SleepFor(absl::Seconds(4));
-  stop.store(true);
-  for (auto& w : writers) w.join();
-  writers.clear();
-  EXPECT_EQ(failed.load(), 0) << first_failure;
-  EXPECT_GT(acked.load(), 0);
-
-  PSD_ASSERT_OK_AND_ASSIGN(auto metrics,
-                           testing_http::ScrapeFromPortFile(absl::StrCat(
-                               cluster_->state_dir(), "/shard-", primary, ".http-port")));
-  EXPECT_EQ(metrics["psd_shard_replica_behind_calls_total"], 0)
-      << "the primary reported its backup behind";
-  ASSERT_TRUE(IsOk(v.Refresh()));
-  const PartHandle after = v.handle().parts(0);
-  EXPECT_EQ(after.shard_id(), primary);
-  ASSERT_EQ(after.in_sync_shards_size(), 1);
-  EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
+  const Tensor ones = Vec<int64_t>(TensorShape{kWidth}, std::vector<int64_t>(kWidth, 1));
+  const int64_t acked =
+      WriteFor(kWriters, absl::Seconds(4), [&](int) { return v.AssignAdd(ones); });
+  ASSERT_NO_FATAL_FAILURE(ExpectTheSameInSyncBackup(v, primary, backup));
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
-  for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], acked.load());
+  for (int64_t i = 0; i < kWidth; ++i) EXPECT_EQ(value.data<int64_t>()[i], acked);
 }
 
 // Shards whose primaries wait a minute for a backup before dropping it.
@@ -416,47 +430,14 @@ TEST_F(ReplicationTest, ManyStreamedWritersKeepTheBackupInSync) {
   PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
   const int primary = part.shard_id();
   const int backup = part.in_sync_shards(0);
-
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> acked{0};
-  std::atomic<int64_t> failed{0};
-  std::mutex mu;
-  std::string first_failure;
-  std::vector<std::thread> writers;
-  StopAndJoin stop_on_exit(&stop, &writers);
+  std::vector<Tensor> values;
   for (int t = 0; t < kWriters; ++t) {
-    writers.emplace_back([&, t] {
-      Tensor value(DT_FLOAT, TensorShape{kElements});
-      std::fill(value.data<float>(), value.data<float>() + kElements, static_cast<float>(t + 1));
-      while (!stop.load()) {
-        absl::Status s = v.Assign(value);
-        if (s.ok()) {
-          acked.fetch_add(1);
-          continue;
-        }
-        failed.fetch_add(1);
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_failure.empty()) first_failure = s.ToString();
-      }
-    });
+    Tensor value(DT_FLOAT, TensorShape{kElements});
+    std::fill(value.data<float>(), value.data<float>() + kElements, static_cast<float>(t + 1));
+    values.push_back(std::move(value));
   }
-  absl::SleepFor(absl::Seconds(4));
-  stop.store(true);
-  for (auto& w : writers) w.join();
-  writers.clear();
-  EXPECT_EQ(failed.load(), 0) << first_failure;
-  EXPECT_GT(acked.load(), 0);
-
-  PSD_ASSERT_OK_AND_ASSIGN(auto metrics,
-                           testing_http::ScrapeFromPortFile(absl::StrCat(
-                               cluster_->state_dir(), "/shard-", primary, ".http-port")));
-  EXPECT_EQ(metrics["psd_shard_replica_behind_calls_total"], 0)
-      << "the primary reported its backup behind";
-  ASSERT_TRUE(IsOk(v.Refresh()));
-  const PartHandle after = v.handle().parts(0);
-  EXPECT_EQ(after.shard_id(), primary);
-  ASSERT_EQ(after.in_sync_shards_size(), 1);
-  EXPECT_EQ(after.in_sync_shards(0), backup) << "the backup was dropped and made again";
+  WriteFor(kWriters, absl::Seconds(4), [&](int t) { return v.Assign(values[t]); });
+  ASSERT_NO_FATAL_FAILURE(ExpectTheSameInSyncBackup(v, primary, backup));
   // One writer's value, whole.
   PSD_ASSERT_OK_AND_ASSIGN(Tensor value, v.Read());
   const float first = value.data<float>()[0];
