@@ -246,15 +246,24 @@ class ReplicationPartitionTest : public ::testing::Test {
   }
 
   // The replicated counter the trainers share, with its in-sync backup.
-  absl::StatusOr<Variable> Counter(const std::string& name = "step") {
+  // A replicated int64 counter `name` (0) of `session` (default: the
+  // fixture's), once its part has an in-sync backup.
+  absl::StatusOr<Variable> Counter(const std::string& name = "step",
+                                   Session* session = nullptr) {
     GetVariableOptions o;
     o.initial_value = Tensor::Scalar<int64_t>(0);
     o.initialize = true;
-    PSD_ASSIGN_OR_RETURN(Variable v, session_->GetVariable(name, o));
-    PSD_RETURN_IF_ERROR(WaitForPart(v, "an in-sync backup", [](const PartHandle& p) {
-                          return p.in_sync_shards_size() >= 1;
-                        }).status());
+    PSD_ASSIGN_OR_RETURN(Variable v,
+                         (session != nullptr ? session : session_.get())->GetVariable(name, o));
+    PSD_RETURN_IF_ERROR(InSyncPart(v).status());
     return v;
+  }
+
+  // `v`'s part once it has an in-sync backup (in_sync_shards(0) is then
+  // valid).
+  absl::StatusOr<PartHandle> InSyncPart(Variable& v) {
+    return WaitForPart(v, "an in-sync backup",
+                       [](const PartHandle& p) { return p.in_sync_shards_size() >= 1; });
   }
 
   // The coordinator's handle of `v`'s part once `pred` holds (bounded).
@@ -342,8 +351,7 @@ class ReplicationPartitionTest : public ::testing::Test {
 TEST_F(ReplicationPartitionTest, APrimaryCutOffFromTheCoordinatorStopsAnsweringBeforeItsBackupIsPromoted) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kCoordinatorLinks));
   PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());
-  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
-                           WaitForPart(step, "handle", [](const PartHandle&) { return true; }));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before, InSyncPart(step));
   const int primary = before.shard_id();
   const int backup = before.in_sync_shards(0);
   Trainers trainers(step);
@@ -456,8 +464,7 @@ TEST_F(ReplicationPartitionTest, APrimaryCutOffFromTheCoordinatorStopsAnsweringB
 TEST_F(ReplicationPartitionTest, APrimaryCutOffFromItsBackupDropsItFromTheInSyncSetAndLosesNothing) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kShards));
   PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());
-  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
-                           WaitForPart(step, "handle", [](const PartHandle&) { return true; }));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before, InSyncPart(step));
   const int primary = before.shard_id();
   const int backup = before.in_sync_shards(0);
   Trainers trainers(step);
@@ -546,8 +553,7 @@ TEST_F(ReplicationPartitionTest, APrimaryCutOffFromItsBackupDropsItFromTheInSync
 TEST_F(ReplicationPartitionTest, ABackupCutOffFromTheCoordinatorIsReplacedWhileWritesGoOn) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kCoordinatorLinks));
   PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());
-  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
-                           WaitForPart(step, "handle", [](const PartHandle&) { return true; }));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before, InSyncPart(step));
   const int primary = before.shard_id();
   const int backup = before.in_sync_shards(0);
   const int third = 3 - primary - backup;
@@ -601,14 +607,8 @@ TEST_F(ReplicationPartitionTest, ATrainerWhosePrimaryVanishedSilentlyGoesOnAtThe
   patient_options.shard.keepalive = absl::Seconds(5);
   PSD_ASSERT_OK_AND_ASSIGN(auto patient,
                            Session::Open(cluster_->coordinator_address(), patient_options));
-  GetVariableOptions o;
-  o.initial_value = Tensor::Scalar<int64_t>(0);
-  o.initialize = true;
-  PSD_ASSERT_OK_AND_ASSIGN(Variable step, patient->GetVariable("silent", o));
-  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
-                           WaitForPart(step, "in-sync backup", [](const PartHandle& p) {
-                             return p.in_sync_shards_size() == 1;
-                           }));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter("silent", patient.get()));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before, InSyncPart(step));
   const int primary = before.shard_id();
   const int backup = before.in_sync_shards(0);
   // The trainer's data stream to the primary is open.
@@ -635,8 +635,7 @@ TEST_F(ReplicationPartitionTest, ATrainerWhosePrimaryVanishedSilentlyGoesOnAtThe
 TEST_F(ReplicationPartitionTest, APromotedBackupTakesNewBackupsWhileItsOldPrimaryAnswersNobody) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(Proxied::kBoth));
   PSD_ASSERT_OK_AND_ASSIGN(Variable step, Counter());
-  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before,
-                           WaitForPart(step, "handle", [](const PartHandle&) { return true; }));
+  PSD_ASSERT_OK_AND_ASSIGN(const PartHandle before, InSyncPart(step));
   const int primary = before.shard_id();
   const int backup = before.in_sync_shards(0);
   const int third = 3 - primary - backup;
