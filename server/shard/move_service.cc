@@ -76,7 +76,8 @@ ShardMoveService::ShardMoveService(int32_t shard_id, VariableStore* store, PeerR
     // pull parked at that instant at most its wait.
     if (news_.size() > 65536) news_.clear();
     ++news_[move_id];
-    if (parked_.empty()) return;
+    if (follower_count_.load(std::memory_order_acquire) > 0) follow_news_.insert(move_id);
+    if (parked_.empty() && follow_news_.empty()) return;
     news_pending_ = true;
     parked_changed_.SignalAll();
   });
@@ -109,7 +110,10 @@ void ShardMoveService::Wake() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     }
     news_pending_ = false;
     const bool stopping = waker_stopping_;
+    std::set<uint64_t> pushes;
+    pushes.swap(follow_news_);
     parked_mu_.Unlock();
+    if (!pushes.empty()) PushFollowers(pushes);
     for (ParkedPull& p : ready) {
       // Asked again, without waiting: what was logged meanwhile, or none.
       p.response->Clear();
@@ -176,6 +180,191 @@ grpc::ServerUnaryReactor* ShardMoveService::PullMove(grpc::CallbackServerContext
   return reactor;
 }
 
+// A backup's follow stream on the primary. The first request is the
+// follow's log pull; each later one acknowledges (applied_seq). The stream
+// pushes the writes logged after those it sent, one answer on the wire at
+// a time: at once when there are some, else when the waker brings news of
+// the log (PushFollowers), or when the answer before is written.
+//
+// Lifetime: every event decides under mu_ what to start (a write, a read,
+// Finish) and starts it outside the lock. Finish is called once, when the
+// stream ended (the backup's side closed, an error) and no write is on the
+// wire; OnDone unregisters the stream and deletes it.
+class ShardMoveService::FollowReactor final
+    : public grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse> {
+ public:
+  explicit FollowReactor(ShardMoveService* service) : service_(service) {
+    StartRead(&received_);
+  }
+
+  // The waker's news of the log: pushes what was logged if nothing is on
+  // the wire, else once the answer on the wire is written.
+  void Push() {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      news_ = true;
+      if (started_ && !writing_ && !end_.has_value()) FetchLocked(&actions);
+      DecideLocked(&actions);
+    }
+    Carry(actions);
+  }
+
+  void OnReadDone(bool ok) override {
+    Actions actions;
+    if (ok && !registered_) {
+      // Registered before the first fetch, so no news is missed between
+      // the two (news that comes first is fetched with it).
+      registered_ = true;
+      move_id_ = received_.move_id();
+      service_->AddFollower(move_id_, this);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (finished_) return;
+      if (!ok) {
+        // The backup closed its side, or went away.
+        if (!end_.has_value()) end_ = grpc::Status::OK;
+      } else if (!started_) {
+        started_ = true;
+        pull_ = received_;
+        pull_.set_wait_ms(0);
+        sent_ = received_.applied_seq();
+        FetchLocked(&actions);
+      } else {
+        // An acknowledgement: how far the backup applied.
+        pull_.set_applied_seq(std::max(pull_.applied_seq(), received_.applied_seq()));
+        if (writing_) {
+          PullMoveResponse none;
+          absl::Status acked = RunAtEdge("shard move service", [&] {
+            return service_->store_->PullFollowLog(pull_, &none, /*ack_only=*/true);
+          });
+          if (!acked.ok()) end_ = ToGrpcStatus(acked);
+        } else {
+          FetchLocked(&actions);
+        }
+      }
+      if (!end_.has_value()) {
+        reading_ = true;
+        actions.read = true;
+      }
+      DecideLocked(&actions);
+    }
+    Carry(actions);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        if (!end_.has_value()) end_ = grpc::Status(grpc::StatusCode::CANCELLED, "backup went away");
+      } else if (news_ && !end_.has_value()) {
+        FetchLocked(&actions);
+      }
+      DecideLocked(&actions);
+    }
+    Carry(actions);
+  }
+
+  void OnDone() override {
+    if (registered_) service_->RemoveFollower(move_id_, this);
+    delete this;
+  }
+
+ private:
+  struct Actions {
+    bool write = false;
+    bool read = false;
+    std::optional<grpc::Status> finish;
+  };
+
+  // The writes logged after those sent (and the acknowledgement in pull_),
+  // into outgoing_ to be written when there are any.
+  void FetchLocked(Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    news_ = false;
+    outgoing_.Clear();
+    pull_.set_after_seq(sent_);
+    absl::Status fetched = RunAtEdge("shard move service", [&] {
+      return service_->store_->PullFollowLog(pull_, &outgoing_, /*ack_only=*/false);
+    });
+    if (!fetched.ok()) {
+      end_ = ToGrpcStatus(fetched);
+      return;
+    }
+    if (outgoing_.writes_size() == 0 && !outgoing_.end()) return;
+    if (outgoing_.writes_size() > 0) {
+      sent_ = outgoing_.writes(outgoing_.writes_size() - 1).seq();
+    }
+    writing_ = true;
+    actions->write = true;
+  }
+
+  void DecideLocked(Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (end_.has_value() && !writing_ && !finished_) {
+      finished_ = true;
+      actions->finish = *end_;
+    }
+  }
+
+  void Carry(const Actions& actions) {
+    if (actions.write) StartWrite(&outgoing_);
+    if (actions.read) StartRead(&received_);
+    if (actions.finish.has_value()) Finish(*actions.finish);
+  }
+
+  ShardMoveService* const service_;
+  // Set by the first request's read (reads come one at a time; OnDone
+  // comes after the last).
+  bool registered_ = false;
+  uint64_t move_id_ = 0;
+  absl::Mutex mu_;
+  PullMoveRequest received_;  // the read's buffer (one read at a time)
+  PullMoveRequest pull_ ABSL_GUARDED_BY(mu_);  // the follow's pull, acknowledged so far
+  PullMoveResponse outgoing_;  // the answer on the wire (one at a time)
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;  // the last write sent
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool reading_ ABSL_GUARDED_BY(mu_) = true;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool news_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
+};
+
+grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse>* ShardMoveService::FollowMove(
+    grpc::CallbackServerContext* /*ctx*/) {
+  return new FollowReactor(this);
+}
+
+void ShardMoveService::AddFollower(uint64_t move_id, FollowReactor* follower) {
+  absl::MutexLock lock(&followers_mu_);
+  followers_.emplace(move_id, follower);
+  follower_count_.fetch_add(1, std::memory_order_release);
+}
+
+void ShardMoveService::RemoveFollower(uint64_t move_id, FollowReactor* follower) {
+  absl::MutexLock lock(&followers_mu_);
+  auto [begin, end] = followers_.equal_range(move_id);
+  for (auto it = begin; it != end; ++it) {
+    if (it->second == follower) {
+      followers_.erase(it);
+      follower_count_.fetch_sub(1, std::memory_order_release);
+      return;
+    }
+  }
+}
+
+void ShardMoveService::PushFollowers(const std::set<uint64_t>& move_ids) {
+  // Under followers_mu_, so no stream is deleted meanwhile (OnDone waits).
+  absl::MutexLock lock(&followers_mu_);
+  for (uint64_t id : move_ids) {
+    auto [begin, end] = followers_.equal_range(id);
+    for (auto it = begin; it != end; ++it) it->second->Push();
+  }
+}
+
 grpc::ServerUnaryReactor* ShardMoveService::StartMoveIn(grpc::CallbackServerContext* ctx,
                                                         const StartMoveInRequest* request,
                                                         StartMoveInResponse* /*response*/) {
@@ -237,7 +426,11 @@ void ShardMoveService::Pull(uint64_t move_id, std::string source_address) {
     PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/true);
   });
   copier.join();
-  PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/false);
+  // A follow takes its log on a stream; a move (and a follow whose primary
+  // has no stream) by pulls.
+  if (!store_->IsFollow(move_id) || !FollowLoop(move_id, source_address, stub.get())) {
+    PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/false);
+  }
   absl::MutexLock lock(&mu_);
   returned_.insert(move_id);
 }
@@ -393,6 +586,188 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
     }
   }
   drop_all();
+}
+
+namespace {
+
+// A backup's FollowMove stream, on the backup: applies each answer as it
+// comes (on gRPC's thread: applying is CPU work and takes only the
+// follow's and its parts' locks, which nothing holds for long on a
+// backup), and acknowledges how far it applied, one acknowledgement on
+// the wire at a time (a later one carries the latest).
+class FollowStream final : public grpc::ClientBidiReactor<PullMoveRequest, PullMoveResponse> {
+ public:
+  // `clear_failure`: the follow's pulls failed before; its first answer
+  // clears that from MoveStatus.
+  FollowStream(VariableStore* store, uint64_t move_id, PullMoveRequest first, bool clear_failure)
+      : store_(store), move_id_(move_id), clear_failure_(clear_failure),
+        outgoing_(std::move(first)) {}
+
+  grpc::ClientContext* context() { return &ctx_; }
+
+  void Start() {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = true;
+    }
+    StartWrite(&outgoing_);
+    StartRead(&incoming_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ends; OnDone has its status
+    absl::Status applied = RunAtEdge("shard move service",
+                                     [&] { return store_->ApplyMovePull(move_id_, incoming_); });
+    PullMoveRequest next;
+    // Applied (or failed, recorded by the store): how far it is now.
+    const bool more = applied.ok() && store_->NextMovePull(move_id_, &next);
+    bool write = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!applied.ok()) apply_failed_ = true;
+      if (!more) {
+        ctx_.TryCancel();
+        return;
+      }
+      if (!applied_any_ && clear_failure_) store_->NoteFollowPullFailure(move_id_, absl::OkStatus());
+      applied_any_ = true;
+      acked_ = next.applied_seq();
+      if (!writing_) {
+        writing_ = true;
+        write = true;
+        outgoing_.set_applied_seq(acked_);
+      } else {
+        ack_pending_ = true;
+      }
+    }
+    if (write) StartWrite(&outgoing_);
+    StartRead(&incoming_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool write = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (ok && ack_pending_) {
+        ack_pending_ = false;
+        writing_ = true;
+        write = true;
+        outgoing_.set_applied_seq(acked_);
+      }
+    }
+    if (write) StartWrite(&outgoing_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = FromGrpcStatus(status);
+    done_ = true;
+    changed_.SignalAll();
+  }
+
+  // Waits for the stream's end, asking `wanted` every `recheck` meanwhile
+  // and cancelling the stream once it says no. Returns its status.
+  template <typename Wanted>
+  absl::Status Await(absl::Duration recheck, Wanted wanted) {
+    bool cancelled = false;
+    absl::MutexLock lock(&mu_);
+    while (!done_) {
+      changed_.WaitWithTimeout(&mu_, recheck);
+      if (done_ || cancelled) continue;
+      mu_.Unlock();
+      const bool still = wanted();
+      mu_.Lock();
+      if (!still) {
+        cancelled = true;
+        ctx_.TryCancel();
+      }
+    }
+    return status_;
+  }
+
+  bool apply_failed() const {
+    absl::MutexLock lock(&mu_);
+    return apply_failed_;
+  }
+  bool applied_any() const {
+    absl::MutexLock lock(&mu_);
+    return applied_any_;
+  }
+
+ private:
+  VariableStore* const store_;
+  const uint64_t move_id_;
+  const bool clear_failure_;
+  grpc::ClientContext ctx_;
+  PullMoveResponse incoming_;  // the read's buffer (one read at a time)
+  mutable absl::Mutex mu_;
+  absl::CondVar changed_;
+  PullMoveRequest outgoing_ ABSL_GUARDED_BY(mu_);  // the write on the wire
+  uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ack_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool applied_any_ ABSL_GUARDED_BY(mu_) = false;
+  bool apply_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+bool ShardMoveService::FollowLoop(uint64_t move_id, const std::string& source_address,
+                                  ShardMove::Stub* stub) {
+  absl::Duration backoff = absl::Milliseconds(20);
+  bool failing = false;
+  while (!stopping_.load()) {
+    bool copying = false;
+    std::vector<PullMoveRequest> plan = store_->PlanMovePulls(move_id, 1, &copying);
+    if (plan.empty()) return true;  // promoted, ended or failed
+    if (copying) return false;      // not at the log yet: pulled
+    PullMoveRequest first = std::move(plan.front());
+    first.set_target_shard_id(shard_id_);
+    first.set_wait_ms(0);
+    FollowStream stream(store_, move_id, std::move(first), /*clear_failure=*/failing);
+    stub->async()->FollowMove(stream.context(), &stream);
+    stream.Start();
+    // While it runs, whether it is still wanted: a follow promoted here or
+    // ended, or a stopping shard, need not wait for a primary that may
+    // never answer (the old primary of a failover, cut off by a partition).
+    absl::Status status = stream.Await(kPullRecheck, [&] {
+      PullMoveRequest next;
+      return !stopping_.load() && store_->NextMovePull(move_id, &next);
+    });
+    if (stream.apply_failed()) return true;  // the store failed the follow
+    PullMoveRequest next;
+    if (stopping_.load() || !store_->NextMovePull(move_id, &next)) return true;
+    if (absl::IsUnimplemented(status) && !stream.applied_any()) return false;
+    if (stream.applied_any()) {
+      backoff = absl::Milliseconds(20);
+      failing = false;  // the stream's first answer cleared it
+    }
+    if (!status.ok() && FollowEnded(status)) {
+      // The primary ended this follow: failed here too (see PullLoop).
+      store_->FailMoveIn(move_id, absl::Status(status.code(),
+                                               absl::StrCat("the primary's shard at ",
+                                                            source_address,
+                                                            " ended this follow: ",
+                                                            status.message())));
+      return true;
+    }
+    if (!status.ok()) {
+      store_->NoteFollowPullFailure(
+          move_id, absl::Status(status.code(), absl::StrCat("pulling from the primary's shard at ",
+                                                            source_address,
+                                                            " (retrying): ", status.message())));
+      failing = true;
+    }
+    // Opened again (an OK end: the primary's side closed, as when it
+    // drains).
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+  return true;
 }
 
 template <typename Op>

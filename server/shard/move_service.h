@@ -4,8 +4,10 @@
 // of the store's move state, and runs each incoming move's puller: a thread
 // that pulls the group from its source with this shard's node credentials
 // and applies what it gets, until the move is ready, fails or ends; a
-// backup's follow (StartMoveInRequest.follow) long-polls its primary until
-// it is promoted or ended, retrying a failing primary without giving up.
+// backup's follow (StartMoveInRequest.follow) copies the snapshot the same
+// way, then applies the writes its primary pushes on a FollowMove stream
+// (served here too, on the primary's side) until it is promoted or ended,
+// retrying a failing primary without giving up.
 //
 // Thread-safety: thread-safe. Puller threads are tracked under mu_, joined
 // by StartMoveIn once they returned and by the destructor (which asks them
@@ -50,6 +52,8 @@ class ShardMoveService final : public ShardMove::CallbackService {
   grpc::ServerUnaryReactor* PullMove(grpc::CallbackServerContext* ctx,
                                      const PullMoveRequest* request,
                                      PullMoveResponse* response) override;
+  grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse>* FollowMove(
+      grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* StartMoveIn(grpc::CallbackServerContext* ctx,
                                         const StartMoveInRequest* request,
                                         StartMoveInResponse* response) override;
@@ -79,6 +83,18 @@ class ShardMoveService final : public ShardMove::CallbackService {
   // the snapshot is copied.
   void PullLoop(uint64_t move_id, const std::string& source_address, ShardMove::Stub* stub,
                 bool snapshot_only);
+  // A follow's log, once its snapshot is copied: applies what the primary
+  // pushes on a FollowMove stream (reopened after a failure) until the
+  // follow ends or the shard stops. False if the primary does not serve
+  // the stream (the unary pulls take over).
+  bool FollowLoop(uint64_t move_id, const std::string& source_address, ShardMove::Stub* stub);
+
+  // A backup's FollowMove stream, on the primary (move_service.cc).
+  class FollowReactor;
+  // The waker pushes the news of a follow's log to its streams.
+  void AddFollower(uint64_t move_id, FollowReactor* follower);
+  void RemoveFollower(uint64_t move_id, FollowReactor* follower);
+  void PushFollowers(const std::set<uint64_t>& move_ids);
 
   // A backup's long poll that found nothing logged is parked here, not
   // held on a gRPC thread (a write waiting for that backup holds one, and
@@ -114,6 +130,14 @@ class ShardMoveService final : public ShardMove::CallbackService {
   // it ended): a parked pull whose count moved has news.
   std::map<uint64_t, uint64_t> news_ ABSL_GUARDED_BY(parked_mu_);
   bool news_pending_ ABSL_GUARDED_BY(parked_mu_) = false;
+  // Follows with news since the waker last looked, while any has a stream.
+  std::set<uint64_t> follow_news_ ABSL_GUARDED_BY(parked_mu_);
+  std::atomic<int> follower_count_{0};
+  // The FollowMove streams open here, by follow. Lock order: followers_mu_,
+  // then a stream's own lock, then the store's; the log-news handler (which
+  // runs under the store's locks) takes only parked_mu_.
+  absl::Mutex followers_mu_;
+  std::multimap<uint64_t, FollowReactor*> followers_ ABSL_GUARDED_BY(followers_mu_);
   bool waker_stopping_ ABSL_GUARDED_BY(parked_mu_) = false;
   std::thread waker_;
   // MoveStatus and FreezeMove calls at once; more wait their turn. Last:

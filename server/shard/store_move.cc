@@ -586,6 +586,58 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
   return move;
 }
 
+void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq) {
+  // What the target applied can go.
+  while (!move->log.empty() && move->log.front().seq() <= applied_seq) {
+    const int64_t bytes = LoggedBytes(move->log.front());
+    move->log_bytes -= bytes;
+    move->log_reservation.Shrink(std::min(bytes, move->log_reservation.bytes()));
+    move->log.pop_front();
+  }
+  if (applied_seq > move->acked_seq) {
+    move->acked_seq = std::min(applied_seq, move->next_seq - 1);
+    move->changed.SignalAll();  // writes waiting for this backup
+  }
+}
+
+absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
+                                          PullMoveResponse* response, bool ack_only) {
+  PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
+  std::shared_ptr<MoveOut> move;
+  {
+    absl::MutexLock lock(&moves_mu_);
+    auto it = moves_out_.find(request.move_id());
+    if (it != moves_out_.end()) move = it->second;
+  }
+  if (move == nullptr) {
+    return absl::NotFoundError(absl::StrCat(
+        MoveName(request.move_id()), " is not known here (the shard restarted, or the follow "
+                                     "was given up)"));
+  }
+  if (!move->follow || !request.follow()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(MoveName(move->id), ": only a backup's follow is streamed"));
+  }
+  if (request.member() != static_cast<int>(move->members.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        MoveName(move->id), ": a follow's stream carries its log, not member ",
+        request.member(), " of its snapshot (pulled by PullMove)"));
+  }
+  if (!ack_only) {
+    PullMoveRequest now = request;
+    now.set_wait_ms(0);
+    return PullMove(now, response);
+  }
+  absl::MutexLock lock(&move->mu);
+  move->last_pull = std::chrono::steady_clock::now();
+  if (!move->failure.ok()) return move->failure;
+  if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
+    return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
+  }
+  AckLocked(move.get(), request.applied_seq());
+  return absl::OkStatus();
+}
+
 absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveResponse* response,
                                      bool* would_wait) {
   if (would_wait != nullptr) *would_wait = false;
@@ -624,17 +676,7 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
       return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
     }
-    // What the target applied can go.
-    while (!move->log.empty() && move->log.front().seq() <= request.applied_seq()) {
-      const int64_t bytes = LoggedBytes(move->log.front());
-      move->log_bytes -= bytes;
-      move->log_reservation.Shrink(std::min(bytes, move->log_reservation.bytes()));
-      move->log.pop_front();
-    }
-    if (request.applied_seq() > move->acked_seq) {
-      move->acked_seq = std::min(request.applied_seq(), move->next_seq - 1);
-      move->changed.SignalAll();  // writes waiting for this backup
-    }
+    AckLocked(move.get(), request.applied_seq());
   }
   if (request.member() == 0 && request.offset() == 0) {
     for (const MoveOut::Member& m : move->members) *response->add_members() = m.info;

@@ -290,6 +290,14 @@ class VariableStore {
   // log-news handler names the follow or the pull's wait passed.
   absl::Status PullMove(const PullMoveRequest& request, PullMoveResponse* response,
                         bool* would_wait = nullptr);
+  // A follow's log pull on its stream (ShardMoveService::FollowMove):
+  // INVALID_ARGUMENT unless `request` is a follow's pull of the log (the
+  // snapshot is pulled by PullMove); never waits. With `ack_only` it only
+  // records how far the backup applied (writes waiting for it may be
+  // answered) and answers nothing; otherwise as PullMove, the writes after
+  // max(applied_seq, after_seq).
+  absl::Status PullFollowLog(const PullMoveRequest& request, PullMoveResponse* response,
+                             bool ack_only);
   // Called (with the store's locks held: it must only take its own lock and
   // return) when a write is logged for a follow, or the follow ends.
   void SetLogNewsHandler(std::function<void(uint64_t move_id)> handler);
@@ -546,6 +554,9 @@ class VariableStore {
   // and pins are dropped, the group serves as before, pulls get `why`.
   void FailMoveOut(MoveOut* move, const absl::Status& why);
   absl::StatusOr<std::shared_ptr<MoveOut>> BeginMoveOut(const PullMoveRequest& request);
+  // The target of `move` applied every write up to `applied_seq`: they
+  // leave its log, and writes waiting for it are woken.
+  void AckLocked(MoveOut* move, uint64_t applied_seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
   std::shared_ptr<MoveIn> FindMoveIn(uint64_t move_id) const;
   // Snapshot bytes of one pull into the incoming part (move->mu held).
   absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response);

@@ -810,6 +810,56 @@ TEST_F(StoreReplicaTest, APullAheadGetsTheLaterWritesAndAcknowledgesOnlyTheAppli
   EXPECT_EQ(primary_.replication_stats().max_lag, 0);
 }
 
+// A follow's stream (ShardMoveService::FollowMove) pulls only its log,
+// never a move's or the snapshot's, and its acknowledgements alone answer
+// nothing but let the writes they cover go.
+TEST_F(StoreReplicaTest, AFollowsStreamCarriesOnlyItsLogAndAcknowledgementsAnswerNothing) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // the snapshot
+  ASSERT_TRUE(backup2_.BeginMoveIn(MoveIn(8, /*follow=*/false)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup2_, 8));  // a move's snapshot
+  for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(AddOnes(&primary_, seq).ok());
+
+  PullMoveRequest log;
+  ASSERT_TRUE(backup_.NextMovePull(7, &log));
+  PullMoveResponse resp;
+  // The snapshot's chunks are PullMove's.
+  PullMoveRequest snapshot = log;
+  snapshot.set_member(0);
+  absl::Status refused = primary_.PullFollowLog(snapshot, &resp, /*ack_only=*/false);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "member 0")) << refused;
+  // A move is not a follow.
+  PullMoveRequest move;
+  ASSERT_TRUE(backup2_.NextMovePull(8, &move));
+  refused = primary_.PullFollowLog(move, &resp, /*ack_only=*/false);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  // An unknown follow.
+  PullMoveRequest unknown = log;
+  unknown.set_move_id(99);
+  EXPECT_TRUE(absl::IsNotFound(primary_.PullFollowLog(unknown, &resp, /*ack_only=*/false)));
+  EXPECT_EQ(resp.writes_size(), 0);
+
+  // An acknowledgement of nothing yet answers nothing.
+  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/true).ok());
+  EXPECT_EQ(resp.writes_size(), 0);
+  EXPECT_EQ(primary_.replication_stats().max_lag, 3);
+  // The pull answers the three writes, after_seq on: the stream's next.
+  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/false).ok());
+  ASSERT_EQ(resp.writes_size(), 3);
+  log.set_after_seq(3);
+  PullMoveResponse none;
+  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/false).ok());
+  EXPECT_EQ(none.writes_size(), 0);
+  ASSERT_TRUE(backup_.ApplyMovePull(7, resp).ok());
+  EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 3u);
+  // Acknowledged, they leave the lag.
+  log.set_applied_seq(3);
+  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/true).ok());
+  EXPECT_EQ(primary_.replication_stats().max_lag, 0);
+}
+
 // Streamed values bigger than the logged chunk size (4 bytes here: "w" is
 // 16) are logged in chunks, a follow's as the bytes arrive, then committed
 // by one small entry (proto StagedChunk).
