@@ -70,16 +70,29 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, absl::string_
 ShardMoveService::ShardMoveService(int32_t shard_id, VariableStore* store, PeerReader* peers,
                                    int64_t rate_when_busy)
     : shard_id_(shard_id), store_(store), peers_(peers), rate_when_busy_(rate_when_busy) {
-  store_->SetLogNewsHandler([this](uint64_t move_id) {
-    absl::MutexLock lock(&parked_mu_);
-    // Bounded by the follows there were; forgetting the counts costs a
-    // pull parked at that instant at most its wait.
-    if (news_.size() > 65536) news_.clear();
-    ++news_[move_id];
-    if (follower_count_.load(std::memory_order_acquire) > 0) follow_news_.insert(move_id);
-    if (parked_.empty() && follow_news_.empty()) return;
-    news_pending_ = true;
-    parked_changed_.SignalAll();
+  store_->SetLogNewsHandler([this](uint64_t move_id, bool here) {
+    bool push_here = false;
+    {
+      absl::MutexLock lock(&parked_mu_);
+      // Bounded by the follows there were; forgetting the counts costs a
+      // pull parked at that instant at most its wait.
+      if (news_.size() > 65536) news_.clear();
+      ++news_[move_id];
+      if (follower_count_.load(std::memory_order_acquire) > 0) {
+        // Outside the store's locks the writer pushes to the follow's
+        // streams itself; under them the waker does.
+        if (here) {
+          push_here = true;
+        } else {
+          follow_news_.insert(move_id);
+        }
+      }
+      if (!parked_.empty() || !follow_news_.empty()) {
+        news_pending_ = true;
+        parked_changed_.SignalAll();
+      }
+    }
+    if (push_here) PushFollowers({move_id});
   });
   waker_ = std::thread(&ShardMoveService::Wake, this);
 }
@@ -238,7 +251,8 @@ class ShardMoveService::FollowReactor final
         if (writing_) {
           PullMoveResponse none;
           absl::Status acked = RunAtEdge("shard move service", [&] {
-            return service_->store_->PullFollowLog(pull_, &none, /*ack_only=*/true);
+            return service_->store_->PullFollowLog(pull_, &none, /*ack_only=*/true,
+                                                   &actions.acked);
           });
           if (!acked.ok()) end_ = ToGrpcStatus(acked);
         } else {
@@ -276,6 +290,9 @@ class ShardMoveService::FollowReactor final
 
  private:
   struct Actions {
+    // Writers' answers the backup's acknowledgement completed: answered
+    // from this thread (VariableStore::AnswerWhenReplicated).
+    VariableStore::AckedAnswers acked;
     bool write = false;
     bool read = false;
     std::optional<grpc::Status> finish;
@@ -288,7 +305,8 @@ class ShardMoveService::FollowReactor final
     outgoing_.Clear();
     pull_.set_after_seq(sent_);
     absl::Status fetched = RunAtEdge("shard move service", [&] {
-      return service_->store_->PullFollowLog(pull_, &outgoing_, /*ack_only=*/false);
+      return service_->store_->PullFollowLog(pull_, &outgoing_, /*ack_only=*/false,
+                                             &actions->acked);
     });
     if (!fetched.ok()) {
       end_ = ToGrpcStatus(fetched);
@@ -309,7 +327,8 @@ class ShardMoveService::FollowReactor final
     }
   }
 
-  void Carry(const Actions& actions) {
+  void Carry(Actions& actions) {
+    VariableStore::ResumeAcked(&actions.acked);
     if (actions.write) StartWrite(&outgoing_);
     if (actions.read) StartRead(&received_);
     if (actions.finish.has_value()) Finish(*actions.finish);

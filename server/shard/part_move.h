@@ -17,9 +17,11 @@
 #ifndef PSD_SERVER_SHARD_PART_MOVE_H_
 #define PSD_SERVER_SHARD_PART_MOVE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -28,6 +30,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "psd/shard.pb.h"
 #include "shard/embedding_table.h"
 #include "shard/memory_accountant.h"
@@ -39,6 +42,22 @@
 namespace psd {
 
 struct EmbeddingPart;
+
+// A writer's answer that waits for in-sync backups to acknowledge its
+// writes (VariableStore::AnswerWhenReplicated): resumed once, either by
+// the thread that records the last acknowledgement (replicated), or on
+// the slow path (a backup behind or ended, the backup timeout).
+struct AckWaiter {
+  std::atomic<int> pending{0};  // follows yet to acknowledge, +1 while registering
+  std::atomic<bool> claimed{false};
+  // Registered with a follow (it waited for an acknowledgement); set
+  // before any follow can resume it.
+  bool waited = false;
+  absl::Time deadline;
+  std::function<void(bool replicated)> resume;
+  // True for the one caller that may resume it.
+  bool Claim() { return !claimed.exchange(true, std::memory_order_acq_rel); }
+};
 
 // The source's side of one move: the group's snapshot (pinned at the
 // move's first pull) and the log of the writes applied to the group since.
@@ -117,6 +136,8 @@ struct MoveOut {
   // the move ends or fails, and a follow's once its backup has the whole
   // snapshot (a live cut makes the table's writers copy rows).
   std::vector<std::shared_ptr<const TableCut>> table_cuts ABSL_GUARDED_BY(mu);
+  // A follow's answers waiting for acknowledged_seq to reach each seq.
+  std::vector<std::pair<uint64_t, std::shared_ptr<AckWaiter>>> ack_waiters ABSL_GUARDED_BY(mu);
 
   bool Has(const std::string& name) const {
     for (const Member& m : members) {

@@ -84,6 +84,17 @@ void ShardService::AnswerLater(std::function<void()> answer) {
   answer_pool_.Post(std::move(answer));
 }
 
+void ShardService::AnswerWhenReplicated(const VariableStore::PendingAnswers& pending,
+                                        std::function<void()> answer) {
+  store_->AnswerWhenReplicated(pending, [this, answer = std::move(answer)](bool replicated) {
+    if (replicated) {
+      answer();
+    } else {
+      AnswerLater(answer);
+    }
+  });
+}
+
 template <typename Op>
 void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
                             const std::string* variable) {
@@ -110,8 +121,8 @@ void ShardService::RunWrite(grpc::ServerUnaryReactor* reactor, Op op,
     }
   }
   if (pending != nullptr) {
-    // Answered once its backups have it, off this thread (AnswerLater).
-    AnswerLater([this, reactor, status, pending] {
+    // Answered once its backups have it, by the thread that hears so.
+    AnswerWhenReplicated(*pending, [this, reactor, status, pending] {
       absl::Status answer = status;
       absl::Status waited = RunGuarded([&] {
         for (auto& [index, changed] : pending->Finish()) answer = std::move(changed);
@@ -662,7 +673,7 @@ class AssignStreamReactor final : public grpc::ServerReadReactor<grpc::ByteBuffe
       }
     }
     if (pending != nullptr) {
-      service_->AnswerLater([this, status, pending] {
+      service_->AnswerWhenReplicated(*pending, [this, status, pending] {
         absl::Status answer = status;
         absl::Status waited = service_->RunGuarded([&] {
           for (auto& [index, changed] : pending->Finish()) answer = std::move(changed);
@@ -903,7 +914,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     if (pending != nullptr) {
       // Answered once the backups have its writes, off this thread
       // (ShardService::AnswerLater), while the stream reads on.
-      service_->AnswerLater([this, message, pending] {
+      service_->AnswerWhenReplicated(*pending, [this, message, pending] {
         std::vector<std::pair<int, absl::Status>> changed;
         absl::Status waited = service_->RunGuarded([&] {
           changed = pending->Finish();

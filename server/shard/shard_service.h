@@ -283,6 +283,12 @@ class ShardService final : public ShardServiceBase {
   // waiting on all of them would hold up the very acknowledgements they
   // wait for until the backup timeout.
   void AnswerLater(std::function<void()> answer);
+  // Runs `answer` (which finishes `pending`) once the backups have
+  // `pending`'s writes: on the thread that hears their last
+  // acknowledgement, with no hand-off, or on the answer pool when that may
+  // wait (a backup behind or ended; VariableStore::AnswerWhenReplicated).
+  void AnswerWhenReplicated(const VariableStore::PendingAnswers& pending,
+                            std::function<void()> answer);
   // The answer pool's threads: each holds at most one message's or call's
   // wait for backups (bounded by the backup timeout); more wait their turn.
   static constexpr int kAnswerThreads = 16;

@@ -287,7 +287,10 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
     move->table_cuts.clear();
     move->changed.SignalAll();
   }
-  if (move->follow) NotifyLogNews(move->id);
+  if (move->follow) {
+    NotifyLogNews(move->id);
+    ReleaseAckWaiters(move);  // ended: answered once the coordinator heard
+  }
   // An in-sync follow stays listed: the writes after it (Mutate's
   // AdmitMovingWrite finds it ended) wait until the coordinator took it out
   // of the in-sync set (ReportBehind), so none is answered as replicated
@@ -586,7 +589,7 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
   return move;
 }
 
-void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq) {
+void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked) {
   // What the target applied can go.
   while (!move->log.empty() && move->log.front().seq() <= applied_seq) {
     const int64_t bytes = LoggedBytes(move->log.front());
@@ -597,11 +600,130 @@ void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq) {
   if (applied_seq > move->acked_seq) {
     move->acked_seq = std::min(applied_seq, move->next_seq - 1);
     move->changed.SignalAll();  // writes waiting for this backup
+    auto& waiters = move->ack_waiters;
+    auto kept = std::partition(waiters.begin(), waiters.end(),
+                               [&](const auto& w) { return w.first > move->acked_seq; });
+    for (auto it = kept; it != waiters.end(); ++it) acked->push_back(std::move(it->second));
+    waiters.erase(kept, waiters.end());
+  }
+}
+
+void VariableStore::ResumeAcked(AckedAnswers* acked) {
+  for (std::shared_ptr<AckWaiter>& waiter : *acked) {
+    if (waiter->pending.fetch_sub(1, std::memory_order_acq_rel) == 1 && waiter->Claim()) {
+      waiter->resume(/*replicated=*/true);
+    }
+  }
+  acked->clear();
+}
+
+void VariableStore::AnswerWhenReplicated(const PendingAnswers& pending,
+                                         std::function<void(bool replicated)> resume) {
+  // The backups cannot acknowledge what they have not heard of.
+  FlushThreadLogNews();
+  auto waiter = std::make_shared<AckWaiter>();
+  const absl::Time start = absl::Now();
+  waiter->deadline = pending.created_ + options_.backup_timeout;
+  // A wait is counted (psd_shard_backup_waited_writes_total) when the
+  // answer waited for an acknowledgement; the slow path's WaitForBackups
+  // counts its own.
+  const int64_t writes = static_cast<int64_t>(pending.kept_.size());
+  AckWaiter* const self = waiter.get();  // owns the closure
+  waiter->resume = [this, self, start, writes, resume = std::move(resume)](bool replicated) {
+    if (replicated && self->waited) {
+      waited_writes_.fetch_add(writes, std::memory_order_relaxed);
+      wait_micros_.fetch_add(absl::ToInt64Microseconds(absl::Now() - start),
+                             std::memory_order_relaxed);
+    }
+    resume(replicated);
+  };
+  // The last write each follow must acknowledge.
+  std::vector<std::pair<MoveOut*, uint64_t>> need;
+  for (const PendingAnswers::Kept& k : pending.kept_) {
+    for (const BackupWait& w : k.waits) {
+      auto it = std::find_if(need.begin(), need.end(),
+                             [&](const auto& n) { return n.first == w.follow.get(); });
+      if (it == need.end()) {
+        need.emplace_back(w.follow.get(), w.seq);
+      } else {
+        it->second = std::max(it->second, w.seq);
+      }
+    }
+  }
+  // One count per follow, and one held while registering (so no
+  // acknowledgement meanwhile resumes it before all are registered).
+  waiter->pending.store(static_cast<int>(need.size()) + 1, std::memory_order_release);
+  int acknowledged = 0;
+  bool slow = false;
+  for (const auto& [follow, seq] : need) {
+    absl::MutexLock lock(&follow->mu);
+    if (!follow->in_sync || follow->acked_seq >= seq) {
+      ++acknowledged;
+      continue;
+    }
+    if (follow->state != MoveOut::State::kForwarding) {
+      slow = true;  // ended while in sync: the coordinator must hear first
+      break;
+    }
+    waiter->waited = true;  // before it can be resumed from the list
+    follow->ack_waiters.emplace_back(seq, waiter);
+  }
+  if (slow) {
+    if (waiter->Claim()) waiter->resume(/*replicated=*/false);
+    return;
+  }
+  if (waiter->pending.fetch_sub(acknowledged + 1, std::memory_order_acq_rel) ==
+      acknowledged + 1) {
+    if (waiter->Claim()) waiter->resume(/*replicated=*/true);
+    return;
+  }
+  absl::MutexLock lock(&ack_watch_mu_);
+  ack_watch_.push_back(waiter);
+  if (!ack_watcher_.joinable()) ack_watcher_ = std::thread(&VariableStore::WatchAckDeadlines, this);
+  ack_watch_changed_.Signal();
+}
+
+void VariableStore::ReleaseAckWaiters(MoveOut* move) {
+  std::vector<std::pair<uint64_t, std::shared_ptr<AckWaiter>>> waiters;
+  {
+    absl::MutexLock lock(&move->mu);
+    waiters.swap(move->ack_waiters);
+  }
+  for (auto& [seq, waiter] : waiters) {
+    if (waiter->Claim()) waiter->resume(/*replicated=*/false);
+  }
+}
+
+// The lock is let go around the resumes (manual Unlock/Lock inside the
+// scoped lock), which the analysis cannot follow.
+void VariableStore::WatchAckDeadlines() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  absl::MutexLock lock(&ack_watch_mu_);
+  while (!ack_watch_stopping_) {
+    std::shared_ptr<AckWaiter> front;
+    while (!ack_watch_.empty() &&
+           ((front = ack_watch_.front().lock()) == nullptr || front->claimed.load())) {
+      ack_watch_.pop_front();  // resumed already
+      front.reset();
+    }
+    if (front == nullptr) {
+      ack_watch_changed_.Wait(&ack_watch_mu_);
+      continue;
+    }
+    if (absl::Now() < front->deadline) {
+      ack_watch_changed_.WaitWithDeadline(&ack_watch_mu_, front->deadline);
+      continue;
+    }
+    ack_watch_.pop_front();
+    ack_watch_mu_.Unlock();
+    if (front->Claim()) front->resume(/*replicated=*/false);
+    front.reset();
+    ack_watch_mu_.Lock();
   }
 }
 
 absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
-                                          PullMoveResponse* response, bool ack_only) {
+                                          PullMoveResponse* response, bool ack_only,
+                                          AckedAnswers* acked) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move;
   {
@@ -626,7 +748,7 @@ absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
   if (!ack_only) {
     PullMoveRequest now = request;
     now.set_wait_ms(0);
-    return PullMove(now, response);
+    return PullMoveAcking(now, response, nullptr, acked);
   }
   absl::MutexLock lock(&move->mu);
   move->last_pull = std::chrono::steady_clock::now();
@@ -634,12 +756,21 @@ absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
   if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
     return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
   }
-  AckLocked(move.get(), request.applied_seq());
+  AckLocked(move.get(), request.applied_seq(), acked);
   return absl::OkStatus();
 }
 
 absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveResponse* response,
                                      bool* would_wait) {
+  AckedAnswers acked;
+  absl::Status status = PullMoveAcking(request, response, would_wait, &acked);
+  ResumeAcked(&acked);
+  return status;
+}
+
+absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
+                                           PullMoveResponse* response, bool* would_wait,
+                                           AckedAnswers* acked) {
   if (would_wait != nullptr) *would_wait = false;
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move;
@@ -676,7 +807,7 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
       return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
     }
-    AckLocked(move.get(), request.applied_seq());
+    AckLocked(move.get(), request.applied_seq(), acked);
   }
   if (request.member() == 0 && request.offset() == 0) {
     for (const MoveOut::Member& m : move->members) *response->add_members() = m.info;
@@ -763,7 +894,9 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
     // The caller parks the pull instead of holding its thread, and asks
     // again once a write is logged (SetLogNewsHandler) or `wait` passed.
     *would_wait = !has_news();
-  } else {
+  } else if (wait > absl::ZeroDuration()) {
+    // (Not even a timed wait without one: a wait of zero still sleeps
+    // through the condition variable's slow path.)
     while (!has_news() && move->changed.WaitWithDeadline(&move->mu, deadline) == false) {
     }
   }
@@ -923,7 +1056,10 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
     // Also an ended follow kept listed while in sync (FailMoveOut).
     (void)was_active;
     ForgetMovingOut(move.get());
-    if (move->follow) NotifyLogNews(move_id);  // its parked pull answers now
+    if (move->follow) {
+      NotifyLogNews(move_id);  // its parked pull answers now
+      ReleaseAckWaiters(move.get());  // out of the in-sync set: not waited for
+    }
     if (committed) {
       // The group's backups followed this shard; they must follow its new
       // primary (the coordinator makes them again from there).
@@ -1661,6 +1797,8 @@ absl::Status VariableStore::EndMoveIn(uint64_t move_id, bool committed) {
 absl::Status VariableStore::WaitForBackups(const std::vector<BackupWait>& logged,
                                            const std::string& variable, absl::Time deadline,
                                            absl::flat_hash_map<const MoveOut*, absl::Status>* failed) {
+  // The backups cannot apply what they have not heard of.
+  FlushThreadLogNews();
   const absl::Time start = absl::Now();
   if (deadline == absl::InfinitePast()) deadline = start + options_.backup_timeout;
   bool waited = false;
@@ -1729,7 +1867,11 @@ VariableStore::DeferredAnswers::DeferredAnswers(VariableStore* store)
   t_deferred = this;
 }
 
-VariableStore::DeferredAnswers::~DeferredAnswers() { t_deferred = outer_; }
+VariableStore::DeferredAnswers::~DeferredAnswers() {
+  // The writes this scope logged go to the backups now, from this thread.
+  if (!news_.empty()) pending_.store_->FlushThreadLogNews();
+  t_deferred = outer_;
+}
 
 VariableStore::PendingAnswers VariableStore::DeferredAnswers::Detach() {
   PendingAnswers out(pending_.store_);
@@ -1755,7 +1897,7 @@ std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish(
   // In the order they ran: by the first wait, each follow usually has all
   // of them, so the later waits return at once. One backup timeout for
   // them all, and one ReplicaBehind call per follow that fails.
-  const absl::Time deadline = absl::Now() + store_->options_.backup_timeout;
+  const absl::Time deadline = created_ + store_->options_.backup_timeout;
   absl::flat_hash_map<const MoveOut*, absl::Status> failed;
   for (Kept& k : kept) {
     absl::Status waited = store_->WaitForBackups(k.waits, k.variable, deadline, &failed);
@@ -1819,8 +1961,12 @@ absl::Status VariableStore::ReportBehind(MoveOut* follow, const std::string& rea
   follow->changed.SignalAll();
   const bool in_sync = follow->in_sync;
   follow->mu.Unlock();
-  // Out of the in-sync set: an ended follow need not be listed any more.
-  if (!in_sync) ForgetEndedFollow(follow);
+  // Out of the in-sync set: an ended follow need not be listed any more,
+  // and no answer waits for it.
+  if (!in_sync) {
+    ForgetEndedFollow(follow);
+    ReleaseAckWaiters(follow);
+  }
   follow->mu.Lock();
   return in_sync ? status : absl::OkStatus();
 }
@@ -1862,8 +2008,12 @@ absl::StatusOr<uint64_t> VariableStore::SyncReplica(uint64_t move_id, bool in_sy
     move->changed.SignalAll();
     logged = move->next_seq - 1;
   }
-  // An ended follow kept listed while in sync (FailMoveOut) goes now.
-  if (!in_sync) ForgetEndedFollow(move.get());
+  // An ended follow kept listed while in sync (FailMoveOut) goes now, and
+  // no answer waits for it.
+  if (!in_sync) {
+    ForgetEndedFollow(move.get());
+    ReleaseAckWaiters(move.get());
+  }
   return logged;
 }
 
@@ -2017,14 +2167,37 @@ VariableStore::ReplicationStats VariableStore::replication_stats() const {
   return stats;
 }
 
-void VariableStore::SetLogNewsHandler(std::function<void(uint64_t move_id)> handler) {
+void VariableStore::SetLogNewsHandler(LogNewsHandler handler) {
+  absl::MutexLock here(&news_here_mu_);  // waits for handlers running `here`
   absl::MutexLock lock(&news_mu_);
-  news_handler_ = std::move(handler);
+  news_handler_ = handler;
+  news_here_handler_ = std::move(handler);
 }
 
 void VariableStore::NotifyLogNews(uint64_t move_id) {
+  if (DeferredAnswers* deferred = t_deferred;
+      deferred != nullptr && deferred->pending_.store_ == this) {
+    if (std::find(deferred->news_.begin(), deferred->news_.end(), move_id) ==
+        deferred->news_.end()) {
+      deferred->news_.push_back(move_id);
+    }
+    return;
+  }
   absl::MutexLock lock(&news_mu_);
-  if (news_handler_) news_handler_(move_id);
+  if (news_handler_) news_handler_(move_id, /*here=*/false);
+}
+
+void VariableStore::FlushThreadLogNews() {
+  std::vector<uint64_t> news;
+  for (DeferredAnswers* d = t_deferred; d != nullptr; d = d->outer_) {
+    if (d->pending_.store_ != this) continue;
+    news.insert(news.end(), d->news_.begin(), d->news_.end());
+    d->news_.clear();
+  }
+  if (news.empty()) return;
+  absl::ReaderMutexLock lock(&news_here_mu_);
+  if (!news_here_handler_) return;
+  for (uint64_t id : news) news_here_handler_(id, /*here=*/true);
 }
 
 }  // namespace psd

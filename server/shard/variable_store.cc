@@ -39,7 +39,16 @@ absl::Status VariableStore::CheckIncarnation(uint64_t requested) const {
   return absl::OkStatus();
 }
 
-VariableStore::~VariableStore() = default;
+VariableStore::~VariableStore() {
+  std::thread watcher;
+  {
+    absl::MutexLock lock(&ack_watch_mu_);
+    ack_watch_stopping_ = true;
+    ack_watch_changed_.SignalAll();
+    watcher.swap(ack_watcher_);
+  }
+  if (watcher.joinable()) watcher.join();
+}
 
 size_t VariableStore::num_variables() const {
   absl::ReaderMutexLock lock(&mu_);

@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -60,6 +61,7 @@ class ReadStreamSource;
 class AssignStreamSink;
 class StagedAssignSink;
 struct MoveOut;  // shard/part_move.h
+struct AckWaiter;  // shard/part_move.h
 struct MoveIn;
 
 struct VariableStoreOptions {
@@ -226,6 +228,16 @@ class VariableStore {
   // Thread-compatible; one per thread at a time, on the stack.
   class DeferredAnswers;
   class PendingAnswers;
+  // Calls `resume(true)` once every in-sync backup acknowledged `pending`'s
+  // writes, on the thread that records the last acknowledgement (no
+  // hand-off), or at once if they all did; `pending.Finish()` then returns
+  // without waiting. Calls `resume(false)` instead, exactly once, when that
+  // may need more: a backup ended or dropped from the in-sync set, or not
+  // acknowledged within the backup timeout; the caller then runs
+  // `Finish()` where it may wait (it reports the backup to the
+  // coordinator). `resume` must not wait.
+  void AnswerWhenReplicated(const PendingAnswers& pending,
+                            std::function<void(bool replicated)> resume);
 
   // --- Checkpoints (see shard/shard_checkpoint.h) ---
 
@@ -296,11 +308,24 @@ class VariableStore {
   // records how far the backup applied (writes waiting for it may be
   // answered) and answers nothing; otherwise as PullMove, the writes after
   // max(applied_seq, after_seq).
+  //
+  // The answers the acknowledgement completes (AnswerWhenReplicated) are
+  // added to `acked`: the caller resumes them (ResumeAcked) once it holds
+  // no lock.
+  using AckedAnswers = std::vector<std::shared_ptr<AckWaiter>>;
   absl::Status PullFollowLog(const PullMoveRequest& request, PullMoveResponse* response,
-                             bool ack_only);
-  // Called (with the store's locks held: it must only take its own lock and
-  // return) when a write is logged for a follow, or the follow ends.
-  void SetLogNewsHandler(std::function<void(uint64_t move_id)> handler);
+                             bool ack_only, AckedAnswers* acked);
+  static void ResumeAcked(AckedAnswers* acked);
+  // Called when a write is logged for a follow, or the follow ends. With
+  // `here` false it runs with the store's locks held: it must only take its
+  // own lock and return. A writer that keeps its answers (DeferredAnswers)
+  // holds the news of the writes it logs and gives them when its scope ends
+  // (or before it waits for backups), with `here` true and no store lock
+  // held: the handler may then send the writes to the backups on the
+  // writer's own thread (no hand-off to another thread, which on a busy
+  // machine waits for a core).
+  using LogNewsHandler = std::function<void(uint64_t move_id, bool here)>;
+  void SetLogNewsHandler(LogNewsHandler handler);
   // Holds the group's writes (the service parks them, never rejects them)
   // and closes its log; returns the last logged write's seq. Repeatable.
   absl::StatusOr<uint64_t> FreezeMove(uint64_t move_id, uint64_t incarnation);
@@ -556,7 +581,24 @@ class VariableStore {
   absl::StatusOr<std::shared_ptr<MoveOut>> BeginMoveOut(const PullMoveRequest& request);
   // The target of `move` applied every write up to `applied_seq`: they
   // leave its log, and writes waiting for it are woken.
-  void AckLocked(MoveOut* move, uint64_t applied_seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  // The answers it completes are added to `acked`.
+  void AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  // PullMove, adding the answers its acknowledgement completes to `acked`.
+  absl::Status PullMoveAcking(const PullMoveRequest& request, PullMoveResponse* response,
+                              bool* would_wait, AckedAnswers* acked);
+  // The follow's state changed (ended, left the in-sync set): its waiting
+  // answers go to the slow path, which judges them as WaitForBackups does.
+  void ReleaseAckWaiters(MoveOut* move);
+  // Resumes answers whose backups did not acknowledge within the backup
+  // timeout on the slow path (AnswerWhenReplicated).
+  void WatchAckDeadlines();
+  absl::Mutex ack_watch_mu_;
+  absl::CondVar ack_watch_changed_;
+  // In deadline order (each is registration time + the backup timeout).
+  std::deque<std::weak_ptr<AckWaiter>> ack_watch_ ABSL_GUARDED_BY(ack_watch_mu_);
+  bool ack_watch_stopping_ ABSL_GUARDED_BY(ack_watch_mu_) = false;
+  std::thread ack_watcher_ ABSL_GUARDED_BY(ack_watch_mu_);  // started by the first watch
   std::shared_ptr<MoveIn> FindMoveIn(uint64_t move_id) const;
   // Snapshot bytes of one pull into the incoming part (move->mu held).
   absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response);
@@ -630,8 +672,14 @@ class VariableStore {
   mutable absl::Mutex behind_mu_;
   ReplicaBehindFn replica_behind_ ABSL_GUARDED_BY(behind_mu_);
   void NotifyLogNews(uint64_t move_id);
+  // Gives the news this thread's DeferredAnswers hold (see LogNewsHandler).
+  void FlushThreadLogNews();
   absl::Mutex news_mu_ ABSL_ACQUIRED_AFTER(moves_mu_);
-  std::function<void(uint64_t)> news_handler_ ABSL_GUARDED_BY(news_mu_);
+  LogNewsHandler news_handler_ ABSL_GUARDED_BY(news_mu_);
+  // Held shared while a handler runs with `here` (outside news_mu_, which
+  // the store's locks come before), exclusively to change the handler.
+  absl::Mutex news_here_mu_;
+  LogNewsHandler news_here_handler_ ABSL_GUARDED_BY(news_here_mu_);
   std::atomic<int64_t> waited_writes_{0};
   std::atomic<int64_t> wait_micros_{0};
   std::atomic<int64_t> replica_behind_calls_{0};
@@ -686,8 +734,11 @@ class VariableStore::PendingAnswers {
     std::string variable;
     std::vector<BackupWait> waits;
   };
-  explicit PendingAnswers(VariableStore* store) : store_(store) {}
+  explicit PendingAnswers(VariableStore* store) : store_(store), created_(absl::Now()) {}
   VariableStore* store_;
+  // When the writes ran: their one backup timeout counts from here, on
+  // the fast path and the slow one alike.
+  absl::Time created_;
   std::vector<Kept> kept_;
 };
 
@@ -713,6 +764,8 @@ class VariableStore::DeferredAnswers {
   DeferredAnswers* const outer_;  // the thread's previous one (restored)
   int op_ = 0;
   PendingAnswers pending_;
+  // Follows with writes logged by this scope's ops, not yet announced.
+  std::vector<uint64_t> news_;
 };
 
 // A streamed read's source: the value as it was when the stream began.

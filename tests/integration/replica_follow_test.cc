@@ -195,10 +195,12 @@ TEST_F(ReplicaFollowTest, AnInSyncBackupHoldsEveryAcknowledgedWriteAndServesOnce
   std::map<std::string, double> metrics = Scrape(0);
   EXPECT_EQ(metrics["psd_shard_backups_following"], 1);
   // Those the backup had not acknowledged yet when they were ready to be
-  // answered (one that it had already is answered at once).
-  EXPECT_GT(metrics["psd_shard_backup_waited_writes_total"], 0);
+  // answered (one that it had already is answered at once: on a busy
+  // machine the backup may acknowledge every write before its answer is
+  // ready, so none is required here; StoreReplicaTest counts them).
   EXPECT_LE(metrics["psd_shard_backup_waited_writes_total"], 39);
-  EXPECT_GT(metrics["psd_shard_backup_wait_seconds_total"], 0);
+  EXPECT_EQ(metrics["psd_shard_backup_waited_writes_total"] > 0,
+            metrics["psd_shard_backup_wait_seconds_total"] > 0);
   EXPECT_EQ(Scrape(1)["psd_shard_backups_held"], 1);
   PromoteReplicaRequest promote;
   promote.set_move_id(0x77);

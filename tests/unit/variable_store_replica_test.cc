@@ -8,10 +8,12 @@
 // bit; replicated parts serve only under the lease; drop_parts drops.
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "psd/status.h"
 #include "psd/wire.h"
@@ -824,40 +826,133 @@ TEST_F(StoreReplicaTest, AFollowsStreamCarriesOnlyItsLogAndAcknowledgementsAnswe
   PullMoveRequest log;
   ASSERT_TRUE(backup_.NextMovePull(7, &log));
   PullMoveResponse resp;
+  VariableStore::AckedAnswers acked;  // none: nothing waits here
   // The snapshot's chunks are PullMove's.
   PullMoveRequest snapshot = log;
   snapshot.set_member(0);
-  absl::Status refused = primary_.PullFollowLog(snapshot, &resp, /*ack_only=*/false);
+  absl::Status refused = primary_.PullFollowLog(snapshot, &resp, /*ack_only=*/false, &acked);
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_TRUE(absl::StrContains(refused.message(), "member 0")) << refused;
   // A move is not a follow.
   PullMoveRequest move;
   ASSERT_TRUE(backup2_.NextMovePull(8, &move));
-  refused = primary_.PullFollowLog(move, &resp, /*ack_only=*/false);
+  refused = primary_.PullFollowLog(move, &resp, /*ack_only=*/false, &acked);
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   // An unknown follow.
   PullMoveRequest unknown = log;
   unknown.set_move_id(99);
-  EXPECT_TRUE(absl::IsNotFound(primary_.PullFollowLog(unknown, &resp, /*ack_only=*/false)));
+  EXPECT_TRUE(absl::IsNotFound(primary_.PullFollowLog(unknown, &resp, /*ack_only=*/false, &acked)));
   EXPECT_EQ(resp.writes_size(), 0);
 
   // An acknowledgement of nothing yet answers nothing.
-  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/true).ok());
+  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/true, &acked).ok());
   EXPECT_EQ(resp.writes_size(), 0);
   EXPECT_EQ(primary_.replication_stats().max_lag, 3);
   // The pull answers the three writes, after_seq on: the stream's next.
-  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/false).ok());
+  ASSERT_TRUE(primary_.PullFollowLog(log, &resp, /*ack_only=*/false, &acked).ok());
   ASSERT_EQ(resp.writes_size(), 3);
   log.set_after_seq(3);
   PullMoveResponse none;
-  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/false).ok());
+  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/false, &acked).ok());
   EXPECT_EQ(none.writes_size(), 0);
   ASSERT_TRUE(backup_.ApplyMovePull(7, resp).ok());
   EXPECT_EQ(backup_.MoveInStatus(7, absl::ZeroDuration()).applied_seq(), 3u);
   // Acknowledged, they leave the lag.
   log.set_applied_seq(3);
-  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/true).ok());
+  ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/true, &acked).ok());
   EXPECT_EQ(primary_.replication_stats().max_lag, 0);
+  EXPECT_TRUE(acked.empty());
+}
+
+// Writes whose caller keeps the answer (a data-stream message) are
+// answered by the acknowledgement that completes them, on the thread that
+// records it, and on the slow path when their backup leaves the in-sync
+// set or does not acknowledge within the backup timeout.
+TEST_F(StoreReplicaTest, AnAnswerIsResumedByTheAcknowledgementThatCompletesIt) {
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary_, &backup_));
+  std::optional<VariableStore::PendingAnswers> pending;
+  {
+    VariableStore::DeferredAnswers deferred(&primary_);
+    ASSERT_TRUE(AddOnes(&primary_, 1).ok());
+    ASSERT_TRUE(AddOnes(&primary_, 2).ok());
+    pending.emplace(deferred.Detach());
+  }
+  std::atomic<int> resumed{-1};
+  primary_.AnswerWhenReplicated(*pending, [&](bool replicated) { resumed = replicated; });
+  EXPECT_EQ(resumed.load(), -1);  // the backup has neither write yet
+  PullMoveRequest log;
+  ASSERT_TRUE(backup_.NextMovePull(7, &log));
+  PullMoveResponse writes;
+  VariableStore::AckedAnswers acked;
+  ASSERT_TRUE(primary_.PullFollowLog(log, &writes, /*ack_only=*/false, &acked).ok());
+  ASSERT_EQ(writes.writes_size(), 2);
+  ASSERT_TRUE(backup_.ApplyMovePull(7, writes).ok());
+  // Acknowledging the first alone completes nothing.
+  log.set_applied_seq(1);
+  ASSERT_TRUE(primary_.PullFollowLog(log, &writes, /*ack_only=*/true, &acked).ok());
+  EXPECT_TRUE(acked.empty());
+  log.set_applied_seq(2);
+  ASSERT_TRUE(primary_.PullFollowLog(log, &writes, /*ack_only=*/true, &acked).ok());
+  ASSERT_EQ(acked.size(), 1u);
+  EXPECT_EQ(resumed.load(), -1);  // by the caller, once it holds no lock
+  VariableStore::ResumeAcked(&acked);
+  EXPECT_EQ(resumed.load(), 1);
+  EXPECT_EQ(primary_.replication_stats().waited_writes, 2);  // both waited
+  EXPECT_TRUE(pending->Finish().empty());  // no wait: both are on the backup
+
+  // A write whose backup leaves the in-sync set goes to the slow path.
+  {
+    VariableStore::DeferredAnswers deferred(&primary_);
+    ASSERT_TRUE(AddOnes(&primary_, 3).ok());
+    pending.emplace(deferred.Detach());
+  }
+  resumed = -1;
+  primary_.AnswerWhenReplicated(*pending, [&](bool replicated) { resumed = replicated; });
+  EXPECT_EQ(resumed.load(), -1);
+  ASSERT_TRUE(primary_.SyncReplica(7, false, 1).ok());
+  EXPECT_EQ(resumed.load(), 0);
+  EXPECT_TRUE(pending->Finish().empty());  // answered without it
+  // Once out of the in-sync set, nothing waits for it.
+  {
+    VariableStore::DeferredAnswers deferred(&primary_);
+    ASSERT_TRUE(AddOnes(&primary_, 4).ok());
+    pending.emplace(deferred.Detach());
+  }
+  resumed = -1;
+  primary_.AnswerWhenReplicated(*pending, [&](bool replicated) { resumed = replicated; });
+  EXPECT_EQ(resumed.load(), 1);
+  pending->Finish();
+  EXPECT_EQ(primary_.replication_stats().waited_writes, 2);  // this one did not wait
+}
+
+TEST(StoreReplicaTimeoutTest, AnAnswerNotAcknowledgedInTheBackupTimeoutTakesTheSlowPath) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStore primary(device.get(), Options(1, absl::Seconds(1)));
+  VariableStore backup(device.get(), Options(2, absl::Seconds(1)));
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
+  std::optional<VariableStore::PendingAnswers> pending;
+  {
+    VariableStore::DeferredAnswers deferred(&primary);
+    ASSERT_TRUE(AddOnes(&primary, 1).ok());
+    pending.emplace(deferred.Detach());
+  }
+  absl::Notification resumed;
+  std::atomic<bool> replicated{true};
+  const absl::Time start = absl::Now();
+  primary.AnswerWhenReplicated(*pending, [&](bool r) {
+    replicated = r;
+    resumed.Notify();
+  });
+  ASSERT_TRUE(resumed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_FALSE(replicated.load());
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(900));
+  // The slow path reports the backup behind, without waiting out a second
+  // timeout; with no coordinator link the write's answer is UNAVAILABLE.
+  const absl::Time slow = absl::Now();
+  std::vector<std::pair<int, absl::Status>> changed = pending->Finish();
+  EXPECT_LT(absl::Now() - slow, absl::Milliseconds(900));  // not 1 s more
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_TRUE(absl::IsUnavailable(changed[0].second)) << changed[0].second;
 }
 
 // Streamed values bigger than the logged chunk size (4 bytes here: "w" is
