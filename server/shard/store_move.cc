@@ -721,16 +721,28 @@ void VariableStore::WatchAckDeadlines() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   }
 }
 
+std::shared_ptr<MoveOut> VariableStore::FindMoveOut(uint64_t move_id) const {
+  absl::MutexLock lock(&moves_mu_);
+  auto it = moves_out_.find(move_id);
+  return it == moves_out_.end() ? nullptr : it->second;
+}
+
+absl::Status VariableStore::AckPullLocked(MoveOut* move, uint64_t applied_seq,
+                                          AckedAnswers* acked) {
+  move->last_pull = std::chrono::steady_clock::now();
+  if (!move->failure.ok()) return move->failure;
+  if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
+    return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
+  }
+  AckLocked(move, applied_seq, acked);
+  return absl::OkStatus();
+}
+
 absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
                                           PullMoveResponse* response, bool ack_only,
                                           AckedAnswers* acked) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  std::shared_ptr<MoveOut> move;
-  {
-    absl::MutexLock lock(&moves_mu_);
-    auto it = moves_out_.find(request.move_id());
-    if (it != moves_out_.end()) move = it->second;
-  }
+  std::shared_ptr<MoveOut> move = FindMoveOut(request.move_id());
   if (move == nullptr) {
     return absl::NotFoundError(absl::StrCat(
         MoveName(request.move_id()), " is not known here (the shard restarted, or the follow "
@@ -751,13 +763,7 @@ absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
     return PullMoveAcking(now, response, nullptr, acked);
   }
   absl::MutexLock lock(&move->mu);
-  move->last_pull = std::chrono::steady_clock::now();
-  if (!move->failure.ok()) return move->failure;
-  if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
-    return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
-  }
-  AckLocked(move.get(), request.applied_seq(), acked);
-  return absl::OkStatus();
+  return AckPullLocked(move.get(), request.applied_seq(), acked);
 }
 
 absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveResponse* response,
@@ -773,12 +779,7 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
                                            AckedAnswers* acked) {
   if (would_wait != nullptr) *would_wait = false;
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
-  std::shared_ptr<MoveOut> move;
-  {
-    absl::MutexLock lock(&moves_mu_);
-    auto it = moves_out_.find(request.move_id());
-    if (it != moves_out_.end()) move = it->second;
-  }
+  std::shared_ptr<MoveOut> move = FindMoveOut(request.move_id());
   if (move == nullptr) {
     if (request.member() != 0 || request.offset() != 0 || request.applied_seq() != 0) {
       return absl::NotFoundError(absl::StrCat(
@@ -802,12 +803,7 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
   }
   {
     absl::MutexLock lock(&move->mu);
-    move->last_pull = std::chrono::steady_clock::now();
-    if (!move->failure.ok()) return move->failure;
-    if (move->state == MoveOut::State::kEnded || move->state == MoveOut::State::kMoved) {
-      return absl::FailedPreconditionError(absl::StrCat(MoveName(move->id), " has ended"));
-    }
-    AckLocked(move.get(), request.applied_seq(), acked);
+    PSD_RETURN_IF_ERROR(AckPullLocked(move.get(), request.applied_seq(), acked));
   }
   if (request.member() == 0 && request.offset() == 0) {
     for (const MoveOut::Member& m : move->members) *response->add_members() = m.info;

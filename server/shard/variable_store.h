@@ -584,6 +584,11 @@ class VariableStore {
   // The answers it completes are added to `acked`.
   void AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  // A pull's acknowledgement: the move's failure, or FAILED_PRECONDITION
+  // once it ended; otherwise AckLocked.
+  absl::Status AckPullLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  std::shared_ptr<MoveOut> FindMoveOut(uint64_t move_id) const;
   // PullMove, adding the answers its acknowledgement completes to `acked`.
   absl::Status PullMoveAcking(const PullMoveRequest& request, PullMoveResponse* response,
                               bool* would_wait, AckedAnswers* acked);
