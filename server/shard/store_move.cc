@@ -1559,35 +1559,31 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
         move->logged_seq = std::max(move->logged_seq, entry.seq());
         continue;
       }
-      MoveWrite w = entry;  // its op is changed for the replay
-      BatchOp* op = w.mutable_op();
-      // The write was made against the source's incarnation.
+      const MoveWrite& w = entry;
+      // Replayed as the source ran it: the request's shard incarnation is
+      // the source's, which CheckIncarnation passes during a replay (no
+      // copy of the op, which may hold a whole sparse update, to clear it).
+      const BatchOp* op = &w.op();
       std::vector<const std::string*> written;
       switch (op->op_case()) {
         case BatchOp::kAssign:
-          op->mutable_assign()->set_shard_incarnation(0);
           written = {&op->assign().name()};
           break;
         case BatchOp::kScatter:
-          op->mutable_scatter()->set_shard_incarnation(0);
           written = {&op->scatter().name()};
           break;
         case BatchOp::kCountUpTo:
-          op->mutable_count_up_to()->set_shard_incarnation(0);
           written = {&op->count_up_to().name()};
           break;
         case BatchOp::kApplyDense:
-          op->mutable_apply_dense()->set_shard_incarnation(0);
           written = {&op->apply_dense().name()};
           for (const std::string& slot : op->apply_dense().slots()) written.push_back(&slot);
           break;
         case BatchOp::kApplySparse:
-          op->mutable_apply_sparse()->set_shard_incarnation(0);
           written = {&op->apply_sparse().name()};
           for (const std::string& slot : op->apply_sparse().slots()) written.push_back(&slot);
           break;
         case BatchOp::kGather:  // a table's counting lookup
-          op->mutable_gather()->set_shard_incarnation(0);
           written = {&op->gather().name()};
           break;
         default:

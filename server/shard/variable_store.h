@@ -485,6 +485,8 @@ class VariableStore {
   struct StagedRestore;
   using TableInstall = std::function<void()>;
   absl::StatusOr<TableInstall> PrepareTableRestore(StagedRestore* restore, int64_t* applied);
+  // OK for 0 (any), this shard's incarnation, and within a replay
+  // (store_internal::MoveReplayScope); otherwise ABORTED "stale handle".
   absl::Status CheckIncarnation(uint64_t requested) const;
   // What Mutate needs to know of a mutating request.
   struct WriteMeta {
