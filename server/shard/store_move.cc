@@ -608,6 +608,11 @@ void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers*
   }
 }
 
+namespace {
+// How often the deadline watcher drops answers resumed meanwhile.
+constexpr absl::Duration kAckWatchTidy = absl::Milliseconds(100);
+}  // namespace
+
 void VariableStore::ResumeAcked(AckedAnswers* acked) {
   for (std::shared_ptr<AckWaiter>& waiter : *acked) {
     if (waiter->pending.fetch_sub(1, std::memory_order_acq_rel) == 1 && waiter->Claim()) {
@@ -678,9 +683,11 @@ void VariableStore::AnswerWhenReplicated(const PendingAnswers& pending,
     return;
   }
   absl::MutexLock lock(&ack_watch_mu_);
+  // Woken only when it waits for nothing (no thread hand-off per write):
+  // otherwise it wakes for the front's deadline, or to drop resumed ones.
+  if (ack_watch_.empty()) ack_watch_changed_.Signal();
   ack_watch_.push_back(waiter);
   if (!ack_watcher_.joinable()) ack_watcher_ = std::thread(&VariableStore::WatchAckDeadlines, this);
-  ack_watch_changed_.Signal();
 }
 
 void VariableStore::ReleaseAckWaiters(MoveOut* move) {
@@ -699,18 +706,25 @@ void VariableStore::ReleaseAckWaiters(MoveOut* move) {
 void VariableStore::WatchAckDeadlines() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   absl::MutexLock lock(&ack_watch_mu_);
   while (!ack_watch_stopping_) {
+    // Answers resumed already (or gone) leave the front.
     std::shared_ptr<AckWaiter> front;
-    while (!ack_watch_.empty() &&
-           ((front = ack_watch_.front().lock()) == nullptr || front->claimed.load())) {
-      ack_watch_.pop_front();  // resumed already
+    while (!ack_watch_.empty()) {
+      front = ack_watch_.front().lock();
+      if (front != nullptr && !front->claimed.load()) break;
+      ack_watch_.pop_front();
       front.reset();
     }
     if (front == nullptr) {
-      ack_watch_changed_.Wait(&ack_watch_mu_);
+      ack_watch_changed_.Wait(&ack_watch_mu_);  // until one is registered
       continue;
     }
-    if (absl::Now() < front->deadline) {
-      ack_watch_changed_.WaitWithDeadline(&ack_watch_mu_, front->deadline);
+    const absl::Time now = absl::Now();
+    if (now < front->deadline) {
+      // Looks again at the deadline, or sooner to drop the resumed ones
+      // behind the front: the list holds about kAckWatchTidy of answers.
+      const absl::Time due = std::min(front->deadline, now + kAckWatchTidy);
+      front.reset();
+      ack_watch_changed_.WaitWithDeadline(&ack_watch_mu_, due);
       continue;
     }
     ack_watch_.pop_front();
