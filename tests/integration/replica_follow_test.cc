@@ -322,6 +322,56 @@ TEST_F(ReplicaFollowTest, ABackupWhoseFollowItsPrimaryEndedFails) {
   EXPECT_NE(status.message().find("ended this follow"), std::string::npos) << status.message();
 }
 
+// A follow stream (FollowMove) opened by another caller: one for a follow
+// the primary does not have, or asking for the snapshot, is refused with
+// the reason and ends; one that only repeats an old acknowledgement and
+// closes ends OK. The real backup's stream goes on: writes are still
+// answered once it has them.
+TEST_F(ReplicaFollowTest, AFollowStreamFromAnotherCallerIsRefusedOrEndsAndChangesNothing) {
+  ASSERT_TRUE(IsOk(CreateOnPrimary("f")));
+  Follow("f", 0x7c);
+  ASSERT_TRUE(IsOk(AddOnPrimary("f", 1)));
+  auto stream_once = [&](const PullMoveRequest& first) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto stream = primary_move_->FollowMove(&ctx);
+    stream->Write(first);
+    stream->WritesDone();
+    PullMoveResponse answer;
+    while (stream->Read(&answer)) {
+    }
+    return FromGrpcStatus(stream->Finish());
+  };
+  PullMoveRequest log;
+  log.set_move_id(0x7c);
+  log.add_names("f");
+  log.set_member(1);  // past the group's one member: the log
+  log.set_follow(true);
+  PullMoveRequest unknown = log;
+  unknown.set_move_id(0xdead);
+  EXPECT_TRUE(IsError(stream_once(unknown), absl::StatusCode::kNotFound, {"not known here"}));
+  PullMoveRequest snapshot = log;
+  snapshot.set_member(0);
+  EXPECT_TRUE(IsError(stream_once(snapshot), absl::StatusCode::kInvalidArgument, {"member 0"}));
+  PullMoveRequest not_follow = log;
+  not_follow.set_follow(false);
+  EXPECT_TRUE(IsError(stream_once(not_follow), absl::StatusCode::kInvalidArgument,
+                      {"only a backup's follow is streamed"}));
+  EXPECT_TRUE(IsOk(stream_once(log)));  // acknowledges nothing new
+  for (uint64_t seq = 2; seq <= 10; ++seq) ASSERT_TRUE(IsOk(AddOnPrimary("f", seq)));
+  PromoteReplicaRequest promote;
+  promote.set_move_id(0x7c);
+  promote.set_epoch(2);
+  PromoteReplicaResponse promoted;
+  ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
+    return backup_move_->PromoteReplica(ctx, promote, &promoted);
+  })));
+  EXPECT_EQ(promoted.applied_seq(), 10u);
+  PSD_ASSERT_OK_AND_ASSIGN(TensorProto want, ReadFrom(primary_data_.get(), "f"));
+  PSD_ASSERT_OK_AND_ASSIGN(TensorProto got, ReadFrom(backup_data_.get(), "f"));
+  EXPECT_EQ(got.content(), want.content());
+}
+
 // Prints the price of one in-sync backup for sequential small writes (one
 // caller, so each write pays a whole round trip to the backup). Disabled:
 // it only prints; run with --gtest_also_run_disabled_tests.
