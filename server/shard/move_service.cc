@@ -225,18 +225,22 @@ class ShardMoveService::FollowReactor final
 
   void OnReadDone(bool ok) override {
     Actions actions;
-    if (ok && !registered_) {
+    absl::Status room;
+    if (ok && !registered_ && !first_read_) {
       // Registered before the first fetch, so no news is missed between
       // the two (news that comes first is fetched with it).
-      registered_ = true;
+      first_read_ = true;
       move_id_ = received_.move_id();
-      service_->AddFollower(move_id_, this);
+      room = service_->AddFollower(move_id_, this);
+      registered_ = room.ok();
     }
     {
       absl::MutexLock lock(&mu_);
       reading_ = false;
       if (finished_) return;
-      if (!ok) {
+      if (!room.ok()) {
+        end_ = ToGrpcStatus(room);
+      } else if (!ok) {
         // The backup closed its side, or went away.
         if (!end_.has_value()) end_ = grpc::Status::OK;
       } else if (!started_) {
@@ -337,7 +341,8 @@ class ShardMoveService::FollowReactor final
   ShardMoveService* const service_;
   // Set by the first request's read (reads come one at a time; OnDone
   // comes after the last).
-  bool registered_ = false;
+  bool first_read_ = false;  // the first request was read
+  bool registered_ = false;        // and AddFollower took it
   uint64_t move_id_ = 0;
   absl::Mutex mu_;
   PullMoveRequest received_;  // the read's buffer (one read at a time)
@@ -357,10 +362,19 @@ grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse>* ShardMoveService::Fo
   return new FollowReactor(this);
 }
 
-void ShardMoveService::AddFollower(uint64_t move_id, FollowReactor* follower) {
+absl::Status ShardMoveService::AddFollower(uint64_t move_id, FollowReactor* follower) {
   absl::MutexLock lock(&followers_mu_);
+  // A follow has one stream; one more while a broken one is being noticed.
+  // Past the cap (another caller's streams) each would be pushed every
+  // write of the group.
+  if (followers_.count(move_id) >= kMaxStreamsPerFollow) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "move ", absl::Hex(move_id), " already has ", kMaxStreamsPerFollow,
+        " follow streams open here (the most a follow may have)"));
+  }
   followers_.emplace(move_id, follower);
   follower_count_.fetch_add(1, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 void ShardMoveService::RemoveFollower(uint64_t move_id, FollowReactor* follower) {

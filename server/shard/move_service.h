@@ -92,7 +92,9 @@ class ShardMoveService final : public ShardMove::CallbackService {
   // A backup's FollowMove stream, on the primary (move_service.cc).
   class FollowReactor;
   // The waker pushes the news of a follow's log to its streams.
-  void AddFollower(uint64_t move_id, FollowReactor* follower);
+  // RESOURCE_EXHAUSTED once the follow has kMaxStreamsPerFollow streams.
+  absl::Status AddFollower(uint64_t move_id, FollowReactor* follower);
+  static constexpr size_t kMaxStreamsPerFollow = 4;
   void RemoveFollower(uint64_t move_id, FollowReactor* follower);
   void PushFollowers(const std::set<uint64_t>& move_ids);
 

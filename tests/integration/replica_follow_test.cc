@@ -140,6 +140,17 @@ class ReplicaFollowTest : public ::testing::Test {
     return Rpc(
         [&](grpc::ClientContext* ctx) { return primary_data_->Assign(ctx, add, &response); });
   }
+  // Promotes the backup of follow `move_id` (epoch 2); its applied_seq.
+  absl::StatusOr<uint64_t> Promote(uint64_t move_id) {
+    PromoteReplicaRequest promote;
+    promote.set_move_id(move_id);
+    promote.set_epoch(2);
+    PromoteReplicaResponse promoted;
+    PSD_RETURN_IF_ERROR(Rpc([&](grpc::ClientContext* ctx) {
+      return backup_move_->PromoteReplica(ctx, promote, &promoted);
+    }));
+    return promoted.applied_seq();
+  }
   absl::StatusOr<TensorProto> ReadFrom(Shard::Stub* stub, const std::string& name) {
     ReadRequest read;
     read.set_name(name);
@@ -202,14 +213,8 @@ TEST_F(ReplicaFollowTest, AnInSyncBackupHoldsEveryAcknowledgedWriteAndServesOnce
   EXPECT_EQ(metrics["psd_shard_backup_waited_writes_total"] > 0,
             metrics["psd_shard_backup_wait_seconds_total"] > 0);
   EXPECT_EQ(Scrape(1)["psd_shard_backups_held"], 1);
-  PromoteReplicaRequest promote;
-  promote.set_move_id(0x77);
-  promote.set_epoch(2);
-  PromoteReplicaResponse promoted;
-  ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
-    return backup_move_->PromoteReplica(ctx, promote, &promoted);
-  })));
-  EXPECT_EQ(promoted.applied_seq(), 39u);
+  PSD_ASSERT_OK_AND_ASSIGN(uint64_t applied, Promote(0x77));
+  EXPECT_EQ(applied, 39u);
   PSD_ASSERT_OK_AND_ASSIGN(TensorProto want, ReadFrom(primary_data_.get(), "w"));
   PSD_ASSERT_OK_AND_ASSIGN(TensorProto got, ReadFrom(backup_data_.get(), "w"));
   EXPECT_EQ(got.content(), want.content());  // bit for bit
@@ -280,14 +285,8 @@ TEST_F(ReplicaFollowTest, ABackupWhosePrimaryDiedKeepsRetryingAndIsPromotedWithE
       << status.message();
   EXPECT_EQ(status.phase(), MOVE_FORWARDING);
   // Promoted, it serves every write the primary acknowledged, bit for bit.
-  PromoteReplicaRequest promote;
-  promote.set_move_id(0x7a);
-  promote.set_epoch(2);
-  PromoteReplicaResponse promoted;
-  ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
-    return backup_move_->PromoteReplica(ctx, promote, &promoted);
-  })));
-  EXPECT_EQ(promoted.applied_seq(), 20u);
+  PSD_ASSERT_OK_AND_ASSIGN(uint64_t applied, Promote(0x7a));
+  EXPECT_EQ(applied, 20u);
   PSD_ASSERT_OK_AND_ASSIGN(TensorProto got, ReadFrom(backup_data_.get(), "u"));
   EXPECT_EQ(got.content(), acknowledged.content());
 }
@@ -358,15 +357,31 @@ TEST_F(ReplicaFollowTest, AFollowStreamFromAnotherCallerIsRefusedOrEndsAndChange
   EXPECT_TRUE(IsError(stream_once(not_follow), absl::StatusCode::kInvalidArgument,
                       {"only a backup's follow is streamed"}));
   EXPECT_TRUE(IsOk(stream_once(log)));  // acknowledges nothing new
+  // Streams held open for the follow: the real backup's and three more
+  // reach the cap; the next is refused naming it.
+  std::vector<std::unique_ptr<grpc::ClientContext>> held_ctx;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<PullMoveRequest, PullMoveResponse>>> held;
+  for (int i = 0; i < 3; ++i) {
+    held_ctx.push_back(std::make_unique<grpc::ClientContext>());
+    held.push_back(primary_move_->FollowMove(held_ctx.back().get()));
+    ASSERT_TRUE(held.back()->Write(log));
+  }
+  // Each is registered once the shard read its first request: retried
+  // until the cap answers (bounded: 100 tries).
+  absl::Status refused;
+  for (int i = 0; i < 100 && !absl::IsResourceExhausted(refused); ++i) {
+    refused = stream_once(log);
+    if (!absl::IsResourceExhausted(refused)) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(IsError(refused, absl::StatusCode::kResourceExhausted,
+                      {"4 follow streams open here"}));
+  for (size_t i = 0; i < held.size(); ++i) {
+    held_ctx[i]->TryCancel();
+    held[i]->Finish().ok();
+  }
   for (uint64_t seq = 2; seq <= 10; ++seq) ASSERT_TRUE(IsOk(AddOnPrimary("f", seq)));
-  PromoteReplicaRequest promote;
-  promote.set_move_id(0x7c);
-  promote.set_epoch(2);
-  PromoteReplicaResponse promoted;
-  ASSERT_TRUE(IsOk(Rpc([&](grpc::ClientContext* ctx) {
-    return backup_move_->PromoteReplica(ctx, promote, &promoted);
-  })));
-  EXPECT_EQ(promoted.applied_seq(), 10u);
+  PSD_ASSERT_OK_AND_ASSIGN(uint64_t applied, Promote(0x7c));
+  EXPECT_EQ(applied, 10u);
   PSD_ASSERT_OK_AND_ASSIGN(TensorProto want, ReadFrom(primary_data_.get(), "f"));
   PSD_ASSERT_OK_AND_ASSIGN(TensorProto got, ReadFrom(backup_data_.get(), "f"));
   EXPECT_EQ(got.content(), want.content());
