@@ -443,8 +443,8 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
           const RequestId no_id;
           WriteMeta meta{kAnonymousCaller, 0, no_id};
           meta.variable = &part.name;
-          meta.to_batch_op = +[](const void* r, BatchOp* op) {
-            SetBatchOp(*static_cast<const GatherRequest*>(r), op);
+          meta.to_logged = +[](const void* r, MoveWrite* write) {
+            SetLogged(*static_cast<const GatherRequest*>(r), write);
           };
           meta.request = &request;
           for (const std::shared_ptr<MoveOut>& move : logging) LogMoveWrite(move.get(), meta);
@@ -465,6 +465,24 @@ bool VariableStore::CountingTableLookup(const GatherRequest& request) const {
   if (request.inference()) return false;
   std::shared_ptr<EmbeddingPart> part = FindEmbedding(request.name());
   return part != nullptr && part->column == 0;
+}
+
+absl::Status VariableStore::RunTableWrite(const TableWrite& write, CallerKey caller) {
+  switch (write.op_case()) {
+    case TableWrite::kEvict: {
+      EvictEmbeddingResponse response;
+      return EvictEmbedding(write.evict(), &response, caller);
+    }
+    case TableWrite::kDeleteKeys: {
+      DeleteEmbeddingKeysResponse response;
+      return DeleteEmbeddingKeys(write.delete_keys(), &response, caller);
+    }
+    case TableWrite::kImportRows: {
+      ImportEmbeddingResponse response;
+      return ImportEmbedding(write.import_rows(), &response, caller);
+    }
+    default: return absl::InvalidArgumentError("a table write has no operation set");
+  }
 }
 
 absl::Status VariableStore::ReplayEmbeddingLookup(const GatherRequest& request) {
@@ -631,11 +649,7 @@ absl::StatusOr<std::unique_ptr<EmbeddingExportSource>> VariableStore::BeginEmbed
 
 absl::Status VariableStore::ImportEmbedding(const ImportEmbeddingRequest& request,
                                             ImportEmbeddingResponse* response, CallerKey caller) {
-  // Not forwarded to a move's target: a move of the part ends (the part
-  // stays here), as for a streamed assign of a dense part.
-  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
-  meta.variable = &request.name();
-  return Mutate(meta, response,
+  return Mutate(Forwarded(caller, request), response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "import"));
     const EmbeddingRows& rows = request.rows();
@@ -689,11 +703,7 @@ absl::Status VariableStore::ImportEmbedding(const ImportEmbeddingRequest& reques
 absl::Status VariableStore::DeleteEmbeddingKeys(const DeleteEmbeddingKeysRequest& request,
                                                 DeleteEmbeddingKeysResponse* response,
                                                 CallerKey caller) {
-  // Not forwarded to a move's target: a move of the part ends (the part
-  // stays here), as for a streamed assign of a dense part.
-  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
-  meta.variable = &request.name();
-  return Mutate(meta, response,
+  return Mutate(Forwarded(caller, request), response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part,
                          TableFor(request.name(), "delete_keys"));
@@ -710,11 +720,7 @@ absl::Status VariableStore::DeleteEmbeddingKeys(const DeleteEmbeddingKeysRequest
 
 absl::Status VariableStore::EvictEmbedding(const EvictEmbeddingRequest& request,
                                            EvictEmbeddingResponse* response, CallerKey caller) {
-  // Not forwarded to a move's target: a move of the part ends (the part
-  // stays here), as for a streamed assign of a dense part.
-  WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
-  meta.variable = &request.name();
-  return Mutate(meta, response,
+  return Mutate(Forwarded(caller, request), response,
                 [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(std::shared_ptr<EmbeddingPart> part, TableFor(request.name(), "evict"));
     if (request.global_step() < 0) {

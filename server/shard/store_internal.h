@@ -147,23 +147,44 @@ struct EmbeddingPart {
   std::atomic<bool> replicated{false};
 };
 
-// How a move replays each forwardable request on the part's new shard.
-inline void SetBatchOp(const AssignRequest& r, BatchOp* op) { *op->mutable_assign() = r; }
-inline void SetBatchOp(const ScatterRequest& r, BatchOp* op) { *op->mutable_scatter() = r; }
-inline void SetBatchOp(const CountUpToRequest& r, BatchOp* op) { *op->mutable_count_up_to() = r; }
-inline void SetBatchOp(const ApplyDenseRequest& r, BatchOp* op) { *op->mutable_apply_dense() = r; }
-inline void SetBatchOp(const ApplySparseRequest& r, BatchOp* op) {
-  *op->mutable_apply_sparse() = r;
+// How a move replays each forwardable request on the part's new shard:
+// the logged entry's op (a BatchOp), or for a table's writes by key that
+// have none, its TableWrite.
+inline void SetLogged(const AssignRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_assign() = r;
+}
+inline void SetLogged(const ScatterRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_scatter() = r;
+}
+inline void SetLogged(const CountUpToRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_count_up_to() = r;
+}
+inline void SetLogged(const ApplyDenseRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_apply_dense() = r;
+}
+inline void SetLogged(const ApplySparseRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_apply_sparse() = r;
 }
 // A table's counting lookup (it admits keys, makes rows, counts uses).
-inline void SetBatchOp(const GatherRequest& r, BatchOp* op) { *op->mutable_gather() = r; }
+inline void SetLogged(const GatherRequest& r, MoveWrite* w) {
+  *w->mutable_op()->mutable_gather() = r;
+}
+inline void SetLogged(const EvictEmbeddingRequest& r, MoveWrite* w) {
+  *w->mutable_table()->mutable_evict() = r;
+}
+inline void SetLogged(const DeleteEmbeddingKeysRequest& r, MoveWrite* w) {
+  *w->mutable_table()->mutable_delete_keys() = r;
+}
+inline void SetLogged(const ImportEmbeddingRequest& r, MoveWrite* w) {
+  *w->mutable_table()->mutable_import_rows() = r;
+}
 
 template <typename Request>
 VariableStore::WriteMeta VariableStore::Forwarded(CallerKey caller, const Request& request) {
   WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
   meta.variable = &request.name();
-  meta.to_batch_op = +[](const void* r, BatchOp* op) {
-    SetBatchOp(*static_cast<const Request*>(r), op);
+  meta.to_logged = +[](const void* r, MoveWrite* write) {
+    SetLogged(*static_cast<const Request*>(r), write);
   };
   meta.request = &request;
   return meta;
@@ -256,7 +277,7 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     std::vector<std::shared_ptr<MoveOut>> logging;
     // Follows a write that cannot be forwarded ends, once it went ahead.
     std::vector<std::shared_ptr<MoveOut>> unfollowable;
-    const bool forwardable = meta.to_batch_op != nullptr;
+    const bool forwardable = meta.to_logged != nullptr;
     // Moves first: one that refuses the write (frozen, moved) refuses it
     // before any follow was ended for it.
     std::vector<std::shared_ptr<MoveOut>> ordered;

@@ -125,7 +125,46 @@ absl::Status FillTableChunk(const MoveOut::TableCut& cut, const MovedMember& inf
 // What a logged write is charged, the same when it is logged and when it
 // goes (its op's size; the seq set in between does not count).
 int64_t LoggedBytes(const MoveWrite& write) {
-  return static_cast<int64_t>(write.op().ByteSizeLong() + write.chunk().ByteSizeLong()) + 64;
+  return static_cast<int64_t>(write.op().ByteSizeLong() + write.chunk().ByteSizeLong() +
+                              write.table().ByteSizeLong()) +
+         64;
+}
+
+// The variables a logged write changes (a table's slots with it); empty
+// for an entry that is no write (or sets both `op` and `table`).
+std::vector<const std::string*> WrittenNames(const MoveWrite& w) {
+  if (w.has_table()) {
+    if (w.has_op()) return {};
+    const TableWrite& table = w.table();
+    switch (table.op_case()) {
+      case TableWrite::kEvict: return {&table.evict().name()};
+      case TableWrite::kDeleteKeys: return {&table.delete_keys().name()};
+      case TableWrite::kImportRows: {
+        std::vector<const std::string*> names = {&table.import_rows().name()};
+        for (const std::string& slot : table.import_rows().slots()) names.push_back(&slot);
+        return names;
+      }
+      default: return {};
+    }
+  }
+  const BatchOp& op = w.op();
+  switch (op.op_case()) {
+    case BatchOp::kAssign: return {&op.assign().name()};
+    case BatchOp::kScatter: return {&op.scatter().name()};
+    case BatchOp::kCountUpTo: return {&op.count_up_to().name()};
+    case BatchOp::kApplyDense: {
+      std::vector<const std::string*> names = {&op.apply_dense().name()};
+      for (const std::string& slot : op.apply_dense().slots()) names.push_back(&slot);
+      return names;
+    }
+    case BatchOp::kApplySparse: {
+      std::vector<const std::string*> names = {&op.apply_sparse().name()};
+      for (const std::string& slot : op.apply_sparse().slots()) names.push_back(&slot);
+      return names;
+    }
+    case BatchOp::kGather: return {&op.gather().name()};  // a table's counting lookup
+    default: return {};
+  }
 }
 
 }  // namespace
@@ -302,7 +341,7 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
 
 uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
   MoveWrite write;
-  meta.to_batch_op(meta.request, write.mutable_op());
+  meta.to_logged(meta.request, &write);
   if (meta.amend_logged) meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
   return LogMoveEntry(move, std::move(write), *meta.variable, /*fail_when_full=*/true);
@@ -1578,31 +1617,11 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       // the source's, which CheckIncarnation passes during a replay (no
       // copy of the op, which may hold a whole sparse update, to clear it).
       const BatchOp* op = &w.op();
-      std::vector<const std::string*> written;
-      switch (op->op_case()) {
-        case BatchOp::kAssign:
-          written = {&op->assign().name()};
-          break;
-        case BatchOp::kScatter:
-          written = {&op->scatter().name()};
-          break;
-        case BatchOp::kCountUpTo:
-          written = {&op->count_up_to().name()};
-          break;
-        case BatchOp::kApplyDense:
-          written = {&op->apply_dense().name()};
-          for (const std::string& slot : op->apply_dense().slots()) written.push_back(&slot);
-          break;
-        case BatchOp::kApplySparse:
-          written = {&op->apply_sparse().name()};
-          for (const std::string& slot : op->apply_sparse().slots()) written.push_back(&slot);
-          break;
-        case BatchOp::kGather:  // a table's counting lookup
-          written = {&op->gather().name()};
-          break;
-        default:
-          return absl::DataLossError(absl::StrCat(MoveName(move_id), ": logged write ", w.seq(),
-                                                  " is not a write"));
+      const TableWrite& table = w.table();
+      const std::vector<const std::string*> written = WrittenNames(w);
+      if (written.empty()) {
+        return absl::DataLossError(
+            absl::StrCat(MoveName(move_id), ": logged write ", w.seq(), " is not a write"));
       }
       // Only to the group's own parts: replayed, a write naming any other
       // variable would change one this shard serves (or another move's).
@@ -1618,8 +1637,9 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       absl::Status applied;
       {
         store_internal::MoveReplayScope replay;
-        applied = op->op_case() == BatchOp::kGather ? ReplayEmbeddingLookup(op->gather())
-                                                    : RunBatchOp(*op, 0, &result, w.caller());
+        applied = w.has_table()                       ? RunTableWrite(table, w.caller())
+                  : op->op_case() == BatchOp::kGather ? ReplayEmbeddingLookup(op->gather())
+                                                      : RunBatchOp(*op, 0, &result, w.caller());
       }
       if (!applied.ok()) {
         return absl::InternalError(absl::StrCat(

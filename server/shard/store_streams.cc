@@ -146,7 +146,11 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 // the rest at the commit, then one small commit entry. A stream that does
 // not commit logs an abort for the chunks logged. On a move's target the
 // same sink stages the chunks (`replay`) and commits at the commit entry,
-// with its request id, through the same Apply.
+// with its request id, through the same Apply. A streamed apply, to such a
+// group, is logged at the commit as one ApplyDenseRequest carrying its
+// gradient (a copy of it while the log holds it), so its backups replay it
+// as the unary ApplyDense; its gradient is not staged on a backup while
+// the client still sends.
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
@@ -238,12 +242,11 @@ class StagedAssignSink final : public AssignStreamSink {
     // for the backups: CommitLogged lets the pass go first).
     std::optional<WriteGate::Pass> pass(&store_->gate_);
     // A group that moves out or has backups gets the assign logged with its
-    // value (an apply's streamed gradient and strings are not forwarded:
-    // they end the move or follow, see Apply).
-    // So is a value bigger than one pull of the log can carry (it would
-    // never reach the backup: its follow ends and it is made again by copy).
-    if (!replay_ && !header_.has_apply() && !header_.has_create() &&
-        header_.dtype() != DT_STRING && !TooBigToLog() &&
+    // value, and an apply with its gradient (strings are not forwarded:
+    // they end the move or follow, see Apply; nor is a value bigger than
+    // one pull of the log can carry: it would never reach the backup, so
+    // its follow ends and it is made again by copy).
+    if (!replay_ && !header_.has_create() && header_.dtype() != DT_STRING && !TooBigToLog() &&
         store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
       std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
       if (!moves.empty()) return CommitLogged(moves, response, &pass);
@@ -390,7 +393,9 @@ class StagedAssignSink final : public AssignStreamSink {
   }
 
   // Commit for a group with moves or follows: applied and logged, as an
-  // AssignRequest with the staged value, under their order locks, then
+  // AssignRequest with the staged value (or an ApplyDenseRequest with the
+  // staged gradient and the beta powers it read, as the unary ApplyDense
+  // is logged), under their order locks, then
   // answered once the in-sync backups have it (VariableStore::Mutate's
   // way, for a value that came in a stream).
   // `pass` (the write gate's) is let go before the wait for the backups,
@@ -426,15 +431,25 @@ class StagedAssignSink final : public AssignStreamSink {
               "streamed value for ", Quoted(name), " ended after ", received_, " of ",
               header_.total_bytes(), " bytes; nothing was changed"));
         }
-        // The value as the backups replay it (copied before Apply takes the
-        // staged buffer).
-        AssignRequest logged;
-        logged.set_name(name);
-        logged.set_op(header_.op());
-        logged.set_validate_shape(header_.validate_shape());
-        logged.set_if_uninitialized(header_.if_uninitialized());
-        *logged.mutable_request_id() = request_id_;
-        TensorProto* value = logged.mutable_value();
+        // The write as the backups replay it (the value copied before
+        // Apply takes the staged buffer).
+        BatchOp logged;
+        TensorProto* value;
+        if (header_.has_apply()) {
+          ApplyDenseRequest* apply = logged.mutable_apply_dense();
+          *apply = header_.apply();  // its slots and optimizer
+          apply->set_name(name);
+          *apply->mutable_request_id() = request_id_;
+          value = apply->mutable_gradient();
+        } else {
+          AssignRequest* assign = logged.mutable_assign();
+          assign->set_name(name);
+          assign->set_op(header_.op());
+          assign->set_validate_shape(header_.validate_shape());
+          assign->set_if_uninitialized(header_.if_uninitialized());
+          *assign->mutable_request_id() = request_id_;
+          value = assign->mutable_value();
+        }
         value->set_dtype(header_.dtype());
         *value->mutable_shape() = header_.shape();
         const bool chunked = LogsChunks();
@@ -450,6 +465,8 @@ class StagedAssignSink final : public AssignStreamSink {
                                  LogChunks(log, received_, /*fail_when_full=*/false));
             if (!logged_all) unlogged.push_back(move);
           }
+        } else if (!logging.empty() && header_.has_apply()) {
+          value->set_content(HostBytes().data(), HostBytes().size());
         } else if (!logging.empty()) {
           std::string* content = value->mutable_content();
           content->resize(static_cast<size_t>(received_));
@@ -461,7 +478,11 @@ class StagedAssignSink final : public AssignStreamSink {
         RequestWindow::Result result;
         result.scope = RequestWindow::ScopeOf(header_.name());
         forwarded_ = true;
-        result.status = Apply(response);
+        VariableStore::PowersRead powers;
+        result.status = Apply(response, &powers);
+        if (header_.has_apply()) {
+          powers.ReplaceNames(logged.mutable_apply_dense()->mutable_optimizer());
+        }
         if (registered_) {
           SaveResult(*response, &result);
           store_->requests_.Finish(request_id_, result);
@@ -477,20 +498,17 @@ class StagedAssignSink final : public AssignStreamSink {
           if (move->follow) waits.push_back({move, ~uint64_t{0}});
           logging.erase(std::find(logging.begin(), logging.end(), move));
         }
-        const VariableStore::WriteMeta meta = VariableStore::Forwarded(caller_, logged);
         for (const std::shared_ptr<MoveOut>& move : logging) {
-          uint64_t seq;
+          MoveWrite write;
+          write.set_caller(caller_);
+          *write.mutable_op() = logged;
           if (chunked) {
-            MoveWrite commit;
-            commit.set_caller(caller_);
-            *commit.mutable_op()->mutable_assign() = logged;
-            commit.set_staged_id(staged_id_);
-            seq = store_->LogMoveEntry(move.get(), std::move(commit), name,
-                                       /*fail_when_full=*/true);
+            // The commit entry: the value is the chunks logged before it.
+            write.set_staged_id(staged_id_);
             ChunkLogFor(move)->closed = true;  // committed, or the move failed
-          } else {
-            seq = store_->LogMoveWrite(move.get(), meta);
           }
+          const uint64_t seq = store_->LogMoveEntry(move.get(), std::move(write), name,
+                                                    /*fail_when_full=*/true);
           if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
         }
         return result.status;
@@ -509,14 +527,15 @@ class StagedAssignSink final : public AssignStreamSink {
     return status;
   }
 
-  absl::Status Apply(AssignResponse* response) {
+  // `powers` (an apply's): the beta powers it read, for its logged copy.
+  absl::Status Apply(AssignResponse* response, VariableStore::PowersRead* powers = nullptr) {
     const std::string& name = header_.name();
     if (!forwarded_) {
       const std::string what =
-          header_.has_apply() ? std::string("a streamed apply")
-          : header_.dtype() == DT_STRING
+          header_.dtype() == DT_STRING
               ? std::string("a streamed assign of strings")
-              : absl::StrCat("a streamed assign of ", header_.total_bytes(),
+              : absl::StrCat("a streamed ", header_.has_apply() ? "apply" : "assign", " of ",
+                             header_.total_bytes(),
                              " bytes (more than one pull of the log carries, ",
                              store_->options().max_unary_value_bytes, ")");
       PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, what));
@@ -530,7 +549,7 @@ class StagedAssignSink final : public AssignStreamSink {
       uint64_t version = 0;
       PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, header_.apply().slots(),
                                             header_.apply().optimizer(), &gradient, nullptr,
-                                            &version));
+                                            &version, /*check_only=*/false, powers));
       response->set_version(version);
       return absl::OkStatus();
     }

@@ -495,10 +495,10 @@ class VariableStore {
     const RequestId& request_id;
     bool gated = true;  // held by a fence (creates and deletes are not)
     // The variable written, which finds the group it moves with, and for
-    // the ops a move forwards, how to make the BatchOp that replays
+    // the ops a move forwards, how to make the logged entry that replays
     // `request` on the part's new shard (null: a move of the group fails).
     const std::string* variable = nullptr;
-    void (*to_batch_op)(const void* request, BatchOp* op) = nullptr;
+    void (*to_logged)(const void* request, MoveWrite* write) = nullptr;
     const void* request = nullptr;
     // Turns the logged copy into what was applied, once `op` ran (null:
     // the request as it came): an Adam apply's beta powers read from
@@ -584,12 +584,12 @@ class VariableStore {
   // The target of `move` applied every write up to `applied_seq`: they
   // leave its log, and writes waiting for it are woken.
   // The answers it completes are added to `acked`.
-  void AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  // Caller holds move->mu (not annotated: MoveOut is incomplete here).
+  void AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked);
   // A pull's acknowledgement: the move's failure, or FAILED_PRECONDITION
   // once it ended; otherwise AckLocked.
-  absl::Status AckPullLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu);
+  // Caller holds move->mu.
+  absl::Status AckPullLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked);
   std::shared_ptr<MoveOut> FindMoveOut(uint64_t move_id) const;
   // PullMove, adding the answers its acknowledgement completes to `acked`.
   absl::Status PullMoveAcking(const PullMoveRequest& request, PullMoveResponse* response,
@@ -618,6 +618,8 @@ class VariableStore {
   absl::Status CheckMovedTable(const MoveIn& move, int i, const MovedMember& m) const;
   // Replays a table's logged counting lookup on the part moving in.
   absl::Status ReplayEmbeddingLookup(const GatherRequest& request);
+  // A logged table write by key (MoveWrite.table), run as its source ran it.
+  absl::Status RunTableWrite(const TableWrite& write, CallerKey caller);
   // The one way into a mutating operation, so every one is checked alike:
   // the incarnation check (ABORTED "stale handle" before anything else),
   // the write gate (a Pass: it goes straight through on a handler thread

@@ -716,8 +716,27 @@ void TableMoveSeeds() {
   *s->mutable_updates() = Value<float>({2, 2}, std::vector<float>(4, 2.f));
   s->mutable_request_id()->set_client_id(0xc1);
   s->mutable_request_id()->set_seq(1);
+  // A table's writes by key: a delete, an import of a row with its slot,
+  // and an eviction.
+  psd::MoveWrite* del = end.add_writes();
+  del->set_seq(3);
+  psd::DeleteEmbeddingKeysRequest* d = del->mutable_table()->mutable_delete_keys();
+  d->set_name("t/part_1");
+  *d->mutable_keys() = Value<int64_t>({1}, {mine[1]});
+  psd::MoveWrite* imp = end.add_writes();
+  imp->set_seq(4);
+  psd::ImportEmbeddingRequest* im = imp->mutable_table()->mutable_import_rows();
+  im->set_name("t/part_1");
+  im->add_slots("t/Adagrad/part_1");
+  *im->mutable_rows()->mutable_keys() = Value<int64_t>({1}, {mine[1]});
+  *im->mutable_rows()->mutable_values() = Value<float>({1, 2}, {4.f, 5.f});
+  *im->mutable_rows()->add_slot_values() = Value<float>({1, 2}, {0.1f, 0.1f});
+  psd::MoveWrite* evict = end.add_writes();
+  evict->set_seq(5);
+  evict->mutable_table()->mutable_evict()->set_name("t/part_1");
+  evict->mutable_table()->mutable_evict()->set_global_step(100);
   end.set_end(true);
-  end.set_final_seq(2);
+  end.set_final_seq(5);
   psd::RequestWindowState::Client* c = end.mutable_window()->add_clients();
   c->set_client_id(0xc1);
   c->set_owner(0xca11e4);

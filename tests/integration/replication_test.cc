@@ -236,6 +236,52 @@ TEST_F(ReplicationTest, AdamsBetaPowersBesideAPartitionedVariableAreReplicated) 
   ASSERT_TRUE(IsOk(cluster_->StartKilledShard(shard)));
 }
 
+// A dense gradient above the client's stream threshold (1 MiB) travels as
+// a streamed apply. It is forwarded to the backups as the unary apply is,
+// so training a big variable with Adam keeps its in-sync backup (no drop
+// and copy per step), and the backup has every acknowledged step when the
+// primary dies.
+TEST_F(ReplicationTest, StreamedAdamStepsKeepTheBackupAndSurviveThePrimarysSigkill) {
+  constexpr int64_t kRows = 1024, kCols = 512;  // 2 MiB of float
+  GetVariableOptions o;
+  o.dtype = DT_FLOAT;
+  o.shape = TensorShape{kRows, kCols};
+  o.initializer = client::init::Zeros();
+  o.initialize = true;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("streamed_adam", o));
+  client::Optimizer adam(*session_, client::opt::Adam{});
+  std::vector<float> g(kRows * kCols);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(i % 97) / 97.f - 0.5f;
+  const Tensor grad = *Tensor::FromVector<float>(TensorShape{kRows, kCols}, g);
+  ASSERT_TRUE(IsOk(adam.ApplyGradients({{grad, w}})));  // makes the slots
+  std::vector<Variable> powers = adam.NonSlotVariables();
+  for (Variable* v : {&powers[0], &powers[1]}) ASSERT_TRUE(WaitInSync(*v, 1).ok());
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(w, 1));
+  const int primary = part.shard_id();
+  const int backup = part.in_sync_shards(0);
+  const std::string metrics_file =
+      absl::StrCat(cluster_->state_dir(), "/shard-", primary, ".http-port");
+  PSD_ASSERT_OK_AND_ASSIGN(auto before, testing_http::ScrapeFromPortFile(metrics_file));
+
+  for (int step = 0; step < 5; ++step) ASSERT_TRUE(IsOk(adam.ApplyGradients({{grad, w}})));
+  PSD_ASSERT_OK_AND_ASSIGN(auto after, testing_http::ScrapeFromPortFile(metrics_file));
+  EXPECT_EQ(after["psd_shard_replica_behind_calls_total"],
+            before["psd_shard_replica_behind_calls_total"])
+      << "a streamed apply dropped the backup";
+  ASSERT_TRUE(IsOk(w.Refresh()));
+  EXPECT_EQ(w.handle().parts(0).shard_id(), primary);
+  ASSERT_EQ(w.handle().parts(0).in_sync_shards_size(), 1);
+  EXPECT_EQ(w.handle().parts(0).in_sync_shards(0), backup);
+
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor trained, w.Read());
+  ASSERT_TRUE(IsOk(cluster_->KillShard(primary)));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor promoted, w.Read());  // waits for the failover
+  ASSERT_TRUE(IsOk(w.Refresh()));
+  EXPECT_EQ(w.handle().parts(0).shard_id(), backup);
+  EXPECT_TRUE(promoted.bytes() == trained.bytes()) << "the promoted backup lacks a step";
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
+}
+
 // Writes that wait for their backups must not hold the threads that serve
 // the backups' pulls: many unary writers at once (no data stream, each
 // write its own call) keep the backup in sync, with no ReplicaBehind call,

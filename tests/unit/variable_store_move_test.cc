@@ -898,5 +898,119 @@ TEST_F(StoreMoveTest, ATableWithTwoBackupsAndAMoveLogsEveryLookupAndWriteIntoEac
   ASSERT_TRUE(source_.EndMoveOut(9, /*committed=*/true, 1).ok());
 }
 
+// A table's writes by key (delete_keys, import, evict) are forwarded like
+// its lookups and updates: logged in the one order, replayed by a backup
+// that follows and by a move's target, which end with the source's rows
+// (values, slot rows, counts, versions). Before, each ended the follow
+// (its backup dropped and copied again) and gave the move up.
+TEST_F(StoreMoveTest, ATablesDeletesImportsAndEvictionsReachItsBackupAndItsMove) {
+  VariableStore backup(device_.get(), Options(3));
+  VariableInfo info;
+  std::vector<CreateVariableRequest> parts = TableParts(1);
+  for (CreateVariableRequest& part : parts) {
+    part.mutable_embedding()->clear_counter_filter();
+    part.mutable_embedding()->set_steps_to_live(5);
+  }
+  for (const CreateVariableRequest& part : parts) ASSERT_TRUE(source_.Create(part, &info).ok());
+  // Keys 1..10 updated at step 1, keys 1..3 again at step 9.
+  std::vector<int64_t> keys;
+  for (int64_t k = 1; k <= 10; ++k) keys.push_back(k);
+  ASSERT_TRUE(AddToRows(&source_, keys, 1).ok());
+
+  StartMoveInRequest follow;
+  follow.set_move_id(7);
+  follow.set_source_incarnation(1);
+  follow.set_follow(true);
+  StartMoveInRequest move = follow;
+  move.set_move_id(9);
+  move.set_follow(false);
+  for (const CreateVariableRequest& part : parts) {
+    *follow.add_parts() = part;
+    *move.add_parts() = part;
+  }
+  ASSERT_TRUE(backup.BeginMoveIn(follow).ok());
+  ASSERT_TRUE(target_.BeginMoveIn(move).ok());
+  auto pull = [&](VariableStore* target, uint64_t id) {
+    PullMoveRequest req;
+    if (!target->NextMovePull(id, &req)) return false;
+    req.set_wait_ms(0);
+    PullMoveResponse resp;
+    absl::Status pulled = source_.PullMove(req, &resp);
+    EXPECT_TRUE(pulled.ok()) << pulled;
+    if (!pulled.ok()) return false;
+    absl::Status applied = target->ApplyMovePull(id, resp);
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  };
+  ASSERT_TRUE(pull(&backup, 7));  // pinned: what follows is logged
+  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(AddToRows(&source_, {1, 2, 3}, 9).ok());
+
+  DeleteEmbeddingKeysRequest del;
+  del.set_name("emb");
+  *del.mutable_keys() = Keys({4, 5, 77});  // 77 has no row
+  del.mutable_request_id()->set_client_id(11);
+  del.mutable_request_id()->set_seq(20);
+  DeleteEmbeddingKeysResponse deleted;
+  ASSERT_TRUE(source_.DeleteEmbeddingKeys(del, &deleted).ok());
+  EXPECT_EQ(deleted.deleted(), 2);
+
+  ImportEmbeddingRequest import;
+  import.set_name("emb");
+  import.add_slots("emb/Adagrad");
+  *import.mutable_rows()->mutable_keys() = Keys({6, 500});
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{2, 2}, {-1, -2, 3.5f, 4.25f}),
+                import.mutable_rows()->mutable_values());
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{2, 2}, {0.75f, 0.75f, 2, 2}),
+                import.mutable_rows()->add_slot_values());
+  TensorToProto(*Tensor::FromVector<int64_t>(TensorShape{2}, {8, 9}),
+                import.mutable_rows()->mutable_freqs());
+  TensorToProto(*Tensor::FromVector<int64_t>(TensorShape{2}, {12, 12}),
+                import.mutable_rows()->mutable_versions());
+  import.mutable_request_id()->set_client_id(11);
+  import.mutable_request_id()->set_seq(21);
+  ImportEmbeddingResponse imported;
+  ASSERT_TRUE(source_.ImportEmbedding(import, &imported).ok());
+
+  EvictEmbeddingRequest evict;  // rows last updated before step 5 go
+  evict.set_name("emb");
+  evict.set_global_step(10);
+  evict.mutable_request_id()->set_client_id(11);
+  evict.mutable_request_id()->set_seq(22);
+  EvictEmbeddingResponse evicted;
+  ASSERT_TRUE(source_.EvictEmbedding(evict, &evicted).ok());
+  EXPECT_EQ(evicted.evicted(), 4);  // 7..10, last updated at step 1
+  const Rows want = Export(&source_);
+  EXPECT_EQ(want.size(), 5u);  // 1, 2, 3 (step 9), 6 and 500 (imported at step 12)
+  EXPECT_EQ(source_.replication_stats().follows_out, 1) << "a table write ended the follow";
+
+  for (int i = 0; i < 100 && pull(&backup, 7); ++i) {
+    if (backup.MoveInStatus(7, absl::ZeroDuration()).applied_seq() ==
+        backup.MoveInStatus(7, absl::ZeroDuration()).logged_seq()) {
+      break;
+    }
+  }
+  while (target_.MoveInStatus(9, absl::ZeroDuration()).phase() == MOVE_COPYING) {
+    ASSERT_TRUE(pull(&target_, 9));
+  }
+  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(source_.FreezeMove(9, 1).ok());
+  while (pull(&target_, 9)) {
+  }
+  ASSERT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/true).ok());
+  ASSERT_TRUE(backup.PromoteReplica(7, 2, 3).ok());
+  EXPECT_EQ(Export(&target_), want);
+  EXPECT_EQ(Export(&backup), want);
+  // The promoted backup's window has the writes: a retried import (here
+  // with other rows under the same request id) is not run again.
+  ImportEmbeddingRequest retry = import;
+  TensorToProto(*Tensor::FromVector<float>(TensorShape{2, 2}, {9, 9, 9, 9}),
+                retry.mutable_rows()->mutable_values());
+  ASSERT_TRUE(backup.ImportEmbedding(retry, &imported).ok());
+  EXPECT_EQ(Export(&backup), want);
+  ASSERT_TRUE(source_.EndMoveOut(9, /*committed=*/true, 1).ok());
+}
+
 }  // namespace
 }  // namespace psd

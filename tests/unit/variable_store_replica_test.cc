@@ -491,9 +491,33 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
     adam->set_epsilon(1e-8);
     adam->set_beta1_power_variable("beta1_power");
     adam->set_beta2_power_variable("beta2_power");
-    *apply.mutable_gradient() = Floats({0.3f, -1.f / 3, 2, 0.01f * step});
-    ApplyDenseResponse apply_resp;
-    ASSERT_TRUE(primary_.ApplyDense(apply, &apply_resp).ok());
+    const std::vector<float> gradient = {0.3f, -1.f / 3, 2, 0.01f * step};
+    if (step % 2 == 0) {
+      *apply.mutable_gradient() = Floats(gradient);
+      ApplyDenseResponse apply_resp;
+      ASSERT_TRUE(primary_.ApplyDense(apply, &apply_resp).ok());
+    } else {
+      // A streamed apply (what clients send for gradients above their
+      // stream threshold) is forwarded too, with the powers it read.
+      AssignStreamHeader header;
+      header.set_name("w");
+      header.set_op(UPDATE_ASSIGN);
+      header.set_dtype(DT_FLOAT);
+      header.mutable_shape()->add_dims(4);
+      header.set_total_bytes(16);
+      header.mutable_request_id()->set_client_id(6);
+      header.mutable_request_id()->set_seq(step);
+      apply.clear_name();
+      *header.mutable_apply() = apply;
+      auto sink = primary_.BeginAssignStream(header);
+      ASSERT_TRUE(sink.ok()) << sink.status();
+      ASSERT_TRUE((*sink)->Append(absl::string_view(
+                                      reinterpret_cast<const char*>(gradient.data()), 16))
+                      .ok());
+      AssignResponse streamed_resp;
+      absl::Status committed = (*sink)->Commit(&streamed_resp);
+      ASSERT_TRUE(committed.ok()) << committed;
+    }
     // The powers move on between steps, as an optimizer's do.
     TensorToProto(*Tensor::FromVector<float>(TensorShape{}, {0.9f * (step + 1) / 40}), &power1);
     ASSERT_TRUE(store_test::AssignValue(&primary_, "beta1_power", UPDATE_ASSIGN, power1).ok());
@@ -505,6 +529,7 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
     ASSERT_TRUE(primary_.CountUpTo(count, &count_resp).ok());
   }
   for (uint64_t id : {7, 8, 9}) CatchUp(&primary_, &backup_, id);
+  EXPECT_EQ(primary_.replication_stats().follows_out, 3);  // none ended
   for (uint64_t id : {7, 8, 9}) ASSERT_TRUE(backup_.PromoteReplica(id, 2, 2).ok());
   for (const char* name : {"w", "w/Adam", "w/Adam_1", "m", "step"}) {
     absl::StatusOr<TensorProto> want = ReadProto(&primary_, name);
@@ -514,6 +539,34 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   }
   EXPECT_EQ(TensorFromProto(*ReadProto(&backup_, "step"), "step")->ToVector<int64_t>(),
             std::vector<int64_t>{20});
+  // The retry of the last streamed apply is answered from the promoted
+  // backup's window, not applied again.
+  const std::string before = ReadProto(&backup_, "w")->content();
+  AssignStreamHeader retry;
+  retry.set_name("w");
+  retry.set_op(UPDATE_ASSIGN);
+  retry.set_dtype(DT_FLOAT);
+  retry.mutable_shape()->add_dims(4);
+  retry.set_total_bytes(16);
+  retry.mutable_request_id()->set_client_id(6);
+  retry.mutable_request_id()->set_seq(19);
+  retry.mutable_apply()->add_slots("w/Adam");
+  retry.mutable_apply()->add_slots("w/Adam_1");
+  OptimizerSpec::Adam* retry_adam = retry.mutable_apply()->mutable_optimizer()->mutable_adam();
+  retry_adam->set_learning_rate(0.01);
+  retry_adam->set_beta1(0.9);
+  retry_adam->set_beta2(0.999);
+  retry_adam->set_epsilon(1e-8);
+  retry_adam->set_beta1_power_value(0.5);  // the backup has no power variables
+  retry_adam->set_beta2_power_value(0.5);
+  auto sink = backup_.BeginAssignStream(retry);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  const std::vector<float> big = {100, 100, 100, 100};
+  ASSERT_TRUE((*sink)->Append(absl::string_view(reinterpret_cast<const char*>(big.data()), 16))
+                  .ok());
+  AssignResponse retried;
+  ASSERT_TRUE((*sink)->Commit(&retried).ok());
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), before);
 }
 
 // One process's client id is shared by every variable (and shard) it
