@@ -145,7 +145,8 @@ std::vector<PartInfo> EmbeddingVariable::parts() const { return variable_.parts(
 absl::StatusOr<Tensor> EmbeddingVariable::Gather(const Tensor& keys,
                                                  const KeyedOpOptions& options) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   PSD_ASSIGN_OR_RETURN(KeySplit split, SplitKeys(h, keys, "gather"));
   const int64_t dim = h.embedding().embedding_dim();
   if (split.parts.empty()) {
@@ -195,7 +196,8 @@ absl::StatusOr<Tensor> EmbeddingVariable::Gather(const Tensor& keys,
 absl::Status EmbeddingVariable::Scatter(UpdateKind op, const Tensor& keys, const Tensor& rows,
                                         const KeyedOpOptions& options) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   const char* op_name = op == UpdateKind::kAdd   ? "scatter_add"
                         : op == UpdateKind::kSub ? "scatter_sub"
                                                  : "scatter_update";
@@ -257,7 +259,8 @@ absl::Status EmbeddingVariable::ApplySparse(const OptimizerSpec& optimizer,
                                             const Tensor& keys, const Tensor& grads,
                                             const KeyedOpOptions& options) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   PSD_ASSIGN_OR_RETURN(KeySplit split, SplitKeys(h, keys, "sparse apply"));
   const int64_t dim = h.embedding().embedding_dim();
   if (keys.shape().rank() != 1) {
@@ -309,7 +312,8 @@ absl::Status EmbeddingVariable::ApplySparse(const OptimizerSpec& optimizer,
 
 absl::StatusOr<int64_t> EmbeddingVariable::Size() const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   std::vector<int64_t> rows(h.parts_size(), 0);
   PSD_RETURN_IF_ERROR(state->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) {
     PSD_ASSIGN_OR_RETURN(VariableInfo info, shard.Lookup(p.name()));
@@ -324,7 +328,8 @@ absl::StatusOr<int64_t> EmbeddingVariable::Size() const {
 absl::StatusOr<EmbeddingRowSet> EmbeddingVariable::Export(
     const std::vector<EmbeddingVariable>& slots) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   std::vector<VariableHandle> slot_handles;
   for (const EmbeddingVariable& s : slots) slot_handles.push_back(s.variable_.handle());
   std::vector<EmbeddingRowSet> parts(h.parts_size());
@@ -380,7 +385,8 @@ absl::StatusOr<EmbeddingRowSet> EmbeddingVariable::Export(
 absl::Status EmbeddingVariable::Import(const EmbeddingRowSet& rows,
                                        const std::vector<EmbeddingVariable>& slots) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   PSD_ASSIGN_OR_RETURN(KeySplit split, SplitKeys(h, rows.keys, "import"));
   const int64_t n = rows.keys.num_elements();
   const int64_t dim = h.embedding().embedding_dim();
@@ -448,7 +454,8 @@ absl::Status EmbeddingVariable::Import(const EmbeddingRowSet& rows,
 
 absl::StatusOr<int64_t> EmbeddingVariable::DeleteKeys(const Tensor& keys) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   PSD_ASSIGN_OR_RETURN(KeySplit split, SplitKeys(h, keys, "delete_keys"));
   if (split.parts.empty()) return 0;
   std::vector<int64_t> deleted(split.parts.size(), 0);
@@ -467,7 +474,8 @@ absl::StatusOr<int64_t> EmbeddingVariable::DeleteKeys(const Tensor& keys) const 
 
 absl::StatusOr<int64_t> EmbeddingVariable::Evict(int64_t global_step) const {
   VariableState* state = VariableState::Of(variable_);
-  const VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   std::vector<int64_t> evicted(h.parts_size(), 0);
   PSD_RETURN_IF_ERROR(state->ForParts({}, [&](int k, const PartHandle& p, ShardClient& shard) {
     PSD_ASSIGN_OR_RETURN(evicted[k], shard.EvictEmbedding(p.name(), global_step));

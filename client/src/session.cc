@@ -196,7 +196,7 @@ Variable Session::Impl::MakeVariable(VariableHandle handle, std::string caching_
   state->session = this;
   state->name = handle.name();
   state->caching_device = std::move(caching_device);
-  state->handle = std::move(handle);
+  state->handle = std::make_shared<const VariableHandle>(std::move(handle));
   return internal::VariableState::Wrap(std::move(state));
 }
 

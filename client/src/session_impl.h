@@ -167,7 +167,9 @@ struct VariableState {
   Session::Impl* session = nullptr;
   std::string name;
   mutable absl::Mutex mu;
-  VariableHandle handle ABSL_GUARDED_BY(mu);
+  // Replaced whole by a refresh, never changed in place: an op holds the
+  // one it started with (Current), without copying the message.
+  std::shared_ptr<const VariableHandle> handle ABSL_GUARDED_BY(mu);
   // Set at creation: non-empty when reads are served from `cache`.
   std::string caching_device;
   // Taken before mu; held while the cache is filled, so concurrent first
@@ -181,10 +183,14 @@ struct VariableState {
     cache.reset();
   }
 
-  VariableHandle Snapshot() const {
+  // The handle now; ops take it once per call (a copy of the message per
+  // op cost small ops several allocations per part).
+  std::shared_ptr<const VariableHandle> Current() const {
     absl::MutexLock lock(&mu);
     return handle;
   }
+  // A copy of it, for callers that change or keep it.
+  VariableHandle Snapshot() const { return *Current(); }
   absl::Status Refresh();
 
   static Variable Wrap(std::shared_ptr<VariableState> state) { return Variable(std::move(state)); }

@@ -21,8 +21,9 @@ namespace internal {
 
 absl::Status VariableState::Refresh() {
   PSD_ASSIGN_OR_RETURN(VariableHandle fresh, session->Lookup(name));
+  auto shared = std::make_shared<const VariableHandle>(std::move(fresh));
   absl::MutexLock lock(&mu);
-  handle = std::move(fresh);
+  handle = std::move(shared);
   return absl::OkStatus();
 }
 
@@ -48,27 +49,28 @@ bool SameRange(const PartHandle& a, const PartHandle& b) {
 absl::Status VariableState::ForParts(
     const std::vector<int>& which,
     const std::function<absl::Status(int k, const PartHandle& part, ShardClient& shard)>& fn) {
-  VariableHandle h = Snapshot();
+  std::shared_ptr<const VariableHandle> current = Current();
+  const VariableHandle* h = current.get();
   std::vector<int> todo = which;
   if (todo.empty()) {
-    for (int k = 0; k < h.parts_size(); ++k) todo.push_back(k);
+    for (int k = 0; k < h->parts_size(); ++k) todo.push_back(k);
   }
   // Per part: the request ids of its first attempt, sent again by later
   // ones, so a write the lost primary applied is recognised where the
   // part lives now (request_ids.h).
-  absl::FixedArray<RequestIdCarry, 4> carries(static_cast<size_t>(h.parts_size()));
+  absl::FixedArray<RequestIdCarry, 4> carries(static_cast<size_t>(h->parts_size()));
   const absl::Time start = absl::Now();
   absl::Duration pause = absl::Milliseconds(100);
   bool stale_refreshed = false;
   for (;;) {
     std::vector<absl::Status> statuses = RunParallel(todo.size(), [&](size_t i) -> absl::Status {
-      const PartHandle& part = h.parts(todo[i]);
-      if (part.lost()) return LostPart(h, part);
+      const PartHandle& part = h->parts(todo[i]);
+      if (part.lost()) return LostPart(*h, part);
       RequestIdCarry::Attempt carried(&carries[todo[i]]);
       PSD_ASSIGN_OR_RETURN(auto shard, session->ShardFor(part));
       absl::Status s = fn(todo[i], part, *shard);
       if (!s.ok() && !IsStaleHandle(s)) {
-        return absl::Status(s.code(), absl::StrCat(s.message(), h.parts_size() > 1
+        return absl::Status(s.code(), absl::StrCat(s.message(), h->parts_size() > 1
                                                                     ? absl::StrCat(" (part ", part.name(), " on shard ",
                                                                                    part.shard_id(), ")")
                                                                     : std::string()));
@@ -84,7 +86,7 @@ absl::Status VariableState::ForParts(
     absl::Status first;
     for (size_t i = 0; i < todo.size(); ++i) {
       const absl::Status& s = statuses[i];
-      if (MayBeFailingOver(s, h.parts(todo[i]))) {
+      if (MayBeFailingOver(s, h->parts(todo[i]))) {
         again.push_back(todo[i]);
         failing_over = true;
       } else if (IsStaleHandle(s)) {
@@ -102,23 +104,24 @@ absl::Status VariableState::ForParts(
     }
     stale_refreshed = true;
     PSD_RETURN_IF_ERROR(Refresh());
-    VariableHandle fresh = Snapshot();
+    std::shared_ptr<const VariableHandle> fresh = Current();
     bool placement_changed = false;
     for (int k : again) {
-      if (k >= fresh.parts_size() || !SameRange(h.parts(k), fresh.parts(k))) {
+      if (k >= fresh->parts_size() || !SameRange(h->parts(k), fresh->parts(k))) {
         return absl::AbortedError(absl::StrCat("stale handle: variable ", name,
                                                " was re-declared with other parts; get it again"));
       }
       placement_changed = placement_changed ||
-                          fresh.parts(k).shard_id() != h.parts(k).shard_id() ||
-                          fresh.parts(k).shard_incarnation() != h.parts(k).shard_incarnation();
+                          fresh->parts(k).shard_id() != h->parts(k).shard_id() ||
+                          fresh->parts(k).shard_incarnation() != h->parts(k).shard_incarnation();
     }
     if (failing_over && !placement_changed) {
       // The coordinator has not promoted a backup yet: wait a little.
       absl::SleepFor(pause);
       pause = std::min(pause * 2, absl::Seconds(1));
     }
-    h = std::move(fresh);
+    current = std::move(fresh);
+    h = current.get();
     todo = std::move(again);
   }
 }
@@ -274,10 +277,10 @@ absl::StatusOr<Split> SplitIndices(const VariableHandle& h, const Tensor& indice
 }  // namespace
 
 const std::string& Variable::name() const { return state_->name; }
-DataType Variable::dtype() const { return state_->Snapshot().dtype(); }
-TensorShape Variable::shape() const { return TensorShape(Dims(state_->Snapshot().shape())); }
-bool Variable::partitioned() const { return state_->Snapshot().partitioned(); }
-int Variable::partition_axis() const { return state_->Snapshot().partition_axis(); }
+DataType Variable::dtype() const { return state_->Current()->dtype(); }
+TensorShape Variable::shape() const { return TensorShape(Dims(state_->Current()->shape())); }
+bool Variable::partitioned() const { return state_->Current()->partitioned(); }
+int Variable::partition_axis() const { return state_->Current()->partition_axis(); }
 std::vector<int64_t> Variable::partitions() const {
   VariableHandle h = state_->Snapshot();
   return std::vector<int64_t>(h.partitions().begin(), h.partitions().end());
@@ -298,7 +301,7 @@ std::vector<PartInfo> Variable::parts() const {
   }
   return out;
 }
-bool Variable::trainable() const { return state_->Snapshot().trainable(); }
+bool Variable::trainable() const { return state_->Current()->trainable(); }
 std::vector<std::string> Variable::collections() const {
   VariableHandle h = state_->Snapshot();
   return std::vector<std::string>(h.collections().begin(), h.collections().end());
@@ -312,7 +315,8 @@ namespace {
 // variable's straight from its shard's stream (ShardClient::ReadInto), a
 // partitioned one's parts read into temporaries and concatenated into it.
 absl::Status ReadFromShardsInto(VariableState* state, Tensor* out) {
-  VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   if (!h.partitioned()) {
     return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
       return shard.ReadInto(p.name(), out);
@@ -401,7 +405,8 @@ absl::Status Variable::ReadInto(Tensor* out) const {
 }
 
 absl::StatusOr<Tensor> Variable::Gather(const Tensor& indices) const {
-  VariableHandle h = state_->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state_->Current();
+  const VariableHandle& h = *current;
   if (cached()) {
     // Rows of the cached value, checked as the shards would check them.
     PSD_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(h, indices));
@@ -457,7 +462,8 @@ absl::Status AssignOp(VariableState* state, UpdateKind op, const Tensor& value, 
     }
     return absl::InternalError("unknown op");
   };
-  VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   if (!h.partitioned()) {
     return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
       return run(shard, p.name(), value, new_value);
@@ -502,7 +508,8 @@ absl::Status ScatterOp(VariableState* state, UpdateKind op, const Tensor& indice
     }
     return absl::InternalError("unknown op");
   };
-  VariableHandle h = state->Snapshot();
+  const std::shared_ptr<const VariableHandle> current = state->Current();
+  const VariableHandle& h = *current;
   if (!h.partitioned()) {
     auto send = [&](const Tensor& i, const Tensor& u) {
       return state->ForParts({}, [&](int, const PartHandle& p, ShardClient& shard) {
