@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -47,6 +48,7 @@
 #include "gtest/gtest.h"
 #include "http_get.h"
 #include "psd/client.h"
+#include "psd/embedding_variable.h"
 #include "psd/grpc_status.h"
 #include "psd/session.h"
 #include "psd/shard.grpc.pb.h"
@@ -67,6 +69,10 @@ constexpr int kCounters = 3;
 constexpr int64_t kWidth = 4;
 constexpr int64_t kTableRows = 64;
 constexpr int64_t kTableCols = 8;
+// The embedding table: keys drawn from [0, kEmbKeys); rows not updated for
+// kEmbStepsToLive steps go at each eviction.
+constexpr int64_t kEmbKeys = 256;
+constexpr int64_t kEmbStepsToLive = 40;
 
 // The environment's `name` if it is a number of at least `min`, else
 // `fallback`.
@@ -218,6 +224,16 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   table_options.initialize = true;
   PSD_ASSERT_OK_AND_ASSIGN(Variable table, session_->GetVariable("table", table_options));
   vars.push_back(table);
+  // An embedding table whose deletes and evictions are forwarded like its
+  // updates (compared whole, not read, at the end).
+  client::EmbeddingVariableOptions emb_options;
+  emb_options.embedding_dim = kTableCols;
+  emb_options.partitioner = client::partitioners::FixedSize(2);
+  emb_options.ev_option.set_steps_to_live(kEmbStepsToLive);
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable emb,
+                           session_->GetEmbeddingVariable("emb", emb_options));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable emb_var, session_->LookupVariable("emb"));
+  vars.push_back(emb_var);
   ASSERT_TRUE(IsOk(WaitFullyReplicated(vars)));
 
   std::atomic<bool> stop{false};
@@ -233,6 +249,7 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   for (auto& u : unknown) u.store(0);
   std::atomic<int64_t> table_adds{0};
   std::atomic<int64_t> table_unknown{0};
+  std::atomic<int64_t> emb_writes{0};  // scatter_adds, deletes, evictions
   std::atomic<int64_t> tickets_unknown{0};
   std::mutex mu;
   std::string first_failure;
@@ -282,6 +299,40 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
       } else {
         fail(s);
       }
+    }
+  });
+  trainers.emplace_back([&] {
+    // The table's writes by key: scatter_adds of random floats at rising
+    // global steps, and now and then a delete and an eviction. A write of
+    // unknown outcome (see `unknown`) counts for nothing here: the check
+    // is that the replicas agree.
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> value(-1, 1);
+    const auto record = [&](const absl::Status& s) {
+      if (s.ok()) {
+        emb_writes.fetch_add(1);
+      } else if (!(absl::IsAborted(s) && absl::StrContains(s.message(), "request id too old"))) {
+        fail(s);
+      }
+    };
+    for (int64_t step = 1; !stop.load(); ++step) {
+      std::vector<int64_t> keys(8);
+      for (auto& k : keys) k = static_cast<int64_t>(rng() % kEmbKeys);
+      std::vector<float> rows(keys.size() * kTableCols);
+      for (auto& r : rows) r = value(rng);
+      client::KeyedOpOptions at;
+      at.global_step = step;
+      record(emb.ScatterAdd(
+          Vec<int64_t>(TensorShape{static_cast<int64_t>(keys.size())}, keys),
+          *Tensor::FromVector<float>(TensorShape{static_cast<int64_t>(keys.size()), kTableCols},
+                                     rows),
+          at));
+      if (step % 16 == 0) {
+        record(emb.DeleteKeys(Vec<int64_t>(TensorShape{2}, {static_cast<int64_t>(rng() % kEmbKeys),
+                                                             static_cast<int64_t>(rng() % kEmbKeys)}))
+                   .status());
+      }
+      if (step % 64 == 0) record(emb.Evict(step).status());
     }
   });
   trainers.emplace_back([&] {
@@ -463,14 +514,15 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   const absl::Duration run_time = absl::Now() - run_start;
   std::printf("seed %u, %s: %d kills, %d partitions from the coordinator (%d failed over), "
               "%d from backups and trainers (%d dropped a backup); %lld counter adds (%lld of "
-              "unknown outcome), %lld table scatter_adds (%lld unknown), %zu tickets (%lld "
-              "unknown)\n",
+              "unknown outcome), %lld table scatter_adds (%lld unknown), %lld embedding "
+              "table writes, %zu tickets (%lld unknown)\n",
               seed, absl::FormatDuration(run_time).c_str(), kills, coordinator_cuts,
               coordinator_cuts_failed_over, backup_cuts, backup_cuts_dropping_backups,
               static_cast<long long>(counter_acks()),
               static_cast<long long>(unknown[0] + unknown[1] + unknown[2]),
               static_cast<long long>(table_adds.load()),
-              static_cast<long long>(table_unknown.load()), tickets.size(),
+              static_cast<long long>(table_unknown.load()),
+              static_cast<long long>(emb_writes.load()), tickets.size(),
               static_cast<long long>(tickets_unknown.load()));
 
   // One primary answering per part: a primary that was cut off and failed
@@ -496,6 +548,7 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   // Bit for bit: with nothing writing, read each variable, kill the
   // primary of its first part, and read the promoted backup's copy.
   for (Variable& v : vars) {
+    if (v.name() == emb_var.name()) continue;  // below
     PSD_ASSERT_OK_AND_ASSIGN(Tensor before, v.Read());
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars)));
     ASSERT_TRUE(IsOk(v.Refresh()));
@@ -507,6 +560,30 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
         << v.name() << ": the promoted backup's bytes differ from its primary's";
     ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
   }
+  // The table's rows (values, frequencies, versions), likewise.
+  using Rows = std::map<int64_t, std::string>;
+  const auto rows_of = [](const client::EmbeddingRowSet& set) {
+    Rows out;
+    const int64_t row_bytes = kTableCols * static_cast<int64_t>(sizeof(float));
+    for (int64_t i = 0; i < set.keys.num_elements(); ++i) {
+      std::string& row = out[set.keys.data<int64_t>()[i]];
+      row.assign(set.values.bytes().data() + i * row_bytes, row_bytes);
+      row.append(reinterpret_cast<const char*>(set.freqs.data<int64_t>() + i), 8);
+      row.append(reinterpret_cast<const char*>(set.versions.data<int64_t>() + i), 8);
+    }
+    return out;
+  };
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingRowSet emb_before, emb.Export());
+  ASSERT_TRUE(IsOk(WaitFullyReplicated(vars)));
+  ASSERT_TRUE(IsOk(emb_var.Refresh()));
+  const int emb_primary = emb_var.handle().parts(0).shard_id();
+  ASSERT_TRUE(IsOk(cluster_->KillShard(emb_primary)));
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingRowSet emb_after, emb.Export());
+  EXPECT_TRUE(rows_of(emb_before) == rows_of(emb_after))
+      << "the embedding table's promoted backup holds other rows than its primary ("
+      << emb_before.keys.num_elements() << " rows before, " << emb_after.keys.num_elements()
+      << " after)";
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(emb_primary)));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -28,6 +29,7 @@
 #include "http_get.h"
 #include "psd/client.h"
 #include "psd/coordinator.grpc.pb.h"
+#include "psd/embedding_variable.h"
 #include "psd/grpc_status.h"
 #include "psd/optimizer.h"
 #include "psd/session.h"
@@ -279,6 +281,75 @@ TEST_F(ReplicationTest, StreamedAdamStepsKeepTheBackupAndSurviveThePrimarysSigki
   ASSERT_TRUE(IsOk(w.Refresh()));
   EXPECT_EQ(w.handle().parts(0).shard_id(), backup);
   EXPECT_TRUE(promoted.bytes() == trained.bytes()) << "the promoted backup lacks a step";
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
+}
+
+// A table's delete_keys and evict are forwarded to its backup like its
+// updates: the backup stays in sync (no drop and copy), and after the
+// primary's SIGKILL the promoted backup holds every row as the primary
+// had it, with its frequency and version.
+TEST_F(ReplicationTest, ATablesDeletesAndEvictionsKeepItsBackupAndSurviveThePrimarysSigkill) {
+  constexpr int64_t kDim = 4;
+  client::EmbeddingVariableOptions o;
+  o.embedding_dim = kDim;
+  o.ev_option.set_steps_to_live(5);
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingVariable table,
+                           session_->GetEmbeddingVariable("forwarded_table", o));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->LookupVariable("forwarded_table"));
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int primary = part.shard_id();
+  const int backup = part.in_sync_shards(0);
+  const std::string metrics_file =
+      absl::StrCat(cluster_->state_dir(), "/shard-", primary, ".http-port");
+  PSD_ASSERT_OK_AND_ASSIGN(auto before, testing_http::ScrapeFromPortFile(metrics_file));
+
+  auto keys = [](int64_t from, int64_t to) {
+    std::vector<int64_t> k;
+    for (int64_t i = from; i < to; ++i) k.push_back(i);
+    return *Tensor::FromVector(TensorShape({to - from}), k);
+  };
+  auto ones = [](int64_t n) {
+    return *Tensor::FromVector(TensorShape({n, kDim}), std::vector<float>(n * kDim, 1.f));
+  };
+  client::KeyedOpOptions step1, step9;
+  step1.global_step = 1;
+  step9.global_step = 9;
+  ASSERT_TRUE(IsOk(table.ScatterAdd(keys(0, 100), ones(100), step1)));
+  ASSERT_TRUE(IsOk(table.ScatterAdd(keys(0, 20), ones(20), step9)));
+  PSD_ASSERT_OK_AND_ASSIGN(const int64_t deleted, table.DeleteKeys(keys(20, 30)));
+  EXPECT_EQ(deleted, 10);
+  PSD_ASSERT_OK_AND_ASSIGN(const int64_t evicted, table.Evict(10));  // last updated before 5
+  EXPECT_EQ(evicted, 70);
+
+  PSD_ASSERT_OK_AND_ASSIGN(auto after, testing_http::ScrapeFromPortFile(metrics_file));
+  EXPECT_EQ(after["psd_shard_replica_behind_calls_total"],
+            before["psd_shard_replica_behind_calls_total"])
+      << "a table write dropped the backup";
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  EXPECT_EQ(v.handle().parts(0).shard_id(), primary);
+  ASSERT_EQ(v.handle().parts(0).in_sync_shards_size(), 1);
+  EXPECT_EQ(v.handle().parts(0).in_sync_shards(0), backup);
+
+  // Every row: key -> (value, frequency, version).
+  using Rows = std::map<int64_t, std::tuple<std::vector<float>, int64_t, int64_t>>;
+  auto rows_of = [&](const client::EmbeddingRowSet& set) {
+    Rows out;
+    for (int64_t i = 0; i < set.keys.num_elements(); ++i) {
+      const float* row = set.values.data<float>() + i * kDim;
+      out[set.keys.data<int64_t>()[i]] = {std::vector<float>(row, row + kDim),
+                                          set.freqs.data<int64_t>()[i],
+                                          set.versions.data<int64_t>()[i]};
+    }
+    return out;
+  };
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingRowSet trained, table.Export());
+  const Rows want = rows_of(trained);
+  ASSERT_EQ(want.size(), 20u);  // keys 0..19
+  ASSERT_TRUE(IsOk(cluster_->KillShard(primary)));
+  PSD_ASSERT_OK_AND_ASSIGN(client::EmbeddingRowSet promoted, table.Export());  // fails over
+  EXPECT_EQ(rows_of(promoted), want);
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  EXPECT_EQ(v.handle().parts(0).shard_id(), backup);
   ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
 }
 
