@@ -413,6 +413,67 @@ void StoreSeeds() {
   all.push_back(op);
 
   Session("everything", all);
+
+  // The source side of moves and follows: a backup follows "v" with its
+  // Adam slots (in sync), another follows the table, and "d" moves; the
+  // writes of every kind each group forwards run between their pulls.
+  std::vector<StoreOp> moving;
+  const auto pull = [&](uint64_t id, std::vector<std::string> names, bool follow, int member,
+                        uint64_t applied) {
+    StoreOp p;
+    psd::PullMoveRequest* r = p.mutable_move_source()->mutable_pull();
+    r->set_move_id(id);
+    for (const auto& n : names) r->add_names(n);
+    r->set_follow(follow);
+    r->set_member(member);
+    r->set_applied_seq(applied);
+    moving.push_back(p);
+  };
+  const std::vector<std::string> v_group = {"v", "v/Adam", "v/Adam_1"};
+  const std::vector<std::string> emb_group = {"emb", "emb/Adagrad"};
+  for (int m = 0; m <= 3; ++m) pull(5, v_group, true, m, 0);
+  for (int m = 0; m <= 2; ++m) pull(6, emb_group, true, m, 0);
+  pull(7, {"d"}, false, 0, 0);
+  op.Clear();
+  op.mutable_move_source()->mutable_sync()->set_move_id(5);
+  op.mutable_move_source()->mutable_sync()->set_in_sync(true);
+  op.mutable_move_source()->mutable_sync()->set_incarnation(77);
+  moving.push_back(op);
+  // The seeds above whose ops write to the groups: a streamed apply to
+  // "v", the table's update, import, delete and eviction.
+  for (const StoreOp& write : all) {
+    if (write.has_assign_stream() || write.has_import_embedding() ||
+        write.has_delete_embedding_keys() || write.has_evict_embedding() ||
+        (write.has_scatter() && write.scatter().name() == "emb")) {
+      moving.push_back(write);
+    }
+  }
+  op.Clear();
+  psd::PullMoveRequest* log = op.mutable_move_source()->mutable_follow_log();
+  log->set_move_id(5);
+  log->set_follow(true);
+  log->set_member(3);
+  moving.push_back(op);
+  op.Clear();
+  psd::PullMoveRequest* ack = op.mutable_move_source()->mutable_follow_ack();
+  ack->set_move_id(5);
+  ack->set_follow(true);
+  ack->set_member(3);
+  ack->set_applied_seq(2);
+  moving.push_back(op);
+  pull(6, emb_group, true, 2, 0);
+  op.Clear();
+  op.mutable_move_source()->mutable_freeze()->set_move_id(7);
+  op.mutable_move_source()->mutable_freeze()->set_incarnation(77);
+  moving.push_back(op);
+  for (uint64_t id : {5, 6, 7}) {
+    op.Clear();
+    op.mutable_move_source()->mutable_end()->set_move_id(id);
+    op.mutable_move_source()->mutable_end()->set_committed(id == 7);
+    op.mutable_move_source()->mutable_end()->set_new_shard(2);
+    moving.push_back(op);
+  }
+  Session("moves_and_follows", moving);
 }
 
 void TensorSeeds() {

@@ -3,7 +3,10 @@
 // count_up_to, optimizer applies, batches, streamed reads and assigns,
 // restores, and embedding tables' ops by key, exports, imports, deletes,
 // evictions, fenced snapshots and table restores) runs against a VariableStore on the CPU device with a 1 MiB
-// memory limit. The input is a StoreSession (fuzz_inputs.proto): requests
+// memory limit. So do the source's calls of live moves and backups'
+// follows (pulls of snapshot and log, a follow's streamed log and
+// acknowledgements, in-sync, freeze, end), so the writes above are also
+// logged for a move or a backup (every kind a group forwards). The input is a StoreSession (fuzz_inputs.proto): requests
 // parsed from the fuzzer's bytes, run in order against a store that starts
 // with the variables below, so mutations of a seed hit real variables.
 //
@@ -285,6 +288,43 @@ void RunOp(psd::VariableStore* store, const psd::fuzz::StoreOp& op) {
       }
       break;
     }
+    case StoreOp::kMoveSource: {
+      using MoveSource = StoreOp::MoveSource;
+      const MoveSource& call = op.move_source();
+      switch (call.call_case()) {
+        case MoveSource::kPull: {
+          psd::PullMoveRequest req = call.pull();
+          req.set_wait_ms(0);  // a long poll would only wait here
+          psd::PullMoveResponse resp;
+          (void)store->PullMove(req, &resp);
+          break;
+        }
+        case MoveSource::kFollowLog:
+        case MoveSource::kFollowAck: {
+          const bool ack_only = call.call_case() == MoveSource::kFollowAck;
+          psd::PullMoveResponse resp;
+          psd::VariableStore::AckedAnswers acked;
+          (void)store->PullFollowLog(ack_only ? call.follow_ack() : call.follow_log(), &resp,
+                                     ack_only, &acked);
+          psd::VariableStore::ResumeAcked(&acked);
+          break;
+        }
+        case MoveSource::kSync:
+          (void)store->SyncReplica(call.sync().move_id(), call.sync().in_sync(),
+                                   call.sync().incarnation());
+          break;
+        case MoveSource::kFreeze:
+          (void)store->FreezeMove(call.freeze().move_id(), call.freeze().incarnation());
+          break;
+        case MoveSource::kEnd:
+          (void)store->EndMoveOut(call.end().move_id(), call.end().committed(),
+                                  call.end().new_shard());
+          break;
+        case MoveSource::CALL_NOT_SET:
+          break;
+      }
+      break;
+    }
     case StoreOp::OP_NOT_SET:
       break;
   }
@@ -306,8 +346,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.default_chunk_bytes = 100;
   options.request_window = 8;
   options.cow_chunk_bytes = 64;
+  // Writes to a group with an in-sync follow wait for its backup, which
+  // never acknowledges here: they wait this long, then the backup leaves
+  // the in-sync set (the coordinator, below, always hears it).
+  options.backup_timeout = absl::Milliseconds(1);
   {
     psd::VariableStore store(device, options);
+    store.SetReplicaBehindHandler(
+        [](uint64_t, const std::string&) { return absl::OkStatus(); });
     Populate(&store);
     int n = 0;
     for (const auto& op : session.ops()) {
