@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <optional>
 #include <type_traits>
 
 #include "absl/strings/match.h"
@@ -387,8 +389,18 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
 absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request,
                                        SourceValues* sources, CallerKey caller) {
   NoResult none;
-  return Mutate({caller, request.shard_incarnation(), request.request_id()}, &none,
-                [&]() -> absl::Status {
+  // Groups that move out or have backups get each initialized value logged
+  // as an assign of it (MoveWrite.op), so a backup replays the value the
+  // primary drew (a supplied value, a source's, or a random draw) instead
+  // of being dropped and copied again. The answer waits for the in-sync
+  // backups as any write's does (below, once the request window recorded
+  // it, as Mutate's writes wait).
+  std::vector<BackupWait> waits;
+  std::string waited_for;  // a variable the waits are for (their messages)
+  bool ran = false;
+  absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()}, &none,
+                               [&]() -> absl::Status {
+  ran = true;
   // Resolve every name first so an unknown one fails the whole request.
   std::map<std::string, std::shared_ptr<Variable>> vars;
   for (const auto& name : request.names()) {
@@ -398,15 +410,57 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     if (FindEmbedding(name) != nullptr) continue;
     PSD_ASSIGN_OR_RETURN(vars[name], Find(name));
   }
-  // Before any variable lock (a moving group's order lock comes first).
-  for (auto& [name, var] : vars) {
-    bool initialized;
-    {
-      absl::ReaderMutexLock lock(&var->mu);
-      initialized = var->initialized;
+  // Before any variable lock (a moving group's order lock comes first):
+  // the groups of the variables about to change that move out or have
+  // backups. A value a pull of the log cannot carry (or strings) is not
+  // forwarded: those moves and follows end first (NoteUnforwardedWrite).
+  std::map<std::string, std::vector<std::shared_ptr<MoveOut>>> moves_of;
+  std::vector<std::shared_ptr<MoveOut>> moves;  // every one of them, by id
+  if (moving_out_count_.load(std::memory_order_acquire) > 0) {
+    for (auto& [name, var] : vars) {
+      bool initialized;
+      {
+        absl::ReaderMutexLock lock(&var->mu);
+        initialized = var->initialized;
+      }
+      if (initialized && !request.force()) continue;
+      const bool forwardable =
+          var->dtype != DT_STRING &&
+          var->shape.num_elements() * static_cast<int64_t>(DataTypeSize(var->dtype)) <=
+              options_.max_unary_value_bytes;
+      if (!forwardable) {
+        PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(name, "an initialization"));
+        continue;
+      }
+      std::vector<std::shared_ptr<MoveOut>> group = MovingOut(name);
+      if (group.empty()) continue;
+      moves.insert(moves.end(), group.begin(), group.end());
+      moves_of[name] = std::move(group);
     }
-    if (!initialized || request.force()) {
-      PSD_RETURN_IF_ERROR(NoteUnforwardedWrite(name, "an initialization"));
+    std::sort(moves.begin(), moves.end(),
+              [](const auto& a, const auto& b) { return a->id < b->id; });
+    moves.erase(std::unique(moves.begin(), moves.end()), moves.end());
+  }
+  // Held until the values are logged: no other write to these groups is
+  // applied or logged in between.
+  std::optional<store_internal::OrderLocks> order;
+  if (!moves.empty()) order.emplace(moves);
+  // Per variable, the moves and follows that log its value (the others
+  // ended: a follow that ended while in sync is waited out of the in-sync
+  // set before the answer, as for any write).
+  std::map<std::string, std::vector<std::shared_ptr<MoveOut>>> logging_of;
+  for (auto& [name, group] : moves_of) {
+    for (const bool follows : {false, true}) {  // moves first, as Mutate admits them
+      for (const std::shared_ptr<MoveOut>& move : group) {
+        if (move->follow != follows) continue;
+        PSD_ASSIGN_OR_RETURN(const bool log, AdmitMovingWrite(move.get(), name, ""));
+        if (log) {
+          logging_of[name].push_back(move);
+        } else if (move->follow) {
+          waits.push_back({move, ~uint64_t{0}});
+          waited_for = name;
+        }
+      }
     }
   }
   // Lock in name order (the map's order) so concurrent calls cannot deadlock,
@@ -450,6 +504,28 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
                                                         var->initial_value.get()));
     prepared.emplace_back(var.get(), std::move(contents));
   }
+  // The values as the moves' targets and backups replay them, copied
+  // before anything changes (a copy that fails changes nothing).
+  std::vector<std::pair<const std::string*, AssignRequest>> logged;
+  for (auto& [var, contents] : prepared) {
+    auto it = logging_of.find(var->name);
+    if (it == logging_of.end()) continue;
+    AssignRequest assign;
+    assign.set_name(var->name);
+    assign.set_op(UPDATE_ASSIGN);
+    assign.set_validate_shape(true);
+    TensorProto* value = assign.mutable_value();
+    value->set_dtype(var->dtype);
+    ShapeToProto(var->shape, value->mutable_shape());
+    const size_t bytes =
+        static_cast<size_t>(var->shape.num_elements()) * DataTypeSize(var->dtype);
+    value->mutable_content()->resize(bytes);
+    if (bytes > 0) {
+      PSD_RETURN_IF_ERROR(
+          device_->CopyToHost(*contents.buffer, 0, bytes, value->mutable_content()->data()));
+    }
+    logged.emplace_back(&it->first, std::move(assign));
+  }
   for (auto& [var, contents] : prepared) {
     var->mu.AssertHeld();
     var->Swap(std::move(contents));
@@ -457,8 +533,38 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     var->initialized = true;
     ++var->version;
   }
+  for (auto& [name, assign] : logged) {
+    for (const std::shared_ptr<MoveOut>& move : logging_of[*name]) {
+      MoveWrite write;
+      write.set_caller(caller);
+      *write.mutable_op()->mutable_assign() = assign;
+      const uint64_t seq = LogMoveEntry(move.get(), std::move(write), *name,
+                                        /*fail_when_full=*/true);
+      if (move->follow) {
+        waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
+        waited_for = *name;
+      }
+    }
+  }
   return absl::OkStatus();
   });
+  if (!ran && status.ok()) {
+    // Answered from the request window: the backups must have everything
+    // logged for these groups by now before it is answered (as in Mutate).
+    for (const std::string& name : request.names()) {
+      if (moving_out_count_.load(std::memory_order_acquire) == 0) break;
+      for (const std::shared_ptr<MoveOut>& move : MovingOut(name)) {
+        if (!move->follow) continue;
+        waits.push_back({move, store_internal::LoggedSeq(move.get())});
+        waited_for = name;
+      }
+    }
+  }
+  if (waits.empty()) return status;
+  if (DeferAnswer(&waits, waited_for, status.ok())) return status;
+  absl::Status waited = WaitForBackups(waits, waited_for);
+  if (status.ok() && !waited.ok()) return waited;
+  return status;
 }
 
 absl::Status VariableStore::ReportUninitialized(const ReportUninitializedRequest& request,

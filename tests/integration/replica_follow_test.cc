@@ -357,11 +357,13 @@ TEST_F(ReplicaFollowTest, AFollowStreamFromAnotherCallerIsRefusedOrEndsAndChange
   EXPECT_TRUE(IsError(stream_once(not_follow), absl::StatusCode::kInvalidArgument,
                       {"only a backup's follow is streamed"}));
   EXPECT_TRUE(IsOk(stream_once(log)));  // acknowledges nothing new
-  // Streams held open for the follow: the real backup's and three more
-  // reach the cap; the next is refused naming it.
+  // Four streams held open for the follow reach the cap whether or not the
+  // real backup's is open at this moment (it may be between two of its
+  // streams; then one of the four is refused instead): the next is
+  // refused naming it.
   std::vector<std::unique_ptr<grpc::ClientContext>> held_ctx;
   std::vector<std::unique_ptr<grpc::ClientReaderWriter<PullMoveRequest, PullMoveResponse>>> held;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 4; ++i) {
     held_ctx.push_back(std::make_unique<grpc::ClientContext>());
     held.push_back(primary_move_->FollowMove(held_ctx.back().get()));
     ASSERT_TRUE(held.back()->Write(log));

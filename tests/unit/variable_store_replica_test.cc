@@ -195,6 +195,39 @@ TEST_F(StoreReplicaTest, EndingAFollowDropsTheBackupAndStopsLogging) {
   ASSERT_TRUE(AddOnes(&primary_, 1).ok());
 }
 
+// A forced initialization is forwarded as an assign of the value the
+// primary made (here a random draw), so the backup keeps following and
+// holds it bit for bit (it used to be dropped and copied again). Parts
+// are followed only once initialized, so a forced one is what reaches a
+// follow.
+TEST_F(StoreReplicaTest, AForcedInitializationReachesTheBackupWithTheValueMade) {
+  CreateVariableRequest drawn;
+  drawn.set_name("w");
+  drawn.set_dtype(DT_FLOAT);
+  drawn.mutable_shape()->add_dims(4);
+  drawn.mutable_initializer()->mutable_random_normal()->set_stddev(2);
+  drawn.mutable_initializer()->set_seed(5);
+  drawn.set_initialize(true);
+  VariableInfo info;
+  ASSERT_TRUE(primary_.Create(drawn, &info).ok());
+  const std::vector<float> initial = Read(&primary_, "w");
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(AddOnes(&primary_, 1).ok());
+  InitializeVariablesRequest init;
+  init.add_names("w");
+  init.set_force(true);
+  init.mutable_request_id()->set_client_id(4);
+  init.mutable_request_id()->set_seq(1);
+  ASSERT_TRUE(primary_.Initialize(init).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1) << "the initialization ended the follow";
+  EXPECT_EQ(Read(&primary_, "w"), initial);
+  CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
+  EXPECT_EQ(Read(&backup_, "w"), initial);
+}
+
 TEST_F(StoreReplicaTest, TwoBackupsAndAMoveEachGetEveryWriteInOneOrder) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
   VariableStore target(device_.get(), Options(4, absl::Seconds(600)));
@@ -383,12 +416,18 @@ TEST(StoreReplicaTimeoutTest, AnEndedInSyncFollowHoldsLaterWritesUntilTheCoordin
     ++calls;
     return reachable.load() ? absl::OkStatus() : absl::UnavailableError("no coordinator");
   });
-  // A forced initialization is not forwarded: it ends the follow, and the
-  // coordinator cannot be told.
-  InitializeVariablesRequest init;
-  init.add_names("w");
-  init.set_force(true);
-  absl::Status initialized = primary.Initialize(init);
+  // A restore is not forwarded: it ends the follow, and the coordinator
+  // cannot be told.
+  RestorePart part;
+  part.set_name("w");
+  part.set_checkpoint_name("w");
+  part.set_dtype(DT_FLOAT);
+  part.add_shape(4);
+  ASSERT_TRUE(
+      primary.StageRestore(1, part, *Tensor::FromVector<float>(TensorShape{4}, {5, 5, 5, 5}))
+          .ok());
+  int64_t applied = 0;
+  absl::Status initialized = primary.FinishRestore(1, /*commit=*/true, &applied);
   EXPECT_TRUE(absl::IsUnavailable(initialized)) << initialized;
   EXPECT_EQ(calls.load(), 1);
   // A later write is not answered as replicated either (it stays applied).
