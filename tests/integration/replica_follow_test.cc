@@ -357,10 +357,10 @@ TEST_F(ReplicaFollowTest, AFollowStreamFromAnotherCallerIsRefusedOrEndsAndChange
   EXPECT_TRUE(IsError(stream_once(not_follow), absl::StatusCode::kInvalidArgument,
                       {"only a backup's follow is streamed"}));
   EXPECT_TRUE(IsOk(stream_once(log)));  // acknowledges nothing new
-  // Four streams held open for the follow reach the cap whether or not the
-  // real backup's is open at this moment (it may be between two of its
-  // streams; then one of the four is refused instead): the next is
-  // refused naming it.
+  // Four streams held open for the follow reach the cap with the real
+  // backup's (one of the four is refused), and also while a stream opened
+  // just before still counts (its end not yet noticed by the shard, so a
+  // held one may be refused for it): the next is refused naming it.
   std::vector<std::unique_ptr<grpc::ClientContext>> held_ctx;
   std::vector<std::unique_ptr<grpc::ClientReaderWriter<PullMoveRequest, PullMoveResponse>>> held;
   for (int i = 0; i < 4; ++i) {
