@@ -1,5 +1,7 @@
 #include "psd/parallel.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -28,8 +30,16 @@ class FanOutThreads {
  public:
   static FanOutThreads& Get() {
     // Never destroyed: its threads may outlive the process's static objects.
-    static FanOutThreads* const threads = new FanOutThreads();
-    return *threads;
+    static const bool once = [] {
+      instance_.store(new FanOutThreads(), std::memory_order_release);
+      // A forked child has none of the parent's threads (and perhaps a
+      // lock some thread held): it starts afresh, leaving the old one.
+      pthread_atfork(nullptr, nullptr,
+                     [] { instance_.store(new FanOutThreads(), std::memory_order_release); });
+      return true;
+    }();
+    (void)once;
+    return *instance_.load(std::memory_order_acquire);
   }
 
   // Runs `task` on an idle thread or a new one. False when neither was to
@@ -79,11 +89,15 @@ class FanOutThreads {
     }
   }
 
+  static std::atomic<FanOutThreads*> instance_;
+
   absl::Mutex mu_;
   absl::CondVar wake_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   size_t idle_ ABSL_GUARDED_BY(mu_) = 0;  // threads waiting in Serve
 };
+
+std::atomic<FanOutThreads*> FanOutThreads::instance_{nullptr};
 
 }  // namespace
 

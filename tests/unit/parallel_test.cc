@@ -3,6 +3,9 @@
 // fan-outs from many threads, nested in each other, all finish.
 #include "psd/parallel.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <string>
 #include <thread>
@@ -81,6 +84,34 @@ TEST(RunParallelTest, NestedFanOutsFromManyThreadsAllFinish) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(leaves.load(), 8 * 50 * 4 * 3);
+}
+
+// A child forked after fan-outs ran (a Python trainer's multiprocessing)
+// has none of the parent's threads: its fan-outs still run, at once.
+TEST(RunParallelTest, AForkedChildFansOutAtOnce) {
+  ASSERT_TRUE(RunParallel(4, [](size_t) { return absl::OkStatus(); })[3].ok());
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::Mutex mu;
+    size_t started = 0;
+    const std::vector<absl::Status> out = RunParallel(4, [&](size_t) {
+      absl::MutexLock lock(&mu);
+      ++started;
+      return mu.AwaitWithTimeout(
+                 absl::Condition(+[](size_t* n) { return *n == 4; }, &started),
+                 absl::Seconds(30))
+                 ? absl::OkStatus()
+                 : absl::DeadlineExceededError("not at once");
+    });
+    bool ok = true;
+    for (const absl::Status& s : out) ok = ok && s.ok();
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
