@@ -42,15 +42,15 @@ class FanOutThreads {
     return *instance_.load(std::memory_order_acquire);
   }
 
-  // Runs `task` on an idle thread or a new one. False when neither was to
-  // be had (the system refused a thread): the task did not run.
-  bool Post(std::function<void()> task) {
+  // Runs `task` on an idle thread or a new one; when the system refuses a
+  // thread, not at all (RunParallel's caller runs the call then).
+  void Post(std::function<void()> task) {
     {
       absl::MutexLock lock(&mu_);
       if (idle_ > queue_.size()) {  // an idle thread takes it
         queue_.push_back(std::move(task));
         wake_.Signal();
-        return true;
+        return;
       }
     }
     try {
@@ -60,9 +60,7 @@ class FanOutThreads {
         Serve();
       }).detach();
     } catch (const std::system_error&) {
-      return false;
     }
-    return true;
   }
 
  private:

@@ -331,17 +331,9 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     }
   }
   pass.reset();  // a fence need not wait for the backups
-  // A batch message waits once for all its writes (DeferredAnswers).
-  if (!waits.empty() && DeferAnswer(&waits, *meta.variable, status.ok())) return status;
-  // Also for a failed write: a follow that ended is out of the in-sync set
-  // before anything is answered (the answer stays the write's own).
-  if (!waits.empty()) {
-    absl::Status waited = WaitForBackups(waits, *meta.variable);
-    if (status.ok() && !waited.ok()) return waited;
-  }
-  // Deposed while it waited? (docs/replication.md "Leases")
-  PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
-  return status;
+  // A batch message waits once for all its writes (DeferredAnswers); a
+  // failed write too waits for an ended follow to leave the in-sync set.
+  return AnswerLogged(&waits, *meta.variable, std::move(status));
 }
 
 struct VariableStore::SparseGradient {

@@ -534,10 +534,17 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     ++var->version;
   }
   for (auto& [name, assign] : logged) {
-    for (const std::shared_ptr<MoveOut>& move : logging_of[*name]) {
+    const std::vector<std::shared_ptr<MoveOut>>& logging = logging_of[*name];
+    for (size_t i = 0; i < logging.size(); ++i) {
+      const std::shared_ptr<MoveOut>& move = logging[i];
       MoveWrite write;
       write.set_caller(caller);
-      *write.mutable_op()->mutable_assign() = assign;
+      // The value is copied only for the logs before the last.
+      if (i + 1 < logging.size()) {
+        *write.mutable_op()->mutable_assign() = assign;
+      } else {
+        *write.mutable_op()->mutable_assign() = std::move(assign);
+      }
       const uint64_t seq = LogMoveEntry(move.get(), std::move(write), *name,
                                         /*fail_when_full=*/true);
       if (move->follow) {

@@ -1939,6 +1939,18 @@ std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish(
   return changed;
 }
 
+absl::Status VariableStore::AnswerLogged(std::vector<BackupWait>* waits,
+                                         const std::string& variable, absl::Status status) {
+  if (!waits->empty()) {
+    if (DeferAnswer(waits, variable, status.ok())) return status;
+    absl::Status waited = WaitForBackups(*waits, variable);
+    if (status.ok() && !waited.ok()) return waited;
+  }
+  // Deposed while it waited? (docs/replication.md "Leases")
+  PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(variable));
+  return status;
+}
+
 bool VariableStore::DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable,
                                 bool ok) {
   DeferredAnswers* deferred = t_deferred;

@@ -498,10 +498,16 @@ class StagedAssignSink final : public AssignStreamSink {
           if (move->follow) waits.push_back({move, ~uint64_t{0}});
           logging.erase(std::find(logging.begin(), logging.end(), move));
         }
-        for (const std::shared_ptr<MoveOut>& move : logging) {
+        for (size_t i = 0; i < logging.size(); ++i) {
+          const std::shared_ptr<MoveOut>& move = logging[i];
           MoveWrite write;
           write.set_caller(caller_);
-          *write.mutable_op() = logged;
+          // The value is copied only for the logs before the last.
+          if (i + 1 < logging.size()) {
+            *write.mutable_op() = logged;
+          } else {
+            *write.mutable_op() = std::move(logged);
+          }
           if (chunked) {
             // The commit entry: the value is the chunks logged before it.
             write.set_staged_id(staged_id_);
@@ -518,13 +524,7 @@ class StagedAssignSink final : public AssignStreamSink {
     // in-sync set before anything is answered; the answer stays the
     // commit's own. Waited for later, off the stream's thread, when the
     // caller keeps the answers (DeferredAnswers), as Mutate's writes are.
-    if (!waits.empty()) {
-      if (store_->DeferAnswer(&waits, name, status.ok())) return status;
-      absl::Status waited = store_->WaitForBackups(waits, name);
-      if (status.ok() && !waited.ok()) return waited;
-    }
-    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(name));
-    return status;
+    return store_->AnswerLogged(&waits, name, std::move(status));
   }
 
   // `powers` (an apply's): the beta powers it read, for its logged copy.

@@ -533,6 +533,14 @@ class VariableStore {
   // Hands a write's waits to the thread's DeferredAnswers for this store,
   // if one is alive (true: it answers them); else false, nothing taken.
   bool DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable, bool ok);
+  // The answer of a write to `variable` that ran with `status` and was
+  // logged for `waits` (a follow there that ended counts too: it is out of
+  // the in-sync set before anything is answered). Handed to the thread's
+  // DeferredAnswers when one is alive (it answers `status` later);
+  // otherwise waited for here, then checked against the lease. A write
+  // that ran OK answers the wait's failure, if any.
+  absl::Status AnswerLogged(std::vector<BackupWait>* waits, const std::string& variable,
+                            absl::Status status);
   // Whether `name`'s group has a move (not a follow) out.
   bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
   // Takes `move` out of moving_out_ (it ended); once only.

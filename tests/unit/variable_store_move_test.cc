@@ -86,6 +86,21 @@ class StoreMoveTest : public ::testing::Test {
     return applied.ok();
   }
 
+  // The same for any target (a backup, another move's), without waiting
+  // for writes not logged yet.
+  bool PullInto(VariableStore* target, uint64_t move_id) {
+    PullMoveRequest req;
+    if (!target->NextMovePull(move_id, &req)) return false;
+    req.set_wait_ms(0);
+    PullMoveResponse resp;
+    absl::Status pulled = source_.PullMove(req, &resp);
+    EXPECT_TRUE(pulled.ok()) << pulled;
+    if (!pulled.ok()) return false;
+    absl::Status applied = target->ApplyMovePull(move_id, resp);
+    EXPECT_TRUE(applied.ok()) << applied;
+    return applied.ok();
+  }
+
   std::unique_ptr<Device> device_;
   VariableStore source_;
   VariableStore target_;
@@ -837,23 +852,11 @@ TEST_F(StoreMoveTest, ATableWithTwoBackupsAndAMoveLogsEveryLookupAndWriteIntoEac
   std::vector<int64_t> keys;
   for (int64_t k = 1; k <= 20; ++k) keys.push_back(k);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Lookup(&source_, keys).ok());
-  auto pull = [&](VariableStore* target, uint64_t id) {
-    PullMoveRequest req;
-    if (!target->NextMovePull(id, &req)) return false;
-    req.set_wait_ms(0);
-    PullMoveResponse resp;
-    absl::Status pulled = source_.PullMove(req, &resp);
-    EXPECT_TRUE(pulled.ok()) << pulled;
-    if (!pulled.ok()) return false;
-    absl::Status applied = target->ApplyMovePull(id, resp);
-    EXPECT_TRUE(applied.ok()) << applied;
-    return applied.ok();
-  };
   auto catch_up = [&](VariableStore* target, uint64_t id) {
     for (int i = 0; i < 1000; ++i) {
       const MoveStatusResponse st = target->MoveInStatus(id, absl::ZeroDuration());
       if (st.phase() != MOVE_COPYING && st.applied_seq() == st.logged_seq() && i > 0) return;
-      ASSERT_TRUE(pull(target, id));
+      ASSERT_TRUE(PullInto(target, id));
     }
     FAIL() << "move " << id << " did not catch up";
   };
@@ -863,12 +866,12 @@ TEST_F(StoreMoveTest, ATableWithTwoBackupsAndAMoveLogsEveryLookupAndWriteIntoEac
   ASSERT_TRUE(backup1.BeginMoveIn(follow1).ok());
   ASSERT_TRUE(backup2.BeginMoveIn(follow2).ok());
   ASSERT_TRUE(target_.BeginMoveIn(TableMoveIn(9, 1)).ok());
-  ASSERT_TRUE(pull(&backup1, 7));
+  ASSERT_TRUE(PullInto(&backup1, 7));
   ASSERT_TRUE(AddToRows(&source_, {1, 2}, 1).ok());
   ASSERT_TRUE(Lookup(&source_, {500, 1}).ok());
-  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(PullInto(&target_, 9));
   ASSERT_TRUE(Adagrad(&source_, {3}, 2).ok());
-  ASSERT_TRUE(pull(&backup2, 8));
+  ASSERT_TRUE(PullInto(&backup2, 8));
   std::vector<std::thread> workers;
   for (int t = 0; t < 4; ++t) {
     workers.emplace_back([&, t] {
@@ -886,7 +889,7 @@ TEST_F(StoreMoveTest, ATableWithTwoBackupsAndAMoveLogsEveryLookupAndWriteIntoEac
   catch_up(&target_, 9);
   ASSERT_TRUE(source_.FreezeMove(9, 1).ok());
   const Rows at_freeze = Export(&source_);
-  while (pull(&target_, 9)) {
+  while (PullInto(&target_, 9)) {
   }
   ASSERT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
   ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/true).ok());
@@ -930,20 +933,8 @@ TEST_F(StoreMoveTest, ATablesDeletesImportsAndEvictionsReachItsBackupAndItsMove)
   }
   ASSERT_TRUE(backup.BeginMoveIn(follow).ok());
   ASSERT_TRUE(target_.BeginMoveIn(move).ok());
-  auto pull = [&](VariableStore* target, uint64_t id) {
-    PullMoveRequest req;
-    if (!target->NextMovePull(id, &req)) return false;
-    req.set_wait_ms(0);
-    PullMoveResponse resp;
-    absl::Status pulled = source_.PullMove(req, &resp);
-    EXPECT_TRUE(pulled.ok()) << pulled;
-    if (!pulled.ok()) return false;
-    absl::Status applied = target->ApplyMovePull(id, resp);
-    EXPECT_TRUE(applied.ok()) << applied;
-    return applied.ok();
-  };
-  ASSERT_TRUE(pull(&backup, 7));  // pinned: what follows is logged
-  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(PullInto(&backup, 7));  // pinned: what follows is logged
+  ASSERT_TRUE(PullInto(&target_, 9));
   ASSERT_TRUE(AddToRows(&source_, {1, 2, 3}, 9).ok());
 
   DeleteEmbeddingKeysRequest del;
@@ -984,18 +975,18 @@ TEST_F(StoreMoveTest, ATablesDeletesImportsAndEvictionsReachItsBackupAndItsMove)
   EXPECT_EQ(want.size(), 5u);  // 1, 2, 3 (step 9), 6 and 500 (imported at step 12)
   EXPECT_EQ(source_.replication_stats().follows_out, 1) << "a table write ended the follow";
 
-  for (int i = 0; i < 100 && pull(&backup, 7); ++i) {
+  for (int i = 0; i < 100 && PullInto(&backup, 7); ++i) {
     if (backup.MoveInStatus(7, absl::ZeroDuration()).applied_seq() ==
         backup.MoveInStatus(7, absl::ZeroDuration()).logged_seq()) {
       break;
     }
   }
   while (target_.MoveInStatus(9, absl::ZeroDuration()).phase() == MOVE_COPYING) {
-    ASSERT_TRUE(pull(&target_, 9));
+    ASSERT_TRUE(PullInto(&target_, 9));
   }
-  ASSERT_TRUE(pull(&target_, 9));
+  ASSERT_TRUE(PullInto(&target_, 9));
   ASSERT_TRUE(source_.FreezeMove(9, 1).ok());
-  while (pull(&target_, 9)) {
+  while (PullInto(&target_, 9)) {
   }
   ASSERT_EQ(target_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
   ASSERT_TRUE(target_.EndMoveIn(9, /*committed=*/true).ok());

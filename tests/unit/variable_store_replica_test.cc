@@ -37,6 +37,20 @@ TensorProto Floats(std::vector<float> v) {
   return p;
 }
 
+// A streamed write of "w" (float [4], 16 bytes) with request id
+// (client_id, seq).
+AssignStreamHeader StreamHeaderOfW(UpdateOp op, uint64_t client_id, uint64_t seq) {
+  AssignStreamHeader header;
+  header.set_name("w");
+  header.set_op(op);
+  header.set_dtype(DT_FLOAT);
+  header.mutable_shape()->add_dims(4);
+  header.set_total_bytes(16);
+  header.mutable_request_id()->set_client_id(client_id);
+  header.mutable_request_id()->set_seq(seq);
+  return header;
+}
+
 absl::StatusOr<TensorProto> ReadProto(VariableStore* store, const std::string& name) {
   ReadRequest req;
   req.set_name(name);
@@ -538,14 +552,7 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
     } else {
       // A streamed apply (what clients send for gradients above their
       // stream threshold) is forwarded too, with the powers it read.
-      AssignStreamHeader header;
-      header.set_name("w");
-      header.set_op(UPDATE_ASSIGN);
-      header.set_dtype(DT_FLOAT);
-      header.mutable_shape()->add_dims(4);
-      header.set_total_bytes(16);
-      header.mutable_request_id()->set_client_id(6);
-      header.mutable_request_id()->set_seq(step);
+      AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 6, step);
       apply.clear_name();
       *header.mutable_apply() = apply;
       auto sink = primary_.BeginAssignStream(header);
@@ -581,14 +588,7 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   // The retry of the last streamed apply is answered from the promoted
   // backup's window, not applied again.
   const std::string before = ReadProto(&backup_, "w")->content();
-  AssignStreamHeader retry;
-  retry.set_name("w");
-  retry.set_op(UPDATE_ASSIGN);
-  retry.set_dtype(DT_FLOAT);
-  retry.mutable_shape()->add_dims(4);
-  retry.set_total_bytes(16);
-  retry.mutable_request_id()->set_client_id(6);
-  retry.mutable_request_id()->set_seq(19);
+  AssignStreamHeader retry = StreamHeaderOfW(UPDATE_ASSIGN, 6, 19);
   retry.mutable_apply()->add_slots("w/Adam");
   retry.mutable_apply()->add_slots("w/Adam_1");
   OptimizerSpec::Adam* retry_adam = retry.mutable_apply()->mutable_optimizer()->mutable_adam();
@@ -669,15 +669,8 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
   ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
   ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
   auto stream = [&](UpdateOp op, uint64_t seq, std::vector<float> v) -> absl::Status {
-    AssignStreamHeader header;
-    header.set_name("w");
-    header.set_op(op);
-    header.set_dtype(DT_FLOAT);
-    header.mutable_shape()->add_dims(4);
-    header.set_total_bytes(16);
+    AssignStreamHeader header = StreamHeaderOfW(op, 5, seq);
     header.set_validate_shape(true);
-    header.mutable_request_id()->set_client_id(5);
-    header.mutable_request_id()->set_seq(seq);
     PSD_ASSIGN_OR_RETURN(auto sink, primary_.BeginAssignStream(header));
     const char* bytes = reinterpret_cast<const char*>(v.data());
     PSD_RETURN_IF_ERROR(sink->Append(absl::string_view(bytes, 8)));
@@ -754,14 +747,7 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
     return reachable ? absl::OkStatus() : absl::UnavailableError("no coordinator");
   });
 
-  AssignStreamHeader header;
-  header.set_name("w");
-  header.set_op(UPDATE_ASSIGN);
-  header.set_dtype(DT_FLOAT);
-  header.mutable_shape()->add_dims(4);
-  header.set_total_bytes(16);
-  header.mutable_request_id()->set_client_id(5);
-  header.mutable_request_id()->set_seq(1);
+  const AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 5, 1);
   const std::vector<float> value = {1, 2, 3, 4};
   auto commit = [&]() -> absl::Status {
     PSD_ASSIGN_OR_RETURN(auto sink, primary.BeginAssignStream(header));
@@ -1064,15 +1050,8 @@ class StoreChunkedReplicaTest : public StoreReplicaTest {
   }
 
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginStream(uint64_t seq) {
-    AssignStreamHeader header;
-    header.set_name("w");
-    header.set_op(UPDATE_ASSIGN);
-    header.set_dtype(DT_FLOAT);
-    header.mutable_shape()->add_dims(4);
-    header.set_total_bytes(16);
+    AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 5, seq);
     header.set_validate_shape(true);
-    header.mutable_request_id()->set_client_id(5);
-    header.mutable_request_id()->set_seq(seq);
     return primary_.BeginAssignStream(header);
   }
 
