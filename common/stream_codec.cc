@@ -93,9 +93,10 @@ class SliceReader {
 bool IsRawStreamMethod(absl::string_view method) {
   if (!absl::StartsWith(method, "/")) {
     return method == kReadStreamMethod + 1 || method == kAssignStreamMethod + 1 ||
-           method == kBatchMethod + 1;
+           method == kBatchMethod + 1 || method == kFollowMoveMethod + 1;
   }
-  return method == kReadStreamMethod || method == kAssignStreamMethod || method == kBatchMethod;
+  return method == kReadStreamMethod || method == kAssignStreamMethod || method == kBatchMethod ||
+         method == kFollowMoveMethod;
 }
 
 // What a lent slice carries back to its pool.

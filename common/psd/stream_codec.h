@@ -43,6 +43,9 @@ inline constexpr char kAssignStreamMethod[] = "/psd.Shard/AssignStream";
 // The data stream's method, also served raw (BatchRequest and BatchResponse
 // messages, big result contents sent from their own buffers).
 inline constexpr char kBatchMethod[] = "/psd.Shard/Batch";
+// A backup's stream of its primary's log (server/shard/logged_write.h),
+// served raw by the primary.
+inline constexpr char kFollowMoveMethod[] = "/psd.ShardMove/FollowMove";
 // The content fields' numbers (see shard.proto).
 inline constexpr int kTensorChunkContentField = 6;
 inline constexpr int kAssignStreamContentField = 2;

@@ -17,6 +17,7 @@
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
+#include "psd/stream_codec.h"
 
 namespace psd {
 
@@ -203,11 +204,16 @@ grpc::ServerUnaryReactor* ShardMoveService::PullMove(grpc::CallbackServerContext
 // Finish) and starts it outside the lock. Finish is called once, when the
 // stream ended (the backup's side closed, an error) and no write is on the
 // wire; OnDone unregisters the stream and deletes it.
+//
+// Raw: requests are parsed here, and each answer is its small fields
+// followed by the logged writes' bytes as the log holds them
+// (EncodePullAnswer), so a value is not copied into the answer and again
+// into gRPC's buffers; the backup parses the bytes as a PullMoveResponse.
 class ShardMoveService::FollowReactor final
-    : public grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit FollowReactor(ShardMoveService* service) : service_(service) {
-    StartRead(&received_);
+    StartRead(&received_bytes_);
   }
 
   // The waker's news of the log: pushes what was logged if nothing is on
@@ -223,9 +229,17 @@ class ShardMoveService::FollowReactor final
     Carry(actions);
   }
 
-  void OnReadDone(bool ok) override {
+  void OnReadDone(bool read) override {
     Actions actions;
     absl::Status room;
+    // A request that does not parse ends the stream (as gRPC's own parse
+    // would), changing nothing.
+    const bool ok = read && DecodeMessage(received_bytes_, &received_);
+    received_bytes_.Clear();
+    if (read && !ok) {
+      room = absl::InvalidArgumentError("a follow stream's request does not parse as a "
+                                        "PullMoveRequest");
+    }
     if (ok && !registered_ && !first_read_) {
       // Registered before the first fetch, so no news is missed between
       // the two (news that comes first is fetched with it).
@@ -306,20 +320,20 @@ class ShardMoveService::FollowReactor final
   // into outgoing_ to be written when there are any.
   void FetchLocked(Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     news_ = false;
-    outgoing_.Clear();
+    PullMoveResponse fields;
+    std::vector<LoggedWrite> writes;
     pull_.set_after_seq(sent_);
     absl::Status fetched = RunAtEdge("shard move service", [&] {
-      return service_->store_->PullFollowLog(pull_, &outgoing_, /*ack_only=*/false,
-                                             &actions->acked);
+      return service_->store_->PullFollowLog(pull_, &fields, /*ack_only=*/false, &actions->acked,
+                                             &writes);
     });
     if (!fetched.ok()) {
       end_ = ToGrpcStatus(fetched);
       return;
     }
-    if (outgoing_.writes_size() == 0 && !outgoing_.end()) return;
-    if (outgoing_.writes_size() > 0) {
-      sent_ = outgoing_.writes(outgoing_.writes_size() - 1).seq();
-    }
+    if (writes.empty() && !fields.end()) return;
+    if (!writes.empty()) sent_ = writes.back().seq;
+    outgoing_ = EncodePullAnswer(fields, writes);
     writing_ = true;
     actions->write = true;
   }
@@ -334,7 +348,7 @@ class ShardMoveService::FollowReactor final
   void Carry(Actions& actions) {
     VariableStore::ResumeAcked(&actions.acked);
     if (actions.write) StartWrite(&outgoing_);
-    if (actions.read) StartRead(&received_);
+    if (actions.read) StartRead(&received_bytes_);
     if (actions.finish.has_value()) Finish(*actions.finish);
   }
 
@@ -345,9 +359,10 @@ class ShardMoveService::FollowReactor final
   bool registered_ = false;        // and AddFollower took it
   uint64_t move_id_ = 0;
   absl::Mutex mu_;
-  PullMoveRequest received_;  // the read's buffer (one read at a time)
+  grpc::ByteBuffer received_bytes_;  // the read's buffer (one read at a time)
+  PullMoveRequest received_;          // parsed from it
   PullMoveRequest pull_ ABSL_GUARDED_BY(mu_);  // the follow's pull, acknowledged so far
-  PullMoveResponse outgoing_;  // the answer on the wire (one at a time)
+  grpc::ByteBuffer outgoing_;  // the answer on the wire (one at a time)
   uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;  // the last write sent
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = true;
@@ -357,7 +372,7 @@ class ShardMoveService::FollowReactor final
   std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
 };
 
-grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse>* ShardMoveService::FollowMove(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ShardMoveService::FollowMove(
     grpc::CallbackServerContext* /*ctx*/) {
   return new FollowReactor(this);
 }

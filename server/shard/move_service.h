@@ -38,7 +38,18 @@ namespace psd {
 // so training keeps most of the machine (docs/moves.md, "Copy speed").
 inline constexpr int64_t kDefaultMoveRateWhenBusy = int64_t{192} << 20;
 
-class ShardMoveService final : public ShardMove::CallbackService {
+// FollowMove is served raw (grpc::ByteBuffer messages): its answers send
+// each logged write's bytes from the log itself (logged_write.h). A bidi
+// method's raw and protobuf forms have the same parameters, so the
+// protobuf one is left out of the chain (ShardMove::CallbackService with
+// FollowMove raw; a method added to ShardMove goes here too).
+using ShardMoveServiceBase = ShardMove::WithCallbackMethod_PullMove<
+    ShardMove::WithRawCallbackMethod_FollowMove<ShardMove::WithCallbackMethod_StartMoveIn<
+        ShardMove::WithCallbackMethod_MoveStatus<ShardMove::WithCallbackMethod_FreezeMove<
+            ShardMove::WithCallbackMethod_EndMove<ShardMove::WithCallbackMethod_SyncReplica<
+                ShardMove::WithCallbackMethod_PromoteReplica<ShardMove::Service>>>>>>>>;
+
+class ShardMoveService final : public ShardMoveServiceBase {
  public:
   // `store` and `peers` must outlive the service.
   // While trainers write to the source or to this shard, a snapshot copy
@@ -52,7 +63,7 @@ class ShardMoveService final : public ShardMove::CallbackService {
   grpc::ServerUnaryReactor* PullMove(grpc::CallbackServerContext* ctx,
                                      const PullMoveRequest* request,
                                      PullMoveResponse* response) override;
-  grpc::ServerBidiReactor<PullMoveRequest, PullMoveResponse>* FollowMove(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FollowMove(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* StartMoveIn(grpc::CallbackServerContext* ctx,
                                         const StartMoveInRequest* request,

@@ -33,6 +33,7 @@
 #include "absl/time/time.h"
 #include "psd/shard.pb.h"
 #include "shard/embedding_table.h"
+#include "shard/logged_write.h"
 #include "shard/memory_accountant.h"
 #include "shard/store_variable.h"
 #include "shard/value_pin.h"
@@ -112,7 +113,7 @@ struct MoveOut {
   // Why the move can no longer complete (a write that cannot be forwarded,
   // a full log, a target that stopped pulling); the next pull reports it.
   absl::Status failure ABSL_GUARDED_BY(mu);
-  std::deque<MoveWrite> log ABSL_GUARDED_BY(mu);  // seq > acked_seq
+  std::deque<LoggedWrite> log ABSL_GUARDED_BY(mu);  // seq > acked_seq
   uint64_t next_seq ABSL_GUARDED_BY(mu) = 1;
   uint64_t acked_seq ABSL_GUARDED_BY(mu) = 0;
   int64_t log_bytes ABSL_GUARDED_BY(mu) = 0;

@@ -443,11 +443,11 @@ absl::Status VariableStore::GatherEmbedding(const EmbeddingPart& part,
           const RequestId no_id;
           WriteMeta meta{kAnonymousCaller, 0, no_id};
           meta.variable = &part.name;
-          meta.to_logged = +[](const void* r, MoveWrite* write) {
-            SetLogged(*static_cast<const GatherRequest*>(r), write);
-          };
-          meta.request = &request;
-          for (const std::shared_ptr<MoveOut>& move : logging) LogMoveWrite(move.get(), meta);
+          meta.LogAs(request);
+          std::optional<grpc::Slice> logged;
+          for (const std::shared_ptr<MoveOut>& move : logging) {
+            LogMoveWrite(move.get(), meta, &logged);
+          }
         }
       }
       break;

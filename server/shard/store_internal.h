@@ -7,6 +7,7 @@
 #ifndef PSD_SERVER_SHARD_STORE_INTERNAL_H_
 #define PSD_SERVER_SHARD_STORE_INTERNAL_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -179,14 +180,53 @@ inline void SetLogged(const ImportEmbeddingRequest& r, MoveWrite* w) {
   *w->mutable_table()->mutable_import_rows() = r;
 }
 
+// Where SetLogged puts each request in its MoveWrite (outer field first).
+// (An array: an initializer_list returned would outlive its elements.)
+inline constexpr std::array<int, 2> LoggedPath(const AssignRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const ScatterRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kScatterFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const CountUpToRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kCountUpToFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const ApplyDenseRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kApplyDenseFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const ApplySparseRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kApplySparseFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const GatherRequest*) {
+  return {MoveWrite::kOpFieldNumber, BatchOp::kGatherFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const EvictEmbeddingRequest*) {
+  return {MoveWrite::kTableFieldNumber, TableWrite::kEvictFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const DeleteEmbeddingKeysRequest*) {
+  return {MoveWrite::kTableFieldNumber, TableWrite::kDeleteKeysFieldNumber};
+}
+inline constexpr std::array<int, 2> LoggedPath(const ImportEmbeddingRequest*) {
+  return {MoveWrite::kTableFieldNumber, TableWrite::kImportRowsFieldNumber};
+}
+
+template <typename Request>
+void VariableStore::WriteMeta::LogAs(const Request& r) {
+  to_logged = +[](const void* r, MoveWrite* write) {
+    SetLogged(*static_cast<const Request*>(r), write);
+  };
+  encode_logged = +[](const void* r, CallerKey caller) {
+    return EncodeLoggedRequest(caller, LoggedPath(static_cast<const Request*>(nullptr)),
+                               *static_cast<const Request*>(r));
+  };
+  request = &r;
+}
+
 template <typename Request>
 VariableStore::WriteMeta VariableStore::Forwarded(CallerKey caller, const Request& request) {
   WriteMeta meta{caller, request.shard_incarnation(), request.request_id()};
   meta.variable = &request.name();
-  meta.to_logged = +[](const void* r, MoveWrite* write) {
-    SetLogged(*static_cast<const Request*>(r), write);
-  };
-  meta.request = &request;
+  meta.LogAs(request);
   return meta;
 }
 
@@ -318,10 +358,11 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
         if (!ran) waits.push_back({move, store_internal::LoggedSeq(move.get())});
       }
     }
+    std::optional<grpc::Slice> logged;  // encoded once for all the logs
     for (const std::shared_ptr<MoveOut>& move : logging) {
       if (ran && !status.ok()) break;  // a failed write: nothing to log
       if (ran) {
-        const uint64_t seq = LogMoveWrite(move.get(), meta);
+        const uint64_t seq = LogMoveWrite(move.get(), meta, &logged);
         if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
       } else if (move->follow) {
         // Answered from the window: that write (or a later one) is logged

@@ -506,25 +506,30 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   }
   // The values as the moves' targets and backups replay them, copied
   // before anything changes (a copy that fails changes nothing).
-  std::vector<std::pair<const std::string*, AssignRequest>> logged;
+  // Each is encoded once (logged_write.h), shared by the group's logs.
+  std::vector<std::pair<const std::string*, grpc::Slice>> logged;
   for (auto& [var, contents] : prepared) {
     auto it = logging_of.find(var->name);
-    if (it == logging_of.end()) continue;
-    AssignRequest assign;
-    assign.set_name(var->name);
-    assign.set_op(UPDATE_ASSIGN);
-    assign.set_validate_shape(true);
-    TensorProto* value = assign.mutable_value();
+    if (it == logging_of.end() || it->second.empty()) continue;
+    MoveWrite write;
+    write.set_caller(caller);
+    AssignRequest* assign = write.mutable_op()->mutable_assign();
+    assign->set_name(var->name);
+    assign->set_op(UPDATE_ASSIGN);
+    assign->set_validate_shape(true);
+    TensorProto* value = assign->mutable_value();
     value->set_dtype(var->dtype);
     ShapeToProto(var->shape, value->mutable_shape());
     const size_t bytes =
         static_cast<size_t>(var->shape.num_elements()) * DataTypeSize(var->dtype);
-    value->mutable_content()->resize(bytes);
-    if (bytes > 0) {
-      PSD_RETURN_IF_ERROR(
-          device_->CopyToHost(*contents.buffer, 0, bytes, value->mutable_content()->data()));
-    }
-    logged.emplace_back(&it->first, std::move(assign));
+    char* content;
+    grpc::Slice body = EncodeLoggedWithContent(
+        write,
+        {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber, AssignRequest::kValueFieldNumber,
+         TensorProto::kContentFieldNumber},
+        bytes, &content);
+    if (bytes > 0) PSD_RETURN_IF_ERROR(device_->CopyToHost(*contents.buffer, 0, bytes, content));
+    logged.emplace_back(&it->first, std::move(body));
   }
   for (auto& [var, contents] : prepared) {
     var->mu.AssertHeld();
@@ -533,19 +538,9 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     var->initialized = true;
     ++var->version;
   }
-  for (auto& [name, assign] : logged) {
-    const std::vector<std::shared_ptr<MoveOut>>& logging = logging_of[*name];
-    for (size_t i = 0; i < logging.size(); ++i) {
-      const std::shared_ptr<MoveOut>& move = logging[i];
-      MoveWrite write;
-      write.set_caller(caller);
-      // The value is copied only for the logs before the last.
-      if (i + 1 < logging.size()) {
-        *write.mutable_op()->mutable_assign() = assign;
-      } else {
-        *write.mutable_op()->mutable_assign() = std::move(assign);
-      }
-      const uint64_t seq = LogMoveEntry(move.get(), std::move(write), *name,
+  for (const auto& [name, body] : logged) {
+    for (const std::shared_ptr<MoveOut>& move : logging_of[*name]) {
+      const uint64_t seq = LogMoveEntry(move.get(), body, /*abort=*/false, *name,
                                         /*fail_when_full=*/true);
       if (move->follow) {
         waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});

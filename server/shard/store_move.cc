@@ -122,14 +122,6 @@ absl::Status FillTableChunk(const MoveOut::TableCut& cut, const MovedMember& inf
   return absl::OkStatus();
 }
 
-// What a logged write is charged, the same when it is logged and when it
-// goes (its op's size; the seq set in between does not count).
-int64_t LoggedBytes(const MoveWrite& write) {
-  return static_cast<int64_t>(write.op().ByteSizeLong() + write.chunk().ByteSizeLong() +
-                              write.table().ByteSizeLong()) +
-         64;
-}
-
 // The variables a logged write changes (a table's slots with it); empty
 // for an entry that is no write (or sets both `op` and `table`).
 std::vector<const std::string*> WrittenNames(const MoveWrite& w) {
@@ -339,18 +331,30 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
   // until EndMoveOut or the next move prunes it.
 }
 
-uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta) {
+grpc::Slice VariableStore::EncodeLogged(const WriteMeta& meta) {
+  if (!meta.amend_logged) return meta.encode_logged(meta.request, meta.caller);
   MoveWrite write;
   meta.to_logged(meta.request, &write);
-  if (meta.amend_logged) meta.amend_logged(write.mutable_op());
+  meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
-  return LogMoveEntry(move, std::move(write), *meta.variable, /*fail_when_full=*/true);
+  return EncodeLoggedWrite(write);
 }
 
-uint64_t VariableStore::LogMoveEntry(MoveOut* move, MoveWrite write, const std::string& variable,
-                                     bool fail_when_full) {
-  const int64_t bytes = LoggedBytes(write);
-  const bool abort = write.has_chunk() && write.chunk().abort();
+uint64_t VariableStore::LogMoveWrite(MoveOut* move, const WriteMeta& meta,
+                                     std::optional<grpc::Slice>* body) {
+  if (!body->has_value()) *body = EncodeLogged(meta);
+  return LogMoveEntry(move, **body, /*abort=*/false, *meta.variable, /*fail_when_full=*/true);
+}
+
+uint64_t VariableStore::LogMoveEntry(MoveOut* move, const MoveWrite& write,
+                                     const std::string& variable, bool fail_when_full) {
+  return LogMoveEntry(move, EncodeLoggedWrite(write), write.has_chunk() && write.chunk().abort(),
+                      variable, fail_when_full);
+}
+
+uint64_t VariableStore::LogMoveEntry(MoveOut* move, grpc::Slice body, bool abort,
+                                     const std::string& variable, bool fail_when_full) {
+  const int64_t bytes = LoggedCharge(body);
   absl::Status failure;
   {
     absl::MutexLock lock(&move->mu);
@@ -375,8 +379,7 @@ uint64_t VariableStore::LogMoveEntry(MoveOut* move, MoveWrite write, const std::
       if (room.ok()) move->log_reservation.Merge(MemoryReservation(&memory_, bytes));
       move->log_bytes += bytes;
       const uint64_t seq = move->next_seq++;
-      write.set_seq(seq);
-      move->log.push_back(std::move(write));
+      move->log.push_back(LoggedWrite{seq, std::move(body), bytes});
       move->changed.SignalAll();
       if (move->follow) NotifyLogNews(move->id);
       return seq;
@@ -630,8 +633,8 @@ absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
 
 void VariableStore::AckLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked) {
   // What the target applied can go.
-  while (!move->log.empty() && move->log.front().seq() <= applied_seq) {
-    const int64_t bytes = LoggedBytes(move->log.front());
+  while (!move->log.empty() && move->log.front().seq <= applied_seq) {
+    const int64_t bytes = move->log.front().charged;
     move->log_bytes -= bytes;
     move->log_reservation.Shrink(std::min(bytes, move->log_reservation.bytes()));
     move->log.pop_front();
@@ -793,7 +796,7 @@ absl::Status VariableStore::AckPullLocked(MoveOut* move, uint64_t applied_seq,
 
 absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
                                           PullMoveResponse* response, bool ack_only,
-                                          AckedAnswers* acked) {
+                                          AckedAnswers* acked, std::vector<LoggedWrite>* writes) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move = FindMoveOut(request.move_id());
   if (move == nullptr) {
@@ -813,7 +816,7 @@ absl::Status VariableStore::PullFollowLog(const PullMoveRequest& request,
   if (!ack_only) {
     PullMoveRequest now = request;
     now.set_wait_ms(0);
-    return PullMoveAcking(now, response, nullptr, acked);
+    return PullMoveAcking(now, response, nullptr, acked, writes);
   }
   absl::MutexLock lock(&move->mu);
   return AckPullLocked(move.get(), request.applied_seq(), acked);
@@ -829,7 +832,8 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
 
 absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
                                            PullMoveResponse* response, bool* would_wait,
-                                           AckedAnswers* acked) {
+                                           AckedAnswers* acked,
+                                           std::vector<LoggedWrite>* writes) {
   if (would_wait != nullptr) *would_wait = false;
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move = FindMoveOut(request.move_id());
@@ -931,13 +935,13 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
   }
   // Logged writes after applied_seq, waiting a little for some to come.
   response->set_member(members);
-  absl::MutexLock lock(&move->mu);
+  absl::ReleasableMutexLock lock(&move->mu);
   const absl::Duration wait = absl::Milliseconds(std::clamp(request.wait_ms(), 0, kMaxPullWaitMs));
   const absl::Time deadline = absl::Now() + wait;
   const uint64_t after = std::max(request.applied_seq(), request.after_seq());
   auto has_news = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(move->mu) {
     return move->state != MoveOut::State::kForwarding ||
-           (!move->log.empty() && move->log.back().seq() > after);
+           (!move->log.empty() && move->log.back().seq > after);
   };
   if (would_wait != nullptr && move->follow && wait > absl::ZeroDuration()) {
     // The caller parks the pull instead of holding its thread, and asks
@@ -950,15 +954,21 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
     }
   }
   if (!move->failure.ok()) return move->failure;
+  // The writes' bytes are shared, not copied, under the lock; a unary
+  // pull's answer parses them after it.
+  std::vector<LoggedWrite> pulled;
+  std::vector<LoggedWrite>* out = writes != nullptr ? writes : &pulled;
+  const size_t first = out->size();
   int64_t bytes = 0;
   uint64_t last = after;
-  for (const MoveWrite& w : move->log) {
-    if (w.seq() <= after) continue;
-    const int64_t b = static_cast<int64_t>(w.ByteSizeLong());
-    if (response->writes_size() > 0 && bytes + b > max_bytes) break;
-    *response->add_writes() = w;
+  for (const LoggedWrite& w : move->log) {
+    if (w.seq <= after) continue;
+    // Its entry's bytes in the answer: the body, the seq, the header.
+    const int64_t b = static_cast<int64_t>(w.body.size()) + 16;
+    if (out->size() > first && bytes + b > max_bytes) break;
+    out->push_back(w);
     bytes += b;
-    last = w.seq();
+    last = w.seq;
   }
   // How far the log goes now, so the target knows how far behind it is.
   response->set_final_seq(move->next_seq - 1);
@@ -966,6 +976,10 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
     response->set_end(true);
     response->set_final_seq(move->final_seq);
     *response->mutable_window() = move->window;
+  }
+  lock.Release();
+  for (const LoggedWrite& w : pulled) {
+    PSD_RETURN_IF_ERROR(DecodeLoggedWrite(w, response->add_writes()));
   }
   return absl::OkStatus();
 }

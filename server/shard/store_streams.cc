@@ -328,23 +328,29 @@ class StagedAssignSink final : public AssignStreamSink {
     while (log->logged < end &&
            (end - log->logged >= chunk || end == header_.total_bytes())) {
       const int64_t n = std::min(chunk, end - log->logged);
-      MoveWrite write;
-      write.set_caller(caller_);
-      StagedChunk* c = write.mutable_chunk();
-      c->set_staged_id(staged_id_);
-      c->set_offset(log->logged);
-      if (log->logged == 0) {
-        AssignStreamHeader* h = c->mutable_header();
-        *h = header_;
-        h->clear_request_id();  // the commit entry's
-        h->clear_shard_incarnation();
+      // Every log takes a chunk at the same offsets: encoded for the first
+      // log that takes it, shared by the others.
+      if (last_chunk_.offset != log->logged || last_chunk_.bytes != n) {
+        MoveWrite write;
+        write.set_caller(caller_);
+        StagedChunk* c = write.mutable_chunk();
+        c->set_staged_id(staged_id_);
+        c->set_offset(log->logged);
+        if (log->logged == 0) {
+          AssignStreamHeader* h = c->mutable_header();
+          *h = header_;
+          h->clear_request_id();  // the commit entry's
+          h->clear_shard_incarnation();
+        }
+        char* content;
+        grpc::Slice body = EncodeLoggedWithContent(
+            write, {MoveWrite::kChunkFieldNumber, StagedChunk::kContentFieldNumber},
+            static_cast<size_t>(n), &content);
+        PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
+            *staged_.buffer, static_cast<size_t>(log->logged), static_cast<size_t>(n), content));
+        last_chunk_ = {log->logged, n, std::move(body)};
       }
-      std::string* content = c->mutable_content();
-      content->resize(static_cast<size_t>(n));
-      PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(*staged_.buffer,
-                                                      static_cast<size_t>(log->logged),
-                                                      static_cast<size_t>(n), content->data()));
-      if (store_->LogMoveEntry(log->move.get(), std::move(write), header_.name(),
+      if (store_->LogMoveEntry(log->move.get(), last_chunk_.body, /*abort=*/false, header_.name(),
                                fail_when_full) == 0) {
         return false;
       }
@@ -452,6 +458,11 @@ class StagedAssignSink final : public AssignStreamSink {
         }
         value->set_dtype(header_.dtype());
         *value->mutable_shape() = header_.shape();
+        // The entry every log takes, encoded once: an assign's value is
+        // copied into it before Apply takes the staged buffer; an apply's
+        // gradient (staged on the host, kept until the sink goes) after,
+        // with the beta powers Apply read.
+        std::optional<grpc::Slice> body;
         const bool chunked = LogsChunks();
         if (chunked) {
           // Each log gets the chunks it lacks (all of them for a move, or
@@ -465,14 +476,19 @@ class StagedAssignSink final : public AssignStreamSink {
                                  LogChunks(log, received_, /*fail_when_full=*/false));
             if (!logged_all) unlogged.push_back(move);
           }
-        } else if (!logging.empty() && header_.has_apply()) {
-          value->set_content(HostBytes().data(), HostBytes().size());
-        } else if (!logging.empty()) {
-          std::string* content = value->mutable_content();
-          content->resize(static_cast<size_t>(received_));
+        } else if (!logging.empty() && !header_.has_apply()) {
+          MoveWrite write;
+          write.set_caller(caller_);
+          *write.mutable_op() = logged;
+          char* content;
+          body = EncodeLoggedWithContent(
+              write,
+              {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber,
+               AssignRequest::kValueFieldNumber, TensorProto::kContentFieldNumber},
+              static_cast<size_t>(received_), &content);
           if (received_ > 0) {
             PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
-                *staged_.buffer, 0, static_cast<size_t>(received_), content->data()));
+                *staged_.buffer, 0, static_cast<size_t>(received_), content));
           }
         }
         RequestWindow::Result result;
@@ -498,22 +514,28 @@ class StagedAssignSink final : public AssignStreamSink {
           if (move->follow) waits.push_back({move, ~uint64_t{0}});
           logging.erase(std::find(logging.begin(), logging.end(), move));
         }
-        for (size_t i = 0; i < logging.size(); ++i) {
-          const std::shared_ptr<MoveOut>& move = logging[i];
+        if (!body.has_value() && !logging.empty()) {
           MoveWrite write;
           write.set_caller(caller_);
-          // The value is copied only for the logs before the last.
-          if (i + 1 < logging.size()) {
-            *write.mutable_op() = logged;
-          } else {
-            *write.mutable_op() = std::move(logged);
-          }
+          *write.mutable_op() = std::move(logged);
           if (chunked) {
             // The commit entry: the value is the chunks logged before it.
             write.set_staged_id(staged_id_);
-            ChunkLogFor(move)->closed = true;  // committed, or the move failed
+            body = EncodeLoggedWrite(write);
+          } else {
+            char* content;
+            body = EncodeLoggedWithContent(
+                write,
+                {MoveWrite::kOpFieldNumber, BatchOp::kApplyDenseFieldNumber,
+                 ApplyDenseRequest::kGradientFieldNumber, TensorProto::kContentFieldNumber},
+                HostBytes().size(), &content);
+            std::memcpy(content, HostBytes().data(), HostBytes().size());
           }
-          const uint64_t seq = store_->LogMoveEntry(move.get(), std::move(write), name,
+        }
+        last_chunk_ = EncodedChunk();  // every log has its chunks
+        for (const std::shared_ptr<MoveOut>& move : logging) {
+          if (chunked) ChunkLogFor(move)->closed = true;  // committed, or the move failed
+          const uint64_t seq = store_->LogMoveEntry(move.get(), *body, /*abort=*/false, name,
                                                     /*fail_when_full=*/true);
           if (move->follow) waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
         }
@@ -629,6 +651,13 @@ class StagedAssignSink final : public AssignStreamSink {
   RequestId request_id_;   // the header's; on a target, the commit entry's
   uint64_t staged_id_ = 0;  // StagedChunk.staged_id once chunks are logged
   std::vector<ChunkLog> chunk_logs_;
+  // The chunk encoded last (LogChunks), for the next log that takes it.
+  struct EncodedChunk {
+    int64_t offset = -1;
+    int64_t bytes = 0;
+    grpc::Slice body;
+  };
+  EncodedChunk last_chunk_;
   std::optional<RequestWindow::Result> cached_;  // set for a duplicate
   bool registered_ = false;
   bool finished_ = false;

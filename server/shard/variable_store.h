@@ -42,6 +42,7 @@
 #include "absl/synchronization/mutex.h"
 #include "device/device.h"
 #include "psd/shard.pb.h"
+#include "shard/logged_write.h"
 #include "shard/memory_accountant.h"
 #include "shard/request_window.h"
 #include "shard/shard_lease.h"
@@ -307,14 +308,16 @@ class VariableStore {
   // snapshot is pulled by PullMove); never waits. With `ack_only` it only
   // records how far the backup applied (writes waiting for it may be
   // answered) and answers nothing; otherwise as PullMove, the writes after
-  // max(applied_seq, after_seq).
+  // max(applied_seq, after_seq), into `writes` as logged (the stream
+  // sends their bytes as they are; `response` gets none).
   //
   // The answers the acknowledgement completes (AnswerWhenReplicated) are
   // added to `acked`: the caller resumes them (ResumeAcked) once it holds
   // no lock.
   using AckedAnswers = std::vector<std::shared_ptr<AckWaiter>>;
   absl::Status PullFollowLog(const PullMoveRequest& request, PullMoveResponse* response,
-                             bool ack_only, AckedAnswers* acked);
+                             bool ack_only, AckedAnswers* acked,
+                             std::vector<LoggedWrite>* writes = nullptr);
   static void ResumeAcked(AckedAnswers* acked);
   // Called when a write is logged for a follow, or the follow ends. With
   // `here` false it runs with the store's locks held: it must only take its
@@ -499,12 +502,18 @@ class VariableStore {
     // `request` on the part's new shard (null: a move of the group fails).
     const std::string* variable = nullptr;
     void (*to_logged)(const void* request, MoveWrite* write) = nullptr;
+    // The same entry encoded straight from `request` (logged_write.h).
+    grpc::Slice (*encode_logged)(const void* request, CallerKey caller) = nullptr;
     const void* request = nullptr;
     // Turns the logged copy into what was applied, once `op` ran (null:
     // the request as it came): an Adam apply's beta powers read from
     // variables are logged by value, since the part's new shard may hold
     // no variable of that name, or one with another value.
     std::function<void(BatchOp*)> amend_logged;
+    // Sets to_logged, encode_logged and request to log `r` (which must
+    // outlive this) as SetLogged does (store_internal.h).
+    template <typename Request>
+    void LogAs(const Request& r);
   };
   template <typename Request>
   static WriteMeta Forwarded(CallerKey caller, const Request& request);
@@ -564,16 +573,24 @@ class VariableStore {
   // ABORTED "stale handle" once moved.
   absl::StatusOr<bool> AdmitMovingWrite(MoveOut* move, const std::string& name,
                                         absl::string_view unforwarded);
-  // Logs a forwarded write of `move`'s group (order_mu held).
+  // The logged entry of a forwarded write (`meta`'s request as run).
+  static grpc::Slice EncodeLogged(const WriteMeta& meta);
+  // Logs a forwarded write of `move`'s group (order_mu held): its entry
+  // *body, encoded here when unset, so a write going to several logs (its
+  // group's backups, a move) is encoded once and shared by them.
   // Returns its seq (0: not logged, the move ended).
-  uint64_t LogMoveWrite(MoveOut* move, const WriteMeta& meta);
-  // Logs `write` (its seq set here) against the log's bounds. Past them:
-  // with `fail_when_full` the move fails (as for any write that went
+  uint64_t LogMoveWrite(MoveOut* move, const WriteMeta& meta, std::optional<grpc::Slice>* body);
+  // Logs `write` (its seq set by the log) against the log's bounds. Past
+  // them: with `fail_when_full` the move fails (as for any write that went
   // ahead), else nothing is logged and the move goes on (a streamed
   // value's chunk logged ahead of its commit: the commit logs it again).
   // An abort chunk is logged whatever the bounds: it is a few bytes, and
   // without it the target would keep the staged bytes. 0: not logged.
-  uint64_t LogMoveEntry(MoveOut* move, MoveWrite write, const std::string& variable,
+  uint64_t LogMoveEntry(MoveOut* move, const MoveWrite& write, const std::string& variable,
+                        bool fail_when_full);
+  // The same for a write already encoded (logged_write.h); `abort` says it
+  // is an abort chunk.
+  uint64_t LogMoveEntry(MoveOut* move, grpc::Slice body, bool abort, const std::string& variable,
                         bool fail_when_full);
   // A target's side of StagedChunk entries (store_streams.cc): the
   // assign a chunked logged value is staged in, the sink of a streamed
@@ -599,9 +616,12 @@ class VariableStore {
   // Caller holds move->mu.
   absl::Status AckPullLocked(MoveOut* move, uint64_t applied_seq, AckedAnswers* acked);
   std::shared_ptr<MoveOut> FindMoveOut(uint64_t move_id) const;
-  // PullMove, adding the answers its acknowledgement completes to `acked`.
+  // PullMove, adding the answers its acknowledgement completes to `acked`;
+  // with `writes`, the logged writes go there as logged instead of into
+  // `response`.
   absl::Status PullMoveAcking(const PullMoveRequest& request, PullMoveResponse* response,
-                              bool* would_wait, AckedAnswers* acked);
+                              bool* would_wait, AckedAnswers* acked,
+                              std::vector<LoggedWrite>* writes = nullptr);
   // The follow's state changed (ended, left the in-sync set): its waiting
   // answers go to the slow path, which judges them as WaitForBackups does.
   void ReleaseAckWaiters(MoveOut* move);
