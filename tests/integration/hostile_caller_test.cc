@@ -296,6 +296,8 @@ TEST_F(HostileCallerTest, EveryMethodSurvivesHostilePayloads) {
   const std::vector<Target> targets = {
       {"coordinator", cluster_->coordinator_address(), pool->FindServiceByName("psd.Coordinator")},
       {"shard 0", cluster_->shard_address(0), pool->FindServiceByName("psd.Shard")},
+      // The shards' own service (moves and backups; FollowMove is served raw).
+      {"shard 0", cluster_->shard_address(0), pool->FindServiceByName("psd.ShardMove")},
   };
   int calls = 0;
   for (const Target& target : targets) {
