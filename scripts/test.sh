@@ -72,11 +72,12 @@ sanitize_full() {
 # that need no server library: the cluster file is covered by its fuzz
 # target), and the store's unit tests, among them the replicated writes'
 # answers that threads race to resume (variable_store_replica_test), and
-# the writes a move or backup replays (variable_store_move_test).
+# the writes a move or backup replays (variable_store_move_test) and the
+# bytes its log holds and sends (logged_write_test).
 SUBSET_TESTS=(tensor_test stream_codec_test crc32c_test checkpoint_ordered_code_test
   checkpoint_table_test checkpoint_bundle_test checkpoint_fault_test checkpoint_fixtures_test
   variable_store_test variable_store_optimizer_test variable_store_replica_test variable_store_move_test
-  embedding_table_test parallel_test)
+  embedding_table_test parallel_test logged_write_test)
 sanitize_subset() {
   sanitize_configure || return
   local fuzz_targets
