@@ -338,6 +338,8 @@ TEST(StreamCodecTest, RawMethodsAreKnownWithOrWithoutTheLeadingSlash) {
   EXPECT_TRUE(IsRawStreamMethod("psd.Shard/AssignStream"));
   EXPECT_FALSE(IsRawStreamMethod("/psd.Shard/Read"));
   EXPECT_TRUE(IsRawStreamMethod("psd.Shard/Batch"));
+  EXPECT_TRUE(IsRawStreamMethod("/psd.ShardMove/FollowMove"));
+  EXPECT_FALSE(IsRawStreamMethod("/psd.ShardMove/PullMove"));
 }
 
 }  // namespace
