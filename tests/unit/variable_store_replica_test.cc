@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
+#include "psd/stream_codec.h"
 #include "psd/status.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
@@ -940,6 +941,47 @@ TEST_F(StoreReplicaTest, AFollowsStreamCarriesOnlyItsLogAndAcknowledgementsAnswe
   ASSERT_TRUE(primary_.PullFollowLog(log, &none, /*ack_only=*/true, &acked).ok());
   EXPECT_EQ(primary_.replication_stats().max_lag, 0);
   EXPECT_TRUE(acked.empty());
+}
+
+// A write to a group with two backups is encoded once: both follows' logs
+// hold the same bytes, and the stream's answer made of them (as FollowMove
+// sends it, from the log's buffers) brings each backup to the primary's
+// value.
+TEST_F(StoreReplicaTest, TwoFollowsShareOneLoggedCopyOfEachWriteAndApplyItFromTheStreamsAnswer) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "w", Floats({0, 0, 0, 0})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, /*follow=*/true)).ok());
+  ASSERT_TRUE(backup2_.BeginMoveIn(MoveIn(8, /*follow=*/true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));  // the snapshots
+  ASSERT_TRUE(PullOnce(&primary_, &backup2_, 8));
+  for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(AddOnes(&primary_, seq).ok());
+  std::vector<LoggedWrite> logged[2];
+  PullMoveResponse fields[2];
+  VariableStore::AckedAnswers acked;
+  int i = 0;
+  for (uint64_t move_id : {7, 8}) {
+    PullMoveRequest log;
+    ASSERT_TRUE((move_id == 7 ? backup_ : backup2_).NextMovePull(move_id, &log));
+    ASSERT_TRUE(
+        primary_.PullFollowLog(log, &fields[i], /*ack_only=*/false, &acked, &logged[i]).ok());
+    EXPECT_EQ(fields[i].writes_size(), 0);  // the writes come as logged
+    ASSERT_EQ(logged[i].size(), 3u);
+    ++i;
+  }
+  for (size_t w = 0; w < 3; ++w) {
+    EXPECT_EQ(logged[0][w].seq, logged[1][w].seq);
+    EXPECT_EQ(logged[0][w].body.begin(), logged[1][w].body.begin()) << "write " << w;
+  }
+  i = 0;
+  for (VariableStore* backup : {&backup_, &backup2_}) {
+    PullMoveResponse answer;
+    ASSERT_TRUE(DecodeMessage(EncodePullAnswer(fields[i], logged[i]), &answer));
+    ASSERT_TRUE(backup->ApplyMovePull(i == 0 ? 7 : 8, answer).ok());
+    ++i;
+  }
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  ASSERT_TRUE(backup2_.PromoteReplica(8, 2, 3).ok());
+  EXPECT_EQ(Read(&backup_, "w"), std::vector<float>({3, 3, 3, 3}));
+  EXPECT_EQ(Read(&backup2_, "w"), std::vector<float>({3, 3, 3, 3}));
 }
 
 // Writes whose caller keeps the answer (a data-stream message) are
