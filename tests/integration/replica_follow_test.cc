@@ -18,6 +18,8 @@
 
 #include "../common/http_get.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/grpc_status.h"
@@ -357,6 +359,25 @@ TEST_F(ReplicaFollowTest, AFollowStreamFromAnotherCallerIsRefusedOrEndsAndChange
   EXPECT_TRUE(IsError(stream_once(not_follow), absl::StatusCode::kInvalidArgument,
                       {"only a backup's follow is streamed"}));
   EXPECT_TRUE(IsOk(stream_once(log)));  // acknowledges nothing new
+  {
+    // Bytes that are no PullMoveRequest (the stream is served raw).
+    grpc::GenericStub raw(ChannelTo(primary_->address()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    grpc::Slice garbage(std::string("\x0a\xff\xff\xff\xff\x0f"));
+    grpc::ByteBuffer send(&garbage, 1);
+    grpc::ByteBuffer receive;
+    absl::Notification done;
+    grpc::Status status;
+    raw.UnaryCall(&ctx, "/psd.ShardMove/FollowMove", grpc::StubOptions(), &send, &receive,
+                  [&](grpc::Status s) {
+                    status = std::move(s);
+                    done.Notify();
+                  });
+    done.WaitForNotification();
+    EXPECT_TRUE(IsError(FromGrpcStatus(status), absl::StatusCode::kInvalidArgument,
+                        {"does not parse"}));
+  }
   // Four streams held open for the follow reach the cap with the real
   // backup's (one of the four is refused), and also while a stream opened
   // just before still counts (its end not yet noticed by the shard, so a
