@@ -94,6 +94,15 @@ grpc::Slice EncodeLoggedRequest(uint64_t caller, absl::Span<const int> path,
   return slice;
 }
 
+void SetLoggedRequest(absl::Span<const int> path, const google::protobuf::Message& request,
+                      MoveWrite* write) {
+  google::protobuf::Message* at = write;
+  for (int field : path) {
+    at = at->GetReflection()->MutableMessage(at, at->GetDescriptor()->FindFieldByNumber(field));
+  }
+  at->CopyFrom(request);
+}
+
 grpc::Slice EncodeLoggedWithContent(const MoveWrite& fields, absl::Span<const int> path,
                                     size_t content_bytes, char** content) {
   uint64_t nested;

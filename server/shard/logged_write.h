@@ -16,12 +16,14 @@
 #ifndef PSD_SERVER_SHARD_LOGGED_WRITE_H_
 #define PSD_SERVER_SHARD_LOGGED_WRITE_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "google/protobuf/message.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
@@ -46,6 +48,23 @@ grpc::Slice EncodeLoggedWrite(const MoveWrite& write);
 // straight from the request (it is not copied into a MoveWrite first).
 grpc::Slice EncodeLoggedRequest(uint64_t caller, absl::Span<const int> path,
                                 const google::protobuf::MessageLite& request);
+
+// Where a logged write's value bytes sit (outer field first), for
+// EncodeLoggedWithContent: an assign's value, an apply's gradient, a
+// streamed value's chunk.
+inline constexpr std::array<int, 4> kLoggedAssignValue = {
+    MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber, AssignRequest::kValueFieldNumber,
+    TensorProto::kContentFieldNumber};
+inline constexpr std::array<int, 4> kLoggedApplyGradient = {
+    MoveWrite::kOpFieldNumber, BatchOp::kApplyDenseFieldNumber,
+    ApplyDenseRequest::kGradientFieldNumber, TensorProto::kContentFieldNumber};
+inline constexpr std::array<int, 2> kLoggedChunkContent = {MoveWrite::kChunkFieldNumber,
+                                                           StagedChunk::kContentFieldNumber};
+
+// `request` copied into `write` as its field `path` (as EncodeLoggedRequest
+// lays it out), for an entry amended before it is encoded.
+void SetLoggedRequest(absl::Span<const int> path, const google::protobuf::Message& request,
+                      MoveWrite* write);
 
 // `fields` with a bytes field of `content_bytes` bytes at `path` (outer
 // first, the bytes field last; unset in `fields`), which the caller writes

@@ -231,29 +231,29 @@ class ShardMoveService::FollowReactor final
 
   void OnReadDone(bool read) override {
     Actions actions;
-    absl::Status room;
+    absl::Status refused;
     // A request that does not parse ends the stream (as gRPC's own parse
     // would), changing nothing.
     const bool ok = read && DecodeMessage(received_bytes_, &received_);
     received_bytes_.Clear();
     if (read && !ok) {
-      room = absl::InvalidArgumentError("a follow stream's request does not parse as a "
-                                        "PullMoveRequest");
+      refused = absl::InvalidArgumentError(
+          "a follow stream's request does not parse as a PullMoveRequest");
     }
     if (ok && !registered_ && !first_read_) {
       // Registered before the first fetch, so no news is missed between
       // the two (news that comes first is fetched with it).
       first_read_ = true;
       move_id_ = received_.move_id();
-      room = service_->AddFollower(move_id_, this);
-      registered_ = room.ok();
+      refused = service_->AddFollower(move_id_, this);
+      registered_ = refused.ok();
     }
     {
       absl::MutexLock lock(&mu_);
       reading_ = false;
       if (finished_) return;
-      if (!room.ok()) {
-        end_ = ToGrpcStatus(room);
+      if (!refused.ok()) {
+        end_ = ToGrpcStatus(refused);
       } else if (!ok) {
         // The backup closed its side, or went away.
         if (!end_.has_value()) end_ = grpc::Status::OK;

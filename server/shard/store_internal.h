@@ -150,37 +150,8 @@ struct EmbeddingPart {
 
 // How a move replays each forwardable request on the part's new shard:
 // the logged entry's op (a BatchOp), or for a table's writes by key that
-// have none, its TableWrite.
-inline void SetLogged(const AssignRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_assign() = r;
-}
-inline void SetLogged(const ScatterRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_scatter() = r;
-}
-inline void SetLogged(const CountUpToRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_count_up_to() = r;
-}
-inline void SetLogged(const ApplyDenseRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_apply_dense() = r;
-}
-inline void SetLogged(const ApplySparseRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_apply_sparse() = r;
-}
-// A table's counting lookup (it admits keys, makes rows, counts uses).
-inline void SetLogged(const GatherRequest& r, MoveWrite* w) {
-  *w->mutable_op()->mutable_gather() = r;
-}
-inline void SetLogged(const EvictEmbeddingRequest& r, MoveWrite* w) {
-  *w->mutable_table()->mutable_evict() = r;
-}
-inline void SetLogged(const DeleteEmbeddingKeysRequest& r, MoveWrite* w) {
-  *w->mutable_table()->mutable_delete_keys() = r;
-}
-inline void SetLogged(const ImportEmbeddingRequest& r, MoveWrite* w) {
-  *w->mutable_table()->mutable_import_rows() = r;
-}
-
-// Where SetLogged puts each request in its MoveWrite (outer field first).
+// have none, its TableWrite; the request is the field named here (outer
+// field first) of its MoveWrite.
 // (An array: an initializer_list returned would outlive its elements.)
 inline constexpr std::array<int, 2> LoggedPath(const AssignRequest*) {
   return {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber};
@@ -197,6 +168,7 @@ inline constexpr std::array<int, 2> LoggedPath(const ApplyDenseRequest*) {
 inline constexpr std::array<int, 2> LoggedPath(const ApplySparseRequest*) {
   return {MoveWrite::kOpFieldNumber, BatchOp::kApplySparseFieldNumber};
 }
+// A table's counting lookup (it admits keys, makes rows, counts uses).
 inline constexpr std::array<int, 2> LoggedPath(const GatherRequest*) {
   return {MoveWrite::kOpFieldNumber, BatchOp::kGatherFieldNumber};
 }
@@ -212,14 +184,8 @@ inline constexpr std::array<int, 2> LoggedPath(const ImportEmbeddingRequest*) {
 
 template <typename Request>
 void VariableStore::WriteMeta::LogAs(const Request& r) {
-  to_logged = +[](const void* r, MoveWrite* write) {
-    SetLogged(*static_cast<const Request*>(r), write);
-  };
-  encode_logged = +[](const void* r, CallerKey caller) {
-    return EncodeLoggedRequest(caller, LoggedPath(static_cast<const Request*>(nullptr)),
-                               *static_cast<const Request*>(r));
-  };
   request = &r;
+  logged_path = LoggedPath(&r);
 }
 
 template <typename Request>
@@ -317,7 +283,7 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
     std::vector<std::shared_ptr<MoveOut>> logging;
     // Follows a write that cannot be forwarded ends, once it went ahead.
     std::vector<std::shared_ptr<MoveOut>> unfollowable;
-    const bool forwardable = meta.to_logged != nullptr;
+    const bool forwardable = meta.request != nullptr;
     // Moves first: one that refuses the write (frozen, moved) refuses it
     // before any follow was ended for it.
     std::vector<std::shared_ptr<MoveOut>> ordered;

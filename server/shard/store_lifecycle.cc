@@ -523,11 +523,7 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     const size_t bytes =
         static_cast<size_t>(var->shape.num_elements()) * DataTypeSize(var->dtype);
     char* content;
-    grpc::Slice body = EncodeLoggedWithContent(
-        write,
-        {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber, AssignRequest::kValueFieldNumber,
-         TensorProto::kContentFieldNumber},
-        bytes, &content);
+    grpc::Slice body = EncodeLoggedWithContent(write, kLoggedAssignValue, bytes, &content);
     if (bytes > 0) PSD_RETURN_IF_ERROR(device_->CopyToHost(*contents.buffer, 0, bytes, content));
     logged.emplace_back(&it->first, std::move(body));
   }

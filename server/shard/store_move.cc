@@ -332,9 +332,9 @@ void VariableStore::FailMoveOut(MoveOut* move, const absl::Status& why) {
 }
 
 grpc::Slice VariableStore::EncodeLogged(const WriteMeta& meta) {
-  if (!meta.amend_logged) return meta.encode_logged(meta.request, meta.caller);
+  if (!meta.amend_logged) return EncodeLoggedRequest(meta.caller, meta.logged_path, *meta.request);
   MoveWrite write;
-  meta.to_logged(meta.request, &write);
+  SetLoggedRequest(meta.logged_path, *meta.request, &write);
   meta.amend_logged(write.mutable_op());
   write.set_caller(meta.caller);
   return EncodeLoggedWrite(write);

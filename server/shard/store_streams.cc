@@ -343,9 +343,8 @@ class StagedAssignSink final : public AssignStreamSink {
           h->clear_shard_incarnation();
         }
         char* content;
-        grpc::Slice body = EncodeLoggedWithContent(
-            write, {MoveWrite::kChunkFieldNumber, StagedChunk::kContentFieldNumber},
-            static_cast<size_t>(n), &content);
+        grpc::Slice body =
+            EncodeLoggedWithContent(write, kLoggedChunkContent, static_cast<size_t>(n), &content);
         PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
             *staged_.buffer, static_cast<size_t>(log->logged), static_cast<size_t>(n), content));
         last_chunk_ = {log->logged, n, std::move(body)};
@@ -481,11 +480,8 @@ class StagedAssignSink final : public AssignStreamSink {
           write.set_caller(caller_);
           *write.mutable_op() = logged;
           char* content;
-          body = EncodeLoggedWithContent(
-              write,
-              {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber,
-               AssignRequest::kValueFieldNumber, TensorProto::kContentFieldNumber},
-              static_cast<size_t>(received_), &content);
+          body = EncodeLoggedWithContent(write, kLoggedAssignValue,
+                                         static_cast<size_t>(received_), &content);
           if (received_ > 0) {
             PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
                 *staged_.buffer, 0, static_cast<size_t>(received_), content));
@@ -524,11 +520,8 @@ class StagedAssignSink final : public AssignStreamSink {
             body = EncodeLoggedWrite(write);
           } else {
             char* content;
-            body = EncodeLoggedWithContent(
-                write,
-                {MoveWrite::kOpFieldNumber, BatchOp::kApplyDenseFieldNumber,
-                 ApplyDenseRequest::kGradientFieldNumber, TensorProto::kContentFieldNumber},
-                HostBytes().size(), &content);
+            body = EncodeLoggedWithContent(write, kLoggedApplyGradient, HostBytes().size(),
+                                           &content);
             std::memcpy(content, HostBytes().data(), HostBytes().size());
           }
         }

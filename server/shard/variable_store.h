@@ -23,6 +23,7 @@
 #ifndef PSD_SERVER_SHARD_VARIABLE_STORE_H_
 #define PSD_SERVER_SHARD_VARIABLE_STORE_H_
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -498,20 +499,19 @@ class VariableStore {
     const RequestId& request_id;
     bool gated = true;  // held by a fence (creates and deletes are not)
     // The variable written, which finds the group it moves with, and for
-    // the ops a move forwards, how to make the logged entry that replays
-    // `request` on the part's new shard (null: a move of the group fails).
+    // the ops a move forwards, the request whose logged entry replays it
+    // on the part's new shard, at `logged_path` of its MoveWrite (null: a
+    // move of the group fails).
     const std::string* variable = nullptr;
-    void (*to_logged)(const void* request, MoveWrite* write) = nullptr;
-    // The same entry encoded straight from `request` (logged_write.h).
-    grpc::Slice (*encode_logged)(const void* request, CallerKey caller) = nullptr;
-    const void* request = nullptr;
+    const google::protobuf::Message* request = nullptr;
+    std::array<int, 2> logged_path{};
     // Turns the logged copy into what was applied, once `op` ran (null:
     // the request as it came): an Adam apply's beta powers read from
     // variables are logged by value, since the part's new shard may hold
     // no variable of that name, or one with another value.
     std::function<void(BatchOp*)> amend_logged;
-    // Sets to_logged, encode_logged and request to log `r` (which must
-    // outlive this) as SetLogged does (store_internal.h).
+    // Sets request and logged_path to log `r` (which must outlive this)
+    // where LoggedPath puts it (store_internal.h).
     template <typename Request>
     void LogAs(const Request& r);
   };

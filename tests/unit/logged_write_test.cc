@@ -59,6 +59,11 @@ TEST(LoggedWriteTest, ARequestEncodedStraightParsesAsTheMoveWriteProtobufWouldMa
       unsequenced.clear_seq();
       EXPECT_EQ(std::string(reinterpret_cast<const char*>(body.begin()), body.size()),
                 unsequenced.SerializeAsString());
+      // The same entry as a message (to amend before it is encoded).
+      MoveWrite set;
+      SetLoggedRequest({MoveWrite::kOpFieldNumber, BatchOp::kScatterFieldNumber}, request, &set);
+      set.set_caller(caller);
+      EXPECT_TRUE(MessageDifferencer::Equals(set, unsequenced));
     }
   }
   // A table's write goes in its own field.
@@ -88,11 +93,7 @@ TEST(LoggedWriteTest, AContentWrittenIntoTheEntryParsesInItsPlaceBesideTheOtherF
     assign->mutable_value()->set_dtype(DT_UINT8);
     assign->mutable_value()->mutable_shape()->add_dims(static_cast<int64_t>(bytes));
     char* content = nullptr;
-    const grpc::Slice body = EncodeLoggedWithContent(
-        fields,
-        {MoveWrite::kOpFieldNumber, BatchOp::kAssignFieldNumber, AssignRequest::kValueFieldNumber,
-         TensorProto::kContentFieldNumber},
-        bytes, &content);
+    const grpc::Slice body = EncodeLoggedWithContent(fields, kLoggedAssignValue, bytes, &content);
     ASSERT_NE(content, nullptr);
     // The content is the entry's last bytes.
     EXPECT_EQ(content + bytes, reinterpret_cast<const char*>(body.begin()) + body.size());
@@ -108,8 +109,8 @@ TEST(LoggedWriteTest, AContentWrittenIntoTheEntryParsesInItsPlaceBesideTheOtherF
     chunk.mutable_chunk()->set_staged_id(4);
     chunk.mutable_chunk()->set_offset(1 << 22);
     chunk.mutable_chunk()->mutable_header()->set_name("w");
-    const grpc::Slice chunk_body = EncodeLoggedWithContent(
-        chunk, {MoveWrite::kChunkFieldNumber, StagedChunk::kContentFieldNumber}, bytes, &content);
+    const grpc::Slice chunk_body =
+        EncodeLoggedWithContent(chunk, kLoggedChunkContent, bytes, &content);
     if (bytes > 0) std::memcpy(content, value.data(), bytes);
     MoveWrite expected_chunk = chunk;
     expected_chunk.mutable_chunk()->set_content(value);
