@@ -1,10 +1,12 @@
 #include "psd/tensor.h"
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "psd/huge_pages.h"
+#include "psd/status.h"
 #include "psd/uninitialized.h"
 
 namespace psd {
@@ -107,17 +109,25 @@ Tensor Tensor::StringScalar(std::string value) {
   return t;
 }
 
-absl::StatusOr<Tensor> Tensor::FromBytes(DataType dtype, TensorShape shape, std::string bytes) {
+namespace {
+// OK when `size` bytes are the elements of a fixed-size `dtype` and `shape`.
+absl::Status CheckElementBytes(DataType dtype, const TensorShape& shape, size_t size) {
   const size_t element_size = DataTypeSize(dtype);
   if (dtype == DT_STRING || element_size == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor bytes need a fixed-size dtype, got ", DataTypeName(dtype)));
   }
   const size_t want = static_cast<size_t>(shape.num_elements()) * element_size;
-  if (bytes.size() != want) {
+  if (size != want) {
     return absl::InvalidArgumentError(absl::StrCat(DataTypeName(dtype), shape.ToString(), " needs ",
-                                                   want, " bytes, got ", bytes.size()));
+                                                   want, " bytes, got ", size));
   }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<Tensor> Tensor::FromBytes(DataType dtype, TensorShape shape, std::string bytes) {
+  PSD_RETURN_IF_ERROR(CheckElementBytes(dtype, shape, bytes.size()));
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
@@ -125,8 +135,65 @@ absl::StatusOr<Tensor> Tensor::FromBytes(DataType dtype, TensorShape shape, std:
   return t;
 }
 
+absl::StatusOr<Tensor> Tensor::Borrowing(DataType dtype, TensorShape shape,
+                                         absl::string_view bytes) {
+  PSD_RETURN_IF_ERROR(CheckElementBytes(dtype, shape, bytes.size()));
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  if (!bytes.empty()) {
+    t.borrowed_ = bytes.data();
+    t.borrowed_size_ = bytes.size();
+  }
+  return t;
+}
+
+Tensor::Tensor(const Tensor& other)
+    : dtype_(other.dtype_),
+      shape_(other.shape_),
+      bytes_(other.bytes()),
+      strings_(other.strings_) {}
+
+Tensor& Tensor::operator=(const Tensor& other) {
+  if (this != &other) {
+    dtype_ = other.dtype_;
+    shape_ = other.shape_;
+    bytes_.assign(other.bytes().data(), other.bytes().size());
+    strings_ = other.strings_;
+    borrowed_ = nullptr;
+    borrowed_size_ = 0;
+  }
+  return *this;
+}
+
+Tensor::Tensor(Tensor&& other) noexcept
+    : dtype_(other.dtype_),
+      shape_(std::move(other.shape_)),
+      bytes_(std::move(other.bytes_)),
+      strings_(std::move(other.strings_)),
+      borrowed_(std::exchange(other.borrowed_, nullptr)),
+      borrowed_size_(std::exchange(other.borrowed_size_, 0)) {}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+  if (this != &other) {
+    dtype_ = other.dtype_;
+    shape_ = std::move(other.shape_);
+    bytes_ = std::move(other.bytes_);
+    strings_ = std::move(other.strings_);
+    borrowed_ = std::exchange(other.borrowed_, nullptr);
+    borrowed_size_ = std::exchange(other.borrowed_size_, 0);
+  }
+  return *this;
+}
+
+void Tensor::OwnBorrowed() {
+  bytes_.assign(borrowed_, borrowed_size_);
+  borrowed_ = nullptr;
+  borrowed_size_ = 0;
+}
+
 void Tensor::ResetForOverwrite(DataType dtype, TensorShape shape) {
-  if (dtype != DT_STRING && dtype_ == dtype &&
+  if (dtype != DT_STRING && dtype_ == dtype && borrowed_ == nullptr &&
       bytes_.size() == static_cast<size_t>(shape.num_elements()) * DataTypeSize(dtype)) {
     shape_ = std::move(shape);
     return;
@@ -178,7 +245,7 @@ std::string Tensor::DebugString(int max_elements) const {
           dtype_,
           [&](auto t) {
             using T = decltype(t);
-            out += ElementString<T>(bytes_.data() + i * sizeof(T));
+            out += ElementString<T>(bytes().data() + i * sizeof(T));
           },
           [] {});
     }
@@ -188,7 +255,7 @@ std::string Tensor::DebugString(int max_elements) const {
 }
 
 bool Tensor::operator==(const Tensor& other) const {
-  return dtype_ == other.dtype_ && shape_ == other.shape_ && bytes_ == other.bytes_ &&
+  return dtype_ == other.dtype_ && shape_ == other.shape_ && bytes() == other.bytes() &&
          strings_ == other.strings_;
 }
 

@@ -160,7 +160,7 @@ void TensorToProto(const Tensor& tensor, TensorProto* proto) {
   if (tensor.dtype() == DT_STRING) {
     proto->set_content(EncodeStrings(tensor.strings()));
   } else {
-    proto->set_content(tensor.bytes());
+    proto->set_content(tensor.bytes().data(), tensor.bytes().size());
   }
 }
 

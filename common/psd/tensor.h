@@ -2,8 +2,10 @@
 // tensor type of the client and of the shard's wire edge.
 //
 // Fixed-size elements live in one contiguous little-endian buffer in
-// row-major order; DT_STRING elements are a vector of std::string. A Tensor
-// is a value type (copyable, movable) and is thread-compatible.
+// row-major order, owned by the tensor or, for a call's argument, borrowed
+// from its caller (Borrowing); DT_STRING elements are a vector of
+// std::string. A Tensor is a value type (copyable, movable; a copy always
+// owns its elements) and is thread-compatible.
 #ifndef PSD_COMMON_TENSOR_H_
 #define PSD_COMMON_TENSOR_H_
 
@@ -68,6 +70,17 @@ class Tensor {
   // times the dtype's size.
   static absl::StatusOr<Tensor> FromBytes(DataType dtype, TensorShape shape, std::string bytes);
 
+  // A tensor whose elements are the caller's `bytes`, not copied: for an
+  // argument handed to a call that returns before the caller's buffer goes
+  // or changes (a numpy array passed to a synchronous op). The caller keeps
+  // `bytes` alive and unchanged while this tensor, or one moved from it,
+  // exists. A copy of it owns its bytes, and so does the tensor itself once
+  // its elements are asked for to be written (mutable_bytes(), data() on a
+  // non-const tensor): nothing is ever written through to the caller's
+  // buffer. Same checks as FromBytes.
+  static absl::StatusOr<Tensor> Borrowing(DataType dtype, TensorShape shape,
+                                          absl::string_view bytes);
+
   // A tensor of a fixed-size `dtype` and `shape` whose element bytes are
   // NOT initialized (allocated, advised huge pages, not zero-filled): only
   // for a destination that the caller overwrites in full before anyone
@@ -87,18 +100,31 @@ class Tensor {
   const TensorShape& shape() const { return shape_; }
   int64_t num_elements() const { return shape_.num_elements(); }
 
-  // Element access for fixed-size dtypes; T must match dtype().
+  // Element access for fixed-size dtypes; T must match dtype(). The
+  // non-const form first makes a borrowing tensor own its bytes.
   template <typename T>
-  T* data() { return reinterpret_cast<T*>(bytes_.data()); }
+  T* data() {
+    Own();
+    return reinterpret_cast<T*>(bytes_.data());
+  }
   template <typename T>
-  const T* data() const { return reinterpret_cast<const T*>(bytes_.data()); }
+  const T* data() const { return reinterpret_cast<const T*>(bytes().data()); }
   template <typename T>
   std::vector<T> ToVector() const {
     return std::vector<T>(data<T>(), data<T>() + num_elements());
   }
   // The element bytes of a fixed-size tensor (empty for strings).
-  const std::string& bytes() const { return bytes_; }
-  std::string* mutable_bytes() { return &bytes_; }
+  absl::string_view bytes() const {
+    return borrowed_ != nullptr ? absl::string_view(borrowed_, borrowed_size_)
+                                : absl::string_view(bytes_);
+  }
+  // The owned element bytes (a borrowing tensor copies them first).
+  std::string* mutable_bytes() {
+    Own();
+    return &bytes_;
+  }
+  // Whether the elements are a caller's buffer (Borrowing), not yet copied.
+  bool borrows() const { return borrowed_ != nullptr; }
   const std::vector<std::string>& strings() const { return strings_; }
   std::vector<std::string>* mutable_strings() { return &strings_; }
 
@@ -111,11 +137,27 @@ class Tensor {
   bool operator==(const Tensor& other) const;
   bool operator!=(const Tensor& other) const { return !(*this == other); }
 
+  // Copies own their bytes (a copy of a borrowing tensor too); a move
+  // takes the borrow along.
+  Tensor(const Tensor& other);
+  Tensor& operator=(const Tensor& other);
+  Tensor(Tensor&& other) noexcept;
+  Tensor& operator=(Tensor&& other) noexcept;
+  ~Tensor() = default;
+
  private:
+  void Own() {
+    if (borrowed_ != nullptr) OwnBorrowed();
+  }
+  void OwnBorrowed();
+
   DataType dtype_ = DT_INVALID;
   TensorShape shape_;
-  std::string bytes_;                 // fixed-size dtypes
+  std::string bytes_;                 // fixed-size dtypes, unless borrowed_
   std::vector<std::string> strings_;  // DT_STRING
+  // Borrowing: the caller's element bytes, in place of bytes_ (not owned).
+  const char* borrowed_ = nullptr;
+  size_t borrowed_size_ = 0;
 };
 
 template <typename T>

@@ -520,7 +520,7 @@ TEST_F(ShardTest, DuplicateStreamedAssignIsAppliedOnce) {
     *header->mutable_request_id() = id;
     ASSERT_TRUE(writer->Write(message));
     message.clear_header();
-    message.set_content(ones.bytes());
+    message.set_content(std::string(ones.bytes()));
     ASSERT_TRUE(writer->Write(message));
     ASSERT_TRUE(writer->WritesDone());
     ASSERT_TRUE(IsOk(FromGrpcStatus(writer->Finish()))) << "attempt " << attempt;

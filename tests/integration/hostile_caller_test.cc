@@ -1006,7 +1006,7 @@ class CutStreamTest : public ShardTest {
     writer->Write(message);
     message.clear_header();
     for (size_t off = 0; off < send; off += 64 << 10) {
-      message.set_content(value.bytes().substr(off, std::min<size_t>(64 << 10, send - off)));
+      message.set_content(std::string(value.bytes().substr(off, std::min<size_t>(64 << 10, send - off))));
       if (!writer->Write(message)) break;
     }
     context.TryCancel();
@@ -1035,7 +1035,7 @@ class CutStreamTest : public ShardTest {
     testing_net::RawConnection connection(process_->port());
     ASSERT_TRUE(connection.connected());
     AssignStreamRequest message = Header(name, value, false);
-    message.set_content(value.bytes().substr(0, 8000));
+    message.set_content(std::string(value.bytes().substr(0, 8000)));
     const std::string bytes = message.SerializeAsString();
     // The message announces twice its length: the connection drops inside it.
     connection.Send(h2::Preface() + h2::Headers(1, "/psd.Shard/AssignStream") +

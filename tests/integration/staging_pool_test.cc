@@ -88,10 +88,10 @@ class StagingPoolTest : public ShardTest {
     header->set_validate_shape(true);
     writer->Write(message);
     message.clear_header();
-    const std::string& bytes = value.bytes();
+    absl::string_view bytes = value.bytes();
     const size_t send = bytes.size() / 3;
     for (size_t off = 0; off < send; off += 256 << 10) {
-      message.set_content(bytes.substr(off, std::min<size_t>(256 << 10, send - off)));
+      message.set_content(std::string(bytes.substr(off, std::min<size_t>(256 << 10, send - off))));
       if (!writer->Write(message)) break;
     }
     context.TryCancel();

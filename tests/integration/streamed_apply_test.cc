@@ -102,10 +102,10 @@ class StreamedApplyTest : public ShardTest {
     header->mutable_apply()->mutable_optimizer()->mutable_adagrad()->set_learning_rate(0.5);
     writer->Write(message);
     message.clear_header();
-    const std::string& bytes = gradient.bytes();
+    absl::string_view bytes = gradient.bytes();
     const size_t send = cut ? bytes.size() / 3 : bytes.size();
     for (size_t off = 0; off < send; off += 32 << 10) {
-      message.set_content(bytes.substr(off, std::min<size_t>(32 << 10, send - off)));
+      message.set_content(std::string(bytes.substr(off, std::min<size_t>(32 << 10, send - off))));
       if (!writer->Write(message)) break;
     }
     if (cut) {

@@ -137,7 +137,7 @@ TEST_F(BundleTest, StreamingInChunksEqualsAdd) {
     auto writer = *BundleWriter::Create(Prefix("streamed"));
     ASSERT_TRUE(writer->Add("first", Tensor::Scalar<int64_t>(7)).ok());
     ASSERT_TRUE(writer->BeginTensor("big", DT_FLOAT, big.shape()).ok());
-    const std::string& bytes = big.bytes();
+    absl::string_view bytes = big.bytes();
     for (size_t pos = 0; pos < bytes.size(); pos += 4099) {
       ASSERT_TRUE(writer->AppendData(absl::string_view(bytes).substr(pos, 4099)).ok());
     }

@@ -83,7 +83,7 @@ std::string SliceBytes(const Tensor& whole, const TensorShape& slice,
       global += (coord[d] + offset[d]) * stride;
       stride *= whole.shape().dim(d);
     }
-    out.append(whole.bytes(), global * elem, elem);
+    out.append(whole.bytes().data() + global * elem, elem);
   }
   return out;
 }

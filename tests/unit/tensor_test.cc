@@ -134,6 +134,58 @@ TEST(TensorTest, FromBytesAdoptsExactlyTheElementBytes) {
   EXPECT_FALSE(Tensor::FromBytes(DT_STRING, TensorShape{}, "").ok());
 }
 
+// A tensor that borrows a caller's buffer (a numpy array's) reads it in
+// place and never writes it: copies own their bytes, and so does the tensor
+// once its elements are asked for to be written.
+TEST(TensorTest, ABorrowingTensorReadsTheCallersBytesAndNeverWritesThem) {
+  float caller[3] = {1.5f, -2.0f, 3.25f};
+  const absl::string_view bytes(reinterpret_cast<const char*>(caller), sizeof(caller));
+  auto view = Tensor::Borrowing(DT_FLOAT, TensorShape{3}, bytes);
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_TRUE(view->borrows());
+  EXPECT_EQ(view->bytes().data(), bytes.data());
+  EXPECT_EQ(view->ToVector<float>(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
+
+  Tensor copy = *view;
+  EXPECT_FALSE(copy.borrows());
+  EXPECT_NE(copy.bytes().data(), bytes.data());
+  EXPECT_EQ(copy, *view);
+  Tensor assigned(DT_INT32, TensorShape{7});
+  assigned = *view;
+  EXPECT_FALSE(assigned.borrows());
+  EXPECT_EQ(assigned, *view);
+
+  Tensor moved = std::move(*view);
+  EXPECT_TRUE(moved.borrows());
+  EXPECT_EQ(moved.bytes().data(), bytes.data());
+  Tensor written = moved;  // the copy, written through data()
+  moved.data<float>()[0] = 9.0f;
+  EXPECT_FALSE(moved.borrows());
+  EXPECT_EQ(caller[0], 1.5f);
+  EXPECT_EQ(moved.data<float>()[0], 9.0f);
+  EXPECT_EQ(written.data<float>()[0], 1.5f);
+
+  auto second = Tensor::Borrowing(DT_FLOAT, TensorShape{3}, bytes);
+  ASSERT_TRUE(second.ok());
+  second->mutable_bytes()->at(0) = 0x7f;
+  EXPECT_EQ(caller[0], 1.5f);
+  // A read's destination: the borrowed buffer is not reused.
+  auto third = Tensor::Borrowing(DT_FLOAT, TensorShape{3}, bytes);
+  ASSERT_TRUE(third.ok());
+  third->ResetForOverwrite(DT_FLOAT, TensorShape{3});
+  EXPECT_FALSE(third->borrows());
+  third->data<float>()[1] = 4.0f;
+  EXPECT_EQ(caller[1], -2.0f);
+
+  auto wrong = Tensor::Borrowing(DT_FLOAT, TensorShape{4}, bytes);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong.status().message(), HasSubstr("float32[4] needs 16 bytes, got 12"));
+  EXPECT_FALSE(Tensor::Borrowing(DT_STRING, TensorShape{}, "").ok());
+  auto empty = Tensor::Borrowing(DT_FLOAT, TensorShape{0}, absl::string_view());
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->num_elements(), 0);
+}
+
 TEST(TensorTest, ResetForOverwriteKeepsAFittingBufferAndReplacesOthers) {
   Tensor t(DT_FLOAT, TensorShape{6});
   t.data<float>()[5] = 7.0f;

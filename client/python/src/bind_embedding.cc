@@ -74,8 +74,8 @@ using ScatterFn = absl::Status (EmbeddingVariable::*)(const Tensor&, const Tenso
                                                       const KeyedOpOptions&) const;
 void Scatter(const PyEmbedding& e, ScatterFn fn, const py::handle& keys, const py::handle& rows,
              int64_t global_step) {
-  Tensor k = ToTensor(keys, e.table.key_dtype());
-  Tensor r = ToTensor(rows, e.table.dtype());
+  Tensor k = ViewOf(keys, e.table.key_dtype());
+  Tensor r = ViewOf(rows, e.table.dtype());
   Check(Run(e.holder, [&] { return (e.table.*fn)(k, r, Options(global_step)); }));
 }
 
@@ -99,7 +99,7 @@ void BindEmbedding(py::module_& m) {
       })
       .def("gather", [](const PyEmbedding& e, const py::handle& keys, int64_t global_step,
                         bool inference) {
-        Tensor k = ToTensor(keys, e.table.key_dtype());
+        Tensor k = ViewOf(keys, e.table.key_dtype());
         return ToNumpy(Unwrap(
             Run(e.holder, [&] { return e.table.Gather(k, Options(global_step, inference)); })));
       })
@@ -128,7 +128,7 @@ void BindEmbedding(py::module_& m) {
         Check(Run(e.holder, [&] { return e.table.Import(rows, s); }));
       })
       .def("delete_keys", [](const PyEmbedding& e, const py::handle& keys) {
-        Tensor k = ToTensor(keys, e.table.key_dtype());
+        Tensor k = ViewOf(keys, e.table.key_dtype());
         return Unwrap(Run(e.holder, [&] { return e.table.DeleteKeys(k); }));
       })
       .def("evict", [](const PyEmbedding& e, int64_t global_step) {

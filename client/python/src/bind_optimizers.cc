@@ -103,15 +103,21 @@ void BindOptimizers(py::module_& m) {
       .def("apply_gradients", [](PyOptimizer& o, const py::list& grads, int64_t global_step) {
         std::vector<std::pair<client::Gradient, Variable>> pairs;
         pairs.reserve(grads.size());
+        // The gradients are views of the arrays (ViewOf), held here for the
+        // call: the list is the caller's, and another thread may change it
+        // while the GIL is released.
+        std::vector<py::tuple> held;
+        held.reserve(grads.size());
         for (const py::handle& item : grads) {
-          py::tuple t = item.cast<py::tuple>();
+          held.push_back(item.cast<py::tuple>());
+          const py::tuple& t = held.back();
           const PyVariable& v = t[0].cast<const PyVariable&>();
           if (t.size() == 2) {
-            pairs.emplace_back(ToTensor(t[1], v.var.dtype()), v.var);
+            pairs.emplace_back(ViewOf(t[1], v.var.dtype()), v.var);
           } else {
             client::IndexedSlices slices;
-            slices.indices = ToTensor(t[1], t[2].cast<int>());
-            slices.values = ToTensor(t[3], v.var.dtype());
+            slices.indices = ViewOf(t[1], t[2].cast<int>());
+            slices.values = ViewOf(t[3], v.var.dtype());
             if (t.size() > 4 && !t[4].is_none()) {
               slices.dense_shape =
                   Unwrap(TensorShape::Make(t[4].cast<std::vector<int64_t>>(), "dense_shape"));

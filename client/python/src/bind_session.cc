@@ -87,7 +87,7 @@ py::dict PartToDict(const client::PartInfo& p) {
 // Data ops returning the value after the update when asked.
 using UpdateFn = absl::Status (Variable::*)(const Tensor&, Tensor*) const;
 py::object Update(const PyVariable& v, UpdateFn fn, const py::handle& value, bool read_value) {
-  Tensor t = ToTensor(value, v.var.dtype());
+  Tensor t = ViewOf(value, v.var.dtype());
   std::optional<Tensor> after;
   if (read_value) after.emplace();
   Check(Run(v.holder, [&] { return (v.var.*fn)(t, after.has_value() ? &*after : nullptr); }));
@@ -98,8 +98,8 @@ py::object Update(const PyVariable& v, UpdateFn fn, const py::handle& value, boo
 using ScatterFn = absl::Status (Variable::*)(const Tensor&, const Tensor&) const;
 void Scatter(const PyVariable& v, ScatterFn fn, const py::handle& indices, int indices_dtype,
              const py::handle& updates) {
-  Tensor i = ToTensor(indices, indices_dtype);
-  Tensor u = ToTensor(updates, v.var.dtype());
+  Tensor i = ViewOf(indices, indices_dtype);
+  Tensor u = ViewOf(updates, v.var.dtype());
   Check(Run(v.holder, [&] { return (v.var.*fn)(i, u); }));
 }
 
@@ -215,7 +215,7 @@ void BindSession(py::module_& m) {
         return ToNumpy(Unwrap(Run(v.holder, [&] { return v.var.Read(); })));
       })
       .def("gather", [](const PyVariable& v, const py::handle& indices, int indices_dtype) {
-        Tensor i = ToTensor(indices, indices_dtype);
+        Tensor i = ViewOf(indices, indices_dtype);
         return ToNumpy(Unwrap(Run(v.holder, [&] { return v.var.Gather(i); })));
       })
       .def("assign", [](const PyVariable& v, const py::handle& x, bool read_value,
@@ -224,7 +224,7 @@ void BindSession(py::module_& m) {
           return Update(v, static_cast<UpdateFn>(&Variable::Assign), x, read_value);
         }
         // A new shape: the value is converted as given, not to the old shape.
-        Tensor t = ToTensor(x, v.var.dtype());
+        Tensor t = ViewOf(x, v.var.dtype());
         client::AssignOptions options;
         options.validate_shape = false;
         std::optional<Tensor> after;

@@ -128,7 +128,7 @@ void BindShard(py::module_& m) {
       // dtype (`dtype`): the low level converts nothing.
       .def("assign_add", [](const PyShard& s, const std::string& name, const py::handle& value,
                             int dtype) {
-        Tensor t = ToTensor(value, dtype);
+        Tensor t = ViewOf(value, dtype);
         py::gil_scoped_release release;
         Check(s.client->AssignAdd(name, t));
       })
@@ -171,14 +171,14 @@ void BindShard(py::module_& m) {
       .def_property_readonly("address", &client::ShardApplier::address)
       .def("apply_dense", [](client::ShardApplier& a, const std::string& var,
                              const PyOptimizerConfig& c, const py::handle& grad, int dtype) {
-        Tensor g = ToTensor(grad, dtype);
+        Tensor g = ViewOf(grad, dtype);
         py::gil_scoped_release release;
         return Unwrap(a.ApplyDense(var, c.config, g));
       })
       .def("apply_sparse", [](client::ShardApplier& a, const std::string& var,
                               const PyOptimizerConfig& c, const py::handle& indices,
                               int indices_dtype, const py::handle& values, int dtype) {
-        client::SparseGradient g{ToTensor(indices, indices_dtype), ToTensor(values, dtype)};
+        client::SparseGradient g{ViewOf(indices, indices_dtype), ViewOf(values, dtype)};
         py::gil_scoped_release release;
         return Unwrap(a.ApplySparse(var, c.config, g));
       });

@@ -30,12 +30,41 @@ DataType CheckedDtype(int dtype) {
   return static_cast<DataType>(dtype);
 }
 
-Tensor ToTensor(const py::handle& obj, int dtype_int) {
-  const DataType dtype = CheckedDtype(dtype_int);
+namespace {
+
+py::array CheckedArray(const py::handle& obj) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error("psclient internal: expected a numpy array");
   }
-  py::array a = py::reinterpret_borrow<py::array>(obj);
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+// The elements of a fixed-size `dtype` array, checked to be laid out as a
+// Tensor's: C-contiguous, items of the dtype's size.
+absl::string_view ElementBytes(const py::array& a, DataType dtype) {
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error("psclient internal: array is not C-contiguous");
+  }
+  if (static_cast<size_t>(a.itemsize()) != DataTypeSize(dtype)) {
+    throw py::type_error("psclient internal: array item size " + std::to_string(a.itemsize()) +
+                         " does not match " + DataTypeName(dtype));
+  }
+  return absl::string_view(static_cast<const char*>(a.data()), static_cast<size_t>(a.nbytes()));
+}
+
+}  // namespace
+
+Tensor ViewOf(const py::handle& obj, int dtype_int) {
+  const DataType dtype = CheckedDtype(dtype_int);
+  if (dtype == DT_STRING) return ToTensor(obj, dtype_int);
+  py::array a = CheckedArray(obj);
+  TensorShape shape = Unwrap(TensorShape::Make(ShapeOf(a), "value"));
+  return Unwrap(Tensor::Borrowing(dtype, std::move(shape), ElementBytes(a, dtype)));
+}
+
+Tensor ToTensor(const py::handle& obj, int dtype_int) {
+  const DataType dtype = CheckedDtype(dtype_int);
+  py::array a = CheckedArray(obj);
   TensorShape shape = Unwrap(TensorShape::Make(ShapeOf(a), "value"));
   if (dtype == DT_STRING) {
     if (a.dtype().kind() != 'O') throw py::type_error("string tensors need an object array");
@@ -60,15 +89,9 @@ Tensor ToTensor(const py::handle& obj, int dtype_int) {
     }
     return Unwrap(Tensor::FromStrings(std::move(shape), std::move(values)));
   }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error("psclient internal: array is not C-contiguous");
-  }
-  if (static_cast<size_t>(a.itemsize()) != DataTypeSize(dtype)) {
-    throw py::type_error("psclient internal: array item size " + std::to_string(a.itemsize()) +
-                         " does not match " + DataTypeName(dtype));
-  }
-  const char* src = static_cast<const char*>(a.data());
-  const size_t nbytes = static_cast<size_t>(a.nbytes());
+  const absl::string_view elements = ElementBytes(a, dtype);
+  const char* src = elements.data();
+  const size_t nbytes = elements.size();
   if (nbytes == 0) return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string()));
   if (nbytes < kReleaseGilForCopyBytes) {
     return Unwrap(Tensor::FromBytes(dtype, std::move(shape), std::string(src, nbytes)));
@@ -138,6 +161,13 @@ void BindTensors(py::module_& m) {
   m.def("numpy_dtype", [](int d) { return NumpyDtype(CheckedDtype(d)); });
   // A Tensor round trip with no server: numpy -> Tensor -> numpy (tests).
   m.def("_round_trip", [](const py::handle& a, int dtype) { return ToNumpy(ToTensor(a, dtype)); });
+  // The same through a borrowing view: copied once, by ToNumpy's copy of
+  // the view (it must not alias the argument).
+  m.def("_view_round_trip", [](const py::handle& a, int dtype) {
+    const Tensor view = ViewOf(a, dtype);
+    Tensor copy = view;
+    return ToNumpy(std::move(copy));
+  });
 
   // Initializers and partitioners are opaque specs built here.
   py::class_<InitializerSpec>(m, "InitializerSpec")

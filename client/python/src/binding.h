@@ -75,6 +75,15 @@ DataType CheckedDtype(int dtype);
 // the Tensor adopts (no zero fill), GIL released for big arrays.
 Tensor ToTensor(const py::handle& obj, int dtype_int);
 
+// The same array as a Tensor that borrows its elements (Tensor::Borrowing),
+// not copied: only for an argument of a synchronous op that the binding's
+// caller holds for the whole call (a bound function's own argument; an
+// array reached through a container is held by a reference the binding
+// keeps). Another Python thread writing into the array meanwhile races
+// with the op's read of it, as with any buffer-protocol consumer. Strings
+// are converted as by ToTensor.
+Tensor ViewOf(const py::handle& obj, int dtype_int);
+
 // The numpy dtype of a psd dtype; bfloat16 has none in numpy, its raw bits
 // travel as uint16.
 py::dtype NumpyDtype(DataType dtype);

@@ -6,17 +6,19 @@
 // psclient.errors picks for its code. The Python idiom (context managers,
 // dtypes, TensorFlow names) lives in the psclient package around it.
 //
-// Copies. An array going in (through the buffer protocol: a C-contiguous
-// array of the variable's dtype is taken as it is, no Python-level copy) is
-// copied once, in one pass and with the GIL released when it is big, into
-// the std::string its Tensor adopts. That copy is the floor: a Tensor owns
-// its bytes and every client call takes a Tensor, so borrowing the array's
-// memory would need a tensor view type through the whole client. From there
-// on nothing is copied before the kernel: sync calls lend the Tensor's bytes
-// to gRPC. A Tensor coming out (read, gather, read_value) is moved to the
-// heap and handed to numpy with a capsule that deletes it: the array owns
-// the received bytes, no copy. Strings are the exception both ways: one
-// Python bytes object per element.
+// Copies. An array going into a data op (assign and assign_add/sub,
+// scatter_*, gather's indices, an optimizer's gradients, an embedding
+// table's keys and rows; a C-contiguous array of the variable's dtype is
+// taken as it is, no Python-level copy) is not copied at all: the op's
+// Tensor borrows the array's memory (ViewOf, Tensor::Borrowing) for the
+// synchronous call, and the call lends it on to gRPC, so the kernel's copy
+// into the socket is the only one. Where a value is kept past the call (an
+// initial value, an initializer's constant, an import's rows) it is copied
+// once, in one pass and with the GIL released when it is big, into the
+// bytes a Tensor owns (ToTensor). A Tensor coming out (read, gather,
+// read_value) is moved to the heap and handed to numpy with a capsule that
+// deletes it: the array owns the received bytes, no copy. Strings are the
+// exception both ways: one Python bytes object per element.
 //
 // The GIL. Every call that can wait on the network (a data op, a session,
 // saver or optimizer call, the locks those calls hold while they wait) runs

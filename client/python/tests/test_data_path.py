@@ -61,6 +61,45 @@ def test_results_own_their_buffer_without_copy():
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_view_of_an_argument_is_copied_when_kept():
+    a = np.arange(1 << 16, dtype=np.float32)
+    b = _psclient._view_round_trip(a, psclient.float32.as_datatype_enum)
+    assert not np.shares_memory(a, b)
+    a[0] = -1.0
+    assert b[0] == 0.0
+
+
+def test_ops_read_the_callers_arrays_in_place_and_never_change_them(session, prefix):
+    """Data ops send numpy arguments from the arrays' own memory: the
+    arrays are unchanged by the ops, and changing them after an op returns
+    changes nothing on the shards."""
+    rows, dim = 4096, 64
+    v = psclient.get_variable(prefix, shape=[rows, dim], initializer=psclient.zeros_initializer(),
+                              initialize=True)
+    indices = np.arange(0, rows, 2, dtype=np.int64)
+    updates = np.random.default_rng(1).random((indices.size, dim), dtype=np.float32)
+    kept_indices, kept_updates = indices.copy(), updates.copy()
+    v.scatter_add(indices, updates)
+    v.scatter_sub(indices, updates)
+    v.scatter_add(indices, updates)
+    np.testing.assert_array_equal(indices, kept_indices)
+    np.testing.assert_array_equal(updates, kept_updates)
+    want = np.zeros((rows, dim), np.float32)
+    want[indices] = updates
+    updates[:] = 7.0  # after the op: not seen by the shard
+    indices[:] = 1
+    np.testing.assert_array_equal(v.read(), want)
+    np.testing.assert_array_equal(v.gather(kept_indices), kept_updates)
+
+    value = np.full((rows, dim), 2.0, np.float32)
+    after = v.assign_add(value, read_value=True)
+    assert not np.shares_memory(after, value)
+    np.testing.assert_array_equal(value, np.full((rows, dim), 2.0, np.float32))
+    np.testing.assert_array_equal(after, want + 2.0)
+    value[:] = 0.0
+    np.testing.assert_array_equal(v.read(), want + 2.0)
+
+
 def test_non_contiguous_input(session, prefix):
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
     v = psclient.get_variable(prefix, initializer=base[:, ::2], initialize=True)
