@@ -283,6 +283,30 @@ TYPED_TEST(DeviceKernelsTest, GatherCopiesRowsInIndexOrder) {
   EXPECT_EQ(FromHostBytes<E>(out), AsType<E>({9, 10, 11, 0, 1, 2, 9, 10, 11}));
 }
 
+// More indices than the CPU kernels prefetch rows ahead (8), with repeats,
+// and rows of 1 and 70 elements: each row is copied in index order.
+TYPED_TEST(DeviceKernelsTest, GatherOfManyRowsCopiesEachInIndexOrder) {
+  using E = typename TestFixture::Elem;
+  constexpr int64_t kRows = 12;
+  for (const int64_t row : {int64_t{1}, int64_t{70}}) {
+    std::vector<double> initial(kRows * row);
+    for (size_t i = 0; i < initial.size(); ++i) {
+      initial[i] = std::is_same_v<E, bool> ? static_cast<double>((i * 7 / 3) % 2)
+                                           : static_cast<double>(i % 100);
+    }
+    std::vector<int64_t> indices;
+    for (int64_t k = 0; k < 40; ++k) indices.push_back((k * 7 + k / 5) % kRows);
+    std::vector<double> want;
+    for (int64_t index : indices) {
+      want.insert(want.end(), initial.begin() + index * row, initial.begin() + (index + 1) * row);
+    }
+    auto buffer = this->template BufferWith<E>(initial);
+    std::string out(indices.size() * row * sizeof(E), '\0');
+    ASSERT_TRUE(this->device_->Gather(TestFixture::kDtype, *buffer, row, indices, out.data()).ok());
+    EXPECT_EQ(FromHostBytes<E>(out), AsType<E>(want)) << "rows of " << row;
+  }
+}
+
 TYPED_TEST(DeviceKernelsTest, ZeroElementUpdatesAreNoOps) {
   auto buffer = this->device_->Allocate(0);
   ASSERT_TRUE(buffer.ok());
@@ -335,6 +359,32 @@ TYPED_TEST(ArithmeticKernelsTest, ScatterAddAndSubAccumulateDuplicates) {
   for (double v : kMatrix) big.push_back(v + 20);
   EXPECT_THAT(this->Scatter(UpdateKind::kSub, big, 3, {2, 0, 2}, updates, false),
               ElementsAre(16, 16, 16, 23, 24, 25, 18, 17, 16, 29, 30, 31));
+}
+
+// More indices than the CPU kernels prefetch rows ahead (8), with repeats,
+// and rows of 1 and 70 elements: every update lands, in order, as a plain
+// loop over the indices makes it.
+TYPED_TEST(ArithmeticKernelsTest, ScatterAddOfManyRowsMatchesAnInOrderLoop) {
+  constexpr int64_t kRows = 12;
+  for (const int64_t row : {int64_t{1}, int64_t{70}}) {
+    std::vector<int64_t> indices;
+    for (int64_t k = 0; k < 40; ++k) indices.push_back((k * 7 + k / 5) % kRows);
+    std::vector<double> initial(kRows * row), updates(indices.size() * row);
+    for (size_t i = 0; i < initial.size(); ++i) initial[i] = static_cast<double>(i % 9);
+    for (size_t i = 0; i < updates.size(); ++i) updates[i] = static_cast<double>(i % 3 + 1);
+    std::vector<double> want = initial;
+    for (size_t k = 0; k < indices.size(); ++k) {
+      for (int64_t e = 0; e < row; ++e) want[indices[k] * row + e] += updates[k * row + e];
+    }
+    EXPECT_EQ(this->Scatter(UpdateKind::kAdd, initial, row, indices, updates, false), want)
+        << "rows of " << row;
+    std::vector<double> scalar_want = initial;
+    for (int64_t index : indices) {
+      for (int64_t e = 0; e < row; ++e) scalar_want[index * row + e] += 2;
+    }
+    EXPECT_EQ(this->Scatter(UpdateKind::kAdd, initial, row, indices, {2}, true), scalar_want)
+        << "rows of " << row;
+  }
 }
 
 TYPED_TEST(ArithmeticKernelsTest, ScatterScalarAddAccumulatesDuplicates) {
