@@ -41,6 +41,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/synchronization/mutex.h"
 #include "binding.h"
 #include "psd/channel_security.h"
 
@@ -49,6 +50,13 @@ namespace python {
 
 PYBIND11_MODULE(_psclient, m) {
   m.doc() = "psd C++ client binding; use the psclient package, not this module";
+  // abseil's mutex deadlock detection is a debugging aid that Debian's
+  // abseil leaves on: every lock of the client's data path then also
+  // updates a process-wide lock-order graph under one global lock, which
+  // Python threads calling at once contend for. The shards turn it off
+  // for the same reason (server/shard/process_tuning.h). It only reports:
+  // no lock behaves otherwise without it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {
