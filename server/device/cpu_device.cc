@@ -13,12 +13,12 @@
 #include <new>
 #include <type_traits>
 
-#include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
 #include "device/cpu_optimizer_kernels.h"
 #include "device/device.h"
 #include "device/device_checks.h"
 #include "device/initializers.h"
+#include "device/prefetch.h"
 #include "psd/dtype.h"
 #include "psd/float16.h"
 #include "psd/huge_pages.h"
@@ -139,33 +139,20 @@ void ApplyScalar(T* dst, T value, int64_t n) {
 }
 
 // Rows addressed by index (scatter, gather) are prefetched this many rows
-// ahead. A random row of a big variable is a cache miss, often a TLB miss
-// too, and a loop that waits for each row in turn keeps one miss in flight;
-// asking for the rows ahead keeps several. On 4096 distinct random rows of
+// ahead (device/prefetch.h). On 4096 distinct random rows of
 // 64 floats in a 256 MiB variable (this project's 2-core VM, huge pages)
 // scatter_add's loop took 2.4x less time and gather's 4.5x; 4 and 16 rows
 // ahead were within 10% of 8.
 constexpr size_t kPrefetchRowsAhead = 8;
 
-// Asks for the first cache lines of the row kPrefetchRowsAhead positions
-// after `k` in `indices`, if there is one (up to 4 lines: the hardware's
-// own prefetcher follows a longer row once it is being read in order), each
-// row `row_bytes` long from `base`. A prefetch is a hint: it neither faults
-// nor changes memory. Rows about to be written are prefetched as for a read
-// too: the baseline x86-64 target has no write prefetch, and the compiler
-// drops one it cannot emit. Always inlined: GCC counts a function whose
-// only effect is a prefetch as free of side effects, and drops calls to it
-// that it did not inline early.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline void PrefetchRowAhead(const void* base,
-                                                         absl::Span<const int64_t> indices,
-                                                         size_t k, size_t row_bytes) {
+// Asks for the row kPrefetchRowsAhead positions after `k` in `indices`, if
+// there is one, each row `row_bytes` long from `base`.
+inline void PrefetchRowAhead(const void* base, absl::Span<const int64_t> indices, size_t k,
+                             size_t row_bytes) {
   if (k + kPrefetchRowsAhead >= indices.size()) return;
-  const char* row = static_cast<const char*>(base) +
-                    static_cast<size_t>(indices[k + kPrefetchRowsAhead]) * row_bytes;
-  const size_t bytes = std::min<size_t>(row_bytes, 4 * kAlignment);
-  for (size_t offset = 0; offset < bytes; offset += kAlignment) {
-    __builtin_prefetch(row + offset, /*rw=*/0, /*locality=*/3);
-  }
+  device_internal::PrefetchRow(static_cast<const char*>(base) +
+                                   static_cast<size_t>(indices[k + kPrefetchRowsAhead]) * row_bytes,
+                               row_bytes);
 }
 
 // Calls fn(Op{}) with the op type of `op`, or fails if T has no arithmetic.

@@ -31,6 +31,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "device/device_checks.h"
+#include "device/prefetch.h"
 #include "psd/dtype.h"
 #include "psd/float16.h"
 
@@ -60,6 +61,8 @@ const char* OptimizerName(OptimizerKind kind) {
 
 namespace internal {
 namespace {
+
+using device_internal::PrefetchRow;
 
 constexpr int kMaxSlots = 3;
 constexpr int64_t kBlock = 1024;
@@ -366,26 +369,6 @@ SparseScratch<C>& ThreadScratch() {
   return scratch;
 }
 
-// Asks for one cache line. Not __builtin_prefetch: GCC (12) deletes a loop
-// whose only statements are prefetches as a loop without side effects, which
-// left the row prefetch below compiled to nothing.
-inline void PrefetchLine(const char* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*p));  // SSE: on every x86-64
-#else
-  __builtin_prefetch(p);
-#endif
-}
-
-// Asks for the start of a row that will be updated soon: sparse updates
-// touch rows scattered over large buffers, so each row is a cache miss.
-template <typename T>
-inline void PrefetchRow(T* row, int64_t row_elements) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = std::min<int64_t>(row_elements * sizeof(T), 1024);
-  for (int64_t b = 0; b < bytes; b += 64) PrefetchLine(p + b);
-}
-
 template <typename T>
 [[maybe_unused]] void Slots(absl::Span<DeviceBuffer* const> slots, T* out[kMaxSlots]) {
   for (size_t k = 0; k < slots.size(); ++k) out[k] = static_cast<T*>(slots[k]->data());
@@ -530,8 +513,8 @@ absl::Status CpuApplyOptimizerRows(const OptimizerParams& params, DataType dtype
           auto prefetch = [&](size_t u) {
             void* const* r = rows.data() + u * stride;
             if (r[0] == nullptr) return;
-            PrefetchRow(static_cast<T*>(r[0]), row_elements);
-            for (int k = 0; k < num_slots; ++k) PrefetchRow(static_cast<T*>(r[1 + k]), row_elements);
+            PrefetchRow(r[0], row_elements * sizeof(T));
+            for (int k = 0; k < num_slots; ++k) PrefetchRow(r[1 + k], row_elements * sizeof(T));
             if (summed == 0) PrefetchRow(in + groups.first(u) * row_bytes, row_bytes);
           };
           for (size_t u = 0; u < std::min(kAhead, distinct); ++u) prefetch(u);
