@@ -1,5 +1,5 @@
 // Prefetch hints for the CPU kernels that touch rows scattered over large
-// buffers (scatter, gather, sparse optimizer applies). A random row of a big
+// buffers (scatter, gather, sparse optimizer applies, embedding tables). A random row of a big
 // variable is a cache miss, often a TLB miss too, and a loop that waits for
 // each row in turn keeps one miss in flight; asking for the rows some
 // positions ahead keeps several. A prefetch is a hint: it neither faults
@@ -25,7 +25,9 @@ inline void PrefetchLine(const void* p) {
 }
 
 // Asks for the start of a row of `row_bytes` (at most 1 KiB of it: the
-// hardware's own prefetcher follows a longer row once it is read in order).
+// hardware's own prefetcher follows a longer row once it is read in order,
+// and more would push a batch's earlier rows out of the cache before they
+// are used).
 inline void PrefetchRow(const void* row, size_t row_bytes) {
   const char* p = static_cast<const char*>(row);
   const size_t bytes = std::min<size_t>(row_bytes, 1024);

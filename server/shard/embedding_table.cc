@@ -39,6 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "device/cpu_optimizer_kernels.h"
 #include "device/initializers.h"
+#include "device/prefetch.h"
 #include "psd/dtype.h"
 #include "psd/embedding_keys.h"
 #include "psd/float16.h"
@@ -425,7 +426,7 @@ class EmbeddingTable::Impl {
           ids[k] = it == index_.end() ? kNoRow : it->second;
           if (ids[k] != kNoRow && column == 0) {
             const char* p = entries_.Row(ids[k]);
-            for (size_t b = 0; b < prefetch_bytes_; b += 64) __builtin_prefetch(p + b);
+            device_internal::PrefetchRow(p, entries_.row_bytes());
           }
         }
         bool all = true;
@@ -1110,7 +1111,7 @@ class EmbeddingTable::Impl {
       ids[k] = it->second;
       // The op reads the row next: ask for it while the index is searched.
       const char* row = entries_.Row(it->second);
-      for (size_t b = 0; b < prefetch_bytes_; b += 64) __builtin_prefetch(row + b, 1);
+      device_internal::PrefetchRow(row, entries_.row_bytes());
     }
     return &ids;
   }
@@ -1452,9 +1453,6 @@ class EmbeddingTable::Impl {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<int64_t, uint32_t> index_ ABSL_GUARDED_BY(mu_);
   Slab entries_ ABSL_GUARDED_BY(mu_);
-  // The head of a row asked for ahead of use (at most 1 KiB: more would
-  // push a batch's rows out of the cache before they are read).
-  const size_t prefetch_bytes_ = std::min<size_t>(entries_.row_bytes(), 1024);
   const int64_t row_charge_;       // bytes charged per row: slab row and index
   const int64_t slot_row_charge_;  // bytes charged per slot row
   std::vector<std::unique_ptr<SlotColumn>> slots_ ABSL_GUARDED_BY(mu_);  // column c at c - 1
