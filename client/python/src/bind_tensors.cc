@@ -161,8 +161,8 @@ void BindTensors(py::module_& m) {
   m.def("numpy_dtype", [](int d) { return NumpyDtype(CheckedDtype(d)); });
   // A Tensor round trip with no server: numpy -> Tensor -> numpy (tests).
   m.def("_round_trip", [](const py::handle& a, int dtype) { return ToNumpy(ToTensor(a, dtype)); });
-  // The same through a borrowing view: copied once, by ToNumpy's copy of
-  // the view (it must not alias the argument).
+  // The same through a borrowing view and a copy of it (tests: the copy
+  // owns its bytes, so the array it becomes does not alias the argument).
   m.def("_view_round_trip", [](const py::handle& a, int dtype) {
     const Tensor view = ViewOf(a, dtype);
     Tensor copy = view;
