@@ -157,7 +157,8 @@ def float32_to_bfloat16(values):
 
 def to_array(value, dtype):
     """`value` as a C-contiguous numpy array of `dtype`'s numpy dtype, the form
-    the extension copies into a psd Tensor. No copy when it already is one.
+    the extension takes (data ops read it in place; kept values are copied
+    once). No copy when it already is one.
 
     numpy arrays of another dtype are cast when numpy's 'same_kind' rule allows
     it (float64 -> float32, int -> float, ...); Python scalars and lists are
