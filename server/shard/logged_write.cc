@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -41,8 +42,10 @@ grpc::Slice NewBuffer(size_t bytes, uint8_t** data) {
 // Writes the headers of `path` (outer first) around `inner` bytes; returns
 // where the inner bytes go. `lengths` are the fields' lengths (from
 // NestedLengths).
-uint8_t* WriteHeaders(absl::Span<const int> path, const std::vector<uint64_t>& lengths,
-                      uint8_t* p) {
+// A path's field lengths: no allocation for the paths used (at most 4).
+using PathLengths = absl::InlinedVector<uint64_t, 4>;
+
+uint8_t* WriteHeaders(absl::Span<const int> path, const PathLengths& lengths, uint8_t* p) {
   size_t i = 0;
   for (int field : path) p = WriteHeader(field, lengths[i++], p);
   return p;
@@ -50,9 +53,8 @@ uint8_t* WriteHeaders(absl::Span<const int> path, const std::vector<uint64_t>& l
 
 // The length of each field of `path` (outer first) holding `inner` bytes;
 // *total is the bytes of the outermost field with its header.
-std::vector<uint64_t> NestedLengths(absl::Span<const int> path, uint64_t inner,
-                                    uint64_t* total) {
-  std::vector<uint64_t> lengths(path.size());
+PathLengths NestedLengths(absl::Span<const int> path, uint64_t inner, uint64_t* total) {
+  PathLengths lengths(path.size());
   uint64_t length = inner;
   for (size_t i = path.size(); i-- > 0;) {
     lengths[i] = length;
@@ -78,7 +80,7 @@ grpc::Slice EncodeLoggedWrite(const MoveWrite& write) {
 grpc::Slice EncodeLoggedRequest(uint64_t caller, absl::Span<const int> path,
                                 const google::protobuf::MessageLite& request) {
   uint64_t nested;
-  const std::vector<uint64_t> lengths = NestedLengths(path, request.ByteSizeLong(), &nested);
+  const PathLengths lengths = NestedLengths(path, request.ByteSizeLong(), &nested);
   // proto3 leaves a zero caller out, as protobuf does.
   const uint32_t caller_tag =
       WireFormatLite::MakeTag(MoveWrite::kCallerFieldNumber, WireFormatLite::WIRETYPE_FIXED64);
@@ -106,7 +108,7 @@ void SetLoggedRequest(absl::Span<const int> path, const google::protobuf::Messag
 grpc::Slice EncodeLoggedWithContent(const MoveWrite& fields, absl::Span<const int> path,
                                     size_t content_bytes, char** content) {
   uint64_t nested;
-  const std::vector<uint64_t> lengths = NestedLengths(path, content_bytes, &nested);
+  const PathLengths lengths = NestedLengths(path, content_bytes, &nested);
   const size_t head = fields.ByteSizeLong();
   uint8_t* p;
   grpc::Slice slice = NewBuffer(head + nested, &p);
