@@ -189,6 +189,7 @@ struct MoveIn {
     std::string name;
     int64_t received = 0;
     int64_t total = 0;
+    bool apply = false;  // a streamed apply's gradient, not an assign's value
   };
   std::map<uint64_t, Staged> staged ABSL_GUARDED_BY(apply_mu);
 };

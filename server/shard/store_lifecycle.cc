@@ -412,8 +412,9 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   }
   // Before any variable lock (a moving group's order lock comes first):
   // the groups of the variables about to change that move out or have
-  // backups. A value a pull of the log cannot carry (or strings) is not
-  // forwarded: those moves and follows end first (NoteUnforwardedWrite).
+  // backups. A value a pull of the log cannot carry is not forwarded:
+  // those moves and follows end first (NoteUnforwardedWrite). Strings are
+  // sized only once made: one whose encoding is too big ends them after.
   std::map<std::string, std::vector<std::shared_ptr<MoveOut>>> moves_of;
   std::vector<std::shared_ptr<MoveOut>> moves;  // every one of them, by id
   if (moving_out_count_.load(std::memory_order_acquire) > 0) {
@@ -425,7 +426,7 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
       }
       if (initialized && !request.force()) continue;
       const bool forwardable =
-          var->dtype != DT_STRING &&
+          var->dtype == DT_STRING ||
           var->shape.num_elements() * static_cast<int64_t>(DataTypeSize(var->dtype)) <=
               options_.max_unary_value_bytes;
       if (!forwardable) {
@@ -508,6 +509,10 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   // before anything changes (a copy that fails changes nothing).
   // Each is encoded once (logged_write.h), shared by the group's logs.
   std::vector<std::pair<const std::string*, grpc::Slice>> logged;
+  // Strings whose encoding a pull cannot carry: their moves and follows
+  // end once the values are in (a follow in sync is waited out of the
+  // in-sync set before the answer, as NoteUnforwardedWrite would have).
+  std::vector<std::pair<const std::string*, size_t>> too_big;
   for (auto& [var, contents] : prepared) {
     auto it = logging_of.find(var->name);
     if (it == logging_of.end() || it->second.empty()) continue;
@@ -520,9 +525,20 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     TensorProto* value = assign->mutable_value();
     value->set_dtype(var->dtype);
     ShapeToProto(var->shape, value->mutable_shape());
-    const size_t bytes =
-        static_cast<size_t>(var->shape.num_elements()) * DataTypeSize(var->dtype);
     char* content;
+    if (var->dtype == DT_STRING) {
+      const std::string encoded = EncodeStrings(contents.strings);
+      if (static_cast<int64_t>(encoded.size()) > options_.max_unary_value_bytes) {
+        too_big.emplace_back(&it->first, encoded.size());
+        continue;
+      }
+      grpc::Slice body =
+          EncodeLoggedWithContent(write, kLoggedAssignValue, encoded.size(), &content);
+      if (!encoded.empty()) std::memcpy(content, encoded.data(), encoded.size());
+      logged.emplace_back(&it->first, std::move(body));
+      continue;
+    }
+    const size_t bytes = static_cast<size_t>(var->shape.num_elements()) * DataTypeSize(var->dtype);
     grpc::Slice body = EncodeLoggedWithContent(write, kLoggedAssignValue, bytes, &content);
     if (bytes > 0) PSD_RETURN_IF_ERROR(device_->CopyToHost(*contents.buffer, 0, bytes, content));
     logged.emplace_back(&it->first, std::move(body));
@@ -540,6 +556,20 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
                                         /*fail_when_full=*/true);
       if (move->follow) {
         waits.push_back({move, seq == 0 ? ~uint64_t{0} : seq});
+        waited_for = *name;
+      }
+    }
+  }
+  for (const auto& [name, bytes] : too_big) {
+    for (const std::shared_ptr<MoveOut>& move : logging_of[*name]) {
+      FailMoveOut(
+          move.get(),
+          absl::ResourceExhaustedError(absl::StrCat(
+              "move ", absl::Hex(move->id), " was given up: an initialization of ", Quoted(*name),
+              " to strings of ", bytes, " bytes is more than one pull of the log carries (",
+              options_.max_unary_value_bytes, ")")));
+      if (move->follow) {
+        waits.push_back({move, ~uint64_t{0}});
         waited_for = *name;
       }
     }

@@ -1718,6 +1718,7 @@ absl::Status VariableStore::ApplyStagedEntry(MoveIn* move, const MoveWrite& w) {
       staged.sink = std::move(sink);
       staged.name = header.name();
       staged.total = header.total_bytes();
+      staged.apply = header.has_apply();
       it = move->staged.emplace(chunk.staged_id(), std::move(staged)).first;
     } else if (it == move->staged.end() || it->second.received != chunk.offset()) {
       return absl::DataLossError(absl::StrCat(
@@ -1729,14 +1730,24 @@ absl::Status VariableStore::ApplyStagedEntry(MoveIn* move, const MoveWrite& w) {
     return absl::OkStatus();
   }
   auto it = move->staged.find(w.staged_id());
-  if (!w.op().has_assign() || it == move->staged.end() ||
-      it->second.received != it->second.total || w.op().assign().name() != it->second.name) {
+  // An assign's chunks commit by its AssignRequest, an apply's by its
+  // ApplyDenseRequest (without the gradient: the chunks are it).
+  const bool apply = w.op().has_apply_dense();
+  const std::string* committed = apply                 ? &w.op().apply_dense().name()
+                                 : w.op().has_assign() ? &w.op().assign().name()
+                                                       : nullptr;
+  if (committed == nullptr || it == move->staged.end() || it->second.apply != apply ||
+      it->second.received != it->second.total || *committed != it->second.name ||
+      (apply && !w.op().apply_dense().gradient().content().empty())) {
     return absl::DataLossError(absl::StrCat("the commit of staged write ", w.staged_id(),
                                             " does not match its chunks"));
   }
+  // An apply writes its slots too, named by the commit (as a logged
+  // unary apply's are checked).
+  for (const std::string* name : WrittenNames(w)) PSD_RETURN_IF_ERROR(carried(*name));
   MoveIn::Staged staged = std::move(it->second);
   move->staged.erase(it);
-  return CommitReplayedAssign(staged.sink.get(), w.op().assign(), w.caller());
+  return CommitReplayedAssign(staged.sink.get(), w);
 }
 
 void VariableStore::FailMoveIn(uint64_t move_id, const absl::Status& status) {

@@ -143,14 +143,16 @@ absl::StatusOr<std::unique_ptr<ReadStreamSource>> VariableStore::BeginReadStream
 // A value bigger than logged_chunk_bytes, to a group with moves or
 // follows, is logged in chunks (proto StagedChunk): a follow's as the bytes
 // arrive (its backup pulls and stages them while the client still sends),
-// the rest at the commit, then one small commit entry. A stream that does
-// not commit logs an abort for the chunks logged. On a move's target the
-// same sink stages the chunks (`replay`) and commits at the commit entry,
-// with its request id, through the same Apply. A streamed apply, to such a
-// group, is logged at the commit as one ApplyDenseRequest carrying its
-// gradient (a copy of it while the log holds it), so its backups replay it
-// as the unary ApplyDense; its gradient is not staged on a backup while
-// the client still sends.
+// the rest at the commit, then one small commit entry. That holds for
+// every streamed write but a create: assigns of any dtype (strings as
+// their wire encoding) and applies (the gradient), whatever their size,
+// since no pull carries more than a chunk of them. A stream that does not
+// commit logs an abort for the chunks logged. On a move's target the same
+// sink stages the chunks (`replay`) and commits at the commit entry, with
+// its request id (and for an apply, its optimizer with the beta powers the
+// source read), through the same Apply. A smaller value is logged at the
+// commit, whole: an assign as the AssignRequest, an apply as the
+// ApplyDenseRequest with its gradient, replayed as the unary ops are.
 class StagedAssignSink final : public AssignStreamSink {
  public:
   StagedAssignSink(VariableStore* store, AssignStreamHeader header, TensorShape shape,
@@ -178,10 +180,13 @@ class StagedAssignSink final : public AssignStreamSink {
                                                                  CallerKey caller, bool replay);
 
   // A target's commit of a chunked logged value: the commit entry's
-  // request id and caller, then Commit as on the source.
-  absl::Status CommitReplayed(const RequestId& id, CallerKey caller, AssignResponse* response) {
+  // request id and caller (and an apply's optimizer, with the beta powers
+  // its source read as values), then Commit as on the source.
+  absl::Status CommitReplayed(const RequestId& id, CallerKey caller, const ApplyDenseRequest* apply,
+                              AssignResponse* response) {
     request_id_ = id;
     caller_ = caller;
+    if (apply != nullptr) replayed_apply_ = *apply;
     PSD_RETURN_IF_ERROR(Register());
     return Commit(response);
   }
@@ -242,11 +247,10 @@ class StagedAssignSink final : public AssignStreamSink {
     // for the backups: CommitLogged lets the pass go first).
     std::optional<WriteGate::Pass> pass(&store_->gate_);
     // A group that moves out or has backups gets the assign logged with its
-    // value, and an apply with its gradient (strings are not forwarded:
-    // they end the move or follow, see Apply; nor is a value bigger than
-    // one pull of the log can carry: it would never reach the backup, so
-    // its follow ends and it is made again by copy).
-    if (!replay_ && !header_.has_create() && header_.dtype() != DT_STRING && !TooBigToLog() &&
+    // value, and an apply with its gradient, whole or in chunks (see the
+    // class comment); what cannot be (see Forwardable) ends the move or
+    // follow first, see Apply.
+    if (!replay_ && Forwardable() &&
         store_->moving_out_count_.load(std::memory_order_acquire) > 0) {
       std::vector<std::shared_ptr<MoveOut>> moves = store_->MovingOut(header_.name());
       if (!moves.empty()) return CommitLogged(moves, response, &pass);
@@ -289,25 +293,42 @@ class StagedAssignSink final : public AssignStreamSink {
  private:
   bool StagesOnHost() const { return header_.dtype() == DT_STRING || header_.has_apply(); }
 
-  // A value a move's or backup's log cannot take: a pull's answer carries a
-  // logged write whole, within the shards' message limit.
-  bool TooBigToLog() const {
-    return header_.total_bytes() > store_->options().max_unary_value_bytes;
+  // Whether a move's or backup's log can take this write. A pull's answer
+  // carries a logged write, or a chunk of one, whole, within the shards'
+  // message limit: a value over logged_chunk_bytes goes in chunks, so only
+  // a chunk size set above that limit leaves a value too big to log. A
+  // create is no write to an existing part (a restore's or an import's).
+  bool Forwardable() const {
+    if (header_.has_create()) return false;
+    const int64_t limit = store_->options().max_unary_value_bytes;
+    return header_.total_bytes() <= limit || (Chunkable() && ChunkBytes() <= limit);
   }
+
+  // Big enough to go in chunks.
+  bool Chunkable() const { return header_.total_bytes() > ChunkBytes(); }
 
   // Logged in chunks rather than whole (see the class comment).
   bool LogsChunks() const {
-    return !replay_ && !cached_.has_value() && !header_.has_apply() && !header_.has_create() &&
-           header_.dtype() != DT_STRING && !TooBigToLog() &&
-           header_.total_bytes() > ChunkBytes();
+    return !replay_ && !cached_.has_value() && Forwardable() && Chunkable();
   }
   int64_t ChunkBytes() const { return std::max<int64_t>(1, store_->options().logged_chunk_bytes); }
+
+  // The bytes received from `offset` on, copied to `out` (`n` of them):
+  // from the host staging, or from the device's.
+  absl::Status CopyReceived(int64_t offset, int64_t n, char* out) const {
+    if (n == 0) return absl::OkStatus();
+    if (StagesOnHost()) {
+      std::memcpy(out, static_cast<const char*>(host_->data()) + offset, static_cast<size_t>(n));
+      return absl::OkStatus();
+    }
+    return store_->device_->CopyToHost(*staged_.buffer, static_cast<size_t>(offset),
+                                       static_cast<size_t>(n), out);
+  }
 
   // Where the chunks logged for one move stand.
   struct ChunkLog {
     std::shared_ptr<MoveOut> move;
     int64_t logged = 0;    // bytes logged, from 0
-    bool stalled = false;  // its log had no room: the commit logs the rest
     bool closed = false;   // committed (or the move ended): nothing to abort
   };
 
@@ -345,8 +366,7 @@ class StagedAssignSink final : public AssignStreamSink {
         char* content;
         grpc::Slice body =
             EncodeLoggedWithContent(write, kLoggedChunkContent, static_cast<size_t>(n), &content);
-        PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
-            *staged_.buffer, static_cast<size_t>(log->logged), static_cast<size_t>(n), content));
+        PSD_RETURN_IF_ERROR(CopyReceived(log->logged, n, content));
         last_chunk_ = {log->logged, n, std::move(body)};
       }
       if (store_->LogMoveEntry(log->move.get(), last_chunk_.body, /*abort=*/false, header_.name(),
@@ -368,9 +388,12 @@ class StagedAssignSink final : public AssignStreamSink {
     for (const std::shared_ptr<MoveOut>& move : store_->MovingOut(header_.name())) {
       if (!move->follow) continue;
       ChunkLog* log = ChunkLogFor(move);
-      if (log->stalled || log->closed) continue;
-      PSD_ASSIGN_OR_RETURN(const bool logged, LogChunks(log, received_, /*fail_when_full=*/false));
-      if (!logged) log->stalled = true;
+      if (log->closed) continue;
+      // A log with no room now (its backup lags by its cap) takes the
+      // chunks later, as its backup drains it: at a later Append, or the
+      // rest at the commit. A value over the cap thus reaches a backup
+      // that keeps up.
+      PSD_RETURN_IF_ERROR(LogChunks(log, received_, /*fail_when_full=*/false).status());
     }
     return absl::OkStatus();
   }
@@ -482,10 +505,7 @@ class StagedAssignSink final : public AssignStreamSink {
           char* content;
           body = EncodeLoggedWithContent(write, kLoggedAssignValue,
                                          static_cast<size_t>(received_), &content);
-          if (received_ > 0) {
-            PSD_RETURN_IF_ERROR(store_->device_->CopyToHost(
-                *staged_.buffer, 0, static_cast<size_t>(received_), content));
-          }
+          PSD_RETURN_IF_ERROR(CopyReceived(0, received_, content));
         }
         RequestWindow::Result result;
         result.scope = RequestWindow::ScopeOf(header_.name());
@@ -547,24 +567,25 @@ class StagedAssignSink final : public AssignStreamSink {
     const std::string& name = header_.name();
     if (!forwarded_) {
       const std::string what =
-          header_.dtype() == DT_STRING
-              ? std::string("a streamed assign of strings")
+          header_.has_create()
+              ? std::string("a streamed create")
               : absl::StrCat("a streamed ", header_.has_apply() ? "apply" : "assign", " of ",
-                             header_.total_bytes(),
-                             " bytes (more than one pull of the log carries, ",
+                             header_.total_bytes(), " bytes (logged_chunk_bytes ", ChunkBytes(),
+                             " is more than one pull of the log carries, ",
                              store_->options().max_unary_value_bytes, ")");
       PSD_RETURN_IF_ERROR(store_->NoteUnforwardedWrite(name, what));
     }
     if (header_.has_apply()) {
       // The unary ApplyDense's update, with the staged gradient.
+      const ApplyDenseRequest& apply =
+          replayed_apply_.has_value() ? *replayed_apply_ : header_.apply();
       VariableStore::DenseGradient gradient;
       gradient.dtype = header_.dtype();
       gradient.shape = shape_;
       gradient.data = host_->data();
       uint64_t version = 0;
-      PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, header_.apply().slots(),
-                                            header_.apply().optimizer(), &gradient, nullptr,
-                                            &version, /*check_only=*/false, powers));
+      PSD_RETURN_IF_ERROR(store_->ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient,
+                                            nullptr, &version, /*check_only=*/false, powers));
       response->set_version(version);
       return absl::OkStatus();
     }
@@ -640,6 +661,9 @@ class StagedAssignSink final : public AssignStreamSink {
   const TensorShape shape_;
   const UpdateKind kind_;
   const bool replay_;      // a target's copy of a chunked logged value
+  // A target's apply: the commit entry's slots and optimizer (its beta
+  // powers as values), which replace the header's.
+  std::optional<ApplyDenseRequest> replayed_apply_;
   CallerKey caller_;       // the request id is bound to it
   RequestId request_id_;   // the header's; on a target, the commit entry's
   uint64_t staged_id_ = 0;  // StagedChunk.staged_id once chunks are logged
@@ -671,20 +695,22 @@ absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginAssignStre
 
 absl::StatusOr<std::unique_ptr<AssignStreamSink>> VariableStore::BeginReplayedAssign(
     const AssignStreamHeader& header) {
-  if (header.has_apply() || header.has_create() || header.dtype() == DT_STRING) {
+  if (header.has_create()) {
     return absl::DataLossError(absl::StrCat("a chunked logged write to ", Quoted(header.name()),
-                                            " is not an assign of a fixed-size dtype"));
+                                            " is a create, which is never logged"));
   }
   PSD_ASSIGN_OR_RETURN(auto sink, StagedAssignSink::Begin(this, header, kAnonymousCaller,
                                                           /*replay=*/true));
   return std::unique_ptr<AssignStreamSink>(std::move(sink));
 }
 
-absl::Status VariableStore::CommitReplayedAssign(AssignStreamSink* sink,
-                                                 const AssignRequest& commit, CallerKey caller) {
+absl::Status VariableStore::CommitReplayedAssign(AssignStreamSink* sink, const MoveWrite& commit) {
+  const RequestId& id = commit.op().has_apply_dense() ? commit.op().apply_dense().request_id()
+                                                      : commit.op().assign().request_id();
   AssignResponse response;
-  return static_cast<StagedAssignSink*>(sink)->CommitReplayed(commit.request_id(), caller,
-                                                              &response);
+  return static_cast<StagedAssignSink*>(sink)->CommitReplayed(
+      id, commit.caller(), commit.op().has_apply_dense() ? &commit.op().apply_dense() : nullptr,
+      &response);
 }
 
 absl::StatusOr<std::unique_ptr<StagedAssignSink>> StagedAssignSink::Begin(
@@ -725,13 +751,18 @@ absl::StatusOr<std::unique_ptr<StagedAssignSink>> StagedAssignSink::Begin(
                 "and incarnation are the header's; `apply` gives only the slots and optimizer"));
     }
     // Every check of the apply, now, so a bad one fails before its bytes
-    // travel; Commit runs them again with the variables locked.
-    VariableStore::DenseGradient gradient;
-    gradient.dtype = header.dtype();
-    gradient.shape = shape;
-    uint64_t version = 0;
-    PSD_RETURN_IF_ERROR(store->ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient, nullptr,
-                                  &version, /*check_only=*/true));
+    // travel; Commit runs them again with the variables locked. Not on a
+    // target: its source checked the apply, and the beta powers it names
+    // may live on no shard but the source's (the commit entry carries the
+    // values read).
+    if (!replay) {
+      VariableStore::DenseGradient gradient;
+      gradient.dtype = header.dtype();
+      gradient.shape = shape;
+      uint64_t version = 0;
+      PSD_RETURN_IF_ERROR(store->ApplyOnce(name, apply.slots(), apply.optimizer(), &gradient,
+                                           nullptr, &version, /*check_only=*/true));
+    }
   } else if (header.has_create()) {
     const CreateVariableRequest& decl = header.create();
     PSD_RETURN_IF_ERROR(ValidateVariableName(decl.name()));

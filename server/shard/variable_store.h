@@ -593,13 +593,12 @@ class VariableStore {
   uint64_t LogMoveEntry(MoveOut* move, grpc::Slice body, bool abort, const std::string& variable,
                         bool fail_when_full);
   // A target's side of StagedChunk entries (store_streams.cc): the
-  // assign a chunked logged value is staged in, the sink of a streamed
-  // assign, registered at its commit with the commit entry's request id
-  // and then committed as its primary's was.
+  // assign or apply a chunked logged value is staged in, the sink of a
+  // streamed one, registered at its commit with the commit entry's request
+  // id (its op's) and then committed as its primary's was.
   absl::StatusOr<std::unique_ptr<AssignStreamSink>> BeginReplayedAssign(
       const AssignStreamHeader& header);
-  absl::Status CommitReplayedAssign(AssignStreamSink* sink, const AssignRequest& commit,
-                                    CallerKey caller);
+  absl::Status CommitReplayedAssign(AssignStreamSink* sink, const MoveWrite& commit);
   // Applies one StagedChunk entry or commit entry of `move` (apply_mu held).
   absl::Status ApplyStagedEntry(MoveIn* move, const MoveWrite& write);
   // Gives a move up on the source (order_mu held or not needed): the log

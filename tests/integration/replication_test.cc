@@ -84,6 +84,16 @@ class ReplicationTest : public ::testing::Test {
     return v.ok() ? *v : Variable();
   }
 
+  // `name`, of `dtype` and `shape`, initialized to zeros ("" for strings).
+  absl::StatusOr<Variable> Zeros(const std::string& name, DataType dtype, TensorShape shape) {
+    GetVariableOptions o;
+    o.dtype = dtype;
+    o.shape = std::move(shape);
+    o.initializer = client::init::Zeros();
+    o.initialize = true;
+    return session_->GetVariable(name, o);
+  }
+
   // Waits until part 0 of `v` has `backups` in-sync backups, none on its
   // primary's shard nor on `not_on`; returns its handle then.
   absl::StatusOr<PartHandle> WaitInSync(Variable& v, int backups, int not_on = -1) {
@@ -239,18 +249,15 @@ TEST_F(ReplicationTest, AdamsBetaPowersBesideAPartitionedVariableAreReplicated) 
 }
 
 // A dense gradient above the client's stream threshold (1 MiB) travels as
-// a streamed apply. It is forwarded to the backups as the unary apply is,
-// so training a big variable with Adam keeps its in-sync backup (no drop
-// and copy per step), and the backup has every acknowledged step when the
-// primary dies.
+// a streamed apply; this one (6 MiB) is also over the logged chunk size,
+// so the backup stages it in chunks while the client sends, and applies
+// it at the commit with the beta powers the primary read (they live in
+// another group). Training a big variable with Adam thus keeps its
+// in-sync backup (no drop and copy per step), and the backup has every
+// acknowledged step when the primary dies.
 TEST_F(ReplicationTest, StreamedAdamStepsKeepTheBackupAndSurviveThePrimarysSigkill) {
-  constexpr int64_t kRows = 1024, kCols = 512;  // 2 MiB of float
-  GetVariableOptions o;
-  o.dtype = DT_FLOAT;
-  o.shape = TensorShape{kRows, kCols};
-  o.initializer = client::init::Zeros();
-  o.initialize = true;
-  PSD_ASSERT_OK_AND_ASSIGN(Variable w, session_->GetVariable("streamed_adam", o));
+  constexpr int64_t kRows = 3072, kCols = 512;  // 6 MiB of float
+  PSD_ASSERT_OK_AND_ASSIGN(Variable w, Zeros("streamed_adam", DT_FLOAT, TensorShape{kRows, kCols}));
   client::Optimizer adam(*session_, client::opt::Adam{});
   std::vector<float> g(kRows * kCols);
   for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(i % 97) / 97.f - 0.5f;
@@ -281,6 +288,37 @@ TEST_F(ReplicationTest, StreamedAdamStepsKeepTheBackupAndSurviveThePrimarysSigki
   ASSERT_TRUE(IsOk(w.Refresh()));
   EXPECT_EQ(w.handle().parts(0).shard_id(), backup);
   EXPECT_TRUE(promoted.bytes() == trained.bytes()) << "the promoted backup lacks a step";
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
+}
+
+// Strings over the stream threshold and the logged chunk size (6 MiB of
+// them) are forwarded in chunks of their encoding like any streamed
+// assign: the backup stays in sync, and serves the value after the
+// primary's SIGKILL.
+TEST_F(ReplicationTest, ABigAssignOfStringsKeepsTheBackupAndSurvivesThePrimarysSigkill) {
+  constexpr int64_t kStrings = 2048;
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, Zeros("vocabulary", DT_STRING, TensorShape{kStrings}));
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  const int primary = part.shard_id();
+  const int backup = part.in_sync_shards(0);
+
+  std::vector<std::string> strings(kStrings);
+  for (int64_t i = 0; i < kStrings; ++i) {
+    // 1 to 6 KiB each, every byte value, so chunks split strings anywhere.
+    strings[i].resize(1024 * (1 + i % 6));
+    for (size_t j = 0; j < strings[i].size(); ++j) {
+      strings[i][j] = static_cast<char>((i * 31 + j) & 0xff);
+    }
+  }
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor value, Tensor::FromStrings(TensorShape{kStrings}, strings));
+  ASSERT_TRUE(IsOk(v.Assign(value)));
+  ASSERT_NO_FATAL_FAILURE(ExpectTheSameInSyncBackup(v, primary, backup));
+
+  ASSERT_TRUE(IsOk(cluster_->KillShard(primary)));
+  PSD_ASSERT_OK_AND_ASSIGN(Tensor promoted, v.Read());  // waits for the failover
+  ASSERT_TRUE(IsOk(v.Refresh()));
+  EXPECT_EQ(v.handle().parts(0).shard_id(), backup);
+  EXPECT_TRUE(promoted.strings() == strings) << "the promoted backup's strings differ";
   ASSERT_TRUE(IsOk(cluster_->StartKilledShard(primary)));
 }
 
@@ -538,12 +576,7 @@ TEST_F(PatientBackupTest, AStreamEndsOnlyAfterAnsweringTheMessagesBeforeItsEnd) 
 TEST_F(ReplicationTest, ManyStreamedWritersKeepTheBackupInSync) {
   constexpr int kWriters = 8;
   constexpr int64_t kElements = int64_t{1} << 19;  // 2 MiB of floats: streamed
-  GetVariableOptions o;
-  o.dtype = DT_FLOAT;
-  o.shape = TensorShape{kElements};
-  o.initializer = client::init::Zeros();
-  o.initialize = true;
-  PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("streamed", o));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, Zeros("streamed", DT_FLOAT, TensorShape{kElements}));
   PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
   const int primary = part.shard_id();
   const int backup = part.in_sync_shards(0);
@@ -678,12 +711,7 @@ TEST_F(ReplicationTest, KillingThePrimaryLosesNoAcknowledgedUpdateAndAppliesNone
 // stream the client cancels half-way changes nothing on either replica.
 TEST_F(ReplicationTest, ABigStreamedAssignSurvivesThePrimarysSigkillBitForBit) {
   constexpr int64_t kRows = 16384, kCols = 256;  // 16 MiB of float
-  GetVariableOptions o;
-  o.dtype = DT_FLOAT;
-  o.shape = TensorShape{kRows, kCols};
-  o.initializer = client::init::Zeros();
-  o.initialize = true;
-  PSD_ASSERT_OK_AND_ASSIGN(Variable v, session_->GetVariable("big", o));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable v, Zeros("big", DT_FLOAT, TensorShape{kRows, kCols}));
   PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
   ASSERT_EQ(v.handle().parts_size(), 1);
 

@@ -93,6 +93,41 @@ StartMoveInRequest MoveIn(uint64_t move_id, bool follow) {
   return in;
 }
 
+// A follow (move `id`) of a group of `parts` (name, dims) of `dtype`, as
+// the coordinator creates it on a backup.
+StartMoveInRequest FollowGroup(
+    uint64_t id, const std::vector<std::pair<std::string, std::vector<int64_t>>>& parts,
+    DataType dtype) {
+  StartMoveInRequest in;
+  in.set_move_id(id);
+  in.set_source_incarnation(1);
+  in.set_follow(true);
+  for (const auto& [name, dims] : parts) {
+    CreateVariableRequest* part = in.add_parts();
+    part->set_name(name);
+    part->set_dtype(dtype);
+    for (int64_t d : dims) part->mutable_shape()->add_dims(d);
+    part->set_replicated(true);
+  }
+  return in;
+}
+
+// The Adam apply of the tests: slots "w/Adam" and "w/Adam_1", beta powers
+// read from the variables "beta1_power" and "beta2_power".
+ApplyDenseRequest AdamApplyOfW() {
+  ApplyDenseRequest apply;
+  apply.add_slots("w/Adam");
+  apply.add_slots("w/Adam_1");
+  OptimizerSpec::Adam* adam = apply.mutable_optimizer()->mutable_adam();
+  adam->set_learning_rate(0.01);
+  adam->set_beta1(0.9);
+  adam->set_beta2(0.999);
+  adam->set_epsilon(1e-8);
+  adam->set_beta1_power_variable("beta1_power");
+  adam->set_beta2_power_variable("beta2_power");
+  return apply;
+}
+
 // "w" (float [4], zeros) on `primary`, and `backup` following it (move 7)
 // with the snapshot applied, in the in-sync set.
 void StartInSyncBackup(VariableStore* primary, VariableStore* backup) {
@@ -495,26 +530,12 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "beta1_power", power1).ok());
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "beta2_power", power2).ok());
 
-  auto group = [](uint64_t id, std::vector<std::pair<std::string, std::vector<int64_t>>> parts,
-                  DataType dtype) {
-    StartMoveInRequest in;
-    in.set_move_id(id);
-    in.set_source_incarnation(1);
-    in.set_follow(true);
-    for (const auto& [name, dims] : parts) {
-      CreateVariableRequest* part = in.add_parts();
-      part->set_name(name);
-      part->set_dtype(dtype);
-      for (int64_t d : dims) part->mutable_shape()->add_dims(d);
-      part->set_replicated(true);
-    }
-    return in;
-  };
-  ASSERT_TRUE(backup_.BeginMoveIn(group(7, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}},
-                                        DT_FLOAT))
-                  .ok());
-  ASSERT_TRUE(backup_.BeginMoveIn(group(8, {{"m", {3, 2}}}, DT_FLOAT)).ok());
-  ASSERT_TRUE(backup_.BeginMoveIn(group(9, {{"step", {}}}, DT_INT64)).ok());
+  ASSERT_TRUE(
+      backup_
+          .BeginMoveIn(FollowGroup(7, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}}, DT_FLOAT))
+          .ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(FollowGroup(8, {{"m", {3, 2}}}, DT_FLOAT)).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(FollowGroup(9, {{"step", {}}}, DT_INT64)).ok());
   for (uint64_t id : {7, 8, 9}) ASSERT_TRUE(PullOnce(&primary_, &backup_, id));
 
   for (int step = 0; step < 20; ++step) {
@@ -534,17 +555,8 @@ TEST_F(StoreReplicaTest, ABackupReplaysItsPrimarysWritesBitForBit) {
     ScatterResponse scatter_resp;
     ASSERT_TRUE(primary_.Scatter(scatter, &scatter_resp).ok());
 
-    ApplyDenseRequest apply;
+    ApplyDenseRequest apply = AdamApplyOfW();
     apply.set_name("w");
-    apply.add_slots("w/Adam");
-    apply.add_slots("w/Adam_1");
-    OptimizerSpec::Adam* adam = apply.mutable_optimizer()->mutable_adam();
-    adam->set_learning_rate(0.01);
-    adam->set_beta1(0.9);
-    adam->set_beta2(0.999);
-    adam->set_epsilon(1e-8);
-    adam->set_beta1_power_variable("beta1_power");
-    adam->set_beta2_power_variable("beta2_power");
     const std::vector<float> gradient = {0.3f, -1.f / 3, 2, 0.01f * step};
     if (step % 2 == 0) {
       *apply.mutable_gradient() = Floats(gradient);
@@ -698,11 +710,6 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
   EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1.75f, 2.25f, 3.25f, 4.25f}));
 }
 
-// A streamed value bigger than one pull of the log can carry (the shards'
-// message limit) would never reach the backup: it is not logged, the
-// backup's follow ends, and the write is answered only once the in-sync
-// backup left the in-sync set (the coordinator then makes a new one by
-// copy). Here the coordinator is reachable once, then the write is done.
 // A message's writes share one backup timeout, and a follow the
 // coordinator could not be told about is reported once per answer, not
 // once per write (a stalled backup must not hold an answer for a timeout
@@ -733,10 +740,17 @@ TEST(StoreReplicaTimeoutTest, AMessagesWritesShareOneBackupTimeoutAndOneReport) 
   EXPECT_EQ(calls.load(), 1);
 }
 
+// A streamed value that no pull of the log can carry would never reach the
+// backup: it is not logged, the backup's follow ends, and the write is
+// answered only once the in-sync backup left the in-sync set (the
+// coordinator then makes a new one by copy). Here the coordinator is
+// reachable once, then the write is done. Only a chunk size set above the
+// message limit makes such a value (the next test has the default case).
 TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeingLogged) {
   std::unique_ptr<Device> device = NewCpuDevice();
   VariableStoreOptions options = Options(1, absl::Seconds(600));
-  options.max_unary_value_bytes = 8;  // a 16-byte value is too big to log
+  options.max_unary_value_bytes = 8;  // a 16-byte value is too big to log whole
+  options.logged_chunk_bytes = 32;    // and is not chunked
   VariableStore primary(device.get(), options);
   VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
   ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
@@ -775,6 +789,47 @@ TEST(StoreReplicaBigValueTest, AValueTooBigForOnePullEndsTheFollowInsteadOfBeing
   EXPECT_FALSE(pulled.ok());
   EXPECT_EQ(after.writes_size(), 0);
   EXPECT_EQ(primary.replication_stats().follows_out, 0);
+}
+
+// A value over the message limit, but chunked (chunks under the limit), is
+// logged chunk by chunk: the follow goes on and the backup holds it.
+TEST(StoreReplicaBigValueTest, AValueOverTheMessageLimitReachesTheBackupInChunks) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStoreOptions options = Options(1, absl::Seconds(600));
+  options.max_unary_value_bytes = 8;
+  options.logged_chunk_bytes = 8;
+  VariableStore primary(device.get(), options);
+  VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
+  ASSERT_NO_FATAL_FAILURE(StartInSyncBackup(&primary, &backup));
+  primary.SetReplicaBehindHandler([&](uint64_t, const std::string& reason) {
+    ADD_FAILURE() << "the follow was ended: " << reason;
+    return absl::OkStatus();
+  });
+  const std::vector<float> value = {1, -2, 3e-7f, 4};
+  auto sink = primary.BeginAssignStream(StreamHeaderOfW(UPDATE_ASSIGN, 5, 1));
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE(
+      (*sink)->Append(absl::string_view(reinterpret_cast<const char*>(value.data()), 16)).ok());
+  absl::Status committed;
+  std::atomic<bool> answered{false};
+  std::thread writer([&] {
+    AssignResponse response;
+    committed = (*sink)->Commit(&response);
+    answered.store(true);
+  });
+  // The chunks and the commit, pulled while the commit waits for them.
+  for (int i = 0; i < 600 && !answered.load(); ++i) {
+    PullMoveRequest req;
+    PullMoveResponse resp;
+    const bool pulled = backup.NextMovePull(7, &req) && (req.set_wait_ms(100), true) &&
+                        primary.PullMove(req, &resp).ok() && backup.ApplyMovePull(7, resp).ok();
+    if (!pulled) break;  // the follow ended: the checks below say so
+  }
+  writer.join();
+  ASSERT_TRUE(committed.ok()) << committed;
+  EXPECT_EQ(primary.replication_stats().follows_out, 1);
+  ASSERT_TRUE(backup.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(Read(&backup, "w"), value);
 }
 
 TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
@@ -1224,6 +1279,169 @@ TEST_F(StoreChunkedReplicaTest, ABackupThatFollowsFromASnapshotDuringAChunkedWri
   EXPECT_EQ(Read(&primary_, "w"), kStreamed);
   EXPECT_EQ(ReadProto(&backup_, "w")->content(), ReadProto(&primary_, "w")->content());
   EXPECT_EQ(ReadProto(&backup2_, "w")->content(), ReadProto(&primary_, "w")->content());
+}
+
+// A streamed Adam apply bigger than the chunk size reaches the backup as
+// its gradient arrives, and commits there with the beta powers the primary
+// read (the backup holds no power variables): variable and slots end up
+// bit for bit, and the apply's retry is answered from the promoted
+// backup's window, not applied again.
+TEST_F(StoreChunkedReplicaTest, ABigStreamedApplyReachesTheBackupWhileItIsSentAndBitForBit) {
+  for (const char* name : {"w", "w/Adam", "w/Adam_1"}) {
+    ASSERT_TRUE(store_test::CreateWithValue(&primary_, name, Floats({0.5f, -1, 2, 1e-3f})).ok());
+  }
+  ASSERT_TRUE(
+      store_test::CreateWithValue(&primary_, "beta1_power", store_test::Vec<float>({}, {0.81f}))
+          .ok());
+  ASSERT_TRUE(
+      store_test::CreateWithValue(&primary_, "beta2_power", store_test::Vec<float>({}, {0.998f}))
+          .ok());
+  ASSERT_TRUE(
+      backup_
+          .BeginMoveIn(FollowGroup(7, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}}, DT_FLOAT))
+          .ok());
+  CatchUp(&primary_, &backup_, 7);
+  AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 5, 1);
+  *header.mutable_apply() = AdamApplyOfW();
+  const std::vector<float> gradient = {0.3f, -1.f / 3, 2, 7e-5f};
+  absl::StatusOr<std::unique_ptr<AssignStreamSink>> sink = primary_.BeginAssignStream(header);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  const uint64_t before = Applied(&backup_, 7);
+  ASSERT_TRUE((*sink)->Append(Bytes(gradient, 0, 8)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_EQ(Applied(&backup_, 7), before + 2) << "the gradient's chunks were not logged ahead";
+  ASSERT_TRUE((*sink)->Append(Bytes(gradient, 8, 8)).ok());
+  ASSERT_TRUE(CommitWhilePulling(sink->get(), &backup_, 7).ok());
+  EXPECT_EQ(Applied(&backup_, 7), before + 5);  // four chunks and the commit
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  for (const char* name : {"w", "w/Adam", "w/Adam_1"}) {
+    EXPECT_EQ(ReadProto(&backup_, name)->content(), ReadProto(&primary_, name)->content()) << name;
+  }
+  EXPECT_NE(Read(&primary_, "w"), (std::vector<float>{0.5f, -1, 2, 1e-3f}));
+  const std::string applied = ReadProto(&backup_, "w")->content();
+  AssignStreamHeader retry = header;
+  OptimizerSpec::Adam* adam = retry.mutable_apply()->mutable_optimizer()->mutable_adam();
+  adam->set_beta1_power_value(0.5);  // the backup has no power variables
+  adam->set_beta2_power_value(0.5);
+  auto again = backup_.BeginAssignStream(retry);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE((*again)->Append(Bytes(gradient, 0, 16)).ok());
+  AssignResponse response;
+  ASSERT_TRUE((*again)->Commit(&response).ok());
+  EXPECT_EQ(ReadProto(&backup_, "w")->content(), applied);
+}
+
+// Strings: "s" (string [3]), sent as its wire encoding.
+TensorProto StringsProto(const std::vector<std::string>& values) {
+  TensorProto p;
+  p.set_dtype(DT_STRING);
+  p.mutable_shape()->add_dims(static_cast<int64_t>(values.size()));
+  p.set_content(EncodeStrings(values));
+  return p;
+}
+
+// "s" (string [3]), initialized by a constant initializer: `constant` in
+// every element.
+absl::Status CreateStringsOfConstant(VariableStore* store, const std::string& constant) {
+  CreateVariableRequest create;
+  create.set_name("s");
+  create.set_dtype(DT_STRING);
+  create.mutable_shape()->add_dims(3);
+  TensorProto* value = create.mutable_initializer()->mutable_constant()->mutable_value();
+  value->set_dtype(DT_STRING);
+  value->set_content(EncodeStrings({constant}));
+  create.set_initialize(true);
+  VariableInfo info;
+  return store->Create(create, &info);
+}
+
+std::vector<std::string> ReadStrings(VariableStore* store) {
+  absl::StatusOr<TensorProto> value = ReadProto(store, "s");
+  EXPECT_TRUE(value.ok()) << value.status();
+  if (!value.ok()) return {};
+  absl::StatusOr<std::vector<std::string>> strings = DecodeStrings(value->content(), 3, "s");
+  EXPECT_TRUE(strings.ok()) << strings.status();
+  return strings.ok() ? *strings : std::vector<std::string>{};
+}
+
+// A streamed assign of strings goes to the backup like any other: in
+// chunks of its encoding (cut anywhere, even inside a string) as they
+// arrive, then committed; the follow goes on.
+TEST_F(StoreChunkedReplicaTest, AStreamedAssignOfStringsReachesTheBackupInChunks) {
+  ASSERT_TRUE(store_test::CreateWithValue(&primary_, "s", StringsProto({"a", "b", "c"})).ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(FollowGroup(7, {{"s", {3}}}, DT_STRING)).ok());
+  CatchUp(&primary_, &backup_, 7);
+  const std::vector<std::string> value = {"vocabulary", "", std::string("z\0\xff", 3)};
+  const std::string encoded = EncodeStrings(value);
+  AssignStreamHeader header;
+  header.set_name("s");
+  header.set_op(UPDATE_ASSIGN);
+  header.set_dtype(DT_STRING);
+  header.mutable_shape()->add_dims(3);
+  header.set_total_bytes(static_cast<int64_t>(encoded.size()));
+  header.mutable_request_id()->set_client_id(5);
+  header.mutable_request_id()->set_seq(1);
+  auto sink = primary_.BeginAssignStream(header);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  const uint64_t before = Applied(&backup_, 7);
+  ASSERT_TRUE((*sink)->Append(absl::string_view(encoded).substr(0, 6)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  EXPECT_GT(Applied(&backup_, 7), before) << "no chunk was logged ahead";
+  ASSERT_TRUE((*sink)->Append(absl::string_view(encoded).substr(6)).ok());
+  ASSERT_TRUE(CommitWhilePulling(sink->get(), &backup_, 7).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1) << "the assign ended the follow";
+  EXPECT_EQ(ReadStrings(&primary_), value);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(ReadStrings(&backup_), value);
+}
+
+// A forced initialization of strings is forwarded with the values made
+// (here a constant broadcast to every element).
+TEST_F(StoreReplicaTest, AForcedInitializationOfStringsReachesTheBackup) {
+  ASSERT_TRUE(CreateStringsOfConstant(&primary_, "<unk>").ok());
+  ASSERT_TRUE(backup_.BeginMoveIn(FollowGroup(7, {{"s", {3}}}, DT_STRING)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(
+      store_test::AssignValue(&primary_, "s", UPDATE_ASSIGN, StringsProto({"x", "y", "z"})).ok());
+  InitializeVariablesRequest init;
+  init.add_names("s");
+  init.set_force(true);
+  ASSERT_TRUE(primary_.Initialize(init).ok());
+  EXPECT_EQ(primary_.replication_stats().follows_out, 1) << "the initialization ended the follow";
+  CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(backup_.PromoteReplica(7, 2, 2).ok());
+  EXPECT_EQ(ReadStrings(&backup_), (std::vector<std::string>{"<unk>", "<unk>", "<unk>"}));
+}
+
+// Strings whose encoding no pull carries end the follow instead, and the
+// initialization is answered once the backup is out of the in-sync set.
+TEST(StoreReplicaBigValueTest, AnInitializationOfStringsTooBigToLogEndsTheFollow) {
+  std::unique_ptr<Device> device = NewCpuDevice();
+  VariableStoreOptions options = Options(1, absl::Seconds(600));
+  options.max_unary_value_bytes = 8;
+  VariableStore primary(device.get(), options);
+  VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
+  ASSERT_TRUE(CreateStringsOfConstant(&primary, "long enough").ok());
+  ASSERT_TRUE(backup.BeginMoveIn(FollowGroup(7, {{"s", {3}}}, DT_STRING)).ok());
+  PullMoveRequest req;
+  ASSERT_TRUE(backup.NextMovePull(7, &req));
+  PullMoveResponse resp;
+  ASSERT_TRUE(primary.PullMove(req, &resp).ok());
+  ASSERT_TRUE(backup.ApplyMovePull(7, resp).ok());
+  ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+  std::vector<std::string> reasons;
+  primary.SetReplicaBehindHandler([&](uint64_t, const std::string& reason) {
+    reasons.push_back(reason);
+    return absl::OkStatus();
+  });
+  InitializeVariablesRequest init;
+  init.add_names("s");
+  init.set_force(true);
+  ASSERT_TRUE(primary.Initialize(init).ok());
+  ASSERT_EQ(reasons.size(), 1u) << "answered while the backup lacking it was in sync";
+  EXPECT_NE(reasons[0].find("strings of"), std::string::npos) << reasons[0];
+  EXPECT_EQ(primary.replication_stats().follows_out, 0);
 }
 
 }  // namespace
