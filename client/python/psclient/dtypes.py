@@ -161,8 +161,12 @@ def to_array(value, dtype):
     once). No copy when it already is one.
 
     numpy arrays of another dtype are cast when numpy's 'same_kind' rule allows
-    it (float64 -> float32, int -> float, ...); Python scalars and lists are
-    converted as numpy does. Strings become object arrays of bytes/str.
+    it (float64 -> float32, int -> float, ...); so are Python scalars and
+    lists, by the dtype numpy gives them, as TensorFlow converts them: None,
+    a str or a float where a number or an int is wanted is a TypeError (never
+    a NaN or a truncated value), and a Python int outside an integer dtype's
+    range is a ValueError (never wrapped). Strings become object arrays of
+    bytes/str.
     """
     dtype = as_dtype(dtype)
     if dtype is string:
@@ -174,10 +178,21 @@ def to_array(value, dtype):
         return float32_to_bfloat16(arr)
     target = dtype.np
     if isinstance(value, np.ndarray):
-        if value.dtype != target and not np.can_cast(value.dtype, target, "same_kind"):
-            raise TypeError("cannot convert a %s array to %s" % (value.dtype, dtype.name))
-        return _contiguous(value.astype(target, copy=False))
-    return _contiguous(np.asarray(value, dtype=target))
+        arr = value
+    else:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "iu" and target.kind in "iu" and arr.size > 0:
+            info = np.iinfo(target)
+            low, high = arr.min(), arr.max()
+            if low < info.min or high > info.max:
+                raise ValueError("%s is outside the range of %s [%d, %d]"
+                                 % (low if low < info.min else high, dtype.name,
+                                    info.min, info.max))
+    if arr.dtype != target and not np.can_cast(arr.dtype, target, "same_kind"):
+        what = "None" if value is None else "a %s %s" % (
+            arr.dtype, "array" if isinstance(value, np.ndarray) else "value")
+        raise TypeError("cannot convert %s to %s" % (what, dtype.name))
+    return _contiguous(arr.astype(target, copy=False))
 
 
 def _contiguous(arr):

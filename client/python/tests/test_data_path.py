@@ -100,6 +100,39 @@ def test_ops_read_the_callers_arrays_in_place_and_never_change_them(session, pre
     np.testing.assert_array_equal(v.read(), want + 2.0)
 
 
+def test_values_convert_as_tensorflow_converts_them_or_change_nothing(session, prefix):
+    """A careless value never becomes a silent NaN, truncation or wrap: None,
+    strings and floats where ints are wanted are TypeErrors, Python ints out
+    of an integer dtype's range ValueErrors, and the variable keeps its value.
+    What numpy converts safely (Python ints and lists, other byte orders,
+    read-only or strided arrays) is taken."""
+    f = psclient.get_variable(prefix + "_f", initializer=np.array([1.0, 2.0], np.float32),
+                              initialize=True)
+    i = psclient.get_variable(prefix + "_i", initializer=np.array([1, 2], np.int8),
+                              initialize=True)
+    for bad in (None, [1.0, None], "3.5", ["a", "b"], b"ab", 1 + 2j):
+        with pytest.raises(TypeError):
+            f.assign(bad)
+        with pytest.raises(TypeError):
+            f.assign_add(bad)
+    for bad in (2.5, [1, 2.5], None):
+        with pytest.raises(TypeError):
+            i.assign(bad)
+    for bad in (300, [1, -129], 2**70):
+        with pytest.raises((ValueError, TypeError)):
+            i.assign(bad)
+    np.testing.assert_array_equal(f.read(), [1.0, 2.0])
+    np.testing.assert_array_equal(i.read(), [1, 2])
+    f.assign([3, 4])  # Python ints into floats
+    np.testing.assert_array_equal(f.read(), [3.0, 4.0])
+    f.assign(np.array([5, 6], ">f8"))  # big-endian float64
+    np.testing.assert_array_equal(f.read(), [5.0, 6.0])
+    f.assign_add(np.arange(4, dtype=np.float32)[::2])  # strided
+    np.testing.assert_array_equal(f.read(), [5.0, 8.0])
+    i.assign([-128, 127])
+    np.testing.assert_array_equal(i.read(), [-128, 127])
+
+
 def test_non_contiguous_input(session, prefix):
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
     v = psclient.get_variable(prefix, initializer=base[:, ::2], initialize=True)
