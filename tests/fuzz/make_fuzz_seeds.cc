@@ -928,6 +928,99 @@ void MoveSeeds() {
     declared.set_commit(true);
   }
   write("declared_group", declared);
+  // Streamed writes logged in chunks (StagedChunk): a momentum apply whose
+  // gradient arrives in two chunks, then its commit naming the slot; an
+  // assign of the strings part in chunks cut inside a string; and the
+  // apply's commit naming a slot the move does not carry (the target's own
+  // "v", which must stay untouched), or committing chunks of an assign.
+  MoveInSession staged = whole;
+  {
+    psd::PullMoveResponse* writes = staged.mutable_pulls(3);
+    writes->clear_writes();
+    psd::ApplyDenseRequest apply;
+    apply.add_slots("m/Momentum/part_1");
+    apply.mutable_optimizer()->mutable_momentum()->set_learning_rate(0.5);
+    apply.mutable_optimizer()->mutable_momentum()->set_momentum(0.9);
+    const std::string gradient = FloatBytes(12, -3);
+    for (int i = 0; i < 2; ++i) {
+      psd::MoveWrite* w = writes->add_writes();
+      w->set_seq(static_cast<uint64_t>(i) + 1);
+      psd::StagedChunk* c = w->mutable_chunk();
+      c->set_staged_id(9);
+      c->set_offset(24 * i);
+      c->set_content(gradient.substr(static_cast<size_t>(24 * i), 24));
+      if (i == 0) {
+        psd::AssignStreamHeader* h = c->mutable_header();
+        h->set_name("m/part_1");
+        h->set_op(psd::UPDATE_ASSIGN);
+        h->set_dtype(psd::DT_FLOAT);
+        h->mutable_shape()->add_dims(4);
+        h->mutable_shape()->add_dims(3);
+        h->set_total_bytes(48);
+        *h->mutable_apply() = apply;
+      }
+    }
+    psd::MoveWrite* commit = writes->add_writes();
+    commit->set_seq(3);
+    commit->set_caller(0xca11e4);
+    commit->set_staged_id(9);
+    psd::ApplyDenseRequest* committed = commit->mutable_op()->mutable_apply_dense();
+    *committed = apply;
+    committed->set_name("m/part_1");
+    committed->mutable_request_id()->set_client_id(0xc1);
+    committed->mutable_request_id()->set_seq(11);
+    committed->mutable_gradient()->set_dtype(psd::DT_FLOAT);
+    writes->set_final_seq(3);
+    psd::PullMoveResponse* end = staged.mutable_pulls(4);
+    end->mutable_writes(0)->set_seq(4);
+    end->set_final_seq(4);
+  }
+  write("staged_apply", staged);
+  MoveInSession stray_slot = staged;
+  stray_slot.mutable_pulls(3)->mutable_writes(2)->mutable_op()->mutable_apply_dense()->set_slots(
+      0, "v");
+  write("staged_apply_to_another_variable", stray_slot);
+  MoveInSession mismatched = staged;
+  {
+    psd::MoveWrite* commit = mismatched.mutable_pulls(3)->mutable_writes(2);
+    psd::AssignRequest* assign = commit->mutable_op()->mutable_assign();
+    assign->set_name("m/part_1");
+    assign->mutable_request_id()->set_client_id(0xc1);
+    assign->mutable_request_id()->set_seq(11);
+  }
+  write("staged_apply_committed_as_assign", mismatched);
+  MoveInSession staged_strings = declared;
+  {
+    const std::string strings = Strings({2}, {"chunked", "strings"}).content();
+    psd::PullMoveResponse* end = staged_strings.mutable_pulls(3);
+    psd::CountUpToRequest count = end->writes(0).op().count_up_to();
+    end->clear_writes();
+    for (size_t offset = 0, i = 0; offset < strings.size(); offset += 5, ++i) {
+      psd::MoveWrite* w = end->add_writes();
+      w->set_seq(i + 1);
+      psd::StagedChunk* c = w->mutable_chunk();
+      c->set_staged_id(4);
+      c->set_offset(static_cast<int64_t>(offset));
+      c->set_content(strings.substr(offset, 5));
+      if (offset == 0) {
+        psd::AssignStreamHeader* h = c->mutable_header();
+        h->set_name("s/part_0");
+        h->set_op(psd::UPDATE_ASSIGN);
+        h->set_dtype(psd::DT_STRING);
+        h->mutable_shape()->add_dims(2);
+        h->set_total_bytes(static_cast<int64_t>(strings.size()));
+      }
+    }
+    psd::MoveWrite* commit = end->add_writes();
+    commit->set_seq(static_cast<uint64_t>(end->writes_size()));
+    commit->set_staged_id(4);
+    commit->mutable_op()->mutable_assign()->set_name("s/part_0");
+    psd::MoveWrite* counted = end->add_writes();
+    counted->set_seq(static_cast<uint64_t>(end->writes_size()));
+    *counted->mutable_op()->mutable_count_up_to() = count;
+    end->set_final_seq(counted->seq());
+  }
+  write("staged_strings", staged_strings);
   // A logged write naming a variable the move does not carry (here one the
   // target holds already): refused, the variable untouched.
   MoveInSession stray = whole;
