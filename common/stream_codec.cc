@@ -91,12 +91,13 @@ class SliceReader {
 }  // namespace
 
 bool IsRawStreamMethod(absl::string_view method) {
-  if (!absl::StartsWith(method, "/")) {
-    return method == kReadStreamMethod + 1 || method == kAssignStreamMethod + 1 ||
-           method == kBatchMethod + 1 || method == kFollowMoveMethod + 1;
+  static constexpr const char* kRaw[] = {kReadStreamMethod, kAssignStreamMethod, kBatchMethod,
+                                         kFollowMoveMethod, kPullMoveMethod};
+  const bool slashed = absl::StartsWith(method, "/");
+  for (const char* raw : kRaw) {
+    if (method == (slashed ? raw : raw + 1)) return true;
   }
-  return method == kReadStreamMethod || method == kAssignStreamMethod || method == kBatchMethod ||
-         method == kFollowMoveMethod;
+  return false;
 }
 
 // What a lent slice carries back to its pool.

@@ -44,15 +44,18 @@ inline constexpr char kAssignStreamMethod[] = "/psd.Shard/AssignStream";
 // messages, big result contents sent from their own buffers).
 inline constexpr char kBatchMethod[] = "/psd.Shard/Batch";
 // A backup's stream of its primary's log (server/shard/logged_write.h),
-// served raw by the primary.
+// served raw by the primary, and the pulls of a move's or backup's
+// snapshot (and of a move's log), served raw by the source.
 inline constexpr char kFollowMoveMethod[] = "/psd.ShardMove/FollowMove";
+inline constexpr char kPullMoveMethod[] = "/psd.ShardMove/PullMove";
 // The content fields' numbers (see shard.proto).
 inline constexpr int kTensorChunkContentField = 6;
 inline constexpr int kAssignStreamContentField = 2;
 
 // Whether `method` ("/psd.Shard/ReadStream" or "psd.Shard/ReadStream") is
 // served with grpc::ByteBuffer messages, so an interceptor must not take its
-// messages for protobuf objects.
+// messages for protobuf objects: one of the methods above, the one list of
+// them (a method served raw must be added there).
 bool IsRawStreamMethod(absl::string_view method);
 
 // Send buffers that a stream reuses: a slice from NewSlice hands its buffer

@@ -130,7 +130,8 @@ absl::Status DecodeLoggedWrite(const LoggedWrite& logged, MoveWrite* write) {
 }
 
 grpc::ByteBuffer EncodePullAnswer(const PullMoveResponse& fields,
-                                  const std::vector<LoggedWrite>& writes) {
+                                  const std::vector<LoggedWrite>& writes,
+                                  std::vector<grpc::Slice> content) {
   std::vector<grpc::Slice> slices;
   // Small bodies are copied into one buffer with the headers; big ones go
   // in a slice of their own, referenced.
@@ -153,6 +154,16 @@ grpc::ByteBuffer EncodePullAnswer(const PullMoveResponse& fields,
     slices.emplace_back(copied);
     copied.clear();
     slices.push_back(w.body);
+  }
+  if (!content.empty()) {
+    size_t bytes = 0;
+    for (const grpc::Slice& piece : content) bytes += piece.size();
+    uint8_t head[16];
+    const uint8_t* end = WriteHeader(PullMoveResponse::kContentFieldNumber, bytes, head);
+    copied.append(reinterpret_cast<const char*>(head), end - head);
+    slices.emplace_back(copied);
+    copied.clear();
+    for (grpc::Slice& piece : content) slices.push_back(std::move(piece));
   }
   if (!copied.empty() || slices.empty()) slices.emplace_back(copied);
   return grpc::ByteBuffer(slices.data(), slices.size());

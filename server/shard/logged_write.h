@@ -78,12 +78,14 @@ grpc::Slice EncodeLoggedWithContent(const MoveWrite& fields, absl::Span<const in
 // that do not parse (never for a body this process encoded).
 absl::Status DecodeLoggedWrite(const LoggedWrite& logged, MoveWrite* write);
 
-// A PullMoveResponse's bytes: `fields` (its `writes` empty) followed by
-// `writes` as its `writes` entries, their bodies referenced, not copied.
-// Parses as `fields` with those writes (protobuf's encoding up to field
-// order).
+// A PullMoveResponse's bytes: `fields` (its `writes` and `content` empty)
+// followed by `writes` as its `writes` entries and `content`'s pieces,
+// concatenated, as its `content`, the writes' bodies and the pieces
+// referenced, not copied. Parses as `fields` with those writes and that
+// content (protobuf's encoding up to field order).
 grpc::ByteBuffer EncodePullAnswer(const PullMoveResponse& fields,
-                                  const std::vector<LoggedWrite>& writes);
+                                  const std::vector<LoggedWrite>& writes,
+                                  std::vector<grpc::Slice> content = {});
 
 }  // namespace psd
 

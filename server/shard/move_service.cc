@@ -130,10 +130,8 @@ void ShardMoveService::Wake() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (!pushes.empty()) PushFollowers(pushes);
     for (ParkedPull& p : ready) {
       // Asked again, without waiting: what was logged meanwhile, or none.
-      p.response->Clear();
       p.request.set_wait_ms(0);
-      absl::Status status =
-          RunAtEdge("shard move service", [&] { return store_->PullMove(p.request, p.response); });
+      absl::Status status = AnswerPull(p.request, p.response, nullptr);
       p.reactor->Finish(ToGrpcStatus(status));
     }
     parked_mu_.Lock();
@@ -160,28 +158,42 @@ ShardMoveService::~ShardMoveService() {
   }
 }
 
+absl::Status ShardMoveService::AnswerPull(const PullMoveRequest& request,
+                                          grpc::ByteBuffer* response, bool* would_wait) {
+  return RunAtEdge("shard move service", [&]() -> absl::Status {
+    PullMoveResponse fields;
+    VariableStore::RawPullAnswer raw;
+    PSD_RETURN_IF_ERROR(store_->PullMoveRaw(request, &fields, &raw, would_wait));
+    *response = EncodePullAnswer(fields, raw.writes, std::move(raw.content));
+    return absl::OkStatus();
+  });
+}
+
 grpc::ServerUnaryReactor* ShardMoveService::PullMove(grpc::CallbackServerContext* ctx,
-                                                     const PullMoveRequest* request,
-                                                     PullMoveResponse* response) {
+                                                     const grpc::ByteBuffer* raw_request,
+                                                     grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  PullMoveRequest request;
+  if (!DecodeMessage(*raw_request, &request)) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("malformed PullMoveRequest")));
+    return reactor;
+  }
   bool would_wait = false;
   uint64_t news = 0;
-  if (request->follow()) {
+  if (request.follow()) {
     absl::MutexLock lock(&parked_mu_);
-    auto it = news_.find(request->move_id());
+    auto it = news_.find(request.move_id());
     news = it == news_.end() ? 0 : it->second;
   }
-  absl::Status status = RunAtEdge("shard move service", [&] {
-    return store_->PullMove(*request, response, request->follow() ? &would_wait : nullptr);
-  });
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::Status status = AnswerPull(request, response, request.follow() ? &would_wait : nullptr);
   if (status.ok() && would_wait) {
     absl::MutexLock lock(&parked_mu_);
     if (!waker_stopping_) {
       ParkedPull parked;
-      parked.request = *request;
+      parked.request = request;
       parked.response = response;
       parked.reactor = reactor;
-      parked.deadline = absl::Now() + absl::Milliseconds(std::clamp(request->wait_ms(), 0, 1000));
+      parked.deadline = absl::Now() + absl::Milliseconds(std::clamp(request.wait_ms(), 0, 1000));
       // A write logged since the store was asked counts as news already.
       parked.news = news;
       parked_.push_back(std::move(parked));

@@ -38,12 +38,14 @@ namespace psd {
 // so training keeps most of the machine (docs/moves.md, "Copy speed").
 inline constexpr int64_t kDefaultMoveRateWhenBusy = int64_t{192} << 20;
 
-// FollowMove is served raw (grpc::ByteBuffer messages): its answers send
-// each logged write's bytes from the log itself (logged_write.h). A bidi
-// method's raw and protobuf forms have the same parameters, so the
-// protobuf one is left out of the chain (ShardMove::CallbackService with
-// FollowMove raw; a method added to ShardMove goes here too).
-using ShardMoveServiceBase = ShardMove::WithCallbackMethod_PullMove<
+// PullMove and FollowMove are served raw (grpc::ByteBuffer messages):
+// their answers send a snapshot's bytes from the pinned value and each
+// logged write's bytes from the log itself (logged_write.h), as protobuf's
+// encoding of PullMoveResponse, so callers parse them with the generated
+// stub. The raw forms replace the protobuf ones in the chain
+// (ShardMove::CallbackService with both raw; a method added to ShardMove
+// goes here too).
+using ShardMoveServiceBase = ShardMove::WithRawCallbackMethod_PullMove<
     ShardMove::WithRawCallbackMethod_FollowMove<ShardMove::WithCallbackMethod_StartMoveIn<
         ShardMove::WithCallbackMethod_MoveStatus<ShardMove::WithCallbackMethod_FreezeMove<
             ShardMove::WithCallbackMethod_EndMove<ShardMove::WithCallbackMethod_SyncReplica<
@@ -61,8 +63,8 @@ class ShardMoveService final : public ShardMoveServiceBase {
   ShardMoveService& operator=(const ShardMoveService&) = delete;
 
   grpc::ServerUnaryReactor* PullMove(grpc::CallbackServerContext* ctx,
-                                     const PullMoveRequest* request,
-                                     PullMoveResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FollowMove(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* StartMoveIn(grpc::CallbackServerContext* ctx,
@@ -115,12 +117,16 @@ class ShardMoveService final : public ShardMoveServiceBase {
   // once the store logs a write for the follow, or its wait passed.
   struct ParkedPull {
     PullMoveRequest request;
-    PullMoveResponse* response;
+    grpc::ByteBuffer* response;
     grpc::ServerUnaryReactor* reactor;
     absl::Time deadline;
     uint64_t news = 0;  // news_[move id] when it was asked
   };
   void Wake();
+  // One pull, run by the store and encoded into `response` (the bytes of a
+  // PullMoveResponse; VariableStore::PullMoveRaw).
+  absl::Status AnswerPull(const PullMoveRequest& request, grpc::ByteBuffer* response,
+                          bool* would_wait);
   // Runs `op` (a call that may wait) on slow_calls_ rather than on this
   // gRPC thread, which the shard's pulls need (see CallPool), and finishes
   // the call with its status there. `op` captures by value.

@@ -530,7 +530,7 @@ class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
     if (lent) {
       std::vector<grpc::Slice> pieces;
       pieces.reserve(lent_.size());
-      for (LentBytes& piece : lent_) pieces.push_back(HoldingSlice(std::move(piece)));
+      for (LentBytes& piece : lent_) pieces.push_back(LentSlice(std::move(piece)));
       lent_.clear();
       fields_.set_offset(lent_offset);
       *message = EncodeWithContent(fields_, kTensorChunkContentField, std::move(pieces));
@@ -544,15 +544,6 @@ class ReadStreamReactor final : public SourceStreamReactor<grpc::ByteBuffer> {
     *message = EncodeWithContent(fields_, kTensorChunkContentField, std::move(content));
     fields_.Clear();  // the header goes in the first chunk only
     return true;
-  }
-
-  // A slice of lent bytes that keeps their hold until gRPC releases it.
-  static grpc::Slice HoldingSlice(LentBytes&& piece) {
-    auto* hold = new std::shared_ptr<const void>(std::move(piece.hold));
-    grpc_slice slice = grpc_slice_new_with_user_data(
-        const_cast<char*>(piece.bytes.data()), piece.bytes.size(),
-        [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }, hold);
-    return grpc::Slice(slice, grpc::Slice::STEAL_REF);
   }
 
   std::unique_ptr<ReadStreamSource> source_;

@@ -830,10 +830,19 @@ absl::Status VariableStore::PullMove(const PullMoveRequest& request, PullMoveRes
   return status;
 }
 
+absl::Status VariableStore::PullMoveRaw(const PullMoveRequest& request, PullMoveResponse* fields,
+                                        RawPullAnswer* raw, bool* would_wait) {
+  AckedAnswers acked;
+  absl::Status status =
+      PullMoveAcking(request, fields, would_wait, &acked, &raw->writes, &raw->content);
+  ResumeAcked(&acked);
+  return status;
+}
+
 absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
                                            PullMoveResponse* response, bool* would_wait,
-                                           AckedAnswers* acked,
-                                           std::vector<LoggedWrite>* writes) {
+                                           AckedAnswers* acked, std::vector<LoggedWrite>* writes,
+                                           std::vector<grpc::Slice>* content) {
   if (would_wait != nullptr) *would_wait = false;
   PSD_RETURN_IF_ERROR(CheckIncarnation(request.shard_incarnation()));
   std::shared_ptr<MoveOut> move = FindMoveOut(request.move_id());
@@ -903,7 +912,6 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
       }
       return FillTableChunk(*cut, m.info, request.offset(), response->mutable_table());
     }
-    std::string* content = response->mutable_content();
     std::shared_ptr<const ValuePin> pin;
     {
       absl::MutexLock lock(&move->mu);
@@ -913,12 +921,35 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
       }
       pin = m.pin;
     }
-    if (pin == nullptr) {
-      content->assign(m.encoded_strings, static_cast<size_t>(request.offset()), static_cast<size_t>(n));
-    } else {
-      content->resize(static_cast<size_t>(n));
-      PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, content->data()));
+    const size_t offset = static_cast<size_t>(request.offset());
+    if (content == nullptr) {
+      std::string* into = response->mutable_content();
+      if (pin == nullptr) {
+        into->assign(m.encoded_strings, offset, static_cast<size_t>(n));
+      } else {
+        into->resize(static_cast<size_t>(n));
+        PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, into->data()));
+      }
+      return absl::OkStatus();
     }
+    if (n == 0) return absl::OkStatus();
+    if (pin == nullptr) {
+      content->emplace_back(m.encoded_strings.data() + offset, static_cast<size_t>(n));
+      return absl::OkStatus();
+    }
+    // Lent, as a streamed read lends (BeginReadStream): only while the
+    // memory limit leaves room for the copy a write to a lent chunk makes
+    // of the variable, so lending never makes a write fail for memory.
+    if (memory_.limit() <= 0 || memory_.limit() - memory_.used() >= pin->byte_size()) {
+      PSD_ASSIGN_OR_RETURN(std::vector<LentBytes> lent, pin->Lend(request.offset(), n));
+      if (!lent.empty()) {
+        for (LentBytes& piece : lent) content->push_back(LentSlice(std::move(piece)));
+        return absl::OkStatus();
+      }
+    }
+    grpc::Slice copy(grpc_slice_malloc_large(static_cast<size_t>(n)), grpc::Slice::STEAL_REF);
+    PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, const_cast<uint8_t*>(copy.begin())));
+    content->push_back(std::move(copy));
     return absl::OkStatus();
   }
   if (move->follow) {

@@ -124,6 +124,14 @@ void ValuePin::Unlend(int64_t chunk) const {
   if (it != lent_.end() && --it->second == 0) lent_.erase(it);
 }
 
+grpc::Slice LentSlice(LentBytes piece) {
+  auto* hold = new std::shared_ptr<const void>(std::move(piece.hold));
+  grpc_slice slice = grpc_slice_new_with_user_data(
+      const_cast<char*>(piece.bytes.data()), piece.bytes.size(),
+      [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }, hold);
+  return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
 absl::StatusOr<std::vector<LentBytes>> ValuePin::Lend(int64_t offset, int64_t bytes) const {
   std::vector<LentBytes> pieces;
   const int64_t size = static_cast<int64_t>(DataTypeSize(dtype_));

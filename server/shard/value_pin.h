@@ -54,6 +54,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "device/device.h"
+#include "grpcpp/support/slice.h"
 #include "shard/memory_accountant.h"
 
 namespace psd {
@@ -102,6 +103,10 @@ struct LentBytes {
   absl::string_view bytes;
   std::shared_ptr<const void> hold;
 };
+
+// A slice of `piece`'s bytes that keeps its hold until gRPC lets go of it
+// (a lent value sent without a copy).
+grpc::Slice LentSlice(LentBytes piece);
 
 // Owned by a shared_ptr where it lends (Lend needs one to hand out holds).
 class ValuePin : public std::enable_shared_from_this<ValuePin> {

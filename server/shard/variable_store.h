@@ -304,6 +304,17 @@ class VariableStore {
   // log-news handler names the follow or the pull's wait passed.
   absl::Status PullMove(const PullMoveRequest& request, PullMoveResponse* response,
                         bool* would_wait = nullptr);
+  // PullMove for an answer sent raw (ShardMoveService::PullMove): `fields`
+  // gets the answer's fields but its snapshot bytes and logged writes,
+  // which go to `raw` as they are held (the bytes lent from the pin where
+  // that is host memory, else copied once; the writes as logged), for the
+  // service to send without copying them into a message first.
+  struct RawPullAnswer {
+    std::vector<grpc::Slice> content;  // PullMoveResponse.content, in order
+    std::vector<LoggedWrite> writes;   // PullMoveResponse.writes
+  };
+  absl::Status PullMoveRaw(const PullMoveRequest& request, PullMoveResponse* fields,
+                           RawPullAnswer* raw, bool* would_wait = nullptr);
   // A follow's log pull on its stream (ShardMoveService::FollowMove):
   // INVALID_ARGUMENT unless `request` is a follow's pull of the log (the
   // snapshot is pulled by PullMove); never waits. With `ack_only` it only
@@ -617,10 +628,11 @@ class VariableStore {
   std::shared_ptr<MoveOut> FindMoveOut(uint64_t move_id) const;
   // PullMove, adding the answers its acknowledgement completes to `acked`;
   // with `writes`, the logged writes go there as logged instead of into
-  // `response`.
+  // `response`, and with `content` the snapshot bytes (PullMoveRaw).
   absl::Status PullMoveAcking(const PullMoveRequest& request, PullMoveResponse* response,
                               bool* would_wait, AckedAnswers* acked,
-                              std::vector<LoggedWrite>* writes = nullptr);
+                              std::vector<LoggedWrite>* writes = nullptr,
+                              std::vector<grpc::Slice>* content = nullptr);
   // The follow's state changed (ended, left the in-sync set): its waiting
   // answers go to the slow path, which judges them as WaitForBackups does.
   void ReleaseAckWaiters(MoveOut* move);

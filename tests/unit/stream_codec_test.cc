@@ -339,7 +339,9 @@ TEST(StreamCodecTest, RawMethodsAreKnownWithOrWithoutTheLeadingSlash) {
   EXPECT_FALSE(IsRawStreamMethod("/psd.Shard/Read"));
   EXPECT_TRUE(IsRawStreamMethod("psd.Shard/Batch"));
   EXPECT_TRUE(IsRawStreamMethod("/psd.ShardMove/FollowMove"));
-  EXPECT_FALSE(IsRawStreamMethod("/psd.ShardMove/PullMove"));
+  EXPECT_TRUE(IsRawStreamMethod("/psd.ShardMove/PullMove"));
+  EXPECT_FALSE(IsRawStreamMethod("/psd.ShardMove/StartMoveIn"));
+  EXPECT_FALSE(IsRawStreamMethod("/psd.ShardMove/PullMoveX"));
 }
 
 }  // namespace

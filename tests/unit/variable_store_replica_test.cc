@@ -710,6 +710,61 @@ TEST_F(StoreReplicaTest, AStreamedAssignReachesTheBackupWithItsValueAndItsReques
   EXPECT_EQ(Read(&backup_, "w"), (std::vector<float>{1.75f, 2.25f, 3.25f, 4.25f}));
 }
 
+// A pull answered raw (as ShardMoveService sends it: the snapshot's bytes
+// lent from the pin or copied once, the logged writes as logged) parses as
+// the very answer PullMove gives, for a snapshot chunk and for a pull of
+// the log, with the value lent (memory to spare) and copied (none to
+// spare); the target applies it and ends up with the source's value.
+TEST(StoreRawPullTest, ARawPullParsesAsThePullAndMovesThePart) {
+  for (const int64_t memory_limit : {int64_t{0}, int64_t{20}}) {
+    SCOPED_TRACE(memory_limit == 0 ? "lent" : "copied");
+    std::unique_ptr<Device> device = NewCpuDevice();
+    VariableStoreOptions source_options = Options(1, absl::Seconds(600));
+    source_options.memory_limit_bytes = memory_limit;
+    VariableStore source(device.get(), source_options);
+    VariableStore target(device.get(), Options(2, absl::Seconds(600)));
+    ASSERT_TRUE(store_test::CreateWithValue(&source, "w", Floats({1.5f, -2, 3e-7f, 4e9f})).ok());
+    ASSERT_TRUE(target.BeginMoveIn(MoveIn(7, /*follow=*/false)).ok());
+    auto pull_both_ways = [&]() -> absl::StatusOr<PullMoveResponse> {
+      PullMoveRequest req;
+      if (!target.NextMovePull(7, &req)) return absl::NotFoundError("no pull due");
+      PullMoveResponse fields;
+      VariableStore::RawPullAnswer raw;
+      PSD_RETURN_IF_ERROR(source.PullMoveRaw(req, &fields, &raw));
+      PullMoveResponse parsed;
+      if (!DecodeMessage(EncodePullAnswer(fields, raw.writes, std::move(raw.content)), &parsed)) {
+        return absl::DataLossError("the raw answer does not parse");
+      }
+      PullMoveResponse pulled;  // the same pull again, answered whole
+      PSD_RETURN_IF_ERROR(source.PullMove(req, &pulled));
+      EXPECT_EQ(parsed.SerializeAsString(), pulled.SerializeAsString());
+      return parsed;
+    };
+    absl::StatusOr<PullMoveResponse> snapshot = pull_both_ways();
+    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+    EXPECT_EQ(snapshot->content().size(), 16u);
+    ASSERT_TRUE(target.ApplyMovePull(7, *snapshot).ok());
+    // A write after the snapshot goes by the log (where the memory limit
+    // leaves room for the write's copy of the pinned value and its entry).
+    std::vector<float> want = {1.5f, -2, 3e-7f, 4e9f};
+    if (memory_limit == 0) {
+      ASSERT_TRUE(AddOnes(&source, 1).ok());
+      for (float& x : want) x += 1;
+      absl::StatusOr<PullMoveResponse> log = pull_both_ways();
+      ASSERT_TRUE(log.ok()) << log.status();
+      ASSERT_EQ(log->writes_size(), 1);
+      ASSERT_TRUE(target.ApplyMovePull(7, *log).ok());
+    }
+    ASSERT_TRUE(source.FreezeMove(7, 0).ok());
+    absl::StatusOr<PullMoveResponse> end = pull_both_ways();
+    ASSERT_TRUE(end.ok()) << end.status();
+    EXPECT_TRUE(end->end());
+    ASSERT_TRUE(target.ApplyMovePull(7, *end).ok());
+    ASSERT_TRUE(target.EndMoveIn(7, /*committed=*/true).ok());
+    EXPECT_EQ(Read(&target, "w"), want);
+  }
+}
+
 // A message's writes share one backup timeout, and a follow the
 // coordinator could not be told about is reported once per answer, not
 // once per write (a stalled backup must not hold an answer for a timeout
