@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "psd/edge.h"
 #include "psd/grpc_status.h"
 #include "psd/status.h"
@@ -457,9 +458,14 @@ grpc::ServerUnaryReactor* ShardMoveService::StartMoveIn(grpc::CallbackServerCont
 namespace {
 
 // One pull on the wire: its call state lives until gRPC says it is done.
+// Called raw: a snapshot chunk's bytes stay in the received slices
+// (`content`) until they are copied into the incoming part.
 struct PullCall {
   PullMoveRequest request;
-  PullMoveResponse response;
+  grpc::ByteBuffer request_bytes;
+  grpc::ByteBuffer response_bytes;
+  PullMoveResponse response;  // parsed once done (all but `content`'s bytes)
+  ContentMessage content;
   grpc::ClientContext ctx;
   grpc::Status status;
   bool done = false;  // guarded by the puller's mutex
@@ -483,20 +489,20 @@ void ShardMoveService::Pull(uint64_t move_id, std::string source_address) {
   // by this thread, at the shard's own priority.
   std::thread copier([&] {
     setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kSnapshotCopyNice);
-    PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/true);
+    PullLoop(move_id, source_address, /*snapshot_only=*/true);
   });
   copier.join();
   // A follow takes its log on a stream; a move (and a follow whose primary
   // has no stream) by pulls.
   if (!store_->IsFollow(move_id) || !FollowLoop(move_id, source_address, stub.get())) {
-    PullLoop(move_id, source_address, stub.get(), /*snapshot_only=*/false);
+    PullLoop(move_id, source_address, /*snapshot_only=*/false);
   }
   absl::MutexLock lock(&mu_);
   returned_.insert(move_id);
 }
 
 void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_address,
-                                ShardMove::Stub* stub, bool snapshot_only) {
+                                bool snapshot_only) {
   // The pulls on the wire, oldest first; answers are applied in that order.
   absl::Mutex mu;
   absl::CondVar answered;
@@ -505,20 +511,35 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
   // long as it follows, reporting why in MoveStatus.
   const bool follow = store_->IsFollow(move_id);
   bool follow_failing = false;
+  grpc::GenericStub generic(peers_->ChannelFor(source_address));
   auto start = [&](const PullMoveRequest& request) {
     auto call = std::make_unique<PullCall>();
     call->request = request;
     call->request.set_target_shard_id(shard_id_);
+    call->request_bytes = EncodeMessage(call->request);
     call->ctx.set_deadline(std::chrono::system_clock::now() + kPullDeadline);
     PullCall* raw = call.get();
     in_flight.push_back(std::move(call));
-    stub->async()->PullMove(&raw->ctx, &raw->request, &raw->response,
-                            [raw, &mu, &answered](grpc::Status status) {
-                              absl::MutexLock lock(&mu);
-                              raw->status = std::move(status);
-                              raw->done = true;
-                              answered.SignalAll();
-                            });
+    generic.UnaryCall(&raw->ctx, kPullMoveMethod, grpc::StubOptions(), &raw->request_bytes,
+                      &raw->response_bytes, [raw, &mu, &answered](grpc::Status status) {
+                        absl::MutexLock lock(&mu);
+                        raw->status = std::move(status);
+                        raw->done = true;
+                        answered.SignalAll();
+                      });
+  };
+  // A done call's answer, parsed: a snapshot chunk's content left in the
+  // received slices, anything else (logged writes) parsed whole.
+  auto parse = [&](PullCall* call) -> absl::Status {
+    PSD_RETURN_IF_ERROR(FromGrpcStatus(call->status));
+    if (snapshot_only) {
+      return call->content.Parse(call->response_bytes, PullMoveResponse::kContentFieldNumber,
+                                 &call->response, "the source's PullMoveResponse");
+    }
+    if (!DecodeMessage(call->response_bytes, &call->response)) {
+      return absl::InvalidArgumentError("the source's PullMoveResponse does not parse");
+    }
+    return absl::OkStatus();
   };
   // Cancels what is still on the wire and waits for gRPC to let go of it.
   auto drop_all = [&] {
@@ -573,7 +594,7 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       if (stopping_.load() || !store_->NextMovePull(move_id, &next)) break;
     }
     if (call == nullptr) break;  // the pulls on the wire are cancelled below
-    absl::Status status = FromGrpcStatus(call->status);
+    absl::Status status = parse(call.get());
     if (!status.ok()) {
       drop_all();  // they follow a chunk that did not come
       const absl::Time now = absl::Now();
@@ -630,12 +651,15 @@ void ShardMoveService::PullLoop(uint64_t move_id, const std::string& source_addr
       }
     }
     // A failure is recorded by the store (MoveStatus reports it).
-    if (!store_->ApplyMovePull(move_id, call->response).ok()) break;
+    if (!store_->ApplyMovePull(move_id, call->response, snapshot_only ? &call->content : nullptr)
+             .ok()) {
+      break;
+    }
     if (snapshot_only && rate_when_busy_ > 0 &&
         (call->response.source_busy() || store_->BusyWithWrites())) {
       const absl::Time now = absl::Now();
       if (paced_since == absl::InfinitePast()) paced_since = now;
-      paced_bytes += static_cast<int64_t>(call->response.content().size() +
+      paced_bytes += static_cast<int64_t>(call->content.content_size() +
                                           call->response.table().ByteSizeLong());
       paced_due =
           paced_since + absl::Seconds(static_cast<double>(paced_bytes) / rate_when_busy_);

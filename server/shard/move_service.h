@@ -93,9 +93,8 @@ class ShardMoveService final : public ShardMoveServiceBase {
   // The puller of move `move_id`: pulls until there is nothing left.
   void Pull(uint64_t move_id, std::string source_address);
   // Pulls and applies until nothing is left, or with `snapshot_only` until
-  // the snapshot is copied.
-  void PullLoop(uint64_t move_id, const std::string& source_address, ShardMove::Stub* stub,
-                bool snapshot_only);
+  // the snapshot is copied (PullMove called raw: see PullCall).
+  void PullLoop(uint64_t move_id, const std::string& source_address, bool snapshot_only);
   // A follow's log, once its snapshot is copied: applies what the primary
   // pushes on a FollowMove stream (reopened after a failure) until the
   // follow ends or the shard stops. False if the primary does not serve

@@ -9,10 +9,12 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "psd/dtype.h"
 #include "psd/status.h"
+#include "psd/stream_codec.h"
 #include "psd/wire.h"
 #include "shard/store_internal.h"
 
@@ -1505,8 +1507,16 @@ absl::Status VariableStore::CheckMovedTable(const MoveIn& move, int i,
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveResponse& response) {
-  if (move->tables[move->member] != nullptr) return InstallTableChunk(move, response);
+absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveResponse& response,
+                                             const ContentMessage* content) {
+  if (move->tables[move->member] != nullptr) {
+    if (content != nullptr && content->content_size() > 0) {
+      return absl::DataLossError(absl::StrCat("the source sent bytes for table part ",
+                                              Quoted(move->members[move->member].name()),
+                                              "; it sends rows"));
+    }
+    return InstallTableChunk(move, response);
+  }
   const MovedMember& info = move->members[move->member];
   const std::shared_ptr<Variable>& var = move->vars[move->member];
   if (response.member() != move->member || response.offset() != move->offset) {
@@ -1515,7 +1525,15 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
                                             ", expected member ", move->member, " offset ",
                                             move->offset));
   }
-  const int64_t n = static_cast<int64_t>(response.content().size());
+  // The bytes in pieces: a received answer's slices, or the parsed field.
+  absl::InlinedVector<absl::string_view, 4> pieces;
+  if (content != nullptr) {
+    pieces.assign(content->content().begin(), content->content().end());
+  } else {
+    pieces.push_back(response.content());
+  }
+  int64_t n = 0;
+  for (absl::string_view piece : pieces) n += static_cast<int64_t>(piece.size());
   if (n > info.total_bytes() - move->offset) {
     return absl::DataLossError(absl::StrCat("the source sent more bytes of ", Quoted(info.name()),
                                             " than its ", info.total_bytes()));
@@ -1536,12 +1554,15 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
       move->filling.buffer->AdviseSmallPages(true);
     }
   }
-  if (info.dtype() == DT_STRING) {
-    move->filling_strings.append(response.content());
-  } else if (n > 0) {
-    PSD_RETURN_IF_ERROR(device_->CopyFromHost(response.content().data(), static_cast<size_t>(n),
-                                              move->filling.buffer.get(),
-                                              static_cast<size_t>(move->offset)));
+  int64_t at = move->offset;
+  for (absl::string_view piece : pieces) {
+    if (info.dtype() == DT_STRING) {
+      move->filling_strings.append(piece.data(), piece.size());
+    } else if (!piece.empty()) {
+      PSD_RETURN_IF_ERROR(device_->CopyFromHost(
+          piece.data(), piece.size(), move->filling.buffer.get(), static_cast<size_t>(at)));
+    }
+    at += static_cast<int64_t>(piece.size());
   }
   move->offset += n;
   move->copied_bytes += n;
@@ -1576,7 +1597,8 @@ absl::Status VariableStore::InstallMoveChunk(MoveIn* move, const PullMoveRespons
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveResponse& response) {
+absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveResponse& response,
+                                          const ContentMessage* content) {
   std::shared_ptr<MoveIn> move = FindMoveIn(move_id);
   if (move == nullptr) return absl::NotFoundError(absl::StrCat(MoveName(move_id), " has ended"));
   absl::MutexLock apply(&move->apply_mu);
@@ -1623,7 +1645,7 @@ absl::Status VariableStore::ApplyMovePull(uint64_t move_id, const PullMoveRespon
       }
       const int members = static_cast<int>(move->members.size());
       if (move->member < members) {
-        PSD_RETURN_IF_ERROR(InstallMoveChunk(move.get(), response));
+        PSD_RETURN_IF_ERROR(InstallMoveChunk(move.get(), response, content));
         move->logged_seq = std::max(move->logged_seq, response.final_seq());
         if (move->member == members) move->phase = MOVE_FORWARDING;
         move->changed.SignalAll();

@@ -55,6 +55,8 @@
 
 namespace psd {
 
+class ContentMessage;  // psd/stream_codec.h
+
 class Variable;
 struct EmbeddingPart;  // store_internal.h
 class EmbeddingSnapshot;
@@ -377,7 +379,11 @@ class VariableStore {
   // Applies one pull's answer: snapshot bytes into the incoming parts,
   // logged writes through the ops' own code under their request ids and
   // callers, and the end's request window. An error fails the move-in.
-  absl::Status ApplyMovePull(uint64_t move_id, const PullMoveResponse& response);
+  // With `content`, the snapshot bytes are its content (the answer as
+  // received, parsed apart from its other fields into `response`: they are
+  // copied once, into the part) instead of response.content().
+  absl::Status ApplyMovePull(uint64_t move_id, const PullMoveResponse& response,
+                             const ContentMessage* content = nullptr);
   void FailMoveIn(uint64_t move_id, const absl::Status& status);
   MoveStatusResponse MoveInStatus(uint64_t move_id, absl::Duration wait) const;
   // committed: the incoming parts serve clients; otherwise they are
@@ -646,8 +652,10 @@ class VariableStore {
   bool ack_watch_stopping_ ABSL_GUARDED_BY(ack_watch_mu_) = false;
   std::thread ack_watcher_ ABSL_GUARDED_BY(ack_watch_mu_);  // started by the first watch
   std::shared_ptr<MoveIn> FindMoveIn(uint64_t move_id) const;
-  // Snapshot bytes of one pull into the incoming part (move->mu held).
-  absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response);
+  // Snapshot bytes of one pull into the incoming part (move->mu held):
+  // `content`'s if given, else response.content().
+  absl::Status InstallMoveChunk(MoveIn* move, const PullMoveResponse& response,
+                                const ContentMessage* content);
   // The same for a table's part or slot: rows, pending counts or Bloom
   // counters of one chunk (proto MovedTable).
   absl::Status InstallTableChunk(MoveIn* move, const PullMoveResponse& response);

@@ -5,8 +5,9 @@
 // MoveInSession (fuzz_inputs.proto): the parts StartMoveIn creates and the
 // source's answers, run against a VariableStore on the CPU device with a
 // 1 MiB memory limit the way the target's puller runs them (a pull only
-// while NextMovePull asks for one; the move then ends, committed when the
-// input says so).
+// while NextMovePull asks for one, every other answer taken as received,
+// its content left in the receive slices; the move then ends, committed
+// when the input says so).
 //
 // What must hold, whatever the bytes: every call returns a status (no
 // crash, UB, leak, hang, or allocation the limit does not cover); a move
@@ -31,6 +32,7 @@
 #include "device/device.h"
 #include "fuzz_inputs.pb.h"
 #include "psd/embedding_keys.h"
+#include "psd/stream_codec.h"
 #include "psd/wire.h"
 #include "shard/variable_store.h"
 
@@ -137,7 +139,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int n = 0;
   while (failed.ok() && n < session.pulls_size() && n < kMaxPulls &&
          store.NextMovePull(kMoveId, &pull)) {
-    failed = store.ApplyMovePull(kMoveId, session.pulls(n++));
+    const psd::PullMoveResponse& answer = session.pulls(n++);
+    if (n % 2 == 1) {
+      // As the target's puller takes a snapshot chunk: the answer's bytes
+      // as received (here cut into three slices), its content left in them.
+      const std::string bytes = answer.SerializeAsString();
+      const size_t third = std::max<size_t>(1, bytes.size() / 3);
+      std::vector<grpc::Slice> slices;
+      for (size_t at = 0; at < bytes.size(); at += third) {
+        slices.emplace_back(bytes.data() + at, std::min(third, bytes.size() - at));
+      }
+      const grpc::ByteBuffer received(slices.data(), slices.size());
+      psd::PullMoveResponse fields;
+      psd::ContentMessage content;
+      Check(content.Parse(received, psd::PullMoveResponse::kContentFieldNumber, &fields, "answer")
+                .ok(),
+            "a serialized answer did not parse as received");
+      failed = store.ApplyMovePull(kMoveId, fields, &content);
+    } else {
+      failed = store.ApplyMovePull(kMoveId, answer);
+    }
     Check(store.memory().held() <= kMemoryLimit, "accounted memory past the limit");
   }
   const psd::MoveStatusResponse status = store.MoveInStatus(kMoveId, absl::ZeroDuration());
