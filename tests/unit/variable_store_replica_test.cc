@@ -1356,6 +1356,7 @@ TEST_F(StoreChunkedReplicaTest, ABigStreamedApplyReachesTheBackupWhileItIsSentAn
           .BeginMoveIn(FollowGroup(7, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}}, DT_FLOAT))
           .ok());
   CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());  // the commit waits for it
   AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 5, 1);
   *header.mutable_apply() = AdamApplyOfW();
   const std::vector<float> gradient = {0.3f, -1.f / 3, 2, 7e-5f};
@@ -1427,6 +1428,7 @@ TEST_F(StoreChunkedReplicaTest, AStreamedAssignOfStringsReachesTheBackupInChunks
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "s", StringsProto({"a", "b", "c"})).ok());
   ASSERT_TRUE(backup_.BeginMoveIn(FollowGroup(7, {{"s", {3}}}, DT_STRING)).ok());
   CatchUp(&primary_, &backup_, 7);
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());  // the commit waits for it
   const std::vector<std::string> value = {"vocabulary", "", std::string("z\0\xff", 3)};
   const std::string encoded = EncodeStrings(value);
   AssignStreamHeader header;
@@ -1497,6 +1499,93 @@ TEST(StoreReplicaBigValueTest, AnInitializationOfStringsTooBigToLogEndsTheFollow
   ASSERT_EQ(reasons.size(), 1u) << "answered while the backup lacking it was in sync";
   EXPECT_NE(reasons[0].find("strings of"), std::string::npos) << reasons[0];
   EXPECT_EQ(primary.replication_stats().follows_out, 0);
+}
+
+// A follow's log with no room for a chunk (its backup lags) takes it once
+// the backup has drained the log, at a later chunk: here the memory limit
+// leaves room for one chunk entry and a commit entry, never two chunks, so
+// only chunks logged as the backup keeps up let the commit go through with
+// the follow in place (before, a log that once had no room took every
+// chunk left at the commit, and the follow ended).
+TEST(StoreLaggingBackupTest, ChunksALogHadNoRoomForGoOnceTheBackupDrainedIt) {
+  constexpr int64_t kChunk = 64, kElements = 64;  // 256 bytes: 4 chunks
+  // What the primary holds when the stream begins, measured without a
+  // limit; the run then has room for about 260 bytes of log on top.
+  int64_t used_at_begin = 0;
+  for (const bool limited : {false, true}) {
+    SCOPED_TRACE(limited ? "limited" : "measuring");
+    std::unique_ptr<Device> device = NewCpuDevice();
+    VariableStoreOptions options = Options(1, absl::Seconds(600));
+    options.logged_chunk_bytes = kChunk;
+    options.staging_pool_bytes = 0;
+    if (limited) options.memory_limit_bytes = used_at_begin + 260;
+    VariableStore primary(device.get(), options);
+    VariableStore backup(device.get(), Options(2, absl::Seconds(600)));
+    ASSERT_TRUE(
+        store_test::CreateWithValue(
+            &primary, "big", store_test::Vec<float>({kElements}, std::vector<float>(kElements)))
+            .ok());
+    ASSERT_TRUE(backup.BeginMoveIn(FollowGroup(7, {{"big", {kElements}}}, DT_FLOAT)).ok());
+    auto pull = [&] {
+      PullMoveRequest req;
+      PullMoveResponse resp;
+      if (!backup.NextMovePull(7, &req)) return false;
+      req.set_wait_ms(0);  // only what is logged
+      return primary.PullMove(req, &resp).ok() && backup.ApplyMovePull(7, resp).ok();
+    };
+    ASSERT_TRUE(pull());
+    ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
+    std::vector<std::string> reasons;
+    primary.SetReplicaBehindHandler([&](uint64_t, const std::string& reason) {
+      reasons.push_back(reason);
+      return absl::OkStatus();
+    });
+    AssignStreamHeader header;
+    header.set_name("big");
+    header.set_op(UPDATE_ASSIGN);
+    header.set_dtype(DT_FLOAT);
+    header.mutable_shape()->add_dims(kElements);
+    header.set_total_bytes(kElements * 4);
+    header.mutable_request_id()->set_client_id(5);
+    header.mutable_request_id()->set_seq(1);
+    auto sink = primary.BeginAssignStream(header);
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    if (!limited) used_at_begin = primary.memory().used();
+    std::vector<float> value(kElements);
+    for (int64_t i = 0; i < kElements; ++i) value[i] = 0.5f * static_cast<float>(i);
+    const char* bytes = reinterpret_cast<const char*>(value.data());
+    // Two chunks at once: the second finds no room. Then a chunk after
+    // each drain of the log (a pull, and one more that acknowledges it).
+    ASSERT_TRUE((*sink)->Append(absl::string_view(bytes, 2 * kChunk)).ok());
+    for (int64_t at = 2 * kChunk; at < kElements * 4; at += kChunk) {
+      ASSERT_TRUE(pull());
+      ASSERT_TRUE(pull());
+      ASSERT_TRUE((*sink)->Append(absl::string_view(bytes + at, kChunk)).ok());
+    }
+    ASSERT_TRUE(pull());
+    ASSERT_TRUE(pull());
+    absl::Status committed;
+    std::atomic<bool> answered{false};
+    std::thread writer([&] {
+      AssignResponse response;
+      committed = (*sink)->Commit(&response);
+      answered.store(true);
+    });
+    for (int i = 0; i < 600 && !answered.load(); ++i) {
+      PullMoveRequest req;
+      PullMoveResponse resp;
+      if (!backup.NextMovePull(7, &req)) break;
+      req.set_wait_ms(100);
+      if (!primary.PullMove(req, &resp).ok() || !backup.ApplyMovePull(7, resp).ok()) break;
+    }
+    writer.join();
+    ASSERT_TRUE(committed.ok()) << committed;
+    EXPECT_TRUE(reasons.empty()) << "the follow was ended: " << reasons.front();
+    EXPECT_EQ(primary.replication_stats().follows_out, 1);
+    if (!reasons.empty()) continue;
+    ASSERT_TRUE(backup.PromoteReplica(7, 2, 2).ok());
+    EXPECT_EQ(Read(&backup, "big"), value);
+  }
 }
 
 }  // namespace
