@@ -177,22 +177,53 @@ def to_array(value, dtype):
             return _contiguous(arr)
         return float32_to_bfloat16(arr)
     target = dtype.np
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        arr = np.asarray(value)
-        if arr.dtype.kind in "iu" and target.kind in "iu" and arr.size > 0:
-            info = np.iinfo(target)
-            low, high = arr.min(), arr.max()
-            if low < info.min or high > info.max:
-                raise ValueError("%s is outside the range of %s [%d, %d]"
-                                 % (low if low < info.min else high, dtype.name,
-                                    info.min, info.max))
-    if arr.dtype != target and not np.can_cast(arr.dtype, target, "same_kind"):
+    kind = type(value)
+    if (kind is float or kind is int) and target.kind in "fiu":
+        # The common scalar (assign_add(1)), without numpy's round trip
+        # through a default dtype: a float into a float dtype, an int into
+        # any number dtype in range.
+        if kind is int and target.kind != "f":
+            low, high = _int_range(target)
+            if not low <= value <= high:
+                raise ValueError("%d is outside the range of %s [%d, %d]"
+                                 % (value, dtype.name, low, high))
+        elif kind is float and target.kind != "f":
+            raise TypeError("cannot convert a float value to %s" % dtype.name)
+        return np.asarray(value, dtype=target)
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype == target:
+        return _contiguous(arr)
+    # Integers given as Python values (numpy gave them int64 or uint64, or
+    # they were numpy scalars) go to any integer dtype they fit, signed or
+    # not; everything else by numpy's 'same_kind' rule.
+    given_ints = arr is not value and arr.dtype.kind in "iu" and target.kind in "iu"
+    if not given_ints and not np.can_cast(arr.dtype, target, "same_kind"):
         what = "None" if value is None else "a %s %s" % (
             arr.dtype, "array" if isinstance(value, np.ndarray) else "value")
         raise TypeError("cannot convert %s to %s" % (what, dtype.name))
+    if given_ints and arr.size > 0:
+        low, high = _int_range(target)
+        if arr.ndim == 0:
+            lowest = highest = int(arr)
+        else:
+            lowest, highest = int(arr.min()), int(arr.max())
+        if lowest < low or highest > high:
+            raise ValueError("%d is outside the range of %s [%d, %d]"
+                             % (lowest if lowest < low else highest, dtype.name, low, high))
     return _contiguous(arr.astype(target, copy=False))
+
+
+_INT_RANGES = {}
+
+
+def _int_range(np_dtype):
+    """(min, max) of an integer numpy dtype, as Python ints (cached: np.iinfo
+    is slow next to a scalar op)."""
+    r = _INT_RANGES.get(np_dtype)
+    if r is None:
+        info = np.iinfo(np_dtype)
+        r = _INT_RANGES[np_dtype] = (int(info.min), int(info.max))
+    return r
 
 
 def _contiguous(arr):

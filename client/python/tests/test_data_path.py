@@ -131,6 +131,13 @@ def test_values_convert_as_tensorflow_converts_them_or_change_nothing(session, p
     np.testing.assert_array_equal(f.read(), [5.0, 8.0])
     i.assign([-128, 127])
     np.testing.assert_array_equal(i.read(), [-128, 127])
+    u = psclient.get_variable(prefix + "_u", initializer=np.array([1, 2], np.uint8),
+                              initialize=True)
+    u.assign([255, 0])  # Python ints into an unsigned dtype, in range
+    np.testing.assert_array_equal(u.read(), [255, 0])
+    with pytest.raises(ValueError):
+        u.assign([-1, 0])
+    np.testing.assert_array_equal(u.read(), [255, 0])
 
 
 def test_non_contiguous_input(session, prefix):
