@@ -1388,6 +1388,44 @@ TEST_F(StoreChunkedReplicaTest, ABigStreamedApplyReachesTheBackupWhileItIsSentAn
   EXPECT_EQ(ReadProto(&backup_, "w")->content(), applied);
 }
 
+// The same apply to a group that moves (a move's target gets the chunks
+// at the commit, then the commit entry): the moved variable and slots are
+// the source's bit for bit.
+TEST_F(StoreChunkedReplicaTest, ABigStreamedApplyDuringAMoveReachesTheTargetBitForBit) {
+  for (const char* name : {"w", "w/Adam", "w/Adam_1"}) {
+    ASSERT_TRUE(store_test::CreateWithValue(&primary_, name, Floats({0.5f, -1, 2, 1e-3f})).ok());
+  }
+  for (const char* name : {"beta1_power", "beta2_power"}) {
+    ASSERT_TRUE(
+        store_test::CreateWithValue(&primary_, name, store_test::Vec<float>({}, {0.9f})).ok());
+  }
+  StartMoveInRequest in =
+      FollowGroup(9, {{"w", {4}}, {"w/Adam", {4}}, {"w/Adam_1", {4}}}, DT_FLOAT);
+  in.set_follow(false);
+  ASSERT_TRUE(backup_.BeginMoveIn(in).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 9));  // the snapshot
+  AssignStreamHeader header = StreamHeaderOfW(UPDATE_ASSIGN, 5, 1);
+  *header.mutable_apply() = AdamApplyOfW();
+  const std::vector<float> gradient = {0.3f, -1.f / 3, 2, 7e-5f};
+  auto sink = primary_.BeginAssignStream(header);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE((*sink)->Append(Bytes(gradient, 0, 16)).ok());
+  AssignResponse response;
+  ASSERT_TRUE((*sink)->Commit(&response).ok());
+  sink->reset();
+  ASSERT_TRUE(primary_.FreezeMove(9, 0).ok());
+  for (int i = 0; i < 100 && backup_.MoveInStatus(9, absl::ZeroDuration()).phase() != MOVE_READY;
+       ++i) {
+    ASSERT_TRUE(PullOnce(&primary_, &backup_, 9));
+  }
+  ASSERT_EQ(backup_.MoveInStatus(9, absl::ZeroDuration()).phase(), MOVE_READY);
+  ASSERT_TRUE(backup_.EndMoveIn(9, /*committed=*/true).ok());
+  for (const char* name : {"w", "w/Adam", "w/Adam_1"}) {
+    EXPECT_EQ(ReadProto(&backup_, name)->content(), ReadProto(&primary_, name)->content()) << name;
+  }
+  EXPECT_NE(Read(&backup_, "w"), (std::vector<float>{0.5f, -1, 2, 1e-3f}));
+}
+
 // Strings: "s" (string [3]), sent as its wire encoding.
 TensorProto StringsProto(const std::vector<std::string>& values) {
   TensorProto p;
