@@ -91,10 +91,6 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
     endpoint->server_->Shutdown();
     return status;
   };
-  if (!options.port_file.empty()) {
-    absl::Status s = WritePortFile(options.port_file, endpoint->port_);
-    if (!s.ok()) return fail(s);
-  }
   if (!options.http_listen.empty()) {
     HttpServerOptions http_options;
     http_options.listen = options.http_listen;
@@ -116,6 +112,13 @@ absl::StatusOr<std::unique_ptr<ServingEndpoint>> ServingEndpoint::Start(
       absl::Status s = WritePortFile(options.http_port_file, endpoint->http_->port());
       if (!s.ok()) return fail(s);
     }
+  }
+  // Last: launchers and tests take the port file for "serving", so every
+  // endpoint is up once it exists (/metrics was not, for a moment, when it
+  // came first).
+  if (!options.port_file.empty()) {
+    absl::Status s = WritePortFile(options.port_file, endpoint->port_);
+    if (!s.ok()) return fail(s);
   }
   return endpoint;
 }

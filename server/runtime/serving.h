@@ -58,7 +58,7 @@ struct ServingLimits {
 struct ServingOptions {
   std::string listen;  // HOST:PORT; port 0 picks a free one
   int max_message_bytes = 512 << 20;
-  std::string port_file;       // the gRPC port is written here after binding
+  std::string port_file;  // the gRPC port, written once every endpoint is up
   // HOST:PORT of /metrics, /healthz, /readyz; empty: none. Loopback only
   // unless `security` has a certificate (then HTTPS, any address).
   std::string http_listen;
