@@ -694,6 +694,20 @@ psd::MoveWrite ScatterAdd(uint64_t seq, const std::string& name, uint64_t reques
   return w;
 }
 
+// Logged write `seq`: a chunk of staged write `staged_id` at `offset`, with
+// the stream's header when it is the first (`header` set).
+psd::MoveWrite StagedChunkWrite(uint64_t seq, uint64_t staged_id, int64_t offset,
+                                std::string content, const psd::AssignStreamHeader* header) {
+  psd::MoveWrite w;
+  w.set_seq(seq);
+  psd::StagedChunk* c = w.mutable_chunk();
+  c->set_staged_id(staged_id);
+  c->set_offset(offset);
+  c->set_content(std::move(content));
+  if (header != nullptr) *c->mutable_header() = *header;
+  return w;
+}
+
 // A table's part (part 1 of 2, dim 2, a counter filter admitting at 3) and
 // its Adagrad slot, moved whole: the rows with their slot rows, a pending
 // count, logged lookups and writes, the end; and two lies.
@@ -942,24 +956,16 @@ void MoveSeeds() {
     apply.mutable_optimizer()->mutable_momentum()->set_learning_rate(0.5);
     apply.mutable_optimizer()->mutable_momentum()->set_momentum(0.9);
     const std::string gradient = FloatBytes(12, -3);
-    for (int i = 0; i < 2; ++i) {
-      psd::MoveWrite* w = writes->add_writes();
-      w->set_seq(static_cast<uint64_t>(i) + 1);
-      psd::StagedChunk* c = w->mutable_chunk();
-      c->set_staged_id(9);
-      c->set_offset(24 * i);
-      c->set_content(gradient.substr(static_cast<size_t>(24 * i), 24));
-      if (i == 0) {
-        psd::AssignStreamHeader* h = c->mutable_header();
-        h->set_name("m/part_1");
-        h->set_op(psd::UPDATE_ASSIGN);
-        h->set_dtype(psd::DT_FLOAT);
-        h->mutable_shape()->add_dims(4);
-        h->mutable_shape()->add_dims(3);
-        h->set_total_bytes(48);
-        *h->mutable_apply() = apply;
-      }
-    }
+    psd::AssignStreamHeader h;
+    h.set_name("m/part_1");
+    h.set_op(psd::UPDATE_ASSIGN);
+    h.set_dtype(psd::DT_FLOAT);
+    h.mutable_shape()->add_dims(4);
+    h.mutable_shape()->add_dims(3);
+    h.set_total_bytes(48);
+    *h.mutable_apply() = apply;
+    *writes->add_writes() = StagedChunkWrite(1, 9, 0, gradient.substr(0, 24), &h);
+    *writes->add_writes() = StagedChunkWrite(2, 9, 24, gradient.substr(24, 24), nullptr);
     psd::MoveWrite* commit = writes->add_writes();
     commit->set_seq(3);
     commit->set_caller(0xca11e4);
@@ -995,21 +1001,15 @@ void MoveSeeds() {
     psd::PullMoveResponse* end = staged_strings.mutable_pulls(3);
     psd::CountUpToRequest count = end->writes(0).op().count_up_to();
     end->clear_writes();
+    psd::AssignStreamHeader h;
+    h.set_name("s/part_0");
+    h.set_op(psd::UPDATE_ASSIGN);
+    h.set_dtype(psd::DT_STRING);
+    h.mutable_shape()->add_dims(2);
+    h.set_total_bytes(static_cast<int64_t>(strings.size()));
     for (size_t offset = 0, i = 0; offset < strings.size(); offset += 5, ++i) {
-      psd::MoveWrite* w = end->add_writes();
-      w->set_seq(i + 1);
-      psd::StagedChunk* c = w->mutable_chunk();
-      c->set_staged_id(4);
-      c->set_offset(static_cast<int64_t>(offset));
-      c->set_content(strings.substr(offset, 5));
-      if (offset == 0) {
-        psd::AssignStreamHeader* h = c->mutable_header();
-        h->set_name("s/part_0");
-        h->set_op(psd::UPDATE_ASSIGN);
-        h->set_dtype(psd::DT_STRING);
-        h->mutable_shape()->add_dims(2);
-        h->set_total_bytes(static_cast<int64_t>(strings.size()));
-      }
+      *end->add_writes() = StagedChunkWrite(i + 1, 4, static_cast<int64_t>(offset),
+                                            strings.substr(offset, 5), offset == 0 ? &h : nullptr);
     }
     psd::MoveWrite* commit = end->add_writes();
     commit->set_seq(static_cast<uint64_t>(end->writes_size()));

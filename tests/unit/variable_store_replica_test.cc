@@ -141,6 +141,38 @@ void StartInSyncBackup(VariableStore* primary, VariableStore* backup) {
   ASSERT_TRUE(primary->SyncReplica(7, true, 1).ok());
 }
 
+// One pull of `target` from `source`, applied; false when none is due (or
+// it failed: a failure is expected by the test that checks it).
+bool PullOnce(VariableStore* source, VariableStore* target, uint64_t move_id, int wait_ms = 0) {
+  PullMoveRequest req;
+  if (!target->NextMovePull(move_id, &req)) return false;
+  req.set_wait_ms(wait_ms);  // 0: the tests pull only what is there
+  PullMoveResponse resp;
+  absl::Status pulled = source->PullMove(req, &resp);
+  if (!pulled.ok()) return false;
+  absl::Status applied = target->ApplyMovePull(move_id, resp);
+  EXPECT_TRUE(applied.ok()) << applied;
+  return applied.ok();
+}
+
+// Commits `sink` on another thread (it waits for the in-sync backup)
+// while `target` pulls from `source`; returns the commit's answer.
+absl::Status CommitWhilePulling(AssignStreamSink* sink, VariableStore* source,
+                                VariableStore* target, uint64_t move_id) {
+  std::atomic<bool> answered{false};
+  absl::Status status;
+  std::thread writer([&] {
+    AssignResponse response;
+    status = sink->Commit(&response);
+    answered.store(true);
+  });
+  for (int i = 0; i < 600 && !answered.load(); ++i) {
+    PullOnce(source, target, move_id, /*wait_ms=*/100);
+  }
+  writer.join();
+  return status;
+}
+
 class StoreReplicaTest : public ::testing::Test {
  protected:
   StoreReplicaTest()
@@ -149,20 +181,6 @@ class StoreReplicaTest : public ::testing::Test {
         backup_(device_.get(), Options(2, absl::Seconds(600))),
         backup2_(device_.get(), Options(3, absl::Seconds(600))) {}
 
-  // One pull of `target` from the primary, applied; false when none is due
-  // (or it failed: a failure is expected by the test that checks it).
-  static bool PullOnce(VariableStore* source, VariableStore* target, uint64_t move_id,
-                       int wait_ms = 0) {
-    PullMoveRequest req;
-    if (!target->NextMovePull(move_id, &req)) return false;
-    req.set_wait_ms(wait_ms);  // 0: the tests pull only what is there
-    PullMoveResponse resp;
-    absl::Status pulled = source->PullMove(req, &resp);
-    if (!pulled.ok()) return false;
-    absl::Status applied = target->ApplyMovePull(move_id, resp);
-    EXPECT_TRUE(applied.ok()) << applied;
-    return applied.ok();
-  }
   // Pulls until `target` applied everything logged for it (and the primary
   // heard so, with one more pull).
   static void CatchUp(VariableStore* source, VariableStore* target, uint64_t move_id) {
@@ -865,22 +883,8 @@ TEST(StoreReplicaBigValueTest, AValueOverTheMessageLimitReachesTheBackupInChunks
   ASSERT_TRUE(sink.ok()) << sink.status();
   ASSERT_TRUE(
       (*sink)->Append(absl::string_view(reinterpret_cast<const char*>(value.data()), 16)).ok());
-  absl::Status committed;
-  std::atomic<bool> answered{false};
-  std::thread writer([&] {
-    AssignResponse response;
-    committed = (*sink)->Commit(&response);
-    answered.store(true);
-  });
   // The chunks and the commit, pulled while the commit waits for them.
-  for (int i = 0; i < 600 && !answered.load(); ++i) {
-    PullMoveRequest req;
-    PullMoveResponse resp;
-    const bool pulled = backup.NextMovePull(7, &req) && (req.set_wait_ms(100), true) &&
-                        primary.PullMove(req, &resp).ok() && backup.ApplyMovePull(7, resp).ok();
-    if (!pulled) break;  // the follow ended: the checks below say so
-  }
-  writer.join();
+  const absl::Status committed = CommitWhilePulling(sink->get(), &primary, &backup, 7);
   ASSERT_TRUE(committed.ok()) << committed;
   EXPECT_EQ(primary.replication_stats().follows_out, 1);
   ASSERT_TRUE(backup.PromoteReplica(7, 2, 2).ok());
@@ -1211,18 +1215,7 @@ class StoreChunkedReplicaTest : public StoreReplicaTest {
   // while `backup` pulls; returns the commit's answer.
   absl::Status CommitWhilePulling(AssignStreamSink* sink, VariableStore* backup,
                                   uint64_t move_id) {
-    std::atomic<bool> answered{false};
-    absl::Status status;
-    std::thread writer([&] {
-      AssignResponse response;
-      status = sink->Commit(&response);
-      answered.store(true);
-    });
-    for (int i = 0; i < 600 && !answered.load(); ++i) {
-      PullOnce(&primary_, backup, move_id, /*wait_ms=*/100);
-    }
-    writer.join();
-    return status;
+    return psd::CommitWhilePulling(sink, &primary_, backup, move_id);
   }
 
   uint64_t Applied(VariableStore* backup, uint64_t move_id) {
@@ -1564,13 +1557,7 @@ TEST(StoreLaggingBackupTest, ChunksALogHadNoRoomForGoOnceTheBackupDrainedIt) {
             &primary, "big", store_test::Vec<float>({kElements}, std::vector<float>(kElements)))
             .ok());
     ASSERT_TRUE(backup.BeginMoveIn(FollowGroup(7, {{"big", {kElements}}}, DT_FLOAT)).ok());
-    auto pull = [&] {
-      PullMoveRequest req;
-      PullMoveResponse resp;
-      if (!backup.NextMovePull(7, &req)) return false;
-      req.set_wait_ms(0);  // only what is logged
-      return primary.PullMove(req, &resp).ok() && backup.ApplyMovePull(7, resp).ok();
-    };
+    auto pull = [&] { return PullOnce(&primary, &backup, 7); };
     ASSERT_TRUE(pull());
     ASSERT_TRUE(primary.SyncReplica(7, true, 1).ok());
     std::vector<std::string> reasons;
@@ -1602,21 +1589,7 @@ TEST(StoreLaggingBackupTest, ChunksALogHadNoRoomForGoOnceTheBackupDrainedIt) {
     }
     ASSERT_TRUE(pull());
     ASSERT_TRUE(pull());
-    absl::Status committed;
-    std::atomic<bool> answered{false};
-    std::thread writer([&] {
-      AssignResponse response;
-      committed = (*sink)->Commit(&response);
-      answered.store(true);
-    });
-    for (int i = 0; i < 600 && !answered.load(); ++i) {
-      PullMoveRequest req;
-      PullMoveResponse resp;
-      if (!backup.NextMovePull(7, &req)) break;
-      req.set_wait_ms(100);
-      if (!primary.PullMove(req, &resp).ok() || !backup.ApplyMovePull(7, resp).ok()) break;
-    }
-    writer.join();
+    const absl::Status committed = CommitWhilePulling(sink->get(), &primary, &backup, 7);
     ASSERT_TRUE(committed.ok()) << committed;
     EXPECT_TRUE(reasons.empty()) << "the follow was ended: " << reasons.front();
     EXPECT_EQ(primary.replication_stats().follows_out, 1);
