@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "psd/shard.pb.h"
+#include "psd/stream_codec.h"
 #include "shard/embedding_table.h"
 #include "shard/logged_write.h"
 #include "shard/memory_accountant.h"
@@ -97,6 +98,10 @@ struct MoveOut {
   // follow's backup pulled the whole snapshot, or the move ended.
   std::vector<Member> members;
   bool snapshot_released ABSL_GUARDED_BY(mu) = false;
+  // Send buffers for snapshot chunks PullMove copies (when the memory limit
+  // leaves no room to lend the pinned value's bytes): reused across pulls,
+  // so a copy writes into pages already faulted in. Thread-safe.
+  const std::shared_ptr<ChunkBufferPool> chunk_buffers = ChunkBufferPool::Create();
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   // The group's part fence: FreezeMove closes it for good (until EndMove),

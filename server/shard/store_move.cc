@@ -391,6 +391,11 @@ uint64_t VariableStore::LogMoveEntry(MoveOut* move, grpc::Slice body, bool abort
   return 0;
 }
 
+bool VariableStore::MoveLogMayTake(MoveOut* move, int64_t bytes) {
+  absl::MutexLock lock(&move->mu);
+  return move->state == MoveOut::State::kForwarding && move->log_bytes + bytes <= kMaxMoveLogBytes;
+}
+
 absl::StatusOr<std::shared_ptr<MoveOut>> VariableStore::BeginMoveOut(
     const PullMoveRequest& request) {
   const uint64_t id = request.move_id();
@@ -949,8 +954,9 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
         return absl::OkStatus();
       }
     }
-    grpc::Slice copy(grpc_slice_malloc_large(static_cast<size_t>(n)), grpc::Slice::STEAL_REF);
-    PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, const_cast<uint8_t*>(copy.begin())));
+    char* into = nullptr;
+    grpc::Slice copy = move->chunk_buffers->NewSlice(static_cast<size_t>(n), &into);
+    PSD_RETURN_IF_ERROR(pin->Read(request.offset(), n, into));
     content->push_back(std::move(copy));
     return absl::OkStatus();
   }

@@ -352,6 +352,10 @@ class StagedAssignSink final : public AssignStreamSink {
       // Every log takes a chunk at the same offsets: encoded for the first
       // log that takes it, shared by the others.
       if (last_chunk_.offset != log->logged || last_chunk_.bytes != n) {
+        // Two logs stalled at different offsets would each re-encode (copy)
+        // a chunk per message received until one drained: a log that has
+        // no room for the chunk is not given one to refuse.
+        if (!fail_when_full && !store_->MoveLogMayTake(log->move.get(), n)) return false;
         MoveWrite write;
         write.set_caller(caller_);
         StagedChunk* c = write.mutable_chunk();

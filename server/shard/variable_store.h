@@ -609,6 +609,10 @@ class VariableStore {
   // is an abort chunk.
   uint64_t LogMoveEntry(MoveOut* move, grpc::Slice body, bool abort, const std::string& variable,
                         bool fail_when_full);
+  // False when `move`'s log certainly has no room for an entry of `bytes`
+  // bytes or more (its cap), or the move no longer logs: a chunk logged
+  // ahead then need not be encoded at all. True is no promise.
+  bool MoveLogMayTake(MoveOut* move, int64_t bytes);
   // A target's side of StagedChunk entries (store_streams.cc): the
   // assign or apply a chunked logged value is staged in, the sink of a
   // streamed one, registered at its commit with the commit entry's request
