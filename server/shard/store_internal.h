@@ -261,6 +261,8 @@ inline uint64_t LoggedSeq(MoveOut* move) {
 template <typename Response, typename Op>
 absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op&& op) {
   PSD_RETURN_IF_ERROR(CheckIncarnation(meta.incarnation));
+  // Before the op looks its variable up (and checks the lease there).
+  const uint64_t lease_term = LeaseTerm();
   NoteWrite();
   std::optional<WriteGate::Pass> pass;
   if (meta.gated) pass.emplace(&gate_);
@@ -270,7 +272,10 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   }
   if (moves.empty()) {
     absl::Status status = RunOnce(meta, response, std::forward<Op>(op));
-    if (meta.variable != nullptr) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable));
+    // A write that failed changed nothing: its own answer stands.
+    if (meta.variable != nullptr && status.ok()) {
+      PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(*meta.variable, lease_term));
+    }
     return status;
   }
   // A write to a group that moves out or has backups: applied and logged
@@ -340,7 +345,7 @@ absl::Status VariableStore::Mutate(const WriteMeta& meta, Response* response, Op
   pass.reset();  // a fence need not wait for the backups
   // A batch message waits once for all its writes (DeferredAnswers); a
   // failed write too waits for an ended follow to leave the in-sync set.
-  return AnswerLogged(&waits, *meta.variable, std::move(status));
+  return AnswerLogged(&waits, *meta.variable, lease_term, std::move(status));
 }
 
 struct VariableStore::SparseGradient {

@@ -398,6 +398,8 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
   std::vector<BackupWait> waits;
   std::string waited_for;  // a variable the waits are for (their messages)
   bool ran = false;
+  // Before any variable is looked up (LeaseHeldToAnswer).
+  const uint64_t lease_term = LeaseTerm();
   absl::Status status = Mutate({caller, request.shard_incarnation(), request.request_id()}, &none,
                                [&]() -> absl::Status {
   ran = true;
@@ -588,10 +590,16 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
       }
     }
   }
-  if (waits.empty()) return status;
-  if (DeferAnswer(&waits, waited_for, status.ok())) return status;
-  absl::Status waited = WaitForBackups(waits, waited_for);
-  if (status.ok() && !waited.ok()) return waited;
+  if (!waits.empty()) {
+    // A follow's group is replicated: its lease check stands for them all.
+    if (DeferAnswer(&waits, waited_for, status.ok(), lease_term)) return status;
+    absl::Status waited = WaitForBackups(waits, waited_for);
+    if (status.ok() && !waited.ok()) return waited;
+  }
+  // Deposed while it ran or waited? (docs/replication.md "Leases")
+  for (const std::string& name : request.names()) {
+    if (status.ok()) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(name, lease_term));
+  }
   return status;
 }
 

@@ -2016,7 +2016,9 @@ std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish(
       continue;
     }
     // Deposed while it waited? (docs/replication.md "Leases")
-    if (absl::Status lease = store_->LeaseHeldToAnswer(k.variable); !lease.ok()) {
+    if (absl::Status lease =
+            k.ok ? store_->LeaseHeldToAnswer(k.variable, k.lease_term) : absl::OkStatus();
+        !lease.ok()) {
       changed.emplace_back(k.op, std::move(lease));
     }
   }
@@ -2024,19 +2026,21 @@ std::vector<std::pair<int, absl::Status>> VariableStore::PendingAnswers::Finish(
 }
 
 absl::Status VariableStore::AnswerLogged(std::vector<BackupWait>* waits,
-                                         const std::string& variable, absl::Status status) {
+                                         const std::string& variable, uint64_t lease_term,
+                                         absl::Status status) {
   if (!waits->empty()) {
-    if (DeferAnswer(waits, variable, status.ok())) return status;
+    if (DeferAnswer(waits, variable, status.ok(), lease_term)) return status;
     absl::Status waited = WaitForBackups(*waits, variable);
     if (status.ok() && !waited.ok()) return waited;
   }
-  // Deposed while it waited? (docs/replication.md "Leases")
-  PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(variable));
+  // Deposed while it waited? (docs/replication.md "Leases") A write that
+  // failed changed nothing: its own answer stands.
+  if (status.ok()) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(variable, lease_term));
   return status;
 }
 
 bool VariableStore::DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable,
-                                bool ok) {
+                                bool ok, uint64_t lease_term) {
   DeferredAnswers* deferred = t_deferred;
   if (deferred == nullptr || deferred->pending_.store_ != this ||
       store_internal::ReplayingMove()) {
@@ -2046,6 +2050,7 @@ bool VariableStore::DeferAnswer(std::vector<BackupWait>* logged, const std::stri
   k.op = deferred->op_;
   k.ok = ok;
   k.variable = variable;
+  k.lease_term = lease_term;
   k.waits = std::move(*logged);
   return true;
 }

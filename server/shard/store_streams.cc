@@ -246,6 +246,8 @@ class StagedAssignSink final : public AssignStreamSink {
     // A fence holds the commit, not the staging before it (nor the wait
     // for the backups: CommitLogged lets the pass go first).
     std::optional<WriteGate::Pass> pass(&store_->gate_);
+    // Before the apply looks its variable up (LeaseHeldToAnswer).
+    lease_term_ = store_->LeaseTerm();
     // A group that moves out or has backups gets the assign logged with its
     // value, and an apply with its gradient, whole or in chunks (see the
     // class comment); what cannot be (see Forwardable) ends the move or
@@ -259,7 +261,9 @@ class StagedAssignSink final : public AssignStreamSink {
       RestoreResult(*cached_, response);
       // A retry answered from the window is answered under the lease, as
       // the write itself was.
-      PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
+      if (cached_->status.ok()) {
+        PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name(), lease_term_));
+      }
       return cached_->status;
     }
     if (received_ != header_.total_bytes()) {
@@ -286,7 +290,9 @@ class StagedAssignSink final : public AssignStreamSink {
       store_->requests_.Finish(request_id_, result);
       finished_ = true;
     }
-    PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name()));
+    if (result.status.ok()) {
+      PSD_RETURN_IF_ERROR(store_->LeaseHeldToAnswer(header_.name(), lease_term_));
+    }
     return result.status;
   }
 
@@ -563,7 +569,7 @@ class StagedAssignSink final : public AssignStreamSink {
     // in-sync set before anything is answered; the answer stays the
     // commit's own. Waited for later, off the stream's thread, when the
     // caller keeps the answers (DeferredAnswers), as Mutate's writes are.
-    return store_->AnswerLogged(&waits, name, std::move(status));
+    return store_->AnswerLogged(&waits, name, lease_term_, std::move(status));
   }
 
   // `powers` (an apply's): the beta powers it read, for its logged copy.
@@ -683,6 +689,7 @@ class StagedAssignSink final : public AssignStreamSink {
   bool registered_ = false;
   bool finished_ = false;
   bool forwarded_ = false;  // logged by CommitLogged: not an unforwarded write
+  uint64_t lease_term_ = 0;  // the lease's term when Commit began
   int64_t received_ = 0;
   Variable::Contents staged_;
   // Staged on the host: DT_STRING's encoding, or an apply's gradient (a

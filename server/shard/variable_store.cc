@@ -80,30 +80,45 @@ absl::Status VariableStore::LeaseExpired(const std::string& name) const {
       "expired): it serves again once the coordinator renews the lease; retry"));
 }
 
-absl::Status VariableStore::LeaseHeldToAnswer(const std::string& name) const {
+uint64_t VariableStore::LeaseTerm() const {
+  const ShardLease* lease = lease_.load(std::memory_order_acquire);
+  return lease == nullptr ? 0 : lease->term();
+}
+
+absl::Status VariableStore::LeaseHeldToAnswer(const std::string& name, uint64_t term) const {
   const ShardLease* lease = lease_.load(std::memory_order_acquire);
   if (lease == nullptr || store_internal::ReplayingMove()) return absl::OkStatus();
   const ShardLease::Clock::time_point now = ShardLease::Clock::now();
-  if (lease->Held(now)) {
+  if (lease->HeldInTerm(term, now)) {
     last_leased_answer_ns_.store(
         std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count(),
         std::memory_order_relaxed);
     return absl::OkStatus();
   }
+  bool found = false;
   bool replicated = false;
   {
     absl::ReaderMutexLock lock(&mu_);
     if (auto it = variables_.find(name); it != variables_.end()) {
+      found = true;
       replicated = it->second->replicated.load(std::memory_order_acquire);
     } else if (auto table = tables_.find(name); table != tables_.end()) {
+      found = true;
       replicated = table->second->replicated.load(std::memory_order_acquire);
     }
   }
-  if (!replicated) return absl::OkStatus();
+  // A part gone from this shard since the write may have been failed over
+  // (DropParts) with the write on no other replica: never answered OK then.
+  if (found && !replicated) return absl::OkStatus();
+  const bool held = lease->Held(now);
   return absl::UnavailableError(absl::StrCat(
-      "write to ", Quoted(name), " not answered: this shard's coordinator lease expired (lease "
-      "expired) before the answer (the write may have been applied; its retry with the same "
-      "request id is answered, not applied again); retry"));
+      "write to ", Quoted(name), " not answered: ",
+      held ? "this shard's coordinator lease expired (lease expired) after the write applied and "
+             "was granted anew, so the part may have been failed over meanwhile"
+           : "this shard's coordinator lease expired (lease expired) before the answer",
+      found ? "" : ", and the part is no longer on this shard",
+      " (the write may have been applied; its retry with the same request id is answered, not "
+      "applied again, where it was applied); retry"));
 }
 
 absl::StatusOr<std::shared_ptr<Variable>> VariableStore::Find(const std::string& name) const {

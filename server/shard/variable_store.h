@@ -466,15 +466,22 @@ class VariableStore {
   // never while replaying a move's or a follow's writes.
   bool LeaseLapsed(bool replicated) const;
   absl::Status LeaseExpired(const std::string& name) const;
+  // The lease's term (ShardLease::term; 0 without a lease), read by a write
+  // before it looks its variable up, for LeaseHeldToAnswer.
+  uint64_t LeaseTerm() const;
   // Checked again just before a write to `name` is answered (after the
-  // wait for its backups): a replicated part whose shard lost its lease
-  // meanwhile may have been failed over, its backup promoted, so the
-  // answer is UNAVAILABLE "... lease expired ...; retry" instead. The
-  // write stays applied; its retry (same request id) is answered from the
-  // window here once the lease is back, or by the promoted backup, which
-  // has the window. OK for parts that are not replicated, and with no
-  // lease (a shard without a coordinator).
-  absl::Status LeaseHeldToAnswer(const std::string& name) const;
+  // wait for its backups): unless the lease has been held without a break
+  // since `term` (read before the write applied), a replicated part may
+  // have been failed over meanwhile, its backup promoted without the write
+  // (a shard paused past its lease that registered again, dropping the
+  // part, holds a lease again, in a new term), so the answer is
+  // UNAVAILABLE "... lease expired ...; retry" instead. The write stays
+  // applied here; its retry (same request id) is answered from the window
+  // here once the lease is back, or applied by the promoted backup if it
+  // never had it. OK for parts that are not replicated, and with no lease
+  // (a shard without a coordinator); a part no longer here counts as
+  // replicated.
+  absl::Status LeaseHeldToAnswer(const std::string& name, uint64_t term) const;
   // A table's part (or slot), or null when `name` is not one.
   std::shared_ptr<EmbeddingPart> FindEmbedding(const std::string& name) const;
   // A table's part named for `op`: NOT_FOUND, or INVALID_ARGUMENT for a
@@ -526,7 +533,7 @@ class VariableStore {
     // the request as it came): an Adam apply's beta powers read from
     // variables are logged by value, since the part's new shard may hold
     // no variable of that name, or one with another value.
-    std::function<void(BatchOp*)> amend_logged;
+    std::function<void(BatchOp*)> amend_logged = nullptr;
     // Sets request and logged_path to log `r` (which must outlive this)
     // where LoggedPath puts it (store_internal.h).
     template <typename Request>
@@ -558,15 +565,17 @@ class VariableStore {
                               absl::flat_hash_map<const MoveOut*, absl::Status>* failed = nullptr);
   // Hands a write's waits to the thread's DeferredAnswers for this store,
   // if one is alive (true: it answers them); else false, nothing taken.
-  bool DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable, bool ok);
+  bool DeferAnswer(std::vector<BackupWait>* logged, const std::string& variable, bool ok,
+                   uint64_t lease_term);
   // The answer of a write to `variable` that ran with `status` and was
   // logged for `waits` (a follow there that ended counts too: it is out of
   // the in-sync set before anything is answered). Handed to the thread's
   // DeferredAnswers when one is alive (it answers `status` later);
   // otherwise waited for here, then checked against the lease. A write
-  // that ran OK answers the wait's failure, if any.
+  // that ran OK answers the wait's failure, if any. `lease_term`: read
+  // before the write applied.
   absl::Status AnswerLogged(std::vector<BackupWait>* waits, const std::string& variable,
-                            absl::Status status);
+                            uint64_t lease_term, absl::Status status);
   // Whether `name`'s group has a move (not a follow) out.
   bool MovesLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(moves_mu_);
   // Takes `move` out of moving_out_ (it ended); once only.
@@ -792,6 +801,7 @@ class VariableStore::PendingAnswers {
     int op = 0;
     bool ok = false;  // the write's own status was OK
     std::string variable;
+    uint64_t lease_term = 0;  // read before it applied (LeaseHeldToAnswer)
     std::vector<BackupWait> waits;
   };
   explicit PendingAnswers(VariableStore* store) : store_(store), created_(absl::Now()) {}

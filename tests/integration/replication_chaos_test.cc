@@ -12,7 +12,11 @@
 //    its --advertise names), while a writer on its side of the partition
 //    adds to a counter it serves: those writes wait for backups that
 //    cannot follow, which leave the in-sync set after --backup-timeout 1 s,
-// then heals and waits for the factor to come back as after a kill.
+// then heals and waits for the factor to come back as after a kill, and
+// pauses a random part's primary (SIGSTOP) for 0.5 to 3 s before letting
+// it go on (SIGCONT): a process that stalls past its lease, not one that
+// dies, wakes with writes half answered, parts failed over behind its back
+// and answers to old heartbeats in flight.
 // Afterwards: every acknowledged update is there and none twice, every
 // ticket was handed out once, each part is served by its primary alone,
 // and the replicas are identical bit for bit (each part's primary is
@@ -21,8 +25,11 @@
 //
 // PSD_CHAOS_KILLS sets the number of kills (default 6, the CI form; the
 // issue's long form is 50), PSD_CHAOS_PARTITIONS the number of partitions
-// (default 2), PSD_CHAOS_SEED the driver's seed (default: a random one;
+// (default 2), PSD_CHAOS_PAUSES the number of pauses (default 2),
+// PSD_CHAOS_SEED the driver's seed (default: a random one;
 // printed first, so a failing run's schedule can be replayed).
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -355,16 +362,21 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
 
   const int kills = EnvCount("PSD_CHAOS_KILLS", 6, 1);
   const int partitions = EnvCount("PSD_CHAOS_PARTITIONS", 2, 0);
+  const int pauses = EnvCount("PSD_CHAOS_PAUSES", 2, 0);
   const uint32_t seed = Seed();
-  std::printf("replay: PSD_CHAOS_SEED=%u PSD_CHAOS_KILLS=%d PSD_CHAOS_PARTITIONS=%d\n", seed,
-              kills, partitions);
+  std::printf(
+      "replay: PSD_CHAOS_SEED=%u PSD_CHAOS_KILLS=%d PSD_CHAOS_PARTITIONS=%d "
+      "PSD_CHAOS_PAUSES=%d\n",
+      seed, kills, partitions, pauses);
   std::fflush(stdout);
   RecordProperty("seed", absl::StrCat(seed));
   std::mt19937 rng(seed);
-  // The schedule: which events are partitions, at random places.
-  std::vector<bool> partition_at(kills + partitions, false);
-  std::fill(partition_at.begin() + kills, partition_at.end(), true);
-  std::shuffle(partition_at.begin(), partition_at.end(), rng);
+  // The schedule: kills, partitions and pauses at random places.
+  enum class Fault { kKill, kPartition, kPause };
+  std::vector<Fault> schedule(kills, Fault::kKill);
+  schedule.insert(schedule.end(), partitions, Fault::kPartition);
+  schedule.insert(schedule.end(), pauses, Fault::kPause);
+  std::shuffle(schedule.begin(), schedule.end(), rng);
   const auto counter_acks = [&] { return acked[0].load() + acked[1].load() + acked[2].load(); };
   // Writes go on after a fault (every part has a copy that is reachable,
   // or will have once the partition heals).
@@ -375,10 +387,34 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
     }
     return counter_acks() >= before + 20 || failures.load() != 0;
   };
+  // Every part and where it is served, by variable name, from the handles.
+  const auto parts_now = [&] {
+    std::vector<std::pair<std::string, PartHandle>> parts;
+    for (Variable& v : vars) {
+      const VariableHandle handle = v.handle();
+      for (const PartHandle& p : handle.parts()) parts.emplace_back(v.name(), p);
+    }
+    return parts;
+  };
+  // How many of `before`'s parts served by `victim` were promoted away.
+  const auto failed_over_from = [&](const std::vector<std::pair<std::string, PartHandle>>& before,
+                                    int victim) {
+    int failed_over = 0;
+    for (const auto& [name, now] : parts_now()) {
+      for (const auto& [then_name, then] : before) {
+        if (name == then_name && then.name() == now.name() && then.shard_id() == victim &&
+            now.epoch() > then.epoch()) {
+          ++failed_over;
+        }
+      }
+    }
+    return failed_over;
+  };
   int coordinator_cuts = 0, coordinator_cuts_failed_over = 0;
   int backup_cuts = 0, backup_cuts_dropping_backups = 0;
+  int pauses_failed_over = 0;
   const absl::Time run_start = absl::Now();
-  for (size_t e = 0; e < partition_at.size() && failures.load() == 0; ++e) {
+  for (size_t e = 0; e < schedule.size() && failures.load() == 0; ++e) {
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "before event " << e;
     absl::SleepFor(absl::Milliseconds(200 + rng() % 600));
     // The guarantee holds while a member of each part's in-sync set
@@ -386,7 +422,7 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
     // machine) must be back before the fault, or the fault would be a
     // second loss for its part.
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "before event " << e;
-    if (!partition_at[e]) {
+    if (schedule[e] == Fault::kKill) {
       const int victim = static_cast<int>(rng() % kShards);
       const int64_t before = counter_acks();
       std::printf("event %zu: kill shard %d\n", e, victim);
@@ -397,15 +433,33 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
       ASSERT_TRUE(IsOk(cluster_->StartKilledShard(victim)));
       continue;
     }
+    if (schedule[e] == Fault::kPause) {
+      // A random part's primary (WaitFullyReplicated refreshed the handles).
+      const auto primaries = parts_now();
+      const int victim = primaries[rng() % primaries.size()].second.shard_id();
+      const absl::Duration pause = absl::Milliseconds(500 + rng() % 2501);
+      std::printf("event %zu: pause shard %d for %s\n", e, victim,
+                  absl::FormatDuration(pause).c_str());
+      std::fflush(stdout);
+      const pid_t pid = cluster_->shard(victim)->pid();
+      ASSERT_EQ(::kill(pid, SIGSTOP), 0) << std::strerror(errno);
+      absl::SleepFor(pause);
+      ASSERT_EQ(::kill(pid, SIGCONT), 0) << std::strerror(errno);
+      EXPECT_TRUE(writes_go_on(counter_acks()))
+          << "no writes after shard " << victim << " went on from a pause";
+      ASSERT_FALSE(cluster_->shard(victim)->Exited())
+          << "shard " << victim << " exited after a pause";
+      ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "after event " << e;
+      const int failed_over = failed_over_from(primaries, victim);
+      std::printf("  went on: %d parts failed over\n", failed_over);
+      if (failed_over > 0) ++pauses_failed_over;
+      continue;
+    }
     // A random part's primary (WaitFullyReplicated refreshed the handles);
     // cut off from its backups, a random counter's, so that a writer on
     // its side of the partition has a part of it to write to.
     const bool from_coordinator = rng() % 2 == 0;
-    std::vector<std::pair<std::string, PartHandle>> primaries;
-    for (Variable& v : vars) {
-      const VariableHandle handle = v.handle();
-      for (const PartHandle& p : handle.parts()) primaries.emplace_back(v.name(), p);
-    }
+    const auto primaries = parts_now();
     const int c = static_cast<int>(rng() % kCounters);
     const int victim = from_coordinator
                            ? primaries[rng() % primaries.size()].second.shard_id()
@@ -460,18 +514,7 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "after event " << e;
     // What the cut did, for the figures: parts promoted away from the
     // victim, backups it asked the coordinator to drop.
-    int failed_over = 0;
-    for (Variable& v : vars) {
-      const VariableHandle handle = v.handle();
-      for (const PartHandle& now : handle.parts()) {
-        for (const auto& [name, then] : primaries) {
-          if (name == v.name() && then.name() == now.name() && then.shard_id() == victim &&
-              now.epoch() > then.epoch()) {
-            ++failed_over;
-          }
-        }
-      }
-    }
+    const int failed_over = failed_over_from(primaries, victim);
     PSD_ASSERT_OK_AND_ASSIGN(const double behind,
                              ShardMetric(victim, "psd_shard_replica_behind_calls_total"));
     std::printf("  healed: %d parts failed over, %.0f ReplicaBehind calls by shard %d, "
@@ -512,18 +555,18 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
               static_cast<int64_t>(tickets.size()) + tickets_unknown.load());
   }
   const absl::Duration run_time = absl::Now() - run_start;
-  std::printf("seed %u, %s: %d kills, %d partitions from the coordinator (%d failed over), "
-              "%d from backups and trainers (%d dropped a backup); %lld counter adds (%lld of "
-              "unknown outcome), %lld table scatter_adds (%lld unknown), %lld embedding "
-              "table writes, %zu tickets (%lld unknown)\n",
-              seed, absl::FormatDuration(run_time).c_str(), kills, coordinator_cuts,
-              coordinator_cuts_failed_over, backup_cuts, backup_cuts_dropping_backups,
-              static_cast<long long>(counter_acks()),
-              static_cast<long long>(unknown[0] + unknown[1] + unknown[2]),
-              static_cast<long long>(table_adds.load()),
-              static_cast<long long>(table_unknown.load()),
-              static_cast<long long>(emb_writes.load()), tickets.size(),
-              static_cast<long long>(tickets_unknown.load()));
+  std::printf(
+      "seed %u, %s: %d kills, %d partitions from the coordinator (%d failed over), "
+      "%d from backups and trainers (%d dropped a backup), %d pauses (%d failed "
+      "over); %lld counter adds (%lld of unknown outcome), %lld table scatter_adds "
+      "(%lld unknown), %lld embedding table writes, %zu tickets (%lld unknown)\n",
+      seed, absl::FormatDuration(run_time).c_str(), kills, coordinator_cuts,
+      coordinator_cuts_failed_over, backup_cuts, backup_cuts_dropping_backups, pauses,
+      pauses_failed_over, static_cast<long long>(counter_acks()),
+      static_cast<long long>(unknown[0] + unknown[1] + unknown[2]),
+      static_cast<long long>(table_adds.load()), static_cast<long long>(table_unknown.load()),
+      static_cast<long long>(emb_writes.load()), tickets.size(),
+      static_cast<long long>(tickets_unknown.load()));
 
   // One primary answering per part: a primary that was cut off and failed
   // over drops its copy once it is back (it may hold a backup there, never

@@ -49,5 +49,51 @@ TEST(ShardLeaseTest, AZeroGrantIsNoLease) {
   EXPECT_EQ(lease.grants(), 0);
 }
 
+TEST(ShardLeaseTest, RenewalsWhileHeldKeepTheTerm) {
+  ShardLease lease;
+  lease.Grant(Clock::now(), milliseconds(600000));
+  const uint64_t term = lease.term();
+  EXPECT_TRUE(lease.HeldInTerm(term));
+  for (int i = 0; i < 3; ++i) lease.Grant(Clock::now(), milliseconds(600000));
+  EXPECT_EQ(lease.term(), term);
+  EXPECT_TRUE(lease.HeldInTerm(term));
+}
+
+// A shard paused past its lease (SIGSTOP) may have lost its primaries to a
+// failover, then registered again: the lease it holds now is not the one
+// a write applied before the pause was applied under.
+TEST(ShardLeaseTest, AGrantAfterTheLeaseExpiredBeginsANewTerm) {
+  ShardLease lease;
+  const Clock::time_point long_ago = Clock::now() - milliseconds(60000);
+  lease.Grant(long_ago, milliseconds(1000));  // expired 59 s ago
+  const uint64_t before_pause = lease.term();
+  EXPECT_FALSE(lease.HeldInTerm(before_pause));
+  lease.Grant(Clock::now(), milliseconds(600000));
+  EXPECT_TRUE(lease.Held());
+  EXPECT_NE(lease.term(), before_pause);
+  EXPECT_FALSE(lease.HeldInTerm(before_pause));
+  EXPECT_TRUE(lease.HeldInTerm(lease.term()));
+}
+
+// An answer to a call asked while the lease was held, arriving only once it
+// had expired, still ends the term: the shard was without a lease between.
+TEST(ShardLeaseTest, AnAnswerThatArrivesAfterTheLeaseExpiredBeginsANewTerm) {
+  ShardLease lease;
+  const Clock::time_point asked = Clock::now() - milliseconds(2000);
+  lease.Grant(asked, milliseconds(1000));  // held until 1 s ago
+  const uint64_t term = lease.term();
+  lease.Grant(asked + milliseconds(500), milliseconds(600000));  // asked while held
+  EXPECT_TRUE(lease.Held());
+  EXPECT_FALSE(lease.HeldInTerm(term));
+}
+
+TEST(ShardLeaseTest, ALateAnswerThatExtendsNothingBeginsNoTerm) {
+  ShardLease lease;
+  lease.Grant(Clock::now(), milliseconds(600000));
+  const uint64_t term = lease.term();
+  lease.Grant(Clock::now() - milliseconds(60000), milliseconds(1000));
+  EXPECT_TRUE(lease.HeldInTerm(term));
+}
+
 }  // namespace
 }  // namespace psd

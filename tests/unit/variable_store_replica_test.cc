@@ -195,6 +195,19 @@ class StoreReplicaTest : public ::testing::Test {
     FAIL() << "move " << move_id << " did not catch up";
   }
 
+  // A replicated float32[4] on the primary.
+  void CreateReplicated(const std::string& name, const std::vector<float>& value) {
+    CreateVariableRequest create;
+    create.set_name(name);
+    create.set_dtype(DT_FLOAT);
+    create.mutable_shape()->add_dims(4);
+    *create.mutable_initial_value() = Floats(value);
+    create.set_initialize(true);
+    create.set_replicated(true);
+    VariableInfo info;
+    ASSERT_TRUE(primary_.Create(create, &info).ok());
+  }
+
   std::unique_ptr<Device> device_;
   VariableStore primary_;
   VariableStore backup_;
@@ -892,15 +905,7 @@ TEST(StoreReplicaBigValueTest, AValueOverTheMessageLimitReachesTheBackupInChunks
 }
 
 TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
-  CreateVariableRequest create;
-  create.set_name("r");
-  create.set_dtype(DT_FLOAT);
-  create.mutable_shape()->add_dims(4);
-  *create.mutable_initial_value() = Floats({1, 2, 3, 4});
-  create.set_initialize(true);
-  create.set_replicated(true);
-  VariableInfo info;
-  ASSERT_TRUE(primary_.Create(create, &info).ok());
+  ASSERT_NO_FATAL_FAILURE(CreateReplicated("r", {1, 2, 3, 4}));
   ASSERT_TRUE(store_test::CreateWithValue(&primary_, "plain", Floats({1, 1, 1, 1})).ok());
   ShardLease lease;  // never granted
   primary_.SetLease(&lease);
@@ -921,15 +926,7 @@ TEST_F(StoreReplicaTest, AReplicatedPartServesOnlyUnderTheLease) {
 // have been failed over meanwhile: the write is not answered OK (it stays
 // applied; its retry is answered from the window, applied once).
 TEST_F(StoreReplicaTest, AWriteIsNotAnsweredOnceTheLeaseLapsedWhileItWaited) {
-  CreateVariableRequest create;
-  create.set_name("w");
-  create.set_dtype(DT_FLOAT);
-  create.mutable_shape()->add_dims(4);
-  *create.mutable_initial_value() = Floats({0, 0, 0, 0});
-  create.set_initialize(true);
-  create.set_replicated(true);
-  VariableInfo info;
-  ASSERT_TRUE(primary_.Create(create, &info).ok());
+  ASSERT_NO_FATAL_FAILURE(CreateReplicated("w", {0, 0, 0, 0}));
   ShardLease held;
   held.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));
   ShardLease lapsed;  // never granted: as one that expired
@@ -956,6 +953,45 @@ TEST_F(StoreReplicaTest, AWriteIsNotAnsweredOnceTheLeaseLapsedWhileItWaited) {
   retry.join();
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(Read(&primary_, "w"), (std::vector<float>{1, 1, 1, 1}));
+  primary_.SetLease(nullptr);
+}
+
+// A primary paused past its lease (SIGSTOP, a stalled VM) while its write
+// waited for the backup may have had the part failed over without that
+// write; on waking it registers again, dropping the part (which ends the
+// follow the write waited for) and getting a new lease. The write must not
+// be answered OK under that new lease: it is on no replica that serves.
+TEST_F(StoreReplicaTest, AWriteIsNotAnsweredUnderALeaseGrantedAfterItsOwnLapsed) {
+  ASSERT_NO_FATAL_FAILURE(CreateReplicated("w", {0, 0, 0, 0}));
+  ASSERT_TRUE(backup_.BeginMoveIn(MoveIn(7, true)).ok());
+  ASSERT_TRUE(PullOnce(&primary_, &backup_, 7));
+  ASSERT_TRUE(primary_.SyncReplica(7, true, 1).ok());
+  ShardLease lease;
+  lease.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(2000));
+  primary_.SetLease(&lease);
+  absl::Status status;
+  std::thread writer([&] { status = AddOnes(&primary_, 1); });
+  // Applied and logged; the backup never acknowledges it.
+  while (primary_.replication_stats().max_lag < 1) absl::SleepFor(absl::Milliseconds(5));
+  while (lease.Held()) absl::SleepFor(absl::Milliseconds(20));
+  lease.Grant(ShardLease::Clock::now(), std::chrono::milliseconds(600000));  // a new term
+  primary_.DropParts({"w"});  // failed over meanwhile: the follow ends
+  writer.join();
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_NE(status.message().find("lease expired"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("'w'"), absl::string_view::npos) << status;
+  primary_.SetLease(nullptr);
+}
+
+// A write that failed changed nothing: its own answer stands whatever the
+// lease did meanwhile (an unknown variable is NOT_FOUND, not "lease
+// expired", on a shard cut off from its coordinator).
+TEST_F(StoreReplicaTest, AFailedWriteKeepsItsOwnAnswerWithoutALease) {
+  ShardLease lapsed;  // never granted
+  primary_.SetLease(&lapsed);
+  const absl::Status status =
+      store_test::AssignValue(&primary_, "nowhere", UPDATE_ADD, Floats({1, 1, 1, 1}));
+  EXPECT_TRUE(absl::IsNotFound(status)) << status;
   primary_.SetLease(nullptr);
 }
 
