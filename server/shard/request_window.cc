@@ -11,7 +11,7 @@ namespace {
 
 // A new client's ring (doubled as it needs, up to the window).
 constexpr size_t kInitialRing = 4;
-// Bounds of Client::dropped (about 16 bytes a scope).
+// Bounds of Client::dropped (about 40 bytes a scope).
 constexpr size_t kMaxDroppedScopes = 4096;
 constexpr int64_t kMaxDroppedScopesTotal = int64_t{1} << 18;
 
@@ -37,17 +37,25 @@ void RequestWindow::Forget(std::unordered_map<uint64_t, Client>::iterator it) {
 
 void RequestWindow::Drop(Client* client, const Entry& entry) {
   if (entry.state == State::kEmpty) return;
-  DropSeq(client, entry.imported ? 0 : entry.result.scope, entry.seq);
+  DropSeq(client, entry.imported ? 0 : entry.result.scope, entry.seq,
+          entry.state == State::kDone ? &entry.result : nullptr);
 }
 
-void RequestWindow::DropSeq(Client* client, uint64_t scope, uint64_t seq) {
+void RequestWindow::DropSeq(Client* client, uint64_t scope, uint64_t seq, const Result* done) {
   if (scope == 0) {
     client->dropped_any = std::max(client->dropped_any, seq);
     return;
   }
-  auto [it, added] = client->dropped.try_emplace(scope, seq);
+  Forgotten forgotten;
+  forgotten.seq = seq;
+  if (done != nullptr && done->status.ok()) {
+    forgotten.done_ok = true;
+    forgotten.version = done->version;
+    forgotten.old_value = done->old_value;
+  }
+  auto [it, added] = client->dropped.try_emplace(scope, forgotten);
   if (!added) {
-    it->second = std::max(it->second, seq);
+    if (seq > it->second.seq) it->second = forgotten;
     return;
   }
   ++dropped_scopes_;
@@ -55,7 +63,7 @@ void RequestWindow::DropSeq(Client* client, uint64_t scope, uint64_t seq) {
     // Out of room: every scope of this client is taken as forgotten up to
     // the highest (safe: at worst a retry is refused as too old).
     for (const auto& [ignored, dropped] : client->dropped) {
-      client->dropped_any = std::max(client->dropped_any, dropped);
+      client->dropped_any = std::max(client->dropped_any, dropped.seq);
     }
     dropped_scopes_ -= static_cast<int64_t>(client->dropped.size());
     client->dropped.clear();
@@ -148,7 +156,7 @@ absl::Status RequestWindow::CheckScopeNotTooOld(const RequestId& id, const Clien
   if (scope == 0) return CheckNotTooOld(id, client.max_seq);
   uint64_t forgotten = client.dropped_any;
   if (auto it = client.dropped.find(scope); it != client.dropped.end()) {
-    forgotten = std::max(forgotten, it->second);
+    forgotten = std::max(forgotten, it->second.seq);
   }
   if (id.seq() <= forgotten) {
     return absl::AbortedError(absl::StrCat(
@@ -157,6 +165,21 @@ absl::Status RequestWindow::CheckScopeNotTooOld(const RequestId& id, const Clien
         "exactly-once window no longer holds (its latest request is ", client.max_seq, ")"));
   }
   return absl::OkStatus();
+}
+
+std::optional<RequestWindow::Result> RequestWindow::ForgottenResult(const Client& client,
+                                                                    const RequestId& id,
+                                                                    uint64_t scope) const {
+  if (scope == 0) return std::nullopt;
+  auto it = client.dropped.find(scope);
+  if (it == client.dropped.end() || it->second.seq != id.seq() || !it->second.done_ok) {
+    return std::nullopt;
+  }
+  Result result;
+  result.version = it->second.version;
+  result.old_value = it->second.old_value;
+  result.scope = scope;
+  return result;
 }
 
 absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id,
@@ -232,6 +255,8 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     return std::optional<Result>(known->result);
   }
   if (!replay && client.late.count(id.seq()) == 0) {
+    // The request itself, forgotten once done: its result is known.
+    if (std::optional<Result> done = ForgottenResult(client, id, scope)) return done;
     PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, client, scope));
   }
   for (;;) {

@@ -16,7 +16,10 @@
 // bottom); otherwise an id the ring no longer reaches is new and is recorded
 // beside the ring. So a write retried after a failover is run on the new
 // primary if it never reached it, however many of the client's requests to
-// other variables the new primary served meanwhile. A request without a
+// other variables the new primary served meanwhile; and if it did reach it
+// (its backup had it) and finished OK, the retry is answered from the
+// newest forgotten request of its scope, which it is unless another thread
+// wrote the same variable after it. A request without a
 // scope keeps the plain rule: a seq at or below (highest seq seen - window)
 // is too old.
 //
@@ -26,7 +29,8 @@
 // short-lived client (a trainer process that ran a few steps) costs little,
 // and a busy one `window` entries. All rings together hold at most
 // `max_entries` (40 MiB with the defaults), for at most `max_clients`
-// clients; what they forgot, one seq per scope, at most 4 MiB of all. Nothing is allocated per request otherwise. When either bound is
+// clients; what they forgot, one seq (and an OK result) per scope, at most
+// 10 MiB of all. Nothing is allocated per request otherwise. When either bound is
 // reached, the least recently seen client is forgotten to make room only if
 // it has been idle for `min_idle` (longer than any client keeps retrying);
 // otherwise a new client is refused (and a ring that cannot grow fails its
@@ -147,6 +151,17 @@ class RequestWindow {
     // the request wrote, so forgetting it raises Client::dropped_any.
     bool imported = false;
   };
+  // The newest forgotten request of a scope. When it had finished OK, its
+  // result too: the retry of that very request (a thread's write retried on
+  // a promoted backup after the process's other threads sent it more than
+  // a window of requests) is answered from it instead of refused as too
+  // old. Failed results are not kept (their messages would cost memory).
+  struct Forgotten {
+    uint64_t seq = 0;
+    bool done_ok = false;  // `seq` finished OK, with these:
+    uint64_t version = 0;
+    int64_t old_value = 0;
+  };
   struct Client {
     CallerKey owner = kAnonymousCaller;  // who first used the id
     uint64_t max_seq = 0;
@@ -164,7 +179,7 @@ class RequestWindow {
     // request of that scope at or below it may have been applied. At most
     // kMaxDroppedScopes a client and kMaxDroppedScopesTotal of all clients;
     // past that a client's map is folded into dropped_any.
-    absl::flat_hash_map<uint64_t, uint64_t> dropped;
+    absl::flat_hash_map<uint64_t, Forgotten> dropped;
     // The same for every scope (forgotten requests of no known scope, and
     // the bottom of imported windows).
     uint64_t dropped_any = 0;
@@ -194,7 +209,14 @@ class RequestWindow {
   // Notes that `entry` (of `client`) is forgotten: a request that may have
   // run (kRunning or kDone) is counted in the client's dropped seqs.
   void Drop(Client* client, const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DropSeq(Client* client, uint64_t scope, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `done`: the forgotten request's result when it finished (null: it may
+  // not have, or its scope is unknown).
+  void DropSeq(Client* client, uint64_t scope, uint64_t seq, const Result* done = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The result of `id` if it is the newest forgotten request of `scope`
+  // and finished OK.
+  std::optional<Result> ForgottenResult(const Client& client, const RequestId& id,
+                                        uint64_t scope) const;
 
   const int window_;
   const int max_clients_;

@@ -303,6 +303,45 @@ TEST(RequestWindowTest, AForgottenRequestOfTheSameVariableIsTooOld) {
   EXPECT_FALSE(above_bottom->has_value());
 }
 
+// A thread's write that reached the shard (its backup had it, promoted
+// since) is retried after the process's other threads sent the shard more
+// than a window of requests: the ring forgot it, but it is the newest
+// forgotten request of its variable, so its retry gets its result, as a
+// count_up_to's value, instead of "request id too old". A forgotten
+// request that failed is not kept: its retry is too old.
+TEST(RequestWindowTest, TheRetryOfTheNewestForgottenRequestOfAVariableGetsItsResult) {
+  RequestWindow window(8, 4);
+  const uint64_t w = RequestWindow::ScopeOf("w"), v = RequestWindow::ScopeOf("v");
+  const uint64_t f = RequestWindow::ScopeOf("f");
+  auto begun = window.Begin(Id(1, 1), kAnonymousCaller, true, false, w);
+  ASSERT_TRUE(begun.ok() && !begun->has_value());
+  RequestWindow::Result ticket;
+  ticket.version = 5;
+  ticket.old_value = 41;
+  ticket.scope = w;
+  window.Finish(Id(1, 1), ticket);
+  begun = window.Begin(Id(1, 2), kAnonymousCaller, true, false, f);
+  ASSERT_TRUE(begun.ok() && !begun->has_value());
+  RequestWindow::Result failed;
+  failed.status = absl::OutOfRangeError("Reached limit of 41");
+  failed.scope = f;
+  window.Finish(Id(1, 2), failed);
+  for (uint64_t seq = 3; seq < 40; ++seq) RunScoped(&window, Id(1, seq), v, seq);
+  for (int retry = 0; retry < 2; ++retry) {
+    auto answered = window.Begin(Id(1, 1), kAnonymousCaller, true, false, w);
+    ASSERT_TRUE(answered.ok()) << answered.status();
+    ASSERT_TRUE(answered->has_value()) << "run twice";
+    EXPECT_TRUE((*answered)->status.ok());
+    EXPECT_EQ((*answered)->version, 5u);
+    EXPECT_EQ((*answered)->old_value, 41);
+  }
+  EXPECT_EQ(window.Begin(Id(1, 2), kAnonymousCaller, true, false, f).status().code(),
+            absl::StatusCode::kAborted);
+  // Of another variable, the same seq is no answer.
+  EXPECT_EQ(window.Begin(Id(1, 1), kAnonymousCaller, true, false, v).status().code(),
+            absl::StatusCode::kAborted);
+}
+
 // All windows together are bounded: past max_entries a new client waits
 // (RESOURCE_EXHAUSTED) while the others are active, and a busy client
 // whose window cannot grow has its request refused with nothing recorded.
