@@ -375,7 +375,7 @@ int main(int argc, char** argv) {
     }
     if (std::string error = CheckSecurity(coord.security); !error.empty()) return Fail(error);
     if (!checkpoint_interval.empty()) {
-      auto seconds = psd::ParseDuration(checkpoint_interval);
+      auto seconds = psd::ParseCheckpointInterval(checkpoint_interval);
       if (!seconds.ok()) return Fail("--checkpoint-interval: " + std::string(seconds.status().message()));
       coord.checkpoint.interval_seconds = *seconds;
     }

@@ -9,15 +9,18 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -213,9 +216,10 @@ void RunLatest(const CkptOptions& o, Context* ctx) {
 void RunRestore(const CkptOptions& o, Context* ctx) {
   psd::client::RestoreOptions only;
   only.reshape = o.reshape;
+  std::set<std::string> named;  // a name given twice is restored once
   for (const auto& v : o.vars) {
     for (absl::string_view name : absl::StrSplit(v, ',', absl::SkipEmpty())) {
-      only.variables.push_back(std::string(name));
+      if (named.insert(std::string(name)).second) only.variables.push_back(std::string(name));
     }
   }
   for (const auto& m : o.map) {
@@ -267,6 +271,20 @@ void RunPolicy(const CkptOptions& o, Context* ctx) {
               p.max_to_keep() == 0 ? " (keep all)" : "", p.keep_checkpoint_every_n_hours());
 }
 
+// An option's value must be an integer >= 0 (CLI11's own check names the
+// range up to the largest double).
+CLI::Validator NonNegativeInteger() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        int64_t value = 0;
+        if (!absl::SimpleAtoi(text, &value) || value < 0) {
+          return "must be an integer >= 0, got " + text;
+        }
+        return "";
+      },
+      "INT>=0");
+}
+
 }  // namespace
 
 void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
@@ -279,7 +297,8 @@ void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
   save->fallthrough();
   save->add_option("prefix", o->prefix,
                    "Checkpoint prefix on the servers (default: <checkpoint dir>/model.ckpt)");
-  save->add_option("--step", o->step, "Global step: the checkpoint is PREFIX-STEP");
+  save->add_option("--step", o->step, "Global step: the checkpoint is PREFIX-STEP")
+      ->check(NonNegativeInteger());
   latest_file(save);
   save->callback([o, ctx] { RunSave(*o, ctx); });
 
@@ -299,8 +318,16 @@ void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
       "restore", "Restore a checkpoint into the running cluster (lost parts included)");
   restore->fallthrough();
   restore->add_option("prefix", o->prefix, "PREFIX, a directory, or latest (default)");
-  restore->add_option("--vars", o->vars, "Variables to restore (default all); comma-separated");
-  restore->add_option("--map", o->map, "CHECKPOINT_NAME=VARIABLE, restore under another name");
+  // One value per occurrence (repeat the option for more), so a PREFIX
+  // after them is not taken for another.
+  restore->add_option("--vars", o->vars, "Variables to restore (default all); comma-separated")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  restore->add_option("--map", o->map, "CHECKPOINT_NAME=VARIABLE, restore under another name")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   restore->add_flag("--reshape", o->reshape,
                     "Restore a tensor of another shape but as many elements into an "
                     "unpartitioned variable (TensorFlow's Saver(reshape=True))");
@@ -309,8 +336,18 @@ void AddCkptClusterCommands(CLI::App* ckpt, Context* ctx) {
 
   CLI::App* policy = ckpt->add_subcommand("policy", "Show (or set) the retention policy");
   policy->fallthrough();
-  policy->add_option("--max-to-keep", o->max_to_keep, "Set max_to_keep (0 keeps all)");
-  policy->add_option("--keep-every-n-hours", o->keep_hours, "Set keep_checkpoint_every_n_hours");
+  policy->add_option("--max-to-keep", o->max_to_keep, "Set max_to_keep (0 keeps all)")
+      ->check(NonNegativeInteger());
+  policy->add_option("--keep-every-n-hours", o->keep_hours, "Set keep_checkpoint_every_n_hours")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double hours = 0;
+            if (!absl::SimpleAtod(text, &hours) || !(hours > 0) || !std::isfinite(hours)) {
+              return "must be a positive number of hours, got " + text;
+            }
+            return "";
+          },
+          "HOURS>0"));
   policy->callback([o, ctx] { RunPolicy(*o, ctx); });
 }
 

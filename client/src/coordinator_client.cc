@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "psd/grpc_status.h"
 #include "psd/internal/grpc_credentials.h"
+#include "psd/status.h"
 #include "retry_policy.h"
 
 namespace psd {
@@ -15,6 +16,7 @@ namespace internal {
 
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(
     const std::string& address, const CoordinatorClientOptions& options) {
+  PSD_RETURN_IF_ERROR(psd::internal::CheckDialTarget(address, "coordinator"));
   auto credentials = psd::internal::MakeChannelCredentials(options.security);
   if (!credentials.ok()) return credentials.status();
   grpc::ChannelArguments args;

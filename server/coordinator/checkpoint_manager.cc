@@ -527,7 +527,32 @@ absl::StatusOr<ListCheckpointsResponse> CheckpointManager::List(
   return response;
 }
 
-CheckpointPolicy CheckpointManager::Policy(const CheckpointPolicy* set) {
+absl::Status CheckpointManager::CheckRetention(std::optional<int64_t> max_to_keep,
+                                               std::optional<double> hours,
+                                               absl::string_view what) {
+  if (max_to_keep.has_value() && *max_to_keep < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": max_to_keep must be >= 0 (0 keeps every checkpoint), got ", *max_to_keep));
+  }
+  if (hours.has_value() && (!(*hours > 0) || !std::isfinite(*hours))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what,
+                     ": keep_checkpoint_every_n_hours must be a positive number of hours, "
+                     "got ",
+                     *hours));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CheckpointPolicy> CheckpointManager::Policy(const CheckpointPolicy* set) {
+  if (set != nullptr) {
+    PSD_RETURN_IF_ERROR(CheckRetention(
+        set->has_max_to_keep() ? std::optional<int64_t>(set->max_to_keep()) : std::nullopt,
+        set->has_keep_checkpoint_every_n_hours()
+            ? std::optional<double>(set->keep_checkpoint_every_n_hours())
+            : std::nullopt,
+        "checkpoint policy"));
+  }
   absl::MutexLock lock(&policy_mu_);
   if (set != nullptr) {
     if (set->has_max_to_keep()) policy_.max_to_keep = set->max_to_keep();

@@ -69,6 +69,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -190,7 +191,16 @@ class CheckpointManager {
   // checkpoint, each naming the path and changing nothing; waits for a
   // running save.
   absl::Status SetLastCheckpoints(const SetLastCheckpointsRequest& request);
-  CheckpointPolicy Policy(const CheckpointPolicy* set);
+  // The Policy RPC: the retention policy, after applying `set` (null: read
+  // only). INVALID_ARGUMENT naming the value for a negative max_to_keep or
+  // a keep_checkpoint_every_n_hours that is not a positive number, nothing
+  // changed.
+  absl::StatusOr<CheckpointPolicy> Policy(const CheckpointPolicy* set);
+  // INVALID_ARGUMENT "`what`: ..." unless `max_to_keep` (when given) is >= 0
+  // and `hours` (when given) a positive, finite number: the one rule of
+  // Policy and of a save's own retention.
+  static absl::Status CheckRetention(std::optional<int64_t> max_to_keep,
+                                     std::optional<double> hours, absl::string_view what);
   // The CheckpointProgress RPC.
   CheckpointProgressResponse Progress(uint64_t progress_id) const {
     return progress_.Get(progress_id);

@@ -3,10 +3,8 @@
 // checked against the variables before any shard reads data; every shard
 // stages its parts, then all apply them or none do. Also the restore of a
 // shard's lost parts.
-#include "coordinator/checkpoint_manager.h"
-
 #include <algorithm>
-
+#include <map>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -14,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "checkpoint/bundle_reader.h"
 #include "checkpoint/tensor_bundle.h"
+#include "coordinator/checkpoint_manager.h"
 #include "coordinator/checkpoint_manager_internal.h"
 #include "psd/dtype.h"
 #include "psd/parallel.h"
@@ -189,6 +188,22 @@ absl::StatusOr<RestoreCheckpointResponse> CheckpointManager::RestoreLocked(
     for (const auto& [old_name, new_name] : sorted) targets.emplace_back(new_name, old_name);
   }
   if (targets.empty()) return absl::InvalidArgumentError("restore: no variables to restore");
+  {
+    // A variable named twice is restored once: from one checkpoint name.
+    std::map<std::string, std::string> from;
+    std::vector<std::pair<std::string, std::string>> once;
+    for (auto& [var_name, ckpt_name] : targets) {
+      auto [it, added] = from.emplace(var_name, ckpt_name);
+      if (added) {
+        once.emplace_back(std::move(var_name), std::move(ckpt_name));
+      } else if (it->second != ckpt_name) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "restore: variable '", var_name, "' is named twice, to be restored from '", it->second,
+            "' and from '", ckpt_name, "' of the checkpoint; nothing was restored"));
+      }
+    }
+    targets.swap(once);
+  }
 
   // Each part with the bytes it stages (its elements; strings count 0 here).
   std::map<int32_t, std::vector<std::pair<RestorePart, int64_t>>> by_shard;

@@ -123,22 +123,15 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
   progress_.SetPrefix(progress_id, prefix);
   // The Saver's own retention over the coordinator's policy.
   SaverRetention::Policy policy = CurrentPolicy();
-  if (request.has_max_to_keep()) {
-    if (request.max_to_keep() < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("save of ", prefix, ": max_to_keep must be >= 0 (0 keeps every "
-                       "checkpoint), got ", request.max_to_keep()));
-    }
-    policy.max_to_keep = request.max_to_keep();
-  }
+  PSD_RETURN_IF_ERROR(CheckRetention(
+      request.has_max_to_keep() ? std::optional<int64_t>(request.max_to_keep()) : std::nullopt,
+      request.has_keep_checkpoint_every_n_hours()
+          ? std::optional<double>(request.keep_checkpoint_every_n_hours())
+          : std::nullopt,
+      absl::StrCat("save of ", prefix)));
+  if (request.has_max_to_keep()) policy.max_to_keep = request.max_to_keep();
   if (request.has_keep_checkpoint_every_n_hours()) {
-    const double hours = request.keep_checkpoint_every_n_hours();
-    if (!(hours > 0) || !std::isfinite(hours)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("save of ", prefix, ": keep_checkpoint_every_n_hours must be a positive "
-                       "number of hours, got ", hours));
-    }
-    policy.keep_checkpoint_every_n_hours = hours;
+    policy.keep_checkpoint_every_n_hours = request.keep_checkpoint_every_n_hours();
   }
   const double age = request.saver_age_seconds();
   if (!(age >= 0) || !std::isfinite(age)) {

@@ -967,7 +967,8 @@ grpc::ServerUnaryReactor* CoordinatorService::Policy(grpc::CallbackServerContext
                                                      const CheckpointPolicyRequest* request,
                                                      CheckpointPolicyResponse* response) {
   return Serve(ctx, [&]() -> absl::Status {
-    *response->mutable_policy() = checkpoints_->Policy(request->has_set() ? &request->set() : nullptr);
+    PSD_ASSIGN_OR_RETURN(*response->mutable_policy(),
+                         checkpoints_->Policy(request->has_set() ? &request->set() : nullptr));
     return absl::OkStatus();
   });
 }

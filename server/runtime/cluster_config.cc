@@ -70,6 +70,16 @@ absl::StatusOr<double> ParseDuration(const std::string& text) {
   return value * scale;
 }
 
+absl::StatusOr<double> ParseCheckpointInterval(const std::string& text) {
+  PSD_ASSIGN_OR_RETURN(const double seconds, ParseDuration(text));
+  if (seconds != 0 && seconds < kMinCheckpointIntervalSeconds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is under the shortest time between periodic checkpoints, ",
+                     kMinCheckpointIntervalSeconds, "s (0 turns them off)"));
+  }
+  return seconds;
+}
+
 absl::Status CheckAddress(const std::string& address) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon == 0) {
@@ -272,7 +282,7 @@ absl::StatusOr<ClusterConfig> ParseNode(const YAML::Node& root, const std::strin
     std::string interval;
     PSD_RETURN_IF_ERROR(Get(c, "interval", where, &interval));
     if (!interval.empty()) {
-      auto seconds = ParseDuration(interval);
+      auto seconds = ParseCheckpointInterval(interval);
       if (!seconds.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".interval: ", seconds.status().message()));
       config.checkpoint.interval_seconds = *seconds;
     }

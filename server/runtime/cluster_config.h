@@ -95,6 +95,12 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
 
 // "30s", "5m", "2h", "1.5" (seconds) -> seconds.
 absl::StatusOr<double> ParseDuration(const std::string& text);
+// The time between periodic checkpoints (checkpoint.interval,
+// --checkpoint-interval): a duration of 0 (none) or at least
+// kMinCheckpointIntervalSeconds, so a save that keeps failing is tried
+// (and logged) at most once a second.
+inline constexpr double kMinCheckpointIntervalSeconds = 1;
+absl::StatusOr<double> ParseCheckpointInterval(const std::string& text);
 
 // OK if `address` is HOST:PORT with a port in [0, 65535] ("[::1]:7070" for
 // IPv6); the message says what is wrong with it.

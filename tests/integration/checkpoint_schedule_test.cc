@@ -8,10 +8,13 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -21,6 +24,7 @@
 #include "checkpoint/checkpoint_state.h"
 #include "checkpoint/file_system.h"
 #include "cluster_process.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "psd/coordinator.grpc.pb.h"
@@ -38,6 +42,7 @@ using client::GetVariableOptions;
 using client::Saver;
 using client::Session;
 using client::Variable;
+using ::testing::HasSubstr;
 namespace partitioners = client::partitioners;
 
 constexpr absl::Duration kDeadline = absl::Seconds(60);
@@ -103,7 +108,7 @@ class CheckpointScheduleTest : public ::testing::Test {
 };
 
 TEST_F(CheckpointScheduleTest, IntervalSavesProduceCheckpointsAndRetentionApplies) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({"--checkpoint-interval", "0.2", "--max-to-keep", "2"}));
+  ASSERT_NO_FATAL_FAILURE(StartCluster({"--checkpoint-interval", "1", "--max-to-keep", "2"}));
   Make("v", Vec<float>({4}, {1, 2, 3, 4}));
   const std::string fourth = absl::StrCat(dir_, "/model.ckpt-4");
   ASSERT_TRUE(Eventually([&] { return HasIndex(fourth) && Latest(dir_) >= fourth; }))
@@ -157,21 +162,39 @@ TEST_F(CheckpointScheduleTest, FinalSaveOnSigterm) {
 
 TEST_F(CheckpointScheduleTest, PolicySetAtRunTimeSurvivesACoordinatorRestart) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({"--max-to-keep", "3"}));
-  auto policy = [&](std::optional<int> set) -> CheckpointPolicy {
+  auto call = [&](const CheckpointPolicyRequest& req, CheckpointPolicyResponse* resp) {
     auto stub = Coordinator::NewStub(
         grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials()));
-    CheckpointPolicyRequest req;
-    if (set) req.mutable_set()->set_max_to_keep(*set);
-    CheckpointPolicyResponse resp;
     grpc::ClientContext ctx;
     ctx.set_wait_for_ready(true);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    grpc::Status s = stub->Policy(&ctx, req, &resp);
+    return stub->Policy(&ctx, req, resp);
+  };
+  auto policy = [&](std::optional<int> set) -> CheckpointPolicy {
+    CheckpointPolicyRequest req;
+    if (set) req.mutable_set()->set_max_to_keep(*set);
+    CheckpointPolicyResponse resp;
+    grpc::Status s = call(req, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp.policy();
   };
   EXPECT_EQ(policy(std::nullopt).max_to_keep(), 3);
   EXPECT_EQ(policy(7).max_to_keep(), 7);
+  // Values no policy can have are refused, naming them; nothing changes.
+  for (const auto& [max_to_keep, hours, named] :
+       {std::tuple<int, double, const char*>{-1, 2, "max_to_keep must be >= 0"},
+        {5, 0, "keep_checkpoint_every_n_hours must be a positive number"},
+        {5, std::nan(""), "keep_checkpoint_every_n_hours must be a positive number"},
+        {5, -std::numeric_limits<double>::infinity(), "got -inf"}}) {
+    CheckpointPolicyRequest req;
+    req.mutable_set()->set_max_to_keep(max_to_keep);
+    req.mutable_set()->set_keep_checkpoint_every_n_hours(hours);
+    CheckpointPolicyResponse resp;
+    const grpc::Status s = call(req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << named;
+    EXPECT_THAT(s.error_message(), HasSubstr(named));
+  }
+  EXPECT_EQ(policy(std::nullopt).max_to_keep(), 7);
   ASSERT_TRUE(cluster_->RestartCoordinator().ok());
   EXPECT_EQ(policy(std::nullopt).max_to_keep(), 7);
 }

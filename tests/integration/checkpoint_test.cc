@@ -177,6 +177,21 @@ TEST_F(CheckpointTest, RestoresIntoAnotherPartitioningAndUnderAnotherName) {
   ro.name_map = {{"w", "plain"}};
   ASSERT_TRUE(IsOk(saver_->Restore(prefix, ro)));
   EXPECT_EQ(Read(plain), w0);
+  // A variable named twice is restored once, and from one checkpoint name
+  // only: two sources for one variable are refused before anything changes.
+  ro.variables = {"w", "w"};
+  ro.name_map = {{"w", "w"}};
+  client::RestoreDetails details;
+  ASSERT_TRUE(IsOk(saver_->Restore(prefix, ro, &details)));
+  EXPECT_EQ(details.restored.size(), 1u);
+  ro.variables = {"plain"};
+  ro.name_map = {{"w", "plain"}};
+  const Tensor zeros = Vec<float>({10, 3}, std::vector<float>(30, 0));
+  ASSERT_TRUE(IsOk(plain.Assign(zeros)));
+  EXPECT_TRUE(IsError(saver_->Restore(prefix, ro), absl::StatusCode::kInvalidArgument,
+                      {"variable 'plain' is named twice", "'plain'", "'w'"}));
+  EXPECT_EQ(Read(plain), zeros);
+  ro.variables.clear();
   // Another shape restores only with reshape (TensorFlow's Saver(reshape=True)).
   ro.name_map = {{"w", "flat"}};
   EXPECT_TRUE(IsError(saver_->Restore(prefix, ro), absl::StatusCode::kInvalidArgument,

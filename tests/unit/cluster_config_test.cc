@@ -122,7 +122,11 @@ TEST(ClusterConfigTest, BadValuesNameTheirKey) {
       {"checkpoint: {keep_checkpoint_every_n_hours: 0}\n",
        "c: checkpoint.keep_checkpoint_every_n_hours: must be > 0"},
       {"checkpoint: {interval: soon}\n", "c: checkpoint.interval: invalid duration 'soon'"},
-      {"security: {tls_cert: s.pem}\n", "c: security.tls_key: missing; tls_cert and tls_key go together"},
+      {"checkpoint: {interval: 0.0001s}\n",
+       "c: checkpoint.interval: '0.0001s' is under the shortest time between periodic "
+       "checkpoints, 1s (0 turns them off)"},
+      {"security: {tls_cert: s.pem}\n",
+       "c: security.tls_key: missing; tls_cert and tls_key go together"},
       {"security: {tls_client_auth: sometimes}\n", "c: security.tls_client_auth: cannot read"},
       {"security: {tls_key: [a, b]}\n", "c: security.tls_key: cannot read"},
   };
