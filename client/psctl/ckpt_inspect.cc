@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -11,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint_state.h"
+#include "checkpoint/file_system.h"
 #include "checkpoint/tensor_bundle.h"
 #include "checkpoint/tensor_slice.h"
 #include "output.h"
@@ -160,8 +163,24 @@ void GroupTables(const std::vector<TensorInfo>& tensors, std::vector<CheckpointT
 }
 
 absl::StatusOr<std::string> InspectCheckpoint(const InspectOptions& opts, bool json) {
-  PSD_ASSIGN_OR_RETURN(auto opened, BundleReader::Open(NormalizePrefix(opts.prefix)));
+  std::string prefix = NormalizePrefix(opts.prefix);
+  std::error_code ec;
+  if (std::filesystem::is_directory(prefix, ec)) {
+    // A directory: its latest checkpoint, as restore takes one.
+    absl::StatusOr<std::string> latest =
+        psd::checkpoint::LatestCheckpoint(psd::checkpoint::FileSystem::Default(), prefix, "");
+    if (!latest.ok()) {
+      return absl::NotFoundError(absl::StrCat(prefix, " is a directory with no latest checkpoint (",
+                                              latest.status().message(),
+                                              "); give a checkpoint's PREFIX"));
+    }
+    prefix = *std::move(latest);
+  }
+  PSD_ASSIGN_OR_RETURN(auto opened, BundleReader::Open(prefix));
   const BundleReader& reader = *opened;
+  // Data files missing or cut short fail here, as a restore would, though
+  // only the index is listed.
+  PSD_RETURN_IF_ERROR(reader.CheckDataFiles());
 
   const std::vector<TensorInfo> all = reader.ListTensors();
   std::vector<CheckpointTable> tables;

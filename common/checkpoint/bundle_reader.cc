@@ -3,13 +3,14 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <map>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "psd/crc32c.h"
 #include "checkpoint/table_format.h"
 #include "checkpoint/table_reader.h"
+#include "psd/crc32c.h"
 #include "psd/status.h"
 
 namespace psd::checkpoint {
@@ -21,6 +22,17 @@ constexpr size_t kReadPiece = 8 << 20;
 
 std::string SliceWhat(absl::string_view name, const TensorSlice& slice) {
   return absl::StrCat(name, " (slice ", slice.ToString(), ")");
+}
+
+// An index key as messages name it: a slice key as its tensor and slice,
+// anything else escaped.
+std::string KeyWhat(absl::string_view key) {
+  std::string name;
+  TensorSlice slice;
+  if (IsSliceKey(key) && DecodeTensorNameSlice(key, &name, &slice).ok()) {
+    return SliceWhat(name, slice);
+  }
+  return absl::CEscape(key);
 }
 
 }  // namespace
@@ -143,9 +155,30 @@ absl::StatusOr<const tf::BundleEntryProto*> BundleReader::FindEntry(absl::string
   auto it = entries_.find(std::string(key));
   if (it == entries_.end()) {
     return absl::NotFoundError(
-        absl::StrCat("Key ", absl::CEscape(key), " not found in checkpoint ", prefix_));
+        absl::StrCat("Key ", KeyWhat(key), " not found in checkpoint ", prefix_));
   }
   return &it->second;
+}
+
+absl::Status BundleReader::CheckDataFiles() const {
+  // Per data file, the entry that reaches furthest into it.
+  std::map<int32_t, std::pair<uint64_t, const std::string*>> furthest;
+  for (const auto& [key, entry] : entries_) {
+    if (entry.slices_size() > 0) continue;  // its slices' entries hold the bytes
+    if (entry.offset() < 0 || entry.size() < 0) {
+      return absl::DataLossError(
+          absl::StrCat("Invalid offset or size in bundle entry: key ", KeyWhat(key)));
+    }
+    const uint64_t end =
+        static_cast<uint64_t>(entry.offset()) + static_cast<uint64_t>(entry.size());
+    auto [it, added] = furthest.try_emplace(entry.shard_id(), end, &key);
+    if (!added && end > it->second.first) it->second = {end, &key};
+  }
+  for (const auto& [shard, reach] : furthest) {
+    const std::string& key = *reach.second;
+    PSD_RETURN_IF_ERROR(CheckInDataFile(entries_.at(key), KeyWhat(key)));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<const RandomAccessFile*> BundleReader::DataFile(int shard_id) const {
@@ -389,7 +422,7 @@ absl::Status BundleReader::ReadEntryChunked(
     absl::string_view key, size_t chunk_bytes,
     const std::function<absl::Status(absl::string_view)>& sink) const {
   PSD_ASSIGN_OR_RETURN(const tf::BundleEntryProto* entry, FindEntry(key));
-  const std::string what = absl::CEscape(key);
+  const std::string what = KeyWhat(key);
   if (entry->slices_size() > 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor ", what, " is stored in slices; stream each slice key instead"));

@@ -62,6 +62,10 @@ class BundleReader {
   // Every tensor by name, sorted, slice keys hidden (like TensorFlow's
   // CheckpointReader and tf.train.list_variables).
   std::vector<TensorInfo> ListTensors() const;
+  // DATA_LOSS (or NOT_FOUND for a missing file) naming the data file and a
+  // tensor when a data file the index refers to is missing or shorter than
+  // its entries need: what reading would find, without reading the data.
+  absl::Status CheckDataFiles() const;
   bool Contains(absl::string_view name) const;
   // NOT_FOUND "... not found in checkpoint" for unknown names.
   absl::StatusOr<TensorInfo> GetTensorInfo(absl::string_view name) const;

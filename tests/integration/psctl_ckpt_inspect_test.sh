@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # psctl ckpt inspect against TensorFlow-written checkpoints: the listing, the
-# values, JSON, and one-line failures for a V1 checkpoint, a corrupt data file
-# and a missing checkpoint.
+# values, JSON, a directory's latest checkpoint, and one-line failures for a
+# V1 checkpoint, a corrupt, truncated or missing data file and a missing
+# checkpoint.
 # Usage: psctl_ckpt_inspect_test.sh PSCTL FIXTURES_DIR
 set -euo pipefail
 
@@ -59,6 +60,29 @@ if err=$("$PSCTL" ckpt inspect "$TMP/ckpt" --values 2>&1); then fail "corrupt da
 expect_contains "$err" "DATA_LOSS" "corrupt data"
 expect_contains "$err" "conv2d/kernel" "corrupt tensor named"
 expect_contains "$err" "ckpt.data-00000-of-00001" "corrupt file named"
+
+# A data file cut short, then missing: DATA_LOSS naming it, even for the
+# listing (a restore would fail the same way).
+cp "$MKL.index" "$TMP/short.index"
+head -c 20 "$MKL.data-00000-of-00001" >"$TMP/short.data-00000-of-00001"
+if err=$("$PSCTL" ckpt inspect "$TMP/short" 2>&1); then fail "truncated data file accepted"; fi
+expect_contains "$err" "DATA_LOSS: truncated checkpoint data file $TMP/short.data-00000-of-00001" \
+  "truncated data file"
+rm "$TMP/short.data-00000-of-00001"
+if err=$("$PSCTL" ckpt inspect "$TMP/short" 2>&1); then fail "missing data file accepted"; fi
+expect_contains "$err" "short.data-00000-of-00001 is missing" "missing data file"
+
+# A directory: its latest checkpoint, as restore takes it; without one, a
+# message saying so (not "V1").
+mkdir "$TMP/dir"
+cp "$MKL.index" "$TMP/dir/model.ckpt-7.index"
+cp "$MKL.data-00000-of-00001" "$TMP/dir/model.ckpt-7.data-00000-of-00001"
+printf 'model_checkpoint_path: "model.ckpt-7"\n' >"$TMP/dir/checkpoint"
+out=$("$PSCTL" ckpt inspect "$TMP/dir")
+expect_contains "$out" "checkpoint $TMP/dir/model.ckpt-7: 9 tensors" "directory's latest"
+mkdir "$TMP/empty"
+if err=$("$PSCTL" ckpt inspect "$TMP/empty" 2>&1); then fail "empty directory accepted"; fi
+expect_contains "$err" "NOT_FOUND: $TMP/empty is a directory with no latest checkpoint" "empty dir"
 
 # A truncated index.
 head -c 100 "$MKL.index" >"$TMP/ckpt.index"

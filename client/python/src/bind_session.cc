@@ -1,13 +1,13 @@
 // psclient._psclient: Session (variables by name, scopes, shards listed),
 // Variable (its data ops) and the variable scopes entered from Python.
-#include "binding.h"
-
 #include <cstdlib>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "binding.h"
 #include "psd/client.h"
 
 namespace psd {
@@ -39,9 +39,12 @@ struct PyScope {
   CapturedScope entered;  // as of entry (its name is the full path)
 };
 
-std::optional<TensorShape> OptionalShape(const std::optional<std::vector<int64_t>>& dims) {
+// `name`: the variable the shape is for, named in the error.
+std::optional<TensorShape> OptionalShape(const std::optional<std::vector<int64_t>>& dims,
+                                         const std::string& name) {
   if (!dims.has_value()) return std::nullopt;
-  return Unwrap(TensorShape::Make(*dims, "shape"), /*naming=*/true);
+  return Unwrap(TensorShape::Make(*dims, absl::StrCat("shape of variable '", name, "'")),
+                /*naming=*/true);
 }
 
 std::optional<Reuse> OptionalReuse(const std::optional<int>& reuse) {
@@ -307,7 +310,7 @@ void BindSession(py::module_& m) {
              client::GetVariableOptions o;
              o.caching_device = std::move(caching_device);
              o.replication = replication;
-             o.shape = OptionalShape(shape);
+             o.shape = OptionalShape(shape, name);
              if (dtype != DT_INVALID) o.dtype = CheckedDtype(dtype);
              o.initializer = std::move(initializer);
              if (!initial_value.is_none()) o.initial_value = ToTensor(initial_value, initial_dtype);

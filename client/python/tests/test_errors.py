@@ -83,6 +83,26 @@ def test_shape_mismatch_is_invalid_argument(session, prefix):
         v.assign(np.array(["a", "b", "c"]))
 
 
+def test_a_bad_shape_names_its_variable(session, prefix):
+    with pytest.raises(errors.InvalidArgumentError,
+                       match=r"shape of variable '%s_neg': dimension 1 is -1" % prefix):
+        psclient.get_variable(prefix + "_neg", shape=[2, -1])
+    with pytest.raises(errors.InvalidArgumentError,
+                       match=r"shape of variable '%s_huge'.* has too many elements" % prefix):
+        psclient.get_variable(prefix + "_huge", shape=[2**40, 2**40])
+
+
+def test_addresses_and_tls_files_that_cannot_work_fail_at_once(tmp_path):
+    for address, message in (("", "address is empty"),
+                             ("127.0.0.1:99999", r"the port must be a number in \[1, 65535\]")):
+        with pytest.raises(errors.InvalidArgumentError, match=message):
+            psclient.Session(address, timeout=0.5, retry_budget=0)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(errors.InvalidArgumentError, match="not a PEM file with a CERTIFICATE"):
+        psclient.Session("127.0.0.1:1", timeout=0.5, retry_budget=0, tls_ca=str(not_pem))
+
+
 def test_missing_variable_is_not_found(session, prefix):
     with pytest.raises(errors.NotFoundError):
         session.lookup_variable(prefix + "/nope")
