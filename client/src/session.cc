@@ -32,6 +32,9 @@ bool IsStaleHandle(const absl::Status& status) {
 }
 
 bool MayBeFailingOver(const absl::Status& status, const PartHandle& part) {
+  // A part the coordinator marks lost has no copy left to promote: no
+  // failover will come (the answer is "restore it", at once).
+  if (part.lost()) return false;
   const bool replicated = part.replicated() || part.backup_shards_size() > 0;
   // A stale handle too: the coordinator may still list the lost primary
   // (its failover waits for the lease) after the handle is refreshed.

@@ -103,7 +103,15 @@ absl::Status VariableState::ForParts(
       return first;  // one refresh cures a stale handle
     }
     stale_refreshed = true;
-    PSD_RETURN_IF_ERROR(Refresh());
+    if (absl::Status refreshed = Refresh(); !refreshed.ok()) {
+      // The shard's answer says what happened to the variable; the
+      // coordinator's, why no new placement could be had (e.g. the whole
+      // cluster is down).
+      return absl::Status(first.code(), absl::StrCat(first.message(),
+                                                     "; and its placement could not be "
+                                                     "refreshed: ",
+                                                     refreshed.ToString()));
+    }
     std::shared_ptr<const VariableHandle> fresh = Current();
     bool placement_changed = false;
     for (int k : again) {

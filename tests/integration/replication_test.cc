@@ -200,6 +200,27 @@ TEST_F(ReplicationTest, AReplicatedPartGetsAnInSyncBackupOnAnotherShard) {
   EXPECT_EQ(backups, 1);
 }
 
+// Every replica of a part killed at once: the part is lost, and an op on
+// it says so as soon as the coordinator knows, rather than waiting out
+// failover_wait for a failover that cannot come (here 10 minutes: the op
+// would hang past the test's timeout).
+TEST_F(ReplicationTest, AnOpOnAPartWithNoReplicaLeftSaysItIsLostAtOnce) {
+  Variable v = Counter("gone");
+  ASSERT_TRUE(v.valid());
+  PSD_ASSERT_OK_AND_ASSIGN(PartHandle part, WaitInSync(v, 1));
+  client::SessionOptions patient;
+  patient.failover_wait = absl::Minutes(10);
+  PSD_ASSERT_OK_AND_ASSIGN(auto session, Session::Open(cluster_->coordinator_address(), patient));
+  PSD_ASSERT_OK_AND_ASSIGN(Variable mine, session->LookupVariable("gone"));
+  ASSERT_TRUE(IsOk(mine.Read().status()));
+  ASSERT_TRUE(IsOk(cluster_->KillShard(part.shard_id())));
+  ASSERT_TRUE(IsOk(cluster_->KillShard(part.in_sync_shards(0))));
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(part.shard_id())));
+  ASSERT_TRUE(IsOk(cluster_->StartKilledShard(part.in_sync_shards(0))));
+  EXPECT_TRUE(IsError(mine.Read().status(), absl::StatusCode::kUnavailable,
+                      {"part gone", "is lost", "restore it from a checkpoint"}));
+}
+
 // Adam's beta1_power and beta2_power are one-part variables declared
 // beside the first variable; beside a partitioned replicated variable they
 // belong to no part's group, and had no backup: a SIGKILL of their shard
