@@ -77,7 +77,8 @@ sanitize_full() {
 SUBSET_TESTS=(tensor_test stream_codec_test crc32c_test checkpoint_ordered_code_test
   checkpoint_table_test checkpoint_bundle_test checkpoint_fault_test checkpoint_fixtures_test
   variable_store_test variable_store_optimizer_test variable_store_replica_test variable_store_move_test
-  embedding_table_test parallel_test logged_write_test)
+  embedding_table_test parallel_test logged_write_test request_window_test shard_lease_test
+  channel_security_test)
 sanitize_subset() {
   sanitize_configure || return
   local fuzz_targets
