@@ -142,9 +142,11 @@ absl::StatusOr<SaveCheckpointResponse> CheckpointManager::SaveLocked(
       request.has_max_to_keep() || request.has_keep_checkpoint_every_n_hours();
   PSD_RETURN_IF_ERROR(CheckLatestFilename(latest_filename, absl::StrCat("save of ", prefix)));
   PSD_RETURN_IF_ERROR(CheckUnderRoots(dir, /*write=*/true, absl::StrCat("save of ", prefix)));
-  if (!fs_->ListDir(dir).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Parent directory of ", prefix, " doesn't exist, can't save."));
+  if (absl::Status listed = fs_->ListDir(dir).status(); !listed.ok()) {
+    // TensorFlow's words, then why (a regular file where the directory
+    // should be, no permission, ...).
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Parent directory of ", prefix, " doesn't exist, can't save. (", listed.message(), ")"));
   }
 
   if (try_only) {

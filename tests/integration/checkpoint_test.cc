@@ -398,6 +398,11 @@ TEST_F(CheckpointTest, FailedResaveToTheSamePrefixKeepsThePreviousCheckpoint) {
   PSD_ASSERT_OK_AND_ASSIGN(auto reader, BundleReader::Open(p));
   EXPECT_TRUE(reader->GetTensorInfo("a").ok());
   EXPECT_FALSE(reader->GetTensorInfo("late").ok());
+  // A save under a regular file says so, after TensorFlow's words.
+  std::ofstream(absl::StrCat(dir_, "/a_file")) << "x";
+  EXPECT_TRUE(IsError(saver_->Save(absl::StrCat(dir_, "/a_file/model.ckpt")),
+                      absl::StatusCode::kInvalidArgument,
+                      {"Parent directory of", "doesn't exist, can't save.", "Not a directory"}));
 }
 
 // A fence nobody lifts (its coordinator died) holds writes, never rejects
