@@ -30,7 +30,7 @@
 // and a busy one `window` entries. All rings together hold at most
 // `max_entries` (40 MiB with the defaults), for at most `max_clients`
 // clients; what they forgot, one seq (and an OK result) per scope, at most
-// 10 MiB of all. Nothing is allocated per request otherwise. When either bound is
+// 12 MiB of all. Nothing is allocated per request otherwise. When either bound is
 // reached, the least recently seen client is forgotten to make room only if
 // it has been idle for `min_idle` (longer than any client keeps retrying);
 // otherwise a new client is refused (and a ring that cannot grow fails its
