@@ -16,7 +16,9 @@
 // pauses a random part's primary (SIGSTOP) for 0.5 to 3 s before letting
 // it go on (SIGCONT): a process that stalls past its lease, not one that
 // dies, wakes with writes half answered, parts failed over behind its back
-// and answers to old heartbeats in flight.
+// and answers to old heartbeats in flight; and pauses the coordinator
+// likewise (it wakes with every heartbeat late, and must not take live
+// shards for dead ones).
 // Afterwards: every acknowledged update is there and none twice, every
 // ticket was handed out once, each part is served by its primary alone,
 // and the replicas are identical bit for bit (each part's primary is
@@ -25,7 +27,8 @@
 //
 // PSD_CHAOS_KILLS sets the number of kills (default 6, the CI form; the
 // issue's long form is 50), PSD_CHAOS_PARTITIONS the number of partitions
-// (default 2), PSD_CHAOS_PAUSES the number of pauses (default 2),
+// (default 2), PSD_CHAOS_PAUSES the number of pauses of shards and of the
+// coordinator (default 2, one in four of them the coordinator's),
 // PSD_CHAOS_SEED the driver's seed (default: a random one;
 // printed first, so a failing run's schedule can be replayed).
 #include <errno.h>
@@ -412,7 +415,7 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   };
   int coordinator_cuts = 0, coordinator_cuts_failed_over = 0;
   int backup_cuts = 0, backup_cuts_dropping_backups = 0;
-  int pauses_failed_over = 0;
+  int pauses_failed_over = 0, coordinator_pauses = 0;
   const absl::Time run_start = absl::Now();
   for (size_t e = 0; e < schedule.size() && failures.load() == 0; ++e) {
     ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "before event " << e;
@@ -431,6 +434,21 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
       // Writes go on (each part has a copy elsewhere) before the shard is back.
       EXPECT_TRUE(writes_go_on(before)) << "no writes after killing shard " << victim;
       ASSERT_TRUE(IsOk(cluster_->StartKilledShard(victim)));
+      continue;
+    }
+    if (schedule[e] == Fault::kPause && rng() % 4 == 0) {
+      const absl::Duration pause = absl::Milliseconds(500 + rng() % 2501);
+      std::printf("event %zu: pause the coordinator for %s\n", e,
+                  absl::FormatDuration(pause).c_str());
+      std::fflush(stdout);
+      const pid_t pid = cluster_->coordinator()->pid();
+      ASSERT_EQ(::kill(pid, SIGSTOP), 0) << std::strerror(errno);
+      absl::SleepFor(pause);
+      ASSERT_EQ(::kill(pid, SIGCONT), 0) << std::strerror(errno);
+      EXPECT_TRUE(writes_go_on(counter_acks())) << "no writes after the coordinator went on";
+      ASSERT_FALSE(cluster_->coordinator()->Exited()) << "the coordinator exited after a pause";
+      ASSERT_TRUE(IsOk(WaitFullyReplicated(vars))) << "after event " << e;
+      ++coordinator_pauses;
       continue;
     }
     if (schedule[e] == Fault::kPause) {
@@ -557,12 +575,13 @@ TEST_F(ReplicationChaosTest, KillsAndPartitionsLoseNoAcknowledgedUpdateAndLeaveI
   const absl::Duration run_time = absl::Now() - run_start;
   std::printf(
       "seed %u, %s: %d kills, %d partitions from the coordinator (%d failed over), "
-      "%d from backups and trainers (%d dropped a backup), %d pauses (%d failed "
-      "over); %lld counter adds (%lld of unknown outcome), %lld table scatter_adds "
+      "%d from backups and trainers (%d dropped a backup), %d pauses (%d of the "
+      "coordinator; %d failed over); %lld counter adds (%lld of unknown outcome), %lld table "
+      "scatter_adds "
       "(%lld unknown), %lld embedding table writes, %zu tickets (%lld unknown)\n",
       seed, absl::FormatDuration(run_time).c_str(), kills, coordinator_cuts,
       coordinator_cuts_failed_over, backup_cuts, backup_cuts_dropping_backups, pauses,
-      pauses_failed_over, static_cast<long long>(counter_acks()),
+      coordinator_pauses, pauses_failed_over, static_cast<long long>(counter_acks()),
       static_cast<long long>(unknown[0] + unknown[1] + unknown[2]),
       static_cast<long long>(table_adds.load()), static_cast<long long>(table_unknown.load()),
       static_cast<long long>(emb_writes.load()), tickets.size(),
