@@ -140,9 +140,21 @@ void ChunkBufferPool::Return(void* raw) {
   // Two spares cover one chunk in flight while the next is filled.
   constexpr size_t kMaxFree = 2;
   absl::MutexLock lock(&lease->pool->mu_);
-  if (lease->pool->free_.size() < kMaxFree) {
+  if (!lease->pool->retired_ && lease->pool->free_.size() < kMaxFree) {
     lease->pool->free_.push_back(std::move(lease->buffer));
   }
+}
+
+size_t ChunkBufferPool::idle_buffers() const {
+  absl::MutexLock lock(&mu_);
+  return free_.size();
+}
+
+void ChunkBufferPool::Retire() {
+  std::vector<Buffer> spares;
+  absl::MutexLock lock(&mu_);
+  retired_ = true;
+  spares.swap(free_);
 }
 
 grpc::ByteBuffer EncodeWithContent(const google::protobuf::MessageLite& fields, int content_field,

@@ -15,7 +15,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -216,10 +215,9 @@ void RunLatest(const CkptOptions& o, Context* ctx) {
 void RunRestore(const CkptOptions& o, Context* ctx) {
   psd::client::RestoreOptions only;
   only.reshape = o.reshape;
-  std::set<std::string> named;  // a name given twice is restored once
   for (const auto& v : o.vars) {
     for (absl::string_view name : absl::StrSplit(v, ',', absl::SkipEmpty())) {
-      if (named.insert(std::string(name)).second) only.variables.push_back(std::string(name));
+      only.variables.push_back(std::string(name));  // one named twice is restored once
     }
   }
   for (const auto& m : o.map) {

@@ -57,6 +57,7 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
         "often); got ",
         absl::FormatDuration(options.keepalive)));
   }
+  PSD_RETURN_IF_ERROR(psd::internal::CheckDialTarget(address, "shard"));
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -81,7 +82,6 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(const std::str
   // A connection of its own: clients in one process do not share (and so
   // do not inherit one another's broken) connections.
   args.SetInt("grpc.use_local_subchannel_pool", 1);
-  PSD_RETURN_IF_ERROR(psd::internal::CheckDialTarget(address, "shard"));
   auto credentials = psd::internal::MakeChannelCredentials(options.security);
   if (!credentials.ok()) return credentials.status();
   auto channel = grpc::CreateCustomChannel(address, *credentials, args);

@@ -73,6 +73,12 @@ class ChunkBufferPool {
 
   // A writable slice of `bytes` bytes (uninitialized) and its first byte.
   grpc::Slice NewSlice(size_t bytes, char** data);
+  // Frees the spare buffers and keeps none from now on (slices still lent
+  // free theirs when gRPC lets go): for an owner that outlives its last
+  // chunk (a follow's snapshot copy, done).
+  void Retire();
+  // Spare buffers kept now.
+  size_t idle_buffers() const;
 
  private:
   struct Buffer {
@@ -84,8 +90,9 @@ class ChunkBufferPool {
   static void Return(void* lease);
 
   std::weak_ptr<ChunkBufferPool> self_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::vector<Buffer> free_ ABSL_GUARDED_BY(mu_);
+  bool retired_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // `fields` (whose content field is unset) followed by field `content_field`

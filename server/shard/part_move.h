@@ -100,7 +100,8 @@ struct MoveOut {
   bool snapshot_released ABSL_GUARDED_BY(mu) = false;
   // Send buffers for snapshot chunks PullMove copies (when the memory limit
   // leaves no room to lend the pinned value's bytes): reused across pulls,
-  // so a copy writes into pages already faulted in. Thread-safe.
+  // so a copy writes into pages already faulted in; retired with the
+  // snapshot (a follow lives on without it). Thread-safe.
   const std::shared_ptr<ChunkBufferPool> chunk_buffers = ChunkBufferPool::Create();
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 

@@ -167,19 +167,20 @@ absl::Status RequestWindow::CheckScopeNotTooOld(const RequestId& id, const Clien
   return absl::OkStatus();
 }
 
-std::optional<RequestWindow::Result> RequestWindow::ForgottenResult(const Client& client,
-                                                                    const RequestId& id,
-                                                                    uint64_t scope) const {
-  if (scope == 0) return std::nullopt;
-  auto it = client.dropped.find(scope);
-  if (it == client.dropped.end() || it->second.seq != id.seq() || !it->second.done_ok) {
-    return std::nullopt;
+absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::ForgottenAnswer(
+    const RequestId& id, const Client& client, uint64_t scope) const {
+  if (scope != 0) {
+    auto it = client.dropped.find(scope);
+    if (it != client.dropped.end() && it->second.seq == id.seq() && it->second.done_ok) {
+      Result result;
+      result.version = it->second.version;
+      result.old_value = it->second.old_value;
+      result.scope = scope;
+      return std::optional<Result>(result);
+    }
   }
-  Result result;
-  result.version = it->second.version;
-  result.old_value = it->second.old_value;
-  result.scope = scope;
-  return result;
+  PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, client, scope));
+  return std::optional<Result>();
 }
 
 absl::StatusOr<RequestWindow::Client*> RequestWindow::ClientFor(uint64_t client_id,
@@ -255,9 +256,8 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     return std::optional<Result>(known->result);
   }
   if (!replay && client.late.count(id.seq()) == 0) {
-    // The request itself, forgotten once done: its result is known.
-    if (std::optional<Result> done = ForgottenResult(client, id, scope)) return done;
-    PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, client, scope));
+    PSD_ASSIGN_OR_RETURN(std::optional<Result> forgotten, ForgottenAnswer(id, client, scope));
+    if (forgotten.has_value()) return forgotten;
   }
   for (;;) {
     Entry* entry = EntryFor(id);
@@ -279,7 +279,11 @@ absl::StatusOr<std::optional<RequestWindow::Result>> RequestWindow::Begin(const 
     // Older than the ring reaches: a replay (its source applied it), or a
     // request of its scope this window never forgot (see Too old). Run,
     // recorded beside the ring.
-    if (!replay) PSD_RETURN_IF_ERROR(CheckScopeNotTooOld(id, owner, scope));
+    if (!replay) {
+      // Forgotten while this waited for its running duplicate?
+      PSD_ASSIGN_OR_RETURN(std::optional<Result> forgotten, ForgottenAnswer(id, owner, scope));
+      if (forgotten.has_value()) return forgotten;
+    }
     Entry* late = AddLate(&owner, id.seq());
     if (late == nullptr) {
       // No room beside the ring either.

@@ -213,10 +213,12 @@ class RequestWindow {
   // not have, or its scope is unknown).
   void DropSeq(Client* client, uint64_t scope, uint64_t seq, const Result* done = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The result of `id` if it is the newest forgotten request of `scope`
-  // and finished OK.
-  std::optional<Result> ForgottenResult(const Client& client, const RequestId& id,
-                                        uint64_t scope) const;
+  // What this window knows of `id` (of `scope`) beyond its ring: its
+  // result if it is the newest forgotten request of `scope` and finished
+  // OK; else ABORTED "request id too old" if it may have been forgotten
+  // (CheckScopeNotTooOld); else nullopt (it is new).
+  absl::StatusOr<std::optional<Result>> ForgottenAnswer(const RequestId& id, const Client& client,
+                                                        uint64_t scope) const;
 
   const int window_;
   const int max_clients_;

@@ -597,8 +597,10 @@ absl::Status VariableStore::Initialize(const InitializeVariablesRequest& request
     if (status.ok() && !waited.ok()) return waited;
   }
   // Deposed while it ran or waited? (docs/replication.md "Leases")
-  for (const std::string& name : request.names()) {
-    if (status.ok()) PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(name, lease_term));
+  if (status.ok()) {
+    for (const std::string& name : request.names()) {
+      PSD_RETURN_IF_ERROR(LeaseHeldToAnswer(name, lease_term));
+    }
   }
   return status;
 }

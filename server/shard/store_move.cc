@@ -969,6 +969,7 @@ absl::Status VariableStore::PullMoveAcking(const PullMoveRequest& request,
     if (!move->snapshot_released) {
       move->snapshot_released = true;
       for (MoveOut::Member& m : move->members) m.pin.reset();
+      move->chunk_buffers->Retire();
       move->table_cuts.clear();  // a live cut makes the table's writers copy rows
     }
   }
@@ -1177,6 +1178,7 @@ absl::Status VariableStore::EndMoveOut(uint64_t move_id, bool committed, int32_t
       absl::MutexLock lock(&move->mu);
       move->snapshot_released = true;
       for (MoveOut::Member& m : move->members) m.pin.reset();
+      move->chunk_buffers->Retire();
     }
     for (MoveOut::Member& m : move->members) m.encoded_strings.clear();
   }

@@ -69,6 +69,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   auto reader = psd::checkpoint::BundleReader::Open("ckpt", &fs);
   if (!reader.ok()) return 0;
+  (void)(*reader)->CheckDataFiles();  // psctl ckpt inspect's check
   for (const auto& read : input.reads()) {
     if (read.chunk_bytes() > 0) {
       (void)(*reader)->ReadEntryChunked(read.name(), read.chunk_bytes(),

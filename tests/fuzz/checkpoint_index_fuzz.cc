@@ -106,6 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       fs.File(psd::checkpoint::DataFilename("ckpt", k, num_shards)) = data_bytes;
     }
   }
+  (void)(*reader)->CheckDataFiles();  // psctl ckpt inspect's check
   for (const auto& info : (*reader)->ListTensors()) {
     (void)(*reader)->GetTensorInfo(info.name);
     (void)(*reader)->ReadTensor(info.name);

@@ -244,6 +244,23 @@ TEST(StreamCodecTest, NestedContentsParseAsTheWholeMessage) {
   EXPECT_TRUE(referenced);
 }
 
+// A follow outlives its snapshot copy: once retired, its pool keeps no
+// spare buffers, not even those of slices gRPC lets go of later.
+TEST(StreamCodecTest, ARetiredPoolKeepsNoSpares) {
+  auto pool = ChunkBufferPool::Create();
+  char* data = nullptr;
+  { grpc::Slice a = pool->NewSlice(1000, &data), b = pool->NewSlice(1000, &data); }
+  EXPECT_EQ(pool->idle_buffers(), 2u);
+  grpc::Slice lent = pool->NewSlice(1000, &data);
+  pool->Retire();
+  EXPECT_EQ(pool->idle_buffers(), 0u);
+  lent = grpc::Slice();
+  EXPECT_EQ(pool->idle_buffers(), 0u);
+  // It still hands out slices.
+  grpc::Slice after = pool->NewSlice(10, &data);
+  EXPECT_EQ(after.size(), 10u);
+}
+
 TEST(StreamCodecTest, PoolReusesABufferOnceGrpcLetsGoOfItsSlice) {
   auto pool = ChunkBufferPool::Create();
   char* first = nullptr;
